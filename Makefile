@@ -1,0 +1,55 @@
+# Berth developer targets. `make test` is the test command CI runs (see README.md).
+SHELL := bash
+GO ?= go
+BIN ?= bin
+# Daemons are the top-level folders with a main.go; each builds to bin/<name>.
+CMDS := $(patsubst %/main.go,%,$(wildcard */main.go))
+# Packages whose golden files `make golden` regenerates (those with an -update flag).
+GOLDEN_PKGS = $(sort $(dir $(shell grep -rl --include='*_test.go' 'flag.Bool("update"' .)))
+FUZZTIME ?= 30s
+TEST_TIMEOUT ?= 30m
+
+.PHONY: all build test vet lint unit golden bench fuzz clean
+
+all: build
+
+build:
+	$(GO) build ./...
+	@mkdir -p $(BIN)
+	@for c in $(CMDS) internal/testrig/demoapp; do \
+		echo "build $(BIN)/$$(basename $$c)"; \
+		CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/$$(basename $$c) ./$$c || exit 1; \
+	done
+
+# test: what CI runs. Static checks first (cheap), then every test with the
+# race detector, including the fuzz seed corpora. With CI=true a missing
+# nginx, PostgreSQL or Docker fails the run instead of skipping.
+test: vet lint unit
+
+vet:
+	$(GO) vet ./...
+
+lint:
+	$(GO) tool staticcheck ./...
+
+unit:
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+golden:
+	$(GO) test -count=1 $(addprefix ./,$(GOLDEN_PKGS)) -update
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+# fuzz runs every Fuzz target for FUZZTIME each (go test fuzzes one target at a time).
+fuzz:
+	@grep -rl --include='*_test.go' '^func Fuzz' . | while read -r f; do \
+		pkg=$$(dirname $$f); \
+		for t in $$(grep -o '^func Fuzz[A-Za-z0-9_]*' $$f | cut -d' ' -f2); do \
+			echo "fuzz $$pkg $$t for $(FUZZTIME)"; \
+			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+		done; \
+	done
+
+clean:
+	rm -rf $(BIN)
