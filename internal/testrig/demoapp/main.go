@@ -1,0 +1,256 @@
+// Command demoapp is Berth's demo and test application: a small static HTTP
+// (or TCP) server whose answers say which instance and version served them,
+// whose health can be switched to fail, and whose latency can be set. The
+// test rig builds it into a FROM scratch image; the quick start runs it.
+//
+// Configuration is by environment:
+//
+//	DEMO_LISTEN    listen address (default :8080)
+//	DEMO_VERSION   version reported (default: set at build time with -X main.version)
+//	DEMO_INSTANCE  instance id reported (default: BERTH_INSTANCE, else the host name)
+//	DEMO_LATENCY   delay added to every request, a Go duration (default 0)
+//	DEMO_MODE      http (default) or tcp: a line server answering PING with PONG, else echoing
+//	DEMO_HEALTH    ok (default) or fail: the initial state of /healthz
+//
+// HTTP endpoints: GET / answers JSON {instance, version, host}; GET /healthz
+// answers 200 or 503; POST /admin/health?state=ok|fail switches it; POST
+// /admin/latency?d=100ms sets the latency; GET /slow?d=1s waits that long.
+// On SIGTERM it stops accepting, finishes in-flight requests and exits 0.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// version is set at build time: -ldflags "-X main.version=v2".
+var version = "dev"
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	logger := log.New(os.Stderr, "demoapp ", log.LstdFlags|log.Lmicroseconds)
+	cfg, err := configFromEnv(os.Getenv)
+	if err != nil {
+		logger.Print(err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		logger.Printf("listen %s: %v", cfg.Listen, err)
+		return 1
+	}
+	logger.Printf("start instance=%s version=%s mode=%s listen=%s", cfg.Instance, cfg.Version, cfg.Mode, ln.Addr())
+	if cfg.Mode == "tcp" {
+		err = serveTCP(ctx, ln)
+	} else {
+		err = serveHTTP(ctx, ln, newApp(cfg))
+	}
+	if err != nil {
+		logger.Printf("stop: %v", err)
+		return 1
+	}
+	logger.Print("stop: clean")
+	return 0
+}
+
+type config struct {
+	Listen, Version, Instance, Mode string
+	Latency                         time.Duration
+	Healthy                         bool
+}
+
+func configFromEnv(getenv func(string) string) (config, error) {
+	c := config{Listen: ":8080", Version: version, Mode: "http", Healthy: true}
+	if v := getenv("DEMO_LISTEN"); v != "" {
+		c.Listen = v
+	}
+	if v := getenv("DEMO_VERSION"); v != "" {
+		c.Version = v
+	}
+	c.Instance = getenv("DEMO_INSTANCE")
+	if c.Instance == "" {
+		c.Instance = getenv("BERTH_INSTANCE")
+	}
+	if c.Instance == "" {
+		c.Instance, _ = os.Hostname()
+	}
+	if v := getenv("DEMO_LATENCY"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return c, fmt.Errorf("DEMO_LATENCY %q: must be a non-negative Go duration such as 50ms", v)
+		}
+		c.Latency = d
+	}
+	switch v := getenv("DEMO_MODE"); v {
+	case "", "http", "tcp":
+		if v != "" {
+			c.Mode = v
+		}
+	default:
+		return c, fmt.Errorf("DEMO_MODE %q: must be http or tcp", v)
+	}
+	switch v := getenv("DEMO_HEALTH"); v {
+	case "", "ok":
+	case "fail":
+		c.Healthy = false
+	default:
+		return c, fmt.Errorf("DEMO_HEALTH %q: must be ok or fail", v)
+	}
+	return c, nil
+}
+
+// app is the HTTP side; its switches are safe for concurrent use.
+type app struct {
+	instance, version, host string
+	latency                 atomic.Int64
+	healthy                 atomic.Bool
+	served                  atomic.Int64
+}
+
+func newApp(c config) *app {
+	a := &app{instance: c.Instance, version: c.Version}
+	a.host, _ = os.Hostname()
+	a.latency.Store(int64(c.Latency))
+	a.healthy.Store(c.Healthy)
+	return a
+}
+
+// Reply is what GET / answers.
+type Reply struct {
+	Instance string `json:"instance"`
+	Version  string `json:"version"`
+	Host     string `json:"host"`
+}
+
+func (a *app) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		a.delay(r.Context(), time.Duration(a.latency.Load()))
+		a.served.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("X-Demo-Instance", a.instance)
+		_ = json.NewEncoder(w).Encode(Reply{Instance: a.instance, Version: a.version, Host: a.host})
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if !a.healthy.Load() {
+			http.Error(w, "failing", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("POST /admin/health", func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Query().Get("state") {
+		case "ok":
+			a.healthy.Store(true)
+		case "fail":
+			a.healthy.Store(false)
+		default:
+			http.Error(w, "state must be ok or fail", http.StatusBadRequest)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /admin/latency", func(w http.ResponseWriter, r *http.Request) {
+		d, err := time.ParseDuration(r.URL.Query().Get("d"))
+		if err != nil || d < 0 {
+			http.Error(w, "d must be a non-negative Go duration", http.StatusBadRequest)
+			return
+		}
+		a.latency.Store(int64(d))
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET /slow", func(w http.ResponseWriter, r *http.Request) {
+		d, err := time.ParseDuration(r.URL.Query().Get("d"))
+		if err != nil || d < 0 || d > 10*time.Minute {
+			http.Error(w, "d must be a Go duration up to 10m", http.StatusBadRequest)
+			return
+		}
+		a.delay(r.Context(), d)
+		_, _ = fmt.Fprintf(w, "slept %s on %s\n", d, a.instance)
+	})
+	return mux
+}
+
+func (a *app) delay(ctx context.Context, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	select {
+	case <-time.After(d):
+	case <-ctx.Done():
+	}
+}
+
+func serveHTTP(ctx context.Context, ln net.Listener, a *app) error {
+	srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func serveTCP(ctx context.Context, ln net.Listener) error {
+	go func() {
+		<-ctx.Done()
+		_ = ln.Close()
+	}()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		go handleLine(conn)
+	}
+}
+
+// handleLine answers each line: PING with PONG, anything else echoed.
+func handleLine(conn net.Conn) {
+	defer conn.Close()
+	sc := bufio.NewScanner(conn)
+	for {
+		_ = conn.SetDeadline(time.Now().Add(time.Minute))
+		if !sc.Scan() {
+			return
+		}
+		line := strings.TrimRight(sc.Text(), "\r")
+		if line == "PING" {
+			line = "PONG"
+		}
+		if _, err := conn.Write([]byte(line + "\n")); err != nil {
+			return
+		}
+	}
+}

@@ -1,0 +1,145 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestConfigFromEnv(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		env     map[string]string
+		want    config
+		wantErr string
+	}{
+		{name: "defaults", env: map[string]string{"DEMO_INSTANCE": "i1"},
+			want: config{Listen: ":8080", Version: version, Instance: "i1", Mode: "http", Healthy: true}},
+		{name: "berth instance", env: map[string]string{"BERTH_INSTANCE": "b7", "DEMO_VERSION": "v2", "DEMO_LATENCY": "5ms", "DEMO_HEALTH": "fail", "DEMO_MODE": "tcp", "DEMO_LISTEN": "127.0.0.1:0"},
+			want: config{Listen: "127.0.0.1:0", Version: "v2", Instance: "b7", Mode: "tcp", Latency: 5 * time.Millisecond}},
+		{name: "bad latency", env: map[string]string{"DEMO_LATENCY": "soon"}, wantErr: `DEMO_LATENCY "soon": must be a non-negative Go duration such as 50ms`},
+		{name: "bad mode", env: map[string]string{"DEMO_MODE": "udp"}, wantErr: `DEMO_MODE "udp": must be http or tcp`},
+		{name: "bad health", env: map[string]string{"DEMO_HEALTH": "meh"}, wantErr: `DEMO_HEALTH "meh": must be ok or fail`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := configFromEnv(func(k string) string { return tt.env[k] })
+			if tt.wantErr != "" {
+				require.EqualError(t, err, tt.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, tt.want, got)
+		})
+	}
+}
+
+func TestHandler(t *testing.T) {
+	t.Parallel()
+	a := newApp(config{Instance: "i1", Version: "v9", Healthy: true})
+	srv := httptest.NewServer(a.handler())
+	defer srv.Close()
+
+	get := func(path string) (int, string) {
+		resp, err := http.Get(srv.URL + path)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, string(b)
+	}
+	post := func(path string) int {
+		resp, err := http.Post(srv.URL+path, "text/plain", nil)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+
+	code, body := get("/")
+	require.Equal(t, 200, code)
+	var r Reply
+	require.NoError(t, json.Unmarshal([]byte(body), &r))
+	require.Equal(t, "i1", r.Instance)
+	require.Equal(t, "v9", r.Version)
+
+	code, _ = get("/healthz")
+	require.Equal(t, 200, code)
+	require.Equal(t, 204, post("/admin/health?state=fail"))
+	code, _ = get("/healthz")
+	require.Equal(t, 503, code)
+	require.Equal(t, 204, post("/admin/health?state=ok"))
+	code, _ = get("/healthz")
+	require.Equal(t, 200, code)
+	require.Equal(t, 400, post("/admin/health?state=maybe"))
+
+	require.Equal(t, 204, post("/admin/latency?d=50ms"))
+	start := time.Now()
+	code, _ = get("/")
+	require.Equal(t, 200, code)
+	require.GreaterOrEqual(t, time.Since(start), 50*time.Millisecond)
+	require.Equal(t, 400, post("/admin/latency?d=-1s"))
+
+	code, body = get("/slow?d=1ms")
+	require.Equal(t, 200, code)
+	require.Contains(t, body, "slept 1ms on i1")
+	code, _ = get("/nope")
+	require.Equal(t, 404, code)
+}
+
+func TestServeTCP(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serveTCP(ctx, ln) }()
+
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	defer conn.Close()
+	rd := bufio.NewReader(conn)
+	for _, tc := range []struct{ send, want string }{{"PING\n", "PONG\n"}, {"hello\r\n", "hello\n"}} {
+		_, err = conn.Write([]byte(tc.send))
+		require.NoError(t, err)
+		line, err := rd.ReadString('\n')
+		require.NoError(t, err)
+		require.Equal(t, tc.want, line)
+	}
+	cancel()
+	require.NoError(t, <-done)
+}
+
+func TestServeHTTPGracefulStop(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serveHTTP(ctx, ln, newApp(config{Instance: "g", Healthy: true})) }()
+
+	// A request in flight when the stop begins still completes.
+	result := make(chan int, 1)
+	go func() {
+		resp, err := http.Get("http://" + ln.Addr().String() + "/slow?d=300ms")
+		if err != nil {
+			result <- -1
+			return
+		}
+		resp.Body.Close()
+		result <- resp.StatusCode
+	}()
+	time.Sleep(100 * time.Millisecond)
+	cancel()
+	require.Equal(t, 200, <-result)
+	require.NoError(t, <-done)
+}
