@@ -2,6 +2,7 @@ package testrig
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,7 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berthhq/berth/common/bus"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
 )
 
 func TestMain(m *testing.M) { Main(m) }
@@ -164,4 +167,23 @@ func TestRequireFailsInCI(t *testing.T) {
 	}()
 	require.False(t, ft.skipped, "CI must never skip a missing dependency")
 	require.Contains(t, ft.msg, "thing missing (CI=true, so this fails instead of skipping): apt-get install thing")
+}
+
+func TestNATSServesJetStream(t *testing.T) {
+	t.Parallel()
+	url := NATS(t)
+	require.True(t, strings.HasPrefix(url, "nats://127.0.0.1:"), url)
+	c, err := bus.Connect(context.Background(), bus.Options{URL: url}, zaptest.NewLogger(t))
+	require.NoError(t, err)
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, c.EnsureBuckets(ctx, []bus.BucketConfig{{Name: "rig"}}))
+	kv, err := c.KV(ctx, "rig")
+	require.NoError(t, err)
+	_, err = kv.Put(ctx, "k", []byte("v"))
+	require.NoError(t, err)
+	e, err := kv.Get(ctx, "k")
+	require.NoError(t, err)
+	require.Equal(t, "v", string(e.Value))
 }

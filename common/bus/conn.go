@@ -1,0 +1,234 @@
+// Package bus is Berth's one adapter for NATS: it connects with reconnects
+// that never give up, creates the JetStream KV buckets, watches a bucket as
+// a typed snapshot followed by updates, publishes and subscribes, and runs
+// an embedded server for development and tests. No other package imports
+// nats.go or nats-server, and nothing here returns their types.
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+)
+
+// Options configures a connection. Credentials are never logged.
+type Options struct {
+	// URL is one server URL or a comma-separated list.
+	URL string
+	// Name is the client name servers show for this connection.
+	Name string
+	// CredsFile is a NATS credentials file (JWT and nkey seed).
+	CredsFile string
+	// NKeyFile is a file holding an nkey seed.
+	NKeyFile string
+	// Token is a bearer token.
+	Token string
+	// TLSCA is a PEM file of CAs that sign the server certificate.
+	TLSCA string
+	// TLSCert and TLSKey are the client certificate and key, both or neither.
+	TLSCert, TLSKey string
+	// ConnectTimeout bounds one connection attempt; zero means 2s.
+	ConnectTimeout time.Duration
+	// ReconnectWait is the first delay between reconnect attempts; it grows
+	// to ReconnectMax, each delay with up to 50% random jitter. Zero means 100ms.
+	ReconnectWait time.Duration
+	// ReconnectMax caps the delay between reconnect attempts; zero means 5s.
+	ReconnectMax time.Duration
+}
+
+// Validate reports options that cannot work, naming the field.
+func (o Options) Validate() error {
+	var errs []error
+	if strings.TrimSpace(o.URL) == "" {
+		errs = append(errs, errors.New("nats url: must be set (e.g. nats://127.0.0.1:4222)"))
+	}
+	if (o.TLSCert == "") != (o.TLSKey == "") {
+		errs = append(errs, errors.New("nats tls: a client certificate and its key must be given together"))
+	}
+	if o.CredsFile != "" && o.NKeyFile != "" {
+		errs = append(errs, errors.New("nats auth: use a creds file or an nkey file, not both"))
+	}
+	if o.ConnectTimeout < 0 || o.ReconnectWait < 0 || o.ReconnectMax < 0 {
+		errs = append(errs, errors.New("nats timeouts: must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+// Conn is a connection to NATS with its JetStream context. It is safe for
+// concurrent use. It keeps reconnecting until Close or Drain.
+type Conn struct {
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	logger *zap.Logger
+
+	mu         sync.Mutex
+	reconnects []chan struct{} // one per Watcher, signalled on each reconnect
+}
+
+// Connect dials NATS. It returns at once when the server is down: the
+// connection keeps trying in the background (RetryOnFailedConnect), so a
+// daemon can start before NATS does.
+func Connect(ctx context.Context, o Options, logger *zap.Logger) (*Conn, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	logger = logger.Named("bus")
+	c := &Conn{logger: logger}
+	wait, maxWait := o.ReconnectWait, o.ReconnectMax
+	if wait == 0 {
+		wait = 100 * time.Millisecond
+	}
+	if maxWait == 0 {
+		maxWait = 5 * time.Second
+	}
+	timeout := o.ConnectTimeout
+	if timeout == 0 {
+		timeout = 2 * time.Second
+	}
+	opts := []nats.Option{
+		nats.Name(o.Name),
+		nats.Timeout(timeout),
+		nats.MaxReconnects(-1),
+		nats.RetryOnFailedConnect(true),
+		nats.PingInterval(5 * time.Second),
+		nats.MaxPingsOutstanding(2),
+		nats.CustomReconnectDelay(func(attempts int) time.Duration { return backoff(attempts, wait, maxWait) }),
+		nats.ConnectHandler(func(nc *nats.Conn) {
+			logger.Info("nats connected", zap.String("url", nc.ConnectedUrlRedacted()))
+		}),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			logger.Warn("nats disconnected", zap.Error(err))
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			logger.Info("nats reconnected", zap.String("url", nc.ConnectedUrlRedacted()))
+			c.notifyReconnect()
+		}),
+		nats.ClosedHandler(func(*nats.Conn) { logger.Info("nats connection closed") }),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			logger.Warn("nats async error", zap.String("subject", subject), zap.Error(err))
+		}),
+	}
+	if o.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(o.CredsFile))
+	}
+	if o.NKeyFile != "" {
+		opt, err := nats.NkeyOptionFromSeed(o.NKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("nats nkey file %s: %w", o.NKeyFile, err)
+		}
+		opts = append(opts, opt)
+	}
+	if o.Token != "" {
+		opts = append(opts, nats.Token(o.Token))
+	}
+	if o.TLSCA != "" {
+		opts = append(opts, nats.RootCAs(o.TLSCA))
+	}
+	if o.TLSCert != "" {
+		opts = append(opts, nats.ClientCert(o.TLSCert, o.TLSKey))
+	}
+	nc, err := nats.Connect(o.URL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("nats connect: %w", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("nats jetstream: %w", err)
+	}
+	c.nc, c.js = nc, js
+	return c, nil
+}
+
+// backoff is the delay before reconnect attempt n: doubling from wait up to
+// maxWait, with up to 50% random jitter so that many clients do not return
+// in step after a server restart.
+func backoff(attempts int, wait, maxWait time.Duration) time.Duration {
+	d := wait
+	for i := 1; i < attempts && d < maxWait; i++ {
+		d *= 2
+	}
+	d = min(d, maxWait)
+	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
+}
+
+// Connected reports whether the connection is up now.
+func (c *Conn) Connected() bool { return c.nc.IsConnected() }
+
+// WaitConnected blocks until the connection is up or ctx ends.
+func (c *Conn) WaitConnected(ctx context.Context) error {
+	for !c.nc.IsConnected() {
+		if c.nc.IsClosed() {
+			return errors.New("nats: connection closed")
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("nats: not connected: %w", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// Drain lets subscriptions finish the messages they hold, flushes what was
+// published, and closes the connection; it waits up to ctx's deadline.
+func (c *Conn) Drain(ctx context.Context) error {
+	closed := make(chan struct{})
+	c.nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	if err := c.nc.Drain(); err != nil {
+		c.nc.Close()
+		return fmt.Errorf("nats drain: %w", err)
+	}
+	select {
+	case <-closed:
+		return nil
+	case <-ctx.Done():
+		c.nc.Close()
+		return fmt.Errorf("nats drain: %w", ctx.Err())
+	}
+}
+
+// Close closes the connection at once.
+func (c *Conn) Close() { c.nc.Close() }
+
+// reconnected returns a channel that receives a value after each reconnect,
+// and a function that stops the notifications.
+func (c *Conn) reconnected() (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	c.mu.Lock()
+	c.reconnects = append(c.reconnects, ch)
+	c.mu.Unlock()
+	return ch, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for i, x := range c.reconnects {
+			if x == ch {
+				c.reconnects = append(c.reconnects[:i], c.reconnects[i+1:]...)
+				return
+			}
+		}
+	}
+}
+
+func (c *Conn) notifyReconnect() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, ch := range c.reconnects {
+		select {
+		case ch <- struct{}{}:
+		default: // one pending notice is enough
+		}
+	}
+}

@@ -1,0 +1,83 @@
+package bus
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"go.uber.org/zap"
+)
+
+// EmbeddedOptions configures an in-process NATS server.
+type EmbeddedOptions struct {
+	// Host is the listen address; empty means 127.0.0.1.
+	Host string
+	// Port is the client port; -1 picks a random free port (tests), 0 means 4222.
+	Port int
+	// StoreDir is where JetStream keeps its data. Required.
+	StoreDir string
+	// ServerName names the server; empty means "berth-embedded".
+	ServerName string
+}
+
+// EmbeddedServer is an in-process NATS server with JetStream.
+type EmbeddedServer struct {
+	s *server.Server
+}
+
+// Embedded starts an in-process NATS server with JetStream, for development
+// (scheduler run without --nats-url) and tests, and waits until it accepts
+// clients. Its log goes to logger.
+func Embedded(opts EmbeddedOptions, logger *zap.Logger) (*EmbeddedServer, error) {
+	if opts.StoreDir == "" {
+		return nil, errors.New("embedded nats: a JetStream store dir is required")
+	}
+	if opts.Host == "" {
+		opts.Host = "127.0.0.1"
+	}
+	if opts.Port == 0 {
+		opts.Port = 4222
+	}
+	if opts.ServerName == "" {
+		opts.ServerName = "berth-embedded"
+	}
+	s, err := server.NewServer(&server.Options{
+		ServerName: opts.ServerName,
+		Host:       opts.Host,
+		Port:       opts.Port,
+		JetStream:  true,
+		StoreDir:   opts.StoreDir,
+		NoSigs:     true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats: %w", err)
+	}
+	s.SetLoggerV2(serverLogger{logger.Named("nats-server").Sugar()}, false, false, false)
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		s.Shutdown()
+		return nil, fmt.Errorf("embedded nats on %s:%d: not ready within 10s", opts.Host, opts.Port)
+	}
+	return &EmbeddedServer{s: s}, nil
+}
+
+// URL is the client URL, nats://host:port.
+func (e *EmbeddedServer) URL() string { return e.s.ClientURL() }
+
+// Shutdown stops the server and waits until it has stopped.
+func (e *EmbeddedServer) Shutdown() {
+	e.s.Shutdown()
+	e.s.WaitForShutdown()
+}
+
+// serverLogger routes nats-server's log to zap. Its Fatalf logs an error:
+// only main exits.
+type serverLogger struct{ l *zap.SugaredLogger }
+
+func (s serverLogger) Noticef(format string, v ...any) { s.l.Debugf(format, v...) }
+func (s serverLogger) Warnf(format string, v ...any)   { s.l.Warnf(format, v...) }
+func (s serverLogger) Fatalf(format string, v ...any)  { s.l.Errorf(format, v...) }
+func (s serverLogger) Errorf(format string, v ...any)  { s.l.Errorf(format, v...) }
+func (s serverLogger) Debugf(format string, v ...any)  { s.l.Debugf(format, v...) }
+func (s serverLogger) Tracef(format string, v ...any)  { s.l.Debugf(format, v...) }

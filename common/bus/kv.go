@@ -1,0 +1,231 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Errors returned by KV operations.
+var (
+	// ErrKeyNotFound is a Get of a key that has no value.
+	ErrKeyNotFound = errors.New("bus: key not found")
+	// ErrKeyExists is a Create of a key that has a value.
+	ErrKeyExists = errors.New("bus: key exists")
+	// ErrWrongRevision is an Update whose expected revision is not the key's last.
+	ErrWrongRevision = errors.New("bus: wrong last revision")
+	// ErrBucketNotFound is a bucket that EnsureBuckets has not created.
+	ErrBucketNotFound = errors.New("bus: bucket not found")
+)
+
+// Storage is where a bucket keeps its data.
+type Storage int
+
+// Storage kinds.
+const (
+	// FileStorage survives a server restart.
+	FileStorage Storage = iota
+	// MemoryStorage is faster and lost on restart.
+	MemoryStorage
+)
+
+// BucketConfig describes one KV bucket.
+type BucketConfig struct {
+	// Name is the bucket name.
+	Name string
+	// Description is shown by NATS tools.
+	Description string
+	// History is how many values per key are kept (1–64); zero means 1.
+	History uint8
+	// TTL expires values that are not written again within it; zero keeps them.
+	TTL time.Duration
+	// Storage is file or memory.
+	Storage Storage
+	// Replicas is the stream replica count in a cluster; zero means 1.
+	Replicas int
+	// MaxValueSize caps one value in bytes; zero means the server's limit.
+	MaxValueSize int32
+}
+
+// EnsureBuckets creates each bucket, or updates its settings when it exists,
+// so that every daemon can call it at start-up.
+func (c *Conn) EnsureBuckets(ctx context.Context, buckets []BucketConfig) error {
+	for _, b := range buckets {
+		cfg := jetstream.KeyValueConfig{
+			Bucket:       b.Name,
+			Description:  b.Description,
+			History:      max(b.History, 1),
+			TTL:          b.TTL,
+			Replicas:     max(b.Replicas, 1),
+			MaxValueSize: b.MaxValueSize,
+			Storage:      jetstream.FileStorage,
+		}
+		if b.MaxValueSize == 0 {
+			cfg.MaxValueSize = -1
+		}
+		if b.Storage == MemoryStorage {
+			cfg.Storage = jetstream.MemoryStorage
+		}
+		if _, err := c.js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
+			return fmt.Errorf("ensure bucket %s: %w", b.Name, err)
+		}
+	}
+	return nil
+}
+
+// BucketStatus is what a bucket reports about itself.
+type BucketStatus struct {
+	// Values is the number of stored values, history included.
+	Values uint64
+	// History is the values kept per key.
+	History int64
+	// TTL is the value expiry, zero for none.
+	TTL time.Duration
+	// Memory reports memory storage.
+	Memory bool
+}
+
+// Op is what a KV entry did.
+type Op int
+
+// KV operations.
+const (
+	// OpPut set a value.
+	OpPut Op = iota
+	// OpDelete removed a value (a delete, a purge or an expiry).
+	OpDelete
+)
+
+// String returns "put" or "delete".
+func (o Op) String() string {
+	if o == OpDelete {
+		return "delete"
+	}
+	return "put"
+}
+
+// Entry is one stored value.
+type Entry struct {
+	// Key is the entry's key.
+	Key string
+	// Value is the raw value; empty for a delete.
+	Value []byte
+	// Revision is the bucket-wide sequence of this write.
+	Revision uint64
+	// Op is put or delete.
+	Op Op
+	// Created is when the server stored it.
+	Created time.Time
+}
+
+// KV is one bucket. It is safe for concurrent use.
+type KV struct {
+	kv     jetstream.KeyValue
+	bucket string
+}
+
+// KV opens a bucket that exists.
+func (c *Conn) KV(ctx context.Context, bucket string) (*KV, error) {
+	kv, err := c.js.KeyValue(ctx, bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, fmt.Errorf("open bucket %s: %w", bucket, ErrBucketNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s: %w", bucket, err)
+	}
+	return &KV{kv: kv, bucket: bucket}, nil
+}
+
+// Bucket returns the bucket's name.
+func (k *KV) Bucket() string { return k.bucket }
+
+// Status returns the bucket's settings and size.
+func (k *KV) Status(ctx context.Context) (BucketStatus, error) {
+	st, err := k.kv.Status(ctx)
+	if err != nil {
+		return BucketStatus{}, fmt.Errorf("status of bucket %s: %w", k.bucket, err)
+	}
+	memory := false
+	if s, ok := st.(*jetstream.KeyValueBucketStatus); ok {
+		memory = s.StreamInfo().Config.Storage == jetstream.MemoryStorage
+	}
+	return BucketStatus{Values: st.Values(), History: st.History(), TTL: st.TTL(), Memory: memory}, nil
+}
+
+// Put stores value at key and returns the write's revision.
+func (k *KV) Put(ctx context.Context, key string, value []byte) (uint64, error) {
+	rev, err := k.kv.Put(ctx, key, value)
+	if err != nil {
+		return 0, fmt.Errorf("put %s/%s: %w", k.bucket, key, err)
+	}
+	return rev, nil
+}
+
+// Create stores value at key only if the key has no value (ErrKeyExists).
+func (k *KV) Create(ctx context.Context, key string, value []byte) (uint64, error) {
+	rev, err := k.kv.Create(ctx, key, value)
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return 0, fmt.Errorf("create %s/%s: %w", k.bucket, key, ErrKeyExists)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("create %s/%s: %w", k.bucket, key, err)
+	}
+	return rev, nil
+}
+
+// Update stores value at key only if the key's last revision is last
+// (compare and set); otherwise it fails with ErrWrongRevision.
+func (k *KV) Update(ctx context.Context, key string, value []byte, last uint64) (uint64, error) {
+	rev, err := k.kv.Update(ctx, key, value, last)
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		return 0, fmt.Errorf("update %s/%s at revision %d: %w", k.bucket, key, last, ErrWrongRevision)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("update %s/%s: %w", k.bucket, key, err)
+	}
+	return rev, nil
+}
+
+// Get returns the current value of key, or ErrKeyNotFound.
+func (k *KV) Get(ctx context.Context, key string) (Entry, error) {
+	e, err := k.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return Entry{}, fmt.Errorf("get %s/%s: %w", k.bucket, key, ErrKeyNotFound)
+	}
+	if err != nil {
+		return Entry{}, fmt.Errorf("get %s/%s: %w", k.bucket, key, err)
+	}
+	return entryOf(e), nil
+}
+
+// Delete removes key's value, leaving a delete marker that watchers see.
+func (k *KV) Delete(ctx context.Context, key string) error {
+	if err := k.kv.Delete(ctx, key); err != nil {
+		return fmt.Errorf("delete %s/%s: %w", k.bucket, key, err)
+	}
+	return nil
+}
+
+// Keys returns every key that has a value.
+func (k *KV) Keys(ctx context.Context) ([]string, error) {
+	keys, err := k.kv.Keys(ctx)
+	if errors.Is(err, jetstream.ErrNoKeysFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("keys of %s: %w", k.bucket, err)
+	}
+	return keys, nil
+}
+
+func entryOf(e jetstream.KeyValueEntry) Entry {
+	op := OpPut
+	if e.Operation() != jetstream.KeyValuePut {
+		op = OpDelete
+	}
+	return Entry{Key: e.Key(), Value: e.Value(), Revision: e.Revision(), Op: op, Created: e.Created()}
+}

@@ -1,0 +1,69 @@
+package bus
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Publish sends data on subject. While NATS is unreachable the message is
+// buffered by the client (up to its reconnect buffer) and sent on reconnect.
+func (c *Conn) Publish(ctx context.Context, subject string, data []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := c.nc.Publish(subject, data); err != nil {
+		return fmt.Errorf("publish %s: %w", subject, err)
+	}
+	return nil
+}
+
+// Flush waits until the server has everything published so far.
+func (c *Conn) Flush(ctx context.Context) error {
+	if err := c.nc.FlushWithContext(ctx); err != nil {
+		return fmt.Errorf("nats flush: %w", err)
+	}
+	return nil
+}
+
+// MsgHandler handles one message. Calls for one subscription come one at a
+// time, in order.
+type MsgHandler func(subject string, data []byte)
+
+// Subscription is an active subscription.
+type Subscription struct {
+	sub *nats.Subscription
+}
+
+// Subscribe calls handler for every message on subject, which may hold
+// wildcards ("berth.v1.events.>").
+func (c *Conn) Subscribe(subject string, handler MsgHandler) (*Subscription, error) {
+	sub, err := c.nc.Subscribe(subject, func(m *nats.Msg) { handler(m.Subject, m.Data) })
+	if err != nil {
+		return nil, fmt.Errorf("subscribe %s: %w", subject, err)
+	}
+	return &Subscription{sub: sub}, nil
+}
+
+// Drain stops new deliveries and lets the handler finish the messages
+// already received.
+func (s *Subscription) Drain() error {
+	if err := s.sub.Drain(); err != nil {
+		return fmt.Errorf("drain %s: %w", s.sub.Subject, err)
+	}
+	return nil
+}
+
+// Decoded adapts a typed handler to a MsgHandler: messages that fail decode
+// go to onDrop (count and log them there) instead of the handler.
+func Decoded[T any](decode func(data []byte) (T, error), handle func(subject string, v T), onDrop func(subject string, err error)) MsgHandler {
+	return func(subject string, data []byte) {
+		v, err := decode(data)
+		if err != nil {
+			onDrop(subject, err)
+			return
+		}
+		handle(subject, v)
+	}
+}
