@@ -1,0 +1,74 @@
+package spec
+
+import (
+	"os"
+	"strings"
+	"testing"
+)
+
+// FuzzDecodeSpec feeds arbitrary bytes to Load. It must never panic, and
+// for every spec it accepts, no string that reaches nginx may hold a
+// character that could end a directive, open or close a block, or break
+// out of a quoted string.
+func FuzzDecodeSpec(f *testing.F) {
+	for _, name := range []string{"web.yaml", "minimal.json"} {
+		b, err := os.ReadFile("testdata/" + name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	for _, s := range []string{
+		base,
+		base + "routing: {hosts: [\"a.com;\"], paths: [\"/}\"]}\n",
+		base + "routing: {hosts: [\"a.com\\n}\"]}\n",
+		base + "lb: {method: hash, hash_key: \"$remote_addr}\"}\n",
+		base + "health: {path: \"/h\\\"\", headers: {X: \"a;b\"}}\n",
+		base + "routing: {tls: {certificate: \"/a;b\", key: /k}, hosts: [a.com]}\n",
+		base + "scaling: {min: 1, max: 3, target_cpu_percent: 1e308}\n",
+		"&a [*a, *a]",
+		"a: &x [1]\nb: *x\n",
+		"{\"name\": \"\\u0000\"}",
+		base + "env: {A: !!binary aGVsbG8=}\n",
+		base + "port: 0x1F90\n",
+		base + "health: {interval: 1e3s, timeout: 1ns}\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		app, err := Load(b)
+		if err != nil {
+			if app != nil {
+				t.Fatal("Load returned a spec with an error")
+			}
+			return
+		}
+		for field, s := range nginxStrings(app) {
+			if !NginxSafe(s) || strings.ContainsAny(s, ";{}\"'\n\r") {
+				t.Fatalf("accepted spec puts %q into nginx via %s", s, field)
+			}
+		}
+	})
+}
+
+// nginxStrings lists every string of a spec that the lbagent renders into
+// nginx config, by field.
+func nginxStrings(a *App) map[string]string {
+	out := map[string]string{"name": a.Name, "lb.method": a.LB.Method, "lb.hash_key": a.LB.HashKey}
+	for i, h := range a.Routing.Hosts {
+		out[Index("routing.hosts", i)] = h
+	}
+	for i, p := range a.Routing.Paths {
+		out[Index("routing.paths", i)] = p
+	}
+	if t := a.Routing.TLS; t != nil {
+		out["routing.tls.certificate"], out["routing.tls.key"] = t.Certificate, t.Key
+	}
+	if h := a.Health; h != nil {
+		out["health.path"] = h.Path
+		for k, v := range h.Headers {
+			out[Key("health.headers", k)+".name"], out[Key("health.headers", k)] = k, v
+		}
+	}
+	return out
+}

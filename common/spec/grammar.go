@@ -1,0 +1,211 @@
+package spec
+
+import (
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"github.com/distribution/reference"
+)
+
+// The grammars below are the one place that decides which strings may reach
+// nginx, Docker or a probe. Each Check function returns nil or an error that
+// says what is allowed; the caller adds the field path.
+
+var (
+	dnsLabel   = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+	hostLabel  = regexp.MustCompile(`^[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?$`)
+	pathRe     = regexp.MustCompile(`^/[A-Za-z0-9\-._~%!&*+,=:@/]*$`)
+	headerName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]*$`)
+	envName    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	filePathRe = regexp.MustCompile(`^/[A-Za-z0-9._+@/-]*$`)
+	httpMethod = regexp.MustCompile(`^[A-Z]+$`)
+	// hashVar is one variable of a hash_key expression.
+	hashVar = regexp.MustCompile(`\$(remote_addr|binary_remote_addr|request_uri|uri|host|http_host|scheme|args|server_name|(http|cookie|arg)_[a-z0-9_]+)`)
+)
+
+// Length limits of strings that reach nginx, Docker or a probe.
+const (
+	MaxNameLen        = 63
+	MaxHostLen        = 253
+	MaxPathLen        = 1024
+	MaxHeaderNameLen  = 128
+	MaxHeaderValueLen = 4096
+	MaxFilePathLen    = 4096
+	MaxEnvNameLen     = 256
+	MaxHashKeyLen     = 256
+	MaxProbeDataLen   = 4096
+)
+
+// Signals an app may ask to be stopped with.
+var Signals = []string{"SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGKILL"}
+
+// HTTPMethods a health check may use.
+var HTTPMethods = []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+
+// NginxUnsafe is every character that no string rendered into nginx config
+// may hold, beyond control characters: it would end a directive, open or
+// close a block, start a comment, or open or close a quoted string.
+const NginxUnsafe = ";{}#\"'\\`"
+
+// NginxSafe reports whether s holds no character of NginxUnsafe, no
+// whitespace other than a plain space, and no control character.
+func NginxSafe(s string) bool {
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || (r > 0x7f && r < 0xa0) || strings.ContainsRune(NginxUnsafe, r) {
+			return false
+		}
+		if r > 0x7f { // nothing outside ASCII reaches nginx
+			return false
+		}
+	}
+	return true
+}
+
+// CheckName checks an app name: a DNS label.
+func CheckName(s string) error {
+	if len(s) == 0 || len(s) > MaxNameLen || !dnsLabel.MatchString(s) {
+		return fmt.Errorf("%q is not a valid name (a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit, at most %d characters)", s, MaxNameLen)
+	}
+	return nil
+}
+
+// CheckHost checks a host name per RFC 1123, with an optional leading "*.".
+func CheckHost(s string) error {
+	bad := fmt.Errorf("%q is not a valid host name (RFC 1123 labels of letters, digits and '-' joined by '.', optionally starting with \"*.\", at most %d characters)", s, MaxHostLen)
+	h := strings.TrimPrefix(s, "*.")
+	if len(h) == 0 || len(s) > MaxHostLen {
+		return bad
+	}
+	for _, label := range strings.Split(h, ".") {
+		if len(label) > 63 || !hostLabel.MatchString(label) {
+			return bad
+		}
+	}
+	return nil
+}
+
+// CheckPath checks a routing path: it starts with '/' and holds only URL
+// path characters, with no whitespace, quotes, ';', '{', '}', '#', '$', '?'
+// or control characters.
+func CheckPath(s string) error {
+	if len(s) > MaxPathLen || !pathRe.MatchString(s) {
+		return fmt.Errorf("%q is not a valid path (starts with '/', then letters, digits and - . _ ~ %% ! & * + , = : @ /, at most %d characters)", s, MaxPathLen)
+	}
+	if strings.Contains(s, "/../") || strings.HasSuffix(s, "/..") || strings.Contains(s, "//") {
+		return fmt.Errorf("%q is not a clean path (no \"..\" segments or \"//\")", s)
+	}
+	return nil
+}
+
+// CheckHeaderName checks an HTTP header name.
+func CheckHeaderName(s string) error {
+	if len(s) > MaxHeaderNameLen || !headerName.MatchString(s) {
+		return fmt.Errorf("%q is not a valid header name (letters, digits and '-', starting with a letter or digit, at most %d characters)", s, MaxHeaderNameLen)
+	}
+	return nil
+}
+
+// CheckHeaderValue checks an HTTP header value: printable ASCII with no
+// quotes, backslashes, ';', '{', '}', '#' or control characters.
+func CheckHeaderValue(s string) error {
+	if len(s) > MaxHeaderValueLen || !NginxSafe(s) || strings.TrimSpace(s) != s {
+		return fmt.Errorf("%q is not a valid header value (printable ASCII without quotes, backslash, ';', '{', '}', '#', leading or trailing spaces, at most %d characters)", s, MaxHeaderValueLen)
+	}
+	return nil
+}
+
+// CheckHashKey checks an nginx hash key: one or more allowed variables,
+// joined directly or by '-', '_', ':' or '/'. Allowed are $remote_addr,
+// $binary_remote_addr, $request_uri, $uri, $host, $http_host, $scheme, $args,
+// $server_name, and $http_NAME, $cookie_NAME and $arg_NAME with NAME of
+// lowercase letters, digits and '_'.
+func CheckHashKey(s string) error {
+	bad := fmt.Errorf("%q is not an allowed hash key (one or more of $remote_addr, $binary_remote_addr, $request_uri, $uri, $host, $http_host, $scheme, $args, $server_name, $http_NAME, $cookie_NAME, $arg_NAME, joined by nothing or by - _ : /)", s)
+	if s == "" || len(s) > MaxHashKeyLen {
+		return bad
+	}
+	locs := hashVar.FindAllStringIndex(s, -1)
+	if len(locs) == 0 {
+		return bad
+	}
+	prev := 0
+	for _, l := range locs {
+		if strings.Trim(s[prev:l[0]], "-_:/") != "" {
+			return bad
+		}
+		prev = l[1]
+	}
+	if prev != len(s) {
+		return bad
+	}
+	return nil
+}
+
+// CheckFilePath checks a certificate or key path: absolute, clean, and made
+// of letters, digits and . _ + @ / -.
+func CheckFilePath(s string) error {
+	if len(s) > MaxFilePathLen || !filePathRe.MatchString(s) || filepath.Clean(s) != s || s == "/" {
+		return fmt.Errorf("%q is not a valid file path (absolute and clean, letters, digits and . _ + @ / -, at most %d characters)", s, MaxFilePathLen)
+	}
+	return nil
+}
+
+// CheckEnvName checks an environment variable name.
+func CheckEnvName(s string) error {
+	if len(s) > MaxEnvNameLen || !envName.MatchString(s) {
+		return fmt.Errorf("%q is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*, at most %d characters)", s, MaxEnvNameLen)
+	}
+	return nil
+}
+
+// CheckEnvValue checks an environment variable value without quoting it,
+// since values are secrets.
+func CheckEnvValue(s string) error {
+	if strings.ContainsRune(s, 0) {
+		return fmt.Errorf("value must not contain a NUL byte")
+	}
+	return nil
+}
+
+// CheckImage checks an image reference ("registry.local/web:1.4.2",
+// "web@sha256:…") with Docker's own grammar.
+func CheckImage(s string) error {
+	if _, err := reference.ParseNormalizedNamed(s); err != nil {
+		return fmt.Errorf("%q is not a valid image reference (%v; e.g. registry.local/web:1.4.2)", s, err)
+	}
+	return nil
+}
+
+// CheckSignal checks a stop signal name against Signals.
+func CheckSignal(s string) error {
+	for _, v := range Signals {
+		if s == v {
+			return nil
+		}
+	}
+	return fmt.Errorf("%q is not an allowed signal (one of %s)", s, strings.Join(Signals, ", "))
+}
+
+// CheckMethod checks a health check HTTP method against HTTPMethods.
+func CheckMethod(s string) error {
+	if httpMethod.MatchString(s) {
+		for _, v := range HTTPMethods {
+			if s == v {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("%q is not an allowed method (one of %s)", s, strings.Join(HTTPMethods, ", "))
+}
+
+// CheckLBMethod checks a load balancing method.
+func CheckLBMethod(s string) error {
+	switch s {
+	case LBRoundRobin, LBLeastConn, LBIPHash, LBHash, LBRandomTwoLeastConn:
+		return nil
+	}
+	return fmt.Errorf("%q is not a load balancing method (one of %s, %s, %s, %s, %s)", s,
+		LBRoundRobin, LBLeastConn, LBIPHash, LBHash, LBRandomTwoLeastConn)
+}

@@ -1,0 +1,289 @@
+package spec
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Bounds that Validate enforces, documented in docs/spec.md.
+const (
+	MaxReplicas     = 1000
+	MaxEnvVars      = 1000
+	MaxCommandArgs  = 256
+	MaxArgLen       = 4096
+	MaxHosts        = 100
+	MaxPaths        = 100
+	MaxHeaders      = 50
+	MaxHealthBody   = 64 << 10
+	MaxCPU          = 256.0
+	MinMemory       = ByteSize(6 << 20)
+	MaxMemory       = ByteSize(1 << 40)
+	MaxBodySizeSize = ByteSize(100 << 30)
+)
+
+// Validate checks the whole spec after defaults and returns every problem at
+// once as Errors, or nil.
+func (a *App) Validate() error {
+	var es Errors
+	es.Check("name", CheckName(a.Name))
+	if a.Image == "" {
+		es.Add("image", "must be set (an image reference such as registry.local/web:1.4.2)")
+	} else {
+		es.Check("image", CheckImage(a.Image))
+	}
+	if len(a.Command) > MaxCommandArgs {
+		es.Add("command", "has %d arguments; at most %d", len(a.Command), MaxCommandArgs)
+	}
+	for i, arg := range a.Command {
+		if strings.ContainsRune(arg, 0) || len(arg) > MaxArgLen {
+			es.Add(Index("command", i), "must have no NUL byte and at most %d characters", MaxArgLen)
+		}
+	}
+	if len(a.Env) > MaxEnvVars {
+		es.Add("env", "has %d variables; at most %d", len(a.Env), MaxEnvVars)
+	}
+	for _, k := range sortedKeys(a.Env) {
+		es.Check(Key("env", k), CheckEnvName(k))
+		es.Check(Key("env", k), CheckEnvValue(a.Env[k])) // never echoes the value
+	}
+	intIn(&es, "port", a.Port, 1, 65535)
+
+	switch {
+	case a.Replicas != nil && a.Scaling != nil:
+		es.Add("replicas", "cannot be set together with scaling: use replicas for a fixed count, or scaling.min and scaling.max")
+	case a.Replicas != nil:
+		intIn(&es, "replicas", *a.Replicas, 0, MaxReplicas)
+	case a.Scaling != nil:
+		a.Scaling.validate("scaling", &es)
+	}
+	a.Resources.validate("resources", &es)
+	if a.Health != nil {
+		h := *a.Health
+		if h.Port == 0 {
+			h.Port = a.Port
+		}
+		es = append(es, h.Validate("health")...)
+	}
+	a.Update.validate("update", &es)
+	a.Restart.validate("restart", &es)
+	es.Check("stop.signal", CheckSignal(a.Stop.Signal))
+	durIn(&es, "stop.grace", a.Stop.Grace, 0, time.Hour)
+	durIn(&es, "stop.drain", a.Stop.Drain, 0, 10*time.Minute)
+	es = append(es, a.LB.Validate("lb")...)
+	es = append(es, a.Routing.Validate("routing")...)
+	return es.Err()
+}
+
+func (s *Scaling) validate(path string, es *Errors) {
+	intIn(es, Join(path, "min"), s.Min, 1, MaxReplicas)
+	intIn(es, Join(path, "max"), s.Max, 1, MaxReplicas)
+	if s.Min > s.Max {
+		es.Add(Join(path, "min"), "(%d) must not be more than %s (%d)", s.Min, Join(path, "max"), s.Max)
+	}
+	if s.TargetCPUPercent == 0 && s.TargetMemoryPercent == 0 && s.TargetRPSPerReplica == 0 && s.TargetP95LatencyMS == 0 {
+		es.Add(path, "needs at least one target: target_cpu_percent, target_memory_percent, target_rps_per_replica or target_p95_latency_ms")
+	}
+	floatIn(es, Join(path, "target_cpu_percent"), s.TargetCPUPercent, 0, 100)
+	floatIn(es, Join(path, "target_memory_percent"), s.TargetMemoryPercent, 0, 100)
+	floatIn(es, Join(path, "target_rps_per_replica"), s.TargetRPSPerReplica, 0, 1e6)
+	floatIn(es, Join(path, "target_p95_latency_ms"), s.TargetP95LatencyMS, 0, 600000)
+	durIn(es, Join(path, "scale_up_stabilization"), s.ScaleUpStabilization, 0, time.Hour)
+	durIn(es, Join(path, "scale_down_stabilization"), s.ScaleDownStabilization, 0, time.Hour)
+	floatIn(es, Join(path, "tolerance"), s.Tolerance, 0, 0.5)
+}
+
+func (r Resources) validate(path string, es *Errors) {
+	if r.CPU != 0 {
+		floatIn(es, Join(path, "cpu"), r.CPU, 0.01, MaxCPU)
+	}
+	if r.Memory != 0 && (r.Memory < MinMemory || r.Memory > MaxMemory) {
+		es.Add(Join(path, "memory"), "(%s) must be between %s and %s, or absent for the scheduler's default", r.Memory, MinMemory, MaxMemory)
+	}
+}
+
+// Validate checks a health check on its own, as a receiver of a health view
+// does: its port must be set. path prefixes every field path.
+func (h *Health) Validate(path string) Errors {
+	var es Errors
+	switch h.Type {
+	case HealthHTTP:
+		es.Check(Join(path, "path"), CheckPath(h.Path))
+		es.Check(Join(path, "method"), CheckMethod(h.Method))
+		if len(h.Headers) > MaxHeaders {
+			es.Add(Join(path, "headers"), "has %d headers; at most %d", len(h.Headers), MaxHeaders)
+		}
+		for _, k := range sortedKeys(h.Headers) {
+			es.Check(Key(Join(path, "headers"), k), CheckHeaderName(k))
+			es.Check(Key(Join(path, "headers"), k), CheckHeaderValue(h.Headers[k]))
+		}
+		if len(h.Body) > MaxHealthBody {
+			es.Add(Join(path, "body"), "has %d bytes; at most %d", len(h.Body), MaxHealthBody)
+		}
+		if len(h.ExpectedStatus) == 0 {
+			es.Add(Join(path, "expected_status"), "must list at least one status code or range, e.g. \"200-399\"")
+		}
+		probeText(&es, Join(path, "expected_body"), h.ExpectedBody)
+		if h.Send != "" {
+			es.Add(Join(path, "send"), "is only for type tcp")
+		}
+		if h.Expect != "" {
+			es.Add(Join(path, "expect"), "is only for type tcp")
+		}
+		if h.TLSSkipVerify && !h.TLS {
+			es.Add(Join(path, "tls_skip_verify"), "needs tls: true")
+		}
+	case HealthTCP:
+		probeText(&es, Join(path, "send"), h.Send)
+		probeText(&es, Join(path, "expect"), h.Expect)
+		httpOnly := map[string]bool{
+			"path": h.Path != "", "method": h.Method != "", "headers": len(h.Headers) > 0, "body": h.Body != "",
+			"expected_status": len(h.ExpectedStatus) > 0, "expected_body": h.ExpectedBody != "",
+			"follow_redirects": h.FollowRedirects, "tls": h.TLS, "tls_skip_verify": h.TLSSkipVerify,
+		}
+		for _, field := range sortedKeys(httpOnly) {
+			if httpOnly[field] {
+				es.Add(Join(path, field), "is only for type http")
+			}
+		}
+	default:
+		es.Add(Join(path, "type"), "%q is not a health check type (http or tcp)", h.Type)
+	}
+	intIn(&es, Join(path, "port"), h.Port, 1, 65535)
+	durIn(&es, Join(path, "interval"), h.Interval, 100*time.Millisecond, time.Hour)
+	durIn(&es, Join(path, "timeout"), h.Timeout, 10*time.Millisecond, time.Hour)
+	if h.Timeout >= h.Interval {
+		es.Add(Join(path, "timeout"), "(%s) must be less than %s (%s)", h.Timeout, Join(path, "interval"), h.Interval)
+	}
+	intIn(&es, Join(path, "retries"), h.Retries, 0, 10)
+	intIn(&es, Join(path, "healthy_threshold"), h.HealthyThreshold, 1, 100)
+	intIn(&es, Join(path, "unhealthy_threshold"), h.UnhealthyThreshold, 1, 100)
+	durIn(&es, Join(path, "initial_delay"), h.InitialDelay, 0, time.Hour)
+	return es
+}
+
+// probeText checks text sent to or expected from a probe: printable ASCII,
+// tab, CR and LF only.
+func probeText(es *Errors, path, s string) {
+	if len(s) > MaxProbeDataLen {
+		es.Add(path, "has %d bytes; at most %d", len(s), MaxProbeDataLen)
+		return
+	}
+	for _, r := range s {
+		if (r < 0x20 && r != '\t' && r != '\r' && r != '\n') || r >= 0x7f {
+			es.Add(path, "must be printable ASCII (tab, CR and LF allowed)")
+			return
+		}
+	}
+}
+
+func (u Update) validate(path string, es *Errors) {
+	intIn(es, Join(path, "max_surge"), u.MaxSurge, 0, 100)
+	intIn(es, Join(path, "max_unavailable"), u.MaxUnavailable, 0, 100)
+	if u.MaxSurge == 0 && u.MaxUnavailable == 0 {
+		es.Add(Join(path, "max_surge"), "and %s cannot both be 0: an update could never make progress", Join(path, "max_unavailable"))
+	}
+	durIn(es, Join(path, "min_healthy_time"), u.MinHealthyTime, 0, time.Hour)
+	durIn(es, Join(path, "healthy_deadline"), u.HealthyDeadline, time.Second, 24*time.Hour)
+	if u.HealthyDeadline <= u.MinHealthyTime {
+		es.Add(Join(path, "healthy_deadline"), "(%s) must be more than %s (%s)", u.HealthyDeadline, Join(path, "min_healthy_time"), u.MinHealthyTime)
+	}
+}
+
+func (r Restart) validate(path string, es *Errors) {
+	intIn(es, Join(path, "max_attempts"), r.MaxAttempts, 0, 1000)
+	durIn(es, Join(path, "window"), r.Window, time.Second, 7*24*time.Hour)
+	durIn(es, Join(path, "backoff_initial"), r.BackoffInitial, 10*time.Millisecond, time.Hour)
+	durIn(es, Join(path, "backoff_max"), r.BackoffMax, 10*time.Millisecond, 24*time.Hour)
+	if r.BackoffInitial > r.BackoffMax {
+		es.Add(Join(path, "backoff_initial"), "(%s) must not be more than %s (%s)", r.BackoffInitial, Join(path, "backoff_max"), r.BackoffMax)
+	}
+}
+
+// Validate checks load balancing settings; path prefixes every field path.
+func (l LB) Validate(path string) Errors {
+	var es Errors
+	es.Check(Join(path, "method"), CheckLBMethod(l.Method))
+	switch {
+	case l.Method == LBHash:
+		if l.HashKey == "" {
+			es.Add(Join(path, "hash_key"), "must be set when method is hash (e.g. $remote_addr or $cookie_session)")
+		} else {
+			es.Check(Join(path, "hash_key"), CheckHashKey(l.HashKey))
+		}
+	case l.HashKey != "":
+		es.Add(Join(path, "hash_key"), "is only for method hash")
+	}
+	intIn(&es, Join(path, "keepalive"), l.Keepalive, 0, 10000)
+	intIn(&es, Join(path, "max_fails"), l.MaxFails, 0, 1000)
+	durIn(&es, Join(path, "fail_timeout"), l.FailTimeout, 0, time.Hour)
+	durIn(&es, Join(path, "connect_timeout"), l.ConnectTimeout, time.Millisecond, 75*time.Second)
+	durIn(&es, Join(path, "read_timeout"), l.ReadTimeout, time.Millisecond, 24*time.Hour)
+	intIn(&es, Join(path, "next_upstream_tries"), l.NextUpstreamTries, 0, 100)
+	if l.ClientMaxBodySize < 0 || l.ClientMaxBodySize > MaxBodySizeSize {
+		es.Add(Join(path, "client_max_body_size"), "must be between 0 (no limit) and %s", MaxBodySizeSize)
+	}
+	return es
+}
+
+// Validate checks hosts, paths and TLS; path prefixes every field path.
+func (r Routing) Validate(path string) Errors {
+	var es Errors
+	if len(r.Hosts) > MaxHosts {
+		es.Add(Join(path, "hosts"), "has %d hosts; at most %d", len(r.Hosts), MaxHosts)
+	}
+	seen := map[string]int{}
+	for i, h := range r.Hosts {
+		p := Index(Join(path, "hosts"), i)
+		if err := CheckHost(h); err != nil {
+			es.Check(p, err)
+			continue
+		}
+		if j, dup := seen[strings.ToLower(h)]; dup {
+			es.Add(p, "%q repeats %s", h, Index(Join(path, "hosts"), j))
+		}
+		seen[strings.ToLower(h)] = i
+	}
+	if len(r.Paths) > MaxPaths {
+		es.Add(Join(path, "paths"), "has %d paths; at most %d", len(r.Paths), MaxPaths)
+	}
+	seen = map[string]int{}
+	for i, p := range r.Paths {
+		fp := Index(Join(path, "paths"), i)
+		if err := CheckPath(p); err != nil {
+			es.Check(fp, err)
+			continue
+		}
+		if j, dup := seen[p]; dup {
+			es.Add(fp, "%q repeats %s", p, Index(Join(path, "paths"), j))
+		}
+		seen[p] = i
+	}
+	if t := r.TLS; t != nil {
+		tp := Join(path, "tls")
+		if len(r.Hosts) == 0 {
+			es.Add(tp, "needs routing.hosts: a certificate is chosen by host name")
+		}
+		es.Check(Join(tp, "certificate"), CheckFilePath(t.Certificate))
+		es.Check(Join(tp, "key"), CheckFilePath(t.Key))
+	}
+	return es
+}
+
+func intIn(es *Errors, path string, v, lo, hi int) {
+	if v < lo || v > hi {
+		es.Add(path, "(%d) must be between %d and %d", v, lo, hi)
+	}
+}
+
+func floatIn(es *Errors, path string, v, lo, hi float64) {
+	if v < lo || v > hi {
+		es.Add(path, "(%g) must be between %g and %g", v, lo, hi)
+	}
+}
+
+func durIn(es *Errors, path string, v Duration, lo, hi time.Duration) {
+	if v.Std() < lo || v.Std() > hi {
+		es.Add(path, "(%s) must be between %s and %s", v, fmt.Sprint(lo), fmt.Sprint(hi))
+	}
+}
