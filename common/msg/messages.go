@@ -1,0 +1,563 @@
+package msg
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/berthhq/berth/common/spec"
+)
+
+// Message types, the "type" field of every message.
+const (
+	TypeApp          = "berth.app.v1"
+	TypeInstance     = "berth.instance.v1"
+	TypeHealth       = "berth.health.v1"
+	TypeHealthChange = "berth.health_change.v1"
+	TypeAgent        = "berth.agent.v1"
+	TypeChecker      = "berth.checker.v1"
+	TypeEvent        = "berth.event.v1"
+	TypeMetrics      = "berth.metrics.v1"
+	TypeReload       = "berth.reload.v1"
+)
+
+// Message is one v1 message. The set is closed: only this package's types
+// implement it.
+type Message interface {
+	// MessageType returns the Type… constant of the message.
+	MessageType() string
+	// Validate returns every problem with the message as spec.Errors.
+	Validate() error
+	header() *Header
+}
+
+// Header is the part every message shares.
+type Header struct {
+	// Type names the message and its version.
+	Type string `json:"type"`
+}
+
+func (h *Header) header() *Header { return h }
+
+// MaxTextLen caps free-text fields (messages, errors) in bytes.
+const MaxTextLen = 1024
+
+// Instance states, in lifecycle order.
+const (
+	StatePending  = "pending"
+	StateCreating = "creating"
+	StateStarting = "starting"
+	StateRunning  = "running"
+	StateDraining = "draining"
+	StateStopping = "stopping"
+	StateStopped  = "stopped"
+	StateFailed   = "failed"
+)
+
+// States lists every instance state.
+var States = []string{StatePending, StateCreating, StateStarting, StateRunning, StateDraining, StateStopping, StateStopped, StateFailed}
+
+// Health statuses.
+const (
+	StatusUnknown   = "unknown"
+	StatusHealthy   = "healthy"
+	StatusUnhealthy = "unhealthy"
+)
+
+// Failure kinds of a probe.
+const (
+	FailureNone              = ""
+	FailureTimeout           = "timeout"
+	FailureConnectionRefused = "connection_refused"
+	FailureConnectionReset   = "connection_reset"
+	FailureDNS               = "dns"
+	FailureTLS               = "tls"
+	FailureHTTPStatus        = "http_status"
+	FailureBodyMismatch      = "body_mismatch"
+	FailureProtocol          = "protocol"
+)
+
+// Failures lists every failure kind but none.
+var Failures = []string{FailureTimeout, FailureConnectionRefused, FailureConnectionReset, FailureDNS, FailureTLS, FailureHTTPStatus, FailureBodyMismatch, FailureProtocol}
+
+// Reload results.
+const (
+	ReloadApplied  = "applied"  // new config tested, swapped, reloaded and confirmed
+	ReloadSkipped  = "skipped"  // rendered config equal to the applied one
+	ReloadRejected = "rejected" // some apps failed nginx -t and kept their last good config
+	ReloadFailed   = "failed"   // nothing was applied
+)
+
+// App is the routing and health view of one app's spec (bucket apps, key <app>).
+type App struct {
+	Header
+	// Name is the app name.
+	Name string `json:"name"`
+	// Generation is the spec generation this view comes from.
+	Generation int64 `json:"generation"`
+	// Term is the scheduler leader term that wrote it.
+	Term uint64 `json:"term"`
+	// Port is the container port traffic goes to.
+	Port int `json:"port"`
+	// Health is the health check; absent means none.
+	Health *spec.Health `json:"health,omitempty"`
+	// LB is the nginx upstream configuration.
+	LB spec.LB `json:"lb"`
+	// Routing is the hosts, paths and TLS.
+	Routing spec.Routing `json:"routing"`
+	// Drain is how long an instance stays out of nginx before it is stopped.
+	Drain spec.Duration `json:"drain"`
+	// UpdatedAt is when the leader wrote it.
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Instance is one container of an app (bucket instances, key <app>.<instance>).
+type Instance struct {
+	Header
+	// App is the app name.
+	App string `json:"app"`
+	// ID is the instance id.
+	ID string `json:"id"`
+	// Generation is the spec generation the instance runs.
+	Generation int64 `json:"generation"`
+	// Term is the leader term that wrote this state.
+	Term uint64 `json:"term"`
+	// Address is where nginx and healthd reach it, "host:port"; empty
+	// until the container has one.
+	Address string `json:"address,omitempty"`
+	// State is one of the State… constants.
+	State string `json:"state"`
+	// Weight is the nginx server weight, 1–1000.
+	Weight int `json:"weight"`
+	// Backup makes nginx use it only when no other server is available.
+	Backup bool `json:"backup,omitempty"`
+	// ContainerID is the Docker container id, when created.
+	ContainerID string `json:"container_id,omitempty"`
+	// StartedAt is when the container started, when it has.
+	StartedAt *time.Time `json:"started_at,omitempty"`
+	// UpdatedAt is when the leader wrote it.
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Health is an instance's current health (bucket health, key <app>.<instance>).
+type Health struct {
+	Header
+	// App is the app name.
+	App string `json:"app"`
+	// Instance is the instance id.
+	Instance string `json:"instance"`
+	// Status is healthy, unhealthy or unknown.
+	Status string `json:"status"`
+	// Failure is the kind of the last failure, empty after a pass.
+	Failure string `json:"failure,omitempty"`
+	// Message says what the last probe saw, briefly.
+	Message string `json:"message,omitempty"`
+	// ConsecutiveSuccesses counts passes in a row.
+	ConsecutiveSuccesses int `json:"consecutive_successes"`
+	// ConsecutiveFailures counts failures in a row.
+	ConsecutiveFailures int `json:"consecutive_failures"`
+	// LatencyMS is the last probe's duration in milliseconds.
+	LatencyMS float64 `json:"latency_ms"`
+	// Checker is the healthd that probed it.
+	Checker string `json:"checker"`
+	// InstanceTerm is the term of the instance record the probe used.
+	InstanceTerm uint64 `json:"instance_term"`
+	// Generation is the instance's spec generation.
+	Generation int64 `json:"generation"`
+	// CheckedAt is when the last probe finished.
+	CheckedAt time.Time `json:"checked_at"`
+}
+
+// HealthChange is a health transition (subject health.<app>.<instance>).
+type HealthChange struct {
+	Header
+	// App is the app name.
+	App string `json:"app"`
+	// Instance is the instance id.
+	Instance string `json:"instance"`
+	// From is the previous status.
+	From string `json:"from"`
+	// To is the new status.
+	To string `json:"to"`
+	// Failure is the failure kind when To is unhealthy.
+	Failure string `json:"failure,omitempty"`
+	// Message says what the probe saw.
+	Message string `json:"message,omitempty"`
+	// LatencyMS is the probe's duration in milliseconds.
+	LatencyMS float64 `json:"latency_ms"`
+	// Checker is the healthd that saw it.
+	Checker string `json:"checker"`
+	// At is when it happened.
+	At time.Time `json:"at"`
+}
+
+// Agent is an lbagent's applied state (bucket agents, key <node>, TTL).
+type Agent struct {
+	Header
+	// Node is the agent's node id.
+	Node string `json:"node"`
+	// AppliedRevision is the highest instances-bucket revision that the
+	// running nginx config is confirmed to reflect.
+	AppliedRevision uint64 `json:"applied_revision"`
+	// Apps maps each app to the generation its served config reflects.
+	Apps map[string]int64 `json:"apps"`
+	// Errors maps apps whose latest config was refused to why.
+	Errors map[string]string `json:"errors,omitempty"`
+	// LastError is the last error that was not an app's.
+	LastError string `json:"last_error,omitempty"`
+	// NginxVersion is what nginx -v reports.
+	NginxVersion string `json:"nginx_version,omitempty"`
+	// UpdatedAt is when it was written.
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Checker is a healthd's heartbeat (bucket checkers, key <checker>, TTL).
+type Checker struct {
+	Header
+	// ID is the checker id.
+	ID string `json:"id"`
+	// Targets is how many instances it probes.
+	Targets int `json:"targets"`
+	// StartedAt is when it started.
+	StartedAt time.Time `json:"started_at"`
+	// HeartbeatAt is when it wrote this.
+	HeartbeatAt time.Time `json:"heartbeat_at"`
+}
+
+// Event is a lifecycle event of an app (subject events.<app>.<kind>).
+type Event struct {
+	Header
+	// ID identifies the event (the store's event id).
+	ID string `json:"id"`
+	// App is the app name.
+	App string `json:"app"`
+	// Instance is the instance id, when the event is about one.
+	Instance string `json:"instance,omitempty"`
+	// Kind says what happened ("instance_started", "rollout_done", …).
+	Kind string `json:"kind"`
+	// Message says it for people.
+	Message string `json:"message"`
+	// Details are machine-readable specifics.
+	Details map[string]string `json:"details,omitempty"`
+	// Term is the leader term that acted.
+	Term uint64 `json:"term"`
+	// At is when it happened.
+	At time.Time `json:"at"`
+}
+
+// StatusCounts counts responses by status class.
+type StatusCounts struct {
+	S1xx int64 `json:"1xx"`
+	S2xx int64 `json:"2xx"`
+	S3xx int64 `json:"3xx"`
+	S4xx int64 `json:"4xx"`
+	S5xx int64 `json:"5xx"`
+}
+
+// Metrics is one lbagent's traffic to one app over one window (subject metrics.<app>).
+type Metrics struct {
+	Header
+	// Node is the lbagent's node id.
+	Node string `json:"node"`
+	// App is the app name.
+	App string `json:"app"`
+	// WindowStart is when the window began.
+	WindowStart time.Time `json:"window_start"`
+	// Window is the window's length.
+	Window spec.Duration `json:"window"`
+	// Requests is the number of requests in the window.
+	Requests int64 `json:"requests"`
+	// RPS is Requests per second of the window.
+	RPS float64 `json:"rps"`
+	// Status counts responses by class.
+	Status StatusCounts `json:"status"`
+	// P50MS, P95MS and P99MS are upstream response time quantiles in milliseconds.
+	P50MS float64 `json:"p50_ms"`
+	P95MS float64 `json:"p95_ms"`
+	P99MS float64 `json:"p99_ms"`
+	// UpstreamErrors counts requests nginx could not pass to any upstream.
+	UpstreamErrors int64 `json:"upstream_errors"`
+}
+
+// Reload is the result of one lbagent config change (subject reloads.<node>).
+type Reload struct {
+	Header
+	// Node is the lbagent's node id.
+	Node string `json:"node"`
+	// Result is one of the Reload… constants.
+	Result string `json:"result"`
+	// DurationMS is render to confirm, in milliseconds.
+	DurationMS float64 `json:"duration_ms"`
+	// Revision is the instances-bucket revision the config reflects.
+	Revision uint64 `json:"revision"`
+	// Error is why it failed, for failed results.
+	Error string `json:"error,omitempty"`
+	// FailedApps maps apps left on their last good config to why.
+	FailedApps map[string]string `json:"failed_apps,omitempty"`
+	// At is when it finished.
+	At time.Time `json:"at"`
+}
+
+// MessageType returns TypeApp.
+func (*App) MessageType() string { return TypeApp }
+
+// MessageType returns TypeInstance.
+func (*Instance) MessageType() string { return TypeInstance }
+
+// MessageType returns TypeHealth.
+func (*Health) MessageType() string { return TypeHealth }
+
+// MessageType returns TypeHealthChange.
+func (*HealthChange) MessageType() string { return TypeHealthChange }
+
+// MessageType returns TypeAgent.
+func (*Agent) MessageType() string { return TypeAgent }
+
+// MessageType returns TypeChecker.
+func (*Checker) MessageType() string { return TypeChecker }
+
+// MessageType returns TypeEvent.
+func (*Event) MessageType() string { return TypeEvent }
+
+// MessageType returns TypeMetrics.
+func (*Metrics) MessageType() string { return TypeMetrics }
+
+// MessageType returns TypeReload.
+func (*Reload) MessageType() string { return TypeReload }
+
+// Validate re-checks every string that will reach nginx with the spec's
+// grammars, so a value that slipped past the API still cannot inject
+// directives.
+func (m *App) Validate() error {
+	var es spec.Errors
+	es.Check("name", spec.CheckName(m.Name))
+	positive(&es, "generation", m.Generation)
+	if m.Port < 1 || m.Port > 65535 {
+		es.Add("port", "(%d) must be between 1 and 65535", m.Port)
+	}
+	if m.Health != nil {
+		es = append(es, m.Health.Validate("health")...)
+	}
+	es = append(es, m.LB.Validate("lb")...)
+	es = append(es, m.Routing.Validate("routing")...)
+	if len(m.Routing.Paths) == 0 {
+		es.Add("routing.paths", "must list at least one path")
+	}
+	if m.Drain < 0 {
+		es.Add("drain", "must not be negative")
+	}
+	when(&es, "updated_at", m.UpdatedAt)
+	return es.Err()
+}
+
+// Validate checks ids, state, address and weight.
+func (m *Instance) Validate() error {
+	var es spec.Errors
+	es.Check("app", spec.CheckName(m.App))
+	es.Check("id", CheckInstanceID(m.ID))
+	positive(&es, "generation", m.Generation)
+	oneOf(&es, "state", m.State, States)
+	switch {
+	case m.Address != "":
+		es.Check("address", CheckAddress(m.Address))
+	case m.State == StateStarting || m.State == StateRunning || m.State == StateDraining:
+		es.Add("address", "must be set in state %s", m.State)
+	}
+	if m.Weight < 1 || m.Weight > 1000 {
+		es.Add("weight", "(%d) must be between 1 and 1000", m.Weight)
+	}
+	if m.ContainerID != "" && !containerIDRe.MatchString(m.ContainerID) {
+		es.Add("container_id", "%q is not a container id (12-64 lowercase hex digits)", m.ContainerID)
+	}
+	when(&es, "updated_at", m.UpdatedAt)
+	return es.Err()
+}
+
+// Validate checks ids, status, failure kind and counts.
+func (m *Health) Validate() error {
+	var es spec.Errors
+	es.Check("app", spec.CheckName(m.App))
+	es.Check("instance", CheckInstanceID(m.Instance))
+	oneOf(&es, "status", m.Status, []string{StatusUnknown, StatusHealthy, StatusUnhealthy})
+	if m.Failure != FailureNone {
+		oneOf(&es, "failure", m.Failure, Failures)
+	}
+	text(&es, "message", m.Message)
+	if m.ConsecutiveSuccesses < 0 || m.ConsecutiveFailures < 0 || m.LatencyMS < 0 {
+		es.Add("consecutive_successes", "counts and latency_ms must not be negative")
+	}
+	es.Check("checker", CheckToken(m.Checker))
+	when(&es, "checked_at", m.CheckedAt)
+	return es.Err()
+}
+
+// Validate checks ids and statuses.
+func (m *HealthChange) Validate() error {
+	var es spec.Errors
+	es.Check("app", spec.CheckName(m.App))
+	es.Check("instance", CheckInstanceID(m.Instance))
+	statuses := []string{StatusUnknown, StatusHealthy, StatusUnhealthy}
+	oneOf(&es, "from", m.From, statuses)
+	oneOf(&es, "to", m.To, statuses)
+	if m.Failure != FailureNone {
+		oneOf(&es, "failure", m.Failure, Failures)
+	}
+	text(&es, "message", m.Message)
+	es.Check("checker", CheckToken(m.Checker))
+	when(&es, "at", m.At)
+	return es.Err()
+}
+
+// Validate checks the node id and the app names.
+func (m *Agent) Validate() error {
+	var es spec.Errors
+	es.Check("node", CheckToken(m.Node))
+	for _, app := range sortedKeys(m.Apps) {
+		es.Check(spec.Key("apps", app), spec.CheckName(app))
+	}
+	for _, app := range sortedKeys(m.Errors) {
+		es.Check(spec.Key("errors", app), spec.CheckName(app))
+		text(&es, spec.Key("errors", app), m.Errors[app])
+	}
+	text(&es, "last_error", m.LastError)
+	text(&es, "nginx_version", m.NginxVersion)
+	when(&es, "updated_at", m.UpdatedAt)
+	return es.Err()
+}
+
+// Validate checks the checker id.
+func (m *Checker) Validate() error {
+	var es spec.Errors
+	es.Check("id", CheckToken(m.ID))
+	if m.Targets < 0 {
+		es.Add("targets", "must not be negative")
+	}
+	when(&es, "heartbeat_at", m.HeartbeatAt)
+	return es.Err()
+}
+
+// Validate checks the app, kind and texts.
+func (m *Event) Validate() error {
+	var es spec.Errors
+	if m.ID == "" || len(m.ID) > 64 {
+		es.Add("id", "must be 1-64 characters")
+	}
+	es.Check("app", spec.CheckName(m.App))
+	if m.Instance != "" {
+		es.Check("instance", CheckInstanceID(m.Instance))
+	}
+	es.Check("kind", CheckToken(m.Kind))
+	text(&es, "message", m.Message)
+	if len(m.Details) > 64 {
+		es.Add("details", "has %d entries; at most 64", len(m.Details))
+	}
+	for _, k := range sortedKeys(m.Details) {
+		es.Check(spec.Key("details", k), CheckToken(k))
+		text(&es, spec.Key("details", k), m.Details[k])
+	}
+	when(&es, "at", m.At)
+	return es.Err()
+}
+
+// Validate checks ids and that counts are not negative.
+func (m *Metrics) Validate() error {
+	var es spec.Errors
+	es.Check("node", CheckToken(m.Node))
+	es.Check("app", spec.CheckName(m.App))
+	if m.Window <= 0 {
+		es.Add("window", "must be positive")
+	}
+	s := m.Status
+	if m.Requests < 0 || m.RPS < 0 || m.UpstreamErrors < 0 || s.S1xx < 0 || s.S2xx < 0 || s.S3xx < 0 || s.S4xx < 0 || s.S5xx < 0 {
+		es.Add("requests", "counts must not be negative")
+	}
+	if m.P50MS < 0 || m.P95MS < 0 || m.P99MS < 0 {
+		es.Add("p50_ms", "latencies must not be negative")
+	}
+	when(&es, "window_start", m.WindowStart)
+	return es.Err()
+}
+
+// Validate checks the node, result and texts.
+func (m *Reload) Validate() error {
+	var es spec.Errors
+	es.Check("node", CheckToken(m.Node))
+	oneOf(&es, "result", m.Result, []string{ReloadApplied, ReloadSkipped, ReloadRejected, ReloadFailed})
+	text(&es, "error", m.Error)
+	for _, app := range sortedKeys(m.FailedApps) {
+		es.Check(spec.Key("failed_apps", app), spec.CheckName(app))
+		text(&es, spec.Key("failed_apps", app), m.FailedApps[app])
+	}
+	if m.DurationMS < 0 {
+		es.Add("duration_ms", "must not be negative")
+	}
+	when(&es, "at", m.At)
+	return es.Err()
+}
+
+var containerIDRe = regexp.MustCompile(`^[0-9a-f]{12,64}$`)
+
+// CheckAddress checks "host:port" where host is an IP address or a host
+// name (no wildcard) and port is 1–65535: what nginx puts in a server line.
+func CheckAddress(s string) error {
+	bad := fmt.Errorf("%q is not a valid address (host:port, the host an IP address or a host name)", s)
+	host, port, ok := strings.Cut(s, ":")
+	if strings.HasPrefix(s, "[") { // [ipv6]:port
+		end := strings.Index(s, "]:")
+		if end < 0 {
+			return bad
+		}
+		host, port, ok = s[1:end], s[end+2:], true
+		if _, err := netip.ParseAddr(host); err != nil {
+			return bad
+		}
+	} else if !ok || strings.Contains(port, ":") {
+		return bad
+	} else if _, err := netip.ParseAddr(host); err != nil && (strings.HasPrefix(host, "*") || spec.CheckHost(host) != nil) {
+		return bad
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 1 || p > 65535 || strconv.Itoa(p) != port {
+		return bad
+	}
+	return nil
+}
+
+func positive(es *spec.Errors, path string, v int64) {
+	if v < 1 {
+		es.Add(path, "(%d) must be at least 1", v)
+	}
+}
+
+func oneOf(es *spec.Errors, path, v string, allowed []string) {
+	for _, a := range allowed {
+		if v == a {
+			return
+		}
+	}
+	es.Add(path, "%q is not one of %s", v, strings.Join(allowed, ", "))
+}
+
+// text checks free text: at most MaxTextLen bytes of valid UTF-8 without
+// control characters other than tab and newline.
+func text(es *spec.Errors, path, s string) {
+	if len(s) > MaxTextLen {
+		es.Add(path, "has %d bytes; at most %d", len(s), MaxTextLen)
+		return
+	}
+	for _, r := range s {
+		if r == 0xFFFD || (r < 0x20 && r != '\t' && r != '\n') || r == 0x7f {
+			es.Add(path, "must be valid UTF-8 text without control characters")
+			return
+		}
+	}
+}
+
+func when(es *spec.Errors, path string, t time.Time) {
+	if t.IsZero() {
+		es.Add(path, "must be set")
+	}
+}

@@ -1,0 +1,281 @@
+package msg
+
+import (
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/berthhq/berth/common/spec"
+	"github.com/stretchr/testify/require"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+var at = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+
+func healthCheck() *spec.Health {
+	yes := true
+	st, _ := spec.ParseStatusRanges("200-399")
+	return &spec.Health{Type: spec.HealthHTTP, Enabled: &yes, Port: 8080, Path: "/healthz", Method: "GET",
+		ExpectedStatus: st, Interval: spec.Duration(5 * time.Second), Timeout: spec.Duration(2 * time.Second),
+		HealthyThreshold: 1, UnhealthyThreshold: 3}
+}
+
+// examples holds one fully populated message of each type: the public
+// contract, kept byte for byte in testdata/<type>.json.
+func examples() map[string]Message {
+	started := at.Add(-time.Minute)
+	out := map[string]Message{
+		TypeApp: &App{Name: "web", Generation: 7, Term: 3, Port: 8080, Health: healthCheck(),
+			LB: spec.LB{Method: spec.LBLeastConn, Keepalive: 32, MaxFails: 1, FailTimeout: spec.Duration(10 * time.Second),
+				ConnectTimeout: spec.Duration(2 * time.Second), ReadTimeout: spec.Duration(time.Minute), NextUpstreamTries: 2, ClientMaxBodySize: 1 << 20},
+			Routing: spec.Routing{Hosts: []string{"web.example.com"}, Paths: []string{"/"},
+				TLS: &spec.TLS{Certificate: "/etc/berth/tls/web.crt", Key: "/etc/berth/tls/web.key", RedirectHTTP: true}},
+			Drain: spec.Duration(10 * time.Second), UpdatedAt: at},
+		TypeInstance: &Instance{App: "web", ID: "k3x9q2", Generation: 7, Term: 3, Address: "127.0.0.1:32768",
+			State: StateRunning, Weight: 1, ContainerID: "3f4e5d6c7b8a", StartedAt: &started, UpdatedAt: at},
+		TypeHealth: &Health{App: "web", Instance: "k3x9q2", Status: StatusUnhealthy, Failure: FailureHTTPStatus,
+			Message: "status 503", ConsecutiveFailures: 3, LatencyMS: 1.25, Checker: "healthd-a-1234", InstanceTerm: 3, Generation: 7, CheckedAt: at},
+		TypeHealthChange: &HealthChange{App: "web", Instance: "k3x9q2", From: StatusHealthy, To: StatusUnhealthy,
+			Failure: FailureHTTPStatus, Message: "status 503", LatencyMS: 1.25, Checker: "healthd-a-1234", At: at},
+		TypeAgent: &Agent{Node: "lb-1", AppliedRevision: 4211, Apps: map[string]int64{"web": 7, "api": 2},
+			Errors: map[string]string{"api": "nginx -t: host not found in upstream"}, NginxVersion: "nginx/1.22.1", UpdatedAt: at},
+		TypeChecker: &Checker{ID: "healthd-a-1234", Targets: 120, StartedAt: started, HeartbeatAt: at},
+		TypeEvent: &Event{ID: "1042", App: "web", Instance: "k3x9q2", Kind: "instance_started", Message: "instance k3x9q2 started",
+			Details: map[string]string{"container_id": "3f4e5d6c7b8a", "generation": "7"}, Term: 3, At: at},
+		TypeMetrics: &Metrics{Node: "lb-1", App: "web", WindowStart: at, Window: spec.Duration(5 * time.Second), Requests: 500, RPS: 100,
+			Status: StatusCounts{S2xx: 490, S4xx: 8, S5xx: 2}, P50MS: 3.2, P95MS: 12.5, P99MS: 40.1, UpstreamErrors: 1},
+		TypeReload: &Reload{Node: "lb-1", Result: ReloadRejected, DurationMS: 84.5, Revision: 4211,
+			FailedApps: map[string]string{"api": "nginx -t: host not found in upstream"}, At: at},
+	}
+	for _, m := range out {
+		m.header().Type = m.MessageType()
+	}
+	return out
+}
+
+func TestGoldenMessages(t *testing.T) {
+	t.Parallel()
+	ex := examples()
+	require.ElementsMatch(t, Types(), keys(ex), "every type has a golden example")
+	for typ, m := range ex {
+		t.Run(typ, func(t *testing.T) {
+			t.Parallel()
+			b, err := Encode(m)
+			require.NoError(t, err)
+			var pretty map[string]any
+			require.NoError(t, json.Unmarshal(b, &pretty))
+			indented, err := json.MarshalIndent(pretty, "", "  ")
+			require.NoError(t, err)
+			indented = append(indented, '\n')
+			path := filepath.Join("testdata", strings.TrimPrefix(typ, "berth.")+".json")
+			if *update {
+				require.NoError(t, os.WriteFile(path, indented, 0o644))
+			}
+			golden, err := os.ReadFile(path)
+			require.NoError(t, err)
+			require.Equal(t, string(golden), string(indented), "the v1 wire format changed: this is the public contract (run make golden only for an additive change)")
+
+			back, err := Decode(golden)
+			require.NoError(t, err)
+			require.Equal(t, m, back)
+		})
+	}
+}
+
+func keys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+func TestDecodeRejects(t *testing.T) {
+	t.Parallel()
+	valid, err := Encode(examples()[TypeInstance])
+	require.NoError(t, err)
+	tests := []struct {
+		name string
+		data string
+		want error
+		text string
+	}{
+		{"oversize", `{"type":"berth.instance.v1","app":"` + strings.Repeat("a", MaxMessageSize) + `"}`, ErrTooLarge, "the limit is 262144"},
+		{"garbage", "not json", ErrMalformed, ""},
+		{"array", "[1,2]", ErrMalformed, ""},
+		{"no type", `{"app":"web"}`, ErrMalformed, `no "type" field`},
+		{"unknown type", `{"type":"berth.instance.v9"}`, ErrUnknownType, `"berth.instance.v9"`},
+		{"wrong field kind", `{"type":"berth.instance.v1","weight":"heavy"}`, ErrMalformed, ""},
+		{"invalid content", strings.Replace(string(valid), `"state":"running"`, `"state":"dancing"`, 1), ErrInvalid, `state: "dancing" is not one of pending`},
+		{"bad address", strings.Replace(string(valid), `127.0.0.1:32768`, `127.0.0.1:32768;`, 1), ErrInvalid, `address: "127.0.0.1:32768;" is not a valid address`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := Decode([]byte(tt.data))
+			require.ErrorIs(t, err, tt.want)
+			require.Contains(t, err.Error(), tt.text)
+		})
+	}
+}
+
+func TestDecodeIgnoresUnknownFields(t *testing.T) {
+	t.Parallel()
+	b, err := Encode(examples()[TypeInstance])
+	require.NoError(t, err)
+	newer := strings.Replace(string(b), `{`, `{"zone":"eu-1","future":{"x":1},`, 1)
+	m, err := DecodeAs[*Instance]([]byte(newer))
+	require.NoError(t, err, "a v1 consumer must accept optional fields added later")
+	require.Equal(t, "k3x9q2", m.ID)
+}
+
+func TestDecodeAsChecksType(t *testing.T) {
+	t.Parallel()
+	b, err := Encode(examples()[TypeHealth])
+	require.NoError(t, err)
+	_, err = DecodeAs[*Instance](b)
+	require.ErrorIs(t, err, ErrWrongType)
+	require.ErrorContains(t, err, "got berth.health.v1, want berth.instance.v1")
+	h, err := DecodeAs[*Health](b)
+	require.NoError(t, err)
+	require.Equal(t, StatusUnhealthy, h.Status)
+}
+
+func TestEncodeRefusesInvalid(t *testing.T) {
+	t.Parallel()
+	_, err := Encode(&Instance{App: "web", ID: "Bad.ID", Generation: 1, State: StateRunning, Weight: 0, UpdatedAt: at})
+	require.Error(t, err)
+	for _, want := range []string{`id: "Bad.ID" is not a valid instance id`, "address: must be set in state running", "weight: (0) must be between 1 and 1000"} {
+		require.ErrorContains(t, err, want)
+	}
+}
+
+func TestAppRejectsNginxInjection(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		mutate func(*App)
+		want   string
+	}{
+		{"host with semicolon", func(a *App) { a.Routing.Hosts = []string{"a.com; return 200"} }, "routing.hosts[0]"},
+		{"host with brace", func(a *App) { a.Routing.Hosts = []string{"a.com}"} }, "routing.hosts[0]"},
+		{"host with newline", func(a *App) { a.Routing.Hosts = []string{"a.com\nserver {"} }, "routing.hosts[0]"},
+		{"path with quote", func(a *App) { a.Routing.Paths = []string{`/a"b`} }, "routing.paths[0]"},
+		{"no paths", func(a *App) { a.Routing.Paths = nil }, "routing.paths: must list at least one path"},
+		{"hash key with braces", func(a *App) { a.LB.Method, a.LB.HashKey = spec.LBHash, "${remote_addr}" }, "lb.hash_key"},
+		{"cert path with semicolon", func(a *App) { a.Routing.TLS.Key = "/k;include /etc/passwd" }, "routing.tls.key"},
+		{"health header value", func(a *App) { a.Health.Headers = map[string]string{"X": "a\r\nb"} }, "health.headers[X]"},
+		{"bad name", func(a *App) { a.Name = "web;" }, "name"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			a := examples()[TypeApp].(*App)
+			tt.mutate(a)
+			b, err := json.Marshal(a)
+			require.NoError(t, err)
+			_, err = Decode(b)
+			require.ErrorIs(t, err, ErrInvalid)
+			require.ErrorContains(t, err, tt.want)
+		})
+	}
+}
+
+func TestValidateOtherMessages(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		m    Message
+		want string
+	}{
+		{"health status", &Health{App: "web", Instance: "a1", Status: "fine", Checker: "c", CheckedAt: at}, `status: "fine" is not one of`},
+		{"health failure", &Health{App: "web", Instance: "a1", Status: StatusUnhealthy, Failure: "cosmic_ray", Checker: "c", CheckedAt: at}, `failure: "cosmic_ray" is not one of`},
+		{"health control chars", &Health{App: "web", Instance: "a1", Status: StatusHealthy, Message: "a\x00b", Checker: "c", CheckedAt: at}, "message: must be valid UTF-8 text"},
+		{"agent node", &Agent{Node: "lb.1", UpdatedAt: at}, `node: "lb.1" is not a valid id`},
+		{"agent app", &Agent{Node: "lb1", Apps: map[string]int64{"Bad": 1}, UpdatedAt: at}, `apps[Bad]: "Bad" is not a valid name`},
+		{"checker targets", &Checker{ID: "c", Targets: -1, HeartbeatAt: at}, "targets: must not be negative"},
+		{"event kind", &Event{ID: "1", App: "web", Kind: "a.b", Message: "m", At: at}, `kind: "a.b" is not a valid id`},
+		{"metrics window", &Metrics{Node: "n", App: "web", WindowStart: at}, "window: must be positive"},
+		{"metrics negative", &Metrics{Node: "n", App: "web", WindowStart: at, Window: 1, Requests: -1}, "requests: counts must not be negative"},
+		{"reload result", &Reload{Node: "n", Result: "maybe", At: at}, `result: "maybe" is not one of applied`},
+		{"missing time", &Checker{ID: "c"}, "heartbeat_at: must be set"},
+		{"health change", &HealthChange{App: "web", Instance: "a1", From: "x", To: StatusHealthy, Checker: "c", At: at}, `from: "x" is not one of`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			require.ErrorContains(t, tt.m.Validate(), tt.want)
+		})
+	}
+}
+
+func TestCheckAddress(t *testing.T) {
+	t.Parallel()
+	for _, ok := range []string{"127.0.0.1:8080", "10.0.0.5:1", "[::1]:80", "web-1.internal:8080", "berth-web-k3x9q2:8080"} {
+		require.NoError(t, CheckAddress(ok), ok)
+	}
+	for _, bad := range []string{"", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:08", "::1:80", "a b:80", "x;y:80", "*.a:80", "127.0.0.1:80 backup", "[::1]80"} {
+		require.Error(t, CheckAddress(bad), bad)
+	}
+}
+
+func TestNames(t *testing.T) {
+	t.Parallel()
+	n, err := NewNames(DefaultPrefix)
+	require.NoError(t, err)
+	got := []string{n.AppsBucket(), n.InstancesBucket(), n.HealthBucket(), n.AgentsBucket(), n.CheckersBucket(),
+		n.EventsSubject("web", "instance_started"), n.AllEvents(), n.AppEvents("web"),
+		n.HealthSubject("web", "k3x9q2"), n.AllHealth(), n.MetricsSubject("web"), n.AllMetrics(),
+		n.ReloadsSubject("lb-1"), n.AllReloads(), InstanceKey("web", "k3x9q2")}
+	require.Equal(t, []string{"berth_apps", "berth_instances", "berth_health", "berth_agents", "berth_checkers",
+		"berth.v1.events.web.instance_started", "berth.v1.events.>", "berth.v1.events.web.*",
+		"berth.v1.health.web.k3x9q2", "berth.v1.health.>", "berth.v1.metrics.web", "berth.v1.metrics.*",
+		"berth.v1.reloads.lb-1", "berth.v1.reloads.*", "web.k3x9q2"}, got)
+
+	staging, err := NewNames("staging")
+	require.NoError(t, err)
+	require.Equal(t, "staging_apps", staging.AppsBucket())
+	require.Equal(t, "staging.v1.metrics.api", staging.MetricsSubject("api"))
+	buckets := staging.Buckets()
+	require.Len(t, buckets, 5)
+	require.Equal(t, Bucket{Name: "staging_agents", Description: "Berth v1: lbagent applied state, by node", History: 1, TTL: AgentTTL}, buckets[3])
+
+	for _, bad := range []string{"", "a.b", "a*", "a>", "a b", strings.Repeat("x", 33), "ünï"} {
+		_, err := NewNames(bad)
+		require.ErrorContains(t, err, "must be 1-32 letters, digits, '_' or '-'", bad)
+	}
+}
+
+func TestInstanceKeysAndNodes(t *testing.T) {
+	t.Parallel()
+	app, id, err := ParseInstanceKey("web.k3x9q2")
+	require.NoError(t, err)
+	require.Equal(t, "web", app)
+	require.Equal(t, "k3x9q2", id)
+	for _, bad := range []string{"web", "Web.k1", "web.K1", "web.a.b", ".x", "web."} {
+		_, _, err := ParseInstanceKey(bad)
+		require.Error(t, err, bad)
+	}
+	require.Equal(t, "web-1-example-com", NodeID("web-1.example.com"))
+	require.NoError(t, CheckToken(NodeID("a b.c*d>e")))
+	require.NoError(t, CheckToken(NodeID("")))
+	require.NoError(t, CheckToken(NodeID(strings.Repeat("h", 300))))
+}
+
+func TestFence(t *testing.T) {
+	t.Parallel()
+	var f Fence
+	require.True(t, f.Accept("web.a", 3))
+	require.True(t, f.Accept("web.a", 3), "the same term again is fine")
+	require.False(t, f.Accept("web.a", 2), "a deposed leader's write is dropped")
+	require.True(t, f.Accept("web.b", 1), "terms are per key")
+	require.True(t, f.Accept("web.a", 4))
+	require.True(t, f.Accept("web.a", 0), "writes without a term are not fenced")
+	f.Forget("web.a")
+	require.True(t, f.Accept("web.a", 1))
+}
