@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berthhq/berth/common/msg"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 )
@@ -360,4 +361,20 @@ func freePort(t *testing.T) int {
 	require.NoError(t, err)
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func TestContractBuckets(t *testing.T) {
+	t.Parallel()
+	n, err := msg.NewNames("test")
+	require.NoError(t, err)
+	c := connect(t, startServer(t, -1, t.TempDir()).URL())
+	ctx := ctxT(t)
+	require.NoError(t, c.EnsureBuckets(ctx, ContractBuckets(n)))
+	for _, b := range n.Buckets() {
+		kv, err := c.KV(ctx, b.Name)
+		require.NoError(t, err)
+		st, err := kv.Status(ctx)
+		require.NoError(t, err)
+		require.Equal(t, BucketStatus{History: int64(b.History), TTL: b.TTL, Memory: b.TTL > 0}, st, b.Name)
+	}
 }
