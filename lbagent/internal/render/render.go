@@ -1,0 +1,253 @@
+// Package render turns a state snapshot into nginx config text through the
+// templates: it lays the snapshot out as template data (pure and sorted, so
+// the same snapshot always renders the same bytes), resolves host and path
+// conflicts between apps, and executes the templates with missingkey=error
+// and a func map of helpers that validate and quote every value or fail.
+package render
+
+import (
+	"bytes"
+	"fmt"
+	"io/fs"
+	"sort"
+	"strings"
+	"text/template"
+	"time"
+
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/lbagent/internal/state"
+)
+
+// Options are the node-level settings of a render.
+type Options struct {
+	// Node is the lbagent's node id, written in a comment.
+	Node string
+	// HTTPListen and HTTPSListen are where app traffic arrives ("0.0.0.0:80").
+	HTTPListen, HTTPSListen string
+	// StatusListen serves stub_status and the generation endpoint.
+	StatusListen string
+	// AccessLogSocket is lbagent's unix datagram socket for the JSON access
+	// log; empty turns the access log off.
+	AccessLogSocket string
+	// Main renders a whole nginx.conf; otherwise only the http context, for
+	// an include directory of an nginx.conf that lbagent does not own.
+	Main bool
+}
+
+// Data is what the templates see.
+type Data struct {
+	Node            string
+	Generation      uint64
+	Revision        uint64
+	StatusListen    string
+	AccessLogSocket string
+	Upstreams       []Upstream
+	Servers         []Server
+}
+
+// Upstream is one app's upstream block; apps without servers have none.
+type Upstream struct {
+	Name       string
+	App        string
+	Generation int64
+	LB         spec.LB
+	Servers    []state.Server
+}
+
+// Server is one server block: one host, or the default server.
+type Server struct {
+	Host                    string
+	Default                 bool
+	HTTPListen, HTTPSListen string
+	TLS                     *spec.TLS
+	RedirectHTTP            bool
+	RejectTLS               bool
+	Locations               []Location
+	HasRoot                 bool
+}
+
+// Location routes one path of one app.
+type Location struct {
+	Path     string
+	Matches  []string // the nginx location arguments for Path
+	App      string
+	Upstream string // empty: the app has no server and answers 503
+	LB       spec.LB
+}
+
+// UpstreamName is the nginx upstream of an app.
+func UpstreamName(app string) string { return "berth_" + strings.ReplaceAll(app, "-", "_") }
+
+// Layout turns a snapshot into template data. Two apps that claim the same
+// host and path, or the same host with different certificates, conflict:
+// the app first by name keeps it and the other is reported in conflicts,
+// by app, with the reason.
+func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string]string) {
+	d := Data{Node: o.Node, Generation: generation, Revision: snap.Revision, StatusListen: o.StatusListen, AccessLogSocket: o.AccessLogSocket}
+	conflicts := map[string]string{}
+	servers := map[string]*Server{"": {Default: true, HTTPListen: o.HTTPListen, HTTPSListen: o.HTTPSListen}}
+	owner := map[string]string{} // host + " " + path → app
+	anyTLS := false
+	for _, a := range snap.Apps {
+		upstream := ""
+		if len(a.Servers) > 0 {
+			upstream = UpstreamName(a.Spec.Name)
+			d.Upstreams = append(d.Upstreams, Upstream{Name: upstream, App: a.Spec.Name, Generation: a.Spec.Generation, LB: a.Spec.LB, Servers: a.Servers})
+		}
+		hosts := a.Spec.Routing.Hosts
+		if len(hosts) == 0 {
+			hosts = []string{""}
+		}
+		for _, h := range hosts {
+			h = strings.ToLower(h)
+			srv, ok := servers[h]
+			if !ok {
+				srv = &Server{Host: h, HTTPListen: o.HTTPListen, HTTPSListen: o.HTTPSListen}
+				servers[h] = srv
+			}
+			if tls := a.Spec.Routing.TLS; tls != nil {
+				switch {
+				case srv.TLS == nil:
+					srv.TLS, srv.RedirectHTTP, anyTLS = tls, tls.RedirectHTTP, true
+				case *srv.TLS != *tls:
+					conflicts[a.Spec.Name] = fmt.Sprintf("host %s already has another TLS certificate from app %s", h, owner[h+" tls"])
+					continue
+				}
+				owner[h+" tls"] = firstNonEmpty(owner[h+" tls"], a.Spec.Name)
+			}
+			for _, p := range a.Spec.Routing.Paths {
+				key := h + " " + p
+				if other, taken := owner[key]; taken {
+					conflicts[a.Spec.Name] = fmt.Sprintf("path %s on host %s is already routed to app %s", p, hostLabel(h), other)
+					continue
+				}
+				owner[key] = a.Spec.Name
+				srv.Locations = append(srv.Locations, Location{Path: p, Matches: matches(p), App: a.Spec.Name, Upstream: upstream, LB: a.Spec.LB})
+				if p == "/" {
+					srv.HasRoot = true
+				}
+			}
+		}
+	}
+	servers[""].RejectTLS = anyTLS
+	hosts := make([]string, 0, len(servers))
+	for h := range servers {
+		hosts = append(hosts, h)
+	}
+	sort.Strings(hosts) // "" (the default server) first
+	for _, h := range hosts {
+		srv := servers[h]
+		sort.Slice(srv.Locations, func(i, j int) bool { return srv.Locations[i].Path < srv.Locations[j].Path })
+		d.Servers = append(d.Servers, *srv)
+	}
+	return d, conflicts
+}
+
+func firstNonEmpty(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+func hostLabel(h string) string {
+	if h == "" {
+		return "(default)"
+	}
+	return h
+}
+
+// matches returns the location arguments for a prefix path: "/" matches
+// everything; "/api" matches /api exactly and everything under /api/, but
+// not /apix.
+func matches(p string) []string {
+	if strings.HasSuffix(p, "/") {
+		return []string{p}
+	}
+	return []string{"= " + p, p + "/"}
+}
+
+// Renderer executes the templates. It is safe for concurrent use.
+type Renderer struct {
+	tmpl *template.Template
+}
+
+// Load parses every *.tmpl in fsys.
+func Load(fsys fs.FS) (*Renderer, error) {
+	t, err := template.New("berth").Option("missingkey=error").Funcs(funcs).ParseFS(fsys, "*.tmpl")
+	if err != nil {
+		return nil, fmt.Errorf("parse templates: %w", err)
+	}
+	for _, name := range []string{"nginx.conf.tmpl", "http", "upstream", "server", "location"} {
+		if t.Lookup(name) == nil {
+			return nil, fmt.Errorf("parse templates: template %q is missing", name)
+		}
+	}
+	return &Renderer{tmpl: t}, nil
+}
+
+// Render executes the templates over d: the whole nginx.conf when main is
+// true, otherwise the http context alone.
+func (r *Renderer) Render(d Data, main bool) ([]byte, error) {
+	name := "http"
+	if main {
+		name = "nginx.conf.tmpl"
+	}
+	var b bytes.Buffer
+	if err := r.tmpl.ExecuteTemplate(&b, name, d); err != nil {
+		return nil, fmt.Errorf("render %s: %w", name, err)
+	}
+	return b.Bytes(), nil
+}
+
+// funcs are the only way values reach the text: each checks its value
+// against the grammar nginx needs and fails the render otherwise.
+var funcs = template.FuncMap{
+	"host": func(s string) (string, error) {
+		if err := spec.CheckHost(s); err != nil {
+			return "", err
+		}
+		return s, nil
+	},
+	"file": func(s string) (string, error) {
+		if err := spec.CheckFilePath(s); err != nil {
+			return "", err
+		}
+		return s, nil
+	},
+	"addr": func(s string) (string, error) {
+		if err := msg.CheckAddress(s); err != nil {
+			return "", err
+		}
+		return s, nil
+	},
+	"listen": func(s string) (string, error) {
+		if err := msg.CheckAddress(s); err != nil {
+			return "", fmt.Errorf("listen address: %w", err)
+		}
+		return s, nil
+	},
+	"hashkey": func(s string) (string, error) {
+		if err := spec.CheckHashKey(s); err != nil {
+			return "", err
+		}
+		return s, nil
+	},
+	"quote": func(s string) (string, error) {
+		if !spec.NginxSafe(s) {
+			return "", fmt.Errorf("%q cannot be quoted for nginx", s)
+		}
+		return `"` + s + `"`, nil
+	},
+	"dur": func(d spec.Duration) string { return fmt.Sprintf("%dms", d.Std().Milliseconds()) },
+	// secs is for parameters nginx parses in whole seconds (fail_timeout),
+	// rounded up so a sub-second value does not become 0 (off).
+	"secs": func(d spec.Duration) string { return fmt.Sprintf("%ds", (d.Std()+time.Second-1)/time.Second) },
+	"size": func(b spec.ByteSize) (string, error) {
+		if b < 0 {
+			return "", fmt.Errorf("negative size %d", b)
+		}
+		return fmt.Sprint(int64(b)), nil
+	},
+}

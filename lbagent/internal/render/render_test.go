@@ -1,0 +1,244 @@
+package render
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"flag"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/internal/testrig"
+	"github.com/berthhq/berth/lbagent/internal/nginx"
+	"github.com/berthhq/berth/lbagent/internal/state"
+	"github.com/berthhq/berth/templates"
+	"github.com/stretchr/testify/require"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+func lb(method string) spec.LB {
+	return spec.LB{Method: method, Keepalive: 32, MaxFails: 1, FailTimeout: spec.Duration(10 * time.Second),
+		ConnectTimeout: spec.Duration(2 * time.Second), ReadTimeout: spec.Duration(time.Minute), NextUpstreamTries: 2, ClientMaxBodySize: 1 << 20}
+}
+
+func app(name string, servers int, hosts ...string) state.App {
+	a := state.App{Spec: &msg.App{Name: name, Generation: 3, Term: 1, Port: 8080, LB: lb(spec.LBRoundRobin),
+		Routing: spec.Routing{Hosts: hosts, Paths: []string{"/"}}}}
+	for i := range servers {
+		a.Servers = append(a.Servers, state.Server{Instance: fmt.Sprintf("i%d", i), Address: fmt.Sprintf("127.0.0.1:%d", 20000+i), Weight: 1})
+	}
+	return a
+}
+
+var opts = Options{Node: "lb-1", HTTPListen: "127.0.0.1:8080", HTTPSListen: "127.0.0.1:8443", StatusListen: "127.0.0.1:8091",
+	AccessLogSocket: "/run/berth/lbagent.sock", Main: true}
+
+// certDir holds a self-signed certificate made for the TLS scenario;
+// golden files show it as /CERTS.
+func certDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "web.example.com"},
+		DNSNames: []string{"web.example.com"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	kb, err := x509.MarshalECPrivateKey(key)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "web.crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "web.key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600))
+	return dir
+}
+
+func scenarios(t *testing.T, certs string) map[string]state.Snapshot {
+	methods := state.Snapshot{}
+	for _, m := range []string{spec.LBRoundRobin, spec.LBLeastConn, spec.LBIPHash, spec.LBHash, spec.LBRandomTwoLeastConn} {
+		a := app(strings.ReplaceAll(m, "_", "-"), 2, strings.ReplaceAll(m, "_", "-")+".example.com")
+		a.Spec.LB = lb(m)
+		if m == spec.LBHash {
+			a.Spec.LB.HashKey = "$cookie_session$request_uri"
+		}
+		methods.Apps = append(methods.Apps, a)
+	}
+	weights := app("web", 3)
+	weights.Servers[1].Weight, weights.Servers[2].Backup = 5, true
+	weights.Spec.LB.Keepalive = 0
+
+	tls := app("web", 1, "web.example.com")
+	tls.Spec.Routing.TLS = &spec.TLS{Certificate: certs + "/web.crt", Key: certs + "/web.key", RedirectHTTP: true}
+	tlsNoRedirect := app("shop", 1, "shop.example.com")
+	tlsNoRedirect.Spec.Routing.TLS = &spec.TLS{Certificate: certs + "/web.crt", Key: certs + "/web.key"}
+
+	multi := app("web", 2, "web.example.com", "*.web.example.com", "www.example.com")
+	multi.Spec.Routing.Paths = []string{"/", "/api", "/static/"}
+	other := app("admin", 1, "web.example.com")
+	other.Spec.Routing.Paths = []string{"/admin"}
+
+	many := state.Snapshot{Revision: 9000}
+	for i := range 100 {
+		many.Apps = append(many.Apps, app(fmt.Sprintf("app-%03d", i), 3, fmt.Sprintf("app-%03d.example.com", i)))
+	}
+	return map[string]state.Snapshot{
+		"empty":         {},
+		"one-app":       {Apps: []state.App{app("web", 2, "web.example.com")}, Revision: 17},
+		"lb-methods":    methods,
+		"weights":       {Apps: []state.App{weights}},
+		"tls":           {Apps: []state.App{tls, tlsNoRedirect}},
+		"hosts-paths":   {Apps: []state.App{other, multi}},
+		"no-server":     {Apps: []state.App{app("web", 0, "web.example.com"), app("api", 0)}},
+		"default-route": {Apps: []state.App{app("demo", 3)}},
+		"100-apps":      many,
+	}
+}
+
+func TestGoldenAndNginxAccepts(t *testing.T) {
+	t.Parallel()
+	r, err := Load(templates.FS)
+	require.NoError(t, err)
+	certs := certDir(t)
+	bin := testrig.NginxBin(t)
+	for name, snap := range scenarios(t, certs) {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			d, conflicts := Layout(snap, 5, opts)
+			require.Empty(t, conflicts)
+			out, err := r.Render(d, true)
+			require.NoError(t, err)
+			again, err := r.Render(d, true)
+			require.NoError(t, err)
+			require.Equal(t, out, again, "rendering is deterministic")
+
+			golden := filepath.Join("testdata", name+".conf")
+			shown := strings.ReplaceAll(string(out), certs, "/CERTS")
+			if *update {
+				require.NoError(t, os.WriteFile(golden, []byte(shown), 0o644))
+			}
+			want, err := os.ReadFile(golden)
+			require.NoError(t, err)
+			require.Equal(t, string(want), shown)
+
+			requireNginxAccepts(t, bin, out)
+			tlsDefaults := strings.Count(string(out), "ssl default_server;")
+			require.Equal(t, 1, strings.Count(string(out), "default_server;")-tlsDefaults, "exactly one default_server for plain HTTP in the whole config")
+			require.LessOrEqual(t, tlsDefaults, 1, "at most one for HTTPS, which rejects unknown names")
+		})
+	}
+}
+
+func requireNginxAccepts(t *testing.T, bin string, conf []byte) {
+	t.Helper()
+	staging := t.TempDir()
+	for _, d := range []string{"conf", "logs", "run", "temp"} {
+		require.NoError(t, os.MkdirAll(filepath.Join(staging, d), 0o755))
+	}
+	path := filepath.Join(staging, "conf", "nginx.conf")
+	require.NoError(t, os.WriteFile(path, conf, 0o644))
+	b := nginx.Binary{Path: bin}
+	require.NoError(t, b.Test(context.Background(), staging, path))
+}
+
+func TestHTTPContextOnly(t *testing.T) {
+	t.Parallel()
+	r, err := Load(templates.FS)
+	require.NoError(t, err)
+	d, _ := Layout(state.Snapshot{Apps: []state.App{app("web", 1)}}, 1, opts)
+	out, err := r.Render(d, false)
+	require.NoError(t, err)
+	require.NotContains(t, string(out), "events {")
+	require.NotContains(t, string(out), "pid ")
+	require.Contains(t, string(out), "upstream berth_web {")
+	// It must work inside an http block of someone else's nginx.conf.
+	requireNginxAccepts(t, testrig.NginxBin(t), []byte(testrig.MainConfig(string(out))))
+}
+
+func TestConflicts(t *testing.T) {
+	t.Parallel()
+	a := app("alpha", 1, "web.example.com")
+	b := app("beta", 1, "web.example.com")
+	c := app("gamma", 1, "shop.example.com")
+	c.Spec.Routing.TLS = &spec.TLS{Certificate: "/a.crt", Key: "/a.key"}
+	d := app("delta", 1, "shop.example.com")
+	d.Spec.Routing.TLS = &spec.TLS{Certificate: "/b.crt", Key: "/b.key"}
+	d.Spec.Routing.Paths = []string{"/d"}
+	_, conflicts := Layout(state.Snapshot{Apps: []state.App{a, b, d, c}}, 1, opts)
+	require.Equal(t, map[string]string{
+		"beta":  "path / on host web.example.com is already routed to app alpha",
+		"gamma": "host shop.example.com already has another TLS certificate from app delta",
+	}, conflicts)
+}
+
+func TestHelpersRefuseHostileValues(t *testing.T) {
+	t.Parallel()
+	r, err := Load(templates.FS)
+	require.NoError(t, err)
+	tests := []struct {
+		name   string
+		mutate func(*state.App)
+		want   string
+	}{
+		{"host", func(a *state.App) { a.Spec.Routing.Hosts = []string{"a.com; }"} }, "is not a valid host name"},
+		{"address", func(a *state.App) { a.Servers[0].Address = "127.0.0.1:1 down; server evil:80" }, "is not a valid address"},
+		{"hash key", func(a *state.App) { a.Spec.LB.Method, a.Spec.LB.HashKey = spec.LBHash, "$uri; }" }, "is not an allowed hash key"},
+		{"cert", func(a *state.App) {
+			a.Spec.Routing.Hosts = []string{"a.com"}
+			a.Spec.Routing.TLS = &spec.TLS{Certificate: "/c.crt;", Key: "/k"}
+		}, "is not a valid file path"},
+		{"app name", func(a *state.App) { a.Spec.Name = `web"` }, "cannot be quoted for nginx"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			a := app("web", 1)
+			tt.mutate(&a)
+			d, _ := Layout(state.Snapshot{Apps: []state.App{a}}, 1, opts)
+			_, err := r.Render(d, true)
+			require.ErrorContains(t, err, tt.want)
+		})
+	}
+}
+
+func TestLoadRefusesBrokenTemplates(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "nginx.conf.tmpl"), []byte("{{if}}"), 0o644))
+	_, err := Load(os.DirFS(dir))
+	require.ErrorContains(t, err, "parse templates")
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "nginx.conf.tmpl"), []byte("{{.Nope}}"), 0o644))
+	_, err = Load(os.DirFS(dir))
+	require.ErrorContains(t, err, `template "http" is missing`)
+}
+
+func FuzzHelpers(f *testing.F) {
+	for _, s := range []string{"web.example.com", "a;b", "127.0.0.1:80", "/etc/x.crt", "$remote_addr", "\"", "}", "a\nb", "$uri$host"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		for name, fn := range map[string]func(string) (string, error){
+			"host": funcs["host"].(func(string) (string, error)), "file": funcs["file"].(func(string) (string, error)),
+			"addr": funcs["addr"].(func(string) (string, error)), "hashkey": funcs["hashkey"].(func(string) (string, error)),
+			"quote": funcs["quote"].(func(string) (string, error)),
+		} {
+			out, err := fn(s)
+			if err != nil {
+				continue
+			}
+			inner := strings.Trim(out, `"`)
+			if !spec.NginxSafe(inner) || strings.ContainsAny(inner, " \t") && name != "quote" {
+				t.Fatalf("%s(%q) let %q through", name, s, out)
+			}
+		}
+	})
+}
