@@ -9,10 +9,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // Binary is one nginx executable bound to one prefix and main config file.
@@ -114,4 +116,24 @@ func (b Binary) run(ctx context.Context, args ...string) (string, error) {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
 	return out.String(), err
+}
+
+// PidFile reloads an nginx that lbagent does not run (include mode beside an
+// existing nginx) by sending SIGHUP to the master named in its pid file.
+type PidFile string
+
+// Reload signals the master in the pid file to re-read its config.
+func (p PidFile) Reload(context.Context) error {
+	data, err := os.ReadFile(string(p))
+	if err != nil {
+		return fmt.Errorf("nginx reload: read pid file: %w", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 1 {
+		return fmt.Errorf("nginx reload: pid file %s holds %q, not a pid", p, strings.TrimSpace(string(data)))
+	}
+	if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+		return fmt.Errorf("nginx reload: signal master %d: %w", pid, err)
+	}
+	return nil
 }

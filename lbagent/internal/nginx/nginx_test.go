@@ -112,8 +112,12 @@ func TestSupervisorReloadConfirmAndRestart(t *testing.T) {
 	prefix(t, dir, port, statusPort, "two", "2")
 	require.NoError(t, b.Reload(ctx))
 	require.NoError(t, Confirm(cctx, client, status, "2", 10*time.Millisecond))
+	prefix(t, dir, port, statusPort, "two-b", "2b")
+	require.NoError(t, PidFile(filepath.Join(dir, "run", "nginx.pid")).Reload(ctx))
+	require.NoError(t, Confirm(cctx, client, status, "2b", 10*time.Millisecond))
+	require.ErrorContains(t, PidFile(filepath.Join(dir, "nope.pid")).Reload(ctx), "read pid file")
 	prefix(t, dir, port, statusPort, "three", "3")
-	require.NoError(t, s.Reload())
+	require.NoError(t, s.Reload(ctx))
 	require.NoError(t, Confirm(cctx, client, status, "3", 10*time.Millisecond))
 
 	short, scancel := context.WithTimeout(ctx, 200*time.Millisecond)

@@ -54,7 +54,7 @@ func (s *Supervisor) PID() int {
 
 // Reload sends SIGHUP to the master, which re-reads its config and, if it is
 // valid, replaces its workers gracefully.
-func (s *Supervisor) Reload() error {
+func (s *Supervisor) Reload(context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cmd == nil || s.cmd.Process == nil {

@@ -39,6 +39,9 @@ type Snapshot struct {
 	Apps []App
 	// Revision is the highest instances-bucket revision the snapshot reflects.
 	Revision uint64
+	// Instances counts the instance records the snapshot was built from,
+	// routable or not.
+	Instances int
 }
 
 // Servers counts the servers of every app.
@@ -88,7 +91,7 @@ func Build(v View) Snapshot {
 		names = append(names, name)
 	}
 	sort.Strings(names)
-	s := Snapshot{Apps: make([]App, 0, len(names)), Revision: v.Revision}
+	s := Snapshot{Apps: make([]App, 0, len(names)), Revision: v.Revision, Instances: len(v.Instances)}
 	for _, name := range names {
 		servers := byApp[name]
 		sort.Slice(servers, func(i, j int) bool {
@@ -103,12 +106,14 @@ func Build(v View) Snapshot {
 }
 
 // EmptyHold decides whether next may be applied. A snapshot that removes
-// every server of every app, when the applied one had some, looks like a
-// NATS reset or a scheduler bug rather than intent: it is held back until
-// it has persisted for hold. since is when the empty state was first seen
-// (zero if it was not); the result says whether to apply and the new since.
+// every server of every app because every instance record vanished, when
+// the applied one had servers, looks like a NATS reset or a wiped bucket
+// rather than intent: it is held back until it has persisted for hold.
+// Instances the scheduler wrote as draining, stopped or failed are intent,
+// and leave at once. since is when the empty state was first seen (zero if
+// it was not); the result says whether to apply and the new since.
 func EmptyHold(applied, next Snapshot, since, now time.Time, hold time.Duration) (apply bool, newSince time.Time) {
-	if next.Servers() > 0 || applied.Servers() == 0 {
+	if next.Servers() > 0 || applied.Servers() == 0 || next.Instances > 0 {
 		return true, time.Time{}
 	}
 	if since.IsZero() {

@@ -109,6 +109,9 @@ func TestEmptyHold(t *testing.T) {
 	require.True(t, since.IsZero(), "servers coming back reset the hold")
 	apply, _ = EmptyHold(empty, empty, time.Time{}, t0, hold)
 	require.True(t, apply, "nothing to lose: apply")
+	stoppedAll := Snapshot{Apps: []App{{}}, Instances: 3}
+	apply, _ = EmptyHold(full, stoppedAll, time.Time{}, t0, hold)
+	require.True(t, apply, "instances the scheduler stopped are intent, not a wipe")
 }
 
 func TestStoreWaitsForAllBucketsAndFences(t *testing.T) {

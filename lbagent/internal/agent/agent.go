@@ -1,0 +1,499 @@
+// Package agent is the lbagent's loop: it waits for state changes, lets them
+// settle (debounce), renders the whole config, skips it when nothing
+// changed, tests it in a staging directory, isolates the apps whose config
+// nginx refuses (bisecting), swaps the file in atomically, reloads nginx,
+// confirms the new generation is served, and reports the result. nginx is
+// never left with a config that failed nginx -t.
+package agent
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/lbagent/internal/nginx"
+	"github.com/berthhq/berth/lbagent/internal/render"
+	"github.com/berthhq/berth/lbagent/internal/state"
+)
+
+// Tester runs nginx -t on a config in a staging prefix.
+type Tester interface {
+	Test(ctx context.Context, prefix, conf string) error
+}
+
+// Reloader asks the serving nginx to re-read its config.
+type Reloader interface {
+	Reload(ctx context.Context) error
+}
+
+// Reporter publishes what the agent did. Calls come from the agent's Run
+// goroutine, one at a time.
+type Reporter interface {
+	// Reload reports one config change, or a refusal to make one.
+	Reload(ctx context.Context, r *msg.Reload)
+	// Applied reports the state nginx now serves (the agents bucket).
+	Applied(ctx context.Context, a *msg.Agent)
+}
+
+var (
+	_ Tester   = nginx.Binary{}
+	_ Reloader = nginx.PidFile("")
+	_ Reloader = (*nginx.Supervisor)(nil)
+)
+
+// Config is how the agent renders, tests and applies.
+type Config struct {
+	// Node is this agent's node id.
+	Node string
+	// Render holds the listeners and access log socket; Render.Main says
+	// whether Target is a whole nginx.conf or an include file.
+	Render render.Options
+	// Target is the file nginx reads: nginx.conf, or <conf-dir>/berth.conf.
+	Target string
+	// Staging is a directory the agent owns for nginx -t.
+	Staging string
+	// DebounceMin is the quiet time after a change before acting;
+	// DebounceMax caps the wait after the first change of a burst.
+	DebounceMin, DebounceMax time.Duration
+	// Resync re-renders this often even without a change.
+	Resync time.Duration
+	// EmptyHold is how long a snapshot that removes every server is held back.
+	EmptyHold time.Duration
+	// ConfirmTimeout bounds the wait for nginx to serve a new generation.
+	ConfirmTimeout time.Duration
+	// Heartbeat is how often the applied state is republished.
+	Heartbeat time.Duration
+}
+
+// Agent is the loop. Create it with New and run it with Run.
+type Agent struct {
+	cfg      Config
+	store    *state.Store
+	tester   Tester
+	reloader Reloader
+	reporter Reporter
+	logger   *zap.Logger
+	client   *http.Client
+	now      func() time.Time
+
+	mu       sync.Mutex
+	renderer *render.Renderer
+	kick     chan struct{}
+	// servedGen mirrors generation for readers outside Run (metrics, tests).
+	servedGen atomic.Uint64
+
+	// Owned by Run.
+	generation   uint64
+	applied      state.Snapshot
+	appliedBytes []byte
+	appliedApps  map[string]int64
+	lastGood     map[string]state.App
+	appErrors    map[string]string
+	emptySince   time.Time
+	hasApplied   bool
+}
+
+// New returns an agent. renderer is replaced later by SetRenderer when the
+// templates change.
+func New(cfg Config, store *state.Store, renderer *render.Renderer, tester Tester, reloader Reloader, reporter Reporter, logger *zap.Logger) *Agent {
+	return &Agent{
+		cfg: cfg, store: store, renderer: renderer, tester: tester, reloader: reloader, reporter: reporter,
+		logger: logger.Named("agent"), client: &http.Client{Timeout: time.Second}, now: time.Now,
+		kick: make(chan struct{}, 1), lastGood: map[string]state.App{}, appErrors: map[string]string{},
+	}
+}
+
+// SetRenderer swaps in newly loaded templates and triggers a render. A
+// template set that fails to load never reaches here, so the running
+// config stays.
+func (a *Agent) SetRenderer(r *render.Renderer) {
+	a.mu.Lock()
+	a.renderer = r
+	a.mu.Unlock()
+	a.Kick()
+}
+
+// Kick asks for a render now (after the debounce), as a change would.
+func (a *Agent) Kick() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run loops until ctx ends. On return nginx keeps serving the last config
+// the agent applied.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := os.MkdirAll(a.cfg.Staging, 0o755); err != nil {
+		return fmt.Errorf("staging dir: %w", err)
+	}
+	resync := time.NewTicker(a.cfg.Resync)
+	defer resync.Stop()
+	heartbeat := time.NewTicker(a.cfg.Heartbeat)
+	defer heartbeat.Stop()
+	var hold <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-a.store.Changed():
+		case <-a.kick:
+		case <-resync.C:
+		case <-hold:
+		case <-heartbeat.C:
+			if a.hasApplied {
+				a.reporter.Applied(ctx, a.agentMessage(""))
+			}
+			continue
+		}
+		if !a.debounce(ctx) {
+			return nil
+		}
+		hold = nil
+		if wait := a.sync(ctx); wait > 0 {
+			hold = time.After(wait)
+		}
+	}
+}
+
+// debounce waits until no change came for DebounceMin, or DebounceMax
+// passed since the first one, so a burst of changes makes one reload.
+func (a *Agent) debounce(ctx context.Context) bool {
+	deadline := time.NewTimer(a.cfg.DebounceMax)
+	defer deadline.Stop()
+	quiet := time.NewTimer(a.cfg.DebounceMin)
+	defer quiet.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-deadline.C:
+			return true
+		case <-quiet.C:
+			return true
+		case <-a.store.Changed():
+		case <-a.kick:
+		}
+		if !quiet.Stop() {
+			<-quiet.C
+		}
+		quiet.Reset(a.cfg.DebounceMin)
+	}
+}
+
+// sync makes nginx serve the store's snapshot, as far as nginx accepts it.
+// It returns how long to wait before trying again when a snapshot is held.
+func (a *Agent) sync(ctx context.Context) time.Duration {
+	start := a.now()
+	snap, ok := a.store.Snapshot()
+	if !ok {
+		return 0 // not every bucket has loaded: never act on a partial view
+	}
+	apply, since := state.EmptyHold(a.applied, snap, a.emptySince, start, a.cfg.EmptyHold)
+	a.emptySince = since
+	if !apply {
+		wait := a.cfg.EmptyHold - start.Sub(since)
+		a.logger.Error("holding back a snapshot that removes every server",
+			zap.Int("servers_now", a.applied.Servers()), zap.Duration("applies_in", wait))
+		a.report(ctx, start, snap.Revision, msg.ReloadFailed, fmt.Sprintf(
+			"held back: the new state removes all %d servers of every app; it is applied if it persists for %s", a.applied.Servers(), a.cfg.EmptyHold), nil)
+		return wait + time.Millisecond
+	}
+
+	a.mu.Lock()
+	renderer := a.renderer
+	a.mu.Unlock()
+	c := &candidate{agent: a, renderer: renderer, snap: snap}
+
+	// Render at the applied generation first: if the bytes are the same,
+	// nginx already serves this state and only the revision moved.
+	same, err := c.render(a.generation, snap)
+	if err == nil && a.hasApplied && bytes.Equal(same, a.appliedBytes) {
+		a.applied = snap
+		a.reporter.Applied(ctx, a.agentMessage(""))
+		a.report(ctx, start, snap.Revision, msg.ReloadSkipped, "", nil)
+		return 0
+	}
+
+	gen := a.generation + 1
+	final, failed, err := c.build(ctx, gen)
+	if err != nil {
+		a.logger.Error("config not applied", zap.Error(err))
+		a.report(ctx, start, snap.Revision, msg.ReloadFailed, err.Error(), failed)
+		return 0
+	}
+	if err := a.apply(ctx, final.bytes, gen); err != nil {
+		a.logger.Error("config not applied", zap.Error(err))
+		a.report(ctx, start, snap.Revision, msg.ReloadFailed, err.Error(), failed)
+		return 0
+	}
+	a.generation, a.applied, a.appliedBytes, a.hasApplied = gen, snap, final.bytes, true
+	a.servedGen.Store(gen)
+	a.appliedApps = map[string]int64{}
+	for _, app := range final.snap.Apps {
+		if _, bad := failed[app.Spec.Name]; !bad {
+			a.lastGood[app.Spec.Name] = app
+		}
+		a.appliedApps[app.Spec.Name] = app.Spec.Generation
+	}
+	for name := range a.lastGood {
+		if _, present := a.appliedApps[name]; !present {
+			delete(a.lastGood, name)
+		}
+	}
+	a.appErrors = failed
+	result := msg.ReloadApplied
+	if len(failed) > 0 {
+		result = msg.ReloadRejected
+	}
+	a.reporter.Applied(ctx, a.agentMessage(""))
+	a.report(ctx, start, snap.Revision, result, "", failed)
+	a.logger.Info("config applied", zap.Uint64("generation", gen), zap.Uint64("revision", snap.Revision),
+		zap.Int("apps", len(snap.Apps)), zap.Int("servers", snap.Servers()), zap.Int("failed_apps", len(failed)),
+		zap.Duration("duration", a.now().Sub(start)))
+	return 0
+}
+
+// apply swaps the tested config in, reloads and confirms; on a failed
+// confirm it puts the previous file back and reloads again.
+func (a *Agent) apply(ctx context.Context, conf []byte, gen uint64) error {
+	previous, _ := os.ReadFile(a.cfg.Target)
+	if err := writeAtomic(a.cfg.Target, conf); err != nil {
+		return err
+	}
+	if len(previous) > 0 {
+		_ = writeAtomic(a.cfg.Target+".last-good", previous)
+	}
+	err := a.reloader.Reload(ctx)
+	if err == nil {
+		cctx, cancel := context.WithTimeout(ctx, a.cfg.ConfirmTimeout)
+		err = nginx.Confirm(cctx, a.client, a.statusURL(), fmt.Sprint(gen), 10*time.Millisecond)
+		cancel()
+	}
+	if err == nil {
+		return nil
+	}
+	if len(previous) > 0 {
+		if rerr := writeAtomic(a.cfg.Target, previous); rerr == nil {
+			_ = a.reloader.Reload(ctx)
+		}
+	}
+	return fmt.Errorf("generation %d: %w", gen, err)
+}
+
+func (a *Agent) statusURL() string {
+	return "http://" + a.cfg.Render.StatusListen + "/berth/generation"
+}
+
+func (a *Agent) agentMessage(lastErr string) *msg.Agent {
+	errs := map[string]string{}
+	for k, v := range a.appErrors {
+		errs[k] = truncate(v, msg.MaxTextLen)
+	}
+	return &msg.Agent{Node: a.cfg.Node, AppliedRevision: a.applied.Revision, Apps: a.appliedApps, Errors: errs,
+		LastError: truncate(lastErr, msg.MaxTextLen), UpdatedAt: a.now().UTC()}
+}
+
+func (a *Agent) report(ctx context.Context, start time.Time, rev uint64, result, errText string, failed map[string]string) {
+	fa := map[string]string{}
+	for k, v := range failed {
+		fa[k] = truncate(v, msg.MaxTextLen)
+	}
+	a.reporter.Reload(ctx, &msg.Reload{Node: a.cfg.Node, Result: result, Revision: rev, Error: truncate(errText, msg.MaxTextLen),
+		FailedApps: fa, DurationMS: float64(a.now().Sub(start).Microseconds()) / 1000, At: a.now().UTC()})
+}
+
+// candidate is one attempt to build a config nginx accepts.
+type candidate struct {
+	agent    *Agent
+	renderer *render.Renderer
+	snap     state.Snapshot
+}
+
+type built struct {
+	snap  state.Snapshot
+	bytes []byte
+}
+
+func (c *candidate) render(gen uint64, snap state.Snapshot) ([]byte, error) {
+	d, _ := render.Layout(snap, gen, c.agent.cfg.Render)
+	return c.renderer.Render(d, c.agent.cfg.Render.Main)
+}
+
+// build renders the snapshot and tests it. When nginx refuses it, it
+// finds the apps at fault by bisection, replaces each with its last good
+// version (or, for an app never good, a route that answers 503), and
+// tests again. It returns the config to apply and the failed apps.
+func (c *candidate) build(ctx context.Context, gen uint64) (built, map[string]string, error) {
+	failed := map[string]string{}
+	d, conflicts := render.Layout(c.snap, gen, c.agent.cfg.Render)
+	for app, why := range conflicts {
+		failed[app] = why
+	}
+	out, err := c.renderer.Render(d, c.agent.cfg.Render.Main)
+	if err == nil {
+		err = c.test(ctx, out)
+	}
+	if err == nil {
+		return built{snap: c.snap, bytes: out}, failed, nil
+	}
+	if ctx.Err() != nil {
+		return built{}, failed, ctx.Err()
+	}
+	c.agent.logger.Warn("candidate config refused, isolating the apps at fault", zap.Error(err))
+	bad := c.bisect(ctx, gen, c.snap.Apps, err)
+	if len(bad) == 0 {
+		return built{}, failed, fmt.Errorf("nginx refused the config but no single app is at fault: %w", err)
+	}
+	fixed := state.Snapshot{Revision: c.snap.Revision}
+	for _, app := range c.snap.Apps {
+		why, isBad := bad[app.Spec.Name]
+		if !isBad {
+			fixed.Apps = append(fixed.Apps, app)
+			continue
+		}
+		failed[app.Spec.Name] = why
+		if good, ok := c.agent.lastGood[app.Spec.Name]; ok {
+			fixed.Apps = append(fixed.Apps, good)
+		} else {
+			fixed.Apps = append(fixed.Apps, placeholder(app))
+		}
+	}
+	d, _ = render.Layout(fixed, gen, c.agent.cfg.Render)
+	out, err = c.renderer.Render(d, c.agent.cfg.Render.Main)
+	if err == nil {
+		err = c.test(ctx, out)
+	}
+	if err != nil {
+		return built{}, failed, fmt.Errorf("config still refused after isolating %d apps: %w", len(bad), err)
+	}
+	return built{snap: fixed, bytes: out}, failed, nil
+}
+
+// placeholder keeps an app's hosts and paths answering 503, without
+// anything that could have made nginx refuse it.
+func placeholder(app state.App) state.App {
+	spec := *app.Spec
+	spec.Routing.TLS = nil
+	spec.Health = nil
+	return state.App{Spec: &spec}
+}
+
+// bisect returns the apps that nginx (or a template helper) refuses on their
+// own, each with the error, testing halves of apps recursively.
+func (c *candidate) bisect(ctx context.Context, gen uint64, apps []state.App, whole error) map[string]string {
+	bad := map[string]string{}
+	var walk func(apps []state.App, known error)
+	walk = func(apps []state.App, known error) {
+		if len(apps) == 0 || ctx.Err() != nil {
+			return
+		}
+		err := known
+		if err == nil {
+			_, err = c.renderAndTest(ctx, gen, apps)
+		}
+		if err == nil {
+			return
+		}
+		if len(apps) == 1 {
+			bad[apps[0].Spec.Name] = err.Error()
+			return
+		}
+		mid := len(apps) / 2
+		walk(apps[:mid], nil)
+		walk(apps[mid:], nil)
+	}
+	walk(apps, whole)
+	return bad
+}
+
+func (c *candidate) renderAndTest(ctx context.Context, gen uint64, apps []state.App) ([]byte, error) {
+	out, err := c.render(gen, state.Snapshot{Apps: apps})
+	if err != nil {
+		return nil, err
+	}
+	return out, c.test(ctx, out)
+}
+
+// test writes the candidate into the staging prefix and runs nginx -t on it.
+// An include file is wrapped in a minimal main config.
+func (c *candidate) test(ctx context.Context, conf []byte) error {
+	dir := c.agent.cfg.Staging
+	for _, sub := range []string{"conf", "logs", "run", "temp"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
+			return err
+		}
+	}
+	main := filepath.Join(dir, "conf", "nginx.conf")
+	if c.agent.cfg.Render.Main {
+		if err := os.WriteFile(main, conf, 0o644); err != nil {
+			return err
+		}
+	} else {
+		inc := filepath.Join(dir, "conf", "berth.conf")
+		if err := os.WriteFile(inc, conf, 0o644); err != nil {
+			return err
+		}
+		wrapper := "pid run/nginx.pid;\nerror_log logs/error.log;\nevents {}\nhttp {\n" +
+			"    client_body_temp_path temp/client_body;\n    proxy_temp_path temp/proxy;\n" +
+			"    fastcgi_temp_path temp/fastcgi;\n    uwsgi_temp_path temp/uwsgi;\n    scgi_temp_path temp/scgi;\n" +
+			"    include " + inc + ";\n}\n"
+		if err := os.WriteFile(main, []byte(wrapper), 0o644); err != nil {
+			return err
+		}
+	}
+	return c.agent.tester.Test(ctx, dir, main)
+}
+
+// writeAtomic replaces path with data: a temp file in the same directory,
+// fsynced, then renamed over path, so nginx never reads half a file.
+func writeAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if dir, err := os.Open(filepath.Dir(path)); err == nil {
+		_ = dir.Sync()
+		dir.Close()
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "")
+}
+
+// Generation returns the config generation nginx serves; safe from any goroutine.
+func (a *Agent) Generation() uint64 { return a.servedGen.Load() }

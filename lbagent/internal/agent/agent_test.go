@@ -1,0 +1,300 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/internal/testrig"
+	"github.com/berthhq/berth/lbagent/internal/nginx"
+	"github.com/berthhq/berth/lbagent/internal/render"
+	"github.com/berthhq/berth/lbagent/internal/state"
+	"github.com/berthhq/berth/templates"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+)
+
+// reporter records what the agent reports.
+type reporter struct {
+	mu      sync.Mutex
+	reloads []*msg.Reload
+	agents  []*msg.Agent
+}
+
+func (r *reporter) Reload(_ context.Context, m *msg.Reload) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.reloads = append(r.reloads, m)
+}
+
+func (r *reporter) Applied(_ context.Context, m *msg.Agent) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.agents = append(r.agents, m)
+}
+
+func (r *reporter) last() (*msg.Reload, *msg.Agent) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var rl *msg.Reload
+	var ag *msg.Agent
+	if len(r.reloads) > 0 {
+		rl = r.reloads[len(r.reloads)-1]
+	}
+	if len(r.agents) > 0 {
+		ag = r.agents[len(r.agents)-1]
+	}
+	return rl, ag
+}
+
+// rig is an agent driving a real nginx it supervises, fed through the
+// store's handlers as the NATS watchers would feed it.
+type rig struct {
+	t        *testing.T
+	store    *state.Store
+	agent    *Agent
+	rep      *reporter
+	httpAddr string
+	rev      uint64
+}
+
+func newRig(t *testing.T, emptyHold time.Duration) *rig {
+	t.Helper()
+	bin := testrig.NginxBin(t)
+	dir := t.TempDir()
+	for _, d := range []string{"conf", "logs", "run", "temp"} {
+		require.NoError(t, os.MkdirAll(filepath.Join(dir, d), 0o755))
+	}
+	r := &rig{t: t, store: state.NewStore(), rep: &reporter{}, httpAddr: fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))}
+	cfg := Config{
+		Node: "lb-test",
+		Render: render.Options{Node: "lb-test", HTTPListen: r.httpAddr, HTTPSListen: fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t)),
+			StatusListen: fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t)), Main: true},
+		Target: filepath.Join(dir, "conf", "nginx.conf"), Staging: filepath.Join(t.TempDir(), "staging"),
+		DebounceMin: 20 * time.Millisecond, DebounceMax: 200 * time.Millisecond, Resync: time.Hour,
+		EmptyHold: emptyHold, ConfirmTimeout: 5 * time.Second, Heartbeat: time.Hour,
+	}
+	// nginx starts on a first config with nothing routed, as lbagent does.
+	renderer, err := render.Load(templates.FS)
+	require.NoError(t, err)
+	d, _ := render.Layout(state.Snapshot{}, 0, cfg.Render)
+	initial, err := renderer.Render(d, true)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(cfg.Target, initial, 0o644))
+	bin2 := nginx.Binary{Path: bin, Prefix: dir, Conf: cfg.Target}
+	sup := nginx.NewSupervisor(bin2, zaptest.NewLogger(t))
+	sup.StopTimeout = 5 * time.Second
+	ctx, cancel := context.WithCancel(context.Background())
+	supDone := make(chan error, 1)
+	go func() { supDone <- sup.Run(ctx) }()
+	<-sup.Started()
+
+	r.agent = New(cfg, r.store, renderer, nginx.Binary{Path: bin}, sup, r.rep, zaptest.NewLogger(t))
+	agentCtx, stopAgent := context.WithCancel(ctx)
+	agentDone := make(chan error, 1)
+	go func() { agentDone <- r.agent.Run(agentCtx) }()
+	t.Cleanup(func() {
+		stopAgent()
+		require.NoError(t, <-agentDone)
+		cancel()
+		<-supDone
+	})
+	r.store.HealthHandler().Snapshot(nil, 0)
+	r.store.InstancesHandler().Snapshot(nil, 0)
+	r.store.AppsHandler().Snapshot(nil, 0)
+	return r
+}
+
+func appMsg(name string, hosts ...string) *msg.App {
+	return &msg.App{Name: name, Generation: 1, Term: 1, Port: 8080, Routing: spec.Routing{Hosts: hosts, Paths: []string{"/"}},
+		LB: spec.LB{Method: spec.LBRoundRobin, Keepalive: 8, MaxFails: 1, FailTimeout: spec.Duration(time.Second),
+			ConnectTimeout: spec.Duration(time.Second), ReadTimeout: spec.Duration(5 * time.Second), NextUpstreamTries: 2, ClientMaxBodySize: 1 << 20}}
+}
+
+func (r *rig) putApp(a *msg.App) {
+	r.store.AppsHandler().Update(bus.Event[*msg.App]{Key: a.Name, Op: bus.OpPut, Value: a})
+}
+
+func (r *rig) putInstance(app, id, addr, st string) uint64 {
+	r.rev++
+	r.store.InstancesHandler().Update(bus.Event[*msg.Instance]{Key: app + "." + id, Revision: r.rev, Op: bus.OpPut,
+		Value: &msg.Instance{App: app, ID: id, Term: 1, Generation: 1, Address: addr, State: st, Weight: 1}})
+	return r.rev
+}
+
+func (r *rig) get(host string) (int, string) {
+	req, _ := http.NewRequest(http.MethodGet, "http://"+r.httpAddr+"/", nil)
+	req.Host = host
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// waitFor polls until host answers code with a body containing want.
+func (r *rig) waitFor(host string, code int, want string) {
+	r.t.Helper()
+	require.Eventually(r.t, func() bool {
+		c, b := r.get(host)
+		return c == code && strings.Contains(b, want)
+	}, 10*time.Second, 10*time.Millisecond, "waiting for %s to answer %d %q", host, code, want)
+}
+
+func backend(t *testing.T, name string) string {
+	t.Helper()
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, name) }))
+	t.Cleanup(s.Close)
+	return strings.TrimPrefix(s.URL, "http://")
+}
+
+func TestAgentRoutesSpreadsAndRemoves(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, time.Hour)
+	r.putApp(appMsg("web", "web.test"))
+	r.waitFor("web.test", 503, `"no_backend"`)
+
+	a, b := backend(t, "A"), backend(t, "B")
+	r.putInstance("web", "a", a, msg.StateRunning)
+	rev := r.putInstance("web", "b", b, msg.StateRunning)
+	r.waitFor("web.test", 200, "B")
+	require.Eventually(t, func() bool { _, ag := r.rep.last(); return ag != nil && ag.AppliedRevision == rev }, 5*time.Second, 10*time.Millisecond)
+	seen := map[string]int{}
+	for range 20 {
+		_, body := r.get("web.test")
+		seen[body]++
+	}
+	require.Equal(t, 10, seen["A"], "round robin spreads evenly: %v", seen)
+	require.Equal(t, 10, seen["B"])
+	_, ag := r.rep.last()
+	require.Equal(t, rev, ag.AppliedRevision)
+	require.Equal(t, map[string]int64{"web": 1}, ag.Apps)
+
+	code, body := r.get("unknown.test")
+	require.Equal(t, 404, code, "an unknown host gets the default server's 404, never another app")
+	require.Contains(t, body, "not_found")
+
+	r.putInstance("web", "a", a, msg.StateDraining)
+	require.Eventually(t, func() bool {
+		for range 6 {
+			if _, body := r.get("web.test"); body != "B" {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, 20*time.Millisecond, "a draining instance gets no new requests")
+
+	r.putInstance("web", "b", b, msg.StateStopped)
+	r.waitFor("web.test", 503, "no healthy instance")
+}
+
+func TestAgentSkipsIdenticalAndCoalescesBursts(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, time.Hour)
+	r.putApp(appMsg("web", "web.test"))
+	addr := backend(t, "A")
+	r.putInstance("web", "a", addr, msg.StateRunning)
+	r.waitFor("web.test", 200, "A")
+	require.Eventually(t, func() bool { return r.agent.Generation() > 0 }, 5*time.Second, 5*time.Millisecond)
+	gen := r.agent.Generation()
+
+	// The same state again: the revision moves, the config does not.
+	rev := r.putInstance("web", "a", addr, msg.StateRunning)
+	require.Eventually(t, func() bool {
+		rl, ag := r.rep.last()
+		return rl != nil && ag != nil && rl.Result == msg.ReloadSkipped && ag.AppliedRevision == rev
+	}, 5*time.Second, 10*time.Millisecond)
+	require.Equal(t, gen, r.agent.Generation(), "identical bytes are not reloaded")
+
+	// A burst of 30 changes inside the debounce window makes few reloads.
+	before := r.agent.Generation()
+	for i := range 30 {
+		r.putInstance("web", fmt.Sprintf("x%d", i), fmt.Sprintf("127.0.0.1:%d", 30000+i), msg.StateStarting)
+	}
+	r.putInstance("web", "a", addr, msg.StateRunning)
+	time.Sleep(500 * time.Millisecond)
+	require.LessOrEqual(t, r.agent.Generation()-before, uint64(2))
+}
+
+func TestAgentIsolatesPoisonedApp(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, time.Hour)
+	good := appMsg("good", "good.test")
+	r.putApp(good)
+	r.putInstance("good", "g1", backend(t, "G1"), msg.StateRunning)
+	r.waitFor("good.test", 200, "G1")
+
+	// A certificate path that passes the grammar but does not exist: nginx -t refuses it.
+	bad := appMsg("bad", "bad.test")
+	bad.Routing.TLS = &spec.TLS{Certificate: "/nonexistent/berth/bad.crt", Key: "/nonexistent/berth/bad.key"}
+	r.putApp(bad)
+	r.putInstance("bad", "b1", backend(t, "B1"), msg.StateRunning)
+	// The other app still updates while bad is broken.
+	r.putInstance("good", "g2", backend(t, "G2"), msg.StateRunning)
+	r.putInstance("good", "g1", "127.0.0.1:1", msg.StateStopped)
+	r.waitFor("good.test", 200, "G2")
+	r.waitFor("bad.test", 503, "no_backend") // never good: its host answers 503
+
+	var rl *msg.Reload
+	var ag *msg.Agent
+	require.Eventually(t, func() bool { rl, ag = r.rep.last(); return rl != nil && rl.Result == msg.ReloadRejected }, 5*time.Second, 10*time.Millisecond)
+	require.Equal(t, msg.ReloadRejected, rl.Result)
+	require.Contains(t, rl.FailedApps["bad"], "nginx -t")
+	require.Contains(t, ag.Errors, "bad")
+}
+
+func TestAgentHoldsBackEmptyingSnapshot(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, 700*time.Millisecond)
+	r.putApp(appMsg("web", "web.test"))
+	r.putInstance("web", "a", backend(t, "A"), msg.StateRunning)
+	r.waitFor("web.test", 200, "A")
+
+	// As if NATS were reset: every instance disappears at once.
+	r.store.InstancesHandler().Snapshot(nil, 0)
+	time.Sleep(300 * time.Millisecond)
+	code, _ := r.get("web.test")
+	require.Equal(t, 200, code, "an emptying snapshot is held back")
+	rl, _ := r.rep.last()
+	require.NotNil(t, rl)
+	require.Equal(t, msg.ReloadFailed, rl.Result)
+	require.Contains(t, rl.Error, "held back")
+
+	r.waitFor("web.test", 503, "no_backend") // it persisted past --empty-hold: applied
+}
+
+func TestAgentTemplateEdit(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, time.Hour)
+	r.putApp(appMsg("web", "web.test"))
+	r.putInstance("web", "a", backend(t, "A"), msg.StateRunning)
+	r.waitFor("web.test", 200, "A")
+
+	dir := t.TempDir()
+	for _, name := range []string{"nginx.conf.tmpl", "http.conf.tmpl", "app.conf.tmpl"} {
+		b, err := templates.FS.ReadFile(name)
+		require.NoError(t, err)
+		if name == "app.conf.tmpl" {
+			b = []byte(strings.Replace(string(b), `"no_backend"`, `"edited_template"`, 1))
+		}
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), b, 0o644))
+	}
+	edited, err := render.Load(os.DirFS(dir))
+	require.NoError(t, err)
+	r.agent.SetRenderer(edited)
+	r.putInstance("web", "a", "127.0.0.1:1", msg.StateStopped)
+	r.waitFor("web.test", 503, "edited_template")
+}
