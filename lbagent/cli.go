@@ -1,0 +1,165 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/alecthomas/kong"
+
+	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/logging"
+	"github.com/berthhq/berth/common/msg"
+)
+
+// cli is every flag of lbagent; each has an env name BERTH_LBAGENT_….
+type cli struct {
+	NATSURL     string `name:"nats-url" help:"NATS server URL(s), comma-separated." default:"nats://127.0.0.1:4222" env:"BERTH_LBAGENT_NATS_URL"`
+	NATSCreds   string `name:"nats-creds" help:"NATS credentials file." default:"" env:"BERTH_LBAGENT_NATS_CREDS" type:"path"`
+	NATSNKey    string `name:"nats-nkey" help:"File holding an NATS nkey seed." default:"" env:"BERTH_LBAGENT_NATS_NKEY" type:"path"`
+	NATSToken   string `name:"nats-token-file" help:"File holding a NATS token." default:"" env:"BERTH_LBAGENT_NATS_TOKEN_FILE" type:"path"`
+	NATSTLSCA   string `name:"nats-tls-ca" help:"PEM CA bundle for the NATS server certificate." default:"" env:"BERTH_LBAGENT_NATS_TLS_CA" type:"path"`
+	NATSTLSCert string `name:"nats-tls-cert" help:"PEM client certificate for NATS." default:"" env:"BERTH_LBAGENT_NATS_TLS_CERT" type:"path"`
+	NATSTLSKey  string `name:"nats-tls-key" help:"PEM client key for NATS." default:"" env:"BERTH_LBAGENT_NATS_TLS_KEY" type:"path"`
+	Prefix      string `help:"Prefix of every NATS bucket and subject." default:"berth" env:"BERTH_LBAGENT_PREFIX"`
+	Node        string `help:"This agent's node id (default: the host name, made a valid token)." default:"" env:"BERTH_LBAGENT_NODE"`
+
+	Templates   string `help:"Directory of nginx templates, watched for edits; the embedded copy is used when it does not exist." default:"templates" env:"BERTH_LBAGENT_TEMPLATES"`
+	NginxBin    string `name:"nginx-bin" help:"nginx executable." default:"nginx" env:"BERTH_LBAGENT_NGINX_BIN"`
+	NginxConf   string `name:"nginx-conf" help:"Main nginx.conf that lbagent owns and writes (with --manage-nginx, or beside an nginx started with -c this file)." default:"" env:"BERTH_LBAGENT_NGINX_CONF" type:"path"`
+	ConfDir     string `name:"conf-dir" help:"Include directory of an nginx.conf lbagent does not own: lbagent writes only berth.conf there; include it inside http {}." default:"" env:"BERTH_LBAGENT_CONF_DIR" type:"path"`
+	NginxPid    string `name:"nginx-pid-file" help:"Pid file of the nginx to reload when lbagent does not manage it." default:"/run/nginx.pid" env:"BERTH_LBAGENT_NGINX_PID_FILE" type:"path"`
+	NginxPrefix string `name:"nginx-prefix" help:"Prefix (-p) of a managed nginx: its run/, logs/ and temp/ live here." default:"/var/lib/berth/nginx" env:"BERTH_LBAGENT_NGINX_PREFIX" type:"path"`
+	Manage      bool   `name:"manage-nginx" help:"Start nginx as a child and supervise it (the sidecar image); needs --nginx-conf." default:"false" env:"BERTH_LBAGENT_MANAGE_NGINX"`
+	StateDir    string `name:"state-dir" help:"Directory for the staging tree used by nginx -t." default:"/var/lib/berth/lbagent" env:"BERTH_LBAGENT_STATE_DIR" type:"path"`
+
+	ListenHTTP   string        `name:"listen-http" help:"Where nginx accepts app traffic." default:"0.0.0.0:80" env:"BERTH_LBAGENT_LISTEN_HTTP"`
+	ListenHTTPS  string        `name:"listen-https" help:"Where nginx accepts TLS app traffic." default:"0.0.0.0:443" env:"BERTH_LBAGENT_LISTEN_HTTPS"`
+	StatusListen string        `name:"status-listen" help:"nginx status listener: stub_status and the generation endpoint." default:"127.0.0.1:8091" env:"BERTH_LBAGENT_STATUS_LISTEN"`
+	AccessLog    string        `name:"access-log-socket" help:"Unix datagram socket nginx sends its JSON access log to; empty turns the access log off." default:"" env:"BERTH_LBAGENT_ACCESS_LOG_SOCKET"`
+	Debounce     string        `help:"min:max wait that lets a burst of changes settle into one reload." default:"50ms:500ms" env:"BERTH_LBAGENT_DEBOUNCE"`
+	Resync       time.Duration `help:"Re-render this often even without a change." default:"60s" env:"BERTH_LBAGENT_RESYNC"`
+	EmptyHold    time.Duration `name:"empty-hold" help:"How long a state with every instance record gone is held back before it is applied." default:"30s" env:"BERTH_LBAGENT_EMPTY_HOLD"`
+	Confirm      time.Duration `name:"confirm-timeout" help:"How long nginx has to serve a new generation after a reload." default:"10s" env:"BERTH_LBAGENT_CONFIRM_TIMEOUT"`
+	Metrics      string        `name:"metrics-listen" help:"Address for /metrics, /healthz and /readyz; empty turns it off." default:"127.0.0.1:9102" env:"BERTH_LBAGENT_METRICS_LISTEN"`
+	LogLevel     string        `name:"log-level" help:"debug, info, warn or error." default:"info" env:"BERTH_LBAGENT_LOG_LEVEL"`
+	LogFormat    string        `name:"log-format" help:"json or console." default:"json" env:"BERTH_LBAGENT_LOG_FORMAT"`
+
+	CheckConfig bool   `name:"check-config" help:"Check the flags and templates, print what is wrong, and exit 0 or 1." default:"false"`
+	DryRun      string `name:"dry-run" help:"Render once to stdout and exit: from live NATS state with '-', or from a JSON snapshot file." default:"" type:"path"`
+}
+
+// debounce parses --debounce.
+func (c *cli) debounce() (lo, hi time.Duration, err error) {
+	a, b, ok := strings.Cut(c.Debounce, ":")
+	if !ok {
+		return 0, 0, fmt.Errorf("--debounce %q: want min:max, e.g. 50ms:500ms", c.Debounce)
+	}
+	if lo, err = time.ParseDuration(a); err == nil {
+		hi, err = time.ParseDuration(b)
+	}
+	if err != nil || lo <= 0 || hi < lo {
+		return 0, 0, fmt.Errorf("--debounce %q: want min:max with 0 < min <= max, e.g. 50ms:500ms", c.Debounce)
+	}
+	return lo, hi, nil
+}
+
+// check checks every flag and returns all problems at once. (It is not
+// named Validate so that kong leaves it to run, which decides between exit
+// code 1 for --check-config and 2 for a usage error.)
+func (c *cli) check() error {
+	var errs []error
+	if (c.NginxConf == "") == (c.ConfDir == "") {
+		errs = append(errs, errors.New("give exactly one of --nginx-conf (lbagent owns nginx.conf) or --conf-dir (lbagent owns an include directory)"))
+	}
+	if c.Manage && c.NginxConf == "" {
+		errs = append(errs, errors.New("--manage-nginx needs --nginx-conf: a supervised nginx runs the config lbagent owns"))
+	}
+	if c.NginxConf != "" && !filepath.IsAbs(c.NginxConf) || c.ConfDir != "" && !filepath.IsAbs(c.ConfDir) {
+		errs = append(errs, errors.New("--nginx-conf and --conf-dir must be absolute paths"))
+	}
+	if _, err := msg.NewNames(c.Prefix); err != nil {
+		errs = append(errs, fmt.Errorf("--prefix: %w", err))
+	}
+	if c.Node != "" {
+		if err := msg.CheckToken(c.Node); err != nil {
+			errs = append(errs, fmt.Errorf("--node: %w", err))
+		}
+	}
+	for flag, v := range map[string]string{"--listen-http": c.ListenHTTP, "--listen-https": c.ListenHTTPS, "--status-listen": c.StatusListen} {
+		if err := msg.CheckAddress(v); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", flag, err))
+		}
+	}
+	if c.AccessLog != "" && !filepath.IsAbs(c.AccessLog) {
+		errs = append(errs, errors.New("--access-log-socket must be an absolute path"))
+	}
+	if _, _, err := c.debounce(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Resync <= 0 || c.EmptyHold < 0 || c.Confirm <= 0 {
+		errs = append(errs, errors.New("--resync and --confirm-timeout must be positive, --empty-hold not negative"))
+	}
+	if err := (logging.Options{Level: c.LogLevel, Format: c.LogFormat}).Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.natsOptions("x").Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// node returns --node, or the host name made a valid token.
+func (c *cli) node() string {
+	if c.Node != "" {
+		return c.Node
+	}
+	h, _ := os.Hostname()
+	return msg.NodeID(h)
+}
+
+func (c *cli) natsOptions(name string) bus.Options {
+	o := bus.Options{URL: c.NATSURL, Name: name, CredsFile: c.NATSCreds, NKeyFile: c.NATSNKey,
+		TLSCA: c.NATSTLSCA, TLSCert: c.NATSTLSCert, TLSKey: c.NATSTLSKey}
+	if c.NATSToken != "" {
+		if b, err := os.ReadFile(c.NATSToken); err == nil {
+			o.Token = strings.TrimSpace(string(b))
+		}
+	}
+	return o
+}
+
+// target is the file lbagent writes and whether it is a whole nginx.conf.
+func (c *cli) target() (path string, main bool) {
+	if c.NginxConf != "" {
+		return c.NginxConf, true
+	}
+	return filepath.Join(c.ConfDir, "berth.conf"), false
+}
+
+func parse(args []string, stdout, stderr *os.File) (*cli, int, bool) {
+	var c cli
+	exitCode, exited := 0, false
+	p, err := kong.New(&c, kong.Name("lbagent"),
+		kong.Description("Berth lbagent: renders nginx config from NATS state, tests, swaps, reloads and confirms it."),
+		kong.Writers(stdout, stderr),
+		kong.Exit(func(code int) { exitCode, exited = code, true }))
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return nil, 2, true
+	}
+	if _, err := p.Parse(args); err != nil {
+		if exited {
+			return nil, exitCode, true
+		}
+		fmt.Fprintf(stderr, "lbagent: %v\n", err)
+		return nil, 2, true
+	}
+	if exited {
+		return nil, exitCode, true
+	}
+	return &c, 0, false
+}
