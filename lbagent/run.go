@@ -125,6 +125,17 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 		Node: node, Render: c.renderOptions(), Target: target, Staging: filepath.Join(c.StateDir, "staging"),
 		DebounceMin: lo, DebounceMax: hi, Resync: c.Resync, EmptyHold: c.EmptyHold, ConfirmTimeout: c.Confirm,
 		Heartbeat: msg.AgentTTL / 3,
+		Hooks: agent.Hooks{
+			Rendered: func(d time.Duration) { metrics.render.Observe(d.Seconds()) },
+			Held: func(held bool) {
+				if held {
+					metrics.held.Set(1)
+				} else {
+					metrics.held.Set(0)
+				}
+			},
+			Served: func(apps, servers int) { metrics.apps.Set(float64(apps)); metrics.servers.Set(float64(servers)) },
+		},
 	}, store, renderer, nginx.Binary{Path: c.NginxBin}, reloader, rep, logger)
 
 	if err := conn.EnsureBuckets(ctx, bus.ContractBuckets(names)); err != nil {
@@ -133,6 +144,7 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 	apps := bus.NewWatcher(conn, names.AppsBucket(), decode[*msg.App], store.AppsHandler(), logger)
 	insts := bus.NewWatcher(conn, names.InstancesBucket(), decode[*msg.Instance], store.InstancesHandler(), logger)
 	health := bus.NewWatcher(conn, names.HealthBucket(), decode[*msg.Health], store.HealthHandler(), logger)
+	metrics.generation = func() float64 { return float64(a.Generation()) }
 	metrics.watchers = func() float64 { return float64(apps.Dropped() + insts.Dropped() + health.Dropped()) }
 	metrics.fenced = func() float64 { return float64(store.Fenced()) }
 	group.Add("watch-apps", apps)
@@ -352,11 +364,14 @@ type metrics struct {
 	reg         *prometheus.Registry
 	reloads     *prometheus.CounterVec
 	duration    prometheus.Histogram
-	generation  prometheus.Gauge
+	generation  func() float64
 	revision    prometheus.Gauge
 	lastSuccess prometheus.Gauge
 	appErrors   *prometheus.CounterVec
 	apps        prometheus.Gauge
+	servers     prometheus.Gauge
+	render      prometheus.Histogram
+	held        prometheus.Gauge
 	watchers    func() float64
 	fenced      func() float64
 }
@@ -366,15 +381,19 @@ func newMetrics() *metrics {
 		reg:         prometheus.NewRegistry(),
 		reloads:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_lbagent_reloads_total", Help: "Config changes by result: applied, skipped, rejected, failed."}, []string{"result"}),
 		duration:    prometheus.NewHistogram(prometheus.HistogramOpts{Name: "berth_lbagent_reload_duration_seconds", Help: "Render to confirmed-served time of applied changes.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 12)}),
-		generation:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_applied_generation", Help: "Config generation nginx serves."}),
+		generation:  func() float64 { return 0 },
 		revision:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_applied_revision", Help: "Instances bucket revision nginx's config reflects."}),
 		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_last_success_timestamp_seconds", Help: "When a config was last applied."}),
 		appErrors:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_lbagent_nginx_test_failures_total", Help: "Apps whose config nginx -t refused."}, []string{"app"}),
 		apps:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_apps", Help: "Apps in the applied config."}),
+		servers:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_servers", Help: "Upstream servers in the applied config."}),
+		render:      prometheus.NewHistogram(prometheus.HistogramOpts{Name: "berth_lbagent_render_duration_seconds", Help: "Time to render the whole config.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		held:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_snapshot_held", Help: "1 while a snapshot that removes every server is held back."}),
 		watchers:    func() float64 { return 0 },
 		fenced:      func() float64 { return 0 },
 	}
-	m.reg.MustRegister(m.reloads, m.duration, m.generation, m.revision, m.lastSuccess, m.appErrors, m.apps,
+	m.reg.MustRegister(m.reloads, m.duration, m.revision,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_lbagent_applied_generation", Help: "Config generation nginx serves."}, func() float64 { return m.generation() }), m.lastSuccess, m.appErrors, m.apps, m.servers, m.render, m.held,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_lbagent_invalid_messages_total", Help: "NATS values dropped because they failed to decode or validate."}, func() float64 { return m.watchers() }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_lbagent_fenced_writes_total", Help: "Writes dropped because they came from a lower leader term."}, func() float64 { return m.fenced() }),
 	)
@@ -394,7 +413,6 @@ func (m *metrics) observe(r *msg.Reload) {
 
 func (m *metrics) applied(a *msg.Agent) {
 	m.revision.Set(float64(a.AppliedRevision))
-	m.apps.Set(float64(len(a.Apps)))
 }
 
 func serveHTTP(ctx context.Context, addr string, m *metrics, store *state.Store) error {

@@ -73,6 +73,18 @@ type Config struct {
 	ConfirmTimeout time.Duration
 	// Heartbeat is how often the applied state is republished.
 	Heartbeat time.Duration
+	// Hooks observe the loop for metrics; nil fields are skipped.
+	Hooks Hooks
+}
+
+// Hooks observe the agent for metrics. They are called from Run's goroutine.
+type Hooks struct {
+	// Rendered is called with the duration of each full render.
+	Rendered func(time.Duration)
+	// Held is called with whether a snapshot is being held back.
+	Held func(bool)
+	// Served is called after a change is applied with the apps and servers nginx serves.
+	Served func(apps, servers int)
 }
 
 // Agent is the loop. Create it with New and run it with Run.
@@ -142,6 +154,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	heartbeat := time.NewTicker(a.cfg.Heartbeat)
 	defer heartbeat.Stop()
 	var hold <-chan time.Time
+	var idleSince time.Time // when the last sync ended
 	for {
 		select {
 		case <-ctx.Done():
@@ -156,13 +169,16 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		if !a.debounce(ctx) {
+		// Leading edge: a change after a quiet spell is applied at once; one
+		// that follows a recent sync waits for the burst to settle.
+		if a.now().Sub(idleSince) < a.cfg.DebounceMin && !a.debounce(ctx) {
 			return nil
 		}
 		hold = nil
 		if wait := a.sync(ctx); wait > 0 {
 			hold = time.After(wait)
 		}
+		idleSince = a.now()
 	}
 }
 
@@ -201,6 +217,9 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 	}
 	apply, since := state.EmptyHold(a.applied, snap, a.emptySince, start, a.cfg.EmptyHold)
 	a.emptySince = since
+	if h := a.cfg.Hooks.Held; h != nil {
+		h(!apply)
+	}
 	if !apply {
 		wait := a.cfg.EmptyHold - start.Sub(since)
 		a.logger.Error("holding back a snapshot that removes every server",
@@ -258,6 +277,9 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 	}
 	a.reporter.Applied(ctx, a.agentMessage(""))
 	a.report(ctx, start, snap.Revision, result, "", failed)
+	if h := a.cfg.Hooks.Served; h != nil {
+		h(len(final.snap.Apps), final.snap.Servers())
+	}
 	a.logger.Info("config applied", zap.Uint64("generation", gen), zap.Uint64("revision", snap.Revision),
 		zap.Int("apps", len(snap.Apps)), zap.Int("servers", snap.Servers()), zap.Int("failed_apps", len(failed)),
 		zap.Duration("duration", a.now().Sub(start)))
@@ -326,8 +348,13 @@ type built struct {
 }
 
 func (c *candidate) render(gen uint64, snap state.Snapshot) ([]byte, error) {
+	start := time.Now()
 	d, _ := render.Layout(snap, gen, c.agent.cfg.Render)
-	return c.renderer.Render(d, c.agent.cfg.Render.Main)
+	out, err := c.renderer.Render(d, c.agent.cfg.Render.Main)
+	if h := c.agent.cfg.Hooks.Rendered; h != nil {
+		h(time.Since(start))
+	}
+	return out, err
 }
 
 // build renders the snapshot and tests it. When nginx refuses it, it
@@ -336,11 +363,15 @@ func (c *candidate) render(gen uint64, snap state.Snapshot) ([]byte, error) {
 // tests again. It returns the config to apply and the failed apps.
 func (c *candidate) build(ctx context.Context, gen uint64) (built, map[string]string, error) {
 	failed := map[string]string{}
+	start := time.Now()
 	d, conflicts := render.Layout(c.snap, gen, c.agent.cfg.Render)
 	for app, why := range conflicts {
 		failed[app] = why
 	}
 	out, err := c.renderer.Render(d, c.agent.cfg.Render.Main)
+	if h := c.agent.cfg.Hooks.Rendered; h != nil {
+		h(time.Since(start))
+	}
 	if err == nil {
 		err = c.test(ctx, out)
 	}

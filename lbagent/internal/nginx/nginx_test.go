@@ -120,7 +120,7 @@ func TestSupervisorReloadConfirmAndRestart(t *testing.T) {
 	require.NoError(t, s.Reload(ctx))
 	require.NoError(t, Confirm(cctx, client, status, "3", 10*time.Millisecond))
 
-	short, scancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	short, scancel := context.WithTimeout(ctx, time.Second)
 	defer scancel()
 	err := Confirm(short, client, status, "4", 10*time.Millisecond)
 	require.ErrorContains(t, err, `confirm generation "4"`)
