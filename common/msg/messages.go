@@ -503,27 +503,30 @@ var containerIDRe = regexp.MustCompile(`^[0-9a-f]{12,64}$`)
 // CheckAddress checks "host:port" where host is an IP address or a host
 // name (no wildcard) and port is 1–65535: what nginx puts in a server line.
 func CheckAddress(s string) error {
-	bad := fmt.Errorf("%q is not a valid address (host:port, the host an IP address or a host name)", s)
+	if !addressOK(s) {
+		return fmt.Errorf("%q is not a valid address (host:port, the host an IP address or a host name)", s)
+	}
+	return nil
+}
+
+func addressOK(s string) bool {
 	host, port, ok := strings.Cut(s, ":")
 	if strings.HasPrefix(s, "[") { // [ipv6]:port
 		end := strings.Index(s, "]:")
 		if end < 0 {
-			return bad
+			return false
 		}
-		host, port, ok = s[1:end], s[end+2:], true
+		host, port = s[1:end], s[end+2:]
 		if _, err := netip.ParseAddr(host); err != nil {
-			return bad
+			return false
 		}
 	} else if !ok || strings.Contains(port, ":") {
-		return bad
+		return false
 	} else if _, err := netip.ParseAddr(host); err != nil && (strings.HasPrefix(host, "*") || spec.CheckHost(host) != nil) {
-		return bad
+		return false
 	}
 	p, err := strconv.Atoi(port)
-	if err != nil || p < 1 || p > 65535 || strconv.Itoa(p) != port {
-		return bad
-	}
-	return nil
+	return err == nil && p >= 1 && p <= 65535 && strconv.Itoa(p) == port
 }
 
 func positive(es *spec.Errors, path string, v int64) {

@@ -73,15 +73,15 @@ func CheckName(s string) error {
 
 // CheckHost checks a host name per RFC 1123, with an optional leading "*.".
 func CheckHost(s string) error {
-	bad := fmt.Errorf("%q is not a valid host name (RFC 1123 labels of letters, digits and '-' joined by '.', optionally starting with \"*.\", at most %d characters)", s, MaxHostLen)
 	h := strings.TrimPrefix(s, "*.")
-	if len(h) == 0 || len(s) > MaxHostLen {
-		return bad
+	ok := len(h) > 0 && len(s) <= MaxHostLen
+	for rest := h; ok && rest != ""; {
+		label, after, _ := strings.Cut(rest, ".")
+		ok = len(label) <= 63 && hostLabel.MatchString(label) && !(after == "" && strings.HasSuffix(rest, "."))
+		rest = after
 	}
-	for _, label := range strings.Split(h, ".") {
-		if len(label) > 63 || !hostLabel.MatchString(label) {
-			return bad
-		}
+	if !ok {
+		return fmt.Errorf("%q is not a valid host name (RFC 1123 labels of letters, digits and '-' joined by '.', optionally starting with \"*.\", at most %d characters)", s, MaxHostLen)
 	}
 	return nil
 }
@@ -122,25 +122,28 @@ func CheckHeaderValue(s string) error {
 // $server_name, and $http_NAME, $cookie_NAME and $arg_NAME with NAME of
 // lowercase letters, digits and '_'.
 func CheckHashKey(s string) error {
-	bad := fmt.Errorf("%q is not an allowed hash key (one or more of $remote_addr, $binary_remote_addr, $request_uri, $uri, $host, $http_host, $scheme, $args, $server_name, $http_NAME, $cookie_NAME, $arg_NAME, joined by nothing or by - _ : /)", s)
+	if !hashKeyOK(s) {
+		return fmt.Errorf("%q is not an allowed hash key (one or more of $remote_addr, $binary_remote_addr, $request_uri, $uri, $host, $http_host, $scheme, $args, $server_name, $http_NAME, $cookie_NAME, $arg_NAME, joined by nothing or by - _ : /)", s)
+	}
+	return nil
+}
+
+func hashKeyOK(s string) bool {
 	if s == "" || len(s) > MaxHashKeyLen {
-		return bad
+		return false
 	}
 	locs := hashVar.FindAllStringIndex(s, -1)
 	if len(locs) == 0 {
-		return bad
+		return false
 	}
 	prev := 0
 	for _, l := range locs {
 		if strings.Trim(s[prev:l[0]], "-_:/") != "" {
-			return bad
+			return false
 		}
 		prev = l[1]
 	}
-	if prev != len(s) {
-		return bad
-	}
-	return nil
+	return prev == len(s)
 }
 
 // CheckFilePath checks a certificate or key path: absolute, clean, and made

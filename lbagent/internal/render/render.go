@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"text/template"
 	"time"
 
@@ -53,6 +54,10 @@ type Upstream struct {
 	Generation int64
 	LB         spec.LB
 	Servers    []state.Server
+	// ServerParams are the parameters every server line of the upstream
+	// shares (" max_fails=1 fail_timeout=10s"), built once rather than per
+	// server: 10,000 server lines dominate a large render.
+	ServerParams string
 }
 
 // Server is one server block: one host, or the default server.
@@ -93,7 +98,8 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 		upstream := ""
 		if len(a.Servers) > 0 {
 			upstream = UpstreamName(a.Spec.Name)
-			d.Upstreams = append(d.Upstreams, Upstream{Name: upstream, App: a.Spec.Name, Generation: a.Spec.Generation, LB: a.Spec.LB, Servers: a.Servers})
+			d.Upstreams = append(d.Upstreams, Upstream{Name: upstream, App: a.Spec.Name, Generation: a.Spec.Generation, LB: a.Spec.LB, Servers: a.Servers,
+				ServerParams: fmt.Sprintf(" max_fails=%d fail_timeout=%s", a.Spec.LB.MaxFails, secs(a.Spec.LB.FailTimeout))})
 		}
 		hosts := a.Spec.Routing.Hosts
 		if len(hosts) == 0 {
@@ -171,6 +177,9 @@ func matches(p string) []string {
 // Renderer executes the templates. It is safe for concurrent use.
 type Renderer struct {
 	tmpl *template.Template
+	// lastLen sizes the next output buffer: a large config grows it
+	// through many copies otherwise.
+	lastLen atomic.Int64
 }
 
 // Load parses every *.tmpl in fsys.
@@ -195,11 +204,17 @@ func (r *Renderer) Render(d Data, main bool) ([]byte, error) {
 		name = "nginx.conf.tmpl"
 	}
 	var b bytes.Buffer
+	b.Grow(int(r.lastLen.Load()) + 4096)
 	if err := r.tmpl.ExecuteTemplate(&b, name, d); err != nil {
 		return nil, fmt.Errorf("render %s: %w", name, err)
 	}
+	r.lastLen.Store(int64(b.Len()))
 	return b.Bytes(), nil
 }
+
+// secs writes d for parameters nginx parses in whole seconds (fail_timeout),
+// rounded up so a sub-second value does not become 0 (off).
+func secs(d spec.Duration) string { return fmt.Sprintf("%ds", (d.Std()+time.Second-1)/time.Second) }
 
 // funcs are the only way values reach the text: each checks its value
 // against the grammar nginx needs and fails the render otherwise.
@@ -240,10 +255,8 @@ var funcs = template.FuncMap{
 		}
 		return `"` + s + `"`, nil
 	},
-	"dur": func(d spec.Duration) string { return fmt.Sprintf("%dms", d.Std().Milliseconds()) },
-	// secs is for parameters nginx parses in whole seconds (fail_timeout),
-	// rounded up so a sub-second value does not become 0 (off).
-	"secs": func(d spec.Duration) string { return fmt.Sprintf("%ds", (d.Std()+time.Second-1)/time.Second) },
+	"dur":  func(d spec.Duration) string { return fmt.Sprintf("%dms", d.Std().Milliseconds()) },
+	"secs": secs,
 	"size": func(b spec.ByteSize) (string, error) {
 		if b < 0 {
 			return "", fmt.Errorf("negative size %d", b)
