@@ -40,6 +40,7 @@ type cli struct {
 	ListenHTTPS  string        `name:"listen-https" help:"Where nginx accepts TLS app traffic." default:"0.0.0.0:443" env:"BERTH_LBAGENT_LISTEN_HTTPS"`
 	StatusListen string        `name:"status-listen" help:"nginx status listener: stub_status and the generation endpoint." default:"127.0.0.1:8091" env:"BERTH_LBAGENT_STATUS_LISTEN"`
 	AccessLog    string        `name:"access-log-socket" help:"Unix datagram socket nginx sends its JSON access log to; empty turns the access log off." default:"" env:"BERTH_LBAGENT_ACCESS_LOG_SOCKET"`
+	MetricsWin   time.Duration `name:"metrics-window" help:"Window over which access log metrics are aggregated and published on <prefix>.v1.metrics.<app>." default:"5s" env:"BERTH_LBAGENT_METRICS_WINDOW"`
 	Debounce     string        `help:"min:max wait that lets a burst of changes settle into one reload." default:"50ms:500ms" env:"BERTH_LBAGENT_DEBOUNCE"`
 	Resync       time.Duration `help:"Re-render this often even without a change." default:"60s" env:"BERTH_LBAGENT_RESYNC"`
 	EmptyHold    time.Duration `name:"empty-hold" help:"How long a state with every instance record gone is held back before it is applied." default:"30s" env:"BERTH_LBAGENT_EMPTY_HOLD"`
@@ -100,8 +101,8 @@ func (c *cli) check() error {
 	if _, _, err := c.debounce(); err != nil {
 		errs = append(errs, err)
 	}
-	if c.Resync <= 0 || c.EmptyHold < 0 || c.Confirm <= 0 {
-		errs = append(errs, errors.New("--resync and --confirm-timeout must be positive, --empty-hold not negative"))
+	if c.Resync <= 0 || c.EmptyHold < 0 || c.Confirm <= 0 || c.MetricsWin <= 0 {
+		errs = append(errs, errors.New("--resync, --confirm-timeout and --metrics-window must be positive, --empty-hold not negative"))
 	}
 	if err := (logging.Options{Level: c.LogLevel, Format: c.LogFormat}).Validate(); err != nil {
 		errs = append(errs, err)

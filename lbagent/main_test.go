@@ -38,6 +38,7 @@ func TestCheckConfigExitCodes(t *testing.T) {
 // contract's buckets, written to as the scheduler and healthd would.
 type cluster struct {
 	t     *testing.T
+	conn  *bus.Conn
 	url   string
 	names msg.Names
 	kv    map[string]*bus.KV
@@ -52,7 +53,7 @@ func newCluster(t *testing.T) *cluster {
 	names, _ := msg.NewNames("berth")
 	ctx := context.Background()
 	require.NoError(t, conn.EnsureBuckets(ctx, bus.ContractBuckets(names)))
-	c := &cluster{t: t, url: url, names: names, kv: map[string]*bus.KV{}}
+	c := &cluster{t: t, conn: conn, url: url, names: names, kv: map[string]*bus.KV{}}
 	for _, b := range []string{names.AppsBucket(), names.InstancesBucket(), names.HealthBucket(), names.AgentsBucket()} {
 		c.kv[b], err = conn.KV(ctx, b)
 		require.NoError(t, err)
@@ -122,9 +123,18 @@ func TestManagedNginxEndToEnd(t *testing.T) {
 	testrig.NginxBin(t)
 	cl := newCluster(t)
 	dir := t.TempDir()
+	// nginx workers run unprivileged: they must reach the access log socket.
+	require.NoError(t, os.Chmod(dir, 0o755))
+	require.NoError(t, os.Chmod(filepath.Dir(dir), 0o755)) // t.TempDir's per-test parent
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
 	metricsAddr := fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
+	traffic := make(chan *msg.Metrics, 100)
+	sub, err := cl.conn.Subscribe(cl.names.MetricsSubject("demo"), bus.Decoded(msg.DecodeAs[*msg.Metrics],
+		func(_ string, m *msg.Metrics) { traffic <- m }, func(string, error) {}))
+	require.NoError(t, err)
+	defer func() { _ = sub.Drain() }()
 	cancel, done := startLBAgent(t, "--nats-url", cl.url, "--node", "lb-e2e", "--manage-nginx",
+		"--access-log-socket", filepath.Join(dir, "access.sock"), "--metrics-window", "200ms",
 		"--nginx-conf", filepath.Join(dir, "conf", "nginx.conf"), "--nginx-prefix", dir, "--state-dir", filepath.Join(dir, "state"),
 		"--listen-http", httpAddr, "--listen-https", fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t)),
 		"--status-listen", fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t)), "--metrics-listen", metricsAddr,
@@ -162,6 +172,17 @@ func TestManagedNginxEndToEnd(t *testing.T) {
 	require.Equal(t, 200, code)
 	code, _ = get("http://" + metricsAddr + "/readyz")
 	require.Equal(t, 200, code)
+
+	// nginx's access log reaches lbagent, which publishes per-app windows.
+	select {
+	case m := <-traffic:
+		require.Equal(t, "lb-e2e", m.Node)
+		require.Positive(t, m.Requests)
+		require.Positive(t, m.Status.S2xx)
+		require.Positive(t, m.P95MS)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no traffic metrics published from the access log")
+	}
 
 	cl.instance("demo", "a", "127.0.0.1:1", msg.StateStopped)
 	cl.instance("demo", "b", "127.0.0.1:1", msg.StateStopped)

@@ -20,6 +20,7 @@ import (
 	"github.com/berthhq/berth/common/lifecycle"
 	"github.com/berthhq/berth/common/logging"
 	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/lbagent/internal/accesslog"
 	"github.com/berthhq/berth/lbagent/internal/agent"
 	"github.com/berthhq/berth/lbagent/internal/nginx"
 	"github.com/berthhq/berth/lbagent/internal/render"
@@ -154,6 +155,15 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 	if tmplDir != "" {
 		group.Add("templates", lifecycle.Func(func(ctx context.Context) error { return watchTemplates(ctx, tmplDir, a, logger) }))
 	}
+	if c.AccessLog != "" {
+		agg := accesslog.NewAggregator(node, time.Now())
+		recv := accesslog.NewReceiver(c.AccessLog, agg)
+		metrics.accessInvalid = func() float64 { return float64(recv.Invalid()) }
+		group.Add("access-log", recv)
+		group.Add("traffic-metrics", lifecycle.Func(func(ctx context.Context) error {
+			return publishTraffic(ctx, conn, names, agg, c.MetricsWin, logger)
+		}))
+	}
 	if c.Metrics != "" {
 		group.Add("http", lifecycle.Func(func(ctx context.Context) error { return serveHTTP(ctx, c.Metrics, metrics, store) }))
 	}
@@ -219,6 +229,29 @@ func watchTemplates(ctx context.Context, dir string, a *agent.Agent, logger *zap
 			}
 			logger.Info("templates reloaded", zap.String("templates", dir))
 			a.SetRenderer(r)
+		}
+	}
+}
+
+// publishTraffic publishes each app's access log window on
+// <prefix>.v1.metrics.<app> every window.
+func publishTraffic(ctx context.Context, conn *bus.Conn, names msg.Names, agg *accesslog.Aggregator, window time.Duration, logger *zap.Logger) error {
+	t := time.NewTicker(window)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now := <-t.C:
+			for _, m := range agg.Flush(now) {
+				b, err := msg.Encode(m)
+				if err == nil {
+					err = conn.Publish(ctx, names.MetricsSubject(m.App), b)
+				}
+				if err != nil {
+					logger.Warn("publish traffic metrics", zap.String(logging.KeyApp, m.App), zap.Error(err))
+				}
+			}
 		}
 	}
 }
@@ -361,40 +394,43 @@ func (r *natsReporter) Applied(ctx context.Context, m *msg.Agent) {
 
 // metrics are the lbagent's Prometheus metrics.
 type metrics struct {
-	reg         *prometheus.Registry
-	reloads     *prometheus.CounterVec
-	duration    prometheus.Histogram
-	generation  func() float64
-	revision    prometheus.Gauge
-	lastSuccess prometheus.Gauge
-	appErrors   *prometheus.CounterVec
-	apps        prometheus.Gauge
-	servers     prometheus.Gauge
-	render      prometheus.Histogram
-	held        prometheus.Gauge
-	watchers    func() float64
-	fenced      func() float64
+	reg           *prometheus.Registry
+	reloads       *prometheus.CounterVec
+	duration      prometheus.Histogram
+	generation    func() float64
+	revision      prometheus.Gauge
+	lastSuccess   prometheus.Gauge
+	appErrors     *prometheus.CounterVec
+	apps          prometheus.Gauge
+	servers       prometheus.Gauge
+	render        prometheus.Histogram
+	held          prometheus.Gauge
+	watchers      func() float64
+	fenced        func() float64
+	accessInvalid func() float64
 }
 
 func newMetrics() *metrics {
 	m := &metrics{
-		reg:         prometheus.NewRegistry(),
-		reloads:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_lbagent_reloads_total", Help: "Config changes by result: applied, skipped, rejected, failed."}, []string{"result"}),
-		duration:    prometheus.NewHistogram(prometheus.HistogramOpts{Name: "berth_lbagent_reload_duration_seconds", Help: "Render to confirmed-served time of applied changes.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 12)}),
-		generation:  func() float64 { return 0 },
-		revision:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_applied_revision", Help: "Instances bucket revision nginx's config reflects."}),
-		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_last_success_timestamp_seconds", Help: "When a config was last applied."}),
-		appErrors:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_lbagent_nginx_test_failures_total", Help: "Apps whose config nginx -t refused."}, []string{"app"}),
-		apps:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_apps", Help: "Apps in the applied config."}),
-		servers:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_servers", Help: "Upstream servers in the applied config."}),
-		render:      prometheus.NewHistogram(prometheus.HistogramOpts{Name: "berth_lbagent_render_duration_seconds", Help: "Time to render the whole config.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
-		held:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_snapshot_held", Help: "1 while a snapshot that removes every server is held back."}),
-		watchers:    func() float64 { return 0 },
-		fenced:      func() float64 { return 0 },
+		reg:           prometheus.NewRegistry(),
+		reloads:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_lbagent_reloads_total", Help: "Config changes by result: applied, skipped, rejected, failed."}, []string{"result"}),
+		duration:      prometheus.NewHistogram(prometheus.HistogramOpts{Name: "berth_lbagent_reload_duration_seconds", Help: "Render to confirmed-served time of applied changes.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 12)}),
+		generation:    func() float64 { return 0 },
+		revision:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_applied_revision", Help: "Instances bucket revision nginx's config reflects."}),
+		lastSuccess:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_last_success_timestamp_seconds", Help: "When a config was last applied."}),
+		appErrors:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_lbagent_nginx_test_failures_total", Help: "Apps whose config nginx -t refused."}, []string{"app"}),
+		apps:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_apps", Help: "Apps in the applied config."}),
+		servers:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_servers", Help: "Upstream servers in the applied config."}),
+		render:        prometheus.NewHistogram(prometheus.HistogramOpts{Name: "berth_lbagent_render_duration_seconds", Help: "Time to render the whole config.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		held:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_snapshot_held", Help: "1 while a snapshot that removes every server is held back."}),
+		watchers:      func() float64 { return 0 },
+		fenced:        func() float64 { return 0 },
+		accessInvalid: func() float64 { return 0 },
 	}
 	m.reg.MustRegister(m.reloads, m.duration, m.revision,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_lbagent_applied_generation", Help: "Config generation nginx serves."}, func() float64 { return m.generation() }), m.lastSuccess, m.appErrors, m.apps, m.servers, m.render, m.held,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_lbagent_invalid_messages_total", Help: "NATS values dropped because they failed to decode or validate."}, func() float64 { return m.watchers() }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_lbagent_access_log_invalid_total", Help: "Access log datagrams that failed to parse."}, func() float64 { return m.accessInvalid() }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_lbagent_fenced_writes_total", Help: "Writes dropped because they came from a lower leader term."}, func() float64 { return m.fenced() }),
 	)
 	return m

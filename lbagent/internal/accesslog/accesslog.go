@@ -1,0 +1,221 @@
+// Package accesslog receives nginx's JSON access log on lbagent's unix
+// datagram socket (nginx's syslog output, which never blocks nginx) and
+// aggregates it per app per window: request count, status classes,
+// upstream errors and upstream latency quantiles from a mergeable DDSketch.
+package accesslog
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/DataDog/sketches-go/ddsketch"
+
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
+)
+
+// Entry is one request as nginx logged it.
+type Entry struct {
+	// App is the app the request was routed to; empty for unrouted requests.
+	App string
+	// Status is the response status.
+	Status int
+	// UpstreamMS is the total upstream response time in milliseconds, or -1
+	// when no upstream answered (nginx returned the response itself).
+	UpstreamMS float64
+	// UpstreamError marks a 502, 503 or 504 produced while passing to an upstream.
+	UpstreamError bool
+}
+
+// line is the log_format berth_json of the shipped templates.
+type line struct {
+	App                  string          `json:"app"`
+	Status               int             `json:"status"`
+	Upstream             string          `json:"upstream"`
+	UpstreamResponseTime string          `json:"upstream_response_time"`
+	RequestTime          json.RawMessage `json:"request_time"`
+}
+
+// Parse reads one datagram: an optional syslog header ("<190>Nov 24 00:45:21
+// berth: "), then the JSON object.
+func Parse(datagram []byte) (Entry, error) {
+	i := bytes.IndexByte(datagram, '{')
+	if i < 0 {
+		return Entry{}, errors.New("access log: no JSON object")
+	}
+	var l line
+	if err := json.Unmarshal(bytes.TrimSpace(datagram[i:]), &l); err != nil {
+		return Entry{}, fmt.Errorf("access log: %w", err)
+	}
+	if l.Status < 100 || l.Status > 999 {
+		return Entry{}, fmt.Errorf("access log: status %d", l.Status)
+	}
+	e := Entry{App: l.App, Status: l.Status, UpstreamMS: -1}
+	if l.App != "" && spec.CheckName(l.App) != nil {
+		return Entry{}, fmt.Errorf("access log: app %q", truncate(l.App, 64))
+	}
+	// "0.002", or "0.001, 0.003" after a retry, or "-" when no upstream answered.
+	total, any := 0.0, false
+	for _, part := range strings.FieldsFunc(l.UpstreamResponseTime, func(r rune) bool { return r == ',' || r == ' ' || r == ':' }) {
+		if v, err := strconv.ParseFloat(part, 64); err == nil && v >= 0 {
+			total, any = total+v, true
+		}
+	}
+	if any {
+		e.UpstreamMS = total * 1000
+	}
+	e.UpstreamError = l.Upstream != "" && l.Upstream != "-" && (l.Status == 502 || l.Status == 503 || l.Status == 504)
+	return e, nil
+}
+
+// agg is one app's window.
+type agg struct {
+	requests, upstreamErrors int64
+	status                   msg.StatusCounts
+	latency                  *ddsketch.DDSketch
+}
+
+// Aggregator sums entries per app over a window. It is safe for concurrent use.
+type Aggregator struct {
+	node  string
+	mu    sync.Mutex
+	start time.Time
+	apps  map[string]*agg
+}
+
+// NewAggregator starts a window at now.
+func NewAggregator(node string, now time.Time) *Aggregator {
+	return &Aggregator{node: node, start: now, apps: map[string]*agg{}}
+}
+
+// Add counts one entry; entries without an app are not counted.
+func (a *Aggregator) Add(e Entry) {
+	if e.App == "" {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	g, ok := a.apps[e.App]
+	if !ok {
+		sk, _ := ddsketch.NewDefaultDDSketch(0.01) // 1% relative accuracy
+		g = &agg{latency: sk}
+		a.apps[e.App] = g
+	}
+	g.requests++
+	switch e.Status / 100 {
+	case 1:
+		g.status.S1xx++
+	case 2:
+		g.status.S2xx++
+	case 3:
+		g.status.S3xx++
+	case 4:
+		g.status.S4xx++
+	default:
+		g.status.S5xx++
+	}
+	if e.UpstreamError {
+		g.upstreamErrors++
+	}
+	if e.UpstreamMS >= 0 {
+		_ = g.latency.Add(e.UpstreamMS)
+	}
+}
+
+// Flush ends the window at now and returns one Metrics per app that had
+// requests, sorted by app, then starts a new window.
+func (a *Aggregator) Flush(now time.Time) []*msg.Metrics {
+	a.mu.Lock()
+	apps, start := a.apps, a.start
+	a.apps, a.start = map[string]*agg{}, now
+	a.mu.Unlock()
+	window := now.Sub(start)
+	if window <= 0 {
+		window = time.Millisecond
+	}
+	out := make([]*msg.Metrics, 0, len(apps))
+	for name, g := range apps {
+		m := &msg.Metrics{Node: a.node, App: name, WindowStart: start.UTC(), Window: spec.Duration(window),
+			Requests: g.requests, RPS: float64(g.requests) / window.Seconds(), Status: g.status, UpstreamErrors: g.upstreamErrors}
+		if !g.latency.IsEmpty() {
+			qs, _ := g.latency.GetValuesAtQuantiles([]float64{0.5, 0.95, 0.99})
+			m.P50MS, m.P95MS, m.P99MS = qs[0], qs[1], qs[2]
+		}
+		out = append(out, m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].App < out[j].App })
+	return out
+}
+
+// Receiver reads access log datagrams from a unix socket into an Aggregator.
+type Receiver struct {
+	path    string
+	agg     *Aggregator
+	invalid atomic.Uint64
+	ready   chan struct{}
+}
+
+// NewReceiver returns a receiver on the unix datagram socket at path.
+func NewReceiver(path string, agg *Aggregator) *Receiver {
+	return &Receiver{path: path, agg: agg, ready: make(chan struct{})}
+}
+
+// Invalid counts datagrams that failed to parse.
+func (r *Receiver) Invalid() uint64 { return r.invalid.Load() }
+
+// Ready is closed once the socket listens.
+func (r *Receiver) Ready() <-chan struct{} { return r.ready }
+
+// Run listens until ctx ends. The socket is world-writable so nginx workers
+// running as an unprivileged user can send to it.
+func (r *Receiver) Run(ctx context.Context) error {
+	_ = os.Remove(r.path) // a socket left by a previous run
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: r.path, Net: "unixgram"})
+	if err != nil {
+		return fmt.Errorf("access log socket %s: %w", r.path, err)
+	}
+	defer os.Remove(r.path)
+	if err := os.Chmod(r.path, 0o666); err != nil {
+		conn.Close()
+		return fmt.Errorf("access log socket %s: %w", r.path, err)
+	}
+	close(r.ready)
+	go func() {
+		<-ctx.Done()
+		conn.Close()
+	}()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := conn.Read(buf)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("access log socket %s: %w", r.path, err)
+		}
+		e, err := Parse(buf[:n])
+		if err != nil {
+			r.invalid.Add(1)
+			continue
+		}
+		r.agg.Add(e)
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}

@@ -1,0 +1,108 @@
+package accesslog
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/berthhq/berth/common/msg"
+	"github.com/stretchr/testify/require"
+)
+
+func TestParse(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		in   string
+		want Entry
+		err  string
+	}{
+		{"syslog framed", `<190>Nov 24 00:45:21 berth: {"app":"web","status":200,"request_time":0.003,"upstream":"127.0.0.1:9000","upstream_status":"200","upstream_response_time":"0.002"}`,
+			Entry{App: "web", Status: 200, UpstreamMS: 2}, ""},
+		{"retried upstream sums", `{"app":"web","status":200,"upstream":"a:1, b:2","upstream_response_time":"0.001, 0.003"}`,
+			Entry{App: "web", Status: 200, UpstreamMS: 4}, ""},
+		{"no upstream (503 from nginx)", `{"app":"web","status":503,"upstream":"","upstream_response_time":""}`,
+			Entry{App: "web", Status: 503, UpstreamMS: -1}, ""},
+		{"upstream error", `{"app":"web","status":502,"upstream":"127.0.0.1:1","upstream_response_time":"0.000"}`,
+			Entry{App: "web", Status: 502, UpstreamMS: 0, UpstreamError: true}, ""},
+		{"unrouted", `{"app":"","status":404,"upstream":"","upstream_response_time":""}`, Entry{Status: 404, UpstreamMS: -1}, ""},
+		{"garbage", `<190>hello`, Entry{}, "no JSON object"},
+		{"bad json", `{"app":`, Entry{}, "access log"},
+		{"bad status", `{"app":"web","status":7}`, Entry{}, "status 7"},
+		{"hostile app", `{"app":"web;evil","status":200}`, Entry{}, `app "web;evil"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := Parse([]byte(tt.in))
+			if tt.err != "" {
+				require.ErrorContains(t, err, tt.err)
+				return
+			}
+			require.NoError(t, err)
+			require.InDelta(t, tt.want.UpstreamMS, got.UpstreamMS, 1e-9)
+			got.UpstreamMS = tt.want.UpstreamMS
+			require.Equal(t, tt.want, got)
+		})
+	}
+}
+
+func TestAggregatorWindows(t *testing.T) {
+	t.Parallel()
+	t0 := time.Unix(1000, 0)
+	a := NewAggregator("lb-1", t0)
+	for i := 1; i <= 100; i++ { // latencies 1..100 ms
+		a.Add(Entry{App: "web", Status: 200, UpstreamMS: float64(i)})
+	}
+	a.Add(Entry{App: "web", Status: 503, UpstreamMS: -1})
+	a.Add(Entry{App: "web", Status: 502, UpstreamMS: 0.5, UpstreamError: true})
+	a.Add(Entry{App: "api", Status: 404, UpstreamMS: 3})
+	a.Add(Entry{Status: 404, UpstreamMS: -1}) // unrouted: not counted
+
+	out := a.Flush(t0.Add(2 * time.Second))
+	require.Len(t, out, 2)
+	api, web := out[0], out[1]
+	require.Equal(t, "api", api.App)
+	require.Equal(t, int64(1), api.Status.S4xx)
+	require.Equal(t, "web", web.App)
+	require.Equal(t, int64(102), web.Requests)
+	require.InDelta(t, 51, web.RPS, 1e-9)
+	require.Equal(t, msg.StatusCounts{S2xx: 100, S5xx: 2}, web.Status)
+	require.Equal(t, int64(1), web.UpstreamErrors)
+	require.InDelta(t, 50, web.P50MS, 2, "p50 within the sketch's 1%% accuracy")
+	require.InDelta(t, 95, web.P95MS, 2)
+	require.InDelta(t, 99, web.P99MS, 2)
+	require.NoError(t, web.Validate(), "a flushed window is a valid v1 message")
+
+	require.Empty(t, a.Flush(t0.Add(3*time.Second)), "a new window starts empty")
+}
+
+func TestReceiverReadsDatagrams(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "access.sock")
+	agg := NewAggregator("lb-1", time.Now())
+	r := NewReceiver(path, agg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	<-r.Ready()
+
+	conn, err := net.Dial("unixgram", path)
+	require.NoError(t, err)
+	for i := range 5 {
+		_, err := fmt.Fprintf(conn, `<190>Nov 24 00:45:21 berth: {"app":"web","status":200,"upstream":"x:1","upstream_response_time":"0.00%d"}`, i+1)
+		require.NoError(t, err)
+	}
+	_, err = conn.Write([]byte("junk"))
+	require.NoError(t, err)
+	conn.Close()
+	require.Eventually(t, func() bool { return r.Invalid() == 1 }, 5*time.Second, 5*time.Millisecond)
+	out := agg.Flush(time.Now())
+	require.Len(t, out, 1)
+	require.Equal(t, int64(5), out[0].Requests)
+	cancel()
+	require.NoError(t, <-done)
+}
