@@ -222,3 +222,120 @@ func TestIncludeModeLeavesNginxServingAfterStop(t *testing.T) {
 	require.Equal(t, 200, code, "nginx keeps serving the last good config after lbagent stops")
 	require.Equal(t, "A", body)
 }
+
+func TestHealthTemplatesAndDryRun(t *testing.T) {
+	t.Parallel()
+	testrig.NginxBin(t)
+	cl := newCluster(t)
+	dir := t.TempDir()
+	tmplDir := filepath.Join(dir, "templates")
+	require.NoError(t, os.MkdirAll(tmplDir, 0o755))
+	for _, name := range []string{"nginx.conf.tmpl", "http.conf.tmpl", "app.conf.tmpl"} {
+		b, err := templates.FS.ReadFile(name)
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(tmplDir, name), b, 0o644))
+	}
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
+	conf := filepath.Join(dir, "conf", "nginx.conf")
+	args := []string{"--nats-url", cl.url, "--node", "lb-tmpl", "--manage-nginx",
+		"--nginx-conf", conf, "--nginx-prefix", dir, "--state-dir", filepath.Join(dir, "state"),
+		"--listen-http", httpAddr, "--listen-https", fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t)),
+		"--status-listen", fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t)), "--metrics-listen", "",
+		"--templates", tmplDir, "--debounce", "10ms:100ms"}
+	devnull, _ := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	defer devnull.Close()
+	c, _, _ := parse(args, devnull, devnull)
+	r, err := render.Load(os.DirFS(tmplDir))
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, c, r, tmplDir, zaptest.NewLogger(t)) }()
+
+	// An app with a health check: only healthy instances get traffic.
+	yes := true
+	st, _ := spec.ParseStatusRanges("200-399")
+	cl.put(cl.names.AppsBucket(), "demo", &msg.App{Name: "demo", Generation: 1, Term: 1, Port: 8080, UpdatedAt: time.Now(),
+		Routing: spec.Routing{Paths: []string{"/"}},
+		Health: &spec.Health{Type: spec.HealthHTTP, Enabled: &yes, Port: 8080, Path: "/healthz", Method: "GET", ExpectedStatus: st,
+			Interval: spec.Duration(time.Second), Timeout: spec.Duration(500 * time.Millisecond), HealthyThreshold: 1, UnhealthyThreshold: 1},
+		LB: spec.LB{Method: spec.LBRoundRobin, Keepalive: 4, MaxFails: 1, FailTimeout: spec.Duration(time.Second),
+			ConnectTimeout: spec.Duration(time.Second), ReadTimeout: spec.Duration(5 * time.Second), NextUpstreamTries: 2}})
+	health := func(id, status string) {
+		cl.put(cl.names.HealthBucket(), msg.InstanceKey("demo", id), &msg.Health{App: "demo", Instance: id, Status: status,
+			Checker: "hc", CheckedAt: time.Now()})
+	}
+	cl.instance("demo", "a", backend(t, "A"), msg.StateRunning)
+	cl.instance("demo", "b", backend(t, "B"), msg.StateRunning)
+	health("a", msg.StatusHealthy)
+	health("b", msg.StatusUnknown)
+	require.Equal(t, "A", testrig.WaitHTTP(t, "http://"+httpAddr+"/", 15*time.Second))
+	for range 6 {
+		_, body := get("http://" + httpAddr + "/")
+		require.Equal(t, "A", body, "an instance of unknown health gets no traffic")
+	}
+	health("b", msg.StatusHealthy)
+	health("a", msg.StatusUnhealthy)
+	require.Eventually(t, func() bool {
+		for range 4 {
+			if _, body := get("http://" + httpAddr + "/"); body != "B" {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, 20*time.Millisecond, "an unhealthy instance is removed")
+
+	// A template edit is applied; a broken one is refused and nginx keeps its config.
+	edit := func(old, new string) {
+		p := filepath.Join(tmplDir, "http.conf.tmpl")
+		b, err := os.ReadFile(p)
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(p, []byte(strings.Replace(string(b), old, new, 1)), 0o644))
+	}
+	edit("add_header X-Request-ID $berth_request_id always;", "add_header X-Request-ID $berth_request_id always;\n    add_header X-Berth-Edited yes always;")
+	require.Eventually(t, func() bool {
+		resp, err := http.Get("http://" + httpAddr + "/")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.Header.Get("X-Berth-Edited") == "yes"
+	}, 10*time.Second, 20*time.Millisecond, "a template edit is applied")
+	before, err := os.ReadFile(conf)
+	require.NoError(t, err)
+	edit("{{range .Upstreams}}", "{{range .Upstreams")
+	time.Sleep(700 * time.Millisecond)
+	after, err := os.ReadFile(conf)
+	require.NoError(t, err)
+	require.Equal(t, string(before), string(after), "a broken template edit is refused")
+	code, body := get("http://" + httpAddr + "/")
+	require.Equal(t, 200, code)
+	require.Equal(t, "B", body)
+
+	cancel()
+	require.NoError(t, <-done)
+}
+
+func TestDryRunFromFile(t *testing.T) {
+	t.Parallel()
+	snap := fmt.Sprintf(`{"apps":[{"type":"berth.app.v1","name":"web","generation":2,"term":1,"port":8080,
+	  "lb":{"method":"least_conn","keepalive":8,"max_fails":1,"fail_timeout":"5s","connect_timeout":"1s","read_timeout":"30s","next_upstream_tries":1,"client_max_body_size":"1Mi"},
+	  "routing":{"hosts":["web.example.com"],"paths":["/"]},"drain":"5s","updated_at":"2026-11-23T12:00:00Z"}],
+	 "instances":[{"type":"berth.instance.v1","app":"web","id":"a1","generation":2,"term":1,"address":"127.0.0.1:%d","state":"running","weight":3,"updated_at":"2026-11-23T12:00:00Z"}],
+	 "health":[]}`, 31000)
+	path := filepath.Join(t.TempDir(), "snap.json")
+	require.NoError(t, os.WriteFile(path, []byte(snap), 0o644))
+	out, err := os.CreateTemp(t.TempDir(), "out")
+	require.NoError(t, err)
+	defer out.Close()
+	code := run([]string{"--dry-run", path, "--conf-dir", t.TempDir(), "--templates", "/nonexistent"}, out, out)
+	require.Equal(t, 0, code)
+	b, err := os.ReadFile(out.Name())
+	require.NoError(t, err)
+	require.Contains(t, string(b), "least_conn;")
+	require.Contains(t, string(b), "server 127.0.0.1:31000 weight=3 max_fails=1 fail_timeout=5s;")
+	require.Contains(t, string(b), "server_name web.example.com;")
+
+	bad := filepath.Join(t.TempDir(), "bad.json")
+	require.NoError(t, os.WriteFile(bad, []byte(strings.Replace(snap, `"web.example.com"`, `"web.example.com; }"`, 1)), 0o644))
+	require.Equal(t, 1, run([]string{"--dry-run", bad, "--conf-dir", t.TempDir(), "--log-level", "error"}, out, out))
+}
