@@ -38,8 +38,11 @@ unit:
 golden:
 	$(GO) test -count=1 $(addprefix ./,$(GOLDEN_PKGS)) -update
 
+# bench runs the Go micro-benchmarks, then each program in bench/, which
+# prints its figures as ratios against a floor measured in the same run.
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+	@for b in $(sort $(dir $(wildcard bench/*/main.go))); do echo "== $$b"; $(GO) run ./$$b || exit 1; done
 
 # fuzz runs every Fuzz target for FUZZTIME each (go test fuzzes one target at a time).
 fuzz:
