@@ -140,13 +140,31 @@ func problems(t *testing.T, src string) []string {
 
 const base = "name: web\nimage: web:1\nport: 8080\n"
 
+// problemCase is a spec and the problems Load must report, each given as a
+// prefix of one problem, in order.
+type problemCase struct {
+	name string
+	src  string
+	want []string
+}
+
+func runProblems(t *testing.T, tests []problemCase) {
+	t.Helper()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got := problems(t, tt.src)
+			require.Len(t, got, len(tt.want), "problems: %q", got)
+			for i := range tt.want {
+				require.True(t, strings.HasPrefix(got[i], tt.want[i]), "problem %d:\n got %q\nwant %q…", i, got[i], tt.want[i])
+			}
+		})
+	}
+}
+
 func TestDecodeErrors(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		name string
-		src  string
-		want []string // each a prefix of one problem, in order
-	}{
+	tests := []problemCase{
 		{"not a mapping", "- a\n- b\n", []string{"a spec must be a mapping of fields"}},
 		{"scalar document", "42", []string{"a spec must be a mapping of fields (name, image, port, …), not the number 42"}},
 		{"invalid yaml", "name: [\n", []string{"not valid YAML or JSON"}},
@@ -170,25 +188,12 @@ func TestDecodeErrors(t *testing.T) {
 		{"list where mapping goes", base + "routing: [a]\n", []string{"routing: must be a mapping of fields, not a list"}},
 		{"mapping where list goes", base + "routing: {hosts: {a: b}}\n", []string{"routing.hosts: must be a list, not a mapping"}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			got := problems(t, tt.src)
-			require.Len(t, got, len(tt.want), "problems: %q", got)
-			for i := range tt.want {
-				require.True(t, strings.HasPrefix(got[i], tt.want[i]), "problem %d:\n got %q\nwant %q…", i, got[i], tt.want[i])
-			}
-		})
-	}
+	runProblems(t, tests)
 }
 
 func TestValidateErrors(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		name string
-		src  string
-		want []string
-	}{
+	tests := []problemCase{
 		{"bad name and image", "name: Web_1\nimage: 'Not An Image'\nport: 0\n", []string{
 			`name: "Web_1" is not a valid name`, `image: "Not An Image" is not a valid image reference`, `port: (0) must be between 1 and 65535`}},
 		{"missing image", "name: web\nport: 80\n", []string{"image: must be set"}},
@@ -221,16 +226,7 @@ func TestValidateErrors(t *testing.T) {
 			`env[1BAD]: "1BAD" is not a valid environment variable name`, "env[GOOD]: value must not contain a NUL byte"}},
 		{"resources", base + "resources: {cpu: 1000, memory: 1Mi}\n", []string{"resources.cpu: (1000) must be between 0.01 and 256", "resources.memory: (1Mi) must be between 6Mi and 1Ti"}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			got := problems(t, tt.src)
-			require.Len(t, got, len(tt.want), "problems: %q", got)
-			for i := range tt.want {
-				require.True(t, strings.HasPrefix(got[i], tt.want[i]), "problem %d:\n got %q\nwant %q…", i, got[i], tt.want[i])
-			}
-		})
-	}
+	runProblems(t, tests)
 }
 
 func TestEnvValuesNeverInErrors(t *testing.T) {

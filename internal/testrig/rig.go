@@ -16,7 +16,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"strings"
@@ -53,6 +56,15 @@ func Require(t testing.TB, ok bool, what, hint string) {
 		t.Fatalf("%s (CI=true, so this fails instead of skipping): %s", what, hint)
 	}
 	t.Skipf("%s: %s", what, hint)
+}
+
+// Backend starts an HTTP server on 127.0.0.1 that answers every request
+// with body, stopped when the test ends, and returns its "host:port".
+func Backend(t testing.TB, body string) string {
+	t.Helper()
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, body) }))
+	t.Cleanup(s.Close)
+	return strings.TrimPrefix(s.URL, "http://")
 }
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.

@@ -212,6 +212,17 @@ func (r *Renderer) Render(d Data, main bool) ([]byte, error) {
 	return b.Bytes(), nil
 }
 
+// checked makes a template helper of a grammar check: the value passes
+// through unchanged, or the render fails with the check's error.
+func checked(check func(string) error) func(string) (string, error) {
+	return func(s string) (string, error) {
+		if err := check(s); err != nil {
+			return "", err
+		}
+		return s, nil
+	}
+}
+
 // secs writes d for parameters nginx parses in whole seconds (fail_timeout),
 // rounded up so a sub-second value does not become 0 (off).
 func secs(d spec.Duration) string { return fmt.Sprintf("%ds", (d.Std()+time.Second-1)/time.Second) }
@@ -219,36 +230,11 @@ func secs(d spec.Duration) string { return fmt.Sprintf("%ds", (d.Std()+time.Seco
 // funcs are the only way values reach the text: each checks its value
 // against the grammar nginx needs and fails the render otherwise.
 var funcs = template.FuncMap{
-	"host": func(s string) (string, error) {
-		if err := spec.CheckHost(s); err != nil {
-			return "", err
-		}
-		return s, nil
-	},
-	"file": func(s string) (string, error) {
-		if err := spec.CheckFilePath(s); err != nil {
-			return "", err
-		}
-		return s, nil
-	},
-	"addr": func(s string) (string, error) {
-		if err := msg.CheckAddress(s); err != nil {
-			return "", err
-		}
-		return s, nil
-	},
-	"listen": func(s string) (string, error) {
-		if err := msg.CheckAddress(s); err != nil {
-			return "", fmt.Errorf("listen address: %w", err)
-		}
-		return s, nil
-	},
-	"hashkey": func(s string) (string, error) {
-		if err := spec.CheckHashKey(s); err != nil {
-			return "", err
-		}
-		return s, nil
-	},
+	"host":    checked(spec.CheckHost),
+	"file":    checked(spec.CheckFilePath),
+	"addr":    checked(msg.CheckAddress),
+	"listen":  checked(msg.CheckAddress),
+	"hashkey": checked(spec.CheckHashKey),
 	"quote": func(s string) (string, error) {
 		if !spec.NginxSafe(s) {
 			return "", fmt.Errorf("%q cannot be quoted for nginx", s)
