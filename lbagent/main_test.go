@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -97,12 +96,6 @@ func get(url string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-func backend(t *testing.T, body string) string {
-	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, body) }))
-	t.Cleanup(s.Close)
-	return strings.TrimPrefix(s.URL, "http://")
-}
-
 func startLBAgent(t *testing.T, args ...string) (cancel func(), done chan error) {
 	t.Helper()
 	devnull, _ := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
@@ -141,8 +134,8 @@ func TestManagedNginxEndToEnd(t *testing.T) {
 		"--templates", filepath.Join(dir, "none"), "--debounce", "10ms:100ms")
 
 	cl.app("demo")
-	cl.instance("demo", "a", backend(t, "A"), msg.StateRunning)
-	rev := cl.instance("demo", "b", backend(t, "B"), msg.StateRunning)
+	cl.instance("demo", "a", testrig.Backend(t, "A"), msg.StateRunning)
+	rev := cl.instance("demo", "b", testrig.Backend(t, "B"), msg.StateRunning)
 	require.Eventually(t, func() bool {
 		seen := map[string]bool{}
 		for range 4 {
@@ -174,14 +167,23 @@ func TestManagedNginxEndToEnd(t *testing.T) {
 	require.Equal(t, 200, code)
 
 	// nginx's access log reaches lbagent, which publishes per-app windows.
-	select {
-	case m := <-traffic:
-		require.Equal(t, "lb-e2e", m.Node)
-		require.Positive(t, m.Requests)
-		require.Positive(t, m.Status.S2xx)
-		require.Positive(t, m.P95MS)
-	case <-time.After(10 * time.Second):
-		t.Fatal("no traffic metrics published from the access log")
+	// Lines nginx logs while nobody listens on the socket are dropped (by
+	// design: nginx never waits for lbagent), so keep sending requests until
+	// a window with served requests arrives.
+	deadline := time.After(10 * time.Second)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for served := false; !served; {
+		select {
+		case m := <-traffic:
+			require.Equal(t, "lb-e2e", m.Node)
+			require.Positive(t, m.Requests)
+			served = m.Status.S2xx > 0 && m.P95MS > 0
+		case <-tick.C:
+			get("http://" + httpAddr + "/")
+		case <-deadline:
+			t.Fatal("no traffic metrics with served requests published from the access log")
+		}
 	}
 
 	cl.instance("demo", "a", "127.0.0.1:1", msg.StateStopped)
@@ -213,7 +215,7 @@ func TestIncludeModeLeavesNginxServingAfterStop(t *testing.T) {
 		"--listen-http", httpAddr, "--listen-https", fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t)),
 		"--status-listen", statusAddr, "--metrics-listen", "", "--templates", "/nonexistent", "--debounce", "10ms:100ms")
 	cl.app("demo")
-	cl.instance("demo", "a", backend(t, "A"), msg.StateRunning)
+	cl.instance("demo", "a", testrig.Backend(t, "A"), msg.StateRunning)
 	require.Equal(t, "A", testrig.WaitHTTP(t, "http://"+httpAddr+"/", 15*time.Second))
 
 	cancel()
@@ -264,8 +266,8 @@ func TestHealthTemplatesAndDryRun(t *testing.T) {
 		cl.put(cl.names.HealthBucket(), msg.InstanceKey("demo", id), &msg.Health{App: "demo", Instance: id, Status: status,
 			Checker: "hc", CheckedAt: time.Now()})
 	}
-	cl.instance("demo", "a", backend(t, "A"), msg.StateRunning)
-	cl.instance("demo", "b", backend(t, "B"), msg.StateRunning)
+	cl.instance("demo", "a", testrig.Backend(t, "A"), msg.StateRunning)
+	cl.instance("demo", "b", testrig.Backend(t, "B"), msg.StateRunning)
 	health("a", msg.StatusHealthy)
 	health("b", msg.StatusUnknown)
 	require.Equal(t, "A", testrig.WaitHTTP(t, "http://"+httpAddr+"/", 15*time.Second))

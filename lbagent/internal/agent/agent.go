@@ -7,12 +7,12 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -105,14 +105,15 @@ type Agent struct {
 	servedGen atomic.Uint64
 
 	// Owned by Run.
-	generation   uint64
-	applied      state.Snapshot
-	appliedBytes []byte
-	appliedApps  map[string]int64
-	lastGood     map[string]state.App
-	appErrors    map[string]string
-	emptySince   time.Time
-	hasApplied   bool
+	generation      uint64
+	applied         state.Snapshot
+	appliedLayout   render.Data // of what nginx serves, generation 0
+	appliedRenderer *render.Renderer
+	appliedApps     map[string]int64
+	lastGood        map[string]state.App
+	appErrors       map[string]string
+	emptySince      time.Time
+	hasApplied      bool
 }
 
 // New returns an agent. renderer is replaced later by SetRenderer when the
@@ -234,10 +235,12 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 	a.mu.Unlock()
 	c := &candidate{agent: a, renderer: renderer, snap: snap}
 
-	// Render at the applied generation first: if the bytes are the same,
-	// nginx already serves this state and only the revision moved.
-	same, err := c.render(a.generation, snap)
-	if err == nil && a.hasApplied && bytes.Equal(same, a.appliedBytes) {
+	// Rendering is deterministic: the same layout through the same templates
+	// gives the same bytes but for the generation. So when the layout (with
+	// the generation left out) equals the applied one, nginx already serves
+	// this state and only the revision moved; no render is needed to know.
+	layout := a.comparable(snap)
+	if a.hasApplied && renderer == a.appliedRenderer && reflect.DeepEqual(layout, a.appliedLayout) {
 		a.applied = snap
 		a.reporter.Applied(ctx, a.agentMessage(""))
 		a.report(ctx, start, snap.Revision, msg.ReloadSkipped, "", nil)
@@ -256,7 +259,9 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 		a.report(ctx, start, snap.Revision, msg.ReloadFailed, err.Error(), failed)
 		return 0
 	}
-	a.generation, a.applied, a.appliedBytes, a.hasApplied = gen, snap, final.bytes, true
+	a.generation, a.applied, a.hasApplied = gen, snap, true
+	a.appliedLayout = a.comparable(final.snap)
+	a.appliedRenderer = renderer
 	a.servedGen.Store(gen)
 	a.appliedApps = map[string]int64{}
 	for _, app := range final.snap.Apps {
@@ -284,6 +289,15 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 		zap.Int("apps", len(snap.Apps)), zap.Int("servers", snap.Servers()), zap.Int("failed_apps", len(failed)),
 		zap.Duration("duration", a.now().Sub(start)))
 	return 0
+}
+
+// comparable is the layout of snap without what changes on every write
+// (generation, revision): equal layouts through the same templates render
+// equal configs.
+func (a *Agent) comparable(snap state.Snapshot) render.Data {
+	d, _ := render.Layout(snap, 0, a.cfg.Render)
+	d.Revision = 0
+	return d
 }
 
 // apply swaps the tested config in, reloads and confirms; on a failed

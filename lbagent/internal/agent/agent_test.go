@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -154,20 +153,13 @@ func (r *rig) waitFor(host string, code int, want string) {
 	}, 10*time.Second, 10*time.Millisecond, "waiting for %s to answer %d %q", host, code, want)
 }
 
-func backend(t *testing.T, name string) string {
-	t.Helper()
-	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, name) }))
-	t.Cleanup(s.Close)
-	return strings.TrimPrefix(s.URL, "http://")
-}
-
 func TestAgentRoutesSpreadsAndRemoves(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, time.Hour)
 	r.putApp(appMsg("web", "web.test"))
 	r.waitFor("web.test", 503, `"no_backend"`)
 
-	a, b := backend(t, "A"), backend(t, "B")
+	a, b := testrig.Backend(t, "A"), testrig.Backend(t, "B")
 	r.putInstance("web", "a", a, msg.StateRunning)
 	rev := r.putInstance("web", "b", b, msg.StateRunning)
 	r.waitFor("web.test", 200, "B")
@@ -205,7 +197,7 @@ func TestAgentSkipsIdenticalAndCoalescesBursts(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, time.Hour)
 	r.putApp(appMsg("web", "web.test"))
-	addr := backend(t, "A")
+	addr := testrig.Backend(t, "A")
 	r.putInstance("web", "a", addr, msg.StateRunning)
 	r.waitFor("web.test", 200, "A")
 	require.Eventually(t, func() bool { return r.agent.Generation() > 0 }, 5*time.Second, 5*time.Millisecond)
@@ -234,16 +226,16 @@ func TestAgentIsolatesPoisonedApp(t *testing.T) {
 	r := newRig(t, time.Hour)
 	good := appMsg("good", "good.test")
 	r.putApp(good)
-	r.putInstance("good", "g1", backend(t, "G1"), msg.StateRunning)
+	r.putInstance("good", "g1", testrig.Backend(t, "G1"), msg.StateRunning)
 	r.waitFor("good.test", 200, "G1")
 
 	// A certificate path that passes the grammar but does not exist: nginx -t refuses it.
 	bad := appMsg("bad", "bad.test")
 	bad.Routing.TLS = &spec.TLS{Certificate: "/nonexistent/berth/bad.crt", Key: "/nonexistent/berth/bad.key"}
 	r.putApp(bad)
-	r.putInstance("bad", "b1", backend(t, "B1"), msg.StateRunning)
+	r.putInstance("bad", "b1", testrig.Backend(t, "B1"), msg.StateRunning)
 	// The other app still updates while bad is broken.
-	r.putInstance("good", "g2", backend(t, "G2"), msg.StateRunning)
+	r.putInstance("good", "g2", testrig.Backend(t, "G2"), msg.StateRunning)
 	r.putInstance("good", "g1", "127.0.0.1:1", msg.StateStopped)
 	r.waitFor("good.test", 200, "G2")
 	r.waitFor("bad.test", 503, "no_backend") // never good: its host answers 503
@@ -260,7 +252,7 @@ func TestAgentHoldsBackEmptyingSnapshot(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, 700*time.Millisecond)
 	r.putApp(appMsg("web", "web.test"))
-	r.putInstance("web", "a", backend(t, "A"), msg.StateRunning)
+	r.putInstance("web", "a", testrig.Backend(t, "A"), msg.StateRunning)
 	r.waitFor("web.test", 200, "A")
 
 	// As if NATS were reset: every instance disappears at once.
@@ -280,7 +272,7 @@ func TestAgentTemplateEdit(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, time.Hour)
 	r.putApp(appMsg("web", "web.test"))
-	r.putInstance("web", "a", backend(t, "A"), msg.StateRunning)
+	r.putInstance("web", "a", testrig.Backend(t, "A"), msg.StateRunning)
 	r.waitFor("web.test", 200, "A")
 
 	dir := t.TempDir()
