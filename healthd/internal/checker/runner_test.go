@@ -1,0 +1,163 @@
+package checker
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/healthd/internal/probe"
+	"github.com/stretchr/testify/require"
+)
+
+// fakeProber answers by key: "hang" waits for the deadline, "fail" fails,
+// anything else passes after delay. It records calls and concurrency.
+type fakeProber struct {
+	delay    time.Duration
+	mu       sync.Mutex
+	calls    map[string]int
+	paths    map[string]string
+	inFlight atomic.Int32
+	maxSeen  atomic.Int32
+}
+
+func (f *fakeProber) Probe(ctx context.Context, t probe.Target) probe.Result {
+	n := f.inFlight.Add(1)
+	defer f.inFlight.Add(-1)
+	for {
+		m := f.maxSeen.Load()
+		if n <= m || f.maxSeen.CompareAndSwap(m, n) {
+			break
+		}
+	}
+	f.mu.Lock()
+	f.calls[t.Key]++
+	f.paths[t.Key] = t.Check.Path
+	f.mu.Unlock()
+	switch t.Address {
+	case "hang":
+		<-ctx.Done()
+		return probe.Result{Failure: msg.FailureTimeout}
+	case "fail":
+		return probe.Result{Failure: msg.FailureConnectionRefused}
+	}
+	time.Sleep(f.delay)
+	return probe.Result{OK: true}
+}
+
+func (f *fakeProber) count(key string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls[key]
+}
+
+type recorder struct {
+	mu      sync.Mutex
+	changes []Report
+	removed []string
+}
+
+func (r *recorder) Probed(rep Report) {
+	if rep.Changed {
+		r.mu.Lock()
+		r.changes = append(r.changes, rep)
+		r.mu.Unlock()
+	}
+}
+
+func (r *recorder) Removed(key string) {
+	r.mu.Lock()
+	r.removed = append(r.removed, key)
+	r.mu.Unlock()
+}
+
+func target(key, addr string, interval time.Duration) Target {
+	return Target{Target: probe.Target{Key: key, Address: addr, Check: spec.Health{Type: spec.HealthHTTP, Path: "/a",
+		Interval: spec.Duration(interval), Timeout: spec.Duration(interval / 2), HealthyThreshold: 1, UnhealthyThreshold: 2}}}
+}
+
+func start(t *testing.T, r *Runner) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
+}
+
+func TestRunnerProbesAtIntervalDespiteAHangingTarget(t *testing.T) {
+	t.Parallel()
+	f := &fakeProber{calls: map[string]int{}, paths: map[string]string{}}
+	rec := &recorder{}
+	r := NewRunner(f, rec, 8)
+	start(t, r)
+	r.SetTargets([]Target{target("web.ok", "ok", 100*time.Millisecond), target("web.hang", "hang", 100*time.Millisecond)})
+	time.Sleep(1050 * time.Millisecond)
+	require.InDelta(t, 10, f.count("web.ok"), 2, "a 100 ms target is probed about ten times a second, whatever its neighbour does")
+	require.InDelta(t, 10, f.count("web.hang"), 2, "a hanging probe ends at its timeout and the next turn runs")
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	statuses := map[string]string{}
+	for _, c := range rec.changes {
+		statuses[c.Target.Key] = c.State.Status
+	}
+	require.Equal(t, map[string]string{"web.ok": msg.StatusHealthy, "web.hang": msg.StatusUnhealthy}, statuses)
+}
+
+func TestRunnerBoundsConcurrency(t *testing.T) {
+	t.Parallel()
+	f := &fakeProber{delay: 40 * time.Millisecond, calls: map[string]int{}, paths: map[string]string{}}
+	r := NewRunner(f, &recorder{}, 2)
+	start(t, r)
+	var ts []Target
+	for _, k := range []string{"a.1", "a.2", "a.3", "a.4", "a.5", "a.6"} {
+		ts = append(ts, target(k, "ok", 100*time.Millisecond))
+	}
+	r.SetTargets(ts)
+	time.Sleep(500 * time.Millisecond)
+	require.LessOrEqual(t, f.maxSeen.Load(), int32(2))
+	require.Positive(t, f.count("a.6"))
+}
+
+func TestRunnerAppliesChangesAndRemovals(t *testing.T) {
+	t.Parallel()
+	f := &fakeProber{calls: map[string]int{}, paths: map[string]string{}}
+	rec := &recorder{}
+	r := NewRunner(f, rec, 4)
+	start(t, r)
+	a, b := target("web.a", "ok", 50*time.Millisecond), target("web.b", "ok", 50*time.Millisecond)
+	r.SetTargets([]Target{a, b})
+	require.Eventually(t, func() bool { return f.count("web.b") > 0 }, 2*time.Second, 5*time.Millisecond)
+	require.Equal(t, 2, r.Targets())
+
+	// A spec change applies to the next probe, without a restart.
+	a.Check.Path = "/b"
+	r.SetTargets([]Target{a})
+	require.Eventually(t, func() bool { f.mu.Lock(); defer f.mu.Unlock(); return f.paths["web.a"] == "/b" }, 2*time.Second, 5*time.Millisecond)
+
+	// A removed target is reported and no longer probed.
+	rec.mu.Lock()
+	require.Equal(t, []string{"web.b"}, rec.removed)
+	rec.mu.Unlock()
+	n := f.count("web.b")
+	time.Sleep(200 * time.Millisecond)
+	require.LessOrEqual(t, f.count("web.b"), n+1, "at most a probe already in flight")
+	require.Equal(t, 1, r.Targets())
+}
+
+func TestRunnerHonoursInitialDelay(t *testing.T) {
+	t.Parallel()
+	f := &fakeProber{calls: map[string]int{}, paths: map[string]string{}}
+	r := NewRunner(f, &recorder{}, 4)
+	start(t, r)
+	tg := target("web.new", "ok", 50*time.Millisecond)
+	tg.NotBefore = time.Now().Add(400 * time.Millisecond)
+	r.SetTargets([]Target{tg})
+	time.Sleep(300 * time.Millisecond)
+	require.Zero(t, f.count("web.new"), "no probe within the initial delay")
+	require.Eventually(t, func() bool { return f.count("web.new") > 0 }, 2*time.Second, 5*time.Millisecond)
+}
