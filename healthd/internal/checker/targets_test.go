@@ -1,0 +1,51 @@
+package checker
+
+import (
+	"testing"
+	"time"
+
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
+	"github.com/stretchr/testify/require"
+)
+
+func TestTargets(t *testing.T) {
+	t.Parallel()
+	off := false
+	started := time.Unix(1000, 0)
+	apps := map[string]*msg.App{
+		"web":   {Name: "web", Port: 8080, Health: &spec.Health{Type: spec.HealthHTTP, Port: 8080, InitialDelay: spec.Duration(5 * time.Second)}},
+		"admin": {Name: "admin", Port: 8080, Health: &spec.Health{Type: spec.HealthTCP, Port: 9090}},
+		"none":  {Name: "none", Port: 8080},
+		"off":   {Name: "off", Port: 8080, Health: &spec.Health{Type: spec.HealthHTTP, Port: 8080, Enabled: &off}},
+	}
+	inst := func(app, id, state, addr string) *msg.Instance {
+		return &msg.Instance{App: app, ID: id, State: state, Address: addr, Generation: 3, Term: 2, StartedAt: &started}
+	}
+	instances := map[string]*msg.Instance{
+		"web.a":    inst("web", "a", msg.StateRunning, "127.0.0.1:32001"),
+		"web.b":    inst("web", "b", msg.StateStarting, "127.0.0.1:32002"),
+		"web.c":    inst("web", "c", msg.StateDraining, "127.0.0.1:32003"),
+		"web.d":    inst("web", "d", msg.StateStopped, "127.0.0.1:32004"),
+		"web.e":    inst("web", "e", msg.StateCreating, ""),
+		"admin.x":  inst("admin", "x", msg.StateRunning, "172.18.0.5:8080"),
+		"none.y":   inst("none", "y", msg.StateRunning, "127.0.0.1:1"),
+		"off.z":    inst("off", "z", msg.StateRunning, "127.0.0.1:2"),
+		"ghost.q1": inst("ghost", "q1", msg.StateRunning, "127.0.0.1:3"),
+	}
+	got := Targets(apps, instances, nil)
+	var keys []string
+	for _, tg := range got {
+		keys = append(keys, tg.Key)
+	}
+	require.Equal(t, []string{"admin.x", "web.a", "web.b"}, keys, "only starting and running instances of apps with an enabled check")
+	require.Equal(t, "172.18.0.5:9090", got[0].Address, "a separate health port is reached on the instance's host")
+	require.Equal(t, "127.0.0.1:32001", got[1].Address)
+	require.Equal(t, started.Add(5*time.Second), got[1].NotBefore, "initial delay counts from the container start")
+	require.Equal(t, int64(3), got[1].Generation)
+	require.Equal(t, uint64(2), got[1].Term)
+
+	mine := Targets(apps, instances, func(key string) bool { return key == "web.b" })
+	require.Len(t, mine, 1)
+	require.Equal(t, "web.b", mine[0].Key)
+}
