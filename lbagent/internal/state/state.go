@@ -6,11 +6,11 @@ package state
 
 import (
 	"sort"
-	"sync"
 	"time"
 
 	"github.com/berthhq/berth/common/bus"
 	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/view"
 )
 
 // Server is one routable instance of an app.
@@ -125,23 +125,23 @@ func EmptyHold(applied, next Snapshot, since, now time.Time, hold time.Duration)
 	return false, since
 }
 
-// Store accumulates what the three watchers deliver. It is safe for
-// concurrent use: each watcher calls its handler from its own goroutine.
+// Store accumulates what the three watchers deliver, one view.Table per
+// bucket. It is safe for concurrent use: each watcher calls its handler
+// from its own goroutine.
 type Store struct {
-	mu      sync.Mutex
-	view    View
-	loaded  [3]bool
-	fence   msg.Fence
-	fenced  uint64
-	changed chan struct{}
+	apps      *view.Table[*msg.App]
+	instances *view.Table[*msg.Instance]
+	health    *view.Table[*msg.Health]
+	changed   chan struct{}
 }
 
 // NewStore returns an empty store.
 func NewStore() *Store {
-	return &Store{
-		view:    View{Apps: map[string]*msg.App{}, Instances: map[string]*msg.Instance{}, Health: map[string]*msg.Health{}},
-		changed: make(chan struct{}, 1),
-	}
+	s := &Store{changed: make(chan struct{}, 1)}
+	s.apps = view.NewTable(view.AppTerm, s.notify)
+	s.instances = view.NewTable(view.InstanceTerm, s.notify)
+	s.health = view.NewTable(view.NoTerm[*msg.Health], s.notify)
+	return s
 }
 
 // Changed receives a value after each change (coalesced: one pending at most).
@@ -150,26 +150,26 @@ func (s *Store) Changed() <-chan struct{} { return s.changed }
 // Ready reports whether all three buckets have delivered their first
 // complete snapshot; until then nothing may be built.
 func (s *Store) Ready() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.loaded[0] && s.loaded[1] && s.loaded[2]
+	return s.apps.Loaded() && s.instances.Loaded() && s.health.Loaded()
 }
 
 // Fenced counts writes dropped because they came from a lower leader term.
-func (s *Store) Fenced() uint64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.fenced
-}
+func (s *Store) Fenced() uint64 { return s.apps.Fenced() + s.instances.Fenced() }
 
 // Snapshot builds the current snapshot; ok is false until the store is Ready.
 func (s *Store) Snapshot() (snap Snapshot, ok bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !(s.loaded[0] && s.loaded[1] && s.loaded[2]) {
+	if !s.Ready() {
 		return Snapshot{}, false
 	}
-	return Build(s.view), true
+	// Always in this order, so the nested locks cannot deadlock.
+	s.apps.Read(func(apps map[string]*msg.App, _ uint64) {
+		s.instances.Read(func(insts map[string]*msg.Instance, rev uint64) {
+			s.health.Read(func(health map[string]*msg.Health, _ uint64) {
+				snap = Build(View{Apps: apps, Instances: insts, Health: health, Revision: rev})
+			})
+		})
+	})
+	return snap, true
 }
 
 func (s *Store) notify() {
@@ -180,76 +180,11 @@ func (s *Store) notify() {
 }
 
 // AppsHandler handles the apps bucket.
-func (s *Store) AppsHandler() bus.Handler[*msg.App] {
-	return bus.HandlerFuncs[*msg.App]{
-		OnSnapshot: func(evs []bus.Event[*msg.App], _ uint64) {
-			replace(s, 0, evs, &s.view.Apps, func(a *msg.App) uint64 { return a.Term })
-		},
-		OnUpdate: func(e bus.Event[*msg.App]) {
-			update(s, e, s.view.Apps, func(a *msg.App) uint64 { return a.Term }, nil)
-		},
-	}
-}
+func (s *Store) AppsHandler() bus.Handler[*msg.App] { return s.apps.Handler() }
 
 // InstancesHandler handles the instances bucket; its revisions become the
 // snapshot's Revision.
-func (s *Store) InstancesHandler() bus.Handler[*msg.Instance] {
-	return bus.HandlerFuncs[*msg.Instance]{
-		OnSnapshot: func(evs []bus.Event[*msg.Instance], rev uint64) {
-			s.mu.Lock()
-			s.view.Revision = rev
-			s.mu.Unlock()
-			replace(s, 1, evs, &s.view.Instances, func(i *msg.Instance) uint64 { return i.Term })
-		},
-		OnUpdate: func(e bus.Event[*msg.Instance]) {
-			update(s, e, s.view.Instances, func(i *msg.Instance) uint64 { return i.Term }, &s.view.Revision)
-		},
-	}
-}
+func (s *Store) InstancesHandler() bus.Handler[*msg.Instance] { return s.instances.Handler() }
 
 // HealthHandler handles the health bucket (written by healthd, not fenced).
-func (s *Store) HealthHandler() bus.Handler[*msg.Health] {
-	return bus.HandlerFuncs[*msg.Health]{
-		OnSnapshot: func(evs []bus.Event[*msg.Health], _ uint64) {
-			replace(s, 2, evs, &s.view.Health, func(*msg.Health) uint64 { return 0 })
-		},
-		OnUpdate: func(e bus.Event[*msg.Health]) {
-			update(s, e, s.view.Health, func(*msg.Health) uint64 { return 0 }, nil)
-		},
-	}
-}
-
-// replace installs a complete snapshot of one bucket.
-func replace[T any](s *Store, idx int, evs []bus.Event[T], dst *map[string]T, term func(T) uint64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	m := make(map[string]T, len(evs))
-	for _, e := range evs {
-		if !s.fence.Accept(e.Key, term(e.Value)) {
-			s.fenced++
-			continue
-		}
-		m[e.Key] = e.Value
-	}
-	*dst = m
-	s.loaded[idx] = true
-	s.notify()
-}
-
-// update applies one change; rev, when not nil, tracks the bucket revision.
-func update[T any](s *Store, e bus.Event[T], dst map[string]T, term func(T) uint64, rev *uint64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if rev != nil {
-		*rev = max(*rev, e.Revision)
-	}
-	if e.Op == bus.OpDelete {
-		delete(dst, e.Key)
-	} else if s.fence.Accept(e.Key, term(e.Value)) {
-		dst[e.Key] = e.Value
-	} else {
-		s.fenced++
-		return
-	}
-	s.notify()
-}
+func (s *Store) HealthHandler() bus.Handler[*msg.Health] { return s.health.Handler() }

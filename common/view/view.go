@@ -1,0 +1,111 @@
+// Package view keeps a typed, in-memory copy of one KV bucket, fed by a
+// bus watcher: it replaces its contents on each snapshot, applies updates,
+// drops writes from a lower leader term per key (fencing), remembers the
+// bucket revision it reflects, and says whether the first complete
+// snapshot has arrived, so a reader never acts on a partial initial load.
+package view
+
+import (
+	"maps"
+	"sync"
+
+	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/msg"
+)
+
+// Table is the copy of one bucket. It is safe for concurrent use.
+type Table[T any] struct {
+	term   func(T) uint64
+	notify func()
+
+	mu     sync.Mutex
+	rows   map[string]T
+	rev    uint64
+	loaded bool
+	fence  msg.Fence
+	fenced uint64
+}
+
+// NewTable returns an empty table. term returns a value's leader term (0:
+// not fenced); notify, when not nil, is called after every change.
+func NewTable[T any](term func(T) uint64, notify func()) *Table[T] {
+	if notify == nil {
+		notify = func() {}
+	}
+	return &Table[T]{term: term, notify: notify, rows: map[string]T{}}
+}
+
+// Loaded reports whether a complete snapshot has arrived.
+func (t *Table[T]) Loaded() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.loaded
+}
+
+// Fenced counts writes dropped for coming from a lower term.
+func (t *Table[T]) Fenced() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.fenced
+}
+
+// Rows returns a copy of the rows and the bucket revision they reflect.
+func (t *Table[T]) Rows() (map[string]T, uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return maps.Clone(t.rows), t.rev
+}
+
+// Read calls f with the rows and revision under the table's lock, for
+// readers that only look: f must not keep the map or call the table.
+func (t *Table[T]) Read(f func(rows map[string]T, rev uint64)) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	f(t.rows, t.rev)
+}
+
+// Handler returns the bus handler that feeds the table.
+func (t *Table[T]) Handler() bus.Handler[T] {
+	return bus.HandlerFuncs[T]{OnSnapshot: t.snapshot, OnUpdate: t.update}
+}
+
+func (t *Table[T]) snapshot(evs []bus.Event[T], rev uint64) {
+	t.mu.Lock()
+	rows := make(map[string]T, len(evs))
+	for _, e := range evs {
+		if !t.fence.Accept(e.Key, t.term(e.Value)) {
+			t.fenced++
+			continue
+		}
+		rows[e.Key] = e.Value
+	}
+	t.rows, t.rev, t.loaded = rows, rev, true
+	t.mu.Unlock()
+	t.notify()
+}
+
+func (t *Table[T]) update(e bus.Event[T]) {
+	t.mu.Lock()
+	t.rev = max(t.rev, e.Revision)
+	switch {
+	case e.Op == bus.OpDelete:
+		delete(t.rows, e.Key)
+	case t.fence.Accept(e.Key, t.term(e.Value)):
+		t.rows[e.Key] = e.Value
+	default:
+		t.fenced++
+		t.mu.Unlock()
+		return
+	}
+	t.mu.Unlock()
+	t.notify()
+}
+
+// AppTerm, InstanceTerm and NoTerm are the term functions of the contract's tables.
+func AppTerm(a *msg.App) uint64 { return a.Term }
+
+// InstanceTerm returns an instance record's term.
+func InstanceTerm(i *msg.Instance) uint64 { return i.Term }
+
+// NoTerm is for values not written by the leader (health, checkers, agents).
+func NoTerm[T any](T) uint64 { return 0 }
