@@ -17,15 +17,9 @@ import (
 
 // cli is every flag of lbagent; each has an env name BERTH_LBAGENT_….
 type cli struct {
-	NATSURL     string `name:"nats-url" help:"NATS server URL(s), comma-separated." default:"nats://127.0.0.1:4222" env:"BERTH_LBAGENT_NATS_URL"`
-	NATSCreds   string `name:"nats-creds" help:"NATS credentials file." default:"" env:"BERTH_LBAGENT_NATS_CREDS" type:"path"`
-	NATSNKey    string `name:"nats-nkey" help:"File holding an NATS nkey seed." default:"" env:"BERTH_LBAGENT_NATS_NKEY" type:"path"`
-	NATSToken   string `name:"nats-token-file" help:"File holding a NATS token." default:"" env:"BERTH_LBAGENT_NATS_TOKEN_FILE" type:"path"`
-	NATSTLSCA   string `name:"nats-tls-ca" help:"PEM CA bundle for the NATS server certificate." default:"" env:"BERTH_LBAGENT_NATS_TLS_CA" type:"path"`
-	NATSTLSCert string `name:"nats-tls-cert" help:"PEM client certificate for NATS." default:"" env:"BERTH_LBAGENT_NATS_TLS_CERT" type:"path"`
-	NATSTLSKey  string `name:"nats-tls-key" help:"PEM client key for NATS." default:"" env:"BERTH_LBAGENT_NATS_TLS_KEY" type:"path"`
-	Prefix      string `help:"Prefix of every NATS bucket and subject." default:"berth" env:"BERTH_LBAGENT_PREFIX"`
-	Node        string `help:"This agent's node id (default: the host name, made a valid token)." default:"" env:"BERTH_LBAGENT_NODE"`
+	NATS   bus.Flags `embed:"" envprefix:"BERTH_LBAGENT_"`
+	Prefix string    `help:"Prefix of every NATS bucket and subject." default:"berth" env:"BERTH_LBAGENT_PREFIX"`
+	Node   string    `help:"This agent's node id (default: the host name, made a valid token)." default:"" env:"BERTH_LBAGENT_NODE"`
 
 	Templates   string `help:"Directory of nginx templates, watched for edits; the embedded copy is used when it does not exist." default:"templates" env:"BERTH_LBAGENT_TEMPLATES"`
 	NginxBin    string `name:"nginx-bin" help:"nginx executable." default:"nginx" env:"BERTH_LBAGENT_NGINX_BIN"`
@@ -107,7 +101,7 @@ func (c *cli) check() error {
 	if err := (logging.Options{Level: c.LogLevel, Format: c.LogFormat}).Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	if err := c.natsOptions("x").Validate(); err != nil {
+	if _, err := c.NATS.Options("lbagent"); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -120,17 +114,6 @@ func (c *cli) node() string {
 	}
 	h, _ := os.Hostname()
 	return msg.NodeID(h)
-}
-
-func (c *cli) natsOptions(name string) bus.Options {
-	o := bus.Options{URL: c.NATSURL, Name: name, CredsFile: c.NATSCreds, NKeyFile: c.NATSNKey,
-		TLSCA: c.NATSTLSCA, TLSCert: c.NATSTLSCert, TLSKey: c.NATSTLSKey}
-	if c.NATSToken != "" {
-		if b, err := os.ReadFile(c.NATSToken); err == nil {
-			o.Token = strings.TrimSpace(string(b))
-		}
-	}
-	return o
 }
 
 // target is the file lbagent writes and whether it is a whole nginx.conf.

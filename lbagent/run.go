@@ -94,7 +94,11 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 	names, _ := msg.NewNames(c.Prefix)
 	node := c.node()
 	logger = logger.With(zap.String(logging.KeyNode, node))
-	conn, err := bus.Connect(ctx, c.natsOptions("lbagent-"+node), logger)
+	opts, err := c.NATS.Options("lbagent-" + node)
+	if err != nil {
+		return err
+	}
+	conn, err := bus.Connect(ctx, opts, logger)
 	if err != nil {
 		return err
 	}
@@ -167,7 +171,7 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 	if c.Metrics != "" {
 		group.Add("http", lifecycle.Func(func(ctx context.Context) error { return serveHTTP(ctx, c.Metrics, metrics, store) }))
 	}
-	logger.Info("lbagent started", zap.String("target", target), zap.Bool("manage_nginx", c.Manage), zap.String("nats", c.NATSURL))
+	logger.Info("lbagent started", zap.String("target", target), zap.Bool("manage_nginx", c.Manage))
 	return group.Run(ctx)
 }
 
@@ -324,7 +328,11 @@ func loadFile(path string, store *state.Store) error {
 
 func loadLive(ctx context.Context, c *cli, store *state.Store, logger *zap.Logger) error {
 	names, _ := msg.NewNames(c.Prefix)
-	conn, err := bus.Connect(ctx, c.natsOptions("lbagent-dry-run"), logger)
+	opts, err := c.NATS.Options("lbagent-dry-run")
+	if err != nil {
+		return err
+	}
+	conn, err := bus.Connect(ctx, opts, logger)
 	if err != nil {
 		return err
 	}

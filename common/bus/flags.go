@@ -1,0 +1,38 @@
+package bus
+
+import (
+	"fmt"
+	"os"
+	"strings"
+)
+
+// Flags are the NATS flags every daemon shares. Daemons embed them in their
+// kong CLI struct with an env prefix (envprefix:"BERTH_HEALTHD_"), so each
+// flag reads e.g. BERTH_HEALTHD_NATS_URL.
+type Flags struct {
+	URL       string `name:"nats-url" help:"NATS server URL(s), comma-separated." default:"nats://127.0.0.1:4222" env:"NATS_URL"`
+	CredsFile string `name:"nats-creds" help:"NATS credentials file (JWT and nkey seed)." default:"" env:"NATS_CREDS" type:"path"`
+	NKeyFile  string `name:"nats-nkey" help:"File holding a NATS nkey seed." default:"" env:"NATS_NKEY" type:"path"`
+	TokenFile string `name:"nats-token-file" help:"File holding a NATS token." default:"" env:"NATS_TOKEN_FILE" type:"path"`
+	TLSCA     string `name:"nats-tls-ca" help:"PEM CA bundle for the NATS server certificate." default:"" env:"NATS_TLS_CA" type:"path"`
+	TLSCert   string `name:"nats-tls-cert" help:"PEM client certificate for NATS." default:"" env:"NATS_TLS_CERT" type:"path"`
+	TLSKey    string `name:"nats-tls-key" help:"PEM client key for NATS." default:"" env:"NATS_TLS_KEY" type:"path"`
+}
+
+// Options turns the flags into connection options for a client called
+// name, reading the token file. The token is never logged.
+func (f Flags) Options(name string) (Options, error) {
+	o := Options{URL: f.URL, Name: name, CredsFile: f.CredsFile, NKeyFile: f.NKeyFile, TLSCA: f.TLSCA, TLSCert: f.TLSCert, TLSKey: f.TLSKey}
+	if f.TokenFile != "" {
+		b, err := os.ReadFile(f.TokenFile)
+		if err != nil {
+			return o, fmt.Errorf("--nats-token-file: %w", err)
+		}
+		o.Token = strings.TrimSpace(string(b))
+	}
+	return o, o.Validate()
+}
+
+// Reconnected returns a channel that receives a value after each reconnect
+// (one pending at most), and a function that stops the notifications.
+func (c *Conn) Reconnected() (<-chan struct{}, func()) { return c.reconnected() }
