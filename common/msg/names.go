@@ -171,10 +171,16 @@ type Bucket struct {
 }
 
 // Bucket TTLs: an agent or checker that stops heartbeating disappears.
+// Heartbeats come every third of the TTL.
 const (
 	AgentTTL   = 30 * time.Second
 	CheckerTTL = 15 * time.Second
 )
+
+// CheckerDeadAfter is when a checker whose heartbeat stopped counts as gone
+// to its peers: two missed heartbeats and a second, well inside the TTL, so
+// its targets move before the bucket forgets it.
+const CheckerDeadAfter = 2*CheckerTTL/3 + time.Second
 
 // Buckets lists every bucket of the contract with its history and TTL.
 func (n Names) Buckets() []Bucket {

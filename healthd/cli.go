@@ -1,0 +1,99 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/alecthomas/kong"
+
+	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/logging"
+	"github.com/berthhq/berth/common/msg"
+)
+
+// cli is every flag of healthd; each has an env name BERTH_HEALTHD_….
+type cli struct {
+	NATS    bus.Flags     `embed:"" envprefix:"BERTH_HEALTHD_"`
+	Prefix  string        `help:"Prefix of every NATS bucket and subject." default:"berth" env:"BERTH_HEALTHD_PREFIX"`
+	ID      string        `help:"This checker's id (default: host name and pid)." default:"" env:"BERTH_HEALTHD_ID"`
+	MaxConc int           `name:"max-concurrency" help:"Probes in flight at once." default:"512" env:"BERTH_HEALTHD_MAX_CONCURRENCY"`
+	Refresh time.Duration `help:"Put every health value again this often." default:"30s" env:"BERTH_HEALTHD_REFRESH"`
+	Metrics string        `name:"metrics-listen" help:"Address for /metrics, /healthz and /readyz; empty turns it off." default:"127.0.0.1:9103" env:"BERTH_HEALTHD_METRICS_LISTEN"`
+
+	LogLevel  string `name:"log-level" help:"debug, info, warn or error." default:"info" env:"BERTH_HEALTHD_LOG_LEVEL"`
+	LogFormat string `name:"log-format" help:"json or console." default:"json" env:"BERTH_HEALTHD_LOG_FORMAT"`
+
+	CheckConfig  bool          `name:"check-config" help:"Check the flags, print what is wrong, and exit 0 or 1." default:"false"`
+	Probe        string        `help:"Probe once and exit (0: all passed, 1: one failed): a host:port, or a JSON file of targets [{\"key\":…,\"address\":…,\"check\":{…}}]." default:""`
+	ProbeType    string        `name:"probe-type" help:"With --probe host:port: http or tcp." default:"http"`
+	ProbePath    string        `name:"probe-path" help:"With --probe host:port: the HTTP path." default:"/healthz"`
+	ProbeTimeout time.Duration `name:"probe-timeout" help:"With --probe: the timeout of each probe." default:"2s"`
+
+	// crash makes a stop behave like a crash (no goodbye): tests only.
+	crash bool
+}
+
+func (c *cli) id() string {
+	if c.ID != "" {
+		return c.ID
+	}
+	h, _ := os.Hostname()
+	return msg.NodeID(fmt.Sprintf("%s-%d", h, os.Getpid()))
+}
+
+// check returns every problem with the flags at once.
+func (c *cli) check() error {
+	var errs []error
+	if _, err := msg.NewNames(c.Prefix); err != nil {
+		errs = append(errs, fmt.Errorf("--prefix: %w", err))
+	}
+	if c.ID != "" {
+		if err := msg.CheckToken(c.ID); err != nil {
+			errs = append(errs, fmt.Errorf("--id: %w", err))
+		}
+	}
+	if c.MaxConc < 1 || c.MaxConc > 100000 {
+		errs = append(errs, fmt.Errorf("--max-concurrency (%d): must be between 1 and 100000", c.MaxConc))
+	}
+	if c.Refresh < time.Second {
+		errs = append(errs, fmt.Errorf("--refresh (%s): must be at least 1s", c.Refresh))
+	}
+	if c.ProbeType != "http" && c.ProbeType != "tcp" {
+		errs = append(errs, fmt.Errorf("--probe-type %q: must be http or tcp", c.ProbeType))
+	}
+	if c.ProbeTimeout <= 0 {
+		errs = append(errs, errors.New("--probe-timeout: must be positive"))
+	}
+	if err := (logging.Options{Level: c.LogLevel, Format: c.LogFormat}).Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := c.NATS.Options("healthd"); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func parse(args []string, stdout, stderr *os.File) (*cli, int, bool) {
+	var c cli
+	exitCode, exited := 0, false
+	p, err := kong.New(&c, kong.Name("healthd"),
+		kong.Description("Berth healthd: probes every instance over HTTP or TCP and publishes health on NATS."),
+		kong.Writers(stdout, stderr), kong.Exit(func(code int) { exitCode, exited = code, true }))
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return nil, 2, true
+	}
+	if _, err := p.Parse(args); err != nil {
+		if exited {
+			return nil, exitCode, true
+		}
+		fmt.Fprintf(stderr, "healthd: %v\n", err)
+		return nil, 2, true
+	}
+	if exited {
+		return nil, exitCode, true
+	}
+	return &c, 0, false
+}

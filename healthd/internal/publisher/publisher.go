@@ -1,0 +1,244 @@
+// Package publisher puts what the checker learns onto NATS: each target's
+// health into the health bucket, each transition on the health subject,
+// and this checker's heartbeat into the checkers bucket. It refreshes every
+// value periodically and after a reconnect, so a reader that starts late,
+// or a NATS server that lost its data, sees current health.
+package publisher
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/lifecycle"
+	"github.com/berthhq/berth/common/logging"
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/healthd/internal/checker"
+)
+
+// Publisher implements checker.Handler over NATS. Create it with New and
+// run it with Run (heartbeats, refreshes, reconnects).
+type Publisher struct {
+	conn    *bus.Conn
+	names   msg.Names
+	id      string
+	logger  *zap.Logger
+	started time.Time
+	targets func() int
+
+	// Refresh is how often every health value is put again.
+	Refresh time.Duration
+	// LeaveOnStop deletes this checker's heartbeat when Run stops, so its
+	// peers take its targets at once instead of after missed heartbeats.
+	LeaveOnStop bool
+
+	mu     sync.Mutex
+	latest map[string]checker.Report
+	health *bus.KV
+	check  *bus.KV
+
+	// Transitions counts published health transitions.
+	Transitions atomic.Uint64
+	// Failures counts puts and publishes that failed.
+	Failures atomic.Uint64
+}
+
+var _ checker.Handler = (*Publisher)(nil)
+
+// New returns a publisher for checker id; targets reports how many targets
+// it checks, for its heartbeat.
+func New(conn *bus.Conn, names msg.Names, id string, targets func() int, logger *zap.Logger) *Publisher {
+	return &Publisher{conn: conn, names: names, id: id, targets: targets, logger: logger.Named("publisher"),
+		started: time.Now().UTC(), Refresh: 30 * time.Second, LeaveOnStop: true, latest: map[string]checker.Report{}}
+}
+
+// Probed records a probe and, on a transition or a target's first report,
+// puts its health and publishes the transition.
+func (p *Publisher) Probed(r checker.Report) {
+	p.mu.Lock()
+	prev, seen := p.latest[r.Target.Key]
+	p.latest[r.Target.Key] = r
+	p.mu.Unlock()
+	if seen && !r.Changed {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	p.put(ctx, r)
+	if r.Changed {
+		from := msg.StatusUnknown
+		if seen {
+			from = prev.State.Status
+		}
+		p.publishChange(ctx, r, from)
+	}
+}
+
+// Removed deletes the health value of a target no longer checked here.
+func (p *Publisher) Removed(key string) {
+	p.mu.Lock()
+	delete(p.latest, key)
+	kv := p.health
+	p.mu.Unlock()
+	if kv == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := kv.Delete(ctx, key); err != nil {
+		p.fail("delete health", key, err)
+	}
+}
+
+// Run heartbeats every third of the checkers TTL, refreshes every health
+// value every Refresh, and does both at once after a NATS reconnect.
+func (p *Publisher) Run(ctx context.Context) error {
+	reconnected, stop := p.conn.Reconnected()
+	defer stop()
+	beat := time.NewTicker(msg.CheckerTTL / 3)
+	defer beat.Stop()
+	refresh := time.NewTicker(p.Refresh)
+	defer refresh.Stop()
+	p.heartbeat(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			if p.LeaveOnStop {
+				p.leave(ctx)
+			}
+			return nil
+		case <-beat.C:
+			p.heartbeat(ctx)
+		case <-refresh.C:
+			p.republish(ctx)
+		case <-reconnected:
+			p.logger.Info("republishing after reconnect")
+			p.heartbeat(ctx)
+			p.republish(ctx)
+		}
+	}
+}
+
+// leave deletes this checker's heartbeat so its peers rebalance now.
+func (p *Publisher) leave(ctx context.Context) {
+	cctx, cancel := lifecycle.CleanupContext(ctx)
+	defer cancel()
+	kv, err := p.bucket(cctx, &p.check, p.names.CheckersBucket())
+	if err == nil {
+		err = kv.Delete(cctx, p.id)
+	}
+	if err != nil {
+		p.fail("leave", p.id, err)
+		return
+	}
+	p.logger.Info("left the checkers: peers take over the targets")
+}
+
+func (p *Publisher) republish(ctx context.Context) {
+	p.mu.Lock()
+	all := make([]checker.Report, 0, len(p.latest))
+	for _, r := range p.latest {
+		all = append(all, r)
+	}
+	p.mu.Unlock()
+	for _, r := range all {
+		if ctx.Err() != nil {
+			return
+		}
+		p.put(ctx, r)
+	}
+}
+
+func (p *Publisher) heartbeat(ctx context.Context) {
+	kv, err := p.bucket(ctx, &p.check, p.names.CheckersBucket())
+	if err != nil {
+		p.fail("open checkers bucket", p.id, err)
+		return
+	}
+	b, err := msg.Encode(&msg.Checker{ID: p.id, Targets: p.targets(), StartedAt: p.started, HeartbeatAt: time.Now().UTC()})
+	if err == nil {
+		_, err = kv.Put(ctx, p.id, b)
+	}
+	if err != nil {
+		p.fail("heartbeat", p.id, err)
+	}
+}
+
+func (p *Publisher) put(ctx context.Context, r checker.Report) {
+	kv, err := p.bucket(ctx, &p.health, p.names.HealthBucket())
+	if err != nil {
+		p.fail("open health bucket", r.Target.Key, err)
+		return
+	}
+	app, inst, err := msg.ParseInstanceKey(r.Target.Key)
+	if err != nil {
+		p.fail("health key", r.Target.Key, err)
+		return
+	}
+	s := r.State
+	b, err := msg.Encode(&msg.Health{App: app, Instance: inst, Status: s.Status, Failure: s.Last.Failure, Message: short(s.Last.Message),
+		ConsecutiveSuccesses: s.Successes, ConsecutiveFailures: s.Failures, LatencyMS: ms(s.Last.Latency), Checker: p.id,
+		InstanceTerm: r.Target.Term, Generation: r.Target.Generation, CheckedAt: time.Now().UTC()})
+	if err == nil {
+		_, err = kv.Put(ctx, r.Target.Key, b)
+	}
+	if err != nil {
+		p.fail("put health", r.Target.Key, err)
+	}
+}
+
+func (p *Publisher) publishChange(ctx context.Context, r checker.Report, from string) {
+	app, inst, err := msg.ParseInstanceKey(r.Target.Key)
+	if err != nil {
+		return
+	}
+	s := r.State
+	b, err := msg.Encode(&msg.HealthChange{App: app, Instance: inst, From: from, To: s.Status, Failure: s.Last.Failure,
+		Message: short(s.Last.Message), LatencyMS: ms(s.Last.Latency), Checker: p.id, At: time.Now().UTC()})
+	if err == nil {
+		err = p.conn.Publish(ctx, p.names.HealthSubject(app, inst), b)
+	}
+	if err != nil {
+		p.fail("publish health change", r.Target.Key, err)
+		return
+	}
+	p.Transitions.Add(1)
+	p.logger.Info("health changed", zap.String(logging.KeyApp, app), zap.String(logging.KeyInstance, inst),
+		zap.String("from", from), zap.String("to", s.Status), zap.String("failure", s.Last.Failure))
+}
+
+// bucket opens a bucket once; the caller passes the field that caches it.
+func (p *Publisher) bucket(ctx context.Context, field **bus.KV, name string) (*bus.KV, error) {
+	p.mu.Lock()
+	kv := *field
+	p.mu.Unlock()
+	if kv != nil {
+		return kv, nil
+	}
+	kv, err := p.conn.KV(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	*field = kv
+	p.mu.Unlock()
+	return kv, nil
+}
+
+func (p *Publisher) fail(op, key string, err error) {
+	p.Failures.Add(1)
+	p.logger.Warn("publish failed", zap.String("op", op), zap.String(logging.KeyKey, key), zap.Error(err))
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func short(s string) string {
+	if len(s) > 512 {
+		return s[:512]
+	}
+	return s
+}

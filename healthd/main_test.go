@@ -1,0 +1,249 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/internal/testrig"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+)
+
+func TestCheckConfigExitCodes(t *testing.T) {
+	t.Parallel()
+	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	require.NoError(t, err)
+	defer devnull.Close()
+	require.Equal(t, 0, run([]string{"--check-config"}, devnull, devnull))
+	require.Equal(t, 1, run([]string{"--check-config", "--max-concurrency", "0"}, devnull, devnull))
+	require.Equal(t, 2, run([]string{"--bogus"}, devnull, devnull))
+}
+
+func TestProbeMode(t *testing.T) {
+	t.Parallel()
+	devnull, _ := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	defer devnull.Close()
+	ok := testrig.Backend(t, "ok")
+	require.Equal(t, 0, run([]string{"--probe", ok, "--probe-path", "/"}, devnull, devnull))
+	require.Equal(t, 0, run([]string{"--probe", ok, "--probe-type", "tcp"}, devnull, devnull))
+	require.Equal(t, 1, run([]string{"--probe", "127.0.0.1:1", "--probe-timeout", "300ms"}, devnull, devnull))
+}
+
+type cluster struct {
+	t      *testing.T
+	url    string
+	names  msg.Names
+	conn   *bus.Conn
+	apps   *bus.KV
+	insts  *bus.KV
+	health *bus.KV
+}
+
+func newCluster(t *testing.T) *cluster {
+	url := testrig.NATS(t)
+	conn, err := bus.Connect(context.Background(), bus.Options{URL: url}, zaptest.NewLogger(t))
+	require.NoError(t, err)
+	t.Cleanup(conn.Close)
+	names, _ := msg.NewNames("berth")
+	ctx := context.Background()
+	require.NoError(t, conn.EnsureBuckets(ctx, bus.ContractBuckets(names)))
+	c := &cluster{t: t, url: url, names: names, conn: conn}
+	c.apps, _ = conn.KV(ctx, names.AppsBucket())
+	c.insts, _ = conn.KV(ctx, names.InstancesBucket())
+	c.health, _ = conn.KV(ctx, names.HealthBucket())
+	return c
+}
+
+func (c *cluster) put(kv *bus.KV, key string, m msg.Message) {
+	b, err := msg.Encode(m)
+	require.NoError(c.t, err)
+	_, err = kv.Put(context.Background(), key, b)
+	require.NoError(c.t, err)
+}
+
+func (c *cluster) app(name string) {
+	yes := true
+	st, _ := spec.ParseStatusRanges("200-399")
+	c.put(c.apps, name, &msg.App{Name: name, Generation: 1, Term: 1, Port: 8080, UpdatedAt: time.Now(),
+		Routing: spec.Routing{Paths: []string{"/"}}, LB: spec.LB{Method: spec.LBRoundRobin, ConnectTimeout: spec.Duration(time.Second), ReadTimeout: spec.Duration(time.Second)},
+		Health: &spec.Health{Type: spec.HealthHTTP, Enabled: &yes, Port: 8080, Path: "/healthz", Method: "GET", ExpectedStatus: st,
+			Interval: spec.Duration(200 * time.Millisecond), Timeout: spec.Duration(100 * time.Millisecond), HealthyThreshold: 1, UnhealthyThreshold: 2}})
+}
+
+func (c *cluster) instance(app, id, addr, state string) {
+	c.put(c.insts, msg.InstanceKey(app, id), &msg.Instance{App: app, ID: id, Generation: 1, Term: 1, Address: addr, State: state, Weight: 1, UpdatedAt: time.Now()})
+}
+
+// healthOf returns the health value of key, or nil.
+func (c *cluster) healthOf(key string) *msg.Health {
+	e, err := c.health.Get(context.Background(), key)
+	if err != nil {
+		return nil
+	}
+	h, err := msg.DecodeAs[*msg.Health](e.Value)
+	require.NoError(c.t, err)
+	return h
+}
+
+func startHealthd(t *testing.T, c *cluster, id string) context.CancelFunc {
+	return startHealthdMode(t, c, id, false)
+}
+
+// startHealthdMode starts a checker; with crash, stopping it says no goodbye.
+func startHealthdMode(t *testing.T, c *cluster, id string, crash bool) context.CancelFunc {
+	t.Helper()
+	devnull, _ := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	t.Cleanup(func() { devnull.Close() })
+	cl, _, exited := parse([]string{"--nats-url", c.url, "--id", id, "--metrics-listen", ""}, devnull, devnull)
+	require.False(t, exited)
+	require.NoError(t, cl.check())
+	cl.crash = crash
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, cl, zaptest.NewLogger(t)) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			require.NoError(t, <-done)
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func healthServer(t *testing.T, code *int) string {
+	var mu sync.Mutex
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		w.WriteHeader(*code)
+	}))
+	t.Cleanup(s.Close)
+	return strings.TrimPrefix(s.URL, "http://")
+}
+
+func TestHealthReachesNATS(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	changes := make(chan *msg.HealthChange, 100)
+	sub, err := c.conn.Subscribe(c.names.AllHealth(), bus.Decoded(msg.DecodeAs[*msg.HealthChange],
+		func(_ string, m *msg.HealthChange) { changes <- m }, func(string, error) {}))
+	require.NoError(t, err)
+	defer func() { _ = sub.Drain() }()
+
+	good, bad := 200, 503
+	c.app("web")
+	c.instance("web", "good", healthServer(t, &good), msg.StateRunning)
+	c.instance("web", "bad", healthServer(t, &bad), msg.StateStarting)
+	c.instance("web", "idle", "127.0.0.1:1", msg.StateStopped) // not probed
+	startHealthd(t, c, "hc-a")
+
+	require.Eventually(t, func() bool {
+		g, b := c.healthOf("web.good"), c.healthOf("web.bad")
+		return g != nil && g.Status == msg.StatusHealthy && b != nil && b.Status == msg.StatusUnhealthy
+	}, 10*time.Second, 20*time.Millisecond)
+	b := c.healthOf("web.bad")
+	require.Equal(t, msg.FailureHTTPStatus, b.Failure)
+	require.GreaterOrEqual(t, b.ConsecutiveFailures, 2)
+	require.Equal(t, "hc-a", b.Checker)
+	require.Equal(t, uint64(1), b.InstanceTerm)
+	require.Nil(t, c.healthOf("web.idle"), "a stopped instance is not probed")
+
+	seen := map[string]string{}
+	deadline := time.After(5 * time.Second)
+	for len(seen) < 2 {
+		select {
+		case m := <-changes:
+			seen[m.Instance] = m.From + ">" + m.To
+		case <-deadline:
+			t.Fatalf("transitions seen: %v", seen)
+		}
+	}
+	require.Equal(t, map[string]string{"good": "unknown>healthy", "bad": "unknown>unhealthy"}, seen)
+
+	// An instance that stops being probed has its health key deleted.
+	c.instance("web", "bad", "127.0.0.1:1", msg.StateStopped)
+	require.Eventually(t, func() bool { return c.healthOf("web.bad") == nil }, 10*time.Second, 20*time.Millisecond)
+}
+
+func TestTwoCheckersShareAndTakeOver(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	code := 200
+	addr := healthServer(t, &code)
+	c.app("web")
+	const n = 30
+	for i := range n {
+		c.instance("web", fmt.Sprintf("i%d", i), addr, msg.StateRunning)
+	}
+	startHealthd(t, c, "hc-a")
+	stopB := startHealthdMode(t, c, "hc-b", true)
+
+	owners := func() map[string]int {
+		out := map[string]int{}
+		for i := range n {
+			if h := c.healthOf(fmt.Sprintf("web.i%d", i)); h != nil {
+				out[h.Checker]++
+			}
+		}
+		return out
+	}
+	// Both share the targets; each target's health comes from one checker.
+	require.Eventually(t, func() bool {
+		o := owners()
+		return o["hc-a"] > 0 && o["hc-b"] > 0 && o["hc-a"]+o["hc-b"] == n
+	}, 15*time.Second, 100*time.Millisecond, "owners: %v", owners())
+
+	// hc-b dies without a goodbye; hc-a takes over its targets within the checkers TTL.
+	stopB()
+	start := time.Now()
+	require.Eventually(t, func() bool {
+		// hc-a writes each target it takes over on its first probe of it.
+		for i := range n {
+			if h := c.healthOf(fmt.Sprintf("web.i%d", i)); h == nil || h.Checker != "hc-a" {
+				return false
+			}
+		}
+		return true
+	}, msg.CheckerTTL+10*time.Second, 200*time.Millisecond, "owners: %v", owners())
+	require.Less(t, time.Since(start), msg.CheckerTTL, "within the TTL")
+	t.Logf("takeover after a crash: %s (checkers TTL %s)", time.Since(start).Round(100*time.Millisecond), msg.CheckerTTL)
+}
+
+func TestCleanStopHandsOverAtOnce(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	code := 200
+	addr := healthServer(t, &code)
+	c.app("web")
+	const n = 20
+	for i := range n {
+		c.instance("web", fmt.Sprintf("i%d", i), addr, msg.StateRunning)
+	}
+	startHealthd(t, c, "hc-a")
+	stopB := startHealthd(t, c, "hc-b")
+	allBy := func(id string) bool {
+		for i := range n {
+			if h := c.healthOf(fmt.Sprintf("web.i%d", i)); h == nil || h.Checker != id {
+				return false
+			}
+		}
+		return true
+	}
+	require.Eventually(t, func() bool { return !allBy("hc-a") && c.healthOf("web.i0") != nil }, 15*time.Second, 50*time.Millisecond)
+	stopB()
+	start := time.Now()
+	require.Eventually(t, func() bool { return allBy("hc-a") }, 5*time.Second, 20*time.Millisecond)
+	t.Logf("takeover after a clean stop: %s", time.Since(start).Round(10*time.Millisecond))
+}

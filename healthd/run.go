@@ -1,0 +1,246 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/lifecycle"
+	"github.com/berthhq/berth/common/logging"
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/common/view"
+	"github.com/berthhq/berth/healthd/internal/checker"
+	"github.com/berthhq/berth/healthd/internal/probe"
+	"github.com/berthhq/berth/healthd/internal/publisher"
+	"github.com/berthhq/berth/healthd/internal/shard"
+)
+
+func run(args []string, stdout, stderr *os.File) int {
+	c, code, done := parse(args, stdout, stderr)
+	if done {
+		return code
+	}
+	if err := c.check(); err != nil {
+		fmt.Fprintf(stderr, "healthd: invalid configuration:\n%v\n", err)
+		if c.CheckConfig {
+			return 1
+		}
+		return 2
+	}
+	if c.CheckConfig {
+		fmt.Fprintln(stdout, "healthd: configuration is valid")
+		return 0
+	}
+	logger, err := logging.New(logging.Options{Level: c.LogLevel, Format: c.LogFormat, Output: stderr})
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 2
+	}
+	defer func() { _ = logger.Sync() }()
+	ctx, stop := lifecycle.SignalContext(context.Background(), logger, os.Exit)
+	defer stop()
+	if c.Probe != "" {
+		return probeOnce(ctx, c, stdout, stderr)
+	}
+	if err := serve(ctx, c, logger); err != nil {
+		logger.Error("healthd stopped", zap.Error(err))
+		return 1
+	}
+	return 0
+}
+
+// probeOnce is --probe: an operator's check of one address or a file of targets.
+func probeOnce(ctx context.Context, c *cli, stdout, stderr *os.File) int {
+	var targets []probe.Target
+	if st, err := os.Stat(c.Probe); err == nil && !st.IsDir() {
+		b, err := os.ReadFile(c.Probe)
+		if err == nil {
+			err = json.Unmarshal(b, &targets)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "healthd: --probe %s: %v\n", c.Probe, err)
+			return 2
+		}
+	} else {
+		h := &spec.Health{Type: c.ProbeType, Path: c.ProbePath, Timeout: spec.Duration(c.ProbeTimeout),
+			Interval: spec.Duration(c.ProbeTimeout + time.Second), HealthyThreshold: 1, UnhealthyThreshold: 1}
+		a := &spec.App{Port: 1, Health: h}
+		a.Default() // method, expected status, port
+		if c.ProbeType == spec.HealthTCP {
+			h.Path = ""
+		}
+		targets = []probe.Target{{Key: c.Probe, Address: c.Probe, Check: *h}}
+	}
+	reg, failed := probe.New(nil), 0
+	for i, t := range targets {
+		if errs := t.Check.Validate(fmt.Sprintf("[%d].check", i)); len(errs) > 0 {
+			fmt.Fprintf(stderr, "healthd: %v\n", errs)
+			return 2
+		}
+		pctx, cancel := context.WithTimeout(ctx, t.Check.Timeout.Std())
+		res := reg.Probe(pctx, t)
+		cancel()
+		status := "ok"
+		if !res.OK {
+			status, failed = "FAIL "+res.Failure, failed+1
+		}
+		fmt.Fprintf(stdout, "%-40s %-8s %-26s %8.1fms %s\n", t.Key, t.Check.Type, status, float64(res.Latency.Microseconds())/1000, res.Message)
+	}
+	if failed > 0 {
+		return 1
+	}
+	return 0
+}
+
+// serve runs healthd until ctx ends.
+func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
+	names, _ := msg.NewNames(c.Prefix)
+	id := c.id()
+	logger = logger.With(zap.String(logging.KeyChecker, id))
+	opts, err := c.NATS.Options("healthd-" + id)
+	if err != nil {
+		return err
+	}
+	conn, err := bus.Connect(ctx, opts, logger)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := conn.EnsureBuckets(ctx, bus.ContractBuckets(names)); err != nil {
+		logger.Warn("could not ensure buckets yet; watchers wait for them", zap.Error(err))
+	}
+
+	m := newMetrics()
+	changed := make(chan struct{}, 1)
+	notify := func() {
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	}
+	apps := view.NewTable(view.AppTerm, notify)
+	insts := view.NewTable(view.InstanceTerm, notify)
+	checkers := view.NewTable(view.NoTerm[*msg.Checker], notify)
+
+	var runner *checker.Runner
+	pub := publisher.New(conn, names, id, func() int { return runner.Targets() }, logger)
+	pub.Refresh = c.Refresh
+	pub.LeaveOnStop = !c.crash
+	runner = checker.NewRunner(instrumented{probe.New(nil), m}, pub, c.MaxConc)
+	m.targets = func() float64 { return float64(runner.Targets()) }
+	m.transitions = func() float64 { return float64(pub.Transitions.Load()) }
+
+	group := lifecycle.NewGroup(logger, 10*time.Second)
+	group.Add("watch-apps", bus.NewWatcher(conn, names.AppsBucket(), decode[*msg.App], apps.Handler(), logger))
+	group.Add("watch-instances", bus.NewWatcher(conn, names.InstancesBucket(), decode[*msg.Instance], insts.Handler(), logger))
+	group.Add("watch-checkers", bus.NewWatcher(conn, names.CheckersBucket(), decode[*msg.Checker], checkers.Handler(), logger))
+	group.Add("runner", runner)
+	group.Add("publisher", pub)
+	group.Add("targets", lifecycle.Func(func(ctx context.Context) error {
+		// Recompute the targets on every change, and every second since
+		// liveness changes with time alone.
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-changed:
+			case <-tick.C:
+			}
+			if !apps.Loaded() || !insts.Loaded() || !checkers.Loaded() {
+				continue // never act on a partial initial load
+			}
+			cs, _ := checkers.Rows()
+			live := shard.Live(cs, id, msg.CheckerDeadAfter, time.Now())
+			m.live.Set(float64(len(live)))
+			a, _ := apps.Rows()
+			in, _ := insts.Rows()
+			runner.SetTargets(checker.Targets(a, in, func(key string) bool { return shard.Owner(key, live) == id }))
+		}
+	}))
+	if c.Metrics != "" {
+		group.Add("http", lifecycle.Func(func(ctx context.Context) error {
+			return serveHTTP(ctx, c.Metrics, m, func() bool { return apps.Loaded() && insts.Loaded() && checkers.Loaded() })
+		}))
+	}
+	logger.Info("healthd started", zap.Int("max_concurrency", c.MaxConc))
+	return group.Run(ctx)
+}
+
+func decode[T msg.Message](_ string, data []byte) (T, error) { return msg.DecodeAs[T](data) }
+
+// instrumented counts and times probes.
+type instrumented struct {
+	reg probe.Registry
+	m   *metrics
+}
+
+func (i instrumented) Probe(ctx context.Context, t probe.Target) probe.Result {
+	res := i.reg.Probe(ctx, t)
+	result := "ok"
+	if !res.OK {
+		result = res.Failure
+	}
+	i.m.probes.WithLabelValues(t.Check.Type, result).Inc()
+	i.m.duration.Observe(res.Latency.Seconds())
+	return res
+}
+
+type metrics struct {
+	reg         *prometheus.Registry
+	probes      *prometheus.CounterVec
+	duration    prometheus.Histogram
+	live        prometheus.Gauge
+	targets     func() float64
+	transitions func() float64
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg:         prometheus.NewRegistry(),
+		probes:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_healthd_probes_total", Help: "Probes by check type and result (ok or the failure kind)."}, []string{"type", "result"}),
+		duration:    prometheus.NewHistogram(prometheus.HistogramOpts{Name: "berth_healthd_probe_duration_seconds", Help: "Probe duration, retries included.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		live:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_healthd_live_checkers", Help: "Checkers sharing the targets, this one included."}),
+		targets:     func() float64 { return 0 },
+		transitions: func() float64 { return 0 },
+	}
+	m.reg.MustRegister(m.probes, m.duration, m.live,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_healthd_targets", Help: "Targets this checker probes."}, func() float64 { return m.targets() }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_healthd_transitions_total", Help: "Health transitions published."}, func() float64 { return m.transitions() }),
+	)
+	return m
+}
+
+func serveHTTP(ctx context.Context, addr string, m *metrics, ready func() bool) error {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready() {
+			http.Error(w, "waiting for the first complete NATS state", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ListenAndServe() }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("metrics listener %s: %w", addr, err)
+	case <-ctx.Done():
+		cctx, cancel := lifecycle.CleanupContext(ctx)
+		defer cancel()
+		return srv.Shutdown(cctx)
+	}
+}
