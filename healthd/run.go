@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
@@ -215,6 +216,7 @@ func newMetrics() *metrics {
 		transitions: func() float64 { return 0 },
 	}
 	m.reg.MustRegister(m.probes, m.duration, m.live,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_healthd_targets", Help: "Targets this checker probes."}, func() float64 { return m.targets() }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_healthd_transitions_total", Help: "Health transitions published."}, func() float64 { return m.transitions() }),
 	)

@@ -1,0 +1,274 @@
+// Command healthd benchmarks healthd's probing: sustained HTTP probes per
+// second per core against local targets (default 2,000 targets on
+// 127.0.0.1 at a 1 s interval), compared in the same run to the floor, a
+// minimal Go loop doing the same GETs with the same client settings. It
+// also measures detection (a target starting to fail to its unhealthy KV
+// write) and memory per target.
+//
+// Run it with: go run ./bench/healthd (traffic stays on 127.0.0.1).
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
+)
+
+func main() {
+	n := flag.Int("targets", 2000, "targets")
+	dur := flag.Duration("duration", 10*time.Second, "how long each phase runs")
+	serve := flag.Int("serve", 0, "internal: serve this many targets and print their addresses")
+	flag.Parse()
+	if *serve > 0 {
+		serveTargets(*serve)
+		return
+	}
+	if err := run(*n, *dur); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// serveTargets is the child process: n HTTP servers answering /healthz, so
+// their CPU time is not counted against the prober.
+func serveTargets(n int) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		fmt.Println(ln.Addr().String())
+		go func() { _ = http.Serve(ln, h) }()
+	}
+	fmt.Println("ready")
+	select {}
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// procCPU is a process's user+system CPU time from /proc.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
+}
+
+// metric reads one sample from a /metrics page, summing series that share the prefix.
+func metric(addr, prefix string) float64 {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	sum := 0.0
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, prefix) {
+			f := strings.Fields(line)
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			sum += v
+		}
+	}
+	return sum
+}
+
+func run(n int, dur time.Duration) error {
+	child := exec.Command(os.Args[0], "-serve", fmt.Sprint(n))
+	out, err := child.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	child.Stderr = os.Stderr
+	if err := child.Start(); err != nil {
+		return err
+	}
+	defer func() { _ = child.Process.Kill(); _ = child.Wait() }()
+	var addrs []string
+	sc := bufio.NewScanner(out)
+	for sc.Scan() && sc.Text() != "ready" {
+		addrs = append(addrs, sc.Text())
+	}
+	if len(addrs) != n {
+		return fmt.Errorf("child served %d targets, want %d", len(addrs), n)
+	}
+
+	dir, _ := os.MkdirTemp("", "berth-bench-healthd-")
+	defer os.RemoveAll(dir)
+	srv, err := bus.Embedded(bus.EmbeddedOptions{Port: -1, StoreDir: filepath.Join(dir, "nats")}, zap.NewNop())
+	if err != nil {
+		return err
+	}
+	defer srv.Shutdown()
+	ctx := context.Background()
+	conn, err := bus.Connect(ctx, bus.Options{URL: srv.URL()}, zap.NewNop())
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	names, _ := msg.NewNames("berth")
+	if err := conn.EnsureBuckets(ctx, bus.ContractBuckets(names)); err != nil {
+		return err
+	}
+	apps, _ := conn.KV(ctx, names.AppsBucket())
+	insts, _ := conn.KV(ctx, names.InstancesBucket())
+	health, _ := conn.KV(ctx, names.HealthBucket())
+	put := func(kv *bus.KV, key string, m msg.Message) error {
+		b, err := msg.Encode(m)
+		if err == nil {
+			_, err = kv.Put(ctx, key, b)
+		}
+		return err
+	}
+	yes := true
+	st, _ := spec.ParseStatusRanges("200-399")
+	if err := put(apps, "bench", &msg.App{Name: "bench", Generation: 1, Term: 1, Port: 8080, UpdatedAt: time.Now(),
+		Routing: spec.Routing{Paths: []string{"/"}}, LB: spec.LB{Method: spec.LBRoundRobin, ConnectTimeout: spec.Duration(time.Second), ReadTimeout: spec.Duration(time.Second)},
+		Health: &spec.Health{Type: spec.HealthHTTP, Enabled: &yes, Port: 8080, Path: "/healthz", Method: "GET", ExpectedStatus: st,
+			Interval: spec.Duration(time.Second), Timeout: spec.Duration(500 * time.Millisecond), HealthyThreshold: 1, UnhealthyThreshold: 3}}); err != nil {
+		return err
+	}
+
+	// The real healthd binary.
+	bin := filepath.Join(dir, "healthd")
+	if out, err := exec.Command("go", "build", "-o", bin, "./healthd").CombinedOutput(); err != nil {
+		return fmt.Errorf("build healthd: %v: %s", err, out)
+	}
+	metricsAddr := freeAddr()
+	hd := exec.Command(bin, "--nats-url", srv.URL(), "--id", "bench", "--metrics-listen", metricsAddr, "--log-level", "warn")
+	hd.Stderr = os.Stderr
+	if err := hd.Start(); err != nil {
+		return err
+	}
+	defer func() { _ = hd.Process.Signal(os.Interrupt); _ = hd.Wait() }()
+	for i := 0; metric(metricsAddr, "berth_healthd_targets") == 0 && i < 10; i++ {
+		time.Sleep(100 * time.Millisecond) // metrics listener up
+	}
+	heapBefore := metric(metricsAddr, "go_memstats_heap_inuse_bytes")
+	for i, a := range addrs {
+		id := fmt.Sprintf("t%d", i)
+		if err := put(insts, msg.InstanceKey("bench", id), &msg.Instance{App: "bench", ID: id, Generation: 1, Term: 1, Address: a,
+			State: msg.StateRunning, Weight: 1, UpdatedAt: time.Now()}); err != nil {
+			return err
+		}
+	}
+	for metric(metricsAddr, "berth_healthd_targets") < float64(n) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(3 * time.Second) // warm up: connections opened, first reports published
+	p0, c0, t0 := metric(metricsAddr, "berth_healthd_probes_total"), procCPU(hd.Process.Pid), time.Now()
+	time.Sleep(dur)
+	probes, cpu, wall := metric(metricsAddr, "berth_healthd_probes_total")-p0, procCPU(hd.Process.Pid)-c0, time.Since(t0)
+	heapAfter := metric(metricsAddr, "go_memstats_heap_inuse_bytes")
+
+	// Detection: one instance moves to a port that refuses connections (it died).
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := ln.Addr().String()
+	ln.Close()
+	start := time.Now()
+	if err := put(insts, msg.InstanceKey("bench", "t0"), &msg.Instance{App: "bench", ID: "t0", Generation: 1, Term: 1, Address: dead,
+		State: msg.StateRunning, Weight: 1, UpdatedAt: time.Now()}); err != nil {
+		return err
+	}
+	var det time.Duration
+	for det == 0 && time.Since(start) < 30*time.Second {
+		if e, err := health.Get(ctx, "bench.t0"); err == nil {
+			if h, err := msg.DecodeAs[*msg.Health](e.Value); err == nil && h.Status == msg.StatusUnhealthy {
+				det = time.Since(start)
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	_ = hd.Process.Signal(os.Interrupt)
+
+	// The floor, in this process, with the same transport settings.
+	floorProbes, floorCPU, floorWall := floor(addrs, dur)
+
+	rate := probes / wall.Seconds()
+	perCore := probes / cpu.Seconds()
+	floorPerCore := float64(floorProbes) / floorCPU.Seconds()
+	fmt.Printf("\nhealthd benchmark: %d HTTP targets at 1 s on 127.0.0.1, %s measured per phase, %d cores\n", n, dur, runtime.NumCPU())
+	fmt.Printf("  healthd: %7.0f probes/s  %5.2f CPU-s  %7.0f probes per CPU-second   target >= 5000\n", rate, cpu.Seconds(), perCore)
+	fmt.Printf("  floor:   %7.0f GETs/s    %5.2f CPU-s  %7.0f GETs per CPU-second\n", float64(floorProbes)/floorWall.Seconds(), floorCPU.Seconds(), floorPerCore)
+	fmt.Printf("  ratio to floor: %.2fx (probes per CPU-second)   target >= 0.8x\n", perCore/floorPerCore)
+	fmt.Printf("  detection (start failing -> unhealthy KV write): %s   target <= 3 x 1s + 1s = 4s\n", det.Round(time.Millisecond))
+	fmt.Printf("  memory: %.1f KiB of Go heap per target\n", (heapAfter-heapBefore)/float64(n)/1024)
+	return nil
+}
+
+func freeAddr() string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// floor GETs every target once a second at its own offset with one
+// keep-alive connection per target, reading the body, and nothing else.
+func floor(addrs []string, dur time.Duration) (int64, time.Duration, time.Duration) {
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1, MaxIdleConns: 100000, DisableCompression: true}, Timeout: 500 * time.Millisecond}
+	var count atomic.Int64
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for i, a := range addrs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			time.Sleep(time.Duration(i) * time.Second / time.Duration(len(addrs)))
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			for {
+				resp, err := client.Get("http://" + a + "/healthz")
+				if err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					count.Add(1)
+				}
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+			}
+		}()
+	}
+	time.Sleep(2 * time.Second)
+	p0, c0, t0 := count.Load(), cpuTime(), time.Now()
+	time.Sleep(dur)
+	n, cpu, wall := count.Load()-p0, cpuTime()-c0, time.Since(t0)
+	cancel()
+	wg.Wait()
+	return n, cpu, wall
+}
