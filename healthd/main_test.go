@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -246,4 +247,51 @@ func TestCleanStopHandsOverAtOnce(t *testing.T) {
 	start := time.Now()
 	require.Eventually(t, func() bool { return allBy("hc-a") }, 5*time.Second, 20*time.Millisecond)
 	t.Logf("takeover after a clean stop: %s", time.Since(start).Round(10*time.Millisecond))
+}
+
+func TestSurvivesNATSReset(t *testing.T) {
+	t.Parallel()
+	// A NATS server on a fixed port, so a new one can take its place.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	start := func() *bus.EmbeddedServer {
+		s, err := bus.Embedded(bus.EmbeddedOptions{Port: port, StoreDir: t.TempDir()}, zaptest.NewLogger(t))
+		require.NoError(t, err)
+		return s
+	}
+	first := start()
+	c := &cluster{t: t, url: first.URL()}
+	conn, err := bus.Connect(context.Background(), bus.Options{URL: c.url, ReconnectWait: 20 * time.Millisecond, ReconnectMax: 200 * time.Millisecond}, zaptest.NewLogger(t))
+	require.NoError(t, err)
+	t.Cleanup(conn.Close)
+	c.conn, c.names = conn, func() msg.Names { n, _ := msg.NewNames("berth"); return n }()
+	open := func() {
+		ctx := context.Background()
+		require.NoError(t, conn.EnsureBuckets(ctx, bus.ContractBuckets(c.names)))
+		c.apps, _ = conn.KV(ctx, c.names.AppsBucket())
+		c.insts, _ = conn.KV(ctx, c.names.InstancesBucket())
+		c.health, _ = conn.KV(ctx, c.names.HealthBucket())
+	}
+	open()
+	ok := 200
+	addr := healthServer(t, &ok)
+	c.app("web")
+	c.instance("web", "a", addr, msg.StateRunning)
+	startHealthd(t, c, "hc-reset")
+	require.Eventually(t, func() bool { h := c.healthOf("web.a"); return h != nil && h.Status == msg.StatusHealthy }, 10*time.Second, 20*time.Millisecond)
+
+	// The server comes back empty: no buckets, no data.
+	first.Shutdown()
+	second := start()
+	t.Cleanup(second.Shutdown)
+	require.Eventually(t, conn.Connected, 10*time.Second, 20*time.Millisecond)
+	// healthd recreates the buckets; the scheduler republishes its state, as it does on reconnect.
+	require.Eventually(t, func() bool { _, err := conn.KV(context.Background(), c.names.HealthBucket()); return err == nil }, 10*time.Second, 20*time.Millisecond)
+	open()
+	c.app("web")
+	c.instance("web", "a", addr, msg.StateRunning)
+	require.Eventually(t, func() bool { h := c.healthOf("web.a"); return h != nil && h.Status == msg.StatusHealthy }, 15*time.Second, 50*time.Millisecond,
+		"health flows again after a NATS reset")
 }

@@ -116,6 +116,14 @@ func (p *Publisher) Run(ctx context.Context) error {
 		case <-refresh.C:
 			p.republish(ctx)
 		case <-reconnected:
+			// A server that came back empty (a reset) has no buckets: create
+			// them again before writing, and drop the cached handles.
+			if err := p.conn.EnsureBuckets(ctx, bus.ContractBuckets(p.names)); err != nil {
+				p.fail("ensure buckets", "", err)
+			}
+			p.mu.Lock()
+			p.health, p.check = nil, nil
+			p.mu.Unlock()
 			p.logger.Info("republishing after reconnect")
 			p.heartbeat(ctx)
 			p.republish(ctx)
@@ -123,9 +131,13 @@ func (p *Publisher) Run(ctx context.Context) error {
 	}
 }
 
-// leave deletes this checker's heartbeat so its peers rebalance now.
+// leave deletes this checker's heartbeat so its peers rebalance now. It is
+// best effort and bounded to 2 s: with NATS gone the peers find out from
+// the missed heartbeats instead.
 func (p *Publisher) leave(ctx context.Context) {
-	cctx, cancel := lifecycle.CleanupContext(ctx)
+	stopCtx, stopCancel := lifecycle.CleanupContext(ctx)
+	defer stopCancel()
+	cctx, cancel := context.WithTimeout(stopCtx, 2*time.Second)
 	defer cancel()
 	kv, err := p.bucket(cctx, &p.check, p.names.CheckersBucket())
 	if err == nil {
