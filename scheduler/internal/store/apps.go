@@ -1,0 +1,243 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/berthhq/berth/common/spec"
+)
+
+// AppsChannel is the NOTIFY channel that carries the name of a changed app.
+const AppsChannel = "berth_apps"
+
+// Errors of the app queries.
+var (
+	// ErrNotFound is an app that does not exist (or was deleted).
+	ErrNotFound = errors.New("store: app not found")
+	// ErrNoHistory is a rollback of an app that has no earlier spec.
+	ErrNoHistory = errors.New("store: no earlier generation to roll back to")
+	// ErrAutoscaled is a manual scale of an app with a scaling block.
+	ErrAutoscaled = errors.New("store: app is autoscaled")
+)
+
+// App is an app as stored.
+type App struct {
+	Name            string
+	Spec            *spec.App
+	Generation      int64
+	DesiredReplicas int
+	Status          string
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
+}
+
+// desired is the replica count a spec asks for before any autoscaling.
+func desired(s *spec.App) int {
+	switch {
+	case s.Replicas != nil:
+		return *s.Replicas
+	case s.Scaling != nil:
+		return s.Scaling.Min
+	}
+	return 1
+}
+
+// Apply stores s (already validated) as the app's new spec. When it equals
+// the current spec nothing changes and changed is false; otherwise the
+// generation increments, the spec joins the history, and AppsChannel is
+// notified. A deleted app comes back.
+func (s *Store) Apply(ctx context.Context, a *spec.App) (app App, changed bool, err error) {
+	err = s.appTx(ctx, a.Name, func(tx pgx.Tx, cur *App) error {
+		if cur != nil && sameSpec(cur.Spec, a) {
+			app = *cur
+			return nil
+		}
+		app, err = write(ctx, tx, a, cur)
+		changed = err == nil
+		return err
+	})
+	return app, changed, err
+}
+
+// Scale sets a fixed-replica app's count, as a new generation.
+func (s *Store) Scale(ctx context.Context, name string, replicas int) (app App, err error) {
+	err = s.appTx(ctx, name, func(tx pgx.Tx, cur *App) error {
+		if cur == nil {
+			return fmt.Errorf("scale %s: %w", name, ErrNotFound)
+		}
+		if cur.Spec.Scaling != nil {
+			return fmt.Errorf("scale %s: %w: change scaling.min and scaling.max instead", name, ErrAutoscaled)
+		}
+		next := *cur.Spec
+		next.Replicas = &replicas
+		if err := next.Validate(); err != nil {
+			return err
+		}
+		app, err = write(ctx, tx, &next, cur)
+		return err
+	})
+	return app, err
+}
+
+// Rollback makes the newest earlier spec that differs from the current one
+// the app's spec again, as a new generation.
+func (s *Store) Rollback(ctx context.Context, name string) (app App, err error) {
+	err = s.appTx(ctx, name, func(tx pgx.Tx, cur *App) error {
+		if cur == nil {
+			return fmt.Errorf("rollback %s: %w", name, ErrNotFound)
+		}
+		rows, err := tx.Query(ctx, `SELECT spec FROM app_history WHERE app = $1 AND generation < $2 ORDER BY generation DESC`, name, cur.Generation)
+		if err != nil {
+			return fmt.Errorf("rollback %s: %w", name, redact(err))
+		}
+		var prev *spec.App
+		for rows.Next() && prev == nil {
+			var raw []byte
+			if err := rows.Scan(&raw); err != nil {
+				rows.Close()
+				return err
+			}
+			var candidate spec.App
+			if err := json.Unmarshal(raw, &candidate); err != nil {
+				rows.Close()
+				return fmt.Errorf("rollback %s: stored spec: %w", name, err)
+			}
+			if !sameSpec(cur.Spec, &candidate) {
+				prev = &candidate
+			}
+		}
+		rows.Close()
+		if prev == nil {
+			return fmt.Errorf("rollback %s: %w", name, ErrNoHistory)
+		}
+		app, err = write(ctx, tx, prev, cur)
+		return err
+	})
+	return app, err
+}
+
+// Delete marks the app deleted (the leader then stops its instances) and
+// notifies AppsChannel.
+func (s *Store) Delete(ctx context.Context, name string) error {
+	return s.appTx(ctx, name, func(tx pgx.Tx, cur *App) error {
+		if cur == nil {
+			return fmt.Errorf("delete %s: %w", name, ErrNotFound)
+		}
+		if _, err := tx.Exec(ctx, `UPDATE apps SET deleted_at = now(), updated_at = now(), generation = generation + 1 WHERE name = $1`, name); err != nil {
+			return fmt.Errorf("delete %s: %w", name, redact(err))
+		}
+		_, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, AppsChannel, name)
+		return err
+	})
+}
+
+// Get returns an app that is not deleted.
+func (s *Store) Get(ctx context.Context, name string) (App, error) {
+	apps, err := s.list(ctx, name)
+	if err != nil {
+		return App{}, err
+	}
+	if len(apps) == 0 {
+		return App{}, fmt.Errorf("get %s: %w", name, ErrNotFound)
+	}
+	return apps[0], nil
+}
+
+// List returns every app that is not deleted, by name.
+func (s *Store) List(ctx context.Context) ([]App, error) { return s.list(ctx, "") }
+
+func (s *Store) list(ctx context.Context, name string) ([]App, error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT name, spec, generation, desired_replicas, status, created_at, updated_at FROM apps
+		WHERE deleted_at IS NULL AND ($1 = '' OR name = $1) ORDER BY name`, name)
+	if err != nil {
+		return nil, fmt.Errorf("list apps: %w", redact(err))
+	}
+	defer rows.Close()
+	var out []App
+	for rows.Next() {
+		a, err := scanApp(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
+func scanApp(row pgx.Row) (App, error) {
+	var a App
+	var raw []byte
+	if err := row.Scan(&a.Name, &raw, &a.Generation, &a.DesiredReplicas, &a.Status, &a.CreatedAt, &a.UpdatedAt); err != nil {
+		return App{}, err
+	}
+	a.Spec = &spec.App{}
+	if err := json.Unmarshal(raw, a.Spec); err != nil {
+		return App{}, fmt.Errorf("app %s: stored spec: %w", a.Name, err)
+	}
+	return a, nil
+}
+
+// appTx runs fn in a transaction holding the app's row lock; cur is nil for
+// an app that does not exist or was deleted.
+func (s *Store) appTx(ctx context.Context, name string, fn func(tx pgx.Tx, cur *App) error) error {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("begin: %w", redact(err))
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	var cur *App
+	a, err := scanApp(tx.QueryRow(ctx, `
+		SELECT name, spec, generation, desired_replicas, status, created_at, updated_at FROM apps
+		WHERE name = $1 AND deleted_at IS NULL FOR UPDATE`, name))
+	switch {
+	case err == nil:
+		cur = &a
+	case !errors.Is(err, pgx.ErrNoRows):
+		return fmt.Errorf("app %s: %w", name, redact(err))
+	}
+	if err := fn(tx, cur); err != nil {
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("commit: %w", redact(err))
+	}
+	return nil
+}
+
+// write stores a as the app's next generation (after cur's, or after a
+// deleted app's) and records it in the history.
+func write(ctx context.Context, tx pgx.Tx, a *spec.App, cur *App) (App, error) {
+	raw, err := json.Marshal(a)
+	if err != nil {
+		return App{}, err
+	}
+	row := tx.QueryRow(ctx, `
+		INSERT INTO apps (name, spec, generation, desired_replicas) VALUES ($1, $2, 1, $3)
+		ON CONFLICT (name) DO UPDATE SET spec = EXCLUDED.spec, generation = apps.generation + 1,
+			desired_replicas = EXCLUDED.desired_replicas, updated_at = now(), deleted_at = NULL
+		RETURNING name, spec, generation, desired_replicas, status, created_at, updated_at`, a.Name, raw, desired(a))
+	app, err := scanApp(row)
+	if err != nil {
+		return App{}, fmt.Errorf("apply %s: %w", a.Name, redact(err))
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO app_history (app, generation, spec) VALUES ($1, $2, $3)`, app.Name, app.Generation, raw); err != nil {
+		return App{}, fmt.Errorf("apply %s: history: %w", a.Name, redact(err))
+	}
+	if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, AppsChannel, app.Name); err != nil {
+		return App{}, fmt.Errorf("apply %s: notify: %w", a.Name, redact(err))
+	}
+	return app, nil
+}
+
+func sameSpec(a, b *spec.App) bool {
+	x, _ := json.Marshal(a)
+	y, _ := json.Marshal(b)
+	return bytes.Equal(x, y)
+}

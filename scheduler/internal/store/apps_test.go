@@ -1,0 +1,106 @@
+package store
+
+import (
+	"context"
+	"testing"
+
+	"github.com/berthhq/berth/common/spec"
+	"github.com/stretchr/testify/require"
+)
+
+func load(t *testing.T, src string) *spec.App {
+	t.Helper()
+	a, err := spec.Load([]byte(src))
+	require.NoError(t, err)
+	return a
+}
+
+func TestApplyScaleRollbackDelete(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := open(t)
+	notified := make(chan string, 20)
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { _ = s.Listen(lctx, []string{AppsChannel}, func(_, p string) { notified <- p }) }()
+
+	v1 := load(t, "name: web\nimage: web:1\nport: 8080\nreplicas: 2\n")
+	app, changed, err := s.Apply(ctx, v1)
+	require.NoError(t, err)
+	require.True(t, changed)
+	require.Equal(t, int64(1), app.Generation)
+	require.Equal(t, 2, app.DesiredReplicas)
+
+	_, changed, err = s.Apply(ctx, load(t, "name: web\nimage: web:1\nport: 8080\nreplicas: 2\n"))
+	require.NoError(t, err)
+	require.False(t, changed, "the same spec again is not a new generation")
+
+	app, changed, err = s.Apply(ctx, load(t, "name: web\nimage: web:2\nport: 8080\nreplicas: 2\n"))
+	require.NoError(t, err)
+	require.True(t, changed)
+	require.Equal(t, int64(2), app.Generation)
+
+	app, err = s.Scale(ctx, "web", 5)
+	require.NoError(t, err)
+	require.Equal(t, int64(3), app.Generation)
+	require.Equal(t, 5, app.DesiredReplicas)
+	require.Equal(t, "web:2", app.Spec.Image)
+
+	// Rollback goes to the newest earlier spec that differs: web:2 with 2 replicas.
+	app, err = s.Rollback(ctx, "web")
+	require.NoError(t, err)
+	require.Equal(t, int64(4), app.Generation)
+	require.Equal(t, 2, *app.Spec.Replicas)
+	require.Equal(t, "web:2", app.Spec.Image)
+
+	got, err := s.Get(ctx, "web")
+	require.NoError(t, err)
+	require.Equal(t, app.Generation, got.Generation)
+	list, err := s.List(ctx)
+	require.NoError(t, err)
+	require.Len(t, list, 1)
+
+	require.NoError(t, s.Delete(ctx, "web"))
+	_, err = s.Get(ctx, "web")
+	require.ErrorIs(t, err, ErrNotFound)
+	require.ErrorIs(t, s.Delete(ctx, "web"), ErrNotFound)
+	app, changed, err = s.Apply(ctx, v1)
+	require.NoError(t, err)
+	require.True(t, changed, "a deleted app can be applied again")
+	require.Equal(t, int64(6), app.Generation, "generations keep counting across a delete")
+
+	// Every change notified the leader.
+	seen := 0
+	for seen < 5 {
+		select {
+		case name := <-notified:
+			require.Equal(t, "web", name)
+			seen++
+		case <-lctx.Done():
+			t.Fatal("listener stopped")
+		}
+	}
+}
+
+func TestScaleAndRollbackErrors(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := open(t)
+	_, err := s.Scale(ctx, "nope", 3)
+	require.ErrorIs(t, err, ErrNotFound)
+	_, err = s.Rollback(ctx, "nope")
+	require.ErrorIs(t, err, ErrNotFound)
+
+	_, _, err = s.Apply(ctx, load(t, "name: auto\nimage: a:1\nport: 80\nscaling: {min: 2, max: 6, target_cpu_percent: 70}\n"))
+	require.NoError(t, err)
+	_, err = s.Scale(ctx, "auto", 3)
+	require.ErrorIs(t, err, ErrAutoscaled)
+	require.ErrorContains(t, err, "change scaling.min and scaling.max instead")
+	_, err = s.Rollback(ctx, "auto")
+	require.ErrorIs(t, err, ErrNoHistory)
+
+	_, _, err = s.Apply(ctx, load(t, "name: fixed\nimage: f:1\nport: 80\n"))
+	require.NoError(t, err)
+	_, err = s.Scale(ctx, "fixed", 5000)
+	require.ErrorContains(t, err, "replicas: (5000) must be between 0 and 1000")
+}
