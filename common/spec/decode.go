@@ -22,6 +22,17 @@ const MaxSpecSize = 1 << 20
 // that are absent take their defaults; fields that are present keep their
 // value, even a zero one.
 func Decode(b []byte) (*App, error) {
+	app, errs := decode(b)
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	return app, nil
+}
+
+// decode returns the structural problems of b and, when its values are at
+// least of the right kinds (unknown fields aside), the spec they make, so
+// Load can validate it too and report every problem in one answer.
+func decode(b []byte) (*App, Errors) {
 	if len(b) > MaxSpecSize {
 		return nil, Errors{{Message: fmt.Sprintf("spec is %d bytes; the limit is %d", len(b), MaxSpecSize)}}
 	}
@@ -40,28 +51,32 @@ func Decode(b []byte) (*App, error) {
 	}
 	var errs Errors
 	walk(reflect.TypeFor[App](), tree, "", &errs)
-	if len(errs) > 0 {
+	app := defaultApp()
+	lenient := json.NewDecoder(bytes.NewReader(js))
+	if len(errs) == 0 {
+		lenient.DisallowUnknownFields()
+	}
+	if err := lenient.Decode(app); err != nil {
+		if len(errs) == 0 { // the walk should have caught it
+			errs = Errors{{Message: err.Error()}}
+		}
 		return nil, errs
 	}
-	app := defaultApp()
-	strict := json.NewDecoder(bytes.NewReader(js))
-	strict.DisallowUnknownFields()
-	if err := strict.Decode(app); err != nil { // the walk should have caught it
-		return nil, Errors{{Message: err.Error()}}
-	}
 	app.Default()
-	return app, nil
+	return app, errs
 }
 
 // Load decodes, defaults and validates a spec: what the API and the CLI
-// accept. The error lists every problem.
+// accept. The error lists every problem, structural and semantic, at once.
 func Load(b []byte) (*App, error) {
-	app, err := Decode(b)
-	if err != nil {
-		return nil, err
+	app, errs := decode(b)
+	if app != nil {
+		if verr := app.Validate(); verr != nil {
+			errs = append(errs, verr.(Errors)...)
+		}
 	}
-	if err := app.Validate(); err != nil {
-		return nil, err
+	if len(errs) > 0 {
+		return nil, errs
 	}
 	return app, nil
 }

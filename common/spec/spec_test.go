@@ -229,6 +229,17 @@ func TestValidateErrors(t *testing.T) {
 	runProblems(t, tests)
 }
 
+func TestStructuralAndValidationProblemsTogether(t *testing.T) {
+	t.Parallel()
+	got := problems(t, "name: web\nimage: 'Bad Image'\nport: 0\nroutng: {}\n")
+	require.Len(t, got, 3, "an unknown field must not hide the other problems: %q", got)
+	require.True(t, strings.HasPrefix(got[0], "routng: unknown field"))
+	require.True(t, strings.HasPrefix(got[1], "image: "))
+	require.True(t, strings.HasPrefix(got[2], "port: "))
+	_, err := Decode([]byte("name: web\nimage: web:1\nport: 8080\nroutng: {}\n"))
+	require.ErrorContains(t, err, "routng: unknown field", "Decode still refuses unknown fields")
+}
+
 func TestEnvValuesNeverInErrors(t *testing.T) {
 	t.Parallel()
 	_, err := Load([]byte(base + "env: {TOKEN: \"hunter2\\u0000\"}\nport: 0\n"))
