@@ -241,3 +241,40 @@ func sameSpec(a, b *spec.App) bool {
 	y, _ := json.Marshal(b)
 	return bytes.Equal(x, y)
 }
+
+// Instance is an instance as stored.
+type Instance struct {
+	ID          string
+	App         string
+	Generation  int64
+	ContainerID string
+	Address     string
+	State       string
+	Health      string
+	Restarts    int
+	Term        uint64
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
+}
+
+// Instances returns the instances of app, oldest first.
+func (s *Store) Instances(ctx context.Context, app string) ([]Instance, error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT id, app, generation, container_id, address, state, health, restarts, term, created_at, updated_at
+		FROM instances WHERE app = $1 ORDER BY created_at, id`, app)
+	if err != nil {
+		return nil, fmt.Errorf("instances of %s: %w", app, redact(err))
+	}
+	defer rows.Close()
+	var out []Instance
+	for rows.Next() {
+		var i Instance
+		var term int64
+		if err := rows.Scan(&i.ID, &i.App, &i.Generation, &i.ContainerID, &i.Address, &i.State, &i.Health, &i.Restarts, &term, &i.CreatedAt, &i.UpdatedAt); err != nil {
+			return nil, fmt.Errorf("instances of %s: %w", app, err)
+		}
+		i.Term = uint64(term)
+		out = append(out, i)
+	}
+	return out, rows.Err()
+}

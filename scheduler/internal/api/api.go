@@ -1,0 +1,350 @@
+// Package api is the scheduler's HTTP API: apply, inspect, scale, roll back
+// and delete apps, list instances and events, and the health, readiness and
+// metrics endpoints. Every replica serves it, since writes go to Postgres.
+// Errors are JSON and name the field and what is allowed.
+package api
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/scheduler/internal/store"
+)
+
+// MaxBody caps a request body.
+const MaxBody = spec.MaxSpecSize
+
+// Store is what the API needs of the store. Safe for concurrent use.
+type Store interface {
+	Apply(ctx context.Context, a *spec.App) (store.App, bool, error)
+	Scale(ctx context.Context, name string, replicas int) (store.App, error)
+	Rollback(ctx context.Context, name string) (store.App, error)
+	Delete(ctx context.Context, name string) error
+	Get(ctx context.Context, name string) (store.App, error)
+	List(ctx context.Context) ([]store.App, error)
+	Instances(ctx context.Context, app string) ([]store.Instance, error)
+	Events(ctx context.Context, app string, after int64, limit int) ([]store.Event, error)
+	Ping(ctx context.Context) error
+}
+
+var _ Store = (*store.Store)(nil)
+
+// Options configure the API.
+type Options struct {
+	// Token, when set, is required as "Authorization: Bearer <token>" on /v1/.
+	Token string
+	// Role reports whether this replica leads and under which term.
+	Role func() (leader bool, term uint64)
+	// Metrics serves /metrics; nil serves 404.
+	Metrics http.Handler
+}
+
+// New returns the API handler.
+func New(st Store, o Options, logger *zap.Logger) http.Handler {
+	a := &api{st: st, o: o, logger: logger.Named("api")}
+	mux := http.NewServeMux()
+	mux.HandleFunc("PUT /v1/apps/{name}", a.auth(a.apply))
+	mux.HandleFunc("GET /v1/apps", a.auth(a.list))
+	mux.HandleFunc("GET /v1/apps/{name}", a.auth(a.get))
+	mux.HandleFunc("DELETE /v1/apps/{name}", a.auth(a.delete))
+	mux.HandleFunc("POST /v1/apps/{name}/scale", a.auth(a.scale))
+	mux.HandleFunc("POST /v1/apps/{name}/rollback", a.auth(a.rollback))
+	mux.HandleFunc("GET /v1/apps/{name}/instances", a.auth(a.instances))
+	mux.HandleFunc("GET /v1/events", a.auth(a.events))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", a.ready)
+	if o.Metrics != nil {
+		mux.Handle("GET /metrics", o.Metrics)
+	}
+	return mux
+}
+
+type api struct {
+	st     Store
+	o      Options
+	logger *zap.Logger
+}
+
+// Error is the JSON body of every error response.
+type Error struct {
+	Error  string            `json:"error"`
+	Fields []spec.FieldError `json:"fields,omitempty"`
+}
+
+// AppView is an app as the API shows it.
+type AppView struct {
+	Name             string    `json:"name"`
+	Generation       int64     `json:"generation"`
+	Status           string    `json:"status"`
+	DesiredReplicas  int       `json:"desired_replicas"`
+	ObservedReplicas int       `json:"observed_replicas"`
+	Spec             *spec.App `json:"spec,omitempty"`
+	Changed          *bool     `json:"changed,omitempty"`
+	UpdatedAt        time.Time `json:"updated_at"`
+}
+
+func view(a store.App, withSpec bool) AppView {
+	v := AppView{Name: a.Name, Generation: a.Generation, Status: a.Status, DesiredReplicas: a.DesiredReplicas, UpdatedAt: a.UpdatedAt}
+	if withSpec {
+		v.Spec = a.Spec
+	}
+	return v
+}
+
+func (a *api) auth(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if a.o.Token != "" {
+			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(a.o.Token)) != 1 {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="berth"`)
+				writeJSON(w, http.StatusUnauthorized, Error{Error: "missing or wrong bearer token"})
+				return
+			}
+		}
+		next(w, r)
+	}
+}
+
+func (a *api) apply(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	body, ok := readBody(w, r)
+	if !ok {
+		return
+	}
+	app, err := spec.Load(body)
+	if err == nil && app.Name != name {
+		err = spec.Errors{{Path: "name", Message: fmt.Sprintf("%q must match the app in the URL (%q)", app.Name, name)}}
+	}
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	stored, changed, err := a.st.Apply(r.Context(), app)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	v := view(stored, false)
+	v.Changed = &changed
+	writeJSON(w, http.StatusOK, v)
+}
+
+func (a *api) list(w http.ResponseWriter, r *http.Request) {
+	apps, err := a.st.List(r.Context())
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	out := make([]AppView, 0, len(apps))
+	for _, app := range apps {
+		out = append(out, view(app, false))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *api) get(w http.ResponseWriter, r *http.Request) {
+	app, err := a.st.Get(r.Context(), r.PathValue("name"))
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	insts, err := a.st.Instances(r.Context(), app.Name)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	v := view(app, true)
+	for _, i := range insts {
+		if i.State == "running" {
+			v.ObservedReplicas++
+		}
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+func (a *api) delete(w http.ResponseWriter, r *http.Request) {
+	if err := a.st.Delete(r.Context(), r.PathValue("name")); err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, map[string]any{"name": r.PathValue("name"), "deleted": true})
+}
+
+// ScaleRequest is the body of POST /v1/apps/{name}/scale.
+type ScaleRequest struct {
+	Replicas *int `json:"replicas"`
+}
+
+func (a *api) scale(w http.ResponseWriter, r *http.Request) {
+	body, ok := readBody(w, r)
+	if !ok {
+		return
+	}
+	var req ScaleRequest
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil || req.Replicas == nil {
+		a.fail(w, spec.Errors{{Path: "replicas", Message: "must be given as a whole number, e.g. {\"replicas\": 3}"}})
+		return
+	}
+	app, err := a.st.Scale(r.Context(), r.PathValue("name"), *req.Replicas)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, view(app, false))
+}
+
+func (a *api) rollback(w http.ResponseWriter, r *http.Request) {
+	app, err := a.st.Rollback(r.Context(), r.PathValue("name"))
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, view(app, true))
+}
+
+// InstanceView is an instance as the API shows it.
+type InstanceView struct {
+	ID          string    `json:"id"`
+	Generation  int64     `json:"generation"`
+	State       string    `json:"state"`
+	Health      string    `json:"health"`
+	Address     string    `json:"address,omitempty"`
+	ContainerID string    `json:"container_id,omitempty"`
+	Restarts    int       `json:"restarts"`
+	CreatedAt   time.Time `json:"created_at"`
+}
+
+func (a *api) instances(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if _, err := a.st.Get(r.Context(), name); err != nil {
+		a.fail(w, err)
+		return
+	}
+	insts, err := a.st.Instances(r.Context(), name)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	out := make([]InstanceView, 0, len(insts))
+	for _, i := range insts {
+		out = append(out, InstanceView{ID: i.ID, Generation: i.Generation, State: i.State, Health: i.Health, Address: i.Address,
+			ContainerID: i.ContainerID, Restarts: i.Restarts, CreatedAt: i.CreatedAt})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// EventView is an event as the API shows it.
+type EventView struct {
+	ID       int64             `json:"id"`
+	App      string            `json:"app"`
+	Instance string            `json:"instance,omitempty"`
+	Kind     string            `json:"kind"`
+	Message  string            `json:"message"`
+	Details  map[string]string `json:"details,omitempty"`
+	Term     uint64            `json:"term"`
+	At       time.Time         `json:"at"`
+}
+
+func (a *api) events(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var after int64
+	if s := q.Get("since"); s != "" {
+		v, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || v < 0 {
+			a.fail(w, spec.Errors{{Path: "since", Message: fmt.Sprintf("%q must be an event id (a whole number >= 0)", s)}})
+			return
+		}
+		after = v
+	}
+	if app := q.Get("app"); app != "" {
+		if err := spec.CheckName(app); err != nil {
+			a.fail(w, spec.Errors{{Path: "app", Message: err.Error()}})
+			return
+		}
+	}
+	evs, err := a.st.Events(r.Context(), q.Get("app"), after, 500)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	out := make([]EventView, 0, len(evs))
+	for _, e := range evs {
+		out = append(out, EventView{ID: e.ID, App: e.App, Instance: e.Instance, Kind: e.Kind, Message: e.Message, Details: e.Details, Term: e.Term, At: e.At})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// Readiness is the body of /readyz.
+type Readiness struct {
+	Ready bool   `json:"ready"`
+	Role  string `json:"role"`
+	Term  uint64 `json:"term,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+func (a *api) ready(w http.ResponseWriter, r *http.Request) {
+	rd := Readiness{Ready: true, Role: "follower"}
+	if a.o.Role != nil {
+		if leader, term := a.o.Role(); leader {
+			rd.Role, rd.Term = "leader", term
+		}
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := a.st.Ping(ctx); err != nil {
+		rd.Ready, rd.Error = false, "postgres unreachable"
+		writeJSON(w, http.StatusServiceUnavailable, rd)
+		return
+	}
+	writeJSON(w, http.StatusOK, rd)
+}
+
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		writeJSON(w, http.StatusRequestEntityTooLarge, Error{Error: fmt.Sprintf("request body is over %d bytes", MaxBody)})
+		return nil, false
+	case err != nil:
+		writeJSON(w, http.StatusBadRequest, Error{Error: "could not read the request body"})
+		return nil, false
+	}
+	return body, true
+}
+
+// fail maps an error to its status and JSON body; unexpected errors are
+// logged and answered without their details.
+func (a *api) fail(w http.ResponseWriter, err error) {
+	var fields spec.Errors
+	switch {
+	case errors.As(err, &fields):
+		writeJSON(w, http.StatusBadRequest, Error{Error: "invalid spec", Fields: fields})
+	case errors.Is(err, store.ErrNotFound):
+		writeJSON(w, http.StatusNotFound, Error{Error: err.Error()})
+	case errors.Is(err, store.ErrAutoscaled), errors.Is(err, store.ErrNoHistory):
+		writeJSON(w, http.StatusConflict, Error{Error: err.Error()})
+	default:
+		a.logger.Error("request failed", zap.Error(err))
+		writeJSON(w, http.StatusInternalServerError, Error{Error: "internal error; see the scheduler's log"})
+	}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}

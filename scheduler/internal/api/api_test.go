@@ -1,0 +1,212 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/berthhq/berth/internal/testrig"
+	"github.com/berthhq/berth/scheduler/internal/store"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+)
+
+func TestMain(m *testing.M) { testrig.Main(m) }
+
+type client struct {
+	t     *testing.T
+	url   string
+	token string
+	st    *store.Store
+}
+
+func newAPI(t *testing.T, token string) *client {
+	t.Helper()
+	st, err := store.Open(context.Background(), testrig.Postgres(t))
+	require.NoError(t, err)
+	t.Cleanup(st.Close)
+	_, err = st.Migrate(context.Background())
+	require.NoError(t, err)
+	srv := httptest.NewServer(New(st, Options{Token: token, Role: func() (bool, uint64) { return true, 7 }}, zaptest.NewLogger(t)))
+	t.Cleanup(srv.Close)
+	return &client{t: t, url: srv.URL, token: token, st: st}
+}
+
+func (c *client) do(method, path, body string) (int, map[string]any, []byte) {
+	c.t.Helper()
+	req, err := http.NewRequest(method, c.url+path, strings.NewReader(body))
+	require.NoError(c.t, err)
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(c.t, err)
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var obj map[string]any
+	_ = json.Unmarshal(raw, &obj)
+	return resp.StatusCode, obj, raw
+}
+
+const web = "name: web\nimage: web:1\nport: 8080\nreplicas: 3\n"
+
+func TestAppLifecycle(t *testing.T) {
+	t.Parallel()
+	c := newAPI(t, "")
+	code, obj, _ := c.do("PUT", "/v1/apps/web", web)
+	require.Equal(t, 200, code)
+	require.EqualValues(t, 1, obj["generation"])
+	require.Equal(t, true, obj["changed"])
+
+	code, obj, _ = c.do("PUT", "/v1/apps/web", web)
+	require.Equal(t, 200, code)
+	require.Equal(t, false, obj["changed"], "the same spec again changes nothing")
+
+	code, obj, _ = c.do("GET", "/v1/apps/web", "")
+	require.Equal(t, 200, code)
+	require.EqualValues(t, 3, obj["desired_replicas"])
+	require.EqualValues(t, 0, obj["observed_replicas"])
+	require.Equal(t, "web:1", obj["spec"].(map[string]any)["image"])
+
+	code, _, raw := c.do("GET", "/v1/apps", "")
+	require.Equal(t, 200, code)
+	var list []AppView
+	require.NoError(t, json.Unmarshal(raw, &list))
+	require.Len(t, list, 1)
+
+	code, obj, _ = c.do("POST", "/v1/apps/web/scale", `{"replicas": 5}`)
+	require.Equal(t, 200, code)
+	require.EqualValues(t, 2, obj["generation"])
+	require.EqualValues(t, 5, obj["desired_replicas"])
+
+	code, obj, _ = c.do("POST", "/v1/apps/web/rollback", "")
+	require.Equal(t, 200, code)
+	require.EqualValues(t, 3, obj["desired_replicas"])
+
+	code, _, raw = c.do("GET", "/v1/apps/web/instances", "")
+	require.Equal(t, 200, code)
+	require.JSONEq(t, "[]", string(raw))
+
+	code, _, _ = c.do("DELETE", "/v1/apps/web", "")
+	require.Equal(t, 202, code)
+	code, obj, _ = c.do("GET", "/v1/apps/web", "")
+	require.Equal(t, 404, code)
+	require.Contains(t, obj["error"], "app not found")
+}
+
+func TestBadRequests(t *testing.T) {
+	t.Parallel()
+	c := newAPI(t, "")
+	tests := []struct {
+		name, method, path, body string
+		code                     int
+		fields                   []string
+	}{
+		{"bad spec, every field reported", "PUT", "/v1/apps/web", "name: web\nimage: 'Bad Image'\nport: 0\nroutng: {}\nhealth: {timeout: 5s, interval: 2s}\n", 400,
+			[]string{"routng", "image", "port", "health.port", "health.timeout"}},
+		{"name differs from the URL", "PUT", "/v1/apps/api", web, 400, []string{"name"}},
+		{"not yaml", "PUT", "/v1/apps/web", "{[", 400, []string{""}},
+		{"hostile host", "PUT", "/v1/apps/web", web + "routing: {hosts: [\"a.com; return 200\"]}\n", 400, []string{"routing.hosts[0]"}},
+		{"scale without replicas", "POST", "/v1/apps/web/scale", `{"count": 2}`, 400, []string{"replicas"}},
+		{"scale unknown app", "POST", "/v1/apps/nope/scale", `{"replicas": 2}`, 404, nil},
+		{"rollback without history", "POST", "/v1/apps/web/rollback", "", 409, nil},
+		{"events with a bad since", "GET", "/v1/events?since=yesterday", "", 400, []string{"since"}},
+		{"events with a bad app", "GET", "/v1/events?app=Bad_App", "", 400, []string{"app"}},
+		{"method not allowed", "PATCH", "/v1/apps/web", "", 405, nil},
+	}
+	code, _, _ := c.do("PUT", "/v1/apps/web", web)
+	require.Equal(t, 200, code)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, obj, raw := c.do(tt.method, tt.path, tt.body)
+			require.Equal(t, tt.code, code, "%s", raw)
+			var got []string
+			if fs, ok := obj["fields"].([]any); ok {
+				for _, f := range fs {
+					got = append(got, f.(map[string]any)["path"].(string))
+				}
+			}
+			require.ElementsMatch(t, tt.fields, got, "%s", raw)
+		})
+	}
+}
+
+func TestOversizedBody(t *testing.T) {
+	t.Parallel()
+	c := newAPI(t, "")
+	big := web + "command: [\"" + strings.Repeat("x", MaxBody) + "\"]\n"
+	code, obj, _ := c.do("PUT", "/v1/apps/web", big)
+	require.Equal(t, 413, code)
+	require.Contains(t, obj["error"], "request body is over")
+}
+
+func TestAutoscaledScaleRefused(t *testing.T) {
+	t.Parallel()
+	c := newAPI(t, "")
+	code, _, _ := c.do("PUT", "/v1/apps/auto", "name: auto\nimage: a:1\nport: 80\nscaling: {min: 2, max: 5, target_cpu_percent: 60}\n")
+	require.Equal(t, 200, code)
+	code, obj, _ := c.do("POST", "/v1/apps/auto/scale", `{"replicas": 3}`)
+	require.Equal(t, 409, code)
+	require.Contains(t, obj["error"], "change scaling.min and scaling.max instead")
+}
+
+func TestEvents(t *testing.T) {
+	t.Parallel()
+	c := newAPI(t, "")
+	ctx := context.Background()
+	l, _, err := c.st.Acquire(ctx, "scheduler", "me", 60e9)
+	require.NoError(t, err)
+	require.NoError(t, c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+		for _, app := range []string{"web", "api", "web"} {
+			if _, err := tx.AddEvent(ctx, store.Event{App: app, Kind: "instance_started", Message: "started"}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+	code, _, raw := c.do("GET", "/v1/events?app=web", "")
+	require.Equal(t, 200, code)
+	var evs []EventView
+	require.NoError(t, json.Unmarshal(raw, &evs))
+	require.Len(t, evs, 2)
+	code, _, raw = c.do("GET", "/v1/events?since="+jsonNumber(evs[0].ID), "")
+	require.Equal(t, 200, code)
+	require.NoError(t, json.Unmarshal(raw, &evs))
+	require.Len(t, evs, 2, "events after the first")
+}
+
+func jsonNumber(n int64) string { b, _ := json.Marshal(n); return string(b) }
+
+func TestAuthAndProbes(t *testing.T) {
+	t.Parallel()
+	c := newAPI(t, "s3cret")
+	code, _, _ := c.do("GET", "/v1/apps", "")
+	require.Equal(t, 200, code)
+
+	for _, hdr := range []string{"", "Bearer wrong", "Basic s3cret", "bearer s3cret"} {
+		req, _ := http.NewRequest("GET", c.url+"/v1/apps", nil)
+		if hdr != "" {
+			req.Header.Set("Authorization", hdr)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, 401, resp.StatusCode, "header %q", hdr)
+		require.Equal(t, `Bearer realm="berth"`, resp.Header.Get("WWW-Authenticate"))
+	}
+	// Probes need no token.
+	resp, err := http.Get(c.url + "/healthz")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, 200, resp.StatusCode)
+	resp, err = http.Get(c.url + "/readyz")
+	require.NoError(t, err)
+	var rd Readiness
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&rd))
+	resp.Body.Close()
+	require.Equal(t, Readiness{Ready: true, Role: "leader", Term: 7}, rd)
+}
