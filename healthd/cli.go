@@ -80,7 +80,7 @@ func parse(args []string, stdout, stderr *os.File) (*cli, int, bool) {
 	exitCode, exited := 0, false
 	p, err := kong.New(&c, kong.Name("healthd"),
 		kong.Description("Berth healthd: probes every instance over HTTP or TCP and publishes health on NATS."),
-		kong.Writers(stdout, stderr), kong.Exit(func(code int) { exitCode, exited = code, true }))
+		kong.Vars(bus.FlagVars), kong.Writers(stdout, stderr), kong.Exit(func(code int) { exitCode, exited = code, true }))
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return nil, 2, true

@@ -129,7 +129,7 @@ func parse(args []string, stdout, stderr *os.File) (*cli, int, bool) {
 	exitCode, exited := 0, false
 	p, err := kong.New(&c, kong.Name("lbagent"),
 		kong.Description("Berth lbagent: renders nginx config from NATS state, tests, swaps, reloads and confirms it."),
-		kong.Writers(stdout, stderr),
+		kong.Vars(bus.FlagVars), kong.Writers(stdout, stderr),
 		kong.Exit(func(code int) { exitCode, exited = code, true }))
 	if err != nil {
 		fmt.Fprintln(stderr, err)

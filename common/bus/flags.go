@@ -8,15 +8,24 @@ import (
 
 // Flags are the NATS flags every daemon shares. Daemons embed them in their
 // kong CLI struct with an env prefix (envprefix:"BERTH_HEALTHD_"), so each
-// flag reads e.g. BERTH_HEALTHD_NATS_URL.
+// flag reads e.g. BERTH_HEALTHD_NATS_URL, and pass FlagVars (or their own
+// values for nats_url_default and nats_url_help) to kong.
+
 type Flags struct {
-	URL       string `name:"nats-url" help:"NATS server URL(s), comma-separated." default:"nats://127.0.0.1:4222" env:"NATS_URL"`
+	URL       string `name:"nats-url" help:"${nats_url_help}" default:"${nats_url_default}" env:"NATS_URL"`
 	CredsFile string `name:"nats-creds" help:"NATS credentials file (JWT and nkey seed)." default:"" env:"NATS_CREDS" type:"path"`
 	NKeyFile  string `name:"nats-nkey" help:"File holding a NATS nkey seed." default:"" env:"NATS_NKEY" type:"path"`
 	TokenFile string `name:"nats-token-file" help:"File holding a NATS token." default:"" env:"NATS_TOKEN_FILE" type:"path"`
 	TLSCA     string `name:"nats-tls-ca" help:"PEM CA bundle for the NATS server certificate." default:"" env:"NATS_TLS_CA" type:"path"`
 	TLSCert   string `name:"nats-tls-cert" help:"PEM client certificate for NATS." default:"" env:"NATS_TLS_CERT" type:"path"`
 	TLSKey    string `name:"nats-tls-key" help:"PEM client key for NATS." default:"" env:"NATS_TLS_KEY" type:"path"`
+}
+
+// FlagVars are the kong variables of Flags for a daemon that connects to
+// an external NATS by default.
+var FlagVars = map[string]string{
+	"nats_url_default": "nats://127.0.0.1:4222",
+	"nats_url_help":    "NATS server URL(s), comma-separated.",
 }
 
 // Options turns the flags into connection options for a client called

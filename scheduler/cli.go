@@ -1,0 +1,198 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/alecthomas/kong"
+
+	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/logging"
+	"github.com/berthhq/berth/common/msg"
+)
+
+// Exit codes of every subcommand.
+const (
+	exitOK     = 0 // done
+	exitFailed = 1 // the server, the database or the network refused or failed
+	exitUsage  = 2 // bad flags, arguments or configuration
+)
+
+// cli is the scheduler's command line; every flag has a BERTH_SCHEDULER_… or BERTH_… env name.
+type cli struct {
+	LogLevel  string `name:"log-level" help:"debug, info, warn or error." default:"info" env:"BERTH_SCHEDULER_LOG_LEVEL"`
+	LogFormat string `name:"log-format" help:"json or console." default:"json" env:"BERTH_SCHEDULER_LOG_FORMAT"`
+
+	Run         runCmd      `cmd:"" help:"Run a scheduler replica: the API, leader election and publishing."`
+	Migrate     migrateCmd  `cmd:"" help:"Apply database migrations (up), or show where the schema stands (status)."`
+	CheckConfig runCmd      `cmd:"" name:"check-config" help:"Check the flags of run, print what is wrong, exit 0 or 1."`
+	Apply       applyCmd    `cmd:"" help:"Apply an app spec (YAML or JSON); prints the generation and what changed."`
+	Scale       scaleCmd    `cmd:"" help:"Set a fixed-replica app's replica count."`
+	Status      statusCmd   `cmd:"" help:"Show apps, or one app's instances."`
+	Events      eventsCmd   `cmd:"" help:"Show lifecycle events; --follow streams them from NATS."`
+	Rm          rmCmd       `cmd:"" help:"Delete an app."`
+	Rollback    rollbackCmd `cmd:"" help:"Roll an app back to its previous spec."`
+}
+
+type runCmd struct {
+	DatabaseURL  string        `name:"database-url" help:"Postgres URL (postgres://user:pass@host/db)." env:"BERTH_SCHEDULER_DATABASE_URL" default:""`
+	APIListen    string        `name:"api-listen" help:"Address of the HTTP API." default:"127.0.0.1:7070" env:"BERTH_SCHEDULER_API_LISTEN"`
+	APITokenFile string        `name:"api-token-file" help:"File holding the API bearer token; required unless --api-listen is loopback." default:"" env:"BERTH_SCHEDULER_API_TOKEN_FILE" type:"path"`
+	Migrate      bool          `help:"Apply database migrations before starting." default:"false" env:"BERTH_SCHEDULER_MIGRATE"`
+	NATS         bus.Flags     `embed:"" envprefix:"BERTH_SCHEDULER_"`
+	NATSListen   string        `name:"nats-listen" help:"With no --nats-url: where the embedded NATS listens for the other daemons." default:"127.0.0.1:4222" env:"BERTH_SCHEDULER_NATS_LISTEN"`
+	DataDir      string        `name:"data-dir" help:"With no --nats-url: the embedded NATS's JetStream data." default:"/var/lib/berth/scheduler" env:"BERTH_SCHEDULER_DATA_DIR" type:"path"`
+	Prefix       string        `help:"Prefix of every NATS bucket and subject." default:"berth" env:"BERTH_SCHEDULER_PREFIX"`
+	ID           string        `help:"This replica's id in the lease (default: host name and pid)." default:"" env:"BERTH_SCHEDULER_ID"`
+	LeaseTTL     time.Duration `name:"lease-ttl" help:"Leader lease TTL; renewed every third of it." default:"10s" env:"BERTH_SCHEDULER_LEASE_TTL"`
+	Resync       time.Duration `help:"Republish every app this often while leading." default:"30s" env:"BERTH_SCHEDULER_RESYNC"`
+}
+
+type migrateCmd struct {
+	Action      string `arg:"" help:"up or status." default:"up" enum:"up,status"`
+	DatabaseURL string `name:"database-url" help:"Postgres URL." env:"BERTH_SCHEDULER_DATABASE_URL" required:""`
+}
+
+// clientFlags are shared by the commands that talk to the API.
+type clientFlags struct {
+	Server    string `help:"Scheduler API URL." default:"http://127.0.0.1:7070" env:"BERTH_SERVER"`
+	TokenFile string `name:"token-file" help:"File holding the API token (or set BERTH_TOKEN)." default:"" env:"BERTH_TOKEN_FILE" type:"path"`
+	Output    string `short:"o" help:"table or json." default:"table" enum:"table,json"`
+}
+
+type applyCmd struct {
+	clientFlags `embed:""`
+	File        string `short:"f" help:"Spec file, or - for standard input." required:""`
+}
+
+type scaleCmd struct {
+	clientFlags `embed:""`
+	App         string `arg:"" help:"App name."`
+	Replicas    int    `arg:"" help:"Replica count."`
+}
+
+type statusCmd struct {
+	clientFlags `embed:""`
+	App         string `arg:"" optional:"" help:"App name (all apps when absent)."`
+}
+
+type eventsCmd struct {
+	clientFlags `embed:""`
+	App         string `help:"Only this app's events." default:""`
+	Follow      bool   `help:"Keep streaming new events from NATS." default:"false"`
+	NATSURL     string `name:"nats-url" help:"NATS for --follow." default:"nats://127.0.0.1:4222" env:"BERTH_NATS_URL"`
+	Prefix      string `help:"Prefix of the NATS subjects." default:"berth" env:"BERTH_PREFIX"`
+}
+
+type rmCmd struct {
+	clientFlags `embed:""`
+	App         string `arg:"" help:"App name."`
+}
+
+type rollbackCmd struct {
+	clientFlags `embed:""`
+	App         string `arg:"" help:"App name."`
+}
+
+// check returns every problem with run's flags at once.
+func (r *runCmd) check() error {
+	var errs []error
+	if r.DatabaseURL == "" {
+		errs = append(errs, errors.New("--database-url: must be set (postgres://user:pass@host:5432/berth)"))
+	}
+	host, _, err := net.SplitHostPort(r.APIListen)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--api-listen %q: must be host:port", r.APIListen))
+	} else if !loopback(host) && r.APITokenFile == "" {
+		errs = append(errs, fmt.Errorf("--api-listen %s is not loopback: give --api-token-file so the API requires a token", r.APIListen))
+	}
+	if r.APITokenFile != "" {
+		if _, err := readToken(r.APITokenFile); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if _, err := msg.NewNames(r.Prefix); err != nil {
+		errs = append(errs, fmt.Errorf("--prefix: %w", err))
+	}
+	if r.ID != "" {
+		if err := msg.CheckToken(r.ID); err != nil {
+			errs = append(errs, fmt.Errorf("--id: %w", err))
+		}
+	}
+	if r.LeaseTTL < time.Second || r.LeaseTTL > 5*time.Minute {
+		errs = append(errs, fmt.Errorf("--lease-ttl (%s): must be between 1s and 5m", r.LeaseTTL))
+	}
+	if r.Resync < time.Second {
+		errs = append(errs, fmt.Errorf("--resync (%s): must be at least 1s", r.Resync))
+	}
+	if r.NATS.URL != "" {
+		if _, err := r.NATS.Options("scheduler"); err != nil {
+			errs = append(errs, err)
+		}
+	} else if _, _, err := net.SplitHostPort(r.NATSListen); err != nil {
+		errs = append(errs, fmt.Errorf("--nats-listen %q: must be host:port", r.NATSListen))
+	}
+	return errors.Join(errs...)
+}
+
+func loopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func readToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	t := strings.TrimSpace(string(b))
+	if t == "" {
+		return "", fmt.Errorf("token file %s is empty", path)
+	}
+	return t, nil
+}
+
+func (r *runCmd) id() string {
+	if r.ID != "" {
+		return r.ID
+	}
+	h, _ := os.Hostname()
+	return msg.NodeID(fmt.Sprintf("%s-%d", h, os.Getpid()))
+}
+
+func (c *cli) logging(stderr io.Writer) logging.Options {
+	return logging.Options{Level: c.LogLevel, Format: c.LogFormat, Output: stderr}
+}
+
+func parse(args []string, stdout, stderr *os.File) (*cli, *kong.Context, int, bool) {
+	var c cli
+	exitCode, exited := 0, false
+	p, err := kong.New(&c, kong.Name("scheduler"),
+		kong.Description("Berth scheduler. Exit codes: 0 done, 1 the server, database or network failed, 2 bad usage or configuration."),
+		kong.Vars{"nats_url_default": "", "nats_url_help": "NATS server URL(s); empty runs an embedded NATS for the other daemons."},
+		kong.Writers(stdout, stderr), kong.Exit(func(code int) { exitCode, exited = code, true }))
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return nil, nil, exitUsage, true
+	}
+	kctx, err := p.Parse(args)
+	if err != nil {
+		if exited {
+			return nil, nil, exitCode, true
+		}
+		fmt.Fprintf(stderr, "scheduler: %v\n", err)
+		return nil, nil, exitUsage, true
+	}
+	if exited {
+		return nil, nil, exitCode, true
+	}
+	return &c, kctx, 0, false
+}

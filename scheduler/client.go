@@ -1,0 +1,333 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"reflect"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/scheduler/internal/api"
+	"go.uber.org/zap"
+)
+
+// client talks to a scheduler's API.
+type client struct {
+	base  string
+	token string
+	http  *http.Client
+}
+
+func newClient(f clientFlags) (*client, error) {
+	token := os.Getenv("BERTH_TOKEN")
+	if f.TokenFile != "" {
+		t, err := readToken(f.TokenFile)
+		if err != nil {
+			return nil, err
+		}
+		token = t
+	}
+	return &client{base: strings.TrimRight(f.Server, "/"), token: token, http: &http.Client{Timeout: 30 * time.Second}}, nil
+}
+
+// apiError is an error answer of the API.
+type apiError struct {
+	status int
+	body   api.Error
+}
+
+func (e *apiError) Error() string {
+	if len(e.body.Fields) == 0 {
+		return e.body.Error
+	}
+	var b strings.Builder
+	b.WriteString(e.body.Error)
+	b.WriteString(":")
+	for _, f := range e.body.Fields {
+		b.WriteString("\n  ")
+		b.WriteString(f.Error())
+	}
+	return b.String()
+}
+
+func (c *client) do(ctx context.Context, method, path string, body []byte, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the scheduler at %s: %w", c.base, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if resp.StatusCode >= 300 {
+		e := &apiError{status: resp.StatusCode}
+		if json.Unmarshal(raw, &e.body) != nil || e.body.Error == "" {
+			e.body.Error = fmt.Sprintf("%s %s: %s", method, path, resp.Status)
+		}
+		return e
+	}
+	if out != nil {
+		return json.Unmarshal(raw, out)
+	}
+	return nil
+}
+
+func runClient(ctx context.Context, c *cli, command string, stdout, stderr *os.File) int {
+	err := dispatch(ctx, c, command, stdout)
+	var ae *apiError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &ae) && ae.status == http.StatusBadRequest:
+		fmt.Fprintf(stderr, "scheduler: %v\n", err)
+		return exitUsage
+	default:
+		fmt.Fprintf(stderr, "scheduler: %v\n", err)
+		return exitFailed
+	}
+}
+
+func dispatch(ctx context.Context, c *cli, command string, out io.Writer) error {
+	switch {
+	case command == "apply":
+		return apply(ctx, &c.Apply, out)
+	case strings.HasPrefix(command, "scale"):
+		cl, err := newClient(c.Scale.clientFlags)
+		if err != nil {
+			return err
+		}
+		body, _ := json.Marshal(api.ScaleRequest{Replicas: &c.Scale.Replicas})
+		var v api.AppView
+		if err := cl.do(ctx, "POST", "/v1/apps/"+c.Scale.App+"/scale", body, &v); err != nil {
+			return err
+		}
+		return show(out, c.Scale.Output, v, func(w io.Writer) {
+			fmt.Fprintf(w, "%s: %d replicas, generation %d\n", v.Name, v.DesiredReplicas, v.Generation)
+		})
+	case strings.HasPrefix(command, "status"):
+		return status(ctx, &c.Status, out)
+	case strings.HasPrefix(command, "events"):
+		return events(ctx, &c.Events, out)
+	case strings.HasPrefix(command, "rm"):
+		cl, err := newClient(c.Rm.clientFlags)
+		if err != nil {
+			return err
+		}
+		if err := cl.do(ctx, "DELETE", "/v1/apps/"+c.Rm.App, nil, nil); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "%s: deleted; its instances are being stopped\n", c.Rm.App)
+		return nil
+	case strings.HasPrefix(command, "rollback"):
+		cl, err := newClient(c.Rollback.clientFlags)
+		if err != nil {
+			return err
+		}
+		var v api.AppView
+		if err := cl.do(ctx, "POST", "/v1/apps/"+c.Rollback.App+"/rollback", nil, &v); err != nil {
+			return err
+		}
+		return show(out, c.Rollback.Output, v, func(w io.Writer) {
+			fmt.Fprintf(w, "%s: rolled back to the previous spec, now generation %d (image %s)\n", v.Name, v.Generation, v.Spec.Image)
+		})
+	}
+	return fmt.Errorf("unknown command %q", command)
+}
+
+func show(out io.Writer, format string, v any, table func(io.Writer)) error {
+	if format == "json" {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	table(out)
+	return nil
+}
+
+// apply sends a spec and says which top-level fields changed.
+func apply(ctx context.Context, a *applyCmd, out io.Writer) error {
+	var src []byte
+	var err error
+	if a.File == "-" {
+		src, err = io.ReadAll(io.LimitReader(os.Stdin, spec.MaxSpecSize+1))
+	} else {
+		src, err = os.ReadFile(a.File)
+	}
+	if err != nil {
+		return err
+	}
+	// Check locally first: the same errors as the server's, without a round trip.
+	app, err := spec.Load(src)
+	if err != nil {
+		return &apiError{status: http.StatusBadRequest, body: api.Error{Error: "invalid spec in " + a.File, Fields: fieldErrors(err)}}
+	}
+	cl, err := newClient(a.clientFlags)
+	if err != nil {
+		return err
+	}
+	var before api.AppView
+	var ae *apiError
+	if err := cl.do(ctx, "GET", "/v1/apps/"+app.Name, nil, &before); err != nil && !(errors.As(err, &ae) && ae.status == http.StatusNotFound) {
+		return err
+	}
+	body, _ := json.Marshal(app)
+	var v api.AppView
+	if err := cl.do(ctx, "PUT", "/v1/apps/"+app.Name, body, &v); err != nil {
+		return err
+	}
+	changed := changedFields(before.Spec, app)
+	return show(out, a.Output, v, func(w io.Writer) {
+		switch {
+		case before.Spec == nil:
+			fmt.Fprintf(w, "%s: created, generation %d\n", v.Name, v.Generation)
+		case v.Changed != nil && !*v.Changed:
+			fmt.Fprintf(w, "%s: unchanged, generation %d\n", v.Name, v.Generation)
+		default:
+			fmt.Fprintf(w, "%s: generation %d, changed: %s\n", v.Name, v.Generation, strings.Join(changed, ", "))
+		}
+	})
+}
+
+func fieldErrors(err error) []spec.FieldError {
+	var es spec.Errors
+	if errors.As(err, &es) {
+		return es
+	}
+	return []spec.FieldError{{Message: err.Error()}}
+}
+
+// changedFields lists the top-level spec fields that differ.
+func changedFields(before, after *spec.App) []string {
+	if before == nil {
+		return nil
+	}
+	var b, a map[string]any
+	bb, _ := json.Marshal(before)
+	ab, _ := json.Marshal(after)
+	_ = json.Unmarshal(bb, &b)
+	_ = json.Unmarshal(ab, &a)
+	var out []string
+	for k := range a {
+		if !reflect.DeepEqual(a[k], b[k]) {
+			out = append(out, k)
+		}
+	}
+	for k := range b {
+		if _, ok := a[k]; !ok {
+			out = append(out, k)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func status(ctx context.Context, s *statusCmd, out io.Writer) error {
+	cl, err := newClient(s.clientFlags)
+	if err != nil {
+		return err
+	}
+	if s.App == "" {
+		var apps []api.AppView
+		if err := cl.do(ctx, "GET", "/v1/apps", nil, &apps); err != nil {
+			return err
+		}
+		return show(out, s.Output, apps, func(w io.Writer) {
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "APP\tGENERATION\tDESIRED\tSTATUS\tUPDATED")
+			for _, a := range apps {
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s ago\n", a.Name, a.Generation, a.DesiredReplicas, a.Status, age(a.UpdatedAt))
+			}
+			tw.Flush()
+		})
+	}
+	var app api.AppView
+	if err := cl.do(ctx, "GET", "/v1/apps/"+s.App, nil, &app); err != nil {
+		return err
+	}
+	var insts []api.InstanceView
+	if err := cl.do(ctx, "GET", "/v1/apps/"+s.App+"/instances", nil, &insts); err != nil {
+		return err
+	}
+	return show(out, s.Output, map[string]any{"app": app, "instances": insts}, func(w io.Writer) {
+		fmt.Fprintf(w, "%s: generation %d, %d of %d replicas running, image %s\n", app.Name, app.Generation, app.ObservedReplicas, app.DesiredReplicas, app.Spec.Image)
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "INSTANCE\tGENERATION\tSTATE\tHEALTH\tADDRESS\tRESTARTS\tAGE")
+		for _, i := range insts {
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%s\n", i.ID, i.Generation, i.State, i.Health, i.Address, i.Restarts, age(i.CreatedAt))
+		}
+		tw.Flush()
+	})
+}
+
+func age(t time.Time) string { return time.Since(t).Round(time.Second).String() }
+
+func events(ctx context.Context, e *eventsCmd, out io.Writer) error {
+	cl, err := newClient(e.clientFlags)
+	if err != nil {
+		return err
+	}
+	path := "/v1/events"
+	if e.App != "" {
+		path += "?app=" + e.App
+	}
+	var evs []api.EventView
+	if err := cl.do(ctx, "GET", path, nil, &evs); err != nil {
+		return err
+	}
+	for _, ev := range evs {
+		printEvent(out, e.Output, ev.At, ev.App, ev.Instance, ev.Kind, ev.Message, ev)
+	}
+	if !e.Follow {
+		return nil
+	}
+	names, err := msg.NewNames(e.Prefix)
+	if err != nil {
+		return err
+	}
+	conn, err := bus.Connect(ctx, bus.Options{URL: e.NATSURL, Name: "scheduler-events"}, zap.NewNop())
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	subject := names.AllEvents()
+	if e.App != "" {
+		subject = names.AppEvents(e.App)
+	}
+	sub, err := conn.Subscribe(subject, bus.Decoded(msg.DecodeAs[*msg.Event], func(_ string, ev *msg.Event) {
+		printEvent(out, e.Output, ev.At, ev.App, ev.Instance, ev.Kind, ev.Message, ev)
+	}, func(string, error) {}))
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return sub.Drain()
+}
+
+func printEvent(out io.Writer, format string, at time.Time, app, instance, kind, message string, v any) {
+	if format == "json" {
+		b, _ := json.Marshal(v)
+		fmt.Fprintln(out, string(b))
+		return
+	}
+	who := app
+	if instance != "" {
+		who += "/" + instance
+	}
+	fmt.Fprintf(out, "%s  %-24s %-20s %s\n", at.Local().Format(time.DateTime), who, kind, message)
+}

@@ -1,0 +1,215 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/internal/testrig"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+)
+
+func TestMain(m *testing.M) { testrig.Main(m) }
+
+// cmd runs the scheduler command line and returns its exit code and output.
+func cmd(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	dir := t.TempDir()
+	out, _ := os.Create(filepath.Join(dir, "out"))
+	errf, _ := os.Create(filepath.Join(dir, "err"))
+	code := run(args, out, errf)
+	out.Close()
+	errf.Close()
+	o, _ := os.ReadFile(filepath.Join(dir, "out"))
+	e, _ := os.ReadFile(filepath.Join(dir, "err"))
+	return code, string(o), string(e)
+}
+
+type replica struct {
+	api  string
+	stop func()
+}
+
+func startReplica(t *testing.T, dbURL, natsURL, id string) *replica {
+	t.Helper()
+	api := fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
+	devnull, _ := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	t.Cleanup(func() { devnull.Close() })
+	c, kctx, _, done := parse([]string{"run", "--database-url", dbURL, "--nats-url", natsURL, "--api-listen", api,
+		"--id", id, "--lease-ttl", "2s", "--resync", "1h"}, devnull, devnull)
+	require.False(t, done)
+	require.Equal(t, "run", kctx.Command())
+	require.NoError(t, c.Run.check())
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- serve(ctx, &c.Run, zaptest.NewLogger(t)) }()
+	var once sync.Once
+	r := &replica{api: "http://" + api, stop: func() {
+		once.Do(func() {
+			cancel()
+			require.NoError(t, <-errc)
+		})
+	}}
+	t.Cleanup(r.stop)
+	testrig.WaitHTTP(t, r.api+"/healthz", 10*time.Second)
+	return r
+}
+
+func appsKV(t *testing.T, natsURL string) *bus.KV {
+	conn, err := bus.Connect(context.Background(), bus.Options{URL: natsURL}, zaptest.NewLogger(t))
+	require.NoError(t, err)
+	t.Cleanup(conn.Close)
+	names, _ := msg.NewNames("berth")
+	require.NoError(t, conn.EnsureBuckets(context.Background(), bus.ContractBuckets(names)))
+	kv, err := conn.KV(context.Background(), names.AppsBucket())
+	require.NoError(t, err)
+	return kv
+}
+
+func published(kv *bus.KV, name string) *msg.App {
+	e, err := kv.Get(context.Background(), name)
+	if err != nil {
+		return nil
+	}
+	a, err := msg.DecodeAs[*msg.App](e.Value)
+	if err != nil {
+		return nil
+	}
+	return a
+}
+
+func TestMigrateCommand(t *testing.T) {
+	t.Parallel()
+	db := testrig.Postgres(t)
+	code, out, _ := cmd(t, "migrate", "status", "--database-url", db)
+	require.Equal(t, 0, code)
+	require.Equal(t, "schema version 0 of 1\n", out)
+	code, out, _ = cmd(t, "migrate", "--database-url", db)
+	require.Equal(t, 0, code)
+	require.Equal(t, "schema version 1 of 1\n", out)
+	// run refuses a database that is behind, unless --migrate.
+	fresh := testrig.Postgres(t)
+	c, _, _, _ := parse([]string{"run", "--database-url", fresh, "--nats-url", testrig.NATS(t)}, nil, nil)
+	require.ErrorContains(t, serve(context.Background(), &c.Run, zaptest.NewLogger(t)), "run scheduler migrate")
+}
+
+func TestCheckConfig(t *testing.T) {
+	t.Parallel()
+	code, _, errOut := cmd(t, "check-config", "--api-listen", "0.0.0.0:7070", "--lease-ttl", "100ms")
+	require.Equal(t, 1, code)
+	for _, want := range []string{"--database-url: must be set", "is not loopback: give --api-token-file", "--lease-ttl (100ms): must be between 1s and 5m"} {
+		require.Contains(t, errOut, want)
+	}
+	code, _, _ = cmd(t, "check-config", "--database-url", "postgres://u:p@h/db")
+	require.Equal(t, 0, code)
+	code, _, _ = cmd(t, "no-such-command")
+	require.Equal(t, 2, code)
+}
+
+func TestReplicasPublishAndFailOver(t *testing.T) {
+	t.Parallel()
+	db, natsURL := testrig.Postgres(t), testrig.NATS(t)
+	code, _, _ := cmd(t, "migrate", "--database-url", db)
+	require.Equal(t, 0, code)
+	kv := appsKV(t, natsURL)
+	a := startReplica(t, db, natsURL, "sched-a")
+	b := startReplica(t, db, natsURL, "sched-b")
+
+	spec := filepath.Join(t.TempDir(), "web.yaml")
+	require.NoError(t, os.WriteFile(spec, []byte("name: web\nimage: web:1\nport: 8080\nreplicas: 2\nrouting: {hosts: [web.example.com]}\n"), 0o644))
+	code, out, errOut := cmd(t, "apply", "-f", spec, "--server", b.api) // any replica serves the API
+	require.Equal(t, 0, code, errOut)
+	require.Equal(t, "web: created, generation 1\n", out)
+
+	var term uint64
+	require.Eventually(t, func() bool {
+		p := published(kv, "web")
+		if p == nil {
+			return false
+		}
+		term = p.Term
+		return p.Generation == 1 && p.Routing.Hosts[0] == "web.example.com"
+	}, 10*time.Second, 20*time.Millisecond, "the leader publishes the app view")
+
+	require.NoError(t, os.WriteFile(spec, []byte("name: web\nimage: web:2\nport: 8080\nreplicas: 2\nrouting: {hosts: [web.example.com]}\n"), 0o644))
+	code, out, _ = cmd(t, "apply", "-f", spec, "--server", a.api)
+	require.Equal(t, 0, code)
+	require.Equal(t, "web: generation 2, changed: image\n", out)
+	code, out, _ = cmd(t, "apply", "-f", spec, "--server", a.api)
+	require.Equal(t, 0, code)
+	require.Equal(t, "web: unchanged, generation 2\n", out)
+
+	// Stop whichever leads; the other takes over and republishes under a new term.
+	leaderAPI := func(r *replica) bool {
+		code, out, _ := cmd(t, "status", "--server", r.api, "-o", "json")
+		return code == 0 && out != ""
+	}
+	require.True(t, leaderAPI(a) && leaderAPI(b))
+	first, second := a, b
+	if p := published(kv, "web"); p != nil && readyRole(t, b.api) == "leader" {
+		first, second = b, a
+	}
+	first.stop()
+	require.Eventually(t, func() bool { return readyRole(t, second.api) == "leader" }, 2*time.Second, 10*time.Millisecond)
+	code, _, _ = cmd(t, "scale", "web", "4", "--server", second.api)
+	require.Equal(t, 0, code)
+	require.Eventually(t, func() bool {
+		p := published(kv, "web")
+		return p != nil && p.Generation == 3 && p.Term > term
+	}, 10*time.Second, 20*time.Millisecond, "the new leader publishes under its new term")
+
+	code, out, _ = cmd(t, "status", "--server", second.api)
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "web")
+	code, out, _ = cmd(t, "status", "web", "--server", second.api)
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "web: generation 3, 0 of 4 replicas running, image web:2")
+	code, out, _ = cmd(t, "rollback", "web", "--server", second.api)
+	require.Equal(t, 0, code, out)
+	require.Contains(t, out, "rolled back")
+	code, _, _ = cmd(t, "rm", "web", "--server", second.api)
+	require.Equal(t, 0, code)
+	require.Eventually(t, func() bool { return published(kv, "web") == nil }, 10*time.Second, 20*time.Millisecond, "a deleted app leaves the bucket")
+	code, out, _ = cmd(t, "events", "--server", second.api)
+	require.Equal(t, 0, code, out)
+}
+
+func readyRole(t *testing.T, api string) string {
+	body := testrig.WaitHTTP(t, api+"/readyz", 5*time.Second)
+	switch {
+	case strings.Contains(body, `"role":"leader"`):
+		return "leader"
+	case strings.Contains(body, `"role":"follower"`):
+		return "follower"
+	}
+	return body
+}
+
+func TestClientErrors(t *testing.T) {
+	t.Parallel()
+	db, natsURL := testrig.Postgres(t), testrig.NATS(t)
+	code, _, _ := cmd(t, "migrate", "--database-url", db)
+	require.Equal(t, 0, code)
+	r := startReplica(t, db, natsURL, "sched-c")
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	require.NoError(t, os.WriteFile(bad, []byte("name: web\nimage: web:1\nport: 99999\nroutng: {}\n"), 0o644))
+	code, _, errOut := cmd(t, "apply", "-f", bad, "--server", r.api)
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "routng: unknown field")
+	require.Contains(t, errOut, "port: (99999) must be between 1 and 65535")
+
+	code, _, errOut = cmd(t, "scale", "nope", "3", "--server", r.api)
+	require.Equal(t, 1, code)
+	require.Contains(t, errOut, "app not found")
+	code, _, errOut = cmd(t, "status", "--server", "http://127.0.0.1:1")
+	require.Equal(t, 1, code)
+	require.Contains(t, errOut, "cannot reach the scheduler")
+}

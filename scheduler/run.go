@@ -1,0 +1,219 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/lifecycle"
+	"github.com/berthhq/berth/common/logging"
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/scheduler/internal/api"
+	"github.com/berthhq/berth/scheduler/internal/leader"
+	"github.com/berthhq/berth/scheduler/internal/publish"
+	"github.com/berthhq/berth/scheduler/internal/store"
+)
+
+// leaseName is the one lease all scheduler replicas of a prefix compete for.
+func leaseName(prefix string) string { return prefix + "-scheduler" }
+
+func run(args []string, stdout, stderr *os.File) int {
+	c, kctx, code, done := parse(args, stdout, stderr)
+	if done {
+		return code
+	}
+	if err := (logging.Options{Level: c.LogLevel, Format: c.LogFormat}).Validate(); err != nil {
+		fmt.Fprintf(stderr, "scheduler: %v\n", err)
+		return exitUsage
+	}
+	logger, _ := logging.New(c.logging(stderr))
+	defer func() { _ = logger.Sync() }()
+	ctx, stop := lifecycle.SignalContext(context.Background(), logger, os.Exit)
+	defer stop()
+
+	switch kctx.Command() {
+	case "check-config":
+		if err := c.CheckConfig.check(); err != nil {
+			fmt.Fprintf(stderr, "scheduler: invalid configuration:\n%v\n", err)
+			return exitFailed
+		}
+		fmt.Fprintln(stdout, "scheduler: configuration is valid")
+		return exitOK
+	case "run":
+		if err := c.Run.check(); err != nil {
+			fmt.Fprintf(stderr, "scheduler: invalid configuration:\n%v\n", err)
+			return exitUsage
+		}
+		if err := serve(ctx, &c.Run, logger); err != nil {
+			logger.Error("scheduler stopped", zap.Error(err))
+			return exitFailed
+		}
+		return exitOK
+	case "migrate", "migrate <action>":
+		return migrate(ctx, &c.Migrate, stdout, stderr)
+	}
+	return runClient(ctx, c, kctx.Command(), stdout, stderr)
+}
+
+func migrate(ctx context.Context, m *migrateCmd, stdout, stderr *os.File) int {
+	st, err := store.Open(ctx, m.DatabaseURL)
+	if err != nil {
+		fmt.Fprintf(stderr, "scheduler: %v\n", err)
+		return exitFailed
+	}
+	defer st.Close()
+	var s store.SchemaStatus
+	if m.Action == "status" {
+		s, err = st.Status(ctx)
+	} else {
+		s, err = st.Migrate(ctx)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "scheduler: %v\n", err)
+		return exitFailed
+	}
+	fmt.Fprintf(stdout, "schema version %d of %d\n", s.Current, s.Latest)
+	return exitOK
+}
+
+// serve runs one scheduler replica until ctx ends.
+func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
+	id := r.id()
+	logger = logger.With(zap.String("replica", id))
+	names, _ := msg.NewNames(r.Prefix)
+	st, err := store.Open(ctx, r.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if r.Migrate {
+		s, err := st.Migrate(ctx)
+		if err != nil {
+			return err
+		}
+		logger.Info("database migrated", zap.Int32("version", s.Current))
+	} else if err := st.CheckSchema(ctx); err != nil {
+		return err
+	}
+
+	natsURL := r.NATS.URL
+	if natsURL == "" {
+		host, port, _ := splitHostPort(r.NATSListen)
+		srv, err := bus.Embedded(bus.EmbeddedOptions{Host: host, Port: port, StoreDir: r.DataDir}, logger)
+		if err != nil {
+			return err
+		}
+		defer srv.Shutdown()
+		natsURL = srv.URL()
+		logger.Info("embedded NATS started", zap.String("url", natsURL))
+	}
+	flags := r.NATS
+	flags.URL = natsURL
+	opts, err := flags.Options("scheduler-" + id)
+	if err != nil {
+		return err
+	}
+	conn, err := bus.Connect(ctx, opts, logger)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := conn.EnsureBuckets(ctx, bus.ContractBuckets(names)); err != nil {
+		logger.Warn("could not ensure buckets yet", zap.Error(err))
+	}
+
+	reg := prometheus.NewRegistry()
+	isLeader := prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_scheduler_is_leader", Help: "1 while this replica leads."})
+	term := prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_scheduler_leader_term", Help: "Lease term of this replica's leadership, 0 when following."})
+	reg.MustRegister(isLeader, term, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	gained := make(chan struct{}, 1)
+	changes := make(chan string, 256)
+	el := leader.New(st, leaseName(r.Prefix), id, r.LeaseTTL, logger)
+	el.OnChange = func(l store.Lease, ok bool) {
+		if ok {
+			isLeader.Set(1)
+			term.Set(float64(l.Term))
+			select {
+			case gained <- struct{}{}:
+			default:
+			}
+		} else {
+			isLeader.Set(0)
+			term.Set(0)
+		}
+	}
+	leading := func() (uint64, bool) { l, ok := el.Leader(); return l.Term, ok }
+	pub := publish.New(st, conn, names, logger)
+
+	var token string
+	if r.APITokenFile != "" {
+		token, _ = readToken(r.APITokenFile)
+	}
+	handler := api.New(st, api.Options{Token: token, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		Role: func() (bool, uint64) { t, ok := leading(); return ok, t }}, logger)
+	httpSrv := &http.Server{Addr: r.APIListen, Handler: handler, ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10}
+
+	group := lifecycle.NewGroup(logger, 15*time.Second)
+	group.Add("leader", el)
+	group.Add("listen", lifecycle.Func(func(ctx context.Context) error {
+		return st.Listen(ctx, []string{store.LeaseChannel, store.AppsChannel}, func(ch, payload string) {
+			switch {
+			case ch == store.LeaseChannel:
+				el.Wake()
+			case payload == "": // reconnected: notifications may be lost
+				select {
+				case gained <- struct{}{}:
+				default:
+				}
+			default:
+				select {
+				case changes <- payload:
+				default: // a full queue: the resync catches up
+				}
+			}
+		})
+	}))
+	group.Add("publish", lifecycle.Func(func(ctx context.Context) error {
+		return pub.Loop(ctx, leading, gained, changes, r.Resync)
+	}))
+	group.Add("api", lifecycle.Func(func(ctx context.Context) error {
+		errc := make(chan error, 1)
+		go func() { errc <- httpSrv.ListenAndServe() }()
+		select {
+		case err := <-errc:
+			return fmt.Errorf("api listener %s: %w", r.APIListen, err)
+		case <-ctx.Done():
+			cctx, cancel := lifecycle.CleanupContext(ctx)
+			defer cancel()
+			return httpSrv.Shutdown(cctx)
+		}
+	}))
+	logger.Info("scheduler started", zap.String("api", r.APIListen), zap.String("database", store.Redact(r.DatabaseURL)))
+	err = group.Run(ctx)
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(p)
+	return host, port, err
+}
