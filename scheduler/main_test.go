@@ -120,6 +120,13 @@ func TestReplicasPublishAndFailOver(t *testing.T) {
 	code, _, _ := cmd(t, "migrate", "--database-url", db)
 	require.Equal(t, 0, code)
 	kv := appsKV(t, natsURL)
+	events := make(chan *msg.Event, 50)
+	econn, err := bus.Connect(context.Background(), bus.Options{URL: natsURL}, zaptest.NewLogger(t))
+	require.NoError(t, err)
+	t.Cleanup(econn.Close)
+	names, _ := msg.NewNames("berth")
+	_, err = econn.Subscribe(names.AllEvents(), bus.Decoded(msg.DecodeAs[*msg.Event], func(_ string, e *msg.Event) { events <- e }, func(string, error) {}))
+	require.NoError(t, err)
 	a := startReplica(t, db, natsURL, "sched-a")
 	b := startReplica(t, db, natsURL, "sched-b")
 
@@ -178,8 +185,23 @@ func TestReplicasPublishAndFailOver(t *testing.T) {
 	code, _, _ = cmd(t, "rm", "web", "--server", second.api)
 	require.Equal(t, 0, code)
 	require.Eventually(t, func() bool { return published(kv, "web") == nil }, 10*time.Second, 20*time.Millisecond, "a deleted app leaves the bucket")
-	code, out, _ = cmd(t, "events", "--server", second.api)
+	code, out, _ = cmd(t, "events", "--app", "web", "--server", second.api)
 	require.Equal(t, 0, code, out)
+	require.Contains(t, out, "app_updated")
+	require.Contains(t, out, "app_deleted")
+
+	// The leader published each lifecycle event on NATS too.
+	kinds := map[string]int{}
+	require.Eventually(t, func() bool {
+		for len(events) > 0 {
+			e := <-events
+			require.Equal(t, "web", e.App)
+			kinds[e.Kind]++
+		}
+		return kinds["app_deleted"] == 1
+	}, 5*time.Second, 10*time.Millisecond)
+	require.GreaterOrEqual(t, kinds["app_updated"], 3)
+	require.Equal(t, 1, kinds["app_deleted"])
 }
 
 func readyRole(t *testing.T, api string) string {

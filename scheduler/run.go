@@ -154,7 +154,7 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 			term.Set(0)
 		}
 	}
-	leading := func() (uint64, bool) { l, ok := el.Leader(); return l.Term, ok }
+	leading := el.Leader
 	pub := publish.New(st, conn, names, logger)
 
 	var token string
@@ -162,7 +162,7 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 		token, _ = readToken(r.APITokenFile)
 	}
 	handler := api.New(st, api.Options{Token: token, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
-		Role: func() (bool, uint64) { t, ok := leading(); return ok, t }}, logger)
+		Role: func() (bool, uint64) { l, ok := leading(); return ok, l.Term }}, logger)
 	httpSrv := &http.Server{Addr: r.APIListen, Handler: handler, ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10}
 

@@ -19,11 +19,14 @@ import (
 	"github.com/berthhq/berth/scheduler/internal/store"
 )
 
-// Apps is what the publisher reads. Safe for concurrent use.
+// Apps is what the publisher reads and writes. Safe for concurrent use.
 type Apps interface {
 	Get(ctx context.Context, name string) (store.App, error)
 	List(ctx context.Context) ([]store.App, error)
+	LeaderTx(ctx context.Context, l store.Lease, fn func(ctx context.Context, tx *store.Tx) error) error
 }
+
+var _ Apps = (*store.Store)(nil)
 
 // View turns a stored app into its v1 message.
 func View(a store.App, term uint64) *msg.App {
@@ -89,8 +92,10 @@ func (p *Publisher) All(ctx context.Context, term uint64) error {
 	return nil
 }
 
-// One puts the app name, or deletes its key when it no longer exists.
-func (p *Publisher) One(ctx context.Context, name string, term uint64) error {
+// One puts the app name, or deletes its key when it no longer exists, and
+// records and publishes the lifecycle event (app_updated, app_deleted)
+// under the leader's lease.
+func (p *Publisher) One(ctx context.Context, name string, l store.Lease) error {
 	kv, err := p.kv(ctx)
 	if err != nil {
 		return fmt.Errorf("publish %s: %w", name, err)
@@ -100,12 +105,38 @@ func (p *Publisher) One(ctx context.Context, name string, term uint64) error {
 		if err := kv.Delete(ctx, name); err != nil {
 			return fmt.Errorf("publish %s: %w", name, err)
 		}
-		return nil
+		return p.event(ctx, l, store.Event{App: name, Kind: "app_deleted", Message: "app " + name + " deleted; its instances are stopped"})
 	}
 	if err != nil {
 		return fmt.Errorf("publish %s: %w", name, err)
 	}
-	return p.put(ctx, kv, a, term)
+	if err := p.put(ctx, kv, a, l.Term); err != nil {
+		return err
+	}
+	return p.event(ctx, l, store.Event{App: name, Kind: "app_updated",
+		Message: fmt.Sprintf("app %s is at generation %d (image %s)", name, a.Generation, a.Spec.Image),
+		Details: map[string]string{"generation": fmt.Sprint(a.Generation), "image": a.Spec.Image}})
+}
+
+// event records e under the lease (fenced) and publishes it on the events subject.
+func (p *Publisher) event(ctx context.Context, l store.Lease, e store.Event) error {
+	var id int64
+	if err := p.apps.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+		var err error
+		id, err = tx.AddEvent(ctx, e)
+		return err
+	}); err != nil {
+		return fmt.Errorf("event %s/%s: %w", e.App, e.Kind, err)
+	}
+	b, err := msg.Encode(&msg.Event{ID: fmt.Sprint(id), App: e.App, Instance: e.Instance, Kind: e.Kind, Message: e.Message,
+		Details: e.Details, Term: l.Term, At: time.Now().UTC()})
+	if err == nil {
+		err = p.conn.Publish(ctx, p.names.EventsSubject(e.App, e.Kind), b)
+	}
+	if err != nil {
+		return fmt.Errorf("event %s/%s: %w", e.App, e.Kind, err)
+	}
+	return nil
 }
 
 func (p *Publisher) put(ctx context.Context, kv *bus.KV, a store.App, term uint64) error {
@@ -122,14 +153,14 @@ func (p *Publisher) put(ctx context.Context, kv *bus.KV, a store.App, term uint6
 // Loop publishes while this replica leads: everything on gaining
 // leadership and after every NATS reconnect, one app on each change name
 // received on changes, and everything every resync as a guard.
-func (p *Publisher) Loop(ctx context.Context, leader func() (uint64, bool), gained <-chan struct{}, changes <-chan string, resync time.Duration) error {
+func (p *Publisher) Loop(ctx context.Context, leader func() (store.Lease, bool), gained <-chan struct{}, changes <-chan string, resync time.Duration) error {
 	reconnected, stop := p.conn.Reconnected()
 	defer stop()
 	tick := time.NewTicker(resync)
 	defer tick.Stop()
 	all := func() {
-		if term, ok := leader(); ok {
-			if err := p.All(ctx, term); err != nil {
+		if l, ok := leader(); ok {
+			if err := p.All(ctx, l.Term); err != nil {
 				p.logger.Warn("publish failed, retrying at the next change or resync", zap.Error(err))
 			}
 		}
@@ -145,8 +176,8 @@ func (p *Publisher) Loop(ctx context.Context, leader func() (uint64, bool), gain
 		case <-tick.C:
 			all()
 		case name := <-changes:
-			if term, ok := leader(); ok {
-				if err := p.One(ctx, name, term); err != nil {
+			if l, ok := leader(); ok {
+				if err := p.One(ctx, name, l); err != nil {
 					p.logger.Warn("publish failed", zap.String(logging.KeyApp, name), zap.Error(err))
 				}
 			}
