@@ -1,0 +1,363 @@
+// Package docker is the scheduler's only door to the Docker Engine (the
+// only importer of the moby client): it lists, creates, starts, stops,
+// removes and inspects Berth's containers, streams their events, and
+// checks and pulls images. It negotiates the API version and returns
+// Berth's own types.
+package docker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/events"
+	"github.com/moby/moby/api/types/network"
+	"github.com/moby/moby/client"
+	"go.uber.org/zap"
+)
+
+// Labels every Berth container carries.
+const (
+	LabelManaged    = "berth.managed"
+	LabelApp        = "berth.app"
+	LabelInstance   = "berth.instance"
+	LabelGeneration = "berth.generation"
+	LabelSpecHash   = "berth.spec-hash"
+	LabelTerm       = "berth.term"
+)
+
+// Errors of the adapter.
+var (
+	// ErrNotFound is a container that does not exist.
+	ErrNotFound = errors.New("docker: no such container")
+	// ErrImageNotFound is an image that is neither present nor pullable.
+	ErrImageNotFound = errors.New("docker: image not found")
+)
+
+// Options configure the client.
+type Options struct {
+	// PublishAddress is the host address container ports are published on
+	// (a Docker-chosen host port) when Network is empty.
+	PublishAddress string
+	// Network, when set, attaches containers to this Docker network and
+	// reaches them by their address on it instead of publishing ports.
+	Network string
+	// RegistryAuth is the base64 auth of a registry (from --registry-auth-file); never logged.
+	RegistryAuth string
+}
+
+// Client talks to the Docker Engine. It is safe for concurrent use.
+type Client struct {
+	c      *client.Client
+	o      Options
+	logger *zap.Logger
+}
+
+// New connects through DOCKER_HOST (or the default socket) and negotiates
+// the API version with the engine.
+func New(o Options, logger *zap.Logger) (*Client, error) {
+	if o.PublishAddress == "" {
+		o.PublishAddress = "127.0.0.1"
+	}
+	if _, err := netip.ParseAddr(o.PublishAddress); err != nil {
+		return nil, fmt.Errorf("publish address %q: must be an IP address", o.PublishAddress)
+	}
+	c, err := client.New(client.FromEnv) // negotiates the API version by default
+	if err != nil {
+		return nil, fmt.Errorf("docker client: %w", err)
+	}
+	return &Client{c: c, o: o, logger: logger.Named("docker")}, nil
+}
+
+// Close releases the client.
+func (c *Client) Close() error { return c.c.Close() }
+
+// Ping checks that the engine answers and returns its API version.
+func (c *Client) Ping(ctx context.Context) (string, error) {
+	p, err := c.c.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true})
+	if err != nil {
+		return "", fmt.Errorf("docker ping: %w", err)
+	}
+	return p.APIVersion, nil
+}
+
+// Container is one of Berth's containers as Docker sees it.
+type Container struct {
+	ID         string
+	Name       string
+	App        string
+	Instance   string
+	Generation int64
+	SpecHash   string
+	Term       uint64
+	// State is Docker's: created, running, paused, restarting, removing, exited, dead.
+	State     string
+	Running   bool
+	OOMKilled bool
+	ExitCode  int
+	// Address is where nginx and healthd reach the app port: the
+	// published 127.0.0.1:port, or the container's address on Network.
+	Address   string
+	StartedAt time.Time
+}
+
+func fromLabels(c *Container, labels map[string]string) {
+	c.App, c.Instance, c.SpecHash = labels[LabelApp], labels[LabelInstance], labels[LabelSpecHash]
+	c.Generation, _ = strconv.ParseInt(labels[LabelGeneration], 10, 64)
+	c.Term, _ = strconv.ParseUint(labels[LabelTerm], 10, 64)
+}
+
+// List returns every container labelled berth.managed=true, running or not.
+func (c *Client) List(ctx context.Context) ([]Container, error) {
+	res, err := c.c.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: client.Filters{}.Add("label", LabelManaged+"=true")})
+	if err != nil {
+		return nil, fmt.Errorf("docker list: %w", err)
+	}
+	out := make([]Container, 0, len(res.Items))
+	for _, s := range res.Items {
+		ct := Container{ID: s.ID, State: string(s.State), Running: s.State == container.StateRunning}
+		if len(s.Names) > 0 {
+			ct.Name = strings.TrimPrefix(s.Names[0], "/")
+		}
+		fromLabels(&ct, s.Labels)
+		out = append(out, ct)
+	}
+	return out, nil
+}
+
+// CreateOptions describe one instance's container.
+type CreateOptions struct {
+	App, Instance string
+	Generation    int64
+	SpecHash      string
+	Term          uint64
+	Image         string
+	Command       []string
+	Env           map[string]string
+	// Port is the container port nginx sends traffic to.
+	Port int
+	// CPU is in cores; Memory in bytes; zero means no limit.
+	CPU    float64
+	Memory int64
+	// StopSignal and StopGrace are what Stop uses by default.
+	StopSignal string
+	StopGrace  time.Duration
+}
+
+// Name is the container name of an instance: berth-<app>-<instance>.
+func Name(app, instance string) string { return "berth-" + app + "-" + instance }
+
+// Create creates (does not start) an instance's container. A missing
+// image is ErrImageNotFound: pull it first.
+func (c *Client) Create(ctx context.Context, o CreateOptions) (string, error) {
+	port, err := network.ParsePort(fmt.Sprintf("%d/tcp", o.Port))
+	if err != nil {
+		return "", fmt.Errorf("docker create %s: port %d: %w", Name(o.App, o.Instance), o.Port, err)
+	}
+	env := make([]string, 0, len(o.Env)+1)
+	for k, v := range o.Env {
+		env = append(env, k+"="+v)
+	}
+	env = append(env, "BERTH_INSTANCE="+o.Instance)
+	grace := int(o.StopGrace / time.Second)
+	cfg := &container.Config{
+		Image: o.Image, Cmd: o.Command, Env: env, ExposedPorts: network.PortSet{port: {}},
+		StopSignal: o.StopSignal, StopTimeout: &grace,
+		Labels: map[string]string{
+			LabelManaged: "true", LabelApp: o.App, LabelInstance: o.Instance,
+			LabelGeneration: strconv.FormatInt(o.Generation, 10), LabelSpecHash: o.SpecHash, LabelTerm: strconv.FormatUint(o.Term, 10),
+		},
+	}
+	host := &container.HostConfig{
+		Resources: container.Resources{NanoCPUs: int64(o.CPU * 1e9), Memory: o.Memory},
+		// Berth restarts instances itself, with backoff and a budget.
+		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyDisabled},
+	}
+	var netCfg *network.NetworkingConfig
+	if c.o.Network == "" {
+		host.PortBindings = network.PortMap{port: {{HostIP: netip.MustParseAddr(c.o.PublishAddress), HostPort: ""}}}
+	} else {
+		host.NetworkMode = container.NetworkMode(c.o.Network)
+		netCfg = &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{c.o.Network: {}}}
+	}
+	res, err := c.c.ContainerCreate(ctx, client.ContainerCreateOptions{Name: Name(o.App, o.Instance), Config: cfg, HostConfig: host, NetworkingConfig: netCfg})
+	if cerrdefs.IsNotFound(err) {
+		return "", fmt.Errorf("docker create %s: image %s: %w", Name(o.App, o.Instance), o.Image, ErrImageNotFound)
+	}
+	if err != nil {
+		return "", fmt.Errorf("docker create %s: %w", Name(o.App, o.Instance), err)
+	}
+	return res.ID, nil
+}
+
+// Start starts a created container.
+func (c *Client) Start(ctx context.Context, id string) error {
+	if _, err := c.c.ContainerStart(ctx, id, client.ContainerStartOptions{}); err != nil {
+		return fmt.Errorf("docker start %s: %w", short(id), notFound(err))
+	}
+	return nil
+}
+
+// Stop sends signal (empty: the container's stop signal) and kills the
+// container after grace.
+func (c *Client) Stop(ctx context.Context, id, signal string, grace time.Duration) error {
+	secs := int(grace / time.Second)
+	if _, err := c.c.ContainerStop(ctx, id, client.ContainerStopOptions{Signal: signal, Timeout: &secs}); err != nil {
+		return fmt.Errorf("docker stop %s: %w", short(id), notFound(err))
+	}
+	return nil
+}
+
+// Remove removes a container, killing it if it still runs.
+func (c *Client) Remove(ctx context.Context, id string) error {
+	if _, err := c.c.ContainerRemove(ctx, id, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true}); err != nil {
+		return fmt.Errorf("docker remove %s: %w", short(id), notFound(err))
+	}
+	return nil
+}
+
+// Inspect returns a container with its address and exit state.
+func (c *Client) Inspect(ctx context.Context, id string) (Container, error) {
+	res, err := c.c.ContainerInspect(ctx, id, client.ContainerInspectOptions{})
+	if err != nil {
+		return Container{}, fmt.Errorf("docker inspect %s: %w", short(id), notFound(err))
+	}
+	r := res.Container
+	ct := Container{ID: r.ID, Name: strings.TrimPrefix(r.Name, "/")}
+	if r.Config != nil {
+		fromLabels(&ct, r.Config.Labels)
+	}
+	if s := r.State; s != nil {
+		ct.State, ct.Running, ct.OOMKilled, ct.ExitCode = string(s.Status), s.Running, s.OOMKilled, s.ExitCode
+		ct.StartedAt, _ = time.Parse(time.RFC3339Nano, s.StartedAt)
+	}
+	if ns := r.NetworkSettings; ns != nil {
+		if c.o.Network != "" {
+			if ep := ns.Networks[c.o.Network]; ep != nil && ep.IPAddress.IsValid() && r.Config != nil {
+				for p := range r.Config.ExposedPorts {
+					ct.Address = net.JoinHostPort(ep.IPAddress.String(), strconv.Itoa(int(p.Num())))
+				}
+			}
+		} else {
+			for _, bindings := range ns.Ports {
+				for _, b := range bindings {
+					if b.HostIP.String() == c.o.PublishAddress && b.HostPort != "" {
+						ct.Address = net.JoinHostPort(c.o.PublishAddress, b.HostPort)
+					}
+				}
+			}
+		}
+	}
+	return ct, nil
+}
+
+// ImagePresent reports whether ref is in the local image store.
+func (c *Client) ImagePresent(ctx context.Context, ref string) (bool, error) {
+	_, err := c.c.ImageInspect(ctx, ref)
+	if cerrdefs.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("docker image %s: %w", ref, err)
+	}
+	return true, nil
+}
+
+// Pull fetches ref, bounded by timeout. Any failure names the image and
+// wraps ErrImageNotFound when the registry has no such image.
+func (c *Client) Pull(ctx context.Context, ref string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	resp, err := c.c.ImagePull(ctx, ref, client.ImagePullOptions{RegistryAuth: c.o.RegistryAuth})
+	if err == nil {
+		err = resp.Wait(ctx)
+		resp.Close()
+	}
+	switch {
+	case err == nil:
+		return nil
+	case cerrdefs.IsNotFound(err):
+		return fmt.Errorf("pull %s: %w", ref, ErrImageNotFound)
+	}
+	return fmt.Errorf("pull %s: %w", ref, err)
+}
+
+// Event is a container event of one of Berth's containers.
+type Event struct {
+	// Action is start, die, oom, kill, stop, destroy or health_status.
+	Action      string
+	ContainerID string
+	App         string
+	Instance    string
+	ExitCode    int
+	Time        time.Time
+}
+
+// Events streams the events of Berth's containers to handle until ctx
+// ends. After the stream breaks it reconnects with backoff and calls
+// resync, since events sent meanwhile are lost: the caller re-lists.
+func (c *Client) Events(ctx context.Context, handle func(Event), resync func()) error {
+	backoff := 100 * time.Millisecond
+	for {
+		started := time.Now()
+		err := c.streamEvents(ctx, handle)
+		if ctx.Err() != nil {
+			return nil
+		}
+		c.logger.Warn("docker event stream broke, reconnecting", zap.Error(err), zap.Duration("wait", backoff))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		if time.Since(started) > time.Minute {
+			backoff = 100 * time.Millisecond
+		} else {
+			backoff = min(backoff*2, 5*time.Second)
+		}
+		resync()
+	}
+}
+
+func (c *Client) streamEvents(ctx context.Context, handle func(Event)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	res := c.c.Events(ctx, client.EventsListOptions{Filters: client.Filters{}.
+		Add("type", string(events.ContainerEventType)).Add("label", LabelManaged+"=true")})
+	for {
+		select {
+		case m := <-res.Messages:
+			action := string(m.Action)
+			if i := strings.IndexByte(action, ':'); i > 0 { // "health_status: healthy"
+				action = action[:i]
+			}
+			e := Event{Action: action, ContainerID: m.Actor.ID, App: m.Actor.Attributes[LabelApp],
+				Instance: m.Actor.Attributes[LabelInstance], Time: time.Unix(0, m.TimeNano)}
+			e.ExitCode, _ = strconv.Atoi(m.Actor.Attributes["exitCode"])
+			handle(e)
+		case err := <-res.Err:
+			return err
+		}
+	}
+}
+
+func notFound(err error) error {
+	if cerrdefs.IsNotFound(err) {
+		return fmt.Errorf("%w: %v", ErrNotFound, err)
+	}
+	return err
+}
+
+func short(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}

@@ -1,0 +1,149 @@
+package docker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os/exec"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/berthhq/berth/internal/testrig"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+)
+
+func newClient(t *testing.T) *Client {
+	t.Helper()
+	testrig.Docker(t)
+	c, err := New(Options{PublishAddress: "127.0.0.1"}, zaptest.NewLogger(t))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// create makes a container of the demo image and removes it at cleanup.
+func create(t *testing.T, c *Client, instance string, env map[string]string) string {
+	t.Helper()
+	ctx := context.Background()
+	id, err := c.Create(ctx, CreateOptions{App: "dockertest", Instance: instance, Generation: 3, SpecHash: "abc", Term: 7,
+		Image: testrig.DemoImage(t, "v1"), Env: env, Port: testrig.DemoPort, CPU: 0.5, Memory: 64 << 20,
+		StopSignal: "SIGTERM", StopGrace: 5 * time.Second})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Remove(context.Background(), id) })
+	return id
+}
+
+func TestLifecycle(t *testing.T) {
+	t.Parallel()
+	c := newClient(t)
+	ctx := context.Background()
+	v, err := c.Ping(ctx)
+	require.NoError(t, err)
+	require.NotEmpty(t, v)
+
+	inst := fmt.Sprintf("l%d", time.Now().UnixNano()%1e9)
+	id := create(t, c, inst, map[string]string{"DEMO_VERSION": "from-env"})
+	require.NoError(t, c.Start(ctx, id))
+	ct, err := c.Inspect(ctx, id)
+	require.NoError(t, err)
+	require.True(t, ct.Running)
+	require.Equal(t, Name("dockertest", inst), ct.Name)
+	require.Equal(t, "dockertest", ct.App)
+	require.Equal(t, inst, ct.Instance)
+	require.Equal(t, int64(3), ct.Generation)
+	require.Equal(t, uint64(7), ct.Term)
+	host, _, err := net.SplitHostPort(ct.Address)
+	require.NoError(t, err)
+	require.Equal(t, "127.0.0.1", host, "published on 127.0.0.1 only")
+
+	var reply struct{ Instance, Version string }
+	require.NoError(t, json.Unmarshal([]byte(testrig.WaitHTTP(t, "http://"+ct.Address+"/", 20*time.Second)), &reply))
+	require.Equal(t, inst, reply.Instance, "BERTH_INSTANCE reaches the container")
+	require.Equal(t, "from-env", reply.Version)
+
+	list, err := c.List(ctx)
+	require.NoError(t, err)
+	found := false
+	for _, l := range list {
+		if l.ID == id {
+			found = true
+			require.True(t, l.Running)
+			require.Equal(t, inst, l.Instance)
+		}
+	}
+	require.True(t, found, "List finds labelled containers")
+
+	require.NoError(t, c.Stop(ctx, id, "SIGTERM", 5*time.Second))
+	ct, err = c.Inspect(ctx, id)
+	require.NoError(t, err)
+	require.False(t, ct.Running)
+	require.Equal(t, 0, ct.ExitCode, "the demo app exits cleanly on SIGTERM")
+
+	require.NoError(t, c.Remove(ctx, id))
+	_, err = c.Inspect(ctx, id)
+	require.ErrorIs(t, err, ErrNotFound)
+	require.ErrorIs(t, c.Start(ctx, id), ErrNotFound)
+}
+
+func TestEventsSeeAKill(t *testing.T) {
+	t.Parallel()
+	c := newClient(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var mu sync.Mutex
+	var seen []Event
+	go func() {
+		_ = c.Events(ctx, func(e Event) {
+			mu.Lock()
+			seen = append(seen, e)
+			mu.Unlock()
+		}, func() {})
+	}()
+	time.Sleep(200 * time.Millisecond) // the stream is open
+	inst := fmt.Sprintf("k%d", time.Now().UnixNano()%1e9)
+	id := create(t, c, inst, nil)
+	require.NoError(t, c.Start(context.Background(), id))
+	out, err := exec.Command("docker", "kill", id).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		var started, died bool
+		for _, e := range seen {
+			if e.ContainerID == id && e.Instance == inst && e.App == "dockertest" {
+				started = started || e.Action == "start"
+				died = died || e.Action == "die" && e.ExitCode == 137
+			}
+		}
+		return started && died
+	}, 10*time.Second, 10*time.Millisecond, "start and die (exit 137) events of the killed container")
+}
+
+func TestMissingImage(t *testing.T) {
+	t.Parallel()
+	c := newClient(t)
+	ctx := context.Background()
+	// A registry on a closed loopback port: the pull fails at once and no
+	// traffic leaves the machine.
+	ref := "127.0.0.1:1/berth/nonexistent:v9"
+	present, err := c.ImagePresent(ctx, ref)
+	require.NoError(t, err)
+	require.False(t, present)
+	err = c.Pull(ctx, ref, 10*time.Second)
+	require.Error(t, err)
+	require.Contains(t, err.Error(), ref)
+	_, err = c.Create(ctx, CreateOptions{App: "dockertest", Instance: "missing", Image: ref, Port: 8080})
+	require.ErrorIs(t, err, ErrImageNotFound)
+	present, err = c.ImagePresent(ctx, testrig.DemoImage(t, "v1"))
+	require.NoError(t, err)
+	require.True(t, present)
+}
+
+func TestNewRefusesBadPublishAddress(t *testing.T) {
+	t.Parallel()
+	_, err := New(Options{PublishAddress: "localhost"}, zaptest.NewLogger(t))
+	require.ErrorContains(t, err, "must be an IP address")
+}
