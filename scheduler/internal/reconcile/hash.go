@@ -1,0 +1,27 @@
+package reconcile
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+
+	"github.com/berthhq/berth/common/spec"
+)
+
+// SpecHash identifies what a container is made of: image, command, the
+// final environment, port, resources and stop signal. Instances whose hash
+// differs from the desired one are replaced by a rolling update. Replicas,
+// scaling, routing, load balancing, health checks and timings are not in
+// it, so changing them restarts nothing.
+func SpecHash(a *spec.App, env map[string]string) string {
+	b, _ := json.Marshal(struct {
+		Image     string            `json:"image"`
+		Command   []string          `json:"command"`
+		Env       map[string]string `json:"env"` // json sorts map keys
+		Port      int               `json:"port"`
+		Resources spec.Resources    `json:"resources"`
+		Signal    string            `json:"signal"`
+	}{a.Image, a.Command, env, a.Port, a.Resources, a.Stop.Signal})
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}

@@ -1,0 +1,41 @@
+package reconcile
+
+import (
+	"testing"
+
+	"github.com/berthhq/berth/common/spec"
+	"github.com/stretchr/testify/require"
+)
+
+func TestSpecHash(t *testing.T) {
+	t.Parallel()
+	base, err := spec.Load([]byte("name: web\nimage: web:1\nport: 8080\nreplicas: 2\nenv: {A: '1'}\n"))
+	require.NoError(t, err)
+	h := SpecHash(base, base.Env)
+	require.Len(t, h, 16)
+	require.Equal(t, h, SpecHash(base, map[string]string{"A": "1"}), "stable")
+
+	same := []string{
+		"name: web\nimage: web:1\nport: 8080\nreplicas: 7\nenv: {A: '1'}\n",
+		"name: web\nimage: web:1\nport: 8080\nreplicas: 2\nenv: {A: '1'}\nrouting: {hosts: [web.example.com]}\n",
+		"name: web\nimage: web:1\nport: 8080\nreplicas: 2\nenv: {A: '1'}\nhealth: {path: /ready}\nlb: {method: least_conn}\n",
+		"name: web\nimage: web:1\nport: 8080\nreplicas: 2\nenv: {A: '1'}\nupdate: {max_surge: 2}\nstop: {drain: 1s}\n",
+	}
+	for _, src := range same {
+		a, err := spec.Load([]byte(src))
+		require.NoError(t, err)
+		require.Equal(t, h, SpecHash(a, a.Env), "no restart for: %s", src)
+	}
+	differs := []string{
+		"name: web\nimage: web:2\nport: 8080\nreplicas: 2\nenv: {A: '1'}\n",
+		"name: web\nimage: web:1\nport: 8080\nreplicas: 2\nenv: {A: '2'}\n",
+		"name: web\nimage: web:1\nport: 9090\nreplicas: 2\nenv: {A: '1'}\n",
+		"name: web\nimage: web:1\nport: 8080\nreplicas: 2\nenv: {A: '1'}\ncommand: [/web, -v]\n",
+		"name: web\nimage: web:1\nport: 8080\nreplicas: 2\nenv: {A: '1'}\nresources: {memory: 128Mi}\n",
+	}
+	for _, src := range differs {
+		a, err := spec.Load([]byte(src))
+		require.NoError(t, err)
+		require.NotEqual(t, h, SpecHash(a, a.Env), "a rollout for: %s", src)
+	}
+}
