@@ -253,15 +253,17 @@ type Instance struct {
 	Health      string
 	Restarts    int
 	Term        uint64
+	SpecHash    string
+	StartedAt   *time.Time
 	CreatedAt   time.Time
 	UpdatedAt   time.Time
 }
 
-// Instances returns the instances of app, oldest first.
+// Instances returns the instances of app (every app when empty), oldest first.
 func (s *Store) Instances(ctx context.Context, app string) ([]Instance, error) {
 	rows, err := s.pool.Query(ctx, `
-		SELECT id, app, generation, container_id, address, state, health, restarts, term, created_at, updated_at
-		FROM instances WHERE app = $1 ORDER BY created_at, id`, app)
+		SELECT id, app, generation, container_id, address, state, health, restarts, term, spec_hash, started_at, created_at, updated_at
+		FROM instances WHERE $1 = '' OR app = $1 ORDER BY created_at, id`, app)
 	if err != nil {
 		return nil, fmt.Errorf("instances of %s: %w", app, redact(err))
 	}
@@ -270,11 +272,54 @@ func (s *Store) Instances(ctx context.Context, app string) ([]Instance, error) {
 	for rows.Next() {
 		var i Instance
 		var term int64
-		if err := rows.Scan(&i.ID, &i.App, &i.Generation, &i.ContainerID, &i.Address, &i.State, &i.Health, &i.Restarts, &term, &i.CreatedAt, &i.UpdatedAt); err != nil {
+		if err := rows.Scan(&i.ID, &i.App, &i.Generation, &i.ContainerID, &i.Address, &i.State, &i.Health, &i.Restarts, &term, &i.SpecHash, &i.StartedAt, &i.CreatedAt, &i.UpdatedAt); err != nil {
 			return nil, fmt.Errorf("instances of %s: %w", app, err)
 		}
 		i.Term = uint64(term)
 		out = append(out, i)
+	}
+	return out, rows.Err()
+}
+
+// PutInstance writes an instance record under the transaction's term.
+func (t *Tx) PutInstance(ctx context.Context, i Instance) error {
+	_, err := t.tx.Exec(ctx, `
+		INSERT INTO instances (id, app, generation, container_id, address, state, health, restarts, term, spec_hash, started_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+		ON CONFLICT (id) DO UPDATE SET generation = EXCLUDED.generation, container_id = EXCLUDED.container_id,
+			address = EXCLUDED.address, state = EXCLUDED.state, health = EXCLUDED.health, restarts = EXCLUDED.restarts,
+			term = EXCLUDED.term, spec_hash = EXCLUDED.spec_hash, started_at = EXCLUDED.started_at, updated_at = now()`,
+		i.ID, i.App, i.Generation, i.ContainerID, i.Address, i.State, i.Health, i.Restarts, int64(t.term), i.SpecHash, i.StartedAt)
+	if err != nil {
+		return fmt.Errorf("put instance %s/%s: %w", i.App, i.ID, redact(err))
+	}
+	return nil
+}
+
+// DeleteInstance removes an instance record.
+func (t *Tx) DeleteInstance(ctx context.Context, id string) error {
+	if _, err := t.tx.Exec(ctx, `DELETE FROM instances WHERE id = $1`, id); err != nil {
+		return fmt.Errorf("delete instance %s: %w", id, redact(err))
+	}
+	return nil
+}
+
+// Restarts returns when each app had an instance replaced after a failure,
+// since since: the restart budget's history.
+func (s *Store) Restarts(ctx context.Context, since time.Time) (map[string][]time.Time, error) {
+	rows, err := s.pool.Query(ctx, `SELECT app, at FROM events WHERE kind = 'instance_replaced' AND at >= $1`, since)
+	if err != nil {
+		return nil, fmt.Errorf("restarts: %w", redact(err))
+	}
+	defer rows.Close()
+	out := map[string][]time.Time{}
+	for rows.Next() {
+		var app string
+		var at time.Time
+		if err := rows.Scan(&app, &at); err != nil {
+			return nil, err
+		}
+		out[app] = append(out[app], at)
 	}
 	return out, rows.Err()
 }

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/berthhq/berth/common/spec"
 	"github.com/stretchr/testify/require"
@@ -103,4 +104,46 @@ func TestScaleAndRollbackErrors(t *testing.T) {
 	require.NoError(t, err)
 	_, err = s.Scale(ctx, "fixed", 5000)
 	require.ErrorContains(t, err, "replicas: (5000) must be between 0 and 1000")
+}
+
+func TestInstanceRecordsAndRestarts(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := open(t)
+	l, _, err := s.Acquire(ctx, "scheduler", "a", time.Minute)
+	require.NoError(t, err)
+	started := time.Now().UTC().Truncate(time.Millisecond)
+	require.NoError(t, s.LeaderTx(ctx, l, func(ctx context.Context, tx *Tx) error {
+		if err := tx.PutInstance(ctx, Instance{ID: "a1", App: "web", Generation: 2, State: "creating", Health: "unknown", SpecHash: "h1"}); err != nil {
+			return err
+		}
+		if err := tx.PutInstance(ctx, Instance{ID: "a1", App: "web", Generation: 2, ContainerID: "c1", Address: "127.0.0.1:1", State: "running",
+			Health: "unknown", SpecHash: "h1", StartedAt: &started}); err != nil {
+			return err
+		}
+		if err := tx.PutInstance(ctx, Instance{ID: "b1", App: "api", Generation: 1, State: "running", SpecHash: "h2"}); err != nil {
+			return err
+		}
+		_, err := tx.AddEvent(ctx, Event{App: "web", Instance: "z9", Kind: "instance_replaced", Message: "died"})
+		return err
+	}))
+	all, err := s.Instances(ctx, "")
+	require.NoError(t, err)
+	require.Len(t, all, 2)
+	web, err := s.Instances(ctx, "web")
+	require.NoError(t, err)
+	require.Len(t, web, 1)
+	require.Equal(t, "running", web[0].State)
+	require.Equal(t, "h1", web[0].SpecHash)
+	require.Equal(t, uint64(1), web[0].Term)
+	require.Equal(t, started, web[0].StartedAt.UTC())
+
+	require.NoError(t, s.LeaderTx(ctx, l, func(ctx context.Context, tx *Tx) error { return tx.DeleteInstance(ctx, "a1") }))
+	web, err = s.Instances(ctx, "web")
+	require.NoError(t, err)
+	require.Empty(t, web)
+
+	r, err := s.Restarts(ctx, time.Now().Add(-time.Hour))
+	require.NoError(t, err)
+	require.Len(t, r["web"], 1)
 }
