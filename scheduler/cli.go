@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/berthhq/berth/common/bus"
 	"github.com/berthhq/berth/common/logging"
 	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
 )
 
 // Exit codes of every subcommand.
@@ -50,7 +52,18 @@ type runCmd struct {
 	Prefix       string        `help:"Prefix of every NATS bucket and subject." default:"berth" env:"BERTH_SCHEDULER_PREFIX"`
 	ID           string        `help:"This replica's id in the lease (default: host name and pid)." default:"" env:"BERTH_SCHEDULER_ID"`
 	LeaseTTL     time.Duration `name:"lease-ttl" help:"Leader lease TTL; renewed every third of it." default:"10s" env:"BERTH_SCHEDULER_LEASE_TTL"`
-	Resync       time.Duration `help:"Republish every app this often while leading." default:"30s" env:"BERTH_SCHEDULER_RESYNC"`
+	Resync       time.Duration `help:"Republish every app and run a full reconcile this often while leading." default:"30s" env:"BERTH_SCHEDULER_RESYNC"`
+
+	MaxParallel    int           `name:"max-parallel" help:"Container actions in flight at once." default:"4" env:"BERTH_SCHEDULER_MAX_PARALLEL"`
+	PublishAddress string        `name:"publish-address" help:"Host address container ports are published on (Docker picks the port)." default:"127.0.0.1" env:"BERTH_SCHEDULER_PUBLISH_ADDRESS"`
+	Network        string        `help:"Docker network to attach containers to and reach them on, instead of publishing ports." default:"" env:"BERTH_SCHEDULER_NETWORK"`
+	PullTimeout    time.Duration `name:"pull-timeout" help:"Bound on one image pull." default:"5m" env:"BERTH_SCHEDULER_PULL_TIMEOUT"`
+	StartTimeout   time.Duration `name:"start-timeout" help:"Bound on creating and starting a container; older creating/starting instances are stale." default:"1m" env:"BERTH_SCHEDULER_START_TIMEOUT"`
+	RegistryAuth   string        `name:"registry-auth-file" help:"Docker config.json with registry credentials (never logged)." default:"" env:"BERTH_SCHEDULER_REGISTRY_AUTH_FILE" type:"path"`
+	DefaultCPU     float64       `name:"default-cpu" help:"CPU limit (cores) for apps that set none; 0 for none." default:"1" env:"BERTH_SCHEDULER_DEFAULT_CPU"`
+	DefaultMemory  string        `name:"default-memory" help:"Memory limit for apps that set none (256Mi, 1Gi); 0 for none." default:"512Mi" env:"BERTH_SCHEDULER_DEFAULT_MEMORY"`
+	AppEnvPrefix   string        `name:"app-env-prefix" help:"Pass the scheduler's env vars with this prefix (stripped) to every app." default:"" env:"BERTH_SCHEDULER_APP_ENV_PREFIX"`
+	AppEnvBlock    []string      `name:"app-env-block" help:"Name patterns never passed through (PATH, HOME, HOSTNAME and BERTH_SCHEDULER_* always are)." default:"" env:"BERTH_SCHEDULER_APP_ENV_BLOCK"`
 }
 
 type migrateCmd struct {
@@ -129,6 +142,21 @@ func (r *runCmd) check() error {
 	}
 	if r.Resync < time.Second {
 		errs = append(errs, fmt.Errorf("--resync (%s): must be at least 1s", r.Resync))
+	}
+	if r.MaxParallel < 1 || r.MaxParallel > 256 {
+		errs = append(errs, fmt.Errorf("--max-parallel (%d): must be between 1 and 256", r.MaxParallel))
+	}
+	if _, err := netip.ParseAddr(r.PublishAddress); err != nil {
+		errs = append(errs, fmt.Errorf("--publish-address %q: must be an IP address", r.PublishAddress))
+	}
+	if r.PullTimeout <= 0 || r.StartTimeout <= 0 {
+		errs = append(errs, errors.New("--pull-timeout and --start-timeout must be positive"))
+	}
+	if _, err := spec.ParseByteSize(r.DefaultMemory); err != nil {
+		errs = append(errs, fmt.Errorf("--default-memory: %w", err))
+	}
+	if r.DefaultCPU < 0 {
+		errs = append(errs, errors.New("--default-cpu must not be negative"))
 	}
 	if r.NATS.URL != "" {
 		if _, err := r.NATS.Options("scheduler"); err != nil {

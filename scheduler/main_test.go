@@ -38,13 +38,13 @@ type replica struct {
 	stop func()
 }
 
-func startReplica(t *testing.T, dbURL, natsURL, id string) *replica {
+func startReplica(t *testing.T, dbURL, natsURL, id string, extra ...string) *replica {
 	t.Helper()
 	api := fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
 	devnull, _ := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 	t.Cleanup(func() { devnull.Close() })
-	c, kctx, _, done := parse([]string{"run", "--database-url", dbURL, "--nats-url", natsURL, "--api-listen", api,
-		"--id", id, "--lease-ttl", "2s", "--resync", "1h"}, devnull, devnull)
+	c, kctx, _, done := parse(append([]string{"run", "--database-url", dbURL, "--nats-url", natsURL, "--api-listen", api,
+		"--id", id, "--lease-ttl", "2s", "--resync", "1h"}, extra...), devnull, devnull)
 	require.False(t, done)
 	require.Equal(t, "run", kctx.Command())
 	require.NoError(t, c.Run.check())

@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,7 +22,12 @@ import (
 	"github.com/berthhq/berth/common/lifecycle"
 	"github.com/berthhq/berth/common/logging"
 	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/common/view"
 	"github.com/berthhq/berth/scheduler/internal/api"
+	"github.com/berthhq/berth/scheduler/internal/appenv"
+	"github.com/berthhq/berth/scheduler/internal/controller"
+	"github.com/berthhq/berth/scheduler/internal/docker"
 	"github.com/berthhq/berth/scheduler/internal/leader"
 	"github.com/berthhq/berth/scheduler/internal/publish"
 	"github.com/berthhq/berth/scheduler/internal/store"
@@ -138,11 +146,18 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	term := prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_scheduler_leader_term", Help: "Lease term of this replica's leadership, 0 when following."})
 	reg.MustRegister(isLeader, term, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	var ctl *controller.Controller
+	wakeCtl := func() {
+		if ctl != nil {
+			ctl.Wake()
+		}
+	}
 	gained := make(chan struct{}, 1)
 	changes := make(chan string, 256)
 	el := leader.New(st, leaseName(r.Prefix), id, r.LeaseTTL, logger)
 	el.OnChange = func(l store.Lease, ok bool) {
 		if ok {
+			wakeCtl()
 			isLeader.Set(1)
 			term.Set(float64(l.Term))
 			select {
@@ -156,6 +171,23 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	}
 	leading := el.Leader
 	pub := publish.New(st, conn, names, logger)
+
+	// The data plane: Docker, health and agents, and the controller.
+	auth, err := registryAuth(r.RegistryAuth)
+	if err != nil {
+		return err
+	}
+	dk, err := docker.New(docker.Options{Prefix: r.Prefix, PublishAddress: r.PublishAddress, Network: r.Network, RegistryAuth: auth}, logger)
+	if err != nil {
+		return err
+	}
+	defer dk.Close()
+	mem, _ := spec.ParseByteSize(r.DefaultMemory)
+	healthTbl := view.NewTable(view.NoTerm[*msg.Health], wakeCtl)
+	agentsTbl := view.NewTable(view.NoTerm[*msg.Agent], nil)
+	ctl = controller.New(controller.Config{MaxParallel: r.MaxParallel, Resync: r.Resync, PullTimeout: r.PullTimeout, StartTimeout: r.StartTimeout,
+		DefaultCPU: r.DefaultCPU, DefaultMemory: int64(mem), Env: appenv.Policy{Prefix: r.AppEnvPrefix, Block: r.AppEnvBlock}, Environ: os.Environ()},
+		st, dk, conn, names, el.Leader, healthTbl, agentsTbl, logger)
 
 	var token string
 	if r.APITokenFile != "" {
@@ -179,6 +211,7 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 				default:
 				}
 			default:
+				wakeCtl()
 				select {
 				case changes <- payload:
 				default: // a full queue: the resync catches up
@@ -186,6 +219,9 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 			}
 		})
 	}))
+	group.Add("watch-health", bus.NewWatcher(conn, names.HealthBucket(), decodeMsg[*msg.Health], healthTbl.Handler(), logger))
+	group.Add("watch-agents", bus.NewWatcher(conn, names.AgentsBucket(), decodeMsg[*msg.Agent], agentsTbl.Handler(), logger))
+	group.Add("controller", ctl)
 	group.Add("publish", lifecycle.Func(func(ctx context.Context) error {
 		return pub.Loop(ctx, leading, gained, changes, r.Resync)
 	}))
@@ -207,6 +243,38 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 		return nil
 	}
 	return err
+}
+
+func decodeMsg[T msg.Message](_ string, data []byte) (T, error) { return msg.DecodeAs[T](data) }
+
+// registryAuth reads the first registry's auth from a Docker config.json
+// (as the base64 value Docker's API expects); empty path, no auth.
+func registryAuth(path string) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--registry-auth-file: %w", err)
+	}
+	var cfg struct {
+		Auths map[string]struct {
+			Auth string `json:"auth"`
+		} `json:"auths"`
+	}
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return "", fmt.Errorf("--registry-auth-file %s: not a Docker config.json: %w", path, err)
+	}
+	for server, a := range cfg.Auths {
+		raw, err := base64.StdEncoding.DecodeString(a.Auth)
+		user, pass, ok := strings.Cut(string(raw), ":")
+		if err != nil || !ok {
+			return "", fmt.Errorf("--registry-auth-file %s: the auth of %s is not base64 user:password", path, server)
+		}
+		js, _ := json.Marshal(map[string]string{"username": user, "password": pass, "serveraddress": server})
+		return base64.URLEncoding.EncodeToString(js), nil
+	}
+	return "", nil
 }
 
 func splitHostPort(addr string) (string, int, error) {

@@ -31,6 +31,10 @@ const (
 	LabelGeneration = "berth.generation"
 	LabelSpecHash   = "berth.spec-hash"
 	LabelTerm       = "berth.term"
+	// LabelPrefix is the environment (--prefix) a container belongs to:
+	// several Berth environments can share one Docker host, and each
+	// scheduler only sees, adopts and removes its own.
+	LabelPrefix = "berth.prefix"
 )
 
 // Errors of the adapter.
@@ -43,6 +47,9 @@ var (
 
 // Options configure the client.
 type Options struct {
+	// Prefix is the environment this client manages; containers of other
+	// prefixes are invisible to it. Required.
+	Prefix string
 	// PublishAddress is the host address container ports are published on
 	// (a Docker-chosen host port) when Network is empty.
 	PublishAddress string
@@ -63,6 +70,9 @@ type Client struct {
 // New connects through DOCKER_HOST (or the default socket) and negotiates
 // the API version with the engine.
 func New(o Options, logger *zap.Logger) (*Client, error) {
+	if o.Prefix == "" {
+		return nil, errors.New("docker client: a prefix (environment) is required")
+	}
 	if o.PublishAddress == "" {
 		o.PublishAddress = "127.0.0.1"
 	}
@@ -114,9 +124,15 @@ func fromLabels(c *Container, labels map[string]string) {
 	c.Term, _ = strconv.ParseUint(labels[LabelTerm], 10, 64)
 }
 
-// List returns every container labelled berth.managed=true, running or not.
+// mine filters Berth's containers of this client's prefix.
+func (c *Client) mine() client.Filters {
+	return client.Filters{}.Add("label", LabelManaged+"=true", LabelPrefix+"="+c.o.Prefix)
+}
+
+// List returns every container labelled berth.managed=true of this
+// client's prefix, running or not.
 func (c *Client) List(ctx context.Context) ([]Container, error) {
-	res, err := c.c.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: client.Filters{}.Add("label", LabelManaged+"=true")})
+	res, err := c.c.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: c.mine()})
 	if err != nil {
 		return nil, fmt.Errorf("docker list: %w", err)
 	}
@@ -171,7 +187,7 @@ func (c *Client) Create(ctx context.Context, o CreateOptions) (string, error) {
 		Image: o.Image, Cmd: o.Command, Env: env, ExposedPorts: network.PortSet{port: {}},
 		StopSignal: o.StopSignal, StopTimeout: &grace,
 		Labels: map[string]string{
-			LabelManaged: "true", LabelApp: o.App, LabelInstance: o.Instance,
+			LabelManaged: "true", LabelPrefix: c.o.Prefix, LabelApp: o.App, LabelInstance: o.Instance,
 			LabelGeneration: strconv.FormatInt(o.Generation, 10), LabelSpecHash: o.SpecHash, LabelTerm: strconv.FormatUint(o.Term, 10),
 		},
 	}
@@ -329,8 +345,7 @@ func (c *Client) Events(ctx context.Context, handle func(Event), resync func()) 
 func (c *Client) streamEvents(ctx context.Context, handle func(Event)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	res := c.c.Events(ctx, client.EventsListOptions{Filters: client.Filters{}.
-		Add("type", string(events.ContainerEventType)).Add("label", LabelManaged+"=true")})
+	res := c.c.Events(ctx, client.EventsListOptions{Filters: c.mine().Add("type", string(events.ContainerEventType))})
 	for {
 		select {
 		case m := <-res.Messages:

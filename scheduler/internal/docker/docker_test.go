@@ -18,7 +18,7 @@ import (
 func newClient(t *testing.T) *Client {
 	t.Helper()
 	testrig.Docker(t)
-	c, err := New(Options{PublishAddress: "127.0.0.1"}, zaptest.NewLogger(t))
+	c, err := New(Options{Prefix: fmt.Sprintf("dockertest%d", time.Now().UnixNano()%1e9), PublishAddress: "127.0.0.1"}, zaptest.NewLogger(t))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = c.Close() })
 	return c
@@ -66,6 +66,13 @@ func TestLifecycle(t *testing.T) {
 
 	list, err := c.List(ctx)
 	require.NoError(t, err)
+	other, err := New(Options{Prefix: "someone-else"}, zaptest.NewLogger(t))
+	require.NoError(t, err)
+	theirs, err := other.List(ctx)
+	require.NoError(t, err)
+	for _, l := range theirs {
+		require.NotEqual(t, id, l.ID, "another prefix's client never sees this container")
+	}
 	found := false
 	for _, l := range list {
 		if l.ID == id {
@@ -144,6 +151,8 @@ func TestMissingImage(t *testing.T) {
 
 func TestNewRefusesBadPublishAddress(t *testing.T) {
 	t.Parallel()
-	_, err := New(Options{PublishAddress: "localhost"}, zaptest.NewLogger(t))
+	_, err := New(Options{Prefix: "x", PublishAddress: "localhost"}, zaptest.NewLogger(t))
 	require.ErrorContains(t, err, "must be an IP address")
+	_, err = New(Options{}, zaptest.NewLogger(t))
+	require.ErrorContains(t, err, "a prefix (environment) is required")
 }

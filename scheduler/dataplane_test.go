@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/internal/testrig"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+)
+
+// running lists the app's instances in berth_instances that are running.
+func running(t *testing.T, kv *bus.KV, app string) map[string]*msg.Instance {
+	t.Helper()
+	out := map[string]*msg.Instance{}
+	keys, err := kv.Keys(context.Background())
+	require.NoError(t, err)
+	for _, k := range keys {
+		if !strings.HasPrefix(k, app+".") {
+			continue
+		}
+		e, err := kv.Get(context.Background(), k)
+		if err != nil {
+			continue
+		}
+		m, err := msg.DecodeAs[*msg.Instance](e.Value)
+		if err == nil && m.State == msg.StateRunning {
+			out[m.ID] = m
+		}
+	}
+	return out
+}
+
+func TestDataPlaneScaleAndRecover(t *testing.T) {
+	t.Parallel()
+	image := testrig.DemoImage(t, "v1")
+	db, natsURL := testrig.Postgres(t), testrig.NATS(t)
+	code, _, _ := cmd(t, "migrate", "--database-url", db)
+	require.Equal(t, 0, code)
+	app := fmt.Sprintf("dp%d", time.Now().UnixNano()%1e6)
+	t.Cleanup(func() {
+		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=berth.app="+app).Output()
+		for _, id := range strings.Fields(string(out)) {
+			_ = exec.Command("docker", "rm", "-f", id).Run()
+		}
+	})
+	conn, err := bus.Connect(context.Background(), bus.Options{URL: natsURL}, zaptest.NewLogger(t))
+	require.NoError(t, err)
+	t.Cleanup(conn.Close)
+	prefix := "env" + app // its own environment: other tests' containers are not ours
+	names, _ := msg.NewNames(prefix)
+	require.NoError(t, conn.EnsureBuckets(context.Background(), bus.ContractBuckets(names)))
+	kv, err := conn.KV(context.Background(), names.InstancesBucket())
+	require.NoError(t, err)
+	r := startReplica(t, db, natsURL, "dp-a", "--prefix", prefix)
+
+	specFile := filepath.Join(t.TempDir(), "app.yaml")
+	apply := func(replicas int) {
+		require.NoError(t, os.WriteFile(specFile, []byte(fmt.Sprintf("name: %s\nimage: %s\nport: 8080\nreplicas: %d\nstop: {grace: 2s, drain: 0s}\nresources: {memory: 32Mi}\n",
+			app, image, replicas)), 0o644))
+		code, out, errOut := cmd(t, "apply", "-f", specFile, "--server", r.api)
+		require.Equal(t, 0, code, out+errOut)
+	}
+	waitRunning := func(n int) map[string]*msg.Instance {
+		var got map[string]*msg.Instance
+		require.Eventually(t, func() bool { got = running(t, kv, app); return len(got) == n }, 60*time.Second, 50*time.Millisecond,
+			"want %d running instances", n)
+		return got
+	}
+
+	apply(3)
+	insts := waitRunning(3)
+	for id, m := range insts {
+		var reply struct{ Instance string }
+		require.NoError(t, json.Unmarshal([]byte(testrig.WaitHTTP(t, "http://"+m.Address+"/", 20*time.Second)), &reply))
+		require.Equal(t, id, reply.Instance, "each instance is reachable on its published address")
+		require.True(t, strings.HasPrefix(m.Address, "127.0.0.1:"))
+	}
+
+	apply(5)
+	waitRunning(5)
+	apply(2)
+	insts = waitRunning(2)
+	require.Eventually(t, func() bool {
+		out, _ := exec.Command("docker", "ps", "-q", "--filter", "label=berth.app="+app).Output()
+		return len(strings.Fields(string(out))) == 2
+	}, 30*time.Second, 100*time.Millisecond, "scaled-down containers are removed")
+
+	// docker kill one: it leaves berth_instances at once, and is replaced.
+	var victim *msg.Instance
+	for _, m := range insts {
+		victim = m
+		break
+	}
+	killed := time.Now()
+	out, err := exec.Command("docker", "kill", victim.ContainerID).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	require.Eventually(t, func() bool { _, ok := running(t, kv, app)[victim.ID]; return !ok }, 5*time.Second, 5*time.Millisecond)
+	t.Logf("killed instance out of berth_instances after %s", time.Since(killed).Round(time.Millisecond))
+	require.Less(t, time.Since(killed), 2*time.Second)
+	insts = waitRunning(2)
+	_, still := insts[victim.ID]
+	require.False(t, still, "a new instance replaced the killed one")
+	code, evOut, _ := cmd(t, "events", "--app", app, "--server", r.api)
+	require.Equal(t, 0, code)
+	require.Contains(t, evOut, "instance_replaced")
+	require.Contains(t, evOut, "instance_started")
+	require.Contains(t, evOut, "instance_stopped")
+}

@@ -1,0 +1,546 @@
+// Package controller is the leader's loop: it observes the desired apps
+// (Postgres), the instance records, the containers (Docker) and the health
+// (NATS), asks reconcile.Plan what to do, and does it with bounded
+// parallelism, writing every instance change to Postgres under the lease
+// (fenced) and to berth_instances, and recording events. A container that
+// dies leaves berth_instances at once, before anything else is decided.
+package controller
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/logging"
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/view"
+	"github.com/berthhq/berth/scheduler/internal/appenv"
+	"github.com/berthhq/berth/scheduler/internal/docker"
+	"github.com/berthhq/berth/scheduler/internal/reconcile"
+	"github.com/berthhq/berth/scheduler/internal/store"
+)
+
+// Config tunes the controller.
+type Config struct {
+	// MaxParallel bounds the actions in flight.
+	MaxParallel int
+	// Resync runs a full cycle this often even without a change.
+	Resync time.Duration
+	// PullTimeout bounds an image pull; StartTimeout a container start.
+	PullTimeout, StartTimeout time.Duration
+	// DefaultCPU (cores) and DefaultMemory (bytes) apply when a spec sets none.
+	DefaultCPU    float64
+	DefaultMemory int64
+	// Env is the passthrough policy and Environ the scheduler's environment.
+	Env     appenv.Policy
+	Environ []string
+}
+
+// Controller runs the leader's loop. Create it with New; run it with Run.
+type Controller struct {
+	cfg    Config
+	st     *store.Store
+	dk     *docker.Client
+	conn   *bus.Conn
+	names  msg.Names
+	lease  func() (store.Lease, bool)
+	health *view.Table[*msg.Health]
+	agents *view.Table[*msg.Agent]
+	logger *zap.Logger
+
+	wake chan struct{}
+
+	mu           sync.Mutex
+	healthySince map[string]time.Time // by <app>.<instance>
+	tripped      map[string]time.Time // by app: when the breaker was last reported
+	// dead holds containers Docker reported dead (die, oom). Docker emits
+	// the event before its container list says so, so the event is
+	// trusted over the list.
+	dead map[string]bool
+}
+
+// New returns a controller. lease reports the current leadership; health
+// and agents are fed by watchers of the health and agents buckets.
+func New(cfg Config, st *store.Store, dk *docker.Client, conn *bus.Conn, names msg.Names, lease func() (store.Lease, bool),
+	health *view.Table[*msg.Health], agents *view.Table[*msg.Agent], logger *zap.Logger) *Controller {
+	return &Controller{cfg: cfg, st: st, dk: dk, conn: conn, names: names, lease: lease, health: health, agents: agents,
+		logger: logger.Named("controller"), wake: make(chan struct{}, 1),
+		healthySince: map[string]time.Time{}, tripped: map[string]time.Time{}, dead: map[string]bool{}}
+}
+
+// Wake asks for a cycle soon (an app changed, health changed, leadership gained).
+func (c *Controller) Wake() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run loops until ctx ends: on every wake and every Resync, while leading.
+func (c *Controller) Run(ctx context.Context) error {
+	go func() {
+		_ = c.dk.Events(ctx, func(e docker.Event) { c.onDockerEvent(ctx, e) }, c.Wake)
+	}()
+	tick := time.NewTicker(c.cfg.Resync)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-c.wake:
+		case <-tick.C:
+		}
+		l, ok := c.lease()
+		if !ok {
+			continue
+		}
+		acted, err := c.cycle(ctx, l)
+		if acted > 0 {
+			// The state moved: plan again from where it is now (a replaced
+			// instance's successor, the next step of a rollout).
+			c.Wake()
+		}
+		if err != nil && ctx.Err() == nil {
+			if errors.Is(err, store.ErrNotLeader) {
+				c.logger.Warn("lost the lease mid-cycle: stopping", zap.Error(err))
+				continue
+			}
+			c.logger.Error("cycle failed, retrying", zap.Error(err))
+			time.AfterFunc(time.Second, c.Wake)
+		}
+	}
+}
+
+// onDockerEvent takes a dead container's instance out of nginx at once,
+// then lets the next cycle replace it.
+func (c *Controller) onDockerEvent(ctx context.Context, e docker.Event) {
+	switch e.Action {
+	case "die", "oom", "kill", "stop":
+	default:
+		return
+	}
+	if e.App == "" || e.Instance == "" {
+		return
+	}
+	if e.Action == "die" || e.Action == "oom" {
+		c.mu.Lock()
+		c.dead[e.ContainerID] = true
+		c.mu.Unlock()
+	}
+	if l, ok := c.lease(); ok && (e.Action == "die" || e.Action == "oom") {
+		// Not routable any more: nginx drops it on its next debounce.
+		c.publishInstance(ctx, l, store.Instance{ID: e.Instance, App: e.App, State: msg.StateFailed, Generation: 1, ContainerID: e.ContainerID})
+	}
+	c.Wake()
+}
+
+// cycle observes, plans and acts once, and returns how many actions it took.
+func (c *Controller) cycle(ctx context.Context, l store.Lease) (int, error) {
+	now := time.Now()
+	apps, err := c.st.List(ctx)
+	if err != nil {
+		return 0, err
+	}
+	records, err := c.st.Instances(ctx, "")
+	if err != nil {
+		return 0, err
+	}
+	containers, err := c.dk.List(ctx)
+	if err != nil {
+		return 0, err
+	}
+	restarts, err := c.st.Restarts(ctx, now.Add(-24*time.Hour))
+	if err != nil {
+		return 0, err
+	}
+	health, _ := c.health.Rows()
+
+	in := reconcile.Input{Apps: map[string]reconcile.Desired{}, Term: l.Term, Now: now}
+	specs := map[string]store.App{}
+	for _, a := range apps {
+		s := *a.Spec
+		s.Default()
+		env := c.cfg.Env.Env(s.Env, c.cfg.Environ)
+		in.Apps[a.Name] = reconcile.Desired{App: a.Name, Generation: a.Generation, SpecHash: reconcile.SpecHash(&s, env),
+			Replicas: a.DesiredReplicas, MaxSurge: s.Update.MaxSurge, MaxUnavailable: s.Update.MaxUnavailable,
+			MinHealthyTime: s.Update.MinHealthyTime.Std(), RestartAttempts: s.Restart.MaxAttempts,
+			RestartWindow: s.Restart.Window.Std(), BackoffMax: s.Restart.BackoffMax.Std()}
+		specs[a.Name] = a
+		for _, at := range restarts[a.Name] {
+			in.Failures = append(in.Failures, reconcile.Failure{App: a.Name, At: at})
+		}
+	}
+	byContainer := map[string]docker.Container{}
+	c.mu.Lock()
+	listed := map[string]bool{}
+	for _, ct := range containers {
+		listed[ct.ID] = true
+		if c.dead[ct.ID] {
+			ct.Running = false
+		}
+		byContainer[ct.ID] = ct
+	}
+	for id := range c.dead {
+		if !listed[id] { // removed: forget it
+			delete(c.dead, id)
+		}
+	}
+	c.mu.Unlock()
+	owned := map[string]bool{}
+	for _, r := range records {
+		ct, exists := byContainer[r.ContainerID]
+		owned[r.ContainerID] = true
+		o := reconcile.Observed{ID: r.ID, App: r.App, Generation: r.Generation, SpecHash: r.SpecHash, State: r.State,
+			Health: msg.StatusUnknown, CreatedAt: r.CreatedAt, Term: r.Term, ContainerID: r.ContainerID,
+			ContainerRunning: exists && ct.Running, ContainerGone: r.ContainerID != "" && !exists}
+		key := msg.InstanceKey(r.App, r.ID)
+		o.Health, o.HealthySince = c.healthOf(key, health[key], specs[r.App], now)
+		// A creating/starting record older than the start timeout is stale.
+		if (r.State == msg.StateCreating || r.State == msg.StateStarting) && now.Sub(r.UpdatedAt) > c.cfg.StartTimeout {
+			o.State, o.ContainerGone = msg.StateRunning, true
+		}
+		in.Instances = append(in.Instances, o)
+	}
+	for _, ct := range containers {
+		if !owned[ct.ID] {
+			in.Orphans = append(in.Orphans, reconcile.Orphan{ContainerID: ct.ID, App: ct.App, Instance: ct.Instance,
+				SpecHash: ct.SpecHash, Generation: ct.Generation, Running: ct.Running})
+		}
+	}
+
+	actions := reconcile.Plan(in)
+	if ce := c.logger.Check(zap.DebugLevel, "planned"); ce != nil {
+		obs := make([]string, 0, len(in.Instances))
+		for _, o := range in.Instances {
+			obs = append(obs, fmt.Sprintf("%s:%s:run=%t:gone=%t:%s", o.ID, o.State, o.ContainerRunning, o.ContainerGone, o.Health))
+		}
+		ce.Write(zap.Strings("observed", obs), zap.Int("orphans", len(in.Orphans)), zap.Int("actions", len(actions)), zap.Stringers("plan", actions))
+	}
+	if len(actions) == 0 {
+		return 0, nil
+	}
+	sem := make(chan struct{}, max(c.cfg.MaxParallel, 1))
+	var wg sync.WaitGroup
+	errs := make(chan error, len(actions))
+	for _, a := range actions {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := c.act(ctx, l, a, specs[a.App], in.Apps[a.App], recordOf(records, a.Instance)); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	var all []error
+	for err := range errs {
+		all = append(all, err)
+	}
+	// A tripped breaker is a report, not a change of state.
+	acted := 0
+	for _, a := range actions {
+		if a.Kind != reconcile.TripBreaker {
+			acted++
+		}
+	}
+	return acted, errors.Join(all...)
+}
+
+func recordOf(records []store.Instance, id string) store.Instance {
+	for _, r := range records {
+		if r.ID == id {
+			return r
+		}
+	}
+	return store.Instance{}
+}
+
+// healthOf is an instance's health for planning: healthd's status, or
+// healthy for an app without an enabled check once it runs.
+func (c *Controller) healthOf(key string, h *msg.Health, app store.App, now time.Time) (string, time.Time) {
+	status := msg.StatusUnknown
+	switch {
+	case app.Spec != nil && !app.Spec.Health.IsEnabled():
+		status = msg.StatusHealthy
+	case h != nil:
+		status = h.Status
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	since, ok := c.healthySince[key]
+	if status != msg.StatusHealthy {
+		delete(c.healthySince, key)
+		return status, time.Time{}
+	}
+	if !ok {
+		since = now
+		c.healthySince[key] = since
+	}
+	return status, since
+}
+
+// act carries out one action.
+func (c *Controller) act(ctx context.Context, l store.Lease, a reconcile.Action, app store.App, d reconcile.Desired, rec store.Instance) error {
+	log := c.logger.With(zap.String(logging.KeyApp, a.App), zap.String(logging.KeyInstance, a.Instance), zap.String("action", string(a.Kind)))
+	switch a.Kind {
+	case reconcile.Start:
+		return c.start(ctx, l, app, d, log)
+	case reconcile.Stop:
+		return c.stop(ctx, l, app, rec, a.Reason)
+	case reconcile.Replace:
+		_ = c.dk.Remove(ctx, a.ContainerID)
+		c.deleteInstance(ctx, a.App, a.Instance)
+		return c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+			if err := tx.DeleteInstance(ctx, a.Instance); err != nil {
+				return err
+			}
+			return c.event(ctx, tx, l, store.Event{App: a.App, Instance: a.Instance, Kind: "instance_replaced", Message: "instance " + a.Instance + " replaced: " + a.Reason})
+		})
+	case reconcile.Adopt:
+		ct, err := c.dk.Inspect(ctx, a.ContainerID)
+		if err != nil {
+			return err
+		}
+		now := time.Now()
+		rec := store.Instance{ID: a.Instance, App: a.App, Generation: ct.Generation, ContainerID: ct.ID, Address: ct.Address,
+			State: msg.StateRunning, Health: msg.StatusUnknown, SpecHash: ct.SpecHash, StartedAt: &now}
+		if err := c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+			if err := tx.PutInstance(ctx, rec); err != nil {
+				return err
+			}
+			return c.event(ctx, tx, l, store.Event{App: a.App, Instance: a.Instance, Kind: "instance_adopted", Message: "adopted running container " + short(ct.ID) + ": " + a.Reason})
+		}); err != nil {
+			return err
+		}
+		c.publishInstance(ctx, l, rec)
+		return nil
+	case reconcile.RemoveOrphan:
+		log.Info("removing orphan container", zap.String(logging.KeyContainer, short(a.ContainerID)))
+		return c.dk.Remove(ctx, a.ContainerID)
+	case reconcile.TripBreaker:
+		c.mu.Lock()
+		last := c.tripped[a.App]
+		report := time.Since(last) > d.BackoffMax
+		if report {
+			c.tripped[a.App] = time.Now()
+		}
+		c.mu.Unlock()
+		if !report {
+			return nil
+		}
+		return c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+			return c.event(ctx, tx, l, store.Event{App: a.App, Kind: "app_failed", Message: "app " + a.App + " is crash-looping: " + a.Reason})
+		})
+	}
+	return fmt.Errorf("unknown action %s", a.Kind)
+}
+
+// start creates, starts and records a new instance.
+func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, d reconcile.Desired, log *zap.Logger) error {
+	s := *app.Spec
+	s.Default()
+	id := newID()
+	rec := store.Instance{ID: id, App: app.Name, Generation: app.Generation, State: msg.StateCreating, Health: msg.StatusUnknown, SpecHash: d.SpecHash}
+	if err := c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error { return tx.PutInstance(ctx, rec) }); err != nil {
+		return err
+	}
+	fail := func(kind, message string) error {
+		rec.State = msg.StateFailed
+		return c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+			if err := tx.DeleteInstance(ctx, id); err != nil {
+				return err
+			}
+			return c.event(ctx, tx, l, store.Event{App: app.Name, Instance: id, Kind: kind, Message: message})
+		})
+	}
+	present, err := c.dk.ImagePresent(ctx, s.Image)
+	if err != nil {
+		return err
+	}
+	if !present {
+		log.Info("pulling image", zap.String("image", s.Image))
+		if err := c.dk.Pull(ctx, s.Image, c.cfg.PullTimeout); err != nil {
+			return fail("image_pull_failed", fmt.Sprintf("cannot start %s: image %s is not present and pulling it failed: %v", app.Name, s.Image, err))
+		}
+	}
+	cpu, mem := s.Resources.CPU, int64(s.Resources.Memory)
+	if cpu == 0 {
+		cpu = c.cfg.DefaultCPU
+	}
+	if mem == 0 {
+		mem = c.cfg.DefaultMemory
+	}
+	sctx, cancel := context.WithTimeout(ctx, c.cfg.StartTimeout)
+	defer cancel()
+	cid, err := c.dk.Create(sctx, docker.CreateOptions{App: app.Name, Instance: id, Generation: app.Generation, SpecHash: d.SpecHash, Term: l.Term,
+		Image: s.Image, Command: s.Command, Env: c.cfg.Env.Env(s.Env, c.cfg.Environ), Port: s.Port, CPU: cpu, Memory: mem,
+		StopSignal: s.Stop.Signal, StopGrace: s.Stop.Grace.Std()})
+	if err != nil {
+		return fail("instance_create_failed", fmt.Sprintf("cannot create a container for %s: %v", app.Name, err))
+	}
+	rec.ContainerID, rec.State = cid, msg.StateStarting
+	if err := c.dk.Start(sctx, cid); err != nil {
+		_ = c.dk.Remove(ctx, cid)
+		return fail("instance_start_failed", fmt.Sprintf("cannot start a container for %s: %v", app.Name, err))
+	}
+	ct, err := c.dk.Inspect(sctx, cid)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	rec.Address, rec.State, rec.StartedAt = ct.Address, msg.StateRunning, &now
+	if err := c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+		if err := tx.PutInstance(ctx, rec); err != nil {
+			return err
+		}
+		return c.event(ctx, tx, l, store.Event{App: app.Name, Instance: id, Kind: "instance_started",
+			Message: fmt.Sprintf("instance %s started at %s (generation %d)", id, ct.Address, app.Generation),
+			Details: map[string]string{"container_id": short(cid), "address": ct.Address, "generation": fmt.Sprint(app.Generation)}})
+	}); err != nil {
+		return err
+	}
+	c.publishInstance(ctx, l, rec)
+	return nil
+}
+
+// stop drains an instance out of nginx, then stops and removes it.
+func (c *Controller) stop(ctx context.Context, l store.Lease, app store.App, rec store.Instance, reason string) error {
+	drain, grace, signal := 10*time.Second, 30*time.Second, "SIGTERM"
+	if app.Spec != nil {
+		s := *app.Spec
+		s.Default()
+		drain, grace, signal = s.Stop.Drain.Std(), s.Stop.Grace.Std(), s.Stop.Signal
+	}
+	rec.State = msg.StateDraining
+	if err := c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error { return tx.PutInstance(ctx, rec) }); err != nil {
+		return err
+	}
+	if rev := c.publishInstance(ctx, l, rec); rev > 0 {
+		c.waitDrained(ctx, rev, drain)
+	}
+	if rec.ContainerID != "" {
+		if err := c.dk.Stop(ctx, rec.ContainerID, signal, grace); err != nil && !errors.Is(err, docker.ErrNotFound) {
+			c.logger.Warn("stop failed, removing by force", zap.Error(err))
+		}
+		if err := c.dk.Remove(ctx, rec.ContainerID); err != nil && !errors.Is(err, docker.ErrNotFound) {
+			return err
+		}
+	}
+	c.deleteInstance(ctx, rec.App, rec.ID)
+	return c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+		if err := tx.DeleteInstance(ctx, rec.ID); err != nil {
+			return err
+		}
+		return c.event(ctx, tx, l, store.Event{App: rec.App, Instance: rec.ID, Kind: "instance_stopped", Message: "instance " + rec.ID + " stopped: " + reason})
+	})
+}
+
+// waitDrained waits until every live lbagent has applied revision rev (so
+// no nginx routes to the draining instance any more), at most drain.
+func (c *Controller) waitDrained(ctx context.Context, rev uint64, drain time.Duration) {
+	deadline := time.Now().Add(drain)
+	for time.Now().Before(deadline) {
+		agents, _ := c.agents.Rows()
+		done := true
+		for _, a := range agents {
+			if time.Since(a.UpdatedAt) < msg.AgentTTL && a.AppliedRevision < rev {
+				done = false
+			}
+		}
+		if done {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// publishInstance puts the instance into berth_instances and returns the
+// write's revision (0 on failure, which is logged).
+func (c *Controller) publishInstance(ctx context.Context, l store.Lease, r store.Instance) uint64 {
+	kv, err := c.conn.KV(ctx, c.names.InstancesBucket())
+	if err != nil {
+		c.logger.Warn("open instances bucket", zap.Error(err))
+		return 0
+	}
+	m := &msg.Instance{App: r.App, ID: r.ID, Generation: max(r.Generation, 1), Term: l.Term, Address: r.Address, State: r.State, Weight: 1,
+		ContainerID: r.ContainerID, StartedAt: r.StartedAt, UpdatedAt: time.Now().UTC()}
+	b, err := msg.Encode(m)
+	if err != nil {
+		c.logger.Warn("encode instance", zap.Error(err))
+		return 0
+	}
+	rev, err := kv.Put(ctx, msg.InstanceKey(r.App, r.ID), b)
+	if err != nil {
+		c.logger.Warn("publish instance", zap.Error(err))
+		return 0
+	}
+	return rev
+}
+
+func (c *Controller) deleteInstance(ctx context.Context, app, id string) {
+	kv, err := c.conn.KV(ctx, c.names.InstancesBucket())
+	if err == nil {
+		err = kv.Delete(ctx, msg.InstanceKey(app, id))
+	}
+	if err != nil {
+		c.logger.Warn("unpublish instance", zap.Error(err))
+	}
+}
+
+// event records an event in tx and publishes it after the fact.
+func (c *Controller) event(ctx context.Context, tx *store.Tx, l store.Lease, e store.Event) error {
+	id, err := tx.AddEvent(ctx, e)
+	if err != nil {
+		return err
+	}
+	b, err := msg.Encode(&msg.Event{ID: fmt.Sprint(id), App: e.App, Instance: e.Instance, Kind: e.Kind, Message: truncate(e.Message),
+		Details: e.Details, Term: l.Term, At: time.Now().UTC()})
+	if err == nil {
+		err = c.conn.Publish(ctx, c.names.EventsSubject(e.App, e.Kind), b)
+	}
+	if err != nil {
+		c.logger.Warn("publish event", zap.Error(err))
+	}
+	c.logger.Info("event", zap.String(logging.KeyApp, e.App), zap.String(logging.KeyInstance, e.Instance), zap.String("kind", e.Kind))
+	return nil
+}
+
+const idAlphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+// newID returns a random 8-character instance id.
+func newID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	for i := range b {
+		b[i] = idAlphabet[int(b[i])%len(idAlphabet)]
+	}
+	return string(b)
+}
+
+func short(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+func truncate(s string) string {
+	if len(s) > msg.MaxTextLen {
+		return strings.ToValidUTF8(s[:msg.MaxTextLen], "")
+	}
+	return s
+}
