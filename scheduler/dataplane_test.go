@@ -116,3 +116,75 @@ func TestDataPlaneScaleAndRecover(t *testing.T) {
 	require.Contains(t, evOut, "instance_started")
 	require.Contains(t, evOut, "instance_stopped")
 }
+
+func TestDataPlaneRolloutMissingImageAndCrashLoop(t *testing.T) {
+	t.Parallel()
+	v1, v2 := testrig.DemoImage(t, "v1"), testrig.DemoImage(t, "v2")
+	db, natsURL := testrig.Postgres(t), testrig.NATS(t)
+	code, _, _ := cmd(t, "migrate", "--database-url", db)
+	require.Equal(t, 0, code)
+	prefix := fmt.Sprintf("ro%d", time.Now().UnixNano()%1e6)
+	t.Cleanup(func() {
+		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=berth.prefix="+prefix).Output()
+		for _, id := range strings.Fields(string(out)) {
+			_ = exec.Command("docker", "rm", "-f", id).Run()
+		}
+	})
+	conn, err := bus.Connect(context.Background(), bus.Options{URL: natsURL}, zaptest.NewLogger(t))
+	require.NoError(t, err)
+	t.Cleanup(conn.Close)
+	names, _ := msg.NewNames(prefix)
+	require.NoError(t, conn.EnsureBuckets(context.Background(), bus.ContractBuckets(names)))
+	kv, err := conn.KV(context.Background(), names.InstancesBucket())
+	require.NoError(t, err)
+	r := startReplica(t, db, natsURL, "ro-a", "--prefix", prefix)
+
+	dir := t.TempDir()
+	apply := func(name, body string) {
+		f := filepath.Join(dir, name+".yaml")
+		require.NoError(t, os.WriteFile(f, []byte("name: "+name+"\nport: 8080\nresources: {memory: 32Mi}\nstop: {grace: 2s, drain: 0s}\n"+body), 0o644))
+		code, out, errOut := cmd(t, "apply", "-f", f, "--server", r.api)
+		require.Equal(t, 0, code, out+errOut)
+	}
+	versions := func(app string) map[string]int {
+		out := map[string]int{}
+		for _, m := range running(t, kv, app) {
+			body := testrig.WaitHTTP(t, "http://"+m.Address+"/", 10*time.Second)
+			var reply struct{ Version string }
+			if json.Unmarshal([]byte(body), &reply) == nil {
+				out[reply.Version]++
+			}
+		}
+		return out
+	}
+	events := func(app string) string {
+		_, out, _ := cmd(t, "events", "--app", app, "--server", r.api)
+		return out
+	}
+
+	// A rolling update to the second tag completes and removes the old instances.
+	apply("roll", "image: "+v1+"\nreplicas: 2\nupdate: {min_healthy_time: 0s}\n")
+	require.Eventually(t, func() bool { return versions("roll")["v1"] == 2 }, 60*time.Second, 100*time.Millisecond)
+	apply("roll", "image: "+v2+"\nreplicas: 2\nupdate: {min_healthy_time: 0s}\n")
+	require.Eventually(t, func() bool {
+		v := versions("roll")
+		return v["v2"] == 2 && v["v1"] == 0
+	}, 60*time.Second, 100*time.Millisecond, "rollout to v2: %v", versions("roll"))
+	require.Eventually(t, func() bool {
+		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=berth.app=roll", "--filter", "label=berth.prefix="+prefix).Output()
+		return len(strings.Fields(string(out))) == 2
+	}, 30*time.Second, 100*time.Millisecond, "old containers removed")
+
+	// A missing image is a clear event; the other app is not disturbed.
+	apply("ghost", "image: 127.0.0.1:1/berth/none:v1\nreplicas: 1\n")
+	require.Eventually(t, func() bool { return strings.Contains(events("ghost"), "image_pull_failed") }, 30*time.Second, 100*time.Millisecond)
+	require.Contains(t, events("ghost"), "127.0.0.1:1/berth/none:v1", "the event names the image")
+	require.Equal(t, map[string]int{"v2": 2}, versions("roll"))
+
+	// A crash-looping app trips the breaker instead of restarting forever.
+	apply("crash", "image: "+v1+"\nreplicas: 1\nenv: {DEMO_MODE: crash}\nrestart: {max_attempts: 2, window: 10m, backoff_initial: 100ms, backoff_max: 1m}\n")
+	require.Eventually(t, func() bool { return strings.Contains(events("crash"), "app_failed") }, 60*time.Second, 100*time.Millisecond)
+	replaced := strings.Count(events("crash"), "instance_replaced")
+	time.Sleep(2 * time.Second)
+	require.Equal(t, replaced, strings.Count(events("crash"), "instance_replaced"), "no restart storm once the breaker is open")
+}

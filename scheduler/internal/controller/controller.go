@@ -171,7 +171,7 @@ func (c *Controller) cycle(ctx context.Context, l store.Lease) (int, error) {
 		in.Apps[a.Name] = reconcile.Desired{App: a.Name, Generation: a.Generation, SpecHash: reconcile.SpecHash(&s, env),
 			Replicas: a.DesiredReplicas, MaxSurge: s.Update.MaxSurge, MaxUnavailable: s.Update.MaxUnavailable,
 			MinHealthyTime: s.Update.MinHealthyTime.Std(), RestartAttempts: s.Restart.MaxAttempts,
-			RestartWindow: s.Restart.Window.Std(), BackoffMax: s.Restart.BackoffMax.Std()}
+			RestartWindow: s.Restart.Window.Std(), BackoffInitial: s.Restart.BackoffInitial.Std(), BackoffMax: s.Restart.BackoffMax.Std()}
 		specs[a.Name] = a
 		for _, at := range restarts[a.Name] {
 			in.Failures = append(in.Failures, reconcile.Failure{App: a.Name, At: at})
@@ -246,10 +246,10 @@ func (c *Controller) cycle(ctx context.Context, l store.Lease) (int, error) {
 	for err := range errs {
 		all = append(all, err)
 	}
-	// A tripped breaker is a report, not a change of state.
+	// A tripped breaker or a hold is a report, not a change of state.
 	acted := 0
 	for _, a := range actions {
-		if a.Kind != reconcile.TripBreaker {
+		if a.Kind != reconcile.TripBreaker && a.Kind != reconcile.Hold {
 			acted++
 		}
 	}
@@ -323,6 +323,10 @@ func (c *Controller) act(ctx context.Context, l store.Lease, a reconcile.Action,
 			return err
 		}
 		c.publishInstance(ctx, l, rec)
+		return nil
+	case reconcile.Hold:
+		// Plan again when the backoff ends.
+		time.AfterFunc(time.Until(a.Until)+10*time.Millisecond, c.Wake)
 		return nil
 	case reconcile.RemoveOrphan:
 		log.Info("removing orphan container", zap.String(logging.KeyContainer, short(a.ContainerID)))

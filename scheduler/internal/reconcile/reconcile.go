@@ -31,8 +31,10 @@ type Desired struct {
 	// RestartAttempts within RestartWindow trip the breaker.
 	RestartAttempts int
 	RestartWindow   time.Duration
-	// BackoffMax is when a tripped breaker lets one attempt through (half-open).
-	BackoffMax time.Duration
+	// BackoffInitial is the wait after the first restart, doubling after
+	// each one up to BackoffMax; BackoffMax is also when a tripped breaker
+	// lets one attempt through (half-open).
+	BackoffInitial, BackoffMax time.Duration
 }
 
 // Observed is one instance as the store records it, with what Docker says.
@@ -101,6 +103,8 @@ const (
 	RemoveOrphan Kind = "remove_orphan"
 	// TripBreaker marks App failed: it crashed too often within its window.
 	TripBreaker Kind = "trip_breaker"
+	// Hold defers App's starts and replacements until Until (restart backoff).
+	Hold Kind = "hold"
 )
 
 // Action is one step for the controller.
@@ -111,6 +115,8 @@ type Action struct {
 	ContainerID string
 	Generation  int64
 	Reason      string
+	// Until is when a Hold ends.
+	Until time.Time
 }
 
 func (a Action) String() string {
@@ -221,6 +227,33 @@ func planApp(d Desired, insts []Observed, in Input, adopted map[string]bool) []A
 		}
 		// Half-open: let a single replacement or start through.
 		replacing = min(replacing, 1)
+	}
+	// Backoff: after n recent restarts, wait initial*2^(n-1) (capped) since the last.
+	if recent > 0 && d.BackoffInitial > 0 {
+		wait := d.BackoffInitial
+		for i := 1; i < recent && wait < d.BackoffMax; i++ {
+			wait *= 2
+		}
+		if d.BackoffMax > 0 {
+			wait = min(wait, d.BackoffMax)
+		}
+		if until := last.Add(wait); in.Now.Before(until) {
+			kept := out[:0]
+			for _, a := range out {
+				if a.Kind != Replace {
+					kept = append(kept, a)
+				}
+			}
+			// Stops still happen (scale-down, deletions); starts wait.
+			out = append(kept, Action{Kind: Hold, App: d.App, Generation: d.Generation, Until: until,
+				Reason: fmt.Sprintf("restart backoff after %d restarts: next attempt at %s", recent, until.Format(time.RFC3339))})
+			if extra := len(current) - d.Replicas; extra > 0 && len(old) == 0 {
+				for _, v := range victims(current, extra) {
+					out = append(out, Action{Kind: Stop, App: d.App, Instance: v.ID, ContainerID: v.ContainerID, Reason: fmt.Sprintf("scaling down to %d", d.Replicas)})
+				}
+			}
+			return out
+		}
 	}
 
 	// Adopt orphans of this app that run the desired spec, before starting anything new.

@@ -96,6 +96,20 @@ func TestPlan(t *testing.T) {
 			Instances: []Observed{inst("a", "new", time.Hour, died), inst("b", "new", time.Hour, died)},
 			Failures:  []Failure{{App: "web", At: now.Add(-9 * time.Minute)}, {App: "web", At: now.Add(-8 * time.Minute)}, {App: "web", At: now.Add(-6 * time.Minute)}}},
 			[]string{"replace a", "replace b", "start", "start"}},
+		{"restart backoff holds the replacement", Input{Apps: map[string]Desired{"web": func() Desired {
+			d := app(2)
+			d.BackoffInitial = 10 * time.Second
+			return d
+		}()}, Instances: []Observed{inst("a", "new", time.Hour, died), inst("b", "new", time.Hour)},
+			Failures: []Failure{{App: "web", At: now.Add(-15 * time.Second)}, {App: "web", At: now.Add(-5 * time.Second)}}},
+			[]string{"hold"}},
+		{"after the backoff the replacement goes ahead", Input{Apps: map[string]Desired{"web": func() Desired {
+			d := app(2)
+			d.BackoffInitial = 10 * time.Second
+			return d
+		}()}, Instances: []Observed{inst("a", "new", time.Hour, died), inst("b", "new", time.Hour)},
+			Failures: []Failure{{App: "web", At: now.Add(-25 * time.Second)}}},
+			[]string{"replace a"}},
 		{"restarts outside the window do not count", Input{Apps: map[string]Desired{"web": app(1)},
 			Instances: []Observed{inst("a", "new", time.Hour, died)},
 			Failures:  []Failure{{App: "web", At: now.Add(-time.Hour)}, {App: "web", At: now.Add(-time.Hour)}, {App: "web", At: now.Add(-time.Hour)}}},
@@ -130,6 +144,18 @@ func TestPlan(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestHoldUntil(t *testing.T) {
+	t.Parallel()
+	d := app(1)
+	d.BackoffInitial, d.BackoffMax = 5*time.Second, time.Minute
+	last := now.Add(-time.Second)
+	got := Plan(Input{Apps: map[string]Desired{"web": d}, Now: now,
+		Failures: []Failure{{App: "web", At: now.Add(-30 * time.Second)}, {App: "web", At: last}}})
+	require.Len(t, got, 1)
+	require.Equal(t, Hold, got[0].Kind)
+	require.Equal(t, last.Add(10*time.Second), got[0].Until, "the second restart waits twice the initial backoff")
 }
 
 // Planning again from the state the actions lead to does nothing more.
