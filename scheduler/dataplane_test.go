@@ -188,3 +188,96 @@ func TestDataPlaneRolloutMissingImageAndCrashLoop(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	require.Equal(t, replaced, strings.Count(events("crash"), "instance_replaced"), "no restart storm once the breaker is open")
 }
+
+// stubHealth writes healthd's verdict for every running instance of app:
+// healthy for instances of image version want, unhealthy otherwise, as a
+// healthd probing the demo app would.
+func stubHealth(t *testing.T, conn *bus.Conn, names msg.Names, kv *bus.KV, app, healthyVersion string) {
+	t.Helper()
+	hkv, err := conn.KV(context.Background(), names.HealthBucket())
+	require.NoError(t, err)
+	for _, m := range running(t, kv, app) {
+		status := msg.StatusUnhealthy
+		body := testrig.WaitHTTP(t, "http://"+m.Address+"/", 10*time.Second)
+		if strings.Contains(body, `"version":"`+healthyVersion+`"`) {
+			status = msg.StatusHealthy
+		}
+		b, err := msg.Encode(&msg.Health{App: app, Instance: m.ID, Status: status, Checker: "stub", CheckedAt: time.Now()})
+		require.NoError(t, err)
+		_, err = hkv.Put(context.Background(), msg.InstanceKey(app, m.ID), b)
+		require.NoError(t, err)
+	}
+}
+
+func TestDataPlaneAutoRollbackAndAdoption(t *testing.T) {
+	t.Parallel()
+	v1, v2 := testrig.DemoImage(t, "v1"), testrig.DemoImage(t, "v2")
+	db, natsURL := testrig.Postgres(t), testrig.NATS(t)
+	code, _, _ := cmd(t, "migrate", "--database-url", db)
+	require.Equal(t, 0, code)
+	prefix := fmt.Sprintf("ar%d", time.Now().UnixNano()%1e6)
+	t.Cleanup(func() {
+		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=berth.prefix="+prefix).Output()
+		for _, id := range strings.Fields(string(out)) {
+			_ = exec.Command("docker", "rm", "-f", id).Run()
+		}
+	})
+	conn, err := bus.Connect(context.Background(), bus.Options{URL: natsURL}, zaptest.NewLogger(t))
+	require.NoError(t, err)
+	t.Cleanup(conn.Close)
+	names, _ := msg.NewNames(prefix)
+	require.NoError(t, conn.EnsureBuckets(context.Background(), bus.ContractBuckets(names)))
+	kv, err := conn.KV(context.Background(), names.InstancesBucket())
+	require.NoError(t, err)
+	a := startReplica(t, db, natsURL, "ar-a", "--prefix", prefix)
+
+	f := filepath.Join(t.TempDir(), "web.yaml")
+	apply := func(r *replica, image string) {
+		require.NoError(t, os.WriteFile(f, []byte("name: web\nport: 8080\nreplicas: 2\nimage: "+image+
+			"\nresources: {memory: 32Mi}\nstop: {grace: 2s, drain: 0s}\nhealth: {path: /healthz}\nupdate: {min_healthy_time: 0s, healthy_deadline: 3s}\n"), 0o644))
+		code, out, errOut := cmd(t, "apply", "-f", f, "--server", r.api)
+		require.Equal(t, 0, code, out+errOut)
+	}
+	apply(a, v1)
+	require.Eventually(t, func() bool { return len(running(t, kv, "web")) == 2 }, 60*time.Second, 100*time.Millisecond)
+	stubHealth(t, conn, names, kv, "web", "v1")
+
+	// v2 "fails its health check": the new instance never turns healthy, old ones keep serving.
+	apply(a, v2)
+	require.Eventually(t, func() bool {
+		stubHealth(t, conn, names, kv, "web", "v1")
+		_, out, _ := cmd(t, "events", "--app", "web", "--server", a.api)
+		return strings.Contains(out, "rollout_rolled_back")
+	}, 60*time.Second, 200*time.Millisecond)
+	code, out, _ := cmd(t, "status", "web", "--server", a.api)
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "image "+v1, "the app's spec is back on v1")
+	require.Eventually(t, func() bool {
+		stubHealth(t, conn, names, kv, "web", "v1")
+		ms := running(t, kv, "web")
+		if len(ms) != 2 {
+			return false
+		}
+		for _, m := range ms {
+			if !strings.Contains(testrig.WaitHTTP(t, "http://"+m.Address+"/", 10*time.Second), `"version":"v1"`) {
+				return false
+			}
+		}
+		return true
+	}, 60*time.Second, 200*time.Millisecond, "the v2 instance is retired, two v1 instances serve")
+
+	// A scheduler restart keeps the containers: nothing is recreated.
+	before := map[string]string{}
+	for id, m := range running(t, kv, "web") {
+		before[id] = m.ContainerID
+	}
+	a.stop()
+	b := startReplica(t, db, natsURL, "ar-b", "--prefix", prefix)
+	require.Eventually(t, func() bool { return readyRole(t, b.api) == "leader" }, 10*time.Second, 20*time.Millisecond)
+	time.Sleep(2 * time.Second) // cycles run
+	after := map[string]string{}
+	for id, m := range running(t, kv, "web") {
+		after[id] = m.ContainerID
+	}
+	require.Equal(t, before, after, "the new leader keeps every instance and container")
+}

@@ -215,6 +215,9 @@ func (c *Controller) cycle(ctx context.Context, l store.Lease) (int, error) {
 		}
 	}
 
+	if n, err := c.checkRollouts(ctx, l, in, specs, now); err != nil || n > 0 {
+		return n, err // rolled back: plan again from the new generation
+	}
 	actions := reconcile.Plan(in)
 	if ce := c.logger.Check(zap.DebugLevel, "planned"); ce != nil {
 		obs := make([]string, 0, len(in.Instances))
@@ -254,6 +257,47 @@ func (c *Controller) cycle(ctx context.Context, l store.Lease) (int, error) {
 		}
 	}
 	return acted, errors.Join(all...)
+}
+
+// checkRollouts rolls back an app, if update.auto_rollback is on, when a
+// rollout's new instance has existed for update.healthy_deadline without
+// becoming healthy (as Nomad's healthy_deadline is per allocation: a long
+// rollout of healthy instances is not rolled back). It returns how many
+// apps it rolled back.
+func (c *Controller) checkRollouts(ctx context.Context, l store.Lease, in reconcile.Input, specs map[string]store.App, now time.Time) (int, error) {
+	rolling, late := map[string]bool{}, map[string]bool{}
+	for _, o := range in.Instances {
+		if d, ok := in.Apps[o.App]; ok && o.SpecHash != d.SpecHash && (o.State == msg.StateRunning || o.State == msg.StateStarting) {
+			rolling[o.App] = true
+		}
+	}
+	for _, o := range in.Instances {
+		d, ok := in.Apps[o.App]
+		s := specs[o.App].Spec
+		if !ok || !rolling[o.App] || o.SpecHash != d.SpecHash || s == nil || s.Update.AutoRollback == nil || !*s.Update.AutoRollback {
+			continue
+		}
+		if o.Health != msg.StatusHealthy && now.Sub(o.CreatedAt) > s.Update.HealthyDeadline.Std() {
+			late[o.App] = true
+		}
+	}
+	n := 0
+	for app := range late {
+		prev, err := c.st.Rollback(ctx, app)
+		if err != nil {
+			c.logger.Warn("auto-rollback failed", zap.String(logging.KeyApp, app), zap.Error(err))
+			continue
+		}
+		n++
+		if err := c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+			return c.event(ctx, tx, l, store.Event{App: app, Kind: "rollout_rolled_back",
+				Message: fmt.Sprintf("generation %d had an instance not healthy within update.healthy_deadline (%s): rolled back to the previous spec as generation %d (image %s)",
+					in.Apps[app].Generation, specs[app].Spec.Update.HealthyDeadline, prev.Generation, prev.Spec.Image)})
+		}); err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 func recordOf(records []store.Instance, id string) store.Instance {
