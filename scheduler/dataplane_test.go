@@ -281,3 +281,58 @@ func TestDataPlaneAutoRollbackAndAdoption(t *testing.T) {
 	}
 	require.Equal(t, before, after, "the new leader keeps every instance and container")
 }
+
+func TestDataPlaneReplacesUnhealthy(t *testing.T) {
+	t.Parallel()
+	v1 := testrig.DemoImage(t, "v1")
+	db, natsURL := testrig.Postgres(t), testrig.NATS(t)
+	code, _, _ := cmd(t, "migrate", "--database-url", db)
+	require.Equal(t, 0, code)
+	prefix := fmt.Sprintf("uh%d", time.Now().UnixNano()%1e6)
+	t.Cleanup(func() {
+		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=berth.prefix="+prefix).Output()
+		for _, id := range strings.Fields(string(out)) {
+			_ = exec.Command("docker", "rm", "-f", id).Run()
+		}
+	})
+	conn, err := bus.Connect(context.Background(), bus.Options{URL: natsURL}, zaptest.NewLogger(t))
+	require.NoError(t, err)
+	t.Cleanup(conn.Close)
+	names, _ := msg.NewNames(prefix)
+	require.NoError(t, conn.EnsureBuckets(context.Background(), bus.ContractBuckets(names)))
+	kv, err := conn.KV(context.Background(), names.InstancesBucket())
+	require.NoError(t, err)
+	hkv, err := conn.KV(context.Background(), names.HealthBucket())
+	require.NoError(t, err)
+	r := startReplica(t, db, natsURL, "uh-a", "--prefix", prefix)
+	f := filepath.Join(t.TempDir(), "web.yaml")
+	require.NoError(t, os.WriteFile(f, []byte("name: web\nport: 8080\nreplicas: 2\nimage: "+v1+
+		"\nresources: {memory: 32Mi}\nstop: {grace: 2s, drain: 0s}\nhealth: {path: /healthz, interval: 1s, timeout: 500ms}\n"), 0o644))
+	code, out, errOut := cmd(t, "apply", "-f", f, "--server", r.api)
+	require.Equal(t, 0, code, out+errOut)
+	var sick string
+	require.Eventually(t, func() bool { return len(running(t, kv, "web")) == 2 }, 60*time.Second, 100*time.Millisecond)
+	put := func(id, status string) {
+		b, err := msg.Encode(&msg.Health{App: "web", Instance: id, Status: status, Checker: "stub", CheckedAt: time.Now()})
+		require.NoError(t, err)
+		_, err = hkv.Put(context.Background(), msg.InstanceKey("web", id), b)
+		require.NoError(t, err)
+	}
+	for id := range running(t, kv, "web") {
+		if sick == "" {
+			sick = id
+			put(id, msg.StatusUnhealthy)
+		} else {
+			put(id, msg.StatusHealthy)
+		}
+	}
+	start := time.Now()
+	require.Eventually(t, func() bool { _, ok := running(t, kv, "web")[sick]; return !ok }, 30*time.Second, 100*time.Millisecond)
+	t.Logf("unhealthy instance replaced after %s (grace 5s)", time.Since(start).Round(100*time.Millisecond))
+	require.GreaterOrEqual(t, time.Since(start), 4*time.Second, "not before the grace")
+	require.Eventually(t, func() bool {
+		_, evs, _ := cmd(t, "events", "--app", "web", "--server", r.api)
+		return strings.Contains(evs, "unhealthy for")
+	}, 10*time.Second, 50*time.Millisecond, "the replacement is an event with its reason")
+	require.Eventually(t, func() bool { return len(running(t, kv, "web")) == 2 }, 30*time.Second, 100*time.Millisecond, "and a new one runs")
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/berthhq/berth/common/bus"
 	"github.com/berthhq/berth/common/logging"
 	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/common/view"
 	"github.com/berthhq/berth/scheduler/internal/appenv"
 	"github.com/berthhq/berth/scheduler/internal/docker"
@@ -64,6 +65,10 @@ type Controller struct {
 	// the event before its container list says so, so the event is
 	// trusted over the list.
 	dead map[string]bool
+	// oom holds containers Docker reported killed for memory.
+	oom map[string]bool
+	// unhealthySince is when each instance last turned unhealthy.
+	unhealthySince map[string]time.Time
 }
 
 // New returns a controller. lease reports the current leadership; health
@@ -72,7 +77,7 @@ func New(cfg Config, st *store.Store, dk *docker.Client, conn *bus.Conn, names m
 	health *view.Table[*msg.Health], agents *view.Table[*msg.Agent], logger *zap.Logger) *Controller {
 	return &Controller{cfg: cfg, st: st, dk: dk, conn: conn, names: names, lease: lease, health: health, agents: agents,
 		logger: logger.Named("controller"), wake: make(chan struct{}, 1),
-		healthySince: map[string]time.Time{}, tripped: map[string]time.Time{}, dead: map[string]bool{}}
+		healthySince: map[string]time.Time{}, tripped: map[string]time.Time{}, dead: map[string]bool{}, oom: map[string]bool{}, unhealthySince: map[string]time.Time{}}
 }
 
 // Wake asks for a cycle soon (an app changed, health changed, leadership gained).
@@ -132,6 +137,9 @@ func (c *Controller) onDockerEvent(ctx context.Context, e docker.Event) {
 	if e.Action == "die" || e.Action == "oom" {
 		c.mu.Lock()
 		c.dead[e.ContainerID] = true
+		if e.Action == "oom" {
+			c.oom[e.ContainerID] = true
+		}
 		c.mu.Unlock()
 	}
 	if l, ok := c.lease(); ok && (e.Action == "die" || e.Action == "oom") {
@@ -171,7 +179,7 @@ func (c *Controller) cycle(ctx context.Context, l store.Lease) (int, error) {
 		in.Apps[a.Name] = reconcile.Desired{App: a.Name, Generation: a.Generation, SpecHash: reconcile.SpecHash(&s, env),
 			Replicas: a.DesiredReplicas, MaxSurge: s.Update.MaxSurge, MaxUnavailable: s.Update.MaxUnavailable,
 			MinHealthyTime: s.Update.MinHealthyTime.Std(), RestartAttempts: s.Restart.MaxAttempts,
-			RestartWindow: s.Restart.Window.Std(), BackoffInitial: s.Restart.BackoffInitial.Std(), BackoffMax: s.Restart.BackoffMax.Std()}
+			UnhealthyGrace: unhealthyGrace(&s), RestartWindow: s.Restart.Window.Std(), BackoffInitial: s.Restart.BackoffInitial.Std(), BackoffMax: s.Restart.BackoffMax.Std()}
 		specs[a.Name] = a
 		for _, at := range restarts[a.Name] {
 			in.Failures = append(in.Failures, reconcile.Failure{App: a.Name, At: at})
@@ -190,6 +198,7 @@ func (c *Controller) cycle(ctx context.Context, l store.Lease) (int, error) {
 	for id := range c.dead {
 		if !listed[id] { // removed: forget it
 			delete(c.dead, id)
+			delete(c.oom, id)
 		}
 	}
 	c.mu.Unlock()
@@ -201,7 +210,10 @@ func (c *Controller) cycle(ctx context.Context, l store.Lease) (int, error) {
 			Health: msg.StatusUnknown, CreatedAt: r.CreatedAt, Term: r.Term, ContainerID: r.ContainerID,
 			ContainerRunning: exists && ct.Running, ContainerGone: r.ContainerID != "" && !exists}
 		key := msg.InstanceKey(r.App, r.ID)
-		o.Health, o.HealthySince = c.healthOf(key, health[key], specs[r.App], now)
+		o.Health, o.HealthySince, o.UnhealthySince = c.healthOf(key, health[key], specs[r.App], now)
+		c.mu.Lock()
+		o.OOMKilled = c.oom[r.ContainerID]
+		c.mu.Unlock()
 		// A creating/starting record older than the start timeout is stale.
 		if (r.State == msg.StateCreating || r.State == msg.StateStarting) && now.Sub(r.UpdatedAt) > c.cfg.StartTimeout {
 			o.State, o.ContainerGone = msg.StateRunning, true
@@ -215,6 +227,15 @@ func (c *Controller) cycle(ctx context.Context, l store.Lease) (int, error) {
 		}
 	}
 
+	// Time alone can change the plan while an instance is not healthy (the
+	// unhealthy grace, a rollout's healthy_deadline, min_healthy_time):
+	// plan again in a second then.
+	for _, o := range in.Instances {
+		if o.Health != msg.StatusHealthy && (o.State == msg.StateRunning || o.State == msg.StateStarting) {
+			time.AfterFunc(time.Second, c.Wake)
+			break
+		}
+	}
 	if n, err := c.checkRollouts(ctx, l, in, specs, now); err != nil || n > 0 {
 		return n, err // rolled back: plan again from the new generation
 	}
@@ -300,6 +321,15 @@ func (c *Controller) checkRollouts(ctx context.Context, l store.Lease, in reconc
 	return n, nil
 }
 
+// unhealthyGrace is how long an instance may stay unhealthy before it is
+// replaced: three check intervals, at least 5 s; none without a check.
+func unhealthyGrace(s *spec.App) time.Duration {
+	if !s.Health.IsEnabled() {
+		return 0
+	}
+	return max(3*s.Health.Interval.Std(), 5*time.Second)
+}
+
 func recordOf(records []store.Instance, id string) store.Instance {
 	for _, r := range records {
 		if r.ID == id {
@@ -309,10 +339,11 @@ func recordOf(records []store.Instance, id string) store.Instance {
 	return store.Instance{}
 }
 
-// healthOf is an instance's health for planning: healthd's status, or
-// healthy for an app without an enabled check once it runs.
-func (c *Controller) healthOf(key string, h *msg.Health, app store.App, now time.Time) (string, time.Time) {
-	status := msg.StatusUnknown
+// healthOf is an instance's health for planning — healthd's status, or
+// healthy for an app without an enabled check once it runs — and since
+// when it has been healthy or unhealthy.
+func (c *Controller) healthOf(key string, h *msg.Health, app store.App, now time.Time) (status string, healthySince, unhealthySince time.Time) {
+	status = msg.StatusUnknown
 	switch {
 	case app.Spec != nil && !app.Spec.Health.IsEnabled():
 		status = msg.StatusHealthy
@@ -321,16 +352,19 @@ func (c *Controller) healthOf(key string, h *msg.Health, app store.App, now time
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	since, ok := c.healthySince[key]
-	if status != msg.StatusHealthy {
-		delete(c.healthySince, key)
-		return status, time.Time{}
+	since := func(m map[string]time.Time, on bool) time.Time {
+		if !on {
+			delete(m, key)
+			return time.Time{}
+		}
+		t, ok := m[key]
+		if !ok {
+			t = now
+			m[key] = t
+		}
+		return t
 	}
-	if !ok {
-		since = now
-		c.healthySince[key] = since
-	}
-	return status, since
+	return status, since(c.healthySince, status == msg.StatusHealthy), since(c.unhealthySince, status == msg.StatusUnhealthy)
 }
 
 // act carries out one action.

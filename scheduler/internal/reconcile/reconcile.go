@@ -31,6 +31,10 @@ type Desired struct {
 	// RestartAttempts within RestartWindow trip the breaker.
 	RestartAttempts int
 	RestartWindow   time.Duration
+	// UnhealthyGrace is how long an instance may stay unhealthy (after
+	// healthd's thresholds already said so) before it is replaced; zero
+	// never replaces for health alone.
+	UnhealthyGrace time.Duration
 	// BackoffInitial is the wait after the first restart, doubling after
 	// each one up to BackoffMax; BackoffMax is also when a tripped breaker
 	// lets one attempt through (half-open).
@@ -47,9 +51,12 @@ type Observed struct {
 	State string
 	// Health is msg.StatusHealthy, StatusUnhealthy or StatusUnknown.
 	Health string
-	// HealthySince is when the instance last became healthy.
-	HealthySince time.Time
-	CreatedAt    time.Time
+	// HealthySince is when the instance last became healthy; UnhealthySince
+	// when it last became unhealthy.
+	HealthySince, UnhealthySince time.Time
+	// OOMKilled says its container was killed for running out of memory.
+	OOMKilled bool
+	CreatedAt time.Time
 	// Term is the leader term that created the instance.
 	Term uint64
 	// ContainerID is empty before creation; ContainerRunning says what Docker reports.
@@ -199,6 +206,21 @@ func planApp(d Desired, insts []Observed, in Input, adopted map[string]bool) []A
 			old = append(old, o)
 		}
 	}
+	// Out of rotation already (healthd), an instance that stays unhealthy
+	// beyond the grace is replaced: restart by recreation. During a
+	// rollout, the rollout's own deadline decides instead.
+	if d.UnhealthyGrace > 0 && len(old) == 0 {
+		kept := current[:0]
+		for _, o := range current {
+			if o.Health == msg.StatusUnhealthy && !o.UnhealthySince.IsZero() && in.Now.Sub(o.UnhealthySince) >= d.UnhealthyGrace {
+				out = append(out, Action{Kind: Replace, App: d.App, Instance: o.ID, ContainerID: o.ContainerID, Generation: d.Generation,
+					Reason: fmt.Sprintf("unhealthy for %s (grace %s)", in.Now.Sub(o.UnhealthySince).Round(time.Second), d.UnhealthyGrace)})
+				continue
+			}
+			kept = append(kept, o)
+		}
+		current = kept
+	}
 	replacing := len(out)
 
 	// The restart budget: too many restarts in the window trip the
@@ -317,8 +339,11 @@ func planApp(d Desired, insts []Observed, in Input, adopted map[string]bool) []A
 }
 
 func deadReason(o Observed) string {
-	if o.ContainerGone {
+	switch {
+	case o.ContainerGone:
 		return "its container no longer exists"
+	case o.OOMKilled:
+		return "its container was killed for running out of memory: consider raising resources.memory"
 	}
 	return "its container stopped"
 }

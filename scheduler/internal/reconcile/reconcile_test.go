@@ -86,6 +86,12 @@ func TestPlan(t *testing.T) {
 			[]string{"stop o1"}},
 		{"a dead container is replaced", Input{Apps: map[string]Desired{"web": app(2)},
 			Instances: []Observed{inst("a", "new", time.Hour, died), inst("b", "new", time.Hour)}}, []string{"replace a"}},
+		{"an instance unhealthy beyond the grace is replaced", Input{Apps: map[string]Desired{"web": func() Desired { d := app(2); d.UnhealthyGrace = 30 * time.Second; return d }()},
+			Instances: []Observed{inst("a", "new", time.Hour, unhealthy, func(o *Observed) { o.UnhealthySince = now.Add(-time.Minute) }), inst("b", "new", time.Hour)}},
+			[]string{"replace a"}},
+		{"an instance unhealthy within the grace is left to recover", Input{Apps: map[string]Desired{"web": func() Desired { d := app(2); d.UnhealthyGrace = 30 * time.Second; return d }()},
+			Instances: []Observed{inst("a", "new", time.Hour, unhealthy, func(o *Observed) { o.UnhealthySince = now.Add(-10 * time.Second) }), inst("b", "new", time.Hour)}},
+			[]string{}},
 		{"a vanished container (stale record) is replaced", Input{Apps: map[string]Desired{"web": app(1)},
 			Instances: []Observed{inst("a", "new", time.Hour, gone)}}, []string{"replace a"}},
 		{"a crash-looping app trips the breaker", Input{Apps: map[string]Desired{"web": app(2)},
@@ -144,6 +150,15 @@ func TestPlan(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestOOMReasonSuggestsMemory(t *testing.T) {
+	t.Parallel()
+	got := Plan(Input{Apps: map[string]Desired{"web": app(1)}, Now: now,
+		Instances: []Observed{inst("a", "new", time.Hour, died, func(o *Observed) { o.OOMKilled = true })}})
+	require.Len(t, got, 1)
+	require.Equal(t, Replace, got[0].Kind)
+	require.Contains(t, got[0].Reason, "consider raising resources.memory")
 }
 
 func TestHoldUntil(t *testing.T) {
