@@ -59,6 +59,7 @@ type runCmd struct {
 	Network        string        `help:"Docker network to attach containers to and reach them on, instead of publishing ports." default:"" env:"BERTH_SCHEDULER_NETWORK"`
 	PullTimeout    time.Duration `name:"pull-timeout" help:"Bound on one image pull." default:"5m" env:"BERTH_SCHEDULER_PULL_TIMEOUT"`
 	StartTimeout   time.Duration `name:"start-timeout" help:"Bound on creating and starting a container; older creating/starting instances are stale." default:"1m" env:"BERTH_SCHEDULER_START_TIMEOUT"`
+	StopTimeout    time.Duration `name:"stop-timeout" help:"Bound on stopping a container (signal, then grace); past it the container is removed by force." default:"2m" env:"BERTH_SCHEDULER_STOP_TIMEOUT"`
 	RegistryAuth   string        `name:"registry-auth-file" help:"Docker config.json with registry credentials (never logged)." default:"" env:"BERTH_SCHEDULER_REGISTRY_AUTH_FILE" type:"path"`
 	DefaultCPU     float64       `name:"default-cpu" help:"CPU limit (cores) for apps that set none; 0 for none." default:"1" env:"BERTH_SCHEDULER_DEFAULT_CPU"`
 	DefaultMemory  string        `name:"default-memory" help:"Memory limit for apps that set none (256Mi, 1Gi); 0 for none." default:"512Mi" env:"BERTH_SCHEDULER_DEFAULT_MEMORY"`
@@ -149,8 +150,8 @@ func (r *runCmd) check() error {
 	if _, err := netip.ParseAddr(r.PublishAddress); err != nil {
 		errs = append(errs, fmt.Errorf("--publish-address %q: must be an IP address", r.PublishAddress))
 	}
-	if r.PullTimeout <= 0 || r.StartTimeout <= 0 {
-		errs = append(errs, errors.New("--pull-timeout and --start-timeout must be positive"))
+	if r.PullTimeout <= 0 || r.StartTimeout <= 0 || r.StopTimeout <= 0 {
+		errs = append(errs, errors.New("--pull-timeout, --start-timeout and --stop-timeout must be positive"))
 	}
 	if _, err := spec.ParseByteSize(r.DefaultMemory); err != nil {
 		errs = append(errs, fmt.Errorf("--default-memory: %w", err))

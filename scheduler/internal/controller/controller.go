@@ -34,8 +34,9 @@ type Config struct {
 	MaxParallel int
 	// Resync runs a full cycle this often even without a change.
 	Resync time.Duration
-	// PullTimeout bounds an image pull; StartTimeout a container start.
-	PullTimeout, StartTimeout time.Duration
+	// PullTimeout bounds an image pull; StartTimeout a container start;
+	// StopTimeout a container stop, after which it is removed by force.
+	PullTimeout, StartTimeout, StopTimeout time.Duration
 	// DefaultCPU (cores) and DefaultMemory (bytes) apply when a spec sets none.
 	DefaultCPU    float64
 	DefaultMemory int64
@@ -511,7 +512,10 @@ func (c *Controller) stop(ctx context.Context, l store.Lease, app store.App, rec
 		c.waitDrained(ctx, rev, drain)
 	}
 	if rec.ContainerID != "" {
-		if err := c.dk.Stop(ctx, rec.ContainerID, signal, grace); err != nil && !errors.Is(err, docker.ErrNotFound) {
+		sctx, cancel := context.WithTimeout(ctx, c.stopTimeout(grace))
+		err := c.dk.Stop(sctx, rec.ContainerID, signal, grace)
+		cancel()
+		if err != nil && !errors.Is(err, docker.ErrNotFound) {
 			c.logger.Warn("stop failed, removing by force", zap.Error(err))
 		}
 		if err := c.dk.Remove(ctx, rec.ContainerID); err != nil && !errors.Is(err, docker.ErrNotFound) {
@@ -525,6 +529,12 @@ func (c *Controller) stop(ctx context.Context, l store.Lease, app store.App, rec
 		}
 		return c.event(ctx, tx, l, store.Event{App: rec.App, Instance: rec.ID, Kind: "instance_stopped", Message: "instance " + rec.ID + " stopped: " + reason})
 	})
+}
+
+// stopTimeout bounds a stop: the flag, but never less than the grace plus
+// a margin, so the spec's grace is always honoured.
+func (c *Controller) stopTimeout(grace time.Duration) time.Duration {
+	return max(c.cfg.StopTimeout, grace+10*time.Second)
 }
 
 // waitDrained waits until every live lbagent has applied revision rev (so
