@@ -108,6 +108,8 @@ func startLBAgent(t *testing.T, args ...string) (cancel func(), done chan error)
 	ctx, cancelFn := context.WithCancel(context.Background())
 	done = make(chan error, 1)
 	go func() { done <- serve(ctx, c, r, "", zaptest.NewLogger(t)) }()
+	// Also when the test fails early: never leave lbagent (and its nginx) running.
+	t.Cleanup(cancelFn)
 	return cancelFn, done
 }
 
@@ -250,6 +252,7 @@ func TestHealthTemplatesAndDryRun(t *testing.T) {
 	r, err := render.Load(os.DirFS(tmplDir))
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
 	done := make(chan error, 1)
 	go func() { done <- serve(ctx, c, r, tmplDir, zaptest.NewLogger(t)) }()
 

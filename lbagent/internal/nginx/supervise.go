@@ -111,8 +111,10 @@ func (s *Supervisor) start() (*exec.Cmd, <-chan error, *lockedBuffer, error) {
 	// soon after the master itself has gone.
 	cmd.WaitDelay = 500 * time.Millisecond
 	// Its own process group: a terminal's Ctrl-C reaches lbagent, which then
-	// decides how nginx stops, instead of killing nginx mid-request.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// decides how nginx stops, instead of killing nginx mid-request. If
+	// lbagent itself dies, nginx quits gracefully (SIGQUIT) rather than
+	// keep the listen sockets from the lbagent that replaces it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGQUIT}
 	if err := cmd.Start(); err != nil {
 		return nil, nil, nil, fmt.Errorf("start nginx %s: %w", s.bin.Path, err)
 	}
