@@ -170,9 +170,8 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 		}
 	}))
 	if c.Metrics != "" {
-		group.Add("http", lifecycle.Func(func(ctx context.Context) error {
-			return serveHTTP(ctx, c.Metrics, m, func() bool { return apps.Loaded() && insts.Loaded() && checkers.Loaded() })
-		}))
+		ready := func() bool { return apps.Loaded() && insts.Loaded() && checkers.Loaded() }
+		group.Add("http", lifecycle.HTTP(&http.Server{Addr: c.Metrics, Handler: opsHandler(m, ready), ReadHeaderTimeout: 5 * time.Second}))
 	}
 	logger.Info("healthd started", zap.Int("max_concurrency", c.MaxConc))
 	return group.Run(ctx)
@@ -223,7 +222,8 @@ func newMetrics() *metrics {
 	return m
 }
 
-func serveHTTP(ctx context.Context, addr string, m *metrics, ready func() bool) error {
+// opsHandler serves /metrics, /healthz and /readyz.
+func opsHandler(m *metrics, ready func() bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
@@ -234,15 +234,5 @@ func serveHTTP(ctx context.Context, addr string, m *metrics, ready func() bool) 
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
-	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.ListenAndServe() }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("metrics listener %s: %w", addr, err)
-	case <-ctx.Done():
-		cctx, cancel := lifecycle.CleanupContext(ctx)
-		defer cancel()
-		return srv.Shutdown(cctx)
-	}
+	return mux
 }

@@ -169,7 +169,7 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 		}))
 	}
 	if c.Metrics != "" {
-		group.Add("http", lifecycle.Func(func(ctx context.Context) error { return serveHTTP(ctx, c.Metrics, metrics, store) }))
+		group.Add("http", lifecycle.HTTP(&http.Server{Addr: c.Metrics, Handler: opsHandler(metrics, store), ReadHeaderTimeout: 5 * time.Second}))
 	}
 	logger.Info("lbagent started", zap.String("target", target), zap.Bool("manage_nginx", c.Manage))
 	return group.Run(ctx)
@@ -459,7 +459,9 @@ func (m *metrics) applied(a *msg.Agent) {
 	m.revision.Set(float64(a.AppliedRevision))
 }
 
-func serveHTTP(ctx context.Context, addr string, m *metrics, store *state.Store) error {
+// opsHandler serves /metrics, /healthz and /readyz (ready once every
+// bucket delivered its first complete snapshot).
+func opsHandler(m *metrics, store *state.Store) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
@@ -470,15 +472,5 @@ func serveHTTP(ctx context.Context, addr string, m *metrics, store *state.Store)
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
-	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.ListenAndServe() }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("metrics listener %s: %w", addr, err)
-	case <-ctx.Done():
-		cctx, cancel := lifecycle.CleanupContext(ctx)
-		defer cancel()
-		return srv.Shutdown(cctx)
-	}
+	return mux
 }

@@ -18,6 +18,45 @@ import (
 	"go.uber.org/zap/zaptest"
 )
 
+// env is one Berth environment for a data-plane test: a migrated database,
+// NATS with the contract's buckets, and a scheduler replica managing its
+// own prefix; its containers are removed at cleanup.
+type env struct {
+	t      *testing.T
+	prefix string
+	names  msg.Names
+	conn   *bus.Conn
+	kv     *bus.KV // berth_instances
+	r      *replica
+	// db and natsURL let a test start another replica.
+	db, natsURL string
+}
+
+func newEnv(t *testing.T, base string) *env {
+	t.Helper()
+	db, natsURL := testrig.Postgres(t), testrig.NATS(t)
+	code, _, _ := cmd(t, "migrate", "--database-url", db)
+	require.Equal(t, 0, code)
+	prefix := fmt.Sprintf("%s%d", base, time.Now().UnixNano()%1e6)
+	t.Cleanup(func() {
+		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=berth.prefix="+prefix).Output()
+		for _, id := range strings.Fields(string(out)) {
+			_ = exec.Command("docker", "rm", "-f", id).Run()
+		}
+	})
+	conn, err := bus.Connect(context.Background(), bus.Options{URL: natsURL}, zaptest.NewLogger(t))
+	require.NoError(t, err)
+	t.Cleanup(conn.Close)
+	names, _ := msg.NewNames(prefix)
+	require.NoError(t, conn.EnsureBuckets(context.Background(), bus.ContractBuckets(names)))
+	kv, err := conn.KV(context.Background(), names.InstancesBucket())
+	require.NoError(t, err)
+	e := &env{t: t, prefix: prefix, names: names, conn: conn, kv: kv}
+	e.r = startReplica(t, db, natsURL, prefix+"-a", "--prefix", prefix)
+	e.db, e.natsURL = db, natsURL
+	return e
+}
+
 // running lists the app's instances in berth_instances that are running.
 func running(t *testing.T, kv *bus.KV, app string) map[string]*msg.Instance {
 	t.Helper()
@@ -43,25 +82,10 @@ func running(t *testing.T, kv *bus.KV, app string) map[string]*msg.Instance {
 func TestDataPlaneScaleAndRecover(t *testing.T) {
 	t.Parallel()
 	image := testrig.DemoImage(t, "v1")
-	db, natsURL := testrig.Postgres(t), testrig.NATS(t)
-	code, _, _ := cmd(t, "migrate", "--database-url", db)
-	require.Equal(t, 0, code)
-	app := fmt.Sprintf("dp%d", time.Now().UnixNano()%1e6)
-	t.Cleanup(func() {
-		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=berth.app="+app).Output()
-		for _, id := range strings.Fields(string(out)) {
-			_ = exec.Command("docker", "rm", "-f", id).Run()
-		}
-	})
-	conn, err := bus.Connect(context.Background(), bus.Options{URL: natsURL}, zaptest.NewLogger(t))
-	require.NoError(t, err)
-	t.Cleanup(conn.Close)
-	prefix := "env" + app // its own environment: other tests' containers are not ours
-	names, _ := msg.NewNames(prefix)
-	require.NoError(t, conn.EnsureBuckets(context.Background(), bus.ContractBuckets(names)))
-	kv, err := conn.KV(context.Background(), names.InstancesBucket())
-	require.NoError(t, err)
-	r := startReplica(t, db, natsURL, "dp-a", "--prefix", prefix)
+	e := newEnv(t, "dp")
+	kv := e.kv
+	app := "web"
+	r := e.r
 
 	specFile := filepath.Join(t.TempDir(), "app.yaml")
 	apply := func(replicas int) {
@@ -120,24 +144,9 @@ func TestDataPlaneScaleAndRecover(t *testing.T) {
 func TestDataPlaneRolloutMissingImageAndCrashLoop(t *testing.T) {
 	t.Parallel()
 	v1, v2 := testrig.DemoImage(t, "v1"), testrig.DemoImage(t, "v2")
-	db, natsURL := testrig.Postgres(t), testrig.NATS(t)
-	code, _, _ := cmd(t, "migrate", "--database-url", db)
-	require.Equal(t, 0, code)
-	prefix := fmt.Sprintf("ro%d", time.Now().UnixNano()%1e6)
-	t.Cleanup(func() {
-		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=berth.prefix="+prefix).Output()
-		for _, id := range strings.Fields(string(out)) {
-			_ = exec.Command("docker", "rm", "-f", id).Run()
-		}
-	})
-	conn, err := bus.Connect(context.Background(), bus.Options{URL: natsURL}, zaptest.NewLogger(t))
-	require.NoError(t, err)
-	t.Cleanup(conn.Close)
-	names, _ := msg.NewNames(prefix)
-	require.NoError(t, conn.EnsureBuckets(context.Background(), bus.ContractBuckets(names)))
-	kv, err := conn.KV(context.Background(), names.InstancesBucket())
-	require.NoError(t, err)
-	r := startReplica(t, db, natsURL, "ro-a", "--prefix", prefix)
+	e := newEnv(t, "ro")
+	kv := e.kv
+	r := e.r
 
 	dir := t.TempDir()
 	apply := func(name, body string) {
@@ -171,7 +180,7 @@ func TestDataPlaneRolloutMissingImageAndCrashLoop(t *testing.T) {
 		return v["v2"] == 2 && v["v1"] == 0
 	}, 60*time.Second, 100*time.Millisecond, "rollout to v2: %v", versions("roll"))
 	require.Eventually(t, func() bool {
-		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=berth.app=roll", "--filter", "label=berth.prefix="+prefix).Output()
+		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=berth.app=roll", "--filter", "label=berth.prefix="+e.prefix).Output()
 		return len(strings.Fields(string(out))) == 2
 	}, 30*time.Second, 100*time.Millisecond, "old containers removed")
 
@@ -212,24 +221,9 @@ func stubHealth(t *testing.T, conn *bus.Conn, names msg.Names, kv *bus.KV, app, 
 func TestDataPlaneAutoRollbackAndAdoption(t *testing.T) {
 	t.Parallel()
 	v1, v2 := testrig.DemoImage(t, "v1"), testrig.DemoImage(t, "v2")
-	db, natsURL := testrig.Postgres(t), testrig.NATS(t)
-	code, _, _ := cmd(t, "migrate", "--database-url", db)
-	require.Equal(t, 0, code)
-	prefix := fmt.Sprintf("ar%d", time.Now().UnixNano()%1e6)
-	t.Cleanup(func() {
-		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=berth.prefix="+prefix).Output()
-		for _, id := range strings.Fields(string(out)) {
-			_ = exec.Command("docker", "rm", "-f", id).Run()
-		}
-	})
-	conn, err := bus.Connect(context.Background(), bus.Options{URL: natsURL}, zaptest.NewLogger(t))
-	require.NoError(t, err)
-	t.Cleanup(conn.Close)
-	names, _ := msg.NewNames(prefix)
-	require.NoError(t, conn.EnsureBuckets(context.Background(), bus.ContractBuckets(names)))
-	kv, err := conn.KV(context.Background(), names.InstancesBucket())
-	require.NoError(t, err)
-	a := startReplica(t, db, natsURL, "ar-a", "--prefix", prefix)
+	e := newEnv(t, "ar")
+	conn, names, kv := e.conn, e.names, e.kv
+	a := e.r
 
 	f := filepath.Join(t.TempDir(), "web.yaml")
 	apply := func(r *replica, image string) {
@@ -272,7 +266,7 @@ func TestDataPlaneAutoRollbackAndAdoption(t *testing.T) {
 		before[id] = m.ContainerID
 	}
 	a.stop()
-	b := startReplica(t, db, natsURL, "ar-b", "--prefix", prefix)
+	b := startReplica(t, e.db, e.natsURL, e.prefix+"-b", "--prefix", e.prefix)
 	require.Eventually(t, func() bool { return readyRole(t, b.api) == "leader" }, 10*time.Second, 20*time.Millisecond)
 	time.Sleep(2 * time.Second) // cycles run
 	after := map[string]string{}
@@ -285,26 +279,11 @@ func TestDataPlaneAutoRollbackAndAdoption(t *testing.T) {
 func TestDataPlaneReplacesUnhealthy(t *testing.T) {
 	t.Parallel()
 	v1 := testrig.DemoImage(t, "v1")
-	db, natsURL := testrig.Postgres(t), testrig.NATS(t)
-	code, _, _ := cmd(t, "migrate", "--database-url", db)
-	require.Equal(t, 0, code)
-	prefix := fmt.Sprintf("uh%d", time.Now().UnixNano()%1e6)
-	t.Cleanup(func() {
-		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=berth.prefix="+prefix).Output()
-		for _, id := range strings.Fields(string(out)) {
-			_ = exec.Command("docker", "rm", "-f", id).Run()
-		}
-	})
-	conn, err := bus.Connect(context.Background(), bus.Options{URL: natsURL}, zaptest.NewLogger(t))
-	require.NoError(t, err)
-	t.Cleanup(conn.Close)
-	names, _ := msg.NewNames(prefix)
-	require.NoError(t, conn.EnsureBuckets(context.Background(), bus.ContractBuckets(names)))
-	kv, err := conn.KV(context.Background(), names.InstancesBucket())
-	require.NoError(t, err)
+	e := newEnv(t, "uh")
+	conn, names, kv := e.conn, e.names, e.kv
 	hkv, err := conn.KV(context.Background(), names.HealthBucket())
 	require.NoError(t, err)
-	r := startReplica(t, db, natsURL, "uh-a", "--prefix", prefix)
+	r := e.r
 	f := filepath.Join(t.TempDir(), "web.yaml")
 	require.NoError(t, os.WriteFile(f, []byte("name: web\nport: 8080\nreplicas: 2\nimage: "+v1+
 		"\nresources: {memory: 32Mi}\nstop: {grace: 2s, drain: 0s}\nhealth: {path: /healthz, interval: 1s, timeout: 500ms}\n"), 0o644))

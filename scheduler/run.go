@@ -225,18 +225,7 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	group.Add("publish", lifecycle.Func(func(ctx context.Context) error {
 		return pub.Loop(ctx, leading, gained, changes, r.Resync)
 	}))
-	group.Add("api", lifecycle.Func(func(ctx context.Context) error {
-		errc := make(chan error, 1)
-		go func() { errc <- httpSrv.ListenAndServe() }()
-		select {
-		case err := <-errc:
-			return fmt.Errorf("api listener %s: %w", r.APIListen, err)
-		case <-ctx.Done():
-			cctx, cancel := lifecycle.CleanupContext(ctx)
-			defer cancel()
-			return httpSrv.Shutdown(cctx)
-		}
-	}))
+	group.Add("api", lifecycle.HTTP(httpSrv))
 	logger.Info("scheduler started", zap.String("api", r.APIListen), zap.String("database", store.Redact(r.DatabaseURL)))
 	err = group.Run(ctx)
 	if errors.Is(err, context.Canceled) {

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/signal"
 	"sync"
@@ -198,4 +199,22 @@ func signalContext(parent context.Context, logger *zap.Logger, hardExit func(cod
 			cancel()
 		})
 	}
+}
+
+// HTTP runs srv as a component: it serves until the context ends, then
+// shuts down gracefully within the group's stop deadline. A listener that
+// cannot start is the component's error.
+func HTTP(srv *http.Server) Component {
+	return Func(func(ctx context.Context) error {
+		errc := make(chan error, 1)
+		go func() { errc <- srv.ListenAndServe() }()
+		select {
+		case err := <-errc:
+			return fmt.Errorf("http listener %s: %w", srv.Addr, err)
+		case <-ctx.Done():
+			cctx, cancel := CleanupContext(ctx)
+			defer cancel()
+			return srv.Shutdown(cctx)
+		}
+	})
 }
