@@ -19,10 +19,13 @@ func Confirm(ctx context.Context, client *http.Client, url, want string, interva
 		if err == nil && got == want {
 			return nil
 		}
-		if err != nil {
-			last = err.Error()
-		} else {
+		switch {
+		case err == nil:
 			last = fmt.Sprintf("generation %q", got)
+		case ctx.Err() == nil:
+			last = err.Error()
+			// A request cut short by the deadline itself says nothing about
+			// nginx: keep the last real observation for the error.
 		}
 		select {
 		case <-ctx.Done():
