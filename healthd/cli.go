@@ -6,9 +6,8 @@ import (
 	"os"
 	"time"
 
-	"github.com/alecthomas/kong"
-
 	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/cmdline"
 	"github.com/berthhq/berth/common/logging"
 	"github.com/berthhq/berth/common/msg"
 )
@@ -76,24 +75,7 @@ func (c *cli) check() error {
 }
 
 func parse(args []string, stdout, stderr *os.File) (*cli, int, bool) {
-	var c cli
-	exitCode, exited := 0, false
-	p, err := kong.New(&c, kong.Name("healthd"),
-		kong.Description("Berth healthd: probes every instance over HTTP or TCP and publishes health on NATS."),
-		kong.Vars(bus.FlagVars), kong.Writers(stdout, stderr), kong.Exit(func(code int) { exitCode, exited = code, true }))
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return nil, 2, true
-	}
-	if _, err := p.Parse(args); err != nil {
-		if exited {
-			return nil, exitCode, true
-		}
-		fmt.Fprintf(stderr, "healthd: %v\n", err)
-		return nil, 2, true
-	}
-	if exited {
-		return nil, exitCode, true
-	}
-	return &c, 0, false
+	c, _, code, done := cmdline.Parse[cli]("healthd",
+		"Berth healthd: probes every instance over HTTP or TCP and publishes health on NATS.", bus.FlagVars, args, stdout, stderr)
+	return c, code, done
 }

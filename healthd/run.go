@@ -171,7 +171,7 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 	}))
 	if c.Metrics != "" {
 		ready := func() bool { return apps.Loaded() && insts.Loaded() && checkers.Loaded() }
-		group.Add("http", lifecycle.HTTP(&http.Server{Addr: c.Metrics, Handler: opsHandler(m, ready), ReadHeaderTimeout: 5 * time.Second}))
+		group.Add("http", lifecycle.HTTP(&http.Server{Addr: c.Metrics, Handler: lifecycle.OpsHandler(promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}), ready), ReadHeaderTimeout: 5 * time.Second}))
 	}
 	logger.Info("healthd started", zap.Int("max_concurrency", c.MaxConc))
 	return group.Run(ctx)
@@ -220,19 +220,4 @@ func newMetrics() *metrics {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_healthd_transitions_total", Help: "Health transitions published."}, func() float64 { return m.transitions() }),
 	)
 	return m
-}
-
-// opsHandler serves /metrics, /healthz and /readyz.
-func opsHandler(m *metrics, ready func() bool) http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !ready() {
-			http.Error(w, "waiting for the first complete NATS state", http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ready\n"))
-	})
-	return mux
 }

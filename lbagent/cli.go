@@ -8,9 +8,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/alecthomas/kong"
-
 	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/cmdline"
 	"github.com/berthhq/berth/common/logging"
 	"github.com/berthhq/berth/common/msg"
 )
@@ -125,25 +124,7 @@ func (c *cli) target() (path string, main bool) {
 }
 
 func parse(args []string, stdout, stderr *os.File) (*cli, int, bool) {
-	var c cli
-	exitCode, exited := 0, false
-	p, err := kong.New(&c, kong.Name("lbagent"),
-		kong.Description("Berth lbagent: renders nginx config from NATS state, tests, swaps, reloads and confirms it."),
-		kong.Vars(bus.FlagVars), kong.Writers(stdout, stderr),
-		kong.Exit(func(code int) { exitCode, exited = code, true }))
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return nil, 2, true
-	}
-	if _, err := p.Parse(args); err != nil {
-		if exited {
-			return nil, exitCode, true
-		}
-		fmt.Fprintf(stderr, "lbagent: %v\n", err)
-		return nil, 2, true
-	}
-	if exited {
-		return nil, exitCode, true
-	}
-	return &c, 0, false
+	c, _, code, done := cmdline.Parse[cli]("lbagent",
+		"Berth lbagent: renders nginx config from NATS state, tests, swaps, reloads and confirms it.", bus.FlagVars, args, stdout, stderr)
+	return c, code, done
 }

@@ -169,7 +169,7 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 		}))
 	}
 	if c.Metrics != "" {
-		group.Add("http", lifecycle.HTTP(&http.Server{Addr: c.Metrics, Handler: opsHandler(metrics, store), ReadHeaderTimeout: 5 * time.Second}))
+		group.Add("http", lifecycle.HTTP(&http.Server{Addr: c.Metrics, Handler: lifecycle.OpsHandler(promhttp.HandlerFor(metrics.reg, promhttp.HandlerOpts{}), store.Ready), ReadHeaderTimeout: 5 * time.Second}))
 	}
 	logger.Info("lbagent started", zap.String("target", target), zap.Bool("manage_nginx", c.Manage))
 	return group.Run(ctx)
@@ -460,17 +460,3 @@ func (m *metrics) applied(a *msg.Agent) {
 }
 
 // opsHandler serves /metrics, /healthz and /readyz (ready once every
-// bucket delivered its first complete snapshot).
-func opsHandler(m *metrics, store *state.Store) http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !store.Ready() {
-			http.Error(w, "waiting for the first complete NATS state", http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ready\n"))
-	})
-	return mux
-}

@@ -13,6 +13,7 @@ import (
 	"github.com/alecthomas/kong"
 
 	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/cmdline"
 	"github.com/berthhq/berth/common/logging"
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
@@ -202,26 +203,8 @@ func (c *cli) logging(stderr io.Writer) logging.Options {
 }
 
 func parse(args []string, stdout, stderr *os.File) (*cli, *kong.Context, int, bool) {
-	var c cli
-	exitCode, exited := 0, false
-	p, err := kong.New(&c, kong.Name("scheduler"),
-		kong.Description("Berth scheduler. Exit codes: 0 done, 1 the server, database or network failed, 2 bad usage or configuration."),
+	return cmdline.Parse[cli]("scheduler",
+		"Berth scheduler. Exit codes: 0 done, 1 the server, database or network failed, 2 bad usage or configuration.",
 		kong.Vars{"nats_url_default": "", "nats_url_help": "NATS server URL(s); empty runs an embedded NATS for the other daemons."},
-		kong.Writers(stdout, stderr), kong.Exit(func(code int) { exitCode, exited = code, true }))
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return nil, nil, exitUsage, true
-	}
-	kctx, err := p.Parse(args)
-	if err != nil {
-		if exited {
-			return nil, nil, exitCode, true
-		}
-		fmt.Fprintf(stderr, "scheduler: %v\n", err)
-		return nil, nil, exitUsage, true
-	}
-	if exited {
-		return nil, nil, exitCode, true
-	}
-	return &c, kctx, 0, false
+		args, stdout, stderr)
 }

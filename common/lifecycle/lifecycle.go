@@ -218,3 +218,20 @@ func HTTP(srv *http.Server) Component {
 		}
 	})
 }
+
+// OpsHandler serves a daemon's operations endpoints: /metrics (metrics),
+// /healthz (the process answers) and /readyz (ready reports true once the
+// daemon has the state it needs, 503 until then).
+func OpsHandler(metrics http.Handler, ready func() bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metrics)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready() {
+			http.Error(w, "waiting for the first complete NATS state", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	return mux
+}
