@@ -9,7 +9,7 @@ GOLDEN_PKGS = $(sort $(dir $(shell grep -rl --include='*_test.go' 'flag.Bool("up
 FUZZTIME ?= 30s
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build test vet lint unit golden bench fuzz clean
+.PHONY: all build test vet lint unit golden bench fuzz clean demo demo-down compose-config
 
 all: build
 
@@ -53,6 +53,19 @@ fuzz:
 			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 		done; \
 	done
+
+# demo runs Berth end to end on this machine (README's first command):
+# Postgres, the scheduler with embedded NATS, healthd, lbagent with nginx on
+# 127.0.0.1:8080 and a 3-replica demo app. Ctrl-C or `make demo-down` stops it.
+demo:
+	@bash scripts/demo.sh up
+
+demo-down:
+	@bash scripts/demo.sh down
+
+# compose-config checks the production-like compose stack (compose/).
+compose-config:
+	cd compose && docker-compose config -q
 
 clean:
 	rm -rf $(BIN)

@@ -68,7 +68,7 @@ func DemoImage(t testing.TB, version string) string {
 		images[version] = b
 	}
 	imagesMu.Unlock()
-	b.once.Do(func() { b.tag, b.err = buildDemoImage(version) })
+	b.once.Do(func() { b.tag, b.err = BuildDemoImage(version) })
 	if b.err != nil {
 		t.Fatalf("build demo image %s: %v", version, b.err)
 	}
@@ -80,7 +80,11 @@ func demoSourceDir() string {
 	return filepath.Join(filepath.Dir(file), "demoapp")
 }
 
-func buildDemoImage(version string) (string, error) {
+// BuildDemoImage builds the demo image berth-demo:<version> unless an image
+// with the same source hash exists, and returns its tag. DemoImage is the
+// test-side entry; the quick start (make demo) calls it through
+// internal/testrig/demoimage.
+func BuildDemoImage(version string) (string, error) {
 	tag := "berth-demo:" + version
 	src := demoSourceDir()
 	hash, err := sourceHash(src, version)

@@ -204,6 +204,7 @@ func (c *Controller) cycle(ctx context.Context, l store.Lease) (int, error) {
 	}
 	c.mu.Unlock()
 	owned := map[string]bool{}
+	healthChanged := map[string]string{}
 	for _, r := range records {
 		ct, exists := byContainer[r.ContainerID]
 		owned[r.ContainerID] = true
@@ -212,6 +213,9 @@ func (c *Controller) cycle(ctx context.Context, l store.Lease) (int, error) {
 			ContainerRunning: exists && ct.Running, ContainerGone: r.ContainerID != "" && !exists}
 		key := msg.InstanceKey(r.App, r.ID)
 		o.Health, o.HealthySince, o.UnhealthySince = c.healthOf(key, health[key], specs[r.App], now)
+		if o.Health != r.Health {
+			healthChanged[r.ID] = o.Health
+		}
 		c.mu.Lock()
 		o.OOMKilled = c.oom[r.ContainerID]
 		c.mu.Unlock()
@@ -220,6 +224,11 @@ func (c *Controller) cycle(ctx context.Context, l store.Lease) (int, error) {
 			o.State, o.ContainerGone = msg.StateRunning, true
 		}
 		in.Instances = append(in.Instances, o)
+	}
+	if len(healthChanged) > 0 {
+		if err := c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error { return tx.SetHealth(ctx, healthChanged) }); err != nil {
+			return 0, err
+		}
 	}
 	for _, ct := range containers {
 		if !owned[ct.ID] {

@@ -296,6 +296,18 @@ func (t *Tx) PutInstance(ctx context.Context, i Instance) error {
 	return nil
 }
 
+// SetHealth records the health the leader last saw for each instance (id →
+// status), so that every replica's API and `scheduler status` show it. It
+// leaves updated_at alone: that stamps the scheduler's own state changes.
+func (t *Tx) SetHealth(ctx context.Context, health map[string]string) error {
+	for id, h := range health {
+		if _, err := t.tx.Exec(ctx, `UPDATE instances SET health = $2 WHERE id = $1`, id, h); err != nil {
+			return fmt.Errorf("set health of instance %s: %w", id, redact(err))
+		}
+	}
+	return nil
+}
+
 // DeleteInstance removes an instance record.
 func (t *Tx) DeleteInstance(ctx context.Context, id string) error {
 	if _, err := t.tx.Exec(ctx, `DELETE FROM instances WHERE id = $1`, id); err != nil {

@@ -1,0 +1,60 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/berthhq/berth/internal/testrig"
+	"github.com/stretchr/testify/require"
+)
+
+// TestComposeConfig checks compose/docker-compose.yml with docker-compose's
+// own validation, and that it holds the production-like topology.
+func TestComposeConfig(t *testing.T) {
+	_, err := exec.LookPath("docker-compose")
+	testrig.Require(t, err == nil, "docker-compose not found", "apt-get install docker-compose")
+	cmd := exec.Command("docker-compose", "-f", filepath.Join(repoRoot(), "compose", "docker-compose.yml"), "config")
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "docker-compose config: %s", out)
+	for _, svc := range []string{"postgres:", "nats:", "scheduler-1:", "scheduler-2:", "healthd-1:", "healthd-2:", "lb:"} {
+		require.Contains(t, string(out), "\n  "+svc, "service %s", svc)
+	}
+	require.Contains(t, string(out), "/var/run/docker.sock:/var/run/docker.sock")
+	require.Contains(t, string(out), "--jetstream")
+}
+
+// TestSchedulerAndHealthdImagesFromScratch builds the daemons' images from
+// their Dockerfiles (FROM scratch plus the static binary) and runs each.
+func TestSchedulerAndHealthdImagesFromScratch(t *testing.T) {
+	testrig.Docker(t)
+	ctx := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(ctx, "bin"), 0o755))
+	for _, c := range []struct{ name, check string }{
+		{"scheduler", "check-config --database-url postgres://berth@postgres/berth"},
+		{"healthd", "--check-config"},
+	} {
+		b, err := os.ReadFile(filepath.Join(binDir, c.name))
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(ctx, "bin", c.name), b, 0o755))
+		tag := "berth-e2e/" + c.name + ":" + strconv.FormatInt(time.Now().UnixNano(), 36)
+		build := exec.Command("docker", "build", "-q", "-f", filepath.Join(repoRoot(), "compose", c.name+".Dockerfile"), "-t", tag, ctx)
+		build.Env = append(os.Environ(), "DOCKER_BUILDKIT=0") // no builder image to pull: the engine's own builder
+		out, err := build.CombinedOutput()
+		require.NoError(t, err, "build %s: %s", c.name, out)
+		t.Cleanup(func() { _ = exec.Command("docker", "rmi", "-f", tag).Run() })
+		out, err = exec.Command("docker", append([]string{"run", "--rm", "--network", "none", tag}, strings.Fields(c.check)...)...).CombinedOutput()
+		require.NoError(t, err, "%s %s in its image: %s", c.name, c.check, out)
+		out, err = exec.Command("docker", "image", "inspect", "--format", "{{.Size}} {{len .RootFS.Layers}}", tag).Output()
+		require.NoError(t, err)
+		f := strings.Fields(string(out))
+		size, _ := strconv.Atoi(f[0])
+		require.Equal(t, "1", f[1], "one layer: the binary")
+		require.Less(t, size, 64<<20, "nothing but the binary")
+		t.Logf("%s image: %.1f MiB, %s layer", c.name, float64(size)/(1<<20), f[1])
+	}
+}

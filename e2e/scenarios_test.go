@@ -1,0 +1,271 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/berthhq/berth/internal/loadgen"
+	"github.com/berthhq/berth/internal/testrig"
+	"github.com/stretchr/testify/require"
+)
+
+const demoHost = "demo.localhost"
+
+// demoSpec is examples/demo.yaml with the image, the replica count (a spec
+// is declarative: applying one sets both) and, for the failing version, the
+// health knob of the scenario.
+func demoSpec(t *testing.T, image string, replicas int, extra string) string {
+	b, err := os.ReadFile(filepath.Join(repoRoot(), "examples", "demo.yaml"))
+	require.NoError(t, err)
+	spec := strings.Replace(string(b), "image: berth-demo:v1", "image: "+image, 1)
+	spec = strings.Replace(spec, "replicas: 3", fmt.Sprintf("replicas: %d", replicas), 1)
+	require.Contains(t, spec, "image: "+image)
+	return spec + extra
+}
+
+// TestFullStackZeroFailedRequests runs Berth whole and, under a steady load
+// through nginx, takes it through every disruption a deploy or a failure
+// brings. Every scenario must answer every request with a 2xx.
+func TestFullStackZeroFailedRequests(t *testing.T) {
+	v1, v2 := testrig.DemoImage(t, "v1"), testrig.DemoImage(t, "v2")
+	s := newStack(t)
+	watch := s.startWatch()
+	s.startScheduler("sched-a")
+	s.leader(10 * time.Second)
+	s.startScheduler("sched-b")
+	healthd := s.startHealthd("hc1")
+	lb := s.startLBAgent()
+
+	s.apply(demoSpec(t, v1, 3, ""))
+	s.waitServing("demo", demoHost, 3, "v1", 60*time.Second)
+
+	var report []scenario
+	run := func(name string, body func()) {
+		t.Helper()
+		gen := s.load(demoHost)
+		time.Sleep(time.Second) // load before the disruption
+		body()
+		time.Sleep(time.Second) // and after it
+		res := gen.Stop()
+		report = append(report, scenario{name, res})
+		t.Logf("%-32s %s", name, res)
+		require.Positive(t, res.OK, name)
+		require.NoError(t, loadgen.Check(res), name)
+	}
+
+	run("scale 3 → 8 → 2", func() {
+		s.cli("scale", "demo", "8")
+		s.waitServing("demo", demoHost, 8, "v1", 90*time.Second)
+		s.cli("scale", "demo", "2")
+		s.waitServing("demo", demoHost, 2, "v1", 90*time.Second)
+	})
+
+	run("rolling update v1 → v2", func() {
+		s.apply(demoSpec(t, v2, 2, ""))
+		s.waitServing("demo", demoHost, 2, "v2", 120*time.Second)
+	})
+
+	run("docker kill of one instance", func() {
+		// Slow requests as well, so that requests are in flight on the
+		// container when it dies: nginx retries them on another instance
+		// (proxy_next_upstream error; GET is idempotent).
+		slow := loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/slow?d=200ms", Host: demoHost, Workers: 8})
+		defer func() {
+			res := slow.Stop()
+			t.Logf("%-32s %s", "  in-flight /slow?d=200ms load", res)
+			report = append(report, scenario{"docker kill: slow requests in flight", res})
+			require.NoError(t, loadgen.Check(res), "slow requests during the kill")
+		}()
+		time.Sleep(time.Second)
+		ins := s.instances("demo")
+		require.NotEmpty(t, ins)
+		victim := s.containerOf(ins[0].ID)
+		out, err := exec.Command("docker", "kill", victim).CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		require.Eventually(t, func() bool {
+			for _, in := range s.instances("demo") {
+				if in.ID == ins[0].ID {
+					return false
+				}
+			}
+			return true
+		}, 30*time.Second, 50*time.Millisecond, "the killed instance leaves the scheduler's view")
+		s.waitServing("demo", demoHost, 2, "v2", 60*time.Second)
+	})
+
+	run("50 template-driven reloads", func() {
+		tmpl := filepath.Join(s.tmplDir, "http.conf.tmpl")
+		orig, err := os.ReadFile(tmpl)
+		require.NoError(t, err)
+		for i := 1; i <= 50; i++ {
+			before := s.reloads()
+			edited := strings.Replace(string(orig), "    # --- end of Berth http context ---",
+				fmt.Sprintf("    # template edit %d\n    # --- end of Berth http context ---", i), 1)
+			require.NoError(t, os.WriteFile(tmpl, []byte(edited), 0o644))
+			require.Eventually(t, func() bool { return s.reloads() > before }, 15*time.Second, 10*time.Millisecond, "edit %d applied", i)
+		}
+		require.NoError(t, os.WriteFile(tmpl, orig, 0o644))
+	})
+
+	run("healthd restart, lbagent restart", func() {
+		healthd.stop(t, syscall.SIGTERM, 15*time.Second)
+		healthd = s.startHealthd("hc2")
+		time.Sleep(3 * time.Second) // a few probe rounds by the new checker
+		nginxPID := s.nginx.PID()
+		lb.stop(t, syscall.SIGTERM, 15*time.Second)
+		time.Sleep(time.Second) // nginx serves alone
+		lb = s.startLBAgent()
+		require.Equal(t, nginxPID, s.nginx.PID(), "nginx kept running")
+		s.waitServing("demo", demoHost, 2, "v2", 30*time.Second)
+	})
+
+	run("update failing health → rollback", func() {
+		before := s.instances("demo")
+		s.apply(demoSpec(t, v1, 2, "env: {DEMO_HEALTH: fail}\n"))
+		s.waitEvent(watch, "rolled_back", 90*time.Second)
+		after := s.waitServing("demo", demoHost, 2, "v2", 60*time.Second)
+		require.ElementsMatch(t, ids(before), ids(after), "the serving instances were never replaced")
+	})
+
+	run("leader failover (SIGKILL), then scale", func() {
+		leader := s.leader(5 * time.Second)
+		s.proc("scheduler-"+leader).stop(t, syscall.SIGKILL, 5*time.Second)
+		s.forget(leader)
+		s.leader(10 * time.Second)
+		s.cli("scale", "demo", "4")
+		s.waitServing("demo", demoHost, 4, "v2", 90*time.Second)
+	})
+
+	// The example subscriber saw the story: lifecycle events and health
+	// transitions, in the format docs/nats.md shows.
+	out := watch.output()
+	require.Regexp(t, `(?m) event  demo  instance_started  [a-z0-9]+  instance `, out)
+	require.Regexp(t, `(?m) health demo  [a-z0-9]+  unknown -> healthy`, out)
+	require.Regexp(t, `(?m) health demo  [a-z0-9]+  \S+ -> unhealthy  \(.*\)  http_status: `, out)
+
+	t.Log("requests and failures per scenario (load: 4 keep-alive connections, 200 req/s through nginx):")
+	t.Log("| scenario | requests | non-2xx | errors | connections | retried on a closed keep-alive |")
+	for _, sc := range report {
+		r := sc.Result
+		t.Logf("| %s | %d | %d | %d | %d | %d |", sc.Name, r.Requests, r.Non2xx, r.Errors, r.Conns, r.Retried)
+	}
+}
+
+func ids(ins []instanceView) []string {
+	out := make([]string, len(ins))
+	for i, in := range ins {
+		out[i] = in.ID
+	}
+	return out
+}
+
+// containerOf returns the container id of an instance.
+func (s *stack) containerOf(instance string) string {
+	s.t.Helper()
+	out, err := exec.Command("docker", "ps", "-q", "--filter", "label=berth.prefix="+s.prefix, "--filter", "label=berth.instance="+instance).Output()
+	require.NoError(s.t, err)
+	id := strings.TrimSpace(string(out))
+	require.NotEmpty(s.t, id, "container of %s", instance)
+	return id
+}
+
+func (s *stack) proc(name string) *proc {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := len(s.procs) - 1; i >= 0; i-- {
+		if s.procs[i].name == name {
+			return s.procs[i]
+		}
+	}
+	s.t.Fatalf("no process %s", name)
+	return nil
+}
+
+func (s *stack) forget(schedulerID string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.apis, schedulerID)
+}
+
+// watcher is the example subscriber (examples/berth-watch) running against
+// the stack, its output collected.
+type watcher struct {
+	mu    sync.Mutex
+	lines []string
+	ch    chan string
+}
+
+func (s *stack) startWatch() *watcher {
+	s.t.Helper()
+	cmd := exec.Command(filepath.Join(binDir, "berth-watch"), "--nats-url", s.nats, "--prefix", s.prefix)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(s.t, err)
+	stderr, err := cmd.StderrPipe()
+	require.NoError(s.t, err)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	require.NoError(s.t, cmd.Start())
+	w := &watcher{ch: make(chan string, 4096)}
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), "watching") {
+				close(ready)
+			}
+		}
+	}()
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			w.mu.Lock()
+			w.lines = append(w.lines, sc.Text())
+			w.mu.Unlock()
+			select {
+			case w.ch <- sc.Text():
+			default:
+			}
+		}
+	}()
+	s.t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+	})
+	select {
+	case <-ready:
+	case <-time.After(10 * time.Second):
+		s.t.Fatal("berth-watch did not subscribe")
+	}
+	return w
+}
+
+func (w *watcher) output() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return strings.Join(w.lines, "\n")
+}
+
+// waitEvent waits for an event line whose kind contains kind.
+func (s *stack) waitEvent(w *watcher, kind string, timeout time.Duration) {
+	s.t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case line := <-w.ch:
+			if f := strings.Fields(line); len(f) > 3 && f[1] == "event" && strings.Contains(f[3], kind) {
+				s.t.Logf("event: %s", line)
+				return
+			}
+		case <-deadline:
+			s.t.Fatalf("no %s event within %s", kind, timeout)
+		}
+	}
+}

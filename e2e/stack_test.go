@@ -1,0 +1,451 @@
+// Package e2e runs Berth whole: the scheduler, healthd and lbagent binaries
+// as real processes, with real nginx, PostgreSQL, NATS and Docker, and a
+// load generator sending traffic through nginx for the whole of every
+// scenario.
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/internal/loadgen"
+	"github.com/berthhq/berth/internal/testrig"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+)
+
+// binDir holds the binaries built once for every test of the package.
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "berth-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := func() int {
+		defer os.RemoveAll(dir)
+		if err := buildBinaries(dir); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e: build binaries:", err)
+			return 1
+		}
+		testrig.Main(m) // exits
+		return 0
+	}()
+	os.Exit(code)
+}
+
+// buildBinaries compiles the daemons and the example subscriber the way
+// `make build` does (static, CGO_ENABLED=0).
+func buildBinaries(dir string) error {
+	_, file, _, _ := runtime.Caller(0)
+	root := filepath.Dir(filepath.Dir(file))
+	cmd := exec.Command("go", "build", "-trimpath", "-o", dir+"/", "./scheduler", "./healthd", "./lbagent", "./examples/berth-watch")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%v: %s", err, out)
+	}
+	return nil
+}
+
+// proc is one daemon process of the stack, its output in a log file.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+	err  error
+}
+
+// signal sends sig and waits up to timeout for the process to exit.
+func (p *proc) stop(t *testing.T, sig syscall.Signal, timeout time.Duration) {
+	t.Helper()
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(sig)
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		t.Errorf("%s did not exit within %s of %s", p.name, timeout, sig)
+	}
+}
+
+// stack is one Berth installation on this machine.
+type stack struct {
+	t      *testing.T
+	dir    string
+	prefix string
+	names  msg.Names
+	db     string
+	nats   string
+	conn   *bus.Conn
+
+	nginx      *testrig.Nginx
+	confDir    string
+	tmplDir    string
+	httpAddr   string
+	statusAddr string
+	lbMetrics  string
+
+	mu    sync.Mutex
+	procs []*proc
+	apis  map[string]string // scheduler id → API base URL
+}
+
+func newStack(t *testing.T) *stack {
+	t.Helper()
+	testrig.Docker(t)
+	s := &stack{t: t, dir: t.TempDir(), db: testrig.Postgres(t), nats: testrig.NATS(t), apis: map[string]string{}}
+	s.prefix = fmt.Sprintf("e2e%d", time.Now().UnixNano()%1e7)
+	s.names, _ = msg.NewNames(s.prefix)
+	t.Cleanup(s.removeContainers)
+	t.Cleanup(s.dumpLogsOnFailure)
+
+	conn, err := bus.Connect(context.Background(), bus.Options{URL: s.nats}, zaptest.NewLogger(t).Named("test"))
+	require.NoError(t, err)
+	t.Cleanup(conn.Close)
+	s.conn = conn
+
+	out, err := exec.Command(filepath.Join(binDir, "scheduler"), "migrate", "--database-url", s.db).CombinedOutput()
+	require.NoError(t, err, "scheduler migrate: %s", out)
+
+	// An operator's nginx with lbagent's file included (include mode), so
+	// that lbagent can be restarted while nginx keeps serving.
+	s.confDir = filepath.Join(s.dir, "conf.d")
+	require.NoError(t, os.MkdirAll(s.confDir, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(s.confDir, "berth.conf"), nil, 0o644))
+	s.nginx = testrig.NewNginx(t)
+	s.nginx.WriteConfig(testrig.MainConfig("include " + filepath.Join(s.confDir, "berth.conf") + ";"))
+	s.nginx.Start()
+
+	// A copy of the templates, which the template-reload scenario edits.
+	s.tmplDir = filepath.Join(s.dir, "templates")
+	require.NoError(t, os.CopyFS(s.tmplDir, os.DirFS(filepath.Join(repoRoot(), "templates"))))
+	s.httpAddr = fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
+	s.statusAddr = fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
+	s.lbMetrics = fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
+	return s
+}
+
+func repoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Dir(filepath.Dir(file))
+}
+
+// start runs a binary of binDir until the test ends.
+func (s *stack) start(name, bin string, args ...string) *proc {
+	s.t.Helper()
+	logPath := filepath.Join(s.dir, name+".log")
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	require.NoError(s.t, err)
+	cmd := exec.Command(filepath.Join(binDir, bin), args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	require.NoError(s.t, cmd.Start(), "start %s", name)
+	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		f.Close()
+		close(p.done)
+	}()
+	s.mu.Lock()
+	s.procs = append(s.procs, p)
+	s.mu.Unlock()
+	s.t.Cleanup(func() { p.stop(s.t, syscall.SIGTERM, 30*time.Second) })
+	return p
+}
+
+func (s *stack) natsFlags() []string {
+	return []string{"--nats-url", s.nats, "--prefix", s.prefix, "--log-level", "debug"}
+}
+
+// startScheduler runs a scheduler replica and waits for its API.
+func (s *stack) startScheduler(id string) *proc {
+	s.t.Helper()
+	api := fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(s.t))
+	p := s.start("scheduler-"+id, "scheduler", append([]string{"run", "--database-url", s.db, "--api-listen", api,
+		"--id", id, "--lease-ttl", "2s", "--resync", "5s", "--stop-timeout", "30s"}, s.natsFlags()...)...)
+	testrig.WaitHTTP(s.t, "http://"+api+"/healthz", 20*time.Second)
+	s.mu.Lock()
+	s.apis[id] = "http://" + api
+	s.mu.Unlock()
+	return p
+}
+
+func (s *stack) startHealthd(id string) *proc {
+	s.t.Helper()
+	addr := fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(s.t))
+	p := s.start("healthd-"+id, "healthd", append([]string{"--id", id, "--metrics-listen", addr, "--refresh", "10s"}, s.natsFlags()...)...)
+	testrig.WaitHTTP(s.t, "http://"+addr+"/healthz", 20*time.Second)
+	return p
+}
+
+func (s *stack) startLBAgent() *proc {
+	s.t.Helper()
+	p := s.start("lbagent", "lbagent", append([]string{"--node", "lb1", "--conf-dir", s.confDir,
+		"--nginx-pid-file", filepath.Join(s.nginx.Prefix, "run", "nginx.pid"), "--nginx-bin", s.nginx.Bin,
+		"--state-dir", filepath.Join(s.dir, "lbagent-state"), "--templates", s.tmplDir,
+		"--listen-http", s.httpAddr, "--listen-https", fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(s.t)),
+		"--status-listen", s.statusAddr, "--metrics-listen", s.lbMetrics, "--debounce", "20ms:300ms",
+		"--empty-hold", "5s"}, s.natsFlags()...)...)
+	testrig.WaitHTTP(s.t, "http://"+s.lbMetrics+"/healthz", 20*time.Second)
+	return p
+}
+
+// api returns the API of a live scheduler replica (any replica serves it).
+func (s *stack) api() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ids := make([]string, 0, len(s.apis))
+	for id := range s.apis {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		if resp, err := http.Get(s.apis[id] + "/healthz"); err == nil {
+			resp.Body.Close()
+			return s.apis[id]
+		}
+	}
+	s.t.Fatal("no scheduler replica answers")
+	return ""
+}
+
+// leader returns the id of the replica that leads, waiting for one.
+func (s *stack) leader(timeout time.Duration) string {
+	s.t.Helper()
+	var id string
+	require.Eventually(s.t, func() bool {
+		s.mu.Lock()
+		apis := make(map[string]string, len(s.apis))
+		for k, v := range s.apis {
+			apis[k] = v
+		}
+		s.mu.Unlock()
+		for k, api := range apis {
+			var r struct{ Role string }
+			if getJSON(api+"/readyz", &r) == nil && r.Role == "leader" {
+				id = k
+				return true
+			}
+		}
+		return false
+	}, timeout, 20*time.Millisecond, "no scheduler became leader")
+	return id
+}
+
+// cli runs the scheduler's command line against a live replica.
+func (s *stack) cli(args ...string) string {
+	s.t.Helper()
+	out, err := exec.Command(filepath.Join(binDir, "scheduler"), append(args, "--server", s.api())...).CombinedOutput()
+	require.NoError(s.t, err, "scheduler %s: %s", strings.Join(args, " "), out)
+	return string(out)
+}
+
+// apply writes spec to a file and applies it.
+func (s *stack) apply(spec string) {
+	s.t.Helper()
+	f := filepath.Join(s.dir, fmt.Sprintf("spec-%d.yaml", time.Now().UnixNano()))
+	require.NoError(s.t, os.WriteFile(f, []byte(spec), 0o644))
+	s.t.Logf("apply: %s", strings.TrimSpace(s.cli("apply", "-f", f)))
+}
+
+type instanceView struct {
+	ID         string `json:"id"`
+	Generation int64  `json:"generation"`
+	State      string `json:"state"`
+	Health     string `json:"health"`
+	Address    string `json:"address"`
+}
+
+func (s *stack) instances(app string) []instanceView {
+	var out []instanceView
+	if err := getJSON(s.api()+"/v1/apps/"+app+"/instances", &out); err != nil {
+		s.t.Logf("instances of %s: %v", app, err)
+	}
+	return out
+}
+
+func getJSON(url string, v any) error {
+	client := &http.Client{Timeout: 2 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("GET %s: %d %s", url, resp.StatusCode, b)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// served asks nginx 4n+20 times for host and returns the instances and
+// versions that answered, and the failures seen.
+func (s *stack) served(host string, n int) (instances, versions map[string]bool, failures int, sample string) {
+	instances, versions = map[string]bool{}, map[string]bool{}
+	client := &http.Client{Timeout: 2 * time.Second}
+	for range 4*n + 20 {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+s.httpAddr+"/", nil)
+		req.Host = host
+		resp, err := client.Do(req)
+		if err != nil {
+			failures, sample = failures+1, err.Error()
+			continue
+		}
+		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		resp.Body.Close()
+		var body struct{ Instance, Version string }
+		if err := json.Unmarshal(raw, &body); err != nil || resp.StatusCode != http.StatusOK {
+			failures, sample = failures+1, fmt.Sprintf("%d %s", resp.StatusCode, strings.TrimSpace(string(raw)))
+			continue
+		}
+		instances[body.Instance], versions[body.Version] = true, true
+	}
+	return instances, versions, failures, sample
+}
+
+// waitServing waits until the app has exactly n instances in the scheduler's
+// view, all running and healthy, with no other instance left in Docker, and
+// nginx's answers come from exactly those instances, all of version.
+func (s *stack) waitServing(app, host string, n int, version string, timeout time.Duration) []instanceView {
+	s.t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last string
+	for time.Now().Before(deadline) {
+		ins := s.instances(app)
+		want := map[string]bool{}
+		ok := len(ins) == n
+		for _, in := range ins {
+			want[in.ID] = true
+			ok = ok && in.State == msg.StateRunning && in.Health == msg.StatusHealthy
+		}
+		containers := s.containers(app)
+		ok = ok && len(containers) == n
+		if ok {
+			got, versions, failures, sample := s.served(host, n)
+			if failures == 0 && equalSets(got, want) && len(versions) == 1 && versions[version] {
+				return ins
+			}
+			last = fmt.Sprintf("nginx served %v (versions %v, %d failures: %s), want %v of %s", keys(got), keys(versions), failures, sample, keys(want), version)
+		} else {
+			last = fmt.Sprintf("instances %+v, containers %d", ins, len(containers))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	s.t.Fatalf("%s: not serving %d healthy instances of %s within %s: %s", app, n, version, timeout, last)
+	return nil
+}
+
+// containers lists the ids of the app's containers that exist in Docker.
+func (s *stack) containers(app string) []string {
+	out, err := exec.Command("docker", "ps", "-aq", "--filter", "label=berth.prefix="+s.prefix, "--filter", "label=berth.app="+app).Output()
+	if err != nil {
+		s.t.Logf("docker ps: %v", err)
+		return nil
+	}
+	return strings.Fields(string(out))
+}
+
+func (s *stack) removeContainers() {
+	out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=berth.prefix="+s.prefix).Output()
+	for _, id := range strings.Fields(string(out)) {
+		_ = exec.Command("docker", "rm", "-f", id).Run()
+	}
+}
+
+func (s *stack) dumpLogsOnFailure() {
+	if !s.t.Failed() {
+		return
+	}
+	s.mu.Lock()
+	procs := append([]*proc(nil), s.procs...)
+	s.mu.Unlock()
+	seen := map[string]bool{}
+	for _, p := range procs {
+		if seen[p.log] {
+			continue
+		}
+		seen[p.log] = true
+		b, _ := os.ReadFile(p.log)
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		s.t.Logf("--- last lines of %s ---\n%s", p.name, strings.Join(lines[max(0, len(lines)-40):], "\n"))
+	}
+	s.t.Logf("--- nginx error log ---\n%s", s.nginx.Log())
+}
+
+// reloads reads lbagent's count of applied configs from its /metrics.
+func (s *stack) reloads() int {
+	resp, err := http.Get("http://" + s.lbMetrics + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	re := regexp.MustCompile(`^berth_lbagent_reloads_total\{result="applied"\} (\d+)`)
+	for sc.Scan() {
+		if m := re.FindStringSubmatch(sc.Text()); m != nil {
+			n, _ := strconv.Atoi(m[1])
+			return n
+		}
+	}
+	return 0
+}
+
+// scenario is one line of the report: what ran and what the load saw.
+type scenario struct {
+	Name   string
+	Result loadgen.Result
+}
+
+// load starts the load generator against the app's host through nginx.
+func (s *stack) load(host string) *loadgen.Run {
+	return loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/", Host: host, Workers: 4, Rate: 200})
+}
+
+func equalSets(a, b map[string]bool) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k := range a {
+		if !b[k] {
+			return false
+		}
+	}
+	return true
+}
+
+func keys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,287 @@
+// Package loadgen is the load generator of Berth's full-stack tests and
+// benchmarks: a fixed number of workers send GET requests through nginx at
+// a bounded total rate, and every response and every error is counted.
+//
+// It behaves like a browser or any HTTP/1.1 client library: each worker
+// keeps its connection alive, and net/http retries an idempotent request
+// once when a reused keep-alive connection turns out to have been closed by
+// the server before it answered (RFC 9110 §9.2.2). That retry is what every
+// client does when nginx closes idle keep-alive connections during a
+// graceful reload; counting it as a failure would measure the client, not
+// Berth. Anything else — a refused or reset connection on a fresh
+// connection, a timeout, a non-2xx status — is counted as a failure.
+package loadgen
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Config says what to load and how hard.
+type Config struct {
+	// URL is requested with GET, e.g. http://127.0.0.1:8080/.
+	URL string
+	// Host, when set, is sent as the Host header (nginx routes on it).
+	Host string
+	// Workers is the number of concurrent connections (default 4).
+	Workers int
+	// Rate caps the total requests per second; 0 means as fast as the
+	// workers go. Tests keep it modest so that the load does not starve the
+	// daemons under test of the machine's two cores.
+	Rate float64
+	// Timeout bounds one request (default 5s).
+	Timeout time.Duration
+}
+
+// Result counts what happened. Failures are Non2xx + Errors.
+type Result struct {
+	Requests int64 `json:"requests"`
+	OK       int64 `json:"ok"`
+	Non2xx   int64 `json:"non_2xx"`
+	Errors   int64 `json:"errors"`
+	Conns    int64 `json:"connections"`
+	// Retried counts requests net/http sent a second time because the
+	// kept-alive connection it first used had been closed by the server
+	// (see the package comment); each is also counted once in Requests.
+	Retried  int64         `json:"retried"`
+	Duration time.Duration `json:"duration"`
+	// Statuses counts responses by status code.
+	Statuses map[int]int64 `json:"statuses"`
+	// Versions counts 2xx responses by the "version" field of a JSON body
+	// (the demo app's), so a test can see a rollout switch over.
+	Versions map[string]int64 `json:"versions,omitempty"`
+	// Samples holds the first few distinct failures, for the test log.
+	Samples []string `json:"samples,omitempty"`
+	// Latency percentiles of every answered request.
+	P50, P99, Max time.Duration
+}
+
+// Failed is the number of requests that did not get a 2xx answer.
+func (r Result) Failed() int64 { return r.Non2xx + r.Errors }
+
+// String is one line for a test log or a benchmark table.
+func (r Result) String() string {
+	s := fmt.Sprintf("%d requests in %s (%.0f/s): %d ok, %d non-2xx, %d errors; %d connections, %d retried on a closed keep-alive; p50 %s p99 %s max %s",
+		r.Requests, r.Duration.Round(time.Millisecond), float64(r.Requests)/max(r.Duration.Seconds(), 1e-9),
+		r.OK, r.Non2xx, r.Errors, r.Conns, r.Retried, r.P50.Round(100*time.Microsecond), r.P99.Round(100*time.Microsecond), r.Max.Round(100*time.Microsecond))
+	if len(r.Versions) > 0 {
+		keys := make([]string, 0, len(r.Versions))
+		for k := range r.Versions {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		parts := make([]string, len(keys))
+		for i, k := range keys {
+			parts[i] = fmt.Sprintf("%s=%d", k, r.Versions[k])
+		}
+		s += "; versions " + strings.Join(parts, " ")
+	}
+	if len(r.Samples) > 0 {
+		s += "; first failures: " + strings.Join(r.Samples, " | ")
+	}
+	return s
+}
+
+// Run is a generator in progress.
+type Run struct {
+	cfg    Config
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	start  time.Time
+
+	requests, ok, non2xx, errs, conns, retried atomic.Int64
+
+	mu        sync.Mutex
+	statuses  map[int]int64
+	versions  map[string]int64
+	samples   []string
+	latencies []time.Duration
+	result    *Result
+}
+
+// Start begins sending requests until Stop is called or ctx ends.
+func Start(ctx context.Context, cfg Config) *Run {
+	if cfg.Workers <= 0 {
+		cfg.Workers = 4
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 5 * time.Second
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	r := &Run{cfg: cfg, cancel: cancel, start: time.Now(), statuses: map[int]int64{}, versions: map[string]int64{}}
+	var interval time.Duration
+	if cfg.Rate > 0 {
+		interval = time.Duration(float64(time.Second) * float64(cfg.Workers) / cfg.Rate)
+	}
+	for i := range cfg.Workers {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.worker(ctx, interval, time.Duration(i)*interval/time.Duration(cfg.Workers))
+		}()
+	}
+	return r
+}
+
+func (r *Run) worker(ctx context.Context, interval, offset time.Duration) {
+	tr := &http.Transport{
+		Proxy:               nil,
+		DialContext:         (&net.Dialer{Timeout: r.cfg.Timeout}).DialContext,
+		MaxIdleConnsPerHost: 1,
+		MaxConnsPerHost:     1,
+		DisableCompression:  true,
+	}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: r.cfg.Timeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	next := time.Now().Add(offset)
+	for {
+		if interval > 0 {
+			if d := time.Until(next); d > 0 {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(d):
+				}
+			}
+			next = next.Add(interval)
+			if behind := time.Since(next); behind > time.Second {
+				next = time.Now() // do not burst to catch up after a stall
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		r.one(ctx, client)
+	}
+}
+
+func (r *Run) one(ctx context.Context, client *http.Client) {
+	// GotConn runs once per attempt: a second call is net/http's retry.
+	attempts := 0
+	trace := &httptrace.ClientTrace{
+		ConnectDone: func(_, _ string, err error) {
+			if err == nil {
+				r.conns.Add(1)
+			}
+		},
+		GotConn: func(httptrace.GotConnInfo) {
+			if attempts++; attempts == 2 {
+				r.retried.Add(1)
+			}
+		},
+	}
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(context.WithoutCancel(ctx), trace), http.MethodGet, r.cfg.URL, nil)
+	if err != nil {
+		r.fail("build request: " + err.Error())
+		return
+	}
+	if r.cfg.Host != "" {
+		req.Host = r.cfg.Host
+	}
+	t0 := time.Now()
+	resp, err := client.Do(req)
+	if err != nil {
+		r.fail(err.Error())
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	resp.Body.Close()
+	elapsed := time.Since(t0)
+	if err != nil {
+		r.fail("read body: " + err.Error())
+		return
+	}
+	r.requests.Add(1)
+	var version string
+	if resp.StatusCode/100 == 2 {
+		r.ok.Add(1)
+		var v struct {
+			Version string `json:"version"`
+		}
+		if json.Unmarshal(body, &v) == nil {
+			version = v.Version
+		}
+	} else {
+		r.non2xx.Add(1)
+	}
+	r.mu.Lock()
+	r.statuses[resp.StatusCode]++
+	if version != "" {
+		r.versions[version]++
+	}
+	r.latencies = append(r.latencies, elapsed)
+	if resp.StatusCode/100 != 2 {
+		r.sample(fmt.Sprintf("%d %s", resp.StatusCode, strings.TrimSpace(string(body[:min(len(body), 120)]))))
+	}
+	r.mu.Unlock()
+}
+
+func (r *Run) fail(what string) {
+	r.requests.Add(1)
+	r.errs.Add(1)
+	r.mu.Lock()
+	r.sample(what)
+	r.mu.Unlock()
+}
+
+// sample keeps the first few distinct failures; r.mu is held.
+func (r *Run) sample(s string) {
+	if len(r.samples) >= 5 {
+		return
+	}
+	for _, x := range r.samples {
+		if x == s {
+			return
+		}
+	}
+	r.samples = append(r.samples, s)
+}
+
+// Snapshot returns the counts so far without stopping.
+func (r *Run) Snapshot() Result {
+	return Result{Requests: r.requests.Load(), OK: r.ok.Load(), Non2xx: r.non2xx.Load(), Errors: r.errs.Load(),
+		Conns: r.conns.Load(), Retried: r.retried.Load(), Duration: time.Since(r.start)}
+}
+
+// Stop ends the run, waits for requests in flight, and returns the totals.
+// Calling it again returns the same result.
+func (r *Run) Stop() Result {
+	r.cancel()
+	r.wg.Wait()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.result != nil {
+		return *r.result
+	}
+	res := r.Snapshot()
+	res.Statuses, res.Versions, res.Samples = r.statuses, r.versions, r.samples
+	if n := len(r.latencies); n > 0 {
+		sort.Slice(r.latencies, func(i, j int) bool { return r.latencies[i] < r.latencies[j] })
+		res.P50, res.P99, res.Max = r.latencies[n/2], r.latencies[n*99/100], r.latencies[n-1]
+	}
+	r.result = &res
+	return res
+}
+
+// ErrFailed is wrapped by Check when a run had failures.
+var ErrFailed = errors.New("requests failed")
+
+// Check returns an error describing the failures of res, or nil.
+func Check(res Result) error {
+	if res.Failed() == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s", ErrFailed, res)
+}

@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# Berth's quick start: `make demo` runs the whole system on this machine and
+# `make demo-down` (or Ctrl-C) stops it. See README.md.
+#
+#   scripts/demo.sh up     install what is missing, build, start everything,
+#                          apply examples/demo.yaml, wait until nginx serves it,
+#                          then stay in the foreground until Ctrl-C
+#   scripts/demo.sh down   stop everything, remove the demo's containers and data
+#
+# Everything listens on 127.0.0.1 only. Settings (environment):
+#   BERTH_DEMO_DIR   state and logs (default /tmp/berth-demo)
+#   DETACH=1         return after printing the instructions instead of waiting
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DIR=${BERTH_DEMO_DIR:-/tmp/berth-demo}
+BIN=$ROOT/bin
+PREFIX=berth
+HTTP=127.0.0.1:8080
+API=http://127.0.0.1:7070
+NATS=nats://127.0.0.1:4222
+PG_PORT=55432
+PORTS=(8080 8443 8091 7070 4222 9102 9103 $PG_PORT)
+HOST=demo.localhost
+export BERTH_SERVER=$API
+
+start_time=$(date +%s)
+n=0
+step() { n=$((n + 1)); printf '\n\033[1m==> [%d/9 %3ss] %s\033[0m\n' "$n" "$(($(date +%s) - start_time))" "$*"; }
+info() { printf '    %s\n' "$*"; }
+die() { printf '\n\033[31mdemo: %s\033[0m\n' "$*" >&2; exit 1; }
+
+# wait_for DESCRIPTION SECONDS COMMAND...: runs COMMAND every 0.2 s until it
+# succeeds, printing what it waits for; fails after SECONDS.
+wait_for() {
+  local what=$1 secs=$2; shift 2
+  local deadline=$(($(date +%s) + secs)) dots=0
+  printf '    waiting for %s ' "$what"
+  until "$@" >/dev/null 2>&1; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      printf '\n'
+      die "gave up waiting for $what after ${secs}s (logs: $DIR/logs/)"
+    fi
+    dots=$((dots + 1)); [ $((dots % 5)) -eq 0 ] && printf '.'
+    sleep 0.2
+  done
+  printf ' ok\n'
+}
+
+as_postgres() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1; }
+
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# start NAME COMMAND...: runs a daemon in its own session (Ctrl-C reaches this
+# script, which then stops the daemons in order), its output in logs/NAME.log.
+start() {
+  local name=$1; shift
+  setsid "$@" >>"$DIR/logs/$name.log" 2>&1 < /dev/null &
+  echo $! >"$DIR/run/$name.pid"
+  info "$name started (pid $!, log $DIR/logs/$name.log)"
+}
+
+stop_pid() {
+  local name=$1 sig=${2:-TERM} f="$DIR/run/$1.pid"
+  [ -f "$f" ] || return 0
+  local pid; pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -"$sig" "$pid" 2>/dev/null || true
+    for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; info "$name killed (did not stop within 30s)"; else info "$name stopped"; fi
+  fi
+  rm -f "$f"
+}
+
+down() {
+  trap - INT TERM
+  [ -d "$DIR" ] || { echo "demo: nothing to stop ($DIR does not exist)"; return 0; }
+  echo
+  echo "==> stopping the Berth demo"
+  if [ -f "$DIR/run/scheduler.pid" ] && kill -0 "$(cat "$DIR/run/scheduler.pid")" 2>/dev/null; then
+    # Deleting the apps lets the scheduler drain and stop their containers.
+    for app in $("$BIN/scheduler" status -o json 2>/dev/null | sed -n 's/.*"name": *"\([^"]*\)".*/\1/p' | sort -u); do
+      "$BIN/scheduler" rm "$app" >/dev/null 2>&1 && info "app $app deleted: the scheduler drains and stops its instances"
+    done
+    deadline=$(($(date +%s) + 30))
+    while [ -n "$(docker ps -q --filter label=berth.prefix=$PREFIX 2>/dev/null)" ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.5; done
+  fi
+  stop_pid lbagent   # nginx quits gracefully with it
+  stop_pid healthd
+  stop_pid scheduler
+  left=$(docker ps -aq --filter label=berth.prefix=$PREFIX 2>/dev/null || true)
+  if [ -n "$left" ]; then
+    docker rm -f $left >/dev/null && info "removed $(echo $left | wc -w) leftover container(s)"
+  fi
+  if [ -f "$DIR/pg/data/postmaster.pid" ]; then
+    as_postgres "$(pg_bin)/pg_ctl" -D "$DIR/pg/data" -m fast -w stop >/dev/null 2>&1 && info "postgres stopped"
+  fi
+  rm -rf "$DIR"
+  echo "==> stopped; nothing is left running"
+}
+
+up() {
+  if [ -d "$DIR/run" ]; then
+    echo "demo: a previous demo is in $DIR: stopping it first"
+    down
+  fi
+
+  step "checking packages (nginx, postgresql) and Docker"
+  missing=()
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+  [ -n "$(pg_bin)" ] || missing+=(postgresql)
+  command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+  if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    info "installing ${missing[*]} with apt-get"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+  info "$("$NGINX" -v 2>&1), postgres $(basename "$(dirname "$(pg_bin)")")"
+  docker version --format '    docker engine {{.Server.Version}}' || die "the Docker engine is not reachable: start dockerd"
+  for p in "${PORTS[@]}"; do
+    listening "$p" && die "127.0.0.1:$p is already in use (the demo needs ${PORTS[*]}): stop what listens there"
+  done
+
+  step "building the binaries and the demo image"
+  make --no-print-directory build
+  go run ./internal/testrig/demoimage v1 v2 | sed 's/^/    /'
+
+  mkdir -p "$DIR"/{logs,run,nginx,lbagent,nats}
+  trap 'down; exit 130' INT TERM
+
+  step "starting a throwaway PostgreSQL on 127.0.0.1:$PG_PORT and migrating it"
+  mkdir -p "$DIR/pg"
+  [ "$(id -u)" -eq 0 ] && chown postgres "$DIR/pg"
+  as_postgres "$(pg_bin)/initdb" -D "$DIR/pg/data" -U berth --auth=trust -E UTF8 >"$DIR/logs/initdb.log" 2>&1 || die "initdb failed: $DIR/logs/initdb.log"
+  as_postgres "$(pg_bin)/pg_ctl" -D "$DIR/pg/data" -l "$DIR/pg/postgres.log" -w \
+    -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $DIR/pg -c fsync=off" start >/dev/null || die "postgres did not start: $DIR/pg/postgres.log"
+  as_postgres "$(pg_bin)/createdb" -h 127.0.0.1 -p $PG_PORT -U berth berth
+  DB="postgres://berth@127.0.0.1:$PG_PORT/berth?sslmode=disable"
+  "$BIN/scheduler" migrate --database-url "$DB" | sed 's/^/    /'
+
+  step "starting the scheduler (API $API, embedded NATS $NATS)"
+  start scheduler "$BIN/scheduler" run --database-url "$DB" --api-listen 127.0.0.1:7070 --nats-listen 127.0.0.1:4222 \
+    --data-dir "$DIR/nats" --prefix $PREFIX --id demo-scheduler
+  wait_for "the scheduler to lead" 30 sh -c "curl -fsS $API/readyz | grep -q '\"role\":\"leader\"'"
+
+  step "starting healthd"
+  start healthd "$BIN/healthd" --nats-url $NATS --prefix $PREFIX --id demo-healthd --metrics-listen 127.0.0.1:9103
+  wait_for "healthd to be ready" 30 curl -fsS http://127.0.0.1:9103/readyz
+
+  step "starting lbagent with nginx on http://$HTTP"
+  start lbagent "$BIN/lbagent" --nats-url $NATS --prefix $PREFIX --node demo-lb --manage-nginx \
+    --nginx-bin "$NGINX" --nginx-conf "$DIR/nginx/nginx.conf" --nginx-prefix "$DIR/nginx" --state-dir "$DIR/lbagent" \
+    --templates "$ROOT/templates" --listen-http $HTTP --listen-https 127.0.0.1:8443 --status-listen 127.0.0.1:8091 \
+    --metrics-listen 127.0.0.1:9102 --access-log-socket "$DIR/run/access.sock"
+  wait_for "nginx to answer on $HTTP" 30 curl -sS -o /dev/null "http://$HTTP/"
+
+  step "applying examples/demo.yaml (3 replicas of berth-demo:v1)"
+  "$BIN/scheduler" apply -f examples/demo.yaml | sed 's/^/    /'
+
+  step "waiting until nginx serves the demo from 3 healthy instances"
+  serving() {
+    local seen
+    seen=$(for _ in $(seq 1 30); do curl -fsS -H "Host: $HOST" "http://$HTTP/" || exit 1; echo; done | sed -n 's/.*"instance":"\([^"]*\)".*/\1/p' | sort -u | wc -l)
+    [ "$seen" -eq 3 ]
+  }
+  wait_for "containers to start, pass their health check and enter nginx's upstream" 90 serving
+  "$BIN/scheduler" status demo | sed 's/^/    /'
+
+  step "Berth is running ($(($(date +%s) - start_time))s)"
+  cat <<EOF
+
+  Try it (the scheduler CLI is $BIN/scheduler; BERTH_SERVER defaults to $API):
+
+    curl -H 'Host: $HOST' http://$HTTP/                 # answered by one of 3 instances
+    $BIN/scheduler status demo                          # instances, health, addresses
+    $BIN/scheduler scale demo 5                         # scale out (and back with 3)
+    sed 's/berth-demo:v1/berth-demo:v2/' examples/demo.yaml | $BIN/scheduler apply -f -
+                                                        # rolling update to v2, no request dropped
+    $BIN/scheduler events --follow                      # lifecycle events as they happen
+    go run ./examples/berth-watch                       # events and health transitions over NATS
+    docker kill \$(docker ps -q --filter label=berth.app=demo | head -n1)
+                                                        # a crash: replaced within a second
+
+  Logs: $DIR/logs/   Metrics: http://127.0.0.1:7070/metrics, :9102/metrics, :9103/metrics
+  Stop: Ctrl-C here, or 'make demo-down' from another terminal.
+EOF
+  if [ "${DETACH:-0}" = 1 ]; then
+    trap - INT TERM
+    return 0
+  fi
+  # Stay in the foreground until Ctrl-C, or until demo-down stops the daemons.
+  while [ -f "$DIR/run/scheduler.pid" ] && kill -0 "$(cat "$DIR/run/scheduler.pid" 2>/dev/null)" 2>/dev/null; do
+    sleep 1 &
+    wait $! || true
+  done
+  trap - INT TERM
+  echo "demo: the daemons were stopped"
+}
+
+case "${1:-up}" in
+  up) up ;;
+  down) down ;;
+  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+esac
