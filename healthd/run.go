@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -131,12 +132,27 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 	apps := view.NewTable(view.AppTerm, notify)
 	insts := view.NewTable(view.InstanceTerm, notify)
 	checkers := view.NewTable(view.NoTerm[*msg.Checker], notify)
+	// What is published now: a target new to this checker carries on from
+	// it, and a target handed to another checker keeps it until then.
+	health := view.NewTable(view.NoTerm[*msg.Health], nil)
+	var allTargets atomic.Pointer[map[string]bool]
 
 	var runner *checker.Runner
 	pub := publisher.New(conn, names, id, func() int { return runner.Targets() }, logger)
 	pub.Refresh = c.Refresh
 	pub.LeaveOnStop = !c.crash
+	pub.HandedOver = func(key string) bool {
+		all := allTargets.Load()
+		return all != nil && (*all)[key]
+	}
 	runner = checker.NewRunner(instrumented{probe.New(nil), m}, pub, c.MaxConc)
+	runner.Seed = func(t checker.Target) (checker.State, bool) {
+		h, ok := health.Get(t.Key)
+		if !ok || h.Generation != t.Generation {
+			return checker.State{}, false
+		}
+		return checker.State{Status: h.Status, Successes: h.ConsecutiveSuccesses, Failures: h.ConsecutiveFailures, Since: h.CheckedAt}, true
+	}
 	m.targets = func() float64 { return float64(runner.Targets()) }
 	m.transitions = func() float64 { return float64(pub.Transitions.Load()) }
 
@@ -144,6 +160,7 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 	group.Add("watch-apps", bus.NewWatcher(conn, names.AppsBucket(), decode[*msg.App], apps.Handler(), logger))
 	group.Add("watch-instances", bus.NewWatcher(conn, names.InstancesBucket(), decode[*msg.Instance], insts.Handler(), logger))
 	group.Add("watch-checkers", bus.NewWatcher(conn, names.CheckersBucket(), decode[*msg.Checker], checkers.Handler(), logger))
+	group.Add("watch-health", bus.NewWatcher(conn, names.HealthBucket(), decode[*msg.Health], health.Handler(), logger))
 	group.Add("runner", runner)
 	group.Add("publisher", pub)
 	group.Add("targets", lifecycle.Func(func(ctx context.Context) error {
@@ -158,7 +175,7 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 			case <-changed:
 			case <-tick.C:
 			}
-			if !apps.Loaded() || !insts.Loaded() || !checkers.Loaded() {
+			if !apps.Loaded() || !insts.Loaded() || !checkers.Loaded() || !health.Loaded() {
 				continue // never act on a partial initial load
 			}
 			cs, _ := checkers.Rows()
@@ -166,6 +183,11 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 			m.live.Set(float64(len(live)))
 			a, _ := apps.Rows()
 			in, _ := insts.Rows()
+			all := map[string]bool{}
+			for _, t := range checker.Targets(a, in, nil) {
+				all[t.Key] = true
+			}
+			allTargets.Store(&all)
 			runner.SetTargets(checker.Targets(a, in, func(key string) bool { return shard.Owner(key, live) == id }))
 		}
 	}))

@@ -56,6 +56,14 @@ func (t *Table[T]) Rows() (map[string]T, uint64) {
 	return maps.Clone(t.rows), t.rev
 }
 
+// Get returns one row.
+func (t *Table[T]) Get(key string) (T, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	v, ok := t.rows[key]
+	return v, ok
+}
+
 // Read calls f with the rows and revision under the table's lock, for
 // readers that only look: f must not keep the map or call the table.
 func (t *Table[T]) Read(f func(rows map[string]T, rev uint64)) {

@@ -29,8 +29,10 @@ type Target struct {
 // Report is one finished probe: the target's new state and whether its
 // status changed.
 type Report struct {
-	Target  Target
-	State   State
+	Target Target
+	State  State
+	// From is the status before this probe; Changed is State.Status != From.
+	From    string
 	Changed bool
 }
 
@@ -48,6 +50,12 @@ type Handler interface {
 // delays the schedule of others; a target whose previous probe is still
 // running skips that turn rather than stacking probes.
 type Runner struct {
+	// Seed, when set before the first SetTargets, gives a new target its
+	// starting state: health checking carries on across checker restarts
+	// and handovers instead of starting every instance over as unknown
+	// (which would take it out of nginx until it passed again).
+	Seed func(t Target) (State, bool)
+
 	prober  Prober
 	handler Handler
 	slots   chan struct{}
@@ -81,7 +89,10 @@ func (r *Runner) Targets() int {
 	return len(r.entries)
 }
 
-// SetTargets replaces the set of targets. New targets start unknown; a
+// SetTargets replaces the set of targets. New targets start from Seed's
+// state when it has one (the status last published for that instance, by
+// this checker before a restart or by the checker that had it before a
+// handover), else unknown; a
 // changed target (address, check, interval) keeps its state and takes the
 // change at its next probe; targets no longer in ts are dropped and
 // reported as removed.
@@ -94,7 +105,13 @@ func (r *Runner) SetTargets(ts []Target) {
 		seen[t.Key] = true
 		e, ok := r.entries[t.Key]
 		if !ok {
-			e = &entry{t: t, state: NewState(now)}
+			st := NewState(now)
+			if r.Seed != nil {
+				if seeded, ok := r.Seed(t); ok {
+					st = seeded
+				}
+			}
+			e = &entry{t: t, state: st}
 			r.entries[t.Key] = e
 			r.schedule(e, now)
 			continue
@@ -211,11 +228,12 @@ func (r *Runner) probe(ctx context.Context, e *entry) {
 		r.mu.Unlock()
 		return
 	}
+	from := e.state.Status
 	next, changed := Step(e.state, res, e.t.Check.HealthyThreshold, e.t.Check.UnhealthyThreshold, r.now())
 	e.state = next
 	t = e.t
 	r.mu.Unlock()
-	r.handler.Probed(Report{Target: t, State: next, Changed: changed})
+	r.handler.Probed(Report{Target: t, State: next, From: from, Changed: changed})
 }
 
 // item is one scheduled turn of a target.

@@ -161,3 +161,32 @@ func TestRunnerHonoursInitialDelay(t *testing.T) {
 	require.Zero(t, f.count("web.new"), "no probe within the initial delay")
 	require.Eventually(t, func() bool { return f.count("web.new") > 0 }, 2*time.Second, 5*time.Millisecond)
 }
+
+// A target seeded from its published health carries on from it: a seeded
+// healthy target with unhealthy_threshold 3 stays healthy through two
+// failures and turns unhealthy on the third, reported from "healthy"; a
+// target with no seed starts unknown.
+func TestRunnerSeedsNewTargetsFromPublishedHealth(t *testing.T) {
+	t.Parallel()
+	f := &fakeProber{calls: map[string]int{}, paths: map[string]string{}}
+	rec := &recorder{}
+	r := NewRunner(f, rec, 4)
+	r.Seed = func(tg Target) (State, bool) {
+		if tg.Key != "web.seeded" {
+			return State{}, false
+		}
+		return State{Status: msg.StatusHealthy, Successes: 7}, true
+	}
+	start(t, r)
+	seeded, fresh := target("web.seeded", "fail", 100*time.Millisecond), target("web.fresh", "ok", 100*time.Millisecond)
+	seeded.Check.UnhealthyThreshold = 3
+	r.SetTargets([]Target{seeded, fresh})
+	require.Eventually(t, func() bool { return f.count("web.seeded") >= 4 && f.count("web.fresh") >= 1 }, 3*time.Second, 10*time.Millisecond)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	var got []string
+	for _, c := range rec.changes {
+		got = append(got, c.Target.Key+":"+c.From+"->"+c.State.Status)
+	}
+	require.ElementsMatch(t, []string{"web.seeded:healthy->unhealthy", "web.fresh:unknown->healthy"}, got)
+}

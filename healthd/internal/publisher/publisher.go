@@ -41,6 +41,10 @@ type Publisher struct {
 	health *bus.KV
 	check  *bus.KV
 
+	// HandedOver reports whether a target this checker dropped is still
+	// checked by another checker (set before Run).
+	HandedOver func(key string) bool
+
 	// Transitions counts published health transitions.
 	Transitions atomic.Uint64
 	// Failures counts puts and publishes that failed.
@@ -60,7 +64,7 @@ func New(conn *bus.Conn, names msg.Names, id string, targets func() int, logger 
 // puts its health and publishes the transition.
 func (p *Publisher) Probed(r checker.Report) {
 	p.mu.Lock()
-	prev, seen := p.latest[r.Target.Key]
+	_, seen := p.latest[r.Target.Key]
 	p.latest[r.Target.Key] = r
 	p.mu.Unlock()
 	if seen && !r.Changed {
@@ -70,21 +74,19 @@ func (p *Publisher) Probed(r checker.Report) {
 	defer cancel()
 	p.put(ctx, r)
 	if r.Changed {
-		from := msg.StatusUnknown
-		if seen {
-			from = prev.State.Status
-		}
-		p.publishChange(ctx, r, from)
+		p.publishChange(ctx, r, r.From)
 	}
 }
 
-// Removed deletes the health value of a target no longer checked here.
+// Removed deletes the health value of a target no longer checked here,
+// unless HandedOver says another checker now has it: the value must stay
+// for nginx until the new owner's first report overwrites it.
 func (p *Publisher) Removed(key string) {
 	p.mu.Lock()
 	delete(p.latest, key)
 	kv := p.health
 	p.mu.Unlock()
-	if kv == nil {
+	if kv == nil || p.HandedOver != nil && p.HandedOver(key) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
