@@ -188,6 +188,7 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	ctl = controller.New(controller.Config{MaxParallel: r.MaxParallel, Resync: r.Resync, PullTimeout: r.PullTimeout, StartTimeout: r.StartTimeout, StopTimeout: r.StopTimeout,
 		DefaultCPU: r.DefaultCPU, DefaultMemory: int64(mem), Env: appenv.Policy{Prefix: r.AppEnvPrefix, Block: r.AppEnvBlock}, Environ: os.Environ()},
 		st, dk, conn, names, el.Leader, healthTbl, agentsTbl, logger)
+	reg.MustRegister(ctl.Collectors()...)
 
 	var token string
 	if r.APITokenFile != "" {

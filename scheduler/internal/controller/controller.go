@@ -70,6 +70,8 @@ type Controller struct {
 	oom map[string]bool
 	// unhealthySince is when each instance last turned unhealthy.
 	unhealthySince map[string]time.Time
+
+	metrics *metrics
 }
 
 // New returns a controller. lease reports the current leadership; health
@@ -78,7 +80,8 @@ func New(cfg Config, st *store.Store, dk *docker.Client, conn *bus.Conn, names m
 	health *view.Table[*msg.Health], agents *view.Table[*msg.Agent], logger *zap.Logger) *Controller {
 	return &Controller{cfg: cfg, st: st, dk: dk, conn: conn, names: names, lease: lease, health: health, agents: agents,
 		logger: logger.Named("controller"), wake: make(chan struct{}, 1),
-		healthySince: map[string]time.Time{}, tripped: map[string]time.Time{}, dead: map[string]bool{}, oom: map[string]bool{}, unhealthySince: map[string]time.Time{}}
+		healthySince: map[string]time.Time{}, tripped: map[string]time.Time{}, dead: map[string]bool{}, oom: map[string]bool{}, unhealthySince: map[string]time.Time{},
+		metrics: newMetrics()}
 }
 
 // Wake asks for a cycle soon (an app changed, health changed, leadership gained).
@@ -105,9 +108,14 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 		l, ok := c.lease()
 		if !ok {
+			c.metrics.desired.Reset()
+			c.metrics.ready.Reset()
 			continue
 		}
+		started := time.Now()
 		acted, err := c.cycle(ctx, l)
+		c.metrics.duration.Observe(time.Since(started).Seconds())
+		c.metrics.cycles.WithLabelValues(result(err)).Inc()
 		if acted > 0 {
 			// The state moved: plan again from where it is now (a replaced
 			// instance's successor, the next step of a rollout).
@@ -249,6 +257,7 @@ func (c *Controller) cycle(ctx context.Context, l store.Lease) (int, error) {
 	if n, err := c.checkRollouts(ctx, l, in, specs, now); err != nil || n > 0 {
 		return n, err // rolled back: plan again from the new generation
 	}
+	c.metrics.observeApps(in)
 	actions := reconcile.Plan(in)
 	if ce := c.logger.Check(zap.DebugLevel, "planned"); ce != nil {
 		obs := make([]string, 0, len(in.Instances))
@@ -269,7 +278,9 @@ func (c *Controller) cycle(ctx context.Context, l store.Lease) (int, error) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if err := c.act(ctx, l, a, specs[a.App], in.Apps[a.App], recordOf(records, a.Instance)); err != nil {
+			err := c.act(ctx, l, a, specs[a.App], in.Apps[a.App], recordOf(records, a.Instance))
+			c.metrics.action(a.Kind, err)
+			if err != nil {
 				errs <- err
 			}
 		}()
