@@ -9,7 +9,7 @@ GOLDEN_PKGS = $(sort $(dir $(shell grep -rl --include='*_test.go' 'flag.Bool("up
 FUZZTIME ?= 30s
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build test vet lint unit golden bench fuzz clean demo demo-down compose-config
+.PHONY: all build test vet lint unit e2e golden bench fuzz clean demo demo-down compose-config
 
 all: build
 
@@ -22,9 +22,9 @@ build:
 	done
 
 # test: what CI runs. Static checks first (cheap), then every test with the
-# race detector, including the fuzz seed corpora. With CI=true a missing
+# race detector, including the fuzz seed corpora, then the full-stack tests. With CI=true a missing
 # nginx, PostgreSQL or Docker fails the run instead of skipping.
-test: vet lint unit
+test: vet lint unit e2e
 
 vet:
 	$(GO) vet ./...
@@ -33,7 +33,13 @@ lint:
 	$(GO) tool staticcheck ./...
 
 unit:
-	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v '/e2e$$')
+
+# e2e: the full-stack tests, alone on the machine (they measure failed
+# requests under load, and share no CPU with the unit tests), verbose so
+# that the per-scenario request and error counts are in the output.
+e2e:
+	$(GO) test -count=1 -v -timeout $(TEST_TIMEOUT) ./e2e/
 
 golden:
 	$(GO) test -count=1 $(addprefix ./,$(GOLDEN_PKGS)) -update

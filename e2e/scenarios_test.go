@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -78,12 +80,18 @@ func TestFullStackZeroFailedRequests(t *testing.T) {
 		// Slow requests as well, so that requests are in flight on the
 		// container when it dies: nginx retries them on another instance
 		// (proxy_next_upstream error; GET is idempotent).
-		slow := loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/slow?d=200ms", Host: demoHost, Workers: 8})
+		// The rate staggers the 8 workers evenly, so that the requests in
+		// flight at the kill are of every age (unpaced, they would run in
+		// lockstep and the kill could land just after a batch began).
+		slow := loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/slow?d=500ms", Host: demoHost, Workers: 8, Rate: 15})
 		defer func() {
 			res := slow.Stop()
-			t.Logf("%-32s %s", "  in-flight /slow?d=200ms load", res)
-			report = append(report, scenario{"docker kill: slow requests in flight", res})
+			t.Logf("%-32s %s", "  in-flight /slow?d=500ms load", res)
+			report = append(report, scenario{"docker kill: 500 ms requests in flight", res})
 			require.NoError(t, loadgen.Check(res), "slow requests during the kill")
+			// A request that took longer than its 500 ms was in flight on
+			// the killed container and answered by another after nginx's retry.
+			require.Greater(t, res.Max, 550*time.Millisecond, "requests were in flight on the killed container")
 		}()
 		time.Sleep(time.Second)
 		ins := s.instances("demo")
@@ -116,10 +124,23 @@ func TestFullStackZeroFailedRequests(t *testing.T) {
 		require.NoError(t, os.WriteFile(tmpl, orig, 0o644))
 	})
 
-	run("healthd restart, lbagent restart", func() {
+	run("healthd join, leave, restart", func() {
+		// A second checker joins: the targets are split, and those handed
+		// over keep their published health until the new owner reports.
+		hc2 := s.startHealthd("hc2")
+		time.Sleep(3 * time.Second)
+		// The first leaves cleanly: the second takes every target at once.
 		healthd.stop(t, syscall.SIGTERM, 15*time.Second)
-		healthd = s.startHealthd("hc2")
-		time.Sleep(3 * time.Second) // a few probe rounds by the new checker
+		time.Sleep(3 * time.Second)
+		// A restart with no checker for a moment: the new one carries on
+		// from the published health instead of starting from unknown.
+		hc2.stop(t, syscall.SIGTERM, 15*time.Second)
+		healthd = s.startHealthd("hc3")
+		time.Sleep(3 * time.Second)
+		s.waitServing("demo", demoHost, 2, "v2", 30*time.Second)
+	})
+
+	run("lbagent restart (nginx keeps serving)", func() {
 		nginxPID := s.nginx.PID()
 		lb.stop(t, syscall.SIGTERM, 15*time.Second)
 		time.Sleep(time.Second) // nginx serves alone
@@ -144,6 +165,12 @@ func TestFullStackZeroFailedRequests(t *testing.T) {
 		s.cli("scale", "demo", "4")
 		s.waitServing("demo", demoHost, 4, "v2", 90*time.Second)
 	})
+
+	// The leader's metrics say the app is at strength.
+	metrics := s.metricsOf(s.apisOf(s.leader(5*time.Second)) + "/metrics")
+	require.Contains(t, metrics, `berth_scheduler_app_desired_replicas{app="demo"} 4`)
+	require.Contains(t, metrics, `berth_scheduler_app_ready_replicas{app="demo"} 4`)
+	require.Regexp(t, `berth_scheduler_actions_total\{kind="start",result="ok"\} \d+`, metrics)
 
 	// The example subscriber saw the story: lifecycle events and health
 	// transitions, in the format docs/nats.md shows.
@@ -268,4 +295,20 @@ func (s *stack) waitEvent(w *watcher, kind string, timeout time.Duration) {
 			s.t.Fatalf("no %s event within %s", kind, timeout)
 		}
 	}
+}
+
+func (s *stack) apisOf(id string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.apis[id]
+}
+
+func (s *stack) metricsOf(url string) string {
+	s.t.Helper()
+	resp, err := http.Get(url)
+	require.NoError(s.t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(s.t, err)
+	return string(b)
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/berthhq/berth/internal/loadgen"
 	"github.com/berthhq/berth/internal/testrig"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
 )
 
@@ -127,7 +128,7 @@ func newStack(t *testing.T) *stack {
 	t.Cleanup(s.removeContainers)
 	t.Cleanup(s.dumpLogsOnFailure)
 
-	conn, err := bus.Connect(context.Background(), bus.Options{URL: s.nats}, zaptest.NewLogger(t).Named("test"))
+	conn, err := bus.Connect(context.Background(), bus.Options{URL: s.nats}, zaptest.NewLogger(t, zaptest.Level(zapcore.WarnLevel)).Named("test"))
 	require.NoError(t, err)
 	t.Cleanup(conn.Close)
 	s.conn = conn

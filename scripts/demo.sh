@@ -175,17 +175,17 @@ up() {
   step "Berth is running ($(($(date +%s) - start_time))s)"
   cat <<EOF
 
-  Try it (the scheduler CLI is $BIN/scheduler; BERTH_SERVER defaults to $API):
+  Try it (from the repository root; the CLI talks to $API):
 
-    curl -H 'Host: $HOST' http://$HTTP/                 # answered by one of 3 instances
-    $BIN/scheduler status demo                          # instances, health, addresses
-    $BIN/scheduler scale demo 5                         # scale out (and back with 3)
-    sed 's/berth-demo:v1/berth-demo:v2/' examples/demo.yaml | $BIN/scheduler apply -f -
-                                                        # rolling update to v2, no request dropped
-    $BIN/scheduler events --follow                      # lifecycle events as they happen
-    go run ./examples/berth-watch                       # events and health transitions over NATS
+    curl -H 'Host: $HOST' http://$HTTP/      # one of 3 instances answers
+    bin/scheduler status demo                       # instances, health, addresses
+    bin/scheduler scale demo 5                      # scale out (and back with 3)
+    sed 's/demo:v1/demo:v2/' examples/demo.yaml | bin/scheduler apply -f -
+                                                    # rolling update to v2, no request dropped
+    bin/scheduler events --follow                   # lifecycle events as they happen
+    go run ./examples/berth-watch                   # events and health transitions over NATS
     docker kill \$(docker ps -q --filter label=berth.app=demo | head -n1)
-                                                        # a crash: replaced within a second
+                                                    # a crash: replaced within a second
 
   Logs: $DIR/logs/   Metrics: http://127.0.0.1:7070/metrics, :9102/metrics, :9103/metrics
   Stop: Ctrl-C here, or 'make demo-down' from another terminal.

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/berthhq/berth/common/bus"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
 )
 
@@ -11,7 +12,9 @@ import (
 // 127.0.0.1 port, stopped when the test ends, and returns its URL.
 func NATS(t testing.TB) string {
 	t.Helper()
-	s, err := bus.Embedded(bus.EmbeddedOptions{Port: -1, StoreDir: t.TempDir()}, zaptest.NewLogger(t))
+	// Warnings only: the server's start-up banner and debug lines would
+	// bury a verbose test's own output.
+	s, err := bus.Embedded(bus.EmbeddedOptions{Port: -1, StoreDir: t.TempDir()}, zaptest.NewLogger(t, zaptest.Level(zapcore.WarnLevel)))
 	if err != nil {
 		t.Fatalf("start in-process NATS: %v", err)
 	}
