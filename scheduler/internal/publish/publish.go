@@ -102,6 +102,11 @@ func (p *Publisher) One(ctx context.Context, name string, l store.Lease) error {
 	}
 	a, err := p.apps.Get(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
+		// Several change notifications can arrive after one delete (a
+		// rollback just before it, say): the event is for the first.
+		if _, err := kv.Get(ctx, name); errors.Is(err, bus.ErrKeyNotFound) {
+			return nil
+		}
 		if err := kv.Delete(ctx, name); err != nil {
 			return fmt.Errorf("publish %s: %w", name, err)
 		}
