@@ -280,6 +280,10 @@ type Metrics struct {
 	P99MS float64 `json:"p99_ms"`
 	// UpstreamErrors counts requests nginx could not pass to any upstream.
 	UpstreamErrors int64 `json:"upstream_errors"`
+	// LatencyHistogram is the window's upstream response time distribution
+	// (optional, added within v1): unlike the quantiles above, histograms of
+	// several lbagents merge into the app's true quantiles.
+	LatencyHistogram *Histogram `json:"latency_histogram,omitempty"`
 }
 
 // Reload is the result of one lbagent config change (subject reloads.<node>).
@@ -476,6 +480,11 @@ func (m *Metrics) Validate() error {
 	}
 	if m.P50MS < 0 || m.P95MS < 0 || m.P99MS < 0 {
 		es.Add("p50_ms", "latencies must not be negative")
+	}
+	if m.LatencyHistogram != nil {
+		if field, problem := m.LatencyHistogram.validate(); problem != "" {
+			es.Add("latency_histogram"+field, "%s", problem)
+		}
 	}
 	when(&es, "window_start", m.WindowStart)
 	return es.Err()

@@ -1,0 +1,278 @@
+package msg
+
+import (
+	"fmt"
+	"math"
+	"sort"
+)
+
+// HistogramAccuracy is the relative accuracy of every Histogram Berth
+// publishes: a quantile read from it is within 1 % of the true value.
+const HistogramAccuracy = 0.01
+
+// maxHistogramBins bounds a histogram on the wire: at 1 % accuracy, 1 µs to
+// 1 hour is about 1,100 bins.
+const maxHistogramBins = 4096
+
+// Histogram is a mergeable latency distribution in milliseconds: the
+// logarithmic buckets of DDSketch. Bin i counts the values in
+// (γ^(i-1), γ^i] with γ = (1+α)/(1-α), α the relative accuracy; Zero
+// counts values ≤ 0. Two histograms of the same accuracy merge by adding
+// counts bin by bin, so the views of several nginx nodes give one true
+// quantile, which averaging their p95s would not.
+type Histogram struct {
+	// RelativeAccuracy is α (HistogramAccuracy for Berth's producers).
+	RelativeAccuracy float64 `json:"relative_accuracy"`
+	// Zero counts values ≤ 0.
+	Zero float64 `json:"zero,omitempty"`
+	// Bins are [index, count] pairs, sorted by index, counts > 0.
+	Bins [][2]float64 `json:"bins"`
+
+	idx map[int]float64 // bins by index while adding; nil when Bins is current
+}
+
+func (h *Histogram) gamma() float64 {
+	a := h.RelativeAccuracy
+	if a <= 0 || a >= 1 {
+		a = HistogramAccuracy
+	}
+	return (1 + a) / (1 - a)
+}
+
+// index returns the bin of v > 0.
+func (h *Histogram) index(v float64) int { return int(math.Ceil(math.Log(v) / math.Log(h.gamma()))) }
+
+func (h *Histogram) unpack() {
+	if h.idx != nil {
+		return
+	}
+	h.idx = make(map[int]float64, len(h.Bins))
+	for _, b := range h.Bins {
+		h.idx[int(b[0])] += b[1]
+	}
+}
+
+func (h *Histogram) pack() {
+	if h.idx == nil {
+		return
+	}
+	h.Bins = h.Bins[:0]
+	for i, c := range h.idx {
+		if c > 0 {
+			h.Bins = append(h.Bins, [2]float64{float64(i), c})
+		}
+	}
+	sort.Slice(h.Bins, func(a, b int) bool { return h.Bins[a][0] < h.Bins[b][0] })
+	h.idx = nil
+}
+
+// Add counts n values of v milliseconds.
+func (h *Histogram) Add(v, n float64) {
+	if h.RelativeAccuracy == 0 {
+		h.RelativeAccuracy = HistogramAccuracy
+	}
+	if n <= 0 || math.IsNaN(v) {
+		return
+	}
+	if v <= 0 {
+		h.Zero += n
+		return
+	}
+	h.unpack()
+	h.idx[h.index(v)] += n
+}
+
+// Merge adds o's counts (o may be nil). Histograms of another accuracy
+// are re-binned by their bins' representative values.
+func (h *Histogram) Merge(o *Histogram) {
+	if o == nil {
+		return
+	}
+	o.pack()
+	if h.RelativeAccuracy == 0 {
+		h.RelativeAccuracy = o.gamma2accuracy()
+	}
+	h.Zero += o.Zero
+	same := math.Abs(h.gamma()-o.gamma()) < 1e-12
+	h.unpack()
+	for _, b := range o.Bins {
+		if same {
+			h.idx[int(b[0])] += b[1]
+		} else {
+			h.idx[h.index(o.value(int(b[0])))] += b[1]
+		}
+	}
+}
+
+func (h *Histogram) gamma2accuracy() float64 {
+	if h.RelativeAccuracy <= 0 || h.RelativeAccuracy >= 1 {
+		return HistogramAccuracy
+	}
+	return h.RelativeAccuracy
+}
+
+// value is bin i's representative value, within α of every value in it.
+func (h *Histogram) value(i int) float64 {
+	g := h.gamma()
+	return 2 * math.Pow(g, float64(i)) / (g + 1)
+}
+
+// Count is the number of values.
+func (h *Histogram) Count() float64 {
+	if h == nil {
+		return 0
+	}
+	h.pack()
+	n := h.Zero
+	for _, b := range h.Bins {
+		n += b[1]
+	}
+	return n
+}
+
+// Quantile returns the q-quantile (0 ≤ q ≤ 1) in milliseconds, 0 when empty.
+func (h *Histogram) Quantile(q float64) float64 {
+	total := h.Count()
+	if total == 0 {
+		return 0
+	}
+	rank := q * (total - 1)
+	if rank < h.Zero {
+		return 0
+	}
+	seen := h.Zero
+	for _, b := range h.Bins {
+		seen += b[1]
+		if seen > rank {
+			return h.value(int(b[0]))
+		}
+	}
+	return h.value(int(h.Bins[len(h.Bins)-1][0]))
+}
+
+// Finish sorts the bins for the wire; call it before encoding.
+func (h *Histogram) Finish() {
+	if h.RelativeAccuracy == 0 {
+		h.RelativeAccuracy = HistogramAccuracy
+	}
+	h.pack()
+	if h.Bins == nil {
+		h.Bins = [][2]float64{}
+	}
+}
+
+// validate checks a decoded histogram and returns the sub-field at fault
+// and the problem, or two empty strings.
+func (h *Histogram) validate() (field, problem string) {
+	if h.RelativeAccuracy <= 0 || h.RelativeAccuracy >= 0.5 {
+		return ".relative_accuracy", fmt.Sprintf("%v must be in (0, 0.5)", h.RelativeAccuracy)
+	}
+	if len(h.Bins) > maxHistogramBins {
+		return ".bins", fmt.Sprintf("%d bins, at most %d", len(h.Bins), maxHistogramBins)
+	}
+	if h.Zero < 0 || math.IsNaN(h.Zero) || math.IsInf(h.Zero, 0) {
+		return ".zero", "must be a finite count ≥ 0"
+	}
+	for i, b := range h.Bins {
+		if b[0] != math.Trunc(b[0]) || math.Abs(b[0]) > 1e6 {
+			return fmt.Sprintf(".bins[%d]", i), fmt.Sprintf("index %v must be an integer within ±1000000", b[0])
+		}
+		if b[1] <= 0 || math.IsNaN(b[1]) || math.IsInf(b[1], 0) {
+			return fmt.Sprintf(".bins[%d]", i), fmt.Sprintf("count %v must be a finite count > 0", b[1])
+		}
+		if i > 0 && b[0] <= h.Bins[i-1][0] {
+			return fmt.Sprintf(".bins[%d]", i), "indexes must be strictly increasing"
+		}
+	}
+	return "", ""
+}
+
+// MergedQuantile returns the q-quantile of the histograms merged, and
+// their total count, without building the merged histogram: the bins are
+// summed into a dense array over their index range (a few hundred entries
+// at 1 % accuracy), so the cost is linear in the bins. The histograms are
+// read only. Histograms of another accuracy than the first are re-binned.
+func MergedQuantile(q float64, hs []*Histogram) (value, count float64) {
+	var first *Histogram
+	lo, hi := math.MaxInt, math.MinInt
+	var zero float64
+	for _, h := range hs {
+		if h == nil {
+			continue
+		}
+		if first == nil {
+			first = h
+		}
+		zero += h.Zero
+		count += h.Zero
+		if h.idx == nil && h.RelativeAccuracy == first.RelativeAccuracy {
+			for _, b := range h.Bins {
+				i := int(b[0])
+				lo, hi = min(lo, i), max(hi, i)
+				count += b[1]
+			}
+			continue
+		}
+		h.each(func(bin int, c float64) {
+			i := first.rebin(h, bin)
+			lo, hi = min(lo, i), max(hi, i)
+			count += c
+		})
+	}
+	if count == 0 {
+		return 0, 0
+	}
+	rank := q * (count - 1)
+	if rank < zero || lo > hi {
+		return 0, count
+	}
+	// At 1 % accuracy 1,024 bins span 1 µs to 10 hours: on the stack.
+	var buf [1024]float64
+	var dense []float64
+	if n := hi - lo + 1; n <= len(buf) {
+		dense = buf[:n]
+	} else {
+		dense = make([]float64, n)
+	}
+	for _, h := range hs {
+		if h == nil {
+			continue
+		}
+		if h.idx == nil && h.RelativeAccuracy == first.RelativeAccuracy {
+			for _, b := range h.Bins {
+				dense[int(b[0])-lo] += b[1]
+			}
+			continue
+		}
+		h.each(func(bin int, c float64) { dense[first.rebin(h, bin)-lo] += c })
+	}
+	seen := zero
+	for i, c := range dense {
+		seen += c
+		if seen > rank {
+			return first.value(lo + i), count
+		}
+	}
+	return first.value(hi), count
+}
+
+// each calls f with every bin, without packing (read only).
+func (h *Histogram) each(f func(i int, c float64)) {
+	if h.idx != nil {
+		for i, c := range h.idx {
+			f(i, c)
+		}
+		return
+	}
+	for _, b := range h.Bins {
+		f(int(b[0]), b[1])
+	}
+}
+
+// rebin maps bin i of o to h's bins.
+func (h *Histogram) rebin(o *Histogram, i int) int {
+	if o == h || o.RelativeAccuracy == h.RelativeAccuracy {
+		return i
+	}
+	return h.index(o.value(i))
+}
