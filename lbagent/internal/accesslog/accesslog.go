@@ -1,7 +1,9 @@
 // Package accesslog receives nginx's JSON access log on lbagent's unix
 // datagram socket (nginx's syslog output, which never blocks nginx) and
 // aggregates it per app per window: request count, status classes,
-// upstream errors and upstream latency quantiles from a mergeable DDSketch.
+// upstream errors and upstream latency quantiles from a mergeable histogram
+// (msg.Histogram, DDSketch's logarithmic bins at 1 % accuracy), which is
+// published with them.
 package accesslog
 
 import (
@@ -18,8 +20,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/DataDog/sketches-go/ddsketch"
 
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
@@ -83,7 +83,7 @@ func Parse(datagram []byte) (Entry, error) {
 type agg struct {
 	requests, upstreamErrors int64
 	status                   msg.StatusCounts
-	latency                  *ddsketch.DDSketch
+	latency                  *msg.Histogram
 }
 
 // Aggregator sums entries per app over a window. It is safe for concurrent use.
@@ -108,8 +108,7 @@ func (a *Aggregator) Add(e Entry) {
 	defer a.mu.Unlock()
 	g, ok := a.apps[e.App]
 	if !ok {
-		sk, _ := ddsketch.NewDefaultDDSketch(0.01) // 1% relative accuracy
-		g = &agg{latency: sk}
+		g = &agg{latency: &msg.Histogram{RelativeAccuracy: msg.HistogramAccuracy}}
 		a.apps[e.App] = g
 	}
 	g.requests++
@@ -129,7 +128,7 @@ func (a *Aggregator) Add(e Entry) {
 		g.upstreamErrors++
 	}
 	if e.UpstreamMS >= 0 {
-		_ = g.latency.Add(e.UpstreamMS)
+		g.latency.Add(e.UpstreamMS, 1)
 	}
 }
 
@@ -148,9 +147,10 @@ func (a *Aggregator) Flush(now time.Time) []*msg.Metrics {
 	for name, g := range apps {
 		m := &msg.Metrics{Node: a.node, App: name, WindowStart: start.UTC(), Window: spec.Duration(window),
 			Requests: g.requests, RPS: float64(g.requests) / window.Seconds(), Status: g.status, UpstreamErrors: g.upstreamErrors}
-		if !g.latency.IsEmpty() {
-			qs, _ := g.latency.GetValuesAtQuantiles([]float64{0.5, 0.95, 0.99})
-			m.P50MS, m.P95MS, m.P99MS = qs[0], qs[1], qs[2]
+		if g.latency.Count() > 0 {
+			g.latency.Finish()
+			m.P50MS, m.P95MS, m.P99MS = g.latency.Quantile(0.5), g.latency.Quantile(0.95), g.latency.Quantile(0.99)
+			m.LatencyHistogram = g.latency
 		}
 		out = append(out, m)
 	}
