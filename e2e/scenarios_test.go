@@ -198,11 +198,9 @@ func ids(ins []instanceView) []string {
 // containerOf returns the container id of an instance.
 func (s *stack) containerOf(instance string) string {
 	s.t.Helper()
-	out, err := exec.Command("docker", "ps", "-q", "--filter", "label=berth.prefix="+s.prefix, "--filter", "label=berth.instance="+instance).Output()
-	require.NoError(s.t, err)
-	id := strings.TrimSpace(string(out))
-	require.NotEmpty(s.t, id, "container of %s", instance)
-	return id
+	ids := testrig.BerthContainers(s.t, s.prefix, "berth.instance="+instance)
+	require.Len(s.t, ids, 1, "container of %s", instance)
+	return ids[0]
 }
 
 func (s *stack) proc(name string) *proc {

@@ -125,7 +125,7 @@ func newStack(t *testing.T) *stack {
 	s := &stack{t: t, dir: t.TempDir(), db: testrig.Postgres(t), nats: testrig.NATS(t), apis: map[string]string{}}
 	s.prefix = fmt.Sprintf("e2e%d", time.Now().UnixNano()%1e7)
 	s.names, _ = msg.NewNames(s.prefix)
-	t.Cleanup(s.removeContainers)
+	testrig.RemoveBerthContainers(t, s.prefix)
 	t.Cleanup(s.dumpLogsOnFailure)
 
 	conn, err := bus.Connect(context.Background(), bus.Options{URL: s.nats}, zaptest.NewLogger(t, zaptest.Level(zapcore.WarnLevel)).Named("test"))
@@ -366,19 +366,7 @@ func (s *stack) waitServing(app, host string, n int, version string, timeout tim
 
 // containers lists the ids of the app's containers that exist in Docker.
 func (s *stack) containers(app string) []string {
-	out, err := exec.Command("docker", "ps", "-aq", "--filter", "label=berth.prefix="+s.prefix, "--filter", "label=berth.app="+app).Output()
-	if err != nil {
-		s.t.Logf("docker ps: %v", err)
-		return nil
-	}
-	return strings.Fields(string(out))
-}
-
-func (s *stack) removeContainers() {
-	out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=berth.prefix="+s.prefix).Output()
-	for _, id := range strings.Fields(string(out)) {
-		_ = exec.Command("docker", "rm", "-f", id).Run()
-	}
+	return testrig.BerthContainers(s.t, s.prefix, "berth.app="+app)
 }
 
 func (s *stack) dumpLogsOnFailure() {

@@ -108,11 +108,7 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 	names, _ := msg.NewNames(c.Prefix)
 	id := c.id()
 	logger = logger.With(zap.String(logging.KeyChecker, id))
-	opts, err := c.NATS.Options("healthd-" + id)
-	if err != nil {
-		return err
-	}
-	conn, err := bus.Connect(ctx, opts, logger)
+	conn, err := c.NATS.Connect(ctx, "healthd-"+id, logger)
 	if err != nil {
 		return err
 	}
@@ -183,12 +179,18 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 			m.live.Set(float64(len(live)))
 			a, _ := apps.Rows()
 			in, _ := insts.Rows()
-			all := map[string]bool{}
-			for _, t := range checker.Targets(a, in, nil) {
+			// Every checker's targets, then this one's share of them.
+			targets := checker.Targets(a, in, nil)
+			all := make(map[string]bool, len(targets))
+			mine := targets[:0:0]
+			for _, t := range targets {
 				all[t.Key] = true
+				if shard.Owner(t.Key, live) == id {
+					mine = append(mine, t)
+				}
 			}
 			allTargets.Store(&all)
-			runner.SetTargets(checker.Targets(a, in, func(key string) bool { return shard.Owner(key, live) == id }))
+			runner.SetTargets(mine)
 		}
 	}))
 	if c.Metrics != "" {

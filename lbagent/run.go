@@ -94,11 +94,7 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 	names, _ := msg.NewNames(c.Prefix)
 	node := c.node()
 	logger = logger.With(zap.String(logging.KeyNode, node))
-	opts, err := c.NATS.Options("lbagent-" + node)
-	if err != nil {
-		return err
-	}
-	conn, err := bus.Connect(ctx, opts, logger)
+	conn, err := c.NATS.Connect(ctx, "lbagent-"+node, logger)
 	if err != nil {
 		return err
 	}
@@ -328,11 +324,7 @@ func loadFile(path string, store *state.Store) error {
 
 func loadLive(ctx context.Context, c *cli, store *state.Store, logger *zap.Logger) error {
 	names, _ := msg.NewNames(c.Prefix)
-	opts, err := c.NATS.Options("lbagent-dry-run")
-	if err != nil {
-		return err
-	}
-	conn, err := bus.Connect(ctx, opts, logger)
+	conn, err := c.NATS.Connect(ctx, "lbagent-dry-run", logger)
 	if err != nil {
 		return err
 	}

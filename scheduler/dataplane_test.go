@@ -38,12 +38,7 @@ func newEnv(t *testing.T, base string) *env {
 	code, _, _ := cmd(t, "migrate", "--database-url", db)
 	require.Equal(t, 0, code)
 	prefix := fmt.Sprintf("%s%d", base, time.Now().UnixNano()%1e6)
-	t.Cleanup(func() {
-		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=berth.prefix="+prefix).Output()
-		for _, id := range strings.Fields(string(out)) {
-			_ = exec.Command("docker", "rm", "-f", id).Run()
-		}
-	})
+	testrig.RemoveBerthContainers(t, prefix)
 	conn, err := bus.Connect(context.Background(), bus.Options{URL: natsURL}, zaptest.NewLogger(t))
 	require.NoError(t, err)
 	t.Cleanup(conn.Close)
@@ -180,8 +175,7 @@ func TestDataPlaneRolloutMissingImageAndCrashLoop(t *testing.T) {
 		return v["v2"] == 2 && v["v1"] == 0
 	}, 60*time.Second, 100*time.Millisecond, "rollout to v2: %v", versions("roll"))
 	require.Eventually(t, func() bool {
-		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=berth.app=roll", "--filter", "label=berth.prefix="+e.prefix).Output()
-		return len(strings.Fields(string(out))) == 2
+		return len(testrig.BerthContainers(t, e.prefix, "berth.app=roll")) == 2
 	}, 30*time.Second, 100*time.Millisecond, "old containers removed")
 
 	// A missing image is a clear event; the other app is not disturbed.

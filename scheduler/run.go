@@ -128,11 +128,7 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	}
 	flags := r.NATS
 	flags.URL = natsURL
-	opts, err := flags.Options("scheduler-" + id)
-	if err != nil {
-		return err
-	}
-	conn, err := bus.Connect(ctx, opts, logger)
+	conn, err := flags.Connect(ctx, "scheduler-"+id, logger)
 	if err != nil {
 		return err
 	}

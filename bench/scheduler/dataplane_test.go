@@ -32,12 +32,7 @@ func startDataplane(b *testing.B, prefix string) *dataplane {
 	if out, err := exec.Command(bin, "migrate", "--database-url", db).CombinedOutput(); err != nil {
 		b.Fatalf("migrate: %v: %s", err, out)
 	}
-	b.Cleanup(func() {
-		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=berth.prefix="+prefix).Output()
-		for _, id := range strings.Fields(string(out)) {
-			_ = exec.Command("docker", "rm", "-f", id).Run()
-		}
-	})
+	testrig.RemoveBerthContainers(b, prefix)
 	api := fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(b))
 	cmd := exec.Command(bin, "run", "--database-url", db, "--nats-url", natsURL, "--api-listen", api, "--prefix", prefix,
 		"--id", "bench", "--log-level", "warn", "--max-parallel", "4")

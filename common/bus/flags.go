@@ -1,9 +1,12 @@
 package bus
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"strings"
+
+	"go.uber.org/zap"
 )
 
 // Flags are the NATS flags every daemon shares. Daemons embed them in their
@@ -45,3 +48,13 @@ func (f Flags) Options(name string) (Options, error) {
 // Reconnected returns a channel that receives a value after each reconnect
 // (one pending at most), and a function that stops the notifications.
 func (c *Conn) Reconnected() (<-chan struct{}, func()) { return c.reconnected() }
+
+// Connect connects as client name with the flags' options (Options, then
+// Connect): what every daemon does at start-up.
+func (f Flags) Connect(ctx context.Context, name string, logger *zap.Logger) (*Conn, error) {
+	opts, err := f.Options(name)
+	if err != nil {
+		return nil, err
+	}
+	return Connect(ctx, opts, logger)
+}

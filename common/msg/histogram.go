@@ -82,33 +82,21 @@ func (h *Histogram) Add(v, n float64) {
 	h.idx[h.index(v)] += n
 }
 
-// Merge adds o's counts (o may be nil). Histograms of another accuracy
-// are re-binned by their bins' representative values.
+// Merge adds o's counts (o may be nil; it must be finished: decoded, or
+// Finish called). Bins of another accuracy are re-binned by their
+// representative values.
 func (h *Histogram) Merge(o *Histogram) {
 	if o == nil {
 		return
 	}
-	o.pack()
 	if h.RelativeAccuracy == 0 {
-		h.RelativeAccuracy = o.gamma2accuracy()
+		h.RelativeAccuracy = o.RelativeAccuracy
 	}
 	h.Zero += o.Zero
-	same := math.Abs(h.gamma()-o.gamma()) < 1e-12
 	h.unpack()
 	for _, b := range o.Bins {
-		if same {
-			h.idx[int(b[0])] += b[1]
-		} else {
-			h.idx[h.index(o.value(int(b[0])))] += b[1]
-		}
+		h.idx[h.rebin(o, int(b[0]))] += b[1]
 	}
-}
-
-func (h *Histogram) gamma2accuracy() float64 {
-	if h.RelativeAccuracy <= 0 || h.RelativeAccuracy >= 1 {
-		return HistogramAccuracy
-	}
-	return h.RelativeAccuracy
 }
 
 // value is bin i's representative value, within α of every value in it.
@@ -132,22 +120,9 @@ func (h *Histogram) Count() float64 {
 
 // Quantile returns the q-quantile (0 ≤ q ≤ 1) in milliseconds, 0 when empty.
 func (h *Histogram) Quantile(q float64) float64 {
-	total := h.Count()
-	if total == 0 {
-		return 0
-	}
-	rank := q * (total - 1)
-	if rank < h.Zero {
-		return 0
-	}
-	seen := h.Zero
-	for _, b := range h.Bins {
-		seen += b[1]
-		if seen > rank {
-			return h.value(int(b[0]))
-		}
-	}
-	return h.value(int(h.Bins[len(h.Bins)-1][0]))
+	h.pack()
+	v, _ := MergedQuantile(q, []*Histogram{h})
+	return v
 }
 
 // Finish sorts the bins for the wire; call it before encoding.
@@ -191,7 +166,8 @@ func (h *Histogram) validate() (field, problem string) {
 // their total count, without building the merged histogram: the bins are
 // summed into a dense array over their index range (a few hundred entries
 // at 1 % accuracy), so the cost is linear in the bins. The histograms are
-// read only. Histograms of another accuracy than the first are re-binned.
+// only read, and must be finished (decoded, or Finish called); those of
+// another accuracy than the first are re-binned.
 func MergedQuantile(q float64, hs []*Histogram) (value, count float64) {
 	var first *Histogram
 	lo, hi := math.MaxInt, math.MinInt
@@ -205,19 +181,15 @@ func MergedQuantile(q float64, hs []*Histogram) (value, count float64) {
 		}
 		zero += h.Zero
 		count += h.Zero
-		if h.idx == nil && h.RelativeAccuracy == first.RelativeAccuracy {
-			for _, b := range h.Bins {
-				i := int(b[0])
-				lo, hi = min(lo, i), max(hi, i)
-				count += b[1]
+		same := h.RelativeAccuracy == first.RelativeAccuracy
+		for _, b := range h.Bins {
+			i := int(b[0])
+			if !same {
+				i = first.rebin(h, i)
 			}
-			continue
-		}
-		h.each(func(bin int, c float64) {
-			i := first.rebin(h, bin)
 			lo, hi = min(lo, i), max(hi, i)
-			count += c
-		})
+			count += b[1]
+		}
 	}
 	if count == 0 {
 		return 0, 0
@@ -238,13 +210,14 @@ func MergedQuantile(q float64, hs []*Histogram) (value, count float64) {
 		if h == nil {
 			continue
 		}
-		if h.idx == nil && h.RelativeAccuracy == first.RelativeAccuracy {
-			for _, b := range h.Bins {
-				dense[int(b[0])-lo] += b[1]
+		same := h.RelativeAccuracy == first.RelativeAccuracy
+		for _, b := range h.Bins {
+			i := int(b[0])
+			if !same {
+				i = first.rebin(h, i)
 			}
-			continue
+			dense[i-lo] += b[1]
 		}
-		h.each(func(bin int, c float64) { dense[first.rebin(h, bin)-lo] += c })
 	}
 	seen := zero
 	for i, c := range dense {
@@ -254,19 +227,6 @@ func MergedQuantile(q float64, hs []*Histogram) (value, count float64) {
 		}
 	}
 	return first.value(hi), count
-}
-
-// each calls f with every bin, without packing (read only).
-func (h *Histogram) each(f func(i int, c float64)) {
-	if h.idx != nil {
-		for i, c := range h.idx {
-			f(i, c)
-		}
-		return
-	}
-	for _, b := range h.Bins {
-		f(int(b[0]), b[1])
-	}
 }
 
 // rebin maps bin i of o to h's bins.

@@ -244,3 +244,30 @@ func WaitHTTP(t testing.TB, url string, timeout time.Duration) string {
 	t.Fatalf("GET %s did not answer 200 within %s: %s", url, timeout, last)
 	return ""
 }
+
+// BerthContainers lists the ids of the containers, running or not, that
+// the scheduler of environment prefix labelled, narrowed by more labels
+// ("berth.app=web").
+func BerthContainers(t testing.TB, prefix string, labels ...string) []string {
+	t.Helper()
+	args := []string{"ps", "-aq", "--filter", "label=berth.prefix=" + prefix}
+	for _, l := range labels {
+		args = append(args, "--filter", "label="+l)
+	}
+	out, err := run(30*time.Second, nil, "docker", args...)
+	if err != nil {
+		t.Logf("docker ps: %v", err)
+		return nil
+	}
+	return strings.Fields(out)
+}
+
+// RemoveBerthContainers removes, when the test ends, every container the
+// scheduler of environment prefix leaves behind.
+func RemoveBerthContainers(t testing.TB, prefix string) {
+	t.Cleanup(func() {
+		for _, id := range BerthContainers(t, prefix) {
+			_, _ = run(time.Minute, nil, "docker", "rm", "-f", id)
+		}
+	})
+}

@@ -186,10 +186,10 @@ func Decide(p Policy, s Samples, current int, h History, now time.Time) Decision
 	}
 	metrics := []metric{
 		{CPU, p.TargetCPUPercent, func() Reason {
-			return perInstance(CPU, p, ready, notReady, usage, (*usageMean).cpu, current)
+			return perInstance(CPU, p.TargetCPUPercent, p.Tolerance, ready, notReady, usage, (*usageMean).cpu, current)
 		}},
 		{Memory, p.TargetMemoryPercent, func() Reason {
-			return perInstance(Memory, p, ready, notReady, usage, (*usageMean).mem, current)
+			return perInstance(Memory, p.TargetMemoryPercent, p.Tolerance, ready, notReady, usage, (*usageMean).mem, current)
 		}},
 		{RPS, p.TargetRPSPerReplica, func() Reason { return rps(p, s.Traffic, since, len(ready), current) }},
 		{Latency, p.TargetP95LatencyMS, func() Reason { return latency(p, s.Traffic, since, len(ready), current) }},
@@ -223,18 +223,14 @@ func Decide(p Policy, s Samples, current int, h History, now time.Time) Decision
 	switch {
 	case upRec > current:
 		desired = upRec
-		if upRec < d.Recommendation {
-			d.Limits = append(d.Limits, fmt.Sprintf("scale-up stabilisation: lowest recommendation of the last %s is %d", p.UpStabilization, upRec))
-		}
 	case downRec < current:
 		desired = downRec
-		if downRec > d.Recommendation {
-			d.Limits = append(d.Limits, fmt.Sprintf("scale-down stabilisation: highest recommendation of the last %s is %d", p.DownStabilization, downRec))
-		}
-	case d.Recommendation < current:
-		d.Limits = append(d.Limits, fmt.Sprintf("scale-down stabilisation: highest recommendation of the last %s is %d", p.DownStabilization, downRec))
-	case d.Recommendation > current:
+	}
+	if d.Recommendation > current && desired < d.Recommendation {
 		d.Limits = append(d.Limits, fmt.Sprintf("scale-up stabilisation: lowest recommendation of the last %s is %d", p.UpStabilization, upRec))
+	}
+	if d.Recommendation < current && desired > d.Recommendation {
+		d.Limits = append(d.Limits, fmt.Sprintf("scale-down stabilisation: highest recommendation of the last %s is %d", p.DownStabilization, downRec))
 	}
 
 	// Rate limit on scale-up: relative to the count UpPeriod ago.
@@ -353,8 +349,7 @@ func meanUsage(us []Usage, since time.Time) map[string]*usageMean {
 
 // perInstance is the HPA's resource-utilisation rule over ready
 // instances' mean usage, with its treatment of missing and not-ready ones.
-func perInstance(name string, p Policy, ready, notReady []string, usage map[string]*usageMean, pick func(*usageMean) float64, current int) Reason {
-	target := targetOf(name, p)
+func perInstance(name string, target, tolerance float64, ready, notReady []string, usage map[string]*usageMean, pick func(*usageMean) float64, current int) Reason {
 	var sum float64
 	var have, missing int
 	for _, id := range ready {
@@ -372,7 +367,7 @@ func perInstance(name string, p Policy, ready, notReady []string, usage map[stri
 	}
 	r.Value = sum / float64(have)
 	r.Ratio = r.Value / target
-	if math.Abs(r.Ratio-1) <= p.Tolerance {
+	if math.Abs(r.Ratio-1) <= tolerance {
 		r.Replicas, r.Note = current, "within tolerance"
 		return r
 	}
@@ -393,7 +388,7 @@ func perInstance(name string, p Policy, ready, notReady []string, usage map[stri
 		have += missing + len(notReady)
 	}
 	newRatio := sum / float64(have) / target
-	if len(notes) > 0 && (math.Abs(newRatio-1) <= p.Tolerance || (newRatio-1)*(r.Ratio-1) < 0) {
+	if len(notes) > 0 && (math.Abs(newRatio-1) <= tolerance || (newRatio-1)*(r.Ratio-1) < 0) {
 		// The adjustment would reverse the direction or land within the
 		// tolerance: no change (as the HPA).
 		r.Replicas, r.Note = current, strings.Join(append(notes, "which cancels the change"), ", ")
@@ -402,18 +397,6 @@ func perInstance(name string, p Policy, ready, notReady []string, usage map[stri
 	r.Replicas = int(math.Ceil(sum/target - 1e-9))
 	r.Note = strings.Join(notes, ", ")
 	return r
-}
-
-func targetOf(name string, p Policy) float64 {
-	switch name {
-	case CPU:
-		return p.TargetCPUPercent
-	case Memory:
-		return p.TargetMemoryPercent
-	case RPS:
-		return p.TargetRPSPerReplica
-	}
-	return p.TargetP95LatencyMS
 }
 
 // nodeRate is one lbagent's mean request rate over the window.
