@@ -66,6 +66,10 @@ type runCmd struct {
 	DefaultMemory  string        `name:"default-memory" help:"Memory limit for apps that set none (256Mi, 1Gi); 0 for none." default:"512Mi" env:"BERTH_SCHEDULER_DEFAULT_MEMORY"`
 	AppEnvPrefix   string        `name:"app-env-prefix" help:"Pass the scheduler's env vars with this prefix (stripped) to every app." default:"" env:"BERTH_SCHEDULER_APP_ENV_PREFIX"`
 	AppEnvBlock    []string      `name:"app-env-block" help:"Name patterns never passed through (PATH, HOME, HOSTNAME and BERTH_SCHEDULER_* always are)." default:"" env:"BERTH_SCHEDULER_APP_ENV_BLOCK"`
+
+	AutoscaleInterval time.Duration `name:"autoscale-interval" help:"How often the leader decides the replicas of every autoscaled app." default:"15s" env:"BERTH_SCHEDULER_AUTOSCALE_INTERVAL"`
+	StatsInterval     time.Duration `name:"stats-interval" help:"How often the leader reads Docker stats of autoscaled apps with a CPU or memory target." default:"5s" env:"BERTH_SCHEDULER_STATS_INTERVAL"`
+	StatsParallel     int           `name:"stats-parallel" help:"Docker stats readings in flight at once." default:"4" env:"BERTH_SCHEDULER_STATS_PARALLEL"`
 }
 
 type migrateCmd struct {
@@ -147,6 +151,13 @@ func (r *runCmd) check() error {
 	}
 	if r.MaxParallel < 1 || r.MaxParallel > 256 {
 		errs = append(errs, fmt.Errorf("--max-parallel (%d): must be between 1 and 256", r.MaxParallel))
+	}
+	if r.AutoscaleInterval < 100*time.Millisecond || r.AutoscaleInterval > 10*time.Minute ||
+		r.StatsInterval < 100*time.Millisecond || r.StatsInterval > 10*time.Minute {
+		errs = append(errs, fmt.Errorf("--autoscale-interval (%s) and --stats-interval (%s): must be between 100ms and 10m", r.AutoscaleInterval, r.StatsInterval))
+	}
+	if r.StatsParallel < 1 || r.StatsParallel > 256 {
+		errs = append(errs, fmt.Errorf("--stats-parallel (%d): must be between 1 and 256", r.StatsParallel))
 	}
 	if _, err := netip.ParseAddr(r.PublishAddress); err != nil {
 		errs = append(errs, fmt.Errorf("--publish-address %q: must be an IP address", r.PublishAddress))

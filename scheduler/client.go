@@ -19,6 +19,7 @@ import (
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/api"
+	"github.com/berthhq/berth/scheduler/internal/autoscale"
 	"go.uber.org/zap"
 )
 
@@ -264,7 +265,16 @@ func status(ctx context.Context, s *statusCmd, out io.Writer) error {
 	if err := cl.do(ctx, "GET", "/v1/apps/"+s.App+"/instances", nil, &insts); err != nil {
 		return err
 	}
-	return show(out, s.Output, map[string]any{"app": app, "instances": insts}, func(w io.Writer) {
+	view := map[string]any{"app": app, "instances": insts}
+	var m *api.MetricsView
+	if app.Spec != nil && app.Spec.Scaling != nil {
+		m = &api.MetricsView{}
+		if err := cl.do(ctx, "GET", "/v1/apps/"+s.App+"/metrics?decisions=6", nil, m); err != nil {
+			return err
+		}
+		view["autoscaling"] = m
+	}
+	return show(out, s.Output, view, func(w io.Writer) {
 		fmt.Fprintf(w, "%s: generation %d, %d of %d replicas running, image %s\n", app.Name, app.Generation, app.ObservedReplicas, app.DesiredReplicas, app.Spec.Image)
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "INSTANCE\tGENERATION\tSTATE\tHEALTH\tADDRESS\tRESTARTS\tAGE")
@@ -272,7 +282,44 @@ func status(ctx context.Context, s *statusCmd, out io.Writer) error {
 			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%s\n", i.ID, i.Generation, i.State, i.Health, i.Address, i.Restarts, age(i.CreatedAt))
 		}
 		tw.Flush()
+		if m != nil {
+			printAutoscaling(w, m)
+		}
 	})
+}
+
+// printAutoscaling shows an autoscaled app's last decision (each metric's
+// value against its target) and its recent changes.
+func printAutoscaling(w io.Writer, m *api.MetricsView) {
+	sc := m.Scaling
+	fmt.Fprintf(w, "\nautoscaling: %d–%d replicas, window %s, tolerance %.2g, stabilisation up %s / down %s, cooldown up %s / down %s\n",
+		sc.Min, sc.Max, sc.Window, sc.Tolerance, sc.ScaleUpStabilization, sc.ScaleDownStabilization, sc.ScaleUpCooldown, sc.ScaleDownCooldown)
+	if len(m.Decisions) == 0 {
+		fmt.Fprintln(w, "no decision yet (the leader decides every --autoscale-interval)")
+		return
+	}
+	last := m.Decisions[len(m.Decisions)-1]
+	fmt.Fprintf(w, "last decision %s ago: %d → %d (metrics recommend %d)\n", age(last.At), last.Current, last.Desired, last.Recommendation)
+	var reasons []autoscale.Reason
+	_ = json.Unmarshal(last.Reasons, &reasons)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "METRIC\tVALUE\tTARGET\tRATIO\tREPLICAS\tNOTE")
+	for _, r := range reasons {
+		value := fmt.Sprintf("%.4g", r.Value)
+		if r.NoData {
+			value = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.4g\t%.2f\t%d\t%s\n", r.Metric, value, r.Target, r.Ratio, r.Replicas, r.Note)
+	}
+	tw.Flush()
+	for _, l := range last.Limits {
+		fmt.Fprintf(w, "held by: %s\n", l)
+	}
+	for _, d := range m.Decisions {
+		if d.Desired != d.Current {
+			fmt.Fprintf(w, "scaled %d → %d %s ago\n", d.Current, d.Desired, age(d.At))
+		}
+	}
 }
 
 func age(t time.Time) string { return time.Since(t).Round(time.Second).String() }

@@ -182,7 +182,8 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	healthTbl := view.NewTable(view.NoTerm[*msg.Health], wakeCtl)
 	agentsTbl := view.NewTable(view.NoTerm[*msg.Agent], nil)
 	ctl = controller.New(controller.Config{MaxParallel: r.MaxParallel, Resync: r.Resync, PullTimeout: r.PullTimeout, StartTimeout: r.StartTimeout, StopTimeout: r.StopTimeout,
-		DefaultCPU: r.DefaultCPU, DefaultMemory: int64(mem), Env: appenv.Policy{Prefix: r.AppEnvPrefix, Block: r.AppEnvBlock}, Environ: os.Environ()},
+		DefaultCPU: r.DefaultCPU, DefaultMemory: int64(mem), Env: appenv.Policy{Prefix: r.AppEnvPrefix, Block: r.AppEnvBlock}, Environ: os.Environ(),
+		Scaling: controller.ScalingConfig{Interval: r.AutoscaleInterval, StatsInterval: r.StatsInterval, StatsParallel: r.StatsParallel}},
 		st, dk, conn, names, el.Leader, healthTbl, agentsTbl, logger)
 	reg.MustRegister(ctl.Collectors()...)
 
@@ -190,7 +191,7 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	if r.APITokenFile != "" {
 		token, _ = readToken(r.APITokenFile)
 	}
-	handler := api.New(st, api.Options{Token: token, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+	handler := api.New(st, api.Options{Token: token, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), Samples: ctl.Samples,
 		Role: func() (bool, uint64) { l, ok := leading(); return ok, l.Term }}, logger)
 	httpSrv := &http.Server{Addr: r.APIListen, Handler: handler, ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10}

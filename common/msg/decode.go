@@ -31,6 +31,7 @@ var constructors = map[string]func() Message{
 	TypeEvent:        func() Message { return &Event{} },
 	TypeMetrics:      func() Message { return &Metrics{} },
 	TypeReload:       func() Message { return &Reload{} },
+	TypeUsage:        func() Message { return &Usage{} },
 }
 
 // Types lists every message type of v1.

@@ -22,6 +22,7 @@ const (
 	TypeEvent        = "berth.event.v1"
 	TypeMetrics      = "berth.metrics.v1"
 	TypeReload       = "berth.reload.v1"
+	TypeUsage        = "berth.usage.v1"
 )
 
 // Message is one v1 message. The set is closed: only this package's types
@@ -286,6 +287,39 @@ type Metrics struct {
 	LatencyHistogram *Histogram `json:"latency_histogram,omitempty"`
 }
 
+// MaxUsageInstances caps the instances of one Usage message.
+const MaxUsageInstances = 1000
+
+// Usage is the leader's CPU and memory reading of an app's instances
+// (subject usage.<app>), from one-shot Docker stats, once per stats
+// interval. Every scheduler replica keeps these for the autoscaler, so a new
+// leader starts with the window its predecessor had.
+type Usage struct {
+	Header
+	// App is the app name.
+	App string `json:"app"`
+	// Instances are the readings, one per running instance.
+	Instances []InstanceUsage `json:"instances"`
+	// Term is the leader term that read them.
+	Term uint64 `json:"term"`
+	// At is when the readings were taken.
+	At time.Time `json:"at"`
+}
+
+// InstanceUsage is one instance's reading.
+type InstanceUsage struct {
+	// Instance is the instance id.
+	Instance string `json:"instance"`
+	// CPUPercent is CPU use since the previous reading in percent of the
+	// container's CPU limit (or of one core without a limit); it can exceed
+	// 100 briefly.
+	CPUPercent float64 `json:"cpu_percent"`
+	// MemoryPercent is memory in use (page cache excluded) in percent of the
+	// container's memory limit; MemoryBytes is the same in bytes.
+	MemoryPercent float64 `json:"memory_percent"`
+	MemoryBytes   uint64  `json:"memory_bytes"`
+}
+
 // Reload is the result of one lbagent config change (subject reloads.<node>).
 type Reload struct {
 	Header
@@ -328,6 +362,9 @@ func (*Event) MessageType() string { return TypeEvent }
 
 // MessageType returns TypeMetrics.
 func (*Metrics) MessageType() string { return TypeMetrics }
+
+// MessageType returns TypeUsage.
+func (*Usage) MessageType() string { return TypeUsage }
 
 // MessageType returns TypeReload.
 func (*Reload) MessageType() string { return TypeReload }
@@ -487,6 +524,26 @@ func (m *Metrics) Validate() error {
 		}
 	}
 	when(&es, "window_start", m.WindowStart)
+	return es.Err()
+}
+
+// Validate checks the app, the instance ids and that every figure is a
+// finite, non-negative number.
+func (m *Usage) Validate() error {
+	var es spec.Errors
+	es.Check("app", spec.CheckName(m.App))
+	if len(m.Instances) > MaxUsageInstances {
+		es.Add("instances", "%d readings, at most %d", len(m.Instances), MaxUsageInstances)
+	} else {
+		for i, u := range m.Instances {
+			path := fmt.Sprintf("instances[%d]", i)
+			es.Check(path+".instance", CheckInstanceID(u.Instance))
+			if !(u.CPUPercent >= 0 && u.CPUPercent <= 1e6) || !(u.MemoryPercent >= 0 && u.MemoryPercent <= 1e6) {
+				es.Add(path, "percentages must be finite numbers from 0 to 1e6")
+			}
+		}
+	}
+	when(&es, "at", m.At)
 	return es.Err()
 }
 

@@ -50,6 +50,8 @@ func examples() map[string]Message {
 		TypeMetrics: &Metrics{Node: "lb-1", App: "web", WindowStart: at, Window: spec.Duration(5 * time.Second), Requests: 500, RPS: 100,
 			Status: StatusCounts{S2xx: 490, S4xx: 8, S5xx: 2}, P50MS: 3.2, P95MS: 12.5, P99MS: 40.1, UpstreamErrors: 1,
 			LatencyHistogram: &Histogram{RelativeAccuracy: HistogramAccuracy, Bins: [][2]float64{{58, 240}, {59, 210}, {126, 30}, {184, 20}}}},
+		TypeUsage: &Usage{App: "web", Instances: []InstanceUsage{{Instance: "k3x9q2", CPUPercent: 42.5, MemoryPercent: 31.25, MemoryBytes: 83886080}},
+			Term: 3, At: at},
 		TypeReload: &Reload{Node: "lb-1", Result: ReloadRejected, DurationMS: 84.5, Revision: 4211,
 			FailedApps: map[string]string{"api": "nginx -t: host not found in upstream"}, At: at},
 	}
@@ -201,6 +203,8 @@ func TestValidateOtherMessages(t *testing.T) {
 		{"agent app", &Agent{Node: "lb1", Apps: map[string]int64{"Bad": 1}, UpdatedAt: at}, `apps[Bad]: "Bad" is not a valid name`},
 		{"checker targets", &Checker{ID: "c", Targets: -1, HeartbeatAt: at}, "targets: must not be negative"},
 		{"event kind", &Event{ID: "1", App: "web", Kind: "a.b", Message: "m", At: at}, `kind: "a.b" is not a valid id`},
+		{"usage instance", &Usage{App: "web", At: at, Instances: []InstanceUsage{{Instance: "Bad!"}}}, "instances[0].instance: \"Bad!\" is not a valid instance id"},
+		{"usage percent", &Usage{App: "web", At: at, Instances: []InstanceUsage{{Instance: "a1", CPUPercent: -1}}}, "instances[0]: percentages must be finite numbers from 0 to 1e6"},
 		{"metrics window", &Metrics{Node: "n", App: "web", WindowStart: at}, "window: must be positive"},
 		{"metrics negative", &Metrics{Node: "n", App: "web", WindowStart: at, Window: 1, Requests: -1}, "requests: counts must not be negative"},
 		{"metrics histogram accuracy", &Metrics{Node: "n", App: "web", WindowStart: at, Window: 1, LatencyHistogram: &Histogram{}}, "latency_histogram.relative_accuracy: 0 must be in (0, 0.5)"},
@@ -235,11 +239,11 @@ func TestNames(t *testing.T) {
 	got := []string{n.AppsBucket(), n.InstancesBucket(), n.HealthBucket(), n.AgentsBucket(), n.CheckersBucket(),
 		n.EventsSubject("web", "instance_started"), n.AllEvents(), n.AppEvents("web"),
 		n.HealthSubject("web", "k3x9q2"), n.AllHealth(), n.MetricsSubject("web"), n.AllMetrics(),
-		n.ReloadsSubject("lb-1"), n.AllReloads(), InstanceKey("web", "k3x9q2")}
+		n.UsageSubject("web"), n.AllUsage(), n.ReloadsSubject("lb-1"), n.AllReloads(), InstanceKey("web", "k3x9q2")}
 	require.Equal(t, []string{"berth_apps", "berth_instances", "berth_health", "berth_agents", "berth_checkers",
 		"berth.v1.events.web.instance_started", "berth.v1.events.>", "berth.v1.events.web.*",
 		"berth.v1.health.web.k3x9q2", "berth.v1.health.>", "berth.v1.metrics.web", "berth.v1.metrics.*",
-		"berth.v1.reloads.lb-1", "berth.v1.reloads.*", "web.k3x9q2"}, got)
+		"berth.v1.usage.web", "berth.v1.usage.*", "berth.v1.reloads.lb-1", "berth.v1.reloads.*", "web.k3x9q2"}, got)
 
 	staging, err := NewNames("staging")
 	require.NoError(t, err)

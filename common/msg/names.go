@@ -94,6 +94,13 @@ func (n Names) MetricsSubject(app string) string { return n.subject("metrics", a
 // AllMetrics matches the traffic metrics of every app.
 func (n Names) AllMetrics() string { return n.subject("metrics", "*") }
 
+// UsageSubject is where the leading scheduler publishes an app's CPU and
+// memory readings.
+func (n Names) UsageSubject(app string) string { return n.subject("usage", app) }
+
+// AllUsage matches the CPU and memory readings of every app.
+func (n Names) AllUsage() string { return n.subject("usage", "*") }
+
 // ReloadsSubject is where an lbagent publishes each reload's result.
 func (n Names) ReloadsSubject(node string) string { return n.subject("reloads", node) }
 

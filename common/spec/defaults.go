@@ -38,7 +38,9 @@ func defaultHealth() Health {
 }
 
 func defaultScaling() Scaling {
-	return Scaling{Min: 1, Max: 5, ScaleDownStabilization: d(300 * time.Second), Tolerance: 0.1}
+	return Scaling{Min: 1, Max: 5, Window: d(60 * time.Second), ScaleDownStabilization: d(300 * time.Second),
+		ScaleUpCooldown: d(15 * time.Second), ScaleDownCooldown: d(60 * time.Second),
+		ScaleUpMaxPercent: 100, ScaleUpMaxReplicas: 4, ScaleUpPeriod: d(15 * time.Second), Tolerance: 0.1}
 }
 
 // UnmarshalJSON lays the given fields over the health defaults.

@@ -25,6 +25,12 @@ func TestLoadDesignExample(t *testing.T) {
 	require.Nil(t, app.Replicas, "scaling is set, so replicas stays unset")
 	require.Equal(t, 2, app.Scaling.Min)
 	require.Equal(t, 0.1, app.Scaling.Tolerance)
+	require.Equal(t, 60*time.Second, app.Scaling.Window.Std(), "defaults fill what the example leaves out")
+	require.Equal(t, 15*time.Second, app.Scaling.ScaleUpCooldown.Std())
+	require.Equal(t, 60*time.Second, app.Scaling.ScaleDownCooldown.Std())
+	require.Equal(t, 100.0, app.Scaling.ScaleUpMaxPercent)
+	require.Equal(t, 4, app.Scaling.ScaleUpMaxReplicas)
+	require.Equal(t, 15*time.Second, app.Scaling.ScaleUpPeriod.Std())
 	require.Equal(t, ByteSize(256<<20), app.Resources.Memory)
 	require.Equal(t, 5*time.Second, app.Health.Interval.Std())
 	require.True(t, app.Health.ExpectedStatus.Contains(302))
@@ -200,6 +206,9 @@ func TestValidateErrors(t *testing.T) {
 		{"replicas and scaling", base + "replicas: 2\nscaling: {min: 1, max: 2, target_cpu_percent: 50}\n", []string{"replicas: cannot be set together with scaling"}},
 		{"scaling min above max, no target", base + "scaling: {min: 5, max: 2}\n", []string{
 			"scaling.min: (5) must not be more than scaling.max (2)", "scaling: needs at least one target"}},
+		{"scaling knobs out of range", base + "scaling: {min: 1, max: 2, target_rps_per_replica: 5, window: 0s, scale_up_cooldown: 2h, scale_up_max_percent: 0, scale_up_max_replicas: 0}\n", []string{
+			"scaling.window: (0s) must be between 1s and 1h0m0s", "scaling.scale_up_cooldown: (2h0m0s) must be between 0s and 1h0m0s",
+			"scaling.scale_up_max_replicas: and scale_up_max_percent cannot both be 0: a scale-up could add nothing"}},
 		{"timeout not below interval", base + "health: {interval: 2s, timeout: 5s}\n", []string{"health.timeout: (5s) must be less than health.interval (2s)"}},
 		{"health type", base + "health: {type: grpc}\n", []string{`health.type: "grpc" is not a health check type (http or tcp)`}},
 		{"tcp with http fields", base + "health: {type: tcp, path: /x, tls: true}\n", []string{"health.path: is only for type http", "health.tls: is only for type http"}},

@@ -53,11 +53,23 @@ type Scaling struct {
 	TargetRPSPerReplica float64 `json:"target_rps_per_replica,omitempty"`
 	// TargetP95LatencyMS is the target 95th percentile latency in milliseconds.
 	TargetP95LatencyMS float64 `json:"target_p95_latency_ms,omitempty"`
+	// Window is how far back metric samples count; after a change, only
+	// samples taken since it count.
+	Window Duration `json:"window"`
 	// ScaleUpStabilization is how long a higher recommendation must hold.
 	ScaleUpStabilization Duration `json:"scale_up_stabilization"`
 	// ScaleDownStabilization is the window whose highest recommendation wins
 	// when scaling down.
 	ScaleDownStabilization Duration `json:"scale_down_stabilization"`
+	// ScaleUpCooldown and ScaleDownCooldown hold scale-ups and scale-downs
+	// after any change of the replica count.
+	ScaleUpCooldown   Duration `json:"scale_up_cooldown"`
+	ScaleDownCooldown Duration `json:"scale_down_cooldown"`
+	// ScaleUpMaxPercent and ScaleUpMaxReplicas limit a scale-up to the
+	// larger of +percent and +replicas per ScaleUpPeriod.
+	ScaleUpMaxPercent  float64  `json:"scale_up_max_percent"`
+	ScaleUpMaxReplicas int      `json:"scale_up_max_replicas"`
+	ScaleUpPeriod      Duration `json:"scale_up_period"`
 	// Tolerance is the ratio band around 1.0 inside which nothing changes.
 	Tolerance float64 `json:"tolerance"`
 }

@@ -90,6 +90,15 @@ func (s *Scaling) validate(path string, es *Errors) {
 	floatIn(es, Join(path, "target_p95_latency_ms"), s.TargetP95LatencyMS, 0, 600000)
 	durIn(es, Join(path, "scale_up_stabilization"), s.ScaleUpStabilization, 0, time.Hour)
 	durIn(es, Join(path, "scale_down_stabilization"), s.ScaleDownStabilization, 0, time.Hour)
+	durIn(es, Join(path, "window"), s.Window, time.Second, time.Hour)
+	durIn(es, Join(path, "scale_up_cooldown"), s.ScaleUpCooldown, 0, time.Hour)
+	durIn(es, Join(path, "scale_down_cooldown"), s.ScaleDownCooldown, 0, time.Hour)
+	floatIn(es, Join(path, "scale_up_max_percent"), s.ScaleUpMaxPercent, 0, 1000)
+	intIn(es, Join(path, "scale_up_max_replicas"), s.ScaleUpMaxReplicas, 0, MaxReplicas)
+	if s.ScaleUpMaxPercent == 0 && s.ScaleUpMaxReplicas == 0 {
+		es.Add(Join(path, "scale_up_max_replicas"), "and scale_up_max_percent cannot both be 0: a scale-up could add nothing")
+	}
+	durIn(es, Join(path, "scale_up_period"), s.ScaleUpPeriod, 0, time.Hour)
 	floatIn(es, Join(path, "tolerance"), s.Tolerance, 0, 0.5)
 }
 

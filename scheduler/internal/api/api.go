@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/scheduler/internal/autoscale"
 	"github.com/berthhq/berth/scheduler/internal/store"
 )
 
@@ -35,6 +36,7 @@ type Store interface {
 	List(ctx context.Context) ([]store.App, error)
 	Instances(ctx context.Context, app string) ([]store.Instance, error)
 	Events(ctx context.Context, app string, after int64, limit int) ([]store.Event, error)
+	Decisions(ctx context.Context, app string, since time.Time, limit int) ([]store.Decision, error)
 	Ping(ctx context.Context) error
 }
 
@@ -48,6 +50,9 @@ type Options struct {
 	Role func() (leader bool, term uint64)
 	// Metrics serves /metrics; nil serves 404.
 	Metrics http.Handler
+	// Samples returns an autoscaled app's samples in its window; nil
+	// serves none.
+	Samples func(app string, now time.Time) ([]autoscale.Traffic, []autoscale.Usage, autoscale.Policy, bool)
 }
 
 // New returns the API handler.
@@ -61,6 +66,7 @@ func New(st Store, o Options, logger *zap.Logger) http.Handler {
 	mux.HandleFunc("POST /v1/apps/{name}/scale", a.auth(a.scale))
 	mux.HandleFunc("POST /v1/apps/{name}/rollback", a.auth(a.rollback))
 	mux.HandleFunc("GET /v1/apps/{name}/instances", a.auth(a.instances))
+	mux.HandleFunc("GET /v1/apps/{name}/metrics", a.auth(a.metrics))
 	mux.HandleFunc("GET /v1/events", a.auth(a.events))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", a.ready)
@@ -242,6 +248,86 @@ func (a *api) instances(w http.ResponseWriter, r *http.Request) {
 	for _, i := range insts {
 		out = append(out, InstanceView{ID: i.ID, Generation: i.Generation, State: i.State, Health: i.Health, Address: i.Address,
 			ContainerID: i.ContainerID, Restarts: i.Restarts, CreatedAt: i.CreatedAt})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// MetricsView is an app's autoscaling state: its policy, the samples in
+// its window and its recent decisions (oldest first; the last one carries
+// the current value of each metric against its target).
+type MetricsView struct {
+	App             string           `json:"app"`
+	Autoscaled      bool             `json:"autoscaled"`
+	DesiredReplicas int              `json:"desired_replicas"`
+	Scaling         *spec.Scaling    `json:"scaling,omitempty"`
+	Traffic         []TrafficSample  `json:"traffic"`
+	Usage           []UsageSample    `json:"usage"`
+	Decisions       []store.Decision `json:"decisions"`
+}
+
+// TrafficSample is one lbagent's window of the app's traffic.
+type TrafficSample struct {
+	Node     string    `json:"node"`
+	At       time.Time `json:"at"`
+	RPS      float64   `json:"rps"`
+	Requests int64     `json:"requests"`
+	P95MS    float64   `json:"p95_ms"`
+}
+
+// UsageSample is one CPU and memory reading of an instance.
+type UsageSample struct {
+	Instance      string    `json:"instance"`
+	At            time.Time `json:"at"`
+	CPUPercent    float64   `json:"cpu_percent"`
+	MemoryPercent float64   `json:"memory_percent"`
+}
+
+// MaxDecisions caps ?decisions= of GET /v1/apps/{name}/metrics.
+const MaxDecisions = 1000
+
+func (a *api) metrics(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	app, err := a.st.Get(r.Context(), name)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	limit := 20
+	if v := r.URL.Query().Get("decisions"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > MaxDecisions {
+			writeJSON(w, http.StatusBadRequest, Error{Error: fmt.Sprintf("decisions: %q must be a whole number from 0 to %d", v, MaxDecisions)})
+			return
+		}
+		limit = n
+	}
+	out := MetricsView{App: name, DesiredReplicas: app.DesiredReplicas, Traffic: []TrafficSample{}, Usage: []UsageSample{}, Decisions: []store.Decision{}}
+	if app.Spec != nil && app.Spec.Scaling != nil {
+		s := *app.Spec
+		s.Default()
+		out.Autoscaled, out.Scaling = true, s.Scaling
+	}
+	if out.Autoscaled && a.o.Samples != nil {
+		traffic, usage, _, _ := a.o.Samples(name, time.Now())
+		for _, t := range traffic {
+			ts := TrafficSample{Node: t.Node, At: t.At, RPS: t.RPS}
+			if t.Latency != nil {
+				ts.P95MS = t.Latency.Quantile(0.95)
+				ts.Requests = int64(t.Latency.Count())
+			}
+			out.Traffic = append(out.Traffic, ts)
+		}
+		for _, u := range usage {
+			out.Usage = append(out.Usage, UsageSample{Instance: u.Instance, At: u.At, CPUPercent: u.CPUPercent, MemoryPercent: u.MemoryPercent})
+		}
+	}
+	if limit > 0 {
+		ds, err := a.st.Decisions(r.Context(), name, time.Time{}, limit)
+		if err != nil {
+			a.fail(w, err)
+			return
+		}
+		out.Decisions = append(out.Decisions, ds...)
 	}
 	writeJSON(w, http.StatusOK, out)
 }

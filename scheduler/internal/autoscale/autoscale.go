@@ -133,6 +133,8 @@ type Reason struct {
 	Ratio  float64 `json:"ratio"`
 	// Replicas is what this metric alone recommends.
 	Replicas int `json:"replicas"`
+	// NoData: the metric had no sample in the window (Value means nothing).
+	NoData bool `json:"no_data,omitempty"`
 	// Note says how missing or not-ready data was treated, or why the
 	// metric recommends no change.
 	Note string `json:"note,omitempty"`
@@ -362,7 +364,7 @@ func perInstance(name string, target, tolerance float64, ready, notReady []strin
 	}
 	r := Reason{Metric: name}
 	if have == 0 {
-		r.Replicas, r.Ratio, r.Note = current, 1, "no samples: holds the current count"
+		r.Replicas, r.Ratio, r.NoData, r.Note = current, 1, true, "no samples: holds the current count"
 		return r
 	}
 	r.Value = sum / float64(have)
@@ -433,7 +435,7 @@ func rps(p Policy, ts []Traffic, since time.Time, ready, current int) Reason {
 	r := Reason{Metric: RPS}
 	nodes := ratesPerNode(ts, since)
 	if len(nodes) == 0 {
-		r.Replicas, r.Ratio, r.Note = current, 1, "no samples: holds the current count"
+		r.Replicas, r.Ratio, r.NoData, r.Note = current, 1, true, "no samples: holds the current count"
 		return r
 	}
 	var total float64
@@ -463,7 +465,7 @@ func latency(p Policy, ts []Traffic, since time.Time, ready, current int) Reason
 	}
 	p95, n := msg.MergedQuantile(0.95, hs)
 	if n == 0 {
-		r.Replicas, r.Ratio, r.Note = current, 1, "no samples: holds the current count"
+		r.Replicas, r.Ratio, r.NoData, r.Note = current, 1, true, "no samples: holds the current count"
 		return r
 	}
 	r.Value = p95

@@ -23,6 +23,7 @@ import (
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/common/view"
 	"github.com/berthhq/berth/scheduler/internal/appenv"
+	"github.com/berthhq/berth/scheduler/internal/autoscale"
 	"github.com/berthhq/berth/scheduler/internal/docker"
 	"github.com/berthhq/berth/scheduler/internal/reconcile"
 	"github.com/berthhq/berth/scheduler/internal/store"
@@ -43,6 +44,8 @@ type Config struct {
 	// Env is the passthrough policy and Environ the scheduler's environment.
 	Env     appenv.Policy
 	Environ []string
+	// Scaling tunes the autoscaler.
+	Scaling ScalingConfig
 }
 
 // Controller runs the leader's loop. Create it with New; run it with Run.
@@ -72,6 +75,12 @@ type Controller struct {
 	unhealthySince map[string]time.Time
 
 	metrics *metrics
+
+	// intake holds the autoscaler's samples; scale its state (policies
+	// under scale.mu; history, held, term and pruned belong to scaleLoop,
+	// readings to statsLoop).
+	intake *intake
+	scale  scaler
 }
 
 // New returns a controller. lease reports the current leadership; health
@@ -81,7 +90,7 @@ func New(cfg Config, st *store.Store, dk *docker.Client, conn *bus.Conn, names m
 	return &Controller{cfg: cfg, st: st, dk: dk, conn: conn, names: names, lease: lease, health: health, agents: agents,
 		logger: logger.Named("controller"), wake: make(chan struct{}, 1),
 		healthySince: map[string]time.Time{}, tripped: map[string]time.Time{}, dead: map[string]bool{}, oom: map[string]bool{}, unhealthySince: map[string]time.Time{},
-		metrics: newMetrics()}
+		metrics: newMetrics(), intake: newIntake(), scale: scaler{history: map[string]autoscale.History{}, held: map[string]int{}}}
 }
 
 // Wake asks for a cycle soon (an app changed, health changed, leadership gained).
@@ -97,6 +106,11 @@ func (c *Controller) Run(ctx context.Context) error {
 	go func() {
 		_ = c.dk.Events(ctx, func(e docker.Event) { c.onDockerEvent(ctx, e) }, c.Wake)
 	}()
+	if c.cfg.Scaling.Interval > 0 {
+		c.subscribeSamples(ctx)
+		go c.scaleLoop(ctx)
+		go c.statsLoop(ctx)
+	}
 	tick := time.NewTicker(c.cfg.Resync)
 	defer tick.Stop()
 	for {
@@ -476,13 +490,7 @@ func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, d 
 			return fail("image_pull_failed", fmt.Sprintf("cannot start %s: image %s is not present and pulling it failed: %v", app.Name, s.Image, err))
 		}
 	}
-	cpu, mem := s.Resources.CPU, int64(s.Resources.Memory)
-	if cpu == 0 {
-		cpu = c.cfg.DefaultCPU
-	}
-	if mem == 0 {
-		mem = c.cfg.DefaultMemory
-	}
+	cpu, mem := c.limits(&s)
 	sctx, cancel := context.WithTimeout(ctx, c.cfg.StartTimeout)
 	defer cancel()
 	cid, err := c.dk.Create(sctx, docker.CreateOptions{App: app.Name, Instance: id, Generation: app.Generation, SpecHash: d.SpecHash, Term: l.Term,
@@ -514,6 +522,19 @@ func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, d 
 	}
 	c.publishInstance(ctx, l, rec)
 	return nil
+}
+
+// limits are the CPU (cores) and memory (bytes) limits a container of s
+// gets: the spec's, or the scheduler's defaults.
+func (c *Controller) limits(s *spec.App) (cpu float64, mem int64) {
+	cpu, mem = s.Resources.CPU, int64(s.Resources.Memory)
+	if cpu == 0 {
+		cpu = c.cfg.DefaultCPU
+	}
+	if mem == 0 {
+		mem = c.cfg.DefaultMemory
+	}
+	return cpu, mem
 }
 
 // stop drains an instance out of nginx, then stops and removes it.

@@ -37,13 +37,20 @@ type App struct {
 	UpdatedAt       time.Time
 }
 
-// desired is the replica count a spec asks for before any autoscaling.
-func desired(s *spec.App) int {
+// desired is the replica count a spec asks for: its replicas, or for an
+// autoscaled app the count the autoscaler reached (cur's), kept within the
+// new min and max, so a new image or a new target does not reset the app
+// to its minimum.
+func desired(s *spec.App, cur *App) int {
 	switch {
 	case s.Replicas != nil:
 		return *s.Replicas
 	case s.Scaling != nil:
-		return s.Scaling.Min
+		n := s.Scaling.Min
+		if cur != nil && cur.Spec != nil && cur.Spec.Scaling != nil {
+			n = min(max(cur.DesiredReplicas, s.Scaling.Min), s.Scaling.Max)
+		}
+		return n
 	}
 	return 1
 }
@@ -222,7 +229,7 @@ func write(ctx context.Context, tx pgx.Tx, a *spec.App, cur *App) (App, error) {
 		INSERT INTO apps (name, spec, generation, desired_replicas) VALUES ($1, $2, 1, $3)
 		ON CONFLICT (name) DO UPDATE SET spec = EXCLUDED.spec, generation = apps.generation + 1,
 			desired_replicas = EXCLUDED.desired_replicas, updated_at = now(), deleted_at = NULL
-		RETURNING name, spec, generation, desired_replicas, status, created_at, updated_at`, a.Name, raw, desired(a))
+		RETURNING name, spec, generation, desired_replicas, status, created_at, updated_at`, a.Name, raw, desired(a, cur))
 	app, err := scanApp(row)
 	if err != nil {
 		return App{}, fmt.Errorf("apply %s: %w", a.Name, redact(err))
