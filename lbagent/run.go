@@ -161,7 +161,7 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 		metrics.accessInvalid = func() float64 { return float64(recv.Invalid()) }
 		group.Add("access-log", recv)
 		group.Add("traffic-metrics", lifecycle.Func(func(ctx context.Context) error {
-			return publishTraffic(ctx, conn, names, agg, c.MetricsWin, logger)
+			return publishTraffic(ctx, conn, names, agg, store.AppNames, c.MetricsWin, logger)
 		}))
 	}
 	if c.Metrics != "" {
@@ -234,8 +234,9 @@ func watchTemplates(ctx context.Context, dir string, a *agent.Agent, logger *zap
 }
 
 // publishTraffic publishes each app's access log window on
-// <prefix>.v1.metrics.<app> every window.
-func publishTraffic(ctx context.Context, conn *bus.Conn, names msg.Names, agg *accesslog.Aggregator, window time.Duration, logger *zap.Logger) error {
+// <prefix>.v1.metrics.<app> every window, for every app it routes (zero
+// requests included).
+func publishTraffic(ctx context.Context, conn *bus.Conn, names msg.Names, agg *accesslog.Aggregator, routed func() []string, window time.Duration, logger *zap.Logger) error {
 	t := time.NewTicker(window)
 	defer t.Stop()
 	for {
@@ -243,7 +244,7 @@ func publishTraffic(ctx context.Context, conn *bus.Conn, names msg.Names, agg *a
 		case <-ctx.Done():
 			return nil
 		case now := <-t.C:
-			for _, m := range agg.Flush(now) {
+			for _, m := range agg.Flush(now, routed()) {
 				b, err := msg.Encode(m)
 				if err == nil {
 					err = conn.Publish(ctx, names.MetricsSubject(m.App), b)

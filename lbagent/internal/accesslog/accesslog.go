@@ -133,12 +133,19 @@ func (a *Aggregator) Add(e Entry) {
 }
 
 // Flush ends the window at now and returns one Metrics per app that had
-// requests, sorted by app, then starts a new window.
-func (a *Aggregator) Flush(now time.Time) []*msg.Metrics {
+// requests or is in known (an app this lbagent routes: a window of zero
+// requests says "no traffic", which a missing window cannot, since it also
+// means "lbagent gone"), sorted by app, then starts a new window.
+func (a *Aggregator) Flush(now time.Time, known []string) []*msg.Metrics {
 	a.mu.Lock()
 	apps, start := a.apps, a.start
 	a.apps, a.start = map[string]*agg{}, now
 	a.mu.Unlock()
+	for _, name := range known {
+		if _, ok := apps[name]; !ok {
+			apps[name] = &agg{latency: &msg.Histogram{RelativeAccuracy: msg.HistogramAccuracy}}
+		}
+	}
 	window := now.Sub(start)
 	if window <= 0 {
 		window = time.Millisecond

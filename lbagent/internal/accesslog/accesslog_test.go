@@ -62,7 +62,7 @@ func TestAggregatorWindows(t *testing.T) {
 	a.Add(Entry{App: "api", Status: 404, UpstreamMS: 3})
 	a.Add(Entry{Status: 404, UpstreamMS: -1}) // unrouted: not counted
 
-	out := a.Flush(t0.Add(2 * time.Second))
+	out := a.Flush(t0.Add(2*time.Second), nil)
 	require.Len(t, out, 2)
 	api, web := out[0], out[1]
 	require.Equal(t, "api", api.App)
@@ -77,7 +77,19 @@ func TestAggregatorWindows(t *testing.T) {
 	require.InDelta(t, 99, web.P99MS, 2)
 	require.NoError(t, web.Validate(), "a flushed window is a valid v1 message")
 
-	require.Empty(t, a.Flush(t0.Add(3*time.Second)), "a new window starts empty")
+	require.Empty(t, a.Flush(t0.Add(3*time.Second), nil), "a new window starts empty")
+
+	// An app it routes gets a window of zero requests: "no traffic", not "no lbagent".
+	a.Add(Entry{App: "api", Status: 200, UpstreamMS: 3})
+	out = a.Flush(t0.Add(4*time.Second), []string{"web", "api"})
+	require.Len(t, out, 2)
+	require.Equal(t, int64(1), out[0].Requests)
+	require.Equal(t, "web", out[1].App)
+	require.Zero(t, out[1].Requests)
+	require.Zero(t, out[1].RPS)
+	require.Nil(t, out[1].LatencyHistogram, "no request, no latency")
+	require.InDelta(t, 1, out[1].Window.Std().Seconds(), 1e-9)
+	require.NoError(t, out[1].Validate())
 }
 
 func TestReceiverReadsDatagrams(t *testing.T) {
@@ -100,7 +112,7 @@ func TestReceiverReadsDatagrams(t *testing.T) {
 	require.NoError(t, err)
 	conn.Close()
 	require.Eventually(t, func() bool { return r.Invalid() == 1 }, 5*time.Second, 5*time.Millisecond)
-	out := agg.Flush(time.Now())
+	out := agg.Flush(time.Now(), nil)
 	require.Len(t, out, 1)
 	require.Equal(t, int64(5), out[0].Requests)
 	cancel()

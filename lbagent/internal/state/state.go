@@ -153,6 +153,18 @@ func (s *Store) Ready() bool {
 	return s.apps.Loaded() && s.instances.Loaded() && s.health.Loaded()
 }
 
+// AppNames returns the names of the apps it holds, in no order.
+func (s *Store) AppNames() []string {
+	var names []string
+	s.apps.Read(func(apps map[string]*msg.App, _ uint64) {
+		names = make([]string, 0, len(apps))
+		for name := range apps {
+			names = append(names, name)
+		}
+	})
+	return names
+}
+
 // Fenced counts writes dropped because they came from a lower leader term.
 func (s *Store) Fenced() uint64 { return s.apps.Fenced() + s.instances.Fenced() }
 

@@ -458,13 +458,26 @@ func rps(p Policy, ts []Traffic, since time.Time, ready, current int) Reason {
 func latency(p Policy, ts []Traffic, since time.Time, ready, current int) Reason {
 	r := Reason{Metric: Latency}
 	var hs []*msg.Histogram
+	windows, busy := 0, 0
 	for _, t := range ts {
-		if !t.At.Before(since) && t.Latency != nil {
+		if t.At.Before(since) {
+			continue
+		}
+		windows++
+		if t.RPS > 0 {
+			busy++
+		}
+		if t.Latency != nil {
 			hs = append(hs, t.Latency)
 		}
 	}
 	p95, n := msg.MergedQuantile(0.95, hs)
 	if n == 0 {
+		if windows > 0 && busy == 0 {
+			// lbagents report, and no request came: no latency to fix.
+			r.Replicas, r.Note = 0, "no requests in the window: counts as 0"
+			return r
+		}
 		r.Replicas, r.Ratio, r.NoData, r.Note = current, 1, true, "no samples: holds the current count"
 		return r
 	}
