@@ -187,11 +187,12 @@ func (s *stack) natsFlags() []string {
 }
 
 // startScheduler runs a scheduler replica and waits for its API.
-func (s *stack) startScheduler(id string) *proc {
+func (s *stack) startScheduler(id string, extra ...string) *proc {
 	s.t.Helper()
 	api := fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(s.t))
-	p := s.start("scheduler-"+id, "scheduler", append([]string{"run", "--database-url", s.db, "--api-listen", api,
-		"--id", id, "--lease-ttl", "2s", "--resync", "5s", "--stop-timeout", "30s"}, s.natsFlags()...)...)
+	args := append([]string{"run", "--database-url", s.db, "--api-listen", api,
+		"--id", id, "--lease-ttl", "2s", "--resync", "5s", "--stop-timeout", "30s"}, s.natsFlags()...)
+	p := s.start("scheduler-"+id, "scheduler", append(args, extra...)...)
 	testrig.WaitHTTP(s.t, "http://"+api+"/healthz", 20*time.Second)
 	s.mu.Lock()
 	s.apis[id] = "http://" + api
@@ -207,14 +208,15 @@ func (s *stack) startHealthd(id string) *proc {
 	return p
 }
 
-func (s *stack) startLBAgent() *proc {
+func (s *stack) startLBAgent(extra ...string) *proc {
 	s.t.Helper()
-	p := s.start("lbagent", "lbagent", append([]string{"--node", "lb1", "--conf-dir", s.confDir,
+	args := append([]string{"--node", "lb1", "--conf-dir", s.confDir,
 		"--nginx-pid-file", filepath.Join(s.nginx.Prefix, "run", "nginx.pid"), "--nginx-bin", s.nginx.Bin,
 		"--state-dir", filepath.Join(s.dir, "lbagent-state"), "--templates", s.tmplDir,
 		"--listen-http", s.httpAddr, "--listen-https", fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(s.t)),
 		"--status-listen", s.statusAddr, "--metrics-listen", s.lbMetrics, "--debounce", "20ms:300ms",
-		"--empty-hold", "5s"}, s.natsFlags()...)...)
+		"--empty-hold", "5s"}, s.natsFlags()...)
+	p := s.start("lbagent", "lbagent", append(args, extra...)...)
 	testrig.WaitHTTP(s.t, "http://"+s.lbMetrics+"/healthz", 20*time.Second)
 	return p
 }

@@ -179,8 +179,9 @@ func TestManagedNginxEndToEnd(t *testing.T) {
 		select {
 		case m := <-traffic:
 			require.Equal(t, "lb-e2e", m.Node)
-			require.Positive(t, m.Requests)
-			served = m.Status.S2xx > 0 && m.P95MS > 0
+			require.NoError(t, m.Validate())
+			// Windows of zero requests come too: every routed app is reported.
+			served = m.Requests > 0 && m.Status.S2xx > 0 && m.P95MS > 0
 		case <-tick.C:
 			get("http://" + httpAddr + "/")
 		case <-deadline:

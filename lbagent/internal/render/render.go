@@ -68,8 +68,10 @@ type Server struct {
 	TLS                     *spec.TLS
 	RedirectHTTP            bool
 	RejectTLS               bool
-	Locations               []Location
-	HasRoot                 bool
+	// AccessLogSocket is where its access log goes; empty: none.
+	AccessLogSocket string
+	Locations       []Location
+	HasRoot         bool
 }
 
 // Location routes one path of one app.
@@ -91,7 +93,7 @@ func UpstreamName(app string) string { return "berth_" + strings.ReplaceAll(app,
 func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string]string) {
 	d := Data{Node: o.Node, Generation: generation, Revision: snap.Revision, StatusListen: o.StatusListen, AccessLogSocket: o.AccessLogSocket}
 	conflicts := map[string]string{}
-	servers := map[string]*Server{"": {Default: true, HTTPListen: o.HTTPListen, HTTPSListen: o.HTTPSListen}}
+	servers := map[string]*Server{"": {Default: true, HTTPListen: o.HTTPListen, HTTPSListen: o.HTTPSListen, AccessLogSocket: o.AccessLogSocket}}
 	owner := map[string]string{} // host + " " + path → app
 	anyTLS := false
 	for _, a := range snap.Apps {
@@ -109,7 +111,7 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 			h = strings.ToLower(h)
 			srv, ok := servers[h]
 			if !ok {
-				srv = &Server{Host: h, HTTPListen: o.HTTPListen, HTTPSListen: o.HTTPSListen}
+				srv = &Server{Host: h, HTTPListen: o.HTTPListen, HTTPSListen: o.HTTPSListen, AccessLogSocket: o.AccessLogSocket}
 				servers[h] = srv
 			}
 			if tls := a.Spec.Routing.TLS; tls != nil {
