@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"sync"
 )
 
 // HistogramAccuracy is the relative accuracy of every Histogram Berth
@@ -29,6 +30,20 @@ type Histogram struct {
 	Bins [][2]float64 `json:"bins"`
 
 	idx map[int]float64 // bins by index while adding; nil when Bins is current
+	// total is Zero plus every bin's count, when totalOK (set by Finish
+	// and by the validation of a decoded histogram, cleared by Add and
+	// Merge): MergedQuantile then need not sum the bins.
+	total   float64
+	totalOK bool
+}
+
+// setTotal caches the count of a finished histogram.
+func (h *Histogram) setTotal() {
+	h.total = h.Zero
+	for _, b := range h.Bins {
+		h.total += b[1]
+	}
+	h.totalOK = true
 }
 
 func (h *Histogram) gamma() float64 {
@@ -68,6 +83,7 @@ func (h *Histogram) pack() {
 
 // Add counts n values of v milliseconds.
 func (h *Histogram) Add(v, n float64) {
+	h.totalOK = false
 	if h.RelativeAccuracy == 0 {
 		h.RelativeAccuracy = HistogramAccuracy
 	}
@@ -89,6 +105,7 @@ func (h *Histogram) Merge(o *Histogram) {
 	if o == nil {
 		return
 	}
+	h.totalOK = false
 	if h.RelativeAccuracy == 0 {
 		h.RelativeAccuracy = o.RelativeAccuracy
 	}
@@ -134,6 +151,7 @@ func (h *Histogram) Finish() {
 	if h.Bins == nil {
 		h.Bins = [][2]float64{}
 	}
+	h.setTotal()
 }
 
 // validate checks a decoded histogram and returns the sub-field at fault
@@ -159,6 +177,7 @@ func (h *Histogram) validate() (field, problem string) {
 			return fmt.Sprintf(".bins[%d]", i), "indexes must be strictly increasing"
 		}
 	}
+	h.setTotal()
 	return "", ""
 }
 
@@ -180,29 +199,27 @@ func MergedQuantile(q float64, hs []*Histogram) (value, count float64) {
 			first = h
 		}
 		zero += h.Zero
-		count += h.Zero
-		same := h.RelativeAccuracy == first.RelativeAccuracy
+		if n := len(h.Bins); n > 0 && h.RelativeAccuracy == first.RelativeAccuracy {
+			// Finished bins are sorted: the ends are the range.
+			lo, hi = min(lo, int(h.Bins[0][0])), max(hi, int(h.Bins[n-1][0]))
+			continue
+		}
 		for _, b := range h.Bins {
-			i := int(b[0])
-			if !same {
-				i = first.rebin(h, i)
-			}
+			i := first.rebin(h, int(b[0]))
 			lo, hi = min(lo, i), max(hi, i)
-			count += b[1]
 		}
 	}
-	if count == 0 {
-		return 0, 0
-	}
-	rank := q * (count - 1)
-	if rank < zero || lo > hi {
+	count = zero
+	if lo > hi {
 		return 0, count
 	}
-	// At 1 % accuracy 1,024 bins span 1 µs to 10 hours: on the stack.
-	var buf [1024]float64
 	var dense []float64
-	if n := hi - lo + 1; n <= len(buf) {
+	n := hi - lo + 1
+	if n <= denseSize {
+		buf := densePool.Get().(*[denseSize]float64)
+		defer densePool.Put(buf)
 		dense = buf[:n]
+		clear(dense)
 	} else {
 		dense = make([]float64, n)
 	}
@@ -210,14 +227,30 @@ func MergedQuantile(q float64, hs []*Histogram) (value, count float64) {
 		if h == nil {
 			continue
 		}
-		same := h.RelativeAccuracy == first.RelativeAccuracy
-		for _, b := range h.Bins {
-			i := int(b[0])
-			if !same {
-				i = first.rebin(h, i)
+		if h.RelativeAccuracy == first.RelativeAccuracy {
+			for _, b := range h.Bins {
+				dense[int(b[0])-lo] += b[1]
 			}
-			dense[i-lo] += b[1]
+			if h.totalOK && h.idx == nil {
+				count += h.total - h.Zero
+			} else {
+				for _, b := range h.Bins {
+					count += b[1]
+				}
+			}
+			continue
 		}
+		for _, b := range h.Bins {
+			dense[first.rebin(h, int(b[0]))-lo] += b[1]
+			count += b[1]
+		}
+	}
+	if count == 0 {
+		return 0, 0
+	}
+	rank := q * (count - 1)
+	if rank < zero {
+		return 0, count
 	}
 	seen := zero
 	for i, c := range dense {
@@ -228,6 +261,12 @@ func MergedQuantile(q float64, hs []*Histogram) (value, count float64) {
 	}
 	return first.value(hi), count
 }
+
+// denseSize bins at 1 % accuracy span 1 µs to 10 hours; MergedQuantile
+// reuses arrays of it instead of zeroing one per call.
+const denseSize = 1024
+
+var densePool = sync.Pool{New: func() any { return new([denseSize]float64) }}
 
 // rebin maps bin i of o to h's bins.
 func (h *Histogram) rebin(o *Histogram, i int) int {

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"sort"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -79,4 +80,28 @@ func TestHistogramEdges(t *testing.T) {
 	h.Finish()
 	got, _ := MergedQuantile(0.99, []*Histogram{h, coarse})
 	require.InEpsilon(t, 200, got, 0.06)
+}
+
+// The cached total of a finished or decoded histogram is dropped by Add
+// and Merge, so MergedQuantile's count is always the true count.
+func TestMergedQuantileCountFollowsChanges(t *testing.T) {
+	h := &Histogram{}
+	h.Add(10, 5)
+	h.Finish()
+	_, n := MergedQuantile(0.5, []*Histogram{h})
+	require.Equal(t, 5.0, n)
+	h.Add(20, 3)
+	h.Finish()
+	h.Merge(func() *Histogram { o := &Histogram{}; o.Add(30, 2); o.Finish(); return o }())
+	h.Finish()
+	_, n = MergedQuantile(0.5, []*Histogram{h})
+	require.Equal(t, 10.0, n)
+	require.Equal(t, h.Count(), n)
+
+	b, err := Encode(&Metrics{Node: "n", App: "web", WindowStart: time.Unix(1, 0), Window: 1, LatencyHistogram: h})
+	require.NoError(t, err)
+	m, err := DecodeAs[*Metrics](b)
+	require.NoError(t, err)
+	_, n = MergedQuantile(0.5, []*Histogram{m.LatencyHistogram, h})
+	require.Equal(t, 20.0, n, "decoded and local histograms together")
 }

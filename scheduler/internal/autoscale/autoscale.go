@@ -24,7 +24,7 @@ package autoscale
 import (
 	"fmt"
 	"math"
-	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -176,7 +176,7 @@ func (d Decision) String() string {
 
 // Decide returns the replicas the app should run now and why.
 func Decide(p Policy, s Samples, current int, h History, now time.Time) Decision {
-	d := Decision{Current: current}
+	d := Decision{Current: current, Reasons: make([]Reason, 0, 4)}
 	since := now.Add(-p.Window)
 	ready, notReady := splitInstances(p, s.Instances, now)
 	usage := meanUsage(s.Usage, since)
@@ -188,10 +188,10 @@ func Decide(p Policy, s Samples, current int, h History, now time.Time) Decision
 	}
 	metrics := []metric{
 		{CPU, p.TargetCPUPercent, func() Reason {
-			return perInstance(CPU, p.TargetCPUPercent, p.Tolerance, ready, notReady, usage, (*usageMean).cpu, current)
+			return perInstance(CPU, p.TargetCPUPercent, p.Tolerance, ready, notReady, &usage, (*usageMean).cpu, current)
 		}},
 		{Memory, p.TargetMemoryPercent, func() Reason {
-			return perInstance(Memory, p.TargetMemoryPercent, p.Tolerance, ready, notReady, usage, (*usageMean).mem, current)
+			return perInstance(Memory, p.TargetMemoryPercent, p.Tolerance, ready, notReady, &usage, (*usageMean).mem, current)
 		}},
 		{RPS, p.TargetRPSPerReplica, func() Reason { return rps(p, s.Traffic, since, len(ready), current) }},
 		{Latency, p.TargetP95LatencyMS, func() Reason { return latency(p, s.Traffic, since, len(ready), current) }},
@@ -302,8 +302,9 @@ func clamp(n, lo, hi int, limits *[]string) int {
 }
 
 // splitInstances separates ready instances from those not ready yet
-// (unhealthy, starting, or within the initial delay), sorted by id.
+// (unhealthy, starting, or within the initial delay).
 func splitInstances(p Policy, ins []Instance, now time.Time) (ready, notReady []string) {
+	ready = make([]string, 0, len(ins))
 	for _, in := range ins {
 		if in.Ready && (p.InitialDelay <= 0 || now.Sub(in.StartedAt) >= p.InitialDelay) {
 			ready = append(ready, in.ID)
@@ -311,13 +312,12 @@ func splitInstances(p Policy, ins []Instance, now time.Time) (ready, notReady []
 			notReady = append(notReady, in.ID)
 		}
 	}
-	sort.Strings(ready)
-	sort.Strings(notReady)
 	return ready, notReady
 }
 
 // usageMean is one instance's usage over the window: sums and count.
 type usageMean struct {
+	id             string
 	cpuSum, memSum float64
 	n              int
 }
@@ -325,37 +325,91 @@ type usageMean struct {
 func (u *usageMean) cpu() float64 { return u.cpuSum / float64(u.n) }
 func (u *usageMean) mem() float64 { return u.memSum / float64(u.n) }
 
-// meanUsage sums each instance's usage samples inside the window.
-func meanUsage(us []Usage, since time.Time) map[string]*usageMean {
-	sums := make(map[string]*usageMean, 16)
-	var last *usageMean // samples come grouped by instance: look up each run once
-	lastID := ""
-	for _, u := range us {
+// usageTable holds each instance's usageMean, in first-seen order, with an
+// index built only when there are many (a short scan beats hashing).
+type usageTable struct {
+	accs  []usageMean
+	index map[string]int
+}
+
+const usageScan = 16
+
+// find returns the position of id, or -1.
+func (t *usageTable) find(id string) int {
+	if t.index == nil && len(t.accs) > usageScan {
+		t.index = make(map[string]int, len(t.accs)*2)
+		for i := range t.accs {
+			t.index[t.accs[i].id] = i
+		}
+	}
+	if t.index != nil {
+		if i, ok := t.index[id]; ok {
+			return i
+		}
+		return -1
+	}
+	for i := range t.accs {
+		if t.accs[i].id == id {
+			return i
+		}
+	}
+	return -1
+}
+
+// get returns id's usageMean, nil when it has none.
+func (t *usageTable) get(id string) *usageMean {
+	if i := t.find(id); i >= 0 {
+		return &t.accs[i]
+	}
+	return nil
+}
+
+// meanUsage sums each instance's usage samples inside the window. Samples
+// come grouped by instance or round by round (every instance, then every
+// instance again): the same or the next position is tried before a lookup.
+func meanUsage(us []Usage, since time.Time) usageTable {
+	t := usageTable{accs: make([]usageMean, 0, 16)}
+	last := -1
+	for k := range us {
+		u := &us[k] // by pointer: no copy of each sample
 		if u.At.Before(since) {
 			continue
 		}
-		a := last
-		if a == nil || u.Instance != lastID {
-			if a = sums[u.Instance]; a == nil {
-				a = &usageMean{}
-				sums[u.Instance] = a
-			}
-			last, lastID = a, u.Instance
+		i := -1
+		switch {
+		case last < 0:
+		case t.accs[last].id == u.Instance:
+			i = last
+		case last+1 < len(t.accs) && t.accs[last+1].id == u.Instance:
+			i = last + 1
+		case t.accs[0].id == u.Instance:
+			i = 0
 		}
+		if i < 0 {
+			if i = t.find(u.Instance); i < 0 {
+				t.accs = append(t.accs, usageMean{id: u.Instance})
+				i = len(t.accs) - 1
+				if t.index != nil {
+					t.index[u.Instance] = i
+				}
+			}
+		}
+		a := &t.accs[i]
 		a.cpuSum += u.CPUPercent
 		a.memSum += u.MemoryPercent
 		a.n++
+		last = i
 	}
-	return sums
+	return t
 }
 
 // perInstance is the HPA's resource-utilisation rule over ready
 // instances' mean usage, with its treatment of missing and not-ready ones.
-func perInstance(name string, target, tolerance float64, ready, notReady []string, usage map[string]*usageMean, pick func(*usageMean) float64, current int) Reason {
+func perInstance(name string, target, tolerance float64, ready, notReady []string, usage *usageTable, pick func(*usageMean) float64, current int) Reason {
 	var sum float64
 	var have, missing int
 	for _, id := range ready {
-		if u, ok := usage[id]; ok {
+		if u := usage.get(id); u != nil {
 			sum += pick(u)
 			have++
 		} else {
@@ -411,9 +465,10 @@ type nodeRate struct {
 // ratesPerNode averages each lbagent's rate samples inside the window
 // (a handful of nodes: a slice beats a map).
 func ratesPerNode(ts []Traffic, since time.Time) []nodeRate {
-	var out []nodeRate
+	out := make([]nodeRate, 0, 4)
 next:
-	for _, t := range ts {
+	for k := range ts {
+		t := &ts[k]
 		if t.At.Before(since) {
 			continue
 		}
@@ -449,7 +504,14 @@ func rps(p Policy, ts []Traffic, since time.Time, ready, current int) Reason {
 		return r
 	}
 	r.Replicas = int(math.Ceil(total/p.TargetRPSPerReplica - 1e-9))
-	r.Note = fmt.Sprintf("%.1f req/s over %d lbagent(s), %d ready", total, len(nodes), ready)
+	// Built without fmt: Decide runs for every app every interval.
+	b := make([]byte, 0, 48)
+	b = strconv.AppendFloat(b, total, 'f', 1, 64)
+	b = append(b, " req/s over "...)
+	b = strconv.AppendInt(b, int64(len(nodes)), 10)
+	b = append(b, " lbagent(s), "...)
+	b = strconv.AppendInt(b, int64(ready), 10)
+	r.Note = string(append(b, " ready"...))
 	return r
 }
 
@@ -457,9 +519,10 @@ func rps(p Policy, ts []Traffic, since time.Time, ready, current int) Reason {
 // merged; desired = ceil(ready × p95/target).
 func latency(p Policy, ts []Traffic, since time.Time, ready, current int) Reason {
 	r := Reason{Metric: Latency}
-	var hs []*msg.Histogram
+	hs := make([]*msg.Histogram, 0, len(ts))
 	windows, busy := 0, 0
-	for _, t := range ts {
+	for k := range ts {
+		t := &ts[k]
 		if t.At.Before(since) {
 			continue
 		}
@@ -492,6 +555,6 @@ func latency(p Policy, ts []Traffic, since time.Time, ready, current int) Reason
 		base = current
 	}
 	r.Replicas = int(math.Ceil(float64(base)*r.Ratio - 1e-9))
-	r.Note = fmt.Sprintf("p95 of %d requests", int64(n))
+	r.Note = "p95 of " + strconv.FormatInt(int64(n), 10) + " requests"
 	return r
 }
