@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -22,6 +23,12 @@ import (
 // second, a 2 s sample window, 3 s cooldowns and a 6 s scale-down
 // stabilisation (the defaults are 15 s, 5 s, 60 s, 15 s/60 s and 300 s).
 var autoscaleFlags = []string{"--autoscale-interval", "1s", "--stats-interval", "1s"}
+
+// The same timings for the reaction-time figures.
+const (
+	autoscaleWindow            = 2 * time.Second
+	autoscaleDownStabilization = 6 * time.Second
+)
 
 const (
 	// Each request waits 30 ms in the app (its latency knob), so the p95
@@ -39,7 +46,7 @@ const (
 
 // autoscaledDemo is examples/demo.yaml with the fixed count replaced by
 // the scaling block.
-func autoscaledDemo(t *testing.T, image string) string {
+func autoscaledDemo(t testing.TB, image string) string {
 	spec := demoSpec(t, image, 3, autoscaleExtra)
 	require.Contains(t, spec, "replicas: 3\n")
 	return strings.Replace(spec, "replicas: 3\n", autoscaleBlock, 1)
@@ -88,26 +95,30 @@ func (s *stack) metrics(app string) metricsView {
 	return out
 }
 
-// lastEvent returns the time of the last event of kind after since.
-func lastEvent(evs []eventView, kind string, since time.Time) (time.Time, bool) {
-	var at time.Time
+// eventsAfter returns the times of the events of kind after since, oldest first.
+func eventsAfter(evs []eventView, kind string, since time.Time) []time.Time {
+	var out []time.Time
 	for _, e := range evs {
 		if e.Kind == kind && e.At.After(since) {
-			at = e.At
+			out = append(out, e.At)
 		}
 	}
-	return at, !at.IsZero()
+	return out
 }
 
-// reaction is one step in load until the new replicas serve, in parts.
+// reaction is one step in load until the new replicas serve, in parts,
+// each from the step: the first scale-up decision (the sample window and
+// the decision interval), the last one (a windowed mean can take two
+// steps, the second after the scale-up cooldown), the last new instance
+// started (container start), all serving (health checks and nginx reload).
 type reaction struct {
-	Decided, Started, Serving time.Duration // from the step
+	FirstDecision, LastDecision, Started, Serving time.Duration
 }
 
 func (r reaction) String() string {
-	return fmt.Sprintf("step → decision %s, → last new instance started %s (+%s), → all serving %s (+%s)",
-		r.Decided.Round(10*time.Millisecond), r.Started.Round(10*time.Millisecond), (r.Started - r.Decided).Round(10*time.Millisecond),
-		r.Serving.Round(10*time.Millisecond), (r.Serving - r.Started).Round(10*time.Millisecond))
+	ms := func(d time.Duration) string { return d.Round(10 * time.Millisecond).String() }
+	return fmt.Sprintf("serving after %s = first decision %s (window + interval) + cooldown-held second decision +%s + start +%s + health and reload +%s",
+		ms(r.Serving), ms(r.FirstDecision), ms(r.LastDecision-r.FirstDecision), ms(r.Started-r.LastDecision), ms(r.Serving-r.Started))
 }
 
 // stepUp starts the step load and times the scale-out to want replicas.
@@ -116,13 +127,48 @@ func (s *stack) stepUp(want int) (*loadgen.Run, reaction) {
 	step := time.Now()
 	gen := loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/", Host: demoHost, Workers: 12, Rate: stepRate})
 	s.waitServing("demo", demoHost, want, "v1", 60*time.Second)
-	serving := time.Since(step)
+	r := reaction{Serving: time.Since(step)}
 	evs := s.events("demo")
-	decided, ok := lastEvent(evs, "app_scaled", step)
-	require.True(s.t, ok, "an app_scaled event after the step")
-	started, ok := lastEvent(evs, "instance_started", step)
-	require.True(s.t, ok, "instances started after the step")
-	return gen, reaction{Decided: decided.Sub(step), Started: started.Sub(step), Serving: serving}
+	decided := eventsAfter(evs, "app_scaled", step)
+	started := eventsAfter(evs, "instance_started", step)
+	require.NotEmpty(s.t, decided, "an app_scaled event after the step")
+	require.NotEmpty(s.t, started, "instances started after the step")
+	r.FirstDecision, r.LastDecision = decided[0].Sub(step), decided[len(decided)-1].Sub(step)
+	r.Started = started[len(started)-1].Sub(step)
+	return gen, r
+}
+
+// stepDown stops the step load and times the scale-in to want replicas:
+// the decision (after the scale-down stabilisation) and serving from them
+// only (after the drain).
+func (s *stack) stepDown(gen *loadgen.Run, want int) (res loadgen.Result, decided, serving time.Duration) {
+	s.t.Helper()
+	res = gen.Stop()
+	stop := time.Now()
+	s.waitServing("demo", demoHost, want, "v1", 60*time.Second)
+	serving = time.Since(stop)
+	down := eventsAfter(s.events("demo"), "app_scaled", stop)
+	require.NotEmpty(s.t, down, "an app_scaled event after the step ended")
+	return res, down[len(down)-1].Sub(stop), serving
+}
+
+// startAutoscaled runs a stack with the test-shortened autoscaler and
+// lbagent's access log, and the autoscaled demo app serving at min.
+func startAutoscaled(t testing.TB) (s *stack, leaderID string, lbArgs []string, lb *proc) {
+	v1 := testrig.DemoImage(t, "v1")
+	s = newStack(t)
+	leaderID = "sched-a"
+	s.startScheduler(leaderID, autoscaleFlags...)
+	s.leader(10 * time.Second)
+	s.startHealthd("hc1")
+	// nginx workers run unprivileged: they must reach the access log socket.
+	require.NoError(t, os.Chmod(s.dir, 0o755))
+	require.NoError(t, os.Chmod(filepath.Dir(s.dir), 0o755))
+	lbArgs = []string{"--access-log-socket", filepath.Join(s.dir, "access.sock"), "--metrics-window", "1s"}
+	lb = s.startLBAgent(lbArgs...)
+	s.apply(autoscaledDemo(t, v1))
+	s.waitServing("demo", demoHost, 2, "v1", 60*time.Second)
+	return s, leaderID, lbArgs, lb
 }
 
 // TestAutoscaling runs the demo app autoscaled on request rate and p95
@@ -130,20 +176,7 @@ func (s *stack) stepUp(want int) (*loadgen.Run, reaction) {
 // metrics changes nothing, and the end of the step scales it back in after
 // the stabilisation window, with no failed request throughout.
 func TestAutoscaling(t *testing.T) {
-	v1 := testrig.DemoImage(t, "v1")
-	s := newStack(t)
-	leaderID := "sched-a"
-	s.startScheduler(leaderID, autoscaleFlags...)
-	s.leader(10 * time.Second)
-	s.startHealthd("hc1")
-	// nginx workers run unprivileged: they must reach the access log socket.
-	require.NoError(t, os.Chmod(s.dir, 0o755))
-	require.NoError(t, os.Chmod(filepath.Dir(s.dir), 0o755))
-	lbArgs := []string{"--access-log-socket", filepath.Join(s.dir, "access.sock"), "--metrics-window", "1s"}
-	lb := s.startLBAgent(lbArgs...)
-
-	s.apply(autoscaledDemo(t, v1))
-	s.waitServing("demo", demoHost, 2, "v1", 60*time.Second)
+	s, leaderID, lbArgs, lb := startAutoscaled(t)
 	base := loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/", Host: demoHost, Workers: 2, Rate: baseRate})
 	defer base.Stop()
 
@@ -191,25 +224,65 @@ func TestAutoscaling(t *testing.T) {
 
 	// The step ends: back to 2 after the 6 s stabilisation, under the
 	// background load, draining the instances it stops.
-	res := gen.Stop()
+	res, decided, serving := s.stepDown(gen, 2)
 	t.Logf("step load: %s", res)
 	require.NoError(t, loadgen.Check(res), "step load")
-	stop := time.Now()
-	s.waitServing("demo", demoHost, 2, "v1", 60*time.Second)
-	evs := s.events("demo")
-	down, ok := lastEvent(evs, "app_scaled", stop)
-	require.True(t, ok)
-	t.Logf("scale-in 4 → 2: decided %s after the step ended, serving from 2 after %s", down.Sub(stop).Round(10*time.Millisecond), time.Since(stop).Round(10*time.Millisecond))
-	require.GreaterOrEqual(t, down.Sub(stop), 6*time.Second, "not before the scale-down stabilisation")
+	t.Logf("scale-in 4 → 2: decided %s after the step ended, serving from 2 after %s", decided.Round(10*time.Millisecond), serving.Round(10*time.Millisecond))
+	require.GreaterOrEqual(t, decided, 6*time.Second, "not before the scale-down stabilisation")
 
 	res = base.Stop()
 	t.Logf("background load: %s", res)
 	require.NoError(t, loadgen.Check(res), "background load")
-	for _, e := range evs {
+	for _, e := range s.events("demo") {
 		if e.Kind == "app_scaled" || e.Kind == "scale_held" {
 			t.Logf("event %s %s: %s", e.At.Format("15:04:05.000"), e.Kind, e.Message)
 		}
 	}
+}
+
+// BenchmarkAutoscaleReaction steps the load up and down five times and
+// reports the reaction time from the step to the new replicas serving,
+// with its parts, against a floor: the sample window (before which the
+// windowed mean cannot reach the new rate) plus the container start, health
+// checks and reload measured in the same step. Above it: where the decision
+// interval ticks, and a second, cooldown-held decision when the first saw
+// only part of the step.
+//
+//	go test -run '^$' -bench AutoscaleReaction -benchtime 1x ./e2e/
+func BenchmarkAutoscaleReaction(b *testing.B) {
+	s, _, _, _ := startAutoscaled(b)
+	base := loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/", Host: demoHost, Workers: 2, Rate: baseRate})
+	defer base.Stop()
+	time.Sleep(4 * time.Second)
+	var serving, first, ratio []float64
+	var failed int64
+	for range b.N {
+		for i := range 5 {
+			gen, r := s.stepUp(4)
+			floor := autoscaleWindow + (r.Serving - r.LastDecision)
+			fmt.Printf("step %d: %s; floor %s, ratio %.2f\n", i+1, r, floor.Round(10*time.Millisecond), r.Serving.Seconds()/floor.Seconds())
+			serving = append(serving, r.Serving.Seconds())
+			first = append(first, r.FirstDecision.Seconds())
+			ratio = append(ratio, r.Serving.Seconds()/floor.Seconds())
+			res, decided, in := s.stepDown(gen, 2)
+			failed += res.Failed()
+			fmt.Printf("        scale-in decided %s after the step ended (stabilisation %s), serving from 2 after %s; step load %s\n",
+				decided.Round(10*time.Millisecond), autoscaleDownStabilization, in.Round(10*time.Millisecond), res)
+			time.Sleep(2 * time.Second)
+		}
+	}
+	res := base.Stop()
+	failed += res.Failed()
+	b.ReportMetric(median(serving), "s-to-serving")
+	b.ReportMetric(median(first), "s-to-first-decision")
+	b.ReportMetric(median(ratio), "x-floor")
+	b.ReportMetric(float64(failed), "failed-requests")
+}
+
+func median(v []float64) float64 {
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	return s[len(s)/2]
 }
 
 // scrape returns a scheduler replica's /metrics.

@@ -25,7 +25,7 @@ const demoHost = "demo.localhost"
 // demoSpec is examples/demo.yaml with the image, the replica count (a spec
 // is declarative: applying one sets both) and, for the failing version, the
 // health knob of the scenario.
-func demoSpec(t *testing.T, image string, replicas int, extra string) string {
+func demoSpec(t testing.TB, image string, replicas int, extra string) string {
 	b, err := os.ReadFile(filepath.Join(repoRoot(), "examples", "demo.yaml"))
 	require.NoError(t, err)
 	spec := strings.Replace(string(b), "image: berth-demo:v1", "image: "+image, 1)

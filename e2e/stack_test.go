@@ -80,7 +80,7 @@ type proc struct {
 }
 
 // signal sends sig and waits up to timeout for the process to exit.
-func (p *proc) stop(t *testing.T, sig syscall.Signal, timeout time.Duration) {
+func (p *proc) stop(t testing.TB, sig syscall.Signal, timeout time.Duration) {
 	t.Helper()
 	select {
 	case <-p.done:
@@ -99,7 +99,7 @@ func (p *proc) stop(t *testing.T, sig syscall.Signal, timeout time.Duration) {
 
 // stack is one Berth installation on this machine.
 type stack struct {
-	t      *testing.T
+	t      testing.TB
 	dir    string
 	prefix string
 	names  msg.Names
@@ -119,7 +119,7 @@ type stack struct {
 	apis  map[string]string // scheduler id → API base URL
 }
 
-func newStack(t *testing.T) *stack {
+func newStack(t testing.TB) *stack {
 	t.Helper()
 	testrig.Docker(t)
 	s := &stack{t: t, dir: t.TempDir(), db: testrig.Postgres(t), nats: testrig.NATS(t), apis: map[string]string{}}
