@@ -3,6 +3,7 @@ package spec
 import (
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -359,5 +360,19 @@ func TestGrammars(t *testing.T) {
 	require.True(t, NginxSafe("abc $x"))
 	for _, s := range []string{"a;b", "a{", "}", "'", `"`, "\n", "\t", "\x00", "\u00e9", "`", "#", `\`} {
 		require.False(t, NginxSafe(s), "%q", s)
+	}
+}
+
+// Every example spec the docs point to loads and validates.
+func TestExamplesAreValid(t *testing.T) {
+	t.Parallel()
+	files, err := filepath.Glob("../../examples/*.yaml")
+	require.NoError(t, err)
+	require.NotEmpty(t, files)
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		require.NoError(t, err)
+		_, err = Load(b) // decodes strictly, defaults and validates
+		require.NoError(t, err, f)
 	}
 }

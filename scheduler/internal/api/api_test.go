@@ -8,8 +8,11 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/internal/testrig"
+	"github.com/berthhq/berth/scheduler/internal/autoscale"
 	"github.com/berthhq/berth/scheduler/internal/store"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
@@ -26,12 +29,19 @@ type client struct {
 
 func newAPI(t *testing.T, token string) *client {
 	t.Helper()
+	return newAPIWith(t, Options{Token: token})
+}
+
+func newAPIWith(t *testing.T, o Options) *client {
+	t.Helper()
+	token := o.Token
 	st, err := store.Open(context.Background(), testrig.Postgres(t))
 	require.NoError(t, err)
 	t.Cleanup(st.Close)
 	_, err = st.Migrate(context.Background())
 	require.NoError(t, err)
-	srv := httptest.NewServer(New(st, Options{Token: token, Role: func() (bool, uint64) { return true, 7 }}, zaptest.NewLogger(t)))
+	o.Role = func() (bool, uint64) { return true, 7 }
+	srv := httptest.NewServer(New(st, o, zaptest.NewLogger(t)))
 	t.Cleanup(srv.Close)
 	return &client{t: t, url: srv.URL, token: token, st: st}
 }
@@ -209,4 +219,59 @@ func TestAuthAndProbes(t *testing.T) {
 	require.NoError(t, json.NewDecoder(resp.Body).Decode(&rd))
 	resp.Body.Close()
 	require.Equal(t, Readiness{Ready: true, Role: "leader", Term: 7}, rd)
+}
+
+func TestAppMetrics(t *testing.T) {
+	t.Parallel()
+	now := time.Now().UTC()
+	h := &msg.Histogram{}
+	h.Add(40, 100)
+	h.Finish()
+	c := newAPIWith(t, Options{Samples: func(app string, _ time.Time) ([]autoscale.Traffic, []autoscale.Usage, autoscale.Policy, bool) {
+		if app != "auto" {
+			return nil, nil, autoscale.Policy{}, false
+		}
+		return []autoscale.Traffic{{Node: "lb1", At: now, RPS: 20, Latency: h}},
+			[]autoscale.Usage{{Instance: "a1", At: now, CPUPercent: 55, MemoryPercent: 10}}, autoscale.Policy{}, true
+	}})
+	code, _, _ := c.do("PUT", "/v1/apps/web", web)
+	require.Equal(t, http.StatusOK, code)
+	code, _, _ = c.do("PUT", "/v1/apps/auto", "name: auto\nimage: web:1\nport: 8080\nscaling: {min: 2, max: 4, target_rps_per_replica: 10}\n")
+	require.Equal(t, http.StatusOK, code)
+
+	code, obj, _ := c.do("GET", "/v1/apps/web/metrics", "")
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, false, obj["autoscaled"])
+	require.Empty(t, obj["traffic"])
+
+	l, ok, err := c.st.Acquire(context.Background(), "s", "a", time.Minute)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.NoError(t, c.st.LeaderTx(context.Background(), l, func(ctx context.Context, tx *store.Tx) error {
+		_, err := tx.RecordDecision(ctx, store.Decision{App: "auto", Current: 2, Desired: 3, Recommendation: 3,
+			Reasons: json.RawMessage(`[{"metric":"rps","value":15,"target":10,"ratio":1.5,"replicas":3}]`), At: now})
+		return err
+	}))
+	var m MetricsView
+	code, _, raw := c.do("GET", "/v1/apps/auto/metrics", "")
+	require.Equal(t, http.StatusOK, code)
+	require.NoError(t, json.Unmarshal(raw, &m))
+	require.True(t, m.Autoscaled)
+	require.Equal(t, 3, m.DesiredReplicas)
+	require.Equal(t, 60*time.Second, m.Scaling.Window.Std(), "the policy with its defaults")
+	require.Len(t, m.Traffic, 1)
+	require.InDelta(t, 40, m.Traffic[0].P95MS, 1)
+	require.Equal(t, int64(100), m.Traffic[0].Requests)
+	require.Equal(t, []UsageSample{{Instance: "a1", At: now, CPUPercent: 55, MemoryPercent: 10}}, m.Usage)
+	require.Len(t, m.Decisions, 1)
+	require.Equal(t, 3, m.Decisions[0].Desired)
+
+	code, obj, _ = c.do("GET", "/v1/apps/auto/metrics?decisions=lots", "")
+	require.Equal(t, http.StatusBadRequest, code)
+	require.Contains(t, obj["error"], "decisions")
+	code, _, _ = c.do("GET", "/v1/apps/nope/metrics", "")
+	require.Equal(t, http.StatusNotFound, code)
+	code, obj, _ = c.do("POST", "/v1/apps/auto/scale", `{"replicas": 5}`)
+	require.Equal(t, http.StatusConflict, code)
+	require.Contains(t, obj["error"], "change scaling.min and scaling.max instead")
 }
