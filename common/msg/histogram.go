@@ -182,12 +182,103 @@ func (h *Histogram) validate() (field, problem string) {
 }
 
 // MergedQuantile returns the q-quantile of the histograms merged, and
-// their total count, without building the merged histogram: the bins are
-// summed into a dense array over their index range (a few hundred entries
-// at 1 % accuracy), so the cost is linear in the bins. The histograms are
-// only read, and must be finished (decoded, or Finish called); those of
+// their total count, without building the merged histogram. The histograms
+// are only read, and must be finished (decoded, or Finish called); those of
 // another accuracy than the first are re-binned.
+//
+// The merged quantile is never below the lowest of the histograms' own
+// q-quantiles (below it, every histogram has at most its own rank of
+// values, so the sum is at most the merged rank). So when every histogram
+// has the same accuracy and a known total, only the bins from that bound
+// up are summed — for a p95, each histogram's top few bins — and the sum
+// is read from the top. Otherwise every bin is summed into a dense array
+// over the index range (a few hundred entries at 1 % accuracy).
 func MergedQuantile(q float64, hs []*Histogram) (value, count float64) {
+	if v, n, ok := tailQuantile(q, hs); ok {
+		return v, n
+	}
+	return fullQuantile(q, hs)
+}
+
+// tailQuantile is MergedQuantile's fast path; ok is false when it does not
+// apply (mixed accuracies, a histogram being built, a quantile that may lie
+// in the zero bucket).
+func tailQuantile(q float64, hs []*Histogram) (value, count float64, ok bool) {
+	var first *Histogram
+	var zero float64
+	cut, hi := math.MaxInt, math.MinInt
+	for _, h := range hs {
+		if h == nil {
+			continue
+		}
+		if first == nil {
+			first = h
+		}
+		if h.RelativeAccuracy != first.RelativeAccuracy || !h.totalOK || h.idx != nil {
+			return 0, 0, false
+		}
+		count += h.total
+		zero += h.Zero
+		n := len(h.Bins)
+		if n == 0 {
+			if h.Zero > 0 {
+				return 0, 0, false
+			}
+			continue
+		}
+		hi = max(hi, int(h.Bins[n-1][0]))
+		// This histogram's own q-quantile bin, read from the top: the
+		// first bin down at which the values above reach total − rank.
+		want := h.total - q*(h.total-1)
+		above, own := 0.0, math.MinInt
+		for k := n - 1; k >= 0; k-- {
+			if above += h.Bins[k][1]; above >= want {
+				own = int(h.Bins[k][0])
+				break
+			}
+		}
+		if own == math.MinInt {
+			return 0, 0, false // in the zero bucket
+		}
+		cut = min(cut, own)
+	}
+	if count == 0 {
+		return 0, 0, true
+	}
+	if cut > hi {
+		return 0, 0, false
+	}
+	n := hi - cut + 1
+	var dense []float64
+	if n <= denseSize {
+		buf := densePool.Get().(*[denseSize]float64)
+		defer densePool.Put(buf)
+		dense = buf[:n]
+		clear(dense)
+	} else {
+		dense = make([]float64, n)
+	}
+	for _, h := range hs {
+		if h == nil {
+			continue
+		}
+		for k := len(h.Bins) - 1; k >= 0 && int(h.Bins[k][0]) >= cut; k-- {
+			dense[int(h.Bins[k][0])-cut] += h.Bins[k][1]
+		}
+	}
+	want := count - q*(count-1)
+	above := 0.0
+	for i := n - 1; i >= 0; i-- {
+		if above += dense[i]; above >= want {
+			return first.value(cut + i), count, true
+		}
+	}
+	return 0, 0, false
+}
+
+// fullQuantile sums every bin into a dense array over the index range and
+// reads it from the bottom.
+func fullQuantile(q float64, hs []*Histogram) (value, count float64) {
 	var first *Histogram
 	lo, hi := math.MaxInt, math.MinInt
 	var zero float64

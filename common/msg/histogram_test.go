@@ -105,3 +105,42 @@ func TestMergedQuantileCountFollowsChanges(t *testing.T) {
 	_, n = MergedQuantile(0.5, []*Histogram{m.LatencyHistogram, h})
 	require.Equal(t, 20.0, n, "decoded and local histograms together")
 }
+
+// The fast path reads the same quantile as summing every bin, for every q
+// and every mix of histograms, zero buckets included.
+func TestTailQuantileMatchesFullMerge(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	fast, all := 0, 0
+	defer func() {
+		t.Logf("fast path taken %d of %d times", fast, all)
+		require.Greater(t, fast, all*3/4, "the fast path is what is tested")
+	}()
+	for trial := range 3000 {
+		var hs []*Histogram
+		for range 1 + rng.IntN(6) {
+			h := &Histogram{}
+			base := math.Exp(rng.Float64() * 8)
+			for range rng.IntN(40) {
+				h.Add(base*math.Exp(rng.NormFloat64()), float64(1+rng.IntN(5)))
+			}
+			if rng.IntN(5) == 0 {
+				h.Add(0, float64(1+rng.IntN(3)))
+			}
+			h.Finish()
+			hs = append(hs, h)
+		}
+		if rng.IntN(10) == 0 {
+			hs = append(hs, nil)
+		}
+		for _, q := range []float64{0, 0.01, 0.25, 0.5, 0.9, 0.95, 0.99, 1, rng.Float64()} {
+			want, wantN := fullQuantile(q, hs)
+			got, gotN := MergedQuantile(q, hs)
+			if _, _, ok := tailQuantile(q, hs); ok {
+				fast++
+			}
+			all++
+			require.Equal(t, wantN, gotN, "trial %d q %v", trial, q)
+			require.Equal(t, want, got, "trial %d q %v", trial, q)
+		}
+	}
+}

@@ -261,10 +261,13 @@ func BenchmarkDecide1000Apps(b *testing.B) {
 	apps := make([]Samples, 1000)
 	hists := make([]History, 1000)
 	for a := range apps {
+		// Ids shared by the instances and their samples, as the
+		// scheduler's intake interns them.
 		s := Samples{Instances: instances(10)}
-		for i := range 10 {
-			for k := range 12 { // a minute of 5 s samples
-				s.Usage = append(s.Usage, Usage{Instance: fmt.Sprintf("i%d", i), At: t0.Add(-time.Duration(k) * 5 * time.Second), CPUPercent: float64(40 + a%40)})
+		nodes := []string{"lb0", "lb1"}
+		for k := range 12 { // a minute of 5 s samples, round by round as they arrive
+			for i := range 10 {
+				s.Usage = append(s.Usage, Usage{Instance: s.Instances[i].ID, At: t0.Add(-time.Duration(k) * 5 * time.Second), CPUPercent: float64(40 + a%40)})
 			}
 		}
 		for n := range 2 {
@@ -274,7 +277,7 @@ func BenchmarkDecide1000Apps(b *testing.B) {
 					h.Add(v, 10)
 				}
 				h.Finish() // as decoded from the wire
-				s.Traffic = append(s.Traffic, Traffic{Node: fmt.Sprintf("lb%d", n), At: t0.Add(-time.Duration(k) * 5 * time.Second), RPS: 200, Latency: h})
+				s.Traffic = append(s.Traffic, Traffic{Node: nodes[n], At: t0.Add(-time.Duration(k) * 5 * time.Second), RPS: 200, Latency: h})
 			}
 		}
 		apps[a] = s

@@ -12,6 +12,9 @@ import (
 // thousand instances read every 5 s for a 60 s window is 12,000).
 const maxSamplesPerApp = 50000
 
+// maxInterned bounds an app's interned ids.
+const maxInterned = 10000
+
 // intake keeps every app's recent load samples: traffic windows from each
 // lbagent (berth.v1.metrics.<app>) and CPU and memory readings from the
 // leader's Docker stats (berth.v1.usage.<app>). Every replica keeps them,
@@ -25,6 +28,21 @@ type intake struct {
 type appSamples struct {
 	traffic []autoscale.Traffic
 	usage   []autoscale.Usage
+	// ids interns instance and node ids: Decide compares them for every
+	// sample, and equal strings that share their bytes compare at once.
+	ids map[string]string
+}
+
+// intern returns the app's one copy of s.
+func (a *appSamples) intern(s string) string {
+	if v, ok := a.ids[s]; ok {
+		return v
+	}
+	if a.ids == nil {
+		a.ids = map[string]string{}
+	}
+	a.ids[s] = s
+	return s
 }
 
 func newIntake() *intake { return &intake{apps: map[string]*appSamples{}} }
@@ -43,7 +61,7 @@ func (in *intake) addTraffic(m *msg.Metrics) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	a := in.app(m.App)
-	a.traffic = capped(append(a.traffic, autoscale.Traffic{Node: m.Node, At: m.WindowStart.Add(m.Window.Std()), RPS: m.RPS, Latency: m.LatencyHistogram}))
+	a.traffic = capped(append(a.traffic, autoscale.Traffic{Node: a.intern(m.Node), At: m.WindowStart.Add(m.Window.Std()), RPS: m.RPS, Latency: m.LatencyHistogram}))
 }
 
 // addUsage keeps one stats round of an app.
@@ -52,9 +70,20 @@ func (in *intake) addUsage(m *msg.Usage) {
 	defer in.mu.Unlock()
 	a := in.app(m.App)
 	for _, u := range m.Instances {
-		a.usage = append(a.usage, autoscale.Usage{Instance: u.Instance, At: m.At, CPUPercent: u.CPUPercent, MemoryPercent: u.MemoryPercent})
+		a.usage = append(a.usage, autoscale.Usage{Instance: a.intern(u.Instance), At: m.At, CPUPercent: u.CPUPercent, MemoryPercent: u.MemoryPercent})
 	}
 	a.usage = capped(a.usage)
+}
+
+// internID returns the app's interned copy of an instance id, so that the
+// instances given to Decide share their bytes with the samples' ids.
+func (in *intake) internID(app, id string) string {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if a := in.apps[app]; a != nil {
+		return a.intern(id)
+	}
+	return id
 }
 
 // samples returns copies of app's samples taken after since.
@@ -90,6 +119,9 @@ func (in *intake) prune(now time.Time, keep map[string]time.Duration) {
 			continue
 		}
 		cut := now.Add(-horizon)
+		if len(a.ids) > maxInterned { // mostly ids of instances long gone: start afresh
+			a.ids = nil
+		}
 		a.traffic = dropBefore(a.traffic, cut, func(t autoscale.Traffic) time.Time { return t.At })
 		a.usage = dropBefore(a.usage, cut, func(u autoscale.Usage) time.Time { return u.At })
 	}

@@ -187,7 +187,7 @@ func (c *Controller) scaleRound(ctx context.Context, now time.Time) error {
 		if r.StartedAt != nil {
 			started = *r.StartedAt
 		}
-		instances[r.App] = append(instances[r.App], autoscale.Instance{ID: r.ID, Ready: r.State == msg.StateRunning && r.Health == msg.StatusHealthy, StartedAt: started})
+		instances[r.App] = append(instances[r.App], autoscale.Instance{ID: c.intake.internID(r.App, r.ID), Ready: r.State == msg.StateRunning && r.Health == msg.StatusHealthy, StartedAt: started})
 	}
 
 	c.metrics.resetScaling()

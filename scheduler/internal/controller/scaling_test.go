@@ -3,6 +3,7 @@ package controller
 import (
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/require"
 
@@ -31,6 +32,11 @@ func TestIntakeWindowsAndPrune(t *testing.T) {
 	traffic, usage = in.samples("web", time.Time{})
 	require.Len(t, traffic, 4, "-30 s … 0 kept")
 	require.Len(t, usage, 8)
+	// Ids are interned: the instances given to Decide share their bytes
+	// with the samples' ids, so comparing them is a pointer check.
+	id := in.internID("web", string([]byte("a1")))
+	require.Equal(t, unsafe.StringData(usage[len(usage)-2].Instance), unsafe.StringData(id))
+
 	tr, us := in.samples("other", time.Time{})
 	require.Empty(t, tr, "an app that is not autoscaled is dropped")
 	require.Empty(t, us)
