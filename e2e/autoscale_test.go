@@ -34,7 +34,11 @@ const (
 	// Each request waits 30 ms in the app (its latency knob), so the p95
 	// seen through nginx is a real, non-zero figure.
 	autoscaleExtra = "env: {DEMO_LATENCY: 30ms}\n"
+	// CPU and memory targets too: the demo app sleeps rather than computes,
+	// so they recommend the minimum, and they prove Docker stats reach the
+	// decision (the highest recommendation wins: rps drives).
 	autoscaleBlock = "scaling: {min: 2, max: 6, target_rps_per_replica: 45, target_p95_latency_ms: 500, window: 2s,\n" +
+		"  target_cpu_percent: 90, target_memory_percent: 90,\n" +
 		"  scale_up_cooldown: 3s, scale_down_cooldown: 3s, scale_down_stabilization: 6s, scale_up_period: 3s}\n"
 	// The load step: with the background load, 160 req/s is 3.6, so 4
 	// replicas at 45 per replica (with room for a few % of rate noise).
@@ -73,8 +77,9 @@ type decisionView struct {
 }
 
 type metricsView struct {
-	Autoscaled      bool `json:"autoscaled"`
-	DesiredReplicas int  `json:"desired_replicas"`
+	Autoscaled      bool  `json:"autoscaled"`
+	DesiredReplicas int   `json:"desired_replicas"`
+	Usage           []any `json:"usage"`
 	Traffic         []struct {
 		Node  string  `json:"node"`
 		RPS   float64 `json:"rps"`
@@ -195,12 +200,17 @@ func TestAutoscaling(t *testing.T) {
 	last := m.Decisions[len(m.Decisions)-1]
 	metrics := map[string]float64{}
 	for _, rs := range last.Reasons {
+		require.False(t, rs.NoData, "every metric has samples: %+v", rs)
 		metrics[rs.Metric] = rs.Value
 	}
 	t.Logf("last decision: %+v", last)
 	require.Greater(t, metrics["rps"], 30.0, "rps per replica")
 	require.Greater(t, metrics["latency"], 25.0, "the p95 through nginx includes the app's 30 ms")
 	require.Less(t, metrics["latency"], 400.0)
+	require.Positive(t, metrics["memory"], "Docker stats: memory in percent of the 64 MiB limit")
+	require.Less(t, metrics["memory"], 90.0)
+	require.Less(t, metrics["cpu"], 90.0, "percent of the 0.25-core limit")
+	require.NotEmpty(t, m.Usage, "the leader's readings on berth.v1.usage.demo")
 	status := s.cli("status", "demo")
 	t.Logf("scheduler status demo:\n%s", status)
 	require.Contains(t, status, "autoscaling: 2–6 replicas")
@@ -218,8 +228,10 @@ func TestAutoscaling(t *testing.T) {
 	m = s.metrics("demo")
 	last = m.Decisions[len(m.Decisions)-1]
 	for _, rs := range last.Reasons {
-		require.True(t, rs.NoData, "%s has no sample without lbagent: %+v", rs.Metric, rs)
+		traffic := rs.Metric == "rps" || rs.Metric == "latency"
+		require.Equal(t, traffic, rs.NoData, "without lbagent rps and latency have no sample, cpu and memory do: %+v", rs)
 	}
+	require.Equal(t, 4, last.Recommendation, "cpu and memory ask for 2, the lost metrics hold 4, the highest wins")
 	s.startLBAgent(lbArgs...)
 
 	// The step ends: back to 2 after the 6 s stabilisation, under the
