@@ -71,6 +71,8 @@ type Conn struct {
 
 	mu         sync.Mutex
 	reconnects []chan struct{} // one per Watcher, signalled on each reconnect
+	// closed is closed by the last of the connection's callbacks.
+	closed chan struct{}
 }
 
 // Connect dials NATS. It returns at once when the server is down: the
@@ -81,7 +83,7 @@ func Connect(ctx context.Context, o Options, logger *zap.Logger) (*Conn, error) 
 		return nil, err
 	}
 	logger = logger.Named("bus")
-	c := &Conn{logger: logger}
+	c := &Conn{logger: logger, closed: make(chan struct{})}
 	wait, maxWait := o.ReconnectWait, o.ReconnectMax
 	if wait == 0 {
 		wait = 100 * time.Millisecond
@@ -111,7 +113,10 @@ func Connect(ctx context.Context, o Options, logger *zap.Logger) (*Conn, error) 
 			logger.Info("nats reconnected", zap.String("url", nc.ConnectedUrlRedacted()))
 			c.notifyReconnect()
 		}),
-		nats.ClosedHandler(func(*nats.Conn) { logger.Info("nats connection closed") }),
+		nats.ClosedHandler(func(*nats.Conn) {
+			logger.Info("nats connection closed")
+			close(c.closed)
+		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			subject := ""
 			if sub != nil {
@@ -200,8 +205,15 @@ func (c *Conn) Drain(ctx context.Context) error {
 	}
 }
 
-// Close closes the connection at once.
-func (c *Conn) Close() { c.nc.Close() }
+// Close closes the connection and waits (at most 2 s) until its callbacks
+// have run, so that nothing logs after Close returns.
+func (c *Conn) Close() {
+	c.nc.Close()
+	select {
+	case <-c.closed:
+	case <-time.After(2 * time.Second):
+	}
+}
 
 // reconnected returns a channel that receives a value after each reconnect,
 // and a function that stops the notifications.

@@ -249,15 +249,8 @@ func tailQuantile(q float64, hs []*Histogram) (value, count float64, ok bool) {
 		return 0, 0, false
 	}
 	n := hi - cut + 1
-	var dense []float64
-	if n <= denseSize {
-		buf := densePool.Get().(*[denseSize]float64)
-		defer densePool.Put(buf)
-		dense = buf[:n]
-		clear(dense)
-	} else {
-		dense = make([]float64, n)
-	}
+	dense, buf := denseArray(n)
+	defer releaseDense(buf)
 	for _, h := range hs {
 		if h == nil {
 			continue
@@ -304,16 +297,8 @@ func fullQuantile(q float64, hs []*Histogram) (value, count float64) {
 	if lo > hi {
 		return 0, count
 	}
-	var dense []float64
-	n := hi - lo + 1
-	if n <= denseSize {
-		buf := densePool.Get().(*[denseSize]float64)
-		defer densePool.Put(buf)
-		dense = buf[:n]
-		clear(dense)
-	} else {
-		dense = make([]float64, n)
-	}
+	dense, buf := denseArray(hi - lo + 1)
+	defer releaseDense(buf)
 	for _, h := range hs {
 		if h == nil {
 			continue
@@ -358,6 +343,24 @@ func fullQuantile(q float64, hs []*Histogram) (value, count float64) {
 const denseSize = 1024
 
 var densePool = sync.Pool{New: func() any { return new([denseSize]float64) }}
+
+// denseArray returns n zeroed counts, from the pool when they fit (buf is
+// then what to give back with releaseDense).
+func denseArray(n int) (dense []float64, buf *[denseSize]float64) {
+	if n > denseSize {
+		return make([]float64, n), nil
+	}
+	buf = densePool.Get().(*[denseSize]float64)
+	dense = buf[:n]
+	clear(dense)
+	return dense, buf
+}
+
+func releaseDense(buf *[denseSize]float64) {
+	if buf != nil {
+		densePool.Put(buf)
+	}
+}
 
 // rebin maps bin i of o to h's bins.
 func (h *Histogram) rebin(o *Histogram, i int) int {

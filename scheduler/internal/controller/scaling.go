@@ -117,19 +117,26 @@ func (c *Controller) subscribeSamples(ctx context.Context) {
 // scaleLoop decides every autoscaled app each Interval, and keeps the
 // policies current on followers too.
 func (c *Controller) scaleLoop(ctx context.Context) {
-	tick := time.NewTicker(c.cfg.Scaling.Interval)
+	every(ctx, c.cfg.Scaling.Interval, func() {
+		started := time.Now()
+		if err := c.scaleRound(ctx, started); err != nil && ctx.Err() == nil {
+			c.logger.Warn("autoscaler round failed, retrying next interval", zap.Error(err))
+		}
+		c.metrics.scaleDuration.Observe(time.Since(started).Seconds())
+	})
+}
+
+// every runs fn each period until ctx ends.
+func every(ctx context.Context, period time.Duration, fn func()) {
+	tick := time.NewTicker(period)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+			fn()
 		}
-		started := time.Now()
-		if err := c.scaleRound(ctx, started); err != nil && ctx.Err() == nil {
-			c.logger.Warn("autoscaler round failed, retrying next interval", zap.Error(err))
-		}
-		c.metrics.scaleDuration.Observe(time.Since(started).Seconds())
 	}
 }
 
@@ -299,23 +306,16 @@ func (c *Controller) rebuildHistory(ctx context.Context, now time.Time, policies
 // statsLoop reads Docker stats of the autoscaled apps' containers each
 // StatsInterval while leading, and publishes them per app.
 func (c *Controller) statsLoop(ctx context.Context) {
-	tick := time.NewTicker(c.cfg.Scaling.StatsInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
+	every(ctx, c.cfg.Scaling.StatsInterval, func() {
 		l, ok := c.lease()
 		if !ok {
 			c.scale.readings = nil
-			continue
+			return
 		}
 		if err := c.statsRound(ctx, l); err != nil && ctx.Err() == nil {
 			c.logger.Warn("docker stats round incomplete", zap.Error(err))
 		}
-	}
+	})
 }
 
 func (c *Controller) statsRound(ctx context.Context, l store.Lease) error {
