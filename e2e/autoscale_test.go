@@ -215,7 +215,9 @@ func TestAutoscaling(t *testing.T) {
 	t.Logf("scheduler status demo:\n%s", status)
 	require.Contains(t, status, "autoscaling: 2–6 replicas")
 	require.Contains(t, status, "latency")
-	require.Contains(t, s.scrape(leaderID), `berth_scheduler_autoscale_metric_value{app="demo",metric="rps"}`)
+	scraped := s.scrape(leaderID)
+	require.Contains(t, scraped, `berth_scheduler_autoscale_metric_value{app="demo",metric="rps"}`)
+	require.Contains(t, scraped, `berth_scheduler_autoscale_max_replicas{app="demo"} 6`)
 
 	// lbagent gone: no metric arrives; the app stays where it is, neither
 	// scaled in to min nor out to max, while nginx keeps serving.

@@ -20,6 +20,7 @@ type metrics struct {
 	// The autoscaler's.
 	value, target  *prometheus.GaugeVec
 	recommended    *prometheus.GaugeVec
+	maxReplicas    *prometheus.GaugeVec
 	changes        *prometheus.CounterVec
 	samplesDropped prometheus.Counter
 	scaleDuration  prometheus.Histogram
@@ -43,6 +44,8 @@ func newMetrics() *metrics {
 			Help: "Target of each configured scaling metric per app."}, []string{"app", "metric"}),
 		recommended: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "berth_scheduler_autoscale_recommended_replicas",
 			Help: "Replicas the metrics recommend per app, before stabilisation, rate limits and cooldowns."}, []string{"app"}),
+		maxReplicas: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "berth_scheduler_autoscale_max_replicas",
+			Help: "scaling.max of each autoscaled app (alert when desired replicas stay at it)."}, []string{"app"}),
 		changes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_scheduler_autoscale_changes_total",
 			Help: "Replica count changes the autoscaler made, by direction (up, down)."}, []string{"direction"}),
 		samplesDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_scheduler_autoscale_samples_dropped_total",
@@ -56,7 +59,7 @@ func newMetrics() *metrics {
 func (c *Controller) Collectors() []prometheus.Collector {
 	m := c.metrics
 	return []prometheus.Collector{m.actions, m.desired, m.ready, m.cycles, m.duration,
-		m.value, m.target, m.recommended, m.changes, m.samplesDropped, m.scaleDuration}
+		m.value, m.target, m.recommended, m.maxReplicas, m.changes, m.samplesDropped, m.scaleDuration}
 }
 
 // resetScaling clears the per-app autoscaler gauges (each round sets them
@@ -65,10 +68,12 @@ func (m *metrics) resetScaling() {
 	m.value.Reset()
 	m.target.Reset()
 	m.recommended.Reset()
+	m.maxReplicas.Reset()
 }
 
 // observeDecision sets an app's autoscaler gauges from its decision.
-func (m *metrics) observeDecision(app string, d autoscale.Decision) {
+func (m *metrics) observeDecision(app string, p autoscale.Policy, d autoscale.Decision) {
+	m.maxReplicas.WithLabelValues(app).Set(float64(p.Max))
 	for _, r := range d.Reasons {
 		if !r.NoData {
 			m.value.WithLabelValues(app, r.Metric).Set(r.Value)

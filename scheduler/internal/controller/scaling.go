@@ -213,7 +213,7 @@ func (c *Controller) scaleRound(ctx context.Context, now time.Time) error {
 		d := autoscale.Decide(ap.policy, autoscale.Samples{Instances: instances[name], Usage: usage, Traffic: traffic}, ap.app.DesiredReplicas, h, now)
 		h.Recommendations = append(h.Recommendations, autoscale.Point{At: now, Replicas: d.Recommendation})
 		sc.history[name] = h
-		c.metrics.observeDecision(name, d)
+		c.metrics.observeDecision(name, ap.policy, d)
 		reasons, _ := json.Marshal(d.Reasons)
 		rec := store.Decision{App: name, Current: d.Current, Desired: d.Desired, Recommendation: d.Recommendation, Reasons: reasons, Limits: d.Limits, At: now}
 		if d.Desired == d.Current {
