@@ -184,7 +184,7 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	ctl = controller.New(controller.Config{MaxParallel: r.MaxParallel, Resync: r.Resync, PullTimeout: r.PullTimeout, StartTimeout: r.StartTimeout, StopTimeout: r.StopTimeout,
 		DefaultCPU: r.DefaultCPU, DefaultMemory: int64(mem), Env: appenv.Policy{Prefix: r.AppEnvPrefix, Block: r.AppEnvBlock}, Environ: os.Environ(),
 		Scaling: controller.ScalingConfig{Interval: r.AutoscaleInterval, StatsInterval: r.StatsInterval, StatsParallel: r.StatsParallel}},
-		st, dk, conn, names, el.Leader, healthTbl, agentsTbl, logger)
+		st, dk, conn, pub, names, el.Leader, healthTbl, agentsTbl, logger)
 	reg.MustRegister(ctl.Collectors()...)
 
 	var token string

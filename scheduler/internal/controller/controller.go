@@ -11,7 +11,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -25,6 +24,7 @@ import (
 	"github.com/berthhq/berth/scheduler/internal/appenv"
 	"github.com/berthhq/berth/scheduler/internal/autoscale"
 	"github.com/berthhq/berth/scheduler/internal/docker"
+	"github.com/berthhq/berth/scheduler/internal/publish"
 	"github.com/berthhq/berth/scheduler/internal/reconcile"
 	"github.com/berthhq/berth/scheduler/internal/store"
 )
@@ -54,6 +54,7 @@ type Controller struct {
 	st     *store.Store
 	dk     *docker.Client
 	conn   *bus.Conn
+	pub    *publish.Publisher
 	names  msg.Names
 	lease  func() (store.Lease, bool)
 	health *view.Table[*msg.Health]
@@ -85,9 +86,9 @@ type Controller struct {
 
 // New returns a controller. lease reports the current leadership; health
 // and agents are fed by watchers of the health and agents buckets.
-func New(cfg Config, st *store.Store, dk *docker.Client, conn *bus.Conn, names msg.Names, lease func() (store.Lease, bool),
+func New(cfg Config, st *store.Store, dk *docker.Client, conn *bus.Conn, pub *publish.Publisher, names msg.Names, lease func() (store.Lease, bool),
 	health *view.Table[*msg.Health], agents *view.Table[*msg.Agent], logger *zap.Logger) *Controller {
-	return &Controller{cfg: cfg, st: st, dk: dk, conn: conn, names: names, lease: lease, health: health, agents: agents,
+	return &Controller{cfg: cfg, st: st, dk: dk, conn: conn, pub: pub, names: names, lease: lease, health: health, agents: agents,
 		logger: logger.Named("controller"), wake: make(chan struct{}, 1),
 		healthySince: map[string]time.Time{}, tripped: map[string]time.Time{}, dead: map[string]bool{}, oom: map[string]bool{}, unhealthySince: map[string]time.Time{},
 		metrics: newMetrics(), intake: newIntake(), scale: scaler{history: map[string]autoscale.History{}, held: map[string]int{}}}
@@ -248,7 +249,7 @@ func (c *Controller) cycle(ctx context.Context, l store.Lease) (int, error) {
 		in.Instances = append(in.Instances, o)
 	}
 	if len(healthChanged) > 0 {
-		if err := c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error { return tx.SetHealth(ctx, healthChanged) }); err != nil {
+		if err := c.pub.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error { return tx.SetHealth(ctx, healthChanged) }); err != nil {
 			return 0, err
 		}
 	}
@@ -345,8 +346,8 @@ func (c *Controller) checkRollouts(ctx context.Context, l store.Lease, in reconc
 			continue
 		}
 		n++
-		if err := c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
-			return c.event(ctx, tx, l, store.Event{App: app, Kind: "rollout_rolled_back",
+		if err := c.pub.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+			return addEvent(ctx, tx, store.Event{App: app, Kind: "rollout_rolled_back",
 				Message: fmt.Sprintf("generation %d had an instance not healthy within update.healthy_deadline (%s): rolled back to the previous spec as generation %d (image %s)",
 					in.Apps[app].Generation, specs[app].Spec.Update.HealthyDeadline, prev.Generation, prev.Spec.Image)})
 		}); err != nil {
@@ -412,13 +413,14 @@ func (c *Controller) act(ctx context.Context, l store.Lease, a reconcile.Action,
 		return c.stop(ctx, l, app, rec, a.Reason)
 	case reconcile.Replace:
 		_ = c.dk.Remove(ctx, a.ContainerID)
-		c.deleteInstance(ctx, a.App, a.Instance)
-		return c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+		err := c.pub.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
 			if err := tx.DeleteInstance(ctx, a.Instance); err != nil {
 				return err
 			}
-			return c.event(ctx, tx, l, store.Event{App: a.App, Instance: a.Instance, Kind: "instance_replaced", Message: "instance " + a.Instance + " replaced: " + a.Reason})
+			return addEvent(ctx, tx, store.Event{App: a.App, Instance: a.Instance, Kind: "instance_replaced", Message: "instance " + a.Instance + " replaced: " + a.Reason})
 		})
+		c.deleteInstance(ctx, a.App, a.Instance)
+		return err
 	case reconcile.Adopt:
 		ct, err := c.dk.Inspect(ctx, a.ContainerID)
 		if err != nil {
@@ -427,11 +429,11 @@ func (c *Controller) act(ctx context.Context, l store.Lease, a reconcile.Action,
 		now := time.Now()
 		rec := store.Instance{ID: a.Instance, App: a.App, Generation: ct.Generation, ContainerID: ct.ID, Address: ct.Address,
 			State: msg.StateRunning, Health: msg.StatusUnknown, SpecHash: ct.SpecHash, StartedAt: &now}
-		if err := c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+		if err := c.pub.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
 			if err := tx.PutInstance(ctx, rec); err != nil {
 				return err
 			}
-			return c.event(ctx, tx, l, store.Event{App: a.App, Instance: a.Instance, Kind: "instance_adopted", Message: "adopted running container " + short(ct.ID) + ": " + a.Reason})
+			return addEvent(ctx, tx, store.Event{App: a.App, Instance: a.Instance, Kind: "instance_adopted", Message: "adopted running container " + short(ct.ID) + ": " + a.Reason})
 		}); err != nil {
 			return err
 		}
@@ -455,8 +457,8 @@ func (c *Controller) act(ctx context.Context, l store.Lease, a reconcile.Action,
 		if !report {
 			return nil
 		}
-		return c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
-			return c.event(ctx, tx, l, store.Event{App: a.App, Kind: "app_failed", Message: "app " + a.App + " is crash-looping: " + a.Reason})
+		return c.pub.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+			return addEvent(ctx, tx, store.Event{App: a.App, Kind: "app_failed", Message: "app " + a.App + " is crash-looping: " + a.Reason})
 		})
 	}
 	return fmt.Errorf("unknown action %s", a.Kind)
@@ -468,16 +470,16 @@ func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, d 
 	s.Default()
 	id := newID()
 	rec := store.Instance{ID: id, App: app.Name, Generation: app.Generation, State: msg.StateCreating, Health: msg.StatusUnknown, SpecHash: d.SpecHash}
-	if err := c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error { return tx.PutInstance(ctx, rec) }); err != nil {
+	if err := c.pub.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error { return tx.PutInstance(ctx, rec) }); err != nil {
 		return err
 	}
 	fail := func(kind, message string) error {
 		rec.State = msg.StateFailed
-		return c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+		return c.pub.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
 			if err := tx.DeleteInstance(ctx, id); err != nil {
 				return err
 			}
-			return c.event(ctx, tx, l, store.Event{App: app.Name, Instance: id, Kind: kind, Message: message})
+			return addEvent(ctx, tx, store.Event{App: app.Name, Instance: id, Kind: kind, Message: message})
 		})
 	}
 	present, err := c.dk.ImagePresent(ctx, s.Image)
@@ -510,11 +512,11 @@ func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, d 
 	}
 	now := time.Now()
 	rec.Address, rec.State, rec.StartedAt = ct.Address, msg.StateRunning, &now
-	if err := c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+	if err := c.pub.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
 		if err := tx.PutInstance(ctx, rec); err != nil {
 			return err
 		}
-		return c.event(ctx, tx, l, store.Event{App: app.Name, Instance: id, Kind: "instance_started",
+		return addEvent(ctx, tx, store.Event{App: app.Name, Instance: id, Kind: "instance_started",
 			Message: fmt.Sprintf("instance %s started at %s (generation %d)", id, ct.Address, app.Generation),
 			Details: map[string]string{"container_id": short(cid), "address": ct.Address, "generation": fmt.Sprint(app.Generation)}})
 	}); err != nil {
@@ -546,7 +548,7 @@ func (c *Controller) stop(ctx context.Context, l store.Lease, app store.App, rec
 		drain, grace, signal = s.Stop.Drain.Std(), s.Stop.Grace.Std(), s.Stop.Signal
 	}
 	rec.State = msg.StateDraining
-	if err := c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error { return tx.PutInstance(ctx, rec) }); err != nil {
+	if err := c.pub.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error { return tx.PutInstance(ctx, rec) }); err != nil {
 		return err
 	}
 	if rev := c.publishInstance(ctx, l, rec); rev > 0 {
@@ -563,13 +565,14 @@ func (c *Controller) stop(ctx context.Context, l store.Lease, app store.App, rec
 			return err
 		}
 	}
-	c.deleteInstance(ctx, rec.App, rec.ID)
-	return c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+	err := c.pub.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
 		if err := tx.DeleteInstance(ctx, rec.ID); err != nil {
 			return err
 		}
-		return c.event(ctx, tx, l, store.Event{App: rec.App, Instance: rec.ID, Kind: "instance_stopped", Message: "instance " + rec.ID + " stopped: " + reason})
+		return addEvent(ctx, tx, store.Event{App: rec.App, Instance: rec.ID, Kind: "instance_stopped", Message: "instance " + rec.ID + " stopped: " + reason})
 	})
+	c.deleteInstance(ctx, rec.App, rec.ID)
+	return err
 }
 
 // stopTimeout bounds a stop: the flag, but never less than the grace plus
@@ -604,52 +607,23 @@ func (c *Controller) waitDrained(ctx context.Context, rev uint64, drain time.Dur
 // publishInstance puts the instance into berth_instances and returns the
 // write's revision (0 on failure, which is logged).
 func (c *Controller) publishInstance(ctx context.Context, l store.Lease, r store.Instance) uint64 {
-	kv, err := c.conn.KV(ctx, c.names.InstancesBucket())
-	if err != nil {
-		c.logger.Warn("open instances bucket", zap.Error(err))
-		return 0
-	}
-	m := &msg.Instance{App: r.App, ID: r.ID, Generation: max(r.Generation, 1), Term: l.Term, Address: r.Address, State: r.State, Weight: 1,
-		ContainerID: r.ContainerID, StartedAt: r.StartedAt, UpdatedAt: time.Now().UTC()}
-	b, err := msg.Encode(m)
-	if err != nil {
-		c.logger.Warn("encode instance", zap.Error(err))
-		return 0
-	}
-	rev, err := kv.Put(ctx, msg.InstanceKey(r.App, r.ID), b)
+	rev, err := c.pub.Instance(ctx, l, r)
 	if err != nil {
 		c.logger.Warn("publish instance", zap.Error(err))
-		return 0
 	}
 	return rev
 }
 
 func (c *Controller) deleteInstance(ctx context.Context, app, id string) {
-	kv, err := c.conn.KV(ctx, c.names.InstancesBucket())
-	if err == nil {
-		err = kv.Delete(ctx, msg.InstanceKey(app, id))
-	}
-	if err != nil {
+	if err := c.pub.Unpublish(ctx, app, id); err != nil {
 		c.logger.Warn("unpublish instance", zap.Error(err))
 	}
 }
 
-// event records an event in tx and publishes it after the fact.
-func (c *Controller) event(ctx context.Context, tx *store.Tx, l store.Lease, e store.Event) error {
-	id, err := tx.AddEvent(ctx, e)
-	if err != nil {
-		return err
-	}
-	b, err := msg.Encode(&msg.Event{ID: fmt.Sprint(id), App: e.App, Instance: e.Instance, Kind: e.Kind, Message: truncate(e.Message),
-		Details: e.Details, Term: l.Term, At: time.Now().UTC()})
-	if err == nil {
-		err = c.conn.Publish(ctx, c.names.EventsSubject(e.App, e.Kind), b)
-	}
-	if err != nil {
-		c.logger.Warn("publish event", zap.Error(err))
-	}
-	c.logger.Info("event", zap.String(logging.KeyApp, e.App), zap.String(logging.KeyInstance, e.Instance), zap.String("kind", e.Kind))
-	return nil
+// addEvent records e in tx; the publisher publishes it once tx commits.
+func addEvent(ctx context.Context, tx *store.Tx, e store.Event) error {
+	_, err := tx.AddEvent(ctx, e)
+	return err
 }
 
 const idAlphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -669,11 +643,4 @@ func short(id string) string {
 		return id[:12]
 	}
 	return id
-}
-
-func truncate(s string) string {
-	if len(s) > msg.MaxTextLen {
-		return strings.ToValidUTF8(s[:msg.MaxTextLen], "")
-	}
-	return s
 }

@@ -15,7 +15,7 @@ import (
 func TestWaitDrainedFollowsLiveAgents(t *testing.T) {
 	t.Parallel()
 	agents := view.NewTable(view.NoTerm[*msg.Agent], nil)
-	c := New(Config{}, nil, nil, nil, msg.Names{}, nil, nil, agents, zaptest.NewLogger(t))
+	c := New(Config{}, nil, nil, nil, nil, msg.Names{}, nil, nil, agents, zaptest.NewLogger(t))
 	put := func(node string, rev uint64, age time.Duration) {
 		agents.Handler().Update(bus.Event[*msg.Agent]{Key: node, Op: bus.OpPut, Value: &msg.Agent{Node: node, AppliedRevision: rev, UpdatedAt: time.Now().Add(-age)}})
 	}

@@ -228,12 +228,12 @@ func (c *Controller) scaleRound(ctx context.Context, now time.Time) error {
 			}
 			continue
 		}
-		err := c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+		err := c.pub.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
 			id, err := tx.RecordDecision(ctx, rec)
 			if err != nil {
 				return err
 			}
-			return c.event(ctx, tx, l, store.Event{App: name, Kind: "app_scaled",
+			return addEvent(ctx, tx, store.Event{App: name, Kind: "app_scaled",
 				Message: fmt.Sprintf("%s scaled %s", name, d),
 				Details: map[string]string{"from": fmt.Sprint(d.Current), "to": fmt.Sprint(d.Desired), "recommendation": fmt.Sprint(d.Recommendation), "decision": fmt.Sprint(id)}})
 		})
@@ -255,14 +255,14 @@ func (c *Controller) scaleRound(ctx context.Context, now time.Time) error {
 	if len(holds) == 0 && len(held) == 0 && !prune {
 		return nil
 	}
-	return c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+	return c.pub.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
 		for _, d := range holds {
 			if _, err := tx.RecordDecision(ctx, d); err != nil {
 				return err
 			}
 		}
 		for _, e := range held {
-			if err := c.event(ctx, tx, l, e); err != nil {
+			if err := addEvent(ctx, tx, e); err != nil {
 				return err
 			}
 		}

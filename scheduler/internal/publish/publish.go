@@ -1,14 +1,21 @@
-// Package publish puts the leader's view of every app into the apps
-// bucket: the routing and health view lbagent and healthd read. It puts
-// everything when leadership is gained and after a NATS reconnect, puts or
-// deletes one app when it changes, and stamps every value with the
-// leader's term so readers drop a deposed leader's writes.
+// Package publish is the leader's one writer to NATS: the apps bucket (the
+// routing and health view lbagent and healthd read), the instances bucket
+// (where every instance runs and in which state), and the events subjects.
+// It puts everything when leadership is gained, after every NATS reconnect
+// and every resync, deleting the keys of apps and instances that no longer
+// exist, so a NATS that comes back empty is whole again within one
+// reconnect; it puts or deletes one app or instance when it changes; and it
+// stamps every value with the leader's term so readers drop a deposed
+// leader's writes. Events are recorded in Postgres in the leader's fenced
+// transaction and published only once it commits.
 package publish
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -19,14 +26,27 @@ import (
 	"github.com/berthhq/berth/scheduler/internal/store"
 )
 
-// Apps is what the publisher reads and writes. Safe for concurrent use.
-type Apps interface {
+// Store is what the publisher reads, and the fenced transaction it records
+// events in. Safe for concurrent use.
+type Store interface {
 	Get(ctx context.Context, name string) (store.App, error)
 	List(ctx context.Context) ([]store.App, error)
+	Instances(ctx context.Context, app string) ([]store.Instance, error)
 	LeaderTx(ctx context.Context, l store.Lease, fn func(ctx context.Context, tx *store.Tx) error) error
 }
 
-var _ Apps = (*store.Store)(nil)
+var _ Store = (*store.Store)(nil)
+
+// Bus is the NATS connection the publisher writes through. Safe for
+// concurrent use.
+type Bus interface {
+	KV(ctx context.Context, bucket string) (*bus.KV, error)
+	EnsureBuckets(ctx context.Context, buckets []bus.BucketConfig) error
+	Publish(ctx context.Context, subject string, data []byte) error
+	Reconnected() (<-chan struct{}, func())
+}
+
+var _ Bus = (*bus.Conn)(nil)
 
 // View turns a stored app into its v1 message.
 func View(a store.App, term uint64) *msg.App {
@@ -36,59 +56,200 @@ func View(a store.App, term uint64) *msg.App {
 		LB: s.LB, Routing: s.Routing, Drain: s.Stop.Drain, UpdatedAt: a.UpdatedAt.UTC()}
 }
 
-// Publisher writes app views to the apps bucket.
+// InstanceView turns a stored instance into its v1 message.
+func InstanceView(r store.Instance, term uint64, now time.Time) *msg.Instance {
+	return &msg.Instance{App: r.App, ID: r.ID, Generation: max(r.Generation, 1), Term: term, Address: r.Address, State: r.State, Weight: 1,
+		ContainerID: r.ContainerID, StartedAt: r.StartedAt, UpdatedAt: now.UTC()}
+}
+
+// Publisher writes to the apps and instances buckets and the events
+// subjects. Safe for concurrent use.
 type Publisher struct {
-	apps   Apps
-	conn   *bus.Conn
+	store  Store
+	conn   Bus
 	names  msg.Names
 	logger *zap.Logger
+
+	// mu orders instance writes: a full republish (list from Postgres, put,
+	// sweep) never interleaves with one instance's put or delete, so a
+	// record deleted from Postgres and then unpublished cannot be put back
+	// by a republish that listed it just before.
+	mu sync.Mutex
+	// revs is the revision of each instance key's last put, for drains.
+	revs map[string]uint64
+	// failed holds instances whose container Docker reported dead before
+	// the controller has replaced them: a republish keeps them failed
+	// rather than put back the running state Postgres still records.
+	failed map[string]store.Instance
 }
 
 // New returns a publisher.
-func New(apps Apps, conn *bus.Conn, names msg.Names, logger *zap.Logger) *Publisher {
-	return &Publisher{apps: apps, conn: conn, names: names, logger: logger.Named("publish")}
+func New(st Store, conn Bus, names msg.Names, logger *zap.Logger) *Publisher {
+	return &Publisher{store: st, conn: conn, names: names, logger: logger.Named("publish"),
+		revs: map[string]uint64{}, failed: map[string]store.Instance{}}
 }
 
-func (p *Publisher) kv(ctx context.Context) (*bus.KV, error) {
-	kv, err := p.conn.KV(ctx, p.names.AppsBucket())
+// bucket opens a contract bucket, creating the contract's buckets when it
+// is missing (a NATS that came back empty).
+func (p *Publisher) bucket(ctx context.Context, name string) (*bus.KV, error) {
+	kv, err := p.conn.KV(ctx, name)
 	if errors.Is(err, bus.ErrBucketNotFound) {
 		if err := p.conn.EnsureBuckets(ctx, bus.ContractBuckets(p.names)); err != nil {
 			return nil, err
 		}
-		return p.conn.KV(ctx, p.names.AppsBucket())
+		return p.conn.KV(ctx, name)
 	}
 	return kv, err
 }
 
-// All puts every app and deletes keys of apps that no longer exist.
+// All puts every app and every instance, and deletes the keys of apps and
+// instances that no longer exist.
 func (p *Publisher) All(ctx context.Context, term uint64) error {
-	kv, err := p.kv(ctx)
+	apps, err := p.apps(ctx, term)
 	if err != nil {
-		return fmt.Errorf("publish apps: %w", err)
+		return err
 	}
-	apps, err := p.apps.List(ctx)
+	n, err := p.instances(ctx, term)
 	if err != nil {
-		return fmt.Errorf("publish apps: %w", err)
+		return err
+	}
+	p.logger.Info("published every app and instance", zap.Int("apps", apps), zap.Int("instances", n), zap.Uint64(logging.KeyTerm, term))
+	return nil
+}
+
+func (p *Publisher) apps(ctx context.Context, term uint64) (int, error) {
+	kv, err := p.bucket(ctx, p.names.AppsBucket())
+	if err != nil {
+		return 0, fmt.Errorf("publish apps: %w", err)
+	}
+	apps, err := p.store.List(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("publish apps: %w", err)
 	}
 	live := map[string]bool{}
 	for _, a := range apps {
 		live[a.Name] = true
-		if err := p.put(ctx, kv, a, term); err != nil {
-			return err
+		if err := p.putApp(ctx, kv, a, term); err != nil {
+			return 0, err
 		}
 	}
+	if err := sweep(ctx, kv, live); err != nil {
+		return 0, fmt.Errorf("publish apps: %w", err)
+	}
+	return len(apps), nil
+}
+
+func (p *Publisher) instances(ctx context.Context, term uint64) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	kv, err := p.bucket(ctx, p.names.InstancesBucket())
+	if err != nil {
+		return 0, fmt.Errorf("publish instances: %w", err)
+	}
+	records, err := p.store.Instances(ctx, "")
+	if err != nil {
+		return 0, fmt.Errorf("publish instances: %w", err)
+	}
+	live := map[string]bool{}
+	now := time.Now()
+	for _, r := range records {
+		key := msg.InstanceKey(r.App, r.ID)
+		live[key] = true
+		if f, ok := p.failed[key]; ok {
+			r = f
+		}
+		if _, err := p.putInstance(ctx, kv, r, term, now); err != nil {
+			return 0, fmt.Errorf("publish instances: %w", err)
+		}
+	}
+	for key := range p.failed {
+		if !live[key] {
+			delete(p.failed, key)
+		}
+	}
+	for key := range p.revs {
+		if !live[key] {
+			delete(p.revs, key)
+		}
+	}
+	if err := sweep(ctx, kv, live); err != nil {
+		return 0, fmt.Errorf("publish instances: %w", err)
+	}
+	return len(records), nil
+}
+
+// sweep deletes every key of kv not in live.
+func sweep(ctx context.Context, kv *bus.KV, live map[string]bool) error {
 	keys, err := kv.Keys(ctx)
 	if err != nil {
-		return fmt.Errorf("publish apps: %w", err)
+		return err
 	}
 	for _, k := range keys {
 		if !live[k] {
 			if err := kv.Delete(ctx, k); err != nil {
-				return fmt.Errorf("publish apps: %w", err)
+				return err
 			}
 		}
 	}
-	p.logger.Info("published every app", zap.Int("apps", len(apps)), zap.Uint64(logging.KeyTerm, term))
+	return nil
+}
+
+// Instance puts one instance record and returns the write's revision.
+func (p *Publisher) Instance(ctx context.Context, l store.Lease, r store.Instance) (uint64, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	kv, err := p.bucket(ctx, p.names.InstancesBucket())
+	if err != nil {
+		return 0, fmt.Errorf("publish instance %s/%s: %w", r.App, r.ID, err)
+	}
+	if r.State == msg.StateFailed {
+		p.failed[msg.InstanceKey(r.App, r.ID)] = r
+	}
+	rev, err := p.putInstance(ctx, kv, r, l.Term, time.Now())
+	if err != nil {
+		return 0, fmt.Errorf("publish instance %s/%s: %w", r.App, r.ID, err)
+	}
+	return rev, nil
+}
+
+func (p *Publisher) putInstance(ctx context.Context, kv *bus.KV, r store.Instance, term uint64, now time.Time) (uint64, error) {
+	b, err := msg.Encode(InstanceView(r, term, now))
+	if err != nil {
+		return 0, err
+	}
+	key := msg.InstanceKey(r.App, r.ID)
+	rev, err := kv.Put(ctx, key, b)
+	if err != nil {
+		return 0, err
+	}
+	p.revs[key] = rev
+	return rev, nil
+}
+
+// Revision returns the revision of the last put of an instance's record by
+// this publisher, 0 when it has none: an agent that applied it no longer
+// routes by an older state of the instance.
+func (p *Publisher) Revision(app, id string) uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.revs[msg.InstanceKey(app, id)]
+}
+
+// Unpublish deletes an instance's record. Delete it from Postgres first,
+// so that a concurrent republish does not put it back.
+func (p *Publisher) Unpublish(ctx context.Context, app, id string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	key := msg.InstanceKey(app, id)
+	delete(p.failed, key)
+	delete(p.revs, key)
+	kv, err := p.bucket(ctx, p.names.InstancesBucket())
+	if err == nil {
+		err = kv.Delete(ctx, key)
+	}
+	if err != nil {
+		return fmt.Errorf("unpublish instance %s/%s: %w", app, id, err)
+	}
 	return nil
 }
 
@@ -96,11 +257,11 @@ func (p *Publisher) All(ctx context.Context, term uint64) error {
 // records and publishes the lifecycle event (app_updated, app_deleted)
 // under the leader's lease.
 func (p *Publisher) One(ctx context.Context, name string, l store.Lease) error {
-	kv, err := p.kv(ctx)
+	kv, err := p.bucket(ctx, p.names.AppsBucket())
 	if err != nil {
 		return fmt.Errorf("publish %s: %w", name, err)
 	}
-	a, err := p.apps.Get(ctx, name)
+	a, err := p.store.Get(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
 		// Several change notifications can arrive after one delete (a
 		// rollback just before it, say): the event is for the first.
@@ -110,41 +271,70 @@ func (p *Publisher) One(ctx context.Context, name string, l store.Lease) error {
 		if err := kv.Delete(ctx, name); err != nil {
 			return fmt.Errorf("publish %s: %w", name, err)
 		}
-		return p.event(ctx, l, store.Event{App: name, Kind: "app_deleted", Message: "app " + name + " deleted; its instances are stopped"})
+		return p.Event(ctx, l, store.Event{App: name, Kind: "app_deleted", Message: "app " + name + " deleted; its instances are stopped"})
 	}
 	if err != nil {
 		return fmt.Errorf("publish %s: %w", name, err)
 	}
-	if err := p.put(ctx, kv, a, l.Term); err != nil {
+	if err := p.putApp(ctx, kv, a, l.Term); err != nil {
 		return err
 	}
-	return p.event(ctx, l, store.Event{App: name, Kind: "app_updated",
+	return p.Event(ctx, l, store.Event{App: name, Kind: "app_updated",
 		Message: fmt.Sprintf("app %s is at generation %d (image %s)", name, a.Generation, a.Spec.Image),
 		Details: map[string]string{"generation": fmt.Sprint(a.Generation), "image": a.Spec.Image}})
 }
 
-// event records e under the lease (fenced) and publishes it on the events subject.
-func (p *Publisher) event(ctx context.Context, l store.Lease, e store.Event) error {
-	var id int64
-	if err := p.apps.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
-		var err error
-		id, err = tx.AddEvent(ctx, e)
+// Event records e under the lease (fenced) and then publishes it.
+func (p *Publisher) Event(ctx context.Context, l store.Lease, e store.Event) error {
+	return p.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+		_, err := tx.AddEvent(ctx, e)
 		return err
+	})
+}
+
+// Tx runs fn in the leader's fenced transaction and, once it has
+// committed, publishes every event fn recorded with tx.AddEvent. Nothing
+// is published when fn fails or the lease is lost: the event did not
+// happen. A failed publish is logged, not returned: the event is recorded
+// and readers catch up from the API.
+func (p *Publisher) Tx(ctx context.Context, l store.Lease, fn func(ctx context.Context, tx *store.Tx) error) error {
+	var added []store.Event
+	if err := p.store.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+		if err := fn(ctx, tx); err != nil {
+			return err
+		}
+		added = tx.Added()
+		return nil
 	}); err != nil {
-		return fmt.Errorf("event %s/%s: %w", e.App, e.Kind, err)
+		return err
 	}
-	b, err := msg.Encode(&msg.Event{ID: fmt.Sprint(id), App: e.App, Instance: e.Instance, Kind: e.Kind, Message: e.Message,
-		Details: e.Details, Term: l.Term, At: time.Now().UTC()})
-	if err == nil {
-		err = p.conn.Publish(ctx, p.names.EventsSubject(e.App, e.Kind), b)
-	}
-	if err != nil {
-		return fmt.Errorf("event %s/%s: %w", e.App, e.Kind, err)
+	for _, e := range added {
+		p.publishEvent(ctx, e)
 	}
 	return nil
 }
 
-func (p *Publisher) put(ctx context.Context, kv *bus.KV, a store.App, term uint64) error {
+func (p *Publisher) publishEvent(ctx context.Context, e store.Event) {
+	b, err := msg.Encode(&msg.Event{ID: fmt.Sprint(e.ID), App: e.App, Instance: e.Instance, Kind: e.Kind, Message: Truncate(e.Message),
+		Details: e.Details, Term: e.Term, At: e.At})
+	if err == nil {
+		err = p.conn.Publish(ctx, p.names.EventsSubject(e.App, e.Kind), b)
+	}
+	if err != nil {
+		p.logger.Warn("publish event", zap.String(logging.KeyApp, e.App), zap.String("kind", e.Kind), zap.Error(err))
+	}
+	p.logger.Info("event", zap.String(logging.KeyApp, e.App), zap.String(logging.KeyInstance, e.Instance), zap.String("kind", e.Kind))
+}
+
+// Truncate cuts s to the contract's longest text, on a rune boundary.
+func Truncate(s string) string {
+	if len(s) > msg.MaxTextLen {
+		return strings.ToValidUTF8(s[:msg.MaxTextLen], "")
+	}
+	return s
+}
+
+func (p *Publisher) putApp(ctx context.Context, kv *bus.KV, a store.App, term uint64) error {
 	b, err := msg.Encode(View(a, term))
 	if err != nil {
 		return fmt.Errorf("publish %s: %w", a.Name, err)
@@ -156,8 +346,8 @@ func (p *Publisher) put(ctx context.Context, kv *bus.KV, a store.App, term uint6
 }
 
 // Loop publishes while this replica leads: everything on gaining
-// leadership and after every NATS reconnect, one app on each change name
-// received on changes, and everything every resync as a guard.
+// leadership, after every NATS reconnect and every resync; one app on each
+// change name received on changes.
 func (p *Publisher) Loop(ctx context.Context, leader func() (store.Lease, bool), gained <-chan struct{}, changes <-chan string, resync time.Duration) error {
 	reconnected, stop := p.conn.Reconnected()
 	defer stop()
@@ -165,7 +355,7 @@ func (p *Publisher) Loop(ctx context.Context, leader func() (store.Lease, bool),
 	defer tick.Stop()
 	all := func() {
 		if l, ok := leader(); ok {
-			if err := p.All(ctx, l.Term); err != nil {
+			if err := p.All(ctx, l.Term); err != nil && ctx.Err() == nil {
 				p.logger.Warn("publish failed, retrying at the next change or resync", zap.Error(err))
 			}
 		}
@@ -182,7 +372,7 @@ func (p *Publisher) Loop(ctx context.Context, leader func() (store.Lease, bool),
 			all()
 		case name := <-changes:
 			if l, ok := leader(); ok {
-				if err := p.One(ctx, name, l); err != nil {
+				if err := p.One(ctx, name, l); err != nil && ctx.Err() == nil {
 					p.logger.Warn("publish failed", zap.String(logging.KeyApp, name), zap.Error(err))
 				}
 			}

@@ -82,8 +82,9 @@ func (s *Store) Holder(ctx context.Context, name string) (Lease, bool, error) {
 // Tx is a transaction in which the leader writes. Its methods are the
 // only writes the leader makes.
 type Tx struct {
-	tx   pgx.Tx
-	term uint64
+	tx     pgx.Tx
+	term   uint64
+	events []Event
 }
 
 // LeaderTx runs fn in a transaction that first checks that l is still the
@@ -143,8 +144,14 @@ func (t *Tx) AddEvent(ctx context.Context, e Event) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("add event %s/%s: %w", e.App, e.Kind, redact(err))
 	}
+	e.ID, e.Term, e.At = id, t.term, time.Now().UTC()
+	t.events = append(t.events, e)
 	return id, nil
 }
+
+// Added returns the events recorded in this transaction so far, in order,
+// with their ids: what to publish once it commits.
+func (t *Tx) Added() []Event { return t.events }
 
 // Events returns events, oldest first, of app (all apps when empty) with
 // an id above after, at most limit.
