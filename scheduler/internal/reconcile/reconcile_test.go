@@ -14,7 +14,7 @@ var now = time.Unix(10_000, 0)
 
 func app(replicas int) Desired {
 	return Desired{App: "web", Generation: 2, SpecHash: "new", Replicas: replicas, MaxSurge: 1, MaxUnavailable: 0,
-		MinHealthyTime: 5 * time.Second, RestartAttempts: 3, RestartWindow: 10 * time.Minute, BackoffMax: 5 * time.Minute}
+		MinHealthyTime: 5 * time.Second, Drain: 10 * time.Second, RestartAttempts: 3, RestartWindow: 10 * time.Minute, BackoffMax: 5 * time.Minute}
 }
 
 // inst is a running instance; mods adjust it.
@@ -33,6 +33,17 @@ func starting(o *Observed)    { o.State, o.Health = msg.StateStarting, msg.Statu
 func died(o *Observed)        { o.ContainerRunning = false }
 func gone(o *Observed)        { o.ContainerGone = true }
 func freshHealth(o *Observed) { o.HealthySince = now.Add(-time.Second) }
+
+// draining makes an instance draining for d.
+func draining(d time.Duration) func(*Observed) {
+	return func(o *Observed) { o.State, o.UpdatedAt = msg.StateDraining, now.Add(-d) }
+}
+
+// rollback turns auto_rollback on with a 30 s healthy_deadline.
+func rollback(d Desired) Desired {
+	d.AutoRollback, d.HealthyDeadline = true, 30*time.Second
+	return d
+}
 
 // summary renders actions compactly: "start", "stop b", "replace a", …
 func summary(as []Action) []string {
@@ -133,8 +144,38 @@ func TestPlan(t *testing.T) {
 		{"instances another term created are kept", Input{Apps: map[string]Desired{"web": app(2)}, Term: 5,
 			Instances: []Observed{inst("a", "new", time.Hour), inst("b", "new", time.Hour, func(o *Observed) { o.Term = 4 })}}, []string{}},
 		{"a deleted app's instances stop", Input{Apps: map[string]Desired{"web": func() Desired { d := app(2); d.Deleted = true; return d }()},
-			Instances: []Observed{inst("a", "new", time.Hour), inst("b", "new", time.Hour, func(o *Observed) { o.State = msg.StateDraining })}},
+			Instances: []Observed{inst("a", "new", time.Hour), inst("b", "new", time.Hour, func(o *Observed) { o.State, o.UpdatedAt = msg.StateDraining, now })}},
 			[]string{"stop a"}},
+		{"a draining instance of a deleted app is removed once drained", Input{Apps: map[string]Desired{"web": func() Desired { d := app(2); d.Deleted = true; return d }()},
+			Instances: []Observed{inst("b", "new", time.Hour, draining(time.Second), func(o *Observed) { o.Drained = true })}},
+			[]string{"remove b"}},
+		{"a drained instance is removed", Input{Apps: map[string]Desired{"web": app(1)},
+			Instances: []Observed{inst("a", "new", time.Hour), inst("b", "new", time.Hour, draining(time.Second), func(o *Observed) { o.Drained = true })}},
+			[]string{"remove b"}},
+		{"a draining instance waits for the agents within the drain time", Input{Apps: map[string]Desired{"web": app(1)},
+			Instances: []Observed{inst("a", "new", time.Hour), inst("b", "new", time.Hour, draining(time.Second))}},
+			[]string{}},
+		{"a draining instance is removed when the drain time is up", Input{Apps: map[string]Desired{"web": app(1)},
+			Instances: []Observed{inst("a", "new", time.Hour), inst("b", "new", time.Hour, draining(11*time.Second))}},
+			[]string{"remove b"}},
+		{"a draining instance still in some nginx counts toward max_surge", Input{Apps: map[string]Desired{"web": app(2)},
+			Instances: []Observed{inst("o1", "old", time.Hour), inst("o2", "old", time.Hour, draining(time.Second)), inst("n1", "new", time.Minute)}},
+			[]string{}},
+		{"a drained instance no longer counts toward max_surge", Input{Apps: map[string]Desired{"web": app(2)},
+			Instances: []Observed{inst("o1", "old", time.Hour), inst("o2", "old", time.Hour, draining(time.Second), func(o *Observed) { o.Drained = true }), inst("n1", "new", time.Minute)}},
+			[]string{"remove o2", "start"}},
+		{"a start that outlived the start timeout is replaced", Input{Apps: map[string]Desired{"web": app(1)}, StartTimeout: time.Minute,
+			Instances: []Observed{inst("a", "new", 2*time.Minute, starting, func(o *Observed) { o.UpdatedAt = now.Add(-2 * time.Minute) })}},
+			[]string{"replace a"}},
+		{"a rollout whose new instance missed healthy_deadline rolls back", Input{Apps: map[string]Desired{"web": rollback(app(2))},
+			Instances: []Observed{inst("o1", "old", time.Hour), inst("o2", "old", time.Hour), inst("n1", "new", time.Minute, unknown)}},
+			[]string{"roll_back n1"}},
+		{"without auto_rollback a late instance is left to the rollout", Input{Apps: map[string]Desired{"web": func() Desired { d := rollback(app(2)); d.AutoRollback = false; return d }()},
+			Instances: []Observed{inst("o1", "old", time.Hour), inst("o2", "old", time.Hour), inst("n1", "new", time.Minute, unknown)}},
+			[]string{}},
+		{"a late instance outside a rollout is not a rollback", Input{Apps: map[string]Desired{"web": rollback(app(2))},
+			Instances: []Observed{inst("n0", "new", time.Hour), inst("n1", "new", time.Minute, unknown)}},
+			[]string{}},
 		{"instances of an unknown app stop", Input{Instances: []Observed{inst("a", "new", time.Hour)}}, []string{"stop a"}},
 		{"unknown health neither counts as available nor blocks a scale-up", Input{Apps: map[string]Desired{"web": app(2)},
 			Instances: []Observed{inst("a", "new", time.Hour, unknown)}}, []string{"start"}},
@@ -143,7 +184,7 @@ func TestPlan(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			tt.in.Now = now
-			got := Plan(tt.in)
+			got := Plan(tt.in).Actions
 			require.Equal(t, tt.want, summary(got), "%v", got)
 			for _, a := range got {
 				require.NotEmpty(t, a.Reason, "every action says why")
@@ -155,7 +196,7 @@ func TestPlan(t *testing.T) {
 func TestOOMReasonSuggestsMemory(t *testing.T) {
 	t.Parallel()
 	got := Plan(Input{Apps: map[string]Desired{"web": app(1)}, Now: now,
-		Instances: []Observed{inst("a", "new", time.Hour, died, func(o *Observed) { o.OOMKilled = true })}})
+		Instances: []Observed{inst("a", "new", time.Hour, died, func(o *Observed) { o.OOMKilled = true })}}).Actions
 	require.Len(t, got, 1)
 	require.Equal(t, Replace, got[0].Kind)
 	require.Contains(t, got[0].Reason, "consider raising resources.memory")
@@ -167,7 +208,7 @@ func TestHoldUntil(t *testing.T) {
 	d.BackoffInitial, d.BackoffMax = 5*time.Second, time.Minute
 	last := now.Add(-time.Second)
 	got := Plan(Input{Apps: map[string]Desired{"web": d}, Now: now,
-		Failures: []Failure{{App: "web", At: now.Add(-30 * time.Second)}, {App: "web", At: last}}})
+		Failures: []Failure{{App: "web", At: now.Add(-30 * time.Second)}, {App: "web", At: last}}}).Actions
 	require.Len(t, got, 1)
 	require.Equal(t, Hold, got[0].Kind)
 	require.Equal(t, last.Add(10*time.Second), got[0].Until, "the second restart waits twice the initial backoff")
@@ -177,61 +218,185 @@ func TestHoldUntil(t *testing.T) {
 func TestPlanIsIdempotent(t *testing.T) {
 	t.Parallel()
 	in := Input{Apps: map[string]Desired{"web": app(3)}, Now: now, Instances: []Observed{inst("a", "new", time.Hour)}}
-	for _, a := range Plan(in) {
+	for _, a := range Plan(in).Actions {
 		require.Equal(t, Start, a.Kind)
 		in.Instances = append(in.Instances, inst(fmt.Sprint("n", len(in.Instances)), "new", 0, starting))
 	}
-	require.Empty(t, Plan(in))
+	require.Empty(t, Plan(in).Actions)
 }
 
-// A whole rollout, step by step: never below replicas - max_unavailable
-// serving, never above replicas + max_surge in total.
-func TestRolloutInvariants(t *testing.T) {
-	t.Parallel()
-	d := app(4)
+// rollout simulates a rolling update of replicas old instances against
+// the planner, planning at every wake it asks for and at every outside
+// event: a container starts in start, turns healthy after healthy, and an
+// lbagent confirms a drain after confirm. It checks the invariants at each
+// plan (never above replicas + max_surge counting draining instances still
+// in nginx, never below replicas - max_unavailable serving) and returns
+// how long the rollout took.
+func rollout(t *testing.T, d Desired, start, healthy, confirm time.Duration) time.Duration {
+	t.Helper()
+	type event struct {
+		at time.Time
+		do func()
+	}
 	var insts []Observed
-	for i := range 4 {
+	for i := range d.Replicas {
 		insts = append(insts, inst(fmt.Sprint("o", i), "old", time.Hour))
 	}
-	clock := now
-	for step := 0; step < 40; step++ {
-		acts := Plan(Input{Apps: map[string]Desired{"web": d}, Instances: insts, Now: clock})
-		for _, a := range acts {
+	var events []event
+	clock, started := now, 0
+	find := func(id string) *Observed {
+		for i := range insts {
+			if insts[i].ID == id {
+				return &insts[i]
+			}
+		}
+		return nil
+	}
+	for step := 0; step < 200; step++ {
+		res := Plan(Input{Apps: map[string]Desired{"web": d}, Instances: insts, Now: clock})
+		for _, a := range res.Actions {
 			switch a.Kind {
 			case Start:
-				insts = append(insts, Observed{ID: fmt.Sprint("n", step, len(insts)), App: "web", SpecHash: "new", State: msg.StateRunning,
-					Health: msg.StatusHealthy, HealthySince: clock, CreatedAt: clock, ContainerRunning: true, ContainerID: "x"})
+				started++
+				id := fmt.Sprint("n", started)
+				insts = append(insts, Observed{ID: id, App: "web", SpecHash: "new", State: msg.StateStarting, Health: msg.StatusUnknown,
+					CreatedAt: clock, UpdatedAt: clock, ContainerID: "c" + id})
+				events = append(events, event{clock.Add(start), func() {
+					o := find(id)
+					o.State, o.ContainerRunning = msg.StateRunning, true
+				}}, event{clock.Add(start + healthy), func() {
+					o := find(id)
+					o.Health, o.HealthySince = msg.StatusHealthy, o.CreatedAt.Add(start+healthy)
+				}})
 			case Stop:
-				for i := range insts {
-					if insts[i].ID == a.Instance {
-						insts[i].State = msg.StateStopped
+				o := find(a.Instance)
+				o.State, o.UpdatedAt = msg.StateDraining, clock
+				events = append(events, event{clock.Add(confirm), func() { find(a.Instance).Drained = true }})
+			case Remove:
+				kept := insts[:0]
+				for _, o := range insts {
+					if o.ID != a.Instance {
+						kept = append(kept, o)
 					}
 				}
+				insts = kept
 			default:
 				t.Fatalf("unexpected %v", a)
 			}
 		}
-		total, serving, newCount := 0, 0, 0
+		total, serving, fresh, old := 0, 0, 0, 0
 		for _, o := range insts {
-			if active(o) {
+			if active(o) || o.State == msg.StateDraining && !o.Drained {
 				total++
-				if available(o, 0, clock) {
-					serving++
-				}
-				if o.SpecHash == "new" {
-					newCount++
-				}
+			}
+			if available(o, 0, clock) {
+				serving++
+			}
+			if o.SpecHash == "new" && active(o) {
+				fresh++
+			}
+			if o.SpecHash == "old" {
+				old++
 			}
 		}
-		require.LessOrEqual(t, total, d.Replicas+d.MaxSurge, "step %d", step)
-		require.GreaterOrEqual(t, serving, d.Replicas-d.MaxUnavailable, "step %d", step)
-		if newCount == d.Replicas && total == d.Replicas {
-			t.Logf("rollout done in %d steps", step+1)
-			return
+		require.LessOrEqual(t, total, d.Replicas+d.MaxSurge, "at %s", clock.Sub(now))
+		require.GreaterOrEqual(t, serving, d.Replicas-d.MaxUnavailable, "at %s", clock.Sub(now))
+		if fresh == d.Replicas && old == 0 {
+			return clock.Sub(now)
 		}
-		clock = clock.Add(3 * time.Second)
+		if len(res.Actions) > 0 {
+			continue // plan again from the state the actions led to, at once
+		}
+		// Sleep until the next outside event or the planner's wake, as the controller does.
+		next := res.Wake
+		for _, e := range events {
+			if e.at.After(clock) && (next.IsZero() || e.at.Before(next)) {
+				next = e.at
+			}
+		}
+		require.False(t, next.IsZero(), "the rollout is stuck at %s: nothing wakes the planner", clock.Sub(now))
+		clock = next
+		for _, e := range events {
+			if !e.at.After(clock) {
+				e.do()
+			}
+		}
+		kept := events[:0]
+		for _, e := range events {
+			if e.at.After(clock) {
+				kept = append(kept, e)
+			}
+		}
+		events = kept
 	}
 	t.Fatal("the rollout never completed")
+	return 0
+}
+
+// A rollout proceeds at the speed of health: each batch takes start +
+// health + min_healthy_time and the drain of the last old instance, with
+// no resync in between, and a draining instance stops holding back the
+// next surge once the agents confirm it.
+func TestRolloutPacing(t *testing.T) {
+	t.Parallel()
+	start, healthy, confirm := 300*time.Millisecond, 2*time.Second, 200*time.Millisecond
+	for _, tt := range []struct {
+		replicas, surge, unavailable int
+	}{{3, 1, 0}, {10, 1, 0}, {10, 3, 0}, {4, 0, 1}, {4, 2, 1}} {
+		t.Run(fmt.Sprintf("%d replicas, surge %d, unavailable %d", tt.replicas, tt.surge, tt.unavailable), func(t *testing.T) {
+			t.Parallel()
+			d := app(tt.replicas)
+			d.MaxSurge, d.MaxUnavailable, d.MinHealthyTime = tt.surge, tt.unavailable, 2*time.Second
+			took := rollout(t, d, start, healthy, confirm)
+			batch := max(tt.surge, tt.unavailable)
+			batches := (tt.replicas + batch - 1) / batch
+			floor := time.Duration(batches) * (start + healthy + d.MinHealthyTime)
+			// Each batch also waits for one confirmed drain before the next surge.
+			require.LessOrEqual(t, took, floor+time.Duration(batches)*confirm, "took %s, floor %s", took, floor)
+			t.Logf("took %s (floor %s)", took, floor)
+		})
+	}
+}
+
+func TestWake(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		in   Input
+		want time.Duration // from now; 0: no wake
+	}{
+		{"nothing pending", Input{Apps: map[string]Desired{"web": app(1)}, Instances: []Observed{inst("a", "new", time.Hour)}}, 0},
+		{"min_healthy_time reached", Input{Apps: map[string]Desired{"web": app(2)},
+			Instances: []Observed{inst("o1", "old", time.Hour), inst("o2", "old", time.Hour), inst("n1", "new", time.Minute, freshHealth)}}, 4 * time.Second},
+		{"healthy_deadline", Input{Apps: map[string]Desired{"web": rollback(app(2))},
+			Instances: []Observed{inst("o1", "old", time.Hour), inst("o2", "old", time.Hour), inst("n1", "new", 10*time.Second, unknown)}}, 20 * time.Second},
+		{"end of a drain", Input{Apps: map[string]Desired{"web": app(1)},
+			Instances: []Observed{inst("a", "new", time.Hour), inst("b", "new", time.Hour, draining(3*time.Second))}}, 7 * time.Second},
+		{"start timeout", Input{Apps: map[string]Desired{"web": app(1)}, StartTimeout: time.Minute,
+			Instances: []Observed{inst("a", "new", 0, starting, func(o *Observed) { o.UpdatedAt = now.Add(-20 * time.Second) })}}, 40 * time.Second},
+		{"unhealthy grace", Input{Apps: map[string]Desired{"web": func() Desired { d := app(2); d.UnhealthyGrace = 30 * time.Second; return d }()},
+			Instances: []Observed{inst("a", "new", time.Hour, unhealthy, func(o *Observed) { o.UnhealthySince = now.Add(-10 * time.Second) }), inst("b", "new", time.Hour)}}, 20 * time.Second},
+		{"end of a restart backoff", Input{Apps: map[string]Desired{"web": func() Desired { d := app(2); d.BackoffInitial = 10 * time.Second; return d }()},
+			Instances: []Observed{inst("a", "new", time.Hour, died), inst("b", "new", time.Hour)},
+			Failures:  []Failure{{App: "web", At: now.Add(-3 * time.Second)}}}, 7 * time.Second},
+		{"a tripped breaker half-opens", Input{Apps: map[string]Desired{"web": app(2)},
+			Instances: []Observed{inst("a", "new", time.Hour, died), inst("b", "new", time.Hour)},
+			Failures:  []Failure{{App: "web", At: now.Add(-3 * time.Minute)}, {App: "web", At: now.Add(-2 * time.Minute)}, {App: "web", At: now.Add(-time.Minute)}}}, 4 * time.Minute},
+		{"the earliest of several", Input{Apps: map[string]Desired{"web": app(2)},
+			Instances: []Observed{inst("o1", "old", time.Hour), inst("o2", "old", time.Hour, draining(9*time.Second)), inst("n1", "new", time.Minute, freshHealth)}}, time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			tt.in.Now = now
+			got := Plan(tt.in)
+			if tt.want == 0 {
+				require.True(t, got.Wake.IsZero(), "wake %s", got.Wake.Sub(now))
+				return
+			}
+			require.Equal(t, now.Add(tt.want), got.Wake, "wake %s", got.Wake.Sub(now))
+		})
+	}
 }
 
 func TestActionString(t *testing.T) {
