@@ -30,6 +30,7 @@ import (
 	"github.com/berthhq/berth/scheduler/internal/docker"
 	"github.com/berthhq/berth/scheduler/internal/leader"
 	"github.com/berthhq/berth/scheduler/internal/publish"
+	"github.com/berthhq/berth/scheduler/internal/scaler"
 	"github.com/berthhq/berth/scheduler/internal/store"
 )
 
@@ -182,16 +183,18 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	healthTbl := view.NewTable(view.NoTerm[*msg.Health], wakeCtl)
 	agentsTbl := view.NewTable(view.NoTerm[*msg.Agent], nil)
 	ctl = controller.New(controller.Config{MaxParallel: r.MaxParallel, Resync: r.Resync, PullTimeout: r.PullTimeout, StartTimeout: r.StartTimeout, StopTimeout: r.StopTimeout,
-		DefaultCPU: r.DefaultCPU, DefaultMemory: int64(mem), Env: appenv.Policy{Prefix: r.AppEnvPrefix, Block: r.AppEnvBlock}, Environ: os.Environ(),
-		Scaling: controller.ScalingConfig{Interval: r.AutoscaleInterval, StatsInterval: r.StatsInterval, StatsParallel: r.StatsParallel}},
+		DefaultCPU: r.DefaultCPU, DefaultMemory: int64(mem), Env: appenv.Policy{Prefix: r.AppEnvPrefix, Block: r.AppEnvBlock}, Environ: os.Environ()},
 		st, dk, conn, pub, names, el.Leader, healthTbl, agentsTbl, logger)
 	reg.MustRegister(ctl.Collectors()...)
+	sc := scaler.New(scaler.Config{Interval: r.AutoscaleInterval, StatsInterval: r.StatsInterval, StatsParallel: r.StatsParallel, DefaultCPU: r.DefaultCPU},
+		st, dk, conn, pub, names, el.Leader, ctl.Wake, logger)
+	reg.MustRegister(sc.Collectors()...)
 
 	var token string
 	if r.APITokenFile != "" {
 		token, _ = readToken(r.APITokenFile)
 	}
-	handler := api.New(st, api.Options{Token: token, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), Samples: ctl.Samples,
+	handler := api.New(st, api.Options{Token: token, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), Samples: sc.Samples,
 		Role: func() (bool, uint64) { l, ok := leading(); return ok, l.Term }}, logger)
 	httpSrv := &http.Server{Addr: r.APIListen, Handler: handler, ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10}
@@ -220,6 +223,7 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	group.Add("watch-health", bus.NewWatcher(conn, names.HealthBucket(), decodeMsg[*msg.Health], healthTbl.Handler(), logger))
 	group.Add("watch-agents", bus.NewWatcher(conn, names.AgentsBucket(), decodeMsg[*msg.Agent], agentsTbl.Handler(), logger))
 	group.Add("controller", ctl)
+	group.Add("scaler", sc)
 	group.Add("publish", lifecycle.Func(func(ctx context.Context) error {
 		return pub.Loop(ctx, leading, gained, changes, r.Resync)
 	}))

@@ -22,7 +22,6 @@ import (
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/common/view"
 	"github.com/berthhq/berth/scheduler/internal/appenv"
-	"github.com/berthhq/berth/scheduler/internal/autoscale"
 	"github.com/berthhq/berth/scheduler/internal/docker"
 	"github.com/berthhq/berth/scheduler/internal/publish"
 	"github.com/berthhq/berth/scheduler/internal/reconcile"
@@ -44,8 +43,6 @@ type Config struct {
 	// Env is the passthrough policy and Environ the scheduler's environment.
 	Env     appenv.Policy
 	Environ []string
-	// Scaling tunes the autoscaler.
-	Scaling ScalingConfig
 }
 
 // Controller runs the leader's loop. Create it with New; run it with Run.
@@ -76,12 +73,6 @@ type Controller struct {
 	unhealthySince map[string]time.Time
 
 	metrics *metrics
-
-	// intake holds the autoscaler's samples; scale its state (policies
-	// under scale.mu; history, held, term and pruned belong to scaleLoop,
-	// readings to statsLoop).
-	intake *intake
-	scale  scaler
 }
 
 // New returns a controller. lease reports the current leadership; health
@@ -91,7 +82,7 @@ func New(cfg Config, st *store.Store, dk *docker.Client, conn *bus.Conn, pub *pu
 	return &Controller{cfg: cfg, st: st, dk: dk, conn: conn, pub: pub, names: names, lease: lease, health: health, agents: agents,
 		logger: logger.Named("controller"), wake: make(chan struct{}, 1),
 		healthySince: map[string]time.Time{}, tripped: map[string]time.Time{}, dead: map[string]bool{}, oom: map[string]bool{}, unhealthySince: map[string]time.Time{},
-		metrics: newMetrics(), intake: newIntake(), scale: scaler{history: map[string]autoscale.History{}, held: map[string]int{}}}
+		metrics: newMetrics()}
 }
 
 // Wake asks for a cycle soon (an app changed, health changed, leadership gained).
@@ -107,11 +98,6 @@ func (c *Controller) Run(ctx context.Context) error {
 	go func() {
 		_ = c.dk.Events(ctx, func(e docker.Event) { c.onDockerEvent(ctx, e) }, c.Wake)
 	}()
-	if c.cfg.Scaling.Interval > 0 {
-		c.subscribeSamples(ctx)
-		go c.scaleLoop(ctx)
-		go c.statsLoop(ctx)
-	}
 	tick := time.NewTicker(c.cfg.Resync)
 	defer tick.Stop()
 	for {
@@ -273,7 +259,7 @@ func (c *Controller) cycle(ctx context.Context, l store.Lease) (int, error) {
 		return n, err // rolled back: plan again from the new generation
 	}
 	c.metrics.observeApps(in)
-	actions := reconcile.Plan(in)
+	actions := reconcile.Plan(in).Actions
 	if ce := c.logger.Check(zap.DebugLevel, "planned"); ce != nil {
 		obs := make([]string, 0, len(in.Instances))
 		for _, o := range in.Instances {

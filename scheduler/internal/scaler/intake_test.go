@@ -1,4 +1,4 @@
-package controller
+package scaler
 
 import (
 	"testing"
