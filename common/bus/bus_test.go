@@ -164,6 +164,8 @@ type recorder struct {
 	snapshots [][]Event[int]
 	revs      []uint64
 	updates   []Event[int]
+	// updatesAt is len(updates) when each snapshot came.
+	updatesAt []int
 }
 
 func (r *recorder) Snapshot(evs []Event[int], rev uint64) {
@@ -171,6 +173,7 @@ func (r *recorder) Snapshot(evs []Event[int], rev uint64) {
 	defer r.mu.Unlock()
 	r.snapshots = append(r.snapshots, evs)
 	r.revs = append(r.revs, rev)
+	r.updatesAt = append(r.updatesAt, len(r.updates))
 }
 
 func (r *recorder) Update(e Event[int]) {
@@ -197,6 +200,7 @@ func runWatcher(t *testing.T, c *Conn, bucket string, h Handler[int]) *Watcher[i
 	t.Helper()
 	w := NewWatcher(c, bucket, decodeInt, h, zaptest.NewLogger(t))
 	w.RetryWait = 20 * time.Millisecond
+	w.CheckEvery = 50 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()

@@ -74,6 +74,11 @@ type Watcher[T any] struct {
 	ResyncEvery time.Duration
 	// RetryWait is the delay before watching again after an error.
 	RetryWait time.Duration
+	// CheckEvery, when positive, is how often the watcher asks the server
+	// whether the bucket it follows still exists and is the same one. A
+	// bucket deleted (or wiped and created again) while the connection
+	// stayed up sends its watch nothing: this check is what notices it.
+	CheckEvery time.Duration
 
 	logMu      sync.Mutex
 	lastLog    time.Time
@@ -85,7 +90,8 @@ type Watcher[T any] struct {
 func NewWatcher[T any](conn *Conn, bucket string, decode DecodeFunc[T], handler Handler[T], logger *zap.Logger) *Watcher[T] {
 	return &Watcher[T]{
 		conn: conn, bucket: bucket, decode: decode, handler: handler,
-		logger: logger.Named("watch").With(zap.String("bucket", bucket)), RetryWait: 500 * time.Millisecond,
+		logger:    logger.Named("watch").With(zap.String("bucket", bucket)),
+		RetryWait: 500 * time.Millisecond, CheckEvery: 5 * time.Second,
 	}
 }
 
@@ -94,10 +100,14 @@ func (w *Watcher[T]) Dropped() uint64 { return w.dropped.Load() }
 
 // Run watches until ctx ends. It delivers a snapshot first, then updates,
 // and starts over with a fresh snapshot after NATS reconnects (a restarted
-// or reset server may have lost or renumbered what the watch was following).
+// or reset server may have lost or renumbered what the watch was following)
+// and when the bucket was created again (see CheckEvery). While the bucket
+// does not exist the handler hears nothing, so its consumer keeps the view
+// it has; the watcher retries every RetryWait until the bucket is back.
 func (w *Watcher[T]) Run(ctx context.Context) error {
 	reconnected, stop := w.conn.reconnected()
 	defer stop()
+	var lastErr string
 	for {
 		err := w.watchOnce(ctx, reconnected)
 		if ctx.Err() != nil {
@@ -106,7 +116,14 @@ func (w *Watcher[T]) Run(ctx context.Context) error {
 		if errors.Is(err, errResync) {
 			continue
 		}
-		w.logger.Warn("watch failed, retrying", zap.Error(err), zap.Duration("wait", w.RetryWait))
+		// The same error again (a bucket that is still missing) is logged
+		// once at warn, then at debug, so a wait cannot flood the log.
+		if text := err.Error(); text != lastErr {
+			w.logger.Warn("watch failed, retrying", zap.Error(err), zap.Duration("wait", w.RetryWait))
+			lastErr = text
+		} else if ce := w.logger.Check(zap.DebugLevel, "watch failed again, retrying"); ce != nil {
+			ce.Write(zap.Error(err), zap.Duration("wait", w.RetryWait))
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -116,21 +133,37 @@ func (w *Watcher[T]) Run(ctx context.Context) error {
 	}
 }
 
+// errBucketReplaced ends a watch whose bucket was deleted and created again.
+var errBucketReplaced = fmt.Errorf("bucket replaced: %w", errResync)
+
 func (w *Watcher[T]) watchOnce(ctx context.Context, reconnected <-chan struct{}) error {
 	kv, err := w.conn.js.KeyValue(ctx, w.bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return fmt.Errorf("open bucket %s: %w", w.bucket, ErrBucketNotFound)
+	}
 	if err != nil {
 		return fmt.Errorf("open bucket %s: %w", w.bucket, err)
+	}
+	created, err := bucketCreated(ctx, kv)
+	if err != nil {
+		return fmt.Errorf("status of bucket %s: %w", w.bucket, err)
 	}
 	kw, err := kv.WatchAll(ctx)
 	if err != nil {
 		return fmt.Errorf("watch bucket %s: %w", w.bucket, err)
 	}
-	defer func() { _ = kw.Stop() }()
+	defer w.stopWatch(kw)
 	var resync <-chan time.Time
 	if w.ResyncEvery > 0 {
 		t := time.NewTimer(w.ResyncEvery)
 		defer t.Stop()
 		resync = t.C
+	}
+	var check <-chan time.Time
+	if w.CheckEvery > 0 {
+		t := time.NewTicker(w.CheckEvery)
+		defer t.Stop()
+		check = t.C
 	}
 
 	initial := map[string]Event[T]{}
@@ -144,6 +177,10 @@ func (w *Watcher[T]) watchOnce(ctx context.Context, reconnected <-chan struct{})
 			return errResync
 		case <-resync:
 			return errResync
+		case <-check:
+			if err := w.sameBucket(ctx, created); err != nil {
+				return err
+			}
 		case e, ok := <-kw.Updates():
 			if !ok {
 				return fmt.Errorf("watch of bucket %s closed", w.bucket)
@@ -173,6 +210,75 @@ func (w *Watcher[T]) watchOnce(ctx context.Context, reconnected <-chan struct{})
 			}
 		}
 	}
+}
+
+// sameBucket returns nil when the bucket still exists and is the one the
+// watch started on (same creation time), errBucketReplaced when it was
+// created again, and ErrBucketNotFound when it is gone. A check that cannot
+// reach the server says nothing: a lost connection is the reconnect's
+// business, and the watch goes on.
+func (w *Watcher[T]) sameBucket(ctx context.Context, created time.Time) error {
+	if !w.conn.Connected() {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	kv, err := w.conn.js.KeyValue(cctx, w.bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return fmt.Errorf("bucket %s: %w", w.bucket, ErrBucketNotFound)
+	}
+	var now time.Time
+	if err == nil {
+		now, err = bucketCreated(cctx, kv)
+	}
+	if err != nil {
+		if ce := w.logger.Check(zap.DebugLevel, "bucket check failed"); ce != nil {
+			ce.Write(zap.Error(err))
+		}
+		return nil
+	}
+	if !now.Equal(created) {
+		w.logger.Info("bucket was created again, watching the new one")
+		return errBucketReplaced
+	}
+	return nil
+}
+
+// checkTimeout bounds one bucket check.
+const checkTimeout = 2 * time.Second
+
+// stopWait bounds how long ending a watch may hold up the watcher.
+const stopWait = time.Second
+
+// stopWatch ends a watch. The subscription is removed at once, but
+// stopping then deletes the server's consumer with a request that, while
+// NATS is down, waits out the client's 5 s API timeout; so it runs aside
+// and the watcher waits at most stopWait for it. That request ends by
+// itself: answered, timed out, or failed when the connection closes.
+func (w *Watcher[T]) stopWatch(kw jetstream.KeyWatcher) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = kw.Stop()
+	}()
+	select {
+	case <-done:
+	case <-time.After(stopWait):
+	}
+}
+
+// bucketCreated returns when the bucket's stream was created: a bucket
+// deleted and created again under the same name has a new time.
+func bucketCreated(ctx context.Context, kv jetstream.KeyValue) (time.Time, error) {
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return time.Time{}, err
+	}
+	s, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return time.Time{}, nil
+	}
+	return s.StreamInfo().Created, nil
 }
 
 // event decodes one entry; false means it was dropped.
