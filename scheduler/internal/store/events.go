@@ -1,0 +1,69 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Event is one lifecycle event of an app.
+type Event struct {
+	ID       int64
+	App      string
+	Instance string
+	Kind     string
+	Message  string
+	Details  map[string]string
+	Term     uint64
+	At       time.Time
+}
+
+// AddEvent records an event under the transaction's term and returns its id.
+func (t *Tx) AddEvent(ctx context.Context, e Event) (int64, error) {
+	details, err := json.Marshal(e.Details)
+	if err != nil {
+		return 0, err
+	}
+	if e.Details == nil {
+		details = []byte("{}")
+	}
+	var id int64
+	err = t.tx.QueryRow(ctx, `INSERT INTO events (app, instance, kind, message, details, term) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id`,
+		e.App, e.Instance, e.Kind, e.Message, details, int64(t.term)).Scan(&id)
+	if err != nil {
+		return 0, fmt.Errorf("add event %s/%s: %w", e.App, e.Kind, redact(err))
+	}
+	e.ID, e.Term, e.At = id, t.term, time.Now().UTC()
+	t.events = append(t.events, e)
+	return id, nil
+}
+
+// Added returns the events recorded in this transaction so far, in order,
+// with their ids: what to publish once it commits.
+func (t *Tx) Added() []Event { return t.events }
+
+// Events returns events, oldest first, of app (all apps when empty) with
+// an id above after, at most limit.
+func (s *Store) Events(ctx context.Context, app string, after int64, limit int) ([]Event, error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT id, app, instance, kind, message, details, term, at FROM events
+		WHERE ($1 = '' OR app = $1) AND id > $2 ORDER BY id LIMIT $3`, app, after, limit)
+	if err != nil {
+		return nil, fmt.Errorf("events: %w", redact(err))
+	}
+	defer rows.Close()
+	var out []Event
+	for rows.Next() {
+		var e Event
+		var details []byte
+		var term int64
+		if err := rows.Scan(&e.ID, &e.App, &e.Instance, &e.Kind, &e.Message, &details, &term, &e.At); err != nil {
+			return nil, fmt.Errorf("events: %w", err)
+		}
+		e.Term = uint64(term)
+		_ = json.Unmarshal(details, &e.Details)
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
