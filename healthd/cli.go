@@ -25,9 +25,9 @@ type cli struct {
 	LogFormat string `name:"log-format" help:"json or console." default:"json" env:"BERTH_HEALTHD_LOG_FORMAT"`
 
 	CheckConfig  bool          `name:"check-config" help:"Check the flags, print what is wrong, and exit 0 or 1." default:"false"`
-	Probe        string        `help:"Probe once and exit (0: all passed, 1: one failed): a host:port, or a JSON file of targets [{\"key\":…,\"address\":…,\"check\":{…}}]." default:""`
-	ProbeType    string        `name:"probe-type" help:"With --probe host:port: http or tcp." default:"http"`
-	ProbePath    string        `name:"probe-path" help:"With --probe host:port: the HTTP path." default:"/healthz"`
+	Probe        string        `help:"Probe once and exit (0: all passed, 1: one failed): host:port, http://host[:port][/path], https://host[:port][/path], tcp://host:port, or a JSON file of targets [{\"key\":…,\"address\":…,\"check\":{…}}]." default:""`
+	ProbeType    string        `name:"probe-type" help:"With --probe host:port: http or tcp (a URL's scheme decides for itself)." default:"http"`
+	ProbePath    string        `name:"probe-path" help:"With --probe host:port: the HTTP path (a URL's path decides for itself)." default:"/healthz"`
 	ProbeTimeout time.Duration `name:"probe-timeout" help:"With --probe: the timeout of each probe." default:"2s"`
 
 	// crash makes a stop behave like a crash (no goodbye): tests only.
@@ -61,6 +61,11 @@ func (c *cli) check() error {
 	}
 	if c.ProbeType != "http" && c.ProbeType != "tcp" {
 		errs = append(errs, fmt.Errorf("--probe-type %q: must be http or tcp", c.ProbeType))
+	}
+	if c.Probe != "" {
+		if _, err := c.probeTargets(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if c.ProbeTimeout <= 0 {
 		errs = append(errs, errors.New("--probe-timeout: must be positive"))

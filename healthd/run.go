@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -18,7 +17,6 @@ import (
 	"github.com/berthhq/berth/common/lifecycle"
 	"github.com/berthhq/berth/common/logging"
 	"github.com/berthhq/berth/common/msg"
-	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/common/view"
 	"github.com/berthhq/berth/healthd/internal/checker"
 	"github.com/berthhq/berth/healthd/internal/probe"
@@ -62,25 +60,10 @@ func run(args []string, stdout, stderr *os.File) int {
 
 // probeOnce is --probe: an operator's check of one address or a file of targets.
 func probeOnce(ctx context.Context, c *cli, stdout, stderr *os.File) int {
-	var targets []probe.Target
-	if st, err := os.Stat(c.Probe); err == nil && !st.IsDir() {
-		b, err := os.ReadFile(c.Probe)
-		if err == nil {
-			err = json.Unmarshal(b, &targets)
-		}
-		if err != nil {
-			fmt.Fprintf(stderr, "healthd: --probe %s: %v\n", c.Probe, err)
-			return 2
-		}
-	} else {
-		h := &spec.Health{Type: c.ProbeType, Path: c.ProbePath, Timeout: spec.Duration(c.ProbeTimeout),
-			Interval: spec.Duration(c.ProbeTimeout + time.Second), HealthyThreshold: 1, UnhealthyThreshold: 1}
-		a := &spec.App{Port: 1, Health: h}
-		a.Default() // method, expected status, port
-		if c.ProbeType == spec.HealthTCP {
-			h.Path = ""
-		}
-		targets = []probe.Target{{Key: c.Probe, Address: c.Probe, Check: *h}}
+	targets, err := c.probeTargets()
+	if err != nil {
+		fmt.Fprintf(stderr, "healthd: %v\n", err)
+		return 2
 	}
 	reg, failed := probe.New(nil), 0
 	for i, t := range targets {
