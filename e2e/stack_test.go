@@ -121,8 +121,18 @@ type stack struct {
 
 func newStack(t testing.TB) *stack {
 	t.Helper()
+	return newStackOn(t, "")
+}
+
+// newStackOn is newStack with the daemons on the NATS at natsURL; empty
+// means an in-process NATS of the test's own.
+func newStackOn(t testing.TB, natsURL string) *stack {
+	t.Helper()
 	testrig.Docker(t)
-	s := &stack{t: t, dir: t.TempDir(), db: testrig.Postgres(t), nats: testrig.NATS(t), apis: map[string]string{}}
+	if natsURL == "" {
+		natsURL = testrig.NATS(t)
+	}
+	s := &stack{t: t, dir: t.TempDir(), db: testrig.Postgres(t), nats: natsURL, apis: map[string]string{}}
 	s.prefix = fmt.Sprintf("e2e%d", time.Now().UnixNano()%1e7)
 	s.names, _ = msg.NewNames(s.prefix)
 	testrig.RemoveBerthContainers(t, s.prefix)
@@ -191,7 +201,7 @@ func (s *stack) startScheduler(id string, extra ...string) *proc {
 	s.t.Helper()
 	api := fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(s.t))
 	args := append([]string{"run", "--database-url", s.db, "--api-listen", api,
-		"--id", id, "--lease-ttl", "2s", "--resync", "5s", "--stop-timeout", "30s"}, s.natsFlags()...)
+		"--id", id, "--lease-ttl", "2s", "--stop-timeout", "30s"}, s.natsFlags()...)
 	p := s.start("scheduler-"+id, "scheduler", append(args, extra...)...)
 	testrig.WaitHTTP(s.t, "http://"+api+"/healthz", 20*time.Second)
 	s.mu.Lock()
@@ -208,6 +218,11 @@ func (s *stack) startHealthd(id string) *proc {
 	return p
 }
 
+// lbEmptyHold is lbagent's --empty-hold in every full-stack test, shorter
+// than its 30 s default to keep the tests' time sane: how long lbagent holds
+// back a state in which every instance record is gone.
+const lbEmptyHold = 5 * time.Second
+
 func (s *stack) startLBAgent(extra ...string) *proc {
 	s.t.Helper()
 	args := append([]string{"--node", "lb1", "--conf-dir", s.confDir,
@@ -215,7 +230,7 @@ func (s *stack) startLBAgent(extra ...string) *proc {
 		"--state-dir", filepath.Join(s.dir, "lbagent-state"), "--templates", s.tmplDir,
 		"--listen-http", s.httpAddr, "--listen-https", fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(s.t)),
 		"--status-listen", s.statusAddr, "--metrics-listen", s.lbMetrics, "--debounce", "20ms:300ms",
-		"--empty-hold", "5s"}, s.natsFlags()...)
+		"--empty-hold", lbEmptyHold.String()}, s.natsFlags()...)
 	p := s.start("lbagent", "lbagent", append(args, extra...)...)
 	testrig.WaitHTTP(s.t, "http://"+s.lbMetrics+"/healthz", 20*time.Second)
 	return p

@@ -1,0 +1,132 @@
+package testrig
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// NATSProcess is a nats-server with JetStream run as its own process on a
+// fixed 127.0.0.1 port, for tests that kill it and start it again: the
+// in-process server of NATS cannot be killed the way a crash kills one.
+// Its methods are for the test's goroutine only.
+type NATSProcess struct {
+	t       testing.TB
+	bin     string
+	port    int
+	monitor int
+	// StoreDir is the JetStream store of the running server.
+	StoreDir string
+	// Log is the server's output, appended to across restarts.
+	Log string
+
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+var natsServerBin struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// natsServerBinary builds nats-server from the module's own dependency once
+// per test binary.
+func natsServerBinary() (string, error) {
+	b := &natsServerBin
+	b.once.Do(func() {
+		dir, err := os.MkdirTemp("", "berth-nats-server-")
+		if err != nil {
+			b.err = err
+			return
+		}
+		b.path = filepath.Join(dir, "nats-server")
+		_, b.err = run(3*time.Minute, func(c *exec.Cmd) { c.Env = append(os.Environ(), "CGO_ENABLED=0") },
+			"go", "build", "-o", b.path, "github.com/nats-io/nats-server/v2")
+	})
+	return b.path, b.err
+}
+
+// StartNATSProcess builds nats-server (github.com/nats-io/nats-server/v2, a
+// dependency of the module), starts it with JetStream and an empty store in
+// a temporary directory on a free 127.0.0.1 port, waits until JetStream is
+// ready, and kills it when the test ends.
+func StartNATSProcess(t testing.TB) *NATSProcess {
+	t.Helper()
+	bin, err := natsServerBinary()
+	if err != nil {
+		t.Fatalf("build nats-server: %v", err)
+	}
+	n := &NATSProcess{t: t, bin: bin, port: FreePort(t), monitor: FreePort(t), Log: filepath.Join(t.TempDir(), "nats-server.log")}
+	t.Cleanup(n.Kill)
+	n.Restart(t.TempDir())
+	return n
+}
+
+// URL is the client URL; it stays the same across restarts.
+func (n *NATSProcess) URL() string { return fmt.Sprintf("nats://127.0.0.1:%d", n.port) }
+
+// Running reports whether the server process is alive.
+func (n *NATSProcess) Running() bool {
+	if n.done == nil {
+		return false
+	}
+	select {
+	case <-n.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Kill ends the server with SIGKILL, as a crash would, and waits for it.
+func (n *NATSProcess) Kill() {
+	if !n.Running() {
+		return
+	}
+	_ = n.cmd.Process.Kill()
+	<-n.done
+}
+
+// Restart starts the server (killing a running one first) on the same
+// port with storeDir as its JetStream store — a new empty directory loses
+// every bucket — and waits until JetStream is ready.
+func (n *NATSProcess) Restart(storeDir string) {
+	n.t.Helper()
+	n.Kill()
+	n.StoreDir = storeDir
+	f, err := os.OpenFile(n.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		n.t.Fatalf("nats-server log: %v", err)
+	}
+	n.cmd = exec.Command(n.bin, "-a", "127.0.0.1", "-p", strconv.Itoa(n.port), "-m", strconv.Itoa(n.monitor),
+		"-js", "-sd", storeDir, "-n", "berth-test")
+	n.cmd.Stdout, n.cmd.Stderr = f, f
+	n.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := n.cmd.Start(); err != nil {
+		f.Close()
+		n.t.Fatalf("start nats-server: %v", err)
+	}
+	done := make(chan struct{})
+	cmd := n.cmd
+	go func() {
+		_ = cmd.Wait()
+		f.Close()
+		close(done)
+	}()
+	n.done = done
+	// /healthz answers 200 once the server accepts clients and JetStream is up.
+	WaitHTTP(n.t, fmt.Sprintf("http://127.0.0.1:%d/healthz", n.monitor), 20*time.Second)
+}
+
+// Output returns what the server printed so far, for a failing test's log.
+func (n *NATSProcess) Output() string {
+	b, _ := os.ReadFile(n.Log)
+	return string(b)
+}
