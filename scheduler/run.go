@@ -181,10 +181,15 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	defer dk.Close()
 	mem, _ := spec.ParseByteSize(r.DefaultMemory)
 	healthTbl := view.NewTable(view.NoTerm[*msg.Health], wakeCtl)
-	agentsTbl := view.NewTable(view.NoTerm[*msg.Agent], nil)
+	agentsTbl := view.NewTable(view.NoTerm[*msg.Agent], func() {
+		if ctl != nil {
+			ctl.AgentsChanged()
+		}
+	})
 	ctl = controller.New(controller.Config{MaxParallel: r.MaxParallel, Resync: r.Resync, PullTimeout: r.PullTimeout, StartTimeout: r.StartTimeout, StopTimeout: r.StopTimeout,
 		DefaultCPU: r.DefaultCPU, DefaultMemory: int64(mem), Env: appenv.Policy{Prefix: r.AppEnvPrefix, Block: r.AppEnvBlock}, Environ: os.Environ()},
-		st, dk, conn, pub, names, el.Leader, healthTbl, agentsTbl, logger)
+		controller.Deps{Desired: st, Records: pub, Routing: pub, Containers: dk, Runtime: dk, Images: dk, Lease: el.Leader, Health: healthTbl, Agents: agentsTbl},
+		logger)
 	reg.MustRegister(ctl.Collectors()...)
 	sc := scaler.New(scaler.Config{Interval: r.AutoscaleInterval, StatsInterval: r.StatsInterval, StatsParallel: r.StatsParallel, DefaultCPU: r.DefaultCPU},
 		st, dk, conn, pub, names, el.Leader, ctl.Wake, logger)

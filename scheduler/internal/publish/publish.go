@@ -155,6 +155,9 @@ func (p *Publisher) instances(ctx context.Context, term uint64) (int, error) {
 	for _, r := range records {
 		key := msg.InstanceKey(r.App, r.ID)
 		live[key] = true
+		if !routable(r) {
+			continue
+		}
 		if f, ok := p.failed[key]; ok {
 			r = f
 		}
@@ -189,6 +192,69 @@ func sweep(ctx context.Context, kv *bus.KV, live map[string]bool) error {
 			if err := kv.Delete(ctx, k); err != nil {
 				return err
 			}
+		}
+	}
+	return nil
+}
+
+// routable reports whether an instance's record belongs in the instances
+// bucket: not while it is created or started, when it has no address yet.
+func routable(r store.Instance) bool {
+	return r.State != msg.StateCreating && r.State != msg.StateStarting && r.State != msg.StatePending
+}
+
+// Put writes an instance record and events in the leader's fenced
+// transaction, then puts the record into the instances bucket (once it
+// has an address) and publishes the events.
+func (p *Publisher) Put(ctx context.Context, l store.Lease, r store.Instance, events ...store.Event) error {
+	if err := p.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+		if err := tx.PutInstance(ctx, r); err != nil {
+			return err
+		}
+		return addEvents(ctx, tx, events)
+	}); err != nil {
+		return err
+	}
+	if !routable(r) {
+		return nil
+	}
+	_, err := p.Instance(ctx, l, r)
+	return err
+}
+
+// Delete deletes an instance record with events in the leader's fenced
+// transaction, then deletes it from the instances bucket and publishes the
+// events.
+func (p *Publisher) Delete(ctx context.Context, l store.Lease, r store.Instance, events ...store.Event) error {
+	if err := p.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+		if err := tx.DeleteInstance(ctx, r.ID); err != nil {
+			return err
+		}
+		return addEvents(ctx, tx, events)
+	}); err != nil {
+		return err
+	}
+	return p.Unpublish(ctx, r.App, r.ID)
+}
+
+// SetHealth records the health the leader last saw for each instance.
+func (p *Publisher) SetHealth(ctx context.Context, l store.Lease, health map[string]string) error {
+	return p.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error { return tx.SetHealth(ctx, health) })
+}
+
+// Fail puts an instance into the instances bucket as failed at once (its
+// container died), without waiting for the controller to replace it, and
+// keeps it failed across republishes until it is deleted.
+func (p *Publisher) Fail(ctx context.Context, l store.Lease, r store.Instance) error {
+	r.State = msg.StateFailed
+	_, err := p.Instance(ctx, l, r)
+	return err
+}
+
+func addEvents(ctx context.Context, tx *store.Tx, events []store.Event) error {
+	for _, e := range events {
+		if _, err := tx.AddEvent(ctx, e); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -284,12 +350,9 @@ func (p *Publisher) One(ctx context.Context, name string, l store.Lease) error {
 		Details: map[string]string{"generation": fmt.Sprint(a.Generation), "image": a.Spec.Image}})
 }
 
-// Event records e under the lease (fenced) and then publishes it.
-func (p *Publisher) Event(ctx context.Context, l store.Lease, e store.Event) error {
-	return p.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
-		_, err := tx.AddEvent(ctx, e)
-		return err
-	})
+// Event records events under the lease (fenced) and then publishes them.
+func (p *Publisher) Event(ctx context.Context, l store.Lease, events ...store.Event) error {
+	return p.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error { return addEvents(ctx, tx, events) })
 }
 
 // Tx runs fn in the leader's fenced transaction and, once it has

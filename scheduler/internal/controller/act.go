@@ -1,0 +1,294 @@
+package controller
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/berthhq/berth/common/logging"
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/scheduler/internal/docker"
+	"github.com/berthhq/berth/scheduler/internal/reconcile"
+	"github.com/berthhq/berth/scheduler/internal/store"
+)
+
+// cycle observes, plans and acts once. It returns when to plan again at
+// the latest and how many actions changed the state.
+func (c *Controller) cycle(ctx context.Context, l store.Lease) (time.Time, int, error) {
+	now := time.Now()
+	w, err := c.observe(ctx, l, now)
+	if err != nil {
+		return time.Time{}, 0, err
+	}
+	if len(w.health) > 0 {
+		if err := c.deps.Records.SetHealth(ctx, l, w.health); err != nil {
+			return time.Time{}, 0, err
+		}
+	}
+	c.metrics.observeApps(w.in)
+	plan := reconcile.Plan(w.in)
+	draining := 0
+	for _, o := range w.in.Instances {
+		if o.State == msg.StateDraining {
+			draining++
+		}
+	}
+	c.mu.Lock()
+	c.draining = draining
+	c.mu.Unlock()
+	if ce := c.logger.Check(zap.DebugLevel, "planned"); ce != nil {
+		obs := make([]string, 0, len(w.in.Instances))
+		for _, o := range w.in.Instances {
+			obs = append(obs, fmt.Sprintf("%s:%s:run=%t:gone=%t:%s:drained=%t", o.ID, o.State, o.ContainerRunning, o.ContainerGone, o.Health, o.Drained))
+		}
+		ce.Write(zap.Strings("observed", obs), zap.Int("orphans", len(w.in.Orphans)), zap.Stringers("plan", plan.Actions), zap.Time("wake", plan.Wake))
+	}
+	acted, err := c.act(ctx, l, w, plan.Actions)
+	return plan.Wake, acted, err
+}
+
+// act carries out a plan's actions: removals beside the loop, the rest
+// with bounded parallelism. It returns how many changed the state.
+func (c *Controller) act(ctx context.Context, l store.Lease, w world, actions []reconcile.Action) (int, error) {
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	sem := make(chan struct{}, max(c.cfg.MaxParallel, 1))
+	acted := 0
+	for _, a := range actions {
+		switch a.Kind {
+		case reconcile.Hold, reconcile.TripBreaker:
+			// A report, not a change of state.
+		case reconcile.Remove:
+			if c.startRemoval(ctx, l, a, w.apps[a.App], w.records[a.Instance]) {
+				acted++
+			}
+			continue
+		default:
+			acted++
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			err := c.do(ctx, l, a, w)
+			c.metrics.action(a.Kind, err)
+			if err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("%s: %w", a, err))
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return acted, errors.Join(errs...)
+}
+
+// do carries out one action.
+func (c *Controller) do(ctx context.Context, l store.Lease, a reconcile.Action, w world) error {
+	app, rec := w.apps[a.App], w.records[a.Instance]
+	switch a.Kind {
+	case reconcile.Start:
+		return c.start(ctx, l, app, w.in.Apps[a.App].SpecHash)
+	case reconcile.Stop:
+		return c.drain(ctx, l, rec, a.Reason)
+	case reconcile.Replace:
+		if err := c.deps.Runtime.Remove(ctx, a.ContainerID); err != nil && !errors.Is(err, docker.ErrNotFound) {
+			c.logger.Warn("remove a dead container", zap.String(logging.KeyContainer, short(a.ContainerID)), zap.Error(err))
+		}
+		return c.deps.Records.Delete(ctx, l, rec, store.Event{App: a.App, Instance: a.Instance, Kind: "instance_replaced",
+			Message: "instance " + a.Instance + " replaced: " + a.Reason})
+	case reconcile.Adopt:
+		return c.adopt(ctx, l, a)
+	case reconcile.RemoveOrphan:
+		c.logger.Info("removing orphan container", zap.String(logging.KeyApp, a.App), zap.String(logging.KeyContainer, short(a.ContainerID)))
+		return c.deps.Runtime.Remove(ctx, a.ContainerID)
+	case reconcile.TripBreaker:
+		if !c.seen.report(a.App, w.in.Apps[a.App].BackoffMax, time.Now()) {
+			return nil
+		}
+		return c.deps.Records.Event(ctx, l, store.Event{App: a.App, Kind: "app_failed", Message: "app " + a.App + " is crash-looping: " + a.Reason})
+	case reconcile.Hold:
+		return nil
+	case reconcile.RollBack:
+		return c.rollback(ctx, l, a, app)
+	}
+	return fmt.Errorf("unknown action %s", a.Kind)
+}
+
+// start creates, starts and records a new instance.
+func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, hash string) error {
+	s := *app.Spec
+	s.Default()
+	id := newID()
+	log := c.logger.With(zap.String(logging.KeyApp, app.Name), zap.String(logging.KeyInstance, id))
+	rec := store.Instance{ID: id, App: app.Name, Generation: app.Generation, State: msg.StateCreating, Health: msg.StatusUnknown, SpecHash: hash}
+	if err := c.deps.Records.Put(ctx, l, rec); err != nil {
+		return err
+	}
+	fail := func(kind, message string) error {
+		return c.deps.Records.Delete(ctx, l, rec, store.Event{App: app.Name, Instance: id, Kind: kind, Message: message})
+	}
+	present, err := c.deps.Images.ImagePresent(ctx, s.Image)
+	if err != nil {
+		return err
+	}
+	if !present {
+		log.Info("pulling image", zap.String("image", s.Image))
+		if err := c.deps.Images.Pull(ctx, s.Image, c.cfg.PullTimeout); err != nil {
+			return fail("image_pull_failed", fmt.Sprintf("cannot start %s: image %s is not present and pulling it failed: %v", app.Name, s.Image, err))
+		}
+	}
+	cpu, mem := Limits(&s, c.cfg.DefaultCPU, c.cfg.DefaultMemory)
+	sctx, cancel := context.WithTimeout(ctx, c.cfg.StartTimeout)
+	defer cancel()
+	cid, err := c.deps.Runtime.Create(sctx, docker.CreateOptions{App: app.Name, Instance: id, Generation: app.Generation, SpecHash: hash, Term: l.Term,
+		Image: s.Image, Command: s.Command, Env: c.cfg.Env.Env(s.Env, c.cfg.Environ), Port: s.Port, CPU: cpu, Memory: mem,
+		StopSignal: s.Stop.Signal, StopGrace: s.Stop.Grace.Std()})
+	if err != nil {
+		return fail("instance_create_failed", fmt.Sprintf("cannot create a container for %s: %v", app.Name, err))
+	}
+	rec.ContainerID, rec.State = cid, msg.StateStarting
+	if err := c.deps.Runtime.Start(sctx, cid); err != nil {
+		_ = c.deps.Runtime.Remove(ctx, cid)
+		return fail("instance_start_failed", fmt.Sprintf("cannot start a container for %s: %v", app.Name, err))
+	}
+	ct, err := c.deps.Containers.Inspect(sctx, cid)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	rec.Address, rec.State, rec.StartedAt = ct.Address, msg.StateRunning, &now
+	return c.deps.Records.Put(ctx, l, rec, store.Event{App: app.Name, Instance: id, Kind: "instance_started",
+		Message: fmt.Sprintf("instance %s started at %s (generation %d)", id, ct.Address, app.Generation),
+		Details: map[string]string{"container_id": short(cid), "address": ct.Address, "generation": fmt.Sprint(app.Generation)}})
+}
+
+// adopt records a running container an earlier leader left as an instance.
+func (c *Controller) adopt(ctx context.Context, l store.Lease, a reconcile.Action) error {
+	ct, err := c.deps.Containers.Inspect(ctx, a.ContainerID)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	rec := store.Instance{ID: a.Instance, App: a.App, Generation: ct.Generation, ContainerID: ct.ID, Address: ct.Address,
+		State: msg.StateRunning, Health: msg.StatusUnknown, SpecHash: ct.SpecHash, StartedAt: &now}
+	return c.deps.Records.Put(ctx, l, rec, store.Event{App: a.App, Instance: a.Instance, Kind: "instance_adopted",
+		Message: "adopted running container " + short(ct.ID) + ": " + a.Reason})
+}
+
+// drain takes an instance out of nginx: it becomes draining, and the
+// planner removes it once every lbagent confirmed, or the drain time is up.
+func (c *Controller) drain(ctx context.Context, l store.Lease, rec store.Instance, reason string) error {
+	rec.State = msg.StateDraining
+	return c.deps.Records.Put(ctx, l, rec, store.Event{App: rec.App, Instance: rec.ID, Kind: "instance_draining",
+		Message: "instance " + rec.ID + " draining: " + reason})
+}
+
+// startRemoval stops and removes a drained instance beside the loop (the
+// spec's grace can be long), unless its removal is already in flight. It
+// reports whether it started one.
+func (c *Controller) startRemoval(ctx context.Context, l store.Lease, a reconcile.Action, app store.App, rec store.Instance) bool {
+	c.mu.Lock()
+	if c.removing[a.Instance] {
+		c.mu.Unlock()
+		return false
+	}
+	c.removing[a.Instance] = true
+	c.mu.Unlock()
+	c.removals.Go(func() {
+		err := c.remove(ctx, l, app, rec, a.Reason)
+		c.metrics.action(a.Kind, err)
+		if err != nil && ctx.Err() == nil {
+			c.logger.Warn("remove failed, retrying at the next cycle", zap.String(logging.KeyApp, rec.App), zap.String(logging.KeyInstance, rec.ID), zap.Error(err))
+		}
+		c.mu.Lock()
+		delete(c.removing, a.Instance)
+		c.mu.Unlock()
+		c.Wake()
+	})
+	return true
+}
+
+// remove stops a drained instance's container (its signal, then its
+// grace), removes it, and deletes the record.
+func (c *Controller) remove(ctx context.Context, l store.Lease, app store.App, rec store.Instance, reason string) error {
+	grace, signal := 30*time.Second, "SIGTERM"
+	if app.Spec != nil {
+		s := *app.Spec
+		s.Default()
+		grace, signal = s.Stop.Grace.Std(), s.Stop.Signal
+	}
+	if rec.ContainerID != "" {
+		sctx, cancel := context.WithTimeout(ctx, c.stopTimeout(grace))
+		err := c.deps.Runtime.Stop(sctx, rec.ContainerID, signal, grace)
+		cancel()
+		if err != nil && !errors.Is(err, docker.ErrNotFound) {
+			c.logger.Warn("stop failed, removing by force", zap.String(logging.KeyInstance, rec.ID), zap.Error(err))
+		}
+		if err := c.deps.Runtime.Remove(ctx, rec.ContainerID); err != nil && !errors.Is(err, docker.ErrNotFound) {
+			return err
+		}
+	}
+	return c.deps.Records.Delete(ctx, l, rec, store.Event{App: rec.App, Instance: rec.ID, Kind: "instance_stopped",
+		Message: "instance " + rec.ID + " stopped: " + reason})
+}
+
+// rollback restores an app's previous spec after a failed rollout.
+func (c *Controller) rollback(ctx context.Context, l store.Lease, a reconcile.Action, app store.App) error {
+	prev, err := c.deps.Desired.Rollback(ctx, a.App)
+	if err != nil {
+		return fmt.Errorf("auto-rollback of %s: %w", a.App, err)
+	}
+	return c.deps.Records.Event(ctx, l, store.Event{App: a.App, Kind: "rollout_rolled_back",
+		Message: fmt.Sprintf("%s: rolled back to the previous spec as generation %d (image %s)", a.Reason, prev.Generation, prev.Spec.Image),
+		Details: map[string]string{"from_generation": fmt.Sprint(a.Generation), "generation": fmt.Sprint(prev.Generation), "image": prev.Spec.Image,
+			"healthy_deadline": app.Spec.Update.HealthyDeadline.String()}})
+}
+
+// stopTimeout bounds a stop: the flag, but never less than the grace plus
+// a margin, so the spec's grace is always honoured.
+func (c *Controller) stopTimeout(grace time.Duration) time.Duration {
+	return max(c.cfg.StopTimeout, grace+10*time.Second)
+}
+
+// Limits are the CPU (cores) and memory (bytes) limits a container of s
+// gets: the spec's, or the scheduler's defaults.
+func Limits(s *spec.App, defaultCPU float64, defaultMemory int64) (cpu float64, mem int64) {
+	cpu, mem = s.Resources.CPU, int64(s.Resources.Memory)
+	if cpu == 0 {
+		cpu = defaultCPU
+	}
+	if mem == 0 {
+		mem = defaultMemory
+	}
+	return cpu, mem
+}
+
+const idAlphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+// newID returns a random 8-character instance id.
+func newID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	for i := range b {
+		b[i] = idAlphabet[int(b[i])%len(idAlphabet)]
+	}
+	return string(b)
+}
+
+func short(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}

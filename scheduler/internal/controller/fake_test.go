@@ -1,0 +1,379 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/common/view"
+	"github.com/berthhq/berth/scheduler/internal/docker"
+	"github.com/berthhq/berth/scheduler/internal/store"
+)
+
+// fake is a hand-written fake of everything behind the controller's
+// interfaces: the store, the publisher and Docker, in memory.
+type fake struct {
+	mu         sync.Mutex
+	apps       map[string]store.App
+	history    map[string][]*spec.App // by app: earlier specs, for rollback
+	records    map[string]store.Instance
+	events     []store.Event
+	containers map[string]*docker.Container
+	rev        uint64
+	revs       map[string]uint64
+	failed     map[string]bool
+	ids        int
+	// onStart decides whether a started container keeps running.
+	onStart func(o docker.CreateOptions) bool
+	// stopBlock, when set, holds every Stop until it is closed or ctx ends.
+	stopBlock chan struct{}
+	stops     []string
+	handle    func(docker.Event)
+}
+
+func newFake() *fake {
+	return &fake{apps: map[string]store.App{}, history: map[string][]*spec.App{}, records: map[string]store.Instance{},
+		containers: map[string]*docker.Container{}, revs: map[string]uint64{}, failed: map[string]bool{}}
+}
+
+var (
+	_ Desired    = (*fake)(nil)
+	_ Records    = (*fake)(nil)
+	_ Routing    = (*fake)(nil)
+	_ Containers = fakeContainers{}
+	_ Runtime    = (*fake)(nil)
+	_ Images     = (*fake)(nil)
+)
+
+func (f *fake) apply(s *spec.App, replicas int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	a, ok := f.apps[s.Name]
+	if ok {
+		f.history[s.Name] = append(f.history[s.Name], a.Spec)
+	}
+	a = store.App{Name: s.Name, Spec: s, Generation: a.Generation + 1, DesiredReplicas: replicas, UpdatedAt: time.Now()}
+	f.apps[s.Name] = a
+}
+
+func (f *fake) List(context.Context) ([]store.App, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]store.App, 0, len(f.apps))
+	for _, a := range f.apps {
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+func (f *fake) Instances(_ context.Context, app string) ([]store.Instance, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []store.Instance
+	for _, r := range f.records {
+		if app == "" || r.App == app {
+			out = append(out, r)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
+	return out, nil
+}
+
+func (f *fake) Restarts(_ context.Context, since time.Time) (map[string][]time.Time, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[string][]time.Time{}
+	for _, e := range f.events {
+		switch e.Kind {
+		case "instance_replaced", "instance_start_failed":
+			if !e.At.Before(since) {
+				out[e.App] = append(out[e.App], e.At)
+			}
+		}
+	}
+	return out, nil
+}
+
+func (f *fake) Rollback(_ context.Context, name string) (store.App, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	h := f.history[name]
+	if len(h) == 0 {
+		return store.App{}, store.ErrNoHistory
+	}
+	a := f.apps[name]
+	a.Spec, a.Generation = h[len(h)-1], a.Generation+1
+	f.history[name] = h[:len(h)-1]
+	f.apps[name] = a
+	return a, nil
+}
+
+func (f *fake) Put(_ context.Context, l store.Lease, r store.Instance, events ...store.Event) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := time.Now()
+	if old, ok := f.records[r.ID]; ok {
+		r.CreatedAt = old.CreatedAt
+	} else {
+		r.CreatedAt = now
+	}
+	r.UpdatedAt, r.Term = now, l.Term
+	f.records[r.ID] = r
+	f.rev++
+	f.revs[r.ID] = f.rev
+	f.addEvents(events)
+	return nil
+}
+
+func (f *fake) Delete(_ context.Context, _ store.Lease, r store.Instance, events ...store.Event) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.records, r.ID)
+	delete(f.revs, r.ID)
+	f.addEvents(events)
+	return nil
+}
+
+func (f *fake) addEvents(events []store.Event) {
+	for _, e := range events {
+		e.At = time.Now()
+		f.events = append(f.events, e)
+	}
+}
+
+func (f *fake) Event(_ context.Context, _ store.Lease, events ...store.Event) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.addEvents(events)
+	return nil
+}
+
+func (f *fake) SetHealth(_ context.Context, _ store.Lease, health map[string]string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for id, h := range health {
+		if r, ok := f.records[id]; ok {
+			r.Health = h
+			f.records[id] = r
+		}
+	}
+	return nil
+}
+
+func (f *fake) Fail(_ context.Context, _ store.Lease, r store.Instance) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.failed[r.ID] = true
+	return nil
+}
+
+func (f *fake) Revision(_, id string) uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.revs[id]
+}
+
+func (f *fake) listContainers() []docker.Container {
+	out := make([]docker.Container, 0, len(f.containers))
+	for _, c := range f.containers {
+		out = append(out, *c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+func (f *fake) Inspect(_ context.Context, id string) (docker.Container, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, ok := f.containers[id]
+	if !ok {
+		return docker.Container{}, docker.ErrNotFound
+	}
+	return *c, nil
+}
+
+func (f *fake) Events(ctx context.Context, handle func(docker.Event), _ func()) error {
+	f.mu.Lock()
+	f.handle = handle
+	f.mu.Unlock()
+	<-ctx.Done()
+	return nil
+}
+
+// kill makes a container die as Docker reports it: the event first.
+func (f *fake) kill(id string) {
+	f.mu.Lock()
+	c := f.containers[id]
+	handle := f.handle
+	f.mu.Unlock()
+	handle(docker.Event{Action: "die", ContainerID: id, App: c.App, Instance: c.Instance})
+	f.mu.Lock()
+	c.Running = false
+	f.mu.Unlock()
+}
+
+func (f *fake) Create(_ context.Context, o docker.CreateOptions) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ids++
+	id := fmt.Sprintf("c%03d", f.ids)
+	f.containers[id] = &docker.Container{ID: id, App: o.App, Instance: o.Instance, Generation: o.Generation, SpecHash: o.SpecHash,
+		Address: fmt.Sprintf("127.0.0.1:%d", 20000+f.ids), Name: o.Image}
+	return id, nil
+}
+
+func (f *fake) Start(_ context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := f.containers[id]
+	c.Running = f.onStart == nil || f.onStart(docker.CreateOptions{App: c.App, Instance: c.Instance})
+	return nil
+}
+
+func (f *fake) Stop(ctx context.Context, id, _ string, _ time.Duration) error {
+	f.mu.Lock()
+	block := f.stopBlock
+	f.mu.Unlock()
+	if block != nil {
+		select {
+		case <-block:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.stops = append(f.stops, id)
+	if c, ok := f.containers[id]; ok {
+		c.Running = false
+	}
+	return nil
+}
+
+func (f *fake) Remove(_ context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.containers, id)
+	return nil
+}
+
+func (f *fake) ImagePresent(context.Context, string) (bool, error) { return true, nil }
+
+func (f *fake) Pull(context.Context, string, time.Duration) error { return nil }
+
+// snapshot returns the records and the kinds of the events so far.
+func (f *fake) snapshot() (records []store.Instance, events []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, r := range f.records {
+		records = append(records, r)
+	}
+	for _, e := range f.events {
+		events = append(events, e.Kind)
+	}
+	return records, events
+}
+
+func (f *fake) image(r store.Instance) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if c, ok := f.containers[r.ContainerID]; ok {
+		return c.Name
+	}
+	return ""
+}
+
+// harness runs a controller against a fake, with a health table and an
+// agents table the test drives as healthd and lbagent would.
+type harness struct {
+	t      *testing.T
+	f      *fake
+	c      *Controller
+	health *view.Table[*msg.Health]
+	agents *view.Table[*msg.Agent]
+	done   chan error
+	cancel context.CancelFunc
+	once   sync.Once
+}
+
+// fakeContainers adapts fake to Containers (List clashes with Desired's).
+type fakeContainers struct{ *fake }
+
+func (f fakeContainers) List(context.Context) ([]docker.Container, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.listContainers(), nil
+}
+
+func start(t *testing.T, f *fake, cfg Config) *harness {
+	t.Helper()
+	h := &harness{t: t, f: f, done: make(chan error, 1)}
+	var c *Controller
+	h.health = view.NewTable(view.NoTerm[*msg.Health], func() {
+		if c != nil {
+			c.Wake()
+		}
+	})
+	h.agents = view.NewTable(view.NoTerm[*msg.Agent], func() {
+		if c != nil {
+			c.AgentsChanged()
+		}
+	})
+	h.health.Handler().Snapshot(nil, 0)
+	h.agents.Handler().Snapshot(nil, 0)
+	if cfg.Resync == 0 {
+		cfg.Resync = time.Hour // nothing may wait for it
+	}
+	cfg.MaxParallel = max(cfg.MaxParallel, 4)
+	cfg.StartTimeout = max(cfg.StartTimeout, time.Minute)
+	lease := store.Lease{Name: "test", Holder: "me", Term: 1}
+	c = New(cfg, Deps{Desired: f, Records: f, Routing: f, Containers: fakeContainers{f}, Runtime: f, Images: f,
+		Lease: func() (store.Lease, bool) { return lease, true }, Health: h.health, Agents: h.agents}, zaptest.NewLogger(t))
+	h.c = c
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
+	go func() { h.done <- c.Run(ctx) }()
+	t.Cleanup(h.stop)
+	c.Wake()
+	return h
+}
+
+// stop ends Run and requires it to return soon; later calls do nothing.
+func (h *harness) stop() {
+	h.once.Do(func() {
+		h.cancel()
+		select {
+		case err := <-h.done:
+			require.NoError(h.t, err)
+		case <-time.After(5 * time.Second):
+			h.t.Error("Run did not return after its context ended")
+		}
+	})
+}
+
+// setHealth publishes an instance's health as healthd would.
+func (h *harness) setHealth(r store.Instance, status string) {
+	key := msg.InstanceKey(r.App, r.ID)
+	h.health.Handler().Update(bus.Event[*msg.Health]{Key: key, Op: bus.OpPut, Value: &msg.Health{App: r.App, Instance: r.ID, Status: status}})
+}
+
+// setAgent publishes an lbagent's applied revision.
+func (h *harness) setAgent(node string, rev uint64, age time.Duration) {
+	h.agents.Handler().Update(bus.Event[*msg.Agent]{Key: node, Op: bus.OpPut, Value: &msg.Agent{Node: node, AppliedRevision: rev, UpdatedAt: time.Now().Add(-age)}})
+}
+
+func load(t *testing.T, src string) *spec.App {
+	t.Helper()
+	a, err := spec.Load([]byte(src))
+	require.NoError(t, err)
+	return a
+}

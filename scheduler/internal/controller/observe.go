@@ -1,0 +1,222 @@
+package controller
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/scheduler/internal/docker"
+	"github.com/berthhq/berth/scheduler/internal/reconcile"
+	"github.com/berthhq/berth/scheduler/internal/store"
+)
+
+// memory is what the controller learns between cycles and nothing else
+// records: since when each instance has been healthy or unhealthy, which
+// containers Docker reported dead (Docker emits the event before its
+// container list says so, so the event is trusted over the list), and
+// when each app's tripped breaker was last reported. Safe for concurrent use.
+type memory struct {
+	mu             sync.Mutex
+	healthySince   map[string]time.Time // by <app>.<instance>
+	unhealthySince map[string]time.Time
+	dead, oom      map[string]bool      // by container
+	tripped        map[string]time.Time // by app
+}
+
+func newMemory() *memory {
+	return &memory{healthySince: map[string]time.Time{}, unhealthySince: map[string]time.Time{},
+		dead: map[string]bool{}, oom: map[string]bool{}, tripped: map[string]time.Time{}}
+}
+
+func (m *memory) died(container string, oom bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.dead[container] = true
+	if oom {
+		m.oom[container] = true
+	}
+}
+
+// containers applies the dead set to Docker's list and forgets
+// containers that no longer exist.
+func (m *memory) containers(list []docker.Container) map[string]docker.Container {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	by := make(map[string]docker.Container, len(list))
+	for _, ct := range list {
+		if m.dead[ct.ID] {
+			ct.Running = false
+		}
+		by[ct.ID] = ct
+	}
+	for id := range m.dead {
+		if _, ok := by[id]; !ok {
+			delete(m.dead, id)
+			delete(m.oom, id)
+		}
+	}
+	return by
+}
+
+func (m *memory) oomKilled(container string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.oom[container]
+}
+
+// since returns since when key has been healthy and unhealthy, as of now.
+func (m *memory) since(key, status string, now time.Time) (healthy, unhealthy time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	track := func(by map[string]time.Time, on bool) time.Time {
+		if !on {
+			delete(by, key)
+			return time.Time{}
+		}
+		t, ok := by[key]
+		if !ok {
+			t = now
+			by[key] = t
+		}
+		return t
+	}
+	return track(m.healthySince, status == msg.StatusHealthy), track(m.unhealthySince, status == msg.StatusUnhealthy)
+}
+
+// report says whether a tripped breaker should be reported again: once
+// per every period.
+func (m *memory) report(app string, every time.Duration, now time.Time) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if now.Sub(m.tripped[app]) <= every {
+		return false
+	}
+	m.tripped[app] = now
+	return true
+}
+
+// world is one cycle's observation: the planner's input, and what acting
+// on its actions needs.
+type world struct {
+	in      reconcile.Input
+	apps    map[string]store.App
+	records map[string]store.Instance
+	// health is each record's health as observed, where it differs from
+	// what the record says.
+	health map[string]string
+}
+
+// observe reads the desired state, the records, the containers, health
+// and the lbagents, and builds the planner's input.
+func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) (world, error) {
+	apps, err := c.deps.Desired.List(ctx)
+	if err != nil {
+		return world{}, err
+	}
+	records, err := c.deps.Desired.Instances(ctx, "")
+	if err != nil {
+		return world{}, err
+	}
+	list, err := c.deps.Containers.List(ctx)
+	if err != nil {
+		return world{}, err
+	}
+	restarts, err := c.deps.Desired.Restarts(ctx, now.Add(-24*time.Hour))
+	if err != nil {
+		return world{}, err
+	}
+	w := world{in: reconcile.Input{Apps: map[string]reconcile.Desired{}, Term: l.Term, StartTimeout: c.cfg.StartTimeout, Now: now},
+		apps: map[string]store.App{}, records: map[string]store.Instance{}, health: map[string]string{}}
+	for _, a := range apps {
+		s := *a.Spec
+		s.Default()
+		w.in.Apps[a.Name] = c.desired(a, &s)
+		w.apps[a.Name] = a
+		for _, at := range restarts[a.Name] {
+			w.in.Failures = append(w.in.Failures, reconcile.Failure{App: a.Name, At: at})
+		}
+	}
+	containers := c.seen.containers(list)
+	health, _ := c.deps.Health.Rows()
+	drained := c.drained()
+	owned := map[string]bool{}
+	for _, r := range records {
+		w.records[r.ID] = r
+		ct, exists := containers[r.ContainerID]
+		owned[r.ContainerID] = true
+		key := msg.InstanceKey(r.App, r.ID)
+		o := reconcile.Observed{ID: r.ID, App: r.App, Generation: r.Generation, SpecHash: r.SpecHash, State: r.State,
+			CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt, Term: r.Term, ContainerID: r.ContainerID,
+			ContainerRunning: exists && ct.Running, ContainerGone: r.ContainerID != "" && !exists,
+			OOMKilled: c.seen.oomKilled(r.ContainerID)}
+		o.Health = healthOf(health[key], w.apps[r.App].Spec)
+		o.HealthySince, o.UnhealthySince = c.seen.since(key, o.Health, now)
+		if o.Health != r.Health {
+			w.health[r.ID] = o.Health
+		}
+		if r.State == msg.StateDraining {
+			o.Drained = drained(c.deps.Routing.Revision(r.App, r.ID))
+		}
+		w.in.Instances = append(w.in.Instances, o)
+	}
+	for _, ct := range list {
+		if !owned[ct.ID] {
+			w.in.Orphans = append(w.in.Orphans, reconcile.Orphan{ContainerID: ct.ID, App: ct.App, Instance: ct.Instance,
+				SpecHash: ct.SpecHash, Generation: ct.Generation, Running: containers[ct.ID].Running})
+		}
+	}
+	return w, nil
+}
+
+// desired is an app's desired state for the planner.
+func (c *Controller) desired(a store.App, s *spec.App) reconcile.Desired {
+	env := c.cfg.Env.Env(s.Env, c.cfg.Environ)
+	return reconcile.Desired{App: a.Name, Generation: a.Generation, SpecHash: reconcile.SpecHash(s, env),
+		Replicas: a.DesiredReplicas, MaxSurge: s.Update.MaxSurge, MaxUnavailable: s.Update.MaxUnavailable,
+		MinHealthyTime: s.Update.MinHealthyTime.Std(), HealthyDeadline: s.Update.HealthyDeadline.Std(),
+		AutoRollback: s.Update.AutoRollback != nil && *s.Update.AutoRollback, Drain: s.Stop.Drain.Std(),
+		RestartAttempts: s.Restart.MaxAttempts, UnhealthyGrace: unhealthyGrace(s), RestartWindow: s.Restart.Window.Std(),
+		BackoffInitial: s.Restart.BackoffInitial.Std(), BackoffMax: s.Restart.BackoffMax.Std()}
+}
+
+// drained returns whether every live lbagent has applied a revision:
+// then no nginx routes by an older state of the instance written at it.
+// An unknown revision (0) is never drained: the drain time decides.
+func (c *Controller) drained() func(rev uint64) bool {
+	agents, _ := c.deps.Agents.Rows()
+	now := time.Now()
+	return func(rev uint64) bool {
+		if rev == 0 {
+			return false
+		}
+		for _, a := range agents {
+			if now.Sub(a.UpdatedAt) < msg.AgentTTL && a.AppliedRevision < rev {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+// healthOf is an instance's health for planning: healthd's status, or
+// healthy for an app without an enabled check.
+func healthOf(h *msg.Health, s *spec.App) string {
+	switch {
+	case s != nil && !s.Health.IsEnabled():
+		return msg.StatusHealthy
+	case h != nil:
+		return h.Status
+	}
+	return msg.StatusUnknown
+}
+
+// unhealthyGrace is how long an instance may stay unhealthy before it is
+// replaced: three check intervals, at least 5 s; none without a check.
+func unhealthyGrace(s *spec.App) time.Duration {
+	if !s.Health.IsEnabled() {
+		return 0
+	}
+	return max(3*s.Health.Interval.Std(), 5*time.Second)
+}
