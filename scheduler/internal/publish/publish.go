@@ -161,7 +161,14 @@ func (p *Publisher) instances(ctx context.Context, term uint64) (int, error) {
 		if f, ok := p.failed[key]; ok {
 			r = f
 		}
-		if _, err := p.putInstance(ctx, kv, r, term, now); err != nil {
+		b, err := msg.Encode(InstanceView(r, term, now))
+		if err != nil {
+			// One record the contract refuses must not keep every other
+			// instance out of a NATS that came back empty.
+			p.logger.Warn("instance not publishable, skipped", zap.String(logging.KeyApp, r.App), zap.String(logging.KeyInstance, r.ID), zap.Error(err))
+			continue
+		}
+		if err := p.putKey(ctx, kv, key, b); err != nil {
 			return 0, fmt.Errorf("publish instances: %w", err)
 		}
 	}
@@ -284,12 +291,20 @@ func (p *Publisher) putInstance(ctx context.Context, kv *bus.KV, r store.Instanc
 		return 0, err
 	}
 	key := msg.InstanceKey(r.App, r.ID)
-	rev, err := kv.Put(ctx, key, b)
-	if err != nil {
+	if err := p.putKey(ctx, kv, key, b); err != nil {
 		return 0, err
 	}
+	return p.revs[key], nil
+}
+
+// putKey puts an encoded instance and notes the revision (under mu).
+func (p *Publisher) putKey(ctx context.Context, kv *bus.KV, key string, b []byte) error {
+	rev, err := kv.Put(ctx, key, b)
+	if err != nil {
+		return err
+	}
 	p.revs[key] = rev
-	return rev, nil
+	return nil
 }
 
 // Revision returns the revision of the last put of an instance's record by

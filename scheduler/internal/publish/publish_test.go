@@ -1,0 +1,273 @@
+package publish
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/internal/testrig"
+	"github.com/berthhq/berth/scheduler/internal/store"
+)
+
+func TestMain(m *testing.M) { testrig.Main(m) }
+
+// rig is a publisher on a throwaway Postgres and an in-process NATS with
+// no buckets yet (as after a wipe), leading under a lease.
+type rig struct {
+	st    *store.Store
+	conn  *bus.Conn
+	pub   *Publisher
+	names msg.Names
+	lease store.Lease
+}
+
+func newRig(t *testing.T) *rig {
+	t.Helper()
+	ctx := context.Background()
+	st, err := store.Open(ctx, testrig.Postgres(t))
+	require.NoError(t, err)
+	t.Cleanup(st.Close)
+	_, err = st.Migrate(ctx)
+	require.NoError(t, err)
+	conn, err := bus.Connect(ctx, bus.Options{URL: testrig.NATS(t), Name: t.Name()}, zaptest.NewLogger(t))
+	require.NoError(t, err)
+	t.Cleanup(conn.Close)
+	l, ok, err := st.Acquire(ctx, "test", "me", time.Minute)
+	require.NoError(t, err)
+	require.True(t, ok)
+	names, _ := msg.NewNames("berth")
+	return &rig{st: st, conn: conn, pub: New(st, conn, names, zaptest.NewLogger(t)), names: names, lease: l}
+}
+
+func (r *rig) apply(t *testing.T, name string) store.App {
+	t.Helper()
+	s, err := spec.Load([]byte("name: " + name + "\nimage: demo:v1\nport: 8080\nreplicas: 1\n"))
+	require.NoError(t, err)
+	a, _, err := r.st.Apply(context.Background(), s)
+	require.NoError(t, err)
+	return a
+}
+
+// keys returns a bucket's keys, sorted.
+func (r *rig) keys(t *testing.T, bucket string) []string {
+	t.Helper()
+	kv, err := r.conn.KV(context.Background(), bucket)
+	require.NoError(t, err)
+	keys, err := kv.Keys(context.Background())
+	require.NoError(t, err)
+	sort.Strings(keys)
+	return keys
+}
+
+func (r *rig) instance(t *testing.T, app, id string) *msg.Instance {
+	t.Helper()
+	kv, err := r.conn.KV(context.Background(), r.names.InstancesBucket())
+	require.NoError(t, err)
+	e, err := kv.Get(context.Background(), msg.InstanceKey(app, id))
+	if errors.Is(err, bus.ErrKeyNotFound) {
+		return nil
+	}
+	require.NoError(t, err)
+	m, err := msg.DecodeAs[*msg.Instance](e.Value)
+	require.NoError(t, err)
+	return m
+}
+
+func running(app, id string) store.Instance {
+	now := time.Now()
+	return store.Instance{ID: id, App: app, Generation: 1, ContainerID: "0123456789ab" + fmt.Sprintf("%04x", len(id)), Address: "127.0.0.1:30000", State: msg.StateRunning,
+		Health: msg.StatusUnknown, SpecHash: "h", StartedAt: &now}
+}
+
+// events collects the events published on the events subjects.
+func (r *rig) events(t *testing.T) func() []msg.Event {
+	t.Helper()
+	var mu sync.Mutex
+	var got []msg.Event
+	sub, err := r.conn.Subscribe(r.names.AllEvents(), func(_ string, data []byte) {
+		e, err := msg.DecodeAs[*msg.Event](data)
+		require.NoError(t, err)
+		mu.Lock()
+		got = append(got, *e)
+		mu.Unlock()
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = sub.Drain() })
+	return func() []msg.Event {
+		fctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		require.NoError(t, r.conn.Flush(fctx))
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]msg.Event(nil), got...)
+	}
+}
+
+// A NATS that comes back empty is whole again after one All: the buckets
+// are created, every app and every routable instance is put, and keys no
+// record owns are deleted.
+func TestAllRepublishesAppsAndInstancesAndSweeps(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	r := newRig(t)
+	r.apply(t, "web")
+	r.apply(t, "api")
+	require.NoError(t, r.pub.Put(ctx, r.lease, running("web", "a")))
+	require.NoError(t, r.pub.Put(ctx, r.lease, running("api", "b")))
+	creating := store.Instance{ID: "c", App: "web", Generation: 1, State: msg.StateCreating, Health: msg.StatusUnknown, SpecHash: "h"}
+	require.NoError(t, r.pub.Put(ctx, r.lease, creating))
+	bad := running("web", "bad")
+	bad.Address = "not an address"
+	require.NoError(t, r.pub.Tx(ctx, r.lease, func(ctx context.Context, tx *store.Tx) error { return tx.PutInstance(ctx, bad) }))
+
+	// Strays: an app and an instance no record owns.
+	apps, err := r.conn.KV(ctx, r.names.AppsBucket())
+	require.NoError(t, err)
+	_, err = apps.Put(ctx, "ghost", []byte(`{}`))
+	require.NoError(t, err)
+	inst, err := r.conn.KV(ctx, r.names.InstancesBucket())
+	require.NoError(t, err)
+	_, err = inst.Put(ctx, msg.InstanceKey("web", "zombie"), []byte(`{}`))
+	require.NoError(t, err)
+
+	require.NoError(t, r.pub.All(ctx, r.lease.Term))
+	require.Equal(t, []string{"api", "web"}, r.keys(t, r.names.AppsBucket()))
+	require.Equal(t, []string{msg.InstanceKey("api", "b"), msg.InstanceKey("web", "a")}, r.keys(t, r.names.InstancesBucket()),
+		"a creating instance has no address yet: not published; a record the contract refuses is skipped, not fatal")
+	got := r.instance(t, "web", "a")
+	require.Equal(t, r.lease.Term, got.Term)
+	require.Equal(t, "127.0.0.1:30000", got.Address)
+	require.Equal(t, msg.StateRunning, got.State)
+}
+
+// A fresh NATS (the buckets do not exist): All creates them.
+func TestAllCreatesMissingBuckets(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	r := newRig(t)
+	r.apply(t, "web")
+	require.NoError(t, r.pub.Tx(ctx, r.lease, func(ctx context.Context, tx *store.Tx) error { return tx.PutInstance(ctx, running("web", "a")) }))
+	_, err := r.conn.KV(ctx, r.names.InstancesBucket())
+	require.ErrorIs(t, err, bus.ErrBucketNotFound)
+	require.NoError(t, r.pub.All(ctx, r.lease.Term))
+	require.Equal(t, []string{msg.InstanceKey("web", "a")}, r.keys(t, r.names.InstancesBucket()))
+	require.Equal(t, []string{"web"}, r.keys(t, r.names.AppsBucket()))
+}
+
+// An event is published once its transaction commits, with the id
+// Postgres gave it; a transaction that fails, or a deposed leader's,
+// publishes nothing.
+func TestEventsArePublishedAfterCommitOnly(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	r := newRig(t)
+	events := r.events(t)
+	r.apply(t, "web")
+
+	require.NoError(t, r.pub.Put(ctx, r.lease, running("web", "a"), store.Event{App: "web", Instance: "a", Kind: "instance_started", Message: "started"}))
+	boom := errors.New("boom")
+	err := r.pub.Tx(ctx, r.lease, func(ctx context.Context, tx *store.Tx) error {
+		if _, err := tx.AddEvent(ctx, store.Event{App: "web", Kind: "never", Message: "rolled back"}); err != nil {
+			return err
+		}
+		return boom
+	})
+	require.ErrorIs(t, err, boom)
+	deposed := r.lease
+	deposed.Term++
+	require.ErrorIs(t, r.pub.Event(ctx, deposed, store.Event{App: "web", Kind: "never", Message: "not leader"}), store.ErrNotLeader)
+
+	require.Eventually(t, func() bool { return len(events()) >= 1 }, 2*time.Second, 10*time.Millisecond)
+	got := events()
+	require.Len(t, got, 1)
+	require.Equal(t, "instance_started", got[0].Kind)
+	stored, err := r.st.Events(ctx, "web", 0, 10)
+	require.NoError(t, err)
+	require.Len(t, stored, 1)
+	require.Equal(t, stored[0].Kind, got[0].Kind)
+	require.NotEmpty(t, got[0].ID)
+	require.Equal(t, r.lease.Term, got[0].Term)
+}
+
+// A dead container's instance stays failed across republishes until its
+// record is deleted; Delete removes the key.
+func TestFailedSurvivesAllUntilDeleted(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	r := newRig(t)
+	r.apply(t, "web")
+	rec := running("web", "a")
+	require.NoError(t, r.pub.Put(ctx, r.lease, rec))
+	before := r.pub.Revision("web", "a")
+	require.NotZero(t, before)
+	require.NoError(t, r.pub.Fail(ctx, r.lease, rec))
+	require.Greater(t, r.pub.Revision("web", "a"), before, "the revision follows the last put")
+	require.NoError(t, r.pub.All(ctx, r.lease.Term))
+	require.Equal(t, msg.StateFailed, r.instance(t, "web", "a").State, "Postgres still says running; the event wins")
+
+	require.NoError(t, r.pub.Delete(ctx, r.lease, rec, store.Event{App: "web", Instance: "a", Kind: "instance_replaced", Message: "replaced"}))
+	require.Nil(t, r.instance(t, "web", "a"))
+	require.Zero(t, r.pub.Revision("web", "a"))
+	require.NoError(t, r.pub.All(ctx, r.lease.Term))
+	require.Nil(t, r.instance(t, "web", "a"))
+}
+
+// A republish racing an instance's deletion never puts it back.
+func TestAllNeverResurrectsADeletedInstance(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	r := newRig(t)
+	r.apply(t, "web")
+	for i := range 20 {
+		id := "i" + string(rune('a'+i))
+		rec := running("web", id)
+		require.NoError(t, r.pub.Put(ctx, r.lease, rec))
+		var wg sync.WaitGroup
+		wg.Go(func() { require.NoError(t, r.pub.All(ctx, r.lease.Term)) })
+		wg.Go(func() { require.NoError(t, r.pub.Delete(ctx, r.lease, rec)) })
+		wg.Wait()
+		require.Nil(t, r.instance(t, "web", id), "iteration %d", i)
+	}
+}
+
+// One app: put with its event, or deleted with app_deleted once.
+func TestOnePutsOrDeletesAnApp(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	r := newRig(t)
+	events := r.events(t)
+	r.apply(t, "web")
+	require.NoError(t, r.pub.One(ctx, "web", r.lease))
+	require.Equal(t, []string{"web"}, r.keys(t, r.names.AppsBucket()))
+	require.NoError(t, r.st.Delete(ctx, "web"))
+	require.NoError(t, r.pub.One(ctx, "web", r.lease))
+	require.NoError(t, r.pub.One(ctx, "web", r.lease), "a second notification of the same delete")
+	require.Empty(t, r.keys(t, r.names.AppsBucket()))
+	require.Eventually(t, func() bool { return len(events()) == 2 }, 2*time.Second, 10*time.Millisecond)
+	kinds := []string{events()[0].Kind, events()[1].Kind}
+	require.Equal(t, []string{"app_updated", "app_deleted"}, kinds)
+}
+
+func TestTruncateKeepsValidUTF8(t *testing.T) {
+	t.Parallel()
+	long := ""
+	for len(long) < msg.MaxTextLen+10 {
+		long += "é"
+	}
+	got := Truncate(long)
+	require.LessOrEqual(t, len(got), msg.MaxTextLen)
+	require.Equal(t, "short", Truncate("short"))
+	for _, r := range got {
+		require.NotEqual(t, '\uFFFD', r)
+	}
+}
