@@ -108,7 +108,7 @@ func (s *Store) Rollback(ctx context.Context, name string) (app App, err error) 
 			var raw []byte
 			if err := rows.Scan(&raw); err != nil {
 				rows.Close()
-				return err
+				return fmt.Errorf("rollback %s: %w", name, redact(err))
 			}
 			var candidate spec.App
 			if err := json.Unmarshal(raw, &candidate); err != nil {
@@ -139,8 +139,10 @@ func (s *Store) Delete(ctx context.Context, name string) error {
 		if _, err := tx.Exec(ctx, `UPDATE apps SET deleted_at = now(), updated_at = now(), generation = generation + 1 WHERE name = $1`, name); err != nil {
 			return fmt.Errorf("delete %s: %w", name, redact(err))
 		}
-		_, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, AppsChannel, name)
-		return err
+		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, AppsChannel, name); err != nil {
+			return fmt.Errorf("delete %s: notify: %w", name, redact(err))
+		}
+		return nil
 	})
 }
 
@@ -171,11 +173,14 @@ func (s *Store) list(ctx context.Context, name string) ([]App, error) {
 	for rows.Next() {
 		a, err := scanApp(rows)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("list apps: %w", redact(err))
 		}
 		out = append(out, a)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list apps: %w", redact(err))
+	}
+	return out, nil
 }
 
 func scanApp(row pgx.Row) (App, error) {
@@ -280,12 +285,15 @@ func (s *Store) Instances(ctx context.Context, app string) ([]Instance, error) {
 		var i Instance
 		var term int64
 		if err := rows.Scan(&i.ID, &i.App, &i.Generation, &i.ContainerID, &i.Address, &i.State, &i.Health, &i.Restarts, &term, &i.SpecHash, &i.StartedAt, &i.CreatedAt, &i.UpdatedAt); err != nil {
-			return nil, fmt.Errorf("instances of %s: %w", app, err)
+			return nil, fmt.Errorf("instances of %s: %w", app, redact(err))
 		}
 		i.Term = uint64(term)
 		out = append(out, i)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("instances of %s: %w", app, redact(err))
+	}
+	return out, nil
 }
 
 // PutInstance writes an instance record under the transaction's term.
@@ -337,9 +345,12 @@ func (s *Store) Restarts(ctx context.Context, since time.Time) (map[string][]tim
 		var app string
 		var at time.Time
 		if err := rows.Scan(&app, &at); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("restarts: %w", redact(err))
 		}
 		out[app] = append(out[app], at)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("restarts: %w", redact(err))
+	}
+	return out, nil
 }

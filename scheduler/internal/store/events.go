@@ -59,11 +59,14 @@ func (s *Store) Events(ctx context.Context, app string, after int64, limit int) 
 		var details []byte
 		var term int64
 		if err := rows.Scan(&e.ID, &e.App, &e.Instance, &e.Kind, &e.Message, &details, &term, &e.At); err != nil {
-			return nil, fmt.Errorf("events: %w", err)
+			return nil, fmt.Errorf("events: %w", redact(err))
 		}
 		e.Term = uint64(term)
 		_ = json.Unmarshal(details, &e.Details)
 		out = append(out, e)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("events: %w", redact(err))
+	}
+	return out, nil
 }

@@ -97,11 +97,14 @@ func (s *Store) Decisions(ctx context.Context, app string, since time.Time, limi
 		var reasons, limits []byte
 		var term int64
 		if err := rows.Scan(&d.ID, &d.App, &d.Current, &d.Desired, &d.Recommendation, &reasons, &limits, &term, &d.At); err != nil {
-			return nil, fmt.Errorf("decisions: %w", err)
+			return nil, fmt.Errorf("decisions: %w", redact(err))
 		}
 		d.Reasons, d.Term = reasons, uint64(term)
 		_ = json.Unmarshal(limits, &d.Limits)
 		out = append(out, d)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("decisions: %w", redact(err))
+	}
+	return out, nil
 }

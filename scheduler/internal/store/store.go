@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/tern/v2/migrate"
@@ -28,12 +29,21 @@ type Store struct {
 	url  string
 }
 
+// DefaultConnectTimeout bounds each new connection when the database URL
+// sets no connect_timeout.
+const DefaultConnectTimeout = 5 * time.Second
+
 // Open connects to the database at url (a postgres:// URL or a DSN). It
 // does not migrate: run Migrate (scheduler migrate) first.
 func Open(ctx context.Context, url string) (*Store, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("database url: %w", redact(err))
+	}
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		// Without connect_timeout in url a Postgres that drops packets
+		// holds every caller until its own deadline, if it has one.
+		cfg.ConnConfig.ConnectTimeout = DefaultConnectTimeout
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
@@ -118,7 +128,8 @@ func (s *Store) CheckSchema(ctx context.Context) error {
 }
 
 // redact keeps passwords out of errors: pgx may echo the connection
-// string. The error keeps its chain (errors.Is still works).
+// string. The error keeps its chain (errors.Is still works), and it is
+// also ErrUnavailable when it means that Postgres could not be reached.
 func redact(err error) error {
 	if err == nil {
 		return nil
@@ -130,3 +141,7 @@ type redacted struct{ err error }
 
 func (r *redacted) Error() string { return scrub(r.err.Error()) }
 func (r *redacted) Unwrap() error { return r.err }
+
+// Is makes errors.Is(err, ErrUnavailable) true for errors of an
+// unreachable Postgres.
+func (r *redacted) Is(target error) bool { return target == ErrUnavailable && unreachable(r.err) }
