@@ -56,10 +56,16 @@ func TestMain(m *testing.M) {
 }
 
 // buildBinaries compiles the daemons and the example subscriber the way
-// `make build` does (static, CGO_ENABLED=0).
+// `make build` does (static, CGO_ENABLED=0), from this source tree or, when
+// BERTH_E2E_SRC names another (e.g. `git archive <commit>` unpacked), from
+// that one: how a benchmark measures a "before" with today's tests.
 func buildBinaries(dir string) error {
 	_, file, _, _ := runtime.Caller(0)
 	root := filepath.Dir(filepath.Dir(file))
+	if src := os.Getenv("BERTH_E2E_SRC"); src != "" {
+		root = src
+		fmt.Fprintln(os.Stderr, "e2e: daemons built from", src)
+	}
 	cmd := exec.Command("go", "build", "-trimpath", "-o", dir+"/", "./scheduler", "./healthd", "./lbagent", "./examples/berth-watch")
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
