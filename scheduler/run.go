@@ -225,8 +225,8 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 			}
 		})
 	}))
-	group.Add("watch-health", bus.NewWatcher(conn, names.HealthBucket(), decodeMsg[*msg.Health], healthTbl.Handler(), logger))
-	group.Add("watch-agents", bus.NewWatcher(conn, names.AgentsBucket(), decodeMsg[*msg.Agent], agentsTbl.Handler(), logger))
+	group.Add("watch-health", bus.NewWatcher(conn, names.HealthBucket(), bus.Message[*msg.Health], healthTbl.Handler(), logger))
+	group.Add("watch-agents", bus.NewWatcher(conn, names.AgentsBucket(), bus.Message[*msg.Agent], agentsTbl.Handler(), logger))
 	group.Add("controller", ctl)
 	group.Add("scaler", sc)
 	group.Add("publish", lifecycle.Func(func(ctx context.Context) error {
@@ -240,8 +240,6 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	}
 	return err
 }
-
-func decodeMsg[T msg.Message](_ string, data []byte) (T, error) { return msg.DecodeAs[T](data) }
 
 // registryAuth reads the first registry's auth from a Docker config.json
 // (as the base64 value Docker's API expects); empty path, no auth.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 )
 
@@ -53,7 +54,7 @@ func Decode(data []byte) (Message, error) {
 	}
 	newMsg, ok := constructors[h.Type]
 	if !ok {
-		return nil, fmt.Errorf("%w: %q", ErrUnknownType, truncate(h.Type, 64))
+		return nil, fmt.Errorf("%w: %q", ErrUnknownType, Truncate(h.Type, 64)+"…")
 	}
 	m := newMsg()
 	if err := json.Unmarshal(data, m); err != nil {
@@ -97,11 +98,14 @@ func Encode(m Message) ([]byte, error) {
 	return b, nil
 }
 
-func truncate(s string, n int) string {
+// Truncate cuts s to at most n bytes, on a rune boundary, so that the
+// result is valid UTF-8: for free text headed for a message, a log or an
+// error.
+func Truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	return s[:n] + "…"
+	return strings.ToValidUTF8(s[:n], "")
 }
 
 func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/berthhq/berth/common/spec"
 	"github.com/stretchr/testify/require"
@@ -286,4 +287,13 @@ func TestFence(t *testing.T) {
 	require.True(t, f.Accept("web.a", 0), "writes without a term are not fenced")
 	f.Forget("web.a")
 	require.True(t, f.Accept("web.a", 1))
+}
+
+func TestTruncateKeepsValidUTF8(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("é", MaxTextLen)
+	got := Truncate(long, MaxTextLen+1)
+	require.LessOrEqual(t, len(got), MaxTextLen+1)
+	require.True(t, utf8.ValidString(got), "cut on a rune boundary")
+	require.Equal(t, "short", Truncate("short", 10))
 }

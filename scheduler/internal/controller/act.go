@@ -103,14 +103,14 @@ func (c *Controller) do(ctx context.Context, l store.Lease, a reconcile.Action, 
 		return c.drain(ctx, l, rec, a.Reason)
 	case reconcile.Replace:
 		if err := c.deps.Runtime.Remove(ctx, a.ContainerID); err != nil && !errors.Is(err, docker.ErrNotFound) {
-			c.logger.Warn("remove a dead container", zap.String(logging.KeyContainer, short(a.ContainerID)), zap.Error(err))
+			c.logger.Warn("remove a dead container", zap.String(logging.KeyContainer, docker.ShortID(a.ContainerID)), zap.Error(err))
 		}
 		return c.deps.Records.Delete(ctx, l, rec, store.Event{App: a.App, Instance: a.Instance, Kind: "instance_replaced",
 			Message: "instance " + a.Instance + " replaced: " + a.Reason})
 	case reconcile.Adopt:
 		return c.adopt(ctx, l, a)
 	case reconcile.RemoveOrphan:
-		c.logger.Info("removing orphan container", zap.String(logging.KeyApp, a.App), zap.String(logging.KeyContainer, short(a.ContainerID)))
+		c.logger.Info("removing orphan container", zap.String(logging.KeyApp, a.App), zap.String(logging.KeyContainer, docker.ShortID(a.ContainerID)))
 		return c.deps.Runtime.Remove(ctx, a.ContainerID)
 	case reconcile.TripBreaker:
 		if !c.seen.report(a.App, w.in.Apps[a.App].BackoffMax, time.Now()) {
@@ -170,7 +170,7 @@ func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, ha
 	rec.Address, rec.State, rec.StartedAt = ct.Address, msg.StateRunning, &now
 	return c.deps.Records.Put(ctx, l, rec, store.Event{App: app.Name, Instance: id, Kind: "instance_started",
 		Message: fmt.Sprintf("instance %s started at %s (generation %d)", id, ct.Address, app.Generation),
-		Details: map[string]string{"container_id": short(cid), "address": ct.Address, "generation": fmt.Sprint(app.Generation)}})
+		Details: map[string]string{"container_id": docker.ShortID(cid), "address": ct.Address, "generation": fmt.Sprint(app.Generation)}})
 }
 
 // adopt records a running container an earlier leader left as an instance.
@@ -183,7 +183,7 @@ func (c *Controller) adopt(ctx context.Context, l store.Lease, a reconcile.Actio
 	rec := store.Instance{ID: a.Instance, App: a.App, Generation: ct.Generation, ContainerID: ct.ID, Address: ct.Address,
 		State: msg.StateRunning, Health: msg.StatusUnknown, SpecHash: ct.SpecHash, StartedAt: &now}
 	return c.deps.Records.Put(ctx, l, rec, store.Event{App: a.App, Instance: a.Instance, Kind: "instance_adopted",
-		Message: "adopted running container " + short(ct.ID) + ": " + a.Reason})
+		Message: "adopted running container " + docker.ShortID(ct.ID) + ": " + a.Reason})
 }
 
 // drain takes an instance out of nginx: it becomes draining, and the
@@ -284,11 +284,4 @@ func newID() string {
 		b[i] = idAlphabet[int(b[i])%len(idAlphabet)]
 	}
 	return string(b)
-}
-
-func short(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
 }

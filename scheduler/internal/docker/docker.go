@@ -216,7 +216,7 @@ func (c *Client) Create(ctx context.Context, o CreateOptions) (string, error) {
 // Start starts a created container.
 func (c *Client) Start(ctx context.Context, id string) error {
 	if _, err := c.c.ContainerStart(ctx, id, client.ContainerStartOptions{}); err != nil {
-		return fmt.Errorf("docker start %s: %w", short(id), notFound(err))
+		return fmt.Errorf("docker start %s: %w", ShortID(id), notFound(err))
 	}
 	return nil
 }
@@ -226,7 +226,7 @@ func (c *Client) Start(ctx context.Context, id string) error {
 func (c *Client) Stop(ctx context.Context, id, signal string, grace time.Duration) error {
 	secs := int(grace / time.Second)
 	if _, err := c.c.ContainerStop(ctx, id, client.ContainerStopOptions{Signal: signal, Timeout: &secs}); err != nil {
-		return fmt.Errorf("docker stop %s: %w", short(id), notFound(err))
+		return fmt.Errorf("docker stop %s: %w", ShortID(id), notFound(err))
 	}
 	return nil
 }
@@ -234,7 +234,7 @@ func (c *Client) Stop(ctx context.Context, id, signal string, grace time.Duratio
 // Remove removes a container, killing it if it still runs.
 func (c *Client) Remove(ctx context.Context, id string) error {
 	if _, err := c.c.ContainerRemove(ctx, id, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true}); err != nil {
-		return fmt.Errorf("docker remove %s: %w", short(id), notFound(err))
+		return fmt.Errorf("docker remove %s: %w", ShortID(id), notFound(err))
 	}
 	return nil
 }
@@ -243,7 +243,7 @@ func (c *Client) Remove(ctx context.Context, id string) error {
 func (c *Client) Inspect(ctx context.Context, id string) (Container, error) {
 	res, err := c.c.ContainerInspect(ctx, id, client.ContainerInspectOptions{})
 	if err != nil {
-		return Container{}, fmt.Errorf("docker inspect %s: %w", short(id), notFound(err))
+		return Container{}, fmt.Errorf("docker inspect %s: %w", ShortID(id), notFound(err))
 	}
 	r := res.Container
 	ct := Container{ID: r.ID, Name: strings.TrimPrefix(r.Name, "/")}
@@ -370,7 +370,8 @@ func notFound(err error) error {
 	return err
 }
 
-func short(id string) string {
+// ShortID is a container id as Docker shows it: its first 12 digits.
+func ShortID(id string) string {
 	if len(id) > 12 {
 		return id[:12]
 	}

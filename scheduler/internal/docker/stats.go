@@ -61,12 +61,12 @@ func (c *Client) stat(ctx context.Context, id string) (Reading, error) {
 	defer cancel()
 	res, err := c.c.ContainerStats(ctx, id, client.ContainerStatsOptions{Stream: false})
 	if err != nil {
-		return Reading{}, fmt.Errorf("stats of %s: %w", short(id), err)
+		return Reading{}, fmt.Errorf("stats of %s: %w", ShortID(id), err)
 	}
 	defer res.Body.Close()
 	var s container.StatsResponse
 	if err := json.NewDecoder(io.LimitReader(res.Body, 1<<20)).Decode(&s); err != nil {
-		return Reading{}, fmt.Errorf("stats of %s: %w", short(id), err)
+		return Reading{}, fmt.Errorf("stats of %s: %w", ShortID(id), err)
 	}
 	mem := s.MemoryStats.Usage
 	// cgroup v2 reports inactive_file, v1 total_inactive_file: page cache

@@ -14,7 +14,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -393,7 +392,7 @@ func (p *Publisher) Tx(ctx context.Context, l store.Lease, fn func(ctx context.C
 }
 
 func (p *Publisher) publishEvent(ctx context.Context, e store.Event) {
-	b, err := msg.Encode(&msg.Event{ID: fmt.Sprint(e.ID), App: e.App, Instance: e.Instance, Kind: e.Kind, Message: Truncate(e.Message),
+	b, err := msg.Encode(&msg.Event{ID: fmt.Sprint(e.ID), App: e.App, Instance: e.Instance, Kind: e.Kind, Message: msg.Truncate(e.Message, msg.MaxTextLen),
 		Details: e.Details, Term: e.Term, At: e.At})
 	if err == nil {
 		err = p.conn.Publish(ctx, p.names.EventsSubject(e.App, e.Kind), b)
@@ -402,14 +401,6 @@ func (p *Publisher) publishEvent(ctx context.Context, e store.Event) {
 		p.logger.Warn("publish event", zap.String(logging.KeyApp, e.App), zap.String("kind", e.Kind), zap.Error(err))
 	}
 	p.logger.Info("event", zap.String(logging.KeyApp, e.App), zap.String(logging.KeyInstance, e.Instance), zap.String("kind", e.Kind))
-}
-
-// Truncate cuts s to the contract's longest text, on a rune boundary.
-func Truncate(s string) string {
-	if len(s) > msg.MaxTextLen {
-		return strings.ToValidUTF8(s[:msg.MaxTextLen], "")
-	}
-	return s
 }
 
 func (p *Publisher) putApp(ctx context.Context, kv *bus.KV, a store.App, term uint64) error {

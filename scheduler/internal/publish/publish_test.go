@@ -257,17 +257,3 @@ func TestOnePutsOrDeletesAnApp(t *testing.T) {
 	kinds := []string{events()[0].Kind, events()[1].Kind}
 	require.Equal(t, []string{"app_updated", "app_deleted"}, kinds)
 }
-
-func TestTruncateKeepsValidUTF8(t *testing.T) {
-	t.Parallel()
-	long := ""
-	for len(long) < msg.MaxTextLen+10 {
-		long += "é"
-	}
-	got := Truncate(long)
-	require.LessOrEqual(t, len(got), msg.MaxTextLen)
-	require.Equal(t, "short", Truncate("short"))
-	for _, r := range got {
-		require.NotEqual(t, '\uFFFD', r)
-	}
-}
