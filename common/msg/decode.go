@@ -54,7 +54,11 @@ func Decode(data []byte) (Message, error) {
 	}
 	newMsg, ok := constructors[h.Type]
 	if !ok {
-		return nil, fmt.Errorf("%w: %q", ErrUnknownType, Truncate(h.Type, 64)+"…")
+		t := h.Type
+		if len(t) > 64 {
+			t = Truncate(t, 64) + "…"
+		}
+		return nil, fmt.Errorf("%w: %q", ErrUnknownType, t)
 	}
 	m := newMsg()
 	if err := json.Unmarshal(data, m); err != nil {
