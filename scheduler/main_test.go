@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,8 @@ import (
 	"github.com/berthhq/berth/common/bus"
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/internal/testrig"
+	"github.com/berthhq/berth/scheduler/internal/api"
+	"github.com/berthhq/berth/scheduler/internal/store"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 )
@@ -234,4 +237,40 @@ func TestClientErrors(t *testing.T) {
 	code, _, errOut = cmd(t, "status", "--server", "http://127.0.0.1:1")
 	require.Equal(t, 1, code)
 	require.Contains(t, errOut, "cannot reach the scheduler")
+}
+
+func TestClientSaysPostgresIsUnreachable(t *testing.T) {
+	t.Parallel()
+	port := testrig.FreePort(t)
+	st, err := store.Open(context.Background(), fmt.Sprintf("postgres://berth:hunter2@127.0.0.1:%d/berth?sslmode=disable", port))
+	require.NoError(t, err)
+	t.Cleanup(st.Close)
+	srv := httptest.NewServer(api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st}, api.Options{}, zaptest.NewLogger(t)))
+	t.Cleanup(srv.Close)
+	tests := []struct {
+		name string
+		args []string
+	}{
+		{"scale", []string{"scale", "web", "3"}},
+		{"status", []string{"status"}},
+		{"status of an app", []string{"status", "web"}},
+		{"apply", []string{"apply", "-f", writeSpec(t, "name: web\nimage: web:1\nport: 8080\n")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			code, out, errOut := cmd(t, append(tt.args, "--server", srv.URL)...)
+			require.Equal(t, exitFailed, code)
+			require.Empty(t, out)
+			require.Equal(t, "scheduler: "+api.UnavailableMessage+"\n", errOut)
+			require.NotContains(t, errOut, "hunter2")
+		})
+	}
+}
+
+func writeSpec(t *testing.T, src string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "app.yaml")
+	require.NoError(t, os.WriteFile(p, []byte(src), 0o600))
+	return p
 }

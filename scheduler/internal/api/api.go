@@ -26,27 +26,71 @@ import (
 // MaxBody caps a request body.
 const MaxBody = spec.MaxSpecSize
 
-// Store is what the API needs of the store. Safe for concurrent use.
-type Store interface {
+// AppReader reads the desired state of apps and their instances: GET of
+// apps, instances and metrics. Its methods are called concurrently, one
+// per request, in no particular order; errors wrapping store.ErrNotFound
+// answer 404 and store.ErrUnavailable 503.
+type AppReader interface {
+	Get(ctx context.Context, name string) (store.App, error)
+	List(ctx context.Context) ([]store.App, error)
+	Instances(ctx context.Context, app string) ([]store.Instance, error)
+}
+
+// AppWriter changes the desired state of apps, each call in a transaction
+// of its own: PUT, DELETE, scale and rollback. Its methods are called
+// concurrently, also for the same app; the store serialises them.
+type AppWriter interface {
 	Apply(ctx context.Context, a *spec.App) (store.App, bool, error)
 	Scale(ctx context.Context, name string, replicas int) (store.App, error)
 	Rollback(ctx context.Context, name string) (store.App, error)
 	Delete(ctx context.Context, name string) error
-	Get(ctx context.Context, name string) (store.App, error)
-	List(ctx context.Context) ([]store.App, error)
-	Instances(ctx context.Context, app string) ([]store.Instance, error)
+}
+
+// EventReader reads the event log for GET /v1/events. Called concurrently.
+type EventReader interface {
 	Events(ctx context.Context, app string, after int64, limit int) ([]store.Event, error)
+}
+
+// DecisionReader reads an app's autoscaling decisions for its metrics.
+// Called concurrently.
+type DecisionReader interface {
 	Decisions(ctx context.Context, app string, since time.Time, limit int) ([]store.Decision, error)
+}
+
+// Pinger checks that the database answers, for /readyz. Called concurrently.
+type Pinger interface {
 	Ping(ctx context.Context) error
 }
 
-var _ Store = (*store.Store)(nil)
+var (
+	_ AppReader      = (*store.Store)(nil)
+	_ AppWriter      = (*store.Store)(nil)
+	_ EventReader    = (*store.Store)(nil)
+	_ DecisionReader = (*store.Store)(nil)
+	_ Pinger         = (*store.Store)(nil)
+)
+
+// Deps are what the API reads and writes through; every field must be
+// set. The scheduler gives its *store.Store for each.
+type Deps struct {
+	Apps      AppReader
+	Changes   AppWriter
+	Events    EventReader
+	Decisions DecisionReader
+	DB        Pinger
+}
+
+// UnavailableMessage is the error of every answer (503) given while
+// Postgres cannot be reached.
+const UnavailableMessage = "postgres is unreachable: check that Postgres is running and that the scheduler's " +
+	"--database-url (BERTH_SCHEDULER_DATABASE_URL) points at it, then retry"
 
 // Options configure the API.
 type Options struct {
 	// Token, when set, is required as "Authorization: Bearer <token>" on /v1/.
 	Token string
-	// Role reports whether this replica leads and under which term.
+	// Role reports whether this replica leads and under which term; nil
+	// reports a follower. It is called concurrently.
 	Role func() (leader bool, term uint64)
 	// Metrics serves /metrics; nil serves 404.
 	Metrics http.Handler
@@ -56,8 +100,8 @@ type Options struct {
 }
 
 // New returns the API handler.
-func New(st Store, o Options, logger *zap.Logger) http.Handler {
-	a := &api{st: st, o: o, logger: logger.Named("api")}
+func New(d Deps, o Options, logger *zap.Logger) http.Handler {
+	a := &api{d: d, o: o, logger: logger.Named("api")}
 	mux := http.NewServeMux()
 	mux.HandleFunc("PUT /v1/apps/{name}", a.auth(a.apply))
 	mux.HandleFunc("GET /v1/apps", a.auth(a.list))
@@ -77,7 +121,7 @@ func New(st Store, o Options, logger *zap.Logger) http.Handler {
 }
 
 type api struct {
-	st     Store
+	d      Deps
 	o      Options
 	logger *zap.Logger
 }
@@ -136,7 +180,7 @@ func (a *api) apply(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
-	stored, changed, err := a.st.Apply(r.Context(), app)
+	stored, changed, err := a.d.Changes.Apply(r.Context(), app)
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -147,7 +191,7 @@ func (a *api) apply(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) list(w http.ResponseWriter, r *http.Request) {
-	apps, err := a.st.List(r.Context())
+	apps, err := a.d.Apps.List(r.Context())
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -160,12 +204,12 @@ func (a *api) list(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) get(w http.ResponseWriter, r *http.Request) {
-	app, err := a.st.Get(r.Context(), r.PathValue("name"))
+	app, err := a.d.Apps.Get(r.Context(), r.PathValue("name"))
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
-	insts, err := a.st.Instances(r.Context(), app.Name)
+	insts, err := a.d.Apps.Instances(r.Context(), app.Name)
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -180,7 +224,7 @@ func (a *api) get(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) delete(w http.ResponseWriter, r *http.Request) {
-	if err := a.st.Delete(r.Context(), r.PathValue("name")); err != nil {
+	if err := a.d.Changes.Delete(r.Context(), r.PathValue("name")); err != nil {
 		a.fail(w, err)
 		return
 	}
@@ -204,7 +248,7 @@ func (a *api) scale(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, spec.Errors{{Path: "replicas", Message: "must be given as a whole number, e.g. {\"replicas\": 3}"}})
 		return
 	}
-	app, err := a.st.Scale(r.Context(), r.PathValue("name"), *req.Replicas)
+	app, err := a.d.Changes.Scale(r.Context(), r.PathValue("name"), *req.Replicas)
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -213,7 +257,7 @@ func (a *api) scale(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) rollback(w http.ResponseWriter, r *http.Request) {
-	app, err := a.st.Rollback(r.Context(), r.PathValue("name"))
+	app, err := a.d.Changes.Rollback(r.Context(), r.PathValue("name"))
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -235,11 +279,11 @@ type InstanceView struct {
 
 func (a *api) instances(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	if _, err := a.st.Get(r.Context(), name); err != nil {
+	if _, err := a.d.Apps.Get(r.Context(), name); err != nil {
 		a.fail(w, err)
 		return
 	}
-	insts, err := a.st.Instances(r.Context(), name)
+	insts, err := a.d.Apps.Instances(r.Context(), name)
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -287,7 +331,7 @@ const MaxDecisions = 1000
 
 func (a *api) metrics(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	app, err := a.st.Get(r.Context(), name)
+	app, err := a.d.Apps.Get(r.Context(), name)
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -322,7 +366,7 @@ func (a *api) metrics(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if limit > 0 {
-		ds, err := a.st.Decisions(r.Context(), name, time.Time{}, limit)
+		ds, err := a.d.Decisions.Decisions(r.Context(), name, time.Time{}, limit)
 		if err != nil {
 			a.fail(w, err)
 			return
@@ -361,7 +405,7 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	evs, err := a.st.Events(r.Context(), q.Get("app"), after, 500)
+	evs, err := a.d.Events.Events(r.Context(), q.Get("app"), after, 500)
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -390,8 +434,12 @@ func (a *api) ready(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	if err := a.st.Ping(ctx); err != nil {
-		rd.Ready, rd.Error = false, "postgres unreachable"
+	if err := a.d.DB.Ping(ctx); err != nil {
+		a.logger.Warn("not ready", zap.Error(err))
+		rd.Ready, rd.Error = false, UnavailableMessage
+		if !errors.Is(err, store.ErrUnavailable) {
+			rd.Error = "postgres refused the scheduler; see the scheduler's log"
+		}
 		writeJSON(w, http.StatusServiceUnavailable, rd)
 		return
 	}
@@ -412,8 +460,9 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	return body, true
 }
 
-// fail maps an error to its status and JSON body; unexpected errors are
-// logged and answered without their details.
+// fail maps an error to its status and JSON body; an unreachable Postgres
+// and unexpected errors are logged and answered without their details,
+// which could name the database.
 func (a *api) fail(w http.ResponseWriter, err error) {
 	var fields spec.Errors
 	switch {
@@ -423,6 +472,10 @@ func (a *api) fail(w http.ResponseWriter, err error) {
 		writeJSON(w, http.StatusNotFound, Error{Error: err.Error()})
 	case errors.Is(err, store.ErrAutoscaled), errors.Is(err, store.ErrNoHistory):
 		writeJSON(w, http.StatusConflict, Error{Error: err.Error()})
+	case errors.Is(err, store.ErrUnavailable):
+		a.logger.Warn("postgres unreachable", zap.Error(err))
+		w.Header().Set("Retry-After", "5")
+		writeJSON(w, http.StatusServiceUnavailable, Error{Error: UnavailableMessage})
 	default:
 		a.logger.Error("request failed", zap.Error(err))
 		writeJSON(w, http.StatusInternalServerError, Error{Error: "internal error; see the scheduler's log"})

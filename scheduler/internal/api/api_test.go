@@ -3,9 +3,12 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -41,9 +44,14 @@ func newAPIWith(t *testing.T, o Options) *client {
 	_, err = st.Migrate(context.Background())
 	require.NoError(t, err)
 	o.Role = func() (bool, uint64) { return true, 7 }
-	srv := httptest.NewServer(New(st, o, zaptest.NewLogger(t)))
+	srv := httptest.NewServer(New(deps(st), o, zaptest.NewLogger(t)))
 	t.Cleanup(srv.Close)
 	return &client{t: t, url: srv.URL, token: token, st: st}
+}
+
+// deps serves every dependency from st.
+func deps(st *store.Store) Deps {
+	return Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st}
 }
 
 func (c *client) do(method, path, body string) (int, map[string]any, []byte) {
@@ -274,4 +282,79 @@ func TestAppMetrics(t *testing.T) {
 	code, obj, _ = c.do("POST", "/v1/apps/auto/scale", `{"replicas": 5}`)
 	require.Equal(t, http.StatusConflict, code)
 	require.Contains(t, obj["error"], "change scaling.min and scaling.max instead")
+}
+
+func TestPostgresUnreachable(t *testing.T) {
+	t.Parallel()
+	// A store whose Postgres is not listening, with a password that must
+	// not show.
+	port := testrig.FreePort(t)
+	st, err := store.Open(context.Background(), fmt.Sprintf("postgres://berth:hunter2@127.0.0.1:%d/berth?sslmode=disable", port))
+	require.NoError(t, err)
+	t.Cleanup(st.Close)
+	srv := httptest.NewServer(New(deps(st), Options{}, zaptest.NewLogger(t)))
+	t.Cleanup(srv.Close)
+	c := &client{t: t, url: srv.URL}
+	tests := []struct{ name, method, path, body string }{
+		{"list", "GET", "/v1/apps", ""},
+		{"get", "GET", "/v1/apps/web", ""},
+		{"instances", "GET", "/v1/apps/web/instances", ""},
+		{"metrics", "GET", "/v1/apps/web/metrics", ""},
+		{"apply", "PUT", "/v1/apps/web", web},
+		{"scale", "POST", "/v1/apps/web/scale", `{"replicas": 2}`},
+		{"rollback", "POST", "/v1/apps/web/rollback", ""},
+		{"delete", "DELETE", "/v1/apps/web", ""},
+		{"events", "GET", "/v1/events", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := &client{t: t, url: c.url}
+			code, obj, raw := c.do(tt.method, tt.path, tt.body)
+			require.Equal(t, http.StatusServiceUnavailable, code, "%s", raw)
+			require.Equal(t, UnavailableMessage, obj["error"])
+			for _, secret := range []string{"hunter2", strconv.Itoa(port), "berth:"} {
+				require.NotContains(t, string(raw), secret)
+			}
+		})
+	}
+	resp, err := http.Get(srv.URL + "/readyz")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var rd Readiness
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&rd))
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	require.Equal(t, Readiness{Role: "follower", Error: UnavailableMessage}, rd)
+}
+
+// failing answers every call with err.
+type failing struct{ err error }
+
+func (f failing) Get(context.Context, string) (store.App, error)              { return store.App{}, f.err }
+func (f failing) List(context.Context) ([]store.App, error)                   { return nil, f.err }
+func (f failing) Instances(context.Context, string) ([]store.Instance, error) { return nil, f.err }
+
+func TestErrorStatus(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		err  error
+		code int
+		msg  string
+	}{
+		{"not found", fmt.Errorf("get web: %w", store.ErrNotFound), http.StatusNotFound, "get web: store: app not found"},
+		{"unavailable", fmt.Errorf("list apps: %w", store.ErrUnavailable), http.StatusServiceUnavailable, UnavailableMessage},
+		{"anything else", errors.New("list apps: postgres://berth:hunter2@db/x broke"), http.StatusInternalServerError, "internal error; see the scheduler's log"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			srv := httptest.NewServer(New(Deps{Apps: failing{tt.err}}, Options{}, zaptest.NewLogger(t)))
+			t.Cleanup(srv.Close)
+			c := &client{t: t, url: srv.URL}
+			code, obj, _ := c.do("GET", "/v1/apps/web", "")
+			require.Equal(t, tt.code, code)
+			require.Equal(t, tt.msg, obj["error"])
+		})
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -119,6 +120,9 @@ func TestUnavailable(t *testing.T) {
 			_, _, err := s.Holder(ctx, "scheduler")
 			return err
 		}, true},
+		{"no such database", strings.Replace(db, "/t", "/missing_t", 1), func(ctx context.Context, _ *testing.T, s *Store) error {
+			return s.Ping(ctx)
+		}, false},
 		{"caller gave up", via(t, db, silent(t)), func(ctx context.Context, _ *testing.T, s *Store) error {
 			ctx, cancel := context.WithCancel(ctx)
 			cancel()
