@@ -11,9 +11,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
 	"github.com/berthhq/berth/common/bus"
@@ -22,9 +19,13 @@ import (
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/lbagent/internal/accesslog"
 	"github.com/berthhq/berth/lbagent/internal/agent"
+	"github.com/berthhq/berth/lbagent/internal/metric"
 	"github.com/berthhq/berth/lbagent/internal/nginx"
 	"github.com/berthhq/berth/lbagent/internal/render"
+	"github.com/berthhq/berth/lbagent/internal/report"
 	"github.com/berthhq/berth/lbagent/internal/state"
+	"github.com/berthhq/berth/lbagent/internal/templatedir"
+	"github.com/berthhq/berth/lbagent/internal/traffic"
 	"github.com/berthhq/berth/templates"
 )
 
@@ -106,8 +107,32 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 	}
 	bin := nginx.Binary{Path: c.NginxBin, Prefix: c.NginxPrefix, Conf: target}
 	store := state.NewStore()
-	metrics := newMetrics()
 	group := lifecycle.NewGroup(logger, 35*time.Second)
+
+	// The metrics read these at scrape time; the scrape endpoint starts
+	// with the group, after every one of them is set.
+	var (
+		a       *agent.Agent
+		dropped []interface{ Dropped() uint64 }
+		recv    *accesslog.Receiver
+	)
+	metrics := metric.New(metric.Sources{
+		Generation: func() uint64 { return a.Generation() },
+		Dropped: func() uint64 {
+			var n uint64
+			for _, w := range dropped {
+				n += w.Dropped()
+			}
+			return n
+		},
+		Fenced: store.Fenced,
+		AccessInvalid: func() uint64 {
+			if recv == nil {
+				return 0
+			}
+			return recv.Invalid()
+		},
+	})
 
 	var reloader agent.Reloader = nginx.PidFile(c.NginxPid)
 	if c.Manage {
@@ -121,23 +146,12 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 		group.Add("nginx", sup)
 	}
 	lo, hi, _ := c.debounce()
-	rep := &natsReporter{conn: conn, names: names, node: node, logger: logger, metrics: metrics}
-	a := agent.New(agent.Config{
+	a = agent.New(agent.Config{
 		Node: node, Render: c.renderOptions(), Target: target, Staging: filepath.Join(c.StateDir, "staging"),
 		DebounceMin: lo, DebounceMax: hi, Resync: c.Resync, EmptyHold: c.EmptyHold, ConfirmTimeout: c.Confirm,
 		Heartbeat: msg.AgentTTL / 3,
-		Hooks: agent.Hooks{
-			Rendered: func(d time.Duration) { metrics.render.Observe(d.Seconds()) },
-			Held: func(held bool) {
-				if held {
-					metrics.held.Set(1)
-				} else {
-					metrics.held.Set(0)
-				}
-			},
-			Served: func(apps, servers int) { metrics.apps.Set(float64(apps)); metrics.servers.Set(float64(servers)) },
-		},
-	}, store, renderer, nginx.Binary{Path: c.NginxBin}, reloader, rep, logger)
+		Hooks:     agent.Hooks{Rendered: metrics.Rendered, Held: metrics.Held, Served: metrics.Served},
+	}, store, renderer, nginx.Binary{Path: c.NginxBin}, reloader, report.New(conn, names, node, metrics, logger), logger)
 
 	if err := conn.EnsureBuckets(ctx, bus.ContractBuckets(names)); err != nil {
 		logger.Warn("could not ensure buckets yet; watchers wait for them", zap.Error(err))
@@ -145,27 +159,22 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 	apps := bus.NewWatcher(conn, names.AppsBucket(), decode[*msg.App], store.AppsHandler(), logger)
 	insts := bus.NewWatcher(conn, names.InstancesBucket(), decode[*msg.Instance], store.InstancesHandler(), logger)
 	health := bus.NewWatcher(conn, names.HealthBucket(), decode[*msg.Health], store.HealthHandler(), logger)
-	metrics.generation = func() float64 { return float64(a.Generation()) }
-	metrics.watchers = func() float64 { return float64(apps.Dropped() + insts.Dropped() + health.Dropped()) }
-	metrics.fenced = func() float64 { return float64(store.Fenced()) }
+	dropped = append(dropped, apps, insts, health)
 	group.Add("watch-apps", apps)
 	group.Add("watch-instances", insts)
 	group.Add("watch-health", health)
 	group.Add("agent", a)
 	if tmplDir != "" {
-		group.Add("templates", lifecycle.Func(func(ctx context.Context) error { return watchTemplates(ctx, tmplDir, a, logger) }))
+		group.Add("templates", templatedir.New(tmplDir, a, logger))
 	}
 	if c.AccessLog != "" {
 		agg := accesslog.NewAggregator(node, time.Now())
-		recv := accesslog.NewReceiver(c.AccessLog, agg)
-		metrics.accessInvalid = func() float64 { return float64(recv.Invalid()) }
+		recv = accesslog.NewReceiver(c.AccessLog, agg)
 		group.Add("access-log", recv)
-		group.Add("traffic-metrics", lifecycle.Func(func(ctx context.Context) error {
-			return publishTraffic(ctx, conn, names, agg, store.AppNames, c.MetricsWin, logger)
-		}))
+		group.Add("traffic-metrics", traffic.New(conn, names, agg, store.AppNames, c.MetricsWin, logger))
 	}
 	if c.Metrics != "" {
-		group.Add("http", lifecycle.HTTP(&http.Server{Addr: c.Metrics, Handler: lifecycle.OpsHandler(promhttp.HandlerFor(metrics.reg, promhttp.HandlerOpts{}), store.Ready), ReadHeaderTimeout: 5 * time.Second}))
+		group.Add("http", lifecycle.HTTP(&http.Server{Addr: c.Metrics, Handler: lifecycle.OpsHandler(metrics.Handler(), store.Ready), ReadHeaderTimeout: 5 * time.Second}))
 	}
 	logger.Info("lbagent started", zap.String("target", target), zap.Bool("manage_nginx", c.Manage))
 	return group.Run(ctx)
@@ -196,65 +205,6 @@ func ensureInitialConfig(ctx context.Context, c *cli, renderer *render.Renderer,
 		return fmt.Errorf("write initial config: %w", err)
 	}
 	return nil
-}
-
-// watchTemplates reloads the templates when a file in dir changes (the
-// directory is watched, so editors that replace files are seen). A template
-// set that does not load is logged and ignored: the running config stays.
-func watchTemplates(ctx context.Context, dir string, a *agent.Agent, logger *zap.Logger) error {
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		return fmt.Errorf("watch templates: %w", err)
-	}
-	defer w.Close()
-	if err := w.Add(dir); err != nil {
-		return fmt.Errorf("watch templates %s: %w", dir, err)
-	}
-	var settle <-chan time.Time
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case ev := <-w.Events:
-			if filepath.Ext(ev.Name) == ".tmpl" {
-				settle = time.After(200 * time.Millisecond)
-			}
-		case err := <-w.Errors:
-			logger.Warn("template watch error", zap.Error(err))
-		case <-settle:
-			r, err := render.Load(os.DirFS(dir))
-			if err != nil {
-				logger.Error("template edit refused, keeping the running config", zap.Error(err))
-				continue
-			}
-			logger.Info("templates reloaded", zap.String("templates", dir))
-			a.SetRenderer(r)
-		}
-	}
-}
-
-// publishTraffic publishes each app's access log window on
-// <prefix>.v1.metrics.<app> every window, for every app it routes (zero
-// requests included).
-func publishTraffic(ctx context.Context, conn *bus.Conn, names msg.Names, agg *accesslog.Aggregator, routed func() []string, window time.Duration, logger *zap.Logger) error {
-	t := time.NewTicker(window)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case now := <-t.C:
-			for _, m := range agg.Flush(now, routed()) {
-				b, err := msg.Encode(m)
-				if err == nil {
-					err = conn.Publish(ctx, names.MetricsSubject(m.App), b)
-				}
-				if err != nil {
-					logger.Warn("publish traffic metrics", zap.String(logging.KeyApp, m.App), zap.Error(err))
-				}
-			}
-		}
-	}
 }
 
 // snapshotFile is the --dry-run input format: the three buckets' values.
@@ -350,106 +300,3 @@ func loadLive(ctx context.Context, c *cli, store *state.Store, logger *zap.Logge
 	}
 	return nil
 }
-
-// natsReporter publishes reload results and heartbeats the applied state.
-type natsReporter struct {
-	conn    *bus.Conn
-	names   msg.Names
-	node    string
-	logger  *zap.Logger
-	metrics *metrics
-	agents  *bus.KV
-}
-
-func (r *natsReporter) Reload(ctx context.Context, m *msg.Reload) {
-	r.metrics.observe(m)
-	if m.Result == msg.ReloadSkipped {
-		return // not a config change: heartbeats carry the revision
-	}
-	b, err := msg.Encode(m)
-	if err == nil {
-		err = r.conn.Publish(ctx, r.names.ReloadsSubject(r.node), b)
-	}
-	if err != nil {
-		r.logger.Warn("publish reload result", zap.Error(err))
-	}
-}
-
-func (r *natsReporter) Applied(ctx context.Context, m *msg.Agent) {
-	r.metrics.applied(m)
-	b, err := msg.Encode(m)
-	if err != nil {
-		r.logger.Warn("encode agent state", zap.Error(err))
-		return
-	}
-	if r.agents == nil {
-		if r.agents, err = r.conn.KV(ctx, r.names.AgentsBucket()); err != nil {
-			r.logger.Warn("open agents bucket", zap.Error(err))
-			return
-		}
-	}
-	if _, err := r.agents.Put(ctx, r.node, b); err != nil {
-		r.logger.Warn("heartbeat agent state", zap.Error(err))
-	}
-}
-
-// metrics are the lbagent's Prometheus metrics.
-type metrics struct {
-	reg           *prometheus.Registry
-	reloads       *prometheus.CounterVec
-	duration      prometheus.Histogram
-	generation    func() float64
-	revision      prometheus.Gauge
-	lastSuccess   prometheus.Gauge
-	appErrors     *prometheus.CounterVec
-	apps          prometheus.Gauge
-	servers       prometheus.Gauge
-	render        prometheus.Histogram
-	held          prometheus.Gauge
-	watchers      func() float64
-	fenced        func() float64
-	accessInvalid func() float64
-}
-
-func newMetrics() *metrics {
-	m := &metrics{
-		reg:           prometheus.NewRegistry(),
-		reloads:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_lbagent_reloads_total", Help: "Config changes by result: applied, skipped, rejected, failed."}, []string{"result"}),
-		duration:      prometheus.NewHistogram(prometheus.HistogramOpts{Name: "berth_lbagent_reload_duration_seconds", Help: "Render to confirmed-served time of applied changes.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 12)}),
-		generation:    func() float64 { return 0 },
-		revision:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_applied_revision", Help: "Instances bucket revision nginx's config reflects."}),
-		lastSuccess:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_last_success_timestamp_seconds", Help: "When a config was last applied."}),
-		appErrors:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_lbagent_nginx_test_failures_total", Help: "Apps whose config nginx -t refused."}, []string{"app"}),
-		apps:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_apps", Help: "Apps in the applied config."}),
-		servers:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_servers", Help: "Upstream servers in the applied config."}),
-		render:        prometheus.NewHistogram(prometheus.HistogramOpts{Name: "berth_lbagent_render_duration_seconds", Help: "Time to render the whole config.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
-		held:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_snapshot_held", Help: "1 while a snapshot that removes every server is held back."}),
-		watchers:      func() float64 { return 0 },
-		fenced:        func() float64 { return 0 },
-		accessInvalid: func() float64 { return 0 },
-	}
-	m.reg.MustRegister(m.reloads, m.duration, m.revision,
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_lbagent_applied_generation", Help: "Config generation nginx serves."}, func() float64 { return m.generation() }), m.lastSuccess, m.appErrors, m.apps, m.servers, m.render, m.held,
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_lbagent_invalid_messages_total", Help: "NATS values dropped because they failed to decode or validate."}, func() float64 { return m.watchers() }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_lbagent_access_log_invalid_total", Help: "Access log datagrams that failed to parse."}, func() float64 { return m.accessInvalid() }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_lbagent_fenced_writes_total", Help: "Writes dropped because they came from a lower leader term."}, func() float64 { return m.fenced() }),
-	)
-	return m
-}
-
-func (m *metrics) observe(r *msg.Reload) {
-	m.reloads.WithLabelValues(r.Result).Inc()
-	for app := range r.FailedApps {
-		m.appErrors.WithLabelValues(app).Inc()
-	}
-	if r.Result == msg.ReloadApplied || r.Result == msg.ReloadRejected {
-		m.duration.Observe(r.DurationMS / 1000)
-		m.lastSuccess.Set(float64(r.At.Unix()))
-	}
-}
-
-func (m *metrics) applied(a *msg.Agent) {
-	m.revision.Set(float64(a.AppliedRevision))
-}
-
-// opsHandler serves /metrics, /healthz and /readyz (ready once every

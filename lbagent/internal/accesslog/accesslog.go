@@ -23,6 +23,7 @@ import (
 
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/lbagent/internal/traffic"
 )
 
 // Entry is one request as nginx logged it.
@@ -93,6 +94,8 @@ type Aggregator struct {
 	start time.Time
 	apps  map[string]*agg
 }
+
+var _ traffic.Flusher = (*Aggregator)(nil)
 
 // NewAggregator starts a window at now.
 func NewAggregator(node string, now time.Time) *Aggregator {

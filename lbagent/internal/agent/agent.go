@@ -24,6 +24,7 @@ import (
 	"github.com/berthhq/berth/lbagent/internal/nginx"
 	"github.com/berthhq/berth/lbagent/internal/render"
 	"github.com/berthhq/berth/lbagent/internal/state"
+	"github.com/berthhq/berth/lbagent/internal/templatedir"
 )
 
 // Tester runs nginx -t on a config in a staging prefix.
@@ -46,9 +47,10 @@ type Reporter interface {
 }
 
 var (
-	_ Tester   = nginx.Binary{}
-	_ Reloader = nginx.PidFile("")
-	_ Reloader = (*nginx.Supervisor)(nil)
+	_ templatedir.Setter = (*Agent)(nil)
+	_ Tester             = nginx.Binary{}
+	_ Reloader           = nginx.PidFile("")
+	_ Reloader           = (*nginx.Supervisor)(nil)
 )
 
 // Config is how the agent renders, tests and applies.

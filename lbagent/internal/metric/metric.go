@@ -1,0 +1,118 @@
+// Package metric owns the lbagent's Prometheus metrics: reloads and their
+// durations, the applied revision and generation, what nginx serves, held
+// snapshots, and the counters other components keep (dropped NATS values,
+// fenced writes, unparsable access log lines), read when scraped.
+package metric
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/lbagent/internal/report"
+)
+
+// Sources are values other components own, read at each scrape. A nil
+// function reads as zero. They are called from the scraping goroutine, so
+// they must be safe for concurrent use.
+type Sources struct {
+	// Generation is the config generation nginx serves.
+	Generation func() uint64
+	// Dropped counts NATS values that failed to decode or validate.
+	Dropped func() uint64
+	// Fenced counts writes dropped for a lower leader term.
+	Fenced func() uint64
+	// AccessInvalid counts access log datagrams that failed to parse.
+	AccessInvalid func() uint64
+}
+
+// Set is the lbagent's metrics in their own registry. It is safe for
+// concurrent use.
+type Set struct {
+	reg         *prometheus.Registry
+	reloads     *prometheus.CounterVec
+	duration    prometheus.Histogram
+	revision    prometheus.Gauge
+	lastSuccess prometheus.Gauge
+	appErrors   *prometheus.CounterVec
+	apps        prometheus.Gauge
+	servers     prometheus.Gauge
+	render      prometheus.Histogram
+	held        prometheus.Gauge
+}
+
+var _ report.Observer = (*Set)(nil)
+
+// New registers the metrics, reading src at each scrape.
+func New(src Sources) *Set {
+	m := &Set{
+		reg:         prometheus.NewRegistry(),
+		reloads:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_lbagent_reloads_total", Help: "Config changes by result: applied, skipped, rejected, failed."}, []string{"result"}),
+		duration:    prometheus.NewHistogram(prometheus.HistogramOpts{Name: "berth_lbagent_reload_duration_seconds", Help: "Render to confirmed-served time of applied changes.", Buckets: prometheus.ExponentialBuckets(0.005, 2, 12)}),
+		revision:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_applied_revision", Help: "Instances bucket revision nginx's config reflects."}),
+		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_last_success_timestamp_seconds", Help: "When a config was last applied."}),
+		appErrors:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_lbagent_nginx_test_failures_total", Help: "Apps whose config nginx -t refused."}, []string{"app"}),
+		apps:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_apps", Help: "Apps in the applied config."}),
+		servers:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_servers", Help: "Upstream servers in the applied config."}),
+		render:      prometheus.NewHistogram(prometheus.HistogramOpts{Name: "berth_lbagent_render_duration_seconds", Help: "Time to render the whole config.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		held:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_snapshot_held", Help: "1 while a snapshot that removes every server is held back."}),
+	}
+	m.reg.MustRegister(m.reloads, m.duration, m.revision,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_lbagent_applied_generation", Help: "Config generation nginx serves."}, read(src.Generation)),
+		m.lastSuccess, m.appErrors, m.apps, m.servers, m.render, m.held,
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_lbagent_invalid_messages_total", Help: "NATS values dropped because they failed to decode or validate."}, read(src.Dropped)),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_lbagent_access_log_invalid_total", Help: "Access log datagrams that failed to parse."}, read(src.AccessInvalid)),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_lbagent_fenced_writes_total", Help: "Writes dropped because they came from a lower leader term."}, read(src.Fenced)),
+	)
+	return m
+}
+
+func read(f func() uint64) func() float64 {
+	return func() float64 {
+		if f == nil {
+			return 0
+		}
+		return float64(f())
+	}
+}
+
+// Handler serves the metrics in the Prometheus text format.
+func (m *Set) Handler() http.Handler { return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}) }
+
+// Reload counts a config change by result and the apps nginx -t refused;
+// an applied or rejected change also sets its duration and the last
+// success time.
+func (m *Set) Reload(r *msg.Reload) {
+	m.reloads.WithLabelValues(r.Result).Inc()
+	for app := range r.FailedApps {
+		m.appErrors.WithLabelValues(app).Inc()
+	}
+	if r.Result == msg.ReloadApplied || r.Result == msg.ReloadRejected {
+		m.duration.Observe(r.DurationMS / 1000)
+		m.lastSuccess.Set(float64(r.At.Unix()))
+	}
+}
+
+// Applied sets the applied revision.
+func (m *Set) Applied(a *msg.Agent) { m.revision.Set(float64(a.AppliedRevision)) }
+
+// Rendered observes one full render's duration.
+func (m *Set) Rendered(d time.Duration) { m.render.Observe(d.Seconds()) }
+
+// Held sets whether a snapshot is being held back.
+func (m *Set) Held(held bool) {
+	if held {
+		m.held.Set(1)
+	} else {
+		m.held.Set(0)
+	}
+}
+
+// Served sets the apps and servers of the applied config.
+func (m *Set) Served(apps, servers int) {
+	m.apps.Set(float64(apps))
+	m.servers.Set(float64(servers))
+}

@@ -1,0 +1,164 @@
+package report
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/internal/testrig"
+)
+
+// observer records what it sees.
+type observer struct {
+	mu      sync.Mutex
+	reloads []string
+	applied []uint64
+}
+
+func (o *observer) Reload(r *msg.Reload) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.reloads = append(o.reloads, r.Result)
+}
+
+func (o *observer) Applied(a *msg.Agent) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.applied = append(o.applied, a.AppliedRevision)
+}
+
+var _ Observer = (*observer)(nil)
+
+func connect(t *testing.T) (*bus.Conn, msg.Names) {
+	t.Helper()
+	conn, err := bus.Connect(context.Background(), bus.Options{URL: testrig.NATS(t)}, zaptest.NewLogger(t))
+	require.NoError(t, err)
+	t.Cleanup(conn.Close)
+	names, err := msg.NewNames("t")
+	require.NoError(t, err)
+	return conn, names
+}
+
+func TestReload(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name        string
+		result      string
+		failedApps  map[string]string
+		wantPublish bool
+	}{
+		{name: "applied is published", result: msg.ReloadApplied, wantPublish: true},
+		{name: "rejected is published with its apps", result: msg.ReloadRejected, failedApps: map[string]string{"web": "nginx -t: bad"}, wantPublish: true},
+		{name: "failed is published", result: msg.ReloadFailed, wantPublish: true},
+		{name: "skipped is only observed", result: msg.ReloadSkipped},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			conn, names := connect(t)
+			got := make(chan *msg.Reload, 4)
+			sub, err := conn.Subscribe(names.ReloadsSubject("lb-1"), bus.Decoded(msg.DecodeAs[*msg.Reload],
+				func(_ string, r *msg.Reload) { got <- r }, func(_ string, err error) { t.Errorf("undecodable reload: %v", err) }))
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = sub.Drain() })
+			obs := &observer{}
+			r := New(conn, names, "lb-1", obs, zaptest.NewLogger(t))
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			r.Reload(ctx, &msg.Reload{Node: "lb-1", Result: tt.result, DurationMS: 12, Revision: 9, FailedApps: tt.failedApps, At: time.Now()})
+			require.NoError(t, conn.Flush(ctx))
+			// A second, applied reload marks the end: what came before it
+			// was either published or not.
+			r.Reload(ctx, &msg.Reload{Node: "lb-1", Result: msg.ReloadApplied, Revision: 10, At: time.Now()})
+			first := <-got
+			if tt.wantPublish {
+				require.Equal(t, tt.result, first.Result)
+				require.Equal(t, uint64(9), first.Revision)
+				require.Equal(t, tt.failedApps, first.FailedApps)
+				require.Equal(t, uint64(10), (<-got).Revision)
+			} else {
+				require.Equal(t, uint64(10), first.Revision, "a skipped reload is not published")
+			}
+			obs.mu.Lock()
+			defer obs.mu.Unlock()
+			require.Equal(t, []string{tt.result, msg.ReloadApplied}, obs.reloads, "the observer sees every result")
+		})
+	}
+}
+
+func TestApplied(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		// bucketLate creates the agents bucket only after a first Applied.
+		bucketLate bool
+		observer   bool
+	}{
+		{name: "puts the node's state", observer: true},
+		{name: "without an observer"},
+		{name: "waits for the agents bucket, then puts", bucketLate: true, observer: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			conn, names := connect(t)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			ensure := func() { require.NoError(t, conn.EnsureBuckets(ctx, bus.ContractBuckets(names))) }
+			if !tt.bucketLate {
+				ensure()
+			}
+			obs := &observer{}
+			var o Observer
+			if tt.observer {
+				o = obs
+			}
+			r := New(conn, names, "lb-1", o, zaptest.NewLogger(t))
+			state := &msg.Agent{Node: "lb-1", AppliedRevision: 42, Apps: map[string]int64{"web": 3}, UpdatedAt: time.Now()}
+			r.Applied(ctx, state)
+			if tt.bucketLate {
+				ensure()
+				kv, err := conn.KV(ctx, names.AgentsBucket())
+				require.NoError(t, err)
+				_, err = kv.Get(ctx, "lb-1")
+				require.ErrorIs(t, err, bus.ErrKeyNotFound, "nothing was put while the bucket was missing")
+				r.Applied(ctx, state)
+			}
+			kv, err := conn.KV(ctx, names.AgentsBucket())
+			require.NoError(t, err)
+			e, err := kv.Get(ctx, "lb-1")
+			require.NoError(t, err)
+			got, err := msg.DecodeAs[*msg.Agent](e.Value)
+			require.NoError(t, err)
+			require.Equal(t, uint64(42), got.AppliedRevision)
+			require.Equal(t, map[string]int64{"web": 3}, got.Apps)
+			if tt.observer {
+				obs.mu.Lock()
+				defer obs.mu.Unlock()
+				require.NotEmpty(t, obs.applied)
+				require.Equal(t, uint64(42), obs.applied[0])
+			}
+		})
+	}
+}
+
+func TestAppliedInvalidIsNotPut(t *testing.T) {
+	t.Parallel()
+	conn, names := connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, conn.EnsureBuckets(ctx, bus.ContractBuckets(names)))
+	r := New(conn, names, "lb-1", nil, zaptest.NewLogger(t))
+	r.Applied(ctx, &msg.Agent{Node: "Not A Node!", UpdatedAt: time.Now()})
+	kv, err := conn.KV(ctx, names.AgentsBucket())
+	require.NoError(t, err)
+	keys, err := kv.Keys(ctx)
+	require.NoError(t, err)
+	require.Empty(t, keys)
+}
