@@ -19,7 +19,10 @@ PREFIX=berth
 HTTP=127.0.0.1:8080
 API=http://127.0.0.1:7070
 NATS=nats://127.0.0.1:4222
-PG_PORT=55432
+# Every port is below Linux's ephemeral range (32768-60999 by default):
+# there an outgoing connection may hold the port and Postgres, restarted by
+# hand, fails with "address already in use".
+PG_PORT=15432
 PORTS=(8080 8443 8091 7070 4222 9102 9103 $PG_PORT)
 HOST=demo.localhost
 export BERTH_SERVER=$API
