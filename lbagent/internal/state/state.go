@@ -42,6 +42,11 @@ type Snapshot struct {
 	// Instances counts the instance records the snapshot was built from,
 	// routable or not.
 	Instances int
+	// Unsettled counts the running instances with an address that are left
+	// out only for want of data: their app has no record, or their app has
+	// a health check and no health value exists for them. That is what a
+	// NATS reset looks like while the buckets refill, not anyone's intent.
+	Unsettled int
 }
 
 // Servers counts the servers of every app.
@@ -79,9 +84,14 @@ func Routable(app *msg.App, inst *msg.Instance, h *msg.Health) bool {
 // same view always builds the same snapshot.
 func Build(v View) Snapshot {
 	byApp := map[string][]Server{}
+	unsettled := 0
 	for key, inst := range v.Instances {
 		app, ok := v.Apps[inst.App]
-		if !ok || !Routable(app, inst, v.Health[key]) {
+		h := v.Health[key]
+		if inst.State == msg.StateRunning && inst.Address != "" && (!ok || app.Health.IsEnabled() && h == nil) {
+			unsettled++
+		}
+		if !ok || !Routable(app, inst, h) {
 			continue
 		}
 		byApp[inst.App] = append(byApp[inst.App], Server{Instance: inst.ID, Address: inst.Address, Weight: inst.Weight, Backup: inst.Backup})
@@ -91,7 +101,7 @@ func Build(v View) Snapshot {
 		names = append(names, name)
 	}
 	sort.Strings(names)
-	s := Snapshot{Apps: make([]App, 0, len(names)), Revision: v.Revision, Instances: len(v.Instances)}
+	s := Snapshot{Apps: make([]App, 0, len(names)), Revision: v.Revision, Instances: len(v.Instances), Unsettled: unsettled}
 	for _, name := range names {
 		servers := byApp[name]
 		sort.Slice(servers, func(i, j int) bool {
@@ -106,14 +116,17 @@ func Build(v View) Snapshot {
 }
 
 // EmptyHold decides whether next may be applied. A snapshot that removes
-// every server of every app because every instance record vanished, when
-// the applied one had servers, looks like a NATS reset or a wiped bucket
-// rather than intent: it is held back until it has persisted for hold.
-// Instances the scheduler wrote as draining, stopped or failed are intent,
-// and leave at once. since is when the empty state was first seen (zero if
-// it was not); the result says whether to apply and the new since.
+// every server of every app, when the applied one had servers, and in
+// which no instance record says why (every record vanished, or those left
+// are running but lack their app or their health value, as while the
+// buckets refill after a NATS reset) looks like a reset rather than
+// intent: it is held back until it has persisted for hold. Instances the
+// scheduler wrote as draining, stopped or failed, or that healthd found
+// unhealthy, are intent, and leave at once. since is when the empty state
+// was first seen (zero if it was not); the result says whether to apply
+// and the new since.
 func EmptyHold(applied, next Snapshot, since, now time.Time, hold time.Duration) (apply bool, newSince time.Time) {
-	if next.Servers() > 0 || applied.Servers() == 0 || next.Instances > 0 {
+	if next.Servers() > 0 || applied.Servers() == 0 || next.Instances > next.Unsettled {
 		return true, time.Time{}
 	}
 	if since.IsZero() {

@@ -114,6 +114,49 @@ func TestEmptyHold(t *testing.T) {
 	require.True(t, apply, "instances the scheduler stopped are intent, not a wipe")
 }
 
+// TestEmptyHoldWhileBucketsRefill replays NATS coming back empty: the
+// buckets refill one by one, and no step on the way may empty nginx.
+func TestEmptyHoldWhileBucketsRefill(t *testing.T) {
+	t.Parallel()
+	checked := func(name string) *msg.App { return app(name, true) }
+	healthy := &msg.Health{App: "web", Instance: "a", Status: msg.StatusHealthy}
+	unhealthy := &msg.Health{App: "web", Instance: "a", Status: msg.StatusUnhealthy}
+	running := inst("web", "a", msg.StateRunning, "127.0.0.1:1")
+	applied := Build(View{Apps: map[string]*msg.App{"web": checked("web")}, Instances: map[string]*msg.Instance{"web.a": running},
+		Health: map[string]*msg.Health{"web.a": healthy}})
+	require.Equal(t, 1, applied.Servers())
+	t0 := time.Unix(1000, 0)
+	tests := []struct {
+		name      string
+		view      View
+		wantApply bool
+	}{
+		{name: "every bucket empty", view: View{}},
+		{name: "instances back before apps", view: View{Instances: map[string]*msg.Instance{"web.a": running}}},
+		{name: "apps and instances back before health", view: View{Apps: map[string]*msg.App{"web": checked("web")}, Instances: map[string]*msg.Instance{"web.a": running}}},
+		{name: "everything back", view: View{Apps: map[string]*msg.App{"web": checked("web")}, Instances: map[string]*msg.Instance{"web.a": running},
+			Health: map[string]*msg.Health{"web.a": healthy}}, wantApply: true},
+		{name: "found unhealthy is intent", view: View{Apps: map[string]*msg.App{"web": checked("web")}, Instances: map[string]*msg.Instance{"web.a": running},
+			Health: map[string]*msg.Health{"web.a": unhealthy}}, wantApply: true},
+		{name: "stopped is intent", view: View{Apps: map[string]*msg.App{"web": checked("web")},
+			Instances: map[string]*msg.Instance{"web.a": inst("web", "a", msg.StateStopped, "127.0.0.1:1")}}, wantApply: true},
+		{name: "one stopped among unsettled is intent", view: View{Apps: map[string]*msg.App{"web": checked("web")},
+			Instances: map[string]*msg.Instance{"web.a": running, "web.b": inst("web", "b", msg.StateDraining, "127.0.0.1:2")}}, wantApply: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			apply, since := EmptyHold(applied, Build(tt.view), time.Time{}, t0, 30*time.Second)
+			require.Equal(t, tt.wantApply, apply)
+			if !apply {
+				require.Equal(t, t0, since)
+				apply, _ = EmptyHold(applied, Build(tt.view), since, t0.Add(30*time.Second), 30*time.Second)
+				require.True(t, apply, "a state that persists for the hold is applied")
+			}
+		})
+	}
+}
+
 func TestStoreWaitsForAllBucketsAndFences(t *testing.T) {
 	t.Parallel()
 	s := NewStore()
