@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/cmdline"
 	"github.com/berthhq/berth/common/lifecycle"
 	"github.com/berthhq/berth/common/logging"
 	"github.com/berthhq/berth/common/msg"
@@ -30,23 +31,17 @@ func run(args []string, stdout, stderr *os.File) int {
 		return code
 	}
 	if err := c.check(); err != nil {
-		fmt.Fprintf(stderr, "healthd: invalid configuration:\n%v\n", err)
-		if c.CheckConfig {
-			return 1
-		}
-		return 2
+		return cmdline.Invalid(stderr, "healthd", err, c.CheckConfig)
 	}
 	if c.CheckConfig {
 		fmt.Fprintln(stdout, "healthd: configuration is valid")
 		return 0
 	}
-	logger, err := logging.New(logging.Options{Level: c.LogLevel, Format: c.LogFormat, Output: stderr})
+	ctx, logger, stop, err := cmdline.Start(stderr, c.LogLevel, c.LogFormat)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
-		return 2
+		return cmdline.ExitUsage
 	}
-	defer func() { _ = logger.Sync() }()
-	ctx, stop := lifecycle.SignalContext(context.Background(), logger, os.Exit)
 	defer stop()
 	if c.Probe != "" {
 		return probeOnce(ctx, c, stdout, stderr)
@@ -136,10 +131,10 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 	m.transitions = func() float64 { return float64(pub.Transitions.Load()) }
 
 	group := lifecycle.NewGroup(logger, 10*time.Second)
-	group.Add("watch-apps", bus.NewWatcher(conn, names.AppsBucket(), decode[*msg.App], apps.Handler(), logger))
-	group.Add("watch-instances", bus.NewWatcher(conn, names.InstancesBucket(), decode[*msg.Instance], insts.Handler(), logger))
-	group.Add("watch-checkers", bus.NewWatcher(conn, names.CheckersBucket(), decode[*msg.Checker], checkers.Handler(), logger))
-	group.Add("watch-health", bus.NewWatcher(conn, names.HealthBucket(), decode[*msg.Health], health.Handler(), logger))
+	group.Add("watch-apps", bus.NewWatcher(conn, names.AppsBucket(), bus.Message[*msg.App], apps.Handler(), logger))
+	group.Add("watch-instances", bus.NewWatcher(conn, names.InstancesBucket(), bus.Message[*msg.Instance], insts.Handler(), logger))
+	group.Add("watch-checkers", bus.NewWatcher(conn, names.CheckersBucket(), bus.Message[*msg.Checker], checkers.Handler(), logger))
+	group.Add("watch-health", bus.NewWatcher(conn, names.HealthBucket(), bus.Message[*msg.Health], health.Handler(), logger))
 	group.Add("runner", runner)
 	group.Add("publisher", pub)
 	group.Add("targets", lifecycle.Func(func(ctx context.Context) error {
@@ -183,8 +178,6 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 	logger.Info("healthd started", zap.Int("max_concurrency", c.MaxConc))
 	return group.Run(ctx)
 }
-
-func decode[T msg.Message](_ string, data []byte) (T, error) { return msg.DecodeAs[T](data) }
 
 // instrumented counts and times probes.
 type instrumented struct {

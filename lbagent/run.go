@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/cmdline"
 	"github.com/berthhq/berth/common/lifecycle"
 	"github.com/berthhq/berth/common/logging"
 	"github.com/berthhq/berth/common/msg"
@@ -36,18 +37,14 @@ func run(args []string, stdout, stderr *os.File) int {
 		return code
 	}
 	if err := c.check(); err != nil {
-		fmt.Fprintf(stderr, "lbagent: invalid configuration:\n%v\n", err)
-		if c.CheckConfig {
-			return 1
-		}
-		return 2
+		return cmdline.Invalid(stderr, "lbagent", err, c.CheckConfig)
 	}
-	logger, err := logging.New(logging.Options{Level: c.LogLevel, Format: c.LogFormat, Output: stderr})
+	ctx, logger, stop, err := cmdline.Start(stderr, c.LogLevel, c.LogFormat)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
-		return 2
+		return cmdline.ExitUsage
 	}
-	defer func() { _ = logger.Sync() }()
+	defer stop()
 	tmplFS, tmplDir := c.templateFS(logger)
 	renderer, err := render.Load(tmplFS)
 	if err != nil {
@@ -58,8 +55,6 @@ func run(args []string, stdout, stderr *os.File) int {
 		fmt.Fprintln(stdout, "lbagent: configuration and templates are valid")
 		return 0
 	}
-	ctx, stop := lifecycle.SignalContext(context.Background(), logger, os.Exit)
-	defer stop()
 	if c.DryRun != "" {
 		if err := dryRun(ctx, c, renderer, stdout, logger); err != nil {
 			fmt.Fprintf(stderr, "lbagent: dry run: %v\n", err)
@@ -156,9 +151,9 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 	if err := conn.EnsureBuckets(ctx, bus.ContractBuckets(names)); err != nil {
 		logger.Warn("could not ensure buckets yet; watchers wait for them", zap.Error(err))
 	}
-	apps := bus.NewWatcher(conn, names.AppsBucket(), decode[*msg.App], store.AppsHandler(), logger)
-	insts := bus.NewWatcher(conn, names.InstancesBucket(), decode[*msg.Instance], store.InstancesHandler(), logger)
-	health := bus.NewWatcher(conn, names.HealthBucket(), decode[*msg.Health], store.HealthHandler(), logger)
+	apps := bus.NewWatcher(conn, names.AppsBucket(), bus.Message[*msg.App], store.AppsHandler(), logger)
+	insts := bus.NewWatcher(conn, names.InstancesBucket(), bus.Message[*msg.Instance], store.InstancesHandler(), logger)
+	health := bus.NewWatcher(conn, names.HealthBucket(), bus.Message[*msg.Health], store.HealthHandler(), logger)
 	dropped = append(dropped, apps, insts, health)
 	group.Add("watch-apps", apps)
 	group.Add("watch-instances", insts)
@@ -179,8 +174,6 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 	logger.Info("lbagent started", zap.String("target", target), zap.Bool("manage_nginx", c.Manage))
 	return group.Run(ctx)
 }
-
-func decode[T msg.Message](_ string, data []byte) (T, error) { return msg.DecodeAs[T](data) }
 
 // ensureInitialConfig leaves a config a managed nginx can start with: the
 // previous run's config when it still passes nginx -t (so nginx serves
@@ -283,9 +276,9 @@ func loadLive(ctx context.Context, c *cli, store *state.Store, logger *zap.Logge
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	watchers := []lifecycle.Component{
-		bus.NewWatcher(conn, names.AppsBucket(), decode[*msg.App], store.AppsHandler(), logger),
-		bus.NewWatcher(conn, names.InstancesBucket(), decode[*msg.Instance], store.InstancesHandler(), logger),
-		bus.NewWatcher(conn, names.HealthBucket(), decode[*msg.Health], store.HealthHandler(), logger),
+		bus.NewWatcher(conn, names.AppsBucket(), bus.Message[*msg.App], store.AppsHandler(), logger),
+		bus.NewWatcher(conn, names.InstancesBucket(), bus.Message[*msg.Instance], store.InstancesHandler(), logger),
+		bus.NewWatcher(conn, names.HealthBucket(), bus.Message[*msg.Health], store.HealthHandler(), logger),
 	}
 	for _, w := range watchers {
 		go func() { _ = w.Run(ctx) }()

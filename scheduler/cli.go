@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/berthhq/berth/common/bus"
 	"github.com/berthhq/berth/common/cmdline"
-	"github.com/berthhq/berth/common/logging"
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
 )
@@ -207,10 +205,6 @@ func (r *runCmd) id() string {
 	}
 	h, _ := os.Hostname()
 	return msg.NodeID(fmt.Sprintf("%s-%d", h, os.Getpid()))
-}
-
-func (c *cli) logging(stderr io.Writer) logging.Options {
-	return logging.Options{Level: c.LogLevel, Format: c.LogFormat, Output: stderr}
 }
 
 func parse(args []string, stdout, stderr *os.File) (*cli, *kong.Context, int, bool) {

@@ -19,8 +19,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/cmdline"
 	"github.com/berthhq/berth/common/lifecycle"
-	"github.com/berthhq/berth/common/logging"
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/common/view"
@@ -42,27 +42,23 @@ func run(args []string, stdout, stderr *os.File) int {
 	if done {
 		return code
 	}
-	if err := (logging.Options{Level: c.LogLevel, Format: c.LogFormat}).Validate(); err != nil {
+	ctx, logger, stop, err := cmdline.Start(stderr, c.LogLevel, c.LogFormat)
+	if err != nil {
 		fmt.Fprintf(stderr, "scheduler: %v\n", err)
 		return exitUsage
 	}
-	logger, _ := logging.New(c.logging(stderr))
-	defer func() { _ = logger.Sync() }()
-	ctx, stop := lifecycle.SignalContext(context.Background(), logger, os.Exit)
 	defer stop()
 
 	switch kctx.Command() {
 	case "check-config":
 		if err := c.CheckConfig.check(); err != nil {
-			fmt.Fprintf(stderr, "scheduler: invalid configuration:\n%v\n", err)
-			return exitFailed
+			return cmdline.Invalid(stderr, "scheduler", err, true)
 		}
 		fmt.Fprintln(stdout, "scheduler: configuration is valid")
 		return exitOK
 	case "run":
 		if err := c.Run.check(); err != nil {
-			fmt.Fprintf(stderr, "scheduler: invalid configuration:\n%v\n", err)
-			return exitUsage
+			return cmdline.Invalid(stderr, "scheduler", err, false)
 		}
 		if err := serve(ctx, &c.Run, logger); err != nil {
 			logger.Error("scheduler stopped", zap.Error(err))

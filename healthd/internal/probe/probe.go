@@ -149,7 +149,7 @@ func (p *httpProber) probe(ctx context.Context, t Target) Result {
 		return Result{Failure: msg.FailureHTTPStatus, Message: fmt.Sprintf("status %d, want %s", resp.StatusCode, t.Check.ExpectedStatus)}
 	}
 	if t.Check.ExpectedBody != "" && !bytes.Contains(data, []byte(t.Check.ExpectedBody)) {
-		return Result{Failure: msg.FailureBodyMismatch, Message: fmt.Sprintf("body does not contain %q", short(t.Check.ExpectedBody))}
+		return Result{Failure: msg.FailureBodyMismatch, Message: fmt.Sprintf("body does not contain %q", msg.Truncate(t.Check.ExpectedBody, 200))}
 	}
 	return Result{OK: true}
 }
@@ -183,7 +183,7 @@ func (p *tcpProber) probe(ctx context.Context, t Target) Result {
 		got = append(got, buf[:n]...)
 		if err != nil {
 			if errors.Is(err, io.EOF) {
-				return Result{Failure: msg.FailureBodyMismatch, Message: fmt.Sprintf("peer closed without %q", short(t.Check.Expect))}
+				return Result{Failure: msg.FailureBodyMismatch, Message: fmt.Sprintf("peer closed without %q", msg.Truncate(t.Check.Expect, 200))}
 			}
 			return classify(ctx, err)
 		}
@@ -212,17 +212,10 @@ func classify(ctx context.Context, err error) Result {
 	case errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
 		return Result{Failure: msg.FailureConnectionReset, Message: "connection reset or closed"}
 	case errors.As(err, &dnsErr):
-		return Result{Failure: msg.FailureDNS, Message: "dns: " + short(dnsErr.Err)}
+		return Result{Failure: msg.FailureDNS, Message: "dns: " + msg.Truncate(dnsErr.Err, 200)}
 	case errors.As(err, &certErr) || errors.As(err, &unknown) || errors.As(err, &hostErr) || errors.As(err, &invalid) ||
 		errors.As(err, &recErr) || errors.As(err, &alertErr) || strings.Contains(err.Error(), "tls: "):
-		return Result{Failure: msg.FailureTLS, Message: "tls: " + short(err.Error())}
+		return Result{Failure: msg.FailureTLS, Message: "tls: " + msg.Truncate(err.Error(), 200)}
 	}
-	return Result{Failure: msg.FailureProtocol, Message: short(err.Error())}
-}
-
-func short(s string) string {
-	if len(s) > 200 {
-		return s[:200]
-	}
-	return s
+	return Result{Failure: msg.FailureProtocol, Message: msg.Truncate(err.Error(), 200)}
 }

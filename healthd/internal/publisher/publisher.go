@@ -194,7 +194,7 @@ func (p *Publisher) put(ctx context.Context, r checker.Report) {
 		return
 	}
 	s := r.State
-	b, err := msg.Encode(&msg.Health{App: app, Instance: inst, Status: s.Status, Failure: s.Last.Failure, Message: short(s.Last.Message),
+	b, err := msg.Encode(&msg.Health{App: app, Instance: inst, Status: s.Status, Failure: s.Last.Failure, Message: msg.Truncate(s.Last.Message, 512),
 		ConsecutiveSuccesses: s.Successes, ConsecutiveFailures: s.Failures, LatencyMS: ms(s.Last.Latency), Checker: p.id,
 		InstanceTerm: r.Target.Term, Generation: r.Target.Generation, CheckedAt: time.Now().UTC()})
 	if err == nil {
@@ -212,7 +212,7 @@ func (p *Publisher) publishChange(ctx context.Context, r checker.Report, from st
 	}
 	s := r.State
 	b, err := msg.Encode(&msg.HealthChange{App: app, Instance: inst, From: from, To: s.Status, Failure: s.Last.Failure,
-		Message: short(s.Last.Message), LatencyMS: ms(s.Last.Latency), Checker: p.id, At: time.Now().UTC()})
+		Message: msg.Truncate(s.Last.Message, 512), LatencyMS: ms(s.Last.Latency), Checker: p.id, At: time.Now().UTC()})
 	if err == nil {
 		err = p.conn.Publish(ctx, p.names.HealthSubject(app, inst), b)
 	}
@@ -249,10 +249,3 @@ func (p *Publisher) fail(op, key string, err error) {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
-func short(s string) string {
-	if len(s) > 512 {
-		return s[:512]
-	}
-	return s
-}

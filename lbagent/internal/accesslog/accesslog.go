@@ -64,7 +64,7 @@ func Parse(datagram []byte) (Entry, error) {
 	}
 	e := Entry{App: l.App, Status: l.Status, UpstreamMS: -1}
 	if l.App != "" && spec.CheckName(l.App) != nil {
-		return Entry{}, fmt.Errorf("access log: app %q", truncate(l.App, 64))
+		return Entry{}, fmt.Errorf("access log: app %q", msg.Truncate(l.App, 64))
 	}
 	// "0.002", or "0.001, 0.003" after a retry, or "-" when no upstream answered.
 	total, any := 0.0, false
@@ -221,11 +221,4 @@ func (r *Receiver) Run(ctx context.Context) error {
 		}
 		r.agg.Add(e)
 	}
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n]
 }

@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -336,18 +335,18 @@ func (a *Agent) statusURL() string {
 func (a *Agent) agentMessage(lastErr string) *msg.Agent {
 	errs := map[string]string{}
 	for k, v := range a.appErrors {
-		errs[k] = truncate(v, msg.MaxTextLen)
+		errs[k] = msg.Truncate(v, msg.MaxTextLen)
 	}
 	return &msg.Agent{Node: a.cfg.Node, AppliedRevision: a.applied.Revision, Apps: a.appliedApps, Errors: errs,
-		LastError: truncate(lastErr, msg.MaxTextLen), UpdatedAt: a.now().UTC()}
+		LastError: msg.Truncate(lastErr, msg.MaxTextLen), UpdatedAt: a.now().UTC()}
 }
 
 func (a *Agent) report(ctx context.Context, start time.Time, rev uint64, result, errText string, failed map[string]string) {
 	fa := map[string]string{}
 	for k, v := range failed {
-		fa[k] = truncate(v, msg.MaxTextLen)
+		fa[k] = msg.Truncate(v, msg.MaxTextLen)
 	}
-	a.reporter.Reload(ctx, &msg.Reload{Node: a.cfg.Node, Result: result, Revision: rev, Error: truncate(errText, msg.MaxTextLen),
+	a.reporter.Reload(ctx, &msg.Reload{Node: a.cfg.Node, Result: result, Revision: rev, Error: msg.Truncate(errText, msg.MaxTextLen),
 		FailedApps: fa, DurationMS: float64(a.now().Sub(start).Microseconds()) / 1000, At: a.now().UTC()})
 }
 
@@ -533,13 +532,6 @@ func writeAtomic(path string, data []byte) error {
 		dir.Close()
 	}
 	return nil
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return strings.ToValidUTF8(s[:n], "")
 }
 
 // Generation returns the config generation nginx serves; safe from any goroutine.

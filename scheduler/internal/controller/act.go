@@ -41,6 +41,11 @@ func (c *Controller) cycle(ctx context.Context, l store.Lease) (time.Time, int, 
 	}
 	c.mu.Lock()
 	c.draining = draining
+	for id := range c.removing {
+		if _, ok := w.records[id]; !ok {
+			delete(c.removing, id) // removed, and observed so
+		}
+	}
 	c.mu.Unlock()
 	if ce := c.logger.Check(zap.DebugLevel, "planned"); ce != nil {
 		obs := make([]string, 0, len(w.in.Instances))
@@ -211,9 +216,14 @@ func (c *Controller) startRemoval(ctx context.Context, l store.Lease, a reconcil
 		if err != nil && ctx.Err() == nil {
 			c.logger.Warn("remove failed, retrying at the next cycle", zap.String(logging.KeyApp, rec.App), zap.String(logging.KeyInstance, rec.ID), zap.Error(err))
 		}
-		c.mu.Lock()
-		delete(c.removing, a.Instance)
-		c.mu.Unlock()
+		if err != nil {
+			// Retry at the next cycle. After a success the entry stays until
+			// a cycle no longer observes the record: a cycle that observed
+			// it just before the removal ended must not remove it twice.
+			c.mu.Lock()
+			delete(c.removing, a.Instance)
+			c.mu.Unlock()
+		}
 		c.Wake()
 	})
 	return true

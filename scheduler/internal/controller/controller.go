@@ -136,7 +136,8 @@ type Controller struct {
 	// seen tracks what the controller learnt between cycles: health
 	// transitions, dead containers and reported breakers.
 	seen *memory
-	// removing holds the instances whose stop and removal is in flight.
+	// removing holds the instances whose stop and removal is in flight, or
+	// done but not yet observed done.
 	removing map[string]bool
 	// draining is how many draining instances the last cycle saw: while
 	// there are some, an lbagent's confirmation wakes the loop.
