@@ -196,7 +196,19 @@ func available(o Observed, min time.Duration, now time.Time) bool {
 // desired one, in a stable order, and when to plan again.
 func Plan(in Input) Result {
 	var r Result
-	byApp := map[string][]Observed{}
+	// Group by app in one backing array: the plan is dominated by
+	// allocation otherwise.
+	counts := map[string]int{}
+	for _, o := range in.Instances {
+		counts[o.App]++
+	}
+	backing := make([]Observed, len(in.Instances))
+	byApp := make(map[string][]Observed, len(counts))
+	off := 0
+	for app, n := range counts {
+		byApp[app] = backing[off : off : off+n]
+		off += n
+	}
 	for _, o := range in.Instances {
 		byApp[o.App] = append(byApp[o.App], o)
 	}
@@ -325,6 +337,7 @@ func (p *appPlan) rollback(insts []Observed) bool {
 // classify finishes drains, replaces dead containers and stale starts,
 // and sorts the rest into current and old.
 func (p *appPlan) classify(insts []Observed) {
+	p.current = make([]Observed, 0, len(insts))
 	for _, o := range insts {
 		if o.State == msg.StateDraining {
 			p.finishDrain(o)
