@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io/fs"
 	"net/http"
@@ -20,6 +18,7 @@ import (
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/lbagent/internal/accesslog"
 	"github.com/berthhq/berth/lbagent/internal/agent"
+	"github.com/berthhq/berth/lbagent/internal/dryrun"
 	"github.com/berthhq/berth/lbagent/internal/metric"
 	"github.com/berthhq/berth/lbagent/internal/nginx"
 	"github.com/berthhq/berth/lbagent/internal/render"
@@ -56,7 +55,10 @@ func run(args []string, stdout, stderr *os.File) int {
 		return 0
 	}
 	if c.DryRun != "" {
-		if err := dryRun(ctx, c, renderer, stdout, logger); err != nil {
+		_, main := c.target()
+		o := dryrun.Options{Source: c.DryRun, Render: c.renderOptions(), Main: main, Prefix: c.Prefix,
+			Connect: func(ctx context.Context) (*bus.Conn, error) { return c.NATS.Connect(ctx, "lbagent-dry-run", logger) }}
+		if err := dryrun.Run(ctx, renderer, o, stdout, logger); err != nil {
 			fmt.Fprintf(stderr, "lbagent: dry run: %v\n", err)
 			return 1
 		}
@@ -196,100 +198,6 @@ func ensureInitialConfig(ctx context.Context, c *cli, renderer *render.Renderer,
 	}
 	if err := os.WriteFile(bin.Conf, out, 0o644); err != nil {
 		return fmt.Errorf("write initial config: %w", err)
-	}
-	return nil
-}
-
-// snapshotFile is the --dry-run input format: the three buckets' values.
-type snapshotFile struct {
-	Apps      []*msg.App      `json:"apps"`
-	Instances []*msg.Instance `json:"instances"`
-	Health    []*msg.Health   `json:"health"`
-}
-
-func dryRun(ctx context.Context, c *cli, renderer *render.Renderer, stdout *os.File, logger *zap.Logger) error {
-	store := state.NewStore()
-	if c.DryRun == "-" {
-		if err := loadLive(ctx, c, store, logger); err != nil {
-			return err
-		}
-	} else if err := loadFile(c.DryRun, store); err != nil {
-		return err
-	}
-	snap, _ := store.Snapshot()
-	d, conflicts := render.Layout(snap, 1, c.renderOptions())
-	for app, why := range conflicts {
-		logger.Warn("route conflict", zap.String("app", app), zap.String("reason", why))
-	}
-	_, main := c.target()
-	out, err := renderer.Render(d, main)
-	if err != nil {
-		return err
-	}
-	_, err = stdout.Write(out)
-	return err
-}
-
-func loadFile(path string, store *state.Store) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	var f snapshotFile
-	if err := json.Unmarshal(b, &f); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	var apps []bus.Event[*msg.App]
-	for i, a := range f.Apps {
-		if err := a.Validate(); err != nil {
-			return fmt.Errorf("%s: apps[%d]: %w", path, i, err)
-		}
-		apps = append(apps, bus.Event[*msg.App]{Key: a.Name, Value: a})
-	}
-	var insts []bus.Event[*msg.Instance]
-	for i, in := range f.Instances {
-		if err := in.Validate(); err != nil {
-			return fmt.Errorf("%s: instances[%d]: %w", path, i, err)
-		}
-		insts = append(insts, bus.Event[*msg.Instance]{Key: msg.InstanceKey(in.App, in.ID), Value: in})
-	}
-	var hs []bus.Event[*msg.Health]
-	for i, h := range f.Health {
-		if err := h.Validate(); err != nil {
-			return fmt.Errorf("%s: health[%d]: %w", path, i, err)
-		}
-		hs = append(hs, bus.Event[*msg.Health]{Key: msg.InstanceKey(h.App, h.Instance), Value: h})
-	}
-	store.AppsHandler().Snapshot(apps, 0)
-	store.InstancesHandler().Snapshot(insts, 0)
-	store.HealthHandler().Snapshot(hs, 0)
-	return nil
-}
-
-func loadLive(ctx context.Context, c *cli, store *state.Store, logger *zap.Logger) error {
-	names, _ := msg.NewNames(c.Prefix)
-	conn, err := c.NATS.Connect(ctx, "lbagent-dry-run", logger)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	watchers := []lifecycle.Component{
-		bus.NewWatcher(conn, names.AppsBucket(), bus.Message[*msg.App], store.AppsHandler(), logger),
-		bus.NewWatcher(conn, names.InstancesBucket(), bus.Message[*msg.Instance], store.InstancesHandler(), logger),
-		bus.NewWatcher(conn, names.HealthBucket(), bus.Message[*msg.Health], store.HealthHandler(), logger),
-	}
-	for _, w := range watchers {
-		go func() { _ = w.Run(ctx) }()
-	}
-	for !store.Ready() {
-		select {
-		case <-ctx.Done():
-			return errors.New("NATS state did not load within 15s")
-		case <-store.Changed():
-		case <-time.After(50 * time.Millisecond):
-		}
 	}
 	return nil
 }
