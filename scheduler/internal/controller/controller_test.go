@@ -323,3 +323,20 @@ func count(kinds []string, kind string) int {
 	}
 	return n
 }
+
+// What the controller remembers of instances and apps goes with them.
+func TestMemoryForgetsWhatIsGone(t *testing.T) {
+	t.Parallel()
+	m := newMemory()
+	now := time.Now()
+	m.since("web.a", msg.StatusHealthy, now)
+	m.since("web.b", msg.StatusUnhealthy, now)
+	require.True(t, m.report("web", time.Minute, now))
+	require.True(t, m.report("gone", time.Minute, now))
+	m.forget(map[string]bool{"web.a": true}, map[string]store.App{"web": {Name: "web"}})
+	require.Len(t, m.healthySince, 1)
+	require.Empty(t, m.unhealthySince)
+	require.Contains(t, m.tripped, "web")
+	require.NotContains(t, m.tripped, "gone")
+	require.False(t, m.report("web", time.Minute, now.Add(time.Second)), "reported once per period")
+}

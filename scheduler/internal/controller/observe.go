@@ -85,6 +85,25 @@ func (m *memory) since(key, status string, now time.Time) (healthy, unhealthy ti
 	return track(m.healthySince, status == msg.StatusHealthy), track(m.unhealthySince, status == msg.StatusUnhealthy)
 }
 
+// forget drops what is remembered of instances not in live (by
+// <app>.<instance>) and of apps not in apps: they are gone.
+func (m *memory) forget(live map[string]bool, apps map[string]store.App) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, by := range []map[string]time.Time{m.healthySince, m.unhealthySince} {
+		for key := range by {
+			if !live[key] {
+				delete(by, key)
+			}
+		}
+	}
+	for app := range m.tripped {
+		if _, ok := apps[app]; !ok {
+			delete(m.tripped, app)
+		}
+	}
+}
+
 // report says whether a tripped breaker should be reported again: once
 // per every period.
 func (m *memory) report(app string, every time.Duration, now time.Time) bool {
@@ -141,12 +160,13 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 	containers := c.seen.containers(list)
 	health, _ := c.deps.Health.Rows()
 	drained := c.drained()
-	owned := map[string]bool{}
+	owned, live := map[string]bool{}, make(map[string]bool, len(records))
 	for _, r := range records {
 		w.records[r.ID] = r
 		ct, exists := containers[r.ContainerID]
 		owned[r.ContainerID] = true
 		key := msg.InstanceKey(r.App, r.ID)
+		live[key] = true
 		o := reconcile.Observed{ID: r.ID, App: r.App, Generation: r.Generation, SpecHash: r.SpecHash, State: r.State,
 			CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt, Term: r.Term, ContainerID: r.ContainerID,
 			ContainerRunning: exists && ct.Running, ContainerGone: r.ContainerID != "" && !exists,
@@ -161,6 +181,7 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 		}
 		w.in.Instances = append(w.in.Instances, o)
 	}
+	c.seen.forget(live, w.apps)
 	for _, ct := range list {
 		if !owned[ct.ID] {
 			w.in.Orphans = append(w.in.Orphans, reconcile.Orphan{ContainerID: ct.ID, App: ct.App, Instance: ct.Instance,
