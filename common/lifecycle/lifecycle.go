@@ -235,3 +235,17 @@ func OpsHandler(metrics http.Handler, ready func() bool) http.Handler {
 	})
 	return mux
 }
+
+// Every runs fn each period until ctx ends; fn never overlaps itself.
+func Every(ctx context.Context, period time.Duration, fn func()) {
+	tick := time.NewTicker(period)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			fn()
+		}
+	}
+}

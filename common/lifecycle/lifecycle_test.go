@@ -141,3 +141,24 @@ func TestSignalContextStopReleases(t *testing.T) {
 	stop() // idempotent
 	require.Error(t, ctx.Err())
 }
+
+func TestEveryRunsUntilTheContextEnds(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	var n atomic.Int32
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		Every(ctx, 5*time.Millisecond, func() {
+			if n.Add(1) == 3 {
+				cancel()
+			}
+		})
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Every did not return when its context ended")
+	}
+	require.Equal(t, int32(3), n.Load())
+}

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 
+	"github.com/berthhq/berth/common/lifecycle"
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/docker"
@@ -70,19 +71,12 @@ func (h *harness) healthd(ctx context.Context, delay time.Duration) {
 
 // lbagent applies every revision after delay, as a live lbagent would.
 func (h *harness) lbagent(ctx context.Context, delay time.Duration) {
-	tick := time.NewTicker(delay)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-			h.f.mu.Lock()
-			rev := h.f.rev
-			h.f.mu.Unlock()
-			h.setAgent("lb-1", rev, 0)
-		}
-	}
+	lifecycle.Every(ctx, delay, func() {
+		h.f.mu.Lock()
+		rev := h.f.rev
+		h.f.mu.Unlock()
+		h.setAgent("lb-1", rev, 0)
+	})
 }
 
 // converged reports whether the app runs n instances of image, all

@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/berthhq/berth/common/lifecycle"
 	"github.com/berthhq/berth/common/logging"
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/scheduler/internal/autoscale"
@@ -29,7 +30,7 @@ const (
 // scaleLoop decides every autoscaled app each Interval, and keeps the
 // policies current on followers too.
 func (s *Scaler) scaleLoop(ctx context.Context) {
-	every(ctx, s.cfg.Interval, func() {
+	lifecycle.Every(ctx, s.cfg.Interval, func() {
 		started := time.Now()
 		if err := s.scaleRound(ctx, started); err != nil && ctx.Err() == nil {
 			s.logger.Warn("autoscaler round failed, retrying next interval", zap.Error(err))

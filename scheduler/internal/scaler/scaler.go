@@ -225,20 +225,6 @@ func (s *Scaler) gated(h bus.MsgHandler) bus.MsgHandler {
 	}
 }
 
-// every runs fn each period until ctx ends.
-func every(ctx context.Context, period time.Duration, fn func()) {
-	tick := time.NewTicker(period)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-			fn()
-		}
-	}
-}
-
 // Samples returns an autoscaled app's samples inside its window, as this
 // replica holds them (every replica does), and its policy; ok is false for
 // an app this replica does not know as autoscaled.

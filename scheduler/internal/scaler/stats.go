@@ -6,6 +6,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/berthhq/berth/common/lifecycle"
 	"github.com/berthhq/berth/common/logging"
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/scheduler/internal/docker"
@@ -15,7 +16,7 @@ import (
 // statsLoop reads Docker stats of the autoscaled apps' containers each
 // StatsInterval while leading, and publishes them per app.
 func (s *Scaler) statsLoop(ctx context.Context) {
-	every(ctx, s.cfg.StatsInterval, func() {
+	lifecycle.Every(ctx, s.cfg.StatsInterval, func() {
 		l, ok := s.lease()
 		if !ok {
 			s.readings = nil
