@@ -211,9 +211,18 @@ func (f *fake) Events(ctx context.Context, handle func(docker.Event), _ func()) 
 
 // kill makes a container die as Docker reports it: the event first.
 func (f *fake) kill(id string) {
+	var handle func(docker.Event)
+	for range 500 { // the controller's event stream may not be open yet
+		f.mu.Lock()
+		handle = f.handle
+		f.mu.Unlock()
+		if handle != nil {
+			break
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 	f.mu.Lock()
 	c := f.containers[id]
-	handle := f.handle
 	f.mu.Unlock()
 	handle(docker.Event{Action: "die", ContainerID: id, App: c.App, Instance: c.Instance})
 	f.mu.Lock()
