@@ -27,6 +27,7 @@ type cli struct {
 	NginxPid    string `name:"nginx-pid-file" help:"Pid file of the nginx to reload when lbagent does not manage it." default:"/run/nginx.pid" env:"BERTH_LBAGENT_NGINX_PID_FILE" type:"path"`
 	NginxPrefix string `name:"nginx-prefix" help:"Prefix (-p) of a managed nginx: its run/, logs/ and temp/ live here." default:"/var/lib/berth/nginx" env:"BERTH_LBAGENT_NGINX_PREFIX" type:"path"`
 	Manage      bool   `name:"manage-nginx" help:"Start nginx as a child and supervise it (the sidecar image); needs --nginx-conf." default:"false" env:"BERTH_LBAGENT_MANAGE_NGINX"`
+	LeaveNginx  bool   `name:"leave-nginx-running" help:"With --manage-nginx: on a clean stop (SIGTERM) leave nginx serving, for the next lbagent to adopt, instead of quitting it gracefully." default:"false" env:"BERTH_LBAGENT_LEAVE_NGINX_RUNNING"`
 	StateDir    string `name:"state-dir" help:"Directory for the staging tree used by nginx -t." default:"/var/lib/berth/lbagent" env:"BERTH_LBAGENT_STATE_DIR" type:"path"`
 
 	ListenHTTP   string        `name:"listen-http" help:"Where nginx accepts app traffic." default:"0.0.0.0:80" env:"BERTH_LBAGENT_LISTEN_HTTP"`

@@ -6,8 +6,13 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -344,4 +349,218 @@ func TestDryRunFromFile(t *testing.T) {
 	bad := filepath.Join(t.TempDir(), "bad.json")
 	require.NoError(t, os.WriteFile(bad, []byte(strings.Replace(snap, `"web.example.com"`, `"web.example.com; }"`, 1)), 0o644))
 	require.Equal(t, 1, run([]string{"--dry-run", bad, "--conf-dir", t.TempDir(), "--log-level", "error"}, out, out))
+}
+
+// lbagentProcessEnv makes the test binary run lbagent itself (see TestMain),
+// so that a test can SIGKILL a real lbagent process.
+const lbagentProcessEnv = "BERTH_LBAGENT_TEST_RUN_LBAGENT"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(lbagentProcessEnv) == "1" {
+		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+// lbagentProcess is lbagent running as a process of its own.
+type lbagentProcess struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error // cmd.Wait's, once done is closed
+}
+
+// startLBAgentProcess runs lbagent with args as a child process whose output
+// is appended to logPath; it is killed when the test ends.
+func startLBAgentProcess(t *testing.T, logPath string, args ...string) *lbagentProcess {
+	t.Helper()
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	require.NoError(t, err)
+	defer logf.Close()
+	cmd := exec.Command(exe, args...)
+	cmd.Env = append(os.Environ(), lbagentProcessEnv+"=1")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	require.NoError(t, cmd.Start())
+	p := &lbagentProcess{cmd: cmd, done: make(chan struct{})}
+	go func() { p.err = cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-p.done })
+	return p
+}
+
+// wait waits up to timeout for the process to exit and returns how it ended.
+func (p *lbagentProcess) wait(t *testing.T, timeout time.Duration) error {
+	t.Helper()
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(timeout):
+		t.Fatalf("lbagent %d did not exit within %s", p.cmd.Process.Pid, timeout)
+		return nil
+	}
+}
+
+// nginxMasters returns the pids of the live nginx masters started with -p
+// prefix, found in /proc.
+func nginxMasters(t *testing.T, prefix string) []int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	require.NoError(t, err)
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		title := strings.TrimRight(string(cmdline), "\x00") + " "
+		if err != nil || !strings.HasPrefix(title, "nginx: master process ") || !strings.Contains(title, " -p "+prefix+" ") {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if i := strings.LastIndexByte(string(stat), ')'); err == nil && i > 0 && i+2 < len(stat) && stat[i+2] != 'Z' {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// steadyLoad sends GETs through nginx from a few clients until stopped and
+// counts every failure: each request on a fresh connection, with a body
+// that net/http cannot replay, so no failure is hidden by a retry.
+type steadyLoad struct {
+	ok, failed atomic.Int64
+	mu         sync.Mutex
+	errs       []string
+	stop       chan struct{}
+	wg         sync.WaitGroup
+}
+
+func startSteadyLoad(url string, clients int) *steadyLoad {
+	l := &steadyLoad{stop: make(chan struct{})}
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	fail := func(what string) {
+		l.failed.Add(1)
+		l.mu.Lock()
+		if len(l.errs) < 10 {
+			l.errs = append(l.errs, time.Now().Format("15:04:05.000")+" "+what)
+		}
+		l.mu.Unlock()
+	}
+	for range clients {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for {
+				select {
+				case <-l.stop:
+					return
+				case <-time.After(2 * time.Millisecond):
+				}
+				req, err := http.NewRequest(http.MethodGet, url, io.NopCloser(strings.NewReader("")))
+				if err != nil {
+					fail(err.Error())
+					continue
+				}
+				resp, err := client.Do(req)
+				if err != nil {
+					fail(err.Error())
+					continue
+				}
+				_, err = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if err != nil || resp.StatusCode != http.StatusOK {
+					fail(fmt.Sprintf("status %d, body: %v", resp.StatusCode, err))
+					continue
+				}
+				l.ok.Add(1)
+			}
+		}()
+	}
+	return l
+}
+
+func (l *steadyLoad) halt() (ok, failed int64, errs []string) {
+	close(l.stop)
+	l.wg.Wait()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.ok.Load(), l.failed.Load(), l.errs
+}
+
+func TestManagedNginxOutlivesKilledLBAgent(t *testing.T) {
+	t.Parallel()
+	testrig.NginxBin(t)
+	cl := newCluster(t)
+	dir := t.TempDir()
+	// Registered first, so it runs last: whatever the outcome, no nginx of
+	// this test outlives it.
+	t.Cleanup(func() {
+		for _, pid := range nginxMasters(t, dir) {
+			_ = syscall.Kill(pid, syscall.SIGQUIT)
+		}
+		require.Eventually(t, func() bool { return len(nginxMasters(t, dir)) == 0 }, 15*time.Second, 20*time.Millisecond)
+	})
+	logPath := filepath.Join(dir, "lbagent.log")
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			t.Logf("lbagent output:\n%s", tail(string(b), 20000))
+		}
+	})
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
+	args := []string{"--nats-url", cl.url, "--node", "lb-kill", "--manage-nginx",
+		"--nginx-bin", testrig.NginxBin(t), "--nginx-conf", filepath.Join(dir, "conf", "nginx.conf"), "--nginx-prefix", dir,
+		"--state-dir", filepath.Join(dir, "state"), "--listen-http", httpAddr,
+		"--listen-https", fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t)),
+		"--status-listen", fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t)), "--metrics-listen", "",
+		"--templates", filepath.Join(dir, "none"), "--debounce", "10ms:100ms"}
+
+	first := startLBAgentProcess(t, logPath, args...)
+	cl.app("demo")
+	cl.instance("demo", "a", testrig.Backend(t, "A"), msg.StateRunning)
+	require.Equal(t, "A", testrig.WaitHTTP(t, "http://"+httpAddr+"/", 30*time.Second))
+	masters := nginxMasters(t, dir)
+	require.Len(t, masters, 1)
+	master := masters[0]
+
+	load := startSteadyLoad("http://"+httpAddr+"/", 4)
+	time.Sleep(300 * time.Millisecond)
+	require.NoError(t, first.cmd.Process.Signal(syscall.SIGKILL))
+	require.Error(t, first.wait(t, 10*time.Second), "lbagent was killed")
+	before := load.ok.Load()
+	time.Sleep(time.Second)
+	require.Greater(t, load.ok.Load(), before+10, "nginx keeps serving while no lbagent runs")
+	require.Equal(t, []int{master}, nginxMasters(t, dir))
+
+	// A new lbagent adopts the running master and applies a later change.
+	second := startLBAgentProcess(t, logPath, args...)
+	cl.instance("demo", "b", testrig.Backend(t, "B"), msg.StateRunning)
+	require.Eventually(t, func() bool {
+		for range 4 {
+			if _, body := get("http://" + httpAddr + "/"); body == "B" {
+				return true
+			}
+		}
+		return false
+	}, 30*time.Second, 20*time.Millisecond, "the new lbagent applies a state change to the adopted nginx")
+	time.Sleep(300 * time.Millisecond)
+	ok, failed, errs := load.halt()
+	t.Logf("requests: %d ok, %d failed", ok, failed)
+	require.Zero(t, failed, "no request fails while lbagent is killed and replaced: %v", errs)
+	require.Greater(t, ok, int64(100))
+	require.Equal(t, []int{master}, nginxMasters(t, dir), "the same master serves: adopted, not started again")
+
+	// A clean stop still quits nginx.
+	require.NoError(t, second.cmd.Process.Signal(syscall.SIGTERM))
+	require.NoError(t, second.wait(t, 40*time.Second), "a clean stop exits 0")
+	require.Eventually(t, func() bool { return len(nginxMasters(t, dir)) == 0 }, 10*time.Second, 20*time.Millisecond,
+		"a clean stop quits nginx")
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[len(s)-n:]
 }

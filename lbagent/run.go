@@ -87,7 +87,8 @@ func (c *cli) renderOptions() render.Options {
 }
 
 // serve runs the agent until ctx ends, leaving nginx serving the last good
-// config (a managed nginx quits gracefully with lbagent).
+// config (a managed nginx quits gracefully with lbagent, unless
+// --leave-nginx-running).
 func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir string, logger *zap.Logger) error {
 	names, _ := msg.NewNames(c.Prefix)
 	node := c.node()
@@ -133,12 +134,18 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 
 	var reloader agent.Reloader = nginx.PidFile(c.NginxPid)
 	if c.Manage {
-		// nginx needs a valid config before it starts: render the empty state
-		// unless a previous run left one that still passes nginx -t.
-		if err := ensureInitialConfig(ctx, c, renderer, bin, main); err != nil {
-			return err
-		}
 		sup := nginx.NewSupervisor(bin, logger)
+		sup.LeaveRunning = c.LeaveNginx
+		// A master a previous lbagent left running is adopted as it is: its
+		// config was tested, and nginx -t in its prefix would overwrite its
+		// pid file. Otherwise nginx needs a valid config before it starts:
+		// render the empty state unless a previous run left one that still
+		// passes nginx -t.
+		if _, err := sup.Master(); err != nil {
+			if err := ensureInitialConfig(ctx, c, renderer, bin, main); err != nil {
+				return err
+			}
+		}
 		reloader = sup
 		group.Add("nginx", sup)
 	}

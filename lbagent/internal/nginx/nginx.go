@@ -1,7 +1,8 @@
 // Package nginx is the only package that runs nginx. It tests a candidate
 // config in a staging directory, reloads a running nginx, confirms that a
 // reload took effect by polling the generation endpoint, and, for the
-// sidecar image, runs nginx as a supervised child process.
+// sidecar image, runs and supervises nginx, which outlives lbagent: a new
+// lbagent adopts the master a previous one left running.
 package nginx
 
 import (

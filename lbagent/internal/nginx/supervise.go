@@ -1,12 +1,13 @@
 package nginx
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-
+	"io"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -14,9 +15,19 @@ import (
 	"go.uber.org/zap"
 )
 
-// Supervisor runs nginx in the foreground as a child process (the sidecar
-// image, --manage-nginx) and starts it again, with backoff, when it dies.
-// Run owns the child; Reload and PID may be called from other goroutines.
+// Supervisor runs nginx for lbagent (the sidecar image, --manage-nginx) and
+// starts it again, with backoff, when it dies.
+//
+// nginx outlives lbagent. It runs in a session of its own (so its own
+// process group, with no controlling terminal): a signal to lbagent's
+// process group or a terminal's Ctrl-C or hangup does not reach it, and
+// nothing ties its life to lbagent's, so an lbagent that is SIGKILLed,
+// panics or runs out of memory leaves it serving its last good config. A
+// new Supervisor adopts the master its pid file names when that is nginx
+// running this config (Binary.Master) instead of starting a second one.
+//
+// Run owns the master; Reload, PID and Master may be called from other
+// goroutines at any time.
 type Supervisor struct {
 	bin    Binary
 	logger *zap.Logger
@@ -24,9 +35,18 @@ type Supervisor struct {
 	StopTimeout time.Duration
 	// BackoffMax caps the delay between restarts of a crashing nginx.
 	BackoffMax time.Duration
+	// PidFile is where the master writes its pid, the config's pid
+	// directive: the templates' run/nginx.pid in the prefix by default.
+	PidFile string
+	// LeaveRunning leaves nginx serving when Run's context ends, for the
+	// next lbagent to adopt, instead of asking it to quit.
+	LeaveRunning bool
+	// PollInterval is how often an adopted master, which is not lbagent's
+	// child and cannot be waited for, is checked for life.
+	PollInterval time.Duration
 
 	mu      sync.Mutex
-	cmd     *exec.Cmd
+	proc    *os.Process
 	started chan struct{}
 }
 
@@ -35,38 +55,61 @@ func NewSupervisor(bin Binary, logger *zap.Logger) *Supervisor {
 	return &Supervisor{
 		bin: bin, logger: logger.Named("nginx"),
 		StopTimeout: 30 * time.Second, BackoffMax: 10 * time.Second,
-		started: make(chan struct{}),
+		PidFile:      filepath.Join(bin.Prefix, "run", "nginx.pid"),
+		PollInterval: 100 * time.Millisecond,
+		started:      make(chan struct{}),
 	}
 }
 
-// Started is closed once nginx has been started for the first time.
+// Started is closed once nginx has been started or adopted for the first time.
 func (s *Supervisor) Started() <-chan struct{} { return s.started }
 
 // PID returns the master's process id, or 0 when nginx is not running.
 func (s *Supervisor) PID() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cmd == nil || s.cmd.Process == nil {
+	if s.proc == nil {
 		return 0
 	}
-	return s.cmd.Process.Pid
+	return s.proc.Pid
 }
+
+// Master returns the pid of a running master of this config that Run
+// would adopt rather than start nginx, or an ErrNoMaster saying why there
+// is none (see Binary.Master).
+func (s *Supervisor) Master() (int, error) { return s.bin.Master(s.PidFile) }
 
 // Reload sends SIGHUP to the master, which re-reads its config and, if it is
 // valid, replaces its workers gracefully.
 func (s *Supervisor) Reload(context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cmd == nil || s.cmd.Process == nil {
+	if s.proc == nil {
 		return errors.New("nginx reload: nginx is not running")
 	}
-	if err := s.cmd.Process.Signal(syscall.SIGHUP); err != nil {
-		return fmt.Errorf("nginx reload: signal master %d: %w", s.cmd.Process.Pid, err)
+	// On Linux the handle is a pidfd: the signal cannot reach another
+	// process that reused the pid of a master that just died.
+	if err := s.proc.Signal(syscall.SIGHUP); err != nil {
+		return fmt.Errorf("nginx reload: signal master %d: %w", s.proc.Pid, err)
 	}
 	return nil
 }
 
-// Run starts nginx and keeps it running until ctx ends; then it asks nginx to
+// master is one nginx master under supervision, started or adopted.
+type master struct {
+	proc    *os.Process
+	adopted bool
+	// group: the master leads its own process group, whose orphaned workers
+	// may be signalled as a group once it is dead.
+	group bool
+	// exited receives once, when the master is gone.
+	exited chan error
+	// unwatch stops the polling of an adopted master that is left running.
+	unwatch chan struct{}
+}
+
+// Run adopts the running master of this config or starts nginx, and keeps
+// it running until ctx ends; then, unless LeaveRunning, it asks nginx to
 // quit gracefully (SIGQUIT: finish in-flight requests) and waits up to
 // StopTimeout before killing it. The config must be valid before Run.
 func (s *Supervisor) Run(ctx context.Context) error {
@@ -74,19 +117,24 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	var once sync.Once
 	for {
 		startedAt := time.Now()
-		cmd, exited, out, err := s.start()
+		m, err := s.acquire()
 		if err != nil {
 			return err
 		}
+		s.setProc(m.proc)
 		once.Do(func() { close(s.started) })
-		s.logger.Info("nginx started", zap.Int("pid", cmd.Process.Pid))
 		select {
-		case err := <-exited:
-			s.logger.Error("nginx exited", zap.Error(err), zap.String("output", tail(out.String(), 2048)))
+		case err := <-m.exited:
+			s.setProc(nil)
+			s.logger.Error("nginx exited", zap.Int("pid", m.proc.Pid), zap.Bool("adopted", m.adopted), zap.Error(err),
+				zap.String("output", s.output()))
 			// A master that died leaves its workers serving with the listen
 			// sockets open: a new master could not bind. Ask them to finish
 			// in-flight requests and go.
-			s.reapGroup(cmd.Process.Pid)
+			if m.group {
+				s.reapGroup(m.proc.Pid)
+			}
+			_ = m.proc.Release()
 			if time.Since(startedAt) > time.Minute {
 				backoff = 100 * time.Millisecond
 			}
@@ -97,54 +145,132 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			}
 			backoff = min(backoff*2, s.BackoffMax)
 		case <-ctx.Done():
-			return s.quit(cmd, exited)
+			if s.LeaveRunning {
+				s.logger.Info("leaving nginx running", zap.Int("pid", m.proc.Pid))
+				close(m.unwatch)
+				s.setProc(nil)
+				if m.adopted {
+					// A child keeps its handle: its Wait still reaps it.
+					_ = m.proc.Release()
+				}
+				return nil
+			}
+			err := s.quit(m)
+			s.setProc(nil)
+			_ = m.proc.Release()
+			return err
 		}
 	}
 }
 
-func (s *Supervisor) start() (*exec.Cmd, <-chan error, *lockedBuffer, error) {
-	out := &lockedBuffer{}
+func (s *Supervisor) setProc(p *os.Process) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.proc = p
+}
+
+// acquire adopts the master the pid file names when it is ours and alive,
+// else starts nginx.
+func (s *Supervisor) acquire() (*master, error) {
+	pid, err := s.Master()
+	if err == nil {
+		m, err := s.adopt(pid)
+		if err == nil {
+			s.logger.Info("nginx adopted", zap.Int("pid", pid), zap.String("pid_file", s.PidFile))
+			return m, nil
+		}
+		s.logger.Warn("could not adopt nginx, starting it", zap.Int("pid", pid), zap.Error(err))
+	} else if !errors.Is(err, os.ErrNotExist) {
+		s.logger.Info("ignoring stale nginx pid file", zap.String("pid_file", s.PidFile), zap.Error(err))
+	}
+	m, err := s.start()
+	if err != nil {
+		return nil, err
+	}
+	s.logger.Info("nginx started", zap.Int("pid", m.proc.Pid))
+	return m, nil
+}
+
+// adopt takes over a master a previous lbagent started. It is not our
+// child, so its end is noticed by polling rather than by wait(2).
+func (s *Supervisor) adopt(pid int) (*master, error) {
+	// On Linux this holds a pidfd: signals go to this process only.
+	proc, err := os.FindProcess(pid)
+	if err != nil {
+		return nil, fmt.Errorf("adopt nginx %d: %w", pid, err)
+	}
+	// Check again now that the handle is held, in case the pid was reused.
+	if _, err := s.Master(); err != nil {
+		_ = proc.Release()
+		return nil, fmt.Errorf("adopt nginx %d: %w", pid, err)
+	}
+	pgid, err := syscall.Getpgid(pid)
+	m := &master{proc: proc, adopted: true, exited: make(chan error, 1), unwatch: make(chan struct{}),
+		group: err == nil && pgid == pid && pgid != syscall.Getpgrp()}
+	go func() {
+		t := time.NewTicker(s.PollInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-m.unwatch:
+				return
+			case <-t.C:
+				// Signal 0 through the pidfd fails once the process is gone;
+				// a zombie (a parent not reaping) still takes signals.
+				if proc.Signal(syscall.Signal(0)) != nil || !running(pid) {
+					m.exited <- fmt.Errorf("adopted nginx master %d is gone", pid)
+					return
+				}
+			}
+		}
+	}()
+	return m, nil
+}
+
+// start runs nginx in the foreground (daemon off) as a child.
+func (s *Supervisor) start() (*master, error) {
+	// nginx's output before it opens its own error log goes to a file, not
+	// a pipe to lbagent: nginx must not lose its stderr when lbagent dies.
+	out, err := os.OpenFile(s.outputPath(), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("start nginx: %w", err)
+	}
+	defer out.Close()
 	cmd := exec.Command(s.bin.Path, "-e", "stderr", "-p", s.bin.Prefix, "-c", s.bin.Conf, "-g", "daemon off;")
 	cmd.Stdout, cmd.Stderr = out, out
-	// Workers inherit the output pipe; when the master dies they keep it
-	// open, and Wait would block until they exit. Stop waiting for output
-	// soon after the master itself has gone.
-	cmd.WaitDelay = 500 * time.Millisecond
-	// Its own process group: a terminal's Ctrl-C reaches lbagent, which then
-	// decides how nginx stops, instead of killing nginx mid-request. If
-	// lbagent itself dies, nginx quits gracefully (SIGQUIT) rather than
-	// keep the listen sockets from the lbagent that replaces it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGQUIT}
+	// A session of its own: a signal to lbagent's process group (a
+	// terminal's Ctrl-C, kill -- -pgid) or a terminal hangup does not reach
+	// nginx; lbagent decides how nginx stops. No parent-death signal: an
+	// lbagent that dies leaves nginx serving, for the next one to adopt.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		return nil, nil, nil, fmt.Errorf("start nginx %s: %w", s.bin.Path, err)
+		return nil, fmt.Errorf("start nginx %s: %w", s.bin.Path, err)
 	}
-	s.mu.Lock()
-	s.cmd = cmd
-	s.mu.Unlock()
-	exited := make(chan error, 1)
-	go func() {
-		err := cmd.Wait()
-		s.mu.Lock()
-		if s.cmd == cmd {
-			s.cmd = nil
-		}
-		s.mu.Unlock()
-		exited <- err
-	}()
-	return cmd, exited, out, nil
+	m := &master{proc: cmd.Process, group: true, exited: make(chan error, 1), unwatch: make(chan struct{})}
+	go func() { m.exited <- cmd.Wait() }()
+	return m, nil
 }
 
-func (s *Supervisor) quit(cmd *exec.Cmd, exited <-chan error) error {
-	s.logger.Info("nginx quitting gracefully", zap.Int("pid", cmd.Process.Pid), zap.Duration("timeout", s.StopTimeout))
-	_ = cmd.Process.Signal(syscall.SIGQUIT)
+func (s *Supervisor) quit(m *master) error {
+	pid := m.proc.Pid
+	s.logger.Info("nginx quitting gracefully", zap.Int("pid", pid), zap.Duration("timeout", s.StopTimeout))
+	_ = m.proc.Signal(syscall.SIGQUIT)
+	timer := time.NewTimer(s.StopTimeout)
+	defer timer.Stop()
 	select {
-	case <-exited:
+	case <-m.exited:
 		return nil
-	case <-time.After(s.StopTimeout):
-		_ = cmd.Process.Kill()
-		<-exited
-		return fmt.Errorf("nginx %d did not quit within %s: killed", cmd.Process.Pid, s.StopTimeout)
+	case <-timer.C:
 	}
+	_ = m.proc.Kill()
+	if m.group {
+		_ = syscall.Kill(-pid, syscall.SIGKILL) // its workers too
+	}
+	select {
+	case <-m.exited:
+	case <-time.After(5 * time.Second):
+	}
+	return fmt.Errorf("nginx %d did not quit within %s: killed", pid, s.StopTimeout)
 }
 
 // reapGroup sends SIGQUIT to the process group of a dead master (its
@@ -164,25 +290,22 @@ func (s *Supervisor) reapGroup(pgid int) {
 	_ = syscall.Kill(-pgid, syscall.SIGKILL)
 }
 
-// lockedBuffer collects a child's output while it runs.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
+// outputPath is the file that takes nginx's stdout and stderr.
+func (s *Supervisor) outputPath() string { return filepath.Join(s.bin.Prefix, "logs", "stderr.log") }
 
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.buf.Len() > 64<<10 {
-		b.buf.Reset()
+// output returns the end of what nginx printed, for the log of its exit.
+func (s *Supervisor) output() string {
+	f, err := os.Open(s.outputPath())
+	if err != nil {
+		return ""
 	}
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	defer f.Close()
+	const n = 2048
+	if st, err := f.Stat(); err == nil && st.Size() > n {
+		_, _ = f.Seek(st.Size()-n, io.SeekStart)
+	}
+	b, _ := io.ReadAll(io.LimitReader(f, n))
+	return string(b)
 }
 
 func tail(s string, n int) string {
