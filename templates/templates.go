@@ -5,7 +5,9 @@ package templates
 
 import "embed"
 
-// FS holds every *.tmpl file of this directory.
+// FS holds every *.tmpl file of this directory and, under lua/berth/, the
+// Lua modules that nginx loads in dynamic upstream mode (lbagent writes them
+// to <conf-dir>/lua/berth/).
 //
-//go:embed *.tmpl
+//go:embed *.tmpl lua/berth/*.lua
 var FS embed.FS

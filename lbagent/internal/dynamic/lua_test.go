@@ -1,0 +1,613 @@
+package dynamic
+
+// Tests of the Lua balancer (templates/lua/berth/dynamic.lua) on a real
+// nginx with lua-nginx-module: the control endpoint, balancing, keepalive,
+// retries and passive failures, and the snapshot loaded at start and kept
+// across a reload.
+
+import (
+	"fmt"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestLuaControl(t *testing.T) {
+	t.Parallel()
+	a, b := newBackend(t, "a"), newBackend(t, "b")
+	r := newLuaRig(t, rigApp{Name: "web", Tries: 2}, rigApp{Name: "api", Tries: 2}, rigApp{Name: "old", Tries: 2})
+	r.Start()
+
+	version, apps := r.Version()
+	require.Zero(t, version)
+	require.Zero(t, apps)
+
+	r.Push(rigBatch{Version: 5, Apps: map[string]*rigSet{
+		"web": rigSetOf("round_robin", a.Addr),
+		"api": rigSetOf("least_conn", b.Addr),
+		"old": rigSetOf("round_robin", b.Addr),
+	}})
+	version, apps = r.Version()
+	require.EqualValues(t, 5, version)
+	require.EqualValues(t, 3, apps)
+
+	t.Run("token", func(t *testing.T) {
+		for name, token := range map[string]string{"missing": "", "wrong": "nope", "prefix": r.Token[:len(r.Token)-1]} {
+			for _, method := range []string{http.MethodGet, http.MethodPost} {
+				status, out := r.control(method, token, mustJSON(t, rigBatch{Version: 99, Apps: map[string]*rigSet{}}))
+				require.Equal(t, http.StatusForbidden, status, "%s %s: %v", name, method, out)
+			}
+		}
+	})
+
+	t.Run("not loopback", func(t *testing.T) {
+		// A non-loopback address of this host, when it has one, reaches
+		// the status listener only if it listens there; the rig listens on
+		// 127.0.0.1, so the check is the Lua one through a second listener.
+		ip := hostAddr()
+		if ip == "" {
+			t.Skip("this host has no non-loopback IPv4 address")
+		}
+		rr := newLuaRig(t)
+		conf, err := os.ReadFile(rr.nginx.Conf)
+		require.NoError(t, err)
+		port := strings.Split(rr.Status, ":")[1]
+		rr.nginx.WriteConfig(strings.Replace(string(conf), "listen "+rr.Status+";", "listen "+rr.Status+";\n        listen "+ip+":"+port+";", 1))
+		rr.Start()
+		rr.Status = ip + ":" + port
+		status, out := rr.control(http.MethodGet, rr.Token, nil)
+		require.Equal(t, http.StatusForbidden, status, "%v", out)
+	})
+
+	// Each hostile batch also carries a valid change that must not be applied.
+	hostile := []struct {
+		name, app, path string
+	}{
+		{"name instead of ip", `{"method":"round_robin","servers":[{"address":"localhost:80","weight":1}]}`, "apps.web.servers[0].address"},
+		{"ipv6 zone", `{"method":"round_robin","servers":[{"address":"[fe80::1%eth0]:80","weight":1}]}`, "apps.web.servers[0].address"},
+		{"ipv6 unbracketed", `{"method":"round_robin","servers":[{"address":"::1:80","weight":1}]}`, "apps.web.servers[0].address"},
+		{"ipv6 two double colons", `{"method":"round_robin","servers":[{"address":"[1::2::3]:80","weight":1}]}`, "apps.web.servers[0].address"},
+		{"octet 256", `{"method":"round_robin","servers":[{"address":"1.2.3.256:80","weight":1}]}`, "apps.web.servers[0].address"},
+		{"port 0", `{"method":"round_robin","servers":[{"address":"1.2.3.4:0","weight":1}]}`, "apps.web.servers[0].address"},
+		{"port 70000", `{"method":"round_robin","servers":[{"address":"1.2.3.4:70000","weight":1}]}`, "apps.web.servers[0].address"},
+		{"no port", `{"method":"round_robin","servers":[{"address":"1.2.3.4","weight":1}]}`, "apps.web.servers[0].address"},
+		{"config injection", `{"method":"round_robin","servers":[{"address":"1.2.3.4:80\n}","weight":1}]}`, "apps.web.servers[0].address"},
+		{"space", `{"method":"round_robin","servers":[{"address":" 1.2.3.4:80","weight":1}]}`, "apps.web.servers[0].address"},
+		{"address not a string", `{"method":"round_robin","servers":[{"address":16909060,"weight":1}]}`, "apps.web.servers[0].address"},
+		{"duplicate address", `{"method":"round_robin","servers":[{"address":"1.2.3.4:80"},{"address":"1.2.3.4:80"}]}`, "apps.web.servers[1].address"},
+		{"weight 0", `{"method":"round_robin","servers":[{"address":"1.2.3.4:80","weight":0}]}`, "apps.web.servers[0].weight"},
+		{"weight 1001", `{"method":"round_robin","servers":[{"address":"1.2.3.4:80","weight":1001}]}`, "apps.web.servers[0].weight"},
+		{"weight fraction", `{"method":"round_robin","servers":[{"address":"1.2.3.4:80","weight":1.5}]}`, "apps.web.servers[0].weight"},
+		{"backup not a boolean", `{"method":"round_robin","servers":[{"address":"1.2.3.4:80","backup":"yes"}]}`, "apps.web.servers[0].backup"},
+		{"unknown method", `{"method":"fastest","servers":[]}`, "apps.web.method"},
+		{"max_fails negative", `{"method":"round_robin","max_fails":-1,"servers":[]}`, "apps.web.max_fails"},
+		{"fail_timeout string", `{"method":"round_robin","fail_timeout":"10s","servers":[]}`, "apps.web.fail_timeout"},
+		{"unknown field", `{"method":"round_robin","servers":[],"script":"os.exit()"}`, "apps.web.script"},
+		{"servers not an array", `{"method":"round_robin","servers":{"address":"1.2.3.4:80"}}`, "apps.web.servers"},
+		{"too many servers", tooManyServers(), "apps.web.servers"},
+		{"app not an object", `"1.2.3.4:80"`, "apps.web"},
+	}
+	for _, tc := range hostile {
+		t.Run("400 "+tc.name, func(t *testing.T) {
+			body := fmt.Sprintf(`{"version":100,"full":false,"apps":{"api":null,"web":%s}}`, tc.app)
+			status, out := r.PushRaw([]byte(body))
+			require.Equal(t, http.StatusBadRequest, status, "%v", out)
+			require.True(t, strings.HasPrefix(out["error"].(string), tc.path+":"), "error %q does not name %s", out["error"], tc.path)
+		})
+	}
+	batchHostile := []struct{ name, body, path string }{
+		{"not json", `{"version":100,`, "body"},
+		{"array", `[1,2]`, "body"},
+		{"version 0", `{"version":0,"apps":{}}`, "version"},
+		{"version negative", `{"version":-7,"apps":{}}`, "version"},
+		{"version fraction", `{"version":100.5,"apps":{}}`, "version"},
+		{"version beyond 2^53", `{"version":18446744073709551615,"apps":{}}`, "version"},
+		{"version NaN", `{"version":NaN,"apps":{}}`, "body"},
+		{"full not a boolean", `{"version":100,"full":"yes","apps":{}}`, "full"},
+		{"apps missing", `{"version":100}`, "apps"},
+		{"bad app name", `{"version":100,"apps":{"../x":null}}`, "apps.../x"},
+		{"upper-case app name", `{"version":100,"apps":{"Web":null}}`, "apps.Web"},
+		{"too many apps", tooManyApps(), "apps"},
+		{"deep nesting", `{"version":100,"apps":{"web":` + strings.Repeat("[", 100) + strings.Repeat("]", 100) + `}}`, "body"},
+	}
+	for _, tc := range batchHostile {
+		t.Run("400 "+tc.name, func(t *testing.T) {
+			status, out := r.PushRaw([]byte(tc.body))
+			require.Equal(t, http.StatusBadRequest, status, "%v", out)
+			require.True(t, strings.HasPrefix(out["error"].(string), tc.path+":"), "error %q does not name %s", out["error"], tc.path)
+		})
+	}
+	t.Run("nothing applied", func(t *testing.T) {
+		version, apps := r.Version()
+		require.EqualValues(t, 5, version)
+		require.EqualValues(t, 3, apps)
+		_, body, _ := r.Get("api", "", nil)
+		require.Equal(t, "b", body)
+		_, body, _ = r.Get("web", "", nil)
+		require.Equal(t, "a", body)
+	})
+
+	t.Run("409 old version", func(t *testing.T) {
+		for _, v := range []uint64{5, 4} {
+			status, out := r.PushRaw(mustJSON(t, rigBatch{Version: v, Apps: map[string]*rigSet{"web": rigSetOf("round_robin", b.Addr)}}))
+			require.Equal(t, http.StatusConflict, status)
+			require.EqualValues(t, 5, out["version"])
+		}
+		_, body, _ := r.Get("web", "", nil)
+		require.Equal(t, "a", body)
+	})
+
+	t.Run("null removes one app", func(t *testing.T) {
+		r.Push(rigBatch{Version: 6, Apps: map[string]*rigSet{"api": nil}})
+		version, apps := r.Version()
+		require.EqualValues(t, 6, version)
+		require.EqualValues(t, 2, apps)
+		status, body, _ := r.Get("api", "", nil)
+		require.Equal(t, http.StatusServiceUnavailable, status, body)
+		_, body, _ = r.Get("old", "", nil)
+		require.Equal(t, "b", body)
+	})
+
+	t.Run("full replaces every app", func(t *testing.T) {
+		r.Push(rigBatch{Version: 7, Full: true, Apps: map[string]*rigSet{"web": rigSetOf("round_robin", b.Addr)}})
+		version, apps := r.Version()
+		require.EqualValues(t, 7, version)
+		require.EqualValues(t, 1, apps)
+		_, body, _ := r.Get("web", "", nil)
+		require.Equal(t, "b", body)
+		status, _, _ := r.Get("old", "", nil)
+		require.Equal(t, http.StatusServiceUnavailable, status)
+	})
+
+	t.Run("method not allowed", func(t *testing.T) {
+		status, _ := r.control(http.MethodDelete, r.Token, nil)
+		require.Equal(t, http.StatusMethodNotAllowed, status)
+	})
+}
+
+func tooManyServers() string {
+	var b strings.Builder
+	b.WriteString(`{"method":"round_robin","servers":[`)
+	for i := range 1001 {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `{"address":"10.0.%d.%d:80","weight":1}`, i/250, i%250+1)
+	}
+	b.WriteString(`]}`)
+	return b.String()
+}
+
+func tooManyApps() string {
+	var b strings.Builder
+	b.WriteString(`{"version":100,"apps":{`)
+	for i := range 10001 {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `"app%d":null`, i)
+	}
+	b.WriteString(`}}`)
+	return b.String()
+}
+
+// hostAddr returns a non-loopback IPv4 address of this host, or "".
+func hostAddr() string {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return ""
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && !n.IP.IsLoopback() && n.IP.To4() != nil {
+			return n.IP.String()
+		}
+	}
+	return ""
+}
+
+func TestLuaEmptyAppThenPushWithoutReload(t *testing.T) {
+	t.Parallel()
+	a := newBackend(t, "a")
+	r := newLuaRig(t, rigApp{Name: "web", Tries: 2})
+	r.Start()
+	r.Push(rigBatch{Version: 1, Apps: map[string]*rigSet{"web": rigSetOf("round_robin")}})
+
+	status, body, _ := r.Get("web", "", nil)
+	require.Equal(t, http.StatusServiceUnavailable, status)
+	require.JSONEq(t, `{"error":"no_backend","app":"web","message":"no healthy instance"}`, body)
+	// The route is kept: other paths 404, the app's answers 503.
+	status, _, _ = r.Get("nope", "", nil)
+	require.Equal(t, http.StatusNotFound, status)
+
+	master, workers := r.PIDs()
+	require.Len(t, workers, 2)
+	confBefore, err := os.Stat(r.nginx.Conf)
+	require.NoError(t, err)
+
+	r.Push(rigBatch{Version: 2, Apps: map[string]*rigSet{"web": rigSetOf("round_robin", a.Addr)}})
+	// Both workers serve the new set at once (each request may land on either).
+	for range 20 {
+		status, body, _ = r.Get("web", "", nil)
+		require.Equal(t, http.StatusOK, status, body)
+		require.Equal(t, "a", body)
+	}
+
+	m2, w2 := r.PIDs()
+	require.Equal(t, master, m2, "nginx master changed")
+	require.Equal(t, workers, w2, "nginx workers changed: a reload happened")
+	confAfter, err := os.Stat(r.nginx.Conf)
+	require.NoError(t, err)
+	require.Equal(t, confBefore.ModTime(), confAfter.ModTime())
+	require.NotContains(t, r.ErrorLog(), "reconfiguring")
+}
+
+// within requires got/total to be want within tol (absolute fraction).
+func within(t *testing.T, got, total int, want, tol float64, what string) {
+	t.Helper()
+	f := float64(got) / float64(total)
+	require.InDelta(t, want, f, tol, "%s: %d of %d (%.3f), want %.3f±%.3f", what, got, total, f, want, tol)
+}
+
+func TestLuaBalancing(t *testing.T) {
+	t.Parallel()
+
+	t.Run("weights", func(t *testing.T) {
+		t.Parallel()
+		a, b := newBackend(t, "a"), newBackend(t, "b")
+		r := newLuaRig(t, rigApp{Name: "web", Tries: 2, Keepalive: 16})
+		r.Start()
+		for i, method := range []string{"round_robin", "least_conn", "random_two_least_conn"} {
+			s := rigSetOf(method, a.Addr, b.Addr)
+			s.Servers[1].Weight = 3
+			r.Push(rigBatch{Version: uint64(i + 1), Apps: map[string]*rigSet{"web": s}})
+			const n = 10000
+			// Sequential requests: least_conn and random_two_least_conn
+			// then see no active request and fall back to their weights.
+			counts := r.Spread("web", n, 1)
+			within(t, counts["b"], n, 0.75, 0.05, method+" weight 3 of 4")
+		}
+	})
+
+	t.Run("round_robin is smooth", func(t *testing.T) {
+		t.Parallel()
+		a, b, c := newBackend(t, "a"), newBackend(t, "b"), newBackend(t, "c")
+		r := newLuaRig(t, rigApp{Name: "web", Tries: 2})
+		r.Start()
+		s := rigSetOf("round_robin", a.Addr, b.Addr, c.Addr)
+		s.Servers[0].Weight = 5
+		r.Push(rigBatch{Version: 1, Apps: map[string]*rigSet{"web": s}})
+		// nginx's smooth weighted round robin for 5,1,1 is a a b a c a a
+		// per worker; with two workers the order interleaves, so count.
+		counts := r.Spread("web", 700, 4)
+		require.Equal(t, map[string]int{"a": 500, "b": 100, "c": 100}, counts)
+	})
+
+	t.Run("least_conn prefers the idle server", func(t *testing.T) {
+		t.Parallel()
+		slow, idle := newBackend(t, "slow"), newBackend(t, "idle")
+		r := newLuaRig(t, rigApp{Name: "web", Tries: 2})
+		r.Start()
+		r.Push(rigBatch{Version: 1, Apps: map[string]*rigSet{"web": rigSetOf("least_conn", slow.Addr, idle.Addr)}})
+		slow.Hold()
+		var wg sync.WaitGroup
+		t.Cleanup(wg.Wait)
+		t.Cleanup(slow.Release)
+		for slow.InFlight.Load() < 2 {
+			wg.Add(1)
+			go func() { defer wg.Done(); _, _, _, _ = r.get(r.client, "web", "", nil) }()
+			time.Sleep(20 * time.Millisecond)
+		}
+		before := slow.Hits.Load()
+		counts := r.Spread("web", 1000, 1)
+		require.Equal(t, 1000, counts["idle"], "least_conn sent requests to the busy server")
+		require.Equal(t, before, slow.Hits.Load())
+	})
+
+	t.Run("random_two_least_conn prefers the idle server and spreads", func(t *testing.T) {
+		t.Parallel()
+		slow, x, y := newBackend(t, "slow"), newBackend(t, "x"), newBackend(t, "y")
+		r := newLuaRig(t, rigApp{Name: "web", Tries: 2})
+		r.Start()
+		r.Push(rigBatch{Version: 1, Apps: map[string]*rigSet{"web": rigSetOf("random_two_least_conn", slow.Addr, x.Addr, y.Addr)}})
+		counts := r.Spread("web", 6000, 1)
+		for _, name := range []string{"slow", "x", "y"} {
+			within(t, counts[name], 6000, 1.0/3, 0.05, name)
+		}
+		slow.Hold()
+		var wg sync.WaitGroup
+		t.Cleanup(wg.Wait)
+		t.Cleanup(slow.Release)
+		for slow.InFlight.Load() < 1 {
+			wg.Add(1)
+			go func() { defer wg.Done(); _, _, _, _ = r.get(r.client, "web", "", nil) }()
+			time.Sleep(20 * time.Millisecond)
+		}
+		// slow is picked only when both random picks are slow itself,
+		// which two distinct picks never are.
+		counts = r.Spread("web", 2000, 1)
+		require.Zero(t, counts["slow"])
+		within(t, counts["x"], 2000, 0.5, 0.05, "x")
+	})
+
+	t.Run("hash moves few keys when a server is added", func(t *testing.T) {
+		t.Parallel()
+		var bs []*backend
+		var addrs []string
+		for i := range 5 {
+			b := newBackend(t, fmt.Sprintf("b%d", i))
+			bs = append(bs, b)
+			addrs = append(addrs, b.Addr)
+		}
+		r := newLuaRig(t, rigApp{Name: "web", Tries: 2, HashKey: "$http_x_key"})
+		r.Start()
+		r.Push(rigBatch{Version: 1, Apps: map[string]*rigSet{"web": rigSetOf("hash", addrs[:4]...)}})
+		const keys = 2000
+		route := func() map[string]string {
+			out := map[string]string{}
+			for k := range keys {
+				key := fmt.Sprintf("user-%d", k)
+				status, body, _ := r.Get("web", "", http.Header{"X-Key": {key}})
+				require.Equal(t, http.StatusOK, status)
+				out[key] = body
+			}
+			return out
+		}
+		before := route()
+		used := map[string]int{}
+		for _, b := range before {
+			used[b]++
+		}
+		for _, b := range bs[:4] {
+			within(t, used[b.Name], keys, 0.25, 0.08, "share of "+b.Name)
+		}
+		require.Equal(t, before, route(), "hash is not stable")
+
+		r.Push(rigBatch{Version: 2, Apps: map[string]*rigSet{"web": rigSetOf("hash", addrs...)}})
+		after := route()
+		moved := 0
+		for k, b := range before {
+			if after[k] != b {
+				moved++
+				require.Equal(t, "b4", after[k], "key %s moved between old servers", k)
+			}
+		}
+		require.LessOrEqual(t, float64(moved)/keys, 1.0/5+0.05, "moved %d of %d keys", moved, keys)
+		require.Positive(t, moved)
+	})
+
+	t.Run("ip_hash is stable per client address", func(t *testing.T) {
+		t.Parallel()
+		var addrs []string
+		for i := range 3 {
+			addrs = append(addrs, newBackend(t, fmt.Sprintf("b%d", i)).Addr)
+		}
+		r := newLuaRig(t, rigApp{Name: "web", Tries: 2})
+		r.Start()
+		r.Push(rigBatch{Version: 1, Apps: map[string]*rigSet{"web": rigSetOf("ip_hash", addrs...)}})
+		route := func() map[string]string {
+			out := map[string]string{}
+			for i := 2; i < 42; i++ {
+				src := fmt.Sprintf("127.0.0.%d", i)
+				c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+					DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}).DialContext,
+				}}
+				for range 5 {
+					status, body, _, err := r.get(c, "web", "", nil)
+					require.NoError(t, err)
+					require.Equal(t, http.StatusOK, status)
+					if prev, ok := out[src]; ok {
+						require.Equal(t, prev, body, "client %s moved", src)
+					}
+					out[src] = body
+				}
+				c.CloseIdleConnections()
+			}
+			return out
+		}
+		first := route()
+		used := map[string]bool{}
+		for _, b := range first {
+			used[b] = true
+		}
+		require.Len(t, used, 3, "40 client addresses all hashed to %v", used)
+		// The same set pushed again (a new version) keeps every client.
+		r.Push(rigBatch{Version: 2, Apps: map[string]*rigSet{"web": rigSetOf("ip_hash", addrs...)}})
+		require.Equal(t, first, route())
+	})
+
+	t.Run("backup only when no primary is usable", func(t *testing.T) {
+		t.Parallel()
+		p, bk := newBackend(t, "primary"), newBackend(t, "backup")
+		r := newLuaRig(t, rigApp{Name: "web", Tries: 3})
+		r.Start()
+		s := rigSetOf("round_robin", p.Addr, bk.Addr)
+		s.Servers[1].Backup = true
+		r.Push(rigBatch{Version: 1, Apps: map[string]*rigSet{"web": s}})
+		require.Equal(t, map[string]int{"primary": 200}, r.Spread("web", 200, 2))
+		s.Servers[0].Address = deadAddr(t)
+		r.Push(rigBatch{Version: 2, Apps: map[string]*rigSet{"web": s}})
+		require.Equal(t, map[string]int{"backup": 200}, r.Spread("web", 200, 2))
+	})
+}
+
+func TestLuaKeepalive(t *testing.T) {
+	t.Parallel()
+	a := newBackend(t, "a")
+	r := newLuaRig(t, rigApp{Name: "web", Tries: 2, Keepalive: 8})
+	r.Start()
+	r.Push(rigBatch{Version: 1, Apps: map[string]*rigSet{"web": rigSetOf("round_robin", a.Addr)}})
+	counts := r.Spread("web", 2000, 1)
+	require.Equal(t, 2000, counts["a"])
+	// One connection per worker would do; allow a few.
+	require.LessOrEqual(t, a.Conns.Load(), int64(4), "2000 sequential requests opened %d upstream connections", a.Conns.Load())
+}
+
+func TestLuaRetriesAndPassiveFailure(t *testing.T) {
+	t.Parallel()
+	a := newBackend(t, "a")
+	dead := deadAddr(t)
+	r := newLuaRig(t, rigApp{Name: "web", Tries: 3})
+	r.Start()
+	s := rigSetOf("round_robin", dead, a.Addr)
+	s.MaxFails, s.FailTimeout = 1, 30
+	r.Push(rigBatch{Version: 1, Apps: map[string]*rigSet{"web": s}})
+
+	counts := r.Spread("web", 1000, 4)
+	require.Equal(t, map[string]int{"a": 1000}, counts)
+	log := r.ErrorLog()
+	require.Contains(t, log, "peer "+dead+" marked failed for 30s")
+	// Marked failed in the shared dict: at most one try per worker hit
+	// the dead endpoint before it was marked.
+	tries := 0
+	for range 200 {
+		_, body, up := r.Get("web", "", nil)
+		require.Equal(t, "a", body)
+		tries += strings.Count(up, ",") + 1
+	}
+	require.Equal(t, 200, tries, "requests still try the failed endpoint")
+}
+
+func TestLuaAllDeadAnswers502(t *testing.T) {
+	t.Parallel()
+	r := newLuaRig(t, rigApp{Name: "web", Tries: 0})
+	r.Start()
+	s := rigSetOf("round_robin", deadAddr(t), deadAddr(t))
+	r.Push(rigBatch{Version: 1, Apps: map[string]*rigSet{"web": s}})
+	for range 3 {
+		// Every endpoint is marked failed after the first request; nginx
+		// still tries them (never an empty choice), once each.
+		status, _, up := r.Get("web", "", nil)
+		require.Equal(t, http.StatusBadGateway, status)
+		require.Equal(t, 2, strings.Count(up, ",")+1, "upstream_addr %q", up)
+	}
+}
+
+func TestLuaSnapshotAtStartAndAcrossReload(t *testing.T) {
+	t.Parallel()
+	a, b := newBackend(t, "a"), newBackend(t, "b")
+	r := newLuaRig(t, rigApp{Name: "web", Tries: 2})
+	require.NoError(t, os.WriteFile(r.Snapshot, mustJSON(t, rigBatch{Version: 5, Full: true, Apps: map[string]*rigSet{
+		"web": rigSetOf("round_robin", a.Addr),
+	}}), 0o644))
+	r.Start()
+
+	status, body, _ := r.Get("web", "", nil)
+	require.Equal(t, http.StatusOK, status, body)
+	require.Equal(t, "a", body)
+	version, apps := r.Version()
+	require.EqualValues(t, 5, version)
+	require.EqualValues(t, 1, apps)
+
+	// A push after the snapshot was written; the file stays at version 5.
+	r.Push(rigBatch{Version: 6, Apps: map[string]*rigSet{"web": rigSetOf("round_robin", b.Addr)}})
+	_, workers := r.PIDs()
+
+	require.NoError(t, syscall.Kill(r.nginx.PID(), syscall.SIGHUP))
+	require.Eventually(t, func() bool {
+		_, w := r.PIDs()
+		return len(w) == 2 && w[0] != workers[0] && w[1] != workers[0] && w[0] != workers[1] && w[1] != workers[1]
+	}, 10*time.Second, 10*time.Millisecond, "nginx did not replace its workers after SIGHUP")
+
+	version, apps = r.Version()
+	require.EqualValues(t, 6, version, "a reload must keep the shared dict, not reload the older snapshot")
+	require.EqualValues(t, 1, apps)
+	for range 20 {
+		_, body, _ = r.Get("web", "", nil)
+		require.Equal(t, "b", body)
+	}
+	require.Contains(t, r.ErrorLog(), "is not older than snapshot version 5")
+
+	// A newer snapshot (nginx restarted with an empty dict would see the
+	// same) is loaded on the next reload.
+	require.NoError(t, os.WriteFile(r.Snapshot, mustJSON(t, rigBatch{Version: 9, Full: true, Apps: map[string]*rigSet{
+		"web": rigSetOf("round_robin", a.Addr),
+	}}), 0o644))
+	require.NoError(t, syscall.Kill(r.nginx.PID(), syscall.SIGHUP))
+	require.Eventually(t, func() bool { v, _ := r.Version(); return v == 9 }, 10*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { _, body, _ := r.Get("web", "", nil); return body == "a" }, 10*time.Second, 10*time.Millisecond)
+}
+
+func TestLuaBadSnapshotLeavesDict(t *testing.T) {
+	t.Parallel()
+	for name, content := range map[string]string{
+		"missing":  "",
+		"not json": "{",
+		"hostile":  `{"version":3,"full":true,"apps":{"web":{"method":"round_robin","servers":[{"address":"evil.example:80"}]}}}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			r := newLuaRig(t, rigApp{Name: "web", Tries: 2})
+			if content != "" {
+				require.NoError(t, os.WriteFile(r.Snapshot, []byte(content), 0o644))
+			}
+			r.Start()
+			version, apps := r.Version()
+			require.Zero(t, version)
+			require.Zero(t, apps)
+			status, _, _ := r.Get("web", "", nil)
+			require.Equal(t, http.StatusServiceUnavailable, status)
+		})
+	}
+}
+
+func TestLuaMissingTokenRefusesEverything(t *testing.T) {
+	t.Parallel()
+	r := newLuaRig(t)
+	require.NoError(t, os.Remove(r.TokenFile))
+	r.Start()
+	for _, token := range []string{"", r.Token} {
+		status, _ := r.control(http.MethodGet, token, nil)
+		require.Equal(t, http.StatusForbidden, status)
+	}
+}
+
+// percentile returns the p-th percentile of sorted durations.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(p/100*float64(len(sorted)))) - 1
+	return sorted[max(i, 0)]
+}
+
+func TestLuaValidAddresses(t *testing.T) {
+	t.Parallel()
+	r := newLuaRig(t, rigApp{Name: "web", Tries: 2})
+	r.Start()
+	for i, addr := range []string{
+		"0.0.0.0:65535", "255.255.255.255:1", "10.1.2.3:8080",
+		"[::1]:80", "[::]:80", "[2001:db8::1]:443", "[1:2:3:4:5:6:7:8]:1", "[FE80::A:b]:80",
+		"[::ffff:10.0.0.1]:80", "[1:2:3:4:5:6:1.2.3.4]:80", "[1::]:80",
+	} {
+		status, out := r.PushRaw(mustJSON(t, rigBatch{Version: uint64(i + 1), Apps: map[string]*rigSet{"web": rigSetOf("round_robin", addr)}}))
+		require.Equal(t, http.StatusOK, status, "%s: %v", addr, out)
+	}
+	for _, addr := range []string{
+		"[1:2:3:4:5:6:7:8:9]:80", "[1:2:3:4:5:6:7]:80", "[12345::]:80", "[:1]:80", "[1:]:80", "[::1.2.3]:80",
+		"[1:2:3:4:5:6:7:1.2.3.4]:80", "[::g]:80", "01.2.3.4:80", "1.2.3.4:080", "1.2.3:80", "[::1]", "[::1]:", "[]:80",
+	} {
+		status, out := r.PushRaw(mustJSON(t, rigBatch{Version: 100, Apps: map[string]*rigSet{"web": rigSetOf("round_robin", addr)}}))
+		require.Equal(t, http.StatusBadRequest, status, "%s: %v", addr, out)
+	}
+
+	// A backend on the IPv6 loopback, where the host has one.
+	ln, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("v6")) })}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	r.Push(rigBatch{Version: 50, Apps: map[string]*rigSet{"web": rigSetOf("round_robin", ln.Addr().String())}})
+	status, body, _ := r.Get("web", "", nil)
+	require.Equal(t, http.StatusOK, status)
+	require.Equal(t, "v6", body)
+}

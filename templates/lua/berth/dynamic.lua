@@ -1,0 +1,1050 @@
+-- berth.dynamic: dynamic upstreams for Berth's nginx.
+--
+-- lbagent pushes each app's endpoint set into the shared dict
+-- berth_endpoints through the loopback control endpoint (control); the
+-- balancer (balance) picks a peer from a per-worker cache of the decoded
+-- sets, so endpoint changes need no reload. access answers 503 for an app
+-- with no server, log releases least_conn counts and records passive
+-- failures. init loads the snapshot file lbagent writes, so nginx never
+-- starts with empty endpoints. The contract with lbagent is in
+-- docs/dynamic-upstreams (the push format, status codes and directives).
+--
+-- Requires lua-nginx-module >= 0.10.13 with lua-resty-core (ngx.balancer)
+-- and lua-cjson (Debian: libnginx-mod-http-lua, lua-resty-core, lua-cjson).
+--
+-- Shared dict keys (dict berth_endpoints):
+--   v             installed version (written last by a push)
+--   g             generation, bumped after every write; workers' caches are keyed by it
+--   i             JSON array of the app names in the dict
+--   a:<app>       the app's normalized set, JSON
+--   c:<app>:<ad>  active requests on a peer (least_conn, random_two_least_conn)
+--   f:<app>:<ad>  failures within fail_timeout (TTL fail_timeout)
+--   d:<app>:<ad>  the peer is marked failed (TTL fail_timeout)
+--   dn:<app>      some peer of the app may be marked failed (TTL fail_timeout)
+--   lock          held by a push or by init while it writes
+
+local balancer = require "ngx.balancer"
+local cjson = require("cjson.safe").new()
+
+local ngx = ngx
+local ngx_log, ERR, WARN, NOTICE = ngx.log, ngx.ERR, ngx.WARN, ngx.NOTICE
+local type, pairs, ipairs, tonumber, tostring = type, pairs, ipairs, tonumber, tostring
+local floor, random = math.floor, math.random
+local sfind, smatch, sbyte, ssub, sformat = string.find, string.match, string.byte, string.sub, string.format
+local concat, sort = table.concat, table.sort
+local crc32 = ngx.crc32_short
+local md5_bin = ngx.md5_bin
+
+cjson.decode_invalid_numbers(false) -- no NaN, Infinity or hex numbers
+cjson.decode_max_depth(16)
+cjson.encode_sparse_array(false)
+
+local _M = { _VERSION = "1" }
+
+local DICT_NAME = "berth_endpoints"
+
+-- Bounds on hostile input.
+local MAX_APPS = 10000          -- apps in one batch
+local MAX_SERVERS = 1000        -- servers of one app
+local MAX_WEIGHT = 1000
+local MAX_MAX_FAILS = 1000
+local MAX_FAIL_TIMEOUT = 86400  -- seconds
+local MAX_VERSION = 9007199254740991 -- 2^53-1: versions are exact in a double
+local MAX_NAME = 63
+
+-- Consistent hashing: points on the ring per weight unit, and a cap on the
+-- points of one app's ring (weights are scaled down past it).
+local POINTS_PER_WEIGHT = 160
+local MAX_POINTS = 160000
+local PEER_BITS = 1024          -- > MAX_SERVERS: a point packs hash*1024+peer
+
+local METHODS = {
+    round_robin = true, least_conn = true, ip_hash = true, hash = true,
+    random_two_least_conn = true,
+}
+local COUNTED = { least_conn = true, random_two_least_conn = true }
+
+local NO_BACKEND = '{"error":"no_backend","app":"%s","message":"no healthy instance"}\n'
+
+local token           -- control token, read by init (in the master, inherited by workers)
+local cache = {}      -- per worker: app -> decoded set (see build)
+
+local function shdict()
+    return ngx.shared[DICT_NAME]
+end
+
+---------------------------------------------------------------------------
+-- Validation of pushed input. Each check returns nil on success or the
+-- reason; callers prefix the path.
+---------------------------------------------------------------------------
+
+local function is_int(v, lo, hi)
+    return type(v) == "number" and v >= lo and v <= hi and v == floor(v)
+end
+
+-- decimal: 1..maxlen ASCII digits, no leading zero unless the value is 0.
+local function decimal(s, maxlen)
+    if s == nil or #s == 0 or #s > maxlen or sfind(s, "[^0-9]") then
+        return nil
+    end
+    if #s > 1 and sbyte(s, 1) == 48 then
+        return nil
+    end
+    return tonumber(s)
+end
+
+local function valid_ipv4(s)
+    local a, b, c, d = smatch(s, "^([0-9]+)%.([0-9]+)%.([0-9]+)%.([0-9]+)$")
+    if not a then
+        return false
+    end
+    for _, o in ipairs({ a, b, c, d }) do
+        local n = decimal(o, 3)
+        if not n or n > 255 then
+            return false
+        end
+    end
+    return true
+end
+
+local function valid_ipv6(s)
+    if #s < 2 or #s > 45 or sfind(s, "[^0-9a-fA-F:.]") then
+        return false
+    end
+    local groups = 0
+    local v4 = smatch(s, ":([0-9]+%.[0-9.]*)$")
+    if v4 then
+        if not valid_ipv4(v4) then
+            return false
+        end
+        s = ssub(s, 1, #s - #v4) -- keeps the colon before the IPv4 tail
+        if ssub(s, -2) ~= "::" then
+            s = ssub(s, 1, #s - 1)
+        end
+        groups = 2
+    elseif sfind(s, ".", 1, true) then
+        return false
+    end
+    local dc = sfind(s, "::", 1, true)
+    if dc and sfind(s, "::", dc + 1, true) then
+        return false -- at most one "::"
+    end
+    if sfind(s, ":::", 1, true) then
+        return false
+    end
+    local head, tail
+    if dc then
+        head, tail = ssub(s, 1, dc - 1), ssub(s, dc + 2)
+    else
+        head, tail = s, ""
+    end
+    for _, part in ipairs({ head, tail }) do
+        if part ~= "" then
+            -- colon-separated groups of 1-4 hex digits, no empty group
+            if sfind(part, "^:") or sfind(part, ":$") then
+                return false
+            end
+            for g in (part .. ":"):gmatch("([^:]*):") do
+                if #g < 1 or #g > 4 then
+                    return false
+                end
+                groups = groups + 1
+            end
+        end
+    end
+    if dc then
+        return groups <= 7
+    end
+    return groups == 8
+end
+
+-- parse_address checks "a.b.c.d:port" or "[ipv6]:port" and returns the
+-- host as set_current_peer wants it ("a.b.c.d" or "[ipv6]") and the port.
+local function parse_address(s)
+    if type(s) ~= "string" then
+        return nil, nil, "must be a string"
+    end
+    if #s > 64 then
+        return nil, nil, "is too long"
+    end
+    local host, port
+    if sbyte(s, 1) == 91 then -- '['
+        local inner, p = smatch(s, "^%[([^%]]*)%]:([^:]*)$")
+        if not inner or not valid_ipv6(inner) then
+            return nil, nil, "must be an IPv4 a.b.c.d:port or [IPv6]:port address"
+        end
+        host, port = "[" .. inner .. "]", p
+    else
+        local h, p = smatch(s, "^([^:]*):([^:]*)$")
+        if not h or not valid_ipv4(h) then
+            return nil, nil, "must be an IPv4 a.b.c.d:port or [IPv6]:port address"
+        end
+        host, port = h, p
+    end
+    local n = decimal(port, 5)
+    if not n or n < 1 or n > 65535 then
+        return nil, nil, "port must be 1..65535"
+    end
+    return host, n
+end
+
+local function valid_name(s)
+    return type(s) == "string" and #s >= 1 and #s <= MAX_NAME
+        and smatch(s, "^[a-z0-9][a-z0-9-]*$") ~= nil and ssub(s, -1) ~= "-"
+end
+
+local function is_object(v)
+    return type(v) == "table" and getmetatable(v) == nil
+end
+
+-- is_array reports whether t is a JSON array (keys 1..n); an empty table
+-- counts (cjson decodes [] and {} alike).
+local function is_array(t)
+    if not is_object(t) then
+        return false
+    end
+    local n = 0
+    for k in pairs(t) do
+        if type(k) ~= "number" then
+            return false
+        end
+        n = n + 1
+    end
+    return n == #t
+end
+
+local function unknown_field(t, known)
+    for k in pairs(t) do
+        if not known[k] then
+            return tostring(k)
+        end
+    end
+end
+
+local APP_FIELDS = { method = true, hash = true, max_fails = true, fail_timeout = true, servers = true }
+local SERVER_FIELDS = { address = true, weight = true, backup = true }
+local BATCH_FIELDS = { version = true, full = true, apps = true }
+
+-- check_app validates one app and returns its normalized form.
+local function check_app(name, a)
+    local path = "apps." .. name
+    if not is_object(a) then
+        return nil, path .. ": must be an object or null"
+    end
+    local bad = unknown_field(a, APP_FIELDS)
+    if bad then
+        return nil, path .. "." .. bad .. ": unknown field"
+    end
+    if type(a.method) ~= "string" or not METHODS[a.method] then
+        return nil, path .. ".method: must be one of round_robin, least_conn, ip_hash, hash, random_two_least_conn"
+    end
+    if a.hash ~= nil and type(a.hash) ~= "boolean" then
+        return nil, path .. ".hash: must be a boolean"
+    end
+    local max_fails = a.max_fails
+    if max_fails == nil then
+        max_fails = 1
+    elseif not is_int(max_fails, 0, MAX_MAX_FAILS) then
+        return nil, path .. ".max_fails: must be an integer 0.." .. MAX_MAX_FAILS
+    end
+    local fail_timeout = a.fail_timeout
+    if fail_timeout == nil then
+        fail_timeout = 10
+    elseif type(fail_timeout) ~= "number" or not (fail_timeout >= 0 and fail_timeout <= MAX_FAIL_TIMEOUT) then
+        return nil, path .. ".fail_timeout: must be a number of seconds 0.." .. MAX_FAIL_TIMEOUT
+    end
+    local servers = a.servers
+    if servers == nil or servers == cjson.null then
+        servers = {}
+    elseif not is_array(servers) then
+        return nil, path .. ".servers: must be an array"
+    end
+    if #servers > MAX_SERVERS then
+        return nil, path .. ".servers: more than " .. MAX_SERVERS .. " servers"
+    end
+    local out, seen = {}, {}
+    for i, s in ipairs(servers) do
+        local sp = path .. ".servers[" .. (i - 1) .. "]"
+        if not is_object(s) then
+            return nil, sp .. ": must be an object"
+        end
+        bad = unknown_field(s, SERVER_FIELDS)
+        if bad then
+            return nil, sp .. "." .. bad .. ": unknown field"
+        end
+        local host, _, why = parse_address(s.address)
+        if not host then
+            return nil, sp .. ".address: " .. why
+        end
+        if seen[s.address] then
+            return nil, sp .. ".address: duplicate " .. s.address
+        end
+        seen[s.address] = true
+        local w = s.weight
+        if w == nil then
+            w = 1
+        elseif not is_int(w, 1, MAX_WEIGHT) then
+            return nil, sp .. ".weight: must be an integer 1.." .. MAX_WEIGHT
+        end
+        if s.backup ~= nil and type(s.backup) ~= "boolean" then
+            return nil, sp .. ".backup: must be a boolean"
+        end
+        out[i] = { a = s.address, w = w, b = s.backup == true }
+    end
+    return { m = a.method, mf = max_fails, ft = fail_timeout, s = out }
+end
+
+-- check_batch validates a decoded push body. It returns the version, full,
+-- and a map app -> normalized set or false (remove), or nil and the error.
+local function check_batch(b)
+    if not is_object(b) or #b > 0 then
+        return nil, nil, nil, "body: must be a JSON object"
+    end
+    local bad = unknown_field(b, BATCH_FIELDS)
+    if bad then
+        return nil, nil, nil, bad .. ": unknown field"
+    end
+    if not is_int(b.version, 1, MAX_VERSION) then
+        return nil, nil, nil, "version: must be an integer 1.." .. MAX_VERSION
+    end
+    if b.full ~= nil and type(b.full) ~= "boolean" then
+        return nil, nil, nil, "full: must be a boolean"
+    end
+    if not is_object(b.apps) then
+        return nil, nil, nil, "apps: must be an object"
+    end
+    local n, out = 0, {}
+    for name, a in pairs(b.apps) do
+        n = n + 1
+        if n > MAX_APPS then
+            return nil, nil, nil, "apps: more than " .. MAX_APPS .. " apps"
+        end
+        if not valid_name(name) then
+            return nil, nil, nil, "apps." .. tostring(name) .. ": not a valid app name (a DNS label)"
+        end
+        if a == cjson.null then
+            out[name] = false
+        else
+            local set, err = check_app(name, a)
+            if not set then
+                return nil, nil, nil, err
+            end
+            out[name] = set
+        end
+    end
+    return b.version, b.full == true, out
+end
+
+---------------------------------------------------------------------------
+-- Writing the dict.
+---------------------------------------------------------------------------
+
+-- incr adds by to key, creating it (with ttl) when missing. Unlike
+-- dict:incr with an init value it never evicts other keys (app sets) when
+-- the dict is full; it returns nil then.
+local function incr(dict, key, by, ttl)
+    local n = dict:incr(key, by)
+    if n then
+        return n
+    end
+    if dict:safe_add(key, by, ttl) then
+        return by
+    end
+    return dict:incr(key, by)
+end
+
+local function installed_version(dict)
+    return dict:get("v") or 0
+end
+
+local function app_names(dict)
+    local raw = dict:get("i")
+    local names = raw and cjson.decode(raw)
+    if type(names) ~= "table" then
+        return {}
+    end
+    return names
+end
+
+local function forget_peer(dict, app, addr)
+    dict:delete("c:" .. app .. ":" .. addr)
+    dict:delete("f:" .. app .. ":" .. addr)
+    dict:delete("d:" .. app .. ":" .. addr)
+end
+
+local function addresses(raw)
+    local set = raw and cjson.decode(raw)
+    local out = {}
+    if type(set) == "table" and type(set.s) == "table" then
+        for _, s in ipairs(set.s) do
+            out[s.a] = true
+        end
+    end
+    return out
+end
+
+-- apply writes a validated batch: app sets, removals, the index, then the
+-- version, then bumps the generation. safe_set never evicts; when the dict
+-- is full the writes done so far are undone and an error is returned.
+local function apply(dict, version, full, apps)
+    local names = app_names(dict)
+    local present = {}
+    for _, name in ipairs(names) do
+        present[name] = true
+    end
+    local writes = {} -- name -> new raw or false (delete)
+    for name, set in pairs(apps) do
+        if set then
+            writes[name] = cjson.encode(set)
+        elseif present[name] then
+            writes[name] = false
+        end
+    end
+    if full then
+        for name in pairs(present) do
+            if writes[name] == nil then
+                writes[name] = false
+            end
+        end
+    end
+
+    local old = {}
+    for name in pairs(writes) do
+        old[name] = dict:get("a:" .. name) or false
+    end
+    local done = {}
+    local function undo()
+        for _, name in ipairs(done) do
+            if old[name] then
+                dict:set("a:" .. name, old[name])
+            else
+                dict:delete("a:" .. name)
+            end
+        end
+        incr(dict, "g", 1)
+    end
+    for name, raw in pairs(writes) do
+        if raw then
+            local ok, err = dict:safe_set("a:" .. name, raw)
+            if not ok then
+                undo()
+                return nil, "shared dict " .. DICT_NAME .. ": " .. tostring(err)
+                    .. " (raise lua_shared_dict " .. DICT_NAME .. " size)"
+            end
+            present[name] = true
+        else
+            dict:delete("a:" .. name)
+            present[name] = nil
+        end
+        done[#done + 1] = name
+    end
+
+    local index = {}
+    for name in pairs(present) do
+        index[#index + 1] = name
+    end
+    sort(index)
+    local ok, err = dict:safe_set("i", #index > 0 and cjson.encode(index) or "[]")
+    if not ok then
+        undo()
+        return nil, "shared dict " .. DICT_NAME .. ": " .. tostring(err)
+    end
+    ok, err = dict:safe_set("v", version)
+    if not ok then
+        return nil, "shared dict " .. DICT_NAME .. ": " .. tostring(err)
+    end
+    incr(dict, "g", 1)
+
+    -- Counters of peers and apps that are gone.
+    for name, raw in pairs(writes) do
+        local before = addresses(old[name])
+        local after = raw and addresses(raw) or {}
+        for addr in pairs(before) do
+            if not after[addr] then
+                forget_peer(dict, name, addr)
+            end
+        end
+        if not raw then
+            dict:delete("dn:" .. name)
+        end
+    end
+    return #index
+end
+
+local function lock(dict)
+    return dict:safe_add("lock", true, 10)
+end
+
+local function unlock(dict)
+    dict:delete("lock")
+end
+
+local function read_file(path)
+    local f, err = io.open(path, "rb")
+    if not f then
+        return nil, err
+    end
+    local data = f:read("*a")
+    f:close()
+    return data
+end
+
+---------------------------------------------------------------------------
+-- init (init_by_lua, in the master; again on every HUP reload).
+---------------------------------------------------------------------------
+
+function _M.init(snapshot_path, token_path)
+    local t, err = read_file(token_path)
+    if t then
+        t = smatch(t, "^%s*(.-)%s*$")
+    end
+    if not t or t == "" then
+        token = nil
+        ngx_log(ERR, "berth.dynamic: no control token in ", token_path, ": ", err or "empty file",
+            "; every control request is refused")
+    else
+        token = t
+    end
+
+    local dict = shdict()
+    if not dict then
+        ngx_log(ERR, "berth.dynamic: lua_shared_dict ", DICT_NAME, " is not configured")
+        return
+    end
+    local data
+    data, err = read_file(snapshot_path)
+    if not data then
+        ngx_log(WARN, "berth.dynamic: no endpoint snapshot ", snapshot_path, ": ", err,
+            "; the shared dict keeps version ", installed_version(dict))
+        return
+    end
+    local body
+    body, err = cjson.decode(data)
+    if body == nil then
+        ngx_log(ERR, "berth.dynamic: endpoint snapshot ", snapshot_path, " is not JSON: ", err)
+        return
+    end
+    local version, _, apps
+    version, _, apps, err = check_batch(body)
+    if not version then
+        ngx_log(ERR, "berth.dynamic: endpoint snapshot ", snapshot_path, " refused: ", err)
+        return
+    end
+    local installed = installed_version(dict)
+    if installed >= version then
+        ngx_log(NOTICE, "berth.dynamic: shared dict version ", installed,
+            " is not older than snapshot version ", version, "; snapshot not loaded")
+        return
+    end
+    if not lock(dict) then
+        ngx_log(WARN, "berth.dynamic: a push holds the shared dict; snapshot not loaded")
+        return
+    end
+    local n
+    n, err = apply(dict, version, true, apps)
+    unlock(dict)
+    if not n then
+        ngx_log(ERR, "berth.dynamic: load endpoint snapshot ", snapshot_path, ": ", err)
+        return
+    end
+    ngx_log(NOTICE, "berth.dynamic: loaded endpoint snapshot version ", version, " with ", n, " apps")
+end
+
+---------------------------------------------------------------------------
+-- Control endpoint (content_by_lua on the loopback status listener).
+---------------------------------------------------------------------------
+
+local function reply(status, body)
+    ngx.status = status
+    ngx.header["Content-Type"] = "application/json"
+    ngx.header["Cache-Control"] = "no-store"
+    ngx.print(body, "\n")
+    return ngx.exit(ngx.HTTP_OK)
+end
+
+local function reply_error(status, msg)
+    return reply(status, cjson.encode({ error = msg }))
+end
+
+-- same compares two strings in time independent of where they differ.
+local function same(a, b)
+    if type(a) ~= "string" or type(b) ~= "string" or #a ~= #b then
+        return false
+    end
+    local bit = require "bit"
+    local diff = 0
+    for i = 1, #a do
+        diff = bit.bor(diff, bit.bxor(sbyte(a, i), sbyte(b, i)))
+    end
+    return diff == 0
+end
+
+local function read_body()
+    ngx.req.read_body()
+    local body = ngx.req.get_body_data()
+    if body then
+        return body
+    end
+    local file = ngx.req.get_body_file()
+    if file then
+        return read_file(file)
+    end
+    return nil, "empty body"
+end
+
+function _M.control()
+    local remote = ngx.var.remote_addr
+    if remote ~= "127.0.0.1" and remote ~= "::1" and ssub(remote or "", 1, 5) ~= "unix:" then
+        return reply_error(403, "forbidden: the control endpoint answers loopback clients only")
+    end
+    local given = ngx.var.http_x_berth_token
+    if not token or not same(given, token) then
+        return reply_error(403, "forbidden: missing or wrong X-Berth-Token")
+    end
+    local dict = shdict()
+    if not dict then
+        return reply_error(500, "lua_shared_dict " .. DICT_NAME .. " is not configured")
+    end
+
+    local method = ngx.req.get_method()
+    if method == "GET" then
+        return reply(200, sformat('{"version":%d,"apps":%d}', installed_version(dict), #app_names(dict)))
+    end
+    if method ~= "POST" then
+        ngx.header["Allow"] = "GET, POST"
+        return reply_error(405, "method not allowed: GET or POST")
+    end
+
+    local data, err = read_body()
+    if not data then
+        return reply_error(400, "body: " .. tostring(err))
+    end
+    local body
+    body, err = cjson.decode(data)
+    if body == nil then
+        return reply_error(400, "body: not JSON: " .. tostring(err))
+    end
+    local version, full, apps
+    version, full, apps, err = check_batch(body)
+    if not version then
+        return reply_error(400, err)
+    end
+
+    -- Another push may write right now (lbagent pushes one at a time, so
+    -- this is rare): wait for it up to a second.
+    local locked = lock(dict)
+    for _ = 1, 200 do
+        if locked then
+            break
+        end
+        ngx.sleep(0.005)
+        locked = lock(dict)
+    end
+    if not locked then
+        return reply_error(503, "another push holds the shared dict; retry")
+    end
+    local installed = installed_version(dict)
+    if version <= installed then
+        unlock(dict)
+        return reply(409, sformat('{"version":%d}', installed))
+    end
+    local n
+    n, err = apply(dict, version, full, apps)
+    unlock(dict)
+    if not n then
+        ngx_log(ERR, "berth.dynamic: push version ", version, ": ", err)
+        return reply_error(507, err)
+    end
+    return reply(200, sformat('{"version":%d}', version))
+end
+
+---------------------------------------------------------------------------
+-- Per-worker cache of decoded sets.
+---------------------------------------------------------------------------
+
+-- build decodes an app's raw set into the worker's balancing state.
+local function build(raw, g)
+    local set = cjson.decode(raw)
+    if type(set) ~= "table" then
+        return nil
+    end
+    local e = {
+        raw = raw, g = g, method = set.m, max_fails = set.mf, fail_timeout = set.ft,
+        primary = {}, backup = {}, n = 0,
+    }
+    for _, s in ipairs(set.s or {}) do
+        local host, port = parse_address(s.a)
+        if host then
+            local p = { id = s.a, host = host, port = port, weight = s.w, cw = 0 }
+            local group = s.b and e.backup or e.primary
+            group[#group + 1] = p
+            e.n = e.n + 1
+        end
+    end
+    return e
+end
+
+-- lookup returns the app's cached set, refreshed when the dict's
+-- generation moved and the app's raw set changed; nil when the app is
+-- not in the dict.
+local function lookup(dict, app)
+    local g = dict:get("g") or 0
+    local e = cache[app]
+    if e and e.g == g then
+        return e
+    end
+    local raw = dict:get("a:" .. app)
+    if not raw then
+        cache[app] = nil
+        return nil
+    end
+    if e and e.raw == raw then
+        e.g = g
+        return e
+    end
+    e = build(raw, g)
+    cache[app] = e
+    return e
+end
+
+---------------------------------------------------------------------------
+-- Peer choice.
+---------------------------------------------------------------------------
+
+-- smooth weighted round robin over the peers of list for which ok(p) holds.
+local function pick_rr(list, ok)
+    local best, total = nil, 0
+    for i = 1, #list do
+        local p = list[i]
+        if ok(p) then
+            p.cw = p.cw + p.weight
+            total = total + p.weight
+            if not best or p.cw > best.cw then
+                best = p
+            end
+        end
+    end
+    if best then
+        best.cw = best.cw - total
+    end
+    return best
+end
+
+local function conns(dict, app, p)
+    return dict:get("c:" .. app .. ":" .. p.id) or 0
+end
+
+-- least_conn: fewest active requests relative to weight, ties by round robin.
+local function pick_least_conn(dict, app, list, ok)
+    local tied, best_c, best_w = {}, nil, nil
+    for i = 1, #list do
+        local p = list[i]
+        if ok(p) then
+            local c = conns(dict, app, p)
+            if not best_c or c * best_w < best_c * p.weight then
+                tied = { p }
+                best_c, best_w = c, p.weight
+            elseif c * best_w == best_c * p.weight then
+                tied[#tied + 1] = p
+            end
+        end
+    end
+    if #tied <= 1 then
+        return tied[1]
+    end
+    return pick_rr(tied, function() return true end)
+end
+
+local function pick_weighted_random(cands, total, skip)
+    local r = random() * total
+    for i = 1, #cands do
+        local p = cands[i]
+        if p ~= skip then
+            r = r - p.weight
+            if r < 0 then
+                return p
+            end
+        end
+    end
+    for i = #cands, 1, -1 do
+        if cands[i] ~= skip then
+            return cands[i]
+        end
+    end
+end
+
+-- random_two_least_conn: two weighted-random peers, the less loaded one.
+local function pick_random_two(dict, app, list, ok)
+    local cands, total = {}, 0
+    for i = 1, #list do
+        local p = list[i]
+        if ok(p) then
+            cands[#cands + 1] = p
+            total = total + p.weight
+        end
+    end
+    if #cands <= 1 then
+        return cands[1]
+    end
+    local a = pick_weighted_random(cands, total)
+    local b = pick_weighted_random(cands, total - a.weight, a)
+    local ca, cb = conns(dict, app, a), conns(dict, app, b)
+    if cb * a.weight < ca * b.weight then
+        return b
+    end
+    return a
+end
+
+-- ring builds (once per set and worker) the consistent hash ring of the
+-- primaries: POINTS_PER_WEIGHT points per weight unit, scaled down to
+-- MAX_POINTS, placed by md5 as ketama does; keys are placed by crc32.
+local function ring(e)
+    if e.ring then
+        return e.ring
+    end
+    local list, total = e.primary, 0
+    for i = 1, #list do
+        total = total + list[i].weight
+    end
+    local scale = 1
+    if total * POINTS_PER_WEIGHT > MAX_POINTS then
+        scale = MAX_POINTS / (total * POINTS_PER_WEIGHT)
+    end
+    local points = {}
+    for i = 1, #list do
+        local p = list[i]
+        local np = floor(p.weight * POINTS_PER_WEIGHT * scale)
+        if np < 1 then
+            np = 1
+        end
+        -- ketama: each md5 digest of "<address>-<k>" gives four points
+        -- (crc32 of such similar strings clusters on the ring).
+        local j = 0
+        while j < np do
+            local d = md5_bin(p.id .. "-" .. floor(j / 4))
+            for o = 1, 13, 4 do
+                if j >= np then
+                    break
+                end
+                local b1, b2, b3, b4 = sbyte(d, o, o + 3)
+                points[#points + 1] = (b1 + b2 * 256 + b3 * 65536 + b4 * 16777216) * PEER_BITS + i
+                j = j + 1
+            end
+        end
+    end
+    sort(points)
+    e.ring = points
+    return points
+end
+
+-- pick_hash walks the ring from the key's point to the first usable peer.
+local function pick_hash(e, key, ok)
+    local points = ring(e)
+    local n = #points
+    if n == 0 then
+        return nil
+    end
+    local h = crc32(key or "") * PEER_BITS
+    local lo, hi = 1, n + 1
+    while lo < hi do -- first point >= h
+        local mid = floor((lo + hi) / 2)
+        if points[mid] < h then
+            lo = mid + 1
+        else
+            hi = mid
+        end
+    end
+    local list, seen, distinct = e.primary, {}, 0
+    local steps = n < 4096 and n or 4096
+    for k = 0, steps - 1 do
+        local pt = points[(lo - 1 + k) % n + 1]
+        local idx = pt % PEER_BITS
+        if not seen[idx] then
+            seen[idx] = true
+            local p = list[idx]
+            if ok(p) then
+                return p
+            end
+            distinct = distinct + 1
+            if distinct >= #list then
+                return nil
+            end
+        end
+    end
+    return pick_rr(list, ok)
+end
+
+local function choose(dict, app, e, list, ok)
+    local m = e.method
+    if m == "round_robin" or list ~= e.primary then
+        return pick_rr(list, ok)
+    elseif m == "least_conn" then
+        return pick_least_conn(dict, app, list, ok)
+    elseif m == "random_two_least_conn" then
+        return pick_random_two(dict, app, list, ok)
+    elseif m == "ip_hash" then
+        return pick_hash(e, ngx.var.remote_addr, ok)
+    elseif m == "hash" then
+        return pick_hash(e, ngx.var.berth_hash_key, ok)
+    end
+    return pick_rr(list, ok)
+end
+
+local function is_down(dict, app, p)
+    return dict:get("d:" .. app .. ":" .. p.id) ~= nil
+end
+
+-- record_failure counts a failure of peer id; at max_fails within
+-- fail_timeout the peer is marked failed for fail_timeout.
+local function record_failure(dict, app, e, id)
+    local mf, ft = e.max_fails, e.fail_timeout
+    if not mf or mf <= 0 or not ft or ft <= 0 then
+        return
+    end
+    local key = "f:" .. app .. ":" .. id
+    local n = incr(dict, key, 1, ft) or 1
+    if n >= mf then
+        dict:safe_set("d:" .. app .. ":" .. id, true, ft)
+        dict:safe_set("dn:" .. app, true, ft)
+        dict:delete(key)
+        ngx_log(WARN, "berth.dynamic: app ", app, " peer ", id, " marked failed for ", ft, "s after ",
+            n, " failures")
+    end
+end
+
+local function count_conn(dict, app, id)
+    incr(dict, "c:" .. app .. ":" .. id, 1)
+end
+
+local function release_conn(dict, app, id)
+    local n = dict:incr("c:" .. app .. ":" .. id, -1)
+    if n and n < 0 then
+        dict:incr("c:" .. app .. ":" .. id, -n)
+    end
+end
+
+-- balance is called by balancer_by_lua for every try of a request. tries
+-- is the location's proxy_next_upstream_tries (0: one try per server);
+-- without it, $berth_tries is read.
+function _M.balance(app, tries)
+    local dict = shdict()
+    local ctx = ngx.ctx
+    local st = ctx.berth
+    local e = lookup(dict, app)
+    if not e or e.n == 0 then
+        ngx_log(ERR, "berth.dynamic: app ", app, " has no endpoints")
+        return ngx.exit(502)
+    end
+
+    if not st then
+        st = { tried = {}, order = {}, counted = COUNTED[e.method] }
+        ctx.berth = st
+        tries = tonumber(tries) or tonumber(ngx.var.berth_tries) or 1
+        if tries <= 0 or tries > e.n then
+            tries = e.n
+        end
+        if tries > 1 then
+            local ok, err = balancer.set_more_tries(tries - 1)
+            if not ok then
+                ngx_log(ERR, "berth.dynamic: set_more_tries: ", err)
+            end
+        end
+    else
+        local state = balancer.get_last_failure()
+        if state == "failed" then
+            record_failure(dict, app, e, st.order[#st.order])
+        end
+    end
+
+    local tried = st.tried
+    local check_down = dict:get("dn:" .. app) ~= nil
+    local down = {}
+    local function usable(p)
+        if tried[p.id] or down[p.id] then
+            return false
+        end
+        return true
+    end
+    local function untried(p)
+        return not tried[p.id]
+    end
+
+    local p
+    for _, list in ipairs({ e.primary, e.backup }) do
+        if #list > 0 then
+            while true do
+                p = choose(dict, app, e, list, usable)
+                if not p or not check_down or not is_down(dict, app, p) then
+                    break
+                end
+                down[p.id] = true
+                p = nil
+            end
+        end
+        if p then
+            break
+        end
+    end
+    -- Every peer is marked failed: try them anyway, as nginx does.
+    if not p then
+        p = choose(dict, app, e, e.primary, untried)
+            or pick_rr(e.backup, untried)
+            or pick_rr(e.primary, function() return true end)
+            or pick_rr(e.backup, function() return true end)
+    end
+
+    tried[p.id] = true
+    st.order[#st.order + 1] = p.id
+    if st.counted then
+        count_conn(dict, app, p.id)
+    end
+    local ok, err = balancer.set_current_peer(p.host, p.port)
+    if not ok then
+        ngx_log(ERR, "berth.dynamic: set_current_peer ", p.id, ": ", err)
+        return ngx.exit(502)
+    end
+end
+
+-- access answers 503 with a JSON body when the app has no server.
+function _M.access(app)
+    local e = lookup(shdict(), app)
+    if e and e.n > 0 then
+        return
+    end
+    ngx.status = 503
+    ngx.header["Content-Type"] = "application/json"
+    ngx.print(sformat(NO_BACKEND, app))
+    return ngx.exit(ngx.HTTP_OK)
+end
+
+-- log releases the active counts of every tried peer and records a
+-- failure of the last one when it ended the request with 502 or 504
+-- (connection error or timeout; earlier tries were recorded by balance).
+function _M.log(app)
+    local st = ngx.ctx.berth
+    if not st then
+        return
+    end
+    local dict = shdict()
+    if st.counted then
+        for _, id in ipairs(st.order) do
+            release_conn(dict, app, id)
+        end
+    end
+    local status = ngx.status
+    if status == 502 or status == 504 then
+        local us = ngx.var.upstream_status
+        local last = us and smatch(us, "(%d+)%s*$")
+        if last == "502" or last == "504" then
+            local e = lookup(dict, app)
+            if e then
+                record_failure(dict, app, e, st.order[#st.order])
+            end
+        end
+    end
+end
+
+-- Exposed for the tests of the validation rules.
+_M._parse_address = parse_address
+
+return _M
