@@ -369,9 +369,10 @@ type lbagentProcess struct {
 	err  error // cmd.Wait's, once done is closed
 }
 
-// startLBAgentProcess runs lbagent with args as a child process whose output
-// is appended to logPath; it is killed when the test ends.
-func startLBAgentProcess(t *testing.T, logPath string, args ...string) *lbagentProcess {
+// startLBAgentProcess runs lbagent with args and the extra environment env
+// as a child process whose output is appended to logPath; it is killed when
+// the test ends.
+func startLBAgentProcess(t *testing.T, logPath string, env []string, args ...string) *lbagentProcess {
 	t.Helper()
 	exe, err := os.Executable()
 	require.NoError(t, err)
@@ -379,7 +380,7 @@ func startLBAgentProcess(t *testing.T, logPath string, args ...string) *lbagentP
 	require.NoError(t, err)
 	defer logf.Close()
 	cmd := exec.Command(exe, args...)
-	cmd.Env = append(os.Environ(), lbagentProcessEnv+"=1")
+	cmd.Env = append(append(os.Environ(), lbagentProcessEnv+"=1"), env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	require.NoError(t, cmd.Start())
 	p := &lbagentProcess{cmd: cmd, done: make(chan struct{})}
@@ -516,7 +517,7 @@ func TestManagedNginxOutlivesKilledLBAgent(t *testing.T) {
 		"--status-listen", fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t)), "--metrics-listen", "",
 		"--templates", filepath.Join(dir, "none"), "--debounce", "10ms:100ms"}
 
-	first := startLBAgentProcess(t, logPath, args...)
+	first := startLBAgentProcess(t, logPath, nil, args...)
 	cl.app("demo")
 	cl.instance("demo", "a", testrig.Backend(t, "A"), msg.StateRunning)
 	require.Equal(t, "A", testrig.WaitHTTP(t, "http://"+httpAddr+"/", 30*time.Second))
@@ -534,7 +535,7 @@ func TestManagedNginxOutlivesKilledLBAgent(t *testing.T) {
 	require.Equal(t, []int{master}, nginxMasters(t, dir))
 
 	// A new lbagent adopts the running master and applies a later change.
-	second := startLBAgentProcess(t, logPath, args...)
+	second := startLBAgentProcess(t, logPath, []string{"BERTH_LBAGENT_LEAVE_NGINX_RUNNING=true"}, args...)
 	cl.instance("demo", "b", testrig.Backend(t, "B"), msg.StateRunning)
 	require.Eventually(t, func() bool {
 		for range 4 {
@@ -544,16 +545,33 @@ func TestManagedNginxOutlivesKilledLBAgent(t *testing.T) {
 		}
 		return false
 	}, 30*time.Second, 20*time.Millisecond, "the new lbagent applies a state change to the adopted nginx")
+	require.Equal(t, []int{master}, nginxMasters(t, dir), "the same master serves: adopted, not started again")
+
+	// With --leave-nginx-running a clean stop leaves nginx serving too.
+	require.NoError(t, second.cmd.Process.Signal(syscall.SIGTERM))
+	require.NoError(t, second.wait(t, 40*time.Second), "a clean stop exits 0")
+	time.Sleep(300 * time.Millisecond)
+	require.Equal(t, []int{master}, nginxMasters(t, dir), "--leave-nginx-running leaves nginx running")
+	third := startLBAgentProcess(t, logPath, nil, args...)
+	cl.instance("demo", "a", "127.0.0.1:1", msg.StateStopped)
+	require.Eventually(t, func() bool {
+		for range 4 {
+			if _, body := get("http://" + httpAddr + "/"); body != "B" {
+				return false
+			}
+		}
+		return true
+	}, 30*time.Second, 20*time.Millisecond, "a third lbagent applies a change to the same nginx")
 	time.Sleep(300 * time.Millisecond)
 	ok, failed, errs := load.halt()
 	t.Logf("requests: %d ok, %d failed", ok, failed)
-	require.Zero(t, failed, "no request fails while lbagent is killed and replaced: %v", errs)
+	require.Zero(t, failed, "no request fails while lbagent is killed, replaced and restarted: %v", errs)
 	require.Greater(t, ok, int64(100))
-	require.Equal(t, []int{master}, nginxMasters(t, dir), "the same master serves: adopted, not started again")
+	require.Equal(t, []int{master}, nginxMasters(t, dir), "one master all along")
 
-	// A clean stop still quits nginx.
-	require.NoError(t, second.cmd.Process.Signal(syscall.SIGTERM))
-	require.NoError(t, second.wait(t, 40*time.Second), "a clean stop exits 0")
+	// Without the flag a clean stop quits nginx.
+	require.NoError(t, third.cmd.Process.Signal(syscall.SIGTERM))
+	require.NoError(t, third.wait(t, 40*time.Second), "a clean stop exits 0")
 	require.Eventually(t, func() bool { return len(nginxMasters(t, dir)) == 0 }, 10*time.Second, 20*time.Millisecond,
 		"a clean stop quits nginx")
 }
