@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -285,8 +286,9 @@ func TestLuaBalancing(t *testing.T) {
 		s.Servers[0].Weight = 5
 		r.Push(rigBatch{Version: 1, Apps: map[string]*rigSet{"web": s}})
 		// nginx's smooth weighted round robin for 5,1,1 is a a b a c a a
-		// per worker; with two workers the order interleaves, so count.
-		counts := r.Spread("web", 700, 4)
+		// per worker: 700 requests on one connection (one worker) are
+		// exactly 100 such cycles.
+		counts := r.Spread("web", 700, 1)
 		require.Equal(t, map[string]int{"a": 500, "b": 100, "c": 100}, counts)
 	})
 
@@ -379,6 +381,7 @@ func TestLuaBalancing(t *testing.T) {
 				require.Equal(t, "b4", after[k], "key %s moved between old servers", k)
 			}
 		}
+		t.Logf("adding a fifth server moved %d of %d keys (%.3f)", moved, keys, float64(moved)/keys)
 		require.LessOrEqual(t, float64(moved)/keys, 1.0/5+0.05, "moved %d of %d keys", moved, keys)
 		require.Positive(t, moved)
 	})
@@ -446,6 +449,7 @@ func TestLuaKeepalive(t *testing.T) {
 	r.Push(rigBatch{Version: 1, Apps: map[string]*rigSet{"web": rigSetOf("round_robin", a.Addr)}})
 	counts := r.Spread("web", 2000, 1)
 	require.Equal(t, 2000, counts["a"])
+	t.Logf("2000 sequential requests, %d upstream connections", a.Conns.Load())
 	// One connection per worker would do; allow a few.
 	require.LessOrEqual(t, a.Conns.Load(), int64(4), "2000 sequential requests opened %d upstream connections", a.Conns.Load())
 }
@@ -610,4 +614,78 @@ func TestLuaValidAddresses(t *testing.T) {
 	status, body, _ := r.Get("web", "", nil)
 	require.Equal(t, http.StatusOK, status)
 	require.Equal(t, "v6", body)
+}
+
+// BenchmarkLuaPushToFirstAnswer measures the time from a push to the first
+// answer from the new endpoint, polled in a tight loop, with 1000 apps in
+// the dict: a one-app push (what lbagent sends for a scale or a rollout
+// step) and a full 1000-app push (after a reconnect). The floor is a GET of
+// the version on the same control endpoint; ratio_p50 is push/floor.
+func BenchmarkLuaPushToFirstAnswer(b *testing.B) {
+	for _, full := range []bool{false, true} {
+		name := "one_app"
+		if full {
+			name = "full_1000_apps"
+		}
+		b.Run(name, func(b *testing.B) {
+			ba, bb := newBackend(b, "a"), newBackend(b, "b")
+			r := newLuaRig(b, rigApp{Name: "web", Tries: 2, Keepalive: 16})
+			r.Start()
+			apps := map[string]*rigSet{}
+			for i := range 999 {
+				apps[fmt.Sprintf("app%d", i)] = rigSetOf("round_robin", fmt.Sprintf("10.0.%d.%d:8080", i/200, i%200+1), fmt.Sprintf("10.1.%d.%d:8080", i/200, i%200+1))
+			}
+			apps["web"] = rigSetOf("round_robin", ba.Addr)
+			version := uint64(1)
+			r.Push(rigBatch{Version: version, Full: true, Apps: apps})
+
+			floor := make([]time.Duration, 0, b.N)
+			lat := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for i := range b.N {
+				start := time.Now()
+				r.Version()
+				floor = append(floor, time.Since(start))
+
+				want, addr := "b", bb.Addr
+				if i%2 == 1 {
+					want, addr = "a", ba.Addr
+				}
+				version++
+				batch := rigBatch{Version: version, Apps: map[string]*rigSet{"web": rigSetOf("round_robin", addr)}}
+				if full {
+					apps["web"] = batch.Apps["web"]
+					batch.Full, batch.Apps = true, apps
+				}
+				body := mustJSON(b, batch)
+				start = time.Now()
+				status, out := r.PushRaw(body)
+				if status != http.StatusOK {
+					b.Fatalf("push: %d %v", status, out)
+				}
+				for {
+					_, got, _, err := r.get(r.client, "web", "", nil)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if got == want {
+						break
+					}
+				}
+				lat = append(lat, time.Since(start))
+			}
+			b.StopTimer()
+			sortDurations(lat)
+			sortDurations(floor)
+			ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+			b.ReportMetric(ms(percentile(lat, 50)), "p50_ms")
+			b.ReportMetric(ms(percentile(lat, 99)), "p99_ms")
+			b.ReportMetric(ms(percentile(floor, 50)), "floor_p50_ms")
+			b.ReportMetric(float64(percentile(lat, 50))/float64(percentile(floor, 50)), "ratio_p50")
+		})
+	}
+}
+
+func sortDurations(d []time.Duration) {
+	slices.Sort(d)
 }

@@ -408,9 +408,15 @@ local function apply(dict, version, full, apps)
         end
     end
 
+    -- Unchanged apps (most of a full push) are not rewritten.
     local old = {}
-    for name in pairs(writes) do
-        old[name] = dict:get("a:" .. name) or false
+    for name, raw in pairs(writes) do
+        local before = dict:get("a:" .. name) or false
+        if before == raw then
+            writes[name] = nil
+        else
+            old[name] = before
+        end
     end
     local done = {}
     local function undo()
