@@ -61,7 +61,10 @@ func TestFullStackZeroFailedRequests(t *testing.T) {
 		report = append(report, scenario{name, res})
 		t.Logf("%-32s %s", name, res)
 		require.Positive(t, res.OK, name)
-		require.NoError(t, loadgen.Check(res), name)
+		// Not fatal: the scenarios go on, so that the report has them all.
+		if err := loadgen.Check(res); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
 
 	run("scale 3 → 8 → 2", func() {
@@ -83,12 +86,14 @@ func TestFullStackZeroFailedRequests(t *testing.T) {
 		// The rate staggers the 8 workers evenly, so that the requests in
 		// flight at the kill are of every age (unpaced, they would run in
 		// lockstep and the kill could land just after a batch began).
-		slow := loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/slow?d=500ms", Host: demoHost, Workers: 8, Rate: 15})
+		slow := loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/slow?d=500ms", Host: demoHost, Workers: 8, Rate: 15, NoRetry: strictClient})
 		defer func() {
 			res := slow.Stop()
 			t.Logf("%-32s %s", "  in-flight /slow?d=500ms load", res)
 			report = append(report, scenario{"docker kill: 500 ms requests in flight", res})
-			require.NoError(t, loadgen.Check(res), "slow requests during the kill")
+			if err := loadgen.Check(res); err != nil {
+				t.Errorf("slow requests during the kill: %v", err)
+			}
 			// A request that took longer than its 500 ms was in flight on
 			// the killed container and answered by another after nginx's retry.
 			require.Greater(t, res.Max, 550*time.Millisecond, "requests were in flight on the killed container")
@@ -179,11 +184,11 @@ func TestFullStackZeroFailedRequests(t *testing.T) {
 	require.Regexp(t, `(?m) health demo  [a-z0-9]+  unknown -> healthy`, out)
 	require.Regexp(t, `(?m) health demo  [a-z0-9]+  \S+ -> unhealthy  \(.*\)  http_status: `, out)
 
-	t.Log("requests and failures per scenario (load: 4 keep-alive connections, 200 req/s through nginx):")
-	t.Log("| scenario | requests | non-2xx | errors | connections | retried on a closed keep-alive |")
+	t.Logf("requests and failures per scenario (load: 4 keep-alive connections, 200 req/s through nginx; client retries: %v):", !strictClient)
+	t.Log("| scenario | requests | non-2xx | errors | of which on a reused keep-alive | connections | retried on a closed keep-alive |")
 	for _, sc := range report {
 		r := sc.Result
-		t.Logf("| %s | %d | %d | %d | %d | %d |", sc.Name, r.Requests, r.Non2xx, r.Errors, r.Conns, r.Retried)
+		t.Logf("| %s | %d | %d | %d | %d | %d | %d |", sc.Name, r.Requests, r.Non2xx, r.Errors, r.ReusedErrors, r.Conns, r.Retried)
 	}
 }
 

@@ -436,9 +436,17 @@ type scenario struct {
 	Result loadgen.Result
 }
 
+// strictClient puts every load generator of the full-stack tests in
+// loadgen's no-retry mode (Config.NoRetry), a client like wrk: a GET lost on
+// a keep-alive connection nginx closed in a reload is a failed request
+// instead of one net/http quietly sends again. Today each reload for an
+// endpoint change loses a few such requests.
+// Flip when dynamic upstreams land (issue 15).
+const strictClient = false
+
 // load starts the load generator against the app's host through nginx.
 func (s *stack) load(host string) *loadgen.Run {
-	return loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/", Host: host, Workers: 4, Rate: 200})
+	return loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/", Host: host, Workers: 4, Rate: 200, NoRetry: strictClient})
 }
 
 func equalSets(a, b map[string]bool) bool {

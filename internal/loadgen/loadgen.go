@@ -2,14 +2,19 @@
 // benchmarks: a fixed number of workers send GET requests through nginx at
 // a bounded total rate, and every response and every error is counted.
 //
-// It behaves like a browser or any HTTP/1.1 client library: each worker
-// keeps its connection alive, and net/http retries an idempotent request
-// once when a reused keep-alive connection turns out to have been closed by
-// the server before it answered (RFC 9110 §9.2.2). That retry is what every
-// client does when nginx closes idle keep-alive connections during a
-// graceful reload; counting it as a failure would measure the client, not
-// Berth. Anything else — a refused or reset connection on a fresh
-// connection, a timeout, a non-2xx status — is counted as a failure.
+// Each worker keeps its connection alive. By default it behaves like a
+// browser or any net/http client: net/http sends an idempotent request a
+// second time, on a new connection, when the reused keep-alive connection it
+// went out on turns out to have been closed by the server before it answered
+// (RFC 9110 §9.2.2) — what happens when nginx closes idle keep-alive
+// connections during a graceful reload. Such a request is counted in
+// Result.Retried, not as a failure.
+//
+// With Config.NoRetry the generator behaves like wrk: no request is ever
+// sent twice, so a request lost on a closed keep-alive connection is a
+// failure (an error, also counted in Result.ReusedErrors). Everything else —
+// a refused or reset fresh connection, a timeout, a non-2xx status — is a
+// failure in both modes.
 package loadgen
 
 import (
@@ -42,6 +47,12 @@ type Config struct {
 	Rate float64
 	// Timeout bounds one request (default 5s).
 	Timeout time.Duration
+	// NoRetry makes net/http never send a request a second time: a request
+	// lost on a kept-alive connection the server closed is counted as an
+	// error, as wrk counts it, instead of in Retried. Each GET then carries
+	// an empty body of unknown length (see noRetryBody); on the wire it is
+	// the same GET, with neither Content-Length nor Transfer-Encoding.
+	NoRetry bool
 }
 
 // Result counts what happened. Failures are Non2xx + Errors.
@@ -54,8 +65,13 @@ type Result struct {
 	// Retried counts requests net/http sent a second time because the
 	// kept-alive connection it first used had been closed by the server
 	// (see the package comment); each is also counted once in Requests.
-	Retried  int64         `json:"retried"`
-	Duration time.Duration `json:"duration"`
+	// It stays 0 with Config.NoRetry.
+	Retried int64 `json:"retried"`
+	// ReusedErrors counts the Errors that happened on a reused keep-alive
+	// connection rather than a fresh one: with Config.NoRetry, mostly the
+	// requests net/http would otherwise have retried.
+	ReusedErrors int64         `json:"reused_errors"`
+	Duration     time.Duration `json:"duration"`
 	// Statuses counts responses by status code.
 	Statuses map[int]int64 `json:"statuses"`
 	// Versions counts 2xx responses by the "version" field of a JSON body
@@ -72,9 +88,9 @@ func (r Result) Failed() int64 { return r.Non2xx + r.Errors }
 
 // String is one line for a test log or a benchmark table.
 func (r Result) String() string {
-	s := fmt.Sprintf("%d requests in %s (%.0f/s): %d ok, %d non-2xx, %d errors; %d connections, %d retried on a closed keep-alive; p50 %s p99 %s max %s",
+	s := fmt.Sprintf("%d requests in %s (%.0f/s): %d ok, %d non-2xx, %d errors (%d on a reused keep-alive); %d connections, %d retried on a closed keep-alive; p50 %s p99 %s max %s",
 		r.Requests, r.Duration.Round(time.Millisecond), float64(r.Requests)/max(r.Duration.Seconds(), 1e-9),
-		r.OK, r.Non2xx, r.Errors, r.Conns, r.Retried, r.P50.Round(100*time.Microsecond), r.P99.Round(100*time.Microsecond), r.Max.Round(100*time.Microsecond))
+		r.OK, r.Non2xx, r.Errors, r.ReusedErrors, r.Conns, r.Retried, r.P50.Round(100*time.Microsecond), r.P99.Round(100*time.Microsecond), r.Max.Round(100*time.Microsecond))
 	if len(r.Versions) > 0 {
 		keys := make([]string, 0, len(r.Versions))
 		for k := range r.Versions {
@@ -100,7 +116,7 @@ type Run struct {
 	wg     sync.WaitGroup
 	start  time.Time
 
-	requests, ok, non2xx, errs, conns, retried atomic.Int64
+	requests, ok, non2xx, errs, reusedErrs, conns, retried atomic.Int64
 
 	mu        sync.Mutex
 	statuses  map[int]int64
@@ -169,22 +185,27 @@ func (r *Run) worker(ctx context.Context, interval, offset time.Duration) {
 
 func (r *Run) one(ctx context.Context, client *http.Client) {
 	// GotConn runs once per attempt: a second call is net/http's retry.
-	attempts := 0
+	attempts, reused := 0, false
 	trace := &httptrace.ClientTrace{
 		ConnectDone: func(_, _ string, err error) {
 			if err == nil {
 				r.conns.Add(1)
 			}
 		},
-		GotConn: func(httptrace.GotConnInfo) {
+		GotConn: func(info httptrace.GotConnInfo) {
+			reused = info.Reused
 			if attempts++; attempts == 2 {
 				r.retried.Add(1)
 			}
 		},
 	}
-	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(context.WithoutCancel(ctx), trace), http.MethodGet, r.cfg.URL, nil)
+	var body io.Reader
+	if r.cfg.NoRetry {
+		body = noRetryBody()
+	}
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(context.WithoutCancel(ctx), trace), http.MethodGet, r.cfg.URL, body)
 	if err != nil {
-		r.fail("build request: " + err.Error())
+		r.fail("build request: "+err.Error(), false)
 		return
 	}
 	if r.cfg.Host != "" {
@@ -193,14 +214,14 @@ func (r *Run) one(ctx context.Context, client *http.Client) {
 	t0 := time.Now()
 	resp, err := client.Do(req)
 	if err != nil {
-		r.fail(err.Error())
+		r.fail(err.Error(), reused)
 		return
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	resp.Body.Close()
 	elapsed := time.Since(t0)
 	if err != nil {
-		r.fail("read body: " + err.Error())
+		r.fail("read body: "+err.Error(), reused)
 		return
 	}
 	r.requests.Add(1)
@@ -210,7 +231,7 @@ func (r *Run) one(ctx context.Context, client *http.Client) {
 		var v struct {
 			Version string `json:"version"`
 		}
-		if json.Unmarshal(body, &v) == nil {
+		if json.Unmarshal(data, &v) == nil {
 			version = v.Version
 		}
 	} else {
@@ -223,14 +244,34 @@ func (r *Run) one(ctx context.Context, client *http.Client) {
 	}
 	r.latencies = append(r.latencies, elapsed)
 	if resp.StatusCode/100 != 2 {
-		r.sample(fmt.Sprintf("%d %s", resp.StatusCode, strings.TrimSpace(string(body[:min(len(body), 120)]))))
+		r.sample(fmt.Sprintf("%d %s", resp.StatusCode, strings.TrimSpace(string(data[:min(len(data), 120)]))))
 	}
 	r.mu.Unlock()
 }
 
-func (r *Run) fail(what string) {
+// noRetryBody is the body of a GET that net/http must never send twice.
+//
+// net/http (transport.go, Go 1.26) retries a request that failed on a
+// reused connection only when shouldRetryRequest allows it: if nothing was
+// written, when req.outgoingLength() == 0 or req.GetBody != nil; otherwise,
+// when req.isReplayable(), which for GET needs Body to be nil or
+// http.NoBody, or GetBody to be set. A non-nil body that is not NoBody,
+// with ContentLength 0 (unknown, so outgoingLength is -1) and no GetBody
+// fails both tests. http.NewRequest sets GetBody and ContentLength only for
+// *bytes.Buffer, *bytes.Reader and *strings.Reader, hence io.NopCloser. The
+// transport then probes the body, finds it empty at once and writes the GET
+// without Content-Length or Transfer-Encoding (transfer.go,
+// shouldSendChunkedRequestBody). A wrapping RoundTripper could not do this:
+// the retry happens inside Transport.RoundTrip.
+func noRetryBody() io.ReadCloser { return io.NopCloser(strings.NewReader("")) }
+
+// fail counts an error; reused says it happened on a reused connection.
+func (r *Run) fail(what string, reused bool) {
 	r.requests.Add(1)
 	r.errs.Add(1)
+	if reused {
+		r.reusedErrs.Add(1)
+	}
 	r.mu.Lock()
 	r.sample(what)
 	r.mu.Unlock()
@@ -252,7 +293,7 @@ func (r *Run) sample(s string) {
 // Snapshot returns the counts so far without stopping.
 func (r *Run) Snapshot() Result {
 	return Result{Requests: r.requests.Load(), OK: r.ok.Load(), Non2xx: r.non2xx.Load(), Errors: r.errs.Load(),
-		Conns: r.conns.Load(), Retried: r.retried.Load(), Duration: time.Since(r.start)}
+		ReusedErrors: r.reusedErrs.Load(), Conns: r.conns.Load(), Retried: r.retried.Load(), Duration: time.Since(r.start)}
 }
 
 // Stop ends the run, waits for requests in flight, and returns the totals.
