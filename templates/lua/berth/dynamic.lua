@@ -6,8 +6,8 @@
 -- sets, so endpoint changes need no reload. access answers 503 for an app
 -- with no server, log releases least_conn counts and records passive
 -- failures. init loads the snapshot file lbagent writes, so nginx never
--- starts with empty endpoints. The contract with lbagent is in
--- docs/dynamic-upstreams (the push format, status codes and directives).
+-- starts with empty endpoints. lbagent's side of the contract (the push
+-- format, status codes and rendered directives) is lbagent/internal/dynamic.
 --
 -- Requires lua-nginx-module >= 0.10.13 with lua-resty-core (ngx.balancer)
 -- and lua-cjson (Debian: libnginx-mod-http-lua, lua-resty-core, lua-cjson).
