@@ -402,12 +402,14 @@ func (p *lbagentProcess) wait(t *testing.T, timeout time.Duration) error {
 }
 
 // nginxMasters returns the pids of the live nginx masters started with -p
-// prefix, found in /proc.
+// prefix, found in /proc. A worker just forked still shows its master's
+// title until it sets its own, so a process whose parent matches too is
+// not counted.
 func nginxMasters(t *testing.T, prefix string) []int {
 	t.Helper()
 	entries, err := os.ReadDir("/proc")
 	require.NoError(t, err)
-	var pids []int
+	parents := map[int]int{}
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
@@ -418,8 +420,19 @@ func nginxMasters(t *testing.T, prefix string) []int {
 		if err != nil || !strings.HasPrefix(title, "nginx: master process ") || !strings.Contains(title, " -p "+prefix+" ") {
 			continue
 		}
+		// "pid (comm) state ppid …"
 		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if i := strings.LastIndexByte(string(stat), ')'); err == nil && i > 0 && i+2 < len(stat) && stat[i+2] != 'Z' {
+		i := strings.LastIndexByte(string(stat), ')')
+		if err != nil || i < 0 {
+			continue
+		}
+		if f := strings.Fields(string(stat[i+1:])); len(f) >= 2 && f[0] != "Z" {
+			parents[pid], _ = strconv.Atoi(f[1])
+		}
+	}
+	pids := []int{}
+	for pid, parent := range parents {
+		if _, forked := parents[parent]; !forked {
 			pids = append(pids, pid)
 		}
 	}
@@ -507,6 +520,8 @@ func TestManagedNginxOutlivesKilledLBAgent(t *testing.T) {
 		if t.Failed() {
 			b, _ := os.ReadFile(logPath)
 			t.Logf("lbagent output:\n%s", tail(string(b), 20000))
+			b, _ = os.ReadFile(filepath.Join(dir, "logs", "error.log"))
+			t.Logf("nginx error log:\n%s", tail(string(b), 4000))
 		}
 	})
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))

@@ -207,8 +207,12 @@ func (s *Supervisor) adopt(pid int) (*master, error) {
 	pgid, err := syscall.Getpgid(pid)
 	m := &master{proc: proc, adopted: true, exited: make(chan error, 1), unwatch: make(chan struct{}),
 		group: err == nil && pgid == pid && pgid != syscall.Getpgrp()}
+	interval := s.PollInterval
+	if interval <= 0 {
+		interval = 100 * time.Millisecond
+	}
 	go func() {
-		t := time.NewTicker(s.PollInterval)
+		t := time.NewTicker(interval)
 		defer t.Stop()
 		for {
 			select {

@@ -82,11 +82,13 @@ func quitLeftNginx(t *testing.T, b Binary) {
 }
 
 // masters returns the pids of every nginx master of prefix on the machine.
+// A worker just forked still shows its master's title until it sets its
+// own, so a process whose parent matches too is not counted.
 func masters(t *testing.T, prefix string) []int {
 	t.Helper()
 	entries, err := os.ReadDir("/proc")
 	require.NoError(t, err)
-	var pids []int
+	parents := map[int]int{}
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
@@ -95,10 +97,34 @@ func masters(t *testing.T, prefix string) []int {
 		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 		if err == nil && strings.HasPrefix(string(cmdline), masterTitle) &&
 			strings.Contains(strings.TrimRight(string(cmdline), "\x00")+" ", " -p "+prefix+" ") && running(pid) {
+			parents[pid] = ppid(pid)
+		}
+	}
+	pids := []int{}
+	for pid, parent := range parents {
+		if _, forked := parents[parent]; !forked {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
+}
+
+// ppid returns the parent of pid, or 0.
+func ppid(pid int) int {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	i := strings.LastIndexByte(string(stat), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(stat[i+1:])) // state, ppid, …
+	if len(f) < 2 {
+		return 0
+	}
+	n, _ := strconv.Atoi(f[1])
+	return n
 }
 
 func serves(port int) (string, error) {
