@@ -12,6 +12,7 @@ import (
 	"github.com/berthhq/berth/common/cmdline"
 	"github.com/berthhq/berth/common/logging"
 	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/lbagent/internal/render"
 )
 
 // cli is every flag of lbagent; each has an env name BERTH_LBAGENT_….
@@ -20,15 +21,17 @@ type cli struct {
 	Prefix string    `help:"Prefix of every NATS bucket and subject." default:"berth" env:"BERTH_LBAGENT_PREFIX"`
 	Node   string    `help:"This agent's node id (default: the host name, made a valid token)." default:"" env:"BERTH_LBAGENT_NODE"`
 
-	Templates   string `help:"Directory of nginx templates, watched for edits; the embedded copy is used when it does not exist." default:"templates" env:"BERTH_LBAGENT_TEMPLATES"`
-	NginxBin    string `name:"nginx-bin" help:"nginx executable." default:"nginx" env:"BERTH_LBAGENT_NGINX_BIN"`
-	NginxConf   string `name:"nginx-conf" help:"Main nginx.conf that lbagent owns and writes (with --manage-nginx, or beside an nginx started with -c this file)." default:"" env:"BERTH_LBAGENT_NGINX_CONF" type:"path"`
-	ConfDir     string `name:"conf-dir" help:"Include directory of an nginx.conf lbagent does not own: lbagent writes only berth.conf there; include it inside http {}." default:"" env:"BERTH_LBAGENT_CONF_DIR" type:"path"`
-	NginxPid    string `name:"nginx-pid-file" help:"Pid file of the nginx to reload when lbagent does not manage it." default:"/run/nginx.pid" env:"BERTH_LBAGENT_NGINX_PID_FILE" type:"path"`
-	NginxPrefix string `name:"nginx-prefix" help:"Prefix (-p) of a managed nginx: its run/, logs/ and temp/ live here." default:"/var/lib/berth/nginx" env:"BERTH_LBAGENT_NGINX_PREFIX" type:"path"`
-	Manage      bool   `name:"manage-nginx" help:"Start nginx as a child and supervise it (the sidecar image); needs --nginx-conf." default:"false" env:"BERTH_LBAGENT_MANAGE_NGINX"`
-	LeaveNginx  bool   `name:"leave-nginx-running" help:"With --manage-nginx: on a clean stop (SIGTERM) leave nginx serving, for the next lbagent to adopt, instead of quitting it gracefully." default:"false" env:"BERTH_LBAGENT_LEAVE_NGINX_RUNNING"`
-	StateDir    string `name:"state-dir" help:"Directory for the staging tree used by nginx -t." default:"/var/lib/berth/lbagent" env:"BERTH_LBAGENT_STATE_DIR" type:"path"`
+	Templates    string `help:"Directory of nginx templates, watched for edits; the embedded copy is used when it does not exist." default:"templates" env:"BERTH_LBAGENT_TEMPLATES"`
+	NginxBin     string `name:"nginx-bin" help:"nginx executable." default:"nginx" env:"BERTH_LBAGENT_NGINX_BIN"`
+	NginxConf    string `name:"nginx-conf" help:"Main nginx.conf that lbagent owns and writes (with --manage-nginx, or beside an nginx started with -c this file)." default:"" env:"BERTH_LBAGENT_NGINX_CONF" type:"path"`
+	ConfDir      string `name:"conf-dir" help:"Include directory of an nginx.conf lbagent does not own: lbagent writes only berth.conf there; include it inside http {}." default:"" env:"BERTH_LBAGENT_CONF_DIR" type:"path"`
+	NginxPid     string `name:"nginx-pid-file" help:"Pid file of the nginx to reload when lbagent does not manage it." default:"/run/nginx.pid" env:"BERTH_LBAGENT_NGINX_PID_FILE" type:"path"`
+	NginxPrefix  string `name:"nginx-prefix" help:"Prefix (-p) of a managed nginx: its run/, logs/ and temp/ live here." default:"/var/lib/berth/nginx" env:"BERTH_LBAGENT_NGINX_PREFIX" type:"path"`
+	Manage       bool   `name:"manage-nginx" help:"Start nginx as a child and supervise it (the sidecar image); needs --nginx-conf." default:"false" env:"BERTH_LBAGENT_MANAGE_NGINX"`
+	LeaveNginx   bool   `name:"leave-nginx-running" help:"With --manage-nginx: on a clean stop (SIGTERM) leave nginx serving, for the next lbagent to adopt, instead of quitting it gracefully." default:"false" env:"BERTH_LBAGENT_LEAVE_NGINX_RUNNING"`
+	UpstreamMode string `name:"upstream-mode" help:"auto, dynamic or reload: dynamic pushes endpoint changes into nginx's Lua balancer without a reload; auto picks it when lbagent owns nginx.conf and nginx has the Lua module." default:"auto" enum:"auto,dynamic,reload" env:"BERTH_LBAGENT_UPSTREAM_MODE"`
+	ModulesDir   string `name:"nginx-modules-dir" help:"Directory of ndk_http_module.so and ngx_http_lua_module.so (dynamic mode)." default:"/usr/lib/nginx/modules" env:"BERTH_LBAGENT_NGINX_MODULES_DIR" type:"path"`
+	StateDir     string `name:"state-dir" help:"Directory for the staging tree used by nginx -t." default:"/var/lib/berth/lbagent" env:"BERTH_LBAGENT_STATE_DIR" type:"path"`
 
 	ListenHTTP   string        `name:"listen-http" help:"Where nginx accepts app traffic." default:"0.0.0.0:80" env:"BERTH_LBAGENT_LISTEN_HTTP"`
 	ListenHTTPS  string        `name:"listen-https" help:"Where nginx accepts TLS app traffic." default:"0.0.0.0:443" env:"BERTH_LBAGENT_LISTEN_HTTPS"`
@@ -42,6 +45,9 @@ type cli struct {
 	Metrics      string        `name:"metrics-listen" help:"Address for /metrics, /healthz and /readyz; empty turns it off." default:"127.0.0.1:9102" env:"BERTH_LBAGENT_METRICS_LISTEN"`
 	LogLevel     string        `name:"log-level" help:"debug, info, warn or error." default:"info" env:"BERTH_LBAGENT_LOG_LEVEL"`
 	LogFormat    string        `name:"log-format" help:"json or console." default:"json" env:"BERTH_LBAGENT_LOG_FORMAT"`
+
+	// dyn is the resolved dynamic upstream mode; nil: reload mode.
+	dyn *render.Dynamic
 
 	CheckConfig bool   `name:"check-config" help:"Check the flags and templates, print what is wrong, and exit 0 or 1." default:"false"`
 	DryRun      string `name:"dry-run" help:"Render once to stdout and exit: from live NATS state with '-', or from a JSON snapshot file." default:"" type:"path"`

@@ -83,7 +83,7 @@ func (c *cli) templateFS(logger *zap.Logger) (fs.FS, string) {
 func (c *cli) renderOptions() render.Options {
 	_, main := c.target()
 	return render.Options{Node: c.node(), HTTPListen: c.ListenHTTP, HTTPSListen: c.ListenHTTPS,
-		StatusListen: c.StatusListen, AccessLogSocket: c.AccessLog, Main: main}
+		StatusListen: c.StatusListen, AccessLogSocket: c.AccessLog, Main: main, Dynamic: c.dyn}
 }
 
 // serve runs the agent until ctx ends, leaving nginx serving the last good
@@ -132,6 +132,12 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 		},
 	})
 
+	dyn, err := c.dynamicMode(ctx, tmplDir, main, target, logger)
+	if err != nil {
+		return err
+	}
+	metrics.Mode(dyn != nil)
+
 	var reloader agent.Reloader = nginx.PidFile(c.NginxPid)
 	if c.Manage {
 		sup := nginx.NewSupervisor(bin, logger)
@@ -154,7 +160,8 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 		Node: node, Render: c.renderOptions(), Target: target, Staging: filepath.Join(c.StateDir, "staging"),
 		DebounceMin: lo, DebounceMax: hi, Resync: c.Resync, EmptyHold: c.EmptyHold, ConfirmTimeout: c.Confirm,
 		Heartbeat: msg.AgentTTL / 3,
-		Hooks:     agent.Hooks{Rendered: metrics.Rendered, Held: metrics.Held, Served: metrics.Served},
+		Hooks:     agent.Hooks{Rendered: metrics.Rendered, Held: metrics.Held, Served: metrics.Served, Pushed: metrics.Pushed},
+		Pusher:    dyn.pusher(), Snapshot: dyn.snapshot(),
 	}, store, renderer, nginx.Binary{Path: c.NginxBin}, reloader, report.New(conn, names, node, metrics, logger), logger)
 
 	if err := conn.EnsureBuckets(ctx, bus.ContractBuckets(names)); err != nil {

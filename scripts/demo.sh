@@ -112,9 +112,13 @@ up() {
     down
   fi
 
-  step "checking packages (nginx, postgresql) and Docker"
+  step "checking packages (nginx and its Lua module, postgresql) and Docker"
   missing=()
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+  # nginx's Lua module: lbagent's dynamic upstreams (endpoint changes without reloads).
+  [ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] || missing+=(libnginx-mod-http-lua)
+  [ -f /usr/share/lua/5.1/ngx/balancer.lua ] || missing+=(lua-resty-core)
+  dpkg -s lua-cjson >/dev/null 2>&1 || missing+=(lua-cjson)
   [ -n "$(pg_bin)" ] || missing+=(postgresql)
   command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
   if [ ${#missing[@]} -gt 0 ]; then

@@ -8,6 +8,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -20,6 +21,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/lbagent/internal/atomicfile"
+	"github.com/berthhq/berth/lbagent/internal/dynamic"
 	"github.com/berthhq/berth/lbagent/internal/nginx"
 	"github.com/berthhq/berth/lbagent/internal/render"
 	"github.com/berthhq/berth/lbagent/internal/state"
@@ -36,6 +39,17 @@ type Reloader interface {
 	Reload(ctx context.Context) error
 }
 
+// Pusher installs endpoint sets in the running nginx without a reload
+// (dynamic mode). Calls come from the agent's Run goroutine.
+type Pusher interface {
+	// Push installs a batch and returns the version nginx reports
+	// installed, read back; a version not above nginx's is a
+	// *dynamic.StaleError.
+	Push(ctx context.Context, b dynamic.Batch) (uint64, error)
+	// Version reads the version nginx has installed.
+	Version(ctx context.Context) (uint64, error)
+}
+
 // Reporter publishes what the agent did. Calls come from the agent's Run
 // goroutine, one at a time.
 type Reporter interface {
@@ -50,6 +64,7 @@ var (
 	_ Tester             = nginx.Binary{}
 	_ Reloader           = nginx.PidFile("")
 	_ Reloader           = (*nginx.Supervisor)(nil)
+	_ Pusher             = (*dynamic.Client)(nil)
 )
 
 // Config is how the agent renders, tests and applies.
@@ -74,6 +89,12 @@ type Config struct {
 	ConfirmTimeout time.Duration
 	// Heartbeat is how often the applied state is republished.
 	Heartbeat time.Duration
+	// Pusher, when set, is dynamic mode (Render.Dynamic set too): an
+	// endpoint change is pushed into nginx, and only a change of the apps,
+	// routes, hosts, TLS or lb settings renders and reloads. Snapshot is
+	// the endpoint file nginx loads when it starts or reloads.
+	Pusher   Pusher
+	Snapshot string
 	// Hooks observe the loop for metrics; nil fields are skipped.
 	Hooks Hooks
 }
@@ -86,6 +107,8 @@ type Hooks struct {
 	Held func(bool)
 	// Served is called after a change is applied with the apps and servers nginx serves.
 	Served func(apps, servers int)
+	// Pushed is called with the duration of each endpoint push and whether it failed.
+	Pushed func(d time.Duration, err error)
 }
 
 // Agent is the loop. Create it with New and run it with Run.
@@ -115,6 +138,11 @@ type Agent struct {
 	appErrors       map[string]string
 	emptySince      time.Time
 	hasApplied      bool
+	// endpoints are the sets nginx's dict holds (dynamic mode), version
+	// the last version pushed or written.
+	endpoints map[string]*dynamic.Endpoints
+	version   uint64
+	versioned bool
 }
 
 // New returns an agent. renderer is replaced later by SetRenderer when the
@@ -242,9 +270,20 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 	// this state and only the revision moved; no render is needed to know.
 	layout := a.comparable(snap)
 	if a.hasApplied && renderer == a.appliedRenderer && reflect.DeepEqual(layout, a.appliedLayout) {
+		if a.cfg.Pusher != nil {
+			// Dynamic mode: only endpoints moved. Push them; nothing reloads.
+			if err := a.pushChanged(ctx, dynamic.Of(snap)); err != nil {
+				a.logger.Error("endpoints not pushed, retrying", zap.Error(err))
+				a.report(ctx, start, snap.Revision, msg.ReloadFailed, err.Error(), nil)
+				return time.Second
+			}
+		}
 		a.applied = snap
 		a.reporter.Applied(ctx, a.agentMessage(""))
 		a.report(ctx, start, snap.Revision, msg.ReloadSkipped, "", nil)
+		if h := a.cfg.Hooks.Served; h != nil && a.cfg.Pusher != nil {
+			h(len(snap.Apps), snap.Servers())
+		}
 		return 0
 	}
 
@@ -255,10 +294,34 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 		a.report(ctx, start, snap.Revision, msg.ReloadFailed, err.Error(), failed)
 		return 0
 	}
+	var eps map[string]*dynamic.Endpoints
+	if a.cfg.Pusher != nil {
+		// nginx loads this file as it reloads: the new config starts with
+		// its endpoints in place, never with an empty dict.
+		eps = dynamic.Of(final.snap)
+		a.initVersion(ctx)
+		a.version++
+		if err := dynamic.WriteSnapshot(a.cfg.Snapshot, dynamic.Batch{Version: a.version, Apps: eps}); err != nil {
+			a.logger.Error("config not applied", zap.Error(err))
+			a.report(ctx, start, snap.Revision, msg.ReloadFailed, err.Error(), failed)
+			return 0
+		}
+	}
 	if err := a.apply(ctx, final.bytes, gen); err != nil {
 		a.logger.Error("config not applied", zap.Error(err))
 		a.report(ctx, start, snap.Revision, msg.ReloadFailed, err.Error(), failed)
 		return 0
+	}
+	if a.cfg.Pusher != nil {
+		// The reload loaded the file; a full push makes sure of it (an
+		// nginx that kept a newer dict, an adopted one) and reads it back.
+		if err := a.push(ctx, eps, true); err != nil {
+			a.logger.Error("endpoints not pushed after the reload, retrying", zap.Error(err))
+			a.report(ctx, start, snap.Revision, msg.ReloadFailed, err.Error(), failed)
+			a.endpoints = nil
+			return time.Second
+		}
+		a.endpoints = eps
 	}
 	a.generation, a.applied, a.hasApplied = gen, snap, true
 	a.appliedLayout = a.comparable(final.snap)
@@ -292,6 +355,69 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 	return 0
 }
 
+// initVersion learns the version nginx has installed, once: pushes
+// continue above it and above the snapshot file's.
+func (a *Agent) initVersion(ctx context.Context) {
+	if a.versioned {
+		return
+	}
+	a.version = max(a.version, dynamic.ReadSnapshotVersion(a.cfg.Snapshot))
+	vctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if v, err := a.cfg.Pusher.Version(vctx); err == nil {
+		a.version = max(a.version, v)
+		a.versioned = true
+	}
+}
+
+// pushChanged pushes the apps whose endpoints differ from what nginx has,
+// then records next as nginx's and writes the snapshot file.
+func (a *Agent) pushChanged(ctx context.Context, next map[string]*dynamic.Endpoints) error {
+	changed := dynamic.Diff(a.endpoints, next)
+	if changed == nil {
+		return nil
+	}
+	full := a.endpoints == nil
+	if full {
+		changed = next
+	}
+	if err := a.push(ctx, changed, full); err != nil {
+		return err
+	}
+	a.endpoints = next
+	if err := dynamic.WriteSnapshot(a.cfg.Snapshot, dynamic.Batch{Version: a.version, Apps: next}); err != nil {
+		// nginx serves the push; only a restart would start from an older file.
+		a.logger.Warn("endpoint snapshot not written", zap.Error(err))
+	}
+	return nil
+}
+
+// push sends one batch above every version seen, retrying once above
+// nginx's when nginx has a newer one (a restarted lbagent).
+func (a *Agent) push(ctx context.Context, apps map[string]*dynamic.Endpoints, full bool) error {
+	start := a.now()
+	a.initVersion(ctx)
+	var err error
+	for range 2 {
+		a.version++
+		var got uint64
+		got, err = a.cfg.Pusher.Push(ctx, dynamic.Batch{Version: a.version, Full: full, Apps: apps})
+		var stale *dynamic.StaleError
+		if errors.As(err, &stale) {
+			a.version = max(a.version, stale.Installed)
+			continue
+		}
+		if err == nil {
+			a.version, a.versioned = max(a.version, got), true
+		}
+		break
+	}
+	if h := a.cfg.Hooks.Pushed; h != nil {
+		h(a.now().Sub(start), err)
+	}
+	return err
+}
+
 // comparable is the layout of snap without what changes on every write
 // (generation, revision): equal layouts through the same templates render
 // equal configs.
@@ -305,11 +431,11 @@ func (a *Agent) comparable(snap state.Snapshot) render.Data {
 // confirm it puts the previous file back and reloads again.
 func (a *Agent) apply(ctx context.Context, conf []byte, gen uint64) error {
 	previous, _ := os.ReadFile(a.cfg.Target)
-	if err := writeAtomic(a.cfg.Target, conf); err != nil {
+	if err := atomicfile.Write(a.cfg.Target, conf, 0o644); err != nil {
 		return err
 	}
 	if len(previous) > 0 {
-		_ = writeAtomic(a.cfg.Target+".last-good", previous)
+		_ = atomicfile.Write(a.cfg.Target+".last-good", previous, 0o644)
 	}
 	err := a.reloader.Reload(ctx)
 	if err == nil {
@@ -321,7 +447,7 @@ func (a *Agent) apply(ctx context.Context, conf []byte, gen uint64) error {
 		return nil
 	}
 	if len(previous) > 0 {
-		if rerr := writeAtomic(a.cfg.Target, previous); rerr == nil {
+		if rerr := atomicfile.Write(a.cfg.Target, previous, 0o644); rerr == nil {
 			_ = a.reloader.Reload(ctx)
 		}
 	}
@@ -490,7 +616,12 @@ func (c *candidate) test(ctx context.Context, conf []byte) error {
 		if err := os.WriteFile(inc, conf, 0o644); err != nil {
 			return err
 		}
-		wrapper := "pid run/nginx.pid;\nerror_log logs/error.log;\nevents {}\nhttp {\n" +
+		modules := ""
+		if d := c.agent.cfg.Render.Dynamic; d != nil && d.ModulesDir != "" {
+			modules = "load_module " + filepath.Join(d.ModulesDir, "ndk_http_module.so") + ";\nload_module " +
+				filepath.Join(d.ModulesDir, "ngx_http_lua_module.so") + ";\n"
+		}
+		wrapper := modules + "pid run/nginx.pid;\nerror_log logs/error.log;\nevents {}\nhttp {\n" +
 			"    client_body_temp_path temp/client_body;\n    proxy_temp_path temp/proxy;\n" +
 			"    fastcgi_temp_path temp/fastcgi;\n    uwsgi_temp_path temp/uwsgi;\n    scgi_temp_path temp/scgi;\n" +
 			"    include " + inc + ";\n}\n"
@@ -499,39 +630,6 @@ func (c *candidate) test(ctx context.Context, conf []byte) error {
 		}
 	}
 	return c.agent.tester.Test(ctx, dir, main)
-}
-
-// writeAtomic replaces path with data: a temp file in the same directory,
-// fsynced, then renamed over path, so nginx never reads half a file.
-func writeAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if dir, err := os.Open(filepath.Dir(path)); err == nil {
-		_ = dir.Sync()
-		dir.Close()
-	}
-	return nil
 }
 
 // Generation returns the config generation nginx serves; safe from any goroutine.

@@ -16,6 +16,7 @@ import (
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/internal/testrig"
+	"github.com/berthhq/berth/lbagent/internal/dynamic"
 	"github.com/berthhq/berth/lbagent/internal/nginx"
 	"github.com/berthhq/berth/lbagent/internal/render"
 	"github.com/berthhq/berth/lbagent/internal/state"
@@ -70,7 +71,23 @@ type rig struct {
 
 func newRig(t *testing.T, emptyHold time.Duration) *rig {
 	t.Helper()
+	return newRigMode(t, emptyHold, false)
+}
+
+// luaModules is where Debian's libnginx-mod-http-lua installs the modules.
+const luaModules = "/usr/lib/nginx/modules"
+
+// newRigMode is newRig in dynamic upstream mode when dyn is set: the Lua
+// balancer from templates/, endpoint pushes through the control endpoint.
+func newRigMode(t *testing.T, emptyHold time.Duration, dyn bool) *rig {
+	t.Helper()
 	bin := testrig.NginxBin(t)
+	if dyn && !dynamic.Available(luaModules) {
+		if testrig.InCI() {
+			t.Fatalf("nginx's Lua module is missing from %s (apt-get install libnginx-mod-http-lua lua-resty-core)", luaModules)
+		}
+		t.Skipf("nginx's Lua module is missing from %s: apt-get install libnginx-mod-http-lua lua-resty-core", luaModules)
+	}
 	dir := t.TempDir()
 	for _, d := range []string{"conf", "logs", "run", "temp"} {
 		require.NoError(t, os.MkdirAll(filepath.Join(dir, d), 0o755))
@@ -83,6 +100,15 @@ func newRig(t *testing.T, emptyHold time.Duration) *rig {
 		Target: filepath.Join(dir, "conf", "nginx.conf"), Staging: filepath.Join(t.TempDir(), "staging"),
 		DebounceMin: 20 * time.Millisecond, DebounceMax: 200 * time.Millisecond, Resync: time.Hour,
 		EmptyHold: emptyHold, ConfirmTimeout: 5 * time.Second, Heartbeat: time.Hour,
+	}
+	if dyn {
+		d := &render.Dynamic{LuaDir: filepath.Join(dir, "lua"), Snapshot: filepath.Join(dir, "conf", "berth-endpoints.json"),
+			Token: filepath.Join(dir, "conf", "berth-control.token"), ModulesDir: luaModules}
+		require.NoError(t, dynamic.InstallLua(templates.FS, d.LuaDir))
+		token, err := dynamic.EnsureToken(d.Token)
+		require.NoError(t, err)
+		cfg.Render.Dynamic, cfg.Snapshot = d, d.Snapshot
+		cfg.Pusher = dynamic.NewClient(cfg.Render.StatusListen, token)
 	}
 	// nginx starts on a first config with nothing routed, as lbagent does.
 	renderer, err := render.Load(templates.FS)
@@ -289,4 +315,91 @@ func TestAgentTemplateEdit(t *testing.T) {
 	r.agent.SetRenderer(edited)
 	r.putInstance("web", "a", "127.0.0.1:1", msg.StateStopped)
 	r.waitFor("web.test", 503, "edited_template")
+}
+
+// reloads counts the config changes reported applied (each one a reload).
+func (r *rig) reloads() int {
+	r.rep.mu.Lock()
+	defer r.rep.mu.Unlock()
+	n := 0
+	for _, rl := range r.rep.reloads {
+		if rl.Result == msg.ReloadApplied || rl.Result == msg.ReloadRejected {
+			n++
+		}
+	}
+	return n
+}
+
+// In dynamic mode an endpoint change — an instance starting, stopping,
+// draining, a rollout step — is pushed into nginx: it is served at once,
+// no file changes and nginx does not reload. Only a new app reloads, and
+// it is served from its endpoints at once after the reload.
+func TestDynamicEndpointChangesReloadNothing(t *testing.T) {
+	t.Parallel()
+	r := newRigMode(t, time.Hour, true)
+	r.putApp(appMsg("web", "web.test"))
+	r.waitFor("web.test", 503, `"no_backend"`)
+	a, b := testrig.Backend(t, "A"), testrig.Backend(t, "B")
+	r.putInstance("web", "a", a, msg.StateRunning)
+	r.waitFor("web.test", 200, "A")
+	gen, reloads := r.agent.Generation(), r.reloads()
+	conf, err := os.ReadFile(r.agent.cfg.Target)
+	require.NoError(t, err)
+
+	// A rollout step: b starts, a drains and stops.
+	rev := r.putInstance("web", "b", b, msg.StateRunning)
+	require.Eventually(t, func() bool {
+		seen := map[string]bool{}
+		for range 6 {
+			_, body := r.get("web.test")
+			seen[body] = true
+		}
+		return seen["A"] && seen["B"]
+	}, 5*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { _, ag := r.rep.last(); return ag != nil && ag.AppliedRevision == rev }, 5*time.Second, 5*time.Millisecond,
+		"the applied revision follows a push")
+	r.putInstance("web", "a", a, msg.StateDraining)
+	require.Eventually(t, func() bool {
+		for range 6 {
+			if _, body := r.get("web.test"); body != "B" {
+				return false
+			}
+		}
+		return true
+	}, 5*time.Second, 5*time.Millisecond, "a draining instance gets no new requests")
+	for i := range 20 { // a burst of starts and stops
+		st := msg.StateRunning
+		if i%2 == 1 {
+			st = msg.StateStopped
+		}
+		r.putInstance("web", fmt.Sprintf("x%d", i/2), b, st)
+	}
+	r.putInstance("web", "b", b, msg.StateRunning)
+	r.waitFor("web.test", 200, "B")
+	time.Sleep(200 * time.Millisecond)
+	require.Equal(t, gen, r.agent.Generation(), "no new config generation")
+	require.Equal(t, reloads, r.reloads(), "no reload")
+	now, err := os.ReadFile(r.agent.cfg.Target)
+	require.NoError(t, err)
+	require.Equal(t, string(conf), string(now), "no file changed")
+
+	// Every endpoint gone: 503 with the route kept, still no reload.
+	r.putInstance("web", "b", b, msg.StateStopped)
+	r.putInstance("web", "a", a, msg.StateStopped)
+	for i := range 10 {
+		r.putInstance("web", fmt.Sprintf("x%d", i), b, msg.StateStopped)
+	}
+	r.waitFor("web.test", 503, "no healthy instance")
+	require.Equal(t, reloads, r.reloads())
+
+	// A new app is a route change: one reload, and it serves from its
+	// endpoints as soon as its route exists (the snapshot file).
+	r.putApp(appMsg("shop", "shop.test"))
+	c := testrig.Backend(t, "C")
+	r.putInstance("shop", "c", c, msg.StateRunning)
+	r.waitFor("shop.test", 200, "C")
+	require.Eventually(t, func() bool { return r.reloads() > reloads }, 5*time.Second, 5*time.Millisecond)
+	snap, err := os.ReadFile(r.agent.cfg.Snapshot)
+	require.NoError(t, err)
+	require.Contains(t, string(snap), c, "the snapshot nginx reloads from holds the endpoints")
 }

@@ -42,6 +42,9 @@ type Set struct {
 	servers     prometheus.Gauge
 	render      prometheus.Histogram
 	held        prometheus.Gauge
+	mode        *prometheus.GaugeVec
+	pushes      *prometheus.CounterVec
+	pushTime    prometheus.Histogram
 }
 
 var _ report.Observer = (*Set)(nil)
@@ -59,10 +62,13 @@ func New(src Sources) *Set {
 		servers:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_servers", Help: "Upstream servers in the applied config."}),
 		render:      prometheus.NewHistogram(prometheus.HistogramOpts{Name: "berth_lbagent_render_duration_seconds", Help: "Time to render the whole config.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 		held:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_snapshot_held", Help: "1 while a snapshot that removes every server is held back."}),
+		mode:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "berth_lbagent_upstream_mode", Help: "1 for the upstream mode in use: dynamic (endpoint changes pushed to nginx's Lua balancer, no reload) or reload."}, []string{"mode"}),
+		pushes:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_lbagent_endpoint_pushes_total", Help: "Endpoint batches pushed to nginx in dynamic mode, by result (ok, error)."}, []string{"result"}),
+		pushTime:    prometheus.NewHistogram(prometheus.HistogramOpts{Name: "berth_lbagent_endpoint_push_duration_seconds", Help: "Time of one endpoint push, read-back included.", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 14)}),
 	}
 	m.reg.MustRegister(m.reloads, m.duration, m.revision,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_lbagent_applied_generation", Help: "Config generation nginx serves."}, read(src.Generation)),
-		m.lastSuccess, m.appErrors, m.apps, m.servers, m.render, m.held,
+		m.lastSuccess, m.appErrors, m.apps, m.servers, m.render, m.held, m.mode, m.pushes, m.pushTime,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_lbagent_invalid_messages_total", Help: "NATS values dropped because they failed to decode or validate."}, read(src.Dropped)),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_lbagent_access_log_invalid_total", Help: "Access log datagrams that failed to parse."}, read(src.AccessInvalid)),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_lbagent_fenced_writes_total", Help: "Writes dropped because they came from a lower leader term."}, read(src.Fenced)),
@@ -115,4 +121,24 @@ func (m *Set) Held(held bool) {
 func (m *Set) Served(apps, servers int) {
 	m.apps.Set(float64(apps))
 	m.servers.Set(float64(servers))
+}
+
+// Mode sets the upstream mode in use.
+func (m *Set) Mode(dynamic bool) {
+	m.mode.Reset()
+	if dynamic {
+		m.mode.WithLabelValues("dynamic").Set(1)
+	} else {
+		m.mode.WithLabelValues("reload").Set(1)
+	}
+}
+
+// Pushed counts one endpoint push and observes its duration.
+func (m *Set) Pushed(d time.Duration, err error) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	m.pushes.WithLabelValues(result).Inc()
+	m.pushTime.Observe(d.Seconds())
 }

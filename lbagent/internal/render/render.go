@@ -34,6 +34,24 @@ type Options struct {
 	// Main renders a whole nginx.conf; otherwise only the http context, for
 	// an include directory of an nginx.conf that lbagent does not own.
 	Main bool
+	// Dynamic renders dynamic upstreams; nil renders server lines (reload
+	// mode).
+	Dynamic *Dynamic
+}
+
+// Dynamic is dynamic upstream mode: every app's upstream is balanced by
+// nginx's Lua module from endpoint sets lbagent pushes into a shared
+// dict, so an endpoint change reloads nothing.
+type Dynamic struct {
+	// LuaDir is the lua_package_path root holding berth/dynamic.lua.
+	LuaDir string
+	// Snapshot is the endpoint file init_by_lua loads when nginx starts or
+	// reloads; Token the control endpoint's token file.
+	Snapshot, Token string
+	// ModulesDir holds ndk_http_module.so and ngx_http_lua_module.so; the
+	// main config loads them from there (empty: the operator's nginx.conf
+	// loads them).
+	ModulesDir string
 }
 
 // Data is what the templates see.
@@ -43,6 +61,7 @@ type Data struct {
 	Revision        uint64
 	StatusListen    string
 	AccessLogSocket string
+	Dynamic         *Dynamic
 	Upstreams       []Upstream
 	Servers         []Server
 }
@@ -58,6 +77,8 @@ type Upstream struct {
 	// shares (" max_fails=1 fail_timeout=10s"), built once rather than per
 	// server: 10,000 server lines dominate a large render.
 	ServerParams string
+	// Dynamic renders the Lua balancer instead of server lines.
+	Dynamic bool
 }
 
 // Server is one server block: one host, or the default server.
@@ -81,6 +102,9 @@ type Location struct {
 	App      string
 	Upstream string // empty: the app has no server and answers 503
 	LB       spec.LB
+	// Dynamic: the Lua balancer picks the server, and answers 503 itself
+	// when the app has none.
+	Dynamic bool
 }
 
 // UpstreamName is the nginx upstream of an app.
@@ -91,14 +115,21 @@ func UpstreamName(app string) string { return "berth_" + strings.ReplaceAll(app,
 // the app first by name keeps it and the other is reported in conflicts,
 // by app, with the reason.
 func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string]string) {
-	d := Data{Node: o.Node, Generation: generation, Revision: snap.Revision, StatusListen: o.StatusListen, AccessLogSocket: o.AccessLogSocket}
+	d := Data{Node: o.Node, Generation: generation, Revision: snap.Revision, StatusListen: o.StatusListen, AccessLogSocket: o.AccessLogSocket, Dynamic: o.Dynamic}
+	dynamic := o.Dynamic != nil
 	conflicts := map[string]string{}
 	servers := map[string]*Server{"": {Default: true, HTTPListen: o.HTTPListen, HTTPSListen: o.HTTPSListen, AccessLogSocket: o.AccessLogSocket}}
 	owner := map[string]string{} // host + " " + path → app
 	anyTLS := false
 	for _, a := range snap.Apps {
 		upstream := ""
-		if len(a.Servers) > 0 {
+		switch {
+		case dynamic:
+			// Rendered once whatever the servers: they live in nginx's
+			// shared dict, so a change of them changes no file.
+			upstream = UpstreamName(a.Spec.Name)
+			d.Upstreams = append(d.Upstreams, Upstream{Name: upstream, App: a.Spec.Name, LB: a.Spec.LB, Dynamic: true})
+		case len(a.Servers) > 0:
 			upstream = UpstreamName(a.Spec.Name)
 			d.Upstreams = append(d.Upstreams, Upstream{Name: upstream, App: a.Spec.Name, Generation: a.Spec.Generation, LB: a.Spec.LB, Servers: a.Servers,
 				ServerParams: fmt.Sprintf(" max_fails=%d fail_timeout=%s", a.Spec.LB.MaxFails, secs(a.Spec.LB.FailTimeout))})
@@ -131,7 +162,7 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 					continue
 				}
 				owner[key] = a.Spec.Name
-				srv.Locations = append(srv.Locations, Location{Path: p, Matches: matches(p), App: a.Spec.Name, Upstream: upstream, LB: a.Spec.LB})
+				srv.Locations = append(srv.Locations, Location{Path: p, Matches: matches(p), App: a.Spec.Name, Upstream: upstream, LB: a.Spec.LB, Dynamic: dynamic})
 				if p == "/" {
 					srv.HasRoot = true
 				}

@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"flag"
 	"fmt"
+	"io/fs"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -241,4 +242,74 @@ func FuzzHelpers(f *testing.F) {
 			}
 		}
 	})
+}
+
+// luaModules is where Debian's libnginx-mod-http-lua installs the modules.
+const luaModules = "/usr/lib/nginx/modules"
+
+// Dynamic mode renders every app's upstream once, whatever its servers,
+// with the Lua balancer; the same golden and nginx -t checks hold.
+func TestGoldenDynamicAndNginxAccepts(t *testing.T) {
+	t.Parallel()
+	if _, err := os.Stat(filepath.Join(luaModules, "ngx_http_lua_module.so")); err != nil {
+		if testrig.InCI() {
+			t.Fatalf("nginx's Lua module is missing from %s (apt-get install libnginx-mod-http-lua lua-resty-core lua-cjson)", luaModules)
+		}
+		t.Skipf("nginx's Lua module is missing: apt-get install libnginx-mod-http-lua lua-resty-core lua-cjson")
+	}
+	r, err := Load(templates.FS)
+	require.NoError(t, err)
+	certs := certDir(t)
+	stateDir := t.TempDir()
+	lua := filepath.Join(stateDir, "lua")
+	src, err := fs.ReadFile(templates.FS, "lua/berth/dynamic.lua")
+	require.NoError(t, err)
+	require.NoError(t, os.MkdirAll(filepath.Join(lua, "berth"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(lua, "berth", "dynamic.lua"), src, 0o644))
+	o := opts
+	o.Dynamic = &Dynamic{LuaDir: lua, Snapshot: filepath.Join(stateDir, "berth-endpoints.json"), Token: filepath.Join(stateDir, "berth-control.token"), ModulesDir: luaModules}
+	bin := testrig.NginxBin(t)
+	all := scenarios(t, certs)
+	for _, name := range []string{"empty", "one-app", "lb-methods", "tls", "hosts-paths", "no-server"} {
+		snap := all[name]
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			d, conflicts := Layout(snap, 5, o)
+			require.Empty(t, conflicts)
+			out, err := r.Render(d, true)
+			require.NoError(t, err)
+			golden := filepath.Join("testdata", "dynamic-"+name+".conf")
+			shown := strings.ReplaceAll(strings.ReplaceAll(string(out), certs, "/CERTS"), stateDir, "/STATE")
+			if *update {
+				require.NoError(t, os.WriteFile(golden, []byte(shown), 0o644))
+			}
+			want, err := os.ReadFile(golden)
+			require.NoError(t, err)
+			require.Equal(t, string(want), shown)
+			requireNginxAccepts(t, bin, out)
+			require.NotContains(t, shown, "server 127.0.0.1:", "no endpoint reaches the config file")
+		})
+	}
+	// An endpoint change is not a layout change: same bytes.
+	one := all["one-app"]
+	more := state2(one)
+	more.Apps[0].Servers = append(more.Apps[0].Servers, more.Apps[0].Servers[0])
+	more.Apps[0].Servers[2].Address = "127.0.0.1:29999"
+	d1, _ := Layout(one, 5, o)
+	d2, _ := Layout(more, 5, o)
+	a, err := r.Render(d1, true)
+	require.NoError(t, err)
+	b, err := r.Render(d2, true)
+	require.NoError(t, err)
+	require.Equal(t, string(a), string(b))
+}
+
+// state2 copies a snapshot deeply enough to change its servers.
+func state2(s state.Snapshot) state.Snapshot {
+	out := state.Snapshot{Revision: s.Revision}
+	for _, a := range s.Apps {
+		a.Servers = append([]state.Server(nil), a.Servers...)
+		out.Apps = append(out.Apps, a)
+	}
+	return out
 }

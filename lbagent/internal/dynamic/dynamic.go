@@ -1,0 +1,317 @@
+// Package dynamic owns lbagent's side of dynamic upstreams: the endpoint
+// sets of a state snapshot in the shape nginx's Lua balancer
+// (templates/lua/berth/dynamic.lua) takes, the versioned batches pushed to
+// it through the control endpoint on nginx's status listener, the snapshot
+// file nginx loads when it starts or reloads, and the control token. An
+// endpoint change — a scale, a rollout step, a health flip, a killed
+// container — is a push: no file changes and nginx does not reload.
+package dynamic
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/berthhq/berth/lbagent/internal/atomicfile"
+	"github.com/berthhq/berth/lbagent/internal/state"
+)
+
+// Server is one endpoint of an app.
+type Server struct {
+	Address string `json:"address"`
+	Weight  int    `json:"weight"`
+	Backup  bool   `json:"backup"`
+}
+
+// Endpoints is an app's endpoint set and how the balancer picks among it.
+type Endpoints struct {
+	Method string `json:"method"`
+	// MaxFails failures within FailTimeout (seconds) mark a server failed
+	// for FailTimeout; 0 disables passive marking.
+	MaxFails    int      `json:"max_fails"`
+	FailTimeout float64  `json:"fail_timeout"`
+	Servers     []Server `json:"servers"`
+}
+
+// Batch is one push: every changed app (nil removes one), or every app
+// when Full. Versions only grow.
+type Batch struct {
+	Version uint64                `json:"version"`
+	Full    bool                  `json:"full"`
+	Apps    map[string]*Endpoints `json:"apps"`
+}
+
+// Of returns the endpoint set of every app in snap.
+func Of(snap state.Snapshot) map[string]*Endpoints {
+	out := make(map[string]*Endpoints, len(snap.Apps))
+	for _, a := range snap.Apps {
+		lb := a.Spec.LB
+		e := &Endpoints{Method: lb.Method, MaxFails: lb.MaxFails, FailTimeout: lb.FailTimeout.Std().Seconds(), Servers: make([]Server, 0, len(a.Servers))}
+		for _, s := range a.Servers {
+			e.Servers = append(e.Servers, Server{Address: s.Address, Weight: max(s.Weight, 1), Backup: s.Backup})
+		}
+		out[a.Spec.Name] = e
+	}
+	return out
+}
+
+// Diff returns the apps whose endpoint set differs from old to next (nil
+// for an app that is gone), or nil when nothing changed.
+func Diff(old, next map[string]*Endpoints) map[string]*Endpoints {
+	var out map[string]*Endpoints
+	add := func(name string, e *Endpoints) {
+		if out == nil {
+			out = map[string]*Endpoints{}
+		}
+		out[name] = e
+	}
+	for name, e := range next {
+		if o, ok := old[name]; !ok || !reflect.DeepEqual(o, e) {
+			add(name, e)
+		}
+	}
+	for name := range old {
+		if _, ok := next[name]; !ok {
+			add(name, nil)
+		}
+	}
+	return out
+}
+
+// ErrStale is a push whose version is not above the one nginx has.
+var ErrStale = errors.New("dynamic: version not above the installed one")
+
+// StaleError carries the version nginx has installed.
+type StaleError struct{ Installed uint64 }
+
+func (e *StaleError) Error() string {
+	return fmt.Sprintf("dynamic: nginx has version %d installed", e.Installed)
+}
+
+// Is makes errors.Is(err, ErrStale) true.
+func (e *StaleError) Is(target error) bool { return target == ErrStale }
+
+// Client talks to the control endpoint. It is safe for concurrent use.
+type Client struct {
+	// URL is http://<status listener>/berth/endpoints.
+	URL   string
+	Token string
+	HTTP  *http.Client
+}
+
+// NewClient returns a client of the control endpoint on a status listener.
+func NewClient(statusListen, token string) *Client {
+	return &Client{URL: "http://" + statusListen + "/berth/endpoints", Token: token,
+		HTTP: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: nil, MaxIdleConns: 2, IdleConnTimeout: 30 * time.Second}}}
+}
+
+type versionReply struct {
+	Version uint64 `json:"version"`
+	Error   string `json:"error"`
+}
+
+func (c *Client) do(ctx context.Context, method string, body []byte) (versionReply, int, error) {
+	var r io.Reader
+	if body != nil {
+		r = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.URL, r)
+	if err != nil {
+		return versionReply{}, 0, err
+	}
+	req.Header.Set("X-Berth-Token", c.Token)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return versionReply{}, 0, fmt.Errorf("control endpoint: %w", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	var v versionReply
+	if err := json.Unmarshal(b, &v); err != nil {
+		return v, resp.StatusCode, fmt.Errorf("control endpoint: %s: %q", resp.Status, strings.TrimSpace(string(b)))
+	}
+	return v, resp.StatusCode, nil
+}
+
+// Version reads the version nginx has installed.
+func (c *Client) Version(ctx context.Context) (uint64, error) {
+	v, code, err := c.do(ctx, http.MethodGet, nil)
+	if err != nil {
+		return 0, err
+	}
+	if code != http.StatusOK {
+		return 0, fmt.Errorf("control endpoint: %d: %s", code, v.Error)
+	}
+	return v.Version, nil
+}
+
+// Push installs a batch and returns the version nginx then reports
+// installed (read back), which is at least b.Version. A version not above
+// the installed one is a *StaleError.
+func (c *Client) Push(ctx context.Context, b Batch) (uint64, error) {
+	body, err := json.Marshal(b)
+	if err != nil {
+		return 0, err
+	}
+	v, code, err := c.do(ctx, http.MethodPost, body)
+	switch {
+	case err != nil:
+		return 0, err
+	case code == http.StatusConflict:
+		return 0, &StaleError{Installed: v.Version}
+	case code != http.StatusOK:
+		return 0, fmt.Errorf("control endpoint refused version %d: %d: %s", b.Version, code, v.Error)
+	}
+	got, err := c.Version(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if got < b.Version {
+		return 0, fmt.Errorf("control endpoint: pushed version %d, nginx reports %d", b.Version, got)
+	}
+	return got, nil
+}
+
+// WriteSnapshot writes b (a full batch) to path atomically: nginx's
+// init_by_lua loads it when it starts or reloads.
+func WriteSnapshot(path string, b Batch) error {
+	b.Full = true
+	data, err := json.Marshal(b)
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(path, data, 0o644)
+}
+
+// ReadSnapshotVersion returns the version of the snapshot file at path, 0
+// when there is none or it cannot be read.
+func ReadSnapshotVersion(path string) uint64 {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	var b struct {
+		Version uint64 `json:"version"`
+	}
+	_ = json.Unmarshal(data, &b)
+	return b.Version
+}
+
+// EnsureToken returns the control token in path, creating a random one
+// (mode 0600) when the file does not exist.
+func EnsureToken(path string) (string, error) {
+	if b, err := os.ReadFile(path); err == nil {
+		if t := strings.TrimSpace(string(b)); len(t) >= 32 {
+			return t, os.Chmod(path, 0o600)
+		}
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return "", err
+	}
+	t := hex.EncodeToString(raw)
+	if err := atomicfile.Write(path, []byte(t+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	return t, nil
+}
+
+// LuaFile is where the balancer's source sits in a templates tree and
+// under the lua_package_path root.
+const LuaFile = "lua/berth/dynamic.lua"
+
+// InstallLua copies the balancer's source from fsys (a templates tree)
+// into dir, so that dir/berth/dynamic.lua is what nginx requires.
+func InstallLua(fsys fs.FS, dir string) error {
+	src, err := fs.ReadFile(fsys, LuaFile)
+	if err != nil {
+		return fmt.Errorf("lua balancer: %w", err)
+	}
+	dst := filepath.Join(dir, "berth", "dynamic.lua")
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	return atomicfile.Write(dst, src, 0o644)
+}
+
+// Available reports whether dir holds the modules dynamic mode needs.
+func Available(modulesDir string) bool {
+	for _, m := range []string{"ndk_http_module.so", "ngx_http_lua_module.so"} {
+		if st, err := os.Stat(filepath.Join(modulesDir, m)); err != nil || st.IsDir() {
+			return false
+		}
+	}
+	return true
+}
+
+// Upstream modes (--upstream-mode).
+const (
+	ModeAuto    = "auto"
+	ModeDynamic = "dynamic"
+	ModeReload  = "reload"
+)
+
+// Tester runs nginx -t on a config in a prefix.
+type Tester interface {
+	Test(ctx context.Context, prefix, conf string) error
+}
+
+// Choose resolves an upstream mode: dynamic and reload as given; auto is
+// dynamic when lbagent owns nginx.conf (ownsMain) and nginx loads the Lua
+// module from modulesDir with lua-resty-core and lua-cjson (an nginx -t of a probe
+// config in scratch), reload otherwise. It says why.
+func Choose(ctx context.Context, mode string, ownsMain bool, modulesDir string, t Tester, scratch string) (bool, string) {
+	switch mode {
+	case ModeDynamic:
+		return true, "--upstream-mode dynamic"
+	case ModeReload:
+		return false, "--upstream-mode reload"
+	}
+	if !ownsMain {
+		return false, "auto: lbagent writes an include file (--conf-dir), and cannot load nginx's Lua module itself; use --upstream-mode dynamic once nginx.conf loads it"
+	}
+	if !Available(modulesDir) {
+		return false, "auto: no ngx_http_lua_module in " + modulesDir + " (Debian: apt-get install libnginx-mod-http-lua lua-resty-core lua-cjson)"
+	}
+	if err := Probe(ctx, modulesDir, t, scratch); err != nil {
+		return false, "auto: nginx cannot load its Lua module: " + err.Error()
+	}
+	return true, "auto: nginx has the Lua module"
+}
+
+// Probe runs nginx -t on a config that loads the Lua module and
+// lua-resty-core's balancer, in the scratch prefix.
+func Probe(ctx context.Context, modulesDir string, t Tester, scratch string) error {
+	for _, sub := range []string{"conf", "logs", "run", "temp"} {
+		if err := os.MkdirAll(filepath.Join(scratch, sub), 0o755); err != nil {
+			return err
+		}
+	}
+	conf := filepath.Join(scratch, "conf", "probe.conf")
+	text := "load_module " + filepath.Join(modulesDir, "ndk_http_module.so") + ";\n" +
+		"load_module " + filepath.Join(modulesDir, "ngx_http_lua_module.so") + ";\n" +
+		"pid run/nginx.pid;\nerror_log logs/error.log;\nevents {}\nhttp {\n" +
+		"    client_body_temp_path temp/client_body;\n    proxy_temp_path temp/proxy;\n" +
+		"    fastcgi_temp_path temp/fastcgi;\n    uwsgi_temp_path temp/uwsgi;\n    scgi_temp_path temp/scgi;\n" +
+		"    lua_shared_dict berth_probe 1m;\n" +
+		"    init_by_lua_block { require(\"ngx.balancer\") require(\"cjson.safe\") }\n}\n"
+	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+		return err
+	}
+	return t.Test(ctx, scratch, conf)
+}

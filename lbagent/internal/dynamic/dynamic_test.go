@@ -1,0 +1,196 @@
+package dynamic
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"testing/fstest"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/lbagent/internal/state"
+)
+
+func snapOf(servers map[string][]state.Server) state.Snapshot {
+	var s state.Snapshot
+	for name, ss := range servers {
+		s.Apps = append(s.Apps, state.App{Spec: &msg.App{Name: name, LB: spec.LB{Method: spec.LBLeastConn, MaxFails: 2, FailTimeout: spec.Duration(1500 * time.Millisecond)}}, Servers: ss})
+	}
+	return s
+}
+
+func TestOfAndDiff(t *testing.T) {
+	t.Parallel()
+	a := Of(snapOf(map[string][]state.Server{
+		"web": {{Address: "127.0.0.1:1", Weight: 3}, {Address: "127.0.0.1:2", Weight: 0, Backup: true}},
+		"api": nil,
+	}))
+	require.Equal(t, &Endpoints{Method: spec.LBLeastConn, MaxFails: 2, FailTimeout: 1.5,
+		Servers: []Server{{Address: "127.0.0.1:1", Weight: 3}, {Address: "127.0.0.1:2", Weight: 1, Backup: true}}}, a["web"])
+	require.Equal(t, []Server{}, a["api"].Servers, "no servers is an empty set, not a missing app")
+
+	b := Of(snapOf(map[string][]state.Server{
+		"web": {{Address: "127.0.0.1:1", Weight: 3}, {Address: "127.0.0.1:2", Weight: 0, Backup: true}},
+		"new": {{Address: "127.0.0.1:3", Weight: 1}},
+	}))
+	require.Nil(t, Diff(a, a), "nothing changed")
+	d := Diff(a, b)
+	require.Len(t, d, 2)
+	require.Nil(t, d["api"], "gone")
+	require.Contains(t, d, "api")
+	require.Equal(t, b["new"], d["new"])
+	require.NotContains(t, d, "web", "unchanged apps are not pushed")
+}
+
+// control is a fake control endpoint that keeps a version and checks the token.
+type control struct {
+	mu       sync.Mutex
+	version  uint64
+	readback uint64 // when set, GET reports this instead
+	batches  []Batch
+}
+
+func (c *control) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if r.Header.Get("X-Berth-Token") != strings.Repeat("a", 64) {
+		w.WriteHeader(http.StatusForbidden)
+		_, _ = io.WriteString(w, `{"error":"forbidden"}`)
+		return
+	}
+	if r.Method == http.MethodGet {
+		v := c.version
+		if c.readback != 0 {
+			v = c.readback
+		}
+		_ = json.NewEncoder(w).Encode(map[string]uint64{"version": v})
+		return
+	}
+	var b Batch
+	if err := json.NewDecoder(r.Body).Decode(&b); err != nil {
+		w.WriteHeader(http.StatusBadRequest)
+		_, _ = io.WriteString(w, `{"error":"bad json"}`)
+		return
+	}
+	if b.Version <= c.version {
+		w.WriteHeader(http.StatusConflict)
+		_ = json.NewEncoder(w).Encode(map[string]uint64{"version": c.version})
+		return
+	}
+	c.version = b.Version
+	c.batches = append(c.batches, b)
+	_ = json.NewEncoder(w).Encode(map[string]uint64{"version": b.Version})
+}
+
+func TestClientPushReadsBack(t *testing.T) {
+	t.Parallel()
+	ctl := &control{version: 5}
+	srv := httptest.NewServer(ctl)
+	t.Cleanup(srv.Close)
+	c := NewClient(strings.TrimPrefix(srv.URL, "http://"), strings.Repeat("a", 64))
+	ctx := context.Background()
+
+	v, err := c.Version(ctx)
+	require.NoError(t, err)
+	require.Equal(t, uint64(5), v)
+
+	got, err := c.Push(ctx, Batch{Version: 6, Apps: map[string]*Endpoints{"web": {Method: "round_robin", Servers: []Server{}}}})
+	require.NoError(t, err)
+	require.Equal(t, uint64(6), got)
+
+	_, err = c.Push(ctx, Batch{Version: 6})
+	var stale *StaleError
+	require.ErrorAs(t, err, &stale)
+	require.ErrorIs(t, err, ErrStale)
+	require.Equal(t, uint64(6), stale.Installed)
+
+	ctl.mu.Lock()
+	ctl.readback = 3
+	ctl.mu.Unlock()
+	_, err = c.Push(ctx, Batch{Version: 7})
+	require.ErrorContains(t, err, "nginx reports 3", "a push is only done once nginx reports it installed")
+
+	bad := NewClient(strings.TrimPrefix(srv.URL, "http://"), "wrong")
+	_, err = bad.Version(ctx)
+	require.ErrorContains(t, err, "403")
+}
+
+func TestSnapshotTokenAndLua(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "berth-endpoints.json")
+	require.Zero(t, ReadSnapshotVersion(path))
+	require.NoError(t, WriteSnapshot(path, Batch{Version: 9, Apps: map[string]*Endpoints{"web": {Method: "hash", Servers: []Server{}}}}))
+	require.Equal(t, uint64(9), ReadSnapshotVersion(path))
+	var b Batch
+	raw, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(raw, &b))
+	require.True(t, b.Full, "a snapshot is a full batch")
+
+	tokenPath := filepath.Join(dir, "token")
+	tok, err := EnsureToken(tokenPath)
+	require.NoError(t, err)
+	require.Len(t, tok, 64)
+	st, err := os.Stat(tokenPath)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), st.Mode().Perm())
+	again, err := EnsureToken(tokenPath)
+	require.NoError(t, err)
+	require.Equal(t, tok, again, "kept across restarts")
+
+	lua := filepath.Join(dir, "lua")
+	require.NoError(t, InstallLua(fstest.MapFS{LuaFile: {Data: []byte("return {}")}}, lua))
+	got, err := os.ReadFile(filepath.Join(lua, "berth", "dynamic.lua"))
+	require.NoError(t, err)
+	require.Equal(t, "return {}", string(got))
+	require.Error(t, InstallLua(fstest.MapFS{}, lua))
+}
+
+type tester struct{ err error }
+
+func (t tester) Test(context.Context, string, string) error { return t.err }
+
+func TestChoose(t *testing.T) {
+	t.Parallel()
+	mods := t.TempDir()
+	for _, m := range []string{"ndk_http_module.so", "ngx_http_lua_module.so"} {
+		require.NoError(t, os.WriteFile(filepath.Join(mods, m), nil, 0o644))
+	}
+	ctx := context.Background()
+	tests := []struct {
+		name     string
+		mode     string
+		main     bool
+		modules  string
+		probe    error
+		want     bool
+		contains string
+	}{
+		{"given dynamic", ModeDynamic, false, "/nowhere", nil, true, "--upstream-mode dynamic"},
+		{"given reload", ModeReload, true, mods, nil, false, "--upstream-mode reload"},
+		{"auto with the module", ModeAuto, true, mods, nil, true, "Lua module"},
+		{"auto in include mode", ModeAuto, false, mods, nil, false, "--conf-dir"},
+		{"auto without the module", ModeAuto, true, t.TempDir(), nil, false, "libnginx-mod-http-lua"},
+		{"auto when nginx refuses it", ModeAuto, true, mods, errors.New("module is not binary compatible"), false, "not binary compatible"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got, why := Choose(ctx, tt.mode, tt.main, tt.modules, tester{tt.probe}, t.TempDir())
+			require.Equal(t, tt.want, got, why)
+			require.Contains(t, why, tt.contains)
+		})
+	}
+}
