@@ -7,6 +7,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -287,6 +288,12 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 		return 0
 	}
 
+	if !a.hasApplied && a.adopt(ctx, snap, renderer) {
+		a.reporter.Applied(ctx, a.agentMessage(""))
+		a.report(ctx, start, snap.Revision, msg.ReloadSkipped, "", nil)
+		return 0
+	}
+
 	gen := a.generation + 1
 	final, failed, err := c.build(ctx, gen)
 	if err != nil {
@@ -353,6 +360,60 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 		zap.Int("apps", len(snap.Apps)), zap.Int("servers", snap.Servers()), zap.Int("failed_apps", len(failed)),
 		zap.Duration("duration", a.now().Sub(start)))
 	return 0
+}
+
+// adopt takes over the config nginx already serves when a restarted
+// lbagent would render exactly it (same bytes at the served generation):
+// no reload, so no keep-alive connection is closed. In dynamic mode it
+// pushes every app's endpoints. It reports whether it adopted.
+func (a *Agent) adopt(ctx context.Context, snap state.Snapshot, renderer *render.Renderer) bool {
+	sctx, cancel := context.WithTimeout(ctx, time.Second)
+	served, err := nginx.Served(sctx, a.client, a.statusURL())
+	cancel()
+	var gen uint64
+	if err != nil || served == "" {
+		a.logger.Debug("no served generation to adopt", zap.Error(err))
+		return false
+	}
+	if _, err := fmt.Sscan(served, &gen); err != nil || gen == 0 {
+		return false
+	}
+	current, err := os.ReadFile(a.cfg.Target)
+	if err != nil {
+		return false
+	}
+	d, conflicts := render.Layout(snap, gen, a.cfg.Render)
+	if len(conflicts) > 0 {
+		return false
+	}
+	out, err := renderer.Render(d, a.cfg.Render.Main)
+	if err != nil || !bytes.Equal(out, current) {
+		a.logger.Debug("the served config is not this state's: reloading", zap.Uint64("generation", gen), zap.Error(err))
+		return false
+	}
+	if a.cfg.Pusher != nil {
+		eps := dynamic.Of(snap)
+		if err := a.push(ctx, eps, true); err != nil {
+			a.logger.Warn("endpoints not pushed to the nginx found serving; reloading instead", zap.Error(err))
+			return false
+		}
+		a.endpoints = eps
+	}
+	a.generation, a.applied, a.hasApplied = gen, snap, true
+	a.appliedLayout = a.comparable(snap)
+	a.appliedRenderer = renderer
+	a.servedGen.Store(gen)
+	a.appliedApps = map[string]int64{}
+	for _, app := range snap.Apps {
+		a.lastGood[app.Spec.Name] = app
+		a.appliedApps[app.Spec.Name] = app.Spec.Generation
+	}
+	a.appErrors = map[string]string{}
+	if h := a.cfg.Hooks.Served; h != nil {
+		h(len(snap.Apps), snap.Servers())
+	}
+	a.logger.Info("adopted the config nginx serves: no reload", zap.Uint64("generation", gen), zap.Uint64("revision", snap.Revision))
+	return true
 }
 
 // initVersion learns the version nginx has installed, once: pushes

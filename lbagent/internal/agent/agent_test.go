@@ -67,6 +67,9 @@ type rig struct {
 	rep      *reporter
 	httpAddr string
 	rev      uint64
+	// restart stops the agent and starts a new one on the same nginx,
+	// store and reporter, as a restarted lbagent.
+	restart func()
 }
 
 func newRig(t *testing.T, emptyHold time.Duration) *rig {
@@ -125,10 +128,22 @@ func newRigMode(t *testing.T, emptyHold time.Duration, dyn bool) *rig {
 	go func() { supDone <- sup.Run(ctx) }()
 	<-sup.Started()
 
-	r.agent = New(cfg, r.store, renderer, nginx.Binary{Path: bin}, sup, r.rep, zaptest.NewLogger(t))
-	agentCtx, stopAgent := context.WithCancel(ctx)
-	agentDone := make(chan error, 1)
-	go func() { agentDone <- r.agent.Run(agentCtx) }()
+	var stopAgent context.CancelFunc
+	var agentDone chan error
+	startAgent := func() {
+		r.agent = New(cfg, r.store, renderer, nginx.Binary{Path: bin}, sup, r.rep, zaptest.NewLogger(t))
+		var agentCtx context.Context
+		agentCtx, stopAgent = context.WithCancel(ctx)
+		agentDone = make(chan error, 1)
+		go func() { agentDone <- r.agent.Run(agentCtx) }()
+	}
+	startAgent()
+	r.restart = func() {
+		stopAgent()
+		require.NoError(t, <-agentDone)
+		startAgent()
+		r.agent.Kick() // the store is loaded already: no change would come
+	}
 	t.Cleanup(func() {
 		stopAgent()
 		require.NoError(t, <-agentDone)
@@ -402,4 +417,33 @@ func TestDynamicEndpointChangesReloadNothing(t *testing.T) {
 	snap, err := os.ReadFile(r.agent.cfg.Snapshot)
 	require.NoError(t, err)
 	require.Contains(t, string(snap), c, "the snapshot nginx reloads from holds the endpoints")
+}
+
+// A restarted lbagent that would render exactly the config nginx serves
+// adopts it: no reload, so no keep-alive connection is closed; in dynamic
+// mode it pushes the endpoints again.
+func TestRestartedAgentAdoptsTheServedConfig(t *testing.T) {
+	t.Parallel()
+	for name, dyn := range map[string]bool{"reload": false, "dynamic": true} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			r := newRigMode(t, time.Hour, dyn)
+			r.putApp(appMsg("web", "web.test"))
+			rev := r.putInstance("web", "a", testrig.Backend(t, "A"), msg.StateRunning)
+			r.waitFor("web.test", 200, "A")
+			require.Eventually(t, func() bool { _, ag := r.rep.last(); return ag != nil && ag.AppliedRevision == rev }, 5*time.Second, 5*time.Millisecond)
+			gen, reloads := r.agent.Generation(), r.reloads()
+			require.NotZero(t, gen)
+
+			r.restart()
+			require.Eventually(t, func() bool { return r.agent.Generation() == gen }, 5*time.Second, 5*time.Millisecond,
+				"the new agent serves the same generation")
+			r.waitFor("web.test", 200, "A")
+			require.Equal(t, reloads, r.reloads(), "no reload")
+			// And it goes on: a change after the restart is applied.
+			r.putInstance("web", "b", testrig.Backend(t, "B"), msg.StateRunning)
+			r.putInstance("web", "a", "", msg.StateStopped)
+			r.waitFor("web.test", 200, "B")
+		})
+	}
 }

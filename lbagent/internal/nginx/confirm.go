@@ -35,6 +35,11 @@ func Confirm(ctx context.Context, client *http.Client, url, want string, interva
 	}
 }
 
+// Served returns the generation the status listener at url reports.
+func Served(ctx context.Context, client *http.Client, url string) (string, error) {
+	return fetch(ctx, client, url)
+}
+
 func fetch(ctx context.Context, client *http.Client, url string) (string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
