@@ -130,7 +130,7 @@ func (r reaction) String() string {
 func (s *stack) stepUp(want int) (*loadgen.Run, reaction) {
 	s.t.Helper()
 	step := time.Now()
-	gen := loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/", Host: demoHost, Workers: 12, Rate: stepRate, NoRetry: strictClient})
+	gen := loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/", Host: demoHost, Workers: 12, Rate: stepRate, NoRetry: s.strict()})
 	s.waitServing("demo", demoHost, want, "v1", 60*time.Second)
 	r := reaction{Serving: time.Since(step)}
 	evs := s.events("demo")
@@ -182,7 +182,7 @@ func startAutoscaled(t testing.TB) (s *stack, leaderID string, lbArgs []string, 
 // the stabilisation window, with no failed request throughout.
 func TestAutoscaling(t *testing.T) {
 	s, leaderID, lbArgs, lb := startAutoscaled(t)
-	base := loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/", Host: demoHost, Workers: 2, Rate: baseRate, NoRetry: strictClient})
+	base := loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/", Host: demoHost, Workers: 2, Rate: baseRate, NoRetry: s.strict()})
 	defer base.Stop()
 
 	// Steady at min: 10 req/s asks for 1, the floor is 2.
@@ -265,7 +265,7 @@ func TestAutoscaling(t *testing.T) {
 //	go test -run '^$' -bench AutoscaleReaction -benchtime 1x ./e2e/
 func BenchmarkAutoscaleReaction(b *testing.B) {
 	s, _, _, _ := startAutoscaled(b)
-	base := loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/", Host: demoHost, Workers: 2, Rate: baseRate, NoRetry: strictClient})
+	base := loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/", Host: demoHost, Workers: 2, Rate: baseRate, NoRetry: s.strict()})
 	defer base.Stop()
 	time.Sleep(4 * time.Second)
 	var serving, first, ratio []float64

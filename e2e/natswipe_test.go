@@ -68,7 +68,7 @@ func TestNATSWipe(t *testing.T) {
 	// Load on every app, and a record of when failures happened.
 	gens := map[string]*loadgen.Run{}
 	for _, a := range apps {
-		gens[a.name] = loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/", Host: a.host, Workers: 2, Rate: 60, NoRetry: strictClient})
+		gens[a.name] = loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/", Host: a.host, Workers: 2, Rate: 60, NoRetry: s.strict()})
 	}
 	t.Cleanup(func() {
 		for _, g := range gens {

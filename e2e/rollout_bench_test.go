@@ -116,7 +116,7 @@ func (s *stack) rollout(v1, v2 string, n int, d demoTimings) rolloutFigures {
 	s.waitServing(app, host, n, "v1", 120*time.Second)
 	time.Sleep(2 * time.Second) // past min_healthy_time of the first instances
 
-	gen := loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/", Host: host, Workers: 4, Rate: 100, NoRetry: strictClient})
+	gen := loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/", Host: host, Workers: 4, Rate: 100, NoRetry: s.strict()})
 	time.Sleep(time.Second)
 	t0 := time.Now()
 	s.apply(spec(v2))

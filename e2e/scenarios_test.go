@@ -34,12 +34,20 @@ func demoSpec(t testing.TB, image string, replicas int, extra string) string {
 	return spec + extra
 }
 
-// TestFullStackZeroFailedRequests runs Berth whole and, under a steady load
-// through nginx, takes it through every disruption a deploy or a failure
-// brings. Every scenario must answer every request with a 2xx.
-func TestFullStackZeroFailedRequests(t *testing.T) {
+// TestFullStackZeroFailedRequests runs Berth whole, lbagent in dynamic
+// upstream mode, and under a steady load through nginx from a client that
+// never retries takes it through every disruption a deploy or a failure
+// brings. Every scenario must answer every request with a 2xx, and those
+// that change only endpoints must not reload nginx.
+func TestFullStackZeroFailedRequests(t *testing.T) { fullStack(t, "dynamic") }
+
+// TestFullStackReloadMode is the same in reload mode (nginx without Lua):
+// every change reloads, and the client retries what a reload closed.
+func TestFullStackReloadMode(t *testing.T) { fullStack(t, "reload") }
+
+func fullStack(t *testing.T, mode string) {
 	v1, v2 := testrig.DemoImage(t, "v1"), testrig.DemoImage(t, "v2")
-	s := newStack(t)
+	s := newStackMode(t, "", mode)
 	watch := s.startWatch()
 	s.startScheduler("sched-a")
 	s.leader(10 * time.Second)
@@ -51,46 +59,60 @@ func TestFullStackZeroFailedRequests(t *testing.T) {
 	s.waitServing("demo", demoHost, 3, "v1", 60*time.Second)
 
 	var report []scenario
-	run := func(name string, body func()) {
+	// run runs one scenario under load; reloads says whether it changes
+	// more than endpoints (a route, a template): in dynamic mode every
+	// other scenario must not reload nginx.
+	run := func(name string, reloads bool, body func()) {
 		t.Helper()
 		gen := s.load(demoHost)
+		if reloads {
+			// A reload closes idle keep-alive connections: a client that does
+			// not retry can lose a request sent at that moment, in either mode.
+			gen.Stop()
+			gen = loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/", Host: demoHost, Workers: 4, Rate: 200})
+		}
+		before := s.nginxReloads()
 		time.Sleep(time.Second) // load before the disruption
 		body()
 		time.Sleep(time.Second) // and after it
 		res := gen.Stop()
-		report = append(report, scenario{name, res})
-		t.Logf("%-32s %s", name, res)
+		n := s.nginxReloads() - before
+		report = append(report, scenario{name, res, n})
+		t.Logf("%-32s %s; nginx reloads: %d", name, res, n)
 		require.Positive(t, res.OK, name)
 		// Not fatal: the scenarios go on, so that the report has them all.
 		if err := loadgen.Check(res); err != nil {
 			t.Errorf("%s: %v", name, err)
 		}
+		if mode == "dynamic" && !reloads && n != 0 {
+			t.Errorf("%s: nginx reloaded %d times for endpoint changes", name, n)
+		}
 	}
 
-	run("scale 3 → 8 → 2", func() {
+	run("scale 3 → 8 → 2", false, func() {
 		s.cli("scale", "demo", "8")
 		s.waitServing("demo", demoHost, 8, "v1", 90*time.Second)
 		s.cli("scale", "demo", "2")
 		s.waitServing("demo", demoHost, 2, "v1", 90*time.Second)
 	})
 
-	run("rolling update v1 → v2", func() {
+	run("rolling update v1 → v2", false, func() {
 		s.apply(demoSpec(t, v2, 2, ""))
 		s.waitServing("demo", demoHost, 2, "v2", 120*time.Second)
 	})
 
-	run("docker kill of one instance", func() {
+	run("docker kill of one instance", false, func() {
 		// Slow requests as well, so that requests are in flight on the
 		// container when it dies: nginx retries them on another instance
 		// (proxy_next_upstream error; GET is idempotent).
 		// The rate staggers the 8 workers evenly, so that the requests in
 		// flight at the kill are of every age (unpaced, they would run in
 		// lockstep and the kill could land just after a batch began).
-		slow := loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/slow?d=500ms", Host: demoHost, Workers: 8, Rate: 15, NoRetry: strictClient})
+		slow := loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/slow?d=500ms", Host: demoHost, Workers: 8, Rate: 15, NoRetry: s.strict()})
 		defer func() {
 			res := slow.Stop()
 			t.Logf("%-32s %s", "  in-flight /slow?d=500ms load", res)
-			report = append(report, scenario{"docker kill: 500 ms requests in flight", res})
+			report = append(report, scenario{"docker kill: 500 ms requests in flight", res, 0})
 			if err := loadgen.Check(res); err != nil {
 				t.Errorf("slow requests during the kill: %v", err)
 			}
@@ -115,7 +137,7 @@ func TestFullStackZeroFailedRequests(t *testing.T) {
 		s.waitServing("demo", demoHost, 2, "v2", 60*time.Second)
 	})
 
-	run("50 template-driven reloads", func() {
+	run("50 template-driven reloads", true, func() {
 		tmpl := filepath.Join(s.tmplDir, "http.conf.tmpl")
 		orig, err := os.ReadFile(tmpl)
 		require.NoError(t, err)
@@ -129,7 +151,7 @@ func TestFullStackZeroFailedRequests(t *testing.T) {
 		require.NoError(t, os.WriteFile(tmpl, orig, 0o644))
 	})
 
-	run("healthd join, leave, restart", func() {
+	run("healthd join, leave, restart", false, func() {
 		// A second checker joins: the targets are split, and those handed
 		// over keep their published health until the new owner reports.
 		hc2 := s.startHealthd("hc2")
@@ -145,7 +167,7 @@ func TestFullStackZeroFailedRequests(t *testing.T) {
 		s.waitServing("demo", demoHost, 2, "v2", 30*time.Second)
 	})
 
-	run("lbagent restart (nginx keeps serving)", func() {
+	run("lbagent restart (nginx keeps serving)", false, func() {
 		nginxPID := s.nginx.PID()
 		lb.stop(t, syscall.SIGTERM, 15*time.Second)
 		time.Sleep(time.Second) // nginx serves alone
@@ -154,7 +176,7 @@ func TestFullStackZeroFailedRequests(t *testing.T) {
 		s.waitServing("demo", demoHost, 2, "v2", 30*time.Second)
 	})
 
-	run("update failing health → rollback", func() {
+	run("update failing health → rollback", false, func() {
 		before := s.instances("demo")
 		s.apply(demoSpec(t, v1, 2, "env: {DEMO_HEALTH: fail}\n"))
 		s.waitEvent(watch, "rolled_back", 90*time.Second)
@@ -162,7 +184,7 @@ func TestFullStackZeroFailedRequests(t *testing.T) {
 		require.ElementsMatch(t, ids(before), ids(after), "the serving instances were never replaced")
 	})
 
-	run("leader failover (SIGKILL), then scale", func() {
+	run("leader failover (SIGKILL), then scale", false, func() {
 		leader := s.leader(5 * time.Second)
 		s.proc("scheduler-"+leader).stop(t, syscall.SIGKILL, 5*time.Second)
 		s.forget(leader)
@@ -184,11 +206,11 @@ func TestFullStackZeroFailedRequests(t *testing.T) {
 	require.Regexp(t, `(?m) health demo  [a-z0-9]+  unknown -> healthy`, out)
 	require.Regexp(t, `(?m) health demo  [a-z0-9]+  \S+ -> unhealthy  \(.*\)  http_status: `, out)
 
-	t.Logf("requests and failures per scenario (load: 4 keep-alive connections, 200 req/s through nginx; client retries: %v):", !strictClient)
-	t.Log("| scenario | requests | non-2xx | errors | of which on a reused keep-alive | connections | retried on a closed keep-alive |")
+	t.Logf("requests and failures per scenario, upstream mode %s (load: 4 keep-alive connections, 200 req/s through nginx; client retries: %v, but for the template reloads):", mode, !s.strict())
+	t.Log("| scenario | requests | non-2xx | errors | of which on a reused keep-alive | connections | retried on a closed keep-alive | nginx reloads |")
 	for _, sc := range report {
 		r := sc.Result
-		t.Logf("| %s | %d | %d | %d | %d | %d | %d |", sc.Name, r.Requests, r.Non2xx, r.Errors, r.ReusedErrors, r.Conns, r.Retried)
+		t.Logf("| %s | %d | %d | %d | %d | %d | %d | %d |", sc.Name, r.Requests, r.Non2xx, r.Errors, r.ReusedErrors, r.Conns, r.Retried, sc.Reloads)
 	}
 }
 

@@ -114,6 +114,9 @@ type stack struct {
 	conn   *bus.Conn
 
 	nginx      *testrig.Nginx
+	// mode is lbagent's --upstream-mode: dynamic (nginx loads its Lua
+	// module) or reload.
+	mode       string
 	confDir    string
 	tmplDir    string
 	httpAddr   string
@@ -131,14 +134,24 @@ func newStack(t testing.TB) *stack {
 }
 
 // newStackOn is newStack with the daemons on the NATS at natsURL; empty
-// means an in-process NATS of the test's own.
+// means an in-process NATS of the test's own. lbagent runs in dynamic
+// upstream mode.
 func newStackOn(t testing.TB, natsURL string) *stack {
+	t.Helper()
+	return newStackMode(t, natsURL, "dynamic")
+}
+
+// luaModules is where Debian's libnginx-mod-http-lua installs the modules.
+const luaModules = "/usr/lib/nginx/modules"
+
+// newStackMode is newStackOn with lbagent in the given upstream mode.
+func newStackMode(t testing.TB, natsURL, mode string) *stack {
 	t.Helper()
 	testrig.Docker(t)
 	if natsURL == "" {
 		natsURL = testrig.NATS(t)
 	}
-	s := &stack{t: t, dir: t.TempDir(), db: testrig.Postgres(t), nats: natsURL, apis: map[string]string{}}
+	s := &stack{t: t, dir: t.TempDir(), db: testrig.Postgres(t), nats: natsURL, apis: map[string]string{}, mode: mode}
 	s.prefix = fmt.Sprintf("e2e%d", time.Now().UnixNano()%1e7)
 	s.names, _ = msg.NewNames(s.prefix)
 	testrig.RemoveBerthContainers(t, s.prefix)
@@ -158,7 +171,15 @@ func newStackOn(t testing.TB, natsURL string) *stack {
 	require.NoError(t, os.MkdirAll(s.confDir, 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(s.confDir, "berth.conf"), nil, 0o644))
 	s.nginx = testrig.NewNginx(t)
-	s.nginx.WriteConfig(testrig.MainConfig("include " + filepath.Join(s.confDir, "berth.conf") + ";"))
+	modules := ""
+	if mode == "dynamic" {
+		// The operator's nginx.conf loads the Lua module (include mode).
+		if _, err := os.Stat(filepath.Join(luaModules, "ngx_http_lua_module.so")); err != nil {
+			t.Fatalf("nginx's Lua module is missing from %s: apt-get install libnginx-mod-http-lua lua-resty-core lua-cjson", luaModules)
+		}
+		modules = "load_module " + luaModules + "/ndk_http_module.so;\nload_module " + luaModules + "/ngx_http_lua_module.so;\n"
+	}
+	s.nginx.WriteConfig(modules + testrig.MainConfig("include "+filepath.Join(s.confDir, "berth.conf")+";"))
 	s.nginx.Start()
 
 	// A copy of the templates, which the template-reload scenario edits.
@@ -236,7 +257,7 @@ func (s *stack) startLBAgent(extra ...string) *proc {
 		"--state-dir", filepath.Join(s.dir, "lbagent-state"), "--templates", s.tmplDir,
 		"--listen-http", s.httpAddr, "--listen-https", fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(s.t)),
 		"--status-listen", s.statusAddr, "--metrics-listen", s.lbMetrics, "--debounce", "20ms:300ms",
-		"--empty-hold", lbEmptyHold.String()}, s.natsFlags()...)
+		"--empty-hold", lbEmptyHold.String(), "--upstream-mode", s.mode}, s.natsFlags()...)
 	p := s.start("lbagent", "lbagent", append(args, extra...)...)
 	testrig.WaitHTTP(s.t, "http://"+s.lbMetrics+"/healthz", 20*time.Second)
 	return p
@@ -432,21 +453,28 @@ func (s *stack) reloads() int {
 
 // scenario is one line of the report: what ran and what the load saw.
 type scenario struct {
-	Name   string
-	Result loadgen.Result
+	Name    string
+	Result  loadgen.Result
+	Reloads int
 }
 
-// strictClient puts every load generator of the full-stack tests in
-// loadgen's no-retry mode (Config.NoRetry), a client like wrk: a GET lost on
-// a keep-alive connection nginx closed in a reload is a failed request
-// instead of one net/http quietly sends again. Today each reload for an
-// endpoint change loses a few such requests.
-// Flip when dynamic upstreams land (issue 15).
-const strictClient = false
+// strict says whether the load generators run in loadgen's no-retry mode
+// (Config.NoRetry), a client like wrk: a GET lost on a keep-alive
+// connection nginx closed is a failed request instead of one net/http
+// quietly sends again. In dynamic mode endpoint changes reload nothing, so
+// the full-stack scenarios hold every request to that; in reload mode each
+// reload closes idle keep-alive connections, and the client retries.
+func (s *stack) strict() bool { return s.mode == "dynamic" }
+
+// nginxReloads counts the reloads the nginx master logged.
+func (s *stack) nginxReloads() int {
+	data, _ := os.ReadFile(filepath.Join(s.nginx.Prefix, "logs", "error.log"))
+	return strings.Count(string(data), "(SIGHUP) received")
+}
 
 // load starts the load generator against the app's host through nginx.
 func (s *stack) load(host string) *loadgen.Run {
-	return loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/", Host: host, Workers: 4, Rate: 200, NoRetry: strictClient})
+	return loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/", Host: host, Workers: 4, Rate: 200, NoRetry: s.strict()})
 }
 
 func equalSets(a, b map[string]bool) bool {
