@@ -30,7 +30,7 @@ type cli struct {
 	Manage       bool   `name:"manage-nginx" help:"Start nginx as a child and supervise it (the sidecar image); needs --nginx-conf." default:"false" env:"BERTH_LBAGENT_MANAGE_NGINX"`
 	LeaveNginx   bool   `name:"leave-nginx-running" help:"With --manage-nginx: on a clean stop (SIGTERM) leave nginx serving, for the next lbagent to adopt, instead of quitting it gracefully." default:"false" env:"BERTH_LBAGENT_LEAVE_NGINX_RUNNING"`
 	UpstreamMode string `name:"upstream-mode" help:"auto, dynamic or reload: dynamic pushes endpoint changes into nginx's Lua balancer without a reload; auto picks it when lbagent owns nginx.conf and nginx has the Lua module." default:"auto" enum:"auto,dynamic,reload" env:"BERTH_LBAGENT_UPSTREAM_MODE"`
-	ModulesDir   string `name:"nginx-modules-dir" help:"Directory of ndk_http_module.so and ngx_http_lua_module.so (dynamic mode)." default:"/usr/lib/nginx/modules" env:"BERTH_LBAGENT_NGINX_MODULES_DIR" type:"path"`
+	ModulesDir   string `name:"nginx-modules-dir" help:"Directory of ndk_http_module.so and ngx_http_lua_module.so (dynamic mode); empty when they are compiled into nginx (OpenResty)." default:"/usr/lib/nginx/modules" env:"BERTH_LBAGENT_NGINX_MODULES_DIR" type:"path"`
 	StateDir     string `name:"state-dir" help:"Directory for the staging tree used by nginx -t." default:"/var/lib/berth/lbagent" env:"BERTH_LBAGENT_STATE_DIR" type:"path"`
 
 	ListenHTTP   string        `name:"listen-http" help:"Where nginx accepts app traffic." default:"0.0.0.0:80" env:"BERTH_LBAGENT_LISTEN_HTTP"`

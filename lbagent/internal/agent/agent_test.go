@@ -409,9 +409,29 @@ func TestDynamicEndpointChangesReloadNothing(t *testing.T) {
 
 	// A new app is a route change: one reload, and it serves from its
 	// endpoints as soon as its route exists (the snapshot file).
-	r.putApp(appMsg("shop", "shop.test"))
+	// The instance is known first, so the route arrives with its endpoint:
+	// from the reload on it must answer 200, never 503 for an empty dict.
 	c := testrig.Backend(t, "C")
 	r.putInstance("shop", "c", c, msg.StateRunning)
+	codes := make(chan []int, 1)
+	go func() {
+		var seen []int
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			code, _ := r.get("shop.test")
+			seen = append(seen, code)
+			if code == 200 {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		codes <- seen
+	}()
+	time.Sleep(20 * time.Millisecond)
+	r.putApp(appMsg("shop", "shop.test"))
+	seen := <-codes
+	require.Equal(t, 200, seen[len(seen)-1], "served: %v", seen)
+	require.NotContains(t, seen, 503, "no 503 window while the new route's endpoints load")
 	r.waitFor("shop.test", 200, "C")
 	require.Eventually(t, func() bool { return r.reloads() > reloads }, 5*time.Second, 5*time.Millisecond)
 	snap, err := os.ReadFile(r.agent.cfg.Snapshot)

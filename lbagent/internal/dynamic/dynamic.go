@@ -249,8 +249,13 @@ func InstallLua(fsys fs.FS, dir string) error {
 	return atomicfile.Write(dst, src, 0o644)
 }
 
-// Available reports whether dir holds the modules dynamic mode needs.
+// Available reports whether dir holds the modules dynamic mode needs; an
+// empty dir means they are compiled into nginx (OpenResty), which the
+// probe then checks.
 func Available(modulesDir string) bool {
+	if modulesDir == "" {
+		return true
+	}
 	for _, m := range []string{"ndk_http_module.so", "ngx_http_lua_module.so"} {
 		if st, err := os.Stat(filepath.Join(modulesDir, m)); err != nil || st.IsDir() {
 			return false
@@ -303,9 +308,12 @@ func Probe(ctx context.Context, modulesDir string, t Tester, scratch string) err
 		}
 	}
 	conf := filepath.Join(scratch, "conf", "probe.conf")
-	text := "load_module " + filepath.Join(modulesDir, "ndk_http_module.so") + ";\n" +
-		"load_module " + filepath.Join(modulesDir, "ngx_http_lua_module.so") + ";\n" +
-		"pid run/nginx.pid;\nerror_log logs/error.log;\nevents {}\nhttp {\n" +
+	text := ""
+	if modulesDir != "" {
+		text = "load_module " + filepath.Join(modulesDir, "ndk_http_module.so") + ";\n" +
+			"load_module " + filepath.Join(modulesDir, "ngx_http_lua_module.so") + ";\n"
+	}
+	text += "pid run/nginx.pid;\nerror_log logs/error.log;\nevents {}\nhttp {\n" +
 		"    client_body_temp_path temp/client_body;\n    proxy_temp_path temp/proxy;\n" +
 		"    fastcgi_temp_path temp/fastcgi;\n    uwsgi_temp_path temp/uwsgi;\n    scgi_temp_path temp/scgi;\n" +
 		"    lua_shared_dict berth_probe 1m;\n" +

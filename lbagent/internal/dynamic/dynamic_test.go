@@ -184,6 +184,8 @@ func TestChoose(t *testing.T) {
 		{"auto in include mode", ModeAuto, false, mods, nil, false, "--conf-dir"},
 		{"auto without the module", ModeAuto, true, t.TempDir(), nil, false, "libnginx-mod-http-lua"},
 		{"auto when nginx refuses it", ModeAuto, true, mods, errors.New("module is not binary compatible"), false, "not binary compatible"},
+		{"auto with the module compiled in (OpenResty)", ModeAuto, true, "", nil, true, "Lua module"},
+		{"auto, compiled in but nginx has no Lua", ModeAuto, true, "", errors.New(`unknown directive "lua_shared_dict"`), false, "lua_shared_dict"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
