@@ -113,7 +113,7 @@ type stack struct {
 	nats   string
 	conn   *bus.Conn
 
-	nginx      *testrig.Nginx
+	nginx *testrig.Nginx
 	// mode is lbagent's --upstream-mode: dynamic (nginx loads its Lua
 	// module) or reload.
 	mode       string
