@@ -93,6 +93,12 @@ down() {
     while [ -n "$(docker ps -q --filter label=berth.prefix=$PREFIX 2>/dev/null)" ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.5; done
   fi
   stop_pid lbagent   # nginx quits gracefully with it
+  # nginx outlives an lbagent that crashed (or one started by hand): quit it too.
+  ngx=$(cat "$DIR/nginx/run/nginx.pid" 2>/dev/null || true)
+  if [ -n "$ngx" ] && kill -0 "$ngx" 2>/dev/null && grep -q nginx "/proc/$ngx/cmdline" 2>/dev/null; then
+    kill -QUIT "$ngx" 2>/dev/null && info "nginx (pid $ngx) quit"
+    for _ in $(seq 50); do kill -0 "$ngx" 2>/dev/null || break; sleep 0.1; done
+  fi
   stop_pid healthd
   stop_pid scheduler
   left=$(docker ps -aq --filter label=berth.prefix=$PREFIX 2>/dev/null || true)
