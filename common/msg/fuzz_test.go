@@ -1,13 +1,14 @@
 package msg
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/berthhq/berth/common/spec"
 )
 
-// FuzzDecode: Decode never panics, and every App it accepts carries only
-// nginx-safe strings where nginx will see them.
+// FuzzDecode: Decode never panics, and every App or Instance it accepts
+// carries only nginx-safe strings where nginx will see them.
 func FuzzDecode(f *testing.F) {
 	for _, m := range examples() {
 		b, err := Encode(m)
@@ -19,6 +20,10 @@ func FuzzDecode(f *testing.F) {
 	for _, s := range []string{
 		`{"type":"berth.app.v1","name":"web","generation":1,"port":80,"lb":{"method":"hash","hash_key":"$uri}"},"routing":{"paths":["/"]},"updated_at":"2026-01-01T00:00:00Z"}`,
 		`{"type":"berth.app.v1","routing":{"hosts":["a;b"]}}`,
+		`{"type":"berth.instance.v1","app":"web","id":"a1","generation":1,"term":1,"address":"[fe80::1%eth0]:80","state":"running","weight":1,"updated_at":"2026-01-01T00:00:00Z"}`,
+		`{"type":"berth.instance.v1","app":"web","id":"a1","generation":1,"term":1,"address":"[fe80::1%x;\n}\nserver {#]:80","state":"running","weight":1,"updated_at":"2026-01-01T00:00:00Z"}`,
+		`{"type":"berth.instance.v1","app":"web","id":"a1","generation":1,"term":1,"address":"[::1]:80","state":"running","weight":1,"updated_at":"2026-01-01T00:00:00Z"}`,
+		`{"type":"berth.instance.v1","app":"web","id":"a1","generation":1,"term":1,"address":"[127.0.0.1%]:80","state":"running","weight":1,"updated_at":"2026-01-01T00:00:00Z"}`,
 		`{"type":null}`, `{"type":"berth.app.v1","health":{"interval":"-1s"}}`, `{}`, `null`, `"x"`,
 	} {
 		f.Add([]byte(s))
@@ -26,6 +31,12 @@ func FuzzDecode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := Decode(data)
 		if err != nil {
+			return
+		}
+		if inst, ok := m.(*Instance); ok {
+			if !spec.NginxSafe(inst.Address) || strings.ContainsAny(inst.Address, "% ") {
+				t.Fatalf("accepted instance message puts %q into nginx via address", inst.Address)
+			}
 			return
 		}
 		a, ok := m.(*App)

@@ -566,33 +566,25 @@ func (m *Reload) Validate() error {
 
 var containerIDRe = regexp.MustCompile(`^[0-9a-f]{12,64}$`)
 
-// CheckAddress checks "host:port" where host is an IP address or a host
-// name (no wildcard) and port is 1–65535: what nginx puts in a server line.
+// CheckAddress checks an address nginx puts in a server or listen line:
+// "ip:port" or "[ipv6]:port", the port 1–65535 without leading zeros. Host
+// names, IPv6 zones ("%eth0") and anything else are refused: what is left
+// is ASCII digits, hex, '.', ':' and brackets, safe in nginx config.
 func CheckAddress(s string) error {
 	if !addressOK(s) {
-		return fmt.Errorf("%q is not a valid address (host:port, the host an IP address or a host name)", s)
+		return fmt.Errorf("%q is not a valid address (ip:port or [ipv6]:port, with no zone)", s)
 	}
 	return nil
 }
 
 func addressOK(s string) bool {
-	host, port, ok := strings.Cut(s, ":")
-	if strings.HasPrefix(s, "[") { // [ipv6]:port
-		end := strings.Index(s, "]:")
-		if end < 0 {
-			return false
-		}
-		host, port = s[1:end], s[end+2:]
-		if _, err := netip.ParseAddr(host); err != nil {
-			return false
-		}
-	} else if !ok || strings.Contains(port, ":") {
-		return false
-	} else if _, err := netip.ParseAddr(host); err != nil && (strings.HasPrefix(host, "*") || spec.CheckHost(host) != nil) {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil || ap.Addr().Zone() != "" || ap.Port() == 0 || !spec.NginxSafe(s) {
 		return false
 	}
-	p, err := strconv.Atoi(port)
-	return err == nil && p >= 1 && p <= 65535 && strconv.Itoa(p) == port
+	// ParseAddrPort takes ports with leading zeros; nginx reads them too,
+	// but one address must have one spelling.
+	return strconv.Itoa(int(ap.Port())) == s[strings.LastIndex(s, ":")+1:]
 }
 
 func positive(es *spec.Errors, path string, v int64) {

@@ -225,11 +225,29 @@ func TestValidateOtherMessages(t *testing.T) {
 
 func TestCheckAddress(t *testing.T) {
 	t.Parallel()
-	for _, ok := range []string{"127.0.0.1:8080", "10.0.0.5:1", "[::1]:80", "web-1.internal:8080", "berth-web-k3x9q2:8080"} {
+	for _, ok := range []string{"127.0.0.1:8080", "10.0.0.5:1", "[::1]:80", "[2001:db8::5]:65535", "0.0.0.0:80"} {
 		require.NoError(t, CheckAddress(ok), ok)
 	}
-	for _, bad := range []string{"", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:08", "::1:80", "a b:80", "x;y:80", "*.a:80", "127.0.0.1:80 backup", "[::1]80"} {
+	for _, bad := range []string{"", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:08", "::1:80", "a b:80", "x;y:80", "*.a:80",
+		"127.0.0.1:80 backup", "[::1]80", "web-1.internal:8080", "localhost:80", "[127.0.0.1]:80", "[::1]:080",
+		"[fe80::1%eth0]:80", "[fe80::1%25eth0]:80", "１２７.0.0.1:80"} {
 		require.Error(t, CheckAddress(bad), bad)
+	}
+}
+
+// The confirmed exploit: an IPv6 zone carried anything, newlines and
+// braces included, through Decode into nginx's server lines.
+func TestZoneInjectionRefused(t *testing.T) {
+	t.Parallel()
+	for _, zone := range []string{"x", "eth0", "x;\\n}\\nserver {listen 9999;}\\n#", "a;b", "{", "}", "#c", "a b", "\\u00e9"} {
+		t.Run(zone, func(t *testing.T) {
+			t.Parallel()
+			data := `{"type":"berth.instance.v1","app":"web","id":"a1","generation":1,"term":1,"address":"[fe80::1%` + zone +
+				`]:80","state":"running","weight":1,"updated_at":"2026-01-01T00:00:00Z"}`
+			_, err := Decode([]byte(data))
+			require.ErrorIs(t, err, ErrInvalid)
+			require.ErrorContains(t, err, "address:")
+		})
 	}
 }
 
@@ -296,4 +314,38 @@ func TestTruncateKeepsValidUTF8(t *testing.T) {
 	require.LessOrEqual(t, len(got), MaxTextLen+1)
 	require.True(t, utf8.ValidString(got), "cut on a rune boundary")
 	require.Equal(t, "short", Truncate("short", 10))
+}
+
+func TestCheckKey(t *testing.T) {
+	t.Parallel()
+	at := time.Now()
+	tests := []struct {
+		name string
+		key  string
+		m    Message
+		ok   bool
+	}{
+		{"app", "web", &App{Name: "web"}, true},
+		{"app under another name", "shop", &App{Name: "web"}, false},
+		{"instance", "web.a1", &Instance{App: "web", ID: "a1"}, true},
+		{"instance under another app", "shop.a1", &Instance{App: "web", ID: "a1"}, false},
+		{"health", "web.a1", &Health{App: "web", Instance: "a1"}, true},
+		{"health under another instance", "web.a2", &Health{App: "web", Instance: "a1"}, false},
+		{"agent", "lb-1", &Agent{Node: "lb-1"}, true},
+		{"agent under another node", "lb-2", &Agent{Node: "lb-1"}, false},
+		{"checker", "c1", &Checker{ID: "c1"}, true},
+		{"checker under another id", "c2", &Checker{ID: "c1"}, false},
+		{"not a bucket's message", "anything", &Reload{Node: "lb-1", At: at}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			err := CheckKey(tt.key, tt.m)
+			if tt.ok {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorIs(t, err, ErrKeyMismatch)
+		})
+	}
 }

@@ -27,8 +27,14 @@ var (
 
 // Length limits of strings that reach nginx, Docker or a probe.
 const (
-	MaxNameLen        = 63
-	MaxHostLen        = 253
+	MaxNameLen = 63
+	MaxHostLen = 253
+	// MaxExactHostLen caps a host name without a wildcard: nginx keeps
+	// exact server names in a hash whose buckets the rendered config sizes
+	// at 128 bytes (server_names_hash_bucket_size), and one name takes
+	// 8 + its length + 2, rounded up to 8, plus an 8-byte terminator. A
+	// longer name makes nginx -t refuse the whole config.
+	MaxExactHostLen   = 110
 	MaxPathLen        = 1024
 	MaxHeaderNameLen  = 128
 	MaxHeaderValueLen = 4096
@@ -71,9 +77,13 @@ func CheckName(s string) error {
 	return nil
 }
 
-// CheckHost checks a host name per RFC 1123, with an optional leading "*.".
+// CheckHost checks a host name per RFC 1123, with an optional leading "*.";
+// a name without the wildcard is at most MaxExactHostLen characters.
 func CheckHost(s string) error {
 	h := strings.TrimPrefix(s, "*.")
+	if h == s && len(s) > MaxExactHostLen {
+		return fmt.Errorf("%q has %d characters: a host name without a wildcard has at most %d (what nginx's server name hash buckets hold)", s, len(s), MaxExactHostLen)
+	}
 	ok := len(h) > 0 && len(s) <= MaxHostLen
 	for rest := h; ok && rest != ""; {
 		label, after, _ := strings.Cut(rest, ".")
@@ -97,6 +107,16 @@ func CheckPath(s string) error {
 		return fmt.Errorf("%q is not a clean path (no \"..\" segments or \"//\")", s)
 	}
 	return nil
+}
+
+// RoutePath is the route a valid path names: "/x" and "/x/" are one route,
+// written without the trailing '/'; "/" stays "/". Two paths with one
+// RoutePath are duplicates.
+func RoutePath(p string) string {
+	if r := strings.TrimRight(p, "/"); r != "" {
+		return r
+	}
+	return "/"
 }
 
 // CheckHeaderName checks an HTTP header name.

@@ -263,10 +263,12 @@ func (r Routing) Validate(path string) Errors {
 			es.Check(fp, err)
 			continue
 		}
-		if j, dup := seen[p]; dup {
-			es.Add(fp, "%q repeats %s", p, Index(Join(path, "paths"), j))
+		// "/x" and "/x/" are one route (RoutePath): nginx would refuse
+		// the pair as a duplicate location.
+		if j, dup := seen[RoutePath(p)]; dup {
+			es.Add(fp, "%q repeats %s (a trailing '/' names the same route)", p, Index(Join(path, "paths"), j))
 		}
-		seen[p] = i
+		seen[RoutePath(p)] = i
 	}
 	if t := r.TLS; t != nil {
 		tp := Join(path, "tls")

@@ -1,0 +1,50 @@
+package spec
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestRoutePath(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{"/": "/", "/x": "/x", "/x/": "/x", "/a/b/": "/a/b", "//": "/"} {
+		require.Equal(t, want, RoutePath(in), in)
+	}
+}
+
+func TestCheckHostExactLength(t *testing.T) {
+	t.Parallel()
+	long := func(n int) string { // n characters in labels of at most 63
+		s := strings.Repeat(strings.Repeat("a", 60)+".", 4)
+		return s[:n-4] + ".com"
+	}
+	tests := []struct {
+		name string
+		host string
+		ok   bool
+	}{
+		{"exact at the cap", long(MaxExactHostLen), true},
+		{"exact over the cap", long(MaxExactHostLen + 1), false},
+		{"wildcard over the exact cap", "*." + long(MaxExactHostLen+20), true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			err := CheckHost(tt.host)
+			if tt.ok {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorContains(t, err, "at most 110")
+		})
+	}
+}
+
+func TestValidateDuplicateRoute(t *testing.T) {
+	t.Parallel()
+	es := Routing{Paths: []string{"/api", "/web", "/api/"}}.Validate("routing")
+	require.Len(t, es, 1)
+	require.Equal(t, `routing.paths[2]: "/api/" repeats routing.paths[0] (a trailing '/' names the same route)`, es[0].Error())
+}
