@@ -2,15 +2,12 @@ package main
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -166,11 +163,11 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	pub := publish.New(st, conn, names, logger)
 
 	// The data plane: Docker, health and agents, and the controller.
-	auth, err := registryAuth(r.RegistryAuth)
+	auths, err := docker.LoadRegistryAuths(r.RegistryAuth)
 	if err != nil {
 		return err
 	}
-	dk, err := docker.New(docker.Options{Prefix: r.Prefix, PublishAddress: r.PublishAddress, Network: r.Network, RegistryAuth: auth}, logger)
+	dk, err := docker.New(docker.Options{Prefix: r.Prefix, PublishAddress: r.PublishAddress, Network: r.Network, RegistryAuths: auths}, logger)
 	if err != nil {
 		return err
 	}
@@ -235,36 +232,6 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 		return nil
 	}
 	return err
-}
-
-// registryAuth reads the first registry's auth from a Docker config.json
-// (as the base64 value Docker's API expects); empty path, no auth.
-func registryAuth(path string) (string, error) {
-	if path == "" {
-		return "", nil
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("--registry-auth-file: %w", err)
-	}
-	var cfg struct {
-		Auths map[string]struct {
-			Auth string `json:"auth"`
-		} `json:"auths"`
-	}
-	if err := json.Unmarshal(b, &cfg); err != nil {
-		return "", fmt.Errorf("--registry-auth-file %s: not a Docker config.json: %w", path, err)
-	}
-	for server, a := range cfg.Auths {
-		raw, err := base64.StdEncoding.DecodeString(a.Auth)
-		user, pass, ok := strings.Cut(string(raw), ":")
-		if err != nil || !ok {
-			return "", fmt.Errorf("--registry-auth-file %s: the auth of %s is not base64 user:password", path, server)
-		}
-		js, _ := json.Marshal(map[string]string{"username": user, "password": pass, "serveraddress": server})
-		return base64.URLEncoding.EncodeToString(js), nil
-	}
-	return "", nil
 }
 
 func splitHostPort(addr string) (string, int, error) {

@@ -56,8 +56,10 @@ type Options struct {
 	// Network, when set, attaches containers to this Docker network and
 	// reaches them by their address on it instead of publishing ports.
 	Network string
-	// RegistryAuth is the base64 auth of a registry (from --registry-auth-file); never logged.
-	RegistryAuth string
+	// RegistryAuths are the registry credentials (from
+	// --registry-auth-file); a pull sends only its registry's. Nil sends
+	// none. Never logged.
+	RegistryAuths *RegistryAuths
 }
 
 // Client talks to the Docker Engine. It is safe for concurrent use.
@@ -83,7 +85,11 @@ func New(o Options, logger *zap.Logger) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("docker client: %w", err)
 	}
-	return &Client{c: c, o: o, logger: logger.Named("docker")}, nil
+	logger = logger.Named("docker")
+	if hosts := o.RegistryAuths.Hosts(); len(hosts) > 0 {
+		logger.Info("registry credentials loaded", zap.Strings("registries", hosts))
+	}
+	return &Client{c: c, o: o, logger: logger}, nil
 }
 
 // Close releases the client.
@@ -291,7 +297,7 @@ func (c *Client) ImagePresent(ctx context.Context, ref string) (bool, error) {
 func (c *Client) Pull(ctx context.Context, ref string, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	resp, err := c.c.ImagePull(ctx, ref, client.ImagePullOptions{RegistryAuth: c.o.RegistryAuth})
+	resp, err := c.c.ImagePull(ctx, ref, client.ImagePullOptions{RegistryAuth: c.o.RegistryAuths.For(ref)})
 	if err == nil {
 		err = resp.Wait(ctx)
 		resp.Close()
