@@ -1,9 +1,9 @@
 package checker
 
 import (
-	"net"
+	"fmt"
+	"net/netip"
 	"sort"
-	"strconv"
 
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/healthd/internal/probe"
@@ -22,7 +22,8 @@ func Targets(apps map[string]*msg.App, instances map[string]*msg.Instance, keep 
 		if !ok || !app.Health.IsEnabled() || keep != nil && !keep(key) {
 			continue
 		}
-		t := Target{Target: probe.Target{Key: key, Address: probeAddress(inst.Address, app.Port, app.Health.Port), Check: *app.Health},
+		addr, refused := probeAddress(inst.Address, app.Port, app.Health.Port)
+		t := Target{Target: probe.Target{Key: key, Address: addr, Refused: refused, Check: *app.Health},
 			Generation: inst.Generation, Term: inst.Term}
 		switch {
 		case inst.StartedAt != nil:
@@ -36,16 +37,30 @@ func Targets(apps map[string]*msg.App, instances map[string]*msg.Instance, keep 
 	return out
 }
 
-// probeAddress is where the health port of an instance is reached: its
-// address when the check uses the app's port, else the same host on the
-// health port (a container address on a Docker network).
-func probeAddress(addr string, appPort, healthPort int) string {
+// probeAddress is where the health port of an instance is reached, or why
+// it is not (refused, and then addr is the instance's own address, which the
+// probe does not dial). A probe only ever reaches the instance itself:
+//   - a check on the app's port goes to the instance's address;
+//   - a check on another port goes to the same host only when the address
+//     is the container's own on a Docker network (--network): the
+//     scheduler records it as the container's IP and the app's port. An
+//     address with another port is a port Docker published on a host
+//     address (--publish-address), whose other ports are the host's, not
+//     the container's: on 127.0.0.1 they are NATS, the scheduler and
+//     healthd's own host. Loopback, unspecified, link-local and multicast
+//     hosts, zones and host names are never a container's address either.
+func probeAddress(addr string, appPort, healthPort int) (string, string) {
 	if healthPort == 0 || healthPort == appPort {
-		return addr
+		return addr, ""
 	}
-	host, _, err := net.SplitHostPort(addr)
+	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
-		return addr
+		return addr, fmt.Sprintf("health.port %d not probed: instance address %q is not ip:port", healthPort, addr)
 	}
-	return net.JoinHostPort(host, strconv.Itoa(healthPort))
+	ip := ap.Addr().Unmap()
+	if int(ap.Port()) != appPort || ip.Zone() != "" || !ip.IsGlobalUnicast() {
+		return addr, fmt.Sprintf("health.port %d not probed: instance address %s is a published host port, not the container's own address; "+
+			"set health.port to port (%d), or run the scheduler with --network", healthPort, addr, appPort)
+	}
+	return netip.AddrPortFrom(ip, uint16(healthPort)).String(), ""
 }

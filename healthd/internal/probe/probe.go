@@ -31,6 +31,10 @@ type Target struct {
 	Address string
 	// Check is the app's health check.
 	Check spec.Health
+	// Refused, when set, says why the target must not be reached (its
+	// health port is not the instance's): the probe fails with it as a
+	// protocol failure and connects nowhere.
+	Refused string
 }
 
 // Result is the outcome of one probe.
@@ -83,6 +87,9 @@ func New(resolver *net.Resolver) Registry {
 // Probe runs t's check with up to Retries more attempts while ctx allows,
 // and returns the last attempt's result with the total latency.
 func (r Registry) Probe(ctx context.Context, t Target) Result {
+	if t.Refused != "" {
+		return Result{Failure: msg.FailureProtocol, Message: msg.Truncate(t.Refused, 300)}
+	}
 	f, ok := r[t.Check.Type]
 	if !ok {
 		return Result{Failure: msg.FailureProtocol, Message: fmt.Sprintf("no probe for check type %q", t.Check.Type)}
@@ -103,7 +110,22 @@ type httpProber struct {
 	verify, skipVerify *http.Transport
 }
 
-var errRedirect = errors.New("redirect not followed")
+// maxRedirects caps the redirects one probe follows.
+const maxRedirects = 5
+
+// sameHostRedirects follows a redirect only to the host and port the probe
+// started at, at most maxRedirects times: a redirect elsewhere would let
+// the app point healthd at any address (its metadata service, NATS on
+// healthd's loopback), and a check answers for the instance only.
+func sameHostRedirects(req *http.Request, via []*http.Request) error {
+	if len(via) >= maxRedirects {
+		return fmt.Errorf("stopped after %d redirects", maxRedirects)
+	}
+	if req.URL.Host != via[0].URL.Host {
+		return fmt.Errorf("redirect to another host (%s) not followed", msg.Truncate(req.URL.Host, 100))
+	}
+	return nil
+}
 
 func (p *httpProber) probe(ctx context.Context, t Target) Result {
 	scheme, transport := "http", p.verify
@@ -129,12 +151,7 @@ func (p *httpProber) probe(ctx context.Context, t Target) Result {
 	if !t.Check.FollowRedirects {
 		client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	} else {
-		client.CheckRedirect = func(_ *http.Request, via []*http.Request) error {
-			if len(via) >= 5 {
-				return errRedirect
-			}
-			return nil
-		}
+		client.CheckRedirect = sameHostRedirects
 	}
 	resp, err := client.Do(req)
 	if err != nil {
