@@ -16,6 +16,8 @@ const (
 	MaxPaths        = 100
 	MaxHeaders      = 50
 	MaxHealthBody   = 64 << 10
+	MaxTCPSend      = 1 << 10
+	MaxTCPExpect    = 1 << 10
 	MaxCPU          = 256.0
 	MinMemory       = ByteSize(6 << 20)
 	MaxMemory       = ByteSize(1 << 40)
@@ -64,6 +66,10 @@ func (a *App) Validate() error {
 			h.Port = a.Port
 		}
 		es = append(es, h.Validate("health")...)
+		if what, ok := reservedPorts[h.Port]; ok && h.Port != a.Port {
+			es.Add("health.port", "(%d) is %s, which Berth itself uses: a health check probes the app's own container, "+
+				"so probe port (%d) or another port the container listens on", h.Port, what, a.Port)
+		}
 	}
 	a.Update.validate("update", &es)
 	a.Restart.validate("restart", &es)
@@ -143,8 +149,8 @@ func (h *Health) Validate(path string) Errors {
 			es.Add(Join(path, "tls_skip_verify"), "needs tls: true")
 		}
 	case HealthTCP:
-		probeText(&es, Join(path, "send"), h.Send)
-		probeText(&es, Join(path, "expect"), h.Expect)
+		tcpText(&es, Join(path, "send"), h.Send, MaxTCPSend)
+		tcpText(&es, Join(path, "expect"), h.Expect, MaxTCPExpect)
 		httpOnly := map[string]bool{
 			"path": h.Path != "", "method": h.Method != "", "headers": len(h.Headers) > 0, "body": h.Body != "",
 			"expected_status": len(h.ExpectedStatus) > 0, "expected_body": h.ExpectedBody != "",
@@ -169,6 +175,32 @@ func (h *Health) Validate(path string) Errors {
 	intIn(&es, Join(path, "unhealthy_threshold"), h.UnhealthyThreshold, 1, 100)
 	durIn(&es, Join(path, "initial_delay"), h.InitialDelay, 0, time.Hour)
 	return es
+}
+
+// reservedPorts are the default ports of Berth's own services and their
+// stores. A health.port other than port is never one of them: probing it
+// can only reach Berth, never the app (the confirmed attack sent NATS
+// protocol to 4222 in a TCP check's send). healthd refuses to reach another
+// port except on a container's own network address in any case.
+var reservedPorts = map[int]string{
+	2375: "the Docker API port",
+	2376: "the Docker API TLS port",
+	4222: "the NATS client port",
+	5432: "the PostgreSQL port",
+	6222: "the NATS cluster port",
+	7070: "the scheduler API port",
+	7422: "the NATS leaf node port",
+	8222: "the NATS monitoring port",
+}
+
+// tcpText checks what a TCP check sends or expects: at most limit bytes of
+// probe text.
+func tcpText(es *Errors, path, s string, limit int) {
+	if len(s) > limit {
+		es.Add(path, "has %d bytes; at most %d", len(s), limit)
+		return
+	}
+	probeText(es, path, s)
 }
 
 // probeText checks text sent to or expected from a probe: printable ASCII,
