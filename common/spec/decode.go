@@ -50,7 +50,7 @@ func decode(b []byte) (*App, Errors) {
 		return nil, Errors{{Message: "a spec must be a mapping of fields (name, image, port, …), not " + kindOf(tree)}}
 	}
 	var errs Errors
-	walk(reflect.TypeFor[App](), tree, "", &errs)
+	walk(reflect.TypeFor[App](), tree, "", false, &errs)
 	app := defaultApp()
 	lenient := json.NewDecoder(bytes.NewReader(js))
 	if len(errs) == 0 {
@@ -87,11 +87,21 @@ var (
 	statusRangesType = reflect.TypeFor[StatusRanges]()
 )
 
+// secretFields are the fields whose values may be secrets (env values,
+// health check headers, bodies and TCP payloads): a problem under one names
+// the field and the expected kind but never echoes the value.
+var secretFields = map[string]bool{"env": true, "headers": true, "body": true, "send": true}
+
 // walk checks the decoded tree v against type t, adding a problem for every
-// unknown field, wrong kind and unparseable scalar, with its path.
-func walk(t reflect.Type, v any, path string, errs *Errors) {
+// unknown field, wrong kind and unparseable scalar, with its path. secret
+// is set under a secret field: problems then say the kind of v, not v.
+func walk(t reflect.Type, v any, path string, secret bool, errs *Errors) {
 	if v == nil { // null: the field is absent
 		return
+	}
+	kindOf := kindOf
+	if secret {
+		kindOf = kindName
 	}
 	switch t {
 	case durationType:
@@ -120,7 +130,7 @@ func walk(t reflect.Type, v any, path string, errs *Errors) {
 	}
 	switch t.Kind() {
 	case reflect.Pointer:
-		walk(t.Elem(), v, path, errs)
+		walk(t.Elem(), v, path, secret, errs)
 	case reflect.Struct:
 		m, ok := v.(map[string]any)
 		if !ok {
@@ -134,7 +144,7 @@ func walk(t reflect.Type, v any, path string, errs *Errors) {
 				errs.Add(Join(path, k), "unknown field%s (allowed: %s)", suggest(k, fields), strings.Join(sortedKeys(fields), ", "))
 				continue
 			}
-			walk(ft, m[k], Join(path, k), errs)
+			walk(ft, m[k], Join(path, k), secret || secretFields[k], errs)
 		}
 	case reflect.Map:
 		m, ok := v.(map[string]any)
@@ -143,7 +153,7 @@ func walk(t reflect.Type, v any, path string, errs *Errors) {
 			return
 		}
 		for _, k := range sortedKeys(m) {
-			walk(t.Elem(), m[k], Key(path, k), errs)
+			walk(t.Elem(), m[k], Key(path, k), secret, errs)
 		}
 	case reflect.Slice:
 		a, ok := v.([]any)
@@ -152,7 +162,7 @@ func walk(t reflect.Type, v any, path string, errs *Errors) {
 			return
 		}
 		for i, x := range a {
-			walk(t.Elem(), x, Index(path, i), errs)
+			walk(t.Elem(), x, Index(path, i), secret, errs)
 		}
 	case reflect.String:
 		if _, ok := v.(string); !ok {
@@ -170,7 +180,7 @@ func walk(t reflect.Type, v any, path string, errs *Errors) {
 		}
 		i, err := n.Int64()
 		if err != nil || i < math.MinInt32 || i > math.MaxInt32 {
-			errs.Add(path, "must be a whole number between %d and %d, not %s", math.MinInt32, math.MaxInt32, n)
+			errs.Add(path, "must be a whole number between %d and %d, not %s", math.MinInt32, math.MaxInt32, kindOf(n))
 		}
 	case reflect.Float64:
 		n, ok := v.(json.Number)
@@ -179,7 +189,7 @@ func walk(t reflect.Type, v any, path string, errs *Errors) {
 			return
 		}
 		if f, err := n.Float64(); err != nil || math.IsInf(f, 0) || math.IsNaN(f) {
-			errs.Add(path, "must be a finite number, not %s", n)
+			errs.Add(path, "must be a finite number, not %s", kindOf(n))
 		}
 	case reflect.Bool:
 		if _, ok := v.(bool); !ok {
@@ -221,6 +231,25 @@ func kindOf(v any) string {
 		return "the number " + x.String()
 	case bool:
 		return fmt.Sprintf("the boolean %t", x)
+	case []any:
+		return "a list"
+	case map[string]any:
+		return "a mapping"
+	}
+	return fmt.Sprintf("%T", v)
+}
+
+// kindName is kindOf without the value, for fields that may hold secrets.
+func kindName(v any) string {
+	switch v.(type) {
+	case nil:
+		return "null"
+	case string:
+		return "a string"
+	case json.Number:
+		return "a number"
+	case bool:
+		return "a boolean"
 	case []any:
 		return "a list"
 	case map[string]any:

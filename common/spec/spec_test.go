@@ -179,7 +179,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"unknown top-level field", base + "replica: 3\n", []string{`replica: unknown field (did you mean "replicas"?) (allowed: command, env, health, image, lb, name, port, replicas, resources, restart, routing, scaling, stop, update)`}},
 		{"unknown nested field", base + "health: {intervall: 5s}\n", []string{`health.intervall: unknown field (did you mean "interval"?)`}},
 		{"wrong kinds, all reported", base + "replicas: three\nenv: {DEBUG: yes}\nroutingx: 1\nlb: {keepalive: 1.5}\nhealth: {interval: 5, expected_status: 99}\n", []string{
-			`env[DEBUG]: must be a string, not the boolean true (in YAML, quote`,
+			`env[DEBUG]: must be a string, not a boolean (in YAML, quote`,
 			`health.expected_status: "99" is not a status list`,
 			`health.interval: must be a duration string such as "5s", not the number 5`,
 			`lb.keepalive: must be a whole number`,
