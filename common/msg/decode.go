@@ -7,7 +7,6 @@ import (
 	"maps"
 	"slices"
 	"strings"
-	"sync"
 )
 
 // MaxMessageSize is the largest message Decode accepts.
@@ -113,36 +112,3 @@ func Truncate(s string, n int) string {
 }
 
 func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
-
-// Fence drops writes from a deposed leader: it remembers the highest term
-// seen per key and refuses lower ones. It is safe for concurrent use.
-type Fence struct {
-	mu    sync.Mutex
-	terms map[string]uint64
-}
-
-// Accept reports whether a write with term may be applied to key, and
-// raises the key's term when it is higher. A write with term 0 (not written
-// by a leader) is always accepted.
-func (f *Fence) Accept(key string, term uint64) bool {
-	if term == 0 {
-		return true
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.terms == nil {
-		f.terms = map[string]uint64{}
-	}
-	if term < f.terms[key] {
-		return false
-	}
-	f.terms[key] = term
-	return true
-}
-
-// Forget drops what the fence knows of key, when the key is deleted for good.
-func (f *Fence) Forget(key string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	delete(f.terms, key)
-}

@@ -1,8 +1,9 @@
 // Package view keeps a typed, in-memory copy of one KV bucket, fed by a
 // bus watcher: it replaces its contents on each snapshot, applies updates,
-// drops writes from a lower leader term per key (fencing), remembers the
-// bucket revision it reflects, and says whether the first complete
-// snapshot has arrived, so a reader never acts on a partial initial load.
+// drops writes from a lower leader term per key (fencing, deletes included,
+// in bounded memory: see msg.Fence), remembers the bucket revision it
+// reflects, and says whether the first complete snapshot has arrived, so a
+// reader never acts on a partial initial load.
 package view
 
 import (
@@ -79,6 +80,10 @@ func (t *Table[T]) Handler() bus.Handler[T] {
 
 func (t *Table[T]) snapshot(evs []bus.Event[T], rev uint64) {
 	t.mu.Lock()
+	// A snapshot is the bucket's whole content: what the fence knew is
+	// superseded, and it learns each key's term again from it. This bounds
+	// how long a forged term outlives the value that carried it.
+	t.fence.Reset()
 	rows := make(map[string]T, len(evs))
 	for _, e := range evs {
 		if !t.fence.Accept(e.Key, t.term(e.Value)) {
@@ -97,6 +102,9 @@ func (t *Table[T]) update(e bus.Event[T]) {
 	t.rev = max(t.rev, e.Revision)
 	switch {
 	case e.Op == bus.OpDelete:
+		// Applied, but through the fence, which keeps the key's term for a
+		// while so that a lower-term put after it is dropped (see msg.Fence).
+		t.fence.Delete(e.Key)
 		delete(t.rows, e.Key)
 	case t.fence.Accept(e.Key, t.term(e.Value)):
 		t.rows[e.Key] = e.Value

@@ -2,9 +2,12 @@ package view
 
 import (
 	"maps"
+	"runtime"
 	"slices"
+	"strconv"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/berthhq/berth/common/bus"
 	"github.com/berthhq/berth/common/msg"
@@ -42,4 +45,107 @@ func TestTable(t *testing.T) {
 	rows["w.z"] = nil // Rows is a copy
 	fresh, _ := tb.Rows()
 	require.NotContains(t, fresh, "w.z")
+}
+
+func TestTableForgedTerm(t *testing.T) {
+	t.Parallel()
+	clock := time.Unix(1_700_000_000, 0)
+	tb := NewTable(InstanceTerm, nil)
+	tb.fence.Now = func() time.Time { return clock }
+	h := tb.Handler()
+	inst := func(term uint64, addr string) *msg.Instance {
+		return &msg.Instance{ID: "a", App: "web", Term: term, Address: addr}
+	}
+	put := func(rev, term uint64, addr string) {
+		h.Update(bus.Event[*msg.Instance]{Key: "web.a", Revision: rev, Value: inst(term, addr)})
+	}
+	addr := func() string {
+		v, ok := tb.Get("web.a")
+		if !ok {
+			return ""
+		}
+		return v.Address
+	}
+
+	tests := []struct {
+		name string
+		heal func(rev uint64)
+	}{
+		{"healed by the real writer's delete once its tombstone expires", func(rev uint64) {
+			h.Update(bus.Event[*msg.Instance]{Key: "web.a", Revision: rev, Op: bus.OpDelete})
+			put(rev+1, 5, "10.0.0.1:8080")
+			require.Empty(t, addr(), "within the tombstone's lifetime the forged term still fences")
+			clock = clock.Add(msg.DefaultTombstoneLifetime)
+		}},
+		{"healed by the next snapshot", func(rev uint64) {
+			h.Snapshot([]bus.Event[*msg.Instance]{{Key: "web.a", Revision: rev, Value: inst(5, "10.0.0.1:8080")}}, rev)
+		}},
+	}
+	var rev uint64
+	for _, tt := range tests { // sequential: they share the table
+		t.Run(tt.name, func(t *testing.T) {
+			h.Snapshot(nil, rev)
+			rev++
+			put(rev, 5, "10.0.0.1:8080")
+			rev++
+			put(rev, 1<<62, "169.254.169.254:80")
+			require.Equal(t, "169.254.169.254:80", addr())
+			rev++
+			put(rev, 5, "10.0.0.1:8080")
+			require.Equal(t, "169.254.169.254:80", addr(), "the real write is fenced for now")
+			rev += 10
+			tt.heal(rev)
+			rev += 10
+			put(rev, 5, "10.0.0.2:8080")
+			require.Equal(t, "10.0.0.2:8080", addr(), "the real writer's writes are applied again")
+			put(rev+1, 4, "10.0.0.3:8080")
+			require.Equal(t, "10.0.0.2:8080", addr(), "and fenced at the real term again")
+		})
+	}
+}
+
+// TestTableChurnHeap puts and deletes 500k distinct keys: the fence's
+// memory must stay flat (it grew by 34 MB when terms were never forgotten).
+func TestTableChurnHeap(t *testing.T) {
+	if testing.Short() {
+		t.Skip("500k put/delete cycles; skipped under -short")
+	}
+	const cycles = 500_000
+	tb := NewTable(InstanceTerm, nil)
+	h := tb.Handler()
+	h.Snapshot(nil, 0)
+	v := &msg.Instance{App: "web", Term: 3}
+	keys := make([]string, cycles)
+	for i := range keys {
+		keys[i] = "web.k" + strconv.Itoa(i)
+	}
+	churn := func(from, to int) {
+		for i := from; i < to; i++ {
+			rev := uint64(2 * i)
+			h.Update(bus.Event[*msg.Instance]{Key: keys[i], Revision: rev + 1, Value: v})
+			h.Update(bus.Event[*msg.Instance]{Key: keys[i], Revision: rev + 2, Op: bus.OpDelete})
+		}
+	}
+	heap := func() uint64 {
+		runtime.GC()
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	start := heap()
+	churn(0, cycles/5) // fills the tombstones to their cap
+	warm := heap()
+	churn(cycles/5, cycles)
+	end := heap()
+	runtime.KeepAlive(keys)
+	t.Logf("heap: start %d, after %d cycles %d, after %d cycles %d", start, cycles/5, warm, cycles, end)
+	const mb = 1 << 20
+	require.Less(t, int64(end)-int64(warm), int64(mb), "flat once the tombstones are at their cap")
+	require.Less(t, int64(end)-int64(start), int64(8*mb), "bounded by the tombstone cap")
+	rows, _ := tb.Rows()
+	require.Empty(t, rows)
+	live, tombs := tb.fence.Len()
+	require.Zero(t, live)
+	require.LessOrEqual(t, tombs, msg.DefaultMaxTombstones)
 }
