@@ -97,6 +97,11 @@ type Options struct {
 	// Samples returns an autoscaled app's samples in its window; nil
 	// serves none.
 	Samples func(app string, now time.Time) ([]autoscale.Traffic, []autoscale.Usage, autoscale.Policy, bool)
+	// Network is the scheduler's --network. Without one, containers are
+	// reached on the host port published for their app port alone, so a
+	// health.port other than port could only be probed on the host
+	// itself: such a spec is refused.
+	Network string
 }
 
 // New returns the API handler.
@@ -175,6 +180,11 @@ func (a *api) apply(w http.ResponseWriter, r *http.Request) {
 	app, err := spec.Load(body)
 	if err == nil && app.Name != name {
 		err = spec.Errors{{Path: "name", Message: fmt.Sprintf("%q must match the app in the URL (%q)", app.Name, name)}}
+	}
+	if err == nil && a.o.Network == "" && app.Health != nil && app.Health.Port != 0 && app.Health.Port != app.Port {
+		err = spec.Errors{{Path: "health.port", Message: fmt.Sprintf(
+			"%d differs from port (%d): this scheduler publishes only the app's port on the host (no --network), so no other port of the instance is reachable; check port %d, or run the scheduler with --network",
+			app.Health.Port, app.Port, app.Port)}}
 	}
 	if err != nil {
 		a.fail(w, err)

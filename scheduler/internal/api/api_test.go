@@ -129,6 +129,7 @@ func TestBadRequests(t *testing.T) {
 		{"name differs from the URL", "PUT", "/v1/apps/api", web, 400, []string{"name"}},
 		{"not yaml", "PUT", "/v1/apps/web", "{[", 400, []string{""}},
 		{"hostile host", "PUT", "/v1/apps/web", web + "routing: {hosts: [\"a.com; return 200\"]}\n", 400, []string{"routing.hosts[0]"}},
+		{"a health port the scheduler cannot reach (no --network)", "PUT", "/v1/apps/web", web + "health: {type: tcp, port: 9000}\n", 400, []string{"health.port"}},
 		{"scale without replicas", "POST", "/v1/apps/web/scale", `{"count": 2}`, 400, []string{"replicas"}},
 		{"scale unknown app", "POST", "/v1/apps/nope/scale", `{"replicas": 2}`, 404, nil},
 		{"rollback without history", "POST", "/v1/apps/web/rollback", "", 409, nil},
