@@ -113,6 +113,9 @@ type App struct {
 	Drain spec.Duration `json:"drain"`
 	// UpdatedAt is when the leader wrote it.
 	UpdatedAt time.Time `json:"updated_at"`
+	// CreatedAt is when the app was first created (optional, added within
+	// v1): when two apps claim one route, the one created first keeps it.
+	CreatedAt time.Time `json:"created_at,omitzero"`
 }
 
 // Instance is one container of an app (bucket instances, key <app>.<instance>).

@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/lbagent/internal/atomicfile"
 	"github.com/berthhq/berth/lbagent/internal/dynamic"
 	"github.com/berthhq/berth/lbagent/internal/nginx"
@@ -589,6 +590,7 @@ func (c *candidate) build(ctx context.Context, gen uint64) (built, map[string]st
 		return built{}, failed, fmt.Errorf("nginx refused the config but no single app is at fault: %w", err)
 	}
 	fixed := state.Snapshot{Revision: c.snap.Revision}
+	routes := routeClaims(c.snap.Apps)
 	for _, app := range c.snap.Apps {
 		why, isBad := bad[app.Spec.Name]
 		if !isBad {
@@ -599,7 +601,7 @@ func (c *candidate) build(ctx context.Context, gen uint64) (built, map[string]st
 		if good, ok := c.agent.lastGood[app.Spec.Name]; ok {
 			fixed.Apps = append(fixed.Apps, good)
 		} else {
-			fixed.Apps = append(fixed.Apps, placeholder(app))
+			fixed.Apps = append(fixed.Apps, placeholder(app, routes))
 		}
 	}
 	d, _ = render.Layout(fixed, gen, c.agent.cfg.Render)
@@ -614,12 +616,61 @@ func (c *candidate) build(ctx context.Context, gen uint64) (built, map[string]st
 }
 
 // placeholder keeps an app's hosts and paths answering 503, without
-// anything that could have made nginx refuse it.
-func placeholder(app state.App) state.App {
-	spec := *app.Spec
-	spec.Routing.TLS = nil
-	spec.Health = nil
-	return state.App{Spec: &spec}
+// anything that could have made nginx refuse it: no TLS, no health check,
+// no host or path the grammar refuses, and no route another app claims
+// too (claims, from routeClaims), whoever claimed it first, so a broken
+// app's 503 never takes or shadows another app's route.
+func placeholder(app state.App, claims map[string][]string) state.App {
+	s := *app.Spec
+	s.Routing.TLS = nil
+	s.Health = nil
+	s.Routing.Hosts = nil
+	for _, h := range app.Spec.Routing.Hosts {
+		if spec.CheckHost(h) == nil {
+			s.Routing.Hosts = append(s.Routing.Hosts, h)
+		}
+	}
+	s.Routing.Paths = nil
+	if len(app.Spec.Routing.Hosts) > 0 && len(s.Routing.Hosts) == 0 {
+		return state.App{Spec: &s} // no valid host: no route, never the default server's
+	}
+	hosts := s.Routing.Hosts
+	if len(hosts) == 0 {
+		hosts = []string{""}
+	}
+	for _, p := range app.Spec.Routing.Paths {
+		if spec.CheckPath(p) != nil {
+			continue
+		}
+		shared := false
+		for _, h := range hosts {
+			for _, other := range claims[render.RouteKey(h, p)] {
+				shared = shared || other != app.Spec.Name
+			}
+		}
+		if !shared {
+			s.Routing.Paths = append(s.Routing.Paths, p)
+		}
+	}
+	return state.App{Spec: &s}
+}
+
+// routeClaims maps each route (render.RouteKey) to the apps that claim it.
+func routeClaims(apps []state.App) map[string][]string {
+	claims := map[string][]string{}
+	for _, a := range apps {
+		hosts := a.Spec.Routing.Hosts
+		if len(hosts) == 0 {
+			hosts = []string{""}
+		}
+		for _, h := range hosts {
+			for _, p := range a.Spec.Routing.Paths {
+				k := render.RouteKey(h, p)
+				claims[k] = append(claims[k], a.Spec.Name)
+			}
+		}
+	}
+	return claims
 }
 
 // bisect returns the apps that nginx (or a template helper) refuses on their

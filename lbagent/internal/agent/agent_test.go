@@ -467,3 +467,117 @@ func TestRestartedAgentAdoptsTheServedConfig(t *testing.T) {
 		})
 	}
 }
+
+// getPath is get for a path other than "/".
+func (r *rig) getPath(host, path string) (int, string) {
+	req, _ := http.NewRequest(http.MethodGet, "http://"+r.httpAddr+path, nil)
+	req.Host = host
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func (r *rig) waitForPath(host, path string, code int, want string) {
+	r.t.Helper()
+	require.Eventually(r.t, func() bool {
+		c, b := r.getPath(host, path)
+		return c == code && strings.Contains(b, want)
+	}, 10*time.Second, 10*time.Millisecond, "waiting for %s%s to answer %d %q", host, path, code, want)
+}
+
+// Each state that once froze every lbagent (nginx -t refused every
+// candidate and no single app was at fault, or the app's placeholder was
+// refused too) now leaves every other app updating, and routes go to the
+// app that claimed them first.
+func TestAgentNoSpecFreezesTheOthers(t *testing.T) {
+	t.Parallel()
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	created := func(a *msg.App, at time.Time, paths ...string) *msg.App {
+		a.CreatedAt = at
+		if len(paths) > 0 {
+			a.Routing.Paths = paths
+		}
+		return a
+	}
+	tests := []struct {
+		name string
+		// poison puts the state in; check runs after the good app updated.
+		poison func(t *testing.T, r *rig)
+		check  func(t *testing.T, r *rig, ag *msg.Agent)
+	}{
+		{"one app routes /api and /api/", func(t *testing.T, r *rig) {
+			r.putApp(created(appMsg("dup", "dup.test"), t0, "/", "/api", "/api/"))
+			r.putInstance("dup", "d1", testrig.Backend(t, "D"), msg.StateRunning)
+		}, func(t *testing.T, r *rig, ag *msg.Agent) {
+			r.waitForPath("dup.test", "/api", 200, "D")
+			r.waitForPath("dup.test", "/api/x", 200, "D")
+			require.NotContains(t, ag.Errors, "dup")
+		}},
+		{"two apps split /api and /api/ on one host", func(t *testing.T, r *rig) {
+			r.putApp(created(appMsg("zfirst", "shared.test"), t0, "/api"))
+			r.putApp(created(appMsg("asecond", "shared.test"), t0.Add(time.Hour), "/", "/api/"))
+			r.putInstance("zfirst", "f1", testrig.Backend(t, "F"), msg.StateRunning)
+			r.putInstance("asecond", "s1", testrig.Backend(t, "S"), msg.StateRunning)
+		}, func(t *testing.T, r *rig, ag *msg.Agent) {
+			r.waitForPath("shared.test", "/api", 200, "F") // the first to claim it, not the first by name
+			r.waitForPath("shared.test", "/api/x", 200, "F")
+			r.waitForPath("shared.test", "/other", 200, "S")
+			require.Contains(t, ag.Errors["asecond"], "already routed to app zfirst")
+		}},
+		{"an exact host name over the hash bucket", func(t *testing.T, r *rig) {
+			long := strings.Repeat(strings.Repeat("a", 59)+".", 2)[:spec.MaxExactHostLen-3] + ".test"
+			r.putApp(created(appMsg("long", long), t0))
+			r.putInstance("long", "l1", testrig.Backend(t, "L"), msg.StateRunning)
+		}, func(t *testing.T, r *rig, ag *msg.Agent) {
+			require.Contains(t, ag.Errors["long"], "at most 110")
+		}},
+		{"an IPv6 zone carrying directives", func(t *testing.T, r *rig) {
+			r.putApp(created(appMsg("zone", "zone.test"), t0))
+			r.putInstance("zone", "z1", "[fe80::1%x;\n}\nserver {listen 9999;}\n#]:80", msg.StateRunning)
+		}, func(t *testing.T, r *rig, ag *msg.Agent) {
+			r.waitFor("zone.test", 503, "no_backend")
+			require.Contains(t, ag.Errors["zone"], "is not a valid address")
+			conf, err := os.ReadFile(r.agent.cfg.Target)
+			require.NoError(t, err)
+			require.NotContains(t, string(conf), "9999")
+		}},
+		{"a broken app's placeholder never takes a route it shares", func(t *testing.T, r *rig) {
+			// broken was created first, so it would own /api; its
+			// placeholder must still leave /api to owner.
+			r.putApp(created(appMsg("owner", "both.test"), t0.Add(time.Hour), "/api"))
+			r.putInstance("owner", "o1", testrig.Backend(t, "O"), msg.StateRunning)
+			r.waitForPath("both.test", "/api", 200, "O")
+			broken := created(appMsg("broken", "both.test"), t0, "/api/", "/b")
+			broken.Routing.TLS = &spec.TLS{Certificate: "/nonexistent/berth/b.crt", Key: "/nonexistent/berth/b.key"}
+			r.putApp(broken)
+		}, func(t *testing.T, r *rig, ag *msg.Agent) {
+			r.waitForPath("both.test", "/b", 503, "no_backend")
+			r.waitForPath("both.test", "/api", 200, "O")
+			require.Contains(t, ag.Errors["broken"], "nginx -t")
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			r := newRig(t, time.Hour)
+			r.putApp(created(appMsg("good", "good.test"), t0.Add(-time.Hour)))
+			r.putInstance("good", "g1", testrig.Backend(t, "G1"), msg.StateRunning)
+			r.waitFor("good.test", 200, "G1")
+
+			tt.poison(t, r)
+			// Every other app keeps being updated.
+			r.putInstance("good", "g2", testrig.Backend(t, "G2"), msg.StateRunning)
+			rev := r.putInstance("good", "g1", "127.0.0.1:1", msg.StateStopped)
+			r.waitFor("good.test", 200, "G2")
+			var rl *msg.Reload
+			var ag *msg.Agent
+			require.Eventually(t, func() bool { rl, ag = r.rep.last(); return ag != nil && ag.AppliedRevision >= rev }, 10*time.Second, 10*time.Millisecond)
+			require.NotEqual(t, msg.ReloadFailed, rl.Result, "%+v", rl)
+			tt.check(t, r, ag)
+		})
+	}
+}

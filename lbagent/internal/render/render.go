@@ -110,10 +110,11 @@ type Location struct {
 // UpstreamName is the nginx upstream of an app.
 func UpstreamName(app string) string { return "berth_" + strings.ReplaceAll(app, "-", "_") }
 
-// Layout turns a snapshot into template data. Two apps that claim the same
-// host and path, or the same host with different certificates, conflict:
-// the app first by name keeps it and the other is reported in conflicts,
-// by app, with the reason.
+// Layout turns a snapshot into template data. Paths are routes
+// (spec.RoutePath): "/x" and "/x/" are one. Two apps that claim the same
+// host and route, or the same host with different certificates, conflict:
+// the app that claimed it first (ClaimsBefore) keeps it, the other gets no
+// location for it and is reported in conflicts, by app, with the reason.
 func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string]string) {
 	d := Data{Node: o.Node, Generation: generation, Revision: snap.Revision, StatusListen: o.StatusListen, AccessLogSocket: o.AccessLogSocket, Dynamic: o.Dynamic}
 	dynamic := o.Dynamic != nil
@@ -121,6 +122,7 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 	servers := map[string]*Server{"": {Default: true, HTTPListen: o.HTTPListen, HTTPSListen: o.HTTPSListen, AccessLogSocket: o.AccessLogSocket}}
 	owner := map[string]string{} // host + " " + path → app
 	anyTLS := false
+	upstreams := make(map[string]string, len(snap.Apps))
 	for _, a := range snap.Apps {
 		upstream := ""
 		switch {
@@ -134,6 +136,14 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 			d.Upstreams = append(d.Upstreams, Upstream{Name: upstream, App: a.Spec.Name, Generation: a.Spec.Generation, LB: a.Spec.LB, Servers: a.Servers,
 				ServerParams: fmt.Sprintf(" max_fails=%d fail_timeout=%s", a.Spec.LB.MaxFails, secs(a.Spec.LB.FailTimeout))})
 		}
+		upstreams[a.Spec.Name] = upstream
+	}
+	// Routes go to apps in the order they claimed them.
+	claims := make([]state.App, len(snap.Apps))
+	copy(claims, snap.Apps)
+	sort.SliceStable(claims, func(i, j int) bool { return ClaimsBefore(claims[i].Spec, claims[j].Spec) })
+	for _, a := range claims {
+		upstream := upstreams[a.Spec.Name]
 		hosts := a.Spec.Routing.Hosts
 		if len(hosts) == 0 {
 			hosts = []string{""}
@@ -156,14 +166,17 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 				owner[h+" tls"] = firstNonEmpty(owner[h+" tls"], a.Spec.Name)
 			}
 			for _, p := range a.Spec.Routing.Paths {
-				key := h + " " + p
+				route := spec.RoutePath(p)
+				key := RouteKey(h, p)
 				if other, taken := owner[key]; taken {
-					conflicts[a.Spec.Name] = fmt.Sprintf("path %s on host %s is already routed to app %s", p, hostLabel(h), other)
+					if other != a.Spec.Name { // the same app twice ("/x", "/x/"): one location
+						conflicts[a.Spec.Name] = fmt.Sprintf("path %s on host %s is already routed to app %s", p, hostLabel(h), other)
+					}
 					continue
 				}
 				owner[key] = a.Spec.Name
-				srv.Locations = append(srv.Locations, Location{Path: p, Matches: matches(p), App: a.Spec.Name, Upstream: upstream, LB: a.Spec.LB, Dynamic: dynamic})
-				if p == "/" {
+				srv.Locations = append(srv.Locations, Location{Path: route, Matches: matches(route), App: a.Spec.Name, Upstream: upstream, LB: a.Spec.LB, Dynamic: dynamic})
+				if route == "/" {
 					srv.HasRoot = true
 				}
 			}
@@ -182,6 +195,24 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 	}
 	return d, conflicts
 }
+
+// ClaimsBefore reports whether app a claimed its routes before app b: the
+// one created first, an app whose creation time is known before one whose
+// is not, and by name when that does not decide.
+func ClaimsBefore(a, b *msg.App) bool {
+	switch {
+	case !a.CreatedAt.Equal(b.CreatedAt) && !a.CreatedAt.IsZero() && !b.CreatedAt.IsZero():
+		return a.CreatedAt.Before(b.CreatedAt)
+	case a.CreatedAt.IsZero() != b.CreatedAt.IsZero():
+		return !a.CreatedAt.IsZero()
+	}
+	return a.Name < b.Name
+}
+
+// RouteKey names one route: a host (lowercase, "" for the default server)
+// and a path as a route (spec.RoutePath). Two claims with one key are one
+// location in nginx.
+func RouteKey(host, path string) string { return strings.ToLower(host) + " " + spec.RoutePath(path) }
 
 func firstNonEmpty(a, b string) string {
 	if a != "" {

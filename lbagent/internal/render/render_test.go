@@ -198,6 +198,9 @@ func TestHelpersRefuseHostileValues(t *testing.T) {
 			a.Spec.Routing.TLS = &spec.TLS{Certificate: "/c.crt;", Key: "/k"}
 		}, "is not a valid file path"},
 		{"app name", func(a *state.App) { a.Spec.Name = `web"` }, "cannot be quoted for nginx"},
+		{"ipv6 zone", func(a *state.App) { a.Servers[0].Address = "[fe80::1%x;\n}\nserver {listen 9999;}\n#]:80" }, "is not a valid address"},
+		{"host name address", func(a *state.App) { a.Servers[0].Address = "evil.example.com:80" }, "is not a valid address"},
+		{"exact host over the hash bucket", func(a *state.App) { a.Spec.Routing.Hosts = []string{longHost(spec.MaxExactHostLen + 1)} }, "at most 110"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -207,6 +210,111 @@ func TestHelpersRefuseHostileValues(t *testing.T) {
 			d, _ := Layout(state.Snapshot{Apps: []state.App{a}}, 1, opts)
 			_, err := r.Render(d, true)
 			require.ErrorContains(t, err, tt.want)
+		})
+	}
+}
+
+// longHost is a valid host name of n characters, in labels of 60.
+func longHost(n int) string {
+	return (strings.Repeat(strings.Repeat("a", 59)+".", 5))[:n-4] + ".com"
+}
+
+// The longest exact host name the grammar allows fits the server name hash
+// bucket the config sets: nginx -t accepts it, and a wildcard name longer
+// still (its labels are hashed one by one).
+func TestLongestHostNamesNginxAccepts(t *testing.T) {
+	t.Parallel()
+	r, err := Load(templates.FS)
+	require.NoError(t, err)
+	exact, wild := app("exact", 1, longHost(spec.MaxExactHostLen)), app("wild", 1, "*."+longHost(200))
+	require.NoError(t, spec.CheckHost(exact.Spec.Routing.Hosts[0]))
+	require.NoError(t, spec.CheckHost(wild.Spec.Routing.Hosts[0]))
+	d, conflicts := Layout(state.Snapshot{Apps: []state.App{exact, wild}}, 1, opts)
+	require.Empty(t, conflicts)
+	out, err := r.Render(d, true)
+	require.NoError(t, err)
+	requireNginxAccepts(t, testrig.NginxBin(t), out)
+
+	// One character more is what froze every lbagent: nginx -t refuses it
+	// (the host helper refuses it before nginx could).
+	atMax := longHost(spec.MaxExactHostLen)
+	over := atMax[:len(atMax)-4] + "b.com"
+	conf := strings.ReplaceAll(string(out), atMax, over)
+	require.ErrorContains(t, nginxTest(t, testrig.NginxBin(t), []byte(conf)), "server_names_hash_bucket_size")
+}
+
+func mustRender(t *testing.T, r *Renderer, d Data) []byte {
+	t.Helper()
+	out, err := r.Render(d, true)
+	require.NoError(t, err)
+	return out
+}
+
+func nginxTest(t *testing.T, bin string, conf []byte) error {
+	t.Helper()
+	staging := t.TempDir()
+	for _, d := range []string{"conf", "logs", "run", "temp"} {
+		require.NoError(t, os.MkdirAll(filepath.Join(staging, d), 0o755))
+	}
+	path := filepath.Join(staging, "conf", "nginx.conf")
+	require.NoError(t, os.WriteFile(path, conf, 0o644))
+	return nginx.Binary{Path: bin}.Test(context.Background(), staging, path)
+}
+
+// "/x" and "/x/" are one route: within one app one location, across two
+// apps a conflict the first to claim it wins; either way nginx -t passes
+// (a duplicate location froze every lbagent).
+func TestRoutesNormalisedAndClaimedFirst(t *testing.T) {
+	t.Parallel()
+	r, err := Load(templates.FS)
+	require.NoError(t, err)
+	bin := testrig.NginxBin(t)
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	withPaths := func(a state.App, created time.Time, paths ...string) state.App {
+		a.Spec.Routing.Paths, a.Spec.CreatedAt = paths, created
+		return a
+	}
+	tests := []struct {
+		name      string
+		apps      []state.App
+		conflicts map[string]string
+		owners    map[string]string // "host path" → app
+	}{
+		{"one app, both spellings", []state.App{withPaths(app("web", 1, "a.test"), t0, "/api", "/api/")}, map[string]string{},
+			map[string]string{"a.test /api": "web"}},
+		{"two apps, the older keeps it", []state.App{
+			withPaths(app("alpha", 1, "a.test"), t0.Add(time.Hour), "/api"),
+			withPaths(app("zeta", 1, "a.test"), t0, "/api/", "/z"),
+		}, map[string]string{"alpha": "path /api on host a.test is already routed to app zeta"},
+			map[string]string{"a.test /api": "zeta", "a.test /z": "zeta"}},
+		{"a known creation time claims before an unknown one", []state.App{
+			withPaths(app("alpha", 1), time.Time{}, "/api/"),
+			withPaths(app("zeta", 1), t0, "/api"),
+		}, map[string]string{"alpha": "path /api/ on host (default) is already routed to app zeta"},
+			map[string]string{" /api": "zeta"}},
+		{"no creation times: by name", []state.App{
+			withPaths(app("alpha", 1), time.Time{}, "/api/"),
+			withPaths(app("zeta", 1), time.Time{}, "/api"),
+		}, map[string]string{"zeta": "path /api on host (default) is already routed to app alpha"},
+			map[string]string{" /api": "alpha"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			d, conflicts := Layout(state.Snapshot{Apps: tt.apps}, 1, opts)
+			require.Equal(t, tt.conflicts, conflicts)
+			owners := map[string]string{}
+			for _, srv := range d.Servers {
+				for _, l := range srv.Locations {
+					_, dup := owners[srv.Host+" "+l.Path]
+					require.False(t, dup, "one location per route")
+					owners[srv.Host+" "+l.Path] = l.App
+				}
+			}
+			for k, v := range tt.owners {
+				require.Equal(t, v, owners[k], k)
+			}
+			requireNginxAccepts(t, bin, mustRender(t, r, d))
 		})
 	}
 }

@@ -52,7 +52,7 @@ func View(a store.App, term uint64) *msg.App {
 	s := *a.Spec
 	s.Default()
 	return &msg.App{Name: a.Name, Generation: a.Generation, Term: term, Port: s.Port, Health: s.Health,
-		LB: s.LB, Routing: s.Routing, Drain: s.Stop.Drain, UpdatedAt: a.UpdatedAt.UTC()}
+		LB: s.LB, Routing: s.Routing, Drain: s.Stop.Drain, UpdatedAt: a.UpdatedAt.UTC(), CreatedAt: a.CreatedAt.UTC()}
 }
 
 // InstanceView turns a stored instance into its v1 message.
