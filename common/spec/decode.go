@@ -318,3 +318,45 @@ func editDistance(a, b string) int {
 	}
 	return prev[len(b)]
 }
+
+// Health check secrets. A header value or body of the form "$env:NAME",
+// with NAME starting with ProbeEnvPrefix, is a reference that healthd
+// resolves from its own environment when it probes; the scheduler publishes
+// the reference, never the secret. A literal value of a secret header (see
+// SecretHeader) is published as RedactedValue, and healthd does not send it.
+const (
+	// ProbeEnvPrefix starts every variable a reference may name, so that a
+	// spec cannot make healthd send its own credentials to an app.
+	ProbeEnvPrefix = "BERTH_PROBE_"
+	// RedactedValue replaces a secret header value in published views.
+	RedactedValue = "<redacted>"
+)
+
+// EnvRef returns the variable a "$env:NAME" value names, and whether v is
+// such a reference: NAME is ProbeEnvPrefix followed by A-Z, 0-9 and '_'.
+func EnvRef(v string) (string, bool) {
+	name, ok := strings.CutPrefix(v, "$env:")
+	if !ok || len(name) <= len(ProbeEnvPrefix) || !strings.HasPrefix(name, ProbeEnvPrefix) {
+		return "", false
+	}
+	for _, r := range name {
+		if !(r == '_' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
+			return "", false
+		}
+	}
+	return name, true
+}
+
+// SecretHeader reports whether a header's value is a credential that must
+// not be published: Authorization, Proxy-Authorization, Cookie, X-Api-Key,
+// and any name containing token, secret, key, auth, password, session or
+// cookie, in any case.
+func SecretHeader(name string) bool {
+	n := strings.ToLower(name)
+	for _, w := range []string{"auth", "cookie", "token", "secret", "key", "password", "passwd", "session", "credential"} {
+		if strings.Contains(n, w) {
+			return true
+		}
+	}
+	return false
+}

@@ -48,3 +48,37 @@ func TestDecodeEchoesOtherValues(t *testing.T) {
 		})
 	}
 }
+
+func TestEnvRef(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		in, name string
+		ok       bool
+	}{
+		{"$env:BERTH_PROBE_WEB_TOKEN", "BERTH_PROBE_WEB_TOKEN", true},
+		{"$env:BERTH_PROBE_", "", false},
+		{"$env:HOME", "", false},
+		{"$env:BERTH_HEALTHD_NATS_PASSWORD", "", false},
+		{"$env:BERTH_PROBE_lower", "", false},
+		{"$env:BERTH_PROBE_X Y", "", false},
+		{"Bearer $env:BERTH_PROBE_X", "", false},
+		{"BERTH_PROBE_X", "", false},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			t.Parallel()
+			name, ok := EnvRef(tc.in)
+			require.Equal(t, tc.ok, ok)
+			require.Equal(t, tc.name, name)
+		})
+	}
+}
+
+func TestSecretHeader(t *testing.T) {
+	t.Parallel()
+	for _, name := range []string{"Authorization", "authorization", "Proxy-Authorization", "Cookie", "X-Api-Key", "X-Auth-Token", "X-Client-Secret", "X-Password", "X-Session-Id"} {
+		require.True(t, SecretHeader(name), name)
+	}
+	for _, name := range []string{"Host", "Accept", "User-Agent", "X-Request-Id", "Content-Type"} {
+		require.False(t, SecretHeader(name), name)
+	}
+}

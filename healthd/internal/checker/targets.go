@@ -3,15 +3,19 @@ package checker
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"sort"
 
 	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/healthd/internal/probe"
 )
 
 // Targets lists what to probe: every instance that is starting or running,
 // has an address, and belongs to an app with an enabled health check,
 // sorted by key. keep filters by key (a checker's shard); nil keeps all.
+// Secret references in each check are resolved from healthd's environment
+// (see ResolveSecrets).
 func Targets(apps map[string]*msg.App, instances map[string]*msg.Instance, keep func(key string) bool) []Target {
 	var out []Target
 	for key, inst := range instances {
@@ -23,7 +27,7 @@ func Targets(apps map[string]*msg.App, instances map[string]*msg.Instance, keep 
 			continue
 		}
 		addr, refused := probeAddress(inst.Address, app.Port, app.Health.Port)
-		t := Target{Target: probe.Target{Key: key, Address: addr, Refused: refused, Check: *app.Health},
+		t := Target{Target: probe.Target{Key: key, Address: addr, Refused: refused, Check: ResolveSecrets(*app.Health, os.LookupEnv)},
 			Generation: inst.Generation, Term: inst.Term}
 		switch {
 		case inst.StartedAt != nil:
@@ -63,4 +67,30 @@ func probeAddress(addr string, appPort, healthPort int) (string, string) {
 			"set health.port to port (%d), or run the scheduler with --network", healthPort, addr, appPort)
 	}
 	return netip.AddrPortFrom(ip, uint16(healthPort)).String(), ""
+}
+
+// ResolveSecrets returns h with its secrets filled in for probing: a header
+// value or body "$env:NAME" (spec.EnvRef) becomes the value lookup gives
+// NAME, and a header is left out when its variable is unset or when the
+// scheduler published it as spec.RedactedValue (a literal secret healthd
+// is never given). h itself is not changed.
+func ResolveSecrets(h spec.Health, lookup func(string) (string, bool)) spec.Health {
+	if len(h.Headers) > 0 {
+		hs := make(map[string]string, len(h.Headers))
+		for k, v := range h.Headers {
+			if name, ok := spec.EnvRef(v); ok {
+				if v, ok = lookup(name); !ok {
+					continue
+				}
+			} else if v == spec.RedactedValue {
+				continue
+			}
+			hs[k] = v
+		}
+		h.Headers = hs
+	}
+	if name, ok := spec.EnvRef(h.Body); ok {
+		h.Body, _ = lookup(name)
+	}
+	return h
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/berthhq/berth/common/bus"
 	"github.com/berthhq/berth/common/logging"
 	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/store"
 )
 
@@ -51,8 +52,26 @@ var _ Bus = (*bus.Conn)(nil)
 func View(a store.App, term uint64) *msg.App {
 	s := *a.Spec
 	s.Default()
-	return &msg.App{Name: a.Name, Generation: a.Generation, Term: term, Port: s.Port, Health: s.Health,
+	return &msg.App{Name: a.Name, Generation: a.Generation, Term: term, Port: s.Port, Health: redactHealth(s.Health),
 		LB: s.LB, Routing: s.Routing, Drain: s.Stop.Drain, UpdatedAt: a.UpdatedAt.UTC(), CreatedAt: a.CreatedAt.UTC()}
+}
+
+// redactHealth returns a copy of h for every reader of berth_apps: the
+// literal value of a secret header (Authorization, Cookie, …) becomes
+// spec.RedactedValue; "$env:" references, resolved by healthd, are kept.
+func redactHealth(h *spec.Health) *spec.Health {
+	if h == nil || len(h.Headers) == 0 {
+		return h
+	}
+	c := *h
+	c.Headers = make(map[string]string, len(h.Headers))
+	for k, v := range h.Headers {
+		if _, ref := spec.EnvRef(v); !ref && spec.SecretHeader(k) {
+			v = spec.RedactedValue
+		}
+		c.Headers[k] = v
+	}
+	return &c
 }
 
 // InstanceView turns a stored instance into its v1 message.
