@@ -10,6 +10,9 @@ const (
 	DefaultHealthPath     = "/healthz"
 	DefaultHealthMethod   = "GET"
 	DefaultExpectedStatus = "200-399"
+	// DefaultPids is resources.pids when absent: enough for a threaded
+	// server, low enough that a fork bomb stays inside its container.
+	DefaultPids = 512
 )
 
 func ptr[T any](v T) *T { return &v }
@@ -21,6 +24,7 @@ func d(v time.Duration) Duration { return Duration(v) }
 // user writes, even as zero, keeps its value.
 func defaultApp() *App {
 	return &App{
+		Resources: Resources{Pids: DefaultPids},
 		Update: Update{MaxSurge: 1, MaxUnavailable: 0, MinHealthyTime: d(5 * time.Second),
 			HealthyDeadline: d(2 * time.Minute), AutoRollback: ptr(true)},
 		Restart: Restart{MaxAttempts: 5, Window: d(10 * time.Minute),
@@ -69,8 +73,9 @@ func (s *Scaling) UnmarshalJSON(b []byte) error {
 // meaningful value: replicas (1, unless scaling is set), the health check's
 // type (http), path, method, expected status, port (the app's port) and
 // enabled flag, routing paths ("/"), the stop signal, the load balancing
-// method and auto_rollback. Decode has already given every absent field its
-// default, so Default matters for specs built in code. It is idempotent.
+// method, auto_rollback and resources.pids. Decode has already given every
+// absent field its default, so Default matters for specs built in code. It
+// is idempotent.
 func (a *App) Default() {
 	if a.Replicas == nil && a.Scaling == nil {
 		a.Replicas = ptr(1)
@@ -108,5 +113,8 @@ func (a *App) Default() {
 	}
 	if a.Update.AutoRollback == nil {
 		a.Update.AutoRollback = ptr(true)
+	}
+	if a.Resources.Pids == 0 {
+		a.Resources.Pids = DefaultPids
 	}
 }

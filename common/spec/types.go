@@ -74,12 +74,16 @@ type Scaling struct {
 	Tolerance float64 `json:"tolerance"`
 }
 
-// Resources are container limits. Zero means the scheduler's default.
+// Resources are container limits. Zero CPU or memory means the
+// scheduler's default.
 type Resources struct {
 	// CPU is the limit in cores (0.5 is half a core).
 	CPU float64 `json:"cpu,omitempty"`
 	// Memory is the limit in bytes.
 	Memory ByteSize `json:"memory,omitempty"`
+	// Pids is the most processes and threads the container may run at
+	// once (DefaultPids when absent; never unlimited).
+	Pids int `json:"pids,omitempty"`
 }
 
 // Health types.

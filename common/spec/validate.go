@@ -21,6 +21,8 @@ const (
 	MaxCPU          = 256.0
 	MinMemory       = ByteSize(6 << 20)
 	MaxMemory       = ByteSize(1 << 40)
+	MinPids         = 16
+	MaxPids         = 32768
 	MaxBodySizeSize = ByteSize(100 << 30)
 )
 
@@ -115,6 +117,7 @@ func (r Resources) validate(path string, es *Errors) {
 	if r.Memory != 0 && (r.Memory < MinMemory || r.Memory > MaxMemory) {
 		es.Add(Join(path, "memory"), "(%s) must be between %s and %s, or absent for the scheduler's default", r.Memory, MinMemory, MaxMemory)
 	}
+	intIn(es, Join(path, "pids"), r.Pids, MinPids, MaxPids)
 }
 
 // Validate checks a health check on its own, as a receiver of a health view

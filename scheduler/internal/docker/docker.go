@@ -11,10 +11,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/berthhq/berth/common/spec"
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/events"
@@ -168,6 +170,9 @@ type CreateOptions struct {
 	// CPU is in cores; Memory in bytes; zero means no limit.
 	CPU    float64
 	Memory int64
+	// Pids caps the processes and threads the container may run; zero
+	// means spec.DefaultPids. A container is never without this cap.
+	Pids int
 	// StopSignal and StopGrace are what Stop uses by default.
 	StopSignal string
 	StopGrace  time.Duration
@@ -176,8 +181,14 @@ type CreateOptions struct {
 // Name is the container name of an instance: berth-<app>-<instance>.
 func Name(app, instance string) string { return "berth-" + app + "-" + instance }
 
+// securityOpts are the Docker security options of every container Berth
+// creates: its processes cannot gain privileges (setuid binaries, file
+// capabilities) beyond those they start with.
+var securityOpts = []string{"no-new-privileges:true"}
+
 // Create creates (does not start) an instance's container. A missing
-// image is ErrImageNotFound: pull it first.
+// image is ErrImageNotFound: pull it first. Every container gets
+// no-new-privileges and a pids limit (o.Pids, or spec.DefaultPids).
 func (c *Client) Create(ctx context.Context, o CreateOptions) (string, error) {
 	port, err := network.ParsePort(fmt.Sprintf("%d/tcp", o.Port))
 	if err != nil {
@@ -197,8 +208,13 @@ func (c *Client) Create(ctx context.Context, o CreateOptions) (string, error) {
 			LabelGeneration: strconv.FormatInt(o.Generation, 10), LabelSpecHash: o.SpecHash, LabelTerm: strconv.FormatUint(o.Term, 10),
 		},
 	}
+	pids := int64(o.Pids)
+	if pids <= 0 {
+		pids = spec.DefaultPids
+	}
 	host := &container.HostConfig{
-		Resources: container.Resources{NanoCPUs: int64(o.CPU * 1e9), Memory: o.Memory},
+		Resources:   container.Resources{NanoCPUs: int64(o.CPU * 1e9), Memory: o.Memory, PidsLimit: &pids},
+		SecurityOpt: slices.Clone(securityOpts),
 		// Berth restarts instances itself, with backoff and a budget.
 		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyDisabled},
 	}

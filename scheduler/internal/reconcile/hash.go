@@ -9,7 +9,8 @@ import (
 )
 
 // SpecHash identifies what a container is made of: image, command, the
-// final environment, port, resources and stop signal. Instances whose hash
+// final environment, port, resources (cpu, memory and pids: a changed pids
+// limit rolls, as Docker cannot change it in place) and stop signal. Instances whose hash
 // differs from the desired one are replaced by a rolling update. Replicas,
 // scaling, routing, load balancing, health checks and timings are not in
 // it, so changing them restarts nothing.
