@@ -157,7 +157,7 @@ func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, ha
 	sctx, cancel := context.WithTimeout(ctx, c.cfg.StartTimeout)
 	defer cancel()
 	cid, err := c.deps.Runtime.Create(sctx, docker.CreateOptions{App: app.Name, Instance: id, Generation: app.Generation, SpecHash: hash, Term: l.Term,
-		Image: s.Image, Command: s.Command, Env: c.cfg.Env.Env(s.Env, c.cfg.Environ), Port: s.Port, CPU: cpu, Memory: mem,
+		Image: s.Image, Command: s.Command, Env: c.cfg.Env.Env(s.Env, c.cfg.Environ), Port: s.Port, CPU: cpu, Memory: mem, Pids: s.Resources.Pids,
 		StopSignal: s.Stop.Signal, StopGrace: s.Stop.Grace.Std()})
 	if err != nil {
 		return fail("instance_create_failed", fmt.Sprintf("cannot create a container for %s: %v", app.Name, err))

@@ -334,3 +334,19 @@ func TestMemoryForgetsWhatIsGone(t *testing.T) {
 	require.NotContains(t, m.tripped, "gone")
 	require.False(t, m.report("web", time.Minute, now.Add(time.Second)), "reported once per period")
 }
+
+// A container gets the spec's limits: resources.pids raised by the spec
+// reaches Docker.
+func TestStartPassesTheSpecLimits(t *testing.T) {
+	t.Parallel()
+	f := newFake()
+	f.apply(load(t, webApp(t, "v1")+"resources: {pids: 4096, cpu: 0.5, memory: 64Mi}\n"), 1)
+	h := start(t, f, Config{})
+	require.Eventually(t, func() bool { return h.converged("web:v1", 1, false) }, 5*time.Second, 10*time.Millisecond)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	require.Len(t, f.created, 1)
+	require.Equal(t, 4096, f.created[0].Pids)
+	require.Equal(t, 0.5, f.created[0].CPU)
+	require.Equal(t, int64(64<<20), f.created[0].Memory)
+}

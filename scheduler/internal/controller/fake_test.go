@@ -38,6 +38,7 @@ type fake struct {
 	stopBlock chan struct{}
 	stops     []string
 	handle    func(docker.Event)
+	created   []docker.CreateOptions
 }
 
 func newFake() *fake {
@@ -234,6 +235,7 @@ func (f *fake) Create(_ context.Context, o docker.CreateOptions) (string, error)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.ids++
+	f.created = append(f.created, o)
 	id := fmt.Sprintf("c%03d", f.ids)
 	f.containers[id] = &docker.Container{ID: id, App: o.App, Instance: o.Instance, Generation: o.Generation, SpecHash: o.SpecHash,
 		Address: fmt.Sprintf("127.0.0.1:%d", 20000+f.ids), Name: o.Image}
