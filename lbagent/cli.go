@@ -46,6 +46,9 @@ type cli struct {
 	LogLevel     string        `name:"log-level" help:"debug, info, warn or error." default:"info" env:"BERTH_LBAGENT_LOG_LEVEL"`
 	LogFormat    string        `name:"log-format" help:"json or console." default:"json" env:"BERTH_LBAGENT_LOG_FORMAT"`
 
+	// AccessLogGroup may send to the access log socket, beside lbagent.
+	AccessLogGroup string `name:"access-log-group" help:"Group (name or id) of nginx's workers, which may send to the access log socket (mode 0660); empty: as root, the primary group of user nginx or else nobody (nginx's default worker users), else lbagent's own group." default:"" env:"BERTH_LBAGENT_ACCESS_LOG_GROUP"`
+
 	// dyn is the resolved dynamic upstream mode; nil: reload mode.
 	dyn *render.Dynamic
 

@@ -181,6 +181,7 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 	if c.AccessLog != "" {
 		agg := accesslog.NewAggregator(node, time.Now())
 		recv = accesslog.NewReceiver(c.AccessLog, agg)
+		recv.Group = c.AccessLogGroup
 		group.Add("access-log", recv)
 		group.Add("traffic-metrics", traffic.New(conn, names, agg, store.AppNames, c.MetricsWin, logger))
 	}

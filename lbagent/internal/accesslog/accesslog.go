@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/user"
 	"sort"
 	"strconv"
 	"strings"
@@ -170,6 +171,13 @@ func (a *Aggregator) Flush(now time.Time, known []string) []*msg.Metrics {
 
 // Receiver reads access log datagrams from a unix socket into an Aggregator.
 type Receiver struct {
+	// Group is the group, by name or numeric id, that may send to the
+	// socket (mode 0660): nginx's workers' group. Empty picks, when
+	// lbagent runs as root, the primary group of the user nginx starts its
+	// workers as (see workerUsers), else lbagent's own group.
+	// Set it before Run.
+	Group string
+
 	path    string
 	agg     *Aggregator
 	invalid atomic.Uint64
@@ -187,16 +195,27 @@ func (r *Receiver) Invalid() uint64 { return r.invalid.Load() }
 // Ready is closed once the socket listens.
 func (r *Receiver) Ready() <-chan struct{} { return r.ready }
 
-// Run listens until ctx ends. The socket is world-writable so nginx workers
-// running as an unprivileged user can send to it.
+// Run listens until ctx ends. The socket is 0660 and belongs to Group, so
+// nginx workers running as an unprivileged user can send to it and other
+// local users cannot forge traffic metrics.
 func (r *Receiver) Run(ctx context.Context) error {
+	gid, err := socketGroup(r.Group, os.Geteuid(), user.Lookup, user.LookupGroup)
+	if err != nil {
+		return fmt.Errorf("access log socket %s: %w", r.path, err)
+	}
 	_ = os.Remove(r.path) // a socket left by a previous run
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: r.path, Net: "unixgram"})
 	if err != nil {
 		return fmt.Errorf("access log socket %s: %w", r.path, err)
 	}
 	defer os.Remove(r.path)
-	if err := os.Chmod(r.path, 0o666); err != nil {
+	err = os.Chmod(r.path, 0o660)
+	if err == nil && gid >= 0 {
+		if err = os.Chown(r.path, -1, gid); err != nil {
+			err = fmt.Errorf("give it group %d (--access-log-group): %w", gid, err)
+		}
+	}
+	if err != nil {
 		conn.Close()
 		return fmt.Errorf("access log socket %s: %w", r.path, err)
 	}
@@ -221,4 +240,37 @@ func (r *Receiver) Run(ctx context.Context) error {
 		}
 		r.agg.Add(e)
 	}
+}
+
+// workerUsers are the users nginx workers run as when nginx starts as root
+// and its config has no user directive: nginx.org's and Alpine's builds use
+// nginx, others (Debian's, OpenResty's) nobody, whose primary group is the
+// one nginx picks (nogroup on Debian).
+var workerUsers = []string{"nginx", "nobody"}
+
+// socketGroup resolves the socket's group: a group name or numeric id, or
+// for "" the primary group of a nginx worker user when euid is root. -1
+// leaves the socket with the process's group.
+func socketGroup(name string, euid int, lookupUser func(string) (*user.User, error), lookupGroup func(string) (*user.Group, error)) (int, error) {
+	if name != "" {
+		if n, err := strconv.Atoi(name); err == nil && n >= 0 {
+			return n, nil
+		}
+		g, err := lookupGroup(name)
+		if err != nil {
+			return 0, fmt.Errorf("--access-log-group %q: %w", name, err)
+		}
+		return strconv.Atoi(g.Gid)
+	}
+	if euid != 0 {
+		return -1, nil
+	}
+	for _, u := range workerUsers {
+		if pw, err := lookupUser(u); err == nil {
+			if gid, err := strconv.Atoi(pw.Gid); err == nil {
+				return gid, nil
+			}
+		}
+	}
+	return -1, nil
 }

@@ -4,7 +4,11 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -117,4 +121,90 @@ func TestReceiverReadsDatagrams(t *testing.T) {
 	require.Equal(t, int64(5), out[0].Requests)
 	cancel()
 	require.NoError(t, <-done)
+}
+
+func TestReceiverSocketIsGroupOnly(t *testing.T) {
+	t.Parallel()
+	gid := os.Getgid()
+	for _, group := range []string{"", strconv.Itoa(gid)} {
+		t.Run("group "+group, func(t *testing.T) {
+			t.Parallel()
+			path := filepath.Join(t.TempDir(), "access.sock")
+			r := NewReceiver(path, NewAggregator("lb-1", time.Now()))
+			r.Group = group
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- r.Run(ctx) }()
+			<-r.Ready()
+			fi, err := os.Stat(path)
+			require.NoError(t, err)
+			require.Equal(t, os.FileMode(0o660), fi.Mode().Perm(), "not writable by other users")
+			want, err := socketGroup(group, os.Geteuid(), user.Lookup, user.LookupGroup)
+			require.NoError(t, err)
+			if want < 0 {
+				want = gid
+			}
+			require.Equal(t, uint32(want), fi.Sys().(*syscall.Stat_t).Gid)
+			cancel()
+			require.NoError(t, <-done)
+		})
+	}
+}
+
+func TestReceiverRefusesUnknownGroup(t *testing.T) {
+	t.Parallel()
+	r := NewReceiver(filepath.Join(t.TempDir(), "access.sock"), NewAggregator("lb-1", time.Now()))
+	r.Group = "no-such-group-berth"
+	require.ErrorContains(t, r.Run(context.Background()), "--access-log-group")
+}
+
+func TestSocketGroup(t *testing.T) {
+	t.Parallel()
+	users := map[string]string{"nobody": "65534", "www-data": "33"}
+	lookupUser := func(name string) (*user.User, error) {
+		if gid, ok := users[name]; ok {
+			return &user.User{Username: name, Gid: gid}, nil
+		}
+		return nil, user.UnknownUserError(name)
+	}
+	withNginx := func(name string) (*user.User, error) {
+		if name == "nginx" {
+			return &user.User{Username: name, Gid: "101"}, nil
+		}
+		return lookupUser(name)
+	}
+	noUsers := func(name string) (*user.User, error) { return nil, user.UnknownUserError(name) }
+	lookupGroup := func(name string) (*user.Group, error) {
+		if name == "www-data" {
+			return &user.Group{Name: name, Gid: "33"}, nil
+		}
+		return nil, user.UnknownGroupError(name)
+	}
+	for _, tc := range []struct {
+		name       string
+		group      string
+		euid       int
+		lookupUser func(string) (*user.User, error)
+		want       int
+		err        string
+	}{
+		{"named group", "www-data", 1000, lookupUser, 33, ""},
+		{"numeric group", "4242", 1000, lookupUser, 4242, ""},
+		{"unknown group", "nope", 0, lookupUser, 0, "--access-log-group"},
+		{"not root: own group", "", 1000, withNginx, -1, ""},
+		{"root: nginx first", "", 0, withNginx, 101, ""},
+		{"root: else nobody", "", 0, lookupUser, 65534, ""},
+		{"root: neither", "", 0, noUsers, -1, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := socketGroup(tc.group, tc.euid, tc.lookupUser, lookupGroup)
+			if tc.err != "" {
+				require.ErrorContains(t, err, tc.err)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, tc.want, got)
+		})
+	}
 }
