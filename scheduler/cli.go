@@ -59,7 +59,7 @@ type runCmd struct {
 	PullTimeout    time.Duration `name:"pull-timeout" help:"Bound on one image pull." default:"5m" env:"BERTH_SCHEDULER_PULL_TIMEOUT"`
 	StartTimeout   time.Duration `name:"start-timeout" help:"Bound on creating and starting a container; older creating/starting instances are stale." default:"1m" env:"BERTH_SCHEDULER_START_TIMEOUT"`
 	StopTimeout    time.Duration `name:"stop-timeout" help:"Bound on stopping a container (signal, then grace); past it the container is removed by force." default:"2m" env:"BERTH_SCHEDULER_STOP_TIMEOUT"`
-	RegistryAuth   string        `name:"registry-auth-file" help:"Docker config.json with registry credentials (never logged)." default:"" env:"BERTH_SCHEDULER_REGISTRY_AUTH_FILE" type:"path"`
+	RegistryAuth   string        `name:"registry-auth-file" help:"Docker config.json with registry credentials (never logged); a pull sends only its image registry's entry, none when nothing matches." default:"" env:"BERTH_SCHEDULER_REGISTRY_AUTH_FILE" type:"path"`
 	DefaultCPU     float64       `name:"default-cpu" help:"CPU limit (cores) for apps that set none; 0 for none." default:"1" env:"BERTH_SCHEDULER_DEFAULT_CPU"`
 	DefaultMemory  string        `name:"default-memory" help:"Memory limit for apps that set none (256Mi, 1Gi); 0 for none." default:"512Mi" env:"BERTH_SCHEDULER_DEFAULT_MEMORY"`
 	AppEnvPrefix   string        `name:"app-env-prefix" help:"Pass the scheduler's env vars with this prefix (stripped) to every app." default:"" env:"BERTH_SCHEDULER_APP_ENV_PREFIX"`
