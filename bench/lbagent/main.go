@@ -1,35 +1,44 @@
 // Command lbagent benchmarks the lbagent on a large config (default 1000
-// apps × 10 servers) against a floor measured in the same run:
+// apps × 10 servers) in both upstream modes in one run, against a floor
+// measured in the same run. It starts one in-process NATS and, on a NATS
+// prefix each, two real lbagent binaries with --manage-nginx: one with
+// --upstream-mode reload, one with --upstream-mode dynamic, given the same
+// state and the same two real backends. It measures:
 //
-//   - render: the lbagent's own render_duration_seconds histogram (mean);
-//   - change-to-served: from the KV put of one instance change to nginx
-//     answering from the new server set, p50 and p95 over -changes runs;
-//   - floor: nginx -t + SIGHUP to the master (its pid read from its pid
-//     file) + the first request answered from the new config, by hand on a
-//     copy of the same config in a second nginx; the floor of earlier runs,
-//     with nginx -s reload in place of the signal, is measured alongside
-//     (interleaved) for comparison;
-//   - burst: how many reloads a burst of -burst changes causes.
+//   - change-to-served, per mode: from the KV put that moves app-0000's
+//     single instance to the other backend to the first answer from it
+//     through that mode's nginx (polled every 1 ms), p50 / p95 / p99;
+//   - floor: nginx -t in a staging prefix + SIGHUP to the master + the
+//     first answer from the new backend, by hand on a copy of the
+//     reload-mode config in a third nginx: the least a reloading agent
+//     must spend. Reload-mode, floor and dynamic-mode changes are
+//     interleaved round by round, so that a busy machine slows all three;
+//   - reloads during those changes and in a burst of -burst changes, per
+//     mode, counted by lbagent (berth_lbagent_reloads_total) and by nginx
+//     (full sets of new worker processes);
+//   - memory: lbagent's VmRSS (and VmHWM) and nginx's workers' VmRSS, per
+//     mode, from /proc/<pid>/status, once the dynamic mode's shared dict
+//     holds every app;
+//   - render: lbagent's berth_lbagent_render_duration_seconds (mean).
 //
-// Run it with: go run ./bench/lbagent (needs nginx; sends traffic to 127.0.0.1 only).
+// Run it with: go run ./bench/lbagent (needs nginx with the Lua module;
+// sends traffic to 127.0.0.1 only; takes about three minutes).
 package main
 
 import (
-	"bytes"
 	"context"
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
+	"runtime"
 	"sort"
-	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -40,30 +49,33 @@ import (
 )
 
 func main() {
-	apps := flag.Int("apps", 1000, "apps in the config")
-	servers := flag.Int("servers", 10, "servers per app")
-	changes := flag.Int("changes", 50, "single changes to time")
-	burst := flag.Int("burst", 100, "changes in the burst")
-	nginxBin := flag.String("nginx", "nginx", "nginx executable")
+	o := options{}
+	flag.IntVar(&o.apps, "apps", 1000, "apps in the config")
+	flag.IntVar(&o.servers, "servers", 10, "servers per app")
+	flag.IntVar(&o.changes, "changes", 60, "single changes timed in reload mode, and as many for the floor")
+	flag.IntVar(&o.dynChanges, "dynamic-changes", 300, "single changes timed in dynamic mode, spread over the same rounds")
+	flag.IntVar(&o.burst, "burst", 100, "changes in the burst")
+	flag.StringVar(&o.nginx, "nginx", "nginx", "nginx executable")
+	flag.DurationVar(&o.budget, "budget", 8*time.Minute, "give up when the timed changes have not finished by then")
 	flag.Parse()
-	if err := run(*apps, *servers, *changes, *burst, *nginxBin); err != nil {
+	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-type bench struct {
-	dir      string
-	names    msg.Names
-	apps     *bus.KV
-	insts    *bus.KV
-	client   *http.Client
-	httpAddr string
-	metrics  string
-	a, b     string // the two real backends
+type options struct {
+	apps, servers, changes, dynChanges, burst int
+	nginx                                     string
+	budget                                    time.Duration
 }
 
-func run(nApps, nServers, nChanges, nBurst int, nginxBin string) error {
+// settle is the pause before each timed change, so that each comes on its
+// own, as an operator's would, after the previous one's work has ended.
+const settle = 150 * time.Millisecond
+
+func run(o options) error {
+	begin, loadBefore := time.Now(), loadavg()
 	dir, err := os.MkdirTemp("", "berth-bench-")
 	if err != nil {
 		return err
@@ -81,113 +93,204 @@ func run(nApps, nServers, nChanges, nBurst int, nginxBin string) error {
 		return err
 	}
 	defer conn.Close()
-	names, _ := msg.NewNames("berth")
-	if err := conn.EnsureBuckets(ctx, bus.ContractBuckets(names)); err != nil {
-		return err
-	}
-	b := &bench{dir: dir, names: names, client: &http.Client{Timeout: 2 * time.Second}}
-	if b.apps, err = conn.KV(ctx, names.AppsBucket()); err != nil {
-		return err
-	}
-	if b.insts, err = conn.KV(ctx, names.InstancesBucket()); err != nil {
-		return err
-	}
-	b.a, b.b = backend("A"), backend("B")
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 4}}
+	backA, backB := backend(), backend()
 
-	fmt.Printf("populating %d apps x %d servers...\n", nApps, nServers)
+	reload, err := newAgent(ctx, conn, dir, "reload", client)
+	if err != nil {
+		return err
+	}
+	dyn, err := newAgent(ctx, conn, dir, "dynamic", client)
+	if err != nil {
+		return err
+	}
+	agents := []*agent{reload, dyn}
+
+	fmt.Printf("populating %d apps x %d servers under each mode's prefix...\n", o.apps, o.servers)
+	t0 := time.Now()
+	for _, a := range agents {
+		if err := populate(a, o.apps, o.servers, backA); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("  %s\n", time.Since(t0).Round(time.Millisecond))
+
+	bin := filepath.Join(dir, "lbagent")
+	if out, err := exec.Command("go", "build", "-o", bin, "./lbagent").CombinedOutput(); err != nil {
+		return fmt.Errorf("build lbagent: %v: %s", err, out)
+	}
+	for _, a := range agents {
+		defer a.stop()
+		served, err := a.start(bin, srv.URL(), o.nginx, backA)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("%s mode: initial config served %s after start\n", a.mode, served.Round(time.Millisecond))
+	}
+	fl, err := startFloor(dir, reload.conf(), reload.httpAddr, backA, o.nginx, client)
+	if err != nil {
+		return err
+	}
+	defer fl.stop()
+
+	// Change-to-served, interleaved: each round times one reload-mode
+	// change, one floor change and its share of the dynamic-mode changes,
+	// starting with a different one each round.
+	var times [3][]time.Duration // reload, floor, dynamic
+	reloadsBefore := [2]int{reload.reloads(), dyn.reloads()}
+	freshBefore := [2]int{reload.workers.fresh, dyn.workers.fresh}
+	pushesBefore := dyn.pushes()
+	steps := [3]func(round int) error{
+		func(int) error {
+			time.Sleep(settle)
+			d, err := reload.change(backA, backB)
+			times[0] = append(times[0], d)
+			return err
+		},
+		func(int) error {
+			time.Sleep(settle)
+			d, err := fl.change(backA, backB)
+			times[1] = append(times[1], d)
+			return err
+		},
+		func(round int) error {
+			for range o.dynChanges*(round+1)/o.changes - o.dynChanges*round/o.changes {
+				time.Sleep(settle)
+				d, err := dyn.change(backA, backB)
+				if err != nil {
+					return err
+				}
+				times[2] = append(times[2], d)
+			}
+			return nil
+		},
+	}
+	fmt.Printf("timing %d reload-mode, %d floor and %d dynamic-mode changes, interleaved...\n", o.changes, o.changes, o.dynChanges)
+	t0 = time.Now()
+	for round := range o.changes {
+		if time.Since(t0) > o.budget {
+			return fmt.Errorf("the timed changes took over %s (round %d of %d): the machine is too busy", o.budget, round, o.changes)
+		}
+		for k := range 3 {
+			if err := steps[(round+k)%3](round); err != nil {
+				return err
+			}
+			reload.workers.sample()
+			dyn.workers.sample()
+		}
+	}
+	fmt.Printf("  %s\n", time.Since(t0).Round(time.Second))
+	changeReloads := [2]int{reload.reloads() - reloadsBefore[0], dyn.reloads() - reloadsBefore[1]}
+	changeFresh := [2]int{reload.workers.fresh - freshBefore[0], dyn.workers.fresh - freshBefore[1]}
+	changePushes := dyn.pushes() - pushesBefore
+	pushMean, _ := dyn.mean("berth_lbagent_endpoint_push_duration_seconds")
+
+	// Bursts, one mode after the other.
+	var burstReloads, burstFresh [2]int
+	burstPushes := 0
+	for i, a := range agents {
+		before, fresh, pushes := a.reloads(), a.workers.fresh, a.pushes()
+		time.Sleep(300 * time.Millisecond)
+		if err := a.burst(o.burst, o.apps, 3*time.Second); err != nil {
+			return err
+		}
+		burstReloads[i], burstFresh[i] = a.reloads()-before, a.workers.fresh-fresh
+		if a == dyn {
+			burstPushes = a.pushes() - pushes
+		}
+	}
+
+	var mems [2]mem
+	for i, a := range agents {
+		if mems[i], err = a.memory(); err != nil {
+			return err
+		}
+	}
+
+	r, f, d := times[0], times[1], times[2]
+	fmt.Printf("\nlbagent benchmark: %d apps x %d servers, both upstream modes in one run (%s in all; load average %s at the start, %s at the end, on %d CPUs)\n",
+		o.apps, o.servers, time.Since(begin).Round(time.Second), loadBefore, loadavg(), runtime.NumCPU())
+	fmt.Printf("\nchange -> first answer from the new backend   %9s %9s %9s    n\n", "p50", "p95", "p99")
+	row := func(name string, ds []time.Duration) {
+		fmt.Printf("  %-44s %6.1f ms %6.1f ms %6.1f ms  %3d\n", name, ms(pct(ds, 50)), ms(pct(ds, 95)), ms(pct(ds, 99)), len(ds))
+	}
+	row("floor: nginx -t + SIGHUP + first answer", f)
+	row("reload mode (--upstream-mode reload)", r)
+	row("dynamic mode (--upstream-mode dynamic)", d)
+	ratio := func(name string, ds []time.Duration) {
+		fmt.Printf("  %-44s %8.3fx %8.3fx %8.3fx\n", name, ratioOf(ds, f, 50), ratioOf(ds, f, 95), ratioOf(ds, f, 99))
+	}
+	ratio("reload mode / floor", r)
+	ratio("dynamic mode / floor", d)
+	fmt.Printf("  %-44s %8.1fx %8.1fx %8.1fx\n", "reload mode / dynamic mode", 1/ratioOf(d, r, 50), 1/ratioOf(d, r, 95), 1/ratioOf(d, r, 99))
+	fmt.Printf("  dynamic targets: p50 < 5 ms %s, p99 < 20 ms %s; reload target: p50 <= 1.2 x floor + 20 ms = %.1f ms %s\n",
+		verdict(pct(d, 50) < 5*time.Millisecond), verdict(pct(d, 99) < 20*time.Millisecond),
+		ms(time.Duration(1.2*float64(pct(f, 50))))+20, verdict(ms(pct(r, 50)) <= ms(time.Duration(1.2*float64(pct(f, 50))))+20))
+	fmt.Printf("  dynamic mode: %d endpoint pushes for %d changes, mean push (POST + read-back) %.2f ms\n", changePushes, len(d), ms(pushMean))
+
+	fmt.Printf("\nnginx reloads                     lbagent reloads_total   nginx: new worker sets (workers)\n")
+	reloadRow := func(name string, n int, fresh int, w *workerWatch) {
+		fmt.Printf("  %-34s %8d %20.1f (%d)\n", name, n, w.sets(fresh), fresh)
+	}
+	reloadRow(fmt.Sprintf("reload mode, %d changes", len(r)), changeReloads[0], changeFresh[0], reload.workers)
+	reloadRow(fmt.Sprintf("dynamic mode, %d changes", len(d)), changeReloads[1], changeFresh[1], dyn.workers)
+	reloadRow(fmt.Sprintf("reload mode, burst of %d", o.burst), burstReloads[0], burstFresh[0], reload.workers)
+	reloadRow(fmt.Sprintf("dynamic mode, burst of %d", o.burst), burstReloads[1], burstFresh[1], dyn.workers)
+	fmt.Printf("  dynamic mode: %d endpoint pushes for the burst; targets: 0 reloads in dynamic mode %s, <= 3 for a burst in reload mode %s\n",
+		burstPushes, verdict(changeReloads[1]+burstReloads[1]+changeFresh[1]+burstFresh[1] == 0), verdict(burstReloads[0] <= 3))
+	for _, a := range agents {
+		if a.workers.masters > 0 {
+			fmt.Printf("  SURPRISE: %s mode's nginx master changed %d times (restarted)\n", a.mode, a.workers.masters)
+		}
+	}
+
+	fmt.Printf("\nmemory, MB        lbagent VmRSS (VmHWM)   nginx workers VmRSS: sum   max  (sum of RssAnon, RssShmem)   master VmRSS   nginx Pss, master + workers\n")
+	for i, a := range agents {
+		m := mems[i]
+		sum, anon, shmem := m.workerSum()
+		fmt.Printf("  %-15s %13.1f (%5.1f)   %2d workers %10.1f %5.1f  (%5.1f, %4.1f) %25.1f %14.1f\n", a.mode+" mode", mb(m.agentRSS), mb(m.agentHWM),
+			len(m.workers), mb(sum), mb(m.workerMax()), mb(anon), mb(shmem), mb(m.master.rss), mb(m.nginxPss()))
+	}
+	fmt.Printf("  lbagent target < 50 MB: reload %s, dynamic %s\n", verdict(mb(mems[0].agentRSS) < 50), verdict(mb(mems[1].agentRSS) < 50))
+
+	fmt.Printf("\nrender (lbagent's own histogram)\n")
+	for _, a := range agents {
+		mean, n := a.mean("berth_lbagent_render_duration_seconds")
+		fmt.Printf("  %-29s %6.1f ms mean of %d\n", a.mode+" mode", ms(mean), n)
+	}
+	for _, a := range agents {
+		if lines := a.errorLog(); len(lines) > 0 {
+			fmt.Printf("\n%s mode's nginx error log: %d lines (warn and up); the last:\n  %s\n", a.mode, len(lines), strings.Join(lines[max(0, len(lines)-3):], "\n  "))
+		}
+	}
+	return nil
+}
+
+// populate writes the state under a's prefix: apps with servers instances
+// each, but app-0000, which has a single instance on the real backend
+// first, so that its answers are definite.
+func populate(a *agent, nApps, nServers int, first string) error {
 	for i := range nApps {
 		name := fmt.Sprintf("app-%04d", i)
-		if err := b.put(b.apps, name, appMsg(name)); err != nil {
+		if err := put(a.apps, name, appMsg(name)); err != nil {
 			return err
 		}
 		for j := range nServers {
 			addr := fmt.Sprintf("127.0.0.%d:%d", 2+j, 20000+i)
 			if i == 0 && j == 0 {
-				addr = b.a
+				addr = first
 			} else if i == 0 {
-				continue // app-0000 has one server, a real backend, so answers are definite
+				continue
 			}
-			if err := b.put(b.insts, msg.InstanceKey(name, fmt.Sprintf("i%d", j)), inst(name, fmt.Sprintf("i%d", j), addr)); err != nil {
+			if err := put(a.insts, msg.InstanceKey(name, fmt.Sprintf("i%d", j)), inst(name, fmt.Sprintf("i%d", j), addr)); err != nil {
 				return err
 			}
 		}
 	}
-
-	b.httpAddr, b.metrics = freeAddr(), freeAddr()
-	bin := filepath.Join(dir, "lbagent")
-	if out, err := exec.Command("go", "build", "-o", bin, "./lbagent").CombinedOutput(); err != nil {
-		return fmt.Errorf("build lbagent: %v: %s", err, out)
-	}
-	logf, _ := os.Create(filepath.Join(dir, "lbagent.log"))
-	agent := exec.Command(bin, "--nats-url", srv.URL(), "--node", "bench", "--manage-nginx", "--nginx-bin", nginxBin,
-		"--nginx-conf", filepath.Join(dir, "lb", "conf", "nginx.conf"), "--nginx-prefix", filepath.Join(dir, "lb"),
-		"--state-dir", filepath.Join(dir, "state"), "--templates", filepath.Join(dir, "none"),
-		"--listen-http", b.httpAddr, "--listen-https", freeAddr(), "--status-listen", freeAddr(), "--metrics-listen", b.metrics)
-	agent.Stdout, agent.Stderr = logf, logf
-	if err := agent.Start(); err != nil {
-		return err
-	}
-	defer func() { _ = agent.Process.Signal(os.Interrupt); _ = agent.Wait() }()
-	start := time.Now()
-	if _, err := b.waitBody("app-0000.bench", "A", 120*time.Second); err != nil {
-		log, _ := os.ReadFile(filepath.Join(dir, "lbagent.log"))
-		return fmt.Errorf("%w\n%s", err, tail(string(log), 3000))
-	}
-	fmt.Printf("initial config served after %s\n", time.Since(start).Round(time.Millisecond))
-
-	// Change-to-served through lbagent.
-	var cts []time.Duration
-	for i := range nChanges {
-		want, addr := "B", b.b
-		if i%2 == 1 {
-			want, addr = "A", b.a
-		}
-		time.Sleep(150 * time.Millisecond) // each change on its own, as an operator's would be
-		t0 := time.Now()
-		if err := b.put(b.insts, "app-0000.i0", inst("app-0000", "i0", addr)); err != nil {
-			return err
-		}
-		if _, err := b.waitBody("app-0000.bench", want, 30*time.Second); err != nil {
-			return err
-		}
-		cts = append(cts, time.Since(t0))
-	}
-	renderMean, renders := b.renderMean()
-
-	// The floor: the same config, by hand, in a second nginx.
-	floor, padded, err := b.floor(nginxBin, nChanges)
-	if err != nil {
-		return err
-	}
-
-	// Burst.
-	before := b.reloads()
-	time.Sleep(300 * time.Millisecond)
-	for i := range nBurst {
-		name := fmt.Sprintf("app-%04d", 1+i%(nApps-1))
-		if err := b.put(b.insts, msg.InstanceKey(name, "i1"), inst(name, "i1", fmt.Sprintf("127.0.0.%d:%d", 100+i%100, 30000+i))); err != nil {
-			return err
-		}
-	}
-	time.Sleep(3 * time.Second)
-	burstReloads := b.reloads() - before
-
-	p50, p95 := pct(cts, 50), pct(cts, 95)
-	f50, f95 := pct(floor, 50), pct(floor, 95)
-	o50, o95 := pct(padded, 50), pct(padded, 95)
-	fmt.Printf("\nlbagent benchmark: %d apps x %d servers\n", nApps, nServers)
-	fmt.Printf("  render (mean of %d)            %8.1f ms   target < 50 ms\n", renders, ms(renderMean))
-	fmt.Printf("  floor: nginx -t + HUP + 1st    %8.1f ms p50  %8.1f ms p95\n", ms(f50), ms(f95))
-	fmt.Printf("  earlier floor: -s reload       %8.1f ms p50  %8.1f ms p95   (padded by a second nginx parsing the config)\n", ms(o50), ms(o95))
-	fmt.Printf("  change-to-served               %8.1f ms p50  %8.1f ms p95\n", ms(p50), ms(p95))
-	fmt.Printf("  ratio to floor                 %8.2fx   p50  %8.2fx   p95   target <= 1.2x floor + 20 ms (p50 limit %.1f ms)\n",
-		float64(p50)/float64(f50), float64(p95)/float64(f95), ms(time.Duration(1.2*float64(f50)))+20)
-	fmt.Printf("  ratio to the earlier floor     %8.2fx   p50  %8.2fx   p95\n", float64(p50)/float64(o50), float64(p95)/float64(o95))
-	fmt.Printf("  reloads for a burst of %d      %8d        target <= 3\n", nBurst, burstReloads)
 	return nil
 }
 
-func (b *bench) put(kv *bus.KV, key string, m msg.Message) error {
+func put(kv *bus.KV, key string, m msg.Message) error {
 	data, err := msg.Encode(m)
 	if err != nil {
 		return err
@@ -207,15 +310,17 @@ func inst(app, id, addr string) *msg.Instance {
 	return &msg.Instance{App: app, ID: id, Generation: 1, Term: 1, Address: addr, State: msg.StateRunning, Weight: 1, UpdatedAt: time.Now()}
 }
 
-func backend(body string) string {
+// backend starts an HTTP server on 127.0.0.1 that answers its own address.
+func backend() string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		panic(err)
 	}
+	addr := ln.Addr().String()
 	go func() {
-		_ = http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, body) }))
+		_ = http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, addr) }))
 	}()
-	return ln.Addr().String()
+	return addr
 }
 
 func freeAddr() string {
@@ -227,12 +332,8 @@ func freeAddr() string {
 	return ln.Addr().String()
 }
 
-// waitBody polls addr with Host host every millisecond until it answers
+// waitBodyAt polls addr with Host host every millisecond until it answers
 // want, and returns how long that took.
-func (b *bench) waitBody(host, want string, timeout time.Duration) (time.Duration, error) {
-	return waitBodyAt(b.client, b.httpAddr, host, want, timeout)
-}
-
 func waitBodyAt(client *http.Client, addr, host, want string, timeout time.Duration) (time.Duration, error) {
 	start := time.Now()
 	last := ""
@@ -254,157 +355,39 @@ func waitBodyAt(client *http.Client, addr, host, want string, timeout time.Durat
 	return 0, fmt.Errorf("%s did not answer %q within %s (last: %s)", host, want, timeout, last)
 }
 
-var listenRe = regexp.MustCompile(`listen 127\.0\.0\.1:\d+`)
-var genRe = regexp.MustCompile(`return 200 "\d+\\n";`)
-
-// floor times, n times each, the least a config-reloading agent must do
-// for one change, on a copy of lbagent's config served by a second nginx:
-// write the config to a staging prefix, nginx -t it there, write it live,
-// SIGHUP the master named in the live pid file (as lbagent does), and poll
-// until the first answer from the new backend. Interleaved with those, it
-// times the same with `nginx -s reload` in place of the signal, the floor
-// of earlier runs: a second nginx that parses the whole config again only
-// to read the pid file and send the same signal.
-func (b *bench) floor(nginxBin string, n int) (hup, reload []time.Duration, err error) {
-	conf, err := os.ReadFile(filepath.Join(b.dir, "lb", "conf", "nginx.conf"))
-	if err != nil {
-		return nil, nil, err
-	}
-	addr := freeAddr()
-	ports := map[string]string{}
-	conf = listenRe.ReplaceAllFunc(conf, func(m []byte) []byte {
-		old := string(m)
-		if _, ok := ports[old]; !ok {
-			ports[old] = "listen " + freeAddr()
-		}
-		return []byte(ports[old])
-	})
-	for old, nw := range ports {
-		if strings.HasSuffix(old, b.httpAddr) {
-			addr = strings.TrimPrefix(nw, "listen ")
-		}
-	}
-	prefix, staging := filepath.Join(b.dir, "floor"), filepath.Join(b.dir, "floor-staging")
-	for _, p := range []string{prefix, staging} {
-		for _, sub := range []string{"conf", "logs", "run", "temp"} {
-			if err := os.MkdirAll(filepath.Join(p, sub), 0o755); err != nil {
-				return nil, nil, err
-			}
-		}
-	}
-	live := filepath.Join(prefix, "conf", "nginx.conf")
-	if err := os.WriteFile(live, conf, 0o644); err != nil {
-		return nil, nil, err
-	}
-	cmd := exec.Command(nginxBin, "-e", "stderr", "-p", prefix, "-c", live, "-g", "daemon off;")
-	if err := cmd.Start(); err != nil {
-		return nil, nil, err
-	}
-	defer func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() }()
-	cur := b.a
-	if bytes.Contains(conf, []byte(b.b)) && !bytes.Contains(conf, []byte(b.a)) {
-		cur = b.b
-	}
-	want := map[string]string{b.a: "A", b.b: "B"}
-	if _, err := waitBodyAt(b.client, addr, "app-0000.bench", want[cur], 60*time.Second); err != nil {
-		return nil, nil, fmt.Errorf("floor nginx: %w", err)
-	}
-	pidFile := filepath.Join(prefix, "run", "nginx.pid")
-	for i := range 2 * n {
-		next := b.a
-		if cur == b.a {
-			next = b.b
-		}
-		conf = bytes.Replace(conf, []byte(cur), []byte(next), 1)
-		conf = genRe.ReplaceAll(conf, []byte(fmt.Sprintf(`return 200 "%d\n";`, 100000+i)))
-		cur = next
-		time.Sleep(150 * time.Millisecond)
-		t0 := time.Now()
-		stagingConf := filepath.Join(staging, "conf", "nginx.conf")
-		if err := os.WriteFile(stagingConf, conf, 0o644); err != nil {
-			return nil, nil, err
-		}
-		if o, err := exec.Command(nginxBin, "-t", "-q", "-e", "stderr", "-p", staging, "-c", stagingConf).CombinedOutput(); err != nil {
-			return nil, nil, fmt.Errorf("floor nginx -t: %v: %s", err, o)
-		}
-		if err := os.WriteFile(live, conf, 0o644); err != nil {
-			return nil, nil, err
-		}
-		if i%2 == 0 {
-			if err := hupMaster(pidFile); err != nil {
-				return nil, nil, err
-			}
-		} else if o, err := exec.Command(nginxBin, "-e", "stderr", "-p", prefix, "-c", live, "-s", "reload").CombinedOutput(); err != nil {
-			return nil, nil, fmt.Errorf("floor reload: %v: %s", err, o)
-		}
-		if _, err := waitBodyAt(b.client, addr, "app-0000.bench", want[cur], 30*time.Second); err != nil {
-			return nil, nil, err
-		}
-		if i%2 == 0 {
-			hup = append(hup, time.Since(t0))
-		} else {
-			reload = append(reload, time.Since(t0))
-		}
-	}
-	return hup, reload, nil
-}
-
-// hupMaster sends SIGHUP to the nginx master named in pidFile, as lbagent's
-// reloaders do (nginx.Supervisor, nginx.PidFile).
-func hupMaster(pidFile string) error {
-	data, err := os.ReadFile(pidFile)
-	if err != nil {
-		return fmt.Errorf("floor: read pid file: %w", err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
-	if err != nil || pid <= 1 {
-		return fmt.Errorf("floor: pid file %s holds %q, not a pid", pidFile, strings.TrimSpace(string(data)))
-	}
-	if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
-		return fmt.Errorf("floor: signal master %d: %w", pid, err)
-	}
-	return nil
-}
-
-// metric reads one sample from lbagent's /metrics.
-func (b *bench) metric(name string) float64 {
-	resp, err := b.client.Get("http://" + b.metrics + "/metrics")
-	if err != nil {
-		return 0
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(body), "\n") {
-		if strings.HasPrefix(line, name+" ") {
-			v, _ := strconv.ParseFloat(strings.TrimPrefix(line, name+" "), 64)
-			return v
-		}
-	}
-	return 0
-}
-
-func (b *bench) renderMean() (time.Duration, int) {
-	sum, count := b.metric("berth_lbagent_render_duration_seconds_sum"), b.metric("berth_lbagent_render_duration_seconds_count")
-	if count == 0 {
-		return 0, 0
-	}
-	return time.Duration(sum / count * float64(time.Second)), int(count)
-}
-
-func (b *bench) reloads() int {
-	return int(b.metric(`berth_lbagent_reloads_total{result="applied"}`) + b.metric(`berth_lbagent_reloads_total{result="rejected"}`))
-}
-
+// pct is the p-th percentile by nearest rank: the smallest sample with at
+// least p % of the samples at or below it.
 func pct(ds []time.Duration, p int) time.Duration {
 	if len(ds) == 0 {
 		return 0
 	}
 	s := append([]time.Duration(nil), ds...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[(len(s)-1)*p/100]
+	return s[max(0, int(math.Ceil(float64(p)/100*float64(len(s))))-1)]
+}
+
+func ratioOf(ds, floor []time.Duration, p int) float64 {
+	return float64(pct(ds, p)) / float64(pct(floor, p))
+}
+
+// loadavg is the machine's 1-minute load average, to tell a busy run.
+func loadavg() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	return strings.Fields(string(data))[0]
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "MISSED"
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+func mb(kb int64) float64        { return float64(kb) / 1024 }
 
 func tail(s string, n int) string {
 	if len(s) <= n {
