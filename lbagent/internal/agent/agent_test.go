@@ -239,9 +239,11 @@ func TestAgentSkipsIdenticalAndCoalescesBursts(t *testing.T) {
 	r := newRig(t, time.Hour)
 	r.putApp(appMsg("web", "web.test"))
 	addr := testrig.Backend(t, "A")
-	r.putInstance("web", "a", addr, msg.StateRunning)
+	first := r.putInstance("web", "a", addr, msg.StateRunning)
 	r.waitFor("web.test", 200, "A")
-	require.Eventually(t, func() bool { return r.agent.Generation() > 0 }, 5*time.Second, 5*time.Millisecond)
+	// nginx can serve A a moment before the agent records the generation
+	// that brought it: wait for the report of that revision first.
+	require.Eventually(t, func() bool { _, ag := r.rep.last(); return ag != nil && ag.AppliedRevision >= first }, 5*time.Second, 5*time.Millisecond)
 	gen := r.agent.Generation()
 
 	// The same state again: the revision moves, the config does not.
