@@ -287,6 +287,26 @@ func checked(check func(string) error) func(string) (string, error) {
 	}
 }
 
+// checkUpstream checks an upstream name as UpstreamName makes it.
+func checkUpstream(s string) error {
+	name, ok := strings.CutPrefix(s, "berth_")
+	if !ok || name == "" {
+		return fmt.Errorf("upstream %q is not berth_<app>", s)
+	}
+	for _, r := range name {
+		if (r < 'a' || r > 'z') && (r < '0' || r > '9') && r != '_' {
+			return fmt.Errorf("upstream %q is not berth_<app>", s)
+		}
+	}
+	return nil
+}
+
+// checkLocation checks a location argument as matches makes it: a
+// routing path, or "= " and one.
+func checkLocation(s string) error {
+	return spec.CheckPath(strings.TrimPrefix(s, "= "))
+}
+
 // secs writes d for parameters nginx parses in whole seconds (fail_timeout),
 // rounded up so a sub-second value does not become 0 (off).
 func secs(d spec.Duration) string { return fmt.Sprintf("%ds", (d.Std()+time.Second-1)/time.Second) }
@@ -294,11 +314,14 @@ func secs(d spec.Duration) string { return fmt.Sprintf("%ds", (d.Std()+time.Seco
 // funcs are the only way values reach the text: each checks its value
 // against the grammar nginx needs and fails the render otherwise.
 var funcs = template.FuncMap{
-	"host":    checked(spec.CheckHost),
-	"file":    checked(spec.CheckFilePath),
-	"addr":    checked(msg.CheckAddress),
-	"listen":  checked(msg.CheckAddress),
-	"hashkey": checked(spec.CheckHashKey),
+	"name":     checked(spec.CheckName),
+	"upstream": checked(checkUpstream),
+	"location": checked(checkLocation),
+	"host":     checked(spec.CheckHost),
+	"file":     checked(spec.CheckFilePath),
+	"addr":     checked(msg.CheckAddress),
+	"listen":   checked(msg.CheckAddress),
+	"hashkey":  checked(spec.CheckHashKey),
 	"quote": func(s string) (string, error) {
 		if !spec.NginxSafe(s) {
 			return "", fmt.Errorf("%q cannot be quoted for nginx", s)

@@ -197,7 +197,9 @@ func TestHelpersRefuseHostileValues(t *testing.T) {
 			a.Spec.Routing.Hosts = []string{"a.com"}
 			a.Spec.Routing.TLS = &spec.TLS{Certificate: "/c.crt;", Key: "/k"}
 		}, "is not a valid file path"},
-		{"app name", func(a *state.App) { a.Spec.Name = `web"` }, "cannot be quoted for nginx"},
+		{"app name", func(a *state.App) { a.Spec.Name = `web"` }, "is not a valid name"},
+		{"app name with a newline", func(a *state.App) { a.Spec.Name = "web\n}" }, "is not a valid name"},
+		{"path", func(a *state.App) { a.Spec.Routing.Paths = []string{"/a {"} }, "path"},
 		{"ipv6 zone", func(a *state.App) { a.Servers[0].Address = "[fe80::1%x;\n}\nserver {listen 9999;}\n#]:80" }, "is not a valid address"},
 		{"host name address", func(a *state.App) { a.Servers[0].Address = "evil.example.com:80" }, "is not a valid address"},
 		{"exact host over the hash bucket", func(a *state.App) { a.Spec.Routing.Hosts = []string{longHost(spec.MaxExactHostLen + 1)} }, "at most 110"},
