@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -401,44 +400,6 @@ func (p *lbagentProcess) wait(t *testing.T, timeout time.Duration) error {
 	}
 }
 
-// nginxMasters returns the pids of the live nginx masters started with -p
-// prefix, found in /proc. A worker just forked still shows its master's
-// title until it sets its own, so a process whose parent matches too is
-// not counted.
-func nginxMasters(t *testing.T, prefix string) []int {
-	t.Helper()
-	entries, err := os.ReadDir("/proc")
-	require.NoError(t, err)
-	parents := map[int]int{}
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		title := strings.TrimRight(string(cmdline), "\x00") + " "
-		if err != nil || !strings.HasPrefix(title, "nginx: master process ") || !strings.Contains(title, " -p "+prefix+" ") {
-			continue
-		}
-		// "pid (comm) state ppid …"
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		i := strings.LastIndexByte(string(stat), ')')
-		if err != nil || i < 0 {
-			continue
-		}
-		if f := strings.Fields(string(stat[i+1:])); len(f) >= 2 && f[0] != "Z" {
-			parents[pid], _ = strconv.Atoi(f[1])
-		}
-	}
-	pids := []int{}
-	for pid, parent := range parents {
-		if _, forked := parents[parent]; !forked {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
 // steadyLoad sends GETs through nginx from a few clients until stopped and
 // counts every failure: each request on a fresh connection, with a body
 // that net/http cannot replay, so no failure is hidden by a retry.
@@ -510,10 +471,10 @@ func TestManagedNginxOutlivesKilledLBAgent(t *testing.T) {
 	// Registered first, so it runs last: whatever the outcome, no nginx of
 	// this test outlives it.
 	t.Cleanup(func() {
-		for _, pid := range nginxMasters(t, dir) {
+		for _, pid := range testrig.NginxMasters(t, dir) {
 			_ = syscall.Kill(pid, syscall.SIGQUIT)
 		}
-		require.Eventually(t, func() bool { return len(nginxMasters(t, dir)) == 0 }, 15*time.Second, 20*time.Millisecond)
+		require.Eventually(t, func() bool { return len(testrig.NginxMasters(t, dir)) == 0 }, 15*time.Second, 20*time.Millisecond)
 	})
 	logPath := filepath.Join(dir, "lbagent.log")
 	t.Cleanup(func() {
@@ -536,7 +497,7 @@ func TestManagedNginxOutlivesKilledLBAgent(t *testing.T) {
 	cl.app("demo")
 	cl.instance("demo", "a", testrig.Backend(t, "A"), msg.StateRunning)
 	require.Equal(t, "A", testrig.WaitHTTP(t, "http://"+httpAddr+"/", 30*time.Second))
-	masters := nginxMasters(t, dir)
+	masters := testrig.NginxMasters(t, dir)
 	require.Len(t, masters, 1)
 	master := masters[0]
 
@@ -547,7 +508,7 @@ func TestManagedNginxOutlivesKilledLBAgent(t *testing.T) {
 	before := load.ok.Load()
 	time.Sleep(time.Second)
 	require.Greater(t, load.ok.Load(), before+10, "nginx keeps serving while no lbagent runs")
-	require.Equal(t, []int{master}, nginxMasters(t, dir))
+	require.Equal(t, []int{master}, testrig.NginxMasters(t, dir))
 
 	// A new lbagent adopts the running master and applies a later change.
 	second := startLBAgentProcess(t, logPath, []string{"BERTH_LBAGENT_LEAVE_NGINX_RUNNING=true"}, args...)
@@ -560,13 +521,13 @@ func TestManagedNginxOutlivesKilledLBAgent(t *testing.T) {
 		}
 		return false
 	}, 30*time.Second, 20*time.Millisecond, "the new lbagent applies a state change to the adopted nginx")
-	require.Equal(t, []int{master}, nginxMasters(t, dir), "the same master serves: adopted, not started again")
+	require.Equal(t, []int{master}, testrig.NginxMasters(t, dir), "the same master serves: adopted, not started again")
 
 	// With --leave-nginx-running a clean stop leaves nginx serving too.
 	require.NoError(t, second.cmd.Process.Signal(syscall.SIGTERM))
 	require.NoError(t, second.wait(t, 40*time.Second), "a clean stop exits 0")
 	time.Sleep(300 * time.Millisecond)
-	require.Equal(t, []int{master}, nginxMasters(t, dir), "--leave-nginx-running leaves nginx running")
+	require.Equal(t, []int{master}, testrig.NginxMasters(t, dir), "--leave-nginx-running leaves nginx running")
 	third := startLBAgentProcess(t, logPath, nil, args...)
 	cl.instance("demo", "a", "127.0.0.1:1", msg.StateStopped)
 	require.Eventually(t, func() bool {
@@ -582,12 +543,12 @@ func TestManagedNginxOutlivesKilledLBAgent(t *testing.T) {
 	t.Logf("requests: %d ok, %d failed", ok, failed)
 	require.Zero(t, failed, "no request fails while lbagent is killed, replaced and restarted: %v", errs)
 	require.Greater(t, ok, int64(100))
-	require.Equal(t, []int{master}, nginxMasters(t, dir), "one master all along")
+	require.Equal(t, []int{master}, testrig.NginxMasters(t, dir), "one master all along")
 
 	// Without the flag a clean stop quits nginx.
 	require.NoError(t, third.cmd.Process.Signal(syscall.SIGTERM))
 	require.NoError(t, third.wait(t, 40*time.Second), "a clean stop exits 0")
-	require.Eventually(t, func() bool { return len(nginxMasters(t, dir)) == 0 }, 10*time.Second, 20*time.Millisecond,
+	require.Eventually(t, func() bool { return len(testrig.NginxMasters(t, dir)) == 0 }, 10*time.Second, 20*time.Millisecond,
 		"a clean stop quits nginx")
 }
 

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -166,4 +167,44 @@ func (n *Nginx) Log() string {
 		fmt.Fprintf(&b, "--- %s ---\n%s", f, tail(string(data), 4000))
 	}
 	return b.String()
+}
+
+// NginxMasters returns the pids of the live nginx masters on the machine
+// started with -p prefix, found in /proc. A worker just forked still shows
+// its master's title until it sets its own, so a process whose parent
+// matches too is not counted; zombies are not live.
+func NginxMasters(t testing.TB, prefix string) []int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatalf("read /proc: %v", err)
+	}
+	parents := map[int]int{}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		title := strings.ReplaceAll(strings.TrimRight(string(cmdline), "\x00"), "\x00", " ") + " "
+		if err != nil || !strings.HasPrefix(title, "nginx: master process ") || !strings.Contains(title, " -p "+prefix+" ") {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		i := strings.LastIndexByte(string(stat), ')')
+		if err != nil || i < 0 {
+			continue
+		}
+		// "pid (comm) S ppid …": the state and parent follow the last ')'.
+		if f := strings.Fields(string(stat[i+1:])); len(f) >= 2 && f[0] != "Z" {
+			parents[pid], _ = strconv.Atoi(f[1])
+		}
+	}
+	pids := []int{}
+	for pid, parent := range parents {
+		if _, forked := parents[parent]; !forked {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }

@@ -8,8 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -81,52 +79,6 @@ func quitLeftNginx(t *testing.T, b Binary) {
 	})
 }
 
-// masters returns the pids of every nginx master of prefix on the machine.
-// A worker just forked still shows its master's title until it sets its
-// own, so a process whose parent matches too is not counted.
-func masters(t *testing.T, prefix string) []int {
-	t.Helper()
-	entries, err := os.ReadDir("/proc")
-	require.NoError(t, err)
-	parents := map[int]int{}
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err == nil && strings.HasPrefix(string(cmdline), masterTitle) &&
-			strings.Contains(strings.TrimRight(string(cmdline), "\x00")+" ", " -p "+prefix+" ") && running(pid) {
-			parents[pid] = ppid(pid)
-		}
-	}
-	pids := []int{}
-	for pid, parent := range parents {
-		if _, forked := parents[parent]; !forked {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
-// ppid returns the parent of pid, or 0.
-func ppid(pid int) int {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	i := strings.LastIndexByte(string(stat), ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(string(stat[i+1:])) // state, ppid, …
-	if len(f) < 2 {
-		return 0
-	}
-	n, _ := strconv.Atoi(f[1])
-	return n
-}
-
 func serves(port int) (string, error) {
 	c := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/", port))
@@ -161,7 +113,7 @@ func TestSupervisorAdoptsRunningMaster(t *testing.T) {
 	s.PollInterval = 20 * time.Millisecond
 	cancel, done := runSupervisor(t, s)
 	require.Equal(t, pid, s.PID(), "the running master is adopted")
-	require.Equal(t, []int{pid}, masters(t, dir), "no second master is started")
+	require.Equal(t, []int{pid}, testrig.NginxMasters(t, dir), "no second master is started")
 
 	// Reloads reach the adopted master.
 	client := &http.Client{Timeout: time.Second}
@@ -177,13 +129,13 @@ func TestSupervisorAdoptsRunningMaster(t *testing.T) {
 	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
 	require.Eventually(t, func() bool { p := s.PID(); return p != 0 && p != pid }, 10*time.Second, 10*time.Millisecond)
 	require.NoError(t, Confirm(ctx, client, status, "2", 10*time.Millisecond))
-	require.Equal(t, []int{s.PID()}, masters(t, dir))
+	require.Equal(t, []int{s.PID()}, testrig.NginxMasters(t, dir))
 
 	restarted := s.PID()
 	cancel()
 	require.NoError(t, <-done)
 	require.False(t, running(restarted), "a clean stop quits nginx")
-	require.Empty(t, masters(t, dir))
+	require.Empty(t, testrig.NginxMasters(t, dir))
 }
 
 func TestSupervisorIgnoresStalePidFile(t *testing.T) {
@@ -229,7 +181,7 @@ func TestSupervisorIgnoresStalePidFile(t *testing.T) {
 			require.NotEqual(t, tt.alive, pid, "a pid that is not our nginx is never adopted")
 			require.Eventually(t, func() bool { body, err := serves(port); return err == nil && body == "fresh" },
 				10*time.Second, 10*time.Millisecond, "nginx is started fresh")
-			require.Equal(t, []int{pid}, masters(t, dir))
+			require.Equal(t, []int{pid}, testrig.NginxMasters(t, dir))
 			if tt.alive != 0 {
 				require.True(t, running(tt.alive), "the process the stale pid file named is not signalled")
 			}
@@ -273,7 +225,7 @@ func TestSupervisorStop(t *testing.T) {
 			require.Eventually(t, func() bool { return !running(pid) }, 5*time.Second, 10*time.Millisecond, "a clean stop quits nginx")
 			_, err := serves(port)
 			require.Error(t, err, "nothing listens any more")
-			require.Empty(t, masters(t, dir))
+			require.Empty(t, testrig.NginxMasters(t, dir))
 		})
 	}
 }
