@@ -185,6 +185,16 @@ func (r *rig) get(host string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
+// onlyServes reports whether six requests to host in a row got body.
+func (r *rig) onlyServes(host, body string) bool {
+	for range 6 {
+		if _, got := r.get(host); got != body {
+			return false
+		}
+	}
+	return true
+}
+
 // waitFor polls until host answers code with a body containing want.
 func (r *rig) waitFor(host string, code int, want string) {
 	r.t.Helper()
@@ -221,14 +231,8 @@ func TestAgentRoutesSpreadsAndRemoves(t *testing.T) {
 	require.Contains(t, body, "not_found")
 
 	r.putInstance("web", "a", a, msg.StateDraining)
-	require.Eventually(t, func() bool {
-		for range 6 {
-			if _, body := r.get("web.test"); body != "B" {
-				return false
-			}
-		}
-		return true
-	}, 10*time.Second, 20*time.Millisecond, "a draining instance gets no new requests")
+	require.Eventually(t, func() bool { return r.onlyServes("web.test", "B") }, 10*time.Second, 20*time.Millisecond,
+		"a draining instance gets no new requests")
 
 	r.putInstance("web", "b", b, msg.StateStopped)
 	r.waitFor("web.test", 503, "no healthy instance")
@@ -377,14 +381,8 @@ func TestDynamicEndpointChangesReloadNothing(t *testing.T) {
 	require.Eventually(t, func() bool { _, ag := r.rep.last(); return ag != nil && ag.AppliedRevision == rev }, 5*time.Second, 5*time.Millisecond,
 		"the applied revision follows a push")
 	r.putInstance("web", "a", a, msg.StateDraining)
-	require.Eventually(t, func() bool {
-		for range 6 {
-			if _, body := r.get("web.test"); body != "B" {
-				return false
-			}
-		}
-		return true
-	}, 5*time.Second, 5*time.Millisecond, "a draining instance gets no new requests")
+	require.Eventually(t, func() bool { return r.onlyServes("web.test", "B") }, 5*time.Second, 5*time.Millisecond,
+		"a draining instance gets no new requests")
 	for i := range 20 { // a burst of starts and stops
 		st := msg.StateRunning
 		if i%2 == 1 {
