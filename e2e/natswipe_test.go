@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/berthhq/berth/common/lifecycle"
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/internal/loadgen"
 	"github.com/berthhq/berth/internal/testrig"
@@ -226,14 +227,7 @@ func watchFailures(gens map[string]*loadgen.Run, t0 time.Time) *failureTimeline 
 	}
 	go func() {
 		defer close(tl.done)
-		tick := time.NewTicker(100 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
+		lifecycle.Every(ctx, 100*time.Millisecond, func() {
 			for name, g := range gens {
 				r := g.Snapshot()
 				if n := r.Failed() + r.Retried; n != prev[name] {
@@ -244,7 +238,7 @@ func watchFailures(gens map[string]*loadgen.Run, t0 time.Time) *failureTimeline 
 					prev[name] = n
 				}
 			}
-		}
+		})
 	}()
 	return tl
 }
