@@ -8,9 +8,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/berthhq/berth/common/bus"
 	"github.com/berthhq/berth/common/msg"
-	"github.com/berthhq/berth/common/view"
 )
 
 // Server is one routable instance of an app.
@@ -83,36 +81,114 @@ func Routable(app *msg.App, inst *msg.Instance, h *msg.Health) bool {
 // Instances of apps it does not know are left out. Output is sorted, so the
 // same view always builds the same snapshot.
 func Build(v View) Snapshot {
-	byApp := map[string][]Server{}
-	unsettled := 0
+	groups := map[string]map[string]struct{}{}
 	for key, inst := range v.Instances {
-		app, ok := v.Apps[inst.App]
-		h := v.Health[key]
-		if inst.State == msg.StateRunning && inst.Address != "" && (!ok || app.Health.IsEnabled() && h == nil) {
-			unsettled++
+		g := groups[inst.App]
+		if g == nil {
+			g = map[string]struct{}{}
+			groups[inst.App] = g
 		}
-		if !ok || !Routable(app, inst, h) {
-			continue
-		}
-		byApp[inst.App] = append(byApp[inst.App], Server{Instance: inst.ID, Address: inst.Address, Weight: inst.Weight, Backup: inst.Backup})
+		g[key] = struct{}{}
 	}
+	var b builder
+	return b.full(v, groups)
+}
+
+// builder builds snapshots, and rebuilds only the apps that changed when
+// it is told which (Store does). The result is always what Build returns
+// for the same view.
+type builder struct {
+	last      Snapshot
+	pos       map[string]int // app name → index in last.Apps
+	unsettled map[string]int // by app name, including apps without a record
+}
+
+// full builds every app. groups holds each app's instance keys.
+func (b *builder) full(v View, groups map[string]map[string]struct{}) Snapshot {
 	names := make([]string, 0, len(v.Apps))
 	for name := range v.Apps {
 		names = append(names, name)
 	}
 	sort.Strings(names)
-	s := Snapshot{Apps: make([]App, 0, len(names)), Revision: v.Revision, Instances: len(v.Instances), Unsettled: unsettled}
-	for _, name := range names {
-		servers := byApp[name]
-		sort.Slice(servers, func(i, j int) bool {
-			if servers[i].Address != servers[j].Address {
-				return servers[i].Address < servers[j].Address
-			}
-			return servers[i].Instance < servers[j].Instance
-		})
-		s.Apps = append(s.Apps, App{Spec: v.Apps[name], Servers: servers})
+	s := Snapshot{Apps: make([]App, 0, len(names)), Revision: v.Revision, Instances: len(v.Instances)}
+	b.pos = make(map[string]int, len(names))
+	b.unsettled = map[string]int{}
+	for name, keys := range groups {
+		if _, ok := v.Apps[name]; !ok {
+			_, u := buildApp(name, nil, keys, v)
+			b.unsettled[name] = u
+			s.Unsettled += u
+		}
 	}
+	for i, name := range names {
+		app, u := buildApp(name, v.Apps[name], groups[name], v)
+		s.Apps = append(s.Apps, app)
+		b.pos[name] = i
+		b.unsettled[name] = u
+		s.Unsettled += u
+	}
+	b.last = s
 	return s
+}
+
+// partial rebuilds the dirty apps only; a change of the set of apps, or a
+// builder that has built nothing, builds everything.
+func (b *builder) partial(v View, groups map[string]map[string]struct{}, dirty map[string]struct{}) Snapshot {
+	if b.pos == nil || len(v.Apps) != len(b.pos) {
+		return b.full(v, groups)
+	}
+	for name := range dirty {
+		_, known := b.pos[name]
+		if _, present := v.Apps[name]; present != known {
+			return b.full(v, groups)
+		}
+	}
+	s := b.last
+	s.Apps = append([]App(nil), b.last.Apps...)
+	s.Revision, s.Instances = v.Revision, len(v.Instances)
+	for name := range dirty {
+		app, u := buildApp(name, v.Apps[name], groups[name], v)
+		if i, ok := b.pos[name]; ok {
+			s.Apps[i] = app
+		}
+		s.Unsettled += u - b.unsettled[name]
+		if u == 0 {
+			delete(b.unsettled, name)
+		} else {
+			b.unsettled[name] = u
+		}
+	}
+	b.last = s
+	return s
+}
+
+// buildApp is one app of Build from the keys of its instances: its
+// routable servers, sorted, and how many of its running instances are
+// left out for want of data. spec nil is an app without a record.
+func buildApp(name string, spec *msg.App, keys map[string]struct{}, v View) (App, int) {
+	var servers []Server
+	unsettled := 0
+	for key := range keys {
+		inst := v.Instances[key]
+		if inst == nil || inst.App != name {
+			continue
+		}
+		h := v.Health[key]
+		if inst.State == msg.StateRunning && inst.Address != "" && (spec == nil || spec.Health.IsEnabled() && h == nil) {
+			unsettled++
+		}
+		if spec == nil || !Routable(spec, inst, h) {
+			continue
+		}
+		servers = append(servers, Server{Instance: inst.ID, Address: inst.Address, Weight: inst.Weight, Backup: inst.Backup})
+	}
+	sort.Slice(servers, func(i, j int) bool {
+		if servers[i].Address != servers[j].Address {
+			return servers[i].Address < servers[j].Address
+		}
+		return servers[i].Instance < servers[j].Instance
+	})
+	return App{Spec: spec, Servers: servers}, unsettled
 }
 
 // EmptyHold decides whether next may be applied. A snapshot that removes
@@ -137,79 +213,3 @@ func EmptyHold(applied, next Snapshot, since, now time.Time, hold time.Duration)
 	}
 	return false, since
 }
-
-// Store accumulates what the three watchers deliver, one view.Table per
-// bucket. It is safe for concurrent use: each watcher calls its handler
-// from its own goroutine.
-type Store struct {
-	apps      *view.Table[*msg.App]
-	instances *view.Table[*msg.Instance]
-	health    *view.Table[*msg.Health]
-	changed   chan struct{}
-}
-
-// NewStore returns an empty store.
-func NewStore() *Store {
-	s := &Store{changed: make(chan struct{}, 1)}
-	s.apps = view.NewTable(view.AppTerm, s.notify)
-	s.instances = view.NewTable(view.InstanceTerm, s.notify)
-	s.health = view.NewTable(view.NoTerm[*msg.Health], s.notify)
-	return s
-}
-
-// Changed receives a value after each change (coalesced: one pending at most).
-func (s *Store) Changed() <-chan struct{} { return s.changed }
-
-// Ready reports whether all three buckets have delivered their first
-// complete snapshot; until then nothing may be built.
-func (s *Store) Ready() bool {
-	return s.apps.Loaded() && s.instances.Loaded() && s.health.Loaded()
-}
-
-// AppNames returns the names of the apps it holds, in no order.
-func (s *Store) AppNames() []string {
-	var names []string
-	s.apps.Read(func(apps map[string]*msg.App, _ uint64) {
-		names = make([]string, 0, len(apps))
-		for name := range apps {
-			names = append(names, name)
-		}
-	})
-	return names
-}
-
-// Fenced counts writes dropped because they came from a lower leader term.
-func (s *Store) Fenced() uint64 { return s.apps.Fenced() + s.instances.Fenced() }
-
-// Snapshot builds the current snapshot; ok is false until the store is Ready.
-func (s *Store) Snapshot() (snap Snapshot, ok bool) {
-	if !s.Ready() {
-		return Snapshot{}, false
-	}
-	// Always in this order, so the nested locks cannot deadlock.
-	s.apps.Read(func(apps map[string]*msg.App, _ uint64) {
-		s.instances.Read(func(insts map[string]*msg.Instance, rev uint64) {
-			s.health.Read(func(health map[string]*msg.Health, _ uint64) {
-				snap = Build(View{Apps: apps, Instances: insts, Health: health, Revision: rev})
-			})
-		})
-	})
-	return snap, true
-}
-
-func (s *Store) notify() {
-	select {
-	case s.changed <- struct{}{}:
-	default:
-	}
-}
-
-// AppsHandler handles the apps bucket.
-func (s *Store) AppsHandler() bus.Handler[*msg.App] { return s.apps.Handler() }
-
-// InstancesHandler handles the instances bucket; its revisions become the
-// snapshot's Revision.
-func (s *Store) InstancesHandler() bus.Handler[*msg.Instance] { return s.instances.Handler() }
-
-// HealthHandler handles the health bucket (written by healthd, not fenced).
-func (s *Store) HealthHandler() bus.Handler[*msg.Health] { return s.health.Handler() }

@@ -1,0 +1,176 @@
+package state
+
+import (
+	"strings"
+	"sync"
+
+	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/view"
+)
+
+// Store accumulates what the three watchers deliver, one view.Table per
+// bucket, and builds snapshots from them. It is safe for concurrent use:
+// each watcher calls its handler from its own goroutine.
+//
+// A snapshot is rebuilt only for the apps a change touched since the last
+// one (an app record, or an instance or health key of the app), so an
+// endpoint change at 1000 apps × 10 instances costs one app's work, not
+// the whole state's. A bucket snapshot (a watcher's first load, a resync,
+// a NATS reset) or a change of the set of apps rebuilds everything.
+type Store struct {
+	apps      *view.Table[*msg.App]
+	instances *view.Table[*msg.Instance]
+	health    *view.Table[*msg.Health]
+	changed   chan struct{}
+
+	// mu orders every table change with the dirty marks it leaves and
+	// with Snapshot, so a snapshot never reflects a change (its revision
+	// included) that it has not rebuilt.
+	mu      sync.Mutex
+	groups  map[string]map[string]struct{} // instance keys by app (key prefix)
+	dirty   map[string]struct{}            // apps changed since the last Snapshot
+	all     bool                           // everything changed
+	builder builder
+}
+
+// NewStore returns an empty store.
+func NewStore() *Store {
+	s := &Store{changed: make(chan struct{}, 1), groups: map[string]map[string]struct{}{}, dirty: map[string]struct{}{}, all: true}
+	s.apps = view.NewTable(view.AppTerm, nil)
+	s.instances = view.NewTable(view.InstanceTerm, nil)
+	s.health = view.NewTable(view.NoTerm[*msg.Health], nil)
+	return s
+}
+
+// Changed receives a value after each change (coalesced: one pending at most).
+func (s *Store) Changed() <-chan struct{} { return s.changed }
+
+// Ready reports whether all three buckets have delivered their first
+// complete snapshot; until then nothing may be built.
+func (s *Store) Ready() bool {
+	return s.apps.Loaded() && s.instances.Loaded() && s.health.Loaded()
+}
+
+// AppNames returns the names of the apps it holds, in no order.
+func (s *Store) AppNames() []string {
+	var names []string
+	s.apps.Read(func(apps map[string]*msg.App, _ uint64) {
+		names = make([]string, 0, len(apps))
+		for name := range apps {
+			names = append(names, name)
+		}
+	})
+	return names
+}
+
+// Fenced counts writes dropped because they came from a lower leader term.
+func (s *Store) Fenced() uint64 { return s.apps.Fenced() + s.instances.Fenced() }
+
+// Snapshot builds the current snapshot; ok is false until the store is Ready.
+func (s *Store) Snapshot() (snap Snapshot, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.Ready() {
+		return Snapshot{}, false
+	}
+	// Always in this order, so the nested locks cannot deadlock.
+	s.apps.Read(func(apps map[string]*msg.App, _ uint64) {
+		s.instances.Read(func(insts map[string]*msg.Instance, rev uint64) {
+			s.health.Read(func(health map[string]*msg.Health, _ uint64) {
+				v := View{Apps: apps, Instances: insts, Health: health, Revision: rev}
+				if s.all {
+					snap = s.builder.full(v, s.groups)
+				} else {
+					snap = s.builder.partial(v, s.groups, s.dirty)
+				}
+			})
+		})
+	})
+	s.all = false
+	clear(s.dirty)
+	return snap, true
+}
+
+func (s *Store) notify() {
+	select {
+	case s.changed <- struct{}{}:
+	default:
+	}
+}
+
+// handler feeds table through the store: under mu, it applies the
+// event, then marks the apps it touched (keyApp of the key) and, for the
+// instances table, keeps the index of keys by app.
+func handler[T any](s *Store, table *view.Table[T], keyApp func(string) string, indexed bool) bus.Handler[T] {
+	inner := table.Handler()
+	return bus.HandlerFuncs[T]{
+		OnSnapshot: func(evs []bus.Event[T], rev uint64) {
+			s.mu.Lock()
+			inner.Snapshot(evs, rev)
+			if indexed {
+				clear(s.groups)
+				table.Read(func(rows map[string]T, _ uint64) {
+					for key := range rows {
+						s.index(key, keyApp(key), true)
+					}
+				})
+			}
+			s.all = true
+			s.mu.Unlock()
+			s.notify()
+		},
+		OnUpdate: func(e bus.Event[T]) {
+			s.mu.Lock()
+			inner.Update(e)
+			app := keyApp(e.Key)
+			if indexed {
+				_, present := table.Get(e.Key)
+				s.index(e.Key, app, present)
+			}
+			s.dirty[app] = struct{}{}
+			s.mu.Unlock()
+			s.notify()
+		},
+	}
+}
+
+// index adds key to its app's group, or removes it. Called under mu.
+func (s *Store) index(key, app string, present bool) {
+	g := s.groups[app]
+	if present {
+		if g == nil {
+			g = map[string]struct{}{}
+			s.groups[app] = g
+		}
+		g[key] = struct{}{}
+		return
+	}
+	delete(g, key)
+	if len(g) == 0 {
+		delete(s.groups, app)
+	}
+}
+
+// instanceApp is the app part of an "<app>.<instance>" key; the bus has
+// checked that every record's key names its own app.
+func instanceApp(key string) string {
+	app, _, _ := strings.Cut(key, ".")
+	return app
+}
+
+func appKey(key string) string { return key }
+
+// AppsHandler handles the apps bucket.
+func (s *Store) AppsHandler() bus.Handler[*msg.App] { return handler(s, s.apps, appKey, false) }
+
+// InstancesHandler handles the instances bucket; its revisions become the
+// snapshot's Revision.
+func (s *Store) InstancesHandler() bus.Handler[*msg.Instance] {
+	return handler(s, s.instances, instanceApp, true)
+}
+
+// HealthHandler handles the health bucket (written by healthd, not fenced).
+func (s *Store) HealthHandler() bus.Handler[*msg.Health] {
+	return handler(s, s.health, instanceApp, false)
+}

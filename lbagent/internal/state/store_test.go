@@ -1,0 +1,128 @@
+package state
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/msg"
+	"github.com/stretchr/testify/require"
+)
+
+// TestStoreIncrementalEqualsBuild drives a store with random changes of
+// every kind — app records put and deleted, instances started, moved,
+// stopped and deleted, health flipping, whole-bucket snapshots, writes of
+// a deposed leader — and checks after each batch that the snapshot it
+// rebuilt only in part is exactly what Build makes of the whole view.
+func TestStoreIncrementalEqualsBuild(t *testing.T) {
+	t.Parallel()
+	r := rand.New(rand.NewPCG(1, 2))
+	s := NewStore()
+	appName := func() string { return fmt.Sprintf("app-%d", r.IntN(6)) }
+	key := func() (string, string, string) {
+		a, id := appName(), fmt.Sprintf("i%d", r.IntN(5))
+		return msg.InstanceKey(a, id), a, id
+	}
+	states := []string{msg.StateRunning, msg.StateRunning, msg.StateRunning, msg.StateDraining, msg.StateStopped, msg.StateStarting}
+	statuses := []string{msg.StatusHealthy, msg.StatusHealthy, msg.StatusUnhealthy, msg.StatusUnknown}
+	randomApp := func(name string) *msg.App {
+		a := app(name, r.IntN(2) == 0)
+		a.Term = uint64(1 + r.IntN(2))
+		return a
+	}
+	randomInst := func(a, id string) *msg.Instance {
+		i := inst(a, id, states[r.IntN(len(states))], fmt.Sprintf("127.0.0.%d:%d", 1+r.IntN(3), 8000+r.IntN(3)))
+		if r.IntN(8) == 0 {
+			i.Address = ""
+		}
+		i.Term = uint64(1 + r.IntN(2))
+		i.Weight = 1 + r.IntN(3)
+		return i
+	}
+	s.AppsHandler().Snapshot(nil, 0)
+	s.InstancesHandler().Snapshot(nil, 0)
+	s.HealthHandler().Snapshot(nil, 0)
+	rev := uint64(0)
+	for round := range 400 {
+		for range 1 + r.IntN(6) {
+			rev++
+			switch op := r.IntN(20); {
+			case op < 3:
+				name := appName()
+				s.AppsHandler().Update(bus.Event[*msg.App]{Key: name, Revision: rev, Op: bus.OpPut, Value: randomApp(name)})
+			case op < 4:
+				s.AppsHandler().Update(bus.Event[*msg.App]{Key: appName(), Revision: rev, Op: bus.OpDelete})
+			case op < 10:
+				k, a, id := key()
+				s.InstancesHandler().Update(bus.Event[*msg.Instance]{Key: k, Revision: rev, Op: bus.OpPut, Value: randomInst(a, id)})
+			case op < 12:
+				k, _, _ := key()
+				s.InstancesHandler().Update(bus.Event[*msg.Instance]{Key: k, Revision: rev, Op: bus.OpDelete})
+			case op < 17:
+				k, _, _ := key()
+				s.HealthHandler().Update(bus.Event[*msg.Health]{Key: k, Revision: rev, Op: bus.OpPut, Value: health(statuses[r.IntN(len(statuses))])})
+			case op < 18:
+				k, _, _ := key()
+				s.HealthHandler().Update(bus.Event[*msg.Health]{Key: k, Revision: rev, Op: bus.OpDelete})
+			default:
+				// A fresh bucket snapshot (a resync, a NATS reset) of the instances.
+				rows, _ := s.instances.Rows()
+				var evs []bus.Event[*msg.Instance]
+				for k, v := range rows {
+					if r.IntN(4) > 0 {
+						evs = append(evs, bus.Event[*msg.Instance]{Key: k, Value: v})
+					}
+				}
+				s.InstancesHandler().Snapshot(evs, rev)
+			}
+		}
+		got, ok := s.Snapshot()
+		require.True(t, ok)
+		apps, _ := s.apps.Rows()
+		insts, irev := s.instances.Rows()
+		hs, _ := s.health.Rows()
+		want := Build(View{Apps: apps, Instances: insts, Health: hs, Revision: irev})
+		require.Equal(t, want, got, "round %d", round)
+	}
+}
+
+// BenchmarkStoreEndpointChange is the lbagent's cost of one instance
+// change at 1000 apps × 10 instances: the store's snapshot after it.
+func BenchmarkStoreEndpointChange(b *testing.B) {
+	s := NewStore()
+	var apps []bus.Event[*msg.App]
+	var insts []bus.Event[*msg.Instance]
+	var hs []bus.Event[*msg.Health]
+	for a := range 1000 {
+		name := fmt.Sprintf("app-%04d", a)
+		apps = append(apps, bus.Event[*msg.App]{Key: name, Value: app(name, true)})
+		for i := range 10 {
+			k := msg.InstanceKey(name, fmt.Sprintf("i%d", i))
+			insts = append(insts, bus.Event[*msg.Instance]{Key: k, Value: inst(name, fmt.Sprintf("i%d", i), msg.StateRunning, fmt.Sprintf("10.0.%d.%d:8080", a/250, a%250*10+i))})
+			hs = append(hs, bus.Event[*msg.Health]{Key: k, Value: health(msg.StatusHealthy)})
+		}
+	}
+	s.AppsHandler().Snapshot(apps, 1)
+	s.InstancesHandler().Snapshot(insts, 1)
+	s.HealthHandler().Snapshot(hs, 1)
+	s.Snapshot()
+	b.Run("full", func(b *testing.B) {
+		for b.Loop() {
+			s.mu.Lock()
+			s.all = true
+			s.mu.Unlock()
+			s.Snapshot()
+		}
+	})
+	b.Run("one-instance", func(b *testing.B) {
+		n := uint64(1)
+		for b.Loop() {
+			n++
+			k := msg.InstanceKey("app-0000", "i0")
+			s.InstancesHandler().Update(bus.Event[*msg.Instance]{Key: k, Revision: n, Op: bus.OpPut,
+				Value: inst("app-0000", "i0", msg.StateRunning, fmt.Sprintf("10.9.0.%d:8080", n%200))})
+			s.Snapshot()
+		}
+	})
+}
