@@ -226,7 +226,7 @@ func run(o options) error {
 	fmt.Printf("  dynamic targets: p50 < 5 ms %s, p99 < 20 ms %s; reload target: p50 <= 1.2 x floor + 20 ms = %.1f ms %s\n",
 		verdict(pct(d, 50) < 5*time.Millisecond), verdict(pct(d, 99) < 20*time.Millisecond),
 		ms(time.Duration(1.2*float64(pct(f, 50))))+20, verdict(ms(pct(r, 50)) <= ms(time.Duration(1.2*float64(pct(f, 50))))+20))
-	fmt.Printf("  dynamic mode: %d endpoint pushes for %d changes, mean push (POST + read-back) %.2f ms\n", changePushes, len(d), ms(pushMean))
+	fmt.Printf("  dynamic mode: %d endpoint pushes for %d changes, mean push (one POST; nginx answers with the version it read back) %.2f ms\n", changePushes, len(d), ms(pushMean))
 
 	fmt.Printf("\nnginx reloads                     lbagent reloads_total   nginx: new worker sets (workers)\n")
 	reloadRow := func(name string, n int, fresh int, w *workerWatch) {

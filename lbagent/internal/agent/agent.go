@@ -134,6 +134,7 @@ type Agent struct {
 	generation      uint64
 	applied         state.Snapshot
 	appliedLayout   render.Data // of what nginx serves, generation 0
+	appliedSpecs    []*msg.App  // the app records appliedLayout was made of
 	appliedRenderer *render.Renderer
 	appliedApps     map[string]int64
 	lastGood        map[string]state.App
@@ -142,19 +143,25 @@ type Agent struct {
 	hasApplied      bool
 	// endpoints are the sets nginx's dict holds (dynamic mode), version
 	// the last version pushed or written.
-	endpoints map[string]*dynamic.Endpoints
-	version   uint64
-	versioned bool
+	endpoints   map[string]*dynamic.Endpoints
+	endpointsOf dynamic.Cache
+	snapshots   *dynamic.SnapshotWriter // nil in reload mode
+	version     uint64
+	versioned   bool
 }
 
 // New returns an agent. renderer is replaced later by SetRenderer when the
 // templates change.
 func New(cfg Config, store *state.Store, renderer *render.Renderer, tester Tester, reloader Reloader, reporter Reporter, logger *zap.Logger) *Agent {
-	return &Agent{
+	a := &Agent{
 		cfg: cfg, store: store, renderer: renderer, tester: tester, reloader: reloader, reporter: reporter,
 		logger: logger.Named("agent"), client: &http.Client{Timeout: time.Second}, now: time.Now,
 		kick: make(chan struct{}, 1), lastGood: map[string]state.App{}, appErrors: map[string]string{},
 	}
+	if cfg.Pusher != nil {
+		a.snapshots = dynamic.NewSnapshotWriter(cfg.Snapshot)
+	}
+	return a
 }
 
 // SetRenderer swaps in newly loaded templates and triggers a render. A
@@ -180,6 +187,18 @@ func (a *Agent) Kick() {
 func (a *Agent) Run(ctx context.Context) error {
 	if err := os.MkdirAll(a.cfg.Staging, 0o755); err != nil {
 		return fmt.Errorf("staging dir: %w", err)
+	}
+	if a.snapshots != nil {
+		done := make(chan struct{})
+		wctx, stop := context.WithCancel(ctx)
+		go func() {
+			defer close(done)
+			a.snapshots.Run(wctx, func(err error) {
+				// nginx serves the pushes; only its next start would begin older.
+				a.logger.Warn("endpoint snapshot not written", zap.Error(err))
+			})
+		}()
+		defer func() { stop(); <-done }()
 	}
 	resync := time.NewTicker(a.cfg.Resync)
 	defer resync.Stop()
@@ -270,11 +289,10 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 	// gives the same bytes but for the generation. So when the layout (with
 	// the generation left out) equals the applied one, nginx already serves
 	// this state and only the revision moved; no render is needed to know.
-	layout := a.comparable(snap)
-	if a.hasApplied && renderer == a.appliedRenderer && reflect.DeepEqual(layout, a.appliedLayout) {
+	if a.hasApplied && renderer == a.appliedRenderer && a.sameLayout(snap) {
 		if a.cfg.Pusher != nil {
 			// Dynamic mode: only endpoints moved. Push them; nothing reloads.
-			if err := a.pushChanged(ctx, dynamic.Of(snap)); err != nil {
+			if err := a.pushChanged(ctx, a.endpointsOf.Of(snap)); err != nil {
 				a.logger.Error("endpoints not pushed, retrying", zap.Error(err))
 				a.report(ctx, start, snap.Revision, msg.ReloadFailed, err.Error(), nil)
 				return time.Second
@@ -306,10 +324,10 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 	if a.cfg.Pusher != nil {
 		// nginx loads this file as it reloads: the new config starts with
 		// its endpoints in place, never with an empty dict.
-		eps = dynamic.Of(final.snap)
+		eps = a.endpointsOf.Of(final.snap)
 		a.initVersion(ctx)
 		a.version++
-		if err := dynamic.WriteSnapshot(a.cfg.Snapshot, dynamic.Batch{Version: a.version, Apps: eps}); err != nil {
+		if err := a.snapshots.Write(dynamic.Batch{Version: a.version, Apps: eps}); err != nil {
 			a.logger.Error("config not applied", zap.Error(err))
 			a.report(ctx, start, snap.Revision, msg.ReloadFailed, err.Error(), failed)
 			return 0
@@ -332,7 +350,7 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 		a.endpoints = eps
 	}
 	a.generation, a.applied, a.hasApplied = gen, snap, true
-	a.appliedLayout = a.comparable(final.snap)
+	a.appliedLayout, a.appliedSpecs = a.comparable(final.snap), specsOf(final.snap)
 	a.appliedRenderer = renderer
 	a.servedGen.Store(gen)
 	a.appliedApps = map[string]int64{}
@@ -393,15 +411,16 @@ func (a *Agent) adopt(ctx context.Context, snap state.Snapshot, renderer *render
 		return false
 	}
 	if a.cfg.Pusher != nil {
-		eps := dynamic.Of(snap)
+		eps := a.endpointsOf.Of(snap)
 		if err := a.push(ctx, eps, true); err != nil {
 			a.logger.Warn("endpoints not pushed to the nginx found serving; reloading instead", zap.Error(err))
 			return false
 		}
 		a.endpoints = eps
+		a.snapshots.Put(dynamic.Batch{Version: a.version, Apps: eps})
 	}
 	a.generation, a.applied, a.hasApplied = gen, snap, true
-	a.appliedLayout = a.comparable(snap)
+	a.appliedLayout, a.appliedSpecs = a.comparable(snap), specsOf(snap)
 	a.appliedRenderer = renderer
 	a.servedGen.Store(gen)
 	a.appliedApps = map[string]int64{}
@@ -447,10 +466,9 @@ func (a *Agent) pushChanged(ctx context.Context, next map[string]*dynamic.Endpoi
 		return err
 	}
 	a.endpoints = next
-	if err := dynamic.WriteSnapshot(a.cfg.Snapshot, dynamic.Batch{Version: a.version, Apps: next}); err != nil {
-		// nginx serves the push; only a restart would start from an older file.
-		a.logger.Warn("endpoint snapshot not written", zap.Error(err))
-	}
+	// nginx serves the push; the file, for nginx's next start or reload, is
+	// written behind it (and synchronously before any reload).
+	a.snapshots.Put(dynamic.Batch{Version: a.version, Apps: next})
 	return nil
 }
 
@@ -478,6 +496,37 @@ func (a *Agent) push(ctx context.Context, apps map[string]*dynamic.Endpoints, fu
 		h(a.now().Sub(start), err)
 	}
 	return err
+}
+
+// sameLayout reports whether snap renders the config nginx serves. In
+// dynamic mode the layout is made of the app records alone (servers live in
+// nginx's dict), so the very records the applied layout was made of, in
+// the same order, are the same layout: an endpoint change is known to
+// need no render without building one (the store keeps an untouched app's
+// record). Otherwise the layouts are compared.
+func (a *Agent) sameLayout(snap state.Snapshot) bool {
+	if a.cfg.Pusher != nil && len(snap.Apps) == len(a.appliedSpecs) {
+		same := true
+		for i, app := range snap.Apps {
+			if app.Spec != a.appliedSpecs[i] {
+				same = false
+				break
+			}
+		}
+		if same {
+			return true
+		}
+	}
+	return reflect.DeepEqual(a.comparable(snap), a.appliedLayout)
+}
+
+// specsOf returns the app records of snap, in order.
+func specsOf(snap state.Snapshot) []*msg.App {
+	out := make([]*msg.App, len(snap.Apps))
+	for i, app := range snap.Apps {
+		out[i] = app.Spec
+	}
+	return out
 }
 
 // comparable is the layout of snap without what changes on every write

@@ -398,6 +398,10 @@ func TestDynamicEndpointChangesReloadNothing(t *testing.T) {
 	now, err := os.ReadFile(r.agent.cfg.Target)
 	require.NoError(t, err)
 	require.Equal(t, string(conf), string(now), "no file changed")
+	require.Eventually(t, func() bool {
+		snap, _ := os.ReadFile(r.agent.cfg.Snapshot)
+		return strings.Contains(string(snap), b) && !strings.Contains(string(snap), a)
+	}, 5*time.Second, 5*time.Millisecond, "the snapshot file nginx would restart from follows the pushes, behind them")
 
 	// Every endpoint gone: 503 with the route kept, still no reload.
 	r.putInstance("web", "b", b, msg.StateStopped)

@@ -21,9 +21,12 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/lbagent/internal/atomicfile"
 	"github.com/berthhq/berth/lbagent/internal/state"
 )
@@ -57,13 +60,45 @@ type Batch struct {
 func Of(snap state.Snapshot) map[string]*Endpoints {
 	out := make(map[string]*Endpoints, len(snap.Apps))
 	for _, a := range snap.Apps {
-		lb := a.Spec.LB
-		e := &Endpoints{Method: lb.Method, MaxFails: lb.MaxFails, FailTimeout: lb.FailTimeout.Std().Seconds(), Servers: make([]Server, 0, len(a.Servers))}
-		for _, s := range a.Servers {
-			e.Servers = append(e.Servers, Server{Address: s.Address, Weight: max(s.Weight, 1), Backup: s.Backup})
-		}
-		out[a.Spec.Name] = e
+		out[a.Spec.Name] = endpointsOf(a)
 	}
+	return out
+}
+
+func endpointsOf(a state.App) *Endpoints {
+	lb := a.Spec.LB
+	e := &Endpoints{Method: lb.Method, MaxFails: lb.MaxFails, FailTimeout: lb.FailTimeout.Std().Seconds(), Servers: make([]Server, 0, len(a.Servers))}
+	for _, s := range a.Servers {
+		e.Servers = append(e.Servers, Server{Address: s.Address, Weight: max(s.Weight, 1), Backup: s.Backup})
+	}
+	return e
+}
+
+// Cache turns snapshots into endpoint sets like Of, and gives back the
+// very set it made last time for an app whose record and servers did not
+// change, so that Diff skips it by identity. Not safe for concurrent use.
+type Cache struct {
+	last map[string]cached
+}
+
+type cached struct {
+	spec    *msg.App
+	servers []state.Server
+	eps     *Endpoints
+}
+
+// Of returns the endpoint set of every app in snap, as Of does.
+func (c *Cache) Of(snap state.Snapshot) map[string]*Endpoints {
+	out := make(map[string]*Endpoints, len(snap.Apps))
+	next := make(map[string]cached, len(snap.Apps))
+	for _, a := range snap.Apps {
+		e := c.last[a.Spec.Name]
+		if e.spec != a.Spec || !slices.Equal(e.servers, a.Servers) {
+			e = cached{spec: a.Spec, servers: a.Servers, eps: endpointsOf(a)}
+		}
+		out[a.Spec.Name], next[a.Spec.Name] = e.eps, e
+	}
+	c.last = next
 	return out
 }
 
@@ -78,7 +113,7 @@ func Diff(old, next map[string]*Endpoints) map[string]*Endpoints {
 		out[name] = e
 	}
 	for name, e := range next {
-		if o, ok := old[name]; !ok || !reflect.DeepEqual(o, e) {
+		if o, ok := old[name]; !ok || o != e && !reflect.DeepEqual(o, e) {
 			add(name, e)
 		}
 	}
@@ -161,7 +196,8 @@ func (c *Client) Version(ctx context.Context) (uint64, error) {
 }
 
 // Push installs a batch and returns the version nginx then reports
-// installed (read back), which is at least b.Version. A version not above
+// installed, which is at least b.Version: the control endpoint answers
+// with the version it read back from the shared dict after the write. A version not above
 // the installed one is a *StaleError.
 func (c *Client) Push(ctx context.Context, b Batch) (uint64, error) {
 	body, err := json.Marshal(b)
@@ -176,15 +212,10 @@ func (c *Client) Push(ctx context.Context, b Batch) (uint64, error) {
 		return 0, &StaleError{Installed: v.Version}
 	case code != http.StatusOK:
 		return 0, fmt.Errorf("control endpoint refused version %d: %d: %s", b.Version, code, v.Error)
+	case v.Version < b.Version:
+		return 0, fmt.Errorf("control endpoint: pushed version %d, nginx reports %d", b.Version, v.Version)
 	}
-	got, err := c.Version(ctx)
-	if err != nil {
-		return 0, err
-	}
-	if got < b.Version {
-		return 0, fmt.Errorf("control endpoint: pushed version %d, nginx reports %d", b.Version, got)
-	}
-	return got, nil
+	return v.Version, nil
 }
 
 // WriteSnapshot writes b (a full batch) to path atomically: nginx's
@@ -322,4 +353,90 @@ func Probe(ctx context.Context, modulesDir string, t Tester, scratch string) err
 		return err
 	}
 	return t.Test(ctx, scratch, conf)
+}
+
+// SnapshotWriter keeps the snapshot file up to date off the push path: a
+// push is served as soon as nginx has it, and the whole-state file (about
+// 7 ms of JSON and fsync at 1000 apps × 10) is written behind it, the
+// newest batch only when pushes come faster than writes. Write is for
+// callers that need the file on disk now (before a reload). Create it
+// with NewSnapshotWriter and run it with Run.
+type SnapshotWriter struct {
+	path string
+	wake chan struct{}
+
+	mu      sync.Mutex // held while writing
+	written uint64     // version on disk, under mu
+	lastErr error      // of the last write, under mu
+
+	pmu     sync.Mutex
+	pending *Batch
+}
+
+// NewSnapshotWriter returns a writer of the file at path.
+func NewSnapshotWriter(path string) *SnapshotWriter {
+	return &SnapshotWriter{path: path, wake: make(chan struct{}, 1)}
+}
+
+// Put queues b to be written; a newer Put replaces it.
+func (w *SnapshotWriter) Put(b Batch) {
+	w.pmu.Lock()
+	if w.pending == nil || b.Version > w.pending.Version {
+		w.pending = &b
+	}
+	w.pmu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Write writes b, or a newer queued batch, before it returns.
+func (w *SnapshotWriter) Write(b Batch) error {
+	w.Put(b)
+	w.flush()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.written >= b.Version {
+		return nil
+	}
+	if w.lastErr != nil {
+		return w.lastErr
+	}
+	return fmt.Errorf("snapshot version %d not written", b.Version)
+}
+
+// Run writes queued batches until ctx ends, then writes the last one; a
+// write that fails is logged by onError and retried with the next batch.
+func (w *SnapshotWriter) Run(ctx context.Context, onError func(error)) {
+	for {
+		select {
+		case <-ctx.Done():
+			if err := w.flush(); err != nil && onError != nil {
+				onError(err)
+			}
+			return
+		case <-w.wake:
+			if err := w.flush(); err != nil && onError != nil {
+				onError(err)
+			}
+		}
+	}
+}
+
+func (w *SnapshotWriter) flush() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.pmu.Lock()
+	b := w.pending
+	w.pending = nil
+	w.pmu.Unlock()
+	if b == nil || b.Version <= w.written {
+		return nil
+	}
+	w.lastErr = WriteSnapshot(w.path, *b)
+	if w.lastErr == nil {
+		w.written = b.Version
+	}
+	return w.lastErr
 }

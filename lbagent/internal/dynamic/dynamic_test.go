@@ -57,7 +57,7 @@ func TestOfAndDiff(t *testing.T) {
 type control struct {
 	mu       sync.Mutex
 	version  uint64
-	readback uint64 // when set, GET reports this instead
+	readback uint64 // when set, GET and POST report this instead
 	batches  []Batch
 }
 
@@ -90,7 +90,11 @@ func (c *control) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	c.version = b.Version
 	c.batches = append(c.batches, b)
-	_ = json.NewEncoder(w).Encode(map[string]uint64{"version": b.Version})
+	v := b.Version
+	if c.readback != 0 {
+		v = c.readback
+	}
+	_ = json.NewEncoder(w).Encode(map[string]uint64{"version": v})
 }
 
 func TestClientPushReadsBack(t *testing.T) {
@@ -195,4 +199,52 @@ func TestChoose(t *testing.T) {
 			require.Contains(t, why, tt.contains)
 		})
 	}
+}
+
+func TestSnapshotWriterKeepsTheNewest(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "berth-endpoints.json")
+	w := NewSnapshotWriter(path)
+	w.Put(Batch{Version: 4})
+	w.Put(Batch{Version: 3}) // older than what is queued: dropped
+	require.Zero(t, ReadSnapshotVersion(path), "Put alone writes nothing: Run does")
+	require.NoError(t, w.Write(Batch{Version: 2}), "a newer batch queued or on disk satisfies Write")
+	require.Equal(t, uint64(4), ReadSnapshotVersion(path))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(ctx, func(err error) { t.Error(err) }) }()
+	for v := uint64(5); v <= 50; v++ {
+		w.Put(Batch{Version: v, Apps: map[string]*Endpoints{"web": {Method: "round_robin", Servers: []Server{}}}})
+	}
+	cancel()
+	<-done
+	require.Equal(t, uint64(50), ReadSnapshotVersion(path), "the last batch is on disk when Run returns")
+
+	bad := NewSnapshotWriter(filepath.Join(t.TempDir(), "missing", "berth-endpoints.json"))
+	require.Error(t, bad.Write(Batch{Version: 1}))
+}
+
+func TestCacheReusesUnchangedSets(t *testing.T) {
+	t.Parallel()
+	web := &msg.App{Name: "web", LB: spec.LB{Method: "round_robin"}}
+	api := &msg.App{Name: "api", LB: spec.LB{Method: "least_conn"}}
+	snap := state.Snapshot{Apps: []state.App{
+		{Spec: api, Servers: []state.Server{{Instance: "a", Address: "127.0.0.1:1", Weight: 1}}},
+		{Spec: web, Servers: []state.Server{{Instance: "b", Address: "127.0.0.1:2", Weight: 2}}},
+	}}
+	var c Cache
+	first := c.Of(snap)
+	require.Equal(t, Of(snap), first)
+
+	moved := state.Snapshot{Apps: []state.App{snap.Apps[0], {Spec: web, Servers: []state.Server{{Instance: "c", Address: "127.0.0.1:3", Weight: 2}}}}}
+	second := c.Of(moved)
+	require.Same(t, first["api"], second["api"], "an untouched app keeps its set, so Diff skips it by identity")
+	require.Equal(t, map[string]*Endpoints{"web": second["web"]}, Diff(first, second))
+	require.Equal(t, "127.0.0.1:3", second["web"].Servers[0].Address)
+
+	web2 := *web
+	web2.LB.Method = "hash"
+	third := c.Of(state.Snapshot{Apps: []state.App{moved.Apps[0], {Spec: &web2, Servers: moved.Apps[1].Servers}}})
+	require.Equal(t, "hash", third["web"].Method, "a new app record makes a new set")
 }

@@ -385,30 +385,29 @@ end
 
 -- apply writes a validated batch: app sets, removals, the index, then the
 -- version, then bumps the generation. safe_set never evicts; when the dict
--- is full the writes done so far are undone and an error is returned.
+-- is full the writes done so far are undone and an error is returned. It
+-- returns the number of apps, or 0 when a push that changed no app's
+-- presence left it unknown: the index (every name, 1000s of them) is read
+-- and rewritten only for a full push or when an app comes or goes, so an
+-- endpoint change costs its own app's work.
 local function apply(dict, version, full, apps)
-    local names = app_names(dict)
-    local present = {}
-    for _, name in ipairs(names) do
-        present[name] = true
-    end
     local writes = {} -- name -> new raw or false (delete)
     for name, set in pairs(apps) do
-        if set then
-            writes[name] = cjson.encode(set)
-        elseif present[name] then
-            writes[name] = false
-        end
+        writes[name] = set and cjson.encode(set) or false
     end
+    local present
     if full then
-        for name in pairs(present) do
+        present = {}
+        for _, name in ipairs(app_names(dict)) do
+            present[name] = true
             if writes[name] == nil then
                 writes[name] = false
             end
         end
     end
 
-    -- Unchanged apps (most of a full push) are not rewritten.
+    -- Unchanged apps (most of a full push, a removal of an absent app) are
+    -- not rewritten.
     local old = {}
     for name, raw in pairs(writes) do
         local before = dict:get("a:" .. name) or false
@@ -429,6 +428,7 @@ local function apply(dict, version, full, apps)
         end
         incr(dict, "g", 1)
     end
+    local renamed = false -- an app comes or goes
     for name, raw in pairs(writes) do
         if raw then
             local ok, err = dict:safe_set("a:" .. name, raw)
@@ -437,24 +437,37 @@ local function apply(dict, version, full, apps)
                 return nil, "shared dict " .. DICT_NAME .. ": " .. tostring(err)
                     .. " (raise lua_shared_dict " .. DICT_NAME .. " size)"
             end
-            present[name] = true
         else
             dict:delete("a:" .. name)
-            present[name] = nil
         end
+        renamed = renamed or (raw == false) ~= (old[name] == false)
         done[#done + 1] = name
     end
 
-    local index = {}
-    for name in pairs(present) do
-        index[#index + 1] = name
+    local count = 0
+    if full or renamed or not dict:get("i") then
+        if not present then
+            present = {}
+            for _, name in ipairs(app_names(dict)) do
+                present[name] = true
+            end
+        end
+        for name, raw in pairs(writes) do
+            present[name] = raw and true or nil
+        end
+        local index = {}
+        for name in pairs(present) do
+            index[#index + 1] = name
+        end
+        sort(index)
+        count = #index
+        local ok, err = dict:safe_set("i", count > 0 and cjson.encode(index) or "[]")
+        if not ok then
+            undo()
+            return nil, "shared dict " .. DICT_NAME .. ": " .. tostring(err)
+        end
     end
-    sort(index)
-    local ok, err = dict:safe_set("i", #index > 0 and cjson.encode(index) or "[]")
-    if not ok then
-        undo()
-        return nil, "shared dict " .. DICT_NAME .. ": " .. tostring(err)
-    end
+    local ok, err
     ok, err = dict:safe_set("v", version)
     if not ok then
         return nil, "shared dict " .. DICT_NAME .. ": " .. tostring(err)
@@ -474,7 +487,7 @@ local function apply(dict, version, full, apps)
             dict:delete("dn:" .. name)
         end
     end
-    return #index
+    return count
 end
 
 local function lock(dict)
@@ -656,12 +669,15 @@ function _M.control()
     end
     local n
     n, err = apply(dict, version, full, apps)
+    -- Read back from the dict every worker reads: lbagent takes this, not
+    -- its own number, as the version nginx has installed.
+    installed = installed_version(dict)
     unlock(dict)
     if not n then
         ngx_log(ERR, "berth.dynamic: push version ", version, ": ", err)
         return reply_error(507, err)
     end
-    return reply(200, sformat('{"version":%d}', version))
+    return reply(200, sformat('{"version":%d}', installed))
 end
 
 ---------------------------------------------------------------------------
