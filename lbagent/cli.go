@@ -41,6 +41,7 @@ type cli struct {
 	Debounce     string        `help:"min:max wait that lets a burst of changes settle into one reload." default:"50ms:500ms" env:"BERTH_LBAGENT_DEBOUNCE"`
 	Resync       time.Duration `help:"Re-render this often even without a change." default:"60s" env:"BERTH_LBAGENT_RESYNC"`
 	EmptyHold    time.Duration `name:"empty-hold" help:"How long a state with every instance record gone is held back before it is applied." default:"30s" env:"BERTH_LBAGENT_EMPTY_HOLD"`
+	ReloadDrain  time.Duration `name:"reload-drain" help:"Dynamic mode: before a reload, how long nginx closes each keep-alive connection after its answer, so that the reload cuts no connection a client is about to use; 0 reloads at once (0-10s)." default:"250ms" env:"BERTH_LBAGENT_RELOAD_DRAIN"`
 	Confirm      time.Duration `name:"confirm-timeout" help:"How long nginx has to serve a new generation after a reload." default:"10s" env:"BERTH_LBAGENT_CONFIRM_TIMEOUT"`
 	Metrics      string        `name:"metrics-listen" help:"Address for /metrics, /healthz and /readyz; empty turns it off." default:"127.0.0.1:9102" env:"BERTH_LBAGENT_METRICS_LISTEN"`
 	LogLevel     string        `name:"log-level" help:"debug, info, warn or error." default:"info" env:"BERTH_LBAGENT_LOG_LEVEL"`
@@ -106,6 +107,9 @@ func (c *cli) check() error {
 	}
 	if c.Resync <= 0 || c.EmptyHold < 0 || c.Confirm <= 0 || c.MetricsWin <= 0 {
 		errs = append(errs, errors.New("--resync, --confirm-timeout and --metrics-window must be positive, --empty-hold not negative"))
+	}
+	if c.ReloadDrain < 0 || c.ReloadDrain > 10*time.Second {
+		errs = append(errs, fmt.Errorf("--reload-drain %s: want 0 to 10s", c.ReloadDrain))
 	}
 	if err := (logging.Options{Level: c.LogLevel, Format: c.LogFormat}).Validate(); err != nil {
 		errs = append(errs, err)

@@ -33,6 +33,8 @@ func TestCheckConfigExitCodes(t *testing.T) {
 	require.Equal(t, 0, run([]string{"--check-config", "--conf-dir", t.TempDir()}, devnull, devnull))
 	require.Equal(t, 1, run([]string{"--check-config"}, devnull, devnull), "neither --nginx-conf nor --conf-dir")
 	require.Equal(t, 1, run([]string{"--check-config", "--conf-dir", "/x", "--prefix", "a.b"}, devnull, devnull))
+	require.Equal(t, 1, run([]string{"--check-config", "--conf-dir", t.TempDir(), "--reload-drain", "11s"}, devnull, devnull))
+	require.Equal(t, 0, run([]string{"--check-config", "--conf-dir", t.TempDir(), "--reload-drain", "0"}, devnull, devnull))
 	require.Equal(t, 2, run([]string{"--no-such-flag"}, devnull, devnull))
 	require.Equal(t, 0, run([]string{"--help"}, devnull, devnull))
 }

@@ -161,7 +161,7 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 		DebounceMin: lo, DebounceMax: hi, Resync: c.Resync, EmptyHold: c.EmptyHold, ConfirmTimeout: c.Confirm,
 		Heartbeat: msg.AgentTTL / 3,
 		Hooks:     agent.Hooks{Rendered: metrics.Rendered, Held: metrics.Held, Served: metrics.Served, Pushed: metrics.Pushed},
-		Pusher:    dyn.pusher(), Snapshot: dyn.snapshot(),
+		Pusher:    dyn.pusher(), Snapshot: dyn.snapshot(), ReloadDrain: c.ReloadDrain,
 	}, store, renderer, nginx.Binary{Path: c.NginxBin}, reloader, report.New(conn, names, node, metrics, logger), logger)
 
 	if err := conn.EnsureBuckets(ctx, bus.ContractBuckets(names)); err != nil {

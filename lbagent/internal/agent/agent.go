@@ -50,6 +50,9 @@ type Pusher interface {
 	Push(ctx context.Context, b dynamic.Batch) (uint64, error)
 	// Version reads the version nginx has installed.
 	Version(ctx context.Context) (uint64, error)
+	// CloseKeepalive makes the workers of generations below below close
+	// each keep-alive connection after its next answer, for ttl (0 ends it).
+	CloseKeepalive(ctx context.Context, below uint64, ttl time.Duration) error
 }
 
 // Reporter publishes what the agent did. Calls come from the agent's Run
@@ -97,6 +100,11 @@ type Config struct {
 	// the endpoint file nginx loads when it starts or reloads.
 	Pusher   Pusher
 	Snapshot string
+	// ReloadDrain (dynamic mode) is how long nginx's workers close keep-alive
+	// connections after each answer before a reload replaces them: busy
+	// connections then end between two requests, and the reload cuts none
+	// that a client is about to use. 0 reloads at once.
+	ReloadDrain time.Duration
 	// Hooks observe the loop for metrics; nil fields are skipped.
 	Hooks Hooks
 }
@@ -333,7 +341,11 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 			return 0
 		}
 	}
+	drained := a.drainKeepalive(ctx, gen)
 	if err := a.apply(ctx, final.bytes, gen); err != nil {
+		if drained {
+			_ = a.cfg.Pusher.CloseKeepalive(ctx, gen, 0) // the old workers stay: let them keep connections again
+		}
 		a.logger.Error("config not applied", zap.Error(err))
 		a.report(ctx, start, snap.Revision, msg.ReloadFailed, err.Error(), failed)
 		return 0
@@ -433,6 +445,30 @@ func (a *Agent) adopt(ctx context.Context, snap state.Snapshot, renderer *render
 		h(len(snap.Apps), snap.Servers())
 	}
 	a.logger.Info("adopted the config nginx serves: no reload", zap.Uint64("generation", gen), zap.Uint64("revision", snap.Revision))
+	return true
+}
+
+// drainKeepalive, in dynamic mode with nginx serving, asks the workers
+// that the reload into gen replaces to close keep-alive connections after
+// each answer, and waits ReloadDrain for busy ones to cycle. The request
+// lives until the reload is confirmed (and a while past it: the old
+// workers finish their requests with it). It reports whether it asked.
+func (a *Agent) drainKeepalive(ctx context.Context, gen uint64) bool {
+	if a.cfg.Pusher == nil || a.cfg.ReloadDrain <= 0 || !a.hasApplied {
+		return false
+	}
+	rctx, cancel := context.WithTimeout(ctx, time.Second)
+	err := a.cfg.Pusher.CloseKeepalive(rctx, gen, a.cfg.ReloadDrain+a.cfg.ConfirmTimeout+10*time.Second)
+	cancel()
+	if err != nil {
+		// Templates older than the keepalive location: reload anyway.
+		a.logger.Warn("keep-alive connections not drained before the reload", zap.Error(err))
+		return false
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(a.cfg.ReloadDrain):
+	}
 	return true
 }
 

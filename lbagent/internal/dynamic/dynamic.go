@@ -218,6 +218,35 @@ func (c *Client) Push(ctx context.Context, b Batch) (uint64, error) {
 	return v.Version, nil
 }
 
+// CloseKeepalive asks nginx's workers of a config generation below below
+// to close each keep-alive connection after its next answer, for ttl (0
+// ends it): lbagent calls it before reloading into generation below, so
+// that busy client connections end cleanly instead of being cut by the
+// reload while idle (see keepalive in dynamic.lua).
+func (c *Client) CloseKeepalive(ctx context.Context, below uint64, ttl time.Duration) error {
+	body, err := json.Marshal(map[string]any{"below": below, "seconds": ttl.Seconds()})
+	if err != nil {
+		return err
+	}
+	url := strings.TrimSuffix(c.URL, "/endpoints") + "/keepalive"
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("X-Berth-Token", c.Token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return fmt.Errorf("keepalive endpoint: %w", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("keepalive endpoint: %s: %q", resp.Status, strings.TrimSpace(string(b)))
+	}
+	return nil
+}
+
 // WriteSnapshot writes b (a full batch) to path atomically: nginx's
 // init_by_lua loads it when it starts or reloads.
 func WriteSnapshot(path string, b Batch) error {

@@ -7,7 +7,9 @@ package dynamic
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"net/http"
@@ -740,4 +742,75 @@ func BenchmarkPushOneApp(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// TestLuaKeepaliveDrain: while lbagent's request lives, the workers of a
+// generation below the one named answer as usual but close the connection
+// after the answer (the closer location); others keep it; hostile or
+// unauthenticated requests change nothing.
+func TestLuaKeepaliveDrain(t *testing.T) {
+	t.Parallel()
+	a := newBackend(t, "a")
+	r := newLuaRig(t, rigApp{Name: "web", Tries: 2}, rigApp{Name: "empty", Tries: 2})
+	r.Start()
+	r.Push(rigBatch{Version: 1, Apps: map[string]*rigSet{"web": rigSetOf("round_robin", a.Addr), "empty": rigSetOf("round_robin")}})
+
+	// closes reports whether nginx answered app with Connection: close.
+	closes := func(app string, want int) bool {
+		t.Helper()
+		resp, err := r.client.Get("http://" + r.Traffic + "/" + app + "/")
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		_, _ = io.ReadAll(resp.Body)
+		require.Equal(t, want, resp.StatusCode)
+		return resp.Close
+	}
+	keepalive := func(token, body string) (int, map[string]any) {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodPost, "http://"+r.Status+"/berth/keepalive", strings.NewReader(body))
+		require.NoError(t, err)
+		req.Header.Set("X-Berth-Token", token)
+		resp, err := r.client.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		var out map[string]any
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
+		return resp.StatusCode, out
+	}
+
+	require.False(t, closes("web", 200), "keep-alive as usual")
+	status, out := keepalive(r.Token, `{"below":2,"seconds":5}`)
+	require.Equal(t, http.StatusOK, status, "%v", out)
+	require.EqualValues(t, 2, out["below"])
+	require.True(t, closes("web", 200), "generation 1 is below 2: the answer closes the connection")
+	require.True(t, closes("empty", 503), "an app with no server still answers its 503, and closes")
+
+	status, _ = keepalive(r.Token, `{"below":1,"seconds":5}`)
+	require.Equal(t, http.StatusOK, status)
+	require.False(t, closes("web", 200), "the generation named (the new config's) keeps its connections")
+
+	for _, tc := range []struct{ token, body, want string }{
+		{"wrong", `{"below":9,"seconds":5}`, "forbidden"},
+		{r.Token, `{"below":0,"seconds":5}`, "below:"},
+		{r.Token, `{"below":9.5,"seconds":5}`, "below:"},
+		{r.Token, `{"below":9,"seconds":-1}`, "seconds:"},
+		{r.Token, `{"below":9,"seconds":601}`, "seconds:"},
+		{r.Token, `{"below":9,"seconds":"5"}`, "seconds:"},
+		{r.Token, `{"below":9,"seconds":5,"hosts":1}`, "hosts:"},
+		{r.Token, `[9]`, "body:"},
+		{r.Token, `not json`, "body:"},
+	} {
+		status, out := keepalive(tc.token, tc.body)
+		require.NotEqual(t, http.StatusOK, status, tc.body)
+		require.Contains(t, out["error"], tc.want, tc.body)
+	}
+	require.False(t, closes("web", 200), "a refused request changes nothing")
+
+	status, _ = keepalive(r.Token, `{"below":2,"seconds":5}`)
+	require.Equal(t, http.StatusOK, status)
+	require.True(t, closes("web", 200))
+	status, out = keepalive(r.Token, `{"below":2,"seconds":0}`)
+	require.Equal(t, http.StatusOK, status)
+	require.EqualValues(t, 0, out["below"])
+	require.False(t, closes("web", 200), "seconds 0 ends it")
 }

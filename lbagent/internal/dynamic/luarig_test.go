@@ -78,7 +78,10 @@ type luaRig struct {
 	Token   string
 	// Snapshot and TokenFile are the files init reads.
 	Snapshot, TokenFile string
-	client              *http.Client
+	// Generation is the config generation init is told (1 unless set
+	// before Start).
+	Generation uint64
+	client     *http.Client
 }
 
 // newLuaRig writes the config and token of a rig for apps; nginx starts
@@ -89,11 +92,12 @@ func newLuaRig(t testing.TB, apps ...rigApp) *luaRig {
 	n := testrig.NewNginx(t)
 	r := &luaRig{
 		t: t, nginx: n,
-		Traffic:   fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t)),
-		Status:    fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t)),
-		Token:     "tok-" + strconv.FormatInt(time.Now().UnixNano(), 36),
-		Snapshot:  filepath.Join(n.Prefix, "conf", "berth-endpoints.json"),
-		TokenFile: filepath.Join(n.Prefix, "conf", "berth-control.token"),
+		Traffic:    fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t)),
+		Status:     fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t)),
+		Token:      "tok-" + strconv.FormatInt(time.Now().UnixNano(), 36),
+		Snapshot:   filepath.Join(n.Prefix, "conf", "berth-endpoints.json"),
+		TokenFile:  filepath.Join(n.Prefix, "conf", "berth-control.token"),
+		Generation: 1,
 		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 			MaxIdleConnsPerHost: 64, DisableCompression: true,
 		}},
@@ -103,13 +107,13 @@ func newLuaRig(t testing.TB, apps ...rigApp) *luaRig {
 	var b strings.Builder
 	fmt.Fprintf(&b, `    lua_package_path "%s/?.lua;;";
     lua_shared_dict berth_endpoints 32m;
-    init_by_lua_block { require("berth.dynamic").init(%q, %q) }
+    init_by_lua_block { require("berth.dynamic").init(%q, %q, %d) }
     proxy_http_version 1.1;
     proxy_set_header Connection "";
     proxy_next_upstream error timeout http_502 http_503;
     proxy_connect_timeout 2s;
     proxy_read_timeout 30s;
-`, luaDir(t), r.Snapshot, r.TokenFile)
+`, luaDir(t), r.Snapshot, r.TokenFile, r.Generation)
 	for _, a := range apps {
 		fmt.Fprintf(&b, `    upstream app_%s {
         server 0.0.0.1:1;
@@ -123,6 +127,17 @@ func newLuaRig(t testing.TB, apps ...rigApp) *luaRig {
 	fmt.Fprintf(&b, "    server {\n        listen %s;\n        add_header X-Upstream $upstream_addr always;\n", r.Traffic)
 	for _, a := range apps {
 		fmt.Fprintf(&b, "        location /%s/ {\n            set $berth_app %q;\n            set $berth_tries %d;\n", a.Name, a.Name, a.Tries)
+		if a.HashKey != "" {
+			fmt.Fprintf(&b, "            set $berth_hash_key %s;\n", a.HashKey)
+		}
+		fmt.Fprintf(&b, `            access_by_lua_block { require("berth.dynamic").access(%q, "@close_%s") }
+            log_by_lua_block { require("berth.dynamic").log(%q) }
+            proxy_pass http://app_%s;
+            proxy_next_upstream_tries %d;
+        }
+`, a.Name, a.Name, a.Name, a.Name, a.Tries)
+		// The closer, as lbagent renders it: the same route, keepalive_timeout 0.
+		fmt.Fprintf(&b, "        location @close_%s {\n            keepalive_timeout 0;\n            set $berth_app %q;\n            set $berth_tries %d;\n", a.Name, a.Name, a.Tries)
 		if a.HashKey != "" {
 			fmt.Fprintf(&b, "            set $berth_hash_key %s;\n", a.HashKey)
 		}
@@ -142,6 +157,10 @@ func newLuaRig(t testing.TB, apps ...rigApp) *luaRig {
             client_max_body_size 64m;
             client_body_buffer_size 64m;
             content_by_lua_block { require("berth.dynamic").control() }
+        }
+        location = /berth/keepalive {
+            client_max_body_size 4k;
+            content_by_lua_block { require("berth.dynamic").keepalive() }
         }
         location / { return 404; }
     }

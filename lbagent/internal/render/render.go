@@ -93,6 +93,10 @@ type Server struct {
 	AccessLogSocket string
 	Locations       []Location
 	HasRoot         bool
+	// Closers (dynamic mode) are one named location per app routed here:
+	// the app's location with keepalive_timeout 0, where the Lua access
+	// handler sends requests while a reload drains keep-alive connections.
+	Closers []Location
 }
 
 // Location routes one path of one app.
@@ -105,6 +109,9 @@ type Location struct {
 	// Dynamic: the Lua balancer picks the server, and answers 503 itself
 	// when the app has none.
 	Dynamic bool
+	// Closing marks a closer (Server.Closers): a named location, with no
+	// Path or Matches, that closes the connection after its answer.
+	Closing bool
 }
 
 // UpstreamName is the nginx upstream of an app.
@@ -191,6 +198,16 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 	for _, h := range hosts {
 		srv := servers[h]
 		sort.Slice(srv.Locations, func(i, j int) bool { return srv.Locations[i].Path < srv.Locations[j].Path })
+		if dynamic {
+			seen := map[string]bool{}
+			for _, l := range srv.Locations {
+				if !seen[l.App] {
+					seen[l.App] = true
+					srv.Closers = append(srv.Closers, Location{App: l.App, Upstream: l.Upstream, LB: l.LB, Dynamic: true, Closing: true})
+				}
+			}
+			sort.Slice(srv.Closers, func(i, j int) bool { return srv.Closers[i].App < srv.Closers[j].App })
+		}
 		d.Servers = append(d.Servers, *srv)
 	}
 	return d, conflicts

@@ -22,6 +22,8 @@
 --   d:<app>:<ad>  the peer is marked failed (TTL fail_timeout)
 --   dn:<app>      some peer of the app may be marked failed (TTL fail_timeout)
 --   lock          held by a push or by init while it writes
+--   kc            while it lives, workers of a generation below it close each
+--                 keep-alive connection after its answer (see keepalive)
 
 local balancer = require "ngx.balancer"
 local cjson = require("cjson.safe").new()
@@ -67,6 +69,7 @@ local COUNTED = { least_conn = true, random_two_least_conn = true }
 local NO_BACKEND = '{"error":"no_backend","app":"%s","message":"no healthy instance"}\n'
 
 local token           -- control token, read by init (in the master, inherited by workers)
+local generation      -- the config generation this Lua VM was loaded for (init)
 local cache = {}      -- per worker: app -> decoded set (see build)
 
 local function shdict()
@@ -512,7 +515,8 @@ end
 -- init (init_by_lua, in the master; again on every HUP reload).
 ---------------------------------------------------------------------------
 
-function _M.init(snapshot_path, token_path)
+function _M.init(snapshot_path, token_path, config_generation)
+    generation = tonumber(config_generation)
     local t, err = read_file(token_path)
     if t then
         t = smatch(t, "^%s*(.-)%s*$")
@@ -611,7 +615,10 @@ local function read_body()
     return nil, "empty body"
 end
 
-function _M.control()
+-- authorize answers 403 (and ends the request) unless the caller is on
+-- loopback or the unix socket and presents the control token; it returns
+-- the shared dict.
+local function authorize()
     local remote = ngx.var.remote_addr
     if remote ~= "127.0.0.1" and remote ~= "::1" and ssub(remote or "", 1, 5) ~= "unix:" then
         return reply_error(403, "forbidden: the control endpoint answers loopback clients only")
@@ -623,6 +630,70 @@ function _M.control()
     local dict = shdict()
     if not dict then
         return reply_error(500, "lua_shared_dict " .. DICT_NAME .. " is not configured")
+    end
+    return dict
+end
+
+local KEEPALIVE_FIELDS = { below = true, seconds = true }
+local MAX_KEEPALIVE_SECONDS = 600
+
+-- keepalive is the control endpoint's second location: lbagent posts
+-- {"below": G, "seconds": S} before it reloads nginx into generation G.
+-- For S seconds, workers of a generation below G answer every request on
+-- a connection they then close ("Connection: close"), so that a client's
+-- busy keep-alive connections end cleanly between two requests instead
+-- of being cut while idle by the reload, where a request sent at that
+-- moment is lost (a client that does not retry sees it fail). The new
+-- generation's workers are not affected. S = 0 ends it; GET reads it.
+function _M.keepalive()
+    local dict = authorize()
+    if not dict then
+        return
+    end
+    local method = ngx.req.get_method()
+    if method == "GET" then
+        return reply(200, sformat('{"below":%d}', dict:get("kc") or 0))
+    end
+    if method ~= "POST" then
+        ngx.header["Allow"] = "GET, POST"
+        return reply_error(405, "method not allowed: GET or POST")
+    end
+    local data, err = read_body()
+    if not data then
+        return reply_error(400, "body: " .. tostring(err))
+    end
+    local body
+    body, err = cjson.decode(data)
+    if not is_object(body) or #body > 0 then
+        return reply_error(400, "body: want a JSON object: " .. tostring(err or "not an object"))
+    end
+    local bad = unknown_field(body, KEEPALIVE_FIELDS)
+    if bad then
+        return reply_error(400, bad .. ": unknown field (allowed: below, seconds)")
+    end
+    if not is_int(body.below, 1, MAX_VERSION) then
+        return reply_error(400, "below: must be an integer 1.." .. MAX_VERSION)
+    end
+    if type(body.seconds) ~= "number" or body.seconds ~= body.seconds or body.seconds < 0
+        or body.seconds > MAX_KEEPALIVE_SECONDS then
+        return reply_error(400, "seconds: must be a number 0.." .. MAX_KEEPALIVE_SECONDS)
+    end
+    if body.seconds == 0 then
+        dict:delete("kc")
+    else
+        local ok
+        ok, err = dict:safe_set("kc", body.below, body.seconds)
+        if not ok then
+            return reply_error(507, "shared dict " .. DICT_NAME .. ": " .. tostring(err))
+        end
+    end
+    return reply(200, sformat('{"below":%d}', dict:get("kc") or 0))
+end
+
+function _M.control()
+    local dict = authorize()
+    if not dict then
+        return
     end
 
     local method = ngx.req.get_method()
@@ -1027,8 +1098,18 @@ function _M.balance(app, tries)
     end
 end
 
--- access answers 503 with a JSON body when the app has no server.
-function _M.access(app)
+-- access answers 503 with a JSON body when the app has no server. With
+-- closer (a named location that is this one with keepalive_timeout 0), a
+-- worker that a reload is about to replace hands the request there while
+-- lbagent has asked for it (see keepalive), so that the connection closes
+-- after this answer.
+function _M.access(app, closer)
+    if closer and generation then
+        local below = shdict():get("kc")
+        if below and generation < below then
+            return ngx.exec(closer)
+        end
+    end
     local e = lookup(shdict(), app)
     if e and e.n > 0 then
         return
