@@ -50,7 +50,7 @@ func (c *cli) dynamicMode(ctx context.Context, tmplDir string, main bool, target
 	}
 	dir := filepath.Dir(target)
 	d := &render.Dynamic{LuaDir: filepath.Join(dir, "lua"), Snapshot: filepath.Join(dir, "berth-endpoints.json"),
-		Token: filepath.Join(dir, "berth-control.token"), ModulesDir: c.ModulesDir}
+		Token: filepath.Join(dir, "berth-control.token"), ModulesDir: c.ModulesDir, Drain: c.ReloadDrain > 0}
 	var src fs.FS = templates.FS
 	if tmplDir != "" {
 		if _, err := os.Stat(filepath.Join(tmplDir, dynamic.LuaFile)); err == nil {

@@ -107,7 +107,7 @@ func newRigMode(t *testing.T, emptyHold time.Duration, dyn bool) *rig {
 	}
 	if dyn {
 		d := &render.Dynamic{LuaDir: filepath.Join(dir, "lua"), Snapshot: filepath.Join(dir, "conf", "berth-endpoints.json"),
-			Token: filepath.Join(dir, "conf", "berth-control.token"), ModulesDir: luaModules}
+			Token: filepath.Join(dir, "conf", "berth-control.token"), ModulesDir: luaModules, Drain: true}
 		require.NoError(t, dynamic.InstallLua(templates.FS, d.LuaDir))
 		token, err := dynamic.EnsureToken(d.Token)
 		require.NoError(t, err)

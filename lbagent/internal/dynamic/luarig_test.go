@@ -141,12 +141,12 @@ func newLuaRig(t testing.TB, apps ...rigApp) *luaRig {
 		if a.HashKey != "" {
 			fmt.Fprintf(&b, "            set $berth_hash_key %s;\n", a.HashKey)
 		}
-		fmt.Fprintf(&b, `            access_by_lua_block { require("berth.dynamic").access(%q) }
+		fmt.Fprintf(&b, `            access_by_lua_block { require("berth.dynamic").access(%q, "@close_%s") }
             log_by_lua_block { require("berth.dynamic").log(%q) }
             proxy_pass http://app_%s;
             proxy_next_upstream_tries %d;
         }
-`, a.Name, a.Name, a.Name, a.Tries)
+`, a.Name, a.Name, a.Name, a.Name, a.Tries)
 	}
 	fmt.Fprintf(&b, `        location / { return 404; }
     }

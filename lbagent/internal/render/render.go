@@ -52,6 +52,10 @@ type Dynamic struct {
 	// main config loads them from there (empty: the operator's nginx.conf
 	// loads them).
 	ModulesDir string
+	// Drain renders the closers (Server.Closers) that let a reload lose no
+	// request (lbagent --reload-drain > 0); they cost a named location per
+	// app and host.
+	Drain bool
 }
 
 // Data is what the templates see.
@@ -109,9 +113,8 @@ type Location struct {
 	// Dynamic: the Lua balancer picks the server, and answers 503 itself
 	// when the app has none.
 	Dynamic bool
-	// Closing marks a closer (Server.Closers): a named location, with no
-	// Path or Matches, that closes the connection after its answer.
-	Closing bool
+	// Drain: the app has a closer in this server (Dynamic.Drain).
+	Drain bool
 }
 
 // UpstreamName is the nginx upstream of an app.
@@ -182,7 +185,7 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 					continue
 				}
 				owner[key] = a.Spec.Name
-				srv.Locations = append(srv.Locations, Location{Path: route, Matches: matches(route), App: a.Spec.Name, Upstream: upstream, LB: a.Spec.LB, Dynamic: dynamic})
+				srv.Locations = append(srv.Locations, Location{Path: route, Matches: matches(route), App: a.Spec.Name, Upstream: upstream, LB: a.Spec.LB, Dynamic: dynamic, Drain: dynamic && o.Dynamic.Drain})
 				if route == "/" {
 					srv.HasRoot = true
 				}
@@ -198,12 +201,12 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 	for _, h := range hosts {
 		srv := servers[h]
 		sort.Slice(srv.Locations, func(i, j int) bool { return srv.Locations[i].Path < srv.Locations[j].Path })
-		if dynamic {
+		if dynamic && o.Dynamic.Drain {
 			seen := map[string]bool{}
 			for _, l := range srv.Locations {
 				if !seen[l.App] {
 					seen[l.App] = true
-					srv.Closers = append(srv.Closers, Location{App: l.App, Upstream: l.Upstream, LB: l.LB, Dynamic: true, Closing: true})
+					srv.Closers = append(srv.Closers, Location{App: l.App, Upstream: l.Upstream, LB: l.LB, Dynamic: true, Drain: true})
 				}
 			}
 			sort.Slice(srv.Closers, func(i, j int) bool { return srv.Closers[i].App < srv.Closers[j].App })

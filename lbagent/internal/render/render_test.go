@@ -377,7 +377,7 @@ func TestGoldenDynamicAndNginxAccepts(t *testing.T) {
 	require.NoError(t, os.MkdirAll(filepath.Join(lua, "berth"), 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(lua, "berth", "dynamic.lua"), src, 0o644))
 	o := opts
-	o.Dynamic = &Dynamic{LuaDir: lua, Snapshot: filepath.Join(stateDir, "berth-endpoints.json"), Token: filepath.Join(stateDir, "berth-control.token"), ModulesDir: luaModules}
+	o.Dynamic = &Dynamic{LuaDir: lua, Snapshot: filepath.Join(stateDir, "berth-endpoints.json"), Token: filepath.Join(stateDir, "berth-control.token"), ModulesDir: luaModules, Drain: true}
 	bin := testrig.NginxBin(t)
 	all := scenarios(t, certs)
 	for _, name := range []string{"empty", "one-app", "lb-methods", "tls", "hosts-paths", "no-server"} {
@@ -412,6 +412,19 @@ func TestGoldenDynamicAndNginxAccepts(t *testing.T) {
 	b, err := r.Render(d2, true)
 	require.NoError(t, err)
 	require.Equal(t, string(a), string(b))
+
+	// Without the drain (--reload-drain 0) no closer is rendered, and the
+	// access handler is not told of one; nginx still accepts it.
+	noDrain := o
+	nd := *o.Dynamic
+	nd.Drain = false
+	noDrain.Dynamic = &nd
+	d3, _ := Layout(all["hosts-paths"], 5, noDrain)
+	c, err := r.Render(d3, true)
+	require.NoError(t, err)
+	require.NotContains(t, string(c), "_close")
+	require.Contains(t, string(c), `access("web") }`)
+	requireNginxAccepts(t, bin, c)
 }
 
 // state2 copies a snapshot deeply enough to change its servers.

@@ -1102,9 +1102,10 @@ end
 -- closer (a named location that is this one with keepalive_timeout 0), a
 -- worker that a reload is about to replace hands the request there while
 -- lbagent has asked for it (see keepalive), so that the connection closes
--- after this answer.
+-- after this answer. The closer calls access with the same arguments (one
+-- compiled chunk for both); the request is internal there, and stays.
 function _M.access(app, closer)
-    if closer and generation then
+    if closer and generation and not ngx.req.is_internal() then
         local below = shdict():get("kc")
         if below and generation < below then
             return ngx.exec(closer)
