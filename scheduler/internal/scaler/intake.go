@@ -1,8 +1,10 @@
 package scaler
 
 import (
+	"fmt"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/scheduler/internal/autoscale"
@@ -14,6 +16,26 @@ const maxSamplesPerApp = 50000
 
 // maxInterned bounds an app's interned ids.
 const maxInterned = 10000
+
+// maxBytesPerApp bounds the memory of one app's samples, histograms
+// included: a sender that floods an app with samples of 4,096 bins each
+// pushes its own oldest samples out instead of growing the heap.
+const maxBytesPerApp = 16 << 20
+
+// window is where a node's last traffic window ended, and its length.
+type window struct {
+	end    time.Time
+	length time.Duration
+}
+
+// overlapSlack is the most a node's window may start before its previous
+// one ended (a quarter of that window at most) and still count as the next.
+const overlapSlack = 500 * time.Millisecond
+
+// maxFutureSkew is how far past this replica's clock a sample's time may
+// be: a sample from the future would outlive every prune (they cut by
+// time) and weigh in every decision until then.
+const maxFutureSkew = 5 * time.Second
 
 // intake keeps every app's recent load samples: traffic windows from each
 // lbagent (berth.v1.metrics.<app>) and CPU and memory readings from the
@@ -28,6 +50,12 @@ type intake struct {
 type appSamples struct {
 	traffic []autoscale.Traffic
 	usage   []autoscale.Usage
+	// bytes estimates the memory of traffic and usage (sizeOf).
+	bytes int
+	// windowEnd is, by node, where its last traffic window ended: a node
+	// has one sample per window, so a window that starts before it (a
+	// replay, a duplicate, a second sender with the same node id) is refused.
+	windowEnd map[string]window
 	// ids interns instance and node ids: Decide compares them for every
 	// sample, and equal strings that share their bytes compare at once.
 	ids map[string]string
@@ -56,23 +84,82 @@ func (in *intake) app(name string) *appSamples {
 	return a
 }
 
-// addTraffic keeps one lbagent window; its time is the window's end.
-func (in *intake) addTraffic(m *msg.Metrics) {
+// addTraffic keeps one lbagent window; its time is the window's end. It
+// refuses a window that ends in the future (beyond maxFutureSkew) or that
+// overlaps the node's previous one.
+func (in *intake) addTraffic(m *msg.Metrics, now time.Time) error {
+	end := m.WindowStart.Add(m.Window.Std())
+	if end.After(now.Add(maxFutureSkew)) {
+		return fmt.Errorf("window ends %s after this replica's clock (at most %s)", end.Sub(now).Round(time.Millisecond), maxFutureSkew)
+	}
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	a := in.app(m.App)
-	a.traffic = capped(append(a.traffic, autoscale.Traffic{Node: a.intern(m.Node), At: m.WindowStart.Add(m.Window.Std()), RPS: m.RPS, Latency: m.LatencyHistogram}))
+	node := a.intern(m.Node)
+	// lbagent's windows are contiguous, but a window's end is its wall-clock
+	// start plus a monotonic length, so the next may start a hair before it.
+	if last, ok := a.windowEnd[node]; ok && m.WindowStart.Before(last.end.Add(-min(overlapSlack, last.length/4))) {
+		return fmt.Errorf("node %s: window starting %s overlaps its previous one, which ended %s",
+			node, m.WindowStart.UTC().Format(time.RFC3339Nano), last.end.UTC().Format(time.RFC3339Nano))
+	}
+	if a.windowEnd == nil {
+		a.windowEnd = map[string]window{}
+	}
+	a.windowEnd[node] = window{end: end, length: m.Window.Std()}
+	t := autoscale.Traffic{Node: node, At: end, RPS: m.RPS, Latency: m.LatencyHistogram}
+	a.traffic = append(a.traffic, t)
+	a.bytes += sizeOf(t)
+	a.bound()
+	return nil
 }
 
-// addUsage keeps one stats round of an app.
-func (in *intake) addUsage(m *msg.Usage) {
+// addUsage keeps one stats round of an app; a round from the future
+// (beyond maxFutureSkew) is refused.
+func (in *intake) addUsage(m *msg.Usage, now time.Time) error {
+	if m.At.After(now.Add(maxFutureSkew)) {
+		return fmt.Errorf("reading taken %s after this replica's clock (at most %s)", m.At.Sub(now).Round(time.Millisecond), maxFutureSkew)
+	}
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	a := in.app(m.App)
 	for _, u := range m.Instances {
 		a.usage = append(a.usage, autoscale.Usage{Instance: a.intern(u.Instance), At: m.At, CPUPercent: u.CPUPercent, MemoryPercent: u.MemoryPercent})
+		a.bytes += usageSize
 	}
-	a.usage = capped(a.usage)
+	a.bound()
+	return nil
+}
+
+// bound drops the oldest samples, traffic first, while the app holds more
+// than maxSamplesPerApp of a kind or maxBytesPerApp in all.
+func (a *appSamples) bound() {
+	t, u := 0, 0
+	for t < len(a.traffic) && (a.bytes > maxBytesPerApp || len(a.traffic)-t > maxSamplesPerApp) {
+		a.bytes -= sizeOf(a.traffic[t])
+		t++
+	}
+	for u < len(a.usage) && (a.bytes > maxBytesPerApp || len(a.usage)-u > maxSamplesPerApp) {
+		a.bytes -= usageSize
+		u++
+	}
+	if t > 0 {
+		a.traffic = append(a.traffic[:0:0], a.traffic[t:]...)
+	}
+	if u > 0 {
+		a.usage = append(a.usage[:0:0], a.usage[u:]...)
+	}
+}
+
+// usageSize estimates one usage sample's memory.
+const usageSize = int(unsafe.Sizeof(autoscale.Usage{}))
+
+// sizeOf estimates one traffic sample's memory, its histogram's bins included.
+func sizeOf(t autoscale.Traffic) int {
+	n := int(unsafe.Sizeof(t))
+	if t.Latency != nil {
+		n += int(unsafe.Sizeof(*t.Latency)) + len(t.Latency.Bins)*int(unsafe.Sizeof([2]float64{}))
+	}
+	return n
 }
 
 // internID returns the app's interned copy of an instance id, so that the
@@ -124,6 +211,15 @@ func (in *intake) prune(now time.Time, keep map[string]time.Duration) {
 		}
 		a.traffic = dropBefore(a.traffic, cut, func(t autoscale.Traffic) time.Time { return t.At })
 		a.usage = dropBefore(a.usage, cut, func(u autoscale.Usage) time.Time { return u.At })
+		a.bytes = len(a.usage) * usageSize
+		for _, t := range a.traffic {
+			a.bytes += sizeOf(t)
+		}
+		for node, w := range a.windowEnd {
+			if w.end.Before(cut) { // a node gone quiet: forget it, bounding the map
+				delete(a.windowEnd, node)
+			}
+		}
 	}
 }
 
@@ -138,11 +234,4 @@ func dropBefore[T any](s []T, cut time.Time, at func(T) time.Time) []T {
 		return s
 	}
 	return append(s[:0:0], s[i:]...)
-}
-
-func capped[T any](s []T) []T {
-	if len(s) > maxSamplesPerApp {
-		return append(s[:0:0], s[len(s)-maxSamplesPerApp:]...)
-	}
-	return s
 }

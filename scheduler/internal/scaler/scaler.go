@@ -191,14 +191,18 @@ func (s *Scaler) subscribe() []*bus.Subscription {
 				drop(subject, fmt.Errorf("app %q does not match the subject", m.App))
 				return
 			}
-			s.intake.addTraffic(m)
+			if err := s.intake.addTraffic(m, time.Now()); err != nil {
+				drop(subject, err)
+			}
 		}, drop)},
 		{s.names.AllUsage(), bus.Decoded(msg.DecodeAs[*msg.Usage], func(subject string, m *msg.Usage) {
 			if subject != s.names.UsageSubject(m.App) {
 				drop(subject, fmt.Errorf("app %q does not match the subject", m.App))
 				return
 			}
-			s.intake.addUsage(m)
+			if err := s.intake.addUsage(m, time.Now()); err != nil {
+				drop(subject, err)
+			}
 		}, drop)},
 	}
 	var out []*bus.Subscription
