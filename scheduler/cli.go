@@ -65,6 +65,8 @@ type runCmd struct {
 	AppEnvPrefix   string        `name:"app-env-prefix" help:"Pass the scheduler's env vars with this prefix (stripped) to every app." default:"" env:"BERTH_SCHEDULER_APP_ENV_PREFIX"`
 	AppEnvBlock    []string      `name:"app-env-block" help:"Name patterns never passed through (PATH, HOME, HOSTNAME and BERTH_SCHEDULER_* always are)." default:"" env:"BERTH_SCHEDULER_APP_ENV_BLOCK"`
 
+	MaxRoutes int `name:"max-routes" help:"Cap on the routes (hosts x paths) of every app together, which each nginx renders as locations; an apply past it is refused (0: no cap)." default:"20000" env:"BERTH_SCHEDULER_MAX_ROUTES"`
+
 	AutoscaleInterval time.Duration `name:"autoscale-interval" help:"How often the leader decides the replicas of every autoscaled app." default:"15s" env:"BERTH_SCHEDULER_AUTOSCALE_INTERVAL"`
 	StatsInterval     time.Duration `name:"stats-interval" help:"How often the leader reads Docker stats of autoscaled apps with a CPU or memory target." default:"5s" env:"BERTH_SCHEDULER_STATS_INTERVAL"`
 	StatsParallel     int           `name:"stats-parallel" help:"Docker stats readings in flight at once." default:"4" env:"BERTH_SCHEDULER_STATS_PARALLEL"`

@@ -193,7 +193,7 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 		token, _ = readToken(r.APITokenFile)
 	}
 	handler := api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st}, api.Options{Token: token, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), Samples: sc.Samples,
-		Role: func() (bool, uint64) { l, ok := leading(); return ok, l.Term }, Network: r.Network}, logger)
+		Role: func() (bool, uint64) { l, ok := leading(); return ok, l.Term }, Network: r.Network, MaxRoutes: r.MaxRoutes}, logger)
 	httpSrv := &http.Server{Addr: r.APIListen, Handler: handler, ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10}
 

@@ -1,6 +1,7 @@
 package spec
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -47,4 +48,21 @@ func TestValidateDuplicateRoute(t *testing.T) {
 	es := Routing{Paths: []string{"/api", "/web", "/api/"}}.Validate("routing")
 	require.Len(t, es, 1)
 	require.Equal(t, `routing.paths[2]: "/api/" repeats routing.paths[0] (a trailing '/' names the same route)`, es[0].Error())
+}
+
+func TestValidateCapsRoutes(t *testing.T) {
+	t.Parallel()
+	r := Routing{}
+	for i := range 20 {
+		r.Hosts = append(r.Hosts, fmt.Sprintf("h%d.example.com", i))
+	}
+	for i := range 50 {
+		r.Paths = append(r.Paths, fmt.Sprintf("/p%d", i))
+	}
+	require.Empty(t, r.Validate("routing"), "20 × 50 = 1000 routes: at the cap")
+	r.Paths = append(r.Paths, "/one-more")
+	es := r.Validate("routing")
+	require.Len(t, es, 1)
+	require.Equal(t, "routing: 20 hosts × 51 paths make 1020 routes (each a location in every nginx); at most 1000: route fewer paths per host, or split the app", es[0].Error())
+	require.Equal(t, 51, Routing{Paths: r.Paths}.Routes(), "no host: the default server's routes")
 }

@@ -14,6 +14,9 @@ const (
 	MaxArgLen       = 4096
 	MaxHosts        = 100
 	MaxPaths        = 100
+	// MaxRoutes caps hosts × paths of one app: each is a location (two
+	// for a prefix) in every nginx; 100 × 100 rendered 26 MB of config.
+	MaxRoutes = 1000
 	MaxHeaders      = 50
 	MaxHealthBody   = 64 << 10
 	MaxTCPSend      = 1 << 10
@@ -270,6 +273,10 @@ func (l LB) Validate(path string) Errors {
 	return es
 }
 
+// Routes counts the app's routes: every path on every host (on the
+// default server when there is no host).
+func (r Routing) Routes() int { return max(len(r.Hosts), 1) * len(r.Paths) }
+
 // Validate checks hosts, paths and TLS; path prefixes every field path.
 func (r Routing) Validate(path string) Errors {
 	var es Errors
@@ -290,6 +297,10 @@ func (r Routing) Validate(path string) Errors {
 	}
 	if len(r.Paths) > MaxPaths {
 		es.Add(Join(path, "paths"), "has %d paths; at most %d", len(r.Paths), MaxPaths)
+	}
+	if n := r.Routes(); n > MaxRoutes {
+		es.Add(path, "%d hosts × %d paths make %d routes (each a location in every nginx); at most %d: route fewer paths per host, or split the app",
+			max(len(r.Hosts), 1), len(r.Paths), n, MaxRoutes)
 	}
 	seen = map[string]int{}
 	for i, p := range r.Paths {

@@ -102,6 +102,9 @@ type Options struct {
 	// health.port other than port could only be probed on the host
 	// itself: such a spec is refused.
 	Network string
+	// MaxRoutes caps the routes of every app together (spec.Routing.Routes):
+	// every nginx renders them all. 0: no cap.
+	MaxRoutes int
 }
 
 // New returns the API handler.
@@ -186,6 +189,9 @@ func (a *api) apply(w http.ResponseWriter, r *http.Request) {
 			"%d differs from port (%d): this scheduler publishes only the app's port on the host (no --network), so no other port of the instance is reachable; check port %d, or run the scheduler with --network",
 			app.Health.Port, app.Port, app.Port)}}
 	}
+	if err == nil && a.o.MaxRoutes > 0 {
+		err = a.checkRoutes(r.Context(), app)
+	}
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -198,6 +204,31 @@ func (a *api) apply(w http.ResponseWriter, r *http.Request) {
 	v := view(stored, false)
 	v.Changed = &changed
 	writeJSON(w, http.StatusOK, v)
+}
+
+// checkRoutes refuses app when its routes would bring every app's
+// together (the locations of each nginx) past MaxRoutes. Apps that were
+// applied before the cap, or under a higher one, stay; only growth is refused.
+func (a *api) checkRoutes(ctx context.Context, app *spec.App) error {
+	apps, err := a.d.Apps.List(ctx)
+	if err != nil {
+		return err
+	}
+	total, before := app.Routing.Routes(), 0
+	for _, other := range apps {
+		n := other.Spec.Routing.Routes()
+		if other.Name == app.Name {
+			before = n
+			continue
+		}
+		total += n
+	}
+	if total > a.o.MaxRoutes && app.Routing.Routes() > before {
+		return spec.Errors{{Path: "routing", Message: fmt.Sprintf(
+			"its %d routes would bring the routes of every app to %d, which each nginx renders as locations; this scheduler allows at most %d (--max-routes)",
+			app.Routing.Routes(), total, a.o.MaxRoutes)}}
+	}
+	return nil
 }
 
 func (a *api) list(w http.ResponseWriter, r *http.Request) {

@@ -129,6 +129,7 @@ func TestBadRequests(t *testing.T) {
 		{"name differs from the URL", "PUT", "/v1/apps/api", web, 400, []string{"name"}},
 		{"not yaml", "PUT", "/v1/apps/web", "{[", 400, []string{""}},
 		{"hostile host", "PUT", "/v1/apps/web", web + "routing: {hosts: [\"a.com; return 200\"]}\n", 400, []string{"routing.hosts[0]"}},
+		{"too many routes for one app", "PUT", "/v1/apps/web", web + "routing: " + routes(40, 30) + "\n", 400, []string{"routing"}},
 		{"a health port the scheduler cannot reach (no --network)", "PUT", "/v1/apps/web", web + "health: {type: tcp, port: 9000}\n", 400, []string{"health.port"}},
 		{"scale without replicas", "POST", "/v1/apps/web/scale", `{"count": 2}`, 400, []string{"replicas"}},
 		{"scale unknown app", "POST", "/v1/apps/nope/scale", `{"replicas": 2}`, 404, nil},
@@ -152,6 +153,41 @@ func TestBadRequests(t *testing.T) {
 			require.ElementsMatch(t, tt.fields, got, "%s", raw)
 		})
 	}
+}
+
+// routes returns a routing block of hosts × paths.
+func routes(hosts, paths int) string {
+	var hs, ps []string
+	for i := range hosts {
+		hs = append(hs, fmt.Sprintf("h%d.example.com", i))
+	}
+	for i := range paths {
+		ps = append(ps, fmt.Sprintf("/p%d", i))
+	}
+	return "{hosts: [" + strings.Join(hs, ", ") + "], paths: [" + strings.Join(ps, ", ") + "]}"
+}
+
+// TestMaxRoutes: the routes of every app together are capped (--max-routes),
+// as every nginx renders them all; an app that does not grow is never refused.
+func TestMaxRoutes(t *testing.T) {
+	t.Parallel()
+	c := newAPIWith(t, Options{MaxRoutes: 1500})
+	app := func(name string, hosts, paths int) string {
+		return fmt.Sprintf("name: %s\nimage: web:1\nport: 8080\nrouting: %s\n", name, routes(hosts, paths))
+	}
+	code, _, raw := c.do("PUT", "/v1/apps/a", app("a", 10, 100))
+	require.Equal(t, 200, code, "%s", raw)
+	code, obj, raw := c.do("PUT", "/v1/apps/b", app("b", 6, 100))
+	require.Equal(t, 400, code, "%s", raw)
+	require.Contains(t, string(raw), "1600", "the error says the total")
+	require.Contains(t, string(raw), "--max-routes")
+	require.Equal(t, "routing", obj["fields"].([]any)[0].(map[string]any)["path"])
+	code, _, raw = c.do("PUT", "/v1/apps/b", app("b", 5, 100))
+	require.Equal(t, 200, code, "at the cap: %s", raw)
+	code, _, raw = c.do("PUT", "/v1/apps/a", app("a", 9, 100))
+	require.Equal(t, 200, code, "shrinking is always allowed: %s", raw)
+	code, _, raw = c.do("PUT", "/v1/apps/a", app("a", 11, 100))
+	require.Equal(t, 400, code, "growing past the cap is not: %s", raw)
 }
 
 func TestOversizedBody(t *testing.T) {
