@@ -146,6 +146,7 @@ type Agent struct {
 	appliedRenderer *render.Renderer
 	appliedApps     map[string]int64
 	lastGood        map[string]state.App
+	refused         map[string]refusal // apps nginx refused, by name
 	appErrors       map[string]string
 	emptySince      time.Time
 	hasApplied      bool
@@ -164,7 +165,7 @@ func New(cfg Config, store *state.Store, renderer *render.Renderer, tester Teste
 	a := &Agent{
 		cfg: cfg, store: store, renderer: renderer, tester: tester, reloader: reloader, reporter: reporter,
 		logger: logger.Named("agent"), client: &http.Client{Timeout: time.Second}, now: time.Now,
-		kick: make(chan struct{}, 1), lastGood: map[string]state.App{}, appErrors: map[string]string{},
+		kick: make(chan struct{}, 1), lastGood: map[string]state.App{}, refused: map[string]refusal{}, appErrors: map[string]string{},
 	}
 	if cfg.Pusher != nil {
 		a.snapshots = dynamic.NewSnapshotWriter(cfg.Snapshot)
@@ -291,22 +292,27 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 	a.mu.Lock()
 	renderer := a.renderer
 	a.mu.Unlock()
-	c := &candidate{agent: a, renderer: renderer, snap: snap}
+	// Apps nginx refused at their current generation are not tried again
+	// (nor bisected) until their spec changes or --resync passes: they
+	// stand in as what was served for them.
+	eff, known := a.effective(snap, start)
+	c := &candidate{agent: a, renderer: renderer, snap: eff, known: known}
 
 	// Rendering is deterministic: the same layout through the same templates
 	// gives the same bytes but for the generation. So when the layout (with
 	// the generation left out) equals the applied one, nginx already serves
 	// this state and only the revision moved; no render is needed to know.
-	if a.hasApplied && renderer == a.appliedRenderer && a.sameLayout(snap) {
+	if a.hasApplied && renderer == a.appliedRenderer && a.sameLayout(eff) {
 		if a.cfg.Pusher != nil {
 			// Dynamic mode: only endpoints moved. Push them; nothing reloads.
-			if err := a.pushChanged(ctx, a.endpointsOf.Of(snap)); err != nil {
+			if err := a.pushChanged(ctx, a.endpointsOf.Of(eff)); err != nil {
 				a.logger.Error("endpoints not pushed, retrying", zap.Error(err))
 				a.report(ctx, start, snap.Revision, msg.ReloadFailed, err.Error(), nil)
 				return time.Second
 			}
 		}
 		a.applied = snap
+		a.settleRefusals(eff, known)
 		a.reporter.Applied(ctx, a.agentMessage(""))
 		a.report(ctx, start, snap.Revision, msg.ReloadSkipped, "", nil)
 		if h := a.cfg.Hooks.Served; h != nil && a.cfg.Pusher != nil {
@@ -323,9 +329,27 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 
 	gen := a.generation + 1
 	final, failed, err := c.build(ctx, gen)
+	for name, r := range final.refused {
+		a.refused[name] = r
+	}
 	if err != nil {
 		a.logger.Error("config not applied", zap.Error(err))
 		a.report(ctx, start, snap.Revision, msg.ReloadFailed, err.Error(), failed)
+		return 0
+	}
+	if a.hasApplied && renderer == a.appliedRenderer && len(final.refused) > 0 && a.sameLayout(final.snap) {
+		// What nginx accepts of this state is what it serves: an app
+		// refused again after its refusal expired. Nothing to reload.
+		if a.cfg.Pusher != nil {
+			if err := a.pushChanged(ctx, a.endpointsOf.Of(final.snap)); err != nil {
+				a.logger.Error("endpoints not pushed, retrying", zap.Error(err))
+				a.report(ctx, start, snap.Revision, msg.ReloadFailed, err.Error(), failed)
+				return time.Second
+			}
+		}
+		a.applied, a.appErrors = snap, failed
+		a.reporter.Applied(ctx, a.agentMessage(""))
+		a.report(ctx, start, snap.Revision, msg.ReloadRejected, "", failed)
 		return 0
 	}
 	var eps map[string]*dynamic.Endpoints
@@ -375,6 +399,11 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 	for name := range a.lastGood {
 		if _, present := a.appliedApps[name]; !present {
 			delete(a.lastGood, name)
+		}
+	}
+	for name := range a.refused {
+		if _, still := failed[name]; !still {
+			delete(a.refused, name)
 		}
 	}
 	a.appErrors = failed
@@ -627,12 +656,77 @@ func (a *Agent) report(ctx context.Context, start time.Time, rev uint64, result,
 type candidate struct {
 	agent    *Agent
 	renderer *render.Renderer
-	snap     state.Snapshot
+	// snap has the apps in known (refused before, by name, with why)
+	// already replaced by their stand-ins (Agent.effective).
+	snap  state.Snapshot
+	known map[string]string
 }
 
 type built struct {
 	snap  state.Snapshot
 	bytes []byte
+	// refused are the apps nginx refused in this build, found by bisection.
+	refused map[string]refusal
+}
+
+// refusal is an app nginx refused: at its spec generation, why, when, and
+// the app record that stands in for it meanwhile (its last good record, or
+// a 503 placeholder), kept so that the stand-in is the same pointer from
+// one sync to the next.
+type refusal struct {
+	generation  int64
+	why         string
+	at          time.Time
+	spec        *msg.App
+	placeholder bool // spec is a placeholder: no servers
+}
+
+// settleRefusals, when nginx already serves eff with nothing to reload,
+// forgets the refusals not in known (the app changed into something that
+// renders as its stand-in did, or left) and records eff's generations.
+func (a *Agent) settleRefusals(eff state.Snapshot, known map[string]string) {
+	for name := range a.refused {
+		if _, ok := known[name]; !ok {
+			delete(a.refused, name)
+			delete(a.appErrors, name)
+		}
+	}
+	for _, app := range eff.Apps {
+		if _, stand := known[app.Spec.Name]; !stand && a.appliedApps[app.Spec.Name] != app.Spec.Generation {
+			a.appliedApps[app.Spec.Name] = app.Spec.Generation
+		}
+	}
+}
+
+// effective returns snap with every app refused at its current generation
+// within --resync replaced by its stand-in (with the app's current servers,
+// unless it is a placeholder), and those apps with why.
+func (a *Agent) effective(snap state.Snapshot, now time.Time) (state.Snapshot, map[string]string) {
+	known := map[string]string{}
+	if len(a.refused) == 0 {
+		return snap, known
+	}
+	out := snap
+	out.Apps = nil
+	for i, app := range snap.Apps {
+		r, ok := a.refused[app.Spec.Name]
+		if !ok || r.generation != app.Spec.Generation || now.Sub(r.at) >= a.cfg.Resync {
+			continue
+		}
+		if out.Apps == nil {
+			out.Apps = append([]state.App(nil), snap.Apps...)
+		}
+		stand := state.App{Spec: r.spec, Servers: app.Servers}
+		if r.placeholder {
+			stand.Servers = nil
+		}
+		out.Apps[i] = stand
+		known[app.Spec.Name] = r.why
+	}
+	if out.Apps == nil {
+		return snap, known
+	}
+	return out, known
 }
 
 func (c *candidate) render(gen uint64, snap state.Snapshot) ([]byte, error) {
@@ -651,6 +745,9 @@ func (c *candidate) render(gen uint64, snap state.Snapshot) ([]byte, error) {
 // tests again. It returns the config to apply and the failed apps.
 func (c *candidate) build(ctx context.Context, gen uint64) (built, map[string]string, error) {
 	failed := map[string]string{}
+	for app, why := range c.known {
+		failed[app] = why
+	}
 	start := time.Now()
 	d, conflicts := render.Layout(c.snap, gen, c.agent.cfg.Render)
 	for app, why := range conflicts {
@@ -674,7 +771,9 @@ func (c *candidate) build(ctx context.Context, gen uint64) (built, map[string]st
 	if len(bad) == 0 {
 		return built{}, failed, fmt.Errorf("nginx refused the config but no single app is at fault: %w", err)
 	}
-	fixed := state.Snapshot{Revision: c.snap.Revision}
+	fixed := c.snap
+	fixed.Apps = make([]state.App, 0, len(c.snap.Apps))
+	refused := map[string]refusal{}
 	routes := routeClaims(c.snap.Apps)
 	for _, app := range c.snap.Apps {
 		why, isBad := bad[app.Spec.Name]
@@ -683,11 +782,18 @@ func (c *candidate) build(ctx context.Context, gen uint64) (built, map[string]st
 			continue
 		}
 		failed[app.Spec.Name] = why
+		r := refusal{generation: app.Spec.Generation, why: why, at: c.agent.now()}
+		stand := state.App{Servers: app.Servers}
 		if good, ok := c.agent.lastGood[app.Spec.Name]; ok {
-			fixed.Apps = append(fixed.Apps, good)
+			// The last good record, with today's servers: in dynamic mode
+			// they are pushed, in reload mode they are in its upstream.
+			stand.Spec = good.Spec
 		} else {
-			fixed.Apps = append(fixed.Apps, placeholder(app, routes))
+			stand, r.placeholder = placeholder(app, routes), true
 		}
+		r.spec = stand.Spec
+		refused[app.Spec.Name] = r
+		fixed.Apps = append(fixed.Apps, stand)
 	}
 	d, _ = render.Layout(fixed, gen, c.agent.cfg.Render)
 	out, err = c.renderer.Render(d, c.agent.cfg.Render.Main)
@@ -697,7 +803,7 @@ func (c *candidate) build(ctx context.Context, gen uint64) (built, map[string]st
 	if err != nil {
 		return built{}, failed, fmt.Errorf("config still refused after isolating %d apps: %w", len(bad), err)
 	}
-	return built{snap: fixed, bytes: out}, failed, nil
+	return built{snap: fixed, bytes: out, refused: refused}, failed, nil
 }
 
 // placeholder keeps an app's hosts and paths answering 503, without

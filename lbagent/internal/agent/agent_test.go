@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"sync"
 	"testing"
 	"time"
@@ -71,6 +72,19 @@ type rig struct {
 	// restart stops the agent and starts a new one on the same nginx,
 	// store and reporter, as a restarted lbagent.
 	restart func()
+	// tests counts the agent's nginx -t runs.
+	tests atomic.Int64
+}
+
+// countingTester counts the nginx -t runs of the tester it wraps.
+type countingTester struct {
+	Tester
+	n *atomic.Int64
+}
+
+func (c countingTester) Test(ctx context.Context, prefix, conf string) error {
+	c.n.Add(1)
+	return c.Tester.Test(ctx, prefix, conf)
 }
 
 func newRig(t *testing.T, emptyHold time.Duration) *rig {
@@ -133,7 +147,7 @@ func newRigMode(t *testing.T, emptyHold time.Duration, dyn bool) *rig {
 	var stopAgent context.CancelFunc
 	var agentDone chan error
 	startAgent := func() {
-		r.agent = New(cfg, r.store, renderer, nginx.Binary{Path: bin}, sup, r.rep, zaptest.NewLogger(t))
+		r.agent = New(cfg, r.store, renderer, countingTester{nginx.Binary{Path: bin}, &r.tests}, sup, r.rep, zaptest.NewLogger(t))
 		var agentCtx context.Context
 		agentCtx, stopAgent = context.WithCancel(ctx)
 		agentDone = make(chan error, 1)
@@ -444,6 +458,61 @@ func TestDynamicEndpointChangesReloadNothing(t *testing.T) {
 	snap, err := os.ReadFile(r.agent.cfg.Snapshot)
 	require.NoError(t, err)
 	require.Contains(t, string(snap), c, "the snapshot nginx reloads from holds the endpoints")
+}
+
+// TestRefusedAppIsNotTriedAgain: an app nginx refused is remembered at its
+// generation. Later changes of other apps neither test it nor bisect for
+// it again — in dynamic mode an endpoint change stays a push, with no
+// nginx -t and no reload — and a new generation of it is tried at once.
+func TestRefusedAppIsNotTriedAgain(t *testing.T) {
+	t.Parallel()
+	for _, dyn := range []bool{false, true} {
+		t.Run(map[bool]string{false: "reload", true: "dynamic"}[dyn], func(t *testing.T) {
+			t.Parallel()
+			r := newRigMode(t, time.Hour, dyn)
+			r.putApp(appMsg("good", "good.test"))
+			r.putInstance("good", "g1", testrig.Backend(t, "G1"), msg.StateRunning)
+			r.waitFor("good.test", 200, "G1")
+
+			bad := appMsg("bad", "bad.test")
+			bad.Routing.TLS = &spec.TLS{Certificate: "/nonexistent/berth/bad.crt", Key: "/nonexistent/berth/bad.key"}
+			r.putApp(bad)
+			require.Eventually(t, func() bool { rl, _ := r.rep.last(); return rl != nil && rl.Result == msg.ReloadRejected }, 10*time.Second, 5*time.Millisecond)
+			tests, reloads := r.tests.Load(), r.reloads()
+
+			g2 := testrig.Backend(t, "G2")
+			for i := range 5 {
+				addr := g2
+				if i%2 == 1 {
+					addr = "127.0.0.1:1"
+				}
+				r.putInstance("good", "g2", addr, msg.StateRunning)
+				r.waitFor("good.test", 200, "G")
+				time.Sleep(80 * time.Millisecond) // past the debounce: one sync each
+			}
+			r.putInstance("good", "g2", g2, msg.StateRunning)
+			r.putInstance("good", "g1", "127.0.0.1:1", msg.StateStopped)
+			require.Eventually(t, func() bool { return r.onlyServes("good.test", "G2") }, 5*time.Second, 5*time.Millisecond)
+			_, ag := r.rep.last()
+			require.Contains(t, ag.Errors, "bad", "still reported as refused")
+			if dyn {
+				require.Equal(t, tests, r.tests.Load(), "endpoint changes run no nginx -t")
+				require.Equal(t, reloads, r.reloads(), "and reload nothing")
+			} else {
+				// (A sync may be between its nginx -t and its reload report.)
+				require.Eventually(t, func() bool { return int64(r.reloads()-reloads) == r.tests.Load()-tests }, 5*time.Second, 5*time.Millisecond,
+					"one nginx -t per reload: no bisection (%d tests for %d reloads)", r.tests.Load()-tests, r.reloads()-reloads)
+			}
+
+			// A new generation of it is tried at once, and served.
+			fixed := appMsg("bad", "bad.test")
+			fixed.Generation = 2
+			r.putApp(fixed)
+			r.putInstance("bad", "b1", testrig.Backend(t, "B1"), msg.StateRunning)
+			r.waitFor("bad.test", 200, "B1")
+			require.Eventually(t, func() bool { _, ag := r.rep.last(); _, still := ag.Errors["bad"]; return !still }, 5*time.Second, 5*time.Millisecond)
+		})
+	}
 }
 
 // TestDynamicRouteChangesLoseNoRequest: route changes reload nginx, and
