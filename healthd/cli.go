@@ -14,12 +14,13 @@ import (
 
 // cli is every flag of healthd; each has an env name BERTH_HEALTHD_….
 type cli struct {
-	NATS    bus.Flags     `embed:"" envprefix:"BERTH_HEALTHD_"`
-	Prefix  string        `help:"Prefix of every NATS bucket and subject." default:"berth" env:"BERTH_HEALTHD_PREFIX"`
-	ID      string        `help:"This checker's id (default: host name and pid)." default:"" env:"BERTH_HEALTHD_ID"`
-	MaxConc int           `name:"max-concurrency" help:"Probes in flight at once." default:"512" env:"BERTH_HEALTHD_MAX_CONCURRENCY"`
-	Refresh time.Duration `help:"Put every health value again this often." default:"30s" env:"BERTH_HEALTHD_REFRESH"`
-	Metrics string        `name:"metrics-listen" help:"Address for /metrics, /healthz and /readyz; empty turns it off." default:"127.0.0.1:9103" env:"BERTH_HEALTHD_METRICS_LISTEN"`
+	NATS       bus.Flags     `embed:"" envprefix:"BERTH_HEALTHD_"`
+	Prefix     string        `help:"Prefix of every NATS bucket and subject." default:"berth" env:"BERTH_HEALTHD_PREFIX"`
+	ID         string        `help:"This checker's id (default: host name and pid)." default:"" env:"BERTH_HEALTHD_ID"`
+	MaxConc    int           `name:"max-concurrency" help:"Probes in flight at once." default:"512" env:"BERTH_HEALTHD_MAX_CONCURRENCY"`
+	Refresh    time.Duration `help:"Put every health value again this often." default:"30s" env:"BERTH_HEALTHD_REFRESH"`
+	MaxTimeout time.Duration `name:"max-probe-timeout" help:"Cap on every probe's timeout, whatever an app's health.timeout says: the longest one probe holds one of the --max-concurrency slots." default:"10s" env:"BERTH_HEALTHD_MAX_PROBE_TIMEOUT"`
+	Metrics    string        `name:"metrics-listen" help:"Address for /metrics, /healthz and /readyz; empty turns it off." default:"127.0.0.1:9103" env:"BERTH_HEALTHD_METRICS_LISTEN"`
 
 	LogLevel  string `name:"log-level" help:"debug, info, warn or error." default:"info" env:"BERTH_HEALTHD_LOG_LEVEL"`
 	LogFormat string `name:"log-format" help:"json or console." default:"json" env:"BERTH_HEALTHD_LOG_FORMAT"`
@@ -66,6 +67,9 @@ func (c *cli) check() error {
 		if _, err := c.probeTargets(); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if c.MaxTimeout < 10*time.Millisecond || c.MaxTimeout > time.Hour {
+		errs = append(errs, fmt.Errorf("--max-probe-timeout (%s): must be 10ms to 1h", c.MaxTimeout))
 	}
 	if c.ProbeTimeout <= 0 {
 		errs = append(errs, errors.New("--probe-timeout: must be positive"))

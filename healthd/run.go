@@ -120,6 +120,7 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 		return all != nil && (*all)[key]
 	}
 	runner = checker.NewRunner(instrumented{probe.New(nil), m}, pub, c.MaxConc)
+	runner.MaxTimeout = c.MaxTimeout
 	runner.Seed = func(t checker.Target) (checker.State, bool) {
 		h, ok := health.Get(t.Key)
 		if !ok || h.Generation != t.Generation {

@@ -3,6 +3,7 @@ package checker
 import (
 	"container/heap"
 	"context"
+	"strings"
 	"sync"
 	"time"
 
@@ -56,9 +57,13 @@ type Runner struct {
 	// (which would take it out of nginx until it passed again).
 	Seed func(t Target) (State, bool)
 
+	// MaxTimeout, when positive, caps every probe's timeout, whatever the
+	// spec says: a slot is held at most this long.
+	MaxTimeout time.Duration
+
 	prober  Prober
 	handler Handler
-	slots   chan struct{}
+	slots   *fairSlots
 	now     func() time.Time
 
 	mu      sync.Mutex
@@ -78,7 +83,7 @@ type entry struct {
 // NewRunner returns a runner that probes with prober, at most maxConcurrent
 // at a time, and reports to handler.
 func NewRunner(prober Prober, handler Handler, maxConcurrent int) *Runner {
-	return &Runner{prober: prober, handler: handler, slots: make(chan struct{}, max(maxConcurrent, 1)),
+	return &Runner{prober: prober, handler: handler, slots: newFairSlots(maxConcurrent),
 		now: time.Now, entries: map[string]*entry{}, wake: make(chan struct{}, 1)}
 }
 
@@ -210,15 +215,18 @@ func (r *Runner) probe(ctx context.Context, e *entry) {
 	r.mu.Lock()
 	t := e.t
 	r.mu.Unlock()
-	select {
-	case r.slots <- struct{}{}:
-	case <-ctx.Done():
+	app, _, _ := strings.Cut(t.Key, ".")
+	if !r.slots.acquire(ctx, app) {
 		return
 	}
-	pctx, cancel := context.WithTimeout(ctx, t.Check.Timeout.Std())
+	timeout := t.Check.Timeout.Std()
+	if r.MaxTimeout > 0 {
+		timeout = min(timeout, r.MaxTimeout)
+	}
+	pctx, cancel := context.WithTimeout(ctx, timeout)
 	res := r.prober.Probe(pctx, t.Target)
 	cancel()
-	<-r.slots
+	r.slots.release(app)
 	if ctx.Err() != nil {
 		return
 	}
