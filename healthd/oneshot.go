@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/healthd/internal/checker"
 	"github.com/berthhq/berth/healthd/internal/probe"
 )
 
@@ -30,6 +31,11 @@ func (c *cli) probeTargets() ([]probe.Target, error) {
 		}
 		if err != nil {
 			return nil, fmt.Errorf("--probe %s: %w", c.Probe, err)
+		}
+		// As when running: "$env:BERTH_PROBE_…" header values and bodies
+		// are read from healthd's environment, never sent as written.
+		for i := range targets {
+			targets[i].Check = checker.ResolveSecrets(targets[i].Check, os.LookupEnv)
 		}
 		return targets, nil
 	}
