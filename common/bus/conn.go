@@ -1,8 +1,11 @@
 // Package bus is Berth's one adapter for NATS: it connects with reconnects
 // that never give up, creates the JetStream KV buckets, watches a bucket as
-// a typed snapshot followed by updates, publishes and subscribes, and runs
-// an embedded server for development and tests. No other package imports
-// nats.go or nats-server, and nothing here returns their types.
+// a typed snapshot followed by updates, publishes and subscribes, runs an
+// embedded server for development and tests, and defines what each role's
+// credential may do there (auth.go). No other package imports nats.go or
+// nats-server, and nothing here returns their types, except the server's
+// user permissions (Permissions, AuthUsers), which exist to be handed back
+// to Embedded.
 package bus
 
 import (
@@ -69,6 +72,9 @@ type Conn struct {
 	js     jetstream.JetStream
 	logger *zap.Logger
 
+	// refusals ends operations whose publish the server refused.
+	refusals refusals
+
 	mu         sync.Mutex
 	reconnects []chan struct{} // one per Watcher, signalled on each reconnect
 	// closed is closed by the last of the connection's callbacks.
@@ -123,6 +129,9 @@ func Connect(ctx context.Context, o Options, logger *zap.Logger) (*Conn, error) 
 				subject = sub.Subject
 			}
 			logger.Warn("nats async error", zap.String("subject", subject), zap.Error(err))
+			if denied, ok := deniedSubject(err); ok {
+				c.refusals.refused(denied, err)
+			}
 		}),
 	}
 	if o.CredsFile != "" {

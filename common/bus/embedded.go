@@ -19,6 +19,10 @@ type EmbeddedOptions struct {
 	StoreDir string
 	// ServerName names the server; empty means "berth-embedded".
 	ServerName string
+	// Users, when set, are the only clients the server accepts, each with
+	// its permissions (see AuthUsers); an anonymous client is refused.
+	// Empty means no authentication, for development and tests.
+	Users []*server.NkeyUser
 }
 
 // EmbeddedServer is an in-process NATS server with JetStream.
@@ -49,6 +53,7 @@ func Embedded(opts EmbeddedOptions, logger *zap.Logger) (*EmbeddedServer, error)
 		JetStream:  true,
 		StoreDir:   opts.StoreDir,
 		NoSigs:     true,
+		Nkeys:      opts.Users,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("embedded nats: %w", err)

@@ -51,7 +51,10 @@ type BucketConfig struct {
 }
 
 // EnsureBuckets creates each bucket, or updates its settings when it exists,
-// so that every daemon can call it at start-up.
+// so that every daemon can call it at start-up. A connection whose
+// credential may not create a bucket fails at once with
+// ErrPermissionDenied: with authorization, pass only the role's
+// OwnedBuckets.
 func (c *Conn) EnsureBuckets(ctx context.Context, buckets []BucketConfig) error {
 	for _, b := range buckets {
 		cfg := jetstream.KeyValueConfig{
@@ -69,7 +72,12 @@ func (c *Conn) EnsureBuckets(ctx context.Context, buckets []BucketConfig) error 
 		if b.Storage == MemoryStorage {
 			cfg.Storage = jetstream.MemoryStorage
 		}
-		if _, err := c.js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
+		s := kvStream(b.Name)
+		gctx, stop := c.refusals.guard(ctx, jsAPI+"INFO", jsAPI+"STREAM.UPDATE."+s, jsAPI+"STREAM.CREATE."+s)
+		_, err := c.js.CreateOrUpdateKeyValue(gctx, cfg)
+		err = denial(gctx, err)
+		stop()
+		if err != nil {
 			return fmt.Errorf("ensure bucket %s: %w", b.Name, err)
 		}
 	}
@@ -125,18 +133,22 @@ type Entry struct {
 type KV struct {
 	kv     jetstream.KeyValue
 	bucket string
+	conn   *Conn
 }
 
 // KV opens a bucket that exists.
 func (c *Conn) KV(ctx context.Context, bucket string) (*KV, error) {
-	kv, err := c.js.KeyValue(ctx, bucket)
+	gctx, stop := c.refusals.guard(ctx, jsAPI+"STREAM.INFO."+kvStream(bucket))
+	defer stop()
+	kv, err := c.js.KeyValue(gctx, bucket)
+	err = denial(gctx, err)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		return nil, fmt.Errorf("open bucket %s: %w", bucket, ErrBucketNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", bucket, err)
 	}
-	return &KV{kv: kv, bucket: bucket}, nil
+	return &KV{kv: kv, bucket: bucket, conn: c}, nil
 }
 
 // Bucket returns the bucket's name.
@@ -155,9 +167,18 @@ func (k *KV) Status(ctx context.Context) (BucketStatus, error) {
 	return BucketStatus{Values: st.Values(), History: st.History(), TTL: st.TTL(), Memory: memory}, nil
 }
 
+// guardWrite returns a context that ends as soon as the server refuses a
+// write of key (ErrPermissionDenied); stop releases it.
+func (k *KV) guardWrite(ctx context.Context, key string) (context.Context, func()) {
+	return k.conn.refusals.guard(ctx, "$KV."+k.bucket+"."+key)
+}
+
 // Put stores value at key and returns the write's revision.
 func (k *KV) Put(ctx context.Context, key string, value []byte) (uint64, error) {
-	rev, err := k.kv.Put(ctx, key, value)
+	gctx, stop := k.guardWrite(ctx, key)
+	defer stop()
+	rev, err := k.kv.Put(gctx, key, value)
+	err = denial(gctx, err)
 	if err != nil {
 		return 0, fmt.Errorf("put %s/%s: %w", k.bucket, key, err)
 	}
@@ -166,7 +187,10 @@ func (k *KV) Put(ctx context.Context, key string, value []byte) (uint64, error) 
 
 // Create stores value at key only if the key has no value (ErrKeyExists).
 func (k *KV) Create(ctx context.Context, key string, value []byte) (uint64, error) {
-	rev, err := k.kv.Create(ctx, key, value)
+	gctx, stop := k.guardWrite(ctx, key)
+	defer stop()
+	rev, err := k.kv.Create(gctx, key, value)
+	err = denial(gctx, err)
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		return 0, fmt.Errorf("create %s/%s: %w", k.bucket, key, ErrKeyExists)
 	}
@@ -179,7 +203,10 @@ func (k *KV) Create(ctx context.Context, key string, value []byte) (uint64, erro
 // Update stores value at key only if the key's last revision is last
 // (compare and set); otherwise it fails with ErrWrongRevision.
 func (k *KV) Update(ctx context.Context, key string, value []byte, last uint64) (uint64, error) {
-	rev, err := k.kv.Update(ctx, key, value, last)
+	gctx, stop := k.guardWrite(ctx, key)
+	defer stop()
+	rev, err := k.kv.Update(gctx, key, value, last)
+	err = denial(gctx, err)
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
 		return 0, fmt.Errorf("update %s/%s at revision %d: %w", k.bucket, key, last, ErrWrongRevision)
@@ -192,7 +219,11 @@ func (k *KV) Update(ctx context.Context, key string, value []byte, last uint64) 
 
 // Get returns the current value of key, or ErrKeyNotFound.
 func (k *KV) Get(ctx context.Context, key string) (Entry, error) {
-	e, err := k.kv.Get(ctx, key)
+	s := kvStream(k.bucket)
+	gctx, stop := k.conn.refusals.guard(ctx, jsAPI+"DIRECT.GET."+s+".$KV."+k.bucket+"."+key, jsAPI+"STREAM.MSG.GET."+s)
+	defer stop()
+	e, err := k.kv.Get(gctx, key)
+	err = denial(gctx, err)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return Entry{}, fmt.Errorf("get %s/%s: %w", k.bucket, key, ErrKeyNotFound)
 	}
@@ -204,7 +235,9 @@ func (k *KV) Get(ctx context.Context, key string) (Entry, error) {
 
 // Delete removes key's value, leaving a delete marker that watchers see.
 func (k *KV) Delete(ctx context.Context, key string) error {
-	if err := k.kv.Delete(ctx, key); err != nil {
+	gctx, stop := k.guardWrite(ctx, key)
+	defer stop()
+	if err := denial(gctx, k.kv.Delete(gctx, key)); err != nil {
 		return fmt.Errorf("delete %s/%s: %w", k.bucket, key, err)
 	}
 	return nil

@@ -137,14 +137,22 @@ func (w *Watcher[T]) Run(ctx context.Context) error {
 var errBucketReplaced = fmt.Errorf("bucket replaced: %w", errResync)
 
 func (w *Watcher[T]) watchOnce(ctx context.Context, reconnected <-chan struct{}) error {
-	kv, err := w.conn.js.KeyValue(ctx, w.bucket)
+	// A credential that may not read the bucket (another prefix's, say)
+	// fails here at once with ErrPermissionDenied, not with a timeout.
+	gctx, stop := w.conn.refusals.guard(ctx, jsAPI+"STREAM.INFO."+kvStream(w.bucket))
+	kv, err := w.conn.js.KeyValue(gctx, w.bucket)
+	err = denial(gctx, err)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		stop()
 		return fmt.Errorf("open bucket %s: %w", w.bucket, ErrBucketNotFound)
 	}
 	if err != nil {
+		stop()
 		return fmt.Errorf("open bucket %s: %w", w.bucket, err)
 	}
-	created, err := bucketCreated(ctx, kv)
+	created, err := bucketCreated(gctx, kv)
+	err = denial(gctx, err)
+	stop()
 	if err != nil {
 		return fmt.Errorf("status of bucket %s: %w", w.bucket, err)
 	}
