@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/berthhq/berth/common/spec"
@@ -35,7 +36,8 @@ func (c *cli) probeTargets() ([]probe.Target, error) {
 		// As when running: "$env:BERTH_PROBE_…" header values and bodies
 		// are read from healthd's environment, never sent as written.
 		for i := range targets {
-			targets[i].Check = checker.ResolveSecrets(targets[i].Check, os.LookupEnv)
+			app, _, _ := strings.Cut(targets[i].Key, ".")
+			targets[i].Check = checker.ResolveSecrets(app, targets[i].Check, os.LookupEnv)
 		}
 		return targets, nil
 	}

@@ -110,12 +110,12 @@ func TestProbeModeURLs(t *testing.T) {
 // references from healthd's environment, as the running daemon does; a
 // variable outside that prefix is never read.
 func TestProbeFileResolvesSecrets(t *testing.T) {
-	t.Setenv("BERTH_PROBE_ONESHOT_AUTH", "Bearer s3cret")
-	t.Setenv("BERTH_PROBE_ONESHOT_BODY", `{"ping":1}`)
+	t.Setenv("BERTH_PROBE_WEB__ONESHOT_AUTH", "Bearer s3cret")
+	t.Setenv("BERTH_PROBE_WEB__ONESHOT_BODY", `{"ping":1}`)
 	file := filepath.Join(t.TempDir(), "targets.json")
 	require.NoError(t, os.WriteFile(file, []byte(`[{"key":"web.a","address":"127.0.0.1:1","check":{"type":"http","path":"/","method":"POST",
-		"headers":{"Authorization":"$env:BERTH_PROBE_ONESHOT_AUTH","X-Home":"$env:HOME","X-Gone":"$env:BERTH_PROBE_ONESHOT_UNSET"},
-		"body":"$env:BERTH_PROBE_ONESHOT_BODY"}}]`), 0o600))
+		"headers":{"Authorization":"$env:BERTH_PROBE_WEB__ONESHOT_AUTH","X-Home":"$env:HOME","X-Gone":"$env:BERTH_PROBE_WEB__ONESHOT_UNSET"},
+		"body":"$env:BERTH_PROBE_WEB__ONESHOT_BODY"}}]`), 0o600))
 	c := &cli{Probe: file}
 	ts, err := c.probeTargets()
 	require.NoError(t, err)

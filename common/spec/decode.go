@@ -347,6 +347,27 @@ func EnvRef(v string) (string, bool) {
 	return name, true
 }
 
+// ProbeEnvPrefixOf is the start of every variable app's references may
+// name: ProbeEnvPrefix, the app's name in upper case with '-' as '_', and
+// "__" ("web-api": BERTH_PROBE_WEB_API__). An app cannot name another's
+// variables, so it cannot have healthd send another app's credential to
+// its own instances.
+func ProbeEnvPrefixOf(app string) string {
+	return ProbeEnvPrefix + strings.ToUpper(strings.ReplaceAll(app, "-", "_")) + "__"
+}
+
+// OwnEnvRef reports whether the variable name (from EnvRef) is one of
+// app's: ProbeEnvPrefixOf(app) then words of A-Z and 0-9 joined by single
+// '_'. A word boundary of "__" never appears after the prefix, so no two
+// apps' names overlap ("a" cannot name "a--b"'s BERTH_PROBE_A__B__X).
+func OwnEnvRef(app, name string) bool {
+	rest, ok := strings.CutPrefix(name, ProbeEnvPrefixOf(app))
+	if !ok || rest == "" || rest[0] == '_' || rest[len(rest)-1] == '_' || strings.Contains(rest, "__") {
+		return false
+	}
+	return true
+}
+
 // SecretHeader reports whether a header's value is a credential that must
 // not be published: Authorization, Proxy-Authorization, Cookie, X-Api-Key,
 // and any name containing token, secret, key, auth, password, session or

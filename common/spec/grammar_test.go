@@ -66,3 +66,34 @@ func TestValidateCapsRoutes(t *testing.T) {
 	require.Equal(t, "routing: 20 hosts × 51 paths make 1020 routes (each a location in every nginx); at most 1000: route fewer paths per host, or split the app", es[0].Error())
 	require.Equal(t, 51, Routing{Paths: r.Paths}.Routes(), "no host: the default server's routes")
 }
+
+// TestEnvRefsAreTheApps: an app's health references name only its own
+// variables, so it cannot have healthd send another app's credential.
+func TestEnvRefsAreTheApps(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, "BERTH_PROBE_WEB_API__", ProbeEnvPrefixOf("web-api"))
+	for name, own := range map[string]bool{
+		"BERTH_PROBE_WEB__TOKEN":    true,
+		"BERTH_PROBE_WEB__A_B1":     true,
+		"BERTH_PROBE_WEB__":         false,
+		"BERTH_PROBE_WEB___X":       false,
+		"BERTH_PROBE_WEB__X_":       false,
+		"BERTH_PROBE_WEB__X__TOKEN": false, // app web--x's
+		"BERTH_PROBE_WEB_TOKEN":     false,
+		"BERTH_PROBE_SHOP__TOKEN":   false,
+	} {
+		require.Equal(t, own, OwnEnvRef("web", name), name)
+	}
+	require.True(t, OwnEnvRef("web--x", "BERTH_PROBE_WEB__X__TOKEN"))
+
+	a, err := Load([]byte("name: web\nimage: web:1\nport: 8080\nhealth:\n  path: /\n  headers: {Authorization: $env:BERTH_PROBE_SHOP__TOKEN, X-Mine: $env:BERTH_PROBE_WEB__MINE}\n  body: $env:BERTH_PROBE_DB__PASSWORD\n"))
+	require.Nil(t, a)
+	var es Errors
+	require.ErrorAs(t, err, &es)
+	var paths []string
+	for _, e := range es {
+		paths = append(paths, e.Path)
+	}
+	require.ElementsMatch(t, []string{"health.body", "health.headers[Authorization]"}, paths, "%v", err)
+	require.Contains(t, err.Error(), "BERTH_PROBE_WEB__")
+}

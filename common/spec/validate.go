@@ -8,15 +8,15 @@ import (
 
 // Bounds that Validate enforces, documented in docs/spec.md.
 const (
-	MaxReplicas     = 1000
-	MaxEnvVars      = 1000
-	MaxCommandArgs  = 256
-	MaxArgLen       = 4096
-	MaxHosts        = 100
-	MaxPaths        = 100
+	MaxReplicas    = 1000
+	MaxEnvVars     = 1000
+	MaxCommandArgs = 256
+	MaxArgLen      = 4096
+	MaxHosts       = 100
+	MaxPaths       = 100
 	// MaxRoutes caps hosts × paths of one app: each is a location (two
 	// for a prefix) in every nginx; 100 × 100 rendered 26 MB of config.
-	MaxRoutes = 1000
+	MaxRoutes       = 1000
 	MaxHeaders      = 50
 	MaxHealthBody   = 64 << 10
 	MaxTCPSend      = 1 << 10
@@ -71,6 +71,16 @@ func (a *App) Validate() error {
 			h.Port = a.Port
 		}
 		es = append(es, h.Validate("health")...)
+		refs := map[string]string{"health.body": h.Body}
+		for k, v := range h.Headers {
+			refs[Key("health.headers", k)] = v
+		}
+		for _, p := range sortedKeys(refs) {
+			if name, ok := EnvRef(refs[p]); ok && !OwnEnvRef(a.Name, name) {
+				es.Add(p, "$env:%s is not this app's: its references name variables %s followed by A-Z, 0-9 and single '_' (healthd resolves no other)",
+					name, ProbeEnvPrefixOf(a.Name))
+			}
+		}
 		if what, ok := reservedPorts[h.Port]; ok && h.Port != a.Port {
 			es.Add("health.port", "(%d) is %s, which Berth itself uses: a health check probes the app's own container, "+
 				"so probe port (%d) or another port the container listens on", h.Port, what, a.Port)

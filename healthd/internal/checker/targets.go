@@ -27,7 +27,7 @@ func Targets(apps map[string]*msg.App, instances map[string]*msg.Instance, keep 
 			continue
 		}
 		addr, refused := probeAddress(inst.Address, app.Port, app.Health.Port)
-		t := Target{Target: probe.Target{Key: key, Address: addr, Refused: refused, Check: ResolveSecrets(*app.Health, os.LookupEnv)},
+		t := Target{Target: probe.Target{Key: key, Address: addr, Refused: refused, Check: ResolveSecrets(app.Name, *app.Health, os.LookupEnv)},
 			Generation: inst.Generation, Term: inst.Term}
 		switch {
 		case inst.StartedAt != nil:
@@ -69,17 +69,24 @@ func probeAddress(addr string, appPort, healthPort int) (string, string) {
 	return netip.AddrPortFrom(ip, uint16(healthPort)).String(), ""
 }
 
-// ResolveSecrets returns h with its secrets filled in for probing: a header
-// value or body "$env:NAME" (spec.EnvRef) becomes the value lookup gives
-// NAME, and a header is left out when its variable is unset or when the
-// scheduler published it as spec.RedactedValue (a literal secret healthd
-// is never given). h itself is not changed.
-func ResolveSecrets(h spec.Health, lookup func(string) (string, bool)) spec.Health {
+// ResolveSecrets returns app's check h with its secrets filled in for
+// probing: a header value or body "$env:NAME" (spec.EnvRef) becomes the
+// value lookup gives NAME when NAME is one of app's (spec.OwnEnvRef), and a
+// header is left out when its variable is unset or another app's, or when
+// the scheduler published it as spec.RedactedValue (a literal secret
+// healthd is never given). h itself is not changed.
+func ResolveSecrets(app string, h spec.Health, lookup func(string) (string, bool)) spec.Health {
+	resolve := func(name string) (string, bool) {
+		if !spec.OwnEnvRef(app, name) {
+			return "", false
+		}
+		return lookup(name)
+	}
 	if len(h.Headers) > 0 {
 		hs := make(map[string]string, len(h.Headers))
 		for k, v := range h.Headers {
 			if name, ok := spec.EnvRef(v); ok {
-				if v, ok = lookup(name); !ok {
+				if v, ok = resolve(name); !ok {
 					continue
 				}
 			} else if v == spec.RedactedValue {
@@ -90,7 +97,7 @@ func ResolveSecrets(h spec.Health, lookup func(string) (string, bool)) spec.Heal
 		h.Headers = hs
 	}
 	if name, ok := spec.EnvRef(h.Body); ok {
-		h.Body, _ = lookup(name)
+		h.Body, _ = resolve(name)
 	}
 	return h
 }

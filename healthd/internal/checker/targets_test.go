@@ -52,7 +52,8 @@ func TestTargets(t *testing.T) {
 
 func TestResolveSecrets(t *testing.T) {
 	t.Parallel()
-	env := map[string]string{"BERTH_PROBE_WEB_TOKEN": "Bearer s3cret", "BERTH_PROBE_BODY": `{"key":"s3cret"}`, "HOME": "/root"}
+	env := map[string]string{"BERTH_PROBE_WEB__TOKEN": "Bearer s3cret", "BERTH_PROBE_WEB__BODY": `{"key":"s3cret"}`, "HOME": "/root",
+		"BERTH_PROBE_SHOP__TOKEN": "Bearer shop-s3cret", "BERTH_PROBE_WEB__X__TOKEN": "Bearer web--x-s3cret"}
 	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
 	for _, tc := range []struct {
 		name        string
@@ -61,18 +62,21 @@ func TestResolveSecrets(t *testing.T) {
 		wantHeaders map[string]string
 		wantBody    string
 	}{
-		{"reference", map[string]string{"Authorization": "$env:BERTH_PROBE_WEB_TOKEN"}, "", map[string]string{"Authorization": "Bearer s3cret"}, ""},
-		{"unset reference is left out", map[string]string{"Authorization": "$env:BERTH_PROBE_MISSING", "Accept": "text/plain"}, "", map[string]string{"Accept": "text/plain"}, ""},
+		{"reference", map[string]string{"Authorization": "$env:BERTH_PROBE_WEB__TOKEN"}, "", map[string]string{"Authorization": "Bearer s3cret"}, ""},
+		{"unset reference is left out", map[string]string{"Authorization": "$env:BERTH_PROBE_WEB__MISSING", "Accept": "text/plain"}, "", map[string]string{"Accept": "text/plain"}, ""},
+		{"another app's variable is left out", map[string]string{"Authorization": "$env:BERTH_PROBE_SHOP__TOKEN"}, "", map[string]string{}, ""},
+		{"a longer app's variable is left out", map[string]string{"Authorization": "$env:BERTH_PROBE_WEB__X__TOKEN"}, "", map[string]string{}, ""},
 		{"redacted is left out", map[string]string{"Authorization": spec.RedactedValue}, "", map[string]string{}, ""},
 		{"no prefix is literal", map[string]string{"X-Note": "$env:HOME"}, "", map[string]string{"X-Note": "$env:HOME"}, ""},
 		{"literal", map[string]string{"Host": "web.internal"}, "ping", map[string]string{"Host": "web.internal"}, "ping"},
-		{"body reference", nil, "$env:BERTH_PROBE_BODY", nil, `{"key":"s3cret"}`},
-		{"unset body reference", nil, "$env:BERTH_PROBE_NONE", nil, ""},
+		{"body reference", nil, "$env:BERTH_PROBE_WEB__BODY", nil, `{"key":"s3cret"}`},
+		{"unset body reference", nil, "$env:BERTH_PROBE_WEB__NONE", nil, ""},
+		{"another app's body is not read", nil, "$env:BERTH_PROBE_SHOP__TOKEN", nil, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			h := spec.Health{Type: spec.HealthHTTP, Headers: tc.headers, Body: tc.body}
-			got := ResolveSecrets(h, lookup)
+			got := ResolveSecrets("web", h, lookup)
 			require.Equal(t, tc.wantHeaders, got.Headers)
 			require.Equal(t, tc.wantBody, got.Body)
 			require.Equal(t, tc.body, h.Body, "the published check is not changed")
@@ -81,12 +85,12 @@ func TestResolveSecrets(t *testing.T) {
 }
 
 func TestTargetsResolveFromEnvironment(t *testing.T) { // not parallel: sets the environment
-	t.Setenv("BERTH_PROBE_TARGETS_TEST", "Bearer from-env")
-	hc := &spec.Health{Type: spec.HealthHTTP, Port: 8080, Headers: map[string]string{"Authorization": "$env:BERTH_PROBE_TARGETS_TEST"}}
+	t.Setenv("BERTH_PROBE_WEB__TARGETS_TEST", "Bearer from-env")
+	hc := &spec.Health{Type: spec.HealthHTTP, Port: 8080, Headers: map[string]string{"Authorization": "$env:BERTH_PROBE_WEB__TARGETS_TEST"}}
 	apps := map[string]*msg.App{"web": {Name: "web", Port: 8080, Health: hc}}
 	instances := map[string]*msg.Instance{"web.a": {App: "web", ID: "a", State: msg.StateRunning, Address: "127.0.0.1:1"}}
 	got := Targets(apps, instances, nil)
 	require.Len(t, got, 1)
 	require.Equal(t, "Bearer from-env", got[0].Check.Headers["Authorization"])
-	require.Equal(t, "$env:BERTH_PROBE_TARGETS_TEST", hc.Headers["Authorization"], "the app view keeps the reference")
+	require.Equal(t, "$env:BERTH_PROBE_WEB__TARGETS_TEST", hc.Headers["Authorization"], "the app view keeps the reference")
 }

@@ -18,7 +18,7 @@ func TestViewRedactsHealthSecrets(t *testing.T) {
 		"Authorization": "Bearer s3cret",
 		"X-Api-Key":     "s3cret",
 		"Cookie":        "sid=s3cret",
-		"X-Auth-Token":  "$env:BERTH_PROBE_WEB_TOKEN",
+		"X-Auth-Token":  "$env:BERTH_PROBE_WEB__TOKEN",
 		"Host":          "web.internal",
 		"Accept":        "application/json",
 	}
@@ -28,7 +28,7 @@ func TestViewRedactsHealthSecrets(t *testing.T) {
 		"Authorization": spec.RedactedValue,
 		"X-Api-Key":     spec.RedactedValue,
 		"Cookie":        spec.RedactedValue,
-		"X-Auth-Token":  "$env:BERTH_PROBE_WEB_TOKEN",
+		"X-Auth-Token":  "$env:BERTH_PROBE_WEB__TOKEN",
 		"Host":          "web.internal",
 		"Accept":        "application/json",
 	}, v.Health.Headers)
