@@ -26,6 +26,13 @@ func TestComposeConfig(t *testing.T) {
 	}
 	require.Contains(t, string(out), "/var/run/docker.sock:/var/run/docker.sock")
 	require.Contains(t, string(out), "--jetstream")
+	// NATS auth on: the server's config is made with the credentials, and
+	// every daemon connects with its role's.
+	require.Contains(t, string(out), "/creds/nats-auth.conf")
+	for _, role := range []string{"scheduler", "healthd", "lbagent"} {
+		require.Contains(t, string(out), "--nats-nkey=/creds/"+role+".nk", role)
+	}
+	require.Contains(t, string(out), "service_completed_successfully")
 }
 
 // TestSchedulerAndHealthdImagesFromScratch builds the daemons' images from

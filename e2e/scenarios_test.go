@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berthhq/berth/common/bus"
 	"github.com/berthhq/berth/internal/loadgen"
 	"github.com/berthhq/berth/internal/testrig"
 	"github.com/stretchr/testify/require"
@@ -224,6 +225,9 @@ func fullStack(t *testing.T, mode string) {
 	require.Regexp(t, `(?m) health demo  [a-z0-9]+  unknown -> healthy`, out)
 	require.Regexp(t, `(?m) health demo  [a-z0-9]+  \S+ -> unhealthy  \(.*\)  http_status: `, out)
 
+	if s.seeds != nil {
+		s.requireNoPermissionErrors()
+	}
 	t.Logf("requests and failures per scenario, upstream mode %s (load: 4 keep-alive connections, 200 req/s through nginx; client retries: %v):", mode, !s.strict())
 	t.Log("| scenario | requests | non-2xx | errors | of which on a reused keep-alive | connections | retried on a closed keep-alive | nginx reloads |")
 	for _, sc := range report {
@@ -276,7 +280,7 @@ type watcher struct {
 
 func (s *stack) startWatch() *watcher {
 	s.t.Helper()
-	cmd := exec.Command(filepath.Join(binDir, "berth-watch"), "--nats-url", s.nats, "--prefix", s.prefix)
+	cmd := exec.Command(filepath.Join(binDir, "berth-watch"), "--nats-url", s.nats, "--prefix", s.prefix, "--nats-nkey", s.seeds[bus.RoleReader])
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(s.t, err)
 	stderr, err := cmd.StderrPipe()

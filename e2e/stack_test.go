@@ -111,7 +111,10 @@ type stack struct {
 	names  msg.Names
 	db     string
 	nats   string
-	conn   *bus.Conn
+	// seeds are the role credentials of the stack's own NATS (nil on a
+	// NATS without auth): each daemon runs with its role's.
+	seeds map[string]string
+	conn  *bus.Conn
 
 	nginx *testrig.Nginx
 	// mode is lbagent's --upstream-mode: dynamic (nginx loads its Lua
@@ -148,16 +151,17 @@ const luaModules = "/usr/lib/nginx/modules"
 func newStackMode(t testing.TB, natsURL, mode string) *stack {
 	t.Helper()
 	testrig.Docker(t)
-	if natsURL == "" {
-		natsURL = testrig.NATS(t)
-	}
 	s := &stack{t: t, dir: t.TempDir(), db: testrig.Postgres(t), nats: natsURL, apis: map[string]string{}, mode: mode}
 	s.prefix = fmt.Sprintf("e2e%d", time.Now().UnixNano()%1e7)
 	s.names, _ = msg.NewNames(s.prefix)
+	if s.nats == "" {
+		// As in production: auth on, one credential per daemon's role.
+		s.nats, s.seeds = testrig.NATSWithRoles(t, s.names)
+	}
 	testrig.RemoveBerthContainers(t, s.prefix)
 	t.Cleanup(s.dumpLogsOnFailure)
 
-	conn, err := bus.Connect(context.Background(), bus.Options{URL: s.nats}, zaptest.NewLogger(t, zaptest.Level(zapcore.WarnLevel)).Named("test"))
+	conn, err := bus.Connect(context.Background(), bus.Options{URL: s.nats, NKeyFile: s.seeds[bus.RoleReader]}, zaptest.NewLogger(t, zaptest.Level(zapcore.WarnLevel)).Named("test"))
 	require.NoError(t, err)
 	t.Cleanup(conn.Close)
 	s.conn = conn
@@ -219,8 +223,14 @@ func (s *stack) start(name, bin string, args ...string) *proc {
 	return p
 }
 
-func (s *stack) natsFlags() []string {
-	return []string{"--nats-url", s.nats, "--prefix", s.prefix, "--log-level", "debug"}
+// natsFlags are a daemon's NATS flags: its role's credential when the
+// stack's NATS requires one.
+func (s *stack) natsFlags(role string) []string {
+	flags := []string{"--nats-url", s.nats, "--prefix", s.prefix, "--log-level", "debug"}
+	if seed := s.seeds[role]; seed != "" {
+		flags = append(flags, "--nats-nkey", seed)
+	}
+	return flags
 }
 
 // startScheduler runs a scheduler replica and waits for its API.
@@ -228,7 +238,7 @@ func (s *stack) startScheduler(id string, extra ...string) *proc {
 	s.t.Helper()
 	api := fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(s.t))
 	args := append([]string{"run", "--database-url", s.db, "--api-listen", api,
-		"--id", id, "--lease-ttl", "2s", "--stop-timeout", "30s"}, s.natsFlags()...)
+		"--id", id, "--lease-ttl", "2s", "--stop-timeout", "30s"}, s.natsFlags(bus.RoleScheduler)...)
 	p := s.start("scheduler-"+id, "scheduler", append(args, extra...)...)
 	testrig.WaitHTTP(s.t, "http://"+api+"/healthz", 20*time.Second)
 	s.mu.Lock()
@@ -240,7 +250,7 @@ func (s *stack) startScheduler(id string, extra ...string) *proc {
 func (s *stack) startHealthd(id string) *proc {
 	s.t.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(s.t))
-	p := s.start("healthd-"+id, "healthd", append([]string{"--id", id, "--metrics-listen", addr, "--refresh", "10s"}, s.natsFlags()...)...)
+	p := s.start("healthd-"+id, "healthd", append([]string{"--id", id, "--metrics-listen", addr, "--refresh", "10s"}, s.natsFlags(bus.RoleHealthd)...)...)
 	testrig.WaitHTTP(s.t, "http://"+addr+"/healthz", 20*time.Second)
 	return p
 }
@@ -257,7 +267,7 @@ func (s *stack) startLBAgent(extra ...string) *proc {
 		"--state-dir", filepath.Join(s.dir, "lbagent-state"), "--templates", s.tmplDir,
 		"--listen-http", s.httpAddr, "--listen-https", fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(s.t)),
 		"--status-listen", s.statusAddr, "--metrics-listen", s.lbMetrics, "--debounce", "20ms:300ms",
-		"--empty-hold", lbEmptyHold.String(), "--upstream-mode", s.mode}, s.natsFlags()...)
+		"--empty-hold", lbEmptyHold.String(), "--upstream-mode", s.mode}, s.natsFlags(bus.RoleLBAgent)...)
 	p := s.start("lbagent", "lbagent", append(args, extra...)...)
 	testrig.WaitHTTP(s.t, "http://"+s.lbMetrics+"/healthz", 20*time.Second)
 	return p
@@ -411,6 +421,24 @@ func (s *stack) waitServing(app, host string, n int, version string, timeout tim
 // containers lists the ids of the app's containers that exist in Docker.
 func (s *stack) containers(app string) []string {
 	return testrig.BerthContainers(s.t, s.prefix, "berth.app="+app)
+}
+
+// requireNoPermissionErrors fails the test if the NATS server refused any
+// daemon anything: each role must be allowed all its daemon does.
+func (s *stack) requireNoPermissionErrors() {
+	s.t.Helper()
+	s.mu.Lock()
+	procs := append([]*proc(nil), s.procs...)
+	s.mu.Unlock()
+	for _, p := range procs {
+		b, _ := os.ReadFile(p.log)
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(strings.ToLower(line), "permissions violation") || strings.Contains(line, "permission denied") && strings.Contains(line, "nats") {
+				s.t.Errorf("%s was refused by NATS: %s", p.name, line)
+				break
+			}
+		}
+	}
 }
 
 func (s *stack) dumpLogsOnFailure() {

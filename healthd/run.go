@@ -91,7 +91,7 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 		return err
 	}
 	defer conn.Close()
-	if err := conn.EnsureBuckets(ctx, bus.ContractBuckets(names)); err != nil {
+	if err := conn.EnsureBuckets(ctx, bus.MustOwnedBuckets(names, bus.RoleHealthd)); err != nil {
 		logger.Warn("could not ensure buckets yet; watchers wait for them", zap.Error(err))
 	}
 

@@ -164,7 +164,7 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 		Pusher:    dyn.pusher(), Snapshot: dyn.snapshot(), ReloadDrain: c.ReloadDrain,
 	}, store, renderer, nginx.Binary{Path: c.NginxBin}, reloader, report.New(conn, names, node, metrics, logger), logger)
 
-	if err := conn.EnsureBuckets(ctx, bus.ContractBuckets(names)); err != nil {
+	if err := conn.EnsureBuckets(ctx, bus.MustOwnedBuckets(names, bus.RoleLBAgent)); err != nil {
 		logger.Warn("could not ensure buckets yet; watchers wait for them", zap.Error(err))
 	}
 	apps := bus.NewWatcher(conn, names.AppsBucket(), bus.Message[*msg.App], store.AppsHandler(), logger)

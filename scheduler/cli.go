@@ -38,6 +38,25 @@ type cli struct {
 	Events      eventsCmd   `cmd:"" help:"Show lifecycle events; --follow streams them from NATS."`
 	Rm          rmCmd       `cmd:"" help:"Delete an app."`
 	Rollback    rollbackCmd `cmd:"" help:"Roll an app back to its previous spec."`
+
+	NATSCredential natsCredentialCmd `cmd:"" name:"nats-credential" help:"Print one role's NATS credential (an nkey seed) of the embedded NATS, for another daemon's --nats-nkey; creates the credentials if needed."`
+	NATSConfig     natsConfigCmd     `cmd:"" name:"nats-config" help:"Print a nats-server config with Berth's roles (users and permissions) for an external NATS, from the credentials in --data-dir."`
+}
+
+// natsAuthFlags locate the embedded NATS's role credentials.
+type natsAuthFlags struct {
+	DataDir string `name:"data-dir" help:"The scheduler's --data-dir: the credentials are in its nats-credentials directory." default:"/var/lib/berth/scheduler" env:"BERTH_SCHEDULER_DATA_DIR" type:"path"`
+	Prefix  string `help:"Prefix of every NATS bucket and subject." default:"berth" env:"BERTH_SCHEDULER_PREFIX"`
+}
+
+type natsCredentialCmd struct {
+	natsAuthFlags `embed:""`
+	Role          string `arg:"" help:"scheduler, healthd, lbagent or reader." enum:"scheduler,healthd,lbagent,reader"`
+}
+
+type natsConfigCmd struct {
+	natsAuthFlags `embed:""`
+	Out           string `help:"Write the config to this file (mode 0644: it holds public keys only) instead of standard output." default:"" type:"path"`
 }
 
 type runCmd struct {
@@ -47,7 +66,9 @@ type runCmd struct {
 	Migrate      bool          `help:"Apply database migrations before starting." default:"false" env:"BERTH_SCHEDULER_MIGRATE"`
 	NATS         bus.Flags     `embed:"" envprefix:"BERTH_SCHEDULER_"`
 	NATSListen   string        `name:"nats-listen" help:"With no --nats-url: where the embedded NATS listens for the other daemons." default:"127.0.0.1:4222" env:"BERTH_SCHEDULER_NATS_LISTEN"`
-	DataDir      string        `name:"data-dir" help:"With no --nats-url: the embedded NATS's JetStream data." default:"/var/lib/berth/scheduler" env:"BERTH_SCHEDULER_DATA_DIR" type:"path"`
+	DataDir      string        `name:"data-dir" help:"With no --nats-url: the embedded NATS's JetStream data, and its role credentials (nats-credentials/, mode 0600)." default:"/var/lib/berth/scheduler" env:"BERTH_SCHEDULER_DATA_DIR" type:"path"`
+	NATSConfig   string        `name:"nats-server-config" help:"With no --nats-url: a nats-server config file whose authorization the embedded NATS uses instead of Berth's generated roles (give this scheduler's own credential with --nats-nkey or --nats-creds)." default:"" env:"BERTH_SCHEDULER_NATS_SERVER_CONFIG" type:"path"`
+	Unencrypted  bool          `name:"allow-unencrypted-nats" help:"Let the embedded NATS listen off loopback, where it has no TLS: every credential and message crosses the network in clear." default:"false" env:"BERTH_SCHEDULER_ALLOW_UNENCRYPTED_NATS"`
 	Prefix       string        `help:"Prefix of every NATS bucket and subject." default:"berth" env:"BERTH_SCHEDULER_PREFIX"`
 	ID           string        `help:"This replica's id in the lease (default: host name and pid)." default:"" env:"BERTH_SCHEDULER_ID"`
 	LeaseTTL     time.Duration `name:"lease-ttl" help:"Leader lease TTL; renewed every third of it." default:"10s" env:"BERTH_SCHEDULER_LEASE_TTL"`
@@ -105,6 +126,7 @@ type eventsCmd struct {
 	App         string `help:"Only this app's events." default:""`
 	Follow      bool   `help:"Keep streaming new events from NATS." default:"false"`
 	NATSURL     string `name:"nats-url" help:"NATS for --follow." default:"nats://127.0.0.1:4222" env:"BERTH_NATS_URL"`
+	NKey        string `name:"nats-nkey" help:"With --follow: file holding a NATS nkey seed, the reader role's (scheduler nats-credential reader)." default:"" env:"BERTH_NATS_NKEY" type:"path"`
 	Prefix      string `help:"Prefix of the NATS subjects." default:"berth" env:"BERTH_PREFIX"`
 }
 
@@ -175,8 +197,10 @@ func (r *runCmd) check() error {
 		if _, err := r.NATS.Options("scheduler"); err != nil {
 			errs = append(errs, err)
 		}
-	} else if _, _, err := net.SplitHostPort(r.NATSListen); err != nil {
+	} else if host, _, err := net.SplitHostPort(r.NATSListen); err != nil {
 		errs = append(errs, fmt.Errorf("--nats-listen %q: must be host:port", r.NATSListen))
+	} else if !loopback(host) && !r.Unencrypted {
+		errs = append(errs, fmt.Errorf("--nats-listen %s is off loopback, and the embedded NATS has no TLS: every credential and message would cross the network in clear; listen on loopback (the other daemons on this host), run NATS yourself with TLS (--nats-url), or accept the risk with --allow-unencrypted-nats", r.NATSListen))
 	}
 	return errors.Join(errs...)
 }

@@ -347,7 +347,7 @@ func events(ctx context.Context, e *eventsCmd, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	conn, err := bus.Connect(ctx, bus.Options{URL: e.NATSURL, Name: "scheduler-events"}, zap.NewNop())
+	conn, err := bus.Connect(ctx, bus.Options{URL: e.NATSURL, Name: "scheduler-events", NKeyFile: e.NKey}, zap.NewNop())
 	if err != nil {
 		return err
 	}

@@ -274,3 +274,49 @@ func writeSpec(t *testing.T, src string) string {
 	require.NoError(t, os.WriteFile(p, []byte(src), 0o600))
 	return p
 }
+
+// TestEmbeddedNATSRequiresRoles: with no --nats-url the scheduler's NATS
+// requires a role credential of every client, made on first start under
+// --data-dir; nats-credential prints one; a healthd credential cannot
+// write instances; and listening off loopback without TLS is refused
+// unless the flag for that risk is given.
+func TestEmbeddedNATSRequiresRoles(t *testing.T) {
+	t.Parallel()
+	db := testrig.Postgres(t)
+	code, _, _ := cmd(t, "migrate", "--database-url", db)
+	require.Equal(t, 0, code)
+	dataDir := t.TempDir()
+	natsAddr := fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
+	startReplica(t, db, "", "embedded-a", "--nats-listen", natsAddr, "--data-dir", dataDir)
+	url := "nats://" + natsAddr
+
+	_, err := bus.Connect(context.Background(), bus.Options{URL: url}, zaptest.NewLogger(t))
+	require.ErrorContains(t, err, "--nats-nkey", "an anonymous client is refused, and told which flag to give")
+
+	code, seed, errOut := cmd(t, "nats-credential", "healthd", "--data-dir", dataDir)
+	require.Equal(t, 0, code, errOut)
+	require.True(t, strings.HasPrefix(seed, "SU"), "a user nkey seed")
+	file := filepath.Join(t.TempDir(), "healthd.nk")
+	require.NoError(t, os.WriteFile(file, []byte(seed), 0o600))
+	conn, err := bus.Connect(context.Background(), bus.Options{URL: url, NKeyFile: file}, zaptest.NewLogger(t))
+	require.NoError(t, err)
+	t.Cleanup(conn.Close)
+	names, _ := msg.NewNames("berth")
+	require.Eventually(t, func() bool { _, err := conn.KV(context.Background(), names.AppsBucket()); return err == nil }, 10*time.Second, 20*time.Millisecond,
+		"healthd reads the buckets the scheduler made")
+	kv, err := conn.KV(context.Background(), names.InstancesBucket())
+	require.NoError(t, err)
+	_, err = kv.Put(context.Background(), "web.evil", []byte(`{}`))
+	require.ErrorIs(t, err, bus.ErrPermissionDenied, "healthd's credential cannot write an instance")
+
+	code, conf, _ := cmd(t, "nats-config", "--data-dir", dataDir)
+	require.Equal(t, 0, code)
+	require.Contains(t, conf, "authorization {")
+	require.NotContains(t, conf, strings.TrimSpace(seed), "the config holds public keys only")
+
+	code, _, errOut = cmd(t, "check-config", "--database-url", "postgres://u:p@h/db", "--nats-listen", "0.0.0.0:4222")
+	require.Equal(t, 1, code)
+	require.Contains(t, errOut, "--allow-unencrypted-nats")
+	code, _, _ = cmd(t, "check-config", "--database-url", "postgres://u:p@h/db", "--nats-listen", "0.0.0.0:4222", "--allow-unencrypted-nats")
+	require.Equal(t, 0, code)
+}

@@ -7,7 +7,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -64,8 +66,56 @@ func run(args []string, stdout, stderr *os.File) int {
 		return exitOK
 	case "migrate", "migrate <action>":
 		return migrate(ctx, &c.Migrate, stdout, stderr)
+	case "nats-credential <role>":
+		return natsCredential(&c.NATSCredential, stdout, stderr)
+	case "nats-config":
+		return natsConfig(&c.NATSConfig, stdout, stderr)
 	}
 	return runClient(ctx, c, kctx.Command(), stdout, stderr)
+}
+
+// credentialsDir is where the embedded NATS keeps its role credentials.
+func credentialsDir(dataDir string) string { return filepath.Join(dataDir, "nats-credentials") }
+
+// natsCredential prints one role's seed, creating the credentials on first use.
+func natsCredential(c *natsCredentialCmd, stdout, stderr *os.File) int {
+	seeds, err := bus.EnsureCredentials(credentialsDir(c.DataDir))
+	if err != nil {
+		fmt.Fprintf(stderr, "scheduler: %v\n", err)
+		return exitFailed
+	}
+	seed, err := os.ReadFile(seeds[c.Role])
+	if err != nil {
+		fmt.Fprintf(stderr, "scheduler: %v\n", err)
+		return exitFailed
+	}
+	fmt.Fprintf(stderr, "scheduler: the %s credential (%s); keep it mode 0600 and pass it as the daemon's --nats-nkey\n", c.Role, seeds[c.Role])
+	fmt.Fprintln(stdout, strings.TrimSpace(string(seed)))
+	return exitOK
+}
+
+// natsConfig prints a nats-server config with every role's user.
+func natsConfig(c *natsConfigCmd, stdout, stderr *os.File) int {
+	names, err := msg.NewNames(c.Prefix)
+	if err != nil {
+		return cmdline.Invalid(stderr, "scheduler", fmt.Errorf("--prefix: %w", err), false)
+	}
+	seeds, err := bus.EnsureCredentials(credentialsDir(c.DataDir))
+	if err == nil {
+		var conf string
+		if conf, err = bus.ServerConfig(names, seeds); err == nil {
+			if c.Out == "" {
+				fmt.Fprint(stdout, conf)
+				return exitOK
+			}
+			if err = os.WriteFile(c.Out, []byte(conf), 0o644); err == nil {
+				fmt.Fprintf(stderr, "scheduler: wrote %s; the role credentials are in %s\n", c.Out, credentialsDir(c.DataDir))
+				return exitOK
+			}
+		}
+	}
+	fmt.Fprintf(stderr, "scheduler: %v\n", err)
+	return exitFailed
 }
 
 func migrate(ctx context.Context, m *migrateCmd, stdout, stderr *os.File) int {
@@ -110,9 +160,27 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	}
 
 	natsURL := r.NATS.URL
+	flags := r.NATS
 	if natsURL == "" {
 		host, port, _ := splitHostPort(r.NATSListen)
-		srv, err := bus.Embedded(bus.EmbeddedOptions{Host: host, Port: port, StoreDir: r.DataDir}, logger)
+		eo := bus.EmbeddedOptions{Host: host, Port: port, StoreDir: r.DataDir, ConfigFile: r.NATSConfig}
+		if r.NATSConfig == "" {
+			// Auth on by default: one credential per role, made on first start.
+			dir := credentialsDir(r.DataDir)
+			seeds, err := bus.EnsureCredentials(dir)
+			if err != nil {
+				return fmt.Errorf("embedded NATS credentials: %w", err)
+			}
+			if eo.Users, err = bus.AuthUsers(names, seeds); err != nil {
+				return fmt.Errorf("embedded NATS credentials: %w", err)
+			}
+			if flags.NKeyFile == "" && flags.CredsFile == "" && flags.TokenFile == "" {
+				flags.NKeyFile = seeds[bus.RoleScheduler]
+			}
+			logger.Info("embedded NATS requires a role credential of every client", zap.String("credentials", dir),
+				zap.String("give_another_daemon", "scheduler nats-credential <healthd|lbagent|reader> > seed.nk, then its --nats-nkey seed.nk"))
+		}
+		srv, err := bus.Embedded(eo, logger)
 		if err != nil {
 			return err
 		}
@@ -120,14 +188,13 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 		natsURL = srv.URL()
 		logger.Info("embedded NATS started", zap.String("url", natsURL))
 	}
-	flags := r.NATS
 	flags.URL = natsURL
 	conn, err := flags.Connect(ctx, "scheduler-"+id, logger)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	if err := conn.EnsureBuckets(ctx, bus.ContractBuckets(names)); err != nil {
+	if err := conn.EnsureBuckets(ctx, bus.MustOwnedBuckets(names, bus.RoleScheduler)); err != nil {
 		logger.Warn("could not ensure buckets yet", zap.Error(err))
 	}
 

@@ -162,12 +162,21 @@ up() {
     --data-dir "$DIR/nats" --prefix $PREFIX --id demo-scheduler
   wait_for "the scheduler to lead" 30 sh -c "curl -fsS $API/readyz | grep -q '\"role\":\"leader\"'"
 
+  # The embedded NATS requires a role credential of every client: the
+  # scheduler made them on its first start; each daemon gets its own.
+  CREDS="$DIR/nats/nats-credentials"
+  for role in healthd lbagent reader; do
+    "$BIN/scheduler" nats-credential --data-dir "$DIR/nats" $role >"$DIR/run/$role.nk" 2>/dev/null
+    chmod 600 "$DIR/run/$role.nk"
+  done
+  info "NATS credentials: $CREDS (scheduler nats-credential <role> prints one)"
+
   step "starting healthd"
-  start healthd "$BIN/healthd" --nats-url $NATS --prefix $PREFIX --id demo-healthd --metrics-listen 127.0.0.1:9103
+  start healthd "$BIN/healthd" --nats-url $NATS --nats-nkey "$DIR/run/healthd.nk" --prefix $PREFIX --id demo-healthd --metrics-listen 127.0.0.1:9103
   wait_for "healthd to be ready" 30 curl -fsS http://127.0.0.1:9103/readyz
 
   step "starting lbagent with nginx on http://$HTTP"
-  start lbagent "$BIN/lbagent" --nats-url $NATS --prefix $PREFIX --node demo-lb --manage-nginx \
+  start lbagent "$BIN/lbagent" --nats-url $NATS --nats-nkey "$DIR/run/lbagent.nk" --prefix $PREFIX --node demo-lb --manage-nginx \
     --nginx-bin "$NGINX" --nginx-conf "$DIR/nginx/nginx.conf" --nginx-prefix "$DIR/nginx" --state-dir "$DIR/lbagent" \
     --templates "$ROOT/templates" --listen-http $HTTP --listen-https 127.0.0.1:8443 --status-listen 127.0.0.1:8091 \
     --metrics-listen 127.0.0.1:9102 --access-log-socket "$DIR/run/access.sock"
@@ -195,8 +204,11 @@ up() {
     bin/scheduler scale demo 5                      # scale out (and back with 3)
     sed 's/demo:v1/demo:v2/' examples/demo.yaml | bin/scheduler apply -f -
                                                     # rolling update to v2, no request dropped
-    bin/scheduler events --follow                   # lifecycle events as they happen
-    go run ./examples/berth-watch                   # events and health transitions over NATS
+    bin/scheduler events --follow --nats-nkey $DIR/run/reader.nk
+                                                    # lifecycle events as they happen
+    go run ./examples/berth-watch --nats-nkey $DIR/run/reader.nk
+                                                    # events and health transitions over NATS
+    nats --nkey $DIR/run/reader.nk sub '$PREFIX.v1.>'   # the nats CLI, as the reader role
     docker kill \$(docker ps -q --filter label=berth.app=demo | head -n1)
                                                     # a crash: replaced within a second
 

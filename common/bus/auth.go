@@ -2,6 +2,7 @@ package bus
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -10,6 +11,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/berthhq/berth/common/msg"
@@ -422,4 +424,50 @@ func denial(ctx context.Context, err error) error {
 		return cause
 	}
 	return err
+}
+
+// ServerConfig returns a nats-server config holding Berth's roles: one
+// nkey user per role of seeds, with its permissions (Permissions), for an
+// external NATS (compose, a cluster of your own). Only public keys are in
+// it; each daemon keeps its own seed.
+func ServerConfig(n msg.Names, seeds map[string]string) (string, error) {
+	users, err := AuthUsers(n, seeds)
+	if err != nil {
+		return "", err
+	}
+	role := map[string]string{}
+	for r, path := range seeds {
+		if pub, err := SeedPublicKey(path); err == nil {
+			role[pub] = r
+		}
+	}
+	q := func(list []string) string {
+		var b strings.Builder
+		e := json.NewEncoder(&b)
+		e.SetEscapeHTML(false) // '>' as is: the config parser knows no \u escapes
+		_ = e.Encode(list)
+		return strings.TrimSpace(b.String())
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Berth's NATS roles for prefix %q (scheduler nats-config): one nkey user per role,\n", n.Prefix())
+	b.WriteString("# each allowed only what its daemon does (docs/nats.md). Include it in your nats-server.conf.\n")
+	b.WriteString("authorization {\n  users = [\n")
+	for _, u := range users {
+		p := u.Permissions
+		fmt.Fprintf(&b, "    # %s\n    {nkey: %q, permissions: {publish: {allow: %s}, subscribe: {allow: %s}}}\n",
+			role[u.Nkey], u.Nkey, q(p.Publish.Allow), q(p.Subscribe.Allow))
+	}
+	b.WriteString("  ]\n}\n")
+	return b.String(), nil
+}
+
+// MustOwnedBuckets is OwnedBuckets for one of the Roles constants, which
+// it cannot refuse: each daemon ensures only the buckets its role owns
+// (with credentials it may create no other), and waits for the rest.
+func MustOwnedBuckets(n msg.Names, role string) []BucketConfig {
+	b, err := OwnedBuckets(n, role)
+	if err != nil {
+		panic(err)
+	}
+	return b
 }

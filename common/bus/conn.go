@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -157,6 +158,20 @@ func Connect(ctx context.Context, o Options, logger *zap.Logger) (*Conn, error) 
 	if err != nil {
 		return nil, fmt.Errorf("nats connect: %w", err)
 	}
+	// A server that is down is retried in the background; one that is up
+	// and refuses this client's credentials closes the connection at once.
+	// That is a configuration error: refuse to start, naming the flags.
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline) && nc.Status() != nats.CONNECTED && nc.Status() != nats.CLOSED; {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if nc.Status() == nats.CLOSED {
+		nc.Close()
+		return nil, authError(o, nc.LastError())
+	}
+	if nc.IsConnected() && !nc.AuthRequired() {
+		logger.Warn("the NATS server requires no authentication: any process that reaches it can rewrite Berth's state and routes; run it with Berth's roles (docs/operations.md, Security model)",
+			zap.String("url", nc.ConnectedUrlRedacted()))
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		nc.Close()
@@ -164,6 +179,37 @@ func Connect(ctx context.Context, o Options, logger *zap.Logger) (*Conn, error) 
 	}
 	c.nc, c.js = nc, js
 	return c, nil
+}
+
+// authError explains a connection the server closed at once: most often
+// credentials missing or refused.
+func authError(o Options, err error) error {
+	if err == nil {
+		err = errors.New("connection closed by the server")
+	}
+	given := "none were given"
+	switch {
+	case o.NKeyFile != "":
+		given = "--nats-nkey " + o.NKeyFile + " was refused"
+	case o.CredsFile != "":
+		given = "--nats-creds " + o.CredsFile + " was refused"
+	case o.Token != "":
+		given = "the --nats-token-file token was refused"
+	}
+	return fmt.Errorf("nats %s: %w: the server requires credentials and %s; pass this daemon's role credential with --nats-nkey "+
+		"(with the scheduler's embedded NATS: `scheduler nats-credential <role>` prints it), or --nats-creds or --nats-token-file", redactURL(o.URL), err, given)
+}
+
+// redactURL drops user info from NATS URLs, for errors.
+func redactURL(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, p := range parts {
+		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
+			u.User = nil
+			parts[i] = u.String()
+		}
+	}
+	return strings.Join(parts, ",")
 }
 
 // backoff is the delay before reconnect attempt n: doubling from wait up to

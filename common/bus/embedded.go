@@ -23,6 +23,11 @@ type EmbeddedOptions struct {
 	// its permissions (see AuthUsers); an anonymous client is refused.
 	// Empty means no authentication, for development and tests.
 	Users []*server.NkeyUser
+	// ConfigFile, when set, is a nats-server config file whose settings
+	// (its authorization above all) the server starts from; Host, Port,
+	// StoreDir and ServerName above still apply, and JetStream is on.
+	// Users must then be empty.
+	ConfigFile string
 }
 
 // EmbeddedServer is an in-process NATS server with JetStream.
@@ -46,15 +51,22 @@ func Embedded(opts EmbeddedOptions, logger *zap.Logger) (*EmbeddedServer, error)
 	if opts.ServerName == "" {
 		opts.ServerName = "berth-embedded"
 	}
-	s, err := server.NewServer(&server.Options{
-		ServerName: opts.ServerName,
-		Host:       opts.Host,
-		Port:       opts.Port,
-		JetStream:  true,
-		StoreDir:   opts.StoreDir,
-		NoSigs:     true,
-		Nkeys:      opts.Users,
-	})
+	so := &server.Options{}
+	if opts.ConfigFile != "" {
+		if len(opts.Users) > 0 {
+			return nil, errors.New("embedded nats: a config file or generated users, not both")
+		}
+		var err error
+		if so, err = server.ProcessConfigFile(opts.ConfigFile); err != nil {
+			return nil, fmt.Errorf("embedded nats: config %s: %w", opts.ConfigFile, err)
+		}
+	}
+	so.ServerName, so.Host, so.Port = opts.ServerName, opts.Host, opts.Port
+	so.JetStream, so.StoreDir, so.NoSigs = true, opts.StoreDir, true
+	if len(opts.Users) > 0 {
+		so.Nkeys = opts.Users
+	}
+	s, err := server.NewServer(so)
 	if err != nil {
 		return nil, fmt.Errorf("embedded nats: %w", err)
 	}

@@ -2,7 +2,8 @@
 // contract (docs/nats.md): it subscribes to lifecycle events and health
 // transitions and prints one line for each.
 //
-//	go run ./examples/berth-watch --nats-url nats://127.0.0.1:4222
+//	scheduler nats-credential reader > reader.nk
+//	go run ./examples/berth-watch --nats-url nats://127.0.0.1:4222 --nats-nkey reader.nk
 //	2026-11-24T10:00:01Z event  demo  instance_started  7f3k2q9x  instance 7f3k2q9x started at 127.0.0.1:32802 (generation 1)
 //	2026-11-24T10:00:02Z health demo  7f3k2q9x  unknown -> healthy  (1.2 ms)
 //
@@ -29,21 +30,30 @@ func main() {
 	url := flag.String("nats-url", nats.DefaultURL, "NATS server URL(s), comma separated")
 	prefix := flag.String("prefix", "berth", "Berth's subject prefix")
 	app := flag.String("app", "", "only this app (default: every app)")
+	seed := flag.String("nats-nkey", "", "file holding the NATS nkey seed of Berth's reader role (scheduler nats-credential reader)")
 	flag.Parse()
-	if err := run(*url, *prefix, *app); err != nil {
+	if err := run(*url, *prefix, *app, *seed); err != nil {
 		fmt.Fprintln(os.Stderr, "berth-watch:", err)
 		os.Exit(1)
 	}
 }
 
-func run(url, prefix, app string) error {
+func run(url, prefix, app, seed string) error {
 	names, err := msg.NewNames(prefix)
 	if err != nil {
 		return fmt.Errorf("--prefix: %w", err)
 	}
-	nc, err := nats.Connect(url, nats.Name("berth-watch"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true),
+	opts := []nats.Option{nats.Name("berth-watch"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { fmt.Fprintln(os.Stderr, "berth-watch: disconnected:", err) }),
-		nats.ReconnectHandler(func(*nats.Conn) { fmt.Fprintln(os.Stderr, "berth-watch: reconnected") }))
+		nats.ReconnectHandler(func(*nats.Conn) { fmt.Fprintln(os.Stderr, "berth-watch: reconnected") })}
+	if seed != "" {
+		opt, err := nats.NkeyOptionFromSeed(seed)
+		if err != nil {
+			return fmt.Errorf("--nats-nkey: %w", err)
+		}
+		opts = append(opts, opt)
+	}
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		return err
 	}

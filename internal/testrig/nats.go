@@ -1,9 +1,11 @@
 package testrig
 
 import (
+	"path/filepath"
 	"testing"
 
 	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/msg"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
 )
@@ -20,4 +22,25 @@ func NATS(t testing.TB) string {
 	}
 	t.Cleanup(s.Shutdown)
 	return s.URL()
+}
+
+// NATSWithRoles starts an in-process NATS server for the test that requires
+// Berth's role credentials for names (bus.AuthUsers), as a production
+// NATS does, and returns its URL and each role's seed file.
+func NATSWithRoles(t testing.TB, names msg.Names) (string, map[string]string) {
+	t.Helper()
+	seeds, err := bus.EnsureCredentials(filepath.Join(t.TempDir(), "nats-credentials"))
+	if err != nil {
+		t.Fatalf("NATS credentials: %v", err)
+	}
+	users, err := bus.AuthUsers(names, seeds)
+	if err != nil {
+		t.Fatalf("NATS users: %v", err)
+	}
+	s, err := bus.Embedded(bus.EmbeddedOptions{Port: -1, StoreDir: t.TempDir(), Users: users}, zaptest.NewLogger(t, zaptest.Level(zapcore.WarnLevel)))
+	if err != nil {
+		t.Fatalf("start in-process NATS: %v", err)
+	}
+	t.Cleanup(s.Shutdown)
+	return s.URL(), seeds
 }

@@ -120,7 +120,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		case <-reconnected:
 			// A server that came back empty (a reset) has no buckets: create
 			// them again before writing, and drop the cached handles.
-			if err := p.conn.EnsureBuckets(ctx, bus.ContractBuckets(p.names)); err != nil {
+			if err := p.conn.EnsureBuckets(ctx, bus.MustOwnedBuckets(p.names, bus.RoleHealthd)); err != nil {
 				p.fail("ensure buckets", "", err)
 			}
 			p.mu.Lock()

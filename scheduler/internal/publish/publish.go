@@ -112,7 +112,7 @@ func New(st Store, conn Bus, names msg.Names, logger *zap.Logger) *Publisher {
 func (p *Publisher) bucket(ctx context.Context, name string) (*bus.KV, error) {
 	kv, err := p.conn.KV(ctx, name)
 	if errors.Is(err, bus.ErrBucketNotFound) {
-		if err := p.conn.EnsureBuckets(ctx, bus.ContractBuckets(p.names)); err != nil {
+		if err := p.conn.EnsureBuckets(ctx, bus.MustOwnedBuckets(p.names, bus.RoleScheduler)); err != nil {
 			return nil, err
 		}
 		return p.conn.KV(ctx, name)
