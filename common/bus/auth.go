@@ -79,7 +79,9 @@ func grantOf(n msg.Names, role string) (grant, error) {
 		}, nil
 	case RoleReader:
 		return grant{
-			subscribe: []string{n.AllEvents(), n.AllHealth(), n.AllMetrics(), n.AllUsage(), n.AllReloads()},
+			// Every subject of the contract, as one wildcard, so that
+			// tooling can follow them all in one subscription.
+			subscribe: []string{n.Prefix() + ".v1.>"},
 		}, nil
 	}
 	return grant{}, fmt.Errorf("%w %q: want one of %v", ErrUnknownRole, role, Roles())

@@ -712,7 +712,7 @@ func TestRolesDoTheirJobAndNothingElse(t *testing.T) {
 			RoleScheduler: {">", "$KV.>", n.AllHealth(), n.AllReloads()},
 			RoleHealthd:   {">", "$KV.>", n.AllEvents(), n.AllMetrics()},
 			RoleLBAgent:   {">", "$KV.>", n.AllEvents(), n.AllHealth()},
-			RoleReader:    {">", "$KV.>", "$JS.>", "acme.v1.>"},
+			RoleReader:    {">", "$KV.>", "$JS.>", "other.v1.>"},
 		}
 		for role, subjects := range refused {
 			for _, subject := range subjects {
@@ -728,6 +728,11 @@ func TestRolesDoTheirJobAndNothingElse(t *testing.T) {
 		require.NoError(t, scheduler.Flush(ctx))
 		events.requireGot(t, n.EventsSubject("web", "scaled"))
 		usage.requireGot(t, n.UsageSubject("api"))
+		// The reader follows the whole contract in one subscription.
+		all := subscribe(t, reader, "acme.v1.>")
+		require.NoError(t, scheduler.Publish(ctx, n.EventsSubject("web", "deleted"), []byte("{}")))
+		require.NoError(t, scheduler.Flush(ctx))
+		all.requireGot(t, n.EventsSubject("web", "deleted"))
 	})
 
 	t.Run("only the owner purges or deletes a bucket's stream", func(t *testing.T) {
@@ -809,7 +814,7 @@ func expectedViolation(v string) bool {
 			return true
 		}
 	}
-	for _, s := range []string{`">"`, `"$KV.>"`, `"$JS.>"`, `"acme.v1.`} {
+	for _, s := range []string{`">"`, `"$KV.>"`, `"$JS.>"`, `"acme.v1.`, `"other.v1.>"`} {
 		if strings.Contains(v, "Subscription to "+s) {
 			return true
 		}

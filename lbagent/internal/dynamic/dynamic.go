@@ -170,6 +170,7 @@ func (c *Client) do(ctx context.Context, method string, body []byte) (versionRep
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	replayable(req)
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
 		return versionReply{}, 0, fmt.Errorf("control endpoint: %w", err)
@@ -218,6 +219,17 @@ func (c *Client) Push(ctx context.Context, b Batch) (uint64, error) {
 	return v.Version, nil
 }
 
+// replayable lets net/http send req again on a new connection when the
+// kept-alive one it used was closed under it, as a reload closes the old
+// workers' idle connections (found on make demo: a push right after a
+// route change failed with "connection reset by peer"). Both control
+// requests may be replayed: a push is versioned (a replay is refused as
+// stale, then retried above the installed version) and the keepalive
+// request sets a value. net/http replays a POST only with this header.
+func replayable(req *http.Request) {
+	req.Header.Set("Idempotency-Key", "berth-control")
+}
+
 // CloseKeepalive asks nginx's workers of a config generation below below
 // to close each keep-alive connection after its next answer, for ttl (0
 // ends it): lbagent calls it before reloading into generation below, so
@@ -235,6 +247,7 @@ func (c *Client) CloseKeepalive(ctx context.Context, below uint64, ttl time.Dura
 	}
 	req.Header.Set("X-Berth-Token", c.Token)
 	req.Header.Set("Content-Type", "application/json")
+	replayable(req)
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
 		return fmt.Errorf("keepalive endpoint: %w", err)

@@ -1,16 +1,20 @@
 package dynamic
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/fstest"
 	"time"
@@ -247,4 +251,49 @@ func TestCacheReusesUnchangedSets(t *testing.T) {
 	web2.LB.Method = "hash"
 	third := c.Of(state.Snapshot{Apps: []state.App{moved.Apps[0], {Spec: &web2, Servers: moved.Apps[1].Servers}}})
 	require.Equal(t, "hash", third["web"].Method, "a new app record makes a new set")
+}
+
+// TestClientReplaysOnAConnectionCutByAReload: a reload closes the old
+// workers' idle keep-alive connections; a push sent on one as it closes
+// is sent again on a new connection instead of failing.
+func TestClientReplaysOnAConnectionCutByAReload(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	var conns atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n := conns.Add(1)
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				for i := 0; ; i++ {
+					req, err := http.ReadRequest(r)
+					if err != nil {
+						return
+					}
+					_, _ = io.Copy(io.Discard, req.Body)
+					if n == 1 && i == 1 {
+						// The reload: the connection is cut as the request arrives.
+						c.(*net.TCPConn).SetLinger(0)
+						return
+					}
+					body := `{"version":9}`
+					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+				}
+			}()
+		}
+	}()
+	c := NewClient(ln.Addr().String(), strings.Repeat("a", 64))
+	ctx := context.Background()
+	_, err = c.Push(ctx, Batch{Version: 8, Apps: map[string]*Endpoints{}})
+	require.NoError(t, err)
+	_, err = c.Push(ctx, Batch{Version: 9, Apps: map[string]*Endpoints{}})
+	require.NoError(t, err, "sent again on a new connection")
+	require.Equal(t, int32(2), conns.Load())
 }
