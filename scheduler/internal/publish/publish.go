@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -378,9 +379,84 @@ func (p *Publisher) One(ctx context.Context, name string, l store.Lease) error {
 	if err := p.putApp(ctx, kv, a, l.Term); err != nil {
 		return err
 	}
-	return p.Event(ctx, l, store.Event{App: name, Kind: "app_updated",
+	events := []store.Event{{App: name, Kind: "app_updated",
 		Message: fmt.Sprintf("app %s is at generation %d (image %s)", name, a.Generation, a.Spec.Image),
-		Details: map[string]string{"generation": fmt.Sprint(a.Generation), "image": a.Spec.Image}})
+		Details: map[string]string{"generation": fmt.Sprint(a.Generation), "image": a.Spec.Image}}}
+	if all, err := p.store.List(ctx); err == nil {
+		if ev, ok := RouteConflict(a, all); ok {
+			events = append(events, ev)
+		}
+	}
+	return p.Event(ctx, l, events...)
+}
+
+// RouteConflict returns the route_conflict event of app a when another
+// app claimed one of its routes (a host and a path) first: every lbagent
+// routes it to that app, and a gets no location there. It names the
+// first such route and app, and counts the others.
+func RouteConflict(a store.App, all []store.App) (store.Event, bool) {
+	owner := map[string]string{}
+	for _, o := range all {
+		if o.Name == a.Name || o.Spec == nil || !claimsBefore(o, a) {
+			continue
+		}
+		for _, k := range routeKeys(o.Spec.Routing) {
+			if _, taken := owner[k]; !taken {
+				owner[k] = o.Name
+			}
+		}
+	}
+	var lost []string
+	first := ""
+	for _, k := range routeKeys(a.Spec.Routing) {
+		if o, taken := owner[k]; taken {
+			if first == "" {
+				first = o
+			}
+			lost = append(lost, k)
+		}
+	}
+	if len(lost) == 0 {
+		return store.Event{}, false
+	}
+	host, path, _ := strings.Cut(lost[0], " ")
+	if host == "" {
+		host = "(default server)"
+	}
+	msg := fmt.Sprintf("path %s on host %s is already routed to app %s, created first: app %s gets no route there", path, host, first, a.Name)
+	if len(lost) > 1 {
+		msg += fmt.Sprintf(" (and %d more routes)", len(lost)-1)
+	}
+	return store.Event{App: a.Name, Kind: "route_conflict", Message: msg,
+		Details: map[string]string{"app": first, "host": host, "path": path, "routes": fmt.Sprint(len(lost))}}, true
+}
+
+// claimsBefore is lbagent's rule (render.ClaimsBefore): the app created
+// first, and by name when that does not decide.
+func claimsBefore(a, b store.App) bool {
+	if !a.CreatedAt.Equal(b.CreatedAt) && !a.CreatedAt.IsZero() && !b.CreatedAt.IsZero() {
+		return a.CreatedAt.Before(b.CreatedAt)
+	}
+	if a.CreatedAt.IsZero() != b.CreatedAt.IsZero() {
+		return !a.CreatedAt.IsZero()
+	}
+	return a.Name < b.Name
+}
+
+// routeKeys are the routes of r as lbagent keys them: lower-case host
+// ("" for the default server), a space, and the path as a route.
+func routeKeys(r spec.Routing) []string {
+	hosts := r.Hosts
+	if len(hosts) == 0 {
+		hosts = []string{""}
+	}
+	var out []string
+	for _, h := range hosts {
+		for _, p := range r.Paths {
+			out = append(out, strings.ToLower(h)+" "+spec.RoutePath(p))
+		}
+	}
+	return out
 }
 
 // Event records events under the lease (fenced) and then publishes them.

@@ -38,3 +38,32 @@ func TestViewRedactsHealthSecrets(t *testing.T) {
 	none := View(store.App{Name: "web", Spec: &spec.App{Name: "web", Image: "web:1", Port: 8080}}, 3)
 	require.NotPanics(t, func() { _ = none.Health })
 }
+
+// TestRouteConflict: the app that claims a route another app claimed first
+// gets the event naming it; the first app does not; "/x" and "/x/" and
+// host case are one route, as in lbagent.
+func TestRouteConflict(t *testing.T) {
+	t.Parallel()
+	app := func(name string, created int64, hosts []string, paths ...string) store.App {
+		return store.App{Name: name, CreatedAt: time.Unix(created, 0),
+			Spec: &spec.App{Name: name, Routing: spec.Routing{Hosts: hosts, Paths: paths}}}
+	}
+	first := app("shop", 1, []string{"Example.com"}, "/api/", "/")
+	later := app("api", 2, []string{"example.com", "api.example.com"}, "/api", "/v2")
+	other := app("blog", 3, nil, "/")
+	all := []store.App{first, later, other}
+
+	ev, ok := RouteConflict(later, all)
+	require.True(t, ok)
+	require.Equal(t, "route_conflict", ev.Kind)
+	require.Equal(t, "api", ev.App)
+	require.Equal(t, "path /api on host example.com is already routed to app shop, created first: app api gets no route there", ev.Message)
+	require.Equal(t, map[string]string{"app": "shop", "host": "example.com", "path": "/api", "routes": "1"}, ev.Details)
+
+	_, ok = RouteConflict(first, all)
+	require.False(t, ok, "the app that claimed first keeps its routes")
+	_, ok = RouteConflict(other, all)
+	require.False(t, ok, "the default server's / is not example.com's")
+	_, ok = RouteConflict(app("blog2", 4, nil, "/", "/x"), all)
+	require.True(t, ok, "the default server's routes conflict too")
+}
