@@ -474,13 +474,7 @@ func TestRolesDoTheirJobAndNothingElse(t *testing.T) {
 			OnSnapshot: func([]Event[string], uint64) { t.Error("a snapshot of a bucket the reader may not read") },
 			OnUpdate:   func(Event[string]) {},
 		}, zap.New(core))
-		wctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- w.Run(wctx) }()
-		defer func() {
-			cancel()
-			require.NoError(t, <-done)
-		}()
+		startWatcher(t, w)
 		require.Eventually(t, func() bool {
 			for _, e := range logs.FilterMessage("watch failed, retrying").All() {
 				if err, _ := e.ContextMap()["error"].(string); strings.Contains(err, ErrPermissionDenied.Error()) &&
@@ -858,13 +852,7 @@ func TestReaderFollowsBucketPastFlowControl(t *testing.T) {
 		OnSnapshot: func(evs []Event[string], _ uint64) { got <- len(evs) },
 		OnUpdate:   func(Event[string]) {},
 	}, zaptest.NewLogger(t))
-	wctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(wctx) }()
-	defer func() {
-		cancel()
-		require.NoError(t, <-done)
-	}()
+	startWatcher(t, w)
 	select {
 	case n := <-got:
 		require.Equal(t, keys, n)
@@ -956,4 +944,15 @@ func TestServerConfigCarriesTheRoles(t *testing.T) {
 	c, err := Connect(context.Background(), Options{URL: srv.URL(), NKeyFile: seeds[RoleReader]}, zaptest.NewLogger(t))
 	require.NoError(t, err)
 	c.Close()
+}
+
+// startWatcher runs w until the (sub)test ends.
+func startWatcher[T any](t *testing.T, w *Watcher[T]) {
+	wctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(wctx) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
 }

@@ -201,13 +201,7 @@ func runWatcher(t *testing.T, c *Conn, bucket string, h Handler[int]) *Watcher[i
 	w := NewWatcher(c, bucket, decodeInt, h, zaptest.NewLogger(t))
 	w.RetryWait = 20 * time.Millisecond
 	w.CheckEvery = 50 * time.Millisecond
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		require.NoError(t, <-done)
-	})
+	startWatcher(t, w)
 	return w
 }
 

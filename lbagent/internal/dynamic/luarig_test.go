@@ -125,28 +125,23 @@ func newLuaRig(t testing.TB, apps ...rigApp) *luaRig {
 		b.WriteString("    }\n")
 	}
 	fmt.Fprintf(&b, "    server {\n        listen %s;\n        add_header X-Upstream $upstream_addr always;\n", r.Traffic)
+	// route is an app's location, or its closer (as lbagent renders it:
+	// the same, with keepalive_timeout 0).
+	route := func(a rigApp, location, extra string) {
+		fmt.Fprintf(&b, "        location %s {\n%s            set $berth_app %q;\n            set $berth_tries %d;\n", location, extra, a.Name, a.Tries)
+		if a.HashKey != "" {
+			fmt.Fprintf(&b, "            set $berth_hash_key %s;\n", a.HashKey)
+		}
+		fmt.Fprintf(&b, `            access_by_lua_block { require("berth.dynamic").access(%q, "@close_%s") }
+            log_by_lua_block { require("berth.dynamic").log(%q) }
+            proxy_pass http://app_%s;
+            proxy_next_upstream_tries %d;
+        }
+`, a.Name, a.Name, a.Name, a.Name, a.Tries)
+	}
 	for _, a := range apps {
-		fmt.Fprintf(&b, "        location /%s/ {\n            set $berth_app %q;\n            set $berth_tries %d;\n", a.Name, a.Name, a.Tries)
-		if a.HashKey != "" {
-			fmt.Fprintf(&b, "            set $berth_hash_key %s;\n", a.HashKey)
-		}
-		fmt.Fprintf(&b, `            access_by_lua_block { require("berth.dynamic").access(%q, "@close_%s") }
-            log_by_lua_block { require("berth.dynamic").log(%q) }
-            proxy_pass http://app_%s;
-            proxy_next_upstream_tries %d;
-        }
-`, a.Name, a.Name, a.Name, a.Name, a.Tries)
-		// The closer, as lbagent renders it: the same route, keepalive_timeout 0.
-		fmt.Fprintf(&b, "        location @close_%s {\n            keepalive_timeout 0;\n            set $berth_app %q;\n            set $berth_tries %d;\n", a.Name, a.Name, a.Tries)
-		if a.HashKey != "" {
-			fmt.Fprintf(&b, "            set $berth_hash_key %s;\n", a.HashKey)
-		}
-		fmt.Fprintf(&b, `            access_by_lua_block { require("berth.dynamic").access(%q, "@close_%s") }
-            log_by_lua_block { require("berth.dynamic").log(%q) }
-            proxy_pass http://app_%s;
-            proxy_next_upstream_tries %d;
-        }
-`, a.Name, a.Name, a.Name, a.Name, a.Tries)
+		route(a, "/"+a.Name+"/", "")
+		route(a, "@close_"+a.Name, "            keepalive_timeout 0;\n")
 	}
 	fmt.Fprintf(&b, `        location / { return 404; }
     }

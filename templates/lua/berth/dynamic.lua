@@ -634,6 +634,28 @@ local function authorize()
     return dict
 end
 
+-- post_json returns the decoded body of a POST; any other method (GET is
+-- answered before), an unreadable body or one that is not JSON is answered
+-- here, and nil returned.
+local function post_json()
+    if ngx.req.get_method() ~= "POST" then
+        ngx.header["Allow"] = "GET, POST"
+        reply_error(405, "method not allowed: GET or POST")
+        return nil
+    end
+    local data, err = read_body()
+    if not data then
+        reply_error(400, "body: " .. tostring(err))
+        return nil
+    end
+    local body
+    body, err = cjson.decode(data)
+    if body == nil then
+        reply_error(400, "body: not JSON: " .. tostring(err))
+    end
+    return body
+end
+
 local KEEPALIVE_FIELDS = { below = true, seconds = true }
 local MAX_KEEPALIVE_SECONDS = 600
 
@@ -650,23 +672,17 @@ function _M.keepalive()
     if not dict then
         return
     end
-    local method = ngx.req.get_method()
-    if method == "GET" then
+    if ngx.req.get_method() == "GET" then
         return reply(200, sformat('{"below":%d}', dict:get("kc") or 0))
     end
-    if method ~= "POST" then
-        ngx.header["Allow"] = "GET, POST"
-        return reply_error(405, "method not allowed: GET or POST")
+    local body = post_json()
+    if body == nil then
+        return
     end
-    local data, err = read_body()
-    if not data then
-        return reply_error(400, "body: " .. tostring(err))
-    end
-    local body
-    body, err = cjson.decode(data)
     if not is_object(body) or #body > 0 then
-        return reply_error(400, "body: want a JSON object: " .. tostring(err or "not an object"))
+        return reply_error(400, "body: want a JSON object")
     end
+    local ok, err
     local bad = unknown_field(body, KEEPALIVE_FIELDS)
     if bad then
         return reply_error(400, bad .. ": unknown field (allowed: below, seconds)")
@@ -681,7 +697,6 @@ function _M.keepalive()
     if body.seconds == 0 then
         dict:delete("kc")
     else
-        local ok
         ok, err = dict:safe_set("kc", body.below, body.seconds)
         if not ok then
             return reply_error(507, "shared dict " .. DICT_NAME .. ": " .. tostring(err))
@@ -696,25 +711,14 @@ function _M.control()
         return
     end
 
-    local method = ngx.req.get_method()
-    if method == "GET" then
+    if ngx.req.get_method() == "GET" then
         return reply(200, sformat('{"version":%d,"apps":%d}', installed_version(dict), #app_names(dict)))
     end
-    if method ~= "POST" then
-        ngx.header["Allow"] = "GET, POST"
-        return reply_error(405, "method not allowed: GET or POST")
-    end
-
-    local data, err = read_body()
-    if not data then
-        return reply_error(400, "body: " .. tostring(err))
-    end
-    local body
-    body, err = cjson.decode(data)
+    local body = post_json()
     if body == nil then
-        return reply_error(400, "body: not JSON: " .. tostring(err))
+        return
     end
-    local version, full, apps
+    local version, full, apps, err
     version, full, apps, err = check_batch(body)
     if not version then
         return reply_error(400, err)
