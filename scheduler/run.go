@@ -286,7 +286,13 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 		})
 	}))
 	group.Add("watch-health", bus.NewWatcher(conn, names.HealthBucket(), bus.Message[*msg.Health], healthTbl.Handler(), logger))
-	group.Add("watch-agents", bus.NewWatcher(conn, names.AgentsBucket(), bus.Message[*msg.Agent], agentsTbl.Handler(), logger))
+	// lbagent never deletes its record (it expires, and drains age it by
+	// its updated_at): a delete can only come from another NATS client, and
+	// believing it would let a drain skip an nginx that still routes.
+	agents := view.KeepOnDelete(agentsTbl.Handler(), func(key string) {
+		logger.Warn("ignored the delete of an lbagent's record: lbagents never delete theirs", zap.String("node", key))
+	})
+	group.Add("watch-agents", bus.NewWatcher(conn, names.AgentsBucket(), bus.Message[*msg.Agent], agents, logger))
 	group.Add("controller", ctl)
 	group.Add("scaler", sc)
 	group.Add("publish", lifecycle.Func(func(ctx context.Context) error {

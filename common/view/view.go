@@ -125,3 +125,23 @@ func InstanceTerm(i *msg.Instance) uint64 { return i.Term }
 
 // NoTerm is for values not written by the leader (health, checkers, agents).
 func NoTerm[T any](T) uint64 { return 0 }
+
+// KeepOnDelete returns h with deletes dropped, counted by dropped: for a
+// bucket whose writers never delete (records expire by TTL and readers
+// age them by their own time), where a delete can only come from another
+// NATS client, and must not make a live record vanish. A snapshot still
+// replaces everything.
+func KeepOnDelete[T any](h bus.Handler[T], dropped func(key string)) bus.Handler[T] {
+	return bus.HandlerFuncs[T]{
+		OnSnapshot: h.Snapshot,
+		OnUpdate: func(e bus.Event[T]) {
+			if e.Op == bus.OpDelete {
+				if dropped != nil {
+					dropped(e.Key)
+				}
+				return
+			}
+			h.Update(e)
+		},
+	}
+}

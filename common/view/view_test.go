@@ -149,3 +149,21 @@ func TestTableChurnHeap(t *testing.T) {
 	require.Zero(t, live)
 	require.LessOrEqual(t, tombs, msg.DefaultMaxTombstones)
 }
+
+func TestKeepOnDelete(t *testing.T) {
+	t.Parallel()
+	tb := NewTable(NoTerm[*msg.Agent], nil)
+	var dropped []string
+	h := KeepOnDelete(tb.Handler(), func(k string) { dropped = append(dropped, k) })
+	h.Snapshot([]bus.Event[*msg.Agent]{{Key: "lb-1", Value: &msg.Agent{Node: "lb-1"}}}, 1)
+	h.Update(bus.Event[*msg.Agent]{Key: "lb-1", Revision: 2, Op: bus.OpDelete})
+	_, ok := tb.Get("lb-1")
+	require.True(t, ok, "a delete does not make the record vanish")
+	require.Equal(t, []string{"lb-1"}, dropped)
+	h.Update(bus.Event[*msg.Agent]{Key: "lb-2", Revision: 3, Op: bus.OpPut, Value: &msg.Agent{Node: "lb-2"}})
+	_, ok = tb.Get("lb-2")
+	require.True(t, ok, "puts pass")
+	h.Snapshot(nil, 4)
+	_, ok = tb.Get("lb-1")
+	require.False(t, ok, "a snapshot replaces everything")
+}
