@@ -170,16 +170,18 @@ func writeSubjects(bucket string) []string {
 //
 // What subject permissions cannot express: the client of a JetStream API
 // request chooses the reply subject, and the server answers there without
-// checking it against the client's permissions. So any credential that may
-// read a bucket (opening one is a stream info request) can have the server
-// write an API response, or, with a direct get, a copy of a stored message
-// (delete and purge markers included), under any key of any bucket in the
-// account. No allow-list closes that while reads are allowed; putting the
-// buckets in an account of their own, with reads imported as services so
-// that replies land in the requester's account, would. Until then
-// consumers keep validating and fencing every value (Message, msg.Fence):
-// that drops an injected API response and a value under another key, but
-// a copied delete marker still reads as a delete.
+// checking it against the client's permissions, and a push consumer
+// delivers to whatever subject its creator names. So any credential that
+// may read a bucket (opening one is a stream info request) can have the
+// server write an API response, or a copy of a stored message (delete and
+// purge markers included), under any key of any bucket in the account. No
+// allow-list closes that while reads are allowed, nor does an account of
+// their own for the buckets (creating a consumer is reading): records
+// signed by their writer's role key and verified by readers would.
+// Meanwhile consumers keep validating and fencing every value (Message,
+// msg.Fence), which drops an injected API response and a value under
+// another key, but a copied delete marker still reads as a delete
+// (docs/operations.md, Security model).
 func Permissions(n msg.Names, role string) (*server.Permissions, error) {
 	g, err := grantOf(n, role)
 	if err != nil {
@@ -194,6 +196,10 @@ func Permissions(n msg.Names, role string) (*server.Permissions, error) {
 	}
 	if len(g.buckets) > 0 {
 		pub = append(pub, jsAPI+"INFO")
+	}
+	if role == RoleReader {
+		// The streams' names, for tooling (nats kv ls): names only.
+		pub = append(pub, jsAPI+"STREAM.NAMES", jsAPI+"STREAM.LIST")
 	}
 	pub = append(pub, g.publish...)
 	sub := append([]string{replies}, g.subscribe...)
