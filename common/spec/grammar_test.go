@@ -97,3 +97,15 @@ func TestEnvRefsAreTheApps(t *testing.T) {
 	require.ElementsMatch(t, []string{"health.body", "health.headers[Authorization]"}, paths, "%v", err)
 	require.Contains(t, err.Error(), "BERTH_PROBE_WEB__")
 }
+
+// TestLiteralHealthBodyRefused: a body is published with the app to every
+// NATS reader, so only a reference to healthd's environment is accepted.
+func TestLiteralHealthBodyRefused(t *testing.T) {
+	t.Parallel()
+	_, err := Load([]byte("name: web\nimage: web:1\nport: 8080\nhealth:\n  path: /\n  method: POST\n  body: '{\"password\":\"s3cret\"}'\n"))
+	require.ErrorContains(t, err, "health.body: is published to every NATS reader")
+	require.ErrorContains(t, err, "BERTH_PROBE_WEB__BODY")
+	require.NotContains(t, err.Error(), "s3cret", "the value is never echoed")
+	_, err = Load([]byte("name: web\nimage: web:1\nport: 8080\nhealth:\n  path: /\n  method: POST\n  body: $env:BERTH_PROBE_WEB__BODY\n"))
+	require.NoError(t, err)
+}

@@ -75,6 +75,10 @@ func (a *App) Validate() error {
 		for k, v := range h.Headers {
 			refs[Key("health.headers", k)] = v
 		}
+		if _, ref := EnvRef(h.Body); h.Body != "" && !ref {
+			es.Add("health.body", "is published to every NATS reader with the app, so it must be a reference: put the body in healthd's environment as %sBODY and write body: $env:%sBODY",
+				ProbeEnvPrefixOf(a.Name), ProbeEnvPrefixOf(a.Name))
+		}
 		for _, p := range sortedKeys(refs) {
 			if name, ok := EnvRef(refs[p]); ok && !OwnEnvRef(a.Name, name) {
 				es.Add(p, "$env:%s is not this app's: its references name variables %s followed by A-Z, 0-9 and single '_' (healthd resolves no other)",

@@ -98,6 +98,8 @@ func ResolveSecrets(app string, h spec.Health, lookup func(string) (string, bool
 	}
 	if name, ok := spec.EnvRef(h.Body); ok {
 		h.Body, _ = resolve(name)
+	} else if h.Body == spec.RedactedValue {
+		h.Body = ""
 	}
 	return h
 }

@@ -72,6 +72,7 @@ func TestResolveSecrets(t *testing.T) {
 		{"body reference", nil, "$env:BERTH_PROBE_WEB__BODY", nil, `{"key":"s3cret"}`},
 		{"unset body reference", nil, "$env:BERTH_PROBE_WEB__NONE", nil, ""},
 		{"another app's body is not read", nil, "$env:BERTH_PROBE_SHOP__TOKEN", nil, ""},
+		{"a redacted body is not sent", nil, spec.RedactedValue, nil, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -58,19 +58,31 @@ func View(a store.App, term uint64) *msg.App {
 }
 
 // redactHealth returns a copy of h for every reader of berth_apps: the
-// literal value of a secret header (Authorization, Cookie, …) becomes
-// spec.RedactedValue; "$env:" references, resolved by healthd, are kept.
+// literal value of a secret header (Authorization, Cookie, …), and a
+// literal body (refused at apply since; one stored before is not
+// published), become spec.RedactedValue; "$env:" references, resolved by
+// healthd, are kept.
 func redactHealth(h *spec.Health) *spec.Health {
-	if h == nil || len(h.Headers) == 0 {
+	if h == nil {
+		return nil
+	}
+	_, bodyRef := spec.EnvRef(h.Body)
+	literalBody := h.Body != "" && !bodyRef
+	if len(h.Headers) == 0 && !literalBody {
 		return h
 	}
 	c := *h
-	c.Headers = make(map[string]string, len(h.Headers))
-	for k, v := range h.Headers {
-		if _, ref := spec.EnvRef(v); !ref && spec.SecretHeader(k) {
-			v = spec.RedactedValue
+	if literalBody {
+		c.Body = spec.RedactedValue
+	}
+	if len(h.Headers) > 0 {
+		c.Headers = make(map[string]string, len(h.Headers))
+		for k, v := range h.Headers {
+			if _, ref := spec.EnvRef(v); !ref && spec.SecretHeader(k) {
+				v = spec.RedactedValue
+			}
+			c.Headers[k] = v
 		}
-		c.Headers[k] = v
 	}
 	return &c
 }

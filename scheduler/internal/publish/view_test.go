@@ -67,3 +67,16 @@ func TestRouteConflict(t *testing.T) {
 	_, ok = RouteConflict(app("blog2", 4, nil, "/", "/x"), all)
 	require.True(t, ok, "the default server's routes conflict too")
 }
+
+// TestViewRedactsALiteralBody: a spec stored before literal bodies were
+// refused does not publish its body; a reference is kept.
+func TestViewRedactsALiteralBody(t *testing.T) {
+	t.Parallel()
+	a := &spec.App{Name: "web", Image: "web:1", Port: 8080, Health: &spec.Health{Type: spec.HealthHTTP, Path: "/", Body: `{"password":"s3cret"}`}}
+	v := View(store.App{Name: "web", Spec: a, Generation: 1, UpdatedAt: time.Unix(1, 0)}, 3)
+	require.Equal(t, spec.RedactedValue, v.Health.Body)
+	require.Nil(t, v.Health.Headers)
+	a.Health.Body = "$env:BERTH_PROBE_WEB__BODY"
+	v = View(store.App{Name: "web", Spec: a, Generation: 1, UpdatedAt: time.Unix(1, 0)}, 3)
+	require.Equal(t, "$env:BERTH_PROBE_WEB__BODY", v.Health.Body)
+}
