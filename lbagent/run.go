@@ -162,6 +162,7 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 		Heartbeat: msg.AgentTTL / 3,
 		Hooks:     agent.Hooks{Rendered: metrics.Rendered, Held: metrics.Held, Served: metrics.Served, Pushed: metrics.Pushed},
 		Pusher:    dyn.pusher(), Snapshot: dyn.snapshot(), ReloadDrain: c.ReloadDrain,
+		CertDir: filepath.Join(c.StateDir, "certs"),
 	}, store, renderer, nginx.Binary{Path: c.NginxBin}, reloader, report.New(conn, names, node, metrics, logger), logger)
 
 	if err := conn.EnsureBuckets(ctx, bus.MustOwnedBuckets(names, bus.RoleLBAgent)); err != nil {

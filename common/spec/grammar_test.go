@@ -109,3 +109,15 @@ func TestLiteralHealthBodyRefused(t *testing.T) {
 	_, err = Load([]byte("name: web\nimage: web:1\nport: 8080\nhealth:\n  path: /\n  method: POST\n  body: $env:BERTH_PROBE_WEB__BODY\n"))
 	require.NoError(t, err)
 }
+
+func TestTLSSelfSignedOrFiles(t *testing.T) {
+	t.Parallel()
+	ok := Routing{Hosts: []string{"a.example.com"}, Paths: []string{"/"}, TLS: &TLS{SelfSigned: true}}
+	require.Empty(t, ok.Validate("routing"))
+	both := Routing{Hosts: []string{"a.example.com"}, Paths: []string{"/"}, TLS: &TLS{SelfSigned: true, Certificate: "/c.crt", Key: "/c.key"}}
+	es := both.Validate("routing")
+	require.Len(t, es, 1)
+	require.Equal(t, "routing.tls: has both self_signed and certificate files: choose one", es[0].Error())
+	none := Routing{Paths: []string{"/"}, TLS: &TLS{}}
+	require.Len(t, none.Validate("routing"), 3, "no host, no certificate, no key")
+}

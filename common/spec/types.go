@@ -216,12 +216,17 @@ type Routing struct {
 	TLS *TLS `json:"tls,omitempty"`
 }
 
-// TLS is the certificate nginx serves for an app's hosts.
+// TLS is the certificate nginx serves for an app's hosts: files present
+// on every edge node, or one every lbagent makes for itself (SelfSigned).
 type TLS struct {
 	// Certificate is the absolute path of the PEM certificate chain.
-	Certificate string `json:"certificate"`
+	Certificate string `json:"certificate,omitempty"`
 	// Key is the absolute path of the PEM private key.
-	Key string `json:"key"`
+	Key string `json:"key,omitempty"`
+	// SelfSigned has every lbagent make and renew a self-signed
+	// certificate for the app's hosts, for development and tests: clients
+	// do not trust it.
+	SelfSigned bool `json:"self_signed,omitempty"`
 	// RedirectHTTP answers plain HTTP with a redirect to HTTPS.
 	RedirectHTTP bool `json:"redirect_http,omitempty"`
 }

@@ -335,8 +335,13 @@ func (r Routing) Validate(path string) Errors {
 		if len(r.Hosts) == 0 {
 			es.Add(tp, "needs routing.hosts: a certificate is chosen by host name")
 		}
-		es.Check(Join(tp, "certificate"), CheckFilePath(t.Certificate))
-		es.Check(Join(tp, "key"), CheckFilePath(t.Key))
+		switch {
+		case t.SelfSigned && (t.Certificate != "" || t.Key != ""):
+			es.Add(tp, "has both self_signed and certificate files: choose one")
+		case !t.SelfSigned:
+			es.Check(Join(tp, "certificate"), CheckFilePath(t.Certificate))
+			es.Check(Join(tp, "key"), CheckFilePath(t.Key))
+		}
 	}
 	return es
 }

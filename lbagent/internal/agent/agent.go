@@ -27,6 +27,7 @@ import (
 	"github.com/berthhq/berth/lbagent/internal/dynamic"
 	"github.com/berthhq/berth/lbagent/internal/nginx"
 	"github.com/berthhq/berth/lbagent/internal/render"
+	"github.com/berthhq/berth/lbagent/internal/selfsigned"
 	"github.com/berthhq/berth/lbagent/internal/state"
 	"github.com/berthhq/berth/lbagent/internal/templatedir"
 )
@@ -105,6 +106,9 @@ type Config struct {
 	// connections then end between two requests, and the reload cuts none
 	// that a client is about to use. 0 reloads at once.
 	ReloadDrain time.Duration
+	// CertDir holds the certificates lbagent makes for apps with
+	// routing.tls.self_signed (selfsigned.Ensure).
+	CertDir string
 	// Hooks observe the loop for metrics; nil fields are skipped.
 	Hooks Hooks
 }
@@ -146,7 +150,8 @@ type Agent struct {
 	appliedRenderer *render.Renderer
 	appliedApps     map[string]int64
 	lastGood        map[string]state.App
-	refused         map[string]refusal // apps nginx refused, by name
+	refused         map[string]refusal  // apps nginx refused, by name
+	certs           map[string]selfCert // self-signed certificates made, by app
 	appErrors       map[string]string
 	emptySince      time.Time
 	hasApplied      bool
@@ -165,7 +170,7 @@ func New(cfg Config, store *state.Store, renderer *render.Renderer, tester Teste
 	a := &Agent{
 		cfg: cfg, store: store, renderer: renderer, tester: tester, reloader: reloader, reporter: reporter,
 		logger: logger.Named("agent"), client: &http.Client{Timeout: time.Second}, now: time.Now,
-		kick: make(chan struct{}, 1), lastGood: map[string]state.App{}, refused: map[string]refusal{}, appErrors: map[string]string{},
+		kick: make(chan struct{}, 1), lastGood: map[string]state.App{}, refused: map[string]refusal{}, certs: map[string]selfCert{}, appErrors: map[string]string{},
 	}
 	if cfg.Pusher != nil {
 		a.snapshots = dynamic.NewSnapshotWriter(cfg.Snapshot)
@@ -295,7 +300,7 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 	// Apps nginx refused at their current generation are not tried again
 	// (nor bisected) until their spec changes or --resync passes: they
 	// stand in as what was served for them.
-	eff, known := a.effective(snap, start)
+	eff, known := a.effective(a.withCerts(snap, start), start)
 	c := &candidate{agent: a, renderer: renderer, snap: eff, known: known}
 
 	// Rendering is deterministic: the same layout through the same templates
@@ -679,6 +684,53 @@ type refusal struct {
 	at          time.Time
 	spec        *msg.App
 	placeholder bool // spec is a placeholder: no servers
+}
+
+// selfCert is the record an app with a self-signed certificate is
+// rendered with: its own, with the files of the certificate made for it.
+type selfCert struct {
+	src, out *msg.App
+	notAfter time.Time
+}
+
+// withCerts returns snap with every app whose TLS is self_signed rendered
+// from a copy of its record that names the certificate this lbagent made
+// for its hosts (made, or made again, as selfsigned.Ensure decides). The
+// copy is the same pointer from one sync to the next while the record and
+// the certificate hold, so an endpoint change stays a push. An app whose
+// certificate cannot be made keeps its record: its render fails, and it
+// alone is isolated.
+func (a *Agent) withCerts(snap state.Snapshot, now time.Time) state.Snapshot {
+	out := snap
+	out.Apps = nil
+	for i, app := range snap.Apps {
+		tls := app.Spec.Routing.TLS
+		if tls == nil || !tls.SelfSigned {
+			continue
+		}
+		c, ok := a.certs[app.Spec.Name]
+		if !ok || c.src != app.Spec || c.notAfter.Sub(now) <= selfsigned.RenewBefore {
+			cert, err := selfsigned.Ensure(a.cfg.CertDir, app.Spec.Name, app.Spec.Routing.Hosts, now)
+			if err != nil {
+				a.logger.Error("self-signed certificate not made", zap.String("app", app.Spec.Name), zap.Error(err))
+				continue
+			}
+			spec := *app.Spec
+			t := *tls
+			t.Certificate, t.Key = cert.Certificate, cert.Key
+			spec.Routing.TLS = &t
+			c = selfCert{src: app.Spec, out: &spec, notAfter: cert.NotAfter}
+			a.certs[app.Spec.Name] = c
+		}
+		if out.Apps == nil {
+			out.Apps = append([]state.App(nil), snap.Apps...)
+		}
+		out.Apps[i] = state.App{Spec: c.out, Servers: app.Servers}
+	}
+	if out.Apps == nil {
+		return snap
+	}
+	return out
 }
 
 // settleRefusals, when nginx already serves eff with nothing to reload,

@@ -2,8 +2,11 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -118,6 +121,7 @@ func newRigMode(t *testing.T, emptyHold time.Duration, dyn bool) *rig {
 		Target: filepath.Join(dir, "conf", "nginx.conf"), Staging: filepath.Join(t.TempDir(), "staging"),
 		DebounceMin: 20 * time.Millisecond, DebounceMax: 200 * time.Millisecond, Resync: time.Hour,
 		EmptyHold: emptyHold, ConfirmTimeout: 5 * time.Second, Heartbeat: time.Hour,
+		CertDir: filepath.Join(dir, "certs"),
 	}
 	if dyn {
 		d := &render.Dynamic{LuaDir: filepath.Join(dir, "lua"), Snapshot: filepath.Join(dir, "conf", "berth-endpoints.json"),
@@ -511,6 +515,54 @@ func TestRefusedAppIsNotTriedAgain(t *testing.T) {
 			r.putInstance("bad", "b1", testrig.Backend(t, "B1"), msg.StateRunning)
 			r.waitFor("bad.test", 200, "B1")
 			require.Eventually(t, func() bool { _, ag := r.rep.last(); _, still := ag.Errors["bad"]; return !still }, 5*time.Second, 5*time.Millisecond)
+		})
+	}
+}
+
+// TestSelfSignedTLSOverHTTP2: an app with routing.tls.self_signed is served
+// over HTTPS, with HTTP/2, with the certificate this lbagent made for its
+// hosts, in both upstream modes; nothing else about the app changes.
+func TestSelfSignedTLSOverHTTP2(t *testing.T) {
+	t.Parallel()
+	for _, dyn := range []bool{false, true} {
+		t.Run(map[bool]string{false: "reload", true: "dynamic"}[dyn], func(t *testing.T) {
+			t.Parallel()
+			r := newRigMode(t, time.Hour, dyn)
+			app := appMsg("secure", "secure.test")
+			app.Routing.TLS = &spec.TLS{SelfSigned: true}
+			r.putApp(app)
+			r.putInstance("secure", "a", testrig.Backend(t, "S"), msg.StateRunning)
+
+			var client *http.Client
+			require.Eventually(t, func() bool {
+				certs, _ := filepath.Glob(filepath.Join(r.agent.cfg.CertDir, "secure.*.crt"))
+				if len(certs) == 0 {
+					return false
+				}
+				pem, err := os.ReadFile(certs[len(certs)-1])
+				require.NoError(t, err)
+				roots := x509.NewCertPool()
+				require.True(t, roots.AppendCertsFromPEM(pem))
+				https := r.agent.cfg.Render.HTTPSListen
+				client = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+					TLSClientConfig:   &tls.Config{ServerName: "secure.test", RootCAs: roots},
+					ForceAttemptHTTP2: true,
+					DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+						return (&net.Dialer{}).DialContext(ctx, network, https)
+					},
+				}}
+				resp, err := client.Get("https://secure.test/")
+				if err != nil {
+					return false
+				}
+				defer resp.Body.Close()
+				body, _ := io.ReadAll(resp.Body)
+				return resp.StatusCode == 200 && string(body) == "S" && resp.Proto == "HTTP/2.0"
+			}, 10*time.Second, 20*time.Millisecond, "HTTPS with HTTP/2, verified against the certificate made for secure.test")
+			require.Eventually(t, func() bool {
+				rl, ag := r.rep.last()
+				return rl != nil && ag != nil && rl.Result == msg.ReloadApplied && len(ag.Errors) == 0
+			}, 5*time.Second, 5*time.Millisecond, "applied, with no app refused")
 		})
 	}
 }

@@ -132,7 +132,7 @@ func TestGoldenAndNginxAccepts(t *testing.T) {
 			require.Equal(t, string(want), shown)
 
 			requireNginxAccepts(t, bin, out)
-			tlsDefaults := strings.Count(string(out), "ssl default_server;")
+			tlsDefaults := strings.Count(string(out), "ssl http2 default_server;")
 			require.Equal(t, 1, strings.Count(string(out), "default_server;")-tlsDefaults, "exactly one default_server for plain HTTP in the whole config")
 			require.LessOrEqual(t, tlsDefaults, 1, "at most one for HTTPS, which rejects unknown names")
 		})
