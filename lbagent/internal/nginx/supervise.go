@@ -35,6 +35,9 @@ type Supervisor struct {
 	StopTimeout time.Duration
 	// BackoffMax caps the delay between restarts of a crashing nginx.
 	BackoffMax time.Duration
+	// ReadyTimeout bounds the wait for a started master to be ready for
+	// signals (its start-up parses the whole config).
+	ReadyTimeout time.Duration
 	// PidFile is where the master writes its pid, the config's pid
 	// directive: the templates' run/nginx.pid in the prefix by default.
 	PidFile string
@@ -54,7 +57,7 @@ type Supervisor struct {
 func NewSupervisor(bin Binary, logger *zap.Logger) *Supervisor {
 	return &Supervisor{
 		bin: bin, logger: logger.Named("nginx"),
-		StopTimeout: 30 * time.Second, BackoffMax: 10 * time.Second,
+		StopTimeout: 30 * time.Second, BackoffMax: 10 * time.Second, ReadyTimeout: 30 * time.Second,
 		PidFile:      filepath.Join(bin.Prefix, "run", "nginx.pid"),
 		PollInterval: 100 * time.Millisecond,
 		started:      make(chan struct{}),
@@ -252,7 +255,30 @@ func (s *Supervisor) start() (*master, error) {
 	}
 	m := &master{proc: cmd.Process, group: true, exited: make(chan error, 1), unwatch: make(chan struct{})}
 	go func() { m.exited <- cmd.Wait() }()
+	s.waitReady(m)
 	return m, nil
+}
+
+// waitReady waits until the master m is past its start-up: its pid file
+// names it and it runs as "nginx: master process" (Master), which nginx
+// does once its signal handlers are set. A SIGHUP sent before that is lost
+// (or, inherited as ignored, never seen): found in CI, where a reload
+// right after start never took effect. A master that exits meanwhile is
+// left for Run to see; one that takes longer than ReadyTimeout is used as is.
+func (s *Supervisor) waitReady(m *master) {
+	deadline := time.Now().Add(s.ReadyTimeout)
+	for time.Now().Before(deadline) {
+		if pid, err := s.Master(); err == nil && pid == m.proc.Pid {
+			return
+		}
+		select {
+		case err := <-m.exited:
+			m.exited <- err
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	s.logger.Warn("nginx not ready in time; signals to it may be lost until it is", zap.Int("pid", m.proc.Pid), zap.Duration("waited", s.ReadyTimeout))
 }
 
 func (s *Supervisor) quit(m *master) error {
