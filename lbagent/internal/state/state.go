@@ -62,6 +62,10 @@ type View struct {
 	Instances map[string]*msg.Instance // by <app>.<instance>
 	Health    map[string]*msg.Health   // by <app>.<instance>
 	Revision  uint64                   // of the instances bucket
+	// Served are, by app, the instances the previous snapshot served: one
+	// whose health value is missing (not unhealthy: missing, as while
+	// healthd's bucket refills after a NATS reset) stays served.
+	Served map[string]map[string]bool
 }
 
 // Routable reports whether nginx may send new requests to inst: it is
@@ -111,17 +115,22 @@ func (b *builder) full(v View, groups map[string]map[string]struct{}) Snapshot {
 	}
 	sort.Strings(names)
 	s := Snapshot{Apps: make([]App, 0, len(names)), Revision: v.Revision, Instances: len(v.Instances)}
+	prevPos, prev := b.pos, b.last
 	b.pos = make(map[string]int, len(names))
 	b.unsettled = map[string]int{}
 	for name, keys := range groups {
 		if _, ok := v.Apps[name]; !ok {
-			_, u := buildApp(name, nil, keys, v)
+			_, u := buildApp(name, nil, keys, v, nil)
 			b.unsettled[name] = u
 			s.Unsettled += u
 		}
 	}
 	for i, name := range names {
-		app, u := buildApp(name, v.Apps[name], groups[name], v)
+		served := v.Served[name]
+		if j, ok := prevPos[name]; ok && served == nil {
+			served = servedIDs(prev.Apps[j])
+		}
+		app, u := buildApp(name, v.Apps[name], groups[name], v, served)
 		s.Apps = append(s.Apps, app)
 		b.pos[name] = i
 		b.unsettled[name] = u
@@ -147,7 +156,11 @@ func (b *builder) partial(v View, groups map[string]map[string]struct{}, dirty m
 	s.Apps = append([]App(nil), b.last.Apps...)
 	s.Revision, s.Instances = v.Revision, len(v.Instances)
 	for name := range dirty {
-		app, u := buildApp(name, v.Apps[name], groups[name], v)
+		var served map[string]bool
+		if i, ok := b.pos[name]; ok {
+			served = servedIDs(b.last.Apps[i])
+		}
+		app, u := buildApp(name, v.Apps[name], groups[name], v, served)
 		if i, ok := b.pos[name]; ok {
 			s.Apps[i] = app
 		}
@@ -162,10 +175,22 @@ func (b *builder) partial(v View, groups map[string]map[string]struct{}, dirty m
 	return s
 }
 
+// servedIDs are the instances a built app serves.
+func servedIDs(a App) map[string]bool {
+	if len(a.Servers) == 0 {
+		return nil
+	}
+	out := make(map[string]bool, len(a.Servers))
+	for _, s := range a.Servers {
+		out[s.Instance] = true
+	}
+	return out
+}
+
 // buildApp is one app of Build from the keys of its instances: its
 // routable servers, sorted, and how many of its running instances are
 // left out for want of data. spec nil is an app without a record.
-func buildApp(name string, spec *msg.App, keys map[string]struct{}, v View) (App, int) {
+func buildApp(name string, spec *msg.App, keys map[string]struct{}, v View, served map[string]bool) (App, int) {
 	var servers []Server
 	unsettled := 0
 	for key := range keys {
@@ -174,10 +199,14 @@ func buildApp(name string, spec *msg.App, keys map[string]struct{}, v View) (App
 			continue
 		}
 		h := v.Health[key]
-		if inst.State == msg.StateRunning && inst.Address != "" && (spec == nil || spec.Health.IsEnabled() && h == nil) {
+		missing := inst.State == msg.StateRunning && inst.Address != "" && (spec == nil || spec.Health.IsEnabled() && h == nil)
+		if missing {
 			unsettled++
 		}
-		if spec == nil || !Routable(spec, inst, h) {
+		// No health value is no verdict: an instance served before stays
+		// served until healthd says otherwise.
+		kept := missing && spec != nil && served[inst.ID]
+		if !kept && (spec == nil || !Routable(spec, inst, h)) {
 			continue
 		}
 		servers = append(servers, Server{Instance: inst.ID, Address: inst.Address, Weight: inst.Weight, Backup: inst.Backup})

@@ -44,6 +44,7 @@ func TestStoreIncrementalEqualsBuild(t *testing.T) {
 	s.InstancesHandler().Snapshot(nil, 0)
 	s.HealthHandler().Snapshot(nil, 0)
 	rev := uint64(0)
+	var prev Snapshot // what the store built last: an app's served instances without a health value stay served
 	for round := range 400 {
 		for range 1 + r.IntN(6) {
 			rev++
@@ -82,8 +83,13 @@ func TestStoreIncrementalEqualsBuild(t *testing.T) {
 		apps, _ := s.apps.Rows()
 		insts, irev := s.instances.Rows()
 		hs, _ := s.health.Rows()
-		want := Build(View{Apps: apps, Instances: insts, Health: hs, Revision: irev})
+		served := map[string]map[string]bool{}
+		for _, a := range prev.Apps {
+			served[a.Spec.Name] = servedIDs(a)
+		}
+		want := Build(View{Apps: apps, Instances: insts, Health: hs, Revision: irev, Served: served})
 		require.Equal(t, want, got, "round %d", round)
+		prev = got
 	}
 }
 
@@ -125,4 +131,41 @@ func BenchmarkStoreEndpointChange(b *testing.B) {
 			s.Snapshot()
 		}
 	})
+}
+
+// TestMissingHealthKeepsServedInstances: after a NATS reset the health
+// bucket comes back empty and refills; an instance that was served stays
+// served while its health value is missing, a new one waits for its
+// first, and an unhealthy value still takes one out.
+func TestMissingHealthKeepsServedInstances(t *testing.T) {
+	t.Parallel()
+	s := NewStore()
+	s.AppsHandler().Snapshot([]bus.Event[*msg.App]{{Key: "web", Value: app("web", true)}}, 1)
+	s.InstancesHandler().Snapshot([]bus.Event[*msg.Instance]{
+		{Key: "web.a", Value: inst("web", "a", msg.StateRunning, "127.0.0.1:1")},
+		{Key: "web.b", Value: inst("web", "b", msg.StateRunning, "127.0.0.1:2")},
+	}, 1)
+	s.HealthHandler().Snapshot([]bus.Event[*msg.Health]{{Key: "web.a", Value: health(msg.StatusHealthy)}, {Key: "web.b", Value: health(msg.StatusHealthy)}}, 1)
+	snap, _ := s.Snapshot()
+	require.Len(t, snap.Apps[0].Servers, 2)
+
+	// The reset: the health bucket is back, empty; a new instance c arrives.
+	s.HealthHandler().Snapshot(nil, 1)
+	s.InstancesHandler().Update(bus.Event[*msg.Instance]{Key: "web.c", Revision: 2, Op: bus.OpPut, Value: inst("web", "c", msg.StateRunning, "127.0.0.1:3")})
+	snap, _ = s.Snapshot()
+	require.Equal(t, []string{"a", "b"}, instanceIDs(snap.Apps[0]), "missing health is no verdict: a and b stay, c waits")
+	require.Equal(t, 3, snap.Unsettled)
+
+	s.HealthHandler().Update(bus.Event[*msg.Health]{Key: "web.b", Revision: 2, Op: bus.OpPut, Value: health(msg.StatusUnhealthy)})
+	s.HealthHandler().Update(bus.Event[*msg.Health]{Key: "web.c", Revision: 3, Op: bus.OpPut, Value: health(msg.StatusHealthy)})
+	snap, _ = s.Snapshot()
+	require.Equal(t, []string{"a", "c"}, instanceIDs(snap.Apps[0]), "an unhealthy value takes b out; c is in once healthy")
+}
+
+func instanceIDs(a App) []string {
+	var out []string
+	for _, s := range a.Servers {
+		out = append(out, s.Instance)
+	}
+	return out
 }
