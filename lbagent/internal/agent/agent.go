@@ -326,7 +326,7 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 		return 0
 	}
 
-	if !a.hasApplied && a.adopt(ctx, snap, renderer) {
+	if !a.hasApplied && a.adopt(ctx, eff, renderer) {
 		a.reporter.Applied(ctx, a.agentMessage(""))
 		a.report(ctx, start, snap.Revision, msg.ReloadSkipped, "", nil)
 		return 0
@@ -701,6 +701,17 @@ type selfCert struct {
 // certificate cannot be made keeps its record: its render fails, and it
 // alone is isolated.
 func (a *Agent) withCerts(snap state.Snapshot, now time.Time) state.Snapshot {
+	if len(a.certs) > 0 { // forget apps that are gone
+		present := make(map[string]bool, len(snap.Apps))
+		for _, app := range snap.Apps {
+			present[app.Spec.Name] = true
+		}
+		for name := range a.certs {
+			if !present[name] {
+				delete(a.certs, name)
+			}
+		}
+	}
 	out := snap
 	out.Apps = nil
 	for i, app := range snap.Apps {

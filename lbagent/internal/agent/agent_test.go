@@ -605,9 +605,15 @@ func TestRestartedAgentAdoptsTheServedConfig(t *testing.T) {
 			t.Parallel()
 			r := newRigMode(t, time.Hour, dyn)
 			r.putApp(appMsg("web", "web.test"))
+			// An app with a self-signed certificate: the restarted agent
+			// finds the one it made, so the config it would render is the
+			// one served.
+			secure := appMsg("secure", "secure.test")
+			secure.Routing.TLS = &spec.TLS{SelfSigned: true}
+			r.putApp(secure)
 			rev := r.putInstance("web", "a", testrig.Backend(t, "A"), msg.StateRunning)
 			r.waitFor("web.test", 200, "A")
-			require.Eventually(t, func() bool { _, ag := r.rep.last(); return ag != nil && ag.AppliedRevision == rev }, 5*time.Second, 5*time.Millisecond)
+			require.Eventually(t, func() bool { _, ag := r.rep.last(); return ag != nil && ag.AppliedRevision == rev && len(ag.Apps) == 2 }, 5*time.Second, 5*time.Millisecond)
 			gen, reloads := r.agent.Generation(), r.reloads()
 			require.NotZero(t, gen)
 
