@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/distribution/reference"
 )
@@ -107,6 +108,25 @@ func CheckPath(s string) error {
 		return fmt.Errorf("%q is not a clean path (no \"..\" segments or \"//\")", s)
 	}
 	return nil
+}
+
+// RouteKey names one route: a host (lowercase, "" for the default server)
+// and a path as a route (RoutePath). Two claims with one key are one
+// location in nginx: lbagent routes it to the app that claimed it first
+// (ClaimsBefore), and the scheduler tells the other (route_conflict).
+func RouteKey(host, path string) string { return strings.ToLower(host) + " " + RoutePath(path) }
+
+// ClaimsBefore reports whether app a claimed its routes before app b: the
+// one created first, an app whose creation time is known before one whose
+// is not, and by name when that does not decide.
+func ClaimsBefore(aName string, aCreated time.Time, bName string, bCreated time.Time) bool {
+	switch {
+	case !aCreated.Equal(bCreated) && !aCreated.IsZero() && !bCreated.IsZero():
+		return aCreated.Before(bCreated)
+	case aCreated.IsZero() != bCreated.IsZero():
+		return !aCreated.IsZero()
+	}
+	return aName < bName
 }
 
 // RoutePath is the route a valid path names: "/x" and "/x/" are one route,

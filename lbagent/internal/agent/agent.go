@@ -898,7 +898,7 @@ func placeholder(app state.App, claims map[string][]string) state.App {
 		}
 		shared := false
 		for _, h := range hosts {
-			for _, other := range claims[render.RouteKey(h, p)] {
+			for _, other := range claims[spec.RouteKey(h, p)] {
 				shared = shared || other != app.Spec.Name
 			}
 		}
@@ -909,7 +909,7 @@ func placeholder(app state.App, claims map[string][]string) state.App {
 	return state.App{Spec: &s}
 }
 
-// routeClaims maps each route (render.RouteKey) to the apps that claim it.
+// routeClaims maps each route (spec.RouteKey) to the apps that claim it.
 func routeClaims(apps []state.App) map[string][]string {
 	claims := map[string][]string{}
 	for _, a := range apps {
@@ -919,7 +919,7 @@ func routeClaims(apps []state.App) map[string][]string {
 		}
 		for _, h := range hosts {
 			for _, p := range a.Spec.Routing.Paths {
-				k := render.RouteKey(h, p)
+				k := spec.RouteKey(h, p)
 				claims[k] = append(claims[k], a.Spec.Name)
 			}
 		}

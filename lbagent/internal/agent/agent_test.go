@@ -193,17 +193,7 @@ func (r *rig) putInstance(app, id, addr, st string) uint64 {
 	return r.rev
 }
 
-func (r *rig) get(host string) (int, string) {
-	req, _ := http.NewRequest(http.MethodGet, "http://"+r.httpAddr+"/", nil)
-	req.Host = host
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
+func (r *rig) get(host string) (int, string) { return r.getPath(host, "/") }
 
 // onlyServes reports whether six requests to host in a row got body.
 func (r *rig) onlyServes(host, body string) bool {

@@ -157,12 +157,12 @@ type versionReply struct {
 	Error   string `json:"error"`
 }
 
-func (c *Client) do(ctx context.Context, method string, body []byte) (versionReply, int, error) {
+func (c *Client) do(ctx context.Context, method, url string, body []byte) (versionReply, int, error) {
 	var r io.Reader
 	if body != nil {
 		r = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.URL, r)
+	req, err := http.NewRequestWithContext(ctx, method, url, r)
 	if err != nil {
 		return versionReply{}, 0, err
 	}
@@ -186,7 +186,7 @@ func (c *Client) do(ctx context.Context, method string, body []byte) (versionRep
 
 // Version reads the version nginx has installed.
 func (c *Client) Version(ctx context.Context) (uint64, error) {
-	v, code, err := c.do(ctx, http.MethodGet, nil)
+	v, code, err := c.do(ctx, http.MethodGet, c.URL, nil)
 	if err != nil {
 		return 0, err
 	}
@@ -205,7 +205,7 @@ func (c *Client) Push(ctx context.Context, b Batch) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	v, code, err := c.do(ctx, http.MethodPost, body)
+	v, code, err := c.do(ctx, http.MethodPost, c.URL, body)
 	switch {
 	case err != nil:
 		return 0, err
@@ -240,22 +240,12 @@ func (c *Client) CloseKeepalive(ctx context.Context, below uint64, ttl time.Dura
 	if err != nil {
 		return err
 	}
-	url := strings.TrimSuffix(c.URL, "/endpoints") + "/keepalive"
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	v, code, err := c.do(ctx, http.MethodPost, strings.TrimSuffix(c.URL, "/endpoints")+"/keepalive", body)
 	if err != nil {
 		return err
 	}
-	req.Header.Set("X-Berth-Token", c.Token)
-	req.Header.Set("Content-Type", "application/json")
-	replayable(req)
-	resp, err := c.HTTP.Do(req)
-	if err != nil {
-		return fmt.Errorf("keepalive endpoint: %w", err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("keepalive endpoint: %s: %q", resp.Status, strings.TrimSpace(string(b)))
+	if code != http.StatusOK {
+		return fmt.Errorf("control endpoint /berth/keepalive: %d: %s", code, v.Error)
 	}
 	return nil
 }

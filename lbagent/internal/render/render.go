@@ -178,7 +178,7 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 			}
 			for _, p := range a.Spec.Routing.Paths {
 				route := spec.RoutePath(p)
-				key := RouteKey(h, p)
+				key := spec.RouteKey(h, p)
 				if other, taken := owner[key]; taken {
 					if other != a.Spec.Name { // the same app twice ("/x", "/x/"): one location
 						conflicts[a.Spec.Name] = fmt.Sprintf("path %s on host %s is already routed to app %s", p, hostLabel(h), other)
@@ -217,23 +217,11 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 	return d, conflicts
 }
 
-// ClaimsBefore reports whether app a claimed its routes before app b: the
-// one created first, an app whose creation time is known before one whose
-// is not, and by name when that does not decide.
+// ClaimsBefore reports whether app a claimed its routes before app b
+// (spec.ClaimsBefore).
 func ClaimsBefore(a, b *msg.App) bool {
-	switch {
-	case !a.CreatedAt.Equal(b.CreatedAt) && !a.CreatedAt.IsZero() && !b.CreatedAt.IsZero():
-		return a.CreatedAt.Before(b.CreatedAt)
-	case a.CreatedAt.IsZero() != b.CreatedAt.IsZero():
-		return !a.CreatedAt.IsZero()
-	}
-	return a.Name < b.Name
+	return spec.ClaimsBefore(a.Name, a.CreatedAt, b.Name, b.CreatedAt)
 }
-
-// RouteKey names one route: a host (lowercase, "" for the default server)
-// and a path as a route (spec.RoutePath). Two claims with one key are one
-// location in nginx.
-func RouteKey(host, path string) string { return strings.ToLower(host) + " " + spec.RoutePath(path) }
 
 func firstNonEmpty(a, b string) string {
 	if a != "" {

@@ -141,14 +141,7 @@ func TestGoldenAndNginxAccepts(t *testing.T) {
 
 func requireNginxAccepts(t *testing.T, bin string, conf []byte) {
 	t.Helper()
-	staging := t.TempDir()
-	for _, d := range []string{"conf", "logs", "run", "temp"} {
-		require.NoError(t, os.MkdirAll(filepath.Join(staging, d), 0o755))
-	}
-	path := filepath.Join(staging, "conf", "nginx.conf")
-	require.NoError(t, os.WriteFile(path, conf, 0o644))
-	b := nginx.Binary{Path: bin}
-	require.NoError(t, b.Test(context.Background(), staging, path))
+	require.NoError(t, nginxTest(t, bin, conf))
 }
 
 func TestHTTPContextOnly(t *testing.T) {

@@ -409,7 +409,7 @@ func (p *Publisher) One(ctx context.Context, name string, l store.Lease) error {
 func RouteConflict(a store.App, all []store.App) (store.Event, bool) {
 	owner := map[string]string{}
 	for _, o := range all {
-		if o.Name == a.Name || o.Spec == nil || !claimsBefore(o, a) {
+		if o.Name == a.Name || o.Spec == nil || !spec.ClaimsBefore(o.Name, o.CreatedAt, a.Name, a.CreatedAt) {
 			continue
 		}
 		for _, k := range routeKeys(o.Spec.Routing) {
@@ -443,20 +443,7 @@ func RouteConflict(a store.App, all []store.App) (store.Event, bool) {
 		Details: map[string]string{"app": first, "host": host, "path": path, "routes": fmt.Sprint(len(lost))}}, true
 }
 
-// claimsBefore is lbagent's rule (render.ClaimsBefore): the app created
-// first, and by name when that does not decide.
-func claimsBefore(a, b store.App) bool {
-	if !a.CreatedAt.Equal(b.CreatedAt) && !a.CreatedAt.IsZero() && !b.CreatedAt.IsZero() {
-		return a.CreatedAt.Before(b.CreatedAt)
-	}
-	if a.CreatedAt.IsZero() != b.CreatedAt.IsZero() {
-		return !a.CreatedAt.IsZero()
-	}
-	return a.Name < b.Name
-}
-
-// routeKeys are the routes of r as lbagent keys them: lower-case host
-// ("" for the default server), a space, and the path as a route.
+// routeKeys are the routes of r (spec.RouteKey), as lbagent keys them.
 func routeKeys(r spec.Routing) []string {
 	hosts := r.Hosts
 	if len(hosts) == 0 {
@@ -465,7 +452,7 @@ func routeKeys(r spec.Routing) []string {
 	var out []string
 	for _, h := range hosts {
 		for _, p := range r.Paths {
-			out = append(out, strings.ToLower(h)+" "+spec.RoutePath(p))
+			out = append(out, spec.RouteKey(h, p))
 		}
 	}
 	return out
