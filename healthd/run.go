@@ -86,7 +86,7 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 	names, _ := msg.NewNames(c.Prefix)
 	id := c.id()
 	logger = logger.With(zap.String(logging.KeyChecker, id))
-	conn, err := c.NATS.Connect(ctx, "healthd-"+id, logger)
+	conn, err := c.NATS.Connect(ctx, "healthd-"+id, names, logger)
 	if err != nil {
 		return err
 	}
@@ -130,6 +130,7 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 	}
 	m.targets = func() float64 { return float64(runner.Targets()) }
 	m.transitions = func() float64 { return float64(pub.Transitions.Load()) }
+	m.unsealed = func() float64 { return float64(conn.Forged()) }
 
 	group := lifecycle.NewGroup(logger, 10*time.Second)
 	group.Add("watch-apps", bus.NewWatcher(conn, names.AppsBucket(), bus.Message[*msg.App], apps.Handler(), logger))
@@ -204,6 +205,7 @@ type metrics struct {
 	live        prometheus.Gauge
 	targets     func() float64
 	transitions func() float64
+	unsealed    func() float64
 }
 
 func newMetrics() *metrics {
@@ -214,11 +216,13 @@ func newMetrics() *metrics {
 		live:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_healthd_live_checkers", Help: "Checkers sharing the targets, this one included."}),
 		targets:     func() float64 { return 0 },
 		transitions: func() float64 { return 0 },
+		unsealed:    func() float64 { return 0 },
 	}
 	m.reg.MustRegister(m.probes, m.duration, m.live,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_healthd_targets", Help: "Targets this checker probes."}, func() float64 { return m.targets() }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_healthd_transitions_total", Help: "Health transitions published."}, func() float64 { return m.transitions() }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_healthd_unsealed_messages_total", Help: "NATS values and messages dropped because their owner had not sealed them: forgeries (docs/nats.md, Sealed records)."}, func() float64 { return m.unsealed() }),
 	)
 	return m
 }

@@ -57,7 +57,10 @@ func run(args []string, stdout, stderr *os.File) int {
 	if c.DryRun != "" {
 		_, main := c.target()
 		o := dryrun.Options{Source: c.DryRun, Render: c.renderOptions(), Main: main, Prefix: c.Prefix,
-			Connect: func(ctx context.Context) (*bus.Conn, error) { return c.NATS.Connect(ctx, "lbagent-dry-run", logger) }}
+			Connect: func(ctx context.Context) (*bus.Conn, error) {
+				names, _ := msg.NewNames(c.Prefix)
+				return c.NATS.Connect(ctx, "lbagent-dry-run", names, logger)
+			}}
 		if err := dryrun.Run(ctx, renderer, o, stdout, logger); err != nil {
 			fmt.Fprintf(stderr, "lbagent: dry run: %v\n", err)
 			return 1
@@ -93,7 +96,7 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 	names, _ := msg.NewNames(c.Prefix)
 	node := c.node()
 	logger = logger.With(zap.String(logging.KeyNode, node))
-	conn, err := c.NATS.Connect(ctx, "lbagent-"+node, logger)
+	conn, err := c.NATS.Connect(ctx, "lbagent-"+node, names, logger)
 	if err != nil {
 		return err
 	}
@@ -123,7 +126,8 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 			}
 			return n
 		},
-		Fenced: store.Fenced,
+		Fenced:   store.Fenced,
+		Unsealed: conn.Forged,
 		AccessInvalid: func() uint64 {
 			if recv == nil {
 				return 0

@@ -347,7 +347,8 @@ func events(ctx context.Context, e *eventsCmd, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	conn, err := bus.Connect(ctx, bus.Options{URL: e.NATSURL, Name: "scheduler-events", NKeyFile: e.NKey}, zap.NewNop())
+	flags := bus.Flags{URL: e.NATSURL, NKeyFile: e.NKey}
+	conn, err := flags.Connect(ctx, "scheduler-events", names, zap.NewNop())
 	if err != nil {
 		return err
 	}

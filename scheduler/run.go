@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -84,13 +83,13 @@ func natsCredential(c *natsCredentialCmd, stdout, stderr *os.File) int {
 		fmt.Fprintf(stderr, "scheduler: %v\n", err)
 		return exitFailed
 	}
-	seed, err := os.ReadFile(seeds[c.Role])
+	file, err := bus.CredentialFile(seeds, c.Role)
 	if err != nil {
 		fmt.Fprintf(stderr, "scheduler: %v\n", err)
 		return exitFailed
 	}
-	fmt.Fprintf(stderr, "scheduler: the %s credential (%s); keep it mode 0600 and pass it as the daemon's --nats-nkey\n", c.Role, seeds[c.Role])
-	fmt.Fprintln(stdout, strings.TrimSpace(string(seed)))
+	fmt.Fprintf(stderr, "scheduler: the %s credential (%s, with the roles' public keys); keep it mode 0600 and pass it as the daemon's --nats-nkey\n", c.Role, seeds[c.Role])
+	_, _ = stdout.Write(file)
 	return exitOK
 }
 
@@ -189,7 +188,7 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 		logger.Info("embedded NATS started", zap.String("url", natsURL))
 	}
 	flags.URL = natsURL
-	conn, err := flags.Connect(ctx, "scheduler-"+id, logger)
+	conn, err := flags.Connect(ctx, "scheduler-"+id, names, logger)
 	if err != nil {
 		return err
 	}
@@ -201,7 +200,9 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	reg := prometheus.NewRegistry()
 	isLeader := prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_scheduler_is_leader", Help: "1 while this replica leads."})
 	term := prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_scheduler_leader_term", Help: "Lease term of this replica's leadership, 0 when following."})
-	reg.MustRegister(isLeader, term, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(isLeader, term, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_scheduler_unsealed_messages_total", Help: "NATS values and messages dropped because their owner had not sealed them: forgeries (docs/nats.md, Sealed records)."},
+			func() float64 { return float64(conn.Forged()) }))
 
 	var ctl *controller.Controller
 	wakeCtl := func() {

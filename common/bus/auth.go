@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -170,18 +171,15 @@ func writeSubjects(bucket string) []string {
 //
 // What subject permissions cannot express: the client of a JetStream API
 // request chooses the reply subject, and the server answers there without
-// checking it against the client's permissions, and a push consumer
-// delivers to whatever subject its creator names. So any credential that
-// may read a bucket (opening one is a stream info request) can have the
-// server write an API response, or a copy of a stored message (delete and
-// purge markers included), under any key of any bucket in the account. No
+// checking it against the client's permissions. So any credential that may
+// read a bucket can have the server write an API response, or a direct
+// get's copy of a stored value or delete marker (its headers included),
+// under any key of any bucket in the account, or on any plain subject. No
 // allow-list closes that while reads are allowed, nor does an account of
-// their own for the buckets (creating a consumer is reading): records
-// signed by their writer's role key and verified by readers would.
-// Meanwhile consumers keep validating and fencing every value (Message,
-// msg.Fence), which drops an injected API response and a value under
-// another key, but a copied delete marker still reads as a delete
-// (docs/operations.md, Security model).
+// their own for the buckets (reading is what does it). Sealed records do
+// (records.go): a daemon with the roles' keys acts only on values and
+// messages their owner signed for that bucket or subject, key and
+// operation.
 func Permissions(n msg.Names, role string) (*server.Permissions, error) {
 	g, err := grantOf(n, role)
 	if err != nil {
@@ -231,7 +229,47 @@ func EnsureCredentials(dir string) (map[string]string, error) {
 		}
 		out[role] = path
 	}
+	// Each file then gets the roles' public keys, so that it is the whole
+	// credential a daemon needs (CredentialFile, LoadKeys).
+	for _, role := range Roles() {
+		want, err := CredentialFile(out, role)
+		if err != nil {
+			return nil, fmt.Errorf("nats credentials for %s: %w", role, err)
+		}
+		have, err := os.ReadFile(out[role])
+		if err == nil && !bytes.Equal(have, want) {
+			err = writeSecret(out[role], want)
+		}
+		wipe(have)
+		wipe(want)
+		if err != nil {
+			return nil, fmt.Errorf("nats credentials for %s: %w", role, err)
+		}
+	}
 	return out, nil
+}
+
+// writeSecret replaces the file at path with b, mode 0600, atomically.
+func writeSecret(path string, b []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".seed-*") // mode 0600
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	_, err = tmp.Write(b)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
 }
 
 // ensureSeed checks the user seed at path, or creates one there. The seed

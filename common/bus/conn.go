@@ -16,8 +16,10 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/berthhq/berth/common/msg"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
@@ -46,6 +48,12 @@ type Options struct {
 	ReconnectWait time.Duration
 	// ReconnectMax caps the delay between reconnect attempts; zero means 5s.
 	ReconnectMax time.Duration
+	// Keys, when set, seal every value and message this connection writes
+	// and verify every one it reads (records.go); Names then says which
+	// role owns each bucket and subject.
+	Keys *Keys
+	// Names are the contract's names, needed with Keys.
+	Names msg.Names
 }
 
 // Validate reports options that cannot work, naming the field.
@@ -75,6 +83,11 @@ type Conn struct {
 
 	// refusals ends operations whose publish the server refused.
 	refusals refusals
+	// seals seals what is written and opens what is read; nil without Keys.
+	seals *sealer
+	// forged counts values and messages dropped for a missing or bad seal.
+	forged    atomic.Uint64
+	forgedLog logLimiter
 
 	mu         sync.Mutex
 	reconnects []chan struct{} // one per Watcher, signalled on each reconnect
@@ -91,6 +104,12 @@ func Connect(ctx context.Context, o Options, logger *zap.Logger) (*Conn, error) 
 	}
 	logger = logger.Named("bus")
 	c := &Conn{logger: logger, closed: make(chan struct{})}
+	if o.Keys != nil {
+		if o.Names.Prefix() == "" {
+			return nil, errors.New("nats record keys: the contract's names (prefix) must be given with them")
+		}
+		c.seals = newSealer(o.Keys, o.Names)
+	}
 	wait, maxWait := o.ReconnectWait, o.ReconnectMax
 	if wait == 0 {
 		wait = 100 * time.Millisecond

@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"go.uber.org/zap"
+
+	"github.com/berthhq/berth/common/msg"
 )
 
 // Flags are the NATS flags every daemon shares. Daemons embed them in their
@@ -17,7 +19,7 @@ import (
 type Flags struct {
 	URL       string `name:"nats-url" help:"${nats_url_help}" default:"${nats_url_default}" env:"NATS_URL"`
 	CredsFile string `name:"nats-creds" help:"NATS credentials file (JWT and nkey seed)." default:"" env:"NATS_CREDS" type:"path"`
-	NKeyFile  string `name:"nats-nkey" help:"File holding a NATS nkey seed." default:"" env:"NATS_NKEY" type:"path"`
+	NKeyFile  string `name:"nats-nkey" help:"This daemon's role credential, as scheduler nats-credential prints it: its NATS nkey seed, and the public keys of the roles whose sealed records it trusts." default:"" env:"NATS_NKEY" type:"path"`
 	TokenFile string `name:"nats-token-file" help:"File holding a NATS token." default:"" env:"NATS_TOKEN_FILE" type:"path"`
 	TLSCA     string `name:"nats-tls-ca" help:"PEM CA bundle for the NATS server certificate." default:"" env:"NATS_TLS_CA" type:"path"`
 	TLSCert   string `name:"nats-tls-cert" help:"PEM client certificate for NATS." default:"" env:"NATS_TLS_CERT" type:"path"`
@@ -32,9 +34,17 @@ var FlagVars = map[string]string{
 }
 
 // Options turns the flags into connection options for a client called
-// name, reading the token file. The token is never logged.
+// name, reading the token file and the record keys of the --nats-nkey
+// file (LoadKeys). The token is never logged.
 func (f Flags) Options(name string) (Options, error) {
 	o := Options{URL: f.URL, Name: name, CredsFile: f.CredsFile, NKeyFile: f.NKeyFile, TLSCA: f.TLSCA, TLSCert: f.TLSCert, TLSKey: f.TLSKey}
+	if f.NKeyFile != "" {
+		k, err := LoadKeys(f.NKeyFile)
+		if err != nil {
+			return o, fmt.Errorf("--nats-nkey: %w", err)
+		}
+		o.Keys = k
+	}
 	if f.TokenFile != "" {
 		b, err := os.ReadFile(f.TokenFile)
 		if err != nil {
@@ -50,11 +60,13 @@ func (f Flags) Options(name string) (Options, error) {
 func (c *Conn) Reconnected() (<-chan struct{}, func()) { return c.reconnected() }
 
 // Connect connects as client name with the flags' options (Options, then
-// Connect): what every daemon does at start-up.
-func (f Flags) Connect(ctx context.Context, name string, logger *zap.Logger) (*Conn, error) {
+// Connect) under the contract's names n: what every daemon does at
+// start-up.
+func (f Flags) Connect(ctx context.Context, name string, n msg.Names, logger *zap.Logger) (*Conn, error) {
 	opts, err := f.Options(name)
 	if err != nil {
 		return nil, err
 	}
+	opts.Names = n
 	return Connect(ctx, opts, logger)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -175,6 +176,10 @@ func (k *KV) guardWrite(ctx context.Context, key string) (context.Context, func(
 
 // Put stores value at key and returns the write's revision.
 func (k *KV) Put(ctx context.Context, key string, value []byte) (uint64, error) {
+	value, err := k.conn.seals.seal(kindKV, k.bucket, key, opPut, value)
+	if err != nil {
+		return 0, err
+	}
 	gctx, stop := k.guardWrite(ctx, key)
 	defer stop()
 	rev, err := k.kv.Put(gctx, key, value)
@@ -187,6 +192,10 @@ func (k *KV) Put(ctx context.Context, key string, value []byte) (uint64, error) 
 
 // Create stores value at key only if the key has no value (ErrKeyExists).
 func (k *KV) Create(ctx context.Context, key string, value []byte) (uint64, error) {
+	value, err := k.conn.seals.seal(kindKV, k.bucket, key, opPut, value)
+	if err != nil {
+		return 0, err
+	}
 	gctx, stop := k.guardWrite(ctx, key)
 	defer stop()
 	rev, err := k.kv.Create(gctx, key, value)
@@ -203,6 +212,10 @@ func (k *KV) Create(ctx context.Context, key string, value []byte) (uint64, erro
 // Update stores value at key only if the key's last revision is last
 // (compare and set); otherwise it fails with ErrWrongRevision.
 func (k *KV) Update(ctx context.Context, key string, value []byte, last uint64) (uint64, error) {
+	value, err := k.conn.seals.seal(kindKV, k.bucket, key, opPut, value)
+	if err != nil {
+		return 0, err
+	}
 	gctx, stop := k.guardWrite(ctx, key)
 	defer stop()
 	rev, err := k.kv.Update(gctx, key, value, last)
@@ -230,18 +243,58 @@ func (k *KV) Get(ctx context.Context, key string) (Entry, error) {
 	if err != nil {
 		return Entry{}, fmt.Errorf("get %s/%s: %w", k.bucket, key, err)
 	}
-	return entryOf(e), nil
+	out := entryOf(e)
+	op := opPut
+	if out.Op == OpDelete {
+		op = opDel
+	}
+	body, err := k.conn.seals.open(kindKV, k.bucket, key, op, out.Value)
+	if err != nil {
+		k.conn.forged.Add(1)
+		return Entry{}, fmt.Errorf("get %s/%s: %w", k.bucket, key, err)
+	}
+	if out.Op == OpPut {
+		out.Value = body
+	} else {
+		out.Value = nil
+	}
+	return out, nil
 }
 
 // Delete removes key's value, leaving a delete marker that watchers see.
+// With Keys the marker carries a sealed body, the only kind of delete a
+// verifying reader acts on.
 func (k *KV) Delete(ctx context.Context, key string) error {
 	gctx, stop := k.guardWrite(ctx, key)
 	defer stop()
-	if err := denial(gctx, k.kv.Delete(gctx, key)); err != nil {
+	var err error
+	if k.conn.seals == nil {
+		err = k.kv.Delete(gctx, key)
+	} else {
+		err = k.sealedDelete(gctx, key)
+	}
+	if err := denial(gctx, err); err != nil {
 		return fmt.Errorf("delete %s/%s: %w", k.bucket, key, err)
 	}
 	return nil
 }
+
+// sealedDelete publishes what jetstream's KV Delete does (a message with a
+// KV-Operation: DEL header), with a sealed body.
+func (k *KV) sealedDelete(ctx context.Context, key string) error {
+	body, err := k.conn.seals.seal(kindKV, k.bucket, key, opDel, deleteBody)
+	if err != nil {
+		return err
+	}
+	m := nats.NewMsg("$KV." + k.bucket + "." + key)
+	m.Header.Set(kvOperationHeader, "DEL")
+	m.Data = body
+	_, err = k.conn.js.PublishMsg(ctx, m)
+	return err
+}
+
+// kvOperationHeader marks a KV delete or purge marker.
+const kvOperationHeader = "KV-Operation"
 
 // Keys returns every key that has a value.
 func (k *KV) Keys(ctx context.Context) ([]string, error) {

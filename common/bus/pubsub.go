@@ -3,6 +3,9 @@ package bus
 import (
 	"context"
 	"fmt"
+	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/nats-io/nats.go"
 )
@@ -11,6 +14,10 @@ import (
 // buffered by the client (up to its reconnect buffer) and sent on reconnect.
 func (c *Conn) Publish(ctx context.Context, subject string, data []byte) error {
 	if err := ctx.Err(); err != nil {
+		return err
+	}
+	data, err := c.seals.seal(kindMsg, subject, "", opMsg, data)
+	if err != nil {
 		return err
 	}
 	if err := c.nc.Publish(subject, data); err != nil {
@@ -37,9 +44,21 @@ type Subscription struct {
 }
 
 // Subscribe calls handler for every message on subject, which may hold
-// wildcards ("berth.v1.events.>").
+// wildcards ("berth.v1.events.>"), with its seal removed. With Keys, a
+// message its subject's owner did not seal is dropped, counted (Forged)
+// and logged at most once per 10 s.
 func (c *Conn) Subscribe(subject string, handler MsgHandler) (*Subscription, error) {
-	sub, err := c.nc.Subscribe(subject, func(m *nats.Msg) { handler(m.Subject, m.Data) })
+	sub, err := c.nc.Subscribe(subject, func(m *nats.Msg) {
+		body, err := c.seals.open(kindMsg, m.Subject, "", opMsg, m.Data)
+		if err != nil {
+			c.forged.Add(1)
+			if n, ok := c.forgedLog.allow(10 * time.Second); ok {
+				c.logger.Warn("dropped a message without its owner's seal", zap.String("subject", m.Subject), zap.Error(err), zap.Uint64("dropped_since_last_log", n))
+			}
+			return
+		}
+		handler(m.Subject, body)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", subject, err)
 	}
@@ -67,3 +86,7 @@ func Decoded[T any](decode func(data []byte) (T, error), handle func(subject str
 		handle(subject, v)
 	}
 }
+
+// Forged returns how many values and messages this connection dropped
+// because their owner had not sealed them.
+func (c *Conn) Forged() uint64 { return c.forged.Load() }

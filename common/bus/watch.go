@@ -80,9 +80,7 @@ type Watcher[T any] struct {
 	// stayed up sends its watch nothing: this check is what notices it.
 	CheckEvery time.Duration
 
-	logMu      sync.Mutex
-	lastLog    time.Time
-	unreported uint64
+	dropLog logLimiter
 }
 
 // NewWatcher returns a watcher of bucket that decodes values with decode and
@@ -289,14 +287,26 @@ func bucketCreated(ctx context.Context, kv jetstream.KeyValue) (time.Time, error
 	return s.StreamInfo().Created, nil
 }
 
-// event decodes one entry; false means it was dropped.
+// event opens and decodes one entry; false means it was dropped. A delete
+// counts only when its owner sealed it: a forged one in an update is
+// dropped (the handler keeps the value), and in a snapshot leaves the key
+// without a value, as the bucket no longer holds the last real one.
 func (w *Watcher[T]) event(e jetstream.KeyValueEntry) (Event[T], bool) {
 	ev := Event[T]{Key: e.Key(), Revision: e.Revision(), Op: OpPut}
 	if e.Operation() != jetstream.KeyValuePut {
 		ev.Op = OpDelete
+		if _, err := w.conn.seals.open(kindKV, w.bucket, e.Key(), opDel, e.Value()); err != nil {
+			w.drop(e.Key(), fmt.Errorf("delete: %w", err))
+			return ev, false
+		}
 		return ev, true
 	}
-	v, err := w.decode(e.Key(), e.Value())
+	body, err := w.conn.seals.open(kindKV, w.bucket, e.Key(), opPut, e.Value())
+	if err != nil {
+		w.drop(e.Key(), err)
+		return ev, false
+	}
+	v, err := w.decode(e.Key(), body)
 	if err != nil {
 		w.drop(e.Key(), err)
 		return ev, false
@@ -309,14 +319,33 @@ func (w *Watcher[T]) event(e jetstream.KeyValueEntry) (Event[T], bool) {
 // were dropped since the last line, so a flood of garbage cannot flood logs.
 func (w *Watcher[T]) drop(key string, err error) {
 	w.dropped.Add(1)
-	w.logMu.Lock()
-	defer w.logMu.Unlock()
-	w.unreported++
-	if time.Since(w.lastLog) < 10*time.Second {
-		return
+	if errors.Is(err, ErrUnsealed) || errors.Is(err, ErrBadSeal) {
+		w.conn.forged.Add(1)
 	}
-	w.logger.Warn("dropped undecodable value", zap.String("key", key), zap.Error(err), zap.Uint64("dropped_since_last_log", w.unreported))
-	w.lastLog, w.unreported = time.Now(), 0
+	if n, ok := w.dropLog.allow(10 * time.Second); ok {
+		w.logger.Warn("dropped undecodable value", zap.String("key", key), zap.Error(err), zap.Uint64("dropped_since_last_log", n))
+	}
+}
+
+// logLimiter lets one log line through per interval and counts the rest.
+type logLimiter struct {
+	mu         sync.Mutex
+	last       time.Time
+	unreported uint64
+}
+
+// allow reports whether a line may be logged now and, if so, how many
+// events it stands for (this one and those held back since the last line).
+func (l *logLimiter) allow(every time.Duration) (uint64, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.unreported++
+	if time.Since(l.last) < every {
+		return 0, false
+	}
+	n := l.unreported
+	l.last, l.unreported = time.Now(), 0
+	return n, true
 }
 
 func sorted[T any](m map[string]Event[T]) []Event[T] {

@@ -7,13 +7,21 @@
 //	2026-11-24T10:00:01Z event  demo  instance_started  7f3k2q9x  instance 7f3k2q9x started at 127.0.0.1:32802 (generation 1)
 //	2026-11-24T10:00:02Z health demo  7f3k2q9x  unknown -> healthy  (1.2 ms)
 //
-// It uses only nats.go and the message types of common/msg, which decode
-// every v1 message, check its type and ignore fields added after it was
-// written. A message that fails to decode is reported on stderr and
-// skipped: a consumer must never stop on one bad message.
+// It uses only nats.go, nkeys and the message types of common/msg, which
+// decode every v1 message, check its type and ignore fields added after it
+// was written. With --nats-nkey it also checks each message's seal against
+// the public keys in the credential's trust lines (docs/nats.md, Sealed
+// records), as any tool that acts on what it reads should: events must be
+// sealed by the scheduler, health transitions by healthd. A message that
+// fails either check is reported on stderr and skipped: a consumer must
+// never stop on one bad message.
 package main
 
 import (
+	"bufio"
+	"bytes"
+	"encoding/base64"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -24,13 +32,14 @@ import (
 
 	"github.com/berthhq/berth/common/msg"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 )
 
 func main() {
 	url := flag.String("nats-url", nats.DefaultURL, "NATS server URL(s), comma separated")
 	prefix := flag.String("prefix", "berth", "Berth's subject prefix")
 	app := flag.String("app", "", "only this app (default: every app)")
-	seed := flag.String("nats-nkey", "", "file holding the NATS nkey seed of Berth's reader role (scheduler nats-credential reader)")
+	seed := flag.String("nats-nkey", "", "Berth's reader credential (scheduler nats-credential reader): its NATS nkey seed, and the roles' public keys that seals are checked against")
 	flag.Parse()
 	if err := run(*url, *prefix, *app, *seed); err != nil {
 		fmt.Fprintln(os.Stderr, "berth-watch:", err)
@@ -46,12 +55,16 @@ func run(url, prefix, app, seed string) error {
 	opts := []nats.Option{nats.Name("berth-watch"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { fmt.Fprintln(os.Stderr, "berth-watch: disconnected:", err) }),
 		nats.ReconnectHandler(func(*nats.Conn) { fmt.Fprintln(os.Stderr, "berth-watch: reconnected") })}
+	var trust map[string][]nkeys.KeyPair
 	if seed != "" {
 		opt, err := nats.NkeyOptionFromSeed(seed)
 		if err != nil {
 			return fmt.Errorf("--nats-nkey: %w", err)
 		}
 		opts = append(opts, opt)
+		if trust, err = loadTrust(seed); err != nil {
+			return fmt.Errorf("--nats-nkey: %w", err)
+		}
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
@@ -63,10 +76,10 @@ func run(url, prefix, app, seed string) error {
 	if app != "" {
 		events, health = names.AppEvents(app), names.HealthSubject(app, "*")
 	}
-	if _, err := nc.Subscribe(events, func(m *nats.Msg) { print(m, names) }); err != nil {
+	if _, err := nc.Subscribe(events, func(m *nats.Msg) { print(m, trust["scheduler"]) }); err != nil {
 		return err
 	}
-	if _, err := nc.Subscribe(health, func(m *nats.Msg) { print(m, names) }); err != nil {
+	if _, err := nc.Subscribe(health, func(m *nats.Msg) { print(m, trust["healthd"]) }); err != nil {
 		return err
 	}
 	if err := nc.Flush(); err != nil {
@@ -79,8 +92,16 @@ func run(url, prefix, app, seed string) error {
 	return nil
 }
 
-func print(m *nats.Msg, names msg.Names) {
-	decoded, err := msg.Decode(m.Data)
+func print(m *nats.Msg, owner []nkeys.KeyPair) {
+	data := m.Data
+	if owner != nil {
+		var err error
+		if data, err = open(m.Subject, data, owner); err != nil {
+			fmt.Fprintf(os.Stderr, "berth-watch: skipping a message on %s: %v\n", m.Subject, err)
+			return
+		}
+	}
+	decoded, err := msg.Decode(data)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "berth-watch: skipping a message on %s: %v\n", m.Subject, err)
 		return
@@ -116,4 +137,53 @@ func oneLine(s string) string {
 		}
 		return r
 	}, s)
+}
+
+// loadTrust reads the "# berth-trust <role> <public key>" lines of a
+// credential file.
+func loadTrust(path string) (map[string][]nkeys.KeyPair, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	trust := map[string][]nkeys.KeyPair{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) != 4 || fields[0] != "#" || fields[1] != "berth-trust" {
+			continue
+		}
+		kp, err := nkeys.FromPublicKey(fields[3])
+		if err != nil {
+			return nil, fmt.Errorf("trust line for %s: %w", fields[2], err)
+		}
+		trust[fields[2]] = append(trust[fields[2]], kp)
+	}
+	if len(trust["scheduler"]) == 0 || len(trust["healthd"]) == 0 {
+		return nil, errors.New("no berth-trust lines for the scheduler and healthd: print the credential again with scheduler nats-credential reader")
+	}
+	return trust, sc.Err()
+}
+
+// open checks the seal that ends a message, {…,"seal":"<at>.<signature>"},
+// and returns the object without it.
+func open(subject string, data []byte, owner []nkeys.KeyPair) ([]byte, error) {
+	i := bytes.LastIndex(data, []byte(`"seal":"`))
+	if i < 1 || !bytes.HasSuffix(data, []byte(`"}`)) {
+		return nil, errors.New("not sealed")
+	}
+	at, sig, ok := bytes.Cut(data[i+len(`"seal":"`):len(data)-2], []byte("."))
+	rawSig, err := base64.RawURLEncoding.DecodeString(string(sig))
+	if !ok || len(at) != 16 || err != nil {
+		return nil, errors.New("malformed seal")
+	}
+	body := append(bytes.TrimSuffix(append([]byte(nil), data[:i]...), []byte(",")), '}')
+	signed := fmt.Appendf(nil, "berth-seal-v1\nmsg\n%s\n\nmsg\n%s\n%s", subject, at, body)
+	for _, kp := range owner {
+		if kp.Verify(signed, rawSig) == nil {
+			return body, nil
+		}
+	}
+	return nil, errors.New("seal does not verify against its owner's keys")
 }

@@ -23,6 +23,9 @@ type Sources struct {
 	Generation func() uint64
 	// Dropped counts NATS values that failed to decode or validate.
 	Dropped func() uint64
+	// Unsealed counts NATS values and messages dropped because their owner
+	// had not sealed them (forgeries).
+	Unsealed func() uint64
 	// Fenced counts writes dropped for a lower leader term.
 	Fenced func() uint64
 	// AccessInvalid counts access log datagrams that failed to parse.
@@ -70,6 +73,7 @@ func New(src Sources) *Set {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_lbagent_applied_generation", Help: "Config generation nginx serves."}, read(src.Generation)),
 		m.lastSuccess, m.appErrors, m.apps, m.servers, m.render, m.held, m.mode, m.pushes, m.pushTime,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_lbagent_invalid_messages_total", Help: "NATS values dropped because they failed to decode or validate."}, read(src.Dropped)),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_lbagent_unsealed_messages_total", Help: "NATS values and messages dropped because their owner had not sealed them: forgeries (docs/nats.md, Sealed records)."}, read(src.Unsealed)),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_lbagent_access_log_invalid_total", Help: "Access log datagrams that failed to parse."}, read(src.AccessInvalid)),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_lbagent_fenced_writes_total", Help: "Writes dropped because they came from a lower leader term."}, read(src.Fenced)),
 	)

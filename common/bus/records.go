@@ -1,0 +1,387 @@
+package bus
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/berthhq/berth/common/msg"
+	"github.com/nats-io/nkeys"
+)
+
+// Sealed records. Subject permissions cannot stop one thing: the server
+// itself writes, into any subject of the account, the reply to a JetStream
+// API request and every delivery of a push consumer, and the client that
+// asked chooses where (see Permissions). So any role that may read a bucket
+// can have the server store an API response, or a copy of a stored value or
+// delete marker, under any key of any bucket. What such a copy cannot carry
+// is a valid signature of the role that owns the bucket for that bucket,
+// that key and that operation. So every value a daemon writes, and every
+// message it publishes, is sealed with its role's key, and a daemon that
+// holds the roles' public keys (its credential's trust lines) acts on
+// nothing that is not sealed by the owner: a forged put or delete is
+// dropped and counted like an undecodable value.
+//
+// A seal is the last member of the JSON object, so readers that do not
+// verify see one more field:
+//
+//	{…,"seal":"<at: 16 hex digits>.<ed25519 signature: 86 base64url>"}
+//
+// The signature covers these, joined by newlines: "berth-seal-v1", the
+// kind ("kv" or "msg"), the bucket or subject, the key ("" for a message),
+// the operation ("put", "del" or "msg"), the 16 hex digits of at (Unix
+// nanoseconds, strictly increasing per writer), then the object without its
+// seal. A delete is a KV delete marker whose body is the sealed object
+// {"op":"delete"}, so NATS tools still see a delete.
+
+// Errors of sealed records.
+var (
+	// ErrUnsealed is a value or message that carries no seal where one is required.
+	ErrUnsealed = errors.New("bus: not sealed by its owner")
+	// ErrBadSeal is a seal that does not verify against the owner's keys.
+	ErrBadSeal = errors.New("bus: seal does not verify")
+)
+
+const (
+	sealContext = "berth-seal-v1"
+	sealName    = `"seal":"`
+	sealAtLen   = 16
+	sealSigLen  = 86 // base64url of 64 bytes, unpadded
+	// sealTail is `"seal":"<at>.<sig>"}`, the fixed-length end of a sealed object.
+	sealTail = len(sealName) + sealAtLen + 1 + sealSigLen + 2
+
+	kindKV  = "kv"
+	kindMsg = "msg"
+	opPut   = "put"
+	opDel   = "del"
+	opMsg   = "msg"
+	// trustPrefix starts a credential file's trust line: "# berth-trust <role> <public key>".
+	trustPrefix = "# berth-trust "
+)
+
+// deleteBody is the object a sealed delete marker carries.
+var deleteBody = []byte(`{"op":"delete"}`)
+
+// Keys are a daemon's record keys: its role's nkey, which seals what it
+// writes, and the public keys of the roles whose records it trusts. Nil
+// Keys seal nothing and verify nothing (a NATS without Berth's roles).
+type Keys struct {
+	signer ed25519.PrivateKey
+	trust  map[string][]ed25519.PublicKey
+}
+
+// LoadKeys reads a credential file as `scheduler nats-credential` prints
+// it: the role's nkey seed and one trust line per writing role. A file
+// without trust lines is refused: this daemon could not tell a forged
+// record from a real one.
+func LoadKeys(path string) (*Keys, error) {
+	if _, err := SeedPublicKey(path); err != nil { // mode and seed checks
+		return nil, err
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	defer wipe(b)
+	kp, err := nkeys.ParseDecoratedNKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("nkey seed %s: %w", path, err)
+	}
+	trust := map[string][]string{}
+	for line := range strings.Lines(string(b)) {
+		rest, ok := strings.CutPrefix(strings.TrimSpace(line), strings.TrimSpace(trustPrefix))
+		if !ok {
+			continue
+		}
+		role, pub, ok := strings.Cut(strings.TrimSpace(rest), " ")
+		if !ok {
+			kp.Wipe()
+			return nil, fmt.Errorf("nkey file %s: trust line %q: want \"%s<role> <public key>\"", path, strings.TrimSpace(line), trustPrefix)
+		}
+		trust[role] = append(trust[role], strings.TrimSpace(pub))
+	}
+	if len(trust) == 0 {
+		kp.Wipe()
+		return nil, fmt.Errorf("nkey file %s has no berth-trust lines (the public keys of the roles whose records this daemon reads): "+
+			"print it again with `scheduler nats-credential <role>`", path)
+	}
+	k, err := newKeys(kp, trust)
+	if err != nil {
+		return nil, fmt.Errorf("nkey file %s: %w", path, err)
+	}
+	return k, nil
+}
+
+// CredentialFile returns role's credential file: its seed, then one trust
+// line per role that writes records, for the daemon's --nats-nkey.
+func CredentialFile(seeds map[string]string, role string) ([]byte, error) {
+	trust, err := trustOf(seeds)
+	if err != nil {
+		return nil, err
+	}
+	path, ok := seeds[role]
+	if !ok {
+		return nil, fmt.Errorf("%w %q: want one of %v", ErrUnknownRole, role, Roles())
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	defer wipe(raw)
+	kp, err := nkeys.ParseDecoratedNKey(raw)
+	if err != nil {
+		return nil, fmt.Errorf("nkey seed %s: %w", path, err)
+	}
+	defer kp.Wipe()
+	seed, err := kp.Seed()
+	if err != nil {
+		return nil, fmt.Errorf("nkey seed %s: %w", path, err)
+	}
+	defer wipe(seed)
+	var b bytes.Buffer
+	b.Write(seed)
+	b.WriteString("\n# The public keys of the roles that write Berth's records: this daemon acts only on\n")
+	b.WriteString("# records sealed by their owner (docs/nats.md, Sealed records).\n")
+	for _, r := range writerRoles() {
+		for _, pub := range trust[r] {
+			fmt.Fprintf(&b, "%s%s %s\n", trustPrefix, r, pub)
+		}
+	}
+	return b.Bytes(), nil
+}
+
+func trustOf(seeds map[string]string) (map[string][]string, error) {
+	trust := map[string][]string{}
+	for _, r := range writerRoles() {
+		path, ok := seeds[r]
+		if !ok {
+			return nil, fmt.Errorf("record keys: no credential for the %s role", r)
+		}
+		pub, err := SeedPublicKey(path)
+		if err != nil {
+			return nil, err
+		}
+		trust[r] = []string{pub}
+	}
+	return trust, nil
+}
+
+// writerRoles are the roles that own buckets or subjects.
+func writerRoles() []string { return []string{RoleScheduler, RoleHealthd, RoleLBAgent} }
+
+// newKeys takes kp's private key, and wipes kp.
+func newKeys(kp nkeys.KeyPair, trust map[string][]string) (*Keys, error) {
+	defer kp.Wipe()
+	encoded, err := kp.PrivateKey()
+	if err != nil {
+		return nil, err
+	}
+	defer wipe(encoded)
+	priv, err := nkeys.Decode(nkeys.PrefixBytePrivate, encoded)
+	if err != nil || len(priv) != ed25519.PrivateKeySize {
+		return nil, fmt.Errorf("nkey seed: not an ed25519 key (%v)", err)
+	}
+	k := &Keys{signer: ed25519.PrivateKey(priv), trust: map[string][]ed25519.PublicKey{}}
+	for role, pubs := range trust {
+		if !slices.Contains(writerRoles(), role) {
+			return nil, fmt.Errorf("trust line for role %q: want one of %v", role, writerRoles())
+		}
+		for _, pub := range pubs {
+			if !nkeys.IsValidPublicUserKey(pub) {
+				return nil, fmt.Errorf("trust line for %s: %q is not a user public key (\"U…\")", role, pub)
+			}
+			raw, err := nkeys.Decode(nkeys.PrefixByteUser, []byte(pub))
+			if err != nil || len(raw) != ed25519.PublicKeySize {
+				return nil, fmt.Errorf("trust line for %s: %q is not a user public key (%v)", role, pub, err)
+			}
+			k.trust[role] = append(k.trust[role], ed25519.PublicKey(raw))
+		}
+	}
+	for _, r := range writerRoles() {
+		if len(k.trust[r]) == 0 {
+			return nil, fmt.Errorf("no trust line for the %s role: every role that writes records needs one", r)
+		}
+	}
+	return k, nil
+}
+
+// sealer seals and opens the records of one connection under one set of
+// names: which role owns a bucket or a subject comes from the contract's
+// ownership table (grantOf).
+type sealer struct {
+	keys    *Keys
+	buckets map[string]string // bucket → owning role
+	subs    []ownedSubject
+	now     func() time.Time
+	last    atomic.Int64 // the last at sealed, so ats strictly increase
+
+	bufs sync.Pool
+}
+
+type ownedSubject struct {
+	pattern []string
+	role    string
+}
+
+func newSealer(keys *Keys, n msg.Names) *sealer {
+	s := &sealer{keys: keys, buckets: map[string]string{}, now: time.Now,
+		bufs: sync.Pool{New: func() any { return new(bytes.Buffer) }}}
+	for _, r := range writerRoles() {
+		g, _ := grantOf(n, r)
+		for _, b := range g.buckets {
+			s.buckets[b] = r
+		}
+		for _, p := range g.publish {
+			s.subs = append(s.subs, ownedSubject{pattern: strings.Split(p, "."), role: r})
+		}
+	}
+	return s
+}
+
+// owner is the role that owns a bucket (kind kv) or a subject (kind msg).
+func (s *sealer) owner(kind, where string) (string, bool) {
+	if kind == kindKV {
+		r, ok := s.buckets[where]
+		return r, ok
+	}
+	tokens := strings.Split(where, ".")
+	for _, o := range s.subs {
+		if subjectMatch(o.pattern, tokens) {
+			return o.role, true
+		}
+	}
+	return "", false
+}
+
+// subjectMatch matches a literal subject against a NATS pattern.
+func subjectMatch(pattern, tokens []string) bool {
+	for i, p := range pattern {
+		if p == ">" {
+			return len(tokens) > i
+		}
+		if i >= len(tokens) || (p != "*" && p != tokens[i]) {
+			return false
+		}
+	}
+	return len(pattern) == len(tokens)
+}
+
+// signedInput writes what a seal signs into buf.
+func signedInput(buf *bytes.Buffer, kind, where, key, op string, at []byte, body []byte) {
+	for _, part := range []string{sealContext, kind, where, key, op} {
+		buf.WriteString(part)
+		buf.WriteByte('\n')
+	}
+	buf.Write(at)
+	buf.WriteByte('\n')
+	buf.Write(body)
+}
+
+// seal returns body with this daemon's seal, or body itself when it holds
+// no key. body must be a JSON object.
+func (s *sealer) seal(kind, where, key, op string, body []byte) ([]byte, error) {
+	if s == nil || s.keys == nil || s.keys.signer == nil {
+		return body, nil
+	}
+	if len(body) < 2 || body[0] != '{' || body[len(body)-1] != '}' {
+		return nil, fmt.Errorf("seal %s %s: the value is not a JSON object", where, key)
+	}
+	at := s.nextAt()
+	var atHex [sealAtLen]byte
+	hex.Encode(atHex[:], []byte{byte(at >> 56), byte(at >> 48), byte(at >> 40), byte(at >> 32), byte(at >> 24), byte(at >> 16), byte(at >> 8), byte(at)})
+	buf := s.bufs.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer s.bufs.Put(buf)
+	signedInput(buf, kind, where, key, op, atHex[:], body)
+	sig := ed25519.Sign(s.keys.signer, buf.Bytes())
+	out := make([]byte, 0, len(body)+1+sealTail)
+	out = append(out, body[:len(body)-1]...)
+	if len(body) > 2 {
+		out = append(out, ',')
+	}
+	out = append(out, sealName...)
+	out = append(out, atHex[:]...)
+	out = append(out, '.')
+	out = base64.RawURLEncoding.AppendEncode(out, sig)
+	return append(out, '"', '}'), nil
+}
+
+func (s *sealer) nextAt() int64 {
+	for {
+		last := s.last.Load()
+		at := max(s.now().UnixNano(), last+1)
+		if s.last.CompareAndSwap(last, at) {
+			return at
+		}
+	}
+}
+
+// open returns the object a value carries without its seal. A daemon that
+// trusts keys requires a seal of the owner of where, over this key and
+// op; one that trusts none strips a seal it finds and checks nothing.
+func (s *sealer) open(kind, where, key, op string, value []byte) ([]byte, error) {
+	body, at, sig, sealed := splitSeal(value)
+	if s == nil || s.keys == nil || len(s.keys.trust) == 0 {
+		return body, nil
+	}
+	if !sealed {
+		return nil, ErrUnsealed
+	}
+	role, ok := s.owner(kind, where)
+	if !ok {
+		return nil, fmt.Errorf("%w: %s has no owner in the contract", ErrBadSeal, where)
+	}
+	raw := make([]byte, 64)
+	if n, err := base64.RawURLEncoding.Decode(raw, sig); err != nil || n != 64 {
+		return nil, fmt.Errorf("%w: malformed signature", ErrBadSeal)
+	}
+	buf := s.bufs.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer s.bufs.Put(buf)
+	signedInput(buf, kind, where, key, op, at, body)
+	for _, v := range s.keys.trust[role] {
+		if ed25519.Verify(v, buf.Bytes(), raw) {
+			return body, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: not signed by the %s role for %s %q", ErrBadSeal, role, where, key)
+}
+
+// splitSeal splits a sealed object into the object without its seal, the
+// at digits and the signature; sealed is false (and body the value) when
+// the value does not end in a well-formed seal.
+func splitSeal(value []byte) (body, at, sig []byte, sealed bool) {
+	n := len(value)
+	if n < sealTail+1 {
+		return value, nil, nil, false
+	}
+	tail := value[n-sealTail:]
+	if !bytes.HasPrefix(tail, []byte(sealName)) || tail[len(sealName)+sealAtLen] != '.' || !bytes.HasSuffix(tail, []byte(`"}`)) {
+		return value, nil, nil, false
+	}
+	at = tail[len(sealName) : len(sealName)+sealAtLen]
+	sig = tail[len(sealName)+sealAtLen+1 : sealTail-2]
+	for _, c := range at {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return value, nil, nil, false
+		}
+	}
+	switch value[n-sealTail-1] {
+	case '{': // the object had no other member
+		return []byte("{}"), at, sig, true
+	case ',':
+		b := make([]byte, 0, n-sealTail)
+		b = append(b, value[:n-sealTail-1]...)
+		return append(b, '}'), at, sig, true
+	}
+	return value, nil, nil, false
+}
