@@ -299,6 +299,9 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	group.Add("publish", lifecycle.Func(func(ctx context.Context) error {
 		return pub.Loop(ctx, leading, gained, changes, r.Resync)
 	}))
+	group.Add("publish-guard", lifecycle.Func(func(ctx context.Context) error {
+		return pub.Guard(ctx, leading, publish.BusWatch(conn, logger))
+	}))
 	group.Add("api", lifecycle.HTTP(httpSrv))
 	logger.Info("scheduler started", zap.String("api", r.APIListen), zap.String("database", store.Redact(r.DatabaseURL)))
 	err = group.Run(ctx)

@@ -248,7 +248,7 @@ func (k *KV) Get(ctx context.Context, key string) (Entry, error) {
 	if out.Op == OpDelete {
 		op = opDel
 	}
-	body, err := k.conn.seals.open(kindKV, k.bucket, key, op, out.Value)
+	body, _, err := k.conn.seals.open(kindKV, k.bucket, key, op, out.Value)
 	if err != nil {
 		k.conn.forged.Add(1)
 		return Entry{}, fmt.Errorf("get %s/%s: %w", k.bucket, key, err)

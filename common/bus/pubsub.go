@@ -49,7 +49,7 @@ type Subscription struct {
 // and logged at most once per 10 s.
 func (c *Conn) Subscribe(subject string, handler MsgHandler) (*Subscription, error) {
 	sub, err := c.nc.Subscribe(subject, func(m *nats.Msg) {
-		body, err := c.seals.open(kindMsg, m.Subject, "", opMsg, m.Data)
+		body, _, err := c.seals.open(kindMsg, m.Subject, "", opMsg, m.Data)
 		if err != nil {
 			c.forged.Add(1)
 			if n, ok := c.forgedLog.allow(10 * time.Second); ok {

@@ -49,6 +49,8 @@ var (
 	ErrUnsealed = errors.New("bus: not sealed by its owner")
 	// ErrBadSeal is a seal that does not verify against the owner's keys.
 	ErrBadSeal = errors.New("bus: seal does not verify")
+	// ErrReplayed is a sealed value older than the one its key already has.
+	ErrReplayed = errors.New("bus: replayed")
 )
 
 const (
@@ -77,6 +79,9 @@ var deleteBody = []byte(`{"op":"delete"}`)
 type Keys struct {
 	signer ed25519.PrivateKey
 	trust  map[string][]ed25519.PublicKey
+	// role is the writing role whose trusted key is signer's, "" for none
+	// (the reader).
+	role string
 }
 
 // LoadKeys reads a credential file as `scheduler nats-credential` prints
@@ -206,9 +211,15 @@ func newKeys(kp nkeys.KeyPair, trust map[string][]string) (*Keys, error) {
 			k.trust[role] = append(k.trust[role], ed25519.PublicKey(raw))
 		}
 	}
+	own := k.signer.Public().(ed25519.PublicKey)
 	for _, r := range writerRoles() {
 		if len(k.trust[r]) == 0 {
 			return nil, fmt.Errorf("no trust line for the %s role: every role that writes records needs one", r)
+		}
+		for _, pub := range k.trust[r] {
+			if pub.Equal(own) {
+				k.role = r
+			}
 		}
 	}
 	return k, nil
@@ -224,6 +235,14 @@ type sealer struct {
 	now     func() time.Time
 	last    atomic.Int64 // the last at sealed, so ats strictly increase
 
+	// floors are the highest ats seen, sealed by this role, of the keys
+	// of the buckets it owns: a write seals above them, so that readers,
+	// which refuse a lower at than the key's (Watcher), take it even when
+	// the key's last writer was another process whose clock is ahead (the
+	// previous leader, the checker that probed the instance before).
+	floorMu sync.Mutex
+	floors  map[string]int64
+
 	bufs sync.Pool
 }
 
@@ -233,7 +252,7 @@ type ownedSubject struct {
 }
 
 func newSealer(keys *Keys, n msg.Names) *sealer {
-	s := &sealer{keys: keys, buckets: map[string]string{}, now: time.Now,
+	s := &sealer{keys: keys, buckets: map[string]string{}, now: time.Now, floors: map[string]int64{},
 		bufs: sync.Pool{New: func() any { return new(bytes.Buffer) }}}
 	for _, r := range writerRoles() {
 		g, _ := grantOf(n, r)
@@ -295,7 +314,7 @@ func (s *sealer) seal(kind, where, key, op string, body []byte) ([]byte, error) 
 	if len(body) < 2 || body[0] != '{' || body[len(body)-1] != '}' {
 		return nil, fmt.Errorf("seal %s %s: the value is not a JSON object", where, key)
 	}
-	at := s.nextAt()
+	at := s.nextAt(s.floor(kind, where, key))
 	var atHex [sealAtLen]byte
 	hex.Encode(atHex[:], []byte{byte(at >> 56), byte(at >> 48), byte(at >> 40), byte(at >> 32), byte(at >> 24), byte(at >> 16), byte(at >> 8), byte(at)})
 	buf := s.bufs.Get().(*bytes.Buffer)
@@ -315,34 +334,67 @@ func (s *sealer) seal(kind, where, key, op string, body []byte) ([]byte, error) 
 	return append(out, '"', '}'), nil
 }
 
-func (s *sealer) nextAt() int64 {
+// nextAt returns an at above floor and above every at this sealer gave.
+func (s *sealer) nextAt(floor int64) int64 {
 	for {
 		last := s.last.Load()
-		at := max(s.now().UnixNano(), last+1)
+		at := max(s.now().UnixNano(), last+1, floor+1)
 		if s.last.CompareAndSwap(last, at) {
 			return at
 		}
 	}
 }
 
-// open returns the object a value carries without its seal. A daemon that
-// trusts keys requires a seal of the owner of where, over this key and
-// op; one that trusts none strips a seal it finds and checks nothing.
-func (s *sealer) open(kind, where, key, op string, value []byte) ([]byte, error) {
+// maxFloors bounds the floors kept; past it they are forgotten, which
+// costs only the protection against a clock behind the previous writer's.
+const maxFloors = 1 << 17
+
+func floorKey(where, key string) string { return where + "\x00" + key }
+
+func (s *sealer) floor(kind, where, key string) int64 {
+	if kind != kindKV {
+		return 0
+	}
+	s.floorMu.Lock()
+	defer s.floorMu.Unlock()
+	return s.floors[floorKey(where, key)]
+}
+
+// observe notes the at of a verified value of one of this role's own
+// buckets; a delete forgets the key.
+func (s *sealer) observe(where, key, op string, at int64) {
+	s.floorMu.Lock()
+	defer s.floorMu.Unlock()
+	k := floorKey(where, key)
+	if op == opDel {
+		delete(s.floors, k)
+		return
+	}
+	if len(s.floors) >= maxFloors {
+		clear(s.floors)
+	}
+	s.floors[k] = max(s.floors[k], at)
+}
+
+// open returns the object a value carries without its seal, and the
+// seal's at. A daemon that trusts keys requires a seal of the owner of
+// where, over this key and op; one that trusts none strips a seal it finds,
+// checks nothing and returns at 0.
+func (s *sealer) open(kind, where, key, op string, value []byte) ([]byte, int64, error) {
 	body, at, sig, sealed := splitSeal(value)
 	if s == nil || s.keys == nil || len(s.keys.trust) == 0 {
-		return body, nil
+		return body, 0, nil
 	}
 	if !sealed {
-		return nil, ErrUnsealed
+		return nil, 0, ErrUnsealed
 	}
 	role, ok := s.owner(kind, where)
 	if !ok {
-		return nil, fmt.Errorf("%w: %s has no owner in the contract", ErrBadSeal, where)
+		return nil, 0, fmt.Errorf("%w: %s has no owner in the contract", ErrBadSeal, where)
 	}
 	raw := make([]byte, 64)
 	if n, err := base64.RawURLEncoding.Decode(raw, sig); err != nil || n != 64 {
-		return nil, fmt.Errorf("%w: malformed signature", ErrBadSeal)
+		return nil, 0, fmt.Errorf("%w: malformed signature", ErrBadSeal)
 	}
 	buf := s.bufs.Get().(*bytes.Buffer)
 	buf.Reset()
@@ -350,10 +402,27 @@ func (s *sealer) open(kind, where, key, op string, value []byte) ([]byte, error)
 	signedInput(buf, kind, where, key, op, at, body)
 	for _, v := range s.keys.trust[role] {
 		if ed25519.Verify(v, buf.Bytes(), raw) {
-			return body, nil
+			n := parseAt(at)
+			if kind == kindKV && role == s.keys.role {
+				s.observe(where, key, op, n)
+			}
+			return body, n, nil
 		}
 	}
-	return nil, fmt.Errorf("%w: not signed by the %s role for %s %q", ErrBadSeal, role, where, key)
+	return nil, 0, fmt.Errorf("%w: not signed by the %s role for %s %q", ErrBadSeal, role, where, key)
+}
+
+// parseAt reads the 16 hex digits of a seal's at (checked by splitSeal).
+func parseAt(at []byte) int64 {
+	var n uint64
+	for _, c := range at {
+		d := uint64(c - '0')
+		if c >= 'a' {
+			d = uint64(c-'a') + 10
+		}
+		n = n<<4 | d
+	}
+	return int64(n)
 }
 
 // splitSeal splits a sealed object into the object without its seal, the

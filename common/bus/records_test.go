@@ -50,14 +50,14 @@ func TestSealOpen(t *testing.T) {
 	require.Contains(t, fields, "seal")
 
 	for _, role := range Roles() {
-		got, err := s[role].open(kindKV, n.InstancesBucket(), "web.x", opPut, sealed)
+		got, _, err := s[role].open(kindKV, n.InstancesBucket(), "web.x", opPut, sealed)
 		require.NoError(t, err, "every role verifies the scheduler's record")
 		require.Equal(t, string(body), string(got))
 	}
 
 	empty, err := s[RoleHealthd].seal(kindMsg, n.HealthSubject("web", "x"), "", opMsg, []byte("{}"))
 	require.NoError(t, err)
-	got, err := s[RoleReader].open(kindMsg, n.HealthSubject("web", "x"), "", opMsg, empty)
+	got, _, err := s[RoleReader].open(kindMsg, n.HealthSubject("web", "x"), "", opMsg, empty)
 	require.NoError(t, err)
 	require.Equal(t, "{}", string(got))
 
@@ -95,7 +95,7 @@ func TestSealOpen(t *testing.T) {
 	for _, tc := range refused {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			_, err := s[RoleLBAgent].open(tc.kind, tc.at, tc.key, tc.op, tc.value)
+			_, _, err := s[RoleLBAgent].open(tc.kind, tc.at, tc.key, tc.op, tc.value)
 			require.ErrorIs(t, err, tc.wantError)
 		})
 	}
@@ -103,15 +103,39 @@ func TestSealOpen(t *testing.T) {
 	t.Run("a reader without keys strips the seal and checks nothing", func(t *testing.T) {
 		t.Parallel()
 		var none *sealer
-		got, err := none.open(kindKV, n.InstancesBucket(), "web.x", opPut, sealed)
+		got, at, err := none.open(kindKV, n.InstancesBucket(), "web.x", opPut, sealed)
 		require.NoError(t, err)
+		require.Zero(t, at)
 		require.Equal(t, string(body), string(got))
-		got, err = none.open(kindKV, n.InstancesBucket(), "web.x", opPut, body)
+		got, _, err = none.open(kindKV, n.InstancesBucket(), "web.x", opPut, body)
 		require.NoError(t, err)
 		require.Equal(t, string(body), string(got))
 		out, err := none.seal(kindKV, n.InstancesBucket(), "web.x", opPut, body)
 		require.NoError(t, err)
 		require.Equal(t, string(body), string(out), "no key: nothing sealed")
+	})
+
+	t.Run("a writer seals above what it saw of its own keys", func(t *testing.T) {
+		t.Parallel()
+		ahead := newSealer(s[RoleScheduler].keys, n)
+		ahead.now = func() time.Time { return time.Unix(0, 1_000_000) }
+		behind := newSealer(s[RoleScheduler].keys, n) // the next leader, its clock behind
+		behind.now = func() time.Time { return time.Unix(0, 5) }
+		v, err := ahead.seal(kindKV, n.AppsBucket(), "web", opPut, body)
+		require.NoError(t, err)
+		_, at, err := behind.open(kindKV, n.AppsBucket(), "web", opPut, v)
+		require.NoError(t, err)
+		require.Equal(t, int64(1_000_000), at)
+		next, err := behind.seal(kindKV, n.AppsBucket(), "web", opPut, body)
+		require.NoError(t, err)
+		_, nextAt, err := s[RoleLBAgent].open(kindKV, n.AppsBucket(), "web", opPut, next)
+		require.NoError(t, err)
+		require.Greater(t, nextAt, at)
+
+		lb := newSealer(s[RoleLBAgent].keys, n)
+		_, _, err = lb.open(kindKV, n.AppsBucket(), "web", opPut, v)
+		require.NoError(t, err)
+		require.Empty(t, lb.floors, "a role keeps no floor of keys it does not own")
 	})
 
 	t.Run("ats strictly increase", func(t *testing.T) {
@@ -386,9 +410,94 @@ func BenchmarkSealOpen(b *testing.B) {
 	})
 	b.Run("open", func(b *testing.B) {
 		for b.Loop() {
-			if _, err := s.open(kindKV, n.InstancesBucket(), "web.a1b2c3d4", opPut, sealed); err != nil {
+			if _, _, err := s.open(kindKV, n.InstancesBucket(), "web.a1b2c3d4", opPut, sealed); err != nil {
 				b.Fatal(err)
 			}
 		}
 	})
+}
+
+// TestReplaysAreRefused copies older sealed values back onto their keys:
+// the reader role's credential, which may only read, replays the apps
+// bucket's own history (it keeps 5 values a key) with a direct get by
+// sequence whose reply subject is the key; healthd's credential puts an
+// instance record it read earlier into its own bucket and copies it back,
+// after the scheduler deleted the instance. A watcher that saw the newer
+// values refuses both; the scheduler's next write goes through.
+func TestReplaysAreRefused(t *testing.T) {
+	t.Parallel()
+	env := startAuthServer(t, "acme")
+	n := env.n
+	ctx := ctxT(t)
+	sched := env.sealedConn(t, RoleScheduler)
+	health := env.sealedConn(t, RoleHealthd)
+	lb := env.sealedConn(t, RoleLBAgent)
+	require.NoError(t, sched.EnsureBuckets(ctx, MustOwnedBuckets(n, RoleScheduler)))
+	require.NoError(t, health.EnsureBuckets(ctx, MustOwnedBuckets(n, RoleHealthd)))
+	apps, err := sched.KV(ctx, n.AppsBucket())
+	require.NoError(t, err)
+	instances, err := sched.KV(ctx, n.InstancesBucket())
+	require.NoError(t, err)
+	first, err := apps.Put(ctx, "web", []byte(`{"paths":["/"]}`))
+	require.NoError(t, err)
+	_, err = instances.Put(ctx, "web.a", []byte(`{"address":"10.0.0.1:80"}`))
+	require.NoError(t, err)
+
+	appsView, instView := &stringView{}, &stringView{}
+	startWatcher(t, NewWatcher(lb, n.AppsBucket(), decodeString, appsView, zaptest.NewLogger(t)))
+	startWatcher(t, NewWatcher(lb, n.InstancesBucket(), decodeString, instView, zaptest.NewLogger(t)))
+	require.Eventually(t, func() bool {
+		_, a := appsView.get("web")
+		_, b := instView.get("web.a")
+		return a && b
+	}, 5*time.Second, 5*time.Millisecond)
+
+	// What the attackers read while the values were current.
+	reader, err := nats.Connect(env.url, nkeyOpt(t, env.seeds[RoleReader]))
+	require.NoError(t, err)
+	t.Cleanup(reader.Close)
+	healthd, err := nats.Connect(env.url, nkeyOpt(t, env.seeds[RoleHealthd]))
+	require.NoError(t, err)
+	t.Cleanup(healthd.Close)
+	rawJS, err := jetstream.New(healthd)
+	require.NoError(t, err)
+	rawInstances, err := rawJS.KeyValue(ctx, n.InstancesBucket())
+	require.NoError(t, err)
+	old, err := rawInstances.Get(ctx, "web.a")
+	require.NoError(t, err)
+
+	// The scheduler moves on: a new app version, the instance deleted.
+	_, err = apps.Put(ctx, "web", []byte(`{"paths":["/v2"]}`))
+	require.NoError(t, err)
+	require.NoError(t, instances.Delete(ctx, "web.a"))
+	require.Eventually(t, func() bool {
+		v, _ := appsView.get("web")
+		_, a := instView.get("web.a")
+		return v == `{"paths":["/v2"]}` && !a
+	}, 5*time.Second, 5*time.Millisecond)
+	before := lb.Forged()
+
+	req := fmt.Sprintf(`{"seq":%d}`, first)
+	require.NoError(t, reader.PublishRequest("$JS.API.DIRECT.GET.KV_"+n.AppsBucket(), "$KV."+n.AppsBucket()+".web", []byte(req)))
+	_, err = healthd.Request("$KV."+n.HealthBucket()+".web.a", old.Value(), 2*time.Second)
+	require.NoError(t, err)
+	require.NoError(t, healthd.PublishRequest("$JS.API.DIRECT.GET.KV_"+n.HealthBucket(), "$KV."+n.InstancesBucket()+".web.a",
+		[]byte(`{"last_by_subj":"$KV.`+n.HealthBucket()+`.web.a"}`)))
+
+	require.Eventually(t, func() bool { return lb.Forged() >= before+2 }, 5*time.Second, 5*time.Millisecond, "both replays reached the watchers and were refused")
+	v, _ := appsView.get("web")
+	require.Equal(t, `{"paths":["/v2"]}`, v, "the older app version is refused")
+	_, back := instView.get("web.a")
+	require.False(t, back, "a deleted instance does not come back")
+
+	_, err = apps.Put(ctx, "web", []byte(`{"paths":["/v3"]}`))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { v, _ := appsView.get("web"); return v == `{"paths":["/v3"]}` }, 5*time.Second, 5*time.Millisecond)
+}
+
+func nkeyOpt(t *testing.T, path string) nats.Option {
+	t.Helper()
+	opt, err := nats.NkeyOptionFromSeed(path)
+	require.NoError(t, err)
+	return opt
 }

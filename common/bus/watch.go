@@ -11,6 +11,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
+
+	"github.com/berthhq/berth/common/msg"
 )
 
 // DecodeFunc turns a stored value into T. An error drops the value: it is
@@ -27,6 +29,9 @@ type Event[T any] struct {
 	Op Op
 	// Value is the decoded value of a put.
 	Value T
+
+	// at is the seal's at, 0 when seals are not checked.
+	at int64
 }
 
 // Handler receives what a Watcher sees. Calls come one at a time, in order,
@@ -74,6 +79,10 @@ type Watcher[T any] struct {
 	ResyncEvery time.Duration
 	// RetryWait is the delay before watching again after an error.
 	RetryWait time.Duration
+	// OnDrop, when set, is called (from Run's goroutine) with the key of
+	// each value the watcher drops: undecodable, forged or replayed. The
+	// owner of a bucket uses it to write such a key again at once.
+	OnDrop func(key string, err error)
 	// CheckEvery, when positive, is how often the watcher asks the server
 	// whether the bucket it follows still exists and is the same one. A
 	// bucket deleted (or wiped and created again) while the connection
@@ -81,6 +90,9 @@ type Watcher[T any] struct {
 	CheckEvery time.Duration
 
 	dropLog logLimiter
+	// replays remembers the seal's at of each key, so that an older sealed
+	// value copied back onto its key is refused (sealed records only).
+	replays msg.Fence
 }
 
 // NewWatcher returns a watcher of bucket that decodes values with decode and
@@ -173,6 +185,7 @@ func (w *Watcher[T]) watchOnce(ctx context.Context, reconnected <-chan struct{})
 	}
 
 	initial := map[string]Event[T]{}
+	deleted := map[string]int64{} // sealed deletes in the snapshot, by key
 	var snapshotRev uint64
 	inSnapshot := true
 	for {
@@ -193,14 +206,22 @@ func (w *Watcher[T]) watchOnce(ctx context.Context, reconnected <-chan struct{})
 			}
 			if e == nil { // the server's end of initial values
 				if inSnapshot {
+					w.replays.Reset()
+					for _, ev := range initial {
+						w.replays.Accept(ev.Key, uint64(ev.at))
+					}
+					for key, at := range deleted {
+						w.replays.Accept(key, uint64(at))
+						w.replays.Delete(key)
+					}
 					w.handler.Snapshot(sorted(initial), snapshotRev)
-					inSnapshot, initial = false, nil
+					inSnapshot, initial, deleted = false, nil, nil
 				}
 				continue
 			}
 			ev, ok := w.event(e)
 			if !inSnapshot {
-				if ok {
+				if ok && w.fresh(ev) {
 					w.handler.Update(ev)
 				}
 				continue
@@ -211,6 +232,9 @@ func (w *Watcher[T]) watchOnce(ctx context.Context, reconnected <-chan struct{})
 				delete(initial, e.Key())
 			case ev.Op == OpDelete:
 				delete(initial, ev.Key)
+				if ev.at != 0 {
+					deleted[ev.Key] = ev.at
+				}
 			default:
 				initial[ev.Key] = ev
 			}
@@ -287,6 +311,24 @@ func bucketCreated(ctx context.Context, kv jetstream.KeyValue) (time.Time, error
 	return s.StreamInfo().Created, nil
 }
 
+// fresh reports whether an update's seal is not older than the key's last:
+// a sealed value (or delete) copied back onto its key after a newer one is
+// a replay, dropped and counted. A delete then leaves its at as the key's
+// tombstone, so an older put cannot bring the key back either.
+func (w *Watcher[T]) fresh(ev Event[T]) bool {
+	if ev.at == 0 {
+		return true
+	}
+	if !w.replays.Accept(ev.Key, uint64(ev.at)) {
+		w.drop(ev.Key, fmt.Errorf("%w: sealed at %s, before the key's last value", ErrReplayed, time.Unix(0, ev.at).UTC().Format(time.RFC3339Nano)))
+		return false
+	}
+	if ev.Op == OpDelete {
+		w.replays.Delete(ev.Key)
+	}
+	return true
+}
+
 // event opens and decodes one entry; false means it was dropped. A delete
 // counts only when its owner sealed it: a forged one in an update is
 // dropped (the handler keeps the value), and in a snapshot leaves the key
@@ -295,13 +337,16 @@ func (w *Watcher[T]) event(e jetstream.KeyValueEntry) (Event[T], bool) {
 	ev := Event[T]{Key: e.Key(), Revision: e.Revision(), Op: OpPut}
 	if e.Operation() != jetstream.KeyValuePut {
 		ev.Op = OpDelete
-		if _, err := w.conn.seals.open(kindKV, w.bucket, e.Key(), opDel, e.Value()); err != nil {
+		_, at, err := w.conn.seals.open(kindKV, w.bucket, e.Key(), opDel, e.Value())
+		if err != nil {
 			w.drop(e.Key(), fmt.Errorf("delete: %w", err))
 			return ev, false
 		}
+		ev.at = at
 		return ev, true
 	}
-	body, err := w.conn.seals.open(kindKV, w.bucket, e.Key(), opPut, e.Value())
+	body, at, err := w.conn.seals.open(kindKV, w.bucket, e.Key(), opPut, e.Value())
+	ev.at = at
 	if err != nil {
 		w.drop(e.Key(), err)
 		return ev, false
@@ -319,7 +364,10 @@ func (w *Watcher[T]) event(e jetstream.KeyValueEntry) (Event[T], bool) {
 // were dropped since the last line, so a flood of garbage cannot flood logs.
 func (w *Watcher[T]) drop(key string, err error) {
 	w.dropped.Add(1)
-	if errors.Is(err, ErrUnsealed) || errors.Is(err, ErrBadSeal) {
+	if w.OnDrop != nil {
+		w.OnDrop(key, err)
+	}
+	if errors.Is(err, ErrUnsealed) || errors.Is(err, ErrBadSeal) || errors.Is(err, ErrReplayed) {
 		w.conn.forged.Add(1)
 	}
 	if n, ok := w.dropLog.allow(10 * time.Second); ok {
