@@ -371,7 +371,7 @@ func (w *Watcher[T]) drop(key string, err error) {
 		w.conn.forged.Add(1)
 	}
 	if n, ok := w.dropLog.allow(10 * time.Second); ok {
-		w.logger.Warn("dropped undecodable value", zap.String("key", key), zap.Error(err), zap.Uint64("dropped_since_last_log", n))
+		w.logger.Warn("dropped a value: undecodable, forged or replayed", zap.String("key", key), zap.Error(err), zap.Uint64("dropped_since_last_log", n))
 	}
 }
 
