@@ -251,6 +251,13 @@ func EnsureCredentials(dir string) (map[string]string, error) {
 
 // writeSecret replaces the file at path with b, mode 0600, atomically.
 func writeSecret(path string, b []byte) error {
+	return placeSecret(path, b, os.Rename)
+}
+
+// placeSecret writes b to a temporary file (mode 0600) beside path, synced,
+// and moves it into place with place: os.Rename to replace path, os.Link
+// to create it only if it does not exist yet (fs.ErrExist then is no error).
+func placeSecret(path string, b []byte, place func(oldname, newname string) error) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".seed-*") // mode 0600
 	if err != nil {
 		return err
@@ -264,9 +271,9 @@ func writeSecret(path string, b []byte) error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp.Name(), path)
+		err = place(tmp.Name(), path)
 	}
-	if err != nil {
+	if err != nil && !errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
@@ -290,25 +297,10 @@ func ensureSeed(path string) error {
 		return fmt.Errorf("create nkey: %w", err)
 	}
 	defer wipe(seed)
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".seed-*") // mode 0600
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
 	line := append(seed, '\n')
 	defer wipe(line)
-	_, err = tmp.Write(line)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Link(tmp.Name(), path); err != nil && !errors.Is(err, fs.ErrExist) {
-		return fmt.Errorf("write %s: %w", path, err)
+	if err := placeSecret(path, line, os.Link); err != nil {
+		return err
 	}
 	_, err = SeedPublicKey(path)
 	return err

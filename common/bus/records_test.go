@@ -204,6 +204,16 @@ func (e authEnv) sealedConn(t *testing.T, role string) *Conn {
 	return c
 }
 
+// sealedRoles connects the scheduler, healthd and lbagent with their
+// record keys, with the buckets of the first two made.
+func (e authEnv) sealedRoles(t *testing.T) (sched, health, lb *Conn) {
+	t.Helper()
+	sched, health, lb = e.sealedConn(t, RoleScheduler), e.sealedConn(t, RoleHealthd), e.sealedConn(t, RoleLBAgent)
+	require.NoError(t, sched.EnsureBuckets(ctxT(t), MustOwnedBuckets(e.n, RoleScheduler)))
+	require.NoError(t, health.EnsureBuckets(ctxT(t), MustOwnedBuckets(e.n, RoleHealthd)))
+	return sched, health, lb
+}
+
 // stringView is a handler that keeps the values it was given by key.
 type stringView struct {
 	mu     sync.Mutex
@@ -247,14 +257,9 @@ func (v *stringView) get(key string) (string, bool) {
 // none of it, while the scheduler's own sealed puts and deletes go through.
 func TestForgedRecordsAreDropped(t *testing.T) {
 	t.Parallel()
-	env := startAuthServer(t, "acme")
+	env, ctx := startAuthServer(t, "acme"), ctxT(t)
 	n := env.n
-	ctx := ctxT(t)
-	sched := env.sealedConn(t, RoleScheduler)
-	health := env.sealedConn(t, RoleHealthd)
-	lb := env.sealedConn(t, RoleLBAgent)
-	require.NoError(t, sched.EnsureBuckets(ctx, MustOwnedBuckets(n, RoleScheduler)))
-	require.NoError(t, health.EnsureBuckets(ctx, MustOwnedBuckets(n, RoleHealthd)))
+	sched, health, lb := env.sealedRoles(t)
 	instances, err := sched.KV(ctx, n.InstancesBucket())
 	require.NoError(t, err)
 	_, err = instances.Put(ctx, "web.a", []byte(`{"address":"10.0.0.1:80"}`))
@@ -426,14 +431,9 @@ func BenchmarkSealOpen(b *testing.B) {
 // values refuses both; the scheduler's next write goes through.
 func TestReplaysAreRefused(t *testing.T) {
 	t.Parallel()
-	env := startAuthServer(t, "acme")
+	env, ctx := startAuthServer(t, "acme"), ctxT(t)
 	n := env.n
-	ctx := ctxT(t)
-	sched := env.sealedConn(t, RoleScheduler)
-	health := env.sealedConn(t, RoleHealthd)
-	lb := env.sealedConn(t, RoleLBAgent)
-	require.NoError(t, sched.EnsureBuckets(ctx, MustOwnedBuckets(n, RoleScheduler)))
-	require.NoError(t, health.EnsureBuckets(ctx, MustOwnedBuckets(n, RoleHealthd)))
+	sched, _, lb := env.sealedRoles(t)
 	apps, err := sched.KV(ctx, n.AppsBucket())
 	require.NoError(t, err)
 	instances, err := sched.KV(ctx, n.InstancesBucket())
