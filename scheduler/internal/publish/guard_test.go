@@ -38,16 +38,8 @@ func TestGuardRepairsForgedKeys(t *testing.T) {
 		return c
 	}
 	conn, forger := connect(keys), connect(nil)
-	st, err := store.Open(ctx, testrig.Postgres(t))
-	require.NoError(t, err)
-	t.Cleanup(st.Close)
-	_, err = st.Migrate(ctx)
-	require.NoError(t, err)
-	l, ok, err := st.Acquire(ctx, "test", "me", time.Minute)
-	require.NoError(t, err)
-	require.True(t, ok)
-	r := &rig{st: st, conn: conn, pub: New(st, conn, names, zaptest.NewLogger(t)), names: names, lease: l}
-
+	r := newRigOn(t, conn)
+	st, l := r.st, r.lease
 	r.apply(t, "web")
 	require.NoError(t, r.pub.Put(ctx, l, running("web", "a")))
 	require.NoError(t, r.pub.All(ctx, l.Term))

@@ -33,15 +33,21 @@ type rig struct {
 
 func newRig(t *testing.T) *rig {
 	t.Helper()
+	conn, err := bus.Connect(context.Background(), bus.Options{URL: testrig.NATS(t), Name: t.Name()}, zaptest.NewLogger(t))
+	require.NoError(t, err)
+	t.Cleanup(conn.Close)
+	return newRigOn(t, conn)
+}
+
+// newRigOn is newRig over a connection of the caller's.
+func newRigOn(t *testing.T, conn *bus.Conn) *rig {
+	t.Helper()
 	ctx := context.Background()
 	st, err := store.Open(ctx, testrig.Postgres(t))
 	require.NoError(t, err)
 	t.Cleanup(st.Close)
 	_, err = st.Migrate(ctx)
 	require.NoError(t, err)
-	conn, err := bus.Connect(ctx, bus.Options{URL: testrig.NATS(t), Name: t.Name()}, zaptest.NewLogger(t))
-	require.NoError(t, err)
-	t.Cleanup(conn.Close)
 	l, ok, err := st.Acquire(ctx, "test", "me", time.Minute)
 	require.NoError(t, err)
 	require.True(t, ok)
