@@ -57,7 +57,9 @@ func TestGuardRepairsForgedKeys(t *testing.T) {
 
 	gctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- r.pub.Guard(gctx, func() (store.Lease, bool) { return l, true }, BusWatch(conn, zaptest.NewLogger(t))) }()
+	go func() {
+		done <- r.pub.Guard(gctx, func() (store.Lease, bool) { return l, true }, BusWatch(conn, zaptest.NewLogger(t)))
+	}()
 	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
 	time.Sleep(200 * time.Millisecond) // the guard's watches are up
 
