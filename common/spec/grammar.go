@@ -110,12 +110,6 @@ func CheckPath(s string) error {
 	return nil
 }
 
-// RouteKey names one route: a host (lowercase, "" for the default server)
-// and a path as a route (RoutePath). Two claims with one key are one
-// location in nginx: lbagent routes it to the app that claimed it first
-// (ClaimsBefore), and the scheduler tells the other (route_conflict).
-func RouteKey(host, path string) string { return strings.ToLower(host) + " " + RoutePath(path) }
-
 // ClaimsBefore reports whether app a claimed its routes before app b: the
 // one created first, an app whose creation time is known before one whose
 // is not, and by name when that does not decide.

@@ -63,7 +63,7 @@ func TestValidateCapsRoutes(t *testing.T) {
 	r.Paths = append(r.Paths, "/one-more")
 	es := r.Validate("routing")
 	require.Len(t, es, 1)
-	require.Equal(t, "routing: 20 hosts × 51 paths make 1020 routes (each a location in every nginx); at most 1000: route fewer paths per host, or split the app", es[0].Error())
+	require.Equal(t, "routing: 20 hosts × 51 paths and rules make 1020 routes (each a location in every nginx); at most 1000: route fewer paths per host, or split the app", es[0].Error())
 	require.Equal(t, 51, Routing{Paths: r.Paths}.Routes(), "no host: the default server's routes")
 }
 

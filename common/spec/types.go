@@ -212,6 +212,9 @@ type Routing struct {
 	Hosts []string `json:"hosts,omitempty"`
 	// Paths are location prefixes; the default is "/".
 	Paths []string `json:"paths,omitempty"`
+	// Rules are locations with their own match (prefix, exact or regex),
+	// rate limit and response headers.
+	Rules []Rule `json:"rules,omitempty"`
 	// TLS terminates HTTPS when set.
 	TLS *TLS `json:"tls,omitempty"`
 }

@@ -289,7 +289,7 @@ func (l LB) Validate(path string) Errors {
 
 // Routes counts the app's routes: every path on every host (on the
 // default server when there is no host).
-func (r Routing) Routes() int { return max(len(r.Hosts), 1) * len(r.Paths) }
+func (r Routing) Routes() int { return max(len(r.Hosts), 1) * (len(r.Paths) + len(r.Rules)) }
 
 // Validate checks hosts, paths and TLS; path prefixes every field path.
 func (r Routing) Validate(path string) Errors {
@@ -313,9 +313,10 @@ func (r Routing) Validate(path string) Errors {
 		es.Add(Join(path, "paths"), "has %d paths; at most %d", len(r.Paths), MaxPaths)
 	}
 	if n := r.Routes(); n > MaxRoutes {
-		es.Add(path, "%d hosts × %d paths make %d routes (each a location in every nginx); at most %d: route fewer paths per host, or split the app",
-			max(len(r.Hosts), 1), len(r.Paths), n, MaxRoutes)
+		es.Add(path, "%d hosts × %d paths and rules make %d routes (each a location in every nginx); at most %d: route fewer paths per host, or split the app",
+			max(len(r.Hosts), 1), len(r.Paths)+len(r.Rules), n, MaxRoutes)
 	}
+	es = append(es, validateRules(Join(path, "rules"), r)...)
 	seen = map[string]int{}
 	for i, p := range r.Paths {
 		fp := Index(Join(path, "paths"), i)

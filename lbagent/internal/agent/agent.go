@@ -155,6 +155,9 @@ type Agent struct {
 	appErrors       map[string]string
 	emptySince      time.Time
 	hasApplied      bool
+	// reloadFailures counts the reloads in a row that nginx did not
+	// confirm (not running yet, stopped): each is tried again, backing off.
+	reloadFailures int
 	// endpoints are the sets nginx's dict holds (dynamic mode), version
 	// the last version pushed or written.
 	endpoints   map[string]*dynamic.Endpoints
@@ -273,7 +276,8 @@ func (a *Agent) debounce(ctx context.Context) bool {
 }
 
 // sync makes nginx serve the store's snapshot, as far as nginx accepts it.
-// It returns how long to wait before trying again when a snapshot is held.
+// It returns how long to wait before trying again when a snapshot is held,
+// or a reload or push failed.
 func (a *Agent) sync(ctx context.Context) time.Duration {
 	start := a.now()
 	snap, ok := a.store.Snapshot()
@@ -375,10 +379,16 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 		if drained {
 			_ = a.cfg.Pusher.CloseKeepalive(ctx, gen, 0) // the old workers stay: let them keep connections again
 		}
-		a.logger.Error("config not applied", zap.Error(err))
+		// nginx -t accepted the config: what failed is the reload (nginx
+		// not running yet, or gone). Try again, backing off, rather than
+		// wait for the next change, which may never come.
+		retry := min(time.Second<<min(a.reloadFailures, 5), 30*time.Second)
+		a.reloadFailures++
+		a.logger.Error("config not applied, retrying", zap.Error(err), zap.Duration("retry_in", retry))
 		a.report(ctx, start, snap.Revision, msg.ReloadFailed, err.Error(), failed)
-		return 0
+		return retry
 	}
+	a.reloadFailures = 0
 	if a.cfg.Pusher != nil {
 		// The reload loaded the file; a full push makes sure of it (an
 		// nginx that kept a newer dict, an adopted one) and reads it back.
@@ -892,24 +902,34 @@ func placeholder(app state.App, claims map[string][]string) state.App {
 	if len(hosts) == 0 {
 		hosts = []string{""}
 	}
-	for _, p := range app.Spec.Routing.Paths {
-		if spec.CheckPath(p) != nil {
-			continue
-		}
-		shared := false
+	s.Routing.Rules = nil
+	unshared := func(l spec.Location) bool {
 		for _, h := range hosts {
-			for _, other := range claims[spec.RouteKey(h, p)] {
-				shared = shared || other != app.Spec.Name
+			for _, k := range spec.LocationKeys(h, l) {
+				for _, other := range claims[k] {
+					if other != app.Spec.Name {
+						return false
+					}
+				}
 			}
 		}
-		if !shared {
-			s.Routing.Paths = append(s.Routing.Paths, p)
+		return true
+	}
+	// Paths and the prefix and exact rules, without their options; no
+	// regex, the riskiest thing to hand nginx.
+	for _, l := range app.Spec.Routing.Locations() {
+		switch {
+		case l.Match == spec.MatchRegex || !unshared(l):
+		case l.Rule == nil && spec.CheckPath(l.Path) == nil:
+			s.Routing.Paths = append(s.Routing.Paths, l.Path)
+		case l.Rule != nil && spec.CheckPath(l.Rule.Path) == nil:
+			s.Routing.Rules = append(s.Routing.Rules, spec.Rule{Path: l.Rule.Path, Match: l.Rule.Match})
 		}
 	}
 	return state.App{Spec: &s}
 }
 
-// routeClaims maps each route (spec.RouteKey) to the apps that claim it.
+// routeClaims maps each route (spec.LocationKeys) to the apps that claim it.
 func routeClaims(apps []state.App) map[string][]string {
 	claims := map[string][]string{}
 	for _, a := range apps {
@@ -918,9 +938,10 @@ func routeClaims(apps []state.App) map[string][]string {
 			hosts = []string{""}
 		}
 		for _, h := range hosts {
-			for _, p := range a.Spec.Routing.Paths {
-				k := spec.RouteKey(h, p)
-				claims[k] = append(claims[k], a.Spec.Name)
+			for _, l := range a.Spec.Routing.Locations() {
+				for _, k := range spec.LocationKeys(h, l) {
+					claims[k] = append(claims[k], a.Spec.Name)
+				}
 			}
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -102,6 +103,13 @@ const luaModules = "/usr/lib/nginx/modules"
 // balancer from templates/, endpoint pushes through the control endpoint.
 func newRigMode(t *testing.T, emptyHold time.Duration, dyn bool) *rig {
 	t.Helper()
+	return newRigReloader(t, emptyHold, dyn, nil)
+}
+
+// newRigReloader is newRigMode with the agent's reloader wrapped by wrap
+// (nil: none).
+func newRigReloader(t *testing.T, emptyHold time.Duration, dyn bool, wrap func(Reloader) Reloader) *rig {
+	t.Helper()
 	bin := testrig.NginxBin(t)
 	if dyn && !dynamic.Available(luaModules) {
 		if testrig.InCI() {
@@ -150,8 +158,12 @@ func newRigMode(t *testing.T, emptyHold time.Duration, dyn bool) *rig {
 
 	var stopAgent context.CancelFunc
 	var agentDone chan error
+	var reloader Reloader = sup
+	if wrap != nil {
+		reloader = wrap(sup)
+	}
 	startAgent := func() {
-		r.agent = New(cfg, r.store, renderer, countingTester{nginx.Binary{Path: bin}, &r.tests}, sup, r.rep, zaptest.NewLogger(t))
+		r.agent = New(cfg, r.store, renderer, countingTester{nginx.Binary{Path: bin}, &r.tests}, reloader, r.rep, zaptest.NewLogger(t))
 		var agentCtx context.Context
 		agentCtx, stopAgent = context.WithCancel(ctx)
 		agentDone = make(chan error, 1)
@@ -711,6 +723,26 @@ func TestAgentNoSpecFreezesTheOthers(t *testing.T) {
 			r.waitForPath("both.test", "/api", 200, "O")
 			require.Contains(t, ag.Errors["broken"], "nginx -t")
 		}},
+		{"a broken app's rules: its placeholder keeps prefix and exact rules, without options or regexes", func(t *testing.T, r *rig) {
+			broken := created(appMsg("ruled", "ruled.test"), t0)
+			broken.Routing.TLS = &spec.TLS{Certificate: "/nonexistent/berth/r.crt", Key: "/nonexistent/berth/r.key"}
+			broken.Routing.Rules = []spec.Rule{
+				{Path: "/exact", Match: spec.MatchExact, ResponseHeaders: map[string]string{"X-Rule": "exact"}},
+				{Path: "^/re/", Match: spec.MatchRegex},
+				{Path: "/limited", RateLimit: &spec.RateLimit{RPS: 1}},
+			}
+			r.putApp(broken)
+			r.putInstance("ruled", "r1", testrig.Backend(t, "R"), msg.StateRunning)
+		}, func(t *testing.T, r *rig, ag *msg.Agent) {
+			r.waitForPath("ruled.test", "/exact", 503, "no_backend")
+			r.waitForPath("ruled.test", "/limited/x", 503, "no_backend")
+			require.Contains(t, ag.Errors["ruled"], "nginx -t")
+			conf, err := os.ReadFile(r.agent.cfg.Target)
+			require.NoError(t, err)
+			require.NotContains(t, string(conf), "^/re/")
+			require.NotContains(t, string(conf), "berth_rl_ruled")
+			require.NotContains(t, string(conf), "X-Rule")
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -732,4 +764,36 @@ func TestAgentNoSpecFreezesTheOthers(t *testing.T) {
 			tt.check(t, r, ag)
 		})
 	}
+}
+
+// failingReloader fails its first n reloads, as a managed nginx that has
+// not started yet does.
+type failingReloader struct {
+	next Reloader
+	n    atomic.Int32
+}
+
+func (f *failingReloader) Reload(ctx context.Context) error {
+	if f.n.Add(-1) >= 0 {
+		return errors.New("nginx is not running")
+	}
+	return f.next.Reload(ctx)
+}
+
+// TestFailedReloadIsRetried: a reload that fails after nginx -t passed
+// (nginx not running yet, as when lbagent starts the nginx it manages) is
+// tried again with backoff, not left until the next change, which may
+// never come (the rig's resync is an hour).
+func TestFailedReloadIsRetried(t *testing.T) {
+	t.Parallel()
+	var f *failingReloader
+	r := newRigReloader(t, time.Hour, false, func(next Reloader) Reloader {
+		f = &failingReloader{next: next}
+		f.n.Store(2)
+		return f
+	})
+	r.putApp(appMsg("web", "web.test"))
+	r.putInstance("web", "w1", testrig.Backend(t, "W1"), msg.StateRunning)
+	r.waitFor("web.test", 200, "W1")
+	require.Less(t, f.n.Load(), int32(0), "both failures happened, then a reload went through")
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/lbagent/internal/state"
 	"github.com/berthhq/berth/templates"
 )
@@ -18,6 +19,36 @@ func BenchmarkRender1000x10(b *testing.B) {
 	snap := state.Snapshot{}
 	for i := range 1000 {
 		a := app(fmt.Sprintf("app-%04d", i), 10, fmt.Sprintf("app-%04d.bench", i))
+		snap.Apps = append(snap.Apps, a)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		d, _ := Layout(snap, 1, opts)
+		if _, err := r.Render(d, true); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkRender1000x5Rules renders 1000 apps of 10 servers with 5 rules
+// each (exact, regex, a rate-limited prefix with response headers, and
+// two plain prefixes): issue 17's size. Its floor is BenchmarkRender1000x10,
+// the same apps with only their root path.
+func BenchmarkRender1000x5Rules(b *testing.B) {
+	r, err := Load(templates.FS)
+	if err != nil {
+		b.Fatal(err)
+	}
+	snap := state.Snapshot{}
+	for i := range 1000 {
+		a := app(fmt.Sprintf("app-%04d", i), 10, fmt.Sprintf("app-%04d.bench", i))
+		a.Spec.Routing.Rules = []spec.Rule{
+			{Path: "/healthz", Match: spec.MatchExact},
+			{Path: `^/img/.+\.png$`, Match: spec.MatchRegex, ResponseHeaders: map[string]string{"Cache-Control": "max-age=3600"}},
+			{Path: "/api", RateLimit: &spec.RateLimit{RPS: 100, Burst: 50}, ResponseHeaders: map[string]string{"Cache-Control": "no-store", "X-Frame-Options": "DENY"}},
+			{Path: "/static"},
+			{Path: "/admin"},
+		}
 		snap.Apps = append(snap.Apps, a)
 	}
 	b.ReportAllocs()

@@ -9,6 +9,8 @@ import (
 	"bytes"
 	"fmt"
 	"io/fs"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -68,8 +70,22 @@ type Data struct {
 	AccessLogSocket string
 	Dynamic         *Dynamic
 	Upstreams       []Upstream
-	Servers         []Server
+	// RateZones are the limit_req zones of the rules with a rate limit.
+	RateZones []RateZone
+	Servers   []Server
 }
+
+// RateZone is one rule's limit_req zone: requests per second per client
+// address. Each has 256k of shared memory (the template), about 2,000
+// client addresses at once, 128 bytes each; past it nginx forgets the
+// least recently seen. spec.MaxRules bounds them per app.
+type RateZone struct {
+	Name string
+	RPS  int
+}
+
+// Header is one response header of a rule.
+type Header struct{ Name, Value string }
 
 // Upstream is one app's upstream block; apps without servers have none.
 type Upstream struct {
@@ -104,10 +120,13 @@ type Server struct {
 	Closers []Location
 }
 
-// Location routes one path of one app.
+// Location routes one path or rule of one app.
 type Location struct {
-	Path     string
-	Matches  []string // the nginx location arguments for Path
+	Path    string
+	Matches []string // the nginx location arguments for Path
+	// Regex: the location is a regex, whose order nginx follows (the
+	// first claimant's first).
+	Regex    bool
 	App      string
 	Upstream string // empty: the app has no server and answers 503
 	LB       spec.LB
@@ -116,6 +135,15 @@ type Location struct {
 	Dynamic bool
 	// Drain: the app has a closer in this server (Dynamic.Drain).
 	Drain bool
+	// Closer names the closer this location sends requests to while a
+	// reload drains: the app's ("@<upstream>_close"), or this rule's own
+	// when it has a rate limit or response headers.
+	Closer string
+	// RateZone and RateLimit limit the requests per client address.
+	RateZone  string
+	RateLimit *spec.RateLimit
+	// Headers are added to every answer, sorted by name.
+	Headers []Header
 }
 
 // UpstreamName is the nginx upstream of an app.
@@ -131,7 +159,8 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 	dynamic := o.Dynamic != nil
 	conflicts := map[string]string{}
 	servers := map[string]*Server{"": {Default: true, HTTPListen: o.HTTPListen, HTTPSListen: o.HTTPSListen, AccessLogSocket: o.AccessLogSocket}}
-	owner := map[string]string{} // host + " " + path → app
+	owner := map[string]string{} // spec.LocationKey → app
+	zones := map[string]bool{}
 	anyTLS := false
 	upstreams := make(map[string]string, len(snap.Apps))
 	for _, a := range snap.Apps {
@@ -176,18 +205,43 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 				}
 				owner[h+" tls"] = firstNonEmpty(owner[h+" tls"], a.Spec.Name)
 			}
-			for _, p := range a.Spec.Routing.Paths {
-				route := spec.RoutePath(p)
-				key := spec.RouteKey(h, p)
-				if other, taken := owner[key]; taken {
+			for _, l := range a.Spec.Routing.Locations() {
+				keys := spec.LocationKeys(h, l)
+				other := ""
+				for _, k := range keys {
+					other = firstNonEmpty(other, owner[k])
+				}
+				if other != "" {
 					if other != a.Spec.Name { // the same app twice ("/x", "/x/"): one location
-						conflicts[a.Spec.Name] = fmt.Sprintf("path %s on host %s is already routed to app %s", p, hostLabel(h), other)
+						conflicts[a.Spec.Name] = fmt.Sprintf("%s on host %s is already routed to app %s", l.Label(), hostLabel(h), other)
 					}
 					continue
 				}
-				owner[key] = a.Spec.Name
-				srv.Locations = append(srv.Locations, Location{Path: route, Matches: matches(route), App: a.Spec.Name, Upstream: upstream, LB: a.Spec.LB, Dynamic: dynamic, Drain: dynamic && o.Dynamic.Drain})
-				if route == "/" {
+				for _, k := range keys {
+					owner[k] = a.Spec.Name
+				}
+				loc := Location{Path: l.Path, Matches: l.Args(), Regex: l.Match == spec.MatchRegex, App: a.Spec.Name, Upstream: upstream, LB: a.Spec.LB,
+					Dynamic: dynamic, Drain: dynamic && o.Dynamic.Drain}
+				if upstream != "" {
+					loc.Closer = upstream + "_close"
+				}
+				if r := l.Rule; r != nil {
+					if r.RateLimit != nil {
+						loc.RateZone, loc.RateLimit = rateZoneName(a.Spec.Name, l.Index), r.RateLimit
+						if !zones[loc.RateZone] {
+							zones[loc.RateZone] = true
+							d.RateZones = append(d.RateZones, RateZone{Name: loc.RateZone, RPS: r.RateLimit.RPS})
+						}
+					}
+					for _, name := range slices.Sorted(maps.Keys(r.ResponseHeaders)) {
+						loc.Headers = append(loc.Headers, Header{Name: name, Value: r.ResponseHeaders[name]})
+					}
+					if upstream != "" && (loc.RateLimit != nil || len(loc.Headers) > 0) {
+						loc.Closer = fmt.Sprintf("%s_close_r%d", upstream, l.Index)
+					}
+				}
+				srv.Locations = append(srv.Locations, loc)
+				if l.Match == spec.MatchPrefix && l.Path == "/" {
 					srv.HasRoot = true
 				}
 			}
@@ -201,16 +255,25 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 	sort.Strings(hosts) // "" (the default server) first
 	for _, h := range hosts {
 		srv := servers[h]
-		sort.Slice(srv.Locations, func(i, j int) bool { return srv.Locations[i].Path < srv.Locations[j].Path })
+		// Prefix and exact locations by path; regex locations after them in
+		// the order they were claimed, which is the order nginx tries them.
+		sort.SliceStable(srv.Locations, func(i, j int) bool {
+			a, b := srv.Locations[i], srv.Locations[j]
+			if a.Regex || b.Regex {
+				return !a.Regex && b.Regex
+			}
+			return a.Path < b.Path || a.Path == b.Path && len(a.Matches[0]) < len(b.Matches[0])
+		})
 		if dynamic && o.Dynamic.Drain {
 			seen := map[string]bool{}
 			for _, l := range srv.Locations {
-				if !seen[l.App] {
-					seen[l.App] = true
-					srv.Closers = append(srv.Closers, Location{App: l.App, Upstream: l.Upstream, LB: l.LB, Dynamic: true, Drain: true})
+				if l.Closer != "" && !seen[l.Closer] {
+					seen[l.Closer] = true
+					srv.Closers = append(srv.Closers, Location{App: l.App, Upstream: l.Upstream, LB: l.LB, Dynamic: true, Drain: true, Closer: l.Closer,
+						RateZone: l.RateZone, RateLimit: l.RateLimit, Headers: l.Headers})
 				}
 			}
-			sort.Slice(srv.Closers, func(i, j int) bool { return srv.Closers[i].App < srv.Closers[j].App })
+			sort.Slice(srv.Closers, func(i, j int) bool { return srv.Closers[i].Closer < srv.Closers[j].Closer })
 		}
 		d.Servers = append(d.Servers, *srv)
 	}
@@ -237,14 +300,9 @@ func hostLabel(h string) string {
 	return h
 }
 
-// matches returns the location arguments for a prefix path: "/" matches
-// everything; "/api" matches /api exactly and everything under /api/, but
-// not /apix.
-func matches(p string) []string {
-	if strings.HasSuffix(p, "/") {
-		return []string{p}
-	}
-	return []string{"= " + p, p + "/"}
+// rateZoneName names the limit_req zone of an app's rule.
+func rateZoneName(app string, rule int) string {
+	return fmt.Sprintf("berth_rl_%s_%d", strings.ReplaceAll(app, "-", "_"), rule)
 }
 
 // Renderer executes the templates. It is safe for concurrent use.
@@ -310,10 +368,36 @@ func checkUpstream(s string) error {
 	return nil
 }
 
-// checkLocation checks a location argument as matches makes it: a
-// routing path, or "= " and one.
+// checkLocation checks a location argument as locationMatches makes it:
+// a routing path, "= " and one, or "~ " and a rule's regex.
 func checkLocation(s string) error {
+	if re, ok := strings.CutPrefix(s, "~ "); ok {
+		return spec.CheckRegex(re)
+	}
 	return spec.CheckPath(strings.TrimPrefix(s, "= "))
+}
+
+// checkZone checks a limit_req zone name as rateZoneName makes it.
+func checkZone(s string) error {
+	name, ok := strings.CutPrefix(s, "berth_rl_")
+	if !ok || name == "" || strings.Trim(name, "abcdefghijklmnopqrstuvwxyz0123456789_") != "" {
+		return fmt.Errorf("zone %q is not berth_rl_<app>_<rule>", s)
+	}
+	return nil
+}
+
+// checkCloser checks a closer's name: an upstream name, then "_close" and
+// optionally "_r<rule>".
+func checkCloser(s string) error {
+	base, ok := strings.CutSuffix(s, "_close")
+	if i := strings.LastIndex(s, "_close_r"); !ok && i > 0 {
+		digits := s[i+len("_close_r"):]
+		base, ok = s[:i], digits != "" && strings.Trim(digits, "0123456789") == ""
+	}
+	if !ok || checkUpstream(base) != nil {
+		return fmt.Errorf("closer %q is not <upstream>_close[_r<rule>]", s)
+	}
+	return nil
 }
 
 // secs writes d for parameters nginx parses in whole seconds (fail_timeout),
@@ -354,6 +438,15 @@ var funcs = template.FuncMap{
 	"addr":     checked(msg.CheckAddress),
 	"listen":   checked(msg.CheckAddress),
 	"hashkey":  checked(spec.CheckHashKey),
+	"zone":     checked(checkZone),
+	"closer":   checked(checkCloser),
+	"header":   checked(spec.CheckHeaderName),
+	"hvalue": func(s string) (string, error) {
+		if err := spec.CheckResponseHeaderValue(s); err != nil {
+			return "", err
+		}
+		return `"` + s + `"`, nil
+	},
 	"quote": func(s string) (string, error) {
 		if !spec.NginxSafe(s) {
 			return "", fmt.Errorf("%q cannot be quoted for nginx", s)

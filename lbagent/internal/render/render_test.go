@@ -88,6 +88,20 @@ func scenarios(t *testing.T, certs string) map[string]state.Snapshot {
 	other := app("admin", 1, "web.example.com")
 	other.Spec.Routing.Paths = []string{"/admin"}
 
+	// Every rule kind: exact and regex locations, a prefix with a rate
+	// limit and response headers, and two apps' regexes in claim order.
+	shop := app("shop", 2, "shop.example.com")
+	shop.Spec.CreatedAt = time.Unix(100, 0)
+	shop.Spec.Routing.Rules = []spec.Rule{
+		{Path: "/healthz", Match: spec.MatchExact},
+		{Path: `^/img/.+\.(png|jpe?g)$`, Match: spec.MatchRegex, ResponseHeaders: map[string]string{"Cache-Control": "public, max-age=86400"}},
+		{Path: "/api", RateLimit: &spec.RateLimit{RPS: 100, Burst: 50}, ResponseHeaders: map[string]string{"Cache-Control": "no-store", "X-Frame-Options": "DENY"}},
+	}
+	legacy := app("legacy-api", 1, "shop.example.com")
+	legacy.Spec.CreatedAt = time.Unix(200, 0)
+	legacy.Spec.Routing.Paths = nil
+	legacy.Spec.Routing.Rules = []spec.Rule{{Path: "^/v1/", Match: spec.MatchRegex, RateLimit: &spec.RateLimit{RPS: 5}}}
+
 	many := state.Snapshot{Revision: 9000}
 	for i := range 100 {
 		many.Apps = append(many.Apps, app(fmt.Sprintf("app-%03d", i), 3, fmt.Sprintf("app-%03d.example.com", i)))
@@ -101,6 +115,7 @@ func scenarios(t *testing.T, certs string) map[string]state.Snapshot {
 		"hosts-paths":   {Apps: []state.App{other, multi}},
 		"no-server":     {Apps: []state.App{app("web", 0, "web.example.com"), app("api", 0)}},
 		"default-route": {Apps: []state.App{app("demo", 3)}},
+		"rules":         {Apps: []state.App{legacy, shop}},
 		"100-apps":      many,
 	}
 }
@@ -196,6 +211,19 @@ func TestHelpersRefuseHostileValues(t *testing.T) {
 		{"ipv6 zone", func(a *state.App) { a.Servers[0].Address = "[fe80::1%x;\n}\nserver {listen 9999;}\n#]:80" }, "is not a valid address"},
 		{"host name address", func(a *state.App) { a.Servers[0].Address = "evil.example.com:80" }, "is not a valid address"},
 		{"exact host over the hash bucket", func(a *state.App) { a.Spec.Routing.Hosts = []string{longHost(spec.MaxExactHostLen + 1)} }, "at most 110"},
+		{"regex", func(a *state.App) {
+			a.Spec.Routing.Rules = []spec.Rule{{Path: "^/a{1} { return 200; }", Match: spec.MatchRegex}}
+		}, "is not an allowed regex"},
+		{"exact path", func(a *state.App) { a.Spec.Routing.Rules = []spec.Rule{{Path: "/a; }", Match: spec.MatchExact}} }, "is not a valid path"},
+		{"response header name", func(a *state.App) {
+			a.Spec.Routing.Rules = []spec.Rule{{Path: "/a", ResponseHeaders: map[string]string{"X-A always; return 200; add_header X-B": "v"}}}
+		}, "is not a valid header name"},
+		{"response header variable", func(a *state.App) {
+			a.Spec.Routing.Rules = []spec.Rule{{Path: "/a", ResponseHeaders: map[string]string{"X-Leak": "$http_authorization"}}}
+		}, "holds '$'"},
+		{"response header quote", func(a *state.App) {
+			a.Spec.Routing.Rules = []spec.Rule{{Path: "/a", ResponseHeaders: map[string]string{"X-A": `v" always; return 200 "x`}}}
+		}, "is not a valid header value"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -285,7 +313,7 @@ func TestRoutesNormalisedAndClaimedFirst(t *testing.T) {
 		{"a known creation time claims before an unknown one", []state.App{
 			withPaths(app("alpha", 1), time.Time{}, "/api/"),
 			withPaths(app("zeta", 1), t0, "/api"),
-		}, map[string]string{"alpha": "path /api/ on host (default) is already routed to app zeta"},
+		}, map[string]string{"alpha": "path /api on host (default) is already routed to app zeta"},
 			map[string]string{" /api": "zeta"}},
 		{"no creation times: by name", []state.App{
 			withPaths(app("alpha", 1), time.Time{}, "/api/"),
@@ -373,7 +401,7 @@ func TestGoldenDynamicAndNginxAccepts(t *testing.T) {
 	o.Dynamic = &Dynamic{LuaDir: lua, Snapshot: filepath.Join(stateDir, "berth-endpoints.json"), Token: filepath.Join(stateDir, "berth-control.token"), ModulesDir: luaModules, Drain: true}
 	bin := testrig.NginxBin(t)
 	all := scenarios(t, certs)
-	for _, name := range []string{"empty", "one-app", "lb-methods", "tls", "hosts-paths", "no-server"} {
+	for _, name := range []string{"empty", "one-app", "lb-methods", "tls", "hosts-paths", "no-server", "rules"} {
 		snap := all[name]
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()

@@ -14,7 +14,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -403,9 +402,9 @@ func (p *Publisher) One(ctx context.Context, name string, l store.Lease) error {
 }
 
 // RouteConflict returns the route_conflict event of app a when another
-// app claimed one of its routes (a host and a path) first: every lbagent
-// routes it to that app, and a gets no location there. It names the
-// first such route and app, and counts the others.
+// app claimed one of its routes (a host and a path or rule) first: every
+// lbagent routes it to that app, and a gets no location there. It names
+// the first such route and app, and counts the others.
 func RouteConflict(a store.App, all []store.App) (store.Event, bool) {
 	owner := map[string]string{}
 	for _, o := range all {
@@ -418,41 +417,51 @@ func RouteConflict(a store.App, all []store.App) (store.Event, bool) {
 			}
 		}
 	}
-	var lost []string
-	first := ""
-	for _, k := range routeKeys(a.Spec.Routing) {
-		if o, taken := owner[k]; taken {
-			if first == "" {
-				first = o
+	lost, first, host := 0, "", ""
+	var at spec.Location
+	for _, h := range hostsOf(a.Spec.Routing) {
+		for _, l := range a.Spec.Routing.Locations() {
+			for _, k := range spec.LocationKeys(h, l) {
+				o, taken := owner[k]
+				if !taken {
+					continue
+				}
+				if first == "" {
+					first, host, at = o, h, l
+				}
+				lost++
+				break
 			}
-			lost = append(lost, k)
 		}
 	}
-	if len(lost) == 0 {
+	if lost == 0 {
 		return store.Event{}, false
 	}
-	host, path, _ := strings.Cut(lost[0], " ")
 	if host == "" {
 		host = "(default server)"
 	}
-	msg := fmt.Sprintf("path %s on host %s is already routed to app %s, created first: app %s gets no route there", path, host, first, a.Name)
-	if len(lost) > 1 {
-		msg += fmt.Sprintf(" (and %d more routes)", len(lost)-1)
+	msg := fmt.Sprintf("%s on host %s is already routed to app %s, created first: app %s gets no route there", at.Label(), host, first, a.Name)
+	if lost > 1 {
+		msg += fmt.Sprintf(" (and %d more routes)", lost-1)
 	}
 	return store.Event{App: a.Name, Kind: "route_conflict", Message: msg,
-		Details: map[string]string{"app": first, "host": host, "path": path, "routes": fmt.Sprint(len(lost))}}, true
+		Details: map[string]string{"app": first, "host": host, "path": at.Path, "match": at.Match, "routes": fmt.Sprint(lost)}}, true
 }
 
-// routeKeys are the routes of r (spec.RouteKey), as lbagent keys them.
-func routeKeys(r spec.Routing) []string {
-	hosts := r.Hosts
-	if len(hosts) == 0 {
-		hosts = []string{""}
+// hostsOf are the hosts of r, or the default server ("").
+func hostsOf(r spec.Routing) []string {
+	if len(r.Hosts) == 0 {
+		return []string{""}
 	}
+	return r.Hosts
+}
+
+// routeKeys are the routes of r (spec.LocationKeys), as lbagent keys them.
+func routeKeys(r spec.Routing) []string {
 	var out []string
-	for _, h := range hosts {
-		for _, p := range r.Paths {
-			out = append(out, spec.RouteKey(h, p))
+	for _, h := range hostsOf(r) {
+		for _, l := range r.Locations() {
+			out = append(out, spec.LocationKeys(h, l)...)
 		}
 	}
 	return out

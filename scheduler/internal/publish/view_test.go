@@ -58,7 +58,7 @@ func TestRouteConflict(t *testing.T) {
 	require.Equal(t, "route_conflict", ev.Kind)
 	require.Equal(t, "api", ev.App)
 	require.Equal(t, "path /api on host example.com is already routed to app shop, created first: app api gets no route there", ev.Message)
-	require.Equal(t, map[string]string{"app": "shop", "host": "example.com", "path": "/api", "routes": "1"}, ev.Details)
+	require.Equal(t, map[string]string{"app": "shop", "host": "example.com", "path": "/api", "match": "prefix", "routes": "1"}, ev.Details)
 
 	_, ok = RouteConflict(first, all)
 	require.False(t, ok, "the app that claimed first keeps its routes")
@@ -66,6 +66,24 @@ func TestRouteConflict(t *testing.T) {
 	require.False(t, ok, "the default server's / is not example.com's")
 	_, ok = RouteConflict(app("blog2", 4, nil, "/", "/x"), all)
 	require.True(t, ok, "the default server's routes conflict too")
+
+	// Rules: an exact /api is one of the nginx locations of shop's prefix
+	// /api/; a regex conflicts with the same regex only.
+	exact := app("exact", 5, []string{"example.com"})
+	exact.Spec.Routing.Rules = []spec.Rule{{Path: "/api", Match: spec.MatchExact}}
+	ev, ok = RouteConflict(exact, append(all, exact))
+	require.True(t, ok)
+	require.Equal(t, "exact path /api on host example.com is already routed to app shop, created first: app exact gets no route there", ev.Message)
+	re := func(name string, created int64, regex string) store.App {
+		a := app(name, created, []string{"example.com"})
+		a.Spec.Routing.Rules = []spec.Rule{{Path: regex, Match: spec.MatchRegex}}
+		return a
+	}
+	r1, r2, r3 := re("r1", 6, "^/v[0-9]+/"), re("r2", 7, "^/v[0-9]+/"), re("r3", 8, "^/v2/")
+	_, ok = RouteConflict(r2, []store.App{r1, r2, r3})
+	require.True(t, ok)
+	_, ok = RouteConflict(r3, []store.App{r1, r2, r3})
+	require.False(t, ok, "another regex is another location, even if it matches the same paths")
 }
 
 // TestViewRedactsALiteralBody: a spec stored before literal bodies were
