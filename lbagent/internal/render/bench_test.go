@@ -33,7 +33,9 @@ func BenchmarkRender1000x10(b *testing.B) {
 // BenchmarkRender1000x5Rules renders 1000 apps of 10 servers with 5 rules
 // each (exact, regex, a rate-limited prefix with response headers, and
 // two plain prefixes): issue 17's size. Its floor is BenchmarkRender1000x10,
-// the same apps with only their root path.
+// the same apps with only their root path. "warm" is every render after
+// the first, as lbagent renders while most records stay the same; "cold"
+// forgets the route bodies first, as the first render after a start.
 func BenchmarkRender1000x5Rules(b *testing.B) {
 	r, err := Load(templates.FS)
 	if err != nil {
@@ -51,11 +53,27 @@ func BenchmarkRender1000x5Rules(b *testing.B) {
 		}
 		snap.Apps = append(snap.Apps, a)
 	}
-	b.ReportAllocs()
-	for b.Loop() {
-		d, _ := Layout(snap, 1, opts)
-		if _, err := r.Render(d, true); err != nil {
-			b.Fatal(err)
+	for _, cold := range []bool{false, true} {
+		name := "warm"
+		if cold {
+			name = "cold"
 		}
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if cold {
+					r.bodyMu.Lock()
+					clear(r.bodies)
+					r.bodyMu.Unlock()
+					validMu.Lock()
+					clear(validRegexes)
+					validMu.Unlock()
+				}
+				d, _ := Layout(snap, 1, opts)
+				if _, err := r.Render(d, true); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -153,7 +153,7 @@ func (b *builder) partial(v View, groups map[string]map[string]struct{}, dirty m
 		}
 	}
 	s := b.last
-	s.Apps = append([]App(nil), b.last.Apps...)
+	s.Apps = append(make([]App, 0, len(b.last.Apps)), b.last.Apps...)
 	s.Revision, s.Instances = v.Revision, len(v.Instances)
 	for name := range dirty {
 		var served map[string]bool
