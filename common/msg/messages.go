@@ -387,8 +387,8 @@ func (m *App) Validate() error {
 	}
 	es = append(es, m.LB.Validate("lb")...)
 	es = append(es, m.Routing.Validate("routing")...)
-	if len(m.Routing.Paths) == 0 {
-		es.Add("routing.paths", "must list at least one path")
+	if len(m.Routing.Paths) == 0 && len(m.Routing.Rules) == 0 {
+		es.Add("routing.paths", "must list at least one path, or routing.rules one rule")
 	}
 	if m.Drain < 0 {
 		es.Add("drain", "must not be negative")

@@ -102,7 +102,9 @@ func (a *App) Default() {
 			}
 		}
 	}
-	if len(a.Routing.Paths) == 0 {
+	if len(a.Routing.Paths) == 0 && len(a.Routing.Rules) == 0 {
+		// With rules, the app routes what they and its paths say: a rule
+		// may claim "/" itself (a split, a header match).
 		a.Routing.Paths = []string{"/"}
 	}
 	if a.Stop.Signal == "" {

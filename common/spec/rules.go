@@ -29,6 +29,10 @@ const (
 	MaxResponseHeaders = 16
 	// MaxRateLimitRPS bounds rate_limit.rps and rate_limit.burst.
 	MaxRateLimitRPS = 100_000
+	// MaxMatchHeaders bounds one rule's headers.
+	MaxMatchHeaders = 4
+	// MaxSplits bounds one rule's split.
+	MaxSplits = 4
 )
 
 // Rule is one location of an app with its own match and options.
@@ -43,6 +47,22 @@ type Rule struct {
 	// ResponseHeaders are added to every answer of this location, errors
 	// included.
 	ResponseHeaders map[string]string `json:"response_headers,omitempty"`
+	// Headers limit the rule to requests that carry every one of them: an
+	// exact value, or "~" and a regex. Another app may route the same path
+	// without them (canary by header).
+	Headers map[string]string `json:"headers,omitempty"`
+	// Split sends a share of the rule's requests to other apps, by weight
+	// in percent; the rest stay with this app.
+	Split []Split `json:"split,omitempty"`
+}
+
+// Split is one share of a rule's requests that goes to another app.
+type Split struct {
+	// App is the app that gets them.
+	App string `json:"app"`
+	// Weight is the share in percent, 0–100; the weights of a rule add up
+	// to at most 100.
+	Weight int `json:"weight"`
 }
 
 // RateLimit is nginx's limit_req: requests per second from one client
@@ -122,11 +142,33 @@ func (r *Rule) match() string {
 // (ClaimsBefore) keeps the location.
 func LocationKeys(host string, l Location) []string {
 	args := l.Args()
+	cond := l.Condition()
 	out := make([]string, len(args))
 	for i, a := range args {
-		out[i] = strings.ToLower(host) + " " + a
+		out[i] = strings.ToLower(host) + " " + a + cond
 	}
 	return out
+}
+
+// Condition is the header match of l in one canonical form ("" for none):
+// two rules with the same location and condition are one claim; with
+// different conditions, each gets the requests its headers match.
+func (l Location) Condition() string {
+	if l.Rule == nil || len(l.Rule.Headers) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString(" [")
+	for i, name := range slices.Sorted(mapKeys(l.Rule.Headers)) {
+		if i > 0 {
+			b.WriteString(" & ")
+		}
+		b.WriteString(strings.ToLower(name))
+		b.WriteString(": ")
+		b.WriteString(l.Rule.Headers[name])
+	}
+	b.WriteString("]")
+	return b.String()
 }
 
 // validateRules checks routing.rules; path prefixes every field path. A
@@ -144,11 +186,12 @@ func validateRules(path string, r Routing) Errors {
 			where = strings.TrimSuffix(path, "rules") + "paths"
 		}
 		for _, arg := range l.Args() {
-			if first, dup := seen[arg]; dup && l.Rule != nil {
-				es.Add(Join(where, "path"), "names the nginx location %q of %s again", arg, first)
+			key := arg + l.Condition()
+			if first, dup := seen[key]; dup && l.Rule != nil {
+				es.Add(Join(where, "path"), "names the nginx location %q%s of %s again", arg, l.Condition(), first)
 				break
 			} else if !dup {
-				seen[arg] = where
+				seen[key] = where
 			}
 		}
 	}
@@ -169,6 +212,37 @@ func validateRules(path string, r Routing) Errors {
 			if l.Burst < 0 || l.Burst > MaxRateLimitRPS {
 				es.Add(Join(Join(rp, "rate_limit"), "burst"), "must be between 0 and %d", MaxRateLimitRPS)
 			}
+		}
+		if len(r.Headers) > MaxMatchHeaders {
+			es.Add(Join(rp, "headers"), "has %d headers; at most %d", len(r.Headers), MaxMatchHeaders)
+		}
+		for _, name := range slices.Sorted(mapKeys(r.Headers)) {
+			hp := Key(Join(rp, "headers"), name)
+			if err := CheckHeaderName(name); err != nil {
+				es.Check(hp, err)
+				continue
+			}
+			es.Check(hp, CheckHeaderMatch(r.Headers[name]))
+		}
+		if len(r.Split) > MaxSplits {
+			es.Add(Join(rp, "split"), "has %d entries; at most %d", len(r.Split), MaxSplits)
+		}
+		total, apps := 0, map[string]int{}
+		for j, sp := range r.Split {
+			sp2 := Index(Join(rp, "split"), j)
+			if err := CheckName(sp.App); err != nil {
+				es.Check(Join(sp2, "app"), err)
+			} else if k, dup := apps[sp.App]; dup {
+				es.Add(Join(sp2, "app"), "%q repeats %s", sp.App, Index(Join(rp, "split"), k))
+			}
+			apps[sp.App] = j
+			if sp.Weight < 0 || sp.Weight > 100 {
+				es.Add(Join(sp2, "weight"), "(%d) must be between 0 and 100 (percent)", sp.Weight)
+			}
+			total += sp.Weight
+		}
+		if total > 100 {
+			es.Add(Join(rp, "split"), "weights add up to %d%%; at most 100", total)
 		}
 		if len(r.ResponseHeaders) > MaxResponseHeaders {
 			es.Add(Join(rp, "response_headers"), "has %d headers; at most %d", len(r.ResponseHeaders), MaxResponseHeaders)
@@ -203,6 +277,25 @@ func mapKeys(m map[string]string) func(func(string) bool) {
 // them, and a second one breaks the response or the connection.
 var framingHeaders = []string{"connection", "content-length", "transfer-encoding", "keep-alive", "upgrade", "te", "trailer", "date", "server", "x-request-id"}
 
+// CheckHeaderMatch checks what a rule's header must be: an exact value
+// (CheckResponseHeaderValue, not starting with '~'), or "~" and a regex
+// (CheckHeaderRegex).
+func CheckHeaderMatch(s string) error {
+	if re, ok := strings.CutPrefix(s, "~"); ok {
+		return CheckHeaderRegex(re)
+	}
+	if s == "" {
+		return fmt.Errorf("must be a value, or \"~\" and a regex")
+	}
+	return CheckResponseHeaderValue(s)
+}
+
+// CheckHeaderRegex checks the regex of a header match: CheckRegex's grammar
+// without its first character rule (a header value is not a path).
+func CheckHeaderRegex(s string) error {
+	return checkRegex(s, false)
+}
+
 // CheckResponseHeaderValue checks a response header value as it is written
 // into nginx's config: a header value (CheckHeaderValue) without '$',
 // which nginx would read as a variable.
@@ -220,7 +313,7 @@ func CheckResponseHeaderValue(s string) error {
 // escape only one of regexEscapes.
 const (
 	regexChars   = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/-._~%!&*+,=:@^$()[]|?\\"
-	regexEscapes = `dDwWsSbB.\/-()[]*+?|^$`
+	regexEscapes = `dDwWsSbB./-()[]*+?|^$`
 )
 
 // CheckRegex checks a rule's regex: it starts with '^' or '/', holds only
@@ -233,14 +326,16 @@ const (
 // look-around, none of which RE2 and PCRE share, and nothing nginx's
 // config parser would read as a variable, a block or the end of the
 // directive.
-func CheckRegex(s string) error {
+func CheckRegex(s string) error { return checkRegex(s, true) }
+
+func checkRegex(s string, path bool) error {
 	bad := func(why string) error {
 		return fmt.Errorf("%q is not an allowed regex (%s; allowed: path characters and . * + ? | ( ) [ ] ^ $ \\d \\w \\s \\b, starting with '^' or '/', at most %d characters)", s, why, MaxRegexLen)
 	}
 	if s == "" || len(s) > MaxRegexLen {
 		return bad("empty or too long")
 	}
-	if s[0] != '^' && s[0] != '/' {
+	if path && s[0] != '^' && s[0] != '/' {
 		return bad("it must start with '^' or '/'")
 	}
 	for i := 0; i < len(s); i++ {

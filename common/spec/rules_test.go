@@ -41,7 +41,7 @@ func TestCheckRegex(t *testing.T) {
 	}
 	for _, bad := range []string{
 		"", "api", "^/a{2}", "^/a}", `^/a"`, "^/a'", "^/a;", "^/a b", "^/a#", "^/$x", "^/a$$", "^/a$b", "^/(?i)a", "^/(?P<n>a)", "^/(?=a)",
-		`^/\p{L}`, `^/\1`, `^/a\`, "^/a\n", "^/é", "^/[a", "^/a)", `^/\Q`, "^/" + string(make([]byte, 300)),
+		`^/\p{L}`, `^/\1`, `^/a\`, `^/a\\b`, "^/a\n", "^/é", "^/[a", "^/a)", `^/\Q`, "^/" + string(make([]byte, 300)),
 	} {
 		require.Error(t, CheckRegex(bad), "%q", bad)
 	}
@@ -52,9 +52,9 @@ func TestRulesDocExample(t *testing.T) {
 	t.Parallel()
 	s, err := Load([]byte(base + `routing:
   hosts: [shop.example.com]
-  paths: [/]
   rules:
     - {path: /healthz, match: exact}
+    - {path: /, split: [{app: shop-v2, weight: 10}]}
     - path: "^/img/[a-z0-9-]+\\.(png|jpe?g)$"
       match: regex
       response_headers: {Cache-Control: "public, max-age=86400"}
@@ -63,6 +63,7 @@ func TestRulesDocExample(t *testing.T) {
       response_headers: {Cache-Control: no-store}
 `))
 	require.NoError(t, err)
-	require.Equal(t, `^/img/[a-z0-9-]+\.(png|jpe?g)$`, s.Routing.Rules[1].Path)
+	require.Equal(t, `^/img/[a-z0-9-]+\.(png|jpe?g)$`, s.Routing.Rules[2].Path)
+	require.Empty(t, s.Routing.Paths, "with rules, no default path")
 	require.Equal(t, 4, s.Routing.Routes())
 }

@@ -615,7 +615,7 @@ func specsOf(snap state.Snapshot) []*msg.App {
 func (a *Agent) comparable(snap state.Snapshot) render.Data {
 	d, _ := render.Layout(snap, 0, a.cfg.Render)
 	d.Revision = 0
-	return d
+	return d.Comparable()
 }
 
 // apply swaps the tested config in, reloads and confirms; on a failed
@@ -916,10 +916,10 @@ func placeholder(app state.App, claims map[string][]string) state.App {
 		return true
 	}
 	// Paths and the prefix and exact rules, without their options; no
-	// regex, the riskiest thing to hand nginx.
+	// regex, the riskiest thing to hand nginx, and no header match.
 	for _, l := range app.Spec.Routing.Locations() {
 		switch {
-		case l.Match == spec.MatchRegex || !unshared(l):
+		case l.Match == spec.MatchRegex || (l.Rule != nil && len(l.Rule.Headers) > 0) || !unshared(l):
 		case l.Rule == nil && spec.CheckPath(l.Path) == nil:
 			s.Routing.Paths = append(s.Routing.Paths, l.Path)
 		case l.Rule != nil && spec.CheckPath(l.Rule.Path) == nil:

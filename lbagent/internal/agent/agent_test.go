@@ -414,6 +414,11 @@ func TestDynamicEndpointChangesReloadNothing(t *testing.T) {
 	}
 	r.putInstance("web", "b", b, msg.StateRunning)
 	r.waitFor("web.test", 200, "B")
+	// A new record of the app with the same routing (a scale bumps the
+	// generation) lays out the same config: nothing to reload either.
+	again := appMsg("web", "web.test")
+	again.Generation++
+	r.putApp(again)
 	time.Sleep(200 * time.Millisecond)
 	require.Equal(t, gen, r.agent.Generation(), "no new config generation")
 	require.Equal(t, reloads, r.reloads(), "no reload")

@@ -124,7 +124,7 @@ func newLuaRig(t testing.TB, apps ...rigApp) *luaRig {
 		}
 		b.WriteString("    }\n")
 	}
-	fmt.Fprintf(&b, "    server {\n        listen %s;\n        add_header X-Upstream $upstream_addr always;\n", r.Traffic)
+	fmt.Fprintf(&b, "    server {\n        listen %s;\n        add_header X-Upstream $upstream_addr always;\n        set $berth_closing \"\";\n", r.Traffic)
 	// route is an app's location, or its closer (as lbagent renders it:
 	// the same, with keepalive_timeout 0).
 	route := func(a rigApp, location, extra string) {
@@ -141,7 +141,7 @@ func newLuaRig(t testing.TB, apps ...rigApp) *luaRig {
 	}
 	for _, a := range apps {
 		route(a, "/"+a.Name+"/", "")
-		route(a, "@close_"+a.Name, "            keepalive_timeout 0;\n")
+		route(a, "@close_"+a.Name, "            keepalive_timeout 0;\n            set $berth_closing 1;\n")
 	}
 	fmt.Fprintf(&b, `        location / { return 404; }
     }

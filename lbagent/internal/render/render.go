@@ -73,7 +73,45 @@ type Data struct {
 	Upstreams       []Upstream
 	// RateZones are the limit_req zones of the rules with a rate limit.
 	RateZones []RateZone
-	Servers   []Server
+	// Maps choose, per request, which app's location answers a location
+	// that several apps' rules share by their header matches (Routed).
+	Maps []RouteMap
+	// Splits send a share of a rule's requests to other apps.
+	Splits  []SplitClients
+	Servers []Server
+}
+
+// SplitClients is one split_clients block: each request goes to one
+// named location, by Percent of a hash of its $request_id, or to Rest.
+type SplitClients struct {
+	Var    string
+	Shares []Share
+	Rest   string
+}
+
+// Share is one app's share of a split.
+type Share struct {
+	Percent int
+	Target  string
+	// to is the location the target names, for Named.
+	to Location
+}
+
+// RouteMap is one nginx map of the http context: Var is Source's value
+// looked up in Entries, or Default.
+type RouteMap struct {
+	Var, Source, Default string
+	Entries              []MapEntry
+}
+
+// MapEntry is one line of a map: Key is a header value to match exactly,
+// "~" and a regex, or "11…" (every header of an alternative matched).
+type MapEntry struct{ Key, Value string }
+
+// Routed is a location that several claims share: each request goes to
+// the named location (Named) that the map variable Var names.
+type Routed struct {
+	Arg, Var string
 }
 
 // RateZone is one rule's limit_req zone: requests per second per client
@@ -119,6 +157,12 @@ type Server struct {
 	// the app's location with keepalive_timeout 0, where the Lua access
 	// handler sends requests while a reload drains keep-alive connections.
 	Closers []Location
+	// Routed are the locations shared by header matches; Named the
+	// bodies they send requests to (@<Target>), and NotFound renders
+	// @berth_notfound for a shared location no claim without headers owns.
+	Routed   []Routed
+	Named    []Location
+	NotFound bool
 }
 
 // Location routes one path or rule of one app.
@@ -145,6 +189,14 @@ type Location struct {
 	RateLimit *spec.RateLimit
 	// Headers are added to every answer, sorted by name.
 	Headers []Header
+	// Cond is the rule's header match in canonical form (spec), "" for
+	// none; MatchHeaders the headers themselves. Target names the
+	// location's body as a named location, for shared locations.
+	Cond         string
+	MatchHeaders map[string]string
+	Target       string
+	// Shares are the rule's split: other apps' shares of its requests.
+	Shares []Share
 
 	// body names the "route" template's text of this location: the same
 	// for every location of one path set or rule of one app record (on
@@ -182,6 +234,10 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 	zones := map[string]bool{}
 	anyTLS := false
 	upstreams := make(map[string]string, len(snap.Apps))
+	apps := make(map[string]*msg.App, len(snap.Apps))
+	for _, a := range snap.Apps {
+		apps[a.Spec.Name] = a.Spec
+	}
 	for _, a := range snap.Apps {
 		upstream := ""
 		switch {
@@ -240,11 +296,27 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 					owner[k] = a.Spec.Name
 				}
 				loc := Location{Path: l.Path, Matches: l.Args(), Regex: l.Match == spec.MatchRegex, App: a.Spec.Name, Upstream: upstream, LB: a.Spec.LB,
-					Dynamic: dynamic, Drain: dynamic && o.Dynamic.Drain}
+					Dynamic: dynamic, Drain: dynamic && o.Dynamic.Drain, Cond: l.Condition(), Target: bodyTarget(a.Spec.Name, l.Index)}
+				if l.Rule != nil {
+					loc.MatchHeaders = l.Rule.Headers
+				}
 				if upstream != "" {
 					loc.Closer = upstream + "_close"
 				}
 				if r := l.Rule; r != nil {
+					for _, sp := range r.Split {
+						t, ok := apps[sp.App]
+						if !ok || sp.Weight <= 0 || sp.App == a.Spec.Name || (upstreams[sp.App] == "" && !dynamic) {
+							continue // an app that is not here, or has no server, gets no share
+						}
+						tu := upstreams[sp.App]
+						to := Location{App: sp.App, Upstream: tu, LB: t.LB, Dynamic: dynamic, Drain: dynamic && o.Dynamic.Drain, Target: bodyTarget(sp.App, -1),
+							body: bodyKey{spec: t, rule: -1, upstream: tu, dynamic: dynamic, drain: dynamic && o.Dynamic.Drain}}
+						if tu != "" {
+							to.Closer = tu + "_close"
+						}
+						loc.Shares = append(loc.Shares, Share{Percent: sp.Weight, Target: to.Target, to: to})
+					}
 					if r.RateLimit != nil {
 						loc.RateZone, loc.RateLimit = rateZoneName(a.Spec.Name, l.Index), r.RateLimit
 						if !zones[loc.RateZone] {
@@ -272,9 +344,11 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 	for h := range servers {
 		hosts = append(hosts, h)
 	}
-	sort.Strings(hosts) // "" (the default server) first
+	sort.Strings(hosts)              // "" (the default server) first
+	splitVars := map[string]string{} // claim Target → its split_clients variable
 	for _, h := range hosts {
 		srv := servers[h]
+		share(srv, &d, splitVars)
 		// Prefix and exact locations by path; regex locations after them in
 		// the order they were claimed, which is the order nginx tries them.
 		sort.SliceStable(srv.Locations, func(i, j int) bool {
@@ -286,7 +360,7 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 		})
 		if dynamic && o.Dynamic.Drain {
 			seen := map[string]bool{}
-			for _, l := range srv.Locations {
+			for _, l := range append(append([]Location(nil), srv.Locations...), srv.Named...) {
 				if l.Closer != "" && !seen[l.Closer] {
 					seen[l.Closer] = true
 					srv.Closers = append(srv.Closers, Location{App: l.App, Upstream: l.Upstream, LB: l.LB, Dynamic: true, Drain: true, Closer: l.Closer,
@@ -318,6 +392,170 @@ func hostLabel(h string) string {
 		return "(default)"
 	}
 	return h
+}
+
+// Comparable returns d without what only the renderer's caches use (each
+// location's body key names its app record): two layouts that render the
+// same config are DeepEqual once Comparable, whatever else their records
+// changed (a generation, a replica count).
+func (d Data) Comparable() Data {
+	shares := func(ss []Share) []Share {
+		out := make([]Share, len(ss))
+		for i, s := range ss {
+			s.to.body = bodyKey{}
+			out[i] = s
+		}
+		return out
+	}
+	strip := func(ls []Location) []Location {
+		out := make([]Location, len(ls))
+		for i, l := range ls {
+			l.body = bodyKey{}
+			l.Shares = shares(l.Shares)
+			out[i] = l
+		}
+		return out
+	}
+	splits := make([]SplitClients, len(d.Splits))
+	for i, s := range d.Splits {
+		s.Shares = shares(s.Shares)
+		splits[i] = s
+	}
+	d.Splits = splits
+	servers := make([]Server, len(d.Servers))
+	for i, s := range d.Servers {
+		s.Locations, s.Named, s.Closers = strip(s.Locations), strip(s.Named), strip(s.Closers)
+		servers[i] = s
+	}
+	d.Servers = servers
+	return d
+}
+
+// bodyTarget names the body of an app's rule (or of its paths, rule -1)
+// as a named location, for shared locations.
+func bodyTarget(app string, rule int) string {
+	if rule < 0 {
+		return UpstreamName(app) + "_bp"
+	}
+	return fmt.Sprintf("%s_b%d", UpstreamName(app), rule)
+}
+
+// share turns the nginx locations of srv that several claims share (a
+// rule with header matches beside another claim of the same location, or
+// alone) into Routed locations with their maps, appended to maps: the
+// claims' bodies become named locations (Named), and each request goes
+// to the first claim, in claim order, whose headers it carries, else to
+// the claim without headers, else to @berth_notfound. srv.Locations keeps
+// the locations that one claim without headers owns alone, with only
+// those arguments.
+func share(srv *Server, d *Data, splitVars map[string]string) {
+	claims := map[string][]int{} // nginx location argument → claims (srv.Locations index), in claim order
+	var args []string
+	for i, l := range srv.Locations {
+		for _, arg := range l.Matches {
+			if _, ok := claims[arg]; !ok {
+				args = append(args, arg)
+			}
+			claims[arg] = append(claims[arg], i)
+		}
+	}
+	shared := map[string]bool{}
+	for _, arg := range args {
+		c := claims[arg]
+		first := srv.Locations[c[0]]
+		shared[arg] = len(c) > 1 || first.Cond != "" || len(first.Shares) > 0
+	}
+	named := map[string]bool{}
+	addNamed := func(l Location) {
+		if !named[l.Target] {
+			named[l.Target] = true
+			srv.Named = append(srv.Named, l)
+		}
+	}
+	// target is where a claim's requests go: its named location, or the
+	// split_clients variable that shares them with other apps.
+	target := func(l Location) string {
+		addNamed(l)
+		if len(l.Shares) == 0 {
+			return l.Target
+		}
+		for _, sh := range l.Shares {
+			addNamed(sh.to)
+		}
+		v, ok := splitVars[l.Target]
+		if !ok {
+			v = fmt.Sprintf("$berth_s%d", len(d.Splits))
+			splitVars[l.Target] = v
+			d.Splits = append(d.Splits, SplitClients{Var: v, Shares: l.Shares, Rest: l.Target})
+		}
+		return v
+	}
+	for _, arg := range args {
+		if !shared[arg] {
+			continue
+		}
+		n := len(d.Maps)
+		def := "berth_notfound"
+		var alts []Location
+		for _, i := range claims[arg] {
+			l := srv.Locations[i]
+			if l.Cond == "" {
+				def = target(l)
+			} else {
+				alts = append(alts, l)
+			}
+		}
+		if def == "berth_notfound" {
+			srv.NotFound = true
+		}
+		if len(alts) == 0 { // one claim with a split: its variable decides
+			srv.Routed = append(srv.Routed, Routed{Arg: arg, Var: def})
+			continue
+		}
+		// One map per header of each alternative ("1" when it matches),
+		// one per alternative ("1" when all did), and a chain that takes
+		// the first alternative that matched.
+		top := fmt.Sprintf("$berth_r%d", n)
+		chain := make([]RouteMap, len(alts))
+		for j, l := range alts {
+			src, all := "", ""
+			for k, name := range slices.Sorted(maps.Keys(l.MatchHeaders)) {
+				v := fmt.Sprintf("$berth_r%d_%d_%d", n, j, k)
+				d.Maps = append(d.Maps, RouteMap{Var: v, Source: "$http_" + strings.ReplaceAll(strings.ToLower(name), "-", "_"), Default: `""`,
+					Entries: []MapEntry{{Key: l.MatchHeaders[name], Value: "1"}}})
+				src += v
+				all += "1"
+			}
+			matched := fmt.Sprintf("$berth_r%d_%d", n, j)
+			d.Maps = append(d.Maps, RouteMap{Var: matched, Source: src, Default: `""`, Entries: []MapEntry{{Key: "=" + all, Value: "1"}}})
+			next := def
+			if j+1 < len(alts) {
+				next = fmt.Sprintf("$berth_r%d_c%d", n, j+1)
+			}
+			v := top
+			if j > 0 {
+				v = fmt.Sprintf("$berth_r%d_c%d", n, j)
+			}
+			chain[j] = RouteMap{Var: v, Source: matched, Default: next, Entries: []MapEntry{{Key: "=1", Value: target(l)}}}
+		}
+		d.Maps = append(d.Maps, chain...)
+		srv.Routed = append(srv.Routed, Routed{Arg: arg, Var: top})
+	}
+	kept := srv.Locations[:0]
+	for _, l := range srv.Locations {
+		var own []string
+		for _, arg := range l.Matches {
+			if !shared[arg] {
+				own = append(own, arg)
+			}
+		}
+		if len(own) > 0 {
+			l.Matches = own
+			kept = append(kept, l)
+		}
+	}
+	srv.Locations = kept
+	sort.Slice(srv.Named, func(i, j int) bool { return srv.Named[i].Target < srv.Named[j].Target })
 }
 
 // rateZoneName names the limit_req zone of an app's rule.
@@ -512,6 +750,82 @@ func checkRegexCached(re string) error {
 	return nil
 }
 
+// checkTarget checks a named location's name as bodyTarget makes it, or
+// berth_notfound.
+func checkTarget(s string) error {
+	if s == "berth_notfound" {
+		return nil
+	}
+	i := strings.LastIndex(s, "_b")
+	if i < 0 || checkUpstream(s[:i]) != nil || (s[i+2:] != "p" && (s[i+2:] == "" || strings.Trim(s[i+2:], "0123456789") != "")) {
+		return fmt.Errorf("named location %q is not <upstream>_b<rule> or <upstream>_bp", s)
+	}
+	return nil
+}
+
+// checkMapVar checks a map or split_clients variable as share makes it:
+// $berth_r or $berth_s, then digits, '_' and 'c'.
+func checkMapVar(s string) error {
+	rest, ok := strings.CutPrefix(s, "$berth_r")
+	if !ok {
+		rest, ok = strings.CutPrefix(s, "$berth_s")
+	}
+	if !ok || rest == "" || strings.Trim(rest, "0123456789_c") != "" {
+		return fmt.Errorf("variable %q is not $berth_r… or $berth_s…", s)
+	}
+	return nil
+}
+
+// mapSource writes a map's source: one header variable ($http_NAME), or
+// map variables (checkMapVar) joined, quoted.
+func mapSource(s string) (string, error) {
+	if name, ok := strings.CutPrefix(s, "$http_"); ok {
+		if name == "" || strings.Trim(name, "abcdefghijklmnopqrstuvwxyz0123456789_") != "" {
+			return "", fmt.Errorf("map source %q is not $http_<name>", s)
+		}
+		return s, nil
+	}
+	parts := strings.Split(strings.TrimPrefix(s, "$"), "$")
+	for _, p := range parts {
+		if err := checkMapVar("$" + p); err != nil {
+			return "", err
+		}
+	}
+	return `"` + s + `"`, nil
+}
+
+// mapKey writes a map key: "=" and digits (an alternative's matches) as
+// themselves; "~" and a header regex, quoted; any other string an exact
+// header value (spec.CheckHeaderMatch), quoted behind a backslash, which
+// map removes, so that no value reads as one of map's special words.
+func mapKey(s string) (string, error) {
+	if digits, ok := strings.CutPrefix(s, "="); ok {
+		if digits == "" || strings.Trim(digits, "1") != "" {
+			return "", fmt.Errorf("map key %q is not =1…", s)
+		}
+		return digits, nil
+	}
+	if err := spec.CheckHeaderMatch(s); err != nil {
+		return "", err
+	}
+	if strings.HasPrefix(s, "~") {
+		return `"` + s + `"`, nil
+	}
+	return `"\\` + s + `"`, nil
+}
+
+// mapValue writes a map value: "" (empty), 1, a named location
+// (checkTarget) or a map variable (checkMapVar).
+func mapValue(s string) (string, error) {
+	switch {
+	case s == `""` || s == "1":
+		return s, nil
+	case strings.HasPrefix(s, "$"):
+		return s, checkMapVar(s)
+	}
+	return s, checkTarget(s)
+}
+
 // checkZone checks a limit_req zone name as rateZoneName makes it.
 func checkZone(s string) error {
 	name, ok := strings.CutPrefix(s, "berth_rl_")
@@ -574,6 +888,11 @@ var funcs = template.FuncMap{
 	"listen":   checked(msg.CheckAddress),
 	"hashkey":  checked(spec.CheckHashKey),
 	"zone":     checked(checkZone),
+	"target":   checked(checkTarget),
+	"mapvar":   checked(checkMapVar),
+	"mapsrc":   mapSource,
+	"mapkey":   mapKey,
+	"mapval":   mapValue,
 	"closer":   checked(checkCloser),
 	"header":   checked(spec.CheckHeaderName),
 	"hvalue": func(s string) (string, error) {

@@ -96,11 +96,21 @@ func scenarios(t *testing.T, certs string) map[string]state.Snapshot {
 		{Path: "/healthz", Match: spec.MatchExact},
 		{Path: `^/img/.+\.(png|jpe?g)$`, Match: spec.MatchRegex, ResponseHeaders: map[string]string{"Cache-Control": "public, max-age=86400"}},
 		{Path: "/api", RateLimit: &spec.RateLimit{RPS: 100, Burst: 50}, ResponseHeaders: map[string]string{"Cache-Control": "no-store", "X-Frame-Options": "DENY"}},
+		{Path: "/static", Split: []spec.Split{{App: "shop-beta", Weight: 10}}},
 	}
 	legacy := app("legacy-api", 1, "shop.example.com")
 	legacy.Spec.CreatedAt = time.Unix(200, 0)
 	legacy.Spec.Routing.Paths = nil
 	legacy.Spec.Routing.Rules = []spec.Rule{{Path: "^/v1/", Match: spec.MatchRegex, RateLimit: &spec.RateLimit{RPS: 5}}}
+	// shop's /api shared by header (canary): requests with X-Beta: 1, or
+	// with a team matching a regex, go to shop-beta.
+	beta := app("shop-beta", 1, "shop.example.com")
+	beta.Spec.CreatedAt = time.Unix(300, 0)
+	beta.Spec.Routing.Paths = nil
+	beta.Spec.Routing.Rules = []spec.Rule{
+		{Path: "/api", Headers: map[string]string{"X-Beta": "1"}},
+		{Path: "/api", Headers: map[string]string{"X-Team": "~^(red|blue)$", "X-Beta": "yes"}},
+	}
 
 	many := state.Snapshot{Revision: 9000}
 	for i := range 100 {
@@ -115,7 +125,7 @@ func scenarios(t *testing.T, certs string) map[string]state.Snapshot {
 		"hosts-paths":   {Apps: []state.App{other, multi}},
 		"no-server":     {Apps: []state.App{app("web", 0, "web.example.com"), app("api", 0)}},
 		"default-route": {Apps: []state.App{app("demo", 3)}},
-		"rules":         {Apps: []state.App{legacy, shop}},
+		"rules":         {Apps: []state.App{legacy, shop, beta}},
 		"100-apps":      many,
 	}
 }

@@ -2,8 +2,10 @@ package render
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -89,5 +91,198 @@ func TestCheckCloser(t *testing.T) {
 	}
 	for _, bad := range []string{"berth_web", "berth_web_close_r", "berth_web_close_rx", "berth_web_close_r1;", "web_close", "berth_web_close {"} {
 		require.Error(t, checkCloser(bad), bad)
+	}
+}
+
+// TestHeaderMatchServe runs nginx with apps that share locations by header
+// matches (canary by header): a request that carries a rule's headers goes
+// to that rule's app, the first claimant's when several match; any other
+// to the app that routes the location without headers, or 404 when none
+// does. Each app's location keeps its own options.
+func TestHeaderMatchServe(t *testing.T) {
+	t.Parallel()
+	backend := func(name string) string {
+		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, name) }))
+		t.Cleanup(s.Close)
+		return strings.TrimPrefix(s.URL, "http://")
+	}
+	mk := func(name string, created int64, rules ...spec.Rule) state.App {
+		a := app(name, 0, "shop.test")
+		a.Spec.CreatedAt = time.Unix(created, 0)
+		a.Servers = []state.Server{{Instance: "i0", Address: backend(name), Weight: 1}}
+		a.Spec.Routing.Rules = rules
+		return a
+	}
+	stable := mk("stable", 1)
+	beta := mk("beta", 2, spec.Rule{Path: "/", Headers: map[string]string{"X-Beta": "1"}, ResponseHeaders: map[string]string{"X-App": "beta"}})
+	beta.Spec.Routing.Paths = nil
+	both := mk("both", 3, spec.Rule{Path: "/", Headers: map[string]string{"X-Beta": "1", "X-Team": "~^(red|blue)$"}})
+	both.Spec.Routing.Paths = nil
+	preview := mk("preview", 4, spec.Rule{Path: "/preview", Headers: map[string]string{"X-Preview": "default"}})
+	preview.Spec.Routing.Paths = nil
+
+	o := opts
+	o.AccessLogSocket, o.Main = "", false
+	o.HTTPListen = fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
+	o.StatusListen = fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
+	r, err := Load(templates.FS)
+	require.NoError(t, err)
+	d, conflicts := Layout(state.Snapshot{Apps: []state.App{preview, both, beta, stable}}, 1, o)
+	require.Empty(t, conflicts)
+	out, err := r.Render(d, false)
+	require.NoError(t, err)
+	ngx := testrig.NewNginx(t)
+	ngx.WriteConfig(testrig.MainConfig(string(out)))
+	ngx.Start()
+
+	client := &http.Client{Timeout: 5 * time.Second}
+	get := func(path string, headers map[string]string) (int, string, http.Header) {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodGet, "http://"+o.HTTPListen+path, nil)
+		require.NoError(t, err)
+		req.Host = "shop.test"
+		for k, v := range headers {
+			req.Header.Set(k, v)
+		}
+		var resp *http.Response
+		require.Eventually(t, func() bool { resp, err = client.Do(req); return err == nil }, 5*time.Second, 20*time.Millisecond)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, string(b), resp.Header
+	}
+	for _, tc := range []struct {
+		path    string
+		headers map[string]string
+		want    string
+	}{
+		{"/x", nil, "stable"},
+		{"/x", map[string]string{"X-Beta": "1"}, "beta"},
+		{"/x", map[string]string{"X-Beta": "2"}, "stable"},
+		{"/x", map[string]string{"X-Beta": "1", "X-Team": "red"}, "beta"}, // beta claimed first and matches too
+		{"/x", map[string]string{"X-Team": "red"}, "stable"},
+		{"/preview/a", map[string]string{"X-Preview": "default"}, "preview"}, // a map's special word, matched as a value
+	} {
+		code, body, h := get(tc.path, tc.headers)
+		require.Equal(t, http.StatusOK, code, "%s %v", tc.path, tc.headers)
+		require.Equal(t, tc.want, body, "%s %v", tc.path, tc.headers)
+		require.Equal(t, map[string]string{"beta": "beta"}[tc.want], h.Get("X-App"), "each app's location keeps its options")
+	}
+	// /preview is claimed only with a header: without it, nginx still
+	// picks that location, and no app routes it without headers: 404.
+	for _, h := range []map[string]string{nil, {"X-Preview": "no"}} {
+		code, body, _ := get("/preview/a", h)
+		require.Equal(t, http.StatusNotFound, code)
+		require.Contains(t, body, "no app is routed here")
+	}
+	code, body, _ := get("/previewx", nil)
+	require.Equal(t, http.StatusOK, code, "/previewx is not under /preview")
+	require.Equal(t, "stable", body)
+
+	// The same layout without stable: the shared / has no owner without
+	// headers, so a request without them gets Berth's 404.
+	d2, _ := Layout(state.Snapshot{Apps: []state.App{beta}}, 2, o)
+	out2, err := r.Render(d2, false)
+	require.NoError(t, err)
+	ngx.WriteConfig(testrig.MainConfig(string(out2)))
+	require.NoError(t, ngx.Test())
+	ngx.Reload()
+	require.Eventually(t, func() bool {
+		code, body, _ := get("/x", nil)
+		return code == http.StatusNotFound && strings.Contains(body, "no app is routed here")
+	}, 5*time.Second, 20*time.Millisecond)
+	code, body, _ = get("/x", map[string]string{"X-Beta": "1"})
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, "beta", body)
+}
+
+// TestComparableIgnoresTheRecord: a new record of an app whose routing is
+// the same (a scale, a new generation) lays out the same config, so
+// lbagent in dynamic mode reloads nothing for it; the cache key of the
+// route body (the record) must not make the layouts differ.
+func TestComparableIgnoresTheRecord(t *testing.T) {
+	t.Parallel()
+	o := opts
+	o.Dynamic = &Dynamic{LuaDir: "/lua", Snapshot: "/s.json", Token: "/t", Drain: true}
+	a := app("web", 2, "web.example.com")
+	a.Spec.Routing.Rules = []spec.Rule{{Path: "/api", Headers: map[string]string{"X-Beta": "1"}}}
+	b := app("web", 3, "web.example.com")
+	b.Spec.Routing.Rules = []spec.Rule{{Path: "/api", Headers: map[string]string{"X-Beta": "1"}}}
+	b.Spec.Generation = a.Spec.Generation + 1
+	d1, _ := Layout(state.Snapshot{Apps: []state.App{a}}, 1, o)
+	d2, _ := Layout(state.Snapshot{Apps: []state.App{b}}, 1, o)
+	require.NotEqual(t, d1, d2, "the body keys name different records")
+	require.True(t, reflect.DeepEqual(d1.Comparable(), d2.Comparable()))
+	c := app("web", 2, "web.example.com")
+	c.Spec.Routing.Paths = []string{"/other"}
+	d3, _ := Layout(state.Snapshot{Apps: []state.App{c}}, 1, o)
+	require.False(t, reflect.DeepEqual(d1.Comparable(), d3.Comparable()), "a routing change is a layout change")
+}
+
+// TestSplitServe sends 10,000 requests through nginx for each weight of a
+// canary split, 0 → 10 → 50 → 100 %, reloading between them, and requires
+// the canary's share within ±3 % of the weight, every request answered.
+func TestSplitServe(t *testing.T) {
+	t.Parallel()
+	backend := func(name string) string {
+		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, name) }))
+		t.Cleanup(s.Close)
+		return strings.TrimPrefix(s.URL, "http://")
+	}
+	o := opts
+	o.AccessLogSocket, o.Main = "", false
+	o.HTTPListen = fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
+	o.StatusListen = fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
+	r, err := Load(templates.FS)
+	require.NoError(t, err)
+	canary := app("shop-v2", 0, "shop.test")
+	canary.Spec.Routing.Paths = []string{"/v2-only"}
+	canary.Servers = []state.Server{{Instance: "c", Address: backend("v2"), Weight: 1}}
+	stableAddr := backend("v1")
+	layout := func(weight int) []byte {
+		stable := app("shop", 0, "shop.test")
+		stable.Spec.Routing.Paths = nil
+		stable.Spec.Routing.Rules = []spec.Rule{{Path: "/", Split: []spec.Split{{App: "shop-v2", Weight: weight}}}}
+		stable.Servers = []state.Server{{Instance: "s", Address: stableAddr, Weight: 1}}
+		d, conflicts := Layout(state.Snapshot{Apps: []state.App{stable, canary}}, uint64(weight+1), o)
+		require.Empty(t, conflicts)
+		out, err := r.Render(d, false)
+		require.NoError(t, err)
+		return []byte(testrig.MainConfig(string(out)))
+	}
+	ngx := testrig.NewNginx(t)
+	ngx.WriteConfig(string(layout(0)))
+	ngx.Start()
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
+	for _, weight := range []int{0, 10, 50, 100} {
+		ngx.WriteConfig(string(layout(weight)))
+		require.NoError(t, ngx.Test())
+		ngx.Reload()
+		require.Eventually(t, func() bool {
+			resp, err := client.Get("http://" + o.StatusListen + "/berth/generation")
+			if err != nil {
+				return false
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return strings.TrimSpace(string(b)) == fmt.Sprint(weight+1)
+		}, 10*time.Second, 10*time.Millisecond, "nginx serves the config of weight %d", weight)
+		time.Sleep(100 * time.Millisecond) // the old workers' keep-alive connections close
+		counts := map[string]int{}
+		for range 10_000 {
+			req, err := http.NewRequest(http.MethodGet, "http://"+o.HTTPListen+"/x", nil)
+			require.NoError(t, err)
+			req.Host = "shop.test"
+			resp, err := client.Do(req)
+			require.NoError(t, err)
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			require.NoError(t, err)
+			require.Equal(t, http.StatusOK, resp.StatusCode)
+			counts[string(b)]++
+		}
+		share := float64(counts["v2"]) / 100
+		t.Logf("weight %3d %%: canary %.2f %% of 10,000 (%v)", weight, share, counts)
+		require.InDelta(t, float64(weight), share, 3, "weight %d: %v", weight, counts)
 	}
 }

@@ -1107,9 +1107,12 @@ end
 -- worker that a reload is about to replace hands the request there while
 -- lbagent has asked for it (see keepalive), so that the connection closes
 -- after this answer. The closer calls access with the same arguments (one
--- compiled chunk for both); the request is internal there, and stays.
+-- compiled chunk for both); it sets $berth_closing first, so the request
+-- stays there. A request that reached its location through an internal
+-- redirect (a location shared by header matches or a split jumps to the
+-- chosen app's named location) is handed over like any other.
 function _M.access(app, closer)
-    if closer and generation and not ngx.req.is_internal() then
+    if closer and generation and ngx.var.berth_closing ~= "1" then
         local below = shdict():get("kc")
         if below and generation < below then
             return ngx.exec(closer)
