@@ -287,7 +287,13 @@ func CheckHeaderMatch(s string) error {
 	if s == "" {
 		return fmt.Errorf("must be a value, or \"~\" and a regex")
 	}
-	return CheckResponseHeaderValue(s)
+	if err := CheckHeaderValue(s); err != nil {
+		return err
+	}
+	if strings.Contains(s, "$") {
+		return fmt.Errorf("%q holds '$', which nginx reads as a variable: a header match is a literal value, or \"~\" and a regex", s)
+	}
+	return nil
 }
 
 // CheckHeaderRegex checks the regex of a header match: CheckRegex's grammar
