@@ -36,10 +36,11 @@ type Publisher struct {
 	// peers take its targets at once instead of after missed heartbeats.
 	LeaveOnStop bool
 
-	mu     sync.Mutex
-	latest map[string]checker.Report
-	health *bus.KV
-	check  *bus.KV
+	mu        sync.Mutex
+	latest    map[string]checker.Report
+	health    *bus.KV
+	check     *bus.KV
+	repairing map[string]bool // keys with a Repair pending
 
 	// HandedOver reports whether a target this checker dropped is still
 	// checked by another checker (set before Run).
@@ -57,7 +58,7 @@ var _ checker.Handler = (*Publisher)(nil)
 // it checks, for its heartbeat.
 func New(conn *bus.Conn, names msg.Names, id string, targets func() int, logger *zap.Logger) *Publisher {
 	return &Publisher{conn: conn, names: names, id: id, targets: targets, logger: logger.Named("publisher"),
-		started: time.Now().UTC(), Refresh: 30 * time.Second, LeaveOnStop: true, latest: map[string]checker.Report{}}
+		started: time.Now().UTC(), Refresh: 30 * time.Second, LeaveOnStop: true, latest: map[string]checker.Report{}, repairing: map[string]bool{}}
 }
 
 // Probed records a probe and, on a transition or a target's first report,
@@ -76,6 +77,39 @@ func (p *Publisher) Probed(r checker.Report) {
 	if r.Changed {
 		p.publishChange(ctx, r, r.From)
 	}
+}
+
+// repairWait coalesces the repairs of a burst of forged writes.
+const repairWait = 50 * time.Millisecond
+
+// Repair puts again, within repairWait, the health value of key when this
+// checker probes that target: the bucket's last value of the key is not
+// one healthd sealed (forged, copied or replayed; the watcher of the
+// bucket calls it for each value it drops), and a reader that starts now
+// would otherwise find it until the next refresh. A key this checker does
+// not probe is left to the checker that does.
+func (p *Publisher) Repair(key string) {
+	p.mu.Lock()
+	_, probed := p.latest[key]
+	if !probed || p.repairing[key] {
+		p.mu.Unlock()
+		return
+	}
+	p.repairing[key] = true
+	p.mu.Unlock()
+	time.AfterFunc(repairWait, func() {
+		p.mu.Lock()
+		r, probed := p.latest[key]
+		delete(p.repairing, key)
+		p.mu.Unlock()
+		if !probed {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		p.put(ctx, r)
+		p.logger.Warn("repaired a health value that healthd had not sealed", zap.String("key", key))
+	})
 }
 
 // Removed deletes the health value of a target no longer checked here,

@@ -404,3 +404,32 @@ func TestRunRepublishesAfterWipe(t *testing.T) {
 	}, wait, tick, "the heartbeat is back after the wipe")
 	require.False(t, removed.Load())
 }
+
+// TestRepairPutsTheProbedValueAgain: a key whose last value healthd did not
+// seal (here: junk put over it) is put again from the last report, within
+// repairWait; a key this checker does not probe is left alone.
+func TestRepairPutsTheProbedValueAgain(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, testrig.NATS(t))
+	p := r.publisher("hc-1", 1)
+	p.Probed(report("web.a", msg.StatusUnknown, msg.StatusHealthy, true, probe.Result{OK: true}))
+	kv := r.kv(r.names.HealthBucket())
+	for _, key := range []string{"web.a", "web.other"} {
+		_, err := kv.Put(context.Background(), key, []byte(`{"forged":true}`))
+		require.NoError(t, err)
+		p.Repair(key)
+		p.Repair(key) // a burst makes one put
+	}
+	require.Eventually(t, func() bool {
+		e, err := kv.Get(context.Background(), "web.a")
+		if err != nil {
+			return false
+		}
+		h, err := msg.DecodeAs[*msg.Health](e.Value)
+		return err == nil && h.Status == msg.StatusHealthy
+	}, wait, 5*time.Millisecond)
+	time.Sleep(2 * repairWait)
+	e, err := kv.Get(context.Background(), "web.other")
+	require.NoError(t, err)
+	require.JSONEq(t, `{"forged":true}`, string(e.Value), "another checker's key is its business")
+}
