@@ -296,7 +296,7 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 					owner[k] = a.Spec.Name
 				}
 				loc := Location{Path: l.Path, Matches: l.Args(), Regex: l.Match == spec.MatchRegex, App: a.Spec.Name, Upstream: upstream, LB: a.Spec.LB,
-					Dynamic: dynamic, Drain: dynamic && o.Dynamic.Drain, Cond: l.Condition(), Target: bodyTarget(a.Spec.Name, l.Index)}
+					Dynamic: dynamic, Drain: dynamic && o.Dynamic.Drain, Cond: l.Condition()}
 				if l.Rule != nil {
 					loc.MatchHeaders = l.Rule.Headers
 				}
@@ -304,6 +304,10 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 					loc.Closer = upstream + "_close"
 				}
 				if r := l.Rule; r != nil {
+					if len(r.Headers) > 0 || len(r.Split) > 0 {
+						// Only a location that may be shared is named (share).
+						loc.Target = bodyTarget(a.Spec.Name, l.Index)
+					}
 					for _, sp := range r.Split {
 						t, ok := apps[sp.App]
 						if !ok || sp.Weight <= 0 || sp.App == a.Spec.Name || (upstreams[sp.App] == "" && !dynamic) {
@@ -449,6 +453,16 @@ func bodyTarget(app string, rule int) string {
 // the locations that one claim without headers owns alone, with only
 // those arguments.
 func share(srv *Server, d *Data, splitVars map[string]string) {
+	// Claims without headers or a split never share a location: two on one
+	// argument are a conflict, which Layout resolved before.
+	if !slices.ContainsFunc(srv.Locations, func(l Location) bool { return l.Cond != "" || len(l.Shares) > 0 }) {
+		return
+	}
+	for i, l := range srv.Locations {
+		if l.Target == "" { // a claim without headers that shares its location with one that has them
+			srv.Locations[i].Target = bodyTarget(l.App, l.body.rule)
+		}
+	}
 	claims := map[string][]int{} // nginx location argument → claims (srv.Locations index), in claim order
 	var args []string
 	for i, l := range srv.Locations {
