@@ -32,6 +32,9 @@ func FuzzDecodeSpec(f *testing.F) {
 		base + "env: {A: !!binary aGVsbG8=}\n",
 		base + "port: 0x1F90\n",
 		base + "health: {interval: 1e3s, timeout: 1ns}\n",
+		base + "routing: {rules: [{path: \"^/a{1};}\", match: regex}, {path: \"^/(a|b)$\", match: regex}]}\n",
+		base + "routing: {rules: [{path: /x, headers: {X-A: \"~^(a|$http_x)\", X-B: \"default\"}, response_headers: {X-C: \"v\\\" always\"}}]}\n",
+		base + "routing: {rules: [{path: /x, split: [{app: \"b;c\", weight: 50}], rate_limit: {rps: 1, burst: 1}}]}\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -46,6 +49,19 @@ func FuzzDecodeSpec(f *testing.F) {
 		for field, s := range nginxStrings(app) {
 			if !NginxSafe(s) || strings.ContainsAny(s, ";{}\"'\n\r") {
 				t.Fatalf("accepted spec puts %q into nginx via %s", s, field)
+			}
+		}
+		// Regexes may hold a backslash (\d), never one that escapes what
+		// nginx's parser reads (a quote, another backslash), and '$' only
+		// where no variable name can follow.
+		for field, s := range nginxRegexes(app) {
+			if strings.ContainsAny(s, ";{}\"'#` \t\n\r") || strings.Contains(s, `\\`) || strings.HasSuffix(s, `\`) {
+				t.Fatalf("accepted spec puts regex %q into nginx via %s", s, field)
+			}
+			for i := 0; i+1 < len(s); i++ {
+				if s[i] == '$' && s[i+1] != ')' && s[i+1] != '|' {
+					t.Fatalf("accepted spec puts a variable into nginx via %s: %q", field, s)
+				}
 			}
 		}
 	})
@@ -64,10 +80,51 @@ func nginxStrings(a *App) map[string]string {
 	if t := a.Routing.TLS; t != nil {
 		out["routing.tls.certificate"], out["routing.tls.key"] = t.Certificate, t.Key
 	}
+	for i, r := range a.Routing.Rules {
+		rp := Index("routing.rules", i)
+		if r.Match != MatchRegex {
+			out[rp+".path"] = r.Path
+		}
+		for k, v := range r.ResponseHeaders {
+			out[Key(rp+".response_headers", k)+".name"], out[Key(rp+".response_headers", k)] = k, v
+			if strings.Contains(v, "$") {
+				out[Key(rp+".response_headers", k)] = "$;" // a variable: fail
+			}
+		}
+		for k, v := range r.Headers {
+			out[Key(rp+".headers", k)+".name"] = k
+			if !strings.HasPrefix(v, "~") {
+				out[Key(rp+".headers", k)] = v
+				if strings.Contains(v, "$") {
+					out[Key(rp+".headers", k)] = "$;"
+				}
+			}
+		}
+		for j, sp := range r.Split {
+			out[Index(rp+".split", j)+".app"] = sp.App
+		}
+	}
 	if h := a.Health; h != nil {
 		out["health.path"] = h.Path
 		for k, v := range h.Headers {
 			out[Key("health.headers", k)+".name"], out[Key("health.headers", k)] = k, v
+		}
+	}
+	return out
+}
+
+// nginxRegexes lists the regexes of a spec that reach nginx, by field.
+func nginxRegexes(a *App) map[string]string {
+	out := map[string]string{}
+	for i, r := range a.Routing.Rules {
+		rp := Index("routing.rules", i)
+		if r.Match == MatchRegex {
+			out[rp+".path"] = r.Path
+		}
+		for k, v := range r.Headers {
+			if re, ok := strings.CutPrefix(v, "~"); ok {
+				out[Key(rp+".headers", k)] = re
+			}
 		}
 	}
 	return out
