@@ -19,8 +19,9 @@ import (
 // TestCanary shifts a canary by weight, 0 → 10 → 50 → 100 %, each step a
 // `scheduler apply` of the stable app's split, under a steady load from a
 // client that never retries (dynamic mode, default flags). Every request
-// is answered; at each weight 10,000 requests split within ±3 % of it;
-// and a tester's header reaches the canary whatever the weight.
+// is answered; at each weight 10,000 requests split within ±3 % of it; a
+// weight change reloads nothing (the weights are pushed); and a tester's
+// header reaches the canary whatever the weight.
 func TestCanary(t *testing.T) {
 	v1, v2 := testrig.DemoImage(t, "v1"), testrig.DemoImage(t, "v2")
 	s := newStackMode(t, "", "dynamic")
@@ -64,6 +65,7 @@ func TestCanary(t *testing.T) {
 		}
 		return sum
 	}
+	var reloads int
 	for _, weight := range []int{0, 10, 50, 100} {
 		s.apply(demoSpec(t, v1, 2, fmt.Sprintf("  rules: [{path: /, split: [{app: demo-canary, weight: %d}]}]\n", weight)))
 		// The new split is served once a burst shows the canary's share
@@ -77,7 +79,12 @@ func TestCanary(t *testing.T) {
 		share := float64(res.Versions["v2"]) / float64(res.OK) * 100
 		t.Logf("weight %3d %%: canary %.2f %% of %d requests (%v)", weight, share, res.OK, res.Versions)
 		require.InDelta(t, float64(weight), share, 3, "weight %d", weight)
+		if weight == 0 {
+			reloads = s.nginxReloads() // the rule itself was a route change
+		}
 	}
+	// In dynamic mode the weights are pushed: 0 → 10 → 50 → 100 reloaded nothing.
+	require.Equal(t, reloads, s.nginxReloads(), "a weight change reloads nginx")
 	res := load.Stop()
 	t.Logf("steady load through every shift: %s", res)
 	require.NoError(t, loadgen.Check(res), "no request failed while the weights moved")

@@ -569,7 +569,7 @@ func TestSelfSignedTLSOverHTTP2(t *testing.T) {
 			require.Eventually(t, func() bool {
 				rl, ag := r.rep.last()
 				return rl != nil && ag != nil && rl.Result == msg.ReloadApplied && len(ag.Errors) == 0
-			}, 5*time.Second, 5*time.Millisecond, "applied, with no app refused")
+			}, 15*time.Second, 5*time.Millisecond, "applied, with no app refused")
 		})
 	}
 }
@@ -801,4 +801,57 @@ func TestFailedReloadIsRetried(t *testing.T) {
 	r.putInstance("web", "w1", testrig.Backend(t, "W1"), msg.StateRunning)
 	r.waitFor("web.test", 200, "W1")
 	require.Less(t, f.n.Load(), int32(0), "both failures happened, then a reload went through")
+}
+
+// TestDynamicSplitToAnEmptyAppFallsBack: in dynamic mode, a split's share
+// to an app with no server yet (a canary given weight before it is
+// healthy) is answered by the rule's own app, not with 503; once the
+// canary has a server, it gets its share, with no reload for it.
+func TestDynamicSplitToAnEmptyAppFallsBack(t *testing.T) {
+	t.Parallel()
+	r := newRigMode(t, time.Hour, true)
+	stable := appMsg("stable", "shop.test")
+	stable.CreatedAt = time.Unix(1, 0)
+	stable.Routing.Paths = nil
+	stable.Routing.Rules = []spec.Rule{{Path: "/", Split: []spec.Split{{App: "canary", Weight: 50}}}}
+	canary := appMsg("canary", "canary.test")
+	canary.CreatedAt = time.Unix(2, 0)
+	r.putApp(canary)
+	r.putApp(stable)
+	r.putInstance("stable", "s1", testrig.Backend(t, "S"), msg.StateRunning)
+	r.waitFor("shop.test", 200, "S")
+	time.Sleep(300 * time.Millisecond) // the last debounced change applied
+	reloads, gen := r.reloads(), r.agent.Generation()
+	for range 40 {
+		code, body := r.get("shop.test")
+		require.Equal(t, 200, code, "the canary's share falls back: %s", body)
+		require.Equal(t, "S", body)
+	}
+	r.putInstance("canary", "c1", testrig.Backend(t, "C"), msg.StateRunning)
+	require.Eventually(t, func() bool {
+		seen := map[string]bool{}
+		for range 40 {
+			code, body := r.get("shop.test")
+			require.Equal(t, 200, code)
+			seen[body] = true
+		}
+		return seen["S"] && seen["C"]
+	}, 10*time.Second, 10*time.Millisecond, "the canary gets its share once it has a server")
+	require.Equal(t, gen, r.agent.Generation(), "an endpoint of the canary is no new config")
+	require.Equal(t, reloads, r.reloads(), "an endpoint of the canary reloads nothing")
+
+	// A weight change is pushed with stable's endpoints: no reload either.
+	for _, w := range []struct {
+		weight int
+		only   string
+	}{{100, "C"}, {0, "S"}, {100, "C"}} {
+		next := *stable
+		next.Generation++
+		next.Routing.Rules = []spec.Rule{{Path: "/", Split: []spec.Split{{App: "canary", Weight: w.weight}}}}
+		stable = &next
+		r.putApp(stable)
+		require.Eventually(t, func() bool { return r.onlyServes("shop.test", w.only) }, 10*time.Second, 10*time.Millisecond, "weight %d", w.weight)
+	}
+	require.Equal(t, gen, r.agent.Generation(), "a weight is no new config")
+	require.Equal(t, reloads, r.reloads(), "a weight change reloads nothing")
 }

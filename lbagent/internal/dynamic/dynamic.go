@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -46,6 +47,10 @@ type Endpoints struct {
 	MaxFails    int      `json:"max_fails"`
 	FailTimeout float64  `json:"fail_timeout"`
 	Servers     []Server `json:"servers"`
+	// Splits are the weights of the app's rules' splits, by rule index
+	// (decimal), one per split entry in spec order: nginx's Lua split reads
+	// them, so a weight change is a push, not a reload.
+	Splits map[string][]int `json:"splits,omitempty"`
 }
 
 // Batch is one push: every changed app (nil removes one), or every app
@@ -70,6 +75,19 @@ func endpointsOf(a state.App) *Endpoints {
 	e := &Endpoints{Method: lb.Method, MaxFails: lb.MaxFails, FailTimeout: lb.FailTimeout.Std().Seconds(), Servers: make([]Server, 0, len(a.Servers))}
 	for _, s := range a.Servers {
 		e.Servers = append(e.Servers, Server{Address: s.Address, Weight: max(s.Weight, 1), Backup: s.Backup})
+	}
+	for i, r := range a.Spec.Routing.Rules {
+		if len(r.Split) == 0 {
+			continue
+		}
+		if e.Splits == nil {
+			e.Splits = map[string][]int{}
+		}
+		w := make([]int, len(r.Split))
+		for j, sp := range r.Split {
+			w[j] = sp.Weight
+		}
+		e.Splits[strconv.Itoa(i)] = w
 	}
 	return e
 }

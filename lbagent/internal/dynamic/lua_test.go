@@ -98,6 +98,12 @@ func TestLuaControl(t *testing.T) {
 		{"servers not an array", `{"method":"round_robin","servers":{"address":"1.2.3.4:80"}}`, "apps.web.servers"},
 		{"too many servers", tooManyServers(), "apps.web.servers"},
 		{"app not an object", `"1.2.3.4:80"`, "apps.web"},
+		{"splits not an object", `{"method":"round_robin","servers":[],"splits":[10]}`, "apps.web.splits"},
+		{"split rule not an index", `{"method":"round_robin","servers":[],"splits":{"x":[10]}}`, "apps.web.splits.x"},
+		{"split weight over 100", `{"method":"round_robin","servers":[],"splits":{"0":[101]}}`, "apps.web.splits.0[0]"},
+		{"split weights over 100 together", `{"method":"round_robin","servers":[],"splits":{"0":[60,50]}}`, "apps.web.splits.0"},
+		{"split weight a string", `{"method":"round_robin","servers":[],"splits":{"0":["10"]}}`, "apps.web.splits.0[0]"},
+		{"too many shares", `{"method":"round_robin","servers":[],"splits":{"0":[1,1,1,1,1]}}`, "apps.web.splits.0"},
 	}
 	for _, tc := range hostile {
 		t.Run("400 "+tc.name, func(t *testing.T) {

@@ -81,18 +81,26 @@ type Data struct {
 	Servers []Server
 }
 
-// SplitClients is one split_clients block: each request goes to one
-// named location, by Percent of a hash of its $request_id, or to Rest.
+// SplitClients is one rule's split: each request goes to one named
+// location, by Percent, or to Rest (the rule's own). In reload mode it is
+// a split_clients block on $request_id; in dynamic mode the routed
+// location sets Var with the Lua balancer's split, which reads the
+// weights pushed with Owner's endpoint set (Rule is the rule's index
+// there), so a weight change reloads nothing.
 type SplitClients struct {
 	Var    string
 	Shares []Share
 	Rest   string
+	Owner  string
+	Rule   int
 }
 
 // Share is one app's share of a split.
 type Share struct {
 	Percent int
 	Target  string
+	// Index is the share's index in the rule's split.
+	Index int
 	// to is the location the target names, for Named.
 	to Location
 }
@@ -109,9 +117,12 @@ type RouteMap struct {
 type MapEntry struct{ Key, Value string }
 
 // Routed is a location that several claims share: each request goes to
-// the named location (Named) that the map variable Var names.
+// the named location (Named) that the map variable Var names. In dynamic
+// mode, Splits are the splits it may reach, whose variables it sets.
 type Routed struct {
 	Arg, Var string
+	Dynamic  bool
+	Splits   []SplitClients
 }
 
 // RateZone is one rule's limit_req zone: requests per second per client
@@ -197,6 +208,9 @@ type Location struct {
 	Target       string
 	// Shares are the rule's split: other apps' shares of its requests.
 	Shares []Share
+	// Fallback (dynamic mode), for a share's location, names the rule's
+	// own location: a share whose app has no server goes there.
+	Fallback string
 
 	// body names the "route" template's text of this location: the same
 	// for every location of one path set or rule of one app record (on
@@ -215,6 +229,7 @@ type bodyKey struct {
 	upstream string
 	dynamic  bool
 	drain    bool
+	fallback string
 }
 
 // UpstreamName is the nginx upstream of an app.
@@ -308,18 +323,28 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 						// Only a location that may be shared is named (share).
 						loc.Target = bodyTarget(a.Spec.Name, l.Index)
 					}
-					for _, sp := range r.Split {
+					for j, sp := range r.Split {
 						t, ok := apps[sp.App]
-						if !ok || sp.Weight <= 0 || sp.App == a.Spec.Name || (upstreams[sp.App] == "" && !dynamic) {
-							continue // an app that is not here, or has no server, gets no share
+						// An app that is not here gets no share, nor in reload mode
+						// one with no server or weight. In dynamic mode a share of
+						// weight 0 is kept: its weight is pushed, not rendered.
+						if !ok || sp.App == a.Spec.Name || (!dynamic && (sp.Weight <= 0 || upstreams[sp.App] == "")) {
+							continue
 						}
 						tu := upstreams[sp.App]
 						to := Location{App: sp.App, Upstream: tu, LB: t.LB, Dynamic: dynamic, Drain: dynamic && o.Dynamic.Drain, Target: bodyTarget(sp.App, -1),
 							body: bodyKey{spec: t, rule: -1, upstream: tu, dynamic: dynamic, drain: dynamic && o.Dynamic.Drain}}
+						if dynamic {
+							// Its own location, which hands the share back
+							// to the rule's app while sp.App has no server.
+							to.Target = fmt.Sprintf("%s_s%d", loc.Target, j)
+							to.Fallback = loc.Target
+							to.body.fallback = loc.Target
+						}
 						if tu != "" {
 							to.Closer = tu + "_close"
 						}
-						loc.Shares = append(loc.Shares, Share{Percent: sp.Weight, Target: to.Target, to: to})
+						loc.Shares = append(loc.Shares, Share{Percent: sp.Weight, Target: to.Target, Index: j, to: to})
 					}
 					if r.RateLimit != nil {
 						loc.RateZone, loc.RateLimit = rateZoneName(a.Spec.Name, l.Index), r.RateLimit
@@ -403,10 +428,16 @@ func hostLabel(h string) string {
 // same config are DeepEqual once Comparable, whatever else their records
 // changed (a generation, a replica count).
 func (d Data) Comparable() Data {
+	// In dynamic mode a split's weights are pushed, not rendered: a
+	// weight change is no layout change.
+	dynamic := d.Dynamic != nil
 	shares := func(ss []Share) []Share {
 		out := make([]Share, len(ss))
 		for i, s := range ss {
 			s.to.body = bodyKey{}
+			if dynamic {
+				s.Percent = 0
+			}
 			out[i] = s
 		}
 		return out
@@ -429,6 +460,17 @@ func (d Data) Comparable() Data {
 	servers := make([]Server, len(d.Servers))
 	for i, s := range d.Servers {
 		s.Locations, s.Named, s.Closers = strip(s.Locations), strip(s.Named), strip(s.Closers)
+		routed := make([]Routed, len(s.Routed))
+		for j, r := range s.Routed {
+			scs := make([]SplitClients, len(r.Splits))
+			for k, sc := range r.Splits {
+				sc.Shares = shares(sc.Shares)
+				scs[k] = sc
+			}
+			r.Splits = scs
+			routed[j] = r
+		}
+		s.Routed = routed
 		servers[i] = s
 	}
 	d.Servers = servers
@@ -487,7 +529,9 @@ func share(srv *Server, d *Data, splitVars map[string]string) {
 		}
 	}
 	// target is where a claim's requests go: its named location, or the
-	// split_clients variable that shares them with other apps.
+	// split_clients variable that shares them with other apps; used
+	// collects the splits one location may reach.
+	var used []SplitClients
 	target := func(l Location) string {
 		addNamed(l)
 		if len(l.Shares) == 0 {
@@ -500,7 +544,12 @@ func share(srv *Server, d *Data, splitVars map[string]string) {
 		if !ok {
 			v = fmt.Sprintf("$berth_s%d", len(d.Splits))
 			splitVars[l.Target] = v
-			d.Splits = append(d.Splits, SplitClients{Var: v, Shares: l.Shares, Rest: l.Target})
+			d.Splits = append(d.Splits, SplitClients{Var: v, Shares: l.Shares, Rest: l.Target, Owner: l.App, Rule: l.body.rule})
+		}
+		for _, sc := range d.Splits {
+			if sc.Var == v {
+				used = append(used, sc)
+			}
 		}
 		return v
 	}
@@ -509,6 +558,7 @@ func share(srv *Server, d *Data, splitVars map[string]string) {
 			continue
 		}
 		n := len(d.Maps)
+		used = nil
 		def := "berth_notfound"
 		var alts []Location
 		for _, i := range claims[arg] {
@@ -523,7 +573,7 @@ func share(srv *Server, d *Data, splitVars map[string]string) {
 			srv.NotFound = true
 		}
 		if len(alts) == 0 { // one claim with a split: its variable decides
-			srv.Routed = append(srv.Routed, Routed{Arg: arg, Var: def})
+			srv.Routed = append(srv.Routed, Routed{Arg: arg, Var: def, Dynamic: d.Dynamic != nil, Splits: used})
 			continue
 		}
 		// One map per header of each alternative ("1" when it matches),
@@ -553,7 +603,7 @@ func share(srv *Server, d *Data, splitVars map[string]string) {
 			chain[j] = RouteMap{Var: v, Source: matched, Default: next, Entries: []MapEntry{{Key: "=1", Value: target(l)}}}
 		}
 		d.Maps = append(d.Maps, chain...)
-		srv.Routed = append(srv.Routed, Routed{Arg: arg, Var: top})
+		srv.Routed = append(srv.Routed, Routed{Arg: arg, Var: top, Dynamic: d.Dynamic != nil, Splits: used})
 	}
 	kept := srv.Locations[:0]
 	for _, l := range srv.Locations {
@@ -770,9 +820,12 @@ func checkTarget(s string) error {
 	if s == "berth_notfound" {
 		return nil
 	}
+	if i := strings.LastIndex(s, "_s"); i > 0 && s[i+2:] != "" && strings.Trim(s[i+2:], "0123456789") == "" {
+		s = s[:i] // a share's location: <rule's location>_s<share>
+	}
 	i := strings.LastIndex(s, "_b")
 	if i < 0 || checkUpstream(s[:i]) != nil || (s[i+2:] != "p" && (s[i+2:] == "" || strings.Trim(s[i+2:], "0123456789") != "")) {
-		return fmt.Errorf("named location %q is not <upstream>_b<rule> or <upstream>_bp", s)
+		return fmt.Errorf("named location %q is not <upstream>_b<rule>[_s<share>] or <upstream>_bp", s)
 	}
 	return nil
 }

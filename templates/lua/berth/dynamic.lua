@@ -224,7 +224,8 @@ local function unknown_field(t, known)
     end
 end
 
-local APP_FIELDS = { method = true, hash = true, max_fails = true, fail_timeout = true, servers = true }
+local APP_FIELDS = { method = true, hash = true, max_fails = true, fail_timeout = true, servers = true, splits = true }
+local MAX_SPLIT_RULES, MAX_SHARES = 20, 4
 local SERVER_FIELDS = { address = true, weight = true, backup = true }
 local BATCH_FIELDS = { version = true, full = true, apps = true }
 
@@ -294,7 +295,38 @@ local function check_app(name, a)
         end
         out[i] = { a = s.address, w = w, b = s.backup == true }
     end
-    return { m = a.method, mf = max_fails, ft = fail_timeout, s = out }
+    -- splits: the weights of the app's rules' splits, by rule index.
+    local splits = a.splits
+    local sp
+    if splits ~= nil and splits ~= cjson.null then
+        if not is_object(splits) or #splits > 0 then
+            return nil, path .. ".splits: must be an object"
+        end
+        sp = {}
+        local n = 0
+        for rule, ws in pairs(splits) do
+            n = n + 1
+            local rp = path .. ".splits." .. tostring(rule)
+            if n > MAX_SPLIT_RULES or type(rule) ~= "string" or not ngx.re.find(rule, [[^[0-9]{1,2}$]], "jo") then
+                return nil, rp .. ": must be a rule index, at most " .. MAX_SPLIT_RULES
+            end
+            if not is_array(ws) or #ws > MAX_SHARES then
+                return nil, rp .. ": must be an array of at most " .. MAX_SHARES .. " weights"
+            end
+            local sum = 0
+            for i, w in ipairs(ws) do
+                if not is_int(w, 0, 100) then
+                    return nil, rp .. "[" .. (i - 1) .. "]: must be an integer 0..100"
+                end
+                sum = sum + w
+            end
+            if sum > 100 then
+                return nil, rp .. ": weights add up to more than 100"
+            end
+            sp[rule] = ws
+        end
+    end
+    return { m = a.method, mf = max_fails, ft = fail_timeout, s = out, sp = sp }
 end
 
 -- check_batch validates a decoded push body. It returns the version, full,
@@ -767,7 +799,7 @@ local function build(raw, g)
     end
     local e = {
         raw = raw, g = g, method = set.m, max_fails = set.mf, fail_timeout = set.ft,
-        primary = {}, backup = {}, n = 0,
+        primary = {}, backup = {}, n = 0, splits = set.sp or {},
     }
     for _, s in ipairs(set.s or {}) do
         local host, port = parse_address(s.a)
@@ -1111,7 +1143,42 @@ end
 -- stays there. A request that reached its location through an internal
 -- redirect (a location shared by header matches or a split jumps to the
 -- chosen app's named location) is handed over like any other.
-function _M.access(app, closer)
+local seeded = false
+
+-- split chooses where one request of rule (its index in owner's spec)
+-- goes: the named location of one of its shares, by weight, or rest (the
+-- rule's own). The arguments after rest are, per share, its named
+-- location, its index in the rule's split and the weight the config was
+-- rendered with; the weights owner's last push carried win over those,
+-- so a weight change needs no reload.
+function _M.split(owner, rule, rest, ...)
+    if not seeded then
+        math.randomseed(ngx.now() * 1000 + ngx.worker.pid())
+        seeded = true
+    end
+    local e = lookup(shdict(), owner)
+    local pushed = e and e.splits[tostring(rule)]
+    local r = math.random() * 100
+    local acc = 0
+    local args = { ... }
+    for i = 1, #args, 3 do
+        local w = args[i + 2]
+        if pushed and pushed[args[i + 1] + 1] then
+            w = pushed[args[i + 1] + 1]
+        end
+        acc = acc + w
+        if r < acc then
+            return args[i]
+        end
+    end
+    return rest
+end
+
+-- fallback, for another app's share of a split, is the named location of
+-- the rule's own app: a share whose app has no server goes there instead
+-- of answering 503, so a canary given weight before it is healthy costs
+-- no request.
+function _M.access(app, closer, fallback)
     if closer and generation and ngx.var.berth_closing ~= "1" then
         local below = shdict():get("kc")
         if below and generation < below then
@@ -1121,6 +1188,9 @@ function _M.access(app, closer)
     local e = lookup(shdict(), app)
     if e and e.n > 0 then
         return
+    end
+    if fallback then
+        return ngx.exec(fallback)
     end
     ngx.status = 503
     ngx.header["Content-Type"] = "application/json"
