@@ -18,6 +18,57 @@ import (
 	"github.com/berthhq/berth/templates"
 )
 
+// served is a real nginx serving rendered configs of this package on
+// ports of its own: o are the options it renders with.
+type served struct {
+	t   *testing.T
+	o   Options
+	r   *Renderer
+	ngx *testrig.Nginx
+}
+
+// serve renders apps (reload mode, the http context only), starts nginx on
+// it, and returns the fixture.
+func serve(t *testing.T, apps ...state.App) *served {
+	t.Helper()
+	o := opts
+	o.AccessLogSocket, o.Main = "", false
+	o.HTTPListen = fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
+	o.StatusListen = fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
+	r, err := Load(templates.FS)
+	require.NoError(t, err)
+	s := &served{t: t, o: o, r: r, ngx: testrig.NewNginx(t)}
+	s.ngx.WriteConfig(s.config(1, apps...))
+	s.ngx.Start()
+	return s
+}
+
+// config renders apps as generation gen, wrapped in a main config.
+func (s *served) config(gen uint64, apps ...state.App) string {
+	s.t.Helper()
+	d, conflicts := Layout(state.Snapshot{Apps: apps}, gen, s.o)
+	require.Empty(s.t, conflicts)
+	out, err := s.r.Render(d, false)
+	require.NoError(s.t, err)
+	return testrig.MainConfig(string(out))
+}
+
+// reload serves apps as generation gen, once nginx -t accepts them.
+func (s *served) reload(gen uint64, apps ...state.App) {
+	s.t.Helper()
+	s.ngx.WriteConfig(s.config(gen, apps...))
+	require.NoError(s.t, s.ngx.Test())
+	s.ngx.Reload()
+}
+
+// backend is an HTTP server that answers every request with name.
+func backend(t *testing.T, name string) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, name) }))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
 // TestRulesServe runs a real nginx on a rendered config with every rule
 // kind and checks what a client sees: an exact location matches only its
 // path, a regex only what it matches, response headers come with every
@@ -34,19 +85,7 @@ func TestRulesServe(t *testing.T) {
 		{Path: `^/img/[a-z]+\.png$`, Match: spec.MatchRegex, ResponseHeaders: map[string]string{"X-Rule": "img"}},
 		{Path: "/api", RateLimit: &spec.RateLimit{RPS: 1, Burst: 2}, ResponseHeaders: map[string]string{"X-Rule": "api", "Cache-Control": "no-store"}},
 	}
-	o := opts
-	o.AccessLogSocket, o.Main = "", false
-	o.HTTPListen = fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
-	o.StatusListen = fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
-	r, err := Load(templates.FS)
-	require.NoError(t, err)
-	d, conflicts := Layout(state.Snapshot{Apps: []state.App{a}}, 1, o)
-	require.Empty(t, conflicts)
-	out, err := r.Render(d, false)
-	require.NoError(t, err)
-	ngx := testrig.NewNginx(t)
-	ngx.WriteConfig(testrig.MainConfig(string(out)))
-	ngx.Start()
+	o := serve(t, a).o
 
 	client := &http.Client{Timeout: 5 * time.Second}
 	get := func(path string) *http.Response {
@@ -101,15 +140,10 @@ func TestCheckCloser(t *testing.T) {
 // does. Each app's location keeps its own options.
 func TestHeaderMatchServe(t *testing.T) {
 	t.Parallel()
-	backend := func(name string) string {
-		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, name) }))
-		t.Cleanup(s.Close)
-		return strings.TrimPrefix(s.URL, "http://")
-	}
 	mk := func(name string, created int64, rules ...spec.Rule) state.App {
 		a := app(name, 0, "shop.test")
 		a.Spec.CreatedAt = time.Unix(created, 0)
-		a.Servers = []state.Server{{Instance: "i0", Address: backend(name), Weight: 1}}
+		a.Servers = []state.Server{{Instance: "i0", Address: backend(t, name), Weight: 1}}
 		a.Spec.Routing.Rules = rules
 		return a
 	}
@@ -121,19 +155,8 @@ func TestHeaderMatchServe(t *testing.T) {
 	preview := mk("preview", 4, spec.Rule{Path: "/preview", Headers: map[string]string{"X-Preview": "default"}})
 	preview.Spec.Routing.Paths = nil
 
-	o := opts
-	o.AccessLogSocket, o.Main = "", false
-	o.HTTPListen = fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
-	o.StatusListen = fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
-	r, err := Load(templates.FS)
-	require.NoError(t, err)
-	d, conflicts := Layout(state.Snapshot{Apps: []state.App{preview, both, beta, stable}}, 1, o)
-	require.Empty(t, conflicts)
-	out, err := r.Render(d, false)
-	require.NoError(t, err)
-	ngx := testrig.NewNginx(t)
-	ngx.WriteConfig(testrig.MainConfig(string(out)))
-	ngx.Start()
+	sv := serve(t, preview, both, beta, stable)
+	o := sv.o
 
 	client := &http.Client{Timeout: 5 * time.Second}
 	get := func(path string, headers map[string]string) (int, string, http.Header) {
@@ -181,12 +204,7 @@ func TestHeaderMatchServe(t *testing.T) {
 
 	// The same layout without stable: the shared / has no owner without
 	// headers, so a request without them gets Berth's 404.
-	d2, _ := Layout(state.Snapshot{Apps: []state.App{beta}}, 2, o)
-	out2, err := r.Render(d2, false)
-	require.NoError(t, err)
-	ngx.WriteConfig(testrig.MainConfig(string(out2)))
-	require.NoError(t, ngx.Test())
-	ngx.Reload()
+	sv.reload(2, beta)
 	require.Eventually(t, func() bool {
 		code, body, _ := get("/x", nil)
 		return code == http.StatusNotFound && strings.Contains(body, "no app is routed here")
@@ -224,40 +242,22 @@ func TestComparableIgnoresTheRecord(t *testing.T) {
 // the canary's share within ±3 % of the weight, every request answered.
 func TestSplitServe(t *testing.T) {
 	t.Parallel()
-	backend := func(name string) string {
-		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, name) }))
-		t.Cleanup(s.Close)
-		return strings.TrimPrefix(s.URL, "http://")
-	}
-	o := opts
-	o.AccessLogSocket, o.Main = "", false
-	o.HTTPListen = fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
-	o.StatusListen = fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
-	r, err := Load(templates.FS)
-	require.NoError(t, err)
 	canary := app("shop-v2", 0, "shop.test")
 	canary.Spec.Routing.Paths = []string{"/v2-only"}
-	canary.Servers = []state.Server{{Instance: "c", Address: backend("v2"), Weight: 1}}
-	stableAddr := backend("v1")
-	layout := func(weight int) []byte {
-		stable := app("shop", 0, "shop.test")
-		stable.Spec.Routing.Paths = nil
-		stable.Spec.Routing.Rules = []spec.Rule{{Path: "/", Split: []spec.Split{{App: "shop-v2", Weight: weight}}}}
-		stable.Servers = []state.Server{{Instance: "s", Address: stableAddr, Weight: 1}}
-		d, conflicts := Layout(state.Snapshot{Apps: []state.App{stable, canary}}, uint64(weight+1), o)
-		require.Empty(t, conflicts)
-		out, err := r.Render(d, false)
-		require.NoError(t, err)
-		return []byte(testrig.MainConfig(string(out)))
+	canary.Servers = []state.Server{{Instance: "c", Address: backend(t, "v2"), Weight: 1}}
+	stableAddr := backend(t, "v1")
+	stable := func(weight int) state.App {
+		a := app("shop", 0, "shop.test")
+		a.Spec.Routing.Paths = nil
+		a.Spec.Routing.Rules = []spec.Rule{{Path: "/", Split: []spec.Split{{App: "shop-v2", Weight: weight}}}}
+		a.Servers = []state.Server{{Instance: "s", Address: stableAddr, Weight: 1}}
+		return a
 	}
-	ngx := testrig.NewNginx(t)
-	ngx.WriteConfig(string(layout(0)))
-	ngx.Start()
+	sv := serve(t, stable(0), canary)
+	o := sv.o
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
 	for _, weight := range []int{0, 10, 50, 100} {
-		ngx.WriteConfig(string(layout(weight)))
-		require.NoError(t, ngx.Test())
-		ngx.Reload()
+		sv.reload(uint64(weight+1), stable(weight), canary)
 		require.Eventually(t, func() bool {
 			resp, err := client.Get("http://" + o.StatusListen + "/berth/generation")
 			if err != nil {
