@@ -12,15 +12,7 @@ import (
 // BenchmarkRender1000x10 renders 1000 apps of 10 servers each, the size
 // the lbagent benchmark (bench/lbagent) runs end to end.
 func BenchmarkRender1000x10(b *testing.B) {
-	r, err := Load(templates.FS)
-	if err != nil {
-		b.Fatal(err)
-	}
-	snap := state.Snapshot{}
-	for i := range 1000 {
-		a := app(fmt.Sprintf("app-%04d", i), 10, fmt.Sprintf("app-%04d.bench", i))
-		snap.Apps = append(snap.Apps, a)
-	}
+	r, snap := benchApps(b, nil)
 	b.ReportAllocs()
 	for b.Loop() {
 		d, _ := Layout(snap, 1, opts)
@@ -37,13 +29,7 @@ func BenchmarkRender1000x10(b *testing.B) {
 // the first, as lbagent renders while most records stay the same; "cold"
 // forgets the route bodies first, as the first render after a start.
 func BenchmarkRender1000x5Rules(b *testing.B) {
-	r, err := Load(templates.FS)
-	if err != nil {
-		b.Fatal(err)
-	}
-	snap := state.Snapshot{}
-	for i := range 1000 {
-		a := app(fmt.Sprintf("app-%04d", i), 10, fmt.Sprintf("app-%04d.bench", i))
+	r, snap := benchApps(b, func(a *state.App) {
 		a.Spec.Routing.Rules = []spec.Rule{
 			{Path: "/healthz", Match: spec.MatchExact},
 			{Path: `^/img/.+\.png$`, Match: spec.MatchRegex, ResponseHeaders: map[string]string{"Cache-Control": "max-age=3600"}},
@@ -51,8 +37,7 @@ func BenchmarkRender1000x5Rules(b *testing.B) {
 			{Path: "/static"},
 			{Path: "/admin"},
 		}
-		snap.Apps = append(snap.Apps, a)
-	}
+	})
 	for _, cold := range []bool{false, true} {
 		name := "warm"
 		if cold {
@@ -76,4 +61,23 @@ func BenchmarkRender1000x5Rules(b *testing.B) {
 			}
 		})
 	}
+}
+
+// benchApps loads the templates and makes 1000 apps of 10 servers each,
+// each changed by with when it is set.
+func benchApps(b *testing.B, with func(*state.App)) (*Renderer, state.Snapshot) {
+	b.Helper()
+	r, err := Load(templates.FS)
+	if err != nil {
+		b.Fatal(err)
+	}
+	snap := state.Snapshot{}
+	for i := range 1000 {
+		a := app(fmt.Sprintf("app-%04d", i), 10, fmt.Sprintf("app-%04d.bench", i))
+		if with != nil {
+			with(&a)
+		}
+		snap.Apps = append(snap.Apps, a)
+	}
+	return r, snap
 }
