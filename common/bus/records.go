@@ -360,16 +360,13 @@ func (s *sealer) floor(kind, where, key string) int64 {
 	return s.floors[floorKey(where, key)]
 }
 
-// observe notes the at of a verified value of one of this role's own
-// buckets; a delete forgets the key.
+// observe notes the at of a verified value or delete of one of this
+// role's own buckets: the next write of the key seals above it, so that
+// readers, which keep a deleted key's at for a while, take it.
 func (s *sealer) observe(where, key, op string, at int64) {
 	s.floorMu.Lock()
 	defer s.floorMu.Unlock()
 	k := floorKey(where, key)
-	if op == opDel {
-		delete(s.floors, k)
-		return
-	}
 	if len(s.floors) >= maxFloors {
 		clear(s.floors)
 	}

@@ -423,9 +423,10 @@ func BenchmarkSealOpen(b *testing.B) {
 }
 
 // TestReplaysAreRefused copies older sealed values back onto their keys:
-// the reader role's credential, which may only read, replays the apps
-// bucket's own history (it keeps 5 values a key) with a direct get by
-// sequence whose reply subject is the key; healthd's credential puts an
+// the reader role's credential, which may only read, asks for the apps
+// bucket's first value of the key with a direct get by sequence whose
+// reply subject is the key (the contract's apps bucket keeps one value a
+// key, so only the refusal lands there); healthd's credential puts an
 // instance record it read earlier into its own bucket and copies it back,
 // after the scheduler deleted the instance. A watcher that saw the newer
 // values refuses both; the scheduler's next write goes through.

@@ -192,7 +192,10 @@ const CheckerDeadAfter = 2*CheckerTTL/3 + time.Second
 // Buckets lists every bucket of the contract with its history and TTL.
 func (n Names) Buckets() []Bucket {
 	return []Bucket{
-		{Name: n.AppsBucket(), Description: "Berth v1: routing and health view of each app, by app", History: 5},
+		// History 1: an older sealed record a bucket keeps is one any reader
+		// can have the server copy back onto its key (docs/nats.md, Sealed
+		// records); events and the API keep the history.
+		{Name: n.AppsBucket(), Description: "Berth v1: routing and health view of each app, by app", History: 1},
 		{Name: n.InstancesBucket(), Description: "Berth v1: instances, by <app>.<instance>", History: 1},
 		{Name: n.HealthBucket(), Description: "Berth v1: instance health, by <app>.<instance>", History: 1},
 		{Name: n.AgentsBucket(), Description: "Berth v1: lbagent applied state, by node", History: 1, TTL: AgentTTL},

@@ -33,6 +33,10 @@ const (
 	MaxMatchHeaders = 4
 	// MaxSplits bounds one rule's split.
 	MaxSplits = 4
+	// MaxHeaderMatchLen bounds an exact header match: a key of nginx's
+	// map hash, whose buckets (map_hash_bucket_size 128) hold no longer
+	// one. A longer value can be matched as a regex.
+	MaxHeaderMatchLen = 100
 )
 
 // Rule is one location of an app with its own match and options.
@@ -165,7 +169,11 @@ func (l Location) Condition() string {
 		}
 		b.WriteString(strings.ToLower(name))
 		b.WriteString(": ")
-		b.WriteString(l.Rule.Headers[name])
+		v := l.Rule.Headers[name]
+		if !strings.HasPrefix(v, "~") {
+			v = strings.ToLower(v) // nginx's map compares exact values ignoring case
+		}
+		b.WriteString(v)
 	}
 	b.WriteString("]")
 	return b.String()
@@ -292,6 +300,9 @@ func CheckHeaderMatch(s string) error {
 	}
 	if strings.Contains(s, "$") {
 		return fmt.Errorf("%q holds '$', which nginx reads as a variable: a header match is a literal value, or \"~\" and a regex", s)
+	}
+	if len(s) > MaxHeaderMatchLen {
+		return fmt.Errorf("has %d characters: an exact header match has at most %d (match a longer value with \"~\" and a regex)", len(s), MaxHeaderMatchLen)
 	}
 	return nil
 }

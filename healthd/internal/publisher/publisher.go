@@ -41,6 +41,10 @@ type Publisher struct {
 	health    *bus.KV
 	check     *bus.KV
 	repairing map[string]bool // keys with a Repair pending
+	// writeMu orders the writes of health values: each puts the key's
+	// latest report, read under it (putLatest), or deletes it, so a
+	// refresh or a repair never puts an older report after a newer one.
+	writeMu sync.Mutex
 
 	// HandedOver reports whether a target this checker dropped is still
 	// checked by another checker (set before Run).
@@ -73,9 +77,21 @@ func (p *Publisher) Probed(r checker.Report) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	p.put(ctx, r)
+	p.putLatest(ctx, r.Target.Key)
 	if r.Changed {
 		p.publishChange(ctx, r, r.From)
+	}
+}
+
+// putLatest puts the latest report of key, if it still has one.
+func (p *Publisher) putLatest(ctx context.Context, key string) {
+	p.writeMu.Lock()
+	defer p.writeMu.Unlock()
+	p.mu.Lock()
+	r, ok := p.latest[key]
+	p.mu.Unlock()
+	if ok {
+		p.put(ctx, r)
 	}
 }
 
@@ -99,15 +115,11 @@ func (p *Publisher) Repair(key string) {
 	p.mu.Unlock()
 	time.AfterFunc(repairWait, func() {
 		p.mu.Lock()
-		r, probed := p.latest[key]
 		delete(p.repairing, key)
 		p.mu.Unlock()
-		if !probed {
-			return
-		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		p.put(ctx, r)
+		p.putLatest(ctx, key)
 		p.logger.Warn("repaired a health value that healthd had not sealed", zap.String("key", key))
 	})
 }
@@ -116,6 +128,8 @@ func (p *Publisher) Repair(key string) {
 // unless HandedOver says another checker now has it: the value must stay
 // for nginx until the new owner's first report overwrites it.
 func (p *Publisher) Removed(key string) {
+	p.writeMu.Lock()
+	defer p.writeMu.Unlock()
 	p.mu.Lock()
 	delete(p.latest, key)
 	kv := p.health
@@ -188,16 +202,16 @@ func (p *Publisher) leave(ctx context.Context) {
 
 func (p *Publisher) republish(ctx context.Context) {
 	p.mu.Lock()
-	all := make([]checker.Report, 0, len(p.latest))
-	for _, r := range p.latest {
-		all = append(all, r)
+	keys := make([]string, 0, len(p.latest))
+	for k := range p.latest {
+		keys = append(keys, k)
 	}
 	p.mu.Unlock()
-	for _, r := range all {
+	for _, k := range keys {
 		if ctx.Err() != nil {
 			return
 		}
-		p.put(ctx, r)
+		p.putLatest(ctx, k)
 	}
 }
 

@@ -168,10 +168,9 @@ type Server struct {
 	// the app's location with keepalive_timeout 0, where the Lua access
 	// handler sends requests while a reload drains keep-alive connections.
 	Closers []Location
-	// Routed are the locations shared by header matches; Named the
-	// bodies they send requests to (@<Target>), and NotFound renders
-	// @berth_notfound for a shared location no claim without headers owns.
-	Routed   []Routed
+	// Named are the bodies that shared locations (Location.Routed) send
+	// requests to (@<Target>), and NotFound renders @berth_notfound for a
+	// shared location no claim without headers owns.
 	Named    []Location
 	NotFound bool
 }
@@ -208,6 +207,11 @@ type Location struct {
 	Target       string
 	// Shares are the rule's split: other apps' shares of its requests.
 	Shares []Share
+	// Routed, when set, makes this a location that several claims share
+	// (Matches is its one argument): each request jumps to the claim the
+	// maps choose. It stands where the first claim was, so a shared regex
+	// keeps its place in the order nginx tries regexes.
+	Routed *Routed
 	// Fallback (dynamic mode), for a share's location, names the rule's
 	// own location: a share whose app has no server goes there.
 	Fallback string
@@ -334,15 +338,19 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 						tu := upstreams[sp.App]
 						to := Location{App: sp.App, Upstream: tu, LB: t.LB, Dynamic: dynamic, Drain: dynamic && o.Dynamic.Drain, Target: bodyTarget(sp.App, -1),
 							body: bodyKey{spec: t, rule: -1, upstream: tu, dynamic: dynamic, drain: dynamic && o.Dynamic.Drain}}
+						if tu != "" {
+							to.Closer = tu + "_close"
+						}
 						if dynamic {
 							// Its own location, which hands the share back
-							// to the rule's app while sp.App has no server.
+							// to the rule's app while sp.App has no server,
+							// and its own closer, which does too.
 							to.Target = fmt.Sprintf("%s_s%d", loc.Target, j)
 							to.Fallback = loc.Target
 							to.body.fallback = loc.Target
-						}
-						if tu != "" {
-							to.Closer = tu + "_close"
+							if tu != "" {
+								to.Closer = to.Target + "_close"
+							}
 						}
 						loc.Shares = append(loc.Shares, Share{Percent: sp.Weight, Target: to.Target, Index: j, to: to})
 					}
@@ -393,7 +401,7 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 				if l.Closer != "" && !seen[l.Closer] {
 					seen[l.Closer] = true
 					srv.Closers = append(srv.Closers, Location{App: l.App, Upstream: l.Upstream, LB: l.LB, Dynamic: true, Drain: true, Closer: l.Closer,
-						RateZone: l.RateZone, RateLimit: l.RateLimit, Headers: l.Headers})
+						RateZone: l.RateZone, RateLimit: l.RateLimit, Headers: l.Headers, Fallback: l.Fallback})
 				}
 			}
 			sort.Slice(srv.Closers, func(i, j int) bool { return srv.Closers[i].Closer < srv.Closers[j].Closer })
@@ -447,6 +455,16 @@ func (d Data) Comparable() Data {
 		for i, l := range ls {
 			l.body = bodyKey{}
 			l.Shares = shares(l.Shares)
+			if l.Routed != nil {
+				r := *l.Routed
+				scs := make([]SplitClients, len(r.Splits))
+				for k, sc := range r.Splits {
+					sc.Shares = shares(sc.Shares)
+					scs[k] = sc
+				}
+				r.Splits = scs
+				l.Routed = &r
+			}
 			out[i] = l
 		}
 		return out
@@ -460,17 +478,6 @@ func (d Data) Comparable() Data {
 	servers := make([]Server, len(d.Servers))
 	for i, s := range d.Servers {
 		s.Locations, s.Named, s.Closers = strip(s.Locations), strip(s.Named), strip(s.Closers)
-		routed := make([]Routed, len(s.Routed))
-		for j, r := range s.Routed {
-			scs := make([]SplitClients, len(r.Splits))
-			for k, sc := range r.Splits {
-				sc.Shares = shares(sc.Shares)
-				scs[k] = sc
-			}
-			r.Splits = scs
-			routed[j] = r
-		}
-		s.Routed = routed
 		servers[i] = s
 	}
 	d.Servers = servers
@@ -522,6 +529,7 @@ func share(srv *Server, d *Data, splitVars map[string]string) {
 		shared[arg] = len(c) > 1 || first.Cond != "" || len(first.Shares) > 0
 	}
 	named := map[string]bool{}
+	routed := map[string]*Routed{} // shared argument → its routing
 	addNamed := func(l Location) {
 		if !named[l.Target] {
 			named[l.Target] = true
@@ -573,7 +581,7 @@ func share(srv *Server, d *Data, splitVars map[string]string) {
 			srv.NotFound = true
 		}
 		if len(alts) == 0 { // one claim with a split: its variable decides
-			srv.Routed = append(srv.Routed, Routed{Arg: arg, Var: def, Dynamic: d.Dynamic != nil, Splits: used})
+			routed[arg] = &Routed{Arg: arg, Var: def, Dynamic: d.Dynamic != nil, Splits: used}
 			continue
 		}
 		// One map per header of each alternative ("1" when it matches),
@@ -603,14 +611,21 @@ func share(srv *Server, d *Data, splitVars map[string]string) {
 			chain[j] = RouteMap{Var: v, Source: matched, Default: next, Entries: []MapEntry{{Key: "=1", Value: target(l)}}}
 		}
 		d.Maps = append(d.Maps, chain...)
-		srv.Routed = append(srv.Routed, Routed{Arg: arg, Var: top, Dynamic: d.Dynamic != nil, Splits: used})
+		routed[arg] = &Routed{Arg: arg, Var: top, Dynamic: d.Dynamic != nil, Splits: used}
 	}
-	kept := srv.Locations[:0]
+	// The locations again, in claim order: each shared argument once, where
+	// its first claim was, and each claim with the arguments it owns alone.
+	kept := make([]Location, 0, len(srv.Locations))
+	placed := map[string]bool{}
 	for _, l := range srv.Locations {
 		var own []string
 		for _, arg := range l.Matches {
-			if !shared[arg] {
+			switch {
+			case !shared[arg]:
 				own = append(own, arg)
+			case !placed[arg] && routed[arg] != nil:
+				placed[arg] = true
+				kept = append(kept, Location{Path: l.Path, Matches: []string{arg}, Regex: l.Regex, App: l.App, Routed: routed[arg]})
 			}
 		}
 		if len(own) > 0 {

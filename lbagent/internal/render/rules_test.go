@@ -286,3 +286,42 @@ func TestSplitServe(t *testing.T) {
 		require.InDelta(t, float64(weight), share, 3, "weight %d: %v", weight, counts)
 	}
 }
+
+// TestSharedRegexKeepsClaimOrder: a regex location shared by a header
+// match stands where its first claim was, so nginx still tries the regexes
+// in claim order: an older app's canary regex wins over a later app's
+// broader regex for a request that carries its header.
+func TestSharedRegexKeepsClaimOrder(t *testing.T) {
+	t.Parallel()
+	mk := func(name string, created int64, rules ...spec.Rule) state.App {
+		a := app(name, 0, "order.test")
+		a.Spec.CreatedAt = time.Unix(created, 0)
+		a.Spec.Routing.Paths = nil
+		a.Spec.Routing.Rules = rules
+		a.Servers = []state.Server{{Instance: "i0", Address: backend(t, name), Weight: 1}}
+		return a
+	}
+	first := mk("first", 1, spec.Rule{Path: "^/a", Match: spec.MatchRegex, Headers: map[string]string{"X-T": "1"}})
+	later := mk("later", 2, spec.Rule{Path: "^/", Match: spec.MatchRegex})
+	sv := serve(t, later, first)
+	client := &http.Client{Timeout: 5 * time.Second}
+	get := func(path, header string) string {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodGet, "http://"+sv.o.HTTPListen+path, nil)
+		require.NoError(t, err)
+		req.Host = "order.test"
+		if header != "" {
+			req.Header.Set("X-T", header)
+		}
+		var resp *http.Response
+		require.Eventually(t, func() bool { resp, err = client.Do(req); return err == nil }, 5*time.Second, 20*time.Millisecond)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return string(b)
+	}
+	require.Equal(t, "first", get("/a", "1"), "the first claimant's regex comes first")
+	require.Equal(t, "later", get("/b", "1"))
+	body := get("/a", "")
+	require.Contains(t, body, "no app is routed here", "without the header, the shared regex has no owner: nginx picked it first")
+}

@@ -94,9 +94,13 @@ func (p *Publisher) Guard(ctx context.Context, leader func() (store.Lease, bool)
 	}
 }
 
-// repair writes one key of the apps or instances bucket from Postgres.
+// repair writes one key of the apps or instances bucket from Postgres. It
+// reads and puts under the lock the other writers of that bucket take, so
+// it never puts an older view after a newer one.
 func (p *Publisher) repair(ctx context.Context, l store.Lease, bucket, key string) error {
 	if bucket == p.names.AppsBucket() {
+		p.appMu.Lock()
+		defer p.appMu.Unlock()
 		kv, err := p.bucket(ctx, bucket)
 		if err != nil {
 			return err
@@ -110,9 +114,15 @@ func (p *Publisher) repair(ctx context.Context, l store.Lease, bucket, key strin
 		}
 		return p.putApp(ctx, kv, a, l.Term)
 	}
+	p.mu.Lock() // as Instance, Unpublish and the full republish
+	defer p.mu.Unlock()
+	kv, err := p.bucket(ctx, p.names.InstancesBucket())
+	if err != nil {
+		return err
+	}
 	app, id, err := msg.ParseInstanceKey(key)
 	if err != nil {
-		return p.unpublishKey(ctx, key)
+		return p.unpublishKey(ctx, kv, key)
 	}
 	records, err := p.store.Instances(ctx, app)
 	if err != nil {
@@ -120,32 +130,19 @@ func (p *Publisher) repair(ctx context.Context, l store.Lease, bucket, key strin
 	}
 	for _, r := range records {
 		if r.ID == id && routable(r) {
-			if f, ok := p.failedRecord(key); ok {
+			if f, ok := p.failed[key]; ok {
 				r = f
 			}
-			_, err := p.Instance(ctx, l, r)
+			_, err := p.putInstance(ctx, kv, r, l.Term, time.Now())
 			return err
 		}
 	}
 	p.logger.Debug("forged instance key not in Postgres, deleting", zap.String(logging.KeyApp, app), zap.String(logging.KeyInstance, id))
-	return p.unpublishKey(ctx, key)
+	return p.unpublishKey(ctx, kv, key)
 }
 
-func (p *Publisher) failedRecord(key string) (store.Instance, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	r, ok := p.failed[key]
-	return r, ok
-}
-
-// unpublishKey deletes an instances key that no record owns.
-func (p *Publisher) unpublishKey(ctx context.Context, key string) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+// unpublishKey deletes an instances key that no record owns (under mu).
+func (p *Publisher) unpublishKey(ctx context.Context, kv *bus.KV, key string) error {
 	delete(p.revs, key)
-	kv, err := p.bucket(ctx, p.names.InstancesBucket())
-	if err != nil {
-		return err
-	}
 	return kv.Delete(ctx, key)
 }

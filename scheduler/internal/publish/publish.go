@@ -111,6 +111,10 @@ type Publisher struct {
 	// the controller has replaced them: a republish keeps them failed
 	// rather than put back the running state Postgres still records.
 	failed map[string]store.Instance
+	// appMu orders the writes of one app's record: One and the guard's
+	// repair each read Postgres and put under it, so neither puts back an
+	// older view after the other's newer one.
+	appMu sync.Mutex
 }
 
 // New returns a publisher.
@@ -368,6 +372,8 @@ func (p *Publisher) Unpublish(ctx context.Context, app, id string) error {
 // records and publishes the lifecycle event (app_updated, app_deleted)
 // under the leader's lease.
 func (p *Publisher) One(ctx context.Context, name string, l store.Lease) error {
+	p.appMu.Lock()
+	defer p.appMu.Unlock()
 	kv, err := p.bucket(ctx, p.names.AppsBucket())
 	if err != nil {
 		return fmt.Errorf("publish %s: %w", name, err)
