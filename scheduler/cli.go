@@ -39,7 +39,7 @@ type cli struct {
 	Rm          rmCmd       `cmd:"" help:"Delete an app."`
 	Rollback    rollbackCmd `cmd:"" help:"Roll an app back to its previous spec."`
 
-	NATSCredential natsCredentialCmd `cmd:"" name:"nats-credential" help:"Print one role's NATS credential (an nkey seed) of the embedded NATS, for another daemon's --nats-nkey; creates the credentials if needed."`
+	NATSCredential natsCredentialCmd `cmd:"" name:"nats-credential" help:"Print one role's NATS credential of the embedded NATS (its nkey seed, and the roles' public keys that sealed records are checked against), for another daemon's --nats-nkey; creates the credentials if needed."`
 	NATSConfig     natsConfigCmd     `cmd:"" name:"nats-config" help:"Print a nats-server config with Berth's roles (users and permissions) for an external NATS, from the credentials in --data-dir."`
 }
 
@@ -126,7 +126,7 @@ type eventsCmd struct {
 	App         string `help:"Only this app's events." default:""`
 	Follow      bool   `help:"Keep streaming new events from NATS." default:"false"`
 	NATSURL     string `name:"nats-url" help:"NATS for --follow." default:"nats://127.0.0.1:4222" env:"BERTH_NATS_URL"`
-	NKey        string `name:"nats-nkey" help:"With --follow: file holding a NATS nkey seed, the reader role's (scheduler nats-credential reader)." default:"" env:"BERTH_NATS_NKEY" type:"path"`
+	NKey        string `name:"nats-nkey" help:"With --follow: the reader role's credential (scheduler nats-credential reader): its NATS nkey seed, and the public keys events' seals are checked against." default:"" env:"BERTH_NATS_NKEY" type:"path"`
 	Prefix      string `help:"Prefix of the NATS subjects." default:"berth" env:"BERTH_PREFIX"`
 }
 

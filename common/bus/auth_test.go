@@ -583,13 +583,7 @@ func TestRolesDoTheirJobAndNothingElse(t *testing.T) {
 					v.upd = append(v.upd, e.Key+"="+e.Value)
 				},
 			}, zaptest.NewLogger(t))
-			wctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- w.Run(wctx) }()
-			t.Cleanup(func() {
-				cancel()
-				require.NoError(t, <-done)
-			})
+			startWatcher(t, w)
 		}
 		for bucket, kvs := range want {
 			v := views[bucket]

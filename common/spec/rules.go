@@ -2,6 +2,7 @@ package spec
 
 import (
 	"fmt"
+	"maps"
 	"regexp"
 	"regexp/syntax"
 	"slices"
@@ -163,7 +164,7 @@ func (l Location) Condition() string {
 	}
 	var b strings.Builder
 	b.WriteString(" [")
-	for i, name := range slices.Sorted(mapKeys(l.Rule.Headers)) {
+	for i, name := range slices.Sorted(maps.Keys(l.Rule.Headers)) {
 		if i > 0 {
 			b.WriteString(" & ")
 		}
@@ -224,7 +225,7 @@ func validateRules(path string, r Routing) Errors {
 		if len(r.Headers) > MaxMatchHeaders {
 			es.Add(Join(rp, "headers"), "has %d headers; at most %d", len(r.Headers), MaxMatchHeaders)
 		}
-		for _, name := range slices.Sorted(mapKeys(r.Headers)) {
+		for _, name := range slices.Sorted(maps.Keys(r.Headers)) {
 			hp := Key(Join(rp, "headers"), name)
 			if err := CheckHeaderName(name); err != nil {
 				es.Check(hp, err)
@@ -255,7 +256,7 @@ func validateRules(path string, r Routing) Errors {
 		if len(r.ResponseHeaders) > MaxResponseHeaders {
 			es.Add(Join(rp, "response_headers"), "has %d headers; at most %d", len(r.ResponseHeaders), MaxResponseHeaders)
 		}
-		for _, name := range slices.Sorted(mapKeys(r.ResponseHeaders)) {
+		for _, name := range slices.Sorted(maps.Keys(r.ResponseHeaders)) {
 			hp := Key(Join(rp, "response_headers"), name)
 			if err := CheckHeaderName(name); err != nil {
 				es.Check(hp, err)
@@ -269,16 +270,6 @@ func validateRules(path string, r Routing) Errors {
 		}
 	}
 	return es
-}
-
-func mapKeys(m map[string]string) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 // framingHeaders are response headers a rule may not set: nginx writes

@@ -381,8 +381,8 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 	for h := range servers {
 		hosts = append(hosts, h)
 	}
-	sort.Strings(hosts)              // "" (the default server) first
-	splitVars := map[string]string{} // claim Target → its split_clients variable
+	sort.Strings(hosts)           // "" (the default server) first
+	splitVars := map[string]int{} // claim Target → its split, in d.Splits
 	for _, h := range hosts {
 		srv := servers[h]
 		share(srv, &d, splitVars)
@@ -501,7 +501,7 @@ func bodyTarget(app string, rule int) string {
 // the claim without headers, else to @berth_notfound. srv.Locations keeps
 // the locations that one claim without headers owns alone, with only
 // those arguments.
-func share(srv *Server, d *Data, splitVars map[string]string) {
+func share(srv *Server, d *Data, splitVars map[string]int) {
 	// Claims without headers or a split never share a location: two on one
 	// argument are a conflict, which Layout resolved before.
 	if !slices.ContainsFunc(srv.Locations, func(l Location) bool { return l.Cond != "" || len(l.Shares) > 0 }) {
@@ -548,18 +548,14 @@ func share(srv *Server, d *Data, splitVars map[string]string) {
 		for _, sh := range l.Shares {
 			addNamed(sh.to)
 		}
-		v, ok := splitVars[l.Target]
+		i, ok := splitVars[l.Target]
 		if !ok {
-			v = fmt.Sprintf("$berth_s%d", len(d.Splits))
-			splitVars[l.Target] = v
-			d.Splits = append(d.Splits, SplitClients{Var: v, Shares: l.Shares, Rest: l.Target, Owner: l.App, Rule: l.body.rule})
+			i = len(d.Splits)
+			splitVars[l.Target] = i
+			d.Splits = append(d.Splits, SplitClients{Var: fmt.Sprintf("$berth_s%d", i), Shares: l.Shares, Rest: l.Target, Owner: l.App, Rule: l.body.rule})
 		}
-		for _, sc := range d.Splits {
-			if sc.Var == v {
-				used = append(used, sc)
-			}
-		}
-		return v
+		used = append(used, d.Splits[i])
+		return d.Splits[i].Var
 	}
 	for _, arg := range args {
 		if !shared[arg] {
