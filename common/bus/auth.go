@@ -24,8 +24,8 @@ import (
 // Roles: each daemon connects to NATS with a credential of its own role,
 // and a role may publish only what it owns (see Permissions).
 const (
-	// RoleScheduler writes the apps and instances buckets and publishes
-	// events and usage.
+	// RoleScheduler writes the apps, instances, certificates and
+	// challenges buckets and publishes events and usage.
 	RoleScheduler = "scheduler"
 	// RoleHealthd writes the health and checkers buckets and publishes
 	// health transitions.
@@ -64,7 +64,7 @@ func grantOf(n msg.Names, role string) (grant, error) {
 	switch role {
 	case RoleScheduler:
 		return grant{
-			buckets:   []string{n.AppsBucket(), n.InstancesBucket()},
+			buckets:   []string{n.AppsBucket(), n.InstancesBucket(), n.CertificatesBucket(), n.ChallengesBucket()},
 			publish:   []string{n.AllEvents(), n.AllUsage()},
 			subscribe: []string{n.AllEvents(), n.AllMetrics(), n.AllUsage()},
 		}, nil

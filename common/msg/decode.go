@@ -32,6 +32,8 @@ var constructors = map[string]func() Message{
 	TypeMetrics:      func() Message { return &Metrics{} },
 	TypeReload:       func() Message { return &Reload{} },
 	TypeUsage:        func() Message { return &Usage{} },
+	TypeCertificate:  func() Message { return &Certificate{} },
+	TypeChallenge:    func() Message { return &Challenge{} },
 }
 
 // Types lists every message type of v1.

@@ -23,6 +23,8 @@ const (
 	TypeMetrics      = "berth.metrics.v1"
 	TypeReload       = "berth.reload.v1"
 	TypeUsage        = "berth.usage.v1"
+	TypeCertificate  = "berth.certificate.v1"
+	TypeChallenge    = "berth.challenge.v1"
 )
 
 // Message is one v1 message. The set is closed: only this package's types
@@ -218,6 +220,59 @@ type Agent struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
+// Certificate is an app's ACME certificate (bucket certificates, key
+// <app>), written by the scheduler leader. The chain is public; the
+// private key is sealed to each key of the lbagent role (Keys), so that
+// only an lbagent can open it: not healthd, not the reader, not NATS.
+type Certificate struct {
+	Header
+	// App is the app the certificate is for.
+	App string `json:"app"`
+	// Names are the DNS names it covers: the app's hosts, sorted.
+	Names []string `json:"names"`
+	// Chain is the PEM certificate chain, the leaf first.
+	Chain string `json:"chain"`
+	// Keys are the PEM private key, sealed once to each lbagent key.
+	Keys []SealedKey `json:"keys"`
+	// Serial is the leaf's serial number, in hex.
+	Serial string `json:"serial"`
+	// NotBefore and NotAfter bound the leaf's validity.
+	NotBefore time.Time `json:"not_before"`
+	NotAfter  time.Time `json:"not_after"`
+	// Term is the scheduler leader term that wrote it.
+	Term uint64 `json:"term"`
+	// UpdatedAt is when the leader wrote it.
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// SealedKey is a private key sealed to one public key (an anonymous NaCl
+// box to the X25519 form of an Ed25519 nkey: docs/nats.md).
+type SealedKey struct {
+	// To is the recipient's public nkey ("U…").
+	To string `json:"to"`
+	// Box is the sealed box, in standard base64.
+	Box string `json:"box"`
+}
+
+// Challenge is one HTTP-01 answer every lbagent serves at
+// /.well-known/acme-challenge/<token> for Host (bucket challenges, key
+// <token>), while the scheduler leader's ACME order is open.
+type Challenge struct {
+	Header
+	// App is the app whose certificate is being ordered.
+	App string `json:"app"`
+	// Host is the DNS name the CA is validating.
+	Host string `json:"host"`
+	// Token is the last path segment the CA asks for.
+	Token string `json:"token"`
+	// KeyAuthorization is the body to answer with.
+	KeyAuthorization string `json:"key_authorization"`
+	// Term is the scheduler leader term that wrote it.
+	Term uint64 `json:"term"`
+	// At is when it was written.
+	At time.Time `json:"at"`
+}
+
 // Checker is a healthd's heartbeat (bucket checkers, key <checker>, TTL).
 type Checker struct {
 	Header
@@ -372,6 +427,12 @@ func (*Usage) MessageType() string { return TypeUsage }
 // MessageType returns TypeReload.
 func (*Reload) MessageType() string { return TypeReload }
 
+// MessageType implements Message.
+func (*Certificate) MessageType() string { return TypeCertificate }
+
+// MessageType implements Message.
+func (*Challenge) MessageType() string { return TypeChallenge }
+
 // Validate re-checks every string that will reach nginx with the spec's
 // grammars, so a value that slipped past the API still cannot inject
 // directives.
@@ -469,6 +530,84 @@ func (m *Agent) Validate() error {
 	text(&es, "last_error", m.LastError)
 	text(&es, "nginx_version", m.NginxVersion)
 	when(&es, "updated_at", m.UpdatedAt)
+	return es.Err()
+}
+
+// Certificate bounds: a chain of a few certificates, a key sealed to a
+// few lbagent keys (one, or two while the role's key is rotated).
+const (
+	MaxChainLen  = 64 << 10
+	MaxSealedKey = 8 << 10
+	MaxKeys      = 8
+	MaxCertNames = 100 // the most names a public CA signs in one certificate
+)
+
+var (
+	serialRe  = regexp.MustCompile(`^[0-9a-f]{1,64}$`)
+	acmeRe    = regexp.MustCompile(`^[A-Za-z0-9_-]{16,128}$`)
+	keyAuthRe = regexp.MustCompile(`^[A-Za-z0-9_-]{16,128}\.[A-Za-z0-9_-]{16,128}$`)
+	base64Re  = regexp.MustCompile(`^[A-Za-z0-9+/]+={0,2}$`)
+	nkeyRe    = regexp.MustCompile(`^U[A-Z2-7]{55}$`)
+)
+
+// Validate checks the names, the chain's framing, the sealed keys and the
+// validity window; lbagent parses the chain and opens its key.
+func (m *Certificate) Validate() error {
+	var es spec.Errors
+	es.Check("app", spec.CheckName(m.App))
+	if len(m.Names) == 0 || len(m.Names) > MaxCertNames {
+		es.Add("names", "has %d names; want 1 to %d", len(m.Names), MaxCertNames)
+	}
+	for i, n := range m.Names {
+		es.Check(spec.Index("names", i), spec.CheckHost(n))
+	}
+	switch {
+	case len(m.Chain) > MaxChainLen:
+		es.Add("chain", "has %d bytes; at most %d", len(m.Chain), MaxChainLen)
+	case !strings.HasPrefix(m.Chain, "-----BEGIN CERTIFICATE-----\n"):
+		es.Add("chain", "must be a PEM certificate chain")
+	case strings.ContainsFunc(m.Chain, func(r rune) bool { return (r < 0x20 && r != '\n' && r != '\r') || r >= 0x7f }):
+		es.Add("chain", "must be PEM: printable ASCII lines")
+	}
+	if len(m.Keys) == 0 || len(m.Keys) > MaxKeys {
+		es.Add("keys", "has %d sealed keys; want 1 to %d", len(m.Keys), MaxKeys)
+	}
+	for i, k := range m.Keys {
+		if !nkeyRe.MatchString(k.To) {
+			es.Add(spec.Index("keys", i)+".to", "%q is not a user public nkey (U and 55 base32 characters)", Truncate(k.To, 64))
+		}
+		if len(k.Box) > MaxSealedKey || !base64Re.MatchString(k.Box) {
+			es.Add(spec.Index("keys", i)+".box", "must be standard base64 of at most %d bytes", MaxSealedKey)
+		}
+	}
+	if !serialRe.MatchString(m.Serial) {
+		es.Add("serial", "must be 1-64 lowercase hex digits")
+	}
+	when(&es, "not_before", m.NotBefore)
+	when(&es, "not_after", m.NotAfter)
+	if !m.NotAfter.After(m.NotBefore) {
+		es.Add("not_after", "must be after not_before")
+	}
+	when(&es, "updated_at", m.UpdatedAt)
+	return es.Err()
+}
+
+// Validate checks the token and key authorization against RFC 8555's
+// grammar (base64url), so that neither can carry anything but itself.
+func (m *Challenge) Validate() error {
+	var es spec.Errors
+	es.Check("app", spec.CheckName(m.App))
+	es.Check("host", spec.CheckHost(m.Host))
+	if strings.HasPrefix(m.Host, "*") {
+		es.Add("host", "%q: HTTP-01 validates no wildcard", m.Host)
+	}
+	if !acmeRe.MatchString(m.Token) {
+		es.Add("token", "must be 16-128 base64url characters")
+	}
+	if !keyAuthRe.MatchString(m.KeyAuthorization) || !strings.HasPrefix(m.KeyAuthorization, m.Token+".") {
+		es.Add("key_authorization", "must be the token, '.', and a base64url thumbprint")
+	}
+	when(&es, "at", m.At)
 	return es.Err()
 }
 

@@ -53,6 +53,12 @@ func examples() map[string]Message {
 			LatencyHistogram: &Histogram{RelativeAccuracy: HistogramAccuracy, Bins: [][2]float64{{58, 240}, {59, 210}, {126, 30}, {184, 20}}}},
 		TypeUsage: &Usage{App: "web", Instances: []InstanceUsage{{Instance: "k3x9q2", CPUPercent: 42.5, MemoryPercent: 31.25, MemoryBytes: 83886080}},
 			Term: 3, At: at},
+		TypeCertificate: &Certificate{App: "web", Names: []string{"web.example.com", "www.example.com"},
+			Chain: "-----BEGIN CERTIFICATE-----\nMIIB...\n-----END CERTIFICATE-----\n",
+			Keys:  []SealedKey{{To: "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4", Box: "c2VhbGVkIGJveA=="}},
+			Serial: "3f1a2b", NotBefore: started, NotAfter: at.Add(90 * 24 * time.Hour), Term: 3, UpdatedAt: at},
+		TypeChallenge: &Challenge{App: "web", Host: "web.example.com", Token: "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA",
+			KeyAuthorization: "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI", Term: 3, At: at},
 		TypeReload: &Reload{Node: "lb-1", Result: ReloadRejected, DurationMS: 84.5, Revision: 4211,
 			FailedApps: map[string]string{"api": "nginx -t: host not found in upstream"}, At: at},
 	}
@@ -118,6 +124,22 @@ func TestDecodeRejects(t *testing.T) {
 		{"invalid content", strings.Replace(string(valid), `"state":"running"`, `"state":"dancing"`, 1), ErrInvalid, `state: "dancing" is not one of pending`},
 		{"bad address", strings.Replace(string(valid), `127.0.0.1:32768`, `127.0.0.1:32768;`, 1), ErrInvalid, `address: "127.0.0.1:32768;" is not a valid address`},
 	}
+	chal, err := Encode(examples()[TypeChallenge])
+	require.NoError(t, err)
+	cert, err := Encode(examples()[TypeCertificate])
+	require.NoError(t, err)
+	tests = append(tests, []struct {
+		name string
+		data string
+		want error
+		text string
+	}{
+		{"nginx in a key authorization", strings.Replace(string(chal), `-oA.9jg`, `-oA.9jg';return 200 'x`, 1), ErrInvalid, "key_authorization: must be the token"},
+		{"a token with a path", strings.Replace(string(chal), `"token":"evaGx`, `"token":"../../evaGx`, 1), ErrInvalid, "token: must be 16-128 base64url"},
+		{"a wildcard challenge", strings.Replace(string(chal), `"host":"web`, `"host":"*.web`, 1), ErrInvalid, "HTTP-01 validates no wildcard"},
+		{"a chain that is not PEM", strings.Replace(string(cert), `-----BEGIN CERTIFICATE-----\nMIIB`, `ssl_certificate /etc/shadow;`, 1), ErrInvalid, "chain: must be a PEM"},
+		{"a key sealed to a non-key", strings.Replace(string(cert), `"to":"UDXU`, `"to":"SUDXU`, 1), ErrInvalid, "keys[0].to"},
+	}...)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
@@ -269,7 +291,8 @@ func TestNames(t *testing.T) {
 	require.Equal(t, "staging_apps", staging.AppsBucket())
 	require.Equal(t, "staging.v1.metrics.api", staging.MetricsSubject("api"))
 	buckets := staging.Buckets()
-	require.Len(t, buckets, 5)
+	require.Len(t, buckets, 7)
+	require.Equal(t, []string{"staging_certificates", "staging_challenges"}, []string{buckets[5].Name, buckets[6].Name})
 	require.Equal(t, Bucket{Name: "staging_agents", Description: "Berth v1: lbagent applied state, by node", History: 1, TTL: AgentTTL}, buckets[3])
 
 	for _, bad := range []string{"", "a.b", "a*", "a>", "a b", strings.Repeat("x", 33), "ünï"} {

@@ -69,6 +69,14 @@ func (n Names) AgentsBucket() string { return n.prefix + "_agents" }
 // CheckersBucket holds each healthd's heartbeat, keyed by checker id.
 func (n Names) CheckersBucket() string { return n.prefix + "_checkers" }
 
+// CertificatesBucket holds each ACME certificate, keyed by app: the chain
+// in the clear, the private key sealed to the lbagent role's keys.
+func (n Names) CertificatesBucket() string { return n.prefix + "_certificates" }
+
+// ChallengesBucket holds the HTTP-01 answers lbagents serve while an ACME
+// order is open, keyed by token.
+func (n Names) ChallengesBucket() string { return n.prefix + "_challenges" }
+
 func (n Names) subject(parts ...string) string {
 	return n.prefix + "." + Version + "." + strings.Join(parts, ".")
 }
@@ -182,6 +190,9 @@ type Bucket struct {
 const (
 	AgentTTL   = 30 * time.Second
 	CheckerTTL = 15 * time.Second
+	// ChallengeTTL bounds how long an ACME answer outlives an order that
+	// did not clean it up (a leader that died mid-order).
+	ChallengeTTL = 10 * time.Minute
 )
 
 // CheckerDeadAfter is when a checker whose heartbeat stopped counts as gone
@@ -200,5 +211,7 @@ func (n Names) Buckets() []Bucket {
 		{Name: n.HealthBucket(), Description: "Berth v1: instance health, by <app>.<instance>", History: 1},
 		{Name: n.AgentsBucket(), Description: "Berth v1: lbagent applied state, by node", History: 1, TTL: AgentTTL},
 		{Name: n.CheckersBucket(), Description: "Berth v1: healthd heartbeats, by checker", History: 1, TTL: CheckerTTL},
+		{Name: n.CertificatesBucket(), Description: "Berth v1: ACME certificates (keys sealed to lbagents), by app", History: 1},
+		{Name: n.ChallengesBucket(), Description: "Berth v1: ACME HTTP-01 answers, by token", History: 1, TTL: ChallengeTTL},
 	}
 }

@@ -121,3 +121,29 @@ func TestTLSSelfSignedOrFiles(t *testing.T) {
 	none := Routing{Paths: []string{"/"}, TLS: &TLS{}}
 	require.Len(t, none.Validate("routing"), 3, "no host, no certificate, no key")
 }
+
+func TestTLSACME(t *testing.T) {
+	t.Parallel()
+	ok := Routing{Hosts: []string{"a.example.com", "b.example.com"}, Paths: []string{"/", "/.well-known/other"}, TLS: &TLS{ACME: true, RedirectHTTP: true}}
+	require.Empty(t, ok.Validate("routing"))
+	tests := []struct {
+		name string
+		r    Routing
+		want string
+	}{
+		{"with files", Routing{Hosts: []string{"a.example.com"}, TLS: &TLS{ACME: true, Certificate: "/c.crt", Key: "/c.key"}}, "routing.tls: has acme with self_signed or certificate files"},
+		{"with self-signed", Routing{Hosts: []string{"a.example.com"}, TLS: &TLS{ACME: true, SelfSigned: true}}, "routing.tls: has acme with self_signed"},
+		{"no host", Routing{TLS: &TLS{ACME: true}}, "routing.tls: needs routing.hosts"},
+		{"a wildcard", Routing{Hosts: []string{"*.example.com"}, TLS: &TLS{ACME: true}}, `routing.hosts[0]: "*.example.com": tls.acme validates hosts over HTTP-01`},
+		{"the challenge path", Routing{Hosts: []string{"a.example.com"}, Paths: []string{"/.well-known/acme-challenge"}, TLS: &TLS{ACME: true}}, `routing.paths[0]: "/.well-known/acme-challenge" is under /.well-known/acme-challenge/`},
+		{"under it", Routing{Hosts: []string{"a.example.com"}, Rules: []Rule{{Path: "/.well-known/acme-challenge/x", Match: MatchExact}}, TLS: &TLS{ACME: true}}, `routing.rules[0].path: "/.well-known/acme-challenge/x" is under`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			es := tt.r.Validate("routing")
+			require.NotEmpty(t, es)
+			require.Contains(t, es.Error(), tt.want)
+		})
+	}
+}

@@ -220,7 +220,8 @@ type Routing struct {
 }
 
 // TLS is the certificate nginx serves for an app's hosts: files present
-// on every edge node, or one every lbagent makes for itself (SelfSigned).
+// on every edge node, one every lbagent makes for itself (SelfSigned), or
+// one an ACME CA issues (ACME).
 type TLS struct {
 	// Certificate is the absolute path of the PEM certificate chain.
 	Certificate string `json:"certificate,omitempty"`
@@ -230,6 +231,11 @@ type TLS struct {
 	// certificate for the app's hosts, for development and tests: clients
 	// do not trust it.
 	SelfSigned bool `json:"self_signed,omitempty"`
+	// ACME has the scheduler leader obtain and renew a certificate for the
+	// app's hosts from an ACME CA (--acme-directory) over HTTP-01, which
+	// every lbagent answers; until the first is issued the app is served
+	// over plain HTTP.
+	ACME bool `json:"acme,omitempty"`
 	// RedirectHTTP answers plain HTTP with a redirect to HTTPS.
 	RedirectHTTP bool `json:"redirect_http,omitempty"`
 }

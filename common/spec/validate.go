@@ -336,12 +336,47 @@ func (r Routing) Validate(path string) Errors {
 		if len(r.Hosts) == 0 {
 			es.Add(tp, "needs routing.hosts: a certificate is chosen by host name")
 		}
+		files := t.Certificate != "" || t.Key != ""
 		switch {
-		case t.SelfSigned && (t.Certificate != "" || t.Key != ""):
+		case t.ACME && (t.SelfSigned || files):
+			es.Add(tp, "has acme with self_signed or certificate files: choose one of acme, self_signed or certificate and key")
+		case t.SelfSigned && files:
 			es.Add(tp, "has both self_signed and certificate files: choose one")
+		case t.ACME:
+			es = append(es, validateACME(path, r)...)
 		case !t.SelfSigned:
 			es.Check(Join(tp, "certificate"), CheckFilePath(t.Certificate))
 			es.Check(Join(tp, "key"), CheckFilePath(t.Key))
+		}
+	}
+	return es
+}
+
+// ACMEChallengePath is where a CA asks for an HTTP-01 answer; with
+// tls.acme, lbagent answers every request under it.
+const ACMEChallengePath = "/.well-known/acme-challenge/"
+
+// validateACME checks what an ACME certificate needs of the routing: host
+// names a CA validates over HTTP-01 (no wildcard), and no route of the app's own under
+// the challenge path, which lbagent answers.
+func validateACME(path string, r Routing) Errors {
+	var es Errors // MaxHosts is also what a public CA signs in one certificate
+	for i, h := range r.Hosts {
+		if strings.HasPrefix(h, "*.") {
+			es.Add(Index(Join(path, "hosts"), i), "%q: tls.acme validates hosts over HTTP-01, which issues no wildcard certificate; name the hosts, or use certificate files", h)
+		}
+	}
+	under := func(p string) bool {
+		return strings.HasPrefix(RoutePath(p)+"/", ACMEChallengePath) || strings.HasPrefix(p, ACMEChallengePath)
+	}
+	for i, p := range r.Paths {
+		if under(p) {
+			es.Add(Index(Join(path, "paths"), i), "%q is under %s, which lbagent answers for tls.acme", p, ACMEChallengePath)
+		}
+	}
+	for i, rule := range r.Rules {
+		if rule.Match != MatchRegex && under(rule.Path) {
+			es.Add(Join(Index(Join(path, "rules"), i), "path"), "%q is under %s, which lbagent answers for tls.acme", rule.Path, ACMEChallengePath)
 		}
 	}
 	return es

@@ -1,0 +1,50 @@
+package store
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestCertificatesAndAccounts(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := open(t)
+	l, ok, err := s.Acquire(ctx, "scheduler", "a", time.Minute)
+	require.NoError(t, err)
+	require.True(t, ok)
+
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	failed := Certificate{App: "web", Names: []string{"a.example.com"}, Failures: 2, RetryAt: now.Add(time.Hour), LastError: "challenge failed"}
+	issued := Certificate{App: "api", Names: []string{"api.example.com", "b.example.com"}, Chain: "-----BEGIN CERTIFICATE-----\n", Key: []byte{1, 2, 3},
+		Serial: "ab", NotBefore: now, NotAfter: now.Add(90 * 24 * time.Hour), IssuedAt: now}
+	require.NoError(t, s.LeaderTx(ctx, l, func(ctx context.Context, tx *Tx) error {
+		require.NoError(t, tx.PutCertificate(ctx, failed))
+		return tx.PutCertificate(ctx, issued)
+	}))
+	got, err := s.Certificates(ctx)
+	require.NoError(t, err)
+	require.Equal(t, map[string]Certificate{"web": failed, "api": issued}, got)
+
+	require.NoError(t, s.LeaderTx(ctx, l, func(ctx context.Context, tx *Tx) error { return tx.DeleteCertificate(ctx, "web") }))
+	got, err = s.Certificates(ctx)
+	require.NoError(t, err)
+	require.Len(t, got, 1)
+
+	_, ok, err = s.ACMEAccount(ctx, "https://ca/dir", "ops@example.com")
+	require.NoError(t, err)
+	require.False(t, ok)
+	acct := ACMEAccount{Directory: "https://ca/dir", Email: "ops@example.com", Key: []byte{9}, URI: "https://ca/acct/1"}
+	require.NoError(t, s.LeaderTx(ctx, l, func(ctx context.Context, tx *Tx) error { return tx.PutACMEAccount(ctx, acct) }))
+	back, ok, err := s.ACMEAccount(ctx, "https://ca/dir", "ops@example.com")
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, acct, back)
+
+	// A deposed leader writes nothing.
+	stale := l
+	stale.Term++
+	require.ErrorIs(t, s.LeaderTx(ctx, stale, func(ctx context.Context, tx *Tx) error { return tx.DeleteCertificate(ctx, "api") }), ErrNotLeader)
+}
