@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/mail"
 	"net/netip"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -15,6 +17,7 @@ import (
 	"github.com/berthhq/berth/common/cmdline"
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/scheduler/internal/certs"
 )
 
 // Exit codes of every subcommand.
@@ -91,6 +94,12 @@ type runCmd struct {
 	AutoscaleInterval time.Duration `name:"autoscale-interval" help:"How often the leader decides the replicas of every autoscaled app." default:"15s" env:"BERTH_SCHEDULER_AUTOSCALE_INTERVAL"`
 	StatsInterval     time.Duration `name:"stats-interval" help:"How often the leader reads Docker stats of autoscaled apps with a CPU or memory target." default:"5s" env:"BERTH_SCHEDULER_STATS_INTERVAL"`
 	StatsParallel     int           `name:"stats-parallel" help:"Docker stats readings in flight at once." default:"4" env:"BERTH_SCHEDULER_STATS_PARALLEL"`
+
+	ACMEDirectory   string        `name:"acme-directory" help:"ACME directory URL the leader orders certificates from for apps with routing.tls.acme (https://acme-v02.api.letsencrypt.org/directory); empty refuses such apps." default:"" env:"BERTH_SCHEDULER_ACME_DIRECTORY"`
+	ACMEEmail       string        `name:"acme-email" help:"Contact address of the ACME account (expiry notices from the CA)." default:"" env:"BERTH_SCHEDULER_ACME_EMAIL"`
+	ACMECAFile      string        `name:"acme-ca-file" help:"PEM certificates to trust for the ACME directory's TLS besides the system's (a private CA)." default:"" env:"BERTH_SCHEDULER_ACME_CA_FILE" type:"path"`
+	CertKeyFile     string        `name:"cert-key-file" help:"With --acme-directory: 32 random bytes in base64 (openssl rand -base64 32), mode 0600, that encrypt the certificate and account keys stored in Postgres. Every scheduler replica needs the same file." default:"" env:"BERTH_SCHEDULER_CERT_KEY_FILE" type:"path"`
+	ACMERenewBefore time.Duration `name:"acme-renew-before" help:"Renew a certificate this long before it expires." default:"720h" env:"BERTH_SCHEDULER_ACME_RENEW_BEFORE"`
 }
 
 type migrateCmd struct {
@@ -193,6 +202,7 @@ func (r *runCmd) check() error {
 	if r.DefaultCPU < 0 {
 		errs = append(errs, errors.New("--default-cpu must not be negative"))
 	}
+	errs = append(errs, r.checkACME()...)
 	if r.NATS.URL != "" {
 		if _, err := r.NATS.Options("scheduler"); err != nil {
 			errs = append(errs, err)
@@ -203,6 +213,40 @@ func (r *runCmd) check() error {
 		errs = append(errs, fmt.Errorf("--nats-listen %s is off loopback, and the embedded NATS has no TLS: every credential and message would cross the network in clear; listen on loopback (the other daemons on this host), run NATS yourself with TLS (--nats-url), or accept the risk with --allow-unencrypted-nats", r.NATSListen))
 	}
 	return errors.Join(errs...)
+}
+
+// checkACME checks the certificate flags: each is needed with, or
+// useless without, --acme-directory.
+func (r *runCmd) checkACME() []error {
+	if r.ACMEDirectory == "" {
+		if r.ACMEEmail != "" || r.ACMECAFile != "" || r.CertKeyFile != "" {
+			return []error{errors.New("--acme-email, --acme-ca-file and --cert-key-file need --acme-directory")}
+		}
+		return nil
+	}
+	var errs []error
+	if u, err := url.Parse(r.ACMEDirectory); err != nil || u.Scheme != "https" || u.Host == "" {
+		errs = append(errs, fmt.Errorf("--acme-directory %q: must be an https:// URL", r.ACMEDirectory))
+	}
+	if r.ACMEEmail != "" {
+		if a, err := mail.ParseAddress(r.ACMEEmail); err != nil || a.Address != r.ACMEEmail {
+			errs = append(errs, fmt.Errorf("--acme-email %q: must be a plain address (ops@example.com)", r.ACMEEmail))
+		}
+	}
+	if r.CertKeyFile == "" {
+		errs = append(errs, errors.New("--acme-directory needs --cert-key-file: the key that encrypts certificate keys in Postgres (openssl rand -base64 32 > cert.key; chmod 600 cert.key)"))
+	} else if _, err := certs.LoadVault(r.CertKeyFile); err != nil {
+		errs = append(errs, err)
+	}
+	if r.ACMECAFile != "" {
+		if _, err := certs.HTTPClient(r.ACMECAFile); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if r.ACMERenewBefore < time.Hour || r.ACMERenewBefore > 60*24*time.Hour {
+		errs = append(errs, fmt.Errorf("--acme-renew-before (%s): must be between 1h and 1440h (60 days)", r.ACMERenewBefore))
+	}
+	return errs
 }
 
 func loopback(host string) bool {

@@ -24,6 +24,7 @@ import (
 	"github.com/berthhq/berth/common/view"
 	"github.com/berthhq/berth/scheduler/internal/api"
 	"github.com/berthhq/berth/scheduler/internal/appenv"
+	"github.com/berthhq/berth/scheduler/internal/certs"
 	"github.com/berthhq/berth/scheduler/internal/controller"
 	"github.com/berthhq/berth/scheduler/internal/docker"
 	"github.com/berthhq/berth/scheduler/internal/leader"
@@ -205,6 +206,7 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 			func() float64 { return float64(conn.Forged()) }))
 
 	var ctl *controller.Controller
+	var cm *certs.Manager // with --acme-directory
 	wakeCtl := func() {
 		if ctl != nil {
 			ctl.Wake()
@@ -216,6 +218,9 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	el.OnChange = func(l store.Lease, ok bool) {
 		if ok {
 			wakeCtl()
+			if cm != nil {
+				cm.Wake()
+			}
 			isLeader.Set(1)
 			term.Set(float64(l.Term))
 			select {
@@ -256,12 +261,26 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 		st, dk, conn, pub, names, el.Leader, ctl.Wake, logger)
 	reg.MustRegister(sc.Collectors()...)
 
+	// Certificates: with --acme-directory, the leader orders and renews
+	// them for apps with routing.tls.acme.
+	if r.ACMEDirectory != "" {
+		if cm, err = certManager(r, st, conn, names, pub, el.Leader, logger); err != nil {
+			return err
+		}
+		reg.MustRegister(cm.Collectors()...)
+	}
+	wakeCerts := func() {
+		if cm != nil {
+			cm.Wake()
+		}
+	}
+
 	var token string
 	if r.APITokenFile != "" {
 		token, _ = readToken(r.APITokenFile)
 	}
 	handler := api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st}, api.Options{Token: token, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), Samples: sc.Samples,
-		Role: func() (bool, uint64) { l, ok := leading(); return ok, l.Term }, Network: r.Network, MaxRoutes: r.MaxRoutes}, logger)
+		Role: func() (bool, uint64) { l, ok := leading(); return ok, l.Term }, Network: r.Network, MaxRoutes: r.MaxRoutes, ACME: cm != nil}, logger)
 	httpSrv := &http.Server{Addr: r.APIListen, Handler: handler, ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10}
 
@@ -279,6 +298,7 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 				}
 			default:
 				wakeCtl()
+				wakeCerts()
 				select {
 				case changes <- payload:
 				default: // a full queue: the resync catches up
@@ -302,6 +322,9 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	group.Add("publish-guard", lifecycle.Func(func(ctx context.Context) error {
 		return pub.Guard(ctx, leading, publish.BusWatch(conn, logger))
 	}))
+	if cm != nil {
+		group.Add("certificates", lifecycle.Func(cm.Run))
+	}
 	group.Add("api", lifecycle.HTTP(httpSrv))
 	logger.Info("scheduler started", zap.String("api", r.APIListen), zap.String("database", store.Redact(r.DatabaseURL)))
 	err = group.Run(ctx)
@@ -309,6 +332,22 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 		return nil
 	}
 	return err
+}
+
+// certManager builds the certificate manager of --acme-directory.
+func certManager(r *runCmd, st *store.Store, conn *bus.Conn, names msg.Names, pub *publish.Publisher, leader func() (store.Lease, bool), logger *zap.Logger) (*certs.Manager, error) {
+	vault, err := certs.LoadVault(r.CertKeyFile)
+	if err != nil {
+		return nil, err
+	}
+	client, err := certs.HTTPClient(r.ACMECAFile)
+	if err != nil {
+		return nil, err
+	}
+	shelf := &certs.BusShelf{Conn: conn, Names: names, Logger: logger, Settle: 250 * time.Millisecond}
+	issuer := &certs.ACME{Directory: r.ACMEDirectory, Email: r.ACMEEmail, HTTP: client, Vault: vault, Accounts: st, Solver: shelf, Logger: logger}
+	logger.Info("ordering certificates for apps with routing.tls.acme", zap.String("directory", r.ACMEDirectory), zap.String("cert_key_id", vault.ID()))
+	return certs.New(certs.Config{RenewBefore: r.ACMERenewBefore, Resync: r.Resync}, st, pub, issuer, shelf, vault, leader, logger), nil
 }
 
 func splitHostPort(addr string) (string, int, error) {

@@ -29,7 +29,7 @@ func TestOwnedBuckets(t *testing.T) {
 		role string
 		want []string
 	}{
-		{role: RoleScheduler, want: []string{"own_apps", "own_instances"}},
+		{role: RoleScheduler, want: []string{"own_apps", "own_instances", "own_certificates", "own_challenges"}},
 		{role: RoleHealthd, want: []string{"own_health", "own_checkers"}},
 		{role: RoleLBAgent, want: []string{"own_agents"}},
 		{role: RoleReader, want: nil},

@@ -114,3 +114,20 @@ func x25519Private(priv ed25519.PrivateKey) *[32]byte {
 	copy(out[:], h[:32])
 	return &out
 }
+
+// SealTo seals secret to every trusted key of role with the connection's
+// record keys (Keys.SealTo); without keys it is an error.
+func (c *Conn) SealTo(role string, secret []byte) ([]msg.SealedKey, error) {
+	if c.seals == nil {
+		return (*Keys)(nil).SealTo(role, secret)
+	}
+	return c.seals.keys.SealTo(role, secret)
+}
+
+// OpenSealed opens the box of boxes sealed to the connection's own key.
+func (c *Conn) OpenSealed(boxes []msg.SealedKey) ([]byte, error) {
+	if c.seals == nil {
+		return (*Keys)(nil).OpenSealed(boxes)
+	}
+	return c.seals.keys.OpenSealed(boxes)
+}

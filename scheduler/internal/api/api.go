@@ -105,6 +105,9 @@ type Options struct {
 	// MaxRoutes caps the routes of every app together (spec.Routing.Routes):
 	// every nginx renders them all. 0: no cap.
 	MaxRoutes int
+	// ACME says whether this scheduler orders certificates (--acme-directory):
+	// without it, routing.tls.acme is refused at apply.
+	ACME bool
 }
 
 // New returns the API handler.
@@ -188,6 +191,9 @@ func (a *api) apply(w http.ResponseWriter, r *http.Request) {
 		err = spec.Errors{{Path: "health.port", Message: fmt.Sprintf(
 			"%d differs from port (%d): this scheduler publishes only the app's port on the host (no --network), so no other port of the instance is reachable; check port %d, or run the scheduler with --network",
 			app.Health.Port, app.Port, app.Port)}}
+	}
+	if err == nil && !a.o.ACME && app.Routing.TLS != nil && app.Routing.TLS.ACME {
+		err = spec.Errors{{Path: "routing.tls.acme", Message: "this scheduler orders no certificates: start it with --acme-directory (and --cert-key-file), or use self_signed or certificate files"}}
 	}
 	if err == nil && a.o.MaxRoutes > 0 {
 		err = a.checkRoutes(r.Context(), app)

@@ -1,0 +1,338 @@
+package certs
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/berthhq/berth/common/logging"
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/scheduler/internal/store"
+)
+
+// Event kinds of the certificate manager.
+const (
+	EventIssued  = "certificate_issued"
+	EventRenewed = "certificate_renewed"
+	EventFailed  = "certificate_failed"
+)
+
+// Store is what the manager reads.
+type Store interface {
+	List(ctx context.Context) ([]store.App, error)
+	Certificates(ctx context.Context) (map[string]store.Certificate, error)
+}
+
+// Txer runs a fenced transaction and publishes the events it added once
+// it commits (publish.Publisher.Tx).
+type Txer interface {
+	Tx(ctx context.Context, l store.Lease, fn func(ctx context.Context, tx *store.Tx) error) error
+}
+
+// Issuer orders one certificate (ACME).
+type Issuer interface {
+	Obtain(ctx context.Context, l store.Lease, app string, names []string, replaces *x509.Certificate) (Issued, error)
+}
+
+// Shelf is where lbagents find the certificates (BusShelf).
+type Shelf interface {
+	Put(ctx context.Context, c store.Certificate, key []byte, term uint64) error
+	Sweep(ctx context.Context, keep []string) error
+}
+
+// Config tunes the manager.
+type Config struct {
+	// RenewBefore is how long before expiry a certificate is renewed.
+	RenewBefore time.Duration
+	// Resync is how often every certificate is put in the bucket again,
+	// as the scheduler's other records are.
+	Resync time.Duration
+	// OrderTimeout bounds one order, challenges included.
+	OrderTimeout time.Duration
+}
+
+// Manager orders, renews and publishes the certificates while its replica
+// leads. Safe for concurrent use: Wake from any goroutine.
+type Manager struct {
+	cfg    Config
+	store  Store
+	tx     Txer
+	issuer Issuer
+	shelf  Shelf
+	vault  *Vault
+	leader func() (store.Lease, bool)
+	logger *zap.Logger
+	wake   chan struct{}
+	now    func() time.Time
+	jitter func() float64
+
+	expiry   *prometheus.GaugeVec
+	failures *prometheus.GaugeVec
+	orders   *prometheus.CounterVec
+}
+
+// New returns a manager.
+func New(cfg Config, st Store, tx Txer, issuer Issuer, shelf Shelf, vault *Vault, leader func() (store.Lease, bool), logger *zap.Logger) *Manager {
+	if cfg.RenewBefore <= 0 {
+		cfg.RenewBefore = DefaultRenewBefore
+	}
+	if cfg.Resync <= 0 {
+		cfg.Resync = 30 * time.Second
+	}
+	if cfg.OrderTimeout <= 0 {
+		cfg.OrderTimeout = 5 * time.Minute
+	}
+	return &Manager{cfg: cfg, store: st, tx: tx, issuer: issuer, shelf: shelf, vault: vault, leader: leader, logger: logger.Named("certs"),
+		wake: make(chan struct{}, 1), now: time.Now, jitter: rand.Float64,
+		expiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "berth_scheduler_certificate_expiry_timestamp_seconds",
+			Help: "When each app's ACME certificate expires (Unix time); alert when it is within 14 days."}, []string{"app"}),
+		failures: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "berth_scheduler_certificate_failures",
+			Help: "Consecutive failed orders of each app's certificate since its last issuance."}, []string{"app"}),
+		orders: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_scheduler_certificate_orders_total",
+			Help: "ACME orders by result (issued, renewed, failed)."}, []string{"result"}),
+	}
+}
+
+// Collectors returns the manager's metrics.
+func (m *Manager) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.expiry, m.failures, m.orders}
+}
+
+// Wake makes the manager look again now: an app changed, or leadership
+// was gained.
+func (m *Manager) Wake() {
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
+// aad binds a certificate key's ciphertext to its app's row.
+func aad(app string) string { return "certificate " + app }
+
+// Run manages the certificates until ctx ends.
+func (m *Manager) Run(ctx context.Context) error {
+	var lastTerm uint64
+	var lastPut time.Time
+	for {
+		wait := m.cfg.Resync
+		if l, ok := m.leader(); ok {
+			now := m.now()
+			republish := l.Term != lastTerm || now.Sub(lastPut) >= m.cfg.Resync
+			next, err := m.Step(ctx, l, republish)
+			switch {
+			case err != nil && ctx.Err() == nil:
+				m.logger.Warn("certificates: will try again", zap.Error(err))
+				wait = 5 * time.Second
+			case err == nil && republish:
+				lastTerm, lastPut = l.Term, now
+			}
+			if err == nil && !next.IsZero() {
+				wait = min(wait, max(next.Sub(m.now()), 0))
+			}
+		} else {
+			lastTerm = 0
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-m.wake:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// Step does what is due under lease l: forgets the certificates of apps
+// that no longer want one, puts every certificate in the bucket again
+// when republish, and carries out the first due order. It returns when to
+// look again (now, when more orders are due).
+func (m *Manager) Step(ctx context.Context, l store.Lease, republish bool) (time.Time, error) {
+	apps, err := m.store.List(ctx)
+	if err != nil {
+		return time.Time{}, err
+	}
+	have, err := m.store.Certificates(ctx)
+	if err != nil {
+		return time.Time{}, err
+	}
+	wants := Wants(apps)
+	now := m.now()
+	plan := MakePlan(wants, have, now, m.cfg.RenewBefore)
+	if len(plan.Forget) > 0 {
+		if err := m.tx.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+			for _, app := range plan.Forget {
+				if err := tx.DeleteCertificate(ctx, app); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			return time.Time{}, err
+		}
+		for _, app := range plan.Forget {
+			delete(have, app)
+			m.expiry.DeleteLabelValues(app)
+			m.failures.DeleteLabelValues(app)
+			m.logger.Info("forgot the certificate of an app without tls.acme", zap.String(logging.KeyApp, app))
+		}
+	}
+	if republish || len(plan.Forget) > 0 {
+		if err := m.putAll(ctx, l, wants, have); err != nil {
+			return time.Time{}, err
+		}
+	}
+	for app, c := range have {
+		if c.Chain != "" {
+			m.expiry.WithLabelValues(app).Set(float64(c.NotAfter.Unix()))
+		}
+		m.failures.WithLabelValues(app).Set(float64(c.Failures))
+	}
+	if len(plan.Orders) == 0 {
+		return plan.Next, nil
+	}
+	if err := m.order(ctx, l, plan.Orders[0]); err != nil {
+		return time.Time{}, err
+	}
+	return m.now(), nil
+}
+
+// putAll puts every issued certificate an app wants, and sweeps the rest.
+func (m *Manager) putAll(ctx context.Context, l store.Lease, wants []Want, have map[string]store.Certificate) error {
+	var keep []string
+	for _, w := range wants {
+		c, ok := have[w.App]
+		if !ok || c.Chain == "" {
+			continue
+		}
+		key, err := m.vault.Open(c.Key, aad(c.App))
+		if err != nil {
+			// Not fatal to the others: this app's certificate is ordered
+			// again only when it falls due; the error says what to fix.
+			m.logger.Error("a stored certificate key does not open: is --cert-key-file the key it was stored with?", zap.String(logging.KeyApp, c.App), zap.Error(err))
+			continue
+		}
+		err = m.shelf.Put(ctx, c, key, l.Term)
+		clear(key)
+		if err != nil {
+			return err
+		}
+		keep = append(keep, c.App)
+	}
+	return m.shelf.Sweep(ctx, keep)
+}
+
+// order carries out one order and records its outcome.
+func (m *Manager) order(ctx context.Context, l store.Lease, o Order) error {
+	var replaces *x509.Certificate
+	if o.Have.Chain != "" && (o.Reason == ReasonRenewal || o.Reason == ReasonExpired) {
+		replaces, _ = Leaf([]byte(o.Have.Chain))
+	}
+	log := m.logger.With(zap.String(logging.KeyApp, o.App), zap.Strings("names", o.Names), zap.String("reason", o.Reason))
+	log.Info("ordering a certificate")
+	start := m.now()
+	octx, cancel := context.WithTimeout(ctx, m.cfg.OrderTimeout)
+	issued, err := m.issuer.Obtain(octx, l, o.App, o.Names, replaces)
+	cancel()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	var leaf *x509.Certificate
+	if err == nil {
+		leaf, err = check(issued, o.Names)
+	}
+	if err != nil {
+		return m.failed(ctx, l, o, err, log)
+	}
+	sealed, err := m.vault.Seal(issued.Key, aad(o.App))
+	if err != nil {
+		return err
+	}
+	c := store.Certificate{App: o.App, Names: o.Names, Chain: string(issued.Chain), Key: sealed, Serial: leaf.SerialNumber.Text(16),
+		NotBefore: leaf.NotBefore.UTC(), NotAfter: leaf.NotAfter.UTC(), IssuedAt: m.now().UTC()}
+	kind, verb := EventIssued, "issued"
+	if o.Have.Chain != "" {
+		kind, verb = EventRenewed, "renewed"
+	}
+	ev := store.Event{App: o.App, Kind: kind,
+		Message: fmt.Sprintf("certificate for %s %s, valid until %s", strings.Join(o.Names, ", "), verb, c.NotAfter.Format(time.RFC3339)),
+		Details: map[string]string{"names": strings.Join(o.Names, ","), "serial": c.Serial, "not_after": c.NotAfter.Format(time.RFC3339), "reason": o.Reason}}
+	if err := m.tx.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+		if err := tx.PutCertificate(ctx, c); err != nil {
+			return err
+		}
+		_, err := tx.AddEvent(ctx, ev)
+		return err
+	}); err != nil {
+		return err
+	}
+	m.orders.WithLabelValues(verb).Inc()
+	log.Info("certificate "+verb, zap.Time("not_after", c.NotAfter), zap.Duration("took", m.now().Sub(start)))
+	err = m.shelf.Put(ctx, c, issued.Key, l.Term)
+	clear(issued.Key)
+	return err
+}
+
+// failed records a failed order: one more failure, the backoff (or the
+// CA's Retry-After, when longer) and an event that says why and when next.
+func (m *Manager) failed(ctx context.Context, l store.Lease, o Order, cause error, log *zap.Logger) error {
+	c := o.Have
+	if c.App == "" || c.Chain == "" {
+		c.App, c.Names = o.App, o.Names
+	}
+	c.Failures++
+	wait := Backoff(c.Failures, m.jitter())
+	var rl *ErrRateLimited
+	if errors.As(cause, &rl) && rl.RetryAfter > wait {
+		wait = rl.RetryAfter
+	}
+	c.RetryAt = m.now().Add(wait).UTC().Truncate(time.Second)
+	c.LastError = msg.Truncate(cause.Error(), 900)
+	keeps := "the app is served over plain HTTP until one is issued"
+	if o.Have.Chain != "" {
+		keeps = "the app keeps its certificate, valid until " + o.Have.NotAfter.Format(time.RFC3339)
+	}
+	ev := store.Event{App: o.App, Kind: EventFailed,
+		Message: fmt.Sprintf("certificate for %s not %s (attempt %d): %s; next attempt at %s; %s", strings.Join(o.Names, ", "),
+			map[bool]string{true: "renewed", false: "issued"}[o.Have.Chain != ""], c.Failures, c.LastError, c.RetryAt.Format(time.RFC3339), keeps),
+		Details: map[string]string{"names": strings.Join(o.Names, ","), "reason": o.Reason, "failures": strconv.Itoa(c.Failures),
+			"retry_at": c.RetryAt.Format(time.RFC3339), "error": msg.Truncate(c.LastError, 512)}}
+	m.orders.WithLabelValues("failed").Inc()
+	log.Warn("certificate order failed", zap.Int("failures", c.Failures), zap.Time("retry_at", c.RetryAt), zap.Error(cause))
+	return m.tx.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+		if err := tx.PutCertificate(ctx, c); err != nil {
+			return err
+		}
+		_, err := tx.AddEvent(ctx, ev)
+		return err
+	})
+}
+
+// check makes sure an issued certificate is what was ordered: a chain
+// whose leaf covers every name, with the key that matches it.
+func check(issued Issued, names []string) (*x509.Certificate, error) {
+	if _, err := tls.X509KeyPair(issued.Chain, issued.Key); err != nil {
+		return nil, fmt.Errorf("the CA's certificate and the key do not pair: %w", err)
+	}
+	leaf, err := Leaf(issued.Chain)
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range names {
+		if err := leaf.VerifyHostname(n); err != nil {
+			return nil, fmt.Errorf("the issued certificate does not cover %s", n)
+		}
+	}
+	return leaf, nil
+}

@@ -1,0 +1,206 @@
+package certs
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+
+	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/internal/testrig"
+	"github.com/berthhq/berth/scheduler/internal/store"
+)
+
+func TestMain(m *testing.M) { testrig.Main(m) }
+
+// testCA issues certificates as an ACME CA would, valid for validity.
+type testCA struct {
+	mu       sync.Mutex
+	key      crypto.Signer
+	cert     *x509.Certificate
+	validity time.Duration
+	now      func() time.Time
+	fail     error
+	calls    []call
+}
+
+type call struct {
+	app      string
+	names    []string
+	replaces bool
+}
+
+func newTestCA(t *testing.T, now func() time.Time) *testCA {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"}, IsCA: true, BasicConstraintsValid: true,
+		NotBefore: now().Add(-time.Hour), NotAfter: now().Add(10 * 365 * 24 * time.Hour), KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	require.NoError(t, err)
+	cert, err := x509.ParseCertificate(der)
+	require.NoError(t, err)
+	return &testCA{key: key, cert: cert, validity: 90 * 24 * time.Hour, now: now}
+}
+
+func (ca *testCA) Obtain(_ context.Context, _ store.Lease, app string, names []string, replaces *x509.Certificate) (Issued, error) {
+	ca.mu.Lock()
+	defer ca.mu.Unlock()
+	ca.calls = append(ca.calls, call{app: app, names: names, replaces: replaces != nil})
+	if ca.fail != nil {
+		return Issued{}, ca.fail
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	tmpl := &x509.Certificate{SerialNumber: serial, DNSNames: names, NotBefore: ca.now().Add(-time.Minute), NotAfter: ca.now().Add(ca.validity)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
+	if err != nil {
+		return Issued{}, err
+	}
+	kd, _ := x509.MarshalECPrivateKey(key)
+	chain := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw})...)
+	return Issued{Chain: chain, Key: pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kd})}, nil
+}
+
+// testShelf records what the manager puts.
+type testShelf struct {
+	mu   sync.Mutex
+	keys map[string][]byte
+}
+
+func (s *testShelf) Put(_ context.Context, c store.Certificate, key []byte, _ uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.keys[c.App] = append([]byte(nil), key...)
+	return nil
+}
+
+func (s *testShelf) Sweep(_ context.Context, keep []string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for app := range s.keys {
+		found := false
+		for _, k := range keep {
+			found = found || k == app
+		}
+		if !found {
+			delete(s.keys, app)
+		}
+	}
+	return nil
+}
+
+// txer is publish.Publisher.Tx without NATS.
+type txer struct{ st *store.Store }
+
+func (t txer) Tx(ctx context.Context, l store.Lease, fn func(ctx context.Context, tx *store.Tx) error) error {
+	return t.st.LeaderTx(ctx, l, fn)
+}
+
+func TestManagerOrdersRenewsBacksOffAndForgets(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st, err := store.Open(ctx, testrig.Postgres(t))
+	require.NoError(t, err)
+	t.Cleanup(st.Close)
+	_, err = st.Migrate(ctx)
+	require.NoError(t, err)
+	l, ok, err := st.Acquire(ctx, "scheduler", "a", time.Hour)
+	require.NoError(t, err)
+	require.True(t, ok)
+
+	now := time.Now().UTC().Truncate(time.Second)
+	clock := func() time.Time { return now }
+	ca := newTestCA(t, clock)
+	shelf := &testShelf{keys: map[string][]byte{}}
+	vault, err := NewVault(make([]byte, 32))
+	require.NoError(t, err)
+	m := New(Config{}, st, txer{st}, ca, shelf, vault, func() (store.Lease, bool) { return l, true }, zap.NewNop())
+	m.now, m.jitter = clock, func() float64 { return 0 }
+
+	app := &spec.App{Name: "web", Image: "web:1", Port: 8080, Routing: spec.Routing{Hosts: []string{"web.example.com"}, TLS: &spec.TLS{ACME: true}}}
+	_, _, err = st.Apply(ctx, app)
+	require.NoError(t, err)
+	events := func() []string {
+		evs, err := st.Events(ctx, "web", 0, 100)
+		require.NoError(t, err)
+		var kinds []string
+		for _, e := range evs {
+			if e.Kind == EventIssued || e.Kind == EventRenewed || e.Kind == EventFailed {
+				kinds = append(kinds, e.Kind)
+			}
+		}
+		return kinds
+	}
+
+	// A failed first order: backoff, an event that says why and when.
+	ca.fail = errors.New("acme: error: 403 :: urn:ietf:params:acme:error:unauthorized :: connection refused")
+	_, err = m.Step(ctx, l, true)
+	require.NoError(t, err)
+	have, err := st.Certificates(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, have["web"].Failures)
+	require.Equal(t, now.Add(2*time.Minute), have["web"].RetryAt)
+	require.Contains(t, have["web"].LastError, "unauthorized")
+	require.Equal(t, []string{EventFailed}, events())
+	evs, _ := st.Events(ctx, "web", 0, 100)
+	require.Contains(t, evs[len(evs)-1].Message, "served over plain HTTP until one is issued")
+	next, err := m.Step(ctx, l, false)
+	require.NoError(t, err)
+	require.Equal(t, now.Add(2*time.Minute), next, "no order before the backoff ends")
+	require.Len(t, ca.calls, 1)
+
+	// The backoff ends: issued, stored encrypted, put on the shelf.
+	now = now.Add(2 * time.Minute)
+	ca.fail = nil
+	_, err = m.Step(ctx, l, false)
+	require.NoError(t, err)
+	have, _ = st.Certificates(ctx)
+	c := have["web"]
+	require.Zero(t, c.Failures)
+	require.Equal(t, []string{"web.example.com"}, c.Names)
+	require.NotContains(t, string(c.Key), "PRIVATE KEY", "the key is stored encrypted")
+	require.Contains(t, string(shelf.keys["web"]), "PRIVATE KEY")
+	require.Equal(t, []string{EventFailed, EventIssued}, events())
+	next, err = m.Step(ctx, l, false)
+	require.NoError(t, err)
+	require.Equal(t, c.NotAfter.Add(-DefaultRenewBefore), next, "the next look is the renewal")
+
+	// 30 days before expiry: renewed, as a replacement (ARI).
+	now = c.NotAfter.Add(-DefaultRenewBefore)
+	_, err = m.Step(ctx, l, false)
+	require.NoError(t, err)
+	require.True(t, ca.calls[len(ca.calls)-1].replaces)
+	require.Equal(t, []string{EventFailed, EventIssued, EventRenewed}, events())
+
+	// A rate limit holds the next attempt until the CA's Retry-After.
+	now = now.Add(61 * 24 * time.Hour)
+	ca.fail = &ErrRateLimited{RetryAfter: 3 * time.Hour, Err: errors.New("too many certificates")}
+	_, err = m.Step(ctx, l, false)
+	require.NoError(t, err)
+	have, _ = st.Certificates(ctx)
+	require.Equal(t, now.Add(3*time.Hour), have["web"].RetryAt)
+	evs, _ = st.Events(ctx, "web", 0, 100)
+	require.Contains(t, evs[len(evs)-1].Message, "the app keeps its certificate, valid until")
+
+	// tls.acme off: the certificate is forgotten and leaves the shelf.
+	app.Routing.TLS = nil
+	_, _, err = st.Apply(ctx, app)
+	require.NoError(t, err)
+	_, err = m.Step(ctx, l, false)
+	require.NoError(t, err)
+	have, _ = st.Certificates(ctx)
+	require.Empty(t, have)
+	require.Empty(t, shelf.keys)
+}

@@ -1,0 +1,142 @@
+// Package certs is the scheduler leader's certificate manager: it orders
+// and renews an ACME certificate for every app with routing.tls.acme, keeps
+// each certificate in Postgres with its private key encrypted (Vault), and
+// puts it in the certificates bucket with the key sealed to the lbagent
+// role (docs/operations.md, Certificates).
+//
+// Plan is pure: what to order, renew, retry or forget, and when to look
+// again. Manager carries it out, one order at a time, while this replica
+// leads. Issuer is the ACME client (lego), Shelf the bucket.
+package certs
+
+import (
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/scheduler/internal/store"
+)
+
+// DefaultRenewBefore is how long before expiry a certificate is renewed:
+// Let's Encrypt's 90-day certificates are renewed with 30 days left.
+const DefaultRenewBefore = 30 * 24 * time.Hour
+
+// Want is an app that wants an ACME certificate for names.
+type Want struct {
+	App   string
+	Names []string
+}
+
+// Wants returns the apps with routing.tls.acme, by name, each with its
+// hosts in lower case, sorted: the names its certificate must cover.
+func Wants(apps []store.App) []Want {
+	var out []Want
+	for _, a := range apps {
+		if a.Spec == nil || a.Spec.Routing.TLS == nil || !a.Spec.Routing.TLS.ACME || len(a.Spec.Routing.Hosts) == 0 {
+			continue
+		}
+		out = append(out, Want{App: a.Name, Names: Names(a.Spec.Routing)})
+	}
+	slices.SortFunc(out, func(a, b Want) int { return strings.Compare(a.App, b.App) })
+	return out
+}
+
+// Names are the DNS names a certificate for r covers.
+func Names(r spec.Routing) []string {
+	names := make([]string, 0, len(r.Hosts))
+	for _, h := range r.Hosts {
+		names = append(names, strings.ToLower(h))
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
+}
+
+// Reasons for an order.
+const (
+	ReasonNew     = "new"     // no certificate yet
+	ReasonNames   = "names"   // the hosts changed
+	ReasonRenewal = "renewal" // within RenewBefore of expiry
+	ReasonExpired = "expired" // past expiry: renewals failed until now
+)
+
+// Order is one certificate to order now.
+type Order struct {
+	App    string
+	Names  []string
+	Reason string
+	// Have is the stored row, if any: its failures count on.
+	Have store.Certificate
+}
+
+// Plan is what to do now and when to look again.
+type Plan struct {
+	// Orders are due now, in app order; the manager takes one at a time.
+	Orders []Order
+	// Forget are the apps whose certificate no app wants any more.
+	Forget []string
+	// Next is when the next order falls due (zero: nothing pending).
+	Next time.Time
+}
+
+// MakePlan decides what is due at now. A certificate is ordered when there
+// is none, when the hosts changed, or renewBefore ahead of its expiry; a
+// failed order waits for the row's RetryAt, whatever the reason, so that
+// no change of spec turns backoff into a retry storm against the CA.
+func MakePlan(wants []Want, have map[string]store.Certificate, now time.Time, renewBefore time.Duration) Plan {
+	var p Plan
+	later := func(t time.Time) {
+		if p.Next.IsZero() || t.Before(p.Next) {
+			p.Next = t
+		}
+	}
+	wanted := map[string]bool{}
+	for _, w := range wants {
+		wanted[w.App] = true
+		c, ok := have[w.App]
+		reason := ""
+		due := time.Time{}
+		switch {
+		case !ok || c.Chain == "":
+			reason = ReasonNew
+		case !slices.Equal(c.Names, w.Names):
+			reason = ReasonNames
+		case !now.Before(c.NotAfter):
+			reason = ReasonExpired
+		case !now.Before(c.NotAfter.Add(-renewBefore)):
+			reason = ReasonRenewal
+		default:
+			due = c.NotAfter.Add(-renewBefore)
+		}
+		if reason == "" {
+			later(due)
+			continue
+		}
+		if ok && c.Failures > 0 && now.Before(c.RetryAt) {
+			later(c.RetryAt)
+			continue
+		}
+		p.Orders = append(p.Orders, Order{App: w.App, Names: w.Names, Reason: reason, Have: c})
+	}
+	for app := range have {
+		if !wanted[app] {
+			p.Forget = append(p.Forget, app)
+		}
+	}
+	slices.Sort(p.Forget)
+	return p
+}
+
+// Backoff is how long to wait after the n-th consecutive failure: 2 min,
+// then three times longer each time, up to a day, so an order that keeps
+// failing stays inside a public CA's failed-validation limit (Let's
+// Encrypt: 5 an hour per account and name). jitter in [0, 1) spreads it by
+// up to a tenth, so that apps that failed together do not retry together.
+func Backoff(n int, jitter float64) time.Duration {
+	d := 2 * time.Minute
+	for i := 1; i < n && d < 24*time.Hour; i++ {
+		d *= 3
+	}
+	d = min(d, 24*time.Hour)
+	return d + time.Duration(float64(d)/10*jitter)
+}
