@@ -92,9 +92,9 @@ type user struct {
 	reg   *acme.ExtendedAccount
 }
 
-func (u *user) GetEmail() string                        { return u.email }
+func (u *user) GetEmail() string                       { return u.email }
 func (u *user) GetRegistration() *acme.ExtendedAccount { return u.reg }
-func (u *user) GetPrivateKey() crypto.Signer            { return u.key }
+func (u *user) GetPrivateKey() crypto.Signer           { return u.key }
 
 func (a *ACME) accountAAD() string { return "acme account " + a.Directory + " " + a.Email }
 
