@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -43,6 +44,7 @@ type cli struct {
 	EmptyHold    time.Duration `name:"empty-hold" help:"How long a state with every instance record gone is held back before it is applied." default:"30s" env:"BERTH_LBAGENT_EMPTY_HOLD"`
 	ReloadDrain  time.Duration `name:"reload-drain" help:"Dynamic mode: before a reload, how long nginx closes each keep-alive connection after its answer, so that the reload cuts no connection a client is about to use; 0 reloads at once (0-10s)." default:"250ms" env:"BERTH_LBAGENT_RELOAD_DRAIN"`
 	Confirm      time.Duration `name:"confirm-timeout" help:"How long nginx has to serve a new generation after a reload." default:"10s" env:"BERTH_LBAGENT_CONFIRM_TIMEOUT"`
+	ACMEListen   string        `name:"acme-listen" help:"Loopback address where lbagent answers ACME HTTP-01 challenges, which nginx forwards from apps with tls.acme; port 0 picks one and keeps it across restarts." default:"127.0.0.1:0" env:"BERTH_LBAGENT_ACME_LISTEN"`
 	Metrics      string        `name:"metrics-listen" help:"Address for /metrics, /healthz and /readyz; empty turns it off." default:"127.0.0.1:9102" env:"BERTH_LBAGENT_METRICS_LISTEN"`
 	LogLevel     string        `name:"log-level" help:"debug, info, warn or error." default:"info" env:"BERTH_LBAGENT_LOG_LEVEL"`
 	LogFormat    string        `name:"log-format" help:"json or console." default:"json" env:"BERTH_LBAGENT_LOG_FORMAT"`
@@ -52,6 +54,8 @@ type cli struct {
 
 	// dyn is the resolved dynamic upstream mode; nil: reload mode.
 	dyn *render.Dynamic
+	// acmeAddr is where the challenge responder listens, once it does.
+	acmeAddr string
 
 	CheckConfig bool   `name:"check-config" help:"Check the flags and templates, print what is wrong, and exit 0 or 1." default:"false"`
 	DryRun      string `name:"dry-run" help:"Render once to stdout and exit: from live NATS state with '-', or from a JSON snapshot file." default:"" type:"path"`
@@ -98,6 +102,9 @@ func (c *cli) check() error {
 		if err := msg.CheckAddress(v); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", flag, err))
 		}
+	}
+	if ap, err := netip.ParseAddrPort(c.ACMEListen); err != nil || !ap.Addr().IsLoopback() {
+		errs = append(errs, fmt.Errorf("--acme-listen %q: must be a loopback address and port (127.0.0.1:0): only nginx on this host talks to it", c.ACMEListen))
 	}
 	if c.AccessLog != "" && !filepath.IsAbs(c.AccessLog) {
 		errs = append(errs, errors.New("--access-log-socket must be an absolute path"))

@@ -17,6 +17,7 @@ import (
 	"github.com/berthhq/berth/common/logging"
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/lbagent/internal/accesslog"
+	"github.com/berthhq/berth/lbagent/internal/acmecert"
 	"github.com/berthhq/berth/lbagent/internal/agent"
 	"github.com/berthhq/berth/lbagent/internal/dryrun"
 	"github.com/berthhq/berth/lbagent/internal/metric"
@@ -86,7 +87,7 @@ func (c *cli) templateFS(logger *zap.Logger) (fs.FS, string) {
 func (c *cli) renderOptions() render.Options {
 	_, main := c.target()
 	return render.Options{Node: c.node(), HTTPListen: c.ListenHTTP, HTTPSListen: c.ListenHTTPS,
-		StatusListen: c.StatusListen, AccessLogSocket: c.AccessLog, Main: main, Dynamic: c.dyn}
+		StatusListen: c.StatusListen, AccessLogSocket: c.AccessLog, Main: main, Dynamic: c.dyn, ACME: c.acmeAddr}
 }
 
 // serve runs the agent until ctx ends, leaving nginx serving the last good
@@ -106,6 +107,17 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
 		return fmt.Errorf("config dir: %w", err)
 	}
+	// ACME HTTP-01 answers: listening before the first render, which
+	// names the address.
+	if err := os.MkdirAll(c.StateDir, 0o755); err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	acmeLn, err := acmecert.Listen(c.ACMEListen, filepath.Join(c.StateDir, "acme-port"))
+	if err != nil {
+		return err
+	}
+	c.acmeAddr = acmeLn.Addr().String()
+	responder := acmecert.NewResponder()
 	bin := nginx.Binary{Path: c.NginxBin, Prefix: c.NginxPrefix, Conf: target}
 	store := state.NewStore()
 	group := lifecycle.NewGroup(logger, 35*time.Second)
@@ -166,7 +178,7 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 		Heartbeat: msg.AgentTTL / 3,
 		Hooks:     agent.Hooks{Rendered: metrics.Rendered, Held: metrics.Held, Served: metrics.Served, Pushed: metrics.Pushed},
 		Pusher:    dyn.pusher(), Snapshot: dyn.snapshot(), ReloadDrain: c.ReloadDrain,
-		CertDir: filepath.Join(c.StateDir, "certs"),
+		CertDir: filepath.Join(c.StateDir, "certs"), Keys: conn,
 	}, store, renderer, nginx.Binary{Path: c.NginxBin}, reloader, report.New(conn, names, node, metrics, logger), logger)
 
 	if err := conn.EnsureBuckets(ctx, bus.MustOwnedBuckets(names, bus.RoleLBAgent)); err != nil {
@@ -175,7 +187,13 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 	apps := bus.NewWatcher(conn, names.AppsBucket(), bus.Message[*msg.App], store.AppsHandler(), logger)
 	insts := bus.NewWatcher(conn, names.InstancesBucket(), bus.Message[*msg.Instance], store.InstancesHandler(), logger)
 	health := bus.NewWatcher(conn, names.HealthBucket(), bus.Message[*msg.Health], store.HealthHandler(), logger)
-	dropped = append(dropped, apps, insts, health)
+	certsW := bus.NewWatcher(conn, names.CertificatesBucket(), bus.Message[*msg.Certificate], store.CertificatesHandler(), logger)
+	challenges := bus.NewWatcher(conn, names.ChallengesBucket(), bus.Message[*msg.Challenge], responder.Handler(), logger)
+	dropped = append(dropped, apps, insts, health, certsW, challenges)
+	group.Add("watch-certificates", certsW)
+	group.Add("watch-challenges", challenges)
+	group.Add("acme-challenges", lifecycle.Serve(&http.Server{Handler: responder, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 10 * time.Second, MaxHeaderBytes: 16 << 10}, acmeLn))
 	group.Add("watch-apps", apps)
 	group.Add("watch-instances", insts)
 	group.Add("watch-health", health)

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -204,10 +205,19 @@ func signalContext(parent context.Context, logger *zap.Logger, hardExit func(cod
 // HTTP runs srv as a component: it serves until the context ends, then
 // shuts down gracefully within the group's stop deadline. A listener that
 // cannot start is the component's error.
-func HTTP(srv *http.Server) Component {
+func HTTP(srv *http.Server) Component { return Serve(srv, nil) }
+
+// Serve is HTTP on a listener of the caller's (nil: srv.Addr's).
+func Serve(srv *http.Server, ln net.Listener) Component {
 	return Func(func(ctx context.Context) error {
 		errc := make(chan error, 1)
-		go func() { errc <- srv.ListenAndServe() }()
+		go func() {
+			if ln == nil {
+				errc <- srv.ListenAndServe()
+				return
+			}
+			errc <- srv.Serve(ln)
+		}()
 		select {
 		case err := <-errc:
 			return fmt.Errorf("http listener %s: %w", srv.Addr, err)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/lbagent/internal/acmecert"
 	"github.com/berthhq/berth/lbagent/internal/atomicfile"
 	"github.com/berthhq/berth/lbagent/internal/dynamic"
 	"github.com/berthhq/berth/lbagent/internal/nginx"
@@ -107,8 +108,12 @@ type Config struct {
 	// that a client is about to use. 0 reloads at once.
 	ReloadDrain time.Duration
 	// CertDir holds the certificates lbagent makes for apps with
-	// routing.tls.self_signed (selfsigned.Ensure).
+	// routing.tls.self_signed (selfsigned.Ensure), and in acme/ those the
+	// scheduler leader ordered for apps with routing.tls.acme.
 	CertDir string
+	// Keys opens the private keys of ACME certificates, sealed to the
+	// lbagent role; nil opens none (those apps stay on plain HTTP).
+	Keys Opener
 	// Hooks observe the loop for metrics; nil fields are skipped.
 	Hooks Hooks
 }
@@ -696,11 +701,18 @@ type refusal struct {
 	placeholder bool // spec is a placeholder: no servers
 }
 
-// selfCert is the record an app with a self-signed certificate is
-// rendered with: its own, with the files of the certificate made for it.
+// Opener opens a secret sealed to this lbagent's role (bus.Conn).
+type Opener interface {
+	OpenSealed(boxes []msg.SealedKey) ([]byte, error)
+}
+
+// selfCert is the record an app with a self-signed or ACME certificate is
+// rendered with: its own, with the files of its certificate.
 type selfCert struct {
 	src, out *msg.App
 	notAfter time.Time
+	// serial is the ACME certificate's, "" for a self-signed one.
+	serial string
 }
 
 // withCerts returns snap with every app whose TLS is self_signed rendered
@@ -726,6 +738,17 @@ func (a *Agent) withCerts(snap state.Snapshot, now time.Time) state.Snapshot {
 	out.Apps = nil
 	for i, app := range snap.Apps {
 		tls := app.Spec.Routing.TLS
+		if tls != nil && tls.ACME {
+			c, ok := a.acmeCert(app)
+			if !ok {
+				continue
+			}
+			if out.Apps == nil {
+				out.Apps = append([]state.App(nil), snap.Apps...)
+			}
+			out.Apps[i] = state.App{Spec: c.out, Servers: app.Servers, Cert: app.Cert}
+			continue
+		}
 		if tls == nil || !tls.SelfSigned {
 			continue
 		}
@@ -752,6 +775,48 @@ func (a *Agent) withCerts(snap state.Snapshot, now time.Time) state.Snapshot {
 		return snap
 	}
 	return out
+}
+
+// acmeCert is the record an app with tls.acme is rendered with once its
+// certificate is issued: a copy that names the certificate's files, placed
+// in CertDir/acme from the chain and the key opened from its sealed box.
+// The copy is kept while the record and the certificate (its serial) hold,
+// so the scheduler's periodic republish writes nothing. Without a
+// certificate, or one that does not open or pair, ok is false and the app
+// is rendered from its record: plain HTTP, answering the CA's challenges.
+func (a *Agent) acmeCert(app state.App) (selfCert, bool) {
+	name := app.Spec.Name
+	if app.Cert == nil {
+		delete(a.certs, name)
+		return selfCert{}, false
+	}
+	if c, ok := a.certs[name]; ok && c.src == app.Spec && c.serial == app.Cert.Serial {
+		return c, c.out != app.Spec
+	}
+	c := selfCert{src: app.Spec, out: app.Spec, serial: app.Cert.Serial} // a failure is remembered too: logged once a certificate
+	defer func() { a.certs[name] = c }()
+	if a.cfg.Keys == nil {
+		a.logger.Error("an ACME certificate, and no record keys to open it: run lbagent with its role credential (--nats-nkey)", zap.String("app", name))
+		return c, false
+	}
+	key, err := a.cfg.Keys.OpenSealed(app.Cert.Keys)
+	if err != nil {
+		a.logger.Error("ACME certificate key does not open: the app stays on plain HTTP", zap.String("app", name), zap.String("serial", app.Cert.Serial), zap.Error(err))
+		return c, false
+	}
+	files, err := acmecert.Place(filepath.Join(a.cfg.CertDir, "acme"), app.Cert, key, app.Spec.Routing.Hosts)
+	clear(key)
+	if err != nil {
+		a.logger.Error("ACME certificate not placed: the app stays on plain HTTP", zap.String("app", name), zap.String("serial", app.Cert.Serial), zap.Error(err))
+		return c, false
+	}
+	spec := *app.Spec
+	t := *app.Spec.Routing.TLS
+	t.Certificate, t.Key = files.Certificate, files.Key
+	spec.Routing.TLS = &t
+	c.out, c.notAfter = &spec, files.NotAfter
+	a.logger.Info("serving an ACME certificate", zap.String("app", name), zap.String("serial", app.Cert.Serial), zap.Time("not_after", files.NotAfter))
+	return c, true
 }
 
 // settleRefusals, when nginx already serves eff with nothing to reload,

@@ -183,6 +183,7 @@ func newRigReloader(t *testing.T, emptyHold time.Duration, dyn bool, wrap func(R
 		<-supDone
 	})
 	r.store.HealthHandler().Snapshot(nil, 0)
+	r.store.CertificatesHandler().Snapshot(nil, 0)
 	r.store.InstancesHandler().Snapshot(nil, 0)
 	r.store.AppsHandler().Snapshot(nil, 0)
 	return r

@@ -100,6 +100,7 @@ func loadFile(path string, store *state.Store) error {
 	store.AppsHandler().Snapshot(apps, 0)
 	store.InstancesHandler().Snapshot(insts, 0)
 	store.HealthHandler().Snapshot(hs, 0)
+	store.CertificatesHandler().Snapshot(nil, 0)
 	return nil
 }
 
@@ -123,6 +124,7 @@ func loadLive(ctx context.Context, o Options, store *state.Store, logger *zap.Lo
 		bus.NewWatcher(conn, names.AppsBucket(), bus.Message[*msg.App], store.AppsHandler(), logger),
 		bus.NewWatcher(conn, names.InstancesBucket(), bus.Message[*msg.Instance], store.InstancesHandler(), logger),
 		bus.NewWatcher(conn, names.HealthBucket(), bus.Message[*msg.Health], store.HealthHandler(), logger),
+		bus.NewWatcher(conn, names.CertificatesBucket(), bus.Message[*msg.Certificate], store.CertificatesHandler(), logger),
 	} {
 		wg.Go(func() { _ = w.Run(ctx) })
 	}

@@ -41,6 +41,10 @@ type Options struct {
 	// Dynamic renders dynamic upstreams; nil renders server lines (reload
 	// mode).
 	Dynamic *Dynamic
+	// ACME is where lbagent answers ACME HTTP-01 challenges (host:port on
+	// loopback): the servers of apps with tls.acme send
+	// /.well-known/acme-challenge/ there.
+	ACME string
 }
 
 // Dynamic is dynamic upstream mode: every app's upstream is balanced by
@@ -160,6 +164,9 @@ type Server struct {
 	TLS                     *spec.TLS
 	RedirectHTTP            bool
 	RejectTLS               bool
+	// ACME is where the server sends /.well-known/acme-challenge/ (an app
+	// here has tls.acme); empty: nowhere.
+	ACME string
 	// AccessLogSocket is where its access log goes; empty: none.
 	AccessLogSocket string
 	Locations       []Location
@@ -289,7 +296,12 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 				srv = &Server{Host: h, HTTPListen: o.HTTPListen, HTTPSListen: o.HTTPSListen, AccessLogSocket: o.AccessLogSocket}
 				servers[h] = srv
 			}
-			if tls := a.Spec.Routing.TLS; tls != nil {
+			if tls := a.Spec.Routing.TLS; tls != nil && tls.ACME {
+				srv.ACME = o.ACME
+			}
+			// An app with tls.acme and no certificate yet is served over
+			// plain HTTP (lbagent names the files once one is issued).
+			if tls := a.Spec.Routing.TLS; tls != nil && (!tls.ACME || tls.Certificate != "") {
 				switch {
 				case srv.TLS == nil:
 					srv.TLS, srv.RedirectHTTP, anyTLS = tls, tls.RedirectHTTP, true

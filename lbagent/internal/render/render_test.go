@@ -43,7 +43,7 @@ func app(name string, servers int, hosts ...string) state.App {
 	return a
 }
 
-var opts = Options{Node: "lb-1", HTTPListen: "127.0.0.1:8080", HTTPSListen: "127.0.0.1:8443", StatusListen: "127.0.0.1:8091",
+var opts = Options{Node: "lb-1", HTTPListen: "127.0.0.1:8080", HTTPSListen: "127.0.0.1:8443", StatusListen: "127.0.0.1:8091", ACME: "127.0.0.1:8092",
 	AccessLogSocket: "/run/berth/lbagent.sock", Main: true}
 
 // certDir holds a self-signed certificate made for the TLS scenario;
@@ -82,6 +82,14 @@ func scenarios(t *testing.T, certs string) map[string]state.Snapshot {
 	tls.Spec.Routing.TLS = &spec.TLS{Certificate: certs + "/web.crt", Key: certs + "/web.key", RedirectHTTP: true}
 	tlsNoRedirect := app("shop", 1, "shop.example.com")
 	tlsNoRedirect.Spec.Routing.TLS = &spec.TLS{Certificate: certs + "/web.crt", Key: certs + "/web.key"}
+
+	// tls.acme: one app with its certificate issued (lbagent named its
+	// files), with the redirect; one still waiting for its first, served
+	// over plain HTTP; both answer the CA's challenges.
+	acmeIssued := app("shop", 1, "shop.example.com")
+	acmeIssued.Spec.Routing.TLS = &spec.TLS{ACME: true, Certificate: certs + "/web.crt", Key: certs + "/web.key", RedirectHTTP: true}
+	acmeWaiting := app("blog", 1, "blog.example.com")
+	acmeWaiting.Spec.Routing.TLS = &spec.TLS{ACME: true, RedirectHTTP: true}
 
 	multi := app("web", 2, "web.example.com", "*.web.example.com", "www.example.com")
 	multi.Spec.Routing.Paths = []string{"/", "/api", "/static/"}
@@ -122,6 +130,7 @@ func scenarios(t *testing.T, certs string) map[string]state.Snapshot {
 		"lb-methods":    methods,
 		"weights":       {Apps: []state.App{weights}},
 		"tls":           {Apps: []state.App{tls, tlsNoRedirect}},
+		"acme":          {Apps: []state.App{acmeWaiting, acmeIssued}},
 		"hosts-paths":   {Apps: []state.App{other, multi}},
 		"no-server":     {Apps: []state.App{app("web", 0, "web.example.com"), app("api", 0)}},
 		"default-route": {Apps: []state.App{app("demo", 3)}},

@@ -27,6 +27,9 @@ type Server struct {
 type App struct {
 	// Spec is the app's routing and health view.
 	Spec *msg.App
+	// Cert is the app's ACME certificate, when its spec has tls.acme and
+	// one was issued.
+	Cert *msg.Certificate
 	// Servers are sorted by address; empty means the app answers 503.
 	Servers []Server
 }
@@ -59,9 +62,10 @@ func (s Snapshot) Servers() int {
 // View is the raw state Build reads. Build does not modify it.
 type View struct {
 	Apps      map[string]*msg.App
-	Instances map[string]*msg.Instance // by <app>.<instance>
-	Health    map[string]*msg.Health   // by <app>.<instance>
-	Revision  uint64                   // of the instances bucket
+	Instances map[string]*msg.Instance    // by <app>.<instance>
+	Health    map[string]*msg.Health      // by <app>.<instance>
+	Certs     map[string]*msg.Certificate // ACME certificates, by app
+	Revision  uint64                      // of the instances bucket
 	// Served are, by app, the instances the previous snapshot served: one
 	// whose health value is missing (not unhealthy: missing, as while
 	// healthd's bucket refills after a NATS reset) stays served.
@@ -217,7 +221,11 @@ func buildApp(name string, spec *msg.App, keys map[string]struct{}, v View, serv
 		}
 		return servers[i].Instance < servers[j].Instance
 	})
-	return App{Spec: spec, Servers: servers}, unsettled
+	a := App{Spec: spec, Servers: servers}
+	if spec != nil && spec.Routing.TLS != nil && spec.Routing.TLS.ACME {
+		a.Cert = v.Certs[name]
+	}
+	return a, unsettled
 }
 
 // EmptyHold decides whether next may be applied. A snapshot that removes

@@ -164,6 +164,7 @@ func TestStoreWaitsForAllBucketsAndFences(t *testing.T) {
 	require.False(t, ok)
 	s.AppsHandler().Snapshot([]bus.Event[*msg.App]{{Key: "web", Value: app("web", false)}}, 3)
 	s.HealthHandler().Snapshot(nil, 0)
+	s.CertificatesHandler().Snapshot(nil, 0)
 	_, ok = s.Snapshot()
 	require.False(t, ok, "never build from a partial initial load")
 	require.False(t, s.Ready())

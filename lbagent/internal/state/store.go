@@ -22,6 +22,7 @@ type Store struct {
 	apps      *view.Table[*msg.App]
 	instances *view.Table[*msg.Instance]
 	health    *view.Table[*msg.Health]
+	certs     *view.Table[*msg.Certificate]
 	changed   chan struct{}
 
 	// mu orders every table change with the dirty marks it leaves and
@@ -40,16 +41,18 @@ func NewStore() *Store {
 	s.apps = view.NewTable(view.AppTerm, nil)
 	s.instances = view.NewTable(view.InstanceTerm, nil)
 	s.health = view.NewTable(view.NoTerm[*msg.Health], nil)
+	s.certs = view.NewTable(func(c *msg.Certificate) uint64 { return c.Term }, nil)
 	return s
 }
 
 // Changed receives a value after each change (coalesced: one pending at most).
 func (s *Store) Changed() <-chan struct{} { return s.changed }
 
-// Ready reports whether all three buckets have delivered their first
-// complete snapshot; until then nothing may be built.
+// Ready reports whether every bucket has delivered its first complete
+// snapshot; until then nothing may be built (without the certificates, an
+// app with tls.acme would lose HTTPS until they load).
 func (s *Store) Ready() bool {
-	return s.apps.Loaded() && s.instances.Loaded() && s.health.Loaded()
+	return s.apps.Loaded() && s.instances.Loaded() && s.health.Loaded() && s.certs.Loaded()
 }
 
 // AppNames returns the names of the apps it holds, in no order.
@@ -78,12 +81,14 @@ func (s *Store) Snapshot() (snap Snapshot, ok bool) {
 	s.apps.Read(func(apps map[string]*msg.App, _ uint64) {
 		s.instances.Read(func(insts map[string]*msg.Instance, rev uint64) {
 			s.health.Read(func(health map[string]*msg.Health, _ uint64) {
-				v := View{Apps: apps, Instances: insts, Health: health, Revision: rev}
-				if s.all {
-					snap = s.builder.full(v, s.groups)
-				} else {
-					snap = s.builder.partial(v, s.groups, s.dirty)
-				}
+				s.certs.Read(func(certs map[string]*msg.Certificate, _ uint64) {
+					v := View{Apps: apps, Instances: insts, Health: health, Certs: certs, Revision: rev}
+					if s.all {
+						snap = s.builder.full(v, s.groups)
+					} else {
+						snap = s.builder.partial(v, s.groups, s.dirty)
+					}
+				})
 			})
 		})
 	})
@@ -168,6 +173,11 @@ func (s *Store) AppsHandler() bus.Handler[*msg.App] { return handler(s, s.apps, 
 // snapshot's Revision.
 func (s *Store) InstancesHandler() bus.Handler[*msg.Instance] {
 	return handler(s, s.instances, instanceApp, true)
+}
+
+// CertificatesHandler handles the certificates bucket (by app, fenced).
+func (s *Store) CertificatesHandler() bus.Handler[*msg.Certificate] {
+	return handler(s, s.certs, appKey, false)
 }
 
 // HealthHandler handles the health bucket (written by healthd, not fenced).

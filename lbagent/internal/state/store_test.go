@@ -43,6 +43,7 @@ func TestStoreIncrementalEqualsBuild(t *testing.T) {
 	s.AppsHandler().Snapshot(nil, 0)
 	s.InstancesHandler().Snapshot(nil, 0)
 	s.HealthHandler().Snapshot(nil, 0)
+	s.CertificatesHandler().Snapshot(nil, 0)
 	rev := uint64(0)
 	var prev Snapshot // what the store built last: an app's served instances without a health value stay served
 	for round := range 400 {
@@ -112,6 +113,7 @@ func BenchmarkStoreEndpointChange(b *testing.B) {
 	s.AppsHandler().Snapshot(apps, 1)
 	s.InstancesHandler().Snapshot(insts, 1)
 	s.HealthHandler().Snapshot(hs, 1)
+	s.CertificatesHandler().Snapshot(nil, 0)
 	s.Snapshot()
 	b.Run("full", func(b *testing.B) {
 		for b.Loop() {
@@ -146,6 +148,7 @@ func TestMissingHealthKeepsServedInstances(t *testing.T) {
 		{Key: "web.b", Value: inst("web", "b", msg.StateRunning, "127.0.0.1:2")},
 	}, 1)
 	s.HealthHandler().Snapshot([]bus.Event[*msg.Health]{{Key: "web.a", Value: health(msg.StatusHealthy)}, {Key: "web.b", Value: health(msg.StatusHealthy)}}, 1)
+	s.CertificatesHandler().Snapshot(nil, 0)
 	snap, _ := s.Snapshot()
 	require.Len(t, snap.Apps[0].Servers, 2)
 
