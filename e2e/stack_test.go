@@ -123,6 +123,7 @@ type stack struct {
 	confDir    string
 	tmplDir    string
 	httpAddr   string
+	httpsAddr  string
 	statusAddr string
 	lbMetrics  string
 
@@ -190,6 +191,7 @@ func newStackMode(t testing.TB, natsURL, mode string) *stack {
 	s.tmplDir = filepath.Join(s.dir, "templates")
 	require.NoError(t, os.CopyFS(s.tmplDir, os.DirFS(filepath.Join(repoRoot(), "templates"))))
 	s.httpAddr = fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
+	s.httpsAddr = fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
 	s.statusAddr = fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
 	s.lbMetrics = fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
 	return s
@@ -265,7 +267,7 @@ func (s *stack) startLBAgent(extra ...string) *proc {
 	args := append([]string{"--node", "lb1", "--conf-dir", s.confDir,
 		"--nginx-pid-file", filepath.Join(s.nginx.Prefix, "run", "nginx.pid"), "--nginx-bin", s.nginx.Bin,
 		"--state-dir", filepath.Join(s.dir, "lbagent-state"), "--templates", s.tmplDir,
-		"--listen-http", s.httpAddr, "--listen-https", fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(s.t)),
+		"--listen-http", s.httpAddr, "--listen-https", s.httpsAddr,
 		"--status-listen", s.statusAddr, "--metrics-listen", s.lbMetrics, "--debounce", "20ms:300ms",
 		"--empty-hold", lbEmptyHold.String(), "--upstream-mode", s.mode}, s.natsFlags(bus.RoleLBAgent)...)
 	p := s.start("lbagent", "lbagent", append(args, extra...)...)

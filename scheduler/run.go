@@ -264,7 +264,7 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	// Certificates: with --acme-directory, the leader orders and renews
 	// them for apps with routing.tls.acme.
 	if r.ACMEDirectory != "" {
-		if cm, err = certManager(r, st, conn, names, pub, el.Leader, logger); err != nil {
+		if cm, err = certManager(r, st, conn, names, pub, el.Leader, servedBy(agentsTbl), logger); err != nil {
 			return err
 		}
 		reg.MustRegister(cm.Collectors()...)
@@ -335,7 +335,7 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 }
 
 // certManager builds the certificate manager of --acme-directory.
-func certManager(r *runCmd, st *store.Store, conn *bus.Conn, names msg.Names, pub *publish.Publisher, leader func() (store.Lease, bool), logger *zap.Logger) (*certs.Manager, error) {
+func certManager(r *runCmd, st *store.Store, conn *bus.Conn, names msg.Names, pub *publish.Publisher, leader func() (store.Lease, bool), served certs.Served, logger *zap.Logger) (*certs.Manager, error) {
 	vault, err := certs.LoadVault(r.CertKeyFile)
 	if err != nil {
 		return nil, err
@@ -347,7 +347,25 @@ func certManager(r *runCmd, st *store.Store, conn *bus.Conn, names msg.Names, pu
 	shelf := &certs.BusShelf{Conn: conn, Names: names, Logger: logger, Settle: 250 * time.Millisecond}
 	issuer := &certs.ACME{Directory: r.ACMEDirectory, Email: r.ACMEEmail, HTTP: client, Vault: vault, Accounts: st, Solver: shelf, Logger: logger}
 	logger.Info("ordering certificates for apps with routing.tls.acme", zap.String("directory", r.ACMEDirectory), zap.String("cert_key_id", vault.ID()))
-	return certs.New(certs.Config{RenewBefore: r.ACMERenewBefore, Resync: r.Resync}, st, pub, issuer, shelf, vault, leader, logger), nil
+	return certs.New(certs.Config{RenewBefore: r.ACMERenewBefore, Resync: r.Resync, Served: served}, st, pub, issuer, shelf, vault, leader, logger), nil
+}
+
+// servedBy reports from the lbagents' records whether every live lbagent
+// (one at least) serves an app at a generation or later.
+func servedBy(agents *view.Table[*msg.Agent]) certs.Served {
+	return func(app string, gen int64) bool {
+		live, all := 0, true
+		agents.Read(func(rows map[string]*msg.Agent, _ uint64) {
+			for _, a := range rows {
+				if time.Since(a.UpdatedAt) > msg.AgentTTL {
+					continue
+				}
+				live++
+				all = all && a.Apps[app] >= gen
+			}
+		})
+		return live > 0 && all
+	}
 }
 
 func splitHostPort(addr string) (string, int, error) {

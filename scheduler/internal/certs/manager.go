@@ -49,6 +49,14 @@ type Shelf interface {
 	Sweep(ctx context.Context, keep []string) error
 }
 
+// Served reports whether the lbagents serve app at generation (or later):
+// until they do, the CA's challenge would find no route for its hosts.
+type Served func(app string, generation int64) bool
+
+// ServedWait bounds how long an order waits for the lbagents to serve its
+// app (one whose config an lbagent refuses never is): then it goes ahead.
+const ServedWait = time.Minute
+
 // Config tunes the manager.
 type Config struct {
 	// RenewBefore is how long before expiry a certificate is renewed.
@@ -58,6 +66,9 @@ type Config struct {
 	Resync time.Duration
 	// OrderTimeout bounds one order, challenges included.
 	OrderTimeout time.Duration
+	// Served, when set, holds an order back until the lbagents serve its
+	// app's generation, at most ServedWait.
+	Served Served
 }
 
 // Manager orders, renews and publishes the certificates while its replica
@@ -72,8 +83,11 @@ type Manager struct {
 	leader func() (store.Lease, bool)
 	logger *zap.Logger
 	wake   chan struct{}
-	now    func() time.Time
-	jitter func() float64
+	// waiting is when each order began to wait for the lbagents, by app
+	// and generation. Used by Run's goroutine only.
+	waiting map[appGen]time.Time
+	now     func() time.Time
+	jitter  func() float64
 
 	expiry   *prometheus.GaugeVec
 	failures *prometheus.GaugeVec
@@ -92,7 +106,7 @@ func New(cfg Config, st Store, tx Txer, issuer Issuer, shelf Shelf, vault *Vault
 		cfg.OrderTimeout = 5 * time.Minute
 	}
 	return &Manager{cfg: cfg, store: st, tx: tx, issuer: issuer, shelf: shelf, vault: vault, leader: leader, logger: logger.Named("certs"),
-		wake: make(chan struct{}, 1), now: time.Now, jitter: rand.Float64,
+		wake: make(chan struct{}, 1), waiting: map[appGen]time.Time{}, now: time.Now, jitter: rand.Float64,
 		expiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "berth_scheduler_certificate_expiry_timestamp_seconds",
 			Help: "When each app's ACME certificate expires (Unix time); alert when it is within 14 days."}, []string{"app"}),
 		failures: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "berth_scheduler_certificate_failures",
@@ -199,13 +213,55 @@ func (m *Manager) Step(ctx context.Context, l store.Lease, republish bool) (time
 		}
 		m.failures.WithLabelValues(app).Set(float64(c.Failures))
 	}
-	if len(plan.Orders) == 0 {
-		return plan.Next, nil
+	for _, o := range plan.Orders {
+		if !m.served(o, now) {
+			// Look again in a second: an lbagent reloads within one.
+			if next := now.Add(time.Second); plan.Next.IsZero() || next.Before(plan.Next) {
+				plan.Next = next
+			}
+			continue
+		}
+		if err := m.order(ctx, l, o); err != nil {
+			return time.Time{}, err
+		}
+		return m.now(), nil
 	}
-	if err := m.order(ctx, l, plan.Orders[0]); err != nil {
-		return time.Time{}, err
+	return plan.Next, nil
+}
+
+type appGen struct {
+	app string
+	gen int64
+}
+
+// served reports whether o's app is served by the lbagents, or has
+// waited for them long enough.
+func (m *Manager) served(o Order, now time.Time) bool {
+	if m.cfg.Served == nil {
+		return true
 	}
-	return m.now(), nil
+	key := appGen{o.App, o.Generation}
+	if m.cfg.Served(o.App, o.Generation) {
+		delete(m.waiting, key)
+		return true
+	}
+	since, ok := m.waiting[key]
+	if !ok {
+		for k := range m.waiting { // one generation of an app waits at a time
+			if k.app == o.App {
+				delete(m.waiting, k)
+			}
+		}
+		m.waiting[key] = now
+		m.logger.Info("waiting for the lbagents to serve the app before ordering its certificate", zap.String(logging.KeyApp, o.App), zap.Int64("generation", o.Generation))
+		return false
+	}
+	if now.Sub(since) >= ServedWait {
+		m.logger.Warn("ordering a certificate though not every lbagent serves the app yet", zap.String(logging.KeyApp, o.App), zap.Duration("waited", now.Sub(since)))
+		delete(m.waiting, key)
+		return true
+	}
+	return false
 }
 
 // putAll puts every issued certificate an app wants, and sweeps the rest.

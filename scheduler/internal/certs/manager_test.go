@@ -126,7 +126,9 @@ func TestManagerOrdersRenewsBacksOffAndForgets(t *testing.T) {
 	shelf := &testShelf{keys: map[string][]byte{}}
 	vault, err := NewVault(make([]byte, 32))
 	require.NoError(t, err)
-	m := New(Config{}, st, txer{st}, ca, shelf, vault, func() (store.Lease, bool) { return l, true }, zap.NewNop())
+	served := false
+	m := New(Config{Served: func(app string, gen int64) bool { return served && app == "web" && gen >= 1 }}, st, txer{st}, ca, shelf, vault,
+		func() (store.Lease, bool) { return l, true }, zap.NewNop())
 	m.now, m.jitter = clock, func() float64 { return 0 }
 
 	app := &spec.App{Name: "web", Image: "web:1", Port: 8080, Routing: spec.Routing{Hosts: []string{"web.example.com"}, TLS: &spec.TLS{ACME: true}}}
@@ -144,6 +146,14 @@ func TestManagerOrdersRenewsBacksOffAndForgets(t *testing.T) {
 		return kinds
 	}
 
+	// No order until the lbagents serve the app (its challenges would
+	// find no route), or a minute has passed.
+	next, err := m.Step(ctx, l, true)
+	require.NoError(t, err)
+	require.Equal(t, now.Add(time.Second), next)
+	require.Empty(t, ca.calls)
+	served = true
+
 	// A failed first order: backoff, an event that says why and when.
 	ca.fail = errors.New("acme: error: 403 :: urn:ietf:params:acme:error:unauthorized :: connection refused")
 	_, err = m.Step(ctx, l, true)
@@ -156,7 +166,7 @@ func TestManagerOrdersRenewsBacksOffAndForgets(t *testing.T) {
 	require.Equal(t, []string{EventFailed}, events())
 	evs, _ := st.Events(ctx, "web", 0, 100)
 	require.Contains(t, evs[len(evs)-1].Message, "served over plain HTTP until one is issued")
-	next, err := m.Step(ctx, l, false)
+	next, err = m.Step(ctx, l, false)
 	require.NoError(t, err)
 	require.Equal(t, now.Add(2*time.Minute), next, "no order before the backoff ends")
 	require.Len(t, ca.calls, 1)

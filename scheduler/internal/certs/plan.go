@@ -26,6 +26,9 @@ const DefaultRenewBefore = 30 * 24 * time.Hour
 type Want struct {
 	App   string
 	Names []string
+	// Generation is the app's, which the lbagents must serve before its
+	// challenges can be answered.
+	Generation int64
 }
 
 // Wants returns the apps with routing.tls.acme, by name, each with its
@@ -36,7 +39,7 @@ func Wants(apps []store.App) []Want {
 		if a.Spec == nil || a.Spec.Routing.TLS == nil || !a.Spec.Routing.TLS.ACME || len(a.Spec.Routing.Hosts) == 0 {
 			continue
 		}
-		out = append(out, Want{App: a.Name, Names: Names(a.Spec.Routing)})
+		out = append(out, Want{App: a.Name, Names: Names(a.Spec.Routing), Generation: a.Generation})
 	}
 	slices.SortFunc(out, func(a, b Want) int { return strings.Compare(a.App, b.App) })
 	return out
@@ -62,9 +65,10 @@ const (
 
 // Order is one certificate to order now.
 type Order struct {
-	App    string
-	Names  []string
-	Reason string
+	App        string
+	Names      []string
+	Generation int64
+	Reason     string
 	// Have is the stored row, if any: its failures count on.
 	Have store.Certificate
 }
@@ -116,7 +120,7 @@ func MakePlan(wants []Want, have map[string]store.Certificate, now time.Time, re
 			later(c.RetryAt)
 			continue
 		}
-		p.Orders = append(p.Orders, Order{App: w.App, Names: w.Names, Reason: reason, Have: c})
+		p.Orders = append(p.Orders, Order{App: w.App, Names: w.Names, Generation: w.Generation, Reason: reason, Have: c})
 	}
 	for app := range have {
 		if !wanted[app] {

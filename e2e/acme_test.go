@@ -1,0 +1,172 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/internal/testrig"
+)
+
+// acmeValidity is how long Pebble's certificates last in TestACME: 30
+// days and 40 s, so that with the default --acme-renew-before (30 days)
+// each falls due for renewal 40 s after it is issued.
+const acmeValidity = 30*24*time.Hour + 40*time.Second
+
+// TestACME runs the whole certificate path against Pebble, Let's
+// Encrypt's test CA, whose HTTP-01 validation reaches nginx's HTTP
+// listener: the scheduler leader orders a certificate for an app with
+// tls.acme, lbagent answers the challenge and then serves HTTPS with the
+// issued certificate (verified against Pebble's root), plain HTTP
+// redirects; the certificate is renewed when it falls due; and an app
+// whose challenge cannot pass gets a certificate_failed event that says
+// why and when next, and keeps serving over HTTP. Default flags.
+func TestACME(t *testing.T) {
+	img := testrig.DemoImage(t, "v1")
+	s := newStackMode(t, "", "dynamic")
+	_, port, _ := net.SplitHostPort(s.httpAddr)
+	var httpPort int
+	fmt.Sscan(port, &httpPort)
+	pebble := testrig.StartPebble(t, httpPort, acmeValidity)
+
+	keyFile := filepath.Join(s.dir, "cert.key")
+	require.NoError(t, os.WriteFile(keyFile, []byte(base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))+"\n"), 0o600))
+	s.startScheduler("sched-a", "--acme-directory", pebble.Directory, "--acme-ca-file", pebble.CAFile,
+		"--acme-email", "ops@berth.test", "--cert-key-file", keyFile)
+	s.leader(10 * time.Second)
+	s.startHealthd("hc1")
+	s.startLBAgent()
+
+	const host = "secure.berth.test"
+	spec := func(name, host string) string {
+		sp := strings.Replace(demoSpec(t, img, 2, ""), "name: demo\n", "name: "+name+"\n", 1)
+		return strings.Replace(sp, "hosts: [demo.localhost]", "hosts: ["+host+"]\n  tls: {acme: true, redirect_http: true}", 1)
+	}
+	s.apply(spec("secure", host))
+
+	issued := s.waitAPIEvent("secure", "certificate_issued", 90*time.Second)
+	t.Logf("issued: %s", issued.Message)
+	roots := pebble.Roots(t)
+	var first *x509.Certificate
+	require.Eventually(t, func() bool {
+		first = s.httpsGet(host, roots)
+		return first != nil
+	}, 30*time.Second, 100*time.Millisecond, "HTTPS is served with the issued certificate, verified against Pebble's root")
+	require.Equal(t, issued.Details["serial"], first.SerialNumber.Text(16))
+
+	// Plain HTTP redirects, except for the CA's challenges.
+	code, loc := s.plainGet(host, "/")
+	require.Equal(t, http.StatusPermanentRedirect, code)
+	require.Equal(t, "https://"+host+"/", loc)
+	code, _ = s.plainGet(host, "/.well-known/acme-challenge/not-a-token-at-all")
+	require.Equal(t, http.StatusNotFound, code, "challenge paths reach lbagent, which knows no such token")
+
+	// The key is encrypted at rest, and no NATS reader can open it.
+	conn, err := pgx.Connect(context.Background(), s.db)
+	require.NoError(t, err)
+	defer conn.Close(context.Background())
+	var stored []byte
+	require.NoError(t, conn.QueryRow(context.Background(), `SELECT key FROM certificates WHERE app = 'secure'`).Scan(&stored))
+	require.NotContains(t, string(stored), "PRIVATE KEY")
+	kv, err := s.conn.KV(context.Background(), s.names.CertificatesBucket())
+	require.NoError(t, err)
+	entry, err := kv.Get(context.Background(), "secure")
+	require.NoError(t, err)
+	published, err := msg.DecodeAs[*msg.Certificate](entry.Value)
+	require.NoError(t, err)
+	_, err = s.conn.OpenSealed(published.Keys)
+	require.Error(t, err, "the reader role cannot open the key")
+	require.NotContains(t, string(entry.Value), "PRIVATE KEY")
+
+	// Renewal: the certificate falls due 40 s after issuance (default
+	// --acme-renew-before), and the new one is served.
+	renewed := s.waitAPIEvent("secure", "certificate_renewed", 2*time.Minute)
+	t.Logf("renewed: %s", renewed.Message)
+	require.Eventually(t, func() bool {
+		c := s.httpsGet(host, roots)
+		return c != nil && c.SerialNumber.Text(16) == renewed.Details["serial"]
+	}, 30*time.Second, 100*time.Millisecond, "the renewed certificate is served")
+
+	// A challenge that cannot pass: the name resolves where nothing listens.
+	const broken = "unreachable.berth.test"
+	pebble.AddA(t, broken, "127.0.0.2")
+	s.apply(spec("broken", broken))
+	failed := s.waitAPIEvent("broken", "certificate_failed", 90*time.Second)
+	t.Logf("failed: %s", failed.Message)
+	require.Contains(t, failed.Message, "next attempt at")
+	require.Contains(t, failed.Message, "served over plain HTTP until one is issued")
+	require.Equal(t, "1", failed.Details["failures"])
+	require.Eventually(t, func() bool {
+		code, _ := s.plainGet(broken, "/")
+		return code == http.StatusOK
+	}, 60*time.Second, 100*time.Millisecond, "the app without a certificate serves over HTTP")
+	// And the first app is undisturbed.
+	require.NotNil(t, s.httpsGet(host, roots))
+}
+
+// waitAPIEvent waits for app's first event of kind and returns it.
+func (s *stack) waitAPIEvent(app, kind string, timeout time.Duration) eventView {
+	s.t.Helper()
+	var found eventView
+	require.Eventually(s.t, func() bool {
+		for _, e := range s.events(app) {
+			if e.Kind == kind {
+				found = e
+				return true
+			}
+		}
+		return false
+	}, timeout, 200*time.Millisecond, "event %s of %s", kind, app)
+	return found
+}
+
+// httpsGet asks nginx's HTTPS listener for host, trusting roots only, and
+// returns the certificate it served, nil when the request failed.
+func (s *stack) httpsGet(host string, roots *x509.CertPool) *x509.Certificate {
+	tr := &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: host},
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, s.httpsAddr)
+		},
+	}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get("https://" + host + "/")
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK || resp.TLS == nil || len(resp.TLS.PeerCertificates) == 0 {
+		return nil
+	}
+	return resp.TLS.PeerCertificates[0]
+}
+
+// plainGet asks nginx's HTTP listener for host and path, without
+// following redirects, and returns the status and Location.
+func (s *stack) plainGet(host, path string) (int, string) {
+	req, _ := http.NewRequest(http.MethodGet, "http://"+s.httpAddr+path, nil)
+	req.Host = host
+	client := &http.Client{Timeout: 5 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, ""
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, resp.Header.Get("Location")
+}
