@@ -324,6 +324,12 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	}))
 	if cm != nil {
 		group.Add("certificates", lifecycle.Func(cm.Run))
+		group.Add("certificates-guard", lifecycle.Func(func(ctx context.Context) error {
+			return publish.BusWatch(conn, logger)(ctx, names.CertificatesBucket(), func(key string) {
+				logger.Warn("a certificate the scheduler had not sealed: putting every certificate again", zap.String("key", key))
+				cm.Repair()
+			})
+		}))
 	}
 	group.Add("api", lifecycle.HTTP(httpSrv))
 	logger.Info("scheduler started", zap.String("api", r.APIListen), zap.String("database", store.Redact(r.DatabaseURL)))

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -83,6 +84,8 @@ type Manager struct {
 	leader func() (store.Lease, bool)
 	logger *zap.Logger
 	wake   chan struct{}
+	// repair asks the next step to put every certificate again.
+	repair atomic.Bool
 	// waiting is when each order began to wait for the lbagents, by app
 	// and generation. Used by Run's goroutine only.
 	waiting map[appGen]time.Time
@@ -130,6 +133,14 @@ func (m *Manager) Wake() {
 	}
 }
 
+// Repair puts every certificate in the bucket again now: the guard saw a
+// value there that the scheduler had not sealed (a forgery, or an older
+// one copied back), which a reader starting now would find as the key's.
+func (m *Manager) Repair() {
+	m.repair.Store(true)
+	m.Wake()
+}
+
 // aad binds a certificate key's ciphertext to its app's row.
 func aad(app string) string { return "certificate " + app }
 
@@ -141,7 +152,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		wait := m.cfg.Resync
 		if l, ok := m.leader(); ok {
 			now := m.now()
-			republish := l.Term != lastTerm || now.Sub(lastPut) >= m.cfg.Resync
+			republish := m.repair.Swap(false) || l.Term != lastTerm || now.Sub(lastPut) >= m.cfg.Resync
 			next, err := m.Step(ctx, l, republish)
 			switch {
 			case err != nil && ctx.Err() == nil:
