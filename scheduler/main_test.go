@@ -94,10 +94,10 @@ func TestMigrateCommand(t *testing.T) {
 	db := testrig.Postgres(t)
 	code, out, _ := cmd(t, "migrate", "status", "--database-url", db)
 	require.Equal(t, 0, code)
-	require.Equal(t, "schema version 0 of 3\n", out)
+	require.Equal(t, "schema version 0 of 4\n", out)
 	code, out, _ = cmd(t, "migrate", "--database-url", db)
 	require.Equal(t, 0, code)
-	require.Equal(t, "schema version 3 of 3\n", out)
+	require.Equal(t, "schema version 4 of 4\n", out)
 	// run refuses a database that is behind, unless --migrate.
 	fresh := testrig.Postgres(t)
 	c, _, _, _ := parse([]string{"run", "--database-url", fresh, "--nats-url", testrig.NATS(t)}, nil, nil)
@@ -113,6 +113,21 @@ func TestCheckConfig(t *testing.T) {
 	}
 	code, _, _ = cmd(t, "check-config", "--database-url", "postgres://u:p@h/db")
 	require.Equal(t, 0, code)
+
+	// ACME: the flags it needs, and none of them without it.
+	db := []string{"check-config", "--database-url", "postgres://u:p@h/db"}
+	code, _, errOut = cmd(t, append(db, "--acme-directory", "http://ca/dir", "--acme-email", "Ops <ops@x>")...)
+	require.Equal(t, 1, code)
+	for _, want := range []string{"--acme-directory \"http://ca/dir\": must be an https:// URL", "--acme-email", "needs --cert-key-file: the key that encrypts"} {
+		require.Contains(t, errOut, want)
+	}
+	code, _, errOut = cmd(t, append(db, "--cert-key-file", "/nonexistent")...)
+	require.Equal(t, 1, code)
+	require.Contains(t, errOut, "need --acme-directory")
+	key := filepath.Join(t.TempDir(), "cert.key")
+	require.NoError(t, os.WriteFile(key, []byte("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n"), 0o600))
+	code, _, errOut = cmd(t, append(db, "--acme-directory", "https://acme-v02.api.letsencrypt.org/directory", "--cert-key-file", key, "--acme-email", "ops@example.com")...)
+	require.Equal(t, 0, code, errOut)
 	code, _, _ = cmd(t, "no-such-command")
 	require.Equal(t, 2, code)
 }

@@ -190,6 +190,17 @@ func TestMaxRoutes(t *testing.T) {
 	require.Equal(t, 400, code, "growing past the cap is not: %s", raw)
 }
 
+func TestACMENeedsADirectory(t *testing.T) {
+	t.Parallel()
+	spec := "name: web\nimage: web:1\nport: 8080\nrouting: {hosts: [web.example.com], tls: {acme: true}}\n"
+	code, obj, raw := newAPI(t, "").do("PUT", "/v1/apps/web", spec)
+	require.Equal(t, 400, code, "%s", raw)
+	require.Equal(t, "routing.tls.acme", obj["fields"].([]any)[0].(map[string]any)["path"])
+	require.Contains(t, string(raw), "--acme-directory")
+	code, _, raw = newAPIWith(t, Options{ACME: true}).do("PUT", "/v1/apps/web", spec)
+	require.Equal(t, 200, code, "%s", raw)
+}
+
 func TestOversizedBody(t *testing.T) {
 	t.Parallel()
 	c := newAPI(t, "")
