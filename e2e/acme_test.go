@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/internal/loadgen"
 	"github.com/berthhq/berth/internal/testrig"
 )
 
@@ -92,14 +93,38 @@ func TestACME(t *testing.T) {
 	require.Error(t, err, "the reader role cannot open the key")
 	require.NotContains(t, string(entry.Value), "PRIVATE KEY")
 
-	// Renewal: the certificate falls due 40 s after issuance (default
-	// --acme-renew-before), and the new one is served.
+	// Under HTTPS load from a client that never retries: the renewal (the
+	// certificate falls due 40 s after issuance, with the default
+	// --acme-renew-before), then a host added (a new certificate), each
+	// served once issued, and no request fails across the swaps.
+	load := loadgen.Start(context.Background(), loadgen.Config{URL: "https://" + host + "/", Addr: s.httpsAddr, Workers: 4, NoRetry: true,
+		Rate: 200, TLS: &tls.Config{RootCAs: roots, ServerName: host}})
 	renewed := s.waitAPIEvent("secure", "certificate_renewed", 2*time.Minute)
 	t.Logf("renewed: %s", renewed.Message)
+	served := func(serial string) {
+		t.Helper()
+		require.Eventually(t, func() bool {
+			c := s.httpsGet(host, roots)
+			return c != nil && c.SerialNumber.Text(16) == serial
+		}, 30*time.Second, 100*time.Millisecond, "certificate %s is served", serial)
+	}
+	served(renewed.Details["serial"])
+	s.apply(strings.Replace(spec("secure", host), "hosts: ["+host+"]", "hosts: ["+host+", www."+host+"]", 1))
+	var both eventView
 	require.Eventually(t, func() bool {
-		c := s.httpsGet(host, roots)
-		return c != nil && c.SerialNumber.Text(16) == renewed.Details["serial"]
-	}, 30*time.Second, 100*time.Millisecond, "the renewed certificate is served")
+		for _, e := range s.events("secure") {
+			if e.Kind == "certificate_renewed" && e.Details["reason"] == "names" {
+				both = e
+				return true
+			}
+		}
+		return false
+	}, 90*time.Second, 200*time.Millisecond, "a certificate for the new hosts")
+	served(both.Details["serial"])
+	require.Eventually(t, func() bool { return s.httpsGet("www."+host, roots) != nil }, 30*time.Second, 100*time.Millisecond, "the added host is served over HTTPS")
+	res := load.Stop()
+	t.Logf("HTTPS load across the renewal and the new hosts' certificate: %s", res)
+	require.NoError(t, loadgen.Check(res))
 
 	// A challenge that cannot pass: the name resolves where nothing listens.
 	const broken = "unreachable.berth.test"

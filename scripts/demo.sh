@@ -10,6 +10,9 @@
 # Everything listens on 127.0.0.1 only. Settings (environment):
 #   BERTH_DEMO_DIR   state and logs (default /tmp/berth-demo)
 #   DETACH=1         return after printing the instructions instead of waiting
+#   ACME=1           also run Pebble (Let's Encrypt's test CA) and an app with
+#                    tls.acme on https://secure.localhost:8443, its certificate
+#                    ordered by the scheduler and served by nginx
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -25,11 +28,14 @@ NATS=nats://127.0.0.1:4222
 PG_PORT=15432
 PORTS=(8080 8443 8091 7070 4222 9102 9103 $PG_PORT)
 HOST=demo.localhost
+[ "${ACME:-0}" = 1 ] && PORTS+=(14000 15000 18053 18055)
 export BERTH_SERVER=$API
 
 start_time=$(date +%s)
 n=0
-step() { n=$((n + 1)); printf '\n\033[1m==> [%d/9 %3ss] %s\033[0m\n' "$n" "$(($(date +%s) - start_time))" "$*"; }
+STEPS=9
+[ "${ACME:-0}" = 1 ] && STEPS=11
+step() { n=$((n + 1)); printf '\n\033[1m==> [%d/%d %3ss] %s\033[0m\n' "$n" "$STEPS" "$(($(date +%s) - start_time))" "$*"; }
 info() { printf '    %s\n' "$*"; }
 die() { printf '\n\033[31mdemo: %s\033[0m\n' "$*" >&2; exit 1; }
 
@@ -101,6 +107,8 @@ down() {
   fi
   stop_pid healthd
   stop_pid scheduler
+  stop_pid pebble
+  stop_pid pebble-challtestsrv
   left=$(docker ps -aq --filter label=berth.prefix=$PREFIX 2>/dev/null || true)
   if [ -n "$left" ]; then
     docker rm -f $left >/dev/null && info "removed $(echo $left | wc -w) leftover container(s)"
@@ -157,9 +165,32 @@ up() {
   DB="postgres://berth@127.0.0.1:$PG_PORT/berth?sslmode=disable"
   "$BIN/scheduler" migrate --database-url "$DB" | sed 's/^/    /'
 
+  ACME_FLAGS=()
+  if [ "${ACME:-0}" = 1 ]; then
+    step "starting Pebble, Let's Encrypt's test CA, on https://127.0.0.1:14000/dir"
+    # Its HTTP-01 validation goes to nginx (8080), every name resolving to
+    # 127.0.0.1 through pebble-challtestsrv's DNS.
+    go build -o "$BIN/" github.com/letsencrypt/pebble/v2/cmd/pebble github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv
+    PEBBLE_CERTS="$(go list -m -f '{{.Dir}}' github.com/letsencrypt/pebble/v2)/test/certs"
+    cat >"$DIR/run/pebble.json" <<JSON
+{"pebble": {"listenAddress": "127.0.0.1:14000", "managementListenAddress": "127.0.0.1:15000",
+  "certificate": "$PEBBLE_CERTS/localhost/cert.pem", "privateKey": "$PEBBLE_CERTS/localhost/key.pem",
+  "httpPort": 8080, "tlsPort": 15001, "ocspResponderURL": "", "externalAccountBindingRequired": false,
+  "retryAfter": {"authz": 1, "order": 1}}}
+JSON
+    start pebble-challtestsrv "$BIN/pebble-challtestsrv" -defaultIPv4 127.0.0.1 -defaultIPv6 "" -http01 "" -https01 "" \
+      -tlsalpn01 "" -doh "" -dnsserver 127.0.0.1:18053 -management 127.0.0.1:18055
+    start pebble env PEBBLE_VA_NOSLEEP=1 "$BIN/pebble" -config "$DIR/run/pebble.json" -dnsserver 127.0.0.1:18053
+    wait_for "Pebble's directory" 30 curl -fsS --cacert "$PEBBLE_CERTS/pebble.minica.pem" https://127.0.0.1:14000/dir
+    openssl rand -base64 32 >"$DIR/run/cert.key" && chmod 600 "$DIR/run/cert.key"
+    ACME_FLAGS=(--acme-directory https://127.0.0.1:14000/dir --acme-ca-file "$PEBBLE_CERTS/pebble.minica.pem"
+      --acme-email ops@demo.localhost --cert-key-file "$DIR/run/cert.key")
+    info "the scheduler orders certificates there, its keys encrypted with $DIR/run/cert.key"
+  fi
+
   step "starting the scheduler (API $API, embedded NATS $NATS)"
   start scheduler "$BIN/scheduler" run --database-url "$DB" --api-listen 127.0.0.1:7070 --nats-listen 127.0.0.1:4222 \
-    --data-dir "$DIR/nats" --prefix $PREFIX --id demo-scheduler
+    --data-dir "$DIR/nats" --prefix $PREFIX --id demo-scheduler "${ACME_FLAGS[@]}"
   wait_for "the scheduler to lead" 30 sh -c "curl -fsS $API/readyz | grep -q '\"role\":\"leader\"'"
 
   # The embedded NATS requires a role credential of every client: the
@@ -194,6 +225,22 @@ up() {
   wait_for "containers to start, pass their health check and enter nginx's upstream" 90 serving
   "$BIN/scheduler" status demo | sed 's/^/    /'
 
+  ACME_HELP=""
+  if [ "${ACME:-0}" = 1 ]; then
+    step "applying an app with tls.acme: secure.localhost, its certificate from Pebble"
+    sed -e 's/^name: demo/name: secure/' -e 's/replicas: 3/replicas: 2/' \
+      -e 's/hosts: \[demo.localhost\]/hosts: [secure.localhost]\n  tls: {acme: true, redirect_http: true}/' examples/demo.yaml \
+      | "$BIN/scheduler" apply -f - | sed 's/^/    /'
+    curl -fsS --cacert "$PEBBLE_CERTS/pebble.minica.pem" https://127.0.0.1:15000/roots/0 >"$DIR/run/pebble-root.pem"
+    wait_for "the certificate to be issued and served" 120 curl -fsS --cacert "$DIR/run/pebble-root.pem" \
+      --resolve secure.localhost:8443:127.0.0.1 https://secure.localhost:8443/
+    "$BIN/scheduler" events --app secure | grep certificate_ | sed 's/^/    /'
+    ACME_HELP="
+    curl --cacert $DIR/run/pebble-root.pem --resolve secure.localhost:8443:127.0.0.1 https://secure.localhost:8443/
+                                                    # HTTPS with the certificate Pebble issued
+    curl -i -H 'Host: secure.localhost' http://$HTTP/   # plain HTTP redirects"
+  fi
+
   step "Berth is running ($(($(date +%s) - start_time))s)"
   cat <<EOF
 
@@ -210,7 +257,7 @@ up() {
                                                     # events and health transitions over NATS
     nats --nkey $DIR/run/reader.nk sub '$PREFIX.v1.>'   # the nats CLI, as the reader role
     docker kill \$(docker ps -q --filter label=berth.app=demo | head -n1)
-                                                    # a crash: replaced within a second
+                                                    # a crash: replaced within a second$ACME_HELP
 
   Logs: $DIR/logs/   Metrics: http://127.0.0.1:7070/metrics, :9102/metrics, :9103/metrics
   Stop: Ctrl-C here, or 'make demo-down' from another terminal.

@@ -19,6 +19,7 @@ package loadgen
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -53,6 +54,12 @@ type Config struct {
 	// an empty body of unknown length (see noRetryBody); on the wire it is
 	// the same GET, with neither Content-Length nor Transfer-Encoding.
 	NoRetry bool
+	// TLS, for an https URL, is the client's TLS config (its roots and
+	// server name); HTTP/1.1 with keep-alive, as wrk speaks it.
+	TLS *tls.Config
+	// Addr, when set, is dialled whatever the URL's host (as curl
+	// --resolve), so that an https URL can name the certificate's host.
+	Addr string
 }
 
 // Result counts what happened. Failures are Non2xx + Errors.
@@ -151,9 +158,16 @@ func Start(ctx context.Context, cfg Config) *Run {
 }
 
 func (r *Run) worker(ctx context.Context, interval, offset time.Duration) {
+	dial := (&net.Dialer{Timeout: r.cfg.Timeout}).DialContext
+	if addr := r.cfg.Addr; addr != "" {
+		dial = func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{Timeout: r.cfg.Timeout}).DialContext(ctx, network, addr)
+		}
+	}
 	tr := &http.Transport{
 		Proxy:               nil,
-		DialContext:         (&net.Dialer{Timeout: r.cfg.Timeout}).DialContext,
+		DialContext:         dial,
+		TLSClientConfig:     r.cfg.TLS,
 		MaxIdleConnsPerHost: 1,
 		MaxConnsPerHost:     1,
 		DisableCompression:  true,

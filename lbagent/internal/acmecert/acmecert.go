@@ -21,8 +21,7 @@ import (
 // <app>.<end>-<serial>.crt and .key, where <end> is the fixed-width Unix
 // time of its expiry, so that a new certificate changes the config that
 // names it and nginx reloads to serve it. It refuses a key that does not
-// pair with the chain's leaf, and a certificate that does not cover
-// hosts. The certificate before it is kept (a config rolled back still
+// pair with the chain's leaf, and a certificate that covers none of hosts. The certificate before it is kept (a config rolled back still
 // finds its files); older ones are removed. Files already there are kept
 // as they are.
 func Place(dir string, c *msg.Certificate, key []byte, hosts []string) (selfsigned.Cert, error) {
@@ -30,10 +29,15 @@ func Place(dir string, c *msg.Certificate, key []byte, hosts []string) (selfsign
 	if err != nil {
 		return selfsigned.Cert{}, fmt.Errorf("certificate of %s: the chain and the key do not pair: %w", c.App, err)
 	}
+	// A certificate that covers some of the hosts is served for all of
+	// them: when the hosts change, the old certificate keeps serving the
+	// hosts it covers until the new one arrives, rather than none.
+	covers := false
 	for _, h := range hosts {
-		if err := pair.Leaf.VerifyHostname(h); err != nil {
-			return selfsigned.Cert{}, fmt.Errorf("certificate of %s does not cover %s (it covers %s)", c.App, h, strings.Join(pair.Leaf.DNSNames, ", "))
-		}
+		covers = covers || pair.Leaf.VerifyHostname(h) == nil
+	}
+	if !covers {
+		return selfsigned.Cert{}, fmt.Errorf("certificate of %s covers none of its hosts %s (it covers %s)", c.App, strings.Join(hosts, ", "), strings.Join(pair.Leaf.DNSNames, ", "))
 	}
 	base := filepath.Join(dir, fmt.Sprintf("%s.%012d-%s", c.App, pair.Leaf.NotAfter.Unix(), c.Serial))
 	out := selfsigned.Cert{Certificate: base + ".crt", Key: base + ".key", NotAfter: pair.Leaf.NotAfter}

@@ -65,7 +65,9 @@ func TestPlace(t *testing.T) {
 	_, err = Place(dir, c3, k1, []string{"web.example.com"})
 	require.ErrorContains(t, err, "do not pair")
 	_, err = Place(dir, c3, k3, []string{"shop.example.com"})
-	require.ErrorContains(t, err, "does not cover shop.example.com")
+	require.ErrorContains(t, err, "covers none of its hosts shop.example.com")
+	_, err = Place(dir, c3, k3, []string{"web.example.com", "www.example.com"})
+	require.NoError(t, err, "hosts added: the old certificate serves the hosts it covers until the new one comes")
 }
 
 func TestResponderAnswersOnlyItsHost(t *testing.T) {

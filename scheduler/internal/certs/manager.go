@@ -58,6 +58,9 @@ type Served func(app string, generation int64) bool
 // app (one whose config an lbagent refuses never is): then it goes ahead.
 const ServedWait = time.Minute
 
+// servedPoll is how often an order that waits for the lbagents looks again.
+const servedPoll = 250 * time.Millisecond
+
 // Config tunes the manager.
 type Config struct {
 	// RenewBefore is how long before expiry a certificate is renewed.
@@ -226,8 +229,8 @@ func (m *Manager) Step(ctx context.Context, l store.Lease, republish bool) (time
 	}
 	for _, o := range plan.Orders {
 		if !m.served(o, now) {
-			// Look again in a second: an lbagent reloads within one.
-			if next := now.Add(time.Second); plan.Next.IsZero() || next.Before(plan.Next) {
+			// Look again soon: an lbagent serves a new app within a second.
+			if next := now.Add(servedPoll); plan.Next.IsZero() || next.Before(plan.Next) {
 				plan.Next = next
 			}
 			continue

@@ -150,7 +150,7 @@ func TestManagerOrdersRenewsBacksOffAndForgets(t *testing.T) {
 	// find no route), or a minute has passed.
 	next, err := m.Step(ctx, l, true)
 	require.NoError(t, err)
-	require.Equal(t, now.Add(time.Second), next)
+	require.Equal(t, now.Add(servedPoll), next)
 	require.Empty(t, ca.calls)
 	served = true
 
