@@ -711,8 +711,10 @@ type Opener interface {
 type selfCert struct {
 	src, out *msg.App
 	notAfter time.Time
-	// serial is the ACME certificate's, "" for a self-signed one.
+	// serial is the ACME certificate's, "" for a self-signed one; files
+	// are its files, none while it could not be placed.
 	serial string
+	files  selfsigned.Cert
 }
 
 // withCerts returns snap with every app whose TLS is self_signed rendered
@@ -739,7 +741,7 @@ func (a *Agent) withCerts(snap state.Snapshot, now time.Time) state.Snapshot {
 	for i, app := range snap.Apps {
 		tls := app.Spec.Routing.TLS
 		if tls != nil && tls.ACME {
-			c, ok := a.acmeCert(app)
+			c, ok := a.acmeCert(app, now)
 			if !ok {
 				continue
 			}
@@ -781,42 +783,74 @@ func (a *Agent) withCerts(snap state.Snapshot, now time.Time) state.Snapshot {
 // certificate is issued: a copy that names the certificate's files, placed
 // in CertDir/acme from the chain and the key opened from its sealed box.
 // The copy is kept while the record and the certificate (its serial) hold,
-// so the scheduler's periodic republish writes nothing. Without a
-// certificate, or one that does not open or pair, ok is false and the app
-// is rendered from its record: plain HTTP, answering the CA's challenges.
-func (a *Agent) acmeCert(app state.App) (selfCert, bool) {
+// so the scheduler's periodic republish writes nothing. A certificate that
+// does not open or pair, or one missing from the bucket (a NATS that came
+// back empty, until the leader puts it again), leaves the one this lbagent
+// serves in place while it is valid: nginx never loses HTTPS for it.
+// Without any, ok is false and the app is rendered from its record: plain
+// HTTP, answering the CA's challenges.
+func (a *Agent) acmeCert(app state.App, now time.Time) (selfCert, bool) {
 	name := app.Spec.Name
-	if app.Cert == nil {
-		delete(a.certs, name)
+	prev, had := a.certs[name]
+	serving := had && prev.files.Certificate != "" && now.Before(prev.notAfter)
+	keep := func() (selfCert, bool) {
+		if !serving {
+			delete(a.certs, name)
+			return selfCert{}, false
+		}
+		if prev.src != app.Spec {
+			prev.src, prev.out = app.Spec, withCertFiles(app.Spec, prev.files)
+			a.certs[name] = prev
+		}
+		return prev, true
+	}
+	cert := app.Cert
+	if cert == nil {
+		return keep()
+	}
+	if had && prev.src == app.Spec && prev.serial == cert.Serial {
+		return prev, prev.files.Certificate != ""
+	}
+	if had && prev.serial == cert.Serial && prev.files.Certificate == "" {
+		return keep() // this certificate failed already: logged once
+	}
+	fail := func(msg string, err error) (selfCert, bool) {
+		a.logger.Error(msg, zap.String("app", name), zap.String("serial", cert.Serial), zap.Bool("keeps_serving_the_previous", serving), zap.Error(err))
+		if serving {
+			return keep()
+		}
+		a.certs[name] = selfCert{src: app.Spec, out: app.Spec, serial: cert.Serial}
 		return selfCert{}, false
 	}
-	if c, ok := a.certs[name]; ok && c.src == app.Spec && c.serial == app.Cert.Serial {
-		return c, c.out != app.Spec
-	}
-	c := selfCert{src: app.Spec, out: app.Spec, serial: app.Cert.Serial} // a failure is remembered too: logged once a certificate
-	defer func() { a.certs[name] = c }()
 	if a.cfg.Keys == nil {
-		a.logger.Error("an ACME certificate, and no record keys to open it: run lbagent with its role credential (--nats-nkey)", zap.String("app", name))
-		return c, false
+		return fail("an ACME certificate, and no record keys to open it: run lbagent with its role credential (--nats-nkey)", nil)
 	}
-	key, err := a.cfg.Keys.OpenSealed(app.Cert.Keys)
+	key, err := a.cfg.Keys.OpenSealed(cert.Keys)
 	if err != nil {
-		a.logger.Error("ACME certificate key does not open: the app stays on plain HTTP", zap.String("app", name), zap.String("serial", app.Cert.Serial), zap.Error(err))
-		return c, false
+		return fail("ACME certificate key does not open", err)
 	}
-	files, err := acmecert.Place(filepath.Join(a.cfg.CertDir, "acme"), app.Cert, key, app.Spec.Routing.Hosts)
+	files, err := acmecert.Place(filepath.Join(a.cfg.CertDir, "acme"), cert, key, app.Spec.Routing.Hosts)
 	clear(key)
 	if err != nil {
-		a.logger.Error("ACME certificate not placed: the app stays on plain HTTP", zap.String("app", name), zap.String("serial", app.Cert.Serial), zap.Error(err))
-		return c, false
+		return fail("ACME certificate not placed", err)
 	}
-	spec := *app.Spec
-	t := *app.Spec.Routing.TLS
+	c := selfCert{src: app.Spec, out: withCertFiles(app.Spec, files), notAfter: files.NotAfter, serial: cert.Serial, files: files}
+	a.certs[name] = c
+	log := a.logger.Debug
+	if !had || prev.serial != cert.Serial {
+		log = a.logger.Info
+	}
+	log("serving an ACME certificate", zap.String("app", name), zap.String("serial", cert.Serial), zap.Time("not_after", files.NotAfter))
+	return c, true
+}
+
+// withCertFiles is a copy of app whose TLS names files.
+func withCertFiles(app *msg.App, files selfsigned.Cert) *msg.App {
+	spec := *app
+	t := *app.Routing.TLS
 	t.Certificate, t.Key = files.Certificate, files.Key
 	spec.Routing.TLS = &t
-	c.out, c.notAfter = &spec, files.NotAfter
-	a.logger.Info("serving an ACME certificate", zap.String("app", name), zap.String("serial", app.Cert.Serial), zap.Time("not_after", files.NotAfter))
-	return c, true
+	return &spec
 }
 
 // settleRefusals, when nginx already serves eff with nothing to reload,

@@ -1,0 +1,82 @@
+package agent
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/lbagent/internal/state"
+)
+
+// opener opens "boxes" that hold the key in the clear, or fails.
+type opener struct{ fail bool }
+
+func (o opener) OpenSealed(boxes []msg.SealedKey) ([]byte, error) {
+	if o.fail {
+		return nil, errors.New("does not open")
+	}
+	return []byte(boxes[0].Box), nil
+}
+
+func acmeCertFor(t *testing.T, serial int64, notAfter time.Time, names ...string) *msg.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), DNSNames: names, NotBefore: time.Now().Add(-time.Hour), NotAfter: notAfter}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	require.NoError(t, err)
+	kd, err := x509.MarshalECPrivateKey(key)
+	require.NoError(t, err)
+	return &msg.Certificate{App: "web", Names: names, Chain: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
+		Keys: []msg.SealedKey{{Box: string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kd}))}}, Serial: fmt.Sprintf("%x", serial),
+		NotBefore: tmpl.NotBefore, NotAfter: notAfter}
+}
+
+// TestACMECertificateIsNeverDroppedWhileValid: a certificate served stays
+// served through a bucket that lost it (NATS back empty), a newer one that
+// does not open, and a republished record; a new one replaces it.
+func TestACMECertificateIsNeverDroppedWhileValid(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	o := &opener{}
+	a := &Agent{cfg: Config{CertDir: t.TempDir(), Keys: o}, certs: map[string]selfCert{}, logger: zap.NewNop()}
+	rec := &msg.App{Name: "web", Routing: spec.Routing{Hosts: []string{"web.example.com"}, TLS: &spec.TLS{ACME: true, RedirectHTTP: true}}}
+	served := func(app state.App) string {
+		t.Helper()
+		out := a.withCerts(state.Snapshot{Apps: []state.App{app}}, now)
+		return out.Apps[0].Spec.Routing.TLS.Certificate
+	}
+	require.Empty(t, served(state.App{Spec: rec}), "no certificate yet: plain HTTP")
+
+	first := acmeCertFor(t, 1, now.Add(90*24*time.Hour), "web.example.com")
+	f1 := served(state.App{Spec: rec, Cert: first})
+	require.NotEmpty(t, f1)
+	require.True(t, rec.Routing.TLS.Certificate == "", "the record itself is not changed")
+
+	require.Equal(t, f1, served(state.App{Spec: rec}), "the bucket lost it: still served")
+	again := *rec // the leader republished the record
+	require.Equal(t, f1, served(state.App{Spec: &again}))
+
+	o.fail = true
+	require.Equal(t, f1, served(state.App{Spec: &again, Cert: acmeCertFor(t, 2, now.Add(91*24*time.Hour), "web.example.com")}),
+		"a newer one that does not open leaves the served one")
+	o.fail = false
+	f3 := served(state.App{Spec: &again, Cert: acmeCertFor(t, 3, now.Add(92*24*time.Hour), "web.example.com")})
+	require.NotEqual(t, f1, f3, "a new certificate, new files")
+
+	// Expired: no longer kept when the bucket has none.
+	a.certs["web"] = selfCert{src: &again, out: a.certs["web"].out, serial: "3", files: a.certs["web"].files, notAfter: now.Add(-time.Minute)}
+	require.Empty(t, served(state.App{Spec: &again}))
+}
