@@ -147,3 +147,18 @@ func TestTLSACME(t *testing.T) {
 		})
 	}
 }
+
+func TestPlacement(t *testing.T) {
+	t.Parallel()
+	ok := &Placement{Constraints: []string{"zone==a", "disk!=hdd"}, SpreadBy: "rack"}
+	require.Empty(t, ok.Validate("placement"))
+	require.Equal(t, []Constraint{{Key: "zone", Value: "a"}, {Key: "disk", Value: "hdd", Not: true}}, ok.Parsed())
+	bad := &Placement{Constraints: []string{"zone=a", "zone==a;include /etc/passwd", "zone==a", "zone==a"}, SpreadBy: "$zone"}
+	es := bad.Validate("placement")
+	require.Contains(t, es.Error(), `placement.constraints[0]: "zone=a": want key==value or key!=value`)
+	require.Contains(t, es.Error(), `placement.constraints[1]: "zone==a;include /etc/passwd": "a;include /etc/passwd" is not a label value`)
+	require.Contains(t, es.Error(), `placement.constraints[3]: "zone==a" repeats placement.constraints[2]`)
+	require.Contains(t, es.Error(), `placement.spread_by: "$zone" is not a label key`)
+	_, err := Load([]byte("name: web\nimage: web:1\nport: 8080\nplacement: {constraints: [zone==a], spread_by: zone, affinity: x}\n"))
+	require.ErrorContains(t, err, "placement.affinity: unknown field")
+}

@@ -36,6 +36,9 @@ type App struct {
 	LB LB `json:"lb"`
 	// Routing is which requests nginx sends to the app.
 	Routing Routing `json:"routing"`
+	// Placement restricts and spreads the app's instances over Docker
+	// hosts; nil: any host, spread over hosts.
+	Placement *Placement `json:"placement,omitempty"`
 }
 
 // Scaling is an autoscaling policy. At least one target must be set; a

@@ -97,6 +97,7 @@ func (a *App) Validate() error {
 	durIn(&es, "stop.drain", a.Stop.Drain, 0, 10*time.Minute)
 	es = append(es, a.LB.Validate("lb")...)
 	es = append(es, a.Routing.Validate("routing")...)
+	es = append(es, a.Placement.Validate("placement")...)
 	return es.Err()
 }
 

@@ -10,10 +10,11 @@ package placement
 
 import (
 	"fmt"
-	"regexp"
 	"slices"
 	"sort"
 	"strings"
+
+	"github.com/berthhq/berth/common/spec"
 )
 
 // Host is a Docker host as placement sees it.
@@ -49,70 +50,8 @@ type Request struct {
 	SpreadBy string
 }
 
-// Constraint is one condition on a host label: Key==Value, or Key!=Value
-// when Not. A host without the label fails ==, and passes !=.
-type Constraint struct {
-	Key, Value string
-	Not        bool
-}
-
-// String is the constraint as a spec writes it.
-func (c Constraint) String() string {
-	if c.Not {
-		return c.Key + "!=" + c.Value
-	}
-	return c.Key + "==" + c.Value
-}
-
-func (c Constraint) holds(labels map[string]string) bool {
-	v, ok := labels[c.Key]
-	if c.Not {
-		return !ok || v != c.Value
-	}
-	return ok && v == c.Value
-}
-
-var (
-	labelKeyRe   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$`)
-	labelValueRe = regexp.MustCompile(`^[A-Za-z0-9_.-]{0,63}$`)
-)
-
-// CheckLabelKey checks a host label key: 1–63 letters, digits, '_', '.'
-// and '-', starting and ending with a letter or digit.
-func CheckLabelKey(k string) error {
-	if !labelKeyRe.MatchString(k) {
-		return fmt.Errorf("%q is not a label key (1-63 letters, digits, '_', '.' or '-', starting and ending with a letter or digit)", k)
-	}
-	return nil
-}
-
-// CheckLabelValue checks a host label value: 0–63 letters, digits, '_',
-// '.' and '-'.
-func CheckLabelValue(v string) error {
-	if !labelValueRe.MatchString(v) {
-		return fmt.Errorf("%q is not a label value (0-63 letters, digits, '_', '.' or '-')", v)
-	}
-	return nil
-}
-
-// ParseConstraint reads "key==value" or "key!=value".
-func ParseConstraint(s string) (Constraint, error) {
-	var c Constraint
-	k, v, ok := strings.Cut(s, "!=")
-	if ok {
-		c.Not = true
-	} else if k, v, ok = strings.Cut(s, "=="); !ok {
-		return c, fmt.Errorf("%q: want key==value or key!=value", s)
-	}
-	if err := CheckLabelKey(k); err != nil {
-		return c, fmt.Errorf("%q: %w", s, err)
-	}
-	if err := CheckLabelValue(v); err != nil {
-		return c, fmt.Errorf("%q: %w", s, err)
-	}
-	c.Key, c.Value = k, v
-	return c, nil
-}
+// Constraint is a host label condition (spec.Constraint).
+type Constraint = spec.Constraint
 
 // Result is where each app's new instances go.
 type Result struct {
@@ -223,7 +162,7 @@ func Place(hosts []Host, reqs []Request) Result {
 
 func matches(labels map[string]string, cs []Constraint) bool {
 	for _, c := range cs {
-		if !c.holds(labels) {
+		if !c.Holds(labels) {
 			return false
 		}
 	}
@@ -257,7 +196,7 @@ func reason(hosts []Host, r Request, cpu []float64, mem []int64) string {
 			w = firstNonEmpty(h.State, "not schedulable")
 		case !matches(h.Labels, r.Constraints):
 			for _, c := range r.Constraints {
-				if !c.holds(h.Labels) {
+				if !c.Holds(h.Labels) {
 					w = "fails " + c.String()
 					break
 				}

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/berthhq/berth/common/spec"
 )
 
 func host(name string, labels map[string]string) Host {
@@ -61,8 +63,8 @@ func TestConstraintsCapacityAndStates(t *testing.T) {
 		{Name: "h3", Labels: map[string]string{"zone": "a"}, State: "draining"},
 		{Name: "h4", Labels: map[string]string{"zone": "a"}, State: "down"},
 	}
-	zoneA, _ := ParseConstraint("zone==a")
-	notSSD, _ := ParseConstraint("disk!=ssd")
+	zoneA, _ := spec.ParseConstraint("zone==a")
+	notSSD, _ := spec.ParseConstraint("disk!=ssd")
 	res := Place(hosts, []Request{
 		{App: "db", Count: 2, CPU: 1, Constraints: []Constraint{zoneA}},
 		{App: "web", Count: 1, Constraints: []Constraint{notSSD}},
@@ -79,7 +81,7 @@ func TestConstraintsCapacityAndStates(t *testing.T) {
 
 	res = Place(nil, []Request{{App: "x", Count: 1}})
 	require.Equal(t, "no host is registered", res.Unplaceable["x"].Reason)
-	zoneC, _ := ParseConstraint("zone==c")
+	zoneC, _ := spec.ParseConstraint("zone==c")
 	res = Place(hosts, []Request{{App: "x", Count: 2, Constraints: []Constraint{zoneC}}})
 	require.Equal(t, Unplaceable{Count: 2, Reason: "no host of 4 can take it (h1, h2: fails zone==c; h3: draining; h4: down)"}, res.Unplaceable["x"])
 }
@@ -95,12 +97,12 @@ func TestLaterRequestsSeeEarlierReservations(t *testing.T) {
 func TestParseConstraint(t *testing.T) {
 	t.Parallel()
 	for _, ok := range []string{"zone==a", "disk!=ssd", "gpu==", "rack.id==r-12"} {
-		c, err := ParseConstraint(ok)
+		c, err := spec.ParseConstraint(ok)
 		require.NoError(t, err, ok)
 		require.Equal(t, ok, c.String())
 	}
 	for _, bad := range []string{"zone=a", "zone", "==a", "zone==a;b", "zone==a b", "$x==1", "zone==${x}"} {
-		_, err := ParseConstraint(bad)
+		_, err := spec.ParseConstraint(bad)
 		require.Error(t, err, bad)
 	}
 }
