@@ -266,15 +266,18 @@ type Instance struct {
 	Restarts    int
 	Term        uint64
 	SpecHash    string
-	StartedAt   *time.Time
-	CreatedAt   time.Time
-	UpdatedAt   time.Time
+	// Host is the registered host it runs on; "" is the local engine
+	// (no host registered).
+	Host      string
+	StartedAt *time.Time
+	CreatedAt time.Time
+	UpdatedAt time.Time
 }
 
 // Instances returns the instances of app (every app when empty), oldest first.
 func (s *Store) Instances(ctx context.Context, app string) ([]Instance, error) {
 	rows, err := s.pool.Query(ctx, `
-		SELECT id, app, generation, container_id, address, state, health, restarts, term, spec_hash, started_at, created_at, updated_at
+		SELECT id, app, generation, container_id, address, state, health, restarts, term, spec_hash, host, started_at, created_at, updated_at
 		FROM instances WHERE $1 = '' OR app = $1 ORDER BY created_at, id`, app)
 	if err != nil {
 		return nil, fmt.Errorf("instances of %s: %w", app, redact(err))
@@ -284,7 +287,7 @@ func (s *Store) Instances(ctx context.Context, app string) ([]Instance, error) {
 	for rows.Next() {
 		var i Instance
 		var term int64
-		if err := rows.Scan(&i.ID, &i.App, &i.Generation, &i.ContainerID, &i.Address, &i.State, &i.Health, &i.Restarts, &term, &i.SpecHash, &i.StartedAt, &i.CreatedAt, &i.UpdatedAt); err != nil {
+		if err := rows.Scan(&i.ID, &i.App, &i.Generation, &i.ContainerID, &i.Address, &i.State, &i.Health, &i.Restarts, &term, &i.SpecHash, &i.Host, &i.StartedAt, &i.CreatedAt, &i.UpdatedAt); err != nil {
 			return nil, fmt.Errorf("instances of %s: %w", app, redact(err))
 		}
 		i.Term = uint64(term)
@@ -299,12 +302,12 @@ func (s *Store) Instances(ctx context.Context, app string) ([]Instance, error) {
 // PutInstance writes an instance record under the transaction's term.
 func (t *Tx) PutInstance(ctx context.Context, i Instance) error {
 	_, err := t.tx.Exec(ctx, `
-		INSERT INTO instances (id, app, generation, container_id, address, state, health, restarts, term, spec_hash, started_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+		INSERT INTO instances (id, app, generation, container_id, address, state, health, restarts, term, spec_hash, started_at, host)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 		ON CONFLICT (id) DO UPDATE SET generation = EXCLUDED.generation, container_id = EXCLUDED.container_id,
 			address = EXCLUDED.address, state = EXCLUDED.state, health = EXCLUDED.health, restarts = EXCLUDED.restarts,
-			term = EXCLUDED.term, spec_hash = EXCLUDED.spec_hash, started_at = EXCLUDED.started_at, updated_at = now()`,
-		i.ID, i.App, i.Generation, i.ContainerID, i.Address, i.State, i.Health, i.Restarts, int64(t.term), i.SpecHash, i.StartedAt)
+			term = EXCLUDED.term, spec_hash = EXCLUDED.spec_hash, started_at = EXCLUDED.started_at, host = EXCLUDED.host, updated_at = now()`,
+		i.ID, i.App, i.Generation, i.ContainerID, i.Address, i.State, i.Health, i.Restarts, int64(t.term), i.SpecHash, i.StartedAt, i.Host)
 	if err != nil {
 		return fmt.Errorf("put instance %s/%s: %w", i.App, i.ID, redact(err))
 	}
