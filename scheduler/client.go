@@ -123,6 +123,8 @@ func dispatch(ctx context.Context, c *cli, command string, out io.Writer) error 
 		})
 	case strings.HasPrefix(command, "status"):
 		return status(ctx, &c.Status, out)
+	case strings.HasPrefix(command, "hosts "):
+		return hostsDispatch(ctx, c, command, out)
 	case strings.HasPrefix(command, "events"):
 		return events(ctx, &c.Events, out)
 	case strings.HasPrefix(command, "rm"):

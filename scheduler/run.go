@@ -279,8 +279,8 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	if r.APITokenFile != "" {
 		token, _ = readToken(r.APITokenFile)
 	}
-	handler := api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st}, api.Options{Token: token, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), Samples: sc.Samples,
-		Role: func() (bool, uint64) { l, ok := leading(); return ok, l.Term }, Network: r.Network, MaxRoutes: r.MaxRoutes, ACME: cm != nil}, logger)
+	handler := api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Hosts: st}, api.Options{Token: token, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), Samples: sc.Samples,
+		Role: func() (bool, uint64) { l, ok := leading(); return ok, l.Term }, Network: r.Network, MaxRoutes: r.MaxRoutes, ACME: cm != nil, DefaultCPU: r.DefaultCPU, DefaultMemory: int64(mem)}, logger)
 	httpSrv := &http.Server{Addr: r.APIListen, Handler: handler, ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10}
 

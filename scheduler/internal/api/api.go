@@ -78,6 +78,7 @@ type Deps struct {
 	Events    EventReader
 	Decisions DecisionReader
 	DB        Pinger
+	Hosts     HostStore
 }
 
 // UnavailableMessage is the error of every answer (503) given while
@@ -108,6 +109,10 @@ type Options struct {
 	// ACME says whether this scheduler orders certificates (--acme-directory):
 	// without it, routing.tls.acme is refused at apply.
 	ACME bool
+	// DefaultCPU (cores) and DefaultMemory (bytes) are what an instance of
+	// an app that sets no limit reserves on its host.
+	DefaultCPU    float64
+	DefaultMemory int64
 }
 
 // New returns the API handler.
@@ -123,6 +128,7 @@ func New(d Deps, o Options, logger *zap.Logger) http.Handler {
 	mux.HandleFunc("GET /v1/apps/{name}/instances", a.auth(a.instances))
 	mux.HandleFunc("GET /v1/apps/{name}/metrics", a.auth(a.metrics))
 	mux.HandleFunc("GET /v1/events", a.auth(a.events))
+	a.registerHosts(mux)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", a.ready)
 	if o.Metrics != nil {
@@ -517,7 +523,7 @@ func (a *api) fail(w http.ResponseWriter, err error) {
 		writeJSON(w, http.StatusBadRequest, Error{Error: "invalid spec", Fields: fields})
 	case errors.Is(err, store.ErrNotFound):
 		writeJSON(w, http.StatusNotFound, Error{Error: err.Error()})
-	case errors.Is(err, store.ErrAutoscaled), errors.Is(err, store.ErrNoHistory):
+	case errors.Is(err, store.ErrAutoscaled), errors.Is(err, store.ErrNoHistory), errors.Is(err, store.ErrHostInUse):
 		writeJSON(w, http.StatusConflict, Error{Error: err.Error()})
 	case errors.Is(err, store.ErrUnavailable):
 		a.logger.Warn("postgres unreachable", zap.Error(err))

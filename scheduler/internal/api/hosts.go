@@ -1,0 +1,194 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/scheduler/internal/hosts"
+	"github.com/berthhq/berth/scheduler/internal/store"
+)
+
+// HostStore keeps the host registry for /v1/hosts. Called concurrently.
+type HostStore interface {
+	Hosts(ctx context.Context) ([]store.Host, error)
+	GetHost(ctx context.Context, name string) (store.Host, error)
+	PutHost(ctx context.Context, h store.Host) (store.Host, error)
+	SetHostDrain(ctx context.Context, name string, drain bool) (store.Host, error)
+	DeleteHost(ctx context.Context, name string, force bool) error
+}
+
+var _ HostStore = (*store.Store)(nil)
+
+// HostView is a host as the API shows it: its registration, what the
+// leader last saw of its engine, and what its instances reserve.
+type HostView struct {
+	hosts.Spec
+	Drain    bool       `json:"drain"`
+	State    string     `json:"state"`
+	StateAt  *time.Time `json:"state_at,omitempty"`
+	LastSeen *time.Time `json:"last_seen,omitempty"`
+	// ReservedCPU and ReservedMemory are what its active instances reserve.
+	ReservedCPU    float64       `json:"reserved_cpu"`
+	ReservedMemory spec.ByteSize `json:"reserved_memory"`
+	Instances      int           `json:"instances"`
+}
+
+func (a *api) registerHosts(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/hosts", a.auth(a.listHosts))
+	mux.HandleFunc("GET /v1/hosts/{name}", a.auth(a.getHost))
+	mux.HandleFunc("PUT /v1/hosts/{name}", a.auth(a.putHost))
+	mux.HandleFunc("DELETE /v1/hosts/{name}", a.auth(a.deleteHost))
+	mux.HandleFunc("POST /v1/hosts/{name}/drain", a.auth(a.drainHost(true)))
+	mux.HandleFunc("POST /v1/hosts/{name}/undrain", a.auth(a.drainHost(false)))
+}
+
+func (a *api) listHosts(w http.ResponseWriter, r *http.Request) {
+	hs, err := a.d.Hosts.Hosts(r.Context())
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	views, err := a.hostViews(r.Context(), hs)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, views)
+}
+
+func (a *api) getHost(w http.ResponseWriter, r *http.Request) {
+	h, err := a.d.Hosts.GetHost(r.Context(), r.PathValue("name"))
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	a.writeHost(w, r, http.StatusOK, h)
+}
+
+func (a *api) writeHost(w http.ResponseWriter, r *http.Request, code int, h store.Host) {
+	views, err := a.hostViews(r.Context(), []store.Host{h})
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, code, views[0])
+}
+
+func (a *api) putHost(w http.ResponseWriter, r *http.Request) {
+	body, ok := readBody(w, r)
+	if !ok {
+		return
+	}
+	var s hosts.Spec
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&s); err != nil {
+		a.fail(w, spec.Errors{{Path: "", Message: fmt.Sprintf("not a host registration: %s (fields: name, docker_url, tls {ca, cert, key}, address, labels, cpu, memory)", msg.Truncate(err.Error(), 200))}})
+		return
+	}
+	if s.Name != r.PathValue("name") {
+		a.fail(w, spec.Errors{{Path: "name", Message: fmt.Sprintf("%q must match the host in the URL (%q)", msg.Truncate(s.Name, 64), msg.Truncate(r.PathValue("name"), 64))}})
+		return
+	}
+	if err := s.Validate(); err != nil {
+		a.fail(w, err)
+		return
+	}
+	h, err := a.d.Hosts.PutHost(r.Context(), s.Record())
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	a.logger.Info("host registered", zap.String("host", h.Name), zap.String("docker_url", h.DockerURL), zap.String("address", h.Address))
+	a.writeHost(w, r, http.StatusOK, h)
+}
+
+func (a *api) deleteHost(w http.ResponseWriter, r *http.Request) {
+	force := r.URL.Query().Get("force") == "true"
+	if err := a.d.Hosts.DeleteHost(r.Context(), r.PathValue("name"), force); err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"name": r.PathValue("name"), "removed": true})
+}
+
+func (a *api) drainHost(drain bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		h, err := a.d.Hosts.SetHostDrain(r.Context(), r.PathValue("name"), drain)
+		if err != nil {
+			a.fail(w, err)
+			return
+		}
+		a.writeHost(w, r, http.StatusOK, h)
+	}
+}
+
+// hostViews adds to each host what its active instances reserve, with
+// the scheduler's default limits for apps that set none.
+func (a *api) hostViews(ctx context.Context, hs []store.Host) ([]HostView, error) {
+	apps, err := a.d.Apps.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	res := map[string]spec.Resources{}
+	for _, app := range apps {
+		if app.Spec != nil {
+			res[app.Name] = app.Spec.Resources
+		}
+	}
+	insts, err := a.d.Apps.Instances(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	type reserved struct {
+		cpu float64
+		mem int64
+		n   int
+	}
+	by := map[string]*reserved{}
+	for _, in := range insts {
+		if in.Host == "" || in.State == msg.StateStopped || in.State == msg.StateFailed {
+			continue
+		}
+		r := by[in.Host]
+		if r == nil {
+			r = &reserved{}
+			by[in.Host] = r
+		}
+		rs := res[in.App]
+		r.cpu += cmpOr(rs.CPU, a.o.DefaultCPU)
+		r.mem += cmpOr(int64(rs.Memory), a.o.DefaultMemory)
+		r.n++
+	}
+	out := make([]HostView, 0, len(hs))
+	for _, h := range hs {
+		v := HostView{Spec: hosts.FromRecord(h), Drain: h.Drain, State: h.State}
+		if !h.StateAt.IsZero() {
+			v.StateAt = &h.StateAt
+		}
+		if !h.LastSeen.IsZero() {
+			v.LastSeen = &h.LastSeen
+		}
+		if r := by[h.Name]; r != nil {
+			v.ReservedCPU, v.ReservedMemory, v.Instances = r.cpu, spec.ByteSize(r.mem), r.n
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func cmpOr[T comparable](v, fallback T) T {
+	var zero T
+	if v == zero {
+		return fallback
+	}
+	return v
+}
