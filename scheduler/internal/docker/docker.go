@@ -37,6 +37,10 @@ const (
 	// several Berth environments can share one Docker host, and each
 	// scheduler only sees, adopts and removes its own.
 	LabelPrefix = "berth.prefix"
+	// LabelHost is the registered host a container was placed on; none on
+	// the local engine of a scheduler without registered hosts. One engine
+	// registered twice lists each container under its own name only.
+	LabelHost = "berth.host"
 )
 
 // Errors of the adapter.
@@ -62,6 +66,18 @@ type Options struct {
 	// --registry-auth-file); a pull sends only its registry's. Nil sends
 	// none. Never logged.
 	RegistryAuths *RegistryAuths
+	// Host is the registered host this client drives ("": the local
+	// engine, without registered hosts); URL its engine (unix:// or
+	// tcp://; empty: DOCKER_HOST or the default socket) and TLS the files
+	// of a tcp:// engine.
+	Host string
+	URL  string
+	TLS  *TLSFiles
+}
+
+// TLSFiles are a tcp:// engine's client files.
+type TLSFiles struct {
+	CA, Cert, Key string
 }
 
 // Client talks to the Docker Engine. It is safe for concurrent use.
@@ -83,11 +99,21 @@ func New(o Options, logger *zap.Logger) (*Client, error) {
 	if _, err := netip.ParseAddr(o.PublishAddress); err != nil {
 		return nil, fmt.Errorf("publish address %q: must be an IP address", o.PublishAddress)
 	}
-	c, err := client.New(client.FromEnv) // negotiates the API version by default
+	opts := []client.Opt{client.FromEnv} // negotiates the API version by default
+	if o.URL != "" {
+		opts = append(opts, client.WithHost(o.URL))
+		if o.TLS != nil {
+			opts = append(opts, client.WithTLSClientConfig(o.TLS.CA, o.TLS.Cert, o.TLS.Key))
+		}
+	}
+	c, err := client.New(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("docker client: %w", err)
 	}
 	logger = logger.Named("docker")
+	if o.Host != "" {
+		logger = logger.With(zap.String("host", o.Host))
+	}
 	if hosts := o.RegistryAuths.Hosts(); len(hosts) > 0 {
 		logger.Info("registry credentials loaded", zap.Strings("registries", hosts))
 	}
@@ -108,6 +134,8 @@ func (c *Client) Ping(ctx context.Context) (string, error) {
 
 // Container is one of Berth's containers as Docker sees it.
 type Container struct {
+	// Host is the registered host it runs on ("": the local engine).
+	Host       string
 	ID         string
 	Name       string
 	App        string
@@ -127,15 +155,27 @@ type Container struct {
 }
 
 func fromLabels(c *Container, labels map[string]string) {
+	c.Host = labels[LabelHost]
 	c.App, c.Instance, c.SpecHash = labels[LabelApp], labels[LabelInstance], labels[LabelSpecHash]
 	c.Generation, _ = strconv.ParseInt(labels[LabelGeneration], 10, 64)
 	c.Term, _ = strconv.ParseUint(labels[LabelTerm], 10, 64)
 }
 
-// mine filters Berth's containers of this client's prefix.
+// mine filters Berth's containers of this client's prefix (and host).
 func (c *Client) mine() client.Filters {
-	return client.Filters{}.Add("label", LabelManaged+"=true", LabelPrefix+"="+c.o.Prefix)
+	f := client.Filters{}.Add("label", LabelManaged+"=true", LabelPrefix+"="+c.o.Prefix)
+	if c.o.Host != "" {
+		f = f.Add("label", LabelHost+"="+c.o.Host)
+	}
+	return f
 }
+
+// ours reports whether a container of this prefix is this client's: a
+// registered host's carry its name, the local engine's none.
+func (c *Client) ours(labels map[string]string) bool { return labels[LabelHost] == c.o.Host }
+
+// Host is the registered host this client drives ("": the local engine).
+func (c *Client) Host() string { return c.o.Host }
 
 // List returns every container labelled berth.managed=true of this
 // client's prefix, running or not.
@@ -146,6 +186,9 @@ func (c *Client) List(ctx context.Context) ([]Container, error) {
 	}
 	out := make([]Container, 0, len(res.Items))
 	for _, s := range res.Items {
+		if !c.ours(s.Labels) {
+			continue
+		}
 		ct := Container{ID: s.ID, State: string(s.State), Running: s.State == container.StateRunning}
 		if len(s.Names) > 0 {
 			ct.Name = strings.TrimPrefix(s.Names[0], "/")
@@ -158,6 +201,9 @@ func (c *Client) List(ctx context.Context) ([]Container, error) {
 
 // CreateOptions describe one instance's container.
 type CreateOptions struct {
+	// Host is the registered host to create it on ("": the local
+	// engine); a fleet routes by it, a single client ignores it.
+	Host          string
 	App, Instance string
 	Generation    int64
 	SpecHash      string
@@ -207,6 +253,9 @@ func (c *Client) Create(ctx context.Context, o CreateOptions) (string, error) {
 			LabelManaged: "true", LabelPrefix: c.o.Prefix, LabelApp: o.App, LabelInstance: o.Instance,
 			LabelGeneration: strconv.FormatInt(o.Generation, 10), LabelSpecHash: o.SpecHash, LabelTerm: strconv.FormatUint(o.Term, 10),
 		},
+	}
+	if c.o.Host != "" {
+		cfg.Labels[LabelHost] = c.o.Host
 	}
 	pids := int64(o.Pids)
 	if pids <= 0 {
@@ -334,8 +383,10 @@ type Event struct {
 	ContainerID string
 	App         string
 	Instance    string
-	ExitCode    int
-	Time        time.Time
+	// Host is the registered host it runs on ("": the local engine).
+	Host     string
+	ExitCode int
+	Time     time.Time
 }
 
 // Events streams the events of Berth's containers to handle until ctx
@@ -371,12 +422,15 @@ func (c *Client) streamEvents(ctx context.Context, handle func(Event)) error {
 	for {
 		select {
 		case m := <-res.Messages:
+			if !c.ours(m.Actor.Attributes) {
+				continue
+			}
 			action := string(m.Action)
 			if i := strings.IndexByte(action, ':'); i > 0 { // "health_status: healthy"
 				action = action[:i]
 			}
 			e := Event{Action: action, ContainerID: m.Actor.ID, App: m.Actor.Attributes[LabelApp],
-				Instance: m.Actor.Attributes[LabelInstance], Time: time.Unix(0, m.TimeNano)}
+				Instance: m.Actor.Attributes[LabelInstance], Host: c.o.Host, Time: time.Unix(0, m.TimeNano)}
 			e.ExitCode, _ = strconv.Atoi(m.Actor.Attributes["exitCode"])
 			handle(e)
 		case err := <-res.Err:

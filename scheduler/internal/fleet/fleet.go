@@ -1,0 +1,561 @@
+// Package fleet drives the Docker engines of every registered host as one:
+// it keeps a client per host (the registry in Postgres decides which),
+// probes each engine, marks a host down once it has not answered for the
+// host timeout, lists the containers of every host that is up, routes
+// each container operation to the host that runs it, and merges their
+// event streams. With no host registered the scheduler's local engine is
+// the one host (its name is ""), as before hosts existed.
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/berthhq/berth/scheduler/internal/docker"
+	"github.com/berthhq/berth/scheduler/internal/placement"
+	"github.com/berthhq/berth/scheduler/internal/store"
+)
+
+// Engine is one host's Docker engine (docker.Client).
+type Engine interface {
+	Ping(ctx context.Context) (string, error)
+	List(ctx context.Context) ([]docker.Container, error)
+	Inspect(ctx context.Context, id string) (docker.Container, error)
+	Events(ctx context.Context, handle func(docker.Event), resync func()) error
+	Create(ctx context.Context, o docker.CreateOptions) (string, error)
+	Start(ctx context.Context, id string) error
+	Stop(ctx context.Context, id, signal string, grace time.Duration) error
+	Remove(ctx context.Context, id string) error
+	ImagePresent(ctx context.Context, ref string) (bool, error)
+	Pull(ctx context.Context, ref string, timeout time.Duration) error
+	Stats(ctx context.Context, ids []string, parallel int) (map[string]docker.Reading, error)
+	Close() error
+}
+
+var _ Engine = (*docker.Client)(nil)
+
+// Registry is where the hosts are registered.
+type Registry interface {
+	Hosts(ctx context.Context) ([]store.Host, error)
+}
+
+// Dial connects to a registered host's engine.
+type Dial func(h store.Host) (Engine, error)
+
+// Errors of the fleet.
+var (
+	// ErrHostDown is an operation on a host that is down or unknown.
+	ErrHostDown = errors.New("fleet: the host is not up")
+)
+
+// Config tunes the fleet.
+type Config struct {
+	// Timeout is how long a host's engine may not answer before the host
+	// is marked down (--host-timeout).
+	Timeout time.Duration
+	// Probe is how often every engine is pinged.
+	Probe time.Duration
+	// Call bounds one list or ping of one engine.
+	Call time.Duration
+}
+
+// Host states, as store.Host… .
+const (
+	Up      = store.HostUp
+	Down    = store.HostDown
+	Unknown = store.HostUnknown
+)
+
+type member struct {
+	rec     store.Host
+	eng     Engine
+	state   string
+	lastOK  time.Time
+	since   time.Time
+	last    []docker.Container // the last list, served while the host is suspect
+	stopEvs context.CancelFunc
+}
+
+// Fleet is every engine as one. Safe for concurrent use.
+type Fleet struct {
+	cfg    Config
+	reg    Registry
+	dial   Dial
+	local  Engine
+	logger *zap.Logger
+	now    func() time.Time
+
+	mu      sync.Mutex
+	members map[string]*member // registered hosts, by name
+	where   map[string]string  // container id → host
+	handle  func(docker.Event)
+	resync  func()
+	evCtx   context.Context
+	// Changed is called after a host changes state (set before Run).
+	Changed func(host, state string)
+
+	up *prometheus.GaugeVec
+}
+
+// New returns a fleet over the registry's hosts; local is the engine used
+// while none is registered (nil: none).
+func New(cfg Config, reg Registry, dial Dial, local Engine, logger *zap.Logger) *Fleet {
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 15 * time.Second
+	}
+	if cfg.Probe <= 0 {
+		cfg.Probe = time.Second
+	}
+	if cfg.Call <= 0 {
+		cfg.Call = 5 * time.Second
+	}
+	return &Fleet{cfg: cfg, reg: reg, dial: dial, local: local, logger: logger.Named("fleet"), now: time.Now,
+		members: map[string]*member{}, where: map[string]string{},
+		up: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "berth_scheduler_host_up",
+			Help: "1 while a registered host's Docker engine answers, 0 once it is marked down (--host-timeout), -1 before its first answer."}, []string{"host"})}
+}
+
+// Collectors returns the fleet's metrics.
+func (f *Fleet) Collectors() []prometheus.Collector { return []prometheus.Collector{f.up} }
+
+// Run syncs with the registry and probes every engine until ctx ends.
+func (f *Fleet) Run(ctx context.Context) error {
+	f.mu.Lock()
+	f.evCtx = ctx
+	f.mu.Unlock()
+	t := time.NewTicker(f.cfg.Probe)
+	defer t.Stop()
+	for {
+		if err := f.Sync(ctx); err != nil && ctx.Err() == nil {
+			f.logger.Warn("could not read the host registry; probing the hosts known", zap.Error(err))
+		}
+		f.probe(ctx)
+		select {
+		case <-ctx.Done():
+			f.mu.Lock()
+			for _, m := range f.members {
+				f.drop(m)
+			}
+			f.mu.Unlock()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// Sync reads the registry: new hosts are dialled, changed ones dialled
+// again, removed ones closed.
+func (f *Fleet) Sync(ctx context.Context) error {
+	hosts, err := f.reg.Hosts(ctx)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	seen := map[string]bool{}
+	for _, h := range hosts {
+		seen[h.Name] = true
+		m, ok := f.members[h.Name]
+		if ok && sameEngine(m.rec, h) {
+			m.rec = h
+			continue
+		}
+		if ok {
+			f.drop(m)
+		}
+		eng, err := f.dial(h)
+		if err != nil {
+			f.logger.Error("cannot set up the host's Docker client", zap.String("host", h.Name), zap.Error(err))
+			m = &member{rec: h, state: Down, since: f.now()}
+		} else {
+			m = &member{rec: h, eng: eng, state: Unknown, since: f.now()}
+			f.watch(m)
+		}
+		f.members[h.Name] = m
+		f.up.WithLabelValues(h.Name).Set(-1)
+		f.logger.Info("host added", zap.String("host", h.Name), zap.String("docker_url", h.DockerURL), zap.String("address", h.Address))
+	}
+	for name, m := range f.members {
+		if !seen[name] {
+			f.drop(m)
+			delete(f.members, name)
+			f.up.DeleteLabelValues(name)
+			f.logger.Info("host removed from the registry", zap.String("host", name))
+		}
+	}
+	return nil
+}
+
+func sameEngine(a, b store.Host) bool {
+	return a.DockerURL == b.DockerURL && a.TLSCA == b.TLSCA && a.TLSCert == b.TLSCert && a.TLSKey == b.TLSKey && a.Address == b.Address
+}
+
+// drop stops a member's events and closes its client. Under mu.
+func (f *Fleet) drop(m *member) {
+	if m.stopEvs != nil {
+		m.stopEvs()
+	}
+	if m.eng != nil {
+		_ = m.eng.Close()
+	}
+}
+
+// watch streams a member's events to the handler, once Events was
+// called. Under mu.
+func (f *Fleet) watch(m *member) {
+	if f.handle == nil || f.evCtx == nil || m.eng == nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(f.evCtx)
+	m.stopEvs = cancel
+	eng, handle, resync := m.eng, f.handle, f.resync
+	go func() { _ = eng.Events(ctx, handle, resync) }()
+}
+
+// probe pings every engine; a host that has not answered for the timeout
+// is down.
+func (f *Fleet) probe(ctx context.Context) {
+	f.mu.Lock()
+	ms := slices.Collect(maps.Values(f.members))
+	f.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, m := range ms {
+		if m.eng == nil {
+			continue
+		}
+		wg.Go(func() {
+			cctx, cancel := context.WithTimeout(ctx, min(f.cfg.Call, f.cfg.Probe*2))
+			_, err := m.eng.Ping(cctx)
+			cancel()
+			if ctx.Err() == nil {
+				f.observe(m, err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// observe records the outcome of a call to m's engine.
+func (f *Fleet) observe(m *member, err error) {
+	f.mu.Lock()
+	now := f.now()
+	state := m.state
+	switch {
+	case err == nil:
+		m.lastOK = now
+		state = Up
+	case m.state == Up && now.Sub(m.lastOK) >= f.cfg.Timeout, m.state == Unknown && now.Sub(m.since) >= f.cfg.Timeout:
+		state = Down
+	}
+	changed := state != m.state
+	if changed {
+		m.state, m.since = state, now
+		if state == Down {
+			m.last = nil
+		}
+	}
+	cb := f.Changed
+	f.mu.Unlock()
+	if !changed {
+		return
+	}
+	switch state {
+	case Up:
+		f.up.WithLabelValues(m.rec.Name).Set(1)
+		f.logger.Info("host up: its engine answers", zap.String("host", m.rec.Name))
+	case Down:
+		f.up.WithLabelValues(m.rec.Name).Set(0)
+		f.logger.Warn("host down: its engine has not answered for the host timeout", zap.String("host", m.rec.Name),
+			zap.Duration("timeout", f.cfg.Timeout), zap.Error(err))
+	}
+	if cb != nil {
+		cb(m.rec.Name, state)
+	}
+}
+
+// Registered reports whether any host is registered: without one, the
+// local engine is the one host.
+func (f *Fleet) Registered() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.members) > 0
+}
+
+// Hosts are the hosts placement may choose from, without reservations:
+// the registered ones (schedulable while up and not draining), or the
+// local engine alone while none is registered.
+func (f *Fleet) Hosts() []placement.Host {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.members) == 0 {
+		if f.local == nil {
+			return nil
+		}
+		return []placement.Host{{Name: "", Schedulable: true, State: Up}}
+	}
+	out := make([]placement.Host, 0, len(f.members))
+	for _, m := range f.members {
+		state := m.state
+		if m.rec.Drain {
+			state = "draining"
+		}
+		out = append(out, placement.Host{Name: m.rec.Name, Labels: m.rec.Labels, CPU: m.rec.CPU, Memory: m.rec.Memory,
+			Schedulable: m.state == Up && !m.rec.Drain, State: state})
+	}
+	slices.SortFunc(out, func(a, b placement.Host) int { return cmpString(a.Name, b.Name) })
+	return out
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// State is a host's state: Up, Down or Unknown; draining reports its
+// drain flag. The local engine ("") is up while no host is registered and
+// draining once one is.
+func (f *Fleet) State(host string) (state string, draining bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if host == "" {
+		return Up, len(f.members) > 0
+	}
+	m, ok := f.members[host]
+	if !ok {
+		return Down, true // removed from the registry: what ran there is gone to us
+	}
+	return m.state, m.rec.Drain
+}
+
+// List returns the containers of every host that is up, and the last list
+// of a host that stopped answering but is not down yet, so that nothing
+// is replaced before the host timeout. The local engine's while no host
+// is registered, and then its failure is the list's; once hosts are
+// registered, its containers (from before) are listed when it answers.
+func (f *Fleet) List(ctx context.Context) ([]docker.Container, error) {
+	f.mu.Lock()
+	ms := slices.Collect(maps.Values(f.members))
+	local := f.local
+	f.mu.Unlock()
+	var out []docker.Container
+	if local != nil {
+		cctx, cancel := context.WithTimeout(ctx, f.cfg.Call)
+		list, err := local.List(cctx)
+		cancel()
+		if err != nil && len(ms) == 0 {
+			return nil, err
+		}
+		out = append(out, list...)
+	}
+	lists := make([][]docker.Container, len(ms))
+	var wg sync.WaitGroup
+	for i, m := range ms {
+		f.mu.Lock()
+		state := m.state
+		f.mu.Unlock()
+		if m.eng == nil || state == Down {
+			continue
+		}
+		wg.Go(func() {
+			cctx, cancel := context.WithTimeout(ctx, f.cfg.Call)
+			list, err := m.eng.List(cctx)
+			cancel()
+			if ctx.Err() != nil {
+				return
+			}
+			f.observe(m, err)
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			if err == nil {
+				m.last = list
+			}
+			if m.state != Down {
+				lists[i] = m.last
+			}
+		})
+	}
+	wg.Wait()
+	for _, l := range lists {
+		out = append(out, l...)
+	}
+	f.mu.Lock()
+	for _, ct := range out {
+		f.where[ct.ID] = ct.Host
+	}
+	f.mu.Unlock()
+	return out, nil
+}
+
+// engine returns the engine of host, which must be up (or the local one).
+func (f *Fleet) engine(host string) (Engine, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if host == "" {
+		if f.local == nil {
+			return nil, fmt.Errorf("%w: no local Docker engine", ErrHostDown)
+		}
+		return f.local, nil
+	}
+	m, ok := f.members[host]
+	if !ok || m.eng == nil {
+		return nil, fmt.Errorf("%w: host %s is not registered", ErrHostDown, host)
+	}
+	if m.state == Down {
+		return nil, fmt.Errorf("%w: host %s is down", ErrHostDown, host)
+	}
+	return m.eng, nil
+}
+
+// of returns the engine that runs container id.
+func (f *Fleet) of(id string) (Engine, error) {
+	f.mu.Lock()
+	host, ok := f.where[id]
+	f.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("docker: container %s is on no host the fleet knows: %w", docker.ShortID(id), docker.ErrNotFound)
+	}
+	return f.engine(host)
+}
+
+// Create creates a container on o.Host.
+func (f *Fleet) Create(ctx context.Context, o docker.CreateOptions) (string, error) {
+	eng, err := f.engine(o.Host)
+	if err != nil {
+		return "", err
+	}
+	id, err := eng.Create(ctx, o)
+	if err == nil {
+		f.mu.Lock()
+		f.where[id] = o.Host
+		f.mu.Unlock()
+	}
+	return id, err
+}
+
+// Start starts a container where it was created.
+func (f *Fleet) Start(ctx context.Context, id string) error {
+	eng, err := f.of(id)
+	if err != nil {
+		return err
+	}
+	return eng.Start(ctx, id)
+}
+
+// Stop stops a container where it runs.
+func (f *Fleet) Stop(ctx context.Context, id, signal string, grace time.Duration) error {
+	eng, err := f.of(id)
+	if err != nil {
+		return err
+	}
+	return eng.Stop(ctx, id, signal, grace)
+}
+
+// Remove removes a container where it runs.
+func (f *Fleet) Remove(ctx context.Context, id string) error {
+	eng, err := f.of(id)
+	if err != nil {
+		return err
+	}
+	err = eng.Remove(ctx, id)
+	if err == nil || errors.Is(err, docker.ErrNotFound) {
+		f.mu.Lock()
+		delete(f.where, id)
+		f.mu.Unlock()
+	}
+	return err
+}
+
+// Inspect inspects a container where it runs.
+func (f *Fleet) Inspect(ctx context.Context, id string) (docker.Container, error) {
+	eng, err := f.of(id)
+	if err != nil {
+		return docker.Container{}, err
+	}
+	return eng.Inspect(ctx, id)
+}
+
+// ImagePresent reports whether ref is on host.
+func (f *Fleet) ImagePresent(ctx context.Context, host, ref string) (bool, error) {
+	eng, err := f.engine(host)
+	if err != nil {
+		return false, err
+	}
+	return eng.ImagePresent(ctx, ref)
+}
+
+// Pull pulls ref on host.
+func (f *Fleet) Pull(ctx context.Context, host, ref string, timeout time.Duration) error {
+	eng, err := f.engine(host)
+	if err != nil {
+		return err
+	}
+	return eng.Pull(ctx, ref, timeout)
+}
+
+// Stats reads the containers ids on the hosts that run them.
+func (f *Fleet) Stats(ctx context.Context, ids []string, parallel int) (map[string]docker.Reading, error) {
+	by := map[string][]string{}
+	f.mu.Lock()
+	for _, id := range ids {
+		by[f.where[id]] = append(by[f.where[id]], id)
+	}
+	f.mu.Unlock()
+	out := map[string]docker.Reading{}
+	var errs []error
+	for host, hids := range by {
+		eng, err := f.engine(host)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		rs, err := eng.Stats(ctx, hids, parallel)
+		maps.Copy(out, rs)
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+// Events streams the events of every engine's containers to handle until
+// ctx ends, calling resync after any stream reconnects.
+func (f *Fleet) Events(ctx context.Context, handle func(docker.Event), resync func()) error {
+	wrapped := func(e docker.Event) {
+		if e.Action == "destroy" {
+			f.mu.Lock()
+			delete(f.where, e.ContainerID)
+			f.mu.Unlock()
+		}
+		handle(e)
+	}
+	f.mu.Lock()
+	f.handle, f.resync = wrapped, resync
+	if f.evCtx == nil {
+		f.evCtx = ctx
+	}
+	for _, m := range f.members {
+		if m.stopEvs == nil {
+			f.watch(m)
+		}
+	}
+	local := f.local
+	f.mu.Unlock()
+	if local != nil {
+		return local.Events(ctx, wrapped, resync)
+	}
+	<-ctx.Done()
+	return nil
+}
