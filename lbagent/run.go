@@ -191,6 +191,19 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 	challenges := bus.NewWatcher(conn, names.ChallengesBucket(), bus.Message[*msg.Challenge], responder.Handler(), logger)
 	dropped = append(dropped, apps, insts, health, certsW, challenges)
 	group.Add("watch-certificates", certsW)
+	group.Add("certificates-fallback", lifecycle.Func(func(ctx context.Context) error {
+		select {
+		case <-ctx.Done():
+		case <-time.After(certsWait):
+			if store.AssumeNoCertificates() {
+				logger.Warn("the certificates bucket did not load: applying changes without it; apps with tls.acme are served over plain HTTP until it does "+
+					"(is the scheduler older than this lbagent, or the nats-server config older than the bucket? print it again with scheduler nats-config)",
+					zap.String("bucket", names.CertificatesBucket()), zap.Duration("waited", certsWait))
+			}
+			<-ctx.Done() // a component that returns stops the group
+		}
+		return nil
+	}))
 	group.Add("watch-challenges", challenges)
 	group.Add("acme-challenges", lifecycle.Serve(&http.Server{Handler: responder, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
 		WriteTimeout: 10 * time.Second, MaxHeaderBytes: 16 << 10}, acmeLn))
@@ -214,6 +227,10 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 	logger.Info("lbagent started", zap.String("target", target), zap.Bool("manage_nginx", c.Manage))
 	return group.Run(ctx)
 }
+
+// certsWait is how long lbagent waits for the certificates bucket before
+// it applies changes without it (state.Store.AssumeNoCertificates).
+const certsWait = 15 * time.Second
 
 // ensureInitialConfig leaves a config a managed nginx can start with: the
 // previous run's config when it still passes nginx -t (so nginx serves

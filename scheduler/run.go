@@ -350,6 +350,12 @@ func certManager(r *runCmd, st *store.Store, conn *bus.Conn, names msg.Names, pu
 	if err != nil {
 		return nil, err
 	}
+	// The keys go to the lbagents sealed to their role's keys: without
+	// Berth's role credentials there is nothing to seal to.
+	if _, err := conn.SealTo(bus.RoleLBAgent, []byte("probe")); err != nil {
+		return nil, fmt.Errorf("--acme-directory needs Berth's role credentials (--nats-nkey with the roles' trust lines, or the embedded NATS), "+
+			"so that certificate keys reach the lbagents only: %w", err)
+	}
 	shelf := &certs.BusShelf{Conn: conn, Names: names, Logger: logger, Settle: 250 * time.Millisecond}
 	issuer := &certs.ACME{Directory: r.ACMEDirectory, Email: r.ACMEEmail, HTTP: client, Vault: vault, Accounts: st, Solver: shelf, Logger: logger}
 	logger.Info("ordering certificates for apps with routing.tls.acme", zap.String("directory", r.ACMEDirectory), zap.String("cert_key_id", vault.ID()))

@@ -11,8 +11,8 @@ import (
 var ErrKeyMismatch = errors.New("msg: key does not match the message")
 
 // Key returns the KV key a message of a bucket is stored under: the app
-// name (apps), <app>.<instance> (instances, health), the node (agents) or
-// the checker id (checkers). ok is false for a message that is not stored
+// name (apps, certificates), <app>.<instance> (instances, health), the
+// node (agents), the checker id (checkers) or the token (challenges). ok is false for a message that is not stored
 // in a bucket.
 func Key(m Message) (key string, ok bool) {
 	switch m := m.(type) {
@@ -26,6 +26,10 @@ func Key(m Message) (key string, ok bool) {
 		return m.Node, true
 	case *Checker:
 		return m.ID, true
+	case *Certificate:
+		return m.App, true
+	case *Challenge:
+		return m.Token, true
 	}
 	return "", false
 }

@@ -21,9 +21,13 @@ import (
 )
 
 // opener opens "boxes" that hold the key in the clear, or fails.
-type opener struct{ fail bool }
+type opener struct {
+	fail  bool
+	calls int
+}
 
-func (o opener) OpenSealed(boxes []msg.SealedKey) ([]byte, error) {
+func (o *opener) OpenSealed(boxes []msg.SealedKey) ([]byte, error) {
+	o.calls++
 	if o.fail {
 		return nil, errors.New("does not open")
 	}
@@ -70,8 +74,13 @@ func TestACMECertificateIsNeverDroppedWhileValid(t *testing.T) {
 	require.Equal(t, f1, served(state.App{Spec: &again}))
 
 	o.fail = true
-	require.Equal(t, f1, served(state.App{Spec: &again, Cert: acmeCertFor(t, 2, now.Add(91*24*time.Hour), "web.example.com")}),
-		"a newer one that does not open leaves the served one")
+	broken := acmeCertFor(t, 2, now.Add(91*24*time.Hour), "web.example.com")
+	require.Equal(t, f1, served(state.App{Spec: &again, Cert: broken}), "a newer one that does not open leaves the served one")
+	calls := o.calls
+	require.Equal(t, f1, served(state.App{Spec: &again, Cert: broken}))
+	require.Equal(t, calls, o.calls, "a broken certificate is tried once, not at every sync")
+	out := a.withCerts(state.Snapshot{Apps: []state.App{{Spec: &again, Cert: broken}}}, now)
+	require.Equal(t, first, out.Apps[0].Cert, "the names that decide the hosts are the served certificate's")
 	o.fail = false
 	f3 := served(state.App{Spec: &again, Cert: acmeCertFor(t, 3, now.Add(92*24*time.Hour), "web.example.com")})
 	require.NotEqual(t, f1, f3, "a new certificate, new files")

@@ -715,6 +715,10 @@ type selfCert struct {
 	// are its files, none while it could not be placed.
 	serial string
 	files  selfsigned.Cert
+	// cert is the ACME certificate served (its names decide which hosts
+	// get it); failed the serial of a newer one that could not be placed.
+	cert   *msg.Certificate
+	failed string
 }
 
 // withCerts returns snap with every app whose TLS is self_signed rendered
@@ -748,7 +752,7 @@ func (a *Agent) withCerts(snap state.Snapshot, now time.Time) state.Snapshot {
 			if out.Apps == nil {
 				out.Apps = append([]state.App(nil), snap.Apps...)
 			}
-			out.Apps[i] = state.App{Spec: c.out, Servers: app.Servers, Cert: app.Cert}
+			out.Apps[i] = state.App{Spec: c.out, Servers: app.Servers, Cert: c.cert}
 			continue
 		}
 		if tls == nil || !tls.SelfSigned {
@@ -808,15 +812,17 @@ func (a *Agent) acmeCert(app state.App, now time.Time) (selfCert, bool) {
 	if cert == nil {
 		return keep()
 	}
-	if had && prev.src == app.Spec && prev.serial == cert.Serial {
+	if had && prev.src == app.Spec && (prev.serial == cert.Serial || prev.failed == cert.Serial) {
 		return prev, prev.files.Certificate != ""
 	}
-	if had && prev.serial == cert.Serial && prev.files.Certificate == "" {
+	if had && (prev.serial == cert.Serial && prev.files.Certificate == "" || prev.failed == cert.Serial) {
 		return keep() // this certificate failed already: logged once
 	}
-	fail := func(msg string, err error) (selfCert, bool) {
-		a.logger.Error(msg, zap.String("app", name), zap.String("serial", cert.Serial), zap.Bool("keeps_serving_the_previous", serving), zap.Error(err))
+	fail := func(text string, err error) (selfCert, bool) {
+		a.logger.Error(text, zap.String("app", name), zap.String("serial", cert.Serial), zap.Bool("keeps_serving_the_previous", serving), zap.Error(err))
 		if serving {
+			prev.failed = cert.Serial
+			a.certs[name] = prev
 			return keep()
 		}
 		a.certs[name] = selfCert{src: app.Spec, out: app.Spec, serial: cert.Serial}
@@ -834,7 +840,7 @@ func (a *Agent) acmeCert(app state.App, now time.Time) (selfCert, bool) {
 	if err != nil {
 		return fail("ACME certificate not placed", err)
 	}
-	c := selfCert{src: app.Spec, out: withCertFiles(app.Spec, files), notAfter: files.NotAfter, serial: cert.Serial, files: files}
+	c := selfCert{src: app.Spec, out: withCertFiles(app.Spec, files), notAfter: files.NotAfter, serial: cert.Serial, files: files, cert: cert}
 	a.certs[name] = c
 	log := a.logger.Debug
 	if !had || prev.serial != cert.Serial {

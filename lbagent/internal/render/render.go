@@ -296,12 +296,10 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 				srv = &Server{Host: h, HTTPListen: o.HTTPListen, HTTPSListen: o.HTTPSListen, AccessLogSocket: o.AccessLogSocket}
 				servers[h] = srv
 			}
-			if tls := a.Spec.Routing.TLS; tls != nil && tls.ACME {
-				srv.ACME = o.ACME
-			}
 			// An app with tls.acme and no certificate yet is served over
-			// plain HTTP (lbagent names the files once one is issued).
-			if tls := a.Spec.Routing.TLS; tls != nil && (!tls.ACME || tls.Certificate != "") {
+			// plain HTTP (lbagent names the files once one is issued), and so
+			// is a host its certificate does not cover yet (hosts added).
+			if tls := a.Spec.Routing.TLS; tls != nil && (!tls.ACME || tls.Certificate != "" && covers(a.Cert, h)) {
 				switch {
 				case srv.TLS == nil:
 					srv.TLS, srv.RedirectHTTP, anyTLS = tls, tls.RedirectHTTP, true
@@ -313,6 +311,7 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 			}
 			locs := a.Spec.Routing.Locations()
 			srv.Locations = slices.Grow(srv.Locations, len(locs))
+			owned := len(srv.Locations)
 			for _, l := range locs {
 				keys := spec.LocationKeys(h, l)
 				other := ""
@@ -388,6 +387,17 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 					srv.HasRoot = true
 				}
 			}
+			// The CA's challenge for h is answered only where the app with
+			// tls.acme routes something of h: an app whose every route there
+			// is another's gets no certificate for it.
+			if tls := a.Spec.Routing.TLS; tls != nil && tls.ACME && len(srv.Locations) > owned {
+				srv.ACME = o.ACME
+			}
+		}
+	}
+	for h, srv := range servers {
+		if srv.ACME != "" {
+			reserveChallengePath(srv, h, conflicts)
 		}
 	}
 	servers[""].RejectTLS = anyTLS
@@ -423,6 +433,45 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 		d.Servers = append(d.Servers, *srv)
 	}
 	return d, conflicts
+}
+
+// covers reports whether an ACME certificate covers host h; without one
+// (the lbagent serves a certificate it kept), it is taken to.
+func covers(c *msg.Certificate, h string) bool {
+	if c == nil {
+		return true
+	}
+	for _, n := range c.Names {
+		if strings.EqualFold(n, h) {
+			return true
+		}
+	}
+	return false
+}
+
+// challengeArgs are the nginx location arguments another app's route
+// would share with the challenge location, which nginx refuses as a
+// duplicate.
+var challengeArgs = []string{spec.ACMEChallengePath, "^~ " + spec.ACMEChallengePath}
+
+// reserveChallengePath takes /.well-known/acme-challenge/ from any route
+// of srv that claims it, when an app there has tls.acme: lbagent answers
+// it. Such a route keeps its other location arguments, or is dropped and
+// reported as a conflict.
+func reserveChallengePath(srv *Server, h string, conflicts map[string]string) {
+	kept := srv.Locations[:0]
+	for _, l := range srv.Locations {
+		args := slices.DeleteFunc(slices.Clone(l.Matches), func(a string) bool { return slices.Contains(challengeArgs, a) })
+		if len(args) < len(l.Matches) {
+			conflicts[l.App] = fmt.Sprintf("%s on host %s is where the ACME CA's challenges are answered, for an app with tls.acme", spec.ACMEChallengePath, hostLabel(h))
+		}
+		if len(args) == 0 {
+			continue
+		}
+		l.Matches = args
+		kept = append(kept, l)
+	}
+	srv.Locations = kept
 }
 
 // ClaimsBefore reports whether app a claimed its routes before app b
@@ -673,7 +722,7 @@ func Load(fsys fs.FS) (*Renderer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse templates: %w", err)
 	}
-	for _, name := range []string{"nginx.conf.tmpl", "http", "upstream", "server", "location", "route"} {
+	for _, name := range []string{"nginx.conf.tmpl", "http", "upstream", "server", "location", "route", "routed", "acme"} {
 		if t.Lookup(name) == nil {
 			return nil, fmt.Errorf("parse templates: template %q is missing", name)
 		}

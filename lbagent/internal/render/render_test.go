@@ -476,3 +476,50 @@ func state2(s state.Snapshot) state.Snapshot {
 	}
 	return out
 }
+
+// TestACMEServers: the challenge location only where the app with
+// tls.acme routes something, TLS only on the hosts its certificate
+// covers, and another app's route on the challenge path reported as a
+// conflict rather than a duplicate location nginx would refuse.
+func TestACMEServers(t *testing.T) {
+	t.Parallel()
+	certs := certDir(t)
+	// shop has a certificate for shop.example.com only; www was added since.
+	shop := app("shop", 1, "shop.example.com", "www.shop.example.com")
+	shop.Spec.CreatedAt = time.Unix(200, 0)
+	shop.Spec.Routing.TLS = &spec.TLS{ACME: true, Certificate: certs + "/web.crt", Key: certs + "/web.key", RedirectHTTP: true}
+	shop.Cert = &msg.Certificate{App: "shop", Names: []string{"shop.example.com"}}
+	// webroot, created later, routes the challenge path on shop's host.
+	webroot := app("webroot", 1, "shop.example.com")
+	webroot.Spec.CreatedAt = time.Unix(500, 0)
+	webroot.Spec.Routing.Paths = []string{"/.well-known/acme-challenge/", "/.well-known/other"}
+	// late lists a host whose every route is alpha's: no challenge for it.
+	alpha := app("alpha", 1, "alpha.example.com")
+	alpha.Spec.CreatedAt = time.Unix(100, 0)
+	late := app("late", 1, "alpha.example.com")
+	late.Spec.CreatedAt = time.Unix(900, 0)
+	late.Spec.Routing.TLS = &spec.TLS{ACME: true}
+	d, conflicts := Layout(state.Snapshot{Apps: []state.App{alpha, late, shop, webroot}}, 1, opts)
+	require.Equal(t, map[string]string{
+		"late":    "path / on host alpha.example.com is already routed to app alpha",
+		"webroot": "/.well-known/acme-challenge/ on host shop.example.com is where the ACME CA's challenges are answered, for an app with tls.acme",
+	}, conflicts)
+	byHost := map[string]Server{}
+	for _, srv := range d.Servers {
+		byHost[srv.Host] = srv
+	}
+	require.Empty(t, byHost["alpha.example.com"].ACME)
+	require.Equal(t, opts.ACME, byHost["shop.example.com"].ACME)
+	require.NotNil(t, byHost["shop.example.com"].TLS)
+	require.Nil(t, byHost["www.shop.example.com"].TLS, "not covered yet: plain HTTP, no redirect to a certificate that does not match")
+	require.False(t, byHost["www.shop.example.com"].RedirectHTTP)
+	require.Equal(t, opts.ACME, byHost["www.shop.example.com"].ACME)
+
+	r, err := Load(templates.FS)
+	require.NoError(t, err)
+	out, err := r.Render(d, true)
+	require.NoError(t, err)
+	requireNginxAccepts(t, testrig.NginxBin(t), out)
+	require.Contains(t, string(out), "location /.well-known/other/ {", "webroot keeps its other route")
+	require.NotContains(t, string(out), "location /.well-known/acme-challenge/ {", "none of webroot's on the challenge path")
+}

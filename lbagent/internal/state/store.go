@@ -175,6 +175,23 @@ func (s *Store) InstancesHandler() bus.Handler[*msg.Instance] {
 	return handler(s, s.instances, instanceApp, true)
 }
 
+// AssumeNoCertificates loads the certificates as none, unless they have
+// loaded: for a NATS where the bucket is missing or this credential may
+// not read it (a scheduler or a nats-server config older than the
+// bucket), so that lbagent still applies changes; apps with tls.acme are
+// then served over plain HTTP. It reports whether it did.
+func (s *Store) AssumeNoCertificates() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.certs.Loaded() {
+		return false
+	}
+	s.certs.Handler().Snapshot(nil, 0)
+	s.all = true
+	s.notify()
+	return true
+}
+
 // CertificatesHandler handles the certificates bucket (by app, fenced).
 func (s *Store) CertificatesHandler() bus.Handler[*msg.Certificate] {
 	return handler(s, s.certs, appKey, false)

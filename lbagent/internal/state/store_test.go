@@ -172,3 +172,15 @@ func instanceIDs(a App) []string {
 	}
 	return out
 }
+
+func TestAssumeNoCertificates(t *testing.T) {
+	t.Parallel()
+	s := NewStore()
+	s.AppsHandler().Snapshot(nil, 1)
+	s.InstancesHandler().Snapshot(nil, 1)
+	s.HealthHandler().Snapshot(nil, 1)
+	require.False(t, s.Ready(), "waits for the certificates")
+	require.True(t, s.AssumeNoCertificates())
+	require.True(t, s.Ready())
+	require.False(t, s.AssumeNoCertificates(), "only once, and never over a loaded bucket")
+}

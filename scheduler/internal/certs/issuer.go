@@ -178,18 +178,25 @@ func (a *ACME) account(ctx context.Context, l store.Lease, fresh bool) (*user, e
 	u := &user{email: a.Email}
 	if ok {
 		pem, err := a.Vault.Open(stored.Key, a.accountAAD())
-		if err != nil {
+		switch {
+		case errors.Is(err, ErrWrongKey):
+			// --cert-key-file was changed: the old account cannot be used,
+			// and a new one costs nothing (obtain registers it and stores it
+			// under the new key).
+			a.Logger.Warn("the stored ACME account was sealed with another --cert-key-file: registering a new account", zap.Error(err))
+		case err != nil:
 			return nil, fmt.Errorf("acme account key: %w", err)
+		default:
+			u.key, err = certcrypto.ParsePEMPrivateKey(pem)
+			clear(pem)
+			if err != nil {
+				return nil, fmt.Errorf("acme account key: %w", err)
+			}
+			if stored.URI != "" && !fresh {
+				u.reg = &acme.ExtendedAccount{Location: stored.URI}
+			}
+			return u, nil
 		}
-		u.key, err = certcrypto.ParsePEMPrivateKey(pem)
-		clear(pem)
-		if err != nil {
-			return nil, fmt.Errorf("acme account key: %w", err)
-		}
-		if stored.URI != "" && !fresh {
-			u.reg = &acme.ExtendedAccount{Location: stored.URI}
-		}
-		return u, nil
 	}
 	if u.key, err = certcrypto.GeneratePrivateKey(certcrypto.EC256); err != nil {
 		return nil, err

@@ -169,6 +169,10 @@ func (m *Manager) Run(ctx context.Context) error {
 			}
 		} else {
 			lastTerm = 0
+			// A follower exports no certificate's state: the leader's is the
+			// one an alert must read.
+			m.expiry.Reset()
+			m.failures.Reset()
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -216,10 +220,10 @@ func (m *Manager) Step(ctx context.Context, l store.Lease, republish bool) (time
 			m.logger.Info("forgot the certificate of an app without tls.acme", zap.String(logging.KeyApp, app))
 		}
 	}
+	var putErr error
 	if republish || len(plan.Forget) > 0 {
-		if err := m.putAll(ctx, l, wants, have); err != nil {
-			return time.Time{}, err
-		}
+		// A failure here does not hold back the orders below.
+		putErr = m.putAll(ctx, l, wants, have)
 	}
 	for app, c := range have {
 		if c.Chain != "" {
@@ -236,11 +240,11 @@ func (m *Manager) Step(ctx context.Context, l store.Lease, republish bool) (time
 			continue
 		}
 		if err := m.order(ctx, l, o); err != nil {
-			return time.Time{}, err
+			return time.Time{}, errors.Join(putErr, err)
 		}
-		return m.now(), nil
+		return m.now(), putErr
 	}
-	return plan.Next, nil
+	return plan.Next, putErr
 }
 
 type appGen struct {
@@ -280,27 +284,33 @@ func (m *Manager) served(o Order, now time.Time) bool {
 
 // putAll puts every issued certificate an app wants, and sweeps the rest.
 func (m *Manager) putAll(ctx context.Context, l store.Lease, wants []Want, have map[string]store.Certificate) error {
+	// Every app that wants a certificate and has one keeps its key in the
+	// bucket, even when this replica cannot open it (another
+	// --cert-key-file): what the lbagents serve is never taken away.
 	var keep []string
+	var errs []error
 	for _, w := range wants {
 		c, ok := have[w.App]
 		if !ok || c.Chain == "" {
 			continue
 		}
+		keep = append(keep, c.App)
 		key, err := m.vault.Open(c.Key, aad(c.App))
 		if err != nil {
-			// Not fatal to the others: this app's certificate is ordered
-			// again only when it falls due; the error says what to fix.
-			m.logger.Error("a stored certificate key does not open: is --cert-key-file the key it was stored with?", zap.String(logging.KeyApp, c.App), zap.Error(err))
+			m.logger.Error("a stored certificate key does not open: is --cert-key-file the key it was stored with? The bucket keeps what it has",
+				zap.String(logging.KeyApp, c.App), zap.Error(err))
 			continue
 		}
 		err = m.shelf.Put(ctx, c, key, l.Term)
 		clear(key)
 		if err != nil {
-			return err
+			errs = append(errs, err)
 		}
-		keep = append(keep, c.App)
 	}
-	return m.shelf.Sweep(ctx, keep)
+	if err := m.shelf.Sweep(ctx, keep); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 // order carries out one order and records its outcome.
@@ -313,7 +323,9 @@ func (m *Manager) order(ctx context.Context, l store.Lease, o Order) error {
 	log.Info("ordering a certificate")
 	start := m.now()
 	octx, cancel := context.WithTimeout(ctx, m.cfg.OrderTimeout)
+	stop := m.whileLeading(octx, l, cancel)
 	issued, err := m.issuer.Obtain(octx, l, o.App, o.Names, replaces)
+	stop()
 	cancel()
 	if ctx.Err() != nil {
 		return ctx.Err()
@@ -352,6 +364,32 @@ func (m *Manager) order(ctx context.Context, l store.Lease, o Order) error {
 	err = m.shelf.Put(ctx, c, issued.Key, l.Term)
 	clear(issued.Key)
 	return err
+}
+
+// whileLeading cancels an order once l is no longer this replica's
+// lease, so that a deposed leader does not finish an order the new one
+// makes too. The returned stop ends the watch.
+func (m *Manager) whileLeading(ctx context.Context, l store.Lease, cancel context.CancelFunc) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if cur, ok := m.leader(); !ok || cur.Term != l.Term {
+					m.logger.Warn("leadership lost during an order: cancelling it")
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	return func() { close(done) }
 }
 
 // failed records a failed order: one more failure, the backoff (or the

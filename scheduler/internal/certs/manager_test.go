@@ -204,6 +204,16 @@ func TestManagerOrdersRenewsBacksOffAndForgets(t *testing.T) {
 	evs, _ = st.Events(ctx, "web", 0, 100)
 	require.Contains(t, evs[len(evs)-1].Message, "the app keeps its certificate, valid until")
 
+	// A replica with another --cert-key-file cannot open the key, and
+	// leaves the certificate in the bucket.
+	other, err := NewVault([]byte("0123456789abcdef0123456789abcdef"))
+	require.NoError(t, err)
+	m2 := New(Config{}, st, txer{st}, ca, shelf, other, func() (store.Lease, bool) { return l, true }, zap.NewNop())
+	m2.now = clock
+	_, err = m2.Step(ctx, l, true)
+	require.NoError(t, err)
+	require.Contains(t, shelf.keys, "web", "what the lbagents serve is never taken away")
+
 	// tls.acme off: the certificate is forgotten and leaves the shelf.
 	app.Routing.TLS = nil
 	_, _, err = st.Apply(ctx, app)

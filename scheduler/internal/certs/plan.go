@@ -107,10 +107,10 @@ func MakePlan(wants []Want, have map[string]store.Certificate, now time.Time, re
 			reason = ReasonNames
 		case !now.Before(c.NotAfter):
 			reason = ReasonExpired
-		case !now.Before(c.NotAfter.Add(-renewBefore)):
+		case !now.Before(RenewAt(c, renewBefore)):
 			reason = ReasonRenewal
 		default:
-			due = c.NotAfter.Add(-renewBefore)
+			due = RenewAt(c, renewBefore)
 		}
 		if reason == "" {
 			later(due)
@@ -118,6 +118,10 @@ func MakePlan(wants []Want, have map[string]store.Certificate, now time.Time, re
 		}
 		if ok && c.Failures > 0 && now.Before(c.RetryAt) {
 			later(c.RetryAt)
+			continue
+		}
+		if reason == ReasonNames && now.Before(c.IssuedAt.Add(NamesWait)) {
+			later(c.IssuedAt.Add(NamesWait))
 			continue
 		}
 		p.Orders = append(p.Orders, Order{App: w.App, Names: w.Names, Generation: w.Generation, Reason: reason, Have: c})
@@ -130,6 +134,25 @@ func MakePlan(wants []Want, have map[string]store.Certificate, now time.Time, re
 	slices.Sort(p.Forget)
 	return p
 }
+
+// RenewAt is when c falls due: renewBefore ahead of its expiry, or, for
+// a certificate that lives no longer than renewBefore (a private CA's
+// day-long ones), at two thirds of its life, so that a renewal is never
+// due the moment it is issued.
+func RenewAt(c store.Certificate, renewBefore time.Duration) time.Time {
+	at := c.NotAfter.Add(-renewBefore)
+	if !at.After(c.NotBefore) {
+		at = c.NotBefore.Add(c.NotAfter.Sub(c.NotBefore) * 2 / 3)
+	}
+	return at
+}
+
+// NamesWait is the least time between a certificate's issuance and an
+// order for changed hosts: a spec applied again and again with other
+// hosts orders at most one certificate a NamesWait, not one an apply,
+// which would spend the CA's limits every app shares (Let's Encrypt: 300
+// orders per 3 hours per account).
+const NamesWait = time.Minute
 
 // Backoff is how long to wait after the n-th consecutive failure: 2 min,
 // then three times longer each time, up to a day, so an order that keeps

@@ -56,7 +56,19 @@ func TestMakePlan(t *testing.T) {
 			require.Empty(t, p.Forget)
 		})
 	}
-	p := MakePlan(nil, map[string]store.Certificate{"gone": valid(now), "also": {}}, now, DefaultRenewBefore)
+	// A day-long certificate (a private CA) is renewed at two thirds of
+	// its life, not the moment it is issued.
+	short := store.Certificate{Names: names, Chain: "pem", NotBefore: now.Add(-time.Minute), NotAfter: now.Add(24*time.Hour - time.Minute)}
+	p := MakePlan([]Want{{App: "web", Names: names}}, map[string]store.Certificate{"web": short}, now, DefaultRenewBefore)
+	require.Empty(t, p.Orders)
+	require.Equal(t, now.Add(-time.Minute+16*time.Hour), p.Next)
+	// Hosts changed right after an issuance: the order waits NamesWait.
+	fresh := store.Certificate{Names: []string{"old.example.com"}, Chain: "pem", NotAfter: now.Add(80 * 24 * time.Hour), IssuedAt: now.Add(-20 * time.Second)}
+	p = MakePlan([]Want{{App: "web", Names: names}}, map[string]store.Certificate{"web": fresh}, now, DefaultRenewBefore)
+	require.Empty(t, p.Orders)
+	require.Equal(t, now.Add(NamesWait-20*time.Second), p.Next)
+
+	p = MakePlan(nil, map[string]store.Certificate{"gone": valid(now), "also": {}}, now, DefaultRenewBefore)
 	require.Equal(t, []string{"also", "gone"}, p.Forget)
 }
 
