@@ -90,6 +90,8 @@ type runCmd struct {
 	AppEnvPrefix   string        `name:"app-env-prefix" help:"Pass the scheduler's env vars with this prefix (stripped) to every app." default:"" env:"BERTH_SCHEDULER_APP_ENV_PREFIX"`
 	AppEnvBlock    []string      `name:"app-env-block" help:"Name patterns never passed through (PATH, HOME, HOSTNAME and BERTH_SCHEDULER_* always are)." default:"" env:"BERTH_SCHEDULER_APP_ENV_BLOCK"`
 
+	HostTimeout time.Duration `name:"host-timeout" help:"A registered host whose Docker engine has not answered for this long is down: its instances leave every nginx and are replaced on other hosts." default:"15s" env:"BERTH_SCHEDULER_HOST_TIMEOUT"`
+
 	MaxRoutes int `name:"max-routes" help:"Cap on the routes (hosts x paths) of every app together, which each nginx renders as locations; an apply past it is refused (0: no cap)." default:"20000" env:"BERTH_SCHEDULER_MAX_ROUTES"`
 
 	AutoscaleInterval time.Duration `name:"autoscale-interval" help:"How often the leader decides the replicas of every autoscaled app." default:"15s" env:"BERTH_SCHEDULER_AUTOSCALE_INTERVAL"`
@@ -180,6 +182,9 @@ func (r *runCmd) check() error {
 	}
 	if r.Resync < time.Second {
 		errs = append(errs, fmt.Errorf("--resync (%s): must be at least 1s", r.Resync))
+	}
+	if r.HostTimeout < 2*time.Second || r.HostTimeout > 10*time.Minute {
+		errs = append(errs, fmt.Errorf("--host-timeout (%s): must be between 2s and 10m", r.HostTimeout))
 	}
 	if r.MaxParallel < 1 || r.MaxParallel > 256 {
 		errs = append(errs, fmt.Errorf("--max-parallel (%d): must be between 1 and 256", r.MaxParallel))

@@ -27,6 +27,7 @@ import (
 	"github.com/berthhq/berth/scheduler/internal/certs"
 	"github.com/berthhq/berth/scheduler/internal/controller"
 	"github.com/berthhq/berth/scheduler/internal/docker"
+	"github.com/berthhq/berth/scheduler/internal/fleet"
 	"github.com/berthhq/berth/scheduler/internal/leader"
 	"github.com/berthhq/berth/scheduler/internal/publish"
 	"github.com/berthhq/berth/scheduler/internal/scaler"
@@ -245,6 +246,16 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 		return err
 	}
 	defer dk.Close()
+	// Every registered host's engine as one; the local engine alone while
+	// none is registered.
+	fl := fleet.New(fleet.Config{Timeout: r.HostTimeout}, st, func(h store.Host) (fleet.Engine, error) {
+		o := docker.Options{Prefix: r.Prefix, PublishAddress: h.Address, Network: r.Network, RegistryAuths: auths, Host: h.Name, URL: h.DockerURL}
+		if h.TLSCA != "" || h.TLSCert != "" || h.TLSKey != "" {
+			o.TLS = &docker.TLSFiles{CA: h.TLSCA, Cert: h.TLSCert, Key: h.TLSKey}
+		}
+		return docker.New(o, logger)
+	}, dk, logger)
+	reg.MustRegister(fl.Collectors()...)
 	mem, _ := spec.ParseByteSize(r.DefaultMemory)
 	healthTbl := view.NewTable(view.NoTerm[*msg.Health], wakeCtl)
 	agentsTbl := view.NewTable(view.NoTerm[*msg.Agent], func() {
@@ -254,11 +265,11 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	})
 	ctl = controller.New(controller.Config{MaxParallel: r.MaxParallel, Resync: r.Resync, PullTimeout: r.PullTimeout, StartTimeout: r.StartTimeout, StopTimeout: r.StopTimeout,
 		DefaultCPU: r.DefaultCPU, DefaultMemory: int64(mem), Env: appenv.Policy{Prefix: r.AppEnvPrefix, Block: r.AppEnvBlock}, Environ: os.Environ()},
-		controller.Deps{Desired: st, Records: pub, Routing: pub, Containers: dk, Runtime: dk, Images: dk, Lease: el.Leader, Health: healthTbl, Agents: agentsTbl},
+		controller.Deps{Desired: st, Records: pub, Routing: pub, Containers: fl, Runtime: fl, Images: fl, Hosts: fl, Lease: el.Leader, Health: healthTbl, Agents: agentsTbl},
 		logger)
 	reg.MustRegister(ctl.Collectors()...)
 	sc := scaler.New(scaler.Config{Interval: r.AutoscaleInterval, StatsInterval: r.StatsInterval, StatsParallel: r.StatsParallel, DefaultCPU: r.DefaultCPU},
-		st, dk, conn, pub, names, el.Leader, ctl.Wake, logger)
+		st, fl, conn, pub, names, el.Leader, ctl.Wake, logger)
 	reg.MustRegister(sc.Collectors()...)
 
 	// Certificates: with --acme-directory, the leader orders and renews
@@ -285,12 +296,33 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10}
 
 	group := lifecycle.NewGroup(logger, 15*time.Second)
+	// A host that changes state wakes the controller (a host down: its
+	// instances are replaced at once), and the leader records it.
+	fl.Changed = func(host, state string) {
+		wakeCtl()
+		if l, ok := leading(); ok {
+			now := time.Now()
+			var seen time.Time
+			if state == store.HostUp {
+				seen = now
+			}
+			if err := st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error { return tx.SetHostState(ctx, host, state, now, seen) }); err != nil {
+				logger.Warn("could not record a host's state", zap.String("host", host), zap.Error(err))
+			}
+		}
+	}
+	group.Add("fleet", fl)
 	group.Add("leader", el)
 	group.Add("listen", lifecycle.Func(func(ctx context.Context) error {
-		return st.Listen(ctx, []string{store.LeaseChannel, store.AppsChannel}, func(ch, payload string) {
+		return st.Listen(ctx, []string{store.LeaseChannel, store.AppsChannel, store.HostsChannel}, func(ch, payload string) {
 			switch {
 			case ch == store.LeaseChannel:
 				el.Wake()
+			case ch == store.HostsChannel:
+				if err := fl.Sync(ctx); err != nil {
+					logger.Warn("could not read the host registry", zap.Error(err))
+				}
+				wakeCtl()
 			case payload == "": // reconnected: notifications may be lost
 				select {
 				case gained <- struct{}{}:

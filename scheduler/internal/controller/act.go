@@ -14,6 +14,7 @@ import (
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/docker"
+	"github.com/berthhq/berth/scheduler/internal/placement"
 	"github.com/berthhq/berth/scheduler/internal/reconcile"
 	"github.com/berthhq/berth/scheduler/internal/store"
 )
@@ -68,10 +69,19 @@ func (c *Controller) act(ctx context.Context, l store.Lease, w world, actions []
 	)
 	sem := make(chan struct{}, max(c.cfg.MaxParallel, 1))
 	acted := 0
+	hosts := c.place(ctx, l, w, actions)
 	for _, a := range actions {
+		host := ""
 		switch a.Kind {
 		case reconcile.Hold, reconcile.TripBreaker:
 			// A report, not a change of state.
+		case reconcile.Start:
+			h := hosts[a.App]
+			if len(h) == 0 {
+				continue // unplaceable: reported by place
+			}
+			host, hosts[a.App] = h[0], h[1:]
+			acted++
 		case reconcile.Remove:
 			if c.startRemoval(ctx, l, a, w.apps[a.App], w.records[a.Instance]) {
 				acted++
@@ -85,7 +95,7 @@ func (c *Controller) act(ctx context.Context, l store.Lease, w world, actions []
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			err := c.do(ctx, l, a, w)
+			err := c.do(ctx, l, a, w, host)
 			c.metrics.action(a.Kind, err)
 			if err != nil {
 				mu.Lock()
@@ -98,12 +108,78 @@ func (c *Controller) act(ctx context.Context, l store.Lease, w world, actions []
 	return acted, errors.Join(errs...)
 }
 
-// do carries out one action.
-func (c *Controller) do(ctx context.Context, l store.Lease, a reconcile.Action, w world) error {
+// place decides the host of every Start action of the plan at once
+// (placement.Place: spread, constraints, capacity, drains), what the
+// records already reserve counted. It returns each app's hosts, in order,
+// and reports the instances no host can take as unplaceable events, once
+// for each reason.
+func (c *Controller) place(ctx context.Context, l store.Lease, w world, actions []reconcile.Action) map[string][]string {
+	count := map[string]int{}
+	for _, a := range actions {
+		if a.Kind == reconcile.Start {
+			count[a.App]++
+		}
+	}
+	if len(count) == 0 {
+		return nil
+	}
+	hosts := c.deps.Hosts.Hosts()
+	index := make(map[string]int, len(hosts))
+	for i := range hosts {
+		index[hosts[i].Name] = i
+		hosts[i].Apps = map[string]int{}
+	}
+	for _, r := range w.records {
+		i, ok := index[r.Host]
+		if !ok || r.State == msg.StateStopped || r.State == msg.StateFailed {
+			continue
+		}
+		if app, ok := w.apps[r.App]; ok && app.Spec != nil {
+			cpu, mem := Limits(app.Spec, c.cfg.DefaultCPU, c.cfg.DefaultMemory)
+			hosts[i].ReservedCPU += cpu
+			hosts[i].ReservedMemory += mem
+		}
+		hosts[i].Apps[r.App]++
+	}
+	reqs := make([]placement.Request, 0, len(count))
+	for app, n := range count {
+		a := w.apps[app]
+		if a.Spec == nil {
+			continue
+		}
+		cpu, mem := Limits(a.Spec, c.cfg.DefaultCPU, c.cfg.DefaultMemory)
+		r := placement.Request{App: app, Count: n, CPU: cpu, Memory: mem}
+		if p := a.Spec.Placement; p != nil {
+			r.Constraints, r.SpreadBy = p.Parsed(), p.SpreadBy
+		}
+		reqs = append(reqs, r)
+	}
+	res := placement.Place(hosts, reqs)
+	for app, u := range res.Unplaceable {
+		if !c.seen.unplaceable(app, u.Reason, time.Now()) {
+			continue
+		}
+		msgText := fmt.Sprintf("%d instance(s) of %s cannot be placed: %s", u.Count, app, u.Reason)
+		c.logger.Warn("unplaceable", zap.String(logging.KeyApp, app), zap.Int("instances", u.Count), zap.String("reason", u.Reason))
+		if err := c.deps.Records.Event(ctx, l, store.Event{App: app, Kind: "unplaceable", Message: msgText,
+			Details: map[string]string{"instances": fmt.Sprint(u.Count), "reason": msg.Truncate(u.Reason, 512)}}); err != nil {
+			c.logger.Warn("unplaceable event not recorded", zap.Error(err))
+		}
+	}
+	for app := range count {
+		if _, ok := res.Unplaceable[app]; !ok {
+			c.seen.unplaceable(app, "", time.Now())
+		}
+	}
+	return res.Hosts
+}
+
+// do carries out one action; host is a Start's.
+func (c *Controller) do(ctx context.Context, l store.Lease, a reconcile.Action, w world, host string) error {
 	app, rec := w.apps[a.App], w.records[a.Instance]
 	switch a.Kind {
 	case reconcile.Start:
-		return c.start(ctx, l, app, w.in.Apps[a.App].SpecHash)
+		return c.start(ctx, l, app, w.in.Apps[a.App].SpecHash, host)
 	case reconcile.Stop:
 		return c.drain(ctx, l, rec, a.Reason)
 	case reconcile.Replace:
@@ -130,33 +206,36 @@ func (c *Controller) do(ctx context.Context, l store.Lease, a reconcile.Action, 
 	return fmt.Errorf("unknown action %s", a.Kind)
 }
 
-// start creates, starts and records a new instance.
-func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, hash string) error {
+// start creates, starts and records a new instance on host.
+func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, hash, host string) error {
 	s := *app.Spec
 	s.Default()
 	id := newID()
 	log := c.logger.With(zap.String(logging.KeyApp, app.Name), zap.String(logging.KeyInstance, id))
-	rec := store.Instance{ID: id, App: app.Name, Generation: app.Generation, State: msg.StateCreating, Health: msg.StatusUnknown, SpecHash: hash}
+	if host != "" {
+		log = log.With(zap.String("host", host))
+	}
+	rec := store.Instance{ID: id, App: app.Name, Generation: app.Generation, State: msg.StateCreating, Health: msg.StatusUnknown, SpecHash: hash, Host: host}
 	if err := c.deps.Records.Put(ctx, l, rec); err != nil {
 		return err
 	}
 	fail := func(kind, message string) error {
 		return c.deps.Records.Delete(ctx, l, rec, store.Event{App: app.Name, Instance: id, Kind: kind, Message: message})
 	}
-	present, err := c.deps.Images.ImagePresent(ctx, s.Image)
+	present, err := c.deps.Images.ImagePresent(ctx, host, s.Image)
 	if err != nil {
 		return err
 	}
 	if !present {
 		log.Info("pulling image", zap.String("image", s.Image))
-		if err := c.deps.Images.Pull(ctx, s.Image, c.cfg.PullTimeout); err != nil {
+		if err := c.deps.Images.Pull(ctx, host, s.Image, c.cfg.PullTimeout); err != nil {
 			return fail("image_pull_failed", fmt.Sprintf("cannot start %s: image %s is not present and pulling it failed: %v", app.Name, s.Image, err))
 		}
 	}
 	cpu, mem := Limits(&s, c.cfg.DefaultCPU, c.cfg.DefaultMemory)
 	sctx, cancel := context.WithTimeout(ctx, c.cfg.StartTimeout)
 	defer cancel()
-	cid, err := c.deps.Runtime.Create(sctx, docker.CreateOptions{App: app.Name, Instance: id, Generation: app.Generation, SpecHash: hash, Term: l.Term,
+	cid, err := c.deps.Runtime.Create(sctx, docker.CreateOptions{Host: host, App: app.Name, Instance: id, Generation: app.Generation, SpecHash: hash, Term: l.Term,
 		Image: s.Image, Command: s.Command, Env: c.cfg.Env.Env(s.Env, c.cfg.Environ), Port: s.Port, CPU: cpu, Memory: mem, Pids: s.Resources.Pids,
 		StopSignal: s.Stop.Signal, StopGrace: s.Stop.Grace.Std()})
 	if err != nil {
@@ -174,8 +253,16 @@ func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, ha
 	now := time.Now()
 	rec.Address, rec.State, rec.StartedAt = ct.Address, msg.StateRunning, &now
 	return c.deps.Records.Put(ctx, l, rec, store.Event{App: app.Name, Instance: id, Kind: "instance_started",
-		Message: fmt.Sprintf("instance %s started at %s (generation %d)", id, ct.Address, app.Generation),
-		Details: map[string]string{"container_id": docker.ShortID(cid), "address": ct.Address, "generation": fmt.Sprint(app.Generation)}})
+		Message: fmt.Sprintf("instance %s started at %s%s (generation %d)", id, ct.Address, onHost(host), app.Generation),
+		Details: map[string]string{"container_id": docker.ShortID(cid), "address": ct.Address, "generation": fmt.Sprint(app.Generation), "host": host}})
+}
+
+// onHost names a registered host in a message ("" for the local engine).
+func onHost(host string) string {
+	if host == "" {
+		return ""
+	}
+	return " on host " + host
 }
 
 // adopt records a running container an earlier leader left as an instance.
@@ -186,7 +273,7 @@ func (c *Controller) adopt(ctx context.Context, l store.Lease, a reconcile.Actio
 	}
 	now := time.Now()
 	rec := store.Instance{ID: a.Instance, App: a.App, Generation: ct.Generation, ContainerID: ct.ID, Address: ct.Address,
-		State: msg.StateRunning, Health: msg.StatusUnknown, SpecHash: ct.SpecHash, StartedAt: &now}
+		State: msg.StateRunning, Health: msg.StatusUnknown, SpecHash: ct.SpecHash, StartedAt: &now, Host: ct.Host}
 	return c.deps.Records.Put(ctx, l, rec, store.Event{App: a.App, Instance: a.Instance, Kind: "instance_adopted",
 		Message: "adopted running container " + docker.ShortID(ct.ID) + ": " + a.Reason})
 }

@@ -22,6 +22,8 @@ import (
 	"github.com/berthhq/berth/common/view"
 	"github.com/berthhq/berth/scheduler/internal/appenv"
 	"github.com/berthhq/berth/scheduler/internal/docker"
+	"github.com/berthhq/berth/scheduler/internal/fleet"
+	"github.com/berthhq/berth/scheduler/internal/placement"
 	"github.com/berthhq/berth/scheduler/internal/publish"
 	"github.com/berthhq/berth/scheduler/internal/store"
 )
@@ -98,17 +100,37 @@ type Runtime interface {
 	Remove(ctx context.Context, id string) error
 }
 
-// Images makes an image present. Safe for concurrent use.
+// Images makes an image present on a host. Safe for concurrent use.
 type Images interface {
-	ImagePresent(ctx context.Context, ref string) (bool, error)
-	Pull(ctx context.Context, ref string, timeout time.Duration) error
+	ImagePresent(ctx context.Context, host, ref string) (bool, error)
+	Pull(ctx context.Context, host, ref string, timeout time.Duration) error
+}
+
+// Hosts are the Docker hosts instances are placed on. Safe for concurrent use.
+type Hosts interface {
+	// Hosts are the hosts placement chooses from, without reservations.
+	Hosts() []placement.Host
+	// State is a host's state (store.HostUp, HostDown, HostUnknown), and
+	// whether it drains: its instances move to other hosts.
+	State(host string) (state string, draining bool)
 }
 
 var (
 	_ Containers = (*docker.Client)(nil)
 	_ Runtime    = (*docker.Client)(nil)
-	_ Images     = (*docker.Client)(nil)
+	_ Containers = (*fleet.Fleet)(nil)
+	_ Runtime    = (*fleet.Fleet)(nil)
+	_ Images     = (*fleet.Fleet)(nil)
+	_ Hosts      = (*fleet.Fleet)(nil)
 )
+
+// oneHost is the local engine alone: what a controller without Hosts places on.
+type oneHost struct{}
+
+func (oneHost) Hosts() []placement.Host {
+	return []placement.Host{{Name: "", Schedulable: true, State: store.HostUp}}
+}
+func (oneHost) State(string) (string, bool) { return store.HostUp, false }
 
 // Deps are the controller's collaborators.
 type Deps struct {
@@ -118,6 +140,8 @@ type Deps struct {
 	Containers Containers
 	Runtime    Runtime
 	Images     Images
+	// Hosts places instances; nil: the one local engine.
+	Hosts Hosts
 	// Lease reports the current leadership.
 	Lease func() (store.Lease, bool)
 	// Health and Agents are fed by watchers of the health and agents buckets.
@@ -149,6 +173,9 @@ type Controller struct {
 
 // New returns a controller.
 func New(cfg Config, deps Deps, logger *zap.Logger) *Controller {
+	if deps.Hosts == nil {
+		deps.Hosts = oneHost{}
+	}
 	return &Controller{cfg: cfg, deps: deps, logger: logger.Named("controller"), wake: make(chan struct{}, 1),
 		seen: newMemory(), removing: map[string]bool{}, metrics: newMetrics()}
 }

@@ -277,9 +277,9 @@ func (f *fake) Remove(_ context.Context, id string) error {
 	return nil
 }
 
-func (f *fake) ImagePresent(context.Context, string) (bool, error) { return true, nil }
+func (f *fake) ImagePresent(context.Context, string, string) (bool, error) { return true, nil }
 
-func (f *fake) Pull(context.Context, string, time.Duration) error { return nil }
+func (f *fake) Pull(context.Context, string, string, time.Duration) error { return nil }
 
 // snapshot returns the records and the kinds of the events so far.
 func (f *fake) snapshot() (records []store.Instance, events []string) {

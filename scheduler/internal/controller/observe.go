@@ -23,11 +23,41 @@ type memory struct {
 	unhealthySince map[string]time.Time
 	dead, oom      map[string]bool      // by container
 	tripped        map[string]time.Time // by app
+	// unplaced is each app's last unplaceable reason and when it was
+	// reported.
+	unplaced map[string]reported
+}
+
+type reported struct {
+	reason string
+	at     time.Time
+}
+
+// unplaceableEvery is how often an unchanged unplaceable reason is
+// reported again.
+const unplaceableEvery = 5 * time.Minute
+
+// unplaceable says whether an app's unplaceable reason should be reported
+// now: a new reason at once, the same one every unplaceableEvery. An
+// empty reason forgets the app's (it was placed).
+func (m *memory) unplaceable(app, reason string, now time.Time) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if reason == "" {
+		delete(m.unplaced, app)
+		return false
+	}
+	last, ok := m.unplaced[app]
+	if ok && last.reason == reason && now.Sub(last.at) < unplaceableEvery {
+		return false
+	}
+	m.unplaced[app] = reported{reason: reason, at: now}
+	return true
 }
 
 func newMemory() *memory {
 	return &memory{healthySince: map[string]time.Time{}, unhealthySince: map[string]time.Time{},
-		dead: map[string]bool{}, oom: map[string]bool{}, tripped: map[string]time.Time{}}
+		dead: map[string]bool{}, oom: map[string]bool{}, tripped: map[string]time.Time{}, unplaced: map[string]reported{}}
 }
 
 func (m *memory) died(container string, oom bool) {
@@ -167,7 +197,13 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 		owned[r.ContainerID] = true
 		key := msg.InstanceKey(r.App, r.ID)
 		live[key] = true
-		o := reconcile.Observed{ID: r.ID, App: r.App, Generation: r.Generation, SpecHash: r.SpecHash, State: r.State,
+		spechash := r.SpecHash
+		if _, draining := c.deps.Hosts.State(r.Host); draining && spechash != "" {
+			// Its host drains: the instance is stale, as an older spec's is,
+			// and is replaced under the app's rolling-update rules.
+			spechash += drainSuffix
+		}
+		o := reconcile.Observed{ID: r.ID, App: r.App, Generation: r.Generation, SpecHash: spechash, State: r.State,
 			CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt, Term: r.Term, ContainerID: r.ContainerID,
 			ContainerRunning: exists && ct.Running, ContainerGone: r.ContainerID != "" && !exists,
 			OOMKilled: c.seen.oomKilled(r.ContainerID)}
@@ -190,6 +226,9 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 	}
 	return w, nil
 }
+
+// drainSuffix marks the spec hash of an instance on a draining host.
+const drainSuffix = "+drain"
 
 // desired is an app's desired state for the planner.
 func (c *Controller) desired(a store.App, s *spec.App) reconcile.Desired {

@@ -54,6 +54,8 @@ type Dial func(h store.Host) (Engine, error)
 var (
 	// ErrHostDown is an operation on a host that is down or unknown.
 	ErrHostDown = errors.New("fleet: the host is not up")
+	// ErrHostUnknown is a list while a host has never answered.
+	ErrHostUnknown = errors.New("fleet: a host's containers are not known yet")
 )
 
 // Config tunes the fleet.
@@ -362,6 +364,8 @@ func (f *Fleet) List(ctx context.Context) ([]docker.Container, error) {
 	}
 	lists := make([][]docker.Container, len(ms))
 	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var waiting []string
 	for i, m := range ms {
 		f.mu.Lock()
 		state := m.state
@@ -382,12 +386,24 @@ func (f *Fleet) List(ctx context.Context) ([]docker.Container, error) {
 			if err == nil {
 				m.last = list
 			}
+			if m.state == Unknown && m.last == nil {
+				// Never listed: what runs there is unknown, and an instance
+				// of it must not look gone. Nothing is decided until the
+				// host answers or is down.
+				mu.Lock()
+				waiting = append(waiting, m.rec.Name)
+				mu.Unlock()
+			}
 			if m.state != Down {
 				lists[i] = m.last
 			}
 		})
 	}
 	wg.Wait()
+	if len(waiting) > 0 {
+		slices.Sort(waiting)
+		return nil, fmt.Errorf("%w: host %v has not answered yet: waiting for it (at most --host-timeout %s) before deciding anything", ErrHostUnknown, waiting, f.cfg.Timeout)
+	}
 	for _, l := range lists {
 		out = append(out, l...)
 	}

@@ -1,0 +1,194 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+
+	"github.com/berthhq/berth/scheduler/internal/docker"
+	"github.com/berthhq/berth/scheduler/internal/store"
+)
+
+// engine is a fake Docker engine of one host.
+type engine struct {
+	mu         sync.Mutex
+	host       string
+	down       bool
+	containers map[string]docker.Container
+	n          int
+	closed     bool
+}
+
+var errDown = errors.New("connection refused")
+
+func newEngine(host string) *engine { return &engine{host: host, containers: map[string]docker.Container{}} }
+
+func (e *engine) set(down bool) { e.mu.Lock(); e.down = down; e.mu.Unlock() }
+
+func (e *engine) check() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.down {
+		return errDown
+	}
+	return nil
+}
+
+func (e *engine) Ping(context.Context) (string, error) { return "1.51", e.check() }
+func (e *engine) List(context.Context) ([]docker.Container, error) {
+	if err := e.check(); err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := []docker.Container{}
+	for _, c := range e.containers {
+		out = append(out, c)
+	}
+	return out, nil
+}
+func (e *engine) Inspect(_ context.Context, id string) (docker.Container, error) {
+	if err := e.check(); err != nil {
+		return docker.Container{}, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c, ok := e.containers[id]
+	if !ok {
+		return c, docker.ErrNotFound
+	}
+	return c, nil
+}
+func (e *engine) Events(ctx context.Context, _ func(docker.Event), _ func()) error {
+	<-ctx.Done()
+	return nil
+}
+func (e *engine) Create(_ context.Context, o docker.CreateOptions) (string, error) {
+	if err := e.check(); err != nil {
+		return "", err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.n++
+	id := fmt.Sprintf("%s-c%d", e.host, e.n)
+	e.containers[id] = docker.Container{ID: id, Host: e.host, App: o.App, Instance: o.Instance, Running: true}
+	return id, nil
+}
+func (e *engine) Start(context.Context, string) error                         { return nil }
+func (e *engine) Stop(context.Context, string, string, time.Duration) error { return nil }
+func (e *engine) Remove(_ context.Context, id string) error {
+	if err := e.check(); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.containers, id)
+	return nil
+}
+func (e *engine) ImagePresent(context.Context, string) (bool, error) { return true, e.check() }
+func (e *engine) Pull(context.Context, string, time.Duration) error { return e.check() }
+func (e *engine) Stats(context.Context, []string, int) (map[string]docker.Reading, error) {
+	return nil, nil
+}
+func (e *engine) Close() error { e.mu.Lock(); e.closed = true; e.mu.Unlock(); return nil }
+
+type registry struct {
+	mu    sync.Mutex
+	hosts []store.Host
+}
+
+func (r *registry) Hosts(context.Context) ([]store.Host, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]store.Host(nil), r.hosts...), nil
+}
+
+func TestFleetStatesListsAndRouting(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	engines := map[string]*engine{"h1": newEngine("h1"), "h2": newEngine("h2")}
+	local := newEngine("")
+	reg := &registry{}
+	f := New(Config{Timeout: 15 * time.Second}, reg, func(h store.Host) (Engine, error) { return engines[h.Name], nil }, local, zap.NewNop())
+	now := time.Unix(1000, 0)
+	f.now = func() time.Time { return now }
+	var changes []string
+	f.Changed = func(host, state string) { changes = append(changes, host+"="+state) }
+
+	// No host registered: the local engine is the one host.
+	require.NoError(t, f.Sync(ctx))
+	require.False(t, f.Registered())
+	require.Len(t, f.Hosts(), 1)
+	id, err := f.Create(ctx, docker.CreateOptions{App: "web", Instance: "a"})
+	require.NoError(t, err)
+	list, err := f.List(ctx)
+	require.NoError(t, err)
+	require.Len(t, list, 1)
+
+	reg.hosts = []store.Host{{Name: "h1", DockerURL: "unix:///h1.sock", Address: "127.0.1.1", Labels: map[string]string{"zone": "a"}},
+		{Name: "h2", DockerURL: "unix:///h2.sock", Address: "127.0.1.2", Drain: true}}
+	require.NoError(t, f.Sync(ctx))
+	engines["h2"].set(true) // never answers
+	_, err = f.List(ctx)
+	require.ErrorIs(t, err, ErrHostUnknown, "h2 never answered: nothing may look gone yet")
+	f.probe(ctx)
+	require.Equal(t, []string{"h1=up"}, changes)
+	hs := f.Hosts()
+	require.Equal(t, "h1", hs[0].Name)
+	require.True(t, hs[0].Schedulable)
+	require.False(t, hs[1].Schedulable, "unknown and draining")
+	state, draining := f.State("")
+	require.Equal(t, Up, state)
+	require.True(t, draining, "once hosts are registered, the local engine's instances move to them")
+
+	now = now.Add(16 * time.Second)
+	f.probe(ctx)
+	require.Equal(t, []string{"h1=up", "h2=down"}, changes, "h2 never answered within the host timeout")
+	c1, err := f.Create(ctx, docker.CreateOptions{Host: "h1", App: "web", Instance: "b"})
+	require.NoError(t, err)
+	_, err = f.Create(ctx, docker.CreateOptions{Host: "h2", App: "web", Instance: "c"})
+	require.ErrorIs(t, err, ErrHostDown)
+	list, err = f.List(ctx)
+	require.NoError(t, err)
+	require.Len(t, list, 2, "the local engine's container and h1's")
+
+	// h1 stops answering: its last list is served until the host timeout.
+	engines["h1"].set(true)
+	now = now.Add(5 * time.Second)
+	list, err = f.List(ctx)
+	require.NoError(t, err)
+	require.Len(t, list, 2, "suspect: still listed")
+	require.NoError(t, f.Start(ctx, c1), "routed to h1 by container id")
+	now = now.Add(11 * time.Second)
+	f.probe(ctx)
+	require.Equal(t, "h1=down", changes[len(changes)-1])
+	list, err = f.List(ctx)
+	require.NoError(t, err)
+	require.Len(t, list, 1, "a down host's containers are gone to the scheduler")
+	require.ErrorIs(t, f.Remove(ctx, c1), ErrHostDown, "fails at once, not after a timeout")
+
+	// h1 comes back: up, and its container listed again (an orphan to the
+	// controller if it was replaced meanwhile).
+	engines["h1"].set(false)
+	f.probe(ctx)
+	require.Equal(t, "h1=up", changes[len(changes)-1])
+	list, err = f.List(ctx)
+	require.NoError(t, err)
+	require.Len(t, list, 2)
+	require.NoError(t, f.Remove(ctx, c1))
+	require.NoError(t, f.Remove(ctx, id), "the local engine's, by id")
+
+	// Removed from the registry: its client is closed.
+	reg.hosts = reg.hosts[:1]
+	require.NoError(t, f.Sync(ctx))
+	require.True(t, engines["h2"].closed)
+	state, draining = f.State("h2")
+	require.Equal(t, Down, state)
+	require.True(t, draining)
+}
