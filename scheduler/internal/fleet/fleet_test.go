@@ -27,7 +27,9 @@ type engine struct {
 
 var errDown = errors.New("connection refused")
 
-func newEngine(host string) *engine { return &engine{host: host, containers: map[string]docker.Container{}} }
+func newEngine(host string) *engine {
+	return &engine{host: host, containers: map[string]docker.Container{}}
+}
 
 func (e *engine) set(down bool) { e.mu.Lock(); e.down = down; e.mu.Unlock() }
 
@@ -80,7 +82,7 @@ func (e *engine) Create(_ context.Context, o docker.CreateOptions) (string, erro
 	e.containers[id] = docker.Container{ID: id, Host: e.host, App: o.App, Instance: o.Instance, Running: true}
 	return id, nil
 }
-func (e *engine) Start(context.Context, string) error                         { return nil }
+func (e *engine) Start(context.Context, string) error                       { return nil }
 func (e *engine) Stop(context.Context, string, string, time.Duration) error { return nil }
 func (e *engine) Remove(_ context.Context, id string) error {
 	if err := e.check(); err != nil {
@@ -92,7 +94,7 @@ func (e *engine) Remove(_ context.Context, id string) error {
 	return nil
 }
 func (e *engine) ImagePresent(context.Context, string) (bool, error) { return true, e.check() }
-func (e *engine) Pull(context.Context, string, time.Duration) error { return e.check() }
+func (e *engine) Pull(context.Context, string, time.Duration) error  { return e.check() }
 func (e *engine) Stats(context.Context, []string, int) (map[string]docker.Reading, error) {
 	return nil, nil
 }
