@@ -183,6 +183,14 @@ func (c *Controller) do(ctx context.Context, l store.Lease, a reconcile.Action, 
 	case reconcile.Stop:
 		return c.drain(ctx, l, rec, a.Reason)
 	case reconcile.Replace:
+		if state, _ := c.deps.Hosts.State(rec.Host); state == store.HostDown {
+			// Its host is down: not a crash of the app, so no restart of its
+			// budget; the container is removed when the host is back (an
+			// orphan then).
+			return c.deps.Records.Delete(ctx, l, rec, store.Event{App: a.App, Instance: a.Instance, Kind: "instance_lost",
+				Message: fmt.Sprintf("instance %s lost: host %s is down (no answer for the host timeout); replaced on another host", a.Instance, rec.Host),
+				Details: map[string]string{"host": rec.Host}})
+		}
 		if err := c.deps.Runtime.Remove(ctx, a.ContainerID); err != nil && !errors.Is(err, docker.ErrNotFound) {
 			c.logger.Warn("remove a dead container", zap.String(logging.KeyContainer, docker.ShortID(a.ContainerID)), zap.Error(err))
 		}

@@ -39,6 +39,9 @@ type fake struct {
 	stops     []string
 	handle    func(docker.Event)
 	created   []docker.CreateOptions
+	// hosts, when set, are the hosts the controller places on; a down
+	// host's containers are not listed.
+	hosts Hosts
 }
 
 func newFake() *fake {
@@ -237,7 +240,7 @@ func (f *fake) Create(_ context.Context, o docker.CreateOptions) (string, error)
 	f.ids++
 	f.created = append(f.created, o)
 	id := fmt.Sprintf("c%03d", f.ids)
-	f.containers[id] = &docker.Container{ID: id, App: o.App, Instance: o.Instance, Generation: o.Generation, SpecHash: o.SpecHash,
+	f.containers[id] = &docker.Container{ID: id, Host: o.Host, App: o.App, Instance: o.Instance, Generation: o.Generation, SpecHash: o.SpecHash,
 		Address: fmt.Sprintf("127.0.0.1:%d", 20000+f.ids), Name: o.Image}
 	return id, nil
 }
@@ -321,8 +324,18 @@ type fakeContainers struct{ *fake }
 
 func (f fakeContainers) List(context.Context) ([]docker.Container, error) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.listContainers(), nil
+	list, hosts := f.listContainers(), f.hosts
+	f.mu.Unlock()
+	if hosts == nil {
+		return list, nil
+	}
+	out := list[:0]
+	for _, c := range list {
+		if state, _ := hosts.State(c.Host); state != store.HostDown {
+			out = append(out, c)
+		}
+	}
+	return out, nil
 }
 
 func start(t *testing.T, f *fake, cfg Config) *harness {
@@ -347,7 +360,7 @@ func start(t *testing.T, f *fake, cfg Config) *harness {
 	cfg.MaxParallel = max(cfg.MaxParallel, 4)
 	cfg.StartTimeout = max(cfg.StartTimeout, time.Minute)
 	lease := store.Lease{Name: "test", Holder: "me", Term: 1}
-	c = New(cfg, Deps{Desired: f, Records: f, Routing: f, Containers: fakeContainers{f}, Runtime: f, Images: f,
+	c = New(cfg, Deps{Desired: f, Records: f, Routing: f, Containers: fakeContainers{f}, Runtime: f, Images: f, Hosts: f.hosts,
 		Lease: func() (store.Lease, bool) { return lease, true }, Health: h.health, Agents: h.agents}, zaptest.NewLogger(t))
 	h.c = c
 	ctx, cancel := context.WithCancel(context.Background())

@@ -1,0 +1,134 @@
+package controller
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/scheduler/internal/placement"
+	"github.com/berthhq/berth/scheduler/internal/store"
+)
+
+// fakeHosts are registered hosts whose states the test sets.
+type fakeHosts struct {
+	mu    sync.Mutex
+	hosts []placement.Host
+	down  map[string]bool
+	drain map[string]bool
+}
+
+func (h *fakeHosts) Hosts() []placement.Host {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]placement.Host, len(h.hosts))
+	for i, x := range h.hosts {
+		x.Schedulable = !h.down[x.Name] && !h.drain[x.Name]
+		switch {
+		case h.down[x.Name]:
+			x.State = store.HostDown
+		case h.drain[x.Name]:
+			x.State = "draining"
+		}
+		out[i] = x
+	}
+	return out
+}
+
+func (h *fakeHosts) State(name string) (string, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.down[name] {
+		return store.HostDown, h.drain[name]
+	}
+	return store.HostUp, h.drain[name]
+}
+
+func (h *fakeHosts) set(name string, down, drain bool) {
+	h.mu.Lock()
+	h.down[name], h.drain[name] = down, drain
+	h.mu.Unlock()
+}
+
+// byHost counts the running instances of each host.
+func byHost(f *fake) map[string]int {
+	records, _ := f.snapshot()
+	out := map[string]int{}
+	for _, r := range records {
+		if r.State == msg.StateRunning {
+			out[r.Host]++
+		}
+	}
+	return out
+}
+
+// Several hosts: 6 replicas spread 2/2/2; a host down has its instances
+// replaced on the others; a drained host is emptied under the rolling
+// rules; a constraint no host meets is an unplaceable event.
+func TestPlacesOverHosts(t *testing.T) {
+	t.Parallel()
+	hosts := &fakeHosts{hosts: []placement.Host{{Name: "h1", Labels: map[string]string{"zone": "a"}}, {Name: "h2", Labels: map[string]string{"zone": "a"}},
+		{Name: "h3", Labels: map[string]string{"zone": "b"}}}, down: map[string]bool{}, drain: map[string]bool{}}
+	f := newFake()
+	f.hosts = hosts
+	f.apply(load(t, webApp(t, "v1")), 6)
+	h := start(t, f, Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { h.healthd(ctx, 20*time.Millisecond) })
+	wg.Go(func() { h.lbagent(ctx, 20*time.Millisecond) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+
+	require.Eventually(t, func() bool { return h.converged("web:v1", 6, true) }, 5*time.Second, 10*time.Millisecond)
+	require.Equal(t, map[string]int{"h1": 2, "h2": 2, "h3": 2}, byHost(f))
+
+	hosts.set("h3", true, false)
+	h.c.Wake()
+	require.Eventually(t, func() bool {
+		b := byHost(f)
+		return h.converged("web:v1", 6, true) && b["h3"] == 0 && b["h1"] == 3 && b["h2"] == 3
+	}, 5*time.Second, 10*time.Millisecond, "h3's instances replaced on h1 and h2: %v", byHost(f))
+	_, events := f.snapshot()
+	require.Equal(t, 2, count(events, "instance_lost"), "a host's loss is no restart of the app")
+	require.Zero(t, count(events, "instance_replaced"))
+
+	// h3 back, h1 drained: h1's instances move, surge first.
+	hosts.set("h3", false, false)
+	hosts.set("h1", false, true)
+	h.c.Wake()
+	require.Eventually(t, func() bool {
+		b := byHost(f)
+		return h.converged("web:v1", 6, true) && b["h1"] == 0
+	}, 10*time.Second, 10*time.Millisecond, "h1 drained: %v", byHost(f))
+	require.Equal(t, 3, byHost(f)["h3"]+byHost(f)["h2"]-3, "h1's 3 instances went to h2 and h3: %v", byHost(f))
+
+	// A constraint no host meets: unplaceable, and nothing else moves.
+	api := load(t, strings.Replace(webApp(t, "v1"), "name: web", "name: api", 1)+"placement: {constraints: [zone==c]}\n")
+	f.apply(api, 2)
+	h.c.Wake()
+	require.Eventually(t, func() bool {
+		_, events := f.snapshot()
+		return count(events, "unplaceable") > 0
+	}, 5*time.Second, 10*time.Millisecond)
+	for range 5 { // more cycles: the same reason is not reported again
+		h.c.Wake()
+		time.Sleep(20 * time.Millisecond)
+	}
+	_, events = f.snapshot()
+	require.Equal(t, 1, count(events, "unplaceable"), "reported once for the reason")
+	f.mu.Lock()
+	var ev store.Event
+	for _, e := range f.events {
+		if e.Kind == "unplaceable" {
+			ev = e
+		}
+	}
+	f.mu.Unlock()
+	require.Equal(t, "api", ev.App)
+	require.Contains(t, ev.Message, "2 instance(s) of api cannot be placed: no host of 3 can take it (h1: draining; h2, h3: fails zone==c)")
+	require.True(t, h.converged("web:v1", 6, true), "nothing else moved")
+}
