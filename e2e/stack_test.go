@@ -339,6 +339,7 @@ type instanceView struct {
 	State      string `json:"state"`
 	Health     string `json:"health"`
 	Address    string `json:"address"`
+	Host       string `json:"host"`
 }
 
 func (s *stack) instances(app string) []instanceView {
@@ -457,6 +458,9 @@ func (s *stack) dumpLogsOnFailure() {
 		}
 		seen[p.log] = true
 		b, _ := os.ReadFile(p.log)
+		if keep := os.Getenv("BERTH_E2E_KEEP_LOGS"); keep != "" {
+			_ = os.WriteFile(filepath.Join(keep, filepath.Base(p.log)), b, 0o644)
+		}
 		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 		s.t.Logf("--- last lines of %s ---\n%s", p.name, strings.Join(lines[max(0, len(lines)-40):], "\n"))
 	}

@@ -279,8 +279,20 @@ func status(ctx context.Context, s *statusCmd, out io.Writer) error {
 	return show(out, s.Output, view, func(w io.Writer) {
 		fmt.Fprintf(w, "%s: generation %d, %d of %d replicas running, image %s\n", app.Name, app.Generation, app.ObservedReplicas, app.DesiredReplicas, app.Spec.Image)
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "INSTANCE\tGENERATION\tSTATE\tHEALTH\tADDRESS\tRESTARTS\tAGE")
+		hosts := false
 		for _, i := range insts {
+			hosts = hosts || i.Host != ""
+		}
+		if hosts {
+			fmt.Fprintln(tw, "INSTANCE\tGENERATION\tSTATE\tHEALTH\tHOST\tADDRESS\tRESTARTS\tAGE")
+		} else {
+			fmt.Fprintln(tw, "INSTANCE\tGENERATION\tSTATE\tHEALTH\tADDRESS\tRESTARTS\tAGE")
+		}
+		for _, i := range insts {
+			if hosts {
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\n", i.ID, i.Generation, i.State, i.Health, cmpOr(i.Host, "-"), i.Address, i.Restarts, age(i.CreatedAt))
+				continue
+			}
 			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%s\n", i.ID, i.Generation, i.State, i.Health, i.Address, i.Restarts, age(i.CreatedAt))
 		}
 		tw.Flush()
@@ -322,6 +334,13 @@ func printAutoscaling(w io.Writer, m *api.MetricsView) {
 			fmt.Fprintf(w, "scaled %d → %d %s ago\n", d.Current, d.Desired, age(d.At))
 		}
 	}
+}
+
+func cmpOr(s, fallback string) string {
+	if s == "" {
+		return fallback
+	}
+	return s
 }
 
 func age(t time.Time) string { return time.Since(t).Round(time.Second).String() }

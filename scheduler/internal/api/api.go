@@ -325,6 +325,7 @@ type InstanceView struct {
 	State       string    `json:"state"`
 	Health      string    `json:"health"`
 	Address     string    `json:"address,omitempty"`
+	Host        string    `json:"host,omitempty"`
 	ContainerID string    `json:"container_id,omitempty"`
 	Restarts    int       `json:"restarts"`
 	CreatedAt   time.Time `json:"created_at"`
@@ -343,7 +344,7 @@ func (a *api) instances(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]InstanceView, 0, len(insts))
 	for _, i := range insts {
-		out = append(out, InstanceView{ID: i.ID, Generation: i.Generation, State: i.State, Health: i.Health, Address: i.Address,
+		out = append(out, InstanceView{ID: i.ID, Generation: i.Generation, State: i.State, Health: i.Health, Address: i.Address, Host: i.Host,
 			ContainerID: i.ContainerID, Restarts: i.Restarts, CreatedAt: i.CreatedAt})
 	}
 	writeJSON(w, http.StatusOK, out)

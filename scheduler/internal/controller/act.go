@@ -87,6 +87,11 @@ func (c *Controller) act(ctx context.Context, l store.Lease, w world, actions []
 				acted++
 			}
 			continue
+		case reconcile.RemoveOrphan:
+			if state, _ := c.deps.Hosts.State(orphanHost(w, a.ContainerID)); state != store.HostUp {
+				continue // removed once its host answers again
+			}
+			acted++
 		default:
 			acted++
 		}
@@ -191,7 +196,11 @@ func (c *Controller) do(ctx context.Context, l store.Lease, a reconcile.Action, 
 				Message: fmt.Sprintf("instance %s lost: host %s is down (no answer for the host timeout); replaced on another host", a.Instance, rec.Host),
 				Details: map[string]string{"host": rec.Host}})
 		}
-		if err := c.deps.Runtime.Remove(ctx, a.ContainerID); err != nil && !errors.Is(err, docker.ErrNotFound) {
+		if state, _ := c.deps.Hosts.State(rec.Host); state != store.HostUp {
+			// Its host does not answer: the container is an orphan to remove
+			// once it does.
+			c.logger.Warn("replacing an instance whose host does not answer; its container is removed when it does", zap.String(logging.KeyInstance, rec.ID), zap.String("host", rec.Host))
+		} else if err := c.deps.Runtime.Remove(ctx, a.ContainerID); err != nil && !errors.Is(err, docker.ErrNotFound) {
 			c.logger.Warn("remove a dead container", zap.String(logging.KeyContainer, docker.ShortID(a.ContainerID)), zap.Error(err))
 		}
 		return c.deps.Records.Delete(ctx, l, rec, store.Event{App: a.App, Instance: a.Instance, Kind: "instance_replaced",
@@ -263,6 +272,16 @@ func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, ha
 	return c.deps.Records.Put(ctx, l, rec, store.Event{App: app.Name, Instance: id, Kind: "instance_started",
 		Message: fmt.Sprintf("instance %s started at %s%s (generation %d)", id, ct.Address, onHost(host), app.Generation),
 		Details: map[string]string{"container_id": docker.ShortID(cid), "address": ct.Address, "generation": fmt.Sprint(app.Generation), "host": host}})
+}
+
+// orphanHost is the host of an orphan container of the plan's input.
+func orphanHost(w world, id string) string {
+	for _, o := range w.in.Orphans {
+		if o.ContainerID == id {
+			return o.Host
+		}
+	}
+	return ""
 }
 
 // onHost names a registered host in a message ("" for the local engine).

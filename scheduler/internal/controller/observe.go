@@ -220,7 +220,7 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 	c.seen.forget(live, w.apps)
 	for _, ct := range list {
 		if !owned[ct.ID] {
-			w.in.Orphans = append(w.in.Orphans, reconcile.Orphan{ContainerID: ct.ID, App: ct.App, Instance: ct.Instance,
+			w.in.Orphans = append(w.in.Orphans, reconcile.Orphan{ContainerID: ct.ID, Host: ct.Host, App: ct.App, Instance: ct.Instance,
 				SpecHash: ct.SpecHash, Generation: ct.Generation, Running: containers[ct.ID].Running})
 		}
 	}

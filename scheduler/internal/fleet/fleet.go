@@ -80,6 +80,7 @@ type member struct {
 	rec     store.Host
 	eng     Engine
 	state   string
+	failing bool // the last call failed: not answering, not down yet
 	lastOK  time.Time
 	since   time.Time
 	last    []docker.Container // the last list, served while the host is suspect
@@ -250,6 +251,7 @@ func (f *Fleet) observe(m *member, err error) {
 	f.mu.Lock()
 	now := f.now()
 	state := m.state
+	m.failing = err != nil
 	switch {
 	case err == nil:
 		m.lastOK = now
@@ -306,11 +308,14 @@ func (f *Fleet) Hosts() []placement.Host {
 	out := make([]placement.Host, 0, len(f.members))
 	for _, m := range f.members {
 		state := m.state
-		if m.rec.Drain {
+		switch {
+		case m.rec.Drain:
 			state = "draining"
+		case m.state == Up && m.failing:
+			state = Unreachable
 		}
 		out = append(out, placement.Host{Name: m.rec.Name, Labels: m.rec.Labels, CPU: m.rec.CPU, Memory: m.rec.Memory,
-			Schedulable: m.state == Up && !m.rec.Drain, State: state})
+			Schedulable: m.state == Up && !m.failing && !m.rec.Drain, State: state})
 	}
 	slices.SortFunc(out, func(a, b placement.Host) int { return cmpString(a.Name, b.Name) })
 	return out
@@ -326,9 +331,13 @@ func cmpString(a, b string) int {
 	return 0
 }
 
-// State is a host's state: Up, Down or Unknown; draining reports its
-// drain flag. The local engine ("") is up while no host is registered and
-// draining once one is.
+// Unreachable is the state of a host that stopped answering and is not
+// down yet: what runs there is left alone until it answers or is down.
+const Unreachable = "unreachable"
+
+// State is a host's state: Up, Unreachable, Down or Unknown; draining
+// reports its drain flag. The local engine ("") is up while no host is
+// registered and draining once one is.
 func (f *Fleet) State(host string) (state string, draining bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -338,6 +347,9 @@ func (f *Fleet) State(host string) (state string, draining bool) {
 	m, ok := f.members[host]
 	if !ok {
 		return Down, true // removed from the registry: what ran there is gone to us
+	}
+	if m.state == Up && m.failing {
+		return Unreachable, m.rec.Drain
 	}
 	return m.state, m.rec.Drain
 }

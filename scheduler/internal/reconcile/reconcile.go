@@ -83,11 +83,13 @@ type Observed struct {
 // Orphan is a Berth-labelled container that no instance record owns.
 type Orphan struct {
 	ContainerID string
-	App         string
-	Instance    string
-	SpecHash    string
-	Generation  int64
-	Running     bool
+	// Host is the host it runs on ("": the local engine).
+	Host       string
+	App        string
+	Instance   string
+	SpecHash   string
+	Generation int64
+	Running    bool
 }
 
 // Failure is one recorded restart of an app, for the restart budget.

@@ -1,0 +1,190 @@
+package testrig
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Engine is an extra Docker engine on this machine, a test "host": its
+// own data-root, exec-root, pid file and socket, an empty --config-file
+// (the system daemon.json sets data-root), a bridge of its own created
+// beforehand (never --bridge none in the host's namespace: dockerd then
+// deletes the system engine's docker0), no iptables, and its published
+// ports on a loopback address of its own, which is the host's address.
+type Engine struct {
+	Name    string
+	Dir     string
+	Socket  string
+	Address string
+	Bridge  string
+	cidr    string
+	cmd     *exec.Cmd
+	t       testing.TB
+}
+
+// URL is the engine's Docker URL.
+func (e *Engine) URL() string { return "unix://" + e.Socket }
+
+// StartEngines starts n engines and stops each by its own pid when the
+// test ends, removing its state, mounts and bridge; it then checks that
+// the system engine's docker0 still exists. They need root (bridges);
+// with CI=true failing to start them fails the test.
+func StartEngines(t testing.TB, n int) []*Engine {
+	t.Helper()
+	Docker(t)
+	_, err := exec.LookPath("dockerd")
+	Require(t, err == nil && os.Geteuid() == 0, "an extra dockerd (a test host)", "run as root on a machine with dockerd and iproute2")
+	id := make([]byte, 2)
+	_, _ = rand.Read(id)
+	tag := hex.EncodeToString(id)
+	var out []*Engine
+	t.Cleanup(func() {
+		if _, err := exec.Command("ip", "link", "show", "docker0").CombinedOutput(); err != nil {
+			t.Errorf("the system engine's docker0 is gone after the test engines: %v", err)
+		}
+	})
+	for i := 1; i <= n; i++ {
+		dir, err := os.MkdirTemp("", "berth-engine-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := &Engine{Name: fmt.Sprintf("h%d", i), Dir: dir, Socket: filepath.Join(dir, "docker.sock"), Bridge: fmt.Sprintf("bt%s%d", tag, i), t: t}
+		// 127.<1..254>.<rand>.<i>: a loopback address no other test uses.
+		e.Address = fmt.Sprintf("127.%d.%d.%d", 100+int(id[0])%100, id[1], i)
+		e.cidr = fmt.Sprintf("10.%d.%d.1/24", 200+int(id[0])%50, (int(id[1])+i)%250+1)
+		t.Cleanup(e.cleanup)
+		if err := e.setup(); err != nil {
+			Require(t, false, "an extra dockerd (a test host)", err.Error())
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+func (e *Engine) setup() error {
+	if err := os.WriteFile(filepath.Join(e.Dir, "daemon.json"), []byte("{}\n"), 0o644); err != nil {
+		return err
+	}
+	for _, args := range [][]string{{"link", "add", e.Bridge, "type", "bridge"}, {"addr", "add", e.cidr, "dev", e.Bridge}, {"link", "set", e.Bridge, "up"}} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	return e.Start()
+}
+
+// Start starts (or starts again) the engine's dockerd and waits for it.
+func (e *Engine) Start() error {
+	log, err := os.OpenFile(filepath.Join(e.Dir, "dockerd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command("dockerd", "--data-root", filepath.Join(e.Dir, "data"), "--exec-root", filepath.Join(e.Dir, "exec"),
+		"--pidfile", filepath.Join(e.Dir, "docker.pid"), "--host", e.URL(), "--config-file", filepath.Join(e.Dir, "daemon.json"),
+		"--bridge", e.Bridge, "--iptables=false", "--ip-masq=false", "--ip", e.Address)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		log.Close()
+		return fmt.Errorf("start dockerd: %w", err)
+	}
+	e.cmd = cmd
+	go func() { _ = cmd.Wait(); log.Close() }()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if exec.Command("docker", "-H", e.URL(), "version").Run() == nil {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	b, _ := os.ReadFile(filepath.Join(e.Dir, "dockerd.log"))
+	return fmt.Errorf("dockerd %s did not answer within 30s: %s", e.Name, tail(string(b), 2000))
+}
+
+// Kill SIGKILLs the engine's dockerd and its containerd, its process
+// group (the containers' shims, in sessions of their own, keep them
+// running, as on a host whose engine crashed).
+func (e *Engine) Kill() {
+	if e.cmd != nil && e.cmd.Process != nil {
+		_ = syscall.Kill(-e.cmd.Process.Pid, syscall.SIGKILL)
+		for range 100 {
+			if e.cmd.ProcessState != nil || syscall.Kill(e.cmd.Process.Pid, 0) != nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// Load copies an image of the system engine into this one.
+func (e *Engine) Load(image string) error {
+	cmd := exec.Command("sh", "-c", "docker save "+image+" | docker -H "+e.URL()+" load")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("load %s into %s: %v: %s", image, e.Name, err, out)
+	}
+	return nil
+}
+
+// cleanup stops the engine by its own pid, then whatever it left running
+// (containerd, shims, docker-proxy: anything started from its dirs),
+// unmounts what is under its dirs, and removes them and its bridge.
+func (e *Engine) cleanup() {
+	if e.cmd != nil && e.cmd.Process != nil {
+		pid := e.cmd.Process.Pid
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+		for i := 0; i < 200 && syscall.Kill(pid, 0) == nil; i++ {
+			time.Sleep(50 * time.Millisecond)
+		}
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	killUnder(e.Dir)
+	unmountUnder(e.Dir)
+	_ = os.RemoveAll(e.Dir)
+	_ = exec.Command("ip", "link", "del", e.Bridge).Run()
+}
+
+// killUnder kills every process whose command line names dir.
+func killUnder(dir string) {
+	entries, _ := os.ReadDir("/proc")
+	for _, en := range entries {
+		pid, err := strconv.Atoi(en.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", en.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(b), dir) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+// unmountUnder detaches every mount below dir, deepest first.
+func unmountUnder(dir string) {
+	f, err := os.Open("/proc/self/mounts")
+	if err != nil {
+		return
+	}
+	var points []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) > 1 && strings.HasPrefix(fields[1], dir) {
+			points = append(points, fields[1])
+		}
+	}
+	f.Close()
+	for i := len(points) - 1; i >= 0; i-- {
+		_ = syscall.Unmount(points[i], syscall.MNT_DETACH)
+	}
+}
