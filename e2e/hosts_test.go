@@ -42,7 +42,12 @@ func TestSeveralHosts(t *testing.T) {
 		return strings.Count(out, " up ") == 3
 	}, 30*time.Second, 200*time.Millisecond, "every host up")
 
-	s.apply(demoSpec(t, img, 6, ""))
+	// max_surge 2: when a host of 2 of the 6 is lost, those may still run
+	// (a partition), and count toward replicas + max_surge until the host
+	// answers; with 2 of surge both are replaced at once.
+	spec := strings.Replace(demoSpec(t, img, 6, ""), "max_surge: 1", "max_surge: 2", 1)
+	require.Contains(t, spec, "max_surge: 2")
+	s.apply(spec)
 	byHost := func() (map[string]int, map[string]string) {
 		count, where := map[string]int{}, map[string]string{}
 		for _, in := range s.instances("demo") {

@@ -188,7 +188,13 @@ func (c *Controller) do(ctx context.Context, l store.Lease, a reconcile.Action, 
 	case reconcile.Stop:
 		return c.drain(ctx, l, rec, a.Reason)
 	case reconcile.Replace:
-		if state, _ := c.deps.Hosts.State(rec.Host); state == store.HostDown {
+		state, _ := c.deps.Hosts.State(rec.Host)
+		if state != store.HostUp && a.ContainerID != "" {
+			// It may still run there (a partition): it counts toward
+			// replicas + max_surge until its host answers.
+			c.seen.lose(a.ContainerID, a.App, rec.Host)
+		}
+		if state == store.HostDown {
 			// Its host is down: not a crash of the app, so no restart of its
 			// budget; the container is removed when the host is back (an
 			// orphan then).
@@ -196,7 +202,7 @@ func (c *Controller) do(ctx context.Context, l store.Lease, a reconcile.Action, 
 				Message: fmt.Sprintf("instance %s lost: host %s is down (no answer for the host timeout); replaced on another host", a.Instance, rec.Host),
 				Details: map[string]string{"host": rec.Host}})
 		}
-		if state, _ := c.deps.Hosts.State(rec.Host); state != store.HostUp {
+		if state != store.HostUp {
 			// Its host does not answer: the container is an orphan to remove
 			// once it does.
 			c.logger.Warn("replacing an instance whose host does not answer; its container is removed when it does", zap.String(logging.KeyInstance, rec.ID), zap.String("host", rec.Host))

@@ -26,6 +26,39 @@ type memory struct {
 	// unplaced is each app's last unplaceable reason and when it was
 	// reported.
 	unplaced map[string]reported
+	// lost are the containers of instances replaced while their host did
+	// not answer, by container: they may still run until it answers.
+	lost map[string]lostContainer
+}
+
+type lostContainer struct{ app, host string }
+
+// lose remembers a container replaced while its host did not answer.
+func (m *memory) lose(container, app, host string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.lost[container] = lostContainer{app: app, host: host}
+}
+
+// unreachable counts, by app, the lost containers whose host still does
+// not answer, and forgets the others (the host answers: they are listed
+// and removed as orphans; or it left the registry).
+func (m *memory) unreachable(hosts Hosts) map[string]int {
+	registered := map[string]bool{}
+	for _, h := range hosts.Hosts() {
+		registered[h.Name] = true
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[string]int{}
+	for id, l := range m.lost {
+		if state, _ := hosts.State(l.host); state == store.HostUp || !registered[l.host] {
+			delete(m.lost, id)
+			continue
+		}
+		out[l.app]++
+	}
+	return out
 }
 
 type reported struct {
@@ -57,7 +90,7 @@ func (m *memory) unplaceable(app, reason string, now time.Time) bool {
 
 func newMemory() *memory {
 	return &memory{healthySince: map[string]time.Time{}, unhealthySince: map[string]time.Time{},
-		dead: map[string]bool{}, oom: map[string]bool{}, tripped: map[string]time.Time{}, unplaced: map[string]reported{}}
+		dead: map[string]bool{}, oom: map[string]bool{}, tripped: map[string]time.Time{}, unplaced: map[string]reported{}, lost: map[string]lostContainer{}}
 }
 
 func (m *memory) died(container string, oom bool) {
@@ -178,10 +211,13 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 	}
 	w := world{in: reconcile.Input{Apps: map[string]reconcile.Desired{}, Term: l.Term, StartTimeout: c.cfg.StartTimeout, Now: now},
 		apps: map[string]store.App{}, records: map[string]store.Instance{}, health: map[string]string{}}
+	unreachable := c.seen.unreachable(c.deps.Hosts)
 	for _, a := range apps {
 		s := *a.Spec
 		s.Default()
-		w.in.Apps[a.Name] = c.desired(a, &s)
+		d := c.desired(a, &s)
+		d.Unreachable = unreachable[a.Name]
+		w.in.Apps[a.Name] = d
 		w.apps[a.Name] = a
 		for _, at := range restarts[a.Name] {
 			w.in.Failures = append(w.in.Failures, reconcile.Failure{App: a.Name, At: at})

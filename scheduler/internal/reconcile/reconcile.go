@@ -47,6 +47,10 @@ type Desired struct {
 	// each one up to BackoffMax; BackoffMax is also when a tripped breaker
 	// lets one attempt through (half-open).
 	BackoffInitial, BackoffMax time.Duration
+	// Unreachable counts instances replaced while their host did not
+	// answer (a partition, or an engine down): they may still run, so
+	// they count toward Replicas + MaxSurge until their host answers.
+	Unreachable int
 }
 
 // Observed is one instance as the store records it, with what Docker says.
@@ -492,7 +496,7 @@ func (p *appPlan) adopt() {
 // scale starts or stops instances of the desired spec to the count.
 func (p *appPlan) scale() {
 	want := p.d.Replicas
-	for i := len(p.current) + p.replacing; i < want; i++ {
+	for i := len(p.current) + p.replacing; i < want && i+p.d.Unreachable < want+p.d.MaxSurge; i++ {
 		p.add(Action{Kind: Start, Generation: p.d.Generation, Reason: fmt.Sprintf("%d of %d replicas", i, want)})
 	}
 	if extra := len(p.current) + p.replacing - want; extra > 0 {
@@ -505,7 +509,7 @@ func (p *appPlan) scale() {
 // old ones drain while enough instances stay available.
 func (p *appPlan) roll() {
 	want := p.d.Replicas
-	total := len(p.current) + len(p.old) + p.replacing + p.inConfig
+	total := len(p.current) + len(p.old) + p.replacing + p.inConfig + p.d.Unreachable
 	for n := len(p.current) + p.replacing; n < want && total < want+p.d.MaxSurge; n++ {
 		p.add(Action{Kind: Start, Generation: p.d.Generation, Reason: fmt.Sprintf("rolling update to generation %d", p.d.Generation)})
 		total++

@@ -403,3 +403,33 @@ func TestActionString(t *testing.T) {
 	t.Parallel()
 	require.True(t, strings.HasPrefix(Action{Kind: Stop, App: "web", Instance: "a", Reason: "why"}.String(), "stop web/a: why"))
 }
+
+// Instances replaced while their host did not answer may still run (a
+// partition): they count toward replicas + max_surge until it answers.
+func TestUnreachableCountTowardSurge(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	d := Desired{App: "web", Generation: 1, SpecHash: "h", Replicas: 6, MaxSurge: 1, Unreachable: 2}
+	var insts []Observed
+	for i := range 4 {
+		insts = append(insts, Observed{ID: fmt.Sprintf("i%d", i), App: "web", Generation: 1, SpecHash: "h", State: "running", Health: "healthy",
+			ContainerID: fmt.Sprintf("c%d", i), ContainerRunning: true, CreatedAt: now.Add(-time.Hour), HealthySince: now.Add(-time.Hour)})
+	}
+	res := Plan(Input{Apps: map[string]Desired{"web": d}, Instances: insts, Now: now})
+	starts := 0
+	for _, a := range res.Actions {
+		if a.Kind == Start {
+			starts++
+		}
+	}
+	require.Equal(t, 1, starts, "4 running + 2 unreachable + 1 = replicas + max_surge")
+	d.Unreachable = 0
+	res = Plan(Input{Apps: map[string]Desired{"web": d}, Instances: insts, Now: now})
+	starts = 0
+	for _, a := range res.Actions {
+		if a.Kind == Start {
+			starts++
+		}
+	}
+	require.Equal(t, 2, starts, "the host answered: back to the count")
+}
