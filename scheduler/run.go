@@ -207,7 +207,8 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 			func() float64 { return float64(conn.Forged()) }))
 
 	var ctl *controller.Controller
-	var cm *certs.Manager // with --acme-directory
+	var cm *certs.Manager  // with --acme-directory
+	var hostsGained func() // records every host's state on gaining leadership
 	wakeCtl := func() {
 		if ctl != nil {
 			ctl.Wake()
@@ -221,6 +222,9 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 			wakeCtl()
 			if cm != nil {
 				cm.Wake()
+			}
+			if hostsGained != nil {
+				go hostsGained() // what this replica saw of the hosts while following
 			}
 			isLeader.Set(1)
 			term.Set(float64(l.Term))
@@ -298,19 +302,27 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	group := lifecycle.NewGroup(logger, 15*time.Second)
 	// A host that changes state wakes the controller (a host down: its
 	// instances are replaced at once), and the leader records it.
-	fl.Changed = func(host, state string) {
-		wakeCtl()
-		if l, ok := leading(); ok {
-			now := time.Now()
-			var seen time.Time
-			if state == store.HostUp {
-				seen = now
-			}
-			if err := st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error { return tx.SetHostState(ctx, host, state, now, seen) }); err != nil {
-				logger.Warn("could not record a host's state", zap.String("host", host), zap.Error(err))
-			}
+	recordHosts := func() {
+		l, ok := leading()
+		if !ok {
+			return
+		}
+		now := time.Now()
+		if err := st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+			var errs []error
+			fl.Each(func(host, state string, lastOK time.Time) {
+				errs = append(errs, tx.SetHostState(ctx, host, state, now, lastOK))
+			})
+			return errors.Join(errs...)
+		}); err != nil {
+			logger.Warn("could not record the hosts' states", zap.Error(err))
 		}
 	}
+	fl.Changed = func(string, string) {
+		wakeCtl()
+		recordHosts()
+	}
+	hostsGained = recordHosts
 	group.Add("fleet", fl)
 	group.Add("leader", el)
 	group.Add("listen", lifecycle.Func(func(ctx context.Context) error {

@@ -30,6 +30,8 @@ type Engine struct {
 	cidr    string
 	cmd     *exec.Cmd
 	t       testing.TB
+	// bridged: this engine created its bridge (and so removes it).
+	bridged bool
 }
 
 // URL is the engine's Docker URL.
@@ -48,11 +50,13 @@ func StartEngines(t testing.TB, n int) []*Engine {
 	_, _ = rand.Read(id)
 	tag := hex.EncodeToString(id)
 	var out []*Engine
-	t.Cleanup(func() {
-		if _, err := exec.Command("ip", "link", "show", "docker0").CombinedOutput(); err != nil {
-			t.Errorf("the system engine's docker0 is gone after the test engines: %v", err)
-		}
-	})
+	if exec.Command("ip", "link", "show", "docker0").Run() == nil {
+		t.Cleanup(func() {
+			if out, err := exec.Command("ip", "link", "show", "docker0").CombinedOutput(); err != nil {
+				t.Errorf("the system engine's docker0 is gone after the test engines: %v: %s", err, out)
+			}
+		})
+	}
 	for i := 1; i <= n; i++ {
 		dir, err := os.MkdirTemp("", "berth-engine-")
 		if err != nil {
@@ -61,7 +65,8 @@ func StartEngines(t testing.TB, n int) []*Engine {
 		e := &Engine{Name: fmt.Sprintf("h%d", i), Dir: dir, Socket: filepath.Join(dir, "docker.sock"), Bridge: fmt.Sprintf("bt%s%d", tag, i), t: t}
 		// 127.<1..254>.<rand>.<i>: a loopback address no other test uses.
 		e.Address = fmt.Sprintf("127.%d.%d.%d", 100+int(id[0])%100, id[1], i)
-		e.cidr = fmt.Sprintf("10.%d.%d.1/24", 200+int(id[0])%50, (int(id[1])+i)%250+1)
+		// 198.18.0.0/15 is for benchmarks (RFC 2544): no real network uses it.
+		e.cidr = fmt.Sprintf("198.%d.%d.1/24", 18+int(id[0])%2, (int(id[1])+i)%250+1)
 		t.Cleanup(e.cleanup)
 		if err := e.setup(); err != nil {
 			Require(t, false, "an extra dockerd (a test host)", err.Error())
@@ -75,9 +80,12 @@ func (e *Engine) setup() error {
 	if err := os.WriteFile(filepath.Join(e.Dir, "daemon.json"), []byte("{}\n"), 0o644); err != nil {
 		return err
 	}
-	for _, args := range [][]string{{"link", "add", e.Bridge, "type", "bridge"}, {"addr", "add", e.cidr, "dev", e.Bridge}, {"link", "set", e.Bridge, "up"}} {
+	for i, args := range [][]string{{"link", "add", e.Bridge, "type", "bridge"}, {"addr", "add", e.cidr, "dev", e.Bridge}, {"link", "set", e.Bridge, "up"}} {
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 			return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+		if i == 0 {
+			e.bridged = true
 		}
 	}
 	return e.Start()
@@ -151,11 +159,16 @@ func (e *Engine) cleanup() {
 	killUnder(e.Dir)
 	unmountUnder(e.Dir)
 	_ = os.RemoveAll(e.Dir)
-	_ = exec.Command("ip", "link", "del", e.Bridge).Run()
+	if e.bridged {
+		_ = exec.Command("ip", "link", "del", e.Bridge).Run()
+	}
 }
 
-// killUnder kills every process whose command line names dir.
+// killUnder kills every dockerd, containerd, shim or proxy whose command
+// line names a path inside dir (dir/…, never another dir sharing its
+// prefix).
 func killUnder(dir string) {
+	dir = strings.TrimSuffix(dir, "/") + "/"
 	entries, _ := os.ReadDir("/proc")
 	for _, en := range entries {
 		pid, err := strconv.Atoi(en.Name())
@@ -163,7 +176,11 @@ func killUnder(dir string) {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join("/proc", en.Name(), "cmdline"))
-		if err == nil && strings.Contains(string(b), dir) {
+		if err != nil || !strings.Contains(string(b), dir) {
+			continue
+		}
+		exe := filepath.Base(strings.SplitN(string(b), "\x00", 2)[0])
+		if strings.HasPrefix(exe, "dockerd") || strings.HasPrefix(exe, "containerd") || strings.HasPrefix(exe, "docker-proxy") || strings.HasPrefix(exe, "runc") {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
@@ -171,6 +188,7 @@ func killUnder(dir string) {
 
 // unmountUnder detaches every mount below dir, deepest first.
 func unmountUnder(dir string) {
+	dir = strings.TrimSuffix(dir, "/") + "/"
 	f, err := os.Open("/proc/self/mounts")
 	if err != nil {
 		return

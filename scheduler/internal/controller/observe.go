@@ -234,7 +234,13 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 		key := msg.InstanceKey(r.App, r.ID)
 		live[key] = true
 		spechash := r.SpecHash
-		if _, draining := c.deps.Hosts.State(r.Host); draining && spechash != "" {
+		hostState, draining := c.deps.Hosts.State(r.Host)
+		if !exists && r.ContainerID != "" && hostState == store.HostUnknown {
+			// Its host has not been listed yet (a leader's start, a host
+			// just registered): its container is not gone, only unseen.
+			ct, exists = docker.Container{ID: r.ContainerID, Host: r.Host, Running: true}, true
+		}
+		if draining && spechash != "" {
 			// Its host drains: the instance is stale, as an older spec's is,
 			// and is replaced under the app's rolling-update rules.
 			spechash += drainSuffix

@@ -99,9 +99,12 @@ func New(o Options, logger *zap.Logger) (*Client, error) {
 	if _, err := netip.ParseAddr(o.PublishAddress); err != nil {
 		return nil, fmt.Errorf("publish address %q: must be an IP address", o.PublishAddress)
 	}
-	opts := []client.Opt{client.FromEnv} // negotiates the API version by default
+	// A registered host's client takes nothing from the scheduler's own
+	// DOCKER_* environment (its TLS files or API version are the local
+	// engine's). The API version is negotiated either way.
+	opts := []client.Opt{client.FromEnv}
 	if o.URL != "" {
-		opts = append(opts, client.WithHost(o.URL))
+		opts = []client.Opt{client.WithHost(o.URL)}
 		if o.TLS != nil {
 			opts = append(opts, client.WithTLSClientConfig(o.TLS.CA, o.TLS.Cert, o.TLS.Key))
 		}

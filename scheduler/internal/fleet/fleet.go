@@ -81,6 +81,7 @@ type member struct {
 	eng     Engine
 	state   string
 	failing bool // the last call failed: not answering, not down yet
+	listed  bool // a list has come back since it was (re)added or down
 	lastOK  time.Time
 	since   time.Time
 	last    []docker.Container // the last list, served while the host is suspect
@@ -96,8 +97,11 @@ type Fleet struct {
 	logger *zap.Logger
 	now    func() time.Time
 
+	syncMu  sync.Mutex // one Sync at a time: a stale registry read never lands after a fresh one
 	mu      sync.Mutex
+	synced  bool               // the registry has been read once
 	members map[string]*member // registered hosts, by name
+	localOK bool               // the local engine's last list succeeded
 	where   map[string]string  // container id → host
 	handle  func(docker.Event)
 	resync  func()
@@ -157,17 +161,19 @@ func (f *Fleet) Run(ctx context.Context) error {
 // Sync reads the registry: new hosts are dialled, changed ones dialled
 // again, removed ones closed.
 func (f *Fleet) Sync(ctx context.Context) error {
+	f.syncMu.Lock()
+	defer f.syncMu.Unlock()
 	hosts, err := f.reg.Hosts(ctx)
 	if err != nil {
 		return err
 	}
+	var failed []string
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	seen := map[string]bool{}
 	for _, h := range hosts {
 		seen[h.Name] = true
 		m, ok := f.members[h.Name]
-		if ok && sameEngine(m.rec, h) {
+		if ok && sameEngine(m.rec, h) && m.eng != nil {
 			m.rec = h
 			continue
 		}
@@ -176,15 +182,20 @@ func (f *Fleet) Sync(ctx context.Context) error {
 		}
 		eng, err := f.dial(h)
 		if err != nil {
-			f.logger.Error("cannot set up the host's Docker client", zap.String("host", h.Name), zap.Error(err))
+			// Dialled again at the next Sync (every probe).
+			if !ok || m.eng != nil {
+				f.logger.Error("cannot set up the host's Docker client: it is down until this is fixed", zap.String("host", h.Name), zap.Error(err))
+			}
 			m = &member{rec: h, state: Down, since: f.now()}
+			f.up.WithLabelValues(h.Name).Set(0)
+			failed = append(failed, h.Name)
 		} else {
 			m = &member{rec: h, eng: eng, state: Unknown, since: f.now()}
 			f.watch(m)
+			f.up.WithLabelValues(h.Name).Set(-1)
+			f.logger.Info("host added", zap.String("host", h.Name), zap.String("docker_url", h.DockerURL), zap.String("address", h.Address))
 		}
 		f.members[h.Name] = m
-		f.up.WithLabelValues(h.Name).Set(-1)
-		f.logger.Info("host added", zap.String("host", h.Name), zap.String("docker_url", h.DockerURL), zap.String("address", h.Address))
 	}
 	for name, m := range f.members {
 		if !seen[name] {
@@ -192,6 +203,14 @@ func (f *Fleet) Sync(ctx context.Context) error {
 			delete(f.members, name)
 			f.up.DeleteLabelValues(name)
 			f.logger.Info("host removed from the registry", zap.String("host", name))
+		}
+	}
+	f.synced = true
+	cb := f.Changed
+	f.mu.Unlock()
+	if cb != nil {
+		for _, name := range failed {
+			cb(name, Down)
 		}
 	}
 	return nil
@@ -249,6 +268,11 @@ func (f *Fleet) probe(ctx context.Context) {
 // observe records the outcome of a call to m's engine.
 func (f *Fleet) observe(m *member, err error) {
 	f.mu.Lock()
+	name := m.rec.Name
+	if f.members[name] != m {
+		f.mu.Unlock() // dropped or replaced meanwhile: its news is stale
+		return
+	}
 	now := f.now()
 	state := m.state
 	m.failing = err != nil
@@ -263,7 +287,13 @@ func (f *Fleet) observe(m *member, err error) {
 	if changed {
 		m.state, m.since = state, now
 		if state == Down {
-			m.last = nil
+			m.last, m.listed = nil, false
+		}
+		switch state {
+		case Up:
+			f.up.WithLabelValues(name).Set(1)
+		case Down:
+			f.up.WithLabelValues(name).Set(0)
 		}
 	}
 	cb := f.Changed
@@ -273,15 +303,31 @@ func (f *Fleet) observe(m *member, err error) {
 	}
 	switch state {
 	case Up:
-		f.up.WithLabelValues(m.rec.Name).Set(1)
-		f.logger.Info("host up: its engine answers", zap.String("host", m.rec.Name))
+		f.logger.Info("host up: its engine answers", zap.String("host", name))
 	case Down:
-		f.up.WithLabelValues(m.rec.Name).Set(0)
-		f.logger.Warn("host down: its engine has not answered for the host timeout", zap.String("host", m.rec.Name),
+		f.logger.Warn("host down: its engine has not answered for the host timeout", zap.String("host", name),
 			zap.Duration("timeout", f.cfg.Timeout), zap.Error(err))
 	}
 	if cb != nil {
-		cb(m.rec.Name, state)
+		cb(name, state)
+	}
+}
+
+// Each calls fn with every registered host's state and when it last
+// answered (zero: never).
+func (f *Fleet) Each(fn func(host, state string, lastOK time.Time)) {
+	type row struct {
+		name, state string
+		ok          time.Time
+	}
+	f.mu.Lock()
+	rows := make([]row, 0, len(f.members))
+	for name, m := range f.members {
+		rows = append(rows, row{name, m.state, m.lastOK})
+	}
+	f.mu.Unlock()
+	for _, r := range rows {
+		fn(r.name, r.state, r.ok)
 	}
 }
 
@@ -299,6 +345,9 @@ func (f *Fleet) Registered() bool {
 func (f *Fleet) Hosts() []placement.Host {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if !f.synced {
+		return nil // nothing is placed before the registry is read
+	}
 	if len(f.members) == 0 {
 		if f.local == nil {
 			return nil
@@ -315,7 +364,7 @@ func (f *Fleet) Hosts() []placement.Host {
 			state = Unreachable
 		}
 		out = append(out, placement.Host{Name: m.rec.Name, Labels: m.rec.Labels, CPU: m.rec.CPU, Memory: m.rec.Memory,
-			Schedulable: m.state == Up && !m.failing && !m.rec.Drain, State: state})
+			Schedulable: m.state == Up && !m.failing && m.listed && !m.rec.Drain, State: state})
 	}
 	slices.SortFunc(out, func(a, b placement.Host) int { return cmpString(a.Name, b.Name) })
 	return out
@@ -341,43 +390,61 @@ const Unreachable = "unreachable"
 func (f *Fleet) State(host string) (state string, draining bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if !f.synced {
+		return Unknown, false // before the registry is read, nothing is known
+	}
 	if host == "" {
-		return Up, len(f.members) > 0
+		switch {
+		case len(f.members) == 0:
+			return Up, false
+		case !f.localOK:
+			return Unreachable, true
+		}
+		return Up, true
 	}
 	m, ok := f.members[host]
-	if !ok {
+	switch {
+	case !ok:
 		return Down, true // removed from the registry: what ran there is gone to us
-	}
-	if m.state == Up && m.failing {
+	case m.state == Up && m.failing:
 		return Unreachable, m.rec.Drain
+	case m.state == Up && !m.listed:
+		return Unknown, m.rec.Drain // answers, but what runs there is not known yet
 	}
 	return m.state, m.rec.Drain
 }
 
 // List returns the containers of every host that is up, and the last list
 // of a host that stopped answering but is not down yet, so that nothing
-// is replaced before the host timeout. The local engine's while no host
-// is registered, and then its failure is the list's; once hosts are
-// registered, its containers (from before) are listed when it answers.
+// is replaced before the host timeout; a host never listed yet (State:
+// Unknown) contributes nothing, and the controller holds its instances as
+// they are. The local engine's while no host is registered, and then its
+// failure is the list's; once hosts are registered, its containers (from
+// before) are listed when it answers. Before the registry is read once,
+// List fails: what is registered is not known.
 func (f *Fleet) List(ctx context.Context) ([]docker.Container, error) {
 	f.mu.Lock()
+	synced := f.synced
 	ms := slices.Collect(maps.Values(f.members))
 	local := f.local
 	f.mu.Unlock()
-	var out []docker.Container
-	if local != nil {
-		cctx, cancel := context.WithTimeout(ctx, f.cfg.Call)
-		list, err := local.List(cctx)
-		cancel()
-		if err != nil && len(ms) == 0 {
-			return nil, err
-		}
-		out = append(out, list...)
+	if !synced {
+		return nil, fmt.Errorf("%w: the host registry has not been read yet", ErrHostUnknown)
 	}
-	lists := make([][]docker.Container, len(ms))
+	lists := make([][]docker.Container, len(ms)+1)
+	var localErr error
 	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var waiting []string
+	if local != nil {
+		wg.Go(func() {
+			cctx, cancel := context.WithTimeout(ctx, f.cfg.Call)
+			list, err := local.List(cctx)
+			cancel()
+			f.mu.Lock()
+			f.localOK = err == nil
+			f.mu.Unlock()
+			localErr, lists[len(ms)] = err, list
+		})
+	}
 	for i, m := range ms {
 		f.mu.Lock()
 		state := m.state
@@ -396,26 +463,18 @@ func (f *Fleet) List(ctx context.Context) ([]docker.Container, error) {
 			f.mu.Lock()
 			defer f.mu.Unlock()
 			if err == nil {
-				m.last = list
+				m.last, m.listed = list, true
 			}
-			if m.state == Unknown && m.last == nil {
-				// Never listed: what runs there is unknown, and an instance
-				// of it must not look gone. Nothing is decided until the
-				// host answers or is down.
-				mu.Lock()
-				waiting = append(waiting, m.rec.Name)
-				mu.Unlock()
-			}
-			if m.state != Down {
+			if m.state != Down && m.listed {
 				lists[i] = m.last
 			}
 		})
 	}
 	wg.Wait()
-	if len(waiting) > 0 {
-		slices.Sort(waiting)
-		return nil, fmt.Errorf("%w: host %v has not answered yet: waiting for it (at most --host-timeout %s) before deciding anything", ErrHostUnknown, waiting, f.cfg.Timeout)
+	if localErr != nil && len(ms) == 0 {
+		return nil, localErr
 	}
+	var out []docker.Container
 	for _, l := range lists {
 		out = append(out, l...)
 	}
@@ -444,7 +503,21 @@ func (f *Fleet) engine(host string) (Engine, error) {
 	if m.state == Down {
 		return nil, fmt.Errorf("%w: host %s is down", ErrHostDown, host)
 	}
+	if m.failing {
+		return nil, fmt.Errorf("%w: host %s does not answer", ErrHostDown, host)
+	}
 	return m.eng, nil
+}
+
+// callTimeout bounds a routed call that carries no bound of its own, so a
+// host that stops answering mid-call holds no cycle for minutes.
+const callTimeout = 30 * time.Second
+
+func bounded(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, callTimeout)
 }
 
 // of returns the engine that runs container id.
@@ -479,6 +552,8 @@ func (f *Fleet) Start(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	return eng.Start(ctx, id)
 }
 
@@ -497,6 +572,8 @@ func (f *Fleet) Remove(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	err = eng.Remove(ctx, id)
 	if err == nil || errors.Is(err, docker.ErrNotFound) {
 		f.mu.Lock()
@@ -512,6 +589,8 @@ func (f *Fleet) Inspect(ctx context.Context, id string) (docker.Container, error
 	if err != nil {
 		return docker.Container{}, err
 	}
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	return eng.Inspect(ctx, id)
 }
 
@@ -521,6 +600,8 @@ func (f *Fleet) ImagePresent(ctx context.Context, host, ref string) (bool, error
 	if err != nil {
 		return false, err
 	}
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	return eng.ImagePresent(ctx, ref)
 }
 

@@ -123,6 +123,13 @@ func TestFleetStatesListsAndRouting(t *testing.T) {
 	var changes []string
 	f.Changed = func(host, state string) { changes = append(changes, host+"="+state) }
 
+	// Before the registry is read, nothing is known, nothing placed.
+	_, err := f.List(ctx)
+	require.ErrorIs(t, err, ErrHostUnknown)
+	require.Empty(t, f.Hosts())
+	state, _ := f.State("h1")
+	require.Equal(t, Unknown, state, "a registered host is not taken for removed")
+
 	// No host registered: the local engine is the one host.
 	require.NoError(t, f.Sync(ctx))
 	require.False(t, f.Registered())
@@ -137,10 +144,15 @@ func TestFleetStatesListsAndRouting(t *testing.T) {
 		{Name: "h2", DockerURL: "unix:///h2.sock", Address: "127.0.1.2", Drain: true}}
 	require.NoError(t, f.Sync(ctx))
 	engines["h2"].set(true) // never answers
-	_, err = f.List(ctx)
-	require.ErrorIs(t, err, ErrHostUnknown, "h2 never answered: nothing may look gone yet")
 	f.probe(ctx)
 	require.Equal(t, []string{"h1=up"}, changes)
+	state, _ = f.State("h1")
+	require.Equal(t, Unknown, state, "answers, but not listed yet: its instances are held")
+	require.False(t, f.Hosts()[0].Schedulable)
+	_, err = f.List(ctx)
+	require.NoError(t, err)
+	state, _ = f.State("h2")
+	require.Equal(t, Unknown, state, "h2 never answered: nothing there may look gone yet")
 	hs := f.Hosts()
 	require.Equal(t, "h1", hs[0].Name)
 	require.True(t, hs[0].Schedulable)
@@ -148,6 +160,8 @@ func TestFleetStatesListsAndRouting(t *testing.T) {
 	state, draining := f.State("")
 	require.Equal(t, Up, state)
 	require.True(t, draining, "once hosts are registered, the local engine's instances move to them")
+	state, _ = f.State("h1")
+	require.Equal(t, Up, state)
 
 	now = now.Add(16 * time.Second)
 	f.probe(ctx)
@@ -166,7 +180,9 @@ func TestFleetStatesListsAndRouting(t *testing.T) {
 	list, err = f.List(ctx)
 	require.NoError(t, err)
 	require.Len(t, list, 2, "suspect: still listed")
-	require.NoError(t, f.Start(ctx, c1), "routed to h1 by container id")
+	require.ErrorIs(t, f.Start(ctx, c1), ErrHostDown, "routed to h1 by container id, which fails at once: it does not answer")
+	state, _ = f.State("h1")
+	require.Equal(t, Unreachable, state)
 	now = now.Add(11 * time.Second)
 	f.probe(ctx)
 	require.Equal(t, "h1=down", changes[len(changes)-1])

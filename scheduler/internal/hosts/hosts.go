@@ -52,6 +52,8 @@ func (s *Spec) Validate() error {
 		es.Add("docker_url", "must be set: unix:///var/run/docker.sock, or tcp://HOST:2376 with tls")
 	case err != nil:
 		es.Add("docker_url", "%q is not a URL: want unix:///path or tcp://host:port", s.DockerURL)
+	case u.RawQuery != "" || u.Fragment != "" || u.User != nil:
+		es.Add("docker_url", "%q: no user, query or fragment: unix:///path or tcp://host:port", s.DockerURL)
 	case u.Scheme == "unix":
 		if u.Host != "" || u.Path == "" || !path.IsAbs(u.Path) || path.Clean(u.Path) != u.Path {
 			es.Add("docker_url", "%q: a unix URL names an absolute, clean socket path (unix:///var/run/docker.sock)", s.DockerURL)

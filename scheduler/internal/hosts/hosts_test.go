@@ -23,10 +23,11 @@ func TestSpecValidate(t *testing.T) {
 	}{
 		{Spec{Name: "H 1", DockerURL: "unix:///run/d.sock", Address: "127.0.0.1"}, "name:"},
 		{Spec{Name: "h", Address: "127.0.0.1"}, "docker_url: must be set"},
-		{Spec{Name: "h", DockerURL: "ssh://root@h", Address: "127.0.0.1"}, "the scheme must be unix or tcp"},
+		{Spec{Name: "h", DockerURL: "ssh://h", Address: "127.0.0.1"}, "the scheme must be unix or tcp"},
 		{Spec{Name: "h", DockerURL: "unix://run/../etc/d.sock", Address: "127.0.0.1"}, "absolute, clean socket path"},
+		{Spec{Name: "h", DockerURL: "unix:///run/d.sock?x=1#y", Address: "127.0.0.1"}, "no user, query or fragment"},
 		{Spec{Name: "h", DockerURL: "tcp://10.0.0.2:2375", Address: "10.0.0.2"}, "tls: must be set for a tcp:// engine off loopback"},
-		{Spec{Name: "h", DockerURL: "tcp://10.0.0.2:2376/x?y=1", TLS: &TLS{CA: "/a", Cert: "/b", Key: "/c"}, Address: "10.0.0.2"}, "tcp://host:port and nothing else"},
+		{Spec{Name: "h", DockerURL: "tcp://10.0.0.2:2376/x", TLS: &TLS{CA: "/a", Cert: "/b", Key: "/c"}, Address: "10.0.0.2"}, "tcp://host:port and nothing else"},
 		{Spec{Name: "h", DockerURL: "unix:///run/d.sock", TLS: &TLS{CA: "/a", Cert: "/b", Key: "/c"}, Address: "127.0.0.1"}, "tls: is for a tcp:// engine"},
 		{Spec{Name: "h", DockerURL: "tcp://10.0.0.2:2376", TLS: &TLS{CA: "ca.pem", Cert: "/b", Key: "/c;"}, Address: "10.0.0.2"}, "tls.ca:"},
 		{Spec{Name: "h", DockerURL: "unix:///run/d.sock", Address: "0.0.0.0"}, "address:"},

@@ -84,6 +84,7 @@ func Place(hosts []Host, reqs []Request) Result {
 		order[i] = i
 	}
 	sort.SliceStable(order, func(a, b int) bool { return reqs[order[a]].App < reqs[order[b]].App })
+	ref := reference(hosts)
 	eligible := make([]int, 0, len(hosts))
 	counts := make([]int, len(hosts))
 	group := make([]int, len(hosts)) // spread_by group of each host
@@ -135,7 +136,7 @@ func Place(hosts []Host, reqs []Request) Result {
 				if best >= 0 && (g > bestGroup || g == bestGroup && counts[i] > bestCount) {
 					continue
 				}
-				load := loadAfter(h, cpu[i]+r.CPU, mem[i]+r.Memory)
+				load := loadAfter(h, cpu[i]+r.CPU, mem[i]+r.Memory, ref)
 				if best < 0 || g < bestGroup || counts[i] < bestCount || load < bestLoad || load == bestLoad && h.Name < hosts[best].Name {
 					best, bestGroup, bestCount, bestLoad = i, g, counts[i], load
 				}
@@ -170,17 +171,32 @@ func matches(labels map[string]string, cs []Constraint) bool {
 }
 
 // loadAfter is the larger of a host's reserved CPU and memory fractions
-// once an instance is added; a host without a limit counts by what it has
-// reserved, scaled down so that a limited, empty host still ranks first.
-func loadAfter(h *Host, cpu float64, mem int64) float64 {
-	c, m := cpu/1e3, float64(mem)/(1<<40)
-	if h.CPU > 0 {
-		c = cpu / h.CPU
+// once an instance is added. A host without a limit is taken to be as
+// large as the largest host with one (ref), so that it neither draws
+// every instance nor none.
+func loadAfter(h *Host, cpu float64, mem int64, ref capacity) float64 {
+	hc, hm := h.CPU, float64(h.Memory)
+	if hc <= 0 {
+		hc = ref.cpu
 	}
-	if h.Memory > 0 {
-		m = float64(mem) / float64(h.Memory)
+	if hm <= 0 {
+		hm = ref.mem
 	}
-	return max(c, m)
+	return max(cpu/hc, float64(mem)/hm)
+}
+
+// capacity is the reference size of hosts without limits.
+type capacity struct{ cpu, mem float64 }
+
+// reference is the largest CPU and memory among hosts with limits (one
+// core and 1 GiB when none has any).
+func reference(hosts []Host) capacity {
+	ref := capacity{cpu: 1, mem: 1 << 30}
+	for _, h := range hosts {
+		ref.cpu = max(ref.cpu, h.CPU)
+		ref.mem = max(ref.mem, float64(h.Memory))
+	}
+	return ref
 }
 
 // reason says why no host could take r: each host's first failing test.

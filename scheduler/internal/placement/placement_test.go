@@ -43,6 +43,23 @@ func TestLeastReservedWins(t *testing.T) {
 	require.Equal(t, []string{"h2"}, res.Hosts["api"], "h1 is 87.5 %% reserved after, h2 18.75 %%")
 }
 
+// A host without limits is as large as the largest with one: it does not
+// draw every instance.
+func TestUnlimitedHostIsNotAMagnet(t *testing.T) {
+	t.Parallel()
+	hosts := []Host{{Name: "big", CPU: 16, Memory: 64 << 30, Schedulable: true}, {Name: "free", Schedulable: true}}
+	var reqs []Request
+	for i := range 20 {
+		reqs = append(reqs, Request{App: fmt.Sprintf("app-%02d", i), Count: 1, CPU: 1, Memory: 1 << 30})
+	}
+	res := Place(hosts, reqs)
+	n := map[string]int{}
+	for _, hs := range res.Hosts {
+		n[hs[0]]++
+	}
+	require.Equal(t, map[string]int{"big": 10, "free": 10}, n)
+}
+
 func TestSpreadByLabel(t *testing.T) {
 	t.Parallel()
 	hosts := []Host{host("a1", map[string]string{"zone": "a"}), host("a2", map[string]string{"zone": "a"}), host("b1", map[string]string{"zone": "b"})}

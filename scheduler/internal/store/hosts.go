@@ -26,7 +26,9 @@ type Host struct {
 	// Drain: nothing new is placed there, and what runs there moves.
 	Drain bool
 	// State is what the leader last saw of its engine (HostUp, HostDown,
-	// HostUnknown), since StateAt; LastSeen is when it last answered.
+	// HostUnknown), since StateAt; LastSeen is when it last answered, as
+	// the leader recorded it (at each change of any host's state, and on
+	// gaining leadership).
 	State             string
 	StateAt, LastSeen time.Time
 	CreatedAt         time.Time
@@ -113,6 +115,17 @@ func (s *Store) PutHost(ctx context.Context, h Host) (Host, error) {
 		return h, fmt.Errorf("put host %s: %w", h.Name, redact(err))
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
+	// Another engine under a name instances run on would make them look
+	// gone (and leave their containers where they are): refused.
+	var url string
+	var n int
+	err = tx.QueryRow(ctx, `SELECT h.docker_url, (SELECT count(*) FROM instances WHERE host = h.name) FROM hosts h WHERE h.name = $1 FOR UPDATE`, h.Name).Scan(&url, &n)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return h, fmt.Errorf("put host %s: %w", h.Name, redact(err))
+	}
+	if err == nil && url != h.DockerURL && n > 0 {
+		return h, fmt.Errorf("%w: %d instance(s) run on %s at %s: drain it and wait for them to move before pointing it at another engine", ErrHostInUse, n, h.Name, url)
+	}
 	out, err := scanHost(tx.QueryRow(ctx, `
 		INSERT INTO hosts (name, docker_url, tls_ca, tls_cert, tls_key, address, labels, cpu, memory)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
@@ -154,6 +167,10 @@ func (s *Store) DeleteHost(ctx context.Context, name string, force bool) error {
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
 	var n int
+	// The host row locked first: an instance placed meanwhile is counted.
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM hosts WHERE name = $1 FOR UPDATE`, name); err != nil {
+		return fmt.Errorf("remove host %s: %w", name, redact(err))
+	}
 	if err := tx.QueryRow(ctx, `SELECT count(*) FROM instances WHERE host = $1`, name).Scan(&n); err != nil {
 		return fmt.Errorf("remove host %s: %w", name, redact(err))
 	}

@@ -57,6 +57,8 @@ func TestHostRegistry(t *testing.T) {
 	require.NoError(t, s.LeaderTx(ctx, l, func(ctx context.Context, tx *Tx) error {
 		return tx.PutInstance(ctx, Instance{ID: "i1", App: "web", Generation: 1, State: "running", Host: "h1"})
 	}))
+	_, err = s.PutHost(ctx, Host{Name: "h1", DockerURL: "tcp://10.0.0.9:2376", Address: "10.0.0.2"})
+	require.ErrorIs(t, err, ErrHostInUse, "another engine under a name instances run on")
 	err = s.DeleteHost(ctx, "h1", false)
 	require.ErrorIs(t, err, ErrHostInUse)
 	require.ErrorContains(t, err, "scheduler hosts drain h1")

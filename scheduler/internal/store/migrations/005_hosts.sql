@@ -1,6 +1,6 @@
 -- Several Docker hosts: the registry an operator keeps with `scheduler
 -- hosts`, and which host each instance runs on. With no host registered
--- the local engine is the one host, named "local", and instances keep ''.
+-- the local engine is the one host, and its instances have host ''.
 CREATE TABLE hosts (
     name       text             PRIMARY KEY,
     docker_url text             NOT NULL,
