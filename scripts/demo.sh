@@ -10,6 +10,9 @@
 # Everything listens on 127.0.0.1 only. Settings (environment):
 #   BERTH_DEMO_DIR   state and logs (default /tmp/berth-demo)
 #   DETACH=1         return after printing the instructions instead of waiting
+#   HOSTS=N          also run N extra Docker engines on this machine as hosts
+#                    (h1..hN, each with its own bridge and loopback address)
+#                    and register them: the demo's replicas spread over them
 #   ACME=1           also run Pebble (Let's Encrypt's test CA) and an app with
 #                    tls.acme on https://secure.localhost:8443, its certificate
 #                    ordered by the scheduler and served by nginx
@@ -29,12 +32,14 @@ PG_PORT=15432
 PORTS=(8080 8443 8091 7070 4222 9102 9103 $PG_PORT)
 HOST=demo.localhost
 [ "${ACME:-0}" = 1 ] && PORTS+=(14000 15000 18053 18055)
+true
 export BERTH_SERVER=$API
 
 start_time=$(date +%s)
 n=0
 STEPS=9
-[ "${ACME:-0}" = 1 ] && STEPS=11
+[ "${ACME:-0}" = 1 ] && STEPS=$((STEPS + 2))
+[ "${HOSTS:-0}" -gt 0 ] && STEPS=$((STEPS + 1))
 step() { n=$((n + 1)); printf '\n\033[1m==> [%d/%d %3ss] %s\033[0m\n' "$n" "$STEPS" "$(($(date +%s) - start_time))" "$*"; }
 info() { printf '    %s\n' "$*"; }
 die() { printf '\n\033[31mdemo: %s\033[0m\n' "$*" >&2; exit 1; }
@@ -109,6 +114,14 @@ down() {
   stop_pid scheduler
   stop_pid pebble
   stop_pid pebble-challtestsrv
+  for f in "$DIR"/run/dockerd-h*.pid; do
+    [ -f "$f" ] || continue
+    h=$(basename "$f" .pid); h=${h#dockerd-}
+    stop_pid "dockerd-$h"
+    pkill -KILL -f "$DIR/engines/$h/" 2>/dev/null || true
+    grep " $DIR/engines/$h/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r umount -l 2>/dev/null || true
+    ip link del "berth-demo-$h" 2>/dev/null && info "host $h's engine stopped, its bridge removed"
+  done
   left=$(docker ps -aq --filter label=berth.prefix=$PREFIX 2>/dev/null || true)
   if [ -n "$left" ]; then
     docker rm -f $left >/dev/null && info "removed $(echo $left | wc -w) leftover container(s)"
@@ -213,6 +226,22 @@ JSON
     --metrics-listen 127.0.0.1:9102 --access-log-socket "$DIR/run/access.sock"
   wait_for "nginx to answer on $HTTP" 30 curl -sS -o /dev/null "http://$HTTP/"
 
+  if [ "${HOSTS:-0}" -gt 0 ]; then
+    step "starting $HOSTS extra Docker engines as hosts h1..h$HOSTS, and registering them"
+    for i in $(seq 1 "$HOSTS"); do
+      h=h$i; e="$DIR/engines/$h"; mkdir -p "$e"; echo '{}' >"$e/daemon.json"
+      # A bridge of its own (never --bridge none: dockerd would delete docker0).
+      ip link add "berth-demo-$h" type bridge && ip addr add "198.18.20$i.1/24" dev "berth-demo-$h" && ip link set "berth-demo-$h" up \
+        || die "cannot create bridge berth-demo-$h (needs root)"
+      start "dockerd-$h" dockerd --data-root "$e/data" --exec-root "$e/exec" --pidfile "$e/docker.pid" --host "unix://$e/docker.sock" \
+        --config-file "$e/daemon.json" --bridge "berth-demo-$h" --iptables=false --ip-masq=false --ip "127.0.10.$i"
+      wait_for "engine $h" 30 docker -H "unix://$e/docker.sock" version
+      docker save berth-demo:v1 berth-demo:v2 | docker -H "unix://$e/docker.sock" load >/dev/null
+      "$BIN/scheduler" hosts add "$h" --docker-url "unix://$e/docker.sock" --address "127.0.10.$i" --label "zone=z$(( (i + 1) / 2 ))" | sed 's/^/    /'
+    done
+    wait_for "every host up" 30 sh -c "[ \$(\"$BIN/scheduler\" hosts ls | grep -c ' up ') -eq $HOSTS ]"
+  fi
+
   step "applying examples/demo.yaml (3 replicas of berth-demo:v1)"
   "$BIN/scheduler" apply -f examples/demo.yaml | sed 's/^/    /'
 
@@ -225,6 +254,13 @@ JSON
   wait_for "containers to start, pass their health check and enter nginx's upstream" 90 serving
   "$BIN/scheduler" status demo | sed 's/^/    /'
 
+  HOSTS_HELP=""
+  if [ "${HOSTS:-0}" -gt 0 ]; then
+    HOSTS_HELP="
+    bin/scheduler hosts ls                          # the hosts, their state and what they run
+    kill -9 \$(cat $DIR/engines/h1/docker.pid)       # lose host h1: its instances move within --host-timeout
+    bin/scheduler hosts drain h2                    # move h2's instances off, no request dropped"
+  fi
   ACME_HELP=""
   if [ "${ACME:-0}" = 1 ]; then
     step "applying an app with tls.acme: secure.localhost, its certificate from Pebble"
@@ -257,7 +293,7 @@ JSON
                                                     # events and health transitions over NATS
     nats --nkey $DIR/run/reader.nk sub '$PREFIX.v1.>'   # the nats CLI, as the reader role
     docker kill \$(docker ps -q --filter label=berth.app=demo | head -n1)
-                                                    # a crash: replaced within a second$ACME_HELP
+                                                    # a crash: replaced within a second$ACME_HELP$HOSTS_HELP
 
   Logs: $DIR/logs/   Metrics: http://127.0.0.1:7070/metrics, :9102/metrics, :9103/metrics
   Stop: Ctrl-C here, or 'make demo-down' from another terminal.
