@@ -2,9 +2,16 @@ package testrig
 
 import (
 	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
+	"encoding/pem"
 	"fmt"
+	"math/big"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,6 +39,16 @@ type Engine struct {
 	t       testing.TB
 	// bridged: this engine created its bridge (and so removes it).
 	bridged bool
+	// TLS, when set, also serves the API on TCPURL with --tlsverify:
+	// CA signed the engine's certificate and the client's (Cert, Key).
+	TLS    *EngineTLS
+	TCPURL string
+}
+
+// EngineTLS are a TLS engine's client files.
+type EngineTLS struct {
+	CA, Cert, Key string
+	server        [2]string // the engine's certificate and key
 }
 
 // URL is the engine's Docker URL.
@@ -42,6 +59,19 @@ func (e *Engine) URL() string { return "unix://" + e.Socket }
 // the system engine's docker0 still exists. They need root (bridges);
 // with CI=true failing to start them fails the test.
 func StartEngines(t testing.TB, n int) []*Engine {
+	t.Helper()
+	return startEngines(t, n, false)
+}
+
+// StartTLSEngine starts one engine that also serves its API over TCP
+// with TLS (--tlsverify) on its loopback address, port 2376: a remote
+// host as Docker's guide protects one.
+func StartTLSEngine(t testing.TB) *Engine {
+	t.Helper()
+	return startEngines(t, 1, true)[0]
+}
+
+func startEngines(t testing.TB, n int, withTLS bool) []*Engine {
 	t.Helper()
 	Docker(t)
 	_, err := exec.LookPath("dockerd")
@@ -68,6 +98,10 @@ func StartEngines(t testing.TB, n int) []*Engine {
 		// 198.18.0.0/15 is for benchmarks (RFC 2544): no real network uses it.
 		e.cidr = fmt.Sprintf("198.%d.%d.1/24", 18+int(id[0])%2, (int(id[1])+i)%250+1)
 		t.Cleanup(e.cleanup)
+		if withTLS {
+			e.TLS = writeEngineTLS(t, dir, e.Address)
+			e.TCPURL = "tcp://" + e.Address + ":2376"
+		}
 		if err := e.setup(); err != nil {
 			Require(t, false, "an extra dockerd (a test host)", err.Error())
 		}
@@ -100,6 +134,10 @@ func (e *Engine) Start() error {
 	cmd := exec.Command("dockerd", "--data-root", filepath.Join(e.Dir, "data"), "--exec-root", filepath.Join(e.Dir, "exec"),
 		"--pidfile", filepath.Join(e.Dir, "docker.pid"), "--host", e.URL(), "--config-file", filepath.Join(e.Dir, "daemon.json"),
 		"--bridge", e.Bridge, "--iptables=false", "--ip-masq=false", "--ip", e.Address)
+	if e.TLS != nil {
+		cmd.Args = append(cmd.Args, "--host", e.TCPURL, "--tlsverify", "--tlscacert", e.TLS.CA,
+			"--tlscert", e.TLS.server[0], "--tlskey", e.TLS.server[1])
+	}
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -205,4 +243,45 @@ func unmountUnder(dir string) {
 	for i := len(points) - 1; i >= 0; i-- {
 		_ = syscall.Unmount(points[i], syscall.MNT_DETACH)
 	}
+}
+
+// writeEngineTLS writes a CA, the engine's certificate for its address,
+// and a client certificate, as Docker's "Protect the Docker daemon
+// socket" guide makes them.
+func writeEngineTLS(t testing.TB, dir, address string) *EngineTLS {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "berth test Docker CA"}, IsCA: true, BasicConstraintsValid: true,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, caKey.Public(), caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	issue := func(serial int64, leaf *x509.Certificate, name string) (string, string) {
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		leaf.SerialNumber, leaf.NotBefore, leaf.NotAfter = big.NewInt(serial), time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour)
+		der, err := x509.CreateCertificate(rand.Reader, leaf, caCert, key.Public(), caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kd, _ := x509.MarshalECPrivateKey(key)
+		certFile, keyFile := filepath.Join(dir, name+"-cert.pem"), filepath.Join(dir, name+"-key.pem")
+		if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kd}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return certFile, keyFile
+	}
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srvCert, srvKey := issue(2, &x509.Certificate{Subject: pkix.Name{CommonName: address}, IPAddresses: []net.IP{net.ParseIP(address)},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature}, "server")
+	cliCert, cliKey := issue(3, &x509.Certificate{Subject: pkix.Name{CommonName: "berth scheduler"},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, KeyUsage: x509.KeyUsageDigitalSignature}, "client")
+	return &EngineTLS{CA: caFile, Cert: cliCert, Key: cliKey, server: [2]string{srvCert, srvKey}}
 }
