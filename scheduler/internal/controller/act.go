@@ -32,6 +32,13 @@ func (c *Controller) cycle(ctx context.Context, l store.Lease) (time.Time, int, 
 			return time.Time{}, 0, err
 		}
 	}
+	for _, r := range w.forget {
+		c.logger.Info("forgetting an instance lost with its host: the host answers again, or left the registry",
+			zap.String(logging.KeyApp, r.App), zap.String(logging.KeyInstance, r.ID), zap.String("host", r.Host))
+		if err := c.deps.Records.Delete(ctx, l, r); err != nil {
+			return time.Time{}, 0, err
+		}
+	}
 	c.metrics.observeApps(w.in)
 	plan := reconcile.Plan(w.in)
 	draining := 0
@@ -87,9 +94,9 @@ func (c *Controller) act(ctx context.Context, l store.Lease, w world, actions []
 				acted++
 			}
 			continue
-		case reconcile.RemoveOrphan:
+		case reconcile.RemoveOrphan, reconcile.Adopt:
 			if state, _ := c.deps.Hosts.State(orphanHost(w, a.ContainerID)); state != store.HostUp {
-				continue // removed once its host answers again
+				continue // once its host answers again
 			}
 			acted++
 		default:
@@ -190,23 +197,26 @@ func (c *Controller) do(ctx context.Context, l store.Lease, a reconcile.Action, 
 	case reconcile.Replace:
 		state, _ := c.deps.Hosts.State(rec.Host)
 		if state != store.HostUp && a.ContainerID != "" {
-			// It may still run there (a partition): it counts toward
-			// replicas + max_surge until its host answers.
-			c.seen.lose(a.ContainerID, a.App, rec.Host)
+			// Its host does not answer: it may still run there (a
+			// partition). Its record stays, failed (out of every nginx),
+			// so that it counts toward replicas + max_surge, for this
+			// leader and the next, until its host answers again; its
+			// container is then an orphan to remove.
+			ev := store.Event{App: a.App, Instance: a.Instance, Kind: "instance_replaced",
+				Message: "instance " + a.Instance + " replaced: " + a.Reason + " (its host " + rec.Host + " does not answer)", Details: map[string]string{"host": rec.Host}}
+			if state == store.HostDown {
+				// Not a crash of the app: no restart of its budget.
+				ev = store.Event{App: a.App, Instance: a.Instance, Kind: "instance_lost",
+					Message: fmt.Sprintf("instance %s lost: host %s is down (no answer for the host timeout); replaced on another host", a.Instance, rec.Host),
+					Details: map[string]string{"host": rec.Host}}
+			}
+			rec.State = msg.StateFailed
+			if err := c.deps.Records.Put(ctx, l, rec, ev); err != nil {
+				return err
+			}
+			return c.deps.Routing.Unpublish(ctx, a.App, a.Instance)
 		}
-		if state == store.HostDown {
-			// Its host is down: not a crash of the app, so no restart of its
-			// budget; the container is removed when the host is back (an
-			// orphan then).
-			return c.deps.Records.Delete(ctx, l, rec, store.Event{App: a.App, Instance: a.Instance, Kind: "instance_lost",
-				Message: fmt.Sprintf("instance %s lost: host %s is down (no answer for the host timeout); replaced on another host", a.Instance, rec.Host),
-				Details: map[string]string{"host": rec.Host}})
-		}
-		if state != store.HostUp {
-			// Its host does not answer: the container is an orphan to remove
-			// once it does.
-			c.logger.Warn("replacing an instance whose host does not answer; its container is removed when it does", zap.String(logging.KeyInstance, rec.ID), zap.String("host", rec.Host))
-		} else if err := c.deps.Runtime.Remove(ctx, a.ContainerID); err != nil && !errors.Is(err, docker.ErrNotFound) {
+		if err := c.deps.Runtime.Remove(ctx, a.ContainerID); err != nil && !errors.Is(err, docker.ErrNotFound) {
 			c.logger.Warn("remove a dead container", zap.String(logging.KeyContainer, docker.ShortID(a.ContainerID)), zap.Error(err))
 		}
 		return c.deps.Records.Delete(ctx, l, rec, store.Event{App: a.App, Instance: a.Instance, Kind: "instance_replaced",

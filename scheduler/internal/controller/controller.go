@@ -76,6 +76,8 @@ type Routing interface {
 	Fail(ctx context.Context, l store.Lease, r store.Instance) error
 	// Revision is the revision of the last write of an instance's key.
 	Revision(app, id string) uint64
+	// Unpublish deletes an instance's key from berth_instances.
+	Unpublish(ctx context.Context, app, id string) error
 }
 
 var (

@@ -86,6 +86,9 @@ func (h *harness) converged(image string, n int, healthy bool) bool {
 	health, _ := h.health.Rows()
 	count := 0
 	for _, r := range records {
+		if r.State == msg.StateFailed {
+			continue // lost with its host: kept only to be counted
+		}
 		if r.State != msg.StateRunning || h.f.image(r) != image {
 			return false
 		}

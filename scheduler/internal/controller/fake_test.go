@@ -180,6 +180,8 @@ func (f *fake) Fail(_ context.Context, _ store.Lease, r store.Instance) error {
 	return nil
 }
 
+func (f *fake) Unpublish(context.Context, string, string) error { return nil }
+
 func (f *fake) Revision(_, id string) uint64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -100,6 +100,24 @@ func TestPlacesOverHosts(t *testing.T) {
 	_, events := f.snapshot()
 	require.Equal(t, 2, count(events, "instance_lost"), "a host's loss is no restart of the app")
 	require.Zero(t, count(events, "instance_replaced"))
+	records, _ := f.snapshot()
+	failed := 0
+	for _, r := range records {
+		if r.State == msg.StateFailed && r.Host == "h3" {
+			failed++
+		}
+	}
+	require.Equal(t, 2, failed, "the lost instances stay recorded, failed, so that a next leader counts them too")
+
+	// A new leader (a controller started afresh on the same records)
+	// still holds the app at replicas + max_surge.
+	h.stop()
+	h = start(t, f, Config{})
+	next := h
+	wg.Go(func() { next.healthd(ctx, 20*time.Millisecond) })
+	wg.Go(func() { next.lbagent(ctx, 20*time.Millisecond) })
+	time.Sleep(200 * time.Millisecond)
+	require.True(t, h.converged("web:v1", 5, false), "the bound survives a failover: %v", byHost(f))
 
 	// h3 back: its leftovers are gone (orphans), the sixth is placed.
 	hosts.set("h3", false, false)

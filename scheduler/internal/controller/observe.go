@@ -26,39 +26,6 @@ type memory struct {
 	// unplaced is each app's last unplaceable reason and when it was
 	// reported.
 	unplaced map[string]reported
-	// lost are the containers of instances replaced while their host did
-	// not answer, by container: they may still run until it answers.
-	lost map[string]lostContainer
-}
-
-type lostContainer struct{ app, host string }
-
-// lose remembers a container replaced while its host did not answer.
-func (m *memory) lose(container, app, host string) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.lost[container] = lostContainer{app: app, host: host}
-}
-
-// unreachable counts, by app, the lost containers whose host still does
-// not answer, and forgets the others (the host answers: they are listed
-// and removed as orphans; or it left the registry).
-func (m *memory) unreachable(hosts Hosts) map[string]int {
-	registered := map[string]bool{}
-	for _, h := range hosts.Hosts() {
-		registered[h.Name] = true
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	out := map[string]int{}
-	for id, l := range m.lost {
-		if state, _ := hosts.State(l.host); state == store.HostUp || !registered[l.host] {
-			delete(m.lost, id)
-			continue
-		}
-		out[l.app]++
-	}
-	return out
 }
 
 type reported struct {
@@ -90,7 +57,7 @@ func (m *memory) unplaceable(app, reason string, now time.Time) bool {
 
 func newMemory() *memory {
 	return &memory{healthySince: map[string]time.Time{}, unhealthySince: map[string]time.Time{},
-		dead: map[string]bool{}, oom: map[string]bool{}, tripped: map[string]time.Time{}, unplaced: map[string]reported{}, lost: map[string]lostContainer{}}
+		dead: map[string]bool{}, oom: map[string]bool{}, tripped: map[string]time.Time{}, unplaced: map[string]reported{}}
 }
 
 func (m *memory) died(container string, oom bool) {
@@ -188,6 +155,9 @@ type world struct {
 	// health is each record's health as observed, where it differs from
 	// what the record says.
 	health map[string]string
+	// forget are failed records whose host answers again or left the
+	// registry: deleted before planning.
+	forget []store.Instance
 }
 
 // observe reads the desired state, the records, the containers, health
@@ -209,9 +179,33 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 	if err != nil {
 		return world{}, err
 	}
+
 	w := world{in: reconcile.Input{Apps: map[string]reconcile.Desired{}, Term: l.Term, StartTimeout: c.cfg.StartTimeout, Now: now},
 		apps: map[string]store.App{}, records: map[string]store.Instance{}, health: map[string]string{}}
-	unreachable := c.seen.unreachable(c.deps.Hosts)
+	// Records failed with a host that did not answer: counted while it
+	// still does not (they may run there), forgotten once it answers (the
+	// container is then an orphan) or leaves the registry.
+	registered := map[string]bool{"": true}
+	for _, h := range c.deps.Hosts.Hosts() {
+		registered[h.Name] = true
+	}
+	unreachable := map[string]int{}
+	lostContainers := map[string]bool{}
+	kept := records[:0]
+	for _, r := range records {
+		if r.State != msg.StateFailed {
+			kept = append(kept, r)
+			continue
+		}
+		switch state, _ := c.deps.Hosts.State(r.Host); {
+		case state == store.HostUp, state != store.HostUnknown && !registered[r.Host]:
+			w.forget = append(w.forget, r)
+		default: // not known yet (a leader's start), or not answering: it may run
+			unreachable[r.App]++
+			lostContainers[r.ContainerID] = true
+		}
+	}
+	records = kept
 	for _, a := range apps {
 		s := *a.Spec
 		s.Default()
@@ -226,7 +220,7 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 	containers := c.seen.containers(list)
 	health, _ := c.deps.Health.Rows()
 	drained := c.drained()
-	owned, live := map[string]bool{}, make(map[string]bool, len(records))
+	owned, live := lostContainers, make(map[string]bool, len(records)) // a lost instance's container is no orphan
 	for _, r := range records {
 		w.records[r.ID] = r
 		ct, exists := containers[r.ContainerID]

@@ -239,9 +239,11 @@ func sweep(ctx context.Context, kv *bus.KV, live map[string]bool) error {
 }
 
 // routable reports whether an instance's record belongs in the instances
-// bucket: not while it is created or started, when it has no address yet.
+// bucket: not while it is created or started, when it has no address yet,
+// nor once it is failed (an instance lost with its host, kept in Postgres
+// only to be counted while it may still run).
 func routable(r store.Instance) bool {
-	return r.State != msg.StateCreating && r.State != msg.StateStarting && r.State != msg.StatePending
+	return r.State != msg.StateCreating && r.State != msg.StateStarting && r.State != msg.StatePending && r.State != msg.StateFailed
 }
 
 // Put writes an instance record and events in the leader's fenced
