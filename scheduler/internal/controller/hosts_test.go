@@ -158,4 +158,12 @@ func TestPlacesOverHosts(t *testing.T) {
 	require.Equal(t, "api", ev.App)
 	require.Contains(t, ev.Message, "2 instance(s) of api cannot be placed: no host of 3 can take it (h1: draining; h2, h3: fails zone==c)")
 	require.True(t, h.converged("web:v1", 6, true), "nothing else moved")
+
+	// web's placement changes to zone b: its instances on zone a move,
+	// under the rolling rules, to h3.
+	f.apply(load(t, webApp(t, "v1")+"placement: {constraints: [zone==b]}\n"), 6)
+	h.c.Wake()
+	require.Eventually(t, func() bool {
+		return h.converged("web:v1", 6, true) && byHost(f)["h3"] == 6
+	}, 10*time.Second, 10*time.Millisecond, "web moved to zone b")
 }

@@ -182,6 +182,10 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 
 	w := world{in: reconcile.Input{Apps: map[string]reconcile.Desired{}, Term: l.Term, StartTimeout: c.cfg.StartTimeout, Now: now},
 		apps: map[string]store.App{}, records: map[string]store.Instance{}, health: map[string]string{}}
+	labels := map[string]map[string]string{} // by registered host
+	for _, h := range c.deps.Hosts.Hosts() {
+		labels[h.Name] = h.Labels
+	}
 	// Records failed with a host that did not answer: counted while it
 	// still does not (they may run there), forgotten once it answers (the
 	// container is then an orphan) or leaves the registry.
@@ -234,9 +238,10 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 			// just registered): its container is not gone, only unseen.
 			ct, exists = docker.Container{ID: r.ContainerID, Host: r.Host, Running: true}, true
 		}
-		if draining && spechash != "" {
-			// Its host drains: the instance is stale, as an older spec's is,
-			// and is replaced under the app's rolling-update rules.
+		if (draining || misplaced(w.apps[r.App], labels, r.Host)) && spechash != "" {
+			// Its host drains, or no longer meets the app's placement: the
+			// instance is stale, as an older spec's is, and is replaced
+			// under the app's rolling-update rules.
 			spechash += drainSuffix
 		}
 		o := reconcile.Observed{ID: r.ID, App: r.App, Generation: r.Generation, SpecHash: spechash, State: r.State,
@@ -263,8 +268,28 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 	return w, nil
 }
 
-// drainSuffix marks the spec hash of an instance on a draining host.
+// drainSuffix marks the spec hash of an instance to move: its host
+// drains, or no longer meets the app's placement.
 const drainSuffix = "+drain"
+
+// misplaced reports whether an instance of app on host breaks the app's
+// placement constraints (they changed, or the host's labels did). Hosts
+// not known (the local engine, one not listed) are left alone.
+func misplaced(app store.App, labels map[string]map[string]string, host string) bool {
+	if app.Spec == nil || app.Spec.Placement == nil || len(app.Spec.Placement.Constraints) == 0 {
+		return false
+	}
+	l, ok := labels[host]
+	if !ok {
+		return false
+	}
+	for _, c := range app.Spec.Placement.Parsed() {
+		if !c.Holds(l) {
+			return true
+		}
+	}
+	return false
+}
 
 // desired is an app's desired state for the planner.
 func (c *Controller) desired(a store.App, s *spec.App) reconcile.Desired {
