@@ -270,7 +270,7 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 
 // drainSuffix marks the spec hash of an instance to move: its host
 // drains, or no longer meets the app's placement.
-const drainSuffix = "+drain"
+const drainSuffix = reconcile.MoveSuffix
 
 // misplaced reports whether an instance of app on host breaks the app's
 // placement constraints (they changed, or the host's labels did). Hosts

@@ -84,6 +84,11 @@ type Observed struct {
 	Drained bool
 }
 
+// MoveSuffix marks the spec hash of an instance that runs the desired
+// spec on a host it must leave (a drain, a placement it no longer
+// meets): stale, so the rolling update replaces it, but no rollout.
+const MoveSuffix = "+move"
+
 // Orphan is a Berth-labelled container that no instance record owns.
 type Orphan struct {
 	ContainerID string
@@ -318,7 +323,9 @@ func (p *appPlan) rollback(insts []Observed) bool {
 	}
 	rolling := false
 	for _, o := range insts {
-		if active(o) && o.SpecHash != p.d.SpecHash {
+		// An instance that only moves (MoveSuffix: its host drains, or no
+		// longer meets the placement) is no rollout: nothing to roll back to.
+		if active(o) && o.SpecHash != p.d.SpecHash && o.SpecHash != p.d.SpecHash+MoveSuffix {
 			rolling = true
 		}
 	}

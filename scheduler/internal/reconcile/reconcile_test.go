@@ -433,3 +433,31 @@ func TestUnreachableCountTowardSurge(t *testing.T) {
 	}
 	require.Equal(t, 2, starts, "the host answered: back to the count")
 }
+
+// Instances that only move (their host drains) are replaced by the rolling
+// rules, but a replacement that is not healthy in time rolls nothing back:
+// there is no older spec to return to.
+func TestMoveIsNoRollout(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	d := Desired{App: "web", Generation: 2, SpecHash: "h", Replicas: 2, MaxSurge: 1, AutoRollback: true, HealthyDeadline: time.Minute}
+	insts := []Observed{
+		{ID: "old", App: "web", Generation: 2, SpecHash: "h" + MoveSuffix, State: "running", Health: "healthy", ContainerID: "c1", ContainerRunning: true,
+			CreatedAt: now.Add(-time.Hour), HealthySince: now.Add(-time.Hour)},
+		{ID: "ok", App: "web", Generation: 2, SpecHash: "h", State: "running", Health: "healthy", ContainerID: "c2", ContainerRunning: true,
+			CreatedAt: now.Add(-time.Hour), HealthySince: now.Add(-time.Hour)},
+		{ID: "new", App: "web", Generation: 2, SpecHash: "h", State: "running", Health: "unhealthy", ContainerID: "c3", ContainerRunning: true,
+			CreatedAt: now.Add(-2 * time.Minute)},
+	}
+	res := Plan(Input{Apps: map[string]Desired{"web": d}, Instances: insts, Now: now})
+	for _, a := range res.Actions {
+		require.NotEqual(t, RollBack, a.Kind, "%s", a)
+	}
+	insts[0].SpecHash = "older"
+	res = Plan(Input{Apps: map[string]Desired{"web": d}, Instances: insts, Now: now})
+	rolled := false
+	for _, a := range res.Actions {
+		rolled = rolled || a.Kind == RollBack
+	}
+	require.True(t, rolled, "a real rollout still rolls back")
+}
