@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -290,7 +291,7 @@ func status(ctx context.Context, s *statusCmd, out io.Writer) error {
 		}
 		for _, i := range insts {
 			if hosts {
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\n", i.ID, i.Generation, i.State, i.Health, cmpOr(i.Host, "-"), i.Address, i.Restarts, age(i.CreatedAt))
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\n", i.ID, i.Generation, i.State, i.Health, cmp.Or(i.Host, "-"), i.Address, i.Restarts, age(i.CreatedAt))
 				continue
 			}
 			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%s\n", i.ID, i.Generation, i.State, i.Health, i.Address, i.Restarts, age(i.CreatedAt))
@@ -334,13 +335,6 @@ func printAutoscaling(w io.Writer, m *api.MetricsView) {
 			fmt.Fprintf(w, "scaled %d → %d %s ago\n", d.Current, d.Desired, age(d.At))
 		}
 	}
-}
-
-func cmpOr(s, fallback string) string {
-	if s == "" {
-		return fallback
-	}
-	return s
 }
 
 func age(t time.Time) string { return time.Since(t).Round(time.Second).String() }

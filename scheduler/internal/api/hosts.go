@@ -1,6 +1,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -164,8 +165,8 @@ func (a *api) hostViews(ctx context.Context, hs []store.Host) ([]HostView, error
 			by[in.Host] = r
 		}
 		rs := res[in.App]
-		r.cpu += cmpOr(rs.CPU, a.o.DefaultCPU)
-		r.mem += cmpOr(int64(rs.Memory), a.o.DefaultMemory)
+		r.cpu += cmp.Or(rs.CPU, a.o.DefaultCPU)
+		r.mem += cmp.Or(int64(rs.Memory), a.o.DefaultMemory)
 		r.n++
 	}
 	out := make([]HostView, 0, len(hs))
@@ -183,12 +184,4 @@ func (a *api) hostViews(ctx context.Context, hs []store.Host) ([]HostView, error
 		out = append(out, v)
 	}
 	return out, nil
-}
-
-func cmpOr[T comparable](v, fallback T) T {
-	var zero T
-	if v == zero {
-		return fallback
-	}
-	return v
 }

@@ -407,13 +407,13 @@ func (m *Manager) failed(ctx context.Context, l store.Lease, o Order, cause erro
 	}
 	c.RetryAt = m.now().Add(wait).UTC().Truncate(time.Second)
 	c.LastError = msg.Truncate(cause.Error(), 900)
-	keeps := "the app is served over plain HTTP until one is issued"
+	verb, keeps := "issued", "the app is served over plain HTTP until one is issued"
 	if o.Have.Chain != "" {
-		keeps = "the app keeps its certificate, valid until " + o.Have.NotAfter.Format(time.RFC3339)
+		verb, keeps = "renewed", "the app keeps its certificate, valid until "+o.Have.NotAfter.Format(time.RFC3339)
 	}
 	ev := store.Event{App: o.App, Kind: EventFailed,
 		Message: fmt.Sprintf("certificate for %s not %s (attempt %d): %s; next attempt at %s; %s", strings.Join(o.Names, ", "),
-			map[bool]string{true: "renewed", false: "issued"}[o.Have.Chain != ""], c.Failures, c.LastError, c.RetryAt.Format(time.RFC3339), keeps),
+			verb, c.Failures, c.LastError, c.RetryAt.Format(time.RFC3339), keeps),
 		Details: map[string]string{"names": strings.Join(o.Names, ","), "reason": o.Reason, "failures": strconv.Itoa(c.Failures),
 			"retry_at": c.RetryAt.Format(time.RFC3339), "error": msg.Truncate(c.LastError, 512)}}
 	m.orders.WithLabelValues("failed").Inc()

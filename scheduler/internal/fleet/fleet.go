@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -366,18 +367,8 @@ func (f *Fleet) Hosts() []placement.Host {
 		out = append(out, placement.Host{Name: m.rec.Name, Labels: m.rec.Labels, CPU: m.rec.CPU, Memory: m.rec.Memory,
 			Schedulable: m.state == Up && !m.failing && m.listed && !m.rec.Drain, State: state})
 	}
-	slices.SortFunc(out, func(a, b placement.Host) int { return cmpString(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b placement.Host) int { return strings.Compare(a.Name, b.Name) })
 	return out
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // Unreachable is the state of a host that stopped answering and is not

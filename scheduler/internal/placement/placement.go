@@ -9,6 +9,7 @@
 package placement
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"sort"
@@ -209,7 +210,7 @@ func reason(hosts []Host, r Request, cpu []float64, mem []int64) string {
 		var w string
 		switch {
 		case !h.Schedulable:
-			w = firstNonEmpty(h.State, "not schedulable")
+			w = cmp.Or(h.State, "not schedulable")
 		case !matches(h.Labels, r.Constraints):
 			for _, c := range r.Constraints {
 				if !c.Holds(h.Labels) {
@@ -234,13 +235,6 @@ func reason(hosts []Host, r Request, cpu []float64, mem []int64) string {
 	}
 	slices.Sort(parts)
 	return fmt.Sprintf("no host of %d can take it (%s)", len(hosts), strings.Join(parts, "; "))
-}
-
-func firstNonEmpty(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 func bytes(n int64) string {
