@@ -182,16 +182,16 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 
 	w := world{in: reconcile.Input{Apps: map[string]reconcile.Desired{}, Term: l.Term, StartTimeout: c.cfg.StartTimeout, Now: now},
 		apps: map[string]store.App{}, records: map[string]store.Instance{}, health: map[string]string{}}
-	labels := map[string]map[string]string{} // by registered host
+	labels := map[string]map[string]string{} // by registered host ("": the local engine)
 	for _, h := range c.deps.Hosts.Hosts() {
 		labels[h.Name] = h.Labels
 	}
 	// Records failed with a host that did not answer: counted while it
 	// still does not (they may run there), forgotten once it answers (the
 	// container is then an orphan) or leaves the registry.
-	registered := map[string]bool{"": true}
-	for _, h := range c.deps.Hosts.Hosts() {
-		registered[h.Name] = true
+	registered := func(host string) bool {
+		_, ok := labels[host]
+		return ok || host == ""
 	}
 	unreachable := map[string]int{}
 	lostContainers := map[string]bool{}
@@ -202,7 +202,7 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 			continue
 		}
 		switch state, _ := c.deps.Hosts.State(r.Host); {
-		case state == store.HostUp, state != store.HostUnknown && !registered[r.Host]:
+		case state == store.HostUp, state != store.HostUnknown && !registered(r.Host):
 			w.forget = append(w.forget, r)
 		default: // not known yet (a leader's start), or not answering: it may run
 			unreachable[r.App]++
@@ -280,7 +280,7 @@ func misplaced(app store.App, labels map[string]map[string]string, host string) 
 		return false
 	}
 	l, ok := labels[host]
-	if !ok {
+	if !ok || host == "" {
 		return false
 	}
 	for _, c := range app.Spec.Placement.Parsed() {
