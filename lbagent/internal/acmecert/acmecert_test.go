@@ -1,13 +1,7 @@
 package acmecert
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -19,21 +13,14 @@ import (
 
 	"github.com/berthhq/berth/common/bus"
 	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/internal/testrig"
 )
 
 // issue makes a certificate for names, as msg.Certificate and its key.
 func issue(t *testing.T, app string, serial int64, notAfter time.Time, names ...string) (*msg.Certificate, []byte) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), DNSNames: names, NotBefore: time.Now().Add(-time.Hour), NotAfter: notAfter}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	require.NoError(t, err)
-	kd, err := x509.MarshalECPrivateKey(key)
-	require.NoError(t, err)
-	c := &msg.Certificate{App: app, Names: names, Chain: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
-		Serial: fmt.Sprintf("%x", serial), NotBefore: tmpl.NotBefore, NotAfter: notAfter}
-	return c, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kd})
+	chain, key, notBefore := testrig.Certificate(t, serial, notAfter, names...)
+	return &msg.Certificate{App: app, Names: names, Chain: chain, Serial: fmt.Sprintf("%x", serial), NotBefore: notBefore, NotAfter: notAfter}, []byte(key)
 }
 
 func TestPlace(t *testing.T) {

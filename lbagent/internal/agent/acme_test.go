@@ -1,14 +1,8 @@
 package agent
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"testing"
 	"time"
 
@@ -17,6 +11,7 @@ import (
 
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/internal/testrig"
 	"github.com/berthhq/berth/lbagent/internal/state"
 )
 
@@ -36,16 +31,9 @@ func (o *opener) OpenSealed(boxes []msg.SealedKey) ([]byte, error) {
 
 func acmeCertFor(t *testing.T, serial int64, notAfter time.Time, names ...string) *msg.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), DNSNames: names, NotBefore: time.Now().Add(-time.Hour), NotAfter: notAfter}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	require.NoError(t, err)
-	kd, err := x509.MarshalECPrivateKey(key)
-	require.NoError(t, err)
-	return &msg.Certificate{App: "web", Names: names, Chain: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
-		Keys: []msg.SealedKey{{Box: string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kd}))}}, Serial: fmt.Sprintf("%x", serial),
-		NotBefore: tmpl.NotBefore, NotAfter: notAfter}
+	chain, key, notBefore := testrig.Certificate(t, serial, notAfter, names...)
+	return &msg.Certificate{App: "web", Names: names, Chain: chain, Keys: []msg.SealedKey{{Box: key}}, Serial: fmt.Sprintf("%x", serial),
+		NotBefore: notBefore, NotAfter: notAfter}
 }
 
 // TestACMECertificateIsNeverDroppedWhileValid: a certificate served stays
