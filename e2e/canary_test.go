@@ -29,7 +29,9 @@ func TestCanary(t *testing.T) {
 	s.leader(10 * time.Second)
 	s.startHealthd("hc1")
 	s.startLBAgent()
-	s.apply(demoSpec(t, v1, 2, ""))
+	// demo owns its host, and lets the canary's header rule take its /.
+	const share = "  share_with: [{app: demo-canary, paths: [/]}]\n"
+	s.apply(demoSpec(t, v1, 2, share))
 	s.waitServing("demo", demoHost, 2, "v1", 60*time.Second)
 
 	// The canary: v2 under its own name, on demo's host for testers only.
@@ -67,7 +69,7 @@ func TestCanary(t *testing.T) {
 	}
 	var reloads int
 	for _, weight := range []int{0, 10, 50, 100} {
-		s.apply(demoSpec(t, v1, 2, fmt.Sprintf("  rules: [{path: /, split: [{app: demo-canary, weight: %d}]}]\n", weight)))
+		s.apply(demoSpec(t, v1, 2, share+fmt.Sprintf("  rules: [{path: /, split: [{app: demo-canary, weight: %d}]}]\n", weight)))
 		// The new split is served once a burst shows the canary's share
 		// (or, at 0, once the stable app has its rule).
 		require.Eventually(t, func() bool {
@@ -90,7 +92,7 @@ func TestCanary(t *testing.T) {
 	require.NoError(t, loadgen.Check(res), "no request failed while the weights moved")
 
 	// A tester's header reaches the canary whatever the weight: back to 0.
-	s.apply(demoSpec(t, v1, 2, "  rules: [{path: /, split: [{app: demo-canary, weight: 0}]}]\n"))
+	s.apply(demoSpec(t, v1, 2, share+"  rules: [{path: /, split: [{app: demo-canary, weight: 0}]}]\n"))
 	require.Eventually(t, func() bool {
 		return measure(200).Versions["v2"] == 0
 	}, 60*time.Second, 100*time.Millisecond)

@@ -279,6 +279,9 @@ func status(ctx context.Context, s *statusCmd, out io.Writer) error {
 	}
 	return show(out, s.Output, view, func(w io.Writer) {
 		fmt.Fprintf(w, "%s: generation %d, %d of %d replicas running, image %s\n", app.Name, app.Generation, app.ObservedReplicas, app.DesiredReplicas, app.Spec.Image)
+		for _, c := range app.Conflicts {
+			fmt.Fprintf(w, "not routed: %s\n", c)
+		}
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		hosts := false
 		for _, i := range insts {

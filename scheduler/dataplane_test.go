@@ -110,8 +110,7 @@ func TestDataPlaneScaleAndRecover(t *testing.T) {
 	apply(2)
 	insts = waitRunning(2)
 	require.Eventually(t, func() bool {
-		out, _ := exec.Command("docker", "ps", "-q", "--filter", "label=berth.app="+app).Output()
-		return len(strings.Fields(string(out))) == 2
+		return len(testrig.BerthContainers(t, e.prefix, "berth.app="+app)) == 2
 	}, 30*time.Second, 100*time.Millisecond, "scaled-down containers are removed")
 
 	// docker kill one: it leaves berth_instances at once, and is replaced.
@@ -146,7 +145,7 @@ func TestDataPlaneRolloutMissingImageAndCrashLoop(t *testing.T) {
 	dir := t.TempDir()
 	apply := func(name, body string) {
 		f := filepath.Join(dir, name+".yaml")
-		require.NoError(t, os.WriteFile(f, []byte("name: "+name+"\nport: 8080\nresources: {memory: 32Mi}\nstop: {grace: 2s, drain: 0s}\n"+body), 0o644))
+		require.NoError(t, os.WriteFile(f, []byte("name: "+name+"\nport: 8080\nresources: {memory: 32Mi}\nstop: {grace: 2s, drain: 0s}\nrouting: {hosts: ["+name+".test]}\n"+body), 0o644))
 		code, out, errOut := cmd(t, "apply", "-f", f, "--server", r.api)
 		require.Equal(t, 0, code, out+errOut)
 	}

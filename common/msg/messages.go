@@ -118,6 +118,16 @@ type App struct {
 	// CreatedAt is when the app was first created (optional, added within
 	// v1): when two apps claim one route, the one created first keeps it.
 	CreatedAt time.Time `json:"created_at,omitzero"`
+	// HostClaims is when the app first claimed each of its hosts (lower
+	// case; "" for the default server) (optional, added within v1): a host
+	// belongs to the app that claimed it first (spec.Claims). Absent: every
+	// host at CreatedAt.
+	HostClaims map[string]time.Time `json:"host_claims,omitempty"`
+}
+
+// Claimant is a as the route table sees it (spec.Claims).
+func (a *App) Claimant() spec.Claimant {
+	return spec.Claimant{Name: a.Name, Created: a.CreatedAt, Claimed: a.HostClaims, Routing: &a.Routing}
 }
 
 // Instance is one container of an app (bucket instances, key <app>.<instance>).

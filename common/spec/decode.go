@@ -85,6 +85,7 @@ var (
 	durationType     = reflect.TypeFor[Duration]()
 	byteSizeType     = reflect.TypeFor[ByteSize]()
 	statusRangesType = reflect.TypeFor[StatusRanges]()
+	shareType        = reflect.TypeFor[Share]()
 )
 
 // secretFields are the fields whose values may be secrets (env values,
@@ -119,6 +120,15 @@ func walk(t reflect.Type, v any, path string, secret bool, errs *Errors) {
 			err = fmt.Errorf("must be a size such as \"256Mi\", not %s", kindOf(v))
 		}
 		errs.Check(path, err)
+		return
+	case shareType:
+		switch v.(type) {
+		case string:
+		case map[string]any:
+			walk(reflect.TypeFor[shareObject](), v, path, secret, errs)
+		default:
+			errs.Add(path, "must be an app name, or a mapping {app, paths}, not %s", kindOf(v))
+		}
 		return
 	case statusRangesType:
 		_, err := ParseStatusRanges(scalarString(v))

@@ -220,6 +220,9 @@ type Routing struct {
 	Rules []Rule `json:"rules,omitempty"`
 	// TLS terminates HTTPS when set.
 	TLS *TLS `json:"tls,omitempty"`
+	// ShareWith are the apps that may route on this app's hosts, which
+	// belong to the app that claimed them first (Claims).
+	ShareWith []Share `json:"share_with,omitempty"`
 }
 
 // TLS is the certificate nginx serves for an app's hosts: files present

@@ -97,6 +97,11 @@ func (a *App) Validate() error {
 	durIn(&es, "stop.drain", a.Stop.Drain, 0, 10*time.Minute)
 	es = append(es, a.LB.Validate("lb")...)
 	es = append(es, a.Routing.Validate("routing")...)
+	for i, sh := range a.Routing.ShareWith {
+		if sh.App == a.Name {
+			es.Add(Join(Index("routing.share_with", i), "app"), "%q is this app itself: an app always routes on the hosts it owns", sh.App)
+		}
+	}
 	es = append(es, a.Placement.Validate("placement")...)
 	return es.Err()
 }
@@ -318,6 +323,7 @@ func (r Routing) Validate(path string) Errors {
 			max(len(r.Hosts), 1), len(r.Paths)+len(r.Rules), n, MaxRoutes)
 	}
 	es = append(es, validateRules(Join(path, "rules"), r)...)
+	es = append(es, validateShares(Join(path, "share_with"), r)...)
 	seen = map[string]int{}
 	for i, p := range r.Paths {
 		fp := Index(Join(path, "paths"), i)

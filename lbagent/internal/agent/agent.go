@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -952,7 +953,7 @@ func (c *candidate) build(ctx context.Context, gen uint64) (built, map[string]st
 	fixed := c.snap
 	fixed.Apps = make([]state.App, 0, len(c.snap.Apps))
 	refused := map[string]refusal{}
-	routes := routeClaims(c.snap.Apps)
+	routes := routeTable(c.snap.Apps)
 	for _, app := range c.snap.Apps {
 		why, isBad := bad[app.Spec.Name]
 		if !isBad {
@@ -986,36 +987,30 @@ func (c *candidate) build(ctx context.Context, gen uint64) (built, map[string]st
 
 // placeholder keeps an app's hosts and paths answering 503, without
 // anything that could have made nginx refuse it: no TLS, no health check,
-// no host or path the grammar refuses, and no route another app claims
-// too (claims, from routeClaims), whoever claimed it first, so a broken
-// app's 503 never takes or shadows another app's route.
-func placeholder(app state.App, claims map[string][]string) state.App {
+// no host or path the grammar refuses, and of the route table's (routes,
+// spec.Claims) only the hosts it routes on and the locations it got on
+// every one of them, so a broken app's 503 never takes or shadows another
+// app's route.
+func placeholder(app state.App, routes *spec.RouteTable) state.App {
 	s := *app.Spec
 	s.Routing.TLS = nil
 	s.Health = nil
 	s.Routing.Hosts = nil
 	for _, h := range app.Spec.Routing.Hosts {
-		if spec.CheckHost(h) == nil {
+		if _, routed := routes.Granted(s.Name, spec.HostKey(h)); routed && spec.CheckHost(h) == nil {
 			s.Routing.Hosts = append(s.Routing.Hosts, h)
 		}
 	}
 	s.Routing.Paths = nil
 	if len(app.Spec.Routing.Hosts) > 0 && len(s.Routing.Hosts) == 0 {
-		return state.App{Spec: &s} // no valid host: no route, never the default server's
-	}
-	hosts := s.Routing.Hosts
-	if len(hosts) == 0 {
-		hosts = []string{""}
+		return state.App{Spec: &s} // no valid host it routes on: no route, never the default server's
 	}
 	s.Routing.Rules = nil
-	unshared := func(l spec.Location) bool {
-		for _, h := range hosts {
-			for _, k := range spec.LocationKeys(h, l) {
-				for _, other := range claims[k] {
-					if other != app.Spec.Name {
-						return false
-					}
-				}
+	granted := func(l spec.Location) bool {
+		for _, h := range s.Routing.HostKeys() {
+			locs, _ := routes.Granted(s.Name, h)
+			if !slices.ContainsFunc(locs, func(g spec.Location) bool { return g.Match == l.Match && g.Path == l.Path && g.Index == l.Index }) {
+				return false
 			}
 		}
 		return true
@@ -1024,7 +1019,7 @@ func placeholder(app state.App, claims map[string][]string) state.App {
 	// regex, the riskiest thing to hand nginx, and no header match.
 	for _, l := range app.Spec.Routing.Locations() {
 		switch {
-		case l.Match == spec.MatchRegex || (l.Rule != nil && len(l.Rule.Headers) > 0) || !unshared(l):
+		case l.Match == spec.MatchRegex || (l.Rule != nil && len(l.Rule.Headers) > 0) || !granted(l):
 		case l.Rule == nil && spec.CheckPath(l.Path) == nil:
 			s.Routing.Paths = append(s.Routing.Paths, l.Path)
 		case l.Rule != nil && spec.CheckPath(l.Rule.Path) == nil:
@@ -1034,23 +1029,13 @@ func placeholder(app state.App, claims map[string][]string) state.App {
 	return state.App{Spec: &s}
 }
 
-// routeClaims maps each route (spec.LocationKeys) to the apps that claim it.
-func routeClaims(apps []state.App) map[string][]string {
-	claims := map[string][]string{}
-	for _, a := range apps {
-		hosts := a.Spec.Routing.Hosts
-		if len(hosts) == 0 {
-			hosts = []string{""}
-		}
-		for _, h := range hosts {
-			for _, l := range a.Spec.Routing.Locations() {
-				for _, k := range spec.LocationKeys(h, l) {
-					claims[k] = append(claims[k], a.Spec.Name)
-				}
-			}
-		}
+// routeTable is the route table of apps (spec.Claims).
+func routeTable(apps []state.App) *spec.RouteTable {
+	claimants := make([]spec.Claimant, len(apps))
+	for i, a := range apps {
+		claimants[i] = a.Spec.Claimant()
 	}
-	return claims
+	return spec.Claims(claimants)
 }
 
 // bisect returns the apps that nginx (or a template helper) refuses on their

@@ -688,7 +688,9 @@ func TestAgentNoSpecFreezesTheOthers(t *testing.T) {
 			require.NotContains(t, ag.Errors, "dup")
 		}},
 		{"two apps split /api and /api/ on one host", func(t *testing.T, r *rig) {
-			r.putApp(created(appMsg("zfirst", "shared.test"), t0, "/api"))
+			first := created(appMsg("zfirst", "shared.test"), t0, "/api")
+			first.Routing.ShareWith = []spec.Share{{App: "asecond"}}
+			r.putApp(first)
 			r.putApp(created(appMsg("asecond", "shared.test"), t0.Add(time.Hour), "/", "/api/"))
 			r.putInstance("zfirst", "f1", testrig.Backend(t, "F"), msg.StateRunning)
 			r.putInstance("asecond", "s1", testrig.Backend(t, "S"), msg.StateRunning)
@@ -716,17 +718,36 @@ func TestAgentNoSpecFreezesTheOthers(t *testing.T) {
 			require.NotContains(t, string(conf), "9999")
 		}},
 		{"a broken app's placeholder never takes a route it shares", func(t *testing.T, r *rig) {
-			// broken was created first, so it would own /api; its
-			// placeholder must still leave /api to owner.
-			r.putApp(created(appMsg("owner", "both.test"), t0.Add(time.Hour), "/api"))
+			// broken was created first, but claimed both.test after owner,
+			// which shares it: /api stays owner's, also for its placeholder.
+			owner := created(appMsg("owner", "both.test"), t0.Add(time.Hour), "/api")
+			owner.Routing.ShareWith = []spec.Share{{App: "broken"}}
+			r.putApp(owner)
 			r.putInstance("owner", "o1", testrig.Backend(t, "O"), msg.StateRunning)
 			r.waitForPath("both.test", "/api", 200, "O")
 			broken := created(appMsg("broken", "both.test"), t0, "/api/", "/b")
-			broken.Routing.TLS = &spec.TLS{Certificate: "/nonexistent/berth/b.crt", Key: "/nonexistent/berth/b.key"}
+			broken.HostClaims = map[string]time.Time{"both.test": t0.Add(2 * time.Hour)}
 			r.putApp(broken)
+			r.putInstance("broken", "b1", "[fe80::1%x;\n}\nserver {listen 9999;}\n#]:80", msg.StateRunning)
 		}, func(t *testing.T, r *rig, ag *msg.Agent) {
 			r.waitForPath("both.test", "/b", 503, "no_backend")
 			r.waitForPath("both.test", "/api", 200, "O")
+			require.Contains(t, ag.Errors["broken"], "is not a valid address")
+		}},
+		{"a broken app's placeholder keeps only the hosts it routes on", func(t *testing.T, r *rig) {
+			// other owns both.test and does not share it; broken's own
+			// host's certificate makes nginx refuse it.
+			r.putApp(created(appMsg("other", "both.test"), t0.Add(time.Hour), "/api"))
+			r.putInstance("other", "o1", testrig.Backend(t, "O"), msg.StateRunning)
+			r.waitForPath("both.test", "/api", 200, "O")
+			broken := created(appMsg("broken", "broken.test", "both.test"), t0, "/", "/b")
+			broken.HostClaims = map[string]time.Time{"broken.test": t0, "both.test": t0.Add(2 * time.Hour)}
+			broken.Routing.TLS = &spec.TLS{Certificate: "/nonexistent/berth/b.crt", Key: "/nonexistent/berth/b.key"}
+			r.putApp(broken)
+		}, func(t *testing.T, r *rig, ag *msg.Agent) {
+			r.waitForPath("broken.test", "/b", 503, "no_backend")
+			r.waitForPath("both.test", "/api", 200, "O")
+			r.waitForPath("both.test", "/b", 404, "")
 			require.Contains(t, ag.Errors["broken"], "nginx -t")
 		}},
 		{"a broken app's rules: its placeholder keeps prefix and exact rules, without options or regexes", func(t *testing.T, r *rig) {

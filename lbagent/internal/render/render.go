@@ -247,16 +247,15 @@ type bodyKey struct {
 func UpstreamName(app string) string { return "berth_" + strings.ReplaceAll(app, "-", "_") }
 
 // Layout turns a snapshot into template data. Paths are routes
-// (spec.RoutePath): "/x" and "/x/" are one. Two apps that claim the same
-// host and route, or the same host with different certificates, conflict:
-// the app that claimed it first (ClaimsBefore) keeps it, the other gets no
-// location for it and is reported in conflicts, by app, with the reason.
+// (spec.RoutePath): "/x" and "/x/" are one. What each app gets on each
+// host is the route table's (spec.Claims): a host's owner, its TLS and
+// redirect, and the locations each app may have there. An app that does
+// not get a claim is reported in conflicts, by app, with the reason.
 func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string]string) {
 	d := Data{Node: o.Node, Generation: generation, Revision: snap.Revision, StatusListen: o.StatusListen, AccessLogSocket: o.AccessLogSocket, Dynamic: o.Dynamic}
 	dynamic := o.Dynamic != nil
 	conflicts := map[string]string{}
 	servers := map[string]*Server{"": {Default: true, HTTPListen: o.HTTPListen, HTTPSListen: o.HTTPSListen, AccessLogSocket: o.AccessLogSocket}}
-	owner := make(map[string]string, 8*len(snap.Apps)) // spec.LocationKey → app
 	zones := map[string]bool{}
 	anyTLS := false
 	upstreams := make(map[string]string, len(snap.Apps))
@@ -279,118 +278,51 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 		}
 		upstreams[a.Spec.Name] = upstream
 	}
-	// Routes go to apps in the order they claimed them.
-	claims := make([]state.App, len(snap.Apps))
-	copy(claims, snap.Apps)
-	sort.SliceStable(claims, func(i, j int) bool { return ClaimsBefore(claims[i].Spec, claims[j].Spec) })
-	for _, a := range claims {
-		upstream := upstreams[a.Spec.Name]
-		hosts := a.Spec.Routing.Hosts
-		if len(hosts) == 0 {
-			hosts = []string{""}
+	// Who routes what on each host: the route table every side computes
+	// (spec.Claims). An app gets nothing the table does not grant it.
+	claimants := make([]spec.Claimant, len(snap.Apps))
+	byName := make(map[string]*state.App, len(snap.Apps))
+	for i := range snap.Apps {
+		claimants[i] = snap.Apps[i].Spec.Claimant()
+		byName[snap.Apps[i].Spec.Name] = &snap.Apps[i]
+	}
+	table := spec.Claims(claimants)
+	for _, app := range table.Conflicted() {
+		cs := table.Conflicts(app)
+		conflicts[app] = cs[0].Error()
+		if len(cs) > 1 {
+			conflicts[app] += fmt.Sprintf(" (and %d more conflicts)", len(cs)-1)
 		}
-		for _, h := range hosts {
-			h = strings.ToLower(h)
-			srv, ok := servers[h]
-			if !ok {
-				srv = &Server{Host: h, HTTPListen: o.HTTPListen, HTTPSListen: o.HTTPSListen, AccessLogSocket: o.AccessLogSocket}
-				servers[h] = srv
-			}
-			// An app with tls.acme and no certificate yet is served over
-			// plain HTTP (lbagent names the files once one is issued), and so
-			// is a host its certificate does not cover yet (hosts added).
-			if tls := a.Spec.Routing.TLS; tls != nil && (!tls.ACME || tls.Certificate != "" && covers(a.Cert, h)) {
-				switch {
-				case srv.TLS == nil:
-					srv.TLS, srv.RedirectHTTP, anyTLS = tls, tls.RedirectHTTP, true
-				case *srv.TLS != *tls:
-					conflicts[a.Spec.Name] = fmt.Sprintf("host %s already has another TLS certificate from app %s", h, owner[h+" tls"])
-					continue
-				}
-				owner[h+" tls"] = firstNonEmpty(owner[h+" tls"], a.Spec.Name)
-			}
-			locs := a.Spec.Routing.Locations()
-			srv.Locations = slices.Grow(srv.Locations, len(locs))
+	}
+	for _, hr := range table.Hosts() {
+		h := hr.Host
+		srv, ok := servers[h]
+		if !ok {
+			srv = &Server{Host: h, HTTPListen: o.HTTPListen, HTTPSListen: o.HTTPSListen, AccessLogSocket: o.AccessLogSocket}
+			servers[h] = srv
+		}
+		// The owner's TLS and redirect alone. An app with tls.acme and no
+		// certificate yet is served over plain HTTP (lbagent names the
+		// files once one is issued), and so is a host its certificate does
+		// not cover yet (hosts added).
+		owner := byName[hr.Owner]
+		if tls := owner.Spec.Routing.TLS; tls != nil && (!tls.ACME || tls.Certificate != "" && covers(owner.Cert, h)) {
+			srv.TLS, srv.RedirectHTTP, anyTLS = tls, tls.RedirectHTTP, true
+		}
+		for _, ar := range hr.Apps {
+			a := byName[ar.App]
 			owned := len(srv.Locations)
-			for _, l := range locs {
-				keys := spec.LocationKeys(h, l)
-				other := ""
-				for _, k := range keys {
-					other = firstNonEmpty(other, owner[k])
-				}
-				if other != "" {
-					if other != a.Spec.Name { // the same app twice ("/x", "/x/"): one location
-						conflicts[a.Spec.Name] = fmt.Sprintf("%s on host %s is already routed to app %s", l.Label(), hostLabel(h), other)
-					}
-					continue
-				}
-				for _, k := range keys {
-					owner[k] = a.Spec.Name
-				}
-				loc := Location{Path: l.Path, Matches: l.Args(), Regex: l.Match == spec.MatchRegex, App: a.Spec.Name, Upstream: upstream, LB: a.Spec.LB,
-					Dynamic: dynamic, Drain: dynamic && o.Dynamic.Drain, Cond: l.Condition()}
-				if l.Rule != nil {
-					loc.MatchHeaders = l.Rule.Headers
-				}
-				if upstream != "" {
-					loc.Closer = upstream + "_close"
-				}
-				if r := l.Rule; r != nil {
-					if len(r.Headers) > 0 || len(r.Split) > 0 {
-						// Only a location that may be shared is named (share).
-						loc.Target = bodyTarget(a.Spec.Name, l.Index)
-					}
-					for j, sp := range r.Split {
-						t, ok := apps[sp.App]
-						// An app that is not here gets no share, nor in reload mode
-						// one with no server or weight. In dynamic mode a share of
-						// weight 0 is kept: its weight is pushed, not rendered.
-						if !ok || sp.App == a.Spec.Name || (!dynamic && (sp.Weight <= 0 || upstreams[sp.App] == "")) {
-							continue
-						}
-						tu := upstreams[sp.App]
-						to := Location{App: sp.App, Upstream: tu, LB: t.LB, Dynamic: dynamic, Drain: dynamic && o.Dynamic.Drain, Target: bodyTarget(sp.App, -1),
-							body: bodyKey{spec: t, rule: -1, upstream: tu, dynamic: dynamic, drain: dynamic && o.Dynamic.Drain}}
-						if tu != "" {
-							to.Closer = tu + "_close"
-						}
-						if dynamic {
-							// Its own location, which hands the share back
-							// to the rule's app while sp.App has no server,
-							// and its own closer, which does too.
-							to.Target = fmt.Sprintf("%s_s%d", loc.Target, j)
-							to.Fallback = loc.Target
-							to.body.fallback = loc.Target
-							if tu != "" {
-								to.Closer = to.Target + "_close"
-							}
-						}
-						loc.Shares = append(loc.Shares, Share{Percent: sp.Weight, Target: to.Target, Index: j, to: to})
-					}
-					if r.RateLimit != nil {
-						loc.RateZone, loc.RateLimit = rateZoneName(a.Spec.Name, l.Index), r.RateLimit
-						if !zones[loc.RateZone] {
-							zones[loc.RateZone] = true
-							d.RateZones = append(d.RateZones, RateZone{Name: loc.RateZone, RPS: r.RateLimit.RPS})
-						}
-					}
-					for _, name := range slices.Sorted(maps.Keys(r.ResponseHeaders)) {
-						loc.Headers = append(loc.Headers, Header{Name: name, Value: r.ResponseHeaders[name]})
-					}
-					if upstream != "" && (loc.RateLimit != nil || len(loc.Headers) > 0) {
-						loc.Closer = fmt.Sprintf("%s_close_r%d", upstream, l.Index)
-					}
-				}
-				srv.Locations = append(srv.Locations, loc)
-				srv.Locations[len(srv.Locations)-1].body = bodyKey{spec: a.Spec, rule: l.Index, upstream: upstream, dynamic: dynamic, drain: loc.Drain}
+			srv.Locations = slices.Grow(srv.Locations, len(ar.Locations))
+			for _, l := range ar.Locations {
+				srv.Locations = append(srv.Locations, locationOf(a.Spec, l, upstreams, apps, &d, zones, o))
 				if l.Match == spec.MatchPrefix && l.Path == "/" {
 					srv.HasRoot = true
 				}
 			}
-			// The CA's challenge for h is answered only where the app with
-			// tls.acme routes something of h: an app whose every route there
-			// is another's gets no certificate for it.
-			if tls := a.Spec.Routing.TLS; tls != nil && tls.ACME && len(srv.Locations) > owned {
+			// The CA's challenge for h is answered only where the owner, with
+			// tls.acme, routes something of h: an owner whose every route
+			// there is refused gets no certificate for it.
+			if tls := a.Spec.Routing.TLS; ar.App == hr.Owner && tls != nil && tls.ACME && len(srv.Locations) > owned {
 				srv.ACME = o.ACME
 			}
 		}
@@ -435,6 +367,70 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 	return d, conflicts
 }
 
+// locationOf is the Location of a's location l: its upstream, closer,
+// header match, split shares, rate limit (adding its zone to d) and
+// response headers.
+func locationOf(a *msg.App, l spec.Location, upstreams map[string]string, apps map[string]*msg.App, d *Data, zones map[string]bool, o Options) Location {
+	dynamic := o.Dynamic != nil
+	upstream := upstreams[a.Name]
+	loc := Location{Path: l.Path, Matches: l.Args(), Regex: l.Match == spec.MatchRegex, App: a.Name, Upstream: upstream, LB: a.LB,
+		Dynamic: dynamic, Drain: dynamic && o.Dynamic.Drain, Cond: l.Condition()}
+	if l.Rule != nil {
+		loc.MatchHeaders = l.Rule.Headers
+	}
+	if upstream != "" {
+		loc.Closer = upstream + "_close"
+	}
+	if r := l.Rule; r != nil {
+		if len(r.Headers) > 0 || len(r.Split) > 0 {
+			// Only a location that may be shared is named (share).
+			loc.Target = bodyTarget(a.Name, l.Index)
+		}
+		for j, sp := range r.Split {
+			t, ok := apps[sp.App]
+			// An app that is not here gets no share, nor in reload mode
+			// one with no server or weight. In dynamic mode a share of
+			// weight 0 is kept: its weight is pushed, not rendered.
+			if !ok || sp.App == a.Name || (!dynamic && (sp.Weight <= 0 || upstreams[sp.App] == "")) {
+				continue
+			}
+			tu := upstreams[sp.App]
+			to := Location{App: sp.App, Upstream: tu, LB: t.LB, Dynamic: dynamic, Drain: dynamic && o.Dynamic.Drain, Target: bodyTarget(sp.App, -1),
+				body: bodyKey{spec: t, rule: -1, upstream: tu, dynamic: dynamic, drain: dynamic && o.Dynamic.Drain}}
+			if tu != "" {
+				to.Closer = tu + "_close"
+			}
+			if dynamic {
+				// Its own location, which hands the share back
+				// to the rule's app while sp.App has no server,
+				// and its own closer, which does too.
+				to.Target = fmt.Sprintf("%s_s%d", loc.Target, j)
+				to.Fallback = loc.Target
+				to.body.fallback = loc.Target
+				if tu != "" {
+					to.Closer = to.Target + "_close"
+				}
+			}
+			loc.Shares = append(loc.Shares, Share{Percent: sp.Weight, Target: to.Target, Index: j, to: to})
+		}
+		if r.RateLimit != nil {
+			loc.RateZone, loc.RateLimit = rateZoneName(a.Name, l.Index), r.RateLimit
+			if !zones[loc.RateZone] {
+				zones[loc.RateZone] = true
+				d.RateZones = append(d.RateZones, RateZone{Name: loc.RateZone, RPS: r.RateLimit.RPS})
+			}
+		}
+		for _, name := range slices.Sorted(maps.Keys(r.ResponseHeaders)) {
+			loc.Headers = append(loc.Headers, Header{Name: name, Value: r.ResponseHeaders[name]})
+		}
+		if upstream != "" && (loc.RateLimit != nil || len(loc.Headers) > 0) {
+			loc.Closer = fmt.Sprintf("%s_close_r%d", upstream, l.Index)
+		}
+	}
+	loc.body = bodyKey{spec: a, rule: l.Index, upstream: upstream, dynamic: dynamic, drain: loc.Drain}
+	return loc
+}
+
 // covers reports whether an ACME certificate covers host h; without one
 // (the lbagent serves a certificate it kept), it is taken to.
 func covers(c *msg.Certificate, h string) bool {
@@ -472,19 +468,6 @@ func reserveChallengePath(srv *Server, h string, conflicts map[string]string) {
 		kept = append(kept, l)
 	}
 	srv.Locations = kept
-}
-
-// ClaimsBefore reports whether app a claimed its routes before app b
-// (spec.ClaimsBefore).
-func ClaimsBefore(a, b *msg.App) bool {
-	return spec.ClaimsBefore(a.Name, a.CreatedAt, b.Name, b.CreatedAt)
-}
-
-func firstNonEmpty(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 func hostLabel(h string) string {

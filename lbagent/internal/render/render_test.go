@@ -92,8 +92,11 @@ func scenarios(t *testing.T, certs string) map[string]state.Snapshot {
 	acmeWaiting.Spec.Routing.TLS = &spec.TLS{ACME: true, RedirectHTTP: true}
 
 	multi := app("web", 2, "web.example.com", "*.web.example.com", "www.example.com")
+	multi.Spec.CreatedAt = time.Unix(100, 0)
 	multi.Spec.Routing.Paths = []string{"/", "/api", "/static/"}
+	multi.Spec.Routing.ShareWith = []spec.Share{{App: "admin"}}
 	other := app("admin", 1, "web.example.com")
+	other.Spec.CreatedAt = time.Unix(200, 0)
 	other.Spec.Routing.Paths = []string{"/admin"}
 
 	// Every rule kind: exact and regex locations, a prefix with a rate
@@ -106,6 +109,7 @@ func scenarios(t *testing.T, certs string) map[string]state.Snapshot {
 		{Path: "/api", RateLimit: &spec.RateLimit{RPS: 100, Burst: 50}, ResponseHeaders: map[string]string{"Cache-Control": "no-store", "X-Frame-Options": "DENY"}},
 		{Path: "/static", Split: []spec.Split{{App: "shop-beta", Weight: 10}}},
 	}
+	shop.Spec.Routing.ShareWith = []spec.Share{{App: "legacy-api"}, {App: "shop-beta", Paths: []string{"/api"}}}
 	legacy := app("legacy-api", 1, "shop.example.com")
 	legacy.Spec.CreatedAt = time.Unix(200, 0)
 	legacy.Spec.Routing.Paths = nil
@@ -195,16 +199,21 @@ func TestHTTPContextOnly(t *testing.T) {
 func TestConflicts(t *testing.T) {
 	t.Parallel()
 	a := app("alpha", 1, "web.example.com")
+	a.Spec.Routing.ShareWith = []spec.Share{{App: "beta"}}
 	b := app("beta", 1, "web.example.com")
 	c := app("gamma", 1, "shop.example.com")
 	c.Spec.Routing.TLS = &spec.TLS{Certificate: "/a.crt", Key: "/a.key"}
 	d := app("delta", 1, "shop.example.com")
 	d.Spec.Routing.TLS = &spec.TLS{Certificate: "/b.crt", Key: "/b.key"}
 	d.Spec.Routing.Paths = []string{"/d"}
-	_, conflicts := Layout(state.Snapshot{Apps: []state.App{a, b, d, c}}, 1, opts)
+	d.Spec.Routing.ShareWith = []spec.Share{{App: "gamma"}}
+	e := app("epsilon", 1, "web.example.com")
+	e.Spec.Routing.Paths = []string{"/e"}
+	_, conflicts := Layout(state.Snapshot{Apps: []state.App{a, b, d, c, e}}, 1, opts)
 	require.Equal(t, map[string]string{
-		"beta":  "path / on host web.example.com is already routed to app alpha",
-		"gamma": "host shop.example.com already has another TLS certificate from app delta",
+		"beta":    "path / on host web.example.com is already routed to app alpha, which claimed it first",
+		"gamma":   "host shop.example.com belongs to app delta, which alone sets its TLS and redirect: remove routing.tls, or give app gamma hosts of its own",
+		"epsilon": "host web.example.com belongs to app alpha, which claimed it first: app epsilon may route there only when alpha lists it in routing.share_with",
 	}, conflicts)
 }
 
@@ -314,6 +323,7 @@ func TestRoutesNormalisedAndClaimedFirst(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	withPaths := func(a state.App, created time.Time, paths ...string) state.App {
 		a.Spec.Routing.Paths, a.Spec.CreatedAt = paths, created
+		a.Spec.Routing.ShareWith = []spec.Share{{App: "alpha"}, {App: "zeta"}} // whichever owns the host shares it
 		return a
 	}
 	tests := []struct {
@@ -327,17 +337,17 @@ func TestRoutesNormalisedAndClaimedFirst(t *testing.T) {
 		{"two apps, the older keeps it", []state.App{
 			withPaths(app("alpha", 1, "a.test"), t0.Add(time.Hour), "/api"),
 			withPaths(app("zeta", 1, "a.test"), t0, "/api/", "/z"),
-		}, map[string]string{"alpha": "path /api on host a.test is already routed to app zeta"},
+		}, map[string]string{"alpha": "path /api on host a.test is already routed to app zeta, which claimed it first"},
 			map[string]string{"a.test /api": "zeta", "a.test /z": "zeta"}},
 		{"a known creation time claims before an unknown one", []state.App{
 			withPaths(app("alpha", 1), time.Time{}, "/api/"),
 			withPaths(app("zeta", 1), t0, "/api"),
-		}, map[string]string{"alpha": "path /api on host (default) is already routed to app zeta"},
+		}, map[string]string{"alpha": "path /api on the default server (apps without routing.hosts) is already routed to app zeta, which claimed it first"},
 			map[string]string{" /api": "zeta"}},
 		{"no creation times: by name", []state.App{
 			withPaths(app("alpha", 1), time.Time{}, "/api/"),
 			withPaths(app("zeta", 1), time.Time{}, "/api"),
-		}, map[string]string{"zeta": "path /api on host (default) is already routed to app alpha"},
+		}, map[string]string{"zeta": "path /api on the default server (apps without routing.hosts) is already routed to app alpha, which claimed it first"},
 			map[string]string{" /api": "alpha"}},
 	}
 	for _, tt := range tests {
@@ -489,6 +499,7 @@ func TestACMEServers(t *testing.T) {
 	shop.Spec.CreatedAt = time.Unix(200, 0)
 	shop.Spec.Routing.TLS = &spec.TLS{ACME: true, Certificate: certs + "/web.crt", Key: certs + "/web.key", RedirectHTTP: true}
 	shop.Cert = &msg.Certificate{App: "shop", Names: []string{"shop.example.com"}}
+	shop.Spec.Routing.ShareWith = []spec.Share{{App: "webroot"}}
 	// webroot, created later, routes the challenge path on shop's host.
 	webroot := app("webroot", 1, "shop.example.com")
 	webroot.Spec.CreatedAt = time.Unix(500, 0)
@@ -496,12 +507,13 @@ func TestACMEServers(t *testing.T) {
 	// late lists a host whose every route is alpha's: no challenge for it.
 	alpha := app("alpha", 1, "alpha.example.com")
 	alpha.Spec.CreatedAt = time.Unix(100, 0)
+	alpha.Spec.Routing.ShareWith = []spec.Share{{App: "late"}}
 	late := app("late", 1, "alpha.example.com")
 	late.Spec.CreatedAt = time.Unix(900, 0)
 	late.Spec.Routing.TLS = &spec.TLS{ACME: true}
 	d, conflicts := Layout(state.Snapshot{Apps: []state.App{alpha, late, shop, webroot}}, 1, opts)
 	require.Equal(t, map[string]string{
-		"late":    "path / on host alpha.example.com is already routed to app alpha",
+		"late":    "host alpha.example.com belongs to app alpha, which alone sets its TLS and redirect: remove routing.tls, or give app late hosts of its own",
 		"webroot": "/.well-known/acme-challenge/ on host shop.example.com is where the ACME CA's challenges are answered, for an app with tls.acme",
 	}, conflicts)
 	byHost := map[string]Server{}

@@ -148,6 +148,7 @@ func TestHeaderMatchServe(t *testing.T) {
 		return a
 	}
 	stable := mk("stable", 1)
+	stable.Spec.Routing.ShareWith = []spec.Share{{App: "beta", Paths: []string{"/"}}, {App: "both", Paths: []string{"/"}}, {App: "preview"}}
 	beta := mk("beta", 2, spec.Rule{Path: "/", Headers: map[string]string{"X-Beta": "1"}, ResponseHeaders: map[string]string{"X-App": "beta"}})
 	beta.Spec.Routing.Paths = nil
 	both := mk("both", 3, spec.Rule{Path: "/", Headers: map[string]string{"X-Beta": "1", "X-Team": "~^(red|blue)$"}})
@@ -251,6 +252,7 @@ func TestSplitServe(t *testing.T) {
 		a.Spec.Routing.Paths = nil
 		a.Spec.Routing.Rules = []spec.Rule{{Path: "/", Split: []spec.Split{{App: "shop-v2", Weight: weight}}}}
 		a.Servers = []state.Server{{Instance: "s", Address: stableAddr, Weight: 1}}
+		a.Spec.Routing.ShareWith = []spec.Share{{App: "shop-v2"}}
 		return a
 	}
 	sv := serve(t, stable(0), canary)
@@ -302,6 +304,7 @@ func TestSharedRegexKeepsClaimOrder(t *testing.T) {
 		return a
 	}
 	first := mk("first", 1, spec.Rule{Path: "^/a", Match: spec.MatchRegex, Headers: map[string]string{"X-T": "1"}})
+	first.Spec.Routing.ShareWith = []spec.Share{{App: "later"}}
 	later := mk("later", 2, spec.Rule{Path: "^/", Match: spec.MatchRegex})
 	sv := serve(t, later, first)
 	client := &http.Client{Timeout: 5 * time.Second}

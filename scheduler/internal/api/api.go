@@ -158,7 +158,10 @@ type AppView struct {
 	ObservedReplicas int       `json:"observed_replicas"`
 	Spec             *spec.App `json:"spec,omitempty"`
 	Changed          *bool     `json:"changed,omitempty"`
-	UpdatedAt        time.Time `json:"updated_at"`
+	// Conflicts are the routes the app does not get (spec.Claims), each
+	// saying why; only on GET of one app.
+	Conflicts []string  `json:"conflicts,omitempty"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 func view(a store.App, withSpec bool) AppView {
@@ -201,8 +204,8 @@ func (a *api) apply(w http.ResponseWriter, r *http.Request) {
 	if err == nil && !a.o.ACME && app.Routing.TLS != nil && app.Routing.TLS.ACME {
 		err = spec.Errors{{Path: "routing.tls.acme", Message: "this scheduler orders no certificates: start it with --acme-directory (and --cert-key-file), or use self_signed or certificate files"}}
 	}
-	if err == nil && a.o.MaxRoutes > 0 {
-		err = a.checkRoutes(r.Context(), app)
+	if err == nil {
+		err = a.checkTenancy(r.Context(), app)
 	}
 	if err != nil {
 		a.fail(w, err)
@@ -221,11 +224,7 @@ func (a *api) apply(w http.ResponseWriter, r *http.Request) {
 // checkRoutes refuses app when its routes would bring every app's
 // together (the locations of each nginx) past MaxRoutes. Apps that were
 // applied before the cap, or under a higher one, stay; only growth is refused.
-func (a *api) checkRoutes(ctx context.Context, app *spec.App) error {
-	apps, err := a.d.Apps.List(ctx)
-	if err != nil {
-		return err
-	}
+func (a *api) checkRoutes(app *spec.App, apps []store.App) error {
 	total, before := app.Routing.Routes(), 0
 	for _, other := range apps {
 		n := other.Spec.Routing.Routes()
@@ -268,6 +267,11 @@ func (a *api) get(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	v := view(app, true)
+	v.Conflicts, err = a.conflicts(r.Context(), app.Name)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
 	for _, i := range insts {
 		if i.State == "running" {
 			v.ObservedReplicas++

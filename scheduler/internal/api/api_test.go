@@ -157,10 +157,13 @@ func TestBadRequests(t *testing.T) {
 }
 
 // routes returns a routing block of hosts × paths.
-func routes(hosts, paths int) string {
+func routes(hosts, paths int) string { return routesOn("h", hosts, paths) }
+
+// routesOn is routes on hosts named prefix0.example.com, prefix1….
+func routesOn(prefix string, hosts, paths int) string {
 	var hs, ps []string
 	for i := range hosts {
-		hs = append(hs, fmt.Sprintf("h%d.example.com", i))
+		hs = append(hs, fmt.Sprintf("%s%d.example.com", prefix, i))
 	}
 	for i := range paths {
 		ps = append(ps, fmt.Sprintf("/p%d", i))
@@ -174,7 +177,7 @@ func TestMaxRoutes(t *testing.T) {
 	t.Parallel()
 	c := newAPIWith(t, Options{MaxRoutes: 1500})
 	app := func(name string, hosts, paths int) string {
-		return fmt.Sprintf("name: %s\nimage: web:1\nport: 8080\nrouting: %s\n", name, routes(hosts, paths))
+		return fmt.Sprintf("name: %s\nimage: web:1\nport: 8080\nrouting: %s\n", name, routesOn(name, hosts, paths))
 	}
 	code, _, raw := c.do("PUT", "/v1/apps/a", app("a", 10, 100))
 	require.Equal(t, 200, code, "%s", raw)
@@ -293,7 +296,7 @@ func TestAppMetrics(t *testing.T) {
 	}})
 	code, _, _ := c.do("PUT", "/v1/apps/web", web)
 	require.Equal(t, http.StatusOK, code)
-	code, _, _ = c.do("PUT", "/v1/apps/auto", "name: auto\nimage: web:1\nport: 8080\nscaling: {min: 2, max: 4, target_rps_per_replica: 10}\n")
+	code, _, _ = c.do("PUT", "/v1/apps/auto", "name: auto\nimage: web:1\nport: 8080\nscaling: {min: 2, max: 4, target_rps_per_replica: 10}\nrouting: {hosts: [auto.test]}\n")
 	require.Equal(t, http.StatusOK, code)
 
 	code, obj, _ := c.do("GET", "/v1/apps/web/metrics", "")

@@ -31,25 +31,39 @@ type Want struct {
 	Generation int64
 }
 
-// Wants returns the apps with routing.tls.acme, by name, each with its
-// hosts in lower case, sorted: the names its certificate must cover.
+// Wants returns the apps with routing.tls.acme, by name, each with the
+// hosts it owns (spec.Claims) in lower case, sorted: the names its
+// certificate must cover. A host another app owns is not the app's to
+// order a certificate for; an app that owns none of its hosts wants none.
 func Wants(apps []store.App) []Want {
+	claimants := make([]spec.Claimant, 0, len(apps))
+	for _, a := range apps {
+		if a.Spec != nil {
+			claimants = append(claimants, a.Claimant())
+		}
+	}
+	table := spec.Claims(claimants)
 	var out []Want
 	for _, a := range apps {
 		if a.Spec == nil || a.Spec.Routing.TLS == nil || !a.Spec.Routing.TLS.ACME || len(a.Spec.Routing.Hosts) == 0 {
 			continue
 		}
-		out = append(out, Want{App: a.Name, Names: Names(a.Spec.Routing), Generation: a.Generation})
+		if names := Names(a.Spec.Routing, func(h string) bool { return table.Owner(h) == a.Name }); len(names) > 0 {
+			out = append(out, Want{App: a.Name, Names: names, Generation: a.Generation})
+		}
 	}
 	slices.SortFunc(out, func(a, b Want) int { return strings.Compare(a.App, b.App) })
 	return out
 }
 
-// Names are the DNS names a certificate for r covers.
-func Names(r spec.Routing) []string {
+// Names are the DNS names a certificate for r covers: its hosts (in lower
+// case) that owned reports it owns.
+func Names(r spec.Routing, owned func(host string) bool) []string {
 	names := make([]string, 0, len(r.Hosts))
 	for _, h := range r.Hosts {
-		names = append(names, strings.ToLower(h))
+		if h = spec.HostKey(h); owned(h) {
+			names = append(names, h)
+		}
 	}
 	slices.Sort(names)
 	return slices.Compact(names)

@@ -17,6 +17,17 @@ func TestWants(t *testing.T) {
 	plain := &spec.App{Name: "old"}
 	got := Wants([]store.App{{Name: "web", Spec: acme}, {Name: "api", Spec: files}, {Name: "old", Spec: plain}})
 	require.Equal(t, []Want{{App: "web", Names: []string{"a.example.com", "b.example.com"}}}, got)
+
+	// An app with tls.acme orders only for the hosts it owns: not for
+	// a.example.com, which owner claimed first, whether it shares it or not.
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	owner := store.App{Name: "owner", CreatedAt: t0.Add(time.Hour), HostClaims: map[string]time.Time{"a.example.com": t0},
+		Spec: &spec.App{Name: "owner", Routing: spec.Routing{Hosts: []string{"a.example.com"}}}}
+	late := store.App{Name: "web", Spec: acme, CreatedAt: t0, HostClaims: map[string]time.Time{"a.example.com": t0.Add(time.Minute), "b.example.com": t0.Add(time.Minute)}}
+	require.Equal(t, []Want{{App: "web", Names: []string{"b.example.com"}}}, Wants([]store.App{owner, late}))
+	owner.Spec.Routing.Hosts = []string{"a.example.com", "b.example.com"}
+	owner.HostClaims["b.example.com"] = t0
+	require.Empty(t, Wants([]store.App{owner, late}), "an app that owns none of its hosts orders nothing")
 }
 
 func TestMakePlan(t *testing.T) {

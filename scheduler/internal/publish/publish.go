@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -53,7 +54,19 @@ func View(a store.App, term uint64) *msg.App {
 	s := *a.Spec
 	s.Default()
 	return &msg.App{Name: a.Name, Generation: a.Generation, Term: term, Port: s.Port, Health: redactHealth(s.Health),
-		LB: s.LB, Routing: s.Routing, Drain: s.Stop.Drain, UpdatedAt: a.UpdatedAt.UTC(), CreatedAt: a.CreatedAt.UTC()}
+		LB: s.LB, Routing: s.Routing, Drain: s.Stop.Drain, UpdatedAt: a.UpdatedAt.UTC(), CreatedAt: a.CreatedAt.UTC(), HostClaims: utc(a.HostClaims)}
+}
+
+// utc returns claims in UTC, nil for none.
+func utc(claims map[string]time.Time) map[string]time.Time {
+	if len(claims) == 0 {
+		return nil
+	}
+	out := make(map[string]time.Time, len(claims))
+	for h, t := range claims {
+		out[h] = t.UTC()
+	}
+	return out
 }
 
 // redactHealth returns a copy of h for every reader of berth_apps: the
@@ -402,77 +415,55 @@ func (p *Publisher) One(ctx context.Context, name string, l store.Lease) error {
 		Message: fmt.Sprintf("app %s is at generation %d (image %s)", name, a.Generation, a.Spec.Image),
 		Details: map[string]string{"generation": fmt.Sprint(a.Generation), "image": a.Spec.Image}}}
 	if all, err := p.store.List(ctx); err == nil {
-		if ev, ok := RouteConflict(a, all); ok {
-			events = append(events, ev)
-		}
+		events = append(events, RouteConflicts(name, all)...)
 	}
 	return p.Event(ctx, l, events...)
 }
 
-// RouteConflict returns the route_conflict event of app a when another
-// app claimed one of its routes (a host and a path or rule) first: every
-// lbagent routes it to that app, and a gets no location there. It names
-// the first such route and app, and counts the others.
-func RouteConflict(a store.App, all []store.App) (store.Event, bool) {
-	owner := map[string]string{}
-	for _, o := range all {
-		if o.Name == a.Name || o.Spec == nil || !spec.ClaimsBefore(o.Name, o.CreatedAt, a.Name, a.CreatedAt) {
-			continue
-		}
-		for _, k := range routeKeys(o.Spec.Routing) {
-			if _, taken := owner[k]; !taken {
-				owner[k] = o.Name
-			}
+// RouteConflicts returns the route_conflict events that a change of app
+// name brings, by the route table of all apps (spec.Claims): one for
+// name when it does not get a claim, and one for every other app that
+// does not get one that name holds (name's owner took its share away,
+// or now routes a path the other's rule would shadow). Each names the
+// first conflict, counts the others, and says what lbagent does: the app
+// gets nothing of it.
+func RouteConflicts(name string, all []store.App) []store.Event {
+	claimants := make([]spec.Claimant, 0, len(all))
+	for _, a := range all {
+		if a.Spec != nil {
+			claimants = append(claimants, a.Claimant())
 		}
 	}
-	lost, first, host := 0, "", ""
-	var at spec.Location
-	for _, h := range hostsOf(a.Spec.Routing) {
-		for _, l := range a.Spec.Routing.Locations() {
-			for _, k := range spec.LocationKeys(h, l) {
-				o, taken := owner[k]
-				if !taken {
-					continue
-				}
-				if first == "" {
-					first, host, at = o, h, l
-				}
-				lost++
-				break
-			}
+	table := spec.Claims(claimants)
+	var out []store.Event
+	for _, app := range table.Conflicted() {
+		cs := table.Conflicts(app)
+		if app != name {
+			cs = slices.DeleteFunc(slices.Clone(cs), func(c spec.Conflict) bool { return c.Holder != name })
 		}
-	}
-	if lost == 0 {
-		return store.Event{}, false
-	}
-	if host == "" {
-		host = "(default server)"
-	}
-	msg := fmt.Sprintf("%s on host %s is already routed to app %s, created first: app %s gets no route there", at.Label(), host, first, a.Name)
-	if lost > 1 {
-		msg += fmt.Sprintf(" (and %d more routes)", lost-1)
-	}
-	return store.Event{App: a.Name, Kind: "route_conflict", Message: msg,
-		Details: map[string]string{"app": first, "host": host, "path": at.Path, "match": at.Match, "routes": fmt.Sprint(lost)}}, true
-}
-
-// hostsOf are the hosts of r, or the default server ("").
-func hostsOf(r spec.Routing) []string {
-	if len(r.Hosts) == 0 {
-		return []string{""}
-	}
-	return r.Hosts
-}
-
-// routeKeys are the routes of r (spec.LocationKeys), as lbagent keys them.
-func routeKeys(r spec.Routing) []string {
-	var out []string
-	for _, h := range hostsOf(r) {
-		for _, l := range r.Locations() {
-			out = append(out, spec.LocationKeys(h, l)...)
+		if len(cs) > 0 {
+			out = append(out, conflictEvent(app, cs))
 		}
 	}
 	return out
+}
+
+// conflictEvent is the route_conflict event of app's conflicts cs.
+func conflictEvent(app string, cs []spec.Conflict) store.Event {
+	c := cs[0]
+	msg := c.Error() + ": app " + app + " gets no route there"
+	if len(cs) > 1 {
+		msg += fmt.Sprintf(" (and %d more conflicts)", len(cs)-1)
+	}
+	host := c.Host
+	if host == "" {
+		host = "(default server)"
+	}
+	d := map[string]string{"app": c.Holder, "host": host, "reason": c.Reason, "field": c.Field, "conflicts": fmt.Sprint(len(cs))}
+	if c.Location != nil {
+		d["path"], d["match"] = c.Location.Path, c.Location.Match
+	}
+	return store.Event{App: app, Kind: "route_conflict", Message: msg, Details: d}
 }
 
 // Event records events under the lease (fenced) and then publishes them.

@@ -39,62 +39,44 @@ func TestViewRedactsHealthSecrets(t *testing.T) {
 	require.NotPanics(t, func() { _ = none.Health })
 }
 
-// TestRouteConflict: the app that claims a route another app claimed first
-// gets the event naming it; the first app does not; "/x" and "/x/" and
-// host case are one route, as in lbagent.
-func TestRouteConflict(t *testing.T) {
+// TestRouteConflicts: a change of an app reports, by the route table,
+// the claims it does not get and the claims of others that it now holds.
+func TestRouteConflicts(t *testing.T) {
 	t.Parallel()
 	app := func(name string, created int64, hosts []string, paths ...string) store.App {
-		return store.App{Name: name, CreatedAt: time.Unix(created, 0),
-			Spec: &spec.App{Name: name, Routing: spec.Routing{Hosts: hosts, Paths: paths}}}
+		claims := map[string]time.Time{}
+		r := spec.Routing{Hosts: hosts, Paths: paths}
+		for _, h := range r.HostKeys() {
+			claims[h] = time.Unix(created, 0)
+		}
+		return store.App{Name: name, CreatedAt: time.Unix(created, 0), HostClaims: claims, Spec: &spec.App{Name: name, Routing: r}}
 	}
-	first := app("shop", 1, []string{"Example.com"}, "/api/", "/")
-	later := app("api", 2, []string{"example.com", "api.example.com"}, "/api", "/v2")
-	other := app("blog", 3, nil, "/")
-	all := []store.App{first, later, other}
+	shop := app("shop", 1, []string{"Example.com"}, "/api/", "/")
+	api := app("api", 2, []string{"example.com", "api.example.com"}, "/api", "/v2")
+	blog := app("blog", 3, nil, "/")
+	all := []store.App{shop, api, blog}
 
-	ev, ok := RouteConflict(later, all)
-	require.True(t, ok)
-	require.Equal(t, "route_conflict", ev.Kind)
-	require.Equal(t, "api", ev.App)
-	require.Equal(t, "path /api on host example.com is already routed to app shop, created first: app api gets no route there", ev.Message)
-	require.Equal(t, map[string]string{"app": "shop", "host": "example.com", "path": "/api", "match": "prefix", "routes": "1"}, ev.Details)
+	evs := RouteConflicts("api", all)
+	require.Len(t, evs, 1)
+	require.Equal(t, "route_conflict", evs[0].Kind)
+	require.Equal(t, "api", evs[0].App)
+	require.Equal(t, "host example.com belongs to app shop, which claimed it first: app api may route there only when shop lists it in routing.share_with: app api gets no route there", evs[0].Message)
+	require.Equal(t, map[string]string{"app": "shop", "host": "example.com", "reason": "host", "field": "routing.hosts[0]", "conflicts": "1"}, evs[0].Details)
+	require.Equal(t, evs, RouteConflicts("shop", all), "the owner's change names what it holds from api")
+	require.Empty(t, RouteConflicts("blog", all), "the default server is not example.com")
 
-	_, ok = RouteConflict(first, all)
-	require.False(t, ok, "the app that claimed first keeps its routes")
-	_, ok = RouteConflict(other, all)
-	require.False(t, ok, "the default server's / is not example.com's")
-	_, ok = RouteConflict(app("blog2", 4, nil, "/", "/x"), all)
-	require.True(t, ok, "the default server's routes conflict too")
+	// Shared: api gets /v2, not the /api that shop routes.
+	shop.Spec.Routing.ShareWith = []spec.Share{{App: "api"}}
+	all = []store.App{shop, api, blog}
+	evs = RouteConflicts("api", all)
+	require.Len(t, evs, 1)
+	require.Equal(t, "path /api on host example.com is already routed to app shop, which claimed it first: app api gets no route there", evs[0].Message)
+	require.Equal(t, "/api", evs[0].Details["path"])
 
-	// Rules: an exact /api is one of the nginx locations of shop's prefix
-	// /api/; a regex conflicts with the same regex only.
-	exact := app("exact", 5, []string{"example.com"})
-	exact.Spec.Routing.Rules = []spec.Rule{{Path: "/api", Match: spec.MatchExact}}
-	ev, ok = RouteConflict(exact, append(all, exact))
-	require.True(t, ok)
-	require.Equal(t, "exact path /api on host example.com is already routed to app shop, created first: app exact gets no route there", ev.Message)
-	re := func(name string, created int64, regex string) store.App {
-		a := app(name, created, []string{"example.com"})
-		a.Spec.Routing.Rules = []spec.Rule{{Path: regex, Match: spec.MatchRegex}}
-		return a
-	}
-	r1, r2, r3 := re("r1", 6, "^/v[0-9]+/"), re("r2", 7, "^/v[0-9]+/"), re("r3", 8, "^/v2/")
-	_, ok = RouteConflict(r2, []store.App{r1, r2, r3})
-	require.True(t, ok)
-	_, ok = RouteConflict(r3, []store.App{r1, r2, r3})
-	require.False(t, ok, "another regex is another location, even if it matches the same paths")
-}
-
-// TestViewRedactsALiteralBody: a spec stored before literal bodies were
-// refused does not publish its body; a reference is kept.
-func TestViewRedactsALiteralBody(t *testing.T) {
-	t.Parallel()
-	a := &spec.App{Name: "web", Image: "web:1", Port: 8080, Health: &spec.Health{Type: spec.HealthHTTP, Path: "/", Body: `{"password":"s3cret"}`}}
-	v := View(store.App{Name: "web", Spec: a, Generation: 1, UpdatedAt: time.Unix(1, 0)}, 3)
-	require.Equal(t, spec.RedactedValue, v.Health.Body)
-	require.Nil(t, v.Health.Headers)
-	a.Health.Body = "$env:BERTH_PROBE_WEB__BODY"
-	v = View(store.App{Name: "web", Spec: a, Generation: 1, UpdatedAt: time.Unix(1, 0)}, 3)
-	require.Equal(t, "$env:BERTH_PROBE_WEB__BODY", v.Health.Body)
+	// A second app on the default server, which blog owns.
+	blog2 := app("blog2", 4, nil, "/", "/x")
+	evs = RouteConflicts("blog2", append(all, blog2))
+	require.Len(t, evs, 1)
+	require.Equal(t, "blog", evs[0].Details["app"])
+	require.Equal(t, "(default server)", evs[0].Details["host"])
 }

@@ -35,6 +35,22 @@ type App struct {
 	Status          string
 	CreatedAt       time.Time
 	UpdatedAt       time.Time
+	// HostClaims is when the app first claimed each of its hosts
+	// (spec.HostKey, "" for the default server): a host belongs to the
+	// app that claimed it first (spec.Claims).
+	HostClaims map[string]time.Time
+}
+
+// Claimant is a as the route table sees it.
+func (a App) Claimant() spec.Claimant {
+	c := spec.Claimant{Name: a.Name, Created: a.CreatedAt, Claimed: a.HostClaims}
+	if c.Claimed == nil {
+		c.Claimed = map[string]time.Time{}
+	}
+	if a.Spec != nil {
+		c.Routing = &a.Spec.Routing
+	}
+	return c
 }
 
 // desired is the replica count a spec asks for: its replicas, or for an
@@ -136,7 +152,7 @@ func (s *Store) Delete(ctx context.Context, name string) error {
 		if cur == nil {
 			return fmt.Errorf("delete %s: %w", name, ErrNotFound)
 		}
-		if _, err := tx.Exec(ctx, `UPDATE apps SET deleted_at = now(), updated_at = now(), generation = generation + 1 WHERE name = $1`, name); err != nil {
+		if _, err := tx.Exec(ctx, `UPDATE apps SET deleted_at = now(), updated_at = now(), generation = generation + 1, host_claims = '{}' WHERE name = $1`, name); err != nil {
 			return fmt.Errorf("delete %s: %w", name, redact(err))
 		}
 		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, AppsChannel, name); err != nil {
@@ -163,7 +179,7 @@ func (s *Store) List(ctx context.Context) ([]App, error) { return s.list(ctx, ""
 
 func (s *Store) list(ctx context.Context, name string) ([]App, error) {
 	rows, err := s.pool.Query(ctx, `
-		SELECT name, spec, generation, desired_replicas, status, created_at, updated_at FROM apps
+		SELECT name, spec, generation, desired_replicas, status, created_at, updated_at, host_claims FROM apps
 		WHERE deleted_at IS NULL AND ($1 = '' OR name = $1) ORDER BY name`, name)
 	if err != nil {
 		return nil, fmt.Errorf("list apps: %w", redact(err))
@@ -185,9 +201,12 @@ func (s *Store) list(ctx context.Context, name string) ([]App, error) {
 
 func scanApp(row pgx.Row) (App, error) {
 	var a App
-	var raw []byte
-	if err := row.Scan(&a.Name, &raw, &a.Generation, &a.DesiredReplicas, &a.Status, &a.CreatedAt, &a.UpdatedAt); err != nil {
+	var raw, claims []byte
+	if err := row.Scan(&a.Name, &raw, &a.Generation, &a.DesiredReplicas, &a.Status, &a.CreatedAt, &a.UpdatedAt, &claims); err != nil {
 		return App{}, err
+	}
+	if err := json.Unmarshal(claims, &a.HostClaims); err != nil {
+		return App{}, fmt.Errorf("app %s: stored host claims: %w", a.Name, err)
 	}
 	a.Spec = &spec.App{}
 	if err := json.Unmarshal(raw, a.Spec); err != nil {
@@ -206,7 +225,7 @@ func (s *Store) appTx(ctx context.Context, name string, fn func(tx pgx.Tx, cur *
 	defer func() { _ = tx.Rollback(ctx) }()
 	var cur *App
 	a, err := scanApp(tx.QueryRow(ctx, `
-		SELECT name, spec, generation, desired_replicas, status, created_at, updated_at FROM apps
+		SELECT name, spec, generation, desired_replicas, status, created_at, updated_at, host_claims FROM apps
 		WHERE name = $1 AND deleted_at IS NULL FOR UPDATE`, name))
 	switch {
 	case err == nil:
@@ -230,11 +249,15 @@ func write(ctx context.Context, tx pgx.Tx, a *spec.App, cur *App) (App, error) {
 	if err != nil {
 		return App{}, err
 	}
+	claims, err := hostClaims(ctx, tx, a, cur)
+	if err != nil {
+		return App{}, fmt.Errorf("apply %s: %w", a.Name, err)
+	}
 	row := tx.QueryRow(ctx, `
-		INSERT INTO apps (name, spec, generation, desired_replicas) VALUES ($1, $2, 1, $3)
+		INSERT INTO apps (name, spec, generation, desired_replicas, host_claims) VALUES ($1, $2, 1, $3, $4)
 		ON CONFLICT (name) DO UPDATE SET spec = EXCLUDED.spec, generation = apps.generation + 1,
-			desired_replicas = EXCLUDED.desired_replicas, updated_at = now(), deleted_at = NULL
-		RETURNING name, spec, generation, desired_replicas, status, created_at, updated_at`, a.Name, raw, desired(a, cur))
+			desired_replicas = EXCLUDED.desired_replicas, updated_at = now(), deleted_at = NULL, host_claims = EXCLUDED.host_claims
+		RETURNING name, spec, generation, desired_replicas, status, created_at, updated_at, host_claims`, a.Name, raw, desired(a, cur), claims)
 	app, err := scanApp(row)
 	if err != nil {
 		return App{}, fmt.Errorf("apply %s: %w", a.Name, redact(err))
@@ -246,6 +269,25 @@ func write(ctx context.Context, tx pgx.Tx, a *spec.App, cur *App) (App, error) {
 		return App{}, fmt.Errorf("apply %s: notify: %w", a.Name, redact(err))
 	}
 	return app, nil
+}
+
+// hostClaims are the claims of a's hosts: cur's for the hosts it keeps,
+// this transaction's time for the others (a deleted app claims afresh).
+func hostClaims(ctx context.Context, tx pgx.Tx, a *spec.App, cur *App) ([]byte, error) {
+	var now time.Time
+	if err := tx.QueryRow(ctx, `SELECT now()`).Scan(&now); err != nil {
+		return nil, fmt.Errorf("host claims: %w", redact(err))
+	}
+	claims := map[string]time.Time{}
+	for _, h := range a.Routing.HostKeys() {
+		claims[h] = now.UTC()
+		if cur != nil {
+			if t, ok := cur.HostClaims[h]; ok {
+				claims[h] = t
+			}
+		}
+	}
+	return json.Marshal(claims)
 }
 
 func sameSpec(a, b *spec.App) bool {

@@ -2,11 +2,17 @@ package store
 
 import (
 	"context"
+	"encoding/json"
+	"maps"
+	"slices"
 	"testing"
 	"time"
 
-	"github.com/berthhq/berth/common/spec"
+	"github.com/jackc/tern/v2/migrate"
 	"github.com/stretchr/testify/require"
+
+	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/internal/testrig"
 )
 
 func load(t *testing.T, src string) *spec.App {
@@ -167,4 +173,78 @@ func TestInstanceRecordsAndRestarts(t *testing.T) {
 	r, err := s.Restarts(ctx, time.Now().Add(-time.Hour))
 	require.NoError(t, err)
 	require.Len(t, r["web"], 1)
+}
+
+// TestHostClaims: an app keeps the time it claimed each host across
+// changes; a host it names anew, and every host of an app deleted and
+// applied again, is claimed at that change.
+func TestHostClaims(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := open(t)
+	apply := func(hosts ...string) App {
+		a := &spec.App{Name: "web", Image: "web:1", Port: 8080, Routing: spec.Routing{Hosts: hosts}}
+		a.Default()
+		app, _, err := s.Apply(ctx, a)
+		require.NoError(t, err)
+		got, err := s.Get(ctx, "web")
+		require.NoError(t, err)
+		require.Equal(t, app.HostClaims, got.HostClaims, "apply returns what get reads")
+		return got
+	}
+	first := apply("A.test")
+	require.Len(t, first.HostClaims, 1)
+	ta := first.HostClaims["a.test"]
+	require.False(t, ta.IsZero())
+	second := apply("a.test", "b.test")
+	require.True(t, second.HostClaims["a.test"].Equal(ta), "a.test keeps its claim")
+	require.True(t, second.HostClaims["b.test"].After(ta), "b.test is claimed at this change")
+	third := apply("b.test")
+	require.Equal(t, []string{"b.test"}, slices.Collect(maps.Keys(third.HostClaims)))
+	require.True(t, third.HostClaims["b.test"].Equal(second.HostClaims["b.test"]))
+	require.NoError(t, s.Delete(ctx, "web"))
+	again := apply("b.test")
+	require.True(t, again.HostClaims["b.test"].After(third.HostClaims["b.test"]), "a deleted app claims afresh")
+	none := apply()
+	require.Equal(t, []string{""}, slices.Collect(maps.Keys(none.HostClaims)), "no hosts: the default server")
+}
+
+// TestHostClaimsMigration: migrating an existing database takes each app
+// to have claimed its hosts (lower case), or the default server, when it
+// was created; a deleted app claims nothing.
+func TestHostClaimsMigration(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, err := Open(ctx, testrig.Postgres(t))
+	require.NoError(t, err)
+	t.Cleanup(s.Close)
+	require.NoError(t, s.migrator(ctx, func(m *migrate.Migrator) error { return m.MigrateTo(ctx, 5) }))
+	_, err = s.pool.Exec(ctx, `
+		INSERT INTO apps (name, spec, generation, desired_replicas, created_at) VALUES
+			('web', '{"name":"web","routing":{"hosts":["Web.test","www.test"]}}', 1, 1, '2026-01-01T00:00:00Z'),
+			('api', '{"name":"api","routing":{"paths":["/"]}}', 1, 1, '2026-02-01T00:00:00Z');
+		INSERT INTO apps (name, spec, generation, desired_replicas, deleted_at) VALUES
+			('gone', '{"name":"gone","routing":{"hosts":["gone.test"]}}', 2, 1, now())`)
+	require.NoError(t, err)
+	_, err = s.Migrate(ctx)
+	require.NoError(t, err)
+	claims := map[string]map[string]time.Time{}
+	rows, err := s.pool.Query(ctx, `SELECT name, host_claims FROM apps`)
+	require.NoError(t, err)
+	for rows.Next() {
+		var name string
+		var raw []byte
+		require.NoError(t, rows.Scan(&name, &raw))
+		var c map[string]time.Time
+		require.NoError(t, json.Unmarshal(raw, &c))
+		claims[name] = c
+	}
+	require.NoError(t, rows.Err())
+	web, api := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(2026, 2, 1, 0, 0, 0, 0, time.UTC)
+	require.Len(t, claims["web"], 2)
+	require.True(t, claims["web"]["web.test"].Equal(web))
+	require.True(t, claims["web"]["www.test"].Equal(web))
+	require.Len(t, claims["api"], 1)
+	require.True(t, claims["api"][""].Equal(api))
+	require.Empty(t, claims["gone"])
 }
