@@ -18,6 +18,7 @@ import (
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/certs"
+	"github.com/berthhq/berth/scheduler/internal/vault"
 )
 
 // Exit codes of every subcommand.
@@ -241,7 +242,7 @@ func (r *runCmd) checkACME() []error {
 	}
 	if r.CertKeyFile == "" {
 		errs = append(errs, errors.New("--acme-directory needs --cert-key-file: the key that encrypts certificate keys in Postgres (openssl rand -base64 32 > cert.key; chmod 600 cert.key)"))
-	} else if _, err := certs.LoadVault(r.CertKeyFile); err != nil {
+	} else if _, err := vault.Load(r.CertKeyFile, "--cert-key-file"); err != nil {
 		errs = append(errs, err)
 	}
 	if r.ACMECAFile != "" {

@@ -32,6 +32,7 @@ import (
 	"github.com/berthhq/berth/scheduler/internal/publish"
 	"github.com/berthhq/berth/scheduler/internal/scaler"
 	"github.com/berthhq/berth/scheduler/internal/store"
+	"github.com/berthhq/berth/scheduler/internal/vault"
 )
 
 // leaseName is the one lease all scheduler replicas of a prefix compete for.
@@ -386,7 +387,7 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 
 // certManager builds the certificate manager of --acme-directory.
 func certManager(r *runCmd, st *store.Store, conn *bus.Conn, names msg.Names, pub *publish.Publisher, leader func() (store.Lease, bool), served certs.Served, logger *zap.Logger) (*certs.Manager, error) {
-	vault, err := certs.LoadVault(r.CertKeyFile)
+	keys, err := vault.Load(r.CertKeyFile, "--cert-key-file")
 	if err != nil {
 		return nil, err
 	}
@@ -401,9 +402,9 @@ func certManager(r *runCmd, st *store.Store, conn *bus.Conn, names msg.Names, pu
 			"so that certificate keys reach the lbagents only: %w", err)
 	}
 	shelf := &certs.BusShelf{Conn: conn, Names: names, Logger: logger, Settle: 250 * time.Millisecond}
-	issuer := &certs.ACME{Directory: r.ACMEDirectory, Email: r.ACMEEmail, HTTP: client, Vault: vault, Accounts: st, Solver: shelf, Logger: logger}
-	logger.Info("ordering certificates for apps with routing.tls.acme", zap.String("directory", r.ACMEDirectory), zap.String("cert_key_id", vault.ID()))
-	return certs.New(certs.Config{RenewBefore: r.ACMERenewBefore, Resync: r.Resync, Served: served}, st, pub, issuer, shelf, vault, leader, logger), nil
+	issuer := &certs.ACME{Directory: r.ACMEDirectory, Email: r.ACMEEmail, HTTP: client, Vault: keys, Accounts: st, Solver: shelf, Logger: logger}
+	logger.Info("ordering certificates for apps with routing.tls.acme", zap.String("directory", r.ACMEDirectory), zap.String("cert_key_id", keys.ID()))
+	return certs.New(certs.Config{RenewBefore: r.ACMERenewBefore, Resync: r.Resync, Served: served}, st, pub, issuer, shelf, keys, leader, logger), nil
 }
 
 // servedBy reports from the lbagents' records whether every live lbagent

@@ -21,6 +21,7 @@ import (
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/internal/testrig"
 	"github.com/berthhq/berth/scheduler/internal/store"
+	"github.com/berthhq/berth/scheduler/internal/vault"
 )
 
 func TestMain(m *testing.M) { testrig.Main(m) }
@@ -124,10 +125,10 @@ func TestManagerOrdersRenewsBacksOffAndForgets(t *testing.T) {
 	clock := func() time.Time { return now }
 	ca := newTestCA(t, clock)
 	shelf := &testShelf{keys: map[string][]byte{}}
-	vault, err := NewVault(make([]byte, 32))
+	keys, err := vault.New(make([]byte, 32))
 	require.NoError(t, err)
 	served := false
-	m := New(Config{Served: func(app string, gen int64) bool { return served && app == "web" && gen >= 1 }}, st, txer{st}, ca, shelf, vault,
+	m := New(Config{Served: func(app string, gen int64) bool { return served && app == "web" && gen >= 1 }}, st, txer{st}, ca, shelf, keys,
 		func() (store.Lease, bool) { return l, true }, zap.NewNop())
 	m.now, m.jitter = clock, func() float64 { return 0 }
 
@@ -206,7 +207,7 @@ func TestManagerOrdersRenewsBacksOffAndForgets(t *testing.T) {
 
 	// A replica with another --cert-key-file cannot open the key, and
 	// leaves the certificate in the bucket.
-	other, err := NewVault([]byte("0123456789abcdef0123456789abcdef"))
+	other, err := vault.New([]byte("0123456789abcdef0123456789abcdef"))
 	require.NoError(t, err)
 	m2 := New(Config{}, st, txer{st}, ca, shelf, other, func() (store.Lease, bool) { return l, true }, zap.NewNop())
 	m2.now = clock
