@@ -31,6 +31,7 @@ import (
 	"github.com/berthhq/berth/scheduler/internal/leader"
 	"github.com/berthhq/berth/scheduler/internal/publish"
 	"github.com/berthhq/berth/scheduler/internal/scaler"
+	"github.com/berthhq/berth/scheduler/internal/secret"
 	"github.com/berthhq/berth/scheduler/internal/store"
 	"github.com/berthhq/berth/scheduler/internal/vault"
 )
@@ -67,7 +68,7 @@ func run(args []string, stdout, stderr *os.File) int {
 		}
 		return exitOK
 	case "migrate", "migrate <action>":
-		return migrate(ctx, &c.Migrate, stdout, stderr)
+		return migrate(ctx, &c.Migrate, stdout, stderr, logger)
 	case "nats-credential <role>":
 		return natsCredential(&c.NATSCredential, stdout, stderr)
 	case "nats-config":
@@ -120,7 +121,11 @@ func natsConfig(c *natsConfigCmd, stdout, stderr *os.File) int {
 	return exitFailed
 }
 
-func migrate(ctx context.Context, m *migrateCmd, stdout, stderr *os.File) int {
+func migrate(ctx context.Context, m *migrateCmd, stdout, stderr *os.File, logger *zap.Logger) int {
+	ring, err := m.ring()
+	if err != nil {
+		return cmdline.Invalid(stderr, "scheduler", err, false)
+	}
 	st, err := store.Open(ctx, m.DatabaseURL)
 	if err != nil {
 		fmt.Fprintf(stderr, "scheduler: %v\n", err)
@@ -138,6 +143,16 @@ func migrate(ctx context.Context, m *migrateCmd, stdout, stderr *os.File) int {
 		return exitFailed
 	}
 	fmt.Fprintf(stdout, "schema version %d of %d\n", s.Current, s.Latest)
+	if m.Action == "up" && ring != nil {
+		rep, err := st.Reseal(ctx, secret.New(ring, logger))
+		fmt.Fprintf(stdout, "secrets: %d values sealed again in %d stored specs of %d apps; every secret that opened is now under key id %s\n",
+			rep.Values, rep.Specs, rep.Apps, ring.ID())
+		if err != nil {
+			fmt.Fprintf(stderr, "scheduler: some secrets were left as they are: %v\n"+
+				"give the keys that sealed them as --secret-old-key-file and run scheduler migrate again\n", err)
+			return exitFailed
+		}
+	}
 	return exitOK
 }
 
@@ -146,6 +161,11 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	id := r.id()
 	logger = logger.With(zap.String("replica", id))
 	names, _ := msg.NewNames(r.Prefix)
+	ring, err := r.ring()
+	if err != nil {
+		return err
+	}
+	secrets := secret.New(ring, logger)
 	st, err := store.Open(ctx, r.DatabaseURL)
 	if err != nil {
 		return err
@@ -157,8 +177,18 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 			return err
 		}
 		logger.Info("database migrated", zap.Int32("version", s.Current))
+		if ring != nil {
+			rep, err := st.Reseal(ctx, secrets)
+			if err != nil {
+				return err
+			}
+			logger.Info("env secrets sealed under the current key", zap.String("secret_key_id", ring.ID()), zap.Int("values", rep.Values), zap.Int("specs", rep.Specs))
+		}
 	} else if err := st.CheckSchema(ctx); err != nil {
 		return err
+	}
+	if ring != nil {
+		logger.Info("env secrets are sealed in Postgres", zap.String("secret_key_id", ring.ID()))
 	}
 
 	natsURL := r.NATS.URL
@@ -269,7 +299,8 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 		}
 	})
 	ctl = controller.New(controller.Config{MaxParallel: r.MaxParallel, Resync: r.Resync, PullTimeout: r.PullTimeout, StartTimeout: r.StartTimeout, StopTimeout: r.StopTimeout,
-		DefaultCPU: r.DefaultCPU, DefaultMemory: int64(mem), Env: appenv.Policy{Prefix: r.AppEnvPrefix, Block: r.AppEnvBlock}, Environ: os.Environ()},
+		DefaultCPU: r.DefaultCPU, DefaultMemory: int64(mem), Env: appenv.Policy{Prefix: r.AppEnvPrefix, Block: r.AppEnvBlock}, Environ: os.Environ(),
+		Secrets: secrets},
 		controller.Deps{Desired: st, Records: pub, Routing: pub, Containers: fl, Runtime: fl, Images: fl, Hosts: fl, Lease: el.Leader, Health: healthTbl, Agents: agentsTbl},
 		logger)
 	reg.MustRegister(ctl.Collectors()...)
@@ -296,7 +327,7 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 		token, _ = readToken(r.APITokenFile)
 	}
 	handler := api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Hosts: st}, api.Options{Token: token, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), Samples: sc.Samples,
-		Role: func() (bool, uint64) { l, ok := leading(); return ok, l.Term }, Network: r.Network, MaxRoutes: r.MaxRoutes, ACME: cm != nil, DefaultCPU: r.DefaultCPU, DefaultMemory: int64(mem)}, logger)
+		Role: func() (bool, uint64) { l, ok := leading(); return ok, l.Term }, Network: r.Network, MaxRoutes: r.MaxRoutes, ACME: cm != nil, DefaultCPU: r.DefaultCPU, DefaultMemory: int64(mem), Secrets: secrets}, logger)
 	httpSrv := &http.Server{Addr: r.APIListen, Handler: handler, ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10}
 

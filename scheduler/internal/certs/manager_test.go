@@ -133,7 +133,7 @@ func TestManagerOrdersRenewsBacksOffAndForgets(t *testing.T) {
 	m.now, m.jitter = clock, func() float64 { return 0 }
 
 	app := &spec.App{Name: "web", Image: "web:1", Port: 8080, Routing: spec.Routing{Hosts: []string{"web.example.com"}, TLS: &spec.TLS{ACME: true}}}
-	_, _, err = st.Apply(ctx, app)
+	_, _, err = st.Apply(ctx, app, nil)
 	require.NoError(t, err)
 	events := func() []string {
 		evs, err := st.Events(ctx, "web", 0, 100)
@@ -217,7 +217,7 @@ func TestManagerOrdersRenewsBacksOffAndForgets(t *testing.T) {
 
 	// tls.acme off: the certificate is forgotten and leaves the shelf.
 	app.Routing.TLS = nil
-	_, _, err = st.Apply(ctx, app)
+	_, _, err = st.Apply(ctx, app, nil)
 	require.NoError(t, err)
 	_, err = m.Step(ctx, l, false)
 	require.NoError(t, err)
