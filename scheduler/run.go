@@ -178,9 +178,12 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 		}
 		logger.Info("database migrated", zap.Int32("version", s.Current))
 		if ring != nil {
+			// A value that does not open stays as it is: it is reported,
+			// and stops nothing (scheduler migrate exits 1 on it instead).
 			rep, err := st.Reseal(ctx, secrets)
 			if err != nil {
-				return err
+				logger.Warn("some stored env secrets do not open and were left as they are: give the keys that sealed them as --secret-old-key-file",
+					zap.Error(err))
 			}
 			logger.Info("env secrets sealed under the current key", zap.String("secret_key_id", ring.ID()), zap.Int("values", rep.Values), zap.Int("specs", rep.Specs))
 		}
