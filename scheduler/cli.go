@@ -18,6 +18,7 @@ import (
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/certs"
+	"github.com/berthhq/berth/scheduler/internal/vault"
 )
 
 // Exit codes of every subcommand.
@@ -33,7 +34,7 @@ type cli struct {
 	LogFormat string `name:"log-format" help:"json or console." default:"json" env:"BERTH_SCHEDULER_LOG_FORMAT"`
 
 	Run         runCmd      `cmd:"" help:"Run a scheduler replica: the API, leader election and publishing."`
-	Migrate     migrateCmd  `cmd:"" help:"Apply database migrations (up), or show where the schema stands (status)."`
+	Migrate     migrateCmd  `cmd:"" help:"Apply database migrations (up), or show where the schema stands (status); with --secret-key-file, up also seals every stored env secret with it (key rotation)."`
 	CheckConfig runCmd      `cmd:"" name:"check-config" help:"Check the flags of run, print what is wrong, exit 0 or 1."`
 	Apply       applyCmd    `cmd:"" help:"Apply an app spec (YAML or JSON); prints the generation and what changed."`
 	Scale       scaleCmd    `cmd:"" help:"Set a fixed-replica app's replica count."`
@@ -103,11 +104,43 @@ type runCmd struct {
 	ACMECAFile      string        `name:"acme-ca-file" help:"PEM certificates to trust for the ACME directory's TLS besides the system's (a private CA)." default:"" env:"BERTH_SCHEDULER_ACME_CA_FILE" type:"path"`
 	CertKeyFile     string        `name:"cert-key-file" help:"With --acme-directory: 32 random bytes in base64 (openssl rand -base64 32), mode 0600, that encrypt the certificate and account keys stored in Postgres. Every scheduler replica needs the same file." default:"" env:"BERTH_SCHEDULER_CERT_KEY_FILE" type:"path"`
 	ACMERenewBefore time.Duration `name:"acme-renew-before" help:"Renew a certificate this long before it expires." default:"720h" env:"BERTH_SCHEDULER_ACME_RENEW_BEFORE"`
+
+	secretFlags `embed:""`
+}
+
+// secretFlags are the keys of env secrets, for run and migrate.
+type secretFlags struct {
+	SecretKeyFile     string   `name:"secret-key-file" help:"32 random bytes in base64 (openssl rand -base64 32), mode 0600, that encrypt env values marked secret in Postgres; may be the --cert-key-file. Every scheduler replica needs the same file. Without it a spec with a secret is refused." default:"" env:"BERTH_SCHEDULER_SECRET_KEY_FILE" type:"path"`
+	SecretOldKeyFiles []string `name:"secret-old-key-file" help:"Earlier --secret-key-file keys, during a rotation: they open the secrets they sealed (nothing is sealed with them) until scheduler migrate has sealed every secret with --secret-key-file. Repeatable." default:"" env:"BERTH_SCHEDULER_SECRET_OLD_KEY_FILE" type:"path" sep:","`
+}
+
+// ring loads the keys of env secrets: nil without --secret-key-file.
+func (f *secretFlags) ring() (*vault.Ring, error) {
+	if f.SecretKeyFile == "" {
+		if len(f.SecretOldKeyFiles) > 0 {
+			return nil, errors.New("--secret-old-key-file needs --secret-key-file: the old keys only open what they sealed, and the current key seals")
+		}
+		return nil, nil
+	}
+	cur, err := vault.Load(f.SecretKeyFile, "--secret-key-file")
+	if err != nil {
+		return nil, err
+	}
+	var old []*vault.Vault
+	for _, p := range f.SecretOldKeyFiles {
+		v, err := vault.Load(p, "--secret-old-key-file")
+		if err != nil {
+			return nil, err
+		}
+		old = append(old, v)
+	}
+	return vault.NewRing(cur, old...), nil
 }
 
 type migrateCmd struct {
 	Action      string `arg:"" help:"up or status." default:"up" enum:"up,status"`
 	DatabaseURL string `name:"database-url" help:"Postgres URL." env:"BERTH_SCHEDULER_DATABASE_URL" required:""`
+	secretFlags `embed:""`
 }
 
 // clientFlags are shared by the commands that talk to the API.
@@ -209,6 +242,9 @@ func (r *runCmd) check() error {
 		errs = append(errs, errors.New("--default-cpu must not be negative"))
 	}
 	errs = append(errs, r.checkACME()...)
+	if _, err := r.ring(); err != nil {
+		errs = append(errs, err)
+	}
 	if r.NATS.URL != "" {
 		if _, err := r.NATS.Options("scheduler"); err != nil {
 			errs = append(errs, err)
@@ -241,7 +277,7 @@ func (r *runCmd) checkACME() []error {
 	}
 	if r.CertKeyFile == "" {
 		errs = append(errs, errors.New("--acme-directory needs --cert-key-file: the key that encrypts certificate keys in Postgres (openssl rand -base64 32 > cert.key; chmod 600 cert.key)"))
-	} else if _, err := certs.LoadVault(r.CertKeyFile); err != nil {
+	} else if _, err := vault.Load(r.CertKeyFile, "--cert-key-file"); err != nil {
 		errs = append(errs, err)
 	}
 	if r.ACMECAFile != "" {

@@ -190,12 +190,17 @@ func apply(ctx context.Context, a *applyCmd, out io.Writer) error {
 	if err := cl.do(ctx, "GET", "/v1/apps/"+app.Name, nil, &before); err != nil && !(errors.As(err, &ae) && ae.status == http.StatusNotFound) {
 		return err
 	}
-	body, _ := json.Marshal(app)
+	// The file as it is: a secret's plaintext never marshals (spec.EnvValue).
 	var v api.AppView
-	if err := cl.do(ctx, "PUT", "/v1/apps/"+app.Name, body, &v); err != nil {
+	if err := cl.do(ctx, "PUT", "/v1/apps/"+app.Name, src, &v); err != nil {
 		return err
 	}
 	changed := changedFields(before.Spec, app)
+	if len(changed) == 0 {
+		// Both sides show secrets redacted: only the server knows that one
+		// changed.
+		changed = []string{"env (a secret value)"}
+	}
 	return show(out, a.Output, v, func(w io.Writer) {
 		switch {
 		case before.Spec == nil:
@@ -216,7 +221,8 @@ func fieldErrors(err error) []spec.FieldError {
 	return []spec.FieldError{{Message: err.Error()}}
 }
 
-// changedFields lists the top-level spec fields that differ.
+// changedFields lists the top-level spec fields that differ. Secrets read
+// spec.RedactedValue on both sides, so a changed secret is not among them.
 func changedFields(before, after *spec.App) []string {
 	if before == nil {
 		return nil

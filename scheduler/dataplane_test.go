@@ -20,7 +20,8 @@ import (
 
 // env is one Berth environment for a data-plane test: a migrated database,
 // NATS with the contract's buckets, and a scheduler replica managing its
-// own prefix; its containers are removed at cleanup.
+// own prefix (and the run flags given); its containers are removed at
+// cleanup.
 type env struct {
 	t      *testing.T
 	prefix string
@@ -32,7 +33,7 @@ type env struct {
 	db, natsURL string
 }
 
-func newEnv(t *testing.T, base string) *env {
+func newEnv(t *testing.T, base string, flags ...string) *env {
 	t.Helper()
 	db, natsURL := testrig.Postgres(t), testrig.NATS(t)
 	code, _, _ := cmd(t, "migrate", "--database-url", db)
@@ -47,7 +48,7 @@ func newEnv(t *testing.T, base string) *env {
 	kv, err := conn.KV(context.Background(), names.InstancesBucket())
 	require.NoError(t, err)
 	e := &env{t: t, prefix: prefix, names: names, conn: conn, kv: kv}
-	e.r = startReplica(t, db, natsURL, prefix+"-a", "--prefix", prefix)
+	e.r = startReplica(t, db, natsURL, prefix+"-a", append([]string{"--prefix", prefix}, flags...)...)
 	e.db, e.natsURL = db, natsURL
 	return e
 }

@@ -31,7 +31,9 @@ import (
 	"github.com/berthhq/berth/scheduler/internal/leader"
 	"github.com/berthhq/berth/scheduler/internal/publish"
 	"github.com/berthhq/berth/scheduler/internal/scaler"
+	"github.com/berthhq/berth/scheduler/internal/secret"
 	"github.com/berthhq/berth/scheduler/internal/store"
+	"github.com/berthhq/berth/scheduler/internal/vault"
 )
 
 // leaseName is the one lease all scheduler replicas of a prefix compete for.
@@ -66,7 +68,7 @@ func run(args []string, stdout, stderr *os.File) int {
 		}
 		return exitOK
 	case "migrate", "migrate <action>":
-		return migrate(ctx, &c.Migrate, stdout, stderr)
+		return migrate(ctx, &c.Migrate, stdout, stderr, logger)
 	case "nats-credential <role>":
 		return natsCredential(&c.NATSCredential, stdout, stderr)
 	case "nats-config":
@@ -119,7 +121,11 @@ func natsConfig(c *natsConfigCmd, stdout, stderr *os.File) int {
 	return exitFailed
 }
 
-func migrate(ctx context.Context, m *migrateCmd, stdout, stderr *os.File) int {
+func migrate(ctx context.Context, m *migrateCmd, stdout, stderr *os.File, logger *zap.Logger) int {
+	ring, err := m.ring()
+	if err != nil {
+		return cmdline.Invalid(stderr, "scheduler", err, false)
+	}
 	st, err := store.Open(ctx, m.DatabaseURL)
 	if err != nil {
 		fmt.Fprintf(stderr, "scheduler: %v\n", err)
@@ -137,6 +143,16 @@ func migrate(ctx context.Context, m *migrateCmd, stdout, stderr *os.File) int {
 		return exitFailed
 	}
 	fmt.Fprintf(stdout, "schema version %d of %d\n", s.Current, s.Latest)
+	if m.Action == "up" && ring != nil {
+		rep, err := st.Reseal(ctx, secret.New(ring, logger))
+		fmt.Fprintf(stdout, "secrets: %d values sealed again in %d stored specs of %d apps; every secret that opened is now under key id %s\n",
+			rep.Values, rep.Specs, rep.Apps, ring.ID())
+		if err != nil {
+			fmt.Fprintf(stderr, "scheduler: some secrets were left as they are: %v\n"+
+				"give the keys that sealed them as --secret-old-key-file and run scheduler migrate again\n", err)
+			return exitFailed
+		}
+	}
 	return exitOK
 }
 
@@ -145,6 +161,11 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	id := r.id()
 	logger = logger.With(zap.String("replica", id))
 	names, _ := msg.NewNames(r.Prefix)
+	ring, err := r.ring()
+	if err != nil {
+		return err
+	}
+	secrets := secret.New(ring, logger)
 	st, err := store.Open(ctx, r.DatabaseURL)
 	if err != nil {
 		return err
@@ -156,8 +177,21 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 			return err
 		}
 		logger.Info("database migrated", zap.Int32("version", s.Current))
+		if ring != nil {
+			// A value that does not open stays as it is: it is reported,
+			// and stops nothing (scheduler migrate exits 1 on it instead).
+			rep, err := st.Reseal(ctx, secrets)
+			if err != nil {
+				logger.Warn("some stored env secrets do not open and were left as they are: give the keys that sealed them as --secret-old-key-file",
+					zap.Error(err))
+			}
+			logger.Info("env secrets sealed under the current key", zap.String("secret_key_id", ring.ID()), zap.Int("values", rep.Values), zap.Int("specs", rep.Specs))
+		}
 	} else if err := st.CheckSchema(ctx); err != nil {
 		return err
+	}
+	if ring != nil {
+		logger.Info("env secrets are sealed in Postgres", zap.String("secret_key_id", ring.ID()))
 	}
 
 	natsURL := r.NATS.URL
@@ -268,7 +302,8 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 		}
 	})
 	ctl = controller.New(controller.Config{MaxParallel: r.MaxParallel, Resync: r.Resync, PullTimeout: r.PullTimeout, StartTimeout: r.StartTimeout, StopTimeout: r.StopTimeout,
-		DefaultCPU: r.DefaultCPU, DefaultMemory: int64(mem), Env: appenv.Policy{Prefix: r.AppEnvPrefix, Block: r.AppEnvBlock}, Environ: os.Environ()},
+		DefaultCPU: r.DefaultCPU, DefaultMemory: int64(mem), Env: appenv.Policy{Prefix: r.AppEnvPrefix, Block: r.AppEnvBlock}, Environ: os.Environ(),
+		Secrets: secrets},
 		controller.Deps{Desired: st, Records: pub, Routing: pub, Containers: fl, Runtime: fl, Images: fl, Hosts: fl, Lease: el.Leader, Health: healthTbl, Agents: agentsTbl},
 		logger)
 	reg.MustRegister(ctl.Collectors()...)
@@ -295,7 +330,7 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 		token, _ = readToken(r.APITokenFile)
 	}
 	handler := api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Hosts: st}, api.Options{Token: token, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), Samples: sc.Samples,
-		Role: func() (bool, uint64) { l, ok := leading(); return ok, l.Term }, Network: r.Network, MaxRoutes: r.MaxRoutes, ACME: cm != nil, DefaultCPU: r.DefaultCPU, DefaultMemory: int64(mem)}, logger)
+		Role: func() (bool, uint64) { l, ok := leading(); return ok, l.Term }, Network: r.Network, MaxRoutes: r.MaxRoutes, ACME: cm != nil, DefaultCPU: r.DefaultCPU, DefaultMemory: int64(mem), Secrets: secrets}, logger)
 	httpSrv := &http.Server{Addr: r.APIListen, Handler: handler, ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10}
 
@@ -386,7 +421,7 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 
 // certManager builds the certificate manager of --acme-directory.
 func certManager(r *runCmd, st *store.Store, conn *bus.Conn, names msg.Names, pub *publish.Publisher, leader func() (store.Lease, bool), served certs.Served, logger *zap.Logger) (*certs.Manager, error) {
-	vault, err := certs.LoadVault(r.CertKeyFile)
+	keys, err := vault.Load(r.CertKeyFile, "--cert-key-file")
 	if err != nil {
 		return nil, err
 	}
@@ -401,9 +436,9 @@ func certManager(r *runCmd, st *store.Store, conn *bus.Conn, names msg.Names, pu
 			"so that certificate keys reach the lbagents only: %w", err)
 	}
 	shelf := &certs.BusShelf{Conn: conn, Names: names, Logger: logger, Settle: 250 * time.Millisecond}
-	issuer := &certs.ACME{Directory: r.ACMEDirectory, Email: r.ACMEEmail, HTTP: client, Vault: vault, Accounts: st, Solver: shelf, Logger: logger}
-	logger.Info("ordering certificates for apps with routing.tls.acme", zap.String("directory", r.ACMEDirectory), zap.String("cert_key_id", vault.ID()))
-	return certs.New(certs.Config{RenewBefore: r.ACMERenewBefore, Resync: r.Resync, Served: served}, st, pub, issuer, shelf, vault, leader, logger), nil
+	issuer := &certs.ACME{Directory: r.ACMEDirectory, Email: r.ACMEEmail, HTTP: client, Vault: keys, Accounts: st, Solver: shelf, Logger: logger}
+	logger.Info("ordering certificates for apps with routing.tls.acme", zap.String("directory", r.ACMEDirectory), zap.String("cert_key_id", keys.ID()))
+	return certs.New(certs.Config{RenewBefore: r.ACMERenewBefore, Resync: r.Resync, Served: served}, st, pub, issuer, shelf, keys, leader, logger), nil
 }
 
 // servedBy reports from the lbagents' records whether every live lbagent

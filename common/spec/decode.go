@@ -137,6 +137,9 @@ func walk(t reflect.Type, v any, path string, secret bool, errs *Errors) {
 		}
 		errs.Check(path, err)
 		return
+	case envValueType:
+		walkEnvValue(v, path, errs)
+		return
 	}
 	switch t.Kind() {
 	case reflect.Pointer:

@@ -13,8 +13,10 @@ type App struct {
 	Image string `json:"image"`
 	// Command overrides the image's command when set.
 	Command []string `json:"command,omitempty"`
-	// Env is the container environment. Values are secrets: never logged.
-	Env map[string]string `json:"env,omitempty"`
+	// Env is the container environment. No value is ever logged; one
+	// marked secret ({secret: …}) is also stored encrypted and shown as
+	// RedactedValue (see EnvValue).
+	Env map[string]EnvValue `json:"env,omitempty"`
 	// Port is the container port that nginx sends traffic to.
 	Port int `json:"port"`
 	// Replicas is a fixed replica count. Exclusive with Scaling.

@@ -47,13 +47,7 @@ func (a *App) Validate() error {
 			es.Add(Index("command", i), "must have no NUL byte and at most %d characters", MaxArgLen)
 		}
 	}
-	if len(a.Env) > MaxEnvVars {
-		es.Add("env", "has %d variables; at most %d", len(a.Env), MaxEnvVars)
-	}
-	for _, k := range sortedKeys(a.Env) {
-		es.Check(Key("env", k), CheckEnvName(k))
-		es.Check(Key("env", k), CheckEnvValue(a.Env[k])) // never echoes the value
-	}
+	validateEnv(a.Env, &es) // never echoes a value
 	intIn(&es, "port", a.Port, 1, 65535)
 
 	switch {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/autoscale"
+	"github.com/berthhq/berth/scheduler/internal/secret"
 	"github.com/berthhq/berth/scheduler/internal/store"
 )
 
@@ -40,7 +41,8 @@ type AppReader interface {
 // of its own: PUT, DELETE, scale and rollback. Its methods are called
 // concurrently, also for the same app; the store serialises them.
 type AppWriter interface {
-	Apply(ctx context.Context, a *spec.App) (store.App, bool, error)
+	// Apply stores a spec; seal seals its env secrets in the transaction.
+	Apply(ctx context.Context, a *spec.App, seal store.Sealer) (store.App, bool, error)
 	Scale(ctx context.Context, name string, replicas int) (store.App, error)
 	Rollback(ctx context.Context, name string) (store.App, error)
 	Delete(ctx context.Context, name string) error
@@ -113,10 +115,16 @@ type Options struct {
 	// an app that sets no limit reserves on its host.
 	DefaultCPU    float64
 	DefaultMemory int64
+	// Secrets seals the env secrets of applied specs (--secret-key-file);
+	// nil refuses every spec with a secret, naming the flag.
+	Secrets store.Sealer
 }
 
 // New returns the API handler.
 func New(d Deps, o Options, logger *zap.Logger) http.Handler {
+	if o.Secrets == nil {
+		o.Secrets = secret.New(nil, logger)
+	}
 	a := &api{d: d, o: o, logger: logger.Named("api")}
 	mux := http.NewServeMux()
 	mux.HandleFunc("PUT /v1/apps/{name}", a.auth(a.apply))
@@ -149,7 +157,8 @@ type Error struct {
 	Fields []spec.FieldError `json:"fields,omitempty"`
 }
 
-// AppView is an app as the API shows it.
+// AppView is an app as the API shows it: its env secrets read
+// spec.RedactedValue.
 type AppView struct {
 	Name             string    `json:"name"`
 	Generation       int64     `json:"generation"`
@@ -166,8 +175,8 @@ type AppView struct {
 
 func view(a store.App, withSpec bool) AppView {
 	v := AppView{Name: a.Name, Generation: a.Generation, Status: a.Status, DesiredReplicas: a.DesiredReplicas, UpdatedAt: a.UpdatedAt}
-	if withSpec {
-		v.Spec = a.Spec
+	if withSpec && a.Spec != nil {
+		v.Spec = a.Spec.Redacted()
 	}
 	return v
 }
@@ -211,7 +220,7 @@ func (a *api) apply(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
-	stored, changed, err := a.d.Changes.Apply(r.Context(), app)
+	stored, changed, err := a.d.Changes.Apply(r.Context(), app, a.o.Secrets)
 	if err != nil {
 		a.fail(w, err)
 		return

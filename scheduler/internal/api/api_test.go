@@ -431,9 +431,9 @@ func TestHosts(t *testing.T) {
 	require.Contains(t, string(raw), "must match the host in the URL")
 
 	// What instances reserve: web sets 0.5 CPU, api nothing (the defaults).
-	_, _, err := c.st.Apply(context.Background(), &spec.App{Name: "web", Image: "web:1", Port: 8080, Resources: spec.Resources{CPU: 0.5, Memory: 64 << 20}})
+	_, _, err := c.st.Apply(context.Background(), &spec.App{Name: "web", Image: "web:1", Port: 8080, Resources: spec.Resources{CPU: 0.5, Memory: 64 << 20}}, nil)
 	require.NoError(t, err)
-	_, _, err = c.st.Apply(context.Background(), &spec.App{Name: "api", Image: "api:1", Port: 8080})
+	_, _, err = c.st.Apply(context.Background(), &spec.App{Name: "api", Image: "api:1", Port: 8080}, nil)
 	require.NoError(t, err)
 	l, ok, err := c.st.Acquire(context.Background(), "scheduler", "t", time.Minute)
 	require.NoError(t, err)

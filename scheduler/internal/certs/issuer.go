@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/berthhq/berth/scheduler/internal/store"
+	"github.com/berthhq/berth/scheduler/internal/vault"
 )
 
 // Issued is a certificate an ACME CA issued: the PEM chain (leaf first)
@@ -57,7 +58,7 @@ type ACME struct {
 	Directory, Email string
 	// HTTP talks to the CA: trusting the system roots and --acme-ca-file.
 	HTTP     *http.Client
-	Vault    *Vault
+	Vault    *vault.Vault
 	Accounts Accounts
 	Solver   ChallengeSolver
 	Logger   *zap.Logger
@@ -179,7 +180,7 @@ func (a *ACME) account(ctx context.Context, l store.Lease, fresh bool) (*user, e
 	if ok {
 		pem, err := a.Vault.Open(stored.Key, a.accountAAD())
 		switch {
-		case errors.Is(err, ErrWrongKey):
+		case errors.Is(err, vault.ErrWrongKey):
 			// --cert-key-file was changed: the old account cannot be used,
 			// and a new one costs nothing (obtain registers it and stores it
 			// under the new key).

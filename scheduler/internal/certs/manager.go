@@ -18,6 +18,7 @@ import (
 	"github.com/berthhq/berth/common/logging"
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/scheduler/internal/store"
+	"github.com/berthhq/berth/scheduler/internal/vault"
 )
 
 // Event kinds of the certificate manager.
@@ -83,7 +84,7 @@ type Manager struct {
 	tx     Txer
 	issuer Issuer
 	shelf  Shelf
-	vault  *Vault
+	vault  *vault.Vault
 	leader func() (store.Lease, bool)
 	logger *zap.Logger
 	wake   chan struct{}
@@ -101,7 +102,7 @@ type Manager struct {
 }
 
 // New returns a manager.
-func New(cfg Config, st Store, tx Txer, issuer Issuer, shelf Shelf, vault *Vault, leader func() (store.Lease, bool), logger *zap.Logger) *Manager {
+func New(cfg Config, st Store, tx Txer, issuer Issuer, shelf Shelf, keys *vault.Vault, leader func() (store.Lease, bool), logger *zap.Logger) *Manager {
 	if cfg.RenewBefore <= 0 {
 		cfg.RenewBefore = DefaultRenewBefore
 	}
@@ -111,7 +112,7 @@ func New(cfg Config, st Store, tx Txer, issuer Issuer, shelf Shelf, vault *Vault
 	if cfg.OrderTimeout <= 0 {
 		cfg.OrderTimeout = 5 * time.Minute
 	}
-	return &Manager{cfg: cfg, store: st, tx: tx, issuer: issuer, shelf: shelf, vault: vault, leader: leader, logger: logger.Named("certs"),
+	return &Manager{cfg: cfg, store: st, tx: tx, issuer: issuer, shelf: shelf, vault: keys, leader: leader, logger: logger.Named("certs"),
 		wake: make(chan struct{}, 1), waiting: map[appGen]time.Time{}, now: time.Now, jitter: rand.Float64,
 		expiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "berth_scheduler_certificate_expiry_timestamp_seconds",
 			Help: "When each app's ACME certificate expires (Unix time); alert when it is within 14 days."}, []string{"app"}),

@@ -21,6 +21,7 @@ import (
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/internal/testrig"
 	"github.com/berthhq/berth/scheduler/internal/store"
+	"github.com/berthhq/berth/scheduler/internal/vault"
 )
 
 func TestMain(m *testing.M) { testrig.Main(m) }
@@ -124,15 +125,15 @@ func TestManagerOrdersRenewsBacksOffAndForgets(t *testing.T) {
 	clock := func() time.Time { return now }
 	ca := newTestCA(t, clock)
 	shelf := &testShelf{keys: map[string][]byte{}}
-	vault, err := NewVault(make([]byte, 32))
+	keys, err := vault.New(make([]byte, 32))
 	require.NoError(t, err)
 	served := false
-	m := New(Config{Served: func(app string, gen int64) bool { return served && app == "web" && gen >= 1 }}, st, txer{st}, ca, shelf, vault,
+	m := New(Config{Served: func(app string, gen int64) bool { return served && app == "web" && gen >= 1 }}, st, txer{st}, ca, shelf, keys,
 		func() (store.Lease, bool) { return l, true }, zap.NewNop())
 	m.now, m.jitter = clock, func() float64 { return 0 }
 
 	app := &spec.App{Name: "web", Image: "web:1", Port: 8080, Routing: spec.Routing{Hosts: []string{"web.example.com"}, TLS: &spec.TLS{ACME: true}}}
-	_, _, err = st.Apply(ctx, app)
+	_, _, err = st.Apply(ctx, app, nil)
 	require.NoError(t, err)
 	events := func() []string {
 		evs, err := st.Events(ctx, "web", 0, 100)
@@ -206,7 +207,7 @@ func TestManagerOrdersRenewsBacksOffAndForgets(t *testing.T) {
 
 	// A replica with another --cert-key-file cannot open the key, and
 	// leaves the certificate in the bucket.
-	other, err := NewVault([]byte("0123456789abcdef0123456789abcdef"))
+	other, err := vault.New([]byte("0123456789abcdef0123456789abcdef"))
 	require.NoError(t, err)
 	m2 := New(Config{}, st, txer{st}, ca, shelf, other, func() (store.Lease, bool) { return l, true }, zap.NewNop())
 	m2.now = clock
@@ -216,7 +217,7 @@ func TestManagerOrdersRenewsBacksOffAndForgets(t *testing.T) {
 
 	// tls.acme off: the certificate is forgotten and leaves the shelf.
 	app.Routing.TLS = nil
-	_, _, err = st.Apply(ctx, app)
+	_, _, err = st.Apply(ctx, app, nil)
 	require.NoError(t, err)
 	_, err = m.Step(ctx, l, false)
 	require.NoError(t, err)

@@ -1,6 +1,6 @@
 // Package certs is the scheduler leader's certificate manager: it orders
 // and renews an ACME certificate for every app with routing.tls.acme, keeps
-// each certificate in Postgres with its private key encrypted (Vault), and
+// each certificate in Postgres with its private key encrypted (vault.Vault), and
 // puts it in the certificates bucket with the key sealed to the lbagent
 // role (docs/operations.md, Certificates).
 //

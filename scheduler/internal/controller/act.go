@@ -255,6 +255,11 @@ func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, ha
 	fail := func(kind, message string) error {
 		return c.deps.Records.Delete(ctx, l, rec, store.Event{App: app.Name, Instance: id, Kind: kind, Message: message})
 	}
+	// Secrets are opened here, on the leader, only to create the container.
+	env, err := c.cfg.Secrets.Env(app.Name, s.Env)
+	if err != nil {
+		return fail("instance_create_failed", fmt.Sprintf("cannot start %s: its env secrets do not open: %v", app.Name, err))
+	}
 	present, err := c.deps.Images.ImagePresent(ctx, host, s.Image)
 	if err != nil {
 		return err
@@ -269,7 +274,7 @@ func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, ha
 	sctx, cancel := context.WithTimeout(ctx, c.cfg.StartTimeout)
 	defer cancel()
 	cid, err := c.deps.Runtime.Create(sctx, docker.CreateOptions{Host: host, App: app.Name, Instance: id, Generation: app.Generation, SpecHash: hash, Term: l.Term,
-		Image: s.Image, Command: s.Command, Env: c.cfg.Env.Env(s.Env, c.cfg.Environ), Port: s.Port, CPU: cpu, Memory: mem, Pids: s.Resources.Pids,
+		Image: s.Image, Command: s.Command, Env: c.cfg.Env.Env(env, c.cfg.Environ), Port: s.Port, CPU: cpu, Memory: mem, Pids: s.Resources.Pids,
 		StopSignal: s.Stop.Signal, StopGrace: s.Stop.Grace.Std()})
 	if err != nil {
 		return fail("instance_create_failed", fmt.Sprintf("cannot create a container for %s: %v", app.Name, err))

@@ -19,12 +19,14 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/common/view"
 	"github.com/berthhq/berth/scheduler/internal/appenv"
 	"github.com/berthhq/berth/scheduler/internal/docker"
 	"github.com/berthhq/berth/scheduler/internal/fleet"
 	"github.com/berthhq/berth/scheduler/internal/placement"
 	"github.com/berthhq/berth/scheduler/internal/publish"
+	"github.com/berthhq/berth/scheduler/internal/secret"
 	"github.com/berthhq/berth/scheduler/internal/store"
 )
 
@@ -43,7 +45,20 @@ type Config struct {
 	// Env is the passthrough policy and Environ the scheduler's environment.
 	Env     appenv.Policy
 	Environ []string
+	// Secrets opens the env secrets of a spec for its containers; nil:
+	// this scheduler has no --secret-key-file, and an app with a secret
+	// does not start (an event says why).
+	Secrets Secrets
 }
+
+// Secrets opens the sealed env secrets of an app's spec: plain values as
+// they are, secrets opened, or an error naming the variable and the key
+// (never a value). Safe for concurrent use.
+type Secrets interface {
+	Env(app string, env map[string]spec.EnvValue) (map[string]string, error)
+}
+
+var _ Secrets = (*secret.Box)(nil)
 
 // Desired is the desired state and the instance records, as the
 // controller reads them. Safe for concurrent use.
@@ -177,6 +192,9 @@ type Controller struct {
 func New(cfg Config, deps Deps, logger *zap.Logger) *Controller {
 	if deps.Hosts == nil {
 		deps.Hosts = oneHost{}
+	}
+	if cfg.Secrets == nil {
+		cfg.Secrets = secret.New(nil, logger)
 	}
 	return &Controller{cfg: cfg, deps: deps, logger: logger.Named("controller"), wake: make(chan struct{}, 1),
 		seen: newMemory(), removing: map[string]bool{}, metrics: newMetrics()}

@@ -9,6 +9,7 @@ import (
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/docker"
 	"github.com/berthhq/berth/scheduler/internal/reconcile"
+	"github.com/berthhq/berth/scheduler/internal/secret"
 	"github.com/berthhq/berth/scheduler/internal/store"
 )
 
@@ -293,7 +294,8 @@ func misplaced(app store.App, labels map[string]map[string]string, host string) 
 
 // desired is an app's desired state for the planner.
 func (c *Controller) desired(a store.App, s *spec.App) reconcile.Desired {
-	env := c.cfg.Env.Env(s.Env, c.cfg.Environ)
+	// The hash sees a secret's value id, never its value: it needs no key.
+	env := c.cfg.Env.Env(secret.HashEnv(s.Env), c.cfg.Environ)
 	return reconcile.Desired{App: a.Name, Generation: a.Generation, SpecHash: reconcile.SpecHash(s, env),
 		Replicas: a.DesiredReplicas, MaxSurge: s.Update.MaxSurge, MaxUnavailable: s.Update.MaxUnavailable,
 		MinHealthyTime: s.Update.MinHealthyTime.Std(), HealthyDeadline: s.Update.HealthyDeadline.Std(),

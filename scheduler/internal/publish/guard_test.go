@@ -49,7 +49,7 @@ func TestGuardRepairsForgedKeys(t *testing.T) {
 	require.NoError(t, err)
 	s2, err := spec.Load([]byte("name: web\nimage: demo:v2\nport: 8080\nreplicas: 1\n"))
 	require.NoError(t, err)
-	_, _, err = st.Apply(ctx, s2) // generation 2
+	_, _, err = st.Apply(ctx, s2, nil) // generation 2
 	require.NoError(t, err)
 	require.NoError(t, r.pub.One(ctx, "web", l))
 	r.apply(t, "api")

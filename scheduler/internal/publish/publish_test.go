@@ -59,7 +59,7 @@ func (r *rig) apply(t *testing.T, name string) store.App {
 	t.Helper()
 	s, err := spec.Load([]byte("name: " + name + "\nimage: demo:v1\nport: 8080\nreplicas: 1\n"))
 	require.NoError(t, err)
-	a, _, err := r.st.Apply(context.Background(), s)
+	a, _, err := r.st.Apply(context.Background(), s, nil)
 	require.NoError(t, err)
 	return a
 }

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/scheduler/internal/secret"
 	"github.com/stretchr/testify/require"
 )
 
@@ -11,7 +12,7 @@ func TestSpecHash(t *testing.T) {
 	t.Parallel()
 	base, err := spec.Load([]byte("name: web\nimage: web:1\nport: 8080\nreplicas: 2\nenv: {A: '1'}\n"))
 	require.NoError(t, err)
-	h := SpecHash(base, base.Env)
+	h := SpecHash(base, secret.HashEnv(base.Env))
 	require.Len(t, h, 16)
 	require.Equal(t, h, SpecHash(base, map[string]string{"A": "1"}), "stable")
 
@@ -24,7 +25,7 @@ func TestSpecHash(t *testing.T) {
 	for _, src := range same {
 		a, err := spec.Load([]byte(src))
 		require.NoError(t, err)
-		require.Equal(t, h, SpecHash(a, a.Env), "no restart for: %s", src)
+		require.Equal(t, h, SpecHash(a, secret.HashEnv(a.Env)), "no restart for: %s", src)
 	}
 	differs := []string{
 		"name: web\nimage: web:2\nport: 8080\nreplicas: 2\nenv: {A: '1'}\n",
@@ -36,6 +37,6 @@ func TestSpecHash(t *testing.T) {
 	for _, src := range differs {
 		a, err := spec.Load([]byte(src))
 		require.NoError(t, err)
-		require.NotEqual(t, h, SpecHash(a, a.Env), "a rollout for: %s", src)
+		require.NotEqual(t, h, SpecHash(a, secret.HashEnv(a.Env)), "a rollout for: %s", src)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -71,21 +72,65 @@ func desired(s *spec.App, cur *App) int {
 	return 1
 }
 
-// Apply stores s (already validated) as the app's new spec. When it equals
-// the current spec nothing changes and changed is false; otherwise the
-// generation increments, the spec joins the history, and AppsChannel is
-// notified. A deleted app comes back.
-func (s *Store) Apply(ctx context.Context, a *spec.App) (app App, changed bool, err error) {
+// Sealer seals the env secrets of specs as they are stored. Its methods
+// are called inside the app's transaction, holding its row lock; it is
+// safe for concurrent use. (secret.Box is the scheduler's.)
+type Sealer interface {
+	// Seal replaces the plaintext secrets of next with sealed values,
+	// keeping those of cur (the stored spec; nil for a new app) whose
+	// plaintext did not change.
+	Seal(next, cur *spec.App) error
+	// Resealer returns what seals, in place, the plain values of an
+	// earlier spec of the app under the names current marks secret (and,
+	// with rotate, what an older key sealed), counting the values sealed.
+	Resealer(current *spec.App, rotate bool) func(old *spec.App) (int, error)
+}
+
+// ErrUnsealed is a spec that still holds a secret's plaintext: it is
+// never written.
+var ErrUnsealed = errors.New("store: a secret env value is not sealed")
+
+// Apply stores s (already validated) as the app's new spec, its secrets
+// sealed by seal first (nil: a spec with a secret is refused). When it
+// equals the current spec nothing changes and changed is false; otherwise
+// the generation increments, the spec joins the history, and AppsChannel
+// is notified. A variable marked secret that was not before is sealed in
+// every earlier spec of the history too, so its value stays in clear
+// nowhere. A deleted app comes back.
+func (s *Store) Apply(ctx context.Context, a *spec.App, seal Sealer) (app App, changed bool, err error) {
 	err = s.appTx(ctx, a.Name, func(tx pgx.Tx, cur *App) error {
+		var before *spec.App
+		if cur != nil {
+			before = cur.Spec
+		}
+		if seal != nil {
+			if err := seal.Seal(a, before); err != nil {
+				return err
+			}
+		}
 		if cur != nil && sameSpec(cur.Spec, a) {
 			app = *cur
 			return nil
 		}
 		app, err = write(ctx, tx, a, cur)
+		if err == nil && seal != nil && newlySecret(before, a) {
+			_, _, err = resealRows(ctx, tx, a.Name, seal.Resealer(a, false))
+		}
 		changed = err == nil
 		return err
 	})
 	return app, changed, err
+}
+
+// newlySecret reports whether next marks a variable secret that before
+// (nil: none) did not.
+func newlySecret(before, next *spec.App) bool {
+	for _, n := range next.Secrets() {
+		if before == nil || !before.Env[n].IsSecret() {
+			return true
+		}
+	}
+	return false
 }
 
 // Scale sets a fixed-replica app's count, as a new generation.
@@ -245,6 +290,9 @@ func (s *Store) appTx(ctx context.Context, name string, fn func(tx pgx.Tx, cur *
 // write stores a as the app's next generation (after cur's, or after a
 // deleted app's) and records it in the history.
 func write(ctx context.Context, tx pgx.Tx, a *spec.App, cur *App) (App, error) {
+	if names := a.Unsealed(); len(names) > 0 {
+		return App{}, fmt.Errorf("apply %s: env %s: %w", a.Name, strings.Join(names, ", "), ErrUnsealed)
+	}
 	raw, err := json.Marshal(a)
 	if err != nil {
 		return App{}, err

@@ -34,7 +34,7 @@ func TestApplyScaleRollbackDelete(t *testing.T) {
 	probe := load(t, "name: probe\nimage: p:1\nport: 80\n")
 	require.Eventually(t, func() bool {
 		if _, err := s.Rollback(ctx, "probe"); err != nil { // any write to probe notifies
-			_, _, _ = s.Apply(ctx, probe)
+			_, _, _ = s.Apply(ctx, probe, nil)
 			_, _ = s.Scale(ctx, "probe", 2)
 		}
 		for {
@@ -51,17 +51,17 @@ func TestApplyScaleRollbackDelete(t *testing.T) {
 	require.NoError(t, s.Delete(ctx, "probe"))
 
 	v1 := load(t, "name: web\nimage: web:1\nport: 8080\nreplicas: 2\n")
-	app, changed, err := s.Apply(ctx, v1)
+	app, changed, err := s.Apply(ctx, v1, nil)
 	require.NoError(t, err)
 	require.True(t, changed)
 	require.Equal(t, int64(1), app.Generation)
 	require.Equal(t, 2, app.DesiredReplicas)
 
-	_, changed, err = s.Apply(ctx, load(t, "name: web\nimage: web:1\nport: 8080\nreplicas: 2\n"))
+	_, changed, err = s.Apply(ctx, load(t, "name: web\nimage: web:1\nport: 8080\nreplicas: 2\n"), nil)
 	require.NoError(t, err)
 	require.False(t, changed, "the same spec again is not a new generation")
 
-	app, changed, err = s.Apply(ctx, load(t, "name: web\nimage: web:2\nport: 8080\nreplicas: 2\n"))
+	app, changed, err = s.Apply(ctx, load(t, "name: web\nimage: web:2\nport: 8080\nreplicas: 2\n"), nil)
 	require.NoError(t, err)
 	require.True(t, changed)
 	require.Equal(t, int64(2), app.Generation)
@@ -90,7 +90,7 @@ func TestApplyScaleRollbackDelete(t *testing.T) {
 	_, err = s.Get(ctx, "web")
 	require.ErrorIs(t, err, ErrNotFound)
 	require.ErrorIs(t, s.Delete(ctx, "web"), ErrNotFound)
-	app, changed, err = s.Apply(ctx, v1)
+	app, changed, err = s.Apply(ctx, v1, nil)
 	require.NoError(t, err)
 	require.True(t, changed, "a deleted app can be applied again")
 	require.Equal(t, int64(6), app.Generation, "generations keep counting across a delete")
@@ -119,7 +119,7 @@ func TestScaleAndRollbackErrors(t *testing.T) {
 	_, err = s.Rollback(ctx, "nope")
 	require.ErrorIs(t, err, ErrNotFound)
 
-	_, _, err = s.Apply(ctx, load(t, "name: auto\nimage: a:1\nport: 80\nscaling: {min: 2, max: 6, target_cpu_percent: 70}\n"))
+	_, _, err = s.Apply(ctx, load(t, "name: auto\nimage: a:1\nport: 80\nscaling: {min: 2, max: 6, target_cpu_percent: 70}\n"), nil)
 	require.NoError(t, err)
 	_, err = s.Scale(ctx, "auto", 3)
 	require.ErrorIs(t, err, ErrAutoscaled)
@@ -127,7 +127,7 @@ func TestScaleAndRollbackErrors(t *testing.T) {
 	_, err = s.Rollback(ctx, "auto")
 	require.ErrorIs(t, err, ErrNoHistory)
 
-	_, _, err = s.Apply(ctx, load(t, "name: fixed\nimage: f:1\nport: 80\n"))
+	_, _, err = s.Apply(ctx, load(t, "name: fixed\nimage: f:1\nport: 80\n"), nil)
 	require.NoError(t, err)
 	_, err = s.Scale(ctx, "fixed", 5000)
 	require.ErrorContains(t, err, "replicas: (5000) must be between 0 and 1000")

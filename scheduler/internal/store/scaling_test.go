@@ -14,7 +14,7 @@ func TestDecisionsScaleFencedAndKeptAcrossApply(t *testing.T) {
 	ctx := context.Background()
 	s := open(t)
 	const src = "name: web\nimage: web:1\nport: 8080\nscaling: {min: 2, max: 6, target_rps_per_replica: 50}\n"
-	app, _, err := s.Apply(ctx, load(t, src))
+	app, _, err := s.Apply(ctx, load(t, src), nil)
 	require.NoError(t, err)
 	require.Equal(t, 2, app.DesiredReplicas, "a new autoscaled app starts at min")
 	l, ok, err := s.Acquire(ctx, "scheduler", "a", time.Minute)
@@ -39,10 +39,10 @@ func TestDecisionsScaleFencedAndKeptAcrossApply(t *testing.T) {
 	require.ErrorIs(t, err, ErrAutoscaled)
 
 	// A new image keeps the autoscaled count; a lower max clamps it.
-	app, _, err = s.Apply(ctx, load(t, "name: web\nimage: web:2\nport: 8080\nscaling: {min: 2, max: 6, target_rps_per_replica: 50}\n"))
+	app, _, err = s.Apply(ctx, load(t, "name: web\nimage: web:2\nport: 8080\nscaling: {min: 2, max: 6, target_rps_per_replica: 50}\n"), nil)
 	require.NoError(t, err)
 	require.Equal(t, 5, app.DesiredReplicas)
-	app, _, err = s.Apply(ctx, load(t, "name: web\nimage: web:2\nport: 8080\nscaling: {min: 1, max: 4, target_rps_per_replica: 50}\n"))
+	app, _, err = s.Apply(ctx, load(t, "name: web\nimage: web:2\nport: 8080\nscaling: {min: 1, max: 4, target_rps_per_replica: 50}\n"), nil)
 	require.NoError(t, err)
 	require.Equal(t, 4, app.DesiredReplicas)
 
