@@ -110,7 +110,7 @@ func TestConflictsShown(t *testing.T) {
 	require.Equal(t, 200, code, string(raw))
 	late, err := spec.Load([]byte(appSpec("late", "  hosts: [bank.test]\n  paths: [/x]\n")))
 	require.NoError(t, err)
-	_, _, err = c.st.Apply(context.Background(), late)
+	_, _, err = c.st.Apply(context.Background(), late, nil)
 	require.NoError(t, err)
 	code, obj, _ := c.do("GET", "/v1/apps/late", "")
 	require.Equal(t, 200, code)

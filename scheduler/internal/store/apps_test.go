@@ -185,7 +185,7 @@ func TestHostClaims(t *testing.T) {
 	apply := func(hosts ...string) App {
 		a := &spec.App{Name: "web", Image: "web:1", Port: 8080, Routing: spec.Routing{Hosts: hosts}}
 		a.Default()
-		app, _, err := s.Apply(ctx, a)
+		app, _, err := s.Apply(ctx, a, nil)
 		require.NoError(t, err)
 		got, err := s.Get(ctx, "web")
 		require.NoError(t, err)
