@@ -16,12 +16,13 @@ import (
 
 // TestSeveralHosts runs the stack over three extra Docker engines on this
 // machine, each a host with its own bridge and loopback address, with
-// default flags and load through nginx from a client that never retries:
-// 6 replicas spread 2/2/2; one engine SIGKILLed, its instances out of
-// rotation within a second of the host being marked down and replaced on
-// the other two; the engine back, its leftover containers removed; a host
-// drained; a constraint no host meets reported as unplaceable, disturbing
-// nothing. 0 failed requests throughout.
+// default flags (but --allow-loopback-hosts) and load through nginx from
+// a client that never retries: 6 replicas spread 2/2/2; one engine
+// SIGKILLed, its instances out of rotation within a second of the host
+// being marked down and replaced on the other two; the engine back, its
+// leftover containers removed; a host drained; a constraint no host meets
+// reported as unplaceable, disturbing nothing. 0 failed requests
+// throughout.
 func TestSeveralHosts(t *testing.T) {
 	img := testrig.DemoImage(t, "v1")
 	engines := testrig.StartEngines(t, 3)
@@ -29,7 +30,8 @@ func TestSeveralHosts(t *testing.T) {
 		require.NoError(t, e.Load(img))
 	}
 	s := newStackMode(t, "", "dynamic")
-	s.startScheduler("sched-a")
+	// The engines' hosts are loopback addresses of this machine.
+	s.startScheduler("sched-a", "--allow-loopback-hosts")
 	s.leader(10 * time.Second)
 	s.startHealthd("hc1")
 	s.startLBAgent()

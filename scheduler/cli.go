@@ -91,7 +91,10 @@ type runCmd struct {
 	AppEnvPrefix   string        `name:"app-env-prefix" help:"Pass the scheduler's env vars with this prefix (stripped) to every app." default:"" env:"BERTH_SCHEDULER_APP_ENV_PREFIX"`
 	AppEnvBlock    []string      `name:"app-env-block" help:"Name patterns never passed through (PATH, HOME, HOSTNAME and BERTH_SCHEDULER_* always are)." default:"" env:"BERTH_SCHEDULER_APP_ENV_BLOCK"`
 
-	HostTimeout time.Duration `name:"host-timeout" help:"A registered host whose Docker engine has not answered for this long is down: its instances leave every nginx and are replaced on other hosts." default:"15s" env:"BERTH_SCHEDULER_HOST_TIMEOUT"`
+	HostTimeout   time.Duration `name:"host-timeout" help:"A registered host whose Docker engine has not answered for this long is down: its instances leave every nginx and are replaced on other hosts." default:"15s" env:"BERTH_SCHEDULER_HOST_TIMEOUT"`
+	HostTLSDir    string        `name:"host-tls-dir" help:"The directory every registered host's TLS files (tls.ca, tls.cert, tls.key) must lie in, symbolic links resolved; empty refuses TLS files, and so tcp:// engines off loopback." default:"" env:"BERTH_SCHEDULER_HOST_TLS_DIR" type:"path"`
+	LoopbackHosts bool          `name:"allow-loopback-hosts" help:"Let a registered host's address and docker_url be loopback (127.0.0.0/8, ::1): only for several engines on one machine in a test; link-local, unspecified and multicast are never allowed." default:"false" env:"BERTH_SCHEDULER_ALLOW_LOOPBACK_HOSTS"`
+	NetworkCIDR   []string      `name:"network-cidr" help:"With --network: the prefixes (CIDR, repeatable) that container addresses on that network lie in; an address an engine reports outside them is refused. Required for registered hosts with --network." default:"" env:"BERTH_SCHEDULER_NETWORK_CIDR"`
 
 	MaxRoutes int `name:"max-routes" help:"Cap on the routes (hosts x paths) of every app together, which each nginx renders as locations; an apply past it is refused (0: no cap)." default:"20000" env:"BERTH_SCHEDULER_MAX_ROUTES"`
 
@@ -245,6 +248,7 @@ func (r *runCmd) check() error {
 	if _, err := r.ring(); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, r.checkHosts()...)
 	if r.NATS.URL != "" {
 		if _, err := r.NATS.Options("scheduler"); err != nil {
 			errs = append(errs, err)

@@ -94,10 +94,10 @@ func TestMigrateCommand(t *testing.T) {
 	db := testrig.Postgres(t)
 	code, out, _ := cmd(t, "migrate", "status", "--database-url", db)
 	require.Equal(t, 0, code)
-	require.Equal(t, "schema version 0 of 6\n", out)
+	require.Equal(t, "schema version 0 of 7\n", out)
 	code, out, _ = cmd(t, "migrate", "--database-url", db)
 	require.Equal(t, 0, code)
-	require.Equal(t, "schema version 6 of 6\n", out)
+	require.Equal(t, "schema version 7 of 7\n", out)
 	// run refuses a database that is behind, unless --migrate.
 	fresh := testrig.Postgres(t)
 	c, _, _, _ := parse([]string{"run", "--database-url", fresh, "--nats-url", testrig.NATS(t)}, nil, nil)
@@ -130,6 +130,30 @@ func TestCheckConfig(t *testing.T) {
 	require.Equal(t, 0, code, errOut)
 	code, _, _ = cmd(t, "no-such-command")
 	require.Equal(t, 2, code)
+
+	// Hosts: --host-tls-dir is a directory; --network-cidr bounds
+	// --network's addresses, and reaches no loopback or link-local range.
+	tlsDir := t.TempDir()
+	code, _, errOut = cmd(t, append(db, "--host-tls-dir", tlsDir, "--allow-loopback-hosts", "--network", "apps", "--network-cidr", "172.30.0.0/16", "--network-cidr", "fd00:b::/64")...)
+	require.Equal(t, 0, code, errOut)
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--host-tls-dir", filepath.Join(tlsDir, "nope")}, "--host-tls-dir: stat"},
+		{[]string{"--host-tls-dir", key}, "is not a directory"},
+		{[]string{"--host-tls-dir", "/"}, "must be an absolute, clean path other than /"},
+		{[]string{"--network-cidr", "172.30.0.0/16"}, "--network-cidr needs --network"},
+		{[]string{"--network", "apps", "--network-cidr", "0.0.0.0/0"}, "--network-cidr 0.0.0.0/0: overlaps 0.0.0.0/8"},
+		{[]string{"--network", "apps", "--network-cidr", "169.254.0.0/16"}, "overlaps 169.254.0.0/16"},
+		{[]string{"--network", "apps", "--network-cidr", "::/0"}, "overlaps ::/128"},
+		{[]string{"--network", "apps", "--network-cidr", "172.30.0.1/16"}, "with no host bits set"},
+		{[]string{"--network", "apps", "--network-cidr", "apps"}, "must be a prefix"},
+	} {
+		code, _, errOut = cmd(t, append(db, tt.args...)...)
+		require.Equal(t, 1, code, "%v", tt.args)
+		require.Contains(t, errOut, tt.want, "%v", tt.args)
+	}
 }
 
 func TestReplicasPublishAndFailOver(t *testing.T) {
@@ -261,21 +285,29 @@ func TestHostsCommands(t *testing.T) {
 	t.Cleanup(st.Close)
 	_, err = st.Migrate(context.Background())
 	require.NoError(t, err)
-	srv := httptest.NewServer(api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Hosts: st}, api.Options{}, zaptest.NewLogger(t)))
+	srv := httptest.NewServer(api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Hosts: api.HostRegistry{HostStore: st}},
+		api.Options{}, zaptest.NewLogger(t)))
 	t.Cleanup(srv.Close)
 	code, out, _ := cmd(t, "hosts", "ls", "--server", srv.URL)
 	require.Equal(t, 0, code)
 	require.Contains(t, out, "no host is registered: every instance runs on the scheduler's local Docker engine")
-	code, out, errOut := cmd(t, "hosts", "add", "h1", "--docker-url", "unix:///var/run/docker-h1.sock", "--address", "127.0.1.2",
-		"--label", "zone=a", "--label", "disk=ssd", "--cpu", "4", "--memory", "8Gi", "--server", srv.URL)
+	code, out, errOut := cmd(t, "hosts", "add", "h1", "--docker-url", "unix:///var/run/docker-h1.sock", "--address", "10.0.1.2",
+		"--label", "zone=a", "--label", "disk=ssd", "--cpu", "4", "--memory", "8Gi", "--registry", "registry.corp.example", "--registry", "ghcr.io", "--server", srv.URL)
 	require.Equal(t, 0, code, errOut)
-	require.Contains(t, out, "h1: registered (unix:///var/run/docker-h1.sock, address 127.0.1.2)")
+	require.Contains(t, out, "h1: registered (unix:///var/run/docker-h1.sock, address 10.0.1.2, registry credentials: registry.corp.example,ghcr.io)")
 	code, _, errOut = cmd(t, "hosts", "add", "h2", "--docker-url", "tcp://10.0.0.2:2375", "--address", "10.0.0.2", "--server", srv.URL)
 	require.Equal(t, exitUsage, code)
 	require.Contains(t, errOut, "tls: must be set for a tcp:// engine off loopback")
+	code, _, errOut = cmd(t, "hosts", "add", "h2", "--docker-url", "unix:///var/run/docker-h2.sock", "--address", "127.0.1.2", "--server", srv.URL)
+	require.Equal(t, exitUsage, code, "this scheduler does not allow loopback hosts")
+	require.Contains(t, errOut, `address: "127.0.1.2" is loopback`)
+	code, _, errOut = cmd(t, "hosts", "add", "h2", "--docker-url", "tcp://10.0.0.2:2376", "--address", "10.0.0.2",
+		"--tls-ca", "/etc/ssl/ca.pem", "--tls-cert", "/etc/ssl/c.pem", "--tls-key", "/etc/berth/cert.key", "--server", srv.URL)
+	require.Equal(t, exitUsage, code)
+	require.Contains(t, errOut, "TLS files are refused: this scheduler has no --host-tls-dir")
 	code, out, _ = cmd(t, "hosts", "ls", "--server", srv.URL)
 	require.Equal(t, 0, code)
-	require.Regexp(t, `h1\s+unknown\s+127.0.1.2\s+0.00/4\s+0/8Gi\s+0\s+disk=ssd,zone=a\s+unix:///var/run/docker-h1.sock`, out)
+	require.Regexp(t, `h1\s+unknown\s+10.0.1.2\s+0.00/4\s+0/8Gi\s+0\s+disk=ssd,zone=a\s+registry.corp.example,ghcr.io\s+unix:///var/run/docker-h1.sock\n`, out)
 	code, out, _ = cmd(t, "hosts", "drain", "h1", "--server", srv.URL)
 	require.Equal(t, 0, code)
 	require.Contains(t, out, "h1: draining")

@@ -28,6 +28,7 @@ import (
 	"github.com/berthhq/berth/scheduler/internal/controller"
 	"github.com/berthhq/berth/scheduler/internal/docker"
 	"github.com/berthhq/berth/scheduler/internal/fleet"
+	"github.com/berthhq/berth/scheduler/internal/hosts"
 	"github.com/berthhq/berth/scheduler/internal/leader"
 	"github.com/berthhq/berth/scheduler/internal/publish"
 	"github.com/berthhq/berth/scheduler/internal/scaler"
@@ -279,20 +280,21 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	dk, err := docker.New(docker.Options{Prefix: r.Prefix, PublishAddress: r.PublishAddress, Network: r.Network, RegistryAuths: auths}, logger)
+	prefixes, err := r.networkPrefixes()
+	if err != nil {
+		return err
+	}
+	// The local engine is the scheduler's own: it keeps every credential.
+	dk, err := docker.New(docker.Options{Prefix: r.Prefix, PublishAddress: r.PublishAddress, Network: r.Network, NetworkPrefixes: prefixes,
+		Allowed: hosts.Policy{}.CheckIP, RegistryAuths: auths}, logger)
 	if err != nil {
 		return err
 	}
 	defer dk.Close()
 	// Every registered host's engine as one; the local engine alone while
 	// none is registered.
-	fl := fleet.New(fleet.Config{Timeout: r.HostTimeout}, st, func(h store.Host) (fleet.Engine, error) {
-		o := docker.Options{Prefix: r.Prefix, PublishAddress: h.Address, Network: r.Network, RegistryAuths: auths, Host: h.Name, URL: h.DockerURL}
-		if h.TLSCA != "" || h.TLSCert != "" || h.TLSKey != "" {
-			o.TLS = &docker.TLSFiles{CA: h.TLSCA, Cert: h.TLSCert, Key: h.TLSKey}
-		}
-		return docker.New(o, logger)
-	}, dk, logger)
+	fl := fleet.New(fleet.Config{Timeout: r.HostTimeout}, st, fleet.DockerDial(fleet.DialOptions{Prefix: r.Prefix, Network: r.Network,
+		NetworkPrefixes: prefixes, Policy: r.hostPolicy(), Auths: auths}, logger), dk, logger)
 	reg.MustRegister(fl.Collectors()...)
 	mem, _ := spec.ParseByteSize(r.DefaultMemory)
 	healthTbl := view.NewTable(view.NoTerm[*msg.Health], wakeCtl)
@@ -329,7 +331,7 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	if r.APITokenFile != "" {
 		token, _ = readToken(r.APITokenFile)
 	}
-	handler := api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Hosts: st}, api.Options{Token: token, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), Samples: sc.Samples,
+	handler := api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Hosts: api.HostRegistry{HostStore: st, Policy: r.hostPolicy()}}, api.Options{Token: token, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), Samples: sc.Samples,
 		Role: func() (bool, uint64) { l, ok := leading(); return ok, l.Term }, Network: r.Network, MaxRoutes: r.MaxRoutes, ACME: cm != nil, DefaultCPU: r.DefaultCPU, DefaultMemory: int64(mem), Secrets: secrets}, logger)
 	httpSrv := &http.Server{Addr: r.APIListen, Handler: handler, ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10}
@@ -345,8 +347,8 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 		now := time.Now()
 		if err := st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
 			var errs []error
-			fl.Each(func(host, state string, lastOK time.Time) {
-				errs = append(errs, tx.SetHostState(ctx, host, state, now, lastOK))
+			fl.Each(func(host, state, reason string, lastOK time.Time) {
+				errs = append(errs, tx.SetHostState(ctx, host, state, reason, now, lastOK))
 			})
 			return errors.Join(errs...)
 		}); err != nil {

@@ -201,9 +201,15 @@ JSON
     info "the scheduler orders certificates there, its keys encrypted with $DIR/run/cert.key"
   fi
 
+  # The extra engines' hosts are reached on loopback addresses of this
+  # machine (127.0.10.N), which a scheduler refuses unless told this is a
+  # test on one machine.
+  HOST_FLAGS=()
+  [ "${HOSTS:-0}" -gt 0 ] && HOST_FLAGS=(--allow-loopback-hosts)
+
   step "starting the scheduler (API $API, embedded NATS $NATS)"
   start scheduler "$BIN/scheduler" run --database-url "$DB" --api-listen 127.0.0.1:7070 --nats-listen 127.0.0.1:4222 \
-    --data-dir "$DIR/nats" --prefix $PREFIX --id demo-scheduler "${ACME_FLAGS[@]}"
+    --data-dir "$DIR/nats" --prefix $PREFIX --id demo-scheduler "${ACME_FLAGS[@]}" "${HOST_FLAGS[@]}"
   wait_for "the scheduler to lead" 30 sh -c "curl -fsS $API/readyz | grep -q '\"role\":\"leader\"'"
 
   # The embedded NATS requires a role credential of every client: the

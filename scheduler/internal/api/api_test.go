@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/berthhq/berth/common/msg"
-	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/internal/testrig"
 	"github.com/berthhq/berth/scheduler/internal/autoscale"
 	"github.com/berthhq/berth/scheduler/internal/store"
@@ -409,62 +408,4 @@ func TestErrorStatus(t *testing.T) {
 			require.Equal(t, tt.msg, obj["error"])
 		})
 	}
-}
-
-func TestHosts(t *testing.T) {
-	t.Parallel()
-	c := newAPIWith(t, Options{DefaultCPU: 1, DefaultMemory: 512 << 20})
-	h1 := `{"name":"h1","docker_url":"tcp://10.0.0.1:2376","tls":{"ca":"/etc/berth/ca.pem","cert":"/etc/berth/c.pem","key":"/etc/berth/k.pem"},"address":"10.0.0.1","labels":{"zone":"a"},"cpu":8,"memory":"16Gi"}`
-	code, obj, raw := c.do("PUT", "/v1/hosts/h1", h1)
-	require.Equal(t, 200, code, "%s", raw)
-	require.Equal(t, "unknown", obj["state"])
-	require.Equal(t, "16Gi", obj["memory"])
-
-	code, obj, raw = c.do("PUT", "/v1/hosts/h2", `{"name":"h2","docker_url":"tcp://10.0.0.2:2375","address":"10.0.0.2"}`)
-	require.Equal(t, 400, code, "%s", raw)
-	require.Equal(t, "tls", obj["fields"].([]any)[0].(map[string]any)["path"])
-	code, _, raw = c.do("PUT", "/v1/hosts/h2", `{"name":"h2","docker_url":"unix:///run/d.sock","address":"127.0.1.2","gpu":true}`)
-	require.Equal(t, 400, code, "%s", raw)
-	require.Contains(t, string(raw), `unknown field \"gpu\"`)
-	code, _, raw = c.do("PUT", "/v1/hosts/h3", `{"name":"h2","docker_url":"unix:///run/d.sock","address":"127.0.1.2"}`)
-	require.Equal(t, 400, code, "%s", raw)
-	require.Contains(t, string(raw), "must match the host in the URL")
-
-	// What instances reserve: web sets 0.5 CPU, api nothing (the defaults).
-	_, _, err := c.st.Apply(context.Background(), &spec.App{Name: "web", Image: "web:1", Port: 8080, Resources: spec.Resources{CPU: 0.5, Memory: 64 << 20}}, nil)
-	require.NoError(t, err)
-	_, _, err = c.st.Apply(context.Background(), &spec.App{Name: "api", Image: "api:1", Port: 8080}, nil)
-	require.NoError(t, err)
-	l, ok, err := c.st.Acquire(context.Background(), "scheduler", "t", time.Minute)
-	require.NoError(t, err)
-	require.True(t, ok)
-	require.NoError(t, c.st.LeaderTx(context.Background(), l, func(ctx context.Context, tx *store.Tx) error {
-		for i, app := range []string{"web", "web", "api"} {
-			if err := tx.PutInstance(ctx, store.Instance{ID: fmt.Sprintf("i%d", i), App: app, Generation: 1, State: "running", Host: "h1"}); err != nil {
-				return err
-			}
-		}
-		return tx.PutInstance(ctx, store.Instance{ID: "gone", App: "web", Generation: 1, State: "stopped", Host: "h1"})
-	}))
-	var list []HostView
-	code, _, raw = c.do("GET", "/v1/hosts", "")
-	require.Equal(t, 200, code)
-	require.NoError(t, json.Unmarshal(raw, &list))
-	require.Len(t, list, 1)
-	require.Equal(t, 3, list[0].Instances)
-	require.InDelta(t, 2.0, list[0].ReservedCPU, 1e-9)
-	require.Equal(t, spec.ByteSize(640<<20), list[0].ReservedMemory)
-
-	code, obj, _ = c.do("POST", "/v1/hosts/h1/drain", "")
-	require.Equal(t, 200, code)
-	require.Equal(t, true, obj["drain"])
-	code, _, raw = c.do("DELETE", "/v1/hosts/h1", "")
-	require.Equal(t, 409, code, "%s", raw)
-	require.Contains(t, string(raw), "drain it first")
-	code, _, _ = c.do("DELETE", "/v1/hosts/h1?force=true", "")
-	require.Equal(t, 200, code)
-	code, _, _ = c.do("GET", "/v1/hosts/h1", "")
-	require.Equal(t, 404, code)
-	code, _, _ = c.do("POST", "/v1/hosts/nope/undrain", "")
-	require.Equal(t, 404, code)
 }

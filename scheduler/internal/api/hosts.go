@@ -28,14 +28,54 @@ type HostStore interface {
 
 var _ HostStore = (*store.Store)(nil)
 
-// HostView is a host as the API shows it: its registration, what the
-// leader last saw of its engine, and what its instances reserve.
+// HostPolicy is a HostStore that also says what the operator lets a
+// registration name (--host-tls-dir, --allow-loopback-hosts). A HostStore
+// without it gets the zero hosts.Policy, the strictest: no TLS files, no
+// loopback address.
+type HostPolicy interface {
+	HostPolicy() hosts.Policy
+}
+
+// HostRegistry is a HostStore under the operator's policy: what
+// Deps.Hosts is given in a scheduler.
+type HostRegistry struct {
+	HostStore
+	Policy hosts.Policy
+}
+
+// HostPolicy is r.Policy.
+func (r HostRegistry) HostPolicy() hosts.Policy { return r.Policy }
+
+var _ HostPolicy = HostRegistry{}
+
+func (a *api) hostPolicy() hosts.Policy {
+	if p, ok := a.d.Hosts.(HostPolicy); ok {
+		return p.HostPolicy()
+	}
+	return hosts.Policy{}
+}
+
+// HostView is a host as the API shows it: its registration (without the
+// paths of its TLS files: whether it has them), what the leader last saw
+// of its engine, and what its instances reserve.
 type HostView struct {
-	hosts.Spec
-	Drain    bool       `json:"drain"`
-	State    string     `json:"state"`
-	StateAt  *time.Time `json:"state_at,omitempty"`
-	LastSeen *time.Time `json:"last_seen,omitempty"`
+	Name      string `json:"name"`
+	DockerURL string `json:"docker_url"`
+	// TLS says whether the engine is reached with TLS client files.
+	TLS        bool              `json:"tls"`
+	Address    string            `json:"address"`
+	Labels     map[string]string `json:"labels,omitempty"`
+	CPU        float64           `json:"cpu,omitempty"`
+	Memory     spec.ByteSize     `json:"memory,omitempty"`
+	Registries []string          `json:"registries,omitempty"`
+	Drain      bool              `json:"drain"`
+	State      string            `json:"state"`
+	// StateReason is why the leader does not use the host, when it does
+	// not (its registration breaks the operator's policy, or its client
+	// cannot be set up).
+	StateReason string     `json:"state_reason,omitempty"`
+	StateAt     *time.Time `json:"state_at,omitempty"`
+	LastSeen    *time.Time `json:"last_seen,omitempty"`
 	// ReservedCPU and ReservedMemory are what its active instances reserve.
 	ReservedCPU    float64       `json:"reserved_cpu"`
 	ReservedMemory spec.ByteSize `json:"reserved_memory"`
@@ -92,14 +132,16 @@ func (a *api) putHost(w http.ResponseWriter, r *http.Request) {
 	dec := json.NewDecoder(strings.NewReader(string(body)))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&s); err != nil {
-		a.fail(w, spec.Errors{{Path: "", Message: fmt.Sprintf("not a host registration: %s (fields: name, docker_url, tls {ca, cert, key}, address, labels, cpu, memory)", msg.Truncate(err.Error(), 200))}})
+		a.fail(w, spec.Errors{{Path: "", Message: fmt.Sprintf("not a host registration: %s (fields: name, docker_url, tls {ca, cert, key}, address, labels, cpu, memory, registries)", msg.Truncate(err.Error(), 200))}})
 		return
 	}
 	if s.Name != r.PathValue("name") {
 		a.fail(w, spec.Errors{{Path: "name", Message: fmt.Sprintf("%q must match the host in the URL (%q)", msg.Truncate(s.Name, 64), msg.Truncate(r.PathValue("name"), 64))}})
 		return
 	}
-	if err := s.Validate(); err != nil {
+	// The files are resolved here as the leader will resolve them: a link
+	// out of --host-tls-dir is refused now, and again whenever it is used.
+	if _, err := s.Check(a.hostPolicy()); err != nil {
 		a.fail(w, err)
 		return
 	}
@@ -108,7 +150,8 @@ func (a *api) putHost(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
-	a.logger.Info("host registered", zap.String("host", h.Name), zap.String("docker_url", h.DockerURL), zap.String("address", h.Address))
+	a.logger.Info("host registered", zap.String("host", h.Name), zap.String("docker_url", h.DockerURL), zap.String("address", h.Address),
+		zap.Strings("registries", h.Registries))
 	a.writeHost(w, r, http.StatusOK, h)
 }
 
@@ -171,7 +214,8 @@ func (a *api) hostViews(ctx context.Context, hs []store.Host) ([]HostView, error
 	}
 	out := make([]HostView, 0, len(hs))
 	for _, h := range hs {
-		v := HostView{Spec: hosts.FromRecord(h), Drain: h.Drain, State: h.State}
+		v := HostView{Name: h.Name, DockerURL: h.DockerURL, TLS: h.TLSCA != "" || h.TLSCert != "" || h.TLSKey != "", Address: h.Address,
+			Labels: h.Labels, CPU: h.CPU, Memory: spec.ByteSize(h.Memory), Registries: h.Registries, Drain: h.Drain, State: h.State, StateReason: h.StateReason}
 		if !h.StateAt.IsZero() {
 			v.StateAt = &h.StateAt
 		}

@@ -285,6 +285,11 @@ func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, ha
 		return fail("instance_start_failed", fmt.Sprintf("cannot start a container for %s: %v", app.Name, err))
 	}
 	ct, err := c.deps.Containers.Inspect(sctx, cid)
+	if ae := (*docker.AddressError)(nil); errors.As(err, &ae) {
+		c.refuseAddress(ctx, ae, app.Name, id)
+		return c.deps.Records.Delete(ctx, l, rec, store.Event{App: app.Name, Instance: id, Kind: "instance_address_refused",
+			Message: refusedMessage(ae, app.Name, id), Details: refusedDetails(ae)})
+	}
 	if err != nil {
 		return err
 	}
@@ -293,6 +298,27 @@ func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, ha
 	return c.deps.Records.Put(ctx, l, rec, store.Event{App: app.Name, Instance: id, Kind: "instance_started",
 		Message: fmt.Sprintf("instance %s started at %s%s (generation %d)", id, ct.Address, onHost(host), app.Generation),
 		Details: map[string]string{"container_id": docker.ShortID(cid), "address": ct.Address, "generation": fmt.Sprint(app.Generation), "host": host}})
+}
+
+// refuseAddress logs an instance whose engine reported an address that is
+// not its host's, and removes its container: nginx never proxies there,
+// nor healthd probes it.
+func (c *Controller) refuseAddress(ctx context.Context, ae *docker.AddressError, app, instance string) {
+	c.logger.Warn("instance refused: its engine reported an address that is not its host's", zap.String("host", ae.Host),
+		zap.String(logging.KeyApp, app), zap.String(logging.KeyInstance, instance), zap.String("address", ae.Address),
+		zap.String(logging.KeyContainer, docker.ShortID(ae.Container)), zap.String("reason", ae.Reason))
+	if err := c.deps.Runtime.Remove(ctx, ae.Container); err != nil && !errors.Is(err, docker.ErrNotFound) {
+		c.logger.Warn("remove the container of a refused instance", zap.String(logging.KeyContainer, docker.ShortID(ae.Container)), zap.Error(err))
+	}
+}
+
+func refusedMessage(ae *docker.AddressError, app, instance string) string {
+	return fmt.Sprintf("instance %s of %s refused%s: its engine reported the address %s, which is not its host's (%s); "+
+		"nothing routes to it. An engine that names another machine is broken or compromised: check it", instance, app, onHost(ae.Host), ae.Address, ae.Reason)
+}
+
+func refusedDetails(ae *docker.AddressError) map[string]string {
+	return map[string]string{"host": ae.Host, "address": ae.Address, "container_id": docker.ShortID(ae.Container)}
 }
 
 // orphanHost is the host of an orphan container of the plan's input.
@@ -316,6 +342,11 @@ func onHost(host string) string {
 // adopt records a running container an earlier leader left as an instance.
 func (c *Controller) adopt(ctx context.Context, l store.Lease, a reconcile.Action) error {
 	ct, err := c.deps.Containers.Inspect(ctx, a.ContainerID)
+	if ae := (*docker.AddressError)(nil); errors.As(err, &ae) {
+		c.refuseAddress(ctx, ae, a.App, a.Instance)
+		return c.deps.Records.Event(ctx, l, store.Event{App: a.App, Instance: a.Instance, Kind: "instance_address_refused",
+			Message: refusedMessage(ae, a.App, a.Instance) + "; its container is removed, not adopted", Details: refusedDetails(ae)})
+	}
 	if err != nil {
 		return err
 	}

@@ -42,6 +42,13 @@ type fake struct {
 	// hosts, when set, are the hosts the controller places on; a down
 	// host's containers are not listed.
 	hosts Hosts
+	// lies are hosts whose engines report a foreign address (host →
+	// address) for every container: Inspect refuses it as the docker
+	// adapter does.
+	lies map[string]string
+	// addresses are every address a Put gave a record: what would reach
+	// berth_instances.
+	addresses []string
 }
 
 func newFake() *fake {
@@ -98,7 +105,7 @@ func (f *fake) Restarts(_ context.Context, since time.Time) (map[string][]time.T
 	out := map[string][]time.Time{}
 	for _, e := range f.events {
 		switch e.Kind {
-		case "instance_replaced", "instance_start_failed":
+		case "instance_replaced", "instance_start_failed", "instance_address_refused":
 			if !e.At.Before(since) {
 				out[e.App] = append(out[e.App], e.At)
 			}
@@ -132,6 +139,9 @@ func (f *fake) Put(_ context.Context, l store.Lease, r store.Instance, events ..
 	}
 	r.UpdatedAt, r.Term = now, l.Term
 	f.records[r.ID] = r
+	if r.Address != "" {
+		f.addresses = append(f.addresses, r.Address)
+	}
 	f.rev++
 	f.revs[r.ID] = f.rev
 	f.addEvents(events)
@@ -203,6 +213,11 @@ func (f *fake) Inspect(_ context.Context, id string) (docker.Container, error) {
 	c, ok := f.containers[id]
 	if !ok {
 		return docker.Container{}, docker.ErrNotFound
+	}
+	if addr, lie := f.lies[c.Host]; lie {
+		ct := *c
+		ct.Address = ""
+		return ct, &docker.AddressError{Host: c.Host, Container: c.ID, Address: addr, Reason: "a published port must be on the host's address"}
 	}
 	return *c, nil
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/scheduler/internal/docker"
 	"github.com/berthhq/berth/scheduler/internal/placement"
 	"github.com/berthhq/berth/scheduler/internal/store"
 )
@@ -166,4 +167,59 @@ func TestPlacesOverHosts(t *testing.T) {
 	require.Eventually(t, func() bool {
 		return h.converged("web:v1", 6, true) && byHost(f)["h3"] == 6
 	}, 10*time.Second, 10*time.Millisecond, "web moved to zone b")
+}
+
+// An engine that reports an address that is not its host's (here h2's,
+// a binding on 10.0.0.5:5432, a database elsewhere) gets no instance into
+// berth_instances: the start is refused, and so is the adoption of a
+// container it runs, each an instance_address_refused event naming the
+// host, the instance and the address; the containers are removed. h1's
+// instance runs as usual.
+func TestRefusesAForeignAddress(t *testing.T) {
+	t.Parallel()
+	hosts := &fakeHosts{hosts: []placement.Host{{Name: "h1"}, {Name: "h2"}}, down: map[string]bool{}, drain: map[string]bool{}}
+	f := newFake()
+	f.hosts = hosts
+	f.lies = map[string]string{"h2": "10.0.0.5:5432"}
+	s := load(t, webApp(t, "v1")+"restart: {backoff_initial: 10ms, max_attempts: 2}\n")
+	f.apply(s, 2)
+	f.containers["lying"] = &docker.Container{ID: "lying", Host: "h2", App: "web", Instance: "adoptme", SpecHash: desiredHash(s), Running: true,
+		Name: "web:v1", Generation: 1}
+	h := start(t, f, Config{})
+
+	refused := func() []store.Event {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		var out []store.Event
+		for _, e := range f.events {
+			if e.Kind == "instance_address_refused" {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+	require.Eventually(t, func() bool {
+		evs := refused()
+		adopted, started := false, false
+		for _, e := range evs {
+			adopted = adopted || e.Instance == "adoptme"
+			started = started || e.Instance != "adoptme"
+		}
+		return adopted && started && byHost(f)["h1"] == 1
+	}, 5*time.Second, 10*time.Millisecond, "refused: %v", refused())
+	h.stop() // no start in flight below
+	for _, e := range refused() {
+		require.Equal(t, "web", e.App)
+		require.Equal(t, map[string]string{"host": "h2", "address": "10.0.0.5:5432", "container_id": e.Details["container_id"]}, e.Details)
+		require.Contains(t, e.Message, "instance "+e.Instance+" of web refused on host h2: its engine reported the address 10.0.0.5:5432, which is not its host's")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	require.NotContains(t, f.addresses, "10.0.0.5:5432")
+	for _, r := range f.records {
+		require.NotEqual(t, "h2", r.Host, "no record of h2's stays: %+v", r)
+	}
+	for id, c := range f.containers {
+		require.NotEqual(t, "h2", c.Host, "h2's containers are removed: %s", id)
+	}
 }

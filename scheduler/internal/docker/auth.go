@@ -27,6 +27,9 @@ var hubAliases = map[string]bool{"docker.io": true, "index.docker.io": true, "re
 // credentials are never logged or printed.
 type RegistryAuths struct {
 	byHost map[string]string // registry host → encoded X-Registry-Auth
+	// withheld are the registries that have credentials in the file but
+	// not for this holder (Only): a failed pull from one says so.
+	withheld map[string]bool
 }
 
 // LoadRegistryAuths reads the "auths" of a Docker config.json at path. An
@@ -114,6 +117,47 @@ func (a *RegistryAuths) Hosts() []string {
 	return out
 }
 
+// Only returns the credentials of the named registries alone (host[:port]
+// as an image names it; Docker Hub's aliases are one): what one registered
+// host's engine may receive. The others are withheld: For gives none for
+// them, and Withheld names them.
+func (a *RegistryAuths) Only(registries []string) *RegistryAuths {
+	out := &RegistryAuths{byHost: map[string]string{}, withheld: map[string]bool{}}
+	if a == nil {
+		return out
+	}
+	allowed := map[string]bool{}
+	for _, r := range registries {
+		if h := registryHost(r); h != "" {
+			allowed[h] = true
+		}
+	}
+	for h, enc := range a.byHost {
+		if allowed[h] {
+			out.byHost[h] = enc
+		} else {
+			out.withheld[h] = true
+		}
+	}
+	for h := range a.withheld {
+		out.withheld[h] = true
+	}
+	return out
+}
+
+// Withheld returns the registry of ref when it has credentials that this
+// holder may not send (see Only), or "".
+func (a *RegistryAuths) Withheld(ref string) string {
+	if a == nil || len(a.withheld) == 0 {
+		return ""
+	}
+	h := refRegistry(ref)
+	if a.withheld[h] {
+		return h
+	}
+	return ""
+}
+
 // For returns the encoded credentials for pulling ref: those of the
 // registry ref names (Docker Hub when it names none), or "" when there are
 // none or ref does not parse.
@@ -121,11 +165,21 @@ func (a *RegistryAuths) For(ref string) string {
 	if a == nil || len(a.byHost) == 0 {
 		return ""
 	}
+	h := refRegistry(ref)
+	if h == "" {
+		return ""
+	}
+	return a.byHost[h]
+}
+
+// refRegistry is the registry host ref pulls from (docker.io when it
+// names none), or "" when ref does not parse.
+func refRegistry(ref string) string {
 	named, err := reference.ParseNormalizedNamed(ref)
 	if err != nil {
 		return ""
 	}
-	return a.byHost[registryHost(reference.Domain(named))]
+	return registryHost(reference.Domain(named))
 }
 
 // registryHost is the lowercase host[:port] a config.json key or an image

@@ -178,3 +178,80 @@ func TestPullSendsOnlyTheImagesRegistryAuth(t *testing.T) {
 	require.Contains(t, got, "evil.example/acme/web")
 	require.Empty(t, got["evil.example/acme/web"], "no credentials to a registry without an entry")
 }
+
+func TestRegistryAuthsOnly(t *testing.T) {
+	t.Parallel()
+	all, err := ParseRegistryAuths(configJSON(t, map[string]string{
+		"registry.corp.example":       basic("corp", "corppass"),
+		"https://index.docker.io/v1/": basic("hub", "hubpass"),
+		"ghcr.io":                     basic("gh", "ghpass"),
+	}))
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		name       string
+		registries []string
+		ref, user  string
+		withheld   string
+	}{
+		{"its registry", []string{"registry.corp.example"}, "registry.corp.example/app:1", "corp", ""},
+		{"another registry's image", []string{"registry.corp.example"}, "ghcr.io/acme/web:1", "", "ghcr.io"},
+		{"Docker Hub withheld", []string{"registry.corp.example"}, "nginx:1.27", "", "docker.io"},
+		{"Docker Hub allowed", []string{"docker.io"}, "acme/web:1", "hub", ""},
+		{"no registry allowed", nil, "registry.corp.example/app:1", "", "registry.corp.example"},
+		{"a registry without credentials", nil, "quay.io/acme/web:1", "", ""},
+		{"a lookalike", []string{"registry.corp.example"}, "registry.corp.example.evil.example/app:1", "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			only := all.Only(tc.registries)
+			require.Equal(t, tc.user, decoded(t, only.For(tc.ref)))
+			require.Equal(t, tc.withheld, only.Withheld(tc.ref))
+		})
+	}
+	require.Equal(t, []string{"docker.io", "ghcr.io", "registry.corp.example"}, all.Hosts(), "Only leaves the original whole")
+	require.Empty(t, all.Withheld("ghcr.io/acme/web:1"), "the local engine withholds nothing")
+	var none *RegistryAuths
+	require.Empty(t, none.Only([]string{"ghcr.io"}).For("ghcr.io/acme/web:1"))
+}
+
+// TestPullOnAHostSendsOnlyItsRegistries pulls through fake engines on
+// loopback, one client per host as the fleet makes them: the host allowed
+// registry.corp.example gets that entry and no other, the host allowed
+// none gets no credential; when its pull then fails, the error says that
+// the host is not allowed that registry's credential and how to allow it.
+func TestPullOnAHostSendsOnlyItsRegistries(t *testing.T) {
+	t.Parallel()
+	auths, err := ParseRegistryAuths(configJSON(t, map[string]string{"registry.corp.example": basic("corp", "corppass"), "ghcr.io": basic("gh", "ghpass")}))
+	require.NoError(t, err)
+	ctx := context.Background()
+	allowed, denied := newFakeEngine(t), newFakeEngine(t)
+	h1, err := New(Options{Prefix: "authtest", Host: "h1", URL: allowed.url(), RegistryAuths: auths.Only([]string{"registry.corp.example"})}, zaptest.NewLogger(t))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = h1.Close() })
+	h2, err := New(Options{Prefix: "authtest", Host: "h2", URL: denied.url(), RegistryAuths: auths.Only(nil)}, zaptest.NewLogger(t))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = h2.Close() })
+
+	for _, ref := range []string{"registry.corp.example/app:1", "ghcr.io/acme/web:1"} {
+		require.NoError(t, h1.Pull(ctx, ref, 5*time.Second))
+	}
+	require.NoError(t, h2.Pull(ctx, "registry.corp.example/app:1", 5*time.Second))
+	allowed.mu.Lock()
+	require.Equal(t, "corp", decoded(t, allowed.pulls["registry.corp.example/app"]))
+	require.Contains(t, allowed.pulls, "ghcr.io/acme/web")
+	require.Empty(t, allowed.pulls["ghcr.io/acme/web"], "a registry the host is not allowed: no credential")
+	allowed.mu.Unlock()
+	denied.mu.Lock()
+	require.Contains(t, denied.pulls, "registry.corp.example/app")
+	require.Empty(t, denied.pulls["registry.corp.example/app"], "a host allowed no registry gets no credential")
+	denied.denied = true
+	denied.mu.Unlock()
+
+	err = h2.Pull(ctx, "registry.corp.example/app:1", 5*time.Second)
+	require.ErrorContains(t, err, "host h2 is not allowed the credential of registry registry.corp.example")
+	require.ErrorContains(t, err, "scheduler hosts add h2 … --registry registry.corp.example")
+	require.NotContains(t, err.Error(), "corppass")
+	err = h2.Pull(ctx, "quay.io/acme/web:1", 5*time.Second)
+	require.Error(t, err)
+	require.NotContains(t, err.Error(), "not allowed the credential", "no hint for a registry without credentials")
+}

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/berthhq/berth/common/spec"
@@ -41,6 +42,9 @@ const (
 	// the local engine of a scheduler without registered hosts. One engine
 	// registered twice lists each container under its own name only.
 	LabelHost = "berth.host"
+	// LabelPort is the container port nginx sends traffic to: on
+	// --network, the container is reached there.
+	LabelPort = "berth.port"
 )
 
 // Errors of the adapter.
@@ -62,9 +66,18 @@ type Options struct {
 	// Network, when set, attaches containers to this Docker network and
 	// reaches them by their address on it instead of publishing ports.
 	Network string
+	// NetworkPrefixes (--network-cidr) hold every container address on
+	// Network: an engine that reports one outside them is refused
+	// (ErrForeignAddress). A registered host on a Network needs them.
+	NetworkPrefixes []netip.Prefix
+	// Allowed, when set, refuses addresses no host is reached on (loopback,
+	// link-local, …; hosts.Policy.CheckIP): the engine's own address as
+	// resolved at each connection to a tcp:// URL, and a container's
+	// address on Network.
+	Allowed func(netip.Addr) error
 	// RegistryAuths are the registry credentials (from
-	// --registry-auth-file); a pull sends only its registry's. Nil sends
-	// none. Never logged.
+	// --registry-auth-file) this engine may receive; a pull sends only its
+	// registry's. Nil sends none. Never logged.
 	RegistryAuths *RegistryAuths
 	// Host is the registered host this client drives ("": the local
 	// engine, without registered hosts); URL its engine (unix:// or
@@ -84,6 +97,7 @@ type TLSFiles struct {
 type Client struct {
 	c      *client.Client
 	o      Options
+	reach  reach
 	logger *zap.Logger
 }
 
@@ -96,7 +110,8 @@ func New(o Options, logger *zap.Logger) (*Client, error) {
 	if o.PublishAddress == "" {
 		o.PublishAddress = "127.0.0.1"
 	}
-	if _, err := netip.ParseAddr(o.PublishAddress); err != nil {
+	publish, err := netip.ParseAddr(o.PublishAddress)
+	if err != nil {
 		return nil, fmt.Errorf("publish address %q: must be an IP address", o.PublishAddress)
 	}
 	// A registered host's client takes nothing from the scheduler's own
@@ -107,6 +122,9 @@ func New(o Options, logger *zap.Logger) (*Client, error) {
 		opts = []client.Opt{client.WithHost(o.URL)}
 		if o.TLS != nil {
 			opts = append(opts, client.WithTLSClientConfig(o.TLS.CA, o.TLS.Cert, o.TLS.Key))
+		}
+		if strings.HasPrefix(o.URL, "tcp://") && o.Allowed != nil {
+			opts = append(opts, client.WithDialContext(guardedDialer(o.Allowed).DialContext))
 		}
 	}
 	c, err := client.New(opts...)
@@ -120,7 +138,25 @@ func New(o Options, logger *zap.Logger) (*Client, error) {
 	if hosts := o.RegistryAuths.Hosts(); len(hosts) > 0 {
 		logger.Info("registry credentials loaded", zap.Strings("registries", hosts))
 	}
-	return &Client{c: c, o: o, logger: logger}, nil
+	return &Client{c: c, o: o, logger: logger,
+		reach: reach{host: o.Host, publish: publish, network: o.Network, prefixes: o.NetworkPrefixes, allowed: o.Allowed}}, nil
+}
+
+// guardedDialer connects to an engine only at an address allowed passes,
+// checked after name resolution, so a host name cannot lead the client to
+// an address its registration could not name.
+func guardedDialer(allowed func(netip.Addr) error) *net.Dialer {
+	return &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second,
+		Control: func(_, address string, _ syscall.RawConn) error {
+			ap, err := netip.ParseAddrPort(address)
+			if err != nil {
+				return fmt.Errorf("docker engine address %s: %w", address, err)
+			}
+			if err := allowed(ap.Addr()); err != nil {
+				return fmt.Errorf("docker engine address %s %w", ap.Addr(), err)
+			}
+			return nil
+		}}
 }
 
 // Close releases the client.
@@ -255,6 +291,7 @@ func (c *Client) Create(ctx context.Context, o CreateOptions) (string, error) {
 		Labels: map[string]string{
 			LabelManaged: "true", LabelPrefix: c.o.Prefix, LabelApp: o.App, LabelInstance: o.Instance,
 			LabelGeneration: strconv.FormatInt(o.Generation, 10), LabelSpecHash: o.SpecHash, LabelTerm: strconv.FormatUint(o.Term, 10),
+			LabelPort: strconv.Itoa(o.Port),
 		},
 	}
 	if c.o.Host != "" {
@@ -313,7 +350,12 @@ func (c *Client) Remove(ctx context.Context, id string) error {
 	return nil
 }
 
-// Inspect returns a container with its address and exit state.
+// Inspect returns a container with its address and exit state. Its host
+// is this client's, whatever its labels say. An address the engine reports
+// that is not where this host's containers are reached (a port published
+// on another address, an address on Network outside NetworkPrefixes) is
+// an *AddressError (ErrForeignAddress), with the container as reported
+// but no address.
 func (c *Client) Inspect(ctx context.Context, id string) (Container, error) {
 	res, err := c.c.ContainerInspect(ctx, id, client.ContainerInspectOptions{})
 	if err != nil {
@@ -321,30 +363,49 @@ func (c *Client) Inspect(ctx context.Context, id string) (Container, error) {
 	}
 	r := res.Container
 	ct := Container{ID: r.ID, Name: strings.TrimPrefix(r.Name, "/")}
+	var labels map[string]string
 	if r.Config != nil {
-		fromLabels(&ct, r.Config.Labels)
+		labels = r.Config.Labels
+		fromLabels(&ct, labels)
 	}
+	ct.Host = c.o.Host
 	if s := r.State; s != nil {
 		ct.State, ct.Running, ct.OOMKilled, ct.ExitCode = string(s.Status), s.Running, s.OOMKilled, s.ExitCode
 		ct.StartedAt, _ = time.Parse(time.RFC3339Nano, s.StartedAt)
 	}
-	if ns := r.NetworkSettings; ns != nil {
-		if c.o.Network != "" {
-			if ep := ns.Networks[c.o.Network]; ep != nil && ep.IPAddress.IsValid() && r.Config != nil {
-				for p := range r.Config.ExposedPorts {
-					ct.Address = net.JoinHostPort(ep.IPAddress.String(), strconv.Itoa(int(p.Num())))
-				}
-			}
-		} else {
-			for _, bindings := range ns.Ports {
-				for _, b := range bindings {
-					if b.HostIP.String() == c.o.PublishAddress && b.HostPort != "" {
-						ct.Address = net.JoinHostPort(c.o.PublishAddress, b.HostPort)
-					}
+	ns := r.NetworkSettings
+	if ns == nil {
+		return ct, nil
+	}
+	var addr, reported string
+	if c.o.Network != "" {
+		var ip netip.Addr
+		if ep := ns.Networks[c.o.Network]; ep != nil {
+			ip = ep.IPAddress
+		}
+		port, _ := strconv.ParseUint(labels[LabelPort], 10, 16)
+		var exposed []uint16
+		if r.Config != nil {
+			for p := range r.Config.ExposedPorts {
+				if p.Proto() == network.TCP {
+					exposed = append(exposed, p.Num())
 				}
 			}
 		}
+		addr, reported, err = c.reach.onNetwork(ip, uint16(port), exposed)
+	} else {
+		var bs []binding
+		for _, bindings := range ns.Ports {
+			for _, b := range bindings {
+				bs = append(bs, binding{ip: b.HostIP, port: b.HostPort})
+			}
+		}
+		addr, reported, err = c.reach.published(bs)
 	}
+	if err != nil {
+		return ct, &AddressError{Host: c.o.Host, Container: ct.ID, Address: reported, Reason: err.Error()}
+	}
+	ct.Address = addr
 	return ct, nil
 }
 
@@ -370,11 +431,16 @@ func (c *Client) Pull(ctx context.Context, ref string, timeout time.Duration) er
 		err = resp.Wait(ctx)
 		resp.Close()
 	}
-	switch {
-	case err == nil:
+	if err == nil {
 		return nil
-	case cerrdefs.IsNotFound(err):
-		return fmt.Errorf("pull %s: %w", ref, ErrImageNotFound)
+	}
+	if cerrdefs.IsNotFound(err) {
+		err = ErrImageNotFound
+	}
+	if reg := c.o.RegistryAuths.Withheld(ref); reg != "" {
+		return fmt.Errorf("pull %s: %w (pulled without credentials: host %s is not allowed the credential of registry %s from --registry-auth-file; "+
+			"if the image needs it, register the host again with it: scheduler hosts add %s … --registry %s, or \"registries\" in PUT /v1/hosts/%s)",
+			ref, err, c.o.Host, reg, c.o.Host, reg, c.o.Host)
 	}
 	return fmt.Errorf("pull %s: %w", ref, err)
 }

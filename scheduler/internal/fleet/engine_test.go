@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,12 +14,14 @@ import (
 
 	"github.com/berthhq/berth/internal/testrig"
 	"github.com/berthhq/berth/scheduler/internal/docker"
+	"github.com/berthhq/berth/scheduler/internal/hosts"
 	"github.com/berthhq/berth/scheduler/internal/store"
 )
 
 // TestTLSEngine drives a real engine that serves its API over TCP with
-// --tlsverify, as a remote host is protected: with the client files the
-// host is up and runs a container published on its address; without
+// --tlsverify, as a remote host is protected, through the scheduler's
+// dial (TLS files resolved under --host-tls-dir): with the client files
+// the host is up and runs a container published on its address; without
 // them it never answers, and is down after the host timeout.
 func TestTLSEngine(t *testing.T) {
 	t.Parallel()
@@ -26,13 +29,10 @@ func TestTLSEngine(t *testing.T) {
 	img := testrig.DemoImage(t, "v1")
 	require.NoError(t, e.Load(img))
 	logger := zaptest.NewLogger(t)
-	dial := func(h store.Host) (Engine, error) {
-		o := docker.Options{Prefix: "tlstest", PublishAddress: h.Address, Host: h.Name, URL: h.DockerURL}
-		if h.TLSCA != "" {
-			o.TLS = &docker.TLSFiles{CA: h.TLSCA, Cert: h.TLSCert, Key: h.TLSKey}
-		}
-		return docker.New(o, logger)
-	}
+	// The scheduler's own dial: the client files lie in the engine's
+	// directory, named as --host-tls-dir; a loopback engine needs
+	// --allow-loopback-hosts.
+	dial := DockerDial(DialOptions{Prefix: "tlstest", Policy: hosts.Policy{TLSDir: filepath.Dir(e.TLS.CA), AllowLoopback: true}}, logger)
 	reg := &registry{hosts: []store.Host{
 		{Name: "tls", DockerURL: e.TCPURL, TLSCA: e.TLS.CA, TLSCert: e.TLS.Cert, TLSKey: e.TLS.Key, Address: e.Address},
 		{Name: "plain", DockerURL: e.TCPURL, Address: e.Address}, // the same engine, no client certificate

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/docker"
 	"github.com/berthhq/berth/scheduler/internal/placement"
 	"github.com/berthhq/berth/scheduler/internal/store"
@@ -81,8 +82,9 @@ type member struct {
 	rec     store.Host
 	eng     Engine
 	state   string
-	failing bool // the last call failed: not answering, not down yet
-	listed  bool // a list has come back since it was (re)added or down
+	reason  string // why the host is not used: its client could not be set up
+	failing bool   // the last call failed: not answering, not down yet
+	listed  bool   // a list has come back since it was (re)added or down
 	lastOK  time.Time
 	since   time.Time
 	last    []docker.Container // the last list, served while the host is suspect
@@ -183,11 +185,13 @@ func (f *Fleet) Sync(ctx context.Context) error {
 		}
 		eng, err := f.dial(h)
 		if err != nil {
-			// Dialled again at the next Sync (every probe).
-			if !ok || m.eng != nil {
-				f.logger.Error("cannot set up the host's Docker client: it is down until this is fixed", zap.String("host", h.Name), zap.Error(err))
+			// Dialled again at the next Sync (every probe); logged once
+			// for each reason.
+			reason := Reason(err)
+			if !ok || m.eng != nil || m.reason != reason {
+				f.logger.Error("cannot set up the host's Docker client: it is down until this is fixed", zap.String("host", h.Name), zap.String("reason", reason))
 			}
-			m = &member{rec: h, state: Down, since: f.now()}
+			m = &member{rec: h, state: Down, reason: reason, since: f.now()}
 			f.up.WithLabelValues(h.Name).Set(0)
 			failed = append(failed, h.Name)
 		} else {
@@ -218,7 +222,23 @@ func (f *Fleet) Sync(ctx context.Context) error {
 }
 
 func sameEngine(a, b store.Host) bool {
-	return a.DockerURL == b.DockerURL && a.TLSCA == b.TLSCA && a.TLSCert == b.TLSCert && a.TLSKey == b.TLSKey && a.Address == b.Address
+	return a.DockerURL == b.DockerURL && a.TLSCA == b.TLSCA && a.TLSCert == b.TLSCert && a.TLSKey == b.TLSKey && a.Address == b.Address &&
+		slices.Equal(a.Registries, b.Registries)
+}
+
+// Reason is err as one line, for a host's state reason: a registration's
+// field errors joined by "; ".
+func Reason(err error) string {
+	var es spec.Errors
+	if errors.As(err, &es) {
+		parts := make([]string, len(es))
+		for i, e := range es {
+			parts[i] = e.Error()
+		}
+		prefix, _, _ := strings.Cut(err.Error(), "spec:")
+		return prefix + strings.Join(parts, "; ")
+	}
+	return strings.ReplaceAll(err.Error(), "\n", " ")
 }
 
 // drop stops a member's events and closes its client. Under mu.
@@ -314,21 +334,22 @@ func (f *Fleet) observe(m *member, err error) {
 	}
 }
 
-// Each calls fn with every registered host's state and when it last
-// answered (zero: never).
-func (f *Fleet) Each(fn func(host, state string, lastOK time.Time)) {
+// Each calls fn with every registered host's state, why it is not used
+// ("" unless its client could not be set up) and when it last answered
+// (zero: never).
+func (f *Fleet) Each(fn func(host, state, reason string, lastOK time.Time)) {
 	type row struct {
-		name, state string
-		ok          time.Time
+		name, state, reason string
+		ok                  time.Time
 	}
 	f.mu.Lock()
 	rows := make([]row, 0, len(f.members))
 	for name, m := range f.members {
-		rows = append(rows, row{name, m.state, m.lastOK})
+		rows = append(rows, row{name, m.state, m.reason, m.lastOK})
 	}
 	f.mu.Unlock()
 	for _, r := range rows {
-		fn(r.name, r.state, r.ok)
+		fn(r.name, r.state, r.reason, r.ok)
 	}
 }
 

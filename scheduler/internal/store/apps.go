@@ -428,7 +428,7 @@ func (t *Tx) DeleteInstance(ctx context.Context, id string) error {
 // or failed to start one, since since: the restart budget's history.
 func (s *Store) Restarts(ctx context.Context, since time.Time) (map[string][]time.Time, error) {
 	rows, err := s.pool.Query(ctx, `SELECT app, at FROM events
-		WHERE kind IN ('instance_replaced', 'image_pull_failed', 'instance_create_failed', 'instance_start_failed') AND at >= $1`, since)
+		WHERE kind IN ('instance_replaced', 'image_pull_failed', 'instance_create_failed', 'instance_start_failed', 'instance_address_refused') AND at >= $1`, since)
 	if err != nil {
 		return nil, fmt.Errorf("restarts: %w", redact(err))
 	}

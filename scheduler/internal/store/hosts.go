@@ -23,13 +23,20 @@ type Host struct {
 	// CPU (cores) and Memory (bytes) are its capacity; zero: no limit.
 	CPU    float64
 	Memory int64
+	// Registries are the registries whose credentials the host's engine
+	// may receive with a pull.
+	Registries []string
 	// Drain: nothing new is placed there, and what runs there moves.
 	Drain bool
 	// State is what the leader last saw of its engine (HostUp, HostDown,
 	// HostUnknown), since StateAt; LastSeen is when it last answered, as
 	// the leader recorded it (at each change of any host's state, and on
 	// gaining leadership).
-	State             string
+	State string
+	// StateReason is why the leader does not use the host, when it does
+	// not: its registration breaks the operator's policy, or its Docker
+	// client cannot be set up.
+	StateReason       string
 	StateAt, LastSeen time.Time
 	CreatedAt         time.Time
 	UpdatedAt         time.Time
@@ -48,18 +55,21 @@ const HostsChannel = "berth_hosts"
 // ErrHostInUse is the removal of a host that instances still run on.
 var ErrHostInUse = errors.New("store: instances still run on the host")
 
-const hostColumns = `name, docker_url, tls_ca, tls_cert, tls_key, address, labels, cpu, memory, drain, state, state_at, last_seen, created_at, updated_at`
+const hostColumns = `name, docker_url, tls_ca, tls_cert, tls_key, address, labels, cpu, memory, registries, drain, state, state_reason, state_at, last_seen, created_at, updated_at`
 
 func scanHost(row pgx.Row) (Host, error) {
 	var h Host
 	var labels []byte
 	var stateAt, lastSeen *time.Time
-	err := row.Scan(&h.Name, &h.DockerURL, &h.TLSCA, &h.TLSCert, &h.TLSKey, &h.Address, &labels, &h.CPU, &h.Memory, &h.Drain,
-		&h.State, &stateAt, &lastSeen, &h.CreatedAt, &h.UpdatedAt)
+	err := row.Scan(&h.Name, &h.DockerURL, &h.TLSCA, &h.TLSCert, &h.TLSKey, &h.Address, &labels, &h.CPU, &h.Memory, &h.Registries, &h.Drain,
+		&h.State, &h.StateReason, &stateAt, &lastSeen, &h.CreatedAt, &h.UpdatedAt)
 	if err != nil {
 		return h, err
 	}
 	h.StateAt, h.LastSeen = orZero(stateAt), orZero(lastSeen)
+	if len(h.Registries) == 0 {
+		h.Registries = nil
+	}
 	if err := json.Unmarshal(labels, &h.Labels); err != nil {
 		return h, fmt.Errorf("labels of host %s: %w", h.Name, err)
 	}
@@ -100,7 +110,8 @@ func (s *Store) GetHost(ctx context.Context, name string) (Host, error) {
 }
 
 // PutHost registers h, or changes a registered host's connection,
-// address, labels and capacity (its drain flag and state stay). It
+// address, labels, capacity and registries (its drain flag and state
+// stay). It
 // notifies HostsChannel, so the leader places with it at once.
 func (s *Store) PutHost(ctx context.Context, h Host) (Host, error) {
 	labels, err := json.Marshal(h.Labels)
@@ -109,6 +120,10 @@ func (s *Store) PutHost(ctx context.Context, h Host) (Host, error) {
 	}
 	if h.Labels == nil {
 		labels = []byte("{}")
+	}
+	registries := h.Registries
+	if registries == nil {
+		registries = []string{}
 	}
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
@@ -127,11 +142,11 @@ func (s *Store) PutHost(ctx context.Context, h Host) (Host, error) {
 		return h, fmt.Errorf("%w: %d instance(s) run on %s at %s: drain it and wait for them to move before pointing it at another engine", ErrHostInUse, n, h.Name, url)
 	}
 	out, err := scanHost(tx.QueryRow(ctx, `
-		INSERT INTO hosts (name, docker_url, tls_ca, tls_cert, tls_key, address, labels, cpu, memory)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+		INSERT INTO hosts (name, docker_url, tls_ca, tls_cert, tls_key, address, labels, cpu, memory, registries)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 		ON CONFLICT (name) DO UPDATE SET docker_url = $2, tls_ca = $3, tls_cert = $4, tls_key = $5, address = $6,
-			labels = $7, cpu = $8, memory = $9, updated_at = now()
-		RETURNING `+hostColumns, h.Name, h.DockerURL, h.TLSCA, h.TLSCert, h.TLSKey, h.Address, labels, h.CPU, h.Memory))
+			labels = $7, cpu = $8, memory = $9, registries = $10, updated_at = now()
+		RETURNING `+hostColumns, h.Name, h.DockerURL, h.TLSCA, h.TLSCert, h.TLSKey, h.Address, labels, h.CPU, h.Memory, registries))
 	if err != nil {
 		return h, fmt.Errorf("put host %s: %w", h.Name, redact(err))
 	}
@@ -191,11 +206,12 @@ func (s *Store) DeleteHost(ctx context.Context, name string, force bool) error {
 }
 
 // SetHostState records what the leader saw of a host's engine: its state
-// since at (kept when unchanged), and when it last answered.
-func (t *Tx) SetHostState(ctx context.Context, name, state string, at, lastSeen time.Time) error {
+// since at (kept when unchanged), why it does not use the host (reason;
+// "" when it does), and when it last answered.
+func (t *Tx) SetHostState(ctx context.Context, name, state, reason string, at, lastSeen time.Time) error {
 	_, err := t.tx.Exec(ctx, `
-		UPDATE hosts SET state_at = CASE WHEN state = $2 THEN state_at ELSE $3 END, state = $2,
-			last_seen = COALESCE($4, last_seen) WHERE name = $1`, name, state, at, orNil(lastSeen))
+		UPDATE hosts SET state_at = CASE WHEN state = $2 THEN state_at ELSE $3 END, state = $2, state_reason = $5,
+			last_seen = COALESCE($4, last_seen) WHERE name = $1`, name, state, at, orNil(lastSeen), reason)
 	if err != nil {
 		return fmt.Errorf("host %s state: %w", name, redact(err))
 	}
