@@ -311,6 +311,10 @@ type Event struct {
 	Message string `json:"message"`
 	// Details are machine-readable specifics.
 	Details map[string]string `json:"details,omitempty"`
+	// Actor made it happen: the name of the API token whose change it
+	// follows, or the scheduler on its own ("scheduler", "autoscaler").
+	// Optional: absent from events of schedulers before it.
+	Actor string `json:"actor,omitempty"`
 	// Term is the leader term that acted.
 	Term uint64 `json:"term"`
 	// At is when it happened.
@@ -643,6 +647,9 @@ func (m *Event) Validate() error {
 		es.Check("instance", CheckInstanceID(m.Instance))
 	}
 	es.Check("kind", CheckToken(m.Kind))
+	if m.Actor != "" {
+		es.Check("actor", CheckToken(m.Actor))
+	}
 	text(&es, "message", m.Message)
 	if len(m.Details) > 64 {
 		es.Add("details", "has %d entries; at most 64", len(m.Details))

@@ -11,6 +11,7 @@
 package publish
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -33,6 +34,7 @@ type Store interface {
 	Get(ctx context.Context, name string) (store.App, error)
 	List(ctx context.Context) ([]store.App, error)
 	Instances(ctx context.Context, app string) ([]store.Instance, error)
+	UpdatedBy(ctx context.Context, name string) (string, error)
 	LeaderTx(ctx context.Context, l store.Lease, fn func(ctx context.Context, tx *store.Tx) error) error
 }
 
@@ -403,7 +405,7 @@ func (p *Publisher) One(ctx context.Context, name string, l store.Lease) error {
 		if err := kv.Delete(ctx, name); err != nil {
 			return fmt.Errorf("publish %s: %w", name, err)
 		}
-		return p.Event(ctx, l, store.Event{App: name, Kind: "app_deleted", Message: "app " + name + " deleted; its instances are stopped"})
+		return p.Event(ctx, l, store.Event{App: name, Kind: "app_deleted", Message: "app " + name + " deleted; its instances are stopped", Actor: p.deletedBy(ctx, name)})
 	}
 	if err != nil {
 		return fmt.Errorf("publish %s: %w", name, err)
@@ -417,7 +419,20 @@ func (p *Publisher) One(ctx context.Context, name string, l store.Lease) error {
 	if all, err := p.store.List(ctx); err == nil {
 		events = append(events, RouteConflicts(name, all)...)
 	}
+	// The change's actor (its token, or the autoscaler) made these happen.
+	for i := range events {
+		events[i].Actor = cmp.Or(a.UpdatedBy, store.ActorScheduler)
+	}
 	return p.Event(ctx, l, events...)
+}
+
+// deletedBy returns who deleted an app, the scheduler when that cannot be read.
+func (p *Publisher) deletedBy(ctx context.Context, name string) string {
+	actor, err := p.store.UpdatedBy(ctx, name)
+	if err != nil {
+		p.logger.Warn("could not read who deleted an app: its app_deleted event names the scheduler", zap.String(logging.KeyApp, name), zap.Error(err))
+	}
+	return cmp.Or(actor, store.ActorScheduler)
 }
 
 // RouteConflicts returns the route_conflict events that a change of app
@@ -495,7 +510,7 @@ func (p *Publisher) Tx(ctx context.Context, l store.Lease, fn func(ctx context.C
 
 func (p *Publisher) publishEvent(ctx context.Context, e store.Event) {
 	b, err := msg.Encode(&msg.Event{ID: fmt.Sprint(e.ID), App: e.App, Instance: e.Instance, Kind: e.Kind, Message: msg.Truncate(e.Message, msg.MaxTextLen),
-		Details: e.Details, Term: e.Term, At: e.At})
+		Details: e.Details, Actor: e.Actor, Term: e.Term, At: e.At})
 	if err == nil {
 		err = p.conn.Publish(ctx, p.names.EventsSubject(e.App, e.Kind), b)
 	}

@@ -246,20 +246,25 @@ func TestAllNeverResurrectsADeletedInstance(t *testing.T) {
 	}
 }
 
-// One app: put with its event, or deleted with app_deleted once.
+// One app: put with its event, or deleted with app_deleted once; each
+// event names the token that made the change.
 func TestOnePutsOrDeletesAnApp(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	r := newRig(t)
 	events := r.events(t)
-	r.apply(t, "web")
+	s, err := spec.Load([]byte("name: web\nimage: demo:v1\nport: 8080\nreplicas: 1\n"))
+	require.NoError(t, err)
+	_, _, err = r.st.Apply(store.WithActor(ctx, "alice"), s, nil)
+	require.NoError(t, err)
 	require.NoError(t, r.pub.One(ctx, "web", r.lease))
 	require.Equal(t, []string{"web"}, r.keys(t, r.names.AppsBucket()))
-	require.NoError(t, r.st.Delete(ctx, "web"))
+	require.NoError(t, r.st.Delete(store.WithActor(ctx, "bob"), "web"))
 	require.NoError(t, r.pub.One(ctx, "web", r.lease))
 	require.NoError(t, r.pub.One(ctx, "web", r.lease), "a second notification of the same delete")
 	require.Empty(t, r.keys(t, r.names.AppsBucket()))
 	require.Eventually(t, func() bool { return len(events()) == 2 }, 2*time.Second, 10*time.Millisecond)
 	kinds := []string{events()[0].Kind, events()[1].Kind}
 	require.Equal(t, []string{"app_updated", "app_deleted"}, kinds)
+	require.Equal(t, []string{"alice", "bob"}, []string{events()[0].Actor, events()[1].Actor})
 }

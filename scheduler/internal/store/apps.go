@@ -40,6 +40,9 @@ type App struct {
 	// (spec.HostKey, "" for the default server): a host belongs to the
 	// app that claimed it first (spec.Claims).
 	HostClaims map[string]time.Time
+	// UpdatedBy is the actor of the last change (ActorOf its context):
+	// a token's name, or the scheduler or its autoscaler.
+	UpdatedBy string
 }
 
 // Claimant is a as the route table sees it.
@@ -96,7 +99,8 @@ var ErrUnsealed = errors.New("store: a secret env value is not sealed")
 // the generation increments, the spec joins the history, and AppsChannel
 // is notified. A variable marked secret that was not before is sealed in
 // every earlier spec of the history too, so its value stays in clear
-// nowhere. A deleted app comes back.
+// nowhere. A deleted app comes back. The change is recorded as made by
+// ActorOf(ctx), as are Scale, Rollback and Delete.
 func (s *Store) Apply(ctx context.Context, a *spec.App, seal Sealer) (app App, changed bool, err error) {
 	err = s.appTx(ctx, a.Name, func(tx pgx.Tx, cur *App) error {
 		var before *spec.App
@@ -197,7 +201,8 @@ func (s *Store) Delete(ctx context.Context, name string) error {
 		if cur == nil {
 			return fmt.Errorf("delete %s: %w", name, ErrNotFound)
 		}
-		if _, err := tx.Exec(ctx, `UPDATE apps SET deleted_at = now(), updated_at = now(), generation = generation + 1, host_claims = '{}' WHERE name = $1`, name); err != nil {
+		if _, err := tx.Exec(ctx, `UPDATE apps SET deleted_at = now(), updated_at = now(), generation = generation + 1, host_claims = '{}', updated_by = $2 WHERE name = $1`,
+			name, ActorOf(ctx)); err != nil {
 			return fmt.Errorf("delete %s: %w", name, redact(err))
 		}
 		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, AppsChannel, name); err != nil {
@@ -205,6 +210,57 @@ func (s *Store) Delete(ctx context.Context, name string) error {
 		}
 		return nil
 	})
+}
+
+// UpdatedBy returns the actor of an app's last change, also of a deleted
+// app (who deleted it); ErrNotFound for an app never applied.
+func (s *Store) UpdatedBy(ctx context.Context, name string) (string, error) {
+	var actor string
+	err := s.pool.QueryRow(ctx, `SELECT updated_by FROM apps WHERE name = $1`, name).Scan(&actor)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return "", fmt.Errorf("updated by of %s: %w", name, ErrNotFound)
+	case err != nil:
+		return "", fmt.Errorf("updated by of %s: %w", name, redact(err))
+	}
+	return actor, nil
+}
+
+// Revision is one generation of an app's spec in its history.
+type Revision struct {
+	Generation int64
+	Image      string
+	// Actor made it: a token's name, or the scheduler (a rollback after a
+	// failed rollout); "" before actors were recorded.
+	Actor string
+	At    time.Time
+}
+
+// History returns the newest limit generations of an app's spec, newest
+// first; ErrNotFound when the app does not exist or was deleted.
+func (s *Store) History(ctx context.Context, name string, limit int) ([]Revision, error) {
+	if _, err := s.Get(ctx, name); err != nil {
+		return nil, err
+	}
+	rows, err := s.pool.Query(ctx, `
+		SELECT generation, coalesce(spec->>'image', ''), actor, created_at FROM app_history
+		WHERE app = $1 ORDER BY generation DESC LIMIT $2`, name, limit)
+	if err != nil {
+		return nil, fmt.Errorf("history of %s: %w", name, redact(err))
+	}
+	defer rows.Close()
+	var out []Revision
+	for rows.Next() {
+		var r Revision
+		if err := rows.Scan(&r.Generation, &r.Image, &r.Actor, &r.At); err != nil {
+			return nil, fmt.Errorf("history of %s: %w", name, redact(err))
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("history of %s: %w", name, redact(err))
+	}
+	return out, nil
 }
 
 // Get returns an app that is not deleted.
@@ -224,7 +280,7 @@ func (s *Store) List(ctx context.Context) ([]App, error) { return s.list(ctx, ""
 
 func (s *Store) list(ctx context.Context, name string) ([]App, error) {
 	rows, err := s.pool.Query(ctx, `
-		SELECT name, spec, generation, desired_replicas, status, created_at, updated_at, host_claims FROM apps
+		SELECT `+appColumns+` FROM apps
 		WHERE deleted_at IS NULL AND ($1 = '' OR name = $1) ORDER BY name`, name)
 	if err != nil {
 		return nil, fmt.Errorf("list apps: %w", redact(err))
@@ -244,10 +300,12 @@ func (s *Store) list(ctx context.Context, name string) ([]App, error) {
 	return out, nil
 }
 
+const appColumns = `name, spec, generation, desired_replicas, status, created_at, updated_at, host_claims, updated_by`
+
 func scanApp(row pgx.Row) (App, error) {
 	var a App
 	var raw, claims []byte
-	if err := row.Scan(&a.Name, &raw, &a.Generation, &a.DesiredReplicas, &a.Status, &a.CreatedAt, &a.UpdatedAt, &claims); err != nil {
+	if err := row.Scan(&a.Name, &raw, &a.Generation, &a.DesiredReplicas, &a.Status, &a.CreatedAt, &a.UpdatedAt, &claims, &a.UpdatedBy); err != nil {
 		return App{}, err
 	}
 	if err := json.Unmarshal(claims, &a.HostClaims); err != nil {
@@ -270,7 +328,7 @@ func (s *Store) appTx(ctx context.Context, name string, fn func(tx pgx.Tx, cur *
 	defer func() { _ = tx.Rollback(ctx) }()
 	var cur *App
 	a, err := scanApp(tx.QueryRow(ctx, `
-		SELECT name, spec, generation, desired_replicas, status, created_at, updated_at, host_claims FROM apps
+		SELECT `+appColumns+` FROM apps
 		WHERE name = $1 AND deleted_at IS NULL FOR UPDATE`, name))
 	switch {
 	case err == nil:
@@ -302,15 +360,16 @@ func write(ctx context.Context, tx pgx.Tx, a *spec.App, cur *App) (App, error) {
 		return App{}, fmt.Errorf("apply %s: %w", a.Name, err)
 	}
 	row := tx.QueryRow(ctx, `
-		INSERT INTO apps (name, spec, generation, desired_replicas, host_claims) VALUES ($1, $2, 1, $3, $4)
+		INSERT INTO apps (name, spec, generation, desired_replicas, host_claims, updated_by) VALUES ($1, $2, 1, $3, $4, $5)
 		ON CONFLICT (name) DO UPDATE SET spec = EXCLUDED.spec, generation = apps.generation + 1,
-			desired_replicas = EXCLUDED.desired_replicas, updated_at = now(), deleted_at = NULL, host_claims = EXCLUDED.host_claims
-		RETURNING name, spec, generation, desired_replicas, status, created_at, updated_at, host_claims`, a.Name, raw, desired(a, cur), claims)
+			desired_replicas = EXCLUDED.desired_replicas, updated_at = now(), deleted_at = NULL, host_claims = EXCLUDED.host_claims,
+			updated_by = EXCLUDED.updated_by
+		RETURNING `+appColumns, a.Name, raw, desired(a, cur), claims, ActorOf(ctx))
 	app, err := scanApp(row)
 	if err != nil {
 		return App{}, fmt.Errorf("apply %s: %w", a.Name, redact(err))
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO app_history (app, generation, spec) VALUES ($1, $2, $3)`, app.Name, app.Generation, raw); err != nil {
+	if _, err := tx.Exec(ctx, `INSERT INTO app_history (app, generation, spec, actor) VALUES ($1, $2, $3, $4)`, app.Name, app.Generation, raw, app.UpdatedBy); err != nil {
 		return App{}, fmt.Errorf("apply %s: history: %w", a.Name, redact(err))
 	}
 	if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, AppsChannel, app.Name); err != nil {

@@ -15,8 +15,12 @@ type Event struct {
 	Kind     string
 	Message  string
 	Details  map[string]string
-	Term     uint64
-	At       time.Time
+	// Actor made it happen: the token whose change it follows, or the
+	// scheduler on its own (ActorScheduler, ActorAutoscaler). AddEvent
+	// records ActorOf(ctx) when it is empty.
+	Actor string
+	Term  uint64
+	At    time.Time
 }
 
 // AddEvent records an event under the transaction's term and returns its id.
@@ -28,9 +32,12 @@ func (t *Tx) AddEvent(ctx context.Context, e Event) (int64, error) {
 	if e.Details == nil {
 		details = []byte("{}")
 	}
+	if e.Actor == "" {
+		e.Actor = ActorOf(ctx)
+	}
 	var id int64
-	err = t.tx.QueryRow(ctx, `INSERT INTO events (app, instance, kind, message, details, term) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id`,
-		e.App, e.Instance, e.Kind, e.Message, details, int64(t.term)).Scan(&id)
+	err = t.tx.QueryRow(ctx, `INSERT INTO events (app, instance, kind, message, details, term, actor) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`,
+		e.App, e.Instance, e.Kind, e.Message, details, int64(t.term), e.Actor).Scan(&id)
 	if err != nil {
 		return 0, fmt.Errorf("add event %s/%s: %w", e.App, e.Kind, redact(err))
 	}
@@ -47,7 +54,7 @@ func (t *Tx) Added() []Event { return t.events }
 // an id above after, at most limit.
 func (s *Store) Events(ctx context.Context, app string, after int64, limit int) ([]Event, error) {
 	rows, err := s.pool.Query(ctx, `
-		SELECT id, app, instance, kind, message, details, term, at FROM events
+		SELECT id, app, instance, kind, message, details, term, at, actor FROM events
 		WHERE ($1 = '' OR app = $1) AND id > $2 ORDER BY id LIMIT $3`, app, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("events: %w", redact(err))
@@ -58,7 +65,7 @@ func (s *Store) Events(ctx context.Context, app string, after int64, limit int) 
 		var e Event
 		var details []byte
 		var term int64
-		if err := rows.Scan(&e.ID, &e.App, &e.Instance, &e.Kind, &e.Message, &details, &term, &e.At); err != nil {
+		if err := rows.Scan(&e.ID, &e.App, &e.Instance, &e.Kind, &e.Message, &details, &term, &e.At, &e.Actor); err != nil {
 			return nil, fmt.Errorf("events: %w", redact(err))
 		}
 		e.Term = uint64(term)

@@ -12,9 +12,16 @@ import (
 // handle(channel, "") for every channel after a reconnect, since
 // notifications sent meanwhile are lost.
 func (s *Store) Listen(ctx context.Context, channels []string, handle func(channel, payload string)) error {
+	return s.ListenReady(ctx, channels, nil, handle)
+}
+
+// ListenReady is Listen that calls ready, when not nil, each time its
+// LISTENs are in place: a notification sent after ready returns reaches
+// handle.
+func (s *Store) ListenReady(ctx context.Context, channels []string, ready func(), handle func(channel, payload string)) error {
 	backoff := 100 * time.Millisecond
 	for {
-		err := s.listenOnce(ctx, channels, handle)
+		err := s.listenOnce(ctx, channels, ready, handle)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -31,7 +38,7 @@ func (s *Store) Listen(ctx context.Context, channels []string, handle func(chann
 	}
 }
 
-func (s *Store) listenOnce(ctx context.Context, channels []string, handle func(channel, payload string)) error {
+func (s *Store) listenOnce(ctx context.Context, channels []string, ready func(), handle func(channel, payload string)) error {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return err
@@ -41,6 +48,9 @@ func (s *Store) listenOnce(ctx context.Context, channels []string, handle func(c
 		if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{ch}.Sanitize()); err != nil {
 			return err
 		}
+	}
+	if ready != nil {
+		ready()
 	}
 	for {
 		n, err := conn.Conn().WaitForNotification(ctx)

@@ -33,13 +33,13 @@ type Decision struct {
 // RecordDecision stores d under the transaction's term. When d changes the
 // replica count it also sets the app's desired replicas, but only if they
 // are still d.Current and the app is still autoscaled; otherwise it returns
-// ErrScaleConflict.
+// ErrScaleConflict. Such a change is the autoscaler's (ActorAutoscaler).
 func (t *Tx) RecordDecision(ctx context.Context, d Decision) (int64, error) {
 	if d.Desired != d.Current {
 		tag, err := t.tx.Exec(ctx, `
-			UPDATE apps SET desired_replicas = $3, updated_at = now()
+			UPDATE apps SET desired_replicas = $3, updated_at = now(), updated_by = $4
 			WHERE name = $1 AND deleted_at IS NULL AND desired_replicas = $2 AND spec->'scaling' IS NOT NULL`,
-			d.App, d.Current, d.Desired)
+			d.App, d.Current, d.Desired, ActorAutoscaler)
 		if err != nil {
 			return 0, fmt.Errorf("scale %s: %w", d.App, redact(err))
 		}
