@@ -1,8 +1,10 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/mail"
 	"net/netip"
@@ -43,6 +45,8 @@ type cli struct {
 	Rm          rmCmd       `cmd:"" help:"Delete an app."`
 	Rollback    rollbackCmd `cmd:"" help:"Roll an app back to its previous spec."`
 	Hosts       hostsCmd    `cmd:"" help:"The Docker hosts the scheduler places instances on: add, ls, drain, undrain, rm."`
+	Tokens      tokensCmd   `cmd:"" help:"API tokens and their scopes (read, deploy, admin): create, ls, revoke."`
+	History     historyCmd  `cmd:"" help:"Show an app's spec generations: image, and who made each."`
 
 	NATSCredential natsCredentialCmd `cmd:"" name:"nats-credential" help:"Print one role's NATS credential of the embedded NATS (its nkey seed, and the roles' public keys that sealed records are checked against), for another daemon's --nats-nkey; creates the credentials if needed."`
 	NATSConfig     natsConfigCmd     `cmd:"" name:"nats-config" help:"Print a nats-server config with Berth's roles (users and permissions) for an external NATS, from the credentials in --data-dir."`
@@ -67,7 +71,10 @@ type natsConfigCmd struct {
 type runCmd struct {
 	DatabaseURL  string        `name:"database-url" help:"Postgres URL (postgres://user:pass@host/db)." env:"BERTH_SCHEDULER_DATABASE_URL" default:""`
 	APIListen    string        `name:"api-listen" help:"Address of the HTTP API." default:"127.0.0.1:7070" env:"BERTH_SCHEDULER_API_LISTEN"`
-	APITokenFile string        `name:"api-token-file" help:"File holding the API bearer token; required unless --api-listen is loopback." default:"" env:"BERTH_SCHEDULER_API_TOKEN_FILE" type:"path"`
+	APITokenFile string        `name:"api-token-file" help:"File holding the API's admin token, named bootstrap (scheduler tokens create makes scoped ones); required unless --api-listen is loopback. Read once at start: unreadable or empty refuses to start." default:"" env:"BERTH_SCHEDULER_API_TOKEN_FILE" type:"path"`
+	APITLSCert   string        `name:"api-tls-cert" help:"PEM certificate (chain) the API serves HTTPS with; needs --api-tls-key. Read at start: restart a replica to rotate it." default:"" env:"BERTH_SCHEDULER_API_TLS_CERT" type:"path"`
+	APITLSKey    string        `name:"api-tls-key" help:"PEM private key of --api-tls-cert." default:"" env:"BERTH_SCHEDULER_API_TLS_KEY" type:"path"`
+	PlainAPI     bool          `name:"allow-unencrypted-api" help:"Let the API listen off loopback without TLS (--api-tls-cert): every bearer token and spec crosses the network in clear." default:"false" env:"BERTH_SCHEDULER_ALLOW_UNENCRYPTED_API"`
 	Migrate      bool          `help:"Apply database migrations before starting." default:"false" env:"BERTH_SCHEDULER_MIGRATE"`
 	NATS         bus.Flags     `embed:"" envprefix:"BERTH_SCHEDULER_"`
 	NATSListen   string        `name:"nats-listen" help:"With no --nats-url: where the embedded NATS listens for the other daemons." default:"127.0.0.1:4222" env:"BERTH_SCHEDULER_NATS_LISTEN"`
@@ -109,6 +116,11 @@ type runCmd struct {
 	ACMERenewBefore time.Duration `name:"acme-renew-before" help:"Renew a certificate this long before it expires." default:"720h" env:"BERTH_SCHEDULER_ACME_RENEW_BEFORE"`
 
 	secretFlags `embed:""`
+
+	// apiToken is --api-token-file's token and apiCert --api-tls-cert's
+	// key pair, read once by check: serve uses these, never the files.
+	apiToken string
+	apiCert  *tls.Certificate
 }
 
 // secretFlags are the keys of env secrets, for run and migrate.
@@ -150,6 +162,7 @@ type migrateCmd struct {
 type clientFlags struct {
 	Server    string `help:"Scheduler API URL." default:"http://127.0.0.1:7070" env:"BERTH_SERVER"`
 	TokenFile string `name:"token-file" help:"File holding the API token (or set BERTH_TOKEN)." default:"" env:"BERTH_TOKEN_FILE" type:"path"`
+	ServerCA  string `name:"server-ca" help:"PEM CA certificates to trust for an https:// --server besides the system's (the CA of its --api-tls-cert)." default:"" env:"BERTH_SERVER_CA" type:"path"`
 	Output    string `short:"o" help:"table or json." default:"table" enum:"table,json"`
 }
 
@@ -178,6 +191,12 @@ type eventsCmd struct {
 	Prefix      string `help:"Prefix of the NATS subjects." default:"berth" env:"BERTH_PREFIX"`
 }
 
+type historyCmd struct {
+	clientFlags `embed:""`
+	App         string `arg:"" help:"App name."`
+	Limit       int    `help:"How many generations, newest first." default:"20"`
+}
+
 type rmCmd struct {
 	clientFlags `embed:""`
 	App         string `arg:"" help:"App name."`
@@ -194,17 +213,7 @@ func (r *runCmd) check() error {
 	if r.DatabaseURL == "" {
 		errs = append(errs, errors.New("--database-url: must be set (postgres://user:pass@host:5432/berth)"))
 	}
-	host, _, err := net.SplitHostPort(r.APIListen)
-	if err != nil {
-		errs = append(errs, fmt.Errorf("--api-listen %q: must be host:port", r.APIListen))
-	} else if !loopback(host) && r.APITokenFile == "" {
-		errs = append(errs, fmt.Errorf("--api-listen %s is not loopback: give --api-token-file so the API requires a token", r.APIListen))
-	}
-	if r.APITokenFile != "" {
-		if _, err := readToken(r.APITokenFile); err != nil {
-			errs = append(errs, err)
-		}
-	}
+	errs = append(errs, r.checkAPI()...)
 	if _, err := msg.NewNames(r.Prefix); err != nil {
 		errs = append(errs, fmt.Errorf("--prefix: %w", err))
 	}
@@ -261,6 +270,44 @@ func (r *runCmd) check() error {
 	return errors.Join(errs...)
 }
 
+// checkAPI checks the API's flags, and reads its token and TLS key pair
+// once: run serves with these, so a file that changes or vanishes after
+// the check cannot leave the API without auth (it fails closed).
+func (r *runCmd) checkAPI() []error {
+	var errs []error
+	r.apiToken, r.apiCert = "", nil
+	host, _, err := net.SplitHostPort(r.APIListen)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--api-listen %q: must be host:port", r.APIListen))
+	} else if !loopback(host) {
+		if r.APITokenFile == "" {
+			errs = append(errs, fmt.Errorf("--api-listen %s is not loopback: give --api-token-file so the API requires a token", r.APIListen))
+		}
+		if r.APITLSCert == "" && !r.PlainAPI {
+			errs = append(errs, fmt.Errorf("--api-listen %s is off loopback without TLS: every bearer token and spec would cross the network in clear; give --api-tls-cert and --api-tls-key, listen on loopback behind a TLS proxy, or accept the risk with --allow-unencrypted-api", r.APIListen))
+		}
+	}
+	if r.APITokenFile != "" {
+		if t, err := readToken("--api-token-file", r.APITokenFile); err != nil {
+			errs = append(errs, err)
+		} else {
+			r.apiToken = t
+		}
+	}
+	switch {
+	case (r.APITLSCert == "") != (r.APITLSKey == ""):
+		errs = append(errs, errors.New("--api-tls-cert and --api-tls-key: give both, or neither"))
+	case r.APITLSCert != "":
+		cert, err := tls.LoadX509KeyPair(r.APITLSCert, r.APITLSKey)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--api-tls-cert %s and --api-tls-key %s: %w (both PEM, the key matching the certificate)", r.APITLSCert, r.APITLSKey, err))
+		} else {
+			r.apiCert = &cert
+		}
+	}
+	return errs
+}
+
 // checkACME checks the certificate flags: each is needed with, or
 // useless without, --acme-directory.
 func (r *runCmd) checkACME() []error {
@@ -303,17 +350,33 @@ func loopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-func readToken(path string) (string, error) {
-	b, err := os.ReadFile(path)
+// readToken reads the token in the file of flag, refusing an unreadable
+// or empty file (or one too big to be a token).
+func readToken(flag, path string) (string, error) {
+	f, err := os.Open(path)
 	if err != nil {
-		return "", fmt.Errorf("token file: %w", err)
+		return "", fmt.Errorf("%s: %w", flag, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("%s: read %s: %w", flag, path, err)
+	case len(b) > maxTokenFile:
+		return "", fmt.Errorf("%s: %s is over %d bytes: not a token file", flag, path, maxTokenFile)
 	}
 	t := strings.TrimSpace(string(b))
-	if t == "" {
-		return "", fmt.Errorf("token file %s is empty", path)
+	switch {
+	case t == "":
+		return "", fmt.Errorf("%s: %s is empty: write a token into it (head -c 32 /dev/urandom | base64 > %s)", flag, path, path)
+	case strings.ContainsAny(t, "\r\n"):
+		return "", fmt.Errorf("%s: %s holds more than one line: a token file holds one token", flag, path)
 	}
 	return t, nil
 }
+
+// maxTokenFile caps a token file: a token is a line of a few dozen bytes.
+const maxTokenFile = 4096
 
 func (r *runCmd) id() string {
 	if r.ID != "" {

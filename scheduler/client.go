@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"reflect"
 	"sort"
@@ -32,15 +35,46 @@ type client struct {
 }
 
 func newClient(f clientFlags) (*client, error) {
+	u, err := url.Parse(f.Server)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("--server %q: must be an http:// or https:// URL (https://scheduler.example.com:7070)", msg.Truncate(f.Server, 200))
+	}
 	token := os.Getenv("BERTH_TOKEN")
 	if f.TokenFile != "" {
-		t, err := readToken(f.TokenFile)
+		t, err := readToken("--token-file", f.TokenFile)
 		if err != nil {
 			return nil, err
 		}
 		token = t
 	}
-	return &client{base: strings.TrimRight(f.Server, "/"), token: token, http: &http.Client{Timeout: 30 * time.Second}}, nil
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	if f.ServerCA != "" {
+		if u.Scheme != "https" {
+			return nil, fmt.Errorf("--server-ca is for an https:// --server, and --server is %s", u.Redacted())
+		}
+		pool, err := caPool(f.ServerCA)
+		if err != nil {
+			return nil, err
+		}
+		transport.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	return &client{base: strings.TrimRight(f.Server, "/"), token: token, http: &http.Client{Timeout: 30 * time.Second, Transport: transport}}, nil
+}
+
+// caPool is the system's certificate pool and the PEM certificates in file.
+func caPool(file string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("--server-ca: %w", err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("--server-ca: %s holds no PEM certificate", file)
+	}
+	return pool, nil
 }
 
 // apiError is an error answer of the API.
@@ -91,7 +125,7 @@ func (c *client) do(ctx context.Context, method, path string, body []byte, out a
 }
 
 func runClient(ctx context.Context, c *cli, command string, stdout, stderr *os.File) int {
-	err := dispatch(ctx, c, command, stdout)
+	err := dispatch(ctx, c, command, stdout, stderr)
 	var ae *apiError
 	switch {
 	case err == nil:
@@ -105,8 +139,12 @@ func runClient(ctx context.Context, c *cli, command string, stdout, stderr *os.F
 	}
 }
 
-func dispatch(ctx context.Context, c *cli, command string, out io.Writer) error {
+func dispatch(ctx context.Context, c *cli, command string, out, errOut io.Writer) error {
 	switch {
+	case strings.HasPrefix(command, "tokens "):
+		return tokensDispatch(ctx, &c.Tokens, command, out, errOut)
+	case strings.HasPrefix(command, "history"):
+		return history(ctx, &c.History, out)
 	case command == "apply":
 		return apply(ctx, &c.Apply, out)
 	case strings.HasPrefix(command, "scale"):
@@ -259,9 +297,9 @@ func status(ctx context.Context, s *statusCmd, out io.Writer) error {
 		}
 		return show(out, s.Output, apps, func(w io.Writer) {
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "APP\tGENERATION\tDESIRED\tSTATUS\tUPDATED")
+			fmt.Fprintln(tw, "APP\tGENERATION\tDESIRED\tSTATUS\tUPDATED\tBY")
 			for _, a := range apps {
-				fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s ago\n", a.Name, a.Generation, a.DesiredReplicas, a.Status, age(a.UpdatedAt))
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s ago\t%s\n", a.Name, a.Generation, a.DesiredReplicas, a.Status, age(a.UpdatedAt), cmp.Or(a.UpdatedBy, "-"))
 			}
 			tw.Flush()
 		})
@@ -284,7 +322,8 @@ func status(ctx context.Context, s *statusCmd, out io.Writer) error {
 		view["autoscaling"] = m
 	}
 	return show(out, s.Output, view, func(w io.Writer) {
-		fmt.Fprintf(w, "%s: generation %d, %d of %d replicas running, image %s\n", app.Name, app.Generation, app.ObservedReplicas, app.DesiredReplicas, app.Spec.Image)
+		fmt.Fprintf(w, "%s: generation %d, %d of %d replicas running, image %s, last changed by %s %s ago\n", app.Name, app.Generation, app.ObservedReplicas, app.DesiredReplicas,
+			app.Spec.Image, cmp.Or(app.UpdatedBy, "-"), age(app.UpdatedAt))
 		for _, c := range app.Conflicts {
 			fmt.Fprintf(w, "not routed: %s\n", c)
 		}
@@ -362,7 +401,7 @@ func events(ctx context.Context, e *eventsCmd, out io.Writer) error {
 		return err
 	}
 	for _, ev := range evs {
-		printEvent(out, e.Output, ev.At, ev.App, ev.Instance, ev.Kind, ev.Message, ev)
+		printEvent(out, e.Output, ev.At, ev.App, ev.Instance, ev.Kind, ev.Actor, ev.Message, ev)
 	}
 	if !e.Follow {
 		return nil
@@ -382,7 +421,7 @@ func events(ctx context.Context, e *eventsCmd, out io.Writer) error {
 		subject = names.AppEvents(e.App)
 	}
 	sub, err := conn.Subscribe(subject, bus.Decoded(msg.DecodeAs[*msg.Event], func(_ string, ev *msg.Event) {
-		printEvent(out, e.Output, ev.At, ev.App, ev.Instance, ev.Kind, ev.Message, ev)
+		printEvent(out, e.Output, ev.At, ev.App, ev.Instance, ev.Kind, ev.Actor, ev.Message, ev)
 	}, func(string, error) {}))
 	if err != nil {
 		return err
@@ -391,7 +430,10 @@ func events(ctx context.Context, e *eventsCmd, out io.Writer) error {
 	return sub.Drain()
 }
 
-func printEvent(out io.Writer, format string, at time.Time, app, instance, kind, message string, v any) {
+// printEvent prints one event: when, the app (and instance), its kind,
+// who made it happen ("-" for events from before actors were recorded),
+// and its message.
+func printEvent(out io.Writer, format string, at time.Time, app, instance, kind, actor, message string, v any) {
 	if format == "json" {
 		b, _ := json.Marshal(v)
 		fmt.Fprintln(out, string(b))
@@ -401,5 +443,5 @@ func printEvent(out io.Writer, format string, at time.Time, app, instance, kind,
 	if instance != "" {
 		who += "/" + instance
 	}
-	fmt.Fprintf(out, "%s  %-24s %-20s %s\n", at.Local().Format(time.DateTime), who, kind, message)
+	fmt.Fprintf(out, "%s  %-24s %-20s %-12s %s\n", at.Local().Format(time.DateTime), who, kind, cmp.Or(actor, "-"), message)
 }

@@ -286,7 +286,7 @@ func TestHostsCommands(t *testing.T) {
 	_, err = st.Migrate(context.Background())
 	require.NoError(t, err)
 	srv := httptest.NewServer(api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Hosts: api.HostRegistry{HostStore: st}},
-		api.Options{}, zaptest.NewLogger(t)))
+		api.Options{Open: true}, zaptest.NewLogger(t)))
 	t.Cleanup(srv.Close)
 	code, out, _ := cmd(t, "hosts", "ls", "--server", srv.URL)
 	require.Equal(t, 0, code)
@@ -331,7 +331,7 @@ func TestClientSaysPostgresIsUnreachable(t *testing.T) {
 	st, err := store.Open(context.Background(), fmt.Sprintf("postgres://berth:hunter2@127.0.0.1:%d/berth?sslmode=disable", port))
 	require.NoError(t, err)
 	t.Cleanup(st.Close)
-	srv := httptest.NewServer(api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st}, api.Options{}, zaptest.NewLogger(t)))
+	srv := httptest.NewServer(api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st}, api.Options{Open: true}, zaptest.NewLogger(t)))
 	t.Cleanup(srv.Close)
 	tests := []struct {
 		name string

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -24,6 +25,7 @@ import (
 	"github.com/berthhq/berth/common/view"
 	"github.com/berthhq/berth/scheduler/internal/api"
 	"github.com/berthhq/berth/scheduler/internal/appenv"
+	"github.com/berthhq/berth/scheduler/internal/auth"
 	"github.com/berthhq/berth/scheduler/internal/certs"
 	"github.com/berthhq/berth/scheduler/internal/controller"
 	"github.com/berthhq/berth/scheduler/internal/docker"
@@ -159,6 +161,10 @@ func migrate(ctx context.Context, m *migrateCmd, stdout, stderr *os.File, logger
 
 // serve runs one scheduler replica until ctx ends.
 func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
+	// Fail closed: never serve without the token or certificate given.
+	if (r.APITokenFile != "" && r.apiToken == "") || (r.APITLSCert != "" && r.apiCert == nil) {
+		return errors.New("--api-token-file or --api-tls-cert was not read: check run's flags (runCmd.check) before serve")
+	}
 	id := r.id()
 	logger = logger.With(zap.String("replica", id))
 	names, _ := msg.NewNames(r.Prefix)
@@ -327,14 +333,21 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 		}
 	}
 
-	var token string
-	if r.APITokenFile != "" {
-		token, _ = readToken(r.APITokenFile)
-	}
-	handler := api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Hosts: api.HostRegistry{HostStore: st, Policy: r.hostPolicy()}}, api.Options{Token: token, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), Samples: sc.Samples,
-		Role: func() (bool, uint64) { l, ok := leading(); return ok, l.Term }, Network: r.Network, MaxRoutes: r.MaxRoutes, ACME: cm != nil, DefaultCPU: r.DefaultCPU, DefaultMemory: int64(mem), Secrets: secrets}, logger)
+	// The API: scoped tokens from Postgres, and --api-token-file's as
+	// the bootstrap admin, read once by check.
+	apiHost, _, _ := net.SplitHostPort(r.APIListen)
+	keys := auth.NewKeyring(st, auth.Config{Bootstrap: r.apiToken}, logger)
+	reg.MustRegister(keys.Collectors()...)
+	handler := api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Hosts: api.HostRegistry{HostStore: st, Policy: r.hostPolicy()}, History: st, Tokens: st},
+		api.Options{Keyring: keys, Open: r.APITokenFile == "" && loopback(apiHost), Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), Samples: sc.Samples,
+			Role: func() (bool, uint64) { l, ok := leading(); return ok, l.Term }, Network: r.Network, MaxRoutes: r.MaxRoutes, ACME: cm != nil, DefaultCPU: r.DefaultCPU, DefaultMemory: int64(mem), Secrets: secrets}, logger)
 	httpSrv := &http.Server{Addr: r.APIListen, Handler: handler, ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10}
+		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10,
+		ErrorLog: zap.NewStdLog(logger.Named("api-http"))} // TLS handshake failures, among others
+	apiLn, err := r.apiListener()
+	if err != nil {
+		return err
+	}
 
 	group := lifecycle.NewGroup(logger, 15*time.Second)
 	// A host that changes state wakes the controller (a host down: its
@@ -363,10 +376,12 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	group.Add("fleet", fl)
 	group.Add("leader", el)
 	group.Add("listen", lifecycle.Func(func(ctx context.Context) error {
-		return st.Listen(ctx, []string{store.LeaseChannel, store.AppsChannel, store.HostsChannel}, func(ch, payload string) {
+		return st.Listen(ctx, []string{store.LeaseChannel, store.AppsChannel, store.HostsChannel, store.TokensChannel}, func(ch, payload string) {
 			switch {
 			case ch == store.LeaseChannel:
 				el.Wake()
+			case ch == store.TokensChannel: // a token made or revoked (or notifications lost)
+				keys.Changed()
 			case ch == store.HostsChannel:
 				if err := fl.Sync(ctx); err != nil {
 					logger.Warn("could not read the host registry", zap.Error(err))
@@ -412,13 +427,28 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 			})
 		}))
 	}
-	group.Add("api", lifecycle.HTTP(httpSrv))
-	logger.Info("scheduler started", zap.String("api", r.APIListen), zap.String("database", store.Redact(r.DatabaseURL)))
+	group.Add("api-tokens", lifecycle.Func(keys.Run))
+	group.Add("api", lifecycle.Serve(httpSrv, apiLn))
+	logger.Info("scheduler started", zap.String("api", r.APIListen), zap.Bool("api_tls", r.apiCert != nil),
+		zap.Bool("api_open_without_token", r.APITokenFile == "" && loopback(apiHost)), zap.String("database", store.Redact(r.DatabaseURL)))
 	err = group.Run(ctx)
 	if errors.Is(err, context.Canceled) {
 		return nil
 	}
 	return err
+}
+
+// apiListener listens on --api-listen, with TLS when check read
+// --api-tls-cert and --api-tls-key.
+func (r *runCmd) apiListener() (net.Listener, error) {
+	ln, err := net.Listen("tcp", r.APIListen)
+	if err != nil {
+		return nil, fmt.Errorf("--api-listen %s: %w", r.APIListen, err)
+	}
+	if r.apiCert != nil {
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{*r.apiCert}, MinVersion: tls.VersionTLS12})
+	}
+	return ln, nil
 }
 
 // certManager builds the certificate manager of --acme-directory.

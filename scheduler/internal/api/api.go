@@ -1,12 +1,14 @@
 // Package api is the scheduler's HTTP API: apply, inspect, scale, roll back
-// and delete apps, list instances and events, and the health, readiness and
-// metrics endpoints. Every replica serves it, since writes go to Postgres.
-// Errors are JSON and name the field and what is allowed.
+// and delete apps, list instances and events, register hosts, manage API
+// tokens, and the health, readiness and metrics endpoints. Every replica
+// serves it, since writes go to Postgres. Every /v1/ route is registered
+// with the token scope it needs (auth.Read, Deploy or Admin), and every
+// change it makes is recorded as made by the token's name. Errors are JSON
+// and name the field and what is allowed.
 package api
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/scheduler/internal/auth"
 	"github.com/berthhq/berth/scheduler/internal/autoscale"
 	"github.com/berthhq/berth/scheduler/internal/secret"
 	"github.com/berthhq/berth/scheduler/internal/store"
@@ -48,6 +51,12 @@ type AppWriter interface {
 	Delete(ctx context.Context, name string) error
 }
 
+// HistoryReader reads an app's spec history for GET
+// /v1/apps/{name}/history. Called concurrently.
+type HistoryReader interface {
+	History(ctx context.Context, name string, limit int) ([]store.Revision, error)
+}
+
 // EventReader reads the event log for GET /v1/events. Called concurrently.
 type EventReader interface {
 	Events(ctx context.Context, app string, after int64, limit int) ([]store.Event, error)
@@ -68,6 +77,7 @@ var (
 	_ AppReader      = (*store.Store)(nil)
 	_ AppWriter      = (*store.Store)(nil)
 	_ EventReader    = (*store.Store)(nil)
+	_ HistoryReader  = (*store.Store)(nil)
 	_ DecisionReader = (*store.Store)(nil)
 	_ Pinger         = (*store.Store)(nil)
 )
@@ -81,6 +91,8 @@ type Deps struct {
 	Decisions DecisionReader
 	DB        Pinger
 	Hosts     HostStore
+	History   HistoryReader
+	Tokens    TokenStore
 }
 
 // UnavailableMessage is the error of every answer (503) given while
@@ -90,8 +102,14 @@ const UnavailableMessage = "postgres is unreachable: check that Postgres is runn
 
 // Options configure the API.
 type Options struct {
-	// Token, when set, is required as "Authorization: Bearer <token>" on /v1/.
-	Token string
+	// Keyring checks the bearer token ("Authorization: Bearer <token>")
+	// that every /v1/ route requires; nil knows no token.
+	Keyring *auth.Keyring
+	// Open lets a request without an Authorization header act as
+	// store.ActorAnonymous with the admin scope: for an API on loopback
+	// without --api-token-file (development). A request with a token is
+	// checked and scoped all the same.
+	Open bool
 	// Role reports whether this replica leads and under which term; nil
 	// reports a follower. It is called concurrently.
 	Role func() (leader bool, term uint64)
@@ -126,23 +144,42 @@ func New(d Deps, o Options, logger *zap.Logger) http.Handler {
 		o.Secrets = secret.New(nil, logger)
 	}
 	a := &api{d: d, o: o, logger: logger.Named("api")}
-	mux := http.NewServeMux()
-	mux.HandleFunc("PUT /v1/apps/{name}", a.auth(a.apply))
-	mux.HandleFunc("GET /v1/apps", a.auth(a.list))
-	mux.HandleFunc("GET /v1/apps/{name}", a.auth(a.get))
-	mux.HandleFunc("DELETE /v1/apps/{name}", a.auth(a.delete))
-	mux.HandleFunc("POST /v1/apps/{name}/scale", a.auth(a.scale))
-	mux.HandleFunc("POST /v1/apps/{name}/rollback", a.auth(a.rollback))
-	mux.HandleFunc("GET /v1/apps/{name}/instances", a.auth(a.instances))
-	mux.HandleFunc("GET /v1/apps/{name}/metrics", a.auth(a.metrics))
-	mux.HandleFunc("GET /v1/events", a.auth(a.events))
-	a.registerHosts(mux)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
-	mux.HandleFunc("GET /readyz", a.ready)
-	if o.Metrics != nil {
-		mux.Handle("GET /metrics", o.Metrics)
-	}
-	return mux
+	rt := &router{mux: http.NewServeMux(), guard: a.guard}
+	a.register(rt)
+	return rt.mux
+}
+
+// Routes lists every route of the API with the scope it needs.
+func Routes() []Route {
+	a := &api{logger: zap.NewNop()}
+	rt := &router{mux: http.NewServeMux(), guard: a.guard}
+	a.register(rt)
+	return rt.routes
+}
+
+// register adds every route: each /v1/ route with the scope it needs.
+func (a *api) register(rt *router) {
+	rt.handle("PUT /v1/apps/{name}", auth.Deploy, a.apply)
+	rt.handle("GET /v1/apps", auth.Read, a.list)
+	rt.handle("GET /v1/apps/{name}", auth.Read, a.get)
+	rt.handle("DELETE /v1/apps/{name}", auth.Deploy, a.delete)
+	rt.handle("POST /v1/apps/{name}/scale", auth.Deploy, a.scale)
+	rt.handle("POST /v1/apps/{name}/rollback", auth.Deploy, a.rollback)
+	rt.handle("GET /v1/apps/{name}/instances", auth.Read, a.instances)
+	rt.handle("GET /v1/apps/{name}/metrics", auth.Read, a.metrics)
+	rt.handle("GET /v1/apps/{name}/history", auth.Read, a.history)
+	rt.handle("GET /v1/events", auth.Read, a.events)
+	a.registerHosts(rt)
+	a.registerTokens(rt)
+	rt.public("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	rt.public("GET /readyz", a.ready)
+	rt.public("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		if a.o.Metrics == nil {
+			http.NotFound(w, r)
+			return
+		}
+		a.o.Metrics.ServeHTTP(w, r)
+	})
 }
 
 type api struct {
@@ -155,6 +192,10 @@ type api struct {
 type Error struct {
 	Error  string            `json:"error"`
 	Fields []spec.FieldError `json:"fields,omitempty"`
+	// NeededScope and TokenScope are set on a 403: the scope the route
+	// needs, and the scope of the token that was refused.
+	NeededScope string `json:"needed_scope,omitempty"`
+	TokenScope  string `json:"token_scope,omitempty"`
 }
 
 // AppView is an app as the API shows it: its env secrets read
@@ -171,28 +212,17 @@ type AppView struct {
 	// saying why; only on GET of one app.
 	Conflicts []string  `json:"conflicts,omitempty"`
 	UpdatedAt time.Time `json:"updated_at"`
+	// UpdatedBy made the last change: a token's name, or the scheduler or
+	// its autoscaler.
+	UpdatedBy string `json:"updated_by,omitempty"`
 }
 
 func view(a store.App, withSpec bool) AppView {
-	v := AppView{Name: a.Name, Generation: a.Generation, Status: a.Status, DesiredReplicas: a.DesiredReplicas, UpdatedAt: a.UpdatedAt}
+	v := AppView{Name: a.Name, Generation: a.Generation, Status: a.Status, DesiredReplicas: a.DesiredReplicas, UpdatedAt: a.UpdatedAt, UpdatedBy: a.UpdatedBy}
 	if withSpec && a.Spec != nil {
 		v.Spec = a.Spec.Redacted()
 	}
 	return v
-}
-
-func (a *api) auth(next http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if a.o.Token != "" {
-			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(a.o.Token)) != 1 {
-				w.Header().Set("WWW-Authenticate", `Bearer realm="berth"`)
-				writeJSON(w, http.StatusUnauthorized, Error{Error: "missing or wrong bearer token"})
-				return
-			}
-		}
-		next(w, r)
-	}
 }
 
 func (a *api) apply(w http.ResponseWriter, r *http.Request) {
@@ -451,8 +481,12 @@ type EventView struct {
 	Kind     string            `json:"kind"`
 	Message  string            `json:"message"`
 	Details  map[string]string `json:"details,omitempty"`
-	Term     uint64            `json:"term"`
-	At       time.Time         `json:"at"`
+	// Actor made it happen: a token's name, or the scheduler on its own
+	// ("scheduler", "autoscaler"); empty for events from before actors
+	// were recorded.
+	Actor string    `json:"actor,omitempty"`
+	Term  uint64    `json:"term"`
+	At    time.Time `json:"at"`
 }
 
 func (a *api) events(w http.ResponseWriter, r *http.Request) {
@@ -479,7 +513,7 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]EventView, 0, len(evs))
 	for _, e := range evs {
-		out = append(out, EventView{ID: e.ID, App: e.App, Instance: e.Instance, Kind: e.Kind, Message: e.Message, Details: e.Details, Term: e.Term, At: e.At})
+		out = append(out, EventView{ID: e.ID, App: e.App, Instance: e.Instance, Kind: e.Kind, Message: e.Message, Details: e.Details, Actor: e.Actor, Term: e.Term, At: e.At})
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -535,9 +569,9 @@ func (a *api) fail(w http.ResponseWriter, err error) {
 	switch {
 	case errors.As(err, &fields):
 		writeJSON(w, http.StatusBadRequest, Error{Error: "invalid spec", Fields: fields})
-	case errors.Is(err, store.ErrNotFound):
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrTokenNotFound):
 		writeJSON(w, http.StatusNotFound, Error{Error: err.Error()})
-	case errors.Is(err, store.ErrAutoscaled), errors.Is(err, store.ErrNoHistory), errors.Is(err, store.ErrHostInUse):
+	case errors.Is(err, store.ErrAutoscaled), errors.Is(err, store.ErrNoHistory), errors.Is(err, store.ErrHostInUse), errors.Is(err, store.ErrTokenExists):
 		writeJSON(w, http.StatusConflict, Error{Error: err.Error()})
 	case errors.Is(err, store.ErrUnavailable):
 		a.logger.Warn("postgres unreachable", zap.Error(err))

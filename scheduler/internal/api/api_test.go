@@ -1,6 +1,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/internal/testrig"
+	"github.com/berthhq/berth/scheduler/internal/auth"
 	"github.com/berthhq/berth/scheduler/internal/autoscale"
 	"github.com/berthhq/berth/scheduler/internal/store"
 	"github.com/stretchr/testify/require"
@@ -28,30 +30,59 @@ type client struct {
 	url   string
 	token string
 	st    *store.Store
+	keys  *auth.Keyring
 }
 
+// newAPI serves an API whose --api-token-file token is token, or an open
+// loopback API (no token needed) when token is "".
 func newAPI(t *testing.T, token string) *client {
 	t.Helper()
-	return newAPIWith(t, Options{Token: token})
+	if token == "" {
+		return newAPIWith(t, Options{})
+	}
+	return serveAPI(t, openStore(t), Options{}, auth.Config{Bootstrap: token}, token)
 }
 
+// newAPIWith serves an open loopback API with o.
 func newAPIWith(t *testing.T, o Options) *client {
 	t.Helper()
-	token := o.Token
+	o.Open = true
+	return serveAPI(t, openStore(t), o, auth.Config{}, "")
+}
+
+func openStore(t *testing.T) *store.Store {
+	t.Helper()
 	st, err := store.Open(context.Background(), testrig.Postgres(t))
 	require.NoError(t, err)
 	t.Cleanup(st.Close)
 	_, err = st.Migrate(context.Background())
 	require.NoError(t, err)
+	return st
+}
+
+// serveAPI serves the API on st with a keyring of kc (unknown tokens load
+// at once); the client sends token.
+func serveAPI(t *testing.T, st *store.Store, o Options, kc auth.Config, token string) *client {
+	t.Helper()
+	kc.MissInterval = cmp.Or(kc.MissInterval, time.Nanosecond)
+	keys := auth.NewKeyring(st, kc, zaptest.NewLogger(t))
+	o.Keyring = keys
 	o.Role = func() (bool, uint64) { return true, 7 }
 	srv := httptest.NewServer(New(deps(st), o, zaptest.NewLogger(t)))
 	t.Cleanup(srv.Close)
-	return &client{t: t, url: srv.URL, token: token, st: st}
+	return &client{t: t, url: srv.URL, token: token, st: st, keys: keys}
+}
+
+// as returns a client of the same API that sends token.
+func (c *client) as(token string) *client {
+	cc := *c
+	cc.token = token
+	return &cc
 }
 
 // deps serves every dependency from st.
 func deps(st *store.Store) Deps {
-	return Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Hosts: st}
+	return Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Hosts: st, History: st, Tokens: st}
 }
 
 func (c *client) do(method, path, body string) (int, map[string]any, []byte) {
@@ -343,7 +374,7 @@ func TestPostgresUnreachable(t *testing.T) {
 	st, err := store.Open(context.Background(), fmt.Sprintf("postgres://berth:hunter2@127.0.0.1:%d/berth?sslmode=disable", port))
 	require.NoError(t, err)
 	t.Cleanup(st.Close)
-	srv := httptest.NewServer(New(deps(st), Options{}, zaptest.NewLogger(t)))
+	srv := httptest.NewServer(New(deps(st), Options{Open: true}, zaptest.NewLogger(t)))
 	t.Cleanup(srv.Close)
 	c := &client{t: t, url: srv.URL}
 	tests := []struct{ name, method, path, body string }{
@@ -400,7 +431,7 @@ func TestErrorStatus(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			srv := httptest.NewServer(New(Deps{Apps: failing{tt.err}}, Options{}, zaptest.NewLogger(t)))
+			srv := httptest.NewServer(New(Deps{Apps: failing{tt.err}}, Options{Open: true}, zaptest.NewLogger(t)))
 			t.Cleanup(srv.Close)
 			c := &client{t: t, url: srv.URL}
 			code, obj, _ := c.do("GET", "/v1/apps/web", "")

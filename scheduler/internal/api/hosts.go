@@ -13,6 +13,7 @@ import (
 
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/scheduler/internal/auth"
 	"github.com/berthhq/berth/scheduler/internal/hosts"
 	"github.com/berthhq/berth/scheduler/internal/store"
 )
@@ -82,13 +83,13 @@ type HostView struct {
 	Instances      int           `json:"instances"`
 }
 
-func (a *api) registerHosts(mux *http.ServeMux) {
-	mux.HandleFunc("GET /v1/hosts", a.auth(a.listHosts))
-	mux.HandleFunc("GET /v1/hosts/{name}", a.auth(a.getHost))
-	mux.HandleFunc("PUT /v1/hosts/{name}", a.auth(a.putHost))
-	mux.HandleFunc("DELETE /v1/hosts/{name}", a.auth(a.deleteHost))
-	mux.HandleFunc("POST /v1/hosts/{name}/drain", a.auth(a.drainHost(true)))
-	mux.HandleFunc("POST /v1/hosts/{name}/undrain", a.auth(a.drainHost(false)))
+func (a *api) registerHosts(rt *router) {
+	rt.handle("GET /v1/hosts", auth.Read, a.listHosts)
+	rt.handle("GET /v1/hosts/{name}", auth.Read, a.getHost)
+	rt.handle("PUT /v1/hosts/{name}", auth.Admin, a.putHost)
+	rt.handle("DELETE /v1/hosts/{name}", auth.Admin, a.deleteHost)
+	rt.handle("POST /v1/hosts/{name}/drain", auth.Admin, a.drainHost(true))
+	rt.handle("POST /v1/hosts/{name}/undrain", auth.Admin, a.drainHost(false))
 }
 
 func (a *api) listHosts(w http.ResponseWriter, r *http.Request) {

@@ -30,7 +30,7 @@ func newHostsAPI(t *testing.T, p hosts.Policy) *client {
 	require.NoError(t, err)
 	d := deps(st)
 	d.Hosts = HostRegistry{HostStore: st, Policy: p}
-	srv := httptest.NewServer(New(d, Options{DefaultCPU: 1, DefaultMemory: 512 << 20, Role: func() (bool, uint64) { return true, 7 }}, zaptest.NewLogger(t)))
+	srv := httptest.NewServer(New(d, Options{Open: true, DefaultCPU: 1, DefaultMemory: 512 << 20, Role: func() (bool, uint64) { return true, 7 }}, zaptest.NewLogger(t)))
 	t.Cleanup(srv.Close)
 	return &client{t: t, url: srv.URL, st: st}
 }

@@ -27,7 +27,7 @@ func secretAPI(t *testing.T, withKey bool) (*client, *observer.ObservedLogs) {
 	t.Cleanup(st.Close)
 	_, err = st.Migrate(context.Background())
 	require.NoError(t, err)
-	o := Options{}
+	o := Options{Open: true}
 	if withKey {
 		k, err := vault.New(bytes.Repeat([]byte{5}, 32))
 		require.NoError(t, err)

@@ -1,0 +1,92 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/berthhq/berth/scheduler/internal/auth"
+	"github.com/berthhq/berth/scheduler/internal/store"
+)
+
+// Route is a route of the API: its method and path pattern, and the token
+// scope it needs; Public routes (probes, metrics) need no token.
+type Route struct {
+	Pattern string
+	Scope   auth.Scope
+	Public  bool
+}
+
+// router registers routes with the scope each needs, so that no route can
+// be added without one: the scope is part of registering it, and Routes
+// lists them for the test that checks every route.
+type router struct {
+	mux    *http.ServeMux
+	guard  func(need auth.Scope, next http.HandlerFunc) http.HandlerFunc
+	routes []Route
+}
+
+// handle registers a route that needs a token of scope need (or above).
+func (rt *router) handle(pattern string, need auth.Scope, h http.HandlerFunc) {
+	rt.routes = append(rt.routes, Route{Pattern: pattern, Scope: need})
+	rt.mux.HandleFunc(pattern, rt.guard(need, h))
+}
+
+// public registers a route that needs no token.
+func (rt *router) public(pattern string, h http.HandlerFunc) {
+	rt.routes = append(rt.routes, Route{Pattern: pattern, Public: true})
+	rt.mux.HandleFunc(pattern, h)
+}
+
+// guard admits a request whose bearer token has the scope need: 401
+// without a valid token (unless the API is Open and the request gives
+// none), 403 naming both scopes when the token's is too weak. The handler
+// runs with the token's name as the actor of what it changes.
+func (a *api) guard(need auth.Scope, next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, ok := a.identify(w, r)
+		if !ok {
+			return
+		}
+		if !id.Scope.Covers(need) {
+			a.logger.Warn("request refused: the token's scope is too weak", zap.String("token", id.Name), zap.Stringer("scope", id.Scope),
+				zap.Stringer("needs", need), zap.String("method", r.Method), zap.String("path", r.URL.Path))
+			writeJSON(w, http.StatusForbidden, Error{Error: fmt.Sprintf("this needs the %s scope; token %s has %s", need, id.Name, id.Scope),
+				NeededScope: need.String(), TokenScope: id.Scope.String()})
+			return
+		}
+		next(w, r.WithContext(store.WithActor(r.Context(), id.Name)))
+	}
+}
+
+// identify returns who the request acts as, or answers 401 (or 503 when
+// the tokens cannot be loaded to check an unknown one).
+func (a *api) identify(w http.ResponseWriter, r *http.Request) (auth.Identity, bool) {
+	hdr := r.Header.Get("Authorization")
+	if hdr == "" && a.o.Open {
+		return auth.Identity{Name: store.ActorAnonymous, Scope: auth.Admin}, true
+	}
+	secret, ok := strings.CutPrefix(hdr, "Bearer ")
+	if !ok || secret == "" || a.o.Keyring == nil {
+		unauthorized(w, "this API needs a bearer token: Authorization: Bearer <token> (the client's --token-file or BERTH_TOKEN; an admin makes one with scheduler tokens create)")
+		return auth.Identity{}, false
+	}
+	id, err := a.o.Keyring.Authenticate(r.Context(), secret)
+	switch {
+	case errors.Is(err, auth.ErrUnknown):
+		unauthorized(w, "unknown or revoked bearer token")
+		return auth.Identity{}, false
+	case err != nil:
+		a.fail(w, err)
+		return auth.Identity{}, false
+	}
+	return id, true
+}
+
+func unauthorized(w http.ResponseWriter, message string) {
+	w.Header().Set("WWW-Authenticate", `Bearer realm="berth"`)
+	writeJSON(w, http.StatusUnauthorized, Error{Error: message})
+}
