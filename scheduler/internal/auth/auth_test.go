@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/berthhq/berth/scheduler/internal/store"
@@ -225,4 +226,42 @@ func TestTouch(t *testing.T) {
 	k.Touch(ctx)
 	require.Len(t, src.touched, 3)
 	require.Equal(t, map[string]time.Time{"ci": now}, src.touched[2], "kept after the failed write")
+}
+
+var benchSink byte
+
+// BenchmarkAuthenticate: a known token costs its SHA-256 and a map
+// lookup, no query; reported as a ratio to the SHA-256 alone (the floor,
+// measured in the same run).
+func BenchmarkAuthenticate(b *testing.B) {
+	src := &source{}
+	var secrets []string
+	for i := range 1000 {
+		secret, hash, _ := New(nil)
+		secrets = append(secrets, secret)
+		src.tokens = append(src.tokens, store.Token{Name: "t" + strings.Repeat("x", i%5), Scope: "read", Hash: hash})
+	}
+	k := NewKeyring(src, Config{}, zap.NewNop())
+	ctx := context.Background()
+	if err := k.Reload(ctx); err != nil {
+		b.Fatal(err)
+	}
+	const floorN = 200000
+	start := time.Now()
+	for i := range floorN {
+		h := Hash(secrets[i%len(secrets)])
+		benchSink ^= h[0]
+	}
+	floor := float64(time.Since(start).Nanoseconds()) / floorN
+	n := 0
+	for b.Loop() {
+		if _, err := k.Authenticate(ctx, secrets[n%len(secrets)]); err != nil {
+			b.Fatal(err)
+		}
+		n++
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n)/floor, "x_sha256")
+	if got := src.count(); got != 1 {
+		b.Fatalf("%d loads: a known token must cost none", got)
+	}
 }

@@ -90,8 +90,9 @@ type Keyring struct {
 	nextMiss time.Time     // when an unknown token may next trigger a load
 	used     map[string]time.Time
 
-	auths *prometheus.CounterVec
-	loads *prometheus.CounterVec
+	auths               *prometheus.CounterVec
+	loads               *prometheus.CounterVec
+	authOK, authUnknown prometheus.Counter
 }
 
 // NewKeyring returns a keyring that loads from src.
@@ -118,6 +119,7 @@ func NewKeyring(src Source, cfg Config, logger *zap.Logger) *Keyring {
 		loads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_scheduler_api_token_loads_total",
 			Help: "Loads of the valid API tokens from Postgres, by result (ok, error)."}, []string{"result"}),
 	}
+	k.authOK, k.authUnknown = k.auths.WithLabelValues("ok"), k.auths.WithLabelValues("unknown")
 	if cfg.Bootstrap != "" {
 		k.bootstrap, k.hasBootstrap = Hash(cfg.Bootstrap), true
 	}
@@ -146,11 +148,11 @@ func (k *Keyring) Changed() {
 func (k *Keyring) Authenticate(ctx context.Context, secret string) (Identity, error) {
 	h := Hash(secret)
 	if k.hasBootstrap && subtle.ConstantTimeCompare(h[:], k.bootstrap[:]) == 1 {
-		k.auths.WithLabelValues("ok").Inc()
+		k.authOK.Inc()
 		return Identity{Name: store.ActorBootstrap, Scope: Admin}, nil
 	}
 	if !WellFormed(secret) {
-		k.auths.WithLabelValues("unknown").Inc()
+		k.authUnknown.Inc()
 		return Identity{}, ErrUnknown
 	}
 	if id, ok := k.lookup(h); ok {
@@ -168,7 +170,7 @@ func (k *Keyring) Authenticate(ctx context.Context, secret string) (Identity, er
 		k.auths.WithLabelValues("error").Inc()
 		return Identity{}, err
 	}
-	k.auths.WithLabelValues("unknown").Inc()
+	k.authUnknown.Inc()
 	return Identity{}, ErrUnknown
 }
 
@@ -180,7 +182,7 @@ func (k *Keyring) lookup(h [32]byte) (Identity, bool) {
 		return Identity{}, false
 	}
 	k.used[e.name] = k.cfg.Now()
-	k.auths.WithLabelValues("ok").Inc()
+	k.authOK.Inc()
 	return Identity{Name: e.name, Scope: e.scope}, true
 }
 
@@ -316,11 +318,4 @@ func (k *Keyring) Touch(ctx context.Context) {
 		}
 		k.mu.Unlock()
 	}
-}
-
-// Tokens returns the number of valid tokens loaded; for tests and logs.
-func (k *Keyring) Tokens() int {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return len(k.byHash)
 }

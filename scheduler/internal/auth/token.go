@@ -78,7 +78,10 @@ const Prefix = "berth_"
 // SHA-256 of it is as good a stored form as a slow password hash.
 const secretBytes = 32
 
-var tokenLen = len(Prefix) + base64.RawURLEncoding.EncodedLen(secretBytes)
+var (
+	tokenLen     = len(Prefix) + base64.RawURLEncoding.EncodedLen(secretBytes)
+	strictBase64 = base64.RawURLEncoding.Strict()
+)
 
 // New returns a new token (Prefix and 32 random bytes from r, crypto/rand
 // when nil) and its hash.
@@ -102,8 +105,9 @@ func WellFormed(secret string) bool {
 	if len(secret) != tokenLen || !strings.HasPrefix(secret, Prefix) {
 		return false
 	}
-	_, err := base64.RawURLEncoding.Strict().DecodeString(secret[len(Prefix):])
-	return err == nil
+	var b [secretBytes]byte
+	n, err := strictBase64.Decode(b[:], []byte(secret[len(Prefix):]))
+	return err == nil && n == secretBytes
 }
 
 // CheckName checks a token's name: a DNS label that is none of the actors
