@@ -214,7 +214,7 @@ func TestTokensCommands(t *testing.T) {
 
 	code, out, _ = as(boot, "tokens", "ls")
 	require.Equal(t, 0, code)
-	require.Regexp(t, `(?m)^ci\s+deploy\s+\S+ ago\s+bootstrap\s+(never|\S+ ago)\s+-$`, out)
+	require.Regexp(t, `(?m)^ci\s+deploy\s+\*\s+\S+ ago\s+bootstrap\s+(never|\S+ ago)\s+-$`, out)
 	require.Regexp(t, `(?m)^viewer\s+read\s+`, out)
 	for _, f := range []string{ci, viewer} {
 		secret, _ := os.ReadFile(f)

@@ -23,8 +23,9 @@ type tokensCmd struct {
 
 type tokenCreateCmd struct {
 	clientFlags `embed:""`
-	Name        string `help:"Its name, recorded as the actor of every change it makes: a DNS label (ci, alice, deploy-bot)." required:""`
-	Scope       string `help:"read (every GET), deploy (read, and apply, scale, rollback, rm) or admin (deploy, and hosts and tokens)." required:"" enum:"read,deploy,admin"`
+	Name        string   `help:"Its name, recorded as the actor of every change it makes: a DNS label (ci, alice, deploy-bot)." required:""`
+	Scope       string   `help:"read (every GET), deploy (read, and apply, scale, rollback, rm) or admin (deploy, and hosts and tokens)." required:"" enum:"read,deploy,admin"`
+	App         []string `name:"app" help:"With --scope deploy: the apps it may change, by name or pattern (shop, shop-*); repeatable. Without it, every app: give each team a token for its own apps." placeholder:"PATTERN"`
 }
 
 type tokenLsCmd struct {
@@ -43,7 +44,7 @@ func tokensDispatch(ctx context.Context, t *tokensCmd, command string, out, errO
 		if err != nil {
 			return err
 		}
-		body, _ := json.Marshal(api.TokenRequest{Name: t.Create.Name, Scope: t.Create.Scope})
+		body, _ := json.Marshal(api.TokenRequest{Name: t.Create.Name, Scope: t.Create.Scope, Apps: t.Create.App})
 		var v api.NewToken
 		if err := cl.do(ctx, "POST", "/v1/tokens", body, &v); err != nil {
 			return err
@@ -69,9 +70,13 @@ func tokensDispatch(ctx context.Context, t *tokensCmd, command string, out, errO
 				return
 			}
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSCOPE\tCREATED\tBY\tLAST USED\tREVOKED")
+			fmt.Fprintln(tw, "NAME\tSCOPE\tAPPS\tCREATED\tBY\tLAST USED\tREVOKED")
 			for _, v := range vs {
-				fmt.Fprintf(tw, "%s\t%s\t%s ago\t%s\t%s\t%s\n", v.Name, v.Scope, age(v.CreatedAt), v.CreatedBy, ago(v.LastUsedAt, "never"), ago(v.RevokedAt, "-"))
+				apps := "*"
+				if len(v.Apps) > 0 {
+					apps = strings.Join(v.Apps, ",")
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s ago\t%s\t%s\t%s\n", v.Name, v.Scope, apps, age(v.CreatedAt), v.CreatedBy, ago(v.LastUsedAt, "never"), ago(v.RevokedAt, "-"))
 			}
 			tw.Flush()
 		})

@@ -159,12 +159,12 @@ func Routes() []Route {
 
 // register adds every route: each /v1/ route with the scope it needs.
 func (a *api) register(rt *router) {
-	rt.handle("PUT /v1/apps/{name}", auth.Deploy, a.apply)
+	rt.handleApp("PUT /v1/apps/{name}", auth.Deploy, a.apply)
 	rt.handle("GET /v1/apps", auth.Read, a.list)
 	rt.handle("GET /v1/apps/{name}", auth.Read, a.get)
-	rt.handle("DELETE /v1/apps/{name}", auth.Deploy, a.delete)
-	rt.handle("POST /v1/apps/{name}/scale", auth.Deploy, a.scale)
-	rt.handle("POST /v1/apps/{name}/rollback", auth.Deploy, a.rollback)
+	rt.handleApp("DELETE /v1/apps/{name}", auth.Deploy, a.delete)
+	rt.handleApp("POST /v1/apps/{name}/scale", auth.Deploy, a.scale)
+	rt.handleApp("POST /v1/apps/{name}/rollback", auth.Deploy, a.rollback)
 	rt.handle("GET /v1/apps/{name}/instances", auth.Read, a.instances)
 	rt.handle("GET /v1/apps/{name}/metrics", auth.Read, a.metrics)
 	rt.handle("GET /v1/apps/{name}/history", auth.Read, a.history)

@@ -18,6 +18,9 @@ type Route struct {
 	Pattern string
 	Scope   auth.Scope
 	Public  bool
+	// App: the route changes the app named by its {name}, which a deploy
+	// token limited to apps must match (auth.Identity.MayChange).
+	App bool
 }
 
 // router registers routes with the scope each needs, so that no route can
@@ -25,14 +28,22 @@ type Route struct {
 // lists them for the test that checks every route.
 type router struct {
 	mux    *http.ServeMux
-	guard  func(need auth.Scope, next http.HandlerFunc) http.HandlerFunc
+	guard  func(need auth.Scope, app bool, next http.HandlerFunc) http.HandlerFunc
 	routes []Route
 }
 
 // handle registers a route that needs a token of scope need (or above).
 func (rt *router) handle(pattern string, need auth.Scope, h http.HandlerFunc) {
 	rt.routes = append(rt.routes, Route{Pattern: pattern, Scope: need})
-	rt.mux.HandleFunc(pattern, rt.guard(need, h))
+	rt.mux.HandleFunc(pattern, rt.guard(need, false, h))
+}
+
+// handleApp registers a route that changes the app its {name} names: it
+// needs a token of scope need whose apps (if it is limited to some)
+// match that name.
+func (rt *router) handleApp(pattern string, need auth.Scope, h http.HandlerFunc) {
+	rt.routes = append(rt.routes, Route{Pattern: pattern, Scope: need, App: true})
+	rt.mux.HandleFunc(pattern, rt.guard(need, true, h))
 }
 
 // public registers a route that needs no token.
@@ -45,7 +56,7 @@ func (rt *router) public(pattern string, h http.HandlerFunc) {
 // without a valid token (unless the API is Open and the request gives
 // none), 403 naming both scopes when the token's is too weak. The handler
 // runs with the token's name as the actor of what it changes.
-func (a *api) guard(need auth.Scope, next http.HandlerFunc) http.HandlerFunc {
+func (a *api) guard(need auth.Scope, app bool, next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		id, ok := a.identify(w, r)
 		if !ok {
@@ -56,6 +67,13 @@ func (a *api) guard(need auth.Scope, next http.HandlerFunc) http.HandlerFunc {
 				zap.Stringer("needs", need), zap.String("method", r.Method), zap.String("path", r.URL.Path))
 			writeJSON(w, http.StatusForbidden, Error{Error: fmt.Sprintf("this needs the %s scope; token %s has %s", need, id.Name, id.Scope),
 				NeededScope: need.String(), TokenScope: id.Scope.String()})
+			return
+		}
+		if name := r.PathValue("name"); app && !id.MayChange(name) {
+			a.logger.Warn("request refused: the token may not change this app", zap.String("token", id.Name), zap.String("app", name),
+				zap.Strings("apps", id.Apps), zap.String("method", r.Method), zap.String("path", r.URL.Path))
+			writeJSON(w, http.StatusForbidden, Error{Error: fmt.Sprintf("token %s may change only the apps %s, not %s: an admin makes a token for it with scheduler tokens create --app",
+				id.Name, strings.Join(id.Apps, ", "), name), NeededScope: need.String(), TokenScope: id.Scope.String()})
 			return
 		}
 		next(w, r.WithContext(store.WithActor(r.Context(), id.Name)))

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -67,6 +68,8 @@ func TestEveryRouteIsScoped(t *testing.T) {
 		if strings.HasPrefix(strings.SplitN(r.Pattern, " ", 2)[1], "/v1/") {
 			require.False(t, r.Public, "route %s of /v1/ must need a token", r.Pattern)
 		}
+		changesApp := strings.Contains(r.Pattern, "/v1/apps/{name}") && !strings.HasPrefix(r.Pattern, "GET ")
+		require.Equal(t, changesApp, r.App, "route %s changes an app: a token limited to apps must match it (handleApp)", r.Pattern)
 	}
 	require.Equal(t, routeScopes, got, "a route was added, removed or rescoped: update routeScopes")
 
@@ -389,4 +392,54 @@ func newServer(t *testing.T, h http.Handler) string {
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	return srv.URL
+}
+
+// TestAppLimitedToken: a deploy token limited to apps changes only those
+// (two teams, one Berth: team a cannot apply, scale, roll back or delete
+// team b's app), reads every app, and only a deploy token takes apps.
+func TestAppLimitedToken(t *testing.T) {
+	t.Parallel()
+	c := newAPI(t, "bootstrap-secret-of-the-file")
+	admin := c.as("bootstrap-secret-of-the-file")
+	code, obj, raw := admin.do("POST", "/v1/tokens", `{"name":"team-a","scope":"deploy","apps":["shop","shop-*"]}`)
+	require.Equal(t, http.StatusCreated, code, "%s", raw)
+	require.Equal(t, []any{"shop", "shop-*"}, obj["apps"])
+	teamA := c.as(obj["token"].(string))
+	bank := strings.ReplaceAll(web, "name: web", "name: bank")
+	code, _, raw = admin.do("PUT", "/v1/apps/bank", bank)
+	require.Equal(t, 200, code, "%s", raw)
+
+	const refused = "token team-a may change only the apps shop, shop-*, not bank"
+	for _, tc := range []struct{ method, path, body string }{
+		{"PUT", "/v1/apps/bank", strings.ReplaceAll(bank, "web:1", "evil:1")},
+		{"POST", "/v1/apps/bank/scale", `{"replicas": 0}`},
+		{"POST", "/v1/apps/bank/rollback", ""},
+		{"DELETE", "/v1/apps/bank", ""},
+	} {
+		code, obj, raw := teamA.do(tc.method, tc.path, tc.body)
+		require.Equal(t, http.StatusForbidden, code, "%s %s: %s", tc.method, tc.path, raw)
+		require.Contains(t, obj["error"], refused)
+	}
+	app, err := c.st.Get(context.Background(), "bank")
+	require.NoError(t, err)
+	require.Equal(t, "web:1", app.Spec.Image, "nothing refused was done")
+	require.EqualValues(t, 1, app.Generation)
+
+	for _, name := range []string{"shop", "shop-v2"} {
+		code, _, raw := teamA.do("PUT", "/v1/apps/"+name, strings.ReplaceAll(web, "name: web", "name: "+name+"\nrouting: {hosts: ["+name+".test]}"))
+		require.Equal(t, 200, code, "%s: %s", name, raw)
+	}
+	code, _, _ = teamA.do("GET", "/v1/apps/bank", "")
+	require.Equal(t, 200, code, "a deploy token reads every app")
+
+	for body, want := range map[string]string{
+		`{"name":"r","scope":"read","apps":["shop"]}`:   "only a deploy token is limited to apps: a read token is not",
+		`{"name":"a","scope":"admin","apps":["shop"]}`:  "only a deploy token is limited to apps: a admin token is not",
+		`{"name":"d","scope":"deploy","apps":["Shop"]}`: `"Shop" is not an app pattern`,
+		`{"name":"d","scope":"deploy","apps":["a b"]}`:  `"a b" is not an app pattern`,
+	} {
+		code, obj, raw := admin.do("POST", "/v1/tokens", body)
+		require.Equal(t, 400, code, "%s: %s", body, raw)
+		require.Contains(t, fmt.Sprint(obj["fields"]), want, body)
+	}
 }

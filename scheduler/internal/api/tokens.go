@@ -29,6 +29,8 @@ var _ TokenStore = (*store.Store)(nil)
 type TokenRequest struct {
 	Name  string `json:"name"`
 	Scope string `json:"scope"`
+	// Apps limits a deploy token to the apps matching these patterns.
+	Apps []string `json:"apps,omitempty"`
 }
 
 // TokenView is a token as the API shows it: never its secret.
@@ -39,6 +41,7 @@ type TokenView struct {
 	CreatedBy  string     `json:"created_by"`
 	RevokedAt  *time.Time `json:"revoked_at,omitempty"`
 	LastUsedAt *time.Time `json:"last_used_at,omitempty"`
+	Apps       []string   `json:"apps,omitempty"`
 }
 
 // NewToken is the answer to POST /v1/tokens: the token, shown this once.
@@ -48,7 +51,7 @@ type NewToken struct {
 }
 
 func tokenView(t store.Token) TokenView {
-	v := TokenView{Name: t.Name, Scope: t.Scope, CreatedAt: t.CreatedAt, CreatedBy: t.CreatedBy}
+	v := TokenView{Name: t.Name, Scope: t.Scope, CreatedAt: t.CreatedAt, CreatedBy: t.CreatedBy, Apps: t.Apps}
 	if !t.RevokedAt.IsZero() {
 		v.RevokedAt = &t.RevokedAt
 	}
@@ -82,6 +85,9 @@ func (a *api) createToken(w http.ResponseWriter, r *http.Request) {
 	es.Check("name", auth.CheckName(req.Name))
 	scope, err := auth.ParseScope(req.Scope)
 	es.Check("scope", err)
+	if err == nil {
+		es.Check("apps", auth.CheckApps(scope, req.Apps))
+	}
 	if err := es.Err(); err != nil {
 		a.fail(w, err)
 		return
@@ -91,12 +97,12 @@ func (a *api) createToken(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
-	t, err := a.d.Tokens.CreateToken(r.Context(), store.Token{Name: req.Name, Scope: scope.String(), Hash: hash})
+	t, err := a.d.Tokens.CreateToken(r.Context(), store.Token{Name: req.Name, Scope: scope.String(), Hash: hash, Apps: req.Apps})
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
-	a.logger.Info("api token created", zap.String("token", t.Name), zap.String("scope", t.Scope), zap.String("by", t.CreatedBy))
+	a.logger.Info("api token created", zap.String("token", t.Name), zap.String("scope", t.Scope), zap.Strings("apps", t.Apps), zap.String("by", t.CreatedBy))
 	writeJSON(w, http.StatusCreated, NewToken{TokenView: tokenView(t), Token: secret})
 }
 

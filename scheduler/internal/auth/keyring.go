@@ -66,6 +66,7 @@ var ErrUnknown = errors.New("auth: unknown or revoked token")
 type entry struct {
 	name  string
 	scope Scope
+	apps  []string
 }
 
 // Keyring checks bearer tokens against the hashes of every valid token,
@@ -183,7 +184,7 @@ func (k *Keyring) lookup(h [32]byte) (Identity, bool) {
 	}
 	k.used[e.name] = k.cfg.Now()
 	k.authOK.Inc()
-	return Identity{Name: e.name, Scope: e.scope}, true
+	return Identity{Name: e.name, Scope: e.scope, Apps: e.apps}, true
 }
 
 // Reload loads the valid tokens now (once a load in flight is done, a new
@@ -257,7 +258,7 @@ func (k *Keyring) load(ctx context.Context, start time.Time) error {
 			k.logger.Warn("ignored a token with an unknown scope", zap.String("token", t.Name), zap.Error(err))
 			continue
 		}
-		next[t.Hash] = entry{name: t.Name, scope: s}
+		next[t.Hash] = entry{name: t.Name, scope: s, apps: t.Apps}
 	}
 	k.mu.Lock()
 	k.byHash, k.loadedAt = next, start

@@ -13,6 +13,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
+	"path"
 	"strings"
 
 	"github.com/berthhq/berth/common/msg"
@@ -64,10 +65,51 @@ func ParseScope(name string) (Scope, error) {
 		msg.Truncate(name, 32))
 }
 
-// Identity is who a request acts as: the token's name and scope.
+// Identity is who a request acts as: the token's name and scope, and the
+// apps it may change (Apps, patterns; none: every app).
 type Identity struct {
 	Name  string
 	Scope Scope
+	Apps  []string
+}
+
+// MaxAppPatterns bounds a token's apps.
+const MaxAppPatterns = 32
+
+// MayChange says whether the identity may change app: its Apps are empty,
+// or one of them matches app's name.
+func (id Identity) MayChange(app string) bool {
+	if len(id.Apps) == 0 {
+		return true
+	}
+	for _, p := range id.Apps {
+		if ok, _ := path.Match(p, app); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// CheckApps checks the app patterns of a token of scope s: only a deploy
+// token is limited to apps (a read token reads everything, an admin token
+// manages hosts and tokens, which no app pattern bounds); each pattern is
+// an app name that may hold '*' (lower-case letters, digits, '-', '*').
+func CheckApps(s Scope, apps []string) error {
+	if len(apps) == 0 {
+		return nil
+	}
+	if s != Deploy {
+		return fmt.Errorf("only a deploy token is limited to apps: a %s token is not", s)
+	}
+	if len(apps) > MaxAppPatterns {
+		return fmt.Errorf("has %d patterns; at most %d", len(apps), MaxAppPatterns)
+	}
+	for _, p := range apps {
+		if err := spec.CheckName(strings.ReplaceAll(p, "*", "a")); err != nil || len(p) > spec.MaxNameLen {
+			return fmt.Errorf("%q is not an app pattern: an app name in which '*' stands for any characters (shop, shop-*)", msg.Truncate(p, 64))
+		}
+	}
+	return nil
 }
 
 // Prefix starts every token Berth makes, so that secret scanners can

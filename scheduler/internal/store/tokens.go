@@ -38,6 +38,9 @@ type Token struct {
 	// LastUsedAt is when a replica last recorded a use (at most once a
 	// minute per replica); zero when never.
 	LastUsedAt time.Time
+	// Apps limits a deploy token to the apps whose names match one of
+	// these patterns (path.Match globs); empty: every app.
+	Apps []string
 }
 
 // CreateToken stores a new token (its name, scope and hash) as created by
@@ -48,8 +51,8 @@ func (s *Store) CreateToken(ctx context.Context, t Token) (Token, error) {
 		return t, fmt.Errorf("create token %s: %w", t.Name, redact(err))
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
-	err = tx.QueryRow(ctx, `INSERT INTO api_tokens (name, scope, hash, created_by) VALUES ($1, $2, $3, $4) RETURNING created_at, created_by`,
-		t.Name, t.Scope, t.Hash[:], ActorOf(ctx)).Scan(&t.CreatedAt, &t.CreatedBy)
+	err = tx.QueryRow(ctx, `INSERT INTO api_tokens (name, scope, hash, created_by, apps) VALUES ($1, $2, $3, $4, $5) RETURNING created_at, created_by`,
+		t.Name, t.Scope, t.Hash[:], ActorOf(ctx), nonNil(t.Apps)).Scan(&t.CreatedAt, &t.CreatedBy)
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "api_tokens_pkey" {
 		return t, fmt.Errorf("create token %s: %w", t.Name, ErrTokenExists)
@@ -68,13 +71,13 @@ func (s *Store) CreateToken(ctx context.Context, t Token) (Token, error) {
 
 // Tokens returns every token, revoked ones too, by name, without hashes.
 func (s *Store) Tokens(ctx context.Context) ([]Token, error) {
-	return s.tokens(ctx, `SELECT name, scope, NULL, created_at, created_by, revoked_at, last_used_at FROM api_tokens ORDER BY name`)
+	return s.tokens(ctx, `SELECT name, scope, NULL, created_at, created_by, revoked_at, last_used_at, apps FROM api_tokens ORDER BY name`)
 }
 
 // ActiveTokens returns the tokens that are not revoked, with their hashes:
 // what a replica checks bearer tokens against.
 func (s *Store) ActiveTokens(ctx context.Context) ([]Token, error) {
-	return s.tokens(ctx, `SELECT name, scope, hash, created_at, created_by, revoked_at, last_used_at FROM api_tokens WHERE revoked_at IS NULL`)
+	return s.tokens(ctx, `SELECT name, scope, hash, created_at, created_by, revoked_at, last_used_at, apps FROM api_tokens WHERE revoked_at IS NULL`)
 }
 
 func (s *Store) tokens(ctx context.Context, query string) ([]Token, error) {
@@ -88,7 +91,7 @@ func (s *Store) tokens(ctx context.Context, query string) ([]Token, error) {
 		var t Token
 		var hash []byte
 		var revoked, used *time.Time
-		if err := rows.Scan(&t.Name, &t.Scope, &hash, &t.CreatedAt, &t.CreatedBy, &revoked, &used); err != nil {
+		if err := rows.Scan(&t.Name, &t.Scope, &hash, &t.CreatedAt, &t.CreatedBy, &revoked, &used, &t.Apps); err != nil {
 			return nil, fmt.Errorf("tokens: %w", redact(err))
 		}
 		if hash != nil && len(hash) != len(t.Hash) {
@@ -116,7 +119,7 @@ func (s *Store) RevokeToken(ctx context.Context, name string) (Token, error) {
 	t := Token{Name: name}
 	var revoked, used *time.Time
 	err = tx.QueryRow(ctx, `UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE name = $1
-		RETURNING scope, created_at, created_by, revoked_at, last_used_at`, name).Scan(&t.Scope, &t.CreatedAt, &t.CreatedBy, &revoked, &used)
+		RETURNING scope, created_at, created_by, revoked_at, last_used_at, apps`, name).Scan(&t.Scope, &t.CreatedAt, &t.CreatedBy, &revoked, &used, &t.Apps)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return t, fmt.Errorf("revoke token %s: %w", name, ErrTokenNotFound)
 	}
@@ -153,4 +156,12 @@ func (s *Store) TouchTokens(ctx context.Context, used map[string]time.Time) erro
 		return fmt.Errorf("record the use of tokens: %w", redact(err))
 	}
 	return nil
+}
+
+// nonNil is s, or an empty slice for nil (Postgres: '{}', not NULL).
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
 }
