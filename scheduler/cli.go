@@ -51,7 +51,7 @@ type cli struct {
 
 	NATSCredential natsCredentialCmd `cmd:"" name:"nats-credential" help:"Print one role's NATS credential of the embedded NATS (its nkey seed, and the roles' public keys that sealed records are checked against), for another daemon's --nats-nkey; creates the credentials if needed."`
 	NATSConfig     natsConfigCmd     `cmd:"" name:"nats-config" help:"Print a nats-server config with Berth's roles (users and permissions) for an external NATS, from the credentials in --data-dir."`
-	NATSKey        natsKeyCmd        `cmd:"" name:"nats-key" help:"List the NATS keys in --data-dir, rotate a role's or an lbagent node's key without an outage, or remove a node (docs/operations.md, Rotating NATS keys)."`
+	NATSKey        natsKeyCmd        `cmd:"" name:"nats-key" help:"List the NATS keys in --data-dir, rotate a role's or an lbagent node's key without an outage, or add or remove a node's key (docs/operations.md, Rotating NATS keys)."`
 }
 
 // natsAuthFlags locate the embedded NATS's role credentials.

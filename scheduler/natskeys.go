@@ -16,6 +16,7 @@ type natsKeyCmd struct {
 	Promote natsKeyStepCmd `cmd:"" help:"Rotation step 2: the next key becomes the active one, which the role's credential now carries; the previous one stays accepted and trusted until retire."`
 	Retire  natsKeyStepCmd `cmd:"" help:"Rotation step 3: delete the previous key: NATS refuses it and no credential trusts it any more."`
 	Abort   natsKeyStepCmd `cmd:"" help:"Delete a next key that was never promoted."`
+	AddNode natsKeyRmCmd   `cmd:"" name:"add-node" help:"Create an lbagent node's own key unless it has one, without printing it (nats-credential lbagent --node prints it): for a file copied to the node as it is, nodes/<node>.nk."`
 	RmNode  natsKeyRmCmd   `cmd:"" name:"rm-node" help:"Delete every key of an lbagent node: NATS refuses it, readers distrust it, the next certificate put is not sealed to it."`
 }
 
@@ -60,6 +61,10 @@ func natsKey(c *natsKeyCmd, command string, stdout, stderr *os.File) int {
 		s := c.Abort
 		creds, err = bus.AbortRotation(credentialsDir(s.DataDir), s.Role, s.Node)
 		next = "The rotation is abandoned; " + externalNATS + "."
+	case "add-node <node>":
+		creds, err = bus.AddNode(credentialsDir(c.AddNode.DataDir), c.AddNode.Node)
+		next = "The scheduler with the embedded NATS accepts the node's key, and publishes it in the node-key directory, within 2 s; " +
+			externalNATS + ". Copy the node's file (nodes/" + c.AddNode.Node + ".nk, mode 0600) to that node only, for its lbagent's --nats-nkey."
 	case "rm-node <node>":
 		creds, err = bus.RemoveNode(credentialsDir(c.RmNode.DataDir), c.RmNode.Node)
 		next = "The scheduler with the embedded NATS closes the node's connection and removes it from the node-key directory within 2 s; " +

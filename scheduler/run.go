@@ -299,6 +299,7 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	var ctl *controller.Controller
 	var cm *certs.Manager  // with --acme-directory
 	var hostsGained func() // records every host's state on gaining leadership
+	var nodesGained func() // publishes the node-key directory on gaining leadership
 	wakeCtl := func() {
 		if ctl != nil {
 			ctl.Wake()
@@ -315,6 +316,9 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 			}
 			if hostsGained != nil {
 				go hostsGained() // what this replica saw of the hosts while following
+			}
+			if nodesGained != nil {
+				nodesGained()
 			}
 			isLeader.Set(1)
 			term.Set(float64(l.Term))
@@ -483,6 +487,7 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	if credsDir != "" {
 		nk := nodeKeys(r, conn, names, credsDir, func() bool { _, ok := leading(); return ok }, setUsers, logger)
 		reg.MustRegister(nk.Collectors()...)
+		nodesGained = nk.Repair
 		group.Add("node-keys", nk)
 		group.Add("node-keys-guard", lifecycle.Func(func(ctx context.Context) error {
 			return publish.BusWatch(conn, logger)(ctx, names.NodesBucket(), func(key string) {
