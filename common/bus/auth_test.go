@@ -81,6 +81,7 @@ func TestPermissionsAreAllowListsUnderThePrefix(t *testing.T) {
 			require.NoError(t, err)
 			for _, s := range p.Publish.Allow {
 				require.NotContains(t, []string{">", "$JS.>", "$JS.API.>", "$KV.>", "$JS.API.STREAM.>", "$JS.API.CONSUMER.>"}, s)
+				require.NotContains(t, s, "DURABLE", "no role creates a durable consumer by the legacy subject")
 				// Every subject names one of this environment's buckets or
 				// subjects, except the account's JetStream info and, for
 				// the reader, the streams' names (nats kv ls).
