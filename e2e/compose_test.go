@@ -29,9 +29,14 @@ func TestComposeConfig(t *testing.T) {
 	// NATS auth on: the server's config is made with the credentials, and
 	// every daemon connects with its role's.
 	require.Contains(t, string(out), "/creds/nats-auth.conf")
-	for _, role := range []string{"scheduler", "healthd", "lbagent"} {
+	for _, role := range []string{"scheduler", "healthd"} {
 		require.Contains(t, string(out), "--nats-nkey=/creds/"+role+".nk", role)
 	}
+	// The edge node connects with its own key, which the schedulers
+	// publish, and holds no other.
+	require.Contains(t, string(out), "--nats-nkey=/creds/lb-1.nk")
+	require.Contains(t, string(out), "--nats-credentials=/node-creds")
+	require.Contains(t, string(out), "lb-keys:/creds:ro")
 	require.Contains(t, string(out), "service_completed_successfully")
 }
 

@@ -112,8 +112,12 @@ type stack struct {
 	db     string
 	nats   string
 	// seeds are the role credentials of the stack's own NATS (nil on a
-	// NATS without auth): each daemon runs with its role's.
+	// NATS without auth): each daemon runs with its role's, lbagent with
+	// its node's own (seeds[lbNode]).
 	seeds map[string]string
+	// creds is that NATS's credentials directory, whose node keys the
+	// schedulers publish.
+	creds string
 	conn  *bus.Conn
 
 	nginx *testrig.Nginx
@@ -156,8 +160,10 @@ func newStackMode(t testing.TB, natsURL, mode string) *stack {
 	s.prefix = fmt.Sprintf("e2e%d", time.Now().UnixNano()%1e7)
 	s.names, _ = msg.NewNames(s.prefix)
 	if s.nats == "" {
-		// As in production: auth on, one credential per daemon's role.
-		s.nats, s.seeds = testrig.NATSWithRoles(t, s.names)
+		// As in production: auth on, one credential per daemon's role,
+		// and lbagent's node with a key of its own, which the schedulers
+		// publish.
+		s.nats, s.seeds, s.creds = testrig.NATSWithNodeKeys(t, s.names, lbNode)
 	}
 	testrig.RemoveBerthContainers(t, s.prefix)
 	t.Cleanup(s.dumpLogsOnFailure)
@@ -226,14 +232,25 @@ func (s *stack) start(name, bin string, args ...string) *proc {
 }
 
 // natsFlags are a daemon's NATS flags: its role's credential when the
-// stack's NATS requires one.
+// stack's NATS requires one (lbagent's: its node's own key), and for the
+// scheduler the credentials whose node keys it publishes.
 func (s *stack) natsFlags(role string) []string {
 	flags := []string{"--nats-url", s.nats, "--prefix", s.prefix, "--log-level", "debug"}
-	if seed := s.seeds[role]; seed != "" {
+	seed := s.seeds[role]
+	if role == bus.RoleLBAgent && s.seeds[lbNode] != "" {
+		seed = s.seeds[lbNode]
+	}
+	if seed != "" {
 		flags = append(flags, "--nats-nkey", seed)
+	}
+	if role == bus.RoleScheduler && s.creds != "" {
+		flags = append(flags, "--nats-credentials", s.creds)
 	}
 	return flags
 }
+
+// lbNode is the stack's lbagent node.
+const lbNode = "lb1"
 
 // startScheduler runs a scheduler replica and waits for its API.
 func (s *stack) startScheduler(id string, extra ...string) *proc {
@@ -264,7 +281,7 @@ const lbEmptyHold = 5 * time.Second
 
 func (s *stack) startLBAgent(extra ...string) *proc {
 	s.t.Helper()
-	args := append([]string{"--node", "lb1", "--conf-dir", s.confDir,
+	args := append([]string{"--node", lbNode, "--conf-dir", s.confDir,
 		"--nginx-pid-file", filepath.Join(s.nginx.Prefix, "run", "nginx.pid"), "--nginx-bin", s.nginx.Bin,
 		"--state-dir", filepath.Join(s.dir, "lbagent-state"), "--templates", s.tmplDir,
 		"--listen-http", s.httpAddr, "--listen-https", s.httpsAddr,

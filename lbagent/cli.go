@@ -20,7 +20,7 @@ import (
 type cli struct {
 	NATS   bus.Flags `embed:"" envprefix:"BERTH_LBAGENT_"`
 	Prefix string    `help:"Prefix of every NATS bucket and subject." default:"berth" env:"BERTH_LBAGENT_PREFIX"`
-	Node   string    `help:"This agent's node id (default: the host name, made a valid token)." default:"" env:"BERTH_LBAGENT_NODE"`
+	Node   string    `help:"This agent's node id (default: the node of a --nats-nkey credential of a node's own key, else the host name, made a valid token)." default:"" env:"BERTH_LBAGENT_NODE"`
 
 	Templates    string `help:"Directory of nginx templates, watched for edits; the embedded copy is used when it does not exist." default:"templates" env:"BERTH_LBAGENT_TEMPLATES"`
 	NginxBin     string `name:"nginx-bin" help:"nginx executable." default:"nginx" env:"BERTH_LBAGENT_NGINX_BIN"`
@@ -56,6 +56,9 @@ type cli struct {
 	dyn *render.Dynamic
 	// acmeAddr is where the challenge responder listens, once it does.
 	acmeAddr string
+	// keyNode is the node whose own key --nats-nkey holds (scheduler
+	// nats-credential lbagent --node), "" for the shared lbagent key.
+	keyNode string
 
 	CheckConfig bool   `name:"check-config" help:"Check the flags and templates, print what is wrong, and exit 0 or 1." default:"false"`
 	DryRun      string `name:"dry-run" help:"Render once to stdout and exit: from live NATS state with '-', or from a JSON snapshot file." default:"" type:"path"`
@@ -121,16 +124,23 @@ func (c *cli) check() error {
 	if err := (logging.Options{Level: c.LogLevel, Format: c.LogFormat}).Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	if _, err := c.NATS.Options("lbagent"); err != nil {
+	if o, err := c.NATS.Options("lbagent"); err != nil {
 		errs = append(errs, err)
+	} else if c.keyNode = o.Keys.Node(); c.keyNode != "" && c.Node != "" && c.Node != c.keyNode {
+		errs = append(errs, fmt.Errorf("--node %s: --nats-nkey is the key of lbagent node %s, which may write only that node's record: "+
+			"give --node %s (or no --node), or that node's own credential (scheduler nats-credential lbagent --node %s)", c.Node, c.keyNode, c.keyNode, c.Node))
 	}
 	return errors.Join(errs...)
 }
 
-// node returns --node, or the host name made a valid token.
+// node returns --node, or the node of a node's own credential, or the
+// host name made a valid token.
 func (c *cli) node() string {
 	if c.Node != "" {
 		return c.Node
+	}
+	if c.keyNode != "" {
+		return c.keyNode
 	}
 	h, _ := os.Hostname()
 	return msg.NodeID(h)

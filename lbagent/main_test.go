@@ -39,6 +39,44 @@ func TestCheckConfigExitCodes(t *testing.T) {
 	require.Equal(t, 0, run([]string{"--help"}, devnull, devnull))
 }
 
+// TestNodeCredentialNamesTheNode: with a node's own credential, --node
+// defaults to that node, and another --node is refused, naming both.
+func TestNodeCredentialNamesTheNode(t *testing.T) {
+	t.Parallel()
+	creds, err := bus.AddNode(filepath.Join(t.TempDir(), "creds"), "lb-7")
+	require.NoError(t, err)
+	_, nodeKey, err := creds.File(bus.RoleLBAgent, "lb-7")
+	require.NoError(t, err)
+	_, shared, err := creds.File(bus.RoleLBAgent, "")
+	require.NoError(t, err)
+	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	require.NoError(t, err)
+	defer devnull.Close()
+	for _, tt := range []struct {
+		name string
+		args []string
+		want string // the node, "" when refused
+	}{
+		{name: "the credential's node", args: []string{"--nats-nkey", nodeKey}, want: "lb-7"},
+		{name: "the same --node", args: []string{"--nats-nkey", nodeKey, "--node", "lb-7"}, want: "lb-7"},
+		{name: "another --node", args: []string{"--nats-nkey", nodeKey, "--node", "lb-8"}},
+		{name: "the shared key", args: []string{"--nats-nkey", shared, "--node", "lb-8"}, want: "lb-8"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c, code, exited := parse(append([]string{"--conf-dir", t.TempDir()}, tt.args...), devnull, devnull)
+			require.False(t, exited, "parse exited with %d", code)
+			err := c.check()
+			if tt.want == "" {
+				require.ErrorContains(t, err, "--nats-nkey is the key of lbagent node lb-7")
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, tt.want, c.node())
+		})
+	}
+}
+
 // cluster is lbagent's view of a running Berth: an in-process NATS with the
 // contract's buckets, written to as the scheduler and healthd would.
 type cluster struct {

@@ -181,8 +181,14 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 		CertDir: filepath.Join(c.StateDir, "certs"), Keys: conn,
 	}, store, renderer, nginx.Binary{Path: c.NginxBin}, reloader, report.New(conn, names, node, metrics, logger), logger)
 
-	if err := conn.EnsureBuckets(ctx, bus.MustOwnedBuckets(names, bus.RoleLBAgent)); err != nil {
-		logger.Warn("could not ensure buckets yet; watchers wait for them", zap.Error(err))
+	// With a node's own key, the scheduler makes the agents bucket: a
+	// node may write its record only, not the stream's settings.
+	if conn.Node() == "" {
+		if err := conn.EnsureBuckets(ctx, bus.MustOwnedBuckets(names, bus.RoleLBAgent)); err != nil {
+			logger.Warn("could not ensure buckets yet; watchers wait for them", zap.Error(err))
+		}
+	} else {
+		logger.Info("connected with this node's own NATS key: it writes this node's record only", zap.String("key_node", conn.Node()))
 	}
 	apps := bus.NewWatcher(conn, names.AppsBucket(), bus.Message[*msg.App], store.AppsHandler(), logger)
 	insts := bus.NewWatcher(conn, names.InstancesBucket(), bus.Message[*msg.Instance], store.InstancesHandler(), logger)

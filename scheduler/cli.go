@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -50,6 +51,7 @@ type cli struct {
 
 	NATSCredential natsCredentialCmd `cmd:"" name:"nats-credential" help:"Print one role's NATS credential of the embedded NATS (its nkey seed, and the roles' public keys that sealed records are checked against), for another daemon's --nats-nkey; creates the credentials if needed."`
 	NATSConfig     natsConfigCmd     `cmd:"" name:"nats-config" help:"Print a nats-server config with Berth's roles (users and permissions) for an external NATS, from the credentials in --data-dir."`
+	NATSKey        natsKeyCmd        `cmd:"" name:"nats-key" help:"List the NATS keys in --data-dir, rotate a role's or an lbagent node's key without an outage, or add or remove a node's key (docs/operations.md, Rotating NATS keys)."`
 }
 
 // natsAuthFlags locate the embedded NATS's role credentials.
@@ -61,6 +63,7 @@ type natsAuthFlags struct {
 type natsCredentialCmd struct {
 	natsAuthFlags `embed:""`
 	Role          string `arg:"" help:"scheduler, healthd, lbagent or reader." enum:"scheduler,healthd,lbagent,reader"`
+	Node          string `help:"With lbagent: the credential of this node's own key (its lbagent's --node; created if needed), which writes only this node's record and opens the certificate keys sealed to it. Without it: the lbagent role's shared key, the fallback." default:""`
 }
 
 type natsConfigCmd struct {
@@ -79,6 +82,7 @@ type runCmd struct {
 	NATS         bus.Flags     `embed:"" envprefix:"BERTH_SCHEDULER_"`
 	NATSListen   string        `name:"nats-listen" help:"With no --nats-url: where the embedded NATS listens for the other daemons." default:"127.0.0.1:4222" env:"BERTH_SCHEDULER_NATS_LISTEN"`
 	DataDir      string        `name:"data-dir" help:"With no --nats-url: the embedded NATS's JetStream data, and its role credentials (nats-credentials/, mode 0600)." default:"/var/lib/berth/scheduler" env:"BERTH_SCHEDULER_DATA_DIR" type:"path"`
+	NATSCreds    string        `name:"nats-credentials" help:"The NATS credentials directory (--data-dir/nats-credentials of the host where nats-credential and nats-key run) whose lbagent node keys the leader publishes in the node-key directory, read only. Default: with the embedded NATS, its own; with --nats-url, none (the leader then leaves the directory as it is)." default:"" env:"BERTH_SCHEDULER_NATS_CREDENTIALS" type:"path"`
 	NATSConfig   string        `name:"nats-server-config" help:"With no --nats-url: a nats-server config file whose authorization the embedded NATS uses instead of Berth's generated roles (give this scheduler's own credential with --nats-nkey or --nats-creds)." default:"" env:"BERTH_SCHEDULER_NATS_SERVER_CONFIG" type:"path"`
 	Unencrypted  bool          `name:"allow-unencrypted-nats" help:"Let the embedded NATS listen off loopback, where it has no TLS: every credential and message crosses the network in clear." default:"false" env:"BERTH_SCHEDULER_ALLOW_UNENCRYPTED_NATS"`
 	Prefix       string        `help:"Prefix of every NATS bucket and subject." default:"berth" env:"BERTH_SCHEDULER_PREFIX"`
@@ -258,6 +262,9 @@ func (r *runCmd) check() error {
 		errs = append(errs, err)
 	}
 	errs = append(errs, r.checkHosts()...)
+	if r.NATS.URL == "" && r.NATSConfig == "" && r.NATSCreds != "" && filepath.Clean(r.NATSCreds) != credentialsDir(r.DataDir) {
+		errs = append(errs, fmt.Errorf("--nats-credentials %s: the embedded NATS uses its own, %s (--data-dir): leave the flag out", r.NATSCreds, credentialsDir(r.DataDir)))
+	}
 	if r.NATS.URL != "" {
 		if _, err := r.NATS.Options("scheduler"); err != nil {
 			errs = append(errs, err)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http/httptest"
 	"os"
@@ -405,4 +406,124 @@ func TestEmbeddedNATSRequiresRoles(t *testing.T) {
 	require.Contains(t, errOut, "--allow-unencrypted-nats")
 	code, _, _ = cmd(t, "check-config", "--database-url", "postgres://u:p@h/db", "--nats-listen", "0.0.0.0:4222", "--allow-unencrypted-nats")
 	require.Equal(t, 0, code)
+}
+
+// TestEmbeddedNATSTakesNodeKeys: a node's credential printed while the
+// scheduler runs is accepted by its embedded NATS and published, sealed, in
+// the node-key directory within a scan; the node writes its own record
+// only; a healthd key rotated with nats-key is accepted at each step and
+// the old one refused once retired; and a removed node is cut off and
+// leaves the directory.
+func TestEmbeddedNATSTakesNodeKeys(t *testing.T) {
+	t.Parallel()
+	db := testrig.Postgres(t)
+	code, _, _ := cmd(t, "migrate", "--database-url", db)
+	require.Equal(t, 0, code)
+	dataDir := t.TempDir()
+	natsAddr := fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
+	startReplica(t, db, "", "nodes-a", "--nats-listen", natsAddr, "--data-dir", dataDir)
+	url := "nats://" + natsAddr
+	names, _ := msg.NewNames("berth")
+	ctx := context.Background()
+	save := func(name, content string) string {
+		p := filepath.Join(t.TempDir(), name)
+		require.NoError(t, os.WriteFile(p, []byte(content), 0o600))
+		return p
+	}
+	connect := func(path string) (*bus.Conn, error) {
+		o := bus.Flags{URL: url, NKeyFile: path}
+		return o.Connect(ctx, filepath.Base(path), names, zaptest.NewLogger(t))
+	}
+
+	code, out, errOut := cmd(t, "nats-credential", "healthd", "--node", "lb-1", "--data-dir", dataDir)
+	require.Equal(t, 2, code)
+	require.Empty(t, out)
+	require.Contains(t, errOut, "only lbagent has keys per node")
+	code, out, errOut = cmd(t, "nats-credential", "lbagent", "--node", "lb-1", "--data-dir", dataDir)
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "# berth-node lb-1\n")
+	require.Contains(t, errOut, "within 2 s")
+	lb1 := save("lb-1.nk", out)
+
+	var node *bus.Conn
+	require.Eventually(t, func() bool {
+		c, err := connect(lb1)
+		if err != nil {
+			return false
+		}
+		node = c
+		return true
+	}, 10*time.Second, 50*time.Millisecond, "the running embedded NATS takes the new node's key")
+	t.Cleanup(node.Close)
+	require.Equal(t, "lb-1", node.Node())
+
+	_, out, _ = cmd(t, "nats-credential", "reader", "--data-dir", dataDir)
+	reader, err := connect(save("reader.nk", out))
+	require.NoError(t, err)
+	t.Cleanup(reader.Close)
+	require.Eventually(t, func() bool {
+		kv, err := reader.KV(ctx, names.NodesBucket())
+		if err != nil {
+			return false
+		}
+		e, err := kv.Get(ctx, "lb-1")
+		if err != nil {
+			return false
+		}
+		m, err := msg.DecodeAs[*msg.Node](e.Value)
+		return err == nil && len(m.Keys) == 1
+	}, 10*time.Second, 50*time.Millisecond, "the leader publishes the node's key, sealed by the scheduler")
+
+	agents, err := node.KV(ctx, names.AgentsBucket())
+	require.NoError(t, err, "the scheduler made the agents bucket")
+	_, err = agents.Put(ctx, "lb-1", []byte(`{}`))
+	require.NoError(t, err)
+	_, err = agents.Put(ctx, "lb-2", []byte(`{}`))
+	require.ErrorIs(t, err, bus.ErrPermissionDenied, "a node writes its own record only")
+
+	// Rotating healthd's key: each step's keys are accepted within a scan.
+	_, oldHealthd, _ := cmd(t, "nats-credential", "healthd", "--data-dir", dataDir)
+	code, out, errOut = cmd(t, "nats-key", "promote", "healthd", "--data-dir", dataDir)
+	require.Equal(t, 2, code, "out of order")
+	require.Empty(t, out)
+	require.Contains(t, errOut, "nats-key rotate")
+	code, out, errOut = cmd(t, "nats-key", "rotate", "healthd", "--data-dir", dataDir)
+	require.Equal(t, 0, code, errOut)
+	require.Regexp(t, `(?m)^healthd +next +U`, out)
+	require.Contains(t, errOut, "Next: print every daemon's credential again")
+	code, _, errOut = cmd(t, "nats-key", "promote", "healthd", "--data-dir", dataDir)
+	require.Equal(t, 0, code, errOut)
+	_, newHealthd, _ := cmd(t, "nats-credential", "healthd", "--data-dir", dataDir)
+	require.NotEqual(t, oldHealthd, newHealthd)
+	require.Eventually(t, func() bool {
+		c, err := connect(save("new-healthd.nk", newHealthd))
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, 10*time.Second, 50*time.Millisecond, "the promoted key is accepted")
+	oldConn, err := connect(save("old-healthd.nk", oldHealthd))
+	require.NoError(t, err, "the retiring key is still accepted")
+	oldConn.Close()
+	code, _, errOut = cmd(t, "nats-key", "retire", "healthd", "--data-dir", dataDir)
+	require.Equal(t, 0, code, errOut)
+	require.Eventually(t, func() bool {
+		_, err := connect(save("old-healthd.nk", oldHealthd))
+		return err != nil
+	}, 10*time.Second, 50*time.Millisecond, "the retired key is refused")
+
+	code, out, errOut = cmd(t, "nats-key", "rm-node", "lb-1", "--data-dir", dataDir)
+	require.Equal(t, 0, code, errOut)
+	require.NotContains(t, out, "lb-1")
+	require.Contains(t, errOut, "order every certificate again")
+	require.Eventually(t, func() bool {
+		kv, err := reader.KV(ctx, names.NodesBucket())
+		if err != nil {
+			return false
+		}
+		_, err = kv.Get(ctx, "lb-1")
+		return errors.Is(err, bus.ErrKeyNotFound)
+	}, 10*time.Second, 50*time.Millisecond, "the removed node leaves the directory")
+	_, err = connect(lb1)
+	require.Error(t, err, "and the server")
 }

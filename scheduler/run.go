@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,6 +33,7 @@ import (
 	"github.com/berthhq/berth/scheduler/internal/fleet"
 	"github.com/berthhq/berth/scheduler/internal/hosts"
 	"github.com/berthhq/berth/scheduler/internal/leader"
+	"github.com/berthhq/berth/scheduler/internal/nodekeys"
 	"github.com/berthhq/berth/scheduler/internal/publish"
 	"github.com/berthhq/berth/scheduler/internal/scaler"
 	"github.com/berthhq/berth/scheduler/internal/secret"
@@ -54,6 +56,9 @@ func run(args []string, stdout, stderr *os.File) int {
 	}
 	defer stop()
 
+	if command, ok := strings.CutPrefix(kctx.Command(), "nats-key "); ok {
+		return natsKey(&c.NATSKey, command, stdout, stderr)
+	}
 	switch kctx.Command() {
 	case "check-config":
 		if err := c.CheckConfig.check(); err != nil {
@@ -83,19 +88,41 @@ func run(args []string, stdout, stderr *os.File) int {
 // credentialsDir is where the embedded NATS keeps its role credentials.
 func credentialsDir(dataDir string) string { return filepath.Join(dataDir, "nats-credentials") }
 
-// natsCredential prints one role's seed, creating the credentials on first use.
+// natsCredential prints one role's credential, or one lbagent node's,
+// creating the credentials (and the node's key) on first use.
 func natsCredential(c *natsCredentialCmd, stdout, stderr *os.File) int {
-	seeds, err := bus.EnsureCredentials(credentialsDir(c.DataDir))
+	dir := credentialsDir(c.DataDir)
+	var creds *bus.Credentials
+	var err error
+	switch {
+	case c.Node != "" && c.Role != bus.RoleLBAgent:
+		fmt.Fprintf(stderr, "scheduler: --node %s: only lbagent has keys per node, not %s\n", c.Node, c.Role)
+		return exitUsage
+	case c.Node != "":
+		if err = msg.CheckToken(c.Node); err != nil {
+			fmt.Fprintf(stderr, "scheduler: --node: %v (the lbagent's --node)\n", err)
+			return exitUsage
+		}
+		creds, err = bus.AddNode(dir, c.Node)
+	default:
+		creds, err = bus.OpenCredentials(dir)
+	}
+	var file []byte
+	var path string
+	if err == nil {
+		file, path, err = creds.File(c.Role, c.Node)
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "scheduler: %v\n", err)
 		return exitFailed
 	}
-	file, err := bus.CredentialFile(seeds, c.Role)
-	if err != nil {
-		fmt.Fprintf(stderr, "scheduler: %v\n", err)
-		return exitFailed
+	if c.Node != "" {
+		fmt.Fprintf(stderr, "scheduler: the credential of lbagent node %s (%s, with the roles' public keys): its lbagent writes only this node's record "+
+			"and opens the certificate keys sealed to it. Keep it mode 0600 and pass it as that lbagent's --nats-nkey. The scheduler with the embedded NATS "+
+			"accepts it, and publishes it in the node-key directory, within 2 s; %s, and give the scheduler --nats-credentials %s\n", c.Node, path, externalNATS, dir)
+	} else {
+		fmt.Fprintf(stderr, "scheduler: the %s credential (%s, with the roles' public keys); keep it mode 0600 and pass it as the daemon's --nats-nkey\n", c.Role, path)
 	}
-	fmt.Fprintf(stderr, "scheduler: the %s credential (%s, with the roles' public keys); keep it mode 0600 and pass it as the daemon's --nats-nkey\n", c.Role, seeds[c.Role])
 	_, _ = stdout.Write(file)
 	return exitOK
 }
@@ -106,10 +133,10 @@ func natsConfig(c *natsConfigCmd, stdout, stderr *os.File) int {
 	if err != nil {
 		return cmdline.Invalid(stderr, "scheduler", fmt.Errorf("--prefix: %w", err), false)
 	}
-	seeds, err := bus.EnsureCredentials(credentialsDir(c.DataDir))
+	creds, err := bus.OpenCredentials(credentialsDir(c.DataDir))
 	if err == nil {
 		var conf string
-		if conf, err = bus.ServerConfig(names, seeds); err == nil {
+		if conf, err = creds.ServerConfig(names); err == nil {
 			if c.Out == "" {
 				fmt.Fprint(stdout, conf)
 				return exitOK
@@ -203,30 +230,46 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 
 	natsURL := r.NATS.URL
 	flags := r.NATS
+	credsDir := r.NATSCreds // whose node keys the leader publishes
+	var setUsers func(*bus.Credentials) error
 	if natsURL == "" {
 		host, port, _ := splitHostPort(r.NATSListen)
 		eo := bus.EmbeddedOptions{Host: host, Port: port, StoreDir: r.DataDir, ConfigFile: r.NATSConfig}
 		if r.NATSConfig == "" {
-			// Auth on by default: one credential per role, made on first start.
+			// Auth on by default: one credential per role, made on first
+			// start, and one per lbagent node that has its own.
 			dir := credentialsDir(r.DataDir)
-			seeds, err := bus.EnsureCredentials(dir)
+			creds, err := bus.OpenCredentials(dir)
 			if err != nil {
 				return fmt.Errorf("embedded NATS credentials: %w", err)
 			}
-			if eo.Users, err = bus.AuthUsers(names, seeds); err != nil {
+			if eo.Users, err = creds.Users(names); err != nil {
 				return fmt.Errorf("embedded NATS credentials: %w", err)
 			}
 			if flags.NKeyFile == "" && flags.CredsFile == "" && flags.TokenFile == "" {
-				flags.NKeyFile = seeds[bus.RoleScheduler]
+				flags.NKeyFile = creds.Seeds()[bus.RoleScheduler]
+			}
+			if credsDir == "" {
+				credsDir = dir
 			}
 			logger.Info("embedded NATS requires a role credential of every client", zap.String("credentials", dir),
-				zap.String("give_another_daemon", "scheduler nats-credential <healthd|lbagent|reader> > seed.nk, then its --nats-nkey seed.nk"))
+				zap.String("give_another_daemon", "scheduler nats-credential <healthd|lbagent|reader> > seed.nk, then its --nats-nkey seed.nk"),
+				zap.String("give_an_lbagent_its_own_key", "scheduler nats-credential lbagent --node <node> > node.nk"))
 		}
 		srv, err := bus.Embedded(eo, logger)
 		if err != nil {
 			return err
 		}
 		defer srv.Shutdown()
+		if len(eo.Users) > 0 {
+			setUsers = func(c *bus.Credentials) error {
+				users, err := c.Users(names)
+				if err != nil {
+					return err
+				}
+				return srv.SetUsers(users)
+			}
+		}
 		natsURL = srv.URL()
 		logger.Info("embedded NATS started", zap.String("url", natsURL))
 	}
@@ -239,6 +282,12 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	if err := conn.EnsureBuckets(ctx, bus.MustOwnedBuckets(names, bus.RoleScheduler)); err != nil {
 		logger.Warn("could not ensure buckets yet", zap.Error(err))
 	}
+	// The node-key directory: which lbagent node keys seal which node's
+	// records, and whom certificate keys are sealed to.
+	nodeDir, err := bus.NewNodeDirectory(conn, names, logger)
+	if err != nil {
+		logger.Info("no node-key directory: without Berth's role credentials nothing is sealed or checked", zap.Error(err))
+	}
 
 	reg := prometheus.NewRegistry()
 	isLeader := prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_scheduler_is_leader", Help: "1 while this replica leads."})
@@ -250,6 +299,7 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 	var ctl *controller.Controller
 	var cm *certs.Manager  // with --acme-directory
 	var hostsGained func() // records every host's state on gaining leadership
+	var nodesGained func() // publishes the node-key directory on gaining leadership
 	wakeCtl := func() {
 		if ctl != nil {
 			ctl.Wake()
@@ -266,6 +316,9 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 			}
 			if hostsGained != nil {
 				go hostsGained() // what this replica saw of the hosts while following
+			}
+			if nodesGained != nil {
+				nodesGained()
 			}
 			isLeader.Set(1)
 			term.Set(float64(l.Term))
@@ -427,6 +480,22 @@ func serve(ctx context.Context, r *runCmd, logger *zap.Logger) error {
 			})
 		}))
 	}
+	if nodeDir != nil {
+		nodeDir.OnChange = wakeCertsRepair(&cm)
+		group.Add("node-directory", nodeDir)
+	}
+	if credsDir != "" {
+		nk := nodeKeys(r, conn, names, credsDir, func() bool { _, ok := leading(); return ok }, setUsers, logger)
+		reg.MustRegister(nk.Collectors()...)
+		nodesGained = nk.Repair
+		group.Add("node-keys", nk)
+		group.Add("node-keys-guard", lifecycle.Func(func(ctx context.Context) error {
+			return publish.BusWatch(conn, logger)(ctx, names.NodesBucket(), func(key string) {
+				logger.Warn("a node-key directory entry the scheduler had not sealed: publishing the directory again", zap.String("node", key))
+				nk.Repair()
+			})
+		}))
+	}
 	group.Add("api-tokens", lifecycle.Func(keys.Run))
 	group.Add("api", lifecycle.Serve(httpSrv, apiLn))
 	logger.Info("scheduler started", zap.String("api", r.APIListen), zap.Bool("api_tls", r.apiCert != nil),
@@ -461,9 +530,9 @@ func certManager(r *runCmd, st *store.Store, conn *bus.Conn, names msg.Names, pu
 	if err != nil {
 		return nil, err
 	}
-	// The keys go to the lbagents sealed to their role's keys: without
-	// Berth's role credentials there is nothing to seal to.
-	if _, err := conn.SealTo(bus.RoleLBAgent, []byte("probe")); err != nil {
+	// The keys go to the lbagents sealed to their role's keys (and each
+	// node's): without Berth's role credentials there is nothing to seal to.
+	if _, err := conn.Keys().SealTo(bus.RoleLBAgent, []byte("probe")); err != nil {
 		return nil, fmt.Errorf("--acme-directory needs Berth's role credentials (--nats-nkey with the roles' trust lines, or the embedded NATS), "+
 			"so that certificate keys reach the lbagents only: %w", err)
 	}
@@ -471,6 +540,42 @@ func certManager(r *runCmd, st *store.Store, conn *bus.Conn, names msg.Names, pu
 	issuer := &certs.ACME{Directory: r.ACMEDirectory, Email: r.ACMEEmail, HTTP: client, Vault: keys, Accounts: st, Solver: shelf, Logger: logger}
 	logger.Info("ordering certificates for apps with routing.tls.acme", zap.String("directory", r.ACMEDirectory), zap.String("cert_key_id", keys.ID()))
 	return certs.New(certs.Config{RenewBefore: r.ACMERenewBefore, Resync: r.Resync, Served: served}, st, pub, issuer, shelf, keys, leader, logger), nil
+}
+
+// nodeScan is how often the scheduler reads its NATS credentials directory
+// again: how soon a new lbagent node, or a key rotation step, takes effect.
+const nodeScan = 2 * time.Second
+
+// nodeKeys builds the publisher of the node-key directory from the
+// credentials in dir, which also gives the embedded NATS its users
+// (setUsers, nil without one).
+func nodeKeys(r *runCmd, conn *bus.Conn, names msg.Names, dir string, leading func() bool, setUsers func(*bus.Credentials) error, logger *zap.Logger) *nodekeys.Publisher {
+	deps := nodekeys.Deps{
+		Read:    func() (*bus.Credentials, error) { return bus.ReadCredentials(dir) },
+		Leading: leading,
+		Users:   setUsers,
+		Open: func(ctx context.Context) (nodekeys.Bucket, error) {
+			kv, err := conn.KV(ctx, names.NodesBucket())
+			if errors.Is(err, bus.ErrBucketNotFound) {
+				if err := conn.EnsureBuckets(ctx, bus.MustOwnedBuckets(names, bus.RoleScheduler)); err != nil {
+					return nil, err
+				}
+				kv, err = conn.KV(ctx, names.NodesBucket())
+			}
+			return kv, err
+		},
+	}
+	return nodekeys.New(nodekeys.Config{Scan: nodeScan, Resync: r.Resync}, deps, logger)
+}
+
+// wakeCertsRepair returns what to do when a node's keys change: seal every
+// certificate key again, to the directory's keys as they are now.
+func wakeCertsRepair(cm **certs.Manager) func() {
+	return func() {
+		if *cm != nil {
+			(*cm).Repair()
+		}
+	}
 }
 
 // servedBy reports from the lbagents' records whether every live lbagent

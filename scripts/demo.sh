@@ -207,19 +207,27 @@ JSON
   HOST_FLAGS=()
   [ "${HOSTS:-0}" -gt 0 ] && HOST_FLAGS=(--allow-loopback-hosts)
 
+  # The edge node's own NATS key, made before the embedded NATS starts so
+  # that it accepts it from the first moment (a running scheduler takes a
+  # new one within 2 s).
+  "$BIN/scheduler" nats-key add-node demo-lb --data-dir "$DIR/nats" >/dev/null 2>&1 || die "cannot create the node key of demo-lb"
+
   step "starting the scheduler (API $API, embedded NATS $NATS)"
   start scheduler "$BIN/scheduler" run --database-url "$DB" --api-listen 127.0.0.1:7070 --nats-listen 127.0.0.1:4222 \
     --data-dir "$DIR/nats" --prefix $PREFIX --id demo-scheduler "${ACME_FLAGS[@]}" "${HOST_FLAGS[@]}"
   wait_for "the scheduler to lead" 30 sh -c "curl -fsS $API/readyz | grep -q '\"role\":\"leader\"'"
 
   # The embedded NATS requires a role credential of every client: the
-  # scheduler made them on its first start; each daemon gets its own.
+  # scheduler made them on its first start; each daemon gets its own, and
+  # lbagent its node's own key (not the role's shared one).
   CREDS="$DIR/nats/nats-credentials"
-  for role in healthd lbagent reader; do
+  for role in healthd reader; do
     "$BIN/scheduler" nats-credential --data-dir "$DIR/nats" $role >"$DIR/run/$role.nk" 2>/dev/null
     chmod 600 "$DIR/run/$role.nk"
   done
-  info "NATS credentials: $CREDS (scheduler nats-credential <role> prints one)"
+  "$BIN/scheduler" nats-credential --data-dir "$DIR/nats" lbagent --node demo-lb >"$DIR/run/lbagent.nk" 2>/dev/null
+  chmod 600 "$DIR/run/lbagent.nk"
+  info "NATS credentials: $CREDS (scheduler nats-credential <role> prints one, nats-credential lbagent --node <node> a node's own; scheduler nats-key ls lists them)"
 
   step "starting healthd"
   start healthd "$BIN/healthd" --nats-url $NATS --nats-nkey "$DIR/run/healthd.nk" --prefix $PREFIX --id demo-healthd --metrics-listen 127.0.0.1:9103

@@ -1,24 +1,17 @@
 package bus
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 
 	"github.com/berthhq/berth/common/msg"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nkeys"
 )
 
 // Roles: each daemon connects to NATS with a credential of its own role,
@@ -49,6 +42,11 @@ var ErrUnknownRole = errors.New("bus: unknown role")
 type grant struct {
 	// buckets are the buckets the role writes and creates.
 	buckets []string
+	// streams are buckets the role creates and updates, whose keys it
+	// does not write: the scheduler makes the agents bucket, so that an
+	// lbagent with a node key of its own needs no right over the stream
+	// its peers' records are in.
+	streams []string
 	// publish are the plain subjects (patterns) the role publishes.
 	publish []string
 	// subscribe are the plain subjects (patterns) the role subscribes to.
@@ -64,7 +62,8 @@ func grantOf(n msg.Names, role string) (grant, error) {
 	switch role {
 	case RoleScheduler:
 		return grant{
-			buckets:   []string{n.AppsBucket(), n.InstancesBucket(), n.CertificatesBucket(), n.ChallengesBucket()},
+			buckets:   []string{n.AppsBucket(), n.InstancesBucket(), n.CertificatesBucket(), n.ChallengesBucket(), n.NodesBucket()},
+			streams:   []string{n.AgentsBucket()},
 			publish:   []string{n.AllEvents(), n.AllUsage()},
 			subscribe: []string{n.AllEvents(), n.AllMetrics(), n.AllUsage()},
 		}, nil
@@ -92,15 +91,29 @@ func grantOf(n msg.Names, role string) (grant, error) {
 // creates: a daemon connected with its role's credential passes it to
 // EnsureBuckets, since creating a bucket another role owns is refused.
 // The buckets it only reads appear when their owner starts; until then a
-// Watcher of one waits (see Watcher.Run). The reader owns none.
+// Watcher of one waits (see Watcher.Run). The reader owns none, and an
+// lbagent with a node key of its own creates none (NodePermissions).
 func OwnedBuckets(n msg.Names, role string) ([]BucketConfig, error) {
+	return bucketsOf(n, role, func(g grant) []string { return g.buckets })
+}
+
+// ManagedBuckets is the part of ContractBuckets whose stream role creates
+// and updates without writing its keys: the scheduler makes the agents
+// bucket, so that lbagents with node keys of their own need no right over
+// the stream their peers' records are in. The scheduler ensures them with
+// its own.
+func ManagedBuckets(n msg.Names, role string) ([]BucketConfig, error) {
+	return bucketsOf(n, role, func(g grant) []string { return g.streams })
+}
+
+func bucketsOf(n msg.Names, role string, of func(grant) []string) ([]BucketConfig, error) {
 	g, err := grantOf(n, role)
 	if err != nil {
 		return nil, err
 	}
 	var out []BucketConfig
 	for _, b := range ContractBuckets(n) {
-		if slices.Contains(g.buckets, b.Name) {
+		if slices.Contains(of(g), b.Name) {
 			out = append(out, b)
 		}
 	}
@@ -149,9 +162,13 @@ func readSubjects(bucket string) []string {
 // $KV.<bucket>.<key>), and creating, updating, purging and deleting the
 // bucket's stream.
 func writeSubjects(bucket string) []string {
+	return append([]string{"$KV." + bucket + ".>"}, streamSubjects(bucket)...)
+}
+
+// streamSubjects create and update bucket's stream, and purge and delete it.
+func streamSubjects(bucket string) []string {
 	s := kvStream(bucket)
 	return []string{
-		"$KV." + bucket + ".>",
 		jsAPI + "STREAM.CREATE." + s,
 		jsAPI + "STREAM.UPDATE." + s,
 		jsAPI + "STREAM.PURGE." + s,
@@ -192,6 +209,9 @@ func Permissions(n msg.Names, role string) (*server.Permissions, error) {
 	for _, b := range g.buckets {
 		pub = append(pub, writeSubjects(b)...)
 	}
+	for _, b := range g.streams {
+		pub = append(pub, streamSubjects(b)[:2]...) // create and update only
+	}
 	if len(g.buckets) > 0 {
 		pub = append(pub, jsAPI+"INFO")
 	}
@@ -207,179 +227,32 @@ func Permissions(n msg.Names, role string) (*server.Permissions, error) {
 	}, nil
 }
 
-// EnsureCredentials makes sure dir holds one NATS user nkey seed per role,
-// <dir>/<role>.nk, and returns the path of each by role. The first call
-// creates them; later calls reuse them, so the public keys a server trusts
-// stay the same across restarts. dir is created, or restricted, to mode
-// 0700 and each seed is written with mode 0600; a seed file that others
-// may read is an error, not silently fixed, since it may have leaked.
-// Two processes calling it at once end up with the same seeds.
-func EnsureCredentials(dir string) (map[string]string, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("nats credentials: %w", err)
+// NodePermissions returns what the lbagent of one node may publish and
+// subscribe to, with a key of its own (`scheduler nats-credential lbagent
+// --node`): what the lbagent role may, except that it writes only its own
+// record, $KV.<agents>.<node>, publishes reloads only on its own subject,
+// and may not create, update, purge or delete the agents bucket (the
+// scheduler creates it). So one compromised edge node cannot write
+// another node's record; what it can still do through the server (a
+// stored copy, see Permissions) its node key's seal does not cover, since
+// readers trust a node's key only for that node's key and subject.
+func NodePermissions(n msg.Names, node string) (*server.Permissions, error) {
+	if err := msg.CheckToken(node); err != nil {
+		return nil, fmt.Errorf("lbagent node: %w", err)
 	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("nats credentials: %w", err)
-	}
-	out := map[string]string{}
-	for _, role := range Roles() {
-		path := filepath.Join(dir, role+".nk")
-		if err := ensureSeed(path); err != nil {
-			return nil, fmt.Errorf("nats credentials for %s: %w", role, err)
-		}
-		out[role] = path
-	}
-	// Each file then gets the roles' public keys, so that it is the whole
-	// credential a daemon needs (CredentialFile, LoadKeys).
-	for _, role := range Roles() {
-		want, err := CredentialFile(out, role)
-		if err != nil {
-			return nil, fmt.Errorf("nats credentials for %s: %w", role, err)
-		}
-		have, err := os.ReadFile(out[role])
-		if err == nil && !bytes.Equal(have, want) {
-			err = writeSecret(out[role], want)
-		}
-		wipe(have)
-		wipe(want)
-		if err != nil {
-			return nil, fmt.Errorf("nats credentials for %s: %w", role, err)
-		}
-	}
-	return out, nil
-}
-
-// writeSecret replaces the file at path with b, mode 0600, atomically.
-func writeSecret(path string, b []byte) error {
-	return placeSecret(path, b, os.Rename)
-}
-
-// placeSecret writes b to a temporary file (mode 0600) beside path, synced,
-// and moves it into place with place: os.Rename to replace path, os.Link
-// to create it only if it does not exist yet (fs.ErrExist then is no error).
-func placeSecret(path string, b []byte, place func(oldname, newname string) error) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".seed-*") // mode 0600
+	g, err := grantOf(n, RoleLBAgent)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer os.Remove(tmp.Name())
-	_, err = tmp.Write(b)
-	if err == nil {
-		err = tmp.Sync()
+	var pub []string
+	for _, b := range n.Buckets() {
+		pub = append(pub, readSubjects(b.Name)...)
 	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = place(tmp.Name(), path)
-	}
-	if err != nil && !errors.Is(err, fs.ErrExist) {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
-}
-
-// ensureSeed checks the user seed at path, or creates one there. The seed
-// is written to a temporary file and linked into place, so a reader never
-// sees half a seed and a concurrent creator loses cleanly to the first.
-func ensureSeed(path string) error {
-	_, err := SeedPublicKey(path)
-	if !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	kp, err := nkeys.CreateUser()
-	if err != nil {
-		return fmt.Errorf("create nkey: %w", err)
-	}
-	defer kp.Wipe()
-	seed, err := kp.Seed()
-	if err != nil {
-		return fmt.Errorf("create nkey: %w", err)
-	}
-	defer wipe(seed)
-	line := append(seed, '\n')
-	defer wipe(line)
-	if err := placeSecret(path, line, os.Link); err != nil {
-		return err
-	}
-	_, err = SeedPublicKey(path)
-	return err
-}
-
-// SeedPublicKey returns the public key ("U…") of the NATS user nkey seed in
-// the file at path, the key a server's authorization lists. It refuses a
-// seed file that its group or others may read.
-func SeedPublicKey(path string) (string, error) {
-	st, err := os.Stat(path)
-	if err != nil {
-		return "", err
-	}
-	if mode := st.Mode().Perm(); mode&0o077 != 0 {
-		return "", fmt.Errorf("nkey seed %s has mode %04o: it must be readable by its owner only (chmod 600 %s)", path, mode, path)
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", err
-	}
-	defer wipe(b)
-	kp, err := nkeys.ParseDecoratedNKey(b)
-	if err != nil {
-		return "", fmt.Errorf("nkey seed %s: %w", path, err)
-	}
-	defer kp.Wipe()
-	pub, err := kp.PublicKey()
-	if err != nil {
-		return "", fmt.Errorf("nkey seed %s: %w", path, err)
-	}
-	if !nkeys.IsValidPublicUserKey(pub) {
-		return "", fmt.Errorf("nkey seed %s: not a user seed (an \"SU…\" seed is needed)", path)
-	}
-	return pub, nil
-}
-
-// wipe overwrites secret bytes once they are no longer needed.
-func wipe(b []byte) {
-	for i := range b {
-		b[i] = 'x'
-	}
-}
-
-// AuthUsers returns the server's users for the seeds (role → seed file, as
-// EnsureCredentials returns): each role's public key with its role's
-// Permissions under n, in the order of Roles. It fails on an unknown role
-// and on no seeds at all, since an empty user list would leave a server
-// open to anyone.
-func AuthUsers(n msg.Names, seeds map[string]string) ([]*server.NkeyUser, error) {
-	if len(seeds) == 0 {
-		return nil, errors.New("nats auth: no credentials given")
-	}
-	for role := range seeds {
-		if !slices.Contains(Roles(), role) {
-			return nil, fmt.Errorf("nats auth: %w %q: want one of %v", ErrUnknownRole, role, Roles())
-		}
-	}
-	var users []*server.NkeyUser
-	seen := map[string]string{} // public key → role
-	for _, role := range Roles() {
-		path, ok := seeds[role]
-		if !ok {
-			continue
-		}
-		pub, err := SeedPublicKey(path)
-		if err != nil {
-			return nil, fmt.Errorf("nats auth for %s: %w", role, err)
-		}
-		if other, ok := seen[pub]; ok {
-			return nil, fmt.Errorf("nats auth: %s and %s have the same key (%s): each role needs a seed of its own", other, role, path)
-		}
-		seen[pub] = role
-		perms, err := Permissions(n, role)
-		if err != nil {
-			return nil, err
-		}
-		users = append(users, &server.NkeyUser{Nkey: pub, Permissions: perms})
-	}
-	return users, nil
+	pub = append(pub, "$KV."+n.AgentsBucket()+"."+node, n.AllMetrics(), n.ReloadsSubject(node))
+	return &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: pub},
+		Subscribe: &server.SubjectPermission{Allow: append([]string{replies}, g.subscribe...)},
+	}, nil
 }
 
 // ErrPermissionDenied is an operation the server refused: the connection's
@@ -464,48 +337,18 @@ func denial(ctx context.Context, err error) error {
 	return err
 }
 
-// ServerConfig returns a nats-server config holding Berth's roles: one
-// nkey user per role of seeds, with its permissions (Permissions), for an
-// external NATS (compose, a cluster of your own). Only public keys are in
-// it; each daemon keeps its own seed.
-func ServerConfig(n msg.Names, seeds map[string]string) (string, error) {
-	users, err := AuthUsers(n, seeds)
-	if err != nil {
-		return "", err
-	}
-	role := map[string]string{}
-	for r, path := range seeds {
-		if pub, err := SeedPublicKey(path); err == nil {
-			role[pub] = r
-		}
-	}
-	q := func(list []string) string {
-		var b strings.Builder
-		e := json.NewEncoder(&b)
-		e.SetEscapeHTML(false) // '>' as is: the config parser knows no \u escapes
-		_ = e.Encode(list)
-		return strings.TrimSpace(b.String())
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "# Berth's NATS roles for prefix %q (scheduler nats-config): one nkey user per role,\n", n.Prefix())
-	b.WriteString("# each allowed only what its daemon does (docs/nats.md). Include it in your nats-server.conf.\n")
-	b.WriteString("authorization {\n  users = [\n")
-	for _, u := range users {
-		p := u.Permissions
-		fmt.Fprintf(&b, "    # %s\n    {nkey: %q, permissions: {publish: {allow: %s}, subscribe: {allow: %s}}}\n",
-			role[u.Nkey], u.Nkey, q(p.Publish.Allow), q(p.Subscribe.Allow))
-	}
-	b.WriteString("  ]\n}\n")
-	return b.String(), nil
-}
-
-// MustOwnedBuckets is OwnedBuckets for one of the Roles constants, which
-// it cannot refuse: each daemon ensures only the buckets its role owns
-// (with credentials it may create no other), and waits for the rest.
+// MustOwnedBuckets is OwnedBuckets, and ManagedBuckets, for one of the
+// Roles constants, which it cannot refuse: each daemon ensures only the
+// buckets its role owns or manages (with credentials it may create no
+// other), and waits for the rest.
 func MustOwnedBuckets(n msg.Names, role string) []BucketConfig {
 	b, err := OwnedBuckets(n, role)
 	if err != nil {
 		panic(err)
 	}
-	return b
+	m, err := ManagedBuckets(n, role)
+	if err != nil {
+		panic(err)
+	}
+	return append(b, m...)
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -29,7 +30,7 @@ func TestOwnedBuckets(t *testing.T) {
 		role string
 		want []string
 	}{
-		{role: RoleScheduler, want: []string{"own_apps", "own_instances", "own_certificates", "own_challenges"}},
+		{role: RoleScheduler, want: []string{"own_apps", "own_instances", "own_certificates", "own_challenges", "own_nodes"}},
 		{role: RoleHealthd, want: []string{"own_health", "own_checkers"}},
 		{role: RoleLBAgent, want: []string{"own_agents"}},
 		{role: RoleReader, want: nil},
@@ -76,8 +77,11 @@ func TestPermissionsAreAllowListsUnderThePrefix(t *testing.T) {
 			require.Nil(t, p.Response, "no role answers requests")
 			owned, err := OwnedBuckets(n, role)
 			require.NoError(t, err)
+			managed, err := ManagedBuckets(n, role)
+			require.NoError(t, err)
 			for _, s := range p.Publish.Allow {
 				require.NotContains(t, []string{">", "$JS.>", "$JS.API.>", "$KV.>", "$JS.API.STREAM.>", "$JS.API.CONSUMER.>"}, s)
+				require.NotContains(t, s, "DURABLE", "no role creates a durable consumer by the legacy subject")
 				// Every subject names one of this environment's buckets or
 				// subjects, except the account's JetStream info and, for
 				// the reader, the streams' names (nats kv ls).
@@ -93,10 +97,14 @@ func TestPermissionsAreAllowListsUnderThePrefix(t *testing.T) {
 				for _, s := range readSubjects(b.Name) {
 					require.Contains(t, p.Publish.Allow, s, "every role reads every bucket")
 				}
+				manages := containsBucket(managed, b.Name)
 				for _, s := range writeSubjects(b.Name) {
-					if isOwner {
+					switch {
+					case isOwner:
 						require.Contains(t, p.Publish.Allow, s)
-					} else {
+					case manages && slices.Contains(streamSubjects(b.Name)[:2], s):
+						require.Contains(t, p.Publish.Allow, s, "%s creates and updates %s", role, b.Name)
+					default:
 						require.NotContains(t, p.Publish.Allow, s, "only the owner of %s writes it", b.Name)
 					}
 				}
@@ -136,7 +144,7 @@ func TestEnsureCredentials(t *testing.T) {
 	}
 	entries, err := os.ReadDir(dir)
 	require.NoError(t, err)
-	require.Len(t, entries, len(Roles()), "no temporary file is left behind")
+	require.Len(t, entries, len(Roles())+1, "no temporary file is left behind, only the lock file")
 
 	// Later calls, even at once, reuse the seeds.
 	var wg sync.WaitGroup
@@ -436,7 +444,7 @@ func TestRolesDoTheirJobAndNothingElse(t *testing.T) {
 			for role, c := range roles {
 				owned, err := OwnedBuckets(n, role)
 				require.NoError(t, err)
-				if !containsBucket(owned, b.Name) {
+				if !containsBucket(MustOwnedBuckets(n, role), b.Name) {
 					// nats.go asks for the account's JetStream info, then
 					// updates the stream, or creates it when there is none.
 					// A role that owns no bucket is refused the first, the
@@ -452,8 +460,7 @@ func TestRolesDoTheirJobAndNothingElse(t *testing.T) {
 			}
 		}
 		for role, c := range roles {
-			owned, err := OwnedBuckets(n, role)
-			require.NoError(t, err)
+			owned := MustOwnedBuckets(n, role)
 			require.NoError(t, c.EnsureBuckets(ctx, owned), role)
 			require.NoError(t, c.EnsureBuckets(ctx, owned), "%s: a second start updates in place", role)
 		}

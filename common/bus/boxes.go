@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
 
 	"filippo.io/edwards25519"
 	"github.com/nats-io/nkeys"
@@ -27,17 +28,26 @@ import (
 // ErrNotARecipient is a box none of whose keys is this daemon's.
 var ErrNotARecipient = errors.New("bus: sealed to other keys")
 
-// SealTo seals secret to every trusted key of role.
+// SealTo seals secret to every trusted key of role (its trust lines).
 func (k *Keys) SealTo(role string, secret []byte) ([]msg.SealedKey, error) {
 	if k == nil {
 		return nil, errors.New("bus: no keys to seal to: connect with a Berth role credential (--nats-nkey)")
 	}
-	pubs := k.trust[role]
+	return sealTo(role, k.trust[role], secret)
+}
+
+// sealTo seals secret to each of pubs, once each.
+func sealTo(role string, pubs []ed25519.PublicKey, secret []byte) ([]msg.SealedKey, error) {
 	if len(pubs) == 0 {
 		return nil, fmt.Errorf("bus: no trusted key of the %s role to seal to", role)
 	}
 	out := make([]msg.SealedKey, 0, len(pubs))
+	seen := map[string]bool{}
 	for _, pub := range pubs {
+		if seen[string(pub)] {
+			continue
+		}
+		seen[string(pub)] = true
 		mont, err := montgomery(pub)
 		if err != nil {
 			return nil, err
@@ -116,13 +126,36 @@ func x25519Private(priv ed25519.PrivateKey) *[32]byte {
 }
 
 // SealTo seals secret to every trusted key of role with the connection's
-// record keys (Keys.SealTo); without keys it is an error.
+// record keys (Keys.SealTo); without keys it is an error. For the lbagent
+// role, with a NodeDirectory, that is also every key of every node in the
+// directory, and an error (ErrNodesLoading) until it has loaded: a secret
+// sealed before would not open on the nodes with keys of their own.
 func (c *Conn) SealTo(role string, secret []byte) ([]msg.SealedKey, error) {
 	if c.seals == nil {
 		return (*Keys)(nil).SealTo(role, secret)
 	}
-	return c.seals.keys.SealTo(role, secret)
+	t := c.seals.nodes.Load()
+	if role != RoleLBAgent || t == nil {
+		return c.seals.keys.SealTo(role, secret)
+	}
+	nodes, loaded := t.keysFor("", false)
+	if !loaded {
+		return nil, fmt.Errorf("seal to the %s role: %w", role, ErrNodesLoading)
+	}
+	return sealTo(role, append(slices.Clip(c.seals.keys.trust[role]), nodes...), secret)
 }
+
+// Keys returns the connection's record keys, nil without them.
+func (c *Conn) Keys() *Keys {
+	if c.seals == nil {
+		return nil
+	}
+	return c.seals.keys
+}
+
+// Node returns the lbagent node whose own key the connection's credential
+// holds (Keys.Node), or "".
+func (c *Conn) Node() string { return c.Keys().Node() }
 
 // OpenSealed opens the box of boxes sealed to the connection's own key.
 func (c *Conn) OpenSealed(boxes []msg.SealedKey) ([]byte, error) {

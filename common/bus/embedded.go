@@ -3,6 +3,7 @@ package bus
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -33,6 +34,12 @@ type EmbeddedOptions struct {
 // EmbeddedServer is an in-process NATS server with JetStream.
 type EmbeddedServer struct {
 	s *server.Server
+
+	mu   sync.Mutex // SetUsers
+	opts *server.Options
+	// users says the server's users came from EmbeddedOptions.Users,
+	// which SetUsers may then replace.
+	users bool
 }
 
 // Embedded starts an in-process NATS server with JetStream, for development
@@ -76,7 +83,30 @@ func Embedded(opts EmbeddedOptions, logger *zap.Logger) (*EmbeddedServer, error)
 		s.Shutdown()
 		return nil, fmt.Errorf("embedded nats on %s:%d: not ready within 10s", opts.Host, opts.Port)
 	}
-	return &EmbeddedServer{s: s}, nil
+	return &EmbeddedServer{s: s, opts: so.Clone(), users: len(opts.Users) > 0}, nil
+}
+
+// SetUsers replaces the server's users while it runs (a new lbagent node,
+// a key rotated or retired): new clients are checked against them at
+// once, and a connected client whose key is no longer a user is
+// disconnected. It refuses an empty list, and a server whose users came
+// from a config file.
+func (e *EmbeddedServer) SetUsers(users []*server.NkeyUser) error {
+	if !e.users {
+		return errors.New("embedded nats: its users come from a config file (--nats-server-config): change them there")
+	}
+	if len(users) == 0 {
+		return errors.New("embedded nats: no users: the server would accept anyone")
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	o := e.opts.Clone()
+	o.Nkeys = users
+	if err := e.s.ReloadOptions(o); err != nil {
+		return fmt.Errorf("embedded nats: reload users: %w", err)
+	}
+	e.opts = o.Clone()
+	return nil
 }
 
 // URL is the client URL, nats://host:port.

@@ -81,6 +81,9 @@ func (c *Conn) EnsureBuckets(ctx context.Context, buckets []BucketConfig) error 
 		if err != nil {
 			return fmt.Errorf("ensure bucket %s: %w", b.Name, err)
 		}
+		if err := c.limitConsumers(ctx, b.Name); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -80,12 +80,25 @@ type Keys struct {
 	signer ed25519.PrivateKey
 	trust  map[string][]ed25519.PublicKey
 	// role is the writing role whose trusted key is signer's, "" for none
-	// (the reader).
+	// (the reader); RoleLBAgent for a node's key.
 	role string
+	// node is the lbagent node whose key signer is, "" for a role's key
+	// (its credential's "# berth-node <node>" line).
+	node string
+}
+
+// Node returns the lbagent node whose own key these are (a credential of
+// `scheduler nats-credential lbagent --node`), or "".
+func (k *Keys) Node() string {
+	if k == nil {
+		return ""
+	}
+	return k.node
 }
 
 // LoadKeys reads a credential file as `scheduler nats-credential` prints
-// it: the role's nkey seed and one trust line per writing role. A file
+// it: the role's nkey seed, one trust line per key of a writing role, and
+// for an lbagent node's own key a "# berth-node <node>" line. A file
 // without trust lines is refused: this daemon could not tell a forged
 // record from a real one.
 func LoadKeys(path string) (*Keys, error) {
@@ -102,7 +115,16 @@ func LoadKeys(path string) (*Keys, error) {
 		return nil, fmt.Errorf("nkey seed %s: %w", path, err)
 	}
 	trust := map[string][]string{}
+	node := ""
 	for line := range strings.Lines(string(b)) {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), strings.TrimSpace(nodePrefix)); ok {
+			node = strings.TrimSpace(rest)
+			if err := msg.CheckToken(node); err != nil || node == "" {
+				kp.Wipe()
+				return nil, fmt.Errorf("nkey file %s: node line %q: %v", path, strings.TrimSpace(line), err)
+			}
+			continue
+		}
 		rest, ok := strings.CutPrefix(strings.TrimSpace(line), strings.TrimSpace(trustPrefix))
 		if !ok {
 			continue
@@ -123,61 +145,14 @@ func LoadKeys(path string) (*Keys, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nkey file %s: %w", path, err)
 	}
+	if node != "" {
+		if k.role != "" {
+			return nil, fmt.Errorf("nkey file %s: the key of lbagent node %s is also trusted as the %s role's: "+
+				"print the node's credential again with `scheduler nats-credential lbagent --node %s`", path, node, k.role, node)
+		}
+		k.role, k.node = RoleLBAgent, node
+	}
 	return k, nil
-}
-
-// CredentialFile returns role's credential file: its seed, then one trust
-// line per role that writes records, for the daemon's --nats-nkey.
-func CredentialFile(seeds map[string]string, role string) ([]byte, error) {
-	trust, err := trustOf(seeds)
-	if err != nil {
-		return nil, err
-	}
-	path, ok := seeds[role]
-	if !ok {
-		return nil, fmt.Errorf("%w %q: want one of %v", ErrUnknownRole, role, Roles())
-	}
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	defer wipe(raw)
-	kp, err := nkeys.ParseDecoratedNKey(raw)
-	if err != nil {
-		return nil, fmt.Errorf("nkey seed %s: %w", path, err)
-	}
-	defer kp.Wipe()
-	seed, err := kp.Seed()
-	if err != nil {
-		return nil, fmt.Errorf("nkey seed %s: %w", path, err)
-	}
-	defer wipe(seed)
-	var b bytes.Buffer
-	b.Write(seed)
-	b.WriteString("\n# The public keys of the roles that write Berth's records: this daemon acts only on\n")
-	b.WriteString("# records sealed by their owner (docs/nats.md, Sealed records).\n")
-	for _, r := range writerRoles() {
-		for _, pub := range trust[r] {
-			fmt.Fprintf(&b, "%s%s %s\n", trustPrefix, r, pub)
-		}
-	}
-	return b.Bytes(), nil
-}
-
-func trustOf(seeds map[string]string) (map[string][]string, error) {
-	trust := map[string][]string{}
-	for _, r := range writerRoles() {
-		path, ok := seeds[r]
-		if !ok {
-			return nil, fmt.Errorf("record keys: no credential for the %s role", r)
-		}
-		pub, err := SeedPublicKey(path)
-		if err != nil {
-			return nil, err
-		}
-		trust[r] = []string{pub}
-	}
-	return trust, nil
 }
 
 // writerRoles are the roles that own buckets or subjects.
@@ -229,7 +204,11 @@ func newKeys(kp nkeys.KeyPair, trust map[string][]string) (*Keys, error) {
 // names: which role owns a bucket or a subject comes from the contract's
 // ownership table (grantOf).
 type sealer struct {
-	keys    *Keys
+	keys *Keys
+	// nodes are the lbagent nodes' keys, once a NodeDirectory follows
+	// them (nodes.go); nil: the lbagent role's trust lines alone.
+	nodes   atomic.Pointer[nodeTrust]
+	scope   nodeScope
 	buckets map[string]string // bucket → owning role
 	subs    []ownedSubject
 	now     func() time.Time
@@ -253,7 +232,7 @@ type ownedSubject struct {
 
 func newSealer(keys *Keys, n msg.Names) *sealer {
 	s := &sealer{keys: keys, buckets: map[string]string{}, now: time.Now, floors: map[string]int64{},
-		bufs: sync.Pool{New: func() any { return new(bytes.Buffer) }}}
+		bufs: sync.Pool{New: func() any { return new(bytes.Buffer) }}, scope: newNodeScope(n)}
 	for _, r := range writerRoles() {
 		g, _ := grantOf(n, r)
 		for _, b := range g.buckets {
@@ -397,7 +376,11 @@ func (s *sealer) open(kind, where, key, op string, value []byte) ([]byte, int64,
 	buf.Reset()
 	defer s.bufs.Put(buf)
 	signedInput(buf, kind, where, key, op, at, body)
-	for _, v := range s.keys.trust[role] {
+	trusted, err := s.trusted(role, kind, where, key)
+	if err != nil {
+		return nil, 0, err
+	}
+	for _, v := range trusted {
 		if ed25519.Verify(v, buf.Bytes(), raw) {
 			n := parseAt(at)
 			if kind == kindKV && role == s.keys.role {

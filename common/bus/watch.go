@@ -93,6 +93,9 @@ type Watcher[T any] struct {
 	// replays remembers the seal's at of each key, so that an older sealed
 	// value copied back onto its key is refused (sealed records only).
 	replays msg.Fence
+	// nodesChanged says the node keys that seal this bucket's records
+	// changed (nodes.go); nil for other buckets.
+	nodesChanged <-chan struct{}
 }
 
 // NewWatcher returns a watcher of bucket that decodes values with decode and
@@ -117,6 +120,18 @@ func (w *Watcher[T]) Dropped() uint64 { return w.dropped.Load() }
 func (w *Watcher[T]) Run(ctx context.Context) error {
 	reconnected, stop := w.conn.reconnected()
 	defer stop()
+	// A bucket whose records lbagent nodes seal with keys of their own
+	// waits for the node-key directory, and starts over when it changes.
+	nodesChanged, nodesReady, stopNodes := w.conn.nodeWatch(w.bucket)
+	defer stopNodes()
+	if nodesReady != nil {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-nodesReady:
+		}
+	}
+	w.nodesChanged = nodesChanged
 	var lastErr string
 	for {
 		err := w.watchOnce(ctx, reconnected)
@@ -193,6 +208,8 @@ func (w *Watcher[T]) watchOnce(ctx context.Context, reconnected <-chan struct{})
 		case <-ctx.Done():
 			return nil
 		case <-reconnected:
+			return errResync
+		case <-w.nodesChanged:
 			return errResync
 		case <-resync:
 			return errResync

@@ -34,6 +34,7 @@ var constructors = map[string]func() Message{
 	TypeUsage:        func() Message { return &Usage{} },
 	TypeCertificate:  func() Message { return &Certificate{} },
 	TypeChallenge:    func() Message { return &Challenge{} },
+	TypeNode:         func() Message { return &Node{} },
 }
 
 // Types lists every message type of v1.

@@ -30,6 +30,8 @@ func Key(m Message) (key string, ok bool) {
 		return m.App, true
 	case *Challenge:
 		return m.Token, true
+	case *Node:
+		return m.Node, true
 	}
 	return "", false
 }

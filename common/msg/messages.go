@@ -25,6 +25,7 @@ const (
 	TypeUsage        = "berth.usage.v1"
 	TypeCertificate  = "berth.certificate.v1"
 	TypeChallenge    = "berth.challenge.v1"
+	TypeNode         = "berth.node.v1"
 )
 
 // Message is one v1 message. The set is closed: only this package's types
@@ -296,6 +297,24 @@ type Checker struct {
 	HeartbeatAt time.Time `json:"heartbeat_at"`
 }
 
+// Node is an lbagent node's public keys (bucket nodes, key <node>), which
+// the scheduler leader publishes, sealed with its own key, from the node
+// credentials it holds (`scheduler nats-credential lbagent --node`). A
+// reader trusts a value of the agents bucket under key <node>, or a
+// message on reloads.<node>, sealed by one of these keys, and a metrics
+// message sealed by any node's; the scheduler seals certificate keys to
+// every key listed.
+type Node struct {
+	Header
+	// Node is the node id, as lbagent's --node.
+	Node string `json:"node"`
+	// Keys are the node's public nkeys ("U…"): one, or two while its key
+	// is rotated (docs/operations.md, Rotating NATS keys).
+	Keys []string `json:"keys"`
+	// UpdatedAt is when the leader wrote it.
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
 // Event is a lifecycle event of an app (subject events.<app>.<kind>).
 type Event struct {
 	Header
@@ -447,6 +466,9 @@ func (*Certificate) MessageType() string { return TypeCertificate }
 // MessageType implements Message.
 func (*Challenge) MessageType() string { return TypeChallenge }
 
+// MessageType returns TypeNode.
+func (*Node) MessageType() string { return TypeNode }
+
 // Validate re-checks every string that will reach nginx with the spec's
 // grammars, so a value that slipped past the API still cannot inject
 // directives.
@@ -547,12 +569,15 @@ func (m *Agent) Validate() error {
 	return es.Err()
 }
 
-// Certificate bounds: a chain of a few certificates, a key sealed to a
-// few lbagent keys (one, or two while the role's key is rotated).
+// Certificate bounds: a chain of a few certificates, a key sealed to
+// every lbagent key: the role's shared keys and each node's (one, or two
+// while a key is rotated), so about 120 nodes with keys of their own.
+// An ECDSA key sealed to all 256 keeps the message near 120 KiB, under
+// MaxMessageSize.
 const (
 	MaxChainLen  = 64 << 10
 	MaxSealedKey = 8 << 10
-	MaxKeys      = 8
+	MaxKeys      = 256
 	MaxCertNames = 100 // the most names a public CA signs in one certificate
 )
 
@@ -622,6 +647,32 @@ func (m *Challenge) Validate() error {
 		es.Add("key_authorization", "must be the token, '.', and a base64url thumbprint")
 	}
 	when(&es, "at", m.At)
+	return es.Err()
+}
+
+// MaxNodeKeys bounds the keys of one node: its key, the next one while it
+// is rotated, and room to spare.
+const MaxNodeKeys = 4
+
+// Validate checks the node id and that each key is a user public nkey,
+// listed once.
+func (m *Node) Validate() error {
+	var es spec.Errors
+	es.Check("node", CheckToken(m.Node))
+	if len(m.Keys) == 0 || len(m.Keys) > MaxNodeKeys {
+		es.Add("keys", "has %d keys; want 1 to %d", len(m.Keys), MaxNodeKeys)
+	}
+	seen := map[string]bool{}
+	for i, k := range m.Keys {
+		switch {
+		case !nkeyRe.MatchString(k):
+			es.Add(spec.Index("keys", i), "%q is not a user public nkey (U and 55 base32 characters)", Truncate(k, 64))
+		case seen[k]:
+			es.Add(spec.Index("keys", i), "%s is listed twice", k)
+		}
+		seen[k] = true
+	}
+	when(&es, "updated_at", m.UpdatedAt)
 	return es.Err()
 }
 

@@ -59,6 +59,7 @@ func examples() map[string]Message {
 			Serial: "3f1a2b", NotBefore: started, NotAfter: at.Add(90 * 24 * time.Hour), Term: 3, UpdatedAt: at},
 		TypeChallenge: &Challenge{App: "web", Host: "web.example.com", Token: "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA",
 			KeyAuthorization: "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI", Term: 3, At: at},
+		TypeNode: &Node{Node: "lb-1", Keys: []string{"UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"}, UpdatedAt: at},
 		TypeReload: &Reload{Node: "lb-1", Result: ReloadRejected, DurationMS: 84.5, Revision: 4211,
 			FailedApps: map[string]string{"api": "nginx -t: host not found in upstream"}, At: at},
 	}
@@ -212,6 +213,9 @@ func TestAppRejectsNginxInjection(t *testing.T) {
 	}
 }
 
+// nodeKey is a user public nkey.
+const nodeKey = "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"
+
 func TestValidateOtherMessages(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -236,6 +240,11 @@ func TestValidateOtherMessages(t *testing.T) {
 		{"metrics histogram count", &Metrics{Node: "n", App: "web", WindowStart: at, Window: 1, LatencyHistogram: &Histogram{RelativeAccuracy: 0.01, Bins: [][2]float64{{3, -1}}}}, "latency_histogram.bins[0]: count -1 must be a finite count > 0"},
 		{"reload result", &Reload{Node: "n", Result: "maybe", At: at}, `result: "maybe" is not one of applied`},
 		{"missing time", &Checker{ID: "c"}, "heartbeat_at: must be set"},
+		{"node id", &Node{Node: "lb.1", Keys: []string{nodeKey}, UpdatedAt: at}, `node: "lb.1" is not a valid id`},
+		{"node no key", &Node{Node: "lb-1", UpdatedAt: at}, "keys: has 0 keys; want 1 to 4"},
+		{"node too many keys", &Node{Node: "lb-1", Keys: []string{nodeKey, nodeKey, nodeKey, nodeKey, nodeKey}, UpdatedAt: at}, "keys: has 5 keys; want 1 to 4"},
+		{"node seed for a key", &Node{Node: "lb-1", Keys: []string{"SUAM" + nodeKey[4:]}, UpdatedAt: at}, "keys[0]: \"SUAM"},
+		{"node key twice", &Node{Node: "lb-1", Keys: []string{nodeKey, nodeKey}, UpdatedAt: at}, "keys[1]: " + nodeKey + " is listed twice"},
 		{"health change", &HealthChange{App: "web", Instance: "a1", From: "x", To: StatusHealthy, Checker: "c", At: at}, `from: "x" is not one of`},
 	}
 	for _, tt := range tests {
@@ -292,8 +301,8 @@ func TestNames(t *testing.T) {
 	require.Equal(t, "staging_apps", staging.AppsBucket())
 	require.Equal(t, "staging.v1.metrics.api", staging.MetricsSubject("api"))
 	buckets := staging.Buckets()
-	require.Len(t, buckets, 7)
-	require.Equal(t, []string{"staging_certificates", "staging_challenges"}, []string{buckets[5].Name, buckets[6].Name})
+	require.Len(t, buckets, 8)
+	require.Equal(t, []string{"staging_certificates", "staging_challenges", "staging_nodes"}, []string{buckets[5].Name, buckets[6].Name, buckets[7].Name})
 	require.Equal(t, Bucket{Name: "staging_agents", Description: "Berth v1: lbagent applied state, by node", History: 1, TTL: AgentTTL}, buckets[3])
 
 	for _, bad := range []string{"", "a.b", "a*", "a>", "a b", strings.Repeat("x", 33), "ünï"} {

@@ -77,6 +77,10 @@ func (n Names) CertificatesBucket() string { return n.prefix + "_certificates" }
 // order is open, keyed by token.
 func (n Names) ChallengesBucket() string { return n.prefix + "_challenges" }
 
+// NodesBucket holds each lbagent node's public keys, keyed by node: the
+// node-key directory the scheduler publishes (docs/nats.md, Sealed records).
+func (n Names) NodesBucket() string { return n.prefix + "_nodes" }
+
 func (n Names) subject(parts ...string) string {
 	return n.prefix + "." + Version + "." + strings.Join(parts, ".")
 }
@@ -213,5 +217,6 @@ func (n Names) Buckets() []Bucket {
 		{Name: n.CheckersBucket(), Description: "Berth v1: healthd heartbeats, by checker", History: 1, TTL: CheckerTTL},
 		{Name: n.CertificatesBucket(), Description: "Berth v1: ACME certificates (keys sealed to lbagents), by app", History: 1},
 		{Name: n.ChallengesBucket(), Description: "Berth v1: ACME HTTP-01 answers, by token", History: 1, TTL: ChallengeTTL},
+		{Name: n.NodesBucket(), Description: "Berth v1: lbagent node keys, by node", History: 1},
 	}
 }

@@ -44,3 +44,38 @@ func NATSWithRoles(t testing.TB, names msg.Names) (string, map[string]string) {
 	t.Cleanup(s.Shutdown)
 	return s.URL(), seeds
 }
+
+// NATSWithNodeKeys is NATSWithRoles where each of nodes also has an
+// lbagent key of its own, as `scheduler nats-credential lbagent --node`
+// makes it: the seeds map each role to its credential and each node to
+// its own, and dir is the credentials directory, which a scheduler
+// publishes the node keys of with --nats-credentials.
+func NATSWithNodeKeys(t testing.TB, names msg.Names, nodes ...string) (url string, seeds map[string]string, dir string) {
+	t.Helper()
+	dir = filepath.Join(t.TempDir(), "nats-credentials")
+	creds, err := bus.OpenCredentials(dir)
+	for _, node := range nodes {
+		if err == nil {
+			creds, err = bus.AddNode(dir, node)
+		}
+	}
+	if err != nil {
+		t.Fatalf("NATS credentials: %v", err)
+	}
+	users, err := creds.Users(names)
+	if err != nil {
+		t.Fatalf("NATS users: %v", err)
+	}
+	s, err := bus.Embedded(bus.EmbeddedOptions{Port: -1, StoreDir: t.TempDir(), Users: users}, zaptest.NewLogger(t, zaptest.Level(zapcore.WarnLevel)))
+	if err != nil {
+		t.Fatalf("start in-process NATS: %v", err)
+	}
+	t.Cleanup(s.Shutdown)
+	seeds = creds.Seeds()
+	for _, node := range nodes {
+		if _, seeds[node], err = creds.File(bus.RoleLBAgent, node); err != nil {
+			t.Fatalf("NATS credential of node %s: %v", node, err)
+		}
+	}
+	return s.URL(), seeds, dir
+}
