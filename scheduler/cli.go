@@ -119,6 +119,9 @@ type runCmd struct {
 	CertKeyFile     string        `name:"cert-key-file" help:"With --acme-directory: 32 random bytes in base64 (openssl rand -base64 32), mode 0600, that encrypt the certificate and account keys stored in Postgres. Every scheduler replica needs the same file." default:"" env:"BERTH_SCHEDULER_CERT_KEY_FILE" type:"path"`
 	ACMERenewBefore time.Duration `name:"acme-renew-before" help:"Renew a certificate this long before it expires." default:"720h" env:"BERTH_SCHEDULER_ACME_RENEW_BEFORE"`
 
+	// ACMEOrdersPerHour is the global order rate (issue 24).
+	ACMEOrdersPerHour int `name:"acme-orders-per-hour" help:"Global ACME order rate: at most this many orders start in any hour, across every app, so that no tenant can spend the account's limits (Let's Encrypt: 300 new orders per 3 hours); renewals closest to expiry go first. 1-10000." default:"30" env:"BERTH_SCHEDULER_ACME_ORDERS_PER_HOUR"`
+
 	secretFlags `embed:""`
 
 	// apiToken is --api-token-file's token and apiCert --api-tls-cert's
@@ -342,6 +345,9 @@ func (r *runCmd) checkACME() []error {
 		if _, err := certs.HTTPClient(r.ACMECAFile); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if r.ACMEOrdersPerHour < 1 || r.ACMEOrdersPerHour > 10000 {
+		errs = append(errs, fmt.Errorf("--acme-orders-per-hour (%d): must be between 1 and 10000", r.ACMEOrdersPerHour))
 	}
 	if r.ACMERenewBefore < time.Hour || r.ACMERenewBefore > 60*24*time.Hour {
 		errs = append(errs, fmt.Errorf("--acme-renew-before (%s): must be between 1h and 1440h (60 days)", r.ACMERenewBefore))

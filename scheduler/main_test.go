@@ -95,10 +95,10 @@ func TestMigrateCommand(t *testing.T) {
 	db := testrig.Postgres(t)
 	code, out, _ := cmd(t, "migrate", "status", "--database-url", db)
 	require.Equal(t, 0, code)
-	require.Equal(t, "schema version 0 of 9\n", out)
+	require.Equal(t, "schema version 0 of 10\n", out)
 	code, out, _ = cmd(t, "migrate", "--database-url", db)
 	require.Equal(t, 0, code)
-	require.Equal(t, "schema version 9 of 9\n", out)
+	require.Equal(t, "schema version 10 of 10\n", out)
 	// run refuses a database that is behind, unless --migrate.
 	fresh := testrig.Postgres(t)
 	c, _, _, _ := parse([]string{"run", "--database-url", fresh, "--nats-url", testrig.NATS(t)}, nil, nil)
@@ -129,6 +129,9 @@ func TestCheckConfig(t *testing.T) {
 	require.NoError(t, os.WriteFile(key, []byte("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n"), 0o600))
 	code, _, errOut = cmd(t, append(db, "--acme-directory", "https://acme-v02.api.letsencrypt.org/directory", "--cert-key-file", key, "--acme-email", "ops@example.com")...)
 	require.Equal(t, 0, code, errOut)
+	code, _, errOut = cmd(t, append(db, "--acme-directory", "https://acme-v02.api.letsencrypt.org/directory", "--cert-key-file", key, "--acme-orders-per-hour", "0")...)
+	require.Equal(t, 1, code)
+	require.Contains(t, errOut, "--acme-orders-per-hour (0): must be between 1 and 10000")
 	code, _, _ = cmd(t, "no-such-command")
 	require.Equal(t, 2, code)
 

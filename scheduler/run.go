@@ -539,7 +539,8 @@ func certManager(r *runCmd, st *store.Store, conn *bus.Conn, names msg.Names, pu
 	shelf := &certs.BusShelf{Conn: conn, Names: names, Logger: logger, Settle: 250 * time.Millisecond}
 	issuer := &certs.ACME{Directory: r.ACMEDirectory, Email: r.ACMEEmail, HTTP: client, Vault: keys, Accounts: st, Solver: shelf, Logger: logger}
 	logger.Info("ordering certificates for apps with routing.tls.acme", zap.String("directory", r.ACMEDirectory), zap.String("cert_key_id", keys.ID()))
-	return certs.New(certs.Config{RenewBefore: r.ACMERenewBefore, Resync: r.Resync, Served: served}, st, pub, issuer, shelf, keys, leader, logger), nil
+	return certs.New(certs.Config{RenewBefore: r.ACMERenewBefore, Resync: r.Resync, Served: served, OrdersPerHour: r.ACMEOrdersPerHour},
+		st, pub, issuer, shelf, keys, leader, logger), nil
 }
 
 // nodeScan is how often the scheduler reads its NATS credentials directory

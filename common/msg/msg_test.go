@@ -198,6 +198,17 @@ func TestAppRejectsNginxInjection(t *testing.T) {
 		{"cert path with semicolon", func(a *App) { a.Routing.TLS.Key = "/k;include /etc/passwd" }, "routing.tls.key"},
 		{"health header value", func(a *App) { a.Health.Headers = map[string]string{"X": "a\r\nb"} }, "health.headers[X]"},
 		{"bad name", func(a *App) { a.Name = "web;" }, "name"},
+		// Regexes that make nginx's PCRE backtrack, published straight to
+		// NATS past the API's check: lbagent refuses the record.
+		{"regex rule that backtracks", func(a *App) {
+			a.Routing.Rules = []spec.Rule{{Path: `^/(\w+)+$`, Match: spec.MatchRegex}}
+		}, "routing.rules[0].path: \"^/(\\\\w+)+$\" can stall nginx: `(\\w+)+` repeats a repeat"},
+		{"header regex that backtracks", func(a *App) {
+			a.Routing.Rules = []spec.Rule{{Path: "/", Headers: map[string]string{"Cookie": "~^(a|aa)+$"}}}
+		}, "routing.rules[0].headers[Cookie]: \"^(a|aa)+$\" can stall nginx: `(a|aa)+` can match \"aa\" in more than one way"},
+		{"regex rule with repeats in sequence", func(a *App) {
+			a.Routing.Rules = []spec.Rule{{Path: `^/.*a.*b`, Match: spec.MatchRegex}}
+		}, "routing.rules[0].path: \"^/.*a.*b\" can stall nginx"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -369,5 +369,8 @@ func checkRegex(s string, path bool) error {
 	if _, err := regexp.Compile(s); err != nil {
 		return bad(err.Error())
 	}
+	if err := checkBacktracking(s); err != nil {
+		return fmt.Errorf("%q can stall nginx: %w", s, err)
+	}
 	return nil
 }

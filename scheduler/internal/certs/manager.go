@@ -26,12 +26,18 @@ const (
 	EventIssued  = "certificate_issued"
 	EventRenewed = "certificate_renewed"
 	EventFailed  = "certificate_failed"
+	// EventDelayed: a due order waits for the global order rate
+	// (Config.OrdersPerHour), said once as it begins to wait.
+	EventDelayed = "certificate_delayed"
 )
 
 // Store is what the manager reads.
 type Store interface {
 	List(ctx context.Context) ([]store.App, error)
 	Certificates(ctx context.Context) (map[string]store.Certificate, error)
+	// ACMEOrdersSince returns when each order recorded at or after since
+	// started (store.Tx.AddACMEOrder records them).
+	ACMEOrdersSince(ctx context.Context, since time.Time) ([]time.Time, error)
 }
 
 // Txer runs a fenced transaction and publishes the events it added once
@@ -74,6 +80,9 @@ type Config struct {
 	// Served, when set, holds an order back until the lbagents serve its
 	// app's generation, at most ServedWait.
 	Served Served
+	// OrdersPerHour is the global order rate: at most this many orders
+	// start in any hour, across every app (DefaultOrdersPerHour when 0).
+	OrdersPerHour int
 }
 
 // Manager orders, renews and publishes the certificates while its replica
@@ -93,12 +102,17 @@ type Manager struct {
 	// waiting is when each order began to wait for the lbagents, by app
 	// and generation. Used by Run's goroutine only.
 	waiting map[appGen]time.Time
+	// delayed are the apps whose order waits for the global rate and has
+	// been announced (EventDelayed). Used by Run's goroutine only.
+	delayed map[string]bool
 	now     func() time.Time
 	jitter  func() float64
 
 	expiry   *prometheus.GaugeVec
 	failures *prometheus.GaugeVec
 	orders   *prometheus.CounterVec
+	held     prometheus.Gauge
+	lastHour prometheus.Gauge
 }
 
 // New returns a manager.
@@ -112,20 +126,27 @@ func New(cfg Config, st Store, tx Txer, issuer Issuer, shelf Shelf, keys *vault.
 	if cfg.OrderTimeout <= 0 {
 		cfg.OrderTimeout = 5 * time.Minute
 	}
+	if cfg.OrdersPerHour <= 0 {
+		cfg.OrdersPerHour = DefaultOrdersPerHour
+	}
 	return &Manager{cfg: cfg, store: st, tx: tx, issuer: issuer, shelf: shelf, vault: keys, leader: leader, logger: logger.Named("certs"),
-		wake: make(chan struct{}, 1), waiting: map[appGen]time.Time{}, now: time.Now, jitter: rand.Float64,
+		wake: make(chan struct{}, 1), waiting: map[appGen]time.Time{}, delayed: map[string]bool{}, now: time.Now, jitter: rand.Float64,
 		expiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "berth_scheduler_certificate_expiry_timestamp_seconds",
 			Help: "When each app's ACME certificate expires (Unix time); alert when it is within 14 days."}, []string{"app"}),
 		failures: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "berth_scheduler_certificate_failures",
 			Help: "Consecutive failed orders of each app's certificate since its last issuance."}, []string{"app"}),
 		orders: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_scheduler_certificate_orders_total",
 			Help: "ACME orders by result (issued, renewed, failed)."}, []string{"result"}),
+		held: prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_scheduler_certificate_orders_held",
+			Help: "Due ACME orders that the global order rate (--acme-orders-per-hour) holds back."}),
+		lastHour: prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_scheduler_certificate_orders_last_hour",
+			Help: "ACME orders started in the last hour across every app, which the global order rate counts."}),
 	}
 }
 
 // Collectors returns the manager's metrics.
 func (m *Manager) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.expiry, m.failures, m.orders}
+	return []prometheus.Collector{m.expiry, m.failures, m.orders, m.held, m.lastHour}
 }
 
 // Wake makes the manager look again now: an app changed, or leadership
@@ -174,6 +195,9 @@ func (m *Manager) Run(ctx context.Context) error {
 			// one an alert must read.
 			m.expiry.Reset()
 			m.failures.Reset()
+			m.held.Set(0)
+			m.lastHour.Set(0)
+			clear(m.delayed)
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -202,7 +226,17 @@ func (m *Manager) Step(ctx context.Context, l store.Lease, republish bool) (time
 	}
 	wants := Wants(apps)
 	now := m.now()
-	plan := MakePlan(wants, have, now, m.cfg.RenewBefore)
+	recent, err := m.store.ACMEOrdersSince(ctx, now.Add(-OrderWindow))
+	if err != nil {
+		return time.Time{}, err
+	}
+	budget := Budget{Limit: m.cfg.OrdersPerHour, Recent: recent}
+	plan := MakePlan(wants, have, now, m.cfg.RenewBefore, budget)
+	m.held.Set(float64(len(plan.Held)))
+	m.lastHour.Set(float64(budget.InWindow(now)))
+	if err := m.announceDelays(ctx, l, plan, budget.InWindow(now)); err != nil {
+		return time.Time{}, err
+	}
 	if len(plan.Forget) > 0 {
 		if err := m.tx.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
 			for _, app := range plan.Forget {
@@ -321,8 +355,15 @@ func (m *Manager) order(ctx context.Context, l store.Lease, o Order) error {
 		replaces, _ = Leaf([]byte(o.Have.Chain))
 	}
 	log := m.logger.With(zap.String(logging.KeyApp, o.App), zap.Strings("names", o.Names), zap.String("reason", o.Reason))
-	log.Info("ordering a certificate")
 	start := m.now()
+	// Counted before the CA hears of it, so that an order that never
+	// finishes (a crash, a lost lease) counts against the global rate too.
+	if err := m.tx.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+		return tx.AddACMEOrder(ctx, store.ACMEOrder{App: o.App, Names: o.Names, Reason: o.Reason, StartedAt: start.UTC()})
+	}); err != nil {
+		return err
+	}
+	log.Info("ordering a certificate")
 	octx, cancel := context.WithTimeout(ctx, m.cfg.OrderTimeout)
 	stop := m.whileLeading(octx, l, cancel)
 	issued, err := m.issuer.Obtain(octx, l, o.App, o.Names, replaces)

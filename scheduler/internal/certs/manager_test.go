@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 
@@ -224,4 +226,131 @@ func TestManagerOrdersRenewsBacksOffAndForgets(t *testing.T) {
 	have, _ = st.Certificates(ctx)
 	require.Empty(t, have)
 	require.Empty(t, shelf.keys)
+}
+
+// TestManagerGlobalOrderRate: past OrdersPerHour in an hour, across
+// apps, an order waits; the app gets one certificate_delayed event that
+// says when it will try, the metrics show it, a new leader counts the
+// old one's orders from Postgres, and a renewal goes before new orders
+// when a slot opens.
+func TestManagerGlobalOrderRate(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st, err := store.Open(ctx, testrig.Postgres(t))
+	require.NoError(t, err)
+	t.Cleanup(st.Close)
+	_, err = st.Migrate(ctx)
+	require.NoError(t, err)
+	l, ok, err := st.Acquire(ctx, "scheduler", "a", time.Hour)
+	require.NoError(t, err)
+	require.True(t, ok)
+
+	now := time.Now().UTC().Truncate(time.Second)
+	clock := func() time.Time { return now }
+	ca := newTestCA(t, clock)
+	shelf := &testShelf{keys: map[string][]byte{}}
+	keys, err := vault.New(make([]byte, 32))
+	require.NoError(t, err)
+	newManager := func() *Manager {
+		m := New(Config{OrdersPerHour: 2}, st, txer{st}, ca, shelf, keys, func() (store.Lease, bool) { return l, true }, zap.NewNop())
+		m.now, m.jitter = clock, func() float64 { return 0 }
+		return m
+	}
+	m := newManager()
+	apply := func(name string) {
+		t.Helper()
+		app := &spec.App{Name: name, Image: "web:1", Port: 8080, Routing: spec.Routing{Hosts: []string{name + ".example.com"}, TLS: &spec.TLS{ACME: true}}}
+		_, _, err := st.Apply(ctx, app, nil)
+		require.NoError(t, err)
+	}
+	delayed := func(app string) []store.Event {
+		t.Helper()
+		evs, err := st.Events(ctx, app, 0, 100)
+		require.NoError(t, err)
+		var out []store.Event
+		for _, e := range evs {
+			if e.Kind == EventDelayed {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+	ordered := func() []string {
+		ca.mu.Lock()
+		defer ca.mu.Unlock()
+		var out []string
+		for _, c := range ca.calls {
+			out = append(out, c.app)
+		}
+		return out
+	}
+	for _, name := range []string{"a", "b", "c"} {
+		apply(name)
+	}
+
+	// Two orders in the hour, the apps in the order they were applied;
+	// the third waits for the first one's slot, an hour after it.
+	for range 3 {
+		_, err = m.Step(ctx, l, false)
+		require.NoError(t, err)
+	}
+	require.Equal(t, []string{"a", "b"}, ordered())
+	evs := delayed("c")
+	require.Len(t, evs, 1)
+	slot := now.Add(OrderWindow)
+	require.Contains(t, evs[0].Message, "certificate for c.example.com waits for the global ACME order rate (2 orders an hour across every app, --acme-orders-per-hour): "+
+		"0 started in the last hour and 2 due go before it (renewals closest to expiry first, then apps by how long they have waited); next attempt at "+slot.Format(time.RFC3339)+" at the earliest")
+	require.Contains(t, evs[0].Message, "the app is served over plain HTTP until one is issued")
+	require.Equal(t, slot.Format(time.RFC3339), evs[0].Details["retry_at"])
+	require.Equal(t, 1.0, gauge(t, m.held))
+	require.Equal(t, 2.0, gauge(t, m.lastHour))
+	next, err := m.Step(ctx, l, false)
+	require.NoError(t, err)
+	require.Equal(t, slot, next, "the manager looks again when the slot opens")
+	require.Len(t, delayed("c"), 1, "said once, not at every step")
+
+	// A new leader counts the old one's orders: c still waits.
+	m2 := newManager()
+	_, err = m2.Step(ctx, l, false)
+	require.NoError(t, err)
+	require.Equal(t, []string{"a", "b"}, ordered())
+	require.Equal(t, 1.0, gauge(t, m2.held))
+
+	// a's certificate falls due for renewal while d, a new app, and c
+	// wait: when the slot opens, the renewal goes first.
+	apply("d")
+	have, err := st.Certificates(ctx)
+	require.NoError(t, err)
+	renewing := have["a"]
+	renewing.NotBefore, renewing.NotAfter = now.Add(-80*24*time.Hour), slot.Add(10*24*time.Hour)
+	require.NoError(t, st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error { return tx.PutCertificate(ctx, renewing) }))
+	_, err = m2.Step(ctx, l, false)
+	require.NoError(t, err)
+	require.Equal(t, 3.0, gauge(t, m2.held))
+	require.Len(t, ordered(), 2)
+	now = slot
+	_, err = m2.Step(ctx, l, false)
+	require.NoError(t, err)
+	require.Equal(t, []string{"a", "b", "a"}, ordered())
+	require.True(t, ca.calls[2].replaces, "a renewal")
+	require.Len(t, delayed("a"), 1, "the renewal waited for the slot too, and said so")
+	require.Contains(t, delayed("a")[0].Message, "the app keeps its certificate, valid until")
+
+	// b's slot opens next, for c, which has waited longest of the new.
+	now = now.Add(time.Second)
+	_, err = m2.Step(ctx, l, false)
+	require.NoError(t, err)
+	require.Equal(t, []string{"a", "b", "a", "c"}, ordered())
+	require.Equal(t, 1.0, gauge(t, m2.held), "d waits")
+	recent, err := st.ACMEOrdersSince(ctx, now.Add(-OrderWindow))
+	require.NoError(t, err)
+	require.Len(t, recent, 2)
+}
+
+// gauge reads a gauge's value.
+func gauge(t *testing.T, g prometheus.Gauge) float64 {
+	t.Helper()
+	var m dto.Metric
+	require.NoError(t, g.Write(&m))
+	return m.GetGauge().GetValue()
 }

@@ -4,9 +4,10 @@
 // puts it in the certificates bucket with the key sealed to the lbagent
 // role (docs/operations.md, Certificates).
 //
-// Plan is pure: what to order, renew, retry or forget, and when to look
-// again. Manager carries it out, one order at a time, while this replica
-// leads. Issuer is the ACME client (lego), Shelf the bucket.
+// Plan is pure: what to order, renew, retry or forget, which orders the
+// global order rate holds back, and when to look again. Manager carries
+// it out, one order at a time, while this replica leads. Issuer is the
+// ACME client (lego), Shelf the bucket.
 package certs
 
 import (
@@ -29,6 +30,9 @@ type Want struct {
 	// Generation is the app's, which the lbagents must serve before its
 	// challenges can be answered.
 	Generation int64
+	// Since is when the app's spec was applied as it is: among new
+	// certificates, the app that has waited longest goes first.
+	Since time.Time
 }
 
 // Wants returns the apps with routing.tls.acme, by name, each with the
@@ -49,7 +53,7 @@ func Wants(apps []store.App) []Want {
 			continue
 		}
 		if names := Names(a.Spec.Routing, func(h string) bool { return table.Owner(h) == a.Name }); len(names) > 0 {
-			out = append(out, Want{App: a.Name, Names: names, Generation: a.Generation})
+			out = append(out, Want{App: a.Name, Names: names, Generation: a.Generation, Since: a.UpdatedAt})
 		}
 	}
 	slices.SortFunc(out, func(a, b Want) int { return strings.Compare(a.App, b.App) })
@@ -89,31 +93,54 @@ type Order struct {
 
 // Plan is what to do now and when to look again.
 type Plan struct {
-	// Orders are due now, in app order; the manager takes one at a time.
+	// Orders are due now and within the global rate, most urgent first
+	// (see MakePlan); the manager takes one at a time.
 	Orders []Order
+	// Held are due too, but the global rate holds them back, in the order
+	// they will go.
+	Held []Held
 	// Forget are the apps whose certificate no app wants any more.
 	Forget []string
-	// Next is when the next order falls due (zero: nothing pending).
+	// Next is when the next order falls due or a held one may start
+	// (zero: nothing pending).
 	Next time.Time
+}
+
+// Held is a due order that waits for the global order rate.
+type Held struct {
+	Order
+	// At is the earliest it can start: when its slot opens, if no more
+	// urgent order comes first.
+	At time.Time
 }
 
 // MakePlan decides what is due at now. A certificate is ordered when there
 // is none, when the hosts changed, or renewBefore ahead of its expiry; a
 // failed order waits for the row's RetryAt, whatever the reason, so that
 // no change of spec turns backoff into a retry storm against the CA.
-func MakePlan(wants []Want, have map[string]store.Certificate, now time.Time, renewBefore time.Duration) Plan {
+//
+// Due orders go most urgent first: certificates in service before new
+// ones, the one that expires soonest first (an expired one before all);
+// then changed hosts and new certificates, the app that has waited
+// longest first. Those past the global rate (budget) are Held, with when
+// each may start; a renewal therefore waits at most for the next slot
+// however many new orders are due, and an app that applies its spec
+// again goes behind the apps that waited before it.
+func MakePlan(wants []Want, have map[string]store.Certificate, now time.Time, renewBefore time.Duration, budget Budget) Plan {
 	var p Plan
-	later := func(t time.Time) {
+	soonest := func(t time.Time) {
 		if p.Next.IsZero() || t.Before(p.Next) {
 			p.Next = t
 		}
 	}
 	wanted := map[string]bool{}
+	var due []Order
+	since := map[string]time.Time{}
 	for _, w := range wants {
 		wanted[w.App] = true
 		c, ok := have[w.App]
 		reason := ""
-		due := time.Time{}
+		at := time.Time{}
 		switch {
 		case !ok || c.Chain == "":
 			reason = ReasonNew
@@ -124,21 +151,33 @@ func MakePlan(wants []Want, have map[string]store.Certificate, now time.Time, re
 		case !now.Before(RenewAt(c, renewBefore)):
 			reason = ReasonRenewal
 		default:
-			due = RenewAt(c, renewBefore)
+			at = RenewAt(c, renewBefore)
 		}
 		if reason == "" {
-			later(due)
+			soonest(at)
 			continue
 		}
 		if ok && c.Failures > 0 && now.Before(c.RetryAt) {
-			later(c.RetryAt)
+			soonest(c.RetryAt)
 			continue
 		}
 		if reason == ReasonNames && now.Before(c.IssuedAt.Add(NamesWait)) {
-			later(c.IssuedAt.Add(NamesWait))
+			soonest(c.IssuedAt.Add(NamesWait))
 			continue
 		}
-		p.Orders = append(p.Orders, Order{App: w.App, Names: w.Names, Generation: w.Generation, Reason: reason, Have: c})
+		since[w.App] = w.Since
+		due = append(due, Order{App: w.App, Names: w.Names, Generation: w.Generation, Reason: reason, Have: c})
+	}
+	slices.SortStableFunc(due, func(a, b Order) int { return urgency(a, b, since) })
+	for i, at := range budget.Slots(now, len(due)) {
+		if !at.After(now) {
+			p.Orders = append(p.Orders, due[i])
+			continue
+		}
+		if len(p.Held) == 0 {
+			soonest(at)
+		}
+		p.Held = append(p.Held, Held{Order: due[i], At: at})
 	}
 	for app := range have {
 		if !wanted[app] {
@@ -147,6 +186,28 @@ func MakePlan(wants []Want, have map[string]store.Certificate, now time.Time, re
 	}
 	slices.Sort(p.Forget)
 	return p
+}
+
+// urgency orders due orders for MakePlan: certificates in service (a
+// renewal, an expired one) by expiry, then the others by how long their
+// app has waited, then by app.
+func urgency(a, b Order, since map[string]time.Time) int {
+	inService := func(o Order) bool { return o.Reason == ReasonRenewal || o.Reason == ReasonExpired }
+	switch {
+	case inService(a) && !inService(b):
+		return -1
+	case !inService(a) && inService(b):
+		return 1
+	case inService(a):
+		if c := a.Have.NotAfter.Compare(b.Have.NotAfter); c != 0 {
+			return c
+		}
+	default:
+		if c := since[a.App].Compare(since[b.App]); c != 0 {
+			return c
+		}
+	}
+	return strings.Compare(a.App, b.App)
 }
 
 // RenewAt is when c falls due: renewBefore ahead of its expiry, or, for

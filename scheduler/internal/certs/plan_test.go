@@ -1,6 +1,7 @@
 package certs
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -28,6 +29,9 @@ func TestWants(t *testing.T) {
 	owner.Spec.Routing.Hosts = []string{"a.example.com", "b.example.com"}
 	owner.HostClaims["b.example.com"] = t0
 	require.Empty(t, Wants([]store.App{owner, late}), "an app that owns none of its hosts orders nothing")
+	at := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	got = Wants([]store.App{{Name: "web", Spec: acme, Generation: 4, UpdatedAt: at}})
+	require.Equal(t, []Want{{App: "web", Names: []string{"a.example.com", "b.example.com"}, Generation: 4, Since: at}}, got, "since the spec as it is")
 }
 
 func TestMakePlan(t *testing.T) {
@@ -55,7 +59,7 @@ func TestMakePlan(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			p := MakePlan([]Want{{App: "web", Names: names}}, tt.have, now, DefaultRenewBefore)
+			p := MakePlan([]Want{{App: "web", Names: names}}, tt.have, now, DefaultRenewBefore, Budget{})
 			if tt.reason == "" {
 				require.Empty(t, p.Orders)
 			} else {
@@ -70,16 +74,16 @@ func TestMakePlan(t *testing.T) {
 	// A day-long certificate (a private CA) is renewed at two thirds of
 	// its life, not the moment it is issued.
 	short := store.Certificate{Names: names, Chain: "pem", NotBefore: now.Add(-time.Minute), NotAfter: now.Add(24*time.Hour - time.Minute)}
-	p := MakePlan([]Want{{App: "web", Names: names}}, map[string]store.Certificate{"web": short}, now, DefaultRenewBefore)
+	p := MakePlan([]Want{{App: "web", Names: names}}, map[string]store.Certificate{"web": short}, now, DefaultRenewBefore, Budget{})
 	require.Empty(t, p.Orders)
 	require.Equal(t, now.Add(-time.Minute+16*time.Hour), p.Next)
 	// Hosts changed right after an issuance: the order waits NamesWait.
 	fresh := store.Certificate{Names: []string{"old.example.com"}, Chain: "pem", NotAfter: now.Add(80 * 24 * time.Hour), IssuedAt: now.Add(-20 * time.Second)}
-	p = MakePlan([]Want{{App: "web", Names: names}}, map[string]store.Certificate{"web": fresh}, now, DefaultRenewBefore)
+	p = MakePlan([]Want{{App: "web", Names: names}}, map[string]store.Certificate{"web": fresh}, now, DefaultRenewBefore, Budget{})
 	require.Empty(t, p.Orders)
 	require.Equal(t, now.Add(NamesWait-20*time.Second), p.Next)
 
-	p = MakePlan(nil, map[string]store.Certificate{"gone": valid(now), "also": {}}, now, DefaultRenewBefore)
+	p = MakePlan(nil, map[string]store.Certificate{"gone": valid(now), "also": {}}, now, DefaultRenewBefore, Budget{})
 	require.Equal(t, []string{"also", "gone"}, p.Forget)
 }
 
@@ -102,4 +106,109 @@ func TestBackoff(t *testing.T) {
 		attempts++
 	}
 	require.Equal(t, 4, attempts)
+}
+
+// TestMakePlanGlobalRate: at most Budget.Limit orders start in any hour
+// across every app; certificates in service go first, the soonest to
+// expire first, then new ones by how long their app has waited; every
+// held order says when its slot opens.
+func TestMakePlanGlobalRate(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	minute := func(m int) time.Time { return now.Add(time.Duration(m) * time.Minute) }
+	served := func(names string, expires time.Time) store.Certificate {
+		return store.Certificate{Names: []string{names}, Chain: "pem", NotAfter: expires, IssuedAt: expires.Add(-90 * 24 * time.Hour)}
+	}
+	newApp := func(app string, since time.Time) Want {
+		return Want{App: app, Names: []string{app + ".example.com"}, Since: since}
+	}
+	tests := []struct {
+		name   string
+		wants  []Want
+		have   map[string]store.Certificate
+		budget Budget
+		orders []string
+		held   []string
+		at     []time.Time // of each held
+		next   time.Time
+	}{
+		{name: "no limit", wants: []Want{newApp("a", minute(-5)), newApp("b", minute(-9))}, budget: Budget{Recent: []time.Time{minute(-1), minute(-2)}},
+			orders: []string{"b", "a"}},
+		{name: "under the limit", wants: []Want{newApp("a", minute(-5)), newApp("b", minute(-9))}, budget: Budget{Limit: 3, Recent: []time.Time{minute(-30)}},
+			orders: []string{"b", "a"}},
+		{name: "one slot left", wants: []Want{newApp("a", minute(-5)), newApp("b", minute(-9))}, budget: Budget{Limit: 2, Recent: []time.Time{minute(-30)}},
+			orders: []string{"b"}, held: []string{"a"}, at: []time.Time{minute(30)}, next: minute(30)},
+		{name: "at the limit: each held order takes the next slot to open", wants: []Want{newApp("a", minute(-5)), newApp("b", minute(-9)), newApp("c", minute(-1))},
+			budget: Budget{Limit: 2, Recent: []time.Time{minute(-10), minute(-50)}},
+			held:   []string{"b", "a", "c"}, at: []time.Time{minute(10), minute(50), minute(70)}, next: minute(10)},
+		{name: "orders an hour old no longer count", wants: []Want{newApp("a", minute(-5))}, budget: Budget{Limit: 1, Recent: []time.Time{minute(-60), minute(-61)}},
+			orders: []string{"a"}},
+		{name: "a lowered limit waits for the older orders to age out", wants: []Want{newApp("a", minute(-5))},
+			budget: Budget{Limit: 1, Recent: []time.Time{minute(-50), minute(-40), minute(-30)}},
+			held:   []string{"a"}, at: []time.Time{minute(30)}, next: minute(30)},
+		{name: "expired, then renewals by expiry, then new", wants: []Want{newApp("a", minute(-500)), newApp("late", minute(-400)), newApp("soon", minute(-300)), newApp("gone", minute(-200))},
+			have: map[string]store.Certificate{
+				"late": served("late.example.com", now.Add(20*24*time.Hour)), "soon": served("soon.example.com", now.Add(2*24*time.Hour)),
+				"gone": served("gone.example.com", now.Add(-time.Hour))},
+			budget: Budget{Limit: 1},
+			orders: []string{"gone"}, held: []string{"soon", "late", "a"}, at: []time.Time{minute(60), minute(120), minute(180)}, next: minute(60)},
+		{name: "a flood of new apps does not hold a renewal back past the next slot", budget: Budget{Limit: 30, Recent: flood(now, 30)},
+			wants: append(floodWants(now, 50), newApp("zz-bank", minute(-1))),
+			have:  map[string]store.Certificate{"zz-bank": served("zz-bank.example.com", now.Add(10*24*time.Hour))},
+			held:  append([]string{"zz-bank"}, floodApps(50)...), next: minute(1)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			p := MakePlan(tt.wants, tt.have, now, DefaultRenewBefore, tt.budget)
+			var orders, held []string
+			var at []time.Time
+			for _, o := range p.Orders {
+				orders = append(orders, o.App)
+			}
+			for _, h := range p.Held {
+				held = append(held, h.App)
+				at = append(at, h.At)
+			}
+			require.Equal(t, tt.orders, orders)
+			require.Equal(t, tt.held, held)
+			if tt.at != nil {
+				require.Equal(t, tt.at, at)
+			}
+			require.Equal(t, tt.next, p.Next)
+		})
+	}
+}
+
+// flood is n orders started in the last hour, the oldest 59 minutes ago.
+func flood(now time.Time, n int) []time.Time {
+	out := make([]time.Time, n)
+	for i := range out {
+		out[i] = now.Add(-59*time.Minute + time.Duration(i)*time.Second)
+	}
+	return out
+}
+
+func floodApps(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("evil-%02d", i)
+	}
+	return out
+}
+
+// floodWants are n new apps, applied before the renewal falls due.
+func floodWants(now time.Time, n int) []Want {
+	out := make([]Want, n)
+	for i, app := range floodApps(n) {
+		out[i] = Want{App: app, Names: []string{app + ".example.com"}, Since: now.Add(-2*time.Hour + time.Duration(i)*time.Second)}
+	}
+	return out
+}
+
+func TestBudgetInWindow(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	b := Budget{Limit: 5, Recent: []time.Time{now.Add(-61 * time.Minute), now.Add(-time.Hour), now.Add(-59 * time.Minute), now}}
+	require.Equal(t, 2, b.InWindow(now))
 }

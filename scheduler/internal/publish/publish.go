@@ -55,8 +55,9 @@ var _ Bus = (*bus.Conn)(nil)
 func View(a store.App, term uint64) *msg.App {
 	s := *a.Spec
 	s.Default()
+	routing, _ := servableRouting(s.Routing)
 	return &msg.App{Name: a.Name, Generation: a.Generation, Term: term, Port: s.Port, Health: redactHealth(s.Health),
-		LB: s.LB, Routing: s.Routing, Drain: s.Stop.Drain, UpdatedAt: a.UpdatedAt.UTC(), CreatedAt: a.CreatedAt.UTC(), HostClaims: utc(a.HostClaims)}
+		LB: s.LB, Routing: routing, Drain: s.Stop.Drain, UpdatedAt: a.UpdatedAt.UTC(), CreatedAt: a.CreatedAt.UTC(), HostClaims: utc(a.HostClaims)}
 }
 
 // utc returns claims in UTC, nil for none.
@@ -178,7 +179,12 @@ func (p *Publisher) apps(ctx context.Context, term uint64) (int, error) {
 	live := map[string]bool{}
 	for _, a := range apps {
 		live[a.Name] = true
-		if err := p.putApp(ctx, kv, a, term); err != nil {
+		var invalid spec.Errors
+		if err := p.putApp(ctx, kv, a, term); errors.As(err, &invalid) {
+			// A record the grammar refuses today (a spec stored before it
+			// tightened) must not hold back every app after it.
+			p.logger.Warn("app not published: its stored spec is refused today; apply it again", zap.String(logging.KeyApp, a.Name), zap.Error(err))
+		} else if err != nil {
 			return 0, err
 		}
 	}
@@ -521,6 +527,10 @@ func (p *Publisher) publishEvent(ctx context.Context, e store.Event) {
 }
 
 func (p *Publisher) putApp(ctx context.Context, kv *bus.KV, a store.App, term uint64) error {
+	if _, dropped := servableRouting(a.Spec.Routing); len(dropped) > 0 {
+		p.logger.Warn("rules not published: nginx could stall on their regexes; apply the spec again with them rewritten",
+			zap.String(logging.KeyApp, a.Name), zap.Strings("rules", dropped))
+	}
 	b, err := msg.Encode(View(a, term))
 	if err != nil {
 		return fmt.Errorf("publish %s: %w", a.Name, err)

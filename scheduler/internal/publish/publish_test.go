@@ -156,6 +156,39 @@ func TestAllRepublishesAppsAndInstancesAndSweeps(t *testing.T) {
 	require.Equal(t, msg.StateRunning, got.State)
 }
 
+// A spec stored before the grammar refused backtracking regexes neither
+// reaches NATS with them nor stops the republish: its other routes are
+// published, and an app left with no route at all is skipped, not fatal.
+func TestAllPublishesAroundRefusedRegexes(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	r := newRig(t)
+	stored := func(name string, paths []string, rules ...spec.Rule) {
+		t.Helper()
+		s, err := spec.Load([]byte("name: " + name + "\nimage: demo:v1\nport: 8080\nreplicas: 1\n"))
+		require.NoError(t, err)
+		s.Routing.Paths, s.Routing.Rules = paths, rules
+		_, _, err = r.st.Apply(ctx, s, nil)
+		require.NoError(t, err)
+	}
+	stall := spec.Rule{Path: `^/(\w+)+$`, Match: spec.MatchRegex}
+	stored("alpha", nil, stall) // nothing left to route
+	stored("beta", []string{"/"}, stall, spec.Rule{Path: "/ok", Match: spec.MatchExact})
+	r.apply(t, "web")
+	require.NoError(t, r.pub.Tx(ctx, r.lease, func(ctx context.Context, tx *store.Tx) error { return tx.PutInstance(ctx, running("web", "a")) }))
+
+	require.NoError(t, r.pub.All(ctx, r.lease.Term))
+	require.Equal(t, []string{"beta", "web"}, r.keys(t, r.names.AppsBucket()))
+	require.Equal(t, []string{msg.InstanceKey("web", "a")}, r.keys(t, r.names.InstancesBucket()))
+	kv, err := r.conn.KV(ctx, r.names.AppsBucket())
+	require.NoError(t, err)
+	e, err := kv.Get(ctx, "beta")
+	require.NoError(t, err)
+	beta, err := msg.DecodeAs[*msg.App](e.Value)
+	require.NoError(t, err)
+	require.Equal(t, []spec.Rule{{Path: "/ok", Match: spec.MatchExact}}, beta.Routing.Rules)
+}
+
 // A fresh NATS (the buckets do not exist): All creates them.
 func TestAllCreatesMissingBuckets(t *testing.T) {
 	t.Parallel()

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/store"
 	"github.com/stretchr/testify/require"
@@ -79,4 +80,34 @@ func TestRouteConflicts(t *testing.T) {
 	require.Len(t, evs, 1)
 	require.Equal(t, "blog", evs[0].Details["app"])
 	require.Equal(t, "(default server)", evs[0].Details["host"])
+}
+
+// TestViewDropsRulesThatStallNginx: a spec stored before the grammar
+// refused backtracking regexes is published without those rules (a rule
+// with a refused header regex whole), with its other rules, and the
+// record encodes; the stored spec is not touched.
+func TestViewDropsRulesThatStallNginx(t *testing.T) {
+	t.Parallel()
+	rules := []spec.Rule{
+		{Path: `^/(\w+)+$`, Match: spec.MatchRegex},
+		{Path: "/ok"},
+		{Path: "/h", Headers: map[string]string{"X-Team": "~^(a|aa)+$", "X-Beta": "1"}},
+		{Path: `^/v[0-9]+/`, Match: spec.MatchRegex, Headers: map[string]string{"X-Team": "~^(red|blue)$"}},
+	}
+	a, err := spec.Load([]byte("name: web\nimage: web:1\nport: 8080\n"))
+	require.NoError(t, err)
+	a.Routing.Paths, a.Routing.Rules = nil, rules
+	v := View(store.App{Name: "web", Spec: a, Generation: 1, UpdatedAt: time.Unix(1, 0)}, 3)
+	require.Equal(t, []spec.Rule{rules[1], rules[3]}, v.Routing.Rules)
+	require.Len(t, a.Routing.Rules, 4, "the stored spec keeps its rules")
+	_, err = msg.Encode(v)
+	require.NoError(t, err)
+
+	_, reasons := servableRouting(a.Routing)
+	require.Len(t, reasons, 2)
+	require.Contains(t, reasons[0], `routing.rules[0].path: "^/(\\w+)+$" can stall nginx`)
+	require.Contains(t, reasons[1], `routing.rules[2].headers[X-Team]: "^(a|aa)+$" can stall nginx`)
+	same, reasons := servableRouting(spec.Routing{Rules: rules[1:2]})
+	require.Nil(t, reasons)
+	require.Equal(t, rules[1:2], same.Rules)
 }

@@ -83,6 +83,49 @@ func (t *Tx) DeleteCertificate(ctx context.Context, app string) error {
 	return nil
 }
 
+// ACMEOrder is one ACME order as it started.
+type ACMEOrder struct {
+	App       string
+	Names     []string
+	Reason    string
+	StartedAt time.Time
+}
+
+// ACMEOrderRetention is how long AddACMEOrder keeps an order: Let's
+// Encrypt's window for certificates per registered domain.
+const ACMEOrderRetention = 7 * 24 * time.Hour
+
+// ACMEOrdersSince returns when each order recorded at or after since
+// started, oldest first.
+func (s *Store) ACMEOrdersSince(ctx context.Context, since time.Time) ([]time.Time, error) {
+	rows, err := s.pool.Query(ctx, `SELECT started_at FROM acme_orders WHERE started_at >= $1 ORDER BY started_at`, since)
+	if err != nil {
+		return nil, fmt.Errorf("acme orders: %w", redact(err))
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (time.Time, error) {
+		var t time.Time
+		err := r.Scan(&t)
+		return t.UTC(), err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("acme orders: %w", redact(err))
+	}
+	return out, nil
+}
+
+// AddACMEOrder records o, and forgets the orders that started more than
+// ACMEOrderRetention before it.
+func (t *Tx) AddACMEOrder(ctx context.Context, o ACMEOrder) error {
+	if _, err := t.tx.Exec(ctx, `INSERT INTO acme_orders (app, names, reason, started_at) VALUES ($1, $2, $3, $4)`,
+		o.App, o.Names, o.Reason, o.StartedAt); err != nil {
+		return fmt.Errorf("record the acme order of %s: %w", o.App, redact(err))
+	}
+	if _, err := t.tx.Exec(ctx, `DELETE FROM acme_orders WHERE started_at < $1`, o.StartedAt.Add(-ACMEOrderRetention)); err != nil {
+		return fmt.Errorf("prune acme orders: %w", redact(err))
+	}
+	return nil
+}
+
 // ACMEAccount returns the account for directory and email, ok false when
 // there is none yet.
 func (s *Store) ACMEAccount(ctx context.Context, directory, email string) (a ACMEAccount, ok bool, err error) {

@@ -48,3 +48,31 @@ func TestCertificatesAndAccounts(t *testing.T) {
 	stale.Term++
 	require.ErrorIs(t, s.LeaderTx(ctx, stale, func(ctx context.Context, tx *Tx) error { return tx.DeleteCertificate(ctx, "api") }), ErrNotLeader)
 }
+
+// TestACMEOrders: orders are counted from their start, oldest first, and
+// those older than ACMEOrderRetention go as a new one is added.
+func TestACMEOrders(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := open(t)
+	l, ok, err := s.Acquire(ctx, "scheduler", "a", time.Minute)
+	require.NoError(t, err)
+	require.True(t, ok)
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	old := now.Add(-ACMEOrderRetention - time.Hour)
+	add := func(app string, at time.Time) {
+		t.Helper()
+		require.NoError(t, s.LeaderTx(ctx, l, func(ctx context.Context, tx *Tx) error {
+			return tx.AddACMEOrder(ctx, ACMEOrder{App: app, Names: []string{app + ".example.com"}, Reason: "new", StartedAt: at})
+		}))
+	}
+	add("ancient", old)
+	add("b", now.Add(-10*time.Minute))
+	add("a", now.Add(-50*time.Minute))
+	got, err := s.ACMEOrdersSince(ctx, now.Add(-time.Hour))
+	require.NoError(t, err)
+	require.Equal(t, []time.Time{now.Add(-50 * time.Minute), now.Add(-10 * time.Minute)}, got)
+	all, err := s.ACMEOrdersSince(ctx, time.Time{})
+	require.NoError(t, err)
+	require.Len(t, all, 2, "the order older than a week was pruned")
+}
