@@ -119,7 +119,9 @@ func (n *Nginx) Start() {
 			n.t.Fatalf("nginx exited during start: %s", n.Log())
 		default:
 		}
-		if _, err := os.Stat(pidFile); err == nil {
+		// nginx creates the pid file before it writes the pid into it:
+		// "nginx -s reload" reads it, so start ends once it holds ours.
+		if b, err := os.ReadFile(pidFile); err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(cmd.Process.Pid) {
 			return
 		}
 		time.Sleep(10 * time.Millisecond)
