@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -233,35 +235,90 @@ func (k *KV) Update(ctx context.Context, key string, value []byte, last uint64) 
 	return rev, nil
 }
 
-// Get returns the current value of key, or ErrKeyNotFound.
+// Get returns the current value of key, or ErrKeyNotFound (also when its
+// last write is a delete, as with nats.go's KV). It asks the
+// server itself (a direct get) rather than through nats.go's KV, which
+// takes an entry's time from the first timestamp header: a value copied
+// through a direct get carries the original's timestamp header before the
+// server's own, and the seal's copy-age check needs the server's (last).
 func (k *KV) Get(ctx context.Context, key string) (Entry, error) {
+	if !validKey(key) {
+		return Entry{}, fmt.Errorf("get %s/%q: %w", k.bucket, key, jetstream.ErrInvalidKey)
+	}
 	s := kvStream(k.bucket)
-	gctx, stop := k.conn.refusals.guard(ctx, jsAPI+"DIRECT.GET."+s+".$KV."+k.bucket+"."+key, jsAPI+"STREAM.MSG.GET."+s)
+	subject := jsAPI + "DIRECT.GET." + s + ".$KV." + k.bucket + "." + key
+	gctx, stop := k.conn.refusals.guard(ctx, subject)
 	defer stop()
-	e, err := k.kv.Get(gctx, key)
-	err = denial(gctx, err)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return Entry{}, fmt.Errorf("get %s/%s: %w", k.bucket, key, ErrKeyNotFound)
+	if _, ok := gctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		gctx, cancel = context.WithTimeout(gctx, getTimeout)
+		defer cancel()
+	}
+	m, err := k.conn.nc.RequestWithContext(gctx, subject, nil)
+	if err = denial(gctx, err); err != nil {
+		return Entry{}, fmt.Errorf("get %s/%s: %w", k.bucket, key, err)
+	}
+	out, err := directEntry(key, m)
+	if err == nil && out.Op == OpDelete {
+		err = ErrKeyNotFound // sealed or not: a delete leaves no value either way
 	}
 	if err != nil {
 		return Entry{}, fmt.Errorf("get %s/%s: %w", k.bucket, key, err)
 	}
-	out := entryOf(e)
-	op := opPut
-	if out.Op == OpDelete {
-		op = opDel
-	}
-	body, _, err := k.conn.seals.open(kindKV, k.bucket, key, op, out.Value)
+	body, _, err := k.conn.seals.open(kindKV, k.bucket, key, opPut, out.Value, out.Created)
 	if err != nil {
 		k.conn.forged.Add(1)
 		return Entry{}, fmt.Errorf("get %s/%s: %w", k.bucket, key, err)
 	}
-	if out.Op == OpPut {
-		out.Value = body
-	} else {
-		out.Value = nil
-	}
+	out.Value = body
 	return out, nil
+}
+
+// getTimeout bounds a Get whose context has no deadline.
+const getTimeout = 5 * time.Second
+
+// validKey is nats.go's rule for a KV key: no wildcard, no empty token.
+func validKey(key string) bool {
+	if key == "" || key[0] == '.' || key[len(key)-1] == '.' || strings.Contains(key, "..") {
+		return false
+	}
+	for _, c := range key {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("-/_=.", c)) {
+			return false
+		}
+	}
+	return true
+}
+
+// directEntry reads a direct get's answer. The server appends its own
+// headers (sequence, time) after those the stored message carries, which
+// for a copy include the original's: its own are the last.
+func directEntry(key string, m *nats.Msg) (Entry, error) {
+	last := func(name string) string {
+		if v := m.Header.Values(name); len(v) > 0 {
+			return v[len(v)-1]
+		}
+		return ""
+	}
+	if len(m.Data) == 0 && m.Header.Get("Status") != "" {
+		if m.Header.Get("Status") == "404" {
+			return Entry{}, ErrKeyNotFound
+		}
+		return Entry{}, fmt.Errorf("direct get: %s %s", m.Header.Get("Status"), m.Header.Get("Description"))
+	}
+	rev, err := strconv.ParseUint(last(jetstream.SequenceHeader), 10, 64)
+	if err != nil {
+		return Entry{}, fmt.Errorf("direct get: sequence header %q: %w", last(jetstream.SequenceHeader), err)
+	}
+	created, err := time.Parse(time.RFC3339Nano, last(jetstream.TimeStampHeaer))
+	if err != nil {
+		return Entry{}, fmt.Errorf("direct get: timestamp header: %w", err)
+	}
+	op := OpPut
+	if v := m.Header.Get(kvOperationHeader); v == "DEL" || v == "PURGE" {
+		op = OpDelete
+	}
+	return Entry{Key: key, Value: m.Data, Revision: rev, Op: op, Created: created}, nil
 }
 
 // Delete removes key's value, leaving a delete marker that watchers see.
@@ -309,12 +366,4 @@ func (k *KV) Keys(ctx context.Context) ([]string, error) {
 		return nil, fmt.Errorf("keys of %s: %w", k.bucket, err)
 	}
 	return keys, nil
-}
-
-func entryOf(e jetstream.KeyValueEntry) Entry {
-	op := OpPut
-	if e.Operation() != jetstream.KeyValuePut {
-		op = OpDelete
-	}
-	return Entry{Key: e.Key(), Value: e.Value(), Revision: e.Revision(), Op: op, Created: e.Created()}
 }

@@ -50,7 +50,7 @@ type Subscription struct {
 // and logged at most once per 10 s.
 func (c *Conn) Subscribe(subject string, handler MsgHandler) (*Subscription, error) {
 	sub, err := c.nc.Subscribe(subject, func(m *nats.Msg) {
-		body, _, err := c.seals.open(kindMsg, m.Subject, "", opMsg, m.Data)
+		body, _, err := c.seals.open(kindMsg, m.Subject, "", opMsg, m.Data, time.Time{})
 		if errors.Is(err, ErrNodesLoading) {
 			// Perhaps a node's valid message, too early to tell: dropped
 			// like one lost on the way, not counted as forged.

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"slices"
 	"strings"
@@ -42,6 +43,48 @@ import (
 // nanoseconds, strictly increasing per writer), then the object without its
 // seal. A delete is a KV delete marker whose body is the sealed object
 // {"op":"delete"}, so NATS tools still see a delete.
+//
+// When a seal is too new or too old. A seal proves who wrote a value for
+// which key, not when: any role can have the server copy a sealed value
+// away (into a key of another bucket, where it is refused but stored) and
+// later copy it back onto its own key, after its owner deleted or changed
+// it. Three rules bound what such a copy can do (docs/nats.md, Sealed
+// records):
+//
+//   - at is below 2^63 and at most sealAhead (5 minutes) after the
+//     reader's clock. A value sealed further ahead (a writer whose clock is
+//     wrong, or a stolen key) would otherwise outrank every later value of
+//     its key until that time. The writer's floor ignores such ats (open
+//     refuses them before it notes them) and nextAt never seals beyond the
+//     writer's clock plus sealAhead, so nothing overflows.
+//   - A stored value is a copy, and refused, when it was sealed more than
+//     copyAge (5 minutes) before the server stored it. The stored time is
+//     the stream's timestamp of the message, which the server sets when it
+//     stores it and no client chooses: a copy made now of a value sealed
+//     earlier carries both, and the gap is its age. An owner's own write is
+//     stored milliseconds after it is sealed. So a stash goes stale copyAge
+//     after it was sealed, whether or not the owner writes anything since,
+//     and a value its owner wrote long ago is never stale: the rule compares
+//     two clocks at the moment the value was stored, not the reader's clock
+//     now. A reader that starts while the scheduler or healthd has been
+//     down for an hour takes every value they left; one that starts while
+//     the scheduler comes back and writes everything again takes the values
+//     not yet written again as well (a rule measured against the owner's
+//     newest seal would drop those).
+//   - Within copyAge, a running reader refuses a value sealed before the
+//     one its key already has, and keeps a deleted key's at as a tombstone
+//     for 10 minutes; a tombstone it must forget sooner (more than 16,384:
+//     junk keys, each deleted by the guard) raises a floor below which it
+//     takes no key it does not know (sealFence). And each owner writes
+//     again at once any key of its buckets whose last value it refused (the
+//     scheduler's guard, healthd's repair), so a reader that starts within
+//     copyAge of a replay holds it only until that repair arrives.
+//
+// Owners also write every key again periodically (the scheduler at each
+// --resync, healthd at each --refresh, lbagent at each heartbeat): that
+// brings back a value a reader refused wrongly (a floor it fell under, a
+// clock out of bounds). Messages are not stored: only the bound ahead
+// applies to them.
 
 // Errors of sealed records.
 var (
@@ -49,8 +92,28 @@ var (
 	ErrUnsealed = errors.New("bus: not sealed by its owner")
 	// ErrBadSeal is a seal that does not verify against the owner's keys.
 	ErrBadSeal = errors.New("bus: seal does not verify")
-	// ErrReplayed is a sealed value older than the one its key already has.
+	// ErrReplayed is a sealed value older than the one its key already
+	// has, or a copy: stored long after it was sealed.
 	ErrReplayed = errors.New("bus: replayed")
+	// ErrSealAhead is a seal whose at is beyond what a reader accepts: more
+	// than 5 minutes after its clock, or at least 2^63.
+	ErrSealAhead = errors.New("bus: sealed in the future")
+)
+
+// forgery reports whether err is a value or message refused for its seal:
+// missing, not the owner's, out of bounds or replayed.
+func forgery(err error) bool {
+	return errors.Is(err, ErrUnsealed) || errors.Is(err, ErrBadSeal) || errors.Is(err, ErrReplayed) || errors.Is(err, ErrSealAhead)
+}
+
+const (
+	// sealAhead is how far after the reader's clock a seal's at may be:
+	// the clock skew Berth tolerates between its hosts (and its NATS
+	// servers, see copyAge).
+	sealAhead = 5 * time.Minute
+	// copyAge is how long before the server stored it a value may have
+	// been sealed: a stored value sealed earlier is a copy.
+	copyAge = 5 * time.Minute
 )
 
 const (
@@ -213,12 +276,15 @@ type sealer struct {
 	subs    []ownedSubject
 	now     func() time.Time
 	last    atomic.Int64 // the last at sealed, so ats strictly increase
+	// ahead and maxCopy are sealAhead and copyAge (tests shorten them).
+	ahead, maxCopy time.Duration
 
-	// floors are the highest ats seen, sealed by this role, of the keys
-	// of the buckets it owns: a write seals above them, so that readers,
-	// which refuse a lower at than the key's (Watcher), take it even when
-	// the key's last writer was another process whose clock is ahead (the
-	// previous leader, the checker that probed the instance before).
+	// floors are the highest ats seen, sealed by this role, in each bucket
+	// it owns: a write seals above them, so that readers, which refuse a
+	// lower at than the key's (Watcher) and, after a flood of deletes, a
+	// lower one than the bucket's floor (sealFence), take it even when the
+	// last writer was another process whose clock is ahead (the previous
+	// leader, another checker). Only ats within bounds are seen (open).
 	floorMu sync.Mutex
 	floors  map[string]int64
 
@@ -231,7 +297,7 @@ type ownedSubject struct {
 }
 
 func newSealer(keys *Keys, n msg.Names) *sealer {
-	s := &sealer{keys: keys, buckets: map[string]string{}, now: time.Now, floors: map[string]int64{},
+	s := &sealer{keys: keys, buckets: map[string]string{}, now: time.Now, ahead: sealAhead, maxCopy: copyAge, floors: map[string]int64{},
 		bufs: sync.Pool{New: func() any { return new(bytes.Buffer) }}, scope: newNodeScope(n)}
 	for _, r := range writerRoles() {
 		g, _ := grantOf(n, r)
@@ -293,7 +359,7 @@ func (s *sealer) seal(kind, where, key, op string, body []byte) ([]byte, error) 
 	if len(body) < 2 || body[0] != '{' || body[len(body)-1] != '}' {
 		return nil, fmt.Errorf("seal %s %s: the value is not a JSON object", where, key)
 	}
-	at := s.nextAt(s.floor(kind, where, key))
+	at := s.nextAt(s.floor(kind, where))
 	var atHex [sealAtLen]byte
 	hex.Encode(atHex[:], []byte{byte(at >> 56), byte(at >> 48), byte(at >> 40), byte(at >> 32), byte(at >> 24), byte(at >> 16), byte(at >> 8), byte(at)})
 	buf := s.bufs.Get().(*bytes.Buffer)
@@ -313,51 +379,51 @@ func (s *sealer) seal(kind, where, key, op string, body []byte) ([]byte, error) 
 	return append(out, '"', '}'), nil
 }
 
-// nextAt returns an at above floor and above every at this sealer gave.
+// nextAt returns an at above floor and above every at this sealer gave,
+// but never more than s.ahead after its clock: readers refuse more, and a
+// floor or a last at that far ahead (a clock set back since) is one that
+// readers with this clock did not take either. So nothing overflows,
+// whatever was seen.
 func (s *sealer) nextAt(floor int64) int64 {
 	for {
 		last := s.last.Load()
-		at := max(s.now().UnixNano(), last+1, floor+1)
-		if s.last.CompareAndSwap(last, at) {
+		now := s.now().UnixNano()
+		limit := now + int64(s.ahead)
+		if limit < now { // a clock near 2^63
+			limit = math.MaxInt64
+		}
+		at := min(max(now, min(last, limit-1)+1, min(floor, limit-1)+1), limit)
+		if s.last.CompareAndSwap(last, max(last, at)) {
 			return at
 		}
 	}
 }
 
-// maxFloors bounds the floors kept; past it they are forgotten, which
-// costs only the protection against a clock behind the previous writer's.
-const maxFloors = 1 << 17
-
-func floorKey(where, key string) string { return where + "\x00" + key }
-
-func (s *sealer) floor(kind, where, key string) int64 {
+// floor is the highest at this role was seen to seal in bucket where.
+func (s *sealer) floor(kind, where string) int64 {
 	if kind != kindKV {
 		return 0
 	}
 	s.floorMu.Lock()
 	defer s.floorMu.Unlock()
-	return s.floors[floorKey(where, key)]
+	return s.floors[where]
 }
 
 // observe notes the at of a verified value or delete of one of this
-// role's own buckets: the next write of the key seals above it, so that
-// readers, which keep a deleted key's at for a while, take it.
-func (s *sealer) observe(where, key, op string, at int64) {
+// role's own buckets: the next write in the bucket seals above it.
+func (s *sealer) observe(where string, at int64) {
 	s.floorMu.Lock()
 	defer s.floorMu.Unlock()
-	k := floorKey(where, key)
-	if len(s.floors) >= maxFloors {
-		clear(s.floors)
-	}
-	s.floors[k] = max(s.floors[k], at)
+	s.floors[where] = max(s.floors[where], at)
 }
 
 // open returns the object a value carries without its seal, and the
 // seal's at. A daemon that trusts keys requires a seal of the owner of
-// where, over this key and op; one that trusts none strips a seal it finds,
-// checks nothing and returns at 0.
-func (s *sealer) open(kind, where, key, op string, value []byte) ([]byte, int64, error) {
-	body, at, sig, sealed := splitSeal(value)
+// where, over this key and op, with an at within bounds (checkAt; stored
+// is when the server stored the value, zero for a message). One that
+// trusts none strips a seal it finds, checks nothing and returns at 0.
+func (s *sealer) open(kind, where, key, op string, value []byte, stored time.Time) ([]byte, int64, error) {
+	body, atHex, sig, sealed := splitSeal(value)
 	if s == nil || s.keys == nil || len(s.keys.trust) == 0 {
 		return body, 0, nil
 	}
@@ -375,25 +441,53 @@ func (s *sealer) open(kind, where, key, op string, value []byte) ([]byte, int64,
 	buf := s.bufs.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer s.bufs.Put(buf)
-	signedInput(buf, kind, where, key, op, at, body)
+	signedInput(buf, kind, where, key, op, atHex, body)
 	trusted, err := s.trusted(role, kind, where, key)
 	if err != nil {
 		return nil, 0, err
 	}
 	for _, v := range trusted {
-		if ed25519.Verify(v, buf.Bytes(), raw) {
-			n := parseAt(at)
-			if kind == kindKV && role == s.keys.role {
-				s.observe(where, key, op, n)
-			}
-			return body, n, nil
+		if !ed25519.Verify(v, buf.Bytes(), raw) {
+			continue
 		}
+		at, err := checkAt(parseAt(atHex), s.now(), stored, s.ahead, s.maxCopy)
+		if err != nil {
+			return nil, 0, fmt.Errorf("%s %q: %w", where, key, err)
+		}
+		if kind == kindKV && role == s.keys.role {
+			s.observe(where, at)
+		}
+		return body, at, nil
 	}
 	return nil, 0, fmt.Errorf("%w: not signed by the %s role for %s %q", ErrBadSeal, role, where, key)
 }
 
+// checkAt returns a verified seal's at when it is within bounds: below
+// 2^63, at most ahead after now, and, for a stored value (stored not
+// zero), sealed at most maxCopy before the server stored it.
+func checkAt(at uint64, now, stored time.Time, ahead, maxCopy time.Duration) (int64, error) {
+	if at > math.MaxInt64 {
+		return 0, fmt.Errorf("%w: at %#x is 2^63 or more", ErrSealAhead, at)
+	}
+	n := int64(at)
+	if over := n - now.UnixNano(); over > int64(ahead) {
+		return 0, fmt.Errorf("%w: sealed at %s, %s after this clock (more than %s: this clock or its writer's is wrong, or its key was stolen)",
+			ErrSealAhead, stamp(n), time.Duration(over).Round(time.Second), ahead)
+	}
+	if !stored.IsZero() {
+		if age := stored.UnixNano() - n; age > int64(maxCopy) {
+			return 0, fmt.Errorf("%w: a copy, sealed at %s, %s before the server stored it (more than %s; or the clocks of NATS and of its writer differ that much)",
+				ErrReplayed, stamp(n), time.Duration(age).Round(time.Second), maxCopy)
+		}
+	}
+	return n, nil
+}
+
+// stamp formats a seal's at for errors.
+func stamp(at int64) string { return time.Unix(0, at).UTC().Format(time.RFC3339Nano) }
+
 // parseAt reads the 16 hex digits of a seal's at (checked by splitSeal).
-func parseAt(at []byte) int64 {
+func parseAt(at []byte) uint64 {
 	var n uint64
 	for _, c := range at {
 		d := uint64(c - '0')
@@ -402,7 +496,7 @@ func parseAt(at []byte) int64 {
 		}
 		n = n<<4 | d
 	}
-	return int64(n)
+	return n
 }
 
 // splitSeal splits a sealed object into the object without its seal, the

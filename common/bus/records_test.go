@@ -50,14 +50,14 @@ func TestSealOpen(t *testing.T) {
 	require.Contains(t, fields, "seal")
 
 	for _, role := range Roles() {
-		got, _, err := s[role].open(kindKV, n.InstancesBucket(), "web.x", opPut, sealed)
+		got, _, err := s[role].open(kindKV, n.InstancesBucket(), "web.x", opPut, sealed, time.Time{})
 		require.NoError(t, err, "every role verifies the scheduler's record")
 		require.Equal(t, string(body), string(got))
 	}
 
 	empty, err := s[RoleHealthd].seal(kindMsg, n.HealthSubject("web", "x"), "", opMsg, []byte("{}"))
 	require.NoError(t, err)
-	got, _, err := s[RoleReader].open(kindMsg, n.HealthSubject("web", "x"), "", opMsg, empty)
+	got, _, err := s[RoleReader].open(kindMsg, n.HealthSubject("web", "x"), "", opMsg, empty, time.Time{})
 	require.NoError(t, err)
 	require.Equal(t, "{}", string(got))
 
@@ -95,7 +95,7 @@ func TestSealOpen(t *testing.T) {
 	for _, tc := range refused {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			_, _, err := s[RoleLBAgent].open(tc.kind, tc.at, tc.key, tc.op, tc.value)
+			_, _, err := s[RoleLBAgent].open(tc.kind, tc.at, tc.key, tc.op, tc.value, time.Time{})
 			require.ErrorIs(t, err, tc.wantError)
 		})
 	}
@@ -103,11 +103,11 @@ func TestSealOpen(t *testing.T) {
 	t.Run("a reader without keys strips the seal and checks nothing", func(t *testing.T) {
 		t.Parallel()
 		var none *sealer
-		got, at, err := none.open(kindKV, n.InstancesBucket(), "web.x", opPut, sealed)
+		got, at, err := none.open(kindKV, n.InstancesBucket(), "web.x", opPut, sealed, time.Time{})
 		require.NoError(t, err)
 		require.Zero(t, at)
 		require.Equal(t, string(body), string(got))
-		got, _, err = none.open(kindKV, n.InstancesBucket(), "web.x", opPut, body)
+		got, _, err = none.open(kindKV, n.InstancesBucket(), "web.x", opPut, body, time.Time{})
 		require.NoError(t, err)
 		require.Equal(t, string(body), string(got))
 		out, err := none.seal(kindKV, n.InstancesBucket(), "web.x", opPut, body)
@@ -123,17 +123,17 @@ func TestSealOpen(t *testing.T) {
 		behind.now = func() time.Time { return time.Unix(0, 5) }
 		v, err := ahead.seal(kindKV, n.AppsBucket(), "web", opPut, body)
 		require.NoError(t, err)
-		_, at, err := behind.open(kindKV, n.AppsBucket(), "web", opPut, v)
+		_, at, err := behind.open(kindKV, n.AppsBucket(), "web", opPut, v, time.Time{})
 		require.NoError(t, err)
 		require.Equal(t, int64(1_000_000), at)
 		next, err := behind.seal(kindKV, n.AppsBucket(), "web", opPut, body)
 		require.NoError(t, err)
-		_, nextAt, err := s[RoleLBAgent].open(kindKV, n.AppsBucket(), "web", opPut, next)
+		_, nextAt, err := s[RoleLBAgent].open(kindKV, n.AppsBucket(), "web", opPut, next, time.Time{})
 		require.NoError(t, err)
 		require.Greater(t, nextAt, at)
 
 		lb := newSealer(s[RoleLBAgent].keys, n)
-		_, _, err = lb.open(kindKV, n.AppsBucket(), "web", opPut, v)
+		_, _, err = lb.open(kindKV, n.AppsBucket(), "web", opPut, v, time.Time{})
 		require.NoError(t, err)
 		require.Empty(t, lb.floors, "a role keeps no floor of keys it does not own")
 	})
@@ -415,7 +415,7 @@ func BenchmarkSealOpen(b *testing.B) {
 	})
 	b.Run("open", func(b *testing.B) {
 		for b.Loop() {
-			if _, _, err := s.open(kindKV, n.InstancesBucket(), "web.a1b2c3d4", opPut, sealed); err != nil {
+			if _, _, err := s.open(kindKV, n.InstancesBucket(), "web.a1b2c3d4", opPut, sealed, time.Time{}); err != nil {
 				b.Fatal(err)
 			}
 		}

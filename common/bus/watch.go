@@ -11,8 +11,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
-
-	"github.com/berthhq/berth/common/msg"
 )
 
 // DecodeFunc turns a stored value into T. An error drops the value: it is
@@ -90,9 +88,12 @@ type Watcher[T any] struct {
 	CheckEvery time.Duration
 
 	dropLog logLimiter
-	// replays remembers the seal's at of each key, so that an older sealed
+	// fence remembers the seal's at of each key, so that an older sealed
 	// value copied back onto its key is refused (sealed records only).
-	replays msg.Fence
+	fence *sealFence
+	// created is when the bucket last watched was created: another time
+	// is another bucket, whose ats the fence must not hold against it.
+	created time.Time
 	// nodesChanged says the node keys that seal this bucket's records
 	// changed (nodes.go); nil for other buckets.
 	nodesChanged <-chan struct{}
@@ -101,10 +102,15 @@ type Watcher[T any] struct {
 // NewWatcher returns a watcher of bucket that decodes values with decode and
 // delivers them to handler.
 func NewWatcher[T any](conn *Conn, bucket string, decode DecodeFunc[T], handler Handler[T], logger *zap.Logger) *Watcher[T] {
+	now := time.Now
+	if conn.seals != nil {
+		now = func() time.Time { return conn.seals.now() }
+	}
 	return &Watcher[T]{
 		conn: conn, bucket: bucket, decode: decode, handler: handler,
 		logger:    logger.Named("watch").With(zap.String("bucket", bucket)),
 		RetryWait: 500 * time.Millisecond, CheckEvery: 5 * time.Second,
+		fence: newSealFence(now),
 	}
 }
 
@@ -181,6 +187,10 @@ func (w *Watcher[T]) watchOnce(ctx context.Context, reconnected <-chan struct{})
 	if err != nil {
 		return fmt.Errorf("status of bucket %s: %w", w.bucket, err)
 	}
+	if !w.created.IsZero() && !created.Equal(w.created) {
+		w.fence.reset() // another bucket under the same name
+	}
+	w.created = created
 	kw, err := kv.WatchAll(ctx)
 	if err != nil {
 		return fmt.Errorf("watch bucket %s: %w", w.bucket, err)
@@ -223,14 +233,7 @@ func (w *Watcher[T]) watchOnce(ctx context.Context, reconnected <-chan struct{})
 			}
 			if e == nil { // the server's end of initial values
 				if inSnapshot {
-					w.replays.Reset()
-					for _, ev := range initial {
-						w.replays.Accept(ev.Key, uint64(ev.at))
-					}
-					for key, at := range deleted {
-						w.replays.Accept(key, uint64(at))
-						w.replays.Delete(key)
-					}
+					w.fenceSnapshot(initial, deleted)
 					w.handler.Snapshot(sorted(initial), snapshotRev)
 					inSnapshot, initial, deleted = false, nil, nil
 				}
@@ -247,12 +250,14 @@ func (w *Watcher[T]) watchOnce(ctx context.Context, reconnected <-chan struct{})
 			switch {
 			case !ok: // undecodable: keep no value for the key
 				delete(initial, e.Key())
+				delete(deleted, e.Key())
 			case ev.Op == OpDelete:
 				delete(initial, ev.Key)
 				if ev.at != 0 {
 					deleted[ev.Key] = ev.at
 				}
 			default:
+				delete(deleted, ev.Key)
 				initial[ev.Key] = ev
 			}
 		}
@@ -336,14 +341,47 @@ func (w *Watcher[T]) fresh(ev Event[T]) bool {
 	if ev.at == 0 {
 		return true
 	}
-	if !w.replays.Accept(ev.Key, uint64(ev.at)) {
-		w.drop(ev.Key, fmt.Errorf("%w: sealed at %s, before the key's last value", ErrReplayed, time.Unix(0, ev.at).UTC().Format(time.RFC3339Nano)))
-		return false
-	}
+	accept := w.fence.put
 	if ev.Op == OpDelete {
-		w.replays.Delete(ev.Key)
+		accept = w.fence.del
 	}
-	return true
+	if accept(ev.Key, ev.at) {
+		return true
+	}
+	w.drop(ev.Key, w.replayed(ev.Key, ev.at))
+	return false
+}
+
+// fenceSnapshot checks a snapshot's sealed values and deletes against what
+// the fence knows from before (a resync or reconnect keeps it), drops from
+// initial each one older than its key's last (a replay stored while the
+// watch was away), and turns the keys the bucket no longer holds into
+// tombstones.
+func (w *Watcher[T]) fenceSnapshot(initial map[string]Event[T], deleted map[string]int64) {
+	for key, ev := range initial {
+		if ev.at != 0 && !w.fence.put(key, ev.at) {
+			w.drop(key, w.replayed(key, ev.at))
+			delete(initial, key)
+		}
+	}
+	for key, at := range deleted {
+		if !w.fence.del(key, at) {
+			w.drop(key, fmt.Errorf("delete: %w", w.replayed(key, at)))
+		}
+	}
+	var gone []string
+	w.fence.keys(func(key string) {
+		if _, ok := initial[key]; !ok {
+			gone = append(gone, key)
+		}
+	})
+	for _, key := range gone {
+		w.fence.gone(key)
+	}
+}
+
+func (w *Watcher[T]) replayed(key string, at int64) error {
+	return fmt.Errorf("%w: %s %q sealed at %s, before its last value or delete (sealed at %s)", ErrReplayed, w.bucket, key, stamp(at), stamp(w.fence.known(key)))
 }
 
 // event opens and decodes one entry; false means it was dropped. A delete
@@ -354,7 +392,7 @@ func (w *Watcher[T]) event(e jetstream.KeyValueEntry) (Event[T], bool) {
 	ev := Event[T]{Key: e.Key(), Revision: e.Revision(), Op: OpPut}
 	if e.Operation() != jetstream.KeyValuePut {
 		ev.Op = OpDelete
-		_, at, err := w.conn.seals.open(kindKV, w.bucket, e.Key(), opDel, e.Value())
+		_, at, err := w.conn.seals.open(kindKV, w.bucket, e.Key(), opDel, e.Value(), e.Created())
 		if err != nil {
 			w.drop(e.Key(), fmt.Errorf("delete: %w", err))
 			return ev, false
@@ -362,7 +400,7 @@ func (w *Watcher[T]) event(e jetstream.KeyValueEntry) (Event[T], bool) {
 		ev.at = at
 		return ev, true
 	}
-	body, at, err := w.conn.seals.open(kindKV, w.bucket, e.Key(), opPut, e.Value())
+	body, at, err := w.conn.seals.open(kindKV, w.bucket, e.Key(), opPut, e.Value(), e.Created())
 	ev.at = at
 	if err != nil {
 		w.drop(e.Key(), err)
@@ -384,7 +422,7 @@ func (w *Watcher[T]) drop(key string, err error) {
 	if w.OnDrop != nil {
 		w.OnDrop(key, err)
 	}
-	if errors.Is(err, ErrUnsealed) || errors.Is(err, ErrBadSeal) || errors.Is(err, ErrReplayed) {
+	if forgery(err) {
 		w.conn.forged.Add(1)
 	}
 	if n, ok := w.dropLog.allow(10 * time.Second); ok {
