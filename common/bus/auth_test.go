@@ -469,7 +469,7 @@ func TestRolesDoTheirJobAndNothingElse(t *testing.T) {
 	t.Run("another environment's buckets are out of reach", func(t *testing.T) {
 		other, err := msg.NewNames("other")
 		require.NoError(t, err)
-		requireRefused(t, scheduler, "$JS.API.STREAM.UPDATE.KV_other_apps", func(ctx context.Context) error {
+		requireRefused(t, scheduler, "$JS.API.STREAM.INFO.KV_other_apps", func(ctx context.Context) error {
 			return scheduler.EnsureBuckets(ctx, ContractBuckets(other)[:1])
 		})
 		requireRefused(t, reader, "$JS.API.STREAM.INFO.KV_other_apps", func(ctx context.Context) error {

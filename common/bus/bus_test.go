@@ -107,12 +107,12 @@ func TestEnsureBucketsCreatesThenUpdates(t *testing.T) {
 	require.NoError(t, err)
 	st, err := apps.Status(ctx)
 	require.NoError(t, err)
-	require.Equal(t, BucketStatus{History: 5}, st)
+	require.Equal(t, BucketStatus{History: 5, MaxBytes: -1, MaxConsumers: -1}, st)
 	agents, err := c.KV(ctx, "t_agents")
 	require.NoError(t, err)
 	st, err = agents.Status(ctx)
 	require.NoError(t, err)
-	require.Equal(t, BucketStatus{History: 1, TTL: 30 * time.Second, Memory: true}, st)
+	require.Equal(t, BucketStatus{History: 1, TTL: 30 * time.Second, Memory: true, MaxBytes: -1, MaxConsumers: -1}, st)
 
 	// Running it again with other settings updates the bucket in place.
 	require.NoError(t, c.EnsureBuckets(ctx, []BucketConfig{{Name: "t_apps", History: 10, TTL: time.Hour}}))
@@ -373,6 +373,8 @@ func TestContractBuckets(t *testing.T) {
 		require.NoError(t, err)
 		st, err := kv.Status(ctx)
 		require.NoError(t, err)
-		require.Equal(t, BucketStatus{History: int64(b.History), TTL: b.TTL, Memory: b.TTL > 0}, st, b.Name)
+		require.Equal(t, BucketStatus{History: int64(b.History), TTL: b.TTL, Memory: b.TTL > 0, MaxBytes: b.MaxBytes, MaxConsumers: b.MaxConsumers}, st, b.Name)
+		require.Positive(t, b.MaxBytes, b.Name)
+		require.Positive(t, b.MaxConsumers, b.Name)
 	}
 }

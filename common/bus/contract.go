@@ -12,7 +12,8 @@ func ContractBuckets(n msg.Names) []BucketConfig {
 		if b.TTL > 0 {
 			storage = MemoryStorage
 		}
-		out = append(out, BucketConfig{Name: b.Name, Description: b.Description, History: b.History, TTL: b.TTL, Storage: storage})
+		out = append(out, BucketConfig{Name: b.Name, Description: b.Description, History: b.History, TTL: b.TTL, Storage: storage,
+			MaxBytes: b.MaxBytes, MaxConsumers: b.MaxConsumers})
 	}
 	return out
 }

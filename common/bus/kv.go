@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
 )
 
 // Errors returned by KV operations.
@@ -22,6 +23,9 @@ var (
 	ErrWrongRevision = errors.New("bus: wrong last revision")
 	// ErrBucketNotFound is a bucket that EnsureBuckets has not created.
 	ErrBucketNotFound = errors.New("bus: bucket not found")
+	// ErrBucketFull is a write of a new key, or of a larger value, into a
+	// bucket at its MaxBytes.
+	ErrBucketFull = errors.New("bus: bucket full")
 )
 
 // Storage is where a bucket keeps its data.
@@ -51,6 +55,12 @@ type BucketConfig struct {
 	Replicas int
 	// MaxValueSize caps one value in bytes; zero means the server's limit.
 	MaxValueSize int32
+	// MaxBytes caps what the bucket stores, values and delete markers;
+	// zero means no cap. EnsureBuckets keeps a larger cap an operator set.
+	MaxBytes int64
+	// MaxConsumers caps the consumers (watches) of its stream at once;
+	// zero means no cap.
+	MaxConsumers int
 }
 
 // EnsureBuckets creates each bucket, or updates its settings when it exists,
@@ -58,29 +68,15 @@ type BucketConfig struct {
 // credential may not create a bucket fails at once with
 // ErrPermissionDenied: with authorization, pass only the role's
 // OwnedBuckets.
+//
+// A bucket's MaxBytes is the larger of its config's and the one it has
+// (an operator who raised it with `nats stream edit` keeps it), and at
+// least twice what it stores, so that an update never makes the server
+// drop values to fit. MaxConsumers is set on its stream afterwards: the
+// KV API has no such setting.
 func (c *Conn) EnsureBuckets(ctx context.Context, buckets []BucketConfig) error {
 	for _, b := range buckets {
-		cfg := jetstream.KeyValueConfig{
-			Bucket:       b.Name,
-			Description:  b.Description,
-			History:      max(b.History, 1),
-			TTL:          b.TTL,
-			Replicas:     max(b.Replicas, 1),
-			MaxValueSize: b.MaxValueSize,
-			Storage:      jetstream.FileStorage,
-		}
-		if b.MaxValueSize == 0 {
-			cfg.MaxValueSize = -1
-		}
-		if b.Storage == MemoryStorage {
-			cfg.Storage = jetstream.MemoryStorage
-		}
-		s := kvStream(b.Name)
-		gctx, stop := c.refusals.guard(ctx, jsAPI+"INFO", jsAPI+"STREAM.UPDATE."+s, jsAPI+"STREAM.CREATE."+s)
-		_, err := c.js.CreateOrUpdateKeyValue(gctx, cfg)
-		err = denial(gctx, err)
-		stop()
-		if err != nil {
+		if err := c.ensureBucket(ctx, b); err != nil {
 			return fmt.Errorf("ensure bucket %s: %w", b.Name, err)
 		}
 		if err := c.limitConsumers(ctx, b.Name); err != nil {
@@ -88,6 +84,102 @@ func (c *Conn) EnsureBuckets(ctx context.Context, buckets []BucketConfig) error 
 		}
 	}
 	return nil
+}
+
+func (c *Conn) ensureBucket(ctx context.Context, b BucketConfig) error {
+	cfg := jetstream.KeyValueConfig{
+		Bucket:       b.Name,
+		Description:  b.Description,
+		History:      max(b.History, 1),
+		TTL:          b.TTL,
+		Replicas:     max(b.Replicas, 1),
+		MaxValueSize: b.MaxValueSize,
+		Storage:      jetstream.FileStorage,
+	}
+	if b.MaxValueSize == 0 {
+		cfg.MaxValueSize = -1
+	}
+	if b.Storage == MemoryStorage {
+		cfg.Storage = jetstream.MemoryStorage
+	}
+	s := kvStream(b.Name)
+	gctx, stop := c.refusals.guard(ctx, jsAPI+"INFO", jsAPI+"STREAM.INFO."+s, jsAPI+"STREAM.UPDATE."+s, jsAPI+"STREAM.CREATE."+s)
+	defer stop()
+	var have *jetstream.StreamInfo
+	st, err := c.js.Stream(gctx, s)
+	switch err = denial(gctx, err); {
+	case err == nil:
+		have = st.CachedInfo()
+	case !errors.Is(err, jetstream.ErrStreamNotFound):
+		return err
+	}
+	cfg.MaxBytes = c.maxBytes(b, have)
+	if _, err := c.js.CreateOrUpdateKeyValue(gctx, cfg); err != nil {
+		err = denial(gctx, err)
+		if strings.Contains(err.Error(), "insufficient resources") {
+			err = fmt.Errorf("%w: the NATS server cannot set aside its max bytes (%d) within its JetStream limits: give it more room "+
+				"(max_file_store, max_memory_store, or free disk) or lower the cap with `nats stream edit %s --max-bytes`", err, cfg.MaxBytes, s)
+		}
+		return err
+	}
+	if b.MaxConsumers == 0 {
+		return nil
+	}
+	if st, err = c.js.Stream(gctx, s); err != nil {
+		return denial(gctx, err)
+	}
+	want := b.MaxConsumers
+	if have != nil {
+		want = max(want, have.Config.MaxConsumers) // -1 (none) before the first cap
+	}
+	sc := st.CachedInfo().Config
+	if sc.MaxConsumers == want {
+		return nil
+	}
+	sc.MaxConsumers = want
+	_, err = c.js.UpdateStream(gctx, sc)
+	return denial(gctx, err)
+}
+
+// maxBytes is the MaxBytes EnsureBuckets gives bucket b, whose stream is
+// have (nil when it does not exist yet).
+func (c *Conn) maxBytes(b BucketConfig, have *jetstream.StreamInfo) int64 {
+	if b.MaxBytes <= 0 {
+		return 0
+	}
+	limit := b.MaxBytes
+	if have == nil {
+		return limit
+	}
+	limit = max(limit, have.Config.MaxBytes)
+	if used := int64(have.State.Bytes); used > limit/2 {
+		c.logger.Warn("bucket holds more than half its max bytes: its cap is raised to twice what it holds; look for keys it should not have (`nats kv ls`)",
+			zap.String("bucket", b.Name), zap.Int64("bytes", used), zap.Int64("max_bytes", limit), zap.Int64("new_max_bytes", 2*used))
+		limit = 2 * used
+	}
+	return limit
+}
+
+// full turns the server's refusal of a write into a full bucket into
+// ErrBucketFull, with what the operator can do.
+func (k *KV) full(err error) error {
+	if err == nil || !strings.Contains(err.Error(), "maximum bytes exceeded") {
+		return err
+	}
+	return fmt.Errorf("%w: %s is at its max bytes (%v); `nats stream info %s` shows what it holds: keys that no app or instance owns are junk "+
+		"(a flood through the server, which the owner deletes), otherwise raise the cap with `nats stream edit %s --max-bytes`, which Berth keeps",
+		ErrBucketFull, k.bucket, err, kvStream(k.bucket), kvStream(k.bucket))
+}
+
+// consumersErr says what to do when a bucket's stream has as many
+// consumers as its MaxConsumers allows.
+func consumersErr(bucket string, err error) error {
+	if err == nil || !strings.Contains(err.Error(), "maximum consumers limit") {
+		return err
+	}
+	return fmt.Errorf("%w: %s has as many watches as its stream allows (max consumers); `nats consumer ls %s` shows them: "+
+		"many of one client are a leak or a flood, otherwise raise the cap with `nats stream edit %s --max-consumers`, which Berth keeps",
+		err, bucket, kvStream(bucket), kvStream(bucket))
 }
 
 // BucketStatus is what a bucket reports about itself.
@@ -100,6 +192,12 @@ type BucketStatus struct {
 	TTL time.Duration
 	// Memory reports memory storage.
 	Memory bool
+	// Bytes is what the bucket stores now.
+	Bytes uint64
+	// MaxBytes is its cap, -1 for none.
+	MaxBytes int64
+	// MaxConsumers is its stream's cap of consumers, -1 for none.
+	MaxConsumers int
 }
 
 // Op is what a KV entry did.
@@ -166,11 +264,12 @@ func (k *KV) Status(ctx context.Context) (BucketStatus, error) {
 	if err != nil {
 		return BucketStatus{}, fmt.Errorf("status of bucket %s: %w", k.bucket, err)
 	}
-	memory := false
+	out := BucketStatus{Values: st.Values(), History: st.History(), TTL: st.TTL(), Bytes: st.Bytes(), MaxBytes: -1, MaxConsumers: -1}
 	if s, ok := st.(*jetstream.KeyValueBucketStatus); ok {
-		memory = s.StreamInfo().Config.Storage == jetstream.MemoryStorage
+		cfg := s.StreamInfo().Config
+		out.Memory, out.MaxBytes, out.MaxConsumers = cfg.Storage == jetstream.MemoryStorage, cfg.MaxBytes, cfg.MaxConsumers
 	}
-	return BucketStatus{Values: st.Values(), History: st.History(), TTL: st.TTL(), Memory: memory}, nil
+	return out, nil
 }
 
 // guardWrite returns a context that ends as soon as the server refuses a
@@ -188,7 +287,7 @@ func (k *KV) Put(ctx context.Context, key string, value []byte) (uint64, error) 
 	gctx, stop := k.guardWrite(ctx, key)
 	defer stop()
 	rev, err := k.kv.Put(gctx, key, value)
-	err = denial(gctx, err)
+	err = k.full(denial(gctx, err))
 	if err != nil {
 		return 0, fmt.Errorf("put %s/%s: %w", k.bucket, key, err)
 	}
@@ -204,7 +303,7 @@ func (k *KV) Create(ctx context.Context, key string, value []byte) (uint64, erro
 	gctx, stop := k.guardWrite(ctx, key)
 	defer stop()
 	rev, err := k.kv.Create(gctx, key, value)
-	err = denial(gctx, err)
+	err = k.full(denial(gctx, err))
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		return 0, fmt.Errorf("create %s/%s: %w", k.bucket, key, ErrKeyExists)
 	}
@@ -224,7 +323,7 @@ func (k *KV) Update(ctx context.Context, key string, value []byte, last uint64) 
 	gctx, stop := k.guardWrite(ctx, key)
 	defer stop()
 	rev, err := k.kv.Update(gctx, key, value, last)
-	err = denial(gctx, err)
+	err = k.full(denial(gctx, err))
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
 		return 0, fmt.Errorf("update %s/%s at revision %d: %w", k.bucket, key, last, ErrWrongRevision)
@@ -333,7 +432,7 @@ func (k *KV) Delete(ctx context.Context, key string) error {
 	} else {
 		err = k.sealedDelete(gctx, key)
 	}
-	if err := denial(gctx, err); err != nil {
+	if err := k.full(denial(gctx, err)); err != nil {
 		return fmt.Errorf("delete %s/%s: %w", k.bucket, key, err)
 	}
 	return nil
@@ -366,4 +465,71 @@ func (k *KV) Keys(ctx context.Context) ([]string, error) {
 		return nil, fmt.Errorf("keys of %s: %w", k.bucket, err)
 	}
 	return keys, nil
+}
+
+// DeleteMarkerAge is how long a delete marker stays in a bucket before its
+// owner's Sweep purges it.
+const DeleteMarkerAge = 30 * time.Minute
+
+// Sweep deletes (sealed, through Delete) every key that has a value and
+// that keep refuses, and purges each delete marker stored more than
+// markerAge ago, so that deleted keys do not fill the bucket's MaxBytes.
+// An old marker tells a reader nothing that its absence does not: one
+// that starts now finds no value either way, and a running one keeps the
+// delete's at in its own fence. A purge removes the marker and what came
+// before it, never a value stored after it (a key written again
+// meanwhile). It returns how many keys it deleted and markers it purged.
+func (k *KV) Sweep(ctx context.Context, keep func(key string) bool, markerAge time.Duration) (deleted, purged int, err error) {
+	s := kvStream(k.bucket)
+	gctx, stop := k.conn.refusals.guard(ctx, jsAPI+"CONSUMER.CREATE."+s, jsAPI+"STREAM.PURGE."+s)
+	defer stop()
+	w, err := k.kv.WatchAll(gctx, jetstream.MetaOnly())
+	if err != nil {
+		return 0, 0, fmt.Errorf("sweep %s: %w", k.bucket, consumersErr(k.bucket, denial(gctx, err)))
+	}
+	type marker struct {
+		key string
+		rev uint64
+	}
+	var drop []string
+	var old []marker
+	limit := time.Now().Add(-markerAge)
+	for e := range w.Updates() {
+		if e == nil {
+			break
+		}
+		switch {
+		case e.Operation() != jetstream.KeyValuePut:
+			if e.Created().Before(limit) {
+				old = append(old, marker{e.Key(), e.Revision()})
+			}
+		case !keep(e.Key()):
+			drop = append(drop, e.Key())
+		}
+	}
+	_ = w.Stop()
+	if err := gctx.Err(); err != nil {
+		return 0, 0, fmt.Errorf("sweep %s: %w", k.bucket, denial(gctx, err))
+	}
+	for _, key := range drop {
+		if err := k.Delete(ctx, key); err != nil {
+			return deleted, purged, err
+		}
+		deleted++
+	}
+	if len(old) == 0 {
+		return deleted, 0, nil
+	}
+	st, err := k.conn.js.Stream(gctx, s)
+	if err != nil {
+		return deleted, 0, fmt.Errorf("sweep %s: %w", k.bucket, denial(gctx, err))
+	}
+	for _, m := range old {
+		err := st.Purge(gctx, jetstream.WithPurgeSubject("$KV."+k.bucket+"."+m.key), jetstream.WithPurgeSequence(m.rev+1))
+		if err != nil {
+			return deleted, purged, fmt.Errorf("sweep %s: purge the delete marker of %s: %w", k.bucket, m.key, denial(gctx, err))
+		}
+		purged++
+	}
+	return deleted, purged, nil
 }

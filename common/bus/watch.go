@@ -193,7 +193,7 @@ func (w *Watcher[T]) watchOnce(ctx context.Context, reconnected <-chan struct{})
 	w.created = created
 	kw, err := kv.WatchAll(ctx)
 	if err != nil {
-		return fmt.Errorf("watch bucket %s: %w", w.bucket, err)
+		return fmt.Errorf("watch bucket %s: %w", w.bucket, consumersErr(w.bucket, err))
 	}
 	defer w.stopWatch(kw)
 	var resync <-chan time.Time

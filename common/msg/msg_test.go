@@ -314,7 +314,11 @@ func TestNames(t *testing.T) {
 	buckets := staging.Buckets()
 	require.Len(t, buckets, 8)
 	require.Equal(t, []string{"staging_certificates", "staging_challenges", "staging_nodes"}, []string{buckets[5].Name, buckets[6].Name, buckets[7].Name})
-	require.Equal(t, Bucket{Name: "staging_agents", Description: "Berth v1: lbagent applied state, by node", History: 1, TTL: AgentTTL}, buckets[3])
+	require.Equal(t, Bucket{Name: "staging_agents", Description: "Berth v1: lbagent applied state, by node", History: 1, TTL: AgentTTL,
+		MaxBytes: MaxBytesAgents, MaxConsumers: MaxConsumers}, buckets[3])
+	for _, b := range buckets {
+		require.Positive(t, b.MaxBytes, b.Name)
+	}
 
 	for _, bad := range []string{"", "a.b", "a*", "a>", "a b", strings.Repeat("x", 33), "ünï"} {
 		_, err := NewNames(bad)

@@ -187,7 +187,45 @@ type Bucket struct {
 	History uint8
 	// TTL expires keys not written again in time; zero keeps them.
 	TTL time.Duration
+	// MaxBytes caps what the bucket stores (values and delete markers).
+	MaxBytes int64
+	// MaxConsumers caps the watches of the bucket at once.
+	MaxConsumers int
 }
+
+// Bucket limits. Each MaxBytes holds its bucket at the scale Berth plans
+// for (10,000 apps, 100,000 instances, 100 edge nodes, 100 checkers) about
+// twice over, counting a sealed value with its subject and the server's
+// overhead, and the delete markers of 30 minutes (bus.DeleteMarkerAge) of
+// every instance replaced; docs/nats.md shows the arithmetic. A full bucket
+// refuses new keys (bus.ErrBucketFull says what to do), never drops one.
+// MaxConsumers bounds what one credential can make the server hold for a
+// stream, above every daemon of such a fleet and its tools.
+const (
+	// MaxBytesInstances: 100,000 × ~600 B, plus 100,000 markers × ~270 B.
+	MaxBytesInstances = 256 << 20
+	// MaxBytesHealth: 100,000 × ≤ 1.1 KB (a 512-byte failure message),
+	// plus markers.
+	MaxBytesHealth = 256 << 20
+	// MaxBytesApps: 10,000 × ~2 KB typically (a view of ~25 KB each fits).
+	MaxBytesApps = 256 << 20
+	// MaxBytesCertificates: 10,000 × ~20 KB (a chain and a key sealed to
+	// each of 100 lbagent keys).
+	MaxBytesCertificates = 512 << 20
+	// MaxBytesAgents (memory): 100 nodes × ~220 KB (10,000 apps'
+	// generations each).
+	MaxBytesAgents = 64 << 20
+	// MaxBytesCheckers (memory): 1,000 heartbeats × ~300 B.
+	MaxBytesCheckers = 1 << 20
+	// MaxBytesChallenges (memory): 10,000 open answers × ~600 B.
+	MaxBytesChallenges = 8 << 20
+	// MaxBytesNodes: 1,000 nodes × ~400 B (a node's keys, two while one
+	// rotates).
+	MaxBytesNodes = 4 << 20
+	// MaxConsumers: 1,000 lbagents, 100 checkers, the scheduler replicas
+	// and tools, four times over.
+	MaxConsumers = 4096
+)
 
 // Bucket TTLs: an agent or checker that stops heartbeating disappears.
 // Heartbeats come every third of the TTL.
@@ -206,17 +244,21 @@ const CheckerDeadAfter = 2*CheckerTTL/3 + time.Second
 
 // Buckets lists every bucket of the contract with its history and TTL.
 func (n Names) Buckets() []Bucket {
-	return []Bucket{
+	out := []Bucket{
 		// History 1: an older sealed record a bucket keeps is one any reader
 		// can have the server copy back onto its key (docs/nats.md, Sealed
 		// records); events and the API keep the history.
-		{Name: n.AppsBucket(), Description: "Berth v1: routing and health view of each app, by app", History: 1},
-		{Name: n.InstancesBucket(), Description: "Berth v1: instances, by <app>.<instance>", History: 1},
-		{Name: n.HealthBucket(), Description: "Berth v1: instance health, by <app>.<instance>", History: 1},
-		{Name: n.AgentsBucket(), Description: "Berth v1: lbagent applied state, by node", History: 1, TTL: AgentTTL},
-		{Name: n.CheckersBucket(), Description: "Berth v1: healthd heartbeats, by checker", History: 1, TTL: CheckerTTL},
-		{Name: n.CertificatesBucket(), Description: "Berth v1: ACME certificates (keys sealed to lbagents), by app", History: 1},
-		{Name: n.ChallengesBucket(), Description: "Berth v1: ACME HTTP-01 answers, by token", History: 1, TTL: ChallengeTTL},
-		{Name: n.NodesBucket(), Description: "Berth v1: lbagent node keys, by node", History: 1},
+		{Name: n.AppsBucket(), Description: "Berth v1: routing and health view of each app, by app", History: 1, MaxBytes: MaxBytesApps},
+		{Name: n.InstancesBucket(), Description: "Berth v1: instances, by <app>.<instance>", History: 1, MaxBytes: MaxBytesInstances},
+		{Name: n.HealthBucket(), Description: "Berth v1: instance health, by <app>.<instance>", History: 1, MaxBytes: MaxBytesHealth},
+		{Name: n.AgentsBucket(), Description: "Berth v1: lbagent applied state, by node", History: 1, TTL: AgentTTL, MaxBytes: MaxBytesAgents},
+		{Name: n.CheckersBucket(), Description: "Berth v1: healthd heartbeats, by checker", History: 1, TTL: CheckerTTL, MaxBytes: MaxBytesCheckers},
+		{Name: n.CertificatesBucket(), Description: "Berth v1: ACME certificates (keys sealed to lbagents), by app", History: 1, MaxBytes: MaxBytesCertificates},
+		{Name: n.ChallengesBucket(), Description: "Berth v1: ACME HTTP-01 answers, by token", History: 1, TTL: ChallengeTTL, MaxBytes: MaxBytesChallenges},
+		{Name: n.NodesBucket(), Description: "Berth v1: lbagent node keys, by node", History: 1, MaxBytes: MaxBytesNodes},
 	}
+	for i := range out {
+		out[i].MaxConsumers = MaxConsumers
+	}
+	return out
 }
