@@ -70,24 +70,15 @@ func (s *BusShelf) Put(ctx context.Context, c store.Certificate, key []byte, ter
 	return err
 }
 
-// Sweep deletes the certificates of apps not in keep.
+// Sweep deletes the certificates of apps not in keep, and purges the
+// delete markers older than bus.DeleteMarkerAge.
 func (s *BusShelf) Sweep(ctx context.Context, keep []string) error {
 	kv, err := s.bucket(ctx, s.Names.CertificatesBucket())
 	if err != nil {
 		return err
 	}
-	keys, err := kv.Keys(ctx)
-	if err != nil {
-		return err
-	}
-	for _, k := range keys {
-		if !slices.Contains(keep, k) {
-			if err := kv.Delete(ctx, k); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	_, _, err = kv.Sweep(ctx, func(key string) bool { return slices.Contains(keep, key) }, bus.DeleteMarkerAge)
+	return err
 }
 
 // Solver returns the HTTP-01 provider of one order.

@@ -243,20 +243,12 @@ func (p *Publisher) instances(ctx context.Context, term uint64) (int, error) {
 	return len(records), nil
 }
 
-// sweep deletes every key of kv not in live.
+// sweep deletes every key of kv not in live, and purges the delete
+// markers older than bus.DeleteMarkerAge, which would otherwise fill the
+// bucket's MaxBytes.
 func sweep(ctx context.Context, kv *bus.KV, live map[string]bool) error {
-	keys, err := kv.Keys(ctx)
-	if err != nil {
-		return err
-	}
-	for _, k := range keys {
-		if !live[k] {
-			if err := kv.Delete(ctx, k); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	_, _, err := kv.Sweep(ctx, func(key string) bool { return live[key] }, bus.DeleteMarkerAge)
+	return err
 }
 
 // routable reports whether an instance's record belongs in the instances
