@@ -100,12 +100,13 @@ func startHealthd(t *testing.T, c *cluster, id string) context.CancelFunc {
 	return startHealthdMode(t, c, id, false)
 }
 
-// startHealthdMode starts a checker; with crash, stopping it says no goodbye.
-func startHealthdMode(t *testing.T, c *cluster, id string, crash bool) context.CancelFunc {
+// startHealthdMode starts a checker with flags added to the test's own;
+// with crash, stopping it says no goodbye.
+func startHealthdMode(t *testing.T, c *cluster, id string, crash bool, flags ...string) context.CancelFunc {
 	t.Helper()
 	devnull, _ := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 	t.Cleanup(func() { devnull.Close() })
-	cl, _, exited := parse([]string{"--nats-url", c.url, "--id", id, "--metrics-listen", ""}, devnull, devnull)
+	cl, _, exited := parse(append([]string{"--nats-url", c.url, "--id", id, "--metrics-listen", ""}, flags...), devnull, devnull)
 	require.False(t, exited)
 	require.NoError(t, cl.check())
 	cl.crash = crash
@@ -176,6 +177,23 @@ func TestHealthReachesNATS(t *testing.T) {
 	// An instance that stops being probed has its health key deleted.
 	c.instance("web", "bad", "127.0.0.1:1", msg.StateStopped)
 	require.Eventually(t, func() bool { return c.healthOf("web.bad") == nil }, 10*time.Second, 20*time.Millisecond)
+}
+
+// TestLeftoverHealthIsSwept: health left in the bucket for an instance
+// that no longer exists (its checker died before deleting it, or a copy
+// was stashed there) is deleted by the checker that owns its shard, two
+// refreshes later; the health of a probed instance stays.
+func TestLeftoverHealthIsSwept(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	good := 200
+	c.app("web")
+	c.instance("web", "good", healthServer(t, &good), msg.StateRunning)
+	c.put(c.health, "web.ghost", &msg.Health{App: "web", Instance: "ghost", Status: msg.StatusHealthy, Checker: "hc-dead", Generation: 1, CheckedAt: time.Now()})
+	startHealthdMode(t, c, "hc-a", false, "--refresh", "1s")
+	require.Eventually(t, func() bool { h := c.healthOf("web.good"); return h != nil && h.Status == msg.StatusHealthy }, 10*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool { return c.healthOf("web.ghost") == nil }, 10*time.Second, 20*time.Millisecond)
+	require.NotNil(t, c.healthOf("web.good"))
 }
 
 func TestTwoCheckersShareAndTakeOver(t *testing.T) {

@@ -109,15 +109,17 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 	// What is published now: a target new to this checker carries on from
 	// it, and a target handed to another checker keeps it until then.
 	health := view.NewTable(view.NoTerm[*msg.Health], nil)
-	var allTargets atomic.Pointer[map[string]bool]
+	// Every live checker's targets and the live checkers, as the targets
+	// loop last computed them (nil until every view has loaded).
+	var shared atomic.Pointer[fleet]
 
 	var runner *checker.Runner
 	pub := publisher.New(conn, names, id, func() int { return runner.Targets() }, logger)
 	pub.Refresh = c.Refresh
 	pub.LeaveOnStop = !c.crash
 	pub.HandedOver = func(key string) bool {
-		all := allTargets.Load()
-		return all != nil && (*all)[key]
+		f := shared.Load()
+		return f != nil && f.targets[key]
 	}
 	runner = checker.NewRunner(instrumented{probe.New(nil), m}, pub, c.MaxConc)
 	runner.MaxTimeout = c.MaxTimeout
@@ -171,8 +173,33 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 					mine = append(mine, t)
 				}
 			}
-			allTargets.Store(&all)
+			shared.Store(&fleet{targets: all, live: live})
 			runner.SetTargets(mine)
+		}
+	}))
+	group.Add("sweep", lifecycle.Func(func(ctx context.Context) error {
+		tick := time.NewTicker(c.Refresh)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-tick.C:
+			}
+			f := shared.Load()
+			if f == nil || len(f.targets) == 0 {
+				// No target at all is an instances bucket not (yet)
+				// republished, not a fleet without instances: sweep nothing.
+				continue
+			}
+			rows, _ := health.Rows()
+			keys := make([]string, 0, len(rows))
+			for k := range rows {
+				keys = append(keys, k)
+			}
+			pub.Sweep(ctx, keys, func(key string) bool { return f.targets[key] },
+				func(key string) bool { return shard.Owner(key, f.live) == id },
+				shard.Owner(names.HealthBucket(), f.live) == id)
 		}
 	}))
 	if c.Metrics != "" {
@@ -181,6 +208,13 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 	}
 	logger.Info("healthd started", zap.Int("max_concurrency", c.MaxConc))
 	return group.Run(ctx)
+}
+
+// fleet is what the targets loop shares: every live checker's targets,
+// and the live checkers.
+type fleet struct {
+	targets map[string]bool
+	live    []string
 }
 
 // instrumented counts and times probes.

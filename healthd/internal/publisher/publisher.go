@@ -41,6 +41,9 @@ type Publisher struct {
 	health    *bus.KV
 	check     *bus.KV
 	repairing map[string]bool // keys with a Repair pending
+	// suspects are the keys the last Sweep found unprobed: a key is
+	// deleted only when the next one finds it unprobed again.
+	suspects map[string]bool
 	// writeMu orders the writes of health values: each puts the key's
 	// latest report, read under it (putLatest), or deletes it, so a
 	// refresh or a repair never puts an older report after a newer one.
@@ -62,7 +65,8 @@ var _ checker.Handler = (*Publisher)(nil)
 // it checks, for its heartbeat.
 func New(conn *bus.Conn, names msg.Names, id string, targets func() int, logger *zap.Logger) *Publisher {
 	return &Publisher{conn: conn, names: names, id: id, targets: targets, logger: logger.Named("publisher"),
-		started: time.Now().UTC(), Refresh: 30 * time.Second, LeaveOnStop: true, latest: map[string]checker.Report{}, repairing: map[string]bool{}}
+		started: time.Now().UTC(), Refresh: 30 * time.Second, LeaveOnStop: true, latest: map[string]checker.Report{}, repairing: map[string]bool{},
+		suspects: map[string]bool{}}
 }
 
 // Probed records a probe and, on a transition or a target's first report,
@@ -142,6 +146,91 @@ func (p *Publisher) Removed(key string) {
 	if err := kv.Delete(ctx, key); err != nil {
 		p.fail("delete health", key, err)
 	}
+}
+
+// Sweep deletes, sealed, the health values of targets that no checker
+// probes, so that stale health neither lingers for readers nor stays in
+// the bucket to be copied back later. Its arguments are the views of the
+// moment: keys are the bucket's keys that have a valid value (the health
+// view), probed reports whether any live checker probes a key (its
+// instance is a target), and owned whether this checker owns a key's
+// shard: a key is this checker's to delete only then, so checkers never
+// race over one. A key goes when it was unprobed at the previous Sweep
+// too, a refresh apart, so that a view lagging by a moment (an instance
+// just created) deletes nothing; and never while this checker probes it.
+// With list, this checker (one of the fleet) also lists the bucket
+// itself: it finds the keys whose value no reader takes (forged, or a
+// copy stashed there), which no view has, deletes the unprobed ones
+// whatever their shard, and purges delete markers older than
+// bus.DeleteMarkerAge. It returns how many values it deleted.
+func (p *Publisher) Sweep(ctx context.Context, keys []string, probed, owned func(key string) bool, list bool) int {
+	p.mu.Lock()
+	prev := p.suspects
+	p.mu.Unlock()
+	next := map[string]bool{}
+	var drop []string
+	consider := func(key string, mine bool) {
+		if probed(key) || !mine {
+			return
+		}
+		next[key] = true
+		if prev[key] {
+			drop = append(drop, key)
+		}
+	}
+	viewed := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		viewed[k] = true
+		consider(k, owned(k))
+	}
+	kv, err := p.bucket(ctx, &p.health, p.names.HealthBucket())
+	if err != nil {
+		p.fail("open health bucket", "", err)
+		return 0
+	}
+	if list {
+		_, purged, err := kv.Sweep(ctx, func(key string) bool {
+			if !viewed[key] {
+				consider(key, true)
+			}
+			return true // deleted below, one at a time under writeMu
+		}, bus.DeleteMarkerAge)
+		if err != nil {
+			p.fail("sweep health", "", err)
+		} else if purged > 0 {
+			p.logger.Debug("purged old delete markers", zap.Int("markers", purged))
+		}
+	}
+	p.mu.Lock()
+	p.suspects = next
+	p.mu.Unlock()
+	deleted := 0
+	for _, key := range drop {
+		if p.deleteUnprobed(ctx, kv, key) {
+			deleted++
+		}
+	}
+	if deleted > 0 {
+		p.logger.Info("deleted the health of targets no checker probes", zap.Int("keys", deleted))
+	}
+	return deleted
+}
+
+// deleteUnprobed deletes key's health unless this checker probes it now.
+func (p *Publisher) deleteUnprobed(ctx context.Context, kv *bus.KV, key string) bool {
+	p.writeMu.Lock()
+	defer p.writeMu.Unlock()
+	p.mu.Lock()
+	_, probing := p.latest[key]
+	p.mu.Unlock()
+	if probing {
+		return false
+	}
+	if err := kv.Delete(ctx, key); err != nil {
+		p.fail("sweep health", key, err)
+		return false
+	}
+	return true
 }
 
 // Run heartbeats every third of the checkers TTL, refreshes every health

@@ -433,3 +433,45 @@ func TestRepairPutsTheProbedValueAgain(t *testing.T) {
 	require.NoError(t, err)
 	require.JSONEq(t, `{"forged":true}`, string(e.Value), "another checker's key is its business")
 }
+
+// TestSweepDeletesUnprobedHealth: the health of a key no checker probes
+// goes at the second sweep in a row that finds it so, and only by the
+// checker that owns its shard; a key probed again meanwhile, or probed by
+// this checker, stays. Listing the bucket finds keys no view has (a
+// forged value, a stashed copy) and deletes them whatever their shard.
+func TestSweepDeletesUnprobedHealth(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, testrig.NATS(t))
+	p := r.publisher("hc-1", 1)
+	ctx := context.Background()
+	p.Probed(report("web.mine", msg.StatusUnknown, msg.StatusHealthy, true, probe.Result{OK: true}))
+	kv := r.kv(r.names.HealthBucket())
+	view := []string{"web.probed", "web.gone", "web.peers", "web.back", "web.mine"}
+	for _, key := range append(view, "web.junk") {
+		if key == "web.mine" {
+			continue
+		}
+		_, err := kv.Put(ctx, key, []byte(`{"status":"healthy"}`))
+		require.NoError(t, err)
+	}
+	probed := map[string]bool{"web.probed": true}
+	owned := func(key string) bool { return key != "web.peers" }
+	isProbed := func(key string) bool { return probed[key] }
+
+	require.Zero(t, p.Sweep(ctx, view, isProbed, owned, false), "a first sighting deletes nothing")
+	probed["web.back"] = true // its instance came back
+	require.Equal(t, 1, p.Sweep(ctx, view, isProbed, owned, false))
+	present := func() []string {
+		keys, err := kv.Keys(ctx)
+		require.NoError(t, err)
+		return keys
+	}
+	require.ElementsMatch(t, []string{"web.probed", "web.peers", "web.back", "web.mine", "web.junk"}, present(),
+		"web.gone went; web.peers is another checker's shard, web.mine this checker's target")
+
+	view = []string{"web.probed", "web.peers", "web.back", "web.mine"} // as the health view has it now
+	require.Zero(t, p.Sweep(ctx, view, isProbed, owned, true))
+	require.Equal(t, 1, p.Sweep(ctx, view, isProbed, owned, true), "the listing finds web.junk")
+	require.ElementsMatch(t, []string{"web.probed", "web.peers", "web.back", "web.mine"}, present(),
+		"the listing deletes what no view has, not what a view has (web.peers is its owner's)")
+}
