@@ -477,3 +477,32 @@ func TestGetTakesTheServersTime(t *testing.T) {
 	_, err = lbKV.Get(ctxT(t), "web.none")
 	require.ErrorIs(t, err, ErrKeyNotFound)
 }
+
+// TestGetRaisesTheFloor: an lbagent, which never watches its own bucket,
+// reads its node's last record once (report.Reporter does): its next put
+// then seals above it, and the scheduler takes it, even though the
+// previous lbagent of the node had a clock three minutes ahead.
+func TestGetRaisesTheFloor(t *testing.T) {
+	t.Parallel()
+	a := newSealAttack(t)
+	n := a.env.n
+	require.NoError(t, a.lb.EnsureBuckets(ctxT(t), MustOwnedBuckets(n, RoleLBAgent)))
+	view, w := watchView(t, a.sched, n.AgentsBucket())
+	settle(t, view, w)
+	a.lbClock.Store(int64(3 * time.Minute))
+	old, err := a.lb.KV(ctxT(t), n.AgentsBucket())
+	require.NoError(t, err)
+	_, err = old.Put(ctxT(t), "edge-1", []byte(`{"n":1}`))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return has(view, "edge-1") }, 5*time.Second, 5*time.Millisecond)
+
+	next := a.env.sealedConn(t, RoleLBAgent) // restarted, its clock right
+	kv, err := next.KV(ctxT(t), n.AgentsBucket())
+	require.NoError(t, err)
+	_, err = kv.Get(ctxT(t), "edge-1")
+	require.NoError(t, err)
+	_, err = kv.Put(ctxT(t), "edge-1", []byte(`{"n":2}`))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { v, _ := view.get("edge-1"); return v == `{"n":2}` }, 5*time.Second, 5*time.Millisecond)
+	require.Zero(t, a.sched.Forged())
+}

@@ -6,6 +6,7 @@ package report
 
 import (
 	"context"
+	"errors"
 
 	"go.uber.org/zap"
 
@@ -76,6 +77,13 @@ func (r *Reporter) Applied(ctx context.Context, m *msg.Agent) {
 		if r.agents, err = r.conn.KV(ctx, r.names.AgentsBucket()); err != nil {
 			r.logger.Warn("open agents bucket", zap.Error(err))
 			return
+		}
+		// Reading this node's last record makes the first put seal above
+		// it (readers refuse an older at than the key's), even when the
+		// previous lbagent of this node had a clock ahead of this one's:
+		// lbagent does not watch its own bucket, so this is its only look.
+		if _, err := r.agents.Get(ctx, r.node); err != nil && !errors.Is(err, bus.ErrKeyNotFound) {
+			r.logger.Warn("read this node's last agent record", zap.Error(err))
 		}
 	}
 	if _, err := r.agents.Put(ctx, r.node, b); err != nil {
