@@ -472,14 +472,15 @@ func (k *KV) Keys(ctx context.Context) ([]string, error) {
 const DeleteMarkerAge = 30 * time.Minute
 
 // Sweep deletes (sealed, through Delete) every key that has a value and
-// that keep refuses, and purges each delete marker stored more than
+// that keep refuses (given the key and its last revision, so a caller can
+// tell whether the value is still the one it put), and purges each delete marker stored more than
 // markerAge ago, so that deleted keys do not fill the bucket's MaxBytes.
 // An old marker tells a reader nothing that its absence does not: one
 // that starts now finds no value either way, and a running one keeps the
 // delete's at in its own fence. A purge removes the marker and what came
 // before it, never a value stored after it (a key written again
 // meanwhile). It returns how many keys it deleted and markers it purged.
-func (k *KV) Sweep(ctx context.Context, keep func(key string) bool, markerAge time.Duration) (deleted, purged int, err error) {
+func (k *KV) Sweep(ctx context.Context, keep func(key string, rev uint64) bool, markerAge time.Duration) (deleted, purged int, err error) {
 	s := kvStream(k.bucket)
 	gctx, stop := k.conn.refusals.guard(ctx, jsAPI+"CONSUMER.CREATE."+s, jsAPI+"STREAM.PURGE."+s)
 	defer stop()
@@ -503,7 +504,7 @@ func (k *KV) Sweep(ctx context.Context, keep func(key string) bool, markerAge ti
 			if e.Created().Before(limit) {
 				old = append(old, marker{e.Key(), e.Revision()})
 			}
-		case !keep(e.Key()):
+		case !keep(e.Key(), e.Revision()):
 			drop = append(drop, e.Key())
 		}
 	}

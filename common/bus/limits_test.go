@@ -83,7 +83,7 @@ func TestSweep(t *testing.T) {
 	}
 	require.NoError(t, kv.Delete(ctx, "web.old"))
 	require.NoError(t, kv.Delete(ctx, "web.back"))
-	deleted, purged, err := kv.Sweep(ctx, func(k string) bool { return k != "web.stray" }, time.Hour)
+	deleted, purged, err := kv.Sweep(ctx, func(k string, _ uint64) bool { return k != "web.stray" }, time.Hour)
 	require.NoError(t, err)
 	require.Equal(t, 1, deleted)
 	require.Zero(t, purged, "no marker is an hour old")
@@ -92,7 +92,7 @@ func TestSweep(t *testing.T) {
 	require.NoError(t, err)
 	before, err := kv.Status(ctx)
 	require.NoError(t, err)
-	deleted, purged, err = kv.Sweep(ctx, func(string) bool { return true }, 0)
+	deleted, purged, err = kv.Sweep(ctx, func(string, uint64) bool { return true }, 0)
 	require.NoError(t, err)
 	require.Zero(t, deleted)
 	require.Equal(t, 2, purged, "the markers of web.old and web.stray")

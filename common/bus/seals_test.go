@@ -2,10 +2,13 @@ package bus
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"encoding/base64"
 	"fmt"
 	"math"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/berthhq/berth/common/msg"
@@ -505,4 +509,106 @@ func TestGetRaisesTheFloor(t *testing.T) {
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { v, _ := view.get("edge-1"); return v == `{"n":2}` }, 5*time.Second, 5*time.Millisecond)
 	require.Zero(t, a.sched.Forged())
+}
+
+// BenchmarkResealPass measures what an owner's periodic rewrite costs:
+// one pass puts 10,000 instance records one after another, as the
+// scheduler's resync does, into a file-backed bucket of an in-process
+// server with Berth's roles, while an lbagent watches (and verifies) them.
+// The floor is the same pass without seals, on a server without roles.
+// "listing" is what a periodic resync pays now that it puts only what
+// changed (and a tenth of the keys in turn): one listing of the bucket.
+// Run with -benchtime 3x; puts/s and the share of a 30 s resync that a
+// pass takes are reported.
+func BenchmarkResealPass(b *testing.B) {
+	const keys, resync = 10000, 30 * time.Second
+	n, err := msg.NewNames("acme")
+	require.NoError(b, err)
+	now := time.Now().UTC()
+	records := make([][]byte, keys)
+	for i := range records {
+		records[i], err = msg.Encode(&msg.Instance{App: "web", ID: fmt.Sprintf("i%07d", i), Generation: 3, Term: 7, Address: "10.0.0.1:32768",
+			State: msg.StateRunning, Weight: 1, ContainerID: strings.Repeat("f", 64), StartedAt: &now, UpdatedAt: now})
+		require.NoError(b, err)
+	}
+	pass := func(b *testing.B, kv *KV) {
+		for i, r := range records {
+			if _, err := kv.Put(context.Background(), fmt.Sprintf("web.i%07d", i), r); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	report := func(b *testing.B) {
+		perPass := b.Elapsed().Seconds() / float64(b.N)
+		b.ReportMetric(float64(keys)/perPass, "puts/s")
+		b.ReportMetric(100*perPass/resync.Seconds(), "%_of_resync")
+	}
+	b.Run("plain put (floor)", func(b *testing.B) {
+		s, err := Embedded(EmbeddedOptions{Port: -1, StoreDir: b.TempDir()}, zap.NewNop())
+		require.NoError(b, err)
+		b.Cleanup(s.Shutdown)
+		c, err := Connect(context.Background(), Options{URL: s.URL()}, zap.NewNop())
+		require.NoError(b, err)
+		b.Cleanup(c.Close)
+		require.NoError(b, c.EnsureBuckets(context.Background(), ContractBuckets(n)))
+		kv, err := c.KV(context.Background(), n.InstancesBucket())
+		require.NoError(b, err)
+		for b.Loop() {
+			pass(b, kv)
+		}
+		report(b)
+	})
+	// sealed is a server with Berth's roles, the scheduler's instances
+	// bucket, and an lbagent watching (and verifying) it.
+	sealed := func(b *testing.B) (*KV, *Conn) {
+		seeds, err := EnsureCredentials(filepath.Join(b.TempDir(), "creds"))
+		require.NoError(b, err)
+		users, err := AuthUsers(n, seeds)
+		require.NoError(b, err)
+		s, err := Embedded(EmbeddedOptions{Port: -1, StoreDir: b.TempDir(), Users: users}, zap.NewNop())
+		require.NoError(b, err)
+		b.Cleanup(s.Shutdown)
+		conn := func(role string) *Conn {
+			k, err := LoadKeys(seeds[role])
+			require.NoError(b, err)
+			c, err := Connect(context.Background(), Options{URL: s.URL(), NKeyFile: seeds[role], Keys: k, Names: n}, zap.NewNop())
+			require.NoError(b, err)
+			b.Cleanup(c.Close)
+			return c
+		}
+		sched, lb := conn(RoleScheduler), conn(RoleLBAgent)
+		require.NoError(b, sched.EnsureBuckets(context.Background(), MustOwnedBuckets(n, RoleScheduler)))
+		kv, err := sched.KV(context.Background(), n.InstancesBucket())
+		require.NoError(b, err)
+		w := NewWatcher(lb, n.InstancesBucket(), decodeString, HandlerFuncs[string]{
+			OnSnapshot: func([]Event[string], uint64) {}, OnUpdate: func(Event[string]) {}}, zap.NewNop())
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- w.Run(ctx) }()
+		b.Cleanup(func() { cancel(); <-done })
+		return kv, lb
+	}
+	b.Run("sealed put, one watcher verifying", func(b *testing.B) {
+		kv, lb := sealed(b)
+		for b.Loop() {
+			pass(b, kv)
+		}
+		report(b)
+		if lb.Forged() != 0 {
+			b.Fatalf("the watcher refused %d values", lb.Forged())
+		}
+	})
+	// What a resync costs when it puts nothing: the listing of the bucket
+	// that finds stray keys and each key's revision.
+	b.Run("listing", func(b *testing.B) {
+		kv, _ := sealed(b)
+		pass(b, kv)
+		for b.Loop() {
+			listed := 0
+			if _, _, err := kv.Sweep(context.Background(), func(string, uint64) bool { listed++; return true }, DeleteMarkerAge); err != nil || listed != keys {
+				b.Fatal(err, listed)
+			}
+		}
+		b.ReportMetric(100*b.Elapsed().Seconds()/float64(b.N)/resync.Seconds(), "%_of_resync")
+	})
 }

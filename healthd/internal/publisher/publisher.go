@@ -189,7 +189,7 @@ func (p *Publisher) Sweep(ctx context.Context, keys []string, probed, owned func
 		return 0
 	}
 	if list {
-		_, purged, err := kv.Sweep(ctx, func(key string) bool {
+		_, purged, err := kv.Sweep(ctx, func(key string, _ uint64) bool {
 			if !viewed[key] {
 				consider(key, true)
 			}

@@ -77,7 +77,7 @@ func (s *BusShelf) Sweep(ctx context.Context, keep []string) error {
 	if err != nil {
 		return err
 	}
-	_, _, err = kv.Sweep(ctx, func(key string) bool { return slices.Contains(keep, key) }, bus.DeleteMarkerAge)
+	_, _, err = kv.Sweep(ctx, func(key string, _ uint64) bool { return slices.Contains(keep, key) }, bus.DeleteMarkerAge)
 	return err
 }
 

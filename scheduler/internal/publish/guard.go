@@ -107,6 +107,7 @@ func (p *Publisher) repair(ctx context.Context, l store.Lease, bucket, key strin
 		}
 		a, err := p.store.Get(ctx, key)
 		if errors.Is(err, store.ErrNotFound) {
+			delete(p.sentApps, key)
 			return kv.Delete(ctx, key)
 		}
 		if err != nil {
@@ -143,6 +144,6 @@ func (p *Publisher) repair(ctx context.Context, l store.Lease, bucket, key strin
 
 // unpublishKey deletes an instances key that no record owns (under mu).
 func (p *Publisher) unpublishKey(ctx context.Context, kv *bus.KV, key string) error {
-	delete(p.revs, key)
+	delete(p.sent, key)
 	return kv.Delete(ctx, key)
 }

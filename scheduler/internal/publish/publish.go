@@ -15,8 +15,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -121,22 +123,27 @@ type Publisher struct {
 	// record deleted from Postgres and then unpublished cannot be put back
 	// by a republish that listed it just before.
 	mu sync.Mutex
-	// revs is the revision of each instance key's last put, for drains.
-	revs map[string]uint64
+	// sent is what the last put of each instance key carried and the
+	// revision it got (drains wait for it: Revision).
+	sent map[string]sent[instanceSent]
 	// failed holds instances whose container Docker reported dead before
 	// the controller has replaced them: a republish keeps them failed
 	// rather than put back the running state Postgres still records.
 	failed map[string]store.Instance
-	// appMu orders the writes of one app's record: One and the guard's
-	// repair each read Postgres and put under it, so neither puts back an
-	// older view after the other's newer one.
-	appMu sync.Mutex
+	// appMu orders the writes of one app's record: One, the guard's repair
+	// and the passes each read Postgres and put under it, so none puts back
+	// an older view after another's newer one. sentApps (under it) is what
+	// the last put of each app carried.
+	appMu    sync.Mutex
+	sentApps map[string]sent[appSent]
+	// passes counts All and Resync, for the spread re-seal.
+	passes atomic.Uint64
 }
 
 // New returns a publisher.
 func New(st Store, conn Bus, names msg.Names, logger *zap.Logger) *Publisher {
 	return &Publisher{store: st, conn: conn, names: names, logger: logger.Named("publish"),
-		revs: map[string]uint64{}, failed: map[string]store.Instance{}}
+		sent: map[string]sent[instanceSent]{}, sentApps: map[string]sent[appSent]{}, failed: map[string]store.Instance{}}
 }
 
 // bucket opens a contract bucket, creating the contract's buckets when it
@@ -153,102 +160,208 @@ func (p *Publisher) bucket(ctx context.Context, name string) (*bus.KV, error) {
 }
 
 // All puts every app and every instance, and deletes the keys of apps and
-// instances that no longer exist.
+// instances that no longer exist. It runs on gaining leadership and after
+// a NATS reconnect, when the bucket may have lost anything.
 func (p *Publisher) All(ctx context.Context, term uint64) error {
-	apps, err := p.apps(ctx, term)
+	return p.pass(ctx, term, true)
+}
+
+// Resync is the periodic pass. Like All it deletes the keys of apps and
+// instances that no longer exist, but it puts only the keys whose value
+// changed since this publisher last put it, that the bucket no longer
+// holds as it was put (deleted, purged, or last written by anyone else:
+// the listing that finds the stray keys gives each key's revision), and
+// those whose turn it is: each key is put again at least every
+// resealEvery resyncs, at a pass of its own (a hash of the key), so that
+// load is spread.
+//
+// Readers take a stored value however long ago it was sealed (a copy is
+// told by when the server stored it, not by its age: docs/nats.md, Sealed
+// records), so putting every key every resync bought nothing but load:
+// at 10,000 instances, 10,000 puts every 30 s and as many signature
+// checks on every lbagent and healthd, ten times that at 100,000
+// (BenchmarkResealPass in common/bus). The spread re-seal brings back,
+// within resealEvery resyncs, a value that a reader refused wrongly (a
+// clock out of bounds, a floor after a flood of junk keys).
+func (p *Publisher) Resync(ctx context.Context, term uint64) error {
+	return p.pass(ctx, term, false)
+}
+
+// resealEvery is how many resyncs may pass before a key is put again
+// although unchanged.
+const resealEvery = 10
+
+func (p *Publisher) pass(ctx context.Context, term uint64, full bool) error {
+	turn := p.passes.Add(1) % resealEvery
+	apps, putApps, err := p.apps(ctx, term, full, turn)
 	if err != nil {
 		return err
 	}
-	n, err := p.instances(ctx, term)
+	n, putInstances, err := p.instances(ctx, term, full, turn)
 	if err != nil {
 		return err
 	}
-	p.logger.Info("published every app and instance", zap.Int("apps", apps), zap.Int("instances", n), zap.Uint64(logging.KeyTerm, term))
+	if full {
+		p.logger.Info("published every app and instance", zap.Int("apps", apps), zap.Int("instances", n), zap.Uint64(logging.KeyTerm, term))
+	} else if ce := p.logger.Check(zap.DebugLevel, "resynced apps and instances"); ce != nil {
+		ce.Write(zap.Int("apps", apps), zap.Int("instances", n), zap.Int("apps_put", putApps), zap.Int("instances_put", putInstances), zap.Uint64(logging.KeyTerm, term))
+	}
 	return nil
 }
 
-func (p *Publisher) apps(ctx context.Context, term uint64) (int, error) {
+// sent is what the last put of a key carried, and the revision it got.
+type sent[V comparable] struct {
+	view V
+	rev  uint64
+}
+
+// appSent is what decides an app's record: its spec's generation and
+// update time, and the leader's term.
+type appSent struct {
+	generation int64
+	updated    time.Time
+	term       uint64
+}
+
+// instanceSent is an instance record but for its UpdatedAt, which a put
+// sets to the time of the put.
+type instanceSent struct {
+	generation                     int64
+	term                           uint64
+	address, state, container, app string
+	started                        time.Time
+}
+
+func instanceSentOf(m *msg.Instance) instanceSent {
+	s := instanceSent{generation: m.Generation, term: m.Term, address: m.Address, state: m.State, container: m.ContainerID, app: m.App}
+	if m.StartedAt != nil {
+		s.started = *m.StartedAt
+	}
+	return s
+}
+
+// due reports whether a periodic pass puts key although its value is
+// unchanged and still in the bucket: at one pass in resealEvery, its own.
+func due(key string, turn uint64) bool {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(key))
+	return h.Sum64()%resealEvery == turn
+}
+
+// listing deletes the keys of kv not in live (and purges old delete
+// markers) and returns the revision of each key that has a value.
+func listing(ctx context.Context, kv *bus.KV, live map[string]bool) (map[string]uint64, error) {
+	revs := map[string]uint64{}
+	_, _, err := kv.Sweep(ctx, func(key string, rev uint64) bool {
+		revs[key] = rev
+		return live[key]
+	}, bus.DeleteMarkerAge)
+	return revs, err
+}
+
+func (p *Publisher) apps(ctx context.Context, term uint64, full bool, turn uint64) (n, put int, err error) {
+	p.appMu.Lock()
+	defer p.appMu.Unlock()
 	kv, err := p.bucket(ctx, p.names.AppsBucket())
 	if err != nil {
-		return 0, fmt.Errorf("publish apps: %w", err)
+		return 0, 0, fmt.Errorf("publish apps: %w", err)
 	}
 	apps, err := p.store.List(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("publish apps: %w", err)
+		return 0, 0, fmt.Errorf("publish apps: %w", err)
 	}
 	live := map[string]bool{}
 	for _, a := range apps {
 		live[a.Name] = true
+	}
+	stored, err := listing(ctx, kv, live)
+	if err != nil {
+		return 0, 0, fmt.Errorf("publish apps: %w", err)
+	}
+	for name := range p.sentApps {
+		if !live[name] {
+			delete(p.sentApps, name)
+		}
+	}
+	for _, a := range apps {
+		last, ok := p.sentApps[a.Name]
+		if !full && ok && last.view == appSentOf(a, term) && stored[a.Name] == last.rev && !due(a.Name, turn) {
+			continue
+		}
 		var invalid spec.Errors
 		if err := p.putApp(ctx, kv, a, term); errors.As(err, &invalid) {
 			// A record the grammar refuses today (a spec stored before it
 			// tightened) must not hold back every app after it.
 			p.logger.Warn("app not published: its stored spec is refused today; apply it again", zap.String(logging.KeyApp, a.Name), zap.Error(err))
+			continue
 		} else if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
+		put++
 	}
-	if err := sweep(ctx, kv, live); err != nil {
-		return 0, fmt.Errorf("publish apps: %w", err)
-	}
-	return len(apps), nil
+	return len(apps), put, nil
 }
 
-func (p *Publisher) instances(ctx context.Context, term uint64) (int, error) {
+func appSentOf(a store.App, term uint64) appSent {
+	return appSent{generation: a.Generation, updated: a.UpdatedAt, term: term}
+}
+
+func (p *Publisher) instances(ctx context.Context, term uint64, full bool, turn uint64) (n, put int, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	kv, err := p.bucket(ctx, p.names.InstancesBucket())
 	if err != nil {
-		return 0, fmt.Errorf("publish instances: %w", err)
+		return 0, 0, fmt.Errorf("publish instances: %w", err)
 	}
 	records, err := p.store.Instances(ctx, "")
 	if err != nil {
-		return 0, fmt.Errorf("publish instances: %w", err)
+		return 0, 0, fmt.Errorf("publish instances: %w", err)
 	}
 	live := map[string]bool{}
-	now := time.Now()
 	for _, r := range records {
-		key := msg.InstanceKey(r.App, r.ID)
-		live[key] = true
-		if !routable(r) {
-			continue
-		}
-		if f, ok := p.failed[key]; ok {
-			r = f
-		}
-		b, err := msg.Encode(InstanceView(r, term, now))
-		if err != nil {
-			// One record the contract refuses must not keep every other
-			// instance out of a NATS that came back empty.
-			p.logger.Warn("instance not publishable, skipped", zap.String(logging.KeyApp, r.App), zap.String(logging.KeyInstance, r.ID), zap.Error(err))
-			continue
-		}
-		if err := p.putKey(ctx, kv, key, b); err != nil {
-			return 0, fmt.Errorf("publish instances: %w", err)
-		}
+		live[msg.InstanceKey(r.App, r.ID)] = true
+	}
+	stored, err := listing(ctx, kv, live)
+	if err != nil {
+		return 0, 0, fmt.Errorf("publish instances: %w", err)
 	}
 	for key := range p.failed {
 		if !live[key] {
 			delete(p.failed, key)
 		}
 	}
-	for key := range p.revs {
+	for key := range p.sent {
 		if !live[key] {
-			delete(p.revs, key)
+			delete(p.sent, key)
 		}
 	}
-	if err := sweep(ctx, kv, live); err != nil {
-		return 0, fmt.Errorf("publish instances: %w", err)
+	now := time.Now()
+	for _, r := range records {
+		key := msg.InstanceKey(r.App, r.ID)
+		if !routable(r) {
+			continue
+		}
+		if f, ok := p.failed[key]; ok {
+			r = f
+		}
+		view := InstanceView(r, term, now)
+		last, ok := p.sent[key]
+		if !full && ok && last.view == instanceSentOf(view) && stored[key] == last.rev && !due(key, turn) {
+			continue
+		}
+		b, err := msg.Encode(view)
+		if err != nil {
+			// One record the contract refuses must not keep every other
+			// instance out of a NATS that came back empty.
+			p.logger.Warn("instance not publishable, skipped", zap.String(logging.KeyApp, r.App), zap.String(logging.KeyInstance, r.ID), zap.Error(err))
+			continue
+		}
+		if err := p.putKey(ctx, kv, key, view, b); err != nil {
+			return 0, 0, fmt.Errorf("publish instances: %w", err)
+		}
+		put++
 	}
-	return len(records), nil
-}
-
-// sweep deletes every key of kv not in live, and purges the delete
-// markers older than bus.DeleteMarkerAge, which would otherwise fill the
-// bucket's MaxBytes.
-func sweep(ctx context.Context, kv *bus.KV, live map[string]bool) error {
-	_, _, err := kv.Sweep(ctx, func(key string) bool { return live[key] }, bus.DeleteMarkerAge)
-	return err
+	return len(records), put, nil
 }
 
 // routable reports whether an instance's record belongs in the instances
@@ -335,24 +448,27 @@ func (p *Publisher) Instance(ctx context.Context, l store.Lease, r store.Instanc
 }
 
 func (p *Publisher) putInstance(ctx context.Context, kv *bus.KV, r store.Instance, term uint64, now time.Time) (uint64, error) {
-	b, err := msg.Encode(InstanceView(r, term, now))
+	view := InstanceView(r, term, now)
+	b, err := msg.Encode(view)
 	if err != nil {
 		return 0, err
 	}
 	key := msg.InstanceKey(r.App, r.ID)
-	if err := p.putKey(ctx, kv, key, b); err != nil {
+	if err := p.putKey(ctx, kv, key, view, b); err != nil {
 		return 0, err
 	}
-	return p.revs[key], nil
+	return p.sent[key].rev, nil
 }
 
-// putKey puts an encoded instance and notes the revision (under mu).
-func (p *Publisher) putKey(ctx context.Context, kv *bus.KV, key string, b []byte) error {
+// putKey puts an instance, encoded as b, and notes what it carried and
+// its revision (under mu).
+func (p *Publisher) putKey(ctx context.Context, kv *bus.KV, key string, view *msg.Instance, b []byte) error {
 	rev, err := kv.Put(ctx, key, b)
 	if err != nil {
+		delete(p.sent, key) // the bucket may hold it or not: put it next time
 		return err
 	}
-	p.revs[key] = rev
+	p.sent[key] = sent[instanceSent]{view: instanceSentOf(view), rev: rev}
 	return nil
 }
 
@@ -362,7 +478,7 @@ func (p *Publisher) putKey(ctx context.Context, kv *bus.KV, key string, b []byte
 func (p *Publisher) Revision(app, id string) uint64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.revs[msg.InstanceKey(app, id)]
+	return p.sent[msg.InstanceKey(app, id)].rev
 }
 
 // Unpublish deletes an instance's record. Delete it from Postgres first,
@@ -372,7 +488,7 @@ func (p *Publisher) Unpublish(ctx context.Context, app, id string) error {
 	defer p.mu.Unlock()
 	key := msg.InstanceKey(app, id)
 	delete(p.failed, key)
-	delete(p.revs, key)
+	delete(p.sent, key)
 	kv, err := p.bucket(ctx, p.names.InstancesBucket())
 	if err == nil {
 		err = kv.Delete(ctx, key)
@@ -400,6 +516,7 @@ func (p *Publisher) One(ctx context.Context, name string, l store.Lease) error {
 		if _, err := kv.Get(ctx, name); errors.Is(err, bus.ErrKeyNotFound) {
 			return nil
 		}
+		delete(p.sentApps, name)
 		if err := kv.Delete(ctx, name); err != nil {
 			return fmt.Errorf("publish %s: %w", name, err)
 		}
@@ -518,6 +635,7 @@ func (p *Publisher) publishEvent(ctx context.Context, e store.Event) {
 	p.logger.Info("event", zap.String(logging.KeyApp, e.App), zap.String(logging.KeyInstance, e.Instance), zap.String("kind", e.Kind))
 }
 
+// putApp puts an app's record and notes what it carried (under appMu).
 func (p *Publisher) putApp(ctx context.Context, kv *bus.KV, a store.App, term uint64) error {
 	if _, dropped := servableRouting(a.Spec.Routing); len(dropped) > 0 {
 		p.logger.Warn("rules not published: nginx could stall on their regexes; apply the spec again with them rewritten",
@@ -527,9 +645,12 @@ func (p *Publisher) putApp(ctx context.Context, kv *bus.KV, a store.App, term ui
 	if err != nil {
 		return fmt.Errorf("publish %s: %w", a.Name, err)
 	}
-	if _, err := kv.Put(ctx, a.Name, b); err != nil {
+	rev, err := kv.Put(ctx, a.Name, b)
+	if err != nil {
+		delete(p.sentApps, a.Name)
 		return fmt.Errorf("publish %s: %w", a.Name, err)
 	}
+	p.sentApps[a.Name] = sent[appSent]{view: appSentOf(a, term), rev: rev}
 	return nil
 }
 
@@ -557,7 +678,11 @@ func (p *Publisher) Loop(ctx context.Context, leader func() (store.Lease, bool),
 		case <-reconnected:
 			all()
 		case <-tick.C:
-			all()
+			if l, ok := leader(); ok {
+				if err := p.Resync(ctx, l.Term); err != nil && ctx.Err() == nil {
+					p.logger.Warn("resync failed, retrying at the next change or resync", zap.Error(err))
+				}
+			}
 		case name := <-changes:
 			if l, ok := leader(); ok {
 				if err := p.One(ctx, name, l); err != nil && ctx.Err() == nil {

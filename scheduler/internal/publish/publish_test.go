@@ -301,3 +301,61 @@ func TestOnePutsOrDeletesAnApp(t *testing.T) {
 	require.Equal(t, []string{"app_updated", "app_deleted"}, kinds)
 	require.Equal(t, []string{"alice", "bob"}, []string{events()[0].Actor, events()[1].Actor})
 }
+
+// TestResyncPutsOnlyWhatChanged: the periodic pass puts an instance whose
+// record changed, one whose key the bucket lost, and one someone else
+// wrote over, plus the keys whose re-seal turn it is; nothing else. Over
+// resealEvery passes every key is put again at least once.
+func TestResyncPutsOnlyWhatChanged(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	r := newRig(t)
+	r.apply(t, "web")
+	var ids []string
+	for i := range 30 {
+		id := fmt.Sprintf("i%02d", i)
+		ids = append(ids, id)
+		require.NoError(t, r.pub.Tx(ctx, r.lease, func(ctx context.Context, tx *store.Tx) error { return tx.PutInstance(ctx, running("web", id)) }))
+	}
+	require.NoError(t, r.pub.All(ctx, r.lease.Term))
+	kv, err := r.conn.KV(ctx, r.names.InstancesBucket())
+	require.NoError(t, err)
+	revs := func() map[string]uint64 {
+		out := map[string]uint64{}
+		for _, id := range ids {
+			e, err := kv.Get(ctx, msg.InstanceKey("web", id))
+			if err == nil {
+				out[id] = e.Revision
+			}
+		}
+		return out
+	}
+	before := revs()
+	require.Len(t, before, 30)
+
+	changed := running("web", "i00")
+	changed.State = msg.StateDraining
+	require.NoError(t, r.pub.Tx(ctx, r.lease, func(ctx context.Context, tx *store.Tx) error { return tx.PutInstance(ctx, changed) }))
+	require.NoError(t, kv.Delete(ctx, msg.InstanceKey("web", "i01")))
+	_, err = kv.Put(ctx, msg.InstanceKey("web", "i02"), []byte(`{"someone":"else"}`))
+	require.NoError(t, err)
+
+	turn := (r.pub.passes.Load() + 1) % resealEvery
+	require.NoError(t, r.pub.Resync(ctx, r.lease.Term))
+	after := revs()
+	for _, id := range ids {
+		key := msg.InstanceKey("web", id)
+		want := id == "i00" || id == "i01" || id == "i02" || due(key, turn)
+		require.Equal(t, want, after[id] != before[id], "%s put again", id)
+	}
+	require.Equal(t, msg.StateDraining, r.instance(t, "web", "i00").State)
+	require.Equal(t, "127.0.0.1:30000", r.instance(t, "web", "i02").Address)
+
+	for range resealEvery {
+		require.NoError(t, r.pub.Resync(ctx, r.lease.Term))
+	}
+	last := revs()
+	for _, id := range ids {
+		require.Greater(t, last[id], after[id], "%s sealed again within %d resyncs", id, resealEvery)
+	}
+}
