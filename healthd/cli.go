@@ -18,7 +18,7 @@ type cli struct {
 	Prefix     string        `help:"Prefix of every NATS bucket and subject." default:"berth" env:"BERTH_HEALTHD_PREFIX"`
 	ID         string        `help:"This checker's id (default: host name and pid)." default:"" env:"BERTH_HEALTHD_ID"`
 	MaxConc    int           `name:"max-concurrency" help:"Probes in flight at once." default:"512" env:"BERTH_HEALTHD_MAX_CONCURRENCY"`
-	Refresh    time.Duration `help:"Put every health value again this often." default:"30s" env:"BERTH_HEALTHD_REFRESH"`
+	Refresh    time.Duration `help:"Put health values again this often: those whose status changed, and each at least every tenth time (all of them after a NATS reconnect); health no checker probes is deleted at the same pace." default:"30s" env:"BERTH_HEALTHD_REFRESH"`
 	MaxTimeout time.Duration `name:"max-probe-timeout" help:"Cap on every probe's timeout, whatever an app's health.timeout says: the longest one probe holds one of the --max-concurrency slots." default:"10s" env:"BERTH_HEALTHD_MAX_PROBE_TIMEOUT"`
 	Metrics    string        `name:"metrics-listen" help:"Address for /metrics, /healthz and /readyz; empty turns it off." default:"127.0.0.1:9103" env:"BERTH_HEALTHD_METRICS_LISTEN"`
 

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"math"
 	"os"
 	"slices"
@@ -99,6 +100,18 @@ var (
 	// than 5 minutes after its clock, or at least 2^63.
 	ErrSealAhead = errors.New("bus: sealed in the future")
 )
+
+// ResealDue reports whether an owner's periodic pass number pass puts key
+// again although its value is unchanged and still stored: at one pass in
+// every, its own (a hash of the key), so that these puts are spread over
+// the passes. Readers take a stored value however old it is; the owner
+// writes each key again now and then only to bring back a value a reader
+// refused wrongly (a clock out of bounds, a floor after a flood).
+func ResealDue(key string, pass, every uint64) bool {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(key))
+	return every <= 1 || h.Sum64()%every == pass%every
+}
 
 // forgery reports whether err is a value or message refused for its seal:
 // missing, not the owner's, out of bounds or replayed.

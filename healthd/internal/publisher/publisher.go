@@ -1,8 +1,10 @@
 // Package publisher puts what the checker learns onto NATS: each target's
 // health into the health bucket, each transition on the health subject,
-// and this checker's heartbeat into the checkers bucket. It refreshes every
-// value periodically and after a reconnect, so a reader that starts late,
-// or a NATS server that lost its data, sees current health.
+// and this checker's heartbeat into the checkers bucket. It puts every
+// value again after a reconnect, so that a NATS server that lost its data
+// has current health, and at each refresh the values that changed and, in
+// turn, a tenth of the others; it deletes the health that no checker
+// probes any more (Sweep).
 package publisher
 
 import (
@@ -30,7 +32,8 @@ type Publisher struct {
 	started time.Time
 	targets func() int
 
-	// Refresh is how often every health value is put again.
+	// Refresh is how often values are put again (see republish) and the
+	// bucket swept (Sweep).
 	Refresh time.Duration
 	// LeaveOnStop deletes this checker's heartbeat when Run stops, so its
 	// peers take its targets at once instead of after missed heartbeats.
@@ -44,6 +47,10 @@ type Publisher struct {
 	// suspects are the keys the last Sweep found unprobed: a key is
 	// deleted only when the next one finds it unprobed again.
 	suspects map[string]bool
+	// sent is what the last put of each key said (see republish).
+	sent map[string]healthSent
+	// passes counts refreshes, for the spread re-seal (Run's goroutine).
+	passes uint64
 	// writeMu orders the writes of health values: each puts the key's
 	// latest report, read under it (putLatest), or deletes it, so a
 	// refresh or a repair never puts an older report after a newer one.
@@ -66,7 +73,7 @@ var _ checker.Handler = (*Publisher)(nil)
 func New(conn *bus.Conn, names msg.Names, id string, targets func() int, logger *zap.Logger) *Publisher {
 	return &Publisher{conn: conn, names: names, id: id, targets: targets, logger: logger.Named("publisher"),
 		started: time.Now().UTC(), Refresh: 30 * time.Second, LeaveOnStop: true, latest: map[string]checker.Report{}, repairing: map[string]bool{},
-		suspects: map[string]bool{}}
+		suspects: map[string]bool{}, sent: map[string]healthSent{}}
 }
 
 // Probed records a probe and, on a transition or a target's first report,
@@ -136,6 +143,7 @@ func (p *Publisher) Removed(key string) {
 	defer p.writeMu.Unlock()
 	p.mu.Lock()
 	delete(p.latest, key)
+	delete(p.sent, key)
 	kv := p.health
 	p.mu.Unlock()
 	if kv == nil || p.HandedOver != nil && p.HandedOver(key) {
@@ -253,7 +261,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		case <-beat.C:
 			p.heartbeat(ctx)
 		case <-refresh.C:
-			p.republish(ctx)
+			p.republish(ctx, false)
 		case <-reconnected:
 			// A server that came back empty (a reset) has no buckets: create
 			// them again before writing, and drop the cached handles.
@@ -265,7 +273,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 			p.mu.Unlock()
 			p.logger.Info("republishing after reconnect")
 			p.heartbeat(ctx)
-			p.republish(ctx)
+			p.republish(ctx, true)
 		}
 	}
 }
@@ -289,11 +297,41 @@ func (p *Publisher) leave(ctx context.Context) {
 	p.logger.Info("left the checkers: peers take over the targets")
 }
 
-func (p *Publisher) republish(ctx context.Context) {
+// healthSent is what decides a health value; the counts, latency and
+// message of each probe aside.
+type healthSent struct {
+	status, failure string
+	generation      int64
+	term            uint64
+}
+
+func healthSentOf(r checker.Report) healthSent {
+	return healthSent{status: r.State.Status, failure: r.State.Last.Failure, generation: r.Target.Generation, term: r.Target.Term}
+}
+
+// resealEvery is how many refreshes may pass before a value is put again
+// although its status is unchanged.
+const resealEvery = 10
+
+// republish puts again the health of every target, when full (after a
+// reconnect: the server may have lost anything); otherwise, at a refresh,
+// only the values whose status (failure kind, generation, term) changed
+// since their last put, and those whose turn it is: each value at least
+// every resealEvery refreshes, at a refresh of its own. Readers take a
+// stored value however long ago it was sealed, and a value that is not
+// healthd's (forged, replayed, a forged delete) is put again at once by
+// Repair, so putting every value every refresh cost a put and a signature
+// check on every reader per target per refresh for nothing; the spread
+// re-seal brings back a value a reader refused wrongly.
+func (p *Publisher) republish(ctx context.Context, full bool) {
+	pass := p.passes
+	p.passes++
 	p.mu.Lock()
 	keys := make([]string, 0, len(p.latest))
-	for k := range p.latest {
-		keys = append(keys, k)
+	for k, r := range p.latest {
+		if full || p.sent[k] != healthSentOf(r) || bus.ResealDue(k, pass, resealEvery) {
+			keys = append(keys, k)
+		}
 	}
 	p.mu.Unlock()
 	for _, k := range keys {
@@ -337,6 +375,13 @@ func (p *Publisher) put(ctx context.Context, r checker.Report) {
 	if err == nil {
 		_, err = kv.Put(ctx, r.Target.Key, b)
 	}
+	p.mu.Lock()
+	if err == nil {
+		p.sent[r.Target.Key] = healthSentOf(r)
+	} else {
+		delete(p.sent, r.Target.Key)
+	}
+	p.mu.Unlock()
 	if err != nil {
 		p.fail("put health", r.Target.Key, err)
 	}

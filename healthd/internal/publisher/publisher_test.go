@@ -349,7 +349,7 @@ func TestRunRefreshesEveryValue(t *testing.T) {
 		_, a := r.health("web.a")
 		_, b := r.health("web.b")
 		return a > revA && b > revB
-	}, wait, tick, "every value is put again each Refresh")
+	}, wait, tick, "every value is put again within resealEvery refreshes")
 	h, _ := r.health("web.b")
 	require.Equal(t, msg.StatusUnhealthy, h.Status, "a refresh writes the latest state, not a new one")
 	require.Len(t, r.transitions(), 2, "refreshes publish no transitions")
@@ -474,4 +474,52 @@ func TestSweepDeletesUnprobedHealth(t *testing.T) {
 	require.Equal(t, 1, p.Sweep(ctx, view, isProbed, owned, true), "the listing finds web.junk")
 	require.ElementsMatch(t, []string{"web.probed", "web.peers", "web.back", "web.mine"}, present(),
 		"the listing deletes what no view has, not what a view has (web.peers is its owner's)")
+}
+
+// TestRefreshPutsOnlyWhatChanged: a refresh puts a value whose status
+// changed since its last put and those whose turn it is; after a
+// reconnect (full) every value; and each value at least once in
+// resealEvery refreshes.
+func TestRefreshPutsOnlyWhatChanged(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, testrig.NATS(t))
+	p := r.publisher("hc-1", 20)
+	ctx := context.Background()
+	var keys []string
+	for i := range 20 {
+		key := "web.i" + strconv.Itoa(i)
+		keys = append(keys, key)
+		p.Probed(report(key, msg.StatusUnknown, msg.StatusHealthy, true, probe.Result{OK: true}))
+	}
+	revs := func() map[string]uint64 {
+		out := map[string]uint64{}
+		for _, k := range keys {
+			_, out[k] = r.health(k)
+		}
+		return out
+	}
+	before := revs()
+	// A probe that changes nothing material (no transition) is not put by
+	// Probed; a refresh puts it when its status changed, here from a
+	// report that did not count as a transition yet.
+	p.Probed(report("web.i0", msg.StatusHealthy, msg.StatusUnhealthy, false, probe.Result{Failure: msg.FailureTimeout}))
+	pass := p.passes
+	p.republish(ctx, false)
+	after := revs()
+	for _, k := range keys {
+		want := k == "web.i0" || bus.ResealDue(k, pass, resealEvery)
+		require.Equal(t, want, after[k] != before[k], "%s put again", k)
+	}
+	p.republish(ctx, true)
+	full := revs()
+	for _, k := range keys {
+		require.Greater(t, full[k], after[k], "a full republish puts %s", k)
+	}
+	for range resealEvery {
+		p.republish(ctx, false)
+	}
+	last := revs()
+	for _, k := range keys {
+		require.Greater(t, last[k], full[k], "%s is sealed again within %d refreshes", k, resealEvery)
+	}
 }

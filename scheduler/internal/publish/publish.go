@@ -15,7 +15,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -192,7 +191,7 @@ func (p *Publisher) Resync(ctx context.Context, term uint64) error {
 const resealEvery = 10
 
 func (p *Publisher) pass(ctx context.Context, term uint64, full bool) error {
-	turn := p.passes.Add(1) % resealEvery
+	turn := p.passes.Add(1)
 	apps, putApps, err := p.apps(ctx, term, full, turn)
 	if err != nil {
 		return err
@@ -240,14 +239,6 @@ func instanceSentOf(m *msg.Instance) instanceSent {
 	return s
 }
 
-// due reports whether a periodic pass puts key although its value is
-// unchanged and still in the bucket: at one pass in resealEvery, its own.
-func due(key string, turn uint64) bool {
-	h := fnv.New64a()
-	_, _ = h.Write([]byte(key))
-	return h.Sum64()%resealEvery == turn
-}
-
 // listing deletes the keys of kv not in live (and purges old delete
 // markers) and returns the revision of each key that has a value.
 func listing(ctx context.Context, kv *bus.KV, live map[string]bool) (map[string]uint64, error) {
@@ -285,7 +276,7 @@ func (p *Publisher) apps(ctx context.Context, term uint64, full bool, turn uint6
 	}
 	for _, a := range apps {
 		last, ok := p.sentApps[a.Name]
-		if !full && ok && last.view == appSentOf(a, term) && stored[a.Name] == last.rev && !due(a.Name, turn) {
+		if !full && ok && last.view == appSentOf(a, term) && stored[a.Name] == last.rev && !bus.ResealDue(a.Name, turn, resealEvery) {
 			continue
 		}
 		var invalid spec.Errors
@@ -346,7 +337,7 @@ func (p *Publisher) instances(ctx context.Context, term uint64, full bool, turn 
 		}
 		view := InstanceView(r, term, now)
 		last, ok := p.sent[key]
-		if !full && ok && last.view == instanceSentOf(view) && stored[key] == last.rev && !due(key, turn) {
+		if !full && ok && last.view == instanceSentOf(view) && stored[key] == last.rev && !bus.ResealDue(key, turn, resealEvery) {
 			continue
 		}
 		b, err := msg.Encode(view)
