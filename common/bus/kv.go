@@ -72,8 +72,8 @@ type BucketConfig struct {
 // A bucket's MaxBytes is the larger of its config's and the one it has
 // (an operator who raised it with `nats stream edit` keeps it), and at
 // least twice what it stores, so that an update never makes the server
-// drop values to fit. MaxConsumers is set on its stream afterwards: the
-// KV API has no such setting.
+// drop values to fit. MaxConsumers is set on its stream afterwards, as is
+// AllowRollup, off: the KV API has neither setting.
 func (c *Conn) EnsureBuckets(ctx context.Context, buckets []BucketConfig) error {
 	for _, b := range buckets {
 		if err := c.ensureBucket(ctx, b); err != nil {
@@ -122,21 +122,25 @@ func (c *Conn) ensureBucket(ctx context.Context, b BucketConfig) error {
 		}
 		return err
 	}
-	if b.MaxConsumers == 0 {
-		return nil
-	}
 	if st, err = c.js.Stream(gctx, s); err != nil {
 		return denial(gctx, err)
 	}
-	want := b.MaxConsumers
-	if have != nil {
-		want = max(want, have.Config.MaxConsumers) // -1 (none) before the first cap
-	}
 	sc := st.CachedInfo().Config
-	if sc.MaxConsumers == want {
+	want := -1
+	if b.MaxConsumers > 0 {
+		want = b.MaxConsumers
+		if have != nil {
+			want = max(want, have.Config.MaxConsumers) // -1 (none) before the first cap
+		}
+	}
+	if sc.MaxConsumers == want && !sc.AllowRollup {
 		return nil
 	}
-	sc.MaxConsumers = want
+	// No rollups: Berth never purges a key, and a message carrying a
+	// Nats-Rollup header that any role can have the server copy into the
+	// bucket (docs/nats.md, Sealed records) would otherwise erase every
+	// value of the bucket at once ("all") or a key's ("sub").
+	sc.MaxConsumers, sc.AllowRollup = want, false
 	_, err = c.js.UpdateStream(gctx, sc)
 	return denial(gctx, err)
 }

@@ -335,6 +335,43 @@ func TestSealedRecordAttacks(t *testing.T) {
 			require.Eventually(t, func() bool { return a.lb.Forged() > before }, 5*time.Second, 5*time.Millisecond, "the running watcher refused the replay")
 			require.False(t, has(running, "web.a"), "the deleted instance does not come back")
 		}},
+		{"a rollup header copied into the instances bucket", func(t *testing.T, a *sealAttack) {
+			n := a.env.n
+			instances, err := a.sched.KV(ctxT(t), n.InstancesBucket())
+			require.NoError(t, err)
+			for _, k := range []string{"web.a", "web.b"} {
+				_, err := instances.Put(ctxT(t), k, []byte(`{"address":"10.0.0.1:80"}`))
+				require.NoError(t, err)
+			}
+			// healthd's credential may reconfigure its own bucket: it allows
+			// rollups there and stores a message that asks for one.
+			hd := a.raw(t, RoleHealthd)
+			js, err := jetstream.New(hd)
+			require.NoError(t, err)
+			st, err := js.Stream(ctxT(t), "KV_"+n.HealthBucket())
+			require.NoError(t, err)
+			sc := st.CachedInfo().Config
+			sc.AllowRollup = true
+			_, err = js.UpdateStream(ctxT(t), sc)
+			require.NoError(t, err)
+			roll := nats.NewMsg("$KV." + n.HealthBucket() + ".web.roll")
+			roll.Header.Set("Nats-Rollup", "all")
+			roll.Data = []byte(`{}`)
+			_, err = hd.RequestMsg(roll, 2*time.Second)
+			require.NoError(t, err)
+			_, err = hd.Request("$KV."+n.HealthBucket()+".web.plain", []byte(`{}`), 2*time.Second)
+			require.NoError(t, err)
+
+			require.NoError(t, a.reader.PublishRequest("$JS.API.DIRECT.GET.KV_"+n.HealthBucket(), "$KV."+n.InstancesBucket()+".web.x",
+				[]byte(`{"last_by_subj":"$KV.`+n.HealthBucket()+`.web.roll"}`)))
+			// A second copy after it, through the same stream: once it has
+			// landed, the first one has been dealt with.
+			a.copyKey(t, n.HealthBucket(), "web.plain", n.InstancesBucket(), "web.y")
+			require.Zero(t, a.stored(t, n.InstancesBucket(), "web.x"), "the bucket refuses a rollup")
+			keys, err := instances.Keys(ctxT(t))
+			require.NoError(t, err)
+			require.ElementsMatch(t, []string{"web.a", "web.b", "web.y"}, keys, "no value was erased")
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
