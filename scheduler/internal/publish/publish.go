@@ -13,8 +13,10 @@ package publish
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -124,7 +126,7 @@ type Publisher struct {
 	mu sync.Mutex
 	// sent is what the last put of each instance key carried and the
 	// revision it got (drains wait for it: Revision).
-	sent map[string]sent[instanceSent]
+	sent map[string]sent
 	// failed holds instances whose container Docker reported dead before
 	// the controller has replaced them: a republish keeps them failed
 	// rather than put back the running state Postgres still records.
@@ -134,7 +136,7 @@ type Publisher struct {
 	// an older view after another's newer one. sentApps (under it) is what
 	// the last put of each app carried.
 	appMu    sync.Mutex
-	sentApps map[string]sent[appSent]
+	sentApps map[string]sent
 	// passes counts All and Resync, for the spread re-seal.
 	passes atomic.Uint64
 }
@@ -142,7 +144,7 @@ type Publisher struct {
 // New returns a publisher.
 func New(st Store, conn Bus, names msg.Names, logger *zap.Logger) *Publisher {
 	return &Publisher{store: st, conn: conn, names: names, logger: logger.Named("publish"),
-		sent: map[string]sent[instanceSent]{}, sentApps: map[string]sent[appSent]{}, failed: map[string]store.Instance{}}
+		sent: map[string]sent{}, sentApps: map[string]sent{}, failed: map[string]store.Instance{}}
 }
 
 // bucket opens a contract bucket, creating the contract's buckets when it
@@ -208,35 +210,49 @@ func (p *Publisher) pass(ctx context.Context, term uint64, full bool) error {
 	return nil
 }
 
-// sent is what the last put of a key carried, and the revision it got.
-type sent[V comparable] struct {
-	view V
-	rev  uint64
+// sent is what the last put of a key carried, as a digest of its record
+// (the put's own time aside), and the revision it got.
+type sent struct {
+	digest [16]byte
+	rev    uint64
 }
 
-// appSent is what decides an app's record: its spec's generation and
-// update time, and the leader's term.
-type appSent struct {
-	generation int64
-	updated    time.Time
-	term       uint64
-}
-
-// instanceSent is an instance record but for its UpdatedAt, which a put
-// sets to the time of the put.
-type instanceSent struct {
-	generation                     int64
-	term                           uint64
-	address, state, container, app string
-	started                        time.Time
-}
-
-func instanceSentOf(m *msg.Instance) instanceSent {
-	s := instanceSent{generation: m.Generation, term: m.Term, address: m.Address, state: m.State, container: m.ContainerID, app: m.App}
-	if m.StartedAt != nil {
-		s.started = *m.StartedAt
+// digest is a 128-bit FNV hash of v's JSON, false when v does not encode
+// (then it never equals another).
+func digest(v any) ([16]byte, bool) {
+	var d [16]byte
+	b, err := json.Marshal(v)
+	if err != nil {
+		return d, false
 	}
-	return s
+	h := fnv.New128a()
+	_, _ = h.Write(b)
+	h.Sum(d[:0])
+	return d, true
+}
+
+// unchanged reports whether a record with digest d, ok is the one last put
+// and the bucket still holds that put (stored is the key's listed
+// revision).
+func (s sent) unchanged(d [16]byte, ok bool, stored uint64) bool {
+	return ok && s.digest == d && s.rev == stored
+}
+
+// instanceDigest is the digest of an instance record but for its
+// UpdatedAt, which each put sets to its own time (and its type, which
+// msg.Encode sets).
+func instanceDigest(m *msg.Instance) ([16]byte, bool) {
+	c := *m
+	c.Header, c.UpdatedAt = msg.Header{}, time.Time{}
+	return digest(&c)
+}
+
+// appDigest is the digest of an app record (its type aside, which
+// msg.Encode sets).
+func appDigest(m *msg.App) ([16]byte, bool) {
+	c := *m
+	c.Header = msg.Header{}
+	return digest(&c)
 }
 
 // listing deletes the keys of kv not in live (and purges old delete
@@ -275,8 +291,8 @@ func (p *Publisher) apps(ctx context.Context, term uint64, full bool, turn uint6
 		}
 	}
 	for _, a := range apps {
-		last, ok := p.sentApps[a.Name]
-		if !full && ok && last.view == appSentOf(a, term) && stored[a.Name] == last.rev && !bus.ResealDue(a.Name, turn, resealEvery) {
+		d, ok := appDigest(View(a, term))
+		if !full && p.sentApps[a.Name].unchanged(d, ok, stored[a.Name]) && !bus.ResealDue(a.Name, turn, resealEvery) {
 			continue
 		}
 		var invalid spec.Errors
@@ -291,10 +307,6 @@ func (p *Publisher) apps(ctx context.Context, term uint64, full bool, turn uint6
 		put++
 	}
 	return len(apps), put, nil
-}
-
-func appSentOf(a store.App, term uint64) appSent {
-	return appSent{generation: a.Generation, updated: a.UpdatedAt, term: term}
 }
 
 func (p *Publisher) instances(ctx context.Context, term uint64, full bool, turn uint64) (n, put int, err error) {
@@ -336,8 +348,8 @@ func (p *Publisher) instances(ctx context.Context, term uint64, full bool, turn 
 			r = f
 		}
 		view := InstanceView(r, term, now)
-		last, ok := p.sent[key]
-		if !full && ok && last.view == instanceSentOf(view) && stored[key] == last.rev && !bus.ResealDue(key, turn, resealEvery) {
+		d, ok := instanceDigest(view)
+		if !full && p.sent[key].unchanged(d, ok, stored[key]) && !bus.ResealDue(key, turn, resealEvery) {
 			continue
 		}
 		b, err := msg.Encode(view)
@@ -459,7 +471,8 @@ func (p *Publisher) putKey(ctx context.Context, kv *bus.KV, key string, view *ms
 		delete(p.sent, key) // the bucket may hold it or not: put it next time
 		return err
 	}
-	p.sent[key] = sent[instanceSent]{view: instanceSentOf(view), rev: rev}
+	d, _ := instanceDigest(view) // it encoded: b
+	p.sent[key] = sent{digest: d, rev: rev}
 	return nil
 }
 
@@ -632,7 +645,8 @@ func (p *Publisher) putApp(ctx context.Context, kv *bus.KV, a store.App, term ui
 		p.logger.Warn("rules not published: nginx could stall on their regexes; apply the spec again with them rewritten",
 			zap.String(logging.KeyApp, a.Name), zap.Strings("rules", dropped))
 	}
-	b, err := msg.Encode(View(a, term))
+	view := View(a, term)
+	b, err := msg.Encode(view)
 	if err != nil {
 		return fmt.Errorf("publish %s: %w", a.Name, err)
 	}
@@ -641,7 +655,8 @@ func (p *Publisher) putApp(ctx context.Context, kv *bus.KV, a store.App, term ui
 		delete(p.sentApps, a.Name)
 		return fmt.Errorf("publish %s: %w", a.Name, err)
 	}
-	p.sentApps[a.Name] = sent[appSent]{view: appSentOf(a, term), rev: rev}
+	d, _ := appDigest(view) // it encoded: b
+	p.sentApps[a.Name] = sent{digest: d, rev: rev}
 	return nil
 }
 

@@ -351,6 +351,29 @@ func TestResyncPutsOnlyWhatChanged(t *testing.T) {
 	require.Equal(t, msg.StateDraining, r.instance(t, "web", "i00").State)
 	require.Equal(t, "127.0.0.1:30000", r.instance(t, "web", "i02").Address)
 
+	// An app is put again when its view changes, not otherwise.
+	apps, err := r.conn.KV(ctx, r.names.AppsBucket())
+	require.NoError(t, err)
+	appRev := func() uint64 {
+		e, err := apps.Get(ctx, "web")
+		require.NoError(t, err)
+		return e.Revision
+	}
+	was := appRev()
+	for bus.ResealDue("web", r.pub.passes.Load()+1, resealEvery) {
+		require.NoError(t, r.pub.Resync(ctx, r.lease.Term))
+		was = appRev()
+	}
+	require.NoError(t, r.pub.Resync(ctx, r.lease.Term))
+	require.Equal(t, was, appRev(), "an unchanged app is not put again")
+	s2, err := spec.Load([]byte("name: web\nimage: demo:v2\nport: 8080\nreplicas: 1\n"))
+	require.NoError(t, err)
+	_, _, err = r.st.Apply(ctx, s2, nil)
+	require.NoError(t, err)
+	require.NoError(t, r.pub.Resync(ctx, r.lease.Term))
+	require.Greater(t, appRev(), was, "a changed app is")
+
+	after = revs()
 	for range resealEvery {
 		require.NoError(t, r.pub.Resync(ctx, r.lease.Term))
 	}
