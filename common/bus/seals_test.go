@@ -297,6 +297,10 @@ func TestSealedRecordAttacks(t *testing.T) {
 
 			a.lbClock.Store(int64(11 * time.Minute)) // past the 10-minute tombstone
 			time.Sleep(time.Until(put.Add(2*time.Second + 500*time.Millisecond)))
+			// The owner keeps writing (its other keys); it changes nothing.
+			_, err = instances.Put(ctxT(t), "web.b", []byte(`{"address":"10.0.0.2:80"}`))
+			require.NoError(t, err)
+			require.Eventually(t, func() bool { return has(running, "web.b") }, 5*time.Second, 5*time.Millisecond)
 			before := a.lb.Forged()
 			a.copyKey(t, n.HealthBucket(), "web.stash", n.InstancesBucket(), "web.a")
 			require.Eventually(t, func() bool { return a.lb.Forged() > before }, 5*time.Second, 5*time.Millisecond, "the running watcher refused the replay")
