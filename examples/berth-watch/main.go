@@ -24,8 +24,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -181,9 +183,16 @@ func open(subject string, data []byte, owner []nkeys.KeyPair) ([]byte, error) {
 	body := append(bytes.TrimSuffix(append([]byte(nil), data[:i]...), []byte(",")), '}')
 	signed := fmt.Appendf(nil, "berth-seal-v1\nmsg\n%s\n\nmsg\n%s\n%s", subject, at, body)
 	for _, kp := range owner {
-		if kp.Verify(signed, rawSig) == nil {
-			return body, nil
+		if kp.Verify(signed, rawSig) != nil {
+			continue
 		}
+		// at is Unix nanoseconds: one of 2^63 or more, or more than 5
+		// minutes ahead of this clock, is refused as Berth's daemons do.
+		n, err := strconv.ParseUint(string(at), 16, 64)
+		if err != nil || n > math.MaxInt64 || time.Unix(0, int64(n)).After(time.Now().Add(5*time.Minute)) {
+			return nil, fmt.Errorf("sealed in the future (at %s)", at)
+		}
+		return body, nil
 	}
 	return nil, errors.New("seal does not verify against its owner's keys")
 }
