@@ -59,7 +59,9 @@ import (
 //     refuses them before it notes them) and nextAt never seals beyond the
 //     writer's clock plus sealAhead, so nothing overflows.
 //   - A stored value is a copy, and refused, when it was sealed more than
-//     copyAge (5 minutes) before the server stored it. The stored time is
+//     copyAge (5 minutes) before the server stored it (and before the
+//     reader's clock now, so that a NATS server whose clock runs ahead
+//     does not make every fresh write a copy). The stored time is
 //     the stream's timestamp of the message, which the server sets when it
 //     stores it and no client chooses: a copy made now of a value sealed
 //     earlier carries both, and the gap is its age. An owner's own write is
@@ -477,7 +479,8 @@ func (s *sealer) open(kind, where, key, op string, value []byte, stored time.Tim
 
 // checkAt returns a verified seal's at when it is within bounds: below
 // 2^63, at most ahead after now, and, for a stored value (stored not
-// zero), sealed at most maxCopy before the server stored it.
+// zero), sealed at most maxCopy before the server stored it, or before
+// now when that is earlier.
 func checkAt(at uint64, now, stored time.Time, ahead, maxCopy time.Duration) (int64, error) {
 	if at > math.MaxInt64 {
 		return 0, fmt.Errorf("%w: at %#x is 2^63 or more", ErrSealAhead, at)
@@ -488,9 +491,12 @@ func checkAt(at uint64, now, stored time.Time, ahead, maxCopy time.Duration) (in
 			ErrSealAhead, stamp(n), time.Duration(over).Round(time.Second), ahead)
 	}
 	if !stored.IsZero() {
-		if age := stored.UnixNano() - n; age > int64(maxCopy) {
-			return 0, fmt.Errorf("%w: a copy, sealed at %s, %s before the server stored it (more than %s; or the clocks of NATS and of its writer differ that much)",
-				ErrReplayed, stamp(n), time.Duration(age).Round(time.Second), maxCopy)
+		// Old when the server stored it, and by this clock too: a server
+		// whose clock runs ahead makes no fresh write look like a copy
+		// (nor an owner's repair of it refused again, and again).
+		if age := min(stored.UnixNano(), now.UnixNano()) - n; age > int64(maxCopy) {
+			return 0, fmt.Errorf("%w: a copy, sealed at %s, %s before the server stored it (more than %s; or the clocks of its writer and of NATS differ that much)",
+				ErrReplayed, stamp(n), time.Duration(stored.UnixNano()-n).Round(time.Second), maxCopy)
 		}
 	}
 	return n, nil

@@ -68,6 +68,8 @@ func TestCheckAt(t *testing.T) {
 		{"stored 6 minutes after its seal: a copy", ns(-6 * time.Minute), now, ErrReplayed},
 		{"stored a day after its seal: a stash", ns(-24 * time.Hour), now, ErrReplayed},
 		{"stored before its seal: the writer's clock ahead of NATS", ns(time.Minute), now, nil},
+		{"sealed now, stored by a NATS whose clock is 10 minutes ahead", ns(0), now.Add(10 * time.Minute), nil},
+		{"sealed 6 minutes ago, stored by a NATS whose clock is 10 minutes ahead", ns(-6 * time.Minute), now.Add(10 * time.Minute), ErrReplayed},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
