@@ -655,3 +655,29 @@ func BenchmarkResealPass(b *testing.B) {
 		b.ReportMetric(100*b.Elapsed().Seconds()/float64(b.N)/resync.Seconds(), "%_of_resync")
 	})
 }
+
+// TestNodeReadsItsOwnRecord: an lbagent with a node key of its own, which
+// no trust line names and which does not follow the node-key directory,
+// reads its node's record (report.Reporter does, before its first
+// heartbeat) without refusing it as forged.
+func TestNodeReadsItsOwnRecord(t *testing.T) {
+	t.Parallel()
+	env := newKeyEnv(t, "nk", "lb-1")
+	n, ctx := env.n, ctxT(t)
+	sched := env.daemon(t, env.path(RoleScheduler, ""))
+	require.NoError(t, sched.EnsureBuckets(ctx, MustOwnedBuckets(n, RoleScheduler)))
+	env.publishNodes(t, sched.Conn, env.credentials(t))
+	first := env.daemon(t, env.path(RoleLBAgent, "lb-1"))
+	kv, err := first.KV(ctx, n.AgentsBucket())
+	require.NoError(t, err)
+	_, err = kv.Put(ctx, "lb-1", []byte(`{"node":"lb-1"}`))
+	require.NoError(t, err)
+
+	next := env.daemon(t, env.path(RoleLBAgent, "lb-1"))
+	kv, err = next.KV(ctx, n.AgentsBucket())
+	require.NoError(t, err)
+	e, err := kv.Get(ctx, "lb-1")
+	require.NoError(t, err)
+	require.Equal(t, `{"node":"lb-1"}`, string(e.Value))
+	require.Zero(t, next.Forged())
+}
