@@ -9,6 +9,7 @@ package view
 import (
 	"maps"
 	"sync"
+	"time"
 
 	"github.com/berthhq/berth/common/bus"
 	"github.com/berthhq/berth/common/msg"
@@ -25,6 +26,11 @@ type Table[T any] struct {
 	loaded bool
 	fence  msg.Fence
 	fenced uint64
+	// carry, when set, keeps what a re-snapshot lacks (Carry); carried
+	// holds each such key's deadline.
+	carry   time.Duration
+	now     func() time.Time
+	carried map[string]time.Time
 }
 
 // NewTable returns an empty table. term returns a value's leader term (0:
@@ -34,6 +40,52 @@ func NewTable[T any](term func(T) uint64, notify func()) *Table[T] {
 		notify = func() {}
 	}
 	return &Table[T]{term: term, notify: notify, rows: map[string]T{}}
+}
+
+// Carry makes every snapshot after the first keep, for d, the rows it
+// lacks, until an update of the key (a put or a delete) or d passes
+// (DropCarried). A re-snapshot (a NATS reset, a watcher that
+// reconnected) can arrive before the bucket's owner has put everything
+// back: a key it lacks is not known to be deleted. now is the clock (nil:
+// time.Now). Call it before the table is fed.
+func (t *Table[T]) Carry(d time.Duration, now func() time.Time) {
+	if now == nil {
+		now = time.Now
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.carry, t.now, t.carried = d, now, map[string]time.Time{}
+}
+
+// DropCarried drops the carried rows whose time has passed, and says
+// whether it dropped any and when the next carried row's time passes
+// (zero: none is left).
+func (t *Table[T]) DropCarried() (dropped bool, next time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.carried) == 0 {
+		return false, time.Time{}
+	}
+	now := t.now()
+	for k, deadline := range t.carried {
+		if !now.Before(deadline) {
+			delete(t.carried, k)
+			delete(t.rows, k)
+			dropped = true
+			continue
+		}
+		if next.IsZero() || deadline.Before(next) {
+			next = deadline
+		}
+	}
+	return dropped, next
+}
+
+// Carried counts the rows kept from before the last snapshot (Carry).
+func (t *Table[T]) Carried() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.carried)
 }
 
 // Loaded reports whether a complete snapshot has arrived.
@@ -92,6 +144,19 @@ func (t *Table[T]) snapshot(evs []bus.Event[T], rev uint64) {
 		}
 		rows[e.Key] = e.Value
 	}
+	if t.loaded && t.carry > 0 {
+		deadline := t.now().Add(t.carry)
+		for k, v := range t.rows {
+			if _, ok := rows[k]; ok {
+				delete(t.carried, k)
+				continue
+			}
+			rows[k] = v
+			if _, already := t.carried[k]; !already { // carried before: its first deadline stands
+				t.carried[k] = deadline
+			}
+		}
+	}
 	t.rows, t.rev, t.loaded = rows, rev, true
 	t.mu.Unlock()
 	t.notify()
@@ -106,8 +171,10 @@ func (t *Table[T]) update(e bus.Event[T]) {
 		// while so that a lower-term put after it is dropped (see msg.Fence).
 		t.fence.Delete(e.Key)
 		delete(t.rows, e.Key)
+		delete(t.carried, e.Key)
 	case t.fence.Accept(e.Key, t.term(e.Value)):
 		t.rows[e.Key] = e.Value
+		delete(t.carried, e.Key)
 	default:
 		t.fenced++
 		t.mu.Unlock()

@@ -167,3 +167,36 @@ func TestKeepOnDelete(t *testing.T) {
 	_, ok = tb.Get("lb-1")
 	require.False(t, ok, "a snapshot replaces everything")
 }
+
+// TestCarry: a re-snapshot keeps the rows it lacks until they are put or
+// deleted again, or their time passes; the first snapshot carries nothing.
+func TestCarry(t *testing.T) {
+	t.Parallel()
+	now := time.Unix(0, 0)
+	tb := NewTable[string](func(string) uint64 { return 0 }, nil)
+	tb.Carry(10*time.Second, func() time.Time { return now })
+	put := func(k string) bus.Event[string] { return bus.Event[string]{Key: k, Op: bus.OpPut, Value: k} }
+	keys := func() []string { rows, _ := tb.Rows(); return slices.Sorted(maps.Keys(rows)) }
+
+	tb.Handler().Snapshot([]bus.Event[string]{put("a"), put("b"), put("c")}, 3)
+	require.Zero(t, tb.Carried())
+	tb.Handler().Snapshot([]bus.Event[string]{put("a")}, 4)
+	require.Equal(t, []string{"a", "b", "c"}, keys(), "b and c are carried")
+	require.Equal(t, 2, tb.Carried())
+	tb.Handler().Update(put("b"))
+	tb.Handler().Update(bus.Event[string]{Key: "c", Op: bus.OpDelete})
+	require.Equal(t, []string{"a", "b"}, keys(), "a delete of a carried row is applied")
+	require.Zero(t, tb.Carried(), "a put ends the carry")
+
+	tb.Handler().Snapshot([]bus.Event[string]{put("a")}, 5)
+	now = now.Add(5 * time.Second)
+	tb.Handler().Snapshot([]bus.Event[string]{put("a")}, 6)
+	dropped, next := tb.DropCarried()
+	require.False(t, dropped)
+	require.Equal(t, time.Unix(10, 0), next, "a row carried again keeps its first deadline")
+	now = now.Add(5 * time.Second)
+	dropped, next = tb.DropCarried()
+	require.True(t, dropped)
+	require.True(t, next.IsZero())
+	require.Equal(t, []string{"a"}, keys())
+}

@@ -115,12 +115,24 @@ const luaModules = "/usr/lib/nginx/modules"
 // balancer from templates/, endpoint pushes through the control endpoint.
 func newRigMode(t *testing.T, emptyHold time.Duration, dyn bool) *rig {
 	t.Helper()
-	return newRigReloader(t, emptyHold, dyn, nil)
+	return newRigStore(t, emptyHold, dyn, state.NewStore())
+}
+
+// newRigStore is newRigMode with the store the agent reads.
+func newRigStore(t *testing.T, emptyHold time.Duration, dyn bool, store *state.Store) *rig {
+	t.Helper()
+	return newRigWith(t, emptyHold, dyn, nil, store)
 }
 
 // newRigReloader is newRigMode with the agent's reloader wrapped by wrap
 // (nil: none).
 func newRigReloader(t *testing.T, emptyHold time.Duration, dyn bool, wrap func(Reloader) Reloader) *rig {
+	t.Helper()
+	return newRigWith(t, emptyHold, dyn, wrap, state.NewStore())
+}
+
+// newRigWith is the rig of every option.
+func newRigWith(t *testing.T, emptyHold time.Duration, dyn bool, wrap func(Reloader) Reloader, store *state.Store) *rig {
 	t.Helper()
 	bin := testrig.NginxBin(t)
 	if dyn && !dynamic.Available(luaModules) {
@@ -133,7 +145,7 @@ func newRigReloader(t *testing.T, emptyHold time.Duration, dyn bool, wrap func(R
 	for _, d := range []string{"conf", "logs", "run", "temp"} {
 		require.NoError(t, os.MkdirAll(filepath.Join(dir, d), 0o755))
 	}
-	r := &rig{t: t, store: state.NewStore(), rep: &reporter{}, httpAddr: fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))}
+	r := &rig{t: t, store: store, rep: &reporter{}, httpAddr: fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))}
 	cfg := Config{
 		Node: "lb-test",
 		Render: render.Options{Node: "lb-test", HTTPListen: r.httpAddr, HTTPSListen: fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t)),
@@ -216,6 +228,14 @@ func (r *rig) putInstance(app, id, addr, st string) uint64 {
 	r.store.InstancesHandler().Update(bus.Event[*msg.Instance]{Key: app + "." + id, Revision: r.rev, Op: bus.OpPut,
 		Value: &msg.Instance{App: app, ID: id, Term: 1, Generation: 1, Address: addr, State: st, Weight: 1}})
 	return r.rev
+}
+
+// putInstanceMsg is putInstance, returning the record put.
+func (r *rig) putInstanceMsg(app, id, addr, st string) *msg.Instance {
+	r.rev++
+	v := &msg.Instance{App: app, ID: id, Term: 1, Generation: 1, Address: addr, State: st, Weight: 1}
+	r.store.InstancesHandler().Update(bus.Event[*msg.Instance]{Key: app + "." + id, Revision: r.rev, Op: bus.OpPut, Value: v})
+	return v
 }
 
 func (r *rig) get(host string) (int, string) { return r.getPath(host, "/") }
@@ -332,22 +352,64 @@ func TestAgentIsolatesPoisonedApp(t *testing.T) {
 
 func TestAgentHoldsBackEmptyingSnapshot(t *testing.T) {
 	t.Parallel()
-	r := newRig(t, 700*time.Millisecond)
+	r := newRigStore(t, 700*time.Millisecond, false, state.NewStoreCarrying(500*time.Millisecond, nil))
 	r.putApp(appMsg("web", "web.test"))
 	r.putInstance("web", "a", testrig.Backend(t, "A"), msg.StateRunning)
 	r.waitFor("web.test", 200, "A")
 
-	// As if NATS were reset: every instance disappears at once.
+	// As if NATS were reset: every instance disappears at once. The
+	// re-snapshot carries them (state.Carry); once that has passed, the
+	// emptied state is held back (--empty-hold), still serving; once that
+	// has passed too, it is applied.
 	r.store.InstancesHandler().Snapshot(nil, 0)
-	time.Sleep(300 * time.Millisecond)
+	require.Eventually(t, func() bool {
+		rl, _ := r.rep.last()
+		return rl != nil && rl.Result == msg.ReloadFailed && strings.Contains(rl.Error, "held back")
+	}, 10*time.Second, 5*time.Millisecond, "the emptied state is held back once the carry is over")
 	code, _ := r.get("web.test")
 	require.Equal(t, 200, code, "an emptying snapshot is held back")
-	rl, _ := r.rep.last()
-	require.NotNil(t, rl)
-	require.Equal(t, msg.ReloadFailed, rl.Result)
-	require.Contains(t, rl.Error, "held back")
-
 	r.waitFor("web.test", 503, "no_backend") // it persisted past --empty-hold: applied
+}
+
+// TestAgentReSnapshotKeepsAnAppServed: after a NATS reset lbagent may load
+// the instances bucket while the scheduler has put one app's records back
+// and not yet the other's (TestNATSWipe saw shop answer 503 so). The
+// re-snapshot carries shop's records until they are put again: shop never
+// loses its server, and a record deleted meanwhile leaves at once.
+func TestAgentReSnapshotKeepsAnAppServed(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, time.Hour)
+	for _, a := range []string{"demo", "shop"} {
+		r.putApp(appMsg(a, a+".test"))
+	}
+	demo := r.putInstanceMsg("demo", "d1", testrig.Backend(t, "D"), msg.StateRunning)
+	shop := r.putInstanceMsg("shop", "s1", testrig.Backend(t, "S"), msg.StateRunning)
+	r.waitFor("demo.test", 200, "D")
+	r.waitFor("shop.test", 200, "S")
+	applied := r.reloads()
+
+	// The reset: a snapshot with demo's record only.
+	r.rev++
+	r.store.InstancesHandler().Snapshot([]bus.Event[*msg.Instance]{{Key: "demo.d1", Revision: r.rev, Op: bus.OpPut, Value: demo}}, r.rev)
+	reset := r.rev
+	gen := loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + r.httpAddr + "/", Host: "shop.test", Workers: 2, NoRetry: true})
+	require.Eventually(t, func() bool { _, ag := r.rep.last(); return ag != nil && ag.AppliedRevision >= reset }, 10*time.Second, 5*time.Millisecond)
+	// Then the scheduler's republish reaches shop.
+	r.rev++
+	r.store.InstancesHandler().Update(bus.Event[*msg.Instance]{Key: "shop.s1", Revision: r.rev, Op: bus.OpPut, Value: shop})
+	back := r.rev
+	require.Eventually(t, func() bool { _, ag := r.rep.last(); return ag != nil && ag.AppliedRevision >= back }, 10*time.Second, 5*time.Millisecond)
+	res := gen.Stop()
+	require.NoError(t, loadgen.Check(res), "shop kept its server through the re-snapshot: %s", res)
+	require.Positive(t, res.Requests)
+	require.Equal(t, applied, r.reloads(), "nothing changed for nginx")
+
+	// A record deleted after a re-snapshot leaves at once.
+	r.rev++
+	r.store.InstancesHandler().Snapshot([]bus.Event[*msg.Instance]{{Key: "demo.d1", Revision: r.rev, Op: bus.OpPut, Value: demo}}, r.rev)
+	r.rev++
+	r.store.InstancesHandler().Update(bus.Event[*msg.Instance]{Key: "shop.s1", Revision: r.rev, Op: bus.OpDelete})
+	r.waitFor("shop.test", 503, "no_backend")
 }
 
 func TestAgentTemplateEdit(t *testing.T) {

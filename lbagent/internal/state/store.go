@@ -3,6 +3,7 @@ package state
 import (
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/berthhq/berth/common/bus"
 	"github.com/berthhq/berth/common/msg"
@@ -35,11 +36,30 @@ type Store struct {
 	builder builder
 }
 
-// NewStore returns an empty store.
-func NewStore() *Store {
+// Carry is how long a re-snapshot of the apps or instances bucket keeps
+// the records it lacks (view.Table.Carry): after a NATS reset, lbagent may
+// load a bucket while the scheduler's republish has put some apps back
+// and not yet others, and an app must not lose its servers (answer 503)
+// for a moment because of it. A record the scheduler really deleted while
+// lbagent was away leaves once this has passed; one it deletes meanwhile
+// leaves at once.
+const Carry = 10 * time.Second
+
+// NewStore returns an empty store whose re-snapshots carry records for
+// Carry.
+func NewStore() *Store { return NewStoreCarrying(Carry, nil) }
+
+// NewStoreCarrying returns an empty store whose re-snapshots of the apps
+// and instances buckets keep the records they lack for carry (0: none),
+// by the clock now (nil: time.Now).
+func NewStoreCarrying(carry time.Duration, now func() time.Time) *Store {
 	s := &Store{changed: make(chan struct{}, 1), groups: map[string]map[string]struct{}{}, dirty: map[string]struct{}{}, all: true}
 	s.apps = view.NewTable(view.AppTerm, nil)
 	s.instances = view.NewTable(view.InstanceTerm, nil)
+	if carry > 0 {
+		s.apps.Carry(carry, now)
+		s.instances.Carry(carry, now)
+	}
 	s.health = view.NewTable(view.NoTerm[*msg.Health], nil)
 	s.certs = view.NewTable(func(c *msg.Certificate) uint64 { return c.Term }, nil)
 	return s
@@ -114,16 +134,14 @@ func handler[T any](s *Store, table *view.Table[T], keyApp func(string) string, 
 			s.mu.Lock()
 			inner.Snapshot(evs, rev)
 			if indexed {
-				clear(s.groups)
-				table.Read(func(rows map[string]T, _ uint64) {
-					for key := range rows {
-						s.index(key, keyApp(key), true)
-					}
-				})
+				reindexTable(s, table, keyApp)
 			}
 			s.all = true
 			s.mu.Unlock()
 			s.notify()
+			if table.Carried() > 0 {
+				dropCarried(s, table, keyApp, indexed)
+			}
 		},
 		OnUpdate: func(e bus.Event[T]) {
 			s.mu.Lock()
@@ -138,6 +156,37 @@ func handler[T any](s *Store, table *view.Table[T], keyApp func(string) string, 
 			s.notify()
 		},
 	}
+}
+
+// dropCarried drops table's carried records whose time has passed
+// (rebuilding everything, and the index of an indexed table, when it
+// drops any), and does so again when the next one's time passes.
+func dropCarried[T any](s *Store, table *view.Table[T], keyApp func(string) string, indexed bool) {
+	s.mu.Lock()
+	dropped, next := table.DropCarried()
+	if dropped {
+		if indexed {
+			reindexTable(s, table, keyApp)
+		}
+		s.all = true
+	}
+	s.mu.Unlock()
+	if dropped {
+		s.notify()
+	}
+	if !next.IsZero() {
+		time.AfterFunc(time.Until(next), func() { dropCarried(s, table, keyApp, indexed) })
+	}
+}
+
+// reindexTable rebuilds the index of keys by app from table. Called under mu.
+func reindexTable[T any](s *Store, table *view.Table[T], keyApp func(string) string) {
+	clear(s.groups)
+	table.Read(func(rows map[string]T, _ uint64) {
+		for key := range rows {
+			s.index(key, keyApp(key), true)
+		}
+	})
 }
 
 // index adds key to its app's group, or removes it. Called under mu.
