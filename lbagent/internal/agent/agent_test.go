@@ -386,6 +386,8 @@ func TestAgentReSnapshotKeepsAnAppServed(t *testing.T) {
 	shop := r.putInstanceMsg("shop", "s1", testrig.Backend(t, "S"), msg.StateRunning)
 	r.waitFor("demo.test", 200, "D")
 	r.waitFor("shop.test", 200, "S")
+	put := r.rev // nginx serves it before the agent has reported its reload: wait for the report
+	require.Eventually(t, func() bool { rl, _ := r.rep.last(); return rl != nil && rl.Revision >= put }, 10*time.Second, 5*time.Millisecond)
 	applied := r.reloads()
 
 	// The reset: a snapshot with demo's record only.
