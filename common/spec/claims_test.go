@@ -2,6 +2,7 @@ package spec
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -171,5 +172,30 @@ func TestShareWithSpec(t *testing.T) {
 		_, err := Load([]byte("name: bank\nimage: b:1\nport: 80\nrouting:\n  hosts: [bank.test]\n  paths: [/, /login]\n  " + spec + "\n"))
 		require.Error(t, err, spec)
 		require.True(t, strings.Contains(err.Error(), want), "%s: %v", spec, err)
+	}
+}
+
+// BenchmarkClaims: the route table of n apps, each on a host of its own
+// and the first one's, which shares it, with 5 paths and a rule: what the
+// API computes at every apply and lbagent at every render.
+func BenchmarkClaims(b *testing.B) {
+	for _, n := range []int{1000, 10000} {
+		apps := make([]Claimant, n)
+		for i := range apps {
+			r := Routing{Hosts: []string{fmt.Sprintf("app-%d.example.com", i), "shared.example.com"},
+				Paths: []string{fmt.Sprintf("/a%d", i), fmt.Sprintf("/b%d", i), fmt.Sprintf("/c%d", i), fmt.Sprintf("/d%d", i), fmt.Sprintf("/e%d", i)},
+				Rules: []Rule{{Path: fmt.Sprintf("^/r%d/[0-9]+$", i), Match: MatchRegex}}}
+			if i == 0 {
+				for j := 1; j < min(n, MaxShares+1); j++ {
+					r.ShareWith = append(r.ShareWith, Share{App: fmt.Sprintf("app-%d", j)})
+				}
+			}
+			apps[i] = claimant(fmt.Sprintf("app-%d", i), i, r)
+		}
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			for b.Loop() {
+				Claims(apps)
+			}
+		})
 	}
 }
