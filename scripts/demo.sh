@@ -212,9 +212,13 @@ JSON
   # new one within 2 s).
   "$BIN/scheduler" nats-key add-node demo-lb --data-dir "$DIR/nats" >/dev/null 2>&1 || die "cannot create the node key of demo-lb"
 
+  # The key env secrets ({secret: …}) are encrypted with in Postgres.
+  head -c 32 /dev/urandom | base64 >"$DIR/run/secret.key" && chmod 600 "$DIR/run/secret.key"
+
   step "starting the scheduler (API $API, embedded NATS $NATS)"
   start scheduler "$BIN/scheduler" run --database-url "$DB" --api-listen 127.0.0.1:7070 --nats-listen 127.0.0.1:4222 \
-    --data-dir "$DIR/nats" --prefix $PREFIX --id demo-scheduler "${ACME_FLAGS[@]}" "${HOST_FLAGS[@]}"
+    --data-dir "$DIR/nats" --prefix $PREFIX --id demo-scheduler --secret-key-file "$DIR/run/secret.key" \
+    "${ACME_FLAGS[@]}" "${HOST_FLAGS[@]}"
   wait_for "the scheduler to lead" 30 sh -c "curl -fsS $API/readyz | grep -q '\"role\":\"leader\"'"
 
   # The embedded NATS requires a role credential of every client: the
