@@ -29,27 +29,12 @@ type sealFence struct {
 	now      func() time.Time
 
 	live  map[string]int64
-	tombs map[string]sealTomb
-	queue []queuedTomb // tombstones oldest first, with stale entries
-	head  int          // queue[:head] is consumed
-	seq   uint64
+	tombs msg.Tombstones[int64]
 	floor int64
 }
 
-type sealTomb struct {
-	at   int64
-	made time.Time
-	seq  uint64
-}
-
-type queuedTomb struct {
-	key string
-	seq uint64
-}
-
 func newSealFence(now func() time.Time) *sealFence {
-	return &sealFence{lifetime: msg.DefaultTombstoneLifetime, max: msg.DefaultMaxTombstones, now: now,
-		live: map[string]int64{}, tombs: map[string]sealTomb{}}
+	return &sealFence{lifetime: msg.DefaultTombstoneLifetime, max: msg.DefaultMaxTombstones, now: now, live: map[string]int64{}}
 }
 
 // known returns the at a write of key must not be below: its last value's,
@@ -59,8 +44,8 @@ func (f *sealFence) known(key string) int64 {
 	if at, ok := f.live[key]; ok {
 		return at
 	}
-	if tb, ok := f.tombs[key]; ok {
-		return tb.at
+	if at, ok := f.tombs.Get(key); ok {
+		return at
 	}
 	return f.floor
 }
@@ -105,52 +90,19 @@ func (f *sealFence) keys(fn func(key string)) {
 
 // reset forgets everything: the bucket was created again.
 func (f *sealFence) reset() {
-	f.live, f.tombs, f.queue, f.head, f.floor = map[string]int64{}, map[string]sealTomb{}, nil, 0, 0
+	f.live, f.floor = map[string]int64{}, 0
+	f.tombs.Reset()
 }
 
 func (f *sealFence) bury(key string, at int64) {
-	f.seq++
-	f.tombs[key] = sealTomb{at: at, made: f.now(), seq: f.seq}
-	f.queue = append(f.queue, queuedTomb{key: key, seq: f.seq})
+	f.tombs.Bury(key, at, f.now())
 	f.expire()
 }
 
-func (f *sealFence) forgetTomb(key string) { delete(f.tombs, key) }
+func (f *sealFence) forgetTomb(key string) { f.tombs.Forget(key) }
 
 // expire forgets the tombstones past their lifetime or over max, oldest
-// first, raising the floor to their ats; amortised O(1) a call.
+// first, raising the floor to their ats.
 func (f *sealFence) expire() {
-	now := f.now()
-	for f.head < len(f.queue) {
-		q := f.queue[f.head]
-		tb, ok := f.tombs[q.key]
-		switch {
-		case !ok || tb.seq != q.seq: // stale: the key was put or deleted again since
-		case len(f.tombs) > f.max || now.Sub(tb.made) >= f.lifetime:
-			delete(f.tombs, q.key)
-			f.floor = max(f.floor, tb.at)
-		default:
-			f.compact()
-			return
-		}
-		f.queue[f.head] = queuedTomb{}
-		f.head++
-	}
-	f.queue, f.head = f.queue[:0], 0
-}
-
-// compact rewrites the queue with its live entries once stale ones make up
-// most of it, so it stays within about twice the tombstones held.
-func (f *sealFence) compact() {
-	pending := len(f.queue) - f.head
-	if pending <= 2*len(f.tombs)+64 && f.head <= pending {
-		return
-	}
-	live := make([]queuedTomb, 0, len(f.tombs))
-	for _, q := range f.queue[f.head:] {
-		if tb, ok := f.tombs[q.key]; ok && tb.seq == q.seq {
-			live = append(live, q)
-		}
-	}
-	f.queue, f.head = live, 0
+	f.tombs.Expire(f.now(), f.lifetime, f.max, func(_ string, at int64) { f.floor = max(f.floor, at) })
 }

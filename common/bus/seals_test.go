@@ -485,7 +485,7 @@ func TestSealFence(t *testing.T) {
 				}
 				require.Equal(t, s.want, got, "step %d: %s %s %d", i, s.op, s.key, s.at)
 			}
-			require.LessOrEqual(t, len(f.tombs), tc.max)
+			require.LessOrEqual(t, f.tombs.Len(), tc.max)
 		})
 	}
 

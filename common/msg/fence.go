@@ -51,22 +51,8 @@ type Fence struct {
 	Now func() time.Time
 
 	mu    sync.Mutex
-	terms map[string]uint64    // live keys
-	tombs map[string]tombstone // deleted keys
-	queue []queued             // tombstones in the order they were made, with stale entries
-	head  int                  // queue[:head] is consumed
-	seq   uint64
-}
-
-type tombstone struct {
-	term uint64
-	at   time.Time
-	seq  uint64
-}
-
-type queued struct {
-	key string
-	seq uint64
+	terms map[string]uint64 // live keys
+	tombs Tombstones[uint64]
 }
 
 // Accept reports whether a write with term may be applied to key, and
@@ -82,8 +68,8 @@ func (f *Fence) Accept(key string, term uint64) bool {
 	f.expire(now)
 	floor, live := f.terms[key]
 	if !live {
-		if tb, ok := f.tombs[key]; ok {
-			floor = tb.term
+		if term, ok := f.tombs.Get(key); ok {
+			floor = term
 		}
 	}
 	if term < floor {
@@ -93,7 +79,7 @@ func (f *Fence) Accept(key string, term uint64) bool {
 		f.terms = map[string]uint64{}
 	}
 	f.terms[key] = term
-	delete(f.tombs, key)
+	f.tombs.Forget(key)
 	return true
 }
 
@@ -112,12 +98,7 @@ func (f *Fence) Delete(key string) {
 		return
 	}
 	delete(f.terms, key)
-	if f.tombs == nil {
-		f.tombs = map[string]tombstone{}
-	}
-	f.seq++
-	f.tombs[key] = tombstone{term: term, at: now, seq: f.seq}
-	f.queue = append(f.queue, queued{key: key, seq: f.seq})
+	f.tombs.Bury(key, term, now)
 	f.expire(now)
 }
 
@@ -126,7 +107,7 @@ func (f *Fence) Forget(key string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.terms, key)
-	delete(f.tombs, key)
+	f.tombs.Forget(key)
 }
 
 // Reset forgets every key and tombstone; a table calls it when a snapshot
@@ -134,14 +115,15 @@ func (f *Fence) Forget(key string) {
 func (f *Fence) Reset() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.terms, f.tombs, f.queue, f.head = nil, nil, nil, 0
+	f.terms = nil
+	f.tombs.Reset()
 }
 
 // Len returns how many live keys and tombstones the fence holds.
 func (f *Fence) Len() (keys, tombstones int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return len(f.terms), len(f.tombs)
+	return len(f.terms), f.tombs.Len()
 }
 
 func (f *Fence) now() time.Time {
@@ -152,8 +134,7 @@ func (f *Fence) now() time.Time {
 }
 
 // expire drops tombstones that are past their lifetime or over the cap,
-// oldest first, and the queue entries of tombstones already gone. Called
-// with mu held; amortised O(1) per call.
+// oldest first. Called with mu held.
 func (f *Fence) expire(now time.Time) {
 	life := f.TombstoneLifetime
 	if life <= 0 {
@@ -163,37 +144,5 @@ func (f *Fence) expire(now time.Time) {
 	if limit <= 0 {
 		limit = DefaultMaxTombstones
 	}
-	for f.head < len(f.queue) {
-		q := f.queue[f.head]
-		tb, ok := f.tombs[q.key]
-		switch {
-		case !ok || tb.seq != q.seq: // stale: the key was put or deleted again since
-		case len(f.tombs) > limit || now.Sub(tb.at) >= life:
-			delete(f.tombs, q.key)
-		default:
-			f.compact()
-			return
-		}
-		f.queue[f.head] = queued{}
-		f.head++
-	}
-	f.queue, f.head = f.queue[:0], 0
-}
-
-// compact rewrites the queue with only its live entries once stale ones
-// (keys put again, or deleted again, behind a tombstone still alive at the
-// front) make up most of it, so its length stays within twice the
-// tombstones held.
-func (f *Fence) compact() {
-	pending := len(f.queue) - f.head
-	if pending <= 2*len(f.tombs)+64 && f.head <= pending {
-		return
-	}
-	live := make([]queued, 0, len(f.tombs))
-	for _, q := range f.queue[f.head:] {
-		if tb, ok := f.tombs[q.key]; ok && tb.seq == q.seq {
-			live = append(live, q)
-		}
-	}
-	f.queue, f.head = live, 0
+	f.tombs.Expire(now, life, limit, nil)
 }

@@ -82,7 +82,7 @@ func TestFenceDelete(t *testing.T) {
 			f.Delete("web.a")
 			f.Delete("web.never")
 			live, tombs := f.Len()
-			require.Zero(t, live+tombs+len(f.queue)-f.head)
+			require.Zero(t, live+tombs+len(f.tombs.queue)-f.tombs.head)
 		}},
 		{"churn keeps the queue bounded behind a live tombstone", func(t *testing.T, f *Fence, c *fakeClock) {
 			require.True(t, f.Accept("web.old", 2))
@@ -92,7 +92,7 @@ func TestFenceDelete(t *testing.T) {
 				f.Delete("web.b")
 			}
 			live, tombs := f.Len()
-			queue := len(f.queue) - f.head
+			queue := len(f.tombs.queue) - f.tombs.head
 			require.Zero(t, live)
 			require.Equal(t, 2, tombs)
 			require.LessOrEqual(t, queue, 2*tombs+64+1)
