@@ -41,7 +41,7 @@ type cli struct {
 	MetricsWin   time.Duration `name:"metrics-window" help:"Window over which access log metrics are aggregated and published on <prefix>.v1.metrics.<app>." default:"5s" env:"BERTH_LBAGENT_METRICS_WINDOW"`
 	Debounce     string        `help:"min:max wait that lets a burst of changes settle into one reload." default:"50ms:500ms" env:"BERTH_LBAGENT_DEBOUNCE"`
 	Resync       time.Duration `help:"Re-render this often even without a change." default:"60s" env:"BERTH_LBAGENT_RESYNC"`
-	EmptyHold    time.Duration `name:"empty-hold" help:"How long a state with every instance record gone is held back before it is applied." default:"30s" env:"BERTH_LBAGENT_EMPTY_HOLD"`
+	EmptyHold    time.Duration `name:"empty-hold" help:"How long a state with every instance record gone is held back before it is applied; also how long a bucket loaded again (a NATS reset) keeps the app and instance records it lacks, until the scheduler puts them back." default:"30s" env:"BERTH_LBAGENT_EMPTY_HOLD"`
 	ReloadDrain  time.Duration `name:"reload-drain" help:"Dynamic mode: before a reload, how long nginx closes each keep-alive connection after its answer, so that the reload cuts no connection a client is about to use; 0 reloads at once (0-10s)." default:"250ms" env:"BERTH_LBAGENT_RELOAD_DRAIN"`
 	Confirm      time.Duration `name:"confirm-timeout" help:"How long nginx has to serve a new generation after a reload." default:"10s" env:"BERTH_LBAGENT_CONFIRM_TIMEOUT"`
 	ACMEListen   string        `name:"acme-listen" help:"Loopback address where lbagent answers ACME HTTP-01 challenges, which nginx forwards from apps with tls.acme; port 0 picks one and keeps it across restarts." default:"127.0.0.1:0" env:"BERTH_LBAGENT_ACME_LISTEN"`

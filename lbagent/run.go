@@ -119,7 +119,9 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 	c.acmeAddr = acmeLn.Addr().String()
 	responder := acmecert.NewResponder()
 	bin := nginx.Binary{Path: c.NginxBin, Prefix: c.NginxPrefix, Conf: target}
-	store := state.NewStore()
+	// A re-snapshot keeps the records it lacks as long as an emptied
+	// state is held back: one knob for both (--empty-hold).
+	store := state.NewStoreCarrying(c.EmptyHold, nil)
 	group := lifecycle.NewGroup(logger, 35*time.Second)
 
 	// The metrics read these at scrape time; the scrape endpoint starts

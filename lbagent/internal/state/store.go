@@ -37,13 +37,13 @@ type Store struct {
 }
 
 // Carry is how long a re-snapshot of the apps or instances bucket keeps
-// the records it lacks (view.Table.Carry): after a NATS reset, lbagent may
-// load a bucket while the scheduler's republish has put some apps back
-// and not yet others, and an app must not lose its servers (answer 503)
-// for a moment because of it. A record the scheduler really deleted while
-// lbagent was away leaves once this has passed; one it deletes meanwhile
-// leaves at once.
-const Carry = 10 * time.Second
+// the records it lacks by default (view.Table.Carry; lbagent uses its
+// --empty-hold): after a NATS reset, lbagent may load a bucket while the
+// scheduler's republish has put some apps back and not yet others, and an
+// app must not lose its servers (answer 503) for a moment because of it. A
+// record the scheduler really deleted while lbagent was away leaves once
+// this has passed; one it deletes meanwhile leaves at once.
+const Carry = 30 * time.Second
 
 // NewStore returns an empty store whose re-snapshots carry records for
 // Carry.
