@@ -43,11 +43,11 @@ func TestACMECertificateIsNeverDroppedWhileValid(t *testing.T) {
 	t.Parallel()
 	now := time.Now()
 	o := &opener{}
-	a := &Agent{cfg: Config{CertDir: t.TempDir(), Keys: o}, certs: map[string]selfCert{}, logger: zap.NewNop()}
+	c := newCerts(t.TempDir(), o, zap.NewNop())
 	rec := &msg.App{Name: "web", Routing: spec.Routing{Hosts: []string{"web.example.com"}, TLS: &spec.TLS{ACME: true, RedirectHTTP: true}}}
 	served := func(app state.App) string {
 		t.Helper()
-		out := a.withCerts(state.Snapshot{Apps: []state.App{app}}, now)
+		out := c.apply(state.Snapshot{Apps: []state.App{app}}, now)
 		return out.Apps[0].Spec.Routing.TLS.Certificate
 	}
 	require.Empty(t, served(state.App{Spec: rec}), "no certificate yet: plain HTTP")
@@ -67,13 +67,13 @@ func TestACMECertificateIsNeverDroppedWhileValid(t *testing.T) {
 	calls := o.calls
 	require.Equal(t, f1, served(state.App{Spec: &again, Cert: broken}))
 	require.Equal(t, calls, o.calls, "a broken certificate is tried once, not at every sync")
-	out := a.withCerts(state.Snapshot{Apps: []state.App{{Spec: &again, Cert: broken}}}, now)
+	out := c.apply(state.Snapshot{Apps: []state.App{{Spec: &again, Cert: broken}}}, now)
 	require.Equal(t, first, out.Apps[0].Cert, "the names that decide the hosts are the served certificate's")
 	o.fail = false
 	f3 := served(state.App{Spec: &again, Cert: acmeCertFor(t, 3, now.Add(92*24*time.Hour), "web.example.com")})
 	require.NotEqual(t, f1, f3, "a new certificate, new files")
 
 	// Expired: no longer kept when the bucket has none.
-	a.certs["web"] = selfCert{src: &again, out: a.certs["web"].out, serial: "3", files: a.certs["web"].files, notAfter: now.Add(-time.Minute)}
+	c.served["web"] = selfCert{src: &again, out: c.served["web"].out, serial: "3", files: c.served["web"].files, notAfter: now.Add(-time.Minute)}
 	require.Empty(t, served(state.App{Spec: &again}))
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -38,6 +39,38 @@ func Confirm(ctx context.Context, client *http.Client, url, want string, interva
 // Served returns the generation the status listener at url reports.
 func Served(ctx context.Context, client *http.Client, url string) (string, error) {
 	return fetch(ctx, client, url)
+}
+
+// Status is the generation endpoint of nginx's status listener: which
+// config generation nginx serves. It is safe for concurrent use.
+type Status struct {
+	url    string
+	client *http.Client
+}
+
+// NewStatus returns the generation endpoint of the status listener at
+// listen (host:port), asked with a one-second timeout per request.
+func NewStatus(listen string) *Status {
+	return &Status{url: "http://" + listen + "/berth/generation", client: &http.Client{Timeout: time.Second}}
+}
+
+// Generation returns the generation nginx serves: 0 when it reports none
+// or something that is not one.
+func (s *Status) Generation(ctx context.Context) (uint64, error) {
+	got, err := fetch(ctx, s.client, s.url)
+	if err != nil {
+		return 0, err
+	}
+	gen, err := strconv.ParseUint(got, 10, 64)
+	if err != nil {
+		return 0, nil
+	}
+	return gen, nil
+}
+
+// Confirm polls every 10 ms until nginx serves gen (Confirm).
+func (s *Status) Confirm(ctx context.Context, gen uint64) error {
+	return Confirm(ctx, s.client, s.url, strconv.FormatUint(gen, 10), 10*time.Millisecond)
 }
 
 func fetch(ctx context.Context, client *http.Client, url string) (string, error) {

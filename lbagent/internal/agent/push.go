@@ -1,0 +1,165 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/lbagent/internal/dynamic"
+)
+
+// Pusher installs endpoint sets in the running nginx without a reload
+// (dynamic mode). Calls come from the agent's Run goroutine.
+type Pusher interface {
+	// Push installs a batch and returns the version nginx reports
+	// installed, read back; a version not above nginx's is a
+	// *dynamic.StaleError.
+	Push(ctx context.Context, b dynamic.Batch) (uint64, error)
+	// Version reads the version nginx has installed.
+	Version(ctx context.Context) (uint64, error)
+	// CloseKeepalive makes the workers of generations below below close
+	// each keep-alive connection after its next answer, for ttl (0 ends it).
+	CloseKeepalive(ctx context.Context, below uint64, ttl time.Duration) error
+}
+
+var _ Pusher = (*dynamic.Client)(nil)
+
+// pushes is dynamic mode's side of the loop: the versions of the batches
+// pushed into nginx's dict, and the snapshot file nginx loads its
+// endpoints from when it starts or reloads. Which sets nginx holds is
+// Served.Endpoints. Used from the agent's Run goroutine only (the snapshot
+// file is written behind it, by run).
+type pushes struct {
+	client Pusher
+	file   string
+	writer *dynamic.SnapshotWriter
+	// cache memoizes the endpoint sets of each snapshot (Input.Endpoints).
+	cache dynamic.Cache
+	// version is the last version pushed or written; versioned says it
+	// is known to be at or above nginx's.
+	version   uint64
+	versioned bool
+	// drain is ReloadDrain, confirm ConfirmTimeout.
+	drain, confirm time.Duration
+	pushed         func(time.Duration, error)
+	now            func() time.Time
+	logger         *zap.Logger
+}
+
+func newPushes(cfg Config, now func() time.Time, logger *zap.Logger) *pushes {
+	return &pushes{client: cfg.Pusher, file: cfg.Snapshot, writer: dynamic.NewSnapshotWriter(cfg.Snapshot),
+		drain: cfg.ReloadDrain, confirm: cfg.ConfirmTimeout, pushed: cfg.Hooks.Pushed, now: now, logger: logger}
+}
+
+// run writes the snapshot file behind the pushes until ctx ends.
+func (p *pushes) run(ctx context.Context) {
+	p.writer.Run(ctx, func(err error) {
+		// nginx serves the pushes; only its next start would begin older.
+		p.logger.Warn("endpoint snapshot not written", zap.Error(err))
+	})
+}
+
+// push sends one batch above every version seen, retrying once above
+// nginx's when nginx has a newer one (a restarted lbagent). Once pushed,
+// the snapshot file follows with every set, next.
+func (p *pushes) push(ctx context.Context, apps, next map[string]*dynamic.Endpoints, full bool) error {
+	start := p.now()
+	p.initVersion(ctx)
+	var err error
+	for range 2 {
+		p.version++
+		var got uint64
+		got, err = p.client.Push(ctx, dynamic.Batch{Version: p.version, Full: full, Apps: apps})
+		var stale *dynamic.StaleError
+		if errors.As(err, &stale) {
+			p.version = max(p.version, stale.Installed)
+			continue
+		}
+		if err == nil {
+			p.version, p.versioned = max(p.version, got), true
+		}
+		break
+	}
+	if p.pushed != nil {
+		p.pushed(p.now().Sub(start), err)
+	}
+	if err == nil {
+		// nginx serves the push; the file, for nginx's next start or
+		// reload, is written behind it (and synchronously before any
+		// reload, by write).
+		p.writer.Put(dynamic.Batch{Version: p.version, Apps: next})
+	}
+	return err
+}
+
+// write writes the snapshot file nginx loads as it reloads, at once: the
+// new config starts with its endpoints in place, never with an empty dict.
+func (p *pushes) write(ctx context.Context, eps map[string]*dynamic.Endpoints) error {
+	p.initVersion(ctx)
+	p.version++
+	return p.writer.Write(dynamic.Batch{Version: p.version, Apps: eps})
+}
+
+// initVersion learns the version nginx has installed, once: pushes
+// continue above it and above the snapshot file's.
+func (p *pushes) initVersion(ctx context.Context) {
+	if p.versioned {
+		return
+	}
+	p.version = max(p.version, dynamic.ReadSnapshotVersion(p.file))
+	vctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if v, err := p.client.Version(vctx); err == nil {
+		p.version = max(p.version, v)
+		p.versioned = true
+	}
+}
+
+// drainKeepalive, with nginx serving, asks the workers that the reload
+// into gen replaces to close keep-alive connections after each answer,
+// and waits ReloadDrain for busy ones to cycle. The request lives until
+// the reload is confirmed (and a while past it: the old workers finish
+// their requests with it). It reports whether it asked.
+func (p *pushes) drainKeepalive(ctx context.Context, gen uint64) bool {
+	if p.drain <= 0 {
+		return false
+	}
+	rctx, cancel := context.WithTimeout(ctx, time.Second)
+	err := p.client.CloseKeepalive(rctx, gen, p.drain+p.confirm+10*time.Second)
+	cancel()
+	if err != nil {
+		// Templates older than the keepalive location: reload anyway.
+		p.logger.Warn("keep-alive connections not drained before the reload", zap.Error(err))
+		return false
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(p.drain):
+	}
+	return true
+}
+
+// undrain lets the workers below gen keep connections again: the reload
+// into gen failed, and they stay.
+func (p *pushes) undrain(ctx context.Context, gen uint64) {
+	_ = p.client.CloseKeepalive(ctx, gen, 0)
+}
+
+// pushChanged acts on a Push: it pushes the endpoint sets dec says
+// changed and records every set as nginx's. It reports false when the
+// push failed, logged and reported as failed with failed.
+func (a *Agent) pushChanged(ctx context.Context, start time.Time, rev uint64, dec Decision, failed map[string]string) bool {
+	if dec.Action != Push {
+		return true
+	}
+	if err := a.pushes.push(ctx, dec.Changed, dec.Endpoints, dec.Full); err != nil {
+		a.logger.Error("endpoints not pushed, retrying", zap.Error(err))
+		a.report(ctx, start, rev, msg.ReloadFailed, err.Error(), failed)
+		return false
+	}
+	a.served.Endpoints = dec.Endpoints
+	return true
+}

@@ -1,0 +1,174 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"os"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/lbagent/internal/atomicfile"
+	"github.com/berthhq/berth/lbagent/internal/dynamic"
+	"github.com/berthhq/berth/lbagent/internal/render"
+	"github.com/berthhq/berth/lbagent/internal/state"
+)
+
+// reload builds a config of dec's state that nginx accepts and makes
+// nginx serve it. It returns how long to wait before trying again when
+// the reload or the push after it failed.
+func (a *Agent) reload(ctx context.Context, start time.Time, in Input, dec Decision) time.Duration {
+	c := &candidate{agent: a, renderer: in.Renderer, snap: dec.Snapshot, known: dec.StandIns}
+	final, failed, err := c.build(ctx, dec.Generation)
+	maps.Copy(a.refused, final.refused)
+	if err != nil {
+		a.logger.Error("config not applied", zap.Error(err), zap.String("reason", dec.Reason))
+		a.report(ctx, start, in.Snapshot.Revision, msg.ReloadFailed, err.Error(), failed)
+		return 0
+	}
+	if len(final.refused) > 0 {
+		in.Built = &final.snap
+		if again := Decide(in); again.Action != Reload {
+			return a.keepRefused(ctx, start, in.Snapshot, again, failed)
+		}
+	}
+	var eps map[string]*dynamic.Endpoints
+	if a.pushes != nil {
+		eps = endpointsOf(&a.pushes.cache, final.snap)
+		if err := a.pushes.write(ctx, eps); err != nil {
+			a.logger.Error("config not applied", zap.Error(err))
+			a.report(ctx, start, in.Snapshot.Revision, msg.ReloadFailed, err.Error(), failed)
+			return 0
+		}
+	}
+	if err := a.apply(ctx, final.bytes, dec.Generation); err != nil {
+		// nginx -t accepted the config: what failed is the reload (nginx
+		// not running yet, or gone). Try again, backing off, rather than
+		// wait for the next change, which may never come.
+		retry := min(time.Second<<min(a.reloadFailures, 5), 30*time.Second)
+		a.reloadFailures++
+		a.logger.Error("config not applied, retrying", zap.Error(err), zap.Duration("retry_in", retry))
+		a.report(ctx, start, in.Snapshot.Revision, msg.ReloadFailed, err.Error(), failed)
+		return retry
+	}
+	a.reloadFailures = 0
+	var pushErr error
+	if a.pushes != nil {
+		// The reload loaded the file; a full push makes sure of it (an
+		// nginx that kept a newer dict, an adopted one) and reads it back.
+		// Without it nginx's sets are unknown: the next push is full.
+		if pushErr = a.pushes.push(ctx, eps, eps, true); pushErr != nil {
+			eps = nil
+		}
+	}
+	a.record(dec.Generation, in.Renderer, in.Snapshot, final.snap, eps)
+	a.settleBuild(final.snap, failed)
+	if pushErr != nil {
+		a.logger.Error("endpoints not pushed after the reload, retrying", zap.Error(pushErr))
+		a.report(ctx, start, in.Snapshot.Revision, msg.ReloadFailed, pushErr.Error(), failed)
+		return time.Second
+	}
+	result := msg.ReloadApplied
+	if len(failed) > 0 {
+		result = msg.ReloadRejected
+	}
+	a.reporter.Applied(ctx, a.agentMessage(""))
+	a.report(ctx, start, in.Snapshot.Revision, result, "", failed)
+	if h := a.cfg.Hooks.Served; h != nil {
+		h(len(final.snap.Apps), final.snap.Servers())
+	}
+	a.logger.Info("config applied", zap.Uint64("generation", dec.Generation), zap.Uint64("revision", in.Snapshot.Revision),
+		zap.Int("apps", len(in.Snapshot.Apps)), zap.Int("servers", in.Snapshot.Servers()), zap.Int("failed_apps", len(failed)),
+		zap.String("reason", dec.Reason), zap.Duration("duration", a.now().Sub(start)))
+	return 0
+}
+
+// keepRefused acts on a build whose refused apps leave nginx serving what
+// it serves (decideBuilt): no reload; in dynamic mode the endpoints that
+// changed are pushed. The result is reported rejected.
+func (a *Agent) keepRefused(ctx context.Context, start time.Time, snap state.Snapshot, dec Decision, failed map[string]string) time.Duration {
+	if !a.pushChanged(ctx, start, snap.Revision, dec, failed) {
+		return time.Second
+	}
+	a.served.Snapshot, a.appErrors = snap, failed
+	a.reporter.Applied(ctx, a.agentMessage(""))
+	a.report(ctx, start, snap.Revision, msg.ReloadRejected, "", failed)
+	return 0
+}
+
+// record notes that nginx serves generation gen, rendered by renderer from
+// served, for the store's snapshot applied; eps are the endpoint sets
+// nginx's dict holds (dynamic mode), nil if unknown.
+func (a *Agent) record(gen uint64, renderer *render.Renderer, applied, served state.Snapshot, eps map[string]*dynamic.Endpoints) {
+	a.served = Served{Generation: gen, Snapshot: applied, Renderer: renderer, Layout: comparable(served, a.cfg.Render),
+		Specs: specsOf(served), Apps: make(map[string]int64, len(served.Apps)), Endpoints: eps}
+	for _, app := range served.Apps {
+		a.served.Apps[app.Spec.Name] = app.Spec.Generation
+	}
+	a.servedGen.Store(gen)
+}
+
+// settleBuild, once nginx serves a build of served, keeps the apps not
+// failed as their last good records, forgets the last good records of
+// apps gone and the refusals of apps no longer failed, and reports failed.
+func (a *Agent) settleBuild(served state.Snapshot, failed map[string]string) {
+	for _, app := range served.Apps {
+		if _, bad := failed[app.Spec.Name]; !bad {
+			a.lastGood[app.Spec.Name] = app
+		}
+	}
+	for name := range a.lastGood {
+		if _, present := a.served.Apps[name]; !present {
+			delete(a.lastGood, name)
+		}
+	}
+	for name := range a.refused {
+		if _, still := failed[name]; !still {
+			delete(a.refused, name)
+		}
+	}
+	a.appErrors = failed
+}
+
+// apply swaps the tested config in, reloads and confirms; on a failed
+// confirm it puts the previous file back and reloads again. In dynamic
+// mode, with nginx serving, the workers it replaces drain their keep-alive
+// connections first.
+func (a *Agent) apply(ctx context.Context, conf []byte, gen uint64) error {
+	drained := a.pushes != nil && a.served.Generation > 0 && a.pushes.drainKeepalive(ctx, gen)
+	err := a.swap(ctx, conf, gen)
+	if err != nil && drained {
+		a.pushes.undrain(ctx, gen) // the old workers stay: let them keep connections again
+	}
+	return err
+}
+
+// swap writes conf to the target, keeping the previous file as
+// .last-good, reloads nginx and confirms it serves gen; on a failure it
+// puts the previous file back and reloads again.
+func (a *Agent) swap(ctx context.Context, conf []byte, gen uint64) error {
+	previous, _ := os.ReadFile(a.cfg.Target)
+	if err := atomicfile.Write(a.cfg.Target, conf, 0o644); err != nil {
+		return err
+	}
+	if len(previous) > 0 {
+		_ = atomicfile.Write(a.cfg.Target+".last-good", previous, 0o644)
+	}
+	err := a.reloader.Reload(ctx)
+	if err == nil {
+		cctx, cancel := context.WithTimeout(ctx, a.cfg.ConfirmTimeout)
+		err = a.status.Confirm(cctx, gen)
+		cancel()
+	}
+	if err == nil {
+		return nil
+	}
+	if len(previous) > 0 {
+		if rerr := atomicfile.Write(a.cfg.Target, previous, 0o644); rerr == nil {
+			_ = a.reloader.Reload(ctx)
+		}
+	}
+	return fmt.Errorf("generation %d: %w", gen, err)
+}
