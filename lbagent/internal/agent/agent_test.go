@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,7 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -77,35 +75,23 @@ func (r *reporter) applied() bool {
 }
 
 // rig is an agent driving a real nginx it supervises, fed through the
-// store's handlers as the NATS watchers would feed it.
+// store's handlers as the NATS watchers would feed it. The tests of what
+// the agent decides and does run on fakes (sync_test.go); these are of
+// what nginx then serves.
 type rig struct {
+	*feed
 	t        *testing.T
-	store    *state.Store
 	agent    *Agent
 	rep      *reporter
 	httpAddr string
-	rev      uint64
 	// restart stops the agent and starts a new one on the same nginx,
 	// store and reporter, as a restarted lbagent.
 	restart func()
-	// tests counts the agent's nginx -t runs.
-	tests atomic.Int64
 }
 
-// countingTester counts the nginx -t runs of the tester it wraps.
-type countingTester struct {
-	Tester
-	n *atomic.Int64
-}
-
-func (c countingTester) Test(ctx context.Context, prefix, conf string) error {
-	c.n.Add(1)
-	return c.Tester.Test(ctx, prefix, conf)
-}
-
-func newRig(t *testing.T, emptyHold time.Duration) *rig {
+func newRig(t *testing.T) *rig {
 	t.Helper()
-	return newRigMode(t, emptyHold, false)
+	return newRigMode(t, false)
 }
 
 // luaModules is where Debian's libnginx-mod-http-lua installs the modules.
@@ -113,26 +99,7 @@ const luaModules = "/usr/lib/nginx/modules"
 
 // newRigMode is newRig in dynamic upstream mode when dyn is set: the Lua
 // balancer from templates/, endpoint pushes through the control endpoint.
-func newRigMode(t *testing.T, emptyHold time.Duration, dyn bool) *rig {
-	t.Helper()
-	return newRigStore(t, emptyHold, dyn, state.NewStore())
-}
-
-// newRigStore is newRigMode with the store the agent reads.
-func newRigStore(t *testing.T, emptyHold time.Duration, dyn bool, store *state.Store) *rig {
-	t.Helper()
-	return newRigWith(t, emptyHold, dyn, nil, store)
-}
-
-// newRigReloader is newRigMode with the agent's reloader wrapped by wrap
-// (nil: none).
-func newRigReloader(t *testing.T, emptyHold time.Duration, dyn bool, wrap func(Reloader) Reloader) *rig {
-	t.Helper()
-	return newRigWith(t, emptyHold, dyn, wrap, state.NewStore())
-}
-
-// newRigWith is the rig of every option.
-func newRigWith(t *testing.T, emptyHold time.Duration, dyn bool, wrap func(Reloader) Reloader, store *state.Store) *rig {
+func newRigMode(t *testing.T, dyn bool) *rig {
 	t.Helper()
 	bin := testrig.NginxBin(t)
 	if dyn && !dynamic.Available(luaModules) {
@@ -145,14 +112,14 @@ func newRigWith(t *testing.T, emptyHold time.Duration, dyn bool, wrap func(Reloa
 	for _, d := range []string{"conf", "logs", "run", "temp"} {
 		require.NoError(t, os.MkdirAll(filepath.Join(dir, d), 0o755))
 	}
-	r := &rig{t: t, store: store, rep: &reporter{}, httpAddr: fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))}
+	r := &rig{t: t, feed: &feed{store: state.NewStore()}, rep: &reporter{}, httpAddr: fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))}
 	cfg := Config{
 		Node: "lb-test",
 		Render: render.Options{Node: "lb-test", HTTPListen: r.httpAddr, HTTPSListen: fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t)),
 			StatusListen: fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t)), Main: true},
 		Target: filepath.Join(dir, "conf", "nginx.conf"), Staging: filepath.Join(t.TempDir(), "staging"),
 		DebounceMin: 20 * time.Millisecond, DebounceMax: 200 * time.Millisecond, Resync: time.Hour,
-		EmptyHold: emptyHold, ConfirmTimeout: 5 * time.Second, Heartbeat: time.Hour,
+		EmptyHold: time.Hour, ConfirmTimeout: 5 * time.Second, Heartbeat: time.Hour,
 		CertDir: filepath.Join(dir, "certs"),
 	}
 	if dyn {
@@ -182,12 +149,8 @@ func newRigWith(t *testing.T, emptyHold time.Duration, dyn bool, wrap func(Reloa
 
 	var stopAgent context.CancelFunc
 	var agentDone chan error
-	var reloader Reloader = sup
-	if wrap != nil {
-		reloader = wrap(sup)
-	}
 	startAgent := func() {
-		r.agent = New(cfg, r.store, renderer, countingTester{nginx.Binary{Path: bin}, &r.tests}, reloader, r.rep, zaptest.NewLogger(t))
+		r.agent = New(cfg, r.store, renderer, nginx.Binary{Path: bin}, sup, r.rep, zaptest.NewLogger(t))
 		var agentCtx context.Context
 		agentCtx, stopAgent = context.WithCancel(ctx)
 		agentDone = make(chan error, 1)
@@ -206,10 +169,7 @@ func newRigWith(t *testing.T, emptyHold time.Duration, dyn bool, wrap func(Reloa
 		cancel()
 		<-supDone
 	})
-	r.store.HealthHandler().Snapshot(nil, 0)
-	r.store.CertificatesHandler().Snapshot(nil, 0)
-	r.store.InstancesHandler().Snapshot(nil, 0)
-	r.store.AppsHandler().Snapshot(nil, 0)
+	r.load()
 	return r
 }
 
@@ -217,25 +177,6 @@ func appMsg(name string, hosts ...string) *msg.App {
 	return &msg.App{Name: name, Generation: 1, Term: 1, Port: 8080, Routing: spec.Routing{Hosts: hosts, Paths: []string{"/"}},
 		LB: spec.LB{Method: spec.LBRoundRobin, Keepalive: 8, MaxFails: 1, FailTimeout: spec.Duration(time.Second),
 			ConnectTimeout: spec.Duration(time.Second), ReadTimeout: spec.Duration(5 * time.Second), NextUpstreamTries: 2, ClientMaxBodySize: 1 << 20}}
-}
-
-func (r *rig) putApp(a *msg.App) {
-	r.store.AppsHandler().Update(bus.Event[*msg.App]{Key: a.Name, Op: bus.OpPut, Value: a})
-}
-
-func (r *rig) putInstance(app, id, addr, st string) uint64 {
-	r.rev++
-	r.store.InstancesHandler().Update(bus.Event[*msg.Instance]{Key: app + "." + id, Revision: r.rev, Op: bus.OpPut,
-		Value: &msg.Instance{App: app, ID: id, Term: 1, Generation: 1, Address: addr, State: st, Weight: 1}})
-	return r.rev
-}
-
-// putInstanceMsg is putInstance, returning the record put.
-func (r *rig) putInstanceMsg(app, id, addr, st string) *msg.Instance {
-	r.rev++
-	v := &msg.Instance{App: app, ID: id, Term: 1, Generation: 1, Address: addr, State: st, Weight: 1}
-	r.store.InstancesHandler().Update(bus.Event[*msg.Instance]{Key: app + "." + id, Revision: r.rev, Op: bus.OpPut, Value: v})
-	return v
 }
 
 func (r *rig) get(host string) (int, string) { return r.getPath(host, "/") }
@@ -261,7 +202,7 @@ func (r *rig) waitFor(host string, code int, want string) {
 
 func TestAgentRoutesSpreadsAndRemoves(t *testing.T) {
 	t.Parallel()
-	r := newRig(t, time.Hour)
+	r := newRig(t)
 	r.putApp(appMsg("web", "web.test"))
 	r.waitFor("web.test", 503, `"no_backend"`)
 
@@ -293,84 +234,6 @@ func TestAgentRoutesSpreadsAndRemoves(t *testing.T) {
 	r.waitFor("web.test", 503, "no healthy instance")
 }
 
-func TestAgentSkipsIdenticalAndCoalescesBursts(t *testing.T) {
-	t.Parallel()
-	r := newRig(t, time.Hour)
-	r.putApp(appMsg("web", "web.test"))
-	addr := testrig.Backend(t, "A")
-	first := r.putInstance("web", "a", addr, msg.StateRunning)
-	r.waitFor("web.test", 200, "A")
-	// nginx can serve A a moment before the agent records the generation
-	// that brought it: wait for the report of that revision first.
-	require.Eventually(t, func() bool { _, ag := r.rep.last(); return ag != nil && ag.AppliedRevision >= first }, 5*time.Second, 5*time.Millisecond)
-	gen := r.agent.Generation()
-
-	// The same state again: the revision moves, the config does not.
-	rev := r.putInstance("web", "a", addr, msg.StateRunning)
-	require.Eventually(t, func() bool {
-		rl, ag := r.rep.last()
-		return rl != nil && ag != nil && rl.Result == msg.ReloadSkipped && ag.AppliedRevision == rev
-	}, 5*time.Second, 10*time.Millisecond)
-	require.Equal(t, gen, r.agent.Generation(), "identical bytes are not reloaded")
-
-	// A burst of 30 changes inside the debounce window makes few reloads.
-	before := r.agent.Generation()
-	for i := range 30 {
-		r.putInstance("web", fmt.Sprintf("x%d", i), fmt.Sprintf("127.0.0.1:%d", 30000+i), msg.StateStarting)
-	}
-	r.putInstance("web", "a", addr, msg.StateRunning)
-	time.Sleep(500 * time.Millisecond)
-	require.LessOrEqual(t, r.agent.Generation()-before, uint64(2))
-}
-
-func TestAgentIsolatesPoisonedApp(t *testing.T) {
-	t.Parallel()
-	r := newRig(t, time.Hour)
-	good := appMsg("good", "good.test")
-	r.putApp(good)
-	r.putInstance("good", "g1", testrig.Backend(t, "G1"), msg.StateRunning)
-	r.waitFor("good.test", 200, "G1")
-
-	// A certificate path that passes the grammar but does not exist: nginx -t refuses it.
-	bad := appMsg("bad", "bad.test")
-	bad.Routing.TLS = &spec.TLS{Certificate: "/nonexistent/berth/bad.crt", Key: "/nonexistent/berth/bad.key"}
-	r.putApp(bad)
-	r.putInstance("bad", "b1", testrig.Backend(t, "B1"), msg.StateRunning)
-	// The other app still updates while bad is broken.
-	r.putInstance("good", "g2", testrig.Backend(t, "G2"), msg.StateRunning)
-	r.putInstance("good", "g1", "127.0.0.1:1", msg.StateStopped)
-	r.waitFor("good.test", 200, "G2")
-	r.waitFor("bad.test", 503, "no_backend") // never good: its host answers 503
-
-	var rl *msg.Reload
-	var ag *msg.Agent
-	require.Eventually(t, func() bool { rl, ag = r.rep.last(); return rl != nil && rl.Result == msg.ReloadRejected }, 5*time.Second, 10*time.Millisecond)
-	require.Equal(t, msg.ReloadRejected, rl.Result)
-	require.Contains(t, rl.FailedApps["bad"], "nginx -t")
-	require.Contains(t, ag.Errors, "bad")
-}
-
-func TestAgentHoldsBackEmptyingSnapshot(t *testing.T) {
-	t.Parallel()
-	r := newRigStore(t, 700*time.Millisecond, false, state.NewStoreCarrying(500*time.Millisecond, nil))
-	r.putApp(appMsg("web", "web.test"))
-	r.putInstance("web", "a", testrig.Backend(t, "A"), msg.StateRunning)
-	r.waitFor("web.test", 200, "A")
-
-	// As if NATS were reset: every instance disappears at once. The
-	// re-snapshot carries them (state.Carry); once that has passed, the
-	// emptied state is held back (--empty-hold), still serving; once that
-	// has passed too, it is applied.
-	r.store.InstancesHandler().Snapshot(nil, 0)
-	require.Eventually(t, func() bool {
-		rl, _ := r.rep.last()
-		return rl != nil && rl.Result == msg.ReloadFailed && strings.Contains(rl.Error, "held back")
-	}, 10*time.Second, 5*time.Millisecond, "the emptied state is held back once the carry is over")
-	code, _ := r.get("web.test")
-	require.Equal(t, 200, code, "an emptying snapshot is held back")
-	r.waitFor("web.test", 503, "no_backend") // it persisted past --empty-hold: applied
-}
-
 // TestAgentReSnapshotKeepsAnAppServed: after a NATS reset lbagent may load
 // the instances bucket while the scheduler has put one app's records back
 // and not yet the other's (TestNATSWipe saw shop answer 503 so). The
@@ -378,7 +241,7 @@ func TestAgentHoldsBackEmptyingSnapshot(t *testing.T) {
 // loses its server, and a record deleted meanwhile leaves at once.
 func TestAgentReSnapshotKeepsAnAppServed(t *testing.T) {
 	t.Parallel()
-	r := newRig(t, time.Hour)
+	r := newRig(t)
 	for _, a := range []string{"demo", "shop"} {
 		r.putApp(appMsg(a, a+".test"))
 	}
@@ -414,29 +277,6 @@ func TestAgentReSnapshotKeepsAnAppServed(t *testing.T) {
 	r.waitFor("shop.test", 503, "no_backend")
 }
 
-func TestAgentTemplateEdit(t *testing.T) {
-	t.Parallel()
-	r := newRig(t, time.Hour)
-	r.putApp(appMsg("web", "web.test"))
-	r.putInstance("web", "a", testrig.Backend(t, "A"), msg.StateRunning)
-	r.waitFor("web.test", 200, "A")
-
-	dir := t.TempDir()
-	for _, name := range []string{"nginx.conf.tmpl", "http.conf.tmpl", "app.conf.tmpl"} {
-		b, err := templates.FS.ReadFile(name)
-		require.NoError(t, err)
-		if name == "app.conf.tmpl" {
-			b = []byte(strings.Replace(string(b), `"no_backend"`, `"edited_template"`, 1))
-		}
-		require.NoError(t, os.WriteFile(filepath.Join(dir, name), b, 0o644))
-	}
-	edited, err := render.Load(os.DirFS(dir))
-	require.NoError(t, err)
-	r.agent.SetRenderer(edited)
-	r.putInstance("web", "a", "127.0.0.1:1", msg.StateStopped)
-	r.waitFor("web.test", 503, "edited_template")
-}
-
 // reloads counts the config changes reported applied (each one a reload).
 func (r *rig) reloads() int {
 	r.rep.mu.Lock()
@@ -456,7 +296,7 @@ func (r *rig) reloads() int {
 // it is served from its endpoints at once after the reload.
 func TestDynamicEndpointChangesReloadNothing(t *testing.T) {
 	t.Parallel()
-	r := newRigMode(t, time.Hour, true)
+	r := newRigMode(t, true)
 	r.putApp(appMsg("web", "web.test"))
 	r.waitFor("web.test", 503, `"no_backend"`)
 	a, b := testrig.Backend(t, "A"), testrig.Backend(t, "B")
@@ -548,61 +388,6 @@ func TestDynamicEndpointChangesReloadNothing(t *testing.T) {
 	require.Contains(t, string(snap), c, "the snapshot nginx reloads from holds the endpoints")
 }
 
-// TestRefusedAppIsNotTriedAgain: an app nginx refused is remembered at its
-// generation. Later changes of other apps neither test it nor bisect for
-// it again — in dynamic mode an endpoint change stays a push, with no
-// nginx -t and no reload — and a new generation of it is tried at once.
-func TestRefusedAppIsNotTriedAgain(t *testing.T) {
-	t.Parallel()
-	for _, dyn := range []bool{false, true} {
-		t.Run(map[bool]string{false: "reload", true: "dynamic"}[dyn], func(t *testing.T) {
-			t.Parallel()
-			r := newRigMode(t, time.Hour, dyn)
-			r.putApp(appMsg("good", "good.test"))
-			r.putInstance("good", "g1", testrig.Backend(t, "G1"), msg.StateRunning)
-			r.waitFor("good.test", 200, "G1")
-
-			bad := appMsg("bad", "bad.test")
-			bad.Routing.TLS = &spec.TLS{Certificate: "/nonexistent/berth/bad.crt", Key: "/nonexistent/berth/bad.key"}
-			r.putApp(bad)
-			require.Eventually(t, func() bool { rl, _ := r.rep.last(); return rl != nil && rl.Result == msg.ReloadRejected }, 10*time.Second, 5*time.Millisecond)
-			tests, reloads := r.tests.Load(), r.reloads()
-
-			g2 := testrig.Backend(t, "G2")
-			for i := range 5 {
-				addr := g2
-				if i%2 == 1 {
-					addr = "127.0.0.1:1"
-				}
-				r.putInstance("good", "g2", addr, msg.StateRunning)
-				r.waitFor("good.test", 200, "G")
-				time.Sleep(80 * time.Millisecond) // past the debounce: one sync each
-			}
-			r.putInstance("good", "g2", g2, msg.StateRunning)
-			r.putInstance("good", "g1", "127.0.0.1:1", msg.StateStopped)
-			require.Eventually(t, func() bool { return r.onlyServes("good.test", "G2") }, 5*time.Second, 5*time.Millisecond)
-			_, ag := r.rep.last()
-			require.Contains(t, ag.Errors, "bad", "still reported as refused")
-			if dyn {
-				require.Equal(t, tests, r.tests.Load(), "endpoint changes run no nginx -t")
-				require.Equal(t, reloads, r.reloads(), "and reload nothing")
-			} else {
-				// (A sync may be between its nginx -t and its reload report.)
-				require.Eventually(t, func() bool { return int64(r.reloads()-reloads) == r.tests.Load()-tests }, 5*time.Second, 5*time.Millisecond,
-					"one nginx -t per reload: no bisection (%d tests for %d reloads)", r.tests.Load()-tests, r.reloads()-reloads)
-			}
-
-			// A new generation of it is tried at once, and served.
-			fixed := appMsg("bad", "bad.test")
-			fixed.Generation = 2
-			r.putApp(fixed)
-			r.putInstance("bad", "b1", testrig.Backend(t, "B1"), msg.StateRunning)
-			r.waitFor("bad.test", 200, "B1")
-			require.Eventually(t, func() bool { _, ag := r.rep.last(); _, still := ag.Errors["bad"]; return !still }, 5*time.Second, 5*time.Millisecond)
-		})
-	}
-}
-
 // TestSelfSignedTLSOverHTTP2: an app with routing.tls.self_signed is served
 // over HTTPS, with HTTP/2, with the certificate this lbagent made for its
 // hosts, in both upstream modes; nothing else about the app changes.
@@ -611,7 +396,7 @@ func TestSelfSignedTLSOverHTTP2(t *testing.T) {
 	for _, dyn := range []bool{false, true} {
 		t.Run(map[bool]string{false: "reload", true: "dynamic"}[dyn], func(t *testing.T) {
 			t.Parallel()
-			r := newRigMode(t, time.Hour, dyn)
+			r := newRigMode(t, dyn)
 			app := appMsg("secure", "secure.test")
 			app.Routing.TLS = &spec.TLS{SelfSigned: true}
 			r.putApp(app)
@@ -663,7 +448,7 @@ func TestSelfSignedTLSOverHTTP2(t *testing.T) {
 // (Without the drain the same load lost 8 requests in 60 reloads.)
 func TestDynamicRouteChangesLoseNoRequest(t *testing.T) {
 	t.Parallel()
-	r := newRigMode(t, time.Hour, true)
+	r := newRigMode(t, true)
 	r.putApp(appMsg("web", "web.test"))
 	r.putInstance("web", "a", testrig.Backend(t, "A"), msg.StateRunning)
 	r.waitFor("web.test", 200, "A")
@@ -690,7 +475,7 @@ func TestRestartedAgentAdoptsTheServedConfig(t *testing.T) {
 	for name, dyn := range map[string]bool{"reload": false, "dynamic": true} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			r := newRigMode(t, time.Hour, dyn)
+			r := newRigMode(t, dyn)
 			r.putApp(appMsg("web", "web.test"))
 			// An app with a self-signed certificate: the restarted agent
 			// finds the one it made, so the config it would render is the
@@ -853,7 +638,7 @@ func TestAgentNoSpecFreezesTheOthers(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			r := newRig(t, time.Hour)
+			r := newRig(t)
 			r.putApp(created(appMsg("good", "good.test"), t0.Add(-time.Hour)))
 			r.putInstance("good", "g1", testrig.Backend(t, "G1"), msg.StateRunning)
 			r.waitFor("good.test", 200, "G1")
@@ -872,45 +657,13 @@ func TestAgentNoSpecFreezesTheOthers(t *testing.T) {
 	}
 }
 
-// failingReloader fails its first n reloads, as a managed nginx that has
-// not started yet does.
-type failingReloader struct {
-	next Reloader
-	n    atomic.Int32
-}
-
-func (f *failingReloader) Reload(ctx context.Context) error {
-	if f.n.Add(-1) >= 0 {
-		return errors.New("nginx is not running")
-	}
-	return f.next.Reload(ctx)
-}
-
-// TestFailedReloadIsRetried: a reload that fails after nginx -t passed
-// (nginx not running yet, as when lbagent starts the nginx it manages) is
-// tried again with backoff, not left until the next change, which may
-// never come (the rig's resync is an hour).
-func TestFailedReloadIsRetried(t *testing.T) {
-	t.Parallel()
-	var f *failingReloader
-	r := newRigReloader(t, time.Hour, false, func(next Reloader) Reloader {
-		f = &failingReloader{next: next}
-		f.n.Store(2)
-		return f
-	})
-	r.putApp(appMsg("web", "web.test"))
-	r.putInstance("web", "w1", testrig.Backend(t, "W1"), msg.StateRunning)
-	r.waitFor("web.test", 200, "W1")
-	require.Less(t, f.n.Load(), int32(0), "both failures happened, then a reload went through")
-}
-
 // TestDynamicSplitToAnEmptyAppFallsBack: in dynamic mode, a split's share
 // to an app with no server yet (a canary given weight before it is
 // healthy) is answered by the rule's own app, not with 503; once the
 // canary has a server, it gets its share, with no reload for it.
 func TestDynamicSplitToAnEmptyAppFallsBack(t *testing.T) {
 	t.Parallel()
-	r := newRigMode(t, time.Hour, true)
+	r := newRigMode(t, true)
 	stable := appMsg("stable", "shop.test")
 	stable.CreatedAt = time.Unix(1, 0)
 	stable.Routing.Paths = nil

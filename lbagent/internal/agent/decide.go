@@ -280,6 +280,17 @@ func standIns(snap state.Snapshot, refused map[string]Refusal, now time.Time, re
 	return out, known, wake
 }
 
+// expiry is when the first of refused expires; zero for none.
+func expiry(refused map[string]Refusal, resync time.Duration) time.Time {
+	var first time.Time
+	for _, r := range refused {
+		if t := r.At.Add(resync); first.IsZero() || t.Before(first) {
+			first = t
+		}
+	}
+	return first
+}
+
 // settled are the refusals without a stand-in, sorted.
 func settled(refused map[string]Refusal, standIns map[string]string) []string {
 	var out []string

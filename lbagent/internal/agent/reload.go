@@ -18,7 +18,8 @@ import (
 
 // reload builds a config of dec's state that nginx accepts and makes
 // nginx serve it. It returns how long to wait before trying again when
-// the reload or the push after it failed.
+// the reload or the push after it failed, or before the apps nginx
+// refused in this build are tried again (--resync).
 func (a *Agent) reload(ctx context.Context, start time.Time, in Input, dec Decision) time.Duration {
 	c := &candidate{agent: a, renderer: in.Renderer, snap: dec.Snapshot, known: dec.StandIns}
 	final, failed, err := c.build(ctx, dec.Generation)
@@ -31,7 +32,10 @@ func (a *Agent) reload(ctx context.Context, start time.Time, in Input, dec Decis
 	if len(final.refused) > 0 {
 		in.Built = &final.snap
 		if again := Decide(in); again.Action != Reload {
-			return a.keepRefused(ctx, start, in.Snapshot, again, failed)
+			if retry := a.keepRefused(ctx, start, in.Snapshot, again, failed); retry > 0 {
+				return retry
+			}
+			return wait(start, expiry(final.refused, a.cfg.Resync), 0)
 		}
 	}
 	var eps map[string]*dynamic.Endpoints
@@ -82,7 +86,7 @@ func (a *Agent) reload(ctx context.Context, start time.Time, in Input, dec Decis
 	a.logger.Info("config applied", zap.Uint64("generation", dec.Generation), zap.Uint64("revision", in.Snapshot.Revision),
 		zap.Int("apps", len(in.Snapshot.Apps)), zap.Int("servers", in.Snapshot.Servers()), zap.Int("failed_apps", len(failed)),
 		zap.String("reason", dec.Reason), zap.Duration("duration", a.now().Sub(start)))
-	return 0
+	return wait(start, expiry(final.refused, a.cfg.Resync), 0)
 }
 
 // keepRefused acts on a build whose refused apps leave nginx serving what
@@ -102,12 +106,20 @@ func (a *Agent) keepRefused(ctx context.Context, start time.Time, snap state.Sna
 // served, for the store's snapshot applied; eps are the endpoint sets
 // nginx's dict holds (dynamic mode), nil if unknown.
 func (a *Agent) record(gen uint64, renderer *render.Renderer, applied, served state.Snapshot, eps map[string]*dynamic.Endpoints) {
-	a.served = Served{Generation: gen, Snapshot: applied, Renderer: renderer, Layout: comparable(served, a.cfg.Render),
+	a.served = newServed(gen, renderer, applied, served, eps, a.cfg.Render)
+	a.servedGen.Store(gen)
+}
+
+// newServed is what nginx serves once it serves generation gen, rendered
+// by renderer with o from served, for the store's snapshot applied, with
+// the endpoint sets eps in its dict (dynamic mode; nil if unknown).
+func newServed(gen uint64, renderer *render.Renderer, applied, served state.Snapshot, eps map[string]*dynamic.Endpoints, o render.Options) Served {
+	s := Served{Generation: gen, Snapshot: applied, Renderer: renderer, Layout: comparable(served, o),
 		Specs: specsOf(served), Apps: make(map[string]int64, len(served.Apps)), Endpoints: eps}
 	for _, app := range served.Apps {
-		a.served.Apps[app.Spec.Name] = app.Spec.Generation
+		s.Apps[app.Spec.Name] = app.Spec.Generation
 	}
-	a.servedGen.Store(gen)
+	return s
 }
 
 // settleBuild, once nginx serves a build of served, keeps the apps not
