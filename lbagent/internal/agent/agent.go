@@ -185,7 +185,7 @@ func New(cfg Config, store *state.Store, renderer *render.Renderer, tester Teste
 		a.status = nginx.NewStatus(cfg.Render.StatusListen)
 	}
 	if cfg.Pusher != nil {
-		a.pushes = newPushes(cfg, func() time.Time { return a.now() }, logger)
+		a.pushes = newPushes(cfg.Pusher, cfg.Snapshot, cfg.ReloadDrain, cfg.ConfirmTimeout, cfg.Hooks.Pushed, func() time.Time { return a.now() }, logger)
 	}
 	return a
 }
@@ -364,6 +364,22 @@ func (a *Agent) skip(ctx context.Context, start time.Time, snap state.Snapshot, 
 	a.logger.Debug("nothing to reload", zap.String("action", string(dec.Action)), zap.String("reason", dec.Reason),
 		zap.Uint64("revision", snap.Revision))
 	return 0
+}
+
+// pushChanged acts on a Push: it pushes the endpoint sets dec says
+// changed and records every set as nginx's. It reports false when the
+// push failed, logged and reported as failed with failed.
+func (a *Agent) pushChanged(ctx context.Context, start time.Time, rev uint64, dec Decision, failed map[string]string) bool {
+	if dec.Action != Push {
+		return true
+	}
+	if err := a.pushes.push(ctx, dec.Changed, dec.Endpoints, dec.Full); err != nil {
+		a.logger.Error("endpoints not pushed, retrying", zap.Error(err))
+		a.report(ctx, start, rev, msg.ReloadFailed, err.Error(), failed)
+		return false
+	}
+	a.served.Endpoints = dec.Endpoints
+	return true
 }
 
 // wait is how long to sleep at most before the next sync: until wake, or

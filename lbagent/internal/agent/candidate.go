@@ -20,8 +20,18 @@ import (
 // the apps at fault by bisection and stand in for each its last good
 // record, or a placeholder that answers 503.
 type candidate struct {
-	agent    *Agent
 	renderer *render.Renderer
+	opts     render.Options
+	// staging is the prefix nginx -t runs in, by tester.
+	staging string
+	tester  Tester
+	// lastGood are the last records nginx served of each app: a refused
+	// app's stand-in.
+	lastGood map[string]state.App
+	// rendered observes each full render (Hooks.Rendered); nil: none.
+	rendered func(time.Duration)
+	now      func() time.Time
+	logger   *zap.Logger
 	// snap has the apps in known (refused before, by name, with why)
 	// already replaced by their stand-ins (Decision.StandIns).
 	snap  state.Snapshot
@@ -38,10 +48,10 @@ type built struct {
 
 func (c *candidate) render(gen uint64, snap state.Snapshot) ([]byte, error) {
 	start := time.Now()
-	d, _ := render.Layout(snap, gen, c.agent.cfg.Render)
-	out, err := c.renderer.Render(d, c.agent.cfg.Render.Main)
-	if h := c.agent.cfg.Hooks.Rendered; h != nil {
-		h(time.Since(start))
+	d, _ := render.Layout(snap, gen, c.opts)
+	out, err := c.renderer.Render(d, c.opts.Main)
+	if c.rendered != nil {
+		c.rendered(time.Since(start))
 	}
 	return out, err
 }
@@ -56,13 +66,13 @@ func (c *candidate) build(ctx context.Context, gen uint64) (built, map[string]st
 		failed[app] = why
 	}
 	start := time.Now()
-	d, conflicts := render.Layout(c.snap, gen, c.agent.cfg.Render)
+	d, conflicts := render.Layout(c.snap, gen, c.opts)
 	for app, why := range conflicts {
 		failed[app] = why
 	}
-	out, err := c.renderer.Render(d, c.agent.cfg.Render.Main)
-	if h := c.agent.cfg.Hooks.Rendered; h != nil {
-		h(time.Since(start))
+	out, err := c.renderer.Render(d, c.opts.Main)
+	if c.rendered != nil {
+		c.rendered(time.Since(start))
 	}
 	if err == nil {
 		err = c.test(ctx, out)
@@ -73,7 +83,7 @@ func (c *candidate) build(ctx context.Context, gen uint64) (built, map[string]st
 	if ctx.Err() != nil {
 		return built{}, failed, ctx.Err()
 	}
-	c.agent.logger.Warn("candidate config refused, isolating the apps at fault", zap.Error(err))
+	c.logger.Warn("candidate config refused, isolating the apps at fault", zap.Error(err))
 	bad := c.bisect(ctx, gen, c.snap.Apps, err)
 	if len(bad) == 0 {
 		return built{}, failed, fmt.Errorf("nginx refused the config but no single app is at fault: %w", err)
@@ -89,9 +99,9 @@ func (c *candidate) build(ctx context.Context, gen uint64) (built, map[string]st
 			continue
 		}
 		failed[app.Spec.Name] = why
-		r := Refusal{Generation: app.Spec.Generation, Why: why, At: c.agent.now()}
+		r := Refusal{Generation: app.Spec.Generation, Why: why, At: c.now()}
 		stand := state.App{Servers: app.Servers}
-		if good, ok := c.agent.lastGood[app.Spec.Name]; ok {
+		if good, ok := c.lastGood[app.Spec.Name]; ok {
 			// The last good record, with today's servers: in dynamic mode
 			// they are pushed, in reload mode they are in its upstream.
 			stand.Spec = good.Spec
@@ -102,8 +112,8 @@ func (c *candidate) build(ctx context.Context, gen uint64) (built, map[string]st
 		refused[app.Spec.Name] = r
 		fixed.Apps = append(fixed.Apps, stand)
 	}
-	d, _ = render.Layout(fixed, gen, c.agent.cfg.Render)
-	out, err = c.renderer.Render(d, c.agent.cfg.Render.Main)
+	d, _ = render.Layout(fixed, gen, c.opts)
+	out, err = c.renderer.Render(d, c.opts.Main)
 	if err == nil {
 		err = c.test(ctx, out)
 	}
@@ -205,14 +215,14 @@ func (c *candidate) renderAndTest(ctx context.Context, gen uint64, apps []state.
 // test writes the candidate into the staging prefix and runs nginx -t on it.
 // An include file is wrapped in a minimal main config.
 func (c *candidate) test(ctx context.Context, conf []byte) error {
-	dir := c.agent.cfg.Staging
+	dir := c.staging
 	for _, sub := range []string{"conf", "logs", "run", "temp"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
 			return err
 		}
 	}
 	main := filepath.Join(dir, "conf", "nginx.conf")
-	if c.agent.cfg.Render.Main {
+	if c.opts.Main {
 		if err := os.WriteFile(main, conf, 0o644); err != nil {
 			return err
 		}
@@ -222,7 +232,7 @@ func (c *candidate) test(ctx context.Context, conf []byte) error {
 			return err
 		}
 		modules := ""
-		if d := c.agent.cfg.Render.Dynamic; d != nil && d.ModulesDir != "" {
+		if d := c.opts.Dynamic; d != nil && d.ModulesDir != "" {
 			modules = "load_module " + filepath.Join(d.ModulesDir, "ndk_http_module.so") + ";\nload_module " +
 				filepath.Join(d.ModulesDir, "ngx_http_lua_module.so") + ";\n"
 		}
@@ -234,5 +244,5 @@ func (c *candidate) test(ctx context.Context, conf []byte) error {
 			return err
 		}
 	}
-	return c.agent.tester.Test(ctx, dir, main)
+	return c.tester.Test(ctx, dir, main)
 }

@@ -7,7 +7,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/lbagent/internal/dynamic"
 )
 
@@ -49,9 +48,13 @@ type pushes struct {
 	logger         *zap.Logger
 }
 
-func newPushes(cfg Config, now func() time.Time, logger *zap.Logger) *pushes {
-	return &pushes{client: cfg.Pusher, file: cfg.Snapshot, writer: dynamic.NewSnapshotWriter(cfg.Snapshot),
-		drain: cfg.ReloadDrain, confirm: cfg.ConfirmTimeout, pushed: cfg.Hooks.Pushed, now: now, logger: logger}
+// newPushes returns dynamic mode's side of the loop: pushes through
+// client, the snapshot file at file, drain and confirm as ReloadDrain and
+// ConfirmTimeout, pushed the hook called after each push (nil: none).
+func newPushes(client Pusher, file string, drain, confirm time.Duration, pushed func(time.Duration, error), now func() time.Time,
+	logger *zap.Logger) *pushes {
+	return &pushes{client: client, file: file, writer: dynamic.NewSnapshotWriter(file), drain: drain, confirm: confirm, pushed: pushed,
+		now: now, logger: logger}
 }
 
 // run writes the snapshot file behind the pushes until ctx ends.
@@ -146,20 +149,4 @@ func (p *pushes) drainKeepalive(ctx context.Context, gen uint64) bool {
 // into gen failed, and they stay.
 func (p *pushes) undrain(ctx context.Context, gen uint64) {
 	_ = p.client.CloseKeepalive(ctx, gen, 0)
-}
-
-// pushChanged acts on a Push: it pushes the endpoint sets dec says
-// changed and records every set as nginx's. It reports false when the
-// push failed, logged and reported as failed with failed.
-func (a *Agent) pushChanged(ctx context.Context, start time.Time, rev uint64, dec Decision, failed map[string]string) bool {
-	if dec.Action != Push {
-		return true
-	}
-	if err := a.pushes.push(ctx, dec.Changed, dec.Endpoints, dec.Full); err != nil {
-		a.logger.Error("endpoints not pushed, retrying", zap.Error(err))
-		a.report(ctx, start, rev, msg.ReloadFailed, err.Error(), failed)
-		return false
-	}
-	a.served.Endpoints = dec.Endpoints
-	return true
 }

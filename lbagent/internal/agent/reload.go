@@ -21,7 +21,8 @@ import (
 // the reload or the push after it failed, or before the apps nginx
 // refused in this build are tried again (--resync).
 func (a *Agent) reload(ctx context.Context, start time.Time, in Input, dec Decision) time.Duration {
-	c := &candidate{agent: a, renderer: in.Renderer, snap: dec.Snapshot, known: dec.StandIns}
+	c := &candidate{renderer: in.Renderer, opts: a.cfg.Render, staging: a.cfg.Staging, tester: a.tester, lastGood: a.lastGood,
+		rendered: a.cfg.Hooks.Rendered, now: a.now, logger: a.logger, snap: dec.Snapshot, known: dec.StandIns}
 	final, failed, err := c.build(ctx, dec.Generation)
 	maps.Copy(a.refused, final.refused)
 	if err != nil {
