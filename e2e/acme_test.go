@@ -52,12 +52,19 @@ func TestACME(t *testing.T) {
 	s.startHealthd("hc1")
 	s.startLBAgent()
 
-	const host = "secure.berth.test"
+	const host, multi, broken = "secure.berth.test", "multi.berth.test", "unreachable.berth.test"
 	spec := func(name, host string) string {
 		sp := strings.Replace(demoSpec(t, img, 2, ""), "name: demo\n", "name: "+name+"\n", 1)
 		return strings.Replace(sp, "hosts: [demo.localhost]", "hosts: ["+host+"]\n  tls: {acme: true, redirect_http: true}", 1)
 	}
+	// Three apps at once, so that the waits below overlap: secure's
+	// renewal (40 s after issuance), multi's new hosts (a hosts change
+	// orders at most once a minute after the last issuance) and broken's
+	// failing challenge (its name resolves where nothing listens).
+	pebble.AddA(t, broken, "127.0.0.2")
 	s.apply(spec("secure", host))
+	s.apply(spec("multi", multi))
+	s.apply(spec("broken", broken))
 
 	issued := s.waitAPIEvent("secure", "certificate_issued", 90*time.Second)
 	t.Logf("issued: %s", issued.Message)
@@ -99,43 +106,47 @@ func TestACME(t *testing.T) {
 	require.Error(t, err, "the reader role cannot open the key")
 	require.NotContains(t, string(entry.Value), "PRIVATE KEY")
 
-	// Under HTTPS load from a client that never retries: the renewal (the
-	// certificate falls due 40 s after issuance, with the default
-	// --acme-renew-before), then a host added (a new certificate), each
-	// served once issued, and no request fails across the swaps.
-	load := loadgen.Start(context.Background(), loadgen.Config{URL: "https://" + host + "/", Addr: s.httpsAddr, Workers: 4, NoRetry: true,
-		Rate: 200, TLS: &tls.Config{RootCAs: roots, ServerName: host}})
-	renewed := s.waitAPIEvent("secure", "certificate_renewed", 2*time.Minute)
-	t.Logf("renewed: %s", renewed.Message)
-	served := func(serial string) {
+	// Under HTTPS load from clients that never retry: secure's renewal
+	// (its certificate falls due 40 s after issuance, with the default
+	// --acme-renew-before), and multi's new certificate once a host is
+	// added, each served once issued; no request fails across the swaps.
+	s.waitAPIEvent("multi", "certificate_issued", 90*time.Second)
+	https := func(h string) *loadgen.Run {
+		return loadgen.Start(context.Background(), loadgen.Config{URL: "https://" + h + "/", Addr: s.httpsAddr, Workers: 2, NoRetry: true,
+			Rate: 100, TLS: &tls.Config{RootCAs: roots, ServerName: h}})
+	}
+	require.Eventually(t, func() bool { return s.httpsGet(multi, roots) != nil }, 30*time.Second, 100*time.Millisecond, "multi is served over HTTPS")
+	loads := map[string]*loadgen.Run{host: https(host), multi: https(multi)}
+	s.apply(strings.Replace(spec("multi", multi), "hosts: ["+multi+"]", "hosts: ["+multi+", www."+multi+"]", 1))
+	served := func(h, serial string) {
 		t.Helper()
 		require.Eventually(t, func() bool {
-			c := s.httpsGet(host, roots)
+			c := s.httpsGet(h, roots)
 			return c != nil && c.SerialNumber.Text(16) == serial
-		}, 30*time.Second, 100*time.Millisecond, "certificate %s is served", serial)
+		}, 30*time.Second, 100*time.Millisecond, "certificate %s is served for %s", serial, h)
 	}
-	served(renewed.Details["serial"])
-	s.apply(strings.Replace(spec("secure", host), "hosts: ["+host+"]", "hosts: ["+host+", www."+host+"]", 1))
+	renewed := s.waitAPIEvent("secure", "certificate_renewed", 2*time.Minute)
+	t.Logf("renewed: %s", renewed.Message)
+	served(host, renewed.Details["serial"])
 	var both eventView
 	require.Eventually(t, func() bool {
-		for _, e := range s.events("secure") {
+		for _, e := range s.events("multi") {
 			if e.Kind == "certificate_renewed" && e.Details["reason"] == "names" {
 				both = e
 				return true
 			}
 		}
 		return false
-	}, 90*time.Second, 200*time.Millisecond, "a certificate for the new hosts")
-	served(both.Details["serial"])
-	require.Eventually(t, func() bool { return s.httpsGet("www."+host, roots) != nil }, 30*time.Second, 100*time.Millisecond, "the added host is served over HTTPS")
-	res := load.Stop()
-	t.Logf("HTTPS load across the renewal and the new hosts' certificate: %s", res)
-	require.NoError(t, loadgen.Check(res))
+	}, 2*time.Minute, 200*time.Millisecond, "a certificate for the new hosts")
+	served(multi, both.Details["serial"])
+	require.Eventually(t, func() bool { return s.httpsGet("www."+multi, roots) != nil }, 30*time.Second, 100*time.Millisecond, "the added host is served over HTTPS")
+	for h, load := range loads {
+		res := load.Stop()
+		t.Logf("HTTPS load on %s across the renewal and the new hosts' certificate: %s", h, res)
+		require.NoError(t, loadgen.Check(res), h)
+	}
 
-	// A challenge that cannot pass: the name resolves where nothing listens.
-	const broken = "unreachable.berth.test"
-	pebble.AddA(t, broken, "127.0.0.2")
-	s.apply(spec("broken", broken))
+	// The challenge that cannot pass.
 	failed := s.waitAPIEvent("broken", "certificate_failed", 90*time.Second)
 	t.Logf("failed: %s", failed.Message)
 	require.Contains(t, failed.Message, "next attempt at")
@@ -145,8 +156,9 @@ func TestACME(t *testing.T) {
 		code, _ := s.plainGet(broken, "/")
 		return code == http.StatusOK
 	}, 60*time.Second, 100*time.Millisecond, "the app without a certificate serves over HTTP")
-	// And the first app is undisturbed.
+	// And the others are undisturbed.
 	require.NotNil(t, s.httpsGet(host, roots))
+	require.NotNil(t, s.httpsGet(multi, roots))
 }
 
 // waitAPIEvent waits for app's first event of kind and returns it.
