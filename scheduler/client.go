@@ -322,8 +322,8 @@ func status(ctx context.Context, s *statusCmd, out io.Writer) error {
 		view["autoscaling"] = m
 	}
 	return show(out, s.Output, view, func(w io.Writer) {
-		fmt.Fprintf(w, "%s: generation %d, %d of %d replicas running, image %s, last changed by %s %s ago\n", app.Name, app.Generation, app.ObservedReplicas, app.DesiredReplicas,
-			app.Spec.Image, cmp.Or(app.UpdatedBy, "-"), age(app.UpdatedAt))
+		fmt.Fprintf(w, "%s: generation %d, %d of %d replicas running%s, image %s, last changed by %s %s ago\n", app.Name, app.Generation, app.ObservedReplicas, app.DesiredReplicas,
+			lostNote(app), app.Spec.Image, cmp.Or(app.UpdatedBy, "-"), age(app.UpdatedAt))
 		for _, c := range app.Conflicts {
 			fmt.Fprintf(w, "not routed: %s\n", c)
 		}
@@ -349,6 +349,18 @@ func status(ctx context.Context, s *statusCmd, out io.Writer) error {
 			printAutoscaling(w, m)
 		}
 	})
+}
+
+// lostNote says how many of an app's instances were lost with their host
+// and what becomes of them: "" when none was.
+func lostNote(app api.AppView) string {
+	if app.LostReplicas == 0 {
+		return ""
+	}
+	if app.Spec != nil && !app.Spec.Placement.ReplaceLost() {
+		return fmt.Sprintf(" (%d lost with their host, counted toward replicas + max_surge until it answers: placement.on_host_lost.replace is false)", app.LostReplicas)
+	}
+	return fmt.Sprintf(" (%d lost with their host and replaced; their containers there are removed once it answers)", app.LostReplicas)
 }
 
 // printAutoscaling shows an autoscaled app's last decision (each metric's

@@ -162,3 +162,40 @@ func TestPlacement(t *testing.T) {
 	_, err := Load([]byte("name: web\nimage: web:1\nport: 8080\nplacement: {constraints: [zone==a], spread_by: zone, affinity: x}\n"))
 	require.ErrorContains(t, err, "placement.affinity: unknown field")
 }
+
+// placement.on_host_lost: replace defaults to true, takes only a boolean,
+// and an empty block (or a null replace) says nothing and is refused.
+func TestPlacementOnHostLost(t *testing.T) {
+	t.Parallel()
+	base := "name: web\nimage: web:1\nport: 8080\n"
+	tests := []struct {
+		name    string
+		extra   string
+		replace bool
+		err     string
+	}{
+		{"absent: replaced", "", true, ""},
+		{"placement without it: replaced", "placement: {spread_by: zone}\n", true, ""},
+		{"replace true", "placement: {on_host_lost: {replace: true}}\n", true, ""},
+		{"replace false", "placement: {on_host_lost: {replace: false}}\n", false, ""},
+		{"an empty block", "placement: {on_host_lost: {}}\n", false, "placement.on_host_lost.replace: must be set, true (the default"},
+		{"a null replace", "placement: {on_host_lost: {replace: null}}\n", false, "placement.on_host_lost.replace: must be set"},
+		{"a string", "placement: {on_host_lost: {replace: \"no\"}}\n", false, `placement.on_host_lost.replace: must be true or false, not the string "no"`},
+		{"a number", "placement: {on_host_lost: {replace: 0}}\n", false, "placement.on_host_lost.replace: must be true or false, not the number 0"},
+		{"a bare boolean", "placement: {on_host_lost: false}\n", false, "placement.on_host_lost: must be a mapping of fields, not the boolean false"},
+		{"an unknown field", "placement: {on_host_lost: {replace: false, lost_after: 1m}}\n", false,
+			"placement.on_host_lost.lost_after: unknown field (allowed: replace)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			a, err := Load([]byte(base + tt.extra))
+			if tt.err != "" {
+				require.ErrorContains(t, err, tt.err)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, tt.replace, a.Placement.ReplaceLost())
+		})
+	}
+}

@@ -15,6 +15,26 @@ type Placement struct {
 	// SpreadBy spreads the replicas over the values of this host label
 	// before spreading them over hosts.
 	SpreadBy string `json:"spread_by,omitempty"`
+	// OnHostLost says what becomes of the instances of a host marked down
+	// (docs/spec.md, placement.on_host_lost).
+	OnHostLost *OnHostLost `json:"on_host_lost,omitempty"`
+}
+
+// OnHostLost says what becomes of an app's instances when their host is
+// marked down (its engine has not answered for --host-timeout).
+type OnHostLost struct {
+	// Replace starts a replacement on another host for each of them (the
+	// default, as Nomad replaces an allocation on a lost node). false
+	// keeps the partition-safe bound instead: an instance lost with its
+	// host may still run there, so it counts toward replicas + max_surge
+	// until the host answers again or leaves the registry.
+	Replace *bool `json:"replace,omitempty"`
+}
+
+// ReplaceLost reports whether the instances of a host marked down are
+// replaced at once: placement.on_host_lost.replace, true unless set false.
+func (p *Placement) ReplaceLost() bool {
+	return p == nil || p.OnHostLost == nil || p.OnHostLost.Replace == nil || *p.OnHostLost.Replace
 }
 
 // MaxConstraints caps an app's placement constraints.
@@ -100,7 +120,7 @@ func (p *Placement) Parsed() []Constraint {
 	return out
 }
 
-// Validate checks the constraints and the spread key.
+// Validate checks the constraints, the spread key and on_host_lost.
 func (p *Placement) Validate(path string) Errors {
 	var es Errors
 	if p == nil {
@@ -123,6 +143,10 @@ func (p *Placement) Validate(path string) Errors {
 	}
 	if p.SpreadBy != "" {
 		es.Check(Join(path, "spread_by"), CheckLabelKey(p.SpreadBy))
+	}
+	if p.OnHostLost != nil && p.OnHostLost.Replace == nil {
+		es.Add(Join(Join(path, "on_host_lost"), "replace"),
+			"must be set, true (the default: a lost host's instances are replaced on the other hosts) or false (they count toward replicas + max_surge until their host answers), or leave on_host_lost out")
 	}
 	return es
 }

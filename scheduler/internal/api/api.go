@@ -20,6 +20,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/auth"
 	"github.com/berthhq/berth/scheduler/internal/autoscale"
@@ -201,13 +202,19 @@ type Error struct {
 // AppView is an app as the API shows it: its env secrets read
 // spec.RedactedValue.
 type AppView struct {
-	Name             string    `json:"name"`
-	Generation       int64     `json:"generation"`
-	Status           string    `json:"status"`
-	DesiredReplicas  int       `json:"desired_replicas"`
-	ObservedReplicas int       `json:"observed_replicas"`
-	Spec             *spec.App `json:"spec,omitempty"`
-	Changed          *bool     `json:"changed,omitempty"`
+	Name            string `json:"name"`
+	Generation      int64  `json:"generation"`
+	Status          string `json:"status"`
+	DesiredReplicas int    `json:"desired_replicas"`
+	// ObservedReplicas are the instances recorded running, except on a
+	// host recorded down; only on GET of one app.
+	ObservedReplicas int `json:"observed_replicas"`
+	// LostReplicas are the instances lost with their host (down, or
+	// unreachable with their container dead), whose records are kept
+	// while they may still run there; only on GET of one app.
+	LostReplicas int       `json:"lost_replicas,omitempty"`
+	Spec         *spec.App `json:"spec,omitempty"`
+	Changed      *bool     `json:"changed,omitempty"`
 	// Conflicts are the routes the app does not get (spec.Claims), each
 	// saying why; only on GET of one app.
 	Conflicts []string  `json:"conflicts,omitempty"`
@@ -311,9 +318,21 @@ func (a *api) get(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
+	hs, err := a.d.Hosts.Hosts(r.Context())
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	down := map[string]bool{}
+	for _, h := range hs {
+		down[h.Name] = h.State == store.HostDown
+	}
 	for _, i := range insts {
-		if i.State == "running" {
+		switch {
+		case i.State == msg.StateRunning && !down[i.Host]:
 			v.ObservedReplicas++
+		case i.State == msg.StateFailed:
+			v.LostReplicas++
 		}
 	}
 	writeJSON(w, http.StatusOK, v)

@@ -207,3 +207,37 @@ func TestHostRegistrationRefused(t *testing.T) {
 	require.Equal(t, 200, code, "%s", raw)
 	require.False(t, strings.Contains(string(raw), `"tls":true`))
 }
+
+// GET of an app counts as running only what runs on a host not recorded
+// down, and counts apart the instances lost with their host (failed
+// records kept while they may still run there).
+func TestAppCountsWhatRuns(t *testing.T) {
+	t.Parallel()
+	c := newAPI(t, "")
+	ctx := context.Background()
+	code, _, raw := c.do("PUT", "/v1/apps/web", "name: web\nimage: web:1\nport: 8080\nreplicas: 6\n")
+	require.Equal(t, 200, code, "%s", raw)
+	for _, h := range []string{"h1", "h2"} {
+		_, err := c.st.PutHost(ctx, store.Host{Name: h, DockerURL: "unix:///run/" + h + ".sock", Address: "10.0.0.1"})
+		require.NoError(t, err)
+	}
+	l, ok, err := c.st.Acquire(ctx, "scheduler", "t", time.Minute)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.NoError(t, c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+		for i, in := range []struct{ host, state string }{{"h1", "running"}, {"h1", "running"}, {"h1", "starting"},
+			{"h2", "running"}, {"h2", "failed"}, {"h2", "failed"}} {
+			if err := tx.PutInstance(ctx, store.Instance{ID: fmt.Sprintf("i%d", i), App: "web", Generation: 1, State: in.state, Host: in.host}); err != nil {
+				return err
+			}
+		}
+		if err := tx.SetHostState(ctx, "h1", store.HostUp, "", time.Now(), time.Now()); err != nil {
+			return err
+		}
+		return tx.SetHostState(ctx, "h2", store.HostDown, "", time.Now(), time.Now().Add(-time.Minute))
+	}))
+	code, obj, raw := c.do("GET", "/v1/apps/web", "")
+	require.Equal(t, 200, code, "%s", raw)
+	require.EqualValues(t, 2, obj["observed_replicas"], "h2 is down: its running record is not counted")
+	require.EqualValues(t, 2, obj["lost_replicas"])
+}

@@ -1,10 +1,12 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -14,7 +16,6 @@ import (
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/docker"
-	"github.com/berthhq/berth/scheduler/internal/placement"
 	"github.com/berthhq/berth/scheduler/internal/reconcile"
 	"github.com/berthhq/berth/scheduler/internal/store"
 )
@@ -29,13 +30,6 @@ func (c *Controller) cycle(ctx context.Context, l store.Lease) (time.Time, int, 
 	}
 	if len(w.health) > 0 {
 		if err := c.deps.Records.SetHealth(ctx, l, w.health); err != nil {
-			return time.Time{}, 0, err
-		}
-	}
-	for _, r := range w.forget {
-		c.logger.Info("forgetting an instance lost with its host: the host answers again, or left the registry",
-			zap.String(logging.KeyApp, r.App), zap.String(logging.KeyInstance, r.ID), zap.String("host", r.Host))
-		if err := c.deps.Records.Delete(ctx, l, r); err != nil {
 			return time.Time{}, 0, err
 		}
 	}
@@ -76,29 +70,24 @@ func (c *Controller) act(ctx context.Context, l store.Lease, w world, actions []
 	)
 	sem := make(chan struct{}, max(c.cfg.MaxParallel, 1))
 	acted := 0
-	hosts := c.place(ctx, l, w, actions)
-	for _, a := range actions {
+	p := c.place(ctx, l, w, actions)
+	for i, a := range actions {
 		host := ""
 		switch a.Kind {
 		case reconcile.Hold, reconcile.TripBreaker:
 			// A report, not a change of state.
 		case reconcile.Start:
-			h := hosts[a.App]
-			if len(h) == 0 {
+			h, ok := p.starts[i]
+			if !ok {
 				continue // unplaceable: reported by place
 			}
-			host, hosts[a.App] = h[0], h[1:]
+			host = h
 			acted++
 		case reconcile.Remove:
 			if c.startRemoval(ctx, l, a, w.apps[a.App], w.records[a.Instance]) {
 				acted++
 			}
 			continue
-		case reconcile.RemoveOrphan, reconcile.Adopt:
-			if state, _ := c.deps.Hosts.State(orphanHost(w, a.ContainerID)); state != store.HostUp {
-				continue // once its host answers again
-			}
-			acted++
 		default:
 			acted++
 		}
@@ -107,7 +96,7 @@ func (c *Controller) act(ctx context.Context, l store.Lease, w world, actions []
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			err := c.do(ctx, l, a, w, host)
+			err := c.do(ctx, l, a, w, host, p)
 			c.metrics.action(a.Kind, err)
 			if err != nil {
 				mu.Lock()
@@ -120,107 +109,22 @@ func (c *Controller) act(ctx context.Context, l store.Lease, w world, actions []
 	return acted, errors.Join(errs...)
 }
 
-// place decides the host of every Start action of the plan at once
-// (placement.Place: spread, constraints, capacity, drains), what the
-// records already reserve counted. It returns each app's hosts, in order,
-// and reports the instances no host can take as unplaceable events, once
-// for each reason.
-func (c *Controller) place(ctx context.Context, l store.Lease, w world, actions []reconcile.Action) map[string][]string {
-	count := map[string]int{}
-	for _, a := range actions {
-		if a.Kind == reconcile.Start {
-			count[a.App]++
-		}
-	}
-	if len(count) == 0 {
-		return nil
-	}
-	hosts := c.deps.Hosts.Hosts()
-	index := make(map[string]int, len(hosts))
-	for i := range hosts {
-		index[hosts[i].Name] = i
-		hosts[i].Apps = map[string]int{}
-	}
-	for _, r := range w.records {
-		i, ok := index[r.Host]
-		if !ok || r.State == msg.StateStopped || r.State == msg.StateFailed {
-			continue
-		}
-		if app, ok := w.apps[r.App]; ok && app.Spec != nil {
-			cpu, mem := Limits(app.Spec, c.cfg.DefaultCPU, c.cfg.DefaultMemory)
-			hosts[i].ReservedCPU += cpu
-			hosts[i].ReservedMemory += mem
-		}
-		hosts[i].Apps[r.App]++
-	}
-	reqs := make([]placement.Request, 0, len(count))
-	for app, n := range count {
-		a := w.apps[app]
-		if a.Spec == nil {
-			continue
-		}
-		cpu, mem := Limits(a.Spec, c.cfg.DefaultCPU, c.cfg.DefaultMemory)
-		r := placement.Request{App: app, Count: n, CPU: cpu, Memory: mem}
-		if p := a.Spec.Placement; p != nil {
-			r.Constraints, r.SpreadBy = p.Parsed(), p.SpreadBy
-		}
-		reqs = append(reqs, r)
-	}
-	res := placement.Place(hosts, reqs)
-	for app, u := range res.Unplaceable {
-		if !c.seen.unplaceable(app, u.Reason, time.Now()) {
-			continue
-		}
-		msgText := fmt.Sprintf("%d instance(s) of %s cannot be placed: %s", u.Count, app, u.Reason)
-		c.logger.Warn("unplaceable", zap.String(logging.KeyApp, app), zap.Int("instances", u.Count), zap.String("reason", u.Reason))
-		if err := c.deps.Records.Event(ctx, l, store.Event{App: app, Kind: "unplaceable", Message: msgText,
-			Details: map[string]string{"instances": fmt.Sprint(u.Count), "reason": msg.Truncate(u.Reason, 512)}}); err != nil {
-			c.logger.Warn("unplaceable event not recorded", zap.Error(err))
-		}
-	}
-	for app := range count {
-		if _, ok := res.Unplaceable[app]; !ok {
-			c.seen.unplaceable(app, "", time.Now())
-		}
-	}
-	return res.Hosts
-}
-
 // do carries out one action; host is a Start's.
-func (c *Controller) do(ctx context.Context, l store.Lease, a reconcile.Action, w world, host string) error {
+func (c *Controller) do(ctx context.Context, l store.Lease, a reconcile.Action, w world, host string, p placed) error {
 	app, rec := w.apps[a.App], w.records[a.Instance]
 	switch a.Kind {
 	case reconcile.Start:
-		return c.start(ctx, l, app, w.in.Apps[a.App].SpecHash, host)
-	case reconcile.Stop:
+		return c.start(ctx, l, app, w.in.Apps[a.App].SpecHash, host, c.succession(a, p, w))
+	case reconcile.Stop, reconcile.Migrate:
 		return c.drain(ctx, l, rec, a.Reason)
 	case reconcile.Replace:
-		state, _ := c.deps.Hosts.State(rec.Host)
-		if state != store.HostUp && a.ContainerID != "" {
-			// Its host does not answer: it may still run there (a
-			// partition). Its record stays, failed (out of every nginx),
-			// so that it counts toward replicas + max_surge, for this
-			// leader and the next, until its host answers again; its
-			// container is then an orphan to remove.
-			ev := store.Event{App: a.App, Instance: a.Instance, Kind: "instance_replaced",
-				Message: "instance " + a.Instance + " replaced: " + a.Reason + " (its host " + rec.Host + " does not answer)", Details: map[string]string{"host": rec.Host}}
-			if state == store.HostDown {
-				// Not a crash of the app: no restart of its budget.
-				ev = store.Event{App: a.App, Instance: a.Instance, Kind: "instance_lost",
-					Message: fmt.Sprintf("instance %s lost: host %s is down (no answer for the host timeout); replaced on another host", a.Instance, rec.Host),
-					Details: map[string]string{"host": rec.Host}}
-			}
-			rec.State = msg.StateFailed
-			if err := c.deps.Records.Put(ctx, l, rec, ev); err != nil {
-				return err
-			}
-			return c.deps.Routing.Unpublish(ctx, a.App, a.Instance)
-		}
-		if err := c.deps.Runtime.Remove(ctx, a.ContainerID); err != nil && !errors.Is(err, docker.ErrNotFound) {
-			c.logger.Warn("remove a dead container", zap.String(logging.KeyContainer, docker.ShortID(a.ContainerID)), zap.Error(err))
-		}
-		return c.deps.Records.Delete(ctx, l, rec, store.Event{App: a.App, Instance: a.Instance, Kind: "instance_replaced",
-			Message: "instance " + a.Instance + " replaced: " + a.Reason})
+		return c.replace(ctx, l, a, rec, p)
+	case reconcile.Lost:
+		return c.lose(ctx, l, a, rec, p)
+	case reconcile.Forget:
+		c.logger.Info("forgetting an instance lost with its host", zap.String(logging.KeyApp, a.App), zap.String(logging.KeyInstance, a.Instance),
+			zap.String("host", a.Host), zap.String("reason", a.Reason))
+		return c.deps.Records.Delete(ctx, l, rec)
 	case reconcile.Adopt:
 		return c.adopt(ctx, l, a)
 	case reconcile.RemoveOrphan:
@@ -239,8 +143,70 @@ func (c *Controller) do(ctx context.Context, l store.Lease, a reconcile.Action, 
 	return fmt.Errorf("unknown action %s", a.Kind)
 }
 
-// start creates, starts and records a new instance on host.
-func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, hash, host string) error {
+// replace removes the container and the record of an instance that died,
+// vanished or stayed unhealthy on a host that answers. Its successor
+// starts beside it and, once running, records instance_replaced; without
+// one (no host can take it, or the plan holds it back), an
+// instance_failed event says now what its replacement waits for.
+func (c *Controller) replace(ctx context.Context, l store.Lease, a reconcile.Action, rec store.Instance, p placed) error {
+	if a.ContainerID != "" {
+		if err := c.deps.Runtime.Remove(ctx, a.ContainerID); err != nil && !errors.Is(err, docker.ErrNotFound) {
+			c.logger.Warn("remove a dead container", zap.String(logging.KeyContainer, docker.ShortID(a.ContainerID)), zap.Error(err))
+		}
+	}
+	if _, ok := p.successor[a.Instance]; ok {
+		return c.deps.Records.Delete(ctx, l, rec)
+	}
+	wait := a.Wait
+	if wait == "" {
+		wait = "its replacement waits for a host: " + cmp.Or(p.unplaceable[a.App], "none could be placed")
+	}
+	return c.deps.Records.Delete(ctx, l, rec, store.Event{App: a.App, Instance: a.Instance, Kind: "instance_failed",
+		Message: fmt.Sprintf("instance %s failed: %s; %s", a.Instance, a.Reason, wait), Details: map[string]string{"host": rec.Host}})
+}
+
+// lose records an instance lost with its host: failed (out of every
+// nginx), its record kept with its host while it may still run there,
+// and an instance_lost event saying whether a replacement starts, and
+// where, or what it waits for. A host's loss is no crash of the app: it
+// spends none of the restart budget.
+func (c *Controller) lose(ctx context.Context, l store.Lease, a reconcile.Action, rec store.Instance, p placed) error {
+	next := a.Wait
+	switch host, ok := p.successor[a.Instance]; {
+	case ok:
+		next = "a replacement starts" + onHost(host)
+	case next == "":
+		next = "its replacement waits for a host: " + cmp.Or(p.unplaceable[a.App], "none could be placed")
+	}
+	rec.State = msg.StateFailed
+	if err := c.deps.Records.Put(ctx, l, rec, store.Event{App: a.App, Instance: a.Instance, Kind: "instance_lost",
+		Message: fmt.Sprintf("instance %s lost: %s; %s", a.Instance, a.Reason, next), Details: map[string]string{"host": a.Host}}); err != nil {
+		return err
+	}
+	return c.deps.Routing.Unpublish(ctx, a.App, a.Instance)
+}
+
+// succession is the instance_replaced event a successor records once it
+// runs; nil for a start that replaces nothing. A lost host's instance is
+// replaced for a host's loss, no crash: its event says so (cause
+// host_lost), and the restart budget does not count it.
+func (c *Controller) succession(a reconcile.Action, p placed, w world) *store.Event {
+	if a.Replaces == "" {
+		return nil
+	}
+	pred := p.predecessors[a.Replaces]
+	ev := &store.Event{App: a.App, Instance: a.Replaces, Kind: "instance_replaced", Message: "instance " + a.Replaces + " replaced: " + pred.Reason,
+		Details: map[string]string{"host": pred.Host, "reason": msg.Truncate(pred.Reason, 512)}}
+	if pred.Kind == reconcile.Lost && w.in.Hosts[pred.Host].State == reconcile.HostDown {
+		ev.Details["cause"] = "host_lost"
+	}
+	return ev
+}
+
+// start creates, starts and records a new instance on host. A successor
+// records replaced, naming itself, once it runs; a failure to start says
+// what it was to replace.
+func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, hash, host string, replaced *store.Event) error {
 	s := *app.Spec
 	s.Default()
 	id := newID()
@@ -253,6 +219,9 @@ func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, ha
 		return err
 	}
 	fail := func(kind, message string) error {
+		if replaced != nil {
+			message += fmt.Sprintf(" (it was to replace instance %s: %s)", replaced.Instance, replaced.Details["reason"])
+		}
 		return c.deps.Records.Delete(ctx, l, rec, store.Event{App: app.Name, Instance: id, Kind: kind, Message: message})
 	}
 	// Secrets are opened here, on the leader, only to create the container.
@@ -295,9 +264,17 @@ func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, ha
 	}
 	now := time.Now()
 	rec.Address, rec.State, rec.StartedAt = ct.Address, msg.StateRunning, &now
-	return c.deps.Records.Put(ctx, l, rec, store.Event{App: app.Name, Instance: id, Kind: "instance_started",
+	events := []store.Event{{App: app.Name, Instance: id, Kind: "instance_started",
 		Message: fmt.Sprintf("instance %s started at %s%s (generation %d)", id, ct.Address, onHost(host), app.Generation),
-		Details: map[string]string{"container_id": docker.ShortID(cid), "address": ct.Address, "generation": fmt.Sprint(app.Generation), "host": host}})
+		Details: map[string]string{"container_id": docker.ShortID(cid), "address": ct.Address, "generation": fmt.Sprint(app.Generation), "host": host}}}
+	if replaced != nil {
+		ev := *replaced
+		ev.Message += fmt.Sprintf("; replaced by instance %s at %s%s", id, ct.Address, onHost(host))
+		ev.Details = maps.Clone(ev.Details)
+		ev.Details["by"], ev.Details["by_host"] = id, host
+		events = append(events, ev)
+	}
+	return c.deps.Records.Put(ctx, l, rec, events...)
 }
 
 // refuseAddress logs an instance whose engine reported an address that is
@@ -319,16 +296,6 @@ func refusedMessage(ae *docker.AddressError, app, instance string) string {
 
 func refusedDetails(ae *docker.AddressError) map[string]string {
 	return map[string]string{"host": ae.Host, "address": ae.Address, "container_id": docker.ShortID(ae.Container)}
-}
-
-// orphanHost is the host of an orphan container of the plan's input.
-func orphanHost(w world, id string) string {
-	for _, o := range w.in.Orphans {
-		if o.ContainerID == id {
-			return o.Host
-		}
-	}
-	return ""
 }
 
 // onHost names a registered host in a message ("" for the local engine).

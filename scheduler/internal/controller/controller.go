@@ -1,6 +1,8 @@
 // Package controller is the leader's loop: observe (the desired apps and
-// instance records, the containers, health and the lbagents' applied
-// revisions), ask reconcile.Plan what to do, act. It sleeps until the
+// instance records, the containers, each host's state, health and the
+// lbagents' applied revisions), ask reconcile.Plan what to do, act. What a
+// host's state means (a lost instance, a move, a container not to touch)
+// is the planner's decision; the controller only reports the states. It sleeps until the
 // plan's own wake time, a change (an app, a health flip, an lbagent
 // confirming a drain, a Docker event) or the resync, whichever comes
 // first, so a rollout moves at the speed of health. Starts and other

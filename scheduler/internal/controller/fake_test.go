@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
@@ -105,7 +106,10 @@ func (f *fake) Restarts(_ context.Context, since time.Time) (map[string][]time.T
 	out := map[string][]time.Time{}
 	for _, e := range f.events {
 		switch e.Kind {
-		case "instance_replaced", "instance_start_failed", "instance_address_refused":
+		case "instance_replaced", "instance_failed", "instance_start_failed", "instance_address_refused":
+			if e.Details["cause"] == "host_lost" {
+				continue // as the store: a host's loss is no crash
+			}
 			if !e.At.Before(since) {
 				out[e.App] = append(out[e.App], e.At)
 			}
@@ -399,6 +403,27 @@ func (h *harness) stop() {
 			h.t.Error("Run did not return after its context ended")
 		}
 	})
+}
+
+// cycles wakes the controller until it has run n more cycles, each
+// observing and planning from scratch: what must not happen (a start
+// beyond a bound, a report repeated) would have happened by then.
+func (h *harness) cycles(n int) {
+	h.t.Helper()
+	done := func() float64 {
+		total := 0.0
+		for _, r := range []string{"ok", "error"} {
+			var m dto.Metric
+			_ = h.c.metrics.cycles.WithLabelValues(r).Write(&m) // a counter always writes
+			total += m.GetCounter().GetValue()
+		}
+		return total
+	}
+	from := done()
+	require.Eventually(h.t, func() bool {
+		h.c.Wake()
+		return done() >= from+float64(n)
+	}, 5*time.Second, time.Millisecond, "%d cycles", n)
 }
 
 // setHealth publishes an instance's health as healthd would.

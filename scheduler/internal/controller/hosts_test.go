@@ -2,6 +2,8 @@ package controller
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -67,9 +69,9 @@ func byHost(f *fake) map[string]int {
 	return out
 }
 
-// Several hosts: 6 replicas spread 2/2/2; a host down has its instances
-// replaced on the others; a drained host is emptied under the rolling
-// rules; a constraint no host meets is an unplaceable event.
+// Several hosts: 6 replicas spread 2/2/2; a drained host is emptied under
+// the rolling rules; a constraint no host meets is an unplaceable event;
+// a changed constraint moves what runs. (TestHostLoss loses a host.)
 func TestPlacesOverHosts(t *testing.T) {
 	t.Parallel()
 	hosts := &fakeHosts{hosts: []placement.Host{{Name: "h1", Labels: map[string]string{"zone": "a"}}, {Name: "h2", Labels: map[string]string{"zone": "a"}},
@@ -86,44 +88,6 @@ func TestPlacesOverHosts(t *testing.T) {
 
 	require.Eventually(t, func() bool { return h.converged("web:v1", 6, true) }, 5*time.Second, 10*time.Millisecond)
 	require.Equal(t, map[string]int{"h1": 2, "h2": 2, "h3": 2}, byHost(f))
-
-	// h3 down: its two instances may still run (a partition), so with
-	// max_surge 1 only one is replaced until h3 answers: never more than
-	// replicas + max_surge.
-	hosts.set("h3", true, false)
-	h.c.Wake()
-	require.Eventually(t, func() bool {
-		b := byHost(f)
-		return h.converged("web:v1", 5, true) && b["h3"] == 0
-	}, 5*time.Second, 10*time.Millisecond, "one of h3's instances replaced: %v", byHost(f))
-	time.Sleep(100 * time.Millisecond)
-	require.True(t, h.converged("web:v1", 5, true), "5 + the 2 unreachable = replicas + max_surge")
-	_, events := f.snapshot()
-	require.Equal(t, 2, count(events, "instance_lost"), "a host's loss is no restart of the app")
-	require.Zero(t, count(events, "instance_replaced"))
-	records, _ := f.snapshot()
-	failed := 0
-	for _, r := range records {
-		if r.State == msg.StateFailed && r.Host == "h3" {
-			failed++
-		}
-	}
-	require.Equal(t, 2, failed, "the lost instances stay recorded, failed, so that a next leader counts them too")
-
-	// A new leader (a controller started afresh on the same records)
-	// still holds the app at replicas + max_surge.
-	h.stop()
-	h = start(t, f, Config{})
-	next := h
-	wg.Go(func() { next.healthd(ctx, 20*time.Millisecond) })
-	wg.Go(func() { next.lbagent(ctx, 20*time.Millisecond) })
-	time.Sleep(200 * time.Millisecond)
-	require.True(t, h.converged("web:v1", 5, false), "the bound survives a failover: %v", byHost(f))
-
-	// h3 back: its leftovers are gone (orphans), the sixth is placed.
-	hosts.set("h3", false, false)
-	h.c.Wake()
-	require.Eventually(t, func() bool { return h.converged("web:v1", 6, true) }, 5*time.Second, 10*time.Millisecond)
 
 	// h1 drained: its instances move, surge first.
 	hosts.set("h1", false, true)
@@ -142,11 +106,8 @@ func TestPlacesOverHosts(t *testing.T) {
 		_, events := f.snapshot()
 		return count(events, "unplaceable") > 0
 	}, 5*time.Second, 10*time.Millisecond)
-	for range 5 { // more cycles: the same reason is not reported again
-		h.c.Wake()
-		time.Sleep(20 * time.Millisecond)
-	}
-	_, events = f.snapshot()
+	h.cycles(5) // more cycles: the same reason is not reported again
+	_, events := f.snapshot()
 	require.Equal(t, 1, count(events, "unplaceable"), "reported once for the reason")
 	f.mu.Lock()
 	var ev store.Event
@@ -222,4 +183,182 @@ func TestRefusesAForeignAddress(t *testing.T) {
 	for id, c := range f.containers {
 		require.NotEqual(t, "h2", c.Host, "h2's containers are removed: %s", id)
 	}
+}
+
+// containersOn lists the containers on a host, running or not.
+func containersOn(f *fake, host string) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for id, c := range f.containers {
+		if c.Host == host {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// eventsOf returns the events of a kind.
+func eventsOf(f *fake, kind string) []store.Event {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []store.Event
+	for _, e := range f.events {
+		if e.Kind == kind {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// A host of 2 of the 6 instances goes down. By default both are replaced
+// at once, with max_surge 1 or 0; with placement.on_host_lost.replace
+// false, lost instances count toward replicas + max_surge until the host
+// answers (5 run with max_surge 1, 4 with 0), also for a new leader. An
+// instance_replaced event is written for each replacement that started,
+// and the instance_lost event says whether one starts, or what it waits
+// for; no restart of the budget is spent. When the host answers, its
+// records are forgotten, its leftover containers removed, and the app
+// runs exactly its replicas.
+func TestHostLoss(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		surge   int
+		replace bool
+		running int
+	}{{1, true, 6}, {0, true, 6}, {1, false, 5}, {0, false, 4}}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("max_surge %d, replace %t", tt.surge, tt.replace), func(t *testing.T) {
+			t.Parallel()
+			hosts := &fakeHosts{hosts: []placement.Host{{Name: "h1"}, {Name: "h2"}, {Name: "h3"}}, down: map[string]bool{}, drain: map[string]bool{}}
+			f := newFake()
+			f.hosts = hosts
+			s := strings.Replace(webApp(t, "v1"), "max_surge: 1, max_unavailable: 0", fmt.Sprintf("max_surge: %d, max_unavailable: %d", tt.surge, 1-tt.surge), 1)
+			if !tt.replace {
+				s += "placement: {on_host_lost: {replace: false}}\n"
+			}
+			f.apply(load(t, s), 6)
+			h := start(t, f, Config{})
+			ctx, cancel := context.WithCancel(context.Background())
+			var wg sync.WaitGroup
+			agents := func(h *harness) {
+				wg.Go(func() { h.healthd(ctx, 20*time.Millisecond) })
+				wg.Go(func() { h.lbagent(ctx, 20*time.Millisecond) })
+			}
+			agents(h)
+			t.Cleanup(func() { cancel(); wg.Wait() })
+			require.Eventually(t, func() bool { return h.converged("web:v1", 6, true) }, 5*time.Second, 10*time.Millisecond)
+			require.Equal(t, map[string]int{"h1": 2, "h2": 2, "h3": 2}, byHost(f))
+
+			hosts.set("h3", true, false)
+			h.c.Wake()
+			require.Eventually(t, func() bool {
+				return h.converged("web:v1", tt.running, true) && byHost(f)["h3"] == 0 && len(eventsOf(f, "instance_lost")) == 2
+			}, 5*time.Second, 10*time.Millisecond, "%v", byHost(f))
+			h.cycles(3)
+			require.True(t, h.converged("web:v1", tt.running, true), "no more than %d: %v", tt.running, byHost(f))
+
+			replaced := eventsOf(f, "instance_replaced")
+			require.Len(t, replaced, tt.running-4, "one instance_replaced for each replacement started")
+			for _, e := range replaced {
+				require.Equal(t, "host_lost", e.Details["cause"])
+				require.Equal(t, "h3", e.Details["host"])
+				require.Contains(t, e.Message, "host h3 is down: its engine has not answered for the host timeout; replaced by instance "+e.Details["by"])
+			}
+			waiting := 0
+			for _, e := range eventsOf(f, "instance_lost") {
+				if strings.Contains(e.Message, "; a replacement starts on host h") {
+					continue
+				}
+				waiting++
+				require.Contains(t, e.Message, "; its replacement waits for its host to answer, or to leave the registry: placement.on_host_lost.replace is false")
+			}
+			require.Equal(t, 6-tt.running, waiting, "each instance not replaced says what it waits for")
+			restarts, _ := f.Restarts(context.Background(), time.Time{})
+			require.Empty(t, restarts["web"], "a host's loss spends none of the restart budget")
+			records, _ := f.snapshot()
+			failed := 0
+			for _, r := range records {
+				if r.State == msg.StateFailed && r.Host == "h3" {
+					failed++
+				}
+			}
+			require.Equal(t, 2, failed, "the lost instances stay recorded, failed, while they may still run")
+
+			// A new leader (a controller afresh on the same records) holds
+			// the same count.
+			h.stop()
+			h = start(t, f, Config{})
+			agents(h)
+			require.Eventually(t, func() bool { return h.converged("web:v1", tt.running, true) }, 5*time.Second, 10*time.Millisecond)
+			h.cycles(3)
+			require.True(t, h.converged("web:v1", tt.running, true), "the count survives a failover: %v", byHost(f))
+
+			// h3 answers: its records are forgotten, its leftover containers
+			// (running: a partition) removed, and exactly 6 run.
+			leftovers := containersOn(f, "h3")
+			require.Len(t, leftovers, 2)
+			hosts.set("h3", false, false)
+			h.c.Wake()
+			require.Eventually(t, func() bool {
+				records, _ := f.snapshot()
+				left := 0
+				for _, id := range containersOn(f, "h3") {
+					if slices.Contains(leftovers, id) {
+						left++
+					}
+				}
+				return h.converged("web:v1", 6, true) && left == 0 && len(records) == 6
+			}, 5*time.Second, 10*time.Millisecond, "%v", byHost(f))
+			h.cycles(3)
+			require.True(t, h.converged("web:v1", 6, true), "exactly replicas: %v", byHost(f))
+		})
+	}
+}
+
+// A dead instance whose replacement no host can take is removed with an
+// instance_failed event saying what its replacement waits for, never an
+// instance_replaced; a placed one is instance_replaced naming its
+// successor.
+func TestReplacementWithNoHost(t *testing.T) {
+	t.Parallel()
+	hosts := &fakeHosts{hosts: []placement.Host{{Name: "h1", Labels: map[string]string{"zone": "a"}}, {Name: "h2", Labels: map[string]string{"zone": "b"}}},
+		down: map[string]bool{}, drain: map[string]bool{}}
+	f := newFake()
+	f.hosts = hosts
+	f.apply(load(t, webApp(t, "v1")+"placement: {constraints: [zone==a]}\nrestart: {backoff_initial: 10ms}\n"), 1)
+	h := start(t, f, Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { h.healthd(ctx, 20*time.Millisecond) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	require.Eventually(t, func() bool { return h.converged("web:v1", 1, true) }, 5*time.Second, 10*time.Millisecond)
+
+	// A crash with a host for the successor: replaced, naming it.
+	records, _ := f.snapshot()
+	f.kill(records[0].ContainerID)
+	require.Eventually(t, func() bool { return len(eventsOf(f, "instance_replaced")) == 1 }, 5*time.Second, 10*time.Millisecond)
+	ev := eventsOf(f, "instance_replaced")[0]
+	now, _ := f.snapshot()
+	require.Len(t, now, 1)
+	require.Equal(t, records[0].ID, ev.Instance)
+	require.Equal(t, now[0].ID, ev.Details["by"])
+	require.Equal(t, "its container stopped", ev.Details["reason"])
+	require.Contains(t, ev.Message, "instance "+records[0].ID+" replaced: its container stopped; replaced by instance "+now[0].ID+" at ")
+
+	// h1 drains: nothing else meets zone==a. The instance would move but
+	// cannot; when it dies, its replacement waits for a host.
+	require.Eventually(t, func() bool { return h.converged("web:v1", 1, true) }, 5*time.Second, 10*time.Millisecond)
+	hosts.set("h1", false, true)
+	h.c.Wake()
+	require.Eventually(t, func() bool { return len(eventsOf(f, "unplaceable")) == 1 }, 5*time.Second, 10*time.Millisecond)
+	f.kill(now[0].ContainerID)
+	require.Eventually(t, func() bool { return len(eventsOf(f, "instance_failed")) == 1 }, 5*time.Second, 10*time.Millisecond)
+	failed := eventsOf(f, "instance_failed")[0]
+	require.Equal(t, now[0].ID, failed.Instance)
+	require.Contains(t, failed.Message, "instance "+now[0].ID+" failed: its container stopped; its replacement waits for a host: no host of 2 can take it (h1: draining; h2: fails zone==a)")
+	h.cycles(3)
+	require.Len(t, eventsOf(f, "instance_replaced"), 1, "nothing replaced it")
+	records, _ = f.snapshot()
+	require.Empty(t, records)
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/docker"
+	"github.com/berthhq/berth/scheduler/internal/fleet"
 	"github.com/berthhq/berth/scheduler/internal/reconcile"
 	"github.com/berthhq/berth/scheduler/internal/secret"
 	"github.com/berthhq/berth/scheduler/internal/store"
@@ -156,13 +157,11 @@ type world struct {
 	// health is each record's health as observed, where it differs from
 	// what the record says.
 	health map[string]string
-	// forget are failed records whose host answers again or left the
-	// registry: deleted before planning.
-	forget []store.Instance
 }
 
-// observe reads the desired state, the records, the containers, health
-// and the lbagents, and builds the planner's input.
+// observe reads the desired state, the records, the containers, the
+// hosts, health and the lbagents, and builds the planner's input. What a
+// host's state means for its instances is the planner's to decide.
 func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) (world, error) {
 	apps, err := c.deps.Desired.List(ctx)
 	if err != nil {
@@ -183,40 +182,11 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 
 	w := world{in: reconcile.Input{Apps: map[string]reconcile.Desired{}, Term: l.Term, StartTimeout: c.cfg.StartTimeout, Now: now},
 		apps: map[string]store.App{}, records: map[string]store.Instance{}, health: map[string]string{}}
-	labels := map[string]map[string]string{} // by registered host ("": the local engine)
-	for _, h := range c.deps.Hosts.Hosts() {
-		labels[h.Name] = h.Labels
-	}
-	// Records failed with a host that did not answer: counted while it
-	// still does not (they may run there), forgotten once it answers (the
-	// container is then an orphan) or leaves the registry.
-	registered := func(host string) bool {
-		_, ok := labels[host]
-		return ok || host == ""
-	}
-	unreachable := map[string]int{}
-	lostContainers := map[string]bool{}
-	kept := records[:0]
-	for _, r := range records {
-		if r.State != msg.StateFailed {
-			kept = append(kept, r)
-			continue
-		}
-		switch state, _ := c.deps.Hosts.State(r.Host); {
-		case state == store.HostUp, state != store.HostUnknown && !registered(r.Host):
-			w.forget = append(w.forget, r)
-		default: // not known yet (a leader's start), or not answering: it may run
-			unreachable[r.App]++
-			lostContainers[r.ContainerID] = true
-		}
-	}
-	records = kept
+	w.in.Hosts = c.hosts(records, list)
 	for _, a := range apps {
 		s := *a.Spec
 		s.Default()
-		d := c.desired(a, &s)
-		d.Unreachable = unreachable[a.Name]
-		w.in.Apps[a.Name] = d
+		w.in.Apps[a.Name] = c.desired(a, &s)
 		w.apps[a.Name] = a
 		for _, at := range restarts[a.Name] {
 			w.in.Failures = append(w.in.Failures, reconcile.Failure{App: a.Name, At: at})
@@ -225,33 +195,22 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 	containers := c.seen.containers(list)
 	health, _ := c.deps.Health.Rows()
 	drained := c.drained()
-	owned, live := lostContainers, make(map[string]bool, len(records)) // a lost instance's container is no orphan
+	// Every record owns its container, a lost instance's included: it is
+	// no orphan while the record is kept.
+	owned, live := make(map[string]bool, len(records)), make(map[string]bool, len(records))
 	for _, r := range records {
 		w.records[r.ID] = r
 		ct, exists := containers[r.ContainerID]
 		owned[r.ContainerID] = true
 		key := msg.InstanceKey(r.App, r.ID)
 		live[key] = true
-		spechash := r.SpecHash
-		hostState, draining := c.deps.Hosts.State(r.Host)
-		if !exists && r.ContainerID != "" && hostState == store.HostUnknown {
-			// Its host has not been listed yet (a leader's start, a host
-			// just registered): its container is not gone, only unseen.
-			ct, exists = docker.Container{ID: r.ContainerID, Host: r.Host, Running: true}, true
-		}
-		if (draining || misplaced(w.apps[r.App], labels, r.Host)) && spechash != "" {
-			// Its host drains, or no longer meets the app's placement: the
-			// instance is stale, as an older spec's is, and is replaced
-			// under the app's rolling-update rules.
-			spechash += drainSuffix
-		}
-		o := reconcile.Observed{ID: r.ID, App: r.App, Generation: r.Generation, SpecHash: spechash, State: r.State,
+		o := reconcile.Observed{ID: r.ID, App: r.App, Host: r.Host, Generation: r.Generation, SpecHash: r.SpecHash, State: r.State,
 			CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt, Term: r.Term, ContainerID: r.ContainerID,
 			ContainerRunning: exists && ct.Running, ContainerGone: r.ContainerID != "" && !exists,
 			OOMKilled: c.seen.oomKilled(r.ContainerID)}
 		o.Health = healthOf(health[key], w.apps[r.App].Spec)
 		o.HealthySince, o.UnhealthySince = c.seen.since(key, o.Health, now)
-		if o.Health != r.Health {
+		if o.Health != r.Health && r.State != msg.StateFailed {
 			w.health[r.ID] = o.Health
 		}
 		if r.State == msg.StateDraining {
@@ -269,27 +228,45 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 	return w, nil
 }
 
-// drainSuffix marks the spec hash of an instance to move: its host
-// drains, or no longer meets the app's placement.
-const drainSuffix = reconcile.MoveSuffix
-
-// misplaced reports whether an instance of app on host breaks the app's
-// placement constraints (they changed, or the host's labels did). Hosts
-// not known (the local engine, one not listed) are left alone.
-func misplaced(app store.App, labels map[string]map[string]string, host string) bool {
-	if app.Spec == nil || app.Spec.Placement == nil || len(app.Spec.Placement.Constraints) == 0 {
-		return false
-	}
-	l, ok := labels[host]
-	if !ok || host == "" {
-		return false
-	}
-	for _, c := range app.Spec.Placement.Parsed() {
-		if !c.Holds(l) {
-			return true
+// hosts is the planner's view of every host placement chooses from and
+// every host a record or a container names: its state, its drain, its
+// labels, and whether it left the registry.
+func (c *Controller) hosts(records []store.Instance, list []docker.Container) map[string]reconcile.Host {
+	out := map[string]reconcile.Host{}
+	add := func(name string, labels map[string]string, registered bool) {
+		if _, ok := out[name]; ok {
+			return
 		}
+		state, draining := c.deps.Hosts.State(name)
+		h := reconcile.Host{State: hostState(state), Draining: draining, Labels: labels, Constrained: registered && name != ""}
+		// The local engine is never gone; a host the registry no longer
+		// has is, once the registry has been read (its state is known).
+		h.Gone = !registered && name != "" && h.State != reconcile.HostUnknown
+		out[name] = h
 	}
-	return false
+	for _, h := range c.deps.Hosts.Hosts() {
+		add(h.Name, h.Labels, true)
+	}
+	for _, r := range records {
+		add(r.Host, nil, r.Host == "")
+	}
+	for _, ct := range list {
+		add(ct.Host, nil, ct.Host == "")
+	}
+	return out
+}
+
+// hostState is a fleet state as the planner's.
+func hostState(s string) string {
+	switch s {
+	case store.HostUp:
+		return reconcile.HostUp
+	case store.HostDown:
+		return reconcile.HostDown
+	case fleet.Unreachable:
+		return reconcile.HostUnreachable
+	}
+	return reconcile.HostUnknown
 }
 
 // desired is an app's desired state for the planner.
@@ -301,7 +278,8 @@ func (c *Controller) desired(a store.App, s *spec.App) reconcile.Desired {
 		MinHealthyTime: s.Update.MinHealthyTime.Std(), HealthyDeadline: s.Update.HealthyDeadline.Std(),
 		AutoRollback: s.Update.AutoRollback != nil && *s.Update.AutoRollback, Drain: s.Stop.Drain.Std(),
 		RestartAttempts: s.Restart.MaxAttempts, UnhealthyGrace: unhealthyGrace(s), RestartWindow: s.Restart.Window.Std(),
-		BackoffInitial: s.Restart.BackoffInitial.Std(), BackoffMax: s.Restart.BackoffMax.Std()}
+		BackoffInitial: s.Restart.BackoffInitial.Std(), BackoffMax: s.Restart.BackoffMax.Std(),
+		Constraints: s.Placement.Parsed(), HoldLost: !s.Placement.ReplaceLost()}
 }
 
 // drained returns whether every live lbagent has applied a revision:

@@ -1,10 +1,16 @@
 // Package reconcile decides, as a pure function of the desired state, the
-// observed instances and containers, and the time, what the controller
-// must do next — start, drain, remove, replace, adopt, remove an orphan,
-// roll back, or give up on a crash-looping app — and the next moment at
-// which time alone can change that answer, so the controller sleeps until
-// then instead of polling. It does no I/O and is idempotent: planning
-// again from the state an action leads to does not repeat the action.
+// observed instances and containers, the state of each Docker host (up,
+// unreachable, down, unknown, draining, its labels) and the time, what the
+// controller must do next — start (placing a replacement, with the
+// instance it replaces), drain, migrate off a host, remove, replace, record
+// an instance lost with its host, forget it once its host answers, adopt,
+// remove an orphan, roll back, or give up on a crash-looping app — and the
+// next moment at which time alone can change that answer, so the
+// controller sleeps until then instead of polling. Host policy lives here,
+// as Nomad's reconciler takes node state as input: what a lost host's
+// instances count, which instances move, which containers can be touched.
+// It does no I/O and is idempotent: planning again from the state an
+// action leads to does not repeat the action.
 package reconcile
 
 import (
@@ -14,179 +20,6 @@ import (
 
 	"github.com/berthhq/berth/common/msg"
 )
-
-// Desired is what an app should run.
-type Desired struct {
-	App        string
-	Generation int64
-	// SpecHash identifies the container-relevant spec (image, env,
-	// command, resources): instances with another hash are replaced by a
-	// rolling update; a change of replicas alone restarts nothing.
-	SpecHash string
-	Replicas int
-	Deleted  bool
-	// MaxSurge and MaxUnavailable bound a rolling update.
-	MaxSurge, MaxUnavailable int
-	// MinHealthyTime is how long a new instance must be healthy to count.
-	MinHealthyTime time.Duration
-	// HealthyDeadline is how long a rollout's new instance has to become
-	// healthy; past it, with AutoRollback, the app is rolled back.
-	HealthyDeadline time.Duration
-	AutoRollback    bool
-	// Drain is the longest a draining instance waits for every lbagent to
-	// take it out of nginx before it is stopped anyway.
-	Drain time.Duration
-	// RestartAttempts within RestartWindow trip the breaker.
-	RestartAttempts int
-	RestartWindow   time.Duration
-	// UnhealthyGrace is how long an instance may stay unhealthy (after
-	// healthd's thresholds already said so) before it is replaced; zero
-	// never replaces for health alone.
-	UnhealthyGrace time.Duration
-	// BackoffInitial is the wait after the first restart, doubling after
-	// each one up to BackoffMax; BackoffMax is also when a tripped breaker
-	// lets one attempt through (half-open).
-	BackoffInitial, BackoffMax time.Duration
-	// Unreachable counts instances replaced while their host did not
-	// answer (a partition, or an engine down): they may still run, so
-	// they count toward Replicas + MaxSurge until their host answers.
-	Unreachable int
-}
-
-// Observed is one instance as the store records it, with what Docker says.
-type Observed struct {
-	ID         string
-	App        string
-	Generation int64
-	SpecHash   string
-	// State is one of the msg.State… constants.
-	State string
-	// Health is msg.StatusHealthy, StatusUnhealthy or StatusUnknown.
-	Health string
-	// HealthySince is when the instance last became healthy; UnhealthySince
-	// when it last became unhealthy.
-	HealthySince, UnhealthySince time.Time
-	// OOMKilled says its container was killed for running out of memory.
-	OOMKilled bool
-	CreatedAt time.Time
-	// UpdatedAt is when the scheduler last changed the record's state:
-	// since when it has been creating, starting or draining.
-	UpdatedAt time.Time
-	// Term is the leader term that created the instance.
-	Term uint64
-	// ContainerID is empty before creation; ContainerRunning says what Docker reports.
-	ContainerID      string
-	ContainerRunning bool
-	ContainerGone    bool
-	// Drained says a draining instance is out of every live lbagent's
-	// nginx config (confirmed): it no longer counts toward max_surge and
-	// can be stopped.
-	Drained bool
-}
-
-// MoveSuffix marks the spec hash of an instance that runs the desired
-// spec on a host it must leave (a drain, a placement it no longer
-// meets): stale, so the rolling update replaces it, but no rollout.
-const MoveSuffix = "+move"
-
-// Orphan is a Berth-labelled container that no instance record owns.
-type Orphan struct {
-	ContainerID string
-	// Host is the host it runs on ("": the local engine).
-	Host       string
-	App        string
-	Instance   string
-	SpecHash   string
-	Generation int64
-	Running    bool
-}
-
-// Failure is one recorded restart of an app, for the restart budget.
-type Failure struct {
-	App string
-	At  time.Time
-}
-
-// Input is everything Plan reads.
-type Input struct {
-	Apps      map[string]Desired
-	Instances []Observed
-	Orphans   []Orphan
-	Failures  []Failure
-	// Term is the current leader's term.
-	Term uint64
-	// StartTimeout is how long a record may stay creating or starting
-	// before it is taken for stale (its leader died mid-start); zero never.
-	StartTimeout time.Duration
-	Now          time.Time
-}
-
-// Kind is what an action does.
-type Kind string
-
-// Action kinds.
-const (
-	// Start creates and starts a new instance of App at Generation.
-	Start Kind = "start"
-	// Stop takes Instance out of nginx (it becomes draining); Remove
-	// follows once it is drained.
-	Stop Kind = "stop"
-	// Remove stops a drained Instance's container (signal, then grace),
-	// removes it, and deletes the record.
-	Remove Kind = "remove"
-	// Replace records Instance as failed, removes its container, and
-	// starts a new one in its place (subject to the restart budget).
-	Replace Kind = "replace"
-	// Adopt takes an orphaned container of the desired spec as an instance.
-	Adopt Kind = "adopt"
-	// RemoveOrphan removes a container no instance owns and nobody wants.
-	RemoveOrphan Kind = "remove_orphan"
-	// TripBreaker marks App failed: it crashed too often within its window.
-	TripBreaker Kind = "trip_breaker"
-	// Hold defers App's starts and replacements until Until (restart backoff).
-	Hold Kind = "hold"
-	// RollBack restores App's previous spec: a rollout's new instance was
-	// not healthy within update.healthy_deadline.
-	RollBack Kind = "roll_back"
-)
-
-// Action is one step for the controller.
-type Action struct {
-	Kind        Kind
-	App         string
-	Instance    string
-	ContainerID string
-	Generation  int64
-	Reason      string
-	// Until is when a Hold ends.
-	Until time.Time
-}
-
-func (a Action) String() string {
-	return fmt.Sprintf("%s %s/%s: %s", a.Kind, a.App, a.Instance, a.Reason)
-}
-
-// defaultDrain bounds the drain of an instance whose app is unknown.
-const defaultDrain = 10 * time.Second
-
-// Result is a plan: the actions to take now, and when to plan again.
-type Result struct {
-	Actions []Action
-	// Wake is the earliest moment at which time alone changes the plan (a
-	// min_healthy_time reached, a healthy_deadline, the end of a backoff,
-	// a drain or a start timeout); zero when nothing waits on the clock.
-	Wake time.Time
-}
-
-// wakeAt keeps the earliest future moment.
-func (r *Result) wakeAt(t, now time.Time) {
-	if !t.After(now) {
-		return
-	}
-	if r.Wake.IsZero() || t.Before(r.Wake) {
-		r.Wake = t
-	}
-}
 
 // active reports whether an instance counts toward the app's replicas.
 func active(o Observed) bool {
@@ -247,10 +80,10 @@ func Plan(in Input) Result {
 		p.plan(byApp[name])
 	}
 	for _, o := range in.Orphans {
-		if adopted[o.ContainerID] {
-			continue
+		if adopted[o.ContainerID] || in.host(o.Host).State != HostUp {
+			continue // a host that does not answer: once it does
 		}
-		r.Actions = append(r.Actions, Action{Kind: RemoveOrphan, App: o.App, Instance: o.Instance, ContainerID: o.ContainerID,
+		r.Actions = append(r.Actions, Action{Kind: RemoveOrphan, App: o.App, Instance: o.Instance, ContainerID: o.ContainerID, Host: o.Host,
 			Reason: "a Berth container no instance owns"})
 	}
 	return r
@@ -263,13 +96,22 @@ type appPlan struct {
 	res     *Result
 	adopted map[string]bool
 
-	// current run the desired spec, old another one.
+	// current run the desired spec where they may stay, old another spec
+	// or on a host they must leave (moves: why, by instance).
 	current, old []Observed
+	moves        map[string]string
 	// inConfig counts draining instances some lbagent may still route to;
 	// oldInConfig those of them that run another spec (a rollout's tail).
 	inConfig, oldInConfig int
-	// replacing counts instances being replaced (their successors start).
-	replacing int
+	// successors are the indexes in out of the Replace and Lost actions
+	// whose instances want a successor, crashes first.
+	successors []int
+	// lost counts the instances lost with their host that may still run
+	// there: recorded earlier, or Lost in this plan.
+	lost int
+	// cap, when not negative, bounds the starts of this plan (a
+	// half-open breaker lets one through).
+	cap int
 	// out is this app's actions.
 	out []Action
 }
@@ -285,7 +127,11 @@ func (p *appPlan) done() { p.res.Actions = append(p.res.Actions, p.out...) }
 func (p *appPlan) retire(insts []Observed) {
 	defer p.done()
 	for _, o := range insts {
+		h := p.in.host(o.Host)
 		switch {
+		case o.State == msg.StateFailed:
+			p.lostRecord(o, h)
+		case (o.State == msg.StateDraining || active(o)) && p.lose(o, h, "the app was deleted: nothing replaces it"):
 		case o.State == msg.StateDraining:
 			p.finishDrain(o)
 		case active(o):
@@ -296,6 +142,7 @@ func (p *appPlan) retire(insts []Observed) {
 
 func (p *appPlan) plan(insts []Observed) {
 	defer p.done()
+	p.cap = -1
 	if p.rollback(insts) {
 		return
 	}
@@ -316,16 +163,16 @@ func (p *appPlan) plan(insts []Observed) {
 // instance has existed for healthy_deadline without becoming healthy (as
 // Nomad's healthy_deadline is per allocation: a long rollout of healthy
 // instances is not rolled back). Otherwise it wakes the plan at the
-// earliest deadline still ahead.
+// earliest deadline still ahead. An instance that only moves (its host
+// drains, or no longer meets the placement) runs the desired spec: it is
+// no rollout, and there is nothing to roll back to.
 func (p *appPlan) rollback(insts []Observed) bool {
 	if !p.d.AutoRollback || p.d.HealthyDeadline <= 0 {
 		return false
 	}
 	rolling := false
 	for _, o := range insts {
-		// An instance that only moves (MoveSuffix: its host drains, or no
-		// longer meets the placement) is no rollout: nothing to roll back to.
-		if active(o) && o.SpecHash != p.d.SpecHash && o.SpecHash != p.d.SpecHash+MoveSuffix {
+		if active(o) && o.SpecHash != p.d.SpecHash {
 			rolling = true
 		}
 	}
@@ -347,17 +194,30 @@ func (p *appPlan) rollback(insts []Observed) bool {
 	return false
 }
 
-// classify finishes drains, replaces dead containers and stale starts,
-// and sorts the rest into current and old.
+// classify finishes drains, records what a lost host ran, replaces dead
+// containers and stale starts, and sorts the rest into current and old
+// (another spec, or a host to leave).
 func (p *appPlan) classify(insts []Observed) {
 	p.current = make([]Observed, 0, len(insts))
 	for _, o := range insts {
+		h := p.in.host(o.Host)
+		if o.State == msg.StateFailed {
+			p.lostRecord(o, h)
+			continue
+		}
 		if o.State == msg.StateDraining {
-			p.finishDrain(o)
+			if !p.lose(o, h, "it was draining: nothing replaces it") {
+				p.finishDrain(o)
+			}
 			continue
 		}
 		if !active(o) {
 			continue
+		}
+		if h.State == HostUnknown && o.ContainerGone && o.ContainerID != "" {
+			// Its host has not been listed yet: its container is unseen,
+			// not gone.
+			o.ContainerGone, o.ContainerRunning = false, true
 		}
 		if (o.State == msg.StateCreating || o.State == msg.StateStarting) && p.in.StartTimeout > 0 && !o.UpdatedAt.IsZero() {
 			// A start that outlived its timeout: its leader died mid-start.
@@ -367,9 +227,19 @@ func (p *appPlan) classify(insts []Observed) {
 				o.State, o.ContainerGone = msg.StateRunning, true
 			}
 		}
+		if o.State == msg.StateRunning && p.lose(o, h, "") {
+			continue
+		}
 		if o.State == msg.StateRunning && (o.ContainerGone || o.ContainerID != "" && !o.ContainerRunning) {
-			p.add(Action{Kind: Replace, Instance: o.ID, ContainerID: o.ContainerID, Generation: p.d.Generation, Reason: deadReason(o)})
-			p.replacing++
+			p.replace(o, deadReason(o))
+			continue
+		}
+		if why := p.moving(o, h); why != "" {
+			if p.moves == nil {
+				p.moves = map[string]string{}
+			}
+			p.moves[o.ID] = why
+			p.old = append(p.old, o)
 			continue
 		}
 		if o.SpecHash == p.d.SpecHash {
@@ -378,6 +248,18 @@ func (p *appPlan) classify(insts []Observed) {
 			p.old = append(p.old, o)
 		}
 	}
+}
+
+// replace replaces an instance whose container died, vanished or stayed
+// unhealthy on a host that answers.
+func (p *appPlan) replace(o Observed, reason string) {
+	p.add(Action{Kind: Replace, Instance: o.ID, ContainerID: o.ContainerID, Host: o.Host, Generation: p.d.Generation, Reason: reason})
+	// Crashes first: a lost instance's successor may wait for its host.
+	i := 0
+	for i < len(p.successors) && p.out[p.successors[i]].Kind == Replace {
+		i++
+	}
+	p.successors = append(p.successors[:i], append([]int{len(p.out) - 1}, p.successors[i:]...)...)
 }
 
 // finishDrain removes a draining instance once every lbagent has taken it
@@ -410,9 +292,7 @@ func (p *appPlan) replaceUnhealthy() {
 		if o.Health == msg.StatusUnhealthy && !o.UnhealthySince.IsZero() {
 			end := o.UnhealthySince.Add(p.d.UnhealthyGrace)
 			if !p.in.Now.Before(end) {
-				p.add(Action{Kind: Replace, Instance: o.ID, ContainerID: o.ContainerID, Generation: p.d.Generation,
-					Reason: fmt.Sprintf("unhealthy for %s (grace %s)", p.in.Now.Sub(o.UnhealthySince).Round(time.Second), p.d.UnhealthyGrace)})
-				p.replacing++
+				p.replace(o, fmt.Sprintf("unhealthy for %s (grace %s)", p.in.Now.Sub(o.UnhealthySince).Round(time.Second), p.d.UnhealthyGrace))
 				continue
 			}
 			p.res.wakeAt(end, p.in.Now)
@@ -422,105 +302,106 @@ func (p *appPlan) replaceUnhealthy() {
 	p.current = kept
 }
 
-// budget applies the restart budget: too many restarts in the window trip
-// the breaker (after BackoffMax since the last one, one attempt goes
-// through), and after n recent restarts starts wait initial×2^(n-1),
-// capped. It reports whether planning goes on.
-func (p *appPlan) budget() bool {
-	recent, last := 0, time.Time{}
-	for _, f := range p.in.Failures {
-		if f.App == p.d.App && p.in.Now.Sub(f.At) <= p.d.RestartWindow {
-			recent++
-			if f.At.After(last) {
-				last = f.At
-			}
-		}
-	}
-	if recent == 0 {
-		return true
-	}
-	if p.d.RestartAttempts >= 0 && recent >= p.d.RestartAttempts {
-		if reopen := last.Add(p.d.BackoffMax); p.in.Now.Before(reopen) {
-			// Open breaker: no replacement and no new start; report once per plan.
-			p.dropReplacements()
-			p.add(Action{Kind: TripBreaker, Generation: p.d.Generation,
-				Reason: fmt.Sprintf("%d restarts within %s (budget %d): not restarting until %s", recent, p.d.RestartWindow, p.d.RestartAttempts, reopen.Format(time.RFC3339))})
-			p.res.wakeAt(reopen, p.in.Now)
-			return false
-		}
-		// Half-open: let a single replacement or start through.
-		p.replacing = min(p.replacing, 1)
-	}
-	if p.d.BackoffInitial <= 0 {
-		return true
-	}
-	wait := p.d.BackoffInitial
-	for i := 1; i < recent && wait < p.d.BackoffMax; i++ {
-		wait *= 2
-	}
-	if p.d.BackoffMax > 0 {
-		wait = min(wait, p.d.BackoffMax)
-	}
-	until := last.Add(wait)
-	if !p.in.Now.Before(until) {
-		return true
-	}
-	// Stops still happen (scale-down, deletions); starts wait.
-	p.dropReplacements()
-	p.add(Action{Kind: Hold, Generation: p.d.Generation, Until: until,
-		Reason: fmt.Sprintf("restart backoff after %d restarts: next attempt at %s", recent, until.Format(time.RFC3339))})
-	p.res.wakeAt(until, p.in.Now)
-	if extra := len(p.current) - p.d.Replicas; extra > 0 && len(p.old) == 0 {
-		p.stop(victims(p.current, extra), fmt.Sprintf("scaling down to %d", p.d.Replicas))
-	}
-	return false
-}
-
-func (p *appPlan) dropReplacements() {
-	kept := p.out[:0]
-	for _, a := range p.out {
-		if a.Kind != Replace {
-			kept = append(kept, a)
-		}
-	}
-	p.out = kept
-}
-
-// adopt takes orphans of this app that run the desired spec, before
-// anything new starts.
+// adopt takes orphans of this app that run the desired spec on a host
+// that answers, before anything new starts.
 func (p *appPlan) adopt() {
 	for _, o := range p.in.Orphans {
-		if o.App != p.d.App || o.SpecHash != p.d.SpecHash || !o.Running || p.adopted[o.ContainerID] || len(p.current)+p.replacing >= p.d.Replicas {
+		if o.App != p.d.App || o.SpecHash != p.d.SpecHash || !o.Running || p.adopted[o.ContainerID] || len(p.current)+len(p.successors) >= p.d.Replicas {
+			continue
+		}
+		h := p.in.host(o.Host)
+		if h.State != HostUp || p.moving(Observed{Host: o.Host, SpecHash: o.SpecHash}, h) != "" {
 			continue
 		}
 		p.adopted[o.ContainerID] = true
-		p.add(Action{Kind: Adopt, Instance: o.Instance, ContainerID: o.ContainerID, Generation: p.d.Generation,
+		p.add(Action{Kind: Adopt, Instance: o.Instance, ContainerID: o.ContainerID, Host: o.Host, Generation: p.d.Generation,
 			Reason: "a running container of the desired spec, left by an earlier leader"})
-		p.current = append(p.current, Observed{ID: o.Instance, State: msg.StateRunning, SpecHash: p.d.SpecHash})
+		p.current = append(p.current, Observed{ID: o.Instance, State: msg.StateRunning, SpecHash: p.d.SpecHash, Host: o.Host})
 	}
 }
 
 // scale starts or stops instances of the desired spec to the count.
 func (p *appPlan) scale() {
-	want := p.d.Replicas
-	for i := len(p.current) + p.replacing; i < want && i+p.d.Unreachable < want+p.d.MaxSurge; i++ {
-		p.add(Action{Kind: Start, Generation: p.d.Generation, Reason: fmt.Sprintf("%d of %d replicas", i, want)})
+	want, have := p.d.Replicas, len(p.current)
+	n := want - have
+	var bound string
+	if p.d.HoldLost && p.lost > 0 && n > want+p.d.MaxSurge-have-p.lost {
+		n = max(want+p.d.MaxSurge-have-p.lost, 0)
+		bound = p.holdLost()
 	}
-	if extra := len(p.current) + p.replacing - want; extra > 0 {
+	p.start(n, want-have, bound, func() string { return fmt.Sprintf("%d of %d replicas", have, want) })
+	if extra := have - want; extra > 0 {
 		p.stop(victims(p.current, extra), fmt.Sprintf("scaling down to %d", want))
 	}
 }
 
+// start adds n starts (within the breaker's cap), pairing the first with
+// the instances that want a successor, crashes first. Of those left
+// without one, a dead instance beyond need (the app scales down) is
+// removed, and any other is told why in its Wait: none is needed, or
+// bound (what held the starts back).
+func (p *appPlan) start(n, need int, bound string, reason func() string) {
+	if p.cap >= 0 && n > p.cap {
+		n = p.cap
+		if bound == "" {
+			bound = "its replacement waits: the restart budget's breaker lets one start through at a time"
+		}
+	}
+	n = max(n, 0)
+	for i := range n {
+		a := Action{Kind: Start, Generation: p.d.Generation}
+		if i < len(p.successors) {
+			pred := p.out[p.successors[i]]
+			a.Replaces, a.Reason = pred.Instance, pred.Reason
+		} else {
+			a.Reason = reason()
+		}
+		p.add(a)
+	}
+	for i, idx := range p.successors {
+		if i < n {
+			continue
+		}
+		a := &p.out[idx]
+		switch {
+		case a.Kind == Replace && i >= need:
+			a.Kind, a.Reason = Remove, a.Reason+fmt.Sprintf("; not replaced: %d of %d replicas run", len(p.current), p.d.Replicas)
+		case i >= need:
+			a.Wait = fmt.Sprintf("no replacement needed: %d of %d replicas run", len(p.current), p.d.Replicas)
+		default:
+			a.Wait = bound
+		}
+	}
+	p.successors = nil
+}
+
 // roll is a rolling update: new instances up to the count, within count +
-// max_surge in total (draining instances still in some nginx included);
-// old ones drain while enough instances stay available.
+// max_surge in total (draining instances still in some nginx included,
+// and instances lost with their host under on_host_lost.replace: false);
+// old ones drain while enough instances stay available. An old instance
+// that only moves off its host migrates.
 func (p *appPlan) roll() {
 	want := p.d.Replicas
-	total := len(p.current) + len(p.old) + p.replacing + p.inConfig + p.d.Unreachable
-	for n := len(p.current) + p.replacing; n < want && total < want+p.d.MaxSurge; n++ {
-		p.add(Action{Kind: Start, Generation: p.d.Generation, Reason: fmt.Sprintf("rolling update to generation %d", p.d.Generation)})
+	total := len(p.current) + len(p.old) + p.inConfig
+	if p.d.HoldLost {
+		total += p.lost
+	}
+	n := 0
+	for have := len(p.current); have < want && total < want+p.d.MaxSurge; have++ {
+		n++
 		total++
 	}
+	reason := func() string {
+		if len(p.old) > 0 && len(p.moves) == len(p.old) {
+			return "moving instances off hosts they must leave"
+		}
+		return fmt.Sprintf("rolling update to generation %d", p.d.Generation)
+	}
+	bound := "its replacement waits: the app is at replicas + max_surge during a rolling update"
+	if p.d.HoldLost && p.lost > 0 {
+		bound = p.holdLost()
+	}
+	p.start(n, want-len(p.current), bound, reason)
 	avail := 0
 	for _, o := range p.current {
 		switch {
@@ -545,6 +426,10 @@ func (p *appPlan) roll() {
 		}
 		if serving {
 			avail--
+		}
+		if why, ok := p.moves[o.ID]; ok {
+			p.add(Action{Kind: Migrate, Instance: o.ID, ContainerID: o.ContainerID, Host: o.Host, Reason: why})
+			continue
 		}
 		p.add(Action{Kind: Stop, Instance: o.ID, ContainerID: o.ContainerID, Reason: fmt.Sprintf("replaced by generation %d", p.d.Generation)})
 	}

@@ -45,7 +45,8 @@ func rollback(d Desired) Desired {
 	return d
 }
 
-// summary renders actions compactly: "start", "stop b", "replace a", …
+// summary renders actions compactly: "start", "stop b", "replace a",
+// "start for a" (a successor), …
 func summary(as []Action) []string {
 	out := make([]string, 0, len(as))
 	for _, a := range as {
@@ -53,9 +54,42 @@ func summary(as []Action) []string {
 		if a.Instance != "" {
 			s += " " + a.Instance
 		}
+		if a.Replaces != "" {
+			s += " for " + a.Replaces
+		}
 		out = append(out, s)
 	}
 	return out
+}
+
+// requirePaired checks what every plan promises of successors: a Start
+// replaces a Replace or a Lost of the same plan, each at most once, and a
+// Lost or Replace without a successor says why.
+func requirePaired(t *testing.T, as []Action) {
+	t.Helper()
+	pred := map[string]Kind{}
+	for _, a := range as {
+		if a.Kind == Replace || a.Kind == Lost {
+			pred[a.Instance] = a.Kind
+		}
+	}
+	succ := map[string]int{}
+	for _, a := range as {
+		if a.Kind == Start && a.Replaces != "" {
+			require.Contains(t, pred, a.Replaces, "%s replaces an instance of the plan", a)
+			succ[a.Replaces]++
+			require.Equal(t, 1, succ[a.Replaces], "%s: one successor each", a)
+		}
+	}
+	for _, a := range as {
+		switch a.Kind {
+		case Lost:
+			require.True(t, succ[a.Instance] == 1 || a.Wait != "", "%s has a successor or says why not", a)
+			require.True(t, succ[a.Instance] == 0 || a.Wait == "", "%s: a successor and a wait", a)
+		case Replace:
+			require.True(t, succ[a.Instance] == 1 || a.Wait != "", "%s has a successor or says why not", a)
+		}
+	}
 }
 
 func TestPlan(t *testing.T) {
@@ -96,15 +130,15 @@ func TestPlan(t *testing.T) {
 			Instances: []Observed{inst("o1", "old", time.Hour), inst("n1", "new", time.Minute), inst("n2", "new", time.Minute)}},
 			[]string{"stop o1"}},
 		{"a dead container is replaced", Input{Apps: map[string]Desired{"web": app(2)},
-			Instances: []Observed{inst("a", "new", time.Hour, died), inst("b", "new", time.Hour)}}, []string{"replace a"}},
+			Instances: []Observed{inst("a", "new", time.Hour, died), inst("b", "new", time.Hour)}}, []string{"replace a", "start for a"}},
 		{"an instance unhealthy beyond the grace is replaced", Input{Apps: map[string]Desired{"web": func() Desired { d := app(2); d.UnhealthyGrace = 30 * time.Second; return d }()},
 			Instances: []Observed{inst("a", "new", time.Hour, unhealthy, func(o *Observed) { o.UnhealthySince = now.Add(-time.Minute) }), inst("b", "new", time.Hour)}},
-			[]string{"replace a"}},
+			[]string{"replace a", "start for a"}},
 		{"an instance unhealthy within the grace is left to recover", Input{Apps: map[string]Desired{"web": func() Desired { d := app(2); d.UnhealthyGrace = 30 * time.Second; return d }()},
 			Instances: []Observed{inst("a", "new", time.Hour, unhealthy, func(o *Observed) { o.UnhealthySince = now.Add(-10 * time.Second) }), inst("b", "new", time.Hour)}},
 			[]string{}},
 		{"a vanished container (stale record) is replaced", Input{Apps: map[string]Desired{"web": app(1)},
-			Instances: []Observed{inst("a", "new", time.Hour, gone)}}, []string{"replace a"}},
+			Instances: []Observed{inst("a", "new", time.Hour, gone)}}, []string{"replace a", "start for a"}},
 		{"a crash-looping app trips the breaker", Input{Apps: map[string]Desired{"web": app(2)},
 			Instances: []Observed{inst("a", "new", time.Hour, died), inst("b", "new", time.Hour)},
 			Failures:  []Failure{{App: "web", At: now.Add(-3 * time.Minute)}, {App: "web", At: now.Add(-2 * time.Minute)}, {App: "web", At: now.Add(-time.Minute)}}},
@@ -112,7 +146,7 @@ func TestPlan(t *testing.T) {
 		{"after backoff_max the breaker lets one attempt through", Input{Apps: map[string]Desired{"web": app(3)},
 			Instances: []Observed{inst("a", "new", time.Hour, died), inst("b", "new", time.Hour, died)},
 			Failures:  []Failure{{App: "web", At: now.Add(-9 * time.Minute)}, {App: "web", At: now.Add(-8 * time.Minute)}, {App: "web", At: now.Add(-6 * time.Minute)}}},
-			[]string{"replace a", "replace b", "start", "start"}},
+			[]string{"replace a", "replace b", "start for a"}},
 		{"restart backoff holds the replacement", Input{Apps: map[string]Desired{"web": func() Desired {
 			d := app(2)
 			d.BackoffInitial = 10 * time.Second
@@ -126,11 +160,11 @@ func TestPlan(t *testing.T) {
 			return d
 		}()}, Instances: []Observed{inst("a", "new", time.Hour, died), inst("b", "new", time.Hour)},
 			Failures: []Failure{{App: "web", At: now.Add(-25 * time.Second)}}},
-			[]string{"replace a"}},
+			[]string{"replace a", "start for a"}},
 		{"restarts outside the window do not count", Input{Apps: map[string]Desired{"web": app(1)},
 			Instances: []Observed{inst("a", "new", time.Hour, died)},
 			Failures:  []Failure{{App: "web", At: now.Add(-time.Hour)}, {App: "web", At: now.Add(-time.Hour)}, {App: "web", At: now.Add(-time.Hour)}}},
-			[]string{"replace a"}},
+			[]string{"replace a", "start for a"}},
 		{"an orphan of the desired spec is adopted, not recreated", Input{Apps: map[string]Desired{"web": app(2)},
 			Instances: []Observed{inst("a", "new", time.Hour)},
 			Orphans:   []Orphan{{ContainerID: "cx", App: "web", Instance: "x", SpecHash: "new", Running: true}}},
@@ -166,7 +200,7 @@ func TestPlan(t *testing.T) {
 			[]string{"remove o2", "start"}},
 		{"a start that outlived the start timeout is replaced", Input{Apps: map[string]Desired{"web": app(1)}, StartTimeout: time.Minute,
 			Instances: []Observed{inst("a", "new", 2*time.Minute, starting, func(o *Observed) { o.UpdatedAt = now.Add(-2 * time.Minute) })}},
-			[]string{"replace a"}},
+			[]string{"replace a", "start for a"}},
 		{"a rollout whose new instance missed healthy_deadline rolls back", Input{Apps: map[string]Desired{"web": rollback(app(2))},
 			Instances: []Observed{inst("o1", "old", time.Hour), inst("o2", "old", time.Hour), inst("n1", "new", time.Minute, unknown)}},
 			[]string{"roll_back n1"}},
@@ -179,6 +213,16 @@ func TestPlan(t *testing.T) {
 		{"instances of an unknown app stop", Input{Instances: []Observed{inst("a", "new", time.Hour)}}, []string{"stop a"}},
 		{"unknown health neither counts as available nor blocks a scale-up", Input{Apps: map[string]Desired{"web": app(2)},
 			Instances: []Observed{inst("a", "new", time.Hour, unknown)}}, []string{"start"}},
+		{"a dead instance beyond the count is removed, and nothing else stops", Input{Apps: map[string]Desired{"web": app(2)},
+			Instances: []Observed{inst("a", "new", time.Hour, died), inst("b", "new", time.Hour), inst("c", "new", time.Hour)}},
+			[]string{"remove a"}},
+		{"a crash at the rollout's surge: removed, its replacement waits", Input{Apps: map[string]Desired{"web": app(2)},
+			Instances: []Observed{inst("o1", "old", time.Hour), inst("o2", "old", time.Hour, draining(time.Second)),
+				inst("n1", "new", time.Minute), inst("n2", "new", time.Minute, died)}},
+			[]string{"replace n2"}},
+		{"a dead instance during a rollout is replaced by the new spec", Input{Apps: map[string]Desired{"web": app(2)},
+			Instances: []Observed{inst("o1", "old", time.Hour, died), inst("o2", "old", time.Hour)}},
+			[]string{"replace o1", "start for o1", "start"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -189,6 +233,7 @@ func TestPlan(t *testing.T) {
 			for _, a := range got {
 				require.NotEmpty(t, a.Reason, "every action says why")
 			}
+			requirePaired(t, got)
 		})
 	}
 }
@@ -197,9 +242,12 @@ func TestOOMReasonSuggestsMemory(t *testing.T) {
 	t.Parallel()
 	got := Plan(Input{Apps: map[string]Desired{"web": app(1)}, Now: now,
 		Instances: []Observed{inst("a", "new", time.Hour, died, func(o *Observed) { o.OOMKilled = true })}}).Actions
-	require.Len(t, got, 1)
+	require.Len(t, got, 2)
 	require.Equal(t, Replace, got[0].Kind)
 	require.Contains(t, got[0].Reason, "consider raising resources.memory")
+	require.Equal(t, Start, got[1].Kind)
+	require.Equal(t, "a", got[1].Replaces)
+	require.Equal(t, got[0].Reason, got[1].Reason, "the successor carries why")
 }
 
 func TestHoldUntil(t *testing.T) {
@@ -402,62 +450,4 @@ func TestWake(t *testing.T) {
 func TestActionString(t *testing.T) {
 	t.Parallel()
 	require.True(t, strings.HasPrefix(Action{Kind: Stop, App: "web", Instance: "a", Reason: "why"}.String(), "stop web/a: why"))
-}
-
-// Instances replaced while their host did not answer may still run (a
-// partition): they count toward replicas + max_surge until it answers.
-func TestUnreachableCountTowardSurge(t *testing.T) {
-	t.Parallel()
-	now := time.Now()
-	d := Desired{App: "web", Generation: 1, SpecHash: "h", Replicas: 6, MaxSurge: 1, Unreachable: 2}
-	var insts []Observed
-	for i := range 4 {
-		insts = append(insts, Observed{ID: fmt.Sprintf("i%d", i), App: "web", Generation: 1, SpecHash: "h", State: "running", Health: "healthy",
-			ContainerID: fmt.Sprintf("c%d", i), ContainerRunning: true, CreatedAt: now.Add(-time.Hour), HealthySince: now.Add(-time.Hour)})
-	}
-	res := Plan(Input{Apps: map[string]Desired{"web": d}, Instances: insts, Now: now})
-	starts := 0
-	for _, a := range res.Actions {
-		if a.Kind == Start {
-			starts++
-		}
-	}
-	require.Equal(t, 1, starts, "4 running + 2 unreachable + 1 = replicas + max_surge")
-	d.Unreachable = 0
-	res = Plan(Input{Apps: map[string]Desired{"web": d}, Instances: insts, Now: now})
-	starts = 0
-	for _, a := range res.Actions {
-		if a.Kind == Start {
-			starts++
-		}
-	}
-	require.Equal(t, 2, starts, "the host answered: back to the count")
-}
-
-// Instances that only move (their host drains) are replaced by the rolling
-// rules, but a replacement that is not healthy in time rolls nothing back:
-// there is no older spec to return to.
-func TestMoveIsNoRollout(t *testing.T) {
-	t.Parallel()
-	now := time.Now()
-	d := Desired{App: "web", Generation: 2, SpecHash: "h", Replicas: 2, MaxSurge: 1, AutoRollback: true, HealthyDeadline: time.Minute}
-	insts := []Observed{
-		{ID: "old", App: "web", Generation: 2, SpecHash: "h" + MoveSuffix, State: "running", Health: "healthy", ContainerID: "c1", ContainerRunning: true,
-			CreatedAt: now.Add(-time.Hour), HealthySince: now.Add(-time.Hour)},
-		{ID: "ok", App: "web", Generation: 2, SpecHash: "h", State: "running", Health: "healthy", ContainerID: "c2", ContainerRunning: true,
-			CreatedAt: now.Add(-time.Hour), HealthySince: now.Add(-time.Hour)},
-		{ID: "new", App: "web", Generation: 2, SpecHash: "h", State: "running", Health: "unhealthy", ContainerID: "c3", ContainerRunning: true,
-			CreatedAt: now.Add(-2 * time.Minute)},
-	}
-	res := Plan(Input{Apps: map[string]Desired{"web": d}, Instances: insts, Now: now})
-	for _, a := range res.Actions {
-		require.NotEqual(t, RollBack, a.Kind, "%s", a)
-	}
-	insts[0].SpecHash = "older"
-	res = Plan(Input{Apps: map[string]Desired{"web": d}, Instances: insts, Now: now})
-	rolled := false
-	for _, a := range res.Actions {
-		rolled = rolled || a.Kind == RollBack
-	}
-	require.True(t, rolled, "a real rollout still rolls back")
 }

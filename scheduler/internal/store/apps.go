@@ -483,11 +483,14 @@ func (t *Tx) DeleteInstance(ctx context.Context, id string) error {
 	return nil
 }
 
-// Restarts returns when each app had an instance replaced after a failure,
-// or failed to start one, since since: the restart budget's history.
+// Restarts returns when each app had an instance fail (replaced at once,
+// or its replacement waiting), or failed to start one, since since: the
+// restart budget's history. The replacement of an instance lost with its
+// host (cause host_lost) is no failure of the app, and is not counted.
 func (s *Store) Restarts(ctx context.Context, since time.Time) (map[string][]time.Time, error) {
 	rows, err := s.pool.Query(ctx, `SELECT app, at FROM events
-		WHERE kind IN ('instance_replaced', 'image_pull_failed', 'instance_create_failed', 'instance_start_failed', 'instance_address_refused') AND at >= $1`, since)
+		WHERE kind IN ('instance_replaced', 'instance_failed', 'image_pull_failed', 'instance_create_failed', 'instance_start_failed', 'instance_address_refused') AND at >= $1
+		AND details->>'cause' IS DISTINCT FROM 'host_lost'`, since)
 	if err != nil {
 		return nil, fmt.Errorf("restarts: %w", redact(err))
 	}

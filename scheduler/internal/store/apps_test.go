@@ -151,7 +151,15 @@ func TestInstanceRecordsAndRestarts(t *testing.T) {
 		if err := tx.PutInstance(ctx, Instance{ID: "b1", App: "api", Generation: 1, State: "running", SpecHash: "h2"}); err != nil {
 			return err
 		}
-		_, err := tx.AddEvent(ctx, Event{App: "web", Instance: "z9", Kind: "instance_replaced", Message: "died"})
+		if _, err := tx.AddEvent(ctx, Event{App: "web", Instance: "z9", Kind: "instance_replaced", Message: "died"}); err != nil {
+			return err
+		}
+		if _, err := tx.AddEvent(ctx, Event{App: "web", Instance: "z7", Kind: "instance_failed", Message: "died; its replacement waits"}); err != nil {
+			return err
+		}
+		// A host's loss is no crash: its replacements spend no budget.
+		_, err := tx.AddEvent(ctx, Event{App: "web", Instance: "z8", Kind: "instance_replaced", Message: "lost with h3",
+			Details: map[string]string{"cause": "host_lost", "host": "h3"}})
 		return err
 	}))
 	all, err := s.Instances(ctx, "")
@@ -172,7 +180,7 @@ func TestInstanceRecordsAndRestarts(t *testing.T) {
 
 	r, err := s.Restarts(ctx, time.Now().Add(-time.Hour))
 	require.NoError(t, err)
-	require.Len(t, r["web"], 1)
+	require.Len(t, r["web"], 2, "a crash replaced and one whose replacement waits; not a host's loss")
 }
 
 // TestHostClaims: an app keeps the time it claimed each host across
