@@ -114,7 +114,7 @@ func (c *Controller) do(ctx context.Context, l store.Lease, a reconcile.Action, 
 	app, rec := w.apps[a.App], w.records[a.Instance]
 	switch a.Kind {
 	case reconcile.Start:
-		return c.start(ctx, l, app, w.in.Apps[a.App].SpecHash, host, c.succession(a, p, w))
+		return c.start(ctx, l, app, w.in.Apps[a.App].SpecHash, host, c.succession(a, p))
 	case reconcile.Stop, reconcile.Migrate:
 		return c.drain(ctx, l, rec, a.Reason)
 	case reconcile.Replace:
@@ -187,17 +187,18 @@ func (c *Controller) lose(ctx context.Context, l store.Lease, a reconcile.Action
 }
 
 // succession is the instance_replaced event a successor records once it
-// runs; nil for a start that replaces nothing. A lost host's instance is
-// replaced for a host's loss, no crash: its event says so (cause
-// host_lost), and the restart budget does not count it.
-func (c *Controller) succession(a reconcile.Action, p placed, w world) *store.Event {
+// runs; nil for a start that replaces nothing. An instance lost with its
+// host (down, or not answering) is replaced for the host's loss, not for
+// a crash of the app: its event says so (cause host_lost), and the
+// restart budget does not count it.
+func (c *Controller) succession(a reconcile.Action, p placed) *store.Event {
 	if a.Replaces == "" {
 		return nil
 	}
 	pred := p.predecessors[a.Replaces]
 	ev := &store.Event{App: a.App, Instance: a.Replaces, Kind: "instance_replaced", Message: "instance " + a.Replaces + " replaced: " + pred.Reason,
 		Details: map[string]string{"host": pred.Host, "reason": msg.Truncate(pred.Reason, 512)}}
-	if pred.Kind == reconcile.Lost && w.in.Hosts[pred.Host].State == reconcile.HostDown {
+	if pred.Kind == reconcile.Lost {
 		ev.Details["cause"] = "host_lost"
 	}
 	return ev

@@ -3,8 +3,6 @@ package reconcile
 import (
 	"fmt"
 	"strings"
-
-	"github.com/berthhq/berth/common/msg"
 )
 
 // lostRecord forgets an instance lost with its host once the host
@@ -23,25 +21,25 @@ func (p *appPlan) lostRecord(o Observed, h Host) {
 	}
 }
 
-// lose records an instance whose host is down, or whose container is
-// dead on a host that does not answer, as lost: it may still run there,
-// and nothing there can be touched. wait, when set, says why it needs no
-// successor. It reports whether the instance was lost.
-func (p *appPlan) lose(o Observed, h Host, wait string) bool {
+// lose records as lost an instance whose host is down, or that is wrong
+// (why: its container died, it stayed unhealthy) on a host that does not
+// answer: it may still run there, and nothing there can be touched. wait,
+// when set, says why it needs no successor. It reports whether the
+// instance was lost.
+func (p *appPlan) lose(o Observed, h Host, why, wait string) bool {
 	if o.ContainerID == "" || h.State == HostUp || h.State == HostUnknown {
 		return false
 	}
 	var reason string
-	switch dead := o.ContainerGone || !o.ContainerRunning; {
+	switch {
+	case h.Gone:
+		reason = fmt.Sprintf("host %s left the registry", hostName(o.Host))
 	case h.State == HostDown:
 		reason = fmt.Sprintf("host %s is down: its engine has not answered for the host timeout", hostName(o.Host))
-		if h.Gone {
-			reason = fmt.Sprintf("host %s left the registry", hostName(o.Host))
-		}
-	case dead && o.State != msg.StateDraining:
-		reason = deadReason(o) + fmt.Sprintf(", and host %s does not answer", hostName(o.Host))
+	case why != "":
+		reason = why + fmt.Sprintf(", and host %s does not answer", hostName(o.Host))
 	default:
-		return false // unreachable, its container running when last seen: left alone
+		return false // unreachable, and nothing wrong when last seen: left alone
 	}
 	p.add(Action{Kind: Lost, Instance: o.ID, ContainerID: o.ContainerID, Host: o.Host, Generation: p.d.Generation, Reason: reason, Wait: wait})
 	p.lost++

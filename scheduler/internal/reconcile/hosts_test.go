@@ -36,6 +36,20 @@ func hosts(h1 Host) map[string]Host {
 	return map[string]Host{"h1": h1, "h2": {State: HostUp}, "h3": {State: HostUp}}
 }
 
+// graced gives every app an unhealthy grace of 30 s.
+func graced(apps map[string]Desired) map[string]Desired {
+	for n, d := range apps {
+		d.UnhealthyGrace = 30 * time.Second
+		apps[n] = d
+	}
+	return apps
+}
+
+// unhealthyFor makes an instance unhealthy for d.
+func unhealthyFor(d time.Duration) func(*Observed) {
+	return func(o *Observed) { o.Health, o.UnhealthySince = msg.StatusUnhealthy, now.Add(-d) }
+}
+
 var (
 	down        = Host{State: HostDown}
 	unreachable = Host{State: HostUnreachable}
@@ -77,6 +91,13 @@ func TestPlanHosts(t *testing.T) {
 			[]string{}, nil},
 		{"an unreachable host's dead instance is lost, not removed", Input{Apps: web6(1, false), Hosts: hosts(unreachable),
 			Instances: append(six()[1:], inst("a", "new", time.Hour, on("h1"), died))}, []string{"lost a", "start for a"}, nil},
+		{"an instance unhealthy beyond the grace on an unreachable host is lost, not removed", Input{Apps: graced(web6(1, false)), Hosts: hosts(unreachable),
+			Instances: six(unhealthyFor(time.Minute))}, []string{"lost a", "lost b", "start for a", "start for b"}, nil},
+		{"under on_host_lost.replace false, within the bound", Input{Apps: graced(web6(1, true)), Hosts: hosts(unreachable),
+			Instances: six(unhealthyFor(time.Minute))}, []string{"lost a", "lost b", "start for a"},
+			map[string]string{"b": "placement.on_host_lost.replace is false"}},
+		{"an instance unhealthy on a host not listed yet waits for its list", Input{Apps: graced(web6(1, false)), Hosts: hosts(Host{State: HostUnknown}),
+			Instances: six(unhealthyFor(time.Minute))}, []string{}, nil},
 		{"an unknown host's unseen containers are not gone", Input{Apps: web6(1, false), Hosts: hosts(Host{State: HostUnknown}), Instances: six(gone)},
 			[]string{}, nil},
 		{"a crash is replaced before a lost instance", Input{Apps: web6(1, true), Hosts: hosts(down),

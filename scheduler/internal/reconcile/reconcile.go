@@ -131,7 +131,7 @@ func (p *appPlan) retire(insts []Observed) {
 		switch {
 		case o.State == msg.StateFailed:
 			p.lostRecord(o, h)
-		case (o.State == msg.StateDraining || active(o)) && p.lose(o, h, "the app was deleted: nothing replaces it"):
+		case (o.State == msg.StateDraining || active(o)) && p.lose(o, h, "", "the app was deleted: nothing replaces it"):
 		case o.State == msg.StateDraining:
 			p.finishDrain(o)
 		case active(o):
@@ -206,7 +206,7 @@ func (p *appPlan) classify(insts []Observed) {
 			continue
 		}
 		if o.State == msg.StateDraining {
-			if !p.lose(o, h, "it was draining: nothing replaces it") {
+			if !p.lose(o, h, "", "it was draining: nothing replaces it") {
 				p.finishDrain(o)
 			}
 			continue
@@ -227,12 +227,18 @@ func (p *appPlan) classify(insts []Observed) {
 				o.State, o.ContainerGone = msg.StateRunning, true
 			}
 		}
-		if o.State == msg.StateRunning && p.lose(o, h, "") {
-			continue
-		}
-		if o.State == msg.StateRunning && (o.ContainerGone || o.ContainerID != "" && !o.ContainerRunning) {
-			p.replace(o, deadReason(o))
-			continue
+		if o.State == msg.StateRunning {
+			dead, why := o.ContainerGone || o.ContainerID != "" && !o.ContainerRunning, ""
+			if dead {
+				why = deadReason(o)
+			}
+			if p.lose(o, h, why, "") {
+				continue
+			}
+			if dead {
+				p.replace(o, why)
+				continue
+			}
 		}
 		if why := p.moving(o, h); why != "" {
 			if p.moves == nil {
@@ -292,7 +298,14 @@ func (p *appPlan) replaceUnhealthy() {
 		if o.Health == msg.StatusUnhealthy && !o.UnhealthySince.IsZero() {
 			end := o.UnhealthySince.Add(p.d.UnhealthyGrace)
 			if !p.in.Now.Before(end) {
-				p.replace(o, fmt.Sprintf("unhealthy for %s (grace %s)", p.in.Now.Sub(o.UnhealthySince).Round(time.Second), p.d.UnhealthyGrace))
+				why := fmt.Sprintf("unhealthy for %s (grace %s)", p.in.Now.Sub(o.UnhealthySince).Round(time.Second), p.d.UnhealthyGrace)
+				switch h := p.in.host(o.Host); {
+				case p.lose(o, h, why, ""):
+				case h.State == HostUnknown:
+					kept = append(kept, o) // once its host is listed
+				default:
+					p.replace(o, why)
+				}
 				continue
 			}
 			p.res.wakeAt(end, p.in.Now)
