@@ -27,6 +27,9 @@ func TestCheckConfigExitCodes(t *testing.T) {
 	defer devnull.Close()
 	require.Equal(t, 0, run([]string{"--check-config"}, devnull, devnull))
 	require.Equal(t, 1, run([]string{"--check-config", "--max-concurrency", "0"}, devnull, devnull))
+	require.Equal(t, 0, run([]string{"--check-config", "--nats-url", "nats://n1:4222,nats://n2:4222,nats://n3:4222", "--nats-replicas", "3"}, devnull, devnull))
+	require.Equal(t, 1, run([]string{"--check-config", "--nats-replicas", "4"}, devnull, devnull))
+	require.Equal(t, 1, run([]string{"--check-config", "--nats-url", "nats://n1:4222,n1:4222"}, devnull, devnull))
 	require.Equal(t, 2, run([]string{"--bogus"}, devnull, devnull))
 }
 

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -193,7 +194,7 @@ type eventsCmd struct {
 	clientFlags `embed:""`
 	App         string `help:"Only this app's events." default:""`
 	Follow      bool   `help:"Keep streaming new events from NATS." default:"false"`
-	NATSURL     string `name:"nats-url" help:"NATS for --follow." default:"nats://127.0.0.1:4222" env:"BERTH_NATS_URL"`
+	NATSURL     string `name:"nats-url" help:"NATS for --follow: its URL, or every member of a NATS cluster, comma-separated." default:"nats://127.0.0.1:4222" env:"BERTH_NATS_URL"`
 	NKey        string `name:"nats-nkey" help:"With --follow: the reader role's credential (scheduler nats-credential reader): its NATS nkey seed, and the public keys events' seals are checked against." default:"" env:"BERTH_NATS_NKEY" type:"path"`
 	Prefix      string `help:"Prefix of the NATS subjects." default:"berth" env:"BERTH_PREFIX"`
 }
@@ -271,6 +272,12 @@ func (r *runCmd) check() error {
 	if r.NATS.URL != "" {
 		if _, err := r.NATS.Options("scheduler"); err != nil {
 			errs = append(errs, err)
+		}
+	} else if r.NATS.Replicas != 1 {
+		if slices.Contains(bus.ValidReplicas, r.NATS.Replicas) {
+			errs = append(errs, fmt.Errorf("--nats-replicas %d: the embedded NATS is one server, whose buckets have 1 replica: give --nats-url with every member of a NATS cluster, or leave the flag out", r.NATS.Replicas))
+		} else {
+			errs = append(errs, fmt.Errorf("--nats-replicas %d: must be 1, 3 or 5", r.NATS.Replicas))
 		}
 	} else if host, _, err := net.SplitHostPort(r.NATSListen); err != nil {
 		errs = append(errs, fmt.Errorf("--nats-listen %q: must be host:port", r.NATSListen))

@@ -422,7 +422,7 @@ func events(ctx context.Context, e *eventsCmd, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	flags := bus.Flags{URL: e.NATSURL, NKeyFile: e.NKey}
+	flags := bus.Flags{URL: e.NATSURL, NKeyFile: e.NKey, Replicas: 1}
 	conn, err := flags.Connect(ctx, "scheduler-events", names, zap.NewNop())
 	if err != nil {
 		return err

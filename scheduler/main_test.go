@@ -115,6 +115,25 @@ func TestCheckConfig(t *testing.T) {
 	code, _, _ = cmd(t, "check-config", "--database-url", "postgres://u:p@h/db")
 	require.Equal(t, 0, code)
 
+	// A NATS cluster: every member in --nats-url, and replicated buckets.
+	cluster := []string{"check-config", "--database-url", "postgres://u:p@h/db", "--nats-url", "nats://n1:4222, nats://n2:4222,nats://n3:4222"}
+	code, _, errOut = cmd(t, append(cluster, "--nats-replicas", "3")...)
+	require.Equal(t, 0, code, errOut)
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{append(cluster, "--nats-replicas", "2"), "--nats-replicas 2: must be 1, 3 or 5"},
+		{append(cluster, "--nats-replicas", "0"), "--nats-replicas 0: must be 1, 3 or 5"},
+		{[]string{"check-config", "--database-url", "postgres://u:p@h/db", "--nats-replicas", "3"}, "--nats-replicas 3: the embedded NATS is one server"},
+		{[]string{"check-config", "--database-url", "postgres://u:p@h/db", "--nats-url", "nats://n1:4222,,nats://n3:4222"}, "nats url 2 of 3: empty"},
+		{[]string{"check-config", "--database-url", "postgres://u:p@h/db", "--nats-url", "nats://n1:4222,http://n2"}, `nats url 2 of 2 (http://n2): scheme "http"`},
+	} {
+		code, _, errOut = cmd(t, tt.args...)
+		require.Equal(t, 1, code, "%v", tt.args)
+		require.Contains(t, errOut, tt.want, "%v", tt.args)
+	}
+
 	// ACME: the flags it needs, and none of them without it.
 	db := []string{"check-config", "--database-url", "postgres://u:p@h/db"}
 	code, _, errOut = cmd(t, append(db, "--acme-directory", "http://ca/dir", "--acme-email", "Ops <ops@x>")...)
@@ -434,7 +453,7 @@ func TestEmbeddedNATSTakesNodeKeys(t *testing.T) {
 		return p
 	}
 	connect := func(path string) (*bus.Conn, error) {
-		o := bus.Flags{URL: url, NKeyFile: path}
+		o := bus.Flags{URL: url, NKeyFile: path, Replicas: 1}
 		return o.Connect(ctx, filepath.Base(path), names, zaptest.NewLogger(t))
 	}
 

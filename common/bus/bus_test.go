@@ -52,6 +52,19 @@ func TestOptionsValidate(t *testing.T) {
 		{name: "cert without key", o: Options{URL: "x", TLSCert: "c.pem"}, want: "nats tls: a client certificate and its key must be given together"},
 		{name: "creds and nkey", o: Options{URL: "x", CredsFile: "a", NKeyFile: "b"}, want: "nats auth: use a creds file or an nkey file, not both"},
 		{name: "negative", o: Options{URL: "x", ConnectTimeout: -1}, want: "nats timeouts: must not be negative"},
+		{name: "cluster", o: Options{URL: "nats://n1:4222, nats://n2:4222,tls://n3", Replicas: 3}},
+		{name: "no scheme, no port", o: Options{URL: "10.0.0.1,10.0.0.2:4333"}},
+		{name: "empty member", o: Options{URL: "nats://n1:4222,,nats://n3:4222"}, want: "nats url 2 of 3: empty"},
+		{name: "bad scheme", o: Options{URL: "nats://n1:4222,http://n2:4222"}, want: `nats url 2 of 2 (http://n2:4222): scheme "http"`},
+		{name: "bad port", o: Options{URL: "nats://n1:99999"}, want: `port "99999": want 1-65535`},
+		{name: "no host", o: Options{URL: "nats://:4222"}, want: "no host"},
+		{name: "path", o: Options{URL: "nats://n1:4222/x"}, want: "no path, query or fragment"},
+		{name: "twice", o: Options{URL: "nats://n1:4222,n1:4222"}, want: "nats url 2 of 2 (n1:4222): listed twice"},
+		{name: "mixed websocket", o: Options{URL: "nats://n1:4222,ws://n2:8080"}, want: "cannot be mixed"},
+		{name: "password redacted", o: Options{URL: "nats://u:s3cret@n1:4222,ftp://u:s3cret@n2"}, want: `nats url 2 of 2 (ftp://n2)`},
+		{name: "replicas 3", o: Options{URL: "x", Replicas: 3}},
+		{name: "replicas 2", o: Options{URL: "x", Replicas: 2}, want: "nats replicas (2): must be 1, 3 or 5"},
+		{name: "replicas negative", o: Options{URL: "x", Replicas: -1}, want: "nats replicas (-1): must be 1, 3 or 5"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -62,7 +75,21 @@ func TestOptionsValidate(t *testing.T) {
 				return
 			}
 			require.ErrorContains(t, err, tt.want)
+			require.NotContains(t, err.Error(), "s3cret")
 		})
+	}
+}
+
+func TestRedactURL(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"nats://n1:4222":                     "nats://n1:4222",
+		"nats://u:p@n1:4222,tls://t@n2:4222": "nats://n1:4222,tls://n2:4222",
+		"u:p:q@n1:4222":                      "n1:4222",
+		"nats://u:p@ss@n1":                   "nats://n1",
+		"ws://n1:8080, nats://a:b@n2:4222":   "ws://n1:8080, nats://n2:4222",
+	} {
+		require.Equal(t, want, redactURL(in), in)
 	}
 }
 
@@ -107,12 +134,12 @@ func TestEnsureBucketsCreatesThenUpdates(t *testing.T) {
 	require.NoError(t, err)
 	st, err := apps.Status(ctx)
 	require.NoError(t, err)
-	require.Equal(t, BucketStatus{History: 5, MaxBytes: -1, MaxConsumers: -1}, st)
+	require.Equal(t, BucketStatus{History: 5, MaxBytes: -1, MaxConsumers: -1, Replicas: 1}, st)
 	agents, err := c.KV(ctx, "t_agents")
 	require.NoError(t, err)
 	st, err = agents.Status(ctx)
 	require.NoError(t, err)
-	require.Equal(t, BucketStatus{History: 1, TTL: 30 * time.Second, Memory: true, MaxBytes: -1, MaxConsumers: -1}, st)
+	require.Equal(t, BucketStatus{History: 1, TTL: 30 * time.Second, Memory: true, MaxBytes: -1, MaxConsumers: -1, Replicas: 1}, st)
 
 	// Running it again with other settings updates the bucket in place.
 	require.NoError(t, c.EnsureBuckets(ctx, []BucketConfig{{Name: "t_apps", History: 10, TTL: time.Hour}}))
@@ -373,7 +400,7 @@ func TestContractBuckets(t *testing.T) {
 		require.NoError(t, err)
 		st, err := kv.Status(ctx)
 		require.NoError(t, err)
-		require.Equal(t, BucketStatus{History: int64(b.History), TTL: b.TTL, Memory: b.TTL > 0, MaxBytes: b.MaxBytes, MaxConsumers: b.MaxConsumers}, st, b.Name)
+		require.Equal(t, BucketStatus{History: int64(b.History), TTL: b.TTL, Memory: b.TTL > 0, MaxBytes: b.MaxBytes, MaxConsumers: b.MaxConsumers, Replicas: 1}, st, b.Name)
 		require.Positive(t, b.MaxBytes, b.Name)
 		require.Positive(t, b.MaxConsumers, b.Name)
 	}

@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/url"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,7 +29,10 @@ import (
 
 // Options configures a connection. Credentials are never logged.
 type Options struct {
-	// URL is one server URL or a comma-separated list.
+	// URL is one server URL or a comma-separated list of them: the
+	// members of a NATS cluster. The client tries them in random order,
+	// learns the other members from the server (discovered servers), and
+	// on a lost connection moves to another member at once.
 	URL string
 	// Name is the client name servers show for this connection.
 	Name string
@@ -54,13 +59,26 @@ type Options struct {
 	Keys *Keys
 	// Names are the contract's names, needed with Keys.
 	Names msg.Names
+	// Replicas is how many servers of a NATS cluster hold each bucket
+	// this connection creates or updates (EnsureBuckets): 1, 3 or 5;
+	// zero means 1. A bucket that has fewer is raised to it.
+	Replicas int
 }
+
+// ValidReplicas are the bucket replica counts a connection accepts: odd,
+// so that a quorum survives the loss of one server (3) or two (5).
+var ValidReplicas = []int{1, 3, 5}
 
 // Validate reports options that cannot work, naming the field.
 func (o Options) Validate() error {
 	var errs []error
 	if strings.TrimSpace(o.URL) == "" {
 		errs = append(errs, errors.New("nats url: must be set (e.g. nats://127.0.0.1:4222)"))
+	} else {
+		errs = append(errs, checkURLs(o.URL)...)
+	}
+	if o.Replicas != 0 && !slices.Contains(ValidReplicas, o.Replicas) {
+		errs = append(errs, fmt.Errorf("nats replicas (%d): must be 1, 3 or 5 (an odd count, at most the servers of the NATS cluster)", o.Replicas))
 	}
 	if (o.TLSCert == "") != (o.TLSKey == "") {
 		errs = append(errs, errors.New("nats tls: a client certificate and its key must be given together"))
@@ -74,6 +92,61 @@ func (o Options) Validate() error {
 	return errors.Join(errs...)
 }
 
+// natsSchemes are the URL schemes nats.go dials.
+var natsSchemes = []string{"nats", "tls", "ws", "wss"}
+
+// checkURLs checks each server of a comma-separated list the way nats.go
+// reads it (no scheme means nats://, no port means the scheme's default),
+// naming the bad one by its place in the list and without its password.
+func checkURLs(list string) []error {
+	var errs []error
+	parts := strings.Split(list, ",")
+	seen := map[string]bool{}
+	ws := 0
+	for i, p := range parts {
+		p = strings.TrimSpace(p)
+		where := fmt.Sprintf("nats url %d of %d (%s)", i+1, len(parts), redactURL(p))
+		if p == "" {
+			errs = append(errs, fmt.Errorf("nats url %d of %d: empty: separate the servers with single commas", i+1, len(parts)))
+			continue
+		}
+		raw := p
+		if !strings.Contains(raw, "://") {
+			raw = "nats://" + raw
+		}
+		u, err := url.Parse(raw)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: not a URL: want nats://host:port", where))
+			continue
+		}
+		switch {
+		case !slices.Contains(natsSchemes, u.Scheme):
+			errs = append(errs, fmt.Errorf("%s: scheme %q: want one of %v", where, u.Scheme, natsSchemes))
+		case u.Hostname() == "":
+			errs = append(errs, fmt.Errorf("%s: no host: want nats://host:port", where))
+		case u.Port() != "" && !validPort(u.Port()):
+			errs = append(errs, fmt.Errorf("%s: port %q: want 1-65535", where, u.Port()))
+		case u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.Fragment != "":
+			errs = append(errs, fmt.Errorf("%s: a server URL has no path, query or fragment: want nats://host:port", where))
+		case seen[u.Host]:
+			errs = append(errs, fmt.Errorf("%s: listed twice", where))
+		}
+		seen[u.Host] = true
+		if u.Scheme == "ws" || u.Scheme == "wss" {
+			ws++
+		}
+	}
+	if ws > 0 && ws < len(parts) {
+		errs = append(errs, errors.New("nats url: websocket (ws, wss) and other servers cannot be mixed in one list"))
+	}
+	return errs
+}
+
+func validPort(p string) bool {
+	n, err := strconv.Atoi(p)
+	return err == nil && n >= 1 && n <= 65535
+}
+
 // Conn is a connection to NATS with its JetStream context. It is safe for
 // concurrent use. It keeps reconnecting until Close or Drain.
 type Conn struct {
@@ -85,6 +158,8 @@ type Conn struct {
 	refusals refusals
 	// seals seals what is written and opens what is read; nil without Keys.
 	seals *sealer
+	// replicas is Options.Replicas, at least 1.
+	replicas int
 	// forged counts values and messages dropped for a missing or bad seal.
 	forged    atomic.Uint64
 	forgedLog logLimiter
@@ -103,7 +178,7 @@ func Connect(ctx context.Context, o Options, logger *zap.Logger) (*Conn, error) 
 		return nil, err
 	}
 	logger = logger.Named("bus")
-	c := &Conn{logger: logger, closed: make(chan struct{})}
+	c := &Conn{logger: logger, closed: make(chan struct{}), replicas: max(o.Replicas, 1)}
 	if o.Keys != nil {
 		if o.Names.Prefix() == "" {
 			return nil, errors.New("nats record keys: the contract's names (prefix) must be given with them")
@@ -129,14 +204,24 @@ func Connect(ctx context.Context, o Options, logger *zap.Logger) (*Conn, error) 
 		nats.PingInterval(5 * time.Second),
 		nats.MaxPingsOutstanding(2),
 		nats.CustomReconnectDelay(func(attempts int) time.Duration { return backoff(attempts, wait, maxWait) }),
+		// The pool is shuffled (nats.go's default), so that daemons spread
+		// over a cluster's members, and the members a server announces are
+		// added to it (discovered servers), so that a client given one
+		// member still fails over to the others.
 		nats.ConnectHandler(func(nc *nats.Conn) {
-			logger.Info("nats connected", zap.String("url", nc.ConnectedUrlRedacted()))
+			logger.Info("nats connected", append(serverFields(nc), zap.Strings("servers", redactAll(nc.Servers())))...)
+		}),
+		nats.DiscoveredServersHandler(func(nc *nats.Conn) {
+			logger.Info("nats cluster members discovered", zap.Strings("servers", redactAll(nc.DiscoveredServers())))
+		}),
+		nats.LameDuckModeHandler(func(nc *nats.Conn) {
+			logger.Info("nats server is shutting down (lame duck mode): moving to another member", serverFields(nc)...)
 		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			logger.Warn("nats disconnected", zap.Error(err))
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
-			logger.Info("nats reconnected", zap.String("url", nc.ConnectedUrlRedacted()))
+			logger.Info("nats reconnected", serverFields(nc)...)
 			c.notifyReconnect()
 		}),
 		nats.ClosedHandler(func(*nats.Conn) {
@@ -219,14 +304,40 @@ func authError(o Options, err error) error {
 		"(with the scheduler's embedded NATS: `scheduler nats-credential <role>` prints it), or --nats-creds or --nats-token-file", redactURL(o.URL), err, given)
 }
 
-// redactURL drops user info from NATS URLs, for errors.
+// serverFields are the log fields naming the server nc is connected to:
+// its URL (without user info), and in a cluster the member's name.
+func serverFields(nc *nats.Conn) []zap.Field {
+	f := []zap.Field{zap.String("url", nc.ConnectedUrlRedacted()), zap.String("server", nc.ConnectedServerName())}
+	if cluster := nc.ConnectedClusterName(); cluster != "" {
+		f = append(f, zap.String("cluster", cluster))
+	}
+	return f
+}
+
+// redactAll is redactURL of each URL.
+func redactAll(urls []string) []string {
+	out := make([]string, len(urls))
+	for i, u := range urls {
+		out[i] = redactURL(u)
+	}
+	return out
+}
+
+// redactURL drops user info (user:password@) from NATS URLs, for errors
+// and logs. It works on the text, so that a URL nats.go reads but
+// net/url does not (no scheme, a password with a colon) is redacted too.
 func redactURL(urls string) string {
 	parts := strings.Split(urls, ",")
 	for i, p := range parts {
-		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
-			u.User = nil
-			parts[i] = u.String()
+		at := strings.LastIndex(p, "@")
+		if at < 0 {
+			continue
 		}
+		start := 0
+		if s := strings.Index(p, "://"); s >= 0 && s < at {
+			start = s + len("://")
+		}
+		parts[i] = p[:start] + p[at+1:]
 	}
 	return strings.Join(parts, ",")
 }

@@ -26,6 +26,9 @@ var (
 	// ErrBucketFull is a write of a new key, or of a larger value, into a
 	// bucket at its MaxBytes.
 	ErrBucketFull = errors.New("bus: bucket full")
+	// ErrReplicas is a bucket whose replicas the NATS server cannot place:
+	// more than the servers of its cluster (one, unclustered).
+	ErrReplicas = errors.New("bus: bucket replicas refused")
 )
 
 // Storage is where a bucket keeps its data.
@@ -51,7 +54,9 @@ type BucketConfig struct {
 	TTL time.Duration
 	// Storage is file or memory.
 	Storage Storage
-	// Replicas is the stream replica count in a cluster; zero means 1.
+	// Replicas is the stream replica count in a cluster; zero means the
+	// connection's (Options.Replicas). EnsureBuckets raises a bucket
+	// that has fewer, and keeps more.
 	Replicas int
 	// MaxValueSize caps one value in bytes; zero means the server's limit.
 	MaxValueSize int32
@@ -74,6 +79,13 @@ type BucketConfig struct {
 // least twice what it stores, so that an update never makes the server
 // drop values to fit. MaxConsumers is set on its stream afterwards, as is
 // AllowRollup, off: the KV API has neither setting.
+//
+// Its replicas are the larger of the config's (or the connection's,
+// Options.Replicas) and the ones it has: a bucket with fewer is raised
+// (JetStream copies it to the new peers while it serves), and logged; an
+// operator who raised it by hand keeps it, and a daemon started with the
+// default of 1 never lowers a cluster's buckets. A server that cannot
+// place them (more replicas than servers) fails with ErrReplicas.
 func (c *Conn) EnsureBuckets(ctx context.Context, buckets []BucketConfig) error {
 	for _, b := range buckets {
 		if err := c.ensureBucket(ctx, b); err != nil {
@@ -92,7 +104,7 @@ func (c *Conn) ensureBucket(ctx context.Context, b BucketConfig) error {
 		Description:  b.Description,
 		History:      max(b.History, 1),
 		TTL:          b.TTL,
-		Replicas:     max(b.Replicas, 1),
+		Replicas:     c.bucketReplicas(b),
 		MaxValueSize: b.MaxValueSize,
 		Storage:      jetstream.FileStorage,
 	}
@@ -114,8 +126,20 @@ func (c *Conn) ensureBucket(ctx context.Context, b BucketConfig) error {
 		return err
 	}
 	cfg.MaxBytes = c.maxBytes(b, have)
+	if have != nil {
+		switch had := max(have.Config.Replicas, 1); {
+		case had > cfg.Replicas:
+			cfg.Replicas = had
+		case had < cfg.Replicas:
+			c.logger.Info("raising the bucket's replicas: the NATS cluster copies it to the new peers while it serves",
+				zap.String("bucket", b.Name), zap.Int("replicas", had), zap.Int("new_replicas", cfg.Replicas))
+		}
+	}
 	if _, err := c.js.CreateOrUpdateKeyValue(gctx, cfg); err != nil {
 		err = denial(gctx, err)
+		if rerr := replicasErr(err, cfg.Replicas, s); rerr != nil {
+			return rerr
+		}
 		if strings.Contains(err.Error(), "insufficient resources") {
 			err = fmt.Errorf("%w: the NATS server cannot set aside its max bytes (%d) within its JetStream limits: give it more room "+
 				"(max_file_store, max_memory_store, or free disk) or lower the cap with `nats stream edit %s --max-bytes`", err, cfg.MaxBytes, s)
@@ -143,6 +167,50 @@ func (c *Conn) ensureBucket(ctx context.Context, b BucketConfig) error {
 	sc.MaxConsumers, sc.AllowRollup = want, false
 	_, err = c.js.UpdateStream(gctx, sc)
 	return denial(gctx, err)
+}
+
+// bucketReplicas is the replicas bucket b asks for: its own, else the
+// connection's.
+func (c *Conn) bucketReplicas(b BucketConfig) int {
+	if b.Replicas > 0 {
+		return b.Replicas
+	}
+	return c.replicas
+}
+
+// JetStream API error codes nats.go has no constant for (nats-server's
+// errors.json).
+const (
+	// errCodeNoPeers is "no suitable peers for placement".
+	errCodeNoPeers jetstream.ErrorCode = 10005
+	// errCodeInsufficientResources is "insufficient resources".
+	errCodeInsufficientResources jetstream.ErrorCode = 10023
+	// errCodeReplicasNotSupported is "replicas > 1 not supported in
+	// non-clustered mode".
+	errCodeReplicasNotSupported jetstream.ErrorCode = 10074
+)
+
+// replicasErr turns the server's refusal to place a bucket's replicas
+// into ErrReplicas, saying what to do; nil when err is another error.
+// An unclustered server refuses any count above 1; a cluster refuses more
+// than it has servers with JetStream (no suitable peers), or, with as
+// many, when one of them is down or short of room (insufficient
+// resources, which is also a max bytes that does not fit).
+func replicasErr(err error, replicas int, stream string) error {
+	var apiErr *jetstream.APIError
+	if replicas <= 1 || !errors.As(err, &apiErr) {
+		return nil
+	}
+	switch apiErr.ErrorCode {
+	case errCodeReplicasNotSupported:
+		return fmt.Errorf("%w: %d replicas (--nats-replicas) on a NATS server that is not in a cluster (%v): give --nats-replicas 1, "+
+			"or run NATS as a cluster of at least %d servers and list them all in --nats-url", ErrReplicas, replicas, err, replicas)
+	case errCodeNoPeers, errCodeInsufficientResources:
+		return fmt.Errorf("%w: the NATS cluster cannot place %d replicas of %s (%v): it needs %d servers with JetStream, all up, each with room "+
+			"for the bucket's max bytes; lower --nats-replicas to the cluster's size, start the missing servers, or give them room "+
+			"(max_file_store, max_memory_store); `nats server report jetstream` shows them", ErrReplicas, replicas, stream, err, replicas)
+	}
+	return nil
 }
 
 // maxBytes is the MaxBytes EnsureBuckets gives bucket b, whose stream is
@@ -202,6 +270,8 @@ type BucketStatus struct {
 	MaxBytes int64
 	// MaxConsumers is its stream's cap of consumers, -1 for none.
 	MaxConsumers int
+	// Replicas is how many servers of the NATS cluster hold it.
+	Replicas int
 }
 
 // Op is what a KV entry did.
@@ -268,10 +338,11 @@ func (k *KV) Status(ctx context.Context) (BucketStatus, error) {
 	if err != nil {
 		return BucketStatus{}, fmt.Errorf("status of bucket %s: %w", k.bucket, err)
 	}
-	out := BucketStatus{Values: st.Values(), History: st.History(), TTL: st.TTL(), Bytes: st.Bytes(), MaxBytes: -1, MaxConsumers: -1}
+	out := BucketStatus{Values: st.Values(), History: st.History(), TTL: st.TTL(), Bytes: st.Bytes(), MaxBytes: -1, MaxConsumers: -1, Replicas: 1}
 	if s, ok := st.(*jetstream.KeyValueBucketStatus); ok {
 		cfg := s.StreamInfo().Config
 		out.Memory, out.MaxBytes, out.MaxConsumers = cfg.Storage == jetstream.MemoryStorage, cfg.MaxBytes, cfg.MaxConsumers
+		out.Replicas = max(cfg.Replicas, 1)
 	}
 	return out, nil
 }
