@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/msg"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 )
@@ -186,4 +187,43 @@ func TestNATSServesJetStream(t *testing.T) {
 	e, err := kv.Get(ctx, "k")
 	require.NoError(t, err)
 	require.Equal(t, "v", string(e.Value))
+}
+
+// TestNATSClusterLosesAndRegainsANode: the cluster elects a new meta
+// leader when its leader is killed, takes writes of a 3-replica bucket
+// with one server down, and the server started again on its store
+// catches up.
+func TestNATSClusterLosesAndRegainsANode(t *testing.T) {
+	t.Parallel()
+	names, err := msg.NewNames("rig")
+	require.NoError(t, err)
+	c := StartNATSCluster(t, names, "lb1")
+	require.Len(t, strings.Split(c.URL(), ","), 3)
+	require.FileExists(t, c.Seeds["lb1"])
+	conn, err := bus.Connect(context.Background(), bus.Options{URL: c.URL(), Name: "rig-test", NKeyFile: c.Seeds[bus.RoleScheduler], Replicas: 3}, zaptest.NewLogger(t))
+	require.NoError(t, err)
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	require.NoError(t, conn.EnsureBuckets(ctx, bus.MustOwnedBuckets(names, bus.RoleScheduler)))
+	stream := "KV_" + names.AppsBucket()
+
+	leader := c.MetaLeader()
+	require.NotEmpty(t, leader)
+	require.NotEmpty(t, c.StreamLeader(stream))
+	require.NotEmpty(t, c.ConnectedTo("rig-test"))
+	require.Empty(t, c.ConnectedTo("nobody"))
+	c.Node(leader).Kill()
+	require.Eventually(t, func() bool { l := c.MetaLeader(); return l != "" && l != leader }, 30*time.Second, 50*time.Millisecond, "a new meta leader")
+	require.Eventually(t, func() bool { l := c.StreamLeader(stream); return l != "" && l != leader }, 30*time.Second, 50*time.Millisecond, "a new stream leader")
+	require.Error(t, c.CaughtUp(leader, []string{stream}), "a stopped server is not current")
+
+	kv, err := conn.KV(ctx, names.AppsBucket())
+	require.NoError(t, err)
+	_, err = kv.Put(ctx, "k", []byte("v"))
+	require.NoError(t, err, "two of three servers take writes")
+
+	c.Node(leader).Start()
+	require.Eventually(t, func() bool { return c.CaughtUp(leader, []string{stream}) == nil }, 60*time.Second, 100*time.Millisecond, "caught up")
+	c.Node(leader).WaitHealthy(30 * time.Second)
 }
