@@ -51,6 +51,9 @@ type Publisher struct {
 	sent map[string]healthSent
 	// passes counts refreshes, for the spread re-seal (Run's goroutine).
 	passes uint64
+	// retry says a health put failed: Run puts again what was not put
+	// (retryUnsent) after a backoff, rather than at the next refresh.
+	retry chan struct{}
 	// writeMu orders the writes of health values: each puts the key's
 	// latest report, read under it (putLatest), or deletes it, so a
 	// refresh or a repair never puts an older report after a newer one.
@@ -73,8 +76,14 @@ var _ checker.Handler = (*Publisher)(nil)
 func New(conn *bus.Conn, names msg.Names, id string, targets func() int, logger *zap.Logger) *Publisher {
 	return &Publisher{conn: conn, names: names, id: id, targets: targets, logger: logger.Named("publisher"),
 		started: time.Now().UTC(), Refresh: 30 * time.Second, LeaveOnStop: true, latest: map[string]checker.Report{}, repairing: map[string]bool{},
-		suspects: map[string]bool{}, sent: map[string]healthSent{}}
+		suspects: map[string]bool{}, sent: map[string]healthSent{}, retry: make(chan struct{}, 1)}
 }
+
+// Backoff of the retries of failed health puts: from retryFirst, doubling
+// while they fail, up to Refresh. A NATS cluster refuses writes to a
+// bucket for the seconds it takes to elect its stream a new leader (a
+// server lost); a transition must not wait a whole refresh for that.
+const retryFirst = 250 * time.Millisecond
 
 // Probed records a probe and, on a transition or a target's first report,
 // puts its health and publishes the transition.
@@ -242,7 +251,8 @@ func (p *Publisher) deleteUnprobed(ctx context.Context, kv *bus.KV, key string) 
 }
 
 // Run heartbeats every third of the checkers TTL, refreshes every health
-// value every Refresh, and does both at once after a NATS reconnect.
+// value every Refresh, does both at once after a NATS reconnect, and puts
+// again the values whose put failed, after a backoff (retryFirst).
 func (p *Publisher) Run(ctx context.Context) error {
 	reconnected, stop := p.conn.Reconnected()
 	defer stop()
@@ -250,6 +260,8 @@ func (p *Publisher) Run(ctx context.Context) error {
 	defer beat.Stop()
 	refresh := time.NewTicker(p.Refresh)
 	defer refresh.Stop()
+	backoff := retryFirst
+	var retry <-chan time.Time
 	p.heartbeat(ctx)
 	for {
 		select {
@@ -258,6 +270,17 @@ func (p *Publisher) Run(ctx context.Context) error {
 				p.leave(ctx)
 			}
 			return nil
+		case <-p.retry:
+			if retry == nil {
+				retry = time.After(backoff)
+			}
+		case <-retry:
+			retry = nil
+			if p.retryUnsent(ctx) {
+				backoff = retryFirst
+			} else {
+				backoff = min(2*backoff, p.Refresh)
+			}
 		case <-beat.C:
 			p.heartbeat(ctx)
 		case <-refresh.C:
@@ -342,6 +365,33 @@ func (p *Publisher) republish(ctx context.Context, full bool) {
 	}
 }
 
+// retryUnsent puts the latest report of every key whose last put failed
+// (or whose status changed since), and reports whether they all went.
+func (p *Publisher) retryUnsent(ctx context.Context) bool {
+	p.mu.Lock()
+	var keys []string
+	for k, r := range p.latest {
+		if p.sent[k] != healthSentOf(r) {
+			keys = append(keys, k)
+		}
+	}
+	p.mu.Unlock()
+	failures := p.Failures.Load()
+	for _, k := range keys {
+		if ctx.Err() != nil {
+			return false
+		}
+		p.putLatest(ctx, k)
+	}
+	if n := p.Failures.Load() - failures; n > 0 {
+		return false
+	}
+	if len(keys) > 0 {
+		p.logger.Info("put the health values whose put had failed", zap.Int("keys", len(keys)))
+	}
+	return true
+}
+
 func (p *Publisher) heartbeat(ctx context.Context) {
 	kv, err := p.bucket(ctx, &p.check, p.names.CheckersBucket())
 	if err != nil {
@@ -361,6 +411,7 @@ func (p *Publisher) put(ctx context.Context, r checker.Report) {
 	kv, err := p.bucket(ctx, &p.health, p.names.HealthBucket())
 	if err != nil {
 		p.fail("open health bucket", r.Target.Key, err)
+		p.retrySoon()
 		return
 	}
 	app, inst, err := msg.ParseInstanceKey(r.Target.Key)
@@ -384,6 +435,15 @@ func (p *Publisher) put(ctx context.Context, r checker.Report) {
 	p.mu.Unlock()
 	if err != nil {
 		p.fail("put health", r.Target.Key, err)
+		p.retrySoon()
+	}
+}
+
+// retrySoon asks Run to put again what was not put, after its backoff.
+func (p *Publisher) retrySoon() {
+	select {
+	case p.retry <- struct{}{}:
+	default: // a retry is already due
 	}
 }
 

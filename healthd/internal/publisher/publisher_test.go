@@ -307,6 +307,31 @@ func TestMissingBucketsAreCountedNotFatal(t *testing.T) {
 	require.Equal(t, uint64(1), p.Failures.Load())
 }
 
+// TestRunRetriesAFailedPutSoon: a health put that fails (here: the
+// bucket is missing; in a NATS cluster, its stream electing a leader) is
+// put again within a backoff, not at the next refresh.
+func TestRunRetriesAFailedPutSoon(t *testing.T) {
+	t.Parallel()
+	conn, err := bus.Connect(context.Background(), bus.Options{URL: testrig.NATS(t)}, zaptest.NewLogger(t, zaptest.Level(zapcore.WarnLevel)))
+	require.NoError(t, err)
+	t.Cleanup(conn.Close)
+	names, _ := msg.NewNames("t")
+	p := New(conn, names, "hc-1", func() int { return 1 }, zaptest.NewLogger(t, zaptest.Level(zapcore.ErrorLevel)))
+	p.Refresh = time.Hour // only the retry may put it again
+	runPublisher(t, p)
+	p.Probed(report("web.a", msg.StatusUnknown, msg.StatusHealthy, true, probe.Result{OK: true}))
+	require.Positive(t, p.Failures.Load(), "no bucket yet: the put failed")
+
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	require.NoError(t, conn.EnsureBuckets(ctx, bus.ContractBuckets(names)))
+	r := &rig{t: t, names: names, conn: conn}
+	require.Eventually(t, func() bool {
+		h, _ := r.health("web.a")
+		return h != nil && h.Status == msg.StatusHealthy
+	}, wait, tick, "the failed put is retried")
+}
+
 func TestRunHeartbeatsAndLeaves(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
