@@ -662,16 +662,34 @@ func (p *Publisher) putApp(ctx context.Context, kv *bus.KV, a store.App, term ui
 
 // Loop publishes while this replica leads: everything on gaining
 // leadership, after every NATS reconnect and every resync; one app on each
-// change name received on changes.
+// change name received on changes. What fails is done again after a
+// backoff (retryFirst, doubling up to resync), not only at the next
+// change or resync: a NATS cluster refuses a bucket's writes for the
+// seconds its stream takes to elect a leader, while the connection stays.
 func (p *Publisher) Loop(ctx context.Context, leader func() (store.Lease, bool), gained <-chan struct{}, changes <-chan string, resync time.Duration) error {
 	reconnected, stop := p.conn.Reconnected()
 	defer stop()
 	tick := time.NewTicker(resync)
 	defer tick.Stop()
+	var r retries
 	all := func() {
 		if l, ok := leader(); ok {
-			if err := p.All(ctx, l.Term); err != nil && ctx.Err() == nil {
-				p.logger.Warn("publish failed, retrying at the next change or resync", zap.Error(err))
+			err := p.All(ctx, l.Term)
+			r.all = err != nil
+			if err == nil {
+				r.apps = nil // every app was put
+			}
+			if err != nil && ctx.Err() == nil {
+				p.logger.Warn("publish failed, retrying", zap.Error(err), zap.Duration("in", r.wait(resync)))
+			}
+		}
+	}
+	one := func(name string) {
+		if l, ok := leader(); ok {
+			err := p.One(ctx, name, l)
+			r.app(name, err != nil)
+			if err != nil && ctx.Err() == nil {
+				p.logger.Warn("publish failed, retrying", zap.String(logging.KeyApp, name), zap.Error(err), zap.Duration("in", r.wait(resync)))
 			}
 		}
 	}
@@ -690,11 +708,67 @@ func (p *Publisher) Loop(ctx context.Context, leader func() (store.Lease, bool),
 				}
 			}
 		case name := <-changes:
-			if l, ok := leader(); ok {
-				if err := p.One(ctx, name, l); err != nil && ctx.Err() == nil {
-					p.logger.Warn("publish failed", zap.String(logging.KeyApp, name), zap.Error(err))
+			one(name)
+		case <-r.due:
+			r.due = nil
+			if r.all {
+				all() // every app too
+			} else {
+				for _, name := range r.names() {
+					one(name)
 				}
 			}
+			if r.pending() {
+				r.backoff = min(2*r.wait(resync), resync)
+			} else {
+				r.backoff = 0
+			}
+		}
+		if r.pending() && r.due == nil {
+			r.due = time.After(r.wait(resync))
 		}
 	}
+}
+
+// retryFirst is the first wait before publishing again what failed.
+const retryFirst = 250 * time.Millisecond
+
+// retries is what Loop has to publish again, and when (Loop's goroutine).
+type retries struct {
+	all     bool            // All failed
+	apps    map[string]bool // One failed for these
+	backoff time.Duration   // the wait before the next retry; 0 for retryFirst
+	due     <-chan time.Time
+}
+
+func (r *retries) app(name string, failed bool) {
+	if !failed {
+		delete(r.apps, name)
+		return
+	}
+	if r.apps == nil {
+		r.apps = map[string]bool{}
+	}
+	r.apps[name] = true
+}
+
+func (r *retries) pending() bool { return r.all || len(r.apps) > 0 }
+
+func (r *retries) wait(limit time.Duration) time.Duration {
+	if r.backoff == 0 {
+		return min(retryFirst, limit)
+	}
+	return r.backoff
+}
+
+// names returns the apps to publish again, and forgets them: a failure
+// adds its app back.
+func (r *retries) names() []string {
+	out := make([]string, 0, len(r.apps))
+	for name := range r.apps {
+		out = append(out, name)
+	}
+	slices.Sort(out)
+	r.apps = nil
+	return out
 }

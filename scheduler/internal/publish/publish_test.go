@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -380,5 +381,56 @@ func TestResyncPutsOnlyWhatChanged(t *testing.T) {
 	last := revs()
 	for _, id := range ids {
 		require.Greater(t, last[id], after[id], "%s sealed again within %d resyncs", id, resealEvery)
+	}
+}
+
+// flakyBus is a connection whose buckets cannot be opened while down, as
+// a NATS cluster's bucket refuses requests while its stream elects a
+// leader.
+type flakyBus struct {
+	*bus.Conn
+	down atomic.Bool
+}
+
+func (f *flakyBus) KV(ctx context.Context, bucket string) (*bus.KV, error) {
+	if f.down.Load() {
+		return nil, fmt.Errorf("open bucket %s: %w", bucket, context.DeadlineExceeded)
+	}
+	return f.Conn.KV(ctx, bucket)
+}
+
+// TestLoopRetriesWhatFailedSoon: a publish that fails (on gaining
+// leadership, or of one changed app) is done again after a backoff, long
+// before the next resync.
+func TestLoopRetriesWhatFailedSoon(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name string
+		send func(gained chan struct{}, changes chan string)
+	}{
+		{"every app on gaining leadership", func(gained chan struct{}, _ chan string) { gained <- struct{}{} }},
+		{"one changed app", func(_ chan struct{}, changes chan string) { changes <- "web" }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			r := newRig(t)
+			flaky := &flakyBus{Conn: r.conn}
+			flaky.down.Store(true)
+			pub := New(r.st, flaky, r.names, zaptest.NewLogger(t))
+			require.NoError(t, r.conn.EnsureBuckets(context.Background(), bus.MustOwnedBuckets(r.names, bus.RoleScheduler)))
+			r.apply(t, "web")
+			ctx, cancel := context.WithCancel(context.Background())
+			gained, changes := make(chan struct{}), make(chan string)
+			done := make(chan error, 1)
+			go func() {
+				done <- pub.Loop(ctx, func() (store.Lease, bool) { return r.lease, true }, gained, changes, time.Hour)
+			}()
+			t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
+			tt.send(gained, changes)
+			require.Empty(t, r.keys(t, r.names.AppsBucket()), "nothing is put while the bucket refuses")
+			flaky.down.Store(false)
+			require.Eventually(t, func() bool { return len(r.keys(t, r.names.AppsBucket())) == 1 }, 10*time.Second, 10*time.Millisecond,
+				"the failed publish is done again within its backoff, not at the resync an hour away")
+		})
 	}
 }
