@@ -139,12 +139,23 @@ type Publisher struct {
 	sentApps map[string]sent
 	// passes counts All and Resync, for the spread re-seal.
 	passes atomic.Uint64
+	// instancesFailed says a put or delete of one instance failed: Loop
+	// runs a Resync after its backoff, which writes what the bucket lacks.
+	instancesFailed chan struct{}
 }
 
 // New returns a publisher.
 func New(st Store, conn Bus, names msg.Names, logger *zap.Logger) *Publisher {
 	return &Publisher{store: st, conn: conn, names: names, logger: logger.Named("publish"),
-		sent: map[string]sent{}, sentApps: map[string]sent{}, failed: map[string]store.Instance{}}
+		sent: map[string]sent{}, sentApps: map[string]sent{}, failed: map[string]store.Instance{}, instancesFailed: make(chan struct{}, 1)}
+}
+
+// instanceFailed tells Loop that an instance's record was not written.
+func (p *Publisher) instanceFailed() {
+	select {
+	case p.instancesFailed <- struct{}{}:
+	default: // a retry is already due
+	}
 }
 
 // bucket opens a contract bucket, creating the contract's buckets when it
@@ -436,15 +447,16 @@ func addEvents(ctx context.Context, tx *store.Tx, events []store.Event) error {
 func (p *Publisher) Instance(ctx context.Context, l store.Lease, r store.Instance) (uint64, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	kv, err := p.bucket(ctx, p.names.InstancesBucket())
-	if err != nil {
-		return 0, fmt.Errorf("publish instance %s/%s: %w", r.App, r.ID, err)
-	}
 	if r.State == msg.StateFailed {
 		p.failed[msg.InstanceKey(r.App, r.ID)] = r
 	}
-	rev, err := p.putInstance(ctx, kv, r, l.Term, time.Now())
+	kv, err := p.bucket(ctx, p.names.InstancesBucket())
+	var rev uint64
+	if err == nil {
+		rev, err = p.putInstance(ctx, kv, r, l.Term, time.Now())
+	}
 	if err != nil {
+		p.instanceFailed()
 		return 0, fmt.Errorf("publish instance %s/%s: %w", r.App, r.ID, err)
 	}
 	return rev, nil
@@ -498,6 +510,7 @@ func (p *Publisher) Unpublish(ctx context.Context, app, id string) error {
 		err = kv.Delete(ctx, key)
 	}
 	if err != nil {
+		p.instanceFailed()
 		return fmt.Errorf("unpublish instance %s/%s: %w", app, id, err)
 	}
 	return nil
@@ -666,6 +679,10 @@ func (p *Publisher) putApp(ctx context.Context, kv *bus.KV, a store.App, term ui
 // backoff (retryFirst, doubling up to resync), not only at the next
 // change or resync: a NATS cluster refuses a bucket's writes for the
 // seconds its stream takes to elect a leader, while the connection stays.
+// That includes the controller's writes of one instance (Put, Fail,
+// Delete): the controller has nothing left to do for an instance that
+// runs, so after one fails Loop runs a Resync, which writes the records
+// the bucket lacks.
 func (p *Publisher) Loop(ctx context.Context, leader func() (store.Lease, bool), gained <-chan struct{}, changes <-chan string, resync time.Duration) error {
 	reconnected, stop := p.conn.Reconnected()
 	defer stop()
@@ -677,7 +694,7 @@ func (p *Publisher) Loop(ctx context.Context, leader func() (store.Lease, bool),
 			err := p.All(ctx, l.Term)
 			r.all = err != nil
 			if err == nil {
-				r.apps = nil // every app was put
+				r.apps, r.resync = nil, false // every app and instance was put
 			}
 			if err != nil && ctx.Err() == nil {
 				p.logger.Warn("publish failed, retrying", zap.Error(err), zap.Duration("in", r.wait(resync)))
@@ -693,6 +710,15 @@ func (p *Publisher) Loop(ctx context.Context, leader func() (store.Lease, bool),
 			}
 		}
 	}
+	resyncNow := func() {
+		if l, ok := leader(); ok {
+			err := p.Resync(ctx, l.Term)
+			r.resync = err != nil
+			if err != nil && ctx.Err() == nil {
+				p.logger.Warn("resync failed, retrying", zap.Error(err), zap.Duration("in", r.wait(resync)))
+			}
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -702,18 +728,19 @@ func (p *Publisher) Loop(ctx context.Context, leader func() (store.Lease, bool),
 		case <-reconnected:
 			all()
 		case <-tick.C:
-			if l, ok := leader(); ok {
-				if err := p.Resync(ctx, l.Term); err != nil && ctx.Err() == nil {
-					p.logger.Warn("resync failed, retrying at the next change or resync", zap.Error(err))
-				}
-			}
+			resyncNow()
 		case name := <-changes:
 			one(name)
+		case <-p.instancesFailed:
+			r.resync = true
 		case <-r.due:
 			r.due = nil
 			if r.all {
-				all() // every app too
+				all() // every app and instance too
 			} else {
+				if r.resync {
+					resyncNow()
+				}
 				for _, name := range r.names() {
 					one(name)
 				}
@@ -736,6 +763,7 @@ const retryFirst = 250 * time.Millisecond
 // retries is what Loop has to publish again, and when (Loop's goroutine).
 type retries struct {
 	all     bool            // All failed
+	resync  bool            // an instance's write, or a Resync, failed
 	apps    map[string]bool // One failed for these
 	backoff time.Duration   // the wait before the next retry; 0 for retryFirst
 	due     <-chan time.Time
@@ -752,7 +780,7 @@ func (r *retries) app(name string, failed bool) {
 	r.apps[name] = true
 }
 
-func (r *retries) pending() bool { return r.all || len(r.apps) > 0 }
+func (r *retries) pending() bool { return r.all || r.resync || len(r.apps) > 0 }
 
 func (r *retries) wait(limit time.Duration) time.Duration {
 	if r.backoff == 0 {

@@ -400,16 +400,20 @@ func (f *flakyBus) KV(ctx context.Context, bucket string) (*bus.KV, error) {
 }
 
 // TestLoopRetriesWhatFailedSoon: a publish that fails (on gaining
-// leadership, or of one changed app) is done again after a backoff, long
-// before the next resync.
+// leadership, of one changed app, or the controller's write of one
+// instance) is done again after a backoff, long before the next resync.
 func TestLoopRetriesWhatFailedSoon(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {
-		name string
-		send func(gained chan struct{}, changes chan string)
+		name   string
+		send   func(t *testing.T, r *rig, pub *Publisher, gained chan struct{}, changes chan string)
+		bucket func(msg.Names) string
 	}{
-		{"every app on gaining leadership", func(gained chan struct{}, _ chan string) { gained <- struct{}{} }},
-		{"one changed app", func(_ chan struct{}, changes chan string) { changes <- "web" }},
+		{"every app on gaining leadership", func(_ *testing.T, _ *rig, _ *Publisher, gained chan struct{}, _ chan string) { gained <- struct{}{} }, msg.Names.AppsBucket},
+		{"one changed app", func(_ *testing.T, _ *rig, _ *Publisher, _ chan struct{}, changes chan string) { changes <- "web" }, msg.Names.AppsBucket},
+		{"an instance the controller started", func(t *testing.T, r *rig, pub *Publisher, _ chan struct{}, _ chan string) {
+			require.ErrorContains(t, pub.Put(context.Background(), r.lease, running("web", "a")), "publish instance web/a")
+		}, msg.Names.InstancesBucket},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
@@ -426,10 +430,10 @@ func TestLoopRetriesWhatFailedSoon(t *testing.T) {
 				done <- pub.Loop(ctx, func() (store.Lease, bool) { return r.lease, true }, gained, changes, time.Hour)
 			}()
 			t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
-			tt.send(gained, changes)
-			require.Empty(t, r.keys(t, r.names.AppsBucket()), "nothing is put while the bucket refuses")
+			tt.send(t, r, pub, gained, changes)
+			require.Empty(t, r.keys(t, tt.bucket(r.names)), "nothing is put while the bucket refuses")
 			flaky.down.Store(false)
-			require.Eventually(t, func() bool { return len(r.keys(t, r.names.AppsBucket())) == 1 }, 10*time.Second, 10*time.Millisecond,
+			require.Eventually(t, func() bool { return len(r.keys(t, tt.bucket(r.names))) == 1 }, 10*time.Second, 10*time.Millisecond,
 				"the failed publish is done again within its backoff, not at the resync an hour away")
 		})
 	}
