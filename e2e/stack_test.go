@@ -120,6 +120,9 @@ type stack struct {
 	creds string
 	conn  *bus.Conn
 
+	// replicas, above 1, is every daemon's --nats-replicas (a NATS cluster).
+	replicas int
+
 	nginx *testrig.Nginx
 	// mode is lbagent's --upstream-mode: dynamic (nginx loads its Lua
 	// module) or reload.
@@ -155,16 +158,27 @@ const luaModules = "/usr/lib/nginx/modules"
 // newStackMode is newStackOn with lbagent in the given upstream mode.
 func newStackMode(t testing.TB, natsURL, mode string) *stack {
 	t.Helper()
+	return newStackWith(t, mode, func(s *stack) {
+		s.nats = natsURL
+		if s.nats == "" {
+			// As in production: auth on, one credential per daemon's role,
+			// and lbagent's node with a key of its own, which the schedulers
+			// publish.
+			s.nats, s.seeds, s.creds = testrig.NATSWithNodeKeys(t, s.names, lbNode)
+		}
+	})
+}
+
+// newStackWith is newStackMode with the stack's NATS set up by nats,
+// which is given the stack with its names and sets its nats, seeds,
+// creds and replicas.
+func newStackWith(t testing.TB, mode string, nats func(s *stack)) *stack {
+	t.Helper()
 	testrig.Docker(t)
-	s := &stack{t: t, dir: t.TempDir(), db: testrig.Postgres(t), nats: natsURL, apis: map[string]string{}, mode: mode}
+	s := &stack{t: t, dir: t.TempDir(), db: testrig.Postgres(t), apis: map[string]string{}, mode: mode}
 	s.prefix = fmt.Sprintf("e2e%d", time.Now().UnixNano()%1e7)
 	s.names, _ = msg.NewNames(s.prefix)
-	if s.nats == "" {
-		// As in production: auth on, one credential per daemon's role,
-		// and lbagent's node with a key of its own, which the schedulers
-		// publish.
-		s.nats, s.seeds, s.creds = testrig.NATSWithNodeKeys(t, s.names, lbNode)
-	}
+	nats(s)
 	testrig.RemoveBerthContainers(t, s.prefix)
 	t.Cleanup(s.dumpLogsOnFailure)
 
@@ -245,6 +259,9 @@ func (s *stack) natsFlags(role string) []string {
 	}
 	if role == bus.RoleScheduler && s.creds != "" {
 		flags = append(flags, "--nats-credentials", s.creds)
+	}
+	if s.replicas > 1 {
+		flags = append(flags, "--nats-replicas", strconv.Itoa(s.replicas))
 	}
 	return flags
 }
