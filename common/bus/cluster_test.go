@@ -213,3 +213,72 @@ func TestConnFailsOverToAnotherMember(t *testing.T) {
 			fmt.Sprintf("%s caught up", victim))
 	}
 }
+
+// TestQuorumLossStopsWritesUntilANodeReturns: with two of three servers
+// gone the cluster has no quorum: a write fails within its deadline
+// rather than hang (its outcome is unknown, as with any timeout), and once
+// one server is back writes resume and a watch started before the loss
+// sees them.
+func TestQuorumLossStopsWritesUntilANodeReturns(t *testing.T) {
+	t.Parallel()
+	n, err := msg.NewNames("q")
+	require.NoError(t, err)
+	c := testrig.StartNATSCluster(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	writer, _ := clusterConn(t, c, c.URL(), n, bus.RoleScheduler, "writer", 3)
+	require.NoError(t, writer.EnsureBuckets(ctx, bus.MustOwnedBuckets(n, bus.RoleScheduler)))
+	reader, _ := clusterConn(t, c, c.URL(), n, bus.RoleReader, "reader", 0)
+	got := make(chan string, 100)
+	w := bus.NewWatcher(reader, n.AppsBucket(), func(k string, _ []byte) (string, error) { return k, nil },
+		bus.HandlerFuncs[string]{
+			OnSnapshot: func(evs []bus.Event[string], _ uint64) {
+				for _, e := range evs {
+					got <- e.Key
+				}
+			},
+			OnUpdate: func(e bus.Event[string]) { got <- e.Key },
+		}, zaptest.NewLogger(t, zaptest.Level(zapcore.WarnLevel)))
+	wctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(wctx) }()
+	t.Cleanup(func() { stop(); <-done })
+	kv, err := writer.KV(ctx, n.AppsBucket())
+	require.NoError(t, err)
+
+	down := []*testrig.NATSProcess{c.Nodes[0], c.Nodes[1]}
+	for _, node := range down {
+		node.Kill()
+	}
+	require.NoError(t, writer.WaitConnected(ctx), "the writer moved to the server left")
+	pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
+	_, err = kv.Put(pctx, "lost", []byte(`{"v":1}`))
+	pcancel()
+	require.Error(t, err, "no quorum: the write fails within its deadline")
+
+	down[0].Start()
+	restarted := time.Now()
+	deadline := restarted.Add(60 * time.Second)
+	for {
+		pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err = kv.Put(pctx, "back", []byte(`{"v":2}`))
+		pcancel()
+		if err == nil {
+			t.Logf("writes resumed %s after a second server started", time.Since(restarted).Round(10*time.Millisecond))
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "writes did not resume within 60s of a quorum: %v", err)
+		time.Sleep(100 * time.Millisecond)
+	}
+	timeout := time.After(30 * time.Second)
+	for {
+		select {
+		case k := <-got:
+			if k == "back" {
+				return
+			}
+		case <-timeout:
+			t.Fatal("the watch did not see the write made once the quorum was back")
+		}
+	}
+}
