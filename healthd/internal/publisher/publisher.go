@@ -9,6 +9,7 @@ package publisher
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -468,6 +469,9 @@ func (p *Publisher) publishChange(ctx context.Context, r checker.Report, from st
 }
 
 // bucket opens a bucket once; the caller passes the field that caches it.
+// A bucket that is missing is created with healthd's others: NATS was not
+// ready when healthd started (a cluster still electing its leader), or
+// came back empty.
 func (p *Publisher) bucket(ctx context.Context, field **bus.KV, name string) (*bus.KV, error) {
 	p.mu.Lock()
 	kv := *field
@@ -476,6 +480,12 @@ func (p *Publisher) bucket(ctx context.Context, field **bus.KV, name string) (*b
 		return kv, nil
 	}
 	kv, err := p.conn.KV(ctx, name)
+	if errors.Is(err, bus.ErrBucketNotFound) {
+		if err := p.conn.EnsureBuckets(ctx, bus.MustOwnedBuckets(p.names, bus.RoleHealthd)); err != nil {
+			return nil, err
+		}
+		kv, err = p.conn.KV(ctx, name)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -296,36 +296,70 @@ func TestRemovedBeforeAnyWriteTouchesNothing(t *testing.T) {
 	require.NoError(t, err)
 }
 
-func TestMissingBucketsAreCountedNotFatal(t *testing.T) {
-	t.Parallel()
-	conn, err := bus.Connect(context.Background(), bus.Options{URL: testrig.NATS(t)}, zaptest.NewLogger(t))
-	require.NoError(t, err)
-	t.Cleanup(conn.Close)
-	names, _ := msg.NewNames("t")
-	p := New(conn, names, "hc-1", func() int { return 0 }, zaptest.NewLogger(t, zaptest.Level(zapcore.ErrorLevel)))
-	p.Probed(report("web.a", msg.StatusUnknown, msg.StatusUnknown, false, probe.Result{}))
-	require.Equal(t, uint64(1), p.Failures.Load())
-}
-
-// TestRunRetriesAFailedPutSoon: a health put that fails (here: the
-// bucket is missing; in a NATS cluster, its stream electing a leader) is
-// put again within a backoff, not at the next refresh.
-func TestRunRetriesAFailedPutSoon(t *testing.T) {
+// TestMissingBucketsAreCreated: a health bucket that is missing (NATS
+// was not ready when healthd started, or came back empty) is created at
+// the first put.
+func TestMissingBucketsAreCreated(t *testing.T) {
 	t.Parallel()
 	conn, err := bus.Connect(context.Background(), bus.Options{URL: testrig.NATS(t)}, zaptest.NewLogger(t, zaptest.Level(zapcore.WarnLevel)))
 	require.NoError(t, err)
 	t.Cleanup(conn.Close)
 	names, _ := msg.NewNames("t")
-	p := New(conn, names, "hc-1", func() int { return 1 }, zaptest.NewLogger(t, zaptest.Level(zapcore.ErrorLevel)))
+	p := New(conn, names, "hc-1", func() int { return 0 }, zaptest.NewLogger(t, zaptest.Level(zapcore.ErrorLevel)))
+	p.Probed(report("web.a", msg.StatusUnknown, msg.StatusHealthy, true, probe.Result{OK: true}))
+	require.Zero(t, p.Failures.Load())
+	h, _ := (&rig{t: t, names: names, conn: conn}).health("web.a")
+	require.NotNil(t, h)
+}
+
+// refusingRig is a rig whose health bucket refuses every put for now:
+// its max bytes hold no value.
+func refusingRig(t *testing.T) *rig {
+	t.Helper()
+	conn, err := bus.Connect(context.Background(), bus.Options{URL: testrig.NATS(t)}, zaptest.NewLogger(t, zaptest.Level(zapcore.WarnLevel)))
+	require.NoError(t, err)
+	t.Cleanup(conn.Close)
+	names, _ := msg.NewNames("t")
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	buckets := bus.MustOwnedBuckets(names, bus.RoleHealthd)
+	for i := range buckets {
+		buckets[i].MaxBytes = 64
+	}
+	require.NoError(t, conn.EnsureBuckets(ctx, buckets))
+	return &rig{t: t, names: names, conn: conn}
+}
+
+// accept raises the health bucket's max bytes back to the contract's.
+func (r *rig) accept() {
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	require.NoError(r.t, r.conn.EnsureBuckets(ctx, bus.MustOwnedBuckets(r.names, bus.RoleHealthd)))
+}
+
+func TestRefusedPutsAreCountedNotFatal(t *testing.T) {
+	t.Parallel()
+	r := refusingRig(t)
+	p := r.publisher("hc-1", 0)
+	p.Probed(report("web.a", msg.StatusUnknown, msg.StatusUnknown, false, probe.Result{}))
+	require.Equal(t, uint64(1), p.Failures.Load())
+}
+
+// TestRunRetriesAFailedPutSoon: a health put that fails (here: the
+// bucket refuses it; in a NATS cluster, its stream electing a leader) is
+// put again within a backoff, not at the next refresh.
+func TestRunRetriesAFailedPutSoon(t *testing.T) {
+	t.Parallel()
+	r := refusingRig(t)
+	p := r.publisher("hc-1", 1)
 	p.Refresh = time.Hour // only the retry may put it again
 	runPublisher(t, p)
 	p.Probed(report("web.a", msg.StatusUnknown, msg.StatusHealthy, true, probe.Result{OK: true}))
-	require.Positive(t, p.Failures.Load(), "no bucket yet: the put failed")
+	require.Positive(t, p.Failures.Load(), "the bucket refused the put")
+	h, _ := r.health("web.a")
+	require.Nil(t, h)
 
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	require.NoError(t, conn.EnsureBuckets(ctx, bus.ContractBuckets(names)))
-	r := &rig{t: t, names: names, conn: conn}
+	r.accept()
 	require.Eventually(t, func() bool {
 		h, _ := r.health("web.a")
 		return h != nil && h.Status == msg.StatusHealthy
