@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/internal/testrig"
 	"github.com/stretchr/testify/require"
 )
@@ -38,6 +40,67 @@ func TestComposeConfig(t *testing.T) {
 	require.Contains(t, string(out), "--nats-credentials=/node-creds")
 	require.Contains(t, string(out), "lb-keys:/creds:ro")
 	require.Contains(t, string(out), "service_completed_successfully")
+	// One NATS server by default (compose/.env); the nats-cluster profile
+	// has three, with their own volumes and the routes' credential.
+	require.Contains(t, string(out), "--nats-url=nats://nats:4222")
+	require.Contains(t, string(out), "--nats-replicas=1")
+	for _, node := range []string{"nats-1", "nats-2", "nats-3"} {
+		require.Contains(t, string(out), "\n  "+node+":", "service %s", node)
+		require.Contains(t, string(out), "- "+node+":/data:rw")
+	}
+	require.Contains(t, string(out), "/etc/nats/routes.conf")
+
+	// The cluster profile, as compose/.env says to switch to it.
+	cluster := "nats://nats-1:4222,nats://nats-2:4222,nats://nats-3:4222"
+	cmd = exec.Command("docker-compose", "-f", filepath.Join(repoRoot(), "compose", "docker-compose.yml"), "config")
+	cmd.Env = append(os.Environ(), "COMPOSE_PROFILES=nats-cluster", "BERTH_NATS_URL="+cluster, "BERTH_NATS_REPLICAS=3")
+	out, err = cmd.CombinedOutput()
+	require.NoError(t, err, "docker-compose config, cluster profile: %s", out)
+	require.Equal(t, 5, strings.Count(string(out), "--nats-url="+cluster), "two schedulers, two healthd and lb on the cluster")
+	require.Equal(t, 4, strings.Count(string(out), "--nats-replicas=3"), "the schedulers and healthd create their buckets with 3 replicas")
+	env, err := os.ReadFile(filepath.Join(repoRoot(), "compose", ".env"))
+	require.NoError(t, err)
+	for _, line := range []string{"COMPOSE_PROFILES=nats-cluster", "BERTH_NATS_URL=" + cluster, "BERTH_NATS_REPLICAS=3"} {
+		require.Contains(t, string(env), "# "+line, "compose/.env shows how to switch to the cluster")
+	}
+}
+
+// TestComposeNATSClusterConfig checks compose/nats-cluster.conf, the
+// config of every node of the compose stack's NATS cluster, with the
+// nats-server of the module (-t): its includes resolve (the roles that
+// the nats-credentials service makes, and secrets/nats-routes.conf as its
+// example shows it), and it has JetStream, a cluster and routes.
+func TestComposeNATSClusterConfig(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	conf, err := os.ReadFile(filepath.Join(repoRoot(), "compose", "nats-cluster.conf"))
+	require.NoError(t, err)
+	for _, want := range []string{"jetstream", "cluster {", "include routes.conf", "include creds/nats-auth.conf"} {
+		require.Contains(t, string(conf), want)
+	}
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "cluster.conf"), conf, 0o600))
+	routes, err := os.ReadFile(filepath.Join(repoRoot(), "compose", "secrets", "nats-routes.conf.example"))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "routes.conf"), routes, 0o600))
+	names, err := msg.NewNames("berth")
+	require.NoError(t, err)
+	seeds, err := bus.EnsureCredentials(filepath.Join(dir, "credentials"))
+	require.NoError(t, err)
+	auth, err := bus.ServerConfig(names, seeds)
+	require.NoError(t, err)
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "creds"), 0o700))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "creds", "nats-auth.conf"), []byte(auth), 0o600))
+
+	bin := testrig.NATSServerBinary(t)
+	check := func() ([]byte, error) {
+		return exec.Command(bin, "-c", filepath.Join(dir, "cluster.conf"), "--server_name", "nats-1", "-t").CombinedOutput()
+	}
+	out, err := check()
+	require.NoError(t, err, "nats-server -t: %s", out)
+	// The check can fail: without the routes' file the config does not load.
+	require.NoError(t, os.Remove(filepath.Join(dir, "routes.conf")))
+	out, err = check()
+	require.Error(t, err, "nats-server -t without routes.conf: %s", out)
 }
 
 // TestSchedulerAndHealthdImagesFromScratch builds the daemons' images from

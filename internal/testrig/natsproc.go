@@ -44,6 +44,18 @@ var natsServerBin struct {
 	err  error
 }
 
+// NATSServerBinary returns the path of nats-server built from the
+// module's own dependency (github.com/nats-io/nats-server/v2), built once
+// per test binary: to check a config file with it (-t), say.
+func NATSServerBinary(t testing.TB) string {
+	t.Helper()
+	bin, err := natsServerBinary()
+	if err != nil {
+		t.Fatalf("build nats-server: %v", err)
+	}
+	return bin
+}
+
 // natsServerBinary builds nats-server from the module's own dependency once
 // per test binary.
 func natsServerBinary() (string, error) {
