@@ -37,6 +37,7 @@ const acmeValidity = 30*24*time.Hour + 40*time.Second
 // whose challenge cannot pass gets a certificate_failed event that says
 // why and when next, and keeps serving over HTTP. Default flags.
 func TestACME(t *testing.T) {
+	t.Parallel() // mostly waiting (see TestMain): runs beside the other waiting tests, after the ones that load the machine
 	img := testrig.DemoImage(t, "v1")
 	s := newStackMode(t, "", "dynamic")
 	_, port, _ := net.SplitHostPort(s.httpAddr)
@@ -76,15 +77,11 @@ func TestACME(t *testing.T) {
 	}, 30*time.Second, 100*time.Millisecond, "HTTPS is served with the issued certificate, verified against Pebble's root")
 	require.Equal(t, issued.Details["serial"], first.SerialNumber.Text(16))
 
-	// Plain HTTP redirects, except for the CA's challenges. (Waited for:
-	// a new connection can still reach one of the workers the reload that
-	// brought HTTPS is retiring.)
-	var code int
-	var loc string
-	require.Eventually(t, func() bool {
-		code, loc = s.plainGet(host, "/")
-		return code == http.StatusPermanentRedirect
-	}, 5*time.Second, 50*time.Millisecond, "plain HTTP redirects: %d", code)
+	// Plain HTTP redirects, except for the CA's challenges, on every new
+	// connection once the worker the reload retired stops accepting.
+	s.nginxSettled()
+	code, loc := s.plainGet(host, "/")
+	require.Equal(t, http.StatusPermanentRedirect, code)
 	require.Equal(t, "https://"+host+"/", loc)
 	code, _ = s.plainGet(host, "/.well-known/acme-challenge/not-a-token-at-all")
 	require.Equal(t, http.StatusNotFound, code, "challenge paths reach lbagent, which knows no such token")
@@ -116,6 +113,9 @@ func TestACME(t *testing.T) {
 			Rate: 100, TLS: &tls.Config{RootCAs: roots, ServerName: h}})
 	}
 	require.Eventually(t, func() bool { return s.httpsGet(multi, roots) != nil }, 30*time.Second, 100*time.Millisecond, "multi is served over HTTPS")
+	// The load's first connections must not reach the worker of the config
+	// before the certificate, which has no HTTPS server for multi.
+	s.nginxSettled()
 	loads := map[string]*loadgen.Run{host: https(host), multi: https(multi)}
 	s.apply(strings.Replace(spec("multi", multi), "hosts: ["+multi+"]", "hosts: ["+multi+", www."+multi+"]", 1))
 	served := func(h, serial string) {

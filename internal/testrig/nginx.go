@@ -56,12 +56,15 @@ func NewNginx(t testing.TB) *Nginx {
 	return n
 }
 
+// MainConfigWorkers is the worker_processes of MainConfig.
+const MainConfigWorkers = 1
+
 // MainConfig wraps http-context directives in a complete main config whose
 // pid, error log and temp paths stay inside the prefix.
 func MainConfig(httpBody string) string {
 	return `pid run/nginx.pid;
 error_log logs/error.log info;
-worker_processes 1;
+worker_processes ` + strconv.Itoa(MainConfigWorkers) + `;
 events { worker_connections 256; }
 http {
     client_body_temp_path temp/client_body;
@@ -137,6 +140,65 @@ func (n *Nginx) PID() int {
 	return n.cmd.Process.Pid
 }
 
+// AcceptingWorkers counts the master's worker processes that still accept
+// connections: those of the config in force and, for a moment after a
+// reload, those of the config before it, which accept until they handle
+// the master's SIGQUIT (nginx retitles them "worker process is shutting
+// down" as it closes their listeners). lbagent confirms a reload by a
+// request that a new worker answers, so a test that must see only the new
+// config on every new connection waits until this is the configured
+// worker count.
+func (n *Nginx) AcceptingWorkers() int {
+	master := n.PID()
+	if master == 0 {
+		return 0
+	}
+	count := 0
+	for _, p := range processes() {
+		if p.parent == master && p.title == "nginx: worker process" {
+			count++
+		}
+	}
+	return count
+}
+
+// process is a live process found in /proc: its title (argv, as nginx
+// rewrites it) and its parent.
+type process struct {
+	pid, parent int
+	title       string
+}
+
+// processes lists the live processes: zombies left out.
+func processes() []process {
+	entries, _ := os.ReadDir("/proc")
+	var out []process
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		i := strings.LastIndexByte(string(stat), ')')
+		if err != nil || i < 0 {
+			continue
+		}
+		// "pid (comm) S ppid …": the state and parent follow the last ')'.
+		f := strings.Fields(string(stat[i+1:]))
+		if len(f) < 2 || f[0] == "Z" {
+			continue
+		}
+		parent, _ := strconv.Atoi(f[1])
+		title := strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " "))
+		out = append(out, process{pid: pid, parent: parent, title: title})
+	}
+	return out
+}
+
 // Reload signals the master to re-read its config (nginx -s reload).
 func (n *Nginx) Reload() {
 	n.t.Helper()
@@ -177,29 +239,10 @@ func (n *Nginx) Log() string {
 // matches too is not counted; zombies are not live.
 func NginxMasters(t testing.TB, prefix string) []int {
 	t.Helper()
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatalf("read /proc: %v", err)
-	}
 	parents := map[int]int{}
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		title := strings.ReplaceAll(strings.TrimRight(string(cmdline), "\x00"), "\x00", " ") + " "
-		if err != nil || !strings.HasPrefix(title, "nginx: master process ") || !strings.Contains(title, " -p "+prefix+" ") {
-			continue
-		}
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		i := strings.LastIndexByte(string(stat), ')')
-		if err != nil || i < 0 {
-			continue
-		}
-		// "pid (comm) S ppid …": the state and parent follow the last ')'.
-		if f := strings.Fields(string(stat[i+1:])); len(f) >= 2 && f[0] != "Z" {
-			parents[pid], _ = strconv.Atoi(f[1])
+	for _, p := range processes() {
+		if title := p.title + " "; strings.HasPrefix(title, "nginx: master process ") && strings.Contains(title, " -p "+prefix+" ") {
+			parents[p.pid] = p.parent
 		}
 	}
 	pids := []int{}
