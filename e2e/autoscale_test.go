@@ -185,9 +185,21 @@ func TestAutoscaling(t *testing.T) {
 	base := loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + s.httpAddr + "/", Host: demoHost, Workers: 2, Rate: baseRate, NoRetry: s.strict()})
 	defer base.Stop()
 
-	// Steady at min: 10 req/s asks for 1, the floor is 2.
-	time.Sleep(6 * time.Second)
-	m := s.metrics("demo")
+	// Steady at min: 10 req/s asks for 1, the floor is 2, once a decision
+	// has seen lbagent's traffic.
+	var m metricsView
+	require.Eventually(t, func() bool {
+		m = s.metrics("demo")
+		if len(m.Traffic) == 0 || len(m.Decisions) == 0 {
+			return false
+		}
+		for _, rs := range m.Decisions[len(m.Decisions)-1].Reasons {
+			if rs.Metric == "rps" && !rs.NoData {
+				return true
+			}
+		}
+		return false
+	}, 30*time.Second, 100*time.Millisecond, "a decision on lbagent's request rate")
 	require.True(t, m.Autoscaled)
 	require.Equal(t, 2, m.DesiredReplicas)
 	require.NotEmpty(t, m.Traffic, "lbagent's windows reach the scheduler")
@@ -221,14 +233,19 @@ func TestAutoscaling(t *testing.T) {
 
 	// lbagent gone: no metric arrives; the app stays where it is, neither
 	// scaled in to min nor out to max, while nginx keeps serving.
+	// Watched until decisions are made without them.
 	lb.stop(t, syscall.SIGKILL, 10*time.Second)
-	gone := time.Now()
-	for time.Since(gone) < 10*time.Second {
-		require.Equal(t, 4, s.metrics("demo").DesiredReplicas, "lost metrics never scale")
-		time.Sleep(250 * time.Millisecond)
-	}
-	m = s.metrics("demo")
-	last = m.Decisions[len(m.Decisions)-1]
+	require.Eventually(t, func() bool {
+		m = s.metrics("demo")
+		last = m.Decisions[len(m.Decisions)-1]
+		for _, rs := range last.Reasons {
+			if rs.Metric == "rps" && rs.NoData {
+				return true
+			}
+		}
+		return m.DesiredReplicas != 4 // fails below
+	}, 30*time.Second, 250*time.Millisecond, "a decision without lbagent's metrics")
+	require.Equal(t, 4, m.DesiredReplicas, "lost metrics never scale")
 	for _, rs := range last.Reasons {
 		traffic := rs.Metric == "rps" || rs.Metric == "latency"
 		require.Equal(t, traffic, rs.NoData, "without lbagent rps and latency have no sample, cpu and memory do: %+v", rs)

@@ -57,6 +57,7 @@ func (a lossApp) spec(t *testing.T, img string) string {
 // is reported as unplaceable, disturbing nothing. 0 failed requests
 // throughout.
 func TestSeveralHosts(t *testing.T) {
+	t.Parallel() // mostly waiting (see TestMain): runs beside the other waiting tests, after the ones that load the machine
 	img := testrig.DemoImage(t, "v1")
 	engines := testrig.StartEngines(t, 3)
 	for _, e := range engines {

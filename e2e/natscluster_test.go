@@ -69,6 +69,7 @@ const clusterElection = 30 * time.Second
 // must be started, checked and routed during the outage, and each node
 // must be current again afterwards.
 func TestNATSCluster(t *testing.T) {
+	t.Parallel() // mostly waiting (see TestMain): runs beside the other waiting tests, after the ones that load the machine
 	v1 := testrig.DemoImage(t, "v1")
 	var cl *testrig.NATSCluster
 	s := newStackWith(t, "dynamic", func(s *stack) {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -171,18 +172,25 @@ func fullStack(t *testing.T, mode string) {
 	})
 
 	run("healthd join, leave, restart", false, func() {
+		// Each step waits until the checkers say they took the targets over,
+		// then the next begins, under the same load.
+		const all = 2 // the demo's instances
 		// A second checker joins: the targets are split, and those handed
 		// over keep their published health until the new owner reports.
 		hc2 := s.startHealthd("hc2")
-		time.Sleep(3 * time.Second)
+		require.Eventually(t, func() bool {
+			a, b := s.healthd(healthd), s.healthd(hc2)
+			return a.live == 2 && b.live == 2 && a.targets+b.targets == all
+		}, 30*time.Second, 50*time.Millisecond, "the two checkers share the targets")
 		// The first leaves cleanly: the second takes every target at once.
 		healthd.stop(t, syscall.SIGTERM, 15*time.Second)
-		time.Sleep(3 * time.Second)
+		require.Eventually(t, func() bool { return s.healthd(hc2).targets == all }, 30*time.Second, 50*time.Millisecond, "hc2 takes every target")
 		// A restart with no checker for a moment: the new one carries on
 		// from the published health instead of starting from unknown.
 		hc2.stop(t, syscall.SIGTERM, 15*time.Second)
 		healthd = s.startHealthd("hc3")
-		time.Sleep(3 * time.Second)
+		require.Eventually(t, func() bool { h := s.healthd(healthd); return h.targets == all && h.probes >= 2*all },
+			30*time.Second, 50*time.Millisecond, "hc3 takes every target and probes each twice")
 		s.waitServing("demo", demoHost, 2, "v2", 30*time.Second)
 	})
 
@@ -197,7 +205,11 @@ func fullStack(t *testing.T, mode string) {
 
 	run("update failing health → rollback", false, func() {
 		before := s.instances("demo")
-		s.apply(demoSpec(t, v1, 2, "env: {DEMO_HEALTH: fail}\n"))
+		// The spec's own deadline shortened, from the demo's 30 s: the
+		// rollback is the same, sooner.
+		bad := strings.Replace(demoSpec(t, v1, 2, "env: {DEMO_HEALTH: fail}\n"), "healthy_deadline: 30s", "healthy_deadline: 8s", 1)
+		require.Contains(t, bad, "healthy_deadline: 8s")
+		s.apply(bad)
 		s.waitEvent(watch, "rolled_back", 90*time.Second)
 		after := s.waitServing("demo", demoHost, 2, "v2", 60*time.Second)
 		require.ElementsMatch(t, ids(before), ids(after), "the serving instances were never replaced")
@@ -348,6 +360,33 @@ func (s *stack) apisOf(id string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.apis[id]
+}
+
+// healthdView is what a healthd's /metrics says of its share of the work.
+type healthdView struct {
+	live, targets, probes int
+}
+
+// healthd reads p's metrics (p started by startHealthd).
+func (s *stack) healthd(p *proc) healthdView {
+	s.t.Helper()
+	var v healthdView
+	for _, line := range strings.Split(s.metricsOf("http://"+p.metrics+"/metrics"), "\n") {
+		name, value, ok := strings.Cut(line, " ")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.ParseFloat(value, 64)
+		switch {
+		case name == "berth_healthd_live_checkers":
+			v.live = int(n)
+		case name == "berth_healthd_targets":
+			v.targets = int(n)
+		case strings.HasPrefix(name, "berth_healthd_probes_total{"):
+			v.probes += int(n)
+		}
+	}
+	return v
 }
 
 func (s *stack) metricsOf(url string) string {

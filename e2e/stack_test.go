@@ -36,6 +36,14 @@ import (
 // binDir holds the binaries built once for every test of the package.
 var binDir string
 
+// TestMain builds the daemons once for every test. The tests that load
+// the machine (the full-stack scenarios, the canary, autoscaling, the NATS
+// wipe) run one at a time, as the package's serial tests do; those that
+// mostly wait for something that takes wall-clock time whatever the load
+// (an ACME renewal and a hosts change's minute, a host's --host-timeout, a
+// NATS cluster's elections) call t.Parallel, so Go runs them together
+// after the serial ones. Their loads are light and rate-limited, and each
+// still requires 0 failed requests.
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "berth-e2e-bin-")
 	if err != nil {
@@ -79,10 +87,12 @@ func buildBinaries(dir string) error {
 // proc is one daemon process of the stack, its output in a log file.
 type proc struct {
 	name string
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
-	err  error
+	// metrics is the address of its /metrics, where it has one the tests read.
+	metrics string
+	cmd     *exec.Cmd
+	log     string
+	done    chan struct{}
+	err     error
 }
 
 // signal sends sig and waits up to timeout for the process to exit.
@@ -288,6 +298,7 @@ func (s *stack) startHealthd(id string) *proc {
 	addr := fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(s.t))
 	p := s.start("healthd-"+id, "healthd", append([]string{"--id", id, "--metrics-listen", addr, "--refresh", "10s"}, s.natsFlags(bus.RoleHealthd)...)...)
 	testrig.WaitHTTP(s.t, "http://"+addr+"/healthz", 20*time.Second)
+	p.metrics = addr
 	return p
 }
 
@@ -533,6 +544,15 @@ type scenario struct {
 // the full-stack scenarios hold every request to that; in reload mode each
 // reload closes idle keep-alive connections, and the client retries.
 func (s *stack) strict() bool { return s.mode == "dynamic" }
+
+// nginxSettled waits until only the workers of nginx's current config
+// accept connections: for a moment after a reload, a retiring worker still
+// accepts with the config before (see testrig.Nginx.AcceptingWorkers).
+func (s *stack) nginxSettled() {
+	s.t.Helper()
+	require.Eventually(s.t, func() bool { return s.nginx.AcceptingWorkers() == testrig.MainConfigWorkers }, 10*time.Second, 10*time.Millisecond,
+		"nginx's retired workers stop accepting")
+}
 
 // nginxReloads counts the reloads the nginx master logged.
 func (s *stack) nginxReloads() int {
