@@ -169,8 +169,14 @@ func (m *Manager) Repair() {
 // aad binds a certificate key's ciphertext to its app's row.
 func aad(app string) string { return "certificate " + app }
 
-// Run manages the certificates until ctx ends.
+// Run manages the certificates until ctx ends: a step at once, which
+// puts every certificate again, then one on each Wake, when the last step
+// asked and every Resync. It is a leader-only service (run it in a
+// leader.Group): each step still checks the lease and skips while it is
+// not held. It returns with its gauges cleared, as a follower exports no
+// certificate's state. Runs do not overlap.
 func (m *Manager) Run(ctx context.Context) error {
+	defer m.following()
 	var lastTerm uint64
 	var lastPut time.Time
 	for {
@@ -191,13 +197,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			}
 		} else {
 			lastTerm = 0
-			// A follower exports no certificate's state: the leader's is the
-			// one an alert must read.
-			m.expiry.Reset()
-			m.failures.Reset()
-			m.held.Set(0)
-			m.lastHour.Set(0)
-			clear(m.delayed)
+			m.following()
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -209,6 +209,17 @@ func (m *Manager) Run(ctx context.Context) error {
 		}
 		t.Stop()
 	}
+}
+
+// following clears the gauges and the announced delays: a follower
+// exports no certificate's state, as the leader's is the one an alert
+// must read.
+func (m *Manager) following() {
+	m.expiry.Reset()
+	m.failures.Reset()
+	m.held.Set(0)
+	m.lastHour.Set(0)
+	clear(m.delayed)
 }
 
 // Step does what is due under lease l: forgets the certificates of apps
