@@ -673,9 +673,12 @@ func (p *Publisher) putApp(ctx context.Context, kv *bus.KV, a store.App, term ui
 	return nil
 }
 
-// Loop publishes while this replica leads: everything on gaining
-// leadership, after every NATS reconnect and every resync; one app on each
-// change name received on changes. What fails is done again after a
+// Loop publishes while this replica leads, a leader-only service (run it
+// in a leader.Group; every publish still checks leader): everything at
+// once, then after every NATS reconnect, on each receive from refresh (a
+// Postgres reconnect, whose notifications may be lost) and every resync;
+// one app on each change name received on changes (those waiting when it
+// starts are in the first pass). What fails is done again after a
 // backoff (retryFirst, doubling up to resync), not only at the next
 // change or resync: a NATS cluster refuses a bucket's writes for the
 // seconds its stream takes to elect a leader, while the connection stays.
@@ -683,7 +686,7 @@ func (p *Publisher) putApp(ctx context.Context, kv *bus.KV, a store.App, term ui
 // Delete): the controller has nothing left to do for an instance that
 // runs, so after one fails Loop runs a Resync, which writes the records
 // the bucket lacks.
-func (p *Publisher) Loop(ctx context.Context, leader func() (store.Lease, bool), gained <-chan struct{}, changes <-chan string, resync time.Duration) error {
+func (p *Publisher) Loop(ctx context.Context, leader func() (store.Lease, bool), refresh <-chan struct{}, changes <-chan string, resync time.Duration) error {
 	reconnected, stop := p.conn.Reconnected()
 	defer stop()
 	tick := time.NewTicker(resync)
@@ -719,11 +722,16 @@ func (p *Publisher) Loop(ctx context.Context, leader func() (store.Lease, bool),
 			}
 		}
 	}
+	drain(changes)
+	all()
+	if r.pending() {
+		r.due = time.After(r.wait(resync))
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-gained:
+		case <-refresh:
 			all()
 		case <-reconnected:
 			all()
@@ -753,6 +761,18 @@ func (p *Publisher) Loop(ctx context.Context, leader func() (store.Lease, bool),
 		}
 		if r.pending() && r.due == nil {
 			r.due = time.After(r.wait(resync))
+		}
+	}
+}
+
+// drain empties changes: the changes received while following are in
+// the first pass of everything.
+func drain(changes <-chan string) {
+	for {
+		select {
+		case <-changes:
+		default:
+			return
 		}
 	}
 }

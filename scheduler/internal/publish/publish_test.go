@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -399,41 +400,54 @@ func (f *flakyBus) KV(ctx context.Context, bucket string) (*bus.KV, error) {
 	return f.Conn.KV(ctx, bucket)
 }
 
-// TestLoopRetriesWhatFailedSoon: a publish that fails (on gaining
-// leadership, of one changed app, or the controller's write of one
-// instance) is done again after a backoff, long before the next resync.
+// TestLoopRetriesWhatFailedSoon: a publish that fails (the first pass
+// on gaining leadership, of one changed app, or the controller's write of
+// one instance) is done again after a backoff, long before the next
+// resync.
 func TestLoopRetriesWhatFailedSoon(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {
-		name   string
-		send   func(t *testing.T, r *rig, pub *Publisher, gained chan struct{}, changes chan string)
-		bucket func(msg.Names) string
+		name      string
+		startDown bool // the bucket refuses from the start: the first pass fails
+		send      func(t *testing.T, r *rig, pub *Publisher, changes chan string)
+		bucket    func(msg.Names) string
+		want      string // the key that is put once the bucket takes writes
 	}{
-		{"every app on gaining leadership", func(_ *testing.T, _ *rig, _ *Publisher, gained chan struct{}, _ chan string) { gained <- struct{}{} }, msg.Names.AppsBucket},
-		{"one changed app", func(_ *testing.T, _ *rig, _ *Publisher, _ chan struct{}, changes chan string) { changes <- "web" }, msg.Names.AppsBucket},
-		{"an instance the controller started", func(t *testing.T, r *rig, pub *Publisher, _ chan struct{}, _ chan string) {
+		{"every app on gaining leadership", true, func(*testing.T, *rig, *Publisher, chan string) {}, msg.Names.AppsBucket, "web"},
+		{"one changed app", false, func(_ *testing.T, _ *rig, _ *Publisher, changes chan string) { changes <- "web" }, msg.Names.AppsBucket, "web"},
+		{"an instance the controller started", false, func(t *testing.T, r *rig, pub *Publisher, _ chan string) {
 			require.ErrorContains(t, pub.Put(context.Background(), r.lease, running("web", "a")), "publish instance web/a")
-		}, msg.Names.InstancesBucket},
+		}, msg.Names.InstancesBucket, "web.a"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			r := newRig(t)
 			flaky := &flakyBus{Conn: r.conn}
-			flaky.down.Store(true)
 			pub := New(r.st, flaky, r.names, zaptest.NewLogger(t))
 			require.NoError(t, r.conn.EnsureBuckets(context.Background(), bus.MustOwnedBuckets(r.names, bus.RoleScheduler)))
-			r.apply(t, "web")
+			if tt.startDown {
+				flaky.down.Store(true)
+				r.apply(t, "web")
+			} else {
+				r.apply(t, "first")
+			}
 			ctx, cancel := context.WithCancel(context.Background())
-			gained, changes := make(chan struct{}), make(chan string)
+			changes := make(chan string)
 			done := make(chan error, 1)
 			go func() {
-				done <- pub.Loop(ctx, func() (store.Lease, bool) { return r.lease, true }, gained, changes, time.Hour)
+				done <- pub.Loop(ctx, func() (store.Lease, bool) { return r.lease, true }, nil, changes, time.Hour)
 			}()
 			t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
-			tt.send(t, r, pub, gained, changes)
-			require.Empty(t, r.keys(t, tt.bucket(r.names)), "nothing is put while the bucket refuses")
+			if !tt.startDown {
+				require.Eventually(t, func() bool { return slices.Contains(r.keys(t, r.names.AppsBucket()), "first") }, 10*time.Second, 10*time.Millisecond,
+					"everything is published on starting")
+				flaky.down.Store(true)
+				r.apply(t, "web")
+			}
+			tt.send(t, r, pub, changes)
+			require.NotContains(t, r.keys(t, tt.bucket(r.names)), tt.want, "nothing is put while the bucket refuses")
 			flaky.down.Store(false)
-			require.Eventually(t, func() bool { return len(r.keys(t, tt.bucket(r.names))) == 1 }, 10*time.Second, 10*time.Millisecond,
+			require.Eventually(t, func() bool { return slices.Contains(r.keys(t, tt.bucket(r.names)), tt.want) }, 10*time.Second, 10*time.Millisecond,
 				"the failed publish is done again within its backoff, not at the resync an hour away")
 		})
 	}
