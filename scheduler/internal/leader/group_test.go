@@ -213,3 +213,61 @@ func TestGroupStopWhileLeadingJoinsEveryService(t *testing.T) {
 	}
 	require.True(t, slow.is(1, 0)())
 }
+
+// lessor grants the lease to whoever asks, and records resigns.
+type lessor struct {
+	resigned chan struct{}
+	once     sync.Once
+}
+
+func (f *lessor) Acquire(context.Context, string, string, time.Duration) (store.Lease, bool, error) {
+	return store.Lease{Term: 1}, true, nil
+}
+
+func (f *lessor) Resign(context.Context, store.Lease) error {
+	f.once.Do(func() { close(f.resigned) })
+	return nil
+}
+
+func TestCampaignJoinsTheServicesBeforeResigning(t *testing.T) {
+	t.Parallel()
+	j := &journal{}
+	slow := &fake{name: "slow", j: j, hold: make(chan struct{})}
+	ls := &lessor{resigned: make(chan struct{})}
+	el := New(ls, "scheduler", "a", time.Minute, zap.NewNop())
+	g := NewGroup(zap.NewNop())
+	g.Add("slow", slow)
+	var changes []bool
+	var mu sync.Mutex
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Campaign(ctx, el, g, func(_ store.Lease, ok bool) { mu.Lock(); changes = append(changes, ok); mu.Unlock() })
+	}()
+	require.Eventually(t, slow.is(1, 1), wait, tick, "the service starts once elected")
+
+	cancel()
+	require.Never(t, func() bool { return isClosed(ls.resigned) }, 100*time.Millisecond, tick,
+		"no resign while a service still runs")
+	_, leading := el.Leader()
+	require.True(t, leading, "the lease is kept while the services finish")
+	close(slow.hold)
+	select {
+	case <-ls.resigned:
+	case <-time.After(wait):
+		t.Fatal("no resign once the services had stopped")
+	}
+	require.NoError(t, <-done)
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, []bool{true, false}, changes)
+}
+
+func isClosed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
