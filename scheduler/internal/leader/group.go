@@ -195,17 +195,12 @@ func (g *Group) stop(r *running, why string) {
 
 // Campaign runs the elector and the group together until ctx ends, the
 // group following the elector's leadership (Campaign sets el.OnChange to
-// g.Lead after onChange, which may be nil). On a stop the group's services
-// are joined first, while the elector still renews the lease that fences
-// their last writes, and only then does the elector stop and resign: a
-// follower never takes over while this replica's services still act.
-func Campaign(ctx context.Context, el *Elector, g *Group, onChange func(l store.Lease, ok bool)) error {
-	el.OnChange = func(l store.Lease, ok bool) {
-		if onChange != nil {
-			onChange(l, ok)
-		}
-		g.Lead(l, ok)
-	}
+// g.Lead). On a stop the group's services are joined first, while the
+// elector still renews the lease that fences their last writes, and only
+// then does the elector stop and resign: a follower never takes over
+// while this replica's services still act.
+func Campaign(ctx context.Context, el *Elector, g *Group) error {
+	el.OnChange = g.Lead
 	// The elector's context keeps ctx's values (the stop deadline its
 	// resign uses), not its end.
 	ectx, stopElector := context.WithCancel(context.WithoutCancel(ctx))
