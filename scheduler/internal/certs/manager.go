@@ -21,16 +21,6 @@ import (
 	"github.com/berthhq/berth/scheduler/internal/vault"
 )
 
-// Event kinds of the certificate manager.
-const (
-	EventIssued  = "certificate_issued"
-	EventRenewed = "certificate_renewed"
-	EventFailed  = "certificate_failed"
-	// EventDelayed: a due order waits for the global order rate
-	// (Config.OrdersPerHour), said once as it begins to wait.
-	EventDelayed = "certificate_delayed"
-)
-
 // Store is what the manager reads.
 type Store interface {
 	List(ctx context.Context) ([]store.App, error)
@@ -103,7 +93,7 @@ type Manager struct {
 	// and generation. Used by Run's goroutine only.
 	waiting map[appGen]time.Time
 	// delayed are the apps whose order waits for the global rate and has
-	// been announced (EventDelayed). Used by Run's goroutine only.
+	// been announced (msg.EventCertificateDelayed). Used by Run's goroutine only.
 	delayed map[string]bool
 	now     func() time.Time
 	jitter  func() float64
@@ -396,9 +386,9 @@ func (m *Manager) order(ctx context.Context, l store.Lease, o Order) error {
 	}
 	c := store.Certificate{App: o.App, Names: o.Names, Chain: string(issued.Chain), Key: sealed, Serial: leaf.SerialNumber.Text(16),
 		NotBefore: leaf.NotBefore.UTC(), NotAfter: leaf.NotAfter.UTC(), IssuedAt: m.now().UTC()}
-	kind, verb := EventIssued, "issued"
+	kind, verb := msg.EventCertificateIssued, "issued"
 	if o.Have.Chain != "" {
-		kind, verb = EventRenewed, "renewed"
+		kind, verb = msg.EventCertificateRenewed, "renewed"
 	}
 	ev := store.Event{App: o.App, Kind: kind,
 		Message: fmt.Sprintf("certificate for %s %s, valid until %s", strings.Join(o.Names, ", "), verb, c.NotAfter.Format(time.RFC3339)),
@@ -464,7 +454,7 @@ func (m *Manager) failed(ctx context.Context, l store.Lease, o Order, cause erro
 	if o.Have.Chain != "" {
 		verb, keeps = "renewed", "the app keeps its certificate, valid until "+o.Have.NotAfter.Format(time.RFC3339)
 	}
-	ev := store.Event{App: o.App, Kind: EventFailed,
+	ev := store.Event{App: o.App, Kind: msg.EventCertificateFailed,
 		Message: fmt.Sprintf("certificate for %s not %s (attempt %d): %s; next attempt at %s; %s", strings.Join(o.Names, ", "),
 			verb, c.Failures, c.LastError, c.RetryAt.Format(time.RFC3339), keeps),
 		Details: map[string]string{"names": strings.Join(o.Names, ","), "reason": o.Reason, "failures": strconv.Itoa(c.Failures),

@@ -537,7 +537,7 @@ func (p *Publisher) One(ctx context.Context, name string, l store.Lease) error {
 		if err := kv.Delete(ctx, name); err != nil {
 			return fmt.Errorf("publish %s: %w", name, err)
 		}
-		return p.Event(ctx, l, store.Event{App: name, Kind: "app_deleted", Message: "app " + name + " deleted; its instances are stopped", Actor: p.deletedBy(ctx, name)})
+		return p.Event(ctx, l, store.Event{App: name, Kind: msg.EventAppDeleted, Message: "app " + name + " deleted; its instances are stopped", Actor: p.deletedBy(ctx, name)})
 	}
 	if err != nil {
 		return fmt.Errorf("publish %s: %w", name, err)
@@ -545,7 +545,7 @@ func (p *Publisher) One(ctx context.Context, name string, l store.Lease) error {
 	if err := p.putApp(ctx, kv, a, l.Term); err != nil {
 		return err
 	}
-	events := []store.Event{{App: name, Kind: "app_updated",
+	events := []store.Event{{App: name, Kind: msg.EventAppUpdated,
 		Message: fmt.Sprintf("app %s is at generation %d (image %s)", name, a.Generation, a.Spec.Image),
 		Details: map[string]string{"generation": fmt.Sprint(a.Generation), "image": a.Spec.Image}}}
 	if all, err := p.store.List(ctx); err == nil {
@@ -598,9 +598,9 @@ func RouteConflicts(name string, all []store.App) []store.Event {
 // conflictEvent is the route_conflict event of app's conflicts cs.
 func conflictEvent(app string, cs []spec.Conflict) store.Event {
 	c := cs[0]
-	msg := c.Error() + ": app " + app + " gets no route there"
+	text := c.Error() + ": app " + app + " gets no route there"
 	if len(cs) > 1 {
-		msg += fmt.Sprintf(" (and %d more conflicts)", len(cs)-1)
+		text += fmt.Sprintf(" (and %d more conflicts)", len(cs)-1)
 	}
 	host := c.Host
 	if host == "" {
@@ -610,7 +610,7 @@ func conflictEvent(app string, cs []spec.Conflict) store.Event {
 	if c.Location != nil {
 		d["path"], d["match"] = c.Location.Path, c.Location.Match
 	}
-	return store.Event{App: app, Kind: "route_conflict", Message: msg, Details: d}
+	return store.Event{App: app, Kind: msg.EventRouteConflict, Message: text, Details: d}
 }
 
 // Event records events under the lease (fenced) and then publishes them.
@@ -647,9 +647,9 @@ func (p *Publisher) publishEvent(ctx context.Context, e store.Event) {
 		err = p.conn.Publish(ctx, p.names.EventsSubject(e.App, e.Kind), b)
 	}
 	if err != nil {
-		p.logger.Warn("publish event", zap.String(logging.KeyApp, e.App), zap.String("kind", e.Kind), zap.Error(err))
+		p.logger.Warn("publish event", zap.String(logging.KeyApp, e.App), zap.String("kind", string(e.Kind)), zap.Error(err))
 	}
-	p.logger.Info("event", zap.String(logging.KeyApp, e.App), zap.String(logging.KeyInstance, e.Instance), zap.String("kind", e.Kind))
+	p.logger.Info("event", zap.String(logging.KeyApp, e.App), zap.String(logging.KeyInstance, e.Instance), zap.String("kind", string(e.Kind)))
 }
 
 // putApp puts an app's record and notes what it carried (under appMu).

@@ -215,7 +215,7 @@ func TestEventsArePublishedAfterCommitOnly(t *testing.T) {
 	events := r.events(t)
 	r.apply(t, "web")
 
-	require.NoError(t, r.pub.Put(ctx, r.lease, running("web", "a"), store.Event{App: "web", Instance: "a", Kind: "instance_started", Message: "started"}))
+	require.NoError(t, r.pub.Put(ctx, r.lease, running("web", "a"), store.Event{App: "web", Instance: "a", Kind: msg.EventInstanceStarted, Message: "started"}))
 	boom := errors.New("boom")
 	err := r.pub.Tx(ctx, r.lease, func(ctx context.Context, tx *store.Tx) error {
 		if _, err := tx.AddEvent(ctx, store.Event{App: "web", Kind: "never", Message: "rolled back"}); err != nil {
@@ -231,7 +231,7 @@ func TestEventsArePublishedAfterCommitOnly(t *testing.T) {
 	require.Eventually(t, func() bool { return len(events()) >= 1 }, 2*time.Second, 10*time.Millisecond)
 	got := events()
 	require.Len(t, got, 1)
-	require.Equal(t, "instance_started", got[0].Kind)
+	require.Equal(t, msg.EventInstanceStarted, got[0].Kind)
 	stored, err := r.st.Events(ctx, "web", 0, 10)
 	require.NoError(t, err)
 	require.Len(t, stored, 1)
@@ -256,7 +256,7 @@ func TestFailedSurvivesAllUntilDeleted(t *testing.T) {
 	require.NoError(t, r.pub.All(ctx, r.lease.Term))
 	require.Equal(t, msg.StateFailed, r.instance(t, "web", "a").State, "Postgres still says running; the event wins")
 
-	require.NoError(t, r.pub.Delete(ctx, r.lease, rec, store.Event{App: "web", Instance: "a", Kind: "instance_replaced", Message: "replaced"}))
+	require.NoError(t, r.pub.Delete(ctx, r.lease, rec, store.Event{App: "web", Instance: "a", Kind: msg.EventInstanceReplaced, Message: "replaced"}))
 	require.Nil(t, r.instance(t, "web", "a"))
 	require.Zero(t, r.pub.Revision("web", "a"))
 	require.NoError(t, r.pub.All(ctx, r.lease.Term))
@@ -299,8 +299,8 @@ func TestOnePutsOrDeletesAnApp(t *testing.T) {
 	require.NoError(t, r.pub.One(ctx, "web", r.lease), "a second notification of the same delete")
 	require.Empty(t, r.keys(t, r.names.AppsBucket()))
 	require.Eventually(t, func() bool { return len(events()) == 2 }, 2*time.Second, 10*time.Millisecond)
-	kinds := []string{events()[0].Kind, events()[1].Kind}
-	require.Equal(t, []string{"app_updated", "app_deleted"}, kinds)
+	kinds := []msg.EventKind{events()[0].Kind, events()[1].Kind}
+	require.Equal(t, []msg.EventKind{msg.EventAppUpdated, msg.EventAppDeleted}, kinds)
 	require.Equal(t, []string{"alice", "bob"}, []string{events()[0].Actor, events()[1].Actor})
 }
 

@@ -139,7 +139,7 @@ func (s *Scaler) scaleRound(ctx context.Context, now time.Time) error {
 			holds = append(holds, rec)
 			if d.Recommendation != d.Current && s.held[name] != d.Recommendation {
 				s.held[name] = d.Recommendation
-				held = append(held, store.Event{App: name, Kind: "scale_held", Actor: store.ActorAutoscaler,
+				held = append(held, store.Event{App: name, Kind: msg.EventScaleHeld, Actor: store.ActorAutoscaler,
 					Message: fmt.Sprintf("%s recommends %d replicas, held at %d: %s", name, d.Recommendation, d.Current, d),
 					Details: map[string]string{"current": fmt.Sprint(d.Current), "recommendation": fmt.Sprint(d.Recommendation), "limits": strings.Join(d.Limits, "; ")}})
 			} else if d.Recommendation == d.Current {
@@ -152,7 +152,7 @@ func (s *Scaler) scaleRound(ctx context.Context, now time.Time) error {
 			if err != nil {
 				return err
 			}
-			return addEvent(ctx, tx, store.Event{App: name, Kind: "app_scaled", Actor: store.ActorAutoscaler,
+			return addEvent(ctx, tx, store.Event{App: name, Kind: msg.EventAppScaled, Actor: store.ActorAutoscaler,
 				Message: fmt.Sprintf("%s scaled %s", name, d),
 				Details: map[string]string{"from": fmt.Sprint(d.Current), "to": fmt.Sprint(d.Desired), "recommendation": fmt.Sprint(d.Recommendation), "decision": fmt.Sprint(id)}})
 		})

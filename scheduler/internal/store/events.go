@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+
+	"github.com/berthhq/berth/common/msg"
 )
 
 // Event is one lifecycle event of an app.
@@ -12,7 +14,7 @@ type Event struct {
 	ID       int64
 	App      string
 	Instance string
-	Kind     string
+	Kind     msg.EventKind
 	Message  string
 	Details  map[string]string
 	// Actor made it happen: the token whose change it follows, or the
