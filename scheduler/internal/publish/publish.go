@@ -161,14 +161,7 @@ func (p *Publisher) instanceFailed() {
 // bucket opens a contract bucket, creating the contract's buckets when it
 // is missing (a NATS that came back empty).
 func (p *Publisher) bucket(ctx context.Context, name string) (*bus.KV, error) {
-	kv, err := p.conn.KV(ctx, name)
-	if errors.Is(err, bus.ErrBucketNotFound) {
-		if err := p.conn.EnsureBuckets(ctx, bus.MustOwnedBuckets(p.names, bus.RoleScheduler)); err != nil {
-			return nil, err
-		}
-		return p.conn.KV(ctx, name)
-	}
-	return kv, err
+	return bus.OwnedKV(ctx, p.conn, p.names, bus.RoleScheduler, name)
 }
 
 // All puts every app and every instance, and deletes the keys of apps and

@@ -194,14 +194,7 @@ func nodeKeys(resync time.Duration, conn *bus.Conn, names msg.Names, dir string,
 		Leading: leading,
 		Users:   setUsers,
 		Open: func(ctx context.Context) (nodekeys.Bucket, error) {
-			kv, err := conn.KV(ctx, names.NodesBucket())
-			if errors.Is(err, bus.ErrBucketNotFound) {
-				if err := conn.EnsureBuckets(ctx, bus.MustOwnedBuckets(names, bus.RoleScheduler)); err != nil {
-					return nil, err
-				}
-				kv, err = conn.KV(ctx, names.NodesBucket())
-			}
-			return kv, err
+			return bus.OwnedKV(ctx, conn, names, bus.RoleScheduler, names.NodesBucket())
 		},
 	}
 	return nodekeys.New(nodekeys.Config{Scan: NodeScan, Resync: resync}, deps, logger)
