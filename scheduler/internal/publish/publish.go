@@ -716,6 +716,7 @@ func (p *Publisher) Loop(ctx context.Context, leader func() (store.Lease, bool),
 		}
 	}
 	drain(changes)
+	drain(refresh)
 	all()
 	if r.pending() {
 		r.due = time.After(r.wait(resync))
@@ -758,12 +759,12 @@ func (p *Publisher) Loop(ctx context.Context, leader func() (store.Lease, bool),
 	}
 }
 
-// drain empties changes: the changes received while following are in
-// the first pass of everything.
-func drain(changes <-chan string) {
+// drain empties c: what was asked while following is in the first pass
+// of everything.
+func drain[T any](c <-chan T) {
 	for {
 		select {
-		case <-changes:
+		case <-c:
 		default:
 			return
 		}
