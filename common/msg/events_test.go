@@ -15,10 +15,10 @@ func TestEventKindsAreDocumented(t *testing.T) {
 	t.Parallel()
 	doc, err := os.ReadFile("../../docs/nats.md")
 	require.NoError(t, err)
-	table := regexp.MustCompile("(?s)Event kinds \\(the last subject token.*?\n\n(\\|.*?)\n\n").FindSubmatch(doc)
+	table := regexp.MustCompile(`(?s)Event kinds \(the last subject token.*?\n\n(\|.*?)\n\n`).FindSubmatch(doc)
 	require.NotNil(t, table, "docs/nats.md has the table of event kinds")
 	documented := map[string]bool{}
-	for _, row := range regexp.MustCompile("(?m)^\\| (.*?) \\|").FindAllSubmatch(table[1], -1) {
+	for _, row := range regexp.MustCompile(`(?m)^\| (.*?) \|`).FindAllSubmatch(table[1], -1) {
 		for _, kind := range regexp.MustCompile("`([a-z_]+)`").FindAllSubmatch(row[1], -1) {
 			documented[string(kind[1])] = true
 		}
