@@ -67,7 +67,7 @@ func TestACME(t *testing.T) {
 	s.apply(spec("multi", multi))
 	s.apply(spec("broken", broken))
 
-	issued := s.waitAPIEvent("secure", "certificate_issued", 90*time.Second)
+	issued := s.waitAPIEvent("secure", msg.EventCertificateIssued, 90*time.Second)
 	t.Logf("issued: %s", issued.Message)
 	roots := pebble.Roots(t)
 	var first *x509.Certificate
@@ -107,7 +107,7 @@ func TestACME(t *testing.T) {
 	// (its certificate falls due 40 s after issuance, with the default
 	// --acme-renew-before), and multi's new certificate once a host is
 	// added, each served once issued; no request fails across the swaps.
-	s.waitAPIEvent("multi", "certificate_issued", 90*time.Second)
+	s.waitAPIEvent("multi", msg.EventCertificateIssued, 90*time.Second)
 	https := func(h string) *loadgen.Run {
 		return loadgen.Start(context.Background(), loadgen.Config{URL: "https://" + h + "/", Addr: s.httpsAddr, Workers: 2, NoRetry: true,
 			Rate: 100, TLS: &tls.Config{RootCAs: roots, ServerName: h}})
@@ -125,13 +125,13 @@ func TestACME(t *testing.T) {
 			return c != nil && c.SerialNumber.Text(16) == serial
 		}, 30*time.Second, 100*time.Millisecond, "certificate %s is served for %s", serial, h)
 	}
-	renewed := s.waitAPIEvent("secure", "certificate_renewed", 2*time.Minute)
+	renewed := s.waitAPIEvent("secure", msg.EventCertificateRenewed, 2*time.Minute)
 	t.Logf("renewed: %s", renewed.Message)
 	served(host, renewed.Details["serial"])
 	var both eventView
 	require.Eventually(t, func() bool {
 		for _, e := range s.events("multi") {
-			if e.Kind == "certificate_renewed" && e.Details["reason"] == "names" {
+			if e.Kind == msg.EventCertificateRenewed && e.Details["reason"] == "names" {
 				both = e
 				return true
 			}
@@ -147,7 +147,7 @@ func TestACME(t *testing.T) {
 	}
 
 	// The challenge that cannot pass.
-	failed := s.waitAPIEvent("broken", "certificate_failed", 90*time.Second)
+	failed := s.waitAPIEvent("broken", msg.EventCertificateFailed, 90*time.Second)
 	t.Logf("failed: %s", failed.Message)
 	require.Contains(t, failed.Message, "next attempt at")
 	require.Contains(t, failed.Message, "served over plain HTTP until one is issued")
@@ -162,7 +162,7 @@ func TestACME(t *testing.T) {
 }
 
 // waitAPIEvent waits for app's first event of kind and returns it.
-func (s *stack) waitAPIEvent(app, kind string, timeout time.Duration) eventView {
+func (s *stack) waitAPIEvent(app string, kind msg.EventKind, timeout time.Duration) eventView {
 	s.t.Helper()
 	var found eventView
 	require.Eventually(s.t, func() bool {

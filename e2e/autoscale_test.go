@@ -15,6 +15,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/internal/loadgen"
 	"github.com/berthhq/berth/internal/testrig"
 )
@@ -57,7 +58,7 @@ func autoscaledDemo(t testing.TB, image string) string {
 }
 
 type eventView struct {
-	Kind    string            `json:"kind"`
+	Kind    msg.EventKind     `json:"kind"`
 	Message string            `json:"message"`
 	Details map[string]string `json:"details"`
 	At      time.Time         `json:"at"`
@@ -101,7 +102,7 @@ func (s *stack) metrics(app string) metricsView {
 }
 
 // eventsAfter returns the times of the events of kind after since, oldest first.
-func eventsAfter(evs []eventView, kind string, since time.Time) []time.Time {
+func eventsAfter(evs []eventView, kind msg.EventKind, since time.Time) []time.Time {
 	var out []time.Time
 	for _, e := range evs {
 		if e.Kind == kind && e.At.After(since) {
@@ -134,8 +135,8 @@ func (s *stack) stepUp(want int) (*loadgen.Run, reaction) {
 	s.waitServing("demo", demoHost, want, "v1", 60*time.Second)
 	r := reaction{Serving: time.Since(step)}
 	evs := s.events("demo")
-	decided := eventsAfter(evs, "app_scaled", step)
-	started := eventsAfter(evs, "instance_started", step)
+	decided := eventsAfter(evs, msg.EventAppScaled, step)
+	started := eventsAfter(evs, msg.EventInstanceStarted, step)
 	require.NotEmpty(s.t, decided, "an app_scaled event after the step")
 	require.NotEmpty(s.t, started, "instances started after the step")
 	r.FirstDecision, r.LastDecision = decided[0].Sub(step), decided[len(decided)-1].Sub(step)
@@ -152,7 +153,7 @@ func (s *stack) stepDown(gen *loadgen.Run, want int) (res loadgen.Result, decide
 	stop := time.Now()
 	s.waitServing("demo", demoHost, want, "v1", 60*time.Second)
 	serving = time.Since(stop)
-	down := eventsAfter(s.events("demo"), "app_scaled", stop)
+	down := eventsAfter(s.events("demo"), msg.EventAppScaled, stop)
 	require.NotEmpty(s.t, down, "an app_scaled event after the step ended")
 	return res, down[len(down)-1].Sub(stop), serving
 }
@@ -265,7 +266,7 @@ func TestAutoscaling(t *testing.T) {
 	t.Logf("background load: %s", res)
 	require.NoError(t, loadgen.Check(res), "background load")
 	for _, e := range s.events("demo") {
-		if e.Kind == "app_scaled" || e.Kind == "scale_held" {
+		if e.Kind == msg.EventAppScaled || e.Kind == msg.EventScaleHeld {
 			t.Logf("event %s %s: %s", e.At.Format("15:04:05.000"), e.Kind, e.Message)
 		}
 	}

@@ -222,7 +222,7 @@ func TestSeveralHosts(t *testing.T) {
 		var replaced, waiting int
 		for _, e := range s.events(a.name) {
 			switch {
-			case e.Kind == "instance_replaced":
+			case e.Kind == msg.EventInstanceReplaced:
 				require.Equal(t, "host_lost", e.Details["cause"], "%s: %s", a.name, e.Message)
 				require.Equal(t, "h3", e.Details["host"], "%s: %s", a.name, e.Message)
 				t.Logf("%s: %s", a.name, e.Message)
@@ -281,7 +281,7 @@ func TestSeveralHosts(t *testing.T) {
 	var reason string
 	require.Eventually(t, func() bool {
 		for _, e := range s.events("pinned") {
-			if e.Kind == "unplaceable" {
+			if e.Kind == msg.EventUnplaceable {
 				reason = e.Message
 				return true
 			}

@@ -413,7 +413,7 @@ func events(ctx context.Context, e *eventsCmd, out io.Writer) error {
 		return err
 	}
 	for _, ev := range evs {
-		printEvent(out, e.Output, ev.At, ev.App, ev.Instance, ev.Kind, ev.Actor, ev.Message, ev)
+		printEvent(out, e.Output, ev.At, ev.App, ev.Instance, string(ev.Kind), ev.Actor, ev.Message, ev)
 	}
 	if !e.Follow {
 		return nil
@@ -433,7 +433,7 @@ func events(ctx context.Context, e *eventsCmd, out io.Writer) error {
 		subject = names.AppEvents(e.App)
 	}
 	sub, err := conn.Subscribe(subject, bus.Decoded(msg.DecodeAs[*msg.Event], func(_ string, ev *msg.Event) {
-		printEvent(out, e.Output, ev.At, ev.App, ev.Instance, ev.Kind, ev.Actor, ev.Message, ev)
+		printEvent(out, e.Output, ev.At, ev.App, ev.Instance, string(ev.Kind), ev.Actor, ev.Message, ev)
 	}, func(string, error) {}))
 	if err != nil {
 		return err

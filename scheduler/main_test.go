@@ -256,17 +256,17 @@ func TestReplicasPublishAndFailOver(t *testing.T) {
 	require.Contains(t, out, "app_deleted")
 
 	// The leader published each lifecycle event on NATS too.
-	kinds := map[string]int{}
+	kinds := map[msg.EventKind]int{}
 	require.Eventually(t, func() bool {
 		for len(events) > 0 {
 			e := <-events
 			require.Equal(t, "web", e.App)
 			kinds[e.Kind]++
 		}
-		return kinds["app_deleted"] == 1
+		return kinds[msg.EventAppDeleted] == 1
 	}, 5*time.Second, 10*time.Millisecond)
-	require.GreaterOrEqual(t, kinds["app_updated"], 3)
-	require.Equal(t, 1, kinds["app_deleted"])
+	require.GreaterOrEqual(t, kinds[msg.EventAppUpdated], 3)
+	require.Equal(t, 1, kinds[msg.EventAppDeleted])
 }
 
 func readyRole(t *testing.T, api string) string {

@@ -16,6 +16,7 @@ import (
 	"github.com/berthhq/berth/internal/testrig"
 	"github.com/berthhq/berth/scheduler/internal/api"
 	"github.com/berthhq/berth/scheduler/internal/auth"
+	"github.com/berthhq/berth/scheduler/internal/server"
 	"github.com/berthhq/berth/scheduler/internal/store"
 )
 
@@ -123,7 +124,9 @@ func TestAPITLS(t *testing.T) {
 		"--api-tls-cert", ca, "--api-tls-key", keyFile}, nil, nil)
 	require.False(t, done)
 	require.NoError(t, c.Run.check())
-	ln, err := c.Run.apiListener() // what serve listens on
+	cfg, err := c.Run.config()
+	require.NoError(t, err)
+	ln, err := server.APIListener(cfg.API) // what serve listens on
 	require.NoError(t, err)
 	st, err := store.Open(context.Background(), testrig.Postgres(t))
 	require.NoError(t, err)

@@ -405,3 +405,35 @@ func TestContractBuckets(t *testing.T) {
 		require.Positive(t, b.MaxConsumers, b.Name)
 	}
 }
+
+// TestOwnedKV: a missing bucket is created with the role's others; one the
+// role does not own is refused, not created.
+func TestOwnedKV(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, -1, t.TempDir())
+	c := connect(t, s.URL())
+	n, err := msg.NewNames("berth")
+	require.NoError(t, err)
+	ctx := ctxT(t)
+
+	_, err = c.KV(ctx, n.HealthBucket())
+	require.ErrorIs(t, err, ErrBucketNotFound)
+	kv, err := OwnedKV(ctx, c, n, RoleHealthd, n.HealthBucket())
+	require.NoError(t, err)
+	_, err = kv.Put(ctx, "web.a", []byte("{}"))
+	require.NoError(t, err)
+	owned, err := OwnedBuckets(n, RoleHealthd)
+	require.NoError(t, err)
+	for _, b := range owned {
+		_, err := c.KV(ctx, b.Name)
+		require.NoError(t, err, "%s created with the role's others", b.Name)
+	}
+	again, err := OwnedKV(ctx, c, n, RoleHealthd, n.HealthBucket())
+	require.NoError(t, err)
+	e, err := again.Get(ctx, "web.a")
+	require.NoError(t, err, "an existing bucket is opened as it is")
+	require.Equal(t, []byte("{}"), e.Value)
+
+	_, err = OwnedKV(ctx, c, n, RoleHealthd, n.AppsBucket())
+	require.ErrorIs(t, err, ErrBucketNotFound, "the scheduler's bucket is not healthd's to create")
+}

@@ -11,6 +11,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
+
+	"github.com/berthhq/berth/common/msg"
 )
 
 // Errors returned by KV operations.
@@ -312,6 +314,32 @@ type KV struct {
 	kv     jetstream.KeyValue
 	bucket string
 	conn   *Conn
+}
+
+// BucketOpener opens and creates buckets: a Conn, or a wrapper of one.
+type BucketOpener interface {
+	KV(ctx context.Context, bucket string) (*KV, error)
+	EnsureBuckets(ctx context.Context, buckets []BucketConfig) error
+}
+
+var _ BucketOpener = (*Conn)(nil)
+
+// OwnedKV opens a bucket that role owns, creating role's buckets first
+// when it is missing: NATS was not ready when the daemon started (a
+// cluster still electing its leader), or came back empty.
+func OwnedKV(ctx context.Context, c BucketOpener, n msg.Names, role, bucket string) (*KV, error) {
+	kv, err := c.KV(ctx, bucket)
+	if !errors.Is(err, ErrBucketNotFound) {
+		return kv, err
+	}
+	owned, err := OwnedBuckets(n, role)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.EnsureBuckets(ctx, owned); err != nil {
+		return nil, err
+	}
+	return c.KV(ctx, bucket)
 }
 
 // KV opens a bucket that exists.

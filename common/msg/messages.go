@@ -324,8 +324,8 @@ type Event struct {
 	App string `json:"app"`
 	// Instance is the instance id, when the event is about one.
 	Instance string `json:"instance,omitempty"`
-	// Kind says what happened ("instance_started", "rollout_done", …).
-	Kind string `json:"kind"`
+	// Kind says what happened.
+	Kind EventKind `json:"kind"`
 	// Message says it for people.
 	Message string `json:"message"`
 	// Details are machine-readable specifics.
@@ -697,7 +697,7 @@ func (m *Event) Validate() error {
 	if m.Instance != "" {
 		es.Check("instance", CheckInstanceID(m.Instance))
 	}
-	es.Check("kind", CheckToken(m.Kind))
+	es.Check("kind", CheckToken(string(m.Kind)))
 	if m.Actor != "" {
 		es.Check("actor", CheckToken(m.Actor))
 	}

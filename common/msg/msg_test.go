@@ -46,7 +46,7 @@ func examples() map[string]Message {
 		TypeAgent: &Agent{Node: "lb-1", AppliedRevision: 4211, Apps: map[string]int64{"web": 7, "api": 2},
 			Errors: map[string]string{"api": "nginx -t: host not found in upstream"}, NginxVersion: "nginx/1.22.1", UpdatedAt: at},
 		TypeChecker: &Checker{ID: "healthd-a-1234", Targets: 120, StartedAt: started, HeartbeatAt: at},
-		TypeEvent: &Event{ID: "1042", App: "web", Instance: "k3x9q2", Kind: "instance_started", Message: "instance k3x9q2 started",
+		TypeEvent: &Event{ID: "1042", App: "web", Instance: "k3x9q2", Kind: EventInstanceStarted, Message: "instance k3x9q2 started",
 			Details: map[string]string{"container_id": "3f4e5d6c7b8a", "generation": "7"}, Actor: "scheduler", Term: 3, At: at},
 		TypeMetrics: &Metrics{Node: "lb-1", App: "web", WindowStart: at, Window: spec.Duration(5 * time.Second), Requests: 500, RPS: 100,
 			Status: StatusCounts{S2xx: 490, S4xx: 8, S5xx: 2}, P50MS: 3.2, P95MS: 12.5, P99MS: 40.1, UpstreamErrors: 1,
@@ -299,7 +299,7 @@ func TestNames(t *testing.T) {
 	n, err := NewNames(DefaultPrefix)
 	require.NoError(t, err)
 	got := []string{n.AppsBucket(), n.InstancesBucket(), n.HealthBucket(), n.AgentsBucket(), n.CheckersBucket(),
-		n.EventsSubject("web", "instance_started"), n.AllEvents(), n.AppEvents("web"),
+		n.EventsSubject("web", EventInstanceStarted), n.AllEvents(), n.AppEvents("web"),
 		n.HealthSubject("web", "k3x9q2"), n.AllHealth(), n.MetricsSubject("web"), n.AllMetrics(),
 		n.UsageSubject("web"), n.AllUsage(), n.ReloadsSubject("lb-1"), n.AllReloads(), InstanceKey("web", "k3x9q2")}
 	require.Equal(t, []string{"berth_apps", "berth_instances", "berth_health", "berth_agents", "berth_checkers",

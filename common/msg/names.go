@@ -86,7 +86,9 @@ func (n Names) subject(parts ...string) string {
 }
 
 // EventsSubject is where the scheduler publishes an app's lifecycle events.
-func (n Names) EventsSubject(app, kind string) string { return n.subject("events", app, kind) }
+func (n Names) EventsSubject(app string, kind EventKind) string {
+	return n.subject("events", app, string(kind))
+}
 
 // AllEvents matches every event of every app.
 func (n Names) AllEvents() string { return n.subject("events", ">") }

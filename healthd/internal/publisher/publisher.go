@@ -9,7 +9,6 @@ package publisher
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -479,13 +478,7 @@ func (p *Publisher) bucket(ctx context.Context, field **bus.KV, name string) (*b
 	if kv != nil {
 		return kv, nil
 	}
-	kv, err := p.conn.KV(ctx, name)
-	if errors.Is(err, bus.ErrBucketNotFound) {
-		if err := p.conn.EnsureBuckets(ctx, bus.MustOwnedBuckets(p.names, bus.RoleHealthd)); err != nil {
-			return nil, err
-		}
-		kv, err = p.conn.KV(ctx, name)
-	}
+	kv, err := bus.OwnedKV(ctx, p.conn, p.names, bus.RoleHealthd, name)
 	if err != nil {
 		return nil, err
 	}

@@ -497,7 +497,7 @@ type EventView struct {
 	ID       int64             `json:"id"`
 	App      string            `json:"app"`
 	Instance string            `json:"instance,omitempty"`
-	Kind     string            `json:"kind"`
+	Kind     msg.EventKind     `json:"kind"`
 	Message  string            `json:"message"`
 	Details  map[string]string `json:"details,omitempty"`
 	// Actor made it happen: a token's name, or the scheduler on its own

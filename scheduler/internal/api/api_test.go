@@ -262,7 +262,7 @@ func TestEvents(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
 		for _, app := range []string{"web", "api", "web"} {
-			if _, err := tx.AddEvent(ctx, store.Event{App: app, Kind: "instance_started", Message: "started"}); err != nil {
+			if _, err := tx.AddEvent(ctx, store.Event{App: app, Kind: msg.EventInstanceStarted, Message: "started"}); err != nil {
 				return err
 			}
 		}

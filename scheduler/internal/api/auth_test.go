@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/scheduler/internal/auth"
 	"github.com/berthhq/berth/scheduler/internal/store"
 )
@@ -338,10 +339,10 @@ func TestActorsOfChanges(t *testing.T) {
 	l, _, err := c.st.Acquire(context.Background(), "scheduler", "me", time.Minute)
 	require.NoError(t, err)
 	require.NoError(t, c.st.LeaderTx(context.Background(), l, func(ctx context.Context, tx *store.Tx) error {
-		if _, err := tx.AddEvent(ctx, store.Event{App: "web", Kind: "app_updated", Message: "m", Actor: "alice"}); err != nil {
+		if _, err := tx.AddEvent(ctx, store.Event{App: "web", Kind: msg.EventAppUpdated, Message: "m", Actor: "alice"}); err != nil {
 			return err
 		}
-		_, err := tx.AddEvent(ctx, store.Event{App: "web", Kind: "instance_replaced", Message: "m"})
+		_, err := tx.AddEvent(ctx, store.Event{App: "web", Kind: msg.EventInstanceReplaced, Message: "m"})
 		return err
 	}))
 	code, _, raw = c.do("GET", "/v1/events?app=web", "")

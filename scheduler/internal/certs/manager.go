@@ -21,16 +21,6 @@ import (
 	"github.com/berthhq/berth/scheduler/internal/vault"
 )
 
-// Event kinds of the certificate manager.
-const (
-	EventIssued  = "certificate_issued"
-	EventRenewed = "certificate_renewed"
-	EventFailed  = "certificate_failed"
-	// EventDelayed: a due order waits for the global order rate
-	// (Config.OrdersPerHour), said once as it begins to wait.
-	EventDelayed = "certificate_delayed"
-)
-
 // Store is what the manager reads.
 type Store interface {
 	List(ctx context.Context) ([]store.App, error)
@@ -103,7 +93,7 @@ type Manager struct {
 	// and generation. Used by Run's goroutine only.
 	waiting map[appGen]time.Time
 	// delayed are the apps whose order waits for the global rate and has
-	// been announced (EventDelayed). Used by Run's goroutine only.
+	// been announced (msg.EventCertificateDelayed). Used by Run's goroutine only.
 	delayed map[string]bool
 	now     func() time.Time
 	jitter  func() float64
@@ -169,8 +159,14 @@ func (m *Manager) Repair() {
 // aad binds a certificate key's ciphertext to its app's row.
 func aad(app string) string { return "certificate " + app }
 
-// Run manages the certificates until ctx ends.
+// Run manages the certificates until ctx ends: a step at once, which
+// puts every certificate again, then one on each Wake, when the last step
+// asked and every Resync. It is a leader-only service (run it in a
+// leader.Group): each step still checks the lease and skips while it is
+// not held. It returns with its gauges cleared, as a follower exports no
+// certificate's state. Runs do not overlap.
 func (m *Manager) Run(ctx context.Context) error {
+	defer m.following()
 	var lastTerm uint64
 	var lastPut time.Time
 	for {
@@ -191,13 +187,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			}
 		} else {
 			lastTerm = 0
-			// A follower exports no certificate's state: the leader's is the
-			// one an alert must read.
-			m.expiry.Reset()
-			m.failures.Reset()
-			m.held.Set(0)
-			m.lastHour.Set(0)
-			clear(m.delayed)
+			m.following()
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -209,6 +199,17 @@ func (m *Manager) Run(ctx context.Context) error {
 		}
 		t.Stop()
 	}
+}
+
+// following clears the gauges and the announced delays: a follower
+// exports no certificate's state, as the leader's is the one an alert
+// must read.
+func (m *Manager) following() {
+	m.expiry.Reset()
+	m.failures.Reset()
+	m.held.Set(0)
+	m.lastHour.Set(0)
+	clear(m.delayed)
 }
 
 // Step does what is due under lease l: forgets the certificates of apps
@@ -385,9 +386,9 @@ func (m *Manager) order(ctx context.Context, l store.Lease, o Order) error {
 	}
 	c := store.Certificate{App: o.App, Names: o.Names, Chain: string(issued.Chain), Key: sealed, Serial: leaf.SerialNumber.Text(16),
 		NotBefore: leaf.NotBefore.UTC(), NotAfter: leaf.NotAfter.UTC(), IssuedAt: m.now().UTC()}
-	kind, verb := EventIssued, "issued"
+	kind, verb := msg.EventCertificateIssued, "issued"
 	if o.Have.Chain != "" {
-		kind, verb = EventRenewed, "renewed"
+		kind, verb = msg.EventCertificateRenewed, "renewed"
 	}
 	ev := store.Event{App: o.App, Kind: kind,
 		Message: fmt.Sprintf("certificate for %s %s, valid until %s", strings.Join(o.Names, ", "), verb, c.NotAfter.Format(time.RFC3339)),
@@ -453,7 +454,7 @@ func (m *Manager) failed(ctx context.Context, l store.Lease, o Order, cause erro
 	if o.Have.Chain != "" {
 		verb, keeps = "renewed", "the app keeps its certificate, valid until "+o.Have.NotAfter.Format(time.RFC3339)
 	}
-	ev := store.Event{App: o.App, Kind: EventFailed,
+	ev := store.Event{App: o.App, Kind: msg.EventCertificateFailed,
 		Message: fmt.Sprintf("certificate for %s not %s (attempt %d): %s; next attempt at %s; %s", strings.Join(o.Names, ", "),
 			verb, c.Failures, c.LastError, c.RetryAt.Format(time.RFC3339), keeps),
 		Details: map[string]string{"names": strings.Join(o.Names, ","), "reason": o.Reason, "failures": strconv.Itoa(c.Failures),

@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 
+	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/internal/testrig"
 	"github.com/berthhq/berth/scheduler/internal/store"
@@ -137,12 +138,12 @@ func TestManagerOrdersRenewsBacksOffAndForgets(t *testing.T) {
 	app := &spec.App{Name: "web", Image: "web:1", Port: 8080, Routing: spec.Routing{Hosts: []string{"web.example.com"}, TLS: &spec.TLS{ACME: true}}}
 	_, _, err = st.Apply(ctx, app, nil)
 	require.NoError(t, err)
-	events := func() []string {
+	events := func() []msg.EventKind {
 		evs, err := st.Events(ctx, "web", 0, 100)
 		require.NoError(t, err)
-		var kinds []string
+		var kinds []msg.EventKind
 		for _, e := range evs {
-			if e.Kind == EventIssued || e.Kind == EventRenewed || e.Kind == EventFailed {
+			if e.Kind == msg.EventCertificateIssued || e.Kind == msg.EventCertificateRenewed || e.Kind == msg.EventCertificateFailed {
 				kinds = append(kinds, e.Kind)
 			}
 		}
@@ -166,7 +167,7 @@ func TestManagerOrdersRenewsBacksOffAndForgets(t *testing.T) {
 	require.Equal(t, 1, have["web"].Failures)
 	require.Equal(t, now.Add(2*time.Minute), have["web"].RetryAt)
 	require.Contains(t, have["web"].LastError, "unauthorized")
-	require.Equal(t, []string{EventFailed}, events())
+	require.Equal(t, []msg.EventKind{msg.EventCertificateFailed}, events())
 	evs, _ := st.Events(ctx, "web", 0, 100)
 	require.Contains(t, evs[len(evs)-1].Message, "served over plain HTTP until one is issued")
 	next, err = m.Step(ctx, l, false)
@@ -185,7 +186,7 @@ func TestManagerOrdersRenewsBacksOffAndForgets(t *testing.T) {
 	require.Equal(t, []string{"web.example.com"}, c.Names)
 	require.NotContains(t, string(c.Key), "PRIVATE KEY", "the key is stored encrypted")
 	require.Contains(t, string(shelf.keys["web"]), "PRIVATE KEY")
-	require.Equal(t, []string{EventFailed, EventIssued}, events())
+	require.Equal(t, []msg.EventKind{msg.EventCertificateFailed, msg.EventCertificateIssued}, events())
 	next, err = m.Step(ctx, l, false)
 	require.NoError(t, err)
 	require.Equal(t, c.NotAfter.Add(-DefaultRenewBefore), next, "the next look is the renewal")
@@ -195,7 +196,7 @@ func TestManagerOrdersRenewsBacksOffAndForgets(t *testing.T) {
 	_, err = m.Step(ctx, l, false)
 	require.NoError(t, err)
 	require.True(t, ca.calls[len(ca.calls)-1].replaces)
-	require.Equal(t, []string{EventFailed, EventIssued, EventRenewed}, events())
+	require.Equal(t, []msg.EventKind{msg.EventCertificateFailed, msg.EventCertificateIssued, msg.EventCertificateRenewed}, events())
 
 	// A rate limit holds the next attempt until the CA's Retry-After.
 	now = now.Add(61 * 24 * time.Hour)
@@ -269,7 +270,7 @@ func TestManagerGlobalOrderRate(t *testing.T) {
 		require.NoError(t, err)
 		var out []store.Event
 		for _, e := range evs {
-			if e.Kind == EventDelayed {
+			if e.Kind == msg.EventCertificateDelayed {
 				out = append(out, e)
 			}
 		}

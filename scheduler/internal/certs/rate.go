@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/berthhq/berth/common/logging"
+	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/scheduler/internal/store"
 )
 
@@ -88,7 +89,7 @@ func later(a, b time.Time) time.Time {
 	return a
 }
 
-// announceDelays records an EventDelayed for each app whose order the
+// announceDelays records an msg.EventCertificateDelayed for each app whose order the
 // global rate holds back now and did not hold at the last step: once as
 // it begins to wait, not at every step.
 func (m *Manager) announceDelays(ctx context.Context, l store.Lease, plan Plan, inWindow int) error {
@@ -104,7 +105,7 @@ func (m *Manager) announceDelays(ctx context.Context, l store.Lease, plan Plan, 
 			keeps = "the app keeps its certificate, valid until " + h.Have.NotAfter.Format(time.RFC3339)
 		}
 		at := h.At.UTC().Truncate(time.Second).Format(time.RFC3339)
-		evs = append(evs, store.Event{App: h.App, Kind: EventDelayed,
+		evs = append(evs, store.Event{App: h.App, Kind: msg.EventCertificateDelayed,
 			Message: fmt.Sprintf("certificate for %s waits for the global ACME order rate (%d orders an hour across every app, --acme-orders-per-hour): %d started in the last hour and %d due go before it (renewals closest to expiry first, then apps by how long they have waited); next attempt at %s at the earliest; %s",
 				strings.Join(h.Names, ", "), m.cfg.OrdersPerHour, inWindow, len(plan.Orders)+i, at, keeps),
 			Details: map[string]string{"names": strings.Join(h.Names, ","), "reason": h.Reason, "retry_at": at,

@@ -39,14 +39,7 @@ type BusShelf struct {
 }
 
 func (s *BusShelf) bucket(ctx context.Context, name string) (*bus.KV, error) {
-	kv, err := s.Conn.KV(ctx, name)
-	if errors.Is(err, bus.ErrBucketNotFound) {
-		if err := s.Conn.EnsureBuckets(ctx, bus.MustOwnedBuckets(s.Names, bus.RoleScheduler)); err != nil {
-			return nil, err
-		}
-		return s.Conn.KV(ctx, name)
-	}
-	return kv, err
+	return bus.OwnedKV(ctx, s.Conn, s.Names, bus.RoleScheduler, name)
 }
 
 // Put publishes app's certificate with its private key (PEM) sealed to

@@ -134,7 +134,7 @@ func (c *Controller) do(ctx context.Context, l store.Lease, a reconcile.Action, 
 		if !c.seen.report(a.App, w.in.Apps[a.App].BackoffMax, time.Now()) {
 			return nil
 		}
-		return c.deps.Records.Event(ctx, l, store.Event{App: a.App, Kind: "app_failed", Message: "app " + a.App + " is crash-looping: " + a.Reason})
+		return c.deps.Records.Event(ctx, l, store.Event{App: a.App, Kind: msg.EventAppFailed, Message: "app " + a.App + " is crash-looping: " + a.Reason})
 	case reconcile.Hold:
 		return nil
 	case reconcile.RollBack:
@@ -161,7 +161,7 @@ func (c *Controller) replace(ctx context.Context, l store.Lease, a reconcile.Act
 	if wait == "" {
 		wait = "its replacement waits for a host: " + cmp.Or(p.unplaceable[a.App], "none could be placed")
 	}
-	return c.deps.Records.Delete(ctx, l, rec, store.Event{App: a.App, Instance: a.Instance, Kind: "instance_failed",
+	return c.deps.Records.Delete(ctx, l, rec, store.Event{App: a.App, Instance: a.Instance, Kind: msg.EventInstanceFailed,
 		Message: fmt.Sprintf("instance %s failed: %s; %s", a.Instance, a.Reason, wait), Details: map[string]string{"host": rec.Host}})
 }
 
@@ -179,7 +179,7 @@ func (c *Controller) lose(ctx context.Context, l store.Lease, a reconcile.Action
 		next = "its replacement waits for a host: " + cmp.Or(p.unplaceable[a.App], "none could be placed")
 	}
 	rec.State = msg.StateFailed
-	if err := c.deps.Records.Put(ctx, l, rec, store.Event{App: a.App, Instance: a.Instance, Kind: "instance_lost",
+	if err := c.deps.Records.Put(ctx, l, rec, store.Event{App: a.App, Instance: a.Instance, Kind: msg.EventInstanceLost,
 		Message: fmt.Sprintf("instance %s lost: %s; %s", a.Instance, a.Reason, next), Details: map[string]string{"host": a.Host}}); err != nil {
 		return err
 	}
@@ -196,7 +196,7 @@ func (c *Controller) succession(a reconcile.Action, p placed) *store.Event {
 		return nil
 	}
 	pred := p.predecessors[a.Replaces]
-	ev := &store.Event{App: a.App, Instance: a.Replaces, Kind: "instance_replaced", Message: "instance " + a.Replaces + " replaced: " + pred.Reason,
+	ev := &store.Event{App: a.App, Instance: a.Replaces, Kind: msg.EventInstanceReplaced, Message: "instance " + a.Replaces + " replaced: " + pred.Reason,
 		Details: map[string]string{"host": pred.Host, "reason": msg.Truncate(pred.Reason, 512)}}
 	if pred.Kind == reconcile.Lost {
 		ev.Details["cause"] = "host_lost"
@@ -219,7 +219,7 @@ func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, ha
 	if err := c.deps.Records.Put(ctx, l, rec); err != nil {
 		return err
 	}
-	fail := func(kind, message string) error {
+	fail := func(kind msg.EventKind, message string) error {
 		if replaced != nil {
 			message += fmt.Sprintf(" (it was to replace instance %s: %s)", replaced.Instance, replaced.Details["reason"])
 		}
@@ -228,7 +228,7 @@ func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, ha
 	// Secrets are opened here, on the leader, only to create the container.
 	env, err := c.cfg.Secrets.Env(app.Name, s.Env)
 	if err != nil {
-		return fail("instance_create_failed", fmt.Sprintf("cannot start %s: its env secrets do not open: %v", app.Name, err))
+		return fail(msg.EventInstanceCreateFailed, fmt.Sprintf("cannot start %s: its env secrets do not open: %v", app.Name, err))
 	}
 	present, err := c.deps.Images.ImagePresent(ctx, host, s.Image)
 	if err != nil {
@@ -237,7 +237,7 @@ func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, ha
 	if !present {
 		log.Info("pulling image", zap.String("image", s.Image))
 		if err := c.deps.Images.Pull(ctx, host, s.Image, c.cfg.PullTimeout); err != nil {
-			return fail("image_pull_failed", fmt.Sprintf("cannot start %s: image %s is not present and pulling it failed: %v", app.Name, s.Image, err))
+			return fail(msg.EventImagePullFailed, fmt.Sprintf("cannot start %s: image %s is not present and pulling it failed: %v", app.Name, s.Image, err))
 		}
 	}
 	cpu, mem := Limits(&s, c.cfg.DefaultCPU, c.cfg.DefaultMemory)
@@ -247,17 +247,17 @@ func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, ha
 		Image: s.Image, Command: s.Command, Env: c.cfg.Env.Env(env, c.cfg.Environ), Port: s.Port, CPU: cpu, Memory: mem, Pids: s.Resources.Pids,
 		StopSignal: s.Stop.Signal, StopGrace: s.Stop.Grace.Std()})
 	if err != nil {
-		return fail("instance_create_failed", fmt.Sprintf("cannot create a container for %s: %v", app.Name, err))
+		return fail(msg.EventInstanceCreateFailed, fmt.Sprintf("cannot create a container for %s: %v", app.Name, err))
 	}
 	rec.ContainerID, rec.State = cid, msg.StateStarting
 	if err := c.deps.Runtime.Start(sctx, cid); err != nil {
 		_ = c.deps.Runtime.Remove(ctx, cid)
-		return fail("instance_start_failed", fmt.Sprintf("cannot start a container for %s: %v", app.Name, err))
+		return fail(msg.EventInstanceStartFailed, fmt.Sprintf("cannot start a container for %s: %v", app.Name, err))
 	}
 	ct, err := c.deps.Containers.Inspect(sctx, cid)
 	if ae := (*docker.AddressError)(nil); errors.As(err, &ae) {
 		c.refuseAddress(ctx, ae, app.Name, id)
-		return c.deps.Records.Delete(ctx, l, rec, store.Event{App: app.Name, Instance: id, Kind: "instance_address_refused",
+		return c.deps.Records.Delete(ctx, l, rec, store.Event{App: app.Name, Instance: id, Kind: msg.EventInstanceAddressRefused,
 			Message: refusedMessage(ae, app.Name, id), Details: refusedDetails(ae)})
 	}
 	if err != nil {
@@ -265,7 +265,7 @@ func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, ha
 	}
 	now := time.Now()
 	rec.Address, rec.State, rec.StartedAt = ct.Address, msg.StateRunning, &now
-	events := []store.Event{{App: app.Name, Instance: id, Kind: "instance_started",
+	events := []store.Event{{App: app.Name, Instance: id, Kind: msg.EventInstanceStarted,
 		Message: fmt.Sprintf("instance %s started at %s%s (generation %d)", id, ct.Address, onHost(host), app.Generation),
 		Details: map[string]string{"container_id": docker.ShortID(cid), "address": ct.Address, "generation": fmt.Sprint(app.Generation), "host": host}}}
 	if replaced != nil {
@@ -312,7 +312,7 @@ func (c *Controller) adopt(ctx context.Context, l store.Lease, a reconcile.Actio
 	ct, err := c.deps.Containers.Inspect(ctx, a.ContainerID)
 	if ae := (*docker.AddressError)(nil); errors.As(err, &ae) {
 		c.refuseAddress(ctx, ae, a.App, a.Instance)
-		return c.deps.Records.Event(ctx, l, store.Event{App: a.App, Instance: a.Instance, Kind: "instance_address_refused",
+		return c.deps.Records.Event(ctx, l, store.Event{App: a.App, Instance: a.Instance, Kind: msg.EventInstanceAddressRefused,
 			Message: refusedMessage(ae, a.App, a.Instance) + "; its container is removed, not adopted", Details: refusedDetails(ae)})
 	}
 	if err != nil {
@@ -321,7 +321,7 @@ func (c *Controller) adopt(ctx context.Context, l store.Lease, a reconcile.Actio
 	now := time.Now()
 	rec := store.Instance{ID: a.Instance, App: a.App, Generation: ct.Generation, ContainerID: ct.ID, Address: ct.Address,
 		State: msg.StateRunning, Health: msg.StatusUnknown, SpecHash: ct.SpecHash, StartedAt: &now, Host: ct.Host}
-	return c.deps.Records.Put(ctx, l, rec, store.Event{App: a.App, Instance: a.Instance, Kind: "instance_adopted",
+	return c.deps.Records.Put(ctx, l, rec, store.Event{App: a.App, Instance: a.Instance, Kind: msg.EventInstanceAdopted,
 		Message: "adopted running container " + docker.ShortID(ct.ID) + ": " + a.Reason})
 }
 
@@ -329,7 +329,7 @@ func (c *Controller) adopt(ctx context.Context, l store.Lease, a reconcile.Actio
 // planner removes it once every lbagent confirmed, or the drain time is up.
 func (c *Controller) drain(ctx context.Context, l store.Lease, rec store.Instance, reason string) error {
 	rec.State = msg.StateDraining
-	return c.deps.Records.Put(ctx, l, rec, store.Event{App: rec.App, Instance: rec.ID, Kind: "instance_draining",
+	return c.deps.Records.Put(ctx, l, rec, store.Event{App: rec.App, Instance: rec.ID, Kind: msg.EventInstanceDraining,
 		Message: "instance " + rec.ID + " draining: " + reason})
 }
 
@@ -383,7 +383,7 @@ func (c *Controller) remove(ctx context.Context, l store.Lease, app store.App, r
 			return err
 		}
 	}
-	return c.deps.Records.Delete(ctx, l, rec, store.Event{App: rec.App, Instance: rec.ID, Kind: "instance_stopped",
+	return c.deps.Records.Delete(ctx, l, rec, store.Event{App: rec.App, Instance: rec.ID, Kind: msg.EventInstanceStopped,
 		Message: "instance " + rec.ID + " stopped: " + reason})
 }
 
@@ -393,7 +393,7 @@ func (c *Controller) rollback(ctx context.Context, l store.Lease, a reconcile.Ac
 	if err != nil {
 		return fmt.Errorf("auto-rollback of %s: %w", a.App, err)
 	}
-	return c.deps.Records.Event(ctx, l, store.Event{App: a.App, Kind: "rollout_rolled_back",
+	return c.deps.Records.Event(ctx, l, store.Event{App: a.App, Kind: msg.EventRolloutRolledBack,
 		Message: fmt.Sprintf("%s: rolled back to the previous spec as generation %d (image %s)", a.Reason, prev.Generation, prev.Spec.Image),
 		Details: map[string]string{"from_generation": fmt.Sprint(a.Generation), "generation": fmt.Sprint(prev.Generation), "image": prev.Spec.Image,
 			"healthy_deadline": app.Spec.Update.HealthyDeadline.String()}})

@@ -221,17 +221,21 @@ func (c *Controller) AgentsChanged() {
 	}
 }
 
-// Run loops until ctx ends: on every wake, at the plan's wake time and
-// every Resync, while leading. It returns once every goroutine it started
-// (the Docker event stream, removals in flight) has ended.
+// Run loops until ctx ends: a cycle at once, then on every wake, at the
+// plan's wake time and every Resync. It is a leader-only service (run it
+// in a leader.Group): each cycle still checks the lease, and skips while
+// it is not held. It returns once every goroutine it started (the Docker
+// event stream, removals in flight) has ended, with its per-app gauges
+// cleared: a follower exports none. Runs do not overlap.
 func (c *Controller) Run(ctx context.Context) error {
 	var events sync.WaitGroup
 	events.Go(func() {
 		_ = c.deps.Containers.Events(ctx, func(e docker.Event) { c.onDockerEvent(ctx, e) }, c.Wake)
 	})
+	defer c.metrics.following()
 	defer events.Wait()
 	defer c.removals.Wait()
-	timer := time.NewTimer(c.cfg.Resync)
+	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
 		select {
@@ -255,8 +259,7 @@ func (c *Controller) Run(ctx context.Context) error {
 func (c *Controller) step(ctx context.Context) time.Duration {
 	l, ok := c.deps.Lease()
 	if !ok {
-		c.metrics.desired.Reset()
-		c.metrics.ready.Reset()
+		c.metrics.following()
 		return c.cfg.Resync
 	}
 	started := time.Now()

@@ -124,9 +124,9 @@ func TestRolloutIsPacedByHealthNotByResync(t *testing.T) {
 	require.Less(t, took, 3*time.Second, "the rollout waited for something other than health")
 	require.GreaterOrEqual(t, took, 3*300*time.Millisecond, "each step waits min_healthy_time")
 	_, events := f.snapshot()
-	require.Equal(t, 3, count(events, "instance_draining"))
-	require.Equal(t, 3, count(events, "instance_stopped"))
-	require.Equal(t, 6, count(events, "instance_started"))
+	require.Equal(t, 3, count(events, msg.EventInstanceDraining))
+	require.Equal(t, 3, count(events, msg.EventInstanceStopped))
+	require.Equal(t, 6, count(events, msg.EventInstanceStarted))
 	t.Logf("rollout of 3 took %s", took)
 }
 
@@ -241,13 +241,13 @@ func TestBreakerStopsACrashLoop(t *testing.T) {
 	require.Eventually(t, func() bool { _, e := f.snapshot(); return slices.Contains(e, "app_failed") }, 5*time.Second, 10*time.Millisecond)
 	time.Sleep(200 * time.Millisecond)
 	_, events := f.snapshot()
-	require.Equal(t, 3, count(events, "instance_replaced"), "%v", events)
-	require.Equal(t, 1, count(events, "app_failed"), "reported once per backoff_max")
-	starts := count(events, "instance_started")
+	require.Equal(t, 3, count(events, msg.EventInstanceReplaced), "%v", events)
+	require.Equal(t, 1, count(events, msg.EventAppFailed), "reported once per backoff_max")
+	starts := count(events, msg.EventInstanceStarted)
 	h.c.Wake()
 	time.Sleep(100 * time.Millisecond)
 	_, events = f.snapshot()
-	require.Equal(t, starts, count(events, "instance_started"), "no start while the breaker is open")
+	require.Equal(t, starts, count(events, msg.EventInstanceStarted), "no start while the breaker is open")
 }
 
 // A container of the desired spec that no record owns (left by a leader
@@ -269,7 +269,7 @@ func TestOrphanOfTheDesiredSpecIsAdopted(t *testing.T) {
 	require.Eventually(t, func() bool { _, err := f.Inspect(context.Background(), "stale"); return err != nil }, 5*time.Second, 10*time.Millisecond,
 		"an orphan of another spec is removed")
 	_, events := f.snapshot()
-	require.Zero(t, count(events, "instance_started"))
+	require.Zero(t, count(events, msg.EventInstanceStarted))
 	require.NotNil(t, h)
 }
 
@@ -311,7 +311,7 @@ func runningOf(f *fake, image string) int {
 	return n
 }
 
-func count(kinds []string, kind string) int {
+func count(kinds []msg.EventKind, kind msg.EventKind) int {
 	n := 0
 	for _, k := range kinds {
 		if k == kind {

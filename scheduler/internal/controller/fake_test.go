@@ -106,7 +106,7 @@ func (f *fake) Restarts(_ context.Context, since time.Time) (map[string][]time.T
 	out := map[string][]time.Time{}
 	for _, e := range f.events {
 		switch e.Kind {
-		case "instance_replaced", "instance_failed", "instance_start_failed", "instance_address_refused":
+		case msg.EventInstanceReplaced, msg.EventInstanceFailed, msg.EventInstanceStartFailed, msg.EventInstanceAddressRefused:
 			if e.Details["cause"] == "host_lost" {
 				continue // as the store: a host's loss is no crash
 			}
@@ -306,7 +306,7 @@ func (f *fake) ImagePresent(context.Context, string, string) (bool, error) { ret
 func (f *fake) Pull(context.Context, string, string, time.Duration) error { return nil }
 
 // snapshot returns the records and the kinds of the events so far.
-func (f *fake) snapshot() (records []store.Instance, events []string) {
+func (f *fake) snapshot() (records []store.Instance, events []msg.EventKind) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, r := range f.records {

@@ -104,15 +104,15 @@ func TestPlacesOverHosts(t *testing.T) {
 	h.c.Wake()
 	require.Eventually(t, func() bool {
 		_, events := f.snapshot()
-		return count(events, "unplaceable") > 0
+		return count(events, msg.EventUnplaceable) > 0
 	}, 5*time.Second, 10*time.Millisecond)
 	h.cycles(5) // more cycles: the same reason is not reported again
 	_, events := f.snapshot()
-	require.Equal(t, 1, count(events, "unplaceable"), "reported once for the reason")
+	require.Equal(t, 1, count(events, msg.EventUnplaceable), "reported once for the reason")
 	f.mu.Lock()
 	var ev store.Event
 	for _, e := range f.events {
-		if e.Kind == "unplaceable" {
+		if e.Kind == msg.EventUnplaceable {
 			ev = e
 		}
 	}
@@ -153,7 +153,7 @@ func TestRefusesAForeignAddress(t *testing.T) {
 		defer f.mu.Unlock()
 		var out []store.Event
 		for _, e := range f.events {
-			if e.Kind == "instance_address_refused" {
+			if e.Kind == msg.EventInstanceAddressRefused {
 				out = append(out, e)
 			}
 		}
@@ -199,7 +199,7 @@ func containersOn(f *fake, host string) []string {
 }
 
 // eventsOf returns the events of a kind.
-func eventsOf(f *fake, kind string) []store.Event {
+func eventsOf(f *fake, kind msg.EventKind) []store.Event {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var out []store.Event
@@ -253,12 +253,12 @@ func TestHostLoss(t *testing.T) {
 			hosts.set("h3", true, false)
 			h.c.Wake()
 			require.Eventually(t, func() bool {
-				return h.converged("web:v1", tt.running, true) && byHost(f)["h3"] == 0 && len(eventsOf(f, "instance_lost")) == 2
+				return h.converged("web:v1", tt.running, true) && byHost(f)["h3"] == 0 && len(eventsOf(f, msg.EventInstanceLost)) == 2
 			}, 5*time.Second, 10*time.Millisecond, "%v", byHost(f))
 			h.cycles(3)
 			require.True(t, h.converged("web:v1", tt.running, true), "no more than %d: %v", tt.running, byHost(f))
 
-			replaced := eventsOf(f, "instance_replaced")
+			replaced := eventsOf(f, msg.EventInstanceReplaced)
 			require.Len(t, replaced, tt.running-4, "one instance_replaced for each replacement started")
 			for _, e := range replaced {
 				require.Equal(t, "host_lost", e.Details["cause"])
@@ -266,7 +266,7 @@ func TestHostLoss(t *testing.T) {
 				require.Contains(t, e.Message, "host h3 is down: its engine has not answered for the host timeout; replaced by instance "+e.Details["by"])
 			}
 			waiting := 0
-			for _, e := range eventsOf(f, "instance_lost") {
+			for _, e := range eventsOf(f, msg.EventInstanceLost) {
 				if strings.Contains(e.Message, "; a replacement starts on host h") {
 					continue
 				}
@@ -337,8 +337,8 @@ func TestReplacementWithNoHost(t *testing.T) {
 	// A crash with a host for the successor: replaced, naming it.
 	records, _ := f.snapshot()
 	f.kill(records[0].ContainerID)
-	require.Eventually(t, func() bool { return len(eventsOf(f, "instance_replaced")) == 1 }, 5*time.Second, 10*time.Millisecond)
-	ev := eventsOf(f, "instance_replaced")[0]
+	require.Eventually(t, func() bool { return len(eventsOf(f, msg.EventInstanceReplaced)) == 1 }, 5*time.Second, 10*time.Millisecond)
+	ev := eventsOf(f, msg.EventInstanceReplaced)[0]
 	now, _ := f.snapshot()
 	require.Len(t, now, 1)
 	require.Equal(t, records[0].ID, ev.Instance)
@@ -351,14 +351,14 @@ func TestReplacementWithNoHost(t *testing.T) {
 	require.Eventually(t, func() bool { return h.converged("web:v1", 1, true) }, 5*time.Second, 10*time.Millisecond)
 	hosts.set("h1", false, true)
 	h.c.Wake()
-	require.Eventually(t, func() bool { return len(eventsOf(f, "unplaceable")) == 1 }, 5*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return len(eventsOf(f, msg.EventUnplaceable)) == 1 }, 5*time.Second, 10*time.Millisecond)
 	f.kill(now[0].ContainerID)
-	require.Eventually(t, func() bool { return len(eventsOf(f, "instance_failed")) == 1 }, 5*time.Second, 10*time.Millisecond)
-	failed := eventsOf(f, "instance_failed")[0]
+	require.Eventually(t, func() bool { return len(eventsOf(f, msg.EventInstanceFailed)) == 1 }, 5*time.Second, 10*time.Millisecond)
+	failed := eventsOf(f, msg.EventInstanceFailed)[0]
 	require.Equal(t, now[0].ID, failed.Instance)
 	require.Contains(t, failed.Message, "instance "+now[0].ID+" failed: its container stopped; its replacement waits for a host: no host of 2 can take it (h1: draining; h2: fails zone==a)")
 	h.cycles(3)
-	require.Len(t, eventsOf(f, "instance_replaced"), 1, "nothing replaced it")
+	require.Len(t, eventsOf(f, msg.EventInstanceReplaced), 1, "nothing replaced it")
 	records, _ = f.snapshot()
 	require.Empty(t, records)
 }

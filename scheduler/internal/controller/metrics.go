@@ -7,8 +7,9 @@ import (
 )
 
 // metrics are the leader's view of the data plane for Prometheus. A
-// follower exports none of the per-app series (they are reset when a cycle
-// finds the replica not leading), so summing over replicas stays right.
+// follower exports none of the per-app series (they are reset when Run
+// returns, or a cycle finds the replica not leading), so summing over
+// replicas stays right.
 type metrics struct {
 	actions  *prometheus.CounterVec
 	desired  *prometheus.GaugeVec
@@ -52,6 +53,12 @@ func (m *metrics) observeApps(in reconcile.Input) {
 		m.desired.WithLabelValues(app).Set(float64(d.Replicas))
 		m.ready.WithLabelValues(app).Set(float64(ready[app]))
 	}
+}
+
+// following clears the per-app gauges: only the leader exports them.
+func (m *metrics) following() {
+	m.desired.Reset()
+	m.ready.Reset()
 }
 
 func (m *metrics) action(kind reconcile.Kind, err error) {

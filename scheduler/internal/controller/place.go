@@ -83,7 +83,7 @@ func (c *Controller) place(ctx context.Context, l store.Lease, w world, actions 
 		}
 		msgText := fmt.Sprintf("%d instance(s) of %s cannot be placed: %s", u.Count, app, u.Reason)
 		c.logger.Warn("unplaceable", zap.String(logging.KeyApp, app), zap.Int("instances", u.Count), zap.String("reason", u.Reason))
-		if err := c.deps.Records.Event(ctx, l, store.Event{App: app, Kind: "unplaceable", Message: msgText,
+		if err := c.deps.Records.Event(ctx, l, store.Event{App: app, Kind: msg.EventUnplaceable, Message: msgText,
 			Details: map[string]string{"instances": fmt.Sprint(u.Count), "reason": msg.Truncate(u.Reason, 512)}}); err != nil {
 			c.logger.Warn("unplaceable event not recorded", zap.Error(err))
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 
+	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/secret"
 	"github.com/berthhq/berth/scheduler/internal/store"
@@ -87,7 +88,7 @@ func TestSecretThatDoesNotOpen(t *testing.T) {
 			require.Eventually(t, func() bool {
 				f.mu.Lock()
 				defer f.mu.Unlock()
-				i := slices.IndexFunc(f.events, func(e store.Event) bool { return e.Kind == "instance_create_failed" })
+				i := slices.IndexFunc(f.events, func(e store.Event) bool { return e.Kind == msg.EventInstanceCreateFailed })
 				if i >= 0 {
 					failed = f.events[i]
 				}

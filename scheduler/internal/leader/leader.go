@@ -2,7 +2,8 @@
 // acquires or renews the lease every TTL/3 (with jitter), stops acting at
 // once when it cannot renew before its lease runs out, resigns on a clean
 // stop so a follower takes over without waiting, and wakes followers on the
-// resign notification.
+// resign notification. A Group runs the leader-only services while this
+// replica leads, and stops and joins them all when it stops leading.
 package leader
 
 import (

@@ -13,6 +13,8 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -54,12 +56,21 @@ type Deps struct {
 }
 
 // Publisher publishes the node-key directory and keeps the embedded NATS's
-// users current. Run it on every replica: only the leader writes.
+// users current. Run it on every replica, and Lead in the leader's group:
+// only Lead writes the directory.
 type Publisher struct {
 	cfg    Config
 	deps   Deps
 	logger *zap.Logger
 	now    func() time.Time
+
+	// leading is set while Lead runs: Run's steps wait then, as Lead's
+	// own steps give the server its users between the directory's puts
+	// and deletes.
+	leading atomic.Bool
+	// mu serialises the steps of Run and Lead; it guards every field
+	// below.
+	mu sync.Mutex
 
 	// published is what this replica put while it led, nil when it has
 	// not (or must read the bucket again): a full step then follows.
@@ -89,9 +100,9 @@ func (p *Publisher) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{p.nodes, p.errors}
 }
 
-// Repair makes the next step, at once, put every node's entry again and
-// delete what no node owns: the guard found a value the scheduler had not
-// sealed.
+// Repair makes Lead's next step, at once, put every node's entry again
+// and delete what no node owns: the guard found a value the scheduler had
+// not sealed.
 func (p *Publisher) Repair() {
 	select {
 	case p.repair <- struct{}{}:
@@ -99,13 +110,36 @@ func (p *Publisher) Repair() {
 	}
 }
 
-// Run steps every Scan, and at once after Repair, until ctx ends.
+// Run reads the credentials directory every Scan and gives the embedded
+// NATS its users, until ctx ends. Every replica runs it; while Lead runs,
+// Lead's steps do this too.
 func (p *Publisher) Run(ctx context.Context) error {
 	t := time.NewTicker(p.cfg.Scan)
 	defer t.Stop()
-	full := false
 	for {
-		p.step(ctx, full)
+		if !p.leading.Load() {
+			p.step(ctx, false, false)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// Lead publishes the node-key directory, every entry at once and then
+// each change, every Scan and at once after Repair, until ctx ends: a
+// leader-only service (run it in a leader.Group). Each step still checks
+// Deps.Leading. Leads do not overlap.
+func (p *Publisher) Lead(ctx context.Context) error {
+	p.leading.Store(true)
+	defer p.leading.Store(false)
+	t := time.NewTicker(p.cfg.Scan)
+	defer t.Stop()
+	full := true
+	for {
+		p.step(ctx, true, full)
 		select {
 		case <-ctx.Done():
 			return nil
@@ -117,12 +151,14 @@ func (p *Publisher) Run(ctx context.Context) error {
 	}
 }
 
-// step reads the directory once; while leading, it puts the entries that
-// changed (every entry when full, after Resync, or on gaining leadership),
-// then gives the server its users, then deletes the entries of removed
-// nodes: a new node is trusted before it can connect, and a removed one is
-// cut off before it is distrusted.
-func (p *Publisher) step(ctx context.Context, full bool) {
+// step reads the directory once; when lead and still leading, it puts the
+// entries that changed (every entry when full, after Resync, or on
+// gaining leadership), then gives the server its users, then deletes the
+// entries of removed nodes: a new node is trusted before it can connect,
+// and a removed one is cut off before it is distrusted.
+func (p *Publisher) step(ctx context.Context, lead, full bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.failed = false
 	defer func() {
 		if !p.failed {
@@ -136,7 +172,7 @@ func (p *Publisher) step(ctx context.Context, full bool) {
 	}
 	want := c.NodeKeys()
 	p.nodes.Set(float64(len(want)))
-	leading := p.deps.Leading()
+	leading := lead && p.deps.Leading()
 	var kv Bucket
 	var del []string
 	if leading {

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -122,56 +123,96 @@ func TestPublisherFollowsTheCredentials(t *testing.T) {
 	p.now = func() time.Time { return now }
 	ctx := context.Background()
 
-	p.step(ctx, false)
+	p.step(ctx, leading, false)
 	require.Equal(t, []string{"put lb-1", "users lb-1", "delete stale"}, kv.take(), "gaining leadership: everything, and no stale entry")
 	c, err := bus.ReadCredentials(dir)
 	require.NoError(t, err)
 	require.Equal(t, c.NodeKeys()["lb-1"], kv.values["lb-1"].Keys)
 
-	p.step(ctx, false)
+	p.step(ctx, leading, false)
 	require.Empty(t, kv.take(), "nothing changed")
 
 	_, err = bus.AddNode(dir, "lb-2")
 	require.NoError(t, err)
-	p.step(ctx, false)
+	p.step(ctx, leading, false)
 	require.Equal(t, []string{"put lb-2", "users lb-1,lb-2"}, kv.take(), "the new node is trusted before the server lets it in")
 
 	_, err = bus.RotateKey(dir, bus.RoleLBAgent, "lb-1")
 	require.NoError(t, err)
-	p.step(ctx, false)
+	p.step(ctx, leading, false)
 	require.Equal(t, []string{"put lb-1", "users lb-1,lb-2"}, kv.take())
 	require.Len(t, kv.values["lb-1"].Keys, 2, "the active and the next key")
 
 	_, err = bus.RemoveNode(dir, "lb-2")
 	require.NoError(t, err)
-	p.step(ctx, false)
+	p.step(ctx, leading, false)
 	require.Equal(t, []string{"users lb-1", "delete lb-2"}, kv.take(), "the server drops the node before the directory does")
 
 	now = now.Add(30 * time.Second)
-	p.step(ctx, false)
+	p.step(ctx, leading, false)
 	require.Equal(t, []string{"put lb-1"}, kv.take(), "every entry is sealed anew each Resync")
 
 	p.Repair()
 	<-p.repair
-	p.step(ctx, true)
+	p.step(ctx, leading, true)
 	require.Equal(t, []string{"put lb-1"}, kv.take(), "a repair puts everything at once")
 
 	leading = false
 	_, err = bus.AddNode(dir, "lb-3")
 	require.NoError(t, err)
-	p.step(ctx, false)
+	p.step(ctx, leading, false)
 	require.Equal(t, []string{"users lb-1,lb-3"}, kv.take(), "a follower writes nothing")
 	leading = true
-	p.step(ctx, false)
+	p.step(ctx, leading, false)
 	require.Equal(t, []string{"put lb-1", "put lb-3"}, kv.take(), "leading again: everything")
 
 	kv.fail = errors.New("nats down")
 	_, err = bus.AddNode(dir, "lb-4")
 	require.NoError(t, err)
-	p.step(ctx, false)
+	p.step(ctx, leading, false)
 	require.Equal(t, []string{"users lb-1,lb-3,lb-4"}, kv.take())
 	kv.fail = nil
-	p.step(ctx, false)
+	p.step(ctx, leading, false)
 	require.Equal(t, []string{"put lb-1", "put lb-3", "put lb-4"}, kv.take(), "after a failed put, everything again")
 	require.Equal(t, 6, reloads, "once for each change of the keys")
+}
+
+// TestRunAndLead: every replica gives its server the users; only Lead
+// writes the directory, everything at once, and Run takes over the users
+// again once Lead has returned.
+func TestRunAndLead(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "creds")
+	_, err := bus.AddNode(dir, "lb-1")
+	require.NoError(t, err)
+	kv := &bucket{values: map[string]*msg.Node{}}
+	var users atomic.Int32
+	p := New(Config{Scan: 10 * time.Millisecond, Resync: time.Hour}, Deps{
+		Read:    func() (*bus.Credentials, error) { return bus.ReadCredentials(dir) },
+		Open:    func(context.Context) (Bucket, error) { return kv, nil },
+		Leading: func() bool { return true },
+		Users:   func(*bus.Credentials) error { users.Add(1); return nil },
+	}, zaptest.NewLogger(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	runDone := make(chan error, 1)
+	go func() { runDone <- p.Run(ctx) }()
+	require.Eventually(t, func() bool { return users.Load() == 1 }, 5*time.Second, time.Millisecond, "a follower gives its server the users")
+	require.Empty(t, kv.take(), "a follower writes nothing")
+
+	lctx, lcancel := context.WithCancel(ctx)
+	leadDone := make(chan error, 1)
+	go func() { leadDone <- p.Lead(lctx) }()
+	require.Eventually(t, func() bool { kv.mu.Lock(); defer kv.mu.Unlock(); return len(kv.values) == 1 }, 5*time.Second, time.Millisecond,
+		"gaining leadership publishes every node")
+	lcancel()
+	require.NoError(t, <-leadDone)
+	require.Equal(t, []string{"put lb-1"}, kv.take())
+
+	_, err = bus.AddNode(dir, "lb-2")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return users.Load() == 2 }, 5*time.Second, time.Millisecond, "Run gives the users again")
+	require.Empty(t, kv.take(), "and writes nothing once Lead has returned")
+	cancel()
+	require.NoError(t, <-runDone)
 }

@@ -161,14 +161,7 @@ func (p *Publisher) instanceFailed() {
 // bucket opens a contract bucket, creating the contract's buckets when it
 // is missing (a NATS that came back empty).
 func (p *Publisher) bucket(ctx context.Context, name string) (*bus.KV, error) {
-	kv, err := p.conn.KV(ctx, name)
-	if errors.Is(err, bus.ErrBucketNotFound) {
-		if err := p.conn.EnsureBuckets(ctx, bus.MustOwnedBuckets(p.names, bus.RoleScheduler)); err != nil {
-			return nil, err
-		}
-		return p.conn.KV(ctx, name)
-	}
-	return kv, err
+	return bus.OwnedKV(ctx, p.conn, p.names, bus.RoleScheduler, name)
 }
 
 // All puts every app and every instance, and deletes the keys of apps and
@@ -537,7 +530,7 @@ func (p *Publisher) One(ctx context.Context, name string, l store.Lease) error {
 		if err := kv.Delete(ctx, name); err != nil {
 			return fmt.Errorf("publish %s: %w", name, err)
 		}
-		return p.Event(ctx, l, store.Event{App: name, Kind: "app_deleted", Message: "app " + name + " deleted; its instances are stopped", Actor: p.deletedBy(ctx, name)})
+		return p.Event(ctx, l, store.Event{App: name, Kind: msg.EventAppDeleted, Message: "app " + name + " deleted; its instances are stopped", Actor: p.deletedBy(ctx, name)})
 	}
 	if err != nil {
 		return fmt.Errorf("publish %s: %w", name, err)
@@ -545,7 +538,7 @@ func (p *Publisher) One(ctx context.Context, name string, l store.Lease) error {
 	if err := p.putApp(ctx, kv, a, l.Term); err != nil {
 		return err
 	}
-	events := []store.Event{{App: name, Kind: "app_updated",
+	events := []store.Event{{App: name, Kind: msg.EventAppUpdated,
 		Message: fmt.Sprintf("app %s is at generation %d (image %s)", name, a.Generation, a.Spec.Image),
 		Details: map[string]string{"generation": fmt.Sprint(a.Generation), "image": a.Spec.Image}}}
 	if all, err := p.store.List(ctx); err == nil {
@@ -598,9 +591,9 @@ func RouteConflicts(name string, all []store.App) []store.Event {
 // conflictEvent is the route_conflict event of app's conflicts cs.
 func conflictEvent(app string, cs []spec.Conflict) store.Event {
 	c := cs[0]
-	msg := c.Error() + ": app " + app + " gets no route there"
+	text := c.Error() + ": app " + app + " gets no route there"
 	if len(cs) > 1 {
-		msg += fmt.Sprintf(" (and %d more conflicts)", len(cs)-1)
+		text += fmt.Sprintf(" (and %d more conflicts)", len(cs)-1)
 	}
 	host := c.Host
 	if host == "" {
@@ -610,7 +603,7 @@ func conflictEvent(app string, cs []spec.Conflict) store.Event {
 	if c.Location != nil {
 		d["path"], d["match"] = c.Location.Path, c.Location.Match
 	}
-	return store.Event{App: app, Kind: "route_conflict", Message: msg, Details: d}
+	return store.Event{App: app, Kind: msg.EventRouteConflict, Message: text, Details: d}
 }
 
 // Event records events under the lease (fenced) and then publishes them.
@@ -647,9 +640,9 @@ func (p *Publisher) publishEvent(ctx context.Context, e store.Event) {
 		err = p.conn.Publish(ctx, p.names.EventsSubject(e.App, e.Kind), b)
 	}
 	if err != nil {
-		p.logger.Warn("publish event", zap.String(logging.KeyApp, e.App), zap.String("kind", e.Kind), zap.Error(err))
+		p.logger.Warn("publish event", zap.String(logging.KeyApp, e.App), zap.String("kind", string(e.Kind)), zap.Error(err))
 	}
-	p.logger.Info("event", zap.String(logging.KeyApp, e.App), zap.String(logging.KeyInstance, e.Instance), zap.String("kind", e.Kind))
+	p.logger.Info("event", zap.String(logging.KeyApp, e.App), zap.String(logging.KeyInstance, e.Instance), zap.String("kind", string(e.Kind)))
 }
 
 // putApp puts an app's record and notes what it carried (under appMu).
@@ -673,9 +666,12 @@ func (p *Publisher) putApp(ctx context.Context, kv *bus.KV, a store.App, term ui
 	return nil
 }
 
-// Loop publishes while this replica leads: everything on gaining
-// leadership, after every NATS reconnect and every resync; one app on each
-// change name received on changes. What fails is done again after a
+// Loop publishes while this replica leads, a leader-only service (run it
+// in a leader.Group; every publish still checks leader): everything at
+// once, then after every NATS reconnect, on each receive from refresh (a
+// Postgres reconnect, whose notifications may be lost) and every resync;
+// one app on each change name received on changes (those waiting when it
+// starts are in the first pass). What fails is done again after a
 // backoff (retryFirst, doubling up to resync), not only at the next
 // change or resync: a NATS cluster refuses a bucket's writes for the
 // seconds its stream takes to elect a leader, while the connection stays.
@@ -683,7 +679,7 @@ func (p *Publisher) putApp(ctx context.Context, kv *bus.KV, a store.App, term ui
 // Delete): the controller has nothing left to do for an instance that
 // runs, so after one fails Loop runs a Resync, which writes the records
 // the bucket lacks.
-func (p *Publisher) Loop(ctx context.Context, leader func() (store.Lease, bool), gained <-chan struct{}, changes <-chan string, resync time.Duration) error {
+func (p *Publisher) Loop(ctx context.Context, leader func() (store.Lease, bool), refresh <-chan struct{}, changes <-chan string, resync time.Duration) error {
 	reconnected, stop := p.conn.Reconnected()
 	defer stop()
 	tick := time.NewTicker(resync)
@@ -719,11 +715,17 @@ func (p *Publisher) Loop(ctx context.Context, leader func() (store.Lease, bool),
 			}
 		}
 	}
+	drain(changes)
+	drain(refresh)
+	all()
+	if r.pending() {
+		r.due = time.After(r.wait(resync))
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-gained:
+		case <-refresh:
 			all()
 		case <-reconnected:
 			all()
@@ -753,6 +755,18 @@ func (p *Publisher) Loop(ctx context.Context, leader func() (store.Lease, bool),
 		}
 		if r.pending() && r.due == nil {
 			r.due = time.After(r.wait(resync))
+		}
+	}
+}
+
+// drain empties c: what was asked while following is in the first pass
+// of everything.
+func drain[T any](c <-chan T) {
+	for {
+		select {
+		case <-c:
+		default:
+			return
 		}
 	}
 }

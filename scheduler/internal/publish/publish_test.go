@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -214,7 +215,7 @@ func TestEventsArePublishedAfterCommitOnly(t *testing.T) {
 	events := r.events(t)
 	r.apply(t, "web")
 
-	require.NoError(t, r.pub.Put(ctx, r.lease, running("web", "a"), store.Event{App: "web", Instance: "a", Kind: "instance_started", Message: "started"}))
+	require.NoError(t, r.pub.Put(ctx, r.lease, running("web", "a"), store.Event{App: "web", Instance: "a", Kind: msg.EventInstanceStarted, Message: "started"}))
 	boom := errors.New("boom")
 	err := r.pub.Tx(ctx, r.lease, func(ctx context.Context, tx *store.Tx) error {
 		if _, err := tx.AddEvent(ctx, store.Event{App: "web", Kind: "never", Message: "rolled back"}); err != nil {
@@ -230,7 +231,7 @@ func TestEventsArePublishedAfterCommitOnly(t *testing.T) {
 	require.Eventually(t, func() bool { return len(events()) >= 1 }, 2*time.Second, 10*time.Millisecond)
 	got := events()
 	require.Len(t, got, 1)
-	require.Equal(t, "instance_started", got[0].Kind)
+	require.Equal(t, msg.EventInstanceStarted, got[0].Kind)
 	stored, err := r.st.Events(ctx, "web", 0, 10)
 	require.NoError(t, err)
 	require.Len(t, stored, 1)
@@ -255,7 +256,7 @@ func TestFailedSurvivesAllUntilDeleted(t *testing.T) {
 	require.NoError(t, r.pub.All(ctx, r.lease.Term))
 	require.Equal(t, msg.StateFailed, r.instance(t, "web", "a").State, "Postgres still says running; the event wins")
 
-	require.NoError(t, r.pub.Delete(ctx, r.lease, rec, store.Event{App: "web", Instance: "a", Kind: "instance_replaced", Message: "replaced"}))
+	require.NoError(t, r.pub.Delete(ctx, r.lease, rec, store.Event{App: "web", Instance: "a", Kind: msg.EventInstanceReplaced, Message: "replaced"}))
 	require.Nil(t, r.instance(t, "web", "a"))
 	require.Zero(t, r.pub.Revision("web", "a"))
 	require.NoError(t, r.pub.All(ctx, r.lease.Term))
@@ -298,8 +299,8 @@ func TestOnePutsOrDeletesAnApp(t *testing.T) {
 	require.NoError(t, r.pub.One(ctx, "web", r.lease), "a second notification of the same delete")
 	require.Empty(t, r.keys(t, r.names.AppsBucket()))
 	require.Eventually(t, func() bool { return len(events()) == 2 }, 2*time.Second, 10*time.Millisecond)
-	kinds := []string{events()[0].Kind, events()[1].Kind}
-	require.Equal(t, []string{"app_updated", "app_deleted"}, kinds)
+	kinds := []msg.EventKind{events()[0].Kind, events()[1].Kind}
+	require.Equal(t, []msg.EventKind{msg.EventAppUpdated, msg.EventAppDeleted}, kinds)
 	require.Equal(t, []string{"alice", "bob"}, []string{events()[0].Actor, events()[1].Actor})
 }
 
@@ -399,41 +400,54 @@ func (f *flakyBus) KV(ctx context.Context, bucket string) (*bus.KV, error) {
 	return f.Conn.KV(ctx, bucket)
 }
 
-// TestLoopRetriesWhatFailedSoon: a publish that fails (on gaining
-// leadership, of one changed app, or the controller's write of one
-// instance) is done again after a backoff, long before the next resync.
+// TestLoopRetriesWhatFailedSoon: a publish that fails (the first pass
+// on gaining leadership, of one changed app, or the controller's write of
+// one instance) is done again after a backoff, long before the next
+// resync.
 func TestLoopRetriesWhatFailedSoon(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {
-		name   string
-		send   func(t *testing.T, r *rig, pub *Publisher, gained chan struct{}, changes chan string)
-		bucket func(msg.Names) string
+		name      string
+		startDown bool // the bucket refuses from the start: the first pass fails
+		send      func(t *testing.T, r *rig, pub *Publisher, changes chan string)
+		bucket    func(msg.Names) string
+		want      string // the key that is put once the bucket takes writes
 	}{
-		{"every app on gaining leadership", func(_ *testing.T, _ *rig, _ *Publisher, gained chan struct{}, _ chan string) { gained <- struct{}{} }, msg.Names.AppsBucket},
-		{"one changed app", func(_ *testing.T, _ *rig, _ *Publisher, _ chan struct{}, changes chan string) { changes <- "web" }, msg.Names.AppsBucket},
-		{"an instance the controller started", func(t *testing.T, r *rig, pub *Publisher, _ chan struct{}, _ chan string) {
+		{"every app on gaining leadership", true, func(*testing.T, *rig, *Publisher, chan string) {}, msg.Names.AppsBucket, "web"},
+		{"one changed app", false, func(_ *testing.T, _ *rig, _ *Publisher, changes chan string) { changes <- "web" }, msg.Names.AppsBucket, "web"},
+		{"an instance the controller started", false, func(t *testing.T, r *rig, pub *Publisher, _ chan string) {
 			require.ErrorContains(t, pub.Put(context.Background(), r.lease, running("web", "a")), "publish instance web/a")
-		}, msg.Names.InstancesBucket},
+		}, msg.Names.InstancesBucket, "web.a"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			r := newRig(t)
 			flaky := &flakyBus{Conn: r.conn}
-			flaky.down.Store(true)
 			pub := New(r.st, flaky, r.names, zaptest.NewLogger(t))
 			require.NoError(t, r.conn.EnsureBuckets(context.Background(), bus.MustOwnedBuckets(r.names, bus.RoleScheduler)))
-			r.apply(t, "web")
+			if tt.startDown {
+				flaky.down.Store(true)
+				r.apply(t, "web")
+			} else {
+				r.apply(t, "first")
+			}
 			ctx, cancel := context.WithCancel(context.Background())
-			gained, changes := make(chan struct{}), make(chan string)
+			changes := make(chan string)
 			done := make(chan error, 1)
 			go func() {
-				done <- pub.Loop(ctx, func() (store.Lease, bool) { return r.lease, true }, gained, changes, time.Hour)
+				done <- pub.Loop(ctx, func() (store.Lease, bool) { return r.lease, true }, nil, changes, time.Hour)
 			}()
 			t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
-			tt.send(t, r, pub, gained, changes)
-			require.Empty(t, r.keys(t, tt.bucket(r.names)), "nothing is put while the bucket refuses")
+			if !tt.startDown {
+				require.Eventually(t, func() bool { return slices.Contains(r.keys(t, r.names.AppsBucket()), "first") }, 10*time.Second, 10*time.Millisecond,
+					"everything is published on starting")
+				flaky.down.Store(true)
+				r.apply(t, "web")
+			}
+			tt.send(t, r, pub, changes)
+			require.NotContains(t, r.keys(t, tt.bucket(r.names)), tt.want, "nothing is put while the bucket refuses")
 			flaky.down.Store(false)
-			require.Eventually(t, func() bool { return len(r.keys(t, tt.bucket(r.names))) == 1 }, 10*time.Second, 10*time.Millisecond,
+			require.Eventually(t, func() bool { return slices.Contains(r.keys(t, tt.bucket(r.names)), tt.want) }, 10*time.Second, 10*time.Millisecond,
 				"the failed publish is done again within its backoff, not at the resync an hour away")
 		})
 	}

@@ -59,7 +59,7 @@ func TestRouteConflicts(t *testing.T) {
 
 	evs := RouteConflicts("api", all)
 	require.Len(t, evs, 1)
-	require.Equal(t, "route_conflict", evs[0].Kind)
+	require.Equal(t, msg.EventRouteConflict, evs[0].Kind)
 	require.Equal(t, "api", evs[0].App)
 	require.Equal(t, "host example.com belongs to app shop, which claimed it first: app api may route there only when shop lists it in routing.share_with: app api gets no route there", evs[0].Message)
 	require.Equal(t, map[string]string{"app": "shop", "host": "example.com", "reason": "host", "field": "routing.hosts[0]", "conflicts": "1"}, evs[0].Details)

@@ -27,8 +27,20 @@ const (
 	keepChanges = 7 * 24 * time.Hour
 )
 
-// scaleLoop decides every autoscaled app each Interval, and keeps the
-// policies current on followers too.
+// policyLoop keeps the policies current each Interval while Lead does
+// not (its rounds do then).
+func (s *Scaler) policyLoop(ctx context.Context) {
+	lifecycle.Every(ctx, s.cfg.Interval, func() {
+		if s.leading.Load() {
+			return
+		}
+		if _, err := s.refresh(ctx, time.Now()); err != nil && ctx.Err() == nil {
+			s.logger.Warn("autoscaler could not read the apps' policies, retrying next interval", zap.Error(err))
+		}
+	})
+}
+
+// scaleLoop decides every autoscaled app each Interval (Lead).
 func (s *Scaler) scaleLoop(ctx context.Context) {
 	lifecycle.Every(ctx, s.cfg.Interval, func() {
 		started := time.Now()
@@ -39,11 +51,12 @@ func (s *Scaler) scaleLoop(ctx context.Context) {
 	})
 }
 
-// scaleRound refreshes the policies and, when leading, decides each app.
-func (s *Scaler) scaleRound(ctx context.Context, now time.Time) error {
+// refresh reads the autoscaled apps' policies, keeps them for Samples
+// and the stats loop, and prunes the samples outside their windows.
+func (s *Scaler) refresh(ctx context.Context, now time.Time) (map[string]appPolicy, error) {
 	apps, err := s.st.List(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	policies := map[string]appPolicy{}
 	keep := map[string]time.Duration{}
@@ -62,7 +75,15 @@ func (s *Scaler) scaleRound(ctx context.Context, now time.Time) error {
 	s.mu.Lock()
 	s.policies = policies
 	s.mu.Unlock()
+	return policies, nil
+}
 
+// scaleRound refreshes the policies and, when leading, decides each app.
+func (s *Scaler) scaleRound(ctx context.Context, now time.Time) error {
+	policies, err := s.refresh(ctx, now)
+	if err != nil {
+		return err
+	}
 	l, ok := s.lease()
 	if !ok {
 		s.mu.Lock()
@@ -118,7 +139,7 @@ func (s *Scaler) scaleRound(ctx context.Context, now time.Time) error {
 			holds = append(holds, rec)
 			if d.Recommendation != d.Current && s.held[name] != d.Recommendation {
 				s.held[name] = d.Recommendation
-				held = append(held, store.Event{App: name, Kind: "scale_held", Actor: store.ActorAutoscaler,
+				held = append(held, store.Event{App: name, Kind: msg.EventScaleHeld, Actor: store.ActorAutoscaler,
 					Message: fmt.Sprintf("%s recommends %d replicas, held at %d: %s", name, d.Recommendation, d.Current, d),
 					Details: map[string]string{"current": fmt.Sprint(d.Current), "recommendation": fmt.Sprint(d.Recommendation), "limits": strings.Join(d.Limits, "; ")}})
 			} else if d.Recommendation == d.Current {
@@ -131,7 +152,7 @@ func (s *Scaler) scaleRound(ctx context.Context, now time.Time) error {
 			if err != nil {
 				return err
 			}
-			return addEvent(ctx, tx, store.Event{App: name, Kind: "app_scaled", Actor: store.ActorAutoscaler,
+			return addEvent(ctx, tx, store.Event{App: name, Kind: msg.EventAppScaled, Actor: store.ActorAutoscaler,
 				Message: fmt.Sprintf("%s scaled %s", name, d),
 				Details: map[string]string{"from": fmt.Sprint(d.Current), "to": fmt.Sprint(d.Desired), "recommendation": fmt.Sprint(d.Recommendation), "decision": fmt.Sprint(id)}})
 		})

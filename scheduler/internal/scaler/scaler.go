@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -103,6 +104,8 @@ type Scaler struct {
 	mu       sync.Mutex
 	policies map[string]appPolicy // under mu
 
+	// leading is set while Lead runs: its rounds read the policies then.
+	leading atomic.Bool
 	// term is the lease term history was rebuilt for (0 while following);
 	// term, history, held and pruned belong to the decision loop.
 	term    uint64
@@ -133,10 +136,12 @@ func New(cfg Config, st Store, dk Docker, conn Bus, w Writer, names msg.Names, l
 		metrics: newMetrics(), intake: newIntake(), history: map[string]autoscale.History{}, held: map[string]int{}}
 }
 
-// Run subscribes to the samples, decides every Interval and reads Docker
-// stats every StatsInterval until ctx ends. Then it drains the
-// subscriptions, waits for the loops and for the sample handlers in
-// flight, and returns nil: no goroutine it started outlives it.
+// Run is the part of the scaler every replica runs: it takes in the
+// samples, and reads the apps' policies every Interval (for the API, and
+// for the decisions of a replica that comes to lead), until ctx ends.
+// Then it drains the subscriptions, waits for its loop and for the sample
+// handlers in flight, and returns nil: no goroutine it started outlives
+// it. Lead is the leader's part.
 func (s *Scaler) Run(ctx context.Context) error {
 	if s.cfg.Interval <= 0 {
 		<-ctx.Done()
@@ -144,10 +149,7 @@ func (s *Scaler) Run(ctx context.Context) error {
 	}
 	subs := s.subscribe()
 	var wg sync.WaitGroup
-	wg.Go(func() { s.scaleLoop(ctx) })
-	if s.cfg.StatsInterval > 0 {
-		wg.Go(func() { s.statsLoop(ctx) })
-	}
+	wg.Go(func() { s.policyLoop(ctx) })
 	<-ctx.Done()
 	for _, sub := range subs {
 		if err := sub.Drain(); err != nil {
@@ -159,6 +161,38 @@ func (s *Scaler) Run(ctx context.Context) error {
 	s.stopped = true
 	s.gate.Unlock()
 	return nil
+}
+
+// Lead is the leader-only part of the scaler (run it in a leader.Group):
+// it decides every autoscaled app each Interval, with the history the
+// stored decisions give, and reads Docker stats each StatsInterval, until
+// ctx ends. Each round still checks the lease. It returns once both loops
+// have, with the decision state and gauges cleared. Leads do not overlap.
+func (s *Scaler) Lead(ctx context.Context) error {
+	if s.cfg.Interval <= 0 {
+		<-ctx.Done()
+		return nil
+	}
+	s.leading.Store(true)
+	defer s.following()
+	var wg sync.WaitGroup
+	wg.Go(func() { s.scaleLoop(ctx) })
+	if s.cfg.StatsInterval > 0 {
+		wg.Go(func() { s.statsLoop(ctx) })
+	}
+	wg.Wait()
+	return nil
+}
+
+// following forgets what only the leader keeps: the history, the held
+// recommendations, the last stats readings, and the decision gauges.
+func (s *Scaler) following() {
+	s.mu.Lock()
+	s.term, s.history, s.held = 0, nil, nil
+	s.mu.Unlock()
+	s.readings = nil
+	s.metrics.resetScaling()
+	s.leading.Store(false)
 }
 
 // PolicyOf turns an app's scaling block (defaults applied) into the

@@ -121,6 +121,8 @@ func leading(term uint64) func() (store.Lease, bool) {
 	return func() (store.Lease, bool) { return store.Lease{Term: term}, true }
 }
 
+// TestRunJoinsItsGoroutines: Run (every replica) and Lead (the leader)
+// each return only once every goroutine they started has.
 func TestRunJoinsItsGoroutines(t *testing.T) {
 	t.Parallel()
 	names, err := msg.NewNames("berth")
@@ -135,9 +137,12 @@ func TestRunJoinsItsGoroutines(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	returned := make(chan struct{})
-	var runErr error
+	var runErr, leadErr error
 	go func() {
-		runErr = s.Run(ctx)
+		var wg sync.WaitGroup
+		wg.Go(func() { runErr = s.Run(ctx) })
+		wg.Go(func() { leadErr = s.Lead(ctx) })
+		wg.Wait()
 		close(returned)
 	}()
 
@@ -174,9 +179,10 @@ func TestRunJoinsItsGoroutines(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return after ctx ended")
 	}
-	require.True(t, st.done.Load(), "the decision loop's call returned before Run")
-	require.True(t, dk.done.Load(), "the stats loop's call returned before Run")
+	require.True(t, st.done.Load(), "the policy or decision loop's call returned before Run or Lead")
+	require.True(t, dk.done.Load(), "the stats loop's call returned before Lead")
 	require.NoError(t, runErr)
+	require.NoError(t, leadErr)
 
 	// Drained: nothing is delivered any more.
 	delivered := conn.delivered.Load()
@@ -194,6 +200,7 @@ func TestRunReturnsWhenOff(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	require.NoError(t, s.Run(ctx))
+	require.NoError(t, s.Lead(ctx))
 }
 
 func TestScaleRound(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
 )
 
@@ -248,16 +249,8 @@ func (s *Store) History(ctx context.Context, name string, limit int) ([]Revision
 	if err != nil {
 		return nil, fmt.Errorf("history of %s: %w", name, redact(err))
 	}
-	defer rows.Close()
-	var out []Revision
-	for rows.Next() {
-		var r Revision
-		if err := rows.Scan(&r.Generation, &r.Image, &r.Actor, &r.At); err != nil {
-			return nil, fmt.Errorf("history of %s: %w", name, redact(err))
-		}
-		out = append(out, r)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Revision])
+	if err != nil {
 		return nil, fmt.Errorf("history of %s: %w", name, redact(err))
 	}
 	return out, nil
@@ -285,16 +278,8 @@ func (s *Store) list(ctx context.Context, name string) ([]App, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list apps: %w", redact(err))
 	}
-	defer rows.Close()
-	var out []App
-	for rows.Next() {
-		a, err := scanApp(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list apps: %w", redact(err))
-		}
-		out = append(out, a)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (App, error) { return scanApp(row) })
+	if err != nil {
 		return nil, fmt.Errorf("list apps: %w", redact(err))
 	}
 	return out, nil
@@ -431,18 +416,14 @@ func (s *Store) Instances(ctx context.Context, app string) ([]Instance, error) {
 	if err != nil {
 		return nil, fmt.Errorf("instances of %s: %w", app, redact(err))
 	}
-	defer rows.Close()
-	var out []Instance
-	for rows.Next() {
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Instance, error) {
 		var i Instance
 		var term int64
-		if err := rows.Scan(&i.ID, &i.App, &i.Generation, &i.ContainerID, &i.Address, &i.State, &i.Health, &i.Restarts, &term, &i.SpecHash, &i.Host, &i.StartedAt, &i.CreatedAt, &i.UpdatedAt); err != nil {
-			return nil, fmt.Errorf("instances of %s: %w", app, redact(err))
-		}
+		err := row.Scan(&i.ID, &i.App, &i.Generation, &i.ContainerID, &i.Address, &i.State, &i.Health, &i.Restarts, &term, &i.SpecHash, &i.Host, &i.StartedAt, &i.CreatedAt, &i.UpdatedAt)
 		i.Term = uint64(term)
-		out = append(out, i)
-	}
-	if err := rows.Err(); err != nil {
+		return i, err
+	})
+	if err != nil {
 		return nil, fmt.Errorf("instances of %s: %w", app, redact(err))
 	}
 	return out, nil
@@ -483,28 +464,27 @@ func (t *Tx) DeleteInstance(ctx context.Context, id string) error {
 	return nil
 }
 
+// restartKinds are the events that count against an app's restart budget.
+var restartKinds = []string{string(msg.EventInstanceReplaced), string(msg.EventInstanceFailed), string(msg.EventImagePullFailed),
+	string(msg.EventInstanceCreateFailed), string(msg.EventInstanceStartFailed), string(msg.EventInstanceAddressRefused)}
+
 // Restarts returns when each app had an instance fail (replaced at once,
 // or its replacement waiting), or failed to start one, since since: the
 // restart budget's history. The replacement of an instance lost with its
 // host (cause host_lost) is no failure of the app, and is not counted.
 func (s *Store) Restarts(ctx context.Context, since time.Time) (map[string][]time.Time, error) {
 	rows, err := s.pool.Query(ctx, `SELECT app, at FROM events
-		WHERE kind IN ('instance_replaced', 'instance_failed', 'image_pull_failed', 'instance_create_failed', 'instance_start_failed', 'instance_address_refused') AND at >= $1
-		AND details->>'cause' IS DISTINCT FROM 'host_lost'`, since)
+		WHERE kind = ANY($2) AND at >= $1 AND details->>'cause' IS DISTINCT FROM 'host_lost'`, since, restartKinds)
 	if err != nil {
 		return nil, fmt.Errorf("restarts: %w", redact(err))
 	}
-	defer rows.Close()
 	out := map[string][]time.Time{}
-	for rows.Next() {
-		var app string
-		var at time.Time
-		if err := rows.Scan(&app, &at); err != nil {
-			return nil, fmt.Errorf("restarts: %w", redact(err))
-		}
+	var app string
+	var at time.Time
+	if _, err := pgx.ForEachRow(rows, []any{&app, &at}, func() error {
 		out[app] = append(out[app], at)
-	}
-	if err := rows.Err(); err != nil {
+		return nil
+	}); err != nil {
 		return nil, fmt.Errorf("restarts: %w", redact(err))
 	}
 	return out, nil

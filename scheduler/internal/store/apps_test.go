@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/tern/v2/migrate"
 	"github.com/stretchr/testify/require"
 
+	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/internal/testrig"
 )
@@ -151,14 +152,14 @@ func TestInstanceRecordsAndRestarts(t *testing.T) {
 		if err := tx.PutInstance(ctx, Instance{ID: "b1", App: "api", Generation: 1, State: "running", SpecHash: "h2"}); err != nil {
 			return err
 		}
-		if _, err := tx.AddEvent(ctx, Event{App: "web", Instance: "z9", Kind: "instance_replaced", Message: "died"}); err != nil {
+		if _, err := tx.AddEvent(ctx, Event{App: "web", Instance: "z9", Kind: msg.EventInstanceReplaced, Message: "died"}); err != nil {
 			return err
 		}
-		if _, err := tx.AddEvent(ctx, Event{App: "web", Instance: "z7", Kind: "instance_failed", Message: "died; its replacement waits"}); err != nil {
+		if _, err := tx.AddEvent(ctx, Event{App: "web", Instance: "z7", Kind: msg.EventInstanceFailed, Message: "died; its replacement waits"}); err != nil {
 			return err
 		}
 		// A host's loss is no crash: its replacements spend no budget.
-		_, err := tx.AddEvent(ctx, Event{App: "web", Instance: "z8", Kind: "instance_replaced", Message: "lost with h3",
+		_, err := tx.AddEvent(ctx, Event{App: "web", Instance: "z8", Kind: msg.EventInstanceReplaced, Message: "lost with h3",
 			Details: map[string]string{"cause": "host_lost", "host": "h3"}})
 		return err
 	}))

@@ -44,18 +44,14 @@ func (s *Store) Certificates(ctx context.Context) (map[string]Certificate, error
 	if err != nil {
 		return nil, fmt.Errorf("certificates: %w", redact(err))
 	}
-	defer rows.Close()
 	out := map[string]Certificate{}
-	for rows.Next() {
-		var c Certificate
-		var nb, na, ia, ra *time.Time
-		if err := rows.Scan(&c.App, &c.Names, &c.Chain, &c.Key, &c.Serial, &nb, &na, &ia, &c.Failures, &ra, &c.LastError); err != nil {
-			return nil, fmt.Errorf("certificates: %w", redact(err))
-		}
+	var c Certificate
+	var nb, na, ia, ra *time.Time
+	if _, err := pgx.ForEachRow(rows, []any{&c.App, &c.Names, &c.Chain, &c.Key, &c.Serial, &nb, &na, &ia, &c.Failures, &ra, &c.LastError}, func() error {
 		c.NotBefore, c.NotAfter, c.IssuedAt, c.RetryAt = orZero(nb), orZero(na), orZero(ia), orZero(ra)
 		out[c.App] = c
-	}
-	if err := rows.Err(); err != nil {
+		return nil
+	}); err != nil {
 		return nil, fmt.Errorf("certificates: %w", redact(err))
 	}
 	return out, nil

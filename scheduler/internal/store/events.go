@@ -5,6 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/berthhq/berth/common/msg"
 )
 
 // Event is one lifecycle event of an app.
@@ -12,7 +16,7 @@ type Event struct {
 	ID       int64
 	App      string
 	Instance string
-	Kind     string
+	Kind     msg.EventKind
 	Message  string
 	Details  map[string]string
 	// Actor made it happen: the token whose change it follows, or the
@@ -59,20 +63,18 @@ func (s *Store) Events(ctx context.Context, app string, after int64, limit int) 
 	if err != nil {
 		return nil, fmt.Errorf("events: %w", redact(err))
 	}
-	defer rows.Close()
-	var out []Event
-	for rows.Next() {
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Event, error) {
 		var e Event
 		var details []byte
 		var term int64
-		if err := rows.Scan(&e.ID, &e.App, &e.Instance, &e.Kind, &e.Message, &details, &term, &e.At, &e.Actor); err != nil {
-			return nil, fmt.Errorf("events: %w", redact(err))
+		if err := row.Scan(&e.ID, &e.App, &e.Instance, &e.Kind, &e.Message, &details, &term, &e.At, &e.Actor); err != nil {
+			return e, err
 		}
 		e.Term = uint64(term)
 		_ = json.Unmarshal(details, &e.Details)
-		out = append(out, e)
-	}
-	if err := rows.Err(); err != nil {
+		return e, nil
+	})
+	if err != nil {
 		return nil, fmt.Errorf("events: %w", redact(err))
 	}
 	return out, nil

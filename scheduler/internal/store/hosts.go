@@ -82,16 +82,8 @@ func (s *Store) Hosts(ctx context.Context) ([]Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hosts: %w", redact(err))
 	}
-	defer rows.Close()
-	var out []Host
-	for rows.Next() {
-		h, err := scanHost(rows)
-		if err != nil {
-			return nil, fmt.Errorf("hosts: %w", redact(err))
-		}
-		out = append(out, h)
-	}
-	if err := rows.Err(); err != nil {
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Host, error) { return scanHost(row) })
+	if err != nil {
 		return nil, fmt.Errorf("hosts: %w", redact(err))
 	}
 	return out, nil

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // ErrScaleConflict is an autoscaler change whose app changed meanwhile (a
@@ -90,20 +92,18 @@ func (s *Store) Decisions(ctx context.Context, app string, since time.Time, limi
 	if err != nil {
 		return nil, fmt.Errorf("decisions: %w", redact(err))
 	}
-	defer rows.Close()
-	var out []Decision
-	for rows.Next() {
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Decision, error) {
 		var d Decision
 		var reasons, limits []byte
 		var term int64
-		if err := rows.Scan(&d.ID, &d.App, &d.Current, &d.Desired, &d.Recommendation, &reasons, &limits, &term, &d.At); err != nil {
-			return nil, fmt.Errorf("decisions: %w", redact(err))
+		if err := row.Scan(&d.ID, &d.App, &d.Current, &d.Desired, &d.Recommendation, &reasons, &limits, &term, &d.At); err != nil {
+			return d, err
 		}
 		d.Reasons, d.Term = reasons, uint64(term)
 		_ = json.Unmarshal(limits, &d.Limits)
-		out = append(out, d)
-	}
-	if err := rows.Err(); err != nil {
+		return d, nil
+	})
+	if err != nil {
 		return nil, fmt.Errorf("decisions: %w", redact(err))
 	}
 	return out, nil

@@ -109,23 +109,19 @@ func resealRows(ctx context.Context, tx pgx.Tx, app string, reseal func(*spec.Ap
 	if err != nil {
 		return 0, 0, fmt.Errorf("reseal %s: history: %w", app, redact(err))
 	}
-	var all []row
-	for rows.Next() {
+	all, err := pgx.CollectRows(rows, func(cr pgx.CollectableRow) (row, error) {
 		var r row
 		var raw []byte
-		if err := rows.Scan(&r.gen, &raw); err != nil {
-			rows.Close()
-			return 0, 0, fmt.Errorf("reseal %s: history: %w", app, redact(err))
+		if err := cr.Scan(&r.gen, &raw); err != nil {
+			return r, fmt.Errorf("history: %w", err)
 		}
 		if err := json.Unmarshal(raw, &r.spec); err != nil {
-			rows.Close()
-			return 0, 0, fmt.Errorf("reseal %s: generation %d: stored spec: %w", app, r.gen, err)
+			return r, fmt.Errorf("generation %d: stored spec: %w", r.gen, err)
 		}
-		all = append(all, r)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return 0, 0, fmt.Errorf("reseal %s: history: %w", app, redact(err))
+		return r, nil
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("reseal %s: %w", app, redact(err))
 	}
 	var errs []error
 	for _, r := range all {

@@ -85,23 +85,21 @@ func (s *Store) tokens(ctx context.Context, query string) ([]Token, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tokens: %w", redact(err))
 	}
-	defer rows.Close()
-	var out []Token
-	for rows.Next() {
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Token, error) {
 		var t Token
 		var hash []byte
 		var revoked, used *time.Time
-		if err := rows.Scan(&t.Name, &t.Scope, &hash, &t.CreatedAt, &t.CreatedBy, &revoked, &used, &t.Apps); err != nil {
-			return nil, fmt.Errorf("tokens: %w", redact(err))
+		if err := row.Scan(&t.Name, &t.Scope, &hash, &t.CreatedAt, &t.CreatedBy, &revoked, &used, &t.Apps); err != nil {
+			return t, err
 		}
 		if hash != nil && len(hash) != len(t.Hash) {
-			return nil, fmt.Errorf("tokens: token %s has a hash of %d bytes, not %d", t.Name, len(hash), len(t.Hash))
+			return t, fmt.Errorf("token %s has a hash of %d bytes, not %d", t.Name, len(hash), len(t.Hash))
 		}
 		copy(t.Hash[:], hash)
 		t.RevokedAt, t.LastUsedAt = orZero(revoked), orZero(used)
-		out = append(out, t)
-	}
-	if err := rows.Err(); err != nil {
+		return t, nil
+	})
+	if err != nil {
 		return nil, fmt.Errorf("tokens: %w", redact(err))
 	}
 	return out, nil
