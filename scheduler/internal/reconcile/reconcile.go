@@ -219,7 +219,14 @@ func (p *appPlan) classify(insts []Observed) {
 			// not gone.
 			o.ContainerGone, o.ContainerRunning = false, true
 		}
-		if (o.State == msg.StateCreating || o.State == msg.StateStarting) && p.in.StartTimeout > 0 && !o.UpdatedAt.IsZero() {
+		if (o.State == msg.StateCreating || o.State == msg.StateStarting) && o.Term != 0 && p.in.Term > o.Term {
+			// A start of an earlier term: that term's leader-only services
+			// were stopped before this one began (leader.Group), and its
+			// writes are fenced, so nobody finishes it. Replaced at once,
+			// rather than after --start-timeout; a container it made late
+			// is an orphan, removed.
+			o.State, o.ContainerGone = msg.StateRunning, true
+		} else if (o.State == msg.StateCreating || o.State == msg.StateStarting) && p.in.StartTimeout > 0 && !o.UpdatedAt.IsZero() {
 			// A start that outlived its timeout: its leader died mid-start.
 			if stale := o.UpdatedAt.Add(p.in.StartTimeout); p.in.Now.Before(stale) {
 				p.res.wakeAt(stale, p.in.Now)
