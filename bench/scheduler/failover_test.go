@@ -12,11 +12,13 @@ package scheduler
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -141,15 +143,16 @@ func BenchmarkApply(b *testing.B) {
 	p := start(b, bin, db, natsURL, "a")
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
 	put := func(i int) error {
-		body := fmt.Sprintf("name: app-%d\nimage: web:%d\nport: 8080\nreplicas: 2\n", i%200, i)
-		req, _ := http.NewRequestWithContext(context.Background(), "PUT", fmt.Sprintf("%s/v1/apps/app-%d", p.api, i%200), strings.NewReader(body))
+		body := fmt.Sprintf("name: app-%d\nimage: web:%d\nport: 8080\nreplicas: 2\nrouting: {hosts: [app-%d.bench.test]}\n", i%benchApps, i, i%benchApps)
+		req, _ := http.NewRequestWithContext(context.Background(), "PUT", fmt.Sprintf("%s/v1/apps/app-%d", p.api, i%benchApps), strings.NewReader(body))
 		resp, err := client.Do(req)
 		if err != nil {
 			return err
 		}
-		resp.Body.Close()
+		defer resp.Body.Close()
 		if resp.StatusCode != 200 {
-			return fmt.Errorf("status %d", resp.StatusCode)
+			msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+			return fmt.Errorf("status %d: %s", resp.StatusCode, msg)
 		}
 		return nil
 	}
@@ -181,4 +184,14 @@ func BenchmarkApply(b *testing.B) {
 			fmt.Printf("apply throughput, %d client(s): %.0f applies/s (%d applies, each a new generation with history)\n", workers, rate, n)
 		})
 	}
+}
+
+// benchApps is how many apps the apply benchmark spreads its applies over.
+var benchApps = envInt("BERTH_BENCH_APPS", 200)
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
 }
