@@ -203,12 +203,17 @@ func buildApp(name string, spec *msg.App, keys map[string]struct{}, v View, serv
 			continue
 		}
 		h := v.Health[key]
-		missing := inst.State == msg.StateRunning && inst.Address != "" && (spec == nil || spec.Health.IsEnabled() && h == nil)
+		// No health value, or one that says unknown, is no verdict: a
+		// checker that starts a target again (after NATS came back empty,
+		// or a new checker without the published value) publishes unknown
+		// until its thresholds are met.
+		noVerdict := h == nil || h.Status == msg.StatusUnknown
+		missing := inst.State == msg.StateRunning && inst.Address != "" && (spec == nil || spec.Health.IsEnabled() && noVerdict)
 		if missing {
 			unsettled++
 		}
-		// No health value is no verdict: an instance served before stays
-		// served until healthd says otherwise.
+		// An instance served before stays served until healthd says
+		// otherwise.
 		kept := missing && spec != nil && served[inst.ID]
 		if !kept && (spec == nil || !Routable(spec, inst, h)) {
 			continue
@@ -231,7 +236,7 @@ func buildApp(name string, spec *msg.App, keys map[string]struct{}, v View, serv
 // EmptyHold decides whether next may be applied. A snapshot that removes
 // every server of every app, when the applied one had servers, and in
 // which no instance record says why (every record vanished, or those left
-// are running but lack their app or their health value, as while the
+// are running but lack their app or a health verdict, as while the
 // buckets refill after a NATS reset) looks like a reset rather than
 // intent: it is held back until it has persisted for hold. Instances the
 // scheduler wrote as draining, stopped or failed, or that healthd found

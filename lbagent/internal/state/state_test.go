@@ -136,6 +136,8 @@ func TestEmptyHoldWhileBucketsRefill(t *testing.T) {
 		{name: "apps and instances back before health", view: View{Apps: map[string]*msg.App{"web": checked("web")}, Instances: map[string]*msg.Instance{"web.a": running}}},
 		{name: "everything back", view: View{Apps: map[string]*msg.App{"web": checked("web")}, Instances: map[string]*msg.Instance{"web.a": running},
 			Health: map[string]*msg.Health{"web.a": healthy}}, wantApply: true},
+		{name: "health back as unknown (a checker starting again)", view: View{Apps: map[string]*msg.App{"web": checked("web")}, Instances: map[string]*msg.Instance{"web.a": running},
+			Health: map[string]*msg.Health{"web.a": {App: "web", Instance: "a", Status: msg.StatusUnknown}}}},
 		{name: "found unhealthy is intent", view: View{Apps: map[string]*msg.App{"web": checked("web")}, Instances: map[string]*msg.Instance{"web.a": running},
 			Health: map[string]*msg.Health{"web.a": unhealthy}}, wantApply: true},
 		{name: "stopped is intent", view: View{Apps: map[string]*msg.App{"web": checked("web")},

@@ -159,10 +159,20 @@ func TestMissingHealthKeepsServedInstances(t *testing.T) {
 	require.Equal(t, []string{"a", "b"}, instanceIDs(snap.Apps[0]), "missing health is no verdict: a and b stay, c waits")
 	require.Equal(t, 3, snap.Unsettled)
 
-	s.HealthHandler().Update(bus.Event[*msg.Health]{Key: "web.b", Revision: 2, Op: bus.OpPut, Value: health(msg.StatusUnhealthy)})
-	s.HealthHandler().Update(bus.Event[*msg.Health]{Key: "web.c", Revision: 3, Op: bus.OpPut, Value: health(msg.StatusHealthy)})
+	// healthd starts its targets again: its first probes publish unknown,
+	// which is no verdict either (TestNATSWipe failed so, once in 20 runs
+	// beside a CPU hog: every served instance left nginx for a second).
+	s.HealthHandler().Update(bus.Event[*msg.Health]{Key: "web.a", Revision: 2, Op: bus.OpPut, Value: health(msg.StatusUnknown)})
+	s.HealthHandler().Update(bus.Event[*msg.Health]{Key: "web.c", Revision: 3, Op: bus.OpPut, Value: health(msg.StatusUnknown)})
+	snap, _ = s.Snapshot()
+	require.Equal(t, []string{"a", "b"}, instanceIDs(snap.Apps[0]), "unknown is no verdict: a stays, c still waits")
+	require.Equal(t, 3, snap.Unsettled)
+
+	s.HealthHandler().Update(bus.Event[*msg.Health]{Key: "web.b", Revision: 4, Op: bus.OpPut, Value: health(msg.StatusUnhealthy)})
+	s.HealthHandler().Update(bus.Event[*msg.Health]{Key: "web.c", Revision: 5, Op: bus.OpPut, Value: health(msg.StatusHealthy)})
 	snap, _ = s.Snapshot()
 	require.Equal(t, []string{"a", "c"}, instanceIDs(snap.Apps[0]), "an unhealthy value takes b out; c is in once healthy")
+	require.Equal(t, 1, snap.Unsettled, "a is still unknown")
 }
 
 func instanceIDs(a App) []string {
