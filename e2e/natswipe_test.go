@@ -116,6 +116,15 @@ func TestNATSWipe(t *testing.T) {
 	// Served with no failure past twice the empty-hold.
 	time.Sleep(time.Until(back.Add(2*lbEmptyHold + 2*time.Second)))
 	s.logBuckets(apps)
+	// lbagent's record is back, in the agents bucket the scheduler manages
+	// (an lbagent with a node key of its own cannot create it).
+	agents, err := s.conn.KV(context.Background(), s.names.AgentsBucket())
+	if err == nil {
+		_, err = agents.Get(context.Background(), lbNode)
+	}
+	if err != nil {
+		t.Errorf("lbagent's record in the agents bucket, twice the empty-hold after the restart: %v", err)
+	}
 	for _, a := range apps {
 		got := gens[a.name].Snapshot()
 		failed := got.Failed() + got.Retried

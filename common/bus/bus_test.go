@@ -436,4 +436,11 @@ func TestOwnedKV(t *testing.T) {
 
 	_, err = OwnedKV(ctx, c, n, RoleHealthd, n.AppsBucket())
 	require.ErrorIs(t, err, ErrBucketNotFound, "the scheduler's bucket is not healthd's to create")
+
+	// The scheduler's buckets come back with the agents bucket it manages
+	// (NATS back empty: no lbagent with a node key may create it).
+	_, err = OwnedKV(ctx, c, n, RoleScheduler, n.InstancesBucket())
+	require.NoError(t, err)
+	_, err = c.KV(ctx, n.AgentsBucket())
+	require.NoError(t, err, "the managed agents bucket is created with the scheduler's own")
 }

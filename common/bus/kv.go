@@ -324,9 +324,11 @@ type BucketOpener interface {
 
 var _ BucketOpener = (*Conn)(nil)
 
-// OwnedKV opens a bucket that role owns, creating role's buckets first
-// when it is missing: NATS was not ready when the daemon started (a
-// cluster still electing its leader), or came back empty.
+// OwnedKV opens a bucket that role owns, creating the buckets role owns
+// or manages first when it is missing: NATS was not ready when the daemon
+// started (a cluster still electing its leader), or came back empty. The
+// managed ones come back with the others (the scheduler's agents bucket:
+// lbagents with node keys of their own cannot create it).
 func OwnedKV(ctx context.Context, c BucketOpener, n msg.Names, role, bucket string) (*KV, error) {
 	kv, err := c.KV(ctx, bucket)
 	if !errors.Is(err, ErrBucketNotFound) {
@@ -336,7 +338,11 @@ func OwnedKV(ctx context.Context, c BucketOpener, n msg.Names, role, bucket stri
 	if err != nil {
 		return nil, err
 	}
-	if err := c.EnsureBuckets(ctx, owned); err != nil {
+	managed, err := ManagedBuckets(n, role)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.EnsureBuckets(ctx, append(owned, managed...)); err != nil {
 		return nil, err
 	}
 	return c.KV(ctx, bucket)
