@@ -187,9 +187,34 @@ func TestDataPlaneRolloutMissingImageAndCrashLoop(t *testing.T) {
 	// A crash-looping app trips the breaker instead of restarting forever.
 	apply("crash", "image: "+v1+"\nreplicas: 1\nenv: {DEMO_MODE: crash}\nrestart: {max_attempts: 2, window: 10m, backoff_initial: 100ms, backoff_max: 1m}\n")
 	require.Eventually(t, func() bool { return strings.Contains(events("crash"), "app_failed") }, 60*time.Second, 100*time.Millisecond)
+	// No restart storm once the breaker is open: two changes to another
+	// app wake the loop, and the cycles they run replace nothing.
 	replaced := strings.Count(events("crash"), "instance_replaced")
-	time.Sleep(2 * time.Second)
+	for _, n := range []string{"2", "1"} {
+		before := cycles(t, r.api)
+		code, out, errOut := cmd(t, "scale", "ghost", n, "--server", r.api)
+		require.Equal(t, 0, code, out+errOut)
+		require.Eventually(t, func() bool { return cycles(t, r.api) > before }, 30*time.Second, 20*time.Millisecond, "a cycle runs")
+	}
 	require.Equal(t, replaced, strings.Count(events("crash"), "instance_replaced"), "no restart storm once the breaker is open")
+}
+
+// cycles is how many reconcile cycles the replica serving api has finished
+// as leader, from its /metrics.
+func cycles(t *testing.T, api string) float64 {
+	t.Helper()
+	body := testrig.WaitHTTP(t, api+"/metrics", 5*time.Second)
+	var sum float64
+	for line := range strings.Lines(body) {
+		if !strings.HasPrefix(line, "berth_scheduler_reconcile_cycles_total{") {
+			continue
+		}
+		var v float64
+		_, err := fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v)
+		require.NoError(t, err, line)
+		sum += v
+	}
+	return sum
 }
 
 // stubHealth writes healthd's verdict for every running instance of app:
@@ -262,7 +287,8 @@ func TestDataPlaneAutoRollbackAndAdoption(t *testing.T) {
 	a.stop()
 	b := startReplica(t, e.db, e.natsURL, e.prefix+"-b", "--prefix", e.prefix)
 	require.Eventually(t, func() bool { return readyRole(t, b.api) == "leader" }, 10*time.Second, 20*time.Millisecond)
-	time.Sleep(2 * time.Second) // cycles run
+	// The new leader's first cycles have run (and acted, had it recreated anything).
+	require.Eventually(t, func() bool { return cycles(t, b.api) >= 1 }, 10*time.Second, 20*time.Millisecond)
 	after := map[string]string{}
 	for id, m := range running(t, kv, "web") {
 		after[id] = m.ContainerID
