@@ -281,14 +281,27 @@ func TestDataPlaneAutoRollbackAndAdoption(t *testing.T) {
 
 	// A scheduler restart keeps the containers: nothing is recreated.
 	before := map[string]string{}
+	var oldTerm uint64
 	for id, m := range running(t, kv, "web") {
 		before[id] = m.ContainerID
+		oldTerm = max(oldTerm, m.Term)
 	}
 	a.stop()
 	b := startReplica(t, e.db, e.natsURL, e.prefix+"-b", "--prefix", e.prefix)
 	require.Eventually(t, func() bool { return readyRole(t, b.api) == "leader" }, 10*time.Second, 20*time.Millisecond)
-	// The new leader's first cycles have run (and acted, had it recreated anything).
+	// The new leader's first cycle has run (and acted, had it recreated
+	// anything), and it has published every instance under its term: a
+	// listing while it puts them may miss a key.
 	require.Eventually(t, func() bool { return cycles(t, b.api) >= 1 }, 10*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool {
+		ms := running(t, kv, "web")
+		for _, m := range ms {
+			if m.Term <= oldTerm {
+				return false
+			}
+		}
+		return len(ms) == len(before)
+	}, 10*time.Second, 20*time.Millisecond, "the new leader publishes every instance")
 	after := map[string]string{}
 	for id, m := range running(t, kv, "web") {
 		after[id] = m.ContainerID
