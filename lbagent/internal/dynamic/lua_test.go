@@ -328,10 +328,11 @@ func TestLuaBalancing(t *testing.T) {
 		var wg sync.WaitGroup
 		t.Cleanup(wg.Wait)
 		t.Cleanup(slow.Release)
-		for slow.InFlight.Load() < 2 {
+		for deadline := time.Now().Add(10 * time.Second); slow.InFlight.Load() < 2; {
+			require.True(t, time.Now().Before(deadline), "requests never reached the held server")
 			wg.Add(1)
 			go func() { defer wg.Done(); _, _, _, _ = r.get(r.client, "web", "", nil) }()
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(20 * time.Millisecond) // the poll interval
 		}
 		before := slow.Hits.Load()
 		counts := r.Spread("web", 1000, 1)
@@ -353,10 +354,11 @@ func TestLuaBalancing(t *testing.T) {
 		var wg sync.WaitGroup
 		t.Cleanup(wg.Wait)
 		t.Cleanup(slow.Release)
-		for slow.InFlight.Load() < 1 {
+		for deadline := time.Now().Add(10 * time.Second); slow.InFlight.Load() < 1; {
+			require.True(t, time.Now().Before(deadline), "requests never reached the held server")
 			wg.Add(1)
 			go func() { defer wg.Done(); _, _, _, _ = r.get(r.client, "web", "", nil) }()
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(20 * time.Millisecond) // the poll interval
 		}
 		// slow is picked only when both random picks are slow itself,
 		// which two distinct picks never are.
