@@ -123,7 +123,7 @@ func TestEventsSeeAKill(t *testing.T) {
 		}
 		return false
 	}
-	for deadline := time.Now().Add(10 * time.Second); !probed(); time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(10 * time.Second); !probed(); time.Sleep(50 * time.Millisecond) { // the poll interval
 		require.True(t, time.Now().Before(deadline), "the event stream never delivered a probe's create event")
 		probes[create(t, c, fmt.Sprintf("p%d", time.Now().UnixNano()%1e9), nil)] = true
 	}
