@@ -34,9 +34,15 @@ type reporter struct {
 	mu      sync.Mutex
 	reloads []*msg.Reload
 	agents  []*msg.Agent
+	// onReload, set before the agent runs, is called with each report
+	// as it is made.
+	onReload func(*msg.Reload)
 }
 
 func (r *reporter) Reload(_ context.Context, m *msg.Reload) {
+	if r.onReload != nil {
+		r.onReload(m)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.reloads = append(r.reloads, m)
