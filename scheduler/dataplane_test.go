@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -153,7 +155,10 @@ func TestDataPlaneRolloutMissingImageAndCrashLoop(t *testing.T) {
 	versions := func(app string) map[string]int {
 		out := map[string]int{}
 		for _, m := range running(t, kv, app) {
-			body := testrig.WaitHTTP(t, "http://"+m.Address+"/", 10*time.Second)
+			body, ok := answer("http://" + m.Address + "/")
+			if !ok {
+				continue // stopped since it was listed
+			}
 			var reply struct{ Version string }
 			if json.Unmarshal([]byte(body), &reply) == nil {
 				out[reply.Version]++
@@ -217,6 +222,26 @@ func cycles(t *testing.T, api string) float64 {
 	return sum
 }
 
+// answer returns the body of a 200 answer to GET url, trying for 10 s
+// while the instance may still be starting; false when it never answers
+// (it stopped since it was listed). Unlike testrig.WaitHTTP it does not
+// fail the test, so that it may run inside require.Eventually.
+func answer(url string) (string, bool) {
+	client := &http.Client{Timeout: 2 * time.Second}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) { // the poll interval
+		resp, err := client.Get(url)
+		if err != nil {
+			continue
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil && resp.StatusCode == http.StatusOK {
+			return string(body), true
+		}
+	}
+	return "", false
+}
+
 // stubHealth writes healthd's verdict for every running instance of app:
 // healthy for instances of image version want, unhealthy otherwise, as a
 // healthd probing the demo app would.
@@ -226,8 +251,7 @@ func stubHealth(t *testing.T, conn *bus.Conn, names msg.Names, kv *bus.KV, app, 
 	require.NoError(t, err)
 	for _, m := range running(t, kv, app) {
 		status := msg.StatusUnhealthy
-		body := testrig.WaitHTTP(t, "http://"+m.Address+"/", 10*time.Second)
-		if strings.Contains(body, `"version":"`+healthyVersion+`"`) {
+		if body, ok := answer("http://" + m.Address + "/"); ok && strings.Contains(body, `"version":"`+healthyVersion+`"`) {
 			status = msg.StatusHealthy
 		}
 		b, err := msg.Encode(&msg.Health{App: app, Instance: m.ID, Status: status, Checker: "stub", CheckedAt: time.Now()})
@@ -272,7 +296,7 @@ func TestDataPlaneAutoRollbackAndAdoption(t *testing.T) {
 			return false
 		}
 		for _, m := range ms {
-			if !strings.Contains(testrig.WaitHTTP(t, "http://"+m.Address+"/", 10*time.Second), `"version":"v1"`) {
+			if body, ok := answer("http://" + m.Address + "/"); !ok || !strings.Contains(body, `"version":"v1"`) {
 				return false
 			}
 		}
