@@ -22,7 +22,10 @@ import (
 	"github.com/berthhq/berth/lbagent/internal/render"
 	"github.com/berthhq/berth/templates"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 func TestCheckConfigExitCodes(t *testing.T) {
@@ -302,7 +305,9 @@ func TestHealthTemplatesAndDryRun(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, c, r, tmplDir, zaptest.NewLogger(t)) }()
+	refusals, logs := observer.New(zapcore.ErrorLevel)
+	logger := zaptest.NewLogger(t, zaptest.WrapOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core { return zapcore.NewTee(c, refusals) })))
+	go func() { done <- serve(ctx, c, r, tmplDir, logger) }()
 
 	// An app with a health check: only healthy instances get traffic.
 	yes := true
@@ -356,7 +361,9 @@ func TestHealthTemplatesAndDryRun(t *testing.T) {
 	before, err := os.ReadFile(conf)
 	require.NoError(t, err)
 	edit("{{range .Upstreams}}", "{{range .Upstreams")
-	time.Sleep(700 * time.Millisecond)
+	require.Eventually(t, func() bool {
+		return logs.FilterMessage("template edit refused, keeping the running config").Len() > 0
+	}, 10*time.Second, 20*time.Millisecond, "the broken edit is loaded and refused")
 	after, err := os.ReadFile(conf)
 	require.NoError(t, err)
 	require.Equal(t, string(before), string(after), "a broken template edit is refused")
@@ -545,12 +552,15 @@ func TestManagedNginxOutlivesKilledLBAgent(t *testing.T) {
 	master := masters[0]
 
 	load := startSteadyLoad("http://"+httpAddr+"/", 4)
-	time.Sleep(300 * time.Millisecond)
+	served := func(n int64, why string) { // waits until n more requests were served
+		t.Helper()
+		from := load.ok.Load()
+		require.Eventually(t, func() bool { return load.ok.Load() >= from+n }, 20*time.Second, 5*time.Millisecond, why)
+	}
+	served(20, "the load is flowing")
 	require.NoError(t, first.cmd.Process.Signal(syscall.SIGKILL))
 	require.Error(t, first.wait(t, 10*time.Second), "lbagent was killed")
-	before := load.ok.Load()
-	time.Sleep(time.Second)
-	require.Greater(t, load.ok.Load(), before+10, "nginx keeps serving while no lbagent runs")
+	served(20, "nginx keeps serving while no lbagent runs")
 	require.Equal(t, []int{master}, testrig.NginxMasters(t, dir))
 
 	// A new lbagent adopts the running master and applies a later change.
@@ -569,19 +579,20 @@ func TestManagedNginxOutlivesKilledLBAgent(t *testing.T) {
 	// With --leave-nginx-running a clean stop leaves nginx serving too.
 	require.NoError(t, second.cmd.Process.Signal(syscall.SIGTERM))
 	require.NoError(t, second.wait(t, 40*time.Second), "a clean stop exits 0")
-	time.Sleep(300 * time.Millisecond)
+	served(20, "nginx serves after lbagent stopped")
 	require.Equal(t, []int{master}, testrig.NginxMasters(t, dir), "--leave-nginx-running leaves nginx running")
 	third := startLBAgentProcess(t, logPath, nil, args...)
+	// A new backend's answer proves the third lbagent applied the change:
+	// four B answers in a row do not, as the load's requests interleave
+	// with these in nginx's round robin (and then a SIGTERM below could
+	// reach a third lbagent that has not started yet).
 	cl.instance("demo", "a", "127.0.0.1:1", msg.StateStopped)
+	cl.instance("demo", "c", testrig.Backend(t, "C"), msg.StateRunning)
 	require.Eventually(t, func() bool {
-		for range 4 {
-			if _, body := get("http://" + httpAddr + "/"); body != "B" {
-				return false
-			}
-		}
-		return true
+		_, body := get("http://" + httpAddr + "/")
+		return body == "C"
 	}, 30*time.Second, 20*time.Millisecond, "a third lbagent applies a change to the same nginx")
-	time.Sleep(300 * time.Millisecond)
+	served(20, "the load goes on after the change")
 	ok, failed, errs := load.halt()
 	t.Logf("requests: %d ok, %d failed", ok, failed)
 	require.Zero(t, failed, "no request fails while lbagent is killed, replaced and restarted: %v", errs)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -153,7 +155,10 @@ func TestDataPlaneRolloutMissingImageAndCrashLoop(t *testing.T) {
 	versions := func(app string) map[string]int {
 		out := map[string]int{}
 		for _, m := range running(t, kv, app) {
-			body := testrig.WaitHTTP(t, "http://"+m.Address+"/", 10*time.Second)
+			body, ok := answer("http://" + m.Address + "/")
+			if !ok {
+				continue // stopped since it was listed
+			}
 			var reply struct{ Version string }
 			if json.Unmarshal([]byte(body), &reply) == nil {
 				out[reply.Version]++
@@ -187,9 +192,54 @@ func TestDataPlaneRolloutMissingImageAndCrashLoop(t *testing.T) {
 	// A crash-looping app trips the breaker instead of restarting forever.
 	apply("crash", "image: "+v1+"\nreplicas: 1\nenv: {DEMO_MODE: crash}\nrestart: {max_attempts: 2, window: 10m, backoff_initial: 100ms, backoff_max: 1m}\n")
 	require.Eventually(t, func() bool { return strings.Contains(events("crash"), "app_failed") }, 60*time.Second, 100*time.Millisecond)
+	// No restart storm once the breaker is open: two changes to another
+	// app wake the loop, and the cycles they run replace nothing.
 	replaced := strings.Count(events("crash"), "instance_replaced")
-	time.Sleep(2 * time.Second)
+	for _, n := range []string{"2", "1"} {
+		before := cycles(t, r.api)
+		code, out, errOut := cmd(t, "scale", "ghost", n, "--server", r.api)
+		require.Equal(t, 0, code, out+errOut)
+		require.Eventually(t, func() bool { return cycles(t, r.api) > before }, 30*time.Second, 20*time.Millisecond, "a cycle runs")
+	}
 	require.Equal(t, replaced, strings.Count(events("crash"), "instance_replaced"), "no restart storm once the breaker is open")
+}
+
+// cycles is how many reconcile cycles the replica serving api has finished
+// as leader, from its /metrics.
+func cycles(t *testing.T, api string) float64 {
+	t.Helper()
+	body := testrig.WaitHTTP(t, api+"/metrics", 5*time.Second)
+	var sum float64
+	for line := range strings.Lines(body) {
+		if !strings.HasPrefix(line, "berth_scheduler_reconcile_cycles_total{") {
+			continue
+		}
+		var v float64
+		_, err := fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v)
+		require.NoError(t, err, line)
+		sum += v
+	}
+	return sum
+}
+
+// answer returns the body of a 200 answer to GET url, trying for 10 s
+// while the instance may still be starting; false when it never answers
+// (it stopped since it was listed). Unlike testrig.WaitHTTP it does not
+// fail the test, so that it may run inside require.Eventually.
+func answer(url string) (string, bool) {
+	client := &http.Client{Timeout: 2 * time.Second}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) { // the poll interval
+		resp, err := client.Get(url)
+		if err != nil {
+			continue
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err == nil && resp.StatusCode == http.StatusOK {
+			return string(body), true
+		}
+	}
+	return "", false
 }
 
 // stubHealth writes healthd's verdict for every running instance of app:
@@ -201,8 +251,7 @@ func stubHealth(t *testing.T, conn *bus.Conn, names msg.Names, kv *bus.KV, app, 
 	require.NoError(t, err)
 	for _, m := range running(t, kv, app) {
 		status := msg.StatusUnhealthy
-		body := testrig.WaitHTTP(t, "http://"+m.Address+"/", 10*time.Second)
-		if strings.Contains(body, `"version":"`+healthyVersion+`"`) {
+		if body, ok := answer("http://" + m.Address + "/"); ok && strings.Contains(body, `"version":"`+healthyVersion+`"`) {
 			status = msg.StatusHealthy
 		}
 		b, err := msg.Encode(&msg.Health{App: app, Instance: m.ID, Status: status, Checker: "stub", CheckedAt: time.Now()})
@@ -247,7 +296,7 @@ func TestDataPlaneAutoRollbackAndAdoption(t *testing.T) {
 			return false
 		}
 		for _, m := range ms {
-			if !strings.Contains(testrig.WaitHTTP(t, "http://"+m.Address+"/", 10*time.Second), `"version":"v1"`) {
+			if body, ok := answer("http://" + m.Address + "/"); !ok || !strings.Contains(body, `"version":"v1"`) {
 				return false
 			}
 		}
@@ -256,13 +305,27 @@ func TestDataPlaneAutoRollbackAndAdoption(t *testing.T) {
 
 	// A scheduler restart keeps the containers: nothing is recreated.
 	before := map[string]string{}
+	var oldTerm uint64
 	for id, m := range running(t, kv, "web") {
 		before[id] = m.ContainerID
+		oldTerm = max(oldTerm, m.Term)
 	}
 	a.stop()
 	b := startReplica(t, e.db, e.natsURL, e.prefix+"-b", "--prefix", e.prefix)
 	require.Eventually(t, func() bool { return readyRole(t, b.api) == "leader" }, 10*time.Second, 20*time.Millisecond)
-	time.Sleep(2 * time.Second) // cycles run
+	// The new leader's first cycle has run (and acted, had it recreated
+	// anything), and it has published every instance under its term: a
+	// listing while it puts them may miss a key.
+	require.Eventually(t, func() bool { return cycles(t, b.api) >= 1 }, 10*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool {
+		ms := running(t, kv, "web")
+		for _, m := range ms {
+			if m.Term <= oldTerm {
+				return false
+			}
+		}
+		return len(ms) == len(before)
+	}, 10*time.Second, 20*time.Millisecond, "the new leader publishes every instance")
 	after := map[string]string{}
 	for id, m := range running(t, kv, "web") {
 		after[id] = m.ContainerID

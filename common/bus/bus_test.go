@@ -294,8 +294,8 @@ func TestWatcherWaitsForBucket(t *testing.T) {
 	t.Parallel()
 	c := connect(t, startServer(t, -1, t.TempDir()).URL())
 	rec := &recorder{}
-	runWatcher(t, c, "later", rec)
-	time.Sleep(100 * time.Millisecond)
+	w := runWatcher(t, c, "later", rec)
+	require.Eventually(t, func() bool { return w.failed.Load() >= 3 }, 10*time.Second, 5*time.Millisecond, "the watcher looks for the bucket")
 	n, _ := rec.state()
 	require.Zero(t, n)
 	require.NoError(t, c.EnsureBuckets(ctxT(t), []BucketConfig{{Name: "later"}}))

@@ -173,7 +173,7 @@ func TestConnFailsOverToAnotherMember(t *testing.T) {
 			if time.Now().After(deadline) {
 				t.Fatalf("put %s: not accepted within 30s: %v", key, err)
 			}
-			time.Sleep(100 * time.Millisecond)
+			time.Sleep(100 * time.Millisecond) // the poll interval
 		}
 	}
 	expect := func(want string) {
@@ -268,7 +268,7 @@ func TestQuorumLossStopsWritesUntilANodeReturns(t *testing.T) {
 			break
 		}
 		require.True(t, time.Now().Before(deadline), "writes did not resume within 60s of a quorum: %v", err)
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond) // the poll interval
 	}
 	timeout := time.After(30 * time.Second)
 	for {

@@ -334,7 +334,9 @@ func TestCertificateKeysFollowTheDirectory(t *testing.T) {
 	env.credentials(t)
 	env.publishNodes(t, sched.Conn, c)
 	waitNodes(t, d, c.NodeKeys())
-	require.Greater(t, changes.Load(), before, "OnChange hears of the removal (the scheduler then seals every certificate again)")
+	// The directory takes the change, then calls OnChange: wait for it.
+	require.Eventually(t, func() bool { return changes.Load() > before }, 5*time.Second, time.Millisecond,
+		"OnChange hears of the removal (the scheduler then seals every certificate again)")
 
 	after, err := sched.SealTo(RoleLBAgent, secret)
 	require.NoError(t, err)

@@ -288,9 +288,9 @@ func TestSealedRecordAttacks(t *testing.T) {
 			startWatcher(t, owner)
 			running, w := watchView(t, a.lb, n.InstancesBucket())
 			settle(t, running, w)
-			put := time.Now()
 			_, err = instances.Put(ctxT(t), "web.a", []byte(`{"address":"10.0.0.1:80"}`))
 			require.NoError(t, err)
+			put := time.Now() // after the seal
 			require.Eventually(t, func() bool { return has(running, "web.a") }, 5*time.Second, 5*time.Millisecond)
 
 			a.copyKey(t, n.InstancesBucket(), "web.a", n.HealthBucket(), "web.stash") // refused there, but stored
@@ -298,6 +298,8 @@ func TestSealedRecordAttacks(t *testing.T) {
 			require.Eventually(t, func() bool { return !has(running, "web.a") }, 5*time.Second, 5*time.Millisecond)
 
 			a.lbClock.Store(int64(11 * time.Minute)) // past the 10-minute tombstone
+			// The behaviour under test: the copy is stale by the server's
+			// clock, which only real time moves.
 			time.Sleep(time.Until(put.Add(2*time.Second + 500*time.Millisecond)))
 			// The owner keeps writing (its other keys); it changes nothing.
 			_, err = instances.Put(ctxT(t), "web.b", []byte(`{"address":"10.0.0.2:80"}`))
@@ -509,14 +511,16 @@ func TestGetTakesTheServersTime(t *testing.T) {
 	a.lb.seals.maxCopy = time.Second
 	instances, err := a.sched.KV(ctxT(t), n.InstancesBucket())
 	require.NoError(t, err)
-	put := time.Now()
 	_, err = instances.Put(ctxT(t), "web.a", []byte(`{"address":"10.0.0.1:80"}`))
 	require.NoError(t, err)
+	put := time.Now() // after the seal
 	lbKV, err := a.lb.KV(ctxT(t), n.InstancesBucket())
 	require.NoError(t, err)
 	_, err = lbKV.Get(ctxT(t), "web.a")
 	require.NoError(t, err)
 	a.copyKey(t, n.InstancesBucket(), "web.a", n.HealthBucket(), "web.stash")
+	// The behaviour under test: the copy is stale by the server's clock,
+	// which only real time moves.
 	time.Sleep(time.Until(put.Add(1500 * time.Millisecond)))
 	a.copyKey(t, n.HealthBucket(), "web.stash", n.InstancesBucket(), "web.a")
 	_, err = lbKV.Get(ctxT(t), "web.a")

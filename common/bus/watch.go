@@ -71,6 +71,9 @@ type Watcher[T any] struct {
 	handler Handler[T]
 	logger  *zap.Logger
 	dropped atomic.Uint64
+	// failed counts the watches that ended in an error (a missing bucket
+	// among them): tests wait on it.
+	failed atomic.Uint64
 
 	// ResyncEvery, when positive, delivers a fresh snapshot that often, as a
 	// guard against any missed update.
@@ -147,6 +150,7 @@ func (w *Watcher[T]) Run(ctx context.Context) error {
 		if errors.Is(err, errResync) {
 			continue
 		}
+		w.failed.Add(1)
 		// The same error again (a bucket that is still missing) is logged
 		// once at warn, then at debug, so a wait cannot flood the log.
 		if text := err.Error(); text != lastErr {

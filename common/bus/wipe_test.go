@@ -80,15 +80,16 @@ func TestWatcherRecoversFromWipe(t *testing.T) {
 			require.NoError(t, err)
 
 			rec := &recorder{}
-			runWatcher(t, c, "wiped", rec)
+			w := runWatcher(t, c, "wiped", rec)
 			require.Eventually(t, func() bool { return len(rec.view()) == 1 }, 10*time.Second, 5*time.Millisecond)
+			failed := w.failed.Load()
 
 			url := tt.wipe(t, c, s, port)
 			_, err = c.KV(ctx, "wiped")
 			require.ErrorIs(t, err, ErrBucketNotFound)
 			// Several bucket checks and retries pass while the bucket is
 			// missing; the consumer's view must survive them.
-			time.Sleep(150 * time.Millisecond)
+			require.Eventually(t, func() bool { return w.failed.Load() >= failed+3 }, 10*time.Second, 5*time.Millisecond, "the watcher finds the bucket missing")
 			require.Equal(t, map[string]int{"old": 1}, rec.view(), "a missing bucket must not change the consumer's view")
 
 			// The leader, on its own connection, creates the bucket again

@@ -54,7 +54,8 @@ func TestGroup(t *testing.T) {
 			wantStopped: 2,
 		},
 		{
-			name:        "a component that ignores the stop hits the deadline",
+			name: "a component that ignores the stop hits the deadline",
+			// The behaviour under test: a component that never returns.
 			components:  []Component{Func(func(context.Context) error { time.Sleep(time.Hour); return nil })},
 			cancelAfter: 10 * time.Millisecond,
 			timeout:     100 * time.Millisecond,

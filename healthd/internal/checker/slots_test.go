@@ -23,12 +23,20 @@ func TestFairSlotsGoToTheAppHoldingFewest(t *testing.T) {
 			}
 		}()
 	}
+	queued := func(app string, n int) {
+		t.Helper()
+		require.Eventually(t, func() bool {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			return len(s.waiting[app]) == n
+		}, 5*time.Second, time.Millisecond, "%d of %s waiting", n, app)
+	}
 	for range 3 {
 		wait("hog")
 	}
-	time.Sleep(20 * time.Millisecond) // the hog's probes queue first
+	queued("hog", 3) // the hog's probes queue first
 	wait("small")
-	time.Sleep(20 * time.Millisecond)
+	queued("small", 1)
 	s.release("hog")
 	require.Equal(t, "small", <-got, "the freed slot goes to the app holding none, though the hog waited longer")
 	s.release("hog")
@@ -39,7 +47,7 @@ func TestFairSlotsGoToTheAppHoldingFewest(t *testing.T) {
 	cctx, cancel := context.WithCancel(ctx)
 	done := make(chan bool)
 	go func() { done <- s.acquire(cctx, "gone") }()
-	time.Sleep(20 * time.Millisecond)
+	queued("gone", 1)
 	cancel()
 	require.False(t, <-done)
 	s.release("small")
@@ -66,7 +74,7 @@ func TestRunnerSharesSlotsFairly(t *testing.T) {
 	}
 	ts = append(ts, target("small.i0", "ok", 100*time.Millisecond))
 	r.SetTargets(ts)
-	time.Sleep(1050 * time.Millisecond)
+	time.Sleep(1050 * time.Millisecond) // the behaviour under test: turns taken in a second of real time
 	require.GreaterOrEqual(t, f.count("small.i0"), 6, "about ten turns a second, each waiting at most one slot's release")
 	require.LessOrEqual(t, f.maxSeen.Load(), int32(4))
 	probed := 0

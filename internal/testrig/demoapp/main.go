@@ -123,6 +123,7 @@ type app struct {
 	latency                 atomic.Int64
 	healthy                 atomic.Bool
 	served                  atomic.Int64
+	slow                    atomic.Int64 // GET /slow requests in progress
 }
 
 func newApp(c config) *app {
@@ -183,6 +184,8 @@ func (a *app) handler() http.Handler {
 			http.Error(w, "d must be a Go duration up to 10m", http.StatusBadRequest)
 			return
 		}
+		a.slow.Add(1)
+		defer a.slow.Add(-1)
 		a.delay(r.Context(), d)
 		_, _ = fmt.Fprintf(w, "slept %s on %s\n", d, a.instance)
 	})

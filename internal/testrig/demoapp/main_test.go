@@ -125,7 +125,8 @@ func TestServeHTTPGracefulStop(t *testing.T) {
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- serveHTTP(ctx, ln, newApp(config{Instance: "g", Healthy: true})) }()
+	a := newApp(config{Instance: "g", Healthy: true})
+	go func() { done <- serveHTTP(ctx, ln, a) }()
 
 	// A request in flight when the stop begins still completes.
 	result := make(chan int, 1)
@@ -138,7 +139,7 @@ func TestServeHTTPGracefulStop(t *testing.T) {
 		resp.Body.Close()
 		result <- resp.StatusCode
 	}()
-	time.Sleep(100 * time.Millisecond)
+	require.Eventually(t, func() bool { return a.slow.Load() == 1 }, 10*time.Second, time.Millisecond, "the request is in its handler")
 	cancel()
 	require.Equal(t, 200, <-result)
 	require.NoError(t, <-done)

@@ -34,9 +34,15 @@ type reporter struct {
 	mu      sync.Mutex
 	reloads []*msg.Reload
 	agents  []*msg.Agent
+	// onReload, set before the agent runs, is called with each report
+	// as it is made.
+	onReload func(*msg.Reload)
 }
 
 func (r *reporter) Reload(_ context.Context, m *msg.Reload) {
+	if r.onReload != nil {
+		r.onReload(m)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.reloads = append(r.reloads, m)
@@ -277,6 +283,21 @@ func TestAgentReSnapshotKeepsAnAppServed(t *testing.T) {
 	r.waitFor("shop.test", 503, "no_backend")
 }
 
+// applied waits until the agent reports the instances revision rev (or a
+// later one) applied.
+func (r *rig) applied(rev uint64) {
+	r.t.Helper()
+	require.Eventually(r.t, func() bool { _, ag := r.rep.last(); return ag != nil && ag.AppliedRevision >= rev }, 10*time.Second, 5*time.Millisecond,
+		"revision %d applied", rev)
+}
+
+// flowing waits until gen has sent n more requests.
+func flowing(t *testing.T, gen *loadgen.Run, n int64) {
+	t.Helper()
+	from := gen.Snapshot().Requests
+	require.Eventually(t, func() bool { return gen.Snapshot().Requests >= from+n }, 10*time.Second, 5*time.Millisecond, "the load flows")
+}
+
 // reloads counts the config changes reported applied (each one a reload).
 func (r *rig) reloads() int {
 	r.rep.mu.Lock()
@@ -336,7 +357,9 @@ func TestDynamicEndpointChangesReloadNothing(t *testing.T) {
 	again := appMsg("web", "web.test")
 	again.Generation++
 	r.putApp(again)
-	time.Sleep(200 * time.Millisecond)
+	// A later change (one that changes nothing served) applied: the app's
+	// record came before it.
+	r.applied(r.putInstance("web", "x0", b, msg.StateStopped))
 	require.Equal(t, gen, r.agent.Generation(), "no new config generation")
 	require.Equal(t, reloads, r.reloads(), "no reload")
 	now, err := os.ReadFile(r.agent.cfg.Target)
@@ -363,20 +386,24 @@ func TestDynamicEndpointChangesReloadNothing(t *testing.T) {
 	c := testrig.Backend(t, "C")
 	r.putInstance("shop", "c", c, msg.StateRunning)
 	codes := make(chan []int, 1)
+	polling := make(chan struct{})
 	go func() {
 		var seen []int
 		deadline := time.Now().Add(10 * time.Second)
 		for time.Now().Before(deadline) {
 			code, _ := r.get("shop.test")
+			if len(seen) == 0 {
+				close(polling)
+			}
 			seen = append(seen, code)
 			if code == 200 {
 				break
 			}
-			time.Sleep(time.Millisecond)
+			time.Sleep(time.Millisecond) // the poll interval
 		}
 		codes <- seen
 	}()
-	time.Sleep(20 * time.Millisecond)
+	<-polling // the first answer came before the route exists
 	r.putApp(appMsg("shop", "shop.test"))
 	seen := <-codes
 	require.Equal(t, 200, seen[len(seen)-1], "served: %v", seen)
@@ -454,13 +481,13 @@ func TestDynamicRouteChangesLoseNoRequest(t *testing.T) {
 	r.waitFor("web.test", 200, "A")
 
 	gen := loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + r.httpAddr + "/", Host: "web.test", Workers: 4, Rate: 200, NoRetry: true})
-	time.Sleep(300 * time.Millisecond)
+	flowing(t, gen, 50)
 	for i := range 30 {
 		before := r.reloads()
 		r.putApp(appMsg(fmt.Sprintf("route-%d", i), fmt.Sprintf("route-%d.test", i)))
 		require.Eventually(t, func() bool { return r.reloads() > before }, 10*time.Second, 5*time.Millisecond, "route change %d applied", i)
 	}
-	time.Sleep(300 * time.Millisecond)
+	flowing(t, gen, 50)
 	res := gen.Stop()
 	t.Logf("30 route changes (reloads) under load: %s", res)
 	require.Zero(t, res.Failed(), "%s", res)
@@ -672,9 +699,8 @@ func TestDynamicSplitToAnEmptyAppFallsBack(t *testing.T) {
 	canary.CreatedAt = time.Unix(2, 0)
 	r.putApp(canary)
 	r.putApp(stable)
-	r.putInstance("stable", "s1", testrig.Backend(t, "S"), msg.StateRunning)
+	r.applied(r.putInstance("stable", "s1", testrig.Backend(t, "S"), msg.StateRunning))
 	r.waitFor("shop.test", 200, "S")
-	time.Sleep(300 * time.Millisecond) // the last debounced change applied
 	reloads, gen := r.reloads(), r.agent.Generation()
 	for range 40 {
 		code, body := r.get("shop.test")

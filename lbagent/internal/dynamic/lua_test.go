@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -283,6 +284,31 @@ func within(t *testing.T, got, total int, want, tol float64, what string) {
 	require.InDelta(t, want, f, tol, "%s: %d of %d (%.3f), want %.3f±%.3f", what, got, total, f, want, tol)
 }
 
+// busy holds slow and sends requests until one is held there, counted
+// by the balancer as active; the held ones never time out, so slow stays
+// busy however long the test takes. It returns once every other request
+// it sent has been answered.
+func busy(t *testing.T, r *luaRig, slow *backend) {
+	t.Helper()
+	slow.Hold()
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait)
+	t.Cleanup(slow.Release)
+	patient := &http.Client{Transport: r.client.Transport}
+	var sent, answered atomic.Int64
+	for deadline := time.Now().Add(10 * time.Second); slow.InFlight.Load() < 1; {
+		require.True(t, time.Now().Before(deadline), "requests never reached the held server")
+		sent.Add(1)
+		wg.Go(func() {
+			_, _, _, _ = r.get(patient, "web", "", nil)
+			answered.Add(1)
+		})
+		time.Sleep(20 * time.Millisecond) // the poll interval
+	}
+	require.Eventually(t, func() bool { return answered.Load()+slow.InFlight.Load() == sent.Load() }, 10*time.Second, time.Millisecond,
+		"the requests not held are answered")
+}
+
 func TestLuaBalancing(t *testing.T) {
 	t.Parallel()
 
@@ -324,15 +350,7 @@ func TestLuaBalancing(t *testing.T) {
 		r := newLuaRig(t, rigApp{Name: "web", Tries: 2})
 		r.Start()
 		r.Push(rigBatch{Version: 1, Apps: map[string]*rigSet{"web": rigSetOf("least_conn", slow.Addr, idle.Addr)}})
-		slow.Hold()
-		var wg sync.WaitGroup
-		t.Cleanup(wg.Wait)
-		t.Cleanup(slow.Release)
-		for slow.InFlight.Load() < 2 {
-			wg.Add(1)
-			go func() { defer wg.Done(); _, _, _, _ = r.get(r.client, "web", "", nil) }()
-			time.Sleep(20 * time.Millisecond)
-		}
+		busy(t, r, slow)
 		before := slow.Hits.Load()
 		counts := r.Spread("web", 1000, 1)
 		require.Equal(t, 1000, counts["idle"], "least_conn sent requests to the busy server")
@@ -349,15 +367,7 @@ func TestLuaBalancing(t *testing.T) {
 		for _, name := range []string{"slow", "x", "y"} {
 			within(t, counts[name], 6000, 1.0/3, 0.05, name)
 		}
-		slow.Hold()
-		var wg sync.WaitGroup
-		t.Cleanup(wg.Wait)
-		t.Cleanup(slow.Release)
-		for slow.InFlight.Load() < 1 {
-			wg.Add(1)
-			go func() { defer wg.Done(); _, _, _, _ = r.get(r.client, "web", "", nil) }()
-			time.Sleep(20 * time.Millisecond)
-		}
+		busy(t, r, slow)
 		// slow is picked only when both random picks are slow itself,
 		// which two distinct picks never are.
 		counts = r.Spread("web", 2000, 1)

@@ -177,7 +177,7 @@ func (r *luaRig) Start() {
 			_ = c.Close()
 			return
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond) // the poll interval
 	}
 	r.t.Fatalf("nginx status listener %s never answered: %s", r.Status, r.nginx.Log())
 }

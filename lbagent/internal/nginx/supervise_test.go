@@ -71,7 +71,7 @@ func quitLeftNginx(t *testing.T, b Binary) {
 		}
 		_ = syscall.Kill(pid, syscall.SIGQUIT)
 		for deadline := time.Now().Add(10 * time.Second); running(pid) && time.Now().Before(deadline); {
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(20 * time.Millisecond) // the poll interval
 		}
 		if running(pid) {
 			_ = syscall.Kill(-pid, syscall.SIGKILL)

@@ -269,7 +269,9 @@ func TestSplitServe(t *testing.T) {
 			b, _ := io.ReadAll(resp.Body)
 			return strings.TrimSpace(string(b)) == fmt.Sprint(weight+1)
 		}, 10*time.Second, 10*time.Millisecond, "nginx serves the config of weight %d", weight)
-		time.Sleep(100 * time.Millisecond) // the old workers' keep-alive connections close
+		// The kept-alive connections lead to the old workers, which serve
+		// the old config until they close them: count on new ones.
+		client.CloseIdleConnections()
 		counts := map[string]int{}
 		for range 10_000 {
 			req, err := http.NewRequest(http.MethodGet, "http://"+o.HTTPListen+"/x", nil)

@@ -149,7 +149,7 @@ func TestDrainWaitsForLiveAgents(t *testing.T) {
 		records, _ := f.snapshot()
 		return len(records) == 1 && records[0].State == msg.StateDraining
 	}, 5*time.Second, 10*time.Millisecond)
-	time.Sleep(300 * time.Millisecond)
+	h.cycles(3)
 	records, _ := f.snapshot()
 	require.Len(t, records, 1, "not stopped before the live lbagent confirmed")
 	require.Empty(t, f.stops)
@@ -239,13 +239,17 @@ func TestBreakerStopsACrashLoop(t *testing.T) {
 	f.apply(s, 1)
 	h := start(t, f, Config{})
 	require.Eventually(t, func() bool { _, e := f.snapshot(); return slices.Contains(e, "app_failed") }, 5*time.Second, 10*time.Millisecond)
-	time.Sleep(200 * time.Millisecond)
+	// Cycles run until past the backoff a closed breaker would wait
+	// before the next start (10, 20, 40, then 80 ms), and a few more.
+	for failed := time.Now(); time.Since(failed) < 200*time.Millisecond; {
+		h.cycles(1)
+	}
+	h.cycles(3)
 	_, events := f.snapshot()
 	require.Equal(t, 3, count(events, msg.EventInstanceReplaced), "%v", events)
 	require.Equal(t, 1, count(events, msg.EventAppFailed), "reported once per backoff_max")
 	starts := count(events, msg.EventInstanceStarted)
-	h.c.Wake()
-	time.Sleep(100 * time.Millisecond)
+	h.cycles(3)
 	_, events = f.snapshot()
 	require.Equal(t, starts, count(events, msg.EventInstanceStarted), "no start while the breaker is open")
 }

@@ -39,6 +39,8 @@ type fake struct {
 	stopBlock chan struct{}
 	stops     []string
 	handle    func(docker.Event)
+	opened    chan struct{} // closed once the controller's event stream is open
+	openOnce  sync.Once
 	created   []docker.CreateOptions
 	// hosts, when set, are the hosts the controller places on; a down
 	// host's containers are not listed.
@@ -54,7 +56,7 @@ type fake struct {
 
 func newFake() *fake {
 	return &fake{apps: map[string]store.App{}, history: map[string][]*spec.App{}, records: map[string]store.Instance{},
-		containers: map[string]*docker.Container{}, revs: map[string]uint64{}, failed: map[string]bool{}}
+		containers: map[string]*docker.Container{}, revs: map[string]uint64{}, failed: map[string]bool{}, opened: make(chan struct{})}
 }
 
 var (
@@ -230,24 +232,20 @@ func (f *fake) Events(ctx context.Context, handle func(docker.Event), _ func()) 
 	f.mu.Lock()
 	f.handle = handle
 	f.mu.Unlock()
+	f.openOnce.Do(func() { close(f.opened) })
 	<-ctx.Done()
 	return nil
 }
 
 // kill makes a container die as Docker reports it: the event first.
 func (f *fake) kill(id string) {
-	var handle func(docker.Event)
-	for range 500 { // the controller's event stream may not be open yet
-		f.mu.Lock()
-		handle = f.handle
-		f.mu.Unlock()
-		if handle != nil {
-			break
-		}
-		time.Sleep(2 * time.Millisecond)
+	select { // the controller's event stream may not be open yet
+	case <-f.opened:
+	case <-time.After(10 * time.Second):
+		panic("the controller never opened its event stream")
 	}
 	f.mu.Lock()
-	c := f.containers[id]
+	handle, c := f.handle, f.containers[id]
 	f.mu.Unlock()
 	handle(docker.Event{Action: "die", ContainerID: id, App: c.App, Instance: c.Instance})
 	f.mu.Lock()

@@ -109,7 +109,24 @@ func TestEventsSeeAKill(t *testing.T) {
 			mu.Unlock()
 		}, func() {})
 	}()
-	time.Sleep(200 * time.Millisecond) // the stream is open
+	// The stream is open once it delivers the create event of a probe
+	// container: one created before it opened is never seen, so each try
+	// creates another.
+	probes := map[string]bool{}
+	probed := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, e := range seen {
+			if probes[e.ContainerID] {
+				return true
+			}
+		}
+		return false
+	}
+	for deadline := time.Now().Add(10 * time.Second); !probed(); time.Sleep(50 * time.Millisecond) { // the poll interval
+		require.True(t, time.Now().Before(deadline), "the event stream never delivered a probe's create event")
+		probes[create(t, c, fmt.Sprintf("p%d", time.Now().UnixNano()%1e9), nil)] = true
+	}
 	inst := fmt.Sprintf("k%d", time.Now().UnixNano()%1e9)
 	id := create(t, c, inst, nil)
 	require.NoError(t, c.Start(context.Background(), id))

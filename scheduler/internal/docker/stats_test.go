@@ -41,15 +41,21 @@ func TestStatsOfARunningContainer(t *testing.T) {
 	require.NoError(t, c.Start(ctx, id))
 	first, err := c.Stats(ctx, []string{id}, 4)
 	require.NoError(t, err)
-	time.Sleep(300 * time.Millisecond)
-	second, err := c.Stats(ctx, []string{id, "no-such-container"}, 4)
-	require.ErrorContains(t, err, "1 of 2 containers failed")
-	a, b := first[id], second[id]
+	// Read again until the engine has a later reading than the first.
+	a := first[id]
+	var b Reading
+	var cpu, mem float64
+	ok := false
+	for deadline := time.Now().Add(10 * time.Second); !ok; {
+		require.True(t, time.Now().Before(deadline), "no later reading than %+v: %+v", a, b)
+		second, err := c.Stats(ctx, []string{id, "no-such-container"}, 4)
+		require.ErrorContains(t, err, "1 of 2 containers failed")
+		b = second[id]
+		cpu, mem, ok = Usage(a, b, 0.5)
+	}
 	require.Equal(t, uint64(64<<20), b.MemoryLimit)
 	require.Positive(t, b.MemoryBytes)
 	require.Less(t, b.MemoryBytes, b.MemoryLimit)
-	cpu, mem, ok := Usage(a, b, 0.5)
-	require.True(t, ok, "%+v then %+v", a, b)
 	require.GreaterOrEqual(t, cpu, 0.0)
 	require.Less(t, cpu, 100.0, "an idle demo app")
 	require.Greater(t, mem, 0.0)

@@ -3,6 +3,7 @@ package leader
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,10 +27,25 @@ func openStore(t *testing.T) *store.Store {
 
 // candidate is an elector running with a listener that wakes it on NOTIFY.
 type candidate struct {
-	e      *Elector
-	stop   func()
+	e    *Elector
+	stop func()
+	// listening is closed once the listener's LISTEN is in place.
+	listening chan struct{}
+	// tries counts the elector's finished Acquire calls.
+	tries  *countingLessor
 	mu     sync.Mutex
 	gained time.Time
+}
+
+// countingLessor counts the Acquire calls that have returned.
+type countingLessor struct {
+	*store.Store
+	n atomic.Int64
+}
+
+func (c *countingLessor) Acquire(ctx context.Context, name, holder string, ttl time.Duration) (store.Lease, bool, error) {
+	defer c.n.Add(1)
+	return c.Store.Acquire(ctx, name, holder, ttl)
 }
 
 func (c *candidate) gainedAt() time.Time {
@@ -40,7 +56,8 @@ func (c *candidate) gainedAt() time.Time {
 
 func start(t *testing.T, s *store.Store, holder string, ttl time.Duration, resign bool) *candidate {
 	t.Helper()
-	c := &candidate{e: New(s, "scheduler", holder, ttl, zaptest.NewLogger(t))}
+	tries := &countingLessor{Store: s}
+	c := &candidate{e: New(tries, "scheduler", holder, ttl, zaptest.NewLogger(t)), listening: make(chan struct{}), tries: tries}
 	c.e.ResignOnStop = resign
 	c.e.OnChange = func(_ store.Lease, ok bool) {
 		if ok {
@@ -52,7 +69,11 @@ func start(t *testing.T, s *store.Store, holder string, ttl time.Duration, resig
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 2)
 	go func() { done <- c.e.Run(ctx) }()
-	go func() { done <- s.Listen(ctx, []string{store.LeaseChannel}, func(string, string) { c.e.Wake() }) }()
+	var listening sync.Once
+	go func() {
+		done <- s.ListenReady(ctx, []string{store.LeaseChannel}, func() { listening.Do(func() { close(c.listening) }) },
+			func(string, string) { c.e.Wake() })
+	}()
 	var once sync.Once
 	c.stop = func() {
 		once.Do(func() {
@@ -81,7 +102,13 @@ func TestCleanStopHandsOverInUnderASecond(t *testing.T) {
 	a := start(t, s, "a", ttl, true)
 	b := start(t, s, "b", ttl, true)
 	require.Eventually(t, func() bool { return leaderOf(a, b) != nil }, 5*time.Second, 10*time.Millisecond)
-	time.Sleep(200 * time.Millisecond) // both LISTENing
+	for _, c := range []*candidate{a, b} {
+		select {
+		case <-c.listening:
+		case <-time.After(5 * time.Second):
+			t.Fatal("a candidate never LISTENed")
+		}
+	}
 	first := leaderOf(a, b)
 	other := b
 	if first == b {
@@ -110,7 +137,7 @@ func TestCrashIsTakenOverWithinTTLPlusARenewal(t *testing.T) {
 	a := start(t, s, "a", ttl, false) // a's stop will look like a crash
 	require.Eventually(t, func() bool { _, ok := a.e.Leader(); return ok }, 5*time.Second, 10*time.Millisecond)
 	b := start(t, s, "b", ttl, true)
-	time.Sleep(100 * time.Millisecond)
+	require.Eventually(t, func() bool { return b.tries.n.Load() >= 1 }, 5*time.Second, 5*time.Millisecond, "b tries to acquire")
 	require.Nil(t, leaderOf(b), "one leader at a time")
 
 	crashed := time.Now()

@@ -61,10 +61,19 @@ func TestGuardRepairsForgedKeys(t *testing.T) {
 		done <- r.pub.Guard(gctx, func() (store.Lease, bool) { return l, true }, BusWatch(conn, zaptest.NewLogger(t)))
 	}()
 	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
-	time.Sleep(200 * time.Millisecond) // the guard's watches are up
-
 	instances, err := forger.KV(ctx, names.InstancesBucket())
 	require.NoError(t, err)
+	// The guard's watches are up once it has deleted a forged key that
+	// Postgres does not have from each bucket.
+	for kv, key := range map[*bus.KV]string{apps: "probe", instances: "probe.p"} {
+		_, err = kv.Put(ctx, key, []byte(`{"address":"169.254.169.254:80"}`))
+		require.NoError(t, err)
+		require.Eventually(t, func() bool {
+			_, err := kv.Get(ctx, key)
+			return errors.Is(err, bus.ErrKeyNotFound)
+		}, 5*time.Second, 10*time.Millisecond, "the guard deletes %s from %s", key, kv.Bucket())
+	}
+
 	_, err = instances.Put(ctx, "web.a", []byte(`{"type":"berth.instance.v1","app":"web","id":"a","address":"169.254.169.254:80"}`))
 	require.NoError(t, err)
 	_, err = instances.Put(ctx, "web.ghost", []byte(`{"address":"169.254.169.254:80"}`))

@@ -37,7 +37,7 @@ func (f *fakeStore) List(ctx context.Context) ([]store.App, error) {
 	}
 	f.once.Do(func() { close(f.entered) })
 	<-ctx.Done()
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // the behaviour under test: a call that outlives the cancel
 	f.done.Store(true)
 	return nil, ctx.Err()
 }
@@ -58,7 +58,7 @@ type fakeDocker struct {
 func (f *fakeDocker) List(ctx context.Context) ([]docker.Container, error) {
 	f.once.Do(func() { close(f.entered) })
 	<-ctx.Done()
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // the behaviour under test: a call that outlives the cancel
 	f.done.Store(true)
 	return nil, ctx.Err()
 }
@@ -184,13 +184,23 @@ func TestRunJoinsItsGoroutines(t *testing.T) {
 	require.NoError(t, runErr)
 	require.NoError(t, leadErr)
 
-	// Drained: nothing is delivered any more.
+	// Drained: nothing is delivered any more. A marker published after
+	// the sample reaches this connection after it, so once the marker is
+	// handled the sample was either dropped or queued to the handler.
 	delivered := conn.delivered.Load()
-	require.NoError(t, conn.Publish(context.Background(), names.UsageSubject("web"), usage))
+	marker := make(chan struct{}, 1)
+	_, err = conn.Conn.Subscribe("test.marker", func(string, []byte) { marker <- struct{}{} })
+	require.NoError(t, err)
 	fctx, fcancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer fcancel()
-	require.NoError(t, conn.Flush(fctx))
-	time.Sleep(100 * time.Millisecond)
+	require.NoError(t, conn.Flush(fctx)) // the marker's subscription is in place
+	require.NoError(t, conn.Publish(context.Background(), names.UsageSubject("web"), usage))
+	require.NoError(t, conn.Publish(context.Background(), "test.marker", []byte("x")))
+	select {
+	case <-marker:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the marker never arrived")
+	}
 	require.Equal(t, delivered, conn.delivered.Load())
 }
 
