@@ -1,8 +1,10 @@
 package bus
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -100,6 +102,13 @@ func (e *EmbeddedServer) SetUsers(users []*server.NkeyUser) error {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if sameUsers(e.opts.Nkeys, users) {
+		// No reload for nothing: nats-server's ReloadOptions races with
+		// its own readers of the options (a JetStream direct get reads
+		// MaxPending unlocked; nats-io/nats-server#8499), and the
+		// scheduler gives the server its users at every start.
+		return nil
+	}
 	o := e.opts.Clone()
 	o.Nkeys = users
 	if err := e.s.ReloadOptions(o); err != nil {
@@ -107,6 +116,32 @@ func (e *EmbeddedServer) SetUsers(users []*server.NkeyUser) error {
 	}
 	e.opts = o.Clone()
 	return nil
+}
+
+// sameUsers reports whether a and b are the same users: each key with the
+// same account and permissions, in any order.
+func sameUsers(a, b []*server.NkeyUser) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	of := func(users []*server.NkeyUser) (map[string]string, bool) {
+		out := make(map[string]string, len(users))
+		for _, u := range users {
+			account := ""
+			if u.Account != nil {
+				account = u.Account.Name
+			}
+			perms, err := json.Marshal(u.Permissions)
+			if err != nil {
+				return nil, false
+			}
+			out[u.Nkey] = account + "\x00" + string(perms)
+		}
+		return out, true
+	}
+	ma, okA := of(a)
+	mb, okB := of(b)
+	return okA && okB && maps.Equal(ma, mb)
 }
 
 // URL is the client URL, nats://host:port.

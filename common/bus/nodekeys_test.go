@@ -365,3 +365,18 @@ func copyFile(t *testing.T, path string) string {
 	require.NoError(t, os.WriteFile(out, b, 0o600))
 	return out
 }
+
+// TestSetUsersSameUsersNoReload: giving the server the users it has does
+// not reload it (nats-server's reload races with its own readers), and a
+// changed key does.
+func TestSetUsersSameUsersNoReload(t *testing.T) {
+	t.Parallel()
+	e := newKeyEnv(t, "berth", "lb1")
+	loaded := e.srv.s.ConfigTime()
+	e.credentials(t)
+	require.Equal(t, loaded, e.srv.s.ConfigTime(), "the same users: no reload")
+	_, err := AddNode(e.dir, "lb2")
+	require.NoError(t, err)
+	e.credentials(t)
+	require.NotEqual(t, loaded, e.srv.s.ConfigTime(), "a new node's key: reloaded")
+}
