@@ -125,9 +125,10 @@ func TestDataPlaneScaleAndRecover(t *testing.T) {
 	killed := time.Now()
 	out, err := exec.Command("docker", "kill", victim.ContainerID).CombinedOutput()
 	require.NoError(t, err, "%s", out)
-	require.Eventually(t, func() bool { _, ok := running(t, kv, app)[victim.ID]; return !ok }, 5*time.Second, 5*time.Millisecond)
+	// How fast is a benchmark's figure (bench/scheduler KillToRemoval,
+	// against its floor), not a bound here: beside a CPU hog it took 2.8 s.
+	require.Eventually(t, func() bool { _, ok := running(t, kv, app)[victim.ID]; return !ok }, 30*time.Second, 5*time.Millisecond)
 	t.Logf("killed instance out of berth_instances after %s", time.Since(killed).Round(time.Millisecond))
-	require.Less(t, time.Since(killed), 2*time.Second)
 	insts = waitRunning(2)
 	_, still := insts[victim.ID]
 	require.False(t, still, "a new instance replaced the killed one")

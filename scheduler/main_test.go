@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -443,8 +447,29 @@ func TestEmbeddedNATSTakesNodeKeys(t *testing.T) {
 	require.Equal(t, 0, code)
 	dataDir := t.TempDir()
 	natsAddr := fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
-	startReplica(t, db, "", "nodes-a", "--nats-listen", natsAddr, "--data-dir", dataDir)
+	r := startReplica(t, db, "", "nodes-a", "--nats-listen", natsAddr, "--data-dir", dataDir)
 	url := "nats://" + natsAddr
+	// usersLoaded reads how often the embedded NATS took the credentials
+	// directory's users; loaded waits until it took them once more than
+	// at before: the change the test made is in force.
+	usersLoaded := func() int {
+		resp, err := http.Get(r.api + "/metrics")
+		if err != nil {
+			return -1
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		m := regexp.MustCompile(`(?m)^berth_scheduler_nats_users_loaded_total (\d+)`).FindSubmatch(b)
+		if m == nil {
+			return -1
+		}
+		n, _ := strconv.Atoi(string(m[1]))
+		return n
+	}
+	loaded := func(before int, what string) {
+		t.Helper()
+		require.Eventually(t, func() bool { return usersLoaded() > before }, 30*time.Second, 20*time.Millisecond, what)
+	}
 	names, _ := msg.NewNames("berth")
 	ctx := context.Background()
 	save := func(name, content string) string {
@@ -467,15 +492,11 @@ func TestEmbeddedNATSTakesNodeKeys(t *testing.T) {
 	require.Contains(t, errOut, "within 2 s")
 	lb1 := save("lb-1.nk", out)
 
-	var node *bus.Conn
-	require.Eventually(t, func() bool {
-		c, err := connect(lb1)
-		if err != nil {
-			return false
-		}
-		node = c
-		return true
-	}, 10*time.Second, 50*time.Millisecond, "the running embedded NATS takes the new node's key")
+	// The start's users, then the new node's key.
+	require.Eventually(t, func() bool { return usersLoaded() >= 1 }, 30*time.Second, 20*time.Millisecond, "the embedded NATS took its users at start")
+	loaded(1, "the running embedded NATS takes the new node's key")
+	node, err := connect(lb1)
+	require.NoError(t, err, "the new node's key is accepted")
 	t.Cleanup(node.Close)
 	require.Equal(t, "lb-1", node.Node())
 
@@ -509,6 +530,7 @@ func TestEmbeddedNATSTakesNodeKeys(t *testing.T) {
 	require.Equal(t, 2, code, "out of order")
 	require.Empty(t, out)
 	require.Contains(t, errOut, "nats-key rotate")
+	before := usersLoaded() // the next key is a user from the rotation on
 	code, out, errOut = cmd(t, "nats-key", "rotate", "healthd", "--data-dir", dataDir)
 	require.Equal(t, 0, code, errOut)
 	require.Regexp(t, `(?m)^healthd +next +U`, out)
@@ -517,22 +539,19 @@ func TestEmbeddedNATSTakesNodeKeys(t *testing.T) {
 	require.Equal(t, 0, code, errOut)
 	_, newHealthd, _ := cmd(t, "nats-credential", "healthd", "--data-dir", dataDir)
 	require.NotEqual(t, oldHealthd, newHealthd)
-	require.Eventually(t, func() bool {
-		c, err := connect(save("new-healthd.nk", newHealthd))
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	}, 10*time.Second, 50*time.Millisecond, "the promoted key is accepted")
+	loaded(before, "the embedded NATS takes the next key")
+	newConn, err := connect(save("new-healthd.nk", newHealthd))
+	require.NoError(t, err, "the promoted key is accepted")
+	newConn.Close()
 	oldConn, err := connect(save("old-healthd.nk", oldHealthd))
 	require.NoError(t, err, "the retiring key is still accepted")
 	oldConn.Close()
+	before = usersLoaded()
 	code, _, errOut = cmd(t, "nats-key", "retire", "healthd", "--data-dir", dataDir)
 	require.Equal(t, 0, code, errOut)
-	require.Eventually(t, func() bool {
-		_, err := connect(save("old-healthd.nk", oldHealthd))
-		return err != nil
-	}, 10*time.Second, 50*time.Millisecond, "the retired key is refused")
+	loaded(before, "the embedded NATS drops the retired key")
+	_, err = connect(save("old-healthd.nk", oldHealthd))
+	require.Error(t, err, "the retired key is refused")
 
 	code, out, errOut = cmd(t, "nats-key", "rm-node", "lb-1", "--data-dir", dataDir)
 	require.Equal(t, 0, code, errOut)

@@ -76,13 +76,14 @@ type Publisher struct {
 	// not (or must read the bucket again): a full step then follows.
 	published map[string][]string
 	lastFull  time.Time
-	users     string // the keys the server was last given
+	usersFP   string // the keys the server was last given
 	lastErr   string // the last error logged at warn
 	failed    bool   // this step failed somewhere
 	repair    chan struct{}
 
 	nodes  prometheus.Gauge
 	errors prometheus.Counter
+	users  prometheus.Counter
 }
 
 // New returns a Publisher.
@@ -92,12 +93,14 @@ func New(cfg Config, deps Deps, logger *zap.Logger) *Publisher {
 			Help: "lbagent nodes with keys of their own in the NATS credentials directory, which the leader publishes."}),
 		errors: prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_scheduler_node_key_errors_total",
 			Help: "Failed reads of the NATS credentials directory, puts of the node-key directory and reloads of the embedded NATS's users."}),
+		users: prometheus.NewCounter(prometheus.CounterOpts{Name: "berth_scheduler_nats_users_loaded_total",
+			Help: "Times the embedded NATS took the credentials directory's users: at start, and after each key added, rotated or retired."}),
 	}
 }
 
 // Collectors returns the Publisher's metrics.
 func (p *Publisher) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{p.nodes, p.errors}
+	return []prometheus.Collector{p.nodes, p.errors, p.users}
 }
 
 // Repair makes Lead's next step, at once, put every node's entry again
@@ -249,17 +252,18 @@ func (p *Publisher) reloadUsers(c *bus.Credentials) {
 	}
 	slices.Sort(keys)
 	fp := strings.Join(keys, "\n")
-	if fp == p.users {
+	if fp == p.usersFP {
 		return
 	}
 	if err := p.deps.Users(c); err != nil {
 		p.fail("could not give the embedded NATS its users; it keeps the previous ones", err)
 		return
 	}
-	if p.users != "" {
+	if p.usersFP != "" {
 		p.logger.Info("the embedded NATS took the credentials directory's users", zap.Int("keys", len(keys)))
 	}
-	p.users = fp
+	p.usersFP = fp
+	p.users.Inc()
 }
 
 // fail counts an error and logs it at warn once, then at debug while it
