@@ -308,7 +308,7 @@ func TestHostsCommands(t *testing.T) {
 	t.Cleanup(st.Close)
 	_, err = st.Migrate(context.Background())
 	require.NoError(t, err)
-	srv := httptest.NewServer(api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Hosts: api.HostRegistry{HostStore: st}},
+	srv := httptest.NewServer(api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Claims: st, Hosts: api.HostRegistry{HostStore: st}},
 		api.Options{Open: true}, zaptest.NewLogger(t)))
 	t.Cleanup(srv.Close)
 	code, out, _ := cmd(t, "hosts", "ls", "--server", srv.URL)
@@ -354,7 +354,7 @@ func TestClientSaysPostgresIsUnreachable(t *testing.T) {
 	st, err := store.Open(context.Background(), fmt.Sprintf("postgres://berth:hunter2@127.0.0.1:%d/berth?sslmode=disable", port))
 	require.NoError(t, err)
 	t.Cleanup(st.Close)
-	srv := httptest.NewServer(api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st}, api.Options{Open: true}, zaptest.NewLogger(t)))
+	srv := httptest.NewServer(api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Claims: st}, api.Options{Open: true}, zaptest.NewLogger(t)))
 	t.Cleanup(srv.Close)
 	tests := []struct {
 		name string

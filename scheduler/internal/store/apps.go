@@ -272,9 +272,40 @@ func (s *Store) Get(ctx context.Context, name string) (App, error) {
 func (s *Store) List(ctx context.Context) ([]App, error) { return s.list(ctx, "") }
 
 func (s *Store) list(ctx context.Context, name string) ([]App, error) {
-	rows, err := s.pool.Query(ctx, `
+	return s.query(ctx, `
 		SELECT `+appColumns+` FROM apps
 		WHERE deleted_at IS NULL AND ($1 = '' OR name = $1) ORDER BY name`, name)
+}
+
+// Claimants returns the app name (when it exists) and every other app that
+// claims one of hosts (host keys, spec.HostKey: "" is the default server),
+// by name: all that the route table (spec.Claims, which decides each host
+// by its claimants alone) needs to decide name's claims on those hosts.
+// The other apps are found through the index of their host_claims' keys,
+// so the cost is that of the apps returned, not of every app.
+func (s *Store) Claimants(ctx context.Context, name string, hosts []string) ([]App, error) {
+	if hosts == nil {
+		hosts = []string{}
+	}
+	return s.query(ctx, `
+		SELECT `+appColumns+` FROM apps
+		WHERE deleted_at IS NULL AND (name = $1 OR host_claims ?| $2::text[]) ORDER BY name`, name, hosts)
+}
+
+// RoutesBesides returns the routes (spec.Routing.Routes) of every app but
+// name together, as Postgres counts them in each row (the routes column):
+// no spec is read.
+func (s *Store) RoutesBesides(ctx context.Context, name string) (int, error) {
+	var n int
+	if err := s.pool.QueryRow(ctx, `SELECT coalesce(sum(routes), 0) FROM apps WHERE deleted_at IS NULL AND name <> $1`, name).Scan(&n); err != nil {
+		return 0, fmt.Errorf("routes of every app: %w", redact(err))
+	}
+	return n, nil
+}
+
+// query returns the apps that sql (selecting appColumns) reads.
+func (s *Store) query(ctx context.Context, sql string, args ...any) ([]App, error) {
+	rows, err := s.pool.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list apps: %w", redact(err))
 	}
