@@ -99,10 +99,10 @@ func TestMigrateCommand(t *testing.T) {
 	db := testrig.Postgres(t)
 	code, out, _ := cmd(t, "migrate", "status", "--database-url", db)
 	require.Equal(t, 0, code)
-	require.Equal(t, "schema version 0 of 10\n", out)
+	require.Equal(t, "schema version 0 of 11\n", out)
 	code, out, _ = cmd(t, "migrate", "--database-url", db)
 	require.Equal(t, 0, code)
-	require.Equal(t, "schema version 10 of 10\n", out)
+	require.Equal(t, "schema version 11 of 11\n", out)
 	// run refuses a database that is behind, unless --migrate.
 	fresh := testrig.Postgres(t)
 	c, _, _, _ := parse([]string{"run", "--database-url", fresh, "--nats-url", testrig.NATS(t)}, nil, nil)
@@ -312,7 +312,7 @@ func TestHostsCommands(t *testing.T) {
 	t.Cleanup(st.Close)
 	_, err = st.Migrate(context.Background())
 	require.NoError(t, err)
-	srv := httptest.NewServer(api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Hosts: api.HostRegistry{HostStore: st}},
+	srv := httptest.NewServer(api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Claims: st, Hosts: api.HostRegistry{HostStore: st}},
 		api.Options{Open: true}, zaptest.NewLogger(t)))
 	t.Cleanup(srv.Close)
 	code, out, _ := cmd(t, "hosts", "ls", "--server", srv.URL)
@@ -358,7 +358,7 @@ func TestClientSaysPostgresIsUnreachable(t *testing.T) {
 	st, err := store.Open(context.Background(), fmt.Sprintf("postgres://berth:hunter2@127.0.0.1:%d/berth?sslmode=disable", port))
 	require.NoError(t, err)
 	t.Cleanup(st.Close)
-	srv := httptest.NewServer(api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st}, api.Options{Open: true}, zaptest.NewLogger(t)))
+	srv := httptest.NewServer(api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Claims: st}, api.Options{Open: true}, zaptest.NewLogger(t)))
 	t.Cleanup(srv.Close)
 	tests := []struct {
 		name string

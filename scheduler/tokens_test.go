@@ -134,7 +134,7 @@ func TestAPITLS(t *testing.T) {
 	_, err = st.Migrate(context.Background())
 	require.NoError(t, err)
 	keys := auth.NewKeyring(st, auth.Config{}, zaptest.NewLogger(t))
-	srv := &http.Server{Handler: api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Hosts: st, History: st, Tokens: st},
+	srv := &http.Server{Handler: api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Claims: st, Hosts: st, History: st, Tokens: st},
 		api.Options{Keyring: keys, Open: true}, zaptest.NewLogger(t)), ReadHeaderTimeout: 5 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()

@@ -91,6 +91,7 @@ type Deps struct {
 	Events    EventReader
 	Decisions DecisionReader
 	DB        Pinger
+	Claims    ClaimReader
 	Hosts     HostStore
 	History   HistoryReader
 	Tokens    TokenStore
@@ -269,18 +270,23 @@ func (a *api) apply(w http.ResponseWriter, r *http.Request) {
 
 // checkRoutes refuses app when its routes would bring every app's
 // together (the locations of each nginx) past MaxRoutes. Apps that were
-// applied before the cap, or under a higher one, stay; only growth is refused.
-func (a *api) checkRoutes(app *spec.App, apps []store.App) error {
-	total, before := app.Routing.Routes(), 0
-	for _, other := range apps {
-		n := other.Spec.Routing.Routes()
-		if other.Name == app.Name {
-			before = n
-			continue
+// applied before the cap, or under a higher one, stay; only growth is
+// refused. apps holds app's stored self, if any (its routes before).
+func (a *api) checkRoutes(ctx context.Context, app *spec.App, apps []store.App) error {
+	before := 0
+	for _, o := range apps {
+		if o.Name == app.Name && o.Spec != nil {
+			before = o.Spec.Routing.Routes()
 		}
-		total += n
 	}
-	if total > a.o.MaxRoutes && app.Routing.Routes() > before {
+	if app.Routing.Routes() <= before {
+		return nil
+	}
+	others, err := a.d.Claims.RoutesBesides(ctx, app.Name)
+	if err != nil {
+		return err
+	}
+	if total := others + app.Routing.Routes(); total > a.o.MaxRoutes {
 		return spec.Errors{{Path: "routing", Message: fmt.Sprintf(
 			"its %d routes would bring the routes of every app to %d, which each nginx renders as locations; this scheduler allows at most %d (--max-routes)",
 			app.Routing.Routes(), total, a.o.MaxRoutes)}}
@@ -313,7 +319,7 @@ func (a *api) get(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	v := view(app, true)
-	v.Conflicts, err = a.conflicts(r.Context(), app.Name)
+	v.Conflicts, err = a.conflicts(r.Context(), app)
 	if err != nil {
 		a.fail(w, err)
 		return

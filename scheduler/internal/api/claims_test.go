@@ -3,6 +3,9 @@ package api
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"strings"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -117,4 +120,53 @@ func TestConflictsShown(t *testing.T) {
 	require.Equal(t, []any{"routing.hosts[0]: host bank.test belongs to app bank, which claimed it first: app late may route there only when bank lists it in routing.share_with"}, obj["conflicts"])
 	_, obj, _ = c.do("GET", "/v1/apps/bank", "")
 	require.Nil(t, obj["conflicts"])
+}
+
+// TestSimultaneousClaims: two teams applying the same host at once are
+// decided by one rule. Each apply is checked against what the database
+// holds of the apps that claim the host; of the two, exactly one owns it,
+// and the other is refused, or stored with the host as its conflict (the
+// same route table that lbagent enforces: it gets no route there).
+func TestSimultaneousClaims(t *testing.T) {
+	t.Parallel()
+	c := newAPI(t, "")
+	const pairs = 8
+	teams := []string{"red", "blue"}
+	codes := make([][2]int, pairs)
+	var wg sync.WaitGroup
+	for i := range pairs {
+		for j, team := range teams {
+			wg.Go(func() {
+				name := fmt.Sprintf("%s-%d", team, i)
+				req, err := http.NewRequest("PUT", c.url+"/v1/apps/"+name, strings.NewReader(appSpec(name, fmt.Sprintf("  hosts: [race-%d.test]\n", i))))
+				if err != nil {
+					return
+				}
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					return
+				}
+				codes[i][j] = resp.StatusCode
+				resp.Body.Close()
+			})
+		}
+	}
+	wg.Wait()
+	for i := range pairs {
+		owners := 0
+		for j, team := range teams {
+			if codes[i][j] == 400 {
+				continue
+			}
+			require.Equal(t, 200, codes[i][j], "pair %d", i)
+			code, obj, raw := c.do("GET", fmt.Sprintf("/v1/apps/%s-%d", team, i), "")
+			require.Equal(t, 200, code, string(raw))
+			if obj["conflicts"] == nil {
+				owners++
+				continue
+			}
+			require.Contains(t, fmt.Sprint(obj["conflicts"]), fmt.Sprintf("host race-%d.test belongs to app", i))
+		}
+		require.Equal(t, 1, owners, "pair %d: answers %v", i, codes[i])
+	}
 }

@@ -36,6 +36,9 @@ import (
 type Store interface {
 	Get(ctx context.Context, name string) (store.App, error)
 	List(ctx context.Context) ([]store.App, error)
+	// Claimants returns the app name and every other app that claims one
+	// of hosts (spec.HostKey).
+	Claimants(ctx context.Context, name string, hosts []string) ([]store.App, error)
 	Instances(ctx context.Context, app string) ([]store.Instance, error)
 	UpdatedBy(ctx context.Context, name string) (string, error)
 	LeaderTx(ctx context.Context, l store.Lease, fn func(ctx context.Context, tx *store.Tx) error) error
@@ -541,8 +544,8 @@ func (p *Publisher) One(ctx context.Context, name string, l store.Lease) error {
 	events := []store.Event{{App: name, Kind: msg.EventAppUpdated,
 		Message: fmt.Sprintf("app %s is at generation %d (image %s)", name, a.Generation, a.Spec.Image),
 		Details: map[string]string{"generation": fmt.Sprint(a.Generation), "image": a.Spec.Image}}}
-	if all, err := p.store.List(ctx); err == nil {
-		events = append(events, RouteConflicts(name, all)...)
+	if claimants, err := p.store.Claimants(ctx, name, a.Spec.Routing.HostKeys()); err == nil {
+		events = append(events, RouteConflicts(name, claimants)...)
 	}
 	// The change's actor (its token, or the autoscaler) made these happen.
 	for i := range events {
@@ -561,15 +564,17 @@ func (p *Publisher) deletedBy(ctx context.Context, name string) string {
 }
 
 // RouteConflicts returns the route_conflict events that a change of app
-// name brings, by the route table of all apps (spec.Claims): one for
-// name when it does not get a claim, and one for every other app that
-// does not get one that name holds (name's owner took its share away,
-// or now routes a path the other's rule would shadow). Each names the
-// first conflict, counts the others, and says what lbagent does: the app
-// gets nothing of it.
-func RouteConflicts(name string, all []store.App) []store.Event {
-	claimants := make([]spec.Claimant, 0, len(all))
-	for _, a := range all {
+// name brings, by the route table (spec.Claims) of apps, which must hold
+// name and every app that claims one of its hosts (others change nothing:
+// the table decides each host by its claimants alone): one for name when
+// it does not get a claim, and one for every other app that does not get
+// one that name holds (name's owner took its share away, or now routes a
+// path the other's rule would shadow). Each names the first conflict,
+// counts the others, and says what lbagent does: the app gets nothing of
+// it.
+func RouteConflicts(name string, apps []store.App) []store.Event {
+	claimants := make([]spec.Claimant, 0, len(apps))
+	for _, a := range apps {
 		if a.Spec != nil {
 			claimants = append(claimants, a.Claimant())
 		}

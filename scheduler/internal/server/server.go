@@ -234,7 +234,7 @@ func (r *replica) buildAPI() error {
 		func() float64 { l, _ := r.el.Leader(); return float64(l.Term) })
 	r.reg.MustRegister(isLeader, term)
 	st := r.st
-	handler := api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Hosts: api.HostRegistry{HostStore: st, Policy: r.cfg.Hosts.Policy},
+	handler := api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Claims: st, Hosts: api.HostRegistry{HostStore: st, Policy: r.cfg.Hosts.Policy},
 		History: st, Tokens: st},
 		api.Options{Keyring: r.keys, Open: a.Open, Metrics: promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}), Samples: r.sc.Samples,
 			Role: func() (bool, uint64) { l, ok := r.el.Leader(); return ok, l.Term }, Network: c.Network, MaxRoutes: a.MaxRoutes, ACME: r.cm != nil,

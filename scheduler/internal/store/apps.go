@@ -272,9 +272,40 @@ func (s *Store) Get(ctx context.Context, name string) (App, error) {
 func (s *Store) List(ctx context.Context) ([]App, error) { return s.list(ctx, "") }
 
 func (s *Store) list(ctx context.Context, name string) ([]App, error) {
-	rows, err := s.pool.Query(ctx, `
+	return s.query(ctx, `
 		SELECT `+appColumns+` FROM apps
 		WHERE deleted_at IS NULL AND ($1 = '' OR name = $1) ORDER BY name`, name)
+}
+
+// Claimants returns the app name (when it exists) and every other app that
+// claims one of hosts (host keys, spec.HostKey: "" is the default server),
+// by name: all that the route table (spec.Claims, which decides each host
+// by its claimants alone) needs to decide name's claims on those hosts.
+// The other apps are found through the index of their host_claims' keys,
+// so the cost is that of the apps returned, not of every app.
+func (s *Store) Claimants(ctx context.Context, name string, hosts []string) ([]App, error) {
+	if hosts == nil {
+		hosts = []string{}
+	}
+	return s.query(ctx, `
+		SELECT `+appColumns+` FROM apps
+		WHERE deleted_at IS NULL AND (name = $1 OR host_claims ?| $2::text[]) ORDER BY name`, name, hosts)
+}
+
+// RoutesBesides returns the routes (spec.Routing.Routes) of every app but
+// name together, as Postgres counts them in each row (the routes column):
+// no spec is read.
+func (s *Store) RoutesBesides(ctx context.Context, name string) (int, error) {
+	var n int
+	if err := s.pool.QueryRow(ctx, `SELECT coalesce(sum(routes), 0) FROM apps WHERE deleted_at IS NULL AND name <> $1`, name).Scan(&n); err != nil {
+		return 0, fmt.Errorf("routes of every app: %w", redact(err))
+	}
+	return n, nil
+}
+
+// query returns the apps that sql (selecting appColumns) reads.
+func (s *Store) query(ctx context.Context, sql string, args ...any) ([]App, error) {
+	rows, err := s.pool.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list apps: %w", redact(err))
 	}
@@ -331,7 +362,8 @@ func (s *Store) appTx(ctx context.Context, name string, fn func(tx pgx.Tx, cur *
 }
 
 // write stores a as the app's next generation (after cur's, or after a
-// deleted app's) and records it in the history.
+// deleted app's), records it in the history and notifies AppsChannel, in
+// one statement: an apply waits on as few round trips as it can.
 func write(ctx context.Context, tx pgx.Tx, a *spec.App, cur *App) (App, error) {
 	if names := a.Unsealed(); len(names) > 0 {
 		return App{}, fmt.Errorf("apply %s: env %s: %w", a.Name, strings.Join(names, ", "), ErrUnsealed)
@@ -340,42 +372,38 @@ func write(ctx context.Context, tx pgx.Tx, a *spec.App, cur *App) (App, error) {
 	if err != nil {
 		return App{}, err
 	}
-	claims, err := hostClaims(ctx, tx, a, cur)
+	kept, err := keptClaims(a, cur)
 	if err != nil {
 		return App{}, fmt.Errorf("apply %s: %w", a.Name, err)
 	}
+	// The hosts a names anew are claimed at this transaction's time.
 	row := tx.QueryRow(ctx, `
-		INSERT INTO apps (name, spec, generation, desired_replicas, host_claims, updated_by) VALUES ($1, $2, 1, $3, $4, $5)
-		ON CONFLICT (name) DO UPDATE SET spec = EXCLUDED.spec, generation = apps.generation + 1,
-			desired_replicas = EXCLUDED.desired_replicas, updated_at = now(), deleted_at = NULL, host_claims = EXCLUDED.host_claims,
-			updated_by = EXCLUDED.updated_by
-		RETURNING `+appColumns, a.Name, raw, desired(a, cur), claims, ActorOf(ctx))
+		WITH stored AS (
+			INSERT INTO apps (name, spec, generation, desired_replicas, host_claims, updated_by)
+			VALUES ($1, $2, 1, $3, (SELECT jsonb_object_agg(h, coalesce($4::jsonb->h, to_jsonb(now()))) FROM unnest($5::text[]) AS h), $6)
+			ON CONFLICT (name) DO UPDATE SET spec = EXCLUDED.spec, generation = apps.generation + 1,
+				desired_replicas = EXCLUDED.desired_replicas, updated_at = now(), deleted_at = NULL, host_claims = EXCLUDED.host_claims,
+				updated_by = EXCLUDED.updated_by
+			RETURNING `+appColumns+`),
+		history AS (
+			INSERT INTO app_history (app, generation, spec, actor) SELECT name, generation, spec, updated_by FROM stored)
+		SELECT `+appColumns+` FROM stored, pg_notify($7, stored.name)`,
+		a.Name, raw, desired(a, cur), kept, a.Routing.HostKeys(), ActorOf(ctx), AppsChannel)
 	app, err := scanApp(row)
 	if err != nil {
 		return App{}, fmt.Errorf("apply %s: %w", a.Name, redact(err))
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO app_history (app, generation, spec, actor) VALUES ($1, $2, $3, $4)`, app.Name, app.Generation, raw, app.UpdatedBy); err != nil {
-		return App{}, fmt.Errorf("apply %s: history: %w", a.Name, redact(err))
-	}
-	if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, AppsChannel, app.Name); err != nil {
-		return App{}, fmt.Errorf("apply %s: notify: %w", a.Name, redact(err))
-	}
 	return app, nil
 }
 
-// hostClaims are the claims of a's hosts: cur's for the hosts it keeps,
-// this transaction's time for the others (a deleted app claims afresh).
-func hostClaims(ctx context.Context, tx pgx.Tx, a *spec.App, cur *App) ([]byte, error) {
-	var now time.Time
-	if err := tx.QueryRow(ctx, `SELECT now()`).Scan(&now); err != nil {
-		return nil, fmt.Errorf("host claims: %w", redact(err))
-	}
+// keptClaims are cur's claims of the hosts a keeps, as JSON (a deleted
+// app, cur nil, claims afresh).
+func keptClaims(a *spec.App, cur *App) ([]byte, error) {
 	claims := map[string]time.Time{}
-	for _, h := range a.Routing.HostKeys() {
-		claims[h] = now.UTC()
-		if cur != nil {
+	if cur != nil {
+		for _, h := range a.Routing.HostKeys() {
 			if t, ok := cur.HostClaims[h]; ok {
-				claims[h] = t
+				claims[h] = t.UTC()
 			}
 		}
 	}

@@ -257,3 +257,62 @@ func TestHostClaimsMigration(t *testing.T) {
 	require.True(t, claims["api"][""].Equal(api))
 	require.Empty(t, claims["gone"])
 }
+
+// TestClaimants: the apps an app's routes are checked against are the app
+// and those that claim one of the given hosts (any case, "" the default
+// server), never a deleted one; the routes Postgres counts in each row
+// are spec.Routing.Routes of its spec.
+func TestClaimants(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := open(t)
+	for _, src := range []string{
+		"name: a\nimage: a:1\nport: 80\nrouting: {hosts: [A.test, b.test], paths: [/, /x]}\n",
+		"name: b\nimage: b:1\nport: 80\nrouting: {hosts: [b.test], rules: [{path: '^/b', match: regex}, {path: /c}]}\n",
+		"name: c\nimage: c:1\nport: 80\nrouting: {hosts: [c.test]}\n",
+		"name: d\nimage: d:1\nport: 80\n",
+		"name: e\nimage: e:1\nport: 80\nrouting: {paths: [/e, /f, /g]}\n",
+		"name: gone\nimage: g:1\nport: 80\nrouting: {hosts: [a.test]}\n",
+	} {
+		_, _, err := s.Apply(ctx, load(t, src), nil)
+		require.NoError(t, err)
+	}
+	require.NoError(t, s.Delete(ctx, "gone"))
+	names := func(apps []App, err error) []string {
+		require.NoError(t, err)
+		var out []string
+		for _, a := range apps {
+			out = append(out, a.Name)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name, app string
+		hosts     []string
+		want      []string
+	}{
+		{"one host", "c", []string{"c.test"}, []string{"c"}},
+		{"a shared host", "x", []string{"b.test"}, []string{"a", "b"}},
+		{"by key", "a", []string{"a.test"}, []string{"a"}},
+		{"the default server", "x", []string{""}, []string{"d", "e"}},
+		{"the app itself, whatever it claims", "c", []string{"nobody.test"}, []string{"c"}},
+		{"none", "x", nil, nil},
+		{"a deleted app", "gone", []string{"a.test"}, []string{"a"}},
+	} {
+		require.Equal(t, tc.want, names(s.Claimants(ctx, tc.app, tc.hosts)), tc.name)
+	}
+
+	all, err := s.List(ctx)
+	require.NoError(t, err)
+	for _, besides := range []string{"", "a", "e"} {
+		want := 0
+		for _, a := range all {
+			if a.Name != besides {
+				want += a.Spec.Routing.Routes()
+			}
+		}
+		got, err := s.RoutesBesides(ctx, besides)
+		require.NoError(t, err)
+		require.Equal(t, want, got, "besides %q", besides)
+	}
+}
