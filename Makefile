@@ -9,7 +9,7 @@ GOLDEN_PKGS = $(sort $(dir $(shell grep -rl --include='*_test.go' 'flag.Bool("up
 FUZZTIME ?= 30s
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build test vet lint unit e2e golden bench fuzz clean demo demo-down compose-config
+.PHONY: all build test checks vet lint unit e2e golden bench fuzz clean demo demo-down compose-config
 
 all: build
 
@@ -21,10 +21,21 @@ build:
 		CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/$$(basename $$c) ./$$c || exit 1; \
 	done
 
-# test: what CI runs. Static checks first (cheap), then every test with the
-# race detector, including the fuzz seed corpora, then the full-stack tests. With CI=true a missing
+# test: what CI runs. The full-stack tests (e2e) and the checks (vet,
+# staticcheck, then every other package's tests with the race detector,
+# fuzz seed corpora included) run side by side: e2e mostly waits on
+# wall-clock events (rollouts, health checks, elections, an ACME renewal),
+# and every test must hold on a loaded machine anyway (no test may flake
+# beside a CPU hog). Output is synchronised by line. With CI=true a missing
 # nginx, PostgreSQL or Docker fails the run instead of skipping.
-test: vet lint unit e2e
+test:
+	@$(MAKE) --no-print-directory -j2 --output-sync=line e2e checks
+
+# checks: the static checks (cheap, first), then the unit tests.
+checks:
+	@$(MAKE) --no-print-directory vet
+	@$(MAKE) --no-print-directory lint
+	@$(MAKE) --no-print-directory unit
 
 vet:
 	$(GO) vet ./...
@@ -35,9 +46,9 @@ lint:
 unit:
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v '/e2e$$')
 
-# e2e: the full-stack tests, alone on the machine (they measure failed
-# requests under load, and share no CPU with the unit tests), verbose so
-# that the per-scenario request and error counts are in the output.
+# e2e: the full-stack tests, verbose, so that the per-scenario request
+# and error counts are in the output. Their serial tests load the machine
+# one at a time; those that mostly wait run together after them.
 e2e:
 	$(GO) test -count=1 -v -timeout $(TEST_TIMEOUT) ./e2e/
 
