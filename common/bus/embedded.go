@@ -218,6 +218,9 @@ func (a *nkeyAuth) set(users []*server.NkeyUser) error {
 	}
 	// A client checked against the old users has named its key by now,
 	// so the listing below, taken after the swap, shows it.
+	// Listed in full before any is closed, so that closing them does not
+	// shift the pages.
+	var kick []uint64
 	for offset := 0; ; {
 		cz, err := a.srv.Connz(&server.ConnzOptions{Username: true, Sort: server.ByCid, Offset: offset, Limit: server.DefaultConnListSize})
 		if err != nil {
@@ -225,14 +228,17 @@ func (a *nkeyAuth) set(users []*server.NkeyUser) error {
 		}
 		for _, ci := range cz.Conns {
 			if stale[ci.AuthorizedUser] {
-				// Its only error is a client gone meanwhile.
-				_ = a.srv.DisconnectClientByID(ci.Cid)
+				kick = append(kick, ci.Cid)
 			}
 		}
 		if len(cz.Conns) < server.DefaultConnListSize {
 			break
 		}
 		offset += len(cz.Conns)
+	}
+	for _, cid := range kick {
+		// Its only error is a client gone meanwhile.
+		_ = a.srv.DisconnectClientByID(cid)
 	}
 	return nil
 }
