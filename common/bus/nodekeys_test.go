@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -366,17 +368,81 @@ func copyFile(t *testing.T, path string) string {
 	return out
 }
 
-// TestSetUsersSameUsersNoReload: giving the server the users it has does
-// not reload it (nats-server's reload races with its own readers), and a
-// changed key does.
-func TestSetUsersSameUsersNoReload(t *testing.T) {
+// rawConn connects with the seed at path as a plain nats client that does
+// not reconnect, and counts its disconnects.
+func (e *keyEnv) rawConn(t *testing.T, path string) (*nats.Conn, *atomic.Int32) {
+	t.Helper()
+	opt, err := nats.NkeyOptionFromSeed(path)
+	require.NoError(t, err)
+	var drops atomic.Int32
+	nc, err := nats.Connect(e.url, opt, nats.Timeout(2*time.Second), nats.NoReconnect(),
+		nats.DisconnectErrHandler(func(*nats.Conn, error) { drops.Add(1) }))
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	return nc, &drops
+}
+
+// TestSetUsersNeverReloads: the server takes new users without reloading
+// its options (nats-server's reload races with its own readers of them):
+// the same users change nothing, a new node's key is taken at once and
+// disconnects no one, and a removed node's live connection is closed and
+// its key refused.
+func TestSetUsersNeverReloads(t *testing.T) {
 	t.Parallel()
 	e := newKeyEnv(t, "berth", "lb1")
 	loaded := e.srv.s.ConfigTime()
+	sched, schedDrops := e.rawConn(t, e.path(RoleScheduler, ""))
+	lb1, lb1Drops := e.rawConn(t, e.path(RoleLBAgent, "lb1"))
+
 	e.credentials(t)
-	require.Equal(t, loaded, e.srv.s.ConfigTime(), "the same users: no reload")
 	_, err := AddNode(e.dir, "lb2")
 	require.NoError(t, err)
 	e.credentials(t)
-	require.NotEqual(t, loaded, e.srv.s.ConfigTime(), "a new node's key: reloaded")
+	lb2, _ := e.rawConn(t, e.path(RoleLBAgent, "lb2"))
+	require.NoError(t, lb2.Flush())
+	require.NoError(t, sched.Flush())
+	require.NoError(t, lb1.Flush())
+	require.Zero(t, schedDrops.Load()+lb1Drops.Load(), "the same users or a new one: no one disconnected")
+
+	lb1Seed := copyFile(t, e.path(RoleLBAgent, "lb1"))
+	_, err = RemoveNode(e.dir, "lb1")
+	require.NoError(t, err)
+	e.credentials(t)
+	require.Eventually(t, lb1.IsClosed, 5*time.Second, 5*time.Millisecond, "the removed node's connection is closed")
+	opt, err := nats.NkeyOptionFromSeed(lb1Seed)
+	require.NoError(t, err)
+	_, err = nats.Connect(e.url, opt, nats.Timeout(2*time.Second))
+	require.ErrorIs(t, err, nats.ErrAuthorization, "the removed node's key is refused")
+	require.NoError(t, sched.Flush())
+	require.NoError(t, lb2.Flush())
+	require.Zero(t, schedDrops.Load(), "the scheduler's connection stays")
+	require.Equal(t, loaded, e.srv.s.ConfigTime(), "no reload")
+}
+
+// TestEmbeddedRefusesAForgedSignature: a client that names a user's
+// public key but signs the nonce with another key, or signs nothing, is
+// refused.
+func TestEmbeddedRefusesAForgedSignature(t *testing.T) {
+	t.Parallel()
+	e := newKeyEnv(t, "berth")
+	seed, err := os.ReadFile(e.path(RoleScheduler, ""))
+	require.NoError(t, err)
+	kp, err := nkeys.ParseDecoratedNKey(seed)
+	require.NoError(t, err)
+	pub, err := kp.PublicKey()
+	require.NoError(t, err)
+	other, err := nkeys.CreateUser()
+	require.NoError(t, err)
+
+	for name, sign := range map[string]nats.SignatureHandler{
+		"another key's signature": other.Sign,
+		"no signature":            func([]byte) ([]byte, error) { return nil, nil },
+		"garbage":                 func([]byte) ([]byte, error) { return []byte("not a signature"), nil },
+	} {
+		_, err := nats.Connect(e.url, nats.Nkey(pub, sign), nats.Timeout(2*time.Second))
+		require.ErrorIs(t, err, nats.ErrAuthorization, name)
+	}
+	nc, err := nats.Connect(e.url, nats.Nkey(pub, kp.Sign), nats.Timeout(2*time.Second))
+	require.NoError(t, err, "the key's own signature")
+	nc.Close()
 }
