@@ -155,9 +155,13 @@ func (a *nkeyAuth) Check(c server.ClientAuthentication) bool {
 		return false
 	}
 	opts := c.GetOpts()
+	// Held until the user is registered: set swaps the users under it and
+	// lists the clients after, so a client checked against the users set
+	// replaces shows its key in that listing, and is disconnected if the
+	// key is gone (a.mu, then the server's locks, in both).
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	u, ok := a.users[opts.Nkey]
-	a.mu.Unlock()
 	if !ok || opts.Sig == "" || u.ProxyRequired || !standardAllowed(u.AllowedConnectionTypes) {
 		return false
 	}
