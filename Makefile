@@ -26,10 +26,12 @@ build:
 # fuzz seed corpora included) run side by side: e2e mostly waits on
 # wall-clock events (rollouts, health checks, elections, an ACME renewal),
 # and every test must hold on a loaded machine anyway (no test may flake
-# beside a CPU hog). Output is synchronised by line. With CI=true a missing
-# nginx, PostgreSQL or Docker fails the run instead of skipping.
+# beside a CPU hog). Their output is not synchronised, so that e2e's
+# progress shows as it happens: go test writes whole lines, which
+# interleave. With CI=true a missing nginx, PostgreSQL or Docker fails the
+# run instead of skipping.
 test:
-	@$(MAKE) --no-print-directory -j2 --output-sync=line e2e checks
+	@$(MAKE) --no-print-directory -j2 --output-sync=none e2e checks
 
 # checks: the static checks (cheap, first), then the unit tests.
 checks:
