@@ -70,6 +70,9 @@ type BucketConfig struct {
 	MaxConsumers int
 }
 
+// ensureAttempt bounds one attempt of EnsureBuckets at one bucket.
+const ensureAttempt = 10 * time.Second
+
 // EnsureBuckets creates each bucket, or updates its settings when it exists,
 // so that every daemon can call it at start-up. A connection whose
 // credential may not create a bucket fails at once with
@@ -88,13 +91,29 @@ type BucketConfig struct {
 // operator who raised it by hand keeps it, and a daemon started with the
 // default of 1 never lowers a cluster's buckets. A server that cannot
 // place them (more replicas than servers) fails with ErrReplicas.
+//
+// Each bucket gets attempts of ensureAttempt each until ctx ends: a
+// JetStream API reply lost while a cluster changes leaders (or a server
+// too busy to answer in time) would otherwise hold the whole of ctx, and
+// creating or updating a bucket again is harmless.
 func (c *Conn) EnsureBuckets(ctx context.Context, buckets []BucketConfig) error {
 	for _, b := range buckets {
-		if err := c.ensureBucket(ctx, b); err != nil {
+		for attempt := 1; ; attempt++ {
+			actx, cancel := context.WithTimeout(ctx, ensureAttempt)
+			err := c.ensureBucket(actx, b)
+			if err == nil {
+				err = c.limitConsumers(actx, b.Name)
+			}
+			cancel()
+			if err == nil {
+				break
+			}
+			if ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)) {
+				c.logger.Warn("a bucket was not ensured in time; trying again", zap.String("bucket", b.Name), zap.Int("attempt", attempt),
+					zap.Duration("attempt_timeout", ensureAttempt), zap.Error(err))
+				continue
+			}
 			return fmt.Errorf("ensure bucket %s: %w", b.Name, err)
-		}
-		if err := c.limitConsumers(ctx, b.Name); err != nil {
-			return err
 		}
 	}
 	return nil
