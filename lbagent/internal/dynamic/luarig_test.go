@@ -162,12 +162,19 @@ func newLuaRig(t testing.TB, apps ...rigApp) *luaRig {
 `, r.Status)
 	conf := "load_module " + luaModulesDir + "/ndk_http_module.so;\n" +
 		"load_module " + luaModulesDir + "/ngx_http_lua_module.so;\n" +
-		strings.Replace(testrig.MainConfig(b.String()), "worker_processes 1;", "worker_processes 2;", 1)
+		strings.Replace(testrig.MainConfig(b.String()), fmt.Sprintf("worker_processes %d;", testrig.MainConfigWorkers), fmt.Sprintf("worker_processes %d;", rigWorkers), 1)
 	n.WriteConfig(conf)
 	return r
 }
 
-// Start starts nginx and waits until the status listener answers.
+// rigWorkers is the rig's nginx worker_processes: two, so that a push
+// must reach every worker's copy of the dict.
+const rigWorkers = 2
+
+// Start starts nginx and waits until the status listener answers and
+// every worker runs: the master forks them one by one, and beside a busy
+// CPU the second can come well after the first answers (a test that read
+// the workers' pids then saw one).
 func (r *luaRig) Start() {
 	r.t.Helper()
 	r.nginx.Start()
@@ -175,11 +182,17 @@ func (r *luaRig) Start() {
 	for time.Now().Before(deadline) {
 		if c, err := net.Dial("tcp", r.Status); err == nil {
 			_ = c.Close()
+			break
+		}
+		time.Sleep(5 * time.Millisecond) // the poll interval
+	}
+	for time.Now().Before(deadline) {
+		if r.nginx.AcceptingWorkers() == rigWorkers {
 			return
 		}
 		time.Sleep(5 * time.Millisecond) // the poll interval
 	}
-	r.t.Fatalf("nginx status listener %s never answered: %s", r.Status, r.nginx.Log())
+	r.t.Fatalf("nginx status listener %s and %d workers not up within 10s: %s", r.Status, rigWorkers, r.nginx.Log())
 }
 
 // Log returns nginx's logs, for failure messages.
