@@ -41,7 +41,11 @@ type Handler[T any] interface {
 	// never a partial view: it comes after the server said the initial
 	// values are complete.
 	Snapshot(events []Event[T], revision uint64)
-	// Update is one change after the snapshot.
+	// Update is one change after the snapshot. In a bucket that keeps one
+	// value per key (History 1), a write the server has not yet delivered
+	// is gone once the key is written again: the watch then sees only the
+	// newer value, so a handler converges on each key's last value but may
+	// miss values in between.
 	Update(e Event[T])
 }
 
