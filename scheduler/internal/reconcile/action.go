@@ -45,9 +45,16 @@ const (
 	TripBreaker Kind = "trip_breaker"
 	// Hold defers App's starts and replacements until Until (restart backoff).
 	Hold Kind = "hold"
-	// RollBack restores App's previous spec: a rollout's new instance was
-	// not healthy within update.healthy_deadline.
+	// RollBack restores the spec of Target, the newest generation that
+	// still serves, over Generation: the rollout of the desired one failed (its new
+	// instances kept failing, or one was not healthy within
+	// update.healthy_deadline). Instance, when set, is the instance whose
+	// failure decided it.
 	RollBack Kind = "roll_back"
+	// FailRollout stops a failed rollout without auto_rollback: no more
+	// instances of the desired spec start, the old ones keep serving.
+	// Reason is the cause.
+	FailRollout Kind = "fail_rollout"
 )
 
 // Action is one step for the controller.
@@ -60,7 +67,9 @@ type Action struct {
 	// orphan's container.
 	Host       string
 	Generation int64
-	Reason     string
+	// Target is the generation a RollBack restores.
+	Target int64
+	Reason string
 	// Until is when a Hold ends.
 	Until time.Time
 	// Replaces is the instance a Start succeeds.

@@ -5,7 +5,8 @@ import (
 	"time"
 )
 
-// budget applies the restart budget: too many restarts in the window trip
+// budget applies the restart budget of the current generation: too many
+// restarts in the window trip
 // the breaker (after BackoffMax since the last one, one attempt goes
 // through), and after n recent restarts starts wait initial×2^(n-1),
 // capped. It reports whether planning goes on. Lost instances are still
@@ -13,7 +14,10 @@ import (
 func (p *appPlan) budget() bool {
 	recent, last := 0, time.Time{}
 	for _, f := range p.in.Failures {
-		if f.App == p.d.App && p.in.Now.Sub(f.At) <= p.d.RestartWindow {
+		// Each generation starts with a fresh budget, as Nomad resets its
+		// reschedule tracking on a new job version: a breaker opened by
+		// one version never holds back the fix.
+		if f.App == p.d.App && (f.Generation == p.d.Generation || f.Generation == 0) && p.in.Now.Sub(f.At) <= p.d.RestartWindow {
 			recent++
 			if f.At.After(last) {
 				last = f.At

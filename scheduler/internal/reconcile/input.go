@@ -96,6 +96,13 @@ type Observed struct {
 	HealthySince, UnhealthySince time.Time
 	// OOMKilled says its container was killed for running out of memory.
 	OOMKilled bool
+	// ExitCode is its container's exit code, when Exited says Docker
+	// reported one.
+	ExitCode int
+	Exited   bool
+	// Probe is healthd's last probe failure ("kind: message"), empty
+	// after a pass or before any probe.
+	Probe     string
 	CreatedAt time.Time
 	// UpdatedAt is when the scheduler last changed the record's state:
 	// since when it has been creating, starting or draining.
@@ -128,6 +135,16 @@ type Orphan struct {
 type Failure struct {
 	App string
 	At  time.Time
+	// Generation is the app's generation the failed instance was started
+	// at, or was to start at: each generation has a restart budget of its
+	// own. 0 for a failure recorded before generations were (it counts
+	// against every generation).
+	Generation int64
+	// SpecHash is the spec the failed instance ran, or was to run.
+	SpecHash string
+	// Reason is what failed, in a few words ("its container exited with
+	// code 3", "image … is not present and pulling it failed: …").
+	Reason string
 }
 
 // Input is everything Plan reads.
@@ -136,6 +153,10 @@ type Input struct {
 	Instances []Observed
 	Orphans   []Orphan
 	Failures  []Failure
+	// FailedRollouts are, by app, the spec whose rollout failed (its new
+	// instances kept failing) and was not rolled back (no auto_rollback):
+	// the rollout stays stopped until another spec is applied.
+	FailedRollouts map[string]string
 	// Hosts are the hosts by name ("": the local engine). A host not in
 	// it is up, not draining, and unconstrained.
 	Hosts map[string]Host

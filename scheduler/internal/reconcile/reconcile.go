@@ -114,6 +114,8 @@ type appPlan struct {
 	cap int
 	// out is this app's actions.
 	out []Action
+	// halted says the desired spec's rollout failed: nothing of it starts.
+	halted bool
 }
 
 func (p *appPlan) add(a Action) {
@@ -152,6 +154,10 @@ func (p *appPlan) plan(insts []Observed) {
 		return
 	}
 	p.adopt()
+	if p.halted {
+		p.hold("the rollout failed")
+		return
+	}
 	if len(p.old) == 0 && p.oldInConfig == 0 {
 		p.scale()
 		return
@@ -159,24 +165,46 @@ func (p *appPlan) plan(insts []Observed) {
 	p.roll()
 }
 
-// rollback rolls the app back, with auto_rollback, when a rollout's new
-// instance has existed for healthy_deadline without becoming healthy (as
+// rolloutFailures is how many failures of its new instances fail a
+// rollout, unless the restart budget allows fewer: a version that
+// crashes at start rolls back within the restart backoff of its first
+// attempts, long before its breaker would trip.
+const rolloutFailures = 3
+
+// rollback ends a failed rollout. A rollout is one while an instance of
+// another spec is still active: there is a generation that serves, to go
+// back to. It fails when its new instances keep failing (they stop
+// before becoming healthy, crash, or cannot be pulled, created or
+// started: rolloutFailures of them within the restart window), or when
+// one has existed for healthy_deadline without becoming healthy (as
 // Nomad's healthy_deadline is per allocation: a long rollout of healthy
-// instances is not rolled back). Otherwise it wakes the plan at the
-// earliest deadline still ahead. An instance that only moves (its host
-// drains, or no longer meets the placement) runs the desired spec: it is
-// no rollout, and there is nothing to roll back to.
+// instances is not rolled back). With auto_rollback the app goes back to
+// the newest generation that serves; without, the rollout stops (no new
+// instance of the spec starts) until another spec is applied. It
+// reports whether planning the app ends here. An instance that only
+// moves (its host drains, or no longer meets the placement) runs the
+// desired spec: it is no rollout.
 func (p *appPlan) rollback(insts []Observed) bool {
-	if !p.d.AutoRollback || p.d.HealthyDeadline <= 0 {
-		return false
-	}
-	rolling := false
+	rolling, target := false, int64(0)
 	for _, o := range insts {
 		if active(o) && o.SpecHash != p.d.SpecHash {
-			rolling = true
+			rolling, target = true, max(target, o.Generation)
 		}
 	}
 	if !rolling {
+		return false
+	}
+	if p.in.FailedRollouts[p.d.App] == p.d.SpecHash {
+		p.add(Action{Kind: Hold, Generation: p.d.Generation,
+			Reason: fmt.Sprintf("the rollout of generation %d failed: no instance of it starts until another spec is applied (or scheduler rollback)", p.d.Generation)})
+		p.halted = true
+		return false
+	}
+	if n, last := p.versionFailures(); n >= min(rolloutFailures, max(p.d.RestartAttempts, 1)) {
+		p.fail(target, fmt.Sprintf("generation %d failed: %d of its instances failed within %s, the last because %s", p.d.Generation, n, p.d.RestartWindow, last.Reason))
+		return true
+	}
+	if p.d.HealthyDeadline <= 0 {
 		return false
 	}
 	for _, o := range insts {
@@ -185,13 +213,46 @@ func (p *appPlan) rollback(insts []Observed) bool {
 		}
 		deadline := o.CreatedAt.Add(p.d.HealthyDeadline)
 		if !p.in.Now.Before(deadline) {
-			p.add(Action{Kind: RollBack, Instance: o.ID, Generation: p.d.Generation,
-				Reason: fmt.Sprintf("generation %d had an instance not healthy within update.healthy_deadline (%s)", p.d.Generation, p.d.HealthyDeadline)})
+			why := fmt.Sprintf("generation %d had an instance not healthy within update.healthy_deadline (%s)", p.d.Generation, p.d.HealthyDeadline)
+			if o.Probe != "" {
+				why += "; its last probe: " + o.Probe
+			}
+			p.fail(target, why)
+			last := &p.out[len(p.out)-1]
+			last.Instance, last.ContainerID = o.ID, o.ContainerID
 			return true
 		}
 		p.res.wakeAt(deadline, p.in.Now)
 	}
 	return false
+}
+
+// fail ends a failed rollout: a RollBack to target with auto_rollback,
+// else a FailRollout (the next plans hold, see FailedRollouts).
+func (p *appPlan) fail(target int64, why string) {
+	if p.d.AutoRollback {
+		p.add(Action{Kind: RollBack, Generation: p.d.Generation, Target: target, Reason: why})
+		return
+	}
+	p.add(Action{Kind: FailRollout, Generation: p.d.Generation, Reason: why})
+	p.halted = true
+}
+
+// versionFailures counts the failures of the desired spec at the current
+// generation within the restart window, and returns the newest. The same
+// spec applied again (its missing image pushed since, say) is tried
+// again.
+func (p *appPlan) versionFailures() (int, Failure) {
+	n, last := 0, Failure{}
+	for _, f := range p.in.Failures {
+		if f.App == p.d.App && f.SpecHash == p.d.SpecHash && f.Generation == p.d.Generation && p.in.Now.Sub(f.At) <= p.d.RestartWindow {
+			n++
+			if f.At.After(last.At) {
+				last = f
+			}
+		}
+	}
+	return n, last
 }
 
 // classify finishes drains, records what a lost host ran, replaces dead
@@ -466,7 +527,9 @@ func deadReason(o Observed) string {
 	case o.ContainerGone:
 		return "its container no longer exists"
 	case o.OOMKilled:
-		return "its container was killed for running out of memory: consider raising resources.memory"
+		return "its container was killed for running out of memory (OOMKilled): consider raising resources.memory"
+	case o.Exited:
+		return fmt.Sprintf("its container exited with code %d", o.ExitCode)
 	}
 	return "its container stopped"
 }

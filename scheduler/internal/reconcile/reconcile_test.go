@@ -210,9 +210,9 @@ func TestPlan(t *testing.T) {
 		{"a rollout whose new instance missed healthy_deadline rolls back", Input{Apps: map[string]Desired{"web": rollback(app(2))},
 			Instances: []Observed{inst("o1", "old", time.Hour), inst("o2", "old", time.Hour), inst("n1", "new", time.Minute, unknown)}},
 			[]string{"roll_back n1"}},
-		{"without auto_rollback a late instance is left to the rollout", Input{Apps: map[string]Desired{"web": func() Desired { d := rollback(app(2)); d.AutoRollback = false; return d }()},
+		{"without auto_rollback a late instance stops the rollout", Input{Apps: map[string]Desired{"web": func() Desired { d := rollback(app(2)); d.AutoRollback = false; return d }()},
 			Instances: []Observed{inst("o1", "old", time.Hour), inst("o2", "old", time.Hour), inst("n1", "new", time.Minute, unknown)}},
-			[]string{}},
+			[]string{"fail_rollout n1"}},
 		{"a late instance outside a rollout is not a rollback", Input{Apps: map[string]Desired{"web": rollback(app(2))},
 			Instances: []Observed{inst("n0", "new", time.Hour), inst("n1", "new", time.Minute, unknown)}},
 			[]string{}},
@@ -269,6 +269,109 @@ func TestHoldUntil(t *testing.T) {
 }
 
 // Planning again from the state the actions lead to does nothing more.
+// versionFails are n failures of the desired spec ("new") at generation
+// gen, the newest a second ago.
+func versionFails(n int, gen int64) []Failure {
+	out := make([]Failure, 0, n)
+	for i := range n {
+		out = append(out, Failure{App: "web", At: now.Add(-time.Duration(n-i) * time.Second), Generation: gen, SpecHash: "new",
+			Reason: fmt.Sprintf("its container exited with code %d", i+1)})
+	}
+	return out
+}
+
+// old is an instance of the generation before, which serves.
+func old(id string) Observed {
+	return inst(id, "old", time.Hour, func(o *Observed) { o.Generation = 1 })
+}
+
+// A rollout whose new instances crash at start (or cannot be pulled,
+// created or started) fails at its third failure, within the restart
+// backoff of its first attempts, long before the breaker (5 restarts).
+func TestPlanFailedRollout(t *testing.T) {
+	t.Parallel()
+	d := func(auto bool) Desired {
+		d := app(2)
+		d.AutoRollback, d.RestartAttempts, d.BackoffInitial = auto, 5, 5*time.Second
+		return d
+	}
+	t.Run("three failures roll back to the generation that serves, naming the last cause", func(t *testing.T) {
+		t.Parallel()
+		got := Plan(Input{Apps: map[string]Desired{"web": d(true)}, Instances: []Observed{old("o1"), old("o2")}, Failures: versionFails(3, 2), Now: now}).Actions
+		require.Equal(t, []string{"roll_back"}, summary(got))
+		require.Equal(t, int64(1), got[0].Target)
+		require.Equal(t, int64(2), got[0].Generation)
+		require.Equal(t, "generation 2 failed: 3 of its instances failed within 10m0s, the last because its container exited with code 3", got[0].Reason)
+	})
+	t.Run("two failures wait out the backoff", func(t *testing.T) {
+		t.Parallel()
+		got := Plan(Input{Apps: map[string]Desired{"web": d(true)}, Instances: []Observed{old("o1"), old("o2")}, Failures: versionFails(2, 2), Now: now}).Actions
+		require.Equal(t, []string{"hold"}, summary(got))
+	})
+	t.Run("the budget allows fewer", func(t *testing.T) {
+		t.Parallel()
+		dd := d(true)
+		dd.RestartAttempts = 2
+		got := Plan(Input{Apps: map[string]Desired{"web": dd}, Instances: []Observed{old("o1"), old("o2")}, Failures: versionFails(2, 2), Now: now}).Actions
+		require.Equal(t, []string{"roll_back"}, summary(got))
+	})
+	t.Run("failures of an earlier generation of the same spec do not count: applied again, it is tried again", func(t *testing.T) {
+		t.Parallel()
+		got := Plan(Input{Apps: map[string]Desired{"web": d(true)}, Instances: []Observed{old("o1"), old("o2")}, Failures: versionFails(3, 1), Now: now}).Actions
+		require.Equal(t, []string{"start"}, summary(got))
+	})
+	t.Run("without auto_rollback the rollout stops and says why", func(t *testing.T) {
+		t.Parallel()
+		got := Plan(Input{Apps: map[string]Desired{"web": d(false)}, Instances: []Observed{old("o1"), old("o2")}, Failures: versionFails(3, 2), Now: now}).Actions
+		require.Equal(t, []string{"fail_rollout"}, summary(got))
+		require.Contains(t, got[0].Reason, "the last because its container exited with code 3")
+	})
+	t.Run("a failed rollout stays stopped: nothing of its spec starts, the old instances serve", func(t *testing.T) {
+		t.Parallel()
+		in := Input{Apps: map[string]Desired{"web": d(false)}, Instances: []Observed{old("o1"), old("o2"), inst("n1", "new", time.Second, starting)},
+			FailedRollouts: map[string]string{"web": "new"}, Now: now}
+		got := Plan(in).Actions
+		require.Equal(t, []string{"hold"}, summary(got))
+		require.Contains(t, got[0].Reason, "the rollout of generation 2 failed")
+		in.Instances = append(in.Instances[:2:2], old("o3"))
+		in.Apps["web"] = func() Desired { dd := d(false); dd.Replicas = 4; return dd }()
+		require.Equal(t, []string{"hold"}, summary(Plan(in).Actions), "no scale-up with the failed spec either")
+	})
+	t.Run("a failed rollout of another spec holds nothing", func(t *testing.T) {
+		t.Parallel()
+		got := Plan(Input{Apps: map[string]Desired{"web": d(false)}, Instances: []Observed{old("o1"), old("o2")},
+			FailedRollouts: map[string]string{"web": "older"}, Now: now}).Actions
+		require.Equal(t, []string{"start"}, summary(got))
+	})
+	t.Run("a new generation starts with a fresh restart budget", func(t *testing.T) {
+		t.Parallel()
+		// Generation 2's breaker is open (5 restarts in the window); the
+		// fix, generation 3, starts at once.
+		fixed := d(true)
+		fixed.Generation = 3
+		got := Plan(Input{Apps: map[string]Desired{"web": fixed}, Instances: []Observed{old("o1"), old("o2")}, Failures: versionFails(5, 2), Now: now}).Actions
+		require.Equal(t, []string{"start"}, summary(got))
+		stuck := d(true)
+		stuck.AutoRollback = false
+		got = Plan(Input{Apps: map[string]Desired{"web": stuck}, Instances: []Observed{inst("n1", "new", time.Hour, died)}, Failures: versionFails(5, 2), Now: now}).Actions
+		require.Equal(t, []string{"trip_breaker"}, summary(got), "while the generation that crashed keeps its own")
+	})
+	t.Run("a dead container's exit code is its reason", func(t *testing.T) {
+		t.Parallel()
+		got := Plan(Input{Apps: map[string]Desired{"web": app(1)}, Instances: []Observed{inst("n1", "new", time.Hour, died, func(o *Observed) { o.Exited, o.ExitCode = true, 3 })}, Now: now}).Actions
+		require.Equal(t, []string{"replace n1", "start for n1"}, summary(got))
+		require.Equal(t, "its container exited with code 3", got[0].Reason)
+	})
+	t.Run("a late instance's rollback names its last probe failure", func(t *testing.T) {
+		t.Parallel()
+		got := Plan(Input{Apps: map[string]Desired{"web": rollback(app(2))}, Instances: []Observed{old("o1"), old("o2"),
+			inst("n1", "new", time.Minute, unhealthy, func(o *Observed) { o.Probe = "status: GET /healthz returned 503" })}, Now: now}).Actions
+		require.Equal(t, []string{"roll_back n1"}, summary(got))
+		require.Equal(t, int64(1), got[0].Target)
+		require.Contains(t, got[0].Reason, "its last probe: status: GET /healthz returned 503")
+	})
+}
+
 func TestPlanIsIdempotent(t *testing.T) {
 	t.Parallel()
 	in := Input{Apps: map[string]Desired{"web": app(3)}, Now: now, Instances: []Observed{inst("a", "new", time.Hour)}}
