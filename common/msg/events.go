@@ -15,9 +15,13 @@ const (
 	EventRouteConflict EventKind = "route_conflict"
 	// EventAppFailed: the restart budget is spent, the breaker is open.
 	EventAppFailed EventKind = "app_failed"
-	// EventRolloutRolledBack: a rollout was not healthy in time, and the
-	// previous spec is back.
+	// EventRolloutRolledBack: a rollout failed (its new instances kept
+	// failing, or one was not healthy in time), and the spec of the
+	// generation that serves is back (auto_rollback).
 	EventRolloutRolledBack EventKind = "rollout_rolled_back"
+	// EventRolloutFailed: a rollout failed without auto_rollback: no more
+	// of its instances start, the old ones keep serving.
+	EventRolloutFailed EventKind = "rollout_failed"
 	// EventUnplaceable: no host can take an app's instance.
 	EventUnplaceable EventKind = "unplaceable"
 )
@@ -35,6 +39,9 @@ const (
 	EventImagePullFailed        EventKind = "image_pull_failed"
 	EventInstanceCreateFailed   EventKind = "instance_create_failed"
 	EventInstanceStartFailed    EventKind = "instance_start_failed"
+	// EventInstanceExited: an instance's container stopped by itself; its
+	// details say the exit code and whether it was OOM-killed.
+	EventInstanceExited EventKind = "instance_exited"
 )
 
 // Event kinds: the autoscaler's.
@@ -57,9 +64,9 @@ const (
 
 // EventKinds returns every event kind the scheduler records.
 func EventKinds() []EventKind {
-	return []EventKind{EventAppUpdated, EventAppDeleted, EventRouteConflict, EventAppFailed, EventRolloutRolledBack, EventUnplaceable,
+	return []EventKind{EventAppUpdated, EventAppDeleted, EventRouteConflict, EventAppFailed, EventRolloutRolledBack, EventRolloutFailed, EventUnplaceable,
 		EventInstanceStarted, EventInstanceDraining, EventInstanceStopped, EventInstanceReplaced, EventInstanceFailed, EventInstanceLost,
 		EventInstanceAdopted, EventInstanceAddressRefused, EventImagePullFailed, EventInstanceCreateFailed, EventInstanceStartFailed,
-		EventAppScaled, EventScaleHeld,
+		EventInstanceExited, EventAppScaled, EventScaleHeld,
 		EventCertificateIssued, EventCertificateRenewed, EventCertificateFailed, EventCertificateDelayed}
 }

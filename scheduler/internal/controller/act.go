@@ -74,7 +74,7 @@ func (c *Controller) act(ctx context.Context, l store.Lease, w world, actions []
 	for i, a := range actions {
 		host := ""
 		switch a.Kind {
-		case reconcile.Hold, reconcile.TripBreaker:
+		case reconcile.Hold, reconcile.TripBreaker, reconcile.FailRollout:
 			// A report, not a change of state.
 		case reconcile.Start:
 			h, ok := p.starts[i]
@@ -114,7 +114,7 @@ func (c *Controller) do(ctx context.Context, l store.Lease, a reconcile.Action, 
 	app, rec := w.apps[a.App], w.records[a.Instance]
 	switch a.Kind {
 	case reconcile.Start:
-		return c.start(ctx, l, app, w.in.Apps[a.App].SpecHash, host, c.succession(a, p))
+		return c.start(ctx, l, app, w.in.Apps[a.App].SpecHash, host, c.succession(a, p, w))
 	case reconcile.Stop, reconcile.Migrate:
 		return c.drain(ctx, l, rec, a.Reason)
 	case reconcile.Replace:
@@ -134,35 +134,87 @@ func (c *Controller) do(ctx context.Context, l store.Lease, a reconcile.Action, 
 		if !c.seen.report(a.App, w.in.Apps[a.App].BackoffMax, time.Now()) {
 			return nil
 		}
-		return c.deps.Records.Event(ctx, l, store.Event{App: a.App, Kind: msg.EventAppFailed, Message: "app " + a.App + " is crash-looping: " + a.Reason})
+		return c.deps.Records.Event(ctx, l, store.Event{App: a.App, Kind: msg.EventAppFailed, Message: "app " + a.App + " is crash-looping: " + a.Reason,
+			Details: map[string]string{"generation": fmt.Sprint(a.Generation), "until": a.Until.UTC().Format(time.RFC3339), "reason": msg.Truncate(a.Reason, 512)}})
 	case reconcile.Hold:
 		return nil
 	case reconcile.RollBack:
-		return c.rollback(ctx, l, a, app)
+		return c.rollback(ctx, l, a, app, rec)
+	case reconcile.FailRollout:
+		return c.failRollout(ctx, l, a, w.in.Apps[a.App].SpecHash, rec)
 	}
 	return fmt.Errorf("unknown action %s", a.Kind)
 }
 
 // replace removes the container and the record of an instance that died,
-// vanished or stayed unhealthy on a host that answers. Its successor
-// starts beside it and, once running, records instance_replaced; without
-// one (no host can take it, or the plan holds it back), an
-// instance_failed event says now what its replacement waits for.
+// vanished or stayed unhealthy on a host that answers. A container that
+// stopped by itself first gets an instance_exited event: its exit code,
+// whether it was OOM-killed, and its last log lines. Its successor starts
+// beside it and, once running, records instance_replaced; without one (no
+// host can take it, or the plan holds it back), an instance_failed event
+// says now what its replacement waits for.
 func (c *Controller) replace(ctx context.Context, l store.Lease, a reconcile.Action, rec store.Instance, p placed) error {
+	var exited []store.Event
+	if a.Exited {
+		exited = append(exited, c.exited(ctx, a, rec))
+	}
 	if a.ContainerID != "" {
 		if err := c.deps.Runtime.Remove(ctx, a.ContainerID); err != nil && !errors.Is(err, docker.ErrNotFound) {
 			c.logger.Warn("remove a dead container", zap.String(logging.KeyContainer, docker.ShortID(a.ContainerID)), zap.Error(err))
 		}
 	}
 	if _, ok := p.successor[a.Instance]; ok {
-		return c.deps.Records.Delete(ctx, l, rec)
+		return c.deps.Records.Delete(ctx, l, rec, exited...)
 	}
 	wait := a.Wait
 	if wait == "" {
 		wait = "its replacement waits for a host: " + cmp.Or(p.unplaceable[a.App], "none could be placed")
 	}
-	return c.deps.Records.Delete(ctx, l, rec, store.Event{App: a.App, Instance: a.Instance, Kind: msg.EventInstanceFailed,
-		Message: fmt.Sprintf("instance %s failed: %s; %s", a.Instance, a.Reason, wait), Details: map[string]string{"host": rec.Host}})
+	return c.deps.Records.Delete(ctx, l, rec, append(exited, store.Event{App: a.App, Instance: a.Instance, Kind: msg.EventInstanceFailed,
+		Message: fmt.Sprintf("instance %s failed: %s; %s", a.Instance, a.Reason, wait), Details: failureDetails(rec, a.Reason)})...)
+}
+
+// exited is the instance_exited event of a container that stopped by
+// itself: how it ended, and what it wrote last.
+func (c *Controller) exited(ctx context.Context, a reconcile.Action, rec store.Instance) store.Event {
+	d := failureDetails(rec, a.Reason)
+	oom, code, ok := c.seen.exited(a.ContainerID)
+	if ok {
+		d["exit_code"] = fmt.Sprint(code)
+	}
+	if oom {
+		d["oom_killed"] = "true"
+	}
+	return store.Event{App: a.App, Instance: a.Instance, Kind: msg.EventInstanceExited, Message: fmt.Sprintf("instance %s exited: %s", a.Instance, a.Reason),
+		Details: d, LogTail: c.tail(ctx, a.ContainerID)}
+}
+
+// failureDetails are what the restart budget and status read of a failed
+// instance: its host, generation, spec and why.
+func failureDetails(rec store.Instance, reason string) map[string]string {
+	return map[string]string{"host": rec.Host, "generation": fmt.Sprint(rec.Generation), "spec_hash": rec.SpecHash, "reason": msg.Truncate(reason, 512)}
+}
+
+// tailLines is how many of a failed container's last lines its event keeps.
+const tailLines = 20
+
+// tailTimeout bounds reading them: a host that does not answer costs the
+// event its tail, never the replacement.
+const tailTimeout = 3 * time.Second
+
+// tail returns a container's last lines, or nil when they cannot be read.
+func (c *Controller) tail(ctx context.Context, container string) []string {
+	if c.deps.Logs == nil || container == "" {
+		return nil
+	}
+	tctx, cancel := context.WithTimeout(ctx, tailTimeout)
+	defer cancel()
+	lines, err := c.deps.Logs.Tail(tctx, container, tailLines)
+	if err != nil {
+		c.logger.Debug("no log tail for a failed container", zap.String(logging.KeyContainer, docker.ShortID(container)), zap.Error(err))
+		return nil
+	}
+	return lines
 }
 
 // lose records an instance lost with its host: failed (out of every
@@ -191,13 +243,14 @@ func (c *Controller) lose(ctx context.Context, l store.Lease, a reconcile.Action
 // host (down, or not answering) is replaced for the host's loss, not for
 // a crash of the app: its event says so (cause host_lost), and the
 // restart budget does not count it.
-func (c *Controller) succession(a reconcile.Action, p placed) *store.Event {
+func (c *Controller) succession(a reconcile.Action, p placed, w world) *store.Event {
 	if a.Replaces == "" {
 		return nil
 	}
 	pred := p.predecessors[a.Replaces]
-	ev := &store.Event{App: a.App, Instance: a.Replaces, Kind: msg.EventInstanceReplaced, Message: "instance " + a.Replaces + " replaced: " + pred.Reason,
-		Details: map[string]string{"host": pred.Host, "reason": msg.Truncate(pred.Reason, 512)}}
+	d := failureDetails(w.records[a.Replaces], pred.Reason)
+	d["host"] = pred.Host
+	ev := &store.Event{App: a.App, Instance: a.Replaces, Kind: msg.EventInstanceReplaced, Message: "instance " + a.Replaces + " replaced: " + pred.Reason, Details: d}
 	if pred.Kind == reconcile.Lost {
 		ev.Details["cause"] = "host_lost"
 	}
@@ -220,10 +273,11 @@ func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, ha
 		return err
 	}
 	fail := func(kind msg.EventKind, message string) error {
+		d := failureDetails(rec, message)
 		if replaced != nil {
 			message += fmt.Sprintf(" (it was to replace instance %s: %s)", replaced.Instance, replaced.Details["reason"])
 		}
-		return c.deps.Records.Delete(ctx, l, rec, store.Event{App: app.Name, Instance: id, Kind: kind, Message: message})
+		return c.deps.Records.Delete(ctx, l, rec, store.Event{App: app.Name, Instance: id, Kind: kind, Message: message, Details: d})
 	}
 	// Secrets are opened here, on the leader, only to create the container.
 	env, err := c.cfg.Secrets.Env(app.Name, s.Env)
@@ -387,16 +441,44 @@ func (c *Controller) remove(ctx context.Context, l store.Lease, app store.App, r
 		Message: "instance " + rec.ID + " stopped: " + reason})
 }
 
-// rollback restores an app's previous spec after a failed rollout.
-func (c *Controller) rollback(ctx context.Context, l store.Lease, a reconcile.Action, app store.App) error {
-	prev, err := c.deps.Desired.Rollback(ctx, a.App)
+// rollback restores the spec of the generation that serves after a
+// failed rollout. Its event says why, with the last lines of the instance
+// that decided it: the late one's own, or the newest that exited.
+func (c *Controller) rollback(ctx context.Context, l store.Lease, a reconcile.Action, app store.App, late store.Instance) error {
+	prev, err := c.deps.Desired.RollbackTo(ctx, a.App, a.Target)
 	if err != nil {
 		return fmt.Errorf("auto-rollback of %s: %w", a.App, err)
 	}
-	return c.deps.Records.Event(ctx, l, store.Event{App: a.App, Kind: msg.EventRolloutRolledBack,
-		Message: fmt.Sprintf("%s: rolled back to the previous spec as generation %d (image %s)", a.Reason, prev.Generation, prev.Spec.Image),
-		Details: map[string]string{"from_generation": fmt.Sprint(a.Generation), "generation": fmt.Sprint(prev.Generation), "image": prev.Spec.Image,
-			"healthy_deadline": app.Spec.Update.HealthyDeadline.String()}})
+	d := map[string]string{"from_generation": fmt.Sprint(a.Generation), "generation": fmt.Sprint(prev.Generation), "to_generation": fmt.Sprint(a.Target),
+		"image": prev.Spec.Image, "cause": msg.Truncate(a.Reason, 512)}
+	if app.Spec != nil {
+		d["healthy_deadline"] = app.Spec.Update.HealthyDeadline.String()
+	}
+	return c.deps.Records.Event(ctx, l, store.Event{App: a.App, Instance: a.Instance, Kind: msg.EventRolloutRolledBack,
+		Message: fmt.Sprintf("%s: rolled back to generation %d's spec as generation %d (image %s)", a.Reason, a.Target, prev.Generation, prev.Spec.Image),
+		Details: d, LogTail: c.failedTail(ctx, a, late)})
+}
+
+// failRollout records a failed rollout without auto_rollback, once: the
+// next plans read it back (FailedRollouts) and hold.
+func (c *Controller) failRollout(ctx context.Context, l store.Lease, a reconcile.Action, hash string, late store.Instance) error {
+	return c.deps.Records.Event(ctx, l, store.Event{App: a.App, Instance: a.Instance, Kind: msg.EventRolloutFailed,
+		Message: a.Reason + ": the rollout stops; the instances of the generation before keep serving. Apply a fixed spec, or scheduler rollback",
+		Details: map[string]string{"generation": fmt.Sprint(a.Generation), "spec_hash": hash, "cause": msg.Truncate(a.Reason, 512)},
+		LogTail: c.failedTail(ctx, a, late)})
+}
+
+// failedTail is the log tail of a failed rollout: the late instance's
+// container's, or the newest instance_exited's of its generation.
+func (c *Controller) failedTail(ctx context.Context, a reconcile.Action, late store.Instance) []string {
+	if late.ContainerID != "" {
+		return c.tail(ctx, late.ContainerID)
+	}
+	tail, err := c.deps.Desired.LastLogTail(ctx, a.App, a.Generation)
+	if err != nil {
+		c.logger.Warn("no log tail for a failed rollout", zap.String(logging.KeyApp, a.App), zap.Error(err))
+	}
+	return tail
 }
 
 // stopTimeout bounds a stop: the flag, but never less than the grace plus

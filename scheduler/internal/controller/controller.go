@@ -68,9 +68,14 @@ type Desired interface {
 	List(ctx context.Context) ([]store.App, error)
 	Instances(ctx context.Context, app string) ([]store.Instance, error)
 	// Restarts returns each app's restarts since a time: the restart budget.
-	Restarts(ctx context.Context, since time.Time) (map[string][]time.Time, error)
-	// Rollback restores an app's previous spec as a new generation.
-	Rollback(ctx context.Context, name string) (store.App, error)
+	Restarts(ctx context.Context, since time.Time) (map[string][]store.Restart, error)
+	// FailedRollouts returns each app's newest failed rollout since a time.
+	FailedRollouts(ctx context.Context, since time.Time) (map[string]store.FailedRollout, error)
+	// RollbackTo restores the spec of an earlier generation as a new one.
+	RollbackTo(ctx context.Context, name string, generation int64) (store.App, error)
+	// LastLogTail is the log tail of an app's newest instance_exited at a
+	// generation.
+	LastLogTail(ctx context.Context, app string, generation int64) ([]string, error)
 }
 
 var _ Desired = (*store.Store)(nil)
@@ -109,6 +114,12 @@ type Containers interface {
 	// Events streams container events until ctx ends, calling resync
 	// after a reconnect (events may have been lost).
 	Events(ctx context.Context, handle func(docker.Event), resync func()) error
+}
+
+// Logs reads what containers wrote. Safe for concurrent use.
+type Logs interface {
+	// Tail returns the last n lines a container wrote, stdout and stderr.
+	Tail(ctx context.Context, id string, n int) ([]string, error)
 }
 
 // Runtime runs containers. Safe for concurrent use.
@@ -159,6 +170,8 @@ type Deps struct {
 	Containers Containers
 	Runtime    Runtime
 	Images     Images
+	// Logs reads a failed instance's last lines for its event; nil: none.
+	Logs Logs
 	// Hosts places instances; nil: the one local engine.
 	Hosts Hosts
 	// Lease reports the current leadership.
@@ -299,7 +312,7 @@ func (c *Controller) onDockerEvent(ctx context.Context, e docker.Event) {
 		return
 	}
 	if e.Action == "die" || e.Action == "oom" {
-		c.seen.died(e.ContainerID, e.Action == "oom")
+		c.seen.died(e.ContainerID, e.Action == "oom", e.ExitCode, e.Action == "die")
 		if l, ok := c.deps.Lease(); ok {
 			// Not routable any more: nginx drops it on its next debounce.
 			if err := c.deps.Routing.Fail(ctx, l, store.Instance{ID: e.Instance, App: e.App, Generation: 1, ContainerID: e.ContainerID}); err != nil {

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"sort"
@@ -25,7 +26,7 @@ import (
 type fake struct {
 	mu         sync.Mutex
 	apps       map[string]store.App
-	history    map[string][]*spec.App // by app: earlier specs, for rollback
+	history    map[string]map[int64]*spec.App // by app and generation, for rollback
 	records    map[string]store.Instance
 	events     []store.Event
 	containers map[string]*docker.Container
@@ -35,6 +36,10 @@ type fake struct {
 	ids        int
 	// onStart decides whether a started container keeps running.
 	onStart func(o docker.CreateOptions) bool
+	// crash makes a started container of an image exit at once with a
+	// code, reported by a die event; missing makes an image's pull fail.
+	crash   map[string]int
+	missing map[string]error
 	// stopBlock, when set, holds every Stop until it is closed or ctx ends.
 	stopBlock chan struct{}
 	stops     []string
@@ -55,8 +60,8 @@ type fake struct {
 }
 
 func newFake() *fake {
-	return &fake{apps: map[string]store.App{}, history: map[string][]*spec.App{}, records: map[string]store.Instance{},
-		containers: map[string]*docker.Container{}, revs: map[string]uint64{}, failed: map[string]bool{}, opened: make(chan struct{})}
+	return &fake{apps: map[string]store.App{}, history: map[string]map[int64]*spec.App{}, records: map[string]store.Instance{},
+		containers: map[string]*docker.Container{}, crash: map[string]int{}, missing: map[string]error{}, revs: map[string]uint64{}, failed: map[string]bool{}, opened: make(chan struct{})}
 }
 
 var (
@@ -66,17 +71,19 @@ var (
 	_ Containers = fakeContainers{}
 	_ Runtime    = (*fake)(nil)
 	_ Images     = (*fake)(nil)
+	_ Logs       = (*fake)(nil)
 )
 
 func (f *fake) apply(s *spec.App, replicas int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	a, ok := f.apps[s.Name]
-	if ok {
-		f.history[s.Name] = append(f.history[s.Name], a.Spec)
-	}
+	a := f.apps[s.Name]
 	a = store.App{Name: s.Name, Spec: s, Generation: a.Generation + 1, DesiredReplicas: replicas, UpdatedAt: time.Now()}
 	f.apps[s.Name] = a
+	if f.history[s.Name] == nil {
+		f.history[s.Name] = map[int64]*spec.App{}
+	}
+	f.history[s.Name][a.Generation] = s
 }
 
 func (f *fake) List(context.Context) ([]store.App, error) {
@@ -102,34 +109,62 @@ func (f *fake) Instances(_ context.Context, app string) ([]store.Instance, error
 	return out, nil
 }
 
-func (f *fake) Restarts(_ context.Context, since time.Time) (map[string][]time.Time, error) {
+func (f *fake) Restarts(_ context.Context, since time.Time) (map[string][]store.Restart, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	out := map[string][]time.Time{}
+	out := map[string][]store.Restart{}
 	for _, e := range f.events {
 		switch e.Kind {
-		case msg.EventInstanceReplaced, msg.EventInstanceFailed, msg.EventInstanceStartFailed, msg.EventInstanceAddressRefused:
+		case msg.EventInstanceReplaced, msg.EventInstanceFailed, msg.EventInstanceStartFailed, msg.EventInstanceAddressRefused,
+			msg.EventImagePullFailed, msg.EventInstanceCreateFailed:
 			if e.Details["cause"] == "host_lost" {
 				continue // as the store: a host's loss is no crash
 			}
 			if !e.At.Before(since) {
-				out[e.App] = append(out[e.App], e.At)
+				var gen int64
+				_, _ = fmt.Sscan(e.Details["generation"], &gen)
+				out[e.App] = append(out[e.App], store.Restart{At: e.At, Generation: gen, SpecHash: e.Details["spec_hash"], Reason: cmp.Or(e.Details["reason"], e.Message)})
 			}
 		}
 	}
 	return out, nil
 }
 
-func (f *fake) Rollback(_ context.Context, name string) (store.App, error) {
+func (f *fake) FailedRollouts(_ context.Context, since time.Time) (map[string]store.FailedRollout, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	h := f.history[name]
-	if len(h) == 0 {
+	out := map[string]store.FailedRollout{}
+	for _, e := range f.events {
+		if e.Kind == msg.EventRolloutFailed && !e.At.Before(since) {
+			var gen int64
+			_, _ = fmt.Sscan(e.Details["generation"], &gen)
+			out[e.App] = store.FailedRollout{Generation: gen, SpecHash: e.Details["spec_hash"]}
+		}
+	}
+	return out, nil
+}
+
+func (f *fake) LastLogTail(_ context.Context, app string, generation int64) ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i := len(f.events) - 1; i >= 0; i-- {
+		if e := f.events[i]; e.App == app && e.Kind == msg.EventInstanceExited && e.Details["generation"] == fmt.Sprint(generation) && e.LogTail != nil {
+			return e.LogTail, nil
+		}
+	}
+	return nil, nil
+}
+
+func (f *fake) RollbackTo(_ context.Context, name string, generation int64) (store.App, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s, ok := f.history[name][generation]
+	if !ok {
 		return store.App{}, store.ErrNoHistory
 	}
 	a := f.apps[name]
-	a.Spec, a.Generation = h[len(h)-1], a.Generation+1
-	f.history[name] = h[:len(h)-1]
+	a.Spec, a.Generation = s, a.Generation+1
+	f.history[name][a.Generation] = s
 	f.apps[name] = a
 	return a, nil
 }
@@ -266,10 +301,29 @@ func (f *fake) Create(_ context.Context, o docker.CreateOptions) (string, error)
 
 func (f *fake) Start(_ context.Context, id string) error {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	c := f.containers[id]
 	c.Running = f.onStart == nil || f.onStart(docker.CreateOptions{App: c.App, Instance: c.Instance})
+	code, crash := f.crash[c.Name]
+	handle := f.handle
+	if crash {
+		c.Running = false
+	}
+	f.mu.Unlock()
+	if crash && handle != nil {
+		handle(docker.Event{Action: "die", ContainerID: id, App: c.App, Instance: c.Instance, ExitCode: code})
+	}
 	return nil
+}
+
+// Tail is what a container wrote: two lines naming it.
+func (f *fake) Tail(_ context.Context, id string, n int) ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, ok := f.containers[id]
+	if !ok {
+		return nil, docker.ErrNotFound
+	}
+	return []string{"starting " + c.Name, "fatal: bad config in " + id}[:min(n, 2)], nil
 }
 
 func (f *fake) Stop(ctx context.Context, id, _ string, _ time.Duration) error {
@@ -299,9 +353,17 @@ func (f *fake) Remove(_ context.Context, id string) error {
 	return nil
 }
 
-func (f *fake) ImagePresent(context.Context, string, string) (bool, error) { return true, nil }
+func (f *fake) ImagePresent(_ context.Context, _, ref string) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.missing[ref] == nil, nil
+}
 
-func (f *fake) Pull(context.Context, string, string, time.Duration) error { return nil }
+func (f *fake) Pull(_ context.Context, _, ref string, _ time.Duration) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.missing[ref]
+}
 
 // snapshot returns the records and the kinds of the events so far.
 func (f *fake) snapshot() (records []store.Instance, events []msg.EventKind) {
@@ -379,7 +441,7 @@ func start(t *testing.T, f *fake, cfg Config) *harness {
 	cfg.MaxParallel = max(cfg.MaxParallel, 4)
 	cfg.StartTimeout = max(cfg.StartTimeout, time.Minute)
 	lease := store.Lease{Name: "test", Holder: "me", Term: 1}
-	c = New(cfg, Deps{Desired: f, Records: f, Routing: f, Containers: fakeContainers{f}, Runtime: f, Images: f, Hosts: f.hosts,
+	c = New(cfg, Deps{Desired: f, Records: f, Routing: f, Containers: fakeContainers{f}, Runtime: f, Images: f, Logs: f, Hosts: f.hosts,
 		Lease: func() (store.Lease, bool) { return lease, true }, Health: h.health, Agents: h.agents}, zaptest.NewLogger(t))
 	h.c = c
 	ctx, cancel := context.WithCancel(context.Background())

@@ -345,8 +345,8 @@ func TestReplacementWithNoHost(t *testing.T) {
 		"the replaced instance's record is removed")
 	require.Equal(t, records[0].ID, ev.Instance)
 	require.Equal(t, now[0].ID, ev.Details["by"])
-	require.Equal(t, "its container stopped", ev.Details["reason"])
-	require.Contains(t, ev.Message, "instance "+records[0].ID+" replaced: its container stopped; replaced by instance "+now[0].ID+" at ")
+	require.Equal(t, "its container exited with code 0", ev.Details["reason"])
+	require.Contains(t, ev.Message, "instance "+records[0].ID+" replaced: its container exited with code 0; replaced by instance "+now[0].ID+" at ")
 
 	// h1 drains: nothing else meets zone==a. The instance would move but
 	// cannot; when it dies, its replacement waits for a host.
@@ -358,7 +358,7 @@ func TestReplacementWithNoHost(t *testing.T) {
 	require.Eventually(t, func() bool { return len(eventsOf(f, msg.EventInstanceFailed)) == 1 }, 5*time.Second, 10*time.Millisecond)
 	failed := eventsOf(f, msg.EventInstanceFailed)[0]
 	require.Equal(t, now[0].ID, failed.Instance)
-	require.Contains(t, failed.Message, "instance "+now[0].ID+" failed: its container stopped; its replacement waits for a host: no host of 2 can take it (h1: draining; h2: fails zone==a)")
+	require.Contains(t, failed.Message, "instance "+now[0].ID+" failed: its container exited with code 0; its replacement waits for a host: no host of 2 can take it (h1: draining; h2: fails zone==a)")
 	h.cycles(3)
 	require.Len(t, eventsOf(f, msg.EventInstanceReplaced), 1, "nothing replaced it")
 	require.Eventually(t, func() bool { r, _ := f.snapshot(); return len(r) == 0 }, 5*time.Second, 10*time.Millisecond,

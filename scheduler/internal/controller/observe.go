@@ -24,6 +24,7 @@ type memory struct {
 	healthySince   map[string]time.Time // by <app>.<instance>
 	unhealthySince map[string]time.Time
 	dead, oom      map[string]bool      // by container
+	exit           map[string]int       // by container: a die event's exit code
 	tripped        map[string]time.Time // by app
 	// unplaced is each app's last unplaceable reason and when it was
 	// reported.
@@ -59,15 +60,20 @@ func (m *memory) unplaceable(app, reason string, now time.Time) bool {
 
 func newMemory() *memory {
 	return &memory{healthySince: map[string]time.Time{}, unhealthySince: map[string]time.Time{},
-		dead: map[string]bool{}, oom: map[string]bool{}, tripped: map[string]time.Time{}, unplaced: map[string]reported{}}
+		dead: map[string]bool{}, oom: map[string]bool{}, exit: map[string]int{}, tripped: map[string]time.Time{}, unplaced: map[string]reported{}}
 }
 
-func (m *memory) died(container string, oom bool) {
+// died records a container Docker reported dead: an oom event, or a die
+// event with its exit code (exited false: none reported).
+func (m *memory) died(container string, oom bool, code int, exited bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.dead[container] = true
 	if oom {
 		m.oom[container] = true
+	}
+	if exited {
+		m.exit[container] = code
 	}
 }
 
@@ -87,15 +93,19 @@ func (m *memory) containers(list []docker.Container) map[string]docker.Container
 		if _, ok := by[id]; !ok {
 			delete(m.dead, id)
 			delete(m.oom, id)
+			delete(m.exit, id)
 		}
 	}
 	return by
 }
 
-func (m *memory) oomKilled(container string) bool {
+// exited returns what Docker reported of a dead container: OOM-killed,
+// and its exit code if a die event said it.
+func (m *memory) exited(container string) (oom bool, code int, ok bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.oom[container]
+	code, ok = m.exit[container]
+	return m.oom[container], code, ok
 }
 
 // since returns since when key has been healthy and unhealthy, as of now.
@@ -179,6 +189,10 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 	if err != nil {
 		return world{}, err
 	}
+	failed, err := c.deps.Desired.FailedRollouts(ctx, now.Add(-failedRolloutsKept))
+	if err != nil {
+		return world{}, err
+	}
 
 	w := world{in: reconcile.Input{Apps: map[string]reconcile.Desired{}, Term: l.Term, StartTimeout: c.cfg.StartTimeout, Now: now},
 		apps: map[string]store.App{}, records: map[string]store.Instance{}, health: map[string]string{}}
@@ -188,8 +202,14 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 		s.Default()
 		w.in.Apps[a.Name] = c.desired(a, &s)
 		w.apps[a.Name] = a
-		for _, at := range restarts[a.Name] {
-			w.in.Failures = append(w.in.Failures, reconcile.Failure{App: a.Name, At: at})
+		for _, r := range restarts[a.Name] {
+			w.in.Failures = append(w.in.Failures, reconcile.Failure{App: a.Name, At: r.At, Generation: r.Generation, SpecHash: r.SpecHash, Reason: r.Reason})
+		}
+		if f, ok := failed[a.Name]; ok {
+			if w.in.FailedRollouts == nil {
+				w.in.FailedRollouts = map[string]reconcile.Rollout{}
+			}
+			w.in.FailedRollouts[a.Name] = reconcile.Rollout{Generation: f.Generation, SpecHash: f.SpecHash}
 		}
 	}
 	containers := c.seen.containers(list)
@@ -206,9 +226,12 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 		live[key] = true
 		o := reconcile.Observed{ID: r.ID, App: r.App, Host: r.Host, Generation: r.Generation, SpecHash: r.SpecHash, State: r.State,
 			CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt, Term: r.Term, ContainerID: r.ContainerID,
-			ContainerRunning: exists && ct.Running, ContainerGone: r.ContainerID != "" && !exists,
-			OOMKilled: c.seen.oomKilled(r.ContainerID)}
+			ContainerRunning: exists && ct.Running, ContainerGone: r.ContainerID != "" && !exists}
+		o.OOMKilled, o.ExitCode, o.Exited = c.seen.exited(r.ContainerID)
 		o.Health = healthOf(health[key], w.apps[r.App].Spec)
+		if h := health[key]; h != nil && h.Failure != "" {
+			o.Probe = msg.Truncate(h.Failure+": "+h.Message, 256)
+		}
 		o.HealthySince, o.UnhealthySince = c.seen.since(key, o.Health, now)
 		if o.Health != r.Health && r.State != msg.StateFailed {
 			w.health[r.ID] = o.Health
@@ -227,6 +250,10 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 	}
 	return w, nil
 }
+
+// failedRolloutsKept is how long a failed rollout without auto_rollback
+// stays stopped, at most: a day, as long as the restart history read.
+const failedRolloutsKept = 24 * time.Hour
 
 // hosts is the planner's view of every host placement chooses from and
 // every host a record or a container names: its state, its drain, its

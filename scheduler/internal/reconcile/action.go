@@ -77,6 +77,9 @@ type Action struct {
 	// Wait says why a Lost or Replace instance gets no successor in this
 	// plan: what its replacement waits for, or why none is needed.
 	Wait string
+	// Exited says a Replace's container stopped by itself (not replaced
+	// for its health): the controller records how it ended.
+	Exited bool
 }
 
 func (a Action) String() string {

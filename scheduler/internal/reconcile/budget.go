@@ -32,7 +32,7 @@ func (p *appPlan) budget() bool {
 			// Open breaker: no replacement and no new start; report once per plan.
 			reason := fmt.Sprintf("%d restarts within %s (budget %d): not restarting until %s", recent, p.d.RestartWindow, p.d.RestartAttempts, reopen.Format(time.RFC3339))
 			p.hold(reason)
-			p.add(Action{Kind: TripBreaker, Generation: p.d.Generation, Reason: reason})
+			p.add(Action{Kind: TripBreaker, Generation: p.d.Generation, Until: reopen, Reason: reason})
 			p.res.wakeAt(reopen, p.in.Now)
 			return false
 		}

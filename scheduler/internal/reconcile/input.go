@@ -147,16 +147,22 @@ type Failure struct {
 	Reason string
 }
 
+// Rollout names a rollout: the generation and spec it rolls out.
+type Rollout struct {
+	Generation int64
+	SpecHash   string
+}
+
 // Input is everything Plan reads.
 type Input struct {
 	Apps      map[string]Desired
 	Instances []Observed
 	Orphans   []Orphan
 	Failures  []Failure
-	// FailedRollouts are, by app, the spec whose rollout failed (its new
+	// FailedRollouts are, by app, the rollout that failed (its new
 	// instances kept failing) and was not rolled back (no auto_rollback):
-	// the rollout stays stopped until another spec is applied.
-	FailedRollouts map[string]string
+	// while it is the desired one, it stays stopped.
+	FailedRollouts map[string]Rollout
 	// Hosts are the hosts by name ("": the local engine). A host not in
 	// it is up, not draining, and unconstrained.
 	Hosts map[string]Host

@@ -155,6 +155,13 @@ func (p *appPlan) plan(insts []Observed) {
 	}
 	p.adopt()
 	if p.halted {
+		// A dead instance gets no successor of the failed spec: it is
+		// removed, and the old instances serve on.
+		for i := range p.out {
+			if a := &p.out[i]; a.Kind == Replace {
+				a.Kind, a.Reason = Remove, a.Reason+fmt.Sprintf("; not replaced: the rollout of generation %d failed", p.d.Generation)
+			}
+		}
 		p.hold("the rollout failed")
 		return
 	}
@@ -194,9 +201,9 @@ func (p *appPlan) rollback(insts []Observed) bool {
 	if !rolling {
 		return false
 	}
-	if p.in.FailedRollouts[p.d.App] == p.d.SpecHash {
+	if p.in.FailedRollouts[p.d.App] == (Rollout{Generation: p.d.Generation, SpecHash: p.d.SpecHash}) {
 		p.add(Action{Kind: Hold, Generation: p.d.Generation,
-			Reason: fmt.Sprintf("the rollout of generation %d failed: no instance of it starts until another spec is applied (or scheduler rollback)", p.d.Generation)})
+			Reason: fmt.Sprintf("the rollout of generation %d failed: no instance of it starts until another spec is applied, or scheduler rollback", p.d.Generation)})
 		p.halted = true
 		return false
 	}
@@ -305,6 +312,7 @@ func (p *appPlan) classify(insts []Observed) {
 			}
 			if dead {
 				p.replace(o, why)
+				p.out[len(p.out)-1].Exited = !o.ContainerGone
 				continue
 			}
 		}

@@ -329,18 +329,20 @@ func TestPlanFailedRollout(t *testing.T) {
 	t.Run("a failed rollout stays stopped: nothing of its spec starts, the old instances serve", func(t *testing.T) {
 		t.Parallel()
 		in := Input{Apps: map[string]Desired{"web": d(false)}, Instances: []Observed{old("o1"), old("o2"), inst("n1", "new", time.Second, starting)},
-			FailedRollouts: map[string]string{"web": "new"}, Now: now}
+			FailedRollouts: map[string]Rollout{"web": {Generation: 2, SpecHash: "new"}}, Now: now}
 		got := Plan(in).Actions
 		require.Equal(t, []string{"hold"}, summary(got))
 		require.Contains(t, got[0].Reason, "the rollout of generation 2 failed")
 		in.Instances = append(in.Instances[:2:2], old("o3"))
 		in.Apps["web"] = func() Desired { dd := d(false); dd.Replicas = 4; return dd }()
 		require.Equal(t, []string{"hold"}, summary(Plan(in).Actions), "no scale-up with the failed spec either")
+		in.FailedRollouts["web"] = Rollout{Generation: 1, SpecHash: "new"}
+		require.Equal(t, []string{"start", "start"}, summary(Plan(in).Actions), "the same spec at a new generation is tried again")
 	})
 	t.Run("a failed rollout of another spec holds nothing", func(t *testing.T) {
 		t.Parallel()
 		got := Plan(Input{Apps: map[string]Desired{"web": d(false)}, Instances: []Observed{old("o1"), old("o2")},
-			FailedRollouts: map[string]string{"web": "older"}, Now: now}).Actions
+			FailedRollouts: map[string]Rollout{"web": {Generation: 2, SpecHash: "older"}}, Now: now}).Actions
 		require.Equal(t, []string{"start"}, summary(got))
 	})
 	t.Run("a new generation starts with a fresh restart budget", func(t *testing.T) {

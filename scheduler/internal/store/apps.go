@@ -158,6 +158,31 @@ func (s *Store) Scale(ctx context.Context, name string, replicas int) (app App, 
 	return app, err
 }
 
+// RollbackTo makes the spec of generation the app's spec again, as a new
+// generation: the generation that still serves, after a failed rollout.
+func (s *Store) RollbackTo(ctx context.Context, name string, generation int64) (app App, err error) {
+	err = s.appTx(ctx, name, func(tx pgx.Tx, cur *App) error {
+		if cur == nil {
+			return fmt.Errorf("rollback %s: %w", name, ErrNotFound)
+		}
+		var raw []byte
+		err := tx.QueryRow(ctx, `SELECT spec FROM app_history WHERE app = $1 AND generation = $2`, name, generation).Scan(&raw)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("rollback %s to generation %d: %w", name, generation, ErrNoHistory)
+		}
+		if err != nil {
+			return fmt.Errorf("rollback %s: %w", name, redact(err))
+		}
+		var prev spec.App
+		if err := json.Unmarshal(raw, &prev); err != nil {
+			return fmt.Errorf("rollback %s: stored spec: %w", name, err)
+		}
+		app, err = write(ctx, tx, &prev, cur)
+		return err
+	})
+	return app, err
+}
+
 // Rollback makes the newest earlier spec that differs from the current one
 // the app's spec again, as a new generation.
 func (s *Store) Rollback(ctx context.Context, name string) (app App, err error) {
@@ -496,24 +521,83 @@ func (t *Tx) DeleteInstance(ctx context.Context, id string) error {
 var restartKinds = []string{string(msg.EventInstanceReplaced), string(msg.EventInstanceFailed), string(msg.EventImagePullFailed),
 	string(msg.EventInstanceCreateFailed), string(msg.EventInstanceStartFailed), string(msg.EventInstanceAddressRefused)}
 
-// Restarts returns when each app had an instance fail (replaced at once,
-// or its replacement waiting), or failed to start one, since since: the
+// Restart is one failure the restart budget counts: an instance that
+// failed, or one that could not be pulled, created or started.
+type Restart struct {
+	At time.Time
+	// Generation is the app's generation the instance was started (or
+	// was to start) at, and SpecHash its spec; 0 and "" for events from
+	// before they were recorded.
+	Generation int64
+	SpecHash   string
+	// Reason is what failed (details' reason, else the event's message).
+	Reason string
+}
+
+// Restarts returns, by app, each time an instance failed (replaced at
+// once, or its replacement waiting), or failed to start, since since: the
 // restart budget's history. The replacement of an instance lost with its
 // host (cause host_lost) is no failure of the app, and is not counted.
-func (s *Store) Restarts(ctx context.Context, since time.Time) (map[string][]time.Time, error) {
-	rows, err := s.pool.Query(ctx, `SELECT app, at FROM events
+func (s *Store) Restarts(ctx context.Context, since time.Time) (map[string][]Restart, error) {
+	rows, err := s.pool.Query(ctx, `SELECT app, at,
+			CASE WHEN details->>'generation' ~ '^[0-9]{1,18}$' THEN (details->>'generation')::bigint ELSE 0 END,
+			coalesce(details->>'spec_hash', ''), coalesce(details->>'reason', message)
+		FROM events
 		WHERE kind = ANY($2) AND at >= $1 AND details->>'cause' IS DISTINCT FROM 'host_lost'`, since, restartKinds)
 	if err != nil {
 		return nil, fmt.Errorf("restarts: %w", redact(err))
 	}
-	out := map[string][]time.Time{}
+	out := map[string][]Restart{}
 	var app string
-	var at time.Time
-	if _, err := pgx.ForEachRow(rows, []any{&app, &at}, func() error {
-		out[app] = append(out[app], at)
+	var r Restart
+	if _, err := pgx.ForEachRow(rows, []any{&app, &r.At, &r.Generation, &r.SpecHash, &r.Reason}, func() error {
+		out[app] = append(out[app], r)
 		return nil
 	}); err != nil {
 		return nil, fmt.Errorf("restarts: %w", redact(err))
 	}
 	return out, nil
+}
+
+// FailedRollout is the last rollout of an app that failed and was not
+// rolled back.
+type FailedRollout struct {
+	Generation int64
+	SpecHash   string
+}
+
+// FailedRollouts returns, by app, its newest rollout_failed since since.
+func (s *Store) FailedRollouts(ctx context.Context, since time.Time) (map[string]FailedRollout, error) {
+	rows, err := s.pool.Query(ctx, `SELECT DISTINCT ON (app) app,
+			CASE WHEN details->>'generation' ~ '^[0-9]{1,18}$' THEN (details->>'generation')::bigint ELSE 0 END,
+			coalesce(details->>'spec_hash', '')
+		FROM events WHERE kind = $2 AND at >= $1 ORDER BY app, id DESC`, since, string(msg.EventRolloutFailed))
+	if err != nil {
+		return nil, fmt.Errorf("failed rollouts: %w", redact(err))
+	}
+	out := map[string]FailedRollout{}
+	var app string
+	var f FailedRollout
+	if _, err := pgx.ForEachRow(rows, []any{&app, &f.Generation, &f.SpecHash}, func() error {
+		out[app] = f
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("failed rollouts: %w", redact(err))
+	}
+	return out, nil
+}
+
+// LastLogTail returns the log tail of an app's newest instance_exited
+// event at generation: what the last instance of a failed rollout wrote.
+func (s *Store) LastLogTail(ctx context.Context, app string, generation int64) ([]string, error) {
+	var tail []string
+	err := s.pool.QueryRow(ctx, `SELECT log_tail FROM events WHERE app = $1 AND kind = $2 AND details->>'generation' = $3 AND log_tail IS NOT NULL
+		ORDER BY id DESC LIMIT 1`, app, string(msg.EventInstanceExited), fmt.Sprint(generation)).Scan(&tail)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("log tail of %s: %w", app, redact(err))
+	}
+	return tail, nil
 }

@@ -25,6 +25,10 @@ type Event struct {
 	Actor string
 	Term  uint64
 	At    time.Time
+	// LogTail is the last lines a failed instance's container wrote. It
+	// is stored and shown by the API's event view only: never published
+	// on NATS, where every reader would see it.
+	LogTail []string
 }
 
 // AddEvent records an event under the transaction's term and returns its id.
@@ -40,8 +44,8 @@ func (t *Tx) AddEvent(ctx context.Context, e Event) (int64, error) {
 		e.Actor = ActorOf(ctx)
 	}
 	var id int64
-	err = t.tx.QueryRow(ctx, `INSERT INTO events (app, instance, kind, message, details, term, actor) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`,
-		e.App, e.Instance, e.Kind, e.Message, details, int64(t.term), e.Actor).Scan(&id)
+	err = t.tx.QueryRow(ctx, `INSERT INTO events (app, instance, kind, message, details, term, actor, log_tail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id`,
+		e.App, e.Instance, e.Kind, e.Message, details, int64(t.term), e.Actor, e.LogTail).Scan(&id)
 	if err != nil {
 		return 0, fmt.Errorf("add event %s/%s: %w", e.App, e.Kind, redact(err))
 	}
@@ -57,9 +61,25 @@ func (t *Tx) Added() []Event { return t.events }
 // Events returns events, oldest first, of app (all apps when empty) with
 // an id above after, at most limit.
 func (s *Store) Events(ctx context.Context, app string, after int64, limit int) ([]Event, error) {
-	rows, err := s.pool.Query(ctx, `
-		SELECT id, app, instance, kind, message, details, term, at, actor FROM events
+	return s.events(ctx, `
+		SELECT id, app, instance, kind, message, details, term, at, actor, log_tail FROM events
 		WHERE ($1 = '' OR app = $1) AND id > $2 ORDER BY id LIMIT $3`, app, after, limit)
+}
+
+// LatestEvents returns an app's newest events of the given kinds, newest
+// first, at most limit.
+func (s *Store) LatestEvents(ctx context.Context, app string, kinds []msg.EventKind, limit int) ([]Event, error) {
+	names := make([]string, len(kinds))
+	for i, k := range kinds {
+		names[i] = string(k)
+	}
+	return s.events(ctx, `
+		SELECT id, app, instance, kind, message, details, term, at, actor, log_tail FROM events
+		WHERE app = $1 AND kind = ANY($2) ORDER BY id DESC LIMIT $3`, app, names, limit)
+}
+
+func (s *Store) events(ctx context.Context, query string, args ...any) ([]Event, error) {
+	rows, err := s.pool.Query(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("events: %w", redact(err))
 	}
@@ -67,7 +87,7 @@ func (s *Store) Events(ctx context.Context, app string, after int64, limit int) 
 		var e Event
 		var details []byte
 		var term int64
-		if err := row.Scan(&e.ID, &e.App, &e.Instance, &e.Kind, &e.Message, &details, &term, &e.At, &e.Actor); err != nil {
+		if err := row.Scan(&e.ID, &e.App, &e.Instance, &e.Kind, &e.Message, &details, &term, &e.At, &e.Actor, &e.LogTail); err != nil {
 			return e, err
 		}
 		e.Term = uint64(term)
