@@ -11,6 +11,8 @@
 //	DEMO_LATENCY   delay added to every request, a Go duration (default 0)
 //	DEMO_MODE      http (default) or tcp: a line server answering PING with PONG, else echoing
 //	DEMO_HEALTH    ok (default) or fail: the initial state of /healthz
+//	DEMO_EXIT      a code from 1 to 125: log why, then exit with it at start (a version that crashes)
+//	DEMO_ALLOC     a size in MiB: allocate and touch that much memory at start (a version that is OOM-killed)
 //
 // HTTP endpoints: GET / answers JSON {instance, version, host}; GET /healthz
 // answers 200 or 503; POST /admin/health?state=ok|fail switches it; POST
@@ -29,6 +31,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -58,6 +61,18 @@ func run() int {
 		return 1
 	}
 	logger.Printf("start instance=%s version=%s mode=%s listen=%s", cfg.Instance, cfg.Version, cfg.Mode, ln.Addr())
+	if cfg.Exit != 0 {
+		logger.Printf("fatal: DEMO_EXIT=%d: exiting with code %d", cfg.Exit, cfg.Exit)
+		return cfg.Exit
+	}
+	if cfg.AllocMiB > 0 {
+		logger.Printf("allocating %d MiB", cfg.AllocMiB)
+		hold = make([]byte, cfg.AllocMiB<<20)
+		for i := 0; i < len(hold); i += 4096 {
+			hold[i] = 1 // touched: resident, so a memory limit kills
+		}
+		logger.Printf("allocated %d MiB", cfg.AllocMiB)
+	}
 	if cfg.Mode == "tcp" {
 		err = serveTCP(ctx, ln)
 	} else {
@@ -75,7 +90,11 @@ type config struct {
 	Listen, Version, Instance, Mode string
 	Latency                         time.Duration
 	Healthy                         bool
+	Exit, AllocMiB                  int
 }
+
+// hold keeps DEMO_ALLOC's memory reachable.
+var hold []byte
 
 func configFromEnv(getenv func(string) string) (config, error) {
 	c := config{Listen: ":8080", Version: version, Mode: "http", Healthy: true}
@@ -113,6 +132,20 @@ func configFromEnv(getenv func(string) string) (config, error) {
 		c.Healthy = false
 	default:
 		return c, fmt.Errorf("DEMO_HEALTH %q: must be ok or fail", v)
+	}
+	if v := getenv("DEMO_EXIT"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 125 {
+			return c, fmt.Errorf("DEMO_EXIT %q: must be an exit code from 1 to 125", v)
+		}
+		c.Exit = n
+	}
+	if v := getenv("DEMO_ALLOC"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 4096 {
+			return c, fmt.Errorf("DEMO_ALLOC %q: must be a size in MiB from 1 to 4096", v)
+		}
+		c.AllocMiB = n
 	}
 	return c, nil
 }

@@ -29,6 +29,10 @@ func TestConfigFromEnv(t *testing.T) {
 		{name: "bad latency", env: map[string]string{"DEMO_LATENCY": "soon"}, wantErr: `DEMO_LATENCY "soon": must be a non-negative Go duration such as 50ms`},
 		{name: "bad mode", env: map[string]string{"DEMO_MODE": "udp"}, wantErr: `DEMO_MODE "udp": must be http or tcp`},
 		{name: "bad health", env: map[string]string{"DEMO_HEALTH": "meh"}, wantErr: `DEMO_HEALTH "meh": must be ok or fail`},
+		{name: "exit and alloc", env: map[string]string{"DEMO_INSTANCE": "i1", "DEMO_EXIT": "3", "DEMO_ALLOC": "64"},
+			want: config{Listen: ":8080", Version: version, Instance: "i1", Mode: "http", Healthy: true, Exit: 3, AllocMiB: 64}},
+		{name: "bad exit", env: map[string]string{"DEMO_EXIT": "0"}, wantErr: `DEMO_EXIT "0": must be an exit code from 1 to 125`},
+		{name: "bad alloc", env: map[string]string{"DEMO_ALLOC": "lots"}, wantErr: `DEMO_ALLOC "lots": must be a size in MiB from 1 to 4096`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

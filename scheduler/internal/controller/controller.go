@@ -300,6 +300,10 @@ func (c *Controller) step(ctx context.Context) time.Duration {
 	return delay
 }
 
+// inspectDeadTimeout bounds the inspection of a container killed by a
+// signal: whether it was for memory.
+const inspectDeadTimeout = 2 * time.Second
+
 // onDockerEvent takes a dead container's instance out of nginx at once,
 // then lets the next cycle replace it.
 func (c *Controller) onDockerEvent(ctx context.Context, e docker.Event) {
@@ -312,13 +316,23 @@ func (c *Controller) onDockerEvent(ctx context.Context, e docker.Event) {
 		return
 	}
 	if e.Action == "die" || e.Action == "oom" {
-		c.seen.died(e.ContainerID, e.Action == "oom", e.ExitCode, e.Action == "die")
 		if l, ok := c.deps.Lease(); ok {
 			// Not routable any more: nginx drops it on its next debounce.
 			if err := c.deps.Routing.Fail(ctx, l, store.Instance{ID: e.Instance, App: e.App, Generation: 1, ContainerID: e.ContainerID}); err != nil {
 				c.logger.Warn("publish a dead instance", zap.Error(err))
 			}
 		}
+		oom := e.Action == "oom"
+		if e.Action == "die" && e.ExitCode == 137 {
+			// Docker's oom event does not come on every engine (cgroup v2):
+			// its state says whether the kernel killed it for memory.
+			ictx, cancel := context.WithTimeout(ctx, inspectDeadTimeout)
+			if ct, err := c.deps.Containers.Inspect(ictx, e.ContainerID); err == nil {
+				oom = ct.OOMKilled
+			}
+			cancel()
+		}
+		c.seen.died(e.ContainerID, oom, e.ExitCode, e.Action == "die")
 	}
 	c.Wake()
 }

@@ -39,6 +39,7 @@ type Engine interface {
 	ImagePresent(ctx context.Context, ref string) (bool, error)
 	Pull(ctx context.Context, ref string, timeout time.Duration) error
 	Stats(ctx context.Context, ids []string, parallel int) (map[string]docker.Reading, error)
+	Tail(ctx context.Context, id string, n int) ([]string, error)
 	Close() error
 }
 
@@ -604,6 +605,17 @@ func (f *Fleet) Inspect(ctx context.Context, id string) (docker.Container, error
 	ctx, cancel := bounded(ctx)
 	defer cancel()
 	return eng.Inspect(ctx, id)
+}
+
+// Tail returns the last n lines of a container, from its host's engine.
+func (f *Fleet) Tail(ctx context.Context, id string, n int) ([]string, error) {
+	eng, err := f.of(id)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	return eng.Tail(ctx, id, n)
 }
 
 // ImagePresent reports whether ref is on host.

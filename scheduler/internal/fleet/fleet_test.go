@@ -98,6 +98,17 @@ func (e *engine) Pull(context.Context, string, time.Duration) error  { return e.
 func (e *engine) Stats(context.Context, []string, int) (map[string]docker.Reading, error) {
 	return nil, nil
 }
+func (e *engine) Tail(_ context.Context, id string, _ int) ([]string, error) {
+	if err := e.check(); err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if _, ok := e.containers[id]; !ok {
+		return nil, docker.ErrNotFound
+	}
+	return []string{"last line of " + id}, nil
+}
 func (e *engine) Close() error { e.mu.Lock(); e.closed = true; e.mu.Unlock(); return nil }
 
 type registry struct {
@@ -190,6 +201,8 @@ func TestFleetStatesListsAndRouting(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, list, 1, "a down host's containers are gone to the scheduler")
 	require.ErrorIs(t, f.Remove(ctx, c1), ErrHostDown, "fails at once, not after a timeout")
+	_, err = f.Tail(ctx, c1, 20)
+	require.ErrorIs(t, err, ErrHostDown, "a down host's logs fail at once too")
 
 	// h1 comes back: up, and its container listed again (an orphan to the
 	// controller if it was replaced meanwhile).
@@ -199,6 +212,9 @@ func TestFleetStatesListsAndRouting(t *testing.T) {
 	list, err = f.List(ctx)
 	require.NoError(t, err)
 	require.Len(t, list, 2)
+	tail, err := f.Tail(ctx, c1, 20)
+	require.NoError(t, err)
+	require.Equal(t, []string{"last line of " + c1}, tail, "read from the container's own host")
 	require.NoError(t, f.Remove(ctx, c1))
 	require.NoError(t, f.Remove(ctx, id), "the local engine's, by id")
 

@@ -1,0 +1,62 @@
+package docker
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/berthhq/berth/internal/testrig"
+)
+
+// A container that exits at start keeps its logs until it is removed: Tail
+// reads its last lines, and Inspect its exit code.
+func TestTailOfAContainerThatExited(t *testing.T) {
+	t.Parallel()
+	c := newClient(t)
+	ctx := context.Background()
+	id := create(t, c, fmt.Sprintf("x%d", time.Now().UnixNano()%1e9), map[string]string{"DEMO_EXIT": "3"})
+	require.NoError(t, c.Start(ctx, id))
+	var ct Container
+	require.Eventually(t, func() bool {
+		var err error
+		ct, err = c.Inspect(ctx, id)
+		return err == nil && !ct.Running && ct.State == "exited"
+	}, 20*time.Second, 20*time.Millisecond)
+	require.Equal(t, 3, ct.ExitCode)
+	lines, err := c.Tail(ctx, id, 20)
+	require.NoError(t, err)
+	require.Len(t, lines, 2, "%q", lines)
+	require.Contains(t, lines[0], "demoapp ")
+	require.Contains(t, lines[0], "start instance=")
+	require.Contains(t, lines[1], "fatal: DEMO_EXIT=3: exiting with code 3")
+	lines, err = c.Tail(ctx, id, 1)
+	require.NoError(t, err)
+	require.Len(t, lines, 1)
+	require.Contains(t, lines[0], "fatal: DEMO_EXIT=3")
+
+	_, err = c.Tail(ctx, "nosuchcontainer", 20)
+	require.ErrorIs(t, err, ErrNotFound)
+}
+
+// A container over its memory limit is OOM-killed, and Docker says so.
+func TestOOMKilledContainer(t *testing.T) {
+	t.Parallel()
+	c := newClient(t)
+	ctx := context.Background()
+	id, err := c.Create(ctx, CreateOptions{App: "dockertest", Instance: fmt.Sprintf("m%d", time.Now().UnixNano()%1e9), Generation: 1, SpecHash: "abc", Term: 1,
+		Image: testrig.DemoImage(t, "v1"), Env: map[string]string{"DEMO_ALLOC": "256"}, Port: testrig.DemoPort, Memory: 32 << 20,
+		StopSignal: "SIGTERM", StopGrace: time.Second})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Remove(context.Background(), id) })
+	require.NoError(t, c.Start(ctx, id))
+	var ct Container
+	require.Eventually(t, func() bool {
+		ct, err = c.Inspect(ctx, id)
+		return err == nil && !ct.Running && ct.State == "exited"
+	}, 20*time.Second, 20*time.Millisecond)
+	require.True(t, ct.OOMKilled, "exit code %d", ct.ExitCode)
+	require.Equal(t, 137, ct.ExitCode)
+}
