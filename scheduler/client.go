@@ -327,6 +327,7 @@ func status(ctx context.Context, s *statusCmd, out io.Writer) error {
 		for _, c := range app.Conflicts {
 			fmt.Fprintf(w, "not routed: %s\n", c)
 		}
+		printRollout(w, app)
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		hosts := false
 		for _, i := range insts {
@@ -345,10 +346,46 @@ func status(ctx context.Context, s *statusCmd, out io.Writer) error {
 			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%s\n", i.ID, i.Generation, i.State, i.Health, i.Address, i.Restarts, age(i.CreatedAt))
 		}
 		tw.Flush()
+		if len(app.Failures) > 0 {
+			fmt.Fprintln(w, "\nlatest failure of each instance (newest first; scheduler events --app "+app.Name+" has the log tails):")
+			for _, f := range app.Failures {
+				fmt.Fprintf(w, "  %s  generation %d  %s ago  %s\n", cmp.Or(f.Instance, "-"), f.Generation, age(f.At), f)
+			}
+		}
 		if m != nil {
 			printAutoscaling(w, m)
 		}
 	})
+}
+
+// printRollout says what is desired against what serves: the desired
+// generation's rollout (with the cause of a failure or rollback), the
+// instances that serve by generation, and an open breaker.
+func printRollout(w io.Writer, app api.AppView) {
+	if ro := app.Rollout; ro != nil {
+		switch ro.State {
+		case api.RolloutRolledBack:
+			fmt.Fprintf(w, "rollout: generation %d rolled back generation %d %s ago: %s\n", ro.Generation, ro.FromGeneration, age(ro.At), ro.Cause)
+		case api.RolloutFailed:
+			fmt.Fprintf(w, "rollout: generation %d FAILED %s ago, stopped (apply a fixed spec, or scheduler rollback): %s\n", ro.Generation, age(ro.At), ro.Cause)
+		default:
+			fmt.Fprintf(w, "rollout: generation %d %s\n", ro.Generation, ro.State)
+		}
+	}
+	if len(app.Serving) == 0 && app.Rollout != nil {
+		fmt.Fprintln(w, "serving: no healthy instance")
+	}
+	for _, sv := range app.Serving {
+		what := "an earlier spec"
+		if sv.Desired {
+			what = "the desired spec"
+		}
+		fmt.Fprintf(w, "serving: %d instance(s) of generation %d, image %s (%s)\n", sv.Instances, sv.Generation, cmp.Or(sv.Image, "?"), what)
+	}
+	if b := app.Breaker; b != nil {
+		fmt.Fprintf(w, "breaker: open, nothing of generation %d starts until %s (in %s): %s\n", b.Generation, b.Until.Local().Format(time.DateTime),
+			time.Until(b.Until).Round(time.Second), b.Reason)
+	}
 }
 
 // lostNote says how many of an app's instances were lost with their host
@@ -414,6 +451,11 @@ func events(ctx context.Context, e *eventsCmd, out io.Writer) error {
 	}
 	for _, ev := range evs {
 		printEvent(out, e.Output, ev.At, ev.App, ev.Instance, string(ev.Kind), ev.Actor, ev.Message, ev)
+		if e.Output != "json" {
+			for _, l := range ev.LogTail {
+				fmt.Fprintf(out, "    | %s\n", l)
+			}
+		}
 	}
 	if !e.Follow {
 		return nil

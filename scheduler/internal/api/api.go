@@ -61,6 +61,8 @@ type HistoryReader interface {
 // EventReader reads the event log for GET /v1/events. Called concurrently.
 type EventReader interface {
 	Events(ctx context.Context, app string, after int64, limit int) ([]store.Event, error)
+	// LatestEvents returns an app's newest events of some kinds, newest first.
+	LatestEvents(ctx context.Context, app string, kinds []msg.EventKind, limit int) ([]store.Event, error)
 }
 
 // DecisionReader reads an app's autoscaling decisions for its metrics.
@@ -138,6 +140,10 @@ type Options struct {
 	// Secrets seals the env secrets of applied specs (--secret-key-file);
 	// nil refuses every spec with a secret, naming the flag.
 	Secrets store.Sealer
+	// SpecHash is the hash of an app's container-relevant spec, as its
+	// instances carry it: status tells the desired spec's instances from
+	// the others by it. nil: by generation alone.
+	SpecHash func(store.App) string
 }
 
 // New returns the API handler.
@@ -223,6 +229,14 @@ type AppView struct {
 	// UpdatedBy made the last change: a token's name, or the scheduler or
 	// its autoscaler.
 	UpdatedBy string `json:"updated_by,omitempty"`
+	// Rollout is the state of the desired generation, Serving what
+	// actually serves (running and healthy, by spec), Breaker an open
+	// restart breaker, and Failures the latest failure of each instance
+	// that failed, newest first; only on GET of one app.
+	Rollout  *RolloutView  `json:"rollout,omitempty"`
+	Serving  []ServingView `json:"serving,omitempty"`
+	Breaker  *BreakerView  `json:"breaker,omitempty"`
+	Failures []FailureView `json:"failures,omitempty"`
 }
 
 func view(a store.App, withSpec bool) AppView {
@@ -340,6 +354,14 @@ func (a *api) get(w http.ResponseWriter, r *http.Request) {
 		case i.State == msg.StateFailed:
 			v.LostReplicas++
 		}
+	}
+	hash := ""
+	if a.o.SpecHash != nil && app.Spec != nil {
+		hash = a.o.SpecHash(app)
+	}
+	if err := a.rollout(r.Context(), &v, app, insts, hash, time.Now()); err != nil {
+		a.fail(w, err)
+		return
 	}
 	writeJSON(w, http.StatusOK, v)
 }
@@ -512,6 +534,10 @@ type EventView struct {
 	Actor string    `json:"actor,omitempty"`
 	Term  uint64    `json:"term"`
 	At    time.Time `json:"at"`
+	// LogTail is the last lines of a failed instance's container
+	// (instance_exited, rollout_rolled_back, rollout_failed): kept in
+	// Postgres for this view only, never published on NATS.
+	LogTail []string `json:"log_tail,omitempty"`
 }
 
 func (a *api) events(w http.ResponseWriter, r *http.Request) {
@@ -538,7 +564,8 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]EventView, 0, len(evs))
 	for _, e := range evs {
-		out = append(out, EventView{ID: e.ID, App: e.App, Instance: e.Instance, Kind: e.Kind, Message: e.Message, Details: e.Details, Actor: e.Actor, Term: e.Term, At: e.At})
+		out = append(out, EventView{ID: e.ID, App: e.App, Instance: e.Instance, Kind: e.Kind, Message: e.Message, Details: e.Details, Actor: e.Actor, Term: e.Term, At: e.At,
+			LogTail: e.LogTail})
 	}
 	writeJSON(w, http.StatusOK, out)
 }

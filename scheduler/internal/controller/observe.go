@@ -296,6 +296,14 @@ func hostState(s string) string {
 	return reconcile.HostUnknown
 }
 
+// SpecHash is the hash of an app's container-relevant spec, as its
+// instances carry it. Safe for concurrent use.
+func (c *Controller) SpecHash(a store.App) string {
+	s := *a.Spec
+	s.Default()
+	return c.desired(a, &s).SpecHash
+}
+
 // desired is an app's desired state for the planner.
 func (c *Controller) desired(a store.App, s *spec.App) reconcile.Desired {
 	// The hash sees a secret's value id, never its value: it needs no key.

@@ -1,0 +1,196 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/scheduler/internal/store"
+)
+
+// Rollout states, as GET /v1/apps/{name} shows them.
+const (
+	// RolloutComplete: every replica runs the desired spec and is healthy.
+	RolloutComplete = "complete"
+	// RolloutRolling: instances of another spec still run, or the desired
+	// spec's are not all up and healthy yet.
+	RolloutRolling = "rolling"
+	// RolloutFailed: the desired generation's rollout failed without
+	// auto_rollback; it stays stopped.
+	RolloutFailed = "failed"
+	// RolloutRolledBack: the desired generation is the rollback of a
+	// failed rollout.
+	RolloutRolledBack = "rolled_back"
+)
+
+// RolloutView is the state of an app's desired generation: whether it
+// serves yet, and why not.
+type RolloutView struct {
+	State      string `json:"state"`
+	Generation int64  `json:"generation"`
+	// Cause says why a rollout failed or was rolled back; for a rolled
+	// back one, FromGeneration is the generation that failed.
+	Cause          string    `json:"cause,omitempty"`
+	FromGeneration int64     `json:"from_generation,omitempty"`
+	At             time.Time `json:"at,omitzero"`
+}
+
+// ServingView is what actually serves: the running, healthy instances of
+// one spec, with the newest generation they carry and its image.
+type ServingView struct {
+	Generation int64  `json:"generation"`
+	Image      string `json:"image,omitempty"`
+	Instances  int    `json:"instances"`
+	// Desired says it is the desired spec.
+	Desired bool `json:"desired"`
+}
+
+// BreakerView is an open restart breaker: nothing of the generation
+// starts until Until.
+type BreakerView struct {
+	Generation int64     `json:"generation"`
+	Until      time.Time `json:"until"`
+	Reason     string    `json:"reason"`
+}
+
+// FailureView is the latest failure of one instance.
+type FailureView struct {
+	Instance   string        `json:"instance,omitempty"`
+	Generation int64         `json:"generation,omitempty"`
+	Kind       msg.EventKind `json:"kind"`
+	Reason     string        `json:"reason"`
+	ExitCode   *int          `json:"exit_code,omitempty"`
+	OOMKilled  bool          `json:"oom_killed,omitempty"`
+	// LastLine is the last line its container wrote, when it exited.
+	LastLine string    `json:"last_line,omitempty"`
+	At       time.Time `json:"at"`
+}
+
+// failureKinds are the events an instance fails by, and the rollout and
+// breaker events that status reads.
+var failureKinds = []msg.EventKind{msg.EventInstanceExited, msg.EventInstanceFailed, msg.EventImagePullFailed, msg.EventInstanceCreateFailed,
+	msg.EventInstanceStartFailed, msg.EventInstanceAddressRefused, msg.EventRolloutRolledBack, msg.EventRolloutFailed, msg.EventAppFailed}
+
+// maxFailures caps the failures GET /v1/apps/{name} lists.
+const maxFailures = 10
+
+// statusEvents is how many of an app's newest failure events status reads.
+const statusEvents = 100
+
+// rollout fills v's rollout, serving, breaker and failures from the
+// app's instances and its newest failure events. hash is the desired
+// spec's hash ("" when unknown: then instances are told apart by
+// generation alone).
+func (a *api) rollout(ctx context.Context, v *AppView, app store.App, insts []store.Instance, hash string, now time.Time) error {
+	evs, err := a.d.Events.LatestEvents(ctx, app.Name, failureKinds, statusEvents)
+	if err != nil {
+		return err
+	}
+	images := map[int64]string{}
+	if revs, err := a.d.History.History(ctx, app.Name, 200); err == nil {
+		for _, r := range revs {
+			images[r.Generation] = r.Image
+		}
+	}
+	desired := func(i store.Instance) bool {
+		if hash == "" {
+			return i.Generation == app.Generation
+		}
+		return i.SpecHash == hash
+	}
+	// What serves, by spec.
+	type group struct {
+		gen     int64
+		n       int
+		desired bool
+	}
+	groups := map[string]*group{}
+	ready, others := 0, 0
+	for _, i := range insts {
+		active := i.State == msg.StatePending || i.State == msg.StateCreating || i.State == msg.StateStarting || i.State == msg.StateRunning
+		if active && !desired(i) {
+			others++
+		}
+		if i.State != msg.StateRunning || i.Health != msg.StatusHealthy {
+			continue
+		}
+		if desired(i) {
+			ready++
+		}
+		g := groups[i.SpecHash]
+		if g == nil {
+			g = &group{desired: desired(i)}
+			groups[i.SpecHash] = g
+		}
+		g.n++
+		g.gen = max(g.gen, i.Generation)
+	}
+	for _, g := range groups {
+		v.Serving = append(v.Serving, ServingView{Generation: g.gen, Image: images[g.gen], Instances: g.n, Desired: g.desired})
+	}
+	sort.Slice(v.Serving, func(i, j int) bool { return v.Serving[i].Generation > v.Serving[j].Generation })
+
+	ro := &RolloutView{State: RolloutComplete, Generation: app.Generation}
+	if others > 0 || ready < app.DesiredReplicas {
+		ro.State = RolloutRolling
+	}
+	for _, e := range evs { // newest first
+		gen := detailInt(e.Details, "generation")
+		switch {
+		case e.Kind == msg.EventRolloutRolledBack && gen == app.Generation && ro.Cause == "":
+			ro.State, ro.Cause, ro.FromGeneration, ro.At = RolloutRolledBack, e.Details["cause"], detailInt(e.Details, "from_generation"), e.At
+			if ro.Cause == "" {
+				ro.Cause = e.Message
+			}
+		case e.Kind == msg.EventRolloutFailed && gen == app.Generation && ro.Cause == "":
+			ro.State, ro.Cause, ro.At = RolloutFailed, e.Details["cause"], e.At
+		case e.Kind == msg.EventAppFailed && gen == app.Generation && v.Breaker == nil:
+			if until, err := time.Parse(time.RFC3339, e.Details["until"]); err == nil && until.After(now) {
+				v.Breaker = &BreakerView{Generation: gen, Until: until, Reason: e.Details["reason"]}
+			}
+		}
+	}
+	v.Rollout = ro
+	seen := map[string]bool{}
+	for _, e := range evs {
+		switch e.Kind {
+		case msg.EventRolloutRolledBack, msg.EventRolloutFailed, msg.EventAppFailed:
+			continue
+		}
+		if len(v.Failures) == maxFailures || seen[e.Instance] {
+			continue
+		}
+		seen[e.Instance] = true
+		f := FailureView{Instance: e.Instance, Generation: detailInt(e.Details, "generation"), Kind: e.Kind, Reason: e.Details["reason"], At: e.At,
+			OOMKilled: e.Details["oom_killed"] == "true"}
+		if f.Reason == "" {
+			f.Reason = e.Message
+		}
+		if c, err := strconv.Atoi(e.Details["exit_code"]); err == nil {
+			f.ExitCode = &c
+		}
+		if n := len(e.LogTail); n > 0 {
+			f.LastLine = e.LogTail[n-1]
+		}
+		v.Failures = append(v.Failures, f)
+	}
+	return nil
+}
+
+// detailInt reads a whole number from an event's details; 0 when absent.
+func detailInt(d map[string]string, key string) int64 {
+	n, _ := strconv.ParseInt(d[key], 10, 64)
+	return n
+}
+
+// String renders a failure on one line, as status prints it.
+func (f FailureView) String() string {
+	s := string(f.Kind) + ": " + f.Reason
+	if f.LastLine != "" {
+		s += fmt.Sprintf(" — last line: %q", f.LastLine)
+	}
+	return s
+}

@@ -1,0 +1,94 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/scheduler/internal/store"
+)
+
+// status separates what is desired from what serves: a generation rolled
+// back after its instances crashed, served by generation 1's, with each
+// failed instance's latest failure and an open breaker; the log tail is in
+// the event view.
+func TestStatusSeparatesDesiredFromServing(t *testing.T) {
+	t.Parallel()
+	// Instances carry the spec's image as their hash here: v1 is desired.
+	c := newAPIWith(t, Options{SpecHash: func(a store.App) string { return a.Spec.Image }})
+	ctx := context.Background()
+	for _, img := range []string{"web:1", "web:2", "web:1"} {
+		code, _, raw := c.do("PUT", "/v1/apps/web", fmt.Sprintf("name: web\nimage: %s\nport: 8080\nreplicas: 2\n", img))
+		require.Equal(t, 200, code, "%s", raw)
+	}
+	l, _, err := c.st.Acquire(ctx, "scheduler", "me", time.Minute)
+	require.NoError(t, err)
+	until := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
+	require.NoError(t, c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+		for i, in := range []store.Instance{
+			{ID: "o1", App: "web", Generation: 1, State: msg.StateRunning, Health: msg.StatusHealthy, SpecHash: "web:1"},
+			{ID: "o2", App: "web", Generation: 1, State: msg.StateRunning, Health: msg.StatusHealthy, SpecHash: "web:1"},
+			{ID: "n9", App: "web", Generation: 2, State: msg.StateRunning, Health: msg.StatusUnknown, SpecHash: "web:2"},
+		} {
+			in.Address = fmt.Sprintf("127.0.0.1:%d", 30000+i)
+			if err := tx.PutInstance(ctx, in); err != nil {
+				return err
+			}
+		}
+		for _, e := range []store.Event{
+			{App: "web", Instance: "n1", Kind: msg.EventInstanceExited, Message: "instance n1 exited: its container exited with code 2",
+				Details: map[string]string{"generation": "2", "exit_code": "2", "reason": "its container exited with code 2"}, LogTail: []string{"start", "DEMO_MODE \"bogus\": must be http or tcp"}},
+			{App: "web", Instance: "n1", Kind: msg.EventInstanceReplaced, Message: "instance n1 replaced", Details: map[string]string{"generation": "2"}},
+			{App: "web", Instance: "n2", Kind: msg.EventImagePullFailed, Message: "cannot start web: image web:2 is not present",
+				Details: map[string]string{"generation": "2", "reason": "cannot start web: image web:2 is not present"}},
+			{App: "web", Instance: "n1", Kind: msg.EventInstanceExited, Message: "instance n1 exited again", Details: map[string]string{"generation": "2", "exit_code": "137", "oom_killed": "true", "reason": "OOMKilled"}},
+			{App: "web", Kind: msg.EventRolloutRolledBack, Message: "generation 2 failed: …: rolled back",
+				Details: map[string]string{"from_generation": "2", "to_generation": "1", "generation": "3", "cause": "generation 2 failed: 3 of its instances failed"},
+				LogTail: []string{"DEMO_MODE \"bogus\": must be http or tcp"}},
+			{App: "web", Kind: msg.EventAppFailed, Message: "crash-looping", Details: map[string]string{"generation": "3", "until": until.Format(time.RFC3339), "reason": "5 restarts"}},
+			{App: "web", Kind: msg.EventAppFailed, Message: "an older one", Details: map[string]string{"generation": "2", "until": until.Format(time.RFC3339), "reason": "old"}},
+		} {
+			if _, err := tx.AddEvent(ctx, e); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+	code, _, raw := c.do("GET", "/v1/apps/web", "")
+	require.Equal(t, 200, code)
+	var v AppView
+	require.NoError(t, json.Unmarshal(raw, &v))
+	require.Equal(t, int64(3), v.Generation)
+	require.Equal(t, &RolloutView{State: RolloutRolledBack, Generation: 3, Cause: "generation 2 failed: 3 of its instances failed", FromGeneration: 2, At: v.Rollout.At}, v.Rollout)
+	require.Equal(t, []ServingView{{Generation: 1, Image: "web:1", Instances: 2, Desired: true}}, v.Serving, "n9 is not healthy: it does not serve")
+	require.Equal(t, &BreakerView{Generation: 3, Until: until, Reason: "5 restarts"}, v.Breaker, "generation 2's breaker holds nothing")
+	require.Len(t, v.Failures, 2, "the latest failure of each instance")
+	require.Equal(t, "n1", v.Failures[0].Instance, "newest first")
+	require.True(t, v.Failures[0].OOMKilled)
+	require.Equal(t, 137, *v.Failures[0].ExitCode)
+	require.Equal(t, "n2", v.Failures[1].Instance)
+	require.Equal(t, "image_pull_failed: cannot start web: image web:2 is not present", v.Failures[1].String())
+
+	code, _, raw = c.do("GET", "/v1/events?app=web", "")
+	require.Equal(t, 200, code)
+	var evs []EventView
+	require.NoError(t, json.Unmarshal(raw, &evs))
+	require.Equal(t, []string{"start", "DEMO_MODE \"bogus\": must be http or tcp"}, evs[0].LogTail)
+
+	// A rollout under way: an instance of another spec still runs.
+	code, _, _ = c.do("PUT", "/v1/apps/web", "name: web\nimage: web:4\nport: 8080\nreplicas: 2\n")
+	require.Equal(t, 200, code)
+	code, _, raw = c.do("GET", "/v1/apps/web", "")
+	require.Equal(t, 200, code)
+	v = AppView{}
+	require.NoError(t, json.Unmarshal(raw, &v))
+	require.Equal(t, int64(4), v.Generation)
+	require.Equal(t, RolloutRolling, v.Rollout.State)
+	require.Nil(t, v.Breaker, "a new generation starts with a fresh budget")
+	require.Equal(t, []ServingView{{Generation: 1, Image: "web:1", Instances: 2}}, v.Serving)
+}
