@@ -51,7 +51,7 @@ unit:
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v '/e2e$$')
 
 # rules: promtool checks the Prometheus alerting rules (deploy/prometheus)
-# and runs their unit tests. Without promtool (Debian's prometheus package)
+# and runs their unit tests, and checks the compose stack's prometheus.yml. Without promtool (Debian's prometheus package)
 # it skips, but with CI=true it fails. That every metric they name exists is
 # a Go test (deploy/), run by unit.
 rules:
@@ -60,7 +60,8 @@ rules:
 		echo "rules: promtool not found, skipped: apt-get install prometheus"; exit 0; \
 	fi; \
 	$(PROMTOOL) check rules deploy/prometheus/alerts.yml && \
-	$(PROMTOOL) test rules deploy/prometheus/alerts_test.yml
+	$(PROMTOOL) test rules deploy/prometheus/alerts_test.yml && \
+	$(PROMTOOL) check config --syntax-only compose/prometheus/prometheus.yml
 
 # e2e: the full-stack tests, verbose, so that the per-scenario request
 # and error counts are in the output. Their serial tests load the machine
