@@ -1,0 +1,208 @@
+package deploy
+
+import (
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"io/fs"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// metric is one registered Prometheus metric: its type and its labels.
+type metric struct {
+	kind   string // counter, gauge, histogram or summary
+	labels []string
+}
+
+// pending are metrics that another change (Berth issue 26: lbagent's
+// per-app traffic from the access log, healthd's instances per app) is
+// adding while the rules and the dashboard that use them are written. Each
+// is accepted as given here until it is registered; once it is, the test
+// checks the registration against this entry and logs that the entry can go.
+var pending = map[string]metric{
+	"berth_lbagent_requests_total":                {"counter", []string{"app", "code_class"}},
+	"berth_lbagent_request_duration_seconds":      {"histogram", []string{"app"}},
+	"berth_lbagent_upstream_connect_errors_total": {"counter", []string{"app"}},
+	"berth_healthd_app_instances":                 {"gauge", []string{"app", "status"}},
+}
+
+// daemonDirs are the folders whose non-test Go files register the metrics
+// that Berth's daemons serve on /metrics.
+var daemonDirs = []string{"scheduler", "healthd", "lbagent", "common"}
+
+var optsKinds = map[string]string{"CounterOpts": "counter", "GaugeOpts": "gauge", "HistogramOpts": "histogram", "SummaryOpts": "summary"}
+
+// registered reads every prometheus.New…(prometheus.…Opts{Name: "…"}, […])
+// call under root's daemon folders. A metric whose name or labels are not
+// literals fails: this check could not see it.
+func registered(t *testing.T, root string) map[string]metric {
+	t.Helper()
+	found := map[string]metric{}
+	where := map[string]string{}
+	fset := token.NewFileSet()
+	for _, dir := range daemonDirs {
+		err := filepath.WalkDir(filepath.Join(root, dir), func(path string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if d.IsDir() && d.Name() == "testdata" {
+				return filepath.SkipDir
+			}
+			if d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+				return nil
+			}
+			f, err := parser.ParseFile(fset, path, nil, 0)
+			if err != nil {
+				return err
+			}
+			ast.Inspect(f, func(n ast.Node) bool {
+				call, ok := n.(*ast.CallExpr)
+				if !ok || !isPrometheus(call.Fun, "New") || len(call.Args) == 0 {
+					return true
+				}
+				kind, lit := optsLiteral(call.Args[0])
+				if lit == nil {
+					return true
+				}
+				pos := fset.Position(call.Pos()).String()
+				name, ok := nameOf(lit)
+				require.True(t, ok, "%s: a metric whose Name is not a string literal: this check cannot read it", pos)
+				m := metric{kind: kind}
+				// Only the …Vec constructors take labels (the …Func ones a function).
+				if strings.HasSuffix(call.Fun.(*ast.SelectorExpr).Sel.Name, "Vec") {
+					require.Len(t, call.Args, 2, "%s: %s", pos, name)
+					labels, ok := call.Args[1].(*ast.CompositeLit)
+					require.True(t, ok, "%s: %s's labels are not a []string literal: this check cannot read them", pos, name)
+					for _, e := range labels.Elts {
+						m.labels = append(m.labels, unquote(t, pos, e))
+					}
+				}
+				if prev, ok := found[name]; ok {
+					require.Equal(t, prev, m, "%s registered at %s and %s with other types or labels", name, where[name], pos)
+				}
+				found[name], where[name] = m, pos
+				return true
+			})
+			return nil
+		})
+		require.NoError(t, err)
+	}
+	return found
+}
+
+func isPrometheus(e ast.Expr, prefix string) bool {
+	sel, ok := e.(*ast.SelectorExpr)
+	if !ok {
+		return false
+	}
+	pkg, ok := sel.X.(*ast.Ident)
+	return ok && pkg.Name == "prometheus" && strings.HasPrefix(sel.Sel.Name, prefix)
+}
+
+// optsLiteral returns the kind and literal of a prometheus.…Opts{…} (or
+// &prometheus.…Opts{…}) argument.
+func optsLiteral(e ast.Expr) (string, *ast.CompositeLit) {
+	if u, ok := e.(*ast.UnaryExpr); ok && u.Op == token.AND {
+		e = u.X
+	}
+	lit, ok := e.(*ast.CompositeLit)
+	if !ok || !isPrometheus(lit.Type, "") {
+		return "", nil
+	}
+	kind, ok := optsKinds[lit.Type.(*ast.SelectorExpr).Sel.Name]
+	if !ok {
+		return "", nil
+	}
+	return kind, lit
+}
+
+func nameOf(lit *ast.CompositeLit) (string, bool) {
+	for _, e := range lit.Elts {
+		kv, ok := e.(*ast.KeyValueExpr)
+		if !ok {
+			continue
+		}
+		if key, ok := kv.Key.(*ast.Ident); ok && key.Name == "Name" {
+			if s, ok := kv.Value.(*ast.BasicLit); ok && s.Kind == token.STRING {
+				name, err := strconv.Unquote(s.Value)
+				return name, err == nil
+			}
+			return "", false
+		}
+	}
+	return "", false
+}
+
+func unquote(t *testing.T, pos string, e ast.Expr) string {
+	s, ok := e.(*ast.BasicLit)
+	require.True(t, ok && s.Kind == token.STRING, "%s: a label that is not a string literal", pos)
+	v, err := strconv.Unquote(s.Value)
+	require.NoError(t, err, pos)
+	return v
+}
+
+// series maps each series name that the metrics expose (a histogram's
+// _bucket, _sum and _count) to the labels it carries, the target labels
+// that Prometheus adds included.
+func series(ms map[string]metric) map[string][]string {
+	target := []string{"instance", "job"}
+	out := map[string][]string{}
+	for name, m := range ms {
+		labels := append(slices.Clone(m.labels), target...)
+		switch m.kind {
+		case "histogram":
+			out[name+"_bucket"] = append(slices.Clone(labels), "le")
+			out[name+"_sum"], out[name+"_count"] = labels, labels
+		case "summary":
+			out[name] = append(slices.Clone(labels), "quantile")
+			out[name+"_sum"], out[name+"_count"] = labels, labels
+		default:
+			out[name] = labels
+		}
+	}
+	return out
+}
+
+// known is every metric the rules and the dashboard may name: what the
+// daemons register, and the pending ones.
+func known(t *testing.T, root string) map[string][]string {
+	t.Helper()
+	reg := registered(t, root)
+	require.NotEmpty(t, reg, "no metric registrations found under %v", daemonDirs)
+	all := map[string]metric{}
+	for name, m := range pending {
+		if got, ok := reg[name]; ok {
+			require.Equal(t, m, got, "%s is now registered, differently from what the rules and dashboard were written for", name)
+			t.Logf("%s is registered now: remove it from pending", name)
+		}
+		all[name] = m
+	}
+	for name, m := range reg {
+		all[name] = m
+	}
+	return series(all)
+}
+
+func TestRegisteredReadsTheDaemons(t *testing.T) {
+	t.Parallel()
+	reg := registered(t, "..")
+	// A few that the rules rely on, with their labels, as the code has them.
+	for name, want := range map[string]metric{
+		"berth_scheduler_is_leader":               {kind: "gauge"},
+		"berth_scheduler_app_ready_replicas":      {kind: "gauge", labels: []string{"app"}},
+		"berth_lbagent_nginx_test_failures_total": {kind: "counter", labels: []string{"app"}},
+		"berth_healthd_probe_duration_seconds":    {kind: "histogram"},
+		"berth_healthd_unsealed_messages_total":   {kind: "counter"},
+	} {
+		require.Equal(t, want, reg[name], name)
+	}
+	s := series(reg)
+	require.ElementsMatch(t, []string{"instance", "job", "le"}, s["berth_healthd_probe_duration_seconds_bucket"])
+	require.NotContains(t, s, "berth_healthd_probe_duration_seconds")
+}
