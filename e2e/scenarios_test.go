@@ -215,6 +215,47 @@ func fullStack(t *testing.T, mode string) {
 		require.ElementsMatch(t, ids(before), ids(after), "the serving instances were never replaced")
 	})
 
+	if mode == "dynamic" {
+		// Deploys that fail, each rolled back by itself with its cause,
+		// while the generation before serves every request; then the fix
+		// starts at once (a new generation has a restart budget of its own).
+		for _, bad := range []struct{ name, spec, cause, logLine string }{
+			{"crash at start (exit 3) → rollback", demoSpec(t, v2, 2, "env: {DEMO_EXIT: \"3\"}\n"), "its container exited with code 3", "fatal: DEMO_EXIT=3: exiting with code 3"},
+			{"OOM-killed at start → rollback", demoSpec(t, v2, 2, "env: {DEMO_ALLOC: \"256\"}\n"), "killed for running out of memory (OOMKilled)", "allocating 256 MiB"},
+			{"missing image → rollback", demoSpec(t, "berth-demo:no-such-tag", 2, ""), "image berth-demo:no-such-tag is not present and pulling it failed", ""},
+		} {
+			run(bad.name, false, func() {
+				before := s.instances("demo")
+				start := time.Now()
+				s.apply(bad.spec)
+				line := s.waitEvent(watch, "rolled_back", 90*time.Second)
+				t.Logf("%s: rolled back %s after the apply", bad.name, time.Since(start).Round(100*time.Millisecond))
+				require.Contains(t, line, bad.cause)
+				after := s.waitServing("demo", demoHost, 2, "v2", 60*time.Second)
+				require.ElementsMatch(t, ids(before), ids(after), "the serving instances were never replaced")
+				status := s.cli("status", "demo")
+				require.Regexp(t, `rollout: generation \d+ rolled back generation \d+ `, status)
+				require.Contains(t, status, "serving: 2 instance(s) of generation")
+				require.Contains(t, status, bad.cause, "the latest failures, in status")
+				if bad.logLine != "" {
+					require.Contains(t, s.cli("events", "--app", "demo"), "    | "+"demoapp ", "the log tail, with the event")
+					require.Contains(t, s.cli("events", "--app", "demo"), bad.logLine)
+				}
+			})
+		}
+		run("the fix starts at once", false, func() {
+			before := s.instances("demo")
+			start := time.Now()
+			s.apply(demoSpec(t, v2, 2, "env: {DEMO_LATENCY: 0s}\n"))
+			after := s.waitServing("demo", demoHost, 2, "v2", 60*time.Second)
+			for _, in := range after {
+				require.NotContains(t, ids(before), in.ID, "replaced by the fix")
+			}
+			t.Logf("the fix served on every instance %s after the apply", time.Since(start).Round(100*time.Millisecond))
+			require.Regexp(t, `rollout: generation \d+ complete`, s.cli("status", "demo"))
+		})
+	}
+
 	run("leader failover (SIGKILL), then scale", false, func() {
 		leader := s.leader(5 * time.Second)
 		s.proc("scheduler-"+leader).stop(t, syscall.SIGKILL, 5*time.Second)
@@ -340,7 +381,7 @@ func (w *watcher) output() string {
 }
 
 // waitEvent waits for an event line whose kind contains kind.
-func (s *stack) waitEvent(w *watcher, kind string, timeout time.Duration) {
+func (s *stack) waitEvent(w *watcher, kind string, timeout time.Duration) string {
 	s.t.Helper()
 	deadline := time.After(timeout)
 	for {
@@ -348,7 +389,7 @@ func (s *stack) waitEvent(w *watcher, kind string, timeout time.Duration) {
 		case line := <-w.ch:
 			if f := strings.Fields(line); len(f) > 3 && f[1] == "event" && strings.Contains(f[3], kind) {
 				s.t.Logf("event: %s", line)
-				return
+				return line
 			}
 		case <-deadline:
 			s.t.Fatalf("no %s event within %s", kind, timeout)

@@ -193,6 +193,7 @@ type statusCmd struct {
 type eventsCmd struct {
 	clientFlags `embed:""`
 	App         string `help:"Only this app's events." default:""`
+	Last        int    `help:"How many of the newest events to show (1 to 500)." default:"100"`
 	Follow      bool   `help:"Keep streaming new events from NATS." default:"false"`
 	NATSURL     string `name:"nats-url" help:"NATS for --follow: its URL, or every member of a NATS cluster, comma-separated." default:"nats://127.0.0.1:4222" env:"BERTH_NATS_URL"`
 	NKey        string `name:"nats-nkey" help:"With --follow: the reader role's credential (scheduler nats-credential reader): its NATS nkey seed, and the public keys events' seals are checked against." default:"" env:"BERTH_NATS_NKEY" type:"path"`

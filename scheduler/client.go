@@ -15,6 +15,7 @@ import (
 	"os"
 	"reflect"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -441,10 +442,11 @@ func events(ctx context.Context, e *eventsCmd, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	path := "/v1/events"
+	q := url.Values{"last": {strconv.Itoa(e.Last)}}
 	if e.App != "" {
-		path += "?app=" + e.App
+		q.Set("app", e.App)
 	}
+	path := "/v1/events?" + q.Encode()
 	var evs []api.EventView
 	if err := cl.do(ctx, "GET", path, nil, &evs); err != nil {
 		return err

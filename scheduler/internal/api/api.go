@@ -63,6 +63,8 @@ type EventReader interface {
 	Events(ctx context.Context, app string, after int64, limit int) ([]store.Event, error)
 	// LatestEvents returns an app's newest events of some kinds, newest first.
 	LatestEvents(ctx context.Context, app string, kinds []msg.EventKind, limit int) ([]store.Event, error)
+	// LastEvents returns the newest events (of app, or all), oldest first.
+	LastEvents(ctx context.Context, app string, limit int) ([]store.Event, error)
 }
 
 // DecisionReader reads an app's autoscaling decisions for its metrics.
@@ -520,6 +522,10 @@ func (a *api) metrics(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
+// MaxEvents caps the events of one GET /v1/events: the oldest after
+// ?since= (page on with the last id), or the newest ?last=.
+const MaxEvents = 500
+
 // EventView is an event as the API shows it.
 type EventView struct {
 	ID       int64             `json:"id"`
@@ -557,7 +563,19 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	evs, err := a.d.Events.Events(r.Context(), q.Get("app"), after, 500)
+	var evs []store.Event
+	var err error
+	if v := q.Get("last"); v != "" {
+		// The newest n, oldest first: what an operator asks first.
+		n, perr := strconv.Atoi(v)
+		if perr != nil || n < 1 || n > MaxEvents || q.Get("since") != "" {
+			a.fail(w, spec.Errors{{Path: "last", Message: fmt.Sprintf("%q must be a whole number from 1 to %d, without since", v, MaxEvents)}})
+			return
+		}
+		evs, err = a.d.Events.LastEvents(r.Context(), q.Get("app"), n)
+	} else {
+		evs, err = a.d.Events.Events(r.Context(), q.Get("app"), after, MaxEvents)
+	}
 	if err != nil {
 		a.fail(w, err)
 		return

@@ -92,3 +92,33 @@ func TestStatusSeparatesDesiredFromServing(t *testing.T) {
 	require.Nil(t, v.Breaker, "a new generation starts with a fresh budget")
 	require.Equal(t, []ServingView{{Generation: 1, Image: "web:1", Instances: 2}}, v.Serving)
 }
+
+// ?last=n gives the newest n events, oldest first: what an operator reads
+// first, also of an app with more events than a page.
+func TestEventsLast(t *testing.T) {
+	t.Parallel()
+	c := newAPI(t, "")
+	ctx := context.Background()
+	l, _, err := c.st.Acquire(ctx, "scheduler", "me", time.Minute)
+	require.NoError(t, err)
+	require.NoError(t, c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+		for i := range 7 {
+			if _, err := tx.AddEvent(ctx, store.Event{App: "web", Kind: msg.EventInstanceStarted, Message: fmt.Sprint(i)}); err != nil {
+				return err
+			}
+		}
+		_, err := tx.AddEvent(ctx, store.Event{App: "api", Kind: msg.EventInstanceStarted, Message: "other"})
+		return err
+	}))
+	code, _, raw := c.do("GET", "/v1/events?app=web&last=3", "")
+	require.Equal(t, 200, code)
+	var evs []EventView
+	require.NoError(t, json.Unmarshal(raw, &evs))
+	require.Len(t, evs, 3)
+	require.Equal(t, []string{"4", "5", "6"}, []string{evs[0].Message, evs[1].Message, evs[2].Message})
+	for _, bad := range []string{"last=0", "last=501", "last=x", "last=3&since=1"} {
+		code, obj, _ := c.do("GET", "/v1/events?"+bad, "")
+		require.Equal(t, 400, code, bad)
+		require.Equal(t, "last", obj["fields"].([]any)[0].(map[string]any)["path"], bad)
+	}
+}

@@ -78,6 +78,14 @@ func (s *Store) LatestEvents(ctx context.Context, app string, kinds []msg.EventK
 		WHERE app = $1 AND kind = ANY($2) ORDER BY id DESC LIMIT $3`, app, names, limit)
 }
 
+// LastEvents returns the newest limit events of app (all apps when
+// empty), oldest first.
+func (s *Store) LastEvents(ctx context.Context, app string, limit int) ([]Event, error) {
+	return s.events(ctx, `
+		SELECT * FROM (SELECT id, app, instance, kind, message, details, term, at, actor, log_tail FROM events
+			WHERE ($1 = '' OR app = $1) ORDER BY id DESC LIMIT $2) newest ORDER BY id`, app, limit)
+}
+
 func (s *Store) events(ctx context.Context, query string, args ...any) ([]Event, error) {
 	rows, err := s.pool.Query(ctx, query, args...)
 	if err != nil {
