@@ -210,9 +210,11 @@ func fullStack(t *testing.T, mode string) {
 		bad := strings.Replace(demoSpec(t, v1, 2, "env: {DEMO_HEALTH: fail}\n"), "healthy_deadline: 30s", "healthy_deadline: 8s", 1)
 		require.Contains(t, bad, "healthy_deadline: 8s")
 		s.apply(bad)
-		s.waitEvent(watch, "rolled_back", 90*time.Second)
+		line := s.waitEvent(watch, "rolled_back", 90*time.Second)
+		require.Contains(t, line, "its last probe: http_status: status 503", "the cause: the late instance's last probe")
 		after := s.waitServing("demo", demoHost, 2, "v2", 60*time.Second)
 		require.ElementsMatch(t, ids(before), ids(after), "the serving instances were never replaced")
+		require.Contains(t, s.cli("events", "--app", "demo", "--last", "20"), "    | demoapp ", "the late instance's log tail, with the rollback")
 	})
 
 	if mode == "dynamic" {

@@ -229,6 +229,12 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 			ContainerRunning: exists && ct.Running, ContainerGone: r.ContainerID != "" && !exists}
 		o.OOMKilled, o.ExitCode, o.Exited = c.seen.exited(r.ContainerID)
 		o.Health = healthOf(health[key], w.apps[r.App].Spec)
+		if r.State == msg.StateRunning && r.ContainerID != "" && !o.ContainerRunning && w.in.Hosts[r.Host].State == reconcile.HostUp {
+			// Its container is dead (a breaker or a backoff may hold its
+			// replacement): it serves nothing, whatever healthd last said,
+			// also for an app without a check. Recorded, status says so.
+			o.Health = msg.StatusUnhealthy
+		}
 		if h := health[key]; h != nil && h.Failure != "" {
 			o.Probe = msg.Truncate(h.Failure+": "+h.Message, 256)
 		}

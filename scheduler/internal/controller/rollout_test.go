@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/scheduler/internal/docker"
 )
 
 // rolloutSpec is webSpec with a fast restart backoff, and auto_rollback
@@ -123,4 +124,26 @@ func TestFailedRolloutStopsWithoutAutoRollback(t *testing.T) {
 	require.Len(t, eventsOf(f, msg.EventInstanceStarted), started, "nothing of v2 starts again")
 	require.Len(t, eventsOf(f, msg.EventRolloutFailed), 1, "said once")
 	require.True(t, h.converged("web:v1", 3, true))
+}
+
+// An instance whose container is dead serves nothing, whatever healthd
+// said, also in an app without a check: while the breaker holds its
+// replacement, its record says unhealthy (status shows it; it serves
+// nothing).
+func TestDeadInstanceHeldByTheBreakerIsUnhealthy(t *testing.T) {
+	t.Parallel()
+	f := newFake()
+	f.onStart = func(docker.CreateOptions) bool { return false } // exits at once
+	f.apply(load(t, "name: web\nimage: web:v1\nport: 8080\nrestart: {max_attempts: 1, window: 10m, backoff_initial: 10ms, backoff_max: 1h}\n"), 2)
+	start(t, f, Config{})
+	require.Eventually(t, func() bool { return len(eventsOf(f, msg.EventAppFailed)) == 1 }, 5*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool {
+		records, _ := f.snapshot()
+		for _, r := range records {
+			if r.State == msg.StateRunning && r.Health != msg.StatusUnhealthy {
+				return false
+			}
+		}
+		return len(records) > 0
+	}, 5*time.Second, 10*time.Millisecond)
 }
