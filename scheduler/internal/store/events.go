@@ -73,17 +73,24 @@ func (s *Store) LatestEvents(ctx context.Context, app string, kinds []msg.EventK
 	for i, k := range kinds {
 		names[i] = string(k)
 	}
+	// By (app, at), backwards: an app with a long history costs the rows
+	// read, not its whole history.
 	return s.events(ctx, `
 		SELECT id, app, instance, kind, message, details, term, at, actor, log_tail FROM events
-		WHERE app = $1 AND kind = ANY($2) ORDER BY id DESC LIMIT $3`, app, names, limit)
+		WHERE app = $1 AND kind = ANY($2) ORDER BY at DESC, id DESC LIMIT $3`, app, names, limit)
 }
 
 // LastEvents returns the newest limit events of app (all apps when
 // empty), oldest first.
 func (s *Store) LastEvents(ctx context.Context, app string, limit int) ([]Event, error) {
+	if app == "" {
+		return s.events(ctx, `
+			SELECT * FROM (SELECT id, app, instance, kind, message, details, term, at, actor, log_tail FROM events
+				ORDER BY id DESC LIMIT $1) newest ORDER BY id`, limit)
+	}
 	return s.events(ctx, `
 		SELECT * FROM (SELECT id, app, instance, kind, message, details, term, at, actor, log_tail FROM events
-			WHERE ($1 = '' OR app = $1) ORDER BY id DESC LIMIT $2) newest ORDER BY id`, app, limit)
+			WHERE app = $1 ORDER BY at DESC, id DESC LIMIT $2) newest ORDER BY id`, app, limit)
 }
 
 func (s *Store) events(ctx context.Context, query string, args ...any) ([]Event, error) {
