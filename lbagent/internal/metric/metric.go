@@ -89,6 +89,9 @@ func read(f func() uint64) func() float64 {
 	}
 }
 
+// Register adds c (the per-app traffic, AppTraffic) to the metrics.
+func (m *Set) Register(c prometheus.Collector) error { return m.reg.Register(c) }
+
 // Handler serves the metrics in the Prometheus text format.
 func (m *Set) Handler() http.Handler { return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}) }
 
