@@ -124,9 +124,12 @@ func (c *cluster) putRaw(bucket, key, value string) {
 	require.NoError(c.t, err)
 }
 
-func (c *cluster) app(name string) {
+func (c *cluster) app(name string) { c.appAt(name, "/") }
+
+// appAt puts app name, routed on path.
+func (c *cluster) appAt(name, path string) {
 	c.put(c.names.AppsBucket(), name, &msg.App{Name: name, Generation: 1, Term: 1, Port: 8080, UpdatedAt: time.Now(),
-		Routing: spec.Routing{Paths: []string{"/"}},
+		Routing: spec.Routing{Paths: []string{path}},
 		LB: spec.LB{Method: spec.LBRoundRobin, Keepalive: 4, MaxFails: 1, FailTimeout: spec.Duration(time.Second),
 			ConnectTimeout: spec.Duration(time.Second), ReadTimeout: spec.Duration(5 * time.Second), NextUpstreamTries: 2}})
 }
