@@ -65,8 +65,8 @@ type cli struct {
 	DryRun      string `name:"dry-run" help:"Render once to stdout and exit: from live NATS state with '-', or from a JSON snapshot file." default:"" type:"path"`
 }
 
-// maxMetricsApps bounds --metrics-max-apps: each app has about 25 series
-// (5 status classes, 16 histogram series, connect errors).
+// maxMetricsApps bounds --metrics-max-apps: each app has 23 series (5
+// status classes, 17 of the histogram, connect errors).
 const maxMetricsApps = 100000
 
 // debounce parses --debounce.
