@@ -229,13 +229,13 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 		if c.MetricsMaxApps > 0 {
 			// Per-app series, counted on the receiver's goroutine; those of
 			// apps gone from the state are deleted each window.
-			apps := metric.NewAppTraffic(metric.AppTrafficOptions{MaxApps: c.MetricsMaxApps, Native: true, Logger: logger.Named("app-metrics")})
-			if err := metrics.Register(apps); err != nil {
-				return err
+			perApp := metric.NewAppTraffic(metric.AppTrafficOptions{MaxApps: c.MetricsMaxApps, Native: true, Logger: logger.Named("app-metrics")})
+			if err := metrics.Register(perApp); err != nil {
+				return fmt.Errorf("per-app metrics: %w", err)
 			}
-			recv.Export = apps
+			recv.Export = perApp
 			group.Add("app-metrics", lifecycle.Func(func(ctx context.Context) error {
-				return apps.Run(ctx, func() ([]string, bool) { return store.AppNames(), store.Ready() }, c.MetricsWin)
+				return perApp.Run(ctx, func() ([]string, bool) { return store.AppNames(), store.Ready() }, c.MetricsWin)
 			}))
 		}
 		group.Add("access-log", recv)

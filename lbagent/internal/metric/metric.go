@@ -1,7 +1,8 @@
 // Package metric owns the lbagent's Prometheus metrics: reloads and their
 // durations, the applied revision and generation, what nginx serves, held
-// snapshots, and the counters other components keep (dropped NATS values,
-// fenced writes, unparsable access log lines), read when scraped.
+// snapshots, the counters other components keep (dropped NATS values,
+// fenced writes, unparsable access log lines), read when scraped, and each
+// app's traffic from the access log (AppTraffic), with bounded labels.
 package metric
 
 import (
