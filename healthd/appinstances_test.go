@@ -1,8 +1,13 @@
 package main
 
 import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
@@ -11,6 +16,7 @@ import (
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/healthd/internal/checker"
 	"github.com/berthhq/berth/healthd/internal/probe"
+	"github.com/berthhq/berth/internal/testrig"
 )
 
 func TestAppInstancesGauge(t *testing.T) {
@@ -58,4 +64,39 @@ berth_healthd_app_instances{app="web",status="unknown"} 2
 	n, err = testutil.GatherAndCount(m.reg, "berth_healthd_app_instances")
 	require.NoError(t, err)
 	require.Zero(t, n)
+}
+
+// TestAppInstancesOnMetrics: a running checker exports each app's
+// instances by health on /metrics, and drops a deleted app's series.
+func TestAppInstancesOnMetrics(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	good, bad := 200, 503
+	c.app("web")
+	c.instance("web", "good", healthServer(t, &good), msg.StateRunning)
+	c.instance("web", "bad", healthServer(t, &bad), msg.StateRunning)
+	addr := fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t))
+	startHealthdMode(t, c, "hc-a", false, "--metrics-listen", addr)
+
+	scrape := func() string {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			return ""
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	require.Eventually(t, func() bool {
+		s := scrape()
+		return strings.Contains(s, `berth_healthd_app_instances{app="web",status="healthy"} 1`) &&
+			strings.Contains(s, `berth_healthd_app_instances{app="web",status="unhealthy"} 1`) &&
+			strings.Contains(s, `berth_healthd_app_instances{app="web",status="unknown"} 0`)
+	}, 10*time.Second, 20*time.Millisecond)
+
+	require.NoError(t, c.apps.Delete(context.Background(), "web"))
+	require.Eventually(t, func() bool {
+		s := scrape()
+		return strings.Contains(s, "berth_healthd_targets") && !strings.Contains(s, `berth_healthd_app_instances{app="web"`)
+	}, 10*time.Second, 20*time.Millisecond)
 }
