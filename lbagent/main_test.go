@@ -38,7 +38,7 @@ func TestCheckConfigExitCodes(t *testing.T) {
 	require.Equal(t, 1, run([]string{"--check-config", "--conf-dir", "/x", "--prefix", "a.b"}, devnull, devnull))
 	require.Equal(t, 1, run([]string{"--check-config", "--conf-dir", t.TempDir(), "--reload-drain", "11s"}, devnull, devnull))
 	require.Equal(t, 0, run([]string{"--check-config", "--conf-dir", t.TempDir(), "--reload-drain", "0"}, devnull, devnull))
-	require.Equal(t, 1, run([]string{"--check-config", "--conf-dir", t.TempDir(), "--metrics-max-apps", "-1"}, devnull, devnull))
+	require.Equal(t, 1, run([]string{"--check-config", "--conf-dir", t.TempDir(), "--metrics-max-apps=-1"}, devnull, devnull))
 	require.Equal(t, 1, run([]string{"--check-config", "--conf-dir", t.TempDir(), "--metrics-max-apps", "100001"}, devnull, devnull))
 	require.Equal(t, 0, run([]string{"--check-config", "--conf-dir", t.TempDir(), "--metrics-max-apps", "0"}, devnull, devnull))
 	require.Equal(t, 0, run([]string{"--check-config", "--conf-dir", t.TempDir(), "--nats-url", "nats://n1:4222,nats://n2:4222,nats://n3:4222", "--nats-replicas", "3"}, devnull, devnull))
