@@ -54,9 +54,20 @@ func appRequests(samples map[string]float64, app string) float64 {
 // by the load generator (no retries) are exported on lbagent's /metrics,
 // per app: the count equals the generator's own once the access log has
 // been read, the duration histogram counts them too, and an app whose only
-// instance refuses connections counts a connect error per request.
+// instance refuses connections counts a connect error per request. In both
+// upstream modes: nginx's Lua balancer (auto picks it when nginx has the
+// module) and nginx's own upstreams log a failed connect alike.
 func TestAppMetricsCountWhatLoadgenSent(t *testing.T) {
 	t.Parallel()
+	for _, mode := range []string{"auto", "reload"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			testAppMetrics(t, mode)
+		})
+	}
+}
+
+func testAppMetrics(t *testing.T, mode string) {
 	testrig.NginxBin(t)
 	cl := newCluster(t)
 	dir := t.TempDir()
@@ -70,7 +81,7 @@ func TestAppMetricsCountWhatLoadgenSent(t *testing.T) {
 		"--nginx-conf", filepath.Join(dir, "conf", "nginx.conf"), "--nginx-prefix", dir, "--state-dir", filepath.Join(dir, "state"),
 		"--listen-http", httpAddr, "--listen-https", fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t)),
 		"--status-listen", fmt.Sprintf("127.0.0.1:%d", testrig.FreePort(t)), "--metrics-listen", strings.TrimSuffix(strings.TrimPrefix(metricsURL, "http://"), "/metrics"),
-		"--templates", filepath.Join(dir, "none"), "--debounce", "10ms:100ms")
+		"--templates", filepath.Join(dir, "none"), "--debounce", "10ms:100ms", "--upstream-mode", mode)
 
 	// Every line nginx logs for the app reaches lbagent: the socket listens
 	// before the app exists, so no request is served while nobody reads.
