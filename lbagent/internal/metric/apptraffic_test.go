@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
@@ -153,4 +154,32 @@ func TestAppTrafficRetainDeletesEverySeries(t *testing.T) {
 	set := New(Sources{})
 	require.NoError(t, set.Register(at))
 	require.Error(t, set.Register(at), "registered once")
+}
+
+// TestAppTrafficNativeBesideBuckets: with Native, one histogram carries
+// both the buckets (what a text scrape shows) and the native buckets (what
+// a protobuf scrape adds).
+func TestAppTrafficNativeBesideBuckets(t *testing.T) {
+	t.Parallel()
+	at := NewAppTraffic(AppTrafficOptions{MaxApps: 10, Native: true})
+	for _, s := range []float64{0.003, 0.02, 0.02, 0.4} {
+		at.Add(accesslog.Entry{App: "web", Status: 200, RequestSeconds: s})
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(at)
+	families, err := reg.Gather()
+	require.NoError(t, err)
+	var found bool
+	for _, f := range families {
+		if f.GetName() != DurationName {
+			continue
+		}
+		h := f.GetMetric()[0].GetHistogram()
+		require.Len(t, h.GetBucket(), len(DurationBuckets), "the buckets")
+		require.Equal(t, uint64(4), h.GetSampleCount())
+		require.NotEmpty(t, h.GetPositiveSpan(), "the native buckets")
+		require.Equal(t, int32(3), h.GetSchema(), "factor 1.1: schema 3")
+		found = true
+	}
+	require.True(t, found)
 }
