@@ -34,24 +34,26 @@ type cli struct {
 	ModulesDir   string `name:"nginx-modules-dir" help:"Directory of ndk_http_module.so and ngx_http_lua_module.so (dynamic mode); empty when they are compiled into nginx (OpenResty)." default:"/usr/lib/nginx/modules" env:"BERTH_LBAGENT_NGINX_MODULES_DIR" type:"path"`
 	StateDir     string `name:"state-dir" help:"Directory for the staging tree used by nginx -t." default:"/var/lib/berth/lbagent" env:"BERTH_LBAGENT_STATE_DIR" type:"path"`
 
-	ListenHTTP     string        `name:"listen-http" help:"Where nginx accepts app traffic." default:"0.0.0.0:80" env:"BERTH_LBAGENT_LISTEN_HTTP"`
-	ListenHTTPS    string        `name:"listen-https" help:"Where nginx accepts TLS app traffic." default:"0.0.0.0:443" env:"BERTH_LBAGENT_LISTEN_HTTPS"`
-	StatusListen   string        `name:"status-listen" help:"nginx status listener: stub_status and the generation endpoint." default:"127.0.0.1:8091" env:"BERTH_LBAGENT_STATUS_LISTEN"`
-	AccessLog      string        `name:"access-log-socket" help:"Unix datagram socket nginx sends its JSON access log to; empty turns the access log off." default:"" env:"BERTH_LBAGENT_ACCESS_LOG_SOCKET"`
-	MetricsWin     time.Duration `name:"metrics-window" help:"Window over which access log metrics are aggregated and published on <prefix>.v1.metrics.<app>." default:"5s" env:"BERTH_LBAGENT_METRICS_WINDOW"`
-	MetricsMaxApps int           `name:"metrics-max-apps" help:"Most apps with per-app Prometheus series on /metrics (requests, request durations, upstream connect errors, from the access log); apps beyond it are counted in berth_lbagent_metrics_apps_dropped_total and logged; 0 turns the per-app series off." default:"1000" env:"BERTH_LBAGENT_METRICS_MAX_APPS"`
-	Debounce       string        `help:"min:max wait that lets a burst of changes settle into one reload." default:"50ms:500ms" env:"BERTH_LBAGENT_DEBOUNCE"`
-	Resync         time.Duration `help:"Re-render this often even without a change." default:"60s" env:"BERTH_LBAGENT_RESYNC"`
-	EmptyHold      time.Duration `name:"empty-hold" help:"How long a state with every instance record gone is held back before it is applied; also how long a bucket loaded again (a NATS reset) keeps the app and instance records it lacks, until the scheduler puts them back." default:"30s" env:"BERTH_LBAGENT_EMPTY_HOLD"`
-	ReloadDrain    time.Duration `name:"reload-drain" help:"Dynamic mode: before a reload, how long nginx closes each keep-alive connection after its answer, so that the reload cuts no connection a client is about to use; 0 reloads at once (0-10s)." default:"250ms" env:"BERTH_LBAGENT_RELOAD_DRAIN"`
-	Confirm        time.Duration `name:"confirm-timeout" help:"How long nginx has to serve a new generation after a reload." default:"10s" env:"BERTH_LBAGENT_CONFIRM_TIMEOUT"`
-	ACMEListen     string        `name:"acme-listen" help:"Loopback address where lbagent answers ACME HTTP-01 challenges, which nginx forwards from apps with tls.acme; port 0 picks one and keeps it across restarts." default:"127.0.0.1:0" env:"BERTH_LBAGENT_ACME_LISTEN"`
-	Metrics        string        `name:"metrics-listen" help:"Address for /metrics, /healthz and /readyz; empty turns it off." default:"127.0.0.1:9102" env:"BERTH_LBAGENT_METRICS_LISTEN"`
-	LogLevel       string        `name:"log-level" help:"debug, info, warn or error." default:"info" env:"BERTH_LBAGENT_LOG_LEVEL"`
-	LogFormat      string        `name:"log-format" help:"json or console." default:"json" env:"BERTH_LBAGENT_LOG_FORMAT"`
+	ListenHTTP   string        `name:"listen-http" help:"Where nginx accepts app traffic." default:"0.0.0.0:80" env:"BERTH_LBAGENT_LISTEN_HTTP"`
+	ListenHTTPS  string        `name:"listen-https" help:"Where nginx accepts TLS app traffic." default:"0.0.0.0:443" env:"BERTH_LBAGENT_LISTEN_HTTPS"`
+	StatusListen string        `name:"status-listen" help:"nginx status listener: stub_status and the generation endpoint." default:"127.0.0.1:8091" env:"BERTH_LBAGENT_STATUS_LISTEN"`
+	AccessLog    string        `name:"access-log-socket" help:"Unix datagram socket nginx sends its JSON access log to; empty turns the access log off." default:"" env:"BERTH_LBAGENT_ACCESS_LOG_SOCKET"`
+	MetricsWin   time.Duration `name:"metrics-window" help:"Window over which access log metrics are aggregated and published on <prefix>.v1.metrics.<app>." default:"5s" env:"BERTH_LBAGENT_METRICS_WINDOW"`
+	Debounce     string        `help:"min:max wait that lets a burst of changes settle into one reload." default:"50ms:500ms" env:"BERTH_LBAGENT_DEBOUNCE"`
+	Resync       time.Duration `help:"Re-render this often even without a change." default:"60s" env:"BERTH_LBAGENT_RESYNC"`
+	EmptyHold    time.Duration `name:"empty-hold" help:"How long a state with every instance record gone is held back before it is applied; also how long a bucket loaded again (a NATS reset) keeps the app and instance records it lacks, until the scheduler puts them back." default:"30s" env:"BERTH_LBAGENT_EMPTY_HOLD"`
+	ReloadDrain  time.Duration `name:"reload-drain" help:"Dynamic mode: before a reload, how long nginx closes each keep-alive connection after its answer, so that the reload cuts no connection a client is about to use; 0 reloads at once (0-10s)." default:"250ms" env:"BERTH_LBAGENT_RELOAD_DRAIN"`
+	Confirm      time.Duration `name:"confirm-timeout" help:"How long nginx has to serve a new generation after a reload." default:"10s" env:"BERTH_LBAGENT_CONFIRM_TIMEOUT"`
+	ACMEListen   string        `name:"acme-listen" help:"Loopback address where lbagent answers ACME HTTP-01 challenges, which nginx forwards from apps with tls.acme; port 0 picks one and keeps it across restarts." default:"127.0.0.1:0" env:"BERTH_LBAGENT_ACME_LISTEN"`
+	Metrics      string        `name:"metrics-listen" help:"Address for /metrics, /healthz and /readyz; empty turns it off." default:"127.0.0.1:9102" env:"BERTH_LBAGENT_METRICS_LISTEN"`
+	LogLevel     string        `name:"log-level" help:"debug, info, warn or error." default:"info" env:"BERTH_LBAGENT_LOG_LEVEL"`
+	LogFormat    string        `name:"log-format" help:"json or console." default:"json" env:"BERTH_LBAGENT_LOG_FORMAT"`
 
 	// AccessLogGroup may send to the access log socket, beside lbagent.
 	AccessLogGroup string `name:"access-log-group" help:"Group (name or id) of nginx's workers, which may send to the access log socket (mode 0660); empty: as root, the primary group of user nginx or else nobody (nginx's default worker users), else lbagent's own group." default:"" env:"BERTH_LBAGENT_ACCESS_LOG_GROUP"`
+
+	// MetricsMaxApps caps the apps with per-app series on /metrics.
+	MetricsMaxApps int `name:"metrics-max-apps" help:"Most apps with per-app Prometheus series on /metrics (requests, request durations, upstream connect errors, from the access log); apps beyond it are counted in berth_lbagent_metrics_apps_dropped_total and logged; 0 turns the per-app series off." default:"1000" env:"BERTH_LBAGENT_METRICS_MAX_APPS"`
 
 	// dyn is the resolved dynamic upstream mode; nil: reload mode.
 	dyn *render.Dynamic
