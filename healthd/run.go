@@ -175,6 +175,13 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 			}
 			shared.Store(&fleet{targets: all, live: live})
 			runner.SetTargets(mine)
+			if shard.Owner(names.HealthBucket(), live) == id { // the sweeper exports the fleet's counts
+				var counts map[string]statusCounts
+				health.Read(func(rows map[string]*msg.Health, _ uint64) { counts = countInstances(a, targets, rows) })
+				m.instances.set(counts)
+			} else {
+				m.instances.set(nil)
+			}
 		}
 	}))
 	group.Add("sweep", lifecycle.Func(func(ctx context.Context) error {
@@ -239,6 +246,7 @@ type metrics struct {
 	probes      *prometheus.CounterVec
 	duration    prometheus.Histogram
 	live        prometheus.Gauge
+	instances   *appInstances
 	targets     func() float64
 	transitions func() float64
 	unsealed    func() float64
@@ -250,11 +258,12 @@ func newMetrics() *metrics {
 		probes:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_healthd_probes_total", Help: "Probes by check type and result (ok or the failure kind)."}, []string{"type", "result"}),
 		duration:    prometheus.NewHistogram(prometheus.HistogramOpts{Name: "berth_healthd_probe_duration_seconds", Help: "Probe duration, retries included.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 		live:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_healthd_live_checkers", Help: "Checkers sharing the targets, this one included."}),
+		instances:   newAppInstances(),
 		targets:     func() float64 { return 0 },
 		transitions: func() float64 { return 0 },
 		unsealed:    func() float64 { return 0 },
 	}
-	m.reg.MustRegister(m.probes, m.duration, m.live,
+	m.reg.MustRegister(m.probes, m.duration, m.live, m.instances,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_healthd_targets", Help: "Targets this checker probes."}, func() float64 { return m.targets() }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_healthd_transitions_total", Help: "Health transitions published."}, func() float64 { return m.transitions() }),

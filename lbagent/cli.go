@@ -52,6 +52,9 @@ type cli struct {
 	// AccessLogGroup may send to the access log socket, beside lbagent.
 	AccessLogGroup string `name:"access-log-group" help:"Group (name or id) of nginx's workers, which may send to the access log socket (mode 0660); empty: as root, the primary group of user nginx or else nobody (nginx's default worker users), else lbagent's own group." default:"" env:"BERTH_LBAGENT_ACCESS_LOG_GROUP"`
 
+	// MetricsMaxApps caps the apps with per-app series on /metrics.
+	MetricsMaxApps int `name:"metrics-max-apps" help:"Most apps with per-app Prometheus series on /metrics (requests, request durations, upstream connect errors, from the access log); apps beyond it are counted in berth_lbagent_metrics_apps_dropped_total and logged; 0 turns the per-app series off." default:"1000" env:"BERTH_LBAGENT_METRICS_MAX_APPS"`
+
 	// dyn is the resolved dynamic upstream mode; nil: reload mode.
 	dyn *render.Dynamic
 	// acmeAddr is where the challenge responder listens, once it does.
@@ -63,6 +66,10 @@ type cli struct {
 	CheckConfig bool   `name:"check-config" help:"Check the flags and templates, print what is wrong, and exit 0 or 1." default:"false"`
 	DryRun      string `name:"dry-run" help:"Render once to stdout and exit: from live NATS state with '-', or from a JSON snapshot file." default:"" type:"path"`
 }
+
+// maxMetricsApps bounds --metrics-max-apps: each app has 23 series (5
+// status classes, 17 of the histogram, connect errors).
+const maxMetricsApps = 100000
 
 // debounce parses --debounce.
 func (c *cli) debounce() (lo, hi time.Duration, err error) {
@@ -117,6 +124,9 @@ func (c *cli) check() error {
 	}
 	if c.Resync <= 0 || c.EmptyHold < 0 || c.Confirm <= 0 || c.MetricsWin <= 0 {
 		errs = append(errs, errors.New("--resync, --confirm-timeout and --metrics-window must be positive, --empty-hold not negative"))
+	}
+	if c.MetricsMaxApps < 0 || c.MetricsMaxApps > maxMetricsApps {
+		errs = append(errs, fmt.Errorf("--metrics-max-apps %d: want 0 (no per-app series) to %d", c.MetricsMaxApps, maxMetricsApps))
 	}
 	if c.ReloadDrain < 0 || c.ReloadDrain > 10*time.Second {
 		errs = append(errs, fmt.Errorf("--reload-drain %s: want 0 to 10s", c.ReloadDrain))

@@ -38,6 +38,9 @@ func TestCheckConfigExitCodes(t *testing.T) {
 	require.Equal(t, 1, run([]string{"--check-config", "--conf-dir", "/x", "--prefix", "a.b"}, devnull, devnull))
 	require.Equal(t, 1, run([]string{"--check-config", "--conf-dir", t.TempDir(), "--reload-drain", "11s"}, devnull, devnull))
 	require.Equal(t, 0, run([]string{"--check-config", "--conf-dir", t.TempDir(), "--reload-drain", "0"}, devnull, devnull))
+	require.Equal(t, 1, run([]string{"--check-config", "--conf-dir", t.TempDir(), "--metrics-max-apps=-1"}, devnull, devnull))
+	require.Equal(t, 1, run([]string{"--check-config", "--conf-dir", t.TempDir(), "--metrics-max-apps", "100001"}, devnull, devnull))
+	require.Equal(t, 0, run([]string{"--check-config", "--conf-dir", t.TempDir(), "--metrics-max-apps", "0"}, devnull, devnull))
 	require.Equal(t, 0, run([]string{"--check-config", "--conf-dir", t.TempDir(), "--nats-url", "nats://n1:4222,nats://n2:4222,nats://n3:4222", "--nats-replicas", "3"}, devnull, devnull))
 	require.Equal(t, 1, run([]string{"--check-config", "--conf-dir", t.TempDir(), "--nats-replicas", "2"}, devnull, devnull))
 	require.Equal(t, 1, run([]string{"--check-config", "--conf-dir", t.TempDir(), "--nats-url", "nats://n1:4222,ftp://n2"}, devnull, devnull))
@@ -124,9 +127,12 @@ func (c *cluster) putRaw(bucket, key, value string) {
 	require.NoError(c.t, err)
 }
 
-func (c *cluster) app(name string) {
+func (c *cluster) app(name string) { c.appAt(name, "/") }
+
+// appAt puts app name, routed on path.
+func (c *cluster) appAt(name, path string) {
 	c.put(c.names.AppsBucket(), name, &msg.App{Name: name, Generation: 1, Term: 1, Port: 8080, UpdatedAt: time.Now(),
-		Routing: spec.Routing{Paths: []string{"/"}},
+		Routing: spec.Routing{Paths: []string{path}},
 		LB: spec.LB{Method: spec.LBRoundRobin, Keepalive: 4, MaxFails: 1, FailTimeout: spec.Duration(time.Second),
 			ConnectTimeout: spec.Duration(time.Second), ReadTimeout: spec.Duration(5 * time.Second), NextUpstreamTries: 2}})
 }

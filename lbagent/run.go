@@ -226,6 +226,18 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 		agg := accesslog.NewAggregator(node, time.Now())
 		recv = accesslog.NewReceiver(c.AccessLog, agg)
 		recv.Group = c.AccessLogGroup
+		if c.MetricsMaxApps > 0 {
+			// Per-app series, counted on the receiver's goroutine; those of
+			// apps gone from the state are deleted each window.
+			perApp := metric.NewAppTraffic(metric.AppTrafficOptions{MaxApps: c.MetricsMaxApps, Native: true, Logger: logger.Named("app-metrics")})
+			if err := metrics.Register(perApp); err != nil {
+				return fmt.Errorf("per-app metrics: %w", err)
+			}
+			recv.Export = perApp
+			group.Add("app-metrics", lifecycle.Func(func(ctx context.Context) error {
+				return perApp.Run(ctx, func() ([]string, bool) { return store.AppNames(), store.Ready() }, c.MetricsWin)
+			}))
+		}
 		group.Add("access-log", recv)
 		group.Add("traffic-metrics", traffic.New(conn, names, agg, store.AppNames, c.MetricsWin, logger))
 	}

@@ -329,6 +329,7 @@ func status(ctx context.Context, s *statusCmd, out io.Writer) error {
 			fmt.Fprintf(w, "not routed: %s\n", c)
 		}
 		printRollout(w, app)
+		fmt.Fprintln(w, trafficLine(app.Traffic))
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		hosts := false
 		for _, i := range insts {
@@ -387,6 +388,19 @@ func printRollout(w io.Writer, app api.AppView) {
 		fmt.Fprintf(w, "breaker: open, nothing of generation %d starts until %s (in %s): %s\n", b.Generation, b.Until.Local().Format(time.DateTime),
 			time.Until(b.Until).Round(time.Second), b.Reason)
 	}
+}
+
+// trafficLine is an app's traffic over the lbagents' last windows, in one line.
+func trafficLine(t *api.TrafficView) string {
+	if t == nil {
+		return "traffic: no lbagent reported this app lately"
+	}
+	nodes := "lbagents"
+	if t.Nodes == 1 {
+		nodes = "lbagent"
+	}
+	return fmt.Sprintf("traffic: %.1f req/s, %.2f%% 5xx, p95 %.1f ms (%d %s, last %s window %s ago)",
+		t.RPS, 100*t.ErrorRate, t.P95MS, t.Nodes, nodes, t.Window, age(t.At))
 }
 
 // lostNote says how many of an app's instances were lost with their host

@@ -38,6 +38,21 @@ type Entry struct {
 	UpstreamMS float64
 	// UpstreamError marks a 502, 503 or 504 produced while passing to an upstream.
 	UpstreamError bool
+	// RequestSeconds is nginx's $request_time: from the first byte read
+	// from the client to the last byte sent; -1 when the line lacks it.
+	RequestSeconds float64
+	// ConnectErrors counts the upstream attempts of the request whose
+	// connection failed: refused, unreachable, timed out, or no live
+	// upstream server ($upstream_status 502 or 504 with
+	// $upstream_connect_time "-"). A request retried on another instance
+	// after a refused connection counts one here and its final status.
+	ConnectErrors int
+}
+
+// Sink takes every parsed entry, on the receiver's goroutine, one at a
+// time; it must be cheap, since it runs once per request nginx serves.
+type Sink interface {
+	Add(e Entry)
 }
 
 // line is the log_format berth_json of the shipped templates.
@@ -45,7 +60,9 @@ type line struct {
 	App                  string          `json:"app"`
 	Status               int             `json:"status"`
 	Upstream             string          `json:"upstream"`
+	UpstreamStatus       string          `json:"upstream_status"`
 	UpstreamResponseTime string          `json:"upstream_response_time"`
+	UpstreamConnectTime  string          `json:"upstream_connect_time"`
 	RequestTime          json.RawMessage `json:"request_time"`
 }
 
@@ -78,7 +95,46 @@ func Parse(datagram []byte) (Entry, error) {
 		e.UpstreamMS = total * 1000
 	}
 	e.UpstreamError = l.Upstream != "" && l.Upstream != "-" && (l.Status == 502 || l.Status == 503 || l.Status == 504)
+	e.RequestSeconds = -1
+	if v, err := strconv.ParseFloat(string(l.RequestTime), 64); err == nil && v >= 0 {
+		e.RequestSeconds = v
+	}
+	e.ConnectErrors = connectErrors(l.UpstreamStatus, l.UpstreamConnectTime)
 	return e, nil
+}
+
+// connectErrors counts the attempts whose connection failed, pairing the
+// lists of $upstream_status and $upstream_connect_time: "502, 200" and
+// "-, 0.001" is one refused connection, then an answer. nginx separates
+// the attempts of one upstream group with ", " and those of the groups an
+// internal redirect passed through with " : ". A connection that failed
+// has no connect time ("-"); its status is 502 (refused, unreachable, no
+// live upstream server) or 504 (connect timeout). It allocates nothing.
+func connectErrors(status, connect string) int {
+	n := 0
+	for status != "" && connect != "" {
+		var s, c string
+		s, status = nextField(status)
+		c, connect = nextField(connect)
+		if c == "-" && (s == "502" || s == "504") {
+			n++
+		}
+	}
+	return n
+}
+
+// nextField splits off the first item of a list separated by commas,
+// colons and spaces.
+func nextField(list string) (field, rest string) {
+	i := 0
+	for i < len(list) && (list[i] == ',' || list[i] == ':' || list[i] == ' ') {
+		i++
+	}
+	j := i
+	for j < len(list) && list[j] != ',' && list[j] != ':' && list[j] != ' ' {
+		j++
+	}
+	return list[i:j], list[j:]
 }
 
 // agg is one app's window.
@@ -96,7 +152,10 @@ type Aggregator struct {
 	apps  map[string]*agg
 }
 
-var _ traffic.Flusher = (*Aggregator)(nil)
+var (
+	_ traffic.Flusher = (*Aggregator)(nil)
+	_ Sink            = (*Aggregator)(nil)
+)
 
 // NewAggregator starts a window at now.
 func NewAggregator(node string, now time.Time) *Aggregator {
@@ -178,6 +237,10 @@ type Receiver struct {
 	// Set it before Run.
 	Group string
 
+	// Export, when set, also takes every entry (the per-app Prometheus
+	// metrics). Set it before Run.
+	Export Sink
+
 	path    string
 	agg     *Aggregator
 	invalid atomic.Uint64
@@ -239,6 +302,9 @@ func (r *Receiver) Run(ctx context.Context) error {
 			continue
 		}
 		r.agg.Add(e)
+		if r.Export != nil {
+			r.Export.Add(e)
+		}
 	}
 }
 

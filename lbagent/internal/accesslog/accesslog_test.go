@@ -24,15 +24,27 @@ func TestParse(t *testing.T) {
 		want Entry
 		err  string
 	}{
-		{"syslog framed", `<190>Nov 24 00:45:21 berth: {"app":"web","status":200,"request_time":0.003,"upstream":"127.0.0.1:9000","upstream_status":"200","upstream_response_time":"0.002"}`,
-			Entry{App: "web", Status: 200, UpstreamMS: 2}, ""},
+		{"syslog framed", `<190>Nov 24 00:45:21 berth: {"app":"web","status":200,"request_time":0.003,"upstream":"127.0.0.1:9000","upstream_status":"200","upstream_response_time":"0.002","upstream_connect_time":"0.000"}`,
+			Entry{App: "web", Status: 200, UpstreamMS: 2, RequestSeconds: 0.003}, ""},
 		{"retried upstream sums", `{"app":"web","status":200,"upstream":"a:1, b:2","upstream_response_time":"0.001, 0.003"}`,
-			Entry{App: "web", Status: 200, UpstreamMS: 4}, ""},
-		{"no upstream (503 from nginx)", `{"app":"web","status":503,"upstream":"","upstream_response_time":""}`,
+			Entry{App: "web", Status: 200, UpstreamMS: 4, RequestSeconds: -1}, ""},
+		{"no upstream (503 from nginx)", `{"app":"web","status":503,"request_time":0.000,"upstream":"","upstream_response_time":""}`,
 			Entry{App: "web", Status: 503, UpstreamMS: -1}, ""},
 		{"upstream error", `{"app":"web","status":502,"upstream":"127.0.0.1:1","upstream_response_time":"0.000"}`,
-			Entry{App: "web", Status: 502, UpstreamMS: 0, UpstreamError: true}, ""},
-		{"unrouted", `{"app":"","status":404,"upstream":"","upstream_response_time":""}`, Entry{Status: 404, UpstreamMS: -1}, ""},
+			Entry{App: "web", Status: 502, UpstreamMS: 0, UpstreamError: true, RequestSeconds: -1}, ""},
+		{"refused connect", `{"app":"web","status":502,"request_time":0.001,"upstream":"127.0.0.1:1","upstream_status":"502","upstream_response_time":"0.000","upstream_connect_time":"-"}`,
+			Entry{App: "web", Status: 502, UpstreamMS: 0, UpstreamError: true, RequestSeconds: 0.001, ConnectErrors: 1}, ""},
+		{"refused then answered", `{"app":"web","status":200,"request_time":0.004,"upstream":"127.0.0.1:1, 127.0.0.1:2","upstream_status":"502, 200","upstream_response_time":"0.000, 0.003","upstream_connect_time":"-, 0.001"}`,
+			Entry{App: "web", Status: 200, UpstreamMS: 3, RequestSeconds: 0.004, ConnectErrors: 1}, ""},
+		{"connect timeout, then a redirect's group refused", `{"app":"web","status":502,"request_time":1.002,"upstream":"a:1, b:2 : c:3","upstream_status":"504, 200 : 502","upstream_response_time":"1.000, 0.001 : 0.000","upstream_connect_time":"-, 0.000 : -"}`,
+			Entry{App: "web", Status: 502, UpstreamMS: 1001, UpstreamError: true, RequestSeconds: 1.002, ConnectErrors: 2}, ""},
+		{"read timeout is no connect error", `{"app":"web","status":504,"request_time":5.0,"upstream":"a:1","upstream_status":"504","upstream_response_time":"5.000","upstream_connect_time":"0.001"}`,
+			Entry{App: "web", Status: 504, UpstreamMS: 5000, UpstreamError: true, RequestSeconds: 5}, ""},
+		{"bad response is no connect error", `{"app":"web","status":502,"request_time":0.002,"upstream":"a:1","upstream_status":"502","upstream_response_time":"0.002","upstream_connect_time":"0.001"}`,
+			Entry{App: "web", Status: 502, UpstreamMS: 2, UpstreamError: true, RequestSeconds: 0.002}, ""},
+		{"no live upstream", `{"app":"web","status":502,"request_time":0.000,"upstream":"berth_web","upstream_status":"502","upstream_response_time":"0.000","upstream_connect_time":"-"}`,
+			Entry{App: "web", Status: 502, UpstreamMS: 0, UpstreamError: true, ConnectErrors: 1}, ""},
+		{"unrouted", `{"app":"","status":404,"upstream":"","upstream_response_time":""}`, Entry{Status: 404, UpstreamMS: -1, RequestSeconds: -1}, ""},
 		{"garbage", `<190>hello`, Entry{}, "no JSON object"},
 		{"bad json", `{"app":`, Entry{}, "access log"},
 		{"bad status", `{"app":"web","status":7}`, Entry{}, "status 7"},
@@ -48,7 +60,8 @@ func TestParse(t *testing.T) {
 			}
 			require.NoError(t, err)
 			require.InDelta(t, tt.want.UpstreamMS, got.UpstreamMS, 1e-9)
-			got.UpstreamMS = tt.want.UpstreamMS
+			require.InDelta(t, tt.want.RequestSeconds, got.RequestSeconds, 1e-9)
+			got.UpstreamMS, got.RequestSeconds = tt.want.UpstreamMS, tt.want.RequestSeconds
 			require.Equal(t, tt.want, got)
 		})
 	}

@@ -1,7 +1,8 @@
 // Package metric owns the lbagent's Prometheus metrics: reloads and their
 // durations, the applied revision and generation, what nginx serves, held
-// snapshots, and the counters other components keep (dropped NATS values,
-// fenced writes, unparsable access log lines), read when scraped.
+// snapshots, the counters other components keep (dropped NATS values,
+// fenced writes, unparsable access log lines), read when scraped, and each
+// app's traffic from the access log (AppTraffic), with bounded labels.
 package metric
 
 import (
@@ -88,6 +89,9 @@ func read(f func() uint64) func() float64 {
 		return float64(f())
 	}
 }
+
+// Register adds c (the per-app traffic, AppTraffic) to the metrics.
+func (m *Set) Register(c prometheus.Collector) error { return m.reg.Register(c) }
 
 // Handler serves the metrics in the Prometheus text format.
 func (m *Set) Handler() http.Handler { return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}) }

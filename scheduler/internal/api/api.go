@@ -124,6 +124,10 @@ type Options struct {
 	// Samples returns an autoscaled app's samples in its window; nil
 	// serves none.
 	Samples func(app string, now time.Time) ([]autoscale.Traffic, []autoscale.Usage, autoscale.Policy, bool)
+	// Traffic returns an app's traffic over every lbagent's last window,
+	// for any app; ok is false when no lbagent reported it lately. nil
+	// shows none.
+	Traffic func(app string, now time.Time) (TrafficView, bool)
 	// Network is the scheduler's --network. Without one, containers are
 	// reached on the host port published for their app port alone, so a
 	// health.port other than port could only be probed on the host
@@ -239,6 +243,29 @@ type AppView struct {
 	Serving  []ServingView `json:"serving,omitempty"`
 	Breaker  *BreakerView  `json:"breaker,omitempty"`
 	Failures []FailureView `json:"failures,omitempty"`
+
+	// Traffic is what nginx served the app over each lbagent's last
+	// window; only on GET of one app, absent when no lbagent reported it lately.
+	Traffic *TrafficView `json:"traffic,omitempty"`
+}
+
+// TrafficView is an app's traffic over the last window of every lbagent
+// that reported it lately (docs/scheduler.md).
+type TrafficView struct {
+	// RPS sums the lbagents' request rates.
+	RPS float64 `json:"rps"`
+	// ErrorRate is the share of 5xx answers, 0 to 1.
+	ErrorRate float64 `json:"error_rate"`
+	// P95MS is the 95th percentile upstream response time over every
+	// lbagent's window merged; 0 when no request reached an instance.
+	P95MS float64 `json:"p95_ms"`
+	// Requests counts the requests of those windows.
+	Requests int64 `json:"requests"`
+	// Nodes is the lbagents whose window counts.
+	Nodes int `json:"nodes"`
+	// Window is the longest of their windows; At, when the latest ended.
+	Window spec.Duration `json:"window"`
+	At     time.Time     `json:"at"`
 }
 
 func view(a store.App, withSpec bool) AppView {
@@ -364,6 +391,11 @@ func (a *api) get(w http.ResponseWriter, r *http.Request) {
 	if err := a.rollout(r.Context(), &v, app, insts, hash, time.Now()); err != nil {
 		a.fail(w, err)
 		return
+	}
+	if a.o.Traffic != nil {
+		if t, ok := a.o.Traffic(app.Name, time.Now()); ok {
+			v.Traffic = &t
+		}
 	}
 	writeJSON(w, http.StatusOK, v)
 }

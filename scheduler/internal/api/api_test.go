@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/internal/testrig"
 	"github.com/berthhq/berth/scheduler/internal/auth"
 	"github.com/berthhq/berth/scheduler/internal/autoscale"
@@ -439,4 +440,33 @@ func TestErrorStatus(t *testing.T) {
 			require.Equal(t, tt.msg, obj["error"])
 		})
 	}
+}
+
+// TestAppTrafficView: GET of an app that is not autoscaled shows its
+// traffic over the lbagents' last windows; an app no lbagent reported has none.
+func TestAppTrafficView(t *testing.T) {
+	t.Parallel()
+	at := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
+	c := newAPIWith(t, Options{Traffic: func(app string, _ time.Time) (TrafficView, bool) {
+		if app != "web" {
+			return TrafficView{}, false
+		}
+		return TrafficView{RPS: 42.5, ErrorRate: 0.02, P95MS: 87.3, Requests: 425, Nodes: 2, Window: spec.Duration(5 * time.Second), At: at}, true
+	}})
+	code, _, _ := c.do("PUT", "/v1/apps/web", web)
+	require.Equal(t, http.StatusOK, code)
+	code, _, _ = c.do("PUT", "/v1/apps/quiet", "name: quiet\nimage: web:1\nport: 8080\nrouting: {hosts: [quiet.test]}\n")
+	require.Equal(t, http.StatusOK, code)
+
+	code, obj, _ := c.do("GET", "/v1/apps/web", "")
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, map[string]any{"rps": 42.5, "error_rate": 0.02, "p95_ms": 87.3, "requests": 425.0, "nodes": 2.0,
+		"window": "5s", "at": "2026-12-06T10:00:00Z"}, obj["traffic"])
+
+	code, obj, _ = c.do("GET", "/v1/apps/quiet", "")
+	require.Equal(t, http.StatusOK, code)
+	require.NotContains(t, obj, "traffic")
+	code, _, raw := c.do("GET", "/v1/apps", "")
+	require.Equal(t, http.StatusOK, code)
+	require.NotContains(t, string(raw), "traffic", "the list shows none")
 }

@@ -100,6 +100,7 @@ type Scaler struct {
 
 	metrics *metrics
 	intake  *intake
+	latest  *latest
 
 	mu       sync.Mutex
 	policies map[string]appPolicy // under mu
@@ -133,7 +134,7 @@ type appPolicy struct {
 // controller's Wake).
 func New(cfg Config, st Store, dk Docker, conn Bus, w Writer, names msg.Names, lease func() (store.Lease, bool), wake func(), logger *zap.Logger) *Scaler {
 	return &Scaler{cfg: cfg, st: st, dk: dk, conn: conn, w: w, names: names, lease: lease, wake: wake, logger: logger.Named("scaler"),
-		metrics: newMetrics(), intake: newIntake(), history: map[string]autoscale.History{}, held: map[string]int{}}
+		metrics: newMetrics(), intake: newIntake(), latest: newLatest(), history: map[string]autoscale.History{}, held: map[string]int{}}
 }
 
 // Run is the part of the scaler every replica runs: it takes in the
@@ -225,8 +226,11 @@ func (s *Scaler) subscribe() []*bus.Subscription {
 				drop(subject, fmt.Errorf("app %q does not match the subject", m.App))
 				return
 			}
-			if err := s.intake.addTraffic(m, time.Now()); err != nil {
+			now := time.Now()
+			if err := s.intake.addTraffic(m, now); err != nil {
 				drop(subject, err)
+			} else if !s.latest.add(m, now) {
+				drop(subject, fmt.Errorf("the last windows of %d apps and nodes are kept already", maxLatest))
 			}
 		}, drop)},
 		{s.names.AllUsage(), bus.Decoded(msg.DecodeAs[*msg.Usage], func(subject string, m *msg.Usage) {
@@ -275,6 +279,13 @@ func (s *Scaler) Samples(app string, now time.Time) (traffic []autoscale.Traffic
 	}
 	traffic, usage = s.intake.samples(app, now.Add(-ap.policy.Window))
 	return traffic, usage, ap.policy, true
+}
+
+// Traffic returns app's traffic over the last window of every lbagent
+// that reported it lately, for every app, autoscaled or not; ok is false
+// when none did.
+func (s *Scaler) Traffic(app string, now time.Time) (Traffic, bool) {
+	return s.latest.traffic(app, now)
 }
 
 // cpuLimit is the CPU limit (cores) of a container of s: the spec's, or

@@ -15,6 +15,7 @@ import (
 
 	"github.com/berthhq/berth/common/bus"
 	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/common/view"
 	"github.com/berthhq/berth/scheduler/internal/api"
 	"github.com/berthhq/berth/scheduler/internal/auth"
@@ -236,7 +237,7 @@ func (r *replica) buildAPI() error {
 	st := r.st
 	handler := api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Claims: st, Hosts: api.HostRegistry{HostStore: st, Policy: r.cfg.Hosts.Policy},
 		History: st, Tokens: st},
-		api.Options{Keyring: r.keys, Open: a.Open, Metrics: promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}), Samples: r.sc.Samples,
+		api.Options{Keyring: r.keys, Open: a.Open, Metrics: promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}), Samples: r.sc.Samples, Traffic: trafficOf(r.sc),
 			Role: func() (bool, uint64) { l, ok := r.el.Leader(); return ok, l.Term }, Network: c.Network, MaxRoutes: a.MaxRoutes, ACME: r.cm != nil,
 			DefaultCPU: c.DefaultCPU, DefaultMemory: c.DefaultMemory, Secrets: r.secrets, SpecHash: r.ctl.SpecHash}, r.logger)
 	r.httpSrv = &http.Server{Addr: a.Listen, Handler: handler, ReadHeaderTimeout: 5 * time.Second,
@@ -273,5 +274,17 @@ func signal(c chan<- struct{}) {
 	select {
 	case c <- struct{}{}:
 	default:
+	}
+}
+
+// trafficOf shows the scaler's merged last windows of an app in the API.
+func trafficOf(sc *scaler.Scaler) func(app string, now time.Time) (api.TrafficView, bool) {
+	return func(app string, now time.Time) (api.TrafficView, bool) {
+		t, ok := sc.Traffic(app, now)
+		if !ok {
+			return api.TrafficView{}, false
+		}
+		return api.TrafficView{RPS: t.RPS, ErrorRate: t.ErrorRate(), P95MS: t.P95MS, Requests: t.Requests, Nodes: t.Nodes,
+			Window: spec.Duration(t.Window), At: t.At.UTC()}, true
 	}
 }
