@@ -29,3 +29,32 @@ func BenchmarkPlan(b *testing.B) {
 		Plan(in)
 	}
 }
+
+// BenchmarkPlanFailures plans apps that each have a restart history (5
+// failures in the window): planning grows with the apps, not with apps ×
+// the whole history.
+func BenchmarkPlanFailures(b *testing.B) {
+	for _, apps := range []int{1000, 10000} {
+		b.Run(fmt.Sprintf("apps=%d", apps), func(b *testing.B) {
+			in := Input{Apps: map[string]Desired{}, Now: now}
+			for i := range apps {
+				name := fmt.Sprintf("app-%05d", i)
+				d := app(2)
+				d.App = name
+				in.Apps[name] = d
+				for j := range 2 {
+					o := inst(fmt.Sprintf("i%d", j), "new", time.Hour)
+					o.App = name
+					in.Instances = append(in.Instances, o)
+				}
+				for j := range 5 {
+					in.Failures = append(in.Failures, Failure{App: name, At: now.Add(-time.Duration(j+1) * time.Hour), Generation: 2, SpecHash: "new"})
+				}
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				Plan(in)
+			}
+		})
+	}
+}

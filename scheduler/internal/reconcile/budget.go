@@ -13,11 +13,11 @@ import (
 // recorded so (a host's loss is no crash); their successors wait.
 func (p *appPlan) budget() bool {
 	recent, last := 0, time.Time{}
-	for _, f := range p.in.Failures {
+	for _, f := range p.failures {
 		// Each generation starts with a fresh budget, as Nomad resets its
 		// reschedule tracking on a new job version: a breaker opened by
 		// one version never holds back the fix.
-		if f.App == p.d.App && (f.Generation == p.d.Generation || f.Generation == 0) && p.in.Now.Sub(f.At) <= p.d.RestartWindow {
+		if (f.Generation == p.d.Generation || f.Generation == 0) && p.in.Now.Sub(f.At) <= p.d.RestartWindow {
 			recent++
 			if f.At.After(last) {
 				last = f.At

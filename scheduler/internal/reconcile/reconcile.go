@@ -66,10 +66,15 @@ func Plan(in Input) Result {
 		}
 	}
 	sort.Strings(names)
+	// The restart history by app: each app reads its own, not everyone's.
+	failures := map[string][]Failure{}
+	for _, f := range in.Failures {
+		failures[f.App] = append(failures[f.App], f)
+	}
 	adopted := map[string]bool{}
 	for _, name := range names {
 		d, known := in.Apps[name]
-		p := &appPlan{d: d, in: &in, res: &r, adopted: adopted}
+		p := &appPlan{d: d, in: &in, res: &r, adopted: adopted, failures: failures[name]}
 		if !known || d.Deleted {
 			if !known {
 				p.d = Desired{App: name, Drain: defaultDrain}
@@ -116,6 +121,8 @@ type appPlan struct {
 	out []Action
 	// halted says the desired spec's rollout failed: nothing of it starts.
 	halted bool
+	// failures are the app's restart history (Input.Failures).
+	failures []Failure
 }
 
 func (p *appPlan) add(a Action) {
@@ -251,8 +258,8 @@ func (p *appPlan) fail(target int64, why string) {
 // again.
 func (p *appPlan) versionFailures() (int, Failure) {
 	n, last := 0, Failure{}
-	for _, f := range p.in.Failures {
-		if f.App == p.d.App && f.SpecHash == p.d.SpecHash && f.Generation == p.d.Generation && p.in.Now.Sub(f.At) <= p.d.RestartWindow {
+	for _, f := range p.failures {
+		if f.SpecHash == p.d.SpecHash && f.Generation == p.d.Generation && p.in.Now.Sub(f.At) <= p.d.RestartWindow {
 			n++
 			if f.At.After(last.At) {
 				last = f
