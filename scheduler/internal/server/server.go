@@ -187,14 +187,14 @@ func (r *replica) buildDataPlane() error {
 	}
 	// The local engine is the scheduler's own: it keeps every credential.
 	r.dk, err = docker.New(docker.Options{Prefix: r.cfg.Prefix, PublishAddress: c.PublishAddress, Network: c.Network, NetworkPrefixes: c.NetworkPrefixes,
-		Allowed: hosts.Policy{}.CheckIP, RegistryAuths: auths}, r.logger)
+		Allowed: hosts.Policy{}.CheckIP, RegistryAuths: auths, LogMaxSize: c.LogMaxSize, LogMaxFiles: c.LogMaxFiles}, r.logger)
 	if err != nil {
 		return err
 	}
 	// Every registered host's engine as one; the local engine alone while
 	// none is registered.
 	r.fl = fleet.New(fleet.Config{Timeout: r.cfg.Hosts.Timeout}, r.st, fleet.DockerDial(fleet.DialOptions{Prefix: r.cfg.Prefix, Network: c.Network,
-		NetworkPrefixes: c.NetworkPrefixes, Policy: r.cfg.Hosts.Policy, Auths: auths}, r.logger), r.dk, r.logger)
+		NetworkPrefixes: c.NetworkPrefixes, Policy: r.cfg.Hosts.Policy, Auths: auths, LogMaxSize: c.LogMaxSize, LogMaxFiles: c.LogMaxFiles}, r.logger), r.dk, r.logger)
 	r.reg.MustRegister(r.fl.Collectors()...)
 	// A host that changes state wakes the controller (a host down: its
 	// instances are replaced at once), and the leader records it.
