@@ -44,6 +44,7 @@ type cli struct {
 	Scale       scaleCmd    `cmd:"" help:"Set a fixed-replica app's replica count."`
 	Status      statusCmd   `cmd:"" help:"Show apps, or one app's instances."`
 	Events      eventsCmd   `cmd:"" help:"Show lifecycle events; --follow streams them from NATS."`
+	Logs        logsCmd     `cmd:"" help:"Show an app's logs, every instance's merged in time order; --follow streams them, new instances included."`
 	Rm          rmCmd       `cmd:"" help:"Delete an app."`
 	Rollback    rollbackCmd `cmd:"" help:"Roll an app back to its previous spec."`
 	Hosts       hostsCmd    `cmd:"" help:"The Docker hosts the scheduler places instances on: add, ls, drain, undrain, rm."`
@@ -199,6 +200,16 @@ type eventsCmd struct {
 	NATSURL     string `name:"nats-url" help:"NATS for --follow: its URL, or every member of a NATS cluster, comma-separated." default:"nats://127.0.0.1:4222" env:"BERTH_NATS_URL"`
 	NKey        string `name:"nats-nkey" help:"With --follow: the reader role's credential (scheduler nats-credential reader): its NATS nkey seed, and the public keys events' seals are checked against." default:"" env:"BERTH_NATS_NKEY" type:"path"`
 	Prefix      string `help:"Prefix of the NATS subjects." default:"berth" env:"BERTH_PREFIX"`
+}
+
+type logsCmd struct {
+	clientFlags `embed:""`
+	App         string `arg:"" help:"App name."`
+	Instance    string `help:"Only this instance (an id scheduler status shows)." default:""`
+	Follow      bool   `short:"f" help:"Keep streaming new lines, and the lines of the instances a rollout starts, until interrupted." default:"false"`
+	Since       string `help:"Only lines since then: a Go duration back from now (10m, 1h30m) or an RFC 3339 time." default:""`
+	Tail        string `help:"Only each instance's last N lines (0 to 100000), or all." default:"all"`
+	Timestamps  bool   `short:"t" help:"Start each line with the time Docker received it (RFC 3339)." default:"false"`
 }
 
 type historyCmd struct {

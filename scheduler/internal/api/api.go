@@ -1,5 +1,5 @@
 // Package api is the scheduler's HTTP API: apply, inspect, scale, roll back
-// and delete apps, list instances and events, register hosts, manage API
+// and delete apps, list instances and events, stream apps' logs, register hosts, manage API
 // tokens, and the health, readiness and metrics endpoints. Every replica
 // serves it, since writes go to Postgres. Every /v1/ route is registered
 // with the token scope it needs (auth.Read, Deploy or Admin), and every
@@ -138,6 +138,8 @@ type Options struct {
 	// Secrets seals the env secrets of applied specs (--secret-key-file);
 	// nil refuses every spec with a secret, naming the flag.
 	Secrets store.Sealer
+	// Logs reads apps' logs from their hosts' engines; nil answers 503.
+	Logs LogStreamer
 }
 
 // New returns the API handler.
@@ -170,6 +172,7 @@ func (a *api) register(rt *router) {
 	rt.handle("GET /v1/apps/{name}/instances", auth.Read, a.instances)
 	rt.handle("GET /v1/apps/{name}/metrics", auth.Read, a.metrics)
 	rt.handle("GET /v1/apps/{name}/history", auth.Read, a.history)
+	rt.handle("GET /v1/apps/{name}/logs", auth.Read, a.logs)
 	rt.handle("GET /v1/events", auth.Read, a.events)
 	a.registerHosts(rt)
 	a.registerTokens(rt)

@@ -39,6 +39,7 @@ type Engine interface {
 	ImagePresent(ctx context.Context, ref string) (bool, error)
 	Pull(ctx context.Context, ref string, timeout time.Duration) error
 	Stats(ctx context.Context, ids []string, parallel int) (map[string]docker.Reading, error)
+	Logs(ctx context.Context, id string, o docker.LogOptions, emit func(docker.LogLine) error) error
 	Close() error
 }
 
@@ -519,6 +520,25 @@ func (f *Fleet) engine(host string) (Engine, error) {
 		return nil, fmt.Errorf("%w: host %s does not answer", ErrHostDown, host)
 	}
 	return m.eng, nil
+}
+
+// Logs reads a container's log from the engine of host, the host its
+// instance record names (every replica can: no list is needed). A host
+// that is down, does not answer or has not answered yet is ErrHostDown,
+// at once.
+func (f *Fleet) Logs(ctx context.Context, host, id string, o docker.LogOptions, emit func(docker.LogLine) error) error {
+	f.mu.Lock()
+	m := f.members[host]
+	unknown := host != "" && m != nil && m.state == Unknown
+	f.mu.Unlock()
+	if unknown {
+		return fmt.Errorf("%w: host %s has not answered yet", ErrHostDown, host)
+	}
+	eng, err := f.engine(host)
+	if err != nil {
+		return err
+	}
+	return eng.Logs(ctx, id, o, emit)
 }
 
 // callTimeout bounds a routed call that carries no bound of its own, so a

@@ -98,6 +98,9 @@ func (e *engine) Pull(context.Context, string, time.Duration) error  { return e.
 func (e *engine) Stats(context.Context, []string, int) (map[string]docker.Reading, error) {
 	return nil, nil
 }
+func (e *engine) Logs(context.Context, string, docker.LogOptions, func(docker.LogLine) error) error {
+	return e.check()
+}
 func (e *engine) Close() error { e.mu.Lock(); e.closed = true; e.mu.Unlock(); return nil }
 
 type registry struct {
