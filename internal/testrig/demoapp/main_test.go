@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -27,7 +28,10 @@ func TestConfigFromEnv(t *testing.T) {
 		{name: "berth instance", env: map[string]string{"BERTH_INSTANCE": "b7", "DEMO_VERSION": "v2", "DEMO_LATENCY": "5ms", "DEMO_HEALTH": "fail", "DEMO_MODE": "tcp", "DEMO_LISTEN": "127.0.0.1:0"},
 			want: config{Listen: "127.0.0.1:0", Version: "v2", Instance: "b7", Mode: "tcp", Latency: 5 * time.Millisecond}},
 		{name: "bad latency", env: map[string]string{"DEMO_LATENCY": "soon"}, wantErr: `DEMO_LATENCY "soon": must be a non-negative Go duration such as 50ms`},
-		{name: "bad mode", env: map[string]string{"DEMO_MODE": "udp"}, wantErr: `DEMO_MODE "udp": must be http or tcp`},
+		{name: "bad mode", env: map[string]string{"DEMO_MODE": "udp"}, wantErr: `DEMO_MODE "udp": must be http, tcp or log`},
+		{name: "log lines", env: map[string]string{"DEMO_INSTANCE": "i1", "DEMO_MODE": "log", "DEMO_LOG_LINES": "5", "DEMO_ACCESS_LOG": "1"},
+			want: config{Listen: ":8080", Version: version, Instance: "i1", Mode: "log", Healthy: true, LogLines: 5, AccessLog: true}},
+		{name: "bad log lines", env: map[string]string{"DEMO_LOG_LINES": "-1"}, wantErr: `DEMO_LOG_LINES "-1": must be a whole number from 0 to 100000000`},
 		{name: "bad health", env: map[string]string{"DEMO_HEALTH": "meh"}, wantErr: `DEMO_HEALTH "meh": must be ok or fail`},
 	}
 	for _, tt := range tests {
@@ -143,4 +147,24 @@ func TestServeHTTPGracefulStop(t *testing.T) {
 	cancel()
 	require.Equal(t, 200, <-result)
 	require.NoError(t, <-done)
+}
+
+func TestWriteLines(t *testing.T) {
+	t.Parallel()
+	var b strings.Builder
+	require.NoError(t, writeLines(&b, 3, "i1"))
+	lines := strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n")
+	require.Len(t, lines, 3)
+	require.Equal(t, 300, b.Len(), "100 bytes a line, newline included")
+	require.True(t, strings.HasPrefix(lines[2], "line 3 of 3 from i1 xxx"), lines[2])
+}
+
+func TestAccessLog(t *testing.T) {
+	t.Parallel()
+	var b strings.Builder
+	h := logged((&app{instance: "i1"}).handler(), "i1", &b)
+	for _, path := range []string{"/", "/healthz", "/nope"} {
+		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", path, nil))
+	}
+	require.Equal(t, "GET / 200 instance=i1\nGET /healthz 503 instance=i1\nGET /nope 404 instance=i1\n", b.String())
 }
