@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
 
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/scheduler/internal/docker"
@@ -112,4 +115,56 @@ func TestLogsEndpoint(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the follow did not end when its client went away")
 	}
+}
+
+// tickingFleet writes a line with the wall time every 20 ms until the
+// client goes away.
+type tickingFleet struct{}
+
+func (tickingFleet) Logs(ctx context.Context, _, _ string, _ docker.LogOptions, emit func(docker.LogLine) error) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case now := <-t.C:
+			if err := emit(docker.LogLine{Time: now, Text: now.UTC().Format(time.RFC3339Nano)}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// TestLogsFollowOutlivesTheServerTimeouts: a follow goes on past the
+// server's ReadTimeout and WriteTimeout (the scheduler's are 30 s).
+func TestLogsFollowOutlivesTheServerTimeouts(t *testing.T) {
+	t.Parallel()
+	st := openStore(t)
+	insts := fixedInstances{{ID: "aaaa1111", App: "web", ContainerID: "ca", State: msg.StateRunning}}
+	srv := httptest.NewUnstartedServer(New(deps(st), Options{Open: true, Logs: &logs.Reader{Instances: insts, Engines: tickingFleet{}}}, zaptest.NewLogger(t)))
+	srv.Config.ReadTimeout, srv.Config.WriteTimeout = 200*time.Millisecond, 200*time.Millisecond
+	srv.Start()
+	t.Cleanup(srv.Close)
+	c := &client{t: t, url: srv.URL, st: st}
+	code, _, _ := c.do("PUT", "/v1/apps/web", web)
+	require.Equal(t, 200, code)
+
+	resp, err := http.Get(srv.URL + "/v1/apps/web/logs?follow=true")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	var first time.Time
+	for sc.Scan() {
+		_, stamp, _ := strings.Cut(sc.Text(), " | ")
+		at, err := time.Parse(time.RFC3339Nano, stamp)
+		require.NoError(t, err)
+		if first.IsZero() {
+			first = at
+		}
+		if at.Sub(first) > time.Second { // five times the timeouts
+			return
+		}
+	}
+	t.Fatalf("the follow ended %s after its first line: %v", time.Since(first), sc.Err())
 }

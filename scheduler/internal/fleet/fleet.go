@@ -525,7 +525,8 @@ func (f *Fleet) engine(host string) (Engine, error) {
 // Logs reads a container's log from the engine of host, the host its
 // instance record names (every replica can: no list is needed). A host
 // that is down, does not answer or has not answered yet is ErrHostDown,
-// at once.
+// at once; one that stops answering while its log is read (a follow) is
+// ErrHostDown within a probe, since its engine's stream may hang.
 func (f *Fleet) Logs(ctx context.Context, host, id string, o docker.LogOptions, emit func(docker.LogLine) error) error {
 	f.mu.Lock()
 	m := f.members[host]
@@ -538,7 +539,31 @@ func (f *Fleet) Logs(ctx context.Context, host, id string, o docker.LogOptions, 
 	if err != nil {
 		return err
 	}
-	return eng.Logs(ctx, id, o, emit)
+	if host == "" {
+		return eng.Logs(ctx, id, o, emit)
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		t := time.NewTicker(f.cfg.Probe)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if _, err := f.engine(host); err != nil {
+					cancel(err)
+					return
+				}
+			}
+		}
+	}()
+	err = eng.Logs(ctx, id, o, emit)
+	if cause := context.Cause(ctx); errors.Is(cause, ErrHostDown) {
+		return cause
+	}
+	return err
 }
 
 // callTimeout bounds a routed call that carries no bound of its own, so a
