@@ -11,7 +11,8 @@
 //	DEMO_LATENCY   delay added to every request, a Go duration (default 0)
 //	DEMO_MODE      http (default) or tcp: a line server answering PING with PONG, else echoing
 //	DEMO_HEALTH    ok (default) or fail: the initial state of /healthz
-//	DEMO_LOG_LINES lines of 100 bytes (newline included) written to stdout at start (default 0)
+//	DEMO_LOG_LINES lines written to stdout at start (default 0)
+//	DEMO_LOG_LINE_BYTES  their length, newline included (default 100, at least 60)
 //	DEMO_ACCESS_LOG  1: a line per request to stdout ("GET / 200 instance=…")
 //
 // DEMO_MODE log writes DEMO_LOG_LINES lines to stdout as fast as it can
@@ -66,7 +67,7 @@ func run() int {
 		return 1
 	}
 	logger.Printf("start instance=%s version=%s mode=%s listen=%s", cfg.Instance, cfg.Version, cfg.Mode, ln.Addr())
-	if err := writeLines(os.Stdout, cfg.LogLines, cfg.Instance); err != nil {
+	if err := writeLines(os.Stdout, cfg.LogLines, cfg.LineBytes, cfg.Instance); err != nil {
 		logger.Printf("log lines: %v", err)
 		return 1
 	}
@@ -90,7 +91,7 @@ type config struct {
 	Listen, Version, Instance, Mode string
 	Latency                         time.Duration
 	Healthy                         bool
-	LogLines                        int
+	LogLines, LineBytes             int
 	AccessLog                       bool
 }
 
@@ -130,6 +131,14 @@ func configFromEnv(getenv func(string) string) (config, error) {
 			return c, fmt.Errorf("DEMO_LOG_LINES %q: must be a whole number from 0 to 100000000", v)
 		}
 		c.LogLines = n
+	}
+	c.LineBytes = 100
+	if v := getenv("DEMO_LOG_LINE_BYTES"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 60 || n > 1<<20 {
+			return c, fmt.Errorf("DEMO_LOG_LINE_BYTES %q: must be a whole number from 60 to 1048576", v)
+		}
+		c.LineBytes = n
 	}
 	c.AccessLog = getenv("DEMO_ACCESS_LOG") == "1"
 	switch v := getenv("DEMO_HEALTH"); v {
@@ -243,20 +252,20 @@ func (w *statusWriter) WriteHeader(code int) {
 	w.ResponseWriter.WriteHeader(code)
 }
 
-// writeLines writes n lines of 100 bytes each (newline included) to w,
+// writeLines writes n lines of size bytes each (newline included) to w,
 // buffered, as fast as it can.
-func writeLines(w io.Writer, n int, instance string) error {
+func writeLines(w io.Writer, n, size int, instance string) error {
 	if n == 0 {
 		return nil
 	}
 	bw := bufio.NewWriterSize(w, 256<<10)
-	pad := strings.Repeat("x", 100)
+	pad := strings.Repeat("x", size)
 	for i := range n {
 		head := fmt.Sprintf("line %d of %d from %s ", i+1, n, instance)
-		if len(head) < 99 {
-			head += pad[:99-len(head)]
+		if len(head) < size-1 {
+			head += pad[:size-1-len(head)]
 		}
-		if _, err := bw.WriteString(head[:99] + "\n"); err != nil {
+		if _, err := bw.WriteString(head[:size-1] + "\n"); err != nil {
 			return err
 		}
 	}

@@ -20,7 +20,9 @@ import (
 type LogOptions struct {
 	// Since, when set, skips the lines written before it.
 	Since time.Time
-	// Tail is how many of the last lines to read; negative: all.
+	// Tail is how many of the last lines to read; negative: all. Docker
+	// counts its messages: a line over 16 KiB is a message per 16 KiB,
+	// so a tail may start inside one.
 	Tail int
 	// Follow keeps reading new lines until the container stops or ctx
 	// ends.
@@ -42,7 +44,8 @@ type LogLine struct {
 // is dropped.
 const MaxLogLine = 64 << 10
 
-// Logs reads a container's log lines, stdout and stderr apart, and calls
+// Logs reads a container's log lines, stdout and stderr apart (a line
+// Docker split into 16 KiB messages is joined again), and calls
 // emit with each in the order Docker sends them (the order it received
 // them) until the log ends (without Follow), the container stops (with
 // it), ctx ends, or emit fails, whose error Logs returns. Docker is
@@ -89,6 +92,14 @@ type lineWriter struct {
 
 func (w *lineWriter) Write(p []byte) (int, error) {
 	n := len(p)
+	if len(w.buf) > 0 || w.cut {
+		// Docker splits a line longer than 16 KiB into messages of their
+		// own, each a frame with the line's timestamp: a frame that goes
+		// on with a line is its next piece, and its timestamp goes.
+		if stamp, _, ok := bytes.Cut(p[:min(len(p), maxStampLen+1)], []byte{' '}); ok && isStamp(stamp) {
+			p = p[len(stamp)+1:]
+		}
+	}
 	for len(p) > 0 {
 		i := bytes.IndexByte(p, '\n')
 		chunk := p
@@ -113,8 +124,17 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
+// maxStampLen is the longest timestamp Docker writes
+// (2026-12-06T09:15:11.272825259Z: RFC 3339 with nanoseconds, in UTC).
+const maxStampLen = len("2006-01-02T15:04:05.000000000Z07:00")
+
 // maxStamped is the longest line kept: its timestamp and MaxLogLine.
-const maxStamped = len(time.RFC3339Nano) + 1 + MaxLogLine
+const maxStamped = maxStampLen + 1 + MaxLogLine
+
+func isStamp(b []byte) bool {
+	_, err := time.Parse(time.RFC3339Nano, string(b))
+	return err == nil
+}
 
 // flush emits the line in buf, if any.
 func (w *lineWriter) flush() error {

@@ -36,6 +36,17 @@ func TestLineWriter(t *testing.T) {
 	require.Len(t, got[2].Text, MaxLogLine, "a long line is cut at MaxLogLine")
 	require.Equal(t, LogLine{Stderr: true, Text: "no stamp"}, got[3])
 	require.Equal(t, LogLine{Time: when, Stderr: true, Text: "last"}, got[4], "the last line needs no newline")
+
+	// Docker's pieces of a long line each carry its timestamp.
+	got = nil
+	piece := strings.Repeat("p", 16384)
+	for _, frame := range []string{stamp + piece, stamp + piece, stamp + "end\n", stamp + "2026 is a year\n"} {
+		_, err := w.Write([]byte(frame))
+		require.NoError(t, err)
+	}
+	require.Len(t, got, 2)
+	require.Equal(t, piece+piece+"end", got[0].Text, "the pieces joined, without their timestamps")
+	require.Equal(t, "2026 is a year", got[1].Text, "a new line keeps what looks like a time")
 }
 
 // logsOf reads a container's whole log.
@@ -123,6 +134,56 @@ func TestLogsOfARealContainer(t *testing.T) {
 
 	require.NoError(t, c.Remove(ctx, id))
 	require.ErrorIs(t, c.Logs(ctx, id, LogOptions{Tail: -1}, func(LogLine) error { return nil }), ErrNotFound)
+}
+
+// TestLogsJoinsLongLines: Docker splits a line longer than 16 KiB into
+// messages with a timestamp each; Logs joins them, and cuts a line at
+// MaxLogLine.
+func TestLogsJoinsLongLines(t *testing.T) {
+	t.Parallel()
+	c := newClient(t)
+	ctx := context.Background()
+	inst := fmt.Sprintf("j%d", time.Now().UnixNano()%1e9)
+	id := create(t, c, inst, map[string]string{"DEMO_MODE": "log", "DEMO_LOG_LINES": "3", "DEMO_LOG_LINE_BYTES": "40000"})
+	require.NoError(t, c.Start(ctx, id))
+	require.Eventually(t, func() bool {
+		ct, err := c.Inspect(ctx, id)
+		return err == nil && !ct.Running
+	}, time.Minute, 20*time.Millisecond)
+	var stdout []LogLine
+	for _, l := range logsOf(t, c, id, LogOptions{Tail: -1}) {
+		if !l.Stderr {
+			stdout = append(stdout, l)
+		}
+	}
+	require.Len(t, stdout, 3)
+	for i, l := range stdout {
+		head := fmt.Sprintf("line %d of 3 from %s ", i+1, inst)
+		require.True(t, strings.HasPrefix(l.Text, head), l.Text[:80])
+		require.Len(t, l.Text, 39999)
+		require.Equal(t, len(l.Text)-len(head), strings.Count(l.Text, "x"), "no timestamp inside")
+	}
+
+	id = create(t, c, inst+"c", map[string]string{"DEMO_MODE": "log", "DEMO_LOG_LINES": "1", "DEMO_LOG_LINE_BYTES": "100000"})
+	require.NoError(t, c.Start(ctx, id))
+	require.Eventually(t, func() bool {
+		ct, err := c.Inspect(ctx, id)
+		return err == nil && !ct.Running
+	}, time.Minute, 20*time.Millisecond)
+	stdout = nil
+	for _, l := range logsOf(t, c, id, LogOptions{Tail: -1}) {
+		if !l.Stderr {
+			stdout = append(stdout, l)
+		}
+	}
+	require.Len(t, stdout, 1)
+	require.Len(t, stdout[0].Text, MaxLogLine, "cut at MaxLogLine")
+	require.True(t, strings.HasPrefix(stdout[0].Text, "line 1 of 1 from "))
+	// Docker's tail counts its messages, not lines: the last of a long
+	// line's pieces is read as a line of its own.
+	last := logsOf(t, c, id, LogOptions{Tail: 1})
+	require.Len(t, last, 1)
+	require.Len(t, last[0].Text, 99999-6*16384)
 }
 
 // TestLogLimitsHoldAFloodedLog: a container that writes 200 MB to stdout
