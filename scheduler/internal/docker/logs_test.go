@@ -49,6 +49,22 @@ func TestLineWriter(t *testing.T) {
 	require.Equal(t, "2026 is a year", got[1].Text, "a new line keeps what looks like a time")
 }
 
+// logImage is the demo image these tests use: its own tag, since the demo
+// app's log modes are newer than some berth-demo:v1 another checkout of
+// the repository may build on the same engine meanwhile.
+const logImage = "logs"
+
+// createLogging makes a container of the demo image logImage and removes
+// it at cleanup.
+func createLogging(t *testing.T, c *Client, instance string, env map[string]string) string {
+	t.Helper()
+	id, err := c.Create(context.Background(), CreateOptions{App: "dockertest", Instance: instance, Generation: 1, Term: 1,
+		Image: testrig.DemoImage(t, logImage), Env: env, Port: testrig.DemoPort, Memory: 64 << 20, StopSignal: "SIGTERM", StopGrace: 5 * time.Second})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Remove(context.Background(), id) })
+	return id
+}
+
 // logsOf reads a container's whole log.
 func logsOf(t *testing.T, c *Client, id string, o LogOptions) []LogLine {
 	t.Helper()
@@ -62,7 +78,7 @@ func TestLogsOfARealContainer(t *testing.T) {
 	c := newClient(t)
 	ctx := context.Background()
 	inst := fmt.Sprintf("g%d", time.Now().UnixNano()%1e9)
-	id := create(t, c, inst, map[string]string{"DEMO_LOG_LINES": "50", "DEMO_ACCESS_LOG": "1"})
+	id := createLogging(t, c, inst, map[string]string{"DEMO_LOG_LINES": "50", "DEMO_ACCESS_LOG": "1"})
 	require.NoError(t, c.Start(ctx, id))
 	ct, err := c.Inspect(ctx, id)
 	require.NoError(t, err)
@@ -101,7 +117,11 @@ func TestLogsOfARealContainer(t *testing.T) {
 	last := logsOf(t, c, id, LogOptions{Tail: 1})
 	require.Equal(t, all[51:], last)
 	since := logsOf(t, c, id, LogOptions{Tail: -1, Since: all[40].Time})
-	require.Equal(t, all[40].Text, since[0].Text, "since keeps the lines at and after it")
+	require.GreaterOrEqual(t, len(since), len(all)-40, "since keeps the lines at and after it")
+	require.Less(t, len(since), len(all), "and skips those before")
+	for _, l := range since {
+		require.False(t, l.Time.Before(all[40].Time))
+	}
 
 	// A follow sees a line written after it started, and ends with ctx.
 	fctx, cancel := context.WithCancel(ctx)
@@ -144,7 +164,7 @@ func TestLogsJoinsLongLines(t *testing.T) {
 	c := newClient(t)
 	ctx := context.Background()
 	inst := fmt.Sprintf("j%d", time.Now().UnixNano()%1e9)
-	id := create(t, c, inst, map[string]string{"DEMO_MODE": "log", "DEMO_LOG_LINES": "3", "DEMO_LOG_LINE_BYTES": "40000"})
+	id := createLogging(t, c, inst, map[string]string{"DEMO_MODE": "log", "DEMO_LOG_LINES": "3", "DEMO_LOG_LINE_BYTES": "40000"})
 	require.NoError(t, c.Start(ctx, id))
 	require.Eventually(t, func() bool {
 		ct, err := c.Inspect(ctx, id)
@@ -164,7 +184,7 @@ func TestLogsJoinsLongLines(t *testing.T) {
 		require.Equal(t, len(l.Text)-len(head), strings.Count(l.Text, "x"), "no timestamp inside")
 	}
 
-	id = create(t, c, inst+"c", map[string]string{"DEMO_MODE": "log", "DEMO_LOG_LINES": "1", "DEMO_LOG_LINE_BYTES": "100000"})
+	id = createLogging(t, c, inst+"c", map[string]string{"DEMO_MODE": "log", "DEMO_LOG_LINES": "1", "DEMO_LOG_LINE_BYTES": "100000"})
 	require.NoError(t, c.Start(ctx, id))
 	require.Eventually(t, func() bool {
 		ct, err := c.Inspect(ctx, id)
@@ -179,11 +199,12 @@ func TestLogsJoinsLongLines(t *testing.T) {
 	require.Len(t, stdout, 1)
 	require.Len(t, stdout[0].Text, MaxLogLine, "cut at MaxLogLine")
 	require.True(t, strings.HasPrefix(stdout[0].Text, "line 1 of 1 from "))
-	// Docker's tail counts its messages, not lines: the last of a long
-	// line's pieces is read as a line of its own.
+	// Docker's tail counts its messages, not lines: a tail of 1 is the
+	// last of the long line's pieces (or the stderr start line, which
+	// Docker may read after them: two pipes), never the whole line.
 	last := logsOf(t, c, id, LogOptions{Tail: 1})
 	require.Len(t, last, 1)
-	require.Len(t, last[0].Text, 99999-6*16384)
+	require.Less(t, len(last[0].Text), 16384)
 }
 
 // TestLogLimitsHoldAFloodedLog: a container that writes 200 MB to stdout
@@ -194,7 +215,7 @@ func TestLogLimitsHoldAFloodedLog(t *testing.T) {
 	t.Parallel()
 	c := newClient(t)
 	ctx := context.Background()
-	id := create(t, c, fmt.Sprintf("f%d", time.Now().UnixNano()%1e9), map[string]string{"DEMO_MODE": "log", "DEMO_LOG_LINES": "2000000"})
+	id := createLogging(t, c, fmt.Sprintf("f%d", time.Now().UnixNano()%1e9), map[string]string{"DEMO_MODE": "log", "DEMO_LOG_LINES": "2000000"})
 	require.NoError(t, c.Start(ctx, id))
 	require.Eventually(t, func() bool {
 		ct, err := c.Inspect(ctx, id)
