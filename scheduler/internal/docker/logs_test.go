@@ -261,7 +261,7 @@ func TestCreateSetsTheSpecsLogLimits(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			id, err := c.Create(context.Background(), CreateOptions{App: "dockertest", Instance: fmt.Sprintf("s%d", time.Now().UnixNano()%1e9),
-				Image: testrig.DemoImage(t, "v1"), Port: testrig.DemoPort, Logging: tt.logging})
+				Image: testrig.DemoImage(t, logImage), Port: testrig.DemoPort, Logging: tt.logging})
 			require.NoError(t, err)
 			t.Cleanup(func() { _ = c.Remove(context.Background(), id) })
 			out, err := exec.Command("docker", "inspect", "--format", "{{json .HostConfig.LogConfig}}", id).CombinedOutput()
