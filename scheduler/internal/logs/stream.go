@@ -298,6 +298,18 @@ type ended struct {
 	note      string
 }
 
+// follower is one follow's state, owned by its loop.
+type follower struct {
+	r     *Reader
+	req   Request
+	p     *prefixes
+	out   *writer
+	flush func() error
+	lines chan Line
+	ends  chan ended
+	seen  map[string]*followed // by container id
+}
+
 // follow writes lines as they come, attaching to new instances at each
 // poll, and to an instance again whose read ended while its record says
 // it runs (its container was started again, or its host is back), from
@@ -306,51 +318,9 @@ type ended struct {
 func (r *Reader) follow(ctx context.Context, app string, req Request, insts []store.Instance, p *prefixes, out *writer, flush func() error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	lines := make(chan Line, 1024)
-	ends := make(chan ended, 16)
-	send := func(l Line) bool {
-		select {
-		case lines <- l:
-			return true
-		case <-ctx.Done():
-			return false
-		}
-	}
-	seen := map[string]*followed{} // by container id
-	attach := func(insts []store.Instance, initial bool) {
-		for _, i := range only(insts, req.Instance) {
-			f := seen[i.ContainerID]
-			if f != nil && (f.reading || !live(i.State)) {
-				continue
-			}
-			o := docker.LogOptions{Since: req.Since, Tail: req.Tail, Follow: true}
-			if !initial {
-				o.Tail = -1 // a new instance: all of it (it is new)
-			}
-			if f != nil { // read again, from after its last line
-				o.Tail = -1
-				if !f.last.IsZero() {
-					o.Since = f.last.Add(time.Nanosecond)
-				}
-			} else {
-				f = &followed{}
-				seen[i.ContainerID] = f
-			}
-			f.reading = true
-			if f.source == "" {
-				f.source = p.of(i)
-			}
-			source := f.source
-			go func() {
-				last, note := r.read(ctx, i, source, o, send)
-				select {
-				case ends <- ended{container: i.ContainerID, last: last, note: note}:
-				case <-ctx.Done():
-				}
-			}()
-		}
-	}
-	attach(insts, true)
+	f := &follower{r: r, req: req, p: p, out: out, flush: flush,
+		lines: make(chan Line, 1024), ends: make(chan ended, 16), seen: map[string]*followed{}}
+	f.attach(ctx, insts, true)
 	if err := flush(); err != nil { // the headers go out before any line
 		return nil
 	}
@@ -364,33 +334,89 @@ func (r *Reader) follow(ctx context.Context, app string, req Request, insts []st
 		select {
 		case <-ctx.Done():
 			return nil
-		case l := <-lines:
+		case l := <-f.lines:
 			if out.write(l) != nil {
 				return nil // the client went away
 			}
-			if len(lines) == 0 && flush() != nil {
+			if len(f.lines) == 0 && flush() != nil {
 				return nil
 			}
-		case e := <-ends:
-			if f := seen[e.container]; f != nil {
-				f.reading = false
-				if e.last.After(f.last) {
-					f.last = e.last
-				}
-				if e.note != "" && e.note != f.note {
-					if out.write(Line{Time: r.now(), Source: f.source, Text: e.note}) != nil || flush() != nil {
-						return nil
-					}
-				}
-				f.note = e.note
+		case e := <-f.ends:
+			if f.ended(e) != nil {
+				return nil
 			}
 		case <-t.C:
 			insts, err := r.Instances.Instances(ctx, app)
 			if err == nil { // else: Postgres is away; the next poll tries again
-				attach(insts, false)
+				f.attach(ctx, insts, false)
 			}
 		}
 	}
+}
+
+// attach starts reading each instance not read yet, or read before and
+// live again.
+func (f *follower) attach(ctx context.Context, insts []store.Instance, initial bool) {
+	for _, i := range only(insts, f.req.Instance) {
+		fi := f.seen[i.ContainerID]
+		if fi != nil && (fi.reading || !live(i.State)) {
+			continue
+		}
+		o := docker.LogOptions{Since: f.req.Since, Tail: f.req.Tail, Follow: true}
+		if !initial {
+			o.Tail = -1 // a new instance: all of it (it is new)
+		}
+		if fi != nil { // read again, from after its last line
+			o.Tail = -1
+			if !fi.last.IsZero() {
+				o.Since = fi.last.Add(time.Nanosecond)
+			}
+		} else {
+			fi = &followed{source: f.p.of(i)}
+			f.seen[i.ContainerID] = fi
+		}
+		fi.reading = true
+		source, send := fi.source, f.send(ctx)
+		go func() {
+			last, note := f.r.read(ctx, i, source, o, send)
+			select {
+			case f.ends <- ended{container: i.ContainerID, last: last, note: note}:
+			case <-ctx.Done():
+			}
+		}()
+	}
+}
+
+func (f *follower) send(ctx context.Context) func(Line) bool {
+	return func(l Line) bool {
+		select {
+		case f.lines <- l:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// ended records where a read ended and writes its note, unless the last
+// one said the same; an error is the client's.
+func (f *follower) ended(e ended) error {
+	fi := f.seen[e.container]
+	if fi == nil {
+		return nil
+	}
+	fi.reading = false
+	if e.last.After(fi.last) {
+		fi.last = e.last
+	}
+	defer func() { fi.note = e.note }()
+	if e.note == "" || e.note == fi.note {
+		return nil
+	}
+	if err := f.out.write(Line{Time: f.r.now(), Source: fi.source, Text: e.note}); err != nil {
+		return err
+	}
+	return f.flush()
 }
 
 // live reports whether an instance in state may run its container: a
