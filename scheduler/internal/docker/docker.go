@@ -1,7 +1,7 @@
 // Package docker is the scheduler's only door to the Docker Engine (the
 // only importer of the moby client): it lists, creates, starts, stops,
-// removes and inspects Berth's containers, streams their events, and
-// checks and pulls images. It negotiates the API version and returns
+// removes and inspects Berth's containers, streams their events, reads
+// their logs, and checks and pulls images. It negotiates the API version and returns
 // Berth's own types.
 package docker
 

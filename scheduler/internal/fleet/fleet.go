@@ -2,8 +2,8 @@
 // it keeps a client per host (the registry in Postgres decides which),
 // probes each engine, marks a host down once it has not answered for the
 // host timeout, lists the containers of every host that is up, routes
-// each container operation to the host that runs it, and merges their
-// event streams. With no host registered the scheduler's local engine is
+// each container operation (and each read of a container's log) to the
+// host that runs it, and merges their event streams. With no host registered the scheduler's local engine is
 // the one host (its name is ""), as before hosts existed.
 package fleet
 
