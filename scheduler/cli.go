@@ -44,6 +44,7 @@ type cli struct {
 	Scale       scaleCmd    `cmd:"" help:"Set a fixed-replica app's replica count."`
 	Status      statusCmd   `cmd:"" help:"Show apps, or one app's instances."`
 	Events      eventsCmd   `cmd:"" help:"Show lifecycle events; --follow streams them from NATS."`
+	Logs        logsCmd     `cmd:"" help:"Show an app's logs, every instance's merged in time order; --follow streams them, new instances included."`
 	Rm          rmCmd       `cmd:"" help:"Delete an app."`
 	Rollback    rollbackCmd `cmd:"" help:"Roll an app back to its previous spec."`
 	Hosts       hostsCmd    `cmd:"" help:"The Docker hosts the scheduler places instances on: add, ls, drain, undrain, rm."`
@@ -100,6 +101,8 @@ type runCmd struct {
 	RegistryAuth   string        `name:"registry-auth-file" help:"Docker config.json with registry credentials (never logged); a pull sends only its image registry's entry, none when nothing matches." default:"" env:"BERTH_SCHEDULER_REGISTRY_AUTH_FILE" type:"path"`
 	DefaultCPU     float64       `name:"default-cpu" help:"CPU limit (cores) for apps that set none; 0 for none." default:"1" env:"BERTH_SCHEDULER_DEFAULT_CPU"`
 	DefaultMemory  string        `name:"default-memory" help:"Memory limit for apps that set none (256Mi, 1Gi); 0 for none." default:"512Mi" env:"BERTH_SCHEDULER_DEFAULT_MEMORY"`
+	LogMaxSize     string        `name:"log-max-size" help:"Docker log limit of every container whose spec sets no logging.max_size: its json-file log is rotated at this size (1m to 1g)." default:"10m" env:"BERTH_SCHEDULER_LOG_MAX_SIZE"`
+	LogMaxFiles    int           `name:"log-max-files" help:"Docker log limit of every container whose spec sets no logging.max_files: the json-file log files kept, the current one included (1 to 20)." default:"3" env:"BERTH_SCHEDULER_LOG_MAX_FILES"`
 	AppEnvPrefix   string        `name:"app-env-prefix" help:"Pass the scheduler's env vars with this prefix (stripped) to every app." default:"" env:"BERTH_SCHEDULER_APP_ENV_PREFIX"`
 	AppEnvBlock    []string      `name:"app-env-block" help:"Name patterns never passed through (PATH, HOME, HOSTNAME and BERTH_SCHEDULER_* always are)." default:"" env:"BERTH_SCHEDULER_APP_ENV_BLOCK"`
 
@@ -200,6 +203,16 @@ type eventsCmd struct {
 	Prefix      string `help:"Prefix of the NATS subjects." default:"berth" env:"BERTH_PREFIX"`
 }
 
+type logsCmd struct {
+	clientFlags `embed:""`
+	App         string `arg:"" help:"App name."`
+	Instance    string `help:"Only this instance (an id scheduler status shows)." default:""`
+	Follow      bool   `short:"f" help:"Keep streaming new lines, and the lines of the instances a rollout starts, until interrupted." default:"false"`
+	Since       string `help:"Only lines since then: a Go duration back from now (10m, 1h30m) or an RFC 3339 time." default:""`
+	Tail        string `help:"Only each instance's last N lines (0 to 100000), or all." default:"all"`
+	Timestamps  bool   `short:"t" help:"Start each line with the time Docker received it (RFC 3339)." default:"false"`
+}
+
 type historyCmd struct {
 	clientFlags `embed:""`
 	App         string `arg:"" help:"App name."`
@@ -261,6 +274,14 @@ func (r *runCmd) check() error {
 	}
 	if r.DefaultCPU < 0 {
 		errs = append(errs, errors.New("--default-cpu must not be negative"))
+	}
+	if size, err := spec.ParseLogSize(r.LogMaxSize); err != nil {
+		errs = append(errs, fmt.Errorf("--log-max-size: %w", err))
+	} else if err := spec.CheckLogMaxSize(size); err != nil {
+		errs = append(errs, fmt.Errorf("--log-max-size: %w", err))
+	}
+	if err := spec.CheckLogMaxFiles(r.LogMaxFiles); err != nil {
+		errs = append(errs, fmt.Errorf("--log-max-files %w", err))
 	}
 	errs = append(errs, r.checkACME()...)
 	if _, err := r.ring(); err != nil {

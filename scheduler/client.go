@@ -167,6 +167,8 @@ func dispatch(ctx context.Context, c *cli, command string, out, errOut io.Writer
 		return hostsDispatch(ctx, c, command, out)
 	case strings.HasPrefix(command, "events"):
 		return events(ctx, &c.Events, out)
+	case strings.HasPrefix(command, "logs"):
+		return appLogs(ctx, &c.Logs, out)
 	case strings.HasPrefix(command, "rm"):
 		cl, err := newClient(c.Rm.clientFlags)
 		if err != nil {

@@ -189,6 +189,7 @@ func (r *runCmd) config() (server.Config, error) {
 		return server.Config{}, err
 	}
 	mem, _ := spec.ParseByteSize(r.DefaultMemory)
+	logSize, _ := spec.ParseLogSize(r.LogMaxSize)
 	host, port, _ := splitHostPort(r.NATSListen)
 	apiHost, _, _ := net.SplitHostPort(r.APIListen)
 	cfg := server.Config{ID: r.id(), Prefix: r.Prefix, LeaseTTL: r.LeaseTTL, Resync: r.Resync,
@@ -198,7 +199,8 @@ func (r *runCmd) config() (server.Config, error) {
 		API: server.API{Listen: r.APIListen, Token: r.apiToken, Cert: r.apiCert, Open: r.APITokenFile == "" && loopback(apiHost), MaxRoutes: r.MaxRoutes},
 		Containers: server.Containers{MaxParallel: r.MaxParallel, PublishAddress: r.PublishAddress, Network: r.Network, NetworkPrefixes: prefixes,
 			PullTimeout: r.PullTimeout, StartTimeout: r.StartTimeout, StopTimeout: r.StopTimeout, RegistryAuthFile: r.RegistryAuth,
-			DefaultCPU: r.DefaultCPU, DefaultMemory: int64(mem), Env: appenv.Policy{Prefix: r.AppEnvPrefix, Block: r.AppEnvBlock}, Environ: os.Environ()},
+			DefaultCPU: r.DefaultCPU, DefaultMemory: int64(mem), Env: appenv.Policy{Prefix: r.AppEnvPrefix, Block: r.AppEnvBlock}, Environ: os.Environ(),
+			LogMaxSize: logSize, LogMaxFiles: r.LogMaxFiles},
 		Hosts:     server.Hosts{Timeout: r.HostTimeout, Policy: r.hostPolicy()},
 		Autoscale: server.Autoscale{Interval: r.AutoscaleInterval, StatsInterval: r.StatsInterval, StatsParallel: r.StatsParallel},
 	}

@@ -84,6 +84,7 @@ func Load(b []byte) (*App, error) {
 var (
 	durationType     = reflect.TypeFor[Duration]()
 	byteSizeType     = reflect.TypeFor[ByteSize]()
+	logSizeType      = reflect.TypeFor[LogSize]()
 	statusRangesType = reflect.TypeFor[StatusRanges]()
 	shareType        = reflect.TypeFor[Share]()
 )
@@ -112,6 +113,14 @@ func walk(t reflect.Type, v any, path string, secret bool, errs *Errors) {
 			return
 		}
 		_, err := ParseDuration(s)
+		errs.Check(path, err)
+		return
+	case logSizeType:
+		if !isScalarText(v) {
+			errs.Add(path, "%s, not %s", logSizeHint, kindOf(v))
+			return
+		}
+		_, err := ParseLogSize(scalarString(v))
 		errs.Check(path, err)
 		return
 	case byteSizeType:

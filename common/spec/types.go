@@ -41,6 +41,10 @@ type App struct {
 	// Placement restricts and spreads the app's instances over Docker
 	// hosts; nil: any host, spread over hosts.
 	Placement *Placement `json:"placement,omitempty"`
+	// Logging is the Docker log limits of the app's containers; nil (or
+	// zero fields): the scheduler's defaults (10m × 3 unless its flags
+	// say otherwise).
+	Logging *Logging `json:"logging,omitempty"`
 }
 
 // Scaling is an autoscaling policy. At least one target must be set; a

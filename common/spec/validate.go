@@ -97,6 +97,7 @@ func (a *App) Validate() error {
 		}
 	}
 	es = append(es, a.Placement.Validate("placement")...)
+	a.Logging.validate("logging", &es)
 	return es.Err()
 }
 

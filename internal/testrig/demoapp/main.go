@@ -13,6 +13,12 @@
 //	DEMO_HEALTH    ok (default) or fail: the initial state of /healthz
 //	DEMO_EXIT      a code from 1 to 125: log why, then exit with it at start (a version that crashes)
 //	DEMO_ALLOC     a size in MiB: allocate and touch that much memory at start (a version that is OOM-killed)
+//	DEMO_LOG_LINES lines written to stdout at start (default 0)
+//	DEMO_LOG_LINE_BYTES  their length, newline included (default 100, at least 60)
+//	DEMO_ACCESS_LOG  1: a line per request to stdout ("GET / 200 instance=…")
+//
+// DEMO_MODE log writes DEMO_LOG_LINES lines to stdout as fast as it can
+// and exits 0: a container that floods its log.
 //
 // HTTP endpoints: GET / answers JSON {instance, version, host}; GET /healthz
 // answers 200 or 503; POST /admin/health?state=ok|fail switches it; POST
@@ -26,6 +32,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log"
 	"net"
 	"net/http"
@@ -33,6 +40,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -73,6 +81,13 @@ func run() int {
 		}
 		logger.Printf("allocated %d MiB", cfg.AllocMiB)
 	}
+	if err := writeLines(os.Stdout, cfg.LogLines, cfg.LineBytes, cfg.Instance); err != nil {
+		logger.Printf("log lines: %v", err)
+		return 1
+	}
+	if cfg.Mode == "log" {
+		return 0
+	}
 	if cfg.Mode == "tcp" {
 		err = serveTCP(ctx, ln)
 	} else {
@@ -91,6 +106,8 @@ type config struct {
 	Latency                         time.Duration
 	Healthy                         bool
 	Exit, AllocMiB                  int
+	LogLines, LineBytes             int
+	AccessLog                       bool
 }
 
 // hold keeps DEMO_ALLOC's memory reachable.
@@ -119,13 +136,29 @@ func configFromEnv(getenv func(string) string) (config, error) {
 		c.Latency = d
 	}
 	switch v := getenv("DEMO_MODE"); v {
-	case "", "http", "tcp":
+	case "", "http", "tcp", "log":
 		if v != "" {
 			c.Mode = v
 		}
 	default:
-		return c, fmt.Errorf("DEMO_MODE %q: must be http or tcp", v)
+		return c, fmt.Errorf("DEMO_MODE %q: must be http, tcp or log", v)
 	}
+	if v := getenv("DEMO_LOG_LINES"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > 100_000_000 {
+			return c, fmt.Errorf("DEMO_LOG_LINES %q: must be a whole number from 0 to 100000000", v)
+		}
+		c.LogLines = n
+	}
+	c.LineBytes = 100
+	if v := getenv("DEMO_LOG_LINE_BYTES"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 60 || n > 1<<20 {
+			return c, fmt.Errorf("DEMO_LOG_LINE_BYTES %q: must be a whole number from 60 to 1048576", v)
+		}
+		c.LineBytes = n
+	}
+	c.AccessLog = getenv("DEMO_ACCESS_LOG") == "1"
 	switch v := getenv("DEMO_HEALTH"); v {
 	case "", "ok":
 	case "fail":
@@ -157,10 +190,11 @@ type app struct {
 	healthy                 atomic.Bool
 	served                  atomic.Int64
 	slow                    atomic.Int64 // GET /slow requests in progress
+	accessLog               bool
 }
 
 func newApp(c config) *app {
-	a := &app{instance: c.Instance, version: c.Version}
+	a := &app{instance: c.Instance, version: c.Version, accessLog: c.AccessLog}
 	a.host, _ = os.Hostname()
 	a.latency.Store(int64(c.Latency))
 	a.healthy.Store(c.Healthy)
@@ -222,7 +256,52 @@ func (a *app) handler() http.Handler {
 		a.delay(r.Context(), d)
 		_, _ = fmt.Fprintf(w, "slept %s on %s\n", d, a.instance)
 	})
+	if a.accessLog {
+		return logged(mux, a.instance, os.Stdout)
+	}
 	return mux
+}
+
+// logged writes a line per request to out: "GET / 200 instance=…".
+func logged(next http.Handler, instance string, out io.Writer) http.Handler {
+	var mu sync.Mutex
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(sw, r)
+		mu.Lock()
+		fmt.Fprintf(out, "%s %s %d instance=%s\n", r.Method, r.URL.Path, sw.status, instance)
+		mu.Unlock()
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// writeLines writes n lines of size bytes each (newline included) to w,
+// buffered, as fast as it can.
+func writeLines(w io.Writer, n, size int, instance string) error {
+	if n == 0 {
+		return nil
+	}
+	bw := bufio.NewWriterSize(w, 256<<10)
+	pad := strings.Repeat("x", size)
+	for i := range n {
+		head := fmt.Sprintf("line %d of %d from %s ", i+1, n, instance)
+		if len(head) < size-1 {
+			head += pad[:size-1-len(head)]
+		}
+		if _, err := bw.WriteString(head[:size-1] + "\n"); err != nil {
+			return err
+		}
+	}
+	return bw.Flush()
 }
 
 func (a *app) delay(ctx context.Context, d time.Duration) {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,14 +24,18 @@ func TestConfigFromEnv(t *testing.T) {
 		wantErr string
 	}{
 		{name: "defaults", env: map[string]string{"DEMO_INSTANCE": "i1"},
-			want: config{Listen: ":8080", Version: version, Instance: "i1", Mode: "http", Healthy: true}},
+			want: config{Listen: ":8080", Version: version, Instance: "i1", Mode: "http", Healthy: true, LineBytes: 100}},
 		{name: "berth instance", env: map[string]string{"BERTH_INSTANCE": "b7", "DEMO_VERSION": "v2", "DEMO_LATENCY": "5ms", "DEMO_HEALTH": "fail", "DEMO_MODE": "tcp", "DEMO_LISTEN": "127.0.0.1:0"},
-			want: config{Listen: "127.0.0.1:0", Version: "v2", Instance: "b7", Mode: "tcp", Latency: 5 * time.Millisecond}},
+			want: config{Listen: "127.0.0.1:0", Version: "v2", Instance: "b7", Mode: "tcp", Latency: 5 * time.Millisecond, LineBytes: 100}},
 		{name: "bad latency", env: map[string]string{"DEMO_LATENCY": "soon"}, wantErr: `DEMO_LATENCY "soon": must be a non-negative Go duration such as 50ms`},
-		{name: "bad mode", env: map[string]string{"DEMO_MODE": "udp"}, wantErr: `DEMO_MODE "udp": must be http or tcp`},
+		{name: "bad mode", env: map[string]string{"DEMO_MODE": "udp"}, wantErr: `DEMO_MODE "udp": must be http, tcp or log`},
+		{name: "log lines", env: map[string]string{"DEMO_INSTANCE": "i1", "DEMO_MODE": "log", "DEMO_LOG_LINES": "5", "DEMO_ACCESS_LOG": "1"},
+			want: config{Listen: ":8080", Version: version, Instance: "i1", Mode: "log", Healthy: true, LogLines: 5, LineBytes: 100, AccessLog: true}},
+		{name: "bad line bytes", env: map[string]string{"DEMO_LOG_LINE_BYTES": "10"}, wantErr: `DEMO_LOG_LINE_BYTES "10": must be a whole number from 60 to 1048576`},
+		{name: "bad log lines", env: map[string]string{"DEMO_LOG_LINES": "-1"}, wantErr: `DEMO_LOG_LINES "-1": must be a whole number from 0 to 100000000`},
 		{name: "bad health", env: map[string]string{"DEMO_HEALTH": "meh"}, wantErr: `DEMO_HEALTH "meh": must be ok or fail`},
 		{name: "exit and alloc", env: map[string]string{"DEMO_INSTANCE": "i1", "DEMO_EXIT": "3", "DEMO_ALLOC": "64"},
-			want: config{Listen: ":8080", Version: version, Instance: "i1", Mode: "http", Healthy: true, Exit: 3, AllocMiB: 64}},
+			want: config{Listen: ":8080", Version: version, Instance: "i1", Mode: "http", Healthy: true, Exit: 3, AllocMiB: 64, LineBytes: 100}},
 		{name: "bad exit", env: map[string]string{"DEMO_EXIT": "0"}, wantErr: `DEMO_EXIT "0": must be an exit code from 1 to 125`},
 		{name: "bad alloc", env: map[string]string{"DEMO_ALLOC": "lots"}, wantErr: `DEMO_ALLOC "lots": must be a size in MiB from 1 to 4096`},
 	}
@@ -147,4 +152,24 @@ func TestServeHTTPGracefulStop(t *testing.T) {
 	cancel()
 	require.Equal(t, 200, <-result)
 	require.NoError(t, <-done)
+}
+
+func TestWriteLines(t *testing.T) {
+	t.Parallel()
+	var b strings.Builder
+	require.NoError(t, writeLines(&b, 3, 100, "i1"))
+	lines := strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n")
+	require.Len(t, lines, 3)
+	require.Equal(t, 300, b.Len(), "100 bytes a line, newline included")
+	require.True(t, strings.HasPrefix(lines[2], "line 3 of 3 from i1 xxx"), lines[2])
+}
+
+func TestAccessLog(t *testing.T) {
+	t.Parallel()
+	var b strings.Builder
+	h := logged((&app{instance: "i1"}).handler(), "i1", &b)
+	for _, path := range []string{"/", "/healthz", "/nope"} {
+		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", path, nil))
+	}
+	require.Equal(t, "GET / 200 instance=i1\nGET /healthz 503 instance=i1\nGET /nope 404 instance=i1\n", b.String())
 }

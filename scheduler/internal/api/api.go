@@ -1,5 +1,5 @@
 // Package api is the scheduler's HTTP API: apply, inspect, scale, roll back
-// and delete apps, list instances and events, register hosts, manage API
+// and delete apps, list instances and events, stream apps' logs, register hosts, manage API
 // tokens, and the health, readiness and metrics endpoints. Every replica
 // serves it, since writes go to Postgres. Every /v1/ route is registered
 // with the token scope it needs (auth.Read, Deploy or Admin), and every
@@ -150,6 +150,8 @@ type Options struct {
 	// instances carry it: status tells the desired spec's instances from
 	// the others by it. nil: by generation alone.
 	SpecHash func(store.App) string
+	// Logs reads apps' logs from their hosts' engines; nil answers 503.
+	Logs LogStreamer
 }
 
 // New returns the API handler.
@@ -182,6 +184,8 @@ func (a *api) register(rt *router) {
 	rt.handle("GET /v1/apps/{name}/instances", auth.Read, a.instances)
 	rt.handle("GET /v1/apps/{name}/metrics", auth.Read, a.metrics)
 	rt.handle("GET /v1/apps/{name}/history", auth.Read, a.history)
+	// A deploy token limited to some apps reads only their logs.
+	rt.handleApp("GET /v1/apps/{name}/logs", auth.Read, a.logs)
 	rt.handle("GET /v1/events", auth.Read, a.events)
 	a.registerHosts(rt)
 	a.registerTokens(rt)
@@ -388,7 +392,7 @@ func (a *api) get(w http.ResponseWriter, r *http.Request) {
 	if a.o.SpecHash != nil && app.Spec != nil {
 		hash = a.o.SpecHash(app)
 	}
-	if err := a.rollout(r.Context(), &v, app, insts, hash, time.Now()); err != nil {
+	if err := a.rollout(r.Context(), &v, app, insts, hash, mayReadLogs(r.Context(), app.Name), time.Now()); err != nil {
 		a.fail(w, err)
 		return
 	}
@@ -614,8 +618,11 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]EventView, 0, len(evs))
 	for _, e := range evs {
-		out = append(out, EventView{ID: e.ID, App: e.App, Instance: e.Instance, Kind: e.Kind, Message: e.Message, Details: e.Details, Actor: e.Actor, Term: e.Term, At: e.At,
-			LogTail: e.LogTail})
+		v := EventView{ID: e.ID, App: e.App, Instance: e.Instance, Kind: e.Kind, Message: e.Message, Details: e.Details, Actor: e.Actor, Term: e.Term, At: e.At}
+		if mayReadLogs(r.Context(), e.App) {
+			v.LogTail = e.LogTail
+		}
+		out = append(out, v)
 	}
 	writeJSON(w, http.StatusOK, out)
 }

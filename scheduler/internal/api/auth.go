@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -70,14 +71,31 @@ func (a *api) guard(need auth.Scope, app bool, next http.HandlerFunc) http.Handl
 			return
 		}
 		if name := r.PathValue("name"); app && !id.MayChange(name) {
-			a.logger.Warn("request refused: the token may not change this app", zap.String("token", id.Name), zap.String("app", name),
+			verb := "change"
+			if need == auth.Read {
+				verb = "read the logs of"
+			}
+			a.logger.Warn("request refused: the token is limited to other apps", zap.String("token", id.Name), zap.String("app", name),
 				zap.Strings("apps", id.Apps), zap.String("method", r.Method), zap.String("path", r.URL.Path))
-			writeJSON(w, http.StatusForbidden, Error{Error: fmt.Sprintf("token %s may change only the apps %s, not %s: an admin makes a token for it with scheduler tokens create --app",
-				id.Name, strings.Join(id.Apps, ", "), name), NeededScope: need.String(), TokenScope: id.Scope.String()})
+			writeJSON(w, http.StatusForbidden, Error{Error: fmt.Sprintf("token %s may %s only the apps %s, not %s: an admin makes a token for it with scheduler tokens create --app",
+				id.Name, verb, strings.Join(id.Apps, ", "), name), NeededScope: need.String(), TokenScope: id.Scope.String()})
 			return
 		}
-		next(w, r.WithContext(store.WithActor(r.Context(), id.Name)))
+		ctx := context.WithValue(store.WithActor(r.Context(), id.Name), identityKey{}, id)
+		next(w, r.WithContext(ctx))
 	}
+}
+
+// identityKey keys the request's identity in its context.
+type identityKey struct{}
+
+// mayReadLogs says whether the request's token may read what app's
+// containers wrote (its logs, the log tails of its failures): a token
+// limited to some apps only theirs, as another team's logs may hold what
+// that team's app printed.
+func mayReadLogs(ctx context.Context, app string) bool {
+	id, ok := ctx.Value(identityKey{}).(auth.Identity)
+	return ok && id.MayChange(app)
 }
 
 // identify returns who the request acts as, or answers 401 (or 503 when

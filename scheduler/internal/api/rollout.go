@@ -83,8 +83,9 @@ const statusEvents = 100
 // rollout fills v's rollout, serving, breaker and failures from the
 // app's instances and its newest failure events. hash is the desired
 // spec's hash ("" when unknown: then instances are told apart by
-// generation alone).
-func (a *api) rollout(ctx context.Context, v *AppView, app store.App, insts []store.Instance, hash string, now time.Time) error {
+// generation alone); logs says the caller may read the app's logs (each
+// failure's last line).
+func (a *api) rollout(ctx context.Context, v *AppView, app store.App, insts []store.Instance, hash string, logs bool, now time.Time) error {
 	evs, err := a.d.Events.LatestEvents(ctx, app.Name, failureKinds, statusEvents)
 	if err != nil {
 		return err
@@ -172,7 +173,7 @@ func (a *api) rollout(ctx context.Context, v *AppView, app store.App, insts []st
 		if c, err := strconv.Atoi(e.Details["exit_code"]); err == nil {
 			f.ExitCode = &c
 		}
-		if n := len(e.LogTail); n > 0 {
+		if n := len(e.LogTail); n > 0 && logs {
 			f.LastLine = e.LogTail[n-1]
 		}
 		v.Failures = append(v.Failures, f)

@@ -122,3 +122,60 @@ func TestEventsLast(t *testing.T) {
 		require.Equal(t, "last", obj["fields"].([]any)[0].(map[string]any)["path"], bad)
 	}
 }
+
+// Two teams share one Berth: a deploy token limited to its team's apps
+// reads neither another team's logs nor the log tails of its failures
+// (they may hold what that app printed), while it still sees their status.
+func TestLimitedTokenReadsOnlyItsAppsLogs(t *testing.T) {
+	t.Parallel()
+	c := newAPI(t, "bootstrap-secret-of-the-file")
+	admin := c.as("bootstrap-secret-of-the-file")
+	code, obj, raw := admin.do("POST", "/v1/tokens", `{"name":"team-a","scope":"deploy","apps":["shop"]}`)
+	require.Equal(t, 201, code, "%s", raw)
+	teamA := c.as(obj["token"].(string))
+	for _, app := range []string{"bank", "shop"} {
+		code, _, raw := admin.do("PUT", "/v1/apps/"+app, fmt.Sprintf("name: %s\nimage: %s:1\nport: 8080\nrouting: {hosts: [%s.test]}\n", app, app, app))
+		require.Equal(t, 200, code, "%s", raw)
+	}
+	ctx := context.Background()
+	l, _, err := c.st.Acquire(ctx, "scheduler", "me", time.Minute)
+	require.NoError(t, err)
+	require.NoError(t, c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+		for _, app := range []string{"bank", "shop"} {
+			if _, err := tx.AddEvent(ctx, store.Event{App: app, Instance: "i1", Kind: msg.EventInstanceExited, Message: "exited",
+				Details: map[string]string{"generation": "1", "reason": "its container exited with code 1"}, LogTail: []string{app + "'s secret line"}}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+
+	code, obj, _ = teamA.do("GET", "/v1/apps/bank/logs", "")
+	require.Equal(t, 403, code)
+	require.Contains(t, obj["error"], "token team-a may read the logs of only the apps shop, not bank")
+	code, _, _ = teamA.do("GET", "/v1/apps/shop/logs", "")
+	require.Equal(t, 503, code, "its own app's logs get past the guard (this API has no log reader)")
+
+	code, _, raw = teamA.do("GET", "/v1/events", "")
+	require.Equal(t, 200, code)
+	var evs []EventView
+	require.NoError(t, json.Unmarshal(raw, &evs))
+	tails := map[string][]string{}
+	for _, e := range evs {
+		if e.Kind == msg.EventInstanceExited {
+			tails[e.App] = e.LogTail
+		}
+	}
+	require.Equal(t, map[string][]string{"bank": nil, "shop": {"shop's secret line"}}, tails)
+	for app, want := range map[string]string{"bank": "", "shop": "shop's secret line"} {
+		code, _, raw = teamA.do("GET", "/v1/apps/"+app, "")
+		require.Equal(t, 200, code)
+		var v AppView
+		require.NoError(t, json.Unmarshal(raw, &v))
+		require.Len(t, v.Failures, 1)
+		require.Equal(t, want, v.Failures[0].LastLine, app)
+	}
+	code, _, raw = admin.do("GET", "/v1/events?app=bank", "")
+	require.Equal(t, 200, code)
+	require.Contains(t, string(raw), "bank's secret line", "an unlimited token reads every tail")
+}

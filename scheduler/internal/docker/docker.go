@@ -1,7 +1,7 @@
 // Package docker is the scheduler's only door to the Docker Engine (the
 // only importer of the moby client): it lists, creates, starts, stops,
-// removes and inspects Berth's containers, streams their events, and
-// checks and pulls images. It negotiates the API version and returns
+// removes and inspects Berth's containers, streams their events, reads
+// their logs, and checks and pulls images. It negotiates the API version and returns
 // Berth's own types.
 package docker
 
@@ -86,6 +86,11 @@ type Options struct {
 	Host string
 	URL  string
 	TLS  *TLSFiles
+	// LogMaxSize and LogMaxFiles are the log limits of a container whose
+	// spec sets none (--log-max-size, --log-max-files); zero:
+	// spec.DefaultLogMaxSize and spec.DefaultLogMaxFiles.
+	LogMaxSize  spec.LogSize
+	LogMaxFiles int
 }
 
 // TLSFiles are a tcp:// engine's client files.
@@ -261,6 +266,9 @@ type CreateOptions struct {
 	// StopSignal and StopGrace are what Stop uses by default.
 	StopSignal string
 	StopGrace  time.Duration
+	// Logging is the spec's log limits; nil or zero fields: the client's
+	// defaults (Options.LogMaxSize, LogMaxFiles).
+	Logging *spec.Logging
 }
 
 // Name is the container name of an instance: berth-<app>-<instance>.
@@ -273,7 +281,9 @@ var securityOpts = []string{"no-new-privileges:true"}
 
 // Create creates (does not start) an instance's container. A missing
 // image is ErrImageNotFound: pull it first. Every container gets
-// no-new-privileges and a pids limit (o.Pids, or spec.DefaultPids).
+// no-new-privileges, a pids limit (o.Pids, or spec.DefaultPids) and the
+// json-file log driver with a size and file limit (o.Logging, or the
+// client's defaults), whatever the engine's default driver is.
 func (c *Client) Create(ctx context.Context, o CreateOptions) (string, error) {
 	port, err := network.ParsePort(fmt.Sprintf("%d/tcp", o.Port))
 	if err != nil {
@@ -306,6 +316,7 @@ func (c *Client) Create(ctx context.Context, o CreateOptions) (string, error) {
 		SecurityOpt: slices.Clone(securityOpts),
 		// Berth restarts instances itself, with backoff and a budget.
 		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyDisabled},
+		LogConfig:     c.logConfig(o.Logging),
 	}
 	var netCfg *network.NetworkingConfig
 	if c.o.Network == "" {

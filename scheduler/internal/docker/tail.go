@@ -1,66 +1,40 @@
 package docker
 
 import (
-	"bytes"
 	"context"
-	"fmt"
-	"strconv"
+	"sort"
 	"strings"
-
-	"github.com/moby/moby/api/pkg/stdcopy"
-	"github.com/moby/moby/client"
 )
 
-// maxTailBytes bounds what Tail reads: a container that wrote one huge
-// line cannot make a failure's event huge.
-const maxTailBytes = 64 << 10
+// maxTailLine is how much of each line Tail keeps: a failure's event
+// stays small whatever the container wrote.
+const maxTailLine = 512
 
 // Tail returns the last n lines a container wrote, stdout and stderr
-// interleaved as Docker stored them, each cut to 512 bytes. A stopped
-// container's logs are still there until it is removed.
+// together in the order Docker received them, each cut to 512 bytes. A
+// stopped container's logs are there until it is removed.
 func (c *Client) Tail(ctx context.Context, id string, n int) ([]string, error) {
-	rc, err := c.c.ContainerLogs(ctx, id, client.ContainerLogsOptions{ShowStdout: true, ShowStderr: true, Tail: strconv.Itoa(n)})
-	if err != nil {
-		return nil, fmt.Errorf("docker logs %s: %w", ShortID(id), notFound(err))
+	var lines []LogLine
+	if err := c.Logs(ctx, id, LogOptions{Tail: n}, func(l LogLine) error {
+		lines = append(lines, l)
+		return nil
+	}); err != nil {
+		return nil, err
 	}
-	defer rc.Close()
-	var out limitedBuffer
-	out.max = maxTailBytes
-	if _, err := stdcopy.StdCopy(&out, &out, rc); err != nil && !out.full {
-		return nil, fmt.Errorf("docker logs %s: %w", ShortID(id), err)
-	}
-	text := strings.TrimRight(out.String(), "\n")
-	if text == "" {
-		return nil, nil
-	}
-	lines := strings.Split(text, "\n")
+	sort.SliceStable(lines, func(i, j int) bool { return lines[i].Time.Before(lines[j].Time) })
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}
-	for i, l := range lines {
-		l = strings.TrimRight(l, "\r")
-		if len(l) > 512 {
-			l = l[:512] + "…"
+	out := make([]string, 0, len(lines))
+	for _, l := range lines {
+		t := strings.TrimRight(l.Text, "\r")
+		if len(t) > maxTailLine {
+			t = strings.ToValidUTF8(t[:maxTailLine], "") + "…"
 		}
-		lines[i] = strings.ToValidUTF8(l, "\uFFFD")
+		out = append(out, strings.ToValidUTF8(t, "\uFFFD"))
 	}
-	return lines, nil
-}
-
-// limitedBuffer keeps the first max bytes written and refuses the rest.
-type limitedBuffer struct {
-	bytes.Buffer
-	max  int
-	full bool
-}
-
-func (b *limitedBuffer) Write(p []byte) (int, error) {
-	if room := b.max - b.Len(); len(p) > room {
-		b.Buffer.Write(p[:max(room, 0)])
-		b.full = true
-		return 0, errTailFull
+	if len(out) == 0 {
+		return nil, nil
 	}
-	return b.Buffer.Write(p)
+	return out, nil
 }
-
-var errTailFull = fmt.Errorf("log tail over %d bytes", maxTailBytes)

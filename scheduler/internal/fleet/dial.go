@@ -6,6 +6,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/docker"
 	"github.com/berthhq/berth/scheduler/internal/hosts"
 	"github.com/berthhq/berth/scheduler/internal/store"
@@ -26,6 +27,10 @@ type DialOptions struct {
 	// Auths are every registry credential (--registry-auth-file); each
 	// host's engine receives only those of its registries.
 	Auths *docker.RegistryAuths
+	// LogMaxSize and LogMaxFiles are the log limits of containers whose
+	// spec sets none (--log-max-size, --log-max-files).
+	LogMaxSize  spec.LogSize
+	LogMaxFiles int
 }
 
 // DockerDial returns the Dial of registered hosts: it checks each stored
@@ -46,7 +51,8 @@ func DockerDial(o DialOptions, logger *zap.Logger) Dial {
 				"which only --network-cidr lets the scheduler check: set it to the prefixes that network's addresses lie in", h.Name, o.Network)
 		}
 		do := docker.Options{Prefix: o.Prefix, PublishAddress: h.Address, Network: o.Network, NetworkPrefixes: o.NetworkPrefixes,
-			Allowed: o.Policy.CheckIP, RegistryAuths: o.Auths.Only(h.Registries), Host: h.Name, URL: h.DockerURL}
+			Allowed: o.Policy.CheckIP, RegistryAuths: o.Auths.Only(h.Registries), Host: h.Name, URL: h.DockerURL,
+			LogMaxSize: o.LogMaxSize, LogMaxFiles: o.LogMaxFiles}
 		if tls != nil {
 			do.TLS = &docker.TLSFiles{CA: tls.CA, Cert: tls.Cert, Key: tls.Key}
 		}

@@ -2,8 +2,8 @@
 // it keeps a client per host (the registry in Postgres decides which),
 // probes each engine, marks a host down once it has not answered for the
 // host timeout, lists the containers of every host that is up, routes
-// each container operation to the host that runs it, and merges their
-// event streams. With no host registered the scheduler's local engine is
+// each container operation (and each read of a container's log) to the
+// host that runs it, and merges their event streams. With no host registered the scheduler's local engine is
 // the one host (its name is ""), as before hosts existed.
 package fleet
 
@@ -40,6 +40,7 @@ type Engine interface {
 	Pull(ctx context.Context, ref string, timeout time.Duration) error
 	Stats(ctx context.Context, ids []string, parallel int) (map[string]docker.Reading, error)
 	Tail(ctx context.Context, id string, n int) ([]string, error)
+	Logs(ctx context.Context, id string, o docker.LogOptions, emit func(docker.LogLine) error) error
 	Close() error
 }
 
@@ -520,6 +521,50 @@ func (f *Fleet) engine(host string) (Engine, error) {
 		return nil, fmt.Errorf("%w: host %s does not answer", ErrHostDown, host)
 	}
 	return m.eng, nil
+}
+
+// Logs reads a container's log from the engine of host, the host its
+// instance record names (every replica can: no list is needed). A host
+// that is down, does not answer or has not answered yet is ErrHostDown,
+// at once; one that stops answering while its log is read (a follow) is
+// ErrHostDown within a probe, since its engine's stream may hang.
+func (f *Fleet) Logs(ctx context.Context, host, id string, o docker.LogOptions, emit func(docker.LogLine) error) error {
+	f.mu.Lock()
+	m := f.members[host]
+	unknown := host != "" && m != nil && m.state == Unknown
+	f.mu.Unlock()
+	if unknown {
+		return fmt.Errorf("%w: host %s has not answered yet", ErrHostDown, host)
+	}
+	eng, err := f.engine(host)
+	if err != nil {
+		return err
+	}
+	if host == "" {
+		return eng.Logs(ctx, id, o, emit)
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		t := time.NewTicker(f.cfg.Probe)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if _, err := f.engine(host); err != nil {
+					cancel(err)
+					return
+				}
+			}
+		}
+	}()
+	err = eng.Logs(ctx, id, o, emit)
+	if cause := context.Cause(ctx); errors.Is(cause, ErrHostDown) {
+		return cause
+	}
+	return err
 }
 
 // callTimeout bounds a routed call that carries no bound of its own, so a

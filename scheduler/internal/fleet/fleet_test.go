@@ -109,6 +109,9 @@ func (e *engine) Tail(_ context.Context, id string, _ int) ([]string, error) {
 	}
 	return []string{"last line of " + id}, nil
 }
+func (e *engine) Logs(context.Context, string, docker.LogOptions, func(docker.LogLine) error) error {
+	return e.check()
+}
 func (e *engine) Close() error { e.mu.Lock(); e.closed = true; e.mu.Unlock(); return nil }
 
 type registry struct {
@@ -225,4 +228,55 @@ func TestFleetStatesListsAndRouting(t *testing.T) {
 	state, draining = f.State("h2")
 	require.Equal(t, Down, state)
 	require.True(t, draining)
+}
+
+// followEngine is an engine whose log stream hangs until ctx ends, as a
+// follow on a host that stopped answering does.
+type followEngine struct {
+	*engine
+	started chan struct{}
+}
+
+func (e *followEngine) Logs(ctx context.Context, _ string, _ docker.LogOptions, emit func(docker.LogLine) error) error {
+	if err := e.check(); err != nil {
+		return err
+	}
+	if err := emit(docker.LogLine{Text: "hello"}); err != nil {
+		return err
+	}
+	close(e.started)
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func TestLogsOfAHostThatStopsAnswering(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	h1 := &followEngine{engine: newEngine("h1"), started: make(chan struct{})}
+	reg := &registry{hosts: []store.Host{{Name: "h1"}, {Name: "h2"}}}
+	f := New(Config{Timeout: time.Hour, Probe: 5 * time.Millisecond}, reg, func(h store.Host) (Engine, error) {
+		if h.Name == "h1" {
+			return h1, nil
+		}
+		return newEngine(h.Name), nil
+	}, newEngine(""), zap.NewNop())
+	require.NoError(t, f.Sync(ctx))
+	require.ErrorIs(t, f.Logs(ctx, "h2", "c", docker.LogOptions{}, func(docker.LogLine) error { return nil }), ErrHostDown,
+		"a host that never answered: at once")
+	require.ErrorContains(t, f.Logs(ctx, "h2", "c", docker.LogOptions{}, nil), "host h2 has not answered yet")
+	f.probe(ctx)
+
+	var lines []string
+	done := make(chan error, 1)
+	go func() {
+		done <- f.Logs(ctx, "h1", "c", docker.LogOptions{Follow: true}, func(l docker.LogLine) error { lines = append(lines, l.Text); return nil })
+	}()
+	<-h1.started
+	h1.set(true)
+	f.probe(ctx) // the ping fails: h1 is unreachable
+	err := <-done
+	require.ErrorIs(t, err, ErrHostDown)
+	require.ErrorContains(t, err, "host h1 does not answer")
+	require.Equal(t, []string{"hello"}, lines)
+	require.ErrorIs(t, f.Logs(ctx, "h3", "c", docker.LogOptions{}, nil), ErrHostDown, "a host not registered")
 }

@@ -10,7 +10,9 @@ import (
 
 // SpecHash identifies what a container is made of: image, command, the
 // final environment, port, resources (cpu, memory and pids: a changed pids
-// limit rolls, as Docker cannot change it in place) and stop signal. Instances whose hash
+// limit rolls, as Docker cannot change it in place), stop signal and log
+// limits (logging: a container's log config is fixed at create; a spec
+// without them hashes as it did before they existed). Instances whose hash
 // differs from the desired one are replaced by a rolling update. Replicas,
 // scaling, routing, load balancing, health checks and timings are not in
 // it, so changing them restarts nothing.
@@ -22,7 +24,17 @@ func SpecHash(a *spec.App, env map[string]string) string {
 		Port      int               `json:"port"`
 		Resources spec.Resources    `json:"resources"`
 		Signal    string            `json:"signal"`
-	}{a.Image, a.Command, env, a.Port, a.Resources, a.Stop.Signal})
+		Logging   *spec.Logging     `json:"logging,omitempty"`
+	}{a.Image, a.Command, env, a.Port, a.Resources, a.Stop.Signal, logging(a.Logging)})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:8])
+}
+
+// logging is l as the hash sees it: nil when it sets nothing, so that
+// "logging: {}" rolls nothing.
+func logging(l *spec.Logging) *spec.Logging {
+	if l.IsZero() {
+		return nil
+	}
+	return l
 }

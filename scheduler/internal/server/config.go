@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/appenv"
 	"github.com/berthhq/berth/scheduler/internal/hosts"
 	"github.com/berthhq/berth/scheduler/internal/vault"
@@ -115,6 +116,10 @@ type Containers struct {
 	// Env is which of Environ is passed to every app.
 	Env     appenv.Policy
 	Environ []string
+	// LogMaxSize and LogMaxFiles are the log limits of the containers of
+	// apps whose spec sets none.
+	LogMaxSize  spec.LogSize
+	LogMaxFiles int
 }
 
 // Hosts are the registered Docker hosts' rules.

@@ -25,6 +25,7 @@ import (
 	"github.com/berthhq/berth/scheduler/internal/fleet"
 	"github.com/berthhq/berth/scheduler/internal/hosts"
 	"github.com/berthhq/berth/scheduler/internal/leader"
+	"github.com/berthhq/berth/scheduler/internal/logs"
 	"github.com/berthhq/berth/scheduler/internal/nodekeys"
 	"github.com/berthhq/berth/scheduler/internal/publish"
 	"github.com/berthhq/berth/scheduler/internal/scaler"
@@ -188,14 +189,14 @@ func (r *replica) buildDataPlane() error {
 	}
 	// The local engine is the scheduler's own: it keeps every credential.
 	r.dk, err = docker.New(docker.Options{Prefix: r.cfg.Prefix, PublishAddress: c.PublishAddress, Network: c.Network, NetworkPrefixes: c.NetworkPrefixes,
-		Allowed: hosts.Policy{}.CheckIP, RegistryAuths: auths}, r.logger)
+		Allowed: hosts.Policy{}.CheckIP, RegistryAuths: auths, LogMaxSize: c.LogMaxSize, LogMaxFiles: c.LogMaxFiles}, r.logger)
 	if err != nil {
 		return err
 	}
 	// Every registered host's engine as one; the local engine alone while
 	// none is registered.
 	r.fl = fleet.New(fleet.Config{Timeout: r.cfg.Hosts.Timeout}, r.st, fleet.DockerDial(fleet.DialOptions{Prefix: r.cfg.Prefix, Network: c.Network,
-		NetworkPrefixes: c.NetworkPrefixes, Policy: r.cfg.Hosts.Policy, Auths: auths}, r.logger), r.dk, r.logger)
+		NetworkPrefixes: c.NetworkPrefixes, Policy: r.cfg.Hosts.Policy, Auths: auths, LogMaxSize: c.LogMaxSize, LogMaxFiles: c.LogMaxFiles}, r.logger), r.dk, r.logger)
 	r.reg.MustRegister(r.fl.Collectors()...)
 	// A host that changes state wakes the controller (a host down: its
 	// instances are replaced at once), and the leader records it.
@@ -239,7 +240,8 @@ func (r *replica) buildAPI() error {
 		History: st, Tokens: st},
 		api.Options{Keyring: r.keys, Open: a.Open, Metrics: promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}), Samples: r.sc.Samples, Traffic: trafficOf(r.sc),
 			Role: func() (bool, uint64) { l, ok := r.el.Leader(); return ok, l.Term }, Network: c.Network, MaxRoutes: a.MaxRoutes, ACME: r.cm != nil,
-			DefaultCPU: c.DefaultCPU, DefaultMemory: c.DefaultMemory, Secrets: r.secrets, SpecHash: r.ctl.SpecHash}, r.logger)
+			DefaultCPU: c.DefaultCPU, DefaultMemory: c.DefaultMemory, Secrets: r.secrets, SpecHash: r.ctl.SpecHash,
+			Logs: &logs.Reader{Instances: st, Engines: r.fl}}, r.logger)
 	r.httpSrv = &http.Server{Addr: a.Listen, Handler: handler, ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10,
 		ErrorLog: zap.NewStdLog(r.logger.Named("api-http"))} // TLS handshake failures, among others
