@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/berthhq/berth/common/bus"
@@ -223,6 +224,21 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 		group.Add("templates", templatedir.New(tmplDir, a, logger))
 	}
 	if c.AccessLog != "" {
+		// A short datagram queue loses lines under load: say so at start,
+		// and on /metrics (an alert rule watches it).
+		qlen, err := accesslog.QueueLimit()
+		if err != nil {
+			logger.Warn("cannot read the access log socket's queue limit", zap.Error(err))
+		} else if qlen < accesslog.WantQueue {
+			logger.Warn("the access log socket queues few lines: under load nginx drops the rest, and traffic metrics and autoscaling count fewer requests than were served; set sysctl net.unix.max_dgram_qlen=512 before lbagent starts",
+				zap.Int("max_dgram_qlen", qlen), zap.Int("want", accesslog.WantQueue))
+		}
+		queue := prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_access_log_queue_limit",
+			Help: "net.unix.max_dgram_qlen when lbagent started: the access log lines its socket holds before nginx drops them (512 or more wanted)."})
+		queue.Set(float64(qlen))
+		if err := metrics.Register(queue); err != nil {
+			return fmt.Errorf("access log queue metric: %w", err)
+		}
 		agg := accesslog.NewAggregator(node, time.Now())
 		recv = accesslog.NewReceiver(c.AccessLog, agg)
 		recv.Group = c.AccessLogGroup

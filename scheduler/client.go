@@ -402,7 +402,7 @@ func trafficLine(t *api.TrafficView) string {
 		nodes = "lbagent"
 	}
 	return fmt.Sprintf("traffic: %.1f req/s, %.2f%% 5xx, p95 %.1f ms (%d %s, last %s window %s ago)",
-		t.RPS, 100*t.ErrorRate, t.P95MS, t.Nodes, nodes, t.Window, age(t.At))
+		t.RPS, 100*t.ErrorRate, t.P95MS, t.Nodes, nodes, time.Duration(t.Window).Round(100*time.Millisecond), age(t.At))
 }
 
 // lostNote says how many of an app's instances were lost with their host
