@@ -242,11 +242,11 @@ JSON
   # queue is net.unix.max_dgram_qlen lines (the kernel's default is 10): under
   # wrk, nginx would drop lines and /metrics would count fewer requests.
   qlen=$(cat /proc/sys/net/unix/max_dgram_qlen 2>/dev/null || echo 512)
-  if [ "$qlen" -lt 512 ]; then
-    if [ "$(id -u)" -eq 0 ] && sysctl -q -w net.unix.max_dgram_qlen=512 2>/dev/null; then
-      info "raised net.unix.max_dgram_qlen from $qlen to 512 (the access log socket's queue; docs/lbagent.md)"
+  if [ "$qlen" -lt 4096 ]; then
+    if [ "$(id -u)" -eq 0 ] && sysctl -q -w net.unix.max_dgram_qlen=4096 2>/dev/null; then
+      info "raised net.unix.max_dgram_qlen from $qlen to 4096 (the access log socket's queue; docs/lbagent.md)"
     else
-      info "net.unix.max_dgram_qlen is $qlen: under heavy load nginx drops access log lines (sudo sysctl -w net.unix.max_dgram_qlen=512; docs/lbagent.md)"
+      info "net.unix.max_dgram_qlen is $qlen: under heavy load nginx drops access log lines (sudo sysctl -w net.unix.max_dgram_qlen=4096; docs/lbagent.md)"
     fi
   fi
   start lbagent "$BIN/lbagent" --nats-url $NATS --nats-nkey "$DIR/run/lbagent.nk" --prefix $PREFIX --node demo-lb --manage-nginx \
