@@ -66,6 +66,13 @@ func (s *Store) Events(ctx context.Context, app string, after int64, limit int) 
 		WHERE ($1 = '' OR app = $1) AND id > $2 ORDER BY id LIMIT $3`, app, after, limit)
 }
 
+// latestEventsSQL is LatestEvents' query ($1 app, $2 kinds, $3 limit).
+// By (app, at), backwards: an app with a long history costs the rows read,
+// not its whole history.
+const latestEventsSQL = `
+	SELECT id, app, instance, kind, message, details, term, at, actor, log_tail FROM events
+	WHERE app = $1 AND kind = ANY($2) ORDER BY at DESC, id DESC LIMIT $3`
+
 // LatestEvents returns an app's newest events of the given kinds, newest
 // first, at most limit.
 func (s *Store) LatestEvents(ctx context.Context, app string, kinds []msg.EventKind, limit int) ([]Event, error) {
@@ -73,24 +80,27 @@ func (s *Store) LatestEvents(ctx context.Context, app string, kinds []msg.EventK
 	for i, k := range kinds {
 		names[i] = string(k)
 	}
-	// By (app, at), backwards: an app with a long history costs the rows
-	// read, not its whole history.
-	return s.events(ctx, `
-		SELECT id, app, instance, kind, message, details, term, at, actor, log_tail FROM events
-		WHERE app = $1 AND kind = ANY($2) ORDER BY at DESC, id DESC LIMIT $3`, app, names, limit)
+	return s.events(ctx, latestEventsSQL, app, names, limit)
 }
+
+// lastEventsAllSQL and lastEventsSQL are LastEvents' queries, of every app
+// ($1 limit) and of one ($1 app, $2 limit).
+const (
+	lastEventsAllSQL = `
+		SELECT * FROM (SELECT id, app, instance, kind, message, details, term, at, actor, log_tail FROM events
+			ORDER BY id DESC LIMIT $1) newest ORDER BY id`
+	lastEventsSQL = `
+		SELECT * FROM (SELECT id, app, instance, kind, message, details, term, at, actor, log_tail FROM events
+			WHERE app = $1 ORDER BY at DESC, id DESC LIMIT $2) newest ORDER BY id`
+)
 
 // LastEvents returns the newest limit events of app (all apps when
 // empty), oldest first.
 func (s *Store) LastEvents(ctx context.Context, app string, limit int) ([]Event, error) {
 	if app == "" {
-		return s.events(ctx, `
-			SELECT * FROM (SELECT id, app, instance, kind, message, details, term, at, actor, log_tail FROM events
-				ORDER BY id DESC LIMIT $1) newest ORDER BY id`, limit)
+		return s.events(ctx, lastEventsAllSQL, limit)
 	}
-	return s.events(ctx, `
-		SELECT * FROM (SELECT id, app, instance, kind, message, details, term, at, actor, log_tail FROM events
-			WHERE app = $1 ORDER BY at DESC, id DESC LIMIT $2) newest ORDER BY id`, app, limit)
+	return s.events(ctx, lastEventsSQL, app, limit)
 }
 
 func (s *Store) events(ctx context.Context, query string, args ...any) ([]Event, error) {
