@@ -66,12 +66,20 @@ func (s *Store) Events(ctx context.Context, app string, after int64, limit int) 
 		WHERE ($1 = '' OR app = $1) AND id > $2 ORDER BY id LIMIT $3`, app, after, limit)
 }
 
-// latestEventsSQL is LatestEvents' query ($1 app, $2 kinds, $3 limit).
-// By (app, at), backwards: an app with a long history costs the rows read,
-// not its whole history.
+// latestEventsSQL is LatestEvents' query ($1 app, $2 kinds, $3 limit). Each
+// kind's newest limit events are read backwards on (app, kind, at) and
+// merged: at most limit rows a kind, however long the app's history and
+// however rare those kinds in it. As one filter on (app, at) the query read,
+// once pgx's prepared statement got Postgres's generic plan, the app's
+// whole history when it had few such events (docs/benchmarks.md, Event
+// queries at scale).
 const latestEventsSQL = `
-	SELECT id, app, instance, kind, message, details, term, at, actor, log_tail FROM events
-	WHERE app = $1 AND kind = ANY($2) ORDER BY at DESC, id DESC LIMIT $3`
+	SELECT e.id, e.app, e.instance, e.kind, e.message, e.details, e.term, e.at, e.actor, e.log_tail
+	FROM (SELECT DISTINCT unnest($2::text[]) AS kind) k
+	CROSS JOIN LATERAL (
+		SELECT id, app, instance, kind, message, details, term, at, actor, log_tail FROM events
+		WHERE events.app = $1 AND events.kind = k.kind ORDER BY at DESC, id DESC LIMIT $3) e
+	ORDER BY e.at DESC, e.id DESC LIMIT $3`
 
 // LatestEvents returns an app's newest events of the given kinds, newest
 // first, at most limit.
