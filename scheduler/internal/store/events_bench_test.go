@@ -27,6 +27,11 @@ import (
 //
 // BERTH_BENCH_EVENTS lists the sizes (default 10000; -short keeps only
 // those up to 10,000, so no plain or short run loads a million rows).
+// The events are spread over the 30 days before now, so a table 100 times
+// larger holds 100 times the events of the last 24 hours too; with
+// BERTH_BENCH_EVENTS_PER_DAY=R they come at R a day instead, so that a
+// larger table is a longer history and the last day holds R events at
+// every size (what a cluster without event retention grows into).
 // BERTH_BENCH_EXPLAIN=1 logs EXPLAIN (ANALYZE, BUFFERS) of every query at
 // each size, planned for its arguments and generic (run with -v to see
 // it).
@@ -68,6 +73,20 @@ func benchSizes(b *testing.B) []int {
 	return sizes
 }
 
+// benchSpan is how far back the n events go: 30 days, or n at
+// BERTH_BENCH_EVENTS_PER_DAY a day.
+func benchSpan(b *testing.B, n int) time.Duration {
+	spec := os.Getenv("BERTH_BENCH_EVENTS_PER_DAY")
+	if spec == "" {
+		return 30 * 24 * time.Hour
+	}
+	r, err := strconv.Atoi(spec)
+	if err != nil || r < 1 {
+		b.Fatalf("BERTH_BENCH_EVENTS_PER_DAY: %q is no rate: events a day, at least 1", spec)
+	}
+	return time.Duration(float64(24*time.Hour) * float64(n) / float64(r))
+}
+
 func BenchmarkEventQueries(b *testing.B) {
 	for _, n := range benchSizes(b) {
 		b.Run(fmt.Sprintf("events=%d", n), func(b *testing.B) {
@@ -75,8 +94,15 @@ func BenchmarkEventQueries(b *testing.B) {
 			s := openBench(b)
 			now := time.Now().UTC()
 			start := time.Now()
-			loadEvents(b, s, n, now)
+			loadEvents(b, s, n, now, benchSpan(b, n))
 			b.Logf("loaded %d events in %v", n, time.Since(start).Round(time.Millisecond))
+			var sizes string
+			if err := s.pool.QueryRow(ctx, `SELECT 'table ' || pg_size_pretty(pg_table_size('events')) || ', ' ||
+				string_agg(indexrelid::regclass || ' ' || pg_size_pretty(pg_relation_size(indexrelid)), ', ' ORDER BY indexrelid::regclass::text)
+				FROM pg_index WHERE indrelid = 'events'::regclass`).Scan(&sizes); err != nil {
+				b.Fatal(err)
+			}
+			b.Logf("sizes at %d events: %s", n, sizes)
 			var lastID int64
 			if err := s.pool.QueryRow(ctx, `SELECT max(id) FROM events`).Scan(&lastID); err != nil {
 				b.Fatal(err)
@@ -180,12 +206,12 @@ func kindNames(kinds []msg.EventKind) []string {
 	return out
 }
 
-// loadEvents writes n events over the 30 days before now, oldest first
+// loadEvents writes n events over the span before now, oldest first
 // (ids follow time, as they do in a real table), with COPY, then runs
 // VACUUM ANALYZE as autovacuum would have by then. Apps take turns; one
 // in 20 events is a failure kind (none of benchQuietApp's), the rest are
 // the everyday kinds.
-func loadEvents(b *testing.B, s *Store, n int, now time.Time) {
+func loadEvents(b *testing.B, s *Store, n int, now time.Time, span time.Duration) {
 	b.Helper()
 	ctx := context.Background()
 	var failures, everyday []msg.EventKind
@@ -197,7 +223,6 @@ func loadEvents(b *testing.B, s *Store, n int, now time.Time) {
 		}
 	}
 	rng := rand.New(rand.NewPCG(1, uint64(n)))
-	span := 30 * 24 * time.Hour
 	first := now.Add(-span)
 	step := span / time.Duration(n)
 	rows := pgx.CopyFromFunc(func() func() ([]any, error) {
