@@ -66,6 +66,21 @@ func (s *Store) Events(ctx context.Context, app string, after int64, limit int) 
 		WHERE ($1 = '' OR app = $1) AND id > $2 ORDER BY id LIMIT $3`, app, after, limit)
 }
 
+// latestEventsSQL is LatestEvents' query ($1 app, $2 kinds, $3 limit). Each
+// kind's newest limit events are read backwards on (app, kind, at) and
+// merged: at most limit rows a kind, however long the app's history and
+// however rare those kinds in it. As one filter on (app, at) the query read,
+// once pgx's prepared statement got Postgres's generic plan, the app's
+// whole history when it had few such events (docs/benchmarks.md, Event
+// queries at scale).
+const latestEventsSQL = `
+	SELECT e.id, e.app, e.instance, e.kind, e.message, e.details, e.term, e.at, e.actor, e.log_tail
+	FROM (SELECT DISTINCT unnest($2::text[]) AS kind) k
+	CROSS JOIN LATERAL (
+		SELECT id, app, instance, kind, message, details, term, at, actor, log_tail FROM events
+		WHERE events.app = $1 AND events.kind = k.kind ORDER BY at DESC, id DESC LIMIT $3) e
+	ORDER BY e.at DESC, e.id DESC LIMIT $3`
+
 // LatestEvents returns an app's newest events of the given kinds, newest
 // first, at most limit.
 func (s *Store) LatestEvents(ctx context.Context, app string, kinds []msg.EventKind, limit int) ([]Event, error) {
@@ -73,24 +88,27 @@ func (s *Store) LatestEvents(ctx context.Context, app string, kinds []msg.EventK
 	for i, k := range kinds {
 		names[i] = string(k)
 	}
-	// By (app, at), backwards: an app with a long history costs the rows
-	// read, not its whole history.
-	return s.events(ctx, `
-		SELECT id, app, instance, kind, message, details, term, at, actor, log_tail FROM events
-		WHERE app = $1 AND kind = ANY($2) ORDER BY at DESC, id DESC LIMIT $3`, app, names, limit)
+	return s.events(ctx, latestEventsSQL, app, names, limit)
 }
+
+// lastEventsAllSQL and lastEventsSQL are LastEvents' queries, of every app
+// ($1 limit) and of one ($1 app, $2 limit).
+const (
+	lastEventsAllSQL = `
+		SELECT * FROM (SELECT id, app, instance, kind, message, details, term, at, actor, log_tail FROM events
+			ORDER BY id DESC LIMIT $1) newest ORDER BY id`
+	lastEventsSQL = `
+		SELECT * FROM (SELECT id, app, instance, kind, message, details, term, at, actor, log_tail FROM events
+			WHERE app = $1 ORDER BY at DESC, id DESC LIMIT $2) newest ORDER BY id`
+)
 
 // LastEvents returns the newest limit events of app (all apps when
 // empty), oldest first.
 func (s *Store) LastEvents(ctx context.Context, app string, limit int) ([]Event, error) {
 	if app == "" {
-		return s.events(ctx, `
-			SELECT * FROM (SELECT id, app, instance, kind, message, details, term, at, actor, log_tail FROM events
-				ORDER BY id DESC LIMIT $1) newest ORDER BY id`, limit)
+		return s.events(ctx, lastEventsAllSQL, limit)
 	}
-	return s.events(ctx, `
-		SELECT * FROM (SELECT id, app, instance, kind, message, details, term, at, actor, log_tail FROM events
-			WHERE app = $1 ORDER BY at DESC, id DESC LIMIT $2) newest ORDER BY id`, app, limit)
+	return s.events(ctx, lastEventsSQL, app, limit)
 }
 
 func (s *Store) events(ctx context.Context, query string, args ...any) ([]Event, error) {
