@@ -4,11 +4,22 @@ import (
 	"context"
 	"sort"
 	"strings"
+	"unicode"
 )
 
 // maxTailLine is how much of each line Tail keeps: a failure's event
 // stays small whatever the container wrote.
 const maxTailLine = 512
+
+// printable replaces control characters but tab with U+FFFD: a tail is
+// shown among Berth's own text (status, events), where an app's escape
+// sequences could rewrite an operator's terminal.
+func printable(r rune) rune {
+	if r != '\t' && unicode.IsControl(r) {
+		return '\uFFFD'
+	}
+	return r
+}
 
 // Tail returns the last n lines a container wrote, stdout and stderr
 // together in the order Docker received them, each cut to 512 bytes. A
@@ -31,7 +42,7 @@ func (c *Client) Tail(ctx context.Context, id string, n int) ([]string, error) {
 		if len(t) > maxTailLine {
 			t = strings.ToValidUTF8(t[:maxTailLine], "") + "…"
 		}
-		out = append(out, strings.ToValidUTF8(t, "\uFFFD"))
+		out = append(out, strings.Map(printable, strings.ToValidUTF8(t, "\uFFFD")))
 	}
 	if len(out) == 0 {
 		return nil, nil

@@ -3,6 +3,7 @@ package docker
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -59,4 +60,9 @@ func TestOOMKilledContainer(t *testing.T) {
 	}, 20*time.Second, 20*time.Millisecond)
 	require.True(t, ct.OOMKilled, "exit code %d", ct.ExitCode)
 	require.Equal(t, 137, ct.ExitCode)
+}
+
+func TestPrintable(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, "a\tb\uFFFD[2J\uFFFD]0;pwned\uFFFDc\u00e9", strings.Map(printable, "a\tb\x1b[2J\x1b]0;pwned\x07c\u00e9"))
 }
