@@ -103,6 +103,7 @@ type runCmd struct {
 	DefaultMemory  string        `name:"default-memory" help:"Memory limit for apps that set none (256Mi, 1Gi); 0 for none." default:"512Mi" env:"BERTH_SCHEDULER_DEFAULT_MEMORY"`
 	LogMaxSize     string        `name:"log-max-size" help:"Docker log limit of every container whose spec sets no logging.max_size: its json-file log is rotated at this size (1m to 1g)." default:"10m" env:"BERTH_SCHEDULER_LOG_MAX_SIZE"`
 	LogMaxFiles    int           `name:"log-max-files" help:"Docker log limit of every container whose spec sets no logging.max_files: the json-file log files kept, the current one included (1 to 20)." default:"3" env:"BERTH_SCHEDULER_LOG_MAX_FILES"`
+	LogMaxTotal    string        `name:"log-max-total" help:"The most log a container may keep on its host (logging.max_size x logging.max_files, with the defaults above for what a spec leaves out): an apply over it is refused, so no team's app can fill a host's disk (1m to 20g)." default:"1g" env:"BERTH_SCHEDULER_LOG_MAX_TOTAL"`
 	AppEnvPrefix   string        `name:"app-env-prefix" help:"Pass the scheduler's env vars with this prefix (stripped) to every app." default:"" env:"BERTH_SCHEDULER_APP_ENV_PREFIX"`
 	AppEnvBlock    []string      `name:"app-env-block" help:"Name patterns never passed through (PATH, HOME, HOSTNAME and BERTH_SCHEDULER_* always are)." default:"" env:"BERTH_SCHEDULER_APP_ENV_BLOCK"`
 
@@ -282,6 +283,10 @@ func (r *runCmd) check() error {
 	}
 	if err := spec.CheckLogMaxFiles(r.LogMaxFiles); err != nil {
 		errs = append(errs, fmt.Errorf("--log-max-files %w", err))
+	} else if total, err := spec.ParseByteSize(r.LogMaxTotal); err != nil || int64(total) < int64(spec.MinLogMaxSize) || int64(total) > 20<<30 {
+		errs = append(errs, fmt.Errorf("--log-max-total %q: must be a size such as 1g, from 1m to 20g", r.LogMaxTotal))
+	} else if size, err := spec.ParseLogSize(r.LogMaxSize); err == nil && int64(size)*int64(r.LogMaxFiles) > int64(total) {
+		errs = append(errs, fmt.Errorf("--log-max-total %s is less than the defaults allow (--log-max-size %s x --log-max-files %d)", r.LogMaxTotal, r.LogMaxSize, r.LogMaxFiles))
 	}
 	errs = append(errs, r.checkACME()...)
 	if _, err := r.ring(); err != nil {

@@ -18,6 +18,9 @@ func TestLogsFlags(t *testing.T) {
 		{[]string{"--log-max-size", "10x"}, `--log-max-size: "10x" must be a size such as 10m or 1g, from 1m to 1g`},
 		{[]string{"--log-max-size", "2g"}, `--log-max-size: "2g" must be a size such as 10m or 1g, from 1m to 1g`},
 		{[]string{"--log-max-files", "0"}, `--log-max-files (0) must be from 1 to 20`},
+		{[]string{"--log-max-total", "lots"}, `--log-max-total "lots": must be a size such as 1g, from 1m to 20g`},
+		{[]string{"--log-max-total", "21g"}, `--log-max-total "21g": must be a size such as 1g, from 1m to 20g`},
+		{[]string{"--log-max-size", "100m", "--log-max-files", "20", "--log-max-total", "1g"}, `--log-max-total 1g is less than the defaults allow (--log-max-size 100m x --log-max-files 20)`},
 	} {
 		code, _, errOut = cmd(t, append(db, tt.args...)...)
 		require.Equal(t, 1, code, "%v", tt.args)

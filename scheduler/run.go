@@ -190,6 +190,7 @@ func (r *runCmd) config() (server.Config, error) {
 	}
 	mem, _ := spec.ParseByteSize(r.DefaultMemory)
 	logSize, _ := spec.ParseLogSize(r.LogMaxSize)
+	logTotal, _ := spec.ParseByteSize(r.LogMaxTotal)
 	host, port, _ := splitHostPort(r.NATSListen)
 	apiHost, _, _ := net.SplitHostPort(r.APIListen)
 	cfg := server.Config{ID: r.id(), Prefix: r.Prefix, LeaseTTL: r.LeaseTTL, Resync: r.Resync,
@@ -200,7 +201,7 @@ func (r *runCmd) config() (server.Config, error) {
 		Containers: server.Containers{MaxParallel: r.MaxParallel, PublishAddress: r.PublishAddress, Network: r.Network, NetworkPrefixes: prefixes,
 			PullTimeout: r.PullTimeout, StartTimeout: r.StartTimeout, StopTimeout: r.StopTimeout, RegistryAuthFile: r.RegistryAuth,
 			DefaultCPU: r.DefaultCPU, DefaultMemory: int64(mem), Env: appenv.Policy{Prefix: r.AppEnvPrefix, Block: r.AppEnvBlock}, Environ: os.Environ(),
-			LogMaxSize: logSize, LogMaxFiles: r.LogMaxFiles},
+			LogMaxSize: logSize, LogMaxFiles: r.LogMaxFiles, LogMaxTotal: int64(logTotal)},
 		Hosts:     server.Hosts{Timeout: r.HostTimeout, Policy: r.hostPolicy()},
 		Autoscale: server.Autoscale{Interval: r.AutoscaleInterval, StatsInterval: r.StatsInterval, StatsParallel: r.StatsParallel},
 	}

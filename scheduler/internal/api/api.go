@@ -8,6 +8,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -146,6 +147,8 @@ type Options struct {
 	// Secrets seals the env secrets of applied specs (--secret-key-file);
 	// nil refuses every spec with a secret, naming the flag.
 	Secrets store.Sealer
+	// LogLimits cap the log an app's container may keep on its host.
+	LogLimits LogLimits
 	// SpecHash is the hash of an app's container-relevant spec, as its
 	// instances carry it: status tells the desired spec's instances from
 	// the others by it. nil: by generation alone.
@@ -204,6 +207,30 @@ type api struct {
 	d      Deps
 	o      Options
 	logger *zap.Logger
+}
+
+// LogLimits are the scheduler's log limits (--log-max-size,
+// --log-max-files, --log-max-total).
+type LogLimits struct {
+	DefaultSize  spec.LogSize
+	DefaultFiles int
+	// MaxTotal caps max_size × max_files of a container (the defaults for
+	// what a spec leaves out); 0: no cap.
+	MaxTotal int64
+}
+
+// check refuses a spec whose containers would keep more log than the cap:
+// two teams share the hosts, and one may not fill their disks.
+func (l LogLimits) check(app *spec.App) error {
+	if l.MaxTotal <= 0 || app.Logging.IsZero() {
+		return nil
+	}
+	size, files := cmp.Or(app.Logging.MaxSize, l.DefaultSize), cmp.Or(app.Logging.MaxFiles, l.DefaultFiles)
+	if total := int64(size) * int64(files); total > l.MaxTotal {
+		return spec.Errors{{Path: "logging", Message: fmt.Sprintf("max_size %s × max_files %d keeps up to %s of log per container; this scheduler allows %s (--log-max-total)",
+			size, files, spec.LogSize(total), spec.LogSize(l.MaxTotal))}}
+	}
+	return nil
 }
 
 // Error is the JSON body of every error response.
@@ -297,6 +324,9 @@ func (a *api) apply(w http.ResponseWriter, r *http.Request) {
 	}
 	if err == nil && !a.o.ACME && app.Routing.TLS != nil && app.Routing.TLS.ACME {
 		err = spec.Errors{{Path: "routing.tls.acme", Message: "this scheduler orders no certificates: start it with --acme-directory (and --cert-key-file), or use self_signed or certificate files"}}
+	}
+	if err == nil {
+		err = a.o.LogLimits.check(app)
 	}
 	if err == nil {
 		err = a.checkTenancy(r.Context(), app)

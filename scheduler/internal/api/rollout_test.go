@@ -179,3 +179,18 @@ func TestLimitedTokenReadsOnlyItsAppsLogs(t *testing.T) {
 	require.Equal(t, 200, code)
 	require.Contains(t, string(raw), "bank's secret line", "an unlimited token reads every tail")
 }
+
+// A team's spec may not keep more log per container than the scheduler
+// allows: the hosts' disks are shared.
+func TestApplyRefusesLogsOverTheCap(t *testing.T) {
+	t.Parallel()
+	c := newAPIWith(t, Options{LogLimits: LogLimits{DefaultSize: 10 << 20, DefaultFiles: 3, MaxTotal: 1 << 30}})
+	code, obj, _ := c.do("PUT", "/v1/apps/web", "name: web\nimage: web:1\nport: 8080\nlogging: {max_size: 1g, max_files: 20}\n")
+	require.Equal(t, 400, code)
+	require.Equal(t, "logging", obj["fields"].([]any)[0].(map[string]any)["path"])
+	require.Contains(t, obj["fields"].([]any)[0].(map[string]any)["message"], "max_size 1g × max_files 20 keeps up to 20g of log per container; this scheduler allows 1g (--log-max-total)")
+	code, _, _ = c.do("PUT", "/v1/apps/web", "name: web\nimage: web:1\nport: 8080\nlogging: {max_size: 500m}\n")
+	require.Equal(t, 400, code, "500m × the default 3 files is over 1g")
+	code, _, raw := c.do("PUT", "/v1/apps/web", "name: web\nimage: web:1\nport: 8080\nlogging: {max_size: 100m, max_files: 10}\n")
+	require.Equal(t, 200, code, "%s", raw)
+}

@@ -120,6 +120,9 @@ type Containers struct {
 	// apps whose spec sets none.
 	LogMaxSize  spec.LogSize
 	LogMaxFiles int
+	// LogMaxTotal caps the log a container may keep (max size × files):
+	// an apply over it is refused. 0: no cap.
+	LogMaxTotal int64
 }
 
 // Hosts are the registered Docker hosts' rules.
