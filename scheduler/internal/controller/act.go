@@ -179,13 +179,25 @@ func (c *Controller) replace(ctx context.Context, l store.Lease, a reconcile.Act
 func (c *Controller) exited(ctx context.Context, a reconcile.Action, rec store.Instance) store.Event {
 	d := failureDetails(rec, a.Reason)
 	oom, code, ok := c.seen.exited(a.ContainerID)
+	if !oom && (!ok || code == 137) {
+		// Docker's state may say OOMKilled only a moment after the die
+		// event (it handles the exit and the oom event apart): ask again.
+		ictx, cancel := context.WithTimeout(ctx, inspectDeadTimeout)
+		if ct, err := c.deps.Containers.Inspect(ictx, a.ContainerID); err == nil && !ct.Running {
+			oom, code, ok = ct.OOMKilled, ct.ExitCode, true
+		}
+		cancel()
+	}
 	if ok {
 		d["exit_code"] = fmt.Sprint(code)
 	}
+	reason := a.Reason
 	if oom {
 		d["oom_killed"] = "true"
+		reason = reconcile.OOMReason
+		d["reason"] = reason
 	}
-	return store.Event{App: a.App, Instance: a.Instance, Kind: msg.EventInstanceExited, Message: fmt.Sprintf("instance %s exited: %s", a.Instance, a.Reason),
+	return store.Event{App: a.App, Instance: a.Instance, Kind: msg.EventInstanceExited, Message: fmt.Sprintf("instance %s exited: %s", a.Instance, reason),
 		Details: d, LogTail: c.tail(ctx, a.ContainerID)}
 }
 

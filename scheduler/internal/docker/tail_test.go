@@ -53,12 +53,13 @@ func TestOOMKilledContainer(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = c.Remove(context.Background(), id) })
 	require.NoError(t, c.Start(ctx, id))
+	// Docker handles the task's exit and its oom event apart: its state
+	// may say exited a moment before it says OOMKilled (CI saw it once).
 	var ct Container
 	require.Eventually(t, func() bool {
 		ct, err = c.Inspect(ctx, id)
-		return err == nil && !ct.Running && ct.State == "exited"
+		return err == nil && !ct.Running && ct.State == "exited" && ct.OOMKilled
 	}, 20*time.Second, 20*time.Millisecond)
-	require.True(t, ct.OOMKilled, "exit code %d", ct.ExitCode)
 	require.Equal(t, 137, ct.ExitCode)
 }
 

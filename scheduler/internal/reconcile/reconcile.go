@@ -537,12 +537,15 @@ func (p *appPlan) stop(insts []Observed, reason string) {
 	}
 }
 
+// OOMReason is why an OOM-killed instance is replaced.
+const OOMReason = "its container was killed for running out of memory (OOMKilled): consider raising resources.memory"
+
 func deadReason(o Observed) string {
 	switch {
 	case o.ContainerGone:
 		return "its container no longer exists"
 	case o.OOMKilled:
-		return "its container was killed for running out of memory (OOMKilled): consider raising resources.memory"
+		return OOMReason
 	case o.Exited:
 		return fmt.Sprintf("its container exited with code %d", o.ExitCode)
 	}
