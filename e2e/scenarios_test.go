@@ -222,9 +222,12 @@ func fullStack(t *testing.T, mode string) {
 		// while the generation before serves every request; then the fix
 		// starts at once (a new generation has a restart budget of its own).
 		for _, bad := range []struct{ name, spec, cause, logLine string }{
-			{"crash at start (exit 3) → rollback", demoSpec(t, v2, 2, "env: {DEMO_EXIT: \"3\"}\n"), "its container exited with code 3", "fatal: DEMO_EXIT=3: exiting with code 3"},
-			{"OOM-killed at start → rollback", demoSpec(t, v2, 2, "env: {DEMO_ALLOC: \"256\"}\n"), "killed for running out of memory (OOMKilled)", "allocating 256 MiB"},
-			{"missing image → rollback", demoSpec(t, "berth-demo:no-such-tag", 2, ""), "image berth-demo:no-such-tag is not present and pulling it failed", ""},
+			{"crash at start (exit 3) → rollback", demoSpec(t, v2, 2, "env: {DEMO_EXIT: \"3\"}\n"), `its container exited with code 3`, "fatal: DEMO_EXIT=3: exiting with code 3"},
+			// Docker may miss an OOM kill whose cgroup is gone before containerd
+			// reads it (the docker package's test says more): then exit code 137
+			// is all there is to say.
+			{"OOM-killed at start → rollback", demoSpec(t, v2, 2, "env: {DEMO_ALLOC: \"256\"}\n"), `killed for running out of memory \(OOMKilled\)|exited with code 137`, "allocating 256 MiB"},
+			{"missing image → rollback", demoSpec(t, "berth-demo:no-such-tag", 2, ""), `image berth-demo:no-such-tag is not present and pulling it failed`, ""},
 		} {
 			run(bad.name, false, func() {
 				before := s.instances("demo")
@@ -232,13 +235,13 @@ func fullStack(t *testing.T, mode string) {
 				s.apply(bad.spec)
 				line := s.waitEvent(watch, "rolled_back", 90*time.Second)
 				t.Logf("%s: rolled back %s after the apply", bad.name, time.Since(start).Round(100*time.Millisecond))
-				require.Contains(t, line, bad.cause)
+				require.Regexp(t, bad.cause, line)
 				after := s.waitServing("demo", demoHost, 2, "v2", 60*time.Second)
 				require.ElementsMatch(t, ids(before), ids(after), "the serving instances were never replaced")
 				status := s.cli("status", "demo")
 				require.Regexp(t, `rollout: generation \d+ rolled back generation \d+ `, status)
 				require.Contains(t, status, "serving: 2 instance(s) of generation")
-				require.Contains(t, status, bad.cause, "the latest failures, in status")
+				require.Regexp(t, bad.cause, status, "the latest failures, in status")
 				if bad.logLine != "" {
 					require.Contains(t, s.cli("events", "--app", "demo"), "    | "+"demoapp ", "the log tail, with the event")
 					require.Contains(t, s.cli("events", "--app", "demo"), bad.logLine)

@@ -40,6 +40,8 @@ type fake struct {
 	// code, reported by a die event; missing makes an image's pull fail.
 	crash   map[string]int
 	missing map[string]error
+	// oom makes a crash of an image an OOM kill, as Docker's state says.
+	oom map[string]bool
 	// stopBlock, when set, holds every Stop until it is closed or ctx ends.
 	stopBlock chan struct{}
 	stops     []string
@@ -61,7 +63,7 @@ type fake struct {
 
 func newFake() *fake {
 	return &fake{apps: map[string]store.App{}, history: map[string]map[int64]*spec.App{}, records: map[string]store.Instance{},
-		containers: map[string]*docker.Container{}, crash: map[string]int{}, missing: map[string]error{}, revs: map[string]uint64{}, failed: map[string]bool{}, opened: make(chan struct{})}
+		containers: map[string]*docker.Container{}, crash: map[string]int{}, missing: map[string]error{}, oom: map[string]bool{}, revs: map[string]uint64{}, failed: map[string]bool{}, opened: make(chan struct{})}
 }
 
 var (
@@ -306,7 +308,7 @@ func (f *fake) Start(_ context.Context, id string) error {
 	code, crash := f.crash[c.Name]
 	handle := f.handle
 	if crash {
-		c.Running = false
+		c.Running, c.OOMKilled, c.ExitCode = false, f.oom[c.Name], code
 	}
 	f.mu.Unlock()
 	if crash && handle != nil {

