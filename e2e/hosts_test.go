@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -152,6 +153,38 @@ func TestSeveralHosts(t *testing.T) {
 		}
 	}
 	require.Len(t, lost, 6)
+	// From the kill on, a sampler asks nginx which instances answer: the
+	// last time a lost one did is when h3's instances left rotation,
+	// whatever else the test waits on meanwhile.
+	var (
+		sampleMu            sync.Mutex
+		lastLost, sampledAt time.Time // the end of the last sample that saw one; the start of the last sample
+	)
+	stopSampling := make(chan struct{})
+	var sampling sync.WaitGroup
+	sampling.Go(func() {
+		for {
+			select {
+			case <-stopSampling:
+				return
+			default:
+			}
+			start, seen := time.Now(), false
+			for _, a := range apps {
+				got, _, _, _ := s.served(a.host(), 6)
+				for id := range got {
+					seen = seen || lost[id]
+				}
+			}
+			sampleMu.Lock()
+			if seen {
+				lastLost = time.Now()
+			}
+			sampledAt = start
+			sampleMu.Unlock()
+		}
+	})
+	defer func() { close(stopSampling); sampling.Wait() }()
 	// Every app back at its count on h1 and h2: 6 for demo and surge0
 	// (every lost instance replaced), 5 for strict (its bound), each timed
 	// from the kill; and h3 marked down after --host-timeout. healthd
@@ -189,20 +222,19 @@ func TestSeveralHosts(t *testing.T) {
 		}
 		return len(back) == len(apps) && !downAt.IsZero()
 	}, 90*time.Second, 50*time.Millisecond, "back at their counts: %v", back)
-	// Its instances are out of every nginx by the mark, or within a second.
+	// Its instances are out of every nginx by the mark, or within a second:
+	// once a sample begun after the mark saw none, the last that saw one
+	// says when they left.
 	var outAt time.Time
 	require.Eventually(t, func() bool {
-		for _, a := range apps {
-			got, _, _, _ := s.served(a.host(), 6)
-			for id := range got {
-				if lost[id] {
-					return false
-				}
-			}
-		}
-		outAt = time.Now()
-		return true
+		sampleMu.Lock()
+		defer sampleMu.Unlock()
+		outAt = lastLost
+		return sampledAt.After(downAt) && lastLost.Before(sampledAt)
 	}, 10*time.Second, 20*time.Millisecond)
+	if outAt.IsZero() {
+		outAt = killed // no sample saw one after the kill
+	}
 	markedAfter := downAt.Sub(killed)
 	t.Logf("h3 killed; marked down %s later (--host-timeout %s); its instances out of rotation %s after that (negative: before it, by their failing health checks)",
 		markedAfter.Round(time.Millisecond), hostTimeout, outAt.Sub(downAt).Round(time.Millisecond))
