@@ -33,13 +33,10 @@ var daemonDirs = []string{"scheduler", "healthd", "lbagent", "common"}
 
 var optsKinds = map[string]string{"CounterOpts": "counter", "GaugeOpts": "gauge", "HistogramOpts": "histogram", "SummaryOpts": "summary"}
 
-// registered reads every prometheus.New…(prometheus.…Opts{Name: "…"}, […])
-// call under root's daemon folders. A metric whose name or labels are not
-// literals fails: this check could not see it.
-func registered(t *testing.T, root string) map[string]metric {
+// eachCall calls fn with every call expression in the non-test Go files
+// under root's daemon folders, and where it is.
+func eachCall(t *testing.T, root string, fn func(pos string, call *ast.CallExpr)) {
 	t.Helper()
-	found := map[string]metric{}
-	where := map[string]string{}
 	fset := token.NewFileSet()
 	for _, dir := range daemonDirs {
 		err := filepath.WalkDir(filepath.Join(root, dir), func(path string, d fs.DirEntry, err error) error {
@@ -57,38 +54,109 @@ func registered(t *testing.T, root string) map[string]metric {
 				return err
 			}
 			ast.Inspect(f, func(n ast.Node) bool {
-				call, ok := n.(*ast.CallExpr)
-				if !ok || !isPrometheus(call.Fun, "New") || len(call.Args) == 0 {
-					return true
+				if call, ok := n.(*ast.CallExpr); ok {
+					fn(fset.Position(call.Pos()).String(), call)
 				}
-				kind, lit := optsLiteral(call.Args[0])
-				if lit == nil {
-					return true
-				}
-				pos := fset.Position(call.Pos()).String()
-				name, ok := nameOf(lit)
-				require.True(t, ok, "%s: a metric whose Name is not a string literal: this check cannot read it", pos)
-				m := metric{kind: kind}
-				// Only the …Vec constructors take labels (the …Func ones a function).
-				if strings.HasSuffix(call.Fun.(*ast.SelectorExpr).Sel.Name, "Vec") {
-					require.Len(t, call.Args, 2, "%s: %s", pos, name)
-					labels, ok := call.Args[1].(*ast.CompositeLit)
-					require.True(t, ok, "%s: %s's labels are not a []string literal: this check cannot read them", pos, name)
-					for _, e := range labels.Elts {
-						m.labels = append(m.labels, unquote(t, pos, e))
-					}
-				}
-				if prev, ok := found[name]; ok {
-					require.Equal(t, prev, m, "%s registered at %s and %s with other types or labels", name, where[name], pos)
-				}
-				found[name], where[name] = m, pos
 				return true
 			})
 			return nil
 		})
 		require.NoError(t, err)
 	}
+}
+
+// registered reads every prometheus.New…(prometheus.…Opts{Name: "…"}, […])
+// call under root's daemon folders. A metric whose name or labels are not
+// literals fails: this check could not see it.
+func registered(t *testing.T, root string) map[string]metric {
+	t.Helper()
+	found := map[string]metric{}
+	where := map[string]string{}
+	eachCall(t, root, func(pos string, call *ast.CallExpr) {
+		if !isPrometheus(call.Fun, "New") || len(call.Args) == 0 {
+			return
+		}
+		kind, lit := optsLiteral(call.Args[0])
+		if lit == nil {
+			return
+		}
+		name, ok := nameOf(lit)
+		require.True(t, ok, "%s: a metric whose Name is not a string literal: this check cannot read it", pos)
+		m := metric{kind: kind}
+		// Only the …Vec constructors take labels (the …Func ones a function).
+		if strings.HasSuffix(call.Fun.(*ast.SelectorExpr).Sel.Name, "Vec") {
+			require.Len(t, call.Args, 2, "%s: %s", pos, name)
+			labels, ok := call.Args[1].(*ast.CompositeLit)
+			require.True(t, ok, "%s: %s's labels are not a []string literal: this check cannot read them", pos, name)
+			for _, e := range labels.Elts {
+				m.labels = append(m.labels, unquote(t, pos, e))
+			}
+		}
+		if prev, ok := found[name]; ok {
+			require.Equal(t, prev, m, "%s registered at %s and %s with other types or labels", name, where[name], pos)
+		}
+		found[name], where[name] = m, pos
+	})
 	return found
+}
+
+// helps returns the Help of every metric registered with Opts, and of
+// every prometheus.NewDesc, by name (what a literal or a sum of literals
+// says; "" otherwise).
+func helps(t *testing.T, root string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	eachCall(t, root, func(_ string, call *ast.CallExpr) {
+		switch {
+		case isPrometheus(call.Fun, "NewDesc") && len(call.Args) > 1:
+			if name, ok := stringOf(call.Args[0]); ok {
+				out[name], _ = stringOf(call.Args[1])
+			}
+		case isPrometheus(call.Fun, "New") && len(call.Args) > 0:
+			if _, lit := optsLiteral(call.Args[0]); lit != nil {
+				if name, ok := nameOf(lit); ok && out[name] == "" {
+					out[name] = fieldString(lit, "Help")
+				}
+			}
+		}
+	})
+	return out
+}
+
+// stringOf evaluates a string literal or a sum of them.
+func stringOf(e ast.Expr) (string, bool) {
+	switch v := e.(type) {
+	case *ast.BasicLit:
+		if v.Kind != token.STRING {
+			return "", false
+		}
+		s, err := strconv.Unquote(v.Value)
+		return s, err == nil
+	case *ast.BinaryExpr:
+		if v.Op != token.ADD {
+			return "", false
+		}
+		a, ok := stringOf(v.X)
+		b, ok2 := stringOf(v.Y)
+		return a + b, ok && ok2
+	case *ast.ParenExpr:
+		return stringOf(v.X)
+	}
+	return "", false
+}
+
+// fieldString is a string field of a composite literal ("" if absent or
+// not a literal).
+func fieldString(lit *ast.CompositeLit, field string) string {
+	for _, e := range lit.Elts {
+		if kv, ok := e.(*ast.KeyValueExpr); ok {
+			if key, ok := kv.Key.(*ast.Ident); ok && key.Name == field {
+				s, _ := stringOf(kv.Value)
+				return s
+			}
+		}
+	}
+	return ""
 }
 
 // newDescs returns the names given as literals to prometheus.NewDesc
@@ -96,28 +164,13 @@ func registered(t *testing.T, root string) map[string]metric {
 func newDescs(t *testing.T, root string) map[string]bool {
 	t.Helper()
 	out := map[string]bool{}
-	fset := token.NewFileSet()
-	for _, dir := range daemonDirs {
-		err := filepath.WalkDir(filepath.Join(root, dir), func(path string, d fs.DirEntry, err error) error {
-			if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
-				return err
+	eachCall(t, root, func(pos string, call *ast.CallExpr) {
+		if isPrometheus(call.Fun, "NewDesc") && len(call.Args) > 0 {
+			if lit, ok := call.Args[0].(*ast.BasicLit); ok && lit.Kind == token.STRING {
+				out[unquote(t, pos, lit)] = true
 			}
-			f, err := parser.ParseFile(fset, path, nil, 0)
-			if err != nil {
-				return err
-			}
-			ast.Inspect(f, func(n ast.Node) bool {
-				if call, ok := n.(*ast.CallExpr); ok && isPrometheus(call.Fun, "NewDesc") && len(call.Args) > 0 {
-					if lit, ok := call.Args[0].(*ast.BasicLit); ok && lit.Kind == token.STRING {
-						out[unquote(t, fset.Position(lit.Pos()).String(), lit)] = true
-					}
-				}
-				return true
-			})
-			return nil
-		})
-		require.NoError(t, err)
-	}
+		}
+	})
 	return out
 }
 
