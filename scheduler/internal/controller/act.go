@@ -170,30 +170,45 @@ func (c *Controller) replace(ctx context.Context, l store.Lease, a reconcile.Act
 	if wait == "" {
 		wait = "its replacement waits for a host: " + cmp.Or(p.unplaceable[a.App], "none could be placed")
 	}
+	d := failureDetails(rec, a.Reason)
+	if a.Exited {
+		c.exitDetails(d, a.ContainerID)
+	}
 	return c.deps.Records.Delete(ctx, l, rec, append(exited, store.Event{App: a.App, Instance: a.Instance, Kind: msg.EventInstanceFailed,
-		Message: fmt.Sprintf("instance %s failed: %s; %s", a.Instance, a.Reason, wait), Details: failureDetails(rec, a.Reason)})...)
+		Message: fmt.Sprintf("instance %s failed: %s; %s", a.Instance, a.Reason, wait), Details: d})...)
+}
+
+// exitDetails adds what Docker reported of a dead container (its die
+// event) to a failure's details: the exit code, and an OOM kill.
+func (c *Controller) exitDetails(d map[string]string, container string) {
+	oom, code, ok := c.seen.exited(container)
+	if ok {
+		d["exit_code"] = fmt.Sprint(code)
+	}
+	if oom {
+		d["oom_killed"] = "true"
+	}
 }
 
 // exited is the instance_exited event of a container that stopped by
 // itself: how it ended, and what it wrote last.
 func (c *Controller) exited(ctx context.Context, a reconcile.Action, rec store.Instance) store.Event {
 	d := failureDetails(rec, a.Reason)
-	oom, code, ok := c.seen.exited(a.ContainerID)
-	if !oom && (!ok || code == 137) {
+	c.exitDetails(d, a.ContainerID)
+	if d["oom_killed"] == "" && (d["exit_code"] == "" || d["exit_code"] == "137") {
 		// Docker's state may say OOMKilled only a moment after the die
 		// event (it handles the exit and the oom event apart): ask again.
 		ictx, cancel := context.WithTimeout(ctx, inspectDeadTimeout)
 		if ct, err := c.deps.Containers.Inspect(ictx, a.ContainerID); err == nil && !ct.Running {
-			oom, code, ok = ct.OOMKilled, ct.ExitCode, true
+			d["exit_code"] = fmt.Sprint(ct.ExitCode)
+			if ct.OOMKilled {
+				d["oom_killed"] = "true"
+			}
 		}
 		cancel()
 	}
-	if ok {
-		d["exit_code"] = fmt.Sprint(code)
-	}
 	reason := a.Reason
-	if oom {
-		d["oom_killed"] = "true"
+	if d["oom_killed"] != "" {
 		reason = reconcile.OOMReason
 		d["reason"] = reason
 	}
@@ -262,6 +277,9 @@ func (c *Controller) succession(a reconcile.Action, p placed, w world) *store.Ev
 	pred := p.predecessors[a.Replaces]
 	d := failureDetails(w.records[a.Replaces], pred.Reason)
 	d["host"] = pred.Host
+	if pred.Exited {
+		c.exitDetails(d, pred.ContainerID)
+	}
 	ev := &store.Event{App: a.App, Instance: a.Replaces, Kind: msg.EventInstanceReplaced, Message: "instance " + a.Replaces + " replaced: " + pred.Reason, Details: d}
 	if pred.Kind == reconcile.Lost {
 		ev.Details["cause"] = "host_lost"

@@ -74,6 +74,11 @@ func TestCrashAtStartRollsBack(t *testing.T) {
 		require.Equal(t, "its container exited with code 3", e.Details["reason"])
 		require.Len(t, e.LogTail, 2)
 	}
+	for _, e := range eventsOf(f, msg.EventInstanceReplaced) {
+		if e.Details["generation"] == "2" {
+			require.Equal(t, "3", e.Details["exit_code"], "instance_replaced carries the exit code too")
+		}
+	}
 	require.Eventually(t, func() bool { return h.converged("web:v1", 3, true) }, 5*time.Second, 10*time.Millisecond, "v1 serves throughout")
 
 	// The fix starts at once: generation 2's three failures are not its own.

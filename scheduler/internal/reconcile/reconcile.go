@@ -382,6 +382,9 @@ func (p *appPlan) replaceUnhealthy() {
 			end := o.UnhealthySince.Add(p.d.UnhealthyGrace)
 			if !p.in.Now.Before(end) {
 				why := fmt.Sprintf("unhealthy for %s (grace %s)", p.in.Now.Sub(o.UnhealthySince).Round(time.Second), p.d.UnhealthyGrace)
+				if o.Probe != "" {
+					why += "; its last probe: " + o.Probe
+				}
 				switch h := p.in.host(o.Host); {
 				case p.lose(o, h, why, ""):
 				case h.State == HostUnknown:

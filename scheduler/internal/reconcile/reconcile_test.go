@@ -364,6 +364,17 @@ func TestPlanFailedRollout(t *testing.T) {
 		require.Equal(t, []string{"replace n1", "start for n1"}, summary(got))
 		require.Equal(t, "its container exited with code 3", got[0].Reason)
 	})
+	t.Run("an instance replaced for its health names its last probe", func(t *testing.T) {
+		t.Parallel()
+		d := app(2)
+		d.UnhealthyGrace = 5 * time.Second
+		got := Plan(Input{Apps: map[string]Desired{"web": d}, Instances: []Observed{inst("a", "new", time.Hour),
+			inst("b", "new", time.Hour, unhealthy, func(o *Observed) {
+				o.UnhealthySince, o.Probe = now.Add(-6*time.Second), "tcp_refused: connect: connection refused"
+			})}, Now: now}).Actions
+		require.Equal(t, []string{"replace b", "start for b"}, summary(got))
+		require.Equal(t, "unhealthy for 6s (grace 5s); its last probe: tcp_refused: connect: connection refused", got[0].Reason)
+	})
 	t.Run("a late instance's rollback names its last probe failure", func(t *testing.T) {
 		t.Parallel()
 		got := Plan(Input{Apps: map[string]Desired{"web": rollback(app(2))}, Instances: []Observed{old("o1"), old("o2"),
