@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/internal/loadgen"
 	"github.com/berthhq/berth/internal/testrig"
 	"github.com/stretchr/testify/require"
@@ -252,6 +254,16 @@ func fullStack(t *testing.T, mode string) {
 			before := s.instances("demo")
 			start := time.Now()
 			s.apply(demoSpec(t, v2, 2, "env: {DEMO_LATENCY: 0s}\n"))
+			// The fix is v2 too: wait for its own instances, not the version.
+			require.Eventually(t, func() bool {
+				ins := s.instances("demo")
+				for _, in := range ins {
+					if slices.Contains(ids(before), in.ID) || in.State != msg.StateRunning || in.Health != msg.StatusHealthy {
+						return false
+					}
+				}
+				return len(ins) == 2
+			}, 60*time.Second, 100*time.Millisecond, "the fix's instances replace the old ones")
 			after := s.waitServing("demo", demoHost, 2, "v2", 60*time.Second)
 			for _, in := range after {
 				require.NotContains(t, ids(before), in.ID, "replaced by the fix")
