@@ -46,7 +46,7 @@ type cli struct {
 	Events      eventsCmd   `cmd:"" help:"Show lifecycle events; --follow streams them from NATS."`
 	Logs        logsCmd     `cmd:"" help:"Show an app's logs, every instance's merged in time order; --follow streams them, new instances included."`
 	Rm          rmCmd       `cmd:"" help:"Delete an app."`
-	Rollback    rollbackCmd `cmd:"" help:"Roll an app back to its previous spec."`
+	Rollback    rollbackCmd `cmd:"" help:"Roll an app back to its previous spec, or to any kept generation with --to."`
 	Hosts       hostsCmd    `cmd:"" help:"The Docker hosts the scheduler places instances on: add, ls, drain, undrain, rm."`
 	Tokens      tokensCmd   `cmd:"" help:"API tokens and their scopes (read, deploy, admin): create, ls, revoke."`
 	History     historyCmd  `cmd:"" help:"Show an app's spec generations: image, and who made each."`
@@ -228,6 +228,7 @@ type rmCmd struct {
 type rollbackCmd struct {
 	clientFlags `embed:""`
 	App         string `arg:"" help:"App name."`
+	To          int64  `help:"The generation whose spec comes back (scheduler history APP lists them); by default the newest earlier spec that differs." default:"0"`
 }
 
 // check returns every problem with run's flags at once.

@@ -184,12 +184,18 @@ func dispatch(ctx context.Context, c *cli, command string, out, errOut io.Writer
 		if err != nil {
 			return err
 		}
+		var body []byte
+		what := "the previous spec"
+		if c.Rollback.To != 0 {
+			body, _ = json.Marshal(api.RollbackRequest{To: &c.Rollback.To})
+			what = fmt.Sprintf("generation %d's spec", c.Rollback.To)
+		}
 		var v api.AppView
-		if err := cl.do(ctx, "POST", "/v1/apps/"+c.Rollback.App+"/rollback", nil, &v); err != nil {
+		if err := cl.do(ctx, "POST", "/v1/apps/"+c.Rollback.App+"/rollback", body, &v); err != nil {
 			return err
 		}
 		return show(out, c.Rollback.Output, v, func(w io.Writer) {
-			fmt.Fprintf(w, "%s: rolled back to the previous spec, now generation %d (image %s)\n", v.Name, v.Generation, v.Spec.Image)
+			fmt.Fprintf(w, "%s: rolled back to %s, now generation %d (image %s)\n", v.Name, what, v.Generation, v.Spec.Image)
 		})
 	}
 	return fmt.Errorf("unknown command %q", command)

@@ -50,6 +50,8 @@ type AppWriter interface {
 	Apply(ctx context.Context, a *spec.App, seal store.Sealer) (store.App, bool, error)
 	Scale(ctx context.Context, name string, replicas int) (store.App, error)
 	Rollback(ctx context.Context, name string) (store.App, error)
+	// RollbackTo makes an earlier generation's spec the app's again.
+	RollbackTo(ctx context.Context, name string, generation int64) (store.App, error)
 	Delete(ctx context.Context, name string) error
 }
 
@@ -467,8 +469,34 @@ func (a *api) scale(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, view(app, false))
 }
 
+// RollbackRequest is the body of POST /v1/apps/{name}/rollback, which may
+// be empty: then the newest earlier spec that differs comes back.
+type RollbackRequest struct {
+	// To is the generation whose spec comes back (scheduler history).
+	To *int64 `json:"to,omitempty"`
+}
+
 func (a *api) rollback(w http.ResponseWriter, r *http.Request) {
-	app, err := a.d.Changes.Rollback(r.Context(), r.PathValue("name"))
+	body, ok := readBody(w, r)
+	if !ok {
+		return
+	}
+	var req RollbackRequest
+	if len(strings.TrimSpace(string(body))) > 0 {
+		dec := json.NewDecoder(strings.NewReader(string(body)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil || (req.To != nil && *req.To < 1) {
+			a.fail(w, spec.Errors{{Path: "to", Message: "must be a generation of the app (a whole number from 1), e.g. {\"to\": 3}: scheduler history APP lists them"}})
+			return
+		}
+	}
+	var app store.App
+	var err error
+	if req.To != nil {
+		app, err = a.d.Changes.RollbackTo(r.Context(), r.PathValue("name"), *req.To)
+	} else {
+		app, err = a.d.Changes.Rollback(r.Context(), r.PathValue("name"))
+	}
 	if err != nil {
 		a.fail(w, err)
 		return

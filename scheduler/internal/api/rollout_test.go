@@ -194,3 +194,36 @@ func TestApplyRefusesLogsOverTheCap(t *testing.T) {
 	code, _, raw := c.do("PUT", "/v1/apps/web", "name: web\nimage: web:1\nport: 8080\nlogging: {max_size: 100m, max_files: 10}\n")
 	require.Equal(t, 200, code, "%s", raw)
 }
+
+// Rollback goes to any kept generation, three back included; one that is
+// the current spec, one that does not exist and a bad body are refused.
+func TestRollbackToAGeneration(t *testing.T) {
+	t.Parallel()
+	c := newAPI(t, "")
+	for i := 1; i <= 4; i++ {
+		code, _, raw := c.do("PUT", "/v1/apps/web", fmt.Sprintf("name: web\nimage: web:%d\nport: 8080\n", i))
+		require.Equal(t, 200, code, "%s", raw)
+	}
+	code, obj, raw := c.do("POST", "/v1/apps/web/rollback", `{"to": 1}`)
+	require.Equal(t, 200, code, "%s", raw)
+	require.EqualValues(t, 5, obj["generation"])
+	require.Equal(t, "web:1", obj["spec"].(map[string]any)["image"], "three generations back")
+	for body, want := range map[string]int{
+		`{"to": 5}`:  409, // the current spec
+		`{"to": 1}`:  409, // the same, by its first generation
+		`{"to": 99}`: 409,
+		`{"to": 0}`:  400,
+		`{"to": -2}`: 400,
+		`{"gen": 2}`: 400,
+		`[`:          400,
+	} {
+		code, obj, _ := c.do("POST", "/v1/apps/web/rollback", body)
+		require.Equal(t, want, code, "%s: %v", body, obj)
+	}
+	code, obj, _ = c.do("POST", "/v1/apps/web/rollback", `{"to": 3}`)
+	require.Equal(t, 200, code)
+	require.Equal(t, "web:3", obj["spec"].(map[string]any)["image"])
+	code, obj, _ = c.do("POST", "/v1/apps/web/rollback", "")
+	require.Equal(t, 200, code, "an empty body: the newest earlier spec that differs")
+	require.Equal(t, "web:1", obj["spec"].(map[string]any)["image"])
+}

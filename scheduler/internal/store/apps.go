@@ -177,6 +177,9 @@ func (s *Store) RollbackTo(ctx context.Context, name string, generation int64) (
 		if err := json.Unmarshal(raw, &prev); err != nil {
 			return fmt.Errorf("rollback %s: stored spec: %w", name, err)
 		}
+		if sameSpec(cur.Spec, &prev) {
+			return fmt.Errorf("rollback %s to generation %d: %w: it is the spec of generation %d already", name, generation, ErrNoHistory, cur.Generation)
+		}
 		app, err = write(ctx, tx, &prev, cur)
 		return err
 	})
