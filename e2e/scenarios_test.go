@@ -234,7 +234,11 @@ func fullStack(t *testing.T, mode string) {
 			run(bad.name, false, func() {
 				before := s.instances("demo")
 				start := time.Now()
-				s.apply(bad.spec)
+				// As a pipeline deploys: apply --wait fails, saying why.
+				out, code := s.applyWait(bad.spec)
+				require.Equal(t, 1, code, "apply --wait of a version that does not come up")
+				require.Regexp(t, bad.cause, out)
+				require.Contains(t, out, "was rolled back")
 				line := s.waitEvent(watch, "rolled_back", 90*time.Second)
 				t.Logf("%s: rolled back %s after the apply", bad.name, time.Since(start).Round(100*time.Millisecond))
 				require.Regexp(t, bad.cause, line)
@@ -253,7 +257,10 @@ func fullStack(t *testing.T, mode string) {
 		run("the fix starts at once", false, func() {
 			before := s.instances("demo")
 			start := time.Now()
-			s.apply(demoSpec(t, v2, 2, "env: {DEMO_LATENCY: 0s}\n"))
+			out, code := s.applyWait(demoSpec(t, v2, 2, "env: {DEMO_LATENCY: 0s}\n"))
+			require.Equal(t, 0, code, "apply --wait of the fix")
+			require.Contains(t, out, "2 of 2 instances of generation")
+			require.Contains(t, out, "rolled out")
 			// The fix is v2 too: wait for its own instances, not the version.
 			require.Eventually(t, func() bool {
 				ins := s.instances("demo")

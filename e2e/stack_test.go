@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -376,6 +377,23 @@ func (s *stack) apply(spec string) {
 	f := filepath.Join(s.dir, fmt.Sprintf("spec-%d.yaml", time.Now().UnixNano()))
 	require.NoError(s.t, os.WriteFile(f, []byte(spec), 0o644))
 	s.t.Logf("apply: %s", strings.TrimSpace(s.cli("apply", "-f", f)))
+}
+
+// applyWait applies spec with --wait, as a pipeline would, and returns
+// what it printed and its exit code.
+func (s *stack) applyWait(spec string) (string, int) {
+	s.t.Helper()
+	f := filepath.Join(s.dir, fmt.Sprintf("spec-%d.yaml", time.Now().UnixNano()))
+	require.NoError(s.t, os.WriteFile(f, []byte(spec), 0o644))
+	out, err := exec.Command(filepath.Join(binDir, "scheduler"), "apply", "-f", f, "--wait", "--timeout", "3m", "--server", s.api()).CombinedOutput()
+	code := 0
+	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else {
+		require.NoError(s.t, err)
+	}
+	s.t.Logf("apply --wait (exit %d):\n%s", code, out)
+	return string(out), code
 }
 
 type instanceView struct {

@@ -180,6 +180,7 @@ type clientFlags struct {
 
 type applyCmd struct {
 	clientFlags `embed:""`
+	waitFlags   `embed:""`
 	File        string `short:"f" help:"Spec file, or - for standard input." required:""`
 }
 
@@ -227,6 +228,7 @@ type rmCmd struct {
 
 type rollbackCmd struct {
 	clientFlags `embed:""`
+	waitFlags   `embed:""`
 	App         string `arg:"" help:"App name."`
 	To          int64  `help:"The generation whose spec comes back (scheduler history APP lists them); by default the newest earlier spec that differs." default:"0"`
 }

@@ -180,6 +180,9 @@ func dispatch(ctx context.Context, c *cli, command string, out, errOut io.Writer
 		fmt.Fprintf(out, "%s: deleted; its instances are being stopped\n", c.Rm.App)
 		return nil
 	case strings.HasPrefix(command, "rollback"):
+		if err := c.Rollback.waitFlags.check(); err != nil {
+			return &apiError{status: http.StatusBadRequest, body: api.Error{Error: err.Error()}}
+		}
 		cl, err := newClient(c.Rollback.clientFlags)
 		if err != nil {
 			return err
@@ -194,9 +197,12 @@ func dispatch(ctx context.Context, c *cli, command string, out, errOut io.Writer
 		if err := cl.do(ctx, "POST", "/v1/apps/"+c.Rollback.App+"/rollback", body, &v); err != nil {
 			return err
 		}
-		return show(out, c.Rollback.Output, v, func(w io.Writer) {
+		if err := show(out, c.Rollback.Output, v, func(w io.Writer) {
 			fmt.Fprintf(w, "%s: rolled back to %s, now generation %d (image %s)\n", v.Name, what, v.Generation, v.Spec.Image)
-		})
+		}); err != nil || !c.Rollback.Wait {
+			return err
+		}
+		return waitRollout(ctx, cl, v.Name, v.Generation, c.Rollback.Timeout, waitEvery, out)
 	}
 	return fmt.Errorf("unknown command %q", command)
 }
@@ -213,6 +219,9 @@ func show(out io.Writer, format string, v any, table func(io.Writer)) error {
 
 // apply sends a spec and says which top-level fields changed.
 func apply(ctx context.Context, a *applyCmd, out io.Writer) error {
+	if err := a.waitFlags.check(); err != nil {
+		return &apiError{status: http.StatusBadRequest, body: api.Error{Error: err.Error()}}
+	}
 	var src []byte
 	var err error
 	if a.File == "-" {
@@ -248,7 +257,7 @@ func apply(ctx context.Context, a *applyCmd, out io.Writer) error {
 		// changed.
 		changed = []string{"env (a secret value)"}
 	}
-	return show(out, a.Output, v, func(w io.Writer) {
+	if err := show(out, a.Output, v, func(w io.Writer) {
 		switch {
 		case before.Spec == nil:
 			fmt.Fprintf(w, "%s: created, generation %d\n", v.Name, v.Generation)
@@ -257,7 +266,10 @@ func apply(ctx context.Context, a *applyCmd, out io.Writer) error {
 		default:
 			fmt.Fprintf(w, "%s: generation %d, changed: %s\n", v.Name, v.Generation, strings.Join(changed, ", "))
 		}
-	})
+	}); err != nil || !a.Wait {
+		return err
+	}
+	return waitRollout(ctx, cl, v.Name, v.Generation, a.Timeout, waitEvery, out)
 }
 
 func fieldErrors(err error) []spec.FieldError {
