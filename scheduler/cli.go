@@ -47,6 +47,7 @@ type cli struct {
 	Logs        logsCmd     `cmd:"" help:"Show an app's logs, every instance's merged in time order; --follow streams them, new instances included."`
 	Rm          rmCmd       `cmd:"" help:"Delete an app."`
 	Rollback    rollbackCmd `cmd:"" help:"Roll an app back to its previous spec, or to any kept generation with --to."`
+	Restart     restartCmd  `cmd:"" help:"Replace every instance of an app by a rolling update, with the same spec."`
 	Hosts       hostsCmd    `cmd:"" help:"The Docker hosts the scheduler places instances on: add, ls, drain, undrain, rm."`
 	Tokens      tokensCmd   `cmd:"" help:"API tokens and their scopes (read, deploy, admin): create, ls, revoke."`
 	History     historyCmd  `cmd:"" help:"Show an app's spec generations: image, and who made each."`
@@ -223,6 +224,12 @@ type historyCmd struct {
 
 type rmCmd struct {
 	clientFlags `embed:""`
+	App         string `arg:"" help:"App name."`
+}
+
+type restartCmd struct {
+	clientFlags `embed:""`
+	waitFlags   `embed:""`
 	App         string `arg:"" help:"App name."`
 }
 

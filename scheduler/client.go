@@ -179,6 +179,24 @@ func dispatch(ctx context.Context, c *cli, command string, out, errOut io.Writer
 		}
 		fmt.Fprintf(out, "%s: deleted; its instances are being stopped\n", c.Rm.App)
 		return nil
+	case strings.HasPrefix(command, "restart"):
+		if err := c.Restart.waitFlags.check(); err != nil {
+			return &apiError{status: http.StatusBadRequest, body: api.Error{Error: err.Error()}}
+		}
+		cl, err := newClient(c.Restart.clientFlags)
+		if err != nil {
+			return err
+		}
+		var v api.AppView
+		if err := cl.do(ctx, "POST", "/v1/apps/"+c.Restart.App+"/restart", nil, &v); err != nil {
+			return err
+		}
+		if err := show(out, c.Restart.Output, v, func(w io.Writer) {
+			fmt.Fprintf(w, "%s: restarting, generation %d: every instance is replaced by a rolling update\n", v.Name, v.Generation)
+		}); err != nil || !c.Restart.Wait {
+			return err
+		}
+		return waitRollout(ctx, cl, v.Name, v.Generation, c.Restart.Timeout, waitEvery, out)
 	case strings.HasPrefix(command, "rollback"):
 		if err := c.Rollback.waitFlags.check(); err != nil {
 			return &apiError{status: http.StatusBadRequest, body: api.Error{Error: err.Error()}}

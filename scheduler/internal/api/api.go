@@ -52,6 +52,9 @@ type AppWriter interface {
 	Rollback(ctx context.Context, name string) (store.App, error)
 	// RollbackTo makes an earlier generation's spec the app's again.
 	RollbackTo(ctx context.Context, name string, generation int64) (store.App, error)
+	// Restart makes a new generation of the same spec that replaces every
+	// instance.
+	Restart(ctx context.Context, name string) (store.App, error)
 	Delete(ctx context.Context, name string) error
 }
 
@@ -186,6 +189,7 @@ func (a *api) register(rt *router) {
 	rt.handleApp("DELETE /v1/apps/{name}", auth.Deploy, a.delete)
 	rt.handleApp("POST /v1/apps/{name}/scale", auth.Deploy, a.scale)
 	rt.handleApp("POST /v1/apps/{name}/rollback", auth.Deploy, a.rollback)
+	rt.handleApp("POST /v1/apps/{name}/restart", auth.Deploy, a.restart)
 	rt.handle("GET /v1/apps/{name}/instances", auth.Read, a.instances)
 	rt.handle("GET /v1/apps/{name}/metrics", auth.Read, a.metrics)
 	rt.handle("GET /v1/apps/{name}/history", auth.Read, a.history)
@@ -467,6 +471,17 @@ func (a *api) scale(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, view(app, false))
+}
+
+// restart rolls every instance of an app with the same spec, as a new
+// generation (the rolling update's rules apply).
+func (a *api) restart(w http.ResponseWriter, r *http.Request) {
+	app, err := a.d.Changes.Restart(r.Context(), r.PathValue("name"))
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, view(app, true))
 }
 
 // RollbackRequest is the body of POST /v1/apps/{name}/rollback, which may

@@ -227,3 +227,29 @@ func TestRollbackToAGeneration(t *testing.T) {
 	require.Equal(t, 200, code, "an empty body: the newest earlier spec that differs")
 	require.Equal(t, "web:1", obj["spec"].(map[string]any)["image"])
 }
+
+// POST /v1/apps/{name}/restart makes a new generation of the same spec.
+func TestRestart(t *testing.T) {
+	t.Parallel()
+	c := newAPI(t, "")
+	code, _, raw := c.do("PUT", "/v1/apps/web", "name: web\nimage: web:1\nport: 8080\n")
+	require.Equal(t, 200, code, "%s", raw)
+	code, obj, raw := c.do("POST", "/v1/apps/web/restart", "")
+	require.Equal(t, 200, code, "%s", raw)
+	require.EqualValues(t, 2, obj["generation"])
+	require.Equal(t, "web:1", obj["spec"].(map[string]any)["image"])
+	app, err := c.st.Get(context.Background(), "web")
+	require.NoError(t, err)
+	require.Equal(t, int64(2), app.RestartedGeneration)
+	revs, err := c.st.History(context.Background(), "web", 10)
+	require.NoError(t, err)
+	require.Len(t, revs, 2, "the restart is a generation of the history")
+	code, _, _ = c.do("POST", "/v1/apps/nope/restart", "")
+	require.Equal(t, 404, code)
+	// An apply after it keeps the restart: the instances it made stay.
+	code, _, _ = c.do("PUT", "/v1/apps/web", "name: web\nimage: web:1\nport: 8080\nreplicas: 2\n")
+	require.Equal(t, 200, code)
+	app, err = c.st.Get(context.Background(), "web")
+	require.NoError(t, err)
+	require.Equal(t, int64(2), app.RestartedGeneration)
+}

@@ -172,3 +172,33 @@ func TestOOMKilledVersionRollsBack(t *testing.T) {
 		require.Equal(t, reconcile.OOMReason, e.Details["reason"])
 	}
 }
+
+// scheduler restart: a new generation of the same spec replaces every
+// instance by a rolling update; the app serves throughout.
+func TestRestartReplacesEveryInstance(t *testing.T) {
+	t.Parallel()
+	f, h := rolloutHarness(t, true)
+	before, _ := f.snapshot()
+	old := map[string]bool{}
+	for _, r := range before {
+		old[r.ID] = true
+	}
+	f.mu.Lock()
+	a := f.apps["web"]
+	a.Generation++
+	a.RestartedGeneration = a.Generation
+	f.history["web"][a.Generation] = a.Spec
+	f.apps["web"] = a
+	f.mu.Unlock()
+	h.c.Wake()
+	require.Eventually(t, func() bool {
+		records, _ := f.snapshot()
+		for _, r := range records {
+			if old[r.ID] {
+				return false
+			}
+		}
+		return h.converged("web:v1", 3, true)
+	}, 10*time.Second, 10*time.Millisecond, "three new instances of the same image, none of the old")
+	require.Empty(t, eventsOf(f, msg.EventRolloutRolledBack))
+}

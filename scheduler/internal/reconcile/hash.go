@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"strconv"
 
 	"github.com/berthhq/berth/common/spec"
 )
@@ -37,4 +38,15 @@ func logging(l *spec.Logging) *spec.Logging {
 		return nil
 	}
 	return l
+}
+
+// Restarted is the hash of a spec restarted at generation gen (scheduler
+// restart): another hash, so every instance is replaced; gen 0 (never
+// restarted) leaves it as it is.
+func Restarted(hash string, gen int64) string {
+	if gen <= 0 {
+		return hash
+	}
+	sum := sha256.Sum256([]byte(hash + ":restarted:" + strconv.FormatInt(gen, 10)))
+	return hex.EncodeToString(sum[:8])
 }

@@ -40,3 +40,12 @@ func TestSpecHash(t *testing.T) {
 		require.NotEqual(t, h, SpecHash(a, secret.HashEnv(a.Env)), "a rollout for: %s", src)
 	}
 }
+
+func TestRestarted(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, "abc", Restarted("abc", 0), "never restarted: the hash as it was")
+	require.NotEqual(t, "abc", Restarted("abc", 4))
+	require.NotEqual(t, Restarted("abc", 4), Restarted("abc", 5))
+	require.Equal(t, Restarted("abc", 4), Restarted("abc", 4))
+	require.Len(t, Restarted("abc", 4), 16)
+}

@@ -44,6 +44,9 @@ type App struct {
 	// UpdatedBy is the actor of the last change (ActorOf its context):
 	// a token's name, or the scheduler or its autoscaler.
 	UpdatedBy string
+	// RestartedGeneration is the generation of the app's last restart (0:
+	// never): the hash of its containers includes it.
+	RestartedGeneration int64
 }
 
 // Claimant is a as the route table sees it.
@@ -154,6 +157,27 @@ func (s *Store) Scale(ctx context.Context, name string, replicas int) (app App, 
 		}
 		app, err = write(ctx, tx, &next, cur)
 		return err
+	})
+	return app, err
+}
+
+// Restart makes a new generation of the same spec whose containers all
+// differ from the current ones (RestartedGeneration): the leader replaces
+// every instance by a rolling update.
+func (s *Store) Restart(ctx context.Context, name string) (app App, err error) {
+	err = s.appTx(ctx, name, func(tx pgx.Tx, cur *App) error {
+		if cur == nil {
+			return fmt.Errorf("restart %s: %w", name, ErrNotFound)
+		}
+		app, err = write(ctx, tx, cur.Spec, cur)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE apps SET restarted_generation = generation WHERE name = $1`, name); err != nil {
+			return fmt.Errorf("restart %s: %w", name, redact(err))
+		}
+		app.RestartedGeneration = app.Generation
+		return nil
 	})
 	return app, err
 }
@@ -344,12 +368,12 @@ func (s *Store) query(ctx context.Context, sql string, args ...any) ([]App, erro
 	return out, nil
 }
 
-const appColumns = `name, spec, generation, desired_replicas, status, created_at, updated_at, host_claims, updated_by`
+const appColumns = `name, spec, generation, desired_replicas, status, created_at, updated_at, host_claims, updated_by, restarted_generation`
 
 func scanApp(row pgx.Row) (App, error) {
 	var a App
 	var raw, claims []byte
-	if err := row.Scan(&a.Name, &raw, &a.Generation, &a.DesiredReplicas, &a.Status, &a.CreatedAt, &a.UpdatedAt, &claims, &a.UpdatedBy); err != nil {
+	if err := row.Scan(&a.Name, &raw, &a.Generation, &a.DesiredReplicas, &a.Status, &a.CreatedAt, &a.UpdatedAt, &claims, &a.UpdatedBy, &a.RestartedGeneration); err != nil {
 		return App{}, err
 	}
 	if err := json.Unmarshal(claims, &a.HostClaims); err != nil {
