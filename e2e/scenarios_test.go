@@ -278,6 +278,16 @@ func fullStack(t *testing.T, mode string) {
 			t.Logf("the fix served on every instance %s after the apply", time.Since(start).Round(100*time.Millisecond))
 			require.Regexp(t, `rollout: generation \d+ complete`, s.cli("status", "demo"))
 		})
+		run("restart (same spec, rolling)", false, func() {
+			before := s.instances("demo")
+			out := s.cli("restart", "demo", "--wait", "--timeout", "2m") // exit 0: rolled out
+			t.Logf("restart --wait:\n%s", out)
+			require.Contains(t, out, "rolled out")
+			after := s.waitServing("demo", demoHost, 2, "v2", 60*time.Second)
+			for _, in := range after {
+				require.NotContains(t, ids(before), in.ID, "every instance replaced")
+			}
+		})
 	}
 
 	run("leader failover (SIGKILL), then scale", false, func() {
