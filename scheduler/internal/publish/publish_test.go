@@ -430,6 +430,12 @@ func TestLoopRetriesWhatFailedSoon(t *testing.T) {
 				r.apply(t, "web")
 			} else {
 				r.apply(t, "first")
+				// An instance only Postgres has: the first pass puts it once it
+				// has listed the instances, so seeing it means the pass can no
+				// longer pick up what the test writes next.
+				require.NoError(t, r.st.LeaderTx(context.Background(), r.lease, func(ctx context.Context, tx *store.Tx) error {
+					return tx.PutInstance(ctx, running("first", "x"))
+				}))
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			changes := make(chan string)
@@ -439,8 +445,9 @@ func TestLoopRetriesWhatFailedSoon(t *testing.T) {
 			}()
 			t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
 			if !tt.startDown {
-				require.Eventually(t, func() bool { return slices.Contains(r.keys(t, r.names.AppsBucket()), "first") }, 10*time.Second, 10*time.Millisecond,
-					"everything is published on starting")
+				require.Eventually(t, func() bool {
+					return slices.Contains(r.keys(t, r.names.AppsBucket()), "first") && slices.Contains(r.keys(t, r.names.InstancesBucket()), "first.x")
+				}, 10*time.Second, 10*time.Millisecond, "everything is published on starting")
 				flaky.down.Store(true)
 				r.apply(t, "web")
 			}
