@@ -125,6 +125,34 @@ func (c *client) do(ctx context.Context, method, path string, body []byte, out a
 	return nil
 }
 
+// stream opens a GET of path that lasts as long as it lasts (ctx ends
+// it): a log or a wait stream. An error answer is an *apiError.
+func (c *client) stream(ctx context.Context, path string) (io.ReadCloser, error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", c.base+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	stream := *c.http
+	stream.Timeout = 0
+	resp, err := stream.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach the scheduler at %s: %w", c.base, err)
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		e := &apiError{status: resp.StatusCode}
+		if json.Unmarshal(raw, &e.body) != nil || e.body.Error == "" {
+			e.body.Error = fmt.Sprintf("GET %s: %s", path, resp.Status)
+		}
+		return nil, e
+	}
+	return resp.Body, nil
+}
+
 func runClient(ctx context.Context, c *cli, command string, stdout, stderr *os.File) int {
 	err := dispatch(ctx, c, command, stdout, stderr)
 	var ae *apiError
@@ -196,7 +224,7 @@ func dispatch(ctx context.Context, c *cli, command string, out, errOut io.Writer
 		}); err != nil || !c.Restart.Wait {
 			return err
 		}
-		return waitRollout(ctx, cl, v.Name, v.Generation, c.Restart.Timeout, waitEvery, out)
+		return waitRollout(ctx, cl, v.Name, v.Generation, c.Restart.Timeout, reconnectEvery, out)
 	case strings.HasPrefix(command, "rollback"):
 		if err := c.Rollback.waitFlags.check(); err != nil {
 			return &apiError{status: http.StatusBadRequest, body: api.Error{Error: err.Error()}}
@@ -220,7 +248,7 @@ func dispatch(ctx context.Context, c *cli, command string, out, errOut io.Writer
 		}); err != nil || !c.Rollback.Wait {
 			return err
 		}
-		return waitRollout(ctx, cl, v.Name, v.Generation, c.Rollback.Timeout, waitEvery, out)
+		return waitRollout(ctx, cl, v.Name, v.Generation, c.Rollback.Timeout, reconnectEvery, out)
 	}
 	return fmt.Errorf("unknown command %q", command)
 }
@@ -287,7 +315,7 @@ func apply(ctx context.Context, a *applyCmd, out io.Writer) error {
 	}); err != nil || !a.Wait {
 		return err
 	}
-	return waitRollout(ctx, cl, v.Name, v.Generation, a.Timeout, waitEvery, out)
+	return waitRollout(ctx, cl, v.Name, v.Generation, a.Timeout, reconnectEvery, out)
 }
 
 func fieldErrors(err error) []spec.FieldError {

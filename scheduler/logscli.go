@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -52,29 +51,12 @@ func appLogs(ctx context.Context, l *logsCmd, out io.Writer) error {
 		return err
 	}
 	path := "/v1/apps/" + l.App + "/logs?" + q.Encode()
-	req, err := http.NewRequestWithContext(ctx, "GET", cl.base+path, nil)
+	body, err := cl.stream(ctx, path)
 	if err != nil {
 		return err
 	}
-	if cl.token != "" {
-		req.Header.Set("Authorization", "Bearer "+cl.token)
-	}
-	stream := *cl.http
-	stream.Timeout = 0 // a stream lasts as long as it lasts; ctx ends it
-	resp, err := stream.Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach the scheduler at %s: %w", cl.base, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		e := &apiError{status: resp.StatusCode}
-		if json.Unmarshal(raw, &e.body) != nil || e.body.Error == "" {
-			e.body.Error = fmt.Sprintf("GET %s: %s", path, resp.Status)
-		}
-		return e
-	}
-	if _, err := io.Copy(out, resp.Body); err != nil && ctx.Err() == nil {
+	defer body.Close()
+	if _, err := io.Copy(out, body); err != nil && ctx.Err() == nil {
 		return fmt.Errorf("the log stream broke: %w", err)
 	}
 	return nil

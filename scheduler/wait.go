@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"strings"
+	"net/url"
+	"strconv"
 	"time"
 
 	"github.com/berthhq/berth/scheduler/internal/api"
@@ -26,91 +29,88 @@ func (w waitFlags) check() error {
 	return nil
 }
 
-// waitEvery is how often --wait reads the app's status.
-const waitEvery = time.Second
+// reconnectEvery is how long --wait waits before it opens the stream
+// again, after it broke (the scheduler it asked restarted, say).
+const reconnectEvery = time.Second
 
 // errRolloutFailed is the error of a --wait whose generation did not roll
 // out; its message says why.
 var errRolloutFailed = errors.New("the rollout did not take")
 
-// waitRollout reads the app's status every every until generation gen is
-// rolled out and healthy (nil), or fails, is rolled back, is superseded
-// or timeout passes (an error wrapping errRolloutFailed that says why),
-// and prints each change of progress on the way.
-func waitRollout(ctx context.Context, cl *client, name string, gen int64, timeout, every time.Duration, out io.Writer) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+// waitRollout follows generation gen's rollout through the API's stream
+// (GET /v1/apps/{name}/wait) until it is rolled out and healthy (nil), or
+// fails, is rolled back, is superseded or timeout passes (an error
+// wrapping errRolloutFailed that says why), and prints each change of
+// progress on the way. A stream that breaks is opened again, for the time
+// left, every reconnect.
+func waitRollout(ctx context.Context, cl *client, name string, gen int64, timeout, reconnect time.Duration, out io.Writer) error {
+	start := time.Now()
+	deadline := start.Add(timeout)
+	// The scheduler ends the stream at the timeout; this is a backstop.
+	ctx, cancel := context.WithDeadline(ctx, deadline.Add(5*time.Second))
 	defer cancel()
-	tick := time.NewTicker(every)
-	defer tick.Stop()
-	start, last := time.Now(), ""
+	last := ""
 	for {
-		var v api.AppView
-		err := cl.do(ctx, "GET", "/v1/apps/"+name, nil, &v)
+		left := time.Until(deadline).Round(time.Second)
+		if left < api.MinWaitTimeout {
+			return fmt.Errorf("%w: generation %d is not rolled out after --timeout %s: %s", errRolloutFailed, gen, timeout, last)
+		}
+		q := url.Values{"generation": {strconv.FormatInt(gen, 10)}, "timeout": {left.String()}}
+		end, err := followWait(ctx, cl, "/v1/apps/"+name+"/wait?"+q.Encode(), func(u api.WaitUpdate) {
+			if u.Progress != last && u.State != api.WaitTimeout {
+				fmt.Fprintf(out, "%5.1fs  %s\n", time.Since(start).Seconds(), u.Progress)
+				last = u.Progress
+			}
+		})
+		var ae *apiError
 		switch {
-		case err != nil && ctx.Err() != nil:
-		case err != nil:
+		case ctx.Err() != nil:
+			return fmt.Errorf("stopped waiting for generation %d (its rollout goes on): %s", gen, last)
+		case errors.As(err, &ae):
 			return err
-		default:
-			done, failure, progress := rolloutOutcome(v, gen)
-			if progress != last {
-				fmt.Fprintf(out, "%5.1fs  %s\n", time.Since(start).Seconds(), progress)
-				last = progress
+		case err != nil:
+			fmt.Fprintf(out, "%5.1fs  lost the scheduler's stream (%v); asking again\n", time.Since(start).Seconds(), err)
+		case end.State == api.WaitRolledOut:
+			return nil
+		case end.State == api.WaitFailed:
+			for _, f := range end.Failures {
+				fmt.Fprintf(out, "  %s: %s\n", f.Instance, f)
 			}
-			if failure != "" {
-				for _, f := range v.Failures {
-					if f.Generation == gen {
-						fmt.Fprintf(out, "  %s: %s\n", f.Instance, f)
-					}
-				}
-				return fmt.Errorf("%w: %s", errRolloutFailed, failure)
-			}
-			if done {
-				return nil
-			}
+			return fmt.Errorf("%w: %s", errRolloutFailed, end.Failure)
+		case end.State == api.WaitTimeout:
+			return fmt.Errorf("%w: generation %d is not rolled out after --timeout %s: %s", errRolloutFailed, gen, timeout, last)
 		}
 		select {
 		case <-ctx.Done():
-			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				return fmt.Errorf("%w: generation %d is not rolled out after --timeout %s: %s", errRolloutFailed, gen, timeout, last)
-			}
 			return fmt.Errorf("stopped waiting for generation %d (its rollout goes on): %s", gen, last)
-		case <-tick.C:
+		case <-time.After(reconnect):
 		}
 	}
 }
 
-// rolloutOutcome says, from an app's status, whether generation gen is
-// rolled out and healthy, why it failed (empty while it has not), and its
-// progress in one line.
-func rolloutOutcome(v api.AppView, gen int64) (done bool, failure, progress string) {
-	ro := v.Rollout
-	switch {
-	case v.Generation > gen && ro != nil && ro.State == api.RolloutRolledBack && ro.FromGeneration == gen:
-		return false, fmt.Sprintf("generation %d was rolled back (now generation %d): %s", gen, v.Generation, ro.Cause), "rolled back"
-	case v.Generation > gen:
-		return false, fmt.Sprintf("generation %d was replaced by generation %d (by %s) before it rolled out", gen, v.Generation, v.UpdatedBy), "superseded"
-	case ro == nil:
-		return false, "", "waiting for the rollout to start"
-	case ro.State == api.RolloutFailed:
-		return false, fmt.Sprintf("the rollout of generation %d failed and stopped: %s", gen, ro.Cause), "failed"
+// followWait reads a wait stream at path, calling progress with every
+// line, and returns its last line: one whose state ends the wait, or an
+// error when the stream broke before one came.
+func followWait(ctx context.Context, cl *client, path string, progress func(api.WaitUpdate)) (api.WaitUpdate, error) {
+	body, err := cl.stream(ctx, path)
+	if err != nil {
+		return api.WaitUpdate{}, err
 	}
-	var desired, others int
-	for _, s := range v.Serving {
-		if s.Desired {
-			desired += s.Instances
-		} else {
-			others += s.Instances
+	defer body.Close()
+	sc := bufio.NewScanner(body)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	for sc.Scan() {
+		var u api.WaitUpdate
+		if err := json.Unmarshal(sc.Bytes(), &u); err != nil {
+			return api.WaitUpdate{}, fmt.Errorf("the scheduler sent a line that is not a wait update: %w", err)
+		}
+		progress(u)
+		if u.State != api.WaitProgress {
+			return u, nil
 		}
 	}
-	parts := []string{fmt.Sprintf("%d of %d instances of generation %d serving", desired, v.DesiredReplicas, gen)}
-	if others > 0 {
-		parts = append(parts, fmt.Sprintf("%d of an earlier spec still serving", others))
+	if err := sc.Err(); err != nil {
+		return api.WaitUpdate{}, err
 	}
-	if b := v.Breaker; b != nil {
-		parts = append(parts, fmt.Sprintf("breaker open until %s: %s", b.Until.Local().Format(time.TimeOnly), b.Reason))
-	}
-	if ro.State == api.RolloutComplete {
-		return true, "", strings.Join(parts, ", ") + ": rolled out"
-	}
-	return false, "", strings.Join(parts, ", ")
+	return api.WaitUpdate{}, errors.New("the stream ended before the rollout did")
 }

@@ -16,19 +16,32 @@ import (
 	"github.com/berthhq/berth/scheduler/internal/api"
 )
 
-// statusServer answers GET /v1/apps/web with each view in turn, then the
-// last one for ever.
-func statusServer(t *testing.T, views ...api.AppView) *client {
+// waitServer answers each GET /v1/apps/web/wait with the lines of the
+// next connection in turn (a connection whose lines end without an outcome
+// is a stream that broke), then the last one for ever.
+func waitServer(t *testing.T, conns ...[]api.WaitUpdate) *client {
 	t.Helper()
 	var mu sync.Mutex
 	i := 0
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		require.Equal(t, "/v1/apps/web", r.URL.Path)
+		require.Equal(t, "/v1/apps/web/wait", r.URL.Path)
+		require.Equal(t, "4", r.URL.Query().Get("generation"))
+		_, err := time.ParseDuration(r.URL.Query().Get("timeout"))
+		require.NoError(t, err, "the time left is asked for")
 		mu.Lock()
-		v := views[min(i, len(views)-1)]
+		lines := conns[min(i, len(conns)-1)]
 		i++
 		mu.Unlock()
-		_ = json.NewEncoder(w).Encode(v)
+		if lines == nil {
+			w.WriteHeader(http.StatusNotFound)
+			_ = json.NewEncoder(w).Encode(api.Error{Error: "app web has no generation 4 yet: its newest is 3"})
+			return
+		}
+		enc := json.NewEncoder(w)
+		for _, u := range lines {
+			_ = enc.Encode(u)
+			w.(http.Flusher).Flush()
+		}
 	}))
 	t.Cleanup(srv.Close)
 	cl, err := newClient(clientFlags{Server: srv.URL})
@@ -36,66 +49,78 @@ func statusServer(t *testing.T, views ...api.AppView) *client {
 	return cl
 }
 
-func rolling(gen int64, desired, old int) api.AppView {
-	v := api.AppView{Name: "web", Generation: gen, DesiredReplicas: 3, Rollout: &api.RolloutView{State: api.RolloutRolling, Generation: gen}}
-	if desired > 0 {
-		v.Serving = append(v.Serving, api.ServingView{Generation: gen, Instances: desired, Desired: true})
-	}
-	if old > 0 {
-		v.Serving = append(v.Serving, api.ServingView{Generation: gen - 1, Instances: old})
-	}
-	return v
-}
+func progress(p string) api.WaitUpdate { return api.WaitUpdate{State: api.WaitProgress, Progress: p} }
 
 func TestWaitRollout(t *testing.T) {
 	t.Parallel()
-	complete := rolling(4, 3, 0)
-	complete.Rollout.State = api.RolloutComplete
-	rolledBack := api.AppView{Name: "web", Generation: 5, DesiredReplicas: 3,
-		Rollout:  &api.RolloutView{State: api.RolloutRolledBack, Generation: 5, FromGeneration: 4, Cause: "generation 4 failed: 3 of its instances failed within 10m0s, the last because its container exited with code 3"},
-		Serving:  []api.ServingView{{Generation: 3, Instances: 3, Desired: true}},
+	rolledOut := api.WaitUpdate{State: api.WaitRolledOut, Progress: "3 of 3 instances of generation 4 serving: rolled out"}
+	rolledBack := api.WaitUpdate{State: api.WaitFailed, Progress: "rolled back",
+		Failure:  "generation 4 was rolled back (now generation 5): generation 4 failed: 3 of its instances failed within 10m0s, the last because its container exited with code 3",
 		Failures: []api.FailureView{{Instance: "n1", Generation: 4, Kind: "instance_exited", Reason: "its container exited with code 3", LastLine: "fatal: bad config"}}}
-	failed := rolling(4, 0, 3)
-	failed.Rollout.State, failed.Rollout.Cause = api.RolloutFailed, "generation 4 had an instance not healthy within update.healthy_deadline (30s)"
-	superseded := rolling(6, 0, 3)
-	superseded.UpdatedBy = "team-b"
+	timedOut := api.WaitUpdate{State: api.WaitTimeout, Progress: "1 of 3 instances of generation 4 serving", Failure: "generation 4 is not rolled out after 1m0s"}
 
 	for _, tt := range []struct {
-		name    string
-		views   []api.AppView
-		timeout time.Duration
-		want    string // "" for success
-		lines   []string
+		name  string
+		conns [][]api.WaitUpdate
+		want  string // "" for success
+		lines []string
 	}{
-		{"rolled out", []api.AppView{rolling(4, 0, 3), rolling(4, 1, 3), rolling(4, 2, 2), complete}, time.Minute, "",
-			[]string{"0 of 3 instances of generation 4 serving, 3 of an earlier spec still serving", "1 of 3 instances", "3 of 3 instances of generation 4 serving: rolled out"}},
-		{"rolled back", []api.AppView{rolling(4, 0, 3), rolledBack}, time.Minute,
+		{"rolled out", [][]api.WaitUpdate{{progress("0 of 3 instances of generation 4 serving, 1 starting, 3 of an earlier spec still serving"),
+			progress("1 of 3 instances of generation 4 serving, 2 of an earlier spec still serving"), rolledOut}}, "",
+			[]string{"0 of 3 instances of generation 4 serving, 1 starting", "1 of 3 instances", "3 of 3 instances of generation 4 serving: rolled out"}},
+		{"rolled back", [][]api.WaitUpdate{{progress("0 of 3 instances of generation 4 serving"), rolledBack}},
 			"the rollout did not take: generation 4 was rolled back (now generation 5): generation 4 failed: 3 of its instances failed within 10m0s, the last because its container exited with code 3",
 			[]string{"rolled back", `n1: instance_exited: its container exited with code 3 — last line: "fatal: bad config"`}},
-		{"failed without auto_rollback", []api.AppView{failed}, time.Minute,
-			"the rollout did not take: the rollout of generation 4 failed and stopped: generation 4 had an instance not healthy within update.healthy_deadline (30s)", nil},
-		{"superseded", []api.AppView{rolling(4, 1, 2), superseded}, time.Minute,
-			"the rollout did not take: generation 4 was replaced by generation 6 (by team-b) before it rolled out", nil},
-		{"timed out", []api.AppView{rolling(4, 1, 2)}, 50 * time.Millisecond,
-			"the rollout did not take: generation 4 is not rolled out after --timeout 50ms: 1 of 3 instances of generation 4 serving, 2 of an earlier spec still serving", nil},
+		{"the stream breaks and is opened again", [][]api.WaitUpdate{{progress("1 of 3 instances of generation 4 serving")}, {progress("1 of 3 instances of generation 4 serving"), rolledOut}}, "",
+			[]string{"lost the scheduler's stream (the stream ended before the rollout did); asking again", "rolled out"}},
+		{"timed out", [][]api.WaitUpdate{{progress("1 of 3 instances of generation 4 serving"), timedOut}},
+			"the rollout did not take: generation 4 is not rolled out after --timeout 1m0s: 1 of 3 instances of generation 4 serving", nil},
+		{"no such generation", [][]api.WaitUpdate{nil}, "app web has no generation 4 yet: its newest is 3", nil},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			var out bytes.Buffer
-			err := waitRollout(context.Background(), statusServer(t, tt.views...), "web", 4, tt.timeout, 5*time.Millisecond, &out)
-			if tt.want == "" {
+			err := waitRollout(context.Background(), waitServer(t, tt.conns...), "web", 4, time.Minute, time.Millisecond, &out)
+			switch {
+			case tt.want == "":
 				require.NoError(t, err)
-			} else {
+			case tt.name == "no such generation":
+				require.EqualError(t, err, tt.want)
+			default:
 				require.EqualError(t, err, tt.want)
 				require.ErrorIs(t, err, errRolloutFailed)
 			}
 			for _, l := range tt.lines {
 				require.Contains(t, out.String(), l)
 			}
-			require.Equal(t, len(strings.Split(strings.TrimSpace(out.String()), "\n")), strings.Count(out.String(), "\n"), "one line per change")
+			require.LessOrEqual(t, strings.Count(out.String(), "1 of 3 instances of generation 4 serving\n"), 1, "one line per change, also across a reconnect:\n%s", out.String())
 		})
 	}
 }
+
+// Ctrl-C stops the wait, saying that the rollout goes on.
+func TestWaitRolloutInterrupted(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = json.NewEncoder(w).Encode(progress("1 of 3 instances of generation 4 serving"))
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	}))
+	t.Cleanup(srv.Close)
+	cl, err := newClient(clientFlags{Server: srv.URL})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// Ctrl-C once the progress is shown.
+	out := writerFunc(func(p []byte) (int, error) { cancel(); return len(p), nil })
+	err = waitRollout(ctx, cl, "web", 4, time.Minute, time.Millisecond, out)
+	require.EqualError(t, err, "stopped waiting for generation 4 (its rollout goes on): 1 of 3 instances of generation 4 serving")
+	require.NotErrorIs(t, err, errRolloutFailed)
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 func TestWaitFlags(t *testing.T) {
 	t.Parallel()

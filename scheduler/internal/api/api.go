@@ -193,6 +193,7 @@ func (a *api) register(rt *router) {
 	rt.handle("GET /v1/apps/{name}/instances", auth.Read, a.instances)
 	rt.handle("GET /v1/apps/{name}/metrics", auth.Read, a.metrics)
 	rt.handle("GET /v1/apps/{name}/history", auth.Read, a.history)
+	rt.handle("GET /v1/apps/{name}/wait", auth.Read, a.wait)
 	// A deploy token limited to some apps reads only their logs.
 	rt.handleApp("GET /v1/apps/{name}/logs", auth.Read, a.logs)
 	rt.handle("GET /v1/events", auth.Read, a.events)
@@ -391,26 +392,33 @@ func (a *api) list(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) get(w http.ResponseWriter, r *http.Request) {
-	app, err := a.d.Apps.Get(r.Context(), r.PathValue("name"))
+	v, err := a.status(r.Context(), r.PathValue("name"), time.Now())
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
-	insts, err := a.d.Apps.Instances(r.Context(), app.Name)
+	writeJSON(w, http.StatusOK, v)
+}
+
+// status is an app's whole status, as GET /v1/apps/{name} shows it to the
+// caller of ctx (failures' last lines only to a caller who may read the
+// app's logs).
+func (a *api) status(ctx context.Context, name string, now time.Time) (AppView, error) {
+	app, err := a.d.Apps.Get(ctx, name)
 	if err != nil {
-		a.fail(w, err)
-		return
+		return AppView{}, err
+	}
+	insts, err := a.d.Apps.Instances(ctx, app.Name)
+	if err != nil {
+		return AppView{}, err
 	}
 	v := view(app, true)
-	v.Conflicts, err = a.conflicts(r.Context(), app)
-	if err != nil {
-		a.fail(w, err)
-		return
+	if v.Conflicts, err = a.conflicts(ctx, app); err != nil {
+		return AppView{}, err
 	}
-	hs, err := a.d.Hosts.Hosts(r.Context())
+	hs, err := a.d.Hosts.Hosts(ctx)
 	if err != nil {
-		a.fail(w, err)
-		return
+		return AppView{}, err
 	}
 	down := map[string]bool{}
 	for _, h := range hs {
@@ -428,16 +436,15 @@ func (a *api) get(w http.ResponseWriter, r *http.Request) {
 	if a.o.SpecHash != nil && app.Spec != nil {
 		hash = a.o.SpecHash(app)
 	}
-	if err := a.rollout(r.Context(), &v, app, insts, hash, mayReadLogs(r.Context(), app.Name), time.Now()); err != nil {
-		a.fail(w, err)
-		return
+	if err := a.rollout(ctx, &v, app, insts, hash, mayReadLogs(ctx, app.Name), now); err != nil {
+		return AppView{}, err
 	}
 	if a.o.Traffic != nil {
-		if t, ok := a.o.Traffic(app.Name, time.Now()); ok {
+		if t, ok := a.o.Traffic(app.Name, now); ok {
 			v.Traffic = &t
 		}
 	}
-	writeJSON(w, http.StatusOK, v)
+	return v, nil
 }
 
 func (a *api) delete(w http.ResponseWriter, r *http.Request) {

@@ -31,6 +31,7 @@ var routeScopes = map[string]auth.Scope{
 	"GET /v1/apps/{name}/instances": auth.Read,
 	"GET /v1/apps/{name}/metrics":   auth.Read,
 	"GET /v1/apps/{name}/history":   auth.Read,
+	"GET /v1/apps/{name}/wait":      auth.Read,
 	"GET /v1/apps/{name}/logs":      auth.Read,
 	"GET /v1/events":                auth.Read,
 	"GET /v1/hosts":                 auth.Read,

@@ -57,12 +57,13 @@ func (a *api) logs(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// streamWriter answers 200 text/plain at its first write or flush, and
-// gives each write logWriteTimeout.
+// streamWriter answers 200 at its first write or flush, as contentType
+// (text/plain when empty), and gives each write logWriteTimeout.
 type streamWriter struct {
-	w       http.ResponseWriter
-	rc      *http.ResponseController
-	started bool
+	w           http.ResponseWriter
+	rc          *http.ResponseController
+	contentType string
+	started     bool
 }
 
 func (s *streamWriter) start() {
@@ -71,7 +72,11 @@ func (s *streamWriter) start() {
 	}
 	s.started = true
 	h := s.w.Header()
-	h.Set("Content-Type", "text/plain; charset=utf-8")
+	ct := s.contentType
+	if ct == "" {
+		ct = "text/plain; charset=utf-8"
+	}
+	h.Set("Content-Type", ct)
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Cache-Control", "no-store")
 	s.w.WriteHeader(http.StatusOK)

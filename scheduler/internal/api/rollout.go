@@ -36,6 +36,12 @@ type RolloutView struct {
 	Cause          string    `json:"cause,omitempty"`
 	FromGeneration int64     `json:"from_generation,omitempty"`
 	At             time.Time `json:"at,omitzero"`
+	// Starting are the desired spec's instances on their way (pending,
+	// creating, starting, or running but not healthy yet); Earlier the
+	// instances of other specs still pending or running, which the rollout
+	// drains as the new ones serve.
+	Starting int `json:"starting,omitempty"`
+	Earlier  int `json:"earlier,omitempty"`
 }
 
 // ServingView is what actually serves: the running, healthy instances of
@@ -109,13 +115,17 @@ func (a *api) rollout(ctx context.Context, v *AppView, app store.App, insts []st
 		desired bool
 	}
 	groups := map[string]*group{}
-	ready, others := 0, 0
+	ready, others, starting := 0, 0, 0
 	for _, i := range insts {
 		active := i.State == msg.StatePending || i.State == msg.StateCreating || i.State == msg.StateStarting || i.State == msg.StateRunning
-		if active && !desired(i) {
+		healthy := i.State == msg.StateRunning && i.Health == msg.StatusHealthy
+		switch {
+		case active && !desired(i):
 			others++
+		case active && !healthy:
+			starting++
 		}
-		if i.State != msg.StateRunning || i.Health != msg.StatusHealthy {
+		if !healthy {
 			continue
 		}
 		if desired(i) {
@@ -134,7 +144,7 @@ func (a *api) rollout(ctx context.Context, v *AppView, app store.App, insts []st
 	}
 	sort.Slice(v.Serving, func(i, j int) bool { return v.Serving[i].Generation > v.Serving[j].Generation })
 
-	ro := &RolloutView{State: RolloutComplete, Generation: app.Generation}
+	ro := &RolloutView{State: RolloutComplete, Generation: app.Generation, Starting: starting, Earlier: others}
 	if others > 0 || ready < app.DesiredReplicas {
 		ro.State = RolloutRolling
 	}

@@ -64,7 +64,8 @@ func TestStatusSeparatesDesiredFromServing(t *testing.T) {
 	var v AppView
 	require.NoError(t, json.Unmarshal(raw, &v))
 	require.Equal(t, int64(3), v.Generation)
-	require.Equal(t, &RolloutView{State: RolloutRolledBack, Generation: 3, Cause: "generation 2 failed: 3 of its instances failed", FromGeneration: 2, At: v.Rollout.At}, v.Rollout)
+	require.Equal(t, &RolloutView{State: RolloutRolledBack, Generation: 3, Cause: "generation 2 failed: 3 of its instances failed", FromGeneration: 2, At: v.Rollout.At, Earlier: 1}, v.Rollout,
+		"n9, of generation 2's spec, still runs")
 	require.Equal(t, []ServingView{{Generation: 1, Image: "web:1", Instances: 2, Desired: true}}, v.Serving, "n9 is not healthy: it does not serve")
 	require.Equal(t, &BreakerView{Generation: 3, Until: until, Reason: "5 restarts"}, v.Breaker, "generation 2's breaker holds nothing")
 	require.Len(t, v.Failures, 2, "the latest failure of each instance")
