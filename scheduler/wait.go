@@ -103,6 +103,9 @@ func rolloutOutcome(v api.AppView, gen int64) (done bool, failure, progress stri
 		}
 	}
 	parts := []string{fmt.Sprintf("%d of %d instances of generation %d serving", desired, v.DesiredReplicas, gen)}
+	if ro.State == api.RolloutReleasing {
+		parts = append([]string{"release task running"}, parts...)
+	}
 	if others > 0 {
 		parts = append(parts, fmt.Sprintf("%d of an earlier spec still serving", others))
 	}

@@ -57,6 +57,12 @@ func TestWaitRollout(t *testing.T) {
 		Failures: []api.FailureView{{Instance: "n1", Generation: 4, Kind: "instance_exited", Reason: "its container exited with code 3", LastLine: "fatal: bad config"}}}
 	failed := rolling(4, 0, 3)
 	failed.Rollout.State, failed.Rollout.Cause = api.RolloutFailed, "generation 4 had an instance not healthy within update.healthy_deadline (30s)"
+	releasing := rolling(4, 0, 3)
+	releasing.Rollout.State = api.RolloutReleasing
+	releaseFailed := api.AppView{Name: "web", Generation: 5, DesiredReplicas: 3,
+		Rollout:  &api.RolloutView{State: api.RolloutRolledBack, Generation: 5, FromGeneration: 4, Cause: "generation 4 failed: release task exited with code 3"},
+		Serving:  []api.ServingView{{Generation: 3, Instances: 3, Desired: true}},
+		Failures: []api.FailureView{{Instance: "release-4", Generation: 4, Kind: "release_failed", Reason: "release task exited with code 3", LastLine: "release: failed"}}}
 	superseded := rolling(6, 0, 3)
 	superseded.UpdatedBy = "team-b"
 
@@ -72,6 +78,10 @@ func TestWaitRollout(t *testing.T) {
 		{"rolled back", []api.AppView{rolling(4, 0, 3), rolledBack}, time.Minute,
 			"the rollout did not take: generation 4 was rolled back (now generation 5): generation 4 failed: 3 of its instances failed within 10m0s, the last because its container exited with code 3",
 			[]string{"rolled back", `n1: instance_exited: its container exited with code 3 — last line: "fatal: bad config"`}},
+		{"release failed", []api.AppView{releasing, releaseFailed}, time.Minute,
+			"the rollout did not take: generation 4 was rolled back (now generation 5): generation 4 failed: release task exited with code 3",
+			[]string{"release task running, 0 of 3 instances of generation 4 serving, 3 of an earlier spec still serving", "rolled back",
+				`release-4: release_failed: release task exited with code 3 — last line: "release: failed"`}},
 		{"failed without auto_rollback", []api.AppView{failed}, time.Minute,
 			"the rollout did not take: the rollout of generation 4 failed and stopped: generation 4 had an instance not healthy within update.healthy_deadline (30s)", nil},
 		{"superseded", []api.AppView{rolling(4, 1, 2), superseded}, time.Minute,
