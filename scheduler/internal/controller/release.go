@@ -11,6 +11,7 @@ import (
 
 	"github.com/berthhq/berth/common/logging"
 	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/docker"
 	"github.com/berthhq/berth/scheduler/internal/publish"
 	"github.com/berthhq/berth/scheduler/internal/reconcile"
@@ -57,8 +58,10 @@ func (c *Controller) watched(rs []store.Release) []reconcile.Release {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := make([]reconcile.Release, 0, len(rs))
+	listed := make(map[string]bool, len(rs))
 	for _, r := range rs {
 		key := releaseKey(r.App, r.Generation)
+		listed[key] = true
 		run, ok := c.releases[key]
 		if ok && r.State != store.ReleaseRunning {
 			delete(c.releases, key)
@@ -66,6 +69,11 @@ func (c *Controller) watched(rs []store.Release) []reconcile.Release {
 		}
 		out = append(out, reconcile.Release{App: r.App, Generation: r.Generation, SpecHash: r.SpecHash, State: r.State, Host: r.Host,
 			ContainerID: r.ContainerID, Watched: ok && !run.done, Reason: r.Reason})
+	}
+	for key, run := range c.releases {
+		if run.done && !listed[key] {
+			delete(c.releases, key) // its record went with its app
+		}
 	}
 	return out
 }
@@ -235,7 +243,8 @@ func (c *Controller) adoptRelease(ctx context.Context, l store.Lease, a reconcil
 			rel.SpecHash = r.SpecHash
 		}
 	}
-	timeout := time.Duration(0)
+	// The spec's timeout, or the default where the block went meanwhile.
+	timeout := spec.DefaultReleaseTimeout
 	if app, ok := w.apps[a.App]; ok && app.Spec != nil && app.Spec.Release != nil {
 		timeout = app.Spec.Release.Timeout.Std()
 	}

@@ -252,3 +252,41 @@ func TestReleaseAcrossFailover(t *testing.T) {
 		require.Zero(t, instancesOf(f, "web:v1"))
 	})
 }
+
+// A leader that died between creating the release container and starting
+// it (no id recorded): the next one finds it by its labels and records the
+// release lost, without starting it.
+func TestReleaseCreatedNeverStarted(t *testing.T) {
+	t.Parallel()
+	f := newFake()
+	f.apply(load(t, releaseSpec(t, "v1", true, migrate)), 1)
+	f.releases["web/1"] = store.Release{App: "web", Generation: 1, SpecHash: "x", State: store.ReleaseRunning, Term: 1}
+	f.containers["r1"] = &docker.Container{ID: "r1", App: "web", Instance: "release-1", Generation: 1, Release: true, State: "created", Name: "web:v1"}
+	h := releaseHarness(t, f, 2)
+	require.Eventually(t, func() bool { return len(eventsOf(f, msg.EventReleaseFailed)) == 1 }, 5*time.Second, 10*time.Millisecond)
+	h.cycles(3)
+	require.Contains(t, eventsOf(f, msg.EventReleaseFailed)[0].Details["reason"], "release container lost: it was created and never started")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	require.Empty(t, f.created, "nothing started, nothing created")
+	_, kept := f.containers["r1"]
+	require.False(t, kept, "its container is removed")
+}
+
+// A release whose image cannot be pulled fails before it runs, naming
+// the pull error; no instance starts.
+func TestReleaseImageMissing(t *testing.T) {
+	t.Parallel()
+	f := newFake()
+	f.missing["web:v1"] = fmt.Errorf("manifest unknown")
+	h := releaseHarness(t, f, 1)
+	f.apply(load(t, releaseSpec(t, "v1", false, migrate)), 1)
+	h.c.Wake()
+	require.Eventually(t, func() bool { return len(eventsOf(f, msg.EventRolloutFailed)) == 1 }, 5*time.Second, 10*time.Millisecond)
+	h.cycles(3)
+	failed := eventsOf(f, msg.EventReleaseFailed)
+	require.Len(t, failed, 1)
+	require.Equal(t, "release task not started: image web:v1 is not present and pulling it failed: manifest unknown", failed[0].Details["reason"])
+	require.Empty(t, releaseContainers(f))
+	require.Zero(t, instancesOf(f, "web:v1"))
+}
