@@ -91,18 +91,7 @@ func (c *Controller) act(ctx context.Context, l store.Lease, w world, actions []
 		case reconcile.RunRelease, reconcile.AdoptRelease:
 			// Begun here, waited on beside the loop: a release never
 			// holds a cycle.
-			var began bool
-			var err error
-			if a.Kind == reconcile.RunRelease {
-				h, ok := p.starts[i]
-				if !ok {
-					continue // unplaceable: reported by place
-				}
-				began, err = c.startRelease(ctx, l, a, w, h)
-			} else {
-				began, err = c.adoptRelease(ctx, l, a, w)
-			}
-			c.metrics.action(a.Kind, err)
+			began, err := c.beginRelease(ctx, l, a, w, p, i)
 			if err != nil {
 				mu.Lock()
 				errs = append(errs, fmt.Errorf("%s: %w", a, err))

@@ -116,6 +116,21 @@ func releaseEvent(kind msg.EventKind, r store.Release, message string, extra map
 	return store.Event{App: r.App, Instance: docker.ReleaseInstance(r.Generation), Kind: kind, Message: message, Details: d}
 }
 
+// beginRelease carries out the plan's i-th action, a RunRelease (on its
+// placed host; none when it is unplaceable, which place reported) or an
+// AdoptRelease. It reports whether it began a wait.
+func (c *Controller) beginRelease(ctx context.Context, l store.Lease, a reconcile.Action, w world, p placed, i int) (began bool, err error) {
+	defer func() { c.metrics.action(a.Kind, err) }()
+	if a.Kind == reconcile.AdoptRelease {
+		return c.adoptRelease(ctx, l, a, w)
+	}
+	host, ok := p.starts[i]
+	if !ok {
+		return false, nil
+	}
+	return c.startRelease(ctx, l, a, w, host)
+}
+
 // startRelease begins the release of a generation on host: its record
 // (release_started) at once, then its container beside the loop. It
 // reports whether it began one.
