@@ -436,6 +436,8 @@ func printRollout(w io.Writer, app api.AppView) {
 			fmt.Fprintf(w, "rollout: generation %d rolled back generation %d %s ago: %s\n", ro.Generation, ro.FromGeneration, age(ro.At), ro.Cause)
 		case api.RolloutFailed:
 			fmt.Fprintf(w, "rollout: generation %d FAILED %s ago, stopped (apply a fixed spec, or scheduler rollback): %s\n", ro.Generation, age(ro.At), ro.Cause)
+		case api.RolloutReleasing:
+			fmt.Fprintf(w, "rollout: generation %d releasing for %s: its release task runs, its instances start once it exits 0\n", ro.Generation, age(ro.At))
 		default:
 			fmt.Fprintf(w, "rollout: generation %d %s\n", ro.Generation, ro.State)
 		}

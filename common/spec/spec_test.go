@@ -176,7 +176,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"scalar document", "42", []string{"a spec must be a mapping of fields (name, image, port, …), not the number 42"}},
 		{"invalid yaml", "name: [\n", []string{"not valid YAML or JSON"}},
 		{"duplicate key", base + "port: 9090\n", []string{"not valid YAML or JSON"}},
-		{"unknown top-level field", base + "replica: 3\n", []string{`replica: unknown field (did you mean "replicas"?) (allowed: command, env, health, image, lb, logging, name, placement, port, replicas, resources, restart, routing, scaling, stop, update)`}},
+		{"unknown top-level field", base + "replica: 3\n", []string{`replica: unknown field (did you mean "replicas"?) (allowed: command, env, health, image, lb, logging, name, placement, port, release, replicas, resources, restart, routing, scaling, stop, update)`}},
 		{"unknown nested field", base + "health: {intervall: 5s}\n", []string{`health.intervall: unknown field (did you mean "interval"?)`}},
 		{"wrong kinds, all reported", base + "replicas: three\nenv: {DEBUG: yes}\nroutingx: 1\nlb: {keepalive: 1.5}\nhealth: {interval: 5, expected_status: 99}\n", []string{
 			`env[DEBUG]: must be a string, not a boolean (in YAML, quote`,

@@ -88,6 +88,19 @@ func (c *Controller) act(ctx context.Context, l store.Lease, w world, actions []
 				acted++
 			}
 			continue
+		case reconcile.RunRelease, reconcile.AdoptRelease:
+			// Begun here, waited on beside the loop: a release never
+			// holds a cycle.
+			began, err := c.beginRelease(ctx, l, a, w, p, i)
+			if err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("%s: %w", a, err))
+				mu.Unlock()
+			}
+			if began {
+				acted++
+			}
+			continue
 		default:
 			acted++
 		}
@@ -129,7 +142,12 @@ func (c *Controller) do(ctx context.Context, l store.Lease, a reconcile.Action, 
 		return c.adopt(ctx, l, a)
 	case reconcile.RemoveOrphan:
 		c.logger.Info("removing orphan container", zap.String(logging.KeyApp, a.App), zap.String(logging.KeyContainer, docker.ShortID(a.ContainerID)))
-		return c.deps.Runtime.Remove(ctx, a.ContainerID)
+		if err := c.deps.Runtime.Remove(ctx, a.ContainerID); err != nil && !errors.Is(err, docker.ErrNotFound) {
+			return err
+		}
+		return nil
+	case reconcile.LoseRelease:
+		return c.loseRelease(ctx, l, a, w)
 	case reconcile.TripBreaker:
 		if !c.seen.report(a.App, w.in.Apps[a.App].BackoffMax, time.Now()) {
 			return nil

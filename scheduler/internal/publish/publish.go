@@ -416,6 +416,44 @@ func (p *Publisher) Delete(ctx context.Context, l store.Lease, r store.Instance,
 	return p.Unpublish(ctx, r.App, r.ID)
 }
 
+// BeginRelease records a release running, with events, in the leader's
+// fenced transaction (store.ErrReleaseExists for a generation that has
+// one), then publishes the events.
+func (p *Publisher) BeginRelease(ctx context.Context, l store.Lease, r store.Release, events ...store.Event) error {
+	return p.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+		if err := tx.BeginRelease(ctx, r); err != nil {
+			return err
+		}
+		return addEvents(ctx, tx, events)
+	})
+}
+
+// WatchRelease records a running release's container and the leader's
+// term that waits on it; false for a release that is not running.
+func (p *Publisher) WatchRelease(ctx context.Context, l store.Lease, app string, generation int64, container string) (bool, error) {
+	var ok bool
+	err := p.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+		var err error
+		ok, err = tx.WatchRelease(ctx, app, generation, container)
+		return err
+	})
+	return ok, err
+}
+
+// EndRelease records how a running release ended, with events, once:
+// false, and no event, for a release that is not running.
+func (p *Publisher) EndRelease(ctx context.Context, l store.Lease, r store.Release, events ...store.Event) (bool, error) {
+	var ended bool
+	err := p.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+		var err error
+		if ended, err = tx.EndRelease(ctx, r); err != nil || !ended {
+			return err
+		}
+		return addEvents(ctx, tx, events)
+	})
+	return ended, err
+}
+
 // SetHealth records the health the leader last saw for each instance.
 func (p *Publisher) SetHealth(ctx context.Context, l store.Lease, health map[string]string) error {
 	return p.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error { return tx.SetHealth(ctx, health) })

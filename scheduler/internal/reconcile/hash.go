@@ -15,7 +15,7 @@ import (
 // limits (logging: a container's log config is fixed at create; a spec
 // without them hashes as it did before they existed). Instances whose hash
 // differs from the desired one are replaced by a rolling update. Replicas,
-// scaling, routing, load balancing, health checks and timings are not in
+// scaling, routing, load balancing, health checks, timings and the release task are not in
 // it, so changing them restarts nothing.
 func SpecHash(a *spec.App, env map[string]string) string {
 	b, _ := json.Marshal(struct {

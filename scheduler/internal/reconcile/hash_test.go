@@ -21,6 +21,7 @@ func TestSpecHash(t *testing.T) {
 		"name: web\nimage: web:1\nport: 8080\nreplicas: 2\nenv: {A: '1'}\nrouting: {hosts: [web.example.com]}\n",
 		"name: web\nimage: web:1\nport: 8080\nreplicas: 2\nenv: {A: '1'}\nhealth: {path: /ready}\nlb: {method: least_conn}\n",
 		"name: web\nimage: web:1\nport: 8080\nreplicas: 2\nenv: {A: '1'}\nupdate: {max_surge: 2}\nstop: {drain: 1s}\n",
+		"name: web\nimage: web:1\nport: 8080\nreplicas: 2\nenv: {A: '1'}\nrelease: {command: [/app/migrate], timeout: 1m, env: {B: '2'}}\n",
 	}
 	for _, src := range same {
 		a, err := spec.Load([]byte(src))

@@ -208,7 +208,7 @@ func (r *replica) buildDataPlane() error {
 	r.agentsTbl = view.NewTable(view.NoTerm[*msg.Agent], func() { r.ctl.AgentsChanged() })
 	r.ctl = controller.New(controller.Config{MaxParallel: c.MaxParallel, Resync: r.cfg.Resync, PullTimeout: c.PullTimeout, StartTimeout: c.StartTimeout,
 		StopTimeout: c.StopTimeout, DefaultCPU: c.DefaultCPU, DefaultMemory: c.DefaultMemory, Env: c.Env, Environ: c.Environ, Secrets: r.secrets},
-		controller.Deps{Desired: r.st, Records: r.pub, Routing: r.pub, Containers: r.fl, Runtime: r.fl, Images: r.fl, Logs: r.fl, Hosts: r.fl, Lease: r.el.Leader,
+		controller.Deps{Desired: r.st, Records: r.pub, Routing: r.pub, Releases: r.pub, Containers: r.fl, Runtime: r.fl, Images: r.fl, Logs: r.fl, Hosts: r.fl, Lease: r.el.Leader,
 			Health: r.healthTbl, Agents: r.agentsTbl},
 		r.logger)
 	r.reg.MustRegister(r.ctl.Collectors()...)

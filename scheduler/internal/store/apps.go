@@ -258,6 +258,11 @@ func (s *Store) Delete(ctx context.Context, name string) error {
 			name, ActorOf(ctx)); err != nil {
 			return fmt.Errorf("delete %s: %w", name, redact(err))
 		}
+		// An app applied again under its name releases afresh; a running
+		// release stays until the leader records its end.
+		if _, err := tx.Exec(ctx, `DELETE FROM releases WHERE app = $1 AND state <> $2`, name, ReleaseRunning); err != nil {
+			return fmt.Errorf("delete %s: releases: %w", name, redact(err))
+		}
 		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, AppsChannel, name); err != nil {
 			return fmt.Errorf("delete %s: notify: %w", name, redact(err))
 		}
@@ -621,12 +626,13 @@ func (s *Store) FailedRollouts(ctx context.Context, since time.Time) (map[string
 	return out, nil
 }
 
-// LastLogTail returns the log tail of an app's newest instance_exited
-// event at generation: what the last instance of a failed rollout wrote.
+// LastLogTail returns the log tail of an app's newest instance_exited or
+// release_failed event at generation: what the last instance of a failed
+// rollout wrote, or its release task.
 func (s *Store) LastLogTail(ctx context.Context, app string, generation int64) ([]string, error) {
 	var tail []string
-	err := s.pool.QueryRow(ctx, `SELECT log_tail FROM events WHERE app = $1 AND kind = $2 AND details->>'generation' = $3 AND log_tail IS NOT NULL
-		ORDER BY id DESC LIMIT 1`, app, string(msg.EventInstanceExited), fmt.Sprint(generation)).Scan(&tail)
+	err := s.pool.QueryRow(ctx, `SELECT log_tail FROM events WHERE app = $1 AND kind = ANY($2) AND details->>'generation' = $3 AND log_tail IS NOT NULL
+		ORDER BY id DESC LIMIT 1`, app, []string{string(msg.EventInstanceExited), string(msg.EventReleaseFailed)}, fmt.Sprint(generation)).Scan(&tail)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
