@@ -1,0 +1,345 @@
+// Package change describes how one stored app spec differs from another,
+// for people: a one-line summary (history), the spec as the YAML users
+// write, and a unified diff of two specs. It is pure and never shows a
+// secret: a sealed value reads as spec.RedactedValue with the first
+// digits of its random value id (spec.Sealed.ValueID, never derived from
+// the plaintext), so a changed secret shows as changed and nothing more.
+package change
+
+import (
+	"encoding/json"
+	"fmt"
+	"reflect"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/pmezard/go-difflib/difflib"
+	"sigs.k8s.io/yaml"
+
+	"github.com/berthhq/berth/common/spec"
+)
+
+// MaxSummary bounds a summary's length in bytes.
+const MaxSummary = 200
+
+// maxValue is the longest old or new value a summary quotes; longer ones
+// read "changed".
+const maxValue = 40
+
+// maxEnv is the most variables a summary names.
+const maxEnv = 8
+
+// tree is a spec as JSON decodes it into Go values, secrets made safe.
+type tree = map[string]any
+
+// plain returns a as a tree whose env secrets read {secret: <redacted>,
+// value_id: <8 hex digits>}; nil for nil.
+func plain(a *spec.App) tree {
+	if a == nil {
+		return nil
+	}
+	raw, err := json.Marshal(a)
+	if err != nil {
+		return tree{}
+	}
+	var t tree
+	if err := json.Unmarshal(raw, &t); err != nil {
+		return tree{}
+	}
+	env, _ := t["env"].(map[string]any)
+	for k, v := range a.Env {
+		if !v.IsSecret() {
+			continue
+		}
+		s := map[string]any{"secret": spec.RedactedValue}
+		if v.Sealed != nil {
+			s["value_id"] = shortID(v.Sealed.ValueID)
+		}
+		env[k] = s
+	}
+	return t
+}
+
+// shortID is the first 8 digits of a value id: enough to tell values apart.
+func shortID(id string) string {
+	if len(id) > 8 {
+		return id[:8]
+	}
+	return id
+}
+
+// YAML is a as YAML, the format users write, its secrets redacted (with
+// their value id's first digits); "" for nil.
+func YAML(a *spec.App) string {
+	if a == nil {
+		return ""
+	}
+	b, err := yaml.Marshal(plain(a))
+	if err != nil {
+		return ""
+	}
+	return string(b)
+}
+
+// Diff is the unified diff of prev's YAML to next's (either may be nil:
+// no spec), labelled with their names (e.g. "generation 6"); "" when they
+// read the same.
+func Diff(prev, next *spec.App, prevName, nextName string) string {
+	a, b := YAML(prev), YAML(next)
+	if a == b {
+		return ""
+	}
+	out, err := difflib.GetUnifiedDiffString(difflib.UnifiedDiff{
+		A: difflib.SplitLines(a), B: difflib.SplitLines(b), FromFile: prevName, ToFile: nextName, Context: 3,
+	})
+	if err != nil {
+		return ""
+	}
+	return out
+}
+
+// Same reports whether two stored specs are the same (secrets by value id).
+func Same(a, b *spec.App) bool { return reflect.DeepEqual(plain(a), plain(b)) }
+
+// Fields returns the changes from prev to next, one short phrase each, in
+// spec order: "image web:1→web:2", "replicas 3→5", "env: +DB_URL
+// ~LOG_LEVEL ~TOKEN (secret)", "routing.hosts changed". prev nil: none.
+func Fields(prev, next *spec.App) []string {
+	if prev == nil || next == nil {
+		return nil
+	}
+	a, b := plain(prev), plain(next)
+	delete(a, "env")
+	delete(b, "env")
+	var leaves []string
+	diffTree("", a, b, &leaves)
+	order := fieldOrder()
+	sort.SliceStable(leaves, func(i, j int) bool { return rank(order, leaves[i]) < rank(order, leaves[j]) })
+	// What a deploy changes most reads first: image, replicas, env.
+	var out []string
+	for _, l := range leaves {
+		if strings.HasPrefix(l, "image ") || strings.HasPrefix(l, "replicas ") {
+			out = append(out, l)
+		}
+	}
+	if e := envChanges(prev, next); e != "" {
+		out = append(out, e)
+	}
+	for _, l := range leaves {
+		if !strings.HasPrefix(l, "image ") && !strings.HasPrefix(l, "replicas ") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// fieldOrder is the top-level fields of a spec in declaration order.
+func fieldOrder() []string {
+	t := reflect.TypeFor[spec.App]()
+	out := make([]string, 0, t.NumField())
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		out = append(out, name)
+	}
+	return out
+}
+
+func rank(order []string, phrase string) int {
+	top, _, _ := strings.Cut(phrase, " ")
+	top, _, _ = strings.Cut(top, ".")
+	top, _, _ = strings.Cut(top, ":")
+	if i := slices.Index(order, top); i >= 0 {
+		return i
+	}
+	return len(order)
+}
+
+// envChanges is "env: +ADDED -REMOVED ~CHANGED", a secret marked
+// "(secret)" and never quoted; "" when env is the same.
+func envChanges(prev, next *spec.App) string {
+	var parts []string
+	mark := func(sign, name string, secret bool) {
+		p := sign + name
+		if secret {
+			p += " (secret)"
+		}
+		parts = append(parts, p)
+	}
+	names := map[string]bool{}
+	for k := range prev.Env {
+		names[k] = true
+	}
+	for k := range next.Env {
+		names[k] = true
+	}
+	sorted := make([]string, 0, len(names))
+	for k := range names {
+		sorted = append(sorted, k)
+	}
+	sort.Strings(sorted)
+	for _, k := range sorted {
+		o, had := prev.Env[k]
+		n, has := next.Env[k]
+		switch {
+		case !had:
+			mark("+", k, n.IsSecret())
+		case !has:
+			mark("-", k, o.IsSecret())
+		case o.IsSecret() != n.IsSecret():
+			mark("~", k, true)
+		case o.IsSecret():
+			if o.Sealed == nil || n.Sealed == nil || o.Sealed.ValueID != n.Sealed.ValueID {
+				mark("~", k, true)
+			}
+		case o.Value != n.Value:
+			mark("~", k, false)
+		}
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	if len(parts) > maxEnv {
+		parts = append(parts[:maxEnv], fmt.Sprintf("and %d more", len(parts)-maxEnv))
+	}
+	return "env: " + strings.Join(parts, " ")
+}
+
+// diffTree appends a phrase for each difference of a and b under path:
+// objects are compared key by key, anything else (lists included) whole.
+func diffTree(path string, a, b any, out *[]string) {
+	am, aok := a.(map[string]any)
+	bm, bok := b.(map[string]any)
+	if aok && bok {
+		keys := map[string]bool{}
+		for k := range am {
+			keys[k] = true
+		}
+		for k := range bm {
+			keys[k] = true
+		}
+		sorted := make([]string, 0, len(keys))
+		for k := range keys {
+			sorted = append(sorted, k)
+		}
+		sort.Strings(sorted)
+		for _, k := range sorted {
+			p := k
+			if path != "" {
+				p = path + "." + k
+			}
+			diffTree(p, am[k], bm[k], out)
+		}
+		return
+	}
+	if reflect.DeepEqual(a, b) {
+		return
+	}
+	switch {
+	case a == nil:
+		*out = append(*out, path+" set")
+	case b == nil:
+		*out = append(*out, path+" removed")
+	default:
+		x, xok := scalar(a)
+		y, yok := scalar(b)
+		if xok && yok {
+			*out = append(*out, fmt.Sprintf("%s %s→%s", path, x, y))
+		} else {
+			*out = append(*out, path+" changed")
+		}
+	}
+}
+
+// scalar is v as a summary quotes it, when it is a short scalar.
+func scalar(v any) (string, bool) {
+	var s string
+	switch x := v.(type) {
+	case string:
+		s = x
+	case float64, bool:
+		s = fmt.Sprint(x)
+	default:
+		return "", false
+	}
+	if s == "" || len(s) > maxValue || strings.ContainsAny(s, "\n\r") {
+		return "", false
+	}
+	return s, true
+}
+
+// Summary is a one-line account of what made next (generation gen) out of
+// prev, the previous kept generation (prevGen; nil: none kept), bounded by
+// MaxSummary. earlier are other kept specs by generation, older than
+// prevGen: a spec that equals one of them (and not prev) reads "back to
+// G", as a rollback --to G makes it.
+func Summary(prev *spec.App, prevGen int64, next *spec.App, gen int64, earlier map[int64]*spec.App) string {
+	switch {
+	case next == nil:
+		return ""
+	case prev == nil && gen <= 1:
+		return "created"
+	case prev == nil:
+		return "oldest kept generation (earlier ones pruned)"
+	}
+	var head []string
+	if prevGen < gen-1 {
+		head = append(head, "re-created after a delete")
+	}
+	if Same(prev, next) {
+		if len(head) > 0 {
+			return "re-created after a delete, same spec"
+		}
+		return "restart (same spec)"
+	}
+	gens := make([]int64, 0, len(earlier))
+	for g := range earlier {
+		if g < prevGen {
+			gens = append(gens, g)
+		}
+	}
+	slices.Sort(gens)
+	for i := len(gens) - 1; i >= 0; i-- {
+		if Same(earlier[gens[i]], next) {
+			head = append(head, fmt.Sprintf("back to %d", gens[i]))
+			break
+		}
+	}
+	prefix := ""
+	if len(head) > 0 {
+		prefix = strings.Join(head, ": ") + ": "
+	}
+	return bound(prefix, Fields(prev, next))
+}
+
+// bound is prefix and as many of fields as fit in MaxSummary, saying how
+// many were left out.
+func bound(prefix string, fields []string) string {
+	for n := len(fields); n > 0; n-- {
+		line := prefix + strings.Join(fields[:n], ", ")
+		if n < len(fields) {
+			line += fmt.Sprintf(", and %d more", len(fields)-n)
+		}
+		if len(line) <= MaxSummary {
+			return line
+		}
+	}
+	if len(fields) == 0 {
+		return truncate(strings.TrimSuffix(prefix, ": "), MaxSummary)
+	}
+	return truncate(prefix+fields[0], MaxSummary)
+}
+
+// truncate cuts s to at most n bytes on a rune boundary, ending in "…".
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n - len("…")
+	for cut > 0 && !utf8Start(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
+func utf8Start(b byte) bool { return b&0xC0 != 0x80 }

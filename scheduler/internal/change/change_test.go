@@ -1,0 +1,103 @@
+package change
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/berthhq/berth/common/spec"
+)
+
+func load(t *testing.T, src string) *spec.App {
+	t.Helper()
+	a, err := spec.Load([]byte(src))
+	require.NoError(t, err)
+	return a
+}
+
+// sealed is a with its secret name sealed under value id id (what the
+// scheduler stores); the box is not the plaintext.
+func sealed(a *spec.App, name, id string) *spec.App {
+	c := *a
+	c.Env = map[string]spec.EnvValue{}
+	for k, v := range a.Env {
+		c.Env[k] = v
+	}
+	c.Env[name] = spec.EnvValue{Sealed: &spec.Sealed{Box: []byte("box-" + id), ValueID: id}}
+	return &c
+}
+
+const base = "name: web\nimage: web:1\nport: 8080\nreplicas: 3\nenv: {LOG_LEVEL: info, OLD: x}\nrouting: {hosts: [a.example.com]}\n"
+
+func TestSummary(t *testing.T) {
+	t.Parallel()
+	v1 := load(t, base)
+	v2 := load(t, strings.NewReplacer("web:1", "web:2", "replicas: 3", "replicas: 5", "LOG_LEVEL: info, OLD: x", "LOG_LEVEL: debug, DB_URL: pg").Replace(base))
+	hosts := load(t, strings.Replace(base, "[a.example.com]", "[a.example.com, b.example.com]", 1))
+	id1, id2 := strings.Repeat("1", 32), strings.Repeat("2", 32)
+	s1, s2 := sealed(v1, "TOKEN", id1), sealed(v1, "TOKEN", id2)
+	long := *v2
+	long.Env = map[string]spec.EnvValue{}
+	for i := range 30 {
+		long.Env[fmt.Sprintf("VAR_NUMBER_%02d", i)] = spec.PlainValue("v")
+	}
+	tests := []struct {
+		name       string
+		prev       *spec.App
+		prevGen    int64
+		next       *spec.App
+		gen        int64
+		earlier    map[int64]*spec.App
+		want       string
+		wantPrefix string
+	}{
+		{"created", nil, 0, v1, 1, nil, "created", ""},
+		{"pruned before", nil, 0, v1, 9, nil, "oldest kept generation (earlier ones pruned)", ""},
+		{"image, replicas, env", v1, 1, v2, 2, nil, "image web:1→web:2, replicas 3→5, env: +DB_URL ~LOG_LEVEL -OLD", ""},
+		{"routing", v1, 1, hosts, 2, nil, "routing.hosts changed", ""},
+		{"restart", v1, 4, v1, 5, nil, "restart (same spec)", ""},
+		{"secret changed", s1, 1, s2, 2, nil, "env: ~TOKEN (secret)", ""},
+		{"secret kept", s1, 1, sealed(s1, "TOKEN", id1), 2, nil, "restart (same spec)", ""},
+		{"secret added", v1, 1, s1, 2, nil, "env: +TOKEN (secret)", ""},
+		{"back to an earlier spec", v2, 8, v1, 9, map[int64]*spec.App{7: v1, 8: v2}, "back to 7: image web:2→web:1, replicas 5→3, env: -DB_URL ~LOG_LEVEL +OLD", ""},
+		{"after a delete", v1, 3, v2, 5, nil, "", "re-created after a delete: image web:1→web:2"},
+		{"bounded", v1, 1, &long, 2, nil, "", "image web:1→web:2, replicas 3→5, env: -LOG_LEVEL -OLD +VAR_NUMBER_00 +VAR_NUMBER_01 +VAR_NUMBER_02 +VAR_NUMBER_03 +VAR_NUMBER_04 +VAR_NUMBER_05 and 24 more"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got := Summary(tt.prev, tt.prevGen, tt.next, tt.gen, tt.earlier)
+			require.LessOrEqual(t, len(got), MaxSummary)
+			if tt.want != "" {
+				require.Equal(t, tt.want, got)
+			} else {
+				require.True(t, strings.HasPrefix(got, tt.wantPrefix), got)
+			}
+			require.NotContains(t, got, "box-")
+		})
+	}
+}
+
+// TestYAMLAndDiff: the YAML reads back as the same spec, a secret shows
+// redacted with its value id's first digits, and the diff names the
+// changed line.
+func TestYAMLAndDiff(t *testing.T) {
+	t.Parallel()
+	v1 := load(t, base)
+	require.True(t, Same(v1, load(t, YAML(v1))), "YAML reads back as the spec")
+	id1, id2 := "0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"
+	s1, s2 := sealed(v1, "TOKEN", id1), sealed(v1, "TOKEN", id2)
+	y := YAML(s1)
+	require.Contains(t, y, "TOKEN:\n    secret: <redacted>\n    value_id: \"01234567\"\n")
+	require.NotContains(t, y, "box-")
+	require.NotContains(t, y, id1)
+
+	d := Diff(s1, s2, "generation 1", "generation 2")
+	require.Contains(t, d, "--- generation 1\n+++ generation 2\n")
+	require.Contains(t, d, "-    value_id: \"01234567\"\n+    value_id: fedcba98\n")
+	require.NotContains(t, d, "box-")
+	require.Empty(t, Diff(v1, v1, "a", "b"))
+	require.Contains(t, Diff(nil, v1, "none", "new"), "+image: web:1\n")
+}
