@@ -270,10 +270,10 @@ func scalar(v any) (string, bool) {
 
 // Summary is a one-line account of what made next (generation gen) out of
 // prev, the previous kept generation (prevGen; nil: none kept), bounded by
-// MaxSummary. earlier are other kept specs by generation, older than
-// prevGen: a spec that equals one of them (and not prev) reads "back to
-// G", as a rollback --to G makes it.
-func Summary(prev *spec.App, prevGen int64, next *spec.App, gen int64, earlier map[int64]*spec.App) string {
+// MaxSummary. backTo, when above 0 and below prevGen, is an older
+// generation whose spec next equals, as rollback --to makes it: it reads
+// "back to G".
+func Summary(prev *spec.App, prevGen int64, next *spec.App, gen, backTo int64) string {
 	switch {
 	case next == nil:
 		return ""
@@ -292,18 +292,8 @@ func Summary(prev *spec.App, prevGen int64, next *spec.App, gen int64, earlier m
 		}
 		return "restart (same spec)"
 	}
-	gens := make([]int64, 0, len(earlier))
-	for g := range earlier {
-		if g < prevGen {
-			gens = append(gens, g)
-		}
-	}
-	slices.Sort(gens)
-	for i := len(gens) - 1; i >= 0; i-- {
-		if Same(earlier[gens[i]], next) {
-			head = append(head, fmt.Sprintf("back to %d", gens[i]))
-			break
-		}
+	if backTo > 0 && backTo < prevGen {
+		head = append(head, fmt.Sprintf("back to %d", backTo))
 	}
 	prefix := ""
 	if len(head) > 0 {

@@ -49,26 +49,26 @@ func TestSummary(t *testing.T) {
 		prevGen    int64
 		next       *spec.App
 		gen        int64
-		earlier    map[int64]*spec.App
+		backTo     int64
 		want       string
 		wantPrefix string
 	}{
-		{"created", nil, 0, v1, 1, nil, "created", ""},
-		{"pruned before", nil, 0, v1, 9, nil, "oldest kept generation (earlier ones pruned)", ""},
-		{"image, replicas, env", v1, 1, v2, 2, nil, "image web:1→web:2, replicas 3→5, env: +DB_URL ~LOG_LEVEL -OLD", ""},
-		{"routing", v1, 1, hosts, 2, nil, "routing.hosts changed", ""},
-		{"restart", v1, 4, v1, 5, nil, "restart (same spec)", ""},
-		{"secret changed", s1, 1, s2, 2, nil, "env: ~TOKEN (secret)", ""},
-		{"secret kept", s1, 1, sealed(s1, "TOKEN", id1), 2, nil, "restart (same spec)", ""},
-		{"secret added", v1, 1, s1, 2, nil, "env: +TOKEN (secret)", ""},
-		{"back to an earlier spec", v2, 8, v1, 9, map[int64]*spec.App{7: v1, 8: v2}, "back to 7: image web:2→web:1, replicas 5→3, env: -DB_URL ~LOG_LEVEL +OLD", ""},
-		{"after a delete", v1, 3, v2, 5, nil, "", "re-created after a delete: image web:1→web:2"},
-		{"bounded", v1, 1, &long, 2, nil, "", "image web:1→web:2, replicas 3→5, env: -LOG_LEVEL -OLD +VAR_NUMBER_00 +VAR_NUMBER_01 +VAR_NUMBER_02 +VAR_NUMBER_03 +VAR_NUMBER_04 +VAR_NUMBER_05 and 24 more"},
+		{"created", nil, 0, v1, 1, 0, "created", ""},
+		{"pruned before", nil, 0, v1, 9, 0, "oldest kept generation (earlier ones pruned)", ""},
+		{"image, replicas, env", v1, 1, v2, 2, 0, "image web:1→web:2, replicas 3→5, env: +DB_URL ~LOG_LEVEL -OLD", ""},
+		{"routing", v1, 1, hosts, 2, 0, "routing.hosts changed", ""},
+		{"restart", v1, 4, v1, 5, 0, "restart (same spec)", ""},
+		{"secret changed", s1, 1, s2, 2, 0, "env: ~TOKEN (secret)", ""},
+		{"secret kept", s1, 1, sealed(s1, "TOKEN", id1), 2, 0, "restart (same spec)", ""},
+		{"secret added", v1, 1, s1, 2, 0, "env: +TOKEN (secret)", ""},
+		{"back to an earlier spec", v2, 8, v1, 9, 7, "back to 7: image web:2→web:1, replicas 5→3, env: -DB_URL ~LOG_LEVEL +OLD", ""},
+		{"after a delete", v1, 3, v2, 5, 0, "", "re-created after a delete: image web:1→web:2"},
+		{"bounded", v1, 1, &long, 2, 0, "", "image web:1→web:2, replicas 3→5, env: -LOG_LEVEL -OLD +VAR_NUMBER_00 +VAR_NUMBER_01 +VAR_NUMBER_02 +VAR_NUMBER_03 +VAR_NUMBER_04 +VAR_NUMBER_05 and 24 more"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			got := Summary(tt.prev, tt.prevGen, tt.next, tt.gen, tt.earlier)
+			got := Summary(tt.prev, tt.prevGen, tt.next, tt.gen, tt.backTo)
 			require.LessOrEqual(t, len(got), MaxSummary)
 			if tt.want != "" {
 				require.Equal(t, tt.want, got)
