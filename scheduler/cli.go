@@ -22,6 +22,7 @@ import (
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/certs"
+	"github.com/berthhq/berth/scheduler/internal/store"
 	"github.com/berthhq/berth/scheduler/internal/vault"
 )
 
@@ -112,6 +113,8 @@ type runCmd struct {
 	HostTLSDir    string        `name:"host-tls-dir" help:"The directory every registered host's TLS files (tls.ca, tls.cert, tls.key) must lie in, symbolic links resolved; empty refuses TLS files, and so tcp:// engines off loopback." default:"" env:"BERTH_SCHEDULER_HOST_TLS_DIR" type:"path"`
 	LoopbackHosts bool          `name:"allow-loopback-hosts" help:"Let a registered host's address and docker_url be loopback (127.0.0.0/8, ::1): only for several engines on one machine in a test; link-local, unspecified and multicast are never allowed." default:"false" env:"BERTH_SCHEDULER_ALLOW_LOOPBACK_HOSTS"`
 	NetworkCIDR   []string      `name:"network-cidr" help:"With --network: the prefixes (CIDR, repeatable) that container addresses on that network lie in; an address an engine reports outside them is refused. Required for registered hosts with --network." default:"" env:"BERTH_SCHEDULER_NETWORK_CIDR"`
+
+	HistoryKeep int `name:"history-keep" help:"Spec generations kept per app for scheduler history and rollback --to (2 to 10000): each new generation prunes the older ones, except a generation an instance still runs." default:"50" env:"BERTH_SCHEDULER_HISTORY_KEEP"`
 
 	MaxRoutes int `name:"max-routes" help:"Cap on the routes (hosts x paths) of every app together, which each nginx renders as locations; an apply past it is refused (0: no cap)." default:"20000" env:"BERTH_SCHEDULER_MAX_ROUTES"`
 
@@ -263,6 +266,9 @@ func (r *runCmd) check() error {
 	}
 	if r.HostTimeout < 2*time.Second || r.HostTimeout > 10*time.Minute {
 		errs = append(errs, fmt.Errorf("--host-timeout (%s): must be between 2s and 10m", r.HostTimeout))
+	}
+	if r.HistoryKeep < store.MinHistoryKeep || r.HistoryKeep > MaxHistoryKeep {
+		errs = append(errs, fmt.Errorf("--history-keep (%d): must be between %d (the current generation and the one rollback returns to) and %d", r.HistoryKeep, store.MinHistoryKeep, MaxHistoryKeep))
 	}
 	if r.MaxParallel < 1 || r.MaxParallel > 256 {
 		errs = append(errs, fmt.Errorf("--max-parallel (%d): must be between 1 and 256", r.MaxParallel))
@@ -431,6 +437,9 @@ func readToken(flag, path string) (string, error) {
 	}
 	return t, nil
 }
+
+// MaxHistoryKeep caps --history-keep.
+const MaxHistoryKeep = 10000
 
 // maxTokenFile caps a token file: a token is a line of a few dozen bytes.
 const maxTokenFile = 4096

@@ -110,6 +110,7 @@ func openStore(ctx context.Context, cfg Config, secrets *secret.Box, logger *zap
 	if err != nil {
 		return nil, err
 	}
+	st.SetHistoryKeep(cfg.HistoryKeep)
 	if err := prepare(ctx, st, cfg, secrets, logger); err != nil {
 		st.Close()
 		return nil, err
