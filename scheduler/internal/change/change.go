@@ -333,3 +333,17 @@ func truncate(s string, n int) string {
 }
 
 func utf8Start(b byte) bool { return b&0xC0 != 0x80 }
+
+// Top returns the top-level fields of the spec (their JSON names, in spec
+// order) whose values differ between prev and next, env secrets compared
+// by value id; every field that next sets when prev is nil.
+func Top(prev, next *spec.App) []string {
+	a, b := plain(prev), plain(next)
+	var out []string
+	for _, f := range fieldOrder() {
+		if !reflect.DeepEqual(a[f], b[f]) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
