@@ -1,9 +1,9 @@
 // Package change describes how one stored app spec differs from another,
 // for people: a one-line summary (history), the spec as the YAML users
 // write, and a unified diff of two specs. It is pure and never shows a
-// secret: a sealed value reads as spec.RedactedValue with the first
-// digits of its random value id (spec.Sealed.ValueID, never derived from
-// the plaintext), so a changed secret shows as changed and nothing more.
+// secret, nor its sealed form: a secret reads spec.RedactedValue, and one
+// whose value changed (its spec.Sealed.ValueID differs) is said to have
+// changed, and nothing more.
 package change
 
 import (
@@ -33,9 +33,10 @@ const maxEnv = 8
 // tree is a spec as JSON decodes it into Go values, secrets made safe.
 type tree = map[string]any
 
-// plain returns a as a tree whose env secrets read {secret: <redacted>,
-// value_id: <8 hex digits>}; nil for nil.
-func plain(a *spec.App) tree {
+// plain returns a as a tree whose env secrets read {secret: <redacted>}:
+// with ids, also {value_id: …} (for comparing, never shown); a secret
+// named in changed reads "<redacted> (changed)". nil for nil.
+func plain(a *spec.App, ids bool, changed map[string]bool) tree {
 	if a == nil {
 		return nil
 	}
@@ -53,29 +54,26 @@ func plain(a *spec.App) tree {
 			continue
 		}
 		s := map[string]any{"secret": spec.RedactedValue}
-		if v.Sealed != nil {
-			s["value_id"] = shortID(v.Sealed.ValueID)
+		if changed[k] {
+			s["secret"] = spec.RedactedValue + " (changed)"
+		}
+		if ids && v.Sealed != nil {
+			s["value_id"] = v.Sealed.ValueID
 		}
 		env[k] = s
 	}
 	return t
 }
 
-// shortID is the first 8 digits of a value id: enough to tell values apart.
-func shortID(id string) string {
-	if len(id) > 8 {
-		return id[:8]
-	}
-	return id
-}
+// YAML is a as YAML, the format users write, its secrets redacted; ""
+// for nil.
+func YAML(a *spec.App) string { return toYAML(plain(a, false, nil)) }
 
-// YAML is a as YAML, the format users write, its secrets redacted (with
-// their value id's first digits); "" for nil.
-func YAML(a *spec.App) string {
-	if a == nil {
+func toYAML(t tree) string {
+	if t == nil {
 		return ""
 	}
-	b, err := yaml.Marshal(plain(a))
+	b, err := yaml.Marshal(t)
 	if err != nil {
 		return ""
 	}
@@ -86,7 +84,17 @@ func YAML(a *spec.App) string {
 // no spec), labelled with their names (e.g. "generation 6"); "" when they
 // read the same.
 func Diff(prev, next *spec.App, prevName, nextName string) string {
-	a, b := YAML(prev), YAML(next)
+	// A secret whose value changed reads so in next: their values are
+	// never shown, and would otherwise read the same.
+	changed := map[string]bool{}
+	if prev != nil && next != nil {
+		for k, n := range next.Env {
+			if o, ok := prev.Env[k]; ok && o.IsSecret() && n.IsSecret() && !sameSecret(o, n) {
+				changed[k] = true
+			}
+		}
+	}
+	a, b := YAML(prev), toYAML(plain(next, false, changed))
 	if a == b {
 		return ""
 	}
@@ -100,7 +108,12 @@ func Diff(prev, next *spec.App, prevName, nextName string) string {
 }
 
 // Same reports whether two stored specs are the same (secrets by value id).
-func Same(a, b *spec.App) bool { return reflect.DeepEqual(plain(a), plain(b)) }
+func Same(a, b *spec.App) bool { return reflect.DeepEqual(plain(a, true, nil), plain(b, true, nil)) }
+
+// sameSecret reports whether two secrets hold the same sealed value.
+func sameSecret(a, b spec.EnvValue) bool {
+	return a.Sealed != nil && b.Sealed != nil && a.Sealed.ValueID == b.Sealed.ValueID
+}
 
 // Fields returns the changes from prev to next, one short phrase each, in
 // spec order: "image web:1→web:2", "replicas 3→5", "env: +DB_URL
@@ -109,7 +122,7 @@ func Fields(prev, next *spec.App) []string {
 	if prev == nil || next == nil {
 		return nil
 	}
-	a, b := plain(prev), plain(next)
+	a, b := plain(prev, true, nil), plain(next, true, nil)
 	delete(a, "env")
 	delete(b, "env")
 	var leaves []string
@@ -189,7 +202,7 @@ func envChanges(prev, next *spec.App) string {
 		case o.IsSecret() != n.IsSecret():
 			mark("~", k, true)
 		case o.IsSecret():
-			if o.Sealed == nil || n.Sealed == nil || o.Sealed.ValueID != n.Sealed.ValueID {
+			if !sameSecret(o, n) {
 				mark("~", k, true)
 			}
 		case o.Value != n.Value:
@@ -338,7 +351,7 @@ func utf8Start(b byte) bool { return b&0xC0 != 0x80 }
 // order) whose values differ between prev and next, env secrets compared
 // by value id; every field that next sets when prev is nil.
 func Top(prev, next *spec.App) []string {
-	a, b := plain(prev), plain(next)
+	a, b := plain(prev, true, nil), plain(next, true, nil)
 	var out []string
 	for _, f := range fieldOrder() {
 		if !reflect.DeepEqual(a[f], b[f]) {

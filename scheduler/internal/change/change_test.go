@@ -81,8 +81,8 @@ func TestSummary(t *testing.T) {
 }
 
 // TestYAMLAndDiff: the YAML reads back as the same spec, a secret shows
-// redacted with its value id's first digits, and the diff names the
-// changed line.
+// redacted (not even its value id), a changed one says so in the diff,
+// and the diff names the changed line.
 func TestYAMLAndDiff(t *testing.T) {
 	t.Parallel()
 	v1 := load(t, base)
@@ -90,14 +90,16 @@ func TestYAMLAndDiff(t *testing.T) {
 	id1, id2 := "0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"
 	s1, s2 := sealed(v1, "TOKEN", id1), sealed(v1, "TOKEN", id2)
 	y := YAML(s1)
-	require.Contains(t, y, "TOKEN:\n    secret: <redacted>\n    value_id: \"01234567\"\n")
+	require.Contains(t, y, "TOKEN:\n    secret: <redacted>\n")
 	require.NotContains(t, y, "box-")
-	require.NotContains(t, y, id1)
+	require.NotContains(t, y, "value_id")
 
 	d := Diff(s1, s2, "generation 1", "generation 2")
 	require.Contains(t, d, "--- generation 1\n+++ generation 2\n")
-	require.Contains(t, d, "-    value_id: \"01234567\"\n+    value_id: fedcba98\n")
+	require.Contains(t, d, "-    secret: <redacted>\n+    secret: <redacted> (changed)\n")
 	require.NotContains(t, d, "box-")
+	require.NotContains(t, d, "value_id")
+	require.Empty(t, Diff(s1, sealed(v1, "TOKEN", id1), "a", "b"), "the same secret")
 	require.Empty(t, Diff(v1, v1, "a", "b"))
 	require.Contains(t, Diff(nil, v1, "none", "new"), "+image: web:1\n")
 }

@@ -759,3 +759,7 @@ func (s *Store) LastLogTail(ctx context.Context, app string, generation int64) (
 	}
 	return tail, nil
 }
+
+// DesiredReplicas is the replica count an apply of s asks for, to an app
+// whose stored self is cur (nil: a new app): what Apply would store.
+func DesiredReplicas(s *spec.App, cur *App) int { return desired(s, cur) }
