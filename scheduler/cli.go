@@ -41,7 +41,7 @@ type cli struct {
 	Run         runCmd      `cmd:"" help:"Run a scheduler replica: the API, leader election and publishing."`
 	Migrate     migrateCmd  `cmd:"" help:"Apply database migrations (up), or show where the schema stands (status); with --secret-key-file, up also seals every stored env secret with it (key rotation)."`
 	CheckConfig runCmd      `cmd:"" name:"check-config" help:"Check the flags of run, print what is wrong, exit 0 or 1."`
-	Apply       applyCmd    `cmd:"" help:"Apply an app spec (YAML or JSON); prints the generation and what changed."`
+	Apply       applyCmd    `cmd:"" help:"Apply an app spec (YAML or JSON); prints the generation and what changed. --dry-run shows what it would do, changing nothing."`
 	Scale       scaleCmd    `cmd:"" help:"Set a fixed-replica app's replica count."`
 	Status      statusCmd   `cmd:"" help:"Show apps, or one app's instances."`
 	Events      eventsCmd   `cmd:"" help:"Show lifecycle events; --follow streams them from NATS."`
@@ -51,7 +51,7 @@ type cli struct {
 	Restart     restartCmd  `cmd:"" help:"Replace every instance of an app by a rolling update, with the same spec."`
 	Hosts       hostsCmd    `cmd:"" help:"The Docker hosts the scheduler places instances on: add, ls, drain, undrain, rm."`
 	Tokens      tokensCmd   `cmd:"" help:"API tokens and their scopes (read, deploy, admin): create, ls, revoke."`
-	History     historyCmd  `cmd:"" help:"Show an app's spec generations: image, and who made each."`
+	History     historyCmd  `cmd:"" help:"Show an app's kept spec generations: image, who made each and what it changed; with a generation, its spec and its diff against the one before."`
 
 	NATSCredential natsCredentialCmd `cmd:"" name:"nats-credential" help:"Print one role's NATS credential of the embedded NATS (its nkey seed, and the roles' public keys that sealed records are checked against), for another daemon's --nats-nkey; creates the credentials if needed."`
 	NATSConfig     natsConfigCmd     `cmd:"" name:"nats-config" help:"Print a nats-server config with Berth's roles (users and permissions) for an external NATS, from the credentials in --data-dir."`
@@ -186,6 +186,7 @@ type applyCmd struct {
 	clientFlags `embed:""`
 	waitFlags   `embed:""`
 	File        string `short:"f" help:"Spec file, or - for standard input." required:""`
+	DryRun      bool   `name:"dry-run" help:"Change nothing: show the spec's diff against the current one and what an apply would do (replace instances, scale, reload, new certificate, unplaceable instances)." default:"false"`
 }
 
 type scaleCmd struct {
@@ -222,6 +223,7 @@ type logsCmd struct {
 type historyCmd struct {
 	clientFlags `embed:""`
 	App         string `arg:"" help:"App name."`
+	Generation  string `arg:"" optional:"" help:"One generation: its spec (YAML, secrets redacted) and its diff against the kept generation before it."`
 	Limit       int    `help:"How many generations, newest first." default:"20"`
 }
 
