@@ -9,13 +9,14 @@ package change
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"reflect"
 	"slices"
 	"sort"
 	"strings"
 
 	"github.com/pmezard/go-difflib/difflib"
-	"sigs.k8s.io/yaml"
+	yaml "go.yaml.in/yaml/v2"
 
 	"github.com/berthhq/berth/common/spec"
 )
@@ -73,11 +74,64 @@ func toYAML(t tree) string {
 	if t == nil {
 		return ""
 	}
-	b, err := yaml.Marshal(t)
+	b, err := yaml.Marshal(ordered(t, reflect.TypeFor[spec.App]()))
 	if err != nil {
 		return ""
 	}
 	return string(b)
+}
+
+// ordered is v (as JSON decodes it) with each object's fields in the
+// order of their struct, t (as users read them: name, image, port, …),
+// other maps' keys sorted, and whole numbers as integers.
+func ordered(v any, t reflect.Type) any {
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch x := v.(type) {
+	case map[string]any:
+		var out yaml.MapSlice
+		seen := map[string]bool{}
+		if t != nil && t.Kind() == reflect.Struct {
+			for i := range t.NumField() {
+				name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+				if val, ok := x[name]; ok && !seen[name] {
+					seen[name] = true
+					out = append(out, yaml.MapItem{Key: name, Value: ordered(val, t.Field(i).Type)})
+				}
+			}
+		}
+		var elem reflect.Type
+		if t != nil && t.Kind() == reflect.Map {
+			elem = t.Elem()
+		}
+		keys := make([]string, 0, len(x))
+		for k := range x {
+			if !seen[k] {
+				keys = append(keys, k)
+			}
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			out = append(out, yaml.MapItem{Key: k, Value: ordered(x[k], elem)})
+		}
+		return out
+	case []any:
+		var elem reflect.Type
+		if t != nil && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array) {
+			elem = t.Elem()
+		}
+		out := make([]any, len(x))
+		for i := range x {
+			out[i] = ordered(x[i], elem)
+		}
+		return out
+	case float64:
+		if x == math.Trunc(x) && math.Abs(x) < 1<<53 {
+			return int64(x)
+		}
+	}
+	return v
 }
 
 // Diff is the unified diff of prev's YAML to next's (either may be nil:

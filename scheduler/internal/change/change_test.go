@@ -87,6 +87,7 @@ func TestYAMLAndDiff(t *testing.T) {
 	t.Parallel()
 	v1 := load(t, base)
 	require.True(t, Same(v1, load(t, YAML(v1))), "YAML reads back as the spec")
+	require.True(t, strings.HasPrefix(YAML(v1), "name: web\nimage: web:1\nenv:\n  LOG_LEVEL: info\n  OLD: x\nport: 8080\nreplicas: 3\n"), "in the spec's order:\n%s", YAML(v1))
 	id1, id2 := "0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"
 	s1, s2 := sealed(v1, "TOKEN", id1), sealed(v1, "TOKEN", id2)
 	y := YAML(s1)
