@@ -1,5 +1,6 @@
-// Package api is the scheduler's HTTP API: apply, inspect, scale, roll back
-// and delete apps, list instances and events, stream apps' logs, register hosts, manage API
+// Package api is the scheduler's HTTP API: apply (or plan, changing
+// nothing), inspect, scale, roll back and delete apps, read their history,
+// list instances and events, stream apps' logs, register hosts, manage API
 // tokens, and the health, readiness and metrics endpoints. Every replica
 // serves it, since writes go to Postgres. Every /v1/ route is registered
 // with the token scope it needs (auth.Read, Deploy or Admin), and every
