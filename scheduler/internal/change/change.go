@@ -1,9 +1,10 @@
 // Package change describes how one stored app spec differs from another,
 // for people: a one-line summary (history), the spec as the YAML users
 // write, and a unified diff of two specs. It is pure and never shows a
-// secret, nor its sealed form: a secret reads spec.RedactedValue, and one
-// whose value changed (its spec.Sealed.ValueID differs) is said to have
-// changed, and nothing more.
+// secret, nor its sealed form: an env secret, and the literal value of a
+// secret health header or body (as the scheduler publishes health
+// checks), read spec.RedactedValue, and one whose value changed (an env
+// secret's spec.Sealed.ValueID) is said to have changed, and nothing more.
 package change
 
 import (
@@ -63,7 +64,60 @@ func plain(a *spec.App, ids bool, changed map[string]bool) tree {
 		}
 		env[k] = s
 	}
+	if !ids {
+		redactHealth(t, changed)
+	}
 	return t
+}
+
+// redactHealth replaces in t, as the scheduler publishes health checks,
+// the literal value of each secret header (spec.SecretHeader) and a
+// literal body with spec.RedactedValue, "(changed)" when changed names
+// them ("header:NAME", "body"); "$env:" references are kept.
+func redactHealth(t tree, changed map[string]bool) {
+	h, _ := t["health"].(map[string]any)
+	if h == nil {
+		return
+	}
+	redacted := func(key string) string {
+		if changed[key] {
+			return spec.RedactedValue + " (changed)"
+		}
+		return spec.RedactedValue
+	}
+	if b, ok := h["body"].(string); ok && b != "" {
+		if _, ref := spec.EnvRef(b); !ref {
+			h["body"] = redacted("body")
+		}
+	}
+	headers, _ := h["headers"].(map[string]any)
+	for k, v := range headers {
+		if s, ok := v.(string); ok && secretHeader(k, s) {
+			headers[k] = redacted("header:" + k)
+		}
+	}
+}
+
+// secretHeader reports whether a health header's value is a literal
+// credential, never shown.
+func secretHeader(name, value string) bool {
+	_, ref := spec.EnvRef(value)
+	return !ref && spec.SecretHeader(name)
+}
+
+// secretPath reports whether a summary must not quote the values at path:
+// a literal secret header or body of the health check.
+func secretPath(path string, a, b any) bool {
+	if path == "health.body" {
+		return true
+	}
+	name, ok := strings.CutPrefix(path, "health.headers.")
+	if !ok {
+		return false
+	}
+	x, _ := a.(string)
+	y, _ := b.(string)
+	return secretHeader(name, x) || secretHeader(name, y)
 }
 
 // YAML is a as YAML, the format users write, its secrets redacted; ""
@@ -146,6 +200,14 @@ func Diff(prev, next *spec.App, prevName, nextName string) string {
 			if o, ok := prev.Env[k]; ok && o.IsSecret() && n.IsSecret() && !sameSecret(o, n) {
 				changed[k] = true
 			}
+		}
+		if prev.Health != nil && next.Health != nil {
+			for k, v := range next.Health.Headers {
+				if o, ok := prev.Health.Headers[k]; ok && o != v {
+					changed["header:"+k] = true
+				}
+			}
+			changed["body"] = prev.Health.Body != next.Health.Body
 		}
 	}
 	a, b := YAML(prev), toYAML(plain(next, false, changed))
@@ -307,6 +369,8 @@ func diffTree(path string, a, b any, out *[]string) {
 		*out = append(*out, path+" set")
 	case b == nil:
 		*out = append(*out, path+" removed")
+	case secretPath(path, a, b):
+		*out = append(*out, path+" changed")
 	default:
 		x, xok := scalar(a)
 		y, yok := scalar(b)

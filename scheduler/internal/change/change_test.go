@@ -102,5 +102,19 @@ func TestYAMLAndDiff(t *testing.T) {
 	require.NotContains(t, d, "value_id")
 	require.Empty(t, Diff(s1, sealed(v1, "TOKEN", id1), "a", "b"), "the same secret")
 	require.Empty(t, Diff(v1, v1, "a", "b"))
+
+	// A literal secret header (and a body) never shows, in the YAML, the
+	// diff or the summary; a reference and another header do.
+	h1 := load(t, base+"health: {type: http, path: /, headers: {Authorization: Bearer one-4711, X-Env: $env:BERTH_PROBE_WEB__T, Accept: text/plain}}\n")
+	h2 := load(t, base+"health: {type: http, path: /, headers: {Authorization: Bearer two-4712, X-Env: $env:BERTH_PROBE_WEB__U, Accept: text/html}}\n")
+	for _, out := range []string{YAML(h1), Diff(h1, h2, "a", "b"), Summary(h1, 1, h2, 2, 0)} {
+		require.NotContains(t, out, "4711")
+		require.NotContains(t, out, "4712")
+	}
+	require.Contains(t, YAML(h1), "Authorization: <redacted>\n")
+	require.Contains(t, Diff(h1, h2, "a", "b"), "+    Authorization: <redacted> (changed)\n")
+	require.Equal(t, "health.headers.Accept text/plain→text/html, health.headers.Authorization changed, health.headers.X-Env $env:BERTH_PROBE_WEB__T→$env:BERTH_PROBE_WEB__U",
+		Summary(h1, 1, h2, 2, 0))
+	require.False(t, Same(h1, load(t, strings.Replace(YAML(h1), "<redacted>", "Bearer other", 1))), "a changed header is a change")
 	require.Contains(t, Diff(nil, v1, "none", "new"), "+image: web:1\n")
 }
