@@ -118,6 +118,9 @@ func openStore(ctx context.Context, cfg Config, secrets *secret.Box, logger *zap
 	if cfg.Secrets != nil {
 		logger.Info("env secrets are sealed in Postgres", zap.String("secret_key_id", cfg.Secrets.ID()))
 	}
+	if cfg.HistoryKeep > 0 {
+		logger.Info("spec history is pruned as generations are written", zap.Int("history_keep", cfg.HistoryKeep))
+	}
 	return st, nil
 }
 
