@@ -263,10 +263,14 @@ func show(out io.Writer, format string, v any, table func(io.Writer)) error {
 	return nil
 }
 
-// apply sends a spec and says which top-level fields changed.
+// apply sends a spec and says which top-level fields changed; with
+// --dry-run it asks for the plan instead, and changes nothing.
 func apply(ctx context.Context, a *applyCmd, out io.Writer) error {
 	if err := a.waitFlags.check(); err != nil {
 		return &apiError{status: http.StatusBadRequest, body: api.Error{Error: err.Error()}}
+	}
+	if a.DryRun && a.Wait {
+		return &apiError{status: http.StatusBadRequest, body: api.Error{Error: "--dry-run and --wait: a dry run starts no rollout to wait for; give one of them"}}
 	}
 	var src []byte
 	var err error
@@ -286,6 +290,13 @@ func apply(ctx context.Context, a *applyCmd, out io.Writer) error {
 	cl, err := newClient(a.clientFlags)
 	if err != nil {
 		return err
+	}
+	if a.DryRun {
+		var p api.PlanView
+		if err := cl.do(ctx, "POST", "/v1/apps/"+url.PathEscape(app.Name)+"/plan", src, &p); err != nil {
+			return err
+		}
+		return show(out, a.Output, p, func(w io.Writer) { printPlan(w, a.File, p) })
 	}
 	var before api.AppView
 	var ae *apiError

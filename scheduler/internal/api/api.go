@@ -1,5 +1,6 @@
-// Package api is the scheduler's HTTP API: apply, inspect, scale, roll back
-// and delete apps, list instances and events, stream apps' logs, register hosts, manage API
+// Package api is the scheduler's HTTP API: apply (or plan, changing
+// nothing), inspect, scale, roll back and delete apps, read their history,
+// list instances and events, stream apps' logs, register hosts, manage API
 // tokens, and the health, readiness and metrics endpoints. Every replica
 // serves it, since writes go to Postgres. Every /v1/ route is registered
 // with the token scope it needs (auth.Read, Deploy or Admin), and every
@@ -59,9 +60,12 @@ type AppWriter interface {
 }
 
 // HistoryReader reads an app's spec history for GET
-// /v1/apps/{name}/history. Called concurrently.
+// /v1/apps/{name}/history and /history/{generation}. Called concurrently.
 type HistoryReader interface {
 	History(ctx context.Context, name string, limit int) ([]store.Revision, error)
+	// Generation returns one kept generation and the kept one before it;
+	// an error wrapping store.ErrNoGeneration when it is not kept.
+	Generation(ctx context.Context, name string, gen int64) (store.Revision, *store.Revision, error)
 }
 
 // EventReader reads the event log for GET /v1/events. Called concurrently.
@@ -190,10 +194,13 @@ func (a *api) register(rt *router) {
 	rt.handleApp("POST /v1/apps/{name}/scale", auth.Deploy, a.scale)
 	rt.handleApp("POST /v1/apps/{name}/rollback", auth.Deploy, a.rollback)
 	rt.handleApp("POST /v1/apps/{name}/restart", auth.Deploy, a.restart)
+	// A plan is checked as an apply is, so it needs what an apply needs.
+	rt.handleApp("POST /v1/apps/{name}/plan", auth.Deploy, a.plan)
 	rt.handle("GET /v1/apps/{name}/instances", auth.Read, a.instances)
 	rt.handle("GET /v1/apps/{name}/metrics", auth.Read, a.metrics)
 	rt.handle("GET /v1/apps/{name}/history", auth.Read, a.history)
 	rt.handle("GET /v1/apps/{name}/wait", auth.Read, a.wait)
+	rt.handle("GET /v1/apps/{name}/history/{generation}", auth.Read, a.generation)
 	// A deploy token limited to some apps reads only their logs.
 	rt.handleApp("GET /v1/apps/{name}/logs", auth.Read, a.logs)
 	rt.handle("GET /v1/events", auth.Read, a.events)
@@ -315,10 +322,29 @@ func view(a store.App, withSpec bool) AppView {
 }
 
 func (a *api) apply(w http.ResponseWriter, r *http.Request) {
+	app, ok := a.checked(w, r)
+	if !ok {
+		return
+	}
+	stored, changed, err := a.d.Changes.Apply(r.Context(), app, a.o.Secrets)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	v := view(stored, false)
+	v.Changed = &changed
+	writeJSON(w, http.StatusOK, v)
+}
+
+// checked reads and checks the spec in the body of an apply (or a plan)
+// of the app the URL names, as apply checks it: the spec, what this
+// scheduler allows, and the route table. It answers the error and
+// returns false when the spec is refused.
+func (a *api) checked(w http.ResponseWriter, r *http.Request) (*spec.App, bool) {
 	name := r.PathValue("name")
 	body, ok := readBody(w, r)
 	if !ok {
-		return
+		return nil, false
 	}
 	app, err := spec.Load(body)
 	if err == nil && app.Name != name {
@@ -340,16 +366,9 @@ func (a *api) apply(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		a.fail(w, err)
-		return
+		return nil, false
 	}
-	stored, changed, err := a.d.Changes.Apply(r.Context(), app, a.o.Secrets)
-	if err != nil {
-		a.fail(w, err)
-		return
-	}
-	v := view(stored, false)
-	v.Changed = &changed
-	writeJSON(w, http.StatusOK, v)
+	return app, true
 }
 
 // checkRoutes refuses app when its routes would bring every app's

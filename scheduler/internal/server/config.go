@@ -39,6 +39,9 @@ type Config struct {
 	Migrate bool
 	// Secrets are the keys of env secrets; nil without them.
 	Secrets *vault.Ring
+	// HistoryKeep is how many spec generations of each app are kept
+	// (store.SetHistoryKeep); 0 keeps every one.
+	HistoryKeep int
 
 	NATS       NATS
 	API        API

@@ -110,12 +110,16 @@ func openStore(ctx context.Context, cfg Config, secrets *secret.Box, logger *zap
 	if err != nil {
 		return nil, err
 	}
+	st.SetHistoryKeep(cfg.HistoryKeep)
 	if err := prepare(ctx, st, cfg, secrets, logger); err != nil {
 		st.Close()
 		return nil, err
 	}
 	if cfg.Secrets != nil {
 		logger.Info("env secrets are sealed in Postgres", zap.String("secret_key_id", cfg.Secrets.ID()))
+	}
+	if cfg.HistoryKeep > 0 {
+		logger.Info("spec history is pruned as generations are written", zap.Int("history_keep", cfg.HistoryKeep))
 	}
 	return st, nil
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -120,7 +121,7 @@ func (s *Store) Apply(ctx context.Context, a *spec.App, seal Sealer) (app App, c
 			app = *cur
 			return nil
 		}
-		app, err = write(ctx, tx, a, cur)
+		app, err = write(ctx, tx, a, cur, s.keep)
 		if err == nil && seal != nil && newlySecret(before, a) {
 			_, _, err = resealRows(ctx, tx, a.Name, seal.Resealer(a, false))
 		}
@@ -155,7 +156,7 @@ func (s *Store) Scale(ctx context.Context, name string, replicas int) (app App, 
 		if err := next.Validate(); err != nil {
 			return err
 		}
-		app, err = write(ctx, tx, &next, cur)
+		app, err = write(ctx, tx, &next, cur, s.keep)
 		return err
 	})
 	return app, err
@@ -169,7 +170,7 @@ func (s *Store) Restart(ctx context.Context, name string) (app App, err error) {
 		if cur == nil {
 			return fmt.Errorf("restart %s: %w", name, ErrNotFound)
 		}
-		app, err = write(ctx, tx, cur.Spec, cur)
+		app, err = write(ctx, tx, cur.Spec, cur, s.keep)
 		if err != nil {
 			return err
 		}
@@ -192,7 +193,7 @@ func (s *Store) RollbackTo(ctx context.Context, name string, generation int64) (
 		var raw []byte
 		err := tx.QueryRow(ctx, `SELECT spec FROM app_history WHERE app = $1 AND generation = $2`, name, generation).Scan(&raw)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("rollback %s to generation %d: %w", name, generation, ErrNoHistory)
+			return fmt.Errorf("rollback %s: %w", name, s.notKept(ctx, tx, name, generation))
 		}
 		if err != nil {
 			return fmt.Errorf("rollback %s: %w", name, redact(err))
@@ -204,7 +205,7 @@ func (s *Store) RollbackTo(ctx context.Context, name string, generation int64) (
 		if sameSpec(cur.Spec, &prev) {
 			return fmt.Errorf("rollback %s to generation %d: %w: it is the spec of generation %d already", name, generation, ErrNoHistory, cur.Generation)
 		}
-		app, err = write(ctx, tx, &prev, cur)
+		app, err = write(ctx, tx, &prev, cur, s.keep)
 		return err
 	})
 	return app, err
@@ -241,7 +242,7 @@ func (s *Store) Rollback(ctx context.Context, name string) (app App, err error) 
 		if prev == nil {
 			return fmt.Errorf("rollback %s: %w", name, ErrNoHistory)
 		}
-		app, err = write(ctx, tx, prev, cur)
+		app, err = write(ctx, tx, prev, cur, s.keep)
 		return err
 	})
 	return app, err
@@ -292,25 +293,21 @@ type Revision struct {
 	// failed rollout); "" before actors were recorded.
 	Actor string
 	At    time.Time
+	// Summary says in one line what changed against the previous kept
+	// generation (change.Summary): "image web:1→web:2, replicas 3→5".
+	Summary string
+	// Spec is the generation's spec as stored (secrets sealed).
+	Spec *spec.App
 }
 
 // History returns the newest limit generations of an app's spec, newest
-// first; ErrNotFound when the app does not exist or was deleted.
+// first, each with its summary; ErrNotFound when the app does not exist or
+// was deleted.
 func (s *Store) History(ctx context.Context, name string, limit int) ([]Revision, error) {
 	if _, err := s.Get(ctx, name); err != nil {
 		return nil, err
 	}
-	rows, err := s.pool.Query(ctx, `
-		SELECT generation, coalesce(spec->>'image', ''), actor, created_at FROM app_history
-		WHERE app = $1 ORDER BY generation DESC LIMIT $2`, name, limit)
-	if err != nil {
-		return nil, fmt.Errorf("history of %s: %w", name, redact(err))
-	}
-	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Revision])
-	if err != nil {
-		return nil, fmt.Errorf("history of %s: %w", name, redact(err))
-	}
-	return out, nil
+	return s.revisions(ctx, name, math.MaxInt64, limit)
 }
 
 // Get returns an app that is not deleted.
@@ -419,9 +416,11 @@ func (s *Store) appTx(ctx context.Context, name string, fn func(tx pgx.Tx, cur *
 }
 
 // write stores a as the app's next generation (after cur's, or after a
-// deleted app's), records it in the history and notifies AppsChannel, in
-// one statement: an apply waits on as few round trips as it can.
-func write(ctx context.Context, tx pgx.Tx, a *spec.App, cur *App) (App, error) {
+// deleted app's), records it in the history, prunes the history to the
+// newest keep generations (0: none pruned; see SetHistoryKeep) and
+// notifies AppsChannel, in one statement: an apply waits on as few round
+// trips as it can.
+func write(ctx context.Context, tx pgx.Tx, a *spec.App, cur *App, keep int) (App, error) {
 	if names := a.Unsealed(); len(names) > 0 {
 		return App{}, fmt.Errorf("apply %s: env %s: %w", a.Name, strings.Join(names, ", "), ErrUnsealed)
 	}
@@ -443,9 +442,10 @@ func write(ctx context.Context, tx pgx.Tx, a *spec.App, cur *App) (App, error) {
 				updated_by = EXCLUDED.updated_by
 			RETURNING `+appColumns+`),
 		history AS (
-			INSERT INTO app_history (app, generation, spec, actor) SELECT name, generation, spec, updated_by FROM stored)
+			INSERT INTO app_history (app, generation, spec, actor) SELECT name, generation, spec, updated_by FROM stored),
+		pruned AS (`+pruneSQL+`)
 		SELECT `+appColumns+` FROM stored, pg_notify($7, stored.name)`,
-		a.Name, raw, desired(a, cur), kept, a.Routing.HostKeys(), ActorOf(ctx), AppsChannel)
+		a.Name, raw, desired(a, cur), kept, a.Routing.HostKeys(), ActorOf(ctx), AppsChannel, keep)
 	app, err := scanApp(row)
 	if err != nil {
 		return App{}, fmt.Errorf("apply %s: %w", a.Name, redact(err))
