@@ -99,10 +99,10 @@ func TestMigrateCommand(t *testing.T) {
 	db := testrig.Postgres(t)
 	code, out, _ := cmd(t, "migrate", "status", "--database-url", db)
 	require.Equal(t, 0, code)
-	require.Equal(t, "schema version 0 of 14\n", out)
+	require.Equal(t, "schema version 0 of 15\n", out)
 	code, out, _ = cmd(t, "migrate", "--database-url", db)
 	require.Equal(t, 0, code)
-	require.Equal(t, "schema version 14 of 14\n", out)
+	require.Equal(t, "schema version 15 of 15\n", out)
 	// run refuses a database that is behind, unless --migrate.
 	fresh := testrig.Postgres(t)
 	c, _, _, _ := parse([]string{"run", "--database-url", fresh, "--nats-url", testrig.NATS(t)}, nil, nil)
