@@ -314,7 +314,7 @@ func (c *Controller) SpecHash(a store.App) string {
 func (c *Controller) desired(a store.App, s *spec.App) reconcile.Desired {
 	// The hash sees a secret's value id, never its value: it needs no key.
 	env := c.cfg.Env.Env(secret.HashEnv(s.Env), c.cfg.Environ)
-	return reconcile.Desired{App: a.Name, Generation: a.Generation, SpecHash: reconcile.Restarted(reconcile.SpecHash(s, env), a.RestartedGeneration),
+	return reconcile.Desired{App: a.Name, Generation: a.Generation, SpecHash: reconcile.Restarted(reconcile.Pinned(reconcile.SpecHash(s, env), a.ImageRef), a.RestartedGeneration),
 		Replicas: a.DesiredReplicas, MaxSurge: s.Update.MaxSurge, MaxUnavailable: s.Update.MaxUnavailable,
 		MinHealthyTime: s.Update.MinHealthyTime.Std(), HealthyDeadline: s.Update.HealthyDeadline.Std(),
 		AutoRollback: s.Update.AutoRollback != nil && *s.Update.AutoRollback, Drain: s.Stop.Drain.Std(),
