@@ -12,10 +12,13 @@ import (
 
 // RevisionView is one generation of an app's spec, and who made it.
 type RevisionView struct {
-	Generation int64     `json:"generation"`
-	Image      string    `json:"image"`
-	Actor      string    `json:"actor,omitempty"`
-	At         time.Time `json:"at"`
+	Generation int64  `json:"generation"`
+	Image      string `json:"image"`
+	// ImageRef is what the generation's image was pinned to (a digest, or
+	// an image ID); absent when it was not pinned.
+	ImageRef string    `json:"image_ref,omitempty"`
+	Actor    string    `json:"actor,omitempty"`
+	At       time.Time `json:"at"`
 }
 
 // MaxHistory caps ?limit= of GET /v1/apps/{name}/history.
@@ -38,7 +41,7 @@ func (a *api) history(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]RevisionView, 0, len(revs))
 	for _, rv := range revs {
-		out = append(out, RevisionView{Generation: rv.Generation, Image: rv.Image, Actor: rv.Actor, At: rv.At})
+		out = append(out, RevisionView{Generation: rv.Generation, Image: rv.Image, ImageRef: rv.ImageRef, Actor: rv.Actor, At: rv.At})
 	}
 	writeJSON(w, http.StatusOK, out)
 }
