@@ -116,9 +116,9 @@ func history(ctx context.Context, h *historyCmd, out io.Writer) error {
 	}
 	return show(out, h.Output, revs, func(w io.Writer) {
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "GENERATION\tIMAGE\tBY\tAGE")
+		fmt.Fprintln(tw, "GENERATION\tIMAGE\tPINNED TO\tBY\tAGE")
 		for _, r := range revs {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", r.Generation, r.Image, cmp.Or(r.Actor, "-"), age(r.At))
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", r.Generation, r.Image, cmp.Or(r.ImageRef, "-"), cmp.Or(r.Actor, "-"), age(r.At))
 		}
 		tw.Flush()
 	})
