@@ -10,12 +10,14 @@
 //     with no repo digest on any engine, it was built or loaded locally
 //     and never pushed nor pulled: no registry can know it, and it is
 //     pinned to its image ID without asking one (this also spares a Docker
-//     Hub name such as berth-demo:v1 a lookup that would fail).
+//     Hub name such as berth-demo:v1 a lookup that would fail). Engines
+//     that hold different such images under the name are an error
+//     (ErrAmbiguous): nothing could tell which one is meant.
 //  2. Otherwise the registry is asked (HEAD, then GET of the manifest),
 //     bounded by the resolve timeout: found, it is pinned to repo@digest.
 //  3. The registry failing, an image found on the engines is pinned to its
-//     repo digest for the same repository when it has one (pullable by
-//     every host), else to its ID.
+//     repo digest for the same repository when one has it (pullable by
+//     every host), else to its ID when they agree (ErrAmbiguous if not).
 //  4. Found nowhere, it is not pinned: Pin.Ref is empty and Pin.Reason says
 //     why, and the hosts pull the tag as before.
 package image
@@ -127,23 +129,26 @@ func (r *Resolver) Resolve(ctx context.Context, image string) (Pin, error) {
 	}
 	named = reference.TagNameOnly(named)
 	locals, localErr := r.locals(ctx, image)
-	id, err := sameID(image, locals)
-	if err != nil {
-		return Pin{}, err
-	}
-	if id != "" && !pushed(locals) {
+	if len(locals) > 0 && !pushed(locals) {
+		id, err := sameID(image, locals)
+		if err != nil {
+			return Pin{}, err
+		}
 		return Pin{Ref: id, Source: FromEngine}, nil
 	}
 	digest, regErr := r.Registry(ctx, named.String())
 	if regErr == nil {
 		return Pin{Ref: reference.FamiliarName(named) + "@" + digest, Source: FromRegistry}, nil
 	}
-	if id != "" {
-		ref := id
+	if len(locals) > 0 {
 		if rd := repoDigest(named, locals); rd != "" {
-			ref = rd
+			return Pin{Ref: rd, Source: FromEngine, Reason: regErr.Error()}, nil
 		}
-		return Pin{Ref: ref, Source: FromEngine, Reason: regErr.Error()}, nil
+		id, err := sameID(image, locals)
+		if err != nil {
+			return Pin{}, fmt.Errorf("%w (and the registry did not answer: %v)", err, regErr)
+		}
+		return Pin{Ref: id, Source: FromEngine, Reason: regErr.Error()}, nil
 	}
 	reason := regErr.Error()
 	if localErr != nil {

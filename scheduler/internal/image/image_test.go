@@ -150,7 +150,16 @@ func TestResolveLocalImage(t *testing.T) {
 	pin, err = r.Resolve(ctx, local)
 	require.NoError(t, err)
 	require.Equal(t, Pin{Ref: idB, Source: FromEngine}, pin)
-	require.Zero(t, reg.requests.Load())
+	require.Zero(t, reg.requests.Load(), "no registry asked")
+
+	// Two hosts pulled different images under the tag (it moved between
+	// their pulls): the registry decides.
+	d := reg.push(t, "moved:latest")
+	r.Engines = fakeEngines{images: map[string][]Local{reg.host + "/moved:latest": {
+		{Host: "h1", ID: idA, RepoDigests: []string{reg.host + "/moved@" + idA}}, {Host: "h2", ID: idB, RepoDigests: []string{reg.host + "/moved@" + idB}}}}}
+	pin, err = r.Resolve(ctx, reg.host+"/moved:latest")
+	require.NoError(t, err)
+	require.Equal(t, Pin{Ref: reg.host + "/moved@" + d, Source: FromRegistry}, pin)
 
 	// Two hosts hold different images under the name: refused, naming both.
 	r.Engines = fakeEngines{images: map[string][]Local{"berth-demo:v1": {{Host: "h1", ID: idA}, {Host: "h2", ID: idB}}}}
