@@ -421,13 +421,20 @@ func (s *Store) query(ctx context.Context, sql string, args ...any) ([]App, erro
 	return out, nil
 }
 
-const appColumns = `name, spec, generation, desired_replicas, status, created_at, updated_at, host_claims, updated_by, restarted_generation, image_ref, previous_image_ref`
+const appColumns = `name, spec, generation, desired_replicas, status, created_at, updated_at, host_claims, updated_by, restarted_generation, image_ref, previous_image_ref, image_ref_generation`
 
 func scanApp(row pgx.Row) (App, error) {
 	var a App
 	var raw, claims []byte
-	if err := row.Scan(&a.Name, &raw, &a.Generation, &a.DesiredReplicas, &a.Status, &a.CreatedAt, &a.UpdatedAt, &claims, &a.UpdatedBy, &a.RestartedGeneration, &a.ImageRef, &a.PreviousImageRef); err != nil {
+	var refGen int64
+	if err := row.Scan(&a.Name, &raw, &a.Generation, &a.DesiredReplicas, &a.Status, &a.CreatedAt, &a.UpdatedAt, &claims, &a.UpdatedBy, &a.RestartedGeneration,
+		&a.ImageRef, &a.PreviousImageRef, &refGen); err != nil {
 		return App{}, err
+	}
+	if refGen != a.Generation {
+		// Written for another generation: a scheduler of the version
+		// before pinning wrote this one, and its image is not pinned.
+		a.ImageRef = ""
 	}
 	if err := json.Unmarshal(claims, &a.HostClaims); err != nil {
 		return App{}, fmt.Errorf("app %s: stored host claims: %w", a.Name, err)
@@ -485,11 +492,12 @@ func write(ctx context.Context, tx pgx.Tx, a *spec.App, ref string, cur *App) (A
 	// The hosts a names anew are claimed at this transaction's time.
 	row := tx.QueryRow(ctx, `
 		WITH stored AS (
-			INSERT INTO apps (name, spec, generation, desired_replicas, host_claims, updated_by, image_ref)
-			VALUES ($1, $2, 1, $3, (SELECT jsonb_object_agg(h, coalesce($4::jsonb->h, to_jsonb(now()))) FROM unnest($5::text[]) AS h), $6, $8)
+			INSERT INTO apps (name, spec, generation, desired_replicas, host_claims, updated_by, image_ref, image_ref_generation)
+			VALUES ($1, $2, 1, $3, (SELECT jsonb_object_agg(h, coalesce($4::jsonb->h, to_jsonb(now()))) FROM unnest($5::text[]) AS h), $6, $8, 1)
 			ON CONFLICT (name) DO UPDATE SET spec = EXCLUDED.spec, generation = apps.generation + 1,
 				desired_replicas = EXCLUDED.desired_replicas, updated_at = now(), deleted_at = NULL, host_claims = EXCLUDED.host_claims,
-				updated_by = EXCLUDED.updated_by, image_ref = EXCLUDED.image_ref, previous_image_ref = apps.image_ref
+				updated_by = EXCLUDED.updated_by, image_ref = EXCLUDED.image_ref, image_ref_generation = apps.generation + 1,
+				previous_image_ref = CASE WHEN apps.image_ref_generation = apps.generation THEN apps.image_ref ELSE '' END
 			RETURNING `+appColumns+`),
 		history AS (
 			INSERT INTO app_history (app, generation, spec, actor, image_ref) SELECT name, generation, spec, updated_by, image_ref FROM stored)

@@ -117,3 +117,25 @@ func TestImageRefMigration(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, revs[0].ImageRef)
 }
+
+// A generation written by a scheduler of the version before pinning (the
+// API of a replica not upgraded yet) leaves image_ref alone: that stale
+// pin does not apply to it.
+func TestStalePinIsIgnored(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := open(t)
+	_, _, err := s.ApplyPinned(ctx, load(t, "name: web\nimage: r/web:1\nport: 8080\n"), refV1, nil)
+	require.NoError(t, err)
+	// What the version before writes: spec and generation, nothing of the pin.
+	_, err = s.pool.Exec(ctx, `UPDATE apps SET spec = '{"name":"web","image":"r/web:2","port":8080}', generation = generation + 1 WHERE name = 'web'`)
+	require.NoError(t, err)
+	app, err := s.Get(ctx, "web")
+	require.NoError(t, err)
+	require.Empty(t, app.ImageRef, "r/web:2 is not pinned to r/web:1's digest")
+	app, changed, err := s.ApplyPinned(ctx, load(t, "name: web\nimage: r/web:2\nport: 8080\n"), refV2, nil)
+	require.NoError(t, err)
+	require.True(t, changed)
+	require.Equal(t, refV2, app.ImageRef)
+	require.Empty(t, app.PreviousImageRef, "the stale pin was no pin")
+}
