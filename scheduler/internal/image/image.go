@@ -101,7 +101,8 @@ type Credentials interface {
 
 // Resolver pins image references. Safe for concurrent use.
 type Resolver struct {
-	// Timeout bounds the registry's part of one resolve.
+	// Timeout bounds one resolve, the engines' answer and the registry's
+	// together (10 s when 0).
 	Timeout time.Duration
 	// Engines finds local images; nil asks no engine.
 	Engines Engines
@@ -128,6 +129,9 @@ func (r *Resolver) Resolve(ctx context.Context, image string) (Pin, error) {
 		return Pin{Ref: reference.FamiliarName(named) + "@" + d.Digest().String(), Source: FromSpec}, nil
 	}
 	named = reference.TagNameOnly(named)
+	// One bound for the whole resolve: the engines' answer and the registry's.
+	ctx, cancel := context.WithTimeout(ctx, r.timeout())
+	defer cancel()
 	locals, localErr := r.locals(ctx, image)
 	if len(locals) > 0 && !pushed(locals) {
 		id, err := sameID(image, locals)
@@ -159,13 +163,11 @@ func (r *Resolver) Resolve(ctx context.Context, image string) (Pin, error) {
 	return Pin{Reason: reason}, nil
 }
 
-// locals asks the engines for image, bounded like the registry.
+// locals asks the engines for image.
 func (r *Resolver) locals(ctx context.Context, image string) ([]Local, error) {
 	if r.Engines == nil {
 		return nil, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, r.timeout())
-	defer cancel()
 	return r.Engines.Images(ctx, image)
 }
 

@@ -246,3 +246,30 @@ func TestIDAndDigest(t *testing.T) {
 	require.Equal(t, idA, Digest("r.io/web@"+idA))
 	require.Equal(t, idA, Digest(idA))
 }
+
+type hangingEngines struct{}
+
+func (hangingEngines) Images(ctx context.Context, _ string) ([]Local, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// Engines that do not answer and a registry that does not either: one
+// timeout bounds them together.
+func TestResolveTimeoutBoundsEnginesAndRegistry(t *testing.T) {
+	t.Parallel()
+	hang := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(func() { close(hang); srv.Close() })
+	start := time.Now()
+	pin, err := (&Resolver{Timeout: 300 * time.Millisecond, Engines: hangingEngines{}}).Resolve(context.Background(), strings.TrimPrefix(srv.URL, "http://")+"/slow:v1")
+	require.NoError(t, err)
+	require.Empty(t, pin.Ref)
+	require.Contains(t, pin.Reason, "the engines could not be asked")
+	require.Less(t, time.Since(start), 1500*time.Millisecond, "one bound, not one per step")
+}
