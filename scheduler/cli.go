@@ -49,6 +49,7 @@ type cli struct {
 	Rm          rmCmd       `cmd:"" help:"Delete an app."`
 	Rollback    rollbackCmd `cmd:"" help:"Roll an app back to its previous spec, or to any kept generation with --to."`
 	Restart     restartCmd  `cmd:"" help:"Replace every instance of an app by a rolling update, with the same spec."`
+	Redeploy    redeployCmd `cmd:"" help:"Resolve an app's image tag again: a new digest rolls out as a new generation of the same spec; otherwise unchanged."`
 	Hosts       hostsCmd    `cmd:"" help:"The Docker hosts the scheduler places instances on: add, ls, drain, undrain, rm."`
 	Tokens      tokensCmd   `cmd:"" help:"API tokens and their scopes (read, deploy, admin): create, ls, revoke."`
 	History     historyCmd  `cmd:"" help:"Show an app's kept spec generations: image, who made each and what it changed; with a generation, its spec and its diff against the one before."`
@@ -98,6 +99,7 @@ type runCmd struct {
 	PublishAddress string        `name:"publish-address" help:"Host address container ports are published on (Docker picks the port)." default:"127.0.0.1" env:"BERTH_SCHEDULER_PUBLISH_ADDRESS"`
 	Network        string        `help:"Docker network to attach containers to and reach them on, instead of publishing ports." default:"" env:"BERTH_SCHEDULER_NETWORK"`
 	PullTimeout    time.Duration `name:"pull-timeout" help:"Bound on one image pull." default:"5m" env:"BERTH_SCHEDULER_PULL_TIMEOUT"`
+	ResolveTimeout time.Duration `name:"resolve-timeout" help:"Bound on resolving an image tag to its digest at apply and redeploy (the registry's answer, and the engines' for a local image); past it the image is applied unpinned." default:"10s" env:"BERTH_SCHEDULER_RESOLVE_TIMEOUT"`
 	StartTimeout   time.Duration `name:"start-timeout" help:"Bound on creating and starting a container; older creating/starting instances are stale." default:"1m" env:"BERTH_SCHEDULER_START_TIMEOUT"`
 	StopTimeout    time.Duration `name:"stop-timeout" help:"Bound on stopping a container (signal, then grace); past it the container is removed by force." default:"2m" env:"BERTH_SCHEDULER_STOP_TIMEOUT"`
 	RegistryAuth   string        `name:"registry-auth-file" help:"Docker config.json with registry credentials (never logged); a pull sends only its image registry's entry, none when nothing matches." default:"" env:"BERTH_SCHEDULER_REGISTRY_AUTH_FILE" type:"path"`
@@ -232,6 +234,12 @@ type rmCmd struct {
 	App         string `arg:"" help:"App name."`
 }
 
+type redeployCmd struct {
+	clientFlags `embed:""`
+	waitFlags   `embed:""`
+	App         string `arg:"" help:"App name."`
+}
+
 type restartCmd struct {
 	clientFlags `embed:""`
 	waitFlags   `embed:""`
@@ -285,8 +293,8 @@ func (r *runCmd) check() error {
 	if _, err := netip.ParseAddr(r.PublishAddress); err != nil {
 		errs = append(errs, fmt.Errorf("--publish-address %q: must be an IP address", r.PublishAddress))
 	}
-	if r.PullTimeout <= 0 || r.StartTimeout <= 0 || r.StopTimeout <= 0 {
-		errs = append(errs, errors.New("--pull-timeout, --start-timeout and --stop-timeout must be positive"))
+	if r.PullTimeout <= 0 || r.StartTimeout <= 0 || r.StopTimeout <= 0 || r.ResolveTimeout <= 0 {
+		errs = append(errs, errors.New("--pull-timeout, --resolve-timeout, --start-timeout and --stop-timeout must be positive"))
 	}
 	if _, err := spec.ParseByteSize(r.DefaultMemory); err != nil {
 		errs = append(errs, fmt.Errorf("--default-memory: %w", err))

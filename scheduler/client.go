@@ -175,7 +175,7 @@ func dispatch(ctx context.Context, c *cli, command string, out, errOut io.Writer
 	case strings.HasPrefix(command, "history"):
 		return history(ctx, &c.History, out)
 	case command == "apply":
-		return apply(ctx, &c.Apply, out)
+		return apply(ctx, &c.Apply, out, errOut)
 	case strings.HasPrefix(command, "scale"):
 		cl, err := newClient(c.Scale.clientFlags)
 		if err != nil {
@@ -207,6 +207,8 @@ func dispatch(ctx context.Context, c *cli, command string, out, errOut io.Writer
 		}
 		fmt.Fprintf(out, "%s: deleted; its instances are being stopped\n", c.Rm.App)
 		return nil
+	case strings.HasPrefix(command, "redeploy"):
+		return redeploy(ctx, &c.Redeploy, out)
 	case strings.HasPrefix(command, "restart"):
 		if err := c.Restart.waitFlags.check(); err != nil {
 			return &apiError{status: http.StatusBadRequest, body: api.Error{Error: err.Error()}}
@@ -265,7 +267,7 @@ func show(out io.Writer, format string, v any, table func(io.Writer)) error {
 
 // apply sends a spec and says which top-level fields changed; with
 // --dry-run it asks for the plan instead, and changes nothing.
-func apply(ctx context.Context, a *applyCmd, out io.Writer) error {
+func apply(ctx context.Context, a *applyCmd, out, errOut io.Writer) error {
 	if err := a.waitFlags.check(); err != nil {
 		return &apiError{status: http.StatusBadRequest, body: api.Error{Error: err.Error()}}
 	}
@@ -309,6 +311,9 @@ func apply(ctx context.Context, a *applyCmd, out io.Writer) error {
 		return err
 	}
 	changed := changedFields(before.Spec, app)
+	if before.Spec != nil && v.ImageRef != before.ImageRef {
+		changed = append(changed, fmt.Sprintf("image pinned to %s (was %s)", v.ImageRef, cmp.Or(before.ImageRef, "not pinned")))
+	}
 	if len(changed) == 0 {
 		// Both sides show secrets redacted: only the server knows that one
 		// changed.
@@ -322,6 +327,13 @@ func apply(ctx context.Context, a *applyCmd, out io.Writer) error {
 			fmt.Fprintf(w, "%s: unchanged, generation %d\n", v.Name, v.Generation)
 		default:
 			fmt.Fprintf(w, "%s: generation %d, changed: %s\n", v.Name, v.Generation, strings.Join(changed, ", "))
+		}
+		switch {
+		case v.ImageRef == "" && v.ImageNote != "":
+			// Not pinned: a warning, beside the output a script reads.
+			fmt.Fprintf(errOut, "scheduler: warning: %s: %s\n", v.Name, v.ImageNote)
+		case v.ImageNote != "":
+			fmt.Fprintf(w, "%s: %s\n", v.Name, v.ImageNote)
 		}
 	}); err != nil || !a.Wait {
 		return err
@@ -402,6 +414,7 @@ func status(ctx context.Context, s *statusCmd, out io.Writer) error {
 	return show(out, s.Output, view, func(w io.Writer) {
 		fmt.Fprintf(w, "%s: generation %d, %d of %d replicas running%s, image %s, last changed by %s %s ago\n", app.Name, app.Generation, app.ObservedReplicas, app.DesiredReplicas,
 			lostNote(app), app.Spec.Image, cmp.Or(app.UpdatedBy, "-"), age(app.UpdatedAt))
+		fmt.Fprintln(w, pinLine(app))
 		for _, c := range app.Conflicts {
 			fmt.Fprintf(w, "not routed: %s\n", c)
 		}

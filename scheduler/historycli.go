@@ -36,9 +36,9 @@ func history(ctx context.Context, h *historyCmd, out io.Writer) error {
 	}
 	return show(out, h.Output, revs, func(w io.Writer) {
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "GENERATION\tIMAGE\tBY\tAGE\tCHANGE")
+		fmt.Fprintln(tw, "GENERATION\tIMAGE\tPINNED TO\tBY\tAGE\tCHANGE")
 		for _, r := range revs {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", r.Generation, r.Image, cmp.Or(r.Actor, "-"), age(r.At), cmp.Or(r.Summary, "-"))
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", r.Generation, r.Image, cmp.Or(r.ImageRef, "-"), cmp.Or(r.Actor, "-"), age(r.At), cmp.Or(r.Summary, "-"))
 		}
 		tw.Flush()
 	})
@@ -52,7 +52,11 @@ func generation(ctx context.Context, cl *client, app string, gen int64, format s
 		return err
 	}
 	return show(out, format, g, func(w io.Writer) {
-		fmt.Fprintf(w, "%s generation %d, by %s %s ago: %s\n\n", app, g.Generation, cmp.Or(g.Actor, "-"), age(g.At), cmp.Or(g.Summary, "-"))
+		fmt.Fprintf(w, "%s generation %d, by %s %s ago: %s\n", app, g.Generation, cmp.Or(g.Actor, "-"), age(g.At), cmp.Or(g.Summary, "-"))
+		if g.ImageRef != "" {
+			fmt.Fprintf(w, "image %s pinned to %s\n", g.Image, g.ImageRef)
+		}
+		fmt.Fprintln(w)
 		fmt.Fprint(w, g.YAML)
 		switch {
 		case g.Previous == 0:
@@ -74,6 +78,9 @@ func printPlan(w io.Writer, file string, p api.PlanView) {
 		fmt.Fprintf(w, "%s: plan of %s (dry run, nothing changed): no change against generation %d\n", p.App, file, p.Generation)
 	default:
 		fmt.Fprintf(w, "%s: plan of %s (dry run, nothing changed): generation %d → %d: %s\n", p.App, file, p.Generation, p.Generation+1, p.Summary)
+	}
+	if p.ImageNote != "" {
+		fmt.Fprintln(w, p.ImageNote)
 	}
 	if p.Diff != "" {
 		fmt.Fprintf(w, "\n%s\n", strings.TrimRight(p.Diff, "\n"))

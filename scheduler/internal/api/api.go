@@ -26,6 +26,7 @@ import (
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/auth"
 	"github.com/berthhq/berth/scheduler/internal/autoscale"
+	"github.com/berthhq/berth/scheduler/internal/image"
 	"github.com/berthhq/berth/scheduler/internal/secret"
 	"github.com/berthhq/berth/scheduler/internal/store"
 )
@@ -47,8 +48,9 @@ type AppReader interface {
 // of its own: PUT, DELETE, scale and rollback. Its methods are called
 // concurrently, also for the same app; the store serialises them.
 type AppWriter interface {
-	// Apply stores a spec; seal seals its env secrets in the transaction.
-	Apply(ctx context.Context, a *spec.App, seal store.Sealer) (store.App, bool, error)
+	// ApplyPinned stores a spec with its image pinned to ref ("": not
+	// pinned); seal seals its env secrets in the transaction.
+	ApplyPinned(ctx context.Context, a *spec.App, ref string, seal store.Sealer) (store.App, bool, error)
 	Scale(ctx context.Context, name string, replicas int) (store.App, error)
 	Rollback(ctx context.Context, name string) (store.App, error)
 	// RollbackTo makes an earlier generation's spec the app's again.
@@ -56,6 +58,9 @@ type AppWriter interface {
 	// Restart makes a new generation of the same spec that replaces every
 	// instance.
 	Restart(ctx context.Context, name string) (store.App, error)
+	// Redeploy makes a new generation of the same spec pinned to ref, if
+	// the app is still at generation and ref differs (changed).
+	Redeploy(ctx context.Context, name string, generation int64, ref string) (store.App, bool, error)
 	Delete(ctx context.Context, name string) error
 }
 
@@ -164,6 +169,10 @@ type Options struct {
 	SpecHash func(store.App) string
 	// Logs reads apps' logs from their hosts' engines; nil answers 503.
 	Logs LogStreamer
+	// Resolve pins a spec's image (image.Resolver.Resolve), on whichever
+	// replica takes the request; nil pins nothing (and redeploy answers
+	// 503).
+	Resolve func(ctx context.Context, image string) (image.Pin, error)
 }
 
 // New returns the API handler.
@@ -194,6 +203,7 @@ func (a *api) register(rt *router) {
 	rt.handleApp("POST /v1/apps/{name}/scale", auth.Deploy, a.scale)
 	rt.handleApp("POST /v1/apps/{name}/rollback", auth.Deploy, a.rollback)
 	rt.handleApp("POST /v1/apps/{name}/restart", auth.Deploy, a.restart)
+	rt.handleApp("POST /v1/apps/{name}/redeploy", auth.Deploy, a.redeploy)
 	// A plan is checked as an apply is, so it needs what an apply needs.
 	rt.handleApp("POST /v1/apps/{name}/plan", auth.Deploy, a.plan)
 	rt.handle("GET /v1/apps/{name}/instances", auth.Read, a.instances)
@@ -272,7 +282,15 @@ type AppView struct {
 	// while they may still run there; only on GET of one app.
 	LostReplicas int       `json:"lost_replicas,omitempty"`
 	Spec         *spec.App `json:"spec,omitempty"`
-	Changed      *bool     `json:"changed,omitempty"`
+	// ImageRef is what every host runs for this generation: the spec's
+	// image pinned to repo@sha256:… or to an image ID sha256:…; absent
+	// when not pinned. PreviousImageRef is the one before the last change.
+	ImageRef         string `json:"image_ref,omitempty"`
+	PreviousImageRef string `json:"previous_image_ref,omitempty"`
+	// ImageNote, on an apply or redeploy, says how the image was pinned,
+	// or why it was not.
+	ImageNote string `json:"image_note,omitempty"`
+	Changed   *bool  `json:"changed,omitempty"`
 	// Conflicts are the routes the app does not get (spec.Claims), each
 	// saying why; only on GET of one app.
 	Conflicts []string  `json:"conflicts,omitempty"`
@@ -314,7 +332,8 @@ type TrafficView struct {
 }
 
 func view(a store.App, withSpec bool) AppView {
-	v := AppView{Name: a.Name, Generation: a.Generation, Status: a.Status, DesiredReplicas: a.DesiredReplicas, UpdatedAt: a.UpdatedAt, UpdatedBy: a.UpdatedBy}
+	v := AppView{Name: a.Name, Generation: a.Generation, Status: a.Status, DesiredReplicas: a.DesiredReplicas, UpdatedAt: a.UpdatedAt, UpdatedBy: a.UpdatedBy,
+		ImageRef: a.ImageRef, PreviousImageRef: a.PreviousImageRef}
 	if withSpec && a.Spec != nil {
 		v.Spec = a.Spec.Redacted()
 	}
@@ -326,13 +345,19 @@ func (a *api) apply(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	stored, changed, err := a.d.Changes.Apply(r.Context(), app, a.o.Secrets)
+	pin, err := a.pin(r.Context(), app)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	stored, changed, err := a.d.Changes.ApplyPinned(r.Context(), app, pin.Ref, a.o.Secrets)
 	if err != nil {
 		a.fail(w, err)
 		return
 	}
 	v := view(stored, false)
 	v.Changed = &changed
+	v.ImageNote = pinNote(app.Image, pin, stored.ImageRef)
 	writeJSON(w, http.StatusOK, v)
 }
 
@@ -779,7 +804,10 @@ func (a *api) fail(w http.ResponseWriter, err error) {
 		writeJSON(w, http.StatusBadRequest, Error{Error: "invalid spec", Fields: fields})
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrTokenNotFound):
 		writeJSON(w, http.StatusNotFound, Error{Error: err.Error()})
-	case errors.Is(err, store.ErrAutoscaled), errors.Is(err, store.ErrNoHistory), errors.Is(err, store.ErrHostInUse), errors.Is(err, store.ErrTokenExists):
+	case errors.Is(err, errUnresolved):
+		writeJSON(w, http.StatusBadGateway, Error{Error: err.Error()})
+	case errors.Is(err, store.ErrAutoscaled), errors.Is(err, store.ErrNoHistory), errors.Is(err, store.ErrHostInUse), errors.Is(err, store.ErrTokenExists),
+		errors.Is(err, store.ErrChanged), errors.Is(err, image.ErrAmbiguous):
 		writeJSON(w, http.StatusConflict, Error{Error: err.Error()})
 	case errors.Is(err, store.ErrUnavailable):
 		a.logger.Warn("postgres unreachable", zap.Error(err))

@@ -29,6 +29,7 @@ var routeScopes = map[string]auth.Scope{
 	"POST /v1/apps/{name}/rollback":            auth.Deploy,
 	"POST /v1/apps/{name}/restart":             auth.Deploy,
 	"POST /v1/apps/{name}/plan":                auth.Deploy,
+	"POST /v1/apps/{name}/redeploy":            auth.Deploy,
 	"GET /v1/apps/{name}/instances":            auth.Read,
 	"GET /v1/apps/{name}/metrics":              auth.Read,
 	"GET /v1/apps/{name}/wait":                 auth.Read,

@@ -15,10 +15,13 @@ import (
 
 // RevisionView is one generation of an app's spec, and who made it.
 type RevisionView struct {
-	Generation int64     `json:"generation"`
-	Image      string    `json:"image"`
-	Actor      string    `json:"actor,omitempty"`
-	At         time.Time `json:"at"`
+	Generation int64  `json:"generation"`
+	Image      string `json:"image"`
+	// ImageRef is what the generation's image was pinned to (a digest, or
+	// an image ID); absent when it was not pinned.
+	ImageRef string    `json:"image_ref,omitempty"`
+	Actor    string    `json:"actor,omitempty"`
+	At       time.Time `json:"at"`
 	// Summary says in one line what changed against the previous kept
 	// generation: "image web:1→web:2, replicas 3→5", "env: +DB_URL
 	// ~TOKEN (secret)", "restart (same spec)", "back to 7: …"; a secret's
@@ -47,7 +50,7 @@ type GenerationView struct {
 const MaxHistory = 1000
 
 func revisionView(rv store.Revision) RevisionView {
-	return RevisionView{Generation: rv.Generation, Image: rv.Image, Actor: rv.Actor, At: rv.At, Summary: rv.Summary}
+	return RevisionView{Generation: rv.Generation, Image: rv.Image, ImageRef: rv.ImageRef, Actor: rv.Actor, At: rv.At, Summary: rv.Summary}
 }
 
 func (a *api) history(w http.ResponseWriter, r *http.Request) {

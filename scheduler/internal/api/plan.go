@@ -31,6 +31,11 @@ type PlanView struct {
 	Generation int64 `json:"generation"`
 	// Summary says in one line what would change (as history does).
 	Summary string `json:"summary"`
+	// ImageRef is what the apply would pin the image to, as it would
+	// (a tag pushed again is a new digest: a new generation); ImageNote
+	// says how, or why it could not.
+	ImageRef  string `json:"image_ref,omitempty"`
+	ImageNote string `json:"image_note,omitempty"`
 	// Diff is the unified diff of the current spec's YAML to the planned
 	// one, secrets redacted (a secret whose value changes reads
 	// "<redacted> (changed)"); "" when nothing changes.
@@ -70,9 +75,22 @@ func (a *api) plan(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
+	// Pinned as apply pins it: an unresolved image keeps the current pin
+	// while the spec names the same image (store.ApplyPinned).
+	pin, err := a.pin(ctx, next)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	ref := pin.Ref
+	if ref == "" && cur != nil && cur.Spec.Image == next.Image {
+		ref = cur.ImageRef
+	}
+	repinned := cur != nil && ref != cur.ImageRef
 	in := plan.Input{Current: before, Next: next, NextReplicas: store.DesiredReplicas(next, cur)}
-	out := PlanView{App: next.Name, New: cur == nil, Changed: cur == nil || !change.Same(before, next)}
-	planned := store.App{Name: next.Name, Spec: next, DesiredReplicas: in.NextReplicas}
+	out := PlanView{App: next.Name, New: cur == nil, Changed: cur == nil || !change.Same(before, next) || repinned,
+		ImageRef: ref, ImageNote: pinNote(next.Image, pin, ref)}
+	planned := store.App{Name: next.Name, Spec: next, DesiredReplicas: in.NextReplicas, ImageRef: ref}
 	live := 0
 	from := "(no app)"
 	if cur != nil {
@@ -112,6 +130,9 @@ func (a *api) plan(w http.ResponseWriter, r *http.Request) {
 			gen = cur.Generation + 1
 		}
 		out.Summary = change.Summary(before, out.Generation, next, gen, 0)
+		if repinned && change.Same(before, next) {
+			out.Summary = store.Repinned(next.Image, cur.ImageRef, ref)
+		}
 		out.Diff = change.Diff(before, next, from, "planned")
 	}
 	out.Actions = plan.Decide(in)
@@ -125,7 +146,7 @@ func (a *api) specHash(app store.App) string {
 	}
 	s := *app.Spec
 	s.Default()
-	return reconcile.Restarted(reconcile.SpecHash(&s, secret.HashEnv(s.Env)), app.RestartedGeneration)
+	return reconcile.Restarted(reconcile.Pinned(reconcile.SpecHash(&s, secret.HashEnv(s.Env)), app.ImageRef), app.RestartedGeneration)
 }
 
 // unplaceable places count new instances of next on the registered hosts,

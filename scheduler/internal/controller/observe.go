@@ -319,7 +319,7 @@ func (c *Controller) SpecHash(a store.App) string {
 func (c *Controller) desired(a store.App, s *spec.App) reconcile.Desired {
 	// The hash sees a secret's value id, never its value: it needs no key.
 	env := c.cfg.Env.Env(secret.HashEnv(s.Env), c.cfg.Environ)
-	hash := reconcile.SpecHash(s, env)
+	hash := reconcile.Pinned(reconcile.SpecHash(s, env), a.ImageRef)
 	return reconcile.Desired{App: a.Name, Generation: a.Generation, SpecHash: reconcile.Restarted(hash, a.RestartedGeneration),
 		Release: s.Release != nil, ReleaseHash: hash,
 		Replicas: a.DesiredReplicas, MaxSurge: s.Update.MaxSurge, MaxUnavailable: s.Update.MaxUnavailable,

@@ -456,6 +456,28 @@ func (c *Client) ImagePresent(ctx context.Context, ref string) (bool, error) {
 	return true, nil
 }
 
+// ImageInfo is an image as an engine holds it.
+type ImageInfo struct {
+	// ID is the image ID (sha256:…).
+	ID string
+	// RepoDigests are the repo@sha256:… it was pushed or pulled as; none
+	// for an image built or loaded on this engine alone.
+	RepoDigests []string
+}
+
+// Image returns ref (a name, repo@digest or an ID) as this engine holds
+// it, or an error wrapping ErrImageNotFound.
+func (c *Client) Image(ctx context.Context, ref string) (ImageInfo, error) {
+	r, err := c.c.ImageInspect(ctx, ref)
+	if cerrdefs.IsNotFound(err) {
+		return ImageInfo{}, fmt.Errorf("docker image %s: %w", ref, ErrImageNotFound)
+	}
+	if err != nil {
+		return ImageInfo{}, fmt.Errorf("docker image %s: %w", ref, err)
+	}
+	return ImageInfo{ID: r.ID, RepoDigests: r.RepoDigests}, nil
+}
+
 // Pull fetches ref, bounded by timeout. Any failure names the image and
 // wraps ErrImageNotFound when the registry has no such image.
 func (c *Client) Pull(ctx context.Context, ref string, timeout time.Duration) error {

@@ -164,6 +164,14 @@ func TestMissingImage(t *testing.T) {
 	present, err = c.ImagePresent(ctx, testrig.DemoImage(t, "v1"))
 	require.NoError(t, err)
 	require.True(t, present)
+	_, err = c.Image(ctx, ref)
+	require.ErrorIs(t, err, ErrImageNotFound)
+	info, err := c.Image(ctx, testrig.DemoImage(t, "v1"))
+	require.NoError(t, err)
+	require.Regexp(t, `^sha256:[0-9a-f]{64}$`, info.ID, "built here: its ID")
+	byID, err := c.Image(ctx, info.ID)
+	require.NoError(t, err, "an ID names the image too: what a pinned local image is created from")
+	require.Equal(t, info.ID, byID.ID)
 }
 
 func TestNewRefusesBadPublishAddress(t *testing.T) {

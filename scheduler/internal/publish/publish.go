@@ -579,9 +579,7 @@ func (p *Publisher) One(ctx context.Context, name string, l store.Lease) error {
 	if err := p.putApp(ctx, kv, a, l.Term); err != nil {
 		return err
 	}
-	events := []store.Event{{App: name, Kind: msg.EventAppUpdated,
-		Message: fmt.Sprintf("app %s is at generation %d (image %s)", name, a.Generation, a.Spec.Image),
-		Details: map[string]string{"generation": fmt.Sprint(a.Generation), "image": a.Spec.Image}}}
+	events := []store.Event{updated(a)}
 	if claimants, err := p.store.Claimants(ctx, name, a.Spec.Routing.HostKeys()); err == nil {
 		events = append(events, RouteConflicts(name, claimants)...)
 	}
@@ -590,6 +588,23 @@ func (p *Publisher) One(ctx context.Context, name string, l store.Lease) error {
 		events[i].Actor = cmp.Or(a.UpdatedBy, store.ActorScheduler)
 	}
 	return p.Event(ctx, l, events...)
+}
+
+// updated is the app_updated event of an app's generation: its image, what
+// that is pinned to, and the pin before when it changed (a redeploy, or a
+// tag pushed again and applied).
+func updated(a store.App) store.Event {
+	d := map[string]string{"generation": fmt.Sprint(a.Generation), "image": a.Spec.Image}
+	text := fmt.Sprintf("app %s is at generation %d (image %s)", a.Name, a.Generation, a.Spec.Image)
+	if a.ImageRef != "" {
+		d["image_ref"] = a.ImageRef
+		text = fmt.Sprintf("app %s is at generation %d (image %s pinned to %s)", a.Name, a.Generation, a.Spec.Image, a.ImageRef)
+	}
+	if a.PreviousImageRef != "" && a.PreviousImageRef != a.ImageRef {
+		d["previous_image_ref"] = a.PreviousImageRef
+		text += "; image was " + a.PreviousImageRef
+	}
+	return store.Event{App: a.Name, Kind: msg.EventAppUpdated, Message: text, Details: d}
 }
 
 // deletedBy returns who deleted an app, the scheduler when that cannot be read.

@@ -50,3 +50,15 @@ func Restarted(hash string, gen int64) string {
 	sum := sha256.Sum256([]byte(hash + ":restarted:" + strconv.FormatInt(gen, 10)))
 	return hex.EncodeToString(sum[:8])
 }
+
+// Pinned is the hash of a spec whose image is pinned to ref (a digest or
+// an image ID): another digest is another hash, so a tag pushed again
+// rolls out; no pin ("", every app stored before pinning) leaves the hash
+// as it is, so an upgrade restarts nothing.
+func Pinned(hash, ref string) string {
+	if ref == "" {
+		return hash
+	}
+	sum := sha256.Sum256([]byte(hash + ":pinned:" + ref))
+	return hex.EncodeToString(sum[:8])
+}

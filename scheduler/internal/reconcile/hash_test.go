@@ -50,3 +50,14 @@ func TestRestarted(t *testing.T) {
 	require.Equal(t, Restarted("abc", 4), Restarted("abc", 4))
 	require.Len(t, Restarted("abc", 4), 16)
 }
+
+func TestPinned(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, "abc", Pinned("abc", ""), "not pinned (stored before pinning): the hash as it was")
+	a, b := Pinned("abc", "r/web@sha256:1"), Pinned("abc", "r/web@sha256:2")
+	require.NotEqual(t, "abc", a)
+	require.NotEqual(t, a, b, "another digest rolls")
+	require.Equal(t, a, Pinned("abc", "r/web@sha256:1"))
+	require.Len(t, a, 16)
+	require.NotEqual(t, Restarted(a, 3), a, "a restart of a pinned app still rolls")
+}

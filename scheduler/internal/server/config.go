@@ -112,6 +112,9 @@ type Containers struct {
 	// RegistryAuthFile is a Docker config.json with registry credentials;
 	// empty for none.
 	RegistryAuthFile string
+	// ResolveTimeout bounds the resolution of an image tag to its digest
+	// (scheduler/internal/image).
+	ResolveTimeout time.Duration
 	// DefaultCPU (cores) and DefaultMemory (bytes) limit the apps that set
 	// none; 0 for no limit.
 	DefaultCPU    float64

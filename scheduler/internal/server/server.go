@@ -24,6 +24,7 @@ import (
 	"github.com/berthhq/berth/scheduler/internal/docker"
 	"github.com/berthhq/berth/scheduler/internal/fleet"
 	"github.com/berthhq/berth/scheduler/internal/hosts"
+	"github.com/berthhq/berth/scheduler/internal/image"
 	"github.com/berthhq/berth/scheduler/internal/leader"
 	"github.com/berthhq/berth/scheduler/internal/logs"
 	"github.com/berthhq/berth/scheduler/internal/nodekeys"
@@ -51,6 +52,7 @@ type replica struct {
 
 	dk        *docker.Client
 	fl        *fleet.Fleet
+	images    *image.Resolver
 	healthTbl *view.Table[*msg.Health]
 	agentsTbl *view.Table[*msg.Agent]
 	ctl       *controller.Controller
@@ -202,6 +204,9 @@ func (r *replica) buildDataPlane() error {
 	r.fl = fleet.New(fleet.Config{Timeout: r.cfg.Hosts.Timeout}, r.st, fleet.DockerDial(fleet.DialOptions{Prefix: r.cfg.Prefix, Network: c.Network,
 		NetworkPrefixes: c.NetworkPrefixes, Policy: r.cfg.Hosts.Policy, Auths: auths, LogMaxSize: c.LogMaxSize, LogMaxFiles: c.LogMaxFiles}, r.logger), r.dk, r.logger)
 	r.reg.MustRegister(r.fl.Collectors()...)
+	// Every replica pins at apply: the registry with the scheduler's
+	// credentials, and its own fleet's view of the engines.
+	r.images = &image.Resolver{Timeout: c.ResolveTimeout, Engines: r.fl, Credentials: auths}
 	// A host that changes state wakes the controller (a host down: its
 	// instances are replaced at once), and the leader records it.
 	r.fl.Changed = func(string, string) {
@@ -246,7 +251,7 @@ func (r *replica) buildAPI() error {
 			Role: func() (bool, uint64) { l, ok := r.el.Leader(); return ok, l.Term }, Network: c.Network, MaxRoutes: a.MaxRoutes, ACME: r.cm != nil,
 			DefaultCPU: c.DefaultCPU, DefaultMemory: c.DefaultMemory, Secrets: r.secrets, SpecHash: r.ctl.SpecHash,
 			LogLimits: api.LogLimits{DefaultSize: c.LogMaxSize, DefaultFiles: c.LogMaxFiles, MaxTotal: c.LogMaxTotal},
-			Logs:      &logs.Reader{Instances: st, Engines: r.fl}}, r.logger)
+			Logs:      &logs.Reader{Instances: st, Engines: r.fl}, Resolve: r.images.Resolve}, r.logger)
 	r.httpSrv = &http.Server{Addr: a.Listen, Handler: handler, ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10,
 		ErrorLog: zap.NewStdLog(r.logger.Named("api-http"))} // TLS handshake failures, among others

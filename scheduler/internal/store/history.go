@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 
@@ -82,7 +83,7 @@ func (s *Store) notKept(ctx context.Context, q querier, name string, gen int64) 
 // newest generations up to $2 and the one before the last, each with the
 // newest older generation whose spec is the same (back_to, 0: none).
 const revisionsSQL = `
-	SELECT h.generation, coalesce(h.spec->>'image', ''), h.actor, h.created_at, h.spec,
+	SELECT h.generation, coalesce(h.spec->>'image', ''), h.image_ref, h.actor, h.created_at, h.spec,
 		coalesce((SELECT max(e.generation) FROM app_history e WHERE e.app = h.app AND e.generation < h.generation AND e.spec = h.spec), 0)
 	FROM app_history h WHERE h.app = $1 AND h.generation <= $2 ORDER BY h.generation DESC LIMIT $3`
 
@@ -98,7 +99,7 @@ func (s *Store) revisions(ctx context.Context, name string, upTo int64, limit in
 	var r Revision
 	var raw []byte
 	var back int64
-	if _, err := pgx.ForEachRow(rows, []any{&r.Generation, &r.Image, &r.Actor, &r.At, &raw, &back}, func() error {
+	if _, err := pgx.ForEachRow(rows, []any{&r.Generation, &r.Image, &r.ImageRef, &r.Actor, &r.At, &raw, &back}, func() error {
 		r.Spec = &spec.App{}
 		if err := json.Unmarshal(raw, r.Spec); err != nil {
 			return fmt.Errorf("generation %d: stored spec: %w", r.Generation, err)
@@ -115,6 +116,9 @@ func (s *Store) revisions(ctx context.Context, name string, upTo int64, limit in
 			prev, prevGen = out[i+1].Spec, out[i+1].Generation
 		}
 		out[i].Summary = change.Summary(prev, prevGen, out[i].Spec, out[i].Generation, backTo[i])
+		if prev != nil && prevGen == out[i].Generation-1 && change.Same(prev, out[i].Spec) && out[i].ImageRef != out[i+1].ImageRef && out[i].ImageRef != "" {
+			out[i].Summary = Repinned(out[i].Image, out[i+1].ImageRef, out[i].ImageRef)
+		}
 	}
 	if len(out) > limit {
 		out = out[:limit]
@@ -122,19 +126,37 @@ func (s *Store) revisions(ctx context.Context, name string, upTo int64, limit in
 	return out, nil
 }
 
-// pruneSQL deletes ($1 the app, $8 how many to keep, 0 every one) the
-// generations of the history older than the newest $8, except those an
+// pruneSQL deletes ($1 the app, $9 how many to keep, 0 every one) the
+// generations of the history older than the newest $9, except those an
 // instance still runs. It runs in write's statement, whose snapshot does
-// not see the row that statement inserts: that row is one of the $8, so
-// the newest $8-1 rows seen are kept. Both scans walk the history's
+// not see the row that statement inserts: that row is one of the $9, so
+// the newest $9-1 rows seen are kept. Both scans walk the history's
 // primary key (app, generation), and instances are probed by their app
 // index: the cost is that of the app's own rows (and, until vacuum, of
 // the index entries of those pruned before), not of every app's.
 const pruneSQL = `
-	DELETE FROM app_history h WHERE $8::int > 0 AND h.app = $1
-		AND h.generation < (SELECT generation FROM app_history WHERE app = $1 ORDER BY generation DESC OFFSET greatest($8::int - 2, 0) LIMIT 1)
+	DELETE FROM app_history h WHERE $9::int > 0 AND h.app = $1
+		AND h.generation < (SELECT generation FROM app_history WHERE app = $1 ORDER BY generation DESC OFFSET greatest($9::int - 2, 0) LIMIT 1)
 		AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.app = h.app AND i.generation = h.generation)`
 
 // DesiredReplicas is the replica count an apply of s asks for, to an app
 // whose stored self is cur (nil: a new app): what Apply would store.
 func DesiredReplicas(s *spec.App, cur *App) int { return desired(s, cur) }
+
+// Repinned summarises a generation of the same spec whose image was
+// pinned anew (a redeploy of a pushed tag, or its first pin).
+func Repinned(image, from, to string) string {
+	if from == "" {
+		return fmt.Sprintf("image %s pinned to %s", image, shortRef(to))
+	}
+	return fmt.Sprintf("image %s pinned anew: %s → %s", image, shortRef(from), shortRef(to))
+}
+
+// shortRef is a pinned ref's digest or ID cut to its first 12 hex digits,
+// as docker shows IDs.
+func shortRef(ref string) string {
+	if i := strings.LastIndex(ref, "sha256:"); i >= 0 && len(ref) >= i+7+12 {
+		return "sha256:" + ref[i+7:i+7+12]
+	}
+	return ref
+}
