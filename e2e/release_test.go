@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -49,9 +51,18 @@ func TestReleaseTask(t *testing.T) {
 	s.waitServing("demo", demoHost, 2, "v1", 60*time.Second)
 
 	gen := s.load(demoHost)
-	out, code := s.applyWait(demoSpec(t, v2, 2, "release: {command: [release, -lines, '30', -exit, '3', -sleep, 3s], timeout: 1m}\n"))
+	// The release runs until the test copies /proceed into its container,
+	// once apply --wait has shown it running.
+	wait := s.startApplyWait(demoSpec(t, v2, 2, "release: {command: [release, -lines, '30', -exit, '3', -until, /proceed], timeout: 1m}\n"))
+	wait.waitFor("release task running", time.Minute)
+	rel := testrig.BerthContainers(t, s.prefix, "berth.app=demo", "berth.release=true")
+	require.Len(t, rel, 1, "one release container")
+	proceed := filepath.Join(t.TempDir(), "proceed")
+	require.NoError(t, os.WriteFile(proceed, nil, 0o644))
+	cp, err := exec.Command("docker", "cp", proceed, rel[0]+":/proceed").CombinedOutput()
+	require.NoError(t, err, "%s", cp)
+	out, code := wait.end()
 	require.Equal(t, 1, code, "apply --wait fails")
-	require.Contains(t, out, "release task running")
 	require.Contains(t, out, "generation 2 failed: release task exited with code 3")
 	require.Contains(t, out, `release-2: release_failed: release task exited with code 3 — last line: "release: failed, exiting with code 3"`)
 	evs := s.releaseEvents("demo")

@@ -396,6 +396,91 @@ func (s *stack) applyWait(spec string) (string, int) {
 	return string(out), code
 }
 
+// applyWaitRun is an apply --wait running, its output read as it comes.
+type applyWaitRun struct {
+	t    testing.TB
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	out  strings.Builder
+	more chan struct{} // closed and replaced at each write
+	done chan struct{}
+}
+
+func (r *applyWaitRun) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.out.Write(p)
+	close(r.more)
+	r.more = make(chan struct{})
+	return len(p), nil
+}
+
+// waitFor waits until the output holds text.
+func (r *applyWaitRun) waitFor(text string, timeout time.Duration) {
+	r.t.Helper()
+	deadline := time.After(timeout)
+	for {
+		r.mu.Lock()
+		got, more := r.out.String(), r.more
+		r.mu.Unlock()
+		if strings.Contains(got, text) {
+			return
+		}
+		select {
+		case <-more:
+		case <-r.done:
+			r.t.Fatalf("apply --wait ended before it printed %q:\n%s", text, got)
+		case <-deadline:
+			r.t.Fatalf("apply --wait did not print %q within %s:\n%s", text, timeout, got)
+		}
+	}
+}
+
+// end waits for the apply to exit and returns its output and exit code.
+func (r *applyWaitRun) end() (string, int) {
+	r.t.Helper()
+	<-r.done
+	err := r.cmd.Wait()
+	code := 0
+	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else {
+		require.NoError(r.t, err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.t.Logf("apply --wait (exit %d):\n%s", code, r.out.String())
+	return r.out.String(), code
+}
+
+// startApplyWait starts applying spec with --wait, as applyWait does,
+// without waiting for it.
+func (s *stack) startApplyWait(spec string) *applyWaitRun {
+	s.t.Helper()
+	f := filepath.Join(s.dir, fmt.Sprintf("spec-%d.yaml", time.Now().UnixNano()))
+	require.NoError(s.t, os.WriteFile(f, []byte(spec), 0o644))
+	r := &applyWaitRun{t: s.t, more: make(chan struct{}), done: make(chan struct{})}
+	r.cmd = exec.Command(filepath.Join(binDir, "scheduler"), "apply", "-f", f, "--wait", "--timeout", "3m", "--server", s.api())
+	pr, pw, err := os.Pipe()
+	require.NoError(s.t, err)
+	r.cmd.Stdout, r.cmd.Stderr = pw, pw
+	require.NoError(s.t, r.cmd.Start())
+	pw.Close()
+	go func() {
+		defer close(r.done)
+		_, _ = io.Copy(r, pr)
+		pr.Close()
+	}()
+	s.t.Cleanup(func() {
+		select {
+		case <-r.done:
+		default:
+			_ = r.cmd.Process.Kill()
+		}
+	})
+	return r
+}
+
 type instanceView struct {
 	ID         string `json:"id"`
 	Generation int64  `json:"generation"`

@@ -45,10 +45,10 @@ func TestHistoryAndDryRunCommands(t *testing.T) {
 
 	code, out, errOut := cmd(t, "history", "web", "--server", url)
 	require.Equal(t, 0, code, errOut)
-	require.Regexp(t, `(?m)^GENERATION\s+IMAGE\s+BY\s+AGE\s+CHANGE$`, out)
-	require.Regexp(t, `(?m)^3\s+web:2\s+anonymous\s+\S+\s+replicas 3→5$`, out)
-	require.Regexp(t, `(?m)^2\s+web:2\s+anonymous\s+\S+\s+image web:1→web:2$`, out)
-	require.Regexp(t, `(?m)^1\s+web:1\s+anonymous\s+\S+\s+created$`, out)
+	require.Regexp(t, `(?m)^GENERATION\s+IMAGE\s+PINNED TO\s+BY\s+AGE\s+CHANGE$`, out)
+	require.Regexp(t, `(?m)^3\s+web:2\s+-\s+anonymous\s+\S+\s+replicas 3→5$`, out)
+	require.Regexp(t, `(?m)^2\s+web:2\s+-\s+anonymous\s+\S+\s+image web:1→web:2$`, out)
+	require.Regexp(t, `(?m)^1\s+web:1\s+-\s+anonymous\s+\S+\s+created$`, out)
 
 	code, out, errOut = cmd(t, "history", "web", "2", "--server", url)
 	require.Equal(t, 0, code, errOut)

@@ -20,9 +20,11 @@
 // DEMO_MODE log writes DEMO_LOG_LINES lines to stdout as fast as it can
 // and exits 0: a container that floods its log.
 //
-// "demoapp release [-lines N] [-exit CODE] [-sleep D]" is a release task
-// (a migration): it writes N lines ("release: migration step i of N"),
-// waits D, then exits with CODE (0 by default), serving nothing.
+// "demoapp release [-lines N] [-exit CODE] [-sleep D] [-until FILE]" is a
+// release task (a migration): it writes N lines ("release: migration step
+// i of N"), waits D and, with -until, until FILE exists (a test copies it
+// into the container), then exits with CODE (0 by default), serving
+// nothing.
 //
 // HTTP endpoints: GET / answers JSON {instance, version, host}; GET /healthz
 // answers 200 or 503; POST /admin/health?state=ok|fail switches it; POST
@@ -68,6 +70,7 @@ func release(args []string, stdout, stderr io.Writer) int {
 	lines := fs.Int("lines", 3, "lines to write")
 	code := fs.Int("exit", 0, "exit code (0 to 125)")
 	sleep := fs.Duration("sleep", 0, "how long to run before exiting")
+	until := fs.String("until", "", "a file to wait for before exiting")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -79,6 +82,12 @@ func release(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "release: migration step %d of %d\n", i, *lines)
 	}
 	time.Sleep(*sleep)
+	for *until != "" {
+		if _, err := os.Stat(*until); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if *code != 0 {
 		fmt.Fprintf(stdout, "release: failed, exiting with code %d\n", *code)
 	} else {

@@ -184,6 +184,7 @@ func TestRelease(t *testing.T) {
 	}{
 		{"succeeds", []string{"-lines", "2"}, 0, "release: migration step 1 of 2\nrelease: migration step 2 of 2\nrelease: done\n"},
 		{"fails with a code", []string{"-lines", "1", "-exit", "3"}, 3, "release: migration step 1 of 1\nrelease: failed, exiting with code 3\n"},
+		{"waits for a file that is there", []string{"-lines", "0", "-until", "main.go"}, 0, "release: done\n"},
 		{"refuses a bad code", []string{"-exit", "300"}, 2, ""},
 		{"refuses an unknown flag", []string{"-shell"}, 2, ""},
 	} {

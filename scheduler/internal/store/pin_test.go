@@ -86,6 +86,10 @@ func TestImagePinning(t *testing.T) {
 	require.Equal(t, refV2, revs[1].ImageRef)
 	require.Equal(t, refV1, revs[6].ImageRef)
 	require.Equal(t, "127.0.0.1:5000/web:latest", revs[0].Image)
+	require.Equal(t, "image 127.0.0.1:5000/web:latest pinned anew: sha256:222222222222 → sha256:111111111111", revs[0].Summary,
+		"the same spec, its image pinned anew")
+	require.Equal(t, "image 127.0.0.1:5000/web:latest pinned anew: sha256:222222222222 → sha256:111111111111", revs[2].Summary, "the redeploy")
+	require.Equal(t, "restart (same spec)", revs[3].Summary, "the same spec and pin")
 	got, err := s.Get(ctx, "web")
 	require.NoError(t, err)
 	require.Equal(t, refV1, got.ImageRef)
