@@ -22,6 +22,7 @@ import (
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/certs"
+	"github.com/berthhq/berth/scheduler/internal/store"
 	"github.com/berthhq/berth/scheduler/internal/vault"
 )
 
@@ -40,7 +41,7 @@ type cli struct {
 	Run         runCmd      `cmd:"" help:"Run a scheduler replica: the API, leader election and publishing."`
 	Migrate     migrateCmd  `cmd:"" help:"Apply database migrations (up), or show where the schema stands (status); with --secret-key-file, up also seals every stored env secret with it (key rotation)."`
 	CheckConfig runCmd      `cmd:"" name:"check-config" help:"Check the flags of run, print what is wrong, exit 0 or 1."`
-	Apply       applyCmd    `cmd:"" help:"Apply an app spec (YAML or JSON); prints the generation and what changed."`
+	Apply       applyCmd    `cmd:"" help:"Apply an app spec (YAML or JSON); prints the generation and what changed. --dry-run shows what it would do, changing nothing."`
 	Scale       scaleCmd    `cmd:"" help:"Set a fixed-replica app's replica count."`
 	Status      statusCmd   `cmd:"" help:"Show apps, or one app's instances."`
 	Events      eventsCmd   `cmd:"" help:"Show lifecycle events; --follow streams them from NATS."`
@@ -48,9 +49,10 @@ type cli struct {
 	Rm          rmCmd       `cmd:"" help:"Delete an app."`
 	Rollback    rollbackCmd `cmd:"" help:"Roll an app back to its previous spec, or to any kept generation with --to."`
 	Restart     restartCmd  `cmd:"" help:"Replace every instance of an app by a rolling update, with the same spec."`
+	Redeploy    redeployCmd `cmd:"" help:"Resolve an app's image tag again: a new digest rolls out as a new generation of the same spec; otherwise unchanged."`
 	Hosts       hostsCmd    `cmd:"" help:"The Docker hosts the scheduler places instances on: add, ls, drain, undrain, rm."`
 	Tokens      tokensCmd   `cmd:"" help:"API tokens and their scopes (read, deploy, admin): create, ls, revoke."`
-	History     historyCmd  `cmd:"" help:"Show an app's spec generations: image, and who made each."`
+	History     historyCmd  `cmd:"" help:"Show an app's kept spec generations: image, who made each and what it changed; with a generation, its spec and its diff against the one before."`
 
 	NATSCredential natsCredentialCmd `cmd:"" name:"nats-credential" help:"Print one role's NATS credential of the embedded NATS (its nkey seed, and the roles' public keys that sealed records are checked against), for another daemon's --nats-nkey; creates the credentials if needed."`
 	NATSConfig     natsConfigCmd     `cmd:"" name:"nats-config" help:"Print a nats-server config with Berth's roles (users and permissions) for an external NATS, from the credentials in --data-dir."`
@@ -97,6 +99,7 @@ type runCmd struct {
 	PublishAddress string        `name:"publish-address" help:"Host address container ports are published on (Docker picks the port)." default:"127.0.0.1" env:"BERTH_SCHEDULER_PUBLISH_ADDRESS"`
 	Network        string        `help:"Docker network to attach containers to and reach them on, instead of publishing ports." default:"" env:"BERTH_SCHEDULER_NETWORK"`
 	PullTimeout    time.Duration `name:"pull-timeout" help:"Bound on one image pull." default:"5m" env:"BERTH_SCHEDULER_PULL_TIMEOUT"`
+	ResolveTimeout time.Duration `name:"resolve-timeout" help:"Bound on resolving an image tag to its digest at apply and redeploy (the registry's answer, and the engines' for a local image); past it the image is applied unpinned." default:"10s" env:"BERTH_SCHEDULER_RESOLVE_TIMEOUT"`
 	StartTimeout   time.Duration `name:"start-timeout" help:"Bound on creating and starting a container; older creating/starting instances are stale." default:"1m" env:"BERTH_SCHEDULER_START_TIMEOUT"`
 	StopTimeout    time.Duration `name:"stop-timeout" help:"Bound on stopping a container (signal, then grace); past it the container is removed by force." default:"2m" env:"BERTH_SCHEDULER_STOP_TIMEOUT"`
 	RegistryAuth   string        `name:"registry-auth-file" help:"Docker config.json with registry credentials (never logged); a pull sends only its image registry's entry, none when nothing matches." default:"" env:"BERTH_SCHEDULER_REGISTRY_AUTH_FILE" type:"path"`
@@ -112,6 +115,8 @@ type runCmd struct {
 	HostTLSDir    string        `name:"host-tls-dir" help:"The directory every registered host's TLS files (tls.ca, tls.cert, tls.key) must lie in, symbolic links resolved; empty refuses TLS files, and so tcp:// engines off loopback." default:"" env:"BERTH_SCHEDULER_HOST_TLS_DIR" type:"path"`
 	LoopbackHosts bool          `name:"allow-loopback-hosts" help:"Let a registered host's address and docker_url be loopback (127.0.0.0/8, ::1): only for several engines on one machine in a test; link-local, unspecified and multicast are never allowed." default:"false" env:"BERTH_SCHEDULER_ALLOW_LOOPBACK_HOSTS"`
 	NetworkCIDR   []string      `name:"network-cidr" help:"With --network: the prefixes (CIDR, repeatable) that container addresses on that network lie in; an address an engine reports outside them is refused. Required for registered hosts with --network." default:"" env:"BERTH_SCHEDULER_NETWORK_CIDR"`
+
+	HistoryKeep int `name:"history-keep" help:"Spec generations kept per app for scheduler history and rollback --to (2 to 10000): each new generation prunes the older ones, except a generation an instance still runs." default:"50" env:"BERTH_SCHEDULER_HISTORY_KEEP"`
 
 	MaxRoutes int `name:"max-routes" help:"Cap on the routes (hosts x paths) of every app together, which each nginx renders as locations; an apply past it is refused (0: no cap)." default:"20000" env:"BERTH_SCHEDULER_MAX_ROUTES"`
 
@@ -183,6 +188,7 @@ type applyCmd struct {
 	clientFlags `embed:""`
 	waitFlags   `embed:""`
 	File        string `short:"f" help:"Spec file, or - for standard input." required:""`
+	DryRun      bool   `name:"dry-run" help:"Change nothing: show the spec's diff against the current one and what an apply would do (replace instances, scale, reload, new certificate, unplaceable instances)." default:"false"`
 }
 
 type scaleCmd struct {
@@ -219,11 +225,18 @@ type logsCmd struct {
 type historyCmd struct {
 	clientFlags `embed:""`
 	App         string `arg:"" help:"App name."`
+	Generation  string `arg:"" optional:"" help:"One generation: its spec (YAML, secrets redacted) and its diff against the kept generation before it."`
 	Limit       int    `help:"How many generations, newest first." default:"20"`
 }
 
 type rmCmd struct {
 	clientFlags `embed:""`
+	App         string `arg:"" help:"App name."`
+}
+
+type redeployCmd struct {
+	clientFlags `embed:""`
+	waitFlags   `embed:""`
 	App         string `arg:"" help:"App name."`
 }
 
@@ -264,6 +277,9 @@ func (r *runCmd) check() error {
 	if r.HostTimeout < 2*time.Second || r.HostTimeout > 10*time.Minute {
 		errs = append(errs, fmt.Errorf("--host-timeout (%s): must be between 2s and 10m", r.HostTimeout))
 	}
+	if r.HistoryKeep < store.MinHistoryKeep || r.HistoryKeep > MaxHistoryKeep {
+		errs = append(errs, fmt.Errorf("--history-keep (%d): must be between %d (the current generation and the one rollback returns to) and %d", r.HistoryKeep, store.MinHistoryKeep, MaxHistoryKeep))
+	}
 	if r.MaxParallel < 1 || r.MaxParallel > 256 {
 		errs = append(errs, fmt.Errorf("--max-parallel (%d): must be between 1 and 256", r.MaxParallel))
 	}
@@ -277,8 +293,8 @@ func (r *runCmd) check() error {
 	if _, err := netip.ParseAddr(r.PublishAddress); err != nil {
 		errs = append(errs, fmt.Errorf("--publish-address %q: must be an IP address", r.PublishAddress))
 	}
-	if r.PullTimeout <= 0 || r.StartTimeout <= 0 || r.StopTimeout <= 0 {
-		errs = append(errs, errors.New("--pull-timeout, --start-timeout and --stop-timeout must be positive"))
+	if r.PullTimeout <= 0 || r.StartTimeout <= 0 || r.StopTimeout <= 0 || r.ResolveTimeout <= 0 {
+		errs = append(errs, errors.New("--pull-timeout, --resolve-timeout, --start-timeout and --stop-timeout must be positive"))
 	}
 	if _, err := spec.ParseByteSize(r.DefaultMemory); err != nil {
 		errs = append(errs, fmt.Errorf("--default-memory: %w", err))
@@ -431,6 +447,9 @@ func readToken(flag, path string) (string, error) {
 	}
 	return t, nil
 }
+
+// MaxHistoryKeep caps --history-keep.
+const MaxHistoryKeep = 10000
 
 // maxTokenFile caps a token file: a token is a line of a few dozen bytes.
 const maxTokenFile = 4096

@@ -175,7 +175,7 @@ func dispatch(ctx context.Context, c *cli, command string, out, errOut io.Writer
 	case strings.HasPrefix(command, "history"):
 		return history(ctx, &c.History, out)
 	case command == "apply":
-		return apply(ctx, &c.Apply, out)
+		return apply(ctx, &c.Apply, out, errOut)
 	case strings.HasPrefix(command, "scale"):
 		cl, err := newClient(c.Scale.clientFlags)
 		if err != nil {
@@ -207,6 +207,8 @@ func dispatch(ctx context.Context, c *cli, command string, out, errOut io.Writer
 		}
 		fmt.Fprintf(out, "%s: deleted; its instances are being stopped\n", c.Rm.App)
 		return nil
+	case strings.HasPrefix(command, "redeploy"):
+		return redeploy(ctx, &c.Redeploy, out)
 	case strings.HasPrefix(command, "restart"):
 		if err := c.Restart.waitFlags.check(); err != nil {
 			return &apiError{status: http.StatusBadRequest, body: api.Error{Error: err.Error()}}
@@ -263,10 +265,14 @@ func show(out io.Writer, format string, v any, table func(io.Writer)) error {
 	return nil
 }
 
-// apply sends a spec and says which top-level fields changed.
-func apply(ctx context.Context, a *applyCmd, out io.Writer) error {
+// apply sends a spec and says which top-level fields changed; with
+// --dry-run it asks for the plan instead, and changes nothing.
+func apply(ctx context.Context, a *applyCmd, out, errOut io.Writer) error {
 	if err := a.waitFlags.check(); err != nil {
 		return &apiError{status: http.StatusBadRequest, body: api.Error{Error: err.Error()}}
+	}
+	if a.DryRun && a.Wait {
+		return &apiError{status: http.StatusBadRequest, body: api.Error{Error: "--dry-run and --wait: a dry run starts no rollout to wait for; give one of them"}}
 	}
 	var src []byte
 	var err error
@@ -287,6 +293,13 @@ func apply(ctx context.Context, a *applyCmd, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if a.DryRun {
+		var p api.PlanView
+		if err := cl.do(ctx, "POST", "/v1/apps/"+url.PathEscape(app.Name)+"/plan", src, &p); err != nil {
+			return err
+		}
+		return show(out, a.Output, p, func(w io.Writer) { printPlan(w, a.File, p) })
+	}
 	var before api.AppView
 	var ae *apiError
 	if err := cl.do(ctx, "GET", "/v1/apps/"+app.Name, nil, &before); err != nil && !(errors.As(err, &ae) && ae.status == http.StatusNotFound) {
@@ -298,6 +311,9 @@ func apply(ctx context.Context, a *applyCmd, out io.Writer) error {
 		return err
 	}
 	changed := changedFields(before.Spec, app)
+	if before.Spec != nil && v.ImageRef != before.ImageRef {
+		changed = append(changed, fmt.Sprintf("image pinned to %s (was %s)", v.ImageRef, cmp.Or(before.ImageRef, "not pinned")))
+	}
 	if len(changed) == 0 {
 		// Both sides show secrets redacted: only the server knows that one
 		// changed.
@@ -311,6 +327,13 @@ func apply(ctx context.Context, a *applyCmd, out io.Writer) error {
 			fmt.Fprintf(w, "%s: unchanged, generation %d\n", v.Name, v.Generation)
 		default:
 			fmt.Fprintf(w, "%s: generation %d, changed: %s\n", v.Name, v.Generation, strings.Join(changed, ", "))
+		}
+		switch {
+		case v.ImageRef == "" && v.ImageNote != "":
+			// Not pinned: a warning, beside the output a script reads.
+			fmt.Fprintf(errOut, "scheduler: warning: %s: %s\n", v.Name, v.ImageNote)
+		case v.ImageNote != "":
+			fmt.Fprintf(w, "%s: %s\n", v.Name, v.ImageNote)
 		}
 	}); err != nil || !a.Wait {
 		return err
@@ -391,6 +414,7 @@ func status(ctx context.Context, s *statusCmd, out io.Writer) error {
 	return show(out, s.Output, view, func(w io.Writer) {
 		fmt.Fprintf(w, "%s: generation %d, %d of %d replicas running%s, image %s, last changed by %s %s ago\n", app.Name, app.Generation, app.ObservedReplicas, app.DesiredReplicas,
 			lostNote(app), app.Spec.Image, cmp.Or(app.UpdatedBy, "-"), age(app.UpdatedAt))
+		fmt.Fprintln(w, pinLine(app))
 		for _, c := range app.Conflicts {
 			fmt.Fprintf(w, "not routed: %s\n", c)
 		}
@@ -436,6 +460,8 @@ func printRollout(w io.Writer, app api.AppView) {
 			fmt.Fprintf(w, "rollout: generation %d rolled back generation %d %s ago: %s\n", ro.Generation, ro.FromGeneration, age(ro.At), ro.Cause)
 		case api.RolloutFailed:
 			fmt.Fprintf(w, "rollout: generation %d FAILED %s ago, stopped (apply a fixed spec, or scheduler rollback): %s\n", ro.Generation, age(ro.At), ro.Cause)
+		case api.RolloutReleasing:
+			fmt.Fprintf(w, "rollout: generation %d releasing for %s: its release task runs, its instances start once it exits 0\n", ro.Generation, age(ro.At))
 		default:
 			fmt.Fprintf(w, "rollout: generation %d %s\n", ro.Generation, ro.State)
 		}

@@ -99,10 +99,10 @@ func TestMigrateCommand(t *testing.T) {
 	db := testrig.Postgres(t)
 	code, out, _ := cmd(t, "migrate", "status", "--database-url", db)
 	require.Equal(t, 0, code)
-	require.Equal(t, "schema version 0 of 14\n", out)
+	require.Equal(t, "schema version 0 of 16\n", out)
 	code, out, _ = cmd(t, "migrate", "--database-url", db)
 	require.Equal(t, 0, code)
-	require.Equal(t, "schema version 14 of 14\n", out)
+	require.Equal(t, "schema version 16 of 16\n", out)
 	// run refuses a database that is behind, unless --migrate.
 	fresh := testrig.Postgres(t)
 	c, _, _, _ := parse([]string{"run", "--database-url", fresh, "--nats-url", testrig.NATS(t)}, nil, nil)
@@ -132,6 +132,8 @@ func TestCheckConfig(t *testing.T) {
 		{[]string{"check-config", "--database-url", "postgres://u:p@h/db", "--nats-replicas", "3"}, "--nats-replicas 3: the embedded NATS is one server"},
 		{[]string{"check-config", "--database-url", "postgres://u:p@h/db", "--nats-url", "nats://n1:4222,,nats://n3:4222"}, "nats url 2 of 3: empty"},
 		{[]string{"check-config", "--database-url", "postgres://u:p@h/db", "--nats-url", "nats://n1:4222,http://n2"}, `nats url 2 of 2 (http://n2): scheme "http"`},
+		{[]string{"check-config", "--database-url", "postgres://u:p@h/db", "--history-keep", "1"}, "--history-keep (1): must be between 2 (the current generation and the one rollback returns to) and 10000"},
+		{[]string{"check-config", "--database-url", "postgres://u:p@h/db", "--history-keep", "10001"}, "--history-keep (10001): must be between 2"},
 	} {
 		code, _, errOut = cmd(t, tt.args...)
 		require.Equal(t, 1, code, "%v", tt.args)

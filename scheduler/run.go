@@ -194,12 +194,12 @@ func (r *runCmd) config() (server.Config, error) {
 	host, port, _ := splitHostPort(r.NATSListen)
 	apiHost, _, _ := net.SplitHostPort(r.APIListen)
 	cfg := server.Config{ID: r.id(), Prefix: r.Prefix, LeaseTTL: r.LeaseTTL, Resync: r.Resync,
-		DatabaseURL: r.DatabaseURL, Migrate: r.Migrate, Secrets: ring,
+		DatabaseURL: r.DatabaseURL, Migrate: r.Migrate, Secrets: ring, HistoryKeep: r.HistoryKeep,
 		NATS: server.NATS{Client: r.NATS, Host: host, Port: port, StoreDir: r.DataDir, ServerConfig: r.NATSConfig,
 			CredentialsDir: credentialsDir(r.DataDir), NodeCredentials: r.NATSCreds},
 		API: server.API{Listen: r.APIListen, Token: r.apiToken, Cert: r.apiCert, Open: r.APITokenFile == "" && loopback(apiHost), MaxRoutes: r.MaxRoutes},
 		Containers: server.Containers{MaxParallel: r.MaxParallel, PublishAddress: r.PublishAddress, Network: r.Network, NetworkPrefixes: prefixes,
-			PullTimeout: r.PullTimeout, StartTimeout: r.StartTimeout, StopTimeout: r.StopTimeout, RegistryAuthFile: r.RegistryAuth,
+			PullTimeout: r.PullTimeout, StartTimeout: r.StartTimeout, StopTimeout: r.StopTimeout, RegistryAuthFile: r.RegistryAuth, ResolveTimeout: r.ResolveTimeout,
 			DefaultCPU: r.DefaultCPU, DefaultMemory: int64(mem), Env: appenv.Policy{Prefix: r.AppEnvPrefix, Block: r.AppEnvBlock}, Environ: os.Environ(),
 			LogMaxSize: logSize, LogMaxFiles: r.LogMaxFiles, LogMaxTotal: int64(logTotal)},
 		Hosts:     server.Hosts{Timeout: r.HostTimeout, Policy: r.hostPolicy()},

@@ -209,7 +209,7 @@ func TestTokensCommands(t *testing.T) {
 	require.Regexp(t, `(?m)^web\s+1\s+1\s+active\s+.* ago\s+ci$`, out)
 	code, out, _ = as(viewer, "history", "web")
 	require.Equal(t, 0, code)
-	require.Regexp(t, `(?m)^1\s+web:1\s+ci\s`, out)
+	require.Regexp(t, `(?m)^1\s+web:1\s+-\s+ci\s`, out, "web:1 is in no registry nor engine here: not pinned")
 	require.Eventually(t, func() bool { // the leader records app_updated once it has published
 		_, out, _ := as(viewer, "events", "--app", "web")
 		return strings.Contains(out, "app_updated") && strings.Contains(out, " ci ")

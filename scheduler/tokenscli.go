@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -102,24 +101,4 @@ func ago(t *time.Time, none string) string {
 		return none
 	}
 	return age(*t) + " ago"
-}
-
-// history prints an app's generations, newest first, and who made each.
-func history(ctx context.Context, h *historyCmd, out io.Writer) error {
-	cl, err := newClient(h.clientFlags)
-	if err != nil {
-		return err
-	}
-	var revs []api.RevisionView
-	if err := cl.do(ctx, "GET", fmt.Sprintf("/v1/apps/%s/history?limit=%d", url.PathEscape(h.App), h.Limit), nil, &revs); err != nil {
-		return err
-	}
-	return show(out, h.Output, revs, func(w io.Writer) {
-		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "GENERATION\tIMAGE\tBY\tAGE")
-		for _, r := range revs {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", r.Generation, r.Image, cmp.Or(r.Actor, "-"), age(r.At))
-		}
-		tw.Flush()
-	})
 }

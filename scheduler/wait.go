@@ -15,7 +15,7 @@ import (
 )
 
 // waitFlags are the flags of the commands that can wait for their
-// rollout (apply, rollback, restart).
+// rollout (apply, rollback, restart, redeploy).
 type waitFlags struct {
 	Wait    bool          `help:"Wait until the new generation is rolled out and healthy, showing its progress: exit 0 then, 1 when it fails, is rolled back, is replaced by another generation or --timeout passes. Ctrl-C stops waiting, not the rollout." default:"false"`
 	Timeout time.Duration `help:"With --wait: how long to wait at most." default:"10m"`

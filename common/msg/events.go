@@ -26,6 +26,19 @@ const (
 	EventUnplaceable EventKind = "unplaceable"
 )
 
+// Event kinds: an app's release task (spec release), run once per new
+// version before its first instance starts.
+const (
+	// EventReleaseStarted: a release container was started, on its host.
+	EventReleaseStarted EventKind = "release_started"
+	// EventReleaseSucceeded: it exited 0: the rollout starts.
+	EventReleaseSucceeded EventKind = "release_succeeded"
+	// EventReleaseFailed: it exited non-zero, timed out, could not start
+	// or was lost; its details say the exit code and the reason (its log
+	// tail is in the API only). The rollout fails as a failed rollout does.
+	EventReleaseFailed EventKind = "release_failed"
+)
+
 // Event kinds: an app's instances.
 const (
 	EventInstanceStarted        EventKind = "instance_started"
@@ -65,6 +78,7 @@ const (
 // EventKinds returns every event kind the scheduler records.
 func EventKinds() []EventKind {
 	return []EventKind{EventAppUpdated, EventAppDeleted, EventRouteConflict, EventAppFailed, EventRolloutRolledBack, EventRolloutFailed, EventUnplaceable,
+		EventReleaseStarted, EventReleaseSucceeded, EventReleaseFailed,
 		EventInstanceStarted, EventInstanceDraining, EventInstanceStopped, EventInstanceReplaced, EventInstanceFailed, EventInstanceLost,
 		EventInstanceAdopted, EventInstanceAddressRefused, EventImagePullFailed, EventInstanceCreateFailed, EventInstanceStartFailed,
 		EventInstanceExited, EventAppScaled, EventScaleHeld,

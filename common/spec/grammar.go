@@ -207,10 +207,11 @@ func CheckEnvValue(s string) error {
 }
 
 // CheckImage checks an image reference ("registry.local/web:1.4.2",
-// "web@sha256:…") with Docker's own grammar.
+// "web@sha256:…", "web:1.4.2@sha256:…") with Docker's own grammar, which
+// checks a digest's algorithm and length too.
 func CheckImage(s string) error {
 	if _, err := reference.ParseNormalizedNamed(s); err != nil {
-		return fmt.Errorf("%q is not a valid image reference (%v; e.g. registry.local/web:1.4.2)", s, err)
+		return fmt.Errorf("%q is not a valid image reference (%v; e.g. registry.local/web:1.4.2, or pinned: registry.local/web@sha256:<64 lowercase hex digits>)", s, err)
 	}
 	return nil
 }

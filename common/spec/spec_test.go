@@ -176,7 +176,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"scalar document", "42", []string{"a spec must be a mapping of fields (name, image, port, …), not the number 42"}},
 		{"invalid yaml", "name: [\n", []string{"not valid YAML or JSON"}},
 		{"duplicate key", base + "port: 9090\n", []string{"not valid YAML or JSON"}},
-		{"unknown top-level field", base + "replica: 3\n", []string{`replica: unknown field (did you mean "replicas"?) (allowed: command, env, health, image, lb, logging, name, placement, port, replicas, resources, restart, routing, scaling, stop, update)`}},
+		{"unknown top-level field", base + "replica: 3\n", []string{`replica: unknown field (did you mean "replicas"?) (allowed: command, env, health, image, lb, logging, name, placement, port, release, replicas, resources, restart, routing, scaling, stop, update)`}},
 		{"unknown nested field", base + "health: {intervall: 5s}\n", []string{`health.intervall: unknown field (did you mean "interval"?)`}},
 		{"wrong kinds, all reported", base + "replicas: three\nenv: {DEBUG: yes}\nroutingx: 1\nlb: {keepalive: 1.5}\nhealth: {interval: 5, expected_status: 99}\n", []string{
 			`env[DEBUG]: must be a string, not a boolean (in YAML, quote`,
@@ -355,6 +355,12 @@ func TestGrammars(t *testing.T) {
 	bad(CheckFilePath, "/etc/a b")
 	ok(CheckImage, "web:1")
 	ok(CheckImage, "registry.local:5000/team/web@sha256:"+strings.Repeat("a", 64))
+	ok(CheckImage, "registry.local:5000/team/web:1.4@sha256:"+strings.Repeat("a", 64))
+	bad(CheckImage, "web@sha256:abc")
+	bad(CheckImage, "web@sha256:"+strings.Repeat("A", 64))
+	bad(CheckImage, "web@md5:"+strings.Repeat("a", 32))
+	bad(CheckImage, "web@")
+	require.ErrorContains(t, CheckImage("web@sha256:abc"), "registry.local/web@sha256:<64 lowercase hex digits>")
 	bad(CheckImage, "Web:1")
 	bad(CheckImage, "web:1;rm")
 	require.True(t, NginxSafe("abc $x"))

@@ -45,6 +45,10 @@ type App struct {
 	// zero fields): the scheduler's defaults (10m × 3 unless its flags
 	// say otherwise).
 	Logging *Logging `json:"logging,omitempty"`
+	// Release is the app's release task (database migrations): it runs
+	// once per new version of the container spec, before the version's
+	// first instance starts; nil: none.
+	Release *Release `json:"release,omitempty"`
 }
 
 // Scaling is an autoscaling policy. At least one target must be set; a

@@ -98,6 +98,7 @@ func (a *App) Validate() error {
 	}
 	es = append(es, a.Placement.Validate("placement")...)
 	a.Logging.validate("logging", &es)
+	a.Release.validate("release", &es)
 	return es.Err()
 }
 

@@ -20,6 +20,10 @@
 // DEMO_MODE log writes DEMO_LOG_LINES lines to stdout as fast as it can
 // and exits 0: a container that floods its log.
 //
+// "demoapp release [-lines N] [-exit CODE] [-sleep D]" is a release task
+// (a migration): it writes N lines ("release: migration step i of N"),
+// waits D, then exits with CODE (0 by default), serving nothing.
+//
 // HTTP endpoints: GET / answers JSON {instance, version, host}; GET /healthz
 // answers 200 or 503; POST /admin/health?state=ok|fail switches it; POST
 // /admin/latency?d=100ms sets the latency; GET /slow?d=1s waits that long.
@@ -31,6 +35,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log"
@@ -50,7 +55,36 @@ import (
 var version = "dev"
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "release" {
+		os.Exit(release(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	os.Exit(run())
+}
+
+// release is a release task: lines written, a wait, an exit code.
+func release(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("release", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	lines := fs.Int("lines", 3, "lines to write")
+	code := fs.Int("exit", 0, "exit code (0 to 125)")
+	sleep := fs.Duration("sleep", 0, "how long to run before exiting")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *code < 0 || *code > 125 || *lines < 0 || *lines > 100_000 || *sleep < 0 {
+		fmt.Fprintln(stderr, "release: -exit must be 0 to 125, -lines 0 to 100000, -sleep not negative")
+		return 2
+	}
+	for i := 1; i <= *lines; i++ {
+		fmt.Fprintf(stdout, "release: migration step %d of %d\n", i, *lines)
+	}
+	time.Sleep(*sleep)
+	if *code != 0 {
+		fmt.Fprintf(stdout, "release: failed, exiting with code %d\n", *code)
+	} else {
+		fmt.Fprintln(stdout, "release: done")
+	}
+	return *code
 }
 
 func run() int {

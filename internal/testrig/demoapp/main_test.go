@@ -173,3 +173,25 @@ func TestAccessLog(t *testing.T) {
 	}
 	require.Equal(t, "GET / 200 instance=i1\nGET /healthz 503 instance=i1\nGET /nope 404 instance=i1\n", b.String())
 }
+
+func TestRelease(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name   string
+		args   []string
+		code   int
+		stdout string
+	}{
+		{"succeeds", []string{"-lines", "2"}, 0, "release: migration step 1 of 2\nrelease: migration step 2 of 2\nrelease: done\n"},
+		{"fails with a code", []string{"-lines", "1", "-exit", "3"}, 3, "release: migration step 1 of 1\nrelease: failed, exiting with code 3\n"},
+		{"refuses a bad code", []string{"-exit", "300"}, 2, ""},
+		{"refuses an unknown flag", []string{"-shell"}, 2, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var out, errs strings.Builder
+			require.Equal(t, tt.code, release(tt.args, &out, &errs), errs.String())
+			require.Equal(t, tt.stdout, out.String())
+		})
+	}
+}

@@ -1,5 +1,6 @@
-// Package api is the scheduler's HTTP API: apply, inspect, scale, roll back
-// and delete apps, list instances and events, stream apps' logs, register hosts, manage API
+// Package api is the scheduler's HTTP API: apply (or plan, changing
+// nothing), inspect, scale, roll back and delete apps, read their history,
+// list instances and events, stream apps' logs, register hosts, manage API
 // tokens, and the health, readiness and metrics endpoints. Every replica
 // serves it, since writes go to Postgres. Every /v1/ route is registered
 // with the token scope it needs (auth.Read, Deploy or Admin), and every
@@ -25,6 +26,7 @@ import (
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/auth"
 	"github.com/berthhq/berth/scheduler/internal/autoscale"
+	"github.com/berthhq/berth/scheduler/internal/image"
 	"github.com/berthhq/berth/scheduler/internal/secret"
 	"github.com/berthhq/berth/scheduler/internal/store"
 )
@@ -46,8 +48,9 @@ type AppReader interface {
 // of its own: PUT, DELETE, scale and rollback. Its methods are called
 // concurrently, also for the same app; the store serialises them.
 type AppWriter interface {
-	// Apply stores a spec; seal seals its env secrets in the transaction.
-	Apply(ctx context.Context, a *spec.App, seal store.Sealer) (store.App, bool, error)
+	// ApplyPinned stores a spec with its image pinned to ref ("": not
+	// pinned); seal seals its env secrets in the transaction.
+	ApplyPinned(ctx context.Context, a *spec.App, ref string, seal store.Sealer) (store.App, bool, error)
 	Scale(ctx context.Context, name string, replicas int) (store.App, error)
 	Rollback(ctx context.Context, name string) (store.App, error)
 	// RollbackTo makes an earlier generation's spec the app's again.
@@ -55,13 +58,19 @@ type AppWriter interface {
 	// Restart makes a new generation of the same spec that replaces every
 	// instance.
 	Restart(ctx context.Context, name string) (store.App, error)
+	// Redeploy makes a new generation of the same spec pinned to ref, if
+	// the app is still at generation and ref differs (changed).
+	Redeploy(ctx context.Context, name string, generation int64, ref string) (store.App, bool, error)
 	Delete(ctx context.Context, name string) error
 }
 
 // HistoryReader reads an app's spec history for GET
-// /v1/apps/{name}/history. Called concurrently.
+// /v1/apps/{name}/history and /history/{generation}. Called concurrently.
 type HistoryReader interface {
 	History(ctx context.Context, name string, limit int) ([]store.Revision, error)
+	// Generation returns one kept generation and the kept one before it;
+	// an error wrapping store.ErrNoGeneration when it is not kept.
+	Generation(ctx context.Context, name string, gen int64) (store.Revision, *store.Revision, error)
 }
 
 // EventReader reads the event log for GET /v1/events. Called concurrently.
@@ -160,6 +169,10 @@ type Options struct {
 	SpecHash func(store.App) string
 	// Logs reads apps' logs from their hosts' engines; nil answers 503.
 	Logs LogStreamer
+	// Resolve pins a spec's image (image.Resolver.Resolve), on whichever
+	// replica takes the request; nil pins nothing (and redeploy answers
+	// 503).
+	Resolve func(ctx context.Context, image string) (image.Pin, error)
 }
 
 // New returns the API handler.
@@ -190,10 +203,14 @@ func (a *api) register(rt *router) {
 	rt.handleApp("POST /v1/apps/{name}/scale", auth.Deploy, a.scale)
 	rt.handleApp("POST /v1/apps/{name}/rollback", auth.Deploy, a.rollback)
 	rt.handleApp("POST /v1/apps/{name}/restart", auth.Deploy, a.restart)
+	rt.handleApp("POST /v1/apps/{name}/redeploy", auth.Deploy, a.redeploy)
+	// A plan is checked as an apply is, so it needs what an apply needs.
+	rt.handleApp("POST /v1/apps/{name}/plan", auth.Deploy, a.plan)
 	rt.handle("GET /v1/apps/{name}/instances", auth.Read, a.instances)
 	rt.handle("GET /v1/apps/{name}/metrics", auth.Read, a.metrics)
 	rt.handle("GET /v1/apps/{name}/history", auth.Read, a.history)
 	rt.handle("GET /v1/apps/{name}/wait", auth.Read, a.wait)
+	rt.handle("GET /v1/apps/{name}/history/{generation}", auth.Read, a.generation)
 	// A deploy token limited to some apps reads only their logs.
 	rt.handleApp("GET /v1/apps/{name}/logs", auth.Read, a.logs)
 	rt.handle("GET /v1/events", auth.Read, a.events)
@@ -265,7 +282,15 @@ type AppView struct {
 	// while they may still run there; only on GET of one app.
 	LostReplicas int       `json:"lost_replicas,omitempty"`
 	Spec         *spec.App `json:"spec,omitempty"`
-	Changed      *bool     `json:"changed,omitempty"`
+	// ImageRef is what every host runs for this generation: the spec's
+	// image pinned to repo@sha256:… or to an image ID sha256:…; absent
+	// when not pinned. PreviousImageRef is the one before the last change.
+	ImageRef         string `json:"image_ref,omitempty"`
+	PreviousImageRef string `json:"previous_image_ref,omitempty"`
+	// ImageNote, on an apply or redeploy, says how the image was pinned,
+	// or why it was not.
+	ImageNote string `json:"image_note,omitempty"`
+	Changed   *bool  `json:"changed,omitempty"`
 	// Conflicts are the routes the app does not get (spec.Claims), each
 	// saying why; only on GET of one app.
 	Conflicts []string  `json:"conflicts,omitempty"`
@@ -307,7 +332,8 @@ type TrafficView struct {
 }
 
 func view(a store.App, withSpec bool) AppView {
-	v := AppView{Name: a.Name, Generation: a.Generation, Status: a.Status, DesiredReplicas: a.DesiredReplicas, UpdatedAt: a.UpdatedAt, UpdatedBy: a.UpdatedBy}
+	v := AppView{Name: a.Name, Generation: a.Generation, Status: a.Status, DesiredReplicas: a.DesiredReplicas, UpdatedAt: a.UpdatedAt, UpdatedBy: a.UpdatedBy,
+		ImageRef: a.ImageRef, PreviousImageRef: a.PreviousImageRef}
 	if withSpec && a.Spec != nil {
 		v.Spec = a.Spec.Redacted()
 	}
@@ -315,10 +341,35 @@ func view(a store.App, withSpec bool) AppView {
 }
 
 func (a *api) apply(w http.ResponseWriter, r *http.Request) {
+	app, ok := a.checked(w, r)
+	if !ok {
+		return
+	}
+	pin, err := a.pin(r.Context(), app)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	stored, changed, err := a.d.Changes.ApplyPinned(r.Context(), app, pin.Ref, a.o.Secrets)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	v := view(stored, false)
+	v.Changed = &changed
+	v.ImageNote = pinNote(app.Image, pin, stored.ImageRef)
+	writeJSON(w, http.StatusOK, v)
+}
+
+// checked reads and checks the spec in the body of an apply (or a plan)
+// of the app the URL names, as apply checks it: the spec, what this
+// scheduler allows, and the route table. It answers the error and
+// returns false when the spec is refused.
+func (a *api) checked(w http.ResponseWriter, r *http.Request) (*spec.App, bool) {
 	name := r.PathValue("name")
 	body, ok := readBody(w, r)
 	if !ok {
-		return
+		return nil, false
 	}
 	app, err := spec.Load(body)
 	if err == nil && app.Name != name {
@@ -340,16 +391,9 @@ func (a *api) apply(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		a.fail(w, err)
-		return
+		return nil, false
 	}
-	stored, changed, err := a.d.Changes.Apply(r.Context(), app, a.o.Secrets)
-	if err != nil {
-		a.fail(w, err)
-		return
-	}
-	v := view(stored, false)
-	v.Changed = &changed
-	writeJSON(w, http.StatusOK, v)
+	return app, true
 }
 
 // checkRoutes refuses app when its routes would bring every app's
@@ -760,7 +804,10 @@ func (a *api) fail(w http.ResponseWriter, err error) {
 		writeJSON(w, http.StatusBadRequest, Error{Error: "invalid spec", Fields: fields})
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrTokenNotFound):
 		writeJSON(w, http.StatusNotFound, Error{Error: err.Error()})
-	case errors.Is(err, store.ErrAutoscaled), errors.Is(err, store.ErrNoHistory), errors.Is(err, store.ErrHostInUse), errors.Is(err, store.ErrTokenExists):
+	case errors.Is(err, errUnresolved):
+		writeJSON(w, http.StatusBadGateway, Error{Error: err.Error()})
+	case errors.Is(err, store.ErrAutoscaled), errors.Is(err, store.ErrNoHistory), errors.Is(err, store.ErrHostInUse), errors.Is(err, store.ErrTokenExists),
+		errors.Is(err, store.ErrChanged), errors.Is(err, image.ErrAmbiguous):
 		writeJSON(w, http.StatusConflict, Error{Error: err.Error()})
 	case errors.Is(err, store.ErrUnavailable):
 		a.logger.Warn("postgres unreachable", zap.Error(err))

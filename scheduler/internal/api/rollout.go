@@ -24,6 +24,9 @@ const (
 	// RolloutRolledBack: the desired generation is the rollback of a
 	// failed rollout.
 	RolloutRolledBack = "rolled_back"
+	// RolloutReleasing: the desired generation's release task runs; its
+	// instances start once it exits 0.
+	RolloutReleasing = "releasing"
 )
 
 // RolloutView is the state of an app's desired generation: whether it
@@ -78,7 +81,8 @@ type FailureView struct {
 // failureKinds are the events an instance fails by, and the rollout and
 // breaker events that status reads.
 var failureKinds = []msg.EventKind{msg.EventInstanceExited, msg.EventInstanceFailed, msg.EventImagePullFailed, msg.EventInstanceCreateFailed,
-	msg.EventInstanceStartFailed, msg.EventInstanceAddressRefused, msg.EventRolloutRolledBack, msg.EventRolloutFailed, msg.EventAppFailed}
+	msg.EventInstanceStartFailed, msg.EventInstanceAddressRefused, msg.EventRolloutRolledBack, msg.EventRolloutFailed, msg.EventAppFailed,
+	msg.EventReleaseStarted, msg.EventReleaseSucceeded, msg.EventReleaseFailed}
 
 // maxFailures caps the failures GET /v1/apps/{name} lists.
 const maxFailures = 10
@@ -148,9 +152,14 @@ func (a *api) rollout(ctx context.Context, v *AppView, app store.App, insts []st
 	if others > 0 || ready < app.DesiredReplicas {
 		ro.State = RolloutRolling
 	}
+	released := false       // the desired generation's release ended
 	for _, e := range evs { // newest first
 		gen := detailInt(e.Details, "generation")
 		switch {
+		case (e.Kind == msg.EventReleaseSucceeded || e.Kind == msg.EventReleaseFailed) && gen == app.Generation:
+			released = true
+		case e.Kind == msg.EventReleaseStarted && gen == app.Generation && !released && ro.Cause == "" && ro.State == RolloutRolling:
+			ro.State, ro.At = RolloutReleasing, e.At
 		case e.Kind == msg.EventRolloutRolledBack && gen == app.Generation && ro.Cause == "":
 			ro.State, ro.Cause, ro.FromGeneration, ro.At = RolloutRolledBack, e.Details["cause"], detailInt(e.Details, "from_generation"), e.At
 			if ro.Cause == "" {
@@ -168,7 +177,7 @@ func (a *api) rollout(ctx context.Context, v *AppView, app store.App, insts []st
 	seen := map[string]bool{}
 	for _, e := range evs {
 		switch e.Kind {
-		case msg.EventRolloutRolledBack, msg.EventRolloutFailed, msg.EventAppFailed:
+		case msg.EventRolloutRolledBack, msg.EventRolloutFailed, msg.EventAppFailed, msg.EventReleaseStarted, msg.EventReleaseSucceeded:
 			continue
 		}
 		if len(v.Failures) == maxFailures || seen[e.Instance] {

@@ -94,6 +94,50 @@ func TestStatusSeparatesDesiredFromServing(t *testing.T) {
 	require.Equal(t, []ServingView{{Generation: 1, Image: "web:1", Instances: 2}}, v.Serving)
 }
 
+// status says a generation whose release task runs is releasing, and a
+// failed release is its failure, with its exit code and last line.
+func TestStatusOfARelease(t *testing.T) {
+	t.Parallel()
+	c := newAPIWith(t, Options{SpecHash: func(a store.App) string { return a.Spec.Image }})
+	ctx := context.Background()
+	for _, img := range []string{"web:1", "web:2"} {
+		code, _, raw := c.do("PUT", "/v1/apps/web", fmt.Sprintf("name: web\nimage: %s\nport: 8080\nreplicas: 1\nrelease: {command: [m]}\n", img))
+		require.Equal(t, 200, code, "%s", raw)
+	}
+	l, _, err := c.st.Acquire(ctx, "scheduler", "me", time.Minute)
+	require.NoError(t, err)
+	event := func(e store.Event) {
+		require.NoError(t, c.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+			if e.Kind == msg.EventReleaseStarted {
+				if err := tx.PutInstance(ctx, store.Instance{ID: "o1", App: "web", Generation: 1, State: msg.StateRunning, Health: msg.StatusHealthy, SpecHash: "web:1", Address: "127.0.0.1:30000"}); err != nil {
+					return err
+				}
+			}
+			_, err := tx.AddEvent(ctx, e)
+			return err
+		}))
+	}
+	status := func() AppView {
+		code, _, raw := c.do("GET", "/v1/apps/web", "")
+		require.Equal(t, 200, code)
+		var v AppView
+		require.NoError(t, json.Unmarshal(raw, &v))
+		return v
+	}
+	event(store.Event{App: "web", Instance: "release-2", Kind: msg.EventReleaseStarted, Message: "release started", Details: map[string]string{"generation": "2"}})
+	v := status()
+	require.Equal(t, RolloutReleasing, v.Rollout.State)
+	require.Empty(t, v.Failures)
+	event(store.Event{App: "web", Instance: "release-2", Kind: msg.EventReleaseFailed, Message: "release failed",
+		Details: map[string]string{"generation": "2", "exit_code": "3", "reason": "release task exited with code 3"}, LogTail: []string{"release: step 1", "release: failed"}})
+	v = status()
+	require.Equal(t, RolloutRolling, v.Rollout.State, "no longer releasing (the leader fails the rollout next)")
+	require.Len(t, v.Failures, 1)
+	require.Equal(t, "release-2", v.Failures[0].Instance)
+	require.Equal(t, 3, *v.Failures[0].ExitCode)
+	require.Equal(t, `release_failed: release task exited with code 3 — last line: "release: failed"`, v.Failures[0].String())
+}
+
 // ?last=n gives the newest n events, oldest first: what an operator reads
 // first, also of an app with more events than a page.
 func TestEventsLast(t *testing.T) {

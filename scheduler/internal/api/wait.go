@@ -204,6 +204,9 @@ func RolloutOutcome(v AppView, gen int64) (done bool, failure, progress string) 
 		}
 	}
 	parts := []string{fmt.Sprintf("%d of %d instances of generation %d serving", desired, v.DesiredReplicas, gen)}
+	if ro.State == RolloutReleasing {
+		parts = append([]string{"release task running"}, parts...)
+	}
 	if ro.Starting > 0 {
 		parts = append(parts, fmt.Sprintf("%d starting", ro.Starting))
 	}

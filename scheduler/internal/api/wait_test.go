@@ -180,4 +180,17 @@ func TestRolloutOutcome(t *testing.T) {
 	require.False(t, done)
 	require.Empty(t, failure)
 	require.Equal(t, "1 of 3 instances of generation 4 serving, 1 starting, 2 of an earlier spec still serving", progress)
+
+	v = AppView{Generation: 4, DesiredReplicas: 3, Rollout: &RolloutView{State: RolloutReleasing, Generation: 4, Earlier: 3},
+		Serving: []ServingView{{Generation: 3, Instances: 3}}}
+	_, _, progress = RolloutOutcome(v, 4)
+	require.Equal(t, "release task running, 0 of 3 instances of generation 4 serving, 3 of an earlier spec still serving", progress)
+	v = AppView{Generation: 5, DesiredReplicas: 3,
+		Rollout:  &RolloutView{State: RolloutRolledBack, Generation: 5, FromGeneration: 4, Cause: "generation 4 failed: release task exited with code 3"},
+		Serving:  []ServingView{{Generation: 3, Instances: 3, Desired: true}},
+		Failures: []FailureView{{Instance: "release-4", Generation: 4, Kind: "release_failed", Reason: "release task exited with code 3", LastLine: "release: failed"}}}
+	u := waitUpdate(v, 4)
+	require.Equal(t, WaitFailed, u.State)
+	require.Equal(t, "generation 4 was rolled back (now generation 5): generation 4 failed: release task exited with code 3", u.Failure)
+	require.Equal(t, "release-4", u.Failures[0].Instance, "the failed release is among the generation's failures")
 }

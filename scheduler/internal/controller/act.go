@@ -16,6 +16,7 @@ import (
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/docker"
+	"github.com/berthhq/berth/scheduler/internal/image"
 	"github.com/berthhq/berth/scheduler/internal/reconcile"
 	"github.com/berthhq/berth/scheduler/internal/store"
 )
@@ -88,6 +89,19 @@ func (c *Controller) act(ctx context.Context, l store.Lease, w world, actions []
 				acted++
 			}
 			continue
+		case reconcile.RunRelease, reconcile.AdoptRelease:
+			// Begun here, waited on beside the loop: a release never
+			// holds a cycle.
+			began, err := c.beginRelease(ctx, l, a, w, p, i)
+			if err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("%s: %w", a, err))
+				mu.Unlock()
+			}
+			if began {
+				acted++
+			}
+			continue
 		default:
 			acted++
 		}
@@ -129,7 +143,12 @@ func (c *Controller) do(ctx context.Context, l store.Lease, a reconcile.Action, 
 		return c.adopt(ctx, l, a)
 	case reconcile.RemoveOrphan:
 		c.logger.Info("removing orphan container", zap.String(logging.KeyApp, a.App), zap.String(logging.KeyContainer, docker.ShortID(a.ContainerID)))
-		return c.deps.Runtime.Remove(ctx, a.ContainerID)
+		if err := c.deps.Runtime.Remove(ctx, a.ContainerID); err != nil && !errors.Is(err, docker.ErrNotFound) {
+			return err
+		}
+		return nil
+	case reconcile.LoseRelease:
+		return c.loseRelease(ctx, l, a, w)
 	case reconcile.TripBreaker:
 		if !c.seen.report(a.App, w.in.Apps[a.App].BackoffMax, time.Now()) {
 			return nil
@@ -314,21 +333,28 @@ func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, ha
 	if err != nil {
 		return fail(msg.EventInstanceCreateFailed, fmt.Sprintf("cannot start %s: its env secrets do not open: %v", app.Name, err))
 	}
-	present, err := c.deps.Images.ImagePresent(ctx, host, s.Image)
+	// Every host runs the pinned ref: the same bytes everywhere.
+	ref := cmp.Or(app.ImageRef, s.Image)
+	present, err := c.deps.Images.ImagePresent(ctx, host, ref)
 	if err != nil {
 		return err
 	}
-	if !present {
-		log.Info("pulling image", zap.String("image", s.Image))
-		if err := c.deps.Images.Pull(ctx, host, s.Image, c.cfg.PullTimeout); err != nil {
-			return fail(msg.EventImagePullFailed, fmt.Sprintf("cannot start %s: image %s is not present and pulling it failed: %v", app.Name, s.Image, err))
+	switch {
+	case !present && image.IsID(ref):
+		// No registry serves an image ID: never another image instead.
+		log.Warn("the host lacks the pinned image", zap.String("image", s.Image), zap.String("image_id", ref))
+		return c.failMissingID(ctx, l, rec, app, s.Image, ref, host, replaced)
+	case !present:
+		log.Info("pulling image", zap.String("image", ref))
+		if err := c.deps.Images.Pull(ctx, host, ref, c.cfg.PullTimeout); err != nil {
+			return fail(msg.EventImagePullFailed, fmt.Sprintf("cannot start %s: image %s is not present and pulling it failed: %v", app.Name, pinnedAs(s.Image, ref), err))
 		}
 	}
 	cpu, mem := Limits(&s, c.cfg.DefaultCPU, c.cfg.DefaultMemory)
 	sctx, cancel := context.WithTimeout(ctx, c.cfg.StartTimeout)
 	defer cancel()
 	cid, err := c.deps.Runtime.Create(sctx, docker.CreateOptions{Host: host, App: app.Name, Instance: id, Generation: app.Generation, SpecHash: hash, Term: l.Term,
-		Image: s.Image, Command: s.Command, Env: c.cfg.Env.Env(env, c.cfg.Environ), Port: s.Port, CPU: cpu, Memory: mem, Pids: s.Resources.Pids,
+		Image: ref, Command: s.Command, Env: c.cfg.Env.Env(env, c.cfg.Environ), Port: s.Port, CPU: cpu, Memory: mem, Pids: s.Resources.Pids,
 		StopSignal: s.Stop.Signal, StopGrace: s.Stop.Grace.Std(), Logging: s.Logging})
 	if err != nil {
 		return fail(msg.EventInstanceCreateFailed, fmt.Sprintf("cannot create a container for %s: %v", app.Name, err))
@@ -360,6 +386,35 @@ func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, ha
 		events = append(events, ev)
 	}
 	return c.deps.Records.Put(ctx, l, rec, events...)
+}
+
+// failMissingID records a start on a host that lacks the image ID the
+// app's image is pinned to (an image only the engines held at apply): an
+// image_pull_failed naming the host and the ID, which status shows.
+func (c *Controller) failMissingID(ctx context.Context, l store.Lease, rec store.Instance, app store.App, name, id, host string, replaced *store.Event) error {
+	message := fmt.Sprintf("cannot start %s%s: image %s is pinned to the image ID %s, which %s lacks (no registry serves an image ID): "+
+		"load that image there (docker save | docker -H … load), or push it to a registry and apply again", app.Name, onHost(host), name, id, hostOrLocal(host))
+	d := failureDetails(rec, message)
+	d["host"], d["image_id"] = host, id
+	if replaced != nil {
+		message += fmt.Sprintf(" (it was to replace instance %s: %s)", replaced.Instance, replaced.Details["reason"])
+	}
+	return c.deps.Records.Delete(ctx, l, rec, store.Event{App: app.Name, Instance: rec.ID, Kind: msg.EventImagePullFailed, Message: message, Details: d})
+}
+
+// pinnedAs names an image and what it is pinned to.
+func pinnedAs(name, ref string) string {
+	if ref == name {
+		return name
+	}
+	return name + " (pinned to " + ref + ")"
+}
+
+func hostOrLocal(host string) string {
+	if host == "" {
+		return "the local engine"
+	}
+	return "host " + host
 }
 
 // refuseAddress logs an instance whose engine reported an address that is

@@ -47,6 +47,9 @@ type Config struct {
 	// Env is the passthrough policy and Environ the scheduler's environment.
 	Env     appenv.Policy
 	Environ []string
+	// ReleasePoll is how often a release container is inspected besides
+	// its die event; zero: every 2s.
+	ReleasePoll time.Duration
 	// Secrets opens the env secrets of a spec for its containers; nil:
 	// this scheduler has no --secret-key-file, and an app with a secret
 	// does not start (an event says why).
@@ -73,9 +76,11 @@ type Desired interface {
 	FailedRollouts(ctx context.Context, since time.Time) (map[string]store.FailedRollout, error)
 	// RollbackTo restores the spec of an earlier generation as a new one.
 	RollbackTo(ctx context.Context, name string, generation int64) (store.App, error)
-	// LastLogTail is the log tail of an app's newest instance_exited at a
-	// generation.
+	// LastLogTail is the log tail of an app's newest instance_exited or
+	// release_failed at a generation.
 	LastLogTail(ctx context.Context, app string, generation int64) ([]string, error)
+	// Releases returns every release record.
+	Releases(ctx context.Context) ([]store.Release, error)
 }
 
 var _ Desired = (*store.Store)(nil)
@@ -164,9 +169,11 @@ func (oneHost) State(string) (string, bool) { return store.HostUp, false }
 
 // Deps are the controller's collaborators.
 type Deps struct {
-	Desired    Desired
-	Records    Records
-	Routing    Routing
+	Desired Desired
+	Records Records
+	Routing Routing
+	// Releases records release tasks.
+	Releases   ReleaseRecords
 	Containers Containers
 	Runtime    Runtime
 	Images     Images
@@ -199,6 +206,11 @@ type Controller struct {
 	// there are some, an lbagent's confirmation wakes the loop.
 	draining int
 
+	// releases are the release tasks this leader waits on, by app and
+	// generation; releaseRuns their goroutines.
+	releases    map[string]*releaseRun
+	releaseRuns sync.WaitGroup
+
 	removals sync.WaitGroup
 	metrics  *metrics
 }
@@ -212,7 +224,7 @@ func New(cfg Config, deps Deps, logger *zap.Logger) *Controller {
 		cfg.Secrets = secret.New(nil, logger)
 	}
 	return &Controller{cfg: cfg, deps: deps, logger: logger.Named("controller"), wake: make(chan struct{}, 1),
-		seen: newMemory(), removing: map[string]bool{}, metrics: newMetrics()}
+		seen: newMemory(), removing: map[string]bool{}, releases: map[string]*releaseRun{}, metrics: newMetrics()}
 }
 
 // Wake asks for a cycle soon (an app changed, health changed, leadership gained).
@@ -248,6 +260,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	defer c.metrics.following()
 	defer events.Wait()
 	defer c.removals.Wait()
+	defer c.releaseRuns.Wait()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -313,6 +326,14 @@ func (c *Controller) onDockerEvent(ctx context.Context, e docker.Event) {
 		return
 	}
 	if e.App == "" || e.Instance == "" {
+		return
+	}
+	if e.Release {
+		// A release container is no instance: nothing routes to it. Its
+		// wait reads how it ended.
+		if e.Action == "die" || e.Action == "oom" {
+			c.releaseDied(e.ContainerID)
+		}
 		return
 	}
 	if e.Action == "die" || e.Action == "oom" {

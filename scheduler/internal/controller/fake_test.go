@@ -59,22 +59,94 @@ type fake struct {
 	// addresses are every address a Put gave a record: what would reach
 	// berth_instances.
 	addresses []string
+	// releases are the release records by app/generation; releaseExit
+	// makes a started release container of an image exit with a code,
+	// reported by a die event (absent: it runs until releaseEnd).
+	releases    map[string]store.Release
+	releaseExit map[string]int
 }
 
 func newFake() *fake {
 	return &fake{apps: map[string]store.App{}, history: map[string]map[int64]*spec.App{}, records: map[string]store.Instance{},
-		containers: map[string]*docker.Container{}, crash: map[string]int{}, missing: map[string]error{}, oom: map[string]bool{}, revs: map[string]uint64{}, failed: map[string]bool{}, opened: make(chan struct{})}
+		containers: map[string]*docker.Container{}, crash: map[string]int{}, missing: map[string]error{}, oom: map[string]bool{}, revs: map[string]uint64{}, failed: map[string]bool{}, opened: make(chan struct{}),
+		releases: map[string]store.Release{}, releaseExit: map[string]int{}}
 }
 
 var (
-	_ Desired    = (*fake)(nil)
-	_ Records    = (*fake)(nil)
-	_ Routing    = (*fake)(nil)
-	_ Containers = fakeContainers{}
-	_ Runtime    = (*fake)(nil)
-	_ Images     = (*fake)(nil)
-	_ Logs       = (*fake)(nil)
+	_ Desired        = (*fake)(nil)
+	_ Records        = (*fake)(nil)
+	_ Routing        = (*fake)(nil)
+	_ Containers     = fakeContainers{}
+	_ Runtime        = (*fake)(nil)
+	_ Images         = (*fake)(nil)
+	_ Logs           = (*fake)(nil)
+	_ ReleaseRecords = (*fake)(nil)
 )
+
+func (f *fake) Releases(context.Context) ([]store.Release, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]store.Release, 0, len(f.releases))
+	for _, r := range f.releases {
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Generation < out[j].Generation })
+	return out, nil
+}
+
+func (f *fake) BeginRelease(_ context.Context, l store.Lease, r store.Release, events ...store.Event) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	key := releaseKey(r.App, r.Generation)
+	if _, ok := f.releases[key]; ok {
+		return store.ErrReleaseExists
+	}
+	r.State, r.Term, r.StartedAt = store.ReleaseRunning, l.Term, time.Now()
+	f.releases[key] = r
+	f.addEvents(events)
+	return nil
+}
+
+func (f *fake) WatchRelease(_ context.Context, l store.Lease, app string, generation int64, container string) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r, ok := f.releases[releaseKey(app, generation)]
+	if !ok || r.State != store.ReleaseRunning {
+		return false, nil
+	}
+	if container != "" {
+		r.ContainerID = container
+	}
+	r.Term = l.Term
+	f.releases[releaseKey(app, generation)] = r
+	return true, nil
+}
+
+func (f *fake) EndRelease(_ context.Context, _ store.Lease, r store.Release, events ...store.Event) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	cur, ok := f.releases[releaseKey(r.App, r.Generation)]
+	if !ok || cur.State != store.ReleaseRunning {
+		return false, nil
+	}
+	cur.State, cur.ExitCode, cur.Reason = r.State, r.ExitCode, r.Reason
+	f.releases[releaseKey(r.App, r.Generation)] = cur
+	f.addEvents(events)
+	return true, nil
+}
+
+// releaseEnd makes a running release container exit with code, as Docker
+// reports it: the die event first.
+func (f *fake) releaseEnd(id string, code int) {
+	f.mu.Lock()
+	c := f.containers[id]
+	c.Running, c.ExitCode, c.State = false, code, "exited"
+	handle := f.handle
+	f.mu.Unlock()
+	if handle != nil {
+		handle(docker.Event{Action: "die", ContainerID: id, App: c.App, Instance: c.Instance, ExitCode: code, Release: true})
+	}
+}
 
 func (f *fake) apply(s *spec.App, replicas int) {
 	f.mu.Lock()
@@ -150,7 +222,7 @@ func (f *fake) LastLogTail(_ context.Context, app string, generation int64) ([]s
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for i := len(f.events) - 1; i >= 0; i-- {
-		if e := f.events[i]; e.App == app && e.Kind == msg.EventInstanceExited && e.Details["generation"] == fmt.Sprint(generation) && e.LogTail != nil {
+		if e := f.events[i]; e.App == app && (e.Kind == msg.EventInstanceExited || e.Kind == msg.EventReleaseFailed) && e.Details["generation"] == fmt.Sprint(generation) && e.LogTail != nil {
 			return e.LogTail, nil
 		}
 	}
@@ -297,7 +369,10 @@ func (f *fake) Create(_ context.Context, o docker.CreateOptions) (string, error)
 	f.created = append(f.created, o)
 	id := fmt.Sprintf("c%03d", f.ids)
 	f.containers[id] = &docker.Container{ID: id, Host: o.Host, App: o.App, Instance: o.Instance, Generation: o.Generation, SpecHash: o.SpecHash,
-		Address: fmt.Sprintf("127.0.0.1:%d", 20000+f.ids), Name: o.Image}
+		Address: fmt.Sprintf("127.0.0.1:%d", 20000+f.ids), Name: o.Image, Release: o.Release, State: "created"}
+	if o.Release {
+		f.containers[id].Address = ""
+	}
 	return id, nil
 }
 
@@ -305,14 +380,22 @@ func (f *fake) Start(_ context.Context, id string) error {
 	f.mu.Lock()
 	c := f.containers[id]
 	c.Running = f.onStart == nil || f.onStart(docker.CreateOptions{App: c.App, Instance: c.Instance})
+	c.State = "running"
 	code, crash := f.crash[c.Name]
+	if c.Release {
+		code, crash = f.releaseExit[c.Name]
+		c.Running = true
+	}
+	if crash {
+		c.State = "exited"
+	}
 	handle := f.handle
 	if crash {
 		c.Running, c.OOMKilled, c.ExitCode = false, f.oom[c.Name], code
 	}
 	f.mu.Unlock()
 	if crash && handle != nil {
-		handle(docker.Event{Action: "die", ContainerID: id, App: c.App, Instance: c.Instance, ExitCode: code})
+		handle(docker.Event{Action: "die", ContainerID: id, App: c.App, Instance: c.Instance, ExitCode: code, Release: c.Release})
 	}
 	return nil
 }
@@ -343,7 +426,10 @@ func (f *fake) Stop(ctx context.Context, id, _ string, _ time.Duration) error {
 	defer f.mu.Unlock()
 	f.stops = append(f.stops, id)
 	if c, ok := f.containers[id]; ok {
-		c.Running = false
+		c.Running, c.State = false, "exited"
+		if c.Release {
+			c.ExitCode = 137
+		}
 	}
 	return nil
 }
@@ -423,6 +509,12 @@ func (f fakeContainers) List(context.Context) ([]docker.Container, error) {
 
 func start(t *testing.T, f *fake, cfg Config) *harness {
 	t.Helper()
+	return startAt(t, f, cfg, 1)
+}
+
+// startAt is start as the leader of term (a failover's new leader).
+func startAt(t *testing.T, f *fake, cfg Config, term uint64) *harness {
+	t.Helper()
 	h := &harness{t: t, f: f, done: make(chan error, 1)}
 	var c *Controller
 	h.health = view.NewTable(view.NoTerm[*msg.Health], func() {
@@ -442,8 +534,8 @@ func start(t *testing.T, f *fake, cfg Config) *harness {
 	}
 	cfg.MaxParallel = max(cfg.MaxParallel, 4)
 	cfg.StartTimeout = max(cfg.StartTimeout, time.Minute)
-	lease := store.Lease{Name: "test", Holder: "me", Term: 1}
-	c = New(cfg, Deps{Desired: f, Records: f, Routing: f, Containers: fakeContainers{f}, Runtime: f, Images: f, Logs: f, Hosts: f.hosts,
+	lease := store.Lease{Name: "test", Holder: "me", Term: term}
+	c = New(cfg, Deps{Desired: f, Records: f, Routing: f, Releases: f, Containers: fakeContainers{f}, Runtime: f, Images: f, Logs: f, Hosts: f.hosts,
 		Lease: func() (store.Lease, bool) { return lease, true }, Health: h.health, Agents: h.agents}, zaptest.NewLogger(t))
 	h.c = c
 	ctx, cancel := context.WithCancel(context.Background())

@@ -193,10 +193,15 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 	if err != nil {
 		return world{}, err
 	}
+	releases, err := c.deps.Desired.Releases(ctx)
+	if err != nil {
+		return world{}, err
+	}
 
 	w := world{in: reconcile.Input{Apps: map[string]reconcile.Desired{}, Term: l.Term, StartTimeout: c.cfg.StartTimeout, Now: now},
 		apps: map[string]store.App{}, records: map[string]store.Instance{}, health: map[string]string{}}
 	w.in.Hosts = c.hosts(records, list)
+	w.in.Releases = c.watched(releases)
 	for _, a := range apps {
 		s := *a.Spec
 		s.Default()
@@ -251,7 +256,7 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 	for _, ct := range list {
 		if !owned[ct.ID] {
 			w.in.Orphans = append(w.in.Orphans, reconcile.Orphan{ContainerID: ct.ID, Host: ct.Host, App: ct.App, Instance: ct.Instance,
-				SpecHash: ct.SpecHash, Generation: ct.Generation, Running: containers[ct.ID].Running})
+				SpecHash: ct.SpecHash, Generation: ct.Generation, Running: containers[ct.ID].Running, Release: ct.Release})
 		}
 	}
 	return w, nil
@@ -314,7 +319,9 @@ func (c *Controller) SpecHash(a store.App) string {
 func (c *Controller) desired(a store.App, s *spec.App) reconcile.Desired {
 	// The hash sees a secret's value id, never its value: it needs no key.
 	env := c.cfg.Env.Env(secret.HashEnv(s.Env), c.cfg.Environ)
-	return reconcile.Desired{App: a.Name, Generation: a.Generation, SpecHash: reconcile.Restarted(reconcile.SpecHash(s, env), a.RestartedGeneration),
+	hash := reconcile.Pinned(reconcile.SpecHash(s, env), a.ImageRef)
+	return reconcile.Desired{App: a.Name, Generation: a.Generation, SpecHash: reconcile.Restarted(hash, a.RestartedGeneration),
+		Release: s.Release != nil, ReleaseHash: hash,
 		Replicas: a.DesiredReplicas, MaxSurge: s.Update.MaxSurge, MaxUnavailable: s.Update.MaxUnavailable,
 		MinHealthyTime: s.Update.MinHealthyTime.Std(), HealthyDeadline: s.Update.HealthyDeadline.Std(),
 		AutoRollback: s.Update.AutoRollback != nil && *s.Update.AutoRollback, Drain: s.Stop.Drain.Std(),

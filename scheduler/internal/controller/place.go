@@ -35,7 +35,7 @@ func (c *Controller) place(ctx context.Context, l store.Lease, w world, actions 
 	count := map[string]int{}
 	for _, a := range actions {
 		switch a.Kind {
-		case reconcile.Start:
+		case reconcile.Start, reconcile.RunRelease:
 			count[a.App]++
 		case reconcile.Replace, reconcile.Lost:
 			p.predecessors[a.Instance] = a
@@ -97,7 +97,7 @@ func (c *Controller) place(ctx context.Context, l store.Lease, w world, actions 
 	// (the planner puts them first).
 	for i, a := range actions {
 		h := res.Hosts[a.App]
-		if a.Kind != reconcile.Start || len(h) == 0 {
+		if (a.Kind != reconcile.Start && a.Kind != reconcile.RunRelease) || len(h) == 0 {
 			continue
 		}
 		p.starts[i], res.Hosts[a.App] = h[0], h[1:]

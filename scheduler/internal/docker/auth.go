@@ -26,7 +26,8 @@ var hubAliases = map[string]bool{"docker.io": true, "index.docker.io": true, "re
 // is read-only after LoadRegistryAuths and safe for concurrent use. Its
 // credentials are never logged or printed.
 type RegistryAuths struct {
-	byHost map[string]string // registry host → encoded X-Registry-Auth
+	byHost map[string]string              // registry host → encoded X-Registry-Auth
+	logins map[string]registry.AuthConfig // registry host → its credential, for the resolver
 	// withheld are the registries that have credentials in the file but
 	// not for this holder (Only): a failed pull from one says so.
 	withheld map[string]bool
@@ -71,7 +72,7 @@ func ParseRegistryAuths(b []byte) (*RegistryAuths, error) {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	out := &RegistryAuths{byHost: map[string]string{}}
+	out := &RegistryAuths{byHost: map[string]string{}, logins: map[string]registry.AuthConfig{}}
 	from := map[string]string{}
 	for _, server := range keys {
 		e := cfg.Auths[server]
@@ -99,6 +100,7 @@ func ParseRegistryAuths(b []byte) (*RegistryAuths, error) {
 			return nil, fmt.Errorf("the auth of %s: %w", server, err)
 		}
 		out.byHost[host] = base64.URLEncoding.EncodeToString(js)
+		out.logins[host] = ac
 		from[host] = server
 	}
 	return out, nil
@@ -122,7 +124,7 @@ func (a *RegistryAuths) Hosts() []string {
 // host's engine may receive. The others are withheld: For gives none for
 // them, and Withheld names them.
 func (a *RegistryAuths) Only(registries []string) *RegistryAuths {
-	out := &RegistryAuths{byHost: map[string]string{}, withheld: map[string]bool{}}
+	out := &RegistryAuths{byHost: map[string]string{}, logins: map[string]registry.AuthConfig{}, withheld: map[string]bool{}}
 	if a == nil {
 		return out
 	}
@@ -135,6 +137,9 @@ func (a *RegistryAuths) Only(registries []string) *RegistryAuths {
 	for h, enc := range a.byHost {
 		if allowed[h] {
 			out.byHost[h] = enc
+			if l, ok := a.logins[h]; ok {
+				out.logins[h] = l
+			}
 		} else {
 			out.withheld[h] = true
 		}
@@ -170,6 +175,18 @@ func (a *RegistryAuths) For(ref string) string {
 		return ""
 	}
 	return a.byHost[h]
+}
+
+// Login returns the credential of a registry (host[:port] as an image names
+// it; Docker Hub's aliases are one), ok false when there is none: what the
+// scheduler's tag resolver (scheduler/internal/image) sends it. Never log
+// what it returns.
+func (a *RegistryAuths) Login(registry string) (user, password, identityToken string, ok bool) {
+	if a == nil {
+		return "", "", "", false
+	}
+	l, ok := a.logins[registryHost(registry)]
+	return l.Username, l.Password, l.IdentityToken, ok
 }
 
 // refRegistry is the registry host ref pulls from (docker.io when it

@@ -255,3 +255,33 @@ func TestPullOnAHostSendsOnlyItsRegistries(t *testing.T) {
 	require.Error(t, err)
 	require.NotContains(t, err.Error(), "not allowed the credential", "no hint for a registry without credentials")
 }
+
+// Login gives the resolver a registry's credential, by the registry as an
+// image names it; Docker Hub's aliases are one.
+func TestRegistryAuthsLogin(t *testing.T) {
+	t.Parallel()
+	auths, err := ParseRegistryAuths(configJSON(t, map[string]string{
+		"https://index.docker.io/v1/": basic("hub", "hubpass"),
+		"127.0.0.1:5000":              basic("ci", "cipass"),
+	}))
+	require.NoError(t, err)
+	for _, tc := range []struct{ registry, user, pass string }{
+		{"docker.io", "hub", "hubpass"},
+		{"index.docker.io", "hub", "hubpass"},
+		{"127.0.0.1:5000", "ci", "cipass"},
+		{"127.0.0.1:5001", "", ""},
+		{"ghcr.io", "", ""},
+	} {
+		user, pass, _, ok := auths.Login(tc.registry)
+		require.Equal(t, tc.user != "", ok, tc.registry)
+		require.Equal(t, tc.user, user, tc.registry)
+		require.Equal(t, tc.pass, pass, tc.registry)
+	}
+	_, _, _, ok := auths.Only([]string{"docker.io"}).Login("127.0.0.1:5000")
+	require.False(t, ok, "Only keeps the allowed registries' logins alone")
+	_, _, _, ok = auths.Only([]string{"docker.io"}).Login("docker.io")
+	require.True(t, ok)
+	var none *RegistryAuths
+	_, _, _, ok = none.Login("docker.io")
+	require.False(t, ok)
+}

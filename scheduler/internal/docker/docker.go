@@ -45,7 +45,16 @@ const (
 	// LabelPort is the container port nginx sends traffic to: on
 	// --network, the container is reached there.
 	LabelPort = "berth.port"
+	// LabelRelease marks a release task's container ("true"): a one-off
+	// run of a new version (its instance label is ReleaseInstance of its
+	// generation), never an instance, never routed.
+	LabelRelease = "berth.release"
 )
+
+// ReleaseInstance is the instance label of the release container of an
+// app's generation: its container is named berth-<app>-release-<gen>, so
+// an engine refuses a second one of the same generation.
+func ReleaseInstance(generation int64) string { return "release-" + strconv.FormatInt(generation, 10) }
 
 // Errors of the adapter.
 var (
@@ -196,6 +205,8 @@ type Container struct {
 	// published 127.0.0.1:port, or the container's address on Network.
 	Address   string
 	StartedAt time.Time
+	// Release says it is a release task's container (LabelRelease).
+	Release bool
 }
 
 func fromLabels(c *Container, labels map[string]string) {
@@ -203,6 +214,7 @@ func fromLabels(c *Container, labels map[string]string) {
 	c.App, c.Instance, c.SpecHash = labels[LabelApp], labels[LabelInstance], labels[LabelSpecHash]
 	c.Generation, _ = strconv.ParseInt(labels[LabelGeneration], 10, 64)
 	c.Term, _ = strconv.ParseUint(labels[LabelTerm], 10, 64)
+	c.Release = labels[LabelRelease] == "true"
 }
 
 // mine filters Berth's containers of this client's prefix (and host).
@@ -269,6 +281,10 @@ type CreateOptions struct {
 	// Logging is the spec's log limits; nil or zero fields: the client's
 	// defaults (Options.LogMaxSize, LogMaxFiles).
 	Logging *spec.Logging
+	// Release makes it a release task's container (LabelRelease): it
+	// publishes and exposes no port (Port is ignored), and still joins
+	// Options.Network when set, to reach what the app reaches.
+	Release bool
 }
 
 // Name is the container name of an instance: berth-<app>-<instance>.
@@ -286,7 +302,7 @@ var securityOpts = []string{"no-new-privileges:true"}
 // client's defaults), whatever the engine's default driver is.
 func (c *Client) Create(ctx context.Context, o CreateOptions) (string, error) {
 	port, err := network.ParsePort(fmt.Sprintf("%d/tcp", o.Port))
-	if err != nil {
+	if err != nil && !o.Release {
 		return "", fmt.Errorf("docker create %s: port %d: %w", Name(o.App, o.Instance), o.Port, err)
 	}
 	env := make([]string, 0, len(o.Env)+1)
@@ -307,6 +323,11 @@ func (c *Client) Create(ctx context.Context, o CreateOptions) (string, error) {
 	if c.o.Host != "" {
 		cfg.Labels[LabelHost] = c.o.Host
 	}
+	if o.Release {
+		cfg.ExposedPorts = nil
+		cfg.Labels[LabelRelease] = "true"
+		delete(cfg.Labels, LabelPort)
+	}
 	pids := int64(o.Pids)
 	if pids <= 0 {
 		pids = spec.DefaultPids
@@ -319,9 +340,12 @@ func (c *Client) Create(ctx context.Context, o CreateOptions) (string, error) {
 		LogConfig:     c.logConfig(o.Logging),
 	}
 	var netCfg *network.NetworkingConfig
-	if c.o.Network == "" {
+	switch {
+	case c.o.Network == "" && o.Release:
+		// Nothing reaches a release container: it publishes nothing.
+	case c.o.Network == "":
 		host.PortBindings = network.PortMap{port: {{HostIP: netip.MustParseAddr(c.o.PublishAddress), HostPort: ""}}}
-	} else {
+	default:
 		host.NetworkMode = container.NetworkMode(c.o.Network)
 		netCfg = &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{c.o.Network: {}}}
 	}
@@ -385,8 +409,8 @@ func (c *Client) Inspect(ctx context.Context, id string) (Container, error) {
 		ct.StartedAt, _ = time.Parse(time.RFC3339Nano, s.StartedAt)
 	}
 	ns := r.NetworkSettings
-	if ns == nil {
-		return ct, nil
+	if ns == nil || ct.Release {
+		return ct, nil // a release container is reached by no one
 	}
 	var addr, reported string
 	if c.o.Network != "" {
@@ -432,6 +456,28 @@ func (c *Client) ImagePresent(ctx context.Context, ref string) (bool, error) {
 	return true, nil
 }
 
+// ImageInfo is an image as an engine holds it.
+type ImageInfo struct {
+	// ID is the image ID (sha256:…).
+	ID string
+	// RepoDigests are the repo@sha256:… it was pushed or pulled as; none
+	// for an image built or loaded on this engine alone.
+	RepoDigests []string
+}
+
+// Image returns ref (a name, repo@digest or an ID) as this engine holds
+// it, or an error wrapping ErrImageNotFound.
+func (c *Client) Image(ctx context.Context, ref string) (ImageInfo, error) {
+	r, err := c.c.ImageInspect(ctx, ref)
+	if cerrdefs.IsNotFound(err) {
+		return ImageInfo{}, fmt.Errorf("docker image %s: %w", ref, ErrImageNotFound)
+	}
+	if err != nil {
+		return ImageInfo{}, fmt.Errorf("docker image %s: %w", ref, err)
+	}
+	return ImageInfo{ID: r.ID, RepoDigests: r.RepoDigests}, nil
+}
+
 // Pull fetches ref, bounded by timeout. Any failure names the image and
 // wraps ErrImageNotFound when the registry has no such image.
 func (c *Client) Pull(ctx context.Context, ref string, timeout time.Duration) error {
@@ -467,6 +513,8 @@ type Event struct {
 	Host     string
 	ExitCode int
 	Time     time.Time
+	// Release says it is a release task's container.
+	Release bool
 }
 
 // Events streams the events of Berth's containers to handle until ctx
@@ -512,6 +560,7 @@ func (c *Client) streamEvents(ctx context.Context, handle func(Event)) error {
 			e := Event{Action: action, ContainerID: m.Actor.ID, App: m.Actor.Attributes[LabelApp],
 				Instance: m.Actor.Attributes[LabelInstance], Host: c.o.Host, Time: time.Unix(0, m.TimeNano)}
 			e.ExitCode, _ = strconv.Atoi(m.Actor.Attributes["exitCode"])
+			e.Release = m.Actor.Attributes[LabelRelease] == "true"
 			handle(e)
 		case err := <-res.Err:
 			return err

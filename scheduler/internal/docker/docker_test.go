@@ -164,6 +164,14 @@ func TestMissingImage(t *testing.T) {
 	present, err = c.ImagePresent(ctx, testrig.DemoImage(t, "v1"))
 	require.NoError(t, err)
 	require.True(t, present)
+	_, err = c.Image(ctx, ref)
+	require.ErrorIs(t, err, ErrImageNotFound)
+	info, err := c.Image(ctx, testrig.DemoImage(t, "v1"))
+	require.NoError(t, err)
+	require.Regexp(t, `^sha256:[0-9a-f]{64}$`, info.ID, "built here: its ID")
+	byID, err := c.Image(ctx, info.ID)
+	require.NoError(t, err, "an ID names the image too: what a pinned local image is created from")
+	require.Equal(t, info.ID, byID.ID)
 }
 
 func TestNewRefusesBadPublishAddress(t *testing.T) {
@@ -172,4 +180,44 @@ func TestNewRefusesBadPublishAddress(t *testing.T) {
 	require.ErrorContains(t, err, "must be an IP address")
 	_, err = New(Options{}, zaptest.NewLogger(t))
 	require.ErrorContains(t, err, "a prefix (environment) is required")
+}
+
+// TestReleaseContainer: a release container publishes no port, carries the
+// release label (listed and inspected as one), runs its command to its
+// exit code, and its engine refuses a second of the same generation.
+func TestReleaseContainer(t *testing.T) {
+	t.Parallel()
+	c := newClient(t)
+	ctx := context.Background()
+	opts := CreateOptions{App: "dockertest", Instance: ReleaseInstance(4), Generation: 4, SpecHash: "abc", Term: 7,
+		Image: testrig.DemoImage(t, "v1"), Command: []string{"release", "-lines", "2", "-exit", "3"}, Port: testrig.DemoPort,
+		StopSignal: "SIGTERM", StopGrace: time.Second, Release: true}
+	id, err := c.Create(ctx, opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Remove(context.Background(), id) })
+	_, err = c.Create(ctx, opts)
+	require.Error(t, err, "one release container per generation and engine")
+	require.NoError(t, c.Start(ctx, id))
+	var ct Container
+	require.Eventually(t, func() bool {
+		ct, err = c.Inspect(ctx, id)
+		require.NoError(t, err, "a release container has no address to refuse")
+		return !ct.Running && ct.State == "exited"
+	}, 20*time.Second, 50*time.Millisecond)
+	require.True(t, ct.Release)
+	require.Equal(t, 3, ct.ExitCode)
+	require.Empty(t, ct.Address, "nothing reaches it")
+	require.Equal(t, Name("dockertest", "release-4"), ct.Name)
+	lines, err := c.Tail(ctx, id, 20)
+	require.NoError(t, err)
+	require.Equal(t, []string{"release: migration step 1 of 2", "release: migration step 2 of 2", "release: failed, exiting with code 3"}, lines)
+	list, err := c.List(ctx)
+	require.NoError(t, err)
+	found := false
+	for _, l := range list {
+		if l.ID == id {
+			found = l.Release && l.Generation == 4
+		}
+	}
+	require.True(t, found, "listed as a release container")
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/docker"
+	"github.com/berthhq/berth/scheduler/internal/image"
 	"github.com/berthhq/berth/scheduler/internal/placement"
 	"github.com/berthhq/berth/scheduler/internal/store"
 )
@@ -37,6 +38,7 @@ type Engine interface {
 	Stop(ctx context.Context, id, signal string, grace time.Duration) error
 	Remove(ctx context.Context, id string) error
 	ImagePresent(ctx context.Context, ref string) (bool, error)
+	Image(ctx context.Context, ref string) (docker.ImageInfo, error)
 	Pull(ctx context.Context, ref string, timeout time.Duration) error
 	Stats(ctx context.Context, ids []string, parallel int) (map[string]docker.Reading, error)
 	Tail(ctx context.Context, id string, n int) ([]string, error)
@@ -673,6 +675,60 @@ func (f *Fleet) ImagePresent(ctx context.Context, host, ref string) (bool, error
 	defer cancel()
 	return eng.ImagePresent(ctx, ref)
 }
+
+// Images returns ref as each engine holds it: the local engine's while no
+// host is registered, else every up host's, asked at once; a host that
+// does not hold it is left out. It fails only when no engine could be
+// asked. The resolver's view (image.Engines): which image an apply pins.
+func (f *Fleet) Images(ctx context.Context, ref string) ([]image.Local, error) {
+	type target struct {
+		host string
+		eng  Engine
+	}
+	var targets []target
+	f.mu.Lock()
+	if len(f.members) == 0 {
+		if f.local != nil {
+			targets = append(targets, target{"", f.local})
+		}
+	}
+	for name, m := range f.members {
+		if m.eng != nil && m.state == Up && !m.failing {
+			targets = append(targets, target{name, m.eng})
+		}
+	}
+	f.mu.Unlock()
+	if len(targets) == 0 {
+		return nil, fmt.Errorf("%w: no engine is up to look for image %s in", ErrHostDown, ref)
+	}
+	var (
+		mu   sync.Mutex
+		out  []image.Local
+		errs []error
+		wg   sync.WaitGroup
+	)
+	for _, tg := range targets {
+		wg.Go(func() {
+			info, err := tg.eng.Image(ctx, ref)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				out = append(out, image.Local{Host: tg.host, ID: info.ID, RepoDigests: info.RepoDigests})
+			case !errors.Is(err, docker.ErrImageNotFound):
+				errs = append(errs, fmt.Errorf("host %q: %w", tg.host, err))
+			}
+		})
+	}
+	wg.Wait()
+	slices.SortFunc(out, func(a, b image.Local) int { return strings.Compare(a.Host, b.Host) })
+	if len(errs) == len(targets) {
+		return nil, errors.Join(errs...)
+	}
+	return out, nil
+}
+
+var _ image.Engines = (*Fleet)(nil)
 
 // Pull pulls ref on host.
 func (f *Fleet) Pull(ctx context.Context, host, ref string, timeout time.Duration) error {

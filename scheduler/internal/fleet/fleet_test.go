@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/berthhq/berth/scheduler/internal/docker"
+	"github.com/berthhq/berth/scheduler/internal/image"
 	"github.com/berthhq/berth/scheduler/internal/store"
 )
 
@@ -23,6 +24,7 @@ type engine struct {
 	containers map[string]docker.Container
 	n          int
 	closed     bool
+	images     map[string]docker.ImageInfo
 }
 
 var errDown = errors.New("connection refused")
@@ -95,6 +97,18 @@ func (e *engine) Remove(_ context.Context, id string) error {
 }
 func (e *engine) ImagePresent(context.Context, string) (bool, error) { return true, e.check() }
 func (e *engine) Pull(context.Context, string, time.Duration) error  { return e.check() }
+func (e *engine) Image(_ context.Context, ref string) (docker.ImageInfo, error) {
+	if err := e.check(); err != nil {
+		return docker.ImageInfo{}, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	info, ok := e.images[ref]
+	if !ok {
+		return info, fmt.Errorf("image %s: %w", ref, docker.ErrImageNotFound)
+	}
+	return info, nil
+}
 func (e *engine) Stats(context.Context, []string, int) (map[string]docker.Reading, error) {
 	return nil, nil
 }
@@ -279,4 +293,36 @@ func TestLogsOfAHostThatStopsAnswering(t *testing.T) {
 	require.ErrorContains(t, err, "host h1 does not answer")
 	require.Equal(t, []string{"hello"}, lines)
 	require.ErrorIs(t, f.Logs(ctx, "h3", "c", docker.LogOptions{}, nil), ErrHostDown, "a host not registered")
+}
+
+// Images asks the local engine while no host is registered, then every
+// up host, leaving out those that lack the image; it fails only when no
+// engine could be asked.
+func TestFleetImages(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	engines := map[string]*engine{"h1": newEngine("h1"), "h2": newEngine("h2"), "h3": newEngine("h3")}
+	local := newEngine("")
+	local.images = map[string]docker.ImageInfo{"web:v1": {ID: "sha256:l"}}
+	engines["h1"].images = map[string]docker.ImageInfo{"web:v1": {ID: "sha256:a"}}
+	engines["h2"].images = map[string]docker.ImageInfo{"web:v1": {ID: "sha256:a", RepoDigests: []string{"r/web@sha256:d"}}}
+	reg := &registry{}
+	f := New(Config{Timeout: 15 * time.Second}, reg, func(h store.Host) (Engine, error) { return engines[h.Name], nil }, local, zap.NewNop())
+	require.NoError(t, f.Sync(ctx))
+	got, err := f.Images(ctx, "web:v1")
+	require.NoError(t, err)
+	require.Equal(t, []image.Local{{ID: "sha256:l"}}, got)
+
+	reg.hosts = []store.Host{{Name: "h1", DockerURL: "unix:///h1.sock"}, {Name: "h2", DockerURL: "unix:///h2.sock"}, {Name: "h3", DockerURL: "unix:///h3.sock"}}
+	require.NoError(t, f.Sync(ctx))
+	_, err = f.Images(ctx, "web:v1")
+	require.ErrorIs(t, err, ErrHostDown, "no host has answered yet")
+	f.probe(ctx)
+	got, err = f.Images(ctx, "web:v1")
+	require.NoError(t, err)
+	require.Equal(t, []image.Local{{Host: "h1", ID: "sha256:a"}, {Host: "h2", ID: "sha256:a", RepoDigests: []string{"r/web@sha256:d"}}}, got,
+		"h3 lacks it; the local engine is no host once hosts are registered")
+	got, err = f.Images(ctx, "web:v9")
+	require.NoError(t, err)
+	require.Empty(t, got)
 }

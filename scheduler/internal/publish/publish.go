@@ -416,6 +416,44 @@ func (p *Publisher) Delete(ctx context.Context, l store.Lease, r store.Instance,
 	return p.Unpublish(ctx, r.App, r.ID)
 }
 
+// BeginRelease records a release running, with events, in the leader's
+// fenced transaction (store.ErrReleaseExists for a generation that has
+// one), then publishes the events.
+func (p *Publisher) BeginRelease(ctx context.Context, l store.Lease, r store.Release, events ...store.Event) error {
+	return p.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+		if err := tx.BeginRelease(ctx, r); err != nil {
+			return err
+		}
+		return addEvents(ctx, tx, events)
+	})
+}
+
+// WatchRelease records a running release's container and the leader's
+// term that waits on it; false for a release that is not running.
+func (p *Publisher) WatchRelease(ctx context.Context, l store.Lease, app string, generation int64, container string) (bool, error) {
+	var ok bool
+	err := p.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+		var err error
+		ok, err = tx.WatchRelease(ctx, app, generation, container)
+		return err
+	})
+	return ok, err
+}
+
+// EndRelease records how a running release ended, with events, once:
+// false, and no event, for a release that is not running.
+func (p *Publisher) EndRelease(ctx context.Context, l store.Lease, r store.Release, events ...store.Event) (bool, error) {
+	var ended bool
+	err := p.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+		var err error
+		if ended, err = tx.EndRelease(ctx, r); err != nil || !ended {
+			return err
+		}
+		return addEvents(ctx, tx, events)
+	})
+	return ended, err
+}
+
 // SetHealth records the health the leader last saw for each instance.
 func (p *Publisher) SetHealth(ctx context.Context, l store.Lease, health map[string]string) error {
 	return p.Tx(ctx, l, func(ctx context.Context, tx *store.Tx) error { return tx.SetHealth(ctx, health) })
@@ -541,9 +579,7 @@ func (p *Publisher) One(ctx context.Context, name string, l store.Lease) error {
 	if err := p.putApp(ctx, kv, a, l.Term); err != nil {
 		return err
 	}
-	events := []store.Event{{App: name, Kind: msg.EventAppUpdated,
-		Message: fmt.Sprintf("app %s is at generation %d (image %s)", name, a.Generation, a.Spec.Image),
-		Details: map[string]string{"generation": fmt.Sprint(a.Generation), "image": a.Spec.Image}}}
+	events := []store.Event{updated(a)}
 	if claimants, err := p.store.Claimants(ctx, name, a.Spec.Routing.HostKeys()); err == nil {
 		events = append(events, RouteConflicts(name, claimants)...)
 	}
@@ -552,6 +588,23 @@ func (p *Publisher) One(ctx context.Context, name string, l store.Lease) error {
 		events[i].Actor = cmp.Or(a.UpdatedBy, store.ActorScheduler)
 	}
 	return p.Event(ctx, l, events...)
+}
+
+// updated is the app_updated event of an app's generation: its image, what
+// that is pinned to, and the pin before when it changed (a redeploy, or a
+// tag pushed again and applied).
+func updated(a store.App) store.Event {
+	d := map[string]string{"generation": fmt.Sprint(a.Generation), "image": a.Spec.Image}
+	text := fmt.Sprintf("app %s is at generation %d (image %s)", a.Name, a.Generation, a.Spec.Image)
+	if a.ImageRef != "" {
+		d["image_ref"] = a.ImageRef
+		text = fmt.Sprintf("app %s is at generation %d (image %s pinned to %s)", a.Name, a.Generation, a.Spec.Image, a.ImageRef)
+	}
+	if a.PreviousImageRef != "" && a.PreviousImageRef != a.ImageRef {
+		d["previous_image_ref"] = a.PreviousImageRef
+		text += "; image was " + a.PreviousImageRef
+	}
+	return store.Event{App: a.Name, Kind: msg.EventAppUpdated, Message: text, Details: d}
 }
 
 // deletedBy returns who deleted an app, the scheduler when that cannot be read.

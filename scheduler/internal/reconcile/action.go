@@ -55,6 +55,19 @@ const (
 	// instances of the desired spec start, the old ones keep serving.
 	// Reason is the cause.
 	FailRollout Kind = "fail_rollout"
+	// RunRelease runs the release task of App's Generation, which has
+	// none yet, on a host placement chooses: its record first, then its
+	// container, waited on beside the loop. No instance of the generation
+	// starts until it succeeded.
+	RunRelease Kind = "run_release"
+	// AdoptRelease waits on the running release of App's Generation that
+	// no one here waits on (an earlier leader began it): its container,
+	// ContainerID on Host, is never started again.
+	AdoptRelease Kind = "adopt_release"
+	// LoseRelease records the running release of App's Generation failed:
+	// its container is gone (or never came), on a Host that answers or
+	// is down. Another never starts for the generation.
+	LoseRelease Kind = "lose_release"
 )
 
 // Action is one step for the controller.

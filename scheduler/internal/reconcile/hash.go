@@ -15,7 +15,7 @@ import (
 // limits (logging: a container's log config is fixed at create; a spec
 // without them hashes as it did before they existed). Instances whose hash
 // differs from the desired one are replaced by a rolling update. Replicas,
-// scaling, routing, load balancing, health checks and timings are not in
+// scaling, routing, load balancing, health checks, timings and the release task are not in
 // it, so changing them restarts nothing.
 func SpecHash(a *spec.App, env map[string]string) string {
 	b, _ := json.Marshal(struct {
@@ -48,5 +48,17 @@ func Restarted(hash string, gen int64) string {
 		return hash
 	}
 	sum := sha256.Sum256([]byte(hash + ":restarted:" + strconv.FormatInt(gen, 10)))
+	return hex.EncodeToString(sum[:8])
+}
+
+// Pinned is the hash of a spec whose image is pinned to ref (a digest or
+// an image ID): another digest is another hash, so a tag pushed again
+// rolls out; no pin ("", every app stored before pinning) leaves the hash
+// as it is, so an upgrade restarts nothing.
+func Pinned(hash, ref string) string {
+	if ref == "" {
+		return hash
+	}
+	sum := sha256.Sum256([]byte(hash + ":pinned:" + ref))
 	return hex.EncodeToString(sum[:8])
 }

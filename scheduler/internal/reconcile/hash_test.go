@@ -21,6 +21,7 @@ func TestSpecHash(t *testing.T) {
 		"name: web\nimage: web:1\nport: 8080\nreplicas: 2\nenv: {A: '1'}\nrouting: {hosts: [web.example.com]}\n",
 		"name: web\nimage: web:1\nport: 8080\nreplicas: 2\nenv: {A: '1'}\nhealth: {path: /ready}\nlb: {method: least_conn}\n",
 		"name: web\nimage: web:1\nport: 8080\nreplicas: 2\nenv: {A: '1'}\nupdate: {max_surge: 2}\nstop: {drain: 1s}\n",
+		"name: web\nimage: web:1\nport: 8080\nreplicas: 2\nenv: {A: '1'}\nrelease: {command: [/app/migrate], timeout: 1m, env: {B: '2'}}\n",
 	}
 	for _, src := range same {
 		a, err := spec.Load([]byte(src))
@@ -48,4 +49,15 @@ func TestRestarted(t *testing.T) {
 	require.NotEqual(t, Restarted("abc", 4), Restarted("abc", 5))
 	require.Equal(t, Restarted("abc", 4), Restarted("abc", 4))
 	require.Len(t, Restarted("abc", 4), 16)
+}
+
+func TestPinned(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, "abc", Pinned("abc", ""), "not pinned (stored before pinning): the hash as it was")
+	a, b := Pinned("abc", "r/web@sha256:1"), Pinned("abc", "r/web@sha256:2")
+	require.NotEqual(t, "abc", a)
+	require.NotEqual(t, a, b, "another digest rolls")
+	require.Equal(t, a, Pinned("abc", "r/web@sha256:1"))
+	require.Len(t, a, 16)
+	require.NotEqual(t, Restarted(a, 3), a, "a restart of a pinned app still rolls")
 }

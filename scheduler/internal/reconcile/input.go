@@ -46,6 +46,12 @@ type Desired struct {
 	// Replicas + MaxSurge until its host answers or leaves the registry.
 	// Without it (the default) every lost instance is replaced at once.
 	HoldLost bool
+	// Release says the app has a release task: the first instance of a
+	// spec not released yet waits for it. ReleaseHash keys its runs: the
+	// container spec's hash without a restart's generation, so a restart
+	// releases nothing new.
+	Release     bool
+	ReleaseHash string
 }
 
 // Host states, as the fleet reports them.
@@ -129,6 +135,34 @@ type Orphan struct {
 	SpecHash   string
 	Generation int64
 	Running    bool
+	// Release says it is a release task's container (Generation's), not
+	// an instance's: never adopted as one.
+	Release bool
+}
+
+// Release states, as the store records them.
+const (
+	ReleaseRunning   = "running"
+	ReleaseSucceeded = "succeeded"
+	ReleaseFailed    = "failed"
+)
+
+// Release is one run of an app's release task: the one of its Generation.
+type Release struct {
+	App        string
+	Generation int64
+	// SpecHash is the ReleaseHash it released.
+	SpecHash string
+	State    string
+	// Host is where its container runs; ContainerID is empty until it is
+	// recorded (an earlier leader may have died creating it).
+	Host        string
+	ContainerID string
+	// Watched says this leader waits on it: its run or its adoption is
+	// in flight.
+	Watched bool
+	// Reason says why it failed ("release task exited with code 3").
+	Reason string
 }
 
 // Failure is one recorded restart of an app, for the restart budget.
@@ -163,6 +197,8 @@ type Input struct {
 	// instances kept failing) and was not rolled back (no auto_rollback):
 	// while it is the desired one, it stays stopped.
 	FailedRollouts map[string]Rollout
+	// Releases are the release records of every app.
+	Releases []Release
 	// Hosts are the hosts by name ("": the local engine). A host not in
 	// it is up, not draining, and unconstrained.
 	Hosts map[string]Host

@@ -84,9 +84,13 @@ func Plan(in Input) Result {
 		}
 		p.plan(byApp[name])
 	}
+	r.releases(&in)
 	for _, o := range in.Orphans {
 		if adopted[o.ContainerID] || in.host(o.Host).State != HostUp {
 			continue // a host that does not answer: once it does
+		}
+		if o.Release && in.releasing(o.App, o.Generation) {
+			continue // its release runs: waited on, or adopted
 		}
 		r.Actions = append(r.Actions, Action{Kind: RemoveOrphan, App: o.App, Instance: o.Instance, ContainerID: o.ContainerID, Host: o.Host,
 			Reason: "a Berth container no instance owns"})
@@ -170,6 +174,9 @@ func (p *appPlan) plan(insts []Observed) {
 			}
 		}
 		p.hold("the rollout failed")
+		return
+	}
+	if !p.released() {
 		return
 	}
 	if len(p.old) == 0 && p.oldInConfig == 0 {
@@ -405,7 +412,7 @@ func (p *appPlan) replaceUnhealthy() {
 // that answers, before anything new starts.
 func (p *appPlan) adopt() {
 	for _, o := range p.in.Orphans {
-		if o.App != p.d.App || o.SpecHash != p.d.SpecHash || !o.Running || p.adopted[o.ContainerID] || len(p.current)+len(p.successors) >= p.d.Replicas {
+		if o.App != p.d.App || o.SpecHash != p.d.SpecHash || !o.Running || o.Release || p.adopted[o.ContainerID] || len(p.current)+len(p.successors) >= p.d.Replicas {
 			continue
 		}
 		h := p.in.host(o.Host)

@@ -39,6 +39,9 @@ type Config struct {
 	Migrate bool
 	// Secrets are the keys of env secrets; nil without them.
 	Secrets *vault.Ring
+	// HistoryKeep is how many spec generations of each app are kept
+	// (store.SetHistoryKeep); 0 keeps every one.
+	HistoryKeep int
 
 	NATS       NATS
 	API        API
@@ -109,6 +112,9 @@ type Containers struct {
 	// RegistryAuthFile is a Docker config.json with registry credentials;
 	// empty for none.
 	RegistryAuthFile string
+	// ResolveTimeout bounds the resolution of an image tag to its digest
+	// (scheduler/internal/image).
+	ResolveTimeout time.Duration
 	// DefaultCPU (cores) and DefaultMemory (bytes) limit the apps that set
 	// none; 0 for no limit.
 	DefaultCPU    float64

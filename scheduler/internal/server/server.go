@@ -24,6 +24,7 @@ import (
 	"github.com/berthhq/berth/scheduler/internal/docker"
 	"github.com/berthhq/berth/scheduler/internal/fleet"
 	"github.com/berthhq/berth/scheduler/internal/hosts"
+	"github.com/berthhq/berth/scheduler/internal/image"
 	"github.com/berthhq/berth/scheduler/internal/leader"
 	"github.com/berthhq/berth/scheduler/internal/logs"
 	"github.com/berthhq/berth/scheduler/internal/nodekeys"
@@ -51,6 +52,7 @@ type replica struct {
 
 	dk        *docker.Client
 	fl        *fleet.Fleet
+	images    *image.Resolver
 	healthTbl *view.Table[*msg.Health]
 	agentsTbl *view.Table[*msg.Agent]
 	ctl       *controller.Controller
@@ -110,12 +112,16 @@ func openStore(ctx context.Context, cfg Config, secrets *secret.Box, logger *zap
 	if err != nil {
 		return nil, err
 	}
+	st.SetHistoryKeep(cfg.HistoryKeep)
 	if err := prepare(ctx, st, cfg, secrets, logger); err != nil {
 		st.Close()
 		return nil, err
 	}
 	if cfg.Secrets != nil {
 		logger.Info("env secrets are sealed in Postgres", zap.String("secret_key_id", cfg.Secrets.ID()))
+	}
+	if cfg.HistoryKeep > 0 {
+		logger.Info("spec history is pruned as generations are written", zap.Int("history_keep", cfg.HistoryKeep))
 	}
 	return st, nil
 }
@@ -198,6 +204,9 @@ func (r *replica) buildDataPlane() error {
 	r.fl = fleet.New(fleet.Config{Timeout: r.cfg.Hosts.Timeout}, r.st, fleet.DockerDial(fleet.DialOptions{Prefix: r.cfg.Prefix, Network: c.Network,
 		NetworkPrefixes: c.NetworkPrefixes, Policy: r.cfg.Hosts.Policy, Auths: auths, LogMaxSize: c.LogMaxSize, LogMaxFiles: c.LogMaxFiles}, r.logger), r.dk, r.logger)
 	r.reg.MustRegister(r.fl.Collectors()...)
+	// Every replica pins at apply: the registry with the scheduler's
+	// credentials, and its own fleet's view of the engines.
+	r.images = &image.Resolver{Timeout: c.ResolveTimeout, Engines: r.fl, Credentials: auths}
 	// A host that changes state wakes the controller (a host down: its
 	// instances are replaced at once), and the leader records it.
 	r.fl.Changed = func(string, string) {
@@ -208,7 +217,7 @@ func (r *replica) buildDataPlane() error {
 	r.agentsTbl = view.NewTable(view.NoTerm[*msg.Agent], func() { r.ctl.AgentsChanged() })
 	r.ctl = controller.New(controller.Config{MaxParallel: c.MaxParallel, Resync: r.cfg.Resync, PullTimeout: c.PullTimeout, StartTimeout: c.StartTimeout,
 		StopTimeout: c.StopTimeout, DefaultCPU: c.DefaultCPU, DefaultMemory: c.DefaultMemory, Env: c.Env, Environ: c.Environ, Secrets: r.secrets},
-		controller.Deps{Desired: r.st, Records: r.pub, Routing: r.pub, Containers: r.fl, Runtime: r.fl, Images: r.fl, Logs: r.fl, Hosts: r.fl, Lease: r.el.Leader,
+		controller.Deps{Desired: r.st, Records: r.pub, Routing: r.pub, Releases: r.pub, Containers: r.fl, Runtime: r.fl, Images: r.fl, Logs: r.fl, Hosts: r.fl, Lease: r.el.Leader,
 			Health: r.healthTbl, Agents: r.agentsTbl},
 		r.logger)
 	r.reg.MustRegister(r.ctl.Collectors()...)
@@ -242,7 +251,7 @@ func (r *replica) buildAPI() error {
 			Role: func() (bool, uint64) { l, ok := r.el.Leader(); return ok, l.Term }, Network: c.Network, MaxRoutes: a.MaxRoutes, ACME: r.cm != nil,
 			DefaultCPU: c.DefaultCPU, DefaultMemory: c.DefaultMemory, Secrets: r.secrets, SpecHash: r.ctl.SpecHash,
 			LogLimits: api.LogLimits{DefaultSize: c.LogMaxSize, DefaultFiles: c.LogMaxFiles, MaxTotal: c.LogMaxTotal},
-			Logs:      &logs.Reader{Instances: st, Engines: r.fl}}, r.logger)
+			Logs:      &logs.Reader{Instances: st, Engines: r.fl}, Resolve: r.images.Resolve}, r.logger)
 	r.httpSrv = &http.Server{Addr: a.Listen, Handler: handler, ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10,
 		ErrorLog: zap.NewStdLog(r.logger.Named("api-http"))} // TLS handshake failures, among others

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -47,6 +48,14 @@ type App struct {
 	// RestartedGeneration is the generation of the app's last restart (0:
 	// never): the hash of its containers includes it.
 	RestartedGeneration int64
+	// ImageRef is what every host runs for this generation (the spec's
+	// image pinned, scheduler/internal/image): repo@sha256:… or an image
+	// ID sha256:…; "" when not pinned (and for apps stored before
+	// pinning), when the hosts run the spec's image as named. The hash of
+	// the containers includes it when set.
+	ImageRef string
+	// PreviousImageRef is ImageRef before the app's last change.
+	PreviousImageRef string
 }
 
 // Claimant is a as the route table sees it.
@@ -93,6 +102,10 @@ type Sealer interface {
 	Resealer(current *spec.App, rotate bool) func(old *spec.App) (int, error)
 }
 
+// ErrChanged is a redeploy of an app that changed while its image was
+// resolved: it is not written, and may be tried again.
+var ErrChanged = errors.New("store: the app changed meanwhile")
+
 // ErrUnsealed is a spec that still holds a secret's plaintext: it is
 // never written.
 var ErrUnsealed = errors.New("store: a secret env value is not sealed")
@@ -106,6 +119,15 @@ var ErrUnsealed = errors.New("store: a secret env value is not sealed")
 // nowhere. A deleted app comes back. The change is recorded as made by
 // ActorOf(ctx), as are Scale, Rollback and Delete.
 func (s *Store) Apply(ctx context.Context, a *spec.App, seal Sealer) (app App, changed bool, err error) {
+	return s.ApplyPinned(ctx, a, "", seal)
+}
+
+// ApplyPinned is Apply with the spec's image pinned to ref (ImageRef). A
+// spec equal to the current one with the same ref changes nothing; a new
+// ref alone (a tag pushed again) is a new generation. An empty ref (the
+// image could not be pinned) keeps the current ref while the spec names
+// the same image, so a registry that does not answer unpins nothing.
+func (s *Store) ApplyPinned(ctx context.Context, a *spec.App, ref string, seal Sealer) (app App, changed bool, err error) {
 	err = s.appTx(ctx, a.Name, func(tx pgx.Tx, cur *App) error {
 		var before *spec.App
 		if cur != nil {
@@ -116,11 +138,14 @@ func (s *Store) Apply(ctx context.Context, a *spec.App, seal Sealer) (app App, c
 				return err
 			}
 		}
-		if cur != nil && sameSpec(cur.Spec, a) {
+		if ref == "" && cur != nil && cur.Spec.Image == a.Image {
+			ref = cur.ImageRef
+		}
+		if cur != nil && sameSpec(cur.Spec, a) && cur.ImageRef == ref {
 			app = *cur
 			return nil
 		}
-		app, err = write(ctx, tx, a, cur)
+		app, err = write(ctx, tx, a, ref, cur, s.keep)
 		if err == nil && seal != nil && newlySecret(before, a) {
 			_, _, err = resealRows(ctx, tx, a.Name, seal.Resealer(a, false))
 		}
@@ -155,7 +180,7 @@ func (s *Store) Scale(ctx context.Context, name string, replicas int) (app App, 
 		if err := next.Validate(); err != nil {
 			return err
 		}
-		app, err = write(ctx, tx, &next, cur)
+		app, err = write(ctx, tx, &next, cur.ImageRef, cur, s.keep)
 		return err
 	})
 	return app, err
@@ -169,7 +194,7 @@ func (s *Store) Restart(ctx context.Context, name string) (app App, err error) {
 		if cur == nil {
 			return fmt.Errorf("restart %s: %w", name, ErrNotFound)
 		}
-		app, err = write(ctx, tx, cur.Spec, cur)
+		app, err = write(ctx, tx, cur.Spec, cur.ImageRef, cur, s.keep)
 		if err != nil {
 			return err
 		}
@@ -182,6 +207,29 @@ func (s *Store) Restart(ctx context.Context, name string) (app App, err error) {
 	return app, err
 }
 
+// Redeploy makes a new generation of the same spec with its image pinned
+// to ref: the tag resolved again (scheduler redeploy). It is written only
+// while the app is still at generation, the one whose image was resolved
+// (ErrChanged otherwise); a ref equal to the current one changes nothing
+// (changed false).
+func (s *Store) Redeploy(ctx context.Context, name string, generation int64, ref string) (app App, changed bool, err error) {
+	err = s.appTx(ctx, name, func(tx pgx.Tx, cur *App) error {
+		switch {
+		case cur == nil:
+			return fmt.Errorf("redeploy %s: %w", name, ErrNotFound)
+		case cur.Generation != generation:
+			return fmt.Errorf("redeploy %s: %w: generation %d, not %d, whose image was resolved; run it again", name, ErrChanged, cur.Generation, generation)
+		case ref == "" || ref == cur.ImageRef:
+			app = *cur
+			return nil
+		}
+		app, err = write(ctx, tx, cur.Spec, ref, cur, s.keep)
+		changed = err == nil
+		return err
+	})
+	return app, changed, err
+}
+
 // RollbackTo makes the spec of generation the app's spec again, as a new
 // generation: the generation that still serves, after a failed rollout.
 func (s *Store) RollbackTo(ctx context.Context, name string, generation int64) (app App, err error) {
@@ -190,9 +238,10 @@ func (s *Store) RollbackTo(ctx context.Context, name string, generation int64) (
 			return fmt.Errorf("rollback %s: %w", name, ErrNotFound)
 		}
 		var raw []byte
-		err := tx.QueryRow(ctx, `SELECT spec FROM app_history WHERE app = $1 AND generation = $2`, name, generation).Scan(&raw)
+		var ref string
+		err := tx.QueryRow(ctx, `SELECT spec, image_ref FROM app_history WHERE app = $1 AND generation = $2`, name, generation).Scan(&raw, &ref)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("rollback %s to generation %d: %w", name, generation, ErrNoHistory)
+			return fmt.Errorf("rollback %s: %w", name, s.notKept(ctx, tx, name, generation))
 		}
 		if err != nil {
 			return fmt.Errorf("rollback %s: %w", name, redact(err))
@@ -201,10 +250,10 @@ func (s *Store) RollbackTo(ctx context.Context, name string, generation int64) (
 		if err := json.Unmarshal(raw, &prev); err != nil {
 			return fmt.Errorf("rollback %s: stored spec: %w", name, err)
 		}
-		if sameSpec(cur.Spec, &prev) {
-			return fmt.Errorf("rollback %s to generation %d: %w: it is the spec of generation %d already", name, generation, ErrNoHistory, cur.Generation)
+		if sameSpec(cur.Spec, &prev) && ref == cur.ImageRef {
+			return fmt.Errorf("rollback %s to generation %d: %w: it is the spec and image of generation %d already", name, generation, ErrNoHistory, cur.Generation)
 		}
-		app, err = write(ctx, tx, &prev, cur)
+		app, err = write(ctx, tx, &prev, ref, cur, s.keep)
 		return err
 	})
 	return app, err
@@ -217,14 +266,16 @@ func (s *Store) Rollback(ctx context.Context, name string) (app App, err error) 
 		if cur == nil {
 			return fmt.Errorf("rollback %s: %w", name, ErrNotFound)
 		}
-		rows, err := tx.Query(ctx, `SELECT spec FROM app_history WHERE app = $1 AND generation < $2 ORDER BY generation DESC`, name, cur.Generation)
+		rows, err := tx.Query(ctx, `SELECT spec, image_ref FROM app_history WHERE app = $1 AND generation < $2 ORDER BY generation DESC`, name, cur.Generation)
 		if err != nil {
 			return fmt.Errorf("rollback %s: %w", name, redact(err))
 		}
 		var prev *spec.App
+		var prevRef string
 		for rows.Next() && prev == nil {
 			var raw []byte
-			if err := rows.Scan(&raw); err != nil {
+			var ref string
+			if err := rows.Scan(&raw, &ref); err != nil {
 				rows.Close()
 				return fmt.Errorf("rollback %s: %w", name, redact(err))
 			}
@@ -233,15 +284,15 @@ func (s *Store) Rollback(ctx context.Context, name string) (app App, err error) 
 				rows.Close()
 				return fmt.Errorf("rollback %s: stored spec: %w", name, err)
 			}
-			if !sameSpec(cur.Spec, &candidate) {
-				prev = &candidate
+			if !sameSpec(cur.Spec, &candidate) || ref != cur.ImageRef {
+				prev, prevRef = &candidate, ref
 			}
 		}
 		rows.Close()
 		if prev == nil {
 			return fmt.Errorf("rollback %s: %w", name, ErrNoHistory)
 		}
-		app, err = write(ctx, tx, prev, cur)
+		app, err = write(ctx, tx, prev, prevRef, cur, s.keep)
 		return err
 	})
 	return app, err
@@ -257,6 +308,11 @@ func (s *Store) Delete(ctx context.Context, name string) error {
 		if _, err := tx.Exec(ctx, `UPDATE apps SET deleted_at = now(), updated_at = now(), generation = generation + 1, host_claims = '{}', updated_by = $2 WHERE name = $1`,
 			name, ActorOf(ctx)); err != nil {
 			return fmt.Errorf("delete %s: %w", name, redact(err))
+		}
+		// An app applied again under its name releases afresh; a running
+		// release stays until the leader records its end.
+		if _, err := tx.Exec(ctx, `DELETE FROM releases WHERE app = $1 AND state <> $2`, name, ReleaseRunning); err != nil {
+			return fmt.Errorf("delete %s: releases: %w", name, redact(err))
 		}
 		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, AppsChannel, name); err != nil {
 			return fmt.Errorf("delete %s: notify: %w", name, redact(err))
@@ -283,29 +339,28 @@ func (s *Store) UpdatedBy(ctx context.Context, name string) (string, error) {
 type Revision struct {
 	Generation int64
 	Image      string
+	// ImageRef is what the generation's image was pinned to ("": not
+	// pinned, App.ImageRef).
+	ImageRef string
 	// Actor made it: a token's name, or the scheduler (a rollback after a
 	// failed rollout); "" before actors were recorded.
 	Actor string
 	At    time.Time
+	// Summary says in one line what changed against the previous kept
+	// generation (change.Summary): "image web:1→web:2, replicas 3→5".
+	Summary string
+	// Spec is the generation's spec as stored (secrets sealed).
+	Spec *spec.App
 }
 
 // History returns the newest limit generations of an app's spec, newest
-// first; ErrNotFound when the app does not exist or was deleted.
+// first, each with its summary; ErrNotFound when the app does not exist or
+// was deleted.
 func (s *Store) History(ctx context.Context, name string, limit int) ([]Revision, error) {
 	if _, err := s.Get(ctx, name); err != nil {
 		return nil, err
 	}
-	rows, err := s.pool.Query(ctx, `
-		SELECT generation, coalesce(spec->>'image', ''), actor, created_at FROM app_history
-		WHERE app = $1 ORDER BY generation DESC LIMIT $2`, name, limit)
-	if err != nil {
-		return nil, fmt.Errorf("history of %s: %w", name, redact(err))
-	}
-	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Revision])
-	if err != nil {
-		return nil, fmt.Errorf("history of %s: %w", name, redact(err))
-	}
-	return out, nil
+	return s.revisions(ctx, name, math.MaxInt64, limit)
 }
 
 // Get returns an app that is not deleted.
@@ -368,13 +423,20 @@ func (s *Store) query(ctx context.Context, sql string, args ...any) ([]App, erro
 	return out, nil
 }
 
-const appColumns = `name, spec, generation, desired_replicas, status, created_at, updated_at, host_claims, updated_by, restarted_generation`
+const appColumns = `name, spec, generation, desired_replicas, status, created_at, updated_at, host_claims, updated_by, restarted_generation, image_ref, previous_image_ref, image_ref_generation`
 
 func scanApp(row pgx.Row) (App, error) {
 	var a App
 	var raw, claims []byte
-	if err := row.Scan(&a.Name, &raw, &a.Generation, &a.DesiredReplicas, &a.Status, &a.CreatedAt, &a.UpdatedAt, &claims, &a.UpdatedBy, &a.RestartedGeneration); err != nil {
+	var refGen int64
+	if err := row.Scan(&a.Name, &raw, &a.Generation, &a.DesiredReplicas, &a.Status, &a.CreatedAt, &a.UpdatedAt, &claims, &a.UpdatedBy, &a.RestartedGeneration,
+		&a.ImageRef, &a.PreviousImageRef, &refGen); err != nil {
 		return App{}, err
+	}
+	if refGen != a.Generation {
+		// Written for another generation: a scheduler of the version
+		// before pinning wrote this one, and its image is not pinned.
+		a.ImageRef = ""
 	}
 	if err := json.Unmarshal(claims, &a.HostClaims); err != nil {
 		return App{}, fmt.Errorf("app %s: stored host claims: %w", a.Name, err)
@@ -413,10 +475,12 @@ func (s *Store) appTx(ctx context.Context, name string, fn func(tx pgx.Tx, cur *
 	return nil
 }
 
-// write stores a as the app's next generation (after cur's, or after a
-// deleted app's), records it in the history and notifies AppsChannel, in
-// one statement: an apply waits on as few round trips as it can.
-func write(ctx context.Context, tx pgx.Tx, a *spec.App, cur *App) (App, error) {
+// write stores a, its image pinned to ref, as the app's next generation
+// (after cur's, or after a deleted app's), records it in the history,
+// prunes the history to the newest keep generations (0: none pruned; see
+// SetHistoryKeep) and notifies AppsChannel, in one statement: an apply
+// waits on as few round trips as it can.
+func write(ctx context.Context, tx pgx.Tx, a *spec.App, ref string, cur *App, keep int) (App, error) {
 	if names := a.Unsealed(); len(names) > 0 {
 		return App{}, fmt.Errorf("apply %s: env %s: %w", a.Name, strings.Join(names, ", "), ErrUnsealed)
 	}
@@ -431,16 +495,18 @@ func write(ctx context.Context, tx pgx.Tx, a *spec.App, cur *App) (App, error) {
 	// The hosts a names anew are claimed at this transaction's time.
 	row := tx.QueryRow(ctx, `
 		WITH stored AS (
-			INSERT INTO apps (name, spec, generation, desired_replicas, host_claims, updated_by)
-			VALUES ($1, $2, 1, $3, (SELECT jsonb_object_agg(h, coalesce($4::jsonb->h, to_jsonb(now()))) FROM unnest($5::text[]) AS h), $6)
+			INSERT INTO apps (name, spec, generation, desired_replicas, host_claims, updated_by, image_ref, image_ref_generation)
+			VALUES ($1, $2, 1, $3, (SELECT jsonb_object_agg(h, coalesce($4::jsonb->h, to_jsonb(now()))) FROM unnest($5::text[]) AS h), $6, $8, 1)
 			ON CONFLICT (name) DO UPDATE SET spec = EXCLUDED.spec, generation = apps.generation + 1,
 				desired_replicas = EXCLUDED.desired_replicas, updated_at = now(), deleted_at = NULL, host_claims = EXCLUDED.host_claims,
-				updated_by = EXCLUDED.updated_by
+				updated_by = EXCLUDED.updated_by, image_ref = EXCLUDED.image_ref, image_ref_generation = apps.generation + 1,
+				previous_image_ref = CASE WHEN apps.image_ref_generation = apps.generation THEN apps.image_ref ELSE '' END
 			RETURNING `+appColumns+`),
 		history AS (
-			INSERT INTO app_history (app, generation, spec, actor) SELECT name, generation, spec, updated_by FROM stored)
+			INSERT INTO app_history (app, generation, spec, actor, image_ref) SELECT name, generation, spec, updated_by, image_ref FROM stored),
+		pruned AS (`+pruneSQL+`)
 		SELECT `+appColumns+` FROM stored, pg_notify($7, stored.name)`,
-		a.Name, raw, desired(a, cur), kept, a.Routing.HostKeys(), ActorOf(ctx), AppsChannel)
+		a.Name, raw, desired(a, cur), kept, a.Routing.HostKeys(), ActorOf(ctx), AppsChannel, ref, keep)
 	app, err := scanApp(row)
 	if err != nil {
 		return App{}, fmt.Errorf("apply %s: %w", a.Name, redact(err))
@@ -621,12 +687,13 @@ func (s *Store) FailedRollouts(ctx context.Context, since time.Time) (map[string
 	return out, nil
 }
 
-// LastLogTail returns the log tail of an app's newest instance_exited
-// event at generation: what the last instance of a failed rollout wrote.
+// LastLogTail returns the log tail of an app's newest instance_exited or
+// release_failed event at generation: what the last instance of a failed
+// rollout wrote, or its release task.
 func (s *Store) LastLogTail(ctx context.Context, app string, generation int64) ([]string, error) {
 	var tail []string
-	err := s.pool.QueryRow(ctx, `SELECT log_tail FROM events WHERE app = $1 AND kind = $2 AND details->>'generation' = $3 AND log_tail IS NOT NULL
-		ORDER BY id DESC LIMIT 1`, app, string(msg.EventInstanceExited), fmt.Sprint(generation)).Scan(&tail)
+	err := s.pool.QueryRow(ctx, `SELECT log_tail FROM events WHERE app = $1 AND kind = ANY($2) AND details->>'generation' = $3 AND log_tail IS NOT NULL
+		ORDER BY id DESC LIMIT 1`, app, []string{string(msg.EventInstanceExited), string(msg.EventReleaseFailed)}, fmt.Sprint(generation)).Scan(&tail)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}

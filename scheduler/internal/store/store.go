@@ -27,6 +27,26 @@ const versionTable = "berth_schema_version"
 type Store struct {
 	pool *pgxpool.Pool
 	url  string
+	// keep is how many generations of each app app_history keeps (0:
+	// every one); SetHistoryKeep sets it.
+	keep int
+}
+
+// MinHistoryKeep is the fewest generations SetHistoryKeep keeps: the
+// current one and the one before it, which rollback returns to.
+const MinHistoryKeep = 2
+
+// SetHistoryKeep makes each new generation prune the app's history to its
+// newest n generations (the scheduler's --history-keep), also keeping
+// every older one that an instance still runs: the spec that serves, which
+// an automatic rollback returns to. n < MinHistoryKeep is taken as
+// MinHistoryKeep; 0 keeps every generation (the default). Call it before
+// the store is used.
+func (s *Store) SetHistoryKeep(n int) {
+	if n != 0 {
+		n = max(n, MinHistoryKeep)
+	}
+	s.keep = n
 }
 
 // DefaultConnectTimeout bounds each new connection when the database URL

@@ -32,15 +32,15 @@ func TestMigrate(t *testing.T) {
 	require.NoError(t, s.Ping(ctx))
 	st, err := s.Status(ctx)
 	require.NoError(t, err)
-	require.Equal(t, SchemaStatus{Current: 0, Latest: 14}, st)
+	require.Equal(t, SchemaStatus{Current: 0, Latest: 16}, st)
 	require.ErrorIs(t, s.CheckSchema(ctx), ErrSchemaBehind)
 
 	st, err = s.Migrate(ctx)
 	require.NoError(t, err)
-	require.Equal(t, SchemaStatus{Current: 14, Latest: 14}, st)
+	require.Equal(t, SchemaStatus{Current: 16, Latest: 16}, st)
 	st, err = s.Migrate(ctx)
 	require.NoError(t, err, "migrating twice is a no-op")
-	require.Equal(t, int32(14), st.Current)
+	require.Equal(t, int32(16), st.Current)
 	require.NoError(t, s.CheckSchema(ctx))
 }
 
