@@ -54,8 +54,14 @@ func TestDeployingFromCI(t *testing.T) {
 	s.startLBAgent()
 
 	// The CI system's secret: a deploy token of shop alone.
-	token := strings.TrimSpace(s.cli("tokens", "create", "--name", "ci-shop", "--scope", "deploy", "--app", "shop"))
-	require.True(t, strings.HasPrefix(token, "berth_"), "%q", token)
+	var token string
+	created := s.cli("tokens", "create", "--name", "ci-shop", "--scope", "deploy", "--app", "shop")
+	for _, l := range strings.Split(created, "\n") {
+		if strings.HasPrefix(l, "berth_") {
+			token = l
+		}
+	}
+	require.NotEmpty(t, token, "the token: %s", created)
 	tokenFile := filepath.Join(t.TempDir(), "ci-shop.token")
 	require.NoError(t, os.WriteFile(tokenFile, []byte(token+"\n"), 0o600))
 
@@ -104,22 +110,22 @@ func TestDeployingFromCI(t *testing.T) {
 	}
 
 	const host = "shop.example.com"
-	out, code := deploy("1a2b3c4d5e6f7a8b9c0d", "v1", "")
-	require.Equal(t, 0, code, out)
-	require.Contains(t, out, "new app")
-	require.Contains(t, out, "deployed "+reg+"/shop:1a2b3c4d5e6f")
+	outs, code := deploy("1a2b3c4d5e6f7a8b9c0d", "v1", "")
+	require.Equal(t, 0, code, outs)
+	require.Contains(t, outs, "a new app", "the plan")
+	require.Contains(t, outs, "deployed "+reg+"/shop:1a2b3c4d5e6f")
 	s.waitServing("shop", host, 3, "v1", time.Minute)
 
 	load := s.load(host)
-	out, code = deploy("badbadbadbadbadbad00", "v2", "3")
-	require.Equal(t, 1, code, out)
-	require.Contains(t, out, "rolled back")
-	require.Contains(t, out, "DEMO_EXIT=3: exiting with code 3", "the failure's last line")
+	outs, code = deploy("badbadbadbadbadbad00", "v2", "3")
+	require.Equal(t, 1, code, outs)
+	require.Contains(t, outs, "rolled back")
+	require.Contains(t, outs, "DEMO_EXIT=3: exiting with code 3", "the failure's last line")
 	s.waitServing("shop", host, 3, "v1", time.Minute)
 
-	out, code = deploy("2b3c4d5e6f7a8b9c0d1e", "v2", "")
-	require.Equal(t, 0, code, out)
-	require.Contains(t, out, "replace 3 instances")
+	outs, code = deploy("2b3c4d5e6f7a8b9c0d1e", "v2", "")
+	require.Equal(t, 0, code, outs)
+	require.Contains(t, outs, "replace 3 instance(s) by a rolling update", "the plan")
 	s.waitServing("shop", host, 3, "v2", time.Minute)
 	res := load.Stop()
 	t.Logf("load through the two deploys: %d requests, %d non-2xx, %d errors, %d retried", res.Requests, res.Non2xx, res.Errors, res.Retried)
