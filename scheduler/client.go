@@ -311,7 +311,8 @@ func apply(ctx context.Context, a *applyCmd, out, errOut io.Writer) error {
 		return err
 	}
 	changed := changedFields(before.Spec, app)
-	if before.Spec != nil && v.ImageRef != before.ImageRef {
+	// A new pin of the same image (the note below names a new image's).
+	if before.Spec != nil && v.ImageRef != before.ImageRef && before.Spec.Image == app.Image {
 		changed = append(changed, fmt.Sprintf("image pinned to %s (was %s)", v.ImageRef, cmp.Or(before.ImageRef, "not pinned")))
 	}
 	if len(changed) == 0 {
