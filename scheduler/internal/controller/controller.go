@@ -79,8 +79,8 @@ type Desired interface {
 	// LastLogTail is the log tail of an app's newest instance_exited or
 	// release_failed at a generation.
 	LastLogTail(ctx context.Context, app string, generation int64) ([]string, error)
-	// Releases returns every release record.
-	Releases(ctx context.Context) ([]store.Release, error)
+	// Releases returns the running releases and those the keys name.
+	Releases(ctx context.Context, keys []store.ReleaseKey) ([]store.Release, error)
 }
 
 var _ Desired = (*store.Store)(nil)

@@ -83,11 +83,41 @@ var (
 	_ ReleaseRecords = (*fake)(nil)
 )
 
-func (f *fake) Releases(context.Context) ([]store.Release, error) {
+func (f *fake) Releases(_ context.Context, keys []store.ReleaseKey) ([]store.Release, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	out := make([]store.Release, 0, len(f.releases))
-	for _, r := range f.releases {
+	// As the store reads them: the running ones, and for each key the
+	// generation's and the newest that released the hash (or its newest).
+	picked := map[string]store.Release{}
+	for k, r := range f.releases {
+		if r.State == store.ReleaseRunning {
+			picked[k] = r
+		}
+	}
+	for _, key := range keys {
+		best, bestKey := store.Release{}, ""
+		for k, r := range f.releases {
+			if r.App != key.App {
+				continue
+			}
+			if r.Generation == key.Generation {
+				picked[k] = r
+			}
+			if r.SpecHash != key.SpecHash {
+				continue
+			}
+			better := bestKey == "" || (r.State == store.ReleaseSucceeded) != (best.State == store.ReleaseSucceeded) && r.State == store.ReleaseSucceeded ||
+				(r.State == store.ReleaseSucceeded) == (best.State == store.ReleaseSucceeded) && r.Generation > best.Generation
+			if better {
+				best, bestKey = r, k
+			}
+		}
+		if bestKey != "" {
+			picked[bestKey] = best
+		}
+	}
+	out := make([]store.Release, 0, len(picked))
+	for _, r := range picked {
 		out = append(out, r)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Generation < out[j].Generation })

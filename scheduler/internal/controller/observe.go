@@ -193,19 +193,18 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 	if err != nil {
 		return world{}, err
 	}
-	releases, err := c.deps.Desired.Releases(ctx)
-	if err != nil {
-		return world{}, err
-	}
-
 	w := world{in: reconcile.Input{Apps: map[string]reconcile.Desired{}, Term: l.Term, StartTimeout: c.cfg.StartTimeout, Now: now},
 		apps: map[string]store.App{}, records: map[string]store.Instance{}, health: map[string]string{}}
 	w.in.Hosts = c.hosts(records, list)
-	w.in.Releases = c.watched(releases)
+	var keys []store.ReleaseKey
 	for _, a := range apps {
 		s := *a.Spec
 		s.Default()
-		w.in.Apps[a.Name] = c.desired(a, &s)
+		d := c.desired(a, &s)
+		w.in.Apps[a.Name] = d
+		if d.Release {
+			keys = append(keys, store.ReleaseKey{App: a.Name, SpecHash: d.ReleaseHash, Generation: a.Generation})
+		}
 		w.apps[a.Name] = a
 		for _, r := range restarts[a.Name] {
 			w.in.Failures = append(w.in.Failures, reconcile.Failure{App: a.Name, At: r.At, Generation: r.Generation, SpecHash: r.SpecHash, Reason: r.Reason})
@@ -217,6 +216,11 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 			w.in.FailedRollouts[a.Name] = reconcile.Rollout{Generation: f.Generation, SpecHash: f.SpecHash}
 		}
 	}
+	releases, err := c.deps.Desired.Releases(ctx, keys)
+	if err != nil {
+		return world{}, err
+	}
+	w.in.Releases = c.watched(releases)
 	containers := c.seen.containers(list)
 	health, _ := c.deps.Health.Rows()
 	drained := c.drained()

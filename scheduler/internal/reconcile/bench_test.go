@@ -58,3 +58,31 @@ func BenchmarkPlanFailures(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkPlanReleases plans apps with a release task whose new version's
+// release runs (and an earlier one that succeeded): each app reads its own
+// release records, so planning grows with the apps, not apps × records.
+func BenchmarkPlanReleases(b *testing.B) {
+	for _, apps := range []int{1000, 10000} {
+		b.Run(fmt.Sprintf("apps=%d", apps), func(b *testing.B) {
+			in := Input{Apps: map[string]Desired{}, Now: now}
+			for i := range apps {
+				name := fmt.Sprintf("app-%05d", i)
+				d := app(2)
+				d.App, d.Release, d.ReleaseHash, d.Generation = name, true, "new", 2
+				in.Apps[name] = d
+				for j := range 2 {
+					o := inst(fmt.Sprintf("i%d", j), "old", time.Hour)
+					o.App = name
+					in.Instances = append(in.Instances, o)
+				}
+				in.Releases = append(in.Releases, Release{App: name, Generation: 1, SpecHash: "old", State: ReleaseSucceeded},
+					Release{App: name, Generation: 2, SpecHash: "new", State: ReleaseRunning, Watched: true})
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				Plan(in)
+			}
+		})
+	}
+}

@@ -16,6 +16,7 @@ package reconcile
 import (
 	"fmt"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/berthhq/berth/common/msg"
@@ -71,10 +72,19 @@ func Plan(in Input) Result {
 	for _, f := range in.Failures {
 		failures[f.App] = append(failures[f.App], f)
 	}
+	// The release records by app, likewise.
+	releases := map[string][]Release{}
+	running := map[string]bool{} // app/generation of a running release
+	for _, rel := range in.Releases {
+		releases[rel.App] = append(releases[rel.App], rel)
+		if rel.State == ReleaseRunning {
+			running[rel.App+"/"+strconv.FormatInt(rel.Generation, 10)] = true
+		}
+	}
 	adopted := map[string]bool{}
 	for _, name := range names {
 		d, known := in.Apps[name]
-		p := &appPlan{d: d, in: &in, res: &r, adopted: adopted, failures: failures[name]}
+		p := &appPlan{d: d, in: &in, res: &r, adopted: adopted, failures: failures[name], releases: releases[name]}
 		if !known || d.Deleted {
 			if !known {
 				p.d = Desired{App: name, Drain: defaultDrain}
@@ -89,7 +99,7 @@ func Plan(in Input) Result {
 		if adopted[o.ContainerID] || in.host(o.Host).State != HostUp {
 			continue // a host that does not answer: once it does
 		}
-		if o.Release && in.releasing(o.App, o.Generation) {
+		if o.Release && running[o.App+"/"+strconv.FormatInt(o.Generation, 10)] {
 			continue // its release runs: waited on, or adopted
 		}
 		r.Actions = append(r.Actions, Action{Kind: RemoveOrphan, App: o.App, Instance: o.Instance, ContainerID: o.ContainerID, Host: o.Host,
@@ -127,6 +137,8 @@ type appPlan struct {
 	halted bool
 	// failures are the app's restart history (Input.Failures).
 	failures []Failure
+	// releases are the app's release records.
+	releases []Release
 }
 
 func (p *appPlan) add(a Action) {

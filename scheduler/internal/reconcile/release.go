@@ -28,11 +28,8 @@ func (p *appPlan) released() bool {
 		target = max(target, o.Generation)
 	}
 	var this *Release
-	for i := range p.in.Releases {
-		r := &p.in.Releases[i]
-		if r.App != p.d.App {
-			continue
-		}
+	for i := range p.releases {
+		r := &p.releases[i]
 		if r.State == ReleaseSucceeded && (r.SpecHash == p.d.ReleaseHash || r.Generation == p.d.Generation) {
 			return true
 		}
@@ -61,16 +58,6 @@ func (p *appPlan) released() bool {
 			p.add(Action{Kind: FailRollout, Generation: gen, Reason: why})
 		}
 		p.hold("the rollout failed")
-	}
-	return false
-}
-
-// releasing reports whether app's release of generation is running.
-func (in *Input) releasing(app string, generation int64) bool {
-	for _, r := range in.Releases {
-		if r.App == app && r.Generation == generation && r.State == ReleaseRunning {
-			return true
-		}
 	}
 	return false
 }

@@ -45,9 +45,36 @@ var ErrReleaseExists = errors.New("store: the generation already has a release")
 
 const releaseColumns = `app, generation, spec_hash, state, host, container_id, exit_code, reason, term, started_at, ended_at`
 
-// Releases returns every release record, of every app, oldest first.
-func (s *Store) Releases(ctx context.Context) ([]Release, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+releaseColumns+` FROM releases ORDER BY started_at, app, generation`)
+// ReleaseKey names the release records the leader needs of one app: those
+// of its current Generation, and those that released its SpecHash.
+type ReleaseKey struct {
+	App        string
+	SpecHash   string
+	Generation int64
+}
+
+// Releases returns the release records the leader plans with, oldest
+// first: every running one (of any app, to adopt), and for each key the
+// app's record of that generation and the newest that released that spec
+// hash (or, with none, its newest record). The
+// rows read are those of the apps with a release task, a few each, through
+// the (app, spec_hash) index and the primary key, however many versions
+// each app released before: the table keeps one row per release.
+func (s *Store) Releases(ctx context.Context, keys []ReleaseKey) ([]Release, error) {
+	apps, hashes, gens := make([]string, len(keys)), make([]string, len(keys)), make([]int64, len(keys))
+	for i, k := range keys {
+		apps[i], hashes[i], gens[i] = k.App, k.SpecHash, k.Generation
+	}
+	rows, err := s.pool.Query(ctx, `
+		WITH k AS (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) AS k(app, spec_hash, generation))
+		SELECT `+releaseColumns+` FROM (
+			SELECT * FROM releases WHERE state = 'running'
+			UNION
+			SELECT r.* FROM k JOIN releases r ON r.app = k.app AND r.generation = k.generation
+			UNION
+			SELECT n.* FROM k CROSS JOIN LATERAL (
+				SELECT * FROM releases r WHERE r.app = k.app AND r.spec_hash = k.spec_hash ORDER BY r.state = 'succeeded' DESC, r.generation DESC LIMIT 1) n
+		) r ORDER BY started_at, app, generation`, apps, hashes, gens)
 	if err != nil {
 		return nil, fmt.Errorf("releases: %w", redact(err))
 	}

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -34,7 +35,8 @@ func TestReleasesUnderTheLease(t *testing.T) {
 		require.True(t, ok)
 		return err
 	}))
-	rs, err := s.Releases(ctx)
+	key := []ReleaseKey{{App: "web", SpecHash: "h2", Generation: 2}}
+	rs, err := s.Releases(ctx, key)
 	require.NoError(t, err)
 	require.Len(t, rs, 1)
 	r := rs[0]
@@ -68,7 +70,7 @@ func TestReleasesUnderTheLease(t *testing.T) {
 		require.NoError(t, err2)
 		return err
 	}))
-	rs, err = s.Releases(ctx)
+	rs, err = s.Releases(ctx, key)
 	require.NoError(t, err)
 	require.Len(t, rs, 1)
 	r = rs[0]
@@ -82,6 +84,48 @@ func TestReleasesUnderTheLease(t *testing.T) {
 		_, err := tx.EndRelease(ctx, Release{App: "web", Generation: 2, State: ReleaseRunning})
 		return err
 	}), "running is no end")
+}
+
+// TestReleasesReadsWhatThePlanNeeds: of an app's many releases, the leader
+// reads its current generation's, the newest that released its spec (a
+// success before a later failure of the same spec), and every running
+// one; nothing of an app it does not ask for but a running release.
+func TestReleasesReadsWhatThePlanNeeds(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := open(t)
+	l, ok, err := s.Acquire(ctx, "scheduler", "a", time.Minute)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.NoError(t, s.LeaderTx(ctx, l, func(ctx context.Context, tx *Tx) error {
+		for g := int64(1); g <= 30; g++ {
+			r := Release{App: "web", Generation: g, SpecHash: fmt.Sprintf("h%d", g%10)}
+			if err := tx.BeginRelease(ctx, r); err != nil {
+				return err
+			}
+			r.State = ReleaseSucceeded
+			if g == 27 || g == 30 {
+				r.State = ReleaseFailed // h7 succeeded at 7 and 17, failed at 27
+			}
+			if _, err := tx.EndRelease(ctx, r); err != nil {
+				return err
+			}
+		}
+		for _, r := range []Release{{App: "api", Generation: 4, SpecHash: "x"}, {App: "api", Generation: 3, SpecHash: "y"}} {
+			if err := tx.BeginRelease(ctx, r); err != nil {
+				return err
+			}
+		}
+		_, err := tx.EndRelease(ctx, Release{App: "api", Generation: 3, State: ReleaseSucceeded})
+		return err
+	}))
+	rs, err := s.Releases(ctx, []ReleaseKey{{App: "web", SpecHash: "h7", Generation: 30}})
+	require.NoError(t, err)
+	got := map[string]string{}
+	for _, r := range rs {
+		got[fmt.Sprintf("%s/%d", r.App, r.Generation)] = r.State
+	}
+	require.Equal(t, map[string]string{"web/30": ReleaseFailed, "web/17": ReleaseSucceeded, "api/4": ReleaseRunning}, got)
 }
 
 // TestReleasesOfADeletedApp: a deleted app's ended releases go (applied
@@ -107,7 +151,7 @@ func TestReleasesOfADeletedApp(t *testing.T) {
 		return tx.BeginRelease(ctx, Release{App: "web", Generation: 2, SpecHash: "h2"})
 	}))
 	require.NoError(t, s.Delete(ctx, "web"))
-	rs, err := s.Releases(ctx)
+	rs, err := s.Releases(ctx, nil)
 	require.NoError(t, err)
 	require.Len(t, rs, 1)
 	require.Equal(t, int64(2), rs[0].Generation)
