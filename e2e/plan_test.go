@@ -68,6 +68,6 @@ func TestDryRunChangesNothing(t *testing.T) {
 		require.EqualValues(t, 1, in.Generation, "instance %s of generation 1 runs on", in.ID)
 	}
 	history := s.cli("history", "demo")
-	require.Regexp(t, `(?m)^2\s+`+v1+`\s+\S+\s+\S+\s+restart \(same spec\)$`, history, "a scale to the same count reads as the same spec")
+	require.Regexp(t, `(?m)^2\s+`+v1+`\s+sha256:\S+\s+\S+\s+\S+\s+restart \(same spec\)$`, history, "a scale to the same count reads as the same spec")
 	require.NotContains(t, history, v2, "the planned image is nowhere")
 }
