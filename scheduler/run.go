@@ -14,6 +14,7 @@ import (
 
 	"github.com/berthhq/berth/common/bus"
 	"github.com/berthhq/berth/common/cmdline"
+	"github.com/berthhq/berth/common/lifecycle"
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/appenv"
@@ -26,6 +27,14 @@ func run(args []string, stdout, stderr *os.File) int {
 	c, kctx, code, done := parse(args, stdout, stderr)
 	if done {
 		return code
+	}
+	if isClient(kctx.Command()) {
+		// Ctrl-C stops what a client waits for (--wait, logs --follow),
+		// quietly: its output is the user's, not a daemon's log. A second
+		// Ctrl-C exits at once.
+		ctx, release := lifecycle.SignalContext(context.Background(), zap.NewNop(), os.Exit)
+		defer release()
+		return runClient(ctx, c, kctx.Command(), stdout, stderr)
 	}
 	ctx, logger, stop, err := cmdline.Start(stderr, c.LogLevel, c.LogFormat)
 	if err != nil {
@@ -61,6 +70,16 @@ func run(args []string, stdout, stderr *os.File) int {
 		return natsConfig(&c.NATSConfig, stdout, stderr)
 	}
 	return runClient(ctx, c, kctx.Command(), stdout, stderr)
+}
+
+// isClient says whether a command talks to a scheduler's API (not run,
+// migrate, check-config or the NATS commands, which log as daemons do).
+func isClient(command string) bool {
+	switch command {
+	case "check-config", "run", "migrate", "migrate <action>", "nats-credential <role>", "nats-config":
+		return false
+	}
+	return !strings.HasPrefix(command, "nats-key ")
 }
 
 // credentialsDir is where the embedded NATS keeps its role credentials.
