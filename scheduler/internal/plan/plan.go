@@ -39,6 +39,9 @@ const (
 	KindCertificate = "certificate"
 	// KindUnplaceable: instances no host can take.
 	KindUnplaceable = "unplaceable"
+	// KindRelease: the release task runs before the new containers' first
+	// instance starts.
+	KindRelease = "release"
 )
 
 // Action is one consequence of an apply.
@@ -84,10 +87,15 @@ type Input struct {
 // Decide returns the consequences of applying in.Next, in the order they
 // happen: never empty (KindNoChange when nothing changes).
 func Decide(in Input) []Action {
-	if in.Current != nil && change.Same(in.Current, in.Next) {
+	if in.Current != nil && change.Same(in.Current, in.Next) && in.CurrentHash == in.NextHash {
 		return []Action{{Kind: KindNoChange, Message: "no change: the spec is the current one; nothing happens"}}
 	}
 	var out []Action
+	if r := in.Next.Release; r != nil && (in.Current == nil || in.CurrentHash != in.NextHash) {
+		out = append(out, Action{Kind: KindRelease, Fields: []string{"release"},
+			Message: fmt.Sprintf("run the release task (%s, timeout %s) once, before the first new instance starts, unless this version was released before: "+
+				"if it fails, nothing of the new version starts and the instances before keep serving", strings.Join(r.Command, " "), r.Timeout)})
+	}
 	if in.Current == nil {
 		out = append(out, Action{Kind: KindCreate, Instances: in.NextReplicas,
 			Message: fmt.Sprintf("create the app: start %d instance(s) of %s", in.NextReplicas, in.Next.Image)})
@@ -119,6 +127,9 @@ func changes(in Input) []Action {
 	switch {
 	case stale > 0:
 		why := "its containers change"
+		if len(top) == 0 {
+			why = "the image's tag now names another digest (pushed again)"
+		}
 		if in.CurrentHash == in.NextHash {
 			why = "they run an earlier spec (a rollout under way)"
 		}

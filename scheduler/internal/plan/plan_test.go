@@ -27,7 +27,11 @@ func TestDecide(t *testing.T) {
 	health := load(t, web+"health: {type: tcp}\n")
 	acme := load(t, strings.Replace(web, "hosts: [web.example.com]", "hosts: [web.example.com]\n  tls: {acme: true}", 1))
 	acme2 := load(t, strings.Replace(web, "hosts: [web.example.com]", "hosts: [web.example.com, api.example.com]\n  tls: {acme: true}", 1))
+	released := load(t, web+"release: {command: [migrate, up], timeout: 2m}\n")
+	releasedV2 := load(t, strings.Replace(web, "web:1", "web:2", 1)+"release: {command: [migrate, up], timeout: 2m}\n")
 	three := []string{"h1", "h1", "h1"}
+	const releaseRuns = "release: run the release task (migrate up, timeout 2m0s) once, before the first new instance starts, unless this version was released before: " +
+		"if it fails, nothing of the new version starts and the instances before keep serving"
 	tests := []struct {
 		name string
 		in   Input
@@ -39,6 +43,15 @@ func TestDecide(t *testing.T) {
 			[]string{"create: create the app: start 3 instance(s) of web:1"}},
 		{"new image", Input{Current: v1, Next: v2, CurrentReplicas: 3, NextReplicas: 3, CurrentHash: "h1", NextHash: "h2", Running: three},
 			[]string{"replace: replace 3 instance(s) by a rolling update (max_surge 2, max_unavailable 1): its containers change"}},
+		{"a tag pushed again", Input{Current: v1, Next: v1, CurrentReplicas: 3, NextReplicas: 3, CurrentHash: "h1", NextHash: "h1@new", Running: three},
+			[]string{"replace: replace 3 instance(s) by a rolling update (max_surge 2, max_unavailable 1): the image's tag now names another digest (pushed again)"}},
+		{"new app with a release task", Input{Next: released, NextReplicas: 3, NextHash: "h1"},
+			[]string{releaseRuns, "create: create the app: start 3 instance(s) of web:1"}},
+		{"new image with a release task", Input{Current: released, Next: releasedV2, CurrentReplicas: 3, NextReplicas: 3, CurrentHash: "h1", NextHash: "h2", Running: three},
+			[]string{releaseRuns, "replace: replace 3 instance(s) by a rolling update (max_surge 2, max_unavailable 1): its containers change"}},
+		{"a scale runs no release", Input{Current: released, Next: load(t, strings.Replace(web, "replicas: 3", "replicas: 5", 1)+"release: {command: [migrate, up], timeout: 2m}\n"),
+			CurrentReplicas: 3, NextReplicas: 5, CurrentHash: "h1", NextHash: "h1", Running: three},
+			[]string{"scale: scale 3→5"}},
 		{"scale", Input{Current: v1, Next: scaled, CurrentReplicas: 3, NextReplicas: 5, CurrentHash: "h1", NextHash: "h1", Running: three},
 			[]string{"scale: scale 3→5"}},
 		{"routing only", Input{Current: v1, Next: routed, CurrentReplicas: 3, NextReplicas: 3, CurrentHash: "h1", NextHash: "h1", Running: three},
