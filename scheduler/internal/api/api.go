@@ -71,6 +71,9 @@ type HistoryReader interface {
 	// Generation returns one kept generation and the kept one before it;
 	// an error wrapping store.ErrNoGeneration when it is not kept.
 	Generation(ctx context.Context, name string, gen int64) (store.Revision, *store.Revision, error)
+	// Images returns the image of each of an app's kept generations asked
+	// for (those not kept are absent).
+	Images(ctx context.Context, name string, generations []int64) (map[int64]string, error)
 }
 
 // EventReader reads the event log for GET /v1/events. Called concurrently.

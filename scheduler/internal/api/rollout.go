@@ -100,12 +100,6 @@ func (a *api) rollout(ctx context.Context, v *AppView, app store.App, insts []st
 	if err != nil {
 		return err
 	}
-	images := map[int64]string{}
-	if revs, err := a.d.History.History(ctx, app.Name, 200); err == nil {
-		for _, r := range revs {
-			images[r.Generation] = r.Image
-		}
-	}
 	desired := func(i store.Instance) bool {
 		if hash == "" {
 			return i.Generation == app.Generation
@@ -142,6 +136,15 @@ func (a *api) rollout(ctx context.Context, v *AppView, app store.App, insts []st
 		}
 		g.n++
 		g.gen = max(g.gen, i.Generation)
+	}
+	gens := make([]int64, 0, len(groups))
+	for _, g := range groups {
+		gens = append(gens, g.gen)
+	}
+	// The image of each serving generation, read for those alone.
+	images, err := a.d.History.Images(ctx, app.Name, gens)
+	if err != nil {
+		images = nil // status goes on without them
 	}
 	for _, g := range groups {
 		v.Serving = append(v.Serving, ServingView{Generation: g.gen, Image: images[g.gen], Instances: g.n, Desired: g.desired})

@@ -160,3 +160,22 @@ func shortRef(ref string) string {
 	}
 	return ref
 }
+
+// Images returns the image of each of an app's kept generations asked for,
+// by generation (those not kept are absent): one index lookup each.
+func (s *Store) Images(ctx context.Context, name string, generations []int64) (map[int64]string, error) {
+	out := make(map[int64]string, len(generations))
+	if len(generations) == 0 {
+		return out, nil
+	}
+	rows, err := s.pool.Query(ctx, `SELECT generation, coalesce(spec->>'image', '') FROM app_history WHERE app = $1 AND generation = ANY($2)`, name, generations)
+	if err != nil {
+		return nil, fmt.Errorf("images of %s: %w", name, redact(err))
+	}
+	var gen int64
+	var img string
+	if _, err := pgx.ForEachRow(rows, []any{&gen, &img}, func() error { out[gen] = img; return nil }); err != nil {
+		return nil, fmt.Errorf("images of %s: %w", name, redact(err))
+	}
+	return out, nil
+}
