@@ -211,7 +211,12 @@ func fullStack(t *testing.T, mode string) {
 		// rollback is the same, sooner.
 		bad := strings.Replace(demoSpec(t, v1, 2, "env: {DEMO_HEALTH: fail}\n"), "healthy_deadline: 30s", "healthy_deadline: 8s", 1)
 		require.Contains(t, bad, "healthy_deadline: 8s")
-		s.apply(bad)
+		// As a pipeline deploys: apply --wait exits 1 on a version that
+		// never becomes healthy, naming its last probe.
+		out, code := s.applyWait(bad)
+		require.Equal(t, 1, code, "apply --wait of a version that never becomes healthy")
+		require.Contains(t, out, "was rolled back")
+		require.Contains(t, out, "http_status: status 503")
 		line := s.waitEvent(watch, "rolled_back", 90*time.Second)
 		require.Contains(t, line, "its last probe: http_status: status 503", "the cause: the late instance's last probe")
 		after := s.waitServing("demo", demoHost, 2, "v2", 60*time.Second)
@@ -220,6 +225,12 @@ func fullStack(t *testing.T, mode string) {
 	})
 
 	if mode == "dynamic" {
+		// The generation that serves before the failed deploys: rolled
+		// back to by --to at the end, many generations later.
+		var good struct {
+			Generation int64 `json:"generation"`
+		}
+		require.NoError(t, getJSON(s.api()+"/v1/apps/demo", &good))
 		// Deploys that fail, each rolled back by itself with its cause,
 		// while the generation before serves every request; then the fix
 		// starts at once (a new generation has a restart budget of its own).
@@ -287,6 +298,23 @@ func fullStack(t *testing.T, mode string) {
 			for _, in := range after {
 				require.NotContains(t, ids(before), in.ID, "every instance replaced")
 			}
+		})
+		run("rollback --to a generation many back", false, func() {
+			var now struct {
+				Generation int64 `json:"generation"`
+			}
+			require.NoError(t, getJSON(s.api()+"/v1/apps/demo", &now))
+			require.GreaterOrEqual(t, now.Generation-good.Generation, int64(3), "three generations back or more")
+			before := s.instances("demo")
+			out := s.cli("rollback", "demo", "--to", strconv.FormatInt(good.Generation, 10), "--wait", "--timeout", "2m") // exit 0: rolled out
+			t.Logf("rollback --to %d (now %d) --wait:\n%s", good.Generation, now.Generation, out)
+			require.Contains(t, out, "rolled out")
+			after := s.waitServing("demo", demoHost, 2, "v2", 60*time.Second)
+			for _, in := range after {
+				require.NotContains(t, ids(before), in.ID, "its spec differs (no DEMO_LATENCY): every instance replaced")
+			}
+			hist := s.cli("history", "demo", strconv.FormatInt(now.Generation+1, 10))
+			require.Contains(t, hist, ": back to ", "the history says it went back to an earlier spec")
 		})
 	}
 

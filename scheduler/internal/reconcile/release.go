@@ -27,7 +27,7 @@ func (p *appPlan) released() bool {
 		}
 		target = max(target, o.Generation)
 	}
-	var this *Release
+	var this, other *Release
 	for i := range p.releases {
 		r := &p.releases[i]
 		if r.State == ReleaseSucceeded && (r.SpecHash == p.d.ReleaseHash || r.Generation == p.d.Generation) {
@@ -36,9 +36,21 @@ func (p *appPlan) released() bool {
 		if r.Generation == p.d.Generation {
 			this = r
 		}
+		if r.State == ReleaseRunning && r.Generation != p.d.Generation {
+			other = r
+		}
 	}
 	gen := p.d.Generation
 	switch {
+	case this == nil && other != nil:
+		// An app runs one release task at a time: one of an earlier
+		// generation (this version's, before a restart; or the version
+		// before, applied over while it ran) ends first, and two
+		// migrations never run side by side. It released this version if
+		// it was this version's and succeeds.
+		p.add(Action{Kind: Hold, Generation: gen, Host: other.Host,
+			Reason: fmt.Sprintf("the release task of generation %d runs%s: an app runs one release task at a time", other.Generation, onHost(other.Host))})
+		p.hold("an earlier release task runs")
 	case this == nil:
 		p.add(Action{Kind: RunRelease, Generation: gen, Reason: fmt.Sprintf("generation %d's release task runs before its first instance starts", gen)})
 		p.hold("the release task runs first")
