@@ -65,6 +65,9 @@ func (r *replica) addLeaderServices() {
 	r.lead.Add("controller", r.ctl)
 	r.lead.Add("scaler", lifecycle.Func(r.sc.Lead))
 	r.lead.Add("host-states", lifecycle.Func(r.recordHosts))
+	if r.events != nil {
+		r.lead.Add("events-retention", lifecycle.Func(r.events.Run))
+	}
 	r.lead.Add("publish", lifecycle.Func(func(ctx context.Context) error {
 		return r.pub.Loop(ctx, leading, r.refresh, r.changes, r.cfg.Resync)
 	}))

@@ -29,6 +29,7 @@ import (
 	"github.com/berthhq/berth/scheduler/internal/logs"
 	"github.com/berthhq/berth/scheduler/internal/nodekeys"
 	"github.com/berthhq/berth/scheduler/internal/publish"
+	"github.com/berthhq/berth/scheduler/internal/retention"
 	"github.com/berthhq/berth/scheduler/internal/scaler"
 	"github.com/berthhq/berth/scheduler/internal/secret"
 	"github.com/berthhq/berth/scheduler/internal/store"
@@ -45,6 +46,9 @@ type replica struct {
 	nats    *natsSide
 	nodeDir *bus.NodeDirectory // nil without Berth's role credentials
 	reg     *prometheus.Registry
+	// events prunes the old events while this replica leads; nil keeps
+	// every one.
+	events *retention.Events
 
 	el   *leader.Elector
 	lead *leader.Group
@@ -225,6 +229,11 @@ func (r *replica) buildDataPlane() error {
 	r.sc = scaler.New(scaler.Config{Interval: a.Interval, StatsInterval: a.StatsInterval, StatsParallel: a.StatsParallel, DefaultCPU: c.DefaultCPU},
 		r.st, r.fl, r.nats.conn, r.pub, r.names, r.el.Leader, r.ctl.Wake, r.logger)
 	r.reg.MustRegister(r.sc.Collectors()...)
+	if r.cfg.EventsKeep > 0 {
+		r.events = retention.NewEvents(r.st, r.cfg.EventsKeep, r.logger)
+		r.reg.MustRegister(r.events.Collectors()...)
+		r.logger.Info("events older than --events-keep are deleted every hour by the leader", zap.Duration("events_keep", r.cfg.EventsKeep))
+	}
 	return nil
 }
 
