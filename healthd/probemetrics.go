@@ -7,6 +7,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+
+	"github.com/berthhq/berth/healthd/internal/checker"
 )
 
 // OtherApps is the app label of the probes of apps beyond
@@ -114,11 +116,11 @@ func (d *probeDurations) retain(apps map[string]bool) {
 	d.dropped.Set(float64(len(d.refused)))
 }
 
-// appsOf returns the apps of keys ("<app>.<instance>").
-func appsOf(keys []string) map[string]bool {
-	out := make(map[string]bool, len(keys))
-	for _, k := range keys {
-		app, _, _ := strings.Cut(k, ".")
+// appsOf returns the apps of targets.
+func appsOf(targets []checker.Target) map[string]bool {
+	out := map[string]bool{}
+	for _, t := range targets {
+		app, _, _ := strings.Cut(t.Key, ".")
 		out[app] = true
 	}
 	return out

@@ -7,6 +7,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
+
+	"github.com/berthhq/berth/healthd/internal/checker"
+	"github.com/berthhq/berth/healthd/internal/probe"
 )
 
 // sampleCounts returns each app's probe count in the duration histogram.
@@ -38,7 +41,8 @@ func TestProbeDurationsAreBoundedByApp(t *testing.T) {
 
 	// web is no longer probed here: its series goes, and its slot goes to
 	// the next app probed.
-	d.retain(map[string]bool{"api": true, "batch": true, "cron": true})
+	target := func(key string) checker.Target { return checker.Target{Target: probe.Target{Key: key}} }
+	d.retain(appsOf([]checker.Target{target("api.a"), target("api.b"), target("batch.a"), target("cron.a")}))
 	require.Equal(t, map[string]uint64{"api": 1}, sampleCounts(t, m))
 	require.Zero(t, testutil.ToFloat64(d.dropped))
 	d.observe("cron.a", 0.02)
@@ -59,4 +63,11 @@ func TestProbeDurationsWithNoAppSeries(t *testing.T) {
 	d.observe("api.a", 0.01)
 	require.Equal(t, map[string]uint64{OtherApps: 2}, sampleCounts(t, m))
 	require.True(t, strings.HasPrefix(OtherApps, "_"), "no app can be named so")
+}
+
+func BenchmarkProbeDurationsObserve(b *testing.B) {
+	d := newProbeDurations(1000, zap.NewNop())
+	for b.Loop() {
+		d.observe("web.a1b2c3", 0.002)
+	}
 }

@@ -175,11 +175,7 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 			}
 			shared.Store(&fleet{targets: all, live: live})
 			runner.SetTargets(mine)
-			keys := make([]string, len(mine))
-			for i, t := range mine {
-				keys[i] = t.Key
-			}
-			m.durations.retain(appsOf(keys))
+			m.durations.retain(appsOf(mine))
 			if shard.Owner(names.HealthBucket(), live) == id { // the sweeper exports the fleet's counts
 				var counts map[string]statusCounts
 				health.Read(func(rows map[string]*msg.Health, _ uint64) { counts = countInstances(a, targets, rows) })
