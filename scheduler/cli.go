@@ -202,6 +202,7 @@ type scaleCmd struct {
 type statusCmd struct {
 	clientFlags `embed:""`
 	App         string `arg:"" optional:"" help:"App name (all apps when absent)."`
+	Instance    string `help:"One instance of APP (an id scheduler status APP shows): its record, its last health check results and its failures by kind." default:""`
 }
 
 type eventsCmd struct {

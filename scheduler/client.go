@@ -381,6 +381,9 @@ func status(ctx context.Context, s *statusCmd, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if s.App == "" && s.Instance != "" {
+		return &apiError{status: http.StatusBadRequest, body: api.Error{Error: "--instance needs the app: scheduler status APP --instance ID"}}
+	}
 	if s.App == "" {
 		var apps []api.AppView
 		if err := cl.do(ctx, "GET", "/v1/apps", nil, &apps); err != nil {
@@ -394,6 +397,9 @@ func status(ctx context.Context, s *statusCmd, out io.Writer) error {
 			}
 			tw.Flush()
 		})
+	}
+	if s.Instance != "" {
+		return instanceStatus(ctx, cl, s, out)
 	}
 	var app api.AppView
 	if err := cl.do(ctx, "GET", "/v1/apps/"+s.App, nil, &app); err != nil {

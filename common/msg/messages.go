@@ -82,10 +82,13 @@ const (
 	FailureHTTPStatus        = "http_status"
 	FailureBodyMismatch      = "body_mismatch"
 	FailureProtocol          = "protocol"
+	// FailureSlow is a probe that passed but took longer than the check's
+	// max_response_time.
+	FailureSlow = "slow"
 )
 
 // Failures lists every failure kind but none.
-var Failures = []string{FailureTimeout, FailureConnectionRefused, FailureConnectionReset, FailureDNS, FailureTLS, FailureHTTPStatus, FailureBodyMismatch, FailureProtocol}
+var Failures = []string{FailureTimeout, FailureConnectionRefused, FailureConnectionReset, FailureDNS, FailureTLS, FailureHTTPStatus, FailureBodyMismatch, FailureProtocol, FailureSlow}
 
 // Reload results.
 const (
@@ -186,6 +189,32 @@ type Health struct {
 	Generation int64 `json:"generation"`
 	// CheckedAt is when the last probe finished.
 	CheckedAt time.Time `json:"checked_at"`
+	// History is the checker's latest probes of the instance, newest
+	// first: at most MaxHealthHistory, and at most MaxHealthHistoryBytes
+	// encoded (BoundHistory). Optional: absent from older checkers.
+	History []HealthResult `json:"history,omitempty"`
+	// FailureCounts counts the instance's failed probes by failure kind
+	// since HistorySince. Optional.
+	FailureCounts map[string]int64 `json:"failure_counts,omitempty"`
+	// Probes counts the instance's probes since HistorySince. Optional.
+	Probes int64 `json:"probes,omitempty"`
+	// HistorySince is when this checker started the instance's history
+	// and counts: its first probe of the instance since it took it (a
+	// restart or a shard takeover starts them afresh). Optional.
+	HistorySince time.Time `json:"history_since,omitzero"`
+}
+
+// HealthResult is one probe in a health value's history.
+type HealthResult struct {
+	// At is when the probe finished, to the millisecond.
+	At time.Time `json:"at"`
+	// LatencyMS is the probe's duration in milliseconds, retries included.
+	LatencyMS float64 `json:"latency_ms"`
+	// Failure is the failure kind, empty for a pass.
+	Failure string `json:"failure,omitempty"`
+	// Message says what the probe saw, at most MaxHealthResultMessage
+	// bytes; older entries may have lost theirs to the byte bound.
+	Message string `json:"message,omitempty"`
 }
 
 // HealthChange is a health transition (subject health.<app>.<instance>).
@@ -532,6 +561,7 @@ func (m *Health) Validate() error {
 	}
 	es.Check("checker", CheckToken(m.Checker))
 	when(&es, "checked_at", m.CheckedAt)
+	validateHistory(&es, m)
 	return es.Err()
 }
 

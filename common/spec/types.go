@@ -147,6 +147,10 @@ type Health struct {
 	UnhealthyThreshold int `json:"unhealthy_threshold"`
 	// InitialDelay is how long a new instance is not probed.
 	InitialDelay Duration `json:"initial_delay"`
+	// MaxResponseTime, when set, makes an http or tcp probe that passes
+	// but takes longer than it (retries included) a failure of kind slow;
+	// below Timeout. Zero means unset: a pass is a pass however long it took.
+	MaxResponseTime Duration `json:"max_response_time,omitempty"`
 }
 
 // IsEnabled reports whether the check runs.

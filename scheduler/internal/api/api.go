@@ -176,6 +176,10 @@ type Options struct {
 	// replica takes the request; nil pins nothing (and redeploy answers
 	// 503).
 	Resolve func(ctx context.Context, image string) (image.Pin, error)
+	// Health returns the health value healthd last published for an
+	// instance (the replica's view of the health bucket), for GET of one
+	// instance; nil shows none. It is called concurrently.
+	Health func(app, instance string) (*msg.Health, bool)
 }
 
 // New returns the API handler.
@@ -210,6 +214,7 @@ func (a *api) register(rt *router) {
 	// A plan is checked as an apply is, so it needs what an apply needs.
 	rt.handleApp("POST /v1/apps/{name}/plan", auth.Deploy, a.plan)
 	rt.handle("GET /v1/apps/{name}/instances", auth.Read, a.instances)
+	rt.handle("GET /v1/apps/{name}/instances/{id}", auth.Read, a.instance)
 	rt.handle("GET /v1/apps/{name}/metrics", auth.Read, a.metrics)
 	rt.handle("GET /v1/apps/{name}/history", auth.Read, a.history)
 	rt.handle("GET /v1/apps/{name}/wait", auth.Read, a.wait)

@@ -260,7 +260,8 @@ func (r *replica) buildAPI() error {
 			Role: func() (bool, uint64) { l, ok := r.el.Leader(); return ok, l.Term }, Network: c.Network, MaxRoutes: a.MaxRoutes, ACME: r.cm != nil,
 			DefaultCPU: c.DefaultCPU, DefaultMemory: c.DefaultMemory, Secrets: r.secrets, SpecHash: r.ctl.SpecHash,
 			LogLimits: api.LogLimits{DefaultSize: c.LogMaxSize, DefaultFiles: c.LogMaxFiles, MaxTotal: c.LogMaxTotal},
-			Logs:      &logs.Reader{Instances: st, Engines: r.fl}, Resolve: r.images.Resolve}, r.logger)
+			Logs:      &logs.Reader{Instances: st, Engines: r.fl}, Resolve: r.images.Resolve,
+			Health: func(app, inst string) (*msg.Health, bool) { return r.healthTbl.Get(app + "." + inst) }}, r.logger)
 	r.httpSrv = &http.Server{Addr: a.Listen, Handler: handler, ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10,
 		ErrorLog: zap.NewStdLog(r.logger.Named("api-http"))} // TLS handshake failures, among others
