@@ -147,6 +147,9 @@ type Health struct {
 	UnhealthyThreshold int `json:"unhealthy_threshold"`
 	// InitialDelay is how long a new instance is not probed.
 	InitialDelay Duration `json:"initial_delay"`
+	// Outlier ejects instances that fail real traffic (passive health,
+	// outlier.go); absent: off.
+	Outlier *Outlier `json:"outlier,omitempty"`
 }
 
 // IsEnabled reports whether the check runs.

@@ -196,6 +196,7 @@ func (h *Health) Validate(path string) Errors {
 	intIn(&es, Join(path, "healthy_threshold"), h.HealthyThreshold, 1, 100)
 	intIn(&es, Join(path, "unhealthy_threshold"), h.UnhealthyThreshold, 1, 100)
 	durIn(&es, Join(path, "initial_delay"), h.InitialDelay, 0, time.Hour)
+	h.Outlier.validate(Join(path, "outlier"), &es)
 	return es
 }
 
