@@ -247,7 +247,7 @@ func (r *replica) buildAPI() error {
 	st := r.st
 	handler := api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Claims: st, Hosts: api.HostRegistry{HostStore: st, Policy: r.cfg.Hosts.Policy},
 		History: st, Tokens: st},
-		api.Options{Keyring: r.keys, Open: a.Open, Metrics: promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}), Samples: r.sc.Samples, Traffic: trafficOf(r.sc),
+		api.Options{Keyring: r.keys, Open: a.Open, Metrics: promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}), Samples: r.sc.Samples, Traffic: trafficOf(r.sc), Ejected: ejectedBy(r.agentsTbl),
 			Role: func() (bool, uint64) { l, ok := r.el.Leader(); return ok, l.Term }, Network: c.Network, MaxRoutes: a.MaxRoutes, ACME: r.cm != nil,
 			DefaultCPU: c.DefaultCPU, DefaultMemory: c.DefaultMemory, Secrets: r.secrets, SpecHash: r.ctl.SpecHash,
 			LogLimits: api.LogLimits{DefaultSize: c.LogMaxSize, DefaultFiles: c.LogMaxFiles, MaxTotal: c.LogMaxTotal},
