@@ -31,6 +31,7 @@
 //
 // HTTP endpoints: GET / answers JSON {instance, version, host}; GET /healthz
 // answers 200 or 503; POST /admin/health?state=ok|fail switches it; POST
+// /admin/fail?percent=40 sets DEMO_FAIL_PERCENT; POST
 // /admin/latency?d=100ms sets the latency; GET /slow?d=1s waits that long.
 // On SIGTERM it stops accepting, finishes in-flight requests and exits 0.
 package main
@@ -245,11 +246,12 @@ type app struct {
 	served                  atomic.Int64
 	slow                    atomic.Int64 // GET /slow requests in progress
 	accessLog               bool
-	failPercent             int64
+	failPercent             atomic.Int64
 }
 
 func newApp(c config) *app {
-	a := &app{instance: c.Instance, version: c.Version, accessLog: c.AccessLog, failPercent: int64(c.FailPercent)}
+	a := &app{instance: c.Instance, version: c.Version, accessLog: c.AccessLog}
+	a.failPercent.Store(int64(c.FailPercent))
 	a.host, _ = os.Hostname()
 	a.latency.Store(int64(c.Latency))
 	a.healthy.Store(c.Healthy)
@@ -269,7 +271,7 @@ func (a *app) handler() http.Handler {
 		a.delay(r.Context(), time.Duration(a.latency.Load()))
 		n := a.served.Add(1) - 1
 		w.Header().Set("X-Demo-Instance", a.instance)
-		if fails(n, a.failPercent) {
+		if fails(n, a.failPercent.Load()) {
 			http.Error(w, "failing (DEMO_FAIL_PERCENT)", http.StatusInternalServerError)
 			return
 		}
@@ -293,6 +295,15 @@ func (a *app) handler() http.Handler {
 			http.Error(w, "state must be ok or fail", http.StatusBadRequest)
 			return
 		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /admin/fail", func(w http.ResponseWriter, r *http.Request) {
+		p, err := strconv.Atoi(r.URL.Query().Get("percent"))
+		if err != nil || p < 0 || p > 100 {
+			http.Error(w, "percent must be a whole number from 0 to 100", http.StatusBadRequest)
+			return
+		}
+		a.failPercent.Store(int64(p))
 		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc("POST /admin/latency", func(w http.ResponseWriter, r *http.Request) {

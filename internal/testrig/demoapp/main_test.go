@@ -228,4 +228,14 @@ func TestFailPercent(t *testing.T) {
 			require.Equal(t, p, failed)
 		})
 	}
+	h := newApp(config{Instance: "i1", Healthy: true}).handler()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("POST", "/admin/fail?percent=100", nil))
+	require.Equal(t, http.StatusNoContent, rec.Code)
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+	require.Equal(t, http.StatusInternalServerError, rec.Code, "switched on at run time")
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("POST", "/admin/fail?percent=101", nil))
+	require.Equal(t, http.StatusBadRequest, rec.Code)
 }
