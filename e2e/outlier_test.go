@@ -25,8 +25,8 @@ const outlierInterval = 5 * time.Second
 // of real requests while its /healthz stays 200. lbagent ejects it from its
 // nginx within one interval, with no reload; the other two take the
 // traffic; a client that never retries sees its error rate fall under 1 %;
-// the ejection shows in scheduler status and on lbagent's /metrics; and
-// the instance comes back by itself once its ejection ends.
+// the ejection shows in scheduler status, its events and on lbagent's
+// /metrics; and the instance comes back by itself once its ejection ends.
 func TestOutlierEjection(t *testing.T) {
 	v1 := testrig.DemoImage(t, "v1")
 	s := newStackMode(t, "", "dynamic")
@@ -81,6 +81,9 @@ func TestOutlierEjection(t *testing.T) {
 	require.Less(t, rate(resAfter), 1.0, "under 1 %% errors after the ejection")
 	require.Equal(t, reloads, s.nginxReloads(), "an ejection is a push, not a reload")
 
+	require.Eventually(t, func() bool {
+		return strings.Contains(s.cli("events", "--app", "demo"), "instance "+bad.ID+" ejected from lbagent "+lbNode+"'s nginx until ")
+	}, 10*time.Second, 100*time.Millisecond, "the leader records the ejection as an event")
 	status := s.cli("status", "demo")
 	require.Contains(t, status, "ejected by lbagent "+lbNode+": instance "+bad.ID)
 	m := lbMetrics(t, s.lbMetrics)
@@ -101,6 +104,9 @@ func TestOutlierEjection(t *testing.T) {
 	require.Contains(t, string(log), "instance ejected from this nginx's rotation for failing real traffic")
 	require.Contains(t, string(log), "ejected instance back in this nginx's rotation")
 	require.Equal(t, reloads, s.nginxReloads(), "a return is a push, not a reload")
+	require.Eventually(t, func() bool {
+		return strings.Contains(s.cli("events", "--app", "demo"), "instance "+bad.ID+" back in lbagent "+lbNode+"'s nginx after its ejection 1")
+	}, 10*time.Second, 100*time.Millisecond, "and its return")
 }
 
 // post sends an empty POST and requires a 2xx.

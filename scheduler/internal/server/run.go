@@ -67,6 +67,7 @@ func (r *replica) addLeaderServices() {
 	r.lead.Add("controller", r.ctl)
 	r.lead.Add("scaler", lifecycle.Func(r.sc.Lead))
 	r.lead.Add("host-states", lifecycle.Func(r.recordHosts))
+	r.lead.Add("ejection-events", lifecycle.Func(r.ejections.Run))
 	r.lead.Add("publish", lifecycle.Func(func(ctx context.Context) error {
 		return r.pub.Loop(ctx, leading, r.refresh, r.changes, r.cfg.Resync)
 	}))
