@@ -16,6 +16,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/berthhq/berth/common/msg"
@@ -81,8 +82,11 @@ type app struct {
 // is safe to call from the access log's goroutine while Filter runs on the
 // agent's.
 type Detector struct {
-	mu   sync.Mutex
-	apps map[string]*app
+	// active says whether any app has health.outlier: while none does,
+	// Observe costs one atomic load.
+	active atomic.Bool
+	mu     sync.Mutex
+	apps   map[string]*app
 	// kick, when set, is called (outside the lock) when an instance first
 	// crosses a limit, so the agent filters again soon.
 	kick func()
@@ -98,6 +102,9 @@ func New(kick func()) *Detector {
 // addresses not in the app's rotation at the last Filter are ignored, so
 // memory stays bounded by the servers nginx has.
 func (d *Detector) Observe(appName, addr string, failed bool, now time.Time) {
+	if !d.active.Load() {
+		return
+	}
 	d.mu.Lock()
 	a := d.apps[appName]
 	var in *instance
@@ -212,6 +219,7 @@ func (d *Detector) Filter(snap state.Snapshot, now time.Time) (state.Snapshot, [
 			delete(d.apps, name)
 		}
 	}
+	d.active.Store(len(d.apps) > 0)
 	if out.Apps == nil {
 		out.Apps = snap.Apps
 	}
@@ -357,7 +365,7 @@ var _ accesslog.Sink = Sink{}
 
 // Add counts every upstream attempt of e.
 func (s Sink) Add(e accesslog.Entry) {
-	if e.App == "" || e.Upstreams == "" {
+	if e.App == "" || e.Upstreams == "" || !s.Detector.active.Load() {
 		return
 	}
 	now := time.Now
