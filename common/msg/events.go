@@ -55,6 +55,13 @@ const (
 	// EventInstanceExited: an instance's container stopped by itself; its
 	// details say the exit code and whether it was OOM-killed.
 	EventInstanceExited EventKind = "instance_exited"
+	// EventInstanceEjected: an lbagent took an instance out of its nginx's
+	// rotation for failing real traffic (health.outlier); its details say
+	// the node, the reason, until when and the how-manyth time.
+	EventInstanceEjected EventKind = "instance_ejected"
+	// EventInstanceReturned: that ejection ended, and the instance is back
+	// in that lbagent's rotation.
+	EventInstanceReturned EventKind = "instance_returned"
 )
 
 // Event kinds: the autoscaler's.
@@ -81,6 +88,6 @@ func EventKinds() []EventKind {
 		EventReleaseStarted, EventReleaseSucceeded, EventReleaseFailed,
 		EventInstanceStarted, EventInstanceDraining, EventInstanceStopped, EventInstanceReplaced, EventInstanceFailed, EventInstanceLost,
 		EventInstanceAdopted, EventInstanceAddressRefused, EventImagePullFailed, EventInstanceCreateFailed, EventInstanceStartFailed,
-		EventInstanceExited, EventAppScaled, EventScaleHeld,
+		EventInstanceExited, EventInstanceEjected, EventInstanceReturned, EventAppScaled, EventScaleHeld,
 		EventCertificateIssued, EventCertificateRenewed, EventCertificateFailed, EventCertificateDelayed}
 }

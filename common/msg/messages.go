@@ -256,8 +256,26 @@ type Agent struct {
 	LastError string `json:"last_error,omitempty"`
 	// NginxVersion is what nginx -v reports.
 	NginxVersion string `json:"nginx_version,omitempty"`
+	// Ejected are the instances this lbagent has taken out of its nginx's
+	// rotation for failing real traffic (health.outlier) (optional, added
+	// within v1), at most MaxEjected.
+	Ejected []Ejection `json:"ejected,omitempty"`
 	// UpdatedAt is when it was written.
 	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// MaxEjected bounds Agent.Ejected.
+const MaxEjected = 256
+
+// Ejection is one instance an lbagent ejected (health.outlier): why, since
+// when, until when, and how many times in a row.
+type Ejection struct {
+	App      string    `json:"app"`
+	Instance string    `json:"instance"`
+	Reason   string    `json:"reason"`
+	Since    time.Time `json:"since"`
+	Until    time.Time `json:"until"`
+	Times    int       `json:"times"`
 }
 
 // Certificate is an app's ACME certificate (bucket certificates, key
@@ -595,6 +613,18 @@ func (m *Agent) Validate() error {
 	}
 	text(&es, "last_error", m.LastError)
 	text(&es, "nginx_version", m.NginxVersion)
+	if len(m.Ejected) > MaxEjected {
+		es.Add("ejected", "has %d entries; at most %d", len(m.Ejected), MaxEjected)
+	}
+	for i, e := range m.Ejected {
+		p := fmt.Sprintf("ejected[%d]", i)
+		es.Check(spec.Join(p, "app"), spec.CheckName(e.App))
+		es.Check(spec.Join(p, "instance"), CheckToken(e.Instance))
+		text(&es, spec.Join(p, "reason"), e.Reason)
+		if e.Times < 1 {
+			es.Add(spec.Join(p, "times"), "(%d) must be at least 1", e.Times)
+		}
+	}
 	when(&es, "updated_at", m.UpdatedAt)
 	return es.Err()
 }

@@ -203,6 +203,7 @@ func (h *Health) Validate(path string) Errors {
 				h.MaxResponseTime, Join(path, "timeout"), h.Timeout)
 		}
 	}
+	h.Outlier.validate(Join(path, "outlier"), &es)
 	return es
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/berthhq/berth/scheduler/internal/certs"
 	"github.com/berthhq/berth/scheduler/internal/controller"
 	"github.com/berthhq/berth/scheduler/internal/docker"
+	"github.com/berthhq/berth/scheduler/internal/ejection"
 	"github.com/berthhq/berth/scheduler/internal/fleet"
 	"github.com/berthhq/berth/scheduler/internal/hosts"
 	"github.com/berthhq/berth/scheduler/internal/image"
@@ -59,6 +60,8 @@ type replica struct {
 	images    *image.Resolver
 	healthTbl *view.Table[*msg.Health]
 	agentsTbl *view.Table[*msg.Agent]
+	// ejections records the lbagents' outlier ejections as events (leader).
+	ejections *ejection.Recorder
 	ctl       *controller.Controller
 	sc        *scaler.Scaler
 	cm        *certs.Manager      // nil without ACME
@@ -218,7 +221,11 @@ func (r *replica) buildDataPlane() error {
 		signal(r.hostsChanged)
 	}
 	r.healthTbl = view.NewTable(view.NoTerm[*msg.Health], func() { r.ctl.Wake() })
-	r.agentsTbl = view.NewTable(view.NoTerm[*msg.Agent], func() { r.ctl.AgentsChanged() })
+	r.agentsTbl = view.NewTable(view.NoTerm[*msg.Agent], func() {
+		r.ctl.AgentsChanged()
+		r.ejections.Wake()
+	})
+	r.ejections = ejection.New(func() map[string]*msg.Agent { rows, _ := r.agentsTbl.Rows(); return rows }, r.pub, r.el.Leader, r.logger)
 	r.ctl = controller.New(controller.Config{MaxParallel: c.MaxParallel, Resync: r.cfg.Resync, PullTimeout: c.PullTimeout, StartTimeout: c.StartTimeout,
 		StopTimeout: c.StopTimeout, DefaultCPU: c.DefaultCPU, DefaultMemory: c.DefaultMemory, Env: c.Env, Environ: c.Environ, Secrets: r.secrets},
 		controller.Deps{Desired: r.st, Records: r.pub, Routing: r.pub, Releases: r.pub, Containers: r.fl, Runtime: r.fl, Images: r.fl, Logs: r.fl, Hosts: r.fl, Lease: r.el.Leader,
@@ -256,7 +263,7 @@ func (r *replica) buildAPI() error {
 	st := r.st
 	handler := api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Claims: st, Hosts: api.HostRegistry{HostStore: st, Policy: r.cfg.Hosts.Policy},
 		History: st, Tokens: st},
-		api.Options{Keyring: r.keys, Open: a.Open, Metrics: promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}), Samples: r.sc.Samples, Traffic: trafficOf(r.sc),
+		api.Options{Keyring: r.keys, Open: a.Open, Metrics: promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}), Samples: r.sc.Samples, Traffic: trafficOf(r.sc), Ejected: ejectedBy(r.agentsTbl),
 			Role: func() (bool, uint64) { l, ok := r.el.Leader(); return ok, l.Term }, Network: c.Network, MaxRoutes: a.MaxRoutes, ACME: r.cm != nil,
 			DefaultCPU: c.DefaultCPU, DefaultMemory: c.DefaultMemory, Secrets: r.secrets, SpecHash: r.ctl.SpecHash,
 			LogLimits: api.LogLimits{DefaultSize: c.LogMaxSize, DefaultFiles: c.LogMaxFiles, MaxTotal: c.LogMaxTotal},
