@@ -17,13 +17,18 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -77,13 +82,70 @@ func FreePort(t testing.TB) int {
 	return port
 }
 
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// Test ports are picked outside the kernel's ephemeral range, where a
+// port the kernel hands to an outgoing connection (a client of any test on
+// the machine) could take one between its pick and its use (CI once: a
+// NATS route port, "address already in use"), and each is held for the
+// process's life by an exclusive lock on a file named after it, so two
+// test processes never pick the same one.
+var (
+	portsMu   sync.Mutex
+	heldPorts = map[int]*os.File{}
+)
+
+// portRange is where test ports are picked: below the ephemeral range
+// (/proc/sys/net/ipv4/ip_local_port_range, 32768–60999 by default), or
+// above it when it starts too low to leave room.
+func portRange() (lo, hi int) {
+	lo, hi = 20000, 32768
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
 	if err != nil {
+		return lo, hi
+	}
+	var eLo, eHi int
+	if _, err := fmt.Sscan(string(b), &eLo, &eHi); err != nil {
+		return lo, hi
+	}
+	switch {
+	case eLo-lo >= 2000:
+		return lo, eLo
+	case 65535-eHi >= 2000:
+		return eHi + 1, 65536
+	}
+	return 10000, max(eLo, 12000)
+}
+
+func freePort() (int, error) {
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	dir := filepath.Join(os.TempDir(), "berth-test-ports")
+	if err := os.MkdirAll(dir, 0o777); err != nil {
 		return 0, err
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	lo, hi := portRange()
+	for range 500 {
+		port := lo + rand.IntN(hi-lo)
+		if heldPorts[port] != nil {
+			continue
+		}
+		f, err := os.OpenFile(filepath.Join(dir, strconv.Itoa(port)), os.O_CREATE|os.O_RDWR, 0o666)
+		if err != nil {
+			continue
+		}
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+			f.Close() // another test process holds it
+			continue
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err != nil {
+			f.Close() // in use by something else
+			continue
+		}
+		ln.Close()
+		heldPorts[port] = f // released when the process exits
+		return port, nil
+	}
+	return 0, fmt.Errorf("no free port in %d-%d after 500 tries", lo, hi-1)
 }
 
 // run runs name with args, bounded by timeout, and returns its combined
