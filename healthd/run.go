@@ -139,7 +139,7 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 	group.Add("watch-apps", bus.NewWatcher(conn, names.AppsBucket(), bus.Message[*msg.App], apps.Handler(), logger))
 	group.Add("watch-instances", bus.NewWatcher(conn, names.InstancesBucket(), bus.Message[*msg.Instance], insts.Handler(), logger))
 	group.Add("watch-checkers", bus.NewWatcher(conn, names.CheckersBucket(), bus.Message[*msg.Checker], checkers.Handler(), logger))
-	healthWatch := bus.NewWatcher(conn, names.HealthBucket(), bus.Message[*msg.Health], health.Handler(), logger)
+	healthWatch := bus.NewWatcher(conn, names.HealthBucket(), bus.Message[*msg.Health], bus.MarkHealthSealer(health.Handler()), logger)
 	healthWatch.OnDrop = func(key string, _ error) { pub.Repair(key) }
 	group.Add("watch-health", healthWatch)
 	group.Add("runner", runner)

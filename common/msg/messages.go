@@ -186,6 +186,11 @@ type Health struct {
 	Generation int64 `json:"generation"`
 	// CheckedAt is when the last probe finished.
 	CheckedAt time.Time `json:"checked_at"`
+
+	// Sealer is the role whose key sealed this value (bus.Event.Sealer),
+	// set by the reader, never from the wire: healthd, or the scheduler
+	// for the docker and exec checks it runs (bus.HealthTrusted).
+	Sealer string `json:"-"`
 }
 
 // HealthChange is a health transition (subject health.<app>.<instance>).

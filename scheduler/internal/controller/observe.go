@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/berthhq/berth/common/bus"
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/docker"
@@ -353,12 +354,16 @@ func (c *Controller) drained() func(rev uint64) bool {
 	}
 }
 
-// healthOf is an instance's health for planning: healthd's status, or
-// healthy for an app without an enabled check.
+// healthOf is an instance's health for planning: the status its check's
+// writer published (healthd, or this scheduler for docker and exec
+// checks: a value sealed by the other is no verdict), or healthy for an
+// app without an enabled check.
 func healthOf(h *msg.Health, s *spec.App) string {
 	switch {
 	case s != nil && !s.Health.IsEnabled():
 		return msg.StatusHealthy
+	case h != nil && s != nil && !bus.HealthTrusted(s.Health, h.Sealer):
+		return msg.StatusUnknown
 	case h != nil:
 		return h.Status
 	}
