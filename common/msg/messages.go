@@ -82,10 +82,14 @@ const (
 	FailureHTTPStatus        = "http_status"
 	FailureBodyMismatch      = "body_mismatch"
 	FailureProtocol          = "protocol"
+	// FailureExitCode is a command that exited non-zero: Docker's
+	// HEALTHCHECK (health.type docker) or an exec check (exec). Added
+	// within v1.
+	FailureExitCode = "exit_code"
 )
 
 // Failures lists every failure kind but none.
-var Failures = []string{FailureTimeout, FailureConnectionRefused, FailureConnectionReset, FailureDNS, FailureTLS, FailureHTTPStatus, FailureBodyMismatch, FailureProtocol}
+var Failures = []string{FailureTimeout, FailureConnectionRefused, FailureConnectionReset, FailureDNS, FailureTLS, FailureHTTPStatus, FailureBodyMismatch, FailureProtocol, FailureExitCode}
 
 // Reload results.
 const (

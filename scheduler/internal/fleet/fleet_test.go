@@ -112,6 +112,17 @@ func (e *engine) Image(_ context.Context, ref string) (docker.ImageInfo, error) 
 func (e *engine) Stats(context.Context, []string, int) (map[string]docker.Reading, error) {
 	return nil, nil
 }
+func (e *engine) Exec(_ context.Context, id string, argv []string, _ time.Duration) (docker.ExecResult, error) {
+	if err := e.check(); err != nil {
+		return docker.ExecResult{}, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if _, ok := e.containers[id]; !ok {
+		return docker.ExecResult{}, docker.ErrNotFound
+	}
+	return docker.ExecResult{Output: e.host + " ran " + argv[0]}, nil
+}
 func (e *engine) Tail(_ context.Context, id string, _ int) ([]string, error) {
 	if err := e.check(); err != nil {
 		return nil, err

@@ -82,6 +82,9 @@ type Local struct {
 	ID string
 	// RepoDigests are the repo@sha256:… it was pushed or pulled as.
 	RepoDigests []string
+	// Healthcheck says it declares a HEALTHCHECK (health.type docker
+	// needs one, or health.docker.test).
+	Healthcheck bool
 }
 
 // Engines finds an image in the engines of the hosts. Safe for concurrent
