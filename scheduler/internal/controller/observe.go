@@ -10,6 +10,7 @@ import (
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/docker"
 	"github.com/berthhq/berth/scheduler/internal/fleet"
+	"github.com/berthhq/berth/scheduler/internal/healthcheck"
 	"github.com/berthhq/berth/scheduler/internal/reconcile"
 	"github.com/berthhq/berth/scheduler/internal/secret"
 	"github.com/berthhq/berth/scheduler/internal/store"
@@ -258,6 +259,9 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 		w.in.Instances = append(w.in.Instances, o)
 	}
 	c.seen.forget(live, w.apps)
+	if c.deps.Checks != nil {
+		c.deps.Checks.SetTargets(checkTargets(records, w.apps, containers))
+	}
 	for _, ct := range list {
 		if !owned[ct.ID] {
 			w.in.Orphans = append(w.in.Orphans, reconcile.Orphan{ContainerID: ct.ID, Host: ct.Host, App: ct.App, Instance: ct.Instance,
@@ -377,4 +381,26 @@ func unhealthyGrace(s *spec.App) time.Duration {
 		return 0
 	}
 	return max(3*s.Health.Interval.Std(), 5*time.Second)
+}
+
+// checkTargets are the instances whose health the scheduler checks itself
+// (health.type docker or exec): starting or running, with a container
+// that runs.
+func checkTargets(records []store.Instance, apps map[string]store.App, containers map[string]docker.Container) []healthcheck.Target {
+	var out []healthcheck.Target
+	for _, r := range records {
+		a, ok := apps[r.App]
+		if !ok || a.Spec == nil || !a.Spec.Health.IsEnabled() || !a.Spec.Health.Scheduled() {
+			continue
+		}
+		ct, exists := containers[r.ContainerID]
+		if r.State != msg.StateStarting && r.State != msg.StateRunning || r.ContainerID == "" || !exists || !ct.Running {
+			continue
+		}
+		s := *a.Spec
+		s.Default()
+		out = append(out, healthcheck.Target{Key: msg.InstanceKey(r.App, r.ID), App: r.App, Instance: r.ID, Host: r.Host,
+			ContainerID: r.ContainerID, Generation: r.Generation, Term: r.Term, Check: *s.Health, StartedAt: ct.StartedAt})
+	}
+	return out
 }

@@ -63,6 +63,7 @@ func (r *replica) addLeaderServices() {
 	watch := publish.BusWatch(r.nats.conn, r.logger)
 	leading := r.el.Leader
 	r.lead.Add("controller", r.ctl)
+	r.lead.Add("health-checks", r.checks)
 	r.lead.Add("scaler", lifecycle.Func(r.sc.Lead))
 	r.lead.Add("host-states", lifecycle.Func(r.recordHosts))
 	r.lead.Add("publish", lifecycle.Func(func(ctx context.Context) error {
