@@ -60,7 +60,10 @@ func TestDockerAndExecHealthLeaveRotation(t *testing.T) {
 			"exited 1: check: GET http://127.0.0.1:8080/healthz: 503"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s.apply(tc.spec)
+			// Both versions are hc1: wait for the rollout itself, or the
+			// victim could be an old instance that the rollout drains.
+			_, code := s.applyWait(tc.spec)
+			require.Equal(t, 0, code, "apply --wait")
 			ins := s.waitServing("demo", demoHost, 2, "hc1", 90*time.Second)
 			gen := s.load(demoHost)
 			victim := ins[0]
