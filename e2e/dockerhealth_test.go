@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -96,6 +97,10 @@ func TestDockerAndExecHealthLeaveRotation(t *testing.T) {
 			require.Equal(t, bus.RoleScheduler, sealer)
 			t.Logf("%s: published as %q", tc.name, why)
 			require.Contains(t, why, tc.reason)
+			require.Eventually(t, func() bool {
+				out := s.cli("events", "--app", "demo", "--last", "50")
+				return strings.Contains(out, "instance_unhealthy") && strings.Contains(out, victim.ID)
+			}, 10*time.Second, 100*time.Millisecond, "an instance_unhealthy event says so")
 			setDemoHealth(t, victim.Address, "ok")
 			s.waitServing("demo", demoHost, 2, "hc1", 60*time.Second)
 			res := gen.Stop()

@@ -55,6 +55,9 @@ const (
 	// EventInstanceExited: an instance's container stopped by itself; its
 	// details say the exit code and whether it was OOM-killed.
 	EventInstanceExited EventKind = "instance_exited"
+	// EventInstanceUnhealthy: a check the scheduler runs itself (health.type
+	// docker or exec) turned an instance unhealthy; its message is why.
+	EventInstanceUnhealthy EventKind = "instance_unhealthy"
 )
 
 // Event kinds: the autoscaler's.
@@ -81,6 +84,6 @@ func EventKinds() []EventKind {
 		EventReleaseStarted, EventReleaseSucceeded, EventReleaseFailed,
 		EventInstanceStarted, EventInstanceDraining, EventInstanceStopped, EventInstanceReplaced, EventInstanceFailed, EventInstanceLost,
 		EventInstanceAdopted, EventInstanceAddressRefused, EventImagePullFailed, EventInstanceCreateFailed, EventInstanceStartFailed,
-		EventInstanceExited, EventAppScaled, EventScaleHeld,
+		EventInstanceExited, EventInstanceUnhealthy, EventAppScaled, EventScaleHeld,
 		EventCertificateIssued, EventCertificateRenewed, EventCertificateFailed, EventCertificateDelayed}
 }

@@ -48,6 +48,13 @@ type Sink interface {
 	Delete(ctx context.Context, key string) error
 }
 
+// Reporter records that an instance turned unhealthy (an event, which
+// operators see in `scheduler events`). Safe for concurrent use; nil in
+// Config: none.
+type Reporter interface {
+	Unhealthy(ctx context.Context, t Target, s State)
+}
+
 // Config tunes a Checker.
 type Config struct {
 	// ExecsPerHost is how many exec checks run at once on one host.
@@ -57,6 +64,8 @@ type Config struct {
 	Refresh time.Duration
 	// InspectTimeout bounds one inspect.
 	InspectTimeout time.Duration
+	// Report records each turn to unhealthy; nil: logged only.
+	Report Reporter
 }
 
 // Checker runs the scheduler's health checks for the targets the
@@ -310,6 +319,9 @@ func (c *Checker) apply(ctx context.Context, r keyed) {
 	if s.Status != sent.Status && s.Status == msg.StatusUnhealthy {
 		c.logger.Info("instance unhealthy", zap.String("key", r.key), zap.String("check", t.Check.Type),
 			zap.String("failure", s.Failure), zap.String("message", s.Message))
+		if c.cfg.Report != nil {
+			c.cfg.Report.Unhealthy(ctx, t, s)
+		}
 	}
 	c.publish(ctx, t, s)
 }

@@ -81,6 +81,24 @@ func (s *fakeSink) get(key string) *msg.Health {
 	return s.values[key]
 }
 
+// reports records the turns to unhealthy.
+type reports struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (r *reports) Unhealthy(_ context.Context, t Target, s State) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.got = append(r.got, t.Key+" "+s.Failure+": "+s.Message)
+}
+
+func (r *reports) list() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.got...)
+}
+
 func start(t *testing.T, d *fakeDocker, cfg Config) (*Checker, *fakeSink) {
 	t.Helper()
 	sink := &fakeSink{values: map[string]*msg.Health{}}
@@ -102,7 +120,8 @@ func status(s *fakeSink, key string) string {
 func TestCheckerFollowsDockerHealth(t *testing.T) {
 	t.Parallel()
 	d := &fakeDocker{health: map[string]string{"c1": docker.HealthStarting}, logs: map[string]docker.HealthLog{}}
-	c, sink := start(t, d, Config{Refresh: time.Hour})
+	rep := &reports{}
+	c, sink := start(t, d, Config{Refresh: time.Hour, Report: rep})
 	c.SetTargets([]Target{{Key: "web.a1b2c3d4", App: "web", Instance: "a1b2c3d4", ContainerID: "c1", Generation: 2, Term: 5,
 		Check: spec.Health{Type: spec.HealthDocker}}})
 	require.Eventually(t, func() bool { return status(sink, "web.a1b2c3d4") == msg.StatusUnknown }, 5*time.Second, time.Millisecond, "starting is published as unknown")
@@ -124,6 +143,7 @@ func TestCheckerFollowsDockerHealth(t *testing.T) {
 	require.Equal(t, "HEALTHCHECK exited 1: health: fail", h.Message, "Docker's own output is the reason")
 	require.Equal(t, int64(2), h.Generation)
 	require.Equal(t, CheckerName, h.Checker)
+	require.Equal(t, []string{"web.a1b2c3d4 exit_code: HEALTHCHECK exited 1: health: fail"}, rep.list(), "the turn to unhealthy is reported once")
 
 	c.DockerHealth("unknown-container", docker.HealthHealthy) // not a target: ignored
 	c.SetTargets(nil)

@@ -219,7 +219,7 @@ func (r *replica) buildDataPlane() error {
 	r.healthTbl = view.NewTable(view.NoTerm[*msg.Health], func() { r.ctl.Wake() })
 	// The docker and exec health checks: the leader runs them, as it alone
 	// holds the Docker API, and seals their health itself.
-	r.checks = healthcheck.New(healthcheck.Config{ExecsPerHost: c.ExecChecksPerHost, Refresh: r.cfg.Resync}, r.fl,
+	r.checks = healthcheck.New(healthcheck.Config{ExecsPerHost: c.ExecChecksPerHost, Refresh: r.cfg.Resync, Report: checkEvents{r}}, r.fl,
 		&healthcheck.BusSink{Conn: r.nats.conn, Names: r.names}, r.logger)
 	r.agentsTbl = view.NewTable(view.NoTerm[*msg.Agent], func() { r.ctl.AgentsChanged() })
 	r.ctl = controller.New(controller.Config{MaxParallel: c.MaxParallel, Resync: r.cfg.Resync, PullTimeout: c.PullTimeout, StartTimeout: c.StartTimeout,
