@@ -83,3 +83,13 @@ func TestHealthStatusEventsReachTheChecks(t *testing.T) {
 	require.Equal(t, []string{"c1=unhealthy"}, checks.events, "a release container has no health of interest")
 	require.Empty(t, c.wake, "a health event wakes no cycle: the checks publish it")
 }
+
+func TestUnhealthyGraceOfADockerCheck(t *testing.T) {
+	t.Parallel()
+	h := func(health *spec.Health) *spec.App { return &spec.App{Health: health} }
+	require.Equal(t, 15*time.Second, unhealthyGrace(h(&spec.Health{Type: spec.HealthHTTP, Interval: spec.Duration(5 * time.Second)})))
+	require.Equal(t, 15*time.Second, unhealthyGrace(h(&spec.Health{Type: spec.HealthDocker, Interval: spec.Duration(5 * time.Second)})), "the image's interval is not known: health.interval")
+	require.Equal(t, 30*time.Second, unhealthyGrace(h(&spec.Health{Type: spec.HealthDocker, Interval: spec.Duration(5 * time.Second),
+		Docker: &spec.DockerHealth{Interval: spec.Duration(10 * time.Second)}})), "Docker's interval when the spec sets it")
+	require.Equal(t, 5*time.Second, unhealthyGrace(h(&spec.Health{Type: spec.HealthExec, Interval: spec.Duration(time.Second)})))
+}

@@ -376,11 +376,17 @@ func healthOf(h *msg.Health, s *spec.App) string {
 
 // unhealthyGrace is how long an instance may stay unhealthy before it is
 // replaced: three check intervals, at least 5 s; none without a check.
+// A docker check's interval is Docker's: health.docker.interval when set
+// (the image's own is not known here), else health.interval.
 func unhealthyGrace(s *spec.App) time.Duration {
 	if !s.Health.IsEnabled() {
 		return 0
 	}
-	return max(3*s.Health.Interval.Std(), 5*time.Second)
+	interval := s.Health.Interval.Std()
+	if d := s.Health.Docker; s.Health.Type == spec.HealthDocker && d != nil && d.Interval > 0 {
+		interval = d.Interval.Std()
+	}
+	return max(3*interval, 5*time.Second)
 }
 
 // checkTargets are the instances whose health the scheduler checks itself
