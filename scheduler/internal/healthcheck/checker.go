@@ -179,6 +179,7 @@ func (c *Checker) DockerHealth(containerID, status string) {
 // Run checks and publishes until ctx ends. It returns once every check it
 // started has ended.
 func (c *Checker) Run(ctx context.Context) error {
+	c.restart()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	results := make(chan keyed, 64)
@@ -207,6 +208,27 @@ func (c *Checker) Run(ctx context.Context) error {
 			}
 		}
 		timer.Reset(wait)
+	}
+}
+
+// restart starts a term of leadership afresh: another leader may have
+// published since this one last did, and checks that were in flight when
+// the last term ended never reported. Every target is checked again and
+// its first result published.
+func (c *Checker) restart() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.now()
+	clear(c.running)
+	clear(c.sent)
+	for key, t := range c.targets {
+		c.states[key] = Unknown()
+		switch t.Check.Type {
+		case spec.HealthDocker:
+			c.dirty[key] = true
+		case spec.HealthExec:
+			c.next[key] = now.Add(offset(key, t.Check.Interval.Std()))
+		}
 	}
 }
 

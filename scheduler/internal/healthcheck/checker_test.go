@@ -180,3 +180,35 @@ func TestCheckerRunsExecChecksUnderThresholdsAndAHostLimit(t *testing.T) {
 	require.LessOrEqual(t, d.most, 2)
 	d.mu.Unlock()
 }
+
+// TestCheckerStartsAfreshEachTerm: a checker stopped with an exec in
+// flight (its leadership lost) checks and publishes everything again when
+// it runs again.
+func TestCheckerStartsAfreshEachTerm(t *testing.T) {
+	t.Parallel()
+	hold := make(chan struct{})
+	d := &fakeDocker{exit: map[string]int{"c1": 1}, hold: hold}
+	sink := &fakeSink{values: map[string]*msg.Health{}}
+	c := New(Config{Refresh: time.Hour}, d, sink, zaptest.NewLogger(t))
+	check := spec.Health{Type: spec.HealthExec, Interval: spec.Duration(20 * time.Millisecond), Timeout: spec.Duration(10 * time.Millisecond),
+		HealthyThreshold: 1, UnhealthyThreshold: 1, Exec: &spec.ExecHealth{Command: []string{"/check"}}}
+	c.SetTargets([]Target{{Key: "web.a1b2c3d4", App: "web", Instance: "a1b2c3d4", ContainerID: "c1", Generation: 1, Term: 1, Check: check}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = c.Run(ctx); close(done) }()
+	require.Eventually(t, func() bool { d.mu.Lock(); defer d.mu.Unlock(); return d.inFlight == 1 }, 5*time.Second, time.Millisecond)
+	cancel() // the term ends with the exec in flight
+	<-done
+	require.Nil(t, sink.get("web.a1b2c3d4"))
+
+	d.mu.Lock()
+	d.hold = nil
+	d.mu.Unlock()
+	close(hold)
+	ctx, cancel = context.WithCancel(context.Background())
+	done = make(chan struct{})
+	go func() { _ = c.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	require.Eventually(t, func() bool { return status(sink, "web.a1b2c3d4") == msg.StatusUnhealthy }, 5*time.Second, time.Millisecond,
+		"the next term checks it again")
+}
