@@ -231,6 +231,8 @@ func TestFleetStatesListsAndRouting(t *testing.T) {
 	require.ErrorIs(t, f.Remove(ctx, c1), ErrHostDown, "fails at once, not after a timeout")
 	_, err = f.Tail(ctx, c1, 20)
 	require.ErrorIs(t, err, ErrHostDown, "a down host's logs fail at once too")
+	_, err = f.Exec(ctx, c1, []string{"/check"}, time.Second)
+	require.ErrorIs(t, err, ErrHostDown, "so does an exec check")
 
 	// h1 comes back: up, and its container listed again (an orphan to the
 	// controller if it was replaced meanwhile).
@@ -243,6 +245,9 @@ func TestFleetStatesListsAndRouting(t *testing.T) {
 	tail, err := f.Tail(ctx, c1, 20)
 	require.NoError(t, err)
 	require.Equal(t, []string{"last line of " + c1}, tail, "read from the container's own host")
+	res, err := f.Exec(ctx, c1, []string{"/check"}, time.Second)
+	require.NoError(t, err)
+	require.Equal(t, "h1 ran /check", res.Output, "an exec check runs on the container's own host")
 	require.NoError(t, f.Remove(ctx, c1))
 	require.NoError(t, f.Remove(ctx, id), "the local engine's, by id")
 
