@@ -1,10 +1,12 @@
 package bus
 
 import (
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
 
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
@@ -97,4 +99,66 @@ func TestCoWriterSealsAboveTheBucket(t *testing.T) {
 	_, at, _, err := s[RoleLBAgent].openBy(kindKV, n.HealthBucket(), "web.x", opPut, next, time.Now())
 	require.NoError(t, err)
 	require.Greater(t, at, seen, "the scheduler seals above healthd's at in the bucket they share")
+}
+
+// TestHealthSealersOverNATS: on a server with the roles, healthd and the
+// scheduler both write health keys, and a watcher (lbagent's) and a Get
+// learn which role sealed each; lbagent's own key cannot write there, and
+// a value of healthd's copied onto another key is still refused.
+func TestHealthSealersOverNATS(t *testing.T) {
+	t.Parallel()
+	a := newSealAttack(t)
+	n := a.env.n
+	ctx := ctxT(t)
+	put := func(c *Conn, key, v string) {
+		kv, err := c.KV(ctx, n.HealthBucket())
+		require.NoError(t, err)
+		_, err = kv.Put(ctx, key, []byte(`{"v":"`+v+`"}`))
+		require.NoError(t, err)
+	}
+	put(a.health, "web.a", "probed")
+	put(a.sched, "dock.b", "docker")
+
+	var mu sync.Mutex
+	sealers := map[string]string{}
+	record := func(e Event[string]) {
+		mu.Lock()
+		defer mu.Unlock()
+		sealers[e.Key] = e.Sealer
+	}
+	w := NewWatcher(a.lb, n.HealthBucket(), decodeString, HandlerFuncs[string]{
+		OnSnapshot: func(evs []Event[string], _ uint64) {
+			for _, e := range evs {
+				record(e)
+			}
+		},
+		OnUpdate: record,
+	}, zaptest.NewLogger(t))
+	startWatcher(t, w)
+	seen := func(key, want string) func() bool {
+		return func() bool { mu.Lock(); defer mu.Unlock(); return sealers[key] == want }
+	}
+	require.Eventually(t, seen("web.a", RoleHealthd), 5*time.Second, 5*time.Millisecond)
+	require.Eventually(t, seen("dock.b", RoleScheduler), 5*time.Second, 5*time.Millisecond)
+
+	// A takeover attempt writes through, sealed by its writer: the reader's
+	// rule (HealthTrusted) is what refuses it, so the sealer must be right.
+	put(a.sched, "web.a", "taken")
+	require.Eventually(t, seen("web.a", RoleScheduler), 5*time.Second, 5*time.Millisecond)
+	require.False(t, HealthTrusted(&spec.Health{Type: spec.HealthHTTP}, RoleScheduler))
+	kv, err := a.lb.KV(ctx, n.HealthBucket())
+	require.NoError(t, err)
+	e, err := kv.Get(ctx, "dock.b")
+	require.NoError(t, err)
+	require.Equal(t, RoleScheduler, e.Sealer)
+
+	// lbagent's key writes no health at all.
+	_, err = kv.Put(ctx, "dock.b", []byte(`{"v":"lb"}`))
+	require.ErrorIs(t, err, ErrPermissionDenied)
+	// healthd's value copied onto another key is refused (the seal covers
+	// the key), whoever's key the reader would take there.
+	a.copyKey(t, n.HealthBucket(), "web.a", n.HealthBucket(), "dock.c")
+	_, err = kv.Get(ctx, "dock.c")
+	require.ErrorIs(t, err, ErrBadSeal)
+	require.Eventually(t, func() bool { return w.Dropped() > 0 }, 5*time.Second, 5*time.Millisecond, "the watcher drops the copy")
 }
