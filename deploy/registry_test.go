@@ -275,12 +275,12 @@ func TestRegisteredReadsTheDaemons(t *testing.T) {
 		"berth_scheduler_is_leader":               {kind: "gauge"},
 		"berth_scheduler_app_ready_replicas":      {kind: "gauge", labels: []string{"app"}},
 		"berth_lbagent_nginx_test_failures_total": {kind: "counter", labels: []string{"app"}},
-		"berth_healthd_probe_duration_seconds":    {kind: "histogram"},
+		"berth_healthd_probe_duration_seconds":    {kind: "histogram", labels: []string{"app"}},
 		"berth_healthd_unsealed_messages_total":   {kind: "counter"},
 	} {
 		require.Equal(t, want, reg[name], name)
 	}
 	s := series(reg)
-	require.ElementsMatch(t, []string{"instance", "job", "le"}, s["berth_healthd_probe_duration_seconds_bucket"])
+	require.ElementsMatch(t, []string{"app", "instance", "job", "le"}, s["berth_healthd_probe_duration_seconds_bucket"])
 	require.NotContains(t, s, "berth_healthd_probe_duration_seconds")
 }

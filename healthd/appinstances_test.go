@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
 
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
@@ -35,7 +36,7 @@ func TestAppInstancesGauge(t *testing.T) {
 		"api.a":  {Generation: 3, Status: msg.StatusHealthy},
 		"gone.a": {Generation: 1, Status: msg.StatusHealthy}, // no target: not counted
 	}
-	m := newMetrics()
+	m := newMetrics(newProbeDurations(10, zap.NewNop()))
 	m.instances.set(countInstances(apps, targets, health))
 	want := `
 # HELP berth_healthd_app_instances Instances of each app with a health check, by health status (healthy, unhealthy, unknown: not probed yet in its generation); exported by one checker at a time, the one that sweeps the health bucket.

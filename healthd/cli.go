@@ -14,13 +14,14 @@ import (
 
 // cli is every flag of healthd; each has an env name BERTH_HEALTHD_….
 type cli struct {
-	NATS       bus.Flags     `embed:"" envprefix:"BERTH_HEALTHD_"`
-	Prefix     string        `help:"Prefix of every NATS bucket and subject." default:"berth" env:"BERTH_HEALTHD_PREFIX"`
-	ID         string        `help:"This checker's id (default: host name and pid)." default:"" env:"BERTH_HEALTHD_ID"`
-	MaxConc    int           `name:"max-concurrency" help:"Probes in flight at once." default:"512" env:"BERTH_HEALTHD_MAX_CONCURRENCY"`
-	Refresh    time.Duration `help:"Put health values again this often: those whose status changed, and each at least every tenth time (all of them after a NATS reconnect); health no checker probes is deleted at the same pace." default:"30s" env:"BERTH_HEALTHD_REFRESH"`
-	MaxTimeout time.Duration `name:"max-probe-timeout" help:"Cap on every probe's timeout, whatever an app's health.timeout says: the longest one probe holds one of the --max-concurrency slots." default:"10s" env:"BERTH_HEALTHD_MAX_PROBE_TIMEOUT"`
-	Metrics    string        `name:"metrics-listen" help:"Address for /metrics, /healthz and /readyz; empty turns it off." default:"127.0.0.1:9103" env:"BERTH_HEALTHD_METRICS_LISTEN"`
+	NATS           bus.Flags     `embed:"" envprefix:"BERTH_HEALTHD_"`
+	Prefix         string        `help:"Prefix of every NATS bucket and subject." default:"berth" env:"BERTH_HEALTHD_PREFIX"`
+	ID             string        `help:"This checker's id (default: host name and pid)." default:"" env:"BERTH_HEALTHD_ID"`
+	MaxConc        int           `name:"max-concurrency" help:"Probes in flight at once." default:"512" env:"BERTH_HEALTHD_MAX_CONCURRENCY"`
+	Refresh        time.Duration `help:"Put health values again this often: those whose status changed, and each at least every tenth time (all of them after a NATS reconnect); health no checker probes is deleted at the same pace." default:"30s" env:"BERTH_HEALTHD_REFRESH"`
+	MaxTimeout     time.Duration `name:"max-probe-timeout" help:"Cap on every probe's timeout, whatever an app's health.timeout says: the longest one probe holds one of the --max-concurrency slots." default:"10s" env:"BERTH_HEALTHD_MAX_PROBE_TIMEOUT"`
+	MetricsMaxApps int           `name:"metrics-max-apps" help:"Most apps with a berth_healthd_probe_duration_seconds series of their own on /metrics; the probes of the others are observed under app=\"_other\" and the apps counted in berth_healthd_metrics_apps_dropped. 0 puts every app under _other." default:"1000" env:"BERTH_HEALTHD_METRICS_MAX_APPS"`
+	Metrics        string        `name:"metrics-listen" help:"Address for /metrics, /healthz and /readyz; empty turns it off." default:"127.0.0.1:9103" env:"BERTH_HEALTHD_METRICS_LISTEN"`
 
 	LogLevel  string `name:"log-level" help:"debug, info, warn or error." default:"info" env:"BERTH_HEALTHD_LOG_LEVEL"`
 	LogFormat string `name:"log-format" help:"json or console." default:"json" env:"BERTH_HEALTHD_LOG_FORMAT"`
@@ -56,6 +57,9 @@ func (c *cli) check() error {
 	}
 	if c.MaxConc < 1 || c.MaxConc > 100000 {
 		errs = append(errs, fmt.Errorf("--max-concurrency (%d): must be between 1 and 100000", c.MaxConc))
+	}
+	if c.MetricsMaxApps < 0 || c.MetricsMaxApps > maxMetricsApps {
+		errs = append(errs, fmt.Errorf("--metrics-max-apps %d: want 0 (every app under _other) to %d", c.MetricsMaxApps, maxMetricsApps))
 	}
 	if c.Refresh < time.Second {
 		errs = append(errs, fmt.Errorf("--refresh (%s): must be at least 1s", c.Refresh))

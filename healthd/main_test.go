@@ -316,3 +316,39 @@ func TestSurvivesNATSReset(t *testing.T) {
 	require.Eventually(t, func() bool { h := c.healthOf("web.a"); return h != nil && h.Status == msg.StatusHealthy }, 15*time.Second, 50*time.Millisecond,
 		"health flows again after a NATS reset")
 }
+
+// TestSlowInstanceGoesUnhealthyWithItsHistory: through the whole daemon,
+// an instance that answers 200 later than its app's max_response_time
+// turns unhealthy with failure slow, and its health value carries the
+// history of its slow answers and their count.
+func TestSlowInstanceGoesUnhealthyWithItsHistory(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	yes := true
+	st, _ := spec.ParseStatusRanges("200-399")
+	c.put(c.apps, "slow", &msg.App{Name: "slow", Generation: 1, Term: 1, Port: 8080, UpdatedAt: time.Now(),
+		Routing: spec.Routing{Paths: []string{"/"}}, LB: spec.LB{Method: spec.LBRoundRobin, ConnectTimeout: spec.Duration(time.Second), ReadTimeout: spec.Duration(time.Second)},
+		Health: &spec.Health{Type: spec.HealthHTTP, Enabled: &yes, Port: 8080, Path: "/healthz", Method: "GET", ExpectedStatus: st,
+			Interval: spec.Duration(300 * time.Millisecond), Timeout: spec.Duration(250 * time.Millisecond), MaxResponseTime: spec.Duration(20 * time.Millisecond),
+			HealthyThreshold: 1, UnhealthyThreshold: 2}})
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		time.Sleep(50 * time.Millisecond) // the instance's deliberate slowness
+		w.WriteHeader(http.StatusOK)
+	}))
+	t.Cleanup(s.Close)
+	c.instance("slow", "a1", strings.TrimPrefix(s.URL, "http://"), msg.StateRunning)
+	startHealthd(t, c, "hc-a")
+
+	require.Eventually(t, func() bool {
+		h := c.healthOf("slow.a1")
+		return h != nil && h.Status == msg.StatusUnhealthy && h.FailureCounts[msg.FailureSlow] >= 2
+	}, 10*time.Second, 20*time.Millisecond)
+	h := c.healthOf("slow.a1")
+	require.Equal(t, msg.FailureSlow, h.Failure)
+	require.Regexp(t, `^slow: answered in \d+ms, max_response_time 20ms$`, h.Message)
+	require.NotEmpty(t, h.History)
+	require.Equal(t, msg.FailureSlow, h.History[0].Failure, "newest first")
+	require.GreaterOrEqual(t, h.History[0].LatencyMS, 50.0)
+	require.Equal(t, h.Probes, int64(len(h.History)), "every probe since the checker took it is in the history (fewer than 20)")
+	require.False(t, h.HistorySince.IsZero())
+}

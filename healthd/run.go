@@ -96,7 +96,7 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 		logger.Warn("could not ensure buckets yet; watchers wait for them", zap.Error(err))
 	}
 
-	m := newMetrics()
+	m := newMetrics(newProbeDurations(c.MetricsMaxApps, logger.Named("metrics")))
 	changed := make(chan struct{}, 1)
 	notify := func() {
 		select {
@@ -182,6 +182,7 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 			}
 			shared.Store(&fleet{targets: all, scheduled: scheduled, live: live})
 			runner.SetTargets(mine)
+			m.durations.retain(appsOf(mine))
 			if shard.Owner(names.HealthBucket(), live) == id { // the sweeper exports the fleet's counts
 				var counts map[string]statusCounts
 				health.Read(func(rows map[string]*msg.Health, _ uint64) { counts = countInstances(a, targets, rows) })
@@ -249,14 +250,14 @@ func (i instrumented) Probe(ctx context.Context, t probe.Target) probe.Result {
 		result = res.Failure
 	}
 	i.m.probes.WithLabelValues(t.Check.Type, result).Inc()
-	i.m.duration.Observe(res.Latency.Seconds())
+	i.m.durations.observe(t.Key, res.Latency.Seconds())
 	return res
 }
 
 type metrics struct {
 	reg         *prometheus.Registry
 	probes      *prometheus.CounterVec
-	duration    prometheus.Histogram
+	durations   *probeDurations
 	live        prometheus.Gauge
 	instances   *appInstances
 	targets     func() float64
@@ -264,18 +265,19 @@ type metrics struct {
 	unsealed    func() float64
 }
 
-func newMetrics() *metrics {
+func newMetrics(durations *probeDurations) *metrics {
 	m := &metrics{
 		reg:         prometheus.NewRegistry(),
 		probes:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_healthd_probes_total", Help: "Probes by check type and result (ok or the failure kind)."}, []string{"type", "result"}),
-		duration:    prometheus.NewHistogram(prometheus.HistogramOpts{Name: "berth_healthd_probe_duration_seconds", Help: "Probe duration, retries included.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		durations:   durations,
 		live:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_healthd_live_checkers", Help: "Checkers sharing the targets, this one included."}),
 		instances:   newAppInstances(),
 		targets:     func() float64 { return 0 },
 		transitions: func() float64 { return 0 },
 		unsealed:    func() float64 { return 0 },
 	}
-	m.reg.MustRegister(m.probes, m.duration, m.live, m.instances,
+	m.reg.MustRegister(durations.collectors()...)
+	m.reg.MustRegister(m.probes, m.live, m.instances,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_healthd_targets", Help: "Targets this checker probes."}, func() float64 { return m.targets() }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_healthd_transitions_total", Help: "Health transitions published."}, func() float64 { return m.transitions() }),

@@ -23,6 +23,7 @@ import (
 	"github.com/berthhq/berth/lbagent/internal/dryrun"
 	"github.com/berthhq/berth/lbagent/internal/metric"
 	"github.com/berthhq/berth/lbagent/internal/nginx"
+	"github.com/berthhq/berth/lbagent/internal/outlier"
 	"github.com/berthhq/berth/lbagent/internal/render"
 	"github.com/berthhq/berth/lbagent/internal/report"
 	"github.com/berthhq/berth/lbagent/internal/state"
@@ -176,6 +177,26 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 		reloader = sup
 		group.Add("nginx", sup)
 	}
+	// Outlier ejection (health.outlier) reads the access log: without it,
+	// no app is ejected. The per-app series count the ejections.
+	var (
+		perApp   *metric.AppTraffic
+		detector *outlier.Detector
+		ejector  agent.Ejector
+	)
+	if c.AccessLog != "" {
+		if c.MetricsMaxApps > 0 {
+			perApp = metric.NewAppTraffic(metric.AppTrafficOptions{MaxApps: c.MetricsMaxApps, Native: true, Logger: logger.Named("app-metrics")})
+		}
+		detector = outlier.New(func() { a.Kick() })
+		var om outlier.Metrics
+		if perApp != nil {
+			om = perApp
+		}
+		ejector = outlier.NewEjector(detector, om, logger)
+	} else {
+		logger.Info("no --access-log: health.outlier ejects no instance, as it counts real traffic from the access log")
+	}
 	lo, hi, _ := c.debounce()
 	a = agent.New(agent.Config{
 		Node: node, Render: c.renderOptions(), Target: target, Staging: filepath.Join(c.StateDir, "staging"),
@@ -183,7 +204,7 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 		Heartbeat: msg.AgentTTL / 3,
 		Hooks:     agent.Hooks{Rendered: metrics.Rendered, Held: metrics.Held, Served: metrics.Served, Pushed: metrics.Pushed},
 		Pusher:    dyn.pusher(), Snapshot: dyn.snapshot(), ReloadDrain: c.ReloadDrain,
-		CertDir: filepath.Join(c.StateDir, "certs"), Keys: conn,
+		CertDir: filepath.Join(c.StateDir, "certs"), Keys: conn, Ejector: ejector,
 	}, store, renderer, nginx.Binary{Path: c.NginxBin}, reloader, report.New(conn, names, node, metrics, logger), logger)
 
 	// With a node's own key, the scheduler makes the agents bucket: a
@@ -244,14 +265,14 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 		agg := accesslog.NewAggregator(node, time.Now())
 		recv = accesslog.NewReceiver(c.AccessLog, agg)
 		recv.Group = c.AccessLogGroup
-		if c.MetricsMaxApps > 0 {
+		recv.Export = outlier.Sink{Detector: detector}
+		if perApp != nil {
 			// Per-app series, counted on the receiver's goroutine; those of
 			// apps gone from the state are deleted each window.
-			perApp := metric.NewAppTraffic(metric.AppTrafficOptions{MaxApps: c.MetricsMaxApps, Native: true, Logger: logger.Named("app-metrics")})
 			if err := metrics.Register(perApp); err != nil {
 				return fmt.Errorf("per-app metrics: %w", err)
 			}
-			recv.Export = perApp
+			recv.Export = accesslog.Sinks{perApp, outlier.Sink{Detector: detector}}
 			group.Add("app-metrics", lifecycle.Func(func(ctx context.Context) error {
 				return perApp.Run(ctx, func() ([]string, bool) { return store.AppNames(), store.Ready() }, c.MetricsWin)
 			}))

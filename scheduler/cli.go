@@ -117,6 +117,8 @@ type runCmd struct {
 	LoopbackHosts bool          `name:"allow-loopback-hosts" help:"Let a registered host's address and docker_url be loopback (127.0.0.0/8, ::1): only for several engines on one machine in a test; link-local, unspecified and multicast are never allowed." default:"false" env:"BERTH_SCHEDULER_ALLOW_LOOPBACK_HOSTS"`
 	NetworkCIDR   []string      `name:"network-cidr" help:"With --network: the prefixes (CIDR, repeatable) that container addresses on that network lie in; an address an engine reports outside them is refused. Required for registered hosts with --network." default:"" env:"BERTH_SCHEDULER_NETWORK_CIDR"`
 
+	EventsKeep time.Duration `name:"events-keep" help:"How long events are kept: the leader deletes older ones every hour (0 keeps every event; otherwise 24h, the window the restart budget and failed rollouts read, to 87600h)." default:"720h" env:"BERTH_SCHEDULER_EVENTS_KEEP"`
+
 	HistoryKeep int `name:"history-keep" help:"Spec generations kept per app for scheduler history and rollback --to (2 to 10000): each new generation prunes the older ones, except a generation an instance still runs." default:"50" env:"BERTH_SCHEDULER_HISTORY_KEEP"`
 
 	MaxRoutes int `name:"max-routes" help:"Cap on the routes (hosts x paths) of every app together, which each nginx renders as locations; an apply past it is refused (0: no cap)." default:"20000" env:"BERTH_SCHEDULER_MAX_ROUTES"`
@@ -201,6 +203,7 @@ type scaleCmd struct {
 type statusCmd struct {
 	clientFlags `embed:""`
 	App         string `arg:"" optional:"" help:"App name (all apps when absent)."`
+	Instance    string `help:"One instance of APP (an id scheduler status APP shows): its record, its last health check results and its failures by kind." default:""`
 }
 
 type eventsCmd struct {
@@ -277,6 +280,9 @@ func (r *runCmd) check() error {
 	}
 	if r.HostTimeout < 2*time.Second || r.HostTimeout > 10*time.Minute {
 		errs = append(errs, fmt.Errorf("--host-timeout (%s): must be between 2s and 10m", r.HostTimeout))
+	}
+	if r.EventsKeep != 0 && (r.EventsKeep < MinEventsKeep || r.EventsKeep > MaxEventsKeep) {
+		errs = append(errs, fmt.Errorf("--events-keep (%s): must be 0 (keep every event) or between %s (the window the restart budget and failed rollouts read) and %s", r.EventsKeep, MinEventsKeep, MaxEventsKeep))
 	}
 	if r.HistoryKeep < store.MinHistoryKeep || r.HistoryKeep > MaxHistoryKeep {
 		errs = append(errs, fmt.Errorf("--history-keep (%d): must be between %d (the current generation and the one rollback returns to) and %d", r.HistoryKeep, store.MinHistoryKeep, MaxHistoryKeep))
@@ -451,6 +457,13 @@ func readToken(flag, path string) (string, error) {
 	}
 	return t, nil
 }
+
+// Bounds of --events-keep (but 0): the leader reads a day of restarts and
+// failed rollouts from the events.
+const (
+	MinEventsKeep = 24 * time.Hour
+	MaxEventsKeep = 87600 * time.Hour
+)
 
 // MaxHistoryKeep caps --history-keep.
 const MaxHistoryKeep = 10000

@@ -381,6 +381,9 @@ func status(ctx context.Context, s *statusCmd, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if s.App == "" && s.Instance != "" {
+		return &apiError{status: http.StatusBadRequest, body: api.Error{Error: "--instance needs the app: scheduler status APP --instance ID"}}
+	}
 	if s.App == "" {
 		var apps []api.AppView
 		if err := cl.do(ctx, "GET", "/v1/apps", nil, &apps); err != nil {
@@ -394,6 +397,9 @@ func status(ctx context.Context, s *statusCmd, out io.Writer) error {
 			}
 			tw.Flush()
 		})
+	}
+	if s.Instance != "" {
+		return instanceStatus(ctx, cl, s, out)
 	}
 	var app api.AppView
 	if err := cl.do(ctx, "GET", "/v1/apps/"+s.App, nil, &app); err != nil {
@@ -421,6 +427,9 @@ func status(ctx context.Context, s *statusCmd, out io.Writer) error {
 		}
 		printRollout(w, app)
 		fmt.Fprintln(w, trafficLine(app.Traffic))
+		for _, l := range ejectedLines(app.Ejected, time.Now()) {
+			fmt.Fprintln(w, l)
+		}
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		hosts := false
 		for _, i := range insts {
@@ -494,6 +503,17 @@ func trafficLine(t *api.TrafficView) string {
 	}
 	return fmt.Sprintf("traffic: %.1f req/s, %.2f%% 5xx, p95 %.1f ms (%d %s, last %s window %s ago)",
 		t.RPS, 100*t.ErrorRate, t.P95MS, t.Nodes, nodes, time.Duration(t.Window).Round(100*time.Millisecond), age(t.At))
+}
+
+// ejectedLines are the instances lbagents ejected for failing real
+// traffic (health.outlier), one line each.
+func ejectedLines(es []api.EjectionView, now time.Time) []string {
+	out := make([]string, 0, len(es))
+	for _, e := range es {
+		out = append(out, fmt.Sprintf("ejected by lbagent %s: instance %s for %s more (ejection %d): %s",
+			e.Node, e.Instance, e.Until.Sub(now).Round(time.Second), e.Times, e.Reason))
+	}
+	return out
 }
 
 // lostNote says how many of an app's instances were lost with their host

@@ -134,6 +134,7 @@ func TestCheckConfig(t *testing.T) {
 		{[]string{"check-config", "--database-url", "postgres://u:p@h/db", "--nats-url", "nats://n1:4222,http://n2"}, `nats url 2 of 2 (http://n2): scheme "http"`},
 		{[]string{"check-config", "--database-url", "postgres://u:p@h/db", "--history-keep", "1"}, "--history-keep (1): must be between 2 (the current generation and the one rollback returns to) and 10000"},
 		{[]string{"check-config", "--database-url", "postgres://u:p@h/db", "--history-keep", "10001"}, "--history-keep (10001): must be between 2"},
+		{[]string{"check-config", "--database-url", "postgres://u:p@h/db", "--events-keep", "1h"}, "--events-keep (1h0m0s): must be 0 (keep every event) or between 24h0m0s (the window the restart budget and failed rollouts read) and 87600h0m0s"},
 	} {
 		code, _, errOut = cmd(t, tt.args...)
 		require.Equal(t, 1, code, "%v", tt.args)

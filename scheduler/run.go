@@ -213,7 +213,7 @@ func (r *runCmd) config() (server.Config, error) {
 	host, port, _ := splitHostPort(r.NATSListen)
 	apiHost, _, _ := net.SplitHostPort(r.APIListen)
 	cfg := server.Config{ID: r.id(), Prefix: r.Prefix, LeaseTTL: r.LeaseTTL, Resync: r.Resync,
-		DatabaseURL: r.DatabaseURL, Migrate: r.Migrate, Secrets: ring, HistoryKeep: r.HistoryKeep,
+		DatabaseURL: r.DatabaseURL, Migrate: r.Migrate, Secrets: ring, HistoryKeep: r.HistoryKeep, EventsKeep: r.EventsKeep,
 		NATS: server.NATS{Client: r.NATS, Host: host, Port: port, StoreDir: r.DataDir, ServerConfig: r.NATSConfig,
 			CredentialsDir: credentialsDir(r.DataDir), NodeCredentials: r.NATSCreds},
 		API: server.API{Listen: r.APIListen, Token: r.apiToken, Cert: r.apiCert, Open: r.APITokenFile == "" && loopback(apiHost), MaxRoutes: r.MaxRoutes},

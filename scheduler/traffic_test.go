@@ -62,3 +62,51 @@ func TestStatusShowsTraffic(t *testing.T) {
 	require.Equal(t, 0, code)
 	require.Contains(t, out, `"nodes": 2`)
 }
+
+func TestEjectedLines(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+	require.Empty(t, ejectedLines(nil, now))
+	require.Equal(t, []string{"ejected by lbagent lb-1: instance web-3 for 25s more (ejection 2): 9 of 20 requests failed in 10s (error_percent 40)"},
+		ejectedLines([]api.EjectionView{{Node: "lb-1", Instance: "web-3", Reason: "9 of 20 requests failed in 10s (error_percent 40)",
+			Since: now.Add(-35 * time.Second), Until: now.Add(25 * time.Second), Times: 2}}, now))
+}
+
+// TestStatusShowsEjected: the instances an lbagent's record lists as
+// ejected (health.outlier) appear in scheduler status, per lbagent.
+func TestStatusShowsEjected(t *testing.T) {
+	t.Parallel()
+	db, natsURL := testrig.Postgres(t), testrig.NATS(t)
+	code, _, _ := cmd(t, "migrate", "--database-url", db)
+	require.Equal(t, 0, code)
+	r := startReplica(t, db, natsURL, "sched-a")
+	code, _, errOut := cmd(t, "apply", "-f", writeSpec(t, "name: web\nimage: web:1\nport: 8080\nreplicas: 1\nrouting: {hosts: [web.test]}\n"), "--server", r.api)
+	require.Equal(t, 0, code, errOut)
+
+	conn, err := bus.Connect(context.Background(), bus.Options{URL: natsURL}, zaptest.NewLogger(t))
+	require.NoError(t, err)
+	t.Cleanup(conn.Close)
+	names, _ := msg.NewNames("berth")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var out string
+	require.Eventually(t, func() bool {
+		kv, err := conn.KV(ctx, names.AgentsBucket())
+		if err != nil {
+			return false // the scheduler makes the bucket
+		}
+		now := time.Now().UTC()
+		b, err := msg.Encode(&msg.Agent{Node: "lb-1", Apps: map[string]int64{"web": 1}, UpdatedAt: now, Ejected: []msg.Ejection{
+			{App: "web", Instance: "web-abc", Reason: "5 failed requests in a row (consecutive_5xx 5)", Since: now, Until: now.Add(30 * time.Second), Times: 1},
+			{App: "other", Instance: "other-x", Reason: "r", Since: now, Until: now.Add(30 * time.Second), Times: 1},
+		}})
+		require.NoError(t, err)
+		if _, err := kv.Put(ctx, "lb-1", b); err != nil {
+			return false
+		}
+		_, out, _ = cmd(t, "status", "web", "--server", r.api)
+		return strings.Contains(out, "ejected by lbagent lb-1: instance web-abc for ")
+	}, 15*time.Second, 200*time.Millisecond)
+	require.Contains(t, out, "(ejection 1): 5 failed requests in a row (consecutive_5xx 5)")
+	require.NotContains(t, out, "other-x", "another app's ejection is not this app's")
+}

@@ -58,6 +58,13 @@ const (
 	// EventInstanceUnhealthy: a check the scheduler runs itself (health.type
 	// docker or exec) turned an instance unhealthy; its message is why.
 	EventInstanceUnhealthy EventKind = "instance_unhealthy"
+	// EventInstanceEjected: an lbagent took an instance out of its nginx's
+	// rotation for failing real traffic (health.outlier); its details say
+	// the node, the reason, until when and the how-manyth time.
+	EventInstanceEjected EventKind = "instance_ejected"
+	// EventInstanceReturned: that ejection ended, and the instance is back
+	// in that lbagent's rotation.
+	EventInstanceReturned EventKind = "instance_returned"
 )
 
 // Event kinds: the autoscaler's.
@@ -84,6 +91,6 @@ func EventKinds() []EventKind {
 		EventReleaseStarted, EventReleaseSucceeded, EventReleaseFailed,
 		EventInstanceStarted, EventInstanceDraining, EventInstanceStopped, EventInstanceReplaced, EventInstanceFailed, EventInstanceLost,
 		EventInstanceAdopted, EventInstanceAddressRefused, EventImagePullFailed, EventInstanceCreateFailed, EventInstanceStartFailed,
-		EventInstanceExited, EventInstanceUnhealthy, EventAppScaled, EventScaleHeld,
+		EventInstanceExited, EventInstanceUnhealthy, EventInstanceEjected, EventInstanceReturned, EventAppScaled, EventScaleHeld,
 		EventCertificateIssued, EventCertificateRenewed, EventCertificateFailed, EventCertificateDelayed}
 }

@@ -82,6 +82,9 @@ const (
 	FailureHTTPStatus        = "http_status"
 	FailureBodyMismatch      = "body_mismatch"
 	FailureProtocol          = "protocol"
+	// FailureSlow is a probe that passed but took longer than the check's
+	// max_response_time.
+	FailureSlow = "slow"
 	// FailureExitCode is a command that exited non-zero: Docker's
 	// HEALTHCHECK (health.type docker) or an exec check (exec). Added
 	// within v1.
@@ -89,7 +92,7 @@ const (
 )
 
 // Failures lists every failure kind but none.
-var Failures = []string{FailureTimeout, FailureConnectionRefused, FailureConnectionReset, FailureDNS, FailureTLS, FailureHTTPStatus, FailureBodyMismatch, FailureProtocol, FailureExitCode}
+var Failures = []string{FailureTimeout, FailureConnectionRefused, FailureConnectionReset, FailureDNS, FailureTLS, FailureHTTPStatus, FailureBodyMismatch, FailureProtocol, FailureSlow, FailureExitCode}
 
 // Reload results.
 const (
@@ -190,11 +193,37 @@ type Health struct {
 	Generation int64 `json:"generation"`
 	// CheckedAt is when the last probe finished.
 	CheckedAt time.Time `json:"checked_at"`
+	// History is the checker's latest probes of the instance, newest
+	// first: at most MaxHealthHistory, and at most MaxHealthHistoryBytes
+	// encoded (BoundHistory). Optional: absent from older checkers.
+	History []HealthResult `json:"history,omitempty"`
+	// FailureCounts counts the instance's failed probes by failure kind
+	// since HistorySince. Optional.
+	FailureCounts map[string]int64 `json:"failure_counts,omitempty"`
+	// Probes counts the instance's probes since HistorySince. Optional.
+	Probes int64 `json:"probes,omitempty"`
+	// HistorySince is when this checker started the instance's history
+	// and counts: its first probe of the instance since it took it (a
+	// restart or a shard takeover starts them afresh). Optional.
+	HistorySince time.Time `json:"history_since,omitzero"`
 
 	// Sealer is the role whose key sealed this value (bus.Event.Sealer),
 	// set by the reader, never from the wire: healthd, or the scheduler
 	// for the docker and exec checks it runs (bus.HealthTrusted).
 	Sealer string `json:"-"`
+}
+
+// HealthResult is one probe in a health value's history.
+type HealthResult struct {
+	// At is when the probe finished, to the millisecond.
+	At time.Time `json:"at"`
+	// LatencyMS is the probe's duration in milliseconds, retries included.
+	LatencyMS float64 `json:"latency_ms"`
+	// Failure is the failure kind, empty for a pass.
+	Failure string `json:"failure,omitempty"`
+	// Message says what the probe saw, at most MaxHealthResultMessage
+	// bytes; older entries may have lost theirs to the byte bound.
+	Message string `json:"message,omitempty"`
 }
 
 // HealthChange is a health transition (subject health.<app>.<instance>).
@@ -236,8 +265,26 @@ type Agent struct {
 	LastError string `json:"last_error,omitempty"`
 	// NginxVersion is what nginx -v reports.
 	NginxVersion string `json:"nginx_version,omitempty"`
+	// Ejected are the instances this lbagent has taken out of its nginx's
+	// rotation for failing real traffic (health.outlier) (optional, added
+	// within v1), at most MaxEjected.
+	Ejected []Ejection `json:"ejected,omitempty"`
 	// UpdatedAt is when it was written.
 	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// MaxEjected bounds Agent.Ejected.
+const MaxEjected = 256
+
+// Ejection is one instance an lbagent ejected (health.outlier): why, since
+// when, until when, and how many times in a row.
+type Ejection struct {
+	App      string    `json:"app"`
+	Instance string    `json:"instance"`
+	Reason   string    `json:"reason"`
+	Since    time.Time `json:"since"`
+	Until    time.Time `json:"until"`
+	Times    int       `json:"times"`
 }
 
 // Certificate is an app's ACME certificate (bucket certificates, key
@@ -541,6 +588,7 @@ func (m *Health) Validate() error {
 	}
 	es.Check("checker", CheckToken(m.Checker))
 	when(&es, "checked_at", m.CheckedAt)
+	validateHistory(&es, m)
 	return es.Err()
 }
 
@@ -574,6 +622,18 @@ func (m *Agent) Validate() error {
 	}
 	text(&es, "last_error", m.LastError)
 	text(&es, "nginx_version", m.NginxVersion)
+	if len(m.Ejected) > MaxEjected {
+		es.Add("ejected", "has %d entries; at most %d", len(m.Ejected), MaxEjected)
+	}
+	for i, e := range m.Ejected {
+		p := fmt.Sprintf("ejected[%d]", i)
+		es.Check(spec.Join(p, "app"), spec.CheckName(e.App))
+		es.Check(spec.Join(p, "instance"), CheckToken(e.Instance))
+		text(&es, spec.Join(p, "reason"), e.Reason)
+		if e.Times < 1 {
+			es.Add(spec.Join(p, "times"), "(%d) must be at least 1", e.Times)
+		}
+	}
 	when(&es, "updated_at", m.UpdatedAt)
 	return es.Err()
 }

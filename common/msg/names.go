@@ -206,9 +206,10 @@ type Bucket struct {
 const (
 	// MaxBytesInstances: 100,000 × ~600 B, plus 100,000 markers × ~270 B.
 	MaxBytesInstances = 256 << 20
-	// MaxBytesHealth: 100,000 × ≤ 1.1 KB (a 512-byte failure message),
-	// plus markers.
-	MaxBytesHealth = 256 << 20
+	// MaxBytesHealth: 100,000 × ~2.2 KB typically (a history of twenty
+	// passes), ≤ 4.5 KB at worst (twenty failures with messages, a
+	// 512-byte failure message), plus markers: ≤ 477 MB.
+	MaxBytesHealth = 512 << 20
 	// MaxBytesApps: 10,000 × ~2 KB typically (a view of ~25 KB each fits).
 	MaxBytesApps = 256 << 20
 	// MaxBytesCertificates: 10,000 × ~20 KB (a chain and a key sealed to

@@ -1,10 +1,12 @@
 package spec
 
 import (
+	"encoding/json"
 	"errors"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -54,4 +56,43 @@ func TestHealthReachesOnlyTheInstance(t *testing.T) {
 			require.Equal(t, tt.fields, got, "%v", err)
 		})
 	}
+}
+
+// TestMaxResponseTimeRefusesHostileInput is health.max_response_time's
+// share of the hostile-spec corpus: each problem is refused naming the
+// field.
+func TestMaxResponseTimeRefusesHostileInput(t *testing.T) {
+	t.Parallel()
+	runProblems(t, []problemCase{
+		{"equal to the timeout", base + "health: {timeout: 2s, max_response_time: 2s}\n", []string{"health.max_response_time: (2s) must be less than health.timeout (2s)"}},
+		{"above the timeout", base + "health: {timeout: 2s, max_response_time: 1h}\n", []string{"health.max_response_time: (1h0m0s) must be less than health.timeout (2s)"}},
+		{"far above an hour", base + "health: {interval: 2h, timeout: 1h, max_response_time: 9000h}\n", []string{
+			"health.interval: (2h0m0s) must be between 100ms and 1h0m0s",
+			"health.max_response_time: (9000h0m0s) must be between 1ms and 1h0m0s",
+			"health.max_response_time: (9000h0m0s) must be less than health.timeout (1h0m0s)"}},
+		{"below a millisecond", base + "health: {max_response_time: 10us}\n", []string{"health.max_response_time: (10µs) must be between 1ms and 1h0m0s"}},
+		{"negative", base + "health: {max_response_time: -1s}\n", []string{`health.max_response_time: "-1s" is negative`}},
+		{"a number", base + "health: {max_response_time: 500}\n", []string{`health.max_response_time: must be a duration string such as "5s", not the number 500`}},
+		{"not a duration", base + "health: {max_response_time: fast}\n", []string{`health.max_response_time:`}},
+		{"a list", base + "health: {max_response_time: [1s]}\n", []string{`health.max_response_time:`}},
+		{"overflow", base + "health: {max_response_time: 99999999999h}\n", []string{`health.max_response_time:`}},
+		{"misspelt", base + "health: {max_response_tme: 1s}\n", []string{`health.max_response_tme: unknown field (did you mean "max_response_time"?)`}},
+		{"tcp too", base + "health: {type: tcp, timeout: 1s, max_response_time: 1s}\n", []string{"health.max_response_time: (1s) must be less than health.timeout (1s)"}},
+	})
+}
+
+func TestMaxResponseTimeIsUnsetByDefault(t *testing.T) {
+	t.Parallel()
+	a, err := Load([]byte(base + "health: {path: /healthz}\n"))
+	require.NoError(t, err)
+	require.Zero(t, a.Health.MaxResponseTime)
+	b, err := json.Marshal(a.Health)
+	require.NoError(t, err)
+	require.NotContains(t, string(b), "max_response_time", "unset stays out of the app view, so readers that predate it see nothing new")
+	a, err = Load([]byte(base + "health: {type: tcp, timeout: 1s, max_response_time: 250ms}\n"))
+	require.NoError(t, err)
+	require.Equal(t, 250*time.Millisecond, a.Health.MaxResponseTime.Std())
+	b, err = json.Marshal(a.Health)
+	require.NoError(t, err)
+	require.Contains(t, string(b), `"max_response_time":"250ms"`)
 }

@@ -124,6 +124,9 @@ func (h *Health) probeFields() map[string]string {
 	if h.Send != "" {
 		set["send"] = HealthTCP
 	}
+	if h.MaxResponseTime != 0 {
+		set["max_response_time"] = "http or tcp" // a probe's, timed by healthd
+	}
 	if h.Expect != "" {
 		set["expect"] = HealthTCP
 	}

@@ -20,6 +20,7 @@ func TestScheduledHealthRefusesHostileInput(t *testing.T) {
 		{"docker block on http", base + "health: {docker: {retries: 3}}\n", []string{"health.docker: is only for type docker"}},
 		{"exec block on docker", base + "health: {type: docker, exec: {command: [c]}}\n", []string{"health.exec: is only for type exec"}},
 		{"http field on docker", base + "health: {type: docker, path: /healthz}\n", []string{"health.path: is only for type http"}},
+		{"max_response_time on docker", base + "health: {type: docker, max_response_time: 1s}\n", []string{"health.max_response_time: is only for type http or tcp"}},
 		{"tcp field on exec", base + "health: {type: exec, exec: {command: [c]}, send: PING}\n", []string{"health.send: is only for type tcp"}},
 		{"docker test a string", base + "health: {type: docker, docker: {test: \"curl -f localhost\"}}\n", []string{"health.docker.test: must be a list, not the string"}},
 		{"docker test shell string without shell", base + "health: {type: docker, docker: {test: [\"curl -f localhost\"]}}\n", []string{`health.docker.test[0]: ("curl -f localhost") is a program name with spaces`}},

@@ -160,6 +160,13 @@ type Health struct {
 	Docker *DockerHealth `json:"docker,omitempty"`
 	// Exec is the command an exec check runs (type exec only).
 	Exec *ExecHealth `json:"exec,omitempty"`
+	// MaxResponseTime, when set, makes an http or tcp probe that passes
+	// but takes longer than it (retries included) a failure of kind slow;
+	// below Timeout. Zero means unset: a pass is a pass however long it took.
+	MaxResponseTime Duration `json:"max_response_time,omitempty"`
+	// Outlier ejects instances that fail real traffic (passive health,
+	// outlier.go); absent: off.
+	Outlier *Outlier `json:"outlier,omitempty"`
 }
 
 // IsEnabled reports whether the check runs.

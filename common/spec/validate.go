@@ -204,6 +204,14 @@ func (h *Health) Validate(path string) Errors {
 	intIn(&es, Join(path, "healthy_threshold"), h.HealthyThreshold, 1, 100)
 	intIn(&es, Join(path, "unhealthy_threshold"), h.UnhealthyThreshold, 1, 100)
 	durIn(&es, Join(path, "initial_delay"), h.InitialDelay, 0, time.Hour)
+	if h.MaxResponseTime != 0 {
+		durIn(&es, Join(path, "max_response_time"), h.MaxResponseTime, time.Millisecond, time.Hour)
+		if h.MaxResponseTime >= h.Timeout {
+			es.Add(Join(path, "max_response_time"), "(%s) must be less than %s (%s): a probe is cut off at its timeout, so it could never be slow",
+				h.MaxResponseTime, Join(path, "timeout"), h.Timeout)
+		}
+	}
+	h.Outlier.validate(Join(path, "outlier"), &es)
 	return es
 }
 

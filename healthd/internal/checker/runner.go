@@ -35,6 +35,9 @@ type Report struct {
 	// From is the status before this probe; Changed is State.Status != From.
 	From    string
 	Changed bool
+	// History is the target's history, this probe included; the same
+	// for every report of the target while this runner checks it.
+	History *History
 }
 
 // Handler receives reports and removals. Calls may come from many
@@ -75,6 +78,7 @@ type Runner struct {
 type entry struct {
 	t       Target
 	state   State
+	hist    *History
 	version int // bumped on every change of the target, so stale queue items are skipped
 	running bool
 	removed bool
@@ -116,7 +120,7 @@ func (r *Runner) SetTargets(ts []Target) {
 					st = seeded
 				}
 			}
-			e = &entry{t: t, state: st}
+			e = &entry{t: t, state: st, hist: &History{}}
 			r.entries[t.Key] = e
 			r.schedule(e, now)
 			continue
@@ -237,11 +241,13 @@ func (r *Runner) probe(ctx context.Context, e *entry) {
 		return
 	}
 	from := e.state.Status
-	next, changed := Step(e.state, res, e.t.Check.HealthyThreshold, e.t.Check.UnhealthyThreshold, r.now())
+	now := r.now()
+	next, changed := Step(e.state, res, e.t.Check.HealthyThreshold, e.t.Check.UnhealthyThreshold, now)
 	e.state = next
 	t = e.t
 	r.mu.Unlock()
-	r.handler.Probed(Report{Target: t, State: next, From: from, Changed: changed})
+	e.hist.Add(res, now)
+	r.handler.Probed(Report{Target: t, State: next, From: from, Changed: changed, History: e.hist})
 }
 
 // item is one scheduled turn of a target.

@@ -115,6 +115,14 @@ func TestRunnerProbesAtIntervalDespiteAHangingTarget(t *testing.T) {
 		statuses[c.Target.Key] = c.State.Status
 	}
 	require.Equal(t, map[string]string{"web.ok": msg.StatusHealthy, "web.hang": msg.StatusUnhealthy}, statuses)
+	for _, c := range rec.changes {
+		require.NotNil(t, c.History, "every report carries the target's history")
+		s := c.History.Snapshot()
+		require.NotEmpty(t, s.Results)
+		if c.Target.Key == "web.hang" {
+			require.Positive(t, s.Counts[msg.FailureTimeout], "the hanging target's timeouts are counted")
+		}
+	}
 }
 
 func TestRunnerBoundsConcurrency(t *testing.T) {

@@ -103,7 +103,27 @@ func (r Registry) Probe(ctx context.Context, t Target) Result {
 		}
 	}
 	res.Latency = time.Since(start)
-	return res
+	return slow(res, t.Check)
+}
+
+// slow turns a pass of an http or tcp check that took longer than its
+// max_response_time into a failure of kind slow, with the time measured.
+func slow(res Result, c spec.Health) Result {
+	limit := c.MaxResponseTime.Std()
+	if !res.OK || limit <= 0 || res.Latency <= limit || (c.Type != spec.HealthHTTP && c.Type != spec.HealthTCP) {
+		return res
+	}
+	return Result{Latency: res.Latency, Failure: msg.FailureSlow,
+		Message: fmt.Sprintf("slow: answered in %s, max_response_time %s", roundLatency(res.Latency), c.MaxResponseTime)}
+}
+
+// roundLatency rounds d for a message: to the millisecond from 10 ms, to
+// 10 µs below (a 1 ms max_response_time needs the digits).
+func roundLatency(d time.Duration) time.Duration {
+	if d >= 10*time.Millisecond {
+		return d.Round(time.Millisecond)
+	}
+	return d.Round(10 * time.Microsecond)
 }
 
 type httpProber struct {

@@ -205,3 +205,71 @@ func TestUnknownType(t *testing.T) {
 	res := New(offlineResolver(t)).Probe(context.Background(), Target{Check: spec.Health{Type: "grpc"}})
 	require.Equal(t, msg.FailureProtocol, res.Failure)
 }
+
+// A probe that passes but answers later than max_response_time fails as
+// slow, with the time measured; the servers' delays are the only waits.
+func TestSlowIsFailing(t *testing.T) {
+	t.Parallel()
+	const delay = 60 * time.Millisecond
+	slowHTTP := serve(t, func(w http.ResponseWriter, _ *http.Request) {
+		time.Sleep(delay) // the server's deliberate delay
+		w.WriteHeader(http.StatusOK)
+	})
+	fastHTTP := serve(t, func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
+	failingSlowly := serve(t, func(w http.ResponseWriter, _ *http.Request) {
+		time.Sleep(delay)
+		w.WriteHeader(http.StatusServiceUnavailable)
+	})
+	slowTCP := listener(t, func(c net.Conn) {
+		defer c.Close()
+		time.Sleep(delay)
+		_, _ = io.WriteString(c, "PONG\r\n")
+	})
+	fastTCP := listener(t, func(c net.Conn) {
+		defer c.Close()
+		_, _ = io.WriteString(c, "PONG\r\n")
+	})
+	withMax := func(d time.Duration) func(*spec.Health) {
+		return func(h *spec.Health) {
+			h.Interval, h.Timeout, h.MaxResponseTime = spec.Duration(5*time.Second), spec.Duration(2*time.Second), spec.Duration(d)
+		}
+	}
+	tcp := func(h *spec.Health) {
+		*h = spec.Health{Type: spec.HealthTCP, Expect: "PONG", Interval: h.Interval, Timeout: h.Timeout, MaxResponseTime: h.MaxResponseTime}
+	}
+	tests := []struct {
+		name    string
+		addr    string
+		check   spec.Health
+		failure string
+	}{
+		{"http slower than max_response_time", slowHTTP, httpCheck(withMax(20 * time.Millisecond)), msg.FailureSlow},
+		{"http within max_response_time", fastHTTP, httpCheck(withMax(time.Second)), ""},
+		{"http slow without max_response_time passes", slowHTTP, httpCheck(), ""},
+		{"a slow failure keeps its own kind", failingSlowly, httpCheck(withMax(20 * time.Millisecond)), msg.FailureHTTPStatus},
+		{"tcp slower than max_response_time", slowTCP, httpCheck(withMax(20*time.Millisecond), tcp), msg.FailureSlow},
+		{"tcp within max_response_time", fastTCP, httpCheck(withMax(time.Second), tcp), ""},
+	}
+	reg := New(nil)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(context.Background(), tt.check.Timeout.Std())
+			defer cancel()
+			res := reg.Probe(ctx, Target{Key: "web.a1", Address: tt.addr, Check: tt.check})
+			require.Equal(t, tt.failure, res.Failure, res.Message)
+			require.Equal(t, tt.failure == "", res.OK)
+			if tt.failure == msg.FailureSlow {
+				require.GreaterOrEqual(t, res.Latency, delay)
+				require.Regexp(t, `^slow: answered in \d+ms, max_response_time 20ms$`, res.Message)
+				require.Contains(t, res.Message, fmt.Sprintf("answered in %s,", roundLatency(res.Latency)), "the time measured")
+			}
+		})
+	}
+}
+
+func TestRoundLatency(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, "812ms", roundLatency(812345678*time.Nanosecond).String())
+	require.Equal(t, "1.23ms", roundLatency(1234567*time.Nanosecond).String())
+}

@@ -321,15 +321,22 @@ func (p *Publisher) leave(ctx context.Context) {
 }
 
 // healthSent is what decides a health value; the counts, latency and
-// message of each probe aside.
+// message of each probe aside, but not the failures in its history: a
+// failure that changed no status (below the unhealthy threshold, a slow
+// answer among passes) reaches the bucket at the next refresh.
 type healthSent struct {
 	status, failure string
 	generation      int64
 	term            uint64
+	failures        int64
 }
 
 func healthSentOf(r checker.Report) healthSent {
-	return healthSent{status: r.State.Status, failure: r.State.Last.Failure, generation: r.Target.Generation, term: r.Target.Term}
+	s := healthSent{status: r.State.Status, failure: r.State.Last.Failure, generation: r.Target.Generation, term: r.Target.Term}
+	if r.History != nil {
+		s.failures = r.History.Failures()
+	}
+	return s
 }
 
 // resealEvery is how many refreshes may pass before a value is put again
@@ -419,16 +426,14 @@ func (p *Publisher) put(ctx context.Context, r checker.Report) {
 		p.fail("health key", r.Target.Key, err)
 		return
 	}
-	s := r.State
-	b, err := msg.Encode(&msg.Health{App: app, Instance: inst, Status: s.Status, Failure: s.Last.Failure, Message: msg.Truncate(s.Last.Message, 512),
-		ConsecutiveSuccesses: s.Successes, ConsecutiveFailures: s.Failures, LatencyMS: ms(s.Last.Latency), Checker: p.id,
-		InstanceTerm: r.Target.Term, Generation: r.Target.Generation, CheckedAt: time.Now().UTC()})
+	sent := healthSentOf(r) // before the snapshot: a failure added meanwhile is put again
+	b, err := msg.Encode(healthValue(app, inst, p.id, r))
 	if err == nil {
 		_, err = kv.Put(ctx, r.Target.Key, b)
 	}
 	p.mu.Lock()
 	if err == nil {
-		p.sent[r.Target.Key] = healthSentOf(r)
+		p.sent[r.Target.Key] = sent
 	} else {
 		delete(p.sent, r.Target.Key)
 	}
@@ -437,6 +442,20 @@ func (p *Publisher) put(ctx context.Context, r checker.Report) {
 		p.fail("put health", r.Target.Key, err)
 		p.retrySoon()
 	}
+}
+
+// healthValue is the health value of a report, with the target's history
+// when the report has one.
+func healthValue(app, inst, checkerID string, r checker.Report) *msg.Health {
+	s := r.State
+	h := &msg.Health{App: app, Instance: inst, Status: s.Status, Failure: s.Last.Failure, Message: msg.Truncate(s.Last.Message, 512),
+		ConsecutiveSuccesses: s.Successes, ConsecutiveFailures: s.Failures, LatencyMS: ms(s.Last.Latency), Checker: checkerID,
+		InstanceTerm: r.Target.Term, Generation: r.Target.Generation, CheckedAt: time.Now().UTC()}
+	if r.History != nil {
+		snap := r.History.Snapshot()
+		h.History, h.FailureCounts, h.Probes, h.HistorySince = snap.Results, snap.Counts, snap.Probes, snap.Since.UTC()
+	}
+	return h
 }
 
 // retrySoon asks Run to put again what was not put, after its backoff.

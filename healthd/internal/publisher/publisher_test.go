@@ -585,3 +585,68 @@ func TestRefreshPutsOnlyWhatChanged(t *testing.T) {
 		require.Greater(t, last[k], full[k], "%s is sealed again within %d refreshes", k, resealEvery)
 	}
 }
+
+// The health value carries the target's history, bounded, and its counts;
+// a failure that changes no status reaches the bucket at the next refresh,
+// while passes alone wait for the value's re-seal.
+func TestHealthCarriesTheHistory(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, testrig.NATS(t))
+	p := r.publisher("hc-1", 1)
+	ctx := context.Background()
+	hist := &checker.History{}
+	at := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+	probed := func(res probe.Result, from, to string, changed bool) {
+		at = at.Add(time.Second)
+		hist.Add(res, at)
+		rep := report("web.a", from, to, changed, res)
+		rep.History = hist
+		p.Probed(rep)
+	}
+	ok := probe.Result{OK: true, Latency: 1500 * time.Microsecond}
+	probed(ok, msg.StatusUnknown, msg.StatusHealthy, true)
+	h, rev := r.health("web.a")
+	require.Equal(t, []msg.HealthResult{{At: at, LatencyMS: 1.5}}, h.History)
+	require.Equal(t, int64(1), h.Probes)
+	require.Equal(t, at, h.HistorySince)
+	require.Empty(t, h.FailureCounts)
+
+	// Passes change nothing the value must say at once.
+	probed(ok, msg.StatusHealthy, msg.StatusHealthy, false)
+	p.passes = 1 // a refresh that is not web.a's re-seal turn
+	for bus.ResealDue("web.a", p.passes, resealEvery) {
+		p.passes++
+	}
+	p.republish(ctx, false)
+	_, again := r.health("web.a")
+	require.Equal(t, rev, again, "passes alone are not put before the re-seal")
+
+	// A slow answer below the unhealthy threshold: no transition, put at the refresh.
+	slow := probe.Result{Failure: msg.FailureSlow, Latency: 812 * time.Millisecond, Message: "slow: answered in 812ms, max_response_time 500ms"}
+	probed(slow, msg.StatusHealthy, msg.StatusHealthy, false)
+	_, same := r.health("web.a")
+	require.Equal(t, rev, same, "a failure without a transition waits for the refresh")
+	p.republish(ctx, false)
+	h, rev = r.health("web.a")
+	require.Greater(t, rev, same)
+	require.Len(t, h.History, 3)
+	require.Equal(t, msg.HealthResult{At: at, LatencyMS: 812, Failure: msg.FailureSlow, Message: slow.Message}, h.History[0], "newest first")
+	require.Equal(t, map[string]int64{msg.FailureSlow: 1}, h.FailureCounts)
+	require.Equal(t, int64(3), h.Probes)
+
+	// Long messages: the value stays within its bound.
+	long := probe.Result{Failure: msg.FailureProtocol, Latency: time.Second, Message: strings.Repeat("x", 500)}
+	for range 30 {
+		probed(long, msg.StatusUnhealthy, msg.StatusUnhealthy, false)
+	}
+	p.republish(ctx, false)
+	e, err := r.kv(r.names.HealthBucket()).Get(ctx, "web.a")
+	require.NoError(t, err)
+	h, err = msg.DecodeAs[*msg.Health](e.Value)
+	require.NoError(t, err)
+	require.Len(t, h.History, msg.MaxHealthHistory)
+	require.Equal(t, map[string]int64{msg.FailureSlow: 1, msg.FailureProtocol: 30}, h.FailureCounts)
+	t.Logf("health value with a full history of failures: %d bytes", len(e.Value))
+	require.LessOrEqual(t, len(e.Value), 4<<10, "a health value with a full history stays within 4 KiB")
+	require.Zero(t, p.Failures.Load())
+}

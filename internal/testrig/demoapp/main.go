@@ -16,6 +16,9 @@
 //	DEMO_LOG_LINES lines written to stdout at start (default 0)
 //	DEMO_LOG_LINE_BYTES  their length, newline included (default 100, at least 60)
 //	DEMO_ACCESS_LOG  1: a line per request to stdout ("GET / 200 instance=…")
+//	DEMO_FAIL_PERCENT  0 (default) to 100: that share of GET / answers 500, spread
+//	               evenly and deterministically (40: the 3rd and 5th of every 5 fail);
+//	               /healthz is not affected (an instance that fails real traffic)
 //
 // DEMO_MODE log writes DEMO_LOG_LINES lines to stdout as fast as it can
 // and exits 0: a container that floods its log.
@@ -33,6 +36,7 @@
 //
 // HTTP endpoints: GET / answers JSON {instance, version, host}; GET /healthz
 // answers 200 or 503; POST /admin/health?state=ok|fail switches it; POST
+// /admin/fail?percent=40 sets DEMO_FAIL_PERCENT; POST
 // /admin/latency?d=100ms sets the latency; GET /slow?d=1s waits that long.
 // On SIGTERM it stops accepting, finishes in-flight requests and exits 0.
 package main
@@ -180,6 +184,7 @@ type config struct {
 	Exit, AllocMiB                  int
 	LogLines, LineBytes             int
 	AccessLog                       bool
+	FailPercent                     int
 }
 
 // hold keeps DEMO_ALLOC's memory reachable.
@@ -231,6 +236,13 @@ func configFromEnv(getenv func(string) string) (config, error) {
 		c.LineBytes = n
 	}
 	c.AccessLog = getenv("DEMO_ACCESS_LOG") == "1"
+	if v := getenv("DEMO_FAIL_PERCENT"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > 100 {
+			return c, fmt.Errorf("DEMO_FAIL_PERCENT %q: must be a whole number from 0 to 100", v)
+		}
+		c.FailPercent = n
+	}
 	switch v := getenv("DEMO_HEALTH"); v {
 	case "", "ok":
 	case "fail":
@@ -263,10 +275,12 @@ type app struct {
 	served                  atomic.Int64
 	slow                    atomic.Int64 // GET /slow requests in progress
 	accessLog               bool
+	failPercent             atomic.Int64
 }
 
 func newApp(c config) *app {
 	a := &app{instance: c.Instance, version: c.Version, accessLog: c.AccessLog}
+	a.failPercent.Store(int64(c.FailPercent))
 	a.host, _ = os.Hostname()
 	a.latency.Store(int64(c.Latency))
 	a.healthy.Store(c.Healthy)
@@ -284,9 +298,13 @@ func (a *app) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		a.delay(r.Context(), time.Duration(a.latency.Load()))
-		a.served.Add(1)
-		w.Header().Set("Content-Type", "application/json")
+		n := a.served.Add(1) - 1
 		w.Header().Set("X-Demo-Instance", a.instance)
+		if fails(n, a.failPercent.Load()) {
+			http.Error(w, "failing (DEMO_FAIL_PERCENT)", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(Reply{Instance: a.instance, Version: a.version, Host: a.host})
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -306,6 +324,15 @@ func (a *app) handler() http.Handler {
 			http.Error(w, "state must be ok or fail", http.StatusBadRequest)
 			return
 		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /admin/fail", func(w http.ResponseWriter, r *http.Request) {
+		p, err := strconv.Atoi(r.URL.Query().Get("percent"))
+		if err != nil || p < 0 || p > 100 {
+			http.Error(w, "percent must be a whole number from 0 to 100", http.StatusBadRequest)
+			return
+		}
+		a.failPercent.Store(int64(p))
 		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc("POST /admin/latency", func(w http.ResponseWriter, r *http.Request) {
@@ -332,6 +359,13 @@ func (a *app) handler() http.Handler {
 		return logged(mux, a.instance, os.Stdout)
 	}
 	return mux
+}
+
+// fails says whether request n (from 0) of GET / fails under
+// DEMO_FAIL_PERCENT p: when (n+1)·p/100 passes a whole number, so p % of
+// every 100 fail, spread evenly.
+func fails(n, p int64) bool {
+	return (n+1)*p/100 > n*p/100
 }
 
 // logged writes a line per request to out: "GET / 200 instance=…".

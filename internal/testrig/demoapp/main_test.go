@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -39,6 +40,9 @@ func TestConfigFromEnv(t *testing.T) {
 			want: config{Listen: ":8080", Version: version, Instance: "i1", Mode: "http", Healthy: true, Exit: 3, AllocMiB: 64, LineBytes: 100}},
 		{name: "bad exit", env: map[string]string{"DEMO_EXIT": "0"}, wantErr: `DEMO_EXIT "0": must be an exit code from 1 to 125`},
 		{name: "bad alloc", env: map[string]string{"DEMO_ALLOC": "lots"}, wantErr: `DEMO_ALLOC "lots": must be a size in MiB from 1 to 4096`},
+		{name: "fail percent", env: map[string]string{"DEMO_INSTANCE": "i1", "DEMO_FAIL_PERCENT": "40"},
+			want: config{Listen: ":8080", Version: version, Instance: "i1", Mode: "http", Healthy: true, LineBytes: 100, FailPercent: 40}},
+		{name: "bad fail percent", env: map[string]string{"DEMO_FAIL_PERCENT": "101"}, wantErr: `DEMO_FAIL_PERCENT "101": must be a whole number from 0 to 100`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -214,4 +218,43 @@ func TestCheck(t *testing.T) {
 	out.Reset()
 	require.Equal(t, 1, check([]string{"http://127.0.0.1:1/"}, &out), "refused")
 	require.Equal(t, 2, check(nil, &out))
+}
+
+// TestFailPercent: DEMO_FAIL_PERCENT fails that share of GET /, evenly
+// and the same every run, and never /healthz.
+func TestFailPercent(t *testing.T) {
+	t.Parallel()
+	for _, p := range []int{0, 1, 40, 100} {
+		t.Run(strconv.Itoa(p), func(t *testing.T) {
+			t.Parallel()
+			h := newApp(config{Instance: "i1", Healthy: true, FailPercent: p}).handler()
+			failed := 0
+			for i := range 100 {
+				rec := httptest.NewRecorder()
+				h.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+				if rec.Code == http.StatusInternalServerError {
+					failed++
+				} else {
+					require.Equal(t, http.StatusOK, rec.Code)
+				}
+				if p == 40 && i < 5 {
+					require.Equal(t, i == 2 || i == 4, rec.Code == http.StatusInternalServerError, "request %d", i)
+				}
+				rec = httptest.NewRecorder()
+				h.ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))
+				require.Equal(t, http.StatusOK, rec.Code)
+			}
+			require.Equal(t, p, failed)
+		})
+	}
+	h := newApp(config{Instance: "i1", Healthy: true}).handler()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("POST", "/admin/fail?percent=100", nil))
+	require.Equal(t, http.StatusNoContent, rec.Code)
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+	require.Equal(t, http.StatusInternalServerError, rec.Code, "switched on at run time")
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("POST", "/admin/fail?percent=101", nil))
+	require.Equal(t, http.StatusBadRequest, rec.Code)
 }

@@ -47,12 +47,46 @@ type Entry struct {
 	// $upstream_connect_time "-"). A request retried on another instance
 	// after a refused connection counts one here and its final status.
 	ConnectErrors int
+	// Upstreams, UpstreamStatuses and UpstreamConnects are nginx's
+	// $upstream_addr, $upstream_status and $upstream_connect_time as
+	// logged, one item per attempt; Attempts walks them.
+	Upstreams, UpstreamStatuses, UpstreamConnects string
+}
+
+// Attempts calls fn for each upstream attempt of e: the address, and
+// whether it failed (a 5xx answer, or a connection that failed: status
+// 502 or 504 with no connect time). Items nginx did not fill ("-", or an
+// upstream group's name when no server was live) come with their text;
+// callers match addresses they know. It allocates nothing.
+func (e *Entry) Attempts(fn func(addr string, failed bool)) {
+	addrs, status, connect := e.Upstreams, e.UpstreamStatuses, e.UpstreamConnects
+	for addrs != "" {
+		var a, s, c string
+		a, addrs = nextAddr(addrs)
+		s, status = nextField(status)
+		c, connect = nextField(connect)
+		if a == "" {
+			continue
+		}
+		failed := len(s) == 3 && s[0] == '5' || c == "-" && (s == "502" || s == "504")
+		fn(a, failed)
+	}
 }
 
 // Sink takes every parsed entry, on the receiver's goroutine, one at a
 // time; it must be cheap, since it runs once per request nginx serves.
 type Sink interface {
 	Add(e Entry)
+}
+
+// Sinks is several sinks taking every entry in turn.
+type Sinks []Sink
+
+// Add hands e to each sink.
+func (s Sinks) Add(e Entry) {
+	for _, k := range s {
+		k.Add(e)
+	}
 }
 
 // line is the log_format berth_json of the shipped templates.
@@ -100,6 +134,7 @@ func Parse(datagram []byte) (Entry, error) {
 		e.RequestSeconds = v
 	}
 	e.ConnectErrors = connectErrors(l.UpstreamStatus, l.UpstreamConnectTime)
+	e.Upstreams, e.UpstreamStatuses, e.UpstreamConnects = l.Upstream, l.UpstreamStatus, l.UpstreamConnectTime
 	return e, nil
 }
 
@@ -121,6 +156,26 @@ func connectErrors(status, connect string) int {
 		}
 	}
 	return n
+}
+
+// nextAddr splits off the first address of $upstream_addr: addresses
+// hold colons, so only commas and spaces separate them, and the lone
+// " : " between upstream groups is skipped.
+func nextAddr(list string) (addr, rest string) {
+	for {
+		i := 0
+		for i < len(list) && (list[i] == ',' || list[i] == ' ') {
+			i++
+		}
+		j := i
+		for j < len(list) && list[j] != ',' && list[j] != ' ' {
+			j++
+		}
+		if list[i:j] != ":" {
+			return list[i:j], list[j:]
+		}
+		list = list[j:]
+	}
 }
 
 // nextField splits off the first item of a list separated by commas,

@@ -2,12 +2,14 @@ package accesslog
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -62,6 +64,11 @@ func TestParse(t *testing.T) {
 			require.InDelta(t, tt.want.UpstreamMS, got.UpstreamMS, 1e-9)
 			require.InDelta(t, tt.want.RequestSeconds, got.RequestSeconds, 1e-9)
 			got.UpstreamMS, got.RequestSeconds = tt.want.UpstreamMS, tt.want.RequestSeconds
+			// The raw attempt lists are kept as logged (TestAttempts reads them).
+			var l line
+			require.NoError(t, json.Unmarshal([]byte(tt.in[strings.IndexByte(tt.in, '{'):]), &l))
+			require.Equal(t, []string{l.Upstream, l.UpstreamStatus, l.UpstreamConnectTime}, []string{got.Upstreams, got.UpstreamStatuses, got.UpstreamConnects})
+			got.Upstreams, got.UpstreamStatuses, got.UpstreamConnects = "", "", ""
 			require.Equal(t, tt.want, got)
 		})
 	}
@@ -218,6 +225,37 @@ func TestSocketGroup(t *testing.T) {
 			}
 			require.NoError(t, err)
 			require.Equal(t, tc.want, got)
+		})
+	}
+}
+
+func TestAttemptsPairsAddressesWithOutcomes(t *testing.T) {
+	t.Parallel()
+	type attempt struct {
+		addr   string
+		failed bool
+	}
+	tests := []struct {
+		name                   string
+		addrs, status, connect string
+		want                   []attempt
+	}{
+		{name: "one answer", addrs: "10.0.0.1:80", status: "200", connect: "0.001", want: []attempt{{"10.0.0.1:80", false}}},
+		{name: "a 500 fails", addrs: "10.0.0.1:80", status: "500", connect: "0.001", want: []attempt{{"10.0.0.1:80", true}}},
+		{name: "refused then answered", addrs: "10.0.0.1:80, 10.0.0.2:80", status: "502, 200", connect: "-, 0.002",
+			want: []attempt{{"10.0.0.1:80", true}, {"10.0.0.2:80", false}}},
+		{name: "across an internal redirect", addrs: "10.0.0.1:80 : 10.0.0.3:80", status: "504 : 404", connect: "- : 0.001",
+			want: []attempt{{"10.0.0.1:80", true}, {"10.0.0.3:80", false}}},
+		{name: "no upstream", addrs: "-", status: "-", connect: "-", want: []attempt{{"-", false}}},
+		{name: "empty", want: nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := Entry{Upstreams: tt.addrs, UpstreamStatuses: tt.status, UpstreamConnects: tt.connect}
+			var got []attempt
+			e.Attempts(func(addr string, failed bool) { got = append(got, attempt{addr, failed}) })
+			require.Equal(t, tt.want, got)
 		})
 	}
 }

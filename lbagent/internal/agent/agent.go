@@ -64,6 +64,17 @@ type Status interface {
 	Confirm(ctx context.Context, gen uint64) error
 }
 
+// Ejector takes the instances ejected for failing real traffic
+// (health.outlier) out of each snapshot. Calls come from the agent's Run
+// goroutine.
+type Ejector interface {
+	// Filter returns snap without the instances ejected at now, and when
+	// the next ejection ends (zero: none).
+	Filter(snap state.Snapshot, now time.Time) (state.Snapshot, time.Time)
+	// Ejected lists them for the agents record.
+	Ejected() []msg.Ejection
+}
+
 // Reporter publishes what the agent did. Calls come from the agent's Run
 // goroutine, one at a time.
 type Reporter interface {
@@ -124,6 +135,10 @@ type Config struct {
 	// Keys opens the private keys of ACME certificates, sealed to the
 	// lbagent role; nil opens none (those apps stay on plain HTTP).
 	Keys Opener
+	// Ejector, when set, leaves the instances ejected by outlier
+	// detection out of what nginx serves: in dynamic mode a push, in
+	// reload mode a reload; nil: none.
+	Ejector Ejector
 	// Hooks observe the loop for metrics; nil fields are skipped.
 	Hooks Hooks
 }
@@ -169,6 +184,8 @@ type Agent struct {
 	reloadFailures int
 	certs          *certs
 	pushes         *pushes // nil in reload mode
+	// ejectionEnds is when the next outlier ejection ends (zero: none).
+	ejectionEnds time.Time
 }
 
 // New returns an agent. renderer is replaced later by SetRenderer when the
@@ -314,7 +331,11 @@ func (a *Agent) sync(ctx context.Context) time.Duration {
 	case Reload:
 		retry = a.reload(ctx, start, in, dec)
 	}
-	return wait(start, dec.Wake, retry)
+	wake := dec.Wake
+	if e := a.ejectionEnds; !e.IsZero() && (wake.IsZero() || e.Before(wake)) {
+		wake = e
+	}
+	return wait(start, wake, retry)
 }
 
 // observe reads what a decision needs: the store's snapshot (false until
@@ -329,6 +350,10 @@ func (a *Agent) observe(ctx context.Context, now time.Time) (Input, bool) {
 	a.mu.Lock()
 	renderer := a.renderer
 	a.mu.Unlock()
+	a.ejectionEnds = time.Time{}
+	if a.cfg.Ejector != nil {
+		snap, a.ejectionEnds = a.cfg.Ejector.Filter(snap, now)
+	}
 	in := Input{Now: now, Served: a.served, Snapshot: a.certs.apply(snap, now), Renderer: renderer, Refused: a.refused,
 		EmptySince: a.emptySince, Render: a.cfg.Render, Dynamic: a.pushes != nil, EmptyHold: a.cfg.EmptyHold, Resync: a.cfg.Resync}
 	if a.pushes != nil {
@@ -401,8 +426,12 @@ func (a *Agent) agentMessage(lastErr string) *msg.Agent {
 	for k, v := range a.appErrors {
 		errs[k] = msg.Truncate(v, msg.MaxTextLen)
 	}
-	return &msg.Agent{Node: a.cfg.Node, AppliedRevision: a.served.Snapshot.Revision, Apps: a.served.Apps, Errors: errs,
+	m := &msg.Agent{Node: a.cfg.Node, AppliedRevision: a.served.Snapshot.Revision, Apps: a.served.Apps, Errors: errs,
 		LastError: msg.Truncate(lastErr, msg.MaxTextLen), UpdatedAt: a.now().UTC()}
+	if a.cfg.Ejector != nil {
+		m.Ejected = a.cfg.Ejector.Ejected()
+	}
+	return m
 }
 
 func (a *Agent) report(ctx context.Context, start time.Time, rev uint64, result, errText string, failed map[string]string) {

@@ -18,6 +18,8 @@ const (
 	RequestsName      = "berth_lbagent_requests_total"
 	DurationName      = "berth_lbagent_request_duration_seconds"
 	ConnectErrorsName = "berth_lbagent_upstream_connect_errors_total"
+	EjectionsName     = "berth_lbagent_outlier_ejections_total"
+	EjectedName       = "berth_lbagent_outlier_ejected"
 )
 
 // codeClasses are the code_class label values, by status / 100 - 1.
@@ -70,12 +72,17 @@ type AppTraffic struct {
 	dropped  prometheus.Counter
 	refusedG prometheus.Gauge
 	exported prometheus.Gauge
-	now      func() time.Time
+	// ejections and ejected are health.outlier's, for apps with series.
+	ejections *prometheus.CounterVec
+	ejected   *prometheus.GaugeVec
+	now       func() time.Time
 
 	mu      sync.RWMutex
 	apps    map[string]*appSeries
 	refused map[string]struct{}
 	logged  time.Time // when refused apps were last logged
+	// ejectedApps are the apps whose ejected gauge is above 0.
+	ejectedApps map[string]bool
 }
 
 var (
@@ -115,9 +122,42 @@ func NewAppTraffic(o AppTrafficOptions) *AppTraffic {
 			Help: "Apps without per-app series now because --metrics-max-apps apps have them."}),
 		exported: prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_metrics_apps",
 			Help: "Apps with per-app series (at most --metrics-max-apps)."}),
-		now:     time.Now,
-		apps:    map[string]*appSeries{},
-		refused: map[string]struct{}{},
+		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_lbagent_outlier_ejections_total",
+			Help: "Instances this nginx took out of rotation for failing real traffic (health.outlier), by app."}, []string{"app"}),
+		ejected: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "berth_lbagent_outlier_ejected",
+			Help: "Instances out of this nginx's rotation now for failing real traffic (health.outlier), by app."}, []string{"app"}),
+		now:         time.Now,
+		apps:        map[string]*appSeries{},
+		refused:     map[string]struct{}{},
+		ejectedApps: map[string]bool{},
+	}
+}
+
+// Ejection counts one outlier ejection of app, when app has series.
+func (t *AppTraffic) Ejection(app string) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if _, ok := t.apps[app]; ok {
+		t.ejections.WithLabelValues(app).Inc()
+	}
+}
+
+// Ejected sets the ejected gauge of each app with series to its count in
+// byApp (absent: 0); an app that never had one ejected has no series.
+func (t *AppTraffic) Ejected(byApp map[string]int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for app := range t.ejectedApps {
+		if byApp[app] == 0 {
+			t.ejected.WithLabelValues(app).Set(0)
+			delete(t.ejectedApps, app)
+		}
+	}
+	for app, n := range byApp {
+		if _, ok := t.apps[app]; ok && n > 0 {
+			t.ejected.WithLabelValues(app).Set(float64(n))
+			t.ejectedApps[app] = true
+		}
 	}
 }
 
@@ -136,7 +176,7 @@ func (t *AppTraffic) Collect(ch chan<- prometheus.Metric) {
 }
 
 func (t *AppTraffic) collectors() []prometheus.Collector {
-	return []prometheus.Collector{t.requests, t.duration, t.connect, t.dropped, t.refusedG, t.exported}
+	return []prometheus.Collector{t.requests, t.duration, t.connect, t.dropped, t.refusedG, t.exported, t.ejections, t.ejected}
 }
 
 // Add counts one access log entry: the access log receiver calls it for
@@ -247,6 +287,9 @@ func (t *AppTraffic) Retain(known []string) {
 		}
 		t.duration.DeleteLabelValues(app)
 		t.connect.DeleteLabelValues(app)
+		t.ejections.DeleteLabelValues(app)
+		t.ejected.DeleteLabelValues(app)
+		delete(t.ejectedApps, app)
 		delete(t.apps, app)
 	}
 	for app := range t.refused {

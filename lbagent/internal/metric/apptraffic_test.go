@@ -183,3 +183,28 @@ func TestAppTrafficNativeBesideBuckets(t *testing.T) {
 	}
 	require.True(t, found)
 }
+
+func TestOutlierSeriesAreBoundedLikeTheOthers(t *testing.T) {
+	t.Parallel()
+	tr := NewAppTraffic(AppTrafficOptions{MaxApps: 1})
+	tr.Retain([]string{"web"}) // api has no series: the cap of 1 is reached
+	tr.Ejection("web")
+	tr.Ejection("api")
+	tr.Ejected(map[string]int{"web": 1, "api": 2})
+	reg := prometheus.NewPedanticRegistry()
+	require.NoError(t, reg.Register(tr))
+	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP berth_lbagent_outlier_ejected Instances out of this nginx's rotation now for failing real traffic (health.outlier), by app.
+# TYPE berth_lbagent_outlier_ejected gauge
+berth_lbagent_outlier_ejected{app="web"} 1
+# HELP berth_lbagent_outlier_ejections_total Instances this nginx took out of rotation for failing real traffic (health.outlier), by app.
+# TYPE berth_lbagent_outlier_ejections_total counter
+berth_lbagent_outlier_ejections_total{app="web"} 1
+`), EjectionsName, EjectedName))
+	tr.Ejected(map[string]int{})
+	require.Equal(t, 0.0, testutil.ToFloat64(tr.ejected.WithLabelValues("web")), "back to 0 when it returns")
+	tr.Retain(nil)
+	n, err := testutil.GatherAndCount(reg, EjectionsName, EjectedName)
+	require.NoError(t, err)
+	require.Equal(t, 0, n, "an app gone loses its series")
+}

@@ -146,6 +146,10 @@ type Options struct {
 	// for any app; ok is false when no lbagent reported it lately. nil
 	// shows none.
 	Traffic func(app string, now time.Time) (TrafficView, bool)
+	// Ejected returns the instances of an app that live lbagents have
+	// ejected for failing real traffic (health.outlier) at now; nil
+	// shows none.
+	Ejected func(app string, now time.Time) []EjectionView
 	// Network is the scheduler's --network. Without one, containers are
 	// reached on the host port published for their app port alone, so a
 	// health.port other than port could only be probed on the host
@@ -176,6 +180,10 @@ type Options struct {
 	// replica takes the request; nil pins nothing (and redeploy answers
 	// 503).
 	Resolve func(ctx context.Context, image string) (image.Pin, error)
+	// Health returns the health value healthd last published for an
+	// instance (the replica's view of the health bucket), for GET of one
+	// instance; nil shows none. It is called concurrently.
+	Health func(app, instance string) (*msg.Health, bool)
 }
 
 // New returns the API handler.
@@ -210,6 +218,7 @@ func (a *api) register(rt *router) {
 	// A plan is checked as an apply is, so it needs what an apply needs.
 	rt.handleApp("POST /v1/apps/{name}/plan", auth.Deploy, a.plan)
 	rt.handle("GET /v1/apps/{name}/instances", auth.Read, a.instances)
+	rt.handle("GET /v1/apps/{name}/instances/{id}", auth.Read, a.instance)
 	rt.handle("GET /v1/apps/{name}/metrics", auth.Read, a.metrics)
 	rt.handle("GET /v1/apps/{name}/history", auth.Read, a.history)
 	rt.handle("GET /v1/apps/{name}/wait", auth.Read, a.wait)
@@ -313,6 +322,20 @@ type AppView struct {
 	// Traffic is what nginx served the app over each lbagent's last
 	// window; only on GET of one app, absent when no lbagent reported it lately.
 	Traffic *TrafficView `json:"traffic,omitempty"`
+	// Ejected are the app's instances that lbagents took out of their
+	// nginx's rotation for failing real traffic (health.outlier), one
+	// entry per lbagent and instance; only on GET of one app.
+	Ejected []EjectionView `json:"ejected,omitempty"`
+}
+
+// EjectionView is one instance one lbagent ejected (health.outlier).
+type EjectionView struct {
+	Node     string    `json:"node"`
+	Instance string    `json:"instance"`
+	Reason   string    `json:"reason"`
+	Since    time.Time `json:"since"`
+	Until    time.Time `json:"until"`
+	Times    int       `json:"times"`
 }
 
 // TrafficView is an app's traffic over the last window of every lbagent
@@ -490,6 +513,9 @@ func (a *api) status(ctx context.Context, name string, now time.Time) (AppView, 
 		if t, ok := a.o.Traffic(app.Name, now); ok {
 			v.Traffic = &t
 		}
+	}
+	if a.o.Ejected != nil {
+		v.Ejected = a.o.Ejected(app.Name, now)
 	}
 	return v, nil
 }

@@ -31,6 +31,7 @@ var routeScopes = map[string]auth.Scope{
 	"POST /v1/apps/{name}/plan":                auth.Deploy,
 	"POST /v1/apps/{name}/redeploy":            auth.Deploy,
 	"GET /v1/apps/{name}/instances":            auth.Read,
+	"GET /v1/apps/{name}/instances/{id}":       auth.Read,
 	"GET /v1/apps/{name}/metrics":              auth.Read,
 	"GET /v1/apps/{name}/wait":                 auth.Read,
 	"GET /v1/apps/{name}/history":              auth.Read,

@@ -92,8 +92,11 @@ func (a *api) wait(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, Error{Error: "invalid wait request", Fields: fields})
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), timeout)
-	defer cancel()
+	// The timeout ends the wait between reads, never a read: a read cut
+	// short would end the wait on an error instead of its progress.
+	ctx := r.Context()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
 	name := r.PathValue("name")
 	v, err := a.status(ctx, name, time.Now())
 	if err != nil {
@@ -135,10 +138,10 @@ func (a *api) wait(w http.ResponseWriter, r *http.Request) {
 		}
 		select {
 		case <-ctx.Done():
-			if r.Context().Err() == nil {
-				send(WaitUpdate{State: WaitTimeout, Progress: last, Rollout: u.Rollout,
-					Failure: fmt.Sprintf("generation %d is not rolled out after %s (its rollout goes on): %s", gen, timeout, last)})
-			}
+			return
+		case <-deadline.C:
+			send(WaitUpdate{State: WaitTimeout, Progress: last, Rollout: u.Rollout,
+				Failure: fmt.Sprintf("generation %d is not rolled out after %s (its rollout goes on): %s", gen, timeout, last)})
 			return
 		case <-tick.C:
 		}

@@ -42,6 +42,9 @@ type Config struct {
 	// HistoryKeep is how many spec generations of each app are kept
 	// (store.SetHistoryKeep); 0 keeps every one.
 	HistoryKeep int
+	// EventsKeep is how long events are kept (retention.Events); 0 keeps
+	// every one.
+	EventsKeep time.Duration
 
 	NATS       NATS
 	API        API

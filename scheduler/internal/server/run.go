@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sort"
 	"time"
 
 	"go.uber.org/zap"
@@ -14,6 +15,7 @@ import (
 	"github.com/berthhq/berth/common/lifecycle"
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/view"
+	"github.com/berthhq/berth/scheduler/internal/api"
 	"github.com/berthhq/berth/scheduler/internal/certs"
 	"github.com/berthhq/berth/scheduler/internal/leader"
 	"github.com/berthhq/berth/scheduler/internal/nodekeys"
@@ -66,6 +68,10 @@ func (r *replica) addLeaderServices() {
 	r.lead.Add("health-checks", r.checks)
 	r.lead.Add("scaler", lifecycle.Func(r.sc.Lead))
 	r.lead.Add("host-states", lifecycle.Func(r.recordHosts))
+	if r.events != nil {
+		r.lead.Add("events-retention", lifecycle.Func(r.events.Run))
+	}
+	r.lead.Add("ejection-events", lifecycle.Func(r.ejections.Run))
 	r.lead.Add("publish", lifecycle.Func(func(ctx context.Context) error {
 		return r.pub.Loop(ctx, leading, r.refresh, r.changes, r.cfg.Resync)
 	}))
@@ -216,5 +222,33 @@ func servedBy(agents *view.Table[*msg.Agent]) certs.Served {
 			}
 		})
 		return live > 0 && all
+	}
+}
+
+// ejectedBy lists, from the records of the live lbagents, the instances of
+// an app each has ejected and not yet taken back at now, by node and
+// instance.
+func ejectedBy(agents *view.Table[*msg.Agent]) func(app string, now time.Time) []api.EjectionView {
+	return func(app string, now time.Time) []api.EjectionView {
+		var out []api.EjectionView
+		agents.Read(func(rows map[string]*msg.Agent, _ uint64) {
+			for _, a := range rows {
+				if now.Sub(a.UpdatedAt) > msg.AgentTTL {
+					continue
+				}
+				for _, e := range a.Ejected {
+					if e.App == app && e.Until.After(now) {
+						out = append(out, api.EjectionView{Node: a.Node, Instance: e.Instance, Reason: e.Reason, Since: e.Since, Until: e.Until, Times: e.Times})
+					}
+				}
+			}
+		})
+		sort.Slice(out, func(i, j int) bool {
+			if out[i].Node != out[j].Node {
+				return out[i].Node < out[j].Node
+			}
+			return out[i].Instance < out[j].Instance
+		})
+		return out
 	}
 }

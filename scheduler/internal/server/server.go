@@ -22,6 +22,7 @@ import (
 	"github.com/berthhq/berth/scheduler/internal/certs"
 	"github.com/berthhq/berth/scheduler/internal/controller"
 	"github.com/berthhq/berth/scheduler/internal/docker"
+	"github.com/berthhq/berth/scheduler/internal/ejection"
 	"github.com/berthhq/berth/scheduler/internal/fleet"
 	"github.com/berthhq/berth/scheduler/internal/healthcheck"
 	"github.com/berthhq/berth/scheduler/internal/hosts"
@@ -30,6 +31,7 @@ import (
 	"github.com/berthhq/berth/scheduler/internal/logs"
 	"github.com/berthhq/berth/scheduler/internal/nodekeys"
 	"github.com/berthhq/berth/scheduler/internal/publish"
+	"github.com/berthhq/berth/scheduler/internal/retention"
 	"github.com/berthhq/berth/scheduler/internal/scaler"
 	"github.com/berthhq/berth/scheduler/internal/secret"
 	"github.com/berthhq/berth/scheduler/internal/store"
@@ -46,6 +48,9 @@ type replica struct {
 	nats    *natsSide
 	nodeDir *bus.NodeDirectory // nil without Berth's role credentials
 	reg     *prometheus.Registry
+	// events prunes the old events while this replica leads; nil keeps
+	// every one.
+	events *retention.Events
 
 	el   *leader.Elector
 	lead *leader.Group
@@ -58,6 +63,8 @@ type replica struct {
 	images    *image.Resolver
 	healthTbl *view.Table[*msg.Health]
 	agentsTbl *view.Table[*msg.Agent]
+	// ejections records the lbagents' outlier ejections as events (leader).
+	ejections *ejection.Recorder
 	ctl       *controller.Controller
 	sc        *scaler.Scaler
 	cm        *certs.Manager      // nil without ACME
@@ -221,7 +228,11 @@ func (r *replica) buildDataPlane() error {
 	// holds the Docker API, and seals their health itself.
 	r.checks = healthcheck.New(healthcheck.Config{ExecsPerHost: c.ExecChecksPerHost, Refresh: r.cfg.Resync, Report: checkEvents{r}}, r.fl,
 		&healthcheck.BusSink{Conn: r.nats.conn, Names: r.names}, r.logger)
-	r.agentsTbl = view.NewTable(view.NoTerm[*msg.Agent], func() { r.ctl.AgentsChanged() })
+	r.agentsTbl = view.NewTable(view.NoTerm[*msg.Agent], func() {
+		r.ctl.AgentsChanged()
+		r.ejections.Wake()
+	})
+	r.ejections = ejection.New(func() map[string]*msg.Agent { rows, _ := r.agentsTbl.Rows(); return rows }, r.pub, r.el.Leader, r.logger)
 	r.ctl = controller.New(controller.Config{MaxParallel: c.MaxParallel, Resync: r.cfg.Resync, PullTimeout: c.PullTimeout, StartTimeout: c.StartTimeout,
 		StopTimeout: c.StopTimeout, DefaultCPU: c.DefaultCPU, DefaultMemory: c.DefaultMemory, Env: c.Env, Environ: c.Environ, Secrets: r.secrets},
 		controller.Deps{Desired: r.st, Records: r.pub, Routing: r.pub, Releases: r.pub, Containers: r.fl, Runtime: r.fl, Images: r.fl, Logs: r.fl, Hosts: r.fl, Lease: r.el.Leader,
@@ -232,6 +243,11 @@ func (r *replica) buildDataPlane() error {
 	r.sc = scaler.New(scaler.Config{Interval: a.Interval, StatsInterval: a.StatsInterval, StatsParallel: a.StatsParallel, DefaultCPU: c.DefaultCPU},
 		r.st, r.fl, r.nats.conn, r.pub, r.names, r.el.Leader, r.ctl.Wake, r.logger)
 	r.reg.MustRegister(r.sc.Collectors()...)
+	if r.cfg.EventsKeep > 0 {
+		r.events = retention.NewEvents(r.st, r.cfg.EventsKeep, r.logger)
+		r.reg.MustRegister(r.events.Collectors()...)
+		r.logger.Info("events older than --events-keep are deleted every hour by the leader", zap.Duration("events_keep", r.cfg.EventsKeep))
+	}
 	return nil
 }
 
@@ -254,11 +270,12 @@ func (r *replica) buildAPI() error {
 	st := r.st
 	handler := api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Claims: st, Hosts: api.HostRegistry{HostStore: st, Policy: r.cfg.Hosts.Policy},
 		History: st, Tokens: st},
-		api.Options{Keyring: r.keys, Open: a.Open, Metrics: promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}), Samples: r.sc.Samples, Traffic: trafficOf(r.sc),
+		api.Options{Keyring: r.keys, Open: a.Open, Metrics: promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}), Samples: r.sc.Samples, Traffic: trafficOf(r.sc), Ejected: ejectedBy(r.agentsTbl),
 			Role: func() (bool, uint64) { l, ok := r.el.Leader(); return ok, l.Term }, Network: c.Network, MaxRoutes: a.MaxRoutes, ACME: r.cm != nil,
 			DefaultCPU: c.DefaultCPU, DefaultMemory: c.DefaultMemory, Secrets: r.secrets, SpecHash: r.ctl.SpecHash,
 			LogLimits: api.LogLimits{DefaultSize: c.LogMaxSize, DefaultFiles: c.LogMaxFiles, MaxTotal: c.LogMaxTotal},
-			Logs:      &logs.Reader{Instances: st, Engines: r.fl}, Resolve: r.images.Resolve}, r.logger)
+			Logs:      &logs.Reader{Instances: st, Engines: r.fl}, Resolve: r.images.Resolve,
+			Health: func(app, inst string) (*msg.Health, bool) { return r.healthTbl.Get(app + "." + inst) }}, r.logger)
 	r.httpSrv = &http.Server{Addr: a.Listen, Handler: handler, ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10,
 		ErrorLog: zap.NewStdLog(r.logger.Named("api-http"))} // TLS handshake failures, among others

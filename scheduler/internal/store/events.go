@@ -132,3 +132,33 @@ func (s *Store) events(ctx context.Context, query string, args ...any) ([]Event,
 	}
 	return out, nil
 }
+
+// PruneEventsBatch is how many events one statement of PruneEvents deletes
+// at most: each is a short transaction, so event writes never wait long.
+const PruneEventsBatch = 5000
+
+// PruneEvents deletes the events recorded before cutoff, oldest first, in
+// statements of at most batch rows, and returns how many it deleted. Each
+// statement reads the oldest batch rows by id (the primary key: ids grow
+// with time) and deletes those of them older than cutoff; a statement
+// that deletes fewer than it read has reached the events to keep, so no
+// statement scans the table. An event whose id is older than its time (a
+// clock step back) waits for the next prune.
+func (s *Store) PruneEvents(ctx context.Context, cutoff time.Time, batch int) (int64, error) {
+	var total int64
+	for {
+		tag, err := s.pool.Exec(ctx, `
+			WITH oldest AS (SELECT id, at FROM events ORDER BY id LIMIT $2)
+			DELETE FROM events e USING oldest WHERE e.id = oldest.id AND oldest.at < $1`, cutoff, batch)
+		if err != nil {
+			return total, fmt.Errorf("prune events: %w", redact(err))
+		}
+		total += tag.RowsAffected()
+		if tag.RowsAffected() < int64(batch) {
+			return total, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
+	}
+}
