@@ -328,7 +328,7 @@ func (c *Checker) apply(ctx context.Context, r keyed) {
 	}
 	var s State
 	if r.docker != nil {
-		s = *r.docker
+		s = FollowDocker(c.states[r.key], *r.docker)
 	} else {
 		s = Step(c.states[r.key], r.exec, t.Check)
 	}

@@ -37,6 +37,47 @@ type State struct {
 	Latency time.Duration
 	// CheckedAt is when the last check ended.
 	CheckedAt time.Time
+	// History is the latest results, newest first, at most
+	// msg.MaxHealthHistory: every exec run; for a docker check, each
+	// verdict Docker reported that differs from the one before.
+	History []msg.HealthResult
+	// Counts are the failures by kind since Since, of Results results.
+	Counts  map[string]int64
+	Results int64
+	Since   time.Time
+}
+
+// record adds one result to s's history and counts. It never changes
+// what another State shares with s.
+func record(s State, at time.Time, latency time.Duration, failure, message string) State {
+	r := msg.HealthResult{At: at, LatencyMS: float64(latency.Microseconds()) / 1000, Failure: failure, Message: message}
+	h := make([]msg.HealthResult, 0, min(len(s.History)+1, msg.MaxHealthHistory))
+	h = append(h, r)
+	s.History = append(h, s.History[:min(len(s.History), msg.MaxHealthHistory-1)]...)
+	s.Results++
+	if failure != "" {
+		counts := make(map[string]int64, len(s.Counts)+1)
+		for k, v := range s.Counts {
+			counts[k] = v
+		}
+		counts[failure]++
+		s.Counts = counts
+	}
+	if s.Since.IsZero() {
+		s.Since = at
+	}
+	return s
+}
+
+// FollowDocker is the state after Docker reported next for an instance
+// whose state was prev: next's verdict, prev's history with next added
+// when its verdict differs (or none was recorded yet).
+func FollowDocker(prev, next State) State {
+	next.History, next.Counts, next.Results, next.Since = prev.History, prev.Counts, prev.Results, prev.Since
+	if len(prev.History) == 0 || !Same(prev, next) {
+		next = record(next, next.CheckedAt, 0, next.Failure, next.Message)
+	}
+	return next
 }
 
 // Unknown is the state of an instance not yet checked.
@@ -123,6 +164,7 @@ func ExecOutcome(res docker.ExecResult, err error, latency time.Duration, timeou
 // failures in a row, and otherwise as before (unknown until a threshold
 // is first met).
 func Step(s State, r Result, h spec.Health) State {
+	s = record(s, r.At, r.Latency, r.Failure, r.Message)
 	s.Latency, s.CheckedAt = r.Latency, r.At
 	if r.Pass {
 		s.Successes++
@@ -163,10 +205,19 @@ func lastLines(out string) string {
 
 // Value is the health record an instance's state publishes.
 func Value(t Target, s State) *msg.Health {
-	return &msg.Health{App: t.App, Instance: t.Instance, Status: s.Status, Failure: s.Failure, Message: clean(s.Message),
+	v := &msg.Health{App: t.App, Instance: t.Instance, Status: s.Status, Failure: s.Failure, Message: clean(s.Message),
 		ConsecutiveSuccesses: s.Successes, ConsecutiveFailures: s.Failures,
 		LatencyMS: float64(s.Latency.Microseconds()) / 1000, Checker: CheckerName, InstanceTerm: t.Term, Generation: t.Generation,
-		CheckedAt: s.CheckedAt}
+		CheckedAt: s.CheckedAt, FailureCounts: s.Counts, Probes: s.Results, HistorySince: s.Since}
+	if len(s.History) > 0 {
+		h := make([]msg.HealthResult, len(s.History))
+		for i, r := range s.History {
+			r.Message = clean(r.Message)
+			h[i] = r
+		}
+		v.History = msg.BoundHistory(h)
+	}
+	return v
 }
 
 // CheckerName is the checker name the scheduler's health values carry.

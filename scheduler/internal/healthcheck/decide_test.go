@@ -88,3 +88,38 @@ func TestValueIsCleanAndValid(t *testing.T) {
 	require.Equal(t, int64(3), v.Generation)
 	require.Equal(t, uint64(7), v.InstanceTerm)
 }
+
+// TestHistory: every exec run is in the history, newest first and at most
+// msg.MaxHealthHistory, with failures counted by kind; a docker check
+// records each verdict that differs from the one before; and the value
+// carries them within the contract's bounds.
+func TestHistory(t *testing.T) {
+	t.Parallel()
+	h := spec.Health{Type: spec.HealthExec, HealthyThreshold: 1, UnhealthyThreshold: 1}
+	at := time.Unix(1000, 0)
+	s := Unknown()
+	for i := range 30 {
+		res := docker.ExecResult{}
+		if i%3 == 0 {
+			res = docker.ExecResult{ExitCode: 1, Output: strings.Repeat("\x1b[31mwhy\n", 100)}
+		}
+		s = Step(s, ExecOutcome(res, nil, time.Millisecond, time.Second, at.Add(time.Duration(i)*time.Second)), h)
+	}
+	require.Len(t, s.History, msg.MaxHealthHistory)
+	require.Equal(t, at.Add(29*time.Second), s.History[0].At, "newest first")
+	require.Equal(t, int64(30), s.Results)
+	require.Equal(t, map[string]int64{msg.FailureExitCode: 10}, s.Counts)
+	require.Equal(t, at, s.Since)
+	v := Value(Target{App: "web", Instance: "a1b2c3d4"}, s)
+	require.NoError(t, v.Validate(), "within the history's bounds")
+	require.Len(t, v.History, msg.MaxHealthHistory)
+
+	d := FollowDocker(Unknown(), FromDocker(docker.HealthStarting, docker.HealthLog{}, at))
+	d = FollowDocker(d, FromDocker(docker.HealthHealthy, docker.HealthLog{}, at.Add(time.Second)))
+	d = FollowDocker(d, FromDocker(docker.HealthHealthy, docker.HealthLog{}, at.Add(2*time.Second)))
+	d = FollowDocker(d, FromDocker(docker.HealthUnhealthy, docker.HealthLog{ExitCode: 1, Output: "503"}, at.Add(3*time.Second)))
+	require.Len(t, d.History, 3, "starting, healthy, unhealthy: the repeated healthy is no new result")
+	require.Equal(t, msg.FailureExitCode, d.History[0].Failure)
+	require.Equal(t, map[string]int64{msg.FailureExitCode: 1}, d.Counts)
+	require.NoError(t, Value(Target{App: "web", Instance: "a1b2c3d4"}, d).Validate())
+}
