@@ -24,7 +24,7 @@ type statusCounts [3]int
 func countInstances(apps map[string]*msg.App, targets []checker.Target, health map[string]*msg.Health) map[string]statusCounts {
 	out := make(map[string]statusCounts, len(apps))
 	for name, a := range apps {
-		if a.Health.IsEnabled() {
+		if a.Health.IsEnabled() && !a.Health.Scheduled() {
 			out[name] = statusCounts{}
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -138,7 +139,7 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 	group.Add("watch-apps", bus.NewWatcher(conn, names.AppsBucket(), bus.Message[*msg.App], apps.Handler(), logger))
 	group.Add("watch-instances", bus.NewWatcher(conn, names.InstancesBucket(), bus.Message[*msg.Instance], insts.Handler(), logger))
 	group.Add("watch-checkers", bus.NewWatcher(conn, names.CheckersBucket(), bus.Message[*msg.Checker], checkers.Handler(), logger))
-	healthWatch := bus.NewWatcher(conn, names.HealthBucket(), bus.Message[*msg.Health], health.Handler(), logger)
+	healthWatch := bus.NewWatcher(conn, names.HealthBucket(), bus.Message[*msg.Health], bus.MarkHealthSealer(health.Handler()), logger)
 	healthWatch.OnDrop = func(key string, _ error) { pub.Repair(key) }
 	group.Add("watch-health", healthWatch)
 	group.Add("runner", runner)
@@ -173,7 +174,13 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 					mine = append(mine, t)
 				}
 			}
-			shared.Store(&fleet{targets: all, live: live})
+			scheduled := map[string]bool{}
+			for name, app := range a {
+				if app.Health.Scheduled() {
+					scheduled[name] = true
+				}
+			}
+			shared.Store(&fleet{targets: all, scheduled: scheduled, live: live})
 			runner.SetTargets(mine)
 			m.durations.retain(appsOf(mine))
 			if shard.Owner(names.HealthBucket(), live) == id { // the sweeper exports the fleet's counts
@@ -205,7 +212,9 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 			for k := range rows {
 				keys = append(keys, k)
 			}
-			pub.Sweep(ctx, keys, func(key string) bool { return f.targets[key] },
+			// The health of a docker or exec app's instance is the
+			// scheduler's to write and delete, never healthd's.
+			pub.Sweep(ctx, keys, func(key string) bool { app, _, _ := strings.Cut(key, "."); return f.targets[key] || f.scheduled[app] },
 				func(key string) bool { return shard.Owner(key, f.live) == id },
 				shard.Owner(names.HealthBucket(), f.live) == id)
 		}
@@ -219,10 +228,13 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 }
 
 // fleet is what the targets loop shares: every live checker's targets,
-// and the live checkers.
+// the apps healthd does not probe, and the live checkers.
 type fleet struct {
 	targets map[string]bool
-	live    []string
+	// scheduled are the apps whose health the scheduler checks (docker,
+	// exec): their keys are never healthd's to sweep.
+	scheduled map[string]bool
+	live      []string
 }
 
 // instrumented counts and times probes.

@@ -142,8 +142,10 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 			}
 			return n
 		},
-		Fenced:   store.Fenced,
-		Unsealed: conn.Forged,
+		Fenced: store.Fenced,
+		// A health value sealed by the role its app's check does not name
+		// (bus.HealthTrusted) is a forgery too.
+		Unsealed: func() uint64 { return conn.Forged() + store.Takeovers() },
 		AccessInvalid: func() uint64 {
 			if recv == nil {
 				return 0

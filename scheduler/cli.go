@@ -96,6 +96,7 @@ type runCmd struct {
 	Resync       time.Duration `help:"Republish every app and run a full reconcile this often while leading." default:"30s" env:"BERTH_SCHEDULER_RESYNC"`
 
 	MaxParallel    int           `name:"max-parallel" help:"Container actions in flight at once." default:"4" env:"BERTH_SCHEDULER_MAX_PARALLEL"`
+	ExecChecks     int           `name:"exec-checks-per-host" help:"Exec health checks (health.type exec) running at once on one host; the others wait their turn." default:"8" env:"BERTH_SCHEDULER_EXEC_CHECKS_PER_HOST"`
 	PublishAddress string        `name:"publish-address" help:"Host address container ports are published on (Docker picks the port)." default:"127.0.0.1" env:"BERTH_SCHEDULER_PUBLISH_ADDRESS"`
 	Network        string        `help:"Docker network to attach containers to and reach them on, instead of publishing ports." default:"" env:"BERTH_SCHEDULER_NETWORK"`
 	PullTimeout    time.Duration `name:"pull-timeout" help:"Bound on one image pull." default:"5m" env:"BERTH_SCHEDULER_PULL_TIMEOUT"`
@@ -288,6 +289,9 @@ func (r *runCmd) check() error {
 	}
 	if r.MaxParallel < 1 || r.MaxParallel > 256 {
 		errs = append(errs, fmt.Errorf("--max-parallel (%d): must be between 1 and 256", r.MaxParallel))
+	}
+	if r.ExecChecks < 1 || r.ExecChecks > 256 {
+		errs = append(errs, fmt.Errorf("--exec-checks-per-host (%d): must be between 1 and 256", r.ExecChecks))
 	}
 	if r.AutoscaleInterval < 100*time.Millisecond || r.AutoscaleInterval > 10*time.Minute ||
 		r.StatsInterval < 100*time.Millisecond || r.StatsInterval > 10*time.Minute {

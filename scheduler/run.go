@@ -217,7 +217,7 @@ func (r *runCmd) config() (server.Config, error) {
 		NATS: server.NATS{Client: r.NATS, Host: host, Port: port, StoreDir: r.DataDir, ServerConfig: r.NATSConfig,
 			CredentialsDir: credentialsDir(r.DataDir), NodeCredentials: r.NATSCreds},
 		API: server.API{Listen: r.APIListen, Token: r.apiToken, Cert: r.apiCert, Open: r.APITokenFile == "" && loopback(apiHost), MaxRoutes: r.MaxRoutes},
-		Containers: server.Containers{MaxParallel: r.MaxParallel, PublishAddress: r.PublishAddress, Network: r.Network, NetworkPrefixes: prefixes,
+		Containers: server.Containers{MaxParallel: r.MaxParallel, ExecChecksPerHost: r.ExecChecks, PublishAddress: r.PublishAddress, Network: r.Network, NetworkPrefixes: prefixes,
 			PullTimeout: r.PullTimeout, StartTimeout: r.StartTimeout, StopTimeout: r.StopTimeout, RegistryAuthFile: r.RegistryAuth, ResolveTimeout: r.ResolveTimeout,
 			DefaultCPU: r.DefaultCPU, DefaultMemory: int64(mem), Env: appenv.Policy{Prefix: r.AppEnvPrefix, Block: r.AppEnvBlock}, Environ: os.Environ(),
 			LogMaxSize: logSize, LogMaxFiles: r.LogMaxFiles, LogMaxTotal: int64(logTotal)},

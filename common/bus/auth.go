@@ -47,6 +47,12 @@ type grant struct {
 	// lbagent with a node key of its own needs no right over the stream
 	// its peers' records are in.
 	streams []string
+	// cowrite are buckets whose keys the role writes beside their owner,
+	// without creating, updating, purging or deleting the bucket: the
+	// scheduler writes the health of the instances whose check it runs
+	// (health.type docker or exec). Which keys is the readers' rule
+	// (HealthWriter): subject permissions cannot follow an app's spec.
+	cowrite []string
 	// publish are the plain subjects (patterns) the role publishes.
 	publish []string
 	// subscribe are the plain subjects (patterns) the role subscribes to.
@@ -63,7 +69,8 @@ func grantOf(n msg.Names, role string) (grant, error) {
 	case RoleScheduler:
 		return grant{
 			buckets:   []string{n.AppsBucket(), n.InstancesBucket(), n.CertificatesBucket(), n.ChallengesBucket(), n.NodesBucket()},
-			streams:   []string{n.AgentsBucket()},
+			streams:   []string{n.AgentsBucket(), n.HealthBucket()},
+			cowrite:   []string{n.HealthBucket()},
 			publish:   []string{n.AllEvents(), n.AllUsage()},
 			subscribe: []string{n.AllEvents(), n.AllMetrics(), n.AllUsage()},
 		}, nil
@@ -211,6 +218,9 @@ func Permissions(n msg.Names, role string) (*server.Permissions, error) {
 	}
 	for _, b := range g.streams {
 		pub = append(pub, streamSubjects(b)[:2]...) // create and update only
+	}
+	for _, b := range g.cowrite {
+		pub = append(pub, "$KV."+b+".>") // its keys, never its stream
 	}
 	if len(g.buckets) > 0 {
 		pub = append(pub, jsAPI+"INFO")

@@ -326,6 +326,8 @@ type Entry struct {
 	Op Op
 	// Created is when the server stored it.
 	Created time.Time
+	// Sealer is the role whose key sealed it (see Event.Sealer).
+	Sealer string
 }
 
 // KV is one bucket. It is safe for concurrent use.
@@ -492,12 +494,12 @@ func (k *KV) Get(ctx context.Context, key string) (Entry, error) {
 	if err != nil {
 		return Entry{}, fmt.Errorf("get %s/%s: %w", k.bucket, key, err)
 	}
-	body, _, err := k.conn.seals.open(kindKV, k.bucket, key, opPut, out.Value, out.Created)
+	body, _, role, err := k.conn.seals.openBy(kindKV, k.bucket, key, opPut, out.Value, out.Created)
 	if err != nil {
 		k.conn.forged.Add(1)
 		return Entry{}, fmt.Errorf("get %s/%s: %w", k.bucket, key, err)
 	}
-	out.Value = body
+	out.Value, out.Sealer = body, role
 	return out, nil
 }
 

@@ -288,9 +288,12 @@ type sealer struct {
 	nodes   atomic.Pointer[nodeTrust]
 	scope   nodeScope
 	buckets map[string]string // bucket → owning role
-	subs    []ownedSubject
-	now     func() time.Time
-	last    atomic.Int64 // the last at sealed, so ats strictly increase
+	// cowriters are, by bucket, the other roles whose seals it takes:
+	// which of its keys each may write is the reader's rule (HealthWriter).
+	cowriters map[string][]string
+	subs      []ownedSubject
+	now       func() time.Time
+	last      atomic.Int64 // the last at sealed, so ats strictly increase
 	// ahead and maxCopy are sealAhead and copyAge (tests shorten them).
 	ahead, maxCopy time.Duration
 
@@ -312,12 +315,15 @@ type ownedSubject struct {
 }
 
 func newSealer(keys *Keys, n msg.Names) *sealer {
-	s := &sealer{keys: keys, buckets: map[string]string{}, now: time.Now, ahead: sealAhead, maxCopy: copyAge, floors: map[string]int64{},
+	s := &sealer{keys: keys, buckets: map[string]string{}, now: time.Now, ahead: sealAhead, maxCopy: copyAge, floors: map[string]int64{}, cowriters: map[string][]string{},
 		bufs: sync.Pool{New: func() any { return new(bytes.Buffer) }}, scope: newNodeScope(n)}
 	for _, r := range writerRoles() {
 		g, _ := grantOf(n, r)
 		for _, b := range g.buckets {
 			s.buckets[b] = r
+		}
+		for _, b := range g.cowrite {
+			s.cowriters[b] = append(s.cowriters[b], r)
 		}
 		for _, p := range g.publish {
 			s.subs = append(s.subs, ownedSubject{pattern: strings.Split(p, "."), role: r})
@@ -414,6 +420,16 @@ func (s *sealer) nextAt(floor int64) int64 {
 	}
 }
 
+// shares reports whether this daemon writes bucket where beside another
+// role (its owner or a co-writer): a key there may change writers (an app
+// whose check changes from http to docker), so each seals above every at
+// it saw in the bucket, whoever sealed it, or readers would refuse its
+// first write of a key the other wrote last with a clock ahead.
+func (s *sealer) shares(where string) bool {
+	cw := s.cowriters[where]
+	return len(cw) > 0 && (s.buckets[where] == s.keys.role || slices.Contains(cw, s.keys.role))
+}
+
 // floor is the highest at this role was seen to seal in bucket where.
 func (s *sealer) floor(kind, where string) int64 {
 	if kind != kindKV {
@@ -438,49 +454,66 @@ func (s *sealer) observe(where string, at int64) {
 // is when the server stored the value, zero for a message). One that
 // trusts none strips a seal it finds, checks nothing and returns at 0.
 func (s *sealer) open(kind, where, key, op string, value []byte, stored time.Time) ([]byte, int64, error) {
+	body, at, _, err := s.openBy(kind, where, key, op, value, stored)
+	return body, at, err
+}
+
+// openBy is open, and also returns the role whose key sealed the value:
+// the owner of where, or one of its co-writers (a bucket such as health,
+// where the scheduler writes the keys of the checks it runs); "" when
+// seals are not checked. Which keys a co-writer may write is the
+// reader's rule, as only the reader knows the records that decide it
+// (HealthWriter).
+func (s *sealer) openBy(kind, where, key, op string, value []byte, stored time.Time) ([]byte, int64, string, error) {
 	body, atHex, sig, sealed := splitSeal(value)
 	if s == nil || s.keys == nil || len(s.keys.trust) == 0 {
-		return body, 0, nil
+		return body, 0, "", nil
 	}
 	if !sealed {
-		return nil, 0, ErrUnsealed
+		return nil, 0, "", ErrUnsealed
 	}
-	role, ok := s.owner(kind, where)
+	owner, ok := s.owner(kind, where)
 	if !ok {
-		return nil, 0, fmt.Errorf("%w: %s has no owner in the contract", ErrBadSeal, where)
+		return nil, 0, "", fmt.Errorf("%w: %s has no owner in the contract", ErrBadSeal, where)
 	}
 	raw := make([]byte, 64)
 	if n, err := base64.RawURLEncoding.Decode(raw, sig); err != nil || n != 64 {
-		return nil, 0, fmt.Errorf("%w: malformed signature", ErrBadSeal)
+		return nil, 0, "", fmt.Errorf("%w: malformed signature", ErrBadSeal)
 	}
 	buf := s.bufs.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer s.bufs.Put(buf)
 	signedInput(buf, kind, where, key, op, atHex, body)
-	trusted, err := s.trusted(role, kind, where, key)
-	if err != nil {
-		return nil, 0, err
+	roles := []string{owner}
+	if kind == kindKV {
+		roles = append(roles, s.cowriters[where]...)
 	}
-	if role == s.keys.role && s.keys.signer != nil {
-		// What this daemon sealed itself, as an lbagent node's own key
-		// that is in no trust line: an lbagent reads its node's record
-		// before its first heartbeat, to seal above it.
-		trusted = append(slices.Clip(trusted), s.keys.signer.Public().(ed25519.PublicKey))
-	}
-	for _, v := range trusted {
-		if !ed25519.Verify(v, buf.Bytes(), raw) {
-			continue
-		}
-		at, err := checkAt(parseAt(atHex), s.now(), stored, s.ahead, s.maxCopy)
+	for _, role := range roles {
+		trusted, err := s.trusted(role, kind, where, key)
 		if err != nil {
-			return nil, 0, fmt.Errorf("%s %q: %w", where, key, err)
+			return nil, 0, "", err
 		}
-		if kind == kindKV && role == s.keys.role {
-			s.observe(where, at)
+		if role == s.keys.role && s.keys.signer != nil {
+			// What this daemon sealed itself, as an lbagent node's own key
+			// that is in no trust line: an lbagent reads its node's record
+			// before its first heartbeat, to seal above it.
+			trusted = append(slices.Clip(trusted), s.keys.signer.Public().(ed25519.PublicKey))
 		}
-		return body, at, nil
+		for _, v := range trusted {
+			if !ed25519.Verify(v, buf.Bytes(), raw) {
+				continue
+			}
+			at, err := checkAt(parseAt(atHex), s.now(), stored, s.ahead, s.maxCopy)
+			if err != nil {
+				return nil, 0, "", fmt.Errorf("%s %q: %w", where, key, err)
+			}
+			if kind == kindKV && (role == s.keys.role || s.shares(where)) {
+				s.observe(where, at)
+			}
+			return body, at, role, nil
+		}
 	}
-	return nil, 0, fmt.Errorf("%w: not signed by the %s role for %s %q", ErrBadSeal, role, where, key)
+	return nil, 0, "", fmt.Errorf("%w: not signed by the %s role for %s %q", ErrBadSeal, strings.Join(roles, " or "), where, key)
 }
 
 // checkAt returns a verified seal's at when it is within bounds: below

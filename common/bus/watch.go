@@ -27,6 +27,11 @@ type Event[T any] struct {
 	Op Op
 	// Value is the decoded value of a put.
 	Value T
+	// Sealer is the role whose key sealed it: the bucket's owner, or a
+	// co-writer (the scheduler, in the health bucket), "" when seals are
+	// not checked. A reader of a co-written bucket checks that the sealer
+	// may write this key (HealthWriter).
+	Sealer string
 
 	// at is the seal's at, 0 when seals are not checked.
 	at int64
@@ -400,16 +405,16 @@ func (w *Watcher[T]) event(e jetstream.KeyValueEntry) (Event[T], bool) {
 	ev := Event[T]{Key: e.Key(), Revision: e.Revision(), Op: OpPut}
 	if e.Operation() != jetstream.KeyValuePut {
 		ev.Op = OpDelete
-		_, at, err := w.conn.seals.open(kindKV, w.bucket, e.Key(), opDel, e.Value(), e.Created())
+		_, at, role, err := w.conn.seals.openBy(kindKV, w.bucket, e.Key(), opDel, e.Value(), e.Created())
 		if err != nil {
 			w.drop(e.Key(), fmt.Errorf("delete: %w", err))
 			return ev, false
 		}
-		ev.at = at
+		ev.at, ev.Sealer = at, role
 		return ev, true
 	}
-	body, at, err := w.conn.seals.open(kindKV, w.bucket, e.Key(), opPut, e.Value(), e.Created())
-	ev.at = at
+	body, at, role, err := w.conn.seals.openBy(kindKV, w.bucket, e.Key(), opPut, e.Value(), e.Created())
+	ev.at, ev.Sealer = at, role
 	if err != nil {
 		w.drop(e.Key(), err)
 		return ev, false

@@ -55,6 +55,9 @@ const (
 	// EventInstanceExited: an instance's container stopped by itself; its
 	// details say the exit code and whether it was OOM-killed.
 	EventInstanceExited EventKind = "instance_exited"
+	// EventInstanceUnhealthy: a check the scheduler runs itself (health.type
+	// docker or exec) turned an instance unhealthy; its message is why.
+	EventInstanceUnhealthy EventKind = "instance_unhealthy"
 	// EventInstanceEjected: an lbagent took an instance out of its nginx's
 	// rotation for failing real traffic (health.outlier); its details say
 	// the node, the reason, until when and the how-manyth time.
@@ -88,6 +91,6 @@ func EventKinds() []EventKind {
 		EventReleaseStarted, EventReleaseSucceeded, EventReleaseFailed,
 		EventInstanceStarted, EventInstanceDraining, EventInstanceStopped, EventInstanceReplaced, EventInstanceFailed, EventInstanceLost,
 		EventInstanceAdopted, EventInstanceAddressRefused, EventImagePullFailed, EventInstanceCreateFailed, EventInstanceStartFailed,
-		EventInstanceExited, EventInstanceEjected, EventInstanceReturned, EventAppScaled, EventScaleHeld,
+		EventInstanceExited, EventInstanceUnhealthy, EventInstanceEjected, EventInstanceReturned, EventAppScaled, EventScaleHeld,
 		EventCertificateIssued, EventCertificateRenewed, EventCertificateFailed, EventCertificateDelayed}
 }

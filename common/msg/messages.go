@@ -85,10 +85,14 @@ const (
 	// FailureSlow is a probe that passed but took longer than the check's
 	// max_response_time.
 	FailureSlow = "slow"
+	// FailureExitCode is a command that exited non-zero: Docker's
+	// HEALTHCHECK (health.type docker) or an exec check (exec). Added
+	// within v1.
+	FailureExitCode = "exit_code"
 )
 
 // Failures lists every failure kind but none.
-var Failures = []string{FailureTimeout, FailureConnectionRefused, FailureConnectionReset, FailureDNS, FailureTLS, FailureHTTPStatus, FailureBodyMismatch, FailureProtocol, FailureSlow}
+var Failures = []string{FailureTimeout, FailureConnectionRefused, FailureConnectionReset, FailureDNS, FailureTLS, FailureHTTPStatus, FailureBodyMismatch, FailureProtocol, FailureSlow, FailureExitCode}
 
 // Reload results.
 const (
@@ -202,6 +206,11 @@ type Health struct {
 	// and counts: its first probe of the instance since it took it (a
 	// restart or a shard takeover starts them afresh). Optional.
 	HistorySince time.Time `json:"history_since,omitzero"`
+
+	// Sealer is the role whose key sealed this value (bus.Event.Sealer),
+	// set by the reader, never from the wire: healthd, or the scheduler
+	// for the docker and exec checks it runs (bus.HealthTrusted).
+	Sealer string `json:"-"`
 }
 
 // HealthResult is one probe in a health value's history.

@@ -35,6 +35,10 @@ func FuzzDecodeSpec(f *testing.F) {
 		base + "routing: {rules: [{path: \"^/a{1};}\", match: regex}, {path: \"^/(a|b)$\", match: regex}]}\n",
 		base + "routing: {rules: [{path: /x, headers: {X-A: \"~^(a|$http_x)\", X-B: \"default\"}, response_headers: {X-C: \"v\\\" always\"}}]}\n",
 		base + "routing: {rules: [{path: /x, split: [{app: \"b;c\", weight: 50}], rate_limit: {rps: 1, burst: 1}}]}\n",
+		base + "health: {type: docker, docker: {test: [\"curl -f x\"], shell: true, interval: 2s, timeout: 1s, retries: 3, start_period: 5s}}\n",
+		base + "health: {type: docker, docker: {test: [CMD-SHELL, \"rm -rf /\"]}}\n",
+		base + "health: {type: exec, exec: {command: [/app/check, \"a\\u0000b\"]}}\n",
+		base + "health: {type: exec, exec: {command: [\"sh -c x\"], shell: false}, interval: 1s, timeout: 500ms}\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -54,6 +58,27 @@ func FuzzDecodeSpec(f *testing.F) {
 		// Regexes may hold a backslash (\d), never one that escapes what
 		// nginx's parser reads (a quote, another backslash), and '$' only
 		// where no variable name can follow.
+		// A health command the scheduler runs in a container is an argv
+		// of clean arguments; it goes through a shell only with shell: true,
+		// and then is one string.
+		if h := app.Health; h != nil {
+			for _, cmd := range []struct {
+				argv  []string
+				shell bool
+			}{{dockerTest(h.Docker), h.Docker != nil && h.Docker.Shell}, {execCommand(h.Exec), h.Exec != nil && h.Exec.Shell}} {
+				if len(cmd.argv) == 0 {
+					continue
+				}
+				if cmd.shell && len(cmd.argv) != 1 || !cmd.shell && strings.ContainsAny(cmd.argv[0], " \t\n") {
+					t.Fatalf("accepted health command %q (shell %v)", cmd.argv, cmd.shell)
+				}
+				for _, a := range cmd.argv {
+					if strings.ContainsRune(a, 0) {
+						t.Fatalf("accepted a NUL in health command %q", cmd.argv)
+					}
+				}
+			}
+		}
 		for field, s := range nginxRegexes(app) {
 			if strings.ContainsAny(s, ";{}\"'#` \t\n\r") || strings.Contains(s, `\\`) || strings.HasSuffix(s, `\`) {
 				t.Fatalf("accepted spec puts regex %q into nginx via %s", s, field)
@@ -65,6 +90,20 @@ func FuzzDecodeSpec(f *testing.F) {
 			}
 		}
 	})
+}
+
+func dockerTest(d *DockerHealth) []string {
+	if d == nil {
+		return nil
+	}
+	return d.Test
+}
+
+func execCommand(e *ExecHealth) []string {
+	if e == nil {
+		return nil
+	}
+	return e.Command
 }
 
 // nginxStrings lists every string of a spec that the lbagent renders into

@@ -211,7 +211,7 @@ func TestValidateErrors(t *testing.T) {
 			"scaling.window: (0s) must be between 1s and 1h0m0s", "scaling.scale_up_cooldown: (2h0m0s) must be between 0s and 1h0m0s",
 			"scaling.scale_up_max_replicas: and scale_up_max_percent cannot both be 0: a scale-up could add nothing"}},
 		{"timeout not below interval", base + "health: {interval: 2s, timeout: 5s}\n", []string{"health.timeout: (5s) must be less than health.interval (2s)"}},
-		{"health type", base + "health: {type: grpc}\n", []string{`health.type: "grpc" is not a health check type (http or tcp)`}},
+		{"health type", base + "health: {type: grpc}\n", []string{`health.type: "grpc" is not a health check type (http, tcp, docker or exec)`}},
 		{"tcp with http fields", base + "health: {type: tcp, path: /x, tls: true}\n", []string{"health.path: is only for type http", "health.tls: is only for type http"}},
 		{"http with tcp fields", base + "health: {send: PING}\n", []string{"health.send: is only for type tcp"}},
 		{"header injection", base + "health: {headers: {\"X-A\": \"v\\r\\nHost: evil\", \"Bad Name\": ok}}\n", []string{

@@ -103,11 +103,19 @@ type Resources struct {
 const (
 	HealthHTTP = "http"
 	HealthTCP  = "tcp"
+	// HealthDocker takes Docker's own health of the container (the
+	// image's HEALTHCHECK, or Docker below): the scheduler reads it.
+	HealthDocker = "docker"
+	// HealthExec runs Exec in the container through the Docker API: the
+	// scheduler runs it.
+	HealthExec = "exec"
 )
 
-// Health is an instance health check, probed by healthd.
+// Health is an instance health check: probed by healthd (http, tcp), or
+// read and run by the scheduler, which alone holds the Docker API (docker,
+// exec).
 type Health struct {
-	// Type is http or tcp.
+	// Type is http, tcp, docker or exec.
 	Type string `json:"type"`
 	// Enabled turns the check off when false; the default is true.
 	Enabled *bool `json:"enabled,omitempty"`
@@ -147,6 +155,11 @@ type Health struct {
 	UnhealthyThreshold int `json:"unhealthy_threshold"`
 	// InitialDelay is how long a new instance is not probed.
 	InitialDelay Duration `json:"initial_delay"`
+	// Docker overrides the image's HEALTHCHECK (type docker only);
+	// absent: the image's own.
+	Docker *DockerHealth `json:"docker,omitempty"`
+	// Exec is the command an exec check runs (type exec only).
+	Exec *ExecHealth `json:"exec,omitempty"`
 	// MaxResponseTime, when set, makes an http or tcp probe that passes
 	// but takes longer than it (retries included) a failure of kind slow;
 	// below Timeout. Zero means unset: a pass is a pass however long it took.

@@ -183,8 +183,16 @@ func (h *Health) Validate(path string) Errors {
 				es.Add(Join(path, field), "is only for type http")
 			}
 		}
+	case HealthDocker, HealthExec:
+		h.validateScheduled(path, &es)
 	default:
-		es.Add(Join(path, "type"), "%q is not a health check type (http or tcp)", h.Type)
+		es.Add(Join(path, "type"), "%q is not a health check type (http, tcp, docker or exec)", h.Type)
+	}
+	if h.Type != HealthDocker && h.Docker != nil {
+		es.Add(Join(path, "docker"), "is only for type docker")
+	}
+	if h.Type != HealthExec && h.Exec != nil {
+		es.Add(Join(path, "exec"), "is only for type exec")
 	}
 	intIn(&es, Join(path, "port"), h.Port, 1, 65535)
 	durIn(&es, Join(path, "interval"), h.Interval, 100*time.Millisecond, time.Hour)

@@ -271,3 +271,38 @@ func RemoveBerthContainers(t testing.TB, prefix string) {
 		}
 	})
 }
+
+// DemoHealthcheckURL is what the demo images' HEALTHCHECK (and tests' exec
+// checks) ask, from inside the container.
+const DemoHealthcheckURL = "http://127.0.0.1:8080/healthz"
+
+var (
+	hcImagesMu sync.Mutex
+	hcImages   = map[string]*imageBuild{}
+)
+
+// DemoHealthcheckImage returns the tag of the demo image of version with a
+// HEALTHCHECK of its own ("demoapp check" of its /healthz, every second,
+// unhealthy after one failure), berth-demo:<version>-hc, building it on
+// first use FROM DemoImage(version) (docker build, no network).
+func DemoHealthcheckImage(t testing.TB, version string) string {
+	t.Helper()
+	base := DemoImage(t, version)
+	hcImagesMu.Lock()
+	b, ok := hcImages[version]
+	if !ok {
+		b = &imageBuild{}
+		hcImages[version] = b
+	}
+	hcImagesMu.Unlock()
+	b.once.Do(func() {
+		tag := base + "-hc"
+		dockerfile := fmt.Sprintf("FROM %s\nHEALTHCHECK --interval=1s --timeout=1s --retries=1 CMD [\"/demoapp\", \"check\", %q]\n", base, DemoHealthcheckURL)
+		_, b.err = run(2*time.Minute, func(c *exec.Cmd) { c.Stdin = strings.NewReader(dockerfile) }, "docker", "build", "-q", "-t", tag, "-")
+		b.tag = tag
+	})
+	if b.err != nil {
+		t.Fatalf("build demo healthcheck image %s: %v", version, b.err)
+	}
+	return b.tag
+}

@@ -12,8 +12,9 @@ import (
 )
 
 // Targets lists what to probe: every instance that is starting or running,
-// has an address, and belongs to an app with an enabled health check,
-// sorted by key. keep filters by key (a checker's shard); nil keeps all.
+// has an address, and belongs to an app with an enabled health check that
+// healthd probes (http or tcp: the scheduler checks docker and exec, as it
+// alone holds the Docker API), sorted by key. keep filters by key (a checker's shard); nil keeps all.
 // Secret references in each check are resolved from healthd's environment
 // (see ResolveSecrets).
 func Targets(apps map[string]*msg.App, instances map[string]*msg.Instance, keep func(key string) bool) []Target {
@@ -23,7 +24,7 @@ func Targets(apps map[string]*msg.App, instances map[string]*msg.Instance, keep 
 			continue
 		}
 		app, ok := apps[inst.App]
-		if !ok || !app.Health.IsEnabled() || keep != nil && !keep(key) {
+		if !ok || !app.Health.IsEnabled() || app.Health.Scheduled() || keep != nil && !keep(key) {
 			continue
 		}
 		addr, refused := probeAddress(inst.Address, app.Port, app.Health.Port)

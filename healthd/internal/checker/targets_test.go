@@ -18,6 +18,9 @@ func TestTargets(t *testing.T) {
 		"admin": {Name: "admin", Port: 8080, Health: &spec.Health{Type: spec.HealthTCP, Port: 9090}},
 		"none":  {Name: "none", Port: 8080},
 		"off":   {Name: "off", Port: 8080, Health: &spec.Health{Type: spec.HealthHTTP, Port: 8080, Enabled: &off}},
+		// The scheduler checks these: healthd never probes them.
+		"dock": {Name: "dock", Port: 8080, Health: &spec.Health{Type: spec.HealthDocker, Port: 8080}},
+		"exec": {Name: "exec", Port: 8080, Health: &spec.Health{Type: spec.HealthExec, Port: 8080, Exec: &spec.ExecHealth{Command: []string{"/check"}}}},
 	}
 	inst := func(app, id, state, addr string) *msg.Instance {
 		return &msg.Instance{App: app, ID: id, State: state, Address: addr, Generation: 3, Term: 2, StartedAt: &started}
@@ -32,13 +35,15 @@ func TestTargets(t *testing.T) {
 		"none.y":   inst("none", "y", msg.StateRunning, "127.0.0.1:1"),
 		"off.z":    inst("off", "z", msg.StateRunning, "127.0.0.1:2"),
 		"ghost.q1": inst("ghost", "q1", msg.StateRunning, "127.0.0.1:3"),
+		"dock.d1":  inst("dock", "d1", msg.StateRunning, "127.0.0.1:4"),
+		"exec.e1":  inst("exec", "e1", msg.StateRunning, "127.0.0.1:5"),
 	}
 	got := Targets(apps, instances, nil)
 	var keys []string
 	for _, tg := range got {
 		keys = append(keys, tg.Key)
 	}
-	require.Equal(t, []string{"admin.x", "web.a", "web.b"}, keys, "only starting and running instances of apps with an enabled check")
+	require.Equal(t, []string{"admin.x", "web.a", "web.b"}, keys, "only starting and running instances of apps with an enabled http or tcp check")
 	require.Equal(t, "172.18.0.5:9090", got[0].Address, "a separate health port is reached on the instance's host")
 	require.Equal(t, "127.0.0.1:32001", got[1].Address)
 	require.Equal(t, started.Add(5*time.Second), got[1].NotBefore, "initial delay counts from the container start")

@@ -29,6 +29,11 @@
 // into the container), then exits with CODE (0 by default), serving
 // nothing.
 //
+// "demoapp check URL" is a health check command for a HEALTHCHECK or an
+// exec check (a FROM scratch image has no curl): it GETs URL within 2 s,
+// prints the status line (or the error), and exits 0 for a 2xx or 3xx
+// answer, 1 for anything else.
+//
 // HTTP endpoints: GET / answers JSON {instance, version, host}; GET /healthz
 // answers 200 or 503; POST /admin/health?state=ok|fail switches it; POST
 // /admin/fail?percent=40 sets DEMO_FAIL_PERCENT; POST
@@ -64,7 +69,31 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "release" {
 		os.Exit(release(os.Args[2:], os.Stdout, os.Stderr))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "check" {
+		os.Exit(check(os.Args[2:], os.Stdout))
+	}
 	os.Exit(run())
+}
+
+// check GETs the URL in args and says whether it answered 2xx or 3xx.
+func check(args []string, stdout io.Writer) int {
+	if len(args) != 1 {
+		fmt.Fprintln(stdout, "check: want one URL")
+		return 2
+	}
+	c := &http.Client{Timeout: 2 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := c.Get(args[0])
+	if err != nil {
+		fmt.Fprintln(stdout, "check:", err)
+		return 1
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	fmt.Fprintf(stdout, "check: GET %s: %s\n", args[0], resp.Status)
+	if resp.StatusCode < 200 || resp.StatusCode > 399 {
+		return 1
+	}
+	return 0
 }
 
 // release is a release task: lines written, a wait, an exit code.

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -199,6 +200,24 @@ func TestRelease(t *testing.T) {
 			require.Equal(t, tt.stdout, out.String())
 		})
 	}
+}
+
+func TestCheck(t *testing.T) {
+	t.Parallel()
+	var code atomic.Int32
+	code.Store(http.StatusOK)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(int(code.Load())) }))
+	defer srv.Close()
+	var out strings.Builder
+	require.Equal(t, 0, check([]string{srv.URL}, &out))
+	require.Contains(t, out.String(), "200 OK")
+	code.Store(http.StatusServiceUnavailable)
+	out.Reset()
+	require.Equal(t, 1, check([]string{srv.URL}, &out))
+	require.Contains(t, out.String(), "503 Service Unavailable")
+	out.Reset()
+	require.Equal(t, 1, check([]string{"http://127.0.0.1:1/"}, &out), "refused")
+	require.Equal(t, 2, check(nil, &out))
 }
 
 // TestFailPercent: DEMO_FAIL_PERCENT fails that share of GET /, evenly

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/berthhq/berth/common/bus"
 	"github.com/berthhq/berth/common/msg"
 )
 
@@ -203,6 +204,12 @@ func buildApp(name string, spec *msg.App, keys map[string]struct{}, v View, serv
 			continue
 		}
 		h := v.Health[key]
+		if h != nil && spec != nil && !bus.HealthTrusted(spec.Health, h.Sealer) {
+			// Sealed by a role whose check this app does not run (its
+			// type changed since, or a value from before its record):
+			// no verdict.
+			h = nil
+		}
 		// No health value, or one that says unknown, is no verdict: a
 		// checker that starts a target again (after NATS came back empty,
 		// or a new checker without the published value) publishes unknown

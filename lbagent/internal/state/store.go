@@ -3,6 +3,7 @@ package state
 import (
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/berthhq/berth/common/bus"
@@ -34,6 +35,8 @@ type Store struct {
 	dirty   map[string]struct{}            // apps changed since the last Snapshot
 	all     bool                           // everything changed
 	builder builder
+
+	takeovers atomic.Uint64
 }
 
 // Carry is how long a re-snapshot of the apps or instances bucket keeps
@@ -246,7 +249,26 @@ func (s *Store) CertificatesHandler() bus.Handler[*msg.Certificate] {
 	return handler(s, s.certs, appKey, false)
 }
 
-// HealthHandler handles the health bucket (written by healthd, not fenced).
+// HealthHandler handles the health bucket (written by healthd, and by the
+// scheduler for docker and exec checks; not fenced). Each value keeps the
+// role that sealed it, and Build takes it only from the role its app's
+// check type names (bus.HealthTrusted). An update from the wrong role for
+// an app this store knows is dropped outright, so the key keeps its last
+// value, as a forged one would.
 func (s *Store) HealthHandler() bus.Handler[*msg.Health] {
-	return handler(s, s.health, instanceApp, false)
+	inner := bus.MarkHealthSealer(handler(s, s.health, instanceApp, false))
+	return bus.HandlerFuncs[*msg.Health]{
+		OnSnapshot: inner.Snapshot,
+		OnUpdate: func(e bus.Event[*msg.Health]) {
+			if app, ok := s.apps.Get(instanceApp(e.Key)); ok && !bus.HealthTrusted(app.Health, e.Sealer) {
+				s.takeovers.Add(1)
+				return
+			}
+			inner.Update(e)
+		},
+	}
 }
+
+// Takeovers counts health updates dropped because a role other than the
+// one its app's check names sealed them (bus.HealthTrusted).
+func (s *Store) Takeovers() uint64 { return s.takeovers.Load() }

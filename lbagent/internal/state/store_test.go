@@ -7,6 +7,7 @@ import (
 
 	"github.com/berthhq/berth/common/bus"
 	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
 	"github.com/stretchr/testify/require"
 )
 
@@ -193,4 +194,68 @@ func TestAssumeNoCertificates(t *testing.T) {
 	require.True(t, s.AssumeNoCertificates())
 	require.True(t, s.Ready())
 	require.False(t, s.AssumeNoCertificates(), "only once, and never over a loaded bucket")
+}
+
+// TestHealthTakeoverRefused: the health bucket takes healthd's and the
+// scheduler's seals, and lbagent takes each only for the apps whose check
+// that role runs. healthd's value for a docker app, or the scheduler's for
+// an http app, changes nothing, whichever way it tries to flip the
+// instance; the right writer's value does.
+func TestHealthTakeoverRefused(t *testing.T) {
+	t.Parallel()
+	docker := app("dock", true)
+	docker.Health = &spec.Health{Type: spec.HealthDocker}
+	sealed := func(status, by string) *msg.Health { return &msg.Health{Status: status, Sealer: by} }
+	s := NewStore()
+	s.AppsHandler().Snapshot([]bus.Event[*msg.App]{{Key: "dock", Value: docker}, {Key: "web", Value: app("web", true)}}, 1)
+	s.InstancesHandler().Snapshot([]bus.Event[*msg.Instance]{
+		{Key: "dock.a", Value: inst("dock", "a", msg.StateRunning, "127.0.0.1:1")},
+		{Key: "dock.b", Value: inst("dock", "b", msg.StateRunning, "127.0.0.1:2")},
+		{Key: "web.a", Value: inst("web", "a", msg.StateRunning, "127.0.0.1:3")},
+		{Key: "web.b", Value: inst("web", "b", msg.StateRunning, "127.0.0.1:4")},
+	}, 1)
+	s.HealthHandler().Snapshot([]bus.Event[*msg.Health]{
+		{Key: "dock.a", Value: sealed(msg.StatusHealthy, ""), Sealer: bus.RoleScheduler},
+		{Key: "dock.b", Value: sealed(msg.StatusUnhealthy, ""), Sealer: bus.RoleScheduler},
+		{Key: "web.a", Value: sealed(msg.StatusHealthy, ""), Sealer: bus.RoleHealthd},
+		{Key: "web.b", Value: sealed(msg.StatusUnhealthy, ""), Sealer: bus.RoleHealthd},
+	}, 1)
+	s.CertificatesHandler().Snapshot(nil, 0)
+	servers := func() map[string][]string {
+		snap, ok := s.Snapshot()
+		require.True(t, ok)
+		out := map[string][]string{}
+		for _, a := range snap.Apps {
+			out[a.Spec.Name] = instanceIDs(a)
+		}
+		return out
+	}
+	require.Equal(t, map[string][]string{"dock": {"a"}, "web": {"a"}}, servers())
+
+	// Each takeover, each way: healthd on the docker app, the scheduler on
+	// the http app, to flip a healthy instance out and an unhealthy one in.
+	rev := uint64(2)
+	for _, u := range []struct{ key, status, by string }{
+		{"dock.a", msg.StatusUnhealthy, bus.RoleHealthd}, {"dock.b", msg.StatusHealthy, bus.RoleHealthd},
+		{"web.a", msg.StatusUnhealthy, bus.RoleScheduler}, {"web.b", msg.StatusHealthy, bus.RoleScheduler},
+	} {
+		s.HealthHandler().Update(bus.Event[*msg.Health]{Key: u.key, Revision: rev, Op: bus.OpPut, Value: sealed(u.status, ""), Sealer: u.by})
+		rev++
+	}
+	require.Equal(t, map[string][]string{"dock": {"a"}, "web": {"a"}}, servers(), "no takeover moves an instance")
+	require.Equal(t, uint64(4), s.Takeovers())
+
+	// The right writers flip them.
+	s.HealthHandler().Update(bus.Event[*msg.Health]{Key: "dock.a", Revision: rev, Op: bus.OpPut, Value: sealed(msg.StatusUnhealthy, ""), Sealer: bus.RoleScheduler})
+	s.HealthHandler().Update(bus.Event[*msg.Health]{Key: "web.b", Revision: rev + 1, Op: bus.OpPut, Value: sealed(msg.StatusHealthy, ""), Sealer: bus.RoleHealthd})
+	require.Equal(t, map[string][]string{"dock": nil, "web": {"a", "b"}}, servers())
+
+	// A value stored before its app's record was known (or before the
+	// app's check type changed) is checked when the snapshot is built.
+	s.HealthHandler().Snapshot([]bus.Event[*msg.Health]{
+		{Key: "dock.a", Value: sealed(msg.StatusHealthy, ""), Sealer: bus.RoleHealthd},
+		{Key: "web.a", Value: sealed(msg.StatusHealthy, ""), Sealer: bus.RoleScheduler},
+		{Key: "web.b", Value: sealed(msg.StatusHealthy, ""), Sealer: bus.RoleHealthd},
+	}, rev+2)
+	require.Equal(t, map[string][]string{"dock": nil, "web": {"a", "b"}}, servers(), "a wrong-sealed value is no verdict: web.a stays as served before, dock.a stays out")
 }

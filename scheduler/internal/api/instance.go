@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/berthhq/berth/common/bus"
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
 )
@@ -44,8 +45,11 @@ type CheckView struct {
 // Notes of InstanceDetail.CheckNote.
 const (
 	NoteNoCheck    = "the app has no health check"
-	NoteNotChecked = "no health published for this instance yet: healthd has not probed it (initial_delay, not running) or is not running"
+	NoteNotChecked = "no health published for this instance yet: its checker (healthd; the scheduler leader for docker and exec checks) has not checked it (initial_delay, not running) or is not running"
 	NoteOtherGen   = "the health shown was published for generation %d, not the instance's %d"
+	// NoteWrongWriter is a health value sealed by the role whose check the
+	// app does not run (bus.HealthTrusted): a takeover attempt, not shown.
+	NoteWrongWriter = "the health published for this instance was written by %s, which does not check this app (%s does): it is ignored"
 )
 
 func (a *api) instance(w http.ResponseWriter, r *http.Request) {
@@ -72,7 +76,11 @@ func (a *api) instance(w http.ResponseWriter, r *http.Request) {
 		}
 		out := InstanceDetail{InstanceView: InstanceView{ID: i.ID, Generation: i.Generation, State: i.State, Health: i.Health, Address: i.Address,
 			Host: i.Host, ContainerID: i.ContainerID, Restarts: i.Restarts, CreatedAt: i.CreatedAt}}
-		out.Check, out.CheckNote = a.check(name, id, i.Generation, app.Spec == nil || app.Spec.Health.IsEnabled())
+		var check *spec.Health
+		if app.Spec != nil {
+			check = app.Spec.Health
+		}
+		out.Check, out.CheckNote = a.check(name, id, i.Generation, app.Spec == nil || check.IsEnabled(), check)
 		writeJSON(w, http.StatusOK, out)
 		return
 	}
@@ -80,11 +88,14 @@ func (a *api) instance(w http.ResponseWriter, r *http.Request) {
 }
 
 // check is the instance's published health, or why there is none.
-func (a *api) check(app, id string, generation int64, checked bool) (*CheckView, string) {
+func (a *api) check(app, id string, generation int64, checked bool, hc *spec.Health) (*CheckView, string) {
 	var h *msg.Health
 	ok := false
 	if a.o.Health != nil {
 		h, ok = a.o.Health(app, id)
+	}
+	if ok && !bus.HealthTrusted(hc, h.Sealer) {
+		return nil, fmt.Sprintf(NoteWrongWriter, h.Sealer, bus.HealthWriter(hc))
 	}
 	switch {
 	case !ok && !checked:

@@ -94,6 +94,16 @@ func TestInstanceShowsItsCheckHistory(t *testing.T) {
 	require.Nil(t, d.Check)
 	require.Equal(t, NoteNoCheck, d.CheckNote)
 
+	// A value sealed by the role whose check the app does not run (the
+	// scheduler's on an http app) is a takeover attempt: not shown.
+	mu.Lock()
+	published["web.w1"] = &msg.Health{App: "web", Instance: "w1", Status: msg.StatusUnhealthy, Checker: "scheduler", Generation: 1, CheckedAt: at, Sealer: "scheduler"}
+	mu.Unlock()
+	code, d, _ = get("/v1/apps/web/instances/w1")
+	require.Equal(t, 200, code)
+	require.Nil(t, d.Check)
+	require.Equal(t, "the health published for this instance was written by scheduler, which does not check this app (healthd does): it is ignored", d.CheckNote)
+
 	for _, tt := range []struct {
 		name, path string
 		code       int

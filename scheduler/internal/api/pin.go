@@ -27,6 +27,12 @@ func (a *api) pin(ctx context.Context, app *spec.App) (image.Pin, error) {
 	if err != nil {
 		return image.Pin{}, err
 	}
+	if h := app.Health; h.IsEnabled() && h.Type == spec.HealthDocker && h.Docker.DockerTest() == nil && pin.NoHealthcheck {
+		// Docker would report no health, and the instances would never
+		// become healthy: refused, as every problem of a spec is.
+		return image.Pin{}, spec.Errors{{Path: "health.docker.test", Message: fmt.Sprintf(
+			"must be set: image %s declares no HEALTHCHECK, so health.type docker has nothing to read; set health.docker.test (an argv run in the container), or use another health type", app.Image)}}
+	}
 	switch {
 	case pin.Ref == "":
 		a.logger.Warn("image not pinned: the hosts pull it by its name", zap.String(logging.KeyApp, app.Name), zap.String("image", app.Image),

@@ -106,3 +106,39 @@ func TestRedeployWithoutResolver(t *testing.T) {
 	code, _, _ = c.do("POST", "/v1/apps/web/redeploy", "")
 	require.Equal(t, 503, code)
 }
+
+// TestApplyRefusesDockerHealthWithoutHealthcheck: health.type docker on an
+// image that the engines hold without a HEALTHCHECK, and no
+// health.docker.test, is refused at apply and at plan, naming the field;
+// a test of its own, an image with one, or an image no engine holds yet
+// (nothing is known) pass.
+func TestApplyRefusesDockerHealthWithoutHealthcheck(t *testing.T) {
+	t.Parallel()
+	res := &fakeResolver{pins: map[string]image.Pin{
+		"r.test/bare:1":    {Ref: digestV1, Source: image.FromRegistry, NoHealthcheck: true},
+		"r.test/checked:1": {Ref: digestV2, Source: image.FromRegistry},
+	}}
+	c := newAPIWith(t, Options{Resolve: res.resolve})
+	spec := func(name, img, health string) string {
+		return "name: " + name + "\nimage: " + img + "\nport: 8080\nrouting: {hosts: [" + name + ".test]}\nhealth: " + health + "\n"
+	}
+	for _, path := range []string{"/v1/apps/bare", "/v1/apps/bare/plan"} {
+		method := "PUT"
+		if path != "/v1/apps/bare" {
+			method = "POST"
+		}
+		code, obj, raw := c.do(method, path, spec("bare", "r.test/bare:1", "{type: docker}"))
+		require.Equal(t, 400, code, "%s %s", path, raw)
+		require.Contains(t, fmt.Sprint(obj["fields"]), "health.docker.test", "%s", raw)
+		require.Contains(t, string(raw), "declares no HEALTHCHECK")
+	}
+	for _, tc := range []struct{ name, img, health string }{
+		{"bare", "r.test/bare:1", "{type: docker, docker: {test: [/app/check]}}"},
+		{"bare", "r.test/bare:1", "{type: exec, exec: {command: [/app/check]}}"},
+		{"checked", "r.test/checked:1", "{type: docker}"},
+		{"unknown", "r.test/unknown:1", "{type: docker}"},
+	} {
+		code, _, raw := c.do("PUT", "/v1/apps/"+tc.name, spec(tc.name, tc.img, tc.health))
+		require.Equal(t, 200, code, "%s %s: %s", tc.img, tc.health, raw)
+	}
+}

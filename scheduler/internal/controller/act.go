@@ -355,7 +355,7 @@ func (c *Controller) start(ctx context.Context, l store.Lease, app store.App, ha
 	defer cancel()
 	cid, err := c.deps.Runtime.Create(sctx, docker.CreateOptions{Host: host, App: app.Name, Instance: id, Generation: app.Generation, SpecHash: hash, Term: l.Term,
 		Image: ref, Command: s.Command, Env: c.cfg.Env.Env(env, c.cfg.Environ), Port: s.Port, CPU: cpu, Memory: mem, Pids: s.Resources.Pids,
-		StopSignal: s.Stop.Signal, StopGrace: s.Stop.Grace.Std(), Logging: s.Logging})
+		StopSignal: s.Stop.Signal, StopGrace: s.Stop.Grace.Std(), Logging: s.Logging, Health: reconcile.DockerHealth(&s)})
 	if err != nil {
 		return fail(msg.EventInstanceCreateFailed, fmt.Sprintf("cannot create a container for %s: %v", app.Name, err))
 	}

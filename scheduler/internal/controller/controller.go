@@ -26,6 +26,7 @@ import (
 	"github.com/berthhq/berth/scheduler/internal/appenv"
 	"github.com/berthhq/berth/scheduler/internal/docker"
 	"github.com/berthhq/berth/scheduler/internal/fleet"
+	"github.com/berthhq/berth/scheduler/internal/healthcheck"
 	"github.com/berthhq/berth/scheduler/internal/placement"
 	"github.com/berthhq/berth/scheduler/internal/publish"
 	"github.com/berthhq/berth/scheduler/internal/secret"
@@ -127,6 +128,17 @@ type Logs interface {
 	Tail(ctx context.Context, id string, n int) ([]string, error)
 }
 
+// Checks are the health checks the scheduler runs itself (health.type
+// docker and exec: healthcheck.Checker). Safe for concurrent use.
+type Checks interface {
+	// SetTargets replaces the instances to check.
+	SetTargets(ts []healthcheck.Target)
+	// DockerHealth takes a container's health_status event.
+	DockerHealth(containerID, status string)
+}
+
+var _ Checks = (*healthcheck.Checker)(nil)
+
 // Runtime runs containers. Safe for concurrent use.
 type Runtime interface {
 	Create(ctx context.Context, o docker.CreateOptions) (string, error)
@@ -179,6 +191,9 @@ type Deps struct {
 	Images     Images
 	// Logs reads a failed instance's last lines for its event; nil: none.
 	Logs Logs
+	// Checks runs the docker and exec health checks; nil: none (their
+	// instances then never become healthy).
+	Checks Checks
 	// Hosts places instances; nil: the one local engine.
 	Hosts Hosts
 	// Lease reports the current leadership.
@@ -322,6 +337,11 @@ const inspectDeadTimeout = 2 * time.Second
 func (c *Controller) onDockerEvent(ctx context.Context, e docker.Event) {
 	switch e.Action {
 	case "die", "oom", "kill", "stop":
+	case "health_status":
+		if c.deps.Checks != nil && !e.Release {
+			c.deps.Checks.DockerHealth(e.ContainerID, e.Health)
+		}
+		return
 	default:
 		return
 	}

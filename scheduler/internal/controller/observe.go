@@ -5,10 +5,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/berthhq/berth/common/bus"
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/scheduler/internal/docker"
 	"github.com/berthhq/berth/scheduler/internal/fleet"
+	"github.com/berthhq/berth/scheduler/internal/healthcheck"
 	"github.com/berthhq/berth/scheduler/internal/reconcile"
 	"github.com/berthhq/berth/scheduler/internal/secret"
 	"github.com/berthhq/berth/scheduler/internal/store"
@@ -257,6 +259,9 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 		w.in.Instances = append(w.in.Instances, o)
 	}
 	c.seen.forget(live, w.apps)
+	if c.deps.Checks != nil {
+		c.deps.Checks.SetTargets(checkTargets(records, w.apps, containers))
+	}
 	for _, ct := range list {
 		if !owned[ct.ID] {
 			w.in.Orphans = append(w.in.Orphans, reconcile.Orphan{ContainerID: ct.ID, Host: ct.Host, App: ct.App, Instance: ct.Instance,
@@ -353,12 +358,16 @@ func (c *Controller) drained() func(rev uint64) bool {
 	}
 }
 
-// healthOf is an instance's health for planning: healthd's status, or
-// healthy for an app without an enabled check.
+// healthOf is an instance's health for planning: the status its check's
+// writer published (healthd, or this scheduler for docker and exec
+// checks: a value sealed by the other is no verdict), or healthy for an
+// app without an enabled check.
 func healthOf(h *msg.Health, s *spec.App) string {
 	switch {
 	case s != nil && !s.Health.IsEnabled():
 		return msg.StatusHealthy
+	case h != nil && s != nil && !bus.HealthTrusted(s.Health, h.Sealer):
+		return msg.StatusUnknown
 	case h != nil:
 		return h.Status
 	}
@@ -367,9 +376,37 @@ func healthOf(h *msg.Health, s *spec.App) string {
 
 // unhealthyGrace is how long an instance may stay unhealthy before it is
 // replaced: three check intervals, at least 5 s; none without a check.
+// A docker check's interval is Docker's: health.docker.interval when set
+// (the image's own is not known here), else health.interval.
 func unhealthyGrace(s *spec.App) time.Duration {
 	if !s.Health.IsEnabled() {
 		return 0
 	}
-	return max(3*s.Health.Interval.Std(), 5*time.Second)
+	interval := s.Health.Interval.Std()
+	if d := s.Health.Docker; s.Health.Type == spec.HealthDocker && d != nil && d.Interval > 0 {
+		interval = d.Interval.Std()
+	}
+	return max(3*interval, 5*time.Second)
+}
+
+// checkTargets are the instances whose health the scheduler checks itself
+// (health.type docker or exec): starting or running, with a container
+// that runs.
+func checkTargets(records []store.Instance, apps map[string]store.App, containers map[string]docker.Container) []healthcheck.Target {
+	var out []healthcheck.Target
+	for _, r := range records {
+		a, ok := apps[r.App]
+		if !ok || a.Spec == nil || !a.Spec.Health.IsEnabled() || !a.Spec.Health.Scheduled() {
+			continue
+		}
+		ct, exists := containers[r.ContainerID]
+		if r.State != msg.StateStarting && r.State != msg.StateRunning || r.ContainerID == "" || !exists || !ct.Running {
+			continue
+		}
+		s := *a.Spec
+		s.Default()
+		out = append(out, healthcheck.Target{Key: msg.InstanceKey(r.App, r.ID), App: r.App, Instance: r.ID, Host: r.Host,
+			ContainerID: r.ContainerID, Generation: r.Generation, Term: r.Term, Check: *s.Health, StartedAt: ct.StartedAt})
+	}
+	return out
 }

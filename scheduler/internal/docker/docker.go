@@ -207,6 +207,10 @@ type Container struct {
 	StartedAt time.Time
 	// Release says it is a release task's container (LabelRelease).
 	Release bool
+	// Health is Docker's health of it (Health… constants), "" without a
+	// HEALTHCHECK; HealthLog its last result. Inspect only.
+	Health    string
+	HealthLog HealthLog
 }
 
 func fromLabels(c *Container, labels map[string]string) {
@@ -281,6 +285,9 @@ type CreateOptions struct {
 	// Logging is the spec's log limits; nil or zero fields: the client's
 	// defaults (Options.LogMaxSize, LogMaxFiles).
 	Logging *spec.Logging
+	// Health overrides the image's HEALTHCHECK (health.docker); nil
+	// keeps the image's.
+	Health *spec.DockerHealth
 	// Release makes it a release task's container (LabelRelease): it
 	// publishes and exposes no port (Port is ignored), and still joins
 	// Options.Network when set, to reach what the app reaches.
@@ -313,7 +320,7 @@ func (c *Client) Create(ctx context.Context, o CreateOptions) (string, error) {
 	grace := int(o.StopGrace / time.Second)
 	cfg := &container.Config{
 		Image: o.Image, Cmd: o.Command, Env: env, ExposedPorts: network.PortSet{port: {}},
-		StopSignal: o.StopSignal, StopTimeout: &grace,
+		StopSignal: o.StopSignal, StopTimeout: &grace, Healthcheck: healthConfig(o.Health),
 		Labels: map[string]string{
 			LabelManaged: "true", LabelPrefix: c.o.Prefix, LabelApp: o.App, LabelInstance: o.Instance,
 			LabelGeneration: strconv.FormatInt(o.Generation, 10), LabelSpecHash: o.SpecHash, LabelTerm: strconv.FormatUint(o.Term, 10),
@@ -407,6 +414,7 @@ func (c *Client) Inspect(ctx context.Context, id string) (Container, error) {
 	if s := r.State; s != nil {
 		ct.State, ct.Running, ct.OOMKilled, ct.ExitCode = string(s.Status), s.Running, s.OOMKilled, s.ExitCode
 		ct.StartedAt, _ = time.Parse(time.RFC3339Nano, s.StartedAt)
+		fromHealth(&ct, s.Health)
 	}
 	ns := r.NetworkSettings
 	if ns == nil || ct.Release {
@@ -463,6 +471,8 @@ type ImageInfo struct {
 	// RepoDigests are the repo@sha256:… it was pushed or pulled as; none
 	// for an image built or loaded on this engine alone.
 	RepoDigests []string
+	// Healthcheck says it declares a HEALTHCHECK (not NONE).
+	Healthcheck bool
 }
 
 // Image returns ref (a name, repo@digest or an ID) as this engine holds
@@ -475,7 +485,11 @@ func (c *Client) Image(ctx context.Context, ref string) (ImageInfo, error) {
 	if err != nil {
 		return ImageInfo{}, fmt.Errorf("docker image %s: %w", ref, err)
 	}
-	return ImageInfo{ID: r.ID, RepoDigests: r.RepoDigests}, nil
+	info := ImageInfo{ID: r.ID, RepoDigests: r.RepoDigests}
+	if r.Config != nil {
+		info.Healthcheck = hasHealthcheck(r.Config.Healthcheck)
+	}
+	return info, nil
 }
 
 // Pull fetches ref, bounded by timeout. Any failure names the image and
@@ -515,6 +529,9 @@ type Event struct {
 	Time     time.Time
 	// Release says it is a release task's container.
 	Release bool
+	// Health is Docker's new health status of a health_status event
+	// (Health… constants).
+	Health string
 }
 
 // Events streams the events of Berth's containers to handle until ctx
@@ -553,12 +570,12 @@ func (c *Client) streamEvents(ctx context.Context, handle func(Event)) error {
 			if !c.ours(m.Actor.Attributes) {
 				continue
 			}
-			action := string(m.Action)
+			action, health := string(m.Action), ""
 			if i := strings.IndexByte(action, ':'); i > 0 { // "health_status: healthy"
-				action = action[:i]
+				action, health = action[:i], strings.TrimSpace(action[i+1:])
 			}
 			e := Event{Action: action, ContainerID: m.Actor.ID, App: m.Actor.Attributes[LabelApp],
-				Instance: m.Actor.Attributes[LabelInstance], Host: c.o.Host, Time: time.Unix(0, m.TimeNano)}
+				Instance: m.Actor.Attributes[LabelInstance], Host: c.o.Host, Time: time.Unix(0, m.TimeNano), Health: health}
 			e.ExitCode, _ = strconv.Atoi(m.Actor.Attributes["exitCode"])
 			e.Release = m.Actor.Attributes[LabelRelease] == "true"
 			handle(e)

@@ -42,6 +42,7 @@ type Engine interface {
 	Pull(ctx context.Context, ref string, timeout time.Duration) error
 	Stats(ctx context.Context, ids []string, parallel int) (map[string]docker.Reading, error)
 	Tail(ctx context.Context, id string, n int) ([]string, error)
+	Exec(ctx context.Context, id string, argv []string, timeout time.Duration) (docker.ExecResult, error)
 	Logs(ctx context.Context, id string, o docker.LogOptions, emit func(docker.LogLine) error) error
 	Close() error
 }
@@ -665,6 +666,16 @@ func (f *Fleet) Tail(ctx context.Context, id string, n int) ([]string, error) {
 	return eng.Tail(ctx, id, n)
 }
 
+// Exec runs an exec check's argv in a container where it runs, bounded
+// by timeout (docker.Client.Exec).
+func (f *Fleet) Exec(ctx context.Context, id string, argv []string, timeout time.Duration) (docker.ExecResult, error) {
+	eng, err := f.of(id)
+	if err != nil {
+		return docker.ExecResult{}, err
+	}
+	return eng.Exec(ctx, id, argv, timeout)
+}
+
 // ImagePresent reports whether ref is on host.
 func (f *Fleet) ImagePresent(ctx context.Context, host, ref string) (bool, error) {
 	eng, err := f.engine(host)
@@ -714,7 +725,7 @@ func (f *Fleet) Images(ctx context.Context, ref string) ([]image.Local, error) {
 			defer mu.Unlock()
 			switch {
 			case err == nil:
-				out = append(out, image.Local{Host: tg.host, ID: info.ID, RepoDigests: info.RepoDigests})
+				out = append(out, image.Local{Host: tg.host, ID: info.ID, RepoDigests: info.RepoDigests, Healthcheck: info.Healthcheck})
 			case !errors.Is(err, docker.ErrImageNotFound):
 				errs = append(errs, fmt.Errorf("host %q: %w", tg.host, err))
 			}

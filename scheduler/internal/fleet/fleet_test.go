@@ -112,6 +112,17 @@ func (e *engine) Image(_ context.Context, ref string) (docker.ImageInfo, error) 
 func (e *engine) Stats(context.Context, []string, int) (map[string]docker.Reading, error) {
 	return nil, nil
 }
+func (e *engine) Exec(_ context.Context, id string, argv []string, _ time.Duration) (docker.ExecResult, error) {
+	if err := e.check(); err != nil {
+		return docker.ExecResult{}, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if _, ok := e.containers[id]; !ok {
+		return docker.ExecResult{}, docker.ErrNotFound
+	}
+	return docker.ExecResult{Output: e.host + " ran " + argv[0]}, nil
+}
 func (e *engine) Tail(_ context.Context, id string, _ int) ([]string, error) {
 	if err := e.check(); err != nil {
 		return nil, err
@@ -220,6 +231,8 @@ func TestFleetStatesListsAndRouting(t *testing.T) {
 	require.ErrorIs(t, f.Remove(ctx, c1), ErrHostDown, "fails at once, not after a timeout")
 	_, err = f.Tail(ctx, c1, 20)
 	require.ErrorIs(t, err, ErrHostDown, "a down host's logs fail at once too")
+	_, err = f.Exec(ctx, c1, []string{"/check"}, time.Second)
+	require.ErrorIs(t, err, ErrHostDown, "so does an exec check")
 
 	// h1 comes back: up, and its container listed again (an orphan to the
 	// controller if it was replaced meanwhile).
@@ -232,6 +245,9 @@ func TestFleetStatesListsAndRouting(t *testing.T) {
 	tail, err := f.Tail(ctx, c1, 20)
 	require.NoError(t, err)
 	require.Equal(t, []string{"last line of " + c1}, tail, "read from the container's own host")
+	res, err := f.Exec(ctx, c1, []string{"/check"}, time.Second)
+	require.NoError(t, err)
+	require.Equal(t, "h1 ran /check", res.Output, "an exec check runs on the container's own host")
 	require.NoError(t, f.Remove(ctx, c1))
 	require.NoError(t, f.Remove(ctx, id), "the local engine's, by id")
 

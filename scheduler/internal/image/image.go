@@ -58,6 +58,10 @@ type Pin struct {
 	// Reason says why the image is not pinned, or, pinned from the
 	// engines after the registry failed, what the registry answered.
 	Reason string
+	// NoHealthcheck says that the engines that hold the image (one at
+	// least) all found no HEALTHCHECK in it. False when none holds it
+	// (then nothing is known) or the spec names a digest (not asked).
+	NoHealthcheck bool
 }
 
 // IsID reports whether ref is a bare image ID (sha256:…), which no
@@ -82,6 +86,9 @@ type Local struct {
 	ID string
 	// RepoDigests are the repo@sha256:… it was pushed or pulled as.
 	RepoDigests []string
+	// Healthcheck says it declares a HEALTHCHECK (health.type docker
+	// needs one, or health.docker.test).
+	Healthcheck bool
 }
 
 // Engines finds an image in the engines of the hosts. Safe for concurrent
@@ -120,7 +127,7 @@ var ErrAmbiguous = errors.New("image: the hosts hold different images under one 
 // Resolve pins image (a spec's, already valid). An error is returned only
 // for what the operator must fix (ErrAmbiguous); everything else that
 // fails leaves the image unpinned, with the reason.
-func (r *Resolver) Resolve(ctx context.Context, image string) (Pin, error) {
+func (r *Resolver) Resolve(ctx context.Context, image string) (pin Pin, err error) {
 	named, err := reference.ParseNormalizedNamed(image)
 	if err != nil {
 		return Pin{}, fmt.Errorf("image %q: %w", image, err)
@@ -133,6 +140,7 @@ func (r *Resolver) Resolve(ctx context.Context, image string) (Pin, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout())
 	defer cancel()
 	locals, localErr := r.locals(ctx, image)
+	defer func() { pin.NoHealthcheck = noHealthcheck(locals) }()
 	if len(locals) > 0 && !pushed(locals) {
 		id, err := sameID(image, locals)
 		if err != nil {
@@ -169,6 +177,17 @@ func (r *Resolver) locals(ctx context.Context, image string) ([]Local, error) {
 		return nil, nil
 	}
 	return r.Engines.Images(ctx, image)
+}
+
+// noHealthcheck reports whether engines hold the image and none found a
+// HEALTHCHECK in it.
+func noHealthcheck(locals []Local) bool {
+	for _, l := range locals {
+		if l.Healthcheck {
+			return false
+		}
+	}
+	return len(locals) > 0
 }
 
 func (r *Resolver) timeout() time.Duration {

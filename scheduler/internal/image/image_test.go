@@ -7,6 +7,7 @@ import (
 	"log"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -62,13 +63,19 @@ func (r *testRegistry) push(t *testing.T, repo string, opts ...remote.Option) st
 	return d.String()
 }
 
+// fakeEngines hold images, each with a HEALTHCHECK unless bare.
 type fakeEngines struct {
 	images map[string][]Local
+	bare   map[string]bool
 	err    error
 }
 
 func (f fakeEngines) Images(_ context.Context, ref string) ([]Local, error) {
-	return f.images[ref], f.err
+	out := slices.Clone(f.images[ref])
+	for i := range out {
+		out[i].Healthcheck = !f.bare[ref]
+	}
+	return out, f.err
 }
 
 type creds map[string][2]string
@@ -272,4 +279,21 @@ func TestResolveTimeoutBoundsEnginesAndRegistry(t *testing.T) {
 	require.Empty(t, pin.Ref)
 	require.Contains(t, pin.Reason, "the engines could not be asked")
 	require.Less(t, time.Since(start), 1500*time.Millisecond, "one bound, not one per step")
+}
+
+// TestResolveSaysWhenNoEngineFoundAHealthcheck: NoHealthcheck is set only
+// when engines hold the image and none found a HEALTHCHECK in it.
+func TestResolveSaysWhenNoEngineFoundAHealthcheck(t *testing.T) {
+	t.Parallel()
+	const idA = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+	r := &Resolver{Timeout: time.Second,
+		Engines: fakeEngines{images: map[string][]Local{
+			"bare:1":    {{Host: "h1", ID: idA}, {Host: "h2", ID: idA}},
+			"checked:1": {{Host: "h1", ID: idA}},
+		}, bare: map[string]bool{"bare:1": true}}}
+	for img, want := range map[string]bool{"bare:1": true, "checked:1": false, "127.0.0.1:1/nowhere:1": false} {
+		pin, err := r.Resolve(context.Background(), img)
+		require.NoError(t, err)
+		require.Equal(t, want, pin.NoHealthcheck, img)
+	}
 }

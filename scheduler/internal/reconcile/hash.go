@@ -13,22 +13,35 @@ import (
 // final environment, port, resources (cpu, memory and pids: a changed pids
 // limit rolls, as Docker cannot change it in place), stop signal and log
 // limits (logging: a container's log config is fixed at create; a spec
-// without them hashes as it did before they existed). Instances whose hash
+// without them hashes as it did before they existed), and the override of
+// the image's HEALTHCHECK (health.docker, fixed at create too). Instances whose hash
 // differs from the desired one are replaced by a rolling update. Replicas,
 // scaling, routing, load balancing, health checks, timings and the release task are not in
 // it, so changing them restarts nothing.
 func SpecHash(a *spec.App, env map[string]string) string {
 	b, _ := json.Marshal(struct {
-		Image     string            `json:"image"`
-		Command   []string          `json:"command"`
-		Env       map[string]string `json:"env"` // json sorts map keys
-		Port      int               `json:"port"`
-		Resources spec.Resources    `json:"resources"`
-		Signal    string            `json:"signal"`
-		Logging   *spec.Logging     `json:"logging,omitempty"`
-	}{a.Image, a.Command, env, a.Port, a.Resources, a.Stop.Signal, logging(a.Logging)})
+		Image     string             `json:"image"`
+		Command   []string           `json:"command"`
+		Env       map[string]string  `json:"env"` // json sorts map keys
+		Port      int                `json:"port"`
+		Resources spec.Resources     `json:"resources"`
+		Signal    string             `json:"signal"`
+		Logging   *spec.Logging      `json:"logging,omitempty"`
+		Health    *spec.DockerHealth `json:"docker_health,omitempty"`
+	}{a.Image, a.Command, env, a.Port, a.Resources, a.Stop.Signal, logging(a.Logging), DockerHealth(a)})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:8])
+}
+
+// DockerHealth is the override of the image's HEALTHCHECK that a's
+// containers are created with (health.docker of a docker check), nil for
+// none. Docker fixes it at create, so a change rolls the instances; a spec
+// without one hashes as it did before it existed.
+func DockerHealth(a *spec.App) *spec.DockerHealth {
+	if !a.Health.IsEnabled() || a.Health.Type != spec.HealthDocker {
+		return nil
+	}
+	return a.Health.Docker
 }
 
 // logging is l as the hash sees it: nil when it sets nothing, so that

@@ -102,6 +102,9 @@ type API struct {
 type Containers struct {
 	// MaxParallel is the container actions in flight at once.
 	MaxParallel int
+	// ExecChecksPerHost is the exec health checks (health.type exec) in
+	// flight at once on one host.
+	ExecChecksPerHost int
 	// PublishAddress is the host address container ports are published
 	// on, without Network.
 	PublishAddress string

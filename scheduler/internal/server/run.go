@@ -36,7 +36,7 @@ func (r *replica) run(ctx context.Context) error {
 	group.Add("fleet", r.fl) // every replica observes the hosts
 	group.Add("leader", lifecycle.Func(func(ctx context.Context) error { return leader.Campaign(ctx, r.el, r.lead) }))
 	group.Add("listen", lifecycle.Func(r.listen))
-	group.Add("watch-health", bus.NewWatcher(r.nats.conn, r.names.HealthBucket(), bus.Message[*msg.Health], r.healthTbl.Handler(), r.logger))
+	group.Add("watch-health", bus.NewWatcher(r.nats.conn, r.names.HealthBucket(), bus.Message[*msg.Health], bus.MarkHealthSealer(r.healthTbl.Handler()), r.logger))
 	// lbagent never deletes its record (it expires, and drains age it by
 	// its updated_at): a delete can only come from another NATS client, and
 	// believing it would let a drain skip an nginx that still routes.
@@ -65,6 +65,7 @@ func (r *replica) addLeaderServices() {
 	watch := publish.BusWatch(r.nats.conn, r.logger)
 	leading := r.el.Leader
 	r.lead.Add("controller", r.ctl)
+	r.lead.Add("health-checks", r.checks)
 	r.lead.Add("scaler", lifecycle.Func(r.sc.Lead))
 	r.lead.Add("host-states", lifecycle.Func(r.recordHosts))
 	if r.events != nil {

@@ -24,6 +24,7 @@ import (
 	"github.com/berthhq/berth/scheduler/internal/docker"
 	"github.com/berthhq/berth/scheduler/internal/ejection"
 	"github.com/berthhq/berth/scheduler/internal/fleet"
+	"github.com/berthhq/berth/scheduler/internal/healthcheck"
 	"github.com/berthhq/berth/scheduler/internal/hosts"
 	"github.com/berthhq/berth/scheduler/internal/image"
 	"github.com/berthhq/berth/scheduler/internal/leader"
@@ -53,7 +54,9 @@ type replica struct {
 
 	el   *leader.Elector
 	lead *leader.Group
-	pub  *publish.Publisher
+	// checks are the docker and exec health checks (leader only).
+	checks *healthcheck.Checker
+	pub    *publish.Publisher
 
 	dk        *docker.Client
 	fl        *fleet.Fleet
@@ -221,6 +224,10 @@ func (r *replica) buildDataPlane() error {
 		signal(r.hostsChanged)
 	}
 	r.healthTbl = view.NewTable(view.NoTerm[*msg.Health], func() { r.ctl.Wake() })
+	// The docker and exec health checks: the leader runs them, as it alone
+	// holds the Docker API, and seals their health itself.
+	r.checks = healthcheck.New(healthcheck.Config{ExecsPerHost: c.ExecChecksPerHost, Refresh: r.cfg.Resync, Report: checkEvents{r}}, r.fl,
+		&healthcheck.BusSink{Conn: r.nats.conn, Names: r.names}, r.logger)
 	r.agentsTbl = view.NewTable(view.NoTerm[*msg.Agent], func() {
 		r.ctl.AgentsChanged()
 		r.ejections.Wake()
@@ -229,7 +236,7 @@ func (r *replica) buildDataPlane() error {
 	r.ctl = controller.New(controller.Config{MaxParallel: c.MaxParallel, Resync: r.cfg.Resync, PullTimeout: c.PullTimeout, StartTimeout: c.StartTimeout,
 		StopTimeout: c.StopTimeout, DefaultCPU: c.DefaultCPU, DefaultMemory: c.DefaultMemory, Env: c.Env, Environ: c.Environ, Secrets: r.secrets},
 		controller.Deps{Desired: r.st, Records: r.pub, Routing: r.pub, Releases: r.pub, Containers: r.fl, Runtime: r.fl, Images: r.fl, Logs: r.fl, Hosts: r.fl, Lease: r.el.Leader,
-			Health: r.healthTbl, Agents: r.agentsTbl},
+			Checks: r.checks, Health: r.healthTbl, Agents: r.agentsTbl},
 		r.logger)
 	r.reg.MustRegister(r.ctl.Collectors()...)
 	a := r.cfg.Autoscale
