@@ -125,7 +125,6 @@ func headers(next http.Handler) http.Handler {
 // viewer is the signed-in request's session and identity.
 type viewer struct {
 	id   string
-	s    session
 	who  auth.Identity
 	csrf string
 }
@@ -161,7 +160,7 @@ func (c *console) signedIn(next http.HandlerFunc) http.HandlerFunc {
 		if r.Method == http.MethodPost && !c.checkCSRF(w, r, s.csrf) {
 			return
 		}
-		next(w, r.WithContext(context.WithValue(r.Context(), viewerKey{}, viewer{id: ck.Value, s: s, who: who, csrf: s.csrf})))
+		next(w, r.WithContext(context.WithValue(r.Context(), viewerKey{}, viewer{id: ck.Value, who: who, csrf: s.csrf})))
 	}
 }
 

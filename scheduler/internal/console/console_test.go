@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/internal/testrig"
 	"github.com/berthhq/berth/scheduler/internal/api"
@@ -326,6 +327,17 @@ func TestOverview(t *testing.T) {
 	r.apply("name: calm\nimage: calm:1\nport: 8080\nreplicas: 0\n")
 	r.apply("name: evil\nimage: evil:1\nport: 8080\nreplicas: 0\n")
 	r.apply("name: web\nimage: web:1\nport: 8080\nreplicas: 3\n")
+	// back wants none, but its generation was rolled back, for a cause
+	// carrying markup.
+	r.apply("name: back\nimage: back:1\nport: 8080\nreplicas: 0\n")
+	ctx := context.Background()
+	l, _, err := r.st.Acquire(ctx, "scheduler", "me", time.Minute)
+	require.NoError(t, err)
+	require.NoError(t, r.st.LeaderTx(ctx, l, func(ctx context.Context, tx *store.Tx) error {
+		_, err := tx.AddEvent(ctx, store.Event{App: "back", Kind: msg.EventRolloutRolledBack, Message: "rolled back",
+			Details: map[string]string{"generation": "1", "cause": `<img src=x onerror=alert(1)> crashed`}})
+		return err
+	}))
 	c := r.browser()
 	require.Equal(t, http.StatusSeeOther, r.login(c, r.token("viewer", auth.Read)).StatusCode, "a read token signs in")
 	resp, page := get(t, c, r.url+"/ui/")
@@ -345,6 +357,11 @@ func TestOverview(t *testing.T) {
 	require.Contains(t, page, `<tr class="trouble">
 <td class="name">web</td>
 <td>0 / 3</td>`)
+	require.Contains(t, page, `<tr class="trouble">
+<td class="name">back</td>`, "a rolled-back rollout is trouble")
+	require.Contains(t, page, `rolled_back: &lt;img src=x onerror=alert(1)&gt; crashed`)
+	require.NotContains(t, page, "<img")
+	require.Less(t, strings.Index(page, ">back<"), calm)
 	require.Contains(t, page, `<tr class="ok">
 <td class="name">calm</td>
 <td>0 / 0</td>`)
