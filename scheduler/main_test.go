@@ -573,3 +573,28 @@ func TestEmbeddedNATSTakesNodeKeys(t *testing.T) {
 	_, err = connect(lb1)
 	require.Error(t, err, "and the server")
 }
+
+// TestConsoleOnTheAPIListener: the web console is served at /ui/ beside
+// the API, and sends a browser without a session to its login page.
+func TestConsoleOnTheAPIListener(t *testing.T) {
+	t.Parallel()
+	db, natsURL := testrig.Postgres(t), testrig.NATS(t)
+	code, _, _ := cmd(t, "migrate", "--database-url", db)
+	require.Equal(t, 0, code)
+	r := startReplica(t, db, natsURL, "sched-ui")
+	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := c.Get(r.api + "/ui/")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	require.Equal(t, "/ui/login", resp.Header.Get("Location"))
+	resp, err = c.Get(r.api + "/ui/login")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Contains(t, resp.Header.Get("Content-Security-Policy"), "frame-ancestors 'none'")
+	resp, err = c.Get(r.api + "/v1/apps")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode, "the API is served as before (open on loopback)")
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/berthhq/berth/scheduler/internal/api"
 	"github.com/berthhq/berth/scheduler/internal/auth"
 	"github.com/berthhq/berth/scheduler/internal/certs"
+	"github.com/berthhq/berth/scheduler/internal/console"
 	"github.com/berthhq/berth/scheduler/internal/controller"
 	"github.com/berthhq/berth/scheduler/internal/docker"
 	"github.com/berthhq/berth/scheduler/internal/ejection"
@@ -268,18 +269,25 @@ func (r *replica) buildAPI() error {
 		func() float64 { l, _ := r.el.Leader(); return float64(l.Term) })
 	r.reg.MustRegister(isLeader, term)
 	st := r.st
-	handler := api.New(api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Claims: st, Hosts: api.HostRegistry{HostStore: st, Policy: r.cfg.Hosts.Policy},
-		History: st, Tokens: st},
-		api.Options{Keyring: r.keys, Open: a.Open, Metrics: promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}), Samples: r.sc.Samples, Traffic: trafficOf(r.sc), Ejected: ejectedBy(r.agentsTbl),
-			Role: func() (bool, uint64) { l, ok := r.el.Leader(); return ok, l.Term }, Network: c.Network, MaxRoutes: a.MaxRoutes, ACME: r.cm != nil,
-			DefaultCPU: c.DefaultCPU, DefaultMemory: c.DefaultMemory, Secrets: r.secrets, SpecHash: r.ctl.SpecHash,
-			LogLimits: api.LogLimits{DefaultSize: c.LogMaxSize, DefaultFiles: c.LogMaxFiles, MaxTotal: c.LogMaxTotal},
-			Logs:      &logs.Reader{Instances: st, Engines: r.fl}, Resolve: r.images.Resolve,
-			Health: func(app, inst string) (*msg.Health, bool) { return r.healthTbl.Get(app + "." + inst) }}, r.logger)
-	r.httpSrv = &http.Server{Addr: a.Listen, Handler: handler, ReadHeaderTimeout: 5 * time.Second,
+	deps := api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Claims: st, Hosts: api.HostRegistry{HostStore: st, Policy: r.cfg.Hosts.Policy},
+		History: st, Tokens: st}
+	apiOpts := api.Options{Keyring: r.keys, Open: a.Open, Metrics: promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}), Samples: r.sc.Samples, Traffic: trafficOf(r.sc), Ejected: ejectedBy(r.agentsTbl),
+		Role: func() (bool, uint64) { l, ok := r.el.Leader(); return ok, l.Term }, Network: c.Network, MaxRoutes: a.MaxRoutes, ACME: r.cm != nil,
+		DefaultCPU: c.DefaultCPU, DefaultMemory: c.DefaultMemory, Secrets: r.secrets, SpecHash: r.ctl.SpecHash,
+		LogLimits: api.LogLimits{DefaultSize: c.LogMaxSize, DefaultFiles: c.LogMaxFiles, MaxTotal: c.LogMaxTotal},
+		Logs:      &logs.Reader{Instances: st, Engines: r.fl}, Resolve: r.images.Resolve,
+		Health: func(app, inst string) (*msg.Health, bool) { return r.healthTbl.Get(app + "." + inst) }}
+	handler := api.New(deps, apiOpts, r.logger)
+	ui, err := console.New(console.Options{Keyring: r.keys, Apps: st, Brief: api.Brief(deps, apiOpts)}, r.logger)
+	if err != nil {
+		return fmt.Errorf("build the web console: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/ui/", ui)
+	mux.Handle("/", handler)
+	r.httpSrv = &http.Server{Addr: a.Listen, Handler: mux, ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10,
 		ErrorLog: zap.NewStdLog(r.logger.Named("api-http"))} // TLS handshake failures, among others
-	var err error
 	r.apiLn, err = APIListener(a)
 	return err
 }

@@ -1,0 +1,337 @@
+// Package console is the scheduler's web console at /ui/ on the API's
+// listener: server-rendered pages (html/template, embedded with the CSS)
+// that a browser signs in to with an API token. It owns the console's
+// sessions, its CSRF tokens and its security headers; what it shows it
+// reads as the API does. Sessions live in one replica's memory: a
+// browser signs in again when a load balancer sends it to another
+// replica, and a restart signs everyone out.
+package console
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"html/template"
+	"io/fs"
+	"net/http"
+	"sort"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/berthhq/berth/scheduler/internal/api"
+	"github.com/berthhq/berth/scheduler/internal/auth"
+	"github.com/berthhq/berth/scheduler/internal/store"
+)
+
+//go:embed templates/*.html
+var templateFS embed.FS
+
+//go:embed static
+var staticFS embed.FS
+
+// Cookie names: the session, and the login form's double-submit token.
+const (
+	SessionCookie = "berth_session"
+	LoginCookie   = "berth_login"
+)
+
+// DefaultTTL is how long a session lasts from sign-in.
+const DefaultTTL = 8 * time.Hour
+
+// maxForm caps a form's body.
+const maxForm = 16 << 10
+
+// CSP is the Content-Security-Policy of every /ui/ response: only this
+// origin's files, no inline script or style, no framing, forms posting
+// only here.
+const CSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+
+// Authenticator checks an API token; auth.Keyring is one. Called
+// concurrently.
+type Authenticator interface {
+	Authenticate(ctx context.Context, secret string) (auth.Identity, error)
+}
+
+var _ Authenticator = (*auth.Keyring)(nil)
+
+// AppLister lists every app, as GET /v1/apps does. Called concurrently.
+type AppLister interface {
+	List(ctx context.Context) ([]store.App, error)
+}
+
+// Options configure the console; Keyring, Apps and Brief must be set.
+type Options struct {
+	Keyring Authenticator
+	Apps    AppLister
+	// Brief is each app's replicas and rollout (api.Brief).
+	Brief api.BriefFunc
+	// TTL is a session's life; 0: DefaultTTL.
+	TTL time.Duration
+	// Now is the clock; nil: time.Now.
+	Now func() time.Time
+}
+
+type console struct {
+	o      Options
+	logger *zap.Logger
+	tpl    map[string]*template.Template
+	sess   *sessions
+}
+
+// New returns the handler of /ui/ and everything under it.
+func New(o Options, logger *zap.Logger) (http.Handler, error) {
+	if o.TTL <= 0 {
+		o.TTL = DefaultTTL
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	c := &console{o: o, logger: logger.Named("console"), tpl: map[string]*template.Template{}, sess: newSessions()}
+	for _, page := range []string{"login.html", "overview.html"} {
+		t, err := template.ParseFS(templateFS, "templates/layout.html", "templates/"+page)
+		if err != nil {
+			return nil, err
+		}
+		c.tpl[page] = t
+	}
+	static, err := fs.Sub(staticFS, "static")
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /ui/static/", http.StripPrefix("/ui/static/", http.FileServerFS(static)))
+	mux.HandleFunc("GET /ui/login", c.loginForm)
+	mux.HandleFunc("POST /ui/login", c.login)
+	mux.HandleFunc("POST /ui/logout", c.signedIn(c.logout))
+	mux.HandleFunc("GET /ui/{$}", c.signedIn(c.overview))
+	return headers(mux), nil
+}
+
+// headers sets the security headers of every /ui/ response.
+func headers(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Content-Security-Policy", CSP)
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Referrer-Policy", "no-referrer")
+		h.Set("Cache-Control", "no-store")
+		h.Set("X-Frame-Options", "DENY")
+		next.ServeHTTP(w, r)
+	})
+}
+
+// viewer is the signed-in request's session and identity.
+type viewer struct {
+	id   string
+	who  auth.Identity
+	csrf string
+}
+
+type viewerKey struct{}
+
+// signedIn admits a request with a live session whose token the keyring
+// still knows; any other is sent to the login page.
+func (c *console) signedIn(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		ck, err := r.Cookie(SessionCookie)
+		if err != nil {
+			http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
+			return
+		}
+		s, ok := c.sess.get(ck.Value, c.o.Now())
+		if !ok {
+			http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
+			return
+		}
+		who, err := c.o.Keyring.Authenticate(r.Context(), s.secret)
+		switch {
+		case errors.Is(err, auth.ErrUnknown):
+			c.sess.drop(ck.Value)
+			c.logger.Info("session ended: its token was revoked")
+			http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
+			return
+		case err != nil:
+			c.logger.Warn("cannot check a session's token", zap.Error(err))
+			http.Error(w, "cannot check the token: "+api.UnavailableMessage, http.StatusServiceUnavailable)
+			return
+		}
+		if r.Method == http.MethodPost && !c.checkCSRF(w, r, s.csrf) {
+			return
+		}
+		next(w, r.WithContext(context.WithValue(r.Context(), viewerKey{}, viewer{id: ck.Value, who: who, csrf: s.csrf})))
+	}
+}
+
+// checkCSRF answers 403 unless the form's csrf field is want.
+func (c *console) checkCSRF(w http.ResponseWriter, r *http.Request, want string) bool {
+	r.Body = http.MaxBytesReader(w, r.Body, maxForm)
+	if err := r.ParseForm(); err != nil {
+		http.Error(w, "bad form: "+err.Error(), http.StatusBadRequest)
+		return false
+	}
+	if !sameSecret(r.PostForm.Get("csrf"), want) {
+		c.logger.Warn("form refused: missing or wrong csrf token", zap.String("path", r.URL.Path))
+		http.Error(w, "forbidden: the form's CSRF token is missing or wrong; reload the page and try again", http.StatusForbidden)
+		return false
+	}
+	return true
+}
+
+func (c *console) cookie(r *http.Request, name, value string, maxAge int) *http.Cookie {
+	return &http.Cookie{Name: name, Value: value, Path: "/ui/", MaxAge: maxAge, HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil}
+}
+
+func (c *console) render(w http.ResponseWriter, code int, page string, data any) {
+	var b strings.Builder
+	if err := c.tpl[page].ExecuteTemplate(&b, "layout", data); err != nil {
+		c.logger.Error("cannot render a page", zap.String("page", page), zap.Error(err))
+		http.Error(w, "cannot render the page", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(code)
+	_, _ = w.Write([]byte(b.String()))
+}
+
+type loginPage struct {
+	CSRF  string
+	Error string
+}
+
+// loginForm serves the form with a fresh double-submit token, set as a
+// cookie and as a hidden field.
+func (c *console) loginForm(w http.ResponseWriter, r *http.Request) {
+	c.showLogin(w, r, http.StatusOK, "")
+}
+
+func (c *console) showLogin(w http.ResponseWriter, r *http.Request, code int, msg string) {
+	tok, err := random()
+	if err != nil {
+		c.logger.Error("cannot make a csrf token", zap.Error(err))
+		http.Error(w, "cannot make a CSRF token", http.StatusInternalServerError)
+		return
+	}
+	http.SetCookie(w, c.cookie(r, LoginCookie, tok, 600))
+	c.render(w, code, "login.html", loginPage{CSRF: tok, Error: msg})
+}
+
+// login checks the form's token with the keyring and starts a session.
+func (c *console) login(w http.ResponseWriter, r *http.Request) {
+	ck, err := r.Cookie(LoginCookie)
+	want := ""
+	if err == nil {
+		want = ck.Value
+	}
+	if !c.checkCSRF(w, r, want) {
+		return
+	}
+	secret := strings.TrimSpace(r.PostForm.Get("token"))
+	if secret == "" {
+		c.showLogin(w, r, http.StatusBadRequest, "token: give an API token (scheduler tokens create makes one)")
+		return
+	}
+	who, err := c.o.Keyring.Authenticate(r.Context(), secret)
+	switch {
+	case errors.Is(err, auth.ErrUnknown):
+		c.logger.Warn("sign-in refused: unknown or revoked token", zap.String("remote", r.RemoteAddr))
+		c.showLogin(w, r, http.StatusUnauthorized, "unknown or revoked token")
+		return
+	case err != nil:
+		c.logger.Warn("cannot check a token at sign-in", zap.Error(err))
+		c.showLogin(w, r, http.StatusServiceUnavailable, "cannot check the token: "+api.UnavailableMessage)
+		return
+	}
+	now := c.o.Now()
+	id, _, err := c.sess.add(secret, now, now.Add(c.o.TTL))
+	if err != nil {
+		c.logger.Error("cannot start a session", zap.Error(err))
+		http.Error(w, "cannot start a session", http.StatusInternalServerError)
+		return
+	}
+	c.logger.Info("signed in", zap.String("token", who.Name), zap.Stringer("scope", who.Scope))
+	http.SetCookie(w, c.cookie(r, LoginCookie, "", -1))
+	http.SetCookie(w, c.cookie(r, SessionCookie, id, int(c.o.TTL/time.Second)))
+	http.Redirect(w, r, "/ui/", http.StatusSeeOther)
+}
+
+func (c *console) logout(w http.ResponseWriter, r *http.Request) {
+	v := r.Context().Value(viewerKey{}).(viewer)
+	c.sess.drop(v.id)
+	http.SetCookie(w, c.cookie(r, SessionCookie, "", -1))
+	http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
+}
+
+// Row is one app on the overview.
+type Row struct {
+	Name       string
+	Generation int64
+	Desired    int
+	Ready      int
+	Running    int
+	Rollout    string
+	Cause      string
+	Image      string
+	Trouble    bool
+	Error      string
+}
+
+type overviewPage struct {
+	Token string
+	Scope string
+	CSRF  string
+	Apps  []Row
+	Error string
+}
+
+// overview lists every app, those in trouble first.
+func (c *console) overview(w http.ResponseWriter, r *http.Request) {
+	v := r.Context().Value(viewerKey{}).(viewer)
+	page := overviewPage{Token: v.who.Name, Scope: v.who.Scope.String(), CSRF: v.csrf}
+	apps, err := c.o.Apps.List(r.Context())
+	if err != nil {
+		c.logger.Warn("cannot list apps", zap.Error(err))
+		page.Error = "cannot list the apps: " + api.UnavailableMessage
+		c.render(w, http.StatusServiceUnavailable, "overview.html", page)
+		return
+	}
+	now := c.o.Now()
+	for _, a := range apps {
+		page.Apps = append(page.Apps, c.row(r.Context(), a, now))
+	}
+	sort.SliceStable(page.Apps, func(i, j int) bool {
+		if page.Apps[i].Trouble != page.Apps[j].Trouble {
+			return page.Apps[i].Trouble
+		}
+		return page.Apps[i].Name < page.Apps[j].Name
+	})
+	c.render(w, http.StatusOK, "overview.html", page)
+}
+
+// row is app's line: in trouble when fewer of the desired spec's
+// instances are ready than desired, or its rollout failed or was rolled
+// back.
+func (c *console) row(ctx context.Context, a store.App, now time.Time) Row {
+	row := Row{Name: a.Name, Generation: a.Generation, Desired: a.DesiredReplicas, Image: a.ImageRef}
+	if row.Image == "" && a.Spec != nil {
+		row.Image = a.Spec.Image
+	}
+	b, err := c.o.Brief(ctx, a, now)
+	if err != nil {
+		c.logger.Warn("cannot read an app's status", zap.String("app", a.Name), zap.Error(err))
+		row.Error, row.Trouble = "status unavailable", true
+		return row
+	}
+	row.Running = b.ObservedReplicas
+	for _, s := range b.Serving {
+		if s.Desired {
+			row.Ready += s.Instances
+		}
+	}
+	if b.Rollout != nil {
+		row.Rollout, row.Cause = b.Rollout.State, b.Rollout.Cause
+	}
+	row.Trouble = row.Ready < row.Desired || row.Rollout == api.RolloutFailed || row.Rollout == api.RolloutRolledBack
+	return row
+}
