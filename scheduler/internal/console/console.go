@@ -272,9 +272,12 @@ type Row struct {
 	Running    int
 	Rollout    string
 	Cause      string
-	Image      string
-	Trouble    bool
-	Error      string
+	// Image is the spec's image; Pinned what the generation pinned it to
+	// (a digest or an image ID), when it was.
+	Image   string
+	Pinned  string
+	Trouble bool
+	Error   string
 }
 
 type overviewPage struct {
@@ -313,8 +316,8 @@ func (c *console) overview(w http.ResponseWriter, r *http.Request) {
 // instances are ready than desired, or its rollout failed or was rolled
 // back.
 func (c *console) row(ctx context.Context, a store.App, now time.Time) Row {
-	row := Row{Name: a.Name, Generation: a.Generation, Desired: a.DesiredReplicas, Image: a.ImageRef}
-	if row.Image == "" && a.Spec != nil {
+	row := Row{Name: a.Name, Generation: a.Generation, Desired: a.DesiredReplicas, Pinned: a.ImageRef}
+	if a.Spec != nil {
 		row.Image = a.Spec.Image
 	}
 	b, err := c.o.Brief(ctx, a, now)
