@@ -306,6 +306,10 @@ JSON
     curl -i -H 'Host: secure.localhost' http://$HTTP/   # plain HTTP redirects"
   fi
 
+  # The web console signs in with an API token: a read one is enough to look.
+  (umask 077 && "$BIN/scheduler" tokens create --name demo-console --scope read >"$DIR/run/console.token" 2>/dev/null) ||
+    echo "    (no console token: scheduler tokens create failed)"
+
   step "Berth is running ($(($(date +%s) - start_time))s)"
   cat <<EOF
 
@@ -324,6 +328,7 @@ JSON
     docker kill \$(docker ps -q --filter label=berth.app=demo | head -n1)
                                                     # a crash: replaced within a second$ACME_HELP$HOSTS_HELP
 
+  Console: http://127.0.0.1:7070/ui/  (sign in with the token in $DIR/run/console.token)
   Logs: $DIR/logs/   Metrics: http://127.0.0.1:7070/metrics, :9102/metrics, :9103/metrics
   Stop: Ctrl-C here, or 'make demo-down' from another terminal.
 EOF
