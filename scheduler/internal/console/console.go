@@ -61,10 +61,15 @@ type AppLister interface {
 	List(ctx context.Context) ([]store.App, error)
 }
 
-// Options configure the console; Keyring, Apps and Brief must be set.
+// Options configure the console; Keyring, API, Apps and Brief must be set.
 type Options struct {
 	Keyring Authenticator
-	Apps    AppLister
+	// API is the scheduler's API handler: every page reads, and every
+	// action changes, through it, as the signed-in token (apiclient.go).
+	API http.Handler
+	// Live feeds the pages' live updates; nil turns them off.
+	Live *Hub
+	Apps AppLister
 	// Brief is each app's replicas and rollout (api.Brief).
 	Brief api.BriefFunc
 	// TTL is a session's life; 0: DefaultTTL.
@@ -72,6 +77,9 @@ type Options struct {
 	// Now is the clock; nil: time.Now.
 	Now func() time.Time
 }
+
+// pages are the templates, each rendered inside templates/layout.html.
+var pages = []string{"login.html", "overview.html"}
 
 type console struct {
 	o      Options
@@ -89,7 +97,7 @@ func New(o Options, logger *zap.Logger) (http.Handler, error) {
 		o.Now = time.Now
 	}
 	c := &console{o: o, logger: logger.Named("console"), tpl: map[string]*template.Template{}, sess: newSessions()}
-	for _, page := range []string{"login.html", "overview.html"} {
+	for _, page := range pages {
 		t, err := template.ParseFS(templateFS, "templates/layout.html", "templates/"+page)
 		if err != nil {
 			return nil, err
@@ -106,6 +114,7 @@ func New(o Options, logger *zap.Logger) (http.Handler, error) {
 	mux.HandleFunc("POST /ui/login", c.login)
 	mux.HandleFunc("POST /ui/logout", c.signedIn(c.logout))
 	mux.HandleFunc("GET /ui/{$}", c.signedIn(c.overview))
+	mux.HandleFunc("GET /ui/live", c.signedIn(c.live))
 	return headers(mux), nil
 }
 
@@ -122,11 +131,43 @@ func headers(next http.Handler) http.Handler {
 	})
 }
 
-// viewer is the signed-in request's session and identity.
+// viewer is the signed-in request's session and identity, and its
+// token's secret, which the console sends to the API as the bearer.
 type viewer struct {
-	id   string
-	who  auth.Identity
-	csrf string
+	id     string
+	who    auth.Identity
+	csrf   string
+	secret string
+}
+
+// viewerOf is the viewer of a signed-in request.
+func viewerOf(r *http.Request) viewer { return r.Context().Value(viewerKey{}).(viewer) }
+
+// Base is what every signed-in page shows around its content: who is
+// signed in, the CSRF token of its forms, which page it is (for the
+// navigation) and what its live updates follow.
+type Base struct {
+	Token string
+	Scope string
+	CSRF  string
+	// Page is the navigation's current entry: overview, hosts, edge,
+	// certificates or events.
+	Page string
+	// Live says what the page's script does with live events: "refresh"
+	// (the page is fetched again, at most once a second) or "events"
+	// (each is added to the table); "" follows none. LiveApp limits them
+	// to one app.
+	Live    string
+	LiveApp string
+	// Flash is a one-off notice, Error what went wrong.
+	Flash string
+	Error string
+}
+
+// base is the Base of a signed-in request's page.
+func base(r *http.Request, page string) Base {
+	v := viewerOf(r)
+	return Base{Token: v.who.Name, Scope: v.who.Scope.String(), CSRF: v.csrf, Page: page}
 }
 
 type viewerKey struct{}
@@ -160,7 +201,7 @@ func (c *console) signedIn(next http.HandlerFunc) http.HandlerFunc {
 		if r.Method == http.MethodPost && !c.checkCSRF(w, r, s.csrf) {
 			return
 		}
-		next(w, r.WithContext(context.WithValue(r.Context(), viewerKey{}, viewer{id: ck.Value, who: who, csrf: s.csrf})))
+		next(w, r.WithContext(context.WithValue(r.Context(), viewerKey{}, viewer{id: ck.Value, who: who, csrf: s.csrf, secret: s.secret})))
 	}
 }
 
@@ -196,8 +237,7 @@ func (c *console) render(w http.ResponseWriter, code int, page string, data any)
 }
 
 type loginPage struct {
-	CSRF  string
-	Error string
+	Base
 }
 
 // loginForm serves the form with a fresh double-submit token, set as a
@@ -214,7 +254,7 @@ func (c *console) showLogin(w http.ResponseWriter, r *http.Request, code int, ms
 		return
 	}
 	http.SetCookie(w, c.cookie(r, LoginCookie, tok, 600))
-	c.render(w, code, "login.html", loginPage{CSRF: tok, Error: msg})
+	c.render(w, code, "login.html", loginPage{Base{CSRF: tok, Error: msg}})
 }
 
 // login checks the form's token with the keyring and starts a session.
@@ -257,8 +297,7 @@ func (c *console) login(w http.ResponseWriter, r *http.Request) {
 }
 
 func (c *console) logout(w http.ResponseWriter, r *http.Request) {
-	v := r.Context().Value(viewerKey{}).(viewer)
-	c.sess.drop(v.id)
+	c.sess.drop(viewerOf(r).id)
 	http.SetCookie(w, c.cookie(r, SessionCookie, "", -1))
 	http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
 }
@@ -281,17 +320,14 @@ type Row struct {
 }
 
 type overviewPage struct {
-	Token string
-	Scope string
-	CSRF  string
-	Apps  []Row
-	Error string
+	Base
+	Apps []Row
 }
 
 // overview lists every app, those in trouble first.
 func (c *console) overview(w http.ResponseWriter, r *http.Request) {
-	v := r.Context().Value(viewerKey{}).(viewer)
-	page := overviewPage{Token: v.who.Name, Scope: v.who.Scope.String(), CSRF: v.csrf}
+	page := overviewPage{Base: base(r, "overview")}
+	page.Live = "refresh"
 	apps, err := c.o.Apps.List(r.Context())
 	if err != nil {
 		c.logger.Warn("cannot list apps", zap.Error(err))

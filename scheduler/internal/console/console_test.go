@@ -28,6 +28,7 @@ func TestMain(m *testing.M) { testrig.Main(m) }
 const admin = "admin-secret-for-the-console-tests"
 
 type rig struct {
+	live *Hub
 	t    *testing.T
 	url  string
 	st   *store.Store
@@ -62,11 +63,13 @@ func newRig(t *testing.T, rename map[string]string) *rig {
 	require.NoError(t, err)
 	keys := auth.NewKeyring(st, auth.Config{Bootstrap: admin, MissInterval: time.Nanosecond}, zaptest.NewLogger(t))
 	deps := api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Claims: st, Hosts: st, History: st, Tokens: st}
-	h, err := New(Options{Keyring: keys, Apps: renamed{AppLister: st, names: rename}, Brief: api.Brief(deps, api.Options{})}, zaptest.NewLogger(t))
+	live := NewHub()
+	h, err := New(Options{Keyring: keys, API: api.New(deps, api.Options{Keyring: keys}, zaptest.NewLogger(t)), Live: live,
+		Apps: renamed{AppLister: st, names: rename}, Brief: api.Brief(deps, api.Options{})}, zaptest.NewLogger(t))
 	require.NoError(t, err)
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	return &rig{t: t, url: srv.URL, st: st, keys: keys}
+	return &rig{t: t, url: srv.URL, st: st, keys: keys, live: live}
 }
 
 func (r *rig) apply(yaml string) {
@@ -169,7 +172,7 @@ func TestSessionCookieIsSecureOverTLS(t *testing.T) {
 	r := newRig(t, nil)
 	ctx := context.Background()
 	deps := api.Deps{Apps: r.st, Changes: r.st, Events: r.st, Decisions: r.st, DB: r.st, Claims: r.st, Hosts: r.st, History: r.st, Tokens: r.st}
-	h, err := New(Options{Keyring: r.keys, Apps: r.st, Brief: api.Brief(deps, api.Options{})}, zaptest.NewLogger(t))
+	h, err := New(Options{Keyring: r.keys, API: api.New(deps, api.Options{Keyring: r.keys}, zaptest.NewLogger(t)), Apps: r.st, Brief: api.Brief(deps, api.Options{})}, zaptest.NewLogger(t))
 	require.NoError(t, err)
 	srv := httptest.NewTLSServer(h)
 	t.Cleanup(srv.Close)
@@ -346,23 +349,25 @@ func TestOverview(t *testing.T) {
 	require.Contains(t, page, "viewer (read)")
 
 	require.NotContains(t, page, hostile, "the app name is not markup")
-	require.NotContains(t, page, "<script", "no script at all")
+	require.NotContains(t, page, "<script>", "no inline script")
+	require.Equal(t, 1, strings.Count(page, "<script"), "the console's one script file")
+	require.Contains(t, page, `<script src="/ui/static/console.js" defer></script>`)
 	require.Contains(t, page, `&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;`)
 
 	// web wants 3 replicas and has none ready: it comes first, in trouble.
-	web, calm := strings.Index(page, ">web<"), strings.Index(page, ">calm<")
+	web, calm := strings.Index(page, `data-name="web"`), strings.Index(page, `data-name="calm"`)
 	require.Positive(t, web)
 	require.Positive(t, calm)
 	require.Less(t, web, calm, "apps in trouble come first")
-	require.Contains(t, page, `<tr class="trouble">
-<td class="name">web</td>
+	require.Contains(t, page, `<tr class="trouble" data-name="web">
+<td class="name"><a href="/ui/apps/web">web</a></td>
 <td>0 / 3</td>`)
-	require.Contains(t, page, `<tr class="trouble">
-<td class="name">back</td>`, "a rolled-back rollout is trouble")
+	require.Contains(t, page, `<tr class="trouble" data-name="back">
+<td class="name"><a href="/ui/apps/back">back</a></td>`, "a rolled-back rollout is trouble")
 	require.Contains(t, page, `rolled_back: &lt;img src=x onerror=alert(1)&gt; crashed`)
 	require.NotContains(t, page, "<img")
-	require.Less(t, strings.Index(page, ">back<"), calm)
-	require.Contains(t, page, `<tr class="ok">
-<td class="name">calm</td>
+	require.Less(t, strings.Index(page, `data-name="back"`), calm)
+	require.Contains(t, page, `<tr class="ok" data-name="calm">
+<td class="name"><a href="/ui/apps/calm">calm</a></td>
 <td>0 / 0</td>`)
 }

@@ -44,6 +44,7 @@ func (r *replica) run(ctx context.Context) error {
 		r.logger.Warn("ignored the delete of an lbagent's record: lbagents never delete theirs", zap.String("node", key))
 	})
 	group.Add("watch-agents", bus.NewWatcher(r.nats.conn, r.names.AgentsBucket(), bus.Message[*msg.Agent], agents, r.logger))
+	group.Add("console-live", lifecycle.Func(r.feedConsole))
 	group.Add("scaler-intake", r.sc) // the samples and policies, for the API and the next leader
 	if r.nodeDir != nil {
 		r.nodeDir.OnChange = r.repairCerts // seal every certificate key again, to the keys as they are now
@@ -58,6 +59,20 @@ func (r *replica) run(ctx context.Context) error {
 	r.logger.Info("scheduler started", zap.String("api", a.Listen), zap.Bool("api_tls", a.Cert != nil),
 		zap.Bool("api_open_without_token", a.Open), zap.String("database", store.Redact(r.cfg.DatabaseURL)))
 	return group.Run(ctx)
+}
+
+// feedConsole sends the events NATS carries to the console's browsers on
+// this replica, leader or follower, until ctx ends.
+func (r *replica) feedConsole(ctx context.Context) error {
+	dropped := func(subject string, err error) {
+		r.logger.Debug("the console dropped an event it cannot decode", zap.String("subject", subject), zap.Error(err))
+	}
+	sub, err := r.nats.conn.Subscribe(r.names.AllEvents(), bus.Decoded(msg.DecodeAs[*msg.Event], func(_ string, ev *msg.Event) { r.live.Publish(ev) }, dropped))
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return sub.Drain()
 }
 
 // addLeaderServices fills the leader group: what only the leader does.

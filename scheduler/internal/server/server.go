@@ -44,7 +44,8 @@ type replica struct {
 	names   msg.Names
 	logger  *zap.Logger
 	secrets *secret.Box
-
+	// live feeds the web console's browsers with events.
+	live    *console.Hub
 	st      *store.Store
 	nats    *natsSide
 	nodeDir *bus.NodeDirectory // nil without Berth's role credentials
@@ -278,7 +279,8 @@ func (r *replica) buildAPI() error {
 		Logs:      &logs.Reader{Instances: st, Engines: r.fl}, Resolve: r.images.Resolve,
 		Health: func(app, inst string) (*msg.Health, bool) { return r.healthTbl.Get(app + "." + inst) }}
 	handler := api.New(deps, apiOpts, r.logger)
-	ui, err := console.New(console.Options{Keyring: r.keys, Apps: st, Brief: api.Brief(deps, apiOpts)}, r.logger)
+	r.live = console.NewHub()
+	ui, err := console.New(console.Options{Keyring: r.keys, API: handler, Live: r.live, Apps: st, Brief: api.Brief(deps, apiOpts)}, r.logger)
 	if err != nil {
 		return fmt.Errorf("build the web console: %w", err)
 	}

@@ -1,0 +1,147 @@
+// Berth console: live updates and the filter box. Plain JavaScript, no
+// library; the pages work without it (every action is a form). It never
+// builds markup from data: events are set as text, and a refreshed page
+// is the server's own HTML, escaped by its templates.
+"use strict";
+
+(function () {
+  const body = document.body;
+  const mode = body.dataset.live || "";
+  const app = body.dataset.app || "";
+  const status = document.getElementById("live");
+
+  function setStatus(text, state) {
+    if (!status) return;
+    status.textContent = text;
+    status.dataset.state = state;
+  }
+
+  // The filter box hides the rows whose data-name does not hold its text.
+  const filter = document.querySelector("input[data-filter]");
+  function applyFilter() {
+    if (!filter) return;
+    const q = filter.value.trim().toLowerCase();
+    for (const row of document.querySelectorAll(filter.dataset.filter)) {
+      row.hidden = q !== "" && !(row.dataset.name || "").toLowerCase().includes(q);
+    }
+  }
+  if (filter) {
+    filter.addEventListener("input", applyFilter);
+    applyFilter();
+  }
+
+  // refresh fetches the page again and swaps its content, at most once a
+  // second and never two at once: a burst of events costs one fetch.
+  let inflight = false, again = false, timer = null, last = 0;
+  function schedule() {
+    if (inflight) { again = true; return; }
+    if (timer) return;
+    timer = setTimeout(refresh, Math.max(100, last + 1000 - Date.now()));
+  }
+  async function refresh() {
+    timer = null;
+    inflight = true;
+    last = Date.now();
+    try {
+      const res = await fetch(location.href, { credentials: "same-origin", headers: { Accept: "text/html" } });
+      if (res.redirected && new URL(res.url).pathname === "/ui/login") {
+        location.assign("/ui/login");
+        return;
+      }
+      const doc = new DOMParser().parseFromString(await res.text(), "text/html");
+      const fresh = doc.getElementById("content");
+      const content = document.getElementById("content");
+      if (fresh && content) {
+        content.replaceChildren(...fresh.childNodes);
+        body.dataset.refreshed = String(Date.now());
+        applyFilter();
+      }
+    } catch (e) {
+      setStatus("cannot reach the scheduler: retrying", "error");
+    } finally {
+      inflight = false;
+      if (again) { again = false; schedule(); }
+    }
+  }
+
+  // Events mode: each event becomes a row at the top of the table, at
+  // most once per frame however fast they come, and the table keeps the
+  // newest maxRows.
+  const maxRows = 500;
+  const eventsTable = () => document.querySelector("table.events");
+  const seen = new Set();
+  let queue = [];
+  function cell(row, text, cls) {
+    const td = row.insertCell(-1);
+    td.textContent = text;
+    if (cls) td.className = cls;
+    return td;
+  }
+  function flush() {
+    const table = eventsTable();
+    if (!table) { queue = []; return; }
+    const tbody = table.tBodies[0];
+    const batch = queue.splice(0, queue.length);
+    const frag = document.createDocumentFragment();
+    for (let i = batch.length - 1; i >= 0; i--) {
+      const ev = batch[i];
+      const row = document.createElement("tr");
+      row.className = "new " + (ev.kind || "");
+      row.dataset.name = ev.app;
+      cell(row, new Date(ev.at).toLocaleTimeString(), "at");
+      const a = document.createElement("a");
+      a.href = "/ui/apps/" + encodeURIComponent(ev.app);
+      a.textContent = ev.app;
+      row.insertCell(-1).appendChild(a);
+      cell(row, ev.instance || "", "instance");
+      cell(row, ev.kind, "kind");
+      cell(row, ev.actor || "", "actor");
+      cell(row, ev.message, "message");
+      frag.appendChild(row);
+    }
+    tbody.insertBefore(frag, tbody.firstChild);
+    while (tbody.rows.length > maxRows) tbody.deleteRow(-1);
+    const empty = document.getElementById("no-events");
+    if (empty) empty.hidden = true;
+    applyFilter();
+  }
+  function addEvent(ev) {
+    if (ev.id) {
+      if (seen.has(ev.id)) return;
+      seen.add(ev.id);
+      if (seen.size > 4 * maxRows) seen.delete(seen.values().next().value);
+    }
+    const table = eventsTable();
+    if (!table) return;
+    const kind = table.dataset.kind || "", only = table.dataset.app || "";
+    if ((kind && ev.kind !== kind) || (only && ev.app !== only)) return;
+    if (queue.push(ev) === 1) requestAnimationFrame(flush);
+  }
+
+  if (!mode || typeof EventSource === "undefined") return;
+  if (mode === "events" && eventsTable()) {
+    for (const row of eventsTable().querySelectorAll("tr[data-id]")) seen.add(row.dataset.id);
+  }
+  let broken = false;
+  const es = new EventSource("/ui/live" + (app ? "?app=" + encodeURIComponent(app) : ""));
+  es.addEventListener("open", function () {
+    setStatus("live", "live");
+    // Back after a break: what changed meanwhile is on the page again.
+    if (broken && mode === "refresh") schedule();
+    broken = false;
+  });
+  es.addEventListener("error", function () {
+    broken = true;
+    if (es.readyState === EventSource.CLOSED) {
+      setStatus("live updates stopped: reload the page", "error");
+    } else {
+      setStatus("reconnecting… (the page still works)", "reconnecting");
+    }
+  });
+  es.addEventListener("event", function (e) {
+    let ev;
+    try { ev = JSON.parse(e.data); } catch (err) { return; }
+    if (mode === "events") addEvent(ev); else schedule();
+  });
+  es.addEventListener("missed", function () { schedule(); });
+})();
