@@ -46,7 +46,8 @@ const maxAPIAnswer = 64 << 20
 // API as the viewer, and decodes a 2xx answer into out (when not nil).
 func (c *console) call(r *http.Request, method, path string, in, out any) error {
 	v := viewerOf(r)
-	var body io.Reader
+	// The API reads every request's body; one without is empty, not nil.
+	var body io.Reader = http.NoBody
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
