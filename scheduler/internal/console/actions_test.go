@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/require"
 
@@ -442,4 +443,24 @@ func TestEventsPage(t *testing.T) {
 	_, page = get(t, bot, r.url+"/ui/events?app=web")
 	require.Contains(t, page, "exited &lt;script&gt;")
 	require.NotContains(t, page, "panic: boom")
+}
+
+func TestFlashIsBoundedAndShownOnce(t *testing.T) {
+	t.Parallel()
+	s := newSessions()
+	now := time.Now()
+	id, _, err := s.add("secret", now, now.Add(time.Hour))
+	require.NoError(t, err)
+	require.Empty(t, s.takeFlash(id))
+	s.setFlash(id, strings.Repeat("é", maxFlash))
+	text := s.takeFlash(id)
+	require.LessOrEqual(t, len(text), maxFlash)
+	require.Greater(t, len(text), maxFlash-2, "cut on a rune boundary")
+	require.True(t, utf8.ValidString(text))
+	require.Empty(t, s.takeFlash(id), "shown once")
+	s.setFlash("gone", "x")
+	require.Empty(t, s.takeFlash("gone"), "no session, no flash")
+	s.setFlash(id, "scaled")
+	s.drop(id)
+	require.Empty(t, s.takeFlash(id))
 }
