@@ -79,7 +79,7 @@ type Options struct {
 }
 
 // pages are the templates, each rendered inside templates/layout.html.
-var pages = []string{"login.html", "overview.html"}
+var pages = []string{"login.html", "overview.html", "confirm.html", "hosts.html", "events.html"}
 
 type console struct {
 	o      Options
@@ -115,6 +115,9 @@ func New(o Options, logger *zap.Logger) (http.Handler, error) {
 	mux.HandleFunc("POST /ui/logout", c.signedIn(c.logout))
 	mux.HandleFunc("GET /ui/{$}", c.signedIn(c.overview))
 	mux.HandleFunc("GET /ui/live", c.signedIn(c.live))
+	mux.HandleFunc("GET /ui/hosts", c.signedIn(c.hosts))
+	mux.HandleFunc("GET /ui/events", c.signedIn(c.events))
+	c.actions(mux)
 	return headers(mux), nil
 }
 
@@ -138,6 +141,8 @@ type viewer struct {
 	who    auth.Identity
 	csrf   string
 	secret string
+	// flash takes the session's one-off notice (sessions.takeFlash).
+	flash func() string
 }
 
 // viewerOf is the viewer of a signed-in request.
@@ -167,7 +172,11 @@ type Base struct {
 // base is the Base of a signed-in request's page.
 func base(r *http.Request, page string) Base {
 	v := viewerOf(r)
-	return Base{Token: v.who.Name, Scope: v.who.Scope.String(), CSRF: v.csrf, Page: page}
+	b := Base{Token: v.who.Name, Scope: v.who.Scope.String(), CSRF: v.csrf, Page: page}
+	if v.flash != nil {
+		b.Flash = v.flash()
+	}
+	return b
 }
 
 type viewerKey struct{}
@@ -201,7 +210,8 @@ func (c *console) signedIn(next http.HandlerFunc) http.HandlerFunc {
 		if r.Method == http.MethodPost && !c.checkCSRF(w, r, s.csrf) {
 			return
 		}
-		next(w, r.WithContext(context.WithValue(r.Context(), viewerKey{}, viewer{id: ck.Value, who: who, csrf: s.csrf, secret: s.secret})))
+		next(w, r.WithContext(context.WithValue(r.Context(), viewerKey{}, viewer{id: ck.Value, who: who, csrf: s.csrf, secret: s.secret,
+			flash: func() string { return c.sess.takeFlash(ck.Value) }})))
 	}
 }
 

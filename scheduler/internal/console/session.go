@@ -6,6 +6,8 @@ import (
 	"encoding/base64"
 	"sync"
 	"time"
+
+	"github.com/berthhq/berth/common/msg"
 )
 
 // maxSessions caps the sessions a replica keeps: past it, signing in
@@ -19,7 +21,14 @@ type session struct {
 	secret  string
 	csrf    string
 	expires time.Time
+	// flash is a one-off notice for the next page this session renders
+	// (what an action did), at most maxFlash bytes.
+	flash string
 }
+
+// maxFlash caps a session's flash: it holds an API message and an event's,
+// both bounded, but a session must not grow with what it is told.
+const maxFlash = 2048
 
 // sessions maps opaque random ids (the cookie's value) to sessions. It
 // is safe for concurrent use.
@@ -74,6 +83,31 @@ func (s *sessions) get(id string, now time.Time) (session, bool) {
 		return session{}, false
 	}
 	return ss, true
+}
+
+// setFlash sets the notice the session's next page shows, cut to
+// maxFlash bytes; a session that ended meanwhile gets none.
+func (s *sessions) setFlash(id, text string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ss, ok := s.m[id]; ok {
+		ss.flash = msg.Truncate(text, maxFlash)
+		s.m[id] = ss
+	}
+}
+
+// takeFlash returns the session's notice and forgets it: it shows once.
+func (s *sessions) takeFlash(id string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ss, ok := s.m[id]
+	if !ok || ss.flash == "" {
+		return ""
+	}
+	text := ss.flash
+	ss.flash = ""
+	s.m[id] = ss
+	return text
 }
 
 // drop ends the session of id.

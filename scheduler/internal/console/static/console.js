@@ -52,6 +52,10 @@
       const fresh = doc.getElementById("content");
       const content = document.getElementById("content");
       if (fresh && content) {
+        // An action's flash shows once: the refreshed page no longer has
+        // it, so the one on screen is kept.
+        const flash = content.querySelector(".flash");
+        if (flash && !fresh.querySelector(".flash")) fresh.insertBefore(flash, fresh.firstChild);
         content.replaceChildren(...fresh.childNodes);
         body.dataset.refreshed = String(Date.now());
         applyFilter();
@@ -88,6 +92,7 @@
       const row = document.createElement("tr");
       row.className = "new " + (ev.kind || "");
       row.dataset.name = ev.app;
+      if (ev.id) row.dataset.id = ev.id;
       cell(row, new Date(ev.at).toLocaleTimeString(), "at");
       const a = document.createElement("a");
       a.href = "/ui/apps/" + encodeURIComponent(ev.app);
