@@ -79,7 +79,7 @@ type Options struct {
 }
 
 // pages are the templates, each rendered inside templates/layout.html.
-var pages = []string{"login.html", "overview.html"}
+var pages = []string{"login.html", "overview.html", "app.html", "generation.html"}
 
 type console struct {
 	o      Options
@@ -115,6 +115,8 @@ func New(o Options, logger *zap.Logger) (http.Handler, error) {
 	mux.HandleFunc("POST /ui/logout", c.signedIn(c.logout))
 	mux.HandleFunc("GET /ui/{$}", c.signedIn(c.overview))
 	mux.HandleFunc("GET /ui/live", c.signedIn(c.live))
+	mux.HandleFunc("GET /ui/apps/{name}", c.signedIn(c.app))
+	mux.HandleFunc("GET /ui/apps/{name}/history/{generation}", c.signedIn(c.generation))
 	return headers(mux), nil
 }
 
