@@ -146,6 +146,7 @@ func TestAppPage(t *testing.T) {
 		require.Contains(t, page, "12.5 req/s")
 		require.Contains(t, page, "2.00 % 5xx")
 		require.Contains(t, page, "p95 87 ms")
+		require.Contains(t, page, "(750 requests from 2 lbagent(s))", "no window reported: none said")
 		require.Contains(t, page, "web-b1 by edge-1")
 		require.Contains(t, page, "exit code 3 (exit 3)")
 	})
