@@ -310,12 +310,8 @@ func appBadName(name string) string {
 }
 
 // appReadError is what a section says when the API did not answer it:
-// the API's own words (a refusal names the scope needed).
+// the API's own words (a refusal names the scope needed, see APIError).
 func appReadError(what string, err error) string {
-	var ae *APIError
-	if errors.As(err, &ae) {
-		return "cannot read " + what + ": " + ae.Error()
-	}
 	return "cannot read " + what + ": " + err.Error()
 }
 
