@@ -79,7 +79,7 @@ type Options struct {
 }
 
 // pages are the templates, each rendered inside templates/layout.html.
-var pages = []string{"login.html", "overview.html", "confirm.html", "hosts.html", "events.html"}
+var pages = []string{"login.html", "overview.html", "confirm.html", "hosts.html", "events.html", "app.html", "generation.html"}
 
 type console struct {
 	o      Options
@@ -118,6 +118,8 @@ func New(o Options, logger *zap.Logger) (http.Handler, error) {
 	mux.HandleFunc("GET /ui/hosts", c.signedIn(c.hosts))
 	mux.HandleFunc("GET /ui/events", c.signedIn(c.events))
 	c.actions(mux)
+	mux.HandleFunc("GET /ui/apps/{name}", c.signedIn(c.app))
+	mux.HandleFunc("GET /ui/apps/{name}/history/{generation}", c.signedIn(c.generation))
 	return headers(mux), nil
 }
 
