@@ -449,6 +449,8 @@ func (a *Agent) agentMessage() *msg.Agent {
 	return m
 }
 
+// copyChange copies c, so that a record handed to the reporter does not
+// change with the next reload or push.
 func copyChange(c *msg.ConfigChange) *msg.ConfigChange {
 	if c == nil {
 		return nil
