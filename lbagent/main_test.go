@@ -203,15 +203,21 @@ func TestManagedNginxEndToEnd(t *testing.T) {
 		return seen["A"] && seen["B"]
 	}, 15*time.Second, 20*time.Millisecond, "nginx must spread traffic over both backends")
 
-	// The applied revision reaches the agents bucket.
+	// The applied revision reaches the agents bucket, with the nginx
+	// version, the mode and the reload that applied it.
+	var rec *msg.Agent
 	require.Eventually(t, func() bool {
 		e, err := cl.kv[cl.names.AgentsBucket()].Get(context.Background(), "lb-e2e")
 		if err != nil {
 			return false
 		}
-		a, err := msg.DecodeAs[*msg.Agent](e.Value)
-		return err == nil && a.AppliedRevision >= rev
+		rec, err = msg.DecodeAs[*msg.Agent](e.Value)
+		return err == nil && rec.AppliedRevision >= rev
 	}, 10*time.Second, 20*time.Millisecond)
+	require.True(t, strings.HasPrefix(rec.NginxVersion, "nginx/"), "nginx -v: %q", rec.NginxVersion)
+	require.Contains(t, []string{msg.ModeDynamic, msg.ModeReload}, rec.Mode)
+	require.NotNil(t, rec.LastReload)
+	require.Empty(t, rec.LastReload.Error)
 
 	// Garbage on NATS is dropped and counted; nginx keeps serving.
 	cl.putRaw(cl.names.InstancesBucket(), "demo.zz", `{"type":"berth.instance.v1","app":"demo","id":"zz","state":"running","address":"1.2.3.4:80; evil"}`)

@@ -197,6 +197,13 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 	} else {
 		logger.Info("no --access-log: health.outlier ejects no instance, as it counts real traffic from the access log")
 	}
+	// The agents record names the nginx version (scheduler edge).
+	vctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	version, err := bin.Version(vctx)
+	cancel()
+	if err != nil {
+		logger.Warn("nginx -v failed: this lbagent's record names no nginx version", zap.Error(err))
+	}
 	lo, hi, _ := c.debounce()
 	a = agent.New(agent.Config{
 		Node: node, Render: c.renderOptions(), Target: target, Staging: filepath.Join(c.StateDir, "staging"),
@@ -204,7 +211,7 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 		Heartbeat: msg.AgentTTL / 3,
 		Hooks:     agent.Hooks{Rendered: metrics.Rendered, Held: metrics.Held, Served: metrics.Served, Pushed: metrics.Pushed},
 		Pusher:    dyn.pusher(), Snapshot: dyn.snapshot(), ReloadDrain: c.ReloadDrain,
-		CertDir: filepath.Join(c.StateDir, "certs"), Keys: conn, Ejector: ejector,
+		CertDir: filepath.Join(c.StateDir, "certs"), Keys: conn, Ejector: ejector, NginxVersion: version,
 	}, store, renderer, nginx.Binary{Path: c.NginxBin}, reloader, report.New(conn, names, node, metrics, logger), logger)
 
 	// With a node's own key, the scheduler makes the agents bucket: a

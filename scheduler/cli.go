@@ -53,6 +53,8 @@ type cli struct {
 	Hosts       hostsCmd    `cmd:"" help:"The Docker hosts the scheduler places instances on: add, ls, drain, undrain, rm."`
 	Tokens      tokensCmd   `cmd:"" help:"API tokens and their scopes (read, deploy, admin): create, ls, revoke."`
 	History     historyCmd  `cmd:"" help:"Show an app's kept spec generations: image, who made each and what it changed; with a generation, its spec and its diff against the one before."`
+	Edge        edgeCmd     `cmd:"" help:"Show every lbagent: its mode, applied revision and lag behind the instances bucket, latest reload and push, nginx version, errors, and when it last reported."`
+	Certs       certsCmd    `cmd:"" help:"Show every app's ACME certificate: names, issuer, expiry and days left, last issuance, failures and the next retry."`
 
 	NATSCredential natsCredentialCmd `cmd:"" name:"nats-credential" help:"Print one role's NATS credential of the embedded NATS (its nkey seed, and the roles' public keys that sealed records are checked against), for another daemon's --nats-nkey; creates the credentials if needed."`
 	NATSConfig     natsConfigCmd     `cmd:"" name:"nats-config" help:"Print a nats-server config with Berth's roles (users and permissions) for an external NATS, from the credentials in --data-dir."`

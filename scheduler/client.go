@@ -191,6 +191,10 @@ func dispatch(ctx context.Context, c *cli, command string, out, errOut io.Writer
 		})
 	case strings.HasPrefix(command, "status"):
 		return status(ctx, &c.Status, out)
+	case command == "edge":
+		return edge(ctx, &c.Edge, out)
+	case command == "certs":
+		return certificates(ctx, &c.Certs, out)
 	case strings.HasPrefix(command, "hosts "):
 		return hostsDispatch(ctx, c, command, out)
 	case strings.HasPrefix(command, "events"):

@@ -392,6 +392,31 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// TestBucketStatusLastRevision: a bucket's status names the revision of
+// its latest write, a delete included, as a watcher counts revisions.
+func TestBucketStatusLastRevision(t *testing.T) {
+	t.Parallel()
+	c := connect(t, startServer(t, -1, t.TempDir()).URL())
+	ctx := ctxT(t)
+	require.NoError(t, c.EnsureBuckets(ctx, []BucketConfig{{Name: "t_revs", History: 1}}))
+	kv, err := c.KV(ctx, "t_revs")
+	require.NoError(t, err)
+	st, err := kv.Status(ctx)
+	require.NoError(t, err)
+	require.Zero(t, st.LastRevision)
+	_, err = kv.Put(ctx, "a", []byte("1"))
+	require.NoError(t, err)
+	rev, err := kv.Put(ctx, "b", []byte("2"))
+	require.NoError(t, err)
+	st, err = kv.Status(ctx)
+	require.NoError(t, err)
+	require.Equal(t, rev, st.LastRevision)
+	require.NoError(t, kv.Delete(ctx, "a"))
+	st, err = kv.Status(ctx)
+	require.NoError(t, err)
+	require.Equal(t, rev+1, st.LastRevision, "the delete marker is a revision")
+}
+
 func TestContractBuckets(t *testing.T) {
 	t.Parallel()
 	n, err := msg.NewNames("test")

@@ -293,6 +293,10 @@ type BucketStatus struct {
 	MaxConsumers int
 	// Replicas is how many servers of the NATS cluster hold it.
 	Replicas int
+	// LastRevision is the revision of the bucket's latest write (a put
+	// or a delete marker), 0 when none: a watcher that has seen it is
+	// caught up.
+	LastRevision uint64
 }
 
 // Op is what a KV entry did.
@@ -398,6 +402,7 @@ func (k *KV) Status(ctx context.Context) (BucketStatus, error) {
 		cfg := s.StreamInfo().Config
 		out.Memory, out.MaxBytes, out.MaxConsumers = cfg.Storage == jetstream.MemoryStorage, cfg.MaxBytes, cfg.MaxConsumers
 		out.Replicas = max(cfg.Replicas, 1)
+		out.LastRevision = s.StreamInfo().State.LastSeq
 	}
 	return out, nil
 }

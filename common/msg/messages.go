@@ -2,6 +2,7 @@ package msg
 
 import (
 	"fmt"
+	"math"
 	"net/netip"
 	"regexp"
 	"strconv"
@@ -269,8 +270,40 @@ type Agent struct {
 	// rotation for failing real traffic (health.outlier) (optional, added
 	// within v1), at most MaxEjected.
 	Ejected []Ejection `json:"ejected,omitempty"`
+	// Mode is how this lbagent changes nginx's upstreams (optional, added
+	// within v1): ModeDynamic or ModeReload. Absent from older lbagents:
+	// unknown.
+	Mode string `json:"mode,omitempty"`
+	// LastReload is its latest nginx reload, or attempt at one that failed
+	// (optional, added within v1); absent before the first.
+	LastReload *ConfigChange `json:"last_reload,omitempty"`
+	// LastPush is its latest endpoint push into nginx (dynamic mode;
+	// optional, added within v1); absent before the first.
+	LastPush *ConfigChange `json:"last_push,omitempty"`
 	// UpdatedAt is when it was written.
 	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Agent modes (Agent.Mode).
+const (
+	// ModeDynamic pushes endpoint changes into the running nginx and
+	// reloads only for a change of apps, routes, hosts, TLS or lb settings.
+	ModeDynamic = "dynamic"
+	// ModeReload renders and reloads nginx for every change.
+	ModeReload = "reload"
+)
+
+// ConfigChange is one change an lbagent made to its nginx, or tried to:
+// a reload (render to confirm) or an endpoint push.
+type ConfigChange struct {
+	// At is when it finished.
+	At time.Time `json:"at"`
+	// DurationMS is how long it took, in milliseconds.
+	DurationMS float64 `json:"duration_ms"`
+	// Revision is the instances-bucket revision it was for.
+	Revision uint64 `json:"revision,omitempty"`
+	// Error is why it failed; empty when it succeeded.
+	Error string `json:"error,omitempty"`
 }
 
 // MaxEjected bounds Agent.Ejected.
@@ -634,8 +667,25 @@ func (m *Agent) Validate() error {
 			es.Add(spec.Join(p, "times"), "(%d) must be at least 1", e.Times)
 		}
 	}
+	if m.Mode != "" {
+		oneOf(&es, "mode", m.Mode, []string{ModeDynamic, ModeReload})
+	}
+	checkChange(&es, "last_reload", m.LastReload)
+	checkChange(&es, "last_push", m.LastPush)
 	when(&es, "updated_at", m.UpdatedAt)
 	return es.Err()
+}
+
+// checkChange checks an optional ConfigChange at path.
+func checkChange(es *spec.Errors, path string, c *ConfigChange) {
+	if c == nil {
+		return
+	}
+	when(es, spec.Join(path, "at"), c.At)
+	if !(c.DurationMS >= 0) || math.IsInf(c.DurationMS, 1) {
+		es.Add(spec.Join(path, "duration_ms"), "must be a finite number, not negative")
+	}
+	text(es, spec.Join(path, "error"), c.Error)
 }
 
 // Certificate bounds: a chain of a few certificates, a key sealed to

@@ -3,6 +3,7 @@ package msg
 import (
 	"encoding/json"
 	"flag"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -44,7 +45,9 @@ func examples() map[string]Message {
 		TypeHealthChange: &HealthChange{App: "web", Instance: "k3x9q2", From: StatusHealthy, To: StatusUnhealthy,
 			Failure: FailureHTTPStatus, Message: "status 503", LatencyMS: 1.25, Checker: "healthd-a-1234", At: at},
 		TypeAgent: &Agent{Node: "lb-1", AppliedRevision: 4211, Apps: map[string]int64{"web": 7, "api": 2},
-			Errors: map[string]string{"api": "nginx -t: host not found in upstream"}, NginxVersion: "nginx/1.22.1", UpdatedAt: at},
+			Errors: map[string]string{"api": "nginx -t: host not found in upstream"}, NginxVersion: "nginx/1.22.1", Mode: ModeDynamic,
+			LastReload: &ConfigChange{At: at.Add(-time.Hour), DurationMS: 84.5, Revision: 4100},
+			LastPush:   &ConfigChange{At: at.Add(-2 * time.Second), DurationMS: 1.5, Revision: 4211}, UpdatedAt: at},
 		TypeChecker: &Checker{ID: "healthd-a-1234", Targets: 120, StartedAt: started, HeartbeatAt: at},
 		TypeEvent: &Event{ID: "1042", App: "web", Instance: "k3x9q2", Kind: EventInstanceStarted, Message: "instance k3x9q2 started",
 			Details: map[string]string{"container_id": "3f4e5d6c7b8a", "generation": "7"}, Actor: "scheduler", Term: 3, At: at},
@@ -161,6 +164,19 @@ func TestDecodeIgnoresUnknownFields(t *testing.T) {
 	require.Equal(t, "k3x9q2", m.ID)
 }
 
+// TestDecodeOlderAgent: the record of an lbagent from before mode,
+// last_reload and last_push decodes, with none of them.
+func TestDecodeOlderAgent(t *testing.T) {
+	t.Parallel()
+	m, err := Decode([]byte(`{"type":"berth.agent.v1","node":"lb-1","applied_revision":12,"apps":{"web":3},"updated_at":"2026-11-23T12:00:00Z"}`))
+	require.NoError(t, err)
+	a := m.(*Agent)
+	require.Equal(t, "", a.Mode)
+	require.Nil(t, a.LastReload)
+	require.Nil(t, a.LastPush)
+	require.EqualValues(t, 12, a.AppliedRevision)
+}
+
 func TestDecodeAsChecksType(t *testing.T) {
 	t.Parallel()
 	b, err := Encode(examples()[TypeHealth])
@@ -239,6 +255,12 @@ func TestValidateOtherMessages(t *testing.T) {
 		{"health control chars", &Health{App: "web", Instance: "a1", Status: StatusHealthy, Message: "a\x00b", Checker: "c", CheckedAt: at}, "message: must be valid UTF-8 text"},
 		{"agent node", &Agent{Node: "lb.1", UpdatedAt: at}, `node: "lb.1" is not a valid id`},
 		{"agent app", &Agent{Node: "lb1", Apps: map[string]int64{"Bad": 1}, UpdatedAt: at}, `apps[Bad]: "Bad" is not a valid name`},
+		{"agent mode", &Agent{Node: "lb1", Mode: "hot", UpdatedAt: at}, `mode: "hot" is not one of dynamic, reload`},
+		{"agent reload time", &Agent{Node: "lb1", LastReload: &ConfigChange{DurationMS: 1}, UpdatedAt: at}, "last_reload.at: must be set"},
+		{"agent push duration", &Agent{Node: "lb1", LastPush: &ConfigChange{At: at, DurationMS: -1}, UpdatedAt: at}, "last_push.duration_ms: must be a finite number, not negative"},
+		{"agent push duration inf", &Agent{Node: "lb1", LastPush: &ConfigChange{At: at, DurationMS: math.Inf(1)}, UpdatedAt: at}, "last_push.duration_ms: must be a finite number"},
+		{"agent reload error", &Agent{Node: "lb1", LastReload: &ConfigChange{At: at, Error: strings.Repeat("x", MaxTextLen+1)}, UpdatedAt: at}, "last_reload.error: has 1025 bytes; at most 1024"},
+		{"agent reload error control", &Agent{Node: "lb1", LastReload: &ConfigChange{At: at, Error: "a\x1bb"}, UpdatedAt: at}, "last_reload.error: must be valid UTF-8 text"},
 		{"checker targets", &Checker{ID: "c", Targets: -1, HeartbeatAt: at}, "targets: must not be negative"},
 		{"event kind", &Event{ID: "1", App: "web", Kind: "a.b", Message: "m", At: at}, `kind: "a.b" is not a valid id`},
 		{"event actor", &Event{ID: "1", App: "web", Kind: "k", Actor: "a b", Message: "m", At: at}, `actor: "a b" is not a valid id`},

@@ -40,7 +40,7 @@ func (a *Agent) find(ctx context.Context) *Found {
 // having changed nothing, when nginx takes no endpoint push.
 func (a *Agent) adopt(ctx context.Context, start time.Time, in Input, dec Decision) bool {
 	if a.pushes != nil {
-		if err := a.pushes.push(ctx, dec.Changed, dec.Endpoints, true); err != nil {
+		if err := a.pushes.push(ctx, in.Snapshot.Revision, dec.Changed, dec.Endpoints, true); err != nil {
 			a.logger.Warn("endpoints not pushed to the nginx found serving; reloading instead", zap.Error(err))
 			return false
 		}
@@ -55,7 +55,7 @@ func (a *Agent) adopt(ctx context.Context, start time.Time, in Input, dec Decisi
 	}
 	a.logger.Info("adopted the config nginx serves: no reload", zap.Uint64("generation", dec.Generation),
 		zap.Uint64("revision", in.Snapshot.Revision), zap.String("reason", dec.Reason))
-	a.reporter.Applied(ctx, a.agentMessage(""))
+	a.applied(ctx)
 	a.report(ctx, start, in.Snapshot.Revision, msg.ReloadSkipped, "", nil)
 	return true
 }

@@ -139,6 +139,9 @@ type Config struct {
 	// detection out of what nginx serves: in dynamic mode a push, in
 	// reload mode a reload; nil: none.
 	Ejector Ejector
+	// NginxVersion is what nginx -v printed, for the agents record; ""
+	// leaves it out.
+	NginxVersion string
 	// Hooks observe the loop for metrics; nil fields are skipped.
 	Hooks Hooks
 }
@@ -186,6 +189,11 @@ type Agent struct {
 	pushes         *pushes // nil in reload mode
 	// ejectionEnds is when the next outlier ejection ends (zero: none).
 	ejectionEnds time.Time
+	// lastReload is the latest reload or failed attempt at one (nil:
+	// none yet); lastErr the error of the latest change that failed as a
+	// whole, "" once one succeeds. Both go in the agents record.
+	lastReload *msg.ConfigChange
+	lastErr    string
 }
 
 // New returns an agent. renderer is replaced later by SetRenderer when the
@@ -256,7 +264,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-wake:
 		case <-heartbeat.C:
 			if a.served.Generation > 0 {
-				a.reporter.Applied(ctx, a.agentMessage(""))
+				a.reporter.Applied(ctx, a.agentMessage())
 			}
 			continue
 		}
@@ -381,7 +389,7 @@ func (a *Agent) skip(ctx context.Context, start time.Time, snap state.Snapshot, 
 			a.served.Apps[app.Spec.Name] = app.Spec.Generation
 		}
 	}
-	a.reporter.Applied(ctx, a.agentMessage(""))
+	a.applied(ctx)
 	a.report(ctx, start, snap.Revision, msg.ReloadSkipped, "", nil)
 	if h := a.cfg.Hooks.Served; h != nil && a.pushes != nil {
 		h(len(snap.Apps), snap.Servers())
@@ -398,7 +406,7 @@ func (a *Agent) pushChanged(ctx context.Context, start time.Time, rev uint64, de
 	if dec.Action != Push {
 		return true
 	}
-	if err := a.pushes.push(ctx, dec.Changed, dec.Endpoints, dec.Full); err != nil {
+	if err := a.pushes.push(ctx, rev, dec.Changed, dec.Endpoints, dec.Full); err != nil {
 		a.logger.Error("endpoints not pushed, retrying", zap.Error(err))
 		a.report(ctx, start, rev, msg.ReloadFailed, err.Error(), failed)
 		return false
@@ -421,26 +429,70 @@ func wait(now, wake time.Time, retry time.Duration) time.Duration {
 	return until
 }
 
-func (a *Agent) agentMessage(lastErr string) *msg.Agent {
+// agentMessage is the agents record of what nginx serves now: the
+// applied revision and apps, the refused apps, the mode, and how the
+// latest reload and push went.
+func (a *Agent) agentMessage() *msg.Agent {
 	errs := map[string]string{}
 	for k, v := range a.appErrors {
 		errs[k] = msg.Truncate(v, msg.MaxTextLen)
 	}
 	m := &msg.Agent{Node: a.cfg.Node, AppliedRevision: a.served.Snapshot.Revision, Apps: a.served.Apps, Errors: errs,
-		LastError: msg.Truncate(lastErr, msg.MaxTextLen), UpdatedAt: a.now().UTC()}
+		LastError: a.lastErr, NginxVersion: msg.Truncate(a.cfg.NginxVersion, msg.MaxTextLen), Mode: msg.ModeReload,
+		LastReload: copyChange(a.lastReload), UpdatedAt: a.now().UTC()}
+	if a.pushes != nil {
+		m.Mode, m.LastPush = msg.ModeDynamic, copyChange(a.pushes.last)
+	}
 	if a.cfg.Ejector != nil {
 		m.Ejected = a.cfg.Ejector.Ejected()
 	}
 	return m
 }
 
+// copyChange copies c, so that a record handed to the reporter does not
+// change with the next reload or push.
+func copyChange(c *msg.ConfigChange) *msg.ConfigChange {
+	if c == nil {
+		return nil
+	}
+	cc := *c
+	return &cc
+}
+
+// applied publishes the agents record after a change nginx now serves:
+// the error of an earlier one that failed is over.
+func (a *Agent) applied(ctx context.Context) {
+	a.lastErr = ""
+	a.reporter.Applied(ctx, a.agentMessage())
+}
+
+// report publishes the result of a sync, and keeps the error of one that
+// failed as a whole for the agents record until one succeeds (applied).
 func (a *Agent) report(ctx context.Context, start time.Time, rev uint64, result, errText string, failed map[string]string) {
+	if result == msg.ReloadFailed {
+		a.lastErr = msg.Truncate(errText, msg.MaxTextLen)
+	}
 	fa := map[string]string{}
 	for k, v := range failed {
 		fa[k] = msg.Truncate(v, msg.MaxTextLen)
 	}
 	a.reporter.Reload(ctx, &msg.Reload{Node: a.cfg.Node, Result: result, Revision: rev, Error: msg.Truncate(errText, msg.MaxTextLen),
 		FailedApps: fa, DurationMS: float64(a.now().Sub(start).Microseconds()) / 1000, At: a.now().UTC()})
+}
+
+// noteReload records a reload of rev that started at start, or an
+// attempt at one that failed with err, for the agents record.
+func (a *Agent) noteReload(start time.Time, rev uint64, err error) {
+	a.lastReload = change(start, a.now(), rev, err)
+}
+
+// change is a ConfigChange from start to end, failed with err (nil: none).
+func change(start, end time.Time, rev uint64, err error) *msg.ConfigChange {
+	c := &msg.ConfigChange{At: end.UTC(), DurationMS: float64(max(end.Sub(start), 0).Microseconds()) / 1000, Revision: rev}
+	if err != nil {
+		c.Error = msg.Truncate(err.Error(), msg.MaxTextLen)
+	}
+	return c
 }
 
 // Generation returns the config generation nginx serves; safe from any goroutine.

@@ -7,6 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/lbagent/internal/dynamic"
 )
 
@@ -44,8 +45,10 @@ type pushes struct {
 	// drain is ReloadDrain, confirm ConfirmTimeout.
 	drain, confirm time.Duration
 	pushed         func(time.Duration, error)
-	now            func() time.Time
-	logger         *zap.Logger
+	// last is the latest push, for the agents record (nil: none yet).
+	last   *msg.ConfigChange
+	now    func() time.Time
+	logger *zap.Logger
 }
 
 // newPushes returns dynamic mode's side of the loop: pushes through
@@ -65,10 +68,11 @@ func (p *pushes) run(ctx context.Context) {
 	})
 }
 
-// push sends one batch above every version seen, retrying once above
-// nginx's when nginx has a newer one (a restarted lbagent). Once pushed,
-// the snapshot file follows with every set, next.
-func (p *pushes) push(ctx context.Context, apps, next map[string]*dynamic.Endpoints, full bool) error {
+// push sends one batch, of the instances-bucket revision rev, above every
+// version seen, retrying once above nginx's when nginx has a newer one (a
+// restarted lbagent). Once pushed, the snapshot file follows with every
+// set, next.
+func (p *pushes) push(ctx context.Context, rev uint64, apps, next map[string]*dynamic.Endpoints, full bool) error {
 	start := p.now()
 	p.initVersion(ctx)
 	var err error
@@ -86,8 +90,10 @@ func (p *pushes) push(ctx context.Context, apps, next map[string]*dynamic.Endpoi
 		}
 		break
 	}
+	end := p.now()
+	p.last = change(start, end, rev, err)
 	if p.pushed != nil {
-		p.pushed(p.now().Sub(start), err)
+		p.pushed(end.Sub(start), err)
 	}
 	if err == nil {
 		// nginx serves the push; the file, for nginx's next start or

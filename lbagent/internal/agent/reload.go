@@ -27,6 +27,7 @@ func (a *Agent) reload(ctx context.Context, start time.Time, in Input, dec Decis
 	maps.Copy(a.refused, final.refused)
 	if err != nil {
 		a.logger.Error("config not applied", zap.Error(err), zap.String("reason", dec.Reason))
+		a.noteReload(start, in.Snapshot.Revision, err)
 		a.report(ctx, start, in.Snapshot.Revision, msg.ReloadFailed, err.Error(), failed)
 		return 0
 	}
@@ -44,6 +45,7 @@ func (a *Agent) reload(ctx context.Context, start time.Time, in Input, dec Decis
 		eps = endpointsOf(&a.pushes.cache, final.snap)
 		if err := a.pushes.write(ctx, eps); err != nil {
 			a.logger.Error("config not applied", zap.Error(err))
+			a.noteReload(start, in.Snapshot.Revision, err)
 			a.report(ctx, start, in.Snapshot.Revision, msg.ReloadFailed, err.Error(), failed)
 			return 0
 		}
@@ -55,16 +57,18 @@ func (a *Agent) reload(ctx context.Context, start time.Time, in Input, dec Decis
 		retry := min(time.Second<<min(a.reloadFailures, 5), 30*time.Second)
 		a.reloadFailures++
 		a.logger.Error("config not applied, retrying", zap.Error(err), zap.Duration("retry_in", retry))
+		a.noteReload(start, in.Snapshot.Revision, err)
 		a.report(ctx, start, in.Snapshot.Revision, msg.ReloadFailed, err.Error(), failed)
 		return retry
 	}
 	a.reloadFailures = 0
+	a.noteReload(start, in.Snapshot.Revision, nil)
 	var pushErr error
 	if a.pushes != nil {
 		// The reload loaded the file; a full push makes sure of it (an
 		// nginx that kept a newer dict, an adopted one) and reads it back.
 		// Without it nginx's sets are unknown: the next push is full.
-		if pushErr = a.pushes.push(ctx, eps, eps, true); pushErr != nil {
+		if pushErr = a.pushes.push(ctx, in.Snapshot.Revision, eps, eps, true); pushErr != nil {
 			eps = nil
 		}
 	}
@@ -79,7 +83,7 @@ func (a *Agent) reload(ctx context.Context, start time.Time, in Input, dec Decis
 	if len(failed) > 0 {
 		result = msg.ReloadRejected
 	}
-	a.reporter.Applied(ctx, a.agentMessage(""))
+	a.applied(ctx)
 	a.report(ctx, start, in.Snapshot.Revision, result, "", failed)
 	if h := a.cfg.Hooks.Served; h != nil {
 		h(len(final.snap.Apps), final.snap.Servers())
@@ -98,7 +102,7 @@ func (a *Agent) keepRefused(ctx context.Context, start time.Time, snap state.Sna
 		return time.Second
 	}
 	a.served.Snapshot, a.appErrors = snap, failed
-	a.reporter.Applied(ctx, a.agentMessage(""))
+	a.applied(ctx)
 	a.report(ctx, start, snap.Revision, msg.ReloadRejected, "", failed)
 	return 0
 }

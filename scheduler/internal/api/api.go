@@ -1,7 +1,8 @@
 // Package api is the scheduler's HTTP API: apply (or plan, changing
 // nothing), inspect, scale, roll back and delete apps, read their history,
 // list instances and events, stream apps' logs, register hosts, manage API
-// tokens, and the health, readiness and metrics endpoints. Every replica
+// tokens, show the lbagents (edge) and the ACME certificates, and the
+// health, readiness and metrics endpoints. Every replica
 // serves it, since writes go to Postgres. Every /v1/ route is registered
 // with the token scope it needs (auth.Read, Deploy or Admin), and every
 // change it makes is recorded as made by the token's name. Errors are JSON
@@ -117,6 +118,8 @@ type Deps struct {
 	Hosts     HostStore
 	History   HistoryReader
 	Tokens    TokenStore
+	// Certificates reads the ACME certificates, without their keys.
+	Certificates CertificateReader
 }
 
 // UnavailableMessage is the error of every answer (503) given while
@@ -184,6 +187,18 @@ type Options struct {
 	// instance (the replica's view of the health bucket), for GET of one
 	// instance; nil shows none. It is called concurrently.
 	Health func(app, instance string) (*msg.Health, bool)
+	// Agents returns the lbagents' records as this replica's watch of the
+	// agents bucket holds them (a record outlives its TTL there: the edge
+	// view shows it stale), for GET /v1/edge; nil shows none. It is called
+	// concurrently; the records are read, never changed.
+	Agents func() []*msg.Agent
+	// InstancesRevision returns the newest revision of the instances
+	// bucket (NATS), which each lbagent's lag counts from; nil, or an
+	// error, shows no lag. It is called concurrently.
+	InstancesRevision func(ctx context.Context) (uint64, error)
+	// RenewBefore is --acme-renew-before: a certificate that close to
+	// expiry shows as renewing. 0 shows none so.
+	RenewBefore time.Duration
 }
 
 // New returns the API handler.
@@ -226,6 +241,8 @@ func (a *api) register(rt *router) {
 	// A deploy token limited to some apps reads only their logs.
 	rt.handleApp("GET /v1/apps/{name}/logs", auth.Read, a.logs)
 	rt.handle("GET /v1/events", auth.Read, a.events)
+	rt.handle("GET /v1/edge", auth.Read, a.edge)
+	rt.handle("GET /v1/certificates", auth.Read, a.certificates)
 	a.registerHosts(rt)
 	a.registerTokens(rt)
 	rt.public("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })

@@ -83,7 +83,7 @@ func (c *client) as(token string) *client {
 
 // deps serves every dependency from st.
 func deps(st *store.Store) Deps {
-	return Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Claims: st, Hosts: st, History: st, Tokens: st}
+	return Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Claims: st, Hosts: st, History: st, Tokens: st, Certificates: st}
 }
 
 func (c *client) do(method, path, body string) (int, map[string]any, []byte) {

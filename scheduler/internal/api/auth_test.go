@@ -38,6 +38,8 @@ var routeScopes = map[string]auth.Scope{
 	"GET /v1/apps/{name}/history/{generation}": auth.Read,
 	"GET /v1/apps/{name}/logs":                 auth.Read,
 	"GET /v1/events":                           auth.Read,
+	"GET /v1/edge":                             auth.Read,
+	"GET /v1/certificates":                     auth.Read,
 	"GET /v1/hosts":                            auth.Read,
 	"GET /v1/hosts/{name}":                     auth.Read,
 	"PUT /v1/hosts/{name}":                     auth.Admin,

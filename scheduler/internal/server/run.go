@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"sort"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -237,6 +238,48 @@ func servedBy(agents *view.Table[*msg.Agent]) certs.Served {
 			}
 		})
 		return live > 0 && all
+	}
+}
+
+// agentsOf lists the lbagents' records as this replica's watch holds them,
+// for the API's edge view: every replica watches the agents bucket, so a
+// follower answers as the leader does.
+func agentsOf(agents *view.Table[*msg.Agent]) func() []*msg.Agent {
+	return func() []*msg.Agent {
+		var out []*msg.Agent
+		agents.Read(func(rows map[string]*msg.Agent, _ uint64) {
+			out = make([]*msg.Agent, 0, len(rows))
+			for _, a := range rows {
+				out = append(out, a)
+			}
+		})
+		return out
+	}
+}
+
+// instancesRevision reads the newest revision of the instances bucket
+// from NATS, the same for every replica, for each lbagent's lag. The
+// bucket is opened on first use and kept.
+func instancesRevision(conn *bus.Conn, bucket string) func(ctx context.Context) (uint64, error) {
+	var (
+		mu sync.Mutex
+		kv *bus.KV
+	)
+	return func(ctx context.Context) (uint64, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if kv == nil {
+			k, err := conn.KV(ctx, bucket)
+			if err != nil {
+				return 0, err
+			}
+			kv = k
+		}
+		st, err := kv.Status(ctx)
+		if err != nil {
+			return 0, err
+		}
+		return st.LastRevision, nil
 	}
 }
 

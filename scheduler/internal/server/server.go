@@ -271,13 +271,17 @@ func (r *replica) buildAPI() error {
 	r.reg.MustRegister(isLeader, term)
 	st := r.st
 	deps := api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Claims: st, Hosts: api.HostRegistry{HostStore: st, Policy: r.cfg.Hosts.Policy},
-		History: st, Tokens: st}
+		History: st, Tokens: st, Certificates: st}
 	apiOpts := api.Options{Keyring: r.keys, Open: a.Open, Metrics: promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}), Samples: r.sc.Samples, Traffic: trafficOf(r.sc), Ejected: ejectedBy(r.agentsTbl),
 		Role: func() (bool, uint64) { l, ok := r.el.Leader(); return ok, l.Term }, Network: c.Network, MaxRoutes: a.MaxRoutes, ACME: r.cm != nil,
 		DefaultCPU: c.DefaultCPU, DefaultMemory: c.DefaultMemory, Secrets: r.secrets, SpecHash: r.ctl.SpecHash,
 		LogLimits: api.LogLimits{DefaultSize: c.LogMaxSize, DefaultFiles: c.LogMaxFiles, MaxTotal: c.LogMaxTotal},
 		Logs:      &logs.Reader{Instances: st, Engines: r.fl}, Resolve: r.images.Resolve,
-		Health: func(app, inst string) (*msg.Health, bool) { return r.healthTbl.Get(app + "." + inst) }}
+		Health: func(app, inst string) (*msg.Health, bool) { return r.healthTbl.Get(app + "." + inst) },
+		Agents: agentsOf(r.agentsTbl), InstancesRevision: instancesRevision(r.nats.conn, r.names.InstancesBucket())}
+	if r.cfg.ACME != nil {
+		apiOpts.RenewBefore = r.cfg.ACME.RenewBefore
+	}
 	handler := api.New(deps, apiOpts, r.logger)
 	r.live = console.NewHub()
 	ui, err := console.New(console.Options{Keyring: r.keys, API: handler, Live: r.live, Apps: st, Brief: api.Brief(deps, apiOpts)}, r.logger)

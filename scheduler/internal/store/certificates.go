@@ -57,6 +57,45 @@ func (s *Store) Certificates(ctx context.Context) (map[string]Certificate, error
 	return out, nil
 }
 
+// CertificateInfo is an app's certificate as anyone who may read the
+// apps may see it: Certificate without the key. A certificate never
+// issued has an empty Chain.
+type CertificateInfo struct {
+	App       string
+	Names     []string
+	Chain     string
+	Serial    string
+	NotBefore time.Time
+	NotAfter  time.Time
+	IssuedAt  time.Time
+	Failures  int
+	RetryAt   time.Time
+	LastError string
+}
+
+// CertificateInfos returns every certificate without its key, by app
+// name. The key column is not even read, so that no reader of the API can
+// be handed it by mistake.
+func (s *Store) CertificateInfos(ctx context.Context) ([]CertificateInfo, error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT app, names, chain, serial, not_before, not_after, issued_at, failures, retry_at, last_error
+		FROM certificates ORDER BY app`)
+	if err != nil {
+		return nil, fmt.Errorf("certificates: %w", redact(err))
+	}
+	var out []CertificateInfo
+	var c CertificateInfo
+	var nb, na, ia, ra *time.Time
+	if _, err := pgx.ForEachRow(rows, []any{&c.App, &c.Names, &c.Chain, &c.Serial, &nb, &na, &ia, &c.Failures, &ra, &c.LastError}, func() error {
+		c.NotBefore, c.NotAfter, c.IssuedAt, c.RetryAt = orZero(nb), orZero(na), orZero(ia), orZero(ra)
+		out = append(out, c)
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("certificates: %w", redact(err))
+	}
+	return out, nil
+}
+
 // PutCertificate stores c, replacing the app's row.
 func (t *Tx) PutCertificate(ctx context.Context, c Certificate) error {
 	_, err := t.tx.Exec(ctx, `

@@ -27,6 +27,12 @@ func TestCertificatesAndAccounts(t *testing.T) {
 	got, err := s.Certificates(ctx)
 	require.NoError(t, err)
 	require.Equal(t, map[string]Certificate{"web": failed, "api": issued}, got)
+	infos, err := s.CertificateInfos(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []CertificateInfo{
+		{App: "api", Names: issued.Names, Chain: issued.Chain, Serial: "ab", NotBefore: now, NotAfter: issued.NotAfter, IssuedAt: now},
+		{App: "web", Names: failed.Names, Failures: 2, RetryAt: failed.RetryAt, LastError: "challenge failed"},
+	}, infos, "every certificate, by app, without its key")
 
 	require.NoError(t, s.LeaderTx(ctx, l, func(ctx context.Context, tx *Tx) error { return tx.DeleteCertificate(ctx, "web") }))
 	got, err = s.Certificates(ctx)
