@@ -122,6 +122,10 @@ type appCertificate struct {
 	Source           string
 	Certificate, Key string
 	RedirectHTTP     bool
+	// State is an ACME certificate's, from GET /v1/certificates (nil when
+	// not listed); StateError why it could not be read.
+	State      *CertRow
+	StateError string
 }
 
 // app serves the app page.
@@ -245,12 +249,10 @@ func (c *console) appEvents(r *http.Request, page *appPage) {
 }
 
 // appCertificateOf is what the page shows of the app's certificate: what
-// its spec asks for (routing.tls); nil when it serves plain HTTP.
-//
-// The certificate's own state (issuer, expiry, last renewal, failures)
-// comes from GET /v1/certificates, which is being added separately: read
-// it here, through c.call, for the app's hosts, once it exists.
-func (c *console) appCertificateOf(_ *http.Request, a *spec.App) *appCertificate {
+// its spec asks for (routing.tls) and, for an ACME certificate, its state
+// (status, issuer, expiry, last renewal, failures) as GET
+// /v1/certificates lists it; nil when it serves plain HTTP.
+func (c *console) appCertificateOf(r *http.Request, a *spec.App) *appCertificate {
 	t := a.Routing.TLS
 	if t == nil {
 		return nil
@@ -263,6 +265,21 @@ func (c *console) appCertificateOf(_ *http.Request, a *spec.App) *appCertificate
 		out.Source = "self_signed"
 	default:
 		out.Source = "files"
+	}
+	if !t.ACME {
+		return out
+	}
+	var vs []api.CertificateView
+	if err := c.call(r, http.MethodGet, "/v1/certificates", nil, &vs); err != nil {
+		out.StateError = appReadError("the certificate", err)
+		return out
+	}
+	for _, v := range vs {
+		if v.App == a.Name {
+			row := certRow(v, c.o.Now())
+			out.State = &row
+			break
+		}
 	}
 	return out
 }

@@ -26,7 +26,7 @@ func appRig(t *testing.T, o api.Options, wrap func(http.Handler) http.Handler) *
 	t.Helper()
 	r := newRig(t, nil)
 	o.Keyring = r.keys
-	deps := api.Deps{Apps: r.st, Changes: r.st, Events: r.st, Decisions: r.st, DB: r.st, Claims: r.st, Hosts: r.st, History: r.st, Tokens: r.st}
+	deps := api.Deps{Apps: r.st, Changes: r.st, Events: r.st, Decisions: r.st, DB: r.st, Claims: r.st, Hosts: r.st, History: r.st, Tokens: r.st, Certificates: r.st}
 	var h http.Handler = api.New(deps, o, zaptest.NewLogger(t))
 	if wrap != nil {
 		h = wrap(h)

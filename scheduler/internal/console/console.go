@@ -79,7 +79,7 @@ type Options struct {
 }
 
 // pages are the templates, each rendered inside templates/layout.html.
-var pages = []string{"login.html", "overview.html", "confirm.html", "hosts.html", "events.html", "app.html", "generation.html"}
+var pages = []string{"login.html", "overview.html", "confirm.html", "hosts.html", "events.html", "app.html", "generation.html", "edge.html", "certificates.html"}
 
 type console struct {
 	o      Options
@@ -117,6 +117,8 @@ func New(o Options, logger *zap.Logger) (http.Handler, error) {
 	mux.HandleFunc("GET /ui/live", c.signedIn(c.live))
 	mux.HandleFunc("GET /ui/hosts", c.signedIn(c.hosts))
 	mux.HandleFunc("GET /ui/events", c.signedIn(c.events))
+	mux.HandleFunc("GET /ui/edge", c.signedIn(c.edge))
+	mux.HandleFunc("GET /ui/certificates", c.signedIn(c.certificates))
 	c.actions(mux)
 	mux.HandleFunc("GET /ui/apps/{name}", c.signedIn(c.app))
 	mux.HandleFunc("GET /ui/apps/{name}/history/{generation}", c.signedIn(c.generation))

@@ -62,7 +62,7 @@ func newRig(t *testing.T, rename map[string]string) *rig {
 	_, err = st.Migrate(ctx)
 	require.NoError(t, err)
 	keys := auth.NewKeyring(st, auth.Config{Bootstrap: admin, MissInterval: time.Nanosecond}, zaptest.NewLogger(t))
-	deps := api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Claims: st, Hosts: st, History: st, Tokens: st}
+	deps := api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Claims: st, Hosts: st, History: st, Tokens: st, Certificates: st}
 	live := NewHub()
 	h, err := New(Options{Keyring: keys, API: api.New(deps, api.Options{Keyring: keys}, zaptest.NewLogger(t)), Live: live,
 		Apps: renamed{AppLister: st, names: rename}, Brief: api.Brief(deps, api.Options{})}, zaptest.NewLogger(t))
