@@ -1,0 +1,97 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/berthhq/berth/common/msg"
+)
+
+// The queries behind the summary of every app (GET /v1/apps?summary=true,
+// the web console's overview): each reads all apps at once, so the
+// summary costs the same number of queries for 10 apps as for 10,000.
+// Each walks, for every app that is not deleted, an index backwards from
+// the app's newest events and stops after a few rows, so its cost grows
+// with the apps, not with their histories (docs/benchmarks.md, Control-plane
+// reads at scale).
+
+// lastEventByAppSQL is LastEventByApp's query ($1 one app, or "" for every
+// app): each app's newest event on events_app_at, ordered as LastEvents
+// orders one app's (at, then id). The log tail is not read.
+const lastEventByAppSQL = `
+	SELECT e.id, e.app, e.instance, e.kind, e.message, e.details, e.term, e.at, e.actor
+	FROM apps a CROSS JOIN LATERAL (
+		SELECT id, app, instance, kind, message, details, term, at, actor FROM events
+		WHERE events.app = a.name ORDER BY at DESC, id DESC LIMIT 1) e
+	WHERE a.deleted_at IS NULL AND ($1 = '' OR a.name = $1)`
+
+// LastEventByApp returns the newest event of every app that is not
+// deleted (of app alone when set), by app, without its log tail; an app
+// with no event is absent.
+func (s *Store) LastEventByApp(ctx context.Context, app string) (map[string]Event, error) {
+	rows, err := s.pool.Query(ctx, lastEventByAppSQL, app)
+	if err != nil {
+		return nil, fmt.Errorf("last event of each app: %w", redact(err))
+	}
+	out := map[string]Event{}
+	var e Event
+	var details []byte
+	var term int64
+	if _, err := pgx.ForEachRow(rows, []any{&e.ID, &e.App, &e.Instance, &e.Kind, &e.Message, &details, &term, &e.At, &e.Actor}, func() error {
+		ev := e
+		ev.Term, ev.Details = uint64(term), nil
+		_ = json.Unmarshal(details, &ev.Details)
+		out[ev.App] = ev
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("last event of each app: %w", redact(err))
+	}
+	return out, nil
+}
+
+// rolloutEventsByAppSQL is RolloutEventsByApp's query ($1 one app or "",
+// $2 kinds, $3 rows read a kind): of each app and kind, the newest $3 on
+// events_app_kind_at, of which those at the app's generation are kept.
+const rolloutEventsByAppSQL = `
+	SELECT e.id, e.app, e.instance, e.kind, e.message, e.details, e.term, e.at, e.actor
+	FROM apps a
+	CROSS JOIN (SELECT DISTINCT unnest($2::text[]) AS kind) k
+	CROSS JOIN LATERAL (
+		SELECT id, app, instance, kind, message, details, term, at, actor FROM events
+		WHERE events.app = a.name AND events.kind = k.kind ORDER BY at DESC, id DESC LIMIT $3) e
+	WHERE a.deleted_at IS NULL AND ($1 = '' OR a.name = $1) AND e.details->>'generation' = a.generation::text
+	ORDER BY e.app, e.at DESC, e.id DESC`
+
+// RolloutEventsByApp returns, by app (every app that is not deleted, or
+// app alone when set), its events of kinds at its current generation
+// (details' generation), newest first, without their log tails. Of each
+// kind only the newest perKind events are read: a generation's rollout
+// and release events are the newest of their kinds, so a few suffice,
+// and the read stays bounded however long an app's history.
+func (s *Store) RolloutEventsByApp(ctx context.Context, app string, kinds []msg.EventKind, perKind int) (map[string][]Event, error) {
+	names := make([]string, len(kinds))
+	for i, k := range kinds {
+		names[i] = string(k)
+	}
+	rows, err := s.pool.Query(ctx, rolloutEventsByAppSQL, app, names, perKind)
+	if err != nil {
+		return nil, fmt.Errorf("rollout events of each app: %w", redact(err))
+	}
+	out := map[string][]Event{}
+	var e Event
+	var details []byte
+	var term int64
+	if _, err := pgx.ForEachRow(rows, []any{&e.ID, &e.App, &e.Instance, &e.Kind, &e.Message, &details, &term, &e.At, &e.Actor}, func() error {
+		ev := e
+		ev.Term, ev.Details = uint64(term), nil
+		_ = json.Unmarshal(details, &ev.Details)
+		out[ev.App] = append(out[ev.App], ev)
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("rollout events of each app: %w", redact(err))
+	}
+	return out, nil
+}
