@@ -487,7 +487,7 @@ func (a *api) status(ctx context.Context, name string, now time.Time) (AppView, 
 	if err != nil {
 		return AppView{}, err
 	}
-	r := countReplicas(app, insts, a.desiredHash(app), downHosts(hs))
+	r := countReplicas(app, insts, a.desiredHash(app), downHosts(hs), true)
 	v.ObservedReplicas, v.LostReplicas = r.observed, r.lost
 	if err := a.rollout(ctx, &v, app, r, mayReadLogs(ctx, app.Name), now); err != nil {
 		return AppView{}, err

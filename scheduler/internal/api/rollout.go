@@ -122,15 +122,20 @@ type servingGroup struct {
 
 // countReplicas counts insts, the instance records of app. hash is the
 // desired spec's hash ("" when unknown: then instances are told apart by
-// generation alone); down says which hosts are recorded down.
-func countReplicas(app store.App, insts []store.Instance, hash string, down map[string]bool) replicas {
+// generation alone); down says which hosts are recorded down; serving
+// asks for the serving groups too (the summary of every app leaves them,
+// and their map an app, out).
+func countReplicas(app store.App, insts []store.Instance, hash string, down map[string]bool, serving bool) replicas {
 	desired := func(i store.Instance) bool {
 		if hash == "" {
 			return i.Generation == app.Generation
 		}
 		return i.SpecHash == hash
 	}
-	r := replicas{groups: map[string]*servingGroup{}}
+	r := replicas{}
+	if serving {
+		r.groups = map[string]*servingGroup{}
+	}
 	for _, i := range insts {
 		switch {
 		case i.State == msg.StateRunning && !down[i.Host]:
@@ -159,6 +164,9 @@ func countReplicas(app store.App, insts []store.Instance, hash string, down map[
 		}
 		if desired(i) {
 			r.ready++
+		}
+		if !serving {
+			continue
 		}
 		g := r.groups[i.SpecHash]
 		if g == nil {

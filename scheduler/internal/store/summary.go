@@ -53,15 +53,21 @@ func (s *Store) LastEventByApp(ctx context.Context, app string) (map[string]Even
 }
 
 // rolloutEventsByAppSQL is RolloutEventsByApp's query ($1 one app or "",
-// $2 kinds, $3 rows read a kind): of each app and kind, the newest $3 on
-// events_app_kind_at, of which those at the app's generation are kept.
+// $2 kinds, $3 rows read a kind): of each app and kind, the newest $3 read
+// backwards on events_app_kind_at, of which those at the app's generation
+// are kept. The inner read orders by time alone, the index's order: with
+// id too, Postgres sorts each probe's rows after a bitmap scan, which cost
+// 2-3 times as much for 10,000 apps × 6 kinds (docs/benchmarks.md). Only
+// more than $3 rows of one app and kind at the very same time would make
+// the choice among them arbitrary; what is returned is ordered by time
+// and id.
 const rolloutEventsByAppSQL = `
 	SELECT e.id, e.app, e.instance, e.kind, e.message, e.details, e.term, e.at, e.actor
 	FROM apps a
 	CROSS JOIN (SELECT DISTINCT unnest($2::text[]) AS kind) k
 	CROSS JOIN LATERAL (
 		SELECT id, app, instance, kind, message, details, term, at, actor FROM events
-		WHERE events.app = a.name AND events.kind = k.kind ORDER BY at DESC, id DESC LIMIT $3) e
+		WHERE events.app = a.name AND events.kind = k.kind ORDER BY at DESC LIMIT $3) e
 	WHERE a.deleted_at IS NULL AND ($1 = '' OR a.name = $1) AND e.details->>'generation' = a.generation::text
 	ORDER BY e.app, e.at DESC, e.id DESC`
 
