@@ -22,14 +22,15 @@ import (
 // app): each app's newest event on events_app_at, ordered as LastEvents
 // orders one app's (at, then id). The log tail is not read.
 const lastEventByAppSQL = `
-	SELECT e.id, e.app, e.instance, e.kind, e.message, e.details, e.term, e.at, e.actor
+	SELECT e.id, e.app, e.kind, e.message, e.at
 	FROM apps a CROSS JOIN LATERAL (
-		SELECT id, app, instance, kind, message, details, term, at, actor FROM events
+		SELECT id, app, kind, message, at FROM events
 		WHERE events.app = a.name ORDER BY at DESC, id DESC LIMIT 1) e
 	WHERE a.deleted_at IS NULL AND ($1 = '' OR a.name = $1)`
 
 // LastEventByApp returns the newest event of every app that is not
-// deleted (of app alone when set), by app, without its log tail; an app
+// deleted (of app alone when set), by app: its ID, App, Kind, Message and
+// At alone, what a summary shows (GET /v1/events has the rest). An app
 // with no event is absent.
 func (s *Store) LastEventByApp(ctx context.Context, app string) (map[string]Event, error) {
 	rows, err := s.pool.Query(ctx, lastEventByAppSQL, app)
@@ -38,13 +39,8 @@ func (s *Store) LastEventByApp(ctx context.Context, app string) (map[string]Even
 	}
 	out := map[string]Event{}
 	var e Event
-	var details []byte
-	var term int64
-	if _, err := pgx.ForEachRow(rows, []any{&e.ID, &e.App, &e.Instance, &e.Kind, &e.Message, &details, &term, &e.At, &e.Actor}, func() error {
-		ev := e
-		ev.Term, ev.Details = uint64(term), nil
-		_ = json.Unmarshal(details, &ev.Details)
-		out[ev.App] = ev
+	if _, err := pgx.ForEachRow(rows, []any{&e.ID, &e.App, &e.Kind, &e.Message, &e.At}, func() error {
+		out[e.App] = e
 		return nil
 	}); err != nil {
 		return nil, fmt.Errorf("last event of each app: %w", redact(err))
