@@ -181,8 +181,7 @@ func explain(b *testing.B, db string, n int) {
 		CROSS JOIN LATERAL (
 			SELECT id, app, instance, kind, message, details, term, at, actor FROM events
 			WHERE events.app = a.name AND events.kind = k.kind ORDER BY at DESC LIMIT 4) e
-		WHERE a.deleted_at IS NULL AND ('' = '' OR a.name = '') AND e.details->>'generation' = a.generation::text
-		ORDER BY e.app, e.at DESC, e.id DESC`,
+		WHERE a.deleted_at IS NULL AND ('' = '' OR a.name = '') AND e.details->>'generation' = a.generation::text`,
 	} {
 		fmt.Printf("plan at %d apps:\n%s\n", n, testrig.PSQL(b, db, "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) "+q))
 	}
