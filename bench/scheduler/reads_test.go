@@ -27,7 +27,9 @@ import (
 //   - GET /v1/apps, and its floor: the bare SELECT of the apps' rows;
 //   - GET /v1/apps?summary=true, and its floor: the bare SELECTs of the
 //     apps' and the instances' rows;
-//   - scheduler status (the CLI process: GET with summary, decode, table).
+//   - scheduler status (the CLI process: GET with summary, decode, table);
+//   - for reference, GET /v1/apps/{name} of each app one at a time, as a
+//     client summarised apps before (timed over 200 apps, counted for all).
 //
 // The floors are timed by psql's \timing in one session (the query and
 // the transfer of its rows, no connection). Each figure is the median of
@@ -95,6 +97,15 @@ func BenchmarkControlPlaneReads(b *testing.B) {
 			d, _ = timed(b, p, status1)
 			status = append(status, d)
 		}
+		// The way before the summary, for reference: GET of each app, one
+		// at a time (the console's Brief made 3 of its 6 queries), timed
+		// over perApp apps and counted for all n.
+		perApp := min(n, 200)
+		start := time.Now()
+		for i := range perApp {
+			getOne(b, fmt.Sprintf("%s/v1/apps/app%06d", p.api, 1+i*(n/perApp)))
+		}
+		eachApp := time.Since(start) / time.Duration(perApp) * time.Duration(n)
 		f := figure{list: median(list), summary: median(summary), status: median(status), floorList: median(floorList), floorSummary: median(floorSummary)}
 		load, _ := os.ReadFile("/proc/loadavg")
 		fmt.Printf("control-plane reads, %d apps x 3 instances, %d events (median of %d; load %s):\n", n, 20*n, runs, strings.Join(strings.Fields(string(load))[:3], " "))
@@ -102,6 +113,7 @@ func BenchmarkControlPlaneReads(b *testing.B) {
 		fmt.Printf("  GET /v1/apps               %10s  %5.1fx its floor  (scheduler CPU %s a call)\n", f.list.Round(10*time.Microsecond), ratio(f.list, f.floorList), mean(cpuList))
 		fmt.Printf("  GET /v1/apps?summary=true  %10s  %5.1fx its floor  (scheduler CPU %s a call)\n", f.summary.Round(10*time.Microsecond), ratio(f.summary, f.floorSummary), mean(cpuSummary))
 		fmt.Printf("  scheduler status           %10s  %5.1fx the summary's floor\n", f.status.Round(10*time.Microsecond), ratio(f.status, f.floorSummary))
+		fmt.Printf("  GET /v1/apps/{name} of each app, one at a time: %s (%d timed)  %5.1fx the summary\n", eachApp.Round(time.Millisecond), perApp, ratio(eachApp, f.summary))
 		results[n] = f
 		if os.Getenv("BERTH_BENCH_EXPLAIN") != "" {
 			explain(b, db, n) // warm, after the rounds
@@ -265,6 +277,18 @@ func get(b *testing.B, url string, n int) {
 	}
 	if got := bytes.Count(body, []byte(`"desired_replicas"`)); got != n {
 		b.Fatalf("GET %s listed %d apps, not %d", url, got, n)
+	}
+}
+
+// getOne reads url's whole body.
+func getOne(b *testing.B, url string) {
+	resp, err := http.Get(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil || resp.StatusCode != 200 {
+		b.Fatalf("GET %s: %v %d", url, err, resp.StatusCode)
 	}
 }
 

@@ -20,22 +20,23 @@ import (
 // with the apps, not with their histories (docs/benchmarks.md, Control-plane
 // reads at scale).
 
-// lastEventByAppSQL is LastEventByApp's query ($1 one app, or "" for every
-// app): each app's newest event on events_app_at, ordered as LastEvents
-// orders one app's (at, then id). The log tail is not read.
+// lastEventByAppSQL is LastEventByApp's query: each app's newest event,
+// read backwards on events_app_at, ordered as LastEvents orders one app's
+// (at, then id).
 const lastEventByAppSQL = `
 	SELECT e.id, e.app, e.kind, e.message, e.at
 	FROM apps a CROSS JOIN LATERAL (
 		SELECT id, app, kind, message, at FROM events
 		WHERE events.app = a.name ORDER BY at DESC, id DESC LIMIT 1) e
-	WHERE a.deleted_at IS NULL AND ($1 = '' OR a.name = $1)`
+	WHERE a.deleted_at IS NULL`
 
 // LastEventByApp returns the newest event of every app that is not
 // deleted (of app alone when set), by app: its ID, App, Kind, Message and
 // At alone, what a summary shows (GET /v1/events has the rest). An app
 // with no event is absent.
 func (s *Store) LastEventByApp(ctx context.Context, app string) (map[string]Event, error) {
-	rows, err := s.pool.Query(ctx, lastEventByAppSQL, app)
+	query, args := forApps(lastEventByAppSQL, app)
+	rows, err := s.pool.Query(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("last event of each app: %w", redact(err))
 	}
@@ -50,24 +51,23 @@ func (s *Store) LastEventByApp(ctx context.Context, app string) (map[string]Even
 	return out, nil
 }
 
-// rolloutEventsByAppSQL is RolloutEventsByApp's query ($1 one app or "",
-// $2 kinds, $3 rows read a kind): of each app and kind, the newest $3 read
-// backwards on events_app_kind_at, of which those at the app's generation
-// are kept. The inner read orders by time alone, the index's order: with
+// rolloutEventsByAppSQL is RolloutEventsByApp's query ($1 kinds, $2 rows
+// read a kind): of each app and kind, the newest $2 read backwards on
+// events_app_kind_at, of which those at the app's generation are kept. The inner read orders by time alone, the index's order: with
 // id too, Postgres sorts each probe's rows after a bitmap scan, which cost
 // 2-3 times as much for 10,000 apps × 6 kinds (docs/benchmarks.md). Only
-// more than $3 rows of one app and kind at the very same time would make
+// more than $2 rows of one app and kind at the very same time would make
 // the choice among them arbitrary. Each app's few rows are ordered in Go:
 // ordered by Postgres, the rows of 10,000 apps went past work_mem and were
 // sorted on disk.
 const rolloutEventsByAppSQL = `
 	SELECT e.id, e.app, e.instance, e.kind, e.message, e.details, e.term, e.at, e.actor
 	FROM apps a
-	CROSS JOIN (SELECT DISTINCT unnest($2::text[]) AS kind) k
+	CROSS JOIN (SELECT DISTINCT unnest($1::text[]) AS kind) k
 	CROSS JOIN LATERAL (
 		SELECT id, app, instance, kind, message, details, term, at, actor FROM events
-		WHERE events.app = a.name AND events.kind = k.kind ORDER BY at DESC LIMIT $3) e
-	WHERE a.deleted_at IS NULL AND ($1 = '' OR a.name = $1) AND e.details->>'generation' = a.generation::text`
+		WHERE events.app = a.name AND events.kind = k.kind ORDER BY at DESC LIMIT $2) e
+	WHERE a.deleted_at IS NULL AND e.details->>'generation' = a.generation::text`
 
 // RolloutEventsByApp returns, by app (every app that is not deleted, or
 // app alone when set), its events of kinds at its current generation
@@ -80,7 +80,8 @@ func (s *Store) RolloutEventsByApp(ctx context.Context, app string, kinds []msg.
 	for i, k := range kinds {
 		names[i] = string(k)
 	}
-	rows, err := s.pool.Query(ctx, rolloutEventsByAppSQL, app, names, perKind)
+	query, args := forApps(rolloutEventsByAppSQL, app, names, perKind)
+	rows, err := s.pool.Query(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("rollout events of each app: %w", redact(err))
 	}
@@ -106,4 +107,14 @@ func (s *Store) RolloutEventsByApp(ctx context.Context, app string, kinds []msg.
 		})
 	}
 	return out, nil
+}
+
+// forApps is query (over apps a, its arguments args) for every app, or
+// for app alone when set: a statement of its own, whose plan reads that
+// app's rows alone (see list).
+func forApps(query, app string, args ...any) (string, []any) {
+	if app == "" {
+		return query, args
+	}
+	return query + fmt.Sprintf(" AND a.name = $%d", len(args)+1), append(args, app)
 }
