@@ -297,7 +297,8 @@ type AppView struct {
 	ObservedReplicas int `json:"observed_replicas"`
 	// LostReplicas are the instances lost with their host (down, or
 	// unreachable with their container dead), whose records are kept
-	// while they may still run there; only on GET of one app.
+	// while they may still run there; only on GET of one app (and with
+	// ?summary=true).
 	LostReplicas int       `json:"lost_replicas,omitempty"`
 	Spec         *spec.App `json:"spec,omitempty"`
 	// ImageRef is what every host runs for this generation: the spec's
@@ -319,14 +320,16 @@ type AppView struct {
 	// Rollout is the state of the desired generation, Serving what
 	// actually serves (running and healthy, by spec), Breaker an open
 	// restart breaker, and Failures the latest failure of each instance
-	// that failed, newest first; only on GET of one app.
+	// that failed, newest first; only on GET of one app (Rollout and
+	// Breaker also with ?summary=true).
 	Rollout  *RolloutView  `json:"rollout,omitempty"`
 	Serving  []ServingView `json:"serving,omitempty"`
 	Breaker  *BreakerView  `json:"breaker,omitempty"`
 	Failures []FailureView `json:"failures,omitempty"`
 
 	// Traffic is what nginx served the app over each lbagent's last
-	// window; only on GET of one app, absent when no lbagent reported it lately.
+	// window; only on GET of one app (and with ?summary=true), absent when
+	// no lbagent reported it lately.
 	Traffic *TrafficView `json:"traffic,omitempty"`
 	// Ejected are the app's instances that lbagents took out of their
 	// nginx's rotation for failing real traffic (health.outlier), one
