@@ -390,17 +390,10 @@ func status(ctx context.Context, s *statusCmd, out io.Writer) error {
 	}
 	if s.App == "" {
 		var apps []api.AppView
-		if err := cl.do(ctx, "GET", "/v1/apps", nil, &apps); err != nil {
+		if err := cl.do(ctx, "GET", "/v1/apps?summary=true", nil, &apps); err != nil {
 			return err
 		}
-		return show(out, s.Output, apps, func(w io.Writer) {
-			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "APP\tGENERATION\tDESIRED\tSTATUS\tUPDATED\tBY")
-			for _, a := range apps {
-				fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s ago\t%s\n", a.Name, a.Generation, a.DesiredReplicas, a.Status, age(a.UpdatedAt), cmp.Or(a.UpdatedBy, "-"))
-			}
-			tw.Flush()
-		})
+		return show(out, s.Output, apps, func(w io.Writer) { printApps(w, apps, time.Now()) })
 	}
 	if s.Instance != "" {
 		return instanceStatus(ctx, cl, s, out)
@@ -462,6 +455,35 @@ func status(ctx context.Context, s *statusCmd, out io.Writer) error {
 			printAutoscaling(w, m)
 		}
 	})
+}
+
+// printApps is the table of every app (GET /v1/apps?summary=true): its
+// replicas ready of desired, their health, its rollout, its traffic and
+// its newest event. A scheduler from before the summary sends none: its
+// columns then read "-".
+func printApps(w io.Writer, apps []api.AppView, now time.Time) {
+	ago := func(t time.Time) string { return now.Sub(t).Round(time.Second).String() + " ago" }
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "APP\tGENERATION\tREADY\tHEALTH\tROLLOUT\tRPS\t5XX\tP95\tLAST EVENT\tSTATUS\tUPDATED\tBY")
+	for _, a := range apps {
+		ready, health, rollout, last := "-", "-", "-", "-"
+		if sm := a.Summary; sm != nil {
+			ready, health = fmt.Sprintf("%d/%d", sm.ReadyReplicas, a.DesiredReplicas), sm.Health.String()
+			if e := sm.LastEvent; e != nil {
+				last = fmt.Sprintf("%s %s", e.Kind, ago(e.At))
+			}
+		}
+		if a.Rollout != nil {
+			rollout = a.Rollout.State
+		}
+		rps, errs, p95 := "-", "-", "-"
+		if t := a.Traffic; t != nil {
+			rps, errs, p95 = fmt.Sprintf("%.1f", t.RPS), fmt.Sprintf("%.2f%%", 100*t.ErrorRate), fmt.Sprintf("%.1fms", t.P95MS)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.Name, a.Generation, ready, health, rollout, rps, errs, p95, last,
+			a.Status, ago(a.UpdatedAt), cmp.Or(a.UpdatedBy, "-"))
+	}
+	tw.Flush()
 }
 
 // printRollout says what is desired against what serves: the desired

@@ -90,71 +90,115 @@ const maxFailures = 10
 // statusEvents is how many of an app's newest failure events status reads.
 const statusEvents = 100
 
-// rollout fills v's rollout, serving, breaker and failures from the
-// app's instances and its newest failure events. hash is the desired
-// spec's hash ("" when unknown: then instances are told apart by
-// generation alone); logs says the caller may read the app's logs (each
-// failure's last line).
-func (a *api) rollout(ctx context.Context, v *AppView, app store.App, insts []store.Instance, hash string, logs bool, now time.Time) error {
-	evs, err := a.d.Events.LatestEvents(ctx, app.Name, failureKinds, statusEvents)
-	if err != nil {
-		return err
-	}
+// rolloutKinds are the events decideRollout reads: those that say how
+// the desired generation's rollout and release went, and its breaker.
+var rolloutKinds = []msg.EventKind{msg.EventRolloutRolledBack, msg.EventRolloutFailed, msg.EventAppFailed,
+	msg.EventReleaseStarted, msg.EventReleaseSucceeded, msg.EventReleaseFailed}
+
+// replicas is what an app's instance records say of its replicas. GET
+// /v1/apps/{name}, the summary of GET /v1/apps?summary=true and Brief all
+// count by it, so they never disagree.
+type replicas struct {
+	// observed are the running instances, except on a host recorded
+	// down; lost those lost with their host (state failed).
+	observed, lost int
+	// healthy, unhealthy and unknown tally the health of the observed.
+	healthy, unhealthy, unknown int
+	// ready are the desired spec's instances running and healthy;
+	// starting the desired spec's on their way (pending, creating,
+	// starting, or running but not healthy yet); earlier the instances of
+	// other specs still pending or running.
+	ready, starting, earlier int
+	// groups are what serves (running and healthy), by spec hash.
+	groups map[string]*servingGroup
+}
+
+// servingGroup is the running, healthy instances of one spec.
+type servingGroup struct {
+	gen     int64
+	n       int
+	desired bool
+}
+
+// countReplicas counts insts, the instance records of app. hash is the
+// desired spec's hash ("" when unknown: then instances are told apart by
+// generation alone); down says which hosts are recorded down; serving
+// asks for the serving groups too (the summary of every app leaves them,
+// and their map an app, out).
+func countReplicas(app store.App, insts []store.Instance, hash string, down map[string]bool, serving bool) replicas {
 	desired := func(i store.Instance) bool {
 		if hash == "" {
 			return i.Generation == app.Generation
 		}
 		return i.SpecHash == hash
 	}
-	// What serves, by spec.
-	type group struct {
-		gen     int64
-		n       int
-		desired bool
+	r := replicas{}
+	if serving {
+		r.groups = map[string]*servingGroup{}
 	}
-	groups := map[string]*group{}
-	ready, others, starting := 0, 0, 0
 	for _, i := range insts {
+		switch {
+		case i.State == msg.StateRunning && !down[i.Host]:
+			r.observed++
+			switch i.Health {
+			case msg.StatusHealthy:
+				r.healthy++
+			case msg.StatusUnhealthy:
+				r.unhealthy++
+			default:
+				r.unknown++
+			}
+		case i.State == msg.StateFailed:
+			r.lost++
+		}
 		active := i.State == msg.StatePending || i.State == msg.StateCreating || i.State == msg.StateStarting || i.State == msg.StateRunning
 		healthy := i.State == msg.StateRunning && i.Health == msg.StatusHealthy
 		switch {
 		case active && !desired(i):
-			others++
+			r.earlier++
 		case active && !healthy:
-			starting++
+			r.starting++
 		}
 		if !healthy {
 			continue
 		}
 		if desired(i) {
-			ready++
+			r.ready++
 		}
-		g := groups[i.SpecHash]
+		if !serving {
+			continue
+		}
+		g := r.groups[i.SpecHash]
 		if g == nil {
-			g = &group{desired: desired(i)}
-			groups[i.SpecHash] = g
+			g = &servingGroup{desired: desired(i)}
+			r.groups[i.SpecHash] = g
 		}
 		g.n++
 		g.gen = max(g.gen, i.Generation)
 	}
-	gens := make([]int64, 0, len(groups))
-	for _, g := range groups {
-		gens = append(gens, g.gen)
-	}
-	// The image of each serving generation, read for those alone.
-	images, err := a.d.History.Images(ctx, app.Name, gens)
-	if err != nil {
-		images = nil // status goes on without them
-	}
-	for _, g := range groups {
-		v.Serving = append(v.Serving, ServingView{Generation: g.gen, Image: images[g.gen], Instances: g.n, Desired: g.desired})
-	}
-	sort.Slice(v.Serving, func(i, j int) bool { return v.Serving[i].Generation > v.Serving[j].Generation })
+	return r
+}
 
-	ro := &RolloutView{State: RolloutComplete, Generation: app.Generation, Starting: starting, Earlier: others}
-	if others > 0 || ready < app.DesiredReplicas {
+// serving lists r's serving groups, newest generation first, with the
+// image of each generation that images names.
+func (r replicas) serving(images map[int64]string) []ServingView {
+	var out []ServingView
+	for _, g := range r.groups {
+		out = append(out, ServingView{Generation: g.gen, Image: images[g.gen], Instances: g.n, Desired: g.desired})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Generation > out[j].Generation })
+	return out
+}
+
+// decideRollout is the state of app's desired generation, and its open
+// breaker, from its replicas r and its newest events evs (newest first;
+// only rolloutKinds at app's generation count, others are skipped).
+func decideRollout(app store.App, r replicas, evs []store.Event, now time.Time) (*RolloutView, *BreakerView) {
+	ro := &RolloutView{State: RolloutComplete, Generation: app.Generation, Starting: r.starting, Earlier: r.earlier}
+	if r.earlier > 0 || r.ready < app.DesiredReplicas {
 		ro.State = RolloutRolling
 	}
+	var br *BreakerView
 	released := false       // the desired generation's release ended
 	for _, e := range evs { // newest first
 		gen := detailInt(e.Details, "generation")
@@ -170,13 +214,34 @@ func (a *api) rollout(ctx context.Context, v *AppView, app store.App, insts []st
 			}
 		case e.Kind == msg.EventRolloutFailed && gen == app.Generation && ro.Cause == "":
 			ro.State, ro.Cause, ro.At = RolloutFailed, e.Details["cause"], e.At
-		case e.Kind == msg.EventAppFailed && gen == app.Generation && v.Breaker == nil:
+		case e.Kind == msg.EventAppFailed && gen == app.Generation && br == nil:
 			if until, err := time.Parse(time.RFC3339, e.Details["until"]); err == nil && until.After(now) {
-				v.Breaker = &BreakerView{Generation: gen, Until: until, Reason: e.Details["reason"]}
+				br = &BreakerView{Generation: gen, Until: until, Reason: e.Details["reason"]}
 			}
 		}
 	}
-	v.Rollout = ro
+	return ro, br
+}
+
+// rollout fills v's rollout, serving, breaker and failures from the
+// app's replicas r and its newest failure events. logs says the caller
+// may read the app's logs (each failure's last line).
+func (a *api) rollout(ctx context.Context, v *AppView, app store.App, r replicas, logs bool, now time.Time) error {
+	evs, err := a.d.Events.LatestEvents(ctx, app.Name, failureKinds, statusEvents)
+	if err != nil {
+		return err
+	}
+	gens := make([]int64, 0, len(r.groups))
+	for _, g := range r.groups {
+		gens = append(gens, g.gen)
+	}
+	// The image of each serving generation, read for those alone.
+	images, err := a.d.History.Images(ctx, app.Name, gens)
+	if err != nil {
+		images = nil // status goes on without them
+	}
+	v.Serving = r.serving(images)
+	v.Rollout, v.Breaker = decideRollout(app, r, evs, now)
 	seen := map[string]bool{}
 	for _, e := range evs {
 		switch e.Kind {

@@ -378,10 +378,16 @@ func (s *Store) Get(ctx context.Context, name string) (App, error) {
 // List returns every app that is not deleted, by name.
 func (s *Store) List(ctx context.Context) ([]App, error) { return s.list(ctx, "") }
 
+// list reads every app (name "") or one. The two are different
+// statements: as one (name = $1 OR $1 = ""), the reads of every app made
+// Postgres's plan for the statement a sequential scan, which each read of
+// one app then ran too, at a cost that grew with the apps
+// (docs/benchmarks.md, Control-plane reads at scale).
 func (s *Store) list(ctx context.Context, name string) ([]App, error) {
-	return s.query(ctx, `
-		SELECT `+appColumns+` FROM apps
-		WHERE deleted_at IS NULL AND ($1 = '' OR name = $1) ORDER BY name`, name)
+	if name == "" {
+		return s.query(ctx, `SELECT `+appColumns+` FROM apps WHERE deleted_at IS NULL ORDER BY name`)
+	}
+	return s.query(ctx, `SELECT `+appColumns+` FROM apps WHERE deleted_at IS NULL AND name = $1`, name)
 }
 
 // Claimants returns the app name (when it exists) and every other app that
@@ -554,11 +560,18 @@ type Instance struct {
 	UpdatedAt time.Time
 }
 
-// Instances returns the instances of app (every app when empty), oldest first.
+// instanceColumns are what Instances reads of each instance.
+const instanceColumns = `id, app, generation, container_id, address, state, health, restarts, term, spec_hash, host, started_at, created_at, updated_at`
+
+// Instances returns the instances of app (every app when empty), oldest
+// first. Those of every app and of one are different statements, for the
+// reason list's are.
 func (s *Store) Instances(ctx context.Context, app string) ([]Instance, error) {
-	rows, err := s.pool.Query(ctx, `
-		SELECT id, app, generation, container_id, address, state, health, restarts, term, spec_hash, host, started_at, created_at, updated_at
-		FROM instances WHERE $1 = '' OR app = $1 ORDER BY created_at, id`, app)
+	query, args := `SELECT `+instanceColumns+` FROM instances ORDER BY created_at, id`, []any{}
+	if app != "" {
+		query, args = `SELECT `+instanceColumns+` FROM instances WHERE app = $1 ORDER BY created_at, id`, []any{app}
+	}
+	rows, err := s.pool.Query(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("instances of %s: %w", app, redact(err))
 	}
