@@ -31,7 +31,7 @@ func appRig(t *testing.T, o api.Options, wrap func(http.Handler) http.Handler) *
 	if wrap != nil {
 		h = wrap(h)
 	}
-	con, err := New(Options{Keyring: r.keys, API: h, Live: r.live, Apps: r.st, Brief: api.Brief(deps, o)}, zaptest.NewLogger(t))
+	con, err := New(Options{Keyring: r.keys, API: h, Live: r.live}, zaptest.NewLogger(t))
 	require.NoError(t, err)
 	srv := httptest.NewServer(con)
 	t.Cleanup(srv.Close)

@@ -14,7 +14,6 @@ import (
 	"html/template"
 	"io/fs"
 	"net/http"
-	"sort"
 	"strings"
 	"time"
 
@@ -22,7 +21,6 @@ import (
 
 	"github.com/berthhq/berth/scheduler/internal/api"
 	"github.com/berthhq/berth/scheduler/internal/auth"
-	"github.com/berthhq/berth/scheduler/internal/store"
 )
 
 //go:embed templates/*.html
@@ -56,12 +54,7 @@ type Authenticator interface {
 
 var _ Authenticator = (*auth.Keyring)(nil)
 
-// AppLister lists every app, as GET /v1/apps does. Called concurrently.
-type AppLister interface {
-	List(ctx context.Context) ([]store.App, error)
-}
-
-// Options configure the console; Keyring, API, Apps and Brief must be set.
+// Options configure the console; Keyring and API must be set.
 type Options struct {
 	Keyring Authenticator
 	// API is the scheduler's API handler: every page reads, and every
@@ -69,9 +62,6 @@ type Options struct {
 	API http.Handler
 	// Live feeds the pages' live updates; nil turns them off.
 	Live *Hub
-	Apps AppLister
-	// Brief is each app's replicas and rollout (api.Brief).
-	Brief api.BriefFunc
 	// TTL is a session's life; 0: DefaultTTL.
 	TTL time.Duration
 	// Now is the clock; nil: time.Now.
@@ -314,77 +304,4 @@ func (c *console) logout(w http.ResponseWriter, r *http.Request) {
 	c.sess.drop(viewerOf(r).id)
 	http.SetCookie(w, c.cookie(r, SessionCookie, "", -1))
 	http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
-}
-
-// Row is one app on the overview.
-type Row struct {
-	Name       string
-	Generation int64
-	Desired    int
-	Ready      int
-	Running    int
-	Rollout    string
-	Cause      string
-	// Image is the spec's image; Pinned what the generation pinned it to
-	// (a digest or an image ID), when it was.
-	Image   string
-	Pinned  string
-	Trouble bool
-	Error   string
-}
-
-type overviewPage struct {
-	Base
-	Apps []Row
-}
-
-// overview lists every app, those in trouble first.
-func (c *console) overview(w http.ResponseWriter, r *http.Request) {
-	page := overviewPage{Base: base(r, "overview")}
-	page.Live = "refresh"
-	apps, err := c.o.Apps.List(r.Context())
-	if err != nil {
-		c.logger.Warn("cannot list apps", zap.Error(err))
-		page.Error = "cannot list the apps: " + api.UnavailableMessage
-		c.render(w, http.StatusServiceUnavailable, "overview.html", page)
-		return
-	}
-	now := c.o.Now()
-	for _, a := range apps {
-		page.Apps = append(page.Apps, c.row(r.Context(), a, now))
-	}
-	sort.SliceStable(page.Apps, func(i, j int) bool {
-		if page.Apps[i].Trouble != page.Apps[j].Trouble {
-			return page.Apps[i].Trouble
-		}
-		return page.Apps[i].Name < page.Apps[j].Name
-	})
-	c.render(w, http.StatusOK, "overview.html", page)
-}
-
-// row is app's line: in trouble when fewer of the desired spec's
-// instances are ready than desired, or its rollout failed or was rolled
-// back.
-func (c *console) row(ctx context.Context, a store.App, now time.Time) Row {
-	row := Row{Name: a.Name, Generation: a.Generation, Desired: a.DesiredReplicas, Pinned: a.ImageRef}
-	if a.Spec != nil {
-		row.Image = a.Spec.Image
-	}
-	b, err := c.o.Brief(ctx, a, now)
-	if err != nil {
-		c.logger.Warn("cannot read an app's status", zap.String("app", a.Name), zap.Error(err))
-		row.Error, row.Trouble = "status unavailable", true
-		return row
-	}
-	row.Running = b.ObservedReplicas
-	for _, s := range b.Serving {
-		if s.Desired {
-			row.Ready += s.Instances
-		}
-	}
-	if b.Rollout != nil {
-		row.Rollout, row.Cause = b.Rollout.State, b.Rollout.Cause
-	}
-	row.Trouble = row.Ready < row.Desired || row.Rollout == api.RolloutFailed || row.Rollout == api.RolloutRolledBack
-	return row
 }

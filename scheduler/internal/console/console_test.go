@@ -37,12 +37,12 @@ type rig struct {
 
 // renamed renames the apps it lists, as no spec may name an app so.
 type renamed struct {
-	AppLister
+	api.AppReader
 	names map[string]string
 }
 
 func (r renamed) List(ctx context.Context) ([]store.App, error) {
-	apps, err := r.AppLister.List(ctx)
+	apps, err := r.AppReader.List(ctx)
 	for i := range apps {
 		if n, ok := r.names[apps[i].Name]; ok {
 			apps[i].Name = n
@@ -62,10 +62,9 @@ func newRig(t *testing.T, rename map[string]string) *rig {
 	_, err = st.Migrate(ctx)
 	require.NoError(t, err)
 	keys := auth.NewKeyring(st, auth.Config{Bootstrap: admin, MissInterval: time.Nanosecond}, zaptest.NewLogger(t))
-	deps := api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Claims: st, Hosts: st, History: st, Tokens: st, Certificates: st}
+	deps := api.Deps{Apps: renamed{AppReader: st, names: rename}, Changes: st, Events: st, Decisions: st, DB: st, Claims: st, Hosts: st, History: st, Tokens: st, Certificates: st}
 	live := NewHub()
-	h, err := New(Options{Keyring: keys, API: api.New(deps, api.Options{Keyring: keys}, zaptest.NewLogger(t)), Live: live,
-		Apps: renamed{AppLister: st, names: rename}, Brief: api.Brief(deps, api.Options{})}, zaptest.NewLogger(t))
+	h, err := New(Options{Keyring: keys, API: api.New(deps, api.Options{Keyring: keys}, zaptest.NewLogger(t)), Live: live}, zaptest.NewLogger(t))
 	require.NoError(t, err)
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
@@ -172,7 +171,7 @@ func TestSessionCookieIsSecureOverTLS(t *testing.T) {
 	r := newRig(t, nil)
 	ctx := context.Background()
 	deps := api.Deps{Apps: r.st, Changes: r.st, Events: r.st, Decisions: r.st, DB: r.st, Claims: r.st, Hosts: r.st, History: r.st, Tokens: r.st}
-	h, err := New(Options{Keyring: r.keys, API: api.New(deps, api.Options{Keyring: r.keys}, zaptest.NewLogger(t)), Apps: r.st, Brief: api.Brief(deps, api.Options{})}, zaptest.NewLogger(t))
+	h, err := New(Options{Keyring: r.keys, API: api.New(deps, api.Options{Keyring: r.keys}, zaptest.NewLogger(t))}, zaptest.NewLogger(t))
 	require.NoError(t, err)
 	srv := httptest.NewTLSServer(h)
 	t.Cleanup(srv.Close)
@@ -359,15 +358,19 @@ func TestOverview(t *testing.T) {
 	require.Positive(t, web)
 	require.Positive(t, calm)
 	require.Less(t, web, calm, "apps in trouble come first")
-	require.Contains(t, page, `<tr class="trouble" data-name="web">
-<td class="name"><a href="/ui/apps/web">web</a></td>
-<td>0 / 3</td>`)
-	require.Contains(t, page, `<tr class="trouble" data-name="back">
-<td class="name"><a href="/ui/apps/back">back</a></td>`, "a rolled-back rollout is trouble")
+	require.Contains(t, page, `<tr class="trouble" data-name="web"><td class="name"><a href="/ui/apps/web">web</a><td>0 / 3<td>`)
+	require.Contains(t, page, `<tr class="trouble" data-name="back"><td class="name"><a href="/ui/apps/back">back</a>`, "a rolled-back rollout is trouble")
 	require.Contains(t, page, `rolled_back: &lt;img src=x onerror=alert(1)&gt; crashed`)
 	require.NotContains(t, page, "<img")
 	require.Less(t, strings.Index(page, `data-name="back"`), calm)
-	require.Contains(t, page, `<tr class="ok" data-name="calm">
-<td class="name"><a href="/ui/apps/calm">calm</a></td>
-<td>0 / 0</td>`)
+	require.Contains(t, page, `<tr class="ok" data-name="calm"><td class="name"><a href="/ui/apps/calm">calm</a><td>0 / 0<td>`)
+	require.Contains(t, page, `<b>rollout_rolled_back</b> 0s ago: rolled back</tr>`, "the last event")
+
+	// ?q= narrows the list on the server, by name.
+	_, page = get(t, c, r.url+"/ui/?q=ca")
+	require.Contains(t, page, `data-name="calm"`)
+	require.NotContains(t, page, `data-name="web"`)
+	require.Contains(t, page, `value="ca"`)
+	_, page = get(t, c, r.url+"/ui/?q=%3Cb%3E")
+	require.Contains(t, page, `No app's name holds “&lt;b&gt;”.`)
 }
