@@ -80,34 +80,14 @@ func Summaries(d Deps, o Options) SummariesFunc {
 		if err != nil {
 			return nil, err
 		}
-		return a.summaries(ctx, apps, "", now)
+		return a.summaries(ctx, apps, now)
 	}
 }
 
-// BriefFunc returns one app's replicas, rollout and summary as GET
-// /v1/apps?summary=true computes them, and what serves (without images).
-// It is safe to call concurrently.
-type BriefFunc func(ctx context.Context, app store.App, now time.Time) (AppView, error)
-
-// Brief returns the BriefFunc of the API that d and o make. It reads one
-// app with four queries: to show every app, Summaries reads them all with
-// five.
-func Brief(d Deps, o Options) BriefFunc {
-	a := &api{d: d, o: o}
-	return func(ctx context.Context, app store.App, now time.Time) (AppView, error) {
-		vs, err := a.summaries(ctx, []store.App{app}, app.Name, now)
-		if err != nil {
-			return AppView{}, err
-		}
-		return vs[0], nil
-	}
-}
-
-// summaries summarises apps: every app that is not deleted when name is
-// "", or name alone. It reads the instances, the hosts and the events of
-// them all with one query each, and shows each app's serving groups
-// (without images) only when name is set (Brief).
-func (a *api) summaries(ctx context.Context, apps []store.App, name string, now time.Time) ([]AppView, error) {
+// summaries summarises apps, every app that is not deleted. It reads the
+// instances, the hosts and the events of them all with one query each.
+func (a *api) summaries(ctx context.Context, apps []store.App, now time.Time) ([]AppView, error) {
+	const name = "" // every app's rows
 	insts, err := a.d.Apps.Instances(ctx, name)
 	if err != nil {
 		return nil, err
@@ -129,12 +109,9 @@ func (a *api) summaries(ctx context.Context, apps []store.App, name string, now 
 	out := make([]AppView, 0, len(apps))
 	for _, app := range apps {
 		v := view(app, false)
-		r := countReplicas(app, byApp[app.Name], a.desiredHash(app), down, name != "")
+		r := countReplicas(app, byApp[app.Name], a.desiredHash(app), down, false)
 		v.ObservedReplicas, v.LostReplicas = r.observed, r.lost
 		v.Rollout, v.Breaker = decideRollout(app, r, evs[app.Name], now)
-		if name != "" {
-			v.Serving = r.serving(nil)
-		}
 		if a.o.Traffic != nil {
 			if t, ok := a.o.Traffic(app.Name, now); ok {
 				v.Traffic = &t
@@ -168,7 +145,7 @@ func (a *api) list(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if summary {
-		out, err := a.summaries(r.Context(), apps, "", time.Now())
+		out, err := a.summaries(r.Context(), apps, time.Now())
 		if err != nil {
 			a.fail(w, err)
 			return
