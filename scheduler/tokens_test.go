@@ -206,7 +206,7 @@ func TestTokensCommands(t *testing.T) {
 
 	code, out, errOut = as(viewer, "status")
 	require.Equal(t, 0, code, errOut)
-	require.Regexp(t, `(?m)^web\s+1\s+1\s+active\s+.* ago\s+ci$`, out)
+	require.Regexp(t, `(?m)^web\s+1\s+0/1\s.*\sactive\s+\S+ ago\s+ci$`, out)
 	code, out, _ = as(viewer, "history", "web")
 	require.Equal(t, 0, code)
 	require.Regexp(t, `(?m)^1\s+web:1\s+-\s+ci\s`, out, "web:1 is in no registry nor engine here: not pinned")
