@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/berthhq/berth/lbagent/internal/nginx"
 )
 
 // confirmWait learns how long nginx takes to serve a reloaded config, and
@@ -22,6 +24,12 @@ import (
 // whichever is longer, times factor; never less than --confirm-timeout,
 // and never more than ceiling (a reload that takes that long is failed).
 //
+// Past that wait, nginx itself says whether the reload is still being
+// worked on: while its master's CPU time advances (the parse is CPU-bound),
+// the reload is waited for slice by slice, up to ceiling in all. A master
+// that stands idle is done: the reload failed, or nginx serves something
+// else.
+//
 // Used from the agent's Run goroutine only.
 type confirmWait struct {
 	// floor is --confirm-timeout: the wait for a config nginx tests fast.
@@ -32,19 +40,36 @@ type confirmWait struct {
 	// served is the last reload's time from the signal to nginx serving
 	// its generation; 0 before one was confirmed.
 	served time.Duration
+	// slice is how long each wait past deadline lasts; busy the master
+	// CPU time in one slice that says nginx still works on the reload.
+	slice, busy time.Duration
+}
+
+// masterCPU reads the CPU time nginx's master has used (nginx.Supervisor,
+// nginx.PidFile): whether it is still working on a reload.
+type masterCPU interface {
+	MasterCPU() (time.Duration, error)
 }
 
 // The scale of confirmWait: a reload is waited for 3 times what it is
 // expected to take (the master's parse is about the nginx -t time, then
-// the new workers start and the old ones are told to stop), for at most
-// 10 minutes.
+// the new workers start and the old ones are told to stop), then for as
+// long as nginx's master keeps working on it (a tenth of a CPU or more,
+// checked every second), for at most 10 minutes in all.
 const (
 	confirmFactor  = 3
 	confirmCeiling = 10 * time.Minute
+	confirmSlice   = time.Second
+	confirmBusy    = 100 * time.Millisecond
+)
+
+var (
+	_ masterCPU = (*nginx.Supervisor)(nil)
+	_ masterCPU = nginx.PidFile("")
 )
 
 func newConfirmWait(floor time.Duration) *confirmWait {
-	return &confirmWait{floor: floor, factor: confirmFactor, ceiling: confirmCeiling}
+	return &confirmWait{floor: floor, factor: confirmFactor, ceiling: confirmCeiling, slice: confirmSlice, busy: confirmBusy}
 }
 
 // deadline is how long to wait for a reload of a config whose nginx -t
@@ -85,6 +110,9 @@ func (a *Agent) confirm(ctx context.Context, gen uint64, signalled time.Time, wa
 		cancel()
 	}
 	if err != nil {
+		err = a.confirmWhileBusy(ctx, gen, wait, err)
+	}
+	if err != nil {
 		return err
 	}
 	served := a.now().Sub(signalled)
@@ -98,4 +126,38 @@ func (a *Agent) confirm(ctx context.Context, gen uint64, signalled time.Time, wa
 			zap.Duration("next_wait_at_least", a.waits.deadline(0)))
 	}
 	return nil
+}
+
+// confirmWhileBusy, once the wait for gen has passed (err), goes on
+// waiting, a slice at a time, while nginx's master keeps working (its CPU
+// time advances by busy or more per slice), up to the ceiling in all. It
+// returns nil once gen is served, else the last error. A reloader that
+// cannot tell (no masterCPU) waits no longer.
+func (a *Agent) confirmWhileBusy(ctx context.Context, gen uint64, waited time.Duration, err error) error {
+	cpu, ok := a.reloader.(masterCPU)
+	if !ok {
+		return err
+	}
+	before, cerr := cpu.MasterCPU()
+	for logged := false; cerr == nil && waited < a.waits.ceiling && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded); {
+		slice := min(a.waits.slice, a.waits.ceiling-waited)
+		cctx, cancel := context.WithTimeout(ctx, slice)
+		err = a.status.Confirm(cctx, gen)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		waited += slice
+		var after time.Duration
+		if after, cerr = cpu.MasterCPU(); cerr != nil || after-before < a.waits.busy {
+			break // an idle master: nothing more is coming
+		}
+		before = after
+		if !logged {
+			a.logger.Warn("nginx's master is still working on the reload: waiting past the expected time, not reloading again",
+				zap.Uint64("generation", gen), zap.Duration("waited", waited), zap.Duration("waiting_up_to", a.waits.ceiling))
+			logged = true
+		}
+	}
+	return err
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -164,6 +165,85 @@ func TestSlowReloadIsWaitedForAndBatches(t *testing.T) {
 			for _, rl := range r.rep.reloads {
 				require.NotEqual(t, msg.ReloadFailed, rl.Result, "no reload failed: %s", rl.Error)
 			}
+		})
+	}
+}
+
+// workingMaster is nginx's master parsing a config, on fakes: each read
+// of its CPU time finds it a second further while work remains; when
+// the work is done it serves the generation. Confirm answers only when
+// it serves gen, else when ctx ends, as nginx.Confirm does.
+type workingMaster struct {
+	mu     sync.Mutex
+	work   int // CPU reads left before the reload is served; -1: never
+	cpu    time.Duration
+	gen    uint64
+	served uint64
+}
+
+func (m *workingMaster) Reload(context.Context) error { return nil }
+
+func (m *workingMaster) MasterCPU() (time.Duration, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.work > 0 {
+		m.cpu += time.Second
+		if m.work--; m.work == 0 {
+			m.served = m.gen
+		}
+	}
+	return m.cpu, nil
+}
+
+func (m *workingMaster) Generation(context.Context) (uint64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.served, nil
+}
+
+func (m *workingMaster) Confirm(ctx context.Context, gen uint64) error {
+	m.mu.Lock()
+	served := m.served
+	m.mu.Unlock()
+	if served == gen {
+		return nil
+	}
+	<-ctx.Done()
+	return fmt.Errorf("confirm generation %d: %w (last: generation %d)", gen, ctx.Err(), served)
+}
+
+// TestConfirmWaitsWhileTheMasterWorks: past the expected wait, a reload
+// is waited for while nginx's master keeps working on it (its CPU time
+// advances), up to the ceiling; an idle master ends the wait.
+func TestConfirmWaitsWhileTheMasterWorks(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		work    int
+		ceiling time.Duration
+		served  bool
+	}{
+		{name: "served while the master works", work: 4, ceiling: time.Minute, served: true},
+		{name: "an idle master: failed at the expected wait", work: 0, ceiling: time.Minute},
+		{name: "a master that works past the ceiling", work: 1 << 20, ceiling: 100 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			r := newFakeRig(t, false)
+			m := &workingMaster{work: tt.work, gen: 1}
+			a := r.agent
+			a.status, a.reloader = m, m
+			a.cfg.ConfirmTimeout = 5 * time.Millisecond
+			a.waits = newConfirmWait(a.cfg.ConfirmTimeout)
+			a.waits.slice, a.waits.ceiling = 5*time.Millisecond, tt.ceiling
+			err := a.confirm(context.Background(), 1, a.now(), a.waits.deadline(0))
+			if tt.served {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+			require.Contains(t, err.Error(), "last: generation 0")
 		})
 	}
 }
