@@ -253,7 +253,7 @@ func run(o options) error {
 		st := starts[i]
 		fmt.Printf("  %-38s %12.1f s %16.1f s %16.1f s %8d\n", a.mode+" mode", st.served.Seconds(), st.signalToServed, st.wait, st.failed)
 	}
-	fmt.Printf("  (--confirm-timeout 10 s: a reload that takes longer is waited for, up to 3x its nginx -t or the last reload's time)\n")
+	fmt.Printf("  (--confirm-timeout 10 s: a reload that takes longer is waited for, up to 3x its nginx -t or the last reload's time, then while nginx's master works on it)\n")
 
 	fmt.Printf("\nnginx reloads                     lbagent reloads_total   nginx: new worker sets (workers)\n")
 	reloadRow := func(name string, n int, fresh int, w *workerWatch) {

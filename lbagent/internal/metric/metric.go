@@ -71,7 +71,7 @@ func New(src Sources) *Set {
 		mode:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "berth_lbagent_upstream_mode", Help: "1 for the upstream mode in use: dynamic (endpoint changes pushed to nginx's Lua balancer, no reload) or reload."}, []string{"mode"}),
 		pushes:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_lbagent_endpoint_pushes_total", Help: "Endpoint batches pushed to nginx in dynamic mode, by result (ok, error)."}, []string{"result"}),
 		pushTime:    prometheus.NewHistogram(prometheus.HistogramOpts{Name: "berth_lbagent_endpoint_push_duration_seconds", Help: "Time of one endpoint push, read-back included.", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 14)}),
-		confirmWait: prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_confirm_wait_seconds", Help: "How long the last reload was waited for at most before it counts as failed: --confirm-timeout, or 3x the config's nginx -t time or the last reload's time to serve when longer (at most 10 min)."}),
+		confirmWait: prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_confirm_wait_seconds", Help: "How long the last reload is expected to take at most: --confirm-timeout, or 3x the config's nginx -t time or the last reload's time to serve when longer (at most 10 min). Past it the reload is waited for while nginx's master still works on it, then counts as failed."}),
 		served:      prometheus.NewHistogram(prometheus.HistogramOpts{Name: "berth_lbagent_reload_served_seconds", Help: "Time from signalling nginx to reload to nginx serving the new generation, of confirmed reloads.", Buckets: prometheus.ExponentialBuckets(0.01, 2, 15)}),
 	}
 	m.reg.MustRegister(m.reloads, m.duration, m.revision,
