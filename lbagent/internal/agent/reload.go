@@ -162,8 +162,8 @@ func (a *Agent) apply(ctx context.Context, conf []byte, gen uint64, wait time.Du
 // swap writes conf to the target, keeping the previous file as
 // .last-good, reloads nginx and confirms it serves gen within wait; on a
 // failure it puts the previous file back and reloads again. That second
-// reload comes only once wait has passed: never on top of a reload still
-// taking effect.
+// reload comes only once wait has passed and nginx's master is idle
+// (confirm): never on top of a reload still taking effect.
 func (a *Agent) swap(ctx context.Context, conf []byte, gen uint64, wait time.Duration) error {
 	previous, _ := os.ReadFile(a.cfg.Target)
 	if err := atomicfile.Write(a.cfg.Target, conf, 0o644); err != nil {
