@@ -135,7 +135,8 @@ func TestSlowReloadIsWaitedForAndBatches(t *testing.T) {
 			}
 
 			// The first batch: its reload is signalled, and still not served
-			// past --confirm-timeout.
+			// past --confirm-timeout. (The app's put may start it alone, at
+			// once: then the instance joins the second batch.)
 			r.putApp(appMsg("web", "web.test"))
 			a, b := testrig.Backend(t, "A"), testrig.Backend(t, "B")
 			r.putInstance("web", "a", a, msg.StateRunning)
@@ -147,7 +148,8 @@ func TestSlowReloadIsWaitedForAndBatches(t *testing.T) {
 			r.putInstance("shop", "s", b, msg.StateRunning)
 			last := r.putInstance("web", "a", b, msg.StateRunning)
 			slow.release <- struct{}{}
-			r.waitFor("web.test", 200, "A") // the first reload serves its batch
+			require.Eventually(t, func() bool { return r.agent.Generation() == 1 }, 10*time.Second, 5*time.Millisecond,
+				"the first reload is confirmed, served after --confirm-timeout")
 
 			// One reload for all of it, waited for too.
 			<-slow.asked
