@@ -209,8 +209,9 @@ func serve(ctx context.Context, c *cli, renderer *render.Renderer, tmplDir strin
 		Node: node, Render: c.renderOptions(), Target: target, Staging: filepath.Join(c.StateDir, "staging"),
 		DebounceMin: lo, DebounceMax: hi, Resync: c.Resync, EmptyHold: c.EmptyHold, ConfirmTimeout: c.Confirm,
 		Heartbeat: msg.AgentTTL / 3,
-		Hooks:     agent.Hooks{Rendered: metrics.Rendered, Held: metrics.Held, Served: metrics.Served, Pushed: metrics.Pushed},
-		Pusher:    dyn.pusher(), Snapshot: dyn.snapshot(), ReloadDrain: c.ReloadDrain,
+		Hooks: agent.Hooks{Rendered: metrics.Rendered, Held: metrics.Held, Served: metrics.Served, Pushed: metrics.Pushed,
+			ConfirmWait: metrics.ConfirmWait, ReloadServed: metrics.ReloadServed},
+		Pusher: dyn.pusher(), Snapshot: dyn.snapshot(), ReloadDrain: c.ReloadDrain,
 		CertDir: filepath.Join(c.StateDir, "certs"), Keys: conn, Ejector: ejector, NginxVersion: version,
 	}, store, renderer, nginx.Binary{Path: c.NginxBin}, reloader, report.New(conn, names, node, metrics, logger), logger)
 

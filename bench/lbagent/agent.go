@@ -83,6 +83,16 @@ func (a *agent) start(bin, natsURL, nginxBin, first string) (time.Duration, erro
 		return 0, fmt.Errorf("lbagent (%s): %w\n%s", a.mode, err, a.logTail())
 	}
 	served := time.Since(start)
+	// nginx answers as soon as the first reload takes effect; lbagent
+	// confirms it a little later, or, before it waited for a slow reload,
+	// failed it, put the empty config back and reloaded again. Time
+	// nothing until lbagent says it serves the state.
+	for a.metric("berth_lbagent_applied_generation") < 1 {
+		if time.Since(start) > 10*time.Minute {
+			return 0, fmt.Errorf("lbagent (%s): nginx answers, but lbagent confirmed no generation in 10 min\n%s", a.mode, a.logTail())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	if a.metric(fmt.Sprintf(`berth_lbagent_upstream_mode{mode=%q}`, a.mode)) != 1 {
 		return 0, fmt.Errorf("lbagent asked for --upstream-mode %s does not report it in berth_lbagent_upstream_mode\n%s", a.mode, a.logTail())
 	}
@@ -152,6 +162,12 @@ func (a *agent) burst(n, nApps int, settle time.Duration) error {
 // reloads is the lbagent's count of reloads it made (applied or rejected).
 func (a *agent) reloads() int {
 	return int(a.metric(`berth_lbagent_reloads_total{result="applied"}`) + a.metric(`berth_lbagent_reloads_total{result="rejected"}`))
+}
+
+// failed is the lbagent's count of changes it failed to apply: a reload
+// nginx did not confirm in time, a push that failed.
+func (a *agent) failed() int {
+	return int(a.metric(`berth_lbagent_reloads_total{result="failed"}`))
 }
 
 func (a *agent) pushes() int {

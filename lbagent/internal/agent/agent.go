@@ -110,7 +110,10 @@ type Config struct {
 	Resync time.Duration
 	// EmptyHold is how long a snapshot that removes every server is held back.
 	EmptyHold time.Duration
-	// ConfirmTimeout bounds the wait for nginx to serve a new generation.
+	// ConfirmTimeout is the least wait for nginx to serve a new
+	// generation; a config that takes nginx longer to test, or a last
+	// reload that took longer to serve, is waited for longer
+	// (confirmWait).
 	ConfirmTimeout time.Duration
 	// Heartbeat is how often the applied state is republished.
 	Heartbeat time.Duration
@@ -156,6 +159,12 @@ type Hooks struct {
 	Served func(apps, servers int)
 	// Pushed is called with the duration of each endpoint push and whether it failed.
 	Pushed func(d time.Duration, err error)
+	// ConfirmWait is called as each reload is signalled with how long it
+	// is waited for at most (confirmWait).
+	ConfirmWait func(time.Duration)
+	// ReloadServed is called with each confirmed reload's time from the
+	// signal to nginx serving its generation.
+	ReloadServed func(time.Duration)
 }
 
 // Agent is the loop. Create it with New and run it with Run.
@@ -187,6 +196,8 @@ type Agent struct {
 	reloadFailures int
 	certs          *certs
 	pushes         *pushes // nil in reload mode
+	// waits says how long a reload is waited for; it learns from each.
+	waits *confirmWait
 	// ejectionEnds is when the next outlier ejection ends (zero: none).
 	ejectionEnds time.Time
 	// lastReload is the latest reload or failed attempt at one (nil:
@@ -204,13 +215,13 @@ func New(cfg Config, store *state.Store, renderer *render.Renderer, tester Teste
 		cfg: cfg, store: store, renderer: renderer, tester: tester, reloader: reloader, status: cfg.Status, reporter: reporter,
 		logger: logger, now: time.Now, kick: make(chan struct{}, 1),
 		lastGood: map[string]state.App{}, refused: map[string]Refusal{}, appErrors: map[string]string{},
-		certs: newCerts(cfg.CertDir, cfg.Keys, logger),
+		certs: newCerts(cfg.CertDir, cfg.Keys, logger), waits: newConfirmWait(cfg.ConfirmTimeout),
 	}
 	if a.status == nil {
 		a.status = nginx.NewStatus(cfg.Render.StatusListen)
 	}
 	if cfg.Pusher != nil {
-		a.pushes = newPushes(cfg.Pusher, cfg.Snapshot, cfg.ReloadDrain, cfg.ConfirmTimeout, cfg.Hooks.Pushed, func() time.Time { return a.now() }, logger)
+		a.pushes = newPushes(cfg.Pusher, cfg.Snapshot, cfg.ReloadDrain, cfg.Hooks.Pushed, func() time.Time { return a.now() }, logger)
 	}
 	return a
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/berthhq/berth/lbagent/internal/state"
 	"github.com/berthhq/berth/templates"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 )
 
@@ -103,9 +104,22 @@ func newRig(t *testing.T) *rig {
 // luaModules is where Debian's libnginx-mod-http-lua installs the modules.
 const luaModules = "/usr/lib/nginx/modules"
 
+// rigOption changes how a rig's agent is made: its config, the nginx -t
+// and reload it is given (wrapped), its logger and clock.
+type rigOption func(*rigAgent)
+
+// rigAgent is what New is called with, and the agent's clock.
+type rigAgent struct {
+	cfg      *Config
+	tester   Tester
+	reloader Reloader
+	logger   *zap.Logger
+	now      func() time.Time
+}
+
 // newRigMode is newRig in dynamic upstream mode when dyn is set: the Lua
 // balancer from templates/, endpoint pushes through the control endpoint.
-func newRigMode(t *testing.T, dyn bool) *rig {
+func newRigMode(t *testing.T, dyn bool, opts ...rigOption) *rig {
 	t.Helper()
 	bin := testrig.NginxBin(t)
 	if dyn && !dynamic.Available(luaModules) {
@@ -155,8 +169,13 @@ func newRigMode(t *testing.T, dyn bool) *rig {
 
 	var stopAgent context.CancelFunc
 	var agentDone chan error
+	made := rigAgent{cfg: &cfg, tester: nginx.Binary{Path: bin}, reloader: sup, logger: zaptest.NewLogger(t), now: time.Now}
+	for _, o := range opts {
+		o(&made)
+	}
 	startAgent := func() {
-		r.agent = New(cfg, r.store, renderer, nginx.Binary{Path: bin}, sup, r.rep, zaptest.NewLogger(t))
+		r.agent = New(cfg, r.store, renderer, made.tester, made.reloader, r.rep, made.logger)
+		r.agent.now = made.now
 		var agentCtx context.Context
 		agentCtx, stopAgent = context.WithCancel(ctx)
 		agentDone = make(chan error, 1)

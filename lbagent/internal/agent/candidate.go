@@ -44,6 +44,9 @@ type built struct {
 	bytes []byte
 	// refused are the apps nginx refused in this build, found by bisection.
 	refused map[string]Refusal
+	// tested is how long nginx -t took on bytes: about what nginx's
+	// master takes to parse them as it reloads (confirmWait).
+	tested time.Duration
 }
 
 func (c *candidate) render(gen uint64, snap state.Snapshot) ([]byte, error) {
@@ -74,11 +77,12 @@ func (c *candidate) build(ctx context.Context, gen uint64) (built, map[string]st
 	if c.rendered != nil {
 		c.rendered(time.Since(start))
 	}
+	var tested time.Duration
 	if err == nil {
-		err = c.test(ctx, out)
+		tested, err = c.timedTest(ctx, out)
 	}
 	if err == nil {
-		return built{snap: c.snap, bytes: out}, failed, nil
+		return built{snap: c.snap, bytes: out, tested: tested}, failed, nil
 	}
 	if ctx.Err() != nil {
 		return built{}, failed, ctx.Err()
@@ -115,12 +119,12 @@ func (c *candidate) build(ctx context.Context, gen uint64) (built, map[string]st
 	d, _ = render.Layout(fixed, gen, c.opts)
 	out, err = c.renderer.Render(d, c.opts.Main)
 	if err == nil {
-		err = c.test(ctx, out)
+		tested, err = c.timedTest(ctx, out)
 	}
 	if err != nil {
 		return built{}, failed, fmt.Errorf("config still refused after isolating %d apps: %w", len(bad), err)
 	}
-	return built{snap: fixed, bytes: out, refused: refused}, failed, nil
+	return built{snap: fixed, bytes: out, refused: refused, tested: tested}, failed, nil
 }
 
 // placeholder keeps an app's hosts and paths answering 503, without
@@ -210,6 +214,13 @@ func (c *candidate) renderAndTest(ctx context.Context, gen uint64, apps []state.
 		return nil, err
 	}
 	return out, c.test(ctx, out)
+}
+
+// timedTest is test, and how long it took.
+func (c *candidate) timedTest(ctx context.Context, conf []byte) (time.Duration, error) {
+	start := c.now()
+	err := c.test(ctx, conf)
+	return c.now().Sub(start), err
 }
 
 // test writes the candidate into the staging prefix and runs nginx -t on it.

@@ -42,9 +42,9 @@ type pushes struct {
 	// is known to be at or above nginx's.
 	version   uint64
 	versioned bool
-	// drain is ReloadDrain, confirm ConfirmTimeout.
-	drain, confirm time.Duration
-	pushed         func(time.Duration, error)
+	// drain is ReloadDrain.
+	drain  time.Duration
+	pushed func(time.Duration, error)
 	// last is the latest push, for the agents record (nil: none yet).
 	last   *msg.ConfigChange
 	now    func() time.Time
@@ -52,11 +52,11 @@ type pushes struct {
 }
 
 // newPushes returns dynamic mode's side of the loop: pushes through
-// client, the snapshot file at file, drain and confirm as ReloadDrain and
-// ConfirmTimeout, pushed the hook called after each push (nil: none).
-func newPushes(client Pusher, file string, drain, confirm time.Duration, pushed func(time.Duration, error), now func() time.Time,
+// client, the snapshot file at file, drain as ReloadDrain, pushed the
+// hook called after each push (nil: none).
+func newPushes(client Pusher, file string, drain time.Duration, pushed func(time.Duration, error), now func() time.Time,
 	logger *zap.Logger) *pushes {
-	return &pushes{client: client, file: file, writer: dynamic.NewSnapshotWriter(file), drain: drain, confirm: confirm, pushed: pushed,
+	return &pushes{client: client, file: file, writer: dynamic.NewSnapshotWriter(file), drain: drain, pushed: pushed,
 		now: now, logger: logger}
 }
 
@@ -130,14 +130,15 @@ func (p *pushes) initVersion(ctx context.Context) {
 // drainKeepalive, with nginx serving, asks the workers that the reload
 // into gen replaces to close keep-alive connections after each answer,
 // and waits ReloadDrain for busy ones to cycle. The request lives until
-// the reload is confirmed (and a while past it: the old workers finish
-// their requests with it). It reports whether it asked.
-func (p *pushes) drainKeepalive(ctx context.Context, gen uint64) bool {
+// the reload is confirmed, waited for up to confirm (and a while past it:
+// the old workers finish their requests with it). It reports whether it
+// asked.
+func (p *pushes) drainKeepalive(ctx context.Context, gen uint64, confirm time.Duration) bool {
 	if p.drain <= 0 {
 		return false
 	}
 	rctx, cancel := context.WithTimeout(ctx, time.Second)
-	err := p.client.CloseKeepalive(rctx, gen, p.drain+p.confirm+10*time.Second)
+	err := p.client.CloseKeepalive(rctx, gen, p.drain+confirm+10*time.Second)
 	cancel()
 	if err != nil {
 		// Templates older than the keepalive location: reload anyway.

@@ -50,7 +50,7 @@ func (a *Agent) reload(ctx context.Context, start time.Time, in Input, dec Decis
 			return 0
 		}
 	}
-	if err := a.apply(ctx, final.bytes, dec.Generation); err != nil {
+	if err := a.apply(ctx, final.bytes, dec.Generation, a.waits.deadline(final.tested)); err != nil {
 		// nginx -t accepted the config: what failed is the reload (nginx
 		// not running yet, or gone). Try again, backing off, rather than
 		// wait for the next change, which may never come.
@@ -149,13 +149,14 @@ func (a *Agent) settleBuild(served state.Snapshot, failed map[string]string) {
 	a.appErrors = failed
 }
 
-// apply swaps the tested config in, reloads and confirms; on a failed
-// confirm it puts the previous file back and reloads again. In dynamic
-// mode, with nginx serving, the workers it replaces drain their keep-alive
-// connections first.
-func (a *Agent) apply(ctx context.Context, conf []byte, gen uint64) error {
-	drained := a.pushes != nil && a.served.Generation > 0 && a.pushes.drainKeepalive(ctx, gen)
-	err := a.swap(ctx, conf, gen)
+// apply swaps the tested config in, reloads and confirms, waiting up to
+// wait for nginx to serve it (confirmWait); on a failed confirm it puts
+// the previous file back and reloads again. In dynamic mode, with nginx
+// serving, the workers it replaces drain their keep-alive connections
+// first.
+func (a *Agent) apply(ctx context.Context, conf []byte, gen uint64, wait time.Duration) error {
+	drained := a.pushes != nil && a.served.Generation > 0 && a.pushes.drainKeepalive(ctx, gen, wait)
+	err := a.swap(ctx, conf, gen, wait)
 	if err != nil && drained {
 		a.pushes.undrain(ctx, gen) // the old workers stay: let them keep connections again
 	}
@@ -163,9 +164,11 @@ func (a *Agent) apply(ctx context.Context, conf []byte, gen uint64) error {
 }
 
 // swap writes conf to the target, keeping the previous file as
-// .last-good, reloads nginx and confirms it serves gen; on a failure it
-// puts the previous file back and reloads again.
-func (a *Agent) swap(ctx context.Context, conf []byte, gen uint64) error {
+// .last-good, reloads nginx and confirms it serves gen within wait; on a
+// failure it puts the previous file back and reloads again. That second
+// reload comes only once wait has passed and nginx's master is idle
+// (confirm): never on top of a reload still taking effect.
+func (a *Agent) swap(ctx context.Context, conf []byte, gen uint64, wait time.Duration) error {
 	previous, _ := os.ReadFile(a.cfg.Target)
 	if err := atomicfile.Write(a.cfg.Target, conf, 0o644); err != nil {
 		return err
@@ -173,11 +176,10 @@ func (a *Agent) swap(ctx context.Context, conf []byte, gen uint64) error {
 	if len(previous) > 0 {
 		_ = atomicfile.Write(a.cfg.Target+".last-good", previous, 0o644)
 	}
+	signalled := a.now()
 	err := a.reloader.Reload(ctx)
 	if err == nil {
-		cctx, cancel := context.WithTimeout(ctx, a.cfg.ConfirmTimeout)
-		err = a.status.Confirm(cctx, gen)
-		cancel()
+		err = a.confirm(ctx, gen, signalled, wait)
 	}
 	if err == nil {
 		return nil

@@ -49,6 +49,8 @@ type Set struct {
 	mode        *prometheus.GaugeVec
 	pushes      *prometheus.CounterVec
 	pushTime    prometheus.Histogram
+	confirmWait prometheus.Gauge
+	served      prometheus.Histogram
 }
 
 var _ report.Observer = (*Set)(nil)
@@ -69,10 +71,12 @@ func New(src Sources) *Set {
 		mode:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "berth_lbagent_upstream_mode", Help: "1 for the upstream mode in use: dynamic (endpoint changes pushed to nginx's Lua balancer, no reload) or reload."}, []string{"mode"}),
 		pushes:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "berth_lbagent_endpoint_pushes_total", Help: "Endpoint batches pushed to nginx in dynamic mode, by result (ok, error)."}, []string{"result"}),
 		pushTime:    prometheus.NewHistogram(prometheus.HistogramOpts{Name: "berth_lbagent_endpoint_push_duration_seconds", Help: "Time of one endpoint push, read-back included.", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 14)}),
+		confirmWait: prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_lbagent_confirm_wait_seconds", Help: "How long the last reload is expected to take at most: --confirm-timeout, or 3x the config's nginx -t time or the last reload's time to serve when longer (at most 10 min). Past it the reload is waited for while nginx's master still works on it, then counts as failed."}),
+		served:      prometheus.NewHistogram(prometheus.HistogramOpts{Name: "berth_lbagent_reload_served_seconds", Help: "Time from signalling nginx to reload to nginx serving the new generation, of confirmed reloads.", Buckets: prometheus.ExponentialBuckets(0.01, 2, 15)}),
 	}
 	m.reg.MustRegister(m.reloads, m.duration, m.revision,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "berth_lbagent_applied_generation", Help: "Config generation nginx serves."}, read(src.Generation)),
-		m.lastSuccess, m.appErrors, m.apps, m.servers, m.render, m.held, m.mode, m.pushes, m.pushTime,
+		m.lastSuccess, m.appErrors, m.apps, m.servers, m.render, m.held, m.mode, m.pushes, m.pushTime, m.confirmWait, m.served,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_lbagent_invalid_messages_total", Help: "NATS values dropped because they failed to decode or validate."}, read(src.Dropped)),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_lbagent_unsealed_messages_total", Help: "NATS values and messages dropped because their owner had not sealed them: forgeries (docs/nats.md, Sealed records)."}, read(src.Unsealed)),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "berth_lbagent_access_log_invalid_total", Help: "Access log datagrams that failed to parse."}, read(src.AccessInvalid)),
@@ -124,6 +128,13 @@ func (m *Set) Held(held bool) {
 		m.held.Set(0)
 	}
 }
+
+// ConfirmWait sets how long the reload just signalled is waited for at most.
+func (m *Set) ConfirmWait(d time.Duration) { m.confirmWait.Set(d.Seconds()) }
+
+// ReloadServed observes a confirmed reload's time from the signal to nginx
+// serving it.
+func (m *Set) ReloadServed(d time.Duration) { m.served.Observe(d.Seconds()) }
 
 // Served sets the apps and servers of the applied config.
 func (m *Set) Served(apps, servers int) {

@@ -111,6 +111,12 @@ func TestGaugesAndSources(t *testing.T) {
 				"berth_lbagent_render_duration_seconds_count 1", "berth_lbagent_snapshot_held 1"},
 		},
 		{
+			name: "a reload waited for beyond --confirm-timeout",
+			act:  func(m *Set) { m.ConfirmWait(27 * time.Second); m.ReloadServed(9 * time.Second) },
+			want: []string{"berth_lbagent_confirm_wait_seconds 27", "berth_lbagent_reload_served_seconds_count 1",
+				"berth_lbagent_reload_served_seconds_sum 9"},
+		},
+		{
 			name: "held then released",
 			act:  func(m *Set) { m.Held(true); m.Held(false) },
 			want: []string{"berth_lbagent_snapshot_held 0"},
