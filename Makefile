@@ -29,7 +29,7 @@ build:
 # and every test must hold on a loaded machine anyway (no test may flake
 # beside a CPU hog). Their output is not synchronised, so that e2e's
 # progress shows as it happens: go test writes whole lines, which
-# interleave. With CI=true a missing nginx, PostgreSQL or Docker fails the
+# interleave. With CI=true a missing nginx, PostgreSQL, Docker or Chromium fails the
 # run instead of skipping.
 test:
 	@$(MAKE) --no-print-directory -j2 --output-sync=none e2e checks
