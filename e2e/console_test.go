@@ -83,7 +83,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	admin := s.token("console-admin", "admin")
 	reader := s.token("console-reader", "read")
 
-	b := newConsoleBrowser(t)
+	b := testrig.NewBrowser(t)
 	ctx, cancel := context.WithTimeout(b.Ctx, 5*time.Minute)
 	defer cancel()
 	c := &consoleBrowser{t: t, b: b, ctx: ctx, base: base}
@@ -278,7 +278,7 @@ func consoleOfRunningDemo(t *testing.T, base string) {
 	tok, err := os.ReadFile(file)
 	require.NoError(t, err)
 	checkConsoleBuilt(t, base)
-	b := newConsoleBrowser(t)
+	b := testrig.NewBrowser(t)
 	ctx, cancel := context.WithTimeout(b.Ctx, 3*time.Minute)
 	defer cancel()
 	c := &consoleBrowser{t: t, b: b, ctx: ctx, base: base}
@@ -300,15 +300,6 @@ func consoleOfRunningDemo(t *testing.T, base string) {
 	}
 	c.requireOnlyOwnScript()
 	c.b.RequireNoProblems()
-}
-
-// newConsoleBrowser is a browser for the console. The console has no
-// icon: the browser's own request for /favicon.ico, which the API's
-// listener answers 404, is no fault of a page.
-func newConsoleBrowser(t *testing.T) *testrig.Browser {
-	b := testrig.NewBrowser(t)
-	b.Allow("/favicon.ico")
-	return b
 }
 
 // checkConsoleBuilt fails when a page that consoleBuilt says is not

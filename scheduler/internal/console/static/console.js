@@ -124,44 +124,26 @@
   if (mode === "events" && eventsTable()) {
     for (const row of eventsTable().querySelectorAll("tr[data-id]")) seen.add(row.dataset.id);
   }
-  // The stream is closed when the page is left (pagehide) and opened
-  // again if the browser brings the page back from its back/forward
-  // cache: a left page that kept its stream would hold one of the six
-  // connections a browser opens to a host, and after a few pages the
-  // next refresh would wait for one.
-  let broken = false, es = null;
-  function connect() {
-    const src = new EventSource("/ui/live" + (app ? "?app=" + encodeURIComponent(app) : ""));
-    es = src;
-    src.addEventListener("open", function () {
-      setStatus("live", "live");
-      // Back after a break: what changed meanwhile is on the page again.
-      if (broken && mode === "refresh") schedule();
-      broken = false;
-    });
-    src.addEventListener("error", function () {
-      broken = true;
-      if (src.readyState === EventSource.CLOSED) {
-        setStatus("live updates stopped: reload the page", "error");
-      } else {
-        setStatus("reconnecting… (the page still works)", "reconnecting");
-      }
-    });
-    src.addEventListener("event", function (e) {
-      let ev;
-      try { ev = JSON.parse(e.data); } catch (err) { return; }
-      if (mode === "events") addEvent(ev); else schedule();
-    });
-    src.addEventListener("missed", function () { schedule(); });
-  }
-  window.addEventListener("pagehide", function () {
-    if (es) { es.close(); es = null; }
+  let broken = false;
+  const es = new EventSource("/ui/live" + (app ? "?app=" + encodeURIComponent(app) : ""));
+  es.addEventListener("open", function () {
+    setStatus("live", "live");
+    // Back after a break: what changed meanwhile is on the page again.
+    if (broken && mode === "refresh") schedule();
+    broken = false;
   });
-  window.addEventListener("pageshow", function (e) {
-    if (!e.persisted || es) return;
+  es.addEventListener("error", function () {
     broken = true;
-    setStatus("reconnecting… (the page still works)", "reconnecting");
-    connect();
+    if (es.readyState === EventSource.CLOSED) {
+      setStatus("live updates stopped: reload the page", "error");
+    } else {
+      setStatus("reconnecting… (the page still works)", "reconnecting");
+    }
   });
-  connect();
+  es.addEventListener("event", function (e) {
+    let ev;
+    try { ev = JSON.parse(e.data); } catch (err) { return; }
+    if (mode === "events") addEvent(ev); else schedule();
+  });
+  es.addEventListener("missed", function () { schedule(); });
 })();
