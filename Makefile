@@ -10,7 +10,7 @@ FUZZTIME ?= 30s
 PROMTOOL ?= promtool
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build test checks vet lint rules unit e2e golden bench fuzz clean demo demo-down compose-config
+.PHONY: all build test checks vet lint rules unit e2e golden bench fuzz clean demo demo-down screenshots compose-config
 
 all: build
 
@@ -29,7 +29,7 @@ build:
 # and every test must hold on a loaded machine anyway (no test may flake
 # beside a CPU hog). Their output is not synchronised, so that e2e's
 # progress shows as it happens: go test writes whole lines, which
-# interleave. With CI=true a missing nginx, PostgreSQL or Docker fails the
+# interleave. With CI=true a missing nginx, PostgreSQL, Docker or Chromium fails the
 # run instead of skipping.
 test:
 	@$(MAKE) --no-print-directory -j2 --output-sync=none e2e checks
@@ -96,6 +96,17 @@ demo:
 
 demo-down:
 	@bash scripts/demo.sh down
+
+# screenshots takes docs/console/*.png from the running demo (make demo
+# first): the console's browser test (e2e TestConsoleInABrowser) signs in
+# to CONSOLE_URL with the demo's read token, visits each page and writes
+# what it captured (1280 wide, the whole page). Needs chromium.
+CONSOLE_URL ?= http://127.0.0.1:7070
+CONSOLE_TOKEN_FILE ?= /tmp/berth-demo/run/console.token
+screenshots:
+	@test -r $(CONSOLE_TOKEN_FILE) || { echo "screenshots: no $(CONSOLE_TOKEN_FILE): run make demo first" >&2; exit 1; }
+	BERTH_CONSOLE_URL=$(CONSOLE_URL) BERTH_CONSOLE_TOKEN_FILE=$(CONSOLE_TOKEN_FILE) BERTH_SCREENSHOTS=$(CURDIR)/docs/console \
+		$(GO) test -count=1 -v -run '^TestConsoleInABrowser$$' ./e2e/
 
 # compose-config checks the production-like compose stack (compose/).
 compose-config:

@@ -1,7 +1,8 @@
 // Package testrig gives tests real components instead of mocks: a throwaway
 // PostgreSQL server with a fresh database per test, an in-process NATS
 // server with JetStream, a private nginx on 127.0.0.1 ports, and the Docker
-// engine with the demo app image built FROM scratch from this module.
+// engine with the demo app image built FROM scratch from this module, and
+// a headless Chromium (browser.go) for the web console's tests.
 //
 // It is imported only by tests. Where a component is missing, a test skips
 // with a message saying what to install; with CI=true it fails instead, so
