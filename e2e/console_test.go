@@ -22,12 +22,12 @@ import (
 // built yet does not run, and says so; once the route answers, the test
 // fails until it is set here, so that no step stays off by mistake.
 var consoleBuilt = map[string]bool{
-	"app":          false, // GET /ui/apps/{name}: instances grouped by host
-	"hosts":        false, // GET /ui/hosts
-	"edge":         false, // GET /ui/edge
-	"certificates": false, // GET /ui/certificates
-	"events":       false, // GET /ui/events: live, data-live="events"
-	"scale":        false, // GET /ui/apps/{name}/scale?replicas=N, a Confirm button posting it with the csrf field
+	"app":          true, // GET /ui/apps/{name}: instances grouped by host
+	"hosts":        true, // GET /ui/hosts
+	"edge":         true, // GET /ui/edge
+	"certificates": true, // GET /ui/certificates
+	"events":       true, // GET /ui/events: live, data-live="events"
+	"scale":        true, // GET /ui/apps/{name}/scale?replicas=N, a Confirm button posting it with the csrf field
 }
 
 // consoleRoutes is where each of consoleBuilt's pages is served.
@@ -41,13 +41,10 @@ var consoleRoutes = map[string]string{
 }
 
 // liveHealth says whether the console's pages follow health changes
-// live. They follow the events NATS carries (instance started, exited,
-// replaced…), and a health transition is none: healthd publishes it on
-// <prefix>.v1.health.>, which the console does not follow yet, so a
-// replacement shows running at once but ready only at the next event or
-// reload. Set once the console refreshes on health changes (issue 29:
-// "a change shows within 1 s").
-const liveHealth = false
+// live: a health transition is no event, so the console follows the
+// leader recording it in Postgres (NOTIFY berth_instances), and a
+// replacement shows ready without a reload.
+const liveHealth = true
 
 // markup is what a hostile app's container writes as its last line: the
 // console must show it as text. Run, it would set window.__xss; under the
@@ -144,9 +141,12 @@ func TestConsoleInABrowser(t *testing.T) {
 		// kill, with the replacement running.
 		c.waitFor(`document.body.dataset.refreshed !== ""`, "a live refresh after the kill")
 		if consoleBuilt["app"] {
-			c.waitFor(fmt.Sprintf(`!document.getElementById("content").textContent.includes(%q)`, victim), "the killed instance gone from the app page")
+			// The instances' tables (one per host): the victim stays in
+			// the failures and the events, as it should.
+			const instances = `Array.from(document.querySelectorAll("table.instances")).map(t => t.textContent).join(" ")`
+			c.waitFor(fmt.Sprintf(`!%s.includes(%q)`, instances, victim), "the killed instance gone from the app page's instances")
 			for _, in := range s.instances("demo") {
-				c.waitFor(fmt.Sprintf(`document.getElementById("content").textContent.includes(%q)`, in.ID), "instance "+in.ID+" on the app page")
+				c.waitFor(fmt.Sprintf(`%s.includes(%q)`, instances, in.ID), "instance "+in.ID+" on the app page")
 			}
 		} else {
 			c.waitFor(`(function () {
@@ -154,9 +154,12 @@ func TestConsoleInABrowser(t *testing.T) {
   return row !== null && row.cells[2].textContent.trim() === "3";
 })()`, "demo's replacement running on the overview")
 		}
-		if liveHealth {
+		switch {
+		case liveHealth && consoleBuilt["app"]:
+			c.waitFor(`document.querySelector("table.summary").textContent.replace(/\s+/g, " ").includes("3 ready / 3 desired")`, "demo 3 ready on its page")
+		case liveHealth:
 			c.waitRowReady("demo", "3 / 3")
-		} else {
+		default:
 			t.Logf("the overview's demo row, live: %s (a health change is no event: the ready count follows at the next event or reload)",
 				c.eval(`document.querySelector('table.apps tr[data-name="demo"]').innerText.replace(/\s+/g, " ")`))
 		}

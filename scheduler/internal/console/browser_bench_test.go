@@ -125,7 +125,7 @@ func BenchmarkOverviewInBrowser(b *testing.B) {
 	keys := auth.NewKeyring(st, auth.Config{Bootstrap: admin, MissInterval: time.Nanosecond}, logger)
 	deps := api.Deps{Apps: st, Changes: st, Events: st, Decisions: st, DB: st, Claims: st, Hosts: st, History: st, Tokens: st}
 	live := NewHub()
-	h, err := New(Options{Keyring: keys, API: api.New(deps, api.Options{Keyring: keys}, logger), Live: live, Apps: st, Brief: api.Brief(deps, api.Options{})}, logger)
+	h, err := New(Options{Keyring: keys, API: api.New(deps, api.Options{Keyring: keys}, logger), Live: live}, logger)
 	if err != nil {
 		b.Fatal(err)
 	}

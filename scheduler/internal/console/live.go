@@ -44,6 +44,9 @@ type Hub struct {
 type client struct {
 	app    string
 	events chan *msg.Event
+	// changed is set when the app's (or any app's) instances changed
+	// without an event: a health the leader recorded.
+	changed chan struct{}
 	// lagged is set when an event was dropped for this client.
 	lagged chan struct{}
 }
@@ -71,6 +74,24 @@ func (h *Hub) Publish(ev *msg.Event) {
 	}
 }
 
+// Changed tells every browser that follows app (or every app) that its
+// instances changed without an event (the leader recorded a health):
+// pages that show it fetch themselves again. Pings of one browser
+// coalesce until it takes them.
+func (h *Hub) Changed(app string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for c := range h.clients {
+		if c.app != "" && c.app != app {
+			continue
+		}
+		select {
+		case c.changed <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // Clients is how many browsers follow the hub now.
 func (h *Hub) Clients() int {
 	h.mu.Lock()
@@ -79,7 +100,7 @@ func (h *Hub) Clients() int {
 }
 
 func (h *Hub) join(app string) *client {
-	c := &client{app: app, events: make(chan *msg.Event, clientBuffer), lagged: make(chan struct{}, 1)}
+	c := &client{app: app, events: make(chan *msg.Event, clientBuffer), lagged: make(chan struct{}, 1), changed: make(chan struct{}, 1)}
 	h.mu.Lock()
 	h.clients[c] = struct{}{}
 	h.mu.Unlock()
@@ -152,6 +173,10 @@ func (c *console) live(w http.ResponseWriter, r *http.Request) {
 		case <-cl.lagged:
 			// Some events were dropped: the page reloads what it shows.
 			if !write("event: missed\ndata: {}\n\n") {
+				return
+			}
+		case <-cl.changed:
+			if !write("event: change\ndata: {}\n\n") {
 				return
 			}
 		case ev := <-cl.events:

@@ -146,3 +146,29 @@ func TestLiveReplaysWhatAReconnectMissed(t *testing.T) {
 	require.Contains(t, next(t, frames), `"message":"two"`)
 	require.Contains(t, next(t, frames), `"message":"three"`)
 }
+
+// A health the leader recorded reaches the browsers that follow its app,
+// or every app, as one "change" however many came meanwhile.
+func TestLiveChangePings(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, nil)
+	c := r.browser()
+	r.login(c, admin)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	all := r.stream(ctx, c, "", "")
+	web := r.stream(ctx, c, "?app=web", "")
+	api := r.stream(ctx, c, "?app=api", "")
+	waitClients(t, r.live, 3)
+	r.live.Changed("web")
+	require.Equal(t, "event: change\ndata: {}\n", next(t, all))
+	require.Equal(t, "event: change\ndata: {}\n", next(t, web))
+	r.live.Publish(&msg.Event{ID: "9", App: "api", Kind: msg.EventInstanceStarted, Message: "m"})
+	require.Contains(t, next(t, api), "id: 9\n", "api's stream got no change of web's")
+
+	h := NewHub()
+	cl := h.join("")
+	h.Changed("web")
+	h.Changed("api")
+	require.Len(t, cl.changed, 1, "pings coalesce")
+}

@@ -117,8 +117,12 @@ func (r *replica) addLeaderServices() {
 // listen follows Postgres's notifications: the lease (a follower tries
 // at once), the API tokens, the host registry and the apps.
 func (r *replica) listen(ctx context.Context) error {
-	return r.st.Listen(ctx, []string{store.LeaseChannel, store.AppsChannel, store.HostsChannel, store.TokensChannel}, func(ch, payload string) {
+	return r.st.Listen(ctx, []string{store.LeaseChannel, store.AppsChannel, store.HostsChannel, store.TokensChannel, store.InstancesChannel}, func(ch, payload string) {
 		switch {
+		case ch == store.InstancesChannel: // the leader recorded a health: only the console shows it
+			if payload != "" {
+				r.live.Changed(payload)
+			}
 		case ch == store.LeaseChannel:
 			r.el.Wake()
 		case ch == store.TokensChannel: // a token made or revoked (or notifications lost)

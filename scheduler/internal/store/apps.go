@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -15,6 +17,11 @@ import (
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
 )
+
+// InstancesChannel is the NOTIFY channel that carries the name of an app
+// whose instances' recorded health changed (SetHealth): the web console
+// shows it without waiting for an event.
+const InstancesChannel = "berth_instances"
 
 // AppsChannel is the NOTIFY channel that carries the name of a changed app.
 const AppsChannel = "berth_apps"
@@ -606,11 +613,26 @@ func (t *Tx) PutInstance(ctx context.Context, i Instance) error {
 // SetHealth records the health the leader last saw for each instance (id →
 // status), so that every replica's API and `scheduler status` show it. It
 // leaves updated_at alone: that stamps the scheduler's own state changes.
+// It notifies InstancesChannel with the name of each app it changed, once
+// per app, as the transaction commits.
 func (t *Tx) SetHealth(ctx context.Context, health map[string]string) error {
+	apps := map[string]bool{}
 	for id, h := range health {
-		if _, err := t.tx.Exec(ctx, `UPDATE instances SET health = $2 WHERE id = $1`, id, h); err != nil {
+		var app string
+		err := t.tx.QueryRow(ctx, `UPDATE instances SET health = $2 WHERE id = $1 RETURNING app`, id, h).Scan(&app)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			continue
+		case err != nil:
 			return fmt.Errorf("set health of instance %s: %w", id, redact(err))
 		}
+		apps[app] = true
+	}
+	if len(apps) == 0 {
+		return nil
+	}
+	if _, err := t.tx.Exec(ctx, `SELECT pg_notify($1, a) FROM unnest($2::text[]) a`, InstancesChannel, slices.Sorted(maps.Keys(apps))); err != nil {
+		return fmt.Errorf("notify the health of %d apps: %w", len(apps), redact(err))
 	}
 	return nil
 }

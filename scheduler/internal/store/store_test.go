@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/internal/testrig"
 	"github.com/stretchr/testify/require"
 )
@@ -185,4 +186,55 @@ func TestRedact(t *testing.T) {
 	}
 	require.Error(t, err)
 	require.NotContains(t, err.Error(), "hunter2")
+}
+
+// SetHealth tells every replica which apps' recorded health changed, once
+// per app, as it commits; an unknown instance changes nothing.
+func TestSetHealthNotifies(t *testing.T) {
+	t.Parallel()
+	s := open(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, name := range []string{"web", "api"} {
+		a, err := spec.Load([]byte("name: " + name + "\nimage: x:1\nport: 8080\n"))
+		require.NoError(t, err)
+		_, _, err = s.Apply(ctx, a, nil)
+		require.NoError(t, err)
+	}
+	l, ok, err := s.Acquire(ctx, "scheduler", "a", time.Minute)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.NoError(t, s.LeaderTx(ctx, l, func(ctx context.Context, tx *Tx) error {
+		for _, id := range []string{"w1", "w2"} {
+			if err := tx.PutInstance(ctx, Instance{ID: id, App: "web", Generation: 1, State: "running", Health: "unknown"}); err != nil {
+				return err
+			}
+		}
+		return tx.PutInstance(ctx, Instance{ID: "a1", App: "api", Generation: 1, State: "running", Health: "unknown"})
+	}))
+	got := make(chan string, 10)
+	ready := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- s.ListenReady(ctx, []string{InstancesChannel}, func() { close(ready) }, func(_, payload string) { got <- payload })
+	}()
+	<-ready
+	require.NoError(t, s.LeaderTx(ctx, l, func(ctx context.Context, tx *Tx) error {
+		return tx.SetHealth(ctx, map[string]string{"w1": "healthy", "w2": "unhealthy", "gone": "healthy"})
+	}))
+	require.Equal(t, "web", <-got)
+	require.NoError(t, s.LeaderTx(ctx, l, func(ctx context.Context, tx *Tx) error {
+		return tx.SetHealth(ctx, map[string]string{"gone": "healthy"})
+	}))
+	require.NoError(t, s.LeaderTx(ctx, l, func(ctx context.Context, tx *Tx) error {
+		return tx.SetHealth(ctx, map[string]string{"a1": "healthy"})
+	}))
+	require.Equal(t, "api", <-got, "web once, nothing for an unknown instance, then api")
+	insts, err := s.Instances(ctx, "web")
+	require.NoError(t, err)
+	for _, i := range insts {
+		require.Equal(t, map[string]string{"w1": "healthy", "w2": "unhealthy"}[i.ID], i.Health)
+	}
+	cancel()
+	<-done
 }

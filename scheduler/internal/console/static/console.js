@@ -151,4 +151,6 @@
     if (mode === "events") addEvent(ev); else schedule();
   });
   es.addEventListener("missed", function () { schedule(); });
+  // An instance's recorded health changed (no event says so).
+  es.addEventListener("change", function () { if (mode === "refresh") schedule(); });
 })();
