@@ -613,11 +613,17 @@ type InstanceView struct {
 	ContainerID string    `json:"container_id,omitempty"`
 	Restarts    int       `json:"restarts"`
 	CreatedAt   time.Time `json:"created_at"`
+	// Desired says whether it runs the app's desired spec: its spec hash
+	// is the desired one's (an instance of an earlier generation with
+	// the same spec, as after a rollback to it, is); by generation where
+	// the hash is not known.
+	Desired bool `json:"desired"`
 }
 
 func (a *api) instances(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	if _, err := a.d.Apps.Get(r.Context(), name); err != nil {
+	app, err := a.d.Apps.Get(r.Context(), name)
+	if err != nil {
 		a.fail(w, err)
 		return
 	}
@@ -627,9 +633,10 @@ func (a *api) instances(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := make([]InstanceView, 0, len(insts))
+	hash := a.desiredHash(app)
 	for _, i := range insts {
 		out = append(out, InstanceView{ID: i.ID, Generation: i.Generation, State: i.State, Health: i.Health, Address: i.Address, Host: i.Host,
-			ContainerID: i.ContainerID, Restarts: i.Restarts, CreatedAt: i.CreatedAt})
+			ContainerID: i.ContainerID, Restarts: i.Restarts, CreatedAt: i.CreatedAt, Desired: hash == "" && i.Generation == app.Generation || hash != "" && i.SpecHash == hash})
 	}
 	writeJSON(w, http.StatusOK, out)
 }

@@ -76,7 +76,19 @@ func TestSummaryOfEveryApp(t *testing.T) {
 		return tx.SetHostState(ctx, "h2", store.HostDown, "", time.Now(), time.Now().Add(-time.Minute))
 	}))
 
-	code, _, raw := c.do("GET", "/v1/apps?summary=true", "")
+	// GET of the instances says which run the desired spec: by its hash,
+	// so o1 (generation 1, the spec generation 3 came back to) does.
+	code, _, raw := c.do("GET", "/v1/apps/web/instances", "")
+	require.Equal(t, 200, code, "%s", raw)
+	var ivs []InstanceView
+	require.NoError(t, json.Unmarshal(raw, &ivs))
+	desired := map[string]bool{}
+	for _, iv := range ivs {
+		desired[iv.ID] = iv.Desired
+	}
+	require.Equal(t, map[string]bool{"o1": true, "o2": true, "o3": true, "n9": false, "x1": true, "l1": true, "s1": false}, desired)
+
+	code, _, raw = c.do("GET", "/v1/apps?summary=true", "")
 	require.Equal(t, 200, code, "%s", raw)
 	var vs []AppView
 	require.NoError(t, json.Unmarshal(raw, &vs))

@@ -87,7 +87,9 @@ type appHost struct {
 type appInstance struct {
 	api.InstanceView
 	Age string
-	// Old: it runs another generation than the app's.
+	// Old: it runs another spec than the app's desired one (the API's
+	// desired: by spec hash, so an instance of an earlier generation
+	// with the same spec, as after a rollback, is not old).
 	Old bool
 	// Detailed: its check was read (GET of the instance).
 	Detailed  bool
@@ -185,7 +187,7 @@ func (c *console) appInstances(r *http.Request, page *appPage) {
 	now := c.o.Now()
 	hosts := map[string]*appHost{}
 	for n, iv := range list {
-		in := appInstance{InstanceView: iv, Age: appAge(now, iv.CreatedAt), Old: iv.Generation != page.App.Generation, Failure: failures[iv.ID]}
+		in := appInstance{InstanceView: iv, Age: appAge(now, iv.CreatedAt), Old: !iv.Desired, Failure: failures[iv.ID]}
 		if n < appMaxDetailed {
 			var d api.InstanceDetail
 			if err := c.call(r, http.MethodGet, "/v1/apps/"+page.Name+"/instances/"+url.PathEscape(iv.ID), nil, &d); err != nil {
