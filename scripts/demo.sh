@@ -328,7 +328,10 @@ JSON
     docker kill \$(docker ps -q --filter label=berth.app=demo | head -n1)
                                                     # a crash: replaced within a second$ACME_HELP$HOSTS_HELP
 
-  Console: http://127.0.0.1:7070/ui/  (sign in with the token in $DIR/run/console.token)
+  Console: http://127.0.0.1:7070/ui/
+    sign in with this read-only token (it is also in $DIR/run/console.token):
+      $(cat "$DIR/run/console.token" 2>/dev/null || echo "(none: see above)")
+    to scale, roll back, restart or drain from the page: bin/scheduler tokens create --name me --scope admin
   Logs: $DIR/logs/   Metrics: http://127.0.0.1:7070/metrics, :9102/metrics, :9103/metrics
   Stop: Ctrl-C here, or 'make demo-down' from another terminal.
 EOF
