@@ -55,14 +55,14 @@ func parseStatCPU(stat string) (time.Duration, error) {
 }
 
 // MasterCPU is the CPU time of the master the supervisor runs or adopted.
+// The pid is read under the lock: Run releases a master's handle (which
+// writes its Pid) once it has cleared it.
 func (s *Supervisor) MasterCPU() (time.Duration, error) {
-	s.mu.Lock()
-	proc := s.proc
-	s.mu.Unlock()
-	if proc == nil {
+	pid := s.PID()
+	if pid == 0 {
 		return 0, errors.New("nginx master cpu: nginx is not running")
 	}
-	return MasterCPU(proc.Pid)
+	return MasterCPU(pid)
 }
 
 // MasterCPU is the CPU time of the master named in the pid file.
