@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/cookiejar"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -597,4 +600,73 @@ func TestConsoleOnTheAPIListener(t *testing.T) {
 	require.NoError(t, err)
 	resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode, "the API is served as before (open on loopback)")
+}
+
+// Every replica serves the console with the same data: a follower's
+// overview lists what the leader applied, and its live stream carries the
+// events the leader publishes.
+func TestConsoleOnEveryReplica(t *testing.T) {
+	t.Parallel()
+	db, natsURL := testrig.Postgres(t), testrig.NATS(t)
+	code, _, _ := cmd(t, "migrate", "--database-url", db)
+	require.Equal(t, 0, code)
+	boot := writeFile(t, "token", "s3cret-of-the-console-test\n")
+	a := startReplica(t, db, natsURL, "sched-ui-a", "--api-token-file", boot)
+	b := startReplica(t, db, natsURL, "sched-ui-b", "--api-token-file", boot)
+	code, out, errOut := cmd(t, "tokens", "create", "--name", "viewer", "--scope", "read", "--server", a.api, "--token-file", boot)
+	require.Equal(t, 0, code, errOut)
+	viewer := strings.TrimSpace(out)
+	csrf := regexp.MustCompile(`name="csrf" value="([^"]+)"`)
+	signIn := func(base string) *http.Client {
+		jar, err := cookiejar.New(nil)
+		require.NoError(t, err)
+		c := &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+		resp, err := c.Get(base + "/ui/login")
+		require.NoError(t, err)
+		page, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		m := csrf.FindSubmatch(page)
+		require.NotNil(t, m)
+		resp, err = c.PostForm(base+"/ui/login", url.Values{"csrf": {string(m[1])}, "token": {viewer}})
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusSeeOther, resp.StatusCode, "signed in at %s", base)
+		return c
+	}
+	// Both follow the live stream before the app is applied.
+	streams := map[string]*bufio.Reader{}
+	// A stream that never carries the event ends with this context.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	clients := map[string]*http.Client{}
+	for _, r := range []*replica{a, b} {
+		c := signIn(r.api)
+		clients[r.api] = c
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.api+"/ui/live?app=web", nil)
+		require.NoError(t, err)
+		resp, err := c.Do(req)
+		require.NoError(t, err)
+		t.Cleanup(func() { resp.Body.Close() })
+		require.Equal(t, "text/event-stream", resp.Header.Get("Content-Type"))
+		streams[r.api] = bufio.NewReader(resp.Body)
+	}
+	spec := writeFile(t, "web.yaml", "name: web\nimage: web:1\nport: 8080\nreplicas: 0\n")
+	code, _, errOut = cmd(t, "apply", "-f", spec, "--server", a.api, "--token-file", boot)
+	require.Equal(t, 0, code, errOut)
+	for _, r := range []*replica{a, b} {
+		for {
+			line, err := streams[r.api].ReadString('\n')
+			require.NoError(t, err, "the stream of %s", r.api)
+			if strings.HasPrefix(line, "data: ") && strings.Contains(line, `"kind":"app_updated"`) {
+				break
+			}
+		}
+		resp, err := clients[r.api].Get(r.api + "/ui/")
+		require.NoError(t, err)
+		page, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		require.Contains(t, string(page), `data-name="web"`, "the overview at %s", r.api)
+		require.Contains(t, string(page), "viewer (read)")
+	}
 }
