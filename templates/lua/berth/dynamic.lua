@@ -248,7 +248,7 @@ local function valid_host(s)
     if s == "" then
         return true
     end
-    return ngx.re.find(s, [[^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$]], "jo") ~= nil
+    return ngx.re.find(s, [[^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\z]], "jo") ~= nil
 end
 
 -- valid_location checks a location argument as lbagent writes it: a
@@ -257,7 +257,7 @@ local function valid_location(s)
     if type(s) ~= "string" or #s > MAX_LOCATION then
         return false
     end
-    return ngx.re.find(s, [[^(= )?/[A-Za-z0-9\-._~%!&*+,=:@/]*$]], "jo") ~= nil
+    return ngx.re.find(s, [[^(= )?/[A-Za-z0-9\-._~%!&*+,=:@/]*\z]], "jo") ~= nil
 end
 
 -- check_routes validates an app's routes and returns them as {host, location}.
@@ -372,7 +372,7 @@ local function check_app(name, a)
         for rule, ws in pairs(splits) do
             n = n + 1
             local rp = path .. ".splits." .. tostring(rule)
-            if n > MAX_SPLIT_RULES or type(rule) ~= "string" or not ngx.re.find(rule, [[^[0-9]{1,2}$]], "jo") then
+            if n > MAX_SPLIT_RULES or type(rule) ~= "string" or not ngx.re.find(rule, [[^[0-9]{1,2}\z]], "jo") then
                 return nil, rp .. ": must be a rule index, at most " .. MAX_SPLIT_RULES
             end
             if not is_array(ws) or #ws > MAX_SHARES then
@@ -608,7 +608,7 @@ local function apply(dict, version, full, apps)
     end
     local hosts, herr = host_writes(dict, writes, old)
     if not hosts then
-        return nil, herr
+        return nil, herr, 400
     end
     local done, hdone = {}, {}
     local function undo()
@@ -952,15 +952,15 @@ function _M.control()
         unlock(dict)
         return reply(409, sformat('{"version":%d}', installed))
     end
-    local n
-    n, err = apply(dict, version, full, apps)
+    local n, status
+    n, err, status = apply(dict, version, full, apps)
     -- Read back from the dict every worker reads: lbagent takes this, not
     -- its own number, as the version nginx has installed.
     installed = installed_version(dict)
     unlock(dict)
     if not n then
         ngx_log(ERR, "berth.dynamic: push version ", version, ": ", err)
-        return reply_error(507, err)
+        return reply_error(status or 507, err)
     end
     return reply(200, sformat('{"version":%d}', installed))
 end
@@ -978,7 +978,7 @@ local function build(raw, g)
     local e = {
         raw = raw, g = g, method = set.m, max_fails = set.mf, fail_timeout = set.ft,
         primary = {}, backup = {}, n = 0, splits = set.sp or {},
-        ct = set.ct, rt = set.rt or set.ct, tries = set.t,
+        ct = set.ct, rt = set.rt, tries = set.t,
     }
     for _, s in ipairs(set.s or {}) do
         local host, port = parse_address(s.a)
@@ -1311,7 +1311,7 @@ function _M.balance(app, tries)
         ngx_log(ERR, "berth.dynamic: set_current_peer ", p.id, ": ", err)
         return ngx.exit(502)
     end
-    if e.ct then -- an app the router routes: its own timeouts, each try
+    if e.ct or e.rt then -- an app the router routes: its own timeouts, each try (nil keeps the location's)
         ok, err = balancer.set_timeouts(e.ct, e.rt, e.rt)
         if not ok then
             ngx_log(ERR, "berth.dynamic: set_timeouts: ", err)
