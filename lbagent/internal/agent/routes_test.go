@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"os"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/berthhq/berth/common/bus"
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/internal/loadgen"
 	"github.com/berthhq/berth/internal/testrig"
 )
 
@@ -136,6 +138,8 @@ func TestDynamicRoutesSharedHostIsRendered(t *testing.T) {
 	r.putApp(member)
 	r.waitForPath("both.test", "/a/x", 200, "O")
 	r.waitForPath("both.test", "/b/x", 200, "M")
+	// nginx serves the reload before the agent has recorded it: wait for its report.
+	require.Eventually(t, func() bool { _, ag := r.rep.last(); return ag != nil && ag.Apps["member"] == 1 }, testWait, testPoll)
 	conf, err := os.ReadFile(r.agent.cfg.Target)
 	require.NoError(t, err)
 	require.Contains(t, string(conf), "upstream berth_owner", "the owner shares a rendered host: rendered")
@@ -147,4 +151,36 @@ func TestDynamicRoutesSharedHostIsRendered(t *testing.T) {
 	r.waitForPath("both.test", "/b/x", 200, "M")
 	require.Equal(t, gen, r.agent.Generation(), "a routed app beside rendered ones: no new config generation")
 	require.Equal(t, reloads, r.reloads(), "no reload")
+}
+
+// TestDynamicRoutesToRenderedLosesNoRequest: an app the router routes that
+// becomes one to render (a rule added) is a reload; the workers it
+// replaces keep routing it (its routes stay in the file the reload loads)
+// until the new ones serve its server block: a client that never retries
+// sees no failure.
+func TestDynamicRoutesToRenderedLosesNoRequest(t *testing.T) {
+	t.Parallel()
+	r := newRigMode(t, true, withDynamicRoutes)
+	r.putApp(appMsg("web", "web.test"))
+	r.applied(r.putInstance("web", "a", testrig.Backend(t, "A"), msg.StateRunning))
+	r.waitFor("web.test", 200, "A")
+	reloads := r.reloads()
+	gen := loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + r.httpAddr + "/", Host: "web.test", Workers: 4, NoRetry: true})
+	flowing(t, gen, 50)
+
+	ruled := appMsg("web", "web.test")
+	ruled.Generation = 2
+	ruled.Routing.Rules = []spec.Rule{{Path: "/r"}}
+	r.putApp(ruled)
+	require.Eventually(t, func() bool { return r.reloads() > reloads }, testWait, testPoll, "a reload renders the app")
+	flowing(t, gen, 50)
+	res := gen.Stop()
+	require.NoError(t, loadgen.Check(res), "%s", res)
+	conf, err := os.ReadFile(r.agent.cfg.Target)
+	require.NoError(t, err)
+	require.Contains(t, string(conf), "server_name web.test;")
+	require.Eventually(t, func() bool {
+		snap, err := os.ReadFile(r.agent.cfg.Snapshot)
+		return err == nil && !strings.Contains(string(snap), `"routes"`)
+	}, testWait, testPoll, "the push after the reload drops the kept routes (the file follows it, behind)")
 }

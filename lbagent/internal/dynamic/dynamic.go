@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -168,6 +169,32 @@ func (c *Cache) routesOf(snap state.Snapshot) map[string][]render.HostRoute {
 		}
 	}
 	return c.routes
+}
+
+// KeepRoutes returns next where an app that the Lua router routed in
+// served (its set has routes) and is rendered in next keeps its routes
+// and timeouts: the file nginx loads as it reloads, so that the workers
+// the reload replaces, which have no server block for the app, still
+// route it until the new ones serve it. next itself (without them) is
+// pushed once the reload is served. next is not changed.
+func KeepRoutes(next, served map[string]*Endpoints) map[string]*Endpoints {
+	var out map[string]*Endpoints
+	for name, e := range next {
+		s := served[name]
+		if e.Routes != nil || s == nil || s.Routes == nil {
+			continue
+		}
+		if out == nil {
+			out = maps.Clone(next)
+		}
+		k := *e
+		k.Routes, k.ConnectTimeout, k.ReadTimeout, k.Tries = s.Routes, s.ConnectTimeout, s.ReadTimeout, s.Tries
+		out[name] = &k
+	}
+	if out == nil {
+		return next
+	}
+	return out
 }
 
 // Diff returns the apps whose endpoint set differs from old to next (nil
