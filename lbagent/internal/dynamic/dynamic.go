@@ -4,7 +4,10 @@
 // it through the control endpoint on nginx's status listener, the snapshot
 // file nginx loads when it starts or reloads, and the control token. An
 // endpoint change — a scale, a rollout step, a health flip, a killed
-// container — is a push: no file changes and nginx does not reload.
+// container — is a push: no file changes and nginx does not reload. With
+// --dynamic-routes the sets of the apps nginx's Lua router routes carry
+// their routes too (render.RoutedApps), so creating, changing or removing
+// such an app is a push as well.
 package dynamic
 
 import (
