@@ -1234,11 +1234,11 @@ end
 -- balance is called by balancer_by_lua for every try of a request. tries
 -- is the location's proxy_next_upstream_tries (0: one try per server);
 -- without it, $berth_tries is read.
-function _M.balance(app, tries)
+function _M.balance(app, tries, routed)
     local dict = shdict()
     local ctx = ngx.ctx
     local st = ctx.berth
-    local e = lookup(dict, app)
+    local e = lookup(dict, app) or routed
     if not e or e.n == 0 then
         ngx_log(ERR, "berth.dynamic: app ", app, " has no endpoints")
         return ngx.exit(502)
@@ -1321,8 +1321,10 @@ end
 
 -- balance_routed is the balancer of the router's upstream: the app is the
 -- one route chose.
+-- A request route sent to an app whose set a push removed since (the app
+-- deleted) still goes to the endpoints it was routed with.
 function _M.balance_routed()
-    return _M.balance(ngx.var.berth_app)
+    return _M.balance(ngx.var.berth_app, nil, ngx.ctx.berth_routed)
 end
 
 -- access answers 503 with a JSON body when the app has no server. With
@@ -1482,6 +1484,7 @@ function _M.route(closer)
         return ngx.exit(ngx.HTTP_OK)
     end
     ngx.var.berth_tries = set.tries or 0
+    ngx.ctx.berth_routed = set
 end
 
 -- log releases the active counts of every tried peer and records a
