@@ -24,6 +24,11 @@ const RouterUpstream = "berth_routed"
 // the spec's default, which an app needs to be routed there.
 const RouterBodySize spec.ByteSize = 1 << 20
 
+// MaxRoutes is the most routes one app's set may carry (the Lua side's
+// MAX_ROUTES): spec.MaxHosts × spec.MaxPaths × 2 arguments a path. An app
+// with more is rendered, never a push nginx would refuse.
+const MaxRoutes = 20000
+
 // HostRoute is one nginx location argument ("= /api", "/api/", "/") that
 // the route table grants an app on one host key ("" for the default
 // server).
@@ -52,6 +57,9 @@ func Routable(a *spec.Routing, lb spec.LB) string {
 		if strings.HasPrefix(h, "*.") {
 			return "a wildcard host: nginx matches it before the router, rendered"
 		}
+	}
+	if max(len(a.Hosts), 1)*len(a.Paths)*2 > MaxRoutes {
+		return "more routes than one push carries"
 	}
 	return ""
 }

@@ -1,6 +1,7 @@
 package render
 
 import (
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -65,6 +66,15 @@ func TestRoutedApps(t *testing.T) {
 			a.Spec.CreatedAt = time.Unix(1, 0)
 			a.Spec.Routing.ShareWith = []spec.Share{{App: "second"}}
 		}, "c.test"), with("second", func(a *state.App) { a.Spec.CreatedAt = time.Unix(2, 0) }, "c.test")}, []string{"plain"}},
+		{"more routes than a push carries", []state.App{plain, with("many", func(a *state.App) {
+			a.Spec.Routing.Paths = nil
+			for i := range 101 {
+				a.Spec.Routing.Paths = append(a.Spec.Routing.Paths, fmt.Sprintf("/p%d", i))
+			}
+			for i := range 100 {
+				a.Spec.Routing.Hosts = append(a.Spec.Routing.Hosts, fmt.Sprintf("h%d.test", i))
+			}
+		})}, []string{"plain"}},
 		{"the default server rendered", []state.App{plain, with("nohost", func(a *state.App) { a.Spec.Routing.Rules = []spec.Rule{{Path: "/r"}} })}, nil},
 		{"the default server routed", []state.App{plain, with("nohost", nil)}, []string{"nohost", "plain"}},
 	} {

@@ -232,7 +232,7 @@ local APP_FIELDS = {
     routes = true, connect_timeout = true, read_timeout = true, tries = true,
 }
 local ROUTE_FIELDS = { host = true, location = true }
-local MAX_ROUTES = 2048         -- routes of one app (hosts × path arguments)
+local MAX_ROUTES = 20000        -- routes of one app: the spec's 100 hosts × 100 paths × 2 arguments (render.MaxRoutes)
 local MAX_HOST = 253
 local MAX_LOCATION = 1026       -- "= " and a path of at most 1024
 local MAX_CONNECT_TIMEOUT = 75  -- seconds, as the spec allows
