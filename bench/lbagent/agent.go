@@ -138,7 +138,7 @@ func (a *agent) change(backA, backB string) (time.Duration, error) {
 	if err := put(a.insts, "app-0000.i0", inst("app-0000", "i0", next)); err != nil {
 		return 0, err
 	}
-	if _, err := waitBodyAt(a.client, a.httpAddr, "app-0000.bench", next, 30*time.Second); err != nil {
+	if _, err := waitBodyAt(a.client, a.httpAddr, "app-0000.bench", next, changeTimeout); err != nil {
 		return 0, fmt.Errorf("%s mode: %w\n%s", a.mode, err, a.logTail())
 	}
 	d := time.Since(t0)

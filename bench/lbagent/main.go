@@ -99,6 +99,11 @@ type options struct {
 // own, as an operator's would, after the previous one's work has ended.
 const settle = 150 * time.Millisecond
 
+// changeTimeout bounds one timed change. At 10,000 apps on a busy machine
+// a reload-mode change took over 30 s (the bound before), and the run
+// ended there.
+const changeTimeout = 2 * time.Minute
+
 func run(o options) error {
 	begin, loadBefore := time.Now(), loadavg()
 	dir, err := os.MkdirTemp("", "berth-bench-")
