@@ -220,6 +220,11 @@ func New(cfg Config, store *state.Store, renderer *render.Renderer, tester Teste
 	if a.status == nil {
 		a.status = nginx.NewStatus(cfg.Render.StatusListen)
 	}
+	if a.cfg.Render.Claims == nil {
+		// A decision lays the records out, then computes their routes:
+		// one route table for both.
+		a.cfg.Render.Claims = &render.ClaimsMemo{}
+	}
 	if cfg.Pusher != nil {
 		a.pushes = newPushes(cfg.Pusher, cfg.Snapshot, cfg.ReloadDrain, cfg.Hooks.Pushed, func() time.Time { return a.now() }, logger)
 		// Apps the Lua router routes carry their routes in their sets.

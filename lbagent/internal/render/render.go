@@ -45,6 +45,9 @@ type Options struct {
 	// loopback): the servers of apps with tls.acme send
 	// /.well-known/acme-challenge/ there.
 	ACME string
+	// Claims, when set, remembers the route table of the last app records
+	// laid out, for the next layout or RoutedApps of the same records.
+	Claims *ClaimsMemo
 }
 
 // Dynamic is dynamic upstream mode: every app's upstream is balanced by
@@ -277,18 +280,14 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 		apps[a.Spec.Name] = a.Spec
 	}
 	// Who routes what on each host: the route table every side computes
-	// (spec.Claims). An app gets nothing the table does not grant it.
-	claimants := make([]spec.Claimant, len(snap.Apps))
+	// (spec.Claims). An app gets nothing the table does not grant it. The
+	// apps the Lua router routes are not rendered (routes.go).
 	byName := make(map[string]*state.App, len(snap.Apps))
 	for i := range snap.Apps {
-		claimants[i] = snap.Apps[i].Spec.Claimant()
 		byName[snap.Apps[i].Spec.Name] = &snap.Apps[i]
 	}
-	table := spec.Claims(claimants)
-	// The apps the Lua router routes are not rendered (routes.go).
-	var routed map[string]bool
+	table, routed := o.Claims.of(snap, dynamic && o.Dynamic.Routes)
 	if dynamic && o.Dynamic.Routes {
-		routed = routedApps(snap, table)
 		if routed != nil {
 			d.Router = true
 			servers[""].Router, servers[""].RouterDrain = true, o.Dynamic.Drain

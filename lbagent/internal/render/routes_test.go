@@ -86,6 +86,14 @@ func TestRoutedApps(t *testing.T) {
 				names = append(names, n)
 			}
 			require.ElementsMatch(t, c.routed, names)
+			memo := routesOpts
+			memo.Claims = &ClaimsMemo{}
+			for range 2 { // computed, then remembered: the same answer
+				require.Equal(t, got, RoutedApps(state.Snapshot{Apps: c.apps}, memo))
+				dm, _ := Layout(state.Snapshot{Apps: c.apps}, 1, memo)
+				dp, _ := Layout(state.Snapshot{Apps: c.apps}, 1, routesOpts)
+				require.Equal(t, dp.Comparable(), dm.Comparable())
+			}
 			d, _ := Layout(state.Snapshot{Apps: c.apps}, 1, routesOpts)
 			require.Equal(t, c.routed != nil, d.Router)
 			for _, u := range d.Upstreams {
@@ -154,4 +162,25 @@ func TestGoldenDynamicRoutes(t *testing.T) {
 	require.NoError(t, err)
 	require.NotContains(t, string(out), "berth_routed_close")
 	requireNginxAccepts(t, testrig.NginxBin(t), out)
+}
+
+// TestClaimsMemo: the table is computed again only for other records.
+func TestClaimsMemo(t *testing.T) {
+	t.Parallel()
+	m := &ClaimsMemo{}
+	a, b := app("a", 1, "a.test"), app("b", 1, "b.test")
+	t1, r1 := m.of(state.Snapshot{Apps: []state.App{a, b}}, true)
+	t2, r2 := m.of(state.Snapshot{Apps: []state.App{a, b}}, true)
+	require.Same(t, t1, t2, "the same records: remembered")
+	require.Equal(t, r1, r2)
+	t3, r3 := m.of(state.Snapshot{Apps: []state.App{a}}, true)
+	require.NotSame(t, t1, t3, "other records: computed again")
+	require.Equal(t, map[string]bool{"a": true}, r3)
+	b2 := b
+	spec2 := *b.Spec
+	b2.Spec = &spec2
+	t4, _ := m.of(state.Snapshot{Apps: []state.App{a, b2}}, true)
+	require.NotSame(t, t1, t4, "a new record of b: computed again")
+	_, off := m.of(state.Snapshot{Apps: []state.App{a, b2}}, false)
+	require.Nil(t, off, "without routes: none routed")
 }
