@@ -46,11 +46,15 @@ func (c *cli) dynamicMode(ctx context.Context, tmplDir string, main bool, target
 	}
 	logger.Info("upstream mode", zap.String("mode", mode), zap.String("why", why))
 	if !on {
+		if c.DynRoutes {
+			logger.Warn("--dynamic-routes needs dynamic upstream mode: every app is rendered")
+		}
 		return nil, nil
 	}
 	dir := filepath.Dir(target)
 	d := &render.Dynamic{LuaDir: filepath.Join(dir, "lua"), Snapshot: filepath.Join(dir, "berth-endpoints.json"),
-		Token: filepath.Join(dir, "berth-control.token"), ModulesDir: c.ModulesDir, Drain: c.ReloadDrain > 0}
+		Token: filepath.Join(dir, "berth-control.token"), ModulesDir: c.ModulesDir, Drain: c.ReloadDrain > 0,
+		Routes: c.DynRoutes}
 	var src fs.FS = templates.FS
 	if tmplDir != "" {
 		if _, err := os.Stat(filepath.Join(tmplDir, dynamic.LuaFile)); err == nil {

@@ -32,6 +32,8 @@ type agent struct {
 	cmd      *exec.Cmd
 	cur      string // the backend app-0000 is served by
 	workers  *workerWatch
+	// extra are more lbagent flags (--dynamic-routes).
+	extra []string
 }
 
 func newAgent(ctx context.Context, conn *bus.Conn, dir, mode string, client *http.Client) (*agent, error) {
@@ -71,6 +73,7 @@ func (a *agent) start(bin, natsURL, nginxBin, first string) (time.Duration, erro
 		"--nginx-conf", a.conf(), "--nginx-prefix", filepath.Join(a.dir, "lb"),
 		"--state-dir", filepath.Join(a.dir, "state"), "--templates", filepath.Join(a.dir, "none"),
 		"--listen-http", a.httpAddr, "--listen-https", freeAddr(), "--status-listen", freeAddr(), "--metrics-listen", a.metrics)
+	a.cmd.Args = append(a.cmd.Args, a.extra...)
 	a.cmd.Stdout, a.cmd.Stderr = logf, logf
 	if err := a.cmd.Start(); err != nil {
 		logf.Close()
@@ -135,13 +138,49 @@ func (a *agent) change(backA, backB string) (time.Duration, error) {
 	if err := put(a.insts, "app-0000.i0", inst("app-0000", "i0", next)); err != nil {
 		return 0, err
 	}
-	if _, err := waitBodyAt(a.client, a.httpAddr, "app-0000.bench", next, 30*time.Second); err != nil {
+	if _, err := waitBodyAt(a.client, a.httpAddr, "app-0000.bench", next, changeTimeout); err != nil {
 		return 0, fmt.Errorf("%s mode: %w\n%s", a.mode, err, a.logTail())
 	}
 	d := time.Since(t0)
 	a.cur = next
 	return d, nil
 }
+
+// newApp creates app name with its one instance on backend and times the
+// app's put until the first answer from backend through this agent's
+// nginx. The instance is put first, settle before, so that the timed
+// change is the route's alone: its endpoint is known when it arrives.
+func (a *agent) newApp(name, backend string) (time.Duration, error) {
+	if err := put(a.insts, msg.InstanceKey(name, "i0"), inst(name, "i0", backend)); err != nil {
+		return 0, err
+	}
+	time.Sleep(settle)
+	t0 := time.Now()
+	if err := put(a.apps, name, appMsg(name)); err != nil {
+		return 0, err
+	}
+	if _, err := waitBodyAt(a.client, a.httpAddr, name+".bench", backend, 60*time.Second); err != nil {
+		return 0, fmt.Errorf("%s mode, new app: %w\n%s", a.mode, err, a.logTail())
+	}
+	return time.Since(t0), nil
+}
+
+// removeApp deletes app name (then its instance) and times the delete
+// until its host answers 404 "no app is routed here".
+func (a *agent) removeApp(name string) (time.Duration, error) {
+	t0 := time.Now()
+	if err := a.apps.Delete(context.Background(), name); err != nil {
+		return 0, err
+	}
+	if _, err := waitBodyAt(a.client, a.httpAddr, name+".bench", notFound, 60*time.Second); err != nil {
+		return 0, fmt.Errorf("%s mode, removed app: %w\n%s", a.mode, err, a.logTail())
+	}
+	d := time.Since(t0)
+	return d, a.insts.Delete(context.Background(), msg.InstanceKey(name, "i0"))
+}
+
+// notFound is what nginx answers for a host no app is routed on.
+const notFound = `{"error":"not_found","message":"no app is routed here"}` + "\n"
 
 // burst puts n instance changes as fast as NATS takes them, then samples
 // the nginx workers for settle.

@@ -108,7 +108,7 @@ func (f *floor) change(backA, backB string) (time.Duration, error) {
 	if err := syscall.Kill(f.master, syscall.SIGHUP); err != nil {
 		return 0, fmt.Errorf("floor: signal master %d: %w", f.master, err)
 	}
-	if _, err := waitBodyAt(f.client, f.addr, "app-0000.bench", next, 30*time.Second); err != nil {
+	if _, err := waitBodyAt(f.client, f.addr, "app-0000.bench", next, changeTimeout); err != nil {
 		return 0, fmt.Errorf("floor: %w", err)
 	}
 	d := time.Since(t0)

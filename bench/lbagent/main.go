@@ -25,6 +25,11 @@
 //     apps longer than --confirm-timeout). Nothing is timed before
 //     lbagent has confirmed it: a reload still taking effect would land
 //     inside the timed changes.
+//   - with --dynamic-routes (the dynamic-mode lbagent runs with it, so
+//     every app of the state is routed by nginx's Lua router): new app →
+//     served (from the app's put, its instance put before) and removed
+//     app → 404 "no app is routed here", per mode, with the reloads they
+//     cost.
 //
 // Run it with: go run ./bench/lbagent (needs nginx with the Lua module;
 // sends traffic to 127.0.0.1 only; takes about three minutes).
@@ -62,6 +67,8 @@ func main() {
 	flag.IntVar(&o.burst, "burst", 100, "changes in the burst")
 	flag.StringVar(&o.nginx, "nginx", "nginx", "nginx executable")
 	flag.DurationVar(&o.budget, "budget", 8*time.Minute, "give up when the timed changes have not finished by then")
+	flag.BoolVar(&o.routes, "dynamic-routes", false, "run the dynamic-mode lbagent with --dynamic-routes, and time new and removed apps in both modes")
+	flag.IntVar(&o.newApps, "new-apps", 30, "with --dynamic-routes: apps created then removed, timed, in dynamic mode (a third as many in reload mode)")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -84,11 +91,18 @@ type options struct {
 	apps, servers, changes, dynChanges, burst int
 	nginx                                     string
 	budget                                    time.Duration
+	routes                                    bool
+	newApps                                   int
 }
 
 // settle is the pause before each timed change, so that each comes on its
 // own, as an operator's would, after the previous one's work has ended.
 const settle = 150 * time.Millisecond
+
+// changeTimeout bounds one timed change. At 10,000 apps on a busy machine
+// a reload-mode change took over 30 s (the bound before), and the run
+// ended there.
+const changeTimeout = 2 * time.Minute
 
 func run(o options) error {
 	begin, loadBefore := time.Now(), loadavg()
@@ -121,6 +135,9 @@ func run(o options) error {
 		return err
 	}
 	agents := []*agent{reload, dyn}
+	if o.routes {
+		dyn.extra = append(dyn.extra, "--dynamic-routes")
+	}
 
 	fmt.Printf("populating %d apps x %d servers under each mode's prefix...\n", o.apps, o.servers)
 	t0 := time.Now()
@@ -220,6 +237,38 @@ func run(o options) error {
 		}
 	}
 
+	// New and removed apps (--dynamic-routes): dynamic mode's router
+	// against a reload in reload mode.
+	var added, removed [2][]time.Duration
+	var appReloads, appFresh [2]int
+	if o.routes {
+		fmt.Printf("timing %d new and removed apps in dynamic mode, %d in reload mode...\n", o.newApps, max(1, o.newApps/3))
+		for i, a := range agents {
+			n := o.newApps
+			if a == reload {
+				n = max(1, n/3)
+			}
+			before, fresh := a.reloads(), a.workers.fresh
+			for k := range n {
+				name := fmt.Sprintf("new-%04d", k)
+				time.Sleep(settle)
+				d, err := a.newApp(name, backA)
+				if err != nil {
+					return err
+				}
+				added[i] = append(added[i], d)
+				a.workers.sample()
+				time.Sleep(settle)
+				if d, err = a.removeApp(name); err != nil {
+					return err
+				}
+				removed[i] = append(removed[i], d)
+				a.workers.sample()
+			}
+			appReloads[i], appFresh[i] = a.reloads()-before, a.workers.fresh-fresh
+		}
+	}
+
 	var mems [2]mem
 	for i, a := range agents {
 		if mems[i], err = a.memory(); err != nil {
@@ -247,6 +296,25 @@ func run(o options) error {
 		verdict(pct(d, 50) < 5*time.Millisecond), verdict(pct(d, 99) < 20*time.Millisecond),
 		ms(time.Duration(1.2*float64(pct(f, 50))))+20, verdict(ms(pct(r, 50)) <= ms(time.Duration(1.2*float64(pct(f, 50))))+20))
 	fmt.Printf("  dynamic mode: %d endpoint pushes for %d changes, mean push (one POST; nginx answers with the version it read back) %.2f ms\n", changePushes, len(d), ms(pushMean))
+
+	if o.routes {
+		fmt.Printf("\nnew app -> served, removed app -> 404 (--dynamic-routes)   %9s %9s %9s    n   reloads (new worker sets)\n", "p50", "p95", "p99")
+		for i, a := range agents {
+			for k, ds := range [][]time.Duration{added[i], removed[i]} {
+				what := "new app -> served"
+				if k == 1 {
+					what = "removed app -> 404"
+				}
+				fmt.Printf("  %-55s %6.1f ms %6.1f ms %6.1f ms  %3d", a.mode+" mode, "+what, ms(pct(ds, 50)), ms(pct(ds, 95)), ms(pct(ds, 99)), len(ds))
+				if k == 0 {
+					fmt.Printf("   %d (%.1f) for both", appReloads[i], a.workers.sets(appFresh[i]))
+				}
+				fmt.Println()
+			}
+		}
+		fmt.Printf("  dynamic targets: new app p50 < 50 ms %s, removed app p50 < 50 ms %s, 0 reloads %s\n",
+			verdict(pct(added[1], 50) < 50*time.Millisecond), verdict(pct(removed[1], 50) < 50*time.Millisecond), verdict(appReloads[1]+appFresh[1] == 0))
+	}
 
 	fmt.Printf("\nstart-up reload (lbagent's own figures)   start -> served   SIGHUP -> served   waited for up to   failed\n")
 	for i, a := range agents {

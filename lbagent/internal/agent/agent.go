@@ -220,8 +220,15 @@ func New(cfg Config, store *state.Store, renderer *render.Renderer, tester Teste
 	if a.status == nil {
 		a.status = nginx.NewStatus(cfg.Render.StatusListen)
 	}
+	if a.cfg.Render.Claims == nil {
+		// A decision lays the records out, then computes their routes:
+		// one route table for both.
+		a.cfg.Render.Claims = &render.ClaimsMemo{}
+	}
 	if cfg.Pusher != nil {
 		a.pushes = newPushes(cfg.Pusher, cfg.Snapshot, cfg.ReloadDrain, cfg.Hooks.Pushed, func() time.Time { return a.now() }, logger)
+		// Apps the Lua router routes carry their routes in their sets.
+		a.pushes.cache.Render = &a.cfg.Render
 	}
 	return a
 }
@@ -391,13 +398,24 @@ func (a *Agent) skip(ctx context.Context, start time.Time, snap state.Snapshot, 
 		return time.Second
 	}
 	a.served.Snapshot = snap
+	// These records lay out the config nginx serves (Decide found it so):
+	// the next decision knows it by identity, without a layout. With
+	// --dynamic-routes a new app the Lua router routes is such a change.
+	a.served.Specs = specsOf(dec.Snapshot)
 	for _, name := range dec.Settled {
 		delete(a.refused, name)
 		delete(a.appErrors, name)
 	}
+	present := make(map[string]bool, len(dec.Snapshot.Apps))
 	for _, app := range dec.Snapshot.Apps {
+		present[app.Spec.Name] = true
 		if _, stand := dec.StandIns[app.Spec.Name]; !stand {
 			a.served.Apps[app.Spec.Name] = app.Spec.Generation
+		}
+	}
+	for name := range a.served.Apps {
+		if !present[name] { // a routed app removed by a push
+			delete(a.served.Apps, name)
 		}
 	}
 	a.applied(ctx)

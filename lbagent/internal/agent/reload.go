@@ -43,7 +43,10 @@ func (a *Agent) reload(ctx context.Context, start time.Time, in Input, dec Decis
 	var eps map[string]*dynamic.Endpoints
 	if a.pushes != nil {
 		eps = endpointsOf(&a.pushes.cache, final.snap)
-		if err := a.pushes.write(ctx, eps); err != nil {
+		// An app the Lua router routed until now keeps its routes in the
+		// file the reload loads (the workers it replaces route it); the
+		// push after the reload drops them.
+		if err := a.pushes.write(ctx, dynamic.KeepRoutes(eps, a.served.Endpoints)); err != nil {
 			a.logger.Error("config not applied", zap.Error(err))
 			a.noteReload(start, in.Snapshot.Revision, err)
 			a.report(ctx, start, in.Snapshot.Revision, msg.ReloadFailed, err.Error(), failed)

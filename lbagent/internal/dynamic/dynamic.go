@@ -4,7 +4,10 @@
 // it through the control endpoint on nginx's status listener, the snapshot
 // file nginx loads when it starts or reloads, and the control token. An
 // endpoint change — a scale, a rollout step, a health flip, a killed
-// container — is a push: no file changes and nginx does not reload.
+// container — is a push: no file changes and nginx does not reload. With
+// --dynamic-routes the sets of the apps nginx's Lua router routes carry
+// their routes too (render.RoutedApps), so creating, changing or removing
+// such an app is a push as well.
 package dynamic
 
 import (
@@ -17,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -29,6 +33,7 @@ import (
 
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/lbagent/internal/atomicfile"
+	"github.com/berthhq/berth/lbagent/internal/render"
 	"github.com/berthhq/berth/lbagent/internal/state"
 )
 
@@ -51,6 +56,17 @@ type Endpoints struct {
 	// (decimal), one per split entry in spec order: nginx's Lua split reads
 	// them, so a weight change is a push, not a reload.
 	Splits map[string][]int `json:"splits,omitempty"`
+	// Routes (an app the Lua router routes, render.RoutedApps) are the
+	// locations the route table grants the app, by host: nginx's router
+	// looks requests up in them, so a route change is a push. Nil for an
+	// app that is rendered.
+	Routes []render.HostRoute `json:"routes,omitempty"`
+	// ConnectTimeout and ReadTimeout (seconds) and Tries are the routed
+	// app's proxy_connect_timeout, proxy_read_timeout (and send) and
+	// proxy_next_upstream_tries, which the router sets per request.
+	ConnectTimeout float64 `json:"connect_timeout,omitempty"`
+	ReadTimeout    float64 `json:"read_timeout,omitempty"`
+	Tries          int     `json:"tries,omitempty"`
 }
 
 // Batch is one push: every changed app (nil removes one), or every app
@@ -61,16 +77,18 @@ type Batch struct {
 	Apps    map[string]*Endpoints `json:"apps"`
 }
 
-// Of returns the endpoint set of every app in snap.
+// Of returns the endpoint set of every app in snap, without routes.
 func Of(snap state.Snapshot) map[string]*Endpoints {
 	out := make(map[string]*Endpoints, len(snap.Apps))
 	for _, a := range snap.Apps {
-		out[a.Spec.Name] = endpointsOf(a)
+		out[a.Spec.Name] = endpointsOf(a, nil)
 	}
 	return out
 }
 
-func endpointsOf(a state.App) *Endpoints {
+// endpointsOf is a's endpoint set; routes, when not nil, make it an app
+// the Lua router routes.
+func endpointsOf(a state.App, routes []render.HostRoute) *Endpoints {
 	lb := a.Spec.LB
 	e := &Endpoints{Method: lb.Method, MaxFails: lb.MaxFails, FailTimeout: lb.FailTimeout.Std().Seconds(), Servers: make([]Server, 0, len(a.Servers))}
 	for _, s := range a.Servers {
@@ -89,6 +107,10 @@ func endpointsOf(a state.App) *Endpoints {
 		}
 		e.Splits[strconv.Itoa(i)] = w
 	}
+	if routes != nil {
+		e.Routes, e.Tries = routes, lb.NextUpstreamTries
+		e.ConnectTimeout, e.ReadTimeout = lb.ConnectTimeout.Std().Seconds(), lb.ReadTimeout.Std().Seconds()
+	}
 	return e
 }
 
@@ -96,27 +118,85 @@ func endpointsOf(a state.App) *Endpoints {
 // very set it made last time for an app whose record and servers did not
 // change, so that Diff skips it by identity. Not safe for concurrent use.
 type Cache struct {
+	// Render, when it routes apps by the Lua router (Dynamic.Routes),
+	// adds each routed app's routes to its set (render.RoutedApps).
+	Render *render.Options
+
 	last map[string]cached
+	// specs and routes are the last route computation and the records it
+	// was made of: the same records, in order, route the same.
+	specs  []*msg.App
+	routes map[string][]render.HostRoute
 }
 
 type cached struct {
 	spec    *msg.App
 	servers []state.Server
+	routes  []render.HostRoute
 	eps     *Endpoints
 }
 
-// Of returns the endpoint set of every app in snap, as Of does.
+// Of returns the endpoint set of every app in snap, as Of does, with the
+// routes of the apps the Lua router routes.
 func (c *Cache) Of(snap state.Snapshot) map[string]*Endpoints {
 	out := make(map[string]*Endpoints, len(snap.Apps))
 	next := make(map[string]cached, len(snap.Apps))
+	routes := c.routesOf(snap)
 	for _, a := range snap.Apps {
 		e := c.last[a.Spec.Name]
-		if e.spec != a.Spec || !slices.Equal(e.servers, a.Servers) {
-			e = cached{spec: a.Spec, servers: a.Servers, eps: endpointsOf(a)}
+		r := routes[a.Spec.Name]
+		if e.spec != a.Spec || !slices.Equal(e.servers, a.Servers) || (e.routes == nil) != (r == nil) || !slices.Equal(e.routes, r) {
+			e = cached{spec: a.Spec, servers: a.Servers, routes: r, eps: endpointsOf(a, r)}
 		}
 		out[a.Spec.Name], next[a.Spec.Name] = e.eps, e
 	}
 	c.last = next
+	return out
+}
+
+// routesOf is render.RoutedApps of snap, computed again only when its
+// app records are not those of the last call.
+func (c *Cache) routesOf(snap state.Snapshot) map[string][]render.HostRoute {
+	if c.Render == nil || c.Render.Dynamic == nil || !c.Render.Dynamic.Routes {
+		return nil
+	}
+	same := c.specs != nil && len(c.specs) == len(snap.Apps)
+	for i := 0; same && i < len(snap.Apps); i++ {
+		same = c.specs[i] == snap.Apps[i].Spec
+	}
+	if !same {
+		c.routes = render.RoutedApps(snap, *c.Render)
+		c.specs = make([]*msg.App, len(snap.Apps))
+		for i, a := range snap.Apps {
+			c.specs[i] = a.Spec
+		}
+	}
+	return c.routes
+}
+
+// KeepRoutes returns next where an app that the Lua router routed in
+// served (its set has routes) and is rendered in next keeps its routes
+// and timeouts: the file nginx loads as it reloads, so that the workers
+// the reload replaces, which have no server block for the app, still
+// route it until the new ones serve it. next itself (without them) is
+// pushed once the reload is served. next is not changed.
+func KeepRoutes(next, served map[string]*Endpoints) map[string]*Endpoints {
+	var out map[string]*Endpoints
+	for name, e := range next {
+		s := served[name]
+		if e.Routes != nil || s == nil || s.Routes == nil {
+			continue
+		}
+		if out == nil {
+			out = maps.Clone(next)
+		}
+		k := *e
+		k.Routes, k.ConnectTimeout, k.ReadTimeout, k.Tries = s.Routes, s.ConnectTimeout, s.ReadTimeout, s.Tries
+		out[name] = &k
+	}
+	if out == nil {
+		return next
+	}
 	return out
 }
 

@@ -105,6 +105,27 @@ func TestLuaControl(t *testing.T) {
 		{"split weights over 100 together", `{"method":"round_robin","servers":[],"splits":{"0":[60,50]}}`, "apps.web.splits.0"},
 		{"split weight a string", `{"method":"round_robin","servers":[],"splits":{"0":["10"]}}`, "apps.web.splits.0[0]"},
 		{"too many shares", `{"method":"round_robin","servers":[],"splits":{"0":[1,1,1,1,1]}}`, "apps.web.splits.0"},
+		// Routes (--dynamic-routes) are data for the router: anything but a
+		// host key and a location in the spec's grammar is refused.
+		{"routes not an array", `{"method":"round_robin","servers":[],"routes":{"host":"a.test","location":"/"}}`, "apps.web.routes"},
+		{"route unknown field", `{"method":"round_robin","servers":[],"routes":[{"host":"a.test","location":"/","code":"os.exit()"}]}`, "apps.web.routes[0].code"},
+		{"route host quote", `{"method":"round_robin","servers":[],"routes":[{"host":"a.test\"]; os.exit() --","location":"/"}]}`, "apps.web.routes[0].host"},
+		{"route host upper case", `{"method":"round_robin","servers":[],"routes":[{"host":"A.test","location":"/"}]}`, "apps.web.routes[0].host"},
+		{"route host wildcard", `{"method":"round_robin","servers":[],"routes":[{"host":"*.a.test","location":"/"}]}`, "apps.web.routes[0].host"},
+		{"route host newline", `{"method":"round_robin","servers":[],"routes":[{"host":"a.test\n","location":"/"}]}`, "apps.web.routes[0].host"},
+		{"route host not a string", `{"method":"round_robin","servers":[],"routes":[{"host":1,"location":"/"}]}`, "apps.web.routes[0].host"},
+		{"route location brace", `{"method":"round_robin","servers":[],"routes":[{"host":"a.test","location":"/x {"}]}`, "apps.web.routes[0].location"},
+		{"route location semicolon", `{"method":"round_robin","servers":[],"routes":[{"host":"a.test","location":"/x;"}]}`, "apps.web.routes[0].location"},
+		{"route location regex", `{"method":"round_robin","servers":[],"routes":[{"host":"a.test","location":"~ ^/x"}]}`, "apps.web.routes[0].location"},
+		{"route location relative", `{"method":"round_robin","servers":[],"routes":[{"host":"a.test","location":"x"}]}`, "apps.web.routes[0].location"},
+		{"route location newline", `{"method":"round_robin","servers":[],"routes":[{"host":"a.test","location":"/x\n"}]}`, "apps.web.routes[0].location"},
+		{"route location too long", `{"method":"round_robin","servers":[],"routes":[{"host":"a.test","location":"/` + strings.Repeat("x", 1030) + `"}]}`, "apps.web.routes[0].location"},
+		{"duplicate route", `{"method":"round_robin","servers":[],"routes":[{"host":"a.test","location":"/"},{"host":"a.test","location":"/"}]}`, "apps.web.routes[1]"},
+		{"connect_timeout 0", `{"method":"round_robin","servers":[],"connect_timeout":0}`, "apps.web.connect_timeout"},
+		{"connect_timeout over 75", `{"method":"round_robin","servers":[],"connect_timeout":76}`, "apps.web.connect_timeout"},
+		{"read_timeout a string", `{"method":"round_robin","servers":[],"read_timeout":"5s"}`, "apps.web.read_timeout"},
+		{"split rule with a newline", `{"method":"round_robin","servers":[],"splits":{"1\n":[10]}}`, "apps.web.splits.1\n"},
+		{"tries 101", `{"method":"round_robin","servers":[],"tries":101}`, "apps.web.tries"},
 	}
 	for _, tc := range hostile {
 		t.Run("400 "+tc.name, func(t *testing.T) {

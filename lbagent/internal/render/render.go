@@ -45,6 +45,9 @@ type Options struct {
 	// loopback): the servers of apps with tls.acme send
 	// /.well-known/acme-challenge/ there.
 	ACME string
+	// Claims, when set, remembers the route table of the last app records
+	// laid out, for the next layout or RoutedApps of the same records.
+	Claims *ClaimsMemo
 }
 
 // Dynamic is dynamic upstream mode: every app's upstream is balanced by
@@ -64,6 +67,11 @@ type Dynamic struct {
 	// request (lbagent --reload-drain > 0); they cost a named location per
 	// app and host.
 	Drain bool
+	// Routes routes the apps that allow it (Routable) by nginx's Lua
+	// router, from the route table pushed with their endpoints, instead of
+	// rendering them: creating, changing or removing one reloads nothing
+	// (lbagent --dynamic-routes).
+	Routes bool
 }
 
 // Data is what the templates see.
@@ -83,6 +91,9 @@ type Data struct {
 	// Splits send a share of a rule's requests to other apps.
 	Splits  []SplitClients
 	Servers []Server
+	// Router renders the upstream of the apps the Lua router routes
+	// (Dynamic.Routes); the default server then has the router's location.
+	Router bool
 }
 
 // SplitClients is one rule's split: each request goes to one named
@@ -180,6 +191,11 @@ type Server struct {
 	// shared location no claim without headers owns.
 	Named    []Location
 	NotFound bool
+	// Router (the default server, Dynamic.Routes) renders the Lua router's
+	// "location /": hosts without a server block of their own, and the
+	// default server's paths, are looked up in the route table pushed into
+	// nginx's dict; RouterDrain renders its closer too.
+	Router, RouterDrain bool
 }
 
 // Location routes one path or rule of one app.
@@ -263,7 +279,24 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 	for _, a := range snap.Apps {
 		apps[a.Spec.Name] = a.Spec
 	}
+	// Who routes what on each host: the route table every side computes
+	// (spec.Claims). An app gets nothing the table does not grant it. The
+	// apps the Lua router routes are not rendered (routes.go).
+	byName := make(map[string]*state.App, len(snap.Apps))
+	for i := range snap.Apps {
+		byName[snap.Apps[i].Spec.Name] = &snap.Apps[i]
+	}
+	table, routed := o.Claims.of(snap, dynamic && o.Dynamic.Routes)
+	if dynamic && o.Dynamic.Routes {
+		if routed != nil {
+			d.Router = true
+			servers[""].Router, servers[""].RouterDrain = true, o.Dynamic.Drain
+		}
+	}
 	for _, a := range snap.Apps {
+		if routed[a.Spec.Name] {
+			continue
+		}
 		upstream := ""
 		switch {
 		case dynamic:
@@ -278,15 +311,6 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 		}
 		upstreams[a.Spec.Name] = upstream
 	}
-	// Who routes what on each host: the route table every side computes
-	// (spec.Claims). An app gets nothing the table does not grant it.
-	claimants := make([]spec.Claimant, len(snap.Apps))
-	byName := make(map[string]*state.App, len(snap.Apps))
-	for i := range snap.Apps {
-		claimants[i] = snap.Apps[i].Spec.Claimant()
-		byName[snap.Apps[i].Spec.Name] = &snap.Apps[i]
-	}
-	table := spec.Claims(claimants)
 	for _, app := range table.Conflicted() {
 		cs := table.Conflicts(app)
 		conflicts[app] = cs[0].Error()
@@ -296,6 +320,9 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 	}
 	for _, hr := range table.Hosts() {
 		h := hr.Host
+		if len(hr.Apps) > 0 && routed[hr.Apps[0].App] {
+			continue // every app there is routed (routedApps): no server block
+		}
 		srv, ok := servers[h]
 		if !ok {
 			srv = &Server{Host: h, HTTPListen: o.HTTPListen, HTTPSListen: o.HTTPSListen, AccessLogSocket: o.AccessLogSocket}
@@ -846,6 +873,11 @@ func (r *Renderer) Render(d Data, main bool) ([]byte, error) {
 	name := "http"
 	if main {
 		name = "nginx.conf.tmpl"
+	}
+	if d.Router && r.tmpl.Lookup("router") == nil {
+		// A template directory copied before the router existed would
+		// leave every routed app answering 404.
+		return nil, fmt.Errorf("render %s: --dynamic-routes needs the template \"router\" (templates/app.conf.tmpl), and a server template that writes it", name)
 	}
 	var b bytes.Buffer
 	b.Grow(int(r.lastLen.Load()) + 4096)

@@ -16,6 +16,9 @@
 --   v             installed version (written last by a push)
 --   g             generation, bumped after every write; workers' caches are keyed by it
 --   i             JSON array of the app names in the dict
+--   h:<host>      the route table of a host (lbagent --dynamic-routes): JSON
+--                 array of [location, app], made from the routes of the apps'
+--                 sets ("h:" is the default server: hosts with no entry)
 --   a:<app>       the app's normalized set, JSON
 --   c:<app>:<ad>  active requests on a peer (least_conn, random_two_least_conn)
 --   f:<app>:<ad>  failures within fail_timeout (TTL fail_timeout)
@@ -224,7 +227,69 @@ local function unknown_field(t, known)
     end
 end
 
-local APP_FIELDS = { method = true, hash = true, max_fails = true, fail_timeout = true, servers = true, splits = true }
+local APP_FIELDS = {
+    method = true, hash = true, max_fails = true, fail_timeout = true, servers = true, splits = true,
+    routes = true, connect_timeout = true, read_timeout = true, tries = true,
+}
+local ROUTE_FIELDS = { host = true, location = true }
+local MAX_ROUTES = 20000        -- routes of one app: the spec's 100 hosts × 100 paths × 2 arguments (render.MaxRoutes)
+local MAX_HOST = 253
+local MAX_LOCATION = 1026       -- "= " and a path of at most 1024
+local MAX_CONNECT_TIMEOUT = 75  -- seconds, as the spec allows
+local MAX_READ_TIMEOUT = 86400
+local MAX_TRIES = 100
+
+-- valid_host checks a route table host key: "" (the default server) or
+-- lower-case RFC 1123 labels joined by dots.
+local function valid_host(s)
+    if type(s) ~= "string" or #s > MAX_HOST then
+        return false
+    end
+    if s == "" then
+        return true
+    end
+    return ngx.re.find(s, [[^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\z]], "jo") ~= nil
+end
+
+-- valid_location checks a location argument as lbagent writes it: a
+-- routing path ("/", "/api/") or "= " and one, in the spec's path grammar.
+local function valid_location(s)
+    if type(s) ~= "string" or #s > MAX_LOCATION then
+        return false
+    end
+    return ngx.re.find(s, [[^(= )?/[A-Za-z0-9\-._~%!&*+,=:@/]*\z]], "jo") ~= nil
+end
+
+-- check_routes validates an app's routes and returns them as {host, location}.
+local function check_routes(path, routes)
+    if not is_array(routes) or #routes > MAX_ROUTES then
+        return nil, path .. ".routes: must be an array of at most " .. MAX_ROUTES .. " routes"
+    end
+    local out, seen = {}, {}
+    for i, r in ipairs(routes) do
+        local rp = path .. ".routes[" .. (i - 1) .. "]"
+        if not is_object(r) then
+            return nil, rp .. ": must be an object"
+        end
+        local bad = unknown_field(r, ROUTE_FIELDS)
+        if bad then
+            return nil, rp .. "." .. bad .. ": unknown field"
+        end
+        if not valid_host(r.host) then
+            return nil, rp .. ".host: must be \"\" or a lower-case host name"
+        end
+        if not valid_location(r.location) then
+            return nil, rp .. ".location: must be a path, or \"= \" and a path"
+        end
+        local key = r.host .. " " .. r.location
+        if seen[key] then
+            return nil, rp .. ": duplicate route"
+        end
+        seen[key] = true
+        out[i] = { r.host, r.location }
+    end
+    return out
+end
 local MAX_SPLIT_RULES, MAX_SHARES = 20, 4
 local SERVER_FIELDS = { address = true, weight = true, backup = true }
 local BATCH_FIELDS = { version = true, full = true, apps = true }
@@ -307,7 +372,7 @@ local function check_app(name, a)
         for rule, ws in pairs(splits) do
             n = n + 1
             local rp = path .. ".splits." .. tostring(rule)
-            if n > MAX_SPLIT_RULES or type(rule) ~= "string" or not ngx.re.find(rule, [[^[0-9]{1,2}$]], "jo") then
+            if n > MAX_SPLIT_RULES or type(rule) ~= "string" or not ngx.re.find(rule, [[^[0-9]{1,2}\z]], "jo") then
                 return nil, rp .. ": must be a rule index, at most " .. MAX_SPLIT_RULES
             end
             if not is_array(ws) or #ws > MAX_SHARES then
@@ -326,7 +391,35 @@ local function check_app(name, a)
             sp[rule] = ws
         end
     end
-    return { m = a.method, mf = max_fails, ft = fail_timeout, s = out, sp = sp }
+    local set = { m = a.method, mf = max_fails, ft = fail_timeout, s = out, sp = sp }
+    if a.routes ~= nil and a.routes ~= cjson.null then
+        local err
+        set.r, err = check_routes(path, a.routes)
+        if not set.r then
+            return nil, err
+        end
+    end
+    if a.connect_timeout ~= nil then
+        local v = a.connect_timeout
+        if type(v) ~= "number" or not (v > 0 and v <= MAX_CONNECT_TIMEOUT) then
+            return nil, path .. ".connect_timeout: must be a number of seconds above 0, at most " .. MAX_CONNECT_TIMEOUT
+        end
+        set.ct = v
+    end
+    if a.read_timeout ~= nil then
+        local v = a.read_timeout
+        if type(v) ~= "number" or not (v > 0 and v <= MAX_READ_TIMEOUT) then
+            return nil, path .. ".read_timeout: must be a number of seconds above 0, at most " .. MAX_READ_TIMEOUT
+        end
+        set.rt = v
+    end
+    if a.tries ~= nil then
+        if not is_int(a.tries, 0, MAX_TRIES) then
+            return nil, path .. ".tries: must be an integer 0.." .. MAX_TRIES
+        end
+        set.t = a.tries
+    end
+    return set
 end
 
 -- check_batch validates a decoded push body. It returns the version, full,
@@ -418,6 +511,67 @@ local function addresses(raw)
     return out
 end
 
+-- routes_of returns the routes ({host, location}) of a raw set.
+local function routes_of(raw)
+    local set = raw and cjson.decode(raw)
+    if type(set) == "table" and type(set.r) == "table" then
+        return set.r
+    end
+    return {}
+end
+
+-- host_writes returns the route table entries ("h:<host>") that the app
+-- writes change: every host an app routes on before or after, made again
+-- from the entries of the apps not written and the new routes of those
+-- written (host -> raw, or false to delete). Two apps routed on one
+-- location of one host refuse the batch: lbagent's route table grants a
+-- location once.
+local function host_writes(dict, writes, old)
+    local hosts, adds = {}, {}
+    for name, raw in pairs(writes) do
+        for _, r in ipairs(routes_of(old[name])) do
+            hosts[r[1]] = true
+        end
+        if raw then
+            for _, r in ipairs(routes_of(raw)) do
+                local h = r[1]
+                hosts[h] = true
+                local list = adds[h]
+                if not list then
+                    list = {}
+                    adds[h] = list
+                end
+                list[#list + 1] = { r[2], name }
+            end
+        end
+    end
+    local out = {}
+    for host in pairs(hosts) do
+        local list, taken = {}, {}
+        local cur = dict:get("h:" .. host)
+        local entries = cur and cjson.decode(cur)
+        if type(entries) == "table" then
+            for _, e in ipairs(entries) do
+                if writes[e[2]] == nil then
+                    list[#list + 1] = e
+                    taken[e[1]] = e[2]
+                end
+            end
+        end
+        for _, e in ipairs(adds[host] or {}) do
+            if taken[e[1]] then
+                return nil, "routes: location " .. e[1] .. " on host " .. host .. " is routed to both app "
+                    .. taken[e[1]] .. " and app " .. e[2]
+            end
+            taken[e[1]] = e[2]
+            list[#list + 1] = e
+        end
+        sort(list, function(a, b) return a[1] < b[1] end)
+        out[host] = #list > 0 and cjson.encode(list) or false
+    end
+    return out
+end
+
 -- apply writes a validated batch: app sets, removals, the index, then the
 -- version, then bumps the generation. safe_set never evicts; when the dict
 -- is full the writes done so far are undone and an error is returned. It
@@ -452,13 +606,24 @@ local function apply(dict, version, full, apps)
             old[name] = before
         end
     end
-    local done = {}
+    local hosts, herr = host_writes(dict, writes, old)
+    if not hosts then
+        return nil, herr, 400
+    end
+    local done, hdone = {}, {}
     local function undo()
         for _, name in ipairs(done) do
             if old[name] then
                 dict:set("a:" .. name, old[name])
             else
                 dict:delete("a:" .. name)
+            end
+        end
+        for host, before in pairs(hdone) do
+            if before then
+                dict:set("h:" .. host, before)
+            else
+                dict:delete("h:" .. host)
             end
         end
         incr(dict, "g", 1)
@@ -477,6 +642,19 @@ local function apply(dict, version, full, apps)
         end
         renamed = renamed or (raw == false) ~= (old[name] == false)
         done[#done + 1] = name
+    end
+    for host, raw in pairs(hosts) do
+        hdone[host] = dict:get("h:" .. host) or false
+        if raw then
+            local ok, err = dict:safe_set("h:" .. host, raw)
+            if not ok then
+                undo()
+                return nil, "shared dict " .. DICT_NAME .. ": " .. tostring(err)
+                    .. " (raise lua_shared_dict " .. DICT_NAME .. " size)"
+            end
+        else
+            dict:delete("h:" .. host)
+        end
     end
 
     local count = 0
@@ -774,15 +952,15 @@ function _M.control()
         unlock(dict)
         return reply(409, sformat('{"version":%d}', installed))
     end
-    local n
-    n, err = apply(dict, version, full, apps)
+    local n, status
+    n, err, status = apply(dict, version, full, apps)
     -- Read back from the dict every worker reads: lbagent takes this, not
     -- its own number, as the version nginx has installed.
     installed = installed_version(dict)
     unlock(dict)
     if not n then
         ngx_log(ERR, "berth.dynamic: push version ", version, ": ", err)
-        return reply_error(507, err)
+        return reply_error(status or 507, err)
     end
     return reply(200, sformat('{"version":%d}', installed))
 end
@@ -800,6 +978,7 @@ local function build(raw, g)
     local e = {
         raw = raw, g = g, method = set.m, max_fails = set.mf, fail_timeout = set.ft,
         primary = {}, backup = {}, n = 0, splits = set.sp or {},
+        ct = set.ct, rt = set.rt, tries = set.t,
     }
     for _, s in ipairs(set.s or {}) do
         local host, port = parse_address(s.a)
@@ -1055,11 +1234,11 @@ end
 -- balance is called by balancer_by_lua for every try of a request. tries
 -- is the location's proxy_next_upstream_tries (0: one try per server);
 -- without it, $berth_tries is read.
-function _M.balance(app, tries)
+function _M.balance(app, tries, routed)
     local dict = shdict()
     local ctx = ngx.ctx
     local st = ctx.berth
-    local e = lookup(dict, app)
+    local e = lookup(dict, app) or routed
     if not e or e.n == 0 then
         ngx_log(ERR, "berth.dynamic: app ", app, " has no endpoints")
         return ngx.exit(502)
@@ -1132,6 +1311,20 @@ function _M.balance(app, tries)
         ngx_log(ERR, "berth.dynamic: set_current_peer ", p.id, ": ", err)
         return ngx.exit(502)
     end
+    if e.ct or e.rt then -- an app the router routes: its own timeouts, each try (nil keeps the location's)
+        ok, err = balancer.set_timeouts(e.ct, e.rt, e.rt)
+        if not ok then
+            ngx_log(ERR, "berth.dynamic: set_timeouts: ", err)
+        end
+    end
+end
+
+-- balance_routed is the balancer of the router's upstream: the app is the
+-- one route chose.
+-- A request route sent to an app whose set a push removed since (the app
+-- deleted) still goes to the endpoints it was routed with.
+function _M.balance_routed()
+    return _M.balance(ngx.var.berth_app, nil, ngx.ctx.berth_routed)
 end
 
 -- access answers 503 with a JSON body when the app has no server. With
@@ -1196,6 +1389,102 @@ function _M.access(app, closer, fallback)
     ngx.header["Content-Type"] = "application/json"
     ngx.print(sformat(NO_BACKEND, app))
     return ngx.exit(ngx.HTTP_OK)
+end
+
+---------------------------------------------------------------------------
+-- The router (lbagent --dynamic-routes): host → location → app, from the
+-- route table in the dict. Hosts and paths are data here, never code.
+---------------------------------------------------------------------------
+
+local NOT_FOUND = '{"error":"not_found","message":"no app is routed here"}\n'
+local hcache = {} -- per worker: host -> decoded route table entry
+
+-- host_table returns the decoded entry of host: exact locations by path,
+-- and prefixes longest first; nil when the host has none. Only hosts
+-- found are cached, so that hostile Host headers cannot grow the cache.
+local function host_table(dict, g, host)
+    local e = hcache[host]
+    if e and e.g == g then
+        return e
+    end
+    local raw = dict:get("h:" .. host)
+    if not raw then
+        hcache[host] = nil
+        return nil
+    end
+    if e and e.raw == raw then
+        e.g = g
+        return e
+    end
+    local list = cjson.decode(raw)
+    if type(list) ~= "table" then
+        return nil
+    end
+    e = { raw = raw, g = g, exact = {}, prefixes = {} }
+    for _, r in ipairs(list) do
+        local loc, app = r[1], r[2]
+        if ssub(loc, 1, 2) == "= " then
+            e.exact[ssub(loc, 3)] = app
+        else
+            e.prefixes[#e.prefixes + 1] = { p = loc, n = #loc, a = app }
+        end
+    end
+    sort(e.prefixes, function(a, b) return a.n > b.n end)
+    hcache[host] = e
+    return e
+end
+
+-- match is the app nginx's locations would choose for uri: an exact
+-- location, else the longest prefix.
+local function match(e, uri)
+    local app = e.exact[uri]
+    if app then
+        return app
+    end
+    for _, p in ipairs(e.prefixes) do
+        if ssub(uri, 1, p.n) == p.p then
+            return p.a
+        end
+    end
+end
+
+-- route (access_by_lua of the router's location) finds the app of the
+-- request's host and path, as the server blocks and locations of rendered
+-- apps would: a host with an entry is matched there alone, any other host
+-- in the default server's (""). It sets $berth_app and $berth_tries for
+-- the router's balancer; 404 when no app is routed here, 503 when the app
+-- has no server. closer is as for access.
+function _M.route(closer)
+    if closer and generation and ngx.var.berth_closing ~= "1" then
+        local below = shdict():get("kc")
+        if below and generation < below then
+            return ngx.exec(closer)
+        end
+    end
+    local dict = shdict()
+    local g = dict:get("g") or 0
+    local uri = ngx.var.uri or ""
+    local e = host_table(dict, g, ngx.var.host or "")
+    if not e then
+        e = host_table(dict, g, "")
+    end
+    local app = e and match(e, uri)
+    if not app then
+        ngx.status = 404
+        ngx.header["Content-Type"] = "application/json"
+        ngx.print(NOT_FOUND)
+        return ngx.exit(ngx.HTTP_OK)
+    end
+    ngx.var.berth_app = app
+    local set = lookup(dict, app)
+    if not set or set.n == 0 then
+        ngx.status = 503
+        ngx.header["Content-Type"] = "application/json"
+        ngx.print(sformat(NO_BACKEND, app))
+        return ngx.exit(ngx.HTTP_OK)
+    end
+    ngx.var.berth_tries = set.tries or 0
+    ngx.ctx.berth_routed = set
 end
 
 -- log releases the active counts of every tried peer and records a

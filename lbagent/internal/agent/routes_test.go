@@ -1,0 +1,186 @@
+package agent
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/berthhq/berth/common/bus"
+	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/internal/loadgen"
+	"github.com/berthhq/berth/internal/testrig"
+)
+
+const testWait, testPoll = 10 * time.Second, 5 * time.Millisecond
+
+// withDynamicRoutes is lbagent --dynamic-routes.
+func withDynamicRoutes(m *rigAgent) { m.cfg.Render.Dynamic.Routes = true }
+
+func (r *rig) deleteApp(name string) {
+	r.store.AppsHandler().Update(bus.Event[*msg.App]{Key: name, Op: bus.OpDelete})
+}
+
+// TestDynamicRoutesReloadNothing: with --dynamic-routes, an app whose
+// routing is hosts and path prefixes is routed by nginx's Lua router from
+// the route table pushed with its endpoints: creating it, changing its
+// paths and hosts and removing it reload nothing and change no file. An
+// app with rules is still rendered (and reloads), beside the routed ones.
+func TestDynamicRoutesReloadNothing(t *testing.T) {
+	t.Parallel()
+	r := newRigMode(t, true, withDynamicRoutes)
+	r.putApp(appMsg("web", "web.test"))
+	r.applied(r.putInstance("web", "a", testrig.Backend(t, "A"), msg.StateRunning))
+	r.waitFor("web.test", 200, "A")
+	gen, reloads := r.agent.Generation(), r.reloads()
+	conf, err := os.ReadFile(r.agent.cfg.Target)
+	require.NoError(t, err)
+	require.NotContains(t, string(conf), "web.test", "a routed app is not rendered")
+	require.Contains(t, string(conf), "upstream berth_routed")
+	unchanged := func(what string) {
+		t.Helper()
+		require.Equal(t, gen, r.agent.Generation(), "%s: no new config generation", what)
+		require.Equal(t, reloads, r.reloads(), "%s: no reload", what)
+		now, err := os.ReadFile(r.agent.cfg.Target)
+		require.NoError(t, err)
+		require.Equal(t, string(conf), string(now), "%s: no file changed", what)
+	}
+
+	// A new app, its instance first: served from the push, no reload.
+	r.putInstance("shop", "c", testrig.Backend(t, "C"), msg.StateRunning)
+	r.putApp(appMsg("shop", "shop.test"))
+	r.waitFor("shop.test", 200, "C")
+	r.waitFor("web.test", 200, "A")
+	unchanged("new app")
+	_, ag := r.rep.last()
+	require.Equal(t, int64(1), ag.Apps["shop"], "the routed app is reported applied")
+
+	// Its paths change: /api (so /api and /api/…, not /apix), and a host
+	// is added.
+	shop := appMsg("shop", "shop.test", "shop2.test")
+	shop.Generation = 2
+	shop.Routing.Paths = []string{"/api", "/50%off.v*1+"}
+	r.putApp(shop)
+	r.waitForPath("shop2.test", "/api/x", 200, "C")
+	for _, c := range []struct {
+		host, path string
+		code       int
+	}{
+		{"shop.test", "/api", 200}, {"shop.test", "/api/", 200}, {"shop.test", "/api/deep/er", 200},
+		{"shop.test", "/apix", 404}, {"shop.test", "/", 404}, {"shop2.test", "/api", 200},
+		// Pattern characters are literal: nothing but the path itself matches.
+		{"shop.test", "/50%25off.v*1+/x", 200}, {"shop.test", "/50%25offXv*1+/x", 404}, {"shop.test", "/50%25off.vvv1+", 404},
+		{"SHOP.test", "/api", 200}, {"shop.test.", "/api", 200},
+	} {
+		code, body := r.getPath(c.host, c.path)
+		require.Equal(t, c.code, code, "%s%s: %s", c.host, c.path, body)
+		if c.code == 404 {
+			require.Contains(t, body, "no app is routed here")
+		}
+	}
+	unchanged("changed paths and hosts")
+
+	// Hostile Host headers are data: looked up, not found, 404.
+	for _, h := range []string{`x"]; os.exit(1) --`, "h:", "a:web", "_", "%", strings.Repeat("a", 200) + ".test"} {
+		code, body := r.getPath(h, "/")
+		require.Contains(t, []int{400, 404}, code, "host %q: %s", h, body)
+	}
+
+	// Removed: 404 "no app is routed here" at once, the other app served.
+	r.deleteApp("shop")
+	r.waitForPath("shop.test", "/api", 404, "no app is routed here")
+	r.waitFor("web.test", 200, "A")
+	unchanged("removed app")
+	require.Eventually(t, func() bool { _, ag := r.rep.last(); _, ok := ag.Apps["shop"]; return !ok }, testWait, testPoll,
+		"a removed routed app leaves the applied apps")
+
+	// No servers: 503 from the router, its route kept.
+	r.putInstance("web", "a", "127.0.0.1:1", msg.StateStopped)
+	r.waitFor("web.test", 503, "no_backend")
+	unchanged("no servers")
+
+	// An app with a rule is rendered as before: a reload, and served.
+	ruled := appMsg("ruled", "ruled.test")
+	ruled.Routing.Rules = []spec.Rule{{Path: "/r"}}
+	r.putInstance("ruled", "d", testrig.Backend(t, "D"), msg.StateRunning)
+	r.putApp(ruled)
+	r.waitForPath("ruled.test", "/r/x", 200, "D")
+	require.Eventually(t, func() bool { return r.reloads() > reloads }, testWait, testPoll)
+	now, err := os.ReadFile(r.agent.cfg.Target)
+	require.NoError(t, err)
+	require.Contains(t, string(now), "server_name ruled.test;")
+	require.NotContains(t, string(now), "web.test")
+	r.waitFor("web.test", 503, "no_backend") // still routed by the router after the reload
+}
+
+// TestDynamicRoutesSharedHostIsRendered: a routed app and an app that
+// must be rendered on one host make the host one server block, as before:
+// both apps are rendered there, and a new routed app elsewhere still
+// reloads nothing.
+func TestDynamicRoutesSharedHostIsRendered(t *testing.T) {
+	t.Parallel()
+	r := newRigMode(t, true, withDynamicRoutes)
+	owner := appMsg("owner", "both.test")
+	owner.Routing.Paths = []string{"/a"}
+	owner.Routing.ShareWith = []spec.Share{{App: "member"}}
+	owner.CreatedAt = time.Unix(1, 0) // claims the host first
+	member := appMsg("member", "both.test")
+	member.Routing.Paths = nil
+	member.CreatedAt = time.Unix(2, 0)
+	member.Routing.Rules = []spec.Rule{{Path: "/b"}}
+	r.putInstance("owner", "o", testrig.Backend(t, "O"), msg.StateRunning)
+	r.putInstance("member", "m", testrig.Backend(t, "M"), msg.StateRunning)
+	r.putApp(owner)
+	r.putApp(member)
+	r.waitForPath("both.test", "/a/x", 200, "O")
+	r.waitForPath("both.test", "/b/x", 200, "M")
+	// nginx serves the reload before the agent has recorded it: wait for its report.
+	require.Eventually(t, func() bool { _, ag := r.rep.last(); return ag != nil && ag.Apps["member"] == 1 }, testWait, testPoll)
+	conf, err := os.ReadFile(r.agent.cfg.Target)
+	require.NoError(t, err)
+	require.Contains(t, string(conf), "upstream berth_owner", "the owner shares a rendered host: rendered")
+	gen, reloads := r.agent.Generation(), r.reloads()
+
+	r.putInstance("solo", "s", testrig.Backend(t, "S"), msg.StateRunning)
+	r.putApp(appMsg("solo", "solo.test"))
+	r.waitFor("solo.test", 200, "S")
+	r.waitForPath("both.test", "/b/x", 200, "M")
+	require.Equal(t, gen, r.agent.Generation(), "a routed app beside rendered ones: no new config generation")
+	require.Equal(t, reloads, r.reloads(), "no reload")
+}
+
+// TestDynamicRoutesToRenderedLosesNoRequest: an app the router routes that
+// becomes one to render (a rule added) is a reload; the workers it
+// replaces keep routing it (its routes stay in the file the reload loads)
+// until the new ones serve its server block: a client that never retries
+// sees no failure.
+func TestDynamicRoutesToRenderedLosesNoRequest(t *testing.T) {
+	t.Parallel()
+	r := newRigMode(t, true, withDynamicRoutes)
+	r.putApp(appMsg("web", "web.test"))
+	r.applied(r.putInstance("web", "a", testrig.Backend(t, "A"), msg.StateRunning))
+	r.waitFor("web.test", 200, "A")
+	reloads := r.reloads()
+	gen := loadgen.Start(context.Background(), loadgen.Config{URL: "http://" + r.httpAddr + "/", Host: "web.test", Workers: 4, NoRetry: true})
+	flowing(t, gen, 50)
+
+	ruled := appMsg("web", "web.test")
+	ruled.Generation = 2
+	ruled.Routing.Rules = []spec.Rule{{Path: "/r"}}
+	r.putApp(ruled)
+	require.Eventually(t, func() bool { return r.reloads() > reloads }, testWait, testPoll, "a reload renders the app")
+	flowing(t, gen, 50)
+	res := gen.Stop()
+	require.NoError(t, loadgen.Check(res), "%s", res)
+	conf, err := os.ReadFile(r.agent.cfg.Target)
+	require.NoError(t, err)
+	require.Contains(t, string(conf), "server_name web.test;")
+	require.Eventually(t, func() bool {
+		snap, err := os.ReadFile(r.agent.cfg.Snapshot)
+		return err == nil && !strings.Contains(string(snap), `"routes"`)
+	}, testWait, testPoll, "the push after the reload drops the kept routes (the file follows it, behind)")
+}
