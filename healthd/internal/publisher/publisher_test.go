@@ -394,6 +394,28 @@ func TestRunHeartbeatsAndLeaves(t *testing.T) {
 	}
 }
 
+// TestHeartbeatDoesNotWaitForPuts: while a refresh's puts are held (at
+// 30,000 targets they took longer than msg.CheckerDeadAfter), the
+// heartbeats go on, so peers do not take this checker's targets.
+func TestHeartbeatDoesNotWaitForPuts(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, testrig.NATS(t))
+	p := r.publisher("hc-1", 1)
+	// The first refresh comes long before the first periodic heartbeat.
+	p.Refresh, p.beatEvery = 10*time.Millisecond, 200*time.Millisecond
+	// A value never put: the first refresh puts it, and waits for writeMu.
+	p.latest["web.a"] = report("web.a", msg.StatusUnknown, msg.StatusHealthy, true, probe.Result{OK: true})
+	p.writeMu.Lock()
+	defer p.writeMu.Unlock()
+	runPublisher(t, p)
+	require.Eventually(t, func() bool { return r.checker("hc-1") != nil }, wait, tick)
+	first := r.checker("hc-1").HeartbeatAt
+	require.Eventually(t, func() bool { return r.checker("hc-1").HeartbeatAt.After(first) }, wait, tick,
+		"a heartbeat comes while the refresh waits to put")
+	h, _ := r.health("web.a")
+	require.Nil(t, h, "the refresh is still held")
+}
+
 func TestRunRefreshesEveryValue(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, testrig.NATS(t))
