@@ -332,7 +332,8 @@ func floor(addrs []string, dur, interval time.Duration) (int64, time.Duration, t
 }
 
 // takeover starts a second checker beside the first (whose metrics are at
-// firstMetrics), waits until the two share the n targets, then kills it
+// firstMetrics), waits until the two share the n targets and the second
+// has probed each of its share once, then kills it
 // (crash) or stops it (it leaves the checkers bucket), and times until the
 // first checker holds all n targets again. It returns the line to print.
 func takeover(bin, natsURL, firstMetrics string, n int, crash bool) (string, error) {
@@ -355,6 +356,16 @@ func takeover(bin, natsURL, firstMetrics string, n int, crash bool) (string, err
 		time.Sleep(50 * time.Millisecond)
 	}
 	share := metric(addr, "berth_healthd_targets ")
+	// Steady state first: every target of its share probed once, and the
+	// first reports published (a start's burst of puts, which a stop would
+	// wait for), then the publisher's queue idle for a second.
+	for metric(addr, "berth_healthd_probes_total") < share {
+		if time.Since(start) > 2*time.Minute {
+			return "", fmt.Errorf("the second checker never probed its %v targets", share)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second)
 	how, sig := "stopped (leaves)", os.Interrupt
 	if crash {
 		how, sig = "killed (crash)", os.Kill
