@@ -40,6 +40,9 @@ type Publisher struct {
 	LeaveOnStop bool
 	// beatEvery is how often Run heartbeats: a third of the checkers TTL.
 	beatEvery time.Duration
+	// putTimeout bounds one put of a health value, and the publish of a
+	// transition.
+	putTimeout time.Duration
 
 	mu        sync.Mutex
 	latest    map[string]checker.Report
@@ -77,7 +80,7 @@ var _ checker.Handler = (*Publisher)(nil)
 // it checks, for its heartbeat.
 func New(conn *bus.Conn, names msg.Names, id string, targets func() int, logger *zap.Logger) *Publisher {
 	return &Publisher{conn: conn, names: names, id: id, targets: targets, logger: logger.Named("publisher"),
-		started: time.Now().UTC(), Refresh: 30 * time.Second, LeaveOnStop: true, beatEvery: msg.CheckerTTL / 3, latest: map[string]checker.Report{}, repairing: map[string]bool{},
+		started: time.Now().UTC(), Refresh: 30 * time.Second, LeaveOnStop: true, beatEvery: msg.CheckerTTL / 3, putTimeout: 5 * time.Second, latest: map[string]checker.Report{}, repairing: map[string]bool{},
 		suspects: map[string]bool{}, sent: map[string]healthSent{}, retry: make(chan struct{}, 1)}
 }
 
@@ -97,15 +100,19 @@ func (p *Publisher) Probed(r checker.Report) {
 	if seen && !r.Changed {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	p.putLatest(ctx, r.Target.Key)
+	p.putLatest(context.Background(), r.Target.Key)
 	if r.Changed {
+		ctx, cancel := context.WithTimeout(context.Background(), p.putTimeout)
+		defer cancel()
 		p.publishChange(ctx, r, r.From)
 	}
 }
 
-// putLatest puts the latest report of key, if it still has one.
+// putLatest puts the latest report of key, if it still has one, within
+// putTimeout of holding the write lock. The deadline starts once the lock
+// is held: when 30,000 targets report for the first time at once, each
+// put waits for the ones before it, and a deadline that counted that wait
+// failed about 2,000 of them (issue 30), each then put again by a retry.
 func (p *Publisher) putLatest(ctx context.Context, key string) {
 	p.writeMu.Lock()
 	defer p.writeMu.Unlock()
@@ -113,6 +120,8 @@ func (p *Publisher) putLatest(ctx context.Context, key string) {
 	r, ok := p.latest[key]
 	p.mu.Unlock()
 	if ok {
+		ctx, cancel := context.WithTimeout(ctx, p.putTimeout)
+		defer cancel()
 		p.put(ctx, r)
 	}
 }
@@ -139,9 +148,7 @@ func (p *Publisher) Repair(key string) {
 		p.mu.Lock()
 		delete(p.repairing, key)
 		p.mu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		p.putLatest(ctx, key)
+		p.putLatest(context.Background(), key)
 		p.logger.Warn("repaired a health value that healthd had not sealed", zap.String("key", key))
 	})
 }

@@ -416,6 +416,28 @@ func TestHeartbeatDoesNotWaitForPuts(t *testing.T) {
 	require.Nil(t, h, "the refresh is still held")
 }
 
+// TestPutDeadlineStartsWithTheLock: a put that waits for the write lock
+// longer than its deadline (30,000 first reports at once) still goes.
+func TestPutDeadlineStartsWithTheLock(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, testrig.NATS(t))
+	p := r.publisher("hc-1", 1)
+	p.putTimeout = 50 * time.Millisecond
+	p.writeMu.Lock()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.Probed(report("web.a", msg.StatusUnknown, msg.StatusHealthy, true, probe.Result{OK: true}))
+	}()
+	time.Sleep(4 * p.putTimeout) // the behaviour under test: a wait for the lock past the deadline
+	p.writeMu.Unlock()
+	<-done
+	h, _ := r.health("web.a")
+	require.NotNil(t, h, "the put ran after its wait")
+	require.Equal(t, msg.StatusHealthy, h.Status)
+	require.Zero(t, p.Failures.Load())
+}
+
 func TestRunRefreshesEveryValue(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, testrig.NATS(t))
