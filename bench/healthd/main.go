@@ -3,9 +3,17 @@
 // 127.0.0.1 at a 1 s interval), compared in the same run to the floor, a
 // minimal Go loop doing the same GETs with the same client settings. It
 // also measures detection (a target starting to fail to its unhealthy KV
-// write) and memory per target.
+// write) and memory per target; and with --takeover, how long a second
+// checker's shard takes to move to the first once the second is killed
+// (crash) or stopped (it leaves).
 //
-// Run it with: go run ./bench/healthd (traffic stays on 127.0.0.1).
+// Run it with: go run ./bench/healthd (traffic stays on 127.0.0.1). At
+// 30,000 targets (issue 30), one listener and one keep-alive connection per
+// target would need more file descriptors than a process may have here:
+//
+//	go run ./bench/healthd --targets 30000 --servers 16 --per-app 3 --interval 10s --takeover
+//
+// spreads the targets (10,000 apps of 3) over 16 HTTP servers.
 package main
 
 import (
@@ -35,15 +43,26 @@ import (
 )
 
 func main() {
-	n := flag.Int("targets", 2000, "targets")
-	dur := flag.Duration("duration", 10*time.Second, "how long each phase runs")
+	var o options
+	flag.IntVar(&o.targets, "targets", 2000, "targets")
+	flag.DurationVar(&o.dur, "duration", 10*time.Second, "how long each phase runs")
+	flag.IntVar(&o.servers, "servers", 0, "HTTP servers the targets share, round robin (0: one per target)")
+	flag.IntVar(&o.perApp, "per-app", 0, "targets per app (0: all in one app)")
+	flag.DurationVar(&o.interval, "interval", time.Second, "every target's health.interval")
+	flag.BoolVar(&o.takeover, "takeover", false, "also time a second checker's shard moving to the first when it is killed and when it stops")
 	serve := flag.Int("serve", 0, "internal: serve this many targets and print their addresses")
 	flag.Parse()
 	if *serve > 0 {
 		serveTargets(*serve)
 		return
 	}
-	if err := run(*n, *dur); err != nil {
+	if o.servers <= 0 || o.servers > o.targets {
+		o.servers = o.targets
+	}
+	if o.perApp <= 0 {
+		o.perApp = o.targets
+	}
+	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -103,8 +122,24 @@ func metric(addr, prefix string) float64 {
 	return sum
 }
 
-func run(n int, dur time.Duration) error {
-	child := exec.Command(os.Args[0], "-serve", fmt.Sprint(n))
+// options are the bench's flags.
+type options struct {
+	targets, servers, perApp int
+	dur, interval            time.Duration
+	takeover                 bool
+}
+
+// appOf is the app and instance id of target i.
+func (o options) appOf(i int) (app, id string) {
+	if o.perApp >= o.targets {
+		return "bench", fmt.Sprintf("t%d", i)
+	}
+	return fmt.Sprintf("app%05d", i/o.perApp), fmt.Sprintf("t%d", i)
+}
+
+func run(o options) error {
+	n, dur := o.targets, o.dur
+	child := exec.Command(os.Args[0], "-serve", fmt.Sprint(o.servers))
 	out, err := child.StdoutPipe()
 	if err != nil {
 		return err
@@ -114,13 +149,17 @@ func run(n int, dur time.Duration) error {
 		return err
 	}
 	defer func() { _ = child.Process.Kill(); _ = child.Wait() }()
-	var addrs []string
+	var servers []string
 	sc := bufio.NewScanner(out)
 	for sc.Scan() && sc.Text() != "ready" {
-		addrs = append(addrs, sc.Text())
+		servers = append(servers, sc.Text())
 	}
-	if len(addrs) != n {
-		return fmt.Errorf("child served %d targets, want %d", len(addrs), n)
+	if len(servers) != o.servers {
+		return fmt.Errorf("child served %d servers, want %d", len(servers), o.servers)
+	}
+	addrs := make([]string, n)
+	for i := range addrs {
+		addrs[i] = servers[i%len(servers)]
 	}
 
 	dir, _ := os.MkdirTemp("", "berth-bench-healthd-")
@@ -152,11 +191,14 @@ func run(n int, dur time.Duration) error {
 	}
 	yes := true
 	st, _ := spec.ParseStatusRanges("200-399")
-	if err := put(apps, "bench", &msg.App{Name: "bench", Generation: 1, Term: 1, Port: 8080, UpdatedAt: time.Now(),
-		Routing: spec.Routing{Paths: []string{"/"}}, LB: spec.LB{Method: spec.LBRoundRobin, ConnectTimeout: spec.Duration(time.Second), ReadTimeout: spec.Duration(time.Second)},
-		Health: &spec.Health{Type: spec.HealthHTTP, Enabled: &yes, Port: 8080, Path: "/healthz", Method: "GET", ExpectedStatus: st,
-			Interval: spec.Duration(time.Second), Timeout: spec.Duration(500 * time.Millisecond), HealthyThreshold: 1, UnhealthyThreshold: 3}}); err != nil {
-		return err
+	for i := 0; i < n; i += o.perApp {
+		name, _ := o.appOf(i)
+		if err := put(apps, name, &msg.App{Name: name, Generation: 1, Term: 1, Port: 8080, UpdatedAt: time.Now(),
+			Routing: spec.Routing{Paths: []string{"/"}}, LB: spec.LB{Method: spec.LBRoundRobin, ConnectTimeout: spec.Duration(time.Second), ReadTimeout: spec.Duration(time.Second)},
+			Health: &spec.Health{Type: spec.HealthHTTP, Enabled: &yes, Port: 8080, Path: "/healthz", Method: "GET", ExpectedStatus: st,
+				Interval: spec.Duration(o.interval), Timeout: spec.Duration(500 * time.Millisecond), HealthyThreshold: 1, UnhealthyThreshold: 3}}); err != nil {
+			return err
+		}
 	}
 
 	// The real healthd binary.
@@ -176,8 +218,8 @@ func run(n int, dur time.Duration) error {
 	}
 	heapBefore := metric(metricsAddr, "go_memstats_heap_inuse_bytes")
 	for i, a := range addrs {
-		id := fmt.Sprintf("t%d", i)
-		if err := put(insts, msg.InstanceKey("bench", id), &msg.Instance{App: "bench", ID: id, Generation: 1, Term: 1, Address: a,
+		app, id := o.appOf(i)
+		if err := put(insts, msg.InstanceKey(app, id), &msg.Instance{App: app, ID: id, Generation: 1, Term: 1, Address: a,
 			State: msg.StateRunning, Weight: 1, UpdatedAt: time.Now()}); err != nil {
 			return err
 		}
@@ -185,7 +227,7 @@ func run(n int, dur time.Duration) error {
 	for metric(metricsAddr, "berth_healthd_targets") < float64(n) {
 		time.Sleep(100 * time.Millisecond)
 	}
-	time.Sleep(3 * time.Second) // warm up: connections opened, first reports published
+	time.Sleep(max(3*time.Second, o.interval+time.Second)) // warm up: connections opened, first reports published
 	p0, c0, t0 := metric(metricsAddr, "berth_healthd_probes_total"), procCPU(hd.Process.Pid), time.Now()
 	time.Sleep(dur)
 	probes, cpu, wall := metric(metricsAddr, "berth_healthd_probes_total")-p0, procCPU(hd.Process.Pid)-c0, time.Since(t0)
@@ -195,34 +237,50 @@ func run(n int, dur time.Duration) error {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	dead := ln.Addr().String()
 	ln.Close()
+	app0, _ := o.appOf(0)
 	start := time.Now()
-	if err := put(insts, msg.InstanceKey("bench", "t0"), &msg.Instance{App: "bench", ID: "t0", Generation: 1, Term: 1, Address: dead,
+	if err := put(insts, msg.InstanceKey(app0, "t0"), &msg.Instance{App: app0, ID: "t0", Generation: 1, Term: 1, Address: dead,
 		State: msg.StateRunning, Weight: 1, UpdatedAt: time.Now()}); err != nil {
 		return err
 	}
 	var det time.Duration
 	for det == 0 && time.Since(start) < 30*time.Second {
-		if e, err := health.Get(ctx, "bench.t0"); err == nil {
+		if e, err := health.Get(ctx, msg.InstanceKey(app0, "t0")); err == nil {
 			if h, err := msg.DecodeAs[*msg.Health](e.Value); err == nil && h.Status == msg.StatusUnhealthy {
 				det = time.Since(start)
 			}
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	var takeovers []string
+	if o.takeover {
+		for _, crash := range []bool{true, false} {
+			line, err := takeover(bin, srv.URL(), metricsAddr, n, crash)
+			if err != nil {
+				line = "takeover: " + err.Error()
+			}
+			takeovers = append(takeovers, line)
+		}
+	}
 	_ = hd.Process.Signal(os.Interrupt)
 
 	// The floor, in this process, with the same transport settings.
-	floorProbes, floorCPU, floorWall := floor(addrs, dur)
+	floorProbes, floorCPU, floorWall := floor(addrs, dur, o.interval)
 
 	rate := probes / wall.Seconds()
 	perCore := probes / cpu.Seconds()
 	floorPerCore := float64(floorProbes) / floorCPU.Seconds()
-	fmt.Printf("\nhealthd benchmark: %d HTTP targets at 1 s on 127.0.0.1, %s measured per phase, %d cores\n", n, dur, runtime.NumCPU())
+	load, _ := os.ReadFile("/proc/loadavg")
+	fmt.Printf("\nhealthd benchmark: %d HTTP targets (%d apps) on %d servers at %s on 127.0.0.1, %s measured per phase, %d cores, load %s\n",
+		n, (n+o.perApp-1)/o.perApp, o.servers, o.interval, dur, runtime.NumCPU(), strings.Join(strings.Fields(string(load))[:3], " "))
 	fmt.Printf("  healthd: %7.0f probes/s  %5.2f CPU-s  %7.0f probes per CPU-second   target >= 5000\n", rate, cpu.Seconds(), perCore)
 	fmt.Printf("  floor:   %7.0f GETs/s    %5.2f CPU-s  %7.0f GETs per CPU-second\n", float64(floorProbes)/floorWall.Seconds(), floorCPU.Seconds(), floorPerCore)
 	fmt.Printf("  ratio to floor: %.2fx (probes per CPU-second, check history on)   target >= 0.9x\n", perCore/floorPerCore)
-	fmt.Printf("  detection (start failing -> unhealthy KV write): %s   target <= 3 x 1s + 1s = 4s\n", det.Round(time.Millisecond))
+	fmt.Printf("  detection (start failing -> unhealthy KV write): %s   target <= 3 x %s + 1s\n", det.Round(time.Millisecond), o.interval)
 	fmt.Printf("  memory: %.1f KiB of Go heap per target\n", (heapAfter-heapBefore)/float64(n)/1024)
+	for _, l := range takeovers {
+		fmt.Println("  " + l)
+	}
 	return nil
 }
 
@@ -237,7 +295,7 @@ func freeAddr() string {
 
 // floor GETs every target once a second at its own offset with one
 // keep-alive connection per target, reading the body, and nothing else.
-func floor(addrs []string, dur time.Duration) (int64, time.Duration, time.Duration) {
+func floor(addrs []string, dur, interval time.Duration) (int64, time.Duration, time.Duration) {
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1, MaxIdleConns: 100000, DisableCompression: true}, Timeout: 500 * time.Millisecond}
 	var count atomic.Int64
 	ctx, cancel := context.WithCancel(context.Background())
@@ -246,8 +304,8 @@ func floor(addrs []string, dur time.Duration) (int64, time.Duration, time.Durati
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			time.Sleep(time.Duration(i) * time.Second / time.Duration(len(addrs)))
-			t := time.NewTicker(time.Second)
+			time.Sleep(time.Duration(i) * interval / time.Duration(len(addrs)))
+			t := time.NewTicker(interval)
 			defer t.Stop()
 			for {
 				resp, err := client.Get("http://" + a + "/healthz")
@@ -264,11 +322,62 @@ func floor(addrs []string, dur time.Duration) (int64, time.Duration, time.Durati
 			}
 		}()
 	}
-	time.Sleep(2 * time.Second)
+	time.Sleep(interval + time.Second)
 	p0, c0, t0 := count.Load(), cpuTime(), time.Now()
 	time.Sleep(dur)
 	n, cpu, wall := count.Load()-p0, cpuTime()-c0, time.Since(t0)
 	cancel()
 	wg.Wait()
 	return n, cpu, wall
+}
+
+// takeover starts a second checker beside the first (whose metrics are at
+// firstMetrics), waits until the two share the n targets and the second
+// has probed each of its share once, then kills it
+// (crash) or stops it (it leaves the checkers bucket), and times until the
+// first checker holds all n targets again. It returns the line to print.
+func takeover(bin, natsURL, firstMetrics string, n int, crash bool) (string, error) {
+	addr := freeAddr()
+	hd := exec.Command(bin, "--nats-url", natsURL, "--id", "bench-second", "--metrics-listen", addr, "--log-level", "warn")
+	hd.Stderr = os.Stderr
+	if err := hd.Start(); err != nil {
+		return "", err
+	}
+	defer func() { _ = hd.Process.Kill(); _ = hd.Wait() }()
+	start := time.Now()
+	for {
+		a, b := metric(firstMetrics, "berth_healthd_targets "), metric(addr, "berth_healthd_targets ")
+		if b > 0 && a+b == float64(n) {
+			break
+		}
+		if time.Since(start) > time.Minute {
+			return "", fmt.Errorf("the second checker never took a share: %v and %v of %d targets", a, b, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	share := metric(addr, "berth_healthd_targets ")
+	// Steady state first: every target of its share probed once, and the
+	// first reports published (a start's burst of puts, which a stop would
+	// wait for), then the publisher's queue idle for a second.
+	for metric(addr, "berth_healthd_probes_total") < share {
+		if time.Since(start) > 2*time.Minute {
+			return "", fmt.Errorf("the second checker never probed its %v targets", share)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second)
+	how, sig := "stopped (leaves)", os.Interrupt
+	if crash {
+		how, sig = "killed (crash)", os.Kill
+	}
+	start = time.Now()
+	_ = hd.Process.Signal(sig)
+	for metric(firstMetrics, "berth_healthd_targets ") < float64(n) {
+		if time.Since(start) > time.Minute {
+			return "", fmt.Errorf("the first checker did not take the second's %v targets back within a minute", share)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Sprintf("takeover, second checker %-16s its %.0f targets are the first's after %s   (dead after %s)", how+":", share,
+		time.Since(start).Round(10*time.Millisecond), msg.CheckerDeadAfter), nil
 }

@@ -1,6 +1,7 @@
 package checker
 
 import (
+	"container/heap"
 	"context"
 	"sync"
 )
@@ -11,29 +12,74 @@ import (
 // An app whose instances all hang holds at most the slots it had when
 // others began to wait, and gives them back one probe timeout later, so it
 // cannot starve the health of every other app. Safe for concurrent use.
+//
+// The waiting apps are a heap by the slots they hold (then by name), so a
+// release costs O(log apps waiting): with 10,000 apps of 3 instances a
+// release that scanned every waiting app took more CPU than the probes,
+// and once the probes fell behind the queue never emptied again (issue 30).
 type fairSlots struct {
-	mu      sync.Mutex
-	free    int
-	inUse   map[string]int
-	waiting map[string][]chan struct{} // by app, oldest first
+	mu   sync.Mutex
+	free int
+	// apps holds every app that holds a slot or waits for one.
+	apps map[string]*appSlots
+	// queue is the apps with a waiter, fewest slots held first.
+	queue waitQueue
+}
+
+// appSlots is one app's slots held and its waiters, oldest first; index is
+// its place in the queue, -1 while none of its probes waits.
+type appSlots struct {
+	name    string
+	inUse   int
+	waiting []chan struct{}
+	index   int
 }
 
 func newFairSlots(n int) *fairSlots {
-	return &fairSlots{free: max(n, 1), inUse: map[string]int{}, waiting: map[string][]chan struct{}{}}
+	return &fairSlots{free: max(n, 1), apps: map[string]*appSlots{}}
+}
+
+// app returns app's record, made when it has none; the caller holds mu.
+func (s *fairSlots) app(name string) *appSlots {
+	a, ok := s.apps[name]
+	if !ok {
+		a = &appSlots{name: name, index: -1}
+		s.apps[name] = a
+	}
+	return a
+}
+
+// changed puts a back in order after its slots or waiters changed, and
+// forgets it once it holds and waits for nothing; the caller holds mu.
+func (s *fairSlots) changed(a *appSlots) {
+	switch {
+	case len(a.waiting) > 0 && a.index < 0:
+		heap.Push(&s.queue, a)
+	case len(a.waiting) > 0:
+		heap.Fix(&s.queue, a.index)
+	case a.index >= 0:
+		heap.Remove(&s.queue, a.index)
+	}
+	if a.inUse <= 0 && len(a.waiting) == 0 {
+		delete(s.apps, a.name)
+	}
 }
 
 // acquire takes a slot for app, waiting for one until ctx ends; it
 // reports whether it got one.
 func (s *fairSlots) acquire(ctx context.Context, app string) bool {
 	s.mu.Lock()
+	a := s.app(app)
 	if s.free > 0 {
 		s.free--
-		s.inUse[app]++
+		a.inUse++
+		s.changed(a)
 		s.mu.Unlock()
 		return true
 	}
 	ch := make(chan struct{})
-	s.waiting[app] = append(s.waiting[app], ch)
+	a.waiting = append(a.waiting, ch)
+	s.changed(a)
 	s.mu.Unlock()
 	select {
 	case <-ch:
@@ -48,18 +94,14 @@ func (s *fairSlots) acquire(ctx context.Context, app string) bool {
 		return false
 	default:
 	}
-	q := s.waiting[app]
-	for i, c := range q {
+	a = s.apps[app] // still there: ch waits in it
+	for i, c := range a.waiting {
 		if c == ch {
-			q = append(q[:i:i], q[i+1:]...)
+			a.waiting = append(a.waiting[:i:i], a.waiting[i+1:]...)
 			break
 		}
 	}
-	if len(q) == 0 {
-		delete(s.waiting, app)
-	} else {
-		s.waiting[app] = q
-	}
+	s.changed(a)
 	return false
 }
 
@@ -71,26 +113,58 @@ func (s *fairSlots) release(app string) {
 }
 
 func (s *fairSlots) releaseLocked(app string) {
-	if s.inUse[app]--; s.inUse[app] <= 0 {
-		delete(s.inUse, app)
+	if a, ok := s.apps[app]; ok {
+		a.inUse--
+		s.changed(a)
 	}
-	next, best := "", -1
-	for a := range s.waiting {
-		if n := s.inUse[a]; best < 0 || n < best || n == best && a < next {
-			next, best = a, n
-		}
-	}
-	if best < 0 {
+	if s.queue.Len() == 0 {
 		s.free++
 		return
 	}
-	q := s.waiting[next]
-	ch := q[0]
-	if len(q) == 1 {
-		delete(s.waiting, next)
-	} else {
-		s.waiting[next] = q[1:]
-	}
-	s.inUse[next]++
+	next := s.queue[0]
+	ch := next.waiting[0]
+	next.waiting[0] = nil
+	next.waiting = next.waiting[1:]
+	next.inUse++
+	s.changed(next)
 	close(ch)
+}
+
+// waitingOf returns how many of app's probes wait for a slot.
+func (s *fairSlots) waitingOf(app string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if a, ok := s.apps[app]; ok {
+		return len(a.waiting)
+	}
+	return 0
+}
+
+// waitQueue is a min-heap of the apps with a waiter, by the slots each
+// holds, then by name.
+type waitQueue []*appSlots
+
+func (q waitQueue) Len() int { return len(q) }
+func (q waitQueue) Less(i, j int) bool {
+	if q[i].inUse != q[j].inUse {
+		return q[i].inUse < q[j].inUse
+	}
+	return q[i].name < q[j].name
+}
+func (q waitQueue) Swap(i, j int) {
+	q[i], q[j] = q[j], q[i]
+	q[i].index, q[j].index = i, j
+}
+func (q *waitQueue) Push(x any) {
+	a := x.(*appSlots)
+	a.index = len(*q)
+	*q = append(*q, a)
+}
+func (q *waitQueue) Pop() any {
+	old := *q
+	a := old[len(old)-1]
+	old[len(old)-1] = nil
+	a.index = -1
+	*q = old[:len(old)-1]
+	return a
 }

@@ -38,6 +38,11 @@ type Publisher struct {
 	// LeaveOnStop deletes this checker's heartbeat when Run stops, so its
 	// peers take its targets at once instead of after missed heartbeats.
 	LeaveOnStop bool
+	// beatEvery is how often Run heartbeats: a third of the checkers TTL.
+	beatEvery time.Duration
+	// putTimeout bounds one put of a health value, and the publish of a
+	// transition.
+	putTimeout time.Duration
 
 	mu        sync.Mutex
 	latest    map[string]checker.Report
@@ -75,7 +80,7 @@ var _ checker.Handler = (*Publisher)(nil)
 // it checks, for its heartbeat.
 func New(conn *bus.Conn, names msg.Names, id string, targets func() int, logger *zap.Logger) *Publisher {
 	return &Publisher{conn: conn, names: names, id: id, targets: targets, logger: logger.Named("publisher"),
-		started: time.Now().UTC(), Refresh: 30 * time.Second, LeaveOnStop: true, latest: map[string]checker.Report{}, repairing: map[string]bool{},
+		started: time.Now().UTC(), Refresh: 30 * time.Second, LeaveOnStop: true, beatEvery: msg.CheckerTTL / 3, putTimeout: 5 * time.Second, latest: map[string]checker.Report{}, repairing: map[string]bool{},
 		suspects: map[string]bool{}, sent: map[string]healthSent{}, retry: make(chan struct{}, 1)}
 }
 
@@ -95,15 +100,19 @@ func (p *Publisher) Probed(r checker.Report) {
 	if seen && !r.Changed {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	p.putLatest(ctx, r.Target.Key)
+	p.putLatest(context.Background(), r.Target.Key)
 	if r.Changed {
+		ctx, cancel := context.WithTimeout(context.Background(), p.putTimeout)
+		defer cancel()
 		p.publishChange(ctx, r, r.From)
 	}
 }
 
-// putLatest puts the latest report of key, if it still has one.
+// putLatest puts the latest report of key, if it still has one, within
+// putTimeout of holding the write lock. The deadline starts once the lock
+// is held: when 30,000 targets report for the first time at once, each
+// put waits for the ones before it, and a deadline that counted that wait
+// failed about 2,000 of them (issue 30), each then put again by a retry.
 func (p *Publisher) putLatest(ctx context.Context, key string) {
 	p.writeMu.Lock()
 	defer p.writeMu.Unlock()
@@ -111,6 +120,8 @@ func (p *Publisher) putLatest(ctx context.Context, key string) {
 	r, ok := p.latest[key]
 	p.mu.Unlock()
 	if ok {
+		ctx, cancel := context.WithTimeout(ctx, p.putTimeout)
+		defer cancel()
 		p.put(ctx, r)
 	}
 }
@@ -137,9 +148,7 @@ func (p *Publisher) Repair(key string) {
 		p.mu.Lock()
 		delete(p.repairing, key)
 		p.mu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		p.putLatest(ctx, key)
+		p.putLatest(context.Background(), key)
 		p.logger.Warn("repaired a health value that healthd had not sealed", zap.String("key", key))
 	})
 }
@@ -253,19 +262,40 @@ func (p *Publisher) deleteUnprobed(ctx context.Context, kv *bus.KV, key string) 
 // Run heartbeats every third of the checkers TTL, refreshes every health
 // value every Refresh, does both at once after a NATS reconnect, and puts
 // again the values whose put failed, after a backoff (retryFirst).
+//
+// The heartbeat has a goroutine of its own: a refresh or a retry puts
+// values one after the other, and at 30,000 targets those puts took
+// longer than msg.CheckerDeadAfter, so a heartbeat that waited for them
+// came too late and every peer took this checker's targets (issue 30).
 func (p *Publisher) Run(ctx context.Context) error {
 	reconnected, stop := p.conn.Reconnected()
 	defer stop()
-	beat := time.NewTicker(msg.CheckerTTL / 3)
-	defer beat.Stop()
 	refresh := time.NewTicker(p.Refresh)
 	defer refresh.Stop()
 	backoff := retryFirst
 	var retry <-chan time.Time
 	p.heartbeat(ctx)
+	beatCtx, stopBeats := context.WithCancel(ctx)
+	beats := make(chan struct{})
+	go func() {
+		defer close(beats)
+		beat := time.NewTicker(p.beatEvery)
+		defer beat.Stop()
+		for {
+			select {
+			case <-beatCtx.Done():
+				return
+			case <-beat.C:
+				p.heartbeat(beatCtx)
+			}
+		}
+	}()
+	defer func() { stopBeats(); <-beats }()
 	for {
 		select {
 		case <-ctx.Done():
+			stopBeats()
+			<-beats // no heartbeat after the leave
 			if p.LeaveOnStop {
 				p.leave(ctx)
 			}
@@ -281,8 +311,6 @@ func (p *Publisher) Run(ctx context.Context) error {
 			} else {
 				backoff = min(2*backoff, p.Refresh)
 			}
-		case <-beat.C:
-			p.heartbeat(ctx)
 		case <-refresh.C:
 			p.republish(ctx, false)
 		case <-reconnected:

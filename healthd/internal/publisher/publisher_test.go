@@ -394,6 +394,50 @@ func TestRunHeartbeatsAndLeaves(t *testing.T) {
 	}
 }
 
+// TestHeartbeatDoesNotWaitForPuts: while a refresh's puts are held (at
+// 30,000 targets they took longer than msg.CheckerDeadAfter), the
+// heartbeats go on, so peers do not take this checker's targets.
+func TestHeartbeatDoesNotWaitForPuts(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, testrig.NATS(t))
+	p := r.publisher("hc-1", 1)
+	// The first refresh comes long before the first periodic heartbeat.
+	p.Refresh, p.beatEvery = 10*time.Millisecond, 200*time.Millisecond
+	// A value never put: the first refresh puts it, and waits for writeMu.
+	p.latest["web.a"] = report("web.a", msg.StatusUnknown, msg.StatusHealthy, true, probe.Result{OK: true})
+	p.writeMu.Lock()
+	defer p.writeMu.Unlock()
+	runPublisher(t, p)
+	require.Eventually(t, func() bool { return r.checker("hc-1") != nil }, wait, tick)
+	first := r.checker("hc-1").HeartbeatAt
+	require.Eventually(t, func() bool { return r.checker("hc-1").HeartbeatAt.After(first) }, wait, tick,
+		"a heartbeat comes while the refresh waits to put")
+	h, _ := r.health("web.a")
+	require.Nil(t, h, "the refresh is still held")
+}
+
+// TestPutDeadlineStartsWithTheLock: a put that waits for the write lock
+// longer than its deadline (30,000 first reports at once) still goes.
+func TestPutDeadlineStartsWithTheLock(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, testrig.NATS(t))
+	p := r.publisher("hc-1", 1)
+	p.putTimeout = 50 * time.Millisecond
+	p.writeMu.Lock()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.Probed(report("web.a", msg.StatusUnknown, msg.StatusHealthy, true, probe.Result{OK: true}))
+	}()
+	time.Sleep(4 * p.putTimeout) // the behaviour under test: a wait for the lock past the deadline
+	p.writeMu.Unlock()
+	<-done
+	h, _ := r.health("web.a")
+	require.NotNil(t, h, "the put ran after its wait")
+	require.Equal(t, msg.StatusHealthy, h.Status)
+	require.Zero(t, p.Failures.Load())
+}
+
 func TestRunRefreshesEveryValue(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, testrig.NATS(t))

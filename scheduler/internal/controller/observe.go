@@ -195,8 +195,11 @@ func (c *Controller) observe(ctx context.Context, l store.Lease, now time.Time) 
 	if err != nil {
 		return world{}, err
 	}
-	w := world{in: reconcile.Input{Apps: map[string]reconcile.Desired{}, Term: l.Term, StartTimeout: c.cfg.StartTimeout, Now: now},
-		apps: map[string]store.App{}, records: map[string]store.Instance{}, health: map[string]string{}}
+	// Sized once: at 10,000 apps, growing them took half of a pass's
+	// allocations (issue 30).
+	w := world{in: reconcile.Input{Apps: make(map[string]reconcile.Desired, len(apps)), Instances: make([]reconcile.Observed, 0, len(records)),
+		Term: l.Term, StartTimeout: c.cfg.StartTimeout, Now: now},
+		apps: make(map[string]store.App, len(apps)), records: make(map[string]store.Instance, len(records)), health: map[string]string{}}
 	w.in.Hosts = c.hosts(records, list)
 	var keys []store.ReleaseKey
 	for _, a := range apps {

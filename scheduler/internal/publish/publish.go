@@ -298,9 +298,13 @@ func (p *Publisher) apps(ctx context.Context, term uint64, full bool, turn uint6
 		}
 	}
 	for _, a := range apps {
-		d, ok := appDigest(View(a, term))
-		if !full && p.sentApps[a.Name].unchanged(d, ok, stored[a.Name]) && !bus.ResealDue(a.Name, turn, resealEvery) {
-			continue
+		// The digest only skips a put: a full pass puts every key, and
+		// putApp digests what it put (at 10,000 apps the digests were
+		// 40 % of a full pass's CPU).
+		if !full && !bus.ResealDue(a.Name, turn, resealEvery) {
+			if d, ok := appDigest(View(a, term)); p.sentApps[a.Name].unchanged(d, ok, stored[a.Name]) {
+				continue
+			}
 		}
 		var invalid spec.Errors
 		if err := p.putApp(ctx, kv, a, term); errors.As(err, &invalid) {
@@ -355,9 +359,10 @@ func (p *Publisher) instances(ctx context.Context, term uint64, full bool, turn 
 			r = f
 		}
 		view := InstanceView(r, term, now)
-		d, ok := instanceDigest(view)
-		if !full && p.sent[key].unchanged(d, ok, stored[key]) && !bus.ResealDue(key, turn, resealEvery) {
-			continue
+		if !full && !bus.ResealDue(key, turn, resealEvery) {
+			if d, ok := instanceDigest(view); p.sent[key].unchanged(d, ok, stored[key]) {
+				continue
+			}
 		}
 		b, err := msg.Encode(view)
 		if err != nil {

@@ -86,3 +86,41 @@ func BenchmarkPlanReleases(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkPlanScale plans 1,000 and 10,000 apps of 3 instances each on
+// one host (issue 30): every app steady but one in 10 mid-rollout (one
+// instance of the old spec) and one in 50 with a dead container. It
+// reports ns/app: constant from one size to the other when planning is
+// linear in the apps.
+func BenchmarkPlanScale(b *testing.B) {
+	for _, apps := range []int{1000, 10000} {
+		b.Run(fmt.Sprintf("apps=%d", apps), func(b *testing.B) {
+			in := Input{Apps: map[string]Desired{}, Hosts: map[string]Host{"": {State: HostUp}}, Term: 1, Now: now}
+			for i := range apps {
+				name := fmt.Sprintf("app%06d", i)
+				d := app(3)
+				d.App = name
+				in.Apps[name] = d
+				for j := range 3 {
+					hash := "new"
+					if i%10 == 0 && j == 2 {
+						hash = "old"
+					}
+					o := inst(fmt.Sprintf("%s-%d", name, j), hash, time.Duration(j+1)*time.Hour)
+					if i%50 == 0 && j == 1 {
+						died(&o)
+					}
+					o.App = name
+					in.Instances = append(in.Instances, o)
+				}
+			}
+			var actions int
+			b.ReportAllocs()
+			for b.Loop() {
+				actions = len(Plan(in).Actions)
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(apps), "ns/app")
+			b.ReportMetric(float64(actions), "actions")
+		})
+	}
+}
