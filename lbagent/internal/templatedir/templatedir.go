@@ -33,6 +33,11 @@ type Watcher struct {
 	// Settle is how long changes must stop before the set is loaded, so an
 	// editor's several writes make one load.
 	Settle time.Duration
+
+	// watching and loaded, when set (tests), are called once the
+	// directory is watched and after each load with its error.
+	watching func()
+	loaded   func(error)
 }
 
 // New returns a watcher of dir that hands each loaded set to setter.
@@ -52,6 +57,9 @@ func (w *Watcher) Run(ctx context.Context) error {
 	if err := fw.Add(w.dir); err != nil {
 		return fmt.Errorf("watch templates %s: %w", w.dir, err)
 	}
+	if w.watching != nil {
+		w.watching()
+	}
 	var settle <-chan time.Time
 	for {
 		select {
@@ -67,10 +75,13 @@ func (w *Watcher) Run(ctx context.Context) error {
 			r, err := render.Load(os.DirFS(w.dir))
 			if err != nil {
 				w.logger.Error("template edit refused, keeping the running config", zap.Error(err))
-				continue
+			} else {
+				w.logger.Info("templates reloaded", zap.String("templates", w.dir))
+				w.setter.SetRenderer(r)
 			}
-			w.logger.Info("templates reloaded", zap.String("templates", w.dir))
-			w.setter.SetRenderer(r)
+			if w.loaded != nil {
+				w.loaded(err)
+			}
 		}
 	}
 }

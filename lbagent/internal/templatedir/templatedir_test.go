@@ -43,8 +43,19 @@ func copyTemplates(t *testing.T) string {
 // returns what Run returned.
 func start(t *testing.T, dir string, s Setter) (stop func() error) {
 	t.Helper()
+	stop, _, _ = startWatched(t, dir, s)
+	return stop
+}
+
+// startWatched is start, and also returns a channel closed once the
+// directory is watched, and one that gets each load's error.
+func startWatched(t *testing.T, dir string, s Setter) (stop func() error, watching <-chan struct{}, loads <-chan error) {
+	t.Helper()
 	w := New(dir, s, zaptest.NewLogger(t))
 	w.Settle = 20 * time.Millisecond
+	watched, loaded := make(chan struct{}), make(chan error, 16)
+	w.watching = func() { close(watched) }
+	w.loaded = func(err error) { loaded <- err }
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
@@ -60,7 +71,7 @@ func start(t *testing.T, dir string, s Setter) (stop func() error) {
 		}
 	}
 	t.Cleanup(func() { _ = stop() })
-	return stop
+	return stop, watched, loaded
 }
 
 func TestWatcherReloadsOnTemplateChange(t *testing.T) {
@@ -113,29 +124,36 @@ func TestWatcherReloadsOnTemplateChange(t *testing.T) {
 			t.Parallel()
 			dir := copyTemplates(t)
 			s := make(setter, 4)
-			start(t, dir, s)
-			// fsnotify watches from Add on; give Run a moment to get there
-			// by waiting for a first, valid change to be seen.
-			touch := filepath.Join(dir, "nginx.conf.tmpl")
-			b, err := os.ReadFile(touch)
-			require.NoError(t, err)
-			require.Eventually(t, func() bool {
-				require.NoError(t, os.WriteFile(touch, b, 0o644))
-				select {
-				case <-s:
-					return true
-				case <-time.After(100 * time.Millisecond):
-					return false
-				}
-			}, 5*time.Second, time.Millisecond)
-
+			_, watching, loads := startWatched(t, dir, s)
+			// fsnotify watches from Add on: change the directory after.
+			<-watching
 			tt.change(t, dir)
-			select {
-			case r := <-s:
-				require.True(t, tt.wantSet, "no template set may be handed over")
-				require.NotNil(t, r)
-			case <-time.After(500 * time.Millisecond): // 25 settle periods
-				require.False(t, tt.wantSet, "the new template set was not handed over")
+			// load is the next load's error; a watcher that never loads
+			// fails the test rather than hanging it.
+			load := func() error {
+				select {
+				case err := <-loads:
+					return err
+				case <-time.After(10 * time.Second):
+					t.Fatal("the change was never loaded")
+					return nil
+				}
+			}
+			switch {
+			case tt.wantSet:
+				require.NoError(t, load(), "the new template set loads")
+				require.NotNil(t, <-s, "and is handed over")
+			case tt.name == "a broken template is refused":
+				require.Error(t, load(), "the broken set is refused")
+				require.Empty(t, s, "no template set is handed over")
+			default:
+				// Nothing else writes to the directory: a load would be this
+				// change's, and none may come.
+				select {
+				case err := <-loads:
+					t.Fatalf("a change of another file loaded the templates (%v)", err)
+				case <-time.After(500 * time.Millisecond): // 25 settle periods
+				}
 			}
 		})
 	}
