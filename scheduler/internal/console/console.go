@@ -11,12 +11,14 @@ import (
 	"context"
 	"embed"
 	"errors"
+	"fmt"
 	"html/template"
 	"io/fs"
 	"net/http"
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/berthhq/berth/scheduler/internal/api"
@@ -66,16 +68,20 @@ type Options struct {
 	TTL time.Duration
 	// Now is the clock; nil: time.Now.
 	Now func() time.Time
+	// Registerer takes the console's metrics (sign-ins, sessions, live
+	// streams); nil registers none.
+	Registerer prometheus.Registerer
 }
 
 // pages are the templates, each rendered inside templates/layout.html.
 var pages = []string{"login.html", "overview.html", "confirm.html", "hosts.html", "events.html", "app.html", "generation.html", "edge.html", "certificates.html"}
 
 type console struct {
-	o      Options
-	logger *zap.Logger
-	tpl    map[string]*template.Template
-	sess   *sessions
+	o       Options
+	logger  *zap.Logger
+	tpl     map[string]*template.Template
+	sess    *sessions
+	metrics *metrics
 }
 
 // New returns the handler of /ui/ and everything under it.
@@ -86,7 +92,14 @@ func New(o Options, logger *zap.Logger) (http.Handler, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	c := &console{o: o, logger: logger.Named("console"), tpl: map[string]*template.Template{}, sess: newSessions()}
+	c := &console{o: o, logger: logger.Named("console"), tpl: map[string]*template.Template{}, sess: newSessions(), metrics: newMetrics()}
+	if o.Registerer != nil {
+		for _, col := range c.collectors() {
+			if err := o.Registerer.Register(col); err != nil {
+				return nil, fmt.Errorf("register the console's metrics: %w", err)
+			}
+		}
+	}
 	for _, page := range pages {
 		t, err := template.ParseFS(templateFS, "templates/layout.html", "templates/"+page)
 		if err != nil {
@@ -279,10 +292,12 @@ func (c *console) login(w http.ResponseWriter, r *http.Request) {
 	who, err := c.o.Keyring.Authenticate(r.Context(), secret)
 	switch {
 	case errors.Is(err, auth.ErrUnknown):
+		c.metrics.signins.WithLabelValues(signinRefused).Inc()
 		c.logger.Warn("sign-in refused: unknown or revoked token", zap.String("remote", r.RemoteAddr))
 		c.showLogin(w, r, http.StatusUnauthorized, "unknown or revoked token")
 		return
 	case err != nil:
+		c.metrics.signins.WithLabelValues(signinError).Inc()
 		c.logger.Warn("cannot check a token at sign-in", zap.Error(err))
 		c.showLogin(w, r, http.StatusServiceUnavailable, "cannot check the token: "+api.UnavailableMessage)
 		return
@@ -294,6 +309,7 @@ func (c *console) login(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "cannot start a session", http.StatusInternalServerError)
 		return
 	}
+	c.metrics.signins.WithLabelValues(signinOK).Inc()
 	c.logger.Info("signed in", zap.String("token", who.Name), zap.Stringer("scope", who.Scope))
 	http.SetCookie(w, c.cookie(r, LoginCookie, "", -1))
 	http.SetCookie(w, c.cookie(r, SessionCookie, id, int(c.o.TTL/time.Second)))

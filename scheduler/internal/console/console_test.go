@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
 
@@ -373,4 +375,38 @@ func TestOverview(t *testing.T) {
 	require.Contains(t, page, `value="ca"`)
 	_, page = get(t, c, r.url+"/ui/?q=%3Cb%3E")
 	require.Contains(t, page, `No app's name holds “&lt;b&gt;”.`)
+}
+
+// An operator reads sign-ins by result, sessions and live streams.
+func TestMetrics(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, nil)
+	reg := prometheus.NewRegistry()
+	deps := api.Deps{Apps: r.st, Changes: r.st, Events: r.st, Decisions: r.st, DB: r.st, Claims: r.st, Hosts: r.st, History: r.st, Tokens: r.st}
+	live := NewHub()
+	h, err := New(Options{Keyring: r.keys, API: api.New(deps, api.Options{Keyring: r.keys}, zaptest.NewLogger(t)), Live: live, Registerer: reg}, zaptest.NewLogger(t))
+	require.NoError(t, err)
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	r.url = srv.URL
+	c := r.browser()
+	require.Equal(t, http.StatusSeeOther, r.login(c, admin).StatusCode)
+	require.Equal(t, http.StatusUnauthorized, r.login(r.browser(), "not-a-token").StatusCode)
+	require.Equal(t, http.StatusUnauthorized, r.login(r.browser(), "still-not-a-token").StatusCode)
+	cl := live.join("")
+	live.Changed("web")
+	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP berth_scheduler_console_signins_total Console sign-ins on this replica by result: ok, refused (an unknown or revoked token), error (the token could not be checked).
+# TYPE berth_scheduler_console_signins_total counter
+berth_scheduler_console_signins_total{result="error"} 0
+berth_scheduler_console_signins_total{result="ok"} 1
+berth_scheduler_console_signins_total{result="refused"} 2
+# HELP berth_scheduler_console_sessions Console sessions this replica holds (signed in, not expired).
+# TYPE berth_scheduler_console_sessions gauge
+berth_scheduler_console_sessions 1
+# HELP berth_scheduler_console_live_streams Console pages following this replica's live events now.
+# TYPE berth_scheduler_console_live_streams gauge
+berth_scheduler_console_live_streams 1
+`), "berth_scheduler_console_signins_total", "berth_scheduler_console_sessions", "berth_scheduler_console_live_streams"))
+	live.leave(cl)
 }

@@ -92,6 +92,13 @@ func (h *Hub) Changed(app string) {
 	}
 }
 
+// Missed is how many events were dropped for browsers that fell behind.
+func (h *Hub) Missed() uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.missed
+}
+
 // Clients is how many browsers follow the hub now.
 func (h *Hub) Clients() int {
 	h.mu.Lock()

@@ -110,6 +110,14 @@ func (s *sessions) takeFlash(id string) string {
 	return text
 }
 
+// count is how many sessions there are, expired ones not yet dropped
+// included.
+func (s *sessions) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.m)
+}
+
 // drop ends the session of id.
 func (s *sessions) drop(id string) {
 	s.mu.Lock()

@@ -284,7 +284,7 @@ func (r *replica) buildAPI() error {
 	}
 	handler := api.New(deps, apiOpts, r.logger)
 	r.live = console.NewHub()
-	ui, err := console.New(console.Options{Keyring: r.keys, API: handler, Live: r.live}, r.logger)
+	ui, err := console.New(console.Options{Keyring: r.keys, API: handler, Live: r.live, Registerer: r.reg}, r.logger)
 	if err != nil {
 		return fmt.Errorf("build the web console: %w", err)
 	}
