@@ -38,6 +38,46 @@
     if (timer) return;
     timer = setTimeout(refresh, Math.max(100, last + 1000 - Date.now()));
   }
+  // patch makes content what fresh is, touching only what differs: a
+  // top-level element the same as before stays, and a table whose rows
+  // carry data-name keeps its unchanged rows, so one app's new state
+  // redraws its row, not 1,000. Anything else is replaced whole.
+  function patch(content, fresh) {
+    const olds = Array.from(content.childNodes), news = Array.from(fresh.childNodes);
+    if (olds.length !== news.length) { content.replaceChildren(...news); return; }
+    for (let i = 0; i < news.length; i++) {
+      const o = olds[i], n = news[i];
+      if (o.nodeType !== n.nodeType || o.nodeName !== n.nodeName) { o.replaceWith(n); continue; }
+      if (o.nodeType !== Node.ELEMENT_NODE) { if (o.nodeValue !== n.nodeValue) o.replaceWith(n); continue; }
+      if (o.outerHTML === n.outerHTML) continue;
+      if (!(o.nodeName === "TABLE" && patchRows(o, n))) o.replaceWith(n);
+    }
+  }
+
+  // patchRows patches table o into n when only their bodies' rows differ
+  // and every row has a data-name; it says whether it could.
+  function patchRows(o, n) {
+    if (o.tBodies.length !== 1 || n.tBodies.length !== 1) return false;
+    const ob = o.tBodies[0], nb = n.tBodies[0];
+    const shell = (t, b) => t.outerHTML.replace(b.outerHTML, "");
+    if (shell(o, ob) !== shell(n, nb)) return false;
+    const keyed = (rows) => Array.from(rows).every((r) => r.dataset.name !== undefined);
+    if (!keyed(ob.rows) || !keyed(nb.rows)) return false;
+    const old = new Map();
+    for (const r of ob.rows) old.set(r.dataset.name, r);
+    const want = Array.from(nb.rows).map((r) => {
+      const had = old.get(r.dataset.name);
+      return had && had.outerHTML === r.outerHTML ? had : r;
+    });
+    const have = Array.from(ob.rows);
+    if (have.length === want.length && have.every((r, i) => r.dataset.name === want[i].dataset.name)) {
+      have.forEach((r, i) => { if (r !== want[i]) r.replaceWith(want[i]); });
+    } else {
+      ob.replaceChildren(...want);
+    }
+    return true;
+  }
+
   async function refresh() {
     timer = null;
     inflight = true;
@@ -56,7 +96,7 @@
         // it, so the one on screen is kept.
         const flash = content.querySelector(".flash");
         if (flash && !fresh.querySelector(".flash")) fresh.insertBefore(flash, fresh.firstChild);
-        content.replaceChildren(...fresh.childNodes);
+        patch(content, fresh);
         body.dataset.refreshed = String(Date.now());
         applyFilter();
       }
