@@ -992,27 +992,34 @@ local function build(raw, g)
     return e
 end
 
--- lookup returns the app's cached set, refreshed when the dict's
--- generation moved and the app's raw set changed; nil when the app is
--- not in the dict.
-local function lookup(dict, app)
-    local g = dict:get("g") or 0
-    local e = cache[app]
+-- cached returns c[key] while it was made at the dict's generation g;
+-- else decode(raw, g) makes it again from the dict's value at dkey,
+-- unless that value is the one it was made from. nil (and dropped from
+-- c) when the dict holds no value or it does not decode.
+local function cached(c, key, dict, dkey, g, decode)
+    local e = c[key]
     if e and e.g == g then
         return e
     end
-    local raw = dict:get("a:" .. app)
+    local raw = dict:get(dkey)
     if not raw then
-        cache[app] = nil
+        c[key] = nil
         return nil
     end
     if e and e.raw == raw then
         e.g = g
         return e
     end
-    e = build(raw, g)
-    cache[app] = e
+    e = decode(raw, g)
+    c[key] = e
     return e
+end
+
+-- lookup returns the app's cached set, refreshed when the dict's
+-- generation moved and the app's raw set changed; nil when the app is
+-- not in the dict.
+local function lookup(dict, app)
+    return cached(cache, app, dict, "a:" .. app, dict:get("g") or 0, build)
 end
 
 ---------------------------------------------------------------------------
@@ -1399,28 +1406,14 @@ end
 local NOT_FOUND = '{"error":"not_found","message":"no app is routed here"}\n'
 local hcache = {} -- per worker: host -> decoded route table entry
 
--- host_table returns the decoded entry of host: exact locations by path,
--- and prefixes longest first; nil when the host has none. Only hosts
--- found are cached, so that hostile Host headers cannot grow the cache.
-local function host_table(dict, g, host)
-    local e = hcache[host]
-    if e and e.g == g then
-        return e
-    end
-    local raw = dict:get("h:" .. host)
-    if not raw then
-        hcache[host] = nil
-        return nil
-    end
-    if e and e.raw == raw then
-        e.g = g
-        return e
-    end
+-- decode_host decodes a host's route table entry: exact locations by
+-- path, and prefixes longest first.
+local function decode_host(raw, g)
     local list = cjson.decode(raw)
     if type(list) ~= "table" then
         return nil
     end
-    e = { raw = raw, g = g, exact = {}, prefixes = {} }
+    local e = { raw = raw, g = g, exact = {}, prefixes = {} }
     for _, r in ipairs(list) do
         local loc, app = r[1], r[2]
         if ssub(loc, 1, 2) == "= " then
@@ -1430,8 +1423,14 @@ local function host_table(dict, g, host)
         end
     end
     sort(e.prefixes, function(a, b) return a.n > b.n end)
-    hcache[host] = e
     return e
+end
+
+-- host_table returns the decoded entry of host; nil when the host has
+-- none. Only hosts found are cached, so that hostile Host headers cannot
+-- grow the cache.
+local function host_table(dict, g, host)
+    return cached(hcache, host, dict, "h:" .. host, g, decode_host)
 end
 
 -- match is the app nginx's locations would choose for uri: an exact
