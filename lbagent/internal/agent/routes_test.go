@@ -2,7 +2,10 @@ package agent
 
 import (
 	"context"
+	"io"
+	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -29,7 +32,7 @@ func (r *rig) deleteApp(name string) {
 // routing is hosts and path prefixes is routed by nginx's Lua router from
 // the route table pushed with its endpoints: creating it, changing its
 // paths and hosts and removing it reload nothing and change no file. An
-// app with rules is still rendered (and reloads), beside the routed ones.
+// app with a rate limit is still rendered (and reloads), beside the routed ones.
 func TestDynamicRoutesReloadNothing(t *testing.T) {
 	t.Parallel()
 	r := newRigMode(t, true, withDynamicRoutes)
@@ -103,9 +106,9 @@ func TestDynamicRoutesReloadNothing(t *testing.T) {
 	r.waitFor("web.test", 503, "no_backend")
 	unchanged("no servers")
 
-	// An app with a rule is rendered as before: a reload, and served.
+	// An app with a rate limit is rendered as before: a reload, and served.
 	ruled := appMsg("ruled", "ruled.test")
-	ruled.Routing.Rules = []spec.Rule{{Path: "/r"}}
+	ruled.Routing.Rules = []spec.Rule{{Path: "/r", RateLimit: &spec.RateLimit{RPS: 1000}}}
 	r.putInstance("ruled", "d", testrig.Backend(t, "D"), msg.StateRunning)
 	r.putApp(ruled)
 	r.waitForPath("ruled.test", "/r/x", 200, "D")
@@ -131,7 +134,7 @@ func TestDynamicRoutesSharedHostIsRendered(t *testing.T) {
 	member := appMsg("member", "both.test")
 	member.Routing.Paths = nil
 	member.CreatedAt = time.Unix(2, 0)
-	member.Routing.Rules = []spec.Rule{{Path: "/b"}}
+	member.Routing.Rules = []spec.Rule{{Path: "/b", RateLimit: &spec.RateLimit{RPS: 1000}}}
 	r.putInstance("owner", "o", testrig.Backend(t, "O"), msg.StateRunning)
 	r.putInstance("member", "m", testrig.Backend(t, "M"), msg.StateRunning)
 	r.putApp(owner)
@@ -154,7 +157,7 @@ func TestDynamicRoutesSharedHostIsRendered(t *testing.T) {
 }
 
 // TestDynamicRoutesToRenderedLosesNoRequest: an app the router routes that
-// becomes one to render (a rule added) is a reload; the workers it
+// becomes one to render (a rate limit added) is a reload; the workers it
 // replaces keep routing it (its routes stay in the file the reload loads)
 // until the new ones serve its server block: a client that never retries
 // sees no failure.
@@ -170,7 +173,7 @@ func TestDynamicRoutesToRenderedLosesNoRequest(t *testing.T) {
 
 	ruled := appMsg("web", "web.test")
 	ruled.Generation = 2
-	ruled.Routing.Rules = []spec.Rule{{Path: "/r"}}
+	ruled.Routing.Rules = []spec.Rule{{Path: "/r", RateLimit: &spec.RateLimit{RPS: 1000}}}
 	r.putApp(ruled)
 	require.Eventually(t, func() bool { return r.reloads() > reloads }, testWait, testPoll, "a reload renders the app")
 	flowing(t, gen, 50)
@@ -183,4 +186,144 @@ func TestDynamicRoutesToRenderedLosesNoRequest(t *testing.T) {
 		snap, err := os.ReadFile(r.agent.cfg.Snapshot)
 		return err == nil && !strings.Contains(string(snap), `"routes"`)
 	}, testWait, testPoll, "the push after the reload drops the kept routes (the file follows it, behind)")
+}
+
+// answer is what a client sees of one request: the status, the body and
+// the headers a rule adds.
+type answer struct {
+	code               int
+	body, rule, policy string
+}
+
+func (r *rig) ask(host, path string, header map[string]string) answer {
+	req, _ := http.NewRequest(http.MethodGet, "http://"+r.httpAddr+path, nil)
+	req.Host = host
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return answer{body: err.Error()}
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return answer{code: resp.StatusCode, body: string(b), rule: strings.Join(resp.Header.Values("X-Rule"), ","), policy: resp.Header.Get("Cache-Control")}
+}
+
+// rulesApps are apps with every rule the router routes: exact, regex and
+// prefix rules with response headers; a member's header matches (exact,
+// which nginx's map compares ignoring case, and regex, with case) on a
+// path the owner shares with it; splits at 100 and 0 %, and one to an
+// app with no server (which hands its share back); an app with no
+// server; an app in the default server with a regex rule.
+func rulesApps() []*msg.App {
+	shop := appMsg("shop", "shop.test")
+	shop.CreatedAt = time.Unix(1, 0)
+	shop.Routing.ShareWith = []spec.Share{{App: "canary", Paths: []string{"/api"}}}
+	shop.Routing.Rules = []spec.Rule{
+		{Path: "/healthz", Match: spec.MatchExact, ResponseHeaders: map[string]string{"X-Rule": "exact"}},
+		{Path: `^/img/[a-z]+\.png$`, Match: spec.MatchRegex, ResponseHeaders: map[string]string{"X-Rule": "img"}},
+		{Path: "/api", ResponseHeaders: map[string]string{"X-Rule": "api", "Cache-Control": "no-store"}},
+		{Path: "/split", Split: []spec.Split{{App: "beta", Weight: 100}}},
+		{Path: "/nosplit", Split: []spec.Split{{App: "beta", Weight: 0}}},
+		{Path: "/ghost", Split: []spec.Split{{App: "empty", Weight: 100}}, ResponseHeaders: map[string]string{"X-Rule": "ghost"}},
+	}
+	canary := appMsg("canary", "shop.test")
+	canary.CreatedAt = time.Unix(2, 0)
+	canary.Routing.Paths = nil
+	canary.Routing.Rules = []spec.Rule{
+		{Path: "/api", Headers: map[string]string{"X-Canary": "on"}, ResponseHeaders: map[string]string{"X-Rule": "canary"}},
+		{Path: "/api", Headers: map[string]string{"X-Beta": `~^b[0-9]+$`, "X-Team": "blue"}},
+	}
+	beta := appMsg("beta", "beta.test")
+	empty := appMsg("empty", "empty.test")
+	dflt := appMsg("dflt")
+	dflt.Routing.Paths = []string{"/d"}
+	dflt.Routing.Rules = []spec.Rule{{Path: `^/n/[0-9]+$`, Match: spec.MatchRegex, ResponseHeaders: map[string]string{"X-Rule": "n"}}}
+	return []*msg.App{shop, canary, beta, empty, dflt}
+}
+
+// request is one request of a comparison.
+type request struct {
+	host, path string
+	header     map[string]string
+}
+
+// rulesAsks are the requests both modes must answer alike.
+var rulesAsks = []request{
+	{"shop.test", "/", nil}, {"shop.test", "/x", nil},
+	{"shop.test", "/healthz", nil}, {"shop.test", "/healthz/x", nil}, {"shop.test", "/healthzz", nil},
+	{"shop.test", "/img/cat.png", nil}, {"shop.test", "/img/cat.gif", nil}, {"shop.test", "/img/a/cat.png", nil},
+	{"shop.test", "/api", nil}, {"shop.test", "/api/x", nil}, {"shop.test", "/apix", nil},
+	{"shop.test", "/api", map[string]string{"X-Canary": "on"}}, {"shop.test", "/api/x", map[string]string{"X-Canary": "ON"}},
+	{"shop.test", "/api", map[string]string{"X-Canary": "off"}},
+	{"shop.test", "/api", map[string]string{"X-Beta": "b12", "X-Team": "Blue"}}, {"shop.test", "/api", map[string]string{"X-Beta": "B12", "X-Team": "blue"}},
+	{"shop.test", "/api", map[string]string{"X-Beta": "b12"}}, {"shop.test", "/api", map[string]string{"X-Beta": "b12x", "X-Team": "blue"}},
+	{"shop.test", "/api", map[string]string{"X-Canary": "on", "X-Beta": "b1", "X-Team": "blue"}},
+	{"shop.test", "/split", nil}, {"shop.test", "/split/x", nil}, {"shop.test", "/nosplit", nil}, {"shop.test", "/ghost", nil},
+	{"beta.test", "/", nil}, {"empty.test", "/", nil}, {"EMPTY.test", "/x", nil},
+	{"other.test", "/d", nil}, {"other.test", "/d/x", nil}, {"other.test", "/n/12", nil}, {"other.test", "/n/12/x", nil}, {"other.test", "/", nil},
+	{"shop.test", "/n/12", nil},
+}
+
+// TestDynamicRoutesRulesServeAsRendered: with --dynamic-routes, apps with
+// rules (exact and regex paths, header matches, splits, response
+// headers) are routed by the Lua router, and every request is answered
+// as the rendered config answers it: the same app, status, body and
+// rule headers, request by request, before and after rule changes. The
+// router's changes reload nothing.
+func TestDynamicRoutesRulesServeAsRendered(t *testing.T) {
+	t.Parallel()
+	rendered := newRigMode(t, true)
+	router := newRigMode(t, true, withDynamicRoutes)
+	backends := map[string]string{}
+	for _, name := range []string{"shop", "canary", "beta", "dflt"} {
+		backends[name] = testrig.Backend(t, strings.ToUpper(name))
+	}
+	for _, r := range []*rig{rendered, router} {
+		for name, addr := range backends {
+			r.putInstance(name, "i", addr, msg.StateRunning)
+		}
+		for _, a := range rulesApps() {
+			r.putApp(a)
+		}
+		r.waitForPath("other.test", "/n/1", 200, "DFLT")
+		r.waitForPath("shop.test", "/api", 200, "SHOP")
+	}
+	conf, err := os.ReadFile(router.agent.cfg.Target)
+	require.NoError(t, err)
+	require.NotContains(t, string(conf), "shop.test", "every app is routed by the router")
+	require.NotContains(t, string(conf), "upstream berth_shop")
+	same := func(when string, asks []request) {
+		t.Helper()
+		for _, q := range asks {
+			want := rendered.ask(q.host, q.path, q.header)
+			require.NotZero(t, want.code, "%s: %s%s %v: %s", when, q.host, q.path, q.header, want.body)
+			require.Equal(t, want, router.ask(q.host, q.path, q.header), "%s: %s%s %v", when, q.host, q.path, q.header)
+		}
+	}
+	same("first", rulesAsks)
+	gen, reloads := router.agent.Generation(), router.reloads()
+
+	// Rule changes: a header match's value, a split's weight (beta takes
+	// /nosplit), a new regex rule, a rule removed (/healthz).
+	apps := rulesApps()
+	shop, canary := apps[0], apps[1]
+	canary.Generation = 2
+	canary.Routing.Rules[0].Headers = map[string]string{"X-Canary": "yes"}
+	shop.Generation = 2
+	shop.Routing.Rules[4].Split[0].Weight = 100
+	shop.Routing.Rules[0] = spec.Rule{Path: `^/v[0-9]/`, Match: spec.MatchRegex, ResponseHeaders: map[string]string{"X-Rule": "v"}}
+	for _, r := range []*rig{rendered, router} {
+		r.putApp(canary)
+		r.putApp(shop)
+		r.waitForPath("shop.test", "/v2/x", 200, "SHOP")
+		r.waitForPath("shop.test", "/nosplit", 200, "BETA")
+		require.Eventually(t, func() bool {
+			return r.ask("shop.test", "/api", map[string]string{"X-Canary": "yes"}).body == "CANARY"
+		}, testWait, testPoll)
+	}
+	same("after the changes", append(slices.Clone(rulesAsks), request{"shop.test", "/v2/x", nil}, request{"shop.test", "/api", map[string]string{"X-Canary": "yes"}}))
+	require.Equal(t, gen, router.agent.Generation(), "rule changes: no new config generation")
+	require.Equal(t, reloads, router.reloads(), "rule changes: no reload")
 }

@@ -61,12 +61,30 @@ type Endpoints struct {
 	// looks requests up in them, so a route change is a push. Nil for an
 	// app that is rendered.
 	Routes []render.HostRoute `json:"routes,omitempty"`
-	// ConnectTimeout and ReadTimeout (seconds) and Tries are the routed
-	// app's proxy_connect_timeout, proxy_read_timeout (and send) and
-	// proxy_next_upstream_tries, which the router sets per request.
+	// Rules (an app the Lua router routes) are its routing.rules as the
+	// router needs them, by index: what a route's Rule names.
+	Rules []Rule `json:"rules,omitempty"`
+	// ConnectTimeout and ReadTimeout (seconds) and Tries are the app's
+	// proxy_connect_timeout, proxy_read_timeout (and send) and
+	// proxy_next_upstream_tries, which the router sets per request. Every
+	// app's set has them when the router is on: a routed app's split may
+	// send a request to any app.
 	ConnectTimeout float64 `json:"connect_timeout,omitempty"`
 	ReadTimeout    float64 `json:"read_timeout,omitempty"`
 	Tries          int     `json:"tries,omitempty"`
+}
+
+// Rule is one rule of an app the Lua router routes.
+type Rule struct {
+	// Headers are the rule's header match: name → exact value (compared
+	// ignoring case, as nginx's map) or "~" and a regex.
+	Headers map[string]string `json:"headers,omitempty"`
+	// Split are the apps of the rule's split, in spec order; their weights
+	// are Splits[rule index].
+	Split []string `json:"split,omitempty"`
+	// ResponseHeaders are added to every answer of the rule (add_header
+	// … always), as name and value, sorted by name.
+	ResponseHeaders [][2]string `json:"response_headers,omitempty"`
 }
 
 // Batch is one push: every changed app (nil removes one), or every app
@@ -81,14 +99,15 @@ type Batch struct {
 func Of(snap state.Snapshot) map[string]*Endpoints {
 	out := make(map[string]*Endpoints, len(snap.Apps))
 	for _, a := range snap.Apps {
-		out[a.Spec.Name] = endpointsOf(a, nil)
+		out[a.Spec.Name] = endpointsOf(a, nil, false)
 	}
 	return out
 }
 
 // endpointsOf is a's endpoint set; routes, when not nil, make it an app
-// the Lua router routes.
-func endpointsOf(a state.App, routes []render.HostRoute) *Endpoints {
+// the Lua router routes; router says the router is on (the set carries
+// the app's timeouts).
+func endpointsOf(a state.App, routes []render.HostRoute, router bool) *Endpoints {
 	lb := a.Spec.LB
 	e := &Endpoints{Method: lb.Method, MaxFails: lb.MaxFails, FailTimeout: lb.FailTimeout.Std().Seconds(), Servers: make([]Server, 0, len(a.Servers))}
 	for _, s := range a.Servers {
@@ -107,9 +126,22 @@ func endpointsOf(a state.App, routes []render.HostRoute) *Endpoints {
 		}
 		e.Splits[strconv.Itoa(i)] = w
 	}
-	if routes != nil {
-		e.Routes, e.Tries = routes, lb.NextUpstreamTries
+	if routes != nil || router {
+		e.Tries = lb.NextUpstreamTries
 		e.ConnectTimeout, e.ReadTimeout = lb.ConnectTimeout.Std().Seconds(), lb.ReadTimeout.Std().Seconds()
+	}
+	if routes != nil {
+		e.Routes = routes
+		for _, r := range a.Spec.Routing.Rules {
+			rule := Rule{Headers: r.Headers}
+			for _, sp := range r.Split {
+				rule.Split = append(rule.Split, sp.App)
+			}
+			for _, name := range slices.Sorted(maps.Keys(r.ResponseHeaders)) {
+				rule.ResponseHeaders = append(rule.ResponseHeaders, [2]string{name, r.ResponseHeaders[name]})
+			}
+			e.Rules = append(e.Rules, rule)
+		}
 	}
 	return e
 }
@@ -142,11 +174,12 @@ func (c *Cache) Of(snap state.Snapshot) map[string]*Endpoints {
 	out := make(map[string]*Endpoints, len(snap.Apps))
 	next := make(map[string]cached, len(snap.Apps))
 	routes := c.routesOf(snap)
+	router := c.Render != nil && c.Render.Dynamic != nil && c.Render.Dynamic.Routes
 	for _, a := range snap.Apps {
 		e := c.last[a.Spec.Name]
 		r := routes[a.Spec.Name]
 		if e.spec != a.Spec || !slices.Equal(e.servers, a.Servers) || (e.routes == nil) != (r == nil) || !slices.Equal(e.routes, r) {
-			e = cached{spec: a.Spec, servers: a.Servers, routes: r, eps: endpointsOf(a, r)}
+			e = cached{spec: a.Spec, servers: a.Servers, routes: r, eps: endpointsOf(a, r, router)}
 		}
 		out[a.Spec.Name], next[a.Spec.Name] = e.eps, e
 	}
@@ -191,7 +224,7 @@ func KeepRoutes(next, served map[string]*Endpoints) map[string]*Endpoints {
 			out = maps.Clone(next)
 		}
 		k := *e
-		k.Routes, k.ConnectTimeout, k.ReadTimeout, k.Tries = s.Routes, s.ConnectTimeout, s.ReadTimeout, s.Tries
+		k.Routes, k.Rules, k.ConnectTimeout, k.ReadTimeout, k.Tries = s.Routes, s.Rules, s.ConnectTimeout, s.ReadTimeout, s.Tries
 		out[name] = &k
 	}
 	if out == nil {

@@ -36,16 +36,26 @@ func TestCacheRoutes(t *testing.T) {
 	again := c.Of(state.Snapshot{Apps: []state.App{web}})
 	require.Same(t, first["web"], again["web"], "same record, servers and routes: the same set")
 
-	// A rule makes "ruled" rendered on web.test's host too: web is
-	// rendered, its record unchanged.
+	// A rate limit makes "ruled" rendered on web.test's host too: web is
+	// rendered, its record unchanged. With the router on, every set keeps
+	// its timeouts (a routed split may pick any app).
 	ruled := routedApp("ruled", 2, "web.test")
 	ruled.Spec.Routing.Paths = nil
-	ruled.Spec.Routing.Rules = []spec.Rule{{Path: "/r"}}
+	ruled.Spec.Routing.Rules = []spec.Rule{{Path: "/r", RateLimit: &spec.RateLimit{RPS: 5}}}
 	web.Spec.Routing.ShareWith = []spec.Share{{App: "ruled"}}
 	both := c.Of(state.Snapshot{Apps: []state.App{web, ruled}})
 	require.Nil(t, both["web"].Routes, "rendered: no routes")
-	require.Zero(t, both["web"].ConnectTimeout)
+	require.Equal(t, 1.0, both["web"].ConnectTimeout)
 	require.Nil(t, both["ruled"].Routes)
+	require.Nil(t, both["ruled"].Rules, "rendered: no rules")
+
+	// Rules travel with a routed app's set: header match, split apps,
+	// response headers sorted by name.
+	solo := routedApp("solo", 3, "solo.test")
+	solo.Spec.Routing.Rules = []spec.Rule{{Path: "/r", Match: spec.MatchExact, Headers: map[string]string{"X-Canary": "on"}, ResponseHeaders: map[string]string{"X-B": "2", "X-A": "1"}}}
+	three := c.Of(state.Snapshot{Apps: []state.App{web, ruled, solo}})
+	require.Equal(t, []render.HostRoute{{Host: "solo.test", Location: "/"}, {Host: "solo.test", Location: "= /r", Rule: 1}}, three["solo"].Routes)
+	require.Equal(t, []Rule{{Headers: map[string]string{"X-Canary": "on"}, ResponseHeaders: [][2]string{{"X-A", "1"}, {"X-B", "2"}}}}, three["solo"].Rules)
 
 	// Without the flag: no routes.
 	plain := (&Cache{}).Of(state.Snapshot{Apps: []state.App{routedApp("web", 1, "web.test")}})

@@ -1,6 +1,8 @@
 package render
 
 import (
+	"fmt"
+	"slices"
 	"strings"
 	"sync"
 
@@ -31,12 +33,22 @@ const RouterBodySize spec.ByteSize = 1 << 20
 // with more is rendered, never a push nginx would refuse.
 const MaxRoutes = 20000
 
-// HostRoute is one nginx location argument ("= /api", "/api/", "/") that
-// the route table grants an app on one host key ("" for the default
-// server).
+// HostRoute is one nginx location argument ("= /api", "/api/", "/",
+// "~ regex") that the route table grants an app on one host key (""
+// for the default server).
 type HostRoute struct {
 	Host     string `json:"host"`
 	Location string `json:"location"`
+	// Order is the app's place among the apps routing on the host, in
+	// claim order (the owner 0): where several claim one location (header
+	// matches), and for regexes, which nginx tries in the order they were
+	// claimed, the router keeps this order, then the order of the app's
+	// routes.
+	Order int `json:"order,omitempty"`
+	// Rule is the rule's number in routing.rules, counted from 1; 0 for a
+	// plain path. Its header match, split and response headers are in the
+	// app's set (dynamic.Endpoints.Rules).
+	Rule int `json:"rule,omitempty"`
 }
 
 // Routable says why app a cannot be routed by the Lua router, "" when
@@ -46,8 +58,6 @@ func Routable(a *spec.Routing, lb spec.LB) string {
 	switch {
 	case a.TLS != nil:
 		return "routing.tls: certificates are rendered (ssl_certificate)"
-	case len(a.Rules) > 0:
-		return "routing.rules: regex, exact and header matches, splits, rate limits and response headers are rendered"
 	case lb.Method == spec.LBHash:
 		return "lb.method hash: its hash_key is an nginx variable expression, rendered"
 	case lb.Keepalive <= 0:
@@ -55,12 +65,17 @@ func Routable(a *spec.Routing, lb spec.LB) string {
 	case lb.ClientMaxBodySize != RouterBodySize:
 		return "lb.client_max_body_size other than 1 MiB: nginx enforces it per location, rendered"
 	}
+	for i, r := range a.Rules {
+		if r.RateLimit != nil {
+			return fmt.Sprintf("routing.rules[%d].rate_limit: limit_req is rendered (a zone per rule)", i)
+		}
+	}
 	for _, h := range a.Hosts {
 		if strings.HasPrefix(h, "*.") {
 			return "a wildcard host: nginx matches it before the router, rendered"
 		}
 	}
-	if max(len(a.Hosts), 1)*len(a.Paths)*2 > MaxRoutes {
+	if max(len(a.Hosts), 1)*(len(a.Paths)+len(a.Rules))*2 > MaxRoutes {
 		return "more routes than one push carries"
 	}
 	return ""
@@ -147,13 +162,13 @@ func RoutedApps(snap state.Snapshot, o Options) map[string][]HostRoute {
 	}
 	out := make(map[string][]HostRoute, len(routed))
 	for _, hr := range table.Hosts() {
-		for _, ar := range hr.Apps {
+		for order, ar := range hr.Apps {
 			if !routed[ar.App] {
 				continue
 			}
 			for _, l := range ar.Locations {
 				for _, arg := range l.Args() {
-					out[ar.App] = append(out[ar.App], HostRoute{Host: hr.Host, Location: arg})
+					out[ar.App] = append(out[ar.App], HostRoute{Host: hr.Host, Location: arg, Order: order, Rule: l.Index + 1})
 				}
 			}
 		}
@@ -175,8 +190,9 @@ func RoutedApps(snap state.Snapshot, o Options) map[string][]HostRoute {
 
 // routedApps decides which apps the router routes: those Routable allows,
 // without a conflict (a conflict is reported by a build, so such an app is
-// rendered), that no split names (a share's location needs its
-// upstream), on hosts that every app routing there is routed on (a host
+// rendered), that no rendered app's split names (a rendered share's
+// location needs its target's upstream; the router's splits balance any
+// app from the dict), on hosts that every app routing there is routed on (a host
 // is one server block or none) and that no wildcard host covers (nginx
 // would match the wildcard's server first). The default server is where
 // the router lives: when an app rendered there routes without hosts,
@@ -188,11 +204,12 @@ func routedApps(snap state.Snapshot, table *spec.RouteTable) map[string]bool {
 			ok[a.Spec.Name] = true
 		}
 	}
+	// splitters are the apps with a split: a rendered one keeps its
+	// targets rendered.
+	var splitters []*msg.App
 	for _, a := range snap.Apps {
-		for _, r := range a.Spec.Routing.Rules {
-			for _, sp := range r.Split {
-				delete(ok, sp.App)
-			}
+		if slices.ContainsFunc(a.Spec.Routing.Rules, func(r spec.Rule) bool { return len(r.Split) > 0 }) {
+			splitters = append(splitters, a.Spec)
 		}
 	}
 	wild := map[string]bool{} // "example.com" of "*.example.com"
@@ -215,6 +232,19 @@ func routedApps(snap state.Snapshot, table *spec.RouteTable) map[string]bool {
 	}
 	for changed := true; changed; {
 		changed = false
+		for _, a := range splitters {
+			if ok[a.Name] {
+				continue
+			}
+			for _, r := range a.Routing.Rules {
+				for _, sp := range r.Split {
+					if ok[sp.App] {
+						delete(ok, sp.App)
+						changed = true
+					}
+				}
+			}
+		}
 		for _, hr := range table.Hosts() {
 			dyn := !strings.HasPrefix(hr.Host, "*.") && !covered(hr.Host)
 			for _, ar := range hr.Apps {

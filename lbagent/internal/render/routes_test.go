@@ -42,13 +42,21 @@ func TestRoutedApps(t *testing.T) {
 	}{
 		{"hosts and paths", []state.App{plain, with("paths", func(a *state.App) { a.Spec.Routing.Paths = []string{"/a", "/b/"} }, "p.test", "q.test")}, []string{"paths", "plain"}},
 		{"tls", []state.App{plain, with("tls", func(a *state.App) { a.Spec.Routing.TLS = &spec.TLS{SelfSigned: true} }, "tls.test")}, []string{"plain"}},
-		{"rules", []state.App{plain, with("rules", func(a *state.App) { a.Spec.Routing.Rules = []spec.Rule{{Path: "/r"}} }, "r.test")}, []string{"plain"}},
+		{"rules", []state.App{plain, with("rules", func(a *state.App) {
+			a.Spec.Routing.Rules = []spec.Rule{{Path: "/r", ResponseHeaders: map[string]string{"X-R": "1"}}, {Path: "^/x$", Match: spec.MatchRegex, Headers: map[string]string{"X-Canary": "on"}}}
+		}, "r.test")}, []string{"plain", "rules"}},
+		{"a rate limit", []state.App{plain, with("limited", func(a *state.App) {
+			a.Spec.Routing.Rules = []spec.Rule{{Path: "/r", RateLimit: &spec.RateLimit{RPS: 5}}}
+		}, "r.test")}, []string{"plain"}},
+		{"a routed split and its target", []state.App{plain, with("owner", func(a *state.App) {
+			a.Spec.Routing.Rules = []spec.Rule{{Path: "/s", Split: []spec.Split{{App: "target", Weight: 5}}}}
+		}, "o.test"), with("target", nil, "t.test")}, []string{"owner", "plain", "target"}},
 		{"hash", []state.App{plain, with("hash", func(a *state.App) { a.Spec.LB.Method, a.Spec.LB.HashKey = spec.LBHash, "$uri" }, "h.test")}, []string{"plain"}},
 		{"no keepalive", []state.App{plain, with("ka", func(a *state.App) { a.Spec.LB.Keepalive = 0 }, "k.test")}, []string{"plain"}},
 		{"body size", []state.App{plain, with("body", func(a *state.App) { a.Spec.LB.ClientMaxBodySize = 2 << 20 }, "b.test")}, []string{"plain"}},
 		{"wildcard and the hosts it covers", []state.App{plain, with("wild", nil, "*.w.test"), with("sub", nil, "a.b.w.test"), with("apex", nil, "w.test")}, []string{"apex", "plain"}},
-		{"a split's target", []state.App{plain, with("owner", func(a *state.App) {
-			a.Spec.Routing.Rules = []spec.Rule{{Path: "/s", Split: []spec.Split{{App: "target", Weight: 5}}}}
+		{"a rendered split's target", []state.App{plain, with("owner", func(a *state.App) {
+			a.Spec.Routing.Rules = []spec.Rule{{Path: "/s", Split: []spec.Split{{App: "target", Weight: 5}}, RateLimit: &spec.RateLimit{RPS: 5}}}
 		}, "o.test"), with("target", nil, "t.test")}, []string{"plain"}},
 		{"a host shared with a rendered app", []state.App{plain, with("owner", func(a *state.App) {
 			a.Spec.CreatedAt = time.Unix(1, 0)
@@ -56,7 +64,7 @@ func TestRoutedApps(t *testing.T) {
 		}, "s.test", "own.test"), with("member", func(a *state.App) {
 			a.Spec.CreatedAt = time.Unix(2, 0)
 			a.Spec.Routing.Paths = nil
-			a.Spec.Routing.Rules = []spec.Rule{{Path: "/m"}}
+			a.Spec.Routing.Rules = []spec.Rule{{Path: "/m", RateLimit: &spec.RateLimit{RPS: 5}}}
 		}, "s.test"), with("elsewhere", nil, "own.test", "else.test")}, []string{"plain"}},
 		{"a conflict", []state.App{plain, with("first", func(a *state.App) { a.Spec.CreatedAt = time.Unix(1, 0) }, "c.test"),
 			// second gets nothing on c.test, so first routes it alone; second is
@@ -75,7 +83,7 @@ func TestRoutedApps(t *testing.T) {
 				a.Spec.Routing.Hosts = append(a.Spec.Routing.Hosts, fmt.Sprintf("h%d.test", i))
 			}
 		})}, []string{"plain"}},
-		{"the default server rendered", []state.App{plain, with("nohost", func(a *state.App) { a.Spec.Routing.Rules = []spec.Rule{{Path: "/r"}} })}, nil},
+		{"the default server rendered", []state.App{plain, with("nohost", func(a *state.App) { a.Spec.LB.Keepalive = 0 })}, nil},
 		{"the default server routed", []state.App{plain, with("nohost", nil)}, []string{"nohost", "plain"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -107,7 +115,21 @@ func TestRoutedApps(t *testing.T) {
 		})
 	}
 	got := RoutedApps(state.Snapshot{Apps: []state.App{with("paths", func(a *state.App) { a.Spec.Routing.Paths = []string{"/a", "/"} }, "P.test")}}, routesOpts)
-	require.Equal(t, []HostRoute{{"p.test", "= /a"}, {"p.test", "/a/"}, {"p.test", "/"}}, got["paths"], "the route table's locations, by host key")
+	require.Equal(t, []HostRoute{{Host: "p.test", Location: "= /a"}, {Host: "p.test", Location: "/a/"}, {Host: "p.test", Location: "/"}}, got["paths"], "the route table's locations, by host key")
+	got = RoutedApps(state.Snapshot{Apps: []state.App{
+		with("owner", func(a *state.App) {
+			a.Spec.CreatedAt = time.Unix(1, 0)
+			a.Spec.Routing.ShareWith = []spec.Share{{App: "member"}}
+		}, "s.test"),
+		with("member", func(a *state.App) {
+			a.Spec.CreatedAt = time.Unix(2, 0)
+			a.Spec.Routing.Paths = nil
+			a.Spec.Routing.Rules = []spec.Rule{{Path: "/m", Match: spec.MatchExact, Headers: map[string]string{"X-Canary": "on"}}, {Path: "^/m/[0-9]+$", Match: spec.MatchRegex}}
+		}, "s.test"),
+	}}, routesOpts)
+	require.Equal(t, []HostRoute{{Host: "s.test", Location: "/"}}, got["owner"])
+	require.Equal(t, []HostRoute{{Host: "s.test", Location: "= /m", Order: 1, Rule: 1}, {Host: "s.test", Location: "~ ^/m/[0-9]+$", Order: 1, Rule: 2}}, got["member"],
+		"a member's routes carry its place on the host and their rule")
 	require.Nil(t, RoutedApps(state.Snapshot{Apps: []state.App{plain}}, opts), "off without --dynamic-routes")
 }
 

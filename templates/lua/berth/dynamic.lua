@@ -229,9 +229,19 @@ end
 
 local APP_FIELDS = {
     method = true, hash = true, max_fails = true, fail_timeout = true, servers = true, splits = true,
-    routes = true, connect_timeout = true, read_timeout = true, tries = true,
+    routes = true, rules = true, connect_timeout = true, read_timeout = true, tries = true,
 }
-local ROUTE_FIELDS = { host = true, location = true }
+local ROUTE_FIELDS = { host = true, location = true, order = true, rule = true }
+local RULE_FIELDS = { headers = true, split = true, response_headers = true }
+local MAX_RULES = 20            -- routing.rules of one app (spec.MaxRules)
+local MAX_MATCH_HEADERS = 4     -- a rule's header match (spec.MaxMatchHeaders)
+local MAX_RESPONSE_HEADERS = 16 -- a rule's response_headers (spec.MaxResponseHeaders)
+local MAX_HEADER_NAME = 128     -- spec.MaxHeaderNameLen
+local MAX_HEADER_VALUE = 4096   -- spec.MaxHeaderValueLen
+local MAX_HEADER_MATCH = 100    -- an exact header match (spec.MaxHeaderMatchLen)
+local MAX_REGEX = 256           -- spec.MaxRegexLen
+local MAX_ORDER = 100000        -- an app's place among the apps of one host
+local MAX_SPLIT_RULES, MAX_SHARES = 20, 4
 local MAX_ROUTES = 20000        -- routes of one app: the spec's 100 hosts × 100 paths × 2 arguments (render.MaxRoutes)
 local MAX_HOST = 253
 local MAX_LOCATION = 1026       -- "= " and a path of at most 1024
@@ -251,17 +261,130 @@ local function valid_host(s)
     return ngx.re.find(s, [[^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\z]], "jo") ~= nil
 end
 
+-- compiles says whether re is a regex PCRE compiles (the spec checked its
+-- grammar and that it cannot backtrack without bound; this is the second
+-- look of a process that trusts no input).
+local function compiles(re)
+    local _, _, err = ngx.re.find("", re, "jo")
+    return err == nil
+end
+
 -- valid_location checks a location argument as lbagent writes it: a
--- routing path ("/", "/api/") or "= " and one, in the spec's path grammar.
+-- routing path ("/", "/api/") or "= " and one, in the spec's path
+-- grammar, or "~ " and a rule's regex, in the spec's regex characters.
 local function valid_location(s)
     if type(s) ~= "string" or #s > MAX_LOCATION then
         return false
     end
+    if ssub(s, 1, 2) == "~ " then
+        return #s <= MAX_REGEX + 2 and ngx.re.find(s, [[^~ [A-Za-z0-9/\-._~%!&*+,=:@^$()\[\]|?\\]+\z]], "jo") ~= nil
+            and compiles(ssub(s, 3))
+    end
     return ngx.re.find(s, [[^(= )?/[A-Za-z0-9\-._~%!&*+,=:@/]*\z]], "jo") ~= nil
 end
 
--- check_routes validates an app's routes and returns them as {host, location}.
-local function check_routes(path, routes)
+local function valid_header_name(s)
+    return type(s) == "string" and #s <= MAX_HEADER_NAME and ngx.re.find(s, [[^[A-Za-z0-9][A-Za-z0-9-]*\z]], "jo") ~= nil
+end
+
+-- printable says s is printable ASCII (no control character: nothing can
+-- end a header line).
+local function printable(s, lo, hi)
+    return type(s) == "string" and #s >= lo and #s <= hi and ngx.re.find(s, [[^[\x20-\x7e]*\z]], "jo") ~= nil
+end
+
+-- check_rules validates an app's rules (splits: its normalized split
+-- weights, by rule index) and returns them as a list of
+-- { h = header match or false, sp = split apps or false, rh = response headers or false }.
+-- A header match is a list of { variable, exact value lower-cased or
+-- false, regex or false }: nginx's map compares exact values ignoring
+-- case, and a regex with case.
+local function check_rules(path, rules, splits)
+    if not is_array(rules) or #rules > MAX_RULES then
+        return nil, path .. ".rules: must be an array of at most " .. MAX_RULES .. " rules"
+    end
+    local out = {}
+    for i, r in ipairs(rules) do
+        local rp = path .. ".rules[" .. (i - 1) .. "]"
+        if not is_object(r) then
+            return nil, rp .. ": must be an object"
+        end
+        local bad = unknown_field(r, RULE_FIELDS)
+        if bad then
+            return nil, rp .. "." .. bad .. ": unknown field"
+        end
+        local rule = { h = false, sp = false, rh = false }
+        if r.headers ~= nil and r.headers ~= cjson.null then
+            if not is_object(r.headers) or #r.headers > 0 then
+                return nil, rp .. ".headers: must be an object"
+            end
+            local names = {}
+            for name in pairs(r.headers) do
+                if not valid_header_name(name) then
+                    return nil, rp .. ".headers: " .. tostring(name) .. " is not a header name"
+                end
+                names[#names + 1] = name
+            end
+            if #names > MAX_MATCH_HEADERS then
+                return nil, rp .. ".headers: more than " .. MAX_MATCH_HEADERS .. " headers"
+            end
+            sort(names)
+            local h = {}
+            for _, name in ipairs(names) do
+                local v = r.headers[name]
+                local var = "http_" .. string.gsub(string.lower(name), "-", "_")
+                if type(v) == "string" and ssub(v, 1, 1) == "~" then
+                    local re = ssub(v, 2)
+                    if not printable(re, 1, MAX_REGEX) or not compiles(re) then
+                        return nil, rp .. ".headers." .. name .. ": must be \"~\" and a regex that compiles"
+                    end
+                    h[#h + 1] = { var, false, re }
+                elseif printable(v, 1, MAX_HEADER_MATCH) then
+                    h[#h + 1] = { var, string.lower(v), false }
+                else
+                    return nil, rp .. ".headers." .. name .. ": must be a value of 1.." .. MAX_HEADER_MATCH .. " printable characters, or \"~\" and a regex"
+                end
+            end
+            if #h > 0 then
+                rule.h = h
+            end
+        end
+        if r.split ~= nil and r.split ~= cjson.null then
+            local ws = splits and splits[tostring(i - 1)]
+            if not is_array(r.split) or #r.split > MAX_SHARES or not ws or #ws ~= #r.split then
+                return nil, rp .. ".split: must be an array of app names, one per weight of splits." .. (i - 1)
+            end
+            for j, app in ipairs(r.split) do
+                if not valid_name(app) then
+                    return nil, rp .. ".split[" .. (j - 1) .. "]: must be an app name"
+                end
+            end
+            if #r.split > 0 then
+                rule.sp = r.split
+            end
+        end
+        if r.response_headers ~= nil and r.response_headers ~= cjson.null then
+            local rh = r.response_headers
+            if not is_array(rh) or #rh > MAX_RESPONSE_HEADERS then
+                return nil, rp .. ".response_headers: must be an array of at most " .. MAX_RESPONSE_HEADERS .. " [name, value]"
+            end
+            for j, nv in ipairs(rh) do
+                if not is_array(nv) or #nv ~= 2 or not valid_header_name(nv[1]) or not printable(nv[2], 0, MAX_HEADER_VALUE) then
+                    return nil, rp .. ".response_headers[" .. (j - 1) .. "]: must be [a header name, a printable value]"
+                end
+            end
+            if #rh > 0 then
+                rule.rh = rh
+            end
+        end
+        out[i] = rule
+    end
+    return out
+end
+
+-- check_routes validates an app's routes (rules: its checked rules) and
+-- returns them as { host, location, order, rule, header match or false }.
+local function check_routes(path, routes, rules)
     if not is_array(routes) or #routes > MAX_ROUTES then
         return nil, path .. ".routes: must be an array of at most " .. MAX_ROUTES .. " routes"
     end
@@ -279,18 +402,28 @@ local function check_routes(path, routes)
             return nil, rp .. ".host: must be \"\" or a lower-case host name"
         end
         if not valid_location(r.location) then
-            return nil, rp .. ".location: must be a path, or \"= \" and a path"
+            return nil, rp .. ".location: must be a path, \"= \" and a path, or \"~ \" and a regex"
         end
-        local key = r.host .. " " .. r.location
+        local order, rule = r.order or 0, r.rule or 0
+        if not is_int(order, 0, MAX_ORDER) then
+            return nil, rp .. ".order: must be an integer 0.." .. MAX_ORDER
+        end
+        if not is_int(rule, 0, #rules) then
+            return nil, rp .. ".rule: must be 0 or the number of one of the app's " .. #rules .. " rules"
+        end
+        local hm = rule > 0 and rules[rule].h or false
+        -- One claim a location per host, unless header matches tell them
+        -- apart (spec.Routing.Locations refuses the same arguments with
+        -- the same condition).
+        local key = r.host .. " " .. r.location .. " " .. (hm and cjson.encode(hm) or "")
         if seen[key] then
             return nil, rp .. ": duplicate route"
         end
         seen[key] = true
-        out[i] = { r.host, r.location }
+        out[i] = { r.host, r.location, order, rule, hm }
     end
     return out
 end
-local MAX_SPLIT_RULES, MAX_SHARES = 20, 4
 local SERVER_FIELDS = { address = true, weight = true, backup = true }
 local BATCH_FIELDS = { version = true, full = true, apps = true }
 
@@ -392,9 +525,20 @@ local function check_app(name, a)
         end
     end
     local set = { m = a.method, mf = max_fails, ft = fail_timeout, s = out, sp = sp }
+    local rules = {}
+    if a.rules ~= nil and a.rules ~= cjson.null then
+        local err
+        rules, err = check_rules(path, a.rules, sp)
+        if not rules then
+            return nil, err
+        end
+        if #rules > 0 then
+            set.ru = rules
+        end
+    end
     if a.routes ~= nil and a.routes ~= cjson.null then
         local err
-        set.r, err = check_routes(path, a.routes)
+        set.r, err = check_routes(path, a.routes, rules)
         if not set.r then
             return nil, err
         end
@@ -511,7 +655,8 @@ local function addresses(raw)
     return out
 end
 
--- routes_of returns the routes ({host, location}) of a raw set.
+-- routes_of returns the routes ({host, location, order, rule, header
+-- match}) of a raw set.
 local function routes_of(raw)
     local set = raw and cjson.decode(raw)
     if type(set) == "table" and type(set.r) == "table" then
@@ -520,12 +665,27 @@ local function routes_of(raw)
     return {}
 end
 
+-- claims_before orders a host's entries: by the app's place on the host
+-- (claim order), then the order of its routes, then by app (a tie only
+-- while two apps' sets disagree, between two pushes of one batch).
+local function claims_before(a, b)
+    if a[3] ~= b[3] then
+        return a[3] < b[3]
+    end
+    if a[2] ~= b[2] then
+        return a[2] < b[2]
+    end
+    return a[4] < b[4]
+end
+
 -- host_writes returns the route table entries ("h:<host>") that the app
 -- writes change: every host an app routes on before or after, made again
 -- from the entries of the apps not written and the new routes of those
--- written (host -> raw, or false to delete). Two apps routed on one
--- location of one host refuse the batch: lbagent's route table grants a
--- location once.
+-- written (host -> raw, or false to delete). An entry is
+-- [location, app, order, index of the route in the app's set, rule,
+-- header match or false], in claim order. Two apps routed on one
+-- location of one host without a header match refuse the batch:
+-- lbagent's route table grants a location once.
 local function host_writes(dict, writes, old)
     local hosts, adds = {}, {}
     for name, raw in pairs(writes) do
@@ -533,7 +693,7 @@ local function host_writes(dict, writes, old)
             hosts[r[1]] = true
         end
         if raw then
-            for _, r in ipairs(routes_of(raw)) do
+            for i, r in ipairs(routes_of(raw)) do
                 local h = r[1]
                 hosts[h] = true
                 local list = adds[h]
@@ -541,7 +701,7 @@ local function host_writes(dict, writes, old)
                     list = {}
                     adds[h] = list
                 end
-                list[#list + 1] = { r[2], name }
+                list[#list + 1] = { r[2], name, r[3] or 0, i, r[4] or 0, r[5] or false }
             end
         end
     end
@@ -553,20 +713,26 @@ local function host_writes(dict, writes, old)
         if type(entries) == "table" then
             for _, e in ipairs(entries) do
                 if writes[e[2]] == nil then
+                    -- an entry written before rules were routed: [location, app]
+                    e[3], e[4], e[5], e[6] = e[3] or 0, e[4] or 0, e[5] or 0, e[6] or false
                     list[#list + 1] = e
-                    taken[e[1]] = e[2]
+                    if not e[6] then
+                        taken[e[1]] = e[2]
+                    end
                 end
             end
         end
         for _, e in ipairs(adds[host] or {}) do
-            if taken[e[1]] then
-                return nil, "routes: location " .. e[1] .. " on host " .. host .. " is routed to both app "
-                    .. taken[e[1]] .. " and app " .. e[2]
+            if not e[6] then
+                if taken[e[1]] and taken[e[1]] ~= e[2] then
+                    return nil, "routes: location " .. e[1] .. " on host " .. host .. " is routed to both app "
+                        .. taken[e[1]] .. " and app " .. e[2]
+                end
+                taken[e[1]] = e[2]
             end
-            taken[e[1]] = e[2]
             list[#list + 1] = e
         end
-        sort(list, function(a, b) return a[1] < b[1] end)
+        sort(list, claims_before)
         out[host] = #list > 0 and cjson.encode(list) or false
     end
     return out
@@ -977,7 +1143,7 @@ local function build(raw, g)
     end
     local e = {
         raw = raw, g = g, method = set.m, max_fails = set.mf, fail_timeout = set.ft,
-        primary = {}, backup = {}, n = 0, splits = set.sp or {},
+        primary = {}, backup = {}, n = 0, splits = set.sp or {}, rules = set.ru or {},
         ct = set.ct, rt = set.rt, tries = set.t,
     }
     for _, s in ipairs(set.s or {}) do
@@ -1407,20 +1573,34 @@ local NOT_FOUND = '{"error":"not_found","message":"no app is routed here"}\n'
 local hcache = {} -- per worker: host -> decoded route table entry
 
 -- decode_host decodes a host's route table entry: exact locations by
--- path, and prefixes longest first.
+-- path, prefixes longest first, and regexes in claim order (the order
+-- nginx tries them in), each location with its claims in claim order: a
+-- claim is { a = app, r = rule number or 0, h = header match or false }.
 local function decode_host(raw, g)
     local list = cjson.decode(raw)
     if type(list) ~= "table" then
         return nil
     end
-    local e = { raw = raw, g = g, exact = {}, prefixes = {} }
+    local e = { raw = raw, g = g, exact = {}, prefixes = {}, regexes = {} }
+    local byloc = {}
     for _, r in ipairs(list) do
-        local loc, app = r[1], r[2]
-        if ssub(loc, 1, 2) == "= " then
-            e.exact[ssub(loc, 3)] = app
-        else
-            e.prefixes[#e.prefixes + 1] = { p = loc, n = #loc, a = app }
+        local loc = r[1]
+        local h = r[6]
+        local c = { a = r[2], r = r[5] or 0, h = type(h) == "table" and h or false }
+        local claims = byloc[loc]
+        if not claims then
+            claims = {}
+            byloc[loc] = claims
+            local kind = ssub(loc, 1, 2)
+            if kind == "= " then
+                e.exact[ssub(loc, 3)] = claims
+            elseif kind == "~ " then
+                e.regexes[#e.regexes + 1] = { re = ssub(loc, 3), claims = claims }
+            else
+                e.prefixes[#e.prefixes + 1] = { p = loc, n = #loc, claims = claims }
+            end
         end
+        claims[#claims + 1] = c
     end
     sort(e.prefixes, function(a, b) return a.n > b.n end)
     return e
@@ -1433,16 +1613,87 @@ local function host_table(dict, g, host)
     return cached(hcache, host, dict, "h:" .. host, g, decode_host)
 end
 
--- match is the app nginx's locations would choose for uri: an exact
--- location, else the longest prefix.
+-- match returns the claims of the location nginx would choose for uri: an
+-- exact location; else the first regex that matches, in claim order,
+-- tried only after the longest prefix was found; else that prefix.
 local function match(e, uri)
-    local app = e.exact[uri]
-    if app then
-        return app
+    local claims = e.exact[uri]
+    if claims then
+        return claims
     end
+    local best
     for _, p in ipairs(e.prefixes) do
         if ssub(uri, 1, p.n) == p.p then
-            return p.a
+            best = p.claims
+            break
+        end
+    end
+    for _, r in ipairs(e.regexes) do
+        if ngx.re.find(uri, r.re, "jo") then
+            return r.claims
+        end
+    end
+    return best
+end
+
+-- headers_match says the request carries every header of h, as the maps
+-- of a rendered shared location test them: the first header of the name
+-- ($http_…), an exact value ignoring case, a regex with case (against ""
+-- when the header is absent, as the map's source would be).
+local function headers_match(h)
+    local var = ngx.var
+    for _, m in ipairs(h) do
+        local v = var[m[1]] or ""
+        if m[2] then
+            if string.lower(v) ~= m[2] then
+                return false
+            end
+        elseif not ngx.re.find(v, m[3], "jo") then
+            return false
+        end
+    end
+    return true
+end
+
+-- claim picks among the claims of one location as a rendered shared one
+-- does: the first claim, in claim order, whose header match the request
+-- carries, else the claim without one; nil (404) when neither.
+local function claim(claims)
+    local default
+    for _, c in ipairs(claims) do
+        if not c.h then
+            default = default or c
+        elseif headers_match(c.h) then
+            return c
+        end
+    end
+    return default
+end
+
+local function not_found()
+    ngx.status = 404
+    ngx.header["Content-Type"] = "application/json"
+    ngx.print(NOT_FOUND)
+    return ngx.exit(ngx.HTTP_OK)
+end
+
+-- split picks the app of a share of rule (its index + 1) of app e, by the
+-- pushed weights: nil keeps the rule's own app.
+local function split_target(e, rule, apps)
+    local ws = e.splits[tostring(rule - 1)]
+    if not ws then
+        return nil
+    end
+    if not seeded then
+        math.randomseed(ngx.now() * 1000 + ngx.worker.pid())
+        seeded = true
+    end
+    local r = random() * 100
+    local acc = 0
+    for i, app in ipairs(apps) do
+        acc = acc + (ws[i] or 0)
+        if r < acc then
+            return app
         end
     end
 end
@@ -1450,9 +1701,13 @@ end
 -- route (access_by_lua of the router's location) finds the app of the
 -- request's host and path, as the server blocks and locations of rendered
 -- apps would: a host with an entry is matched there alone, any other host
--- in the default server's (""). It sets $berth_app and $berth_tries for
--- the router's balancer; 404 when no app is routed here, 503 when the app
--- has no server. closer is as for access.
+-- in the default server's (""); within it, the location as nginx chooses
+-- one, and among the claims of that location the one whose header match
+-- the request carries. A rule's split sends its share to another app
+-- (back to the rule's app while that one has no server), and the rule's
+-- response headers are added to the answer (headers). It sets $berth_app
+-- and $berth_tries for the router's balancer; 404 when no app is routed
+-- here, 503 when the app has no server. closer is as for access.
 function _M.route(closer)
     if closer and generation and ngx.var.berth_closing ~= "1" then
         local below = shdict():get("kc")
@@ -1467,15 +1722,28 @@ function _M.route(closer)
     if not e then
         e = host_table(dict, g, "")
     end
-    local app = e and match(e, uri)
-    if not app then
-        ngx.status = 404
-        ngx.header["Content-Type"] = "application/json"
-        ngx.print(NOT_FOUND)
-        return ngx.exit(ngx.HTTP_OK)
+    local claims = e and match(e, uri)
+    local c = claims and claim(claims)
+    if not c then
+        return not_found()
+    end
+    local app = c.a
+    local set = lookup(dict, app)
+    local rule = c.r > 0 and set and set.rules[c.r]
+    if rule then
+        if rule.rh then
+            ngx.ctx.berth_rh = rule.rh
+        end
+        if rule.sp then
+            local to = split_target(set, c.r, rule.sp)
+            local tset = to and lookup(dict, to)
+            if tset and tset.n > 0 then
+                -- the target's own body: its paths', without the rule's headers
+                app, set, ngx.ctx.berth_rh = to, tset, nil
+            end
+        end
     end
     ngx.var.berth_app = app
-    local set = lookup(dict, app)
     if not set or set.n == 0 then
         ngx.status = 503
         ngx.header["Content-Type"] = "application/json"
@@ -1484,6 +1752,28 @@ function _M.route(closer)
     end
     ngx.var.berth_tries = set.tries or 0
     ngx.ctx.berth_routed = set
+end
+
+-- headers (header_filter_by_lua of the router's location) adds the
+-- response headers of the rule route chose, to every answer, errors
+-- included, beside any the app sent: add_header … always.
+function _M.headers()
+    local rh = ngx.ctx.berth_rh
+    if not rh then
+        return
+    end
+    local h = ngx.header
+    for _, nv in ipairs(rh) do
+        local cur = h[nv[1]]
+        if cur == nil then
+            h[nv[1]] = nv[2]
+        elseif type(cur) == "table" then
+            cur[#cur + 1] = nv[2]
+            h[nv[1]] = cur
+        else
+            h[nv[1]] = { cur, nv[2] }
+        end
+    end
 end
 
 -- log releases the active counts of every tried peer and records a
