@@ -46,10 +46,10 @@ func (c *cli) dynamicMode(ctx context.Context, tmplDir string, main bool, target
 	}
 	logger.Info("upstream mode", zap.String("mode", mode), zap.String("why", why))
 	if !on {
-		if c.DynRoutes {
-			logger.Warn("--dynamic-routes needs dynamic upstream mode: every app is rendered")
-		}
-		return nil, nil
+		return nil, nil // reload mode renders every app: the router needs the Lua module
+	}
+	if !c.DynRoutes {
+		logger.Info("--no-dynamic-routes: every app is rendered; a route change is a reload")
 	}
 	dir := filepath.Dir(target)
 	d := &render.Dynamic{LuaDir: filepath.Join(dir, "lua"), Snapshot: filepath.Join(dir, "berth-endpoints.json"),

@@ -32,7 +32,7 @@ func (r *rig) deleteApp(name string) {
 // routing is hosts and path prefixes is routed by nginx's Lua router from
 // the route table pushed with its endpoints: creating it, changing its
 // paths and hosts and removing it reload nothing and change no file. An
-// app with a rate limit is still rendered (and reloads), beside the routed ones.
+// app with lb.keepalive 0 is still rendered (and reloads), beside the routed ones.
 func TestDynamicRoutesReloadNothing(t *testing.T) {
 	t.Parallel()
 	r := newRigMode(t, true, withDynamicRoutes)
@@ -106,9 +106,10 @@ func TestDynamicRoutesReloadNothing(t *testing.T) {
 	r.waitFor("web.test", 503, "no_backend")
 	unchanged("no servers")
 
-	// An app with a rate limit is rendered as before: a reload, and served.
+	// An app with lb.keepalive 0 is rendered as before: a reload, and served.
 	ruled := appMsg("ruled", "ruled.test")
-	ruled.Routing.Rules = []spec.Rule{{Path: "/r", RateLimit: &spec.RateLimit{RPS: 1000}}}
+	ruled.Routing.Rules = []spec.Rule{{Path: "/r"}}
+	ruled.LB.Keepalive = 0
 	r.putInstance("ruled", "d", testrig.Backend(t, "D"), msg.StateRunning)
 	r.putApp(ruled)
 	r.waitForPath("ruled.test", "/r/x", 200, "D")
@@ -134,7 +135,8 @@ func TestDynamicRoutesSharedHostIsRendered(t *testing.T) {
 	member := appMsg("member", "both.test")
 	member.Routing.Paths = nil
 	member.CreatedAt = time.Unix(2, 0)
-	member.Routing.Rules = []spec.Rule{{Path: "/b", RateLimit: &spec.RateLimit{RPS: 1000}}}
+	member.Routing.Rules = []spec.Rule{{Path: "/b"}}
+	member.LB.Keepalive = 0
 	r.putInstance("owner", "o", testrig.Backend(t, "O"), msg.StateRunning)
 	r.putInstance("member", "m", testrig.Backend(t, "M"), msg.StateRunning)
 	r.putApp(owner)
@@ -157,7 +159,7 @@ func TestDynamicRoutesSharedHostIsRendered(t *testing.T) {
 }
 
 // TestDynamicRoutesToRenderedLosesNoRequest: an app the router routes that
-// becomes one to render (a rate limit added) is a reload; the workers it
+// becomes one to render (lb.keepalive 0) is a reload; the workers it
 // replaces keep routing it (its routes stay in the file the reload loads)
 // until the new ones serve its server block: a client that never retries
 // sees no failure.
@@ -173,7 +175,7 @@ func TestDynamicRoutesToRenderedLosesNoRequest(t *testing.T) {
 
 	ruled := appMsg("web", "web.test")
 	ruled.Generation = 2
-	ruled.Routing.Rules = []spec.Rule{{Path: "/r", RateLimit: &spec.RateLimit{RPS: 1000}}}
+	ruled.LB.Keepalive = 0
 	r.putApp(ruled)
 	require.Eventually(t, func() bool { return r.reloads() > reloads }, testWait, testPoll, "a reload renders the app")
 	flowing(t, gen, 50)
@@ -215,7 +217,8 @@ func (r *rig) ask(host, path string, header map[string]string) answer {
 // which nginx's map compares ignoring case, and regex, with case) on a
 // path the owner shares with it; splits at 100 and 0 %, and one to an
 // app with no server (which hands its share back); an app with no
-// server; an app in the default server with a regex rule.
+// server; an app in the default server with a regex rule; two apps'
+// regexes that both match, tried in claim order; a rate limit.
 func rulesApps() []*msg.App {
 	shop := appMsg("shop", "shop.test")
 	shop.CreatedAt = time.Unix(1, 0)
@@ -227,6 +230,8 @@ func rulesApps() []*msg.App {
 		{Path: "/split", Split: []spec.Split{{App: "beta", Weight: 100}}},
 		{Path: "/nosplit", Split: []spec.Split{{App: "beta", Weight: 0}}},
 		{Path: "/ghost", Split: []spec.Split{{App: "empty", Weight: 100}}, ResponseHeaders: map[string]string{"X-Rule": "ghost"}},
+		{Path: `^/api/v1$`, Match: spec.MatchRegex, ResponseHeaders: map[string]string{"X-Rule": "shop-v1"}},
+		{Path: "/slow", RateLimit: &spec.RateLimit{RPS: 1, Burst: 2}, ResponseHeaders: map[string]string{"X-Rule": "slow"}},
 	}
 	canary := appMsg("canary", "shop.test")
 	canary.CreatedAt = time.Unix(2, 0)
@@ -234,6 +239,8 @@ func rulesApps() []*msg.App {
 	canary.Routing.Rules = []spec.Rule{
 		{Path: "/api", Headers: map[string]string{"X-Canary": "on"}, ResponseHeaders: map[string]string{"X-Rule": "canary"}},
 		{Path: "/api", Headers: map[string]string{"X-Beta": `~^b[0-9]+$`, "X-Team": "blue"}},
+		// after the owner's regex in claim order: /api/v1 is the owner's
+		{Path: `^/api/v[0-9]$`, Match: spec.MatchRegex, ResponseHeaders: map[string]string{"X-Rule": "canary-v"}},
 	}
 	beta := appMsg("beta", "beta.test")
 	empty := appMsg("empty", "empty.test")
@@ -260,6 +267,7 @@ var rulesAsks = []request{
 	{"shop.test", "/api", map[string]string{"X-Beta": "b12", "X-Team": "Blue"}}, {"shop.test", "/api", map[string]string{"X-Beta": "B12", "X-Team": "blue"}},
 	{"shop.test", "/api", map[string]string{"X-Beta": "b12"}}, {"shop.test", "/api", map[string]string{"X-Beta": "b12x", "X-Team": "blue"}},
 	{"shop.test", "/api", map[string]string{"X-Canary": "on", "X-Beta": "b1", "X-Team": "blue"}},
+	{"shop.test", "/api/v1", nil}, {"shop.test", "/api/v2", nil}, {"shop.test", "/api/v22", nil},
 	{"shop.test", "/split", nil}, {"shop.test", "/split/x", nil}, {"shop.test", "/nosplit", nil}, {"shop.test", "/ghost", nil},
 	{"beta.test", "/", nil}, {"empty.test", "/", nil}, {"EMPTY.test", "/x", nil},
 	{"other.test", "/d", nil}, {"other.test", "/d/x", nil}, {"other.test", "/n/12", nil}, {"other.test", "/n/12/x", nil}, {"other.test", "/", nil},
@@ -303,6 +311,37 @@ func TestDynamicRoutesRulesServeAsRendered(t *testing.T) {
 		}
 	}
 	same("first", rulesAsks)
+	// The rate limit (1 a second, a burst of 2, per client address): the
+	// same three answered at once, then 429 with the rule's header (nginx's
+	// own 429 page in both), and only the rate's refills after.
+	for _, r := range []*rig{rendered, router} {
+		start := time.Now()
+		var codes []int
+		var refused answer
+		for range 10 {
+			a := r.ask("shop.test", "/slow", nil)
+			codes = append(codes, a.code)
+			if a.code == http.StatusTooManyRequests {
+				refused = a
+			}
+		}
+		elapsed := time.Since(start)
+		require.Equal(t, []int{200, 200, 200}, codes[:3], "the first and the burst")
+		served := 0
+		for _, c := range codes {
+			if c == http.StatusOK {
+				served++
+			}
+		}
+		require.LessOrEqual(t, served, 3+int(elapsed.Seconds()), "%v in %v", codes, elapsed)
+		if elapsed < time.Second { // refused for sure only when no token came back meanwhile
+			require.Equal(t, 3, served, "%v in %v", codes, elapsed)
+		}
+		if refused.code != 0 {
+			require.Equal(t, "slow", refused.rule, "a refusal carries the rule's header")
+			require.Contains(t, refused.body, "429 Too Many Requests")
+		}
+	}
 	gen, reloads := router.agent.Generation(), router.reloads()
 
 	// Rule changes: a header match's value, a split's weight (beta takes

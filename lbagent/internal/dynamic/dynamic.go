@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/berthhq/berth/common/msg"
+	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/lbagent/internal/atomicfile"
 	"github.com/berthhq/berth/lbagent/internal/render"
 	"github.com/berthhq/berth/lbagent/internal/state"
@@ -85,6 +86,9 @@ type Rule struct {
 	// ResponseHeaders are added to every answer of the rule (add_header
 	// … always), as name and value, sorted by name.
 	ResponseHeaders [][2]string `json:"response_headers,omitempty"`
+	// RateLimit is the rule's limit_req: requests per second per client
+	// address, and the burst served without delay.
+	RateLimit *spec.RateLimit `json:"rate_limit,omitempty"`
 }
 
 // Batch is one push: every changed app (nil removes one), or every app
@@ -133,7 +137,7 @@ func endpointsOf(a state.App, routes []render.HostRoute, router bool) *Endpoints
 	if routes != nil {
 		e.Routes = routes
 		for _, r := range a.Spec.Routing.Rules {
-			rule := Rule{Headers: r.Headers}
+			rule := Rule{Headers: r.Headers, RateLimit: r.RateLimit}
 			for _, sp := range r.Split {
 				rule.Split = append(rule.Split, sp.App)
 			}

@@ -254,7 +254,7 @@ func tooManyServers() string {
 func tooManyApps() string {
 	var b strings.Builder
 	b.WriteString(`{"version":100,"apps":{`)
-	for i := range 10001 {
+	for i := range 200_001 { // the Lua side's MAX_APPS + 1
 		if i > 0 {
 			b.WriteByte(',')
 		}

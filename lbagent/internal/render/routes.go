@@ -1,7 +1,6 @@
 package render
 
 import (
-	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -64,11 +63,6 @@ func Routable(a *spec.Routing, lb spec.LB) string {
 		return "lb.keepalive 0: the router's upstream keeps connections alive"
 	case lb.ClientMaxBodySize != RouterBodySize:
 		return "lb.client_max_body_size other than 1 MiB: nginx enforces it per location, rendered"
-	}
-	for i, r := range a.Rules {
-		if r.RateLimit != nil {
-			return fmt.Sprintf("routing.rules[%d].rate_limit: limit_req is rendered (a zone per rule)", i)
-		}
 	}
 	for _, h := range a.Hosts {
 		if strings.HasPrefix(h, "*.") {

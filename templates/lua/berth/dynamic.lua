@@ -47,9 +47,10 @@ cjson.encode_sparse_array(false)
 local _M = { _VERSION = "1" }
 
 local DICT_NAME = "berth_endpoints"
+local LIMIT_DICT = "berth_limits" -- the router's rate limits (limited)
 
 -- Bounds on hostile input.
-local MAX_APPS = 10000          -- apps in one batch
+local MAX_APPS = 200000         -- apps in one batch (the shared dict is sized for them: 2 KiB an app, render.DictSize)
 local MAX_SERVERS = 1000        -- servers of one app
 local MAX_WEIGHT = 1000
 local MAX_MAX_FAILS = 1000
@@ -232,7 +233,9 @@ local APP_FIELDS = {
     routes = true, rules = true, connect_timeout = true, read_timeout = true, tries = true,
 }
 local ROUTE_FIELDS = { host = true, location = true, order = true, rule = true }
-local RULE_FIELDS = { headers = true, split = true, response_headers = true }
+local RULE_FIELDS = { headers = true, split = true, response_headers = true, rate_limit = true }
+local RATE_FIELDS = { rps = true, burst = true }
+local MAX_RPS = 100000          -- rate_limit.rps and .burst (spec.MaxRateLimitRPS)
 local MAX_RULES = 20            -- routing.rules of one app (spec.MaxRules)
 local MAX_MATCH_HEADERS = 4     -- a rule's header match (spec.MaxMatchHeaders)
 local MAX_RESPONSE_HEADERS = 16 -- a rule's response_headers (spec.MaxResponseHeaders)
@@ -313,7 +316,15 @@ local function check_rules(path, rules, splits)
         if bad then
             return nil, rp .. "." .. bad .. ": unknown field"
         end
-        local rule = { h = false, sp = false, rh = false }
+        local rule = { h = false, sp = false, rh = false, rl = false }
+        if r.rate_limit ~= nil and r.rate_limit ~= cjson.null then
+            local rl = r.rate_limit
+            if not is_object(rl) or unknown_field(rl, RATE_FIELDS) or not is_int(rl.rps, 1, MAX_RPS)
+                or (rl.burst ~= nil and not is_int(rl.burst, 0, MAX_RPS)) then
+                return nil, rp .. ".rate_limit: must be {rps: 1.." .. MAX_RPS .. ", burst: 0.." .. MAX_RPS .. "}"
+            end
+            rule.rl = { rl.rps, rl.burst or 0 }
+        end
         if r.headers ~= nil and r.headers ~= cjson.null then
             if not is_object(r.headers) or #r.headers > 0 then
                 return nil, rp .. ".headers: must be an object"
@@ -1677,6 +1688,46 @@ local function not_found()
     return ngx.exit(ngx.HTTP_OK)
 end
 
+-- limited is nginx's limit_req for one rule (rl: rps, burst; nodelay),
+-- per client address, in the shared dict berth_limits: a leaky bucket
+-- whose excess (in thousandths of a request) drains at rps a second; a
+-- request that would take it past burst is refused, and leaves it as it
+-- was. nginx locks its zone around the read and the write; here two
+-- workers may read the same excess at the same instant, so a burst of
+-- simultaneous requests may pass one more per worker.
+local function limited(app, rule, rl)
+    local dict = ngx.shared[LIMIT_DICT]
+    if not dict then
+        return false
+    end
+    local key = "l:" .. app .. ":" .. rule .. ":" .. (ngx.var.binary_remote_addr or "")
+    local now = floor(ngx.now() * 1000)
+    local rate, burst = rl[1] * 1000, rl[2] * 1000
+    local excess = 0
+    local raw = dict:get(key)
+    if raw then
+        local ex, last = smatch(raw, "^(%d+) (%d+)$")
+        ex, last = tonumber(ex), tonumber(last)
+        if ex and last then
+            local ms = now - last
+            if ms < 0 then
+                ms = 0
+            end
+            excess = ex - rate * ms / 1000 + 1000
+            if excess < 0 then
+                excess = 0
+            end
+            if excess > burst then
+                return true
+            end
+        end
+    end
+    -- forgotten once drained (and at least a minute kept); the dict
+    -- evicts the least recently used when full, as nginx's zone does
+    dict:set(key, sformat("%d %d", floor(excess), now), math.max(60, rl[2] / rl[1] + 2))
+    return false
+end
+
 -- split picks the app of a share of rule (its index + 1) of app e, by the
 -- pushed weights: nil keeps the rule's own app.
 local function split_target(e, rule, apps)
@@ -1742,6 +1793,10 @@ function _M.route(closer)
                 app, set, ngx.ctx.berth_rh = to, tset, nil
             end
         end
+    end
+    if rule and rule.rl and app == c.a and limited(c.a, c.r, rule.rl) then
+        ngx.var.berth_app = app
+        return ngx.exit(429)
     end
     ngx.var.berth_app = app
     if not set or set.n == 0 then
