@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -218,7 +219,9 @@ func (r *rig) ask(host, path string, header map[string]string) answer {
 // path the owner shares with it; splits at 100 and 0 %, and one to an
 // app with no server (which hands its share back); an app with no
 // server; an app in the default server with a regex rule; two apps'
-// regexes that both match, tried in claim order; a rate limit.
+// regexes that both match, tried in claim order; a rate limit; an app
+// balanced by hash on a key of variables ($server_name included), whose
+// requests go to the same server in both modes.
 func rulesApps() []*msg.App {
 	shop := appMsg("shop", "shop.test")
 	shop.CreatedAt = time.Unix(1, 0)
@@ -247,7 +250,9 @@ func rulesApps() []*msg.App {
 	dflt := appMsg("dflt")
 	dflt.Routing.Paths = []string{"/d"}
 	dflt.Routing.Rules = []spec.Rule{{Path: `^/n/[0-9]+$`, Match: spec.MatchRegex, ResponseHeaders: map[string]string{"X-Rule": "n"}}}
-	return []*msg.App{shop, canary, beta, empty, dflt}
+	sticky := appMsg("sticky", "sticky.test")
+	sticky.LB.Method, sticky.LB.HashKey = spec.LBHash, "$arg_user:$server_name"
+	return []*msg.App{shop, canary, beta, empty, dflt, sticky}
 }
 
 // request is one request of a comparison.
@@ -272,6 +277,9 @@ var rulesAsks = []request{
 	{"beta.test", "/", nil}, {"empty.test", "/", nil}, {"EMPTY.test", "/x", nil},
 	{"other.test", "/d", nil}, {"other.test", "/d/x", nil}, {"other.test", "/n/12", nil}, {"other.test", "/n/12/x", nil}, {"other.test", "/", nil},
 	{"shop.test", "/n/12", nil},
+	{"sticky.test", "/?user=1", nil}, {"sticky.test", "/?user=2", nil}, {"sticky.test", "/?user=3", nil},
+	{"sticky.test", "/?user=4", nil}, {"sticky.test", "/?user=5", nil}, {"sticky.test", "/?user=6", nil},
+	{"sticky.test", "/?user=7", nil}, {"sticky.test", "/?user=8", nil}, {"sticky.test", "/", nil},
 }
 
 // TestDynamicRoutesRulesServeAsRendered: with --dynamic-routes, apps with
@@ -288,15 +296,22 @@ func TestDynamicRoutesRulesServeAsRendered(t *testing.T) {
 	for _, name := range []string{"shop", "canary", "beta", "dflt"} {
 		backends[name] = testrig.Backend(t, strings.ToUpper(name))
 	}
+	for i := range 3 {
+		backends[fmt.Sprintf("sticky/%d", i)] = testrig.Backend(t, fmt.Sprintf("STICKY%d", i))
+	}
 	for _, r := range []*rig{rendered, router} {
+		var last uint64
 		for name, addr := range backends {
-			r.putInstance(name, "i", addr, msg.StateRunning)
+			app, id, _ := strings.Cut(name, "/")
+			last = r.putInstance(app, "i"+id, addr, msg.StateRunning)
 		}
 		for _, a := range rulesApps() {
 			r.putApp(a)
 		}
 		r.waitForPath("other.test", "/n/1", 200, "DFLT")
 		r.waitForPath("shop.test", "/api", 200, "SHOP")
+		r.waitFor("sticky.test", 200, "STICKY")
+		r.applied(last) // every instance: the hash app has its three servers
 	}
 	conf, err := os.ReadFile(router.agent.cfg.Target)
 	require.NoError(t, err)

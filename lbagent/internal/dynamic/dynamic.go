@@ -65,6 +65,10 @@ type Endpoints struct {
 	// Rules (an app the Lua router routes) are its routing.rules as the
 	// router needs them, by index: what a route's Rule names.
 	Rules []Rule `json:"rules,omitempty"`
+	// HashKey (a routed app with method hash) is its lb.hash_key, which
+	// the router evaluates per request as the rendered location's
+	// "set $berth_hash_key" would.
+	HashKey string `json:"hash_key,omitempty"`
 	// ConnectTimeout and ReadTimeout (seconds) and Tries are the app's
 	// proxy_connect_timeout, proxy_read_timeout (and send) and
 	// proxy_next_upstream_tries, which the router sets per request. Every
@@ -136,6 +140,9 @@ func endpointsOf(a state.App, routes []render.HostRoute, router bool) *Endpoints
 	}
 	if routes != nil {
 		e.Routes = routes
+		if lb.Method == spec.LBHash {
+			e.HashKey = lb.HashKey
+		}
 		for _, r := range a.Spec.Routing.Rules {
 			rule := Rule{Headers: r.Headers, RateLimit: r.RateLimit}
 			for _, sp := range r.Split {
@@ -228,7 +235,7 @@ func KeepRoutes(next, served map[string]*Endpoints) map[string]*Endpoints {
 			out = maps.Clone(next)
 		}
 		k := *e
-		k.Routes, k.Rules, k.ConnectTimeout, k.ReadTimeout, k.Tries = s.Routes, s.Rules, s.ConnectTimeout, s.ReadTimeout, s.Tries
+		k.Routes, k.Rules, k.HashKey, k.ConnectTimeout, k.ReadTimeout, k.Tries = s.Routes, s.Rules, s.HashKey, s.ConnectTimeout, s.ReadTimeout, s.Tries
 		out[name] = &k
 	}
 	if out == nil {

@@ -57,8 +57,6 @@ func Routable(a *spec.Routing, lb spec.LB) string {
 	switch {
 	case a.TLS != nil:
 		return "routing.tls: certificates are rendered (ssl_certificate)"
-	case lb.Method == spec.LBHash:
-		return "lb.method hash: its hash_key is an nginx variable expression, rendered"
 	case lb.Keepalive <= 0:
 		return "lb.keepalive 0: the router's upstream keeps connections alive"
 	case lb.ClientMaxBodySize != RouterBodySize:

@@ -51,7 +51,7 @@ func TestRoutedApps(t *testing.T) {
 		{"a routed split and its target", []state.App{plain, with("owner", func(a *state.App) {
 			a.Spec.Routing.Rules = []spec.Rule{{Path: "/s", Split: []spec.Split{{App: "target", Weight: 5}}}}
 		}, "o.test"), with("target", nil, "t.test")}, []string{"owner", "plain", "target"}},
-		{"hash", []state.App{plain, with("hash", func(a *state.App) { a.Spec.LB.Method, a.Spec.LB.HashKey = spec.LBHash, "$uri" }, "h.test")}, []string{"plain"}},
+		{"hash", []state.App{plain, with("hash", func(a *state.App) { a.Spec.LB.Method, a.Spec.LB.HashKey = spec.LBHash, "$uri" }, "h.test")}, []string{"hash", "plain"}},
 		{"no keepalive", []state.App{plain, with("ka", func(a *state.App) { a.Spec.LB.Keepalive = 0 }, "k.test")}, []string{"plain"}},
 		{"body size", []state.App{plain, with("body", func(a *state.App) { a.Spec.LB.ClientMaxBodySize = 2 << 20 }, "b.test")}, []string{"plain"}},
 		{"wildcard and the hosts it covers", []state.App{plain, with("wild", nil, "*.w.test"), with("sub", nil, "a.b.w.test"), with("apex", nil, "w.test")}, []string{"apex", "plain"}},
@@ -160,12 +160,13 @@ func TestGoldenDynamicRoutes(t *testing.T) {
 	all := scenarios(t, certDir(t))
 	snap := all["rules"]
 	snap.Apps = append(snap.Apps, app("web", 2, "web.example.com"), app("api", 0))
-	// shop's hash method keeps it rendered, and with it its host's member
-	// (legacy-api) and its split's target (shop-beta): the mix of both kinds.
+	// shop's lb.keepalive 0 keeps it rendered, and with it its host's
+	// member (legacy-api) and its split's target (shop-beta): the mix of
+	// both kinds.
 	for i := range snap.Apps {
 		if a := &snap.Apps[i]; a.Spec.Name == "shop" {
 			spec := *a.Spec
-			spec.LB.Method, spec.LB.HashKey = "hash", "$request_uri"
+			spec.LB.Keepalive = 0
 			a.Spec = &spec
 		}
 	}

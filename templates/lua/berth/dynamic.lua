@@ -230,7 +230,7 @@ end
 
 local APP_FIELDS = {
     method = true, hash = true, max_fails = true, fail_timeout = true, servers = true, splits = true,
-    routes = true, rules = true, connect_timeout = true, read_timeout = true, tries = true,
+    routes = true, rules = true, connect_timeout = true, read_timeout = true, tries = true, hash_key = true,
 }
 local ROUTE_FIELDS = { host = true, location = true, order = true, rule = true }
 local RULE_FIELDS = { headers = true, split = true, response_headers = true, rate_limit = true }
@@ -454,6 +454,20 @@ local function check_app(name, a)
     if a.hash ~= nil and type(a.hash) ~= "boolean" then
         return nil, path .. ".hash: must be a boolean"
     end
+    -- hash_key (method hash, an app the router routes): the spec's grammar
+    -- of variables joined by - _ : / (spec.CheckHashKey), evaluated per
+    -- request (hash_key_of), never compiled into config.
+    local hk
+    if a.hash_key ~= nil then
+        if type(a.hash_key) ~= "string" or #a.hash_key > 256 or not ngx.re.find(a.hash_key,
+            [[^(?:[-_:/]*\$(?:remote_addr|binary_remote_addr|request_uri|uri|host|http_host|scheme|args|server_name|(?:http|cookie|arg)_[a-z0-9_]+))+\z]], "jo") then
+            return nil, path .. ".hash_key: must be variables of the spec's hash_key grammar joined by - _ : /"
+        end
+        hk = {}
+        for m in ngx.re.gmatch(a.hash_key, [[([-_:/]*)\$([a-z0-9_]+)]], "jo") do
+            hk[#hk + 1] = { m[1], m[2] }
+        end
+    end
     local max_fails = a.max_fails
     if max_fails == nil then
         max_fails = 1
@@ -535,7 +549,7 @@ local function check_app(name, a)
             sp[rule] = ws
         end
     end
-    local set = { m = a.method, mf = max_fails, ft = fail_timeout, s = out, sp = sp }
+    local set = { m = a.method, mf = max_fails, ft = fail_timeout, s = out, sp = sp, hk = hk }
     local rules = {}
     if a.rules ~= nil and a.rules ~= cjson.null then
         local err
@@ -1154,7 +1168,7 @@ local function build(raw, g)
     end
     local e = {
         raw = raw, g = g, method = set.m, max_fails = set.mf, fail_timeout = set.ft,
-        primary = {}, backup = {}, n = 0, splits = set.sp or {}, rules = set.ru or {},
+        primary = {}, backup = {}, n = 0, splits = set.sp or {}, rules = set.ru or {}, hash_key = set.hk,
         ct = set.ct, rt = set.rt, tries = set.t,
     }
     for _, s in ipairs(set.s or {}) do
@@ -1728,6 +1742,25 @@ local function limited(app, rule, rl)
     return false
 end
 
+-- hash_key_of evaluates an app's hash_key as its rendered location's
+-- "set $berth_hash_key …" would: each variable's value ("" when unset)
+-- after its separator; $server_name is the server block's name, which
+-- for a host is the host, and "_" for the default server.
+local function hash_key_of(parts, host)
+    local var = ngx.var
+    local out = {}
+    for i, p in ipairs(parts) do
+        local v
+        if p[2] == "server_name" then
+            v = host ~= "" and host or "_"
+        else
+            v = var[p[2]] or ""
+        end
+        out[i] = p[1] .. v
+    end
+    return concat(out)
+end
+
 -- split picks the app of a share of rule (its index + 1) of app e, by the
 -- pushed weights: nil keeps the rule's own app.
 local function split_target(e, rule, apps)
@@ -1769,8 +1802,10 @@ function _M.route(closer)
     local dict = shdict()
     local g = dict:get("g") or 0
     local uri = ngx.var.uri or ""
-    local e = host_table(dict, g, ngx.var.host or "")
+    local host = ngx.var.host or ""
+    local e = host_table(dict, g, host)
     if not e then
+        host = ""
         e = host_table(dict, g, "")
     end
     local claims = e and match(e, uri)
@@ -1806,6 +1841,9 @@ function _M.route(closer)
         return ngx.exit(ngx.HTTP_OK)
     end
     ngx.var.berth_tries = set.tries or 0
+    if set.hash_key then
+        ngx.var.berth_hash_key = hash_key_of(set.hash_key, host)
+    end
     ngx.ctx.berth_routed = set
 end
 
