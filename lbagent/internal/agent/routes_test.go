@@ -199,7 +199,12 @@ type answer struct {
 }
 
 func (r *rig) ask(host, path string, header map[string]string) answer {
-	req, _ := http.NewRequest(http.MethodGet, "http://"+r.httpAddr+path, nil)
+	return r.send(http.MethodGet, host, path, header, nil)
+}
+
+// send is ask with a method and a body (an io.Reader nginx gets chunked).
+func (r *rig) send(method, host, path string, header map[string]string, body io.Reader) answer {
+	req, _ := http.NewRequest(method, "http://"+r.httpAddr+path, body)
 	req.Host = host
 	for k, v := range header {
 		req.Header.Set(k, v)
@@ -250,9 +255,11 @@ func rulesApps() []*msg.App {
 	dflt := appMsg("dflt")
 	dflt.Routing.Paths = []string{"/d"}
 	dflt.Routing.Rules = []spec.Rule{{Path: `^/n/[0-9]+$`, Match: spec.MatchRegex, ResponseHeaders: map[string]string{"X-Rule": "n"}}}
+	upload := appMsg("upload", "upload.test")
+	upload.LB.ClientMaxBodySize = 4 << 10
 	sticky := appMsg("sticky", "sticky.test")
 	sticky.LB.Method, sticky.LB.HashKey = spec.LBHash, "$arg_user:$server_name"
-	return []*msg.App{shop, canary, beta, empty, dflt, sticky}
+	return []*msg.App{shop, canary, beta, empty, dflt, sticky, upload}
 }
 
 // request is one request of a comparison.
@@ -293,7 +300,7 @@ func TestDynamicRoutesRulesServeAsRendered(t *testing.T) {
 	rendered := newRigMode(t, true)
 	router := newRigMode(t, true, withDynamicRoutes)
 	backends := map[string]string{}
-	for _, name := range []string{"shop", "canary", "beta", "dflt"} {
+	for _, name := range []string{"shop", "canary", "beta", "dflt", "upload"} {
 		backends[name] = testrig.Backend(t, strings.ToUpper(name))
 	}
 	for i := range 3 {
@@ -326,6 +333,23 @@ func TestDynamicRoutesRulesServeAsRendered(t *testing.T) {
 		}
 	}
 	same("first", rulesAsks)
+	// Bodies against an app's client_max_body_size (4 KiB; the default is
+	// 1 MiB): by Content-Length, and chunked.
+	for _, c := range []struct {
+		size    int
+		chunked bool
+	}{{1000, false}, {4096, false}, {5000, false}, {1000, true}, {5000, true}} {
+		do := func(r *rig) answer {
+			var body io.Reader = strings.NewReader(strings.Repeat("x", c.size))
+			if c.chunked {
+				body = io.MultiReader(body) // no length: sent chunked
+			}
+			return r.send(http.MethodPost, "upload.test", "/", nil, body)
+		}
+		want := do(rendered)
+		require.Equal(t, want, do(router), "a body of %d bytes, chunked %v", c.size, c.chunked)
+		require.Equal(t, c.size <= 4096, want.code == http.StatusOK, "a body of %d bytes, chunked %v: %d", c.size, c.chunked, want.code)
+	}
 	// The rate limit (1 a second, a burst of 2, per client address): the
 	// same three answered at once, then 429 with the rule's header (nginx's
 	// own 429 page in both), and only the rate's refills after.

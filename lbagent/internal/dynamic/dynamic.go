@@ -69,6 +69,9 @@ type Endpoints struct {
 	// the router evaluates per request as the rendered location's
 	// "set $berth_hash_key" would.
 	HashKey string `json:"hash_key,omitempty"`
+	// MaxBodySize (a routed app) is its lb.client_max_body_size in
+	// bytes, 0 for no limit: the router answers 413 past it.
+	MaxBodySize *int64 `json:"max_body_size,omitempty"`
 	// ConnectTimeout and ReadTimeout (seconds) and Tries are the app's
 	// proxy_connect_timeout, proxy_read_timeout (and send) and
 	// proxy_next_upstream_tries, which the router sets per request. Every
@@ -143,6 +146,8 @@ func endpointsOf(a state.App, routes []render.HostRoute, router bool) *Endpoints
 		if lb.Method == spec.LBHash {
 			e.HashKey = lb.HashKey
 		}
+		size := int64(lb.ClientMaxBodySize)
+		e.MaxBodySize = &size
 		for _, r := range a.Spec.Routing.Rules {
 			rule := Rule{Headers: r.Headers, RateLimit: r.RateLimit}
 			for _, sp := range r.Split {
@@ -235,7 +240,8 @@ func KeepRoutes(next, served map[string]*Endpoints) map[string]*Endpoints {
 			out = maps.Clone(next)
 		}
 		k := *e
-		k.Routes, k.Rules, k.HashKey, k.ConnectTimeout, k.ReadTimeout, k.Tries = s.Routes, s.Rules, s.HashKey, s.ConnectTimeout, s.ReadTimeout, s.Tries
+		k.Routes, k.Rules, k.HashKey, k.MaxBodySize = s.Routes, s.Rules, s.HashKey, s.MaxBodySize
+		k.ConnectTimeout, k.ReadTimeout, k.Tries = s.ConnectTimeout, s.ReadTimeout, s.Tries
 		out[name] = &k
 	}
 	if out == nil {

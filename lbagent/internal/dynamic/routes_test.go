@@ -15,7 +15,7 @@ import (
 func routedApp(name string, created int64, hosts ...string) state.App {
 	return state.App{Spec: &msg.App{Name: name, CreatedAt: time.Unix(created, 0), Routing: spec.Routing{Hosts: hosts, Paths: []string{"/"}},
 		LB: spec.LB{Method: spec.LBRoundRobin, Keepalive: 8, ConnectTimeout: spec.Duration(time.Second), ReadTimeout: spec.Duration(5 * time.Second),
-			NextUpstreamTries: 3, ClientMaxBodySize: render.RouterBodySize}},
+			NextUpstreamTries: 3, ClientMaxBodySize: 1 << 20}},
 		Servers: []state.Server{{Address: "127.0.0.1:1", Weight: 1}}}
 }
 

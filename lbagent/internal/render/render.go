@@ -213,6 +213,9 @@ type Server struct {
 	// default server's paths, are looked up in the route table pushed into
 	// nginx's dict; RouterDrain renders its closer too.
 	Router, RouterDrain bool
+	// RouterBodySize is the router location's client_max_body_size
+	// (RouterBodyLimit): the Lua router holds each app to its own.
+	RouterBodySize spec.ByteSize
 }
 
 // Location routes one path or rule of one app.
@@ -309,6 +312,7 @@ func Layout(snap state.Snapshot, generation uint64, o Options) (Data, map[string
 		if routed != nil {
 			d.Router = true
 			servers[""].Router, servers[""].RouterDrain = true, o.Dynamic.Drain
+			servers[""].RouterBodySize = RouterBodyLimit(snap, routed)
 		}
 	}
 	for _, a := range snap.Apps {

@@ -23,9 +23,29 @@ import (
 // RouterUpstream is the one upstream of every app the Lua router routes.
 const RouterUpstream = "berth_routed"
 
-// RouterBodySize is the client_max_body_size of the router's location:
-// the spec's default, which an app needs to be routed there.
-const RouterBodySize spec.ByteSize = 1 << 20
+// RouterBodyLimit is the client_max_body_size of the router's location:
+// the largest of the routed apps' (0, unlimited, when one is), rounded up
+// to a power of two of at least 1 MiB so that the config changes only
+// when it doubles. nginx refuses a body past it before Lua runs; the
+// router holds each app to its own below it (berth.dynamic route).
+func RouterBodyLimit(snap state.Snapshot, routed map[string]bool) spec.ByteSize {
+	var most spec.ByteSize
+	for _, a := range snap.Apps {
+		if !routed[a.Spec.Name] {
+			continue
+		}
+		size := a.Spec.LB.ClientMaxBodySize
+		if size == 0 {
+			return 0
+		}
+		most = max(most, size)
+	}
+	limit := spec.ByteSize(1 << 20)
+	for limit < most {
+		limit *= 2
+	}
+	return limit
+}
 
 // MaxRoutes is the most routes one app's set may carry (the Lua side's
 // MAX_ROUTES): spec.MaxHosts × spec.MaxPaths × 2 arguments a path. An app
@@ -59,8 +79,6 @@ func Routable(a *spec.Routing, lb spec.LB) string {
 		return "routing.tls: certificates are rendered (ssl_certificate)"
 	case lb.Keepalive <= 0:
 		return "lb.keepalive 0: the router's upstream keeps connections alive"
-	case lb.ClientMaxBodySize != RouterBodySize:
-		return "lb.client_max_body_size other than 1 MiB: nginx enforces it per location, rendered"
 	}
 	for _, h := range a.Hosts {
 		if strings.HasPrefix(h, "*.") {

@@ -53,7 +53,7 @@ func TestRoutedApps(t *testing.T) {
 		}, "o.test"), with("target", nil, "t.test")}, []string{"owner", "plain", "target"}},
 		{"hash", []state.App{plain, with("hash", func(a *state.App) { a.Spec.LB.Method, a.Spec.LB.HashKey = spec.LBHash, "$uri" }, "h.test")}, []string{"hash", "plain"}},
 		{"no keepalive", []state.App{plain, with("ka", func(a *state.App) { a.Spec.LB.Keepalive = 0 }, "k.test")}, []string{"plain"}},
-		{"body size", []state.App{plain, with("body", func(a *state.App) { a.Spec.LB.ClientMaxBodySize = 2 << 20 }, "b.test")}, []string{"plain"}},
+		{"body size", []state.App{plain, with("body", func(a *state.App) { a.Spec.LB.ClientMaxBodySize = 2 << 20 }, "b.test")}, []string{"body", "plain"}},
 		{"wildcard and the hosts it covers", []state.App{plain, with("wild", nil, "*.w.test"), with("sub", nil, "a.b.w.test"), with("apex", nil, "w.test")}, []string{"apex", "plain"}},
 		{"a rendered split's target", []state.App{plain, with("owner", func(a *state.App) {
 			a.Spec.Routing.Rules = []spec.Rule{{Path: "/s", Split: []spec.Split{{App: "target", Weight: 5}}}}

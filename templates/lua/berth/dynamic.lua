@@ -231,6 +231,7 @@ end
 local APP_FIELDS = {
     method = true, hash = true, max_fails = true, fail_timeout = true, servers = true, splits = true,
     routes = true, rules = true, connect_timeout = true, read_timeout = true, tries = true, hash_key = true,
+    max_body_size = true,
 }
 local ROUTE_FIELDS = { host = true, location = true, order = true, rule = true }
 local RULE_FIELDS = { headers = true, split = true, response_headers = true, rate_limit = true }
@@ -550,6 +551,12 @@ local function check_app(name, a)
         end
     end
     local set = { m = a.method, mf = max_fails, ft = fail_timeout, s = out, sp = sp, hk = hk }
+    if a.max_body_size ~= nil then
+        if not is_int(a.max_body_size, 0, MAX_VERSION) then
+            return nil, path .. ".max_body_size: must be a number of bytes, 0 for no limit"
+        end
+        set.mb = a.max_body_size
+    end
     local rules = {}
     if a.rules ~= nil and a.rules ~= cjson.null then
         local err
@@ -1169,6 +1176,7 @@ local function build(raw, g)
     local e = {
         raw = raw, g = g, method = set.m, max_fails = set.mf, fail_timeout = set.ft,
         primary = {}, backup = {}, n = 0, splits = set.sp or {}, rules = set.ru or {}, hash_key = set.hk,
+        max_body = set.mb,
         ct = set.ct, rt = set.rt, tries = set.t,
     }
     for _, s in ipairs(set.s or {}) do
@@ -1742,6 +1750,36 @@ local function limited(app, rule, rl)
     return false
 end
 
+-- too_large says the request's body is larger than limit bytes, as
+-- nginx's client_max_body_size of the app's rendered location would: by
+-- its Content-Length, or for a chunked body once read (the router's
+-- location already bounded it by the largest routed app's limit).
+local function too_large(limit)
+    local cl = tonumber(ngx.var.http_content_length)
+    if cl then
+        return cl > limit
+    end
+    if not ngx.var.http_transfer_encoding then
+        return false
+    end
+    ngx.req.read_body()
+    local data = ngx.req.get_body_data()
+    if data then
+        return #data > limit
+    end
+    local file = ngx.req.get_body_file()
+    if not file then
+        return false
+    end
+    local f = io.open(file, "rb")
+    if not f then
+        return false
+    end
+    local size = f:seek("end")
+    f:close()
+    return size and size > limit
+end
+
 -- hash_key_of evaluates an app's hash_key as its rendered location's
 -- "set $berth_hash_key …" would: each variable's value ("" when unset)
 -- after its separator; $server_name is the server block's name, which
@@ -1839,6 +1877,9 @@ function _M.route(closer)
         ngx.header["Content-Type"] = "application/json"
         ngx.print(sformat(NO_BACKEND, app))
         return ngx.exit(ngx.HTTP_OK)
+    end
+    if set.max_body and set.max_body > 0 and too_large(set.max_body) then
+        return ngx.exit(413)
     end
     ngx.var.berth_tries = set.tries or 0
     if set.hash_key then
