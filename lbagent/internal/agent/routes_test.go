@@ -226,7 +226,8 @@ func (r *rig) send(method, host, path string, header map[string]string, body io.
 // server; an app in the default server with a regex rule; two apps'
 // regexes that both match, tried in claim order; a rate limit; an app
 // balanced by hash on a key of variables ($server_name included), whose
-// requests go to the same server in both modes.
+// requests go to the same server in both modes; wildcard hosts, the
+// longest one winning, and an exact host under one.
 func rulesApps() []*msg.App {
 	shop := appMsg("shop", "shop.test")
 	shop.CreatedAt = time.Unix(1, 0)
@@ -259,7 +260,11 @@ func rulesApps() []*msg.App {
 	upload.LB.ClientMaxBodySize = 4 << 10
 	sticky := appMsg("sticky", "sticky.test")
 	sticky.LB.Method, sticky.LB.HashKey = spec.LBHash, "$arg_user:$server_name"
-	return []*msg.App{shop, canary, beta, empty, dflt, sticky, upload}
+	wild := appMsg("wild", "*.w.test")
+	wild.LB.Method, wild.LB.HashKey = spec.LBHash, "$server_name"
+	deeper := appMsg("deeper", "*.b.w.test")
+	exact := appMsg("exact", "a.w.test")
+	return []*msg.App{shop, canary, beta, empty, dflt, sticky, upload, wild, deeper, exact}
 }
 
 // request is one request of a comparison.
@@ -287,6 +292,8 @@ var rulesAsks = []request{
 	{"sticky.test", "/?user=1", nil}, {"sticky.test", "/?user=2", nil}, {"sticky.test", "/?user=3", nil},
 	{"sticky.test", "/?user=4", nil}, {"sticky.test", "/?user=5", nil}, {"sticky.test", "/?user=6", nil},
 	{"sticky.test", "/?user=7", nil}, {"sticky.test", "/?user=8", nil}, {"sticky.test", "/", nil},
+	{"x.w.test", "/", nil}, {"a.w.test", "/", nil}, {"b.w.test", "/", nil}, {"c.b.w.test", "/", nil}, {"x.y.b.w.test", "/x", nil},
+	{"w.test", "/", nil}, {"w.test", "/d", nil}, {"xw.test", "/", nil},
 }
 
 // TestDynamicRoutesRulesServeAsRendered: with --dynamic-routes, apps with
@@ -300,7 +307,7 @@ func TestDynamicRoutesRulesServeAsRendered(t *testing.T) {
 	rendered := newRigMode(t, true)
 	router := newRigMode(t, true, withDynamicRoutes)
 	backends := map[string]string{}
-	for _, name := range []string{"shop", "canary", "beta", "dflt", "upload"} {
+	for _, name := range []string{"shop", "canary", "beta", "dflt", "upload", "wild", "deeper", "exact"} {
 		backends[name] = testrig.Backend(t, strings.ToUpper(name))
 	}
 	for i := range 3 {
@@ -323,6 +330,7 @@ func TestDynamicRoutesRulesServeAsRendered(t *testing.T) {
 	conf, err := os.ReadFile(router.agent.cfg.Target)
 	require.NoError(t, err)
 	require.NotContains(t, string(conf), "shop.test", "every app is routed by the router")
+	require.NotContains(t, string(conf), "w.test", "wildcard hosts too")
 	require.NotContains(t, string(conf), "upstream berth_shop")
 	same := func(when string, asks []request) {
 		t.Helper()

@@ -80,11 +80,6 @@ func Routable(a *spec.Routing, lb spec.LB) string {
 	case lb.Keepalive <= 0:
 		return "lb.keepalive 0: the router's upstream keeps connections alive"
 	}
-	for _, h := range a.Hosts {
-		if strings.HasPrefix(h, "*.") {
-			return "a wildcard host: nginx matches it before the router, rendered"
-		}
-	}
 	if max(len(a.Hosts), 1)*(len(a.Paths)+len(a.Rules))*2 > MaxRoutes {
 		return "more routes than one push carries"
 	}
@@ -203,7 +198,7 @@ func RoutedApps(snap state.Snapshot, o Options) map[string][]HostRoute {
 // rendered), that no rendered app's split names (a rendered share's
 // location needs its target's upstream; the router's splits balance any
 // app from the dict), on hosts that every app routing there is routed on (a host
-// is one server block or none) and that no wildcard host covers (nginx
+// is one server block or none) and that no rendered wildcard host covers (nginx
 // would match the wildcard's server first). The default server is where
 // the router lives: when an app rendered there routes without hosts,
 // nothing is routed by the router.
@@ -222,20 +217,25 @@ func routedApps(snap state.Snapshot, table *spec.RouteTable) map[string]bool {
 			splitters = append(splitters, a.Spec)
 		}
 	}
-	wild := map[string]bool{} // "example.com" of "*.example.com"
+	wild := map[string][]spec.AppRoutes{} // "example.com" of "*.example.com": its apps
 	for _, hr := range table.Hosts() {
 		if s, isWild := strings.CutPrefix(hr.Host, "*."); isWild {
-			wild[s] = true
+			wild[s] = hr.Apps
 		}
 	}
+	// covered says a rendered wildcard server covers h: nginx matches it
+	// before the default server, so h never reaches the router. (A routed
+	// wildcard is the router's to match, after h's own entry.)
 	covered := func(h string) bool {
 		for rest := h; ; {
 			_, after, found := strings.Cut(rest, ".")
 			if !found {
 				return false
 			}
-			if wild[after] {
-				return true
+			for _, ar := range wild[after] {
+				if !ok[ar.App] {
+					return true
+				}
 			}
 			rest = after
 		}
@@ -256,7 +256,7 @@ func routedApps(snap state.Snapshot, table *spec.RouteTable) map[string]bool {
 			}
 		}
 		for _, hr := range table.Hosts() {
-			dyn := !strings.HasPrefix(hr.Host, "*.") && !covered(hr.Host)
+			dyn := !covered(hr.Host)
 			for _, ar := range hr.Apps {
 				dyn = dyn && ok[ar.App]
 			}

@@ -54,7 +54,9 @@ func TestRoutedApps(t *testing.T) {
 		{"hash", []state.App{plain, with("hash", func(a *state.App) { a.Spec.LB.Method, a.Spec.LB.HashKey = spec.LBHash, "$uri" }, "h.test")}, []string{"hash", "plain"}},
 		{"no keepalive", []state.App{plain, with("ka", func(a *state.App) { a.Spec.LB.Keepalive = 0 }, "k.test")}, []string{"plain"}},
 		{"body size", []state.App{plain, with("body", func(a *state.App) { a.Spec.LB.ClientMaxBodySize = 2 << 20 }, "b.test")}, []string{"body", "plain"}},
-		{"wildcard and the hosts it covers", []state.App{plain, with("wild", nil, "*.w.test"), with("sub", nil, "a.b.w.test"), with("apex", nil, "w.test")}, []string{"apex", "plain"}},
+		{"wildcard and the hosts it covers", []state.App{plain, with("wild", nil, "*.w.test"), with("sub", nil, "a.b.w.test"), with("apex", nil, "w.test")}, []string{"apex", "plain", "sub", "wild"}},
+		{"a rendered wildcard and the hosts it covers", []state.App{plain, with("wild", func(a *state.App) { a.Spec.Routing.TLS = &spec.TLS{SelfSigned: true} }, "*.w.test"),
+			with("sub", nil, "a.b.w.test"), with("apex", nil, "w.test")}, []string{"apex", "plain"}},
 		{"a rendered split's target", []state.App{plain, with("owner", func(a *state.App) {
 			a.Spec.Routing.Rules = []spec.Rule{{Path: "/s", Split: []spec.Split{{App: "target", Weight: 5}}}}
 			a.Spec.LB.Keepalive = 0

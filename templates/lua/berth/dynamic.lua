@@ -254,7 +254,8 @@ local MAX_READ_TIMEOUT = 86400
 local MAX_TRIES = 100
 
 -- valid_host checks a route table host key: "" (the default server) or
--- lower-case RFC 1123 labels joined by dots.
+-- lower-case RFC 1123 labels joined by dots, optionally behind "*." (a
+-- wildcard host).
 local function valid_host(s)
     if type(s) ~= "string" or #s > MAX_HOST then
         return false
@@ -262,7 +263,7 @@ local function valid_host(s)
     if s == "" then
         return true
     end
-    return ngx.re.find(s, [[^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\z]], "jo") ~= nil
+    return ngx.re.find(s, [[^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\z]], "jo") ~= nil
 end
 
 -- compiles says whether re is a regex PCRE compiles (the spec checked its
@@ -852,6 +853,35 @@ local function apply(dict, version, full, apps)
             end
         else
             dict:delete("h:" .. host)
+        end
+    end
+
+    -- "w": the wildcard hosts with entries, for the router's fallback
+    -- from a host without an entry of its own.
+    local wild_changed = false
+    for host in pairs(hosts) do
+        wild_changed = wild_changed or ssub(host, 1, 2) == "*."
+    end
+    if wild_changed then
+        local cur = dict:get("w")
+        local set = {}
+        for _, h in ipairs(cur and cjson.decode(cur) or {}) do
+            set[h] = true
+        end
+        for host, raw in pairs(hosts) do
+            if ssub(host, 1, 2) == "*." then
+                set[host] = raw and true or nil
+            end
+        end
+        local list = {}
+        for h in pairs(set) do
+            list[#list + 1] = h
+        end
+        sort(list)
+        local ok, err = dict:safe_set("w", #list > 0 and cjson.encode(list) or "[]")
+        if not ok then
+            undo()
+            return nil, "shared dict " .. DICT_NAME .. ": " .. tostring(err)
         end
     end
 
@@ -1639,6 +1669,20 @@ local function decode_host(raw, g)
     return e
 end
 
+local wcache = {} -- per worker: "w" -> the wildcard hosts with entries
+
+-- decode_wild decodes "w", the wildcard hosts with entries, into a set.
+local function decode_wild(raw, g)
+    local list = cjson.decode(raw)
+    local set = {}
+    if type(list) == "table" then
+        for _, h in ipairs(list) do
+            set[h] = true
+        end
+    end
+    return { raw = raw, g = g, set = set }
+end
+
 -- host_table returns the decoded entry of host; nil when the host has
 -- none. Only hosts found are cached, so that hostile Host headers cannot
 -- grow the cache.
@@ -1842,6 +1886,23 @@ function _M.route(closer)
     local uri = ngx.var.uri or ""
     local host = ngx.var.host or ""
     local e = host_table(dict, g, host)
+    if not e then
+        -- the longest wildcard host that covers it, as nginx's server_name
+        local w = cached(wcache, "w", dict, "w", g, decode_wild)
+        local rest = host
+        while w and next(w.set) do
+            local dot = sfind(rest, ".", 1, true)
+            if not dot then
+                break
+            end
+            rest = ssub(rest, dot + 1)
+            if w.set["*." .. rest] then
+                host = "*." .. rest
+                e = host_table(dict, g, host)
+                break
+            end
+        end
+    end
     if not e then
         host = ""
         e = host_table(dict, g, "")
