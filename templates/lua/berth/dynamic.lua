@@ -1928,19 +1928,20 @@ function _M.route(closer)
             end
         end
     end
+    ngx.var.berth_app = app
+    -- In nginx's order: the body's size when it picks the location, then
+    -- limit_req (preaccess), then the access phase's 503.
+    if set and set.max_body and set.max_body > 0 and too_large(set.max_body) then
+        return ngx.exit(413)
+    end
     if rule and rule.rl and app == c.a and limited(c.a, c.r, rule.rl) then
-        ngx.var.berth_app = app
         return ngx.exit(429)
     end
-    ngx.var.berth_app = app
     if not set or set.n == 0 then
         ngx.status = 503
         ngx.header["Content-Type"] = "application/json"
         ngx.print(sformat(NO_BACKEND, app))
         return ngx.exit(ngx.HTTP_OK)
-    end
-    if set.max_body and set.max_body > 0 and too_large(set.max_body) then
-        return ngx.exit(413)
     end
     ngx.var.berth_tries = set.tries or 0
     if set.hash_key then
