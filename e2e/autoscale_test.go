@@ -234,24 +234,33 @@ func TestAutoscaling(t *testing.T) {
 
 	// lbagent gone: no metric arrives; the app stays where it is, neither
 	// scaled in to min nor out to max, while nginx keeps serving.
-	// Watched until decisions are made without them.
+	// Watched until decisions are made without them: such a decision
+	// holds the count it found. That count is 4, unless the last windows
+	// lbagent sent before it died took it elsewhere: the band of 4 is
+	// 135–198 req/s (45 a replica, a tolerance of 0.1), and the step's 160
+	// plus waitServing's own polling (about 30 req/s) plus the catch-up of
+	// a loadgen worker stalled on a loaded machine once measured 243 req/s
+	// in a 1 s window (scaled 4 → 6 just before the kill).
 	lb.stop(t, syscall.SIGKILL, 10*time.Second)
+	var held int
 	require.Eventually(t, func() bool {
 		m = s.metrics("demo")
 		last = m.Decisions[len(m.Decisions)-1]
 		for _, rs := range last.Reasons {
 			if rs.Metric == "rps" && rs.NoData {
+				held = last.Current
 				return true
 			}
 		}
-		return m.DesiredReplicas != 4 // fails below
+		return false
 	}, 30*time.Second, 250*time.Millisecond, "a decision without lbagent's metrics")
-	require.Equal(t, 4, m.DesiredReplicas, "lost metrics never scale")
+	t.Logf("the first decision without lbagent's metrics found %d replicas", held)
+	require.Equal(t, held, m.DesiredReplicas, "lost metrics never scale")
 	for _, rs := range last.Reasons {
 		traffic := rs.Metric == "rps" || rs.Metric == "latency"
 		require.Equal(t, traffic, rs.NoData, "without lbagent rps and latency have no sample, cpu and memory do: %+v", rs)
 	}
-	require.Equal(t, 4, last.Recommendation, "cpu and memory ask for 2, the lost metrics hold 4, the highest wins")
+	require.Equal(t, held, last.Recommendation, "cpu and memory ask for 2, the lost metrics hold the current count, the highest wins")
 	s.startLBAgent(lbArgs...)
 
 	// The step ends: back to 2 after the 6 s stabilisation, under the
