@@ -398,6 +398,25 @@ func (a *Agent) skip(ctx context.Context, start time.Time, snap state.Snapshot, 
 		return time.Second
 	}
 	a.served.Snapshot = snap
+	// When nginx serves the records it served, and no refusal stands in
+	// or ends (an endpoint change), the served records and apps stay:
+	// no walk of every app.
+	if len(a.refused) > 0 || len(dec.StandIns) > 0 || !sameSpecs(a.served.Specs, dec.Snapshot) {
+		a.servedRecords(dec)
+	}
+	a.applied(ctx)
+	a.report(ctx, start, snap.Revision, msg.ReloadSkipped, "", nil)
+	if h := a.cfg.Hooks.Served; h != nil && a.pushes != nil {
+		h(len(snap.Apps), snap.Servers())
+	}
+	a.logger.Debug("nothing to reload", zap.String("action", string(dec.Action)), zap.String("reason", dec.Reason),
+		zap.Uint64("revision", snap.Revision))
+	return 0
+}
+
+// servedRecords records the app records of dec as those nginx serves
+// after a Skip or Push. The refusals dec settles end.
+func (a *Agent) servedRecords(dec Decision) {
 	// These records lay out the config nginx serves (Decide found it so):
 	// the next decision knows it by identity, without a layout. With
 	// --dynamic-routes a new app the Lua router routes is such a change.
@@ -418,14 +437,6 @@ func (a *Agent) skip(ctx context.Context, start time.Time, snap state.Snapshot, 
 			delete(a.served.Apps, name)
 		}
 	}
-	a.applied(ctx)
-	a.report(ctx, start, snap.Revision, msg.ReloadSkipped, "", nil)
-	if h := a.cfg.Hooks.Served; h != nil && a.pushes != nil {
-		h(len(snap.Apps), snap.Servers())
-	}
-	a.logger.Debug("nothing to reload", zap.String("action", string(dec.Action)), zap.String("reason", dec.Reason),
-		zap.Uint64("revision", snap.Revision))
-	return 0
 }
 
 // pushChanged acts on a Push: it pushes the endpoint sets dec says
