@@ -140,6 +140,8 @@ type Cache struct {
 	// was made of: the same records, in order, route the same.
 	specs  []*msg.App
 	routes map[string][]render.HostRoute
+	// lastRoutes are the routes the entries of last were made with.
+	lastRoutes map[string][]render.HostRoute
 }
 
 type cached struct {
@@ -167,6 +169,8 @@ func sameServers(a, b []state.Server) bool {
 // routes of the apps the Lua router routes.
 func (c *Cache) Of(snap state.Snapshot) map[string]*Endpoints {
 	routes := c.routesOf(snap)
+	sameRoutes := c.out != nil && sameMap(c.lastRoutes, routes)
+	c.lastRoutes = routes
 	if c.out == nil {
 		return c.rebuild(snap, routes)
 	}
@@ -194,11 +198,14 @@ func (c *Cache) Of(snap state.Snapshot) map[string]*Endpoints {
 		if next == nil && (i != k || i == len(last) || last[i].spec.Name != a.Spec.Name) {
 			next = append(make([]cached, 0, len(snap.Apps)), last[:k]...)
 		}
-		r := routes[a.Spec.Name]
 		var e cached
 		if i < len(last) && last[i].spec.Name == a.Spec.Name {
 			e = last[i]
 			i++
+			r := e.routes // the same record routes the same in the same route table
+			if e.spec != a.Spec || !sameRoutes {
+				r = routes[a.Spec.Name]
+			}
 			if !e.fresh(a, r) {
 				n := cached{spec: a.Spec, servers: a.Servers, routes: r, eps: endpointsOf(a, r)}
 				if reflect.DeepEqual(n.eps, e.eps) {
@@ -209,6 +216,7 @@ func (c *Cache) Of(snap state.Snapshot) map[string]*Endpoints {
 				e = n
 			}
 		} else {
+			r := routes[a.Spec.Name]
 			e = cached{spec: a.Spec, servers: a.Servers, routes: r, eps: endpointsOf(a, r)}
 			change(a.Spec.Name, e.eps)
 		}
@@ -275,7 +283,7 @@ func (c *Cache) Diff(old, next map[string]*Endpoints) map[string]*Endpoints {
 }
 
 // sameMap reports whether a and b are the same map (not equal ones).
-func sameMap(a, b map[string]*Endpoints) bool {
+func sameMap[V any](a, b map[string]V) bool {
 	return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
 }
 

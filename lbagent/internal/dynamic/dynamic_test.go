@@ -351,11 +351,35 @@ func TestSnapshotEncoderIsJSONMarshal(t *testing.T) {
 // it returned changes afterwards.
 func TestCacheIsOfAndDiff(t *testing.T) {
 	t.Parallel()
+	t.Run("endpoints", func(t *testing.T) { t.Parallel(); testCacheIsOfAndDiff(t, false) })
+	t.Run("routes", func(t *testing.T) { t.Parallel(); testCacheIsOfAndDiff(t, true) })
+}
+
+// testCacheIsOfAndDiff is TestCacheIsOfAndDiff; with routes, the apps
+// are routed by the Lua router (--dynamic-routes) on a few shared hosts,
+// so that a new record of one app changes the routes of others, and the
+// oracle is a new cache.
+func testCacheIsOfAndDiff(t *testing.T, routes bool) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	specs := map[string]*msg.App{}
 	servers := map[string][]state.Server{}
 	record := func(name string) *msg.App {
+		if routes {
+			a := routedApp(name, int64(rng.IntN(3)), []string{"a.test", "b.test", "c.test"}[rng.IntN(3)]).Spec
+			a.Routing.Paths = [][]string{{"/"}, {"/x"}, {"/", "/y"}}[rng.IntN(3)]
+			if rng.IntN(3) == 0 {
+				a.Routing.ShareWith = []spec.Share{{App: fmt.Sprintf("app-%02d", rng.IntN(34))}}
+			}
+			return a
+		}
 		return &msg.App{Name: name, LB: spec.LB{Method: []string{"round_robin", "least_conn"}[rng.IntN(2)], MaxFails: 1}}
+	}
+	o := render.Options{Dynamic: &render.Dynamic{Routes: true}}
+	fresh := func(snap state.Snapshot) map[string]*Endpoints {
+		if routes {
+			return (&Cache{Render: &o}).Of(snap)
+		}
+		return Of(snap)
 	}
 	for i := range 30 {
 		name := fmt.Sprintf("app-%02d", i)
@@ -369,6 +393,9 @@ func TestCacheIsOfAndDiff(t *testing.T) {
 		return s
 	}
 	var c Cache
+	if routes {
+		c.Render = &o
+	}
 	type result struct {
 		m    map[string]*Endpoints
 		copy map[string]Endpoints
@@ -395,7 +422,7 @@ func TestCacheIsOfAndDiff(t *testing.T) {
 		}
 		snap := snapshot()
 		got := c.Of(snap)
-		require.Equal(t, Of(snap), got, "step %d", step)
+		require.Equal(t, fresh(snap), got, "step %d", step)
 		for _, back := range []int{1, 2, 5} {
 			if len(results) >= back {
 				old := results[len(results)-back].m
