@@ -30,6 +30,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -420,7 +422,11 @@ func (a *Agent) servedRecords(dec Decision) {
 	// These records lay out the config nginx serves (Decide found it so):
 	// the next decision knows it by identity, without a layout. With
 	// --dynamic-routes a new app the Lua router routes is such a change.
+	last := a.served.Specs
 	a.served.Specs = specsOf(dec.Snapshot)
+	if len(a.refused) == 0 && len(dec.StandIns) == 0 && updateGenerations(a.served.Apps, last, a.served.Specs) {
+		return
+	}
 	for _, name := range dec.Settled {
 		delete(a.refused, name)
 		delete(a.appErrors, name)
@@ -437,6 +443,34 @@ func (a *Agent) servedRecords(dec Decision) {
 			delete(a.served.Apps, name)
 		}
 	}
+}
+
+// updateGenerations makes apps, the spec generation of each record of
+// last, those of next, walking both by name, and reports whether it could
+// (both sorted by name, and apps holding last's): a new app at 10,000
+// costs no map of every app.
+func updateGenerations(apps map[string]int64, last, next []*msg.App) bool {
+	byName := func(a, b *msg.App) int { return strings.Compare(a.Name, b.Name) }
+	if len(apps) != len(last) || !slices.IsSortedFunc(last, byName) || !slices.IsSortedFunc(next, byName) {
+		return false
+	}
+	i := 0
+	for k, app := range next {
+		if k > 0 && next[k-1].Name == app.Name {
+			return false
+		}
+		for ; i < len(last) && last[i].Name < app.Name; i++ {
+			delete(apps, last[i].Name)
+		}
+		if i < len(last) && last[i].Name == app.Name {
+			i++
+		}
+		apps[app.Name] = app.Generation
+	}
+	for ; i < len(last); i++ {
+		delete(apps, last[i].Name)
+	}
+	return true
 }
 
 // pushChanged acts on a Push: it pushes the endpoint sets dec says
