@@ -133,6 +133,8 @@ type Cache struct {
 	// out is the map Of returned for it.
 	last []cached
 	out  map[string]*Endpoints
+	// sorted says last is sorted by name, each name once: Of walks it.
+	sorted bool
 	// prev is the map returned before out and delta what changed from it
 	// to out (nil values: removed); prev is nil when unknown.
 	prev, delta map[string]*Endpoints
@@ -153,7 +155,8 @@ type cached struct {
 
 // fresh reports whether e was made of a with routes r.
 func (e *cached) fresh(a state.App, r []render.HostRoute) bool {
-	return e.spec == a.Spec && sameServers(e.servers, a.Servers) && (e.routes == nil) == (r == nil) && slices.Equal(e.routes, r)
+	return e.spec == a.Spec && sameServers(e.servers, a.Servers) && (e.routes == nil) == (r == nil) &&
+		(len(r) > 0 && len(e.routes) == len(r) && &e.routes[0] == &r[0] || slices.Equal(e.routes, r))
 }
 
 // sameServers is slices.Equal, at once for the same slice (the store
@@ -171,7 +174,7 @@ func (c *Cache) Of(snap state.Snapshot) map[string]*Endpoints {
 	routes := c.routesOf(snap)
 	sameRoutes := c.out != nil && sameMap(c.lastRoutes, routes)
 	c.lastRoutes = routes
-	if c.out == nil {
+	if c.out == nil || !c.sorted {
 		return c.rebuild(snap, routes)
 	}
 	// Walk the last snapshot's apps beside snap's, both sorted by name.
@@ -188,6 +191,26 @@ func (c *Cache) Of(snap state.Snapshot) map[string]*Endpoints {
 	var next []cached
 	i := 0
 	for k, a := range snap.Apps {
+		if next == nil && i == k && k < len(last) && last[k].spec == a.Spec {
+			// The last snapshot's record at its place: in order, no name
+			// to compare.
+			e := &last[k]
+			i++
+			r := e.routes // the same record routes the same in the same route table
+			if !sameRoutes {
+				r = routes[a.Spec.Name]
+			}
+			if !e.fresh(a, r) {
+				n := cached{spec: a.Spec, servers: a.Servers, routes: r, eps: endpointsOf(a, r)}
+				if reflect.DeepEqual(n.eps, e.eps) {
+					n.eps = e.eps
+				} else {
+					change(a.Spec.Name, n.eps)
+				}
+				*e = n
+			}
+			continue
+		}
 		if k > 0 && snap.Apps[k-1].Spec.Name >= a.Spec.Name {
 			return c.rebuild(snap, routes) // not sorted by name
 		}
@@ -267,6 +290,10 @@ func (c *Cache) rebuild(snap state.Snapshot, routes map[string][]render.HostRout
 		out[a.Spec.Name], last[i] = e.eps, e
 	}
 	c.last, c.out, c.prev, c.delta = last, out, nil, nil
+	c.sorted = slices.IsSortedFunc(snap.Apps, func(a, b state.App) int { return strings.Compare(a.Spec.Name, b.Spec.Name) })
+	for k := 1; c.sorted && k < len(snap.Apps); k++ {
+		c.sorted = snap.Apps[k-1].Spec.Name != snap.Apps[k].Spec.Name
+	}
 	return out
 }
 
