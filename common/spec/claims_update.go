@@ -33,8 +33,56 @@ func (t *RouteTable) Update(changed []Claimant, removed []string) *RouteTable {
 		return nil
 	}
 	t.idx = nil
-	hosts := map[string]bool{} // the hosts to decide again
-	apps := map[string]bool{}  // the apps whose conflicts may change
+	hosts, apps := idx.apply(changed, removed)
+
+	// The hosts decided again, in a table of their own for their conflicts.
+	keys := slices.Sorted(maps.Keys(hosts))
+	again := &RouteTable{conflicts: map[string][]Conflict{}}
+	decided := make(map[string]HostRoutes, len(keys))
+	for _, h := range keys {
+		cs := idx.byHost[h]
+		if len(cs) == 0 {
+			delete(idx.byHost, h)
+			continue
+		}
+		sortClaims(h, cs)
+		decided[h] = again.host(h, cs)
+		for _, c := range cs {
+			apps[c.Name] = true
+		}
+	}
+	nt := &RouteTable{hosts: mergeHosts(t.hosts, keys, decided), conflicts: maps.Clone(t.conflicts), idx: idx}
+	nt.byHost = make(map[string]int, len(nt.hosts))
+	for i, hr := range nt.hosts {
+		nt.byHost[hr.Host] = i
+	}
+	// An app's conflicts: those on the hosts not decided again, as they
+	// were, and those on the hosts decided again, in Claims' order.
+	for name := range apps {
+		var cs []Conflict
+		for _, c := range t.conflicts[name] {
+			if !hosts[c.Host] {
+				cs = append(cs, c)
+			}
+		}
+		if _, ok := idx.byName[name]; ok {
+			cs = append(cs, again.conflicts[name]...)
+		}
+		if len(cs) == 0 {
+			delete(nt.conflicts, name)
+			continue
+		}
+		sortConflicts(cs)
+		nt.conflicts[name] = cs
+	}
+	return nt
+}
+
+// apply takes the apps of removed out of the index and puts the
+// claimants of changed in, and returns the hosts they claim or claimed
+// and the apps whose conflicts may change.
+func (idx *claimIndex) apply(changed []Claimant, removed []string) (hosts, apps map[string]bool) {
+	hosts, apps = map[string]bool{}, map[string]bool{}
 	drop := func(name string) {
 		old := idx.byName[name]
 		if old == nil {
@@ -70,33 +118,20 @@ func (t *RouteTable) Update(changed []Claimant, removed []string) *RouteTable {
 			idx.byHost[h] = append(idx.byHost[h], c)
 		}
 	}
+	return hosts, apps
+}
 
-	// The hosts decided again, in a table of their own for their conflicts.
-	keys := slices.Sorted(maps.Keys(hosts))
-	again := &RouteTable{conflicts: map[string][]Conflict{}}
-	decided := make(map[string]HostRoutes, len(keys))
-	for _, h := range keys {
-		cs := idx.byHost[h]
-		if len(cs) == 0 {
-			delete(idx.byHost, h)
-			continue
-		}
-		sortClaims(h, cs)
-		decided[h] = again.host(h, cs)
-		for _, c := range cs {
-			apps[c.Name] = true
-		}
-	}
-
-	// t's hosts with those decided again in their places (both sorted).
-	nt := &RouteTable{hosts: make([]HostRoutes, 0, len(t.hosts)+len(decided)), conflicts: maps.Clone(t.conflicts), idx: idx}
+// mergeHosts returns old (sorted by host) with the hosts of keys (sorted)
+// replaced by those decided, or left out when not decided (no claimant).
+func mergeHosts(old []HostRoutes, keys []string, decided map[string]HostRoutes) []HostRoutes {
+	out := make([]HostRoutes, 0, len(old)+len(decided))
 	put := func(h string) {
 		if hr, ok := decided[h]; ok {
-			nt.hosts = append(nt.hosts, hr)
+			out = append(out, hr)
 		}
 	}
 	k := 0
-	for _, hr := range t.hosts {
+	for _, hr := range old {
 		for ; k < len(keys) && keys[k] < hr.Host; k++ {
 			put(keys[k])
 		}
@@ -105,36 +140,12 @@ func (t *RouteTable) Update(changed []Claimant, removed []string) *RouteTable {
 			k++
 			continue
 		}
-		nt.hosts = append(nt.hosts, hr)
+		out = append(out, hr)
 	}
 	for ; k < len(keys); k++ {
 		put(keys[k])
 	}
-	nt.byHost = make(map[string]int, len(nt.hosts))
-	for i, hr := range nt.hosts {
-		nt.byHost[hr.Host] = i
-	}
-
-	// An app's conflicts: those on the hosts not decided again, as they
-	// were, and those on the hosts decided again, in Claims' order.
-	for name := range apps {
-		var cs []Conflict
-		for _, c := range t.conflicts[name] {
-			if !hosts[c.Host] {
-				cs = append(cs, c)
-			}
-		}
-		if _, ok := idx.byName[name]; ok {
-			cs = append(cs, again.conflicts[name]...)
-		}
-		if len(cs) == 0 {
-			delete(nt.conflicts, name)
-			continue
-		}
-		sortConflicts(cs)
-		nt.conflicts[name] = cs
-	}
-	return nt
+	return out
 }
 
 // hostKeysOf are the host keys c claims, sorted, once each (as Claims
