@@ -194,20 +194,14 @@ func (c *Cache) Of(snap state.Snapshot) map[string]*Endpoints {
 		if next == nil && i == k && k < len(last) && last[k].spec == a.Spec {
 			// The last snapshot's record at its place: in order, no name
 			// to compare.
-			e := &last[k]
 			i++
-			r := e.routes // the same record routes the same in the same route table
+			r := last[k].routes // the same record routes the same in the same route table
 			if !sameRoutes {
 				r = routes[a.Spec.Name]
 			}
-			if !e.fresh(a, r) {
-				n := cached{spec: a.Spec, servers: a.Servers, routes: r, eps: endpointsOf(a, r)}
-				if reflect.DeepEqual(n.eps, e.eps) {
-					n.eps = e.eps
-				} else {
-					change(a.Spec.Name, n.eps)
-				}
-				*e = n
+			var changed bool
+			if last[k], changed = last[k].refresh(a, r); changed {
+				change(a.Spec.Name, last[k].eps)
 			}
 			continue
 		}
@@ -225,18 +219,13 @@ func (c *Cache) Of(snap state.Snapshot) map[string]*Endpoints {
 		if i < len(last) && last[i].spec.Name == a.Spec.Name {
 			e = last[i]
 			i++
-			r := e.routes // the same record routes the same in the same route table
+			r := e.routes
 			if e.spec != a.Spec || !sameRoutes {
 				r = routes[a.Spec.Name]
 			}
-			if !e.fresh(a, r) {
-				n := cached{spec: a.Spec, servers: a.Servers, routes: r, eps: endpointsOf(a, r)}
-				if reflect.DeepEqual(n.eps, e.eps) {
-					n.eps = e.eps // the same set: Diff skips it by identity
-				} else {
-					change(a.Spec.Name, n.eps)
-				}
-				e = n
+			var changed bool
+			if e, changed = e.refresh(a, r); changed {
+				change(a.Spec.Name, e.eps)
 			}
 		} else {
 			r := routes[a.Spec.Name]
@@ -257,6 +246,12 @@ func (c *Cache) Of(snap state.Snapshot) map[string]*Endpoints {
 	} else {
 		c.last = last[:len(snap.Apps)] // the last ones, or the first of them
 	}
+	return c.result(delta)
+}
+
+// result is the last map with delta applied (nil values: removed), now
+// the last one; the last map itself when delta is empty.
+func (c *Cache) result(delta map[string]*Endpoints) map[string]*Endpoints {
 	if delta == nil {
 		c.prev, c.delta = c.out, nil
 		return c.out
@@ -271,6 +266,21 @@ func (c *Cache) Of(snap state.Snapshot) map[string]*Endpoints {
 	}
 	c.prev, c.delta, c.out = c.out, delta, out
 	return out
+}
+
+// refresh returns e, made again of a with routes r unless it was made of
+// them, and whether its set changed: a new set equal to e's is e's own,
+// so that Diff skips it by identity.
+func (e cached) refresh(a state.App, r []render.HostRoute) (cached, bool) {
+	if e.fresh(a, r) {
+		return e, false
+	}
+	n := cached{spec: a.Spec, servers: a.Servers, routes: r, eps: endpointsOf(a, r)}
+	if reflect.DeepEqual(n.eps, e.eps) {
+		n.eps = e.eps
+		return n, false
+	}
+	return n, true
 }
 
 // rebuild is Of from scratch, keeping the sets of unchanged apps.
