@@ -159,7 +159,7 @@ func (a *agent) newApp(name, backend string) (time.Duration, error) {
 	if err := put(a.apps, name, appMsg(name)); err != nil {
 		return 0, err
 	}
-	if _, err := waitBodyAt(a.client, a.httpAddr, name+".bench", backend, 60*time.Second); err != nil {
+	if _, err := waitBodyAt(a.client, a.httpAddr, name+".bench", backend, changeTimeout); err != nil {
 		return 0, fmt.Errorf("%s mode, new app: %w\n%s", a.mode, err, a.logTail())
 	}
 	return time.Since(t0), nil
@@ -172,7 +172,7 @@ func (a *agent) removeApp(name string) (time.Duration, error) {
 	if err := a.apps.Delete(context.Background(), name); err != nil {
 		return 0, err
 	}
-	if _, err := waitBodyAt(a.client, a.httpAddr, name+".bench", notFound, 60*time.Second); err != nil {
+	if _, err := waitBodyAt(a.client, a.httpAddr, name+".bench", notFound, changeTimeout); err != nil {
 		return 0, fmt.Errorf("%s mode, removed app: %w\n%s", a.mode, err, a.logTail())
 	}
 	d := time.Since(t0)

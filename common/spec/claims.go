@@ -219,6 +219,8 @@ type RouteTable struct {
 	hosts     []HostRoutes
 	byHost    map[string]int
 	conflicts map[string][]Conflict
+	// idx, kept by ClaimsIndexed and Update, is what Update needs.
+	idx *claimIndex
 }
 
 // Hosts are the hosts claimed, sorted by key ("" first).
@@ -262,7 +264,10 @@ func (t *RouteTable) Granted(app, h string) ([]Location, bool) {
 // Claims decides the route table of apps (see the rules above). It is
 // pure: the same apps give the same table, whatever their order. An app
 // named twice is taken once, the first time.
-func Claims(apps []Claimant) *RouteTable {
+func Claims(apps []Claimant) *RouteTable { return claims(apps, false) }
+
+// claims is Claims; keep keeps the claimants by app and by host for Update.
+func claims(apps []Claimant, keep bool) *RouteTable {
 	t := &RouteTable{byHost: map[string]int{}, conflicts: map[string][]Conflict{}}
 	byName := make(map[string]*Claimant, len(apps))
 	byHost := map[string][]*Claimant{}
@@ -272,7 +277,7 @@ func Claims(apps []Claimant) *RouteTable {
 			continue
 		}
 		byName[c.Name] = c
-		for _, h := range slices.Compact(slices.Sorted(slices.Values(c.Routing.HostKeys()))) {
+		for _, h := range hostKeysOf(c) {
 			byHost[h] = append(byHost[h], c)
 		}
 	}
@@ -283,25 +288,38 @@ func Claims(apps []Claimant) *RouteTable {
 	slices.Sort(keys)
 	for _, h := range keys {
 		cs := byHost[h]
-		slices.SortStableFunc(cs, func(a, b *Claimant) int {
-			switch {
-			case claimsBefore(h, a, b):
-				return -1
-			case claimsBefore(h, b, a):
-				return 1
-			}
-			return 0
-		})
+		sortClaims(h, cs)
 		t.byHost[h] = len(t.hosts)
 		t.hosts = append(t.hosts, t.host(h, cs))
 	}
 	for app, cs := range t.conflicts {
-		slices.SortStableFunc(cs, func(a, b Conflict) int {
-			return cmp.Or(strings.Compare(a.Host, b.Host), strings.Compare(a.Field, b.Field))
-		})
+		sortConflicts(cs)
 		t.conflicts[app] = cs
 	}
+	if keep {
+		t.idx = &claimIndex{byName: byName, byHost: byHost}
+	}
 	return t
+}
+
+// sortClaims puts the claimants of host h in claim order.
+func sortClaims(h string, cs []*Claimant) {
+	slices.SortStableFunc(cs, func(a, b *Claimant) int {
+		switch {
+		case claimsBefore(h, a, b):
+			return -1
+		case claimsBefore(h, b, a):
+			return 1
+		}
+		return 0
+	})
+}
+
+// sortConflicts orders one app's conflicts by host, then field.
+func sortConflicts(cs []Conflict) {
+	slices.SortStableFunc(cs, func(a, b Conflict) int {
+		return cmp.Or(strings.Compare(a.Host, b.Host), strings.Compare(a.Field, b.Field))
+	})
 }
 
 // owned is one of the owner's locations on a host, for the shadow rule.

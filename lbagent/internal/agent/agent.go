@@ -30,6 +30,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -398,10 +400,33 @@ func (a *Agent) skip(ctx context.Context, start time.Time, snap state.Snapshot, 
 		return time.Second
 	}
 	a.served.Snapshot = snap
+	// When nginx serves the records it served, and no refusal stands in
+	// or ends (an endpoint change), the served records and apps stay:
+	// no walk of every app.
+	if len(a.refused) > 0 || len(dec.StandIns) > 0 || !sameSpecs(a.served.Specs, dec.Snapshot) {
+		a.servedRecords(dec)
+	}
+	a.applied(ctx)
+	a.report(ctx, start, snap.Revision, msg.ReloadSkipped, "", nil)
+	if h := a.cfg.Hooks.Served; h != nil && a.pushes != nil {
+		h(len(snap.Apps), snap.Servers())
+	}
+	a.logger.Debug("nothing to reload", zap.String("action", string(dec.Action)), zap.String("reason", dec.Reason),
+		zap.Uint64("revision", snap.Revision))
+	return 0
+}
+
+// servedRecords records the app records of dec as those nginx serves
+// after a Skip or Push. The refusals dec settles end.
+func (a *Agent) servedRecords(dec Decision) {
 	// These records lay out the config nginx serves (Decide found it so):
 	// the next decision knows it by identity, without a layout. With
 	// --dynamic-routes a new app the Lua router routes is such a change.
+	last := a.served.Specs
 	a.served.Specs = specsOf(dec.Snapshot)
+	if len(a.refused) == 0 && len(dec.StandIns) == 0 && updateGenerations(a.served.Apps, last, a.served.Specs) {
+		return
+	}
 	for _, name := range dec.Settled {
 		delete(a.refused, name)
 		delete(a.appErrors, name)
@@ -418,14 +443,34 @@ func (a *Agent) skip(ctx context.Context, start time.Time, snap state.Snapshot, 
 			delete(a.served.Apps, name)
 		}
 	}
-	a.applied(ctx)
-	a.report(ctx, start, snap.Revision, msg.ReloadSkipped, "", nil)
-	if h := a.cfg.Hooks.Served; h != nil && a.pushes != nil {
-		h(len(snap.Apps), snap.Servers())
+}
+
+// updateGenerations makes apps, the spec generation of each record of
+// last, those of next, walking both by name, and reports whether it could
+// (both sorted by name, and apps holding last's): a new app at 10,000
+// costs no map of every app.
+func updateGenerations(apps map[string]int64, last, next []*msg.App) bool {
+	byName := func(a, b *msg.App) int { return strings.Compare(a.Name, b.Name) }
+	if len(apps) != len(last) || !slices.IsSortedFunc(last, byName) || !slices.IsSortedFunc(next, byName) {
+		return false
 	}
-	a.logger.Debug("nothing to reload", zap.String("action", string(dec.Action)), zap.String("reason", dec.Reason),
-		zap.Uint64("revision", snap.Revision))
-	return 0
+	i := 0
+	for k, app := range next {
+		if k > 0 && next[k-1].Name == app.Name {
+			return false
+		}
+		for ; i < len(last) && last[i].Name < app.Name; i++ {
+			delete(apps, last[i].Name)
+		}
+		if i < len(last) && last[i].Name == app.Name {
+			i++
+		}
+		apps[app.Name] = app.Generation
+	}
+	for ; i < len(last); i++ {
+		delete(apps, last[i].Name)
+	}
+	return true
 }
 
 // pushChanged acts on a Push: it pushes the endpoint sets dec says

@@ -225,7 +225,7 @@ func (d *Decision) endpoints(in Input, reason string) {
 		return
 	}
 	d.Endpoints = endpointsOf(in.Endpoints, d.Snapshot)
-	d.Changed = dynamic.Diff(in.Served.Endpoints, d.Endpoints)
+	d.Changed = in.Endpoints.Diff(in.Served.Endpoints, d.Endpoints)
 	if d.Changed == nil {
 		d.Reason += ", endpoints too"
 		return
@@ -323,17 +323,8 @@ func retried(refused map[string]Refusal, snap state.Snapshot, standIns map[strin
 // need no render without building one (the store keeps an untouched app's
 // record). Otherwise the layouts are compared.
 func sameLayout(served Served, snap state.Snapshot, o render.Options, dynamic bool) bool {
-	if dynamic && len(snap.Apps) == len(served.Specs) {
-		same := true
-		for i, app := range snap.Apps {
-			if app.Spec != served.Specs[i] {
-				same = false
-				break
-			}
-		}
-		if same {
-			return true
-		}
+	if dynamic && sameSpecs(served.Specs, snap) {
+		return true
 	}
 	return reflect.DeepEqual(comparable(snap, o), served.Layout)
 }
@@ -345,6 +336,19 @@ func comparable(snap state.Snapshot, o render.Options) render.Data {
 	d, _ := render.Layout(snap, 0, o)
 	d.Revision = 0
 	return d.Comparable()
+}
+
+// sameSpecs reports whether snap's app records are specs, in order.
+func sameSpecs(specs []*msg.App, snap state.Snapshot) bool {
+	if len(specs) != len(snap.Apps) {
+		return false
+	}
+	for i, app := range snap.Apps {
+		if app.Spec != specs[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // specsOf returns the app records of snap, in order.

@@ -1,6 +1,10 @@
 package agent
 
 import (
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -285,4 +289,34 @@ func keys[V any](m map[string]V) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// TestUpdateGenerations: walking the served records beside the next ones
+// gives the generations of the next ones, through random runs.
+func TestUpdateGenerations(t *testing.T) {
+	t.Parallel()
+	rng := rand.New(rand.NewPCG(8, 9))
+	records := map[string]*msg.App{}
+	var last []*msg.App
+	apps := map[string]int64{}
+	for step := range 300 {
+		for range 1 + rng.IntN(3) {
+			name := fmt.Sprintf("app-%02d", rng.IntN(20))
+			if rng.IntN(3) == 0 {
+				delete(records, name)
+			} else {
+				records[name] = &msg.App{Name: name, Generation: int64(rng.IntN(5))}
+			}
+		}
+		var next []*msg.App
+		want := map[string]int64{}
+		for _, name := range slices.Sorted(maps.Keys(records)) {
+			next = append(next, records[name])
+			want[name] = records[name].Generation
+		}
+		require.True(t, updateGenerations(apps, last, next), "step %d", step)
+		require.Equal(t, want, apps, "step %d", step)
+		last = next
+	}
+	require.False(t, updateGenerations(map[string]int64{}, last, last), "apps that are not last's")
 }

@@ -168,16 +168,33 @@ func endpointsOf(a state.App, routes []render.HostRoute, router bool) *Endpoints
 // Cache turns snapshots into endpoint sets like Of, and gives back the
 // very set it made last time for an app whose record and servers did not
 // change, so that Diff skips it by identity. Not safe for concurrent use.
+//
+// A snapshot with the apps of the last one, in the same order (an
+// endpoint change), costs a comparison of pointers per app and its
+// changed apps' work: the result is the last one's map cloned with the
+// changed sets put in, and Diff of the last result to it is known without
+// walking either (Cache.Diff). Every map it returns is never changed
+// afterwards.
 type Cache struct {
 	// Render, when it routes apps by the Lua router (Dynamic.Routes),
 	// adds each routed app's routes to its set (render.RoutedApps).
 	Render *render.Options
 
-	last map[string]cached
+	// last are the cached sets of the last snapshot's apps, in its order;
+	// out is the map Of returned for it.
+	last []cached
+	out  map[string]*Endpoints
+	// sorted says last is sorted by name, each name once: Of walks it.
+	sorted bool
+	// prev is the map returned before out and delta what changed from it
+	// to out (nil values: removed); prev is nil when unknown.
+	prev, delta map[string]*Endpoints
 	// specs and routes are the last route computation and the records it
 	// was made of: the same records, in order, route the same.
 	specs  []*msg.App
 	routes map[string][]render.HostRoute
+	// lastRoutes are the routes the entries of last were made with.
+	lastRoutes map[string][]render.HostRoute
 }
 
 type cached struct {
@@ -187,23 +204,180 @@ type cached struct {
 	eps     *Endpoints
 }
 
+// fresh reports whether e was made of a with routes r.
+func (e *cached) fresh(a state.App, r []render.HostRoute) bool {
+	return e.spec == a.Spec && sameServers(e.servers, a.Servers) && (e.routes == nil) == (r == nil) &&
+		(len(r) > 0 && len(e.routes) == len(r) && &e.routes[0] == &r[0] || slices.Equal(e.routes, r))
+}
+
+// sameServers is slices.Equal, at once for the same slice (the store
+// keeps an untouched app's servers).
+func sameServers(a, b []state.Server) bool {
+	if len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0]) {
+		return true
+	}
+	return slices.Equal(a, b)
+}
+
 // Of returns the endpoint set of every app in snap, as Of does, with the
 // routes of the apps the Lua router routes.
 func (c *Cache) Of(snap state.Snapshot) map[string]*Endpoints {
-	out := make(map[string]*Endpoints, len(snap.Apps))
-	next := make(map[string]cached, len(snap.Apps))
 	routes := c.routesOf(snap)
-	router := c.Render != nil && c.Render.Dynamic != nil && c.Render.Dynamic.Routes
-	for _, a := range snap.Apps {
-		e := c.last[a.Spec.Name]
-		r := routes[a.Spec.Name]
-		if e.spec != a.Spec || !slices.Equal(e.servers, a.Servers) || (e.routes == nil) != (r == nil) || !slices.Equal(e.routes, r) {
-			e = cached{spec: a.Spec, servers: a.Servers, routes: r, eps: endpointsOf(a, r, router)}
-		}
-		out[a.Spec.Name], next[a.Spec.Name] = e.eps, e
+	sameRoutes := c.out != nil && sameMap(c.lastRoutes, routes)
+	c.lastRoutes = routes
+	if c.out == nil || !c.sorted {
+		return c.rebuild(snap, routes)
 	}
-	c.last = next
+	// Walk the last snapshot's apps beside snap's, both sorted by name.
+	var delta map[string]*Endpoints
+	change := func(name string, e *Endpoints) {
+		if delta == nil {
+			delta = map[string]*Endpoints{}
+		}
+		delta[name] = e
+	}
+	// While the apps are the last ones, their entries are updated in
+	// place; from the first that came or went, next holds them.
+	last := c.last
+	var next []cached
+	i := 0
+	for k, a := range snap.Apps {
+		if next == nil && i == k && k < len(last) && last[k].spec == a.Spec {
+			// The last snapshot's record at its place: in order, no name
+			// to compare.
+			i++
+			r := last[k].routes // the same record routes the same in the same route table
+			if !sameRoutes {
+				r = routes[a.Spec.Name]
+			}
+			var changed bool
+			if last[k], changed = last[k].refresh(a, r, c.router()); changed {
+				change(a.Spec.Name, last[k].eps)
+			}
+			continue
+		}
+		if k > 0 && snap.Apps[k-1].Spec.Name >= a.Spec.Name {
+			return c.rebuild(snap, routes) // not sorted by name
+		}
+		for i < len(last) && last[i].spec.Name < a.Spec.Name {
+			change(last[i].spec.Name, nil) // gone
+			i++
+		}
+		if next == nil && (i != k || i == len(last) || last[i].spec.Name != a.Spec.Name) {
+			next = append(make([]cached, 0, len(snap.Apps)), last[:k]...)
+		}
+		var e cached
+		if i < len(last) && last[i].spec.Name == a.Spec.Name {
+			e = last[i]
+			i++
+			r := e.routes
+			if e.spec != a.Spec || !sameRoutes {
+				r = routes[a.Spec.Name]
+			}
+			var changed bool
+			if e, changed = e.refresh(a, r, c.router()); changed {
+				change(a.Spec.Name, e.eps)
+			}
+		} else {
+			r := routes[a.Spec.Name]
+			e = cached{spec: a.Spec, servers: a.Servers, routes: r, eps: endpointsOf(a, r, c.router())}
+			change(a.Spec.Name, e.eps)
+		}
+		if next != nil {
+			next = append(next, e)
+		} else {
+			last[k] = e
+		}
+	}
+	for ; i < len(last); i++ {
+		change(last[i].spec.Name, nil)
+	}
+	if next != nil {
+		c.last = next
+	} else {
+		c.last = last[:len(snap.Apps)] // the last ones, or the first of them
+	}
+	return c.result(delta)
+}
+
+// result is the last map with delta applied (nil values: removed), now
+// the last one; the last map itself when delta is empty.
+func (c *Cache) result(delta map[string]*Endpoints) map[string]*Endpoints {
+	if delta == nil {
+		c.prev, c.delta = c.out, nil
+		return c.out
+	}
+	out := maps.Clone(c.out)
+	for name, e := range delta {
+		if e == nil {
+			delete(out, name)
+		} else {
+			out[name] = e
+		}
+	}
+	c.prev, c.delta, c.out = c.out, delta, out
 	return out
+}
+
+// refresh returns e, made again of a with routes r unless it was made of
+// them, and whether its set changed: a new set equal to e's is e's own,
+// so that Diff skips it by identity.
+func (e cached) refresh(a state.App, r []render.HostRoute, router bool) (cached, bool) {
+	if e.fresh(a, r) {
+		return e, false
+	}
+	n := cached{spec: a.Spec, servers: a.Servers, routes: r, eps: endpointsOf(a, r, router)}
+	if reflect.DeepEqual(n.eps, e.eps) {
+		n.eps = e.eps
+		return n, false
+	}
+	return n, true
+}
+
+// rebuild is Of from scratch, keeping the sets of unchanged apps.
+func (c *Cache) rebuild(snap state.Snapshot, routes map[string][]render.HostRoute) map[string]*Endpoints {
+	byName := make(map[string]cached, len(c.last))
+	for _, e := range c.last {
+		byName[e.spec.Name] = e
+	}
+	out := make(map[string]*Endpoints, len(snap.Apps))
+	last := make([]cached, len(snap.Apps))
+	for i, a := range snap.Apps {
+		e := byName[a.Spec.Name]
+		r := routes[a.Spec.Name]
+		if e.spec == nil || !e.fresh(a, r) {
+			e = cached{spec: a.Spec, servers: a.Servers, routes: r, eps: endpointsOf(a, r, c.router())}
+		}
+		out[a.Spec.Name], last[i] = e.eps, e
+	}
+	c.last, c.out, c.prev, c.delta = last, out, nil, nil
+	c.sorted = slices.IsSortedFunc(snap.Apps, func(a, b state.App) int { return strings.Compare(a.Spec.Name, b.Spec.Name) })
+	for k := 1; c.sorted && k < len(snap.Apps); k++ {
+		c.sorted = snap.Apps[k-1].Spec.Name != snap.Apps[k].Spec.Name
+	}
+	return out
+}
+
+// Diff is Diff(old, next); when next is the last map Of returned and old
+// the one before it, it is known without walking them.
+func (c *Cache) Diff(old, next map[string]*Endpoints) map[string]*Endpoints {
+	if c != nil && old != nil && c.prev != nil && sameMap(next, c.out) && sameMap(old, c.prev) {
+		if len(c.delta) == 0 {
+			return nil
+		}
+		return maps.Clone(c.delta)
+	}
+	return Diff(old, next)
+}
+
+// sameMap reports whether a and b are the same map (not equal ones).
+func sameMap[V any](a, b map[string]V) bool {
+	return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
+}
+
+// router says the Lua router is on: every set carries its timeouts.
+func (c *Cache) router() bool {
+	return c.Render != nil && c.Render.Dynamic != nil && c.Render.Dynamic.Routes
 }
 
 // routesOf is render.RoutedApps of snap, computed again only when its
@@ -539,9 +713,11 @@ func Probe(ctx context.Context, modulesDir string, t Tester, scratch string) err
 }
 
 // SnapshotWriter keeps the snapshot file up to date off the push path: a
-// push is served as soon as nginx has it, and the whole-state file (about
-// 7 ms of JSON and fsync at 1000 apps × 10) is written behind it, the
-// newest batch only when pushes come faster than writes. Write is for
+// push is served as soon as nginx has it, and the whole-state file is
+// written behind it, the newest batch only when pushes come faster than
+// writes. Each write encodes only the sets that are not those of the last
+// write (snapshotEncoder): at 10,000 apps a whole encoding took more CPU
+// than the push it follows, beside the nginx that serves it. Write is for
 // callers that need the file on disk now (before a reload). Create it
 // with NewSnapshotWriter and run it with Run.
 type SnapshotWriter struct {
@@ -554,6 +730,88 @@ type SnapshotWriter struct {
 
 	pmu     sync.Mutex
 	pending *Batch
+
+	enc snapshotEncoder // under mu
+}
+
+// snapshotEncoder writes a snapshot's JSON as WriteSnapshot does, from the
+// encoding of each set it made last time when the set is the same one
+// (by identity: a Cache gives back an unchanged app's set), so that the
+// file after an endpoint change costs the changed sets' encoding and a
+// copy of the others', not the whole state's.
+type snapshotEncoder struct {
+	sets  map[string]encodedSet
+	names []string // sorted names of sets
+}
+
+type encodedSet struct {
+	eps *Endpoints
+	raw []byte
+}
+
+// encode returns what json.Marshal returns for b with Full set.
+func (e *snapshotEncoder) encode(b Batch) ([]byte, error) {
+	same := len(e.names) == len(b.Apps)
+	for i := 0; same && i < len(e.names); i++ {
+		_, same = b.Apps[e.names[i]]
+	}
+	if !same {
+		// Apps came or went: the names that stay, in order, and the new
+		// ones put in their places.
+		names := make([]string, 0, len(b.Apps))
+		for _, name := range e.names {
+			if _, ok := b.Apps[name]; ok {
+				names = append(names, name)
+			} else {
+				delete(e.sets, name)
+			}
+		}
+		switch added := len(b.Apps) - len(names); {
+		case added > 64: // a first write, a burst of new apps
+			names = slices.Sorted(maps.Keys(b.Apps))
+		case added > 0:
+			for name := range b.Apps {
+				if i, found := slices.BinarySearch(names, name); !found {
+					names = slices.Insert(names, i, name)
+				}
+			}
+		}
+		e.names = names
+	}
+	if e.sets == nil {
+		e.sets = make(map[string]encodedSet, len(b.Apps))
+	}
+	size := 64
+	for _, name := range e.names {
+		set := b.Apps[name]
+		es, ok := e.sets[name]
+		if !ok || es.eps != set || set == nil {
+			raw, err := json.Marshal(set)
+			if err != nil {
+				return nil, err
+			}
+			es = encodedSet{eps: set, raw: raw}
+			e.sets[name] = es
+		}
+		size += len(name) + len(es.raw) + 4
+	}
+	out := make([]byte, 0, size)
+	out = append(out, `{"version":`...)
+	out = strconv.AppendUint(out, b.Version, 10)
+	out = append(out, `,"full":true,"apps":{`...)
+	for i, name := range e.names {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		key, err := json.Marshal(name)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, key...)
+		out = append(out, ':')
+		out = append(out, e.sets[name].raw...)
+	}
+	return append(out, "}}"...), nil
 }
 
 // NewSnapshotWriter returns a writer of the file at path.
@@ -617,7 +875,11 @@ func (w *SnapshotWriter) flush() error {
 	if b == nil || b.Version <= w.written {
 		return nil
 	}
-	w.lastErr = WriteSnapshot(w.path, *b)
+	data, err := w.enc.encode(*b)
+	if err == nil {
+		err = atomicfile.Write(w.path, data, 0o644)
+	}
+	w.lastErr = err
 	if w.lastErr == nil {
 		w.written = b.Version
 	}

@@ -7,11 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,6 +26,7 @@ import (
 
 	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
+	"github.com/berthhq/berth/lbagent/internal/render"
 	"github.com/berthhq/berth/lbagent/internal/state"
 )
 
@@ -296,4 +300,151 @@ func TestClientReplaysOnAConnectionCutByAReload(t *testing.T) {
 	_, err = c.Push(ctx, Batch{Version: 9, Apps: map[string]*Endpoints{}})
 	require.NoError(t, err, "sent again on a new connection")
 	require.Equal(t, int32(2), conns.Load())
+}
+
+// TestSnapshotEncoderIsJSONMarshal: the snapshot file made from the
+// encodings of the last write is byte for byte what json.Marshal makes,
+// through a random run of changed, added and removed sets.
+func TestSnapshotEncoderIsJSONMarshal(t *testing.T) {
+	t.Parallel()
+	rng := rand.New(rand.NewPCG(1, 2))
+	var enc snapshotEncoder
+	apps := map[string]*Endpoints{}
+	set := func() *Endpoints {
+		e := &Endpoints{Method: "round_robin", MaxFails: rng.IntN(3), FailTimeout: 1.5, Servers: []Server{}}
+		for range rng.IntN(3) {
+			e.Servers = append(e.Servers, Server{Address: fmt.Sprintf("127.0.0.%d:%d", rng.IntN(9), rng.IntN(9000)), Weight: 1 + rng.IntN(3)})
+		}
+		if rng.IntN(4) == 0 {
+			e.Routes = []render.HostRoute{{Host: "<h&>.test", Location: "/"}}
+		}
+		return e
+	}
+	for v := range 300 {
+		changes := 1 + rng.IntN(4)
+		if rng.IntN(20) == 0 {
+			changes = 100 // a burst: more new apps than are put in one by one
+		}
+		for range changes {
+			name := fmt.Sprintf("app-%d", rng.IntN(200))
+			switch rng.IntN(3) {
+			case 0:
+				delete(apps, name)
+			default:
+				apps[name] = set()
+			}
+		}
+		next := maps.Clone(apps)
+		b := Batch{Version: uint64(v + 1), Apps: next}
+		got, err := enc.encode(b)
+		require.NoError(t, err)
+		b.Full = true
+		want, err := json.Marshal(b)
+		require.NoError(t, err)
+		require.Equal(t, string(want), string(got), "version %d", v+1)
+	}
+}
+
+// TestCacheIsOfAndDiff: through a random run of endpoint changes, record
+// changes, new and removed apps, Cache.Of is Of, Cache.Diff is Diff, from
+// the last result as from an older one (a push that failed), and no map
+// it returned changes afterwards.
+func TestCacheIsOfAndDiff(t *testing.T) {
+	t.Parallel()
+	t.Run("endpoints", func(t *testing.T) { t.Parallel(); testCacheIsOfAndDiff(t, false) })
+	t.Run("routes", func(t *testing.T) { t.Parallel(); testCacheIsOfAndDiff(t, true) })
+}
+
+// testCacheIsOfAndDiff is TestCacheIsOfAndDiff; with routes, the apps
+// are routed by the Lua router (--dynamic-routes) on a few shared hosts,
+// so that a new record of one app changes the routes of others, and the
+// oracle is a new cache.
+func testCacheIsOfAndDiff(t *testing.T, routes bool) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	specs := map[string]*msg.App{}
+	servers := map[string][]state.Server{}
+	record := func(name string) *msg.App {
+		if routes {
+			a := routedApp(name, int64(rng.IntN(3)), []string{"a.test", "b.test", "c.test"}[rng.IntN(3)]).Spec
+			a.Routing.Paths = [][]string{{"/"}, {"/x"}, {"/", "/y"}}[rng.IntN(3)]
+			if rng.IntN(3) == 0 {
+				a.Routing.ShareWith = []spec.Share{{App: fmt.Sprintf("app-%02d", rng.IntN(34))}}
+			}
+			return a
+		}
+		return &msg.App{Name: name, LB: spec.LB{Method: []string{"round_robin", "least_conn"}[rng.IntN(2)], MaxFails: 1}}
+	}
+	o := render.Options{Dynamic: &render.Dynamic{Routes: true}}
+	fresh := func(snap state.Snapshot) map[string]*Endpoints {
+		if routes {
+			return (&Cache{Render: &o}).Of(snap)
+		}
+		return Of(snap)
+	}
+	for i := range 30 {
+		name := fmt.Sprintf("app-%02d", i)
+		specs[name] = record(name)
+	}
+	snapshot := func() state.Snapshot {
+		var s state.Snapshot
+		for _, name := range slices.Sorted(maps.Keys(specs)) {
+			s.Apps = append(s.Apps, state.App{Spec: specs[name], Servers: servers[name]})
+		}
+		return s
+	}
+	var c Cache
+	if routes {
+		c.Render = &o
+	}
+	type result struct {
+		m    map[string]*Endpoints
+		copy map[string]Endpoints
+	}
+	var results []result
+	for step := range 400 {
+		for range 1 + rng.IntN(3) {
+			name := fmt.Sprintf("app-%02d", rng.IntN(34))
+			switch k := rng.IntN(10); {
+			case k == 0:
+				delete(specs, name)
+			case k == 1:
+				specs[name] = record(name)
+			case k == 2 && specs[name] != nil:
+				same := *specs[name] // a new record, equal: the same set
+				specs[name] = &same
+			default:
+				ss := []state.Server{}
+				for j := range rng.IntN(3) {
+					ss = append(ss, state.Server{Instance: fmt.Sprint(j), Address: fmt.Sprintf("127.0.0.1:%d", rng.IntN(5)), Weight: 1})
+				}
+				servers[name] = ss
+			}
+		}
+		snap := snapshot()
+		if rng.IntN(15) == 0 && len(snap.Apps) > 2 {
+			// Out of order (no store makes one): computed again, and the
+			// next one in order too.
+			snap.Apps[0], snap.Apps[2] = snap.Apps[2], snap.Apps[0]
+		}
+		got := c.Of(snap)
+		require.Equal(t, fresh(snap), got, "step %d", step)
+		for _, back := range []int{1, 2, 5} {
+			if len(results) >= back {
+				old := results[len(results)-back].m
+				require.Equal(t, Diff(old, got), c.Diff(old, got), "step %d, from %d back", step, back)
+			}
+		}
+		require.Nil(t, c.Diff(got, got))
+		cp := map[string]Endpoints{}
+		for k, v := range got {
+			cp[k] = *v
+		}
+		results = append(results, result{got, cp})
+	}
+	for i, r := range results {
+		require.Len(t, r.m, len(r.copy), "result %d", i)
+		for k, v := range r.m {
+			require.Equal(t, r.copy[k], *v, "result %d, app %s", i, k)
+		}
+	}
 }

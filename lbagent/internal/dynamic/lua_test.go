@@ -206,9 +206,9 @@ Set-Cookie: x=1"]]}]}`, "apps.web.rules[0].response_headers[0]"},
 		require.Equal(t, "b", body)
 	})
 
-	t.Run("pushes of one app keep the index of the others", func(t *testing.T) {
-		// The index of names is rewritten only when an app comes or goes;
-		// a set change, and the removal of an app that is not there, leave it.
+	t.Run("pushes of one app keep the count of the others", func(t *testing.T) {
+		// The count of apps changes only when an app comes or goes; a set
+		// change, and the removal of an app that is not there, leave it.
 		r.Push(rigBatch{Version: 61, Apps: map[string]*rigSet{"web": rigSetOf("round_robin", b.Addr), "ghost": nil}})
 		_, apps := r.Version()
 		require.EqualValues(t, 2, apps)
@@ -216,7 +216,7 @@ Set-Cookie: x=1"]]}]}`, "apps.web.rules[0].response_headers[0]"},
 		require.Equal(t, "b", body)
 		r.Push(rigBatch{Version: 62, Apps: map[string]*rigSet{"api": rigSetOf("round_robin", a.Addr), "web": rigSetOf("round_robin", a.Addr)}})
 		_, apps = r.Version()
-		require.EqualValues(t, 3, apps, "an app that comes back is in the index again")
+		require.EqualValues(t, 3, apps, "an app that comes back is counted again")
 		_, body, _ = r.Get("api", "", nil)
 		require.Equal(t, "a", body)
 		_, body, _ = r.Get("old", "", nil)

@@ -181,7 +181,7 @@ func (d *Detector) Filter(snap state.Snapshot, now time.Time) (state.Snapshot, [
 	var changes []Change
 	var refusals []Refusal
 	var wake time.Time
-	seen := make(map[string]bool, len(snap.Apps))
+	seen := map[string]bool{} // grows with the apps that detect outliers: no map of every app on each sync
 	out := snap
 	out.Apps = nil
 	for i, sa := range snap.Apps {

@@ -121,7 +121,11 @@ func (m *ClaimsMemo) of(snap state.Snapshot, routes bool) (*spec.RouteTable, map
 		same = m.specs[i] == snap.Apps[i].Spec
 	}
 	if !same {
-		m.table, m.routedDone, m.routed, m.routes = claimsOf(snap), false, nil, nil
+		table := m.update(snap)
+		if table == nil {
+			table = claimsOf(snap)
+		}
+		m.table, m.routedDone, m.routed, m.routes = table, false, nil, nil
 		m.specs = make([]*msg.App, len(snap.Apps))
 		for i, a := range snap.Apps {
 			m.specs[i] = a.Spec
@@ -136,12 +140,59 @@ func (m *ClaimsMemo) of(snap state.Snapshot, routes bool) (*spec.RouteTable, map
 	return m.table, m.routed
 }
 
+// maxUpdate is the most apps created, changed or removed whose route
+// table ClaimsMemo updates (spec.RouteTable.Update) rather than computes
+// again.
+const maxUpdate = 64
+
+// update returns the route table of snap's records made by updating the
+// last one with the records that are not the last ones (by name: both
+// are sorted by name); nil when it cannot (none, not sorted, too many).
+// Called under mu.
+func (m *ClaimsMemo) update(snap state.Snapshot) *spec.RouteTable {
+	if m.table == nil || !slices.IsSortedFunc(m.specs, func(a, b *msg.App) int { return strings.Compare(a.Name, b.Name) }) {
+		return nil
+	}
+	var changed []spec.Claimant
+	var removed []string
+	last, i := m.specs, 0
+	for k, a := range snap.Apps {
+		name := a.Spec.Name
+		if k > 0 && snap.Apps[k-1].Spec.Name >= name {
+			return nil
+		}
+		for ; i < len(last) && last[i].Name < name; i++ {
+			removed = append(removed, last[i].Name)
+		}
+		switch {
+		case i < len(last) && last[i].Name == name:
+			if last[i] != a.Spec {
+				changed = append(changed, a.Spec.Claimant())
+			}
+			i++
+		default:
+			changed = append(changed, a.Spec.Claimant())
+		}
+		if len(changed)+len(removed) > maxUpdate {
+			return nil
+		}
+	}
+	for ; i < len(last); i++ {
+		removed = append(removed, last[i].Name)
+	}
+	if len(changed)+len(removed) > maxUpdate {
+		return nil
+	}
+	return m.table.Update(changed, removed)
+}
+
+// claimsOf is the route table of snap's records, kept for an update.
 func claimsOf(snap state.Snapshot) *spec.RouteTable {
 	claimants := make([]spec.Claimant, len(snap.Apps))
 	for i := range snap.Apps {
 		claimants[i] = snap.Apps[i].Spec.Claimant()
 	}
-	return spec.Claims(claimants)
+	return spec.ClaimsIndexed(claimants)
 }
 
 // RoutedApps returns the apps of snap that the Lua router routes with o

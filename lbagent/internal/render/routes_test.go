@@ -3,14 +3,18 @@ package render
 import (
 	"fmt"
 	"io/fs"
+	"maps"
+	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/berthhq/berth/common/msg"
 	"github.com/berthhq/berth/common/spec"
 	"github.com/berthhq/berth/internal/testrig"
 	"github.com/berthhq/berth/lbagent/internal/state"
@@ -220,4 +224,61 @@ func TestClaimsMemo(t *testing.T) {
 	require.NotSame(t, t1, t4, "a new record of b: computed again")
 	_, off := m.of(state.Snapshot{Apps: []state.App{a, b2}}, false)
 	require.Nil(t, off, "without routes: none routed")
+}
+
+// TestClaimsMemoUpdatesAsClaims: the memo updates its table with the
+// records created, changed and removed since the last one
+// (spec.RouteTable.Update) and gets what claimsOf gets, with the apps
+// the router routes, through random runs; an unsorted snapshot or more
+// changes than maxUpdate compute it again.
+func TestClaimsMemoUpdatesAsClaims(t *testing.T) {
+	t.Parallel()
+	rng := mrand.New(mrand.NewPCG(5, 6))
+	hosts := []string{"a.test", "b.test", "c.test", "*.c.test", "x.c.test"}
+	specs := map[string]*msg.App{}
+	record := func(name string) *msg.App {
+		var hs []string
+		for range rng.IntN(3) {
+			if h := hosts[rng.IntN(len(hosts))]; !slices.Contains(hs, h) {
+				hs = append(hs, h)
+			}
+		}
+		a := app(name, 0, hs...).Spec
+		a.Routing.Paths = [][]string{{"/"}, {"/x"}, {"/", "/y"}}[rng.IntN(3)]
+		if rng.IntN(3) == 0 {
+			a.Routing.ShareWith = []spec.Share{{App: fmt.Sprintf("app-%d", rng.IntN(12))}}
+		}
+		a.CreatedAt = time.Date(2026, 1, 1, 0, rng.IntN(3), 0, 0, time.UTC)
+		return a
+	}
+	m := &ClaimsMemo{}
+	for step := range 300 {
+		n := 1 + rng.IntN(3)
+		if rng.IntN(30) == 0 {
+			n = maxUpdate + 5
+		}
+		for range n {
+			name := fmt.Sprintf("app-%d", rng.IntN(12+maxUpdate))
+			if rng.IntN(4) == 0 {
+				delete(specs, name)
+			} else {
+				specs[name] = record(name)
+			}
+		}
+		var snap state.Snapshot
+		for _, name := range slices.Sorted(maps.Keys(specs)) {
+			snap.Apps = append(snap.Apps, state.App{Spec: specs[name]})
+		}
+		if rng.IntN(20) == 0 && len(snap.Apps) > 1 {
+			snap.Apps[0], snap.Apps[1] = snap.Apps[1], snap.Apps[0]
+		}
+		got, routed := m.of(snap, true)
+		want := claimsOf(snap)
+		require.Equal(t, want.Hosts(), got.Hosts(), "step %d", step)
+		for _, a := range snap.Apps {
+			require.Equal(t, want.Conflicts(a.Spec.Name), got.Conflicts(a.Spec.Name), "step %d, app %s", step, a.Spec.Name)
+		}
+		require.Equal(t, want.Conflicted(), got.Conflicted(), "step %d", step)
+		require.Equal(t, routedApps(snap, want), routed, "step %d", step)
+	}
 }

@@ -5,8 +5,12 @@
 package report
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"maps"
 
 	"go.uber.org/zap"
 
@@ -34,6 +38,7 @@ type Reporter struct {
 	logger   *zap.Logger
 	observer Observer
 	agents   *bus.KV
+	enc      agentEncoder
 }
 
 var _ agent.Reporter = (*Reporter)(nil)
@@ -68,7 +73,7 @@ func (r *Reporter) Applied(ctx context.Context, m *msg.Agent) {
 	if r.observer != nil {
 		r.observer.Applied(m)
 	}
-	b, err := msg.Encode(m)
+	b, err := r.enc.encode(m)
 	if err != nil {
 		r.logger.Warn("encode agent state", zap.Error(err))
 		return
@@ -89,4 +94,57 @@ func (r *Reporter) Applied(ctx context.Context, m *msg.Agent) {
 	if _, err := r.agents.Put(ctx, r.node, b); err != nil {
 		r.logger.Warn("heartbeat agent state", zap.Error(err))
 	}
+}
+
+// agentEncoder is msg.Encode of the agents record, byte for byte, that
+// validates and encodes the per-app generations only when they are not
+// those of the last record: a record is put after every push, and at
+// 10,000 apps validating and encoding them (names checked and sorted
+// twice) took ~10 ms of CPU beside the nginx serving the push, where the
+// rest of the record takes microseconds.
+type agentEncoder struct {
+	apps map[string]int64 // the last record's, copied
+	raw  []byte           // their JSON
+}
+
+// appsNull is where a record without apps has them; no string value of
+// the record can hold it (a '"' inside a JSON string is escaped).
+var appsNull = []byte(`"apps":null`)
+
+func (e *agentEncoder) encode(m *msg.Agent) ([]byte, error) {
+	if len(m.Apps) == 0 {
+		return msg.Encode(m)
+	}
+	if e.apps == nil || !maps.Equal(e.apps, m.Apps) {
+		// The whole record: its apps are validated with the rest.
+		b, err := msg.Encode(m)
+		if err != nil {
+			return nil, err
+		}
+		raw, err := json.Marshal(m.Apps)
+		if err != nil {
+			return nil, err
+		}
+		e.apps, e.raw = maps.Clone(m.Apps), raw
+		return b, nil
+	}
+	rest := *m
+	rest.Apps = nil
+	b, err := msg.Encode(&rest)
+	if err != nil {
+		return nil, err
+	}
+	m.Type = rest.Type
+	i := bytes.Index(b, appsNull)
+	if i < 0 {
+		return msg.Encode(m)
+	}
+	out := make([]byte, 0, len(b)+len(e.raw))
+	out = append(out, b[:i+len(`"apps":`)]...)
+	out = append(out, e.raw...)
+	out = append(out, b[i+len(appsNull):]...)
+	if len(out) > msg.MaxMessageSize {
+		return nil, fmt.Errorf("encode %s: %w: %d bytes", m.MessageType(), msg.ErrTooLarge, len(out))
+	}
+	return out, nil
 }

@@ -2,6 +2,9 @@ package report
 
 import (
 	"context"
+	"fmt"
+	"maps"
+	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
@@ -161,4 +164,50 @@ func TestAppliedInvalidIsNotPut(t *testing.T) {
 	keys, err := kv.Keys(ctx)
 	require.NoError(t, err)
 	require.Empty(t, keys)
+}
+
+// TestAgentEncoderIsEncode: the agents record encoded with the last
+// record's apps reused is msg.Encode's, byte for byte, through random
+// records whose apps change or not, with errors and invalid fields.
+func TestAgentEncoderIsEncode(t *testing.T) {
+	t.Parallel()
+	rng := rand.New(rand.NewPCG(1, 2))
+	var enc agentEncoder
+	apps := map[string]int64{}
+	for i := range 500 {
+		if rng.IntN(3) == 0 {
+			apps = maps.Clone(apps)
+			for range 1 + rng.IntN(3) {
+				name := fmt.Sprintf("app-%d", rng.IntN(30))
+				switch rng.IntN(8) {
+				case 0:
+					delete(apps, name)
+				case 1:
+					apps["Not A Name"] = 1
+				default:
+					apps[name] = int64(rng.IntN(4))
+				}
+			}
+			if rng.IntN(4) == 0 {
+				delete(apps, "Not A Name")
+			}
+		}
+		m := &msg.Agent{Node: "lb-1", AppliedRevision: uint64(i), Apps: apps, Mode: msg.ModeDynamic, UpdatedAt: time.Date(2026, 12, 6, 0, 0, i, 0, time.UTC),
+			LastPush: &msg.ConfigChange{At: time.Date(2026, 12, 6, 0, 0, 0, 0, time.UTC), DurationMS: 1.5, Revision: uint64(i)}}
+		if rng.IntN(10) == 0 {
+			m.Errors = map[string]string{"app-1": `nginx -t: "apps":null`}
+		}
+		if rng.IntN(20) == 0 {
+			m.Node = "Not A Node!"
+		}
+		mine := *m
+		want, wantErr := msg.Encode(m)
+		got, err := enc.encode(&mine)
+		if wantErr != nil {
+			require.EqualError(t, err, wantErr.Error(), "record %d", i)
+			continue
+		}
+		require.NoError(t, err, "record %d", i)
+		require.Equal(t, string(want), string(got), "record %d", i)
+	}
 }

@@ -5,7 +5,9 @@
 package state
 
 import (
+	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/berthhq/berth/common/bus"
@@ -108,8 +110,14 @@ func Build(v View) Snapshot {
 // for the same view.
 type builder struct {
 	last      Snapshot
-	pos       map[string]int // app name → index in last.Apps
+	built     bool           // last is built
 	unsettled map[string]int // by app name, including apps without a record
+}
+
+// find is the index of app name in apps (sorted by name), or where it
+// goes, and whether it is there.
+func find(apps []App, name string) (int, bool) {
+	return slices.BinarySearchFunc(apps, name, func(a App, name string) int { return strings.Compare(a.Spec.Name, name) })
 }
 
 // full builds every app. groups holds each app's instance keys.
@@ -120,8 +128,7 @@ func (b *builder) full(v View, groups map[string]map[string]struct{}) Snapshot {
 	}
 	sort.Strings(names)
 	s := Snapshot{Apps: make([]App, 0, len(names)), Revision: v.Revision, Instances: len(v.Instances)}
-	prevPos, prev := b.pos, b.last
-	b.pos = make(map[string]int, len(names))
+	prev := b.last
 	b.unsettled = map[string]int{}
 	for name, keys := range groups {
 		if _, ok := v.Apps[name]; !ok {
@@ -130,44 +137,45 @@ func (b *builder) full(v View, groups map[string]map[string]struct{}) Snapshot {
 			s.Unsettled += u
 		}
 	}
-	for i, name := range names {
+	for _, name := range names {
 		served := v.Served[name]
-		if j, ok := prevPos[name]; ok && served == nil {
+		if j, ok := find(prev.Apps, name); ok && served == nil {
 			served = servedIDs(prev.Apps[j])
 		}
 		app, u := buildApp(name, v.Apps[name], groups[name], v, served)
 		s.Apps = append(s.Apps, app)
-		b.pos[name] = i
 		b.unsettled[name] = u
 		s.Unsettled += u
 	}
-	b.last = s
+	b.last, b.built = s, true
 	return s
 }
 
-// partial rebuilds the dirty apps only; a change of the set of apps, or a
-// builder that has built nothing, builds everything.
+// partial rebuilds the dirty apps only, putting in the apps that came and
+// taking out those that went; a builder that has built nothing builds
+// everything.
 func (b *builder) partial(v View, groups map[string]map[string]struct{}, dirty map[string]struct{}) Snapshot {
-	if b.pos == nil || len(v.Apps) != len(b.pos) {
+	if !b.built {
 		return b.full(v, groups)
 	}
-	for name := range dirty {
-		_, known := b.pos[name]
-		if _, present := v.Apps[name]; present != known {
-			return b.full(v, groups)
-		}
-	}
 	s := b.last
-	s.Apps = append(make([]App, 0, len(b.last.Apps)), b.last.Apps...)
+	s.Apps = append(make([]App, 0, len(b.last.Apps)+len(dirty)), b.last.Apps...)
 	s.Revision, s.Instances = v.Revision, len(v.Instances)
 	for name := range dirty {
+		i, known := find(s.Apps, name)
 		var served map[string]bool
-		if i, ok := b.pos[name]; ok {
-			served = servedIDs(b.last.Apps[i])
+		if known {
+			served = servedIDs(s.Apps[i])
 		}
-		app, u := buildApp(name, v.Apps[name], groups[name], v, served)
-		if i, ok := b.pos[name]; ok {
+		spec, present := v.Apps[name]
+		app, u := buildApp(name, spec, groups[name], v, served)
+		switch {
+		case known && present:
 			s.Apps[i] = app
+		case present:
+			s.Apps = slices.Insert(s.Apps, i, app)
+		case known:
+			s.Apps = slices.Delete(s.Apps, i, i+1)
 		}
 		s.Unsettled += u - b.unsettled[name]
 		if u == 0 {
@@ -175,6 +183,9 @@ func (b *builder) partial(v View, groups map[string]map[string]struct{}, dirty m
 		} else {
 			b.unsettled[name] = u
 		}
+	}
+	if len(s.Apps) != len(v.Apps) {
+		return b.full(v, groups) // a change not marked dirty: never a wrong snapshot
 	}
 	b.last = s
 	return s
