@@ -3,6 +3,7 @@ package checker
 import (
 	"container/heap"
 	"context"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -152,7 +153,7 @@ func (r *Runner) SetTargets(ts []Target) {
 func sameCheck(a, b Target) bool {
 	x, y := a.Check, b.Check
 	return x.Type == y.Type && x.Path == y.Path && x.Timeout == y.Timeout && x.HealthyThreshold == y.HealthyThreshold &&
-		x.UnhealthyThreshold == y.UnhealthyThreshold && x.Method == y.Method && x.ExpectedStatus.String() == y.ExpectedStatus.String()
+		x.UnhealthyThreshold == y.UnhealthyThreshold && x.Method == y.Method && slices.Equal(x.ExpectedStatus, y.ExpectedStatus)
 }
 
 // schedule queues e at its next due time; the caller holds mu.
