@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -158,6 +159,7 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 		// liveness changes with time alone.
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
+		var was []string
 		for {
 			select {
 			case <-ctx.Done():
@@ -178,6 +180,10 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 			shared.Store(f)
 			runner.SetTargets(f.mine)
 			m.durations.retain(appsOf(f.mine))
+			if !slices.Equal(live, was) {
+				logger.Info("live checkers changed: targets shared again", zap.Strings("live", live), zap.Int("targets", len(f.mine)), zap.Int("of", len(f.list)))
+				was = live
+			}
 		}
 	}))
 	group.Add("instances", lifecycle.Func(func(ctx context.Context) error {
