@@ -20,6 +20,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -183,6 +184,7 @@ func run(o options) error {
 	apps, _ := conn.KV(ctx, names.AppsBucket())
 	insts, _ := conn.KV(ctx, names.InstancesBucket())
 	health, _ := conn.KV(ctx, names.HealthBucket())
+	checkers, _ := conn.KV(ctx, names.CheckersBucket())
 	put := func(kv *bus.KV, key string, m msg.Message) error {
 		b, err := msg.Encode(m)
 		if err == nil {
@@ -261,7 +263,7 @@ func run(o options) error {
 	var takeovers []string
 	if o.takeover {
 		for _, crash := range []bool{true, false} {
-			line, err := takeover(bin, srv.URL(), metricsAddr, &shared, n, crash)
+			line, err := takeover(bin, srv.URL(), metricsAddr, checkers, &shared, n, crash)
 			if err != nil {
 				line = "takeover: " + err.Error()
 			}
@@ -377,7 +379,7 @@ func followLog(r io.Reader, last *atomic.Pointer[logged]) {
 // read took 0.1-1 s while the checker was busy, so a figure polled from it
 // counted up to a read (0.46 s of a 0.67 s takeover), and the reads every
 // 20 ms loaded the checker they timed (issue 30).
-func takeover(bin, natsURL, firstMetrics string, shared *atomic.Pointer[logged], n int, crash bool) (string, error) {
+func takeover(bin, natsURL, firstMetrics string, checkers *bus.KV, shared *atomic.Pointer[logged], n int, crash bool) (string, error) {
 	addr := freeAddr()
 	hd := exec.Command(bin, "--nats-url", natsURL, "--id", "bench-second", "--metrics-listen", addr, "--log-level", "warn")
 	hd.Stderr = os.Stderr
@@ -413,13 +415,32 @@ func takeover(bin, natsURL, firstMetrics string, shared *atomic.Pointer[logged],
 	}
 	start = time.Now()
 	_ = hd.Process.Signal(sig)
+	// When a stopped checker's heartbeat is gone from the bucket: its
+	// leave, the first part of the takeover.
+	var left atomic.Pointer[time.Time]
+	if !crash {
+		go func() {
+			for time.Since(start) < time.Minute {
+				if _, err := checkers.Get(context.Background(), "bench-second"); errors.Is(err, bus.ErrKeyNotFound) {
+					at := time.Now()
+					left.Store(&at)
+					return
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+		}()
+	}
 	for {
 		if sh := shared.Load(); sh != nil && sh.at.After(start) && sh.targets >= n {
 			if held := metric(firstMetrics, "berth_healthd_targets "); held != float64(n) {
 				return "", fmt.Errorf("the first checker logged %d targets, its /metrics says %v", sh.targets, held)
 			}
-			return fmt.Sprintf("takeover, second checker %-16s its %.0f targets are the first's after %s   (dead after %s)", how+":", share,
-				sh.at.Sub(start).Round(time.Millisecond), msg.CheckerDeadAfter), nil
+			leave := ""
+			if at := left.Load(); at != nil {
+				leave = fmt.Sprintf("; its heartbeat deleted after %s", at.Sub(start).Round(time.Millisecond))
+			}
+			return fmt.Sprintf("takeover, second checker %-16s its %.0f targets are the first's after %s   (dead after %s%s)", how+":", share,
+				sh.at.Sub(start).Round(time.Millisecond), msg.CheckerDeadAfter, leave), nil
 		}
 		if time.Since(start) > time.Minute {
 			return "", fmt.Errorf("the first checker did not take the second's %v targets back within a minute", share)
