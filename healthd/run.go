@@ -160,6 +160,7 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
 		var was []string
+		loaded := false
 		for {
 			select {
 			case <-ctx.Done():
@@ -167,8 +168,14 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 			case <-changed:
 			case <-tick.C:
 			}
-			if !apps.Loaded() || !insts.Loaded() || !checkers.Loaded() || !health.Loaded() {
-				continue // never act on a partial initial load
+			if !loaded {
+				if !apps.Loaded() || !insts.Loaded() || !checkers.Loaded() || !health.Loaded() {
+					continue // never act on a partial initial load
+				}
+				// Once only: a table stays loaded, and asking took the health
+				// table's lock, which waited up to 2 s behind its writers at
+				// 30,000 targets, and held a takeover up as long (issue 30).
+				loaded = true
 			}
 			cs, _ := checkers.Rows()
 			live := shard.Live(cs, id, msg.CheckerDeadAfter, time.Now())
@@ -202,9 +209,10 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 				m.instances.set(nil)
 				continue
 			}
-			var counts map[string]statusCounts
-			health.Read(func(rows map[string]*msg.Health, _ uint64) { counts = countInstances(f.apps, f.list, rows) })
-			m.instances.set(counts)
+			// Counted from a copy: counting under the table's lock held up
+			// the health watcher and every reader for the whole count.
+			rows, _ := health.Rows()
+			m.instances.set(countInstances(f.apps, f.list, rows))
 		}
 	}))
 	group.Add("sweep", lifecycle.Func(func(ctx context.Context) error {
