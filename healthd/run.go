@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -104,9 +105,18 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 		default:
 		}
 	}
-	apps := view.NewTable(view.AppTerm, notify)
-	insts := view.NewTable(view.InstanceTerm, notify)
+	// A change of the apps or the instances lists the targets again; one
+	// of the checkers only reassigns them (see shares).
+	var targets *shares
+	stale := func() { targets.Stale(); notify() }
+	apps := view.NewTable(view.AppTerm, stale)
+	insts := view.NewTable(view.InstanceTerm, stale)
 	checkers := view.NewTable(view.NoTerm[*msg.Checker], notify)
+	targets = newShares(id, func() (map[string]*msg.App, []checker.Target) {
+		a, _ := apps.Rows()
+		in, _ := insts.Rows()
+		return a, checker.Targets(a, in, nil)
+	})
 	// What is published now: a target new to this checker carries on from
 	// it, and a target handed to another checker keeps it until then.
 	health := view.NewTable(view.NoTerm[*msg.Health], nil)
@@ -145,10 +155,12 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 	group.Add("runner", runner)
 	group.Add("publisher", pub)
 	group.Add("targets", lifecycle.Func(func(ctx context.Context) error {
-		// Recompute the targets on every change, and every second since
+		// Recompute the share on every change, and every second since
 		// liveness changes with time alone.
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
+		var was []string
+		loaded := false
 		for {
 			select {
 			case <-ctx.Done():
@@ -156,40 +168,51 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 			case <-changed:
 			case <-tick.C:
 			}
-			if !apps.Loaded() || !insts.Loaded() || !checkers.Loaded() || !health.Loaded() {
-				continue // never act on a partial initial load
+			if !loaded {
+				if !apps.Loaded() || !insts.Loaded() || !checkers.Loaded() || !health.Loaded() {
+					continue // never act on a partial initial load
+				}
+				// Once only: a table stays loaded, and asking took the health
+				// table's lock, which waited up to 2 s behind its writers at
+				// 30,000 targets, and held a takeover up as long (issue 30).
+				loaded = true
 			}
 			cs, _ := checkers.Rows()
 			live := shard.Live(cs, id, msg.CheckerDeadAfter, time.Now())
 			m.live.Set(float64(len(live)))
-			a, _ := apps.Rows()
-			in, _ := insts.Rows()
-			// Every checker's targets, then this one's share of them.
-			targets := checker.Targets(a, in, nil)
-			all := make(map[string]bool, len(targets))
-			mine := targets[:0:0]
-			for _, t := range targets {
-				all[t.Key] = true
-				if shard.Owner(t.Key, live) == id {
-					mine = append(mine, t)
-				}
+			f, moved := targets.Next(live)
+			if !moved {
+				continue
 			}
-			scheduled := map[string]bool{}
-			for name, app := range a {
-				if app.Health.Scheduled() {
-					scheduled[name] = true
-				}
+			shared.Store(f)
+			runner.SetTargets(f.mine)
+			m.durations.retain(appsOf(f.mine))
+			if !slices.Equal(live, was) {
+				logger.Info("live checkers changed: targets shared again", zap.Strings("live", live), zap.Int("targets", len(f.mine)), zap.Int("of", len(f.list)))
+				was = live
 			}
-			shared.Store(&fleet{targets: all, scheduled: scheduled, live: live})
-			runner.SetTargets(mine)
-			m.durations.retain(appsOf(mine))
-			if shard.Owner(names.HealthBucket(), live) == id { // the sweeper exports the fleet's counts
-				var counts map[string]statusCounts
-				health.Read(func(rows map[string]*msg.Health, _ uint64) { counts = countInstances(a, targets, rows) })
-				m.instances.set(counts)
-			} else {
+		}
+	}))
+	group.Add("instances", lifecycle.Func(func(ctx context.Context) error {
+		// The sweeper exports the fleet's counts, from the health of the
+		// moment: apart from the targets loop, which they would hold up.
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-tick.C:
+			}
+			f := shared.Load()
+			if f == nil || shard.Owner(names.HealthBucket(), f.live) != id {
 				m.instances.set(nil)
+				continue
 			}
+			// Counted from a copy: counting under the table's lock held up
+			// the health watcher and every reader for the whole count.
+			rows, _ := health.Rows()
+			m.instances.set(countInstances(f.apps, f.list, rows))
 		}
 	}))
 	group.Add("sweep", lifecycle.Func(func(ctx context.Context) error {
@@ -225,16 +248,6 @@ func serve(ctx context.Context, c *cli, logger *zap.Logger) error {
 	}
 	logger.Info("healthd started", zap.Int("max_concurrency", c.MaxConc))
 	return group.Run(ctx)
-}
-
-// fleet is what the targets loop shares: every live checker's targets,
-// the apps healthd does not probe, and the live checkers.
-type fleet struct {
-	targets map[string]bool
-	// scheduled are the apps whose health the scheduler checks (docker,
-	// exec): their keys are never healthd's to sweep.
-	scheduled map[string]bool
-	live      []string
 }
 
 // instrumented counts and times probes.

@@ -2,6 +2,7 @@ package checker
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -213,4 +214,30 @@ func TestRunnerSeedsNewTargetsFromPublishedHealth(t *testing.T) {
 		got = append(got, c.Target.Key+":"+c.From+"->"+c.State.Status)
 	}
 	require.ElementsMatch(t, []string{"web.seeded:healthy->unhealthy", "web.fresh:unknown->healthy"}, got)
+}
+
+// BenchmarkRunnerTakeover is a checker taking over a peer's half of 30,000
+// targets (SetTargets from 15,000 to 30,000, each new one seeded), the
+// runner's part of a takeover (issue 30).
+func BenchmarkRunnerTakeover(b *testing.B) {
+	st, _ := spec.ParseStatusRanges("200-399")
+	all := make([]Target, 30000)
+	for i := range all {
+		all[i] = target(fmt.Sprintf("app%05d.t%d", i/3, i), "127.0.0.1:80", 10*time.Second)
+		all[i].Check.ExpectedStatus = st
+	}
+	var half []Target
+	for i, t := range all {
+		if i%2 == 0 {
+			half = append(half, t)
+		}
+	}
+	for b.Loop() {
+		b.StopTimer()
+		r := NewRunner(nil, &recorder{}, 10)
+		r.Seed = func(Target) (State, bool) { return State{Status: msg.StatusHealthy}, true }
+		r.SetTargets(half)
+		b.StartTimer()
+		r.SetTargets(all)
+	}
 }

@@ -54,15 +54,15 @@ type Publisher struct {
 	suspects map[string]bool
 	// sent is what the last put of each key said (see republish).
 	sent map[string]healthSent
-	// passes counts refreshes, for the spread re-seal (Run's goroutine).
-	passes uint64
+	// passes counts refreshes, for the spread re-seal.
+	passes atomic.Uint64
 	// retry says a health put failed: Run puts again what was not put
 	// (retryUnsent) after a backoff, rather than at the next refresh.
 	retry chan struct{}
 	// writeMu orders the writes of health values: each puts the key's
 	// latest report, read under it (putLatest), or deletes it, so a
 	// refresh or a repair never puts an older report after a newer one.
-	writeMu sync.Mutex
+	writeMu writeLock
 
 	// HandedOver reports whether a target this checker dropped is still
 	// checked by another checker (set before Run).
@@ -81,7 +81,7 @@ var _ checker.Handler = (*Publisher)(nil)
 func New(conn *bus.Conn, names msg.Names, id string, targets func() int, logger *zap.Logger) *Publisher {
 	return &Publisher{conn: conn, names: names, id: id, targets: targets, logger: logger.Named("publisher"),
 		started: time.Now().UTC(), Refresh: 30 * time.Second, LeaveOnStop: true, beatEvery: msg.CheckerTTL / 3, putTimeout: 5 * time.Second, latest: map[string]checker.Report{}, repairing: map[string]bool{},
-		suspects: map[string]bool{}, sent: map[string]healthSent{}, retry: make(chan struct{}, 1)}
+		suspects: map[string]bool{}, sent: map[string]healthSent{}, retry: make(chan struct{}, 1), writeMu: make(writeLock, 1)}
 }
 
 // Backoff of the retries of failed health puts: from retryFirst, doubling
@@ -114,8 +114,10 @@ func (p *Publisher) Probed(r checker.Report) {
 // put waits for the ones before it, and a deadline that counted that wait
 // failed about 2,000 of them (issue 30), each then put again by a retry.
 func (p *Publisher) putLatest(ctx context.Context, key string) {
-	p.writeMu.Lock()
-	defer p.writeMu.Unlock()
+	if !p.writeMu.lock(ctx) {
+		return
+	}
+	defer p.writeMu.unlock()
 	p.mu.Lock()
 	r, ok := p.latest[key]
 	p.mu.Unlock()
@@ -125,6 +127,28 @@ func (p *Publisher) putLatest(ctx context.Context, key string) {
 		p.put(ctx, r)
 	}
 }
+
+// writeLock is a mutex whose wait ends with a context. The refresh and
+// the retries wait for it behind the probes' puts, with Run's context: a
+// stop ends that wait, and the checker leaves at once. With a mutex, a
+// checker stopped while it put its first 15,000 reports left seconds
+// late, its peers taking its targets as late (issue 30).
+type writeLock chan struct{}
+
+// lock takes the lock, or returns false once ctx is done.
+func (l writeLock) lock(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	select {
+	case l <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (l writeLock) unlock() { <-l }
 
 // repairWait coalesces the repairs of a burst of forged writes.
 const repairWait = 50 * time.Millisecond
@@ -157,8 +181,8 @@ func (p *Publisher) Repair(key string) {
 // unless HandedOver says another checker now has it: the value must stay
 // for nginx until the new owner's first report overwrites it.
 func (p *Publisher) Removed(key string) {
-	p.writeMu.Lock()
-	defer p.writeMu.Unlock()
+	p.writeMu.lock(context.Background())
+	defer p.writeMu.unlock()
 	p.mu.Lock()
 	delete(p.latest, key)
 	delete(p.sent, key)
@@ -244,8 +268,10 @@ func (p *Publisher) Sweep(ctx context.Context, keys []string, probed, owned func
 
 // deleteUnprobed deletes key's health unless this checker probes it now.
 func (p *Publisher) deleteUnprobed(ctx context.Context, kv *bus.KV, key string) bool {
-	p.writeMu.Lock()
-	defer p.writeMu.Unlock()
+	if !p.writeMu.lock(ctx) {
+		return false
+	}
+	defer p.writeMu.unlock()
 	p.mu.Lock()
 	_, probing := p.latest[key]
 	p.mu.Unlock()
@@ -382,8 +408,7 @@ const resealEvery = 10
 // check on every reader per target per refresh for nothing; the spread
 // re-seal brings back a value a reader refused wrongly.
 func (p *Publisher) republish(ctx context.Context, full bool) {
-	pass := p.passes
-	p.passes++
+	pass := p.passes.Add(1) - 1
 	p.mu.Lock()
 	keys := make([]string, 0, len(p.latest))
 	for k, r := range p.latest {

@@ -405,8 +405,8 @@ func TestHeartbeatDoesNotWaitForPuts(t *testing.T) {
 	p.Refresh, p.beatEvery = 10*time.Millisecond, 200*time.Millisecond
 	// A value never put: the first refresh puts it, and waits for writeMu.
 	p.latest["web.a"] = report("web.a", msg.StatusUnknown, msg.StatusHealthy, true, probe.Result{OK: true})
-	p.writeMu.Lock()
-	defer p.writeMu.Unlock()
+	p.writeMu.lock(context.Background())
+	defer p.writeMu.unlock()
 	runPublisher(t, p)
 	require.Eventually(t, func() bool { return r.checker("hc-1") != nil }, wait, tick)
 	first := r.checker("hc-1").HeartbeatAt
@@ -416,6 +416,27 @@ func TestHeartbeatDoesNotWaitForPuts(t *testing.T) {
 	require.Nil(t, h, "the refresh is still held")
 }
 
+// TestLeaveDoesNotWaitForPuts: a checker stopped while a refresh waits
+// for the write lock behind the probes' puts (a start's 15,000 first
+// reports) leaves at once; before, its leave waited for the lock, seconds
+// at 30,000 targets (issue 30).
+func TestLeaveDoesNotWaitForPuts(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, testrig.NATS(t))
+	p := r.publisher("hc-1", 1)
+	p.Refresh = 10 * time.Millisecond
+	// A value never put: the first refresh puts it, and waits for the lock.
+	p.latest["web.a"] = report("web.a", msg.StatusUnknown, msg.StatusHealthy, true, probe.Result{OK: true})
+	p.writeMu.lock(context.Background()) // a probe's put, held past the stop
+	defer p.writeMu.unlock()
+	stop := runPublisher(t, p)
+	require.Eventually(t, func() bool { return r.checker("hc-1") != nil && p.passes.Load() > 0 }, wait, tick, "the refresh has begun")
+	stop() // fails the test if Run does not return while the lock is held
+	require.Nil(t, r.checker("hc-1"), "left while a put held the lock")
+	h, _ := r.health("web.a")
+	require.Nil(t, h, "the refresh gave up its wait")
+}
+
 // TestPutDeadlineStartsWithTheLock: a put that waits for the write lock
 // longer than its deadline (30,000 first reports at once) still goes.
 func TestPutDeadlineStartsWithTheLock(t *testing.T) {
@@ -423,14 +444,14 @@ func TestPutDeadlineStartsWithTheLock(t *testing.T) {
 	r := newRig(t, testrig.NATS(t))
 	p := r.publisher("hc-1", 1)
 	p.putTimeout = 50 * time.Millisecond
-	p.writeMu.Lock()
+	p.writeMu.lock(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		p.Probed(report("web.a", msg.StatusUnknown, msg.StatusHealthy, true, probe.Result{OK: true}))
 	}()
 	time.Sleep(4 * p.putTimeout) // the behaviour under test: a wait for the lock past the deadline
-	p.writeMu.Unlock()
+	p.writeMu.unlock()
 	<-done
 	h, _ := r.health("web.a")
 	require.NotNil(t, h, "the put ran after its wait")
@@ -609,7 +630,7 @@ func TestRefreshPutsOnlyWhatChanged(t *testing.T) {
 	// Probed; a refresh puts it when its status changed, here from a
 	// report that did not count as a transition yet.
 	p.Probed(report("web.i0", msg.StatusHealthy, msg.StatusUnhealthy, false, probe.Result{Failure: msg.FailureTimeout}))
-	pass := p.passes
+	pass := p.passes.Load()
 	p.republish(ctx, false)
 	after := revs()
 	for _, k := range keys {
@@ -657,9 +678,9 @@ func TestHealthCarriesTheHistory(t *testing.T) {
 
 	// Passes change nothing the value must say at once.
 	probed(ok, msg.StatusHealthy, msg.StatusHealthy, false)
-	p.passes = 1 // a refresh that is not web.a's re-seal turn
-	for bus.ResealDue("web.a", p.passes, resealEvery) {
-		p.passes++
+	p.passes.Store(1) // a refresh that is not web.a's re-seal turn
+	for bus.ResealDue("web.a", p.passes.Load(), resealEvery) {
+		p.passes.Add(1)
 	}
 	p.republish(ctx, false)
 	_, again := r.health("web.a")
