@@ -4,13 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,7 +33,7 @@ func (r *rig) deleteApp(name string) {
 // routing is hosts and path prefixes is routed by nginx's Lua router from
 // the route table pushed with its endpoints: creating it, changing its
 // paths and hosts and removing it reload nothing and change no file. An
-// app with TLS is still rendered (and reloads), beside the routed ones.
+// app with lb.keepalive 0 is still rendered (and reloads), beside the routed ones.
 func TestDynamicRoutesReloadNothing(t *testing.T) {
 	t.Parallel()
 	r := newRigMode(t, true, withDynamicRoutes)
@@ -110,10 +107,10 @@ func TestDynamicRoutesReloadNothing(t *testing.T) {
 	r.waitFor("web.test", 503, "no_backend")
 	unchanged("no servers")
 
-	// An app with TLS is rendered as before: a reload, and served.
+	// An app with lb.keepalive 0 is rendered as before: a reload, and served.
 	ruled := appMsg("ruled", "ruled.test")
 	ruled.Routing.Rules = []spec.Rule{{Path: "/r"}}
-	ruled.Routing.TLS = &spec.TLS{SelfSigned: true}
+	ruled.LB.Keepalive = 0
 	r.putInstance("ruled", "d", testrig.Backend(t, "D"), msg.StateRunning)
 	r.putApp(ruled)
 	r.waitForPath("ruled.test", "/r/x", 200, "D")
@@ -136,12 +133,11 @@ func TestDynamicRoutesSharedHostIsRendered(t *testing.T) {
 	owner.Routing.Paths = []string{"/a"}
 	owner.Routing.ShareWith = []spec.Share{{App: "member"}}
 	owner.CreatedAt = time.Unix(1, 0) // claims the host first
-	owner.Routing.TLS = &spec.TLS{SelfSigned: true}
 	member := appMsg("member", "both.test")
 	member.Routing.Paths = nil
 	member.CreatedAt = time.Unix(2, 0)
 	member.Routing.Rules = []spec.Rule{{Path: "/b"}}
-
+	member.LB.Keepalive = 0
 	r.putInstance("owner", "o", testrig.Backend(t, "O"), msg.StateRunning)
 	r.putInstance("member", "m", testrig.Backend(t, "M"), msg.StateRunning)
 	r.putApp(owner)
@@ -164,7 +160,7 @@ func TestDynamicRoutesSharedHostIsRendered(t *testing.T) {
 }
 
 // TestDynamicRoutesToRenderedLosesNoRequest: an app the router routes that
-// becomes one to render (TLS set) is a reload; the workers it
+// becomes one to render (lb.keepalive 0) is a reload; the workers it
 // replaces keep routing it (its routes stay in the file the reload loads)
 // until the new ones serve its server block: a client that never retries
 // sees no failure.
@@ -180,7 +176,7 @@ func TestDynamicRoutesToRenderedLosesNoRequest(t *testing.T) {
 
 	ruled := appMsg("web", "web.test")
 	ruled.Generation = 2
-	ruled.Routing.TLS = &spec.TLS{SelfSigned: true}
+	ruled.LB.Keepalive = 0
 	r.putApp(ruled)
 	require.Eventually(t, func() bool { return r.reloads() > reloads }, testWait, testPoll, "a reload renders the app")
 	flowing(t, gen, 50)
@@ -345,37 +341,6 @@ func TestDynamicRoutesRulesServeAsRendered(t *testing.T) {
 		}
 	}
 	same("first", rulesAsks)
-	// lb.keepalive 0: nginx keeps no idle connection to the app, so each
-	// request is a new connection, in both kinds (and an app with
-	// keepalive reuses them: the count is real).
-	for _, c := range []struct {
-		keepalive int
-		fresh     func(n int64) bool
-	}{{0, func(n int64) bool { return n == 6 }}, {8, func(n int64) bool { return n < 6 }}} {
-		var conns atomic.Int64
-		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "KA") }))
-		srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
-			if st == http.StateNew {
-				conns.Add(1)
-			}
-		}
-		srv.Start()
-		t.Cleanup(srv.Close)
-		name := fmt.Sprintf("ka%d", c.keepalive)
-		a := appMsg(name, name+".test")
-		a.LB.Keepalive = c.keepalive
-		for _, r := range []*rig{rendered, router} {
-			r.putApp(a)
-			r.applied(r.putInstance(name, "i", strings.TrimPrefix(srv.URL, "http://"), msg.StateRunning))
-			r.waitFor(name+".test", 200, "KA")
-			before := conns.Load()
-			for range 6 {
-				require.Equal(t, 200, r.ask(name+".test", "/", nil).code)
-			}
-			got := conns.Load() - before
-			require.True(t, c.fresh(got), "keepalive %d: %d new connections for 6 requests", c.keepalive, got)
-		}
-	}
 	// Bodies against an app's client_max_body_size (4 KiB; the default is
 	// 1 MiB): by Content-Length, and chunked.
 	for _, c := range []struct {

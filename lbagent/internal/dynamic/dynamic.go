@@ -72,9 +72,6 @@ type Endpoints struct {
 	// MaxBodySize (a routed app) is its lb.client_max_body_size in
 	// bytes, 0 for no limit: the router answers 413 past it.
 	MaxBodySize *int64 `json:"max_body_size,omitempty"`
-	// NoKeepalive (a routed app with lb.keepalive 0) sends its requests
-	// through the router's upstream that keeps no idle connection.
-	NoKeepalive bool `json:"no_keepalive,omitempty"`
 	// ConnectTimeout and ReadTimeout (seconds) and Tries are the app's
 	// proxy_connect_timeout, proxy_read_timeout (and send) and
 	// proxy_next_upstream_tries, which the router sets per request. Every
@@ -150,7 +147,7 @@ func endpointsOf(a state.App, routes []render.HostRoute, router bool) *Endpoints
 			e.HashKey = lb.HashKey
 		}
 		size := int64(lb.ClientMaxBodySize)
-		e.MaxBodySize, e.NoKeepalive = &size, lb.Keepalive <= 0
+		e.MaxBodySize = &size
 		for _, r := range a.Spec.Routing.Rules {
 			rule := Rule{Headers: r.Headers, RateLimit: r.RateLimit}
 			for _, sp := range r.Split {
@@ -417,7 +414,7 @@ func KeepRoutes(next, served map[string]*Endpoints) map[string]*Endpoints {
 			out = maps.Clone(next)
 		}
 		k := *e
-		k.Routes, k.Rules, k.HashKey, k.MaxBodySize, k.NoKeepalive = s.Routes, s.Rules, s.HashKey, s.MaxBodySize, s.NoKeepalive
+		k.Routes, k.Rules, k.HashKey, k.MaxBodySize = s.Routes, s.Rules, s.HashKey, s.MaxBodySize
 		k.ConnectTimeout, k.ReadTimeout, k.Tries = s.ConnectTimeout, s.ReadTimeout, s.Tries
 		out[name] = &k
 	}

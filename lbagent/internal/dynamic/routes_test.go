@@ -36,11 +36,13 @@ func TestCacheRoutes(t *testing.T) {
 	again := c.Of(state.Snapshot{Apps: []state.App{web}})
 	require.Same(t, first["web"], again["web"], "same record, servers and routes: the same set")
 
-	// A member claiming web's own "/" (a location conflict, which a build
-	// reports) makes "ruled" rendered on web.test's host, and so web: its
-	// record unchanged. With the router on, every set keeps its timeouts
-	// (a routed split may pick any app).
+	// lb.keepalive 0 makes "ruled" rendered on web.test's host too: web is
+	// rendered, its record unchanged. With the router on, every set keeps
+	// its timeouts (a routed split may pick any app).
 	ruled := routedApp("ruled", 2, "web.test")
+	ruled.Spec.Routing.Paths = nil
+	ruled.Spec.Routing.Rules = []spec.Rule{{Path: "/r"}}
+	ruled.Spec.LB.Keepalive = 0
 	web.Spec.Routing.ShareWith = []spec.Share{{App: "ruled"}}
 	both := c.Of(state.Snapshot{Apps: []state.App{web, ruled}})
 	require.Nil(t, both["web"].Routes, "rendered: no routes")

@@ -77,6 +77,8 @@ func Routable(a *spec.Routing, lb spec.LB) string {
 	switch {
 	case a.TLS != nil:
 		return "routing.tls: certificates are rendered (ssl_certificate)"
+	case lb.Keepalive <= 0:
+		return "lb.keepalive 0: the router's upstream keeps connections alive"
 	}
 	if max(len(a.Hosts), 1)*(len(a.Paths)+len(a.Rules))*2 > MaxRoutes {
 		return "more routes than one push carries"

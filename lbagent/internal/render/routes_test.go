@@ -56,23 +56,23 @@ func TestRoutedApps(t *testing.T) {
 			a.Spec.Routing.Rules = []spec.Rule{{Path: "/s", Split: []spec.Split{{App: "target", Weight: 5}}}}
 		}, "o.test"), with("target", nil, "t.test")}, []string{"owner", "plain", "target"}},
 		{"hash", []state.App{plain, with("hash", func(a *state.App) { a.Spec.LB.Method, a.Spec.LB.HashKey = spec.LBHash, "$uri" }, "h.test")}, []string{"hash", "plain"}},
-		{"no keepalive", []state.App{plain, with("ka", func(a *state.App) { a.Spec.LB.Keepalive = 0 }, "k.test")}, []string{"ka", "plain"}},
+		{"no keepalive", []state.App{plain, with("ka", func(a *state.App) { a.Spec.LB.Keepalive = 0 }, "k.test")}, []string{"plain"}},
 		{"body size", []state.App{plain, with("body", func(a *state.App) { a.Spec.LB.ClientMaxBodySize = 2 << 20 }, "b.test")}, []string{"body", "plain"}},
 		{"wildcard and the hosts it covers", []state.App{plain, with("wild", nil, "*.w.test"), with("sub", nil, "a.b.w.test"), with("apex", nil, "w.test")}, []string{"apex", "plain", "sub", "wild"}},
 		{"a rendered wildcard and the hosts it covers", []state.App{plain, with("wild", func(a *state.App) { a.Spec.Routing.TLS = &spec.TLS{SelfSigned: true} }, "*.w.test"),
 			with("sub", nil, "a.b.w.test"), with("apex", nil, "w.test")}, []string{"apex", "plain"}},
 		{"a rendered split's target", []state.App{plain, with("owner", func(a *state.App) {
 			a.Spec.Routing.Rules = []spec.Rule{{Path: "/s", Split: []spec.Split{{App: "target", Weight: 5}}}}
-			a.Spec.Routing.TLS = &spec.TLS{SelfSigned: true}
+			a.Spec.LB.Keepalive = 0
 		}, "o.test"), with("target", nil, "t.test")}, []string{"plain"}},
 		{"a host shared with a rendered app", []state.App{plain, with("owner", func(a *state.App) {
 			a.Spec.CreatedAt = time.Unix(1, 0)
 			a.Spec.Routing.ShareWith = []spec.Share{{App: "member"}}
-			a.Spec.Routing.TLS = &spec.TLS{SelfSigned: true}
 		}, "s.test", "own.test"), with("member", func(a *state.App) {
 			a.Spec.CreatedAt = time.Unix(2, 0)
 			a.Spec.Routing.Paths = nil
 			a.Spec.Routing.Rules = []spec.Rule{{Path: "/m"}}
+			a.Spec.LB.Keepalive = 0
 		}, "s.test"), with("elsewhere", nil, "own.test", "else.test")}, []string{"plain"}},
 		{"a conflict", []state.App{plain, with("first", func(a *state.App) { a.Spec.CreatedAt = time.Unix(1, 0) }, "c.test"),
 			// second gets nothing on c.test, so first routes it alone; second is
@@ -91,7 +91,7 @@ func TestRoutedApps(t *testing.T) {
 				a.Spec.Routing.Hosts = append(a.Spec.Routing.Hosts, fmt.Sprintf("h%d.test", i))
 			}
 		})}, []string{"plain"}},
-		{"the default server rendered", []state.App{plain, with("nohost", func(a *state.App) { a.Spec.Routing.TLS = &spec.TLS{SelfSigned: true} })}, nil},
+		{"the default server rendered", []state.App{plain, with("nohost", func(a *state.App) { a.Spec.LB.Keepalive = 0 })}, nil},
 		{"the default server routed", []state.App{plain, with("nohost", nil)}, []string{"nohost", "plain"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -163,25 +163,24 @@ func TestGoldenDynamicRoutes(t *testing.T) {
 	o := opts
 	o.Dynamic = &Dynamic{LuaDir: lua, Snapshot: filepath.Join(stateDir, "berth-endpoints.json"), Token: filepath.Join(stateDir, "berth-control.token"),
 		ModulesDir: luaModules, Drain: true, Routes: true}
-	certs := certDir(t)
-	all := scenarios(t, certs)
+	all := scenarios(t, certDir(t))
 	snap := all["rules"]
 	snap.Apps = append(snap.Apps, app("web", 2, "web.example.com"), app("api", 0))
-	// shop's TLS keeps it rendered, and with it its host's member
-	// (legacy-api) and its split's target (shop-beta): the mix of both
-	// kinds.
+	// shop's lb.keepalive 0 keeps it rendered, and with it its host's
+	// member (legacy-api) and its split's target (shop-beta): the mix of
+	// both kinds.
 	for i := range snap.Apps {
 		if a := &snap.Apps[i]; a.Spec.Name == "shop" {
-			shop := *a.Spec
-			shop.Routing.TLS = &spec.TLS{Certificate: certs + "/web.crt", Key: certs + "/web.key"}
-			a.Spec = &shop
+			spec := *a.Spec
+			spec.LB.Keepalive = 0
+			a.Spec = &spec
 		}
 	}
 	d, conflicts := Layout(snap, 5, o)
 	require.Empty(t, conflicts)
 	out, err := r.Render(d, true)
 	require.NoError(t, err)
-	shown := strings.ReplaceAll(strings.ReplaceAll(string(out), stateDir, "/STATE"), certs, "/CERTS")
+	shown := strings.ReplaceAll(string(out), stateDir, "/STATE")
 	golden := filepath.Join("testdata", "dynamic-routes.conf")
 	if *update {
 		require.NoError(t, os.WriteFile(golden, []byte(shown), 0o644))

@@ -231,7 +231,7 @@ end
 local APP_FIELDS = {
     method = true, hash = true, max_fails = true, fail_timeout = true, servers = true, splits = true,
     routes = true, rules = true, connect_timeout = true, read_timeout = true, tries = true, hash_key = true,
-    max_body_size = true, no_keepalive = true,
+    max_body_size = true,
 }
 local ROUTE_FIELDS = { host = true, location = true, order = true, rule = true }
 local RULE_FIELDS = { headers = true, split = true, response_headers = true, rate_limit = true }
@@ -557,12 +557,6 @@ local function check_app(name, a)
             return nil, path .. ".max_body_size: must be a number of bytes, 0 for no limit"
         end
         set.mb = a.max_body_size
-    end
-    if a.no_keepalive ~= nil then
-        if type(a.no_keepalive) ~= "boolean" then
-            return nil, path .. ".no_keepalive: must be a boolean"
-        end
-        set.nk = a.no_keepalive or nil
     end
     local rules = {}
     if a.rules ~= nil and a.rules ~= cjson.null then
@@ -1218,7 +1212,7 @@ local function build(raw, g)
     local e = {
         raw = raw, g = g, method = set.m, max_fails = set.mf, fail_timeout = set.ft,
         primary = {}, backup = {}, n = 0, splits = set.sp or {}, rules = set.ru or {}, hash_key = set.hk,
-        max_body = set.mb, no_keepalive = set.nk,
+        max_body = set.mb,
         ct = set.ct, rt = set.rt, tries = set.t,
     }
     for _, s in ipairs(set.s or {}) do
@@ -1956,9 +1950,6 @@ function _M.route(closer)
         return ngx.exit(ngx.HTTP_OK)
     end
     ngx.var.berth_tries = set.tries or 0
-    if set.no_keepalive then
-        ngx.var.berth_upstream = "berth_routed_noka"
-    end
     if set.hash_key then
         ngx.var.berth_hash_key = hash_key_of(set.hash_key, host)
     end
