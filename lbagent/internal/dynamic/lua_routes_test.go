@@ -16,7 +16,8 @@ import (
 )
 
 // routerRig is a luaRig with the router of --dynamic-routes on a listener
-// of its own, as lbagent renders it in the default server.
+// of its own, as lbagent renders it in the default server (the "router"
+// template: its variables and header filter).
 type routerRig struct {
 	*luaRig
 	Router string
@@ -39,7 +40,9 @@ func newRouterRig(t testing.TB, apps ...rigApp) *routerRig {
         set $berth_closing "";
         location / {
             set $berth_tries 0;
+            set $berth_hash_key "";
             access_by_lua_block { require("berth.dynamic").route() }
+            header_filter_by_lua_block { require("berth.dynamic").headers() }
             log_by_lua_block { require("berth.dynamic").log(ngx.var.berth_app) }
             proxy_pass http://berth_routed;
             proxy_connect_timeout 75s;
