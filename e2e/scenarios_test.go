@@ -179,7 +179,10 @@ func fullStack(t *testing.T, mode string) {
 				require.Eventually(t, func() bool { _, _, failures, _ := s.served(host, 4); return failures == 0 },
 					15*time.Second, 10*time.Millisecond, "route change %d: the new host %s answers", i, host)
 			} else {
-				require.Eventually(t, func() bool { code, _ := s.getWithHeader("route-10.localhost", "X-Probe", "1"); return code == http.StatusNotFound },
+				require.Eventually(t, func() bool {
+					code, _ := s.getWithHeader("route-10.localhost", "X-Probe", "1")
+					return code == http.StatusNotFound
+				},
 					15*time.Second, 10*time.Millisecond, "route change %d: the hosts added are gone", i)
 			}
 		}

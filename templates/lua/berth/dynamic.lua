@@ -836,14 +836,22 @@ local function apply(dict, version, full, apps)
         end
         incr(dict, "g", 1)
     end
+    -- put writes one key of the batch; when the dict is full it undoes
+    -- the batch's writes and returns the error.
+    local function put(key, value)
+        local ok, err = dict:safe_set(key, value)
+        if not ok then
+            undo()
+            return "shared dict " .. DICT_NAME .. ": " .. tostring(err)
+                .. " (raise lua_shared_dict " .. DICT_NAME .. " size)"
+        end
+    end
     local renamed = false -- an app comes or goes
     for name, raw in pairs(writes) do
         if raw then
-            local ok, err = dict:safe_set("a:" .. name, raw)
-            if not ok then
-                undo()
-                return nil, "shared dict " .. DICT_NAME .. ": " .. tostring(err)
-                    .. " (raise lua_shared_dict " .. DICT_NAME .. " size)"
+            local err = put("a:" .. name, raw)
+            if err then
+                return nil, err
             end
         else
             dict:delete("a:" .. name)
@@ -854,11 +862,9 @@ local function apply(dict, version, full, apps)
     for host, raw in pairs(hosts) do
         hdone[host] = dict:get("h:" .. host) or false
         if raw then
-            local ok, err = dict:safe_set("h:" .. host, raw)
-            if not ok then
-                undo()
-                return nil, "shared dict " .. DICT_NAME .. ": " .. tostring(err)
-                    .. " (raise lua_shared_dict " .. DICT_NAME .. " size)"
+            local err = put("h:" .. host, raw)
+            if err then
+                return nil, err
             end
         else
             dict:delete("h:" .. host)
@@ -887,10 +893,9 @@ local function apply(dict, version, full, apps)
             list[#list + 1] = h
         end
         sort(list)
-        local ok, err = dict:safe_set("w", #list > 0 and cjson.encode(list) or "[]")
-        if not ok then
-            undo()
-            return nil, "shared dict " .. DICT_NAME .. ": " .. tostring(err)
+        local err = put("w", #list > 0 and cjson.encode(list) or "[]")
+        if err then
+            return nil, err
         end
     end
 
@@ -1580,6 +1585,16 @@ end
 -- chosen app's named location) is handed over like any other.
 local seeded = false
 
+-- percent is a uniform random number in [0, 100), from a generator each
+-- worker seeds once: where a split sends one request.
+local function percent()
+    if not seeded then
+        math.randomseed(ngx.now() * 1000 + ngx.worker.pid())
+        seeded = true
+    end
+    return random() * 100
+end
+
 -- split chooses where one request of rule (its index in owner's spec)
 -- goes: the named location of one of its shares, by weight, or rest (the
 -- rule's own). The arguments after rest are, per share, its named
@@ -1587,13 +1602,9 @@ local seeded = false
 -- rendered with; the weights owner's last push carried win over those,
 -- so a weight change needs no reload.
 function _M.split(owner, rule, rest, ...)
-    if not seeded then
-        math.randomseed(ngx.now() * 1000 + ngx.worker.pid())
-        seeded = true
-    end
     local e = lookup(shdict(), owner)
     local pushed = e and e.splits[tostring(rule)]
-    local r = math.random() * 100
+    local r = percent()
     local acc = 0
     local args = { ... }
     for i = 1, #args, 3 do
@@ -1856,11 +1867,7 @@ local function split_target(e, rule, apps)
     if not ws then
         return nil
     end
-    if not seeded then
-        math.randomseed(ngx.now() * 1000 + ngx.worker.pid())
-        seeded = true
-    end
-    local r = random() * 100
+    local r = percent()
     local acc = 0
     for i, app in ipairs(apps) do
         acc = acc + (ws[i] or 0)
